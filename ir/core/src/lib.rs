@@ -1,0 +1,17 @@
+//! mlc's graph IR.
+//!
+//! Architecture invariant: this crate knows nothing of ONNX, LLVM, Cranelift or egg. It defines
+//! what a model *is* for mlc: typed values with symbolic shapes, a closed set of typed ops, graphs
+//! with regions, and the checks (inference, verifier) and text form that every pass relies on.
+
+pub mod dtype;
+pub mod graph;
+pub mod ops;
+pub mod shape;
+pub mod tensor;
+
+pub use dtype::{DType, QuantParams};
+pub use graph::{ConstId, Graph, Node, Port, ValueId};
+pub use ops::{InferCx, InferError, Op};
+pub use shape::{Dim, Shape, TensorType};
+pub use tensor::{Elem, NumElem, Tensor, TensorError};

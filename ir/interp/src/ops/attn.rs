@@ -1,0 +1,9 @@
+//! Kernels of the attn family. (Stub: filled in by its owner.)
+
+use crate::{EvalCx, EvalError};
+use mlc_ir::ops::AttnOp;
+use mlc_ir::Tensor;
+
+pub fn eval(op: &AttnOp, _inputs: &[Option<&Tensor>], _cx: &EvalCx) -> Result<Vec<Tensor>, EvalError> {
+    Err(EvalError::Unsupported(format!("{op:?}")))
+}

@@ -1,0 +1,9 @@
+//! Kernels of the quant family. (Stub: filled in by its owner.)
+
+use crate::{EvalCx, EvalError};
+use mlc_ir::ops::QuantOp;
+use mlc_ir::Tensor;
+
+pub fn eval(op: &QuantOp, _inputs: &[Option<&Tensor>], _cx: &EvalCx) -> Result<Vec<Tensor>, EvalError> {
+    Err(EvalError::Unsupported(format!("{op:?}")))
+}

@@ -1,0 +1,9 @@
+//! Kernels of the reduce family. (Stub: filled in by its owner.)
+
+use crate::{EvalCx, EvalError};
+use mlc_ir::ops::ReduceOp;
+use mlc_ir::Tensor;
+
+pub fn eval(op: &ReduceOp, _inputs: &[Option<&Tensor>], _cx: &EvalCx) -> Result<Vec<Tensor>, EvalError> {
+    Err(EvalError::Unsupported(format!("{op:?}")))
+}
