@@ -584,3 +584,26 @@ fn parse_errors_point_at_the_problem() {
         "2:17: number `99999999999` is out of range",
     );
 }
+
+// ---- snapshots ----
+
+#[test]
+fn snapshot_small_graph() {
+    insta::assert_snapshot!(print_graph(&small_graph()));
+}
+
+#[test]
+fn snapshot_regions() {
+    insta::assert_snapshot!(print_graph(&graph_with_regions()));
+}
+
+#[test]
+fn snapshot_elided_dump() {
+    let mut g = small_graph();
+    let w = g.add_constant(Tensor::zeros(DType::F16, &[64, 3, 7, 7]));
+    g.outputs.push(mlc_ir::Port {
+        value: w,
+        name: "weight".into(),
+    });
+    insta::assert_snapshot!(print_graph_with(&g, &PrintOptions::elide_consts_over(8)));
+}

@@ -50,6 +50,24 @@
 //!   graphs the verifier rejects print and parse back exactly (the parser checks syntax and the
 //!   value table's consistency, not the verifier's invariants).
 //! * Graph outputs appear only in the header; `return` is not needed.
+//!
+//! ```
+//! use mlc_ir::{parse_graph, print_graph, verify};
+//!
+//! let src = r#"graph (%0: f32[batch,2] "x") -> (%2 "y") {
+//!   @c0 = const f32[2] [0.5, -inf]
+//!   %1 = constant @c0 : f32[2]
+//!   %2 = ew.add(%0, %1) : f32[batch,2] loc("Add_1")
+//! }
+//! "#;
+//! let g = parse_graph(src)?;
+//! assert!(verify(&g).is_ok());
+//! assert_eq!(print_graph(&g), src);
+//!
+//! let err = parse_graph("graph (%0: f31[2] \"x\") -> () {}").unwrap_err();
+//! assert_eq!(err.to_string(), "1:12: unknown dtype `f31`");
+//! # Ok::<(), mlc_ir::ParseError>(())
+//! ```
 
 mod parse;
 mod print;
