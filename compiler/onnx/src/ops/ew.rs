@@ -5,9 +5,9 @@
 //! import; variadic ops (Sum, Mean, Max, Min) become chains of binary ops; ops that only forward
 //! their input (Identity, inference-mode Dropout) emit nothing.
 
-use crate::cx::{invalid, NodeCx, NodeError, Registry};
-use mlc_ir::ops::ew::GeluApprox;
+use crate::cx::{NodeCx, NodeError, Registry, invalid};
 use mlc_ir::ops::EwOp;
+use mlc_ir::ops::ew::GeluApprox;
 use mlc_ir::{DType, Op, Tensor, ValueId};
 
 /// The SELU constants of the ONNX spec (defaults of its attributes).
@@ -50,7 +50,10 @@ pub fn register(r: &mut Registry) {
         unary(cx, EwOp::Elu { alpha })
     });
     r.add("", "Selu", |cx| {
-        let (alpha, gamma) = (cx.attr_float("alpha", SELU_ALPHA)?, cx.attr_float("gamma", SELU_GAMMA)?);
+        let (alpha, gamma) = (
+            cx.attr_float("alpha", SELU_ALPHA)?,
+            cx.attr_float("gamma", SELU_GAMMA)?,
+        );
         unary(cx, EwOp::Selu { alpha, gamma })
     });
     r.add("", "Celu", |cx| {
@@ -84,16 +87,27 @@ pub fn register(r: &mut Registry) {
     r.add("", "IsInf", |cx| {
         let detect_negative = cx.attr_int("detect_negative", 1)? != 0;
         let detect_positive = cx.attr_int("detect_positive", 1)? != 0;
-        unary(cx, EwOp::IsInf { detect_negative, detect_positive })
+        unary(
+            cx,
+            EwOp::IsInf {
+                detect_negative,
+                detect_positive,
+            },
+        )
     });
     r.add("", "Mod", |cx| {
         let fmod = cx.attr_int("fmod", 0)? != 0;
         binary(cx, EwOp::Mod { fmod })
     });
-    r.add("", "BitShift", |cx| match cx.attr_str_opt("direction")?.as_deref() {
-        Some("LEFT") => binary(cx, EwOp::ShiftLeft),
-        Some("RIGHT") => binary(cx, EwOp::ShiftRight),
-        other => Err(bad_attr("direction", format!("expected LEFT or RIGHT, found {other:?}"))),
+    r.add("", "BitShift", |cx| {
+        match cx.attr_str_opt("direction")?.as_deref() {
+            Some("LEFT") => binary(cx, EwOp::ShiftLeft),
+            Some("RIGHT") => binary(cx, EwOp::ShiftRight),
+            other => Err(bad_attr(
+                "direction",
+                format!("expected LEFT or RIGHT, found {other:?}"),
+            )),
+        }
     });
 
     r.add("", "Where", |cx| {
@@ -102,7 +116,9 @@ pub fn register(r: &mut Registry) {
     });
     r.add("", "Clip", clip);
     r.add("", "Cast", |cx| {
-        let code = cx.attr_int_opt("to")?.ok_or_else(|| bad_attr("to", "required".into()))?;
+        let code = cx
+            .attr_int_opt("to")?
+            .ok_or_else(|| bad_attr("to", "required".into()))?;
         let to = onnx_dtype(code)?;
         cast(cx, to)
     });
@@ -111,7 +127,9 @@ pub fn register(r: &mut Registry) {
         cast(cx, to)
     });
     r.add("", "BitCast", |cx| {
-        let code = cx.attr_int_opt("to")?.ok_or_else(|| bad_attr("to", "required".into()))?;
+        let code = cx
+            .attr_int_opt("to")?
+            .ok_or_else(|| bad_attr("to", "required".into()))?;
         let to = onnx_dtype(code)?;
         unary(cx, EwOp::BitCast { to })
     });
@@ -121,7 +139,10 @@ pub fn register(r: &mut Registry) {
 }
 
 fn bad_attr(name: &str, reason: String) -> NodeError {
-    NodeError::Attr { name: name.to_string(), reason }
+    NodeError::Attr {
+        name: name.to_string(),
+        reason,
+    }
 }
 
 fn ew(cx: &mut NodeCx, op: EwOp, inputs: Vec<ValueId>) -> Result<ValueId, NodeError> {
@@ -137,7 +158,9 @@ fn binary(cx: &mut NodeCx, op: EwOp) -> Result<Vec<ValueId>, NodeError> {
     // Opsets before 7 broadcast only on request and could align the smaller operand at `axis`;
     // numpy broadcasting covers the default (trailing) alignment only.
     if cx.opset < 7 && cx.attr("axis").is_some() {
-        return Err(NodeError::Unsupported("legacy broadcasting with an explicit axis (opset < 7)".into()));
+        return Err(NodeError::Unsupported(
+            "legacy broadcasting with an explicit axis (opset < 7)".into(),
+        ));
     }
     let (a, b) = (cx.input(0)?, cx.input(1)?);
     Ok(vec![ew(cx, op, vec![a, b])?])
@@ -146,7 +169,9 @@ fn binary(cx: &mut NodeCx, op: EwOp) -> Result<Vec<ValueId>, NodeError> {
 /// A left fold of the present inputs with a binary op.
 fn fold(cx: &mut NodeCx, op: EwOp) -> Result<ValueId, NodeError> {
     let mut args = cx.inputs.iter().flatten().copied();
-    let mut acc = args.next().ok_or_else(|| invalid("variadic op without inputs"))?;
+    let mut acc = args
+        .next()
+        .ok_or_else(|| invalid("variadic op without inputs"))?;
     for v in args.collect::<Vec<_>>() {
         acc = ew(cx, op.clone(), vec![acc, v])?;
     }
@@ -207,19 +232,31 @@ fn dropout(cx: &mut NodeCx) -> Result<Vec<ValueId>, NodeError> {
     if cx.opset >= 12 {
         // Training mode is an input; only a constant `true` with a non-zero ratio is random.
         // A non-constant training flag is taken to be false, as in inference.
-        let training = cx.input_const(2).and_then(|t| t.to_f64_vec().ok()).is_some_and(|v| v.iter().any(|&b| b != 0.0));
+        let training = cx
+            .input_const(2)
+            .and_then(|t| t.to_f64_vec().ok())
+            .is_some_and(|v| v.iter().any(|&b| b != 0.0));
         let ratio = match cx.opt_input(1) {
             None => Some(0.5),
-            Some(_) => cx.input_const(1).and_then(|t| t.to_f64_vec().ok()).and_then(|v| v.first().copied()),
+            Some(_) => cx
+                .input_const(1)
+                .and_then(|t| t.to_f64_vec().ok())
+                .and_then(|v| v.first().copied()),
         };
         if training && ratio != Some(0.0) {
-            return Err(NodeError::Unsupported("Dropout in training mode is random".into()));
+            return Err(NodeError::Unsupported(
+                "Dropout in training mode is random".into(),
+            ));
         }
     }
     let mut outs = vec![x];
     if cx.n_outputs > 1 {
         // The mask is bool from opset 10 on, of the input's type before.
-        let dtype = if cx.opset >= 10 { DType::Bool } else { cx.ty(x).dtype };
+        let dtype = if cx.opset >= 10 {
+            DType::Bool
+        } else {
+            cx.ty(x).dtype
+        };
         outs.push(ones_like(cx, x, dtype)?);
     }
     Ok(outs)
@@ -237,7 +274,11 @@ fn ones_like(cx: &mut NodeCx, x: ValueId, dtype: DType) -> Result<ValueId, NodeE
     let nan = ew(cx, EwOp::IsNan, vec![x])?;
     let t = cx.constant(Tensor::scalar(true));
     let ones = ew(cx, EwOp::Or, vec![nan, t])?;
-    if dtype == DType::Bool { Ok(ones) } else { ew(cx, EwOp::Cast { to: dtype }, vec![ones]) }
+    if dtype == DType::Bool {
+        Ok(ones)
+    } else {
+        ew(cx, EwOp::Cast { to: dtype }, vec![ones])
+    }
 }
 
 /// `x > threshold ? 1 : 0` in x's type.
@@ -268,7 +309,11 @@ fn onnx_dtype(code: i64) -> Result<DType, NodeError> {
         16 => DType::BF16,
         14 | 15 => return Err(NodeError::Unsupported("complex element types".into())),
         17..=20 | 24 => return Err(NodeError::Unsupported("float8 element types".into())),
-        21 | 22 | 25 | 26 => return Err(NodeError::Unsupported("2- and 4-bit integer element types".into())),
+        21 | 22 | 25 | 26 => {
+            return Err(NodeError::Unsupported(
+                "2- and 4-bit integer element types".into(),
+            ));
+        }
         23 => return Err(NodeError::Unsupported("float4 element types".into())),
         other => return Err(bad_attr("to", format!("unknown ONNX data type {other}"))),
     })

@@ -6,8 +6,8 @@
 //! `Mean`) are imported as chains of the binary ops.
 
 use super::{InferCx, InferError};
-use crate::shape::{broadcast_shapes, Shape, TensorType};
 use crate::DType;
+use crate::shape::{Shape, TensorType, broadcast_shapes};
 use serde::{Deserialize, Serialize};
 
 /// Which formula `gelu` uses.
@@ -64,26 +64,50 @@ pub enum EwOp {
     /// `x * max(0, min(1, x/6 + 1/2))`.
     HardSwish,
     /// `x` if `x > 0`, else `alpha * x`.
-    LeakyRelu { alpha: f32 },
+    LeakyRelu {
+        alpha: f32,
+    },
     /// `x` if `x > 0`, else `alpha * (exp(x) - 1)`.
-    Elu { alpha: f32 },
+    Elu {
+        alpha: f32,
+    },
     /// `gamma * x` if `x > 0`, else `gamma * alpha * (exp(x) - 1)`.
-    Selu { alpha: f32, gamma: f32 },
+    Selu {
+        alpha: f32,
+        gamma: f32,
+    },
     /// `max(0, x) + min(0, alpha * (exp(x / alpha) - 1))`.
-    Celu { alpha: f32 },
+    Celu {
+        alpha: f32,
+    },
     /// `max(0, min(1, alpha * x + beta))`.
-    HardSigmoid { alpha: f32, beta: f32 },
+    HardSigmoid {
+        alpha: f32,
+        beta: f32,
+    },
     /// `x` if `x > alpha`, else 0.
-    ThresholdedRelu { alpha: f32 },
-    Gelu { approximate: GeluApprox },
+    ThresholdedRelu {
+        alpha: f32,
+    },
+    Gelu {
+        approximate: GeluApprox,
+    },
     /// `x * sigmoid(alpha * x)` (SiLU when `alpha` is 1).
-    Swish { alpha: f32 },
+    Swish {
+        alpha: f32,
+    },
     /// `x + bias` if `x < -lambd`, `x - bias` if `x > lambd`, else 0.
-    Shrink { bias: f32, lambd: f32 },
+    Shrink {
+        bias: f32,
+        lambd: f32,
+    },
 
     // Unary predicates: numeric in, bool out.
     IsNan,
-    IsInf { detect_negative: bool, detect_positive: bool },
+    IsInf {
+        detect_negative: bool,
+        detect_positive: bool,
+    },
 
     // Unary on bool / integers.
     /// Logical not (bool).
@@ -102,7 +126,9 @@ pub enum EwOp {
     Pow,
     /// Remainder: with `fmod` the sign of the dividend (C `fmod`), without it the sign of the
     /// divisor (Python `%`).
-    Mod { fmod: bool },
+    Mod {
+        fmod: bool,
+    },
     /// NaN-propagating maximum.
     Max,
     /// NaN-propagating minimum.
@@ -135,9 +161,13 @@ pub enum EwOp {
     /// `min(max(x, lo), hi)` with optional inputs `(x, lo?, hi?)`: scalars of x's dtype.
     Clip,
     /// Converts every element to `to` (ONNX Cast semantics).
-    Cast { to: DType },
+    Cast {
+        to: DType,
+    },
     /// Reinterprets the bits of every element as `to`, of the same size.
-    BitCast { to: DType },
+    BitCast {
+        to: DType,
+    },
 }
 
 /// What inference checks and produces for a class of ops.
@@ -287,7 +317,11 @@ fn check(index: usize, d: DType, class: Class) -> Result<(), InferError> {
     if class.admits(d) {
         Ok(())
     } else {
-        Err(InferError::DType { index, expected: class.name().into(), found: d })
+        Err(InferError::DType {
+            index,
+            expected: class.name().into(),
+            found: d,
+        })
     }
 }
 
@@ -295,7 +329,11 @@ fn same(index: usize, want: DType, found: DType) -> Result<(), InferError> {
     if want == found {
         Ok(())
     } else {
-        Err(InferError::DType { index, expected: want.name().into(), found })
+        Err(InferError::DType {
+            index,
+            expected: want.name().into(),
+            found,
+        })
     }
 }
 
@@ -329,7 +367,12 @@ mod tests {
 
     fn infer(op: EwOp, inputs: &[TensorType]) -> Result<Vec<TensorType>, InferError> {
         let inputs: Vec<Option<TensorType>> = inputs.iter().cloned().map(Some).collect();
-        op.infer(&InferCx { inputs: &inputs, consts: &[], regions: &[], n_outputs: 1 })
+        op.infer(&InferCx {
+            inputs: &inputs,
+            consts: &[],
+            regions: &[],
+            n_outputs: 1,
+        })
     }
 
     #[test]
@@ -337,7 +380,10 @@ mod tests {
         let a = TensorType::new(DType::F32, vec![Dim::Sym("n".into()), Dim::Known(1)]);
         let b = TensorType::fixed(DType::F32, &[4]);
         let out = infer(EwOp::Less, &[a, b]).unwrap();
-        assert_eq!(out[0], TensorType::new(DType::Bool, vec![Dim::Sym("n".into()), Dim::Known(4)]));
+        assert_eq!(
+            out[0],
+            TensorType::new(DType::Bool, vec![Dim::Sym("n".into()), Dim::Known(4)])
+        );
     }
 
     #[test]
@@ -351,17 +397,27 @@ mod tests {
 
     #[test]
     fn pow_keeps_base_dtype() {
-        let out =
-            infer(EwOp::Pow, &[TensorType::fixed(DType::I32, &[3]), TensorType::fixed(DType::F32, &[])])
-                .unwrap();
+        let out = infer(
+            EwOp::Pow,
+            &[
+                TensorType::fixed(DType::I32, &[3]),
+                TensorType::fixed(DType::F32, &[]),
+            ],
+        )
+        .unwrap();
         assert_eq!(out[0], TensorType::fixed(DType::I32, &[3]));
     }
 
     #[test]
     fn serde_names() {
-        let op = crate::Op::Ew(EwOp::Gelu { approximate: GeluApprox::Tanh });
+        let op = crate::Op::Ew(EwOp::Gelu {
+            approximate: GeluApprox::Tanh,
+        });
         assert_eq!(op.name(), "ew.gelu");
-        assert_eq!(serde_json::to_string(&op).unwrap(), r#"{"ew":{"gelu":{"approximate":"tanh"}}}"#);
+        assert_eq!(
+            serde_json::to_string(&op).unwrap(),
+            r#"{"ew":{"gelu":{"approximate":"tanh"}}}"#
+        );
         assert_eq!(crate::Op::Ew(EwOp::IsNan).name(), "ew.is_nan");
     }
 }

@@ -7,10 +7,10 @@
 //! functions it is at least as accurate. Integers stay in integer arithmetic (wrapping like the
 //! narrow type), so i64/u64 values are exact.
 
-use crate::{invalid, EvalCx, EvalError};
-use mlc_ir::ops::ew::GeluApprox;
+use crate::{EvalCx, EvalError, invalid};
 use mlc_ir::ops::EwOp;
-use mlc_ir::{dispatch_all, dispatch_num, DType, Elem, NumElem, Tensor};
+use mlc_ir::ops::ew::GeluApprox;
+use mlc_ir::{DType, Elem, NumElem, Tensor, dispatch_all, dispatch_num};
 use ndarray::{ArrayD, IxDyn};
 use std::cmp::Ordering;
 
@@ -104,7 +104,10 @@ fn nums(t: &Tensor, shape: &[usize]) -> Result<Vec<Num>, EvalError> {
 /// Builds a tensor of `dtype` from row-major `Num`s.
 fn build(dtype: DType, shape: &[usize], v: Vec<Num>) -> Result<Tensor, EvalError> {
     fn go<T: NumElem>(shape: &[usize], v: Vec<Num>) -> Result<Tensor, EvalError> {
-        Ok(Tensor::from_vec(shape, v.into_iter().map(Num::to::<T>).collect())?)
+        Ok(Tensor::from_vec(
+            shape,
+            v.into_iter().map(Num::to::<T>).collect(),
+        )?)
     }
     use half::{bf16, f16};
     match dtype {
@@ -133,7 +136,10 @@ fn zip_n(
 ) -> Result<Tensor, EvalError> {
     let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.shape()).collect();
     let shape = broadcast(&shapes)?;
-    let cols = inputs.iter().map(|t| nums(t, &shape)).collect::<Result<Vec<_>, _>>()?;
+    let cols = inputs
+        .iter()
+        .map(|t| nums(t, &shape))
+        .collect::<Result<Vec<_>, _>>()?;
     let n: usize = shape.iter().product();
     let mut row = vec![B(false); cols.len()];
     let mut v = Vec::with_capacity(n);
@@ -171,7 +177,10 @@ fn zip_elems<T: Elem, R: Elem>(
     let bad = || invalid("broadcast failed");
     let av = a.broadcast(IxDyn(&shape)).ok_or_else(bad)?;
     let bv = b.broadcast(IxDyn(&shape)).ok_or_else(bad)?;
-    Ok(Tensor::from_vec(&shape, av.iter().zip(bv.iter()).map(|(x, y)| f(x, y)).collect())?)
+    Ok(Tensor::from_vec(
+        &shape,
+        av.iter().zip(bv.iter()).map(|(x, y)| f(x, y)).collect(),
+    )?)
 }
 
 /// `cond ? x : y` for any element type.
@@ -182,7 +191,10 @@ fn select<T: Elem>(c: &ArrayD<bool>, x: &ArrayD<T>, y: &Tensor) -> Result<Tensor
     let cv = c.broadcast(IxDyn(&shape)).ok_or_else(bad)?;
     let xv = x.broadcast(IxDyn(&shape)).ok_or_else(bad)?;
     let yv = y.broadcast(IxDyn(&shape)).ok_or_else(bad)?;
-    let v = cv.iter().zip(xv.iter().zip(yv.iter())).map(|(&c, (x, y))| if c { x.clone() } else { y.clone() });
+    let v = cv
+        .iter()
+        .zip(xv.iter().zip(yv.iter()))
+        .map(|(&c, (x, y))| if c { x.clone() } else { y.clone() });
     Ok(Tensor::from_vec(&shape, v.collect())?)
 }
 
@@ -220,14 +232,22 @@ fn max_num(a: Num, b: Num) -> Num {
     if a.is_nan() || b.is_nan() {
         return F(f64::NAN);
     }
-    if a.cmp(b) == Some(Ordering::Less) { b } else { a }
+    if a.cmp(b) == Some(Ordering::Less) {
+        b
+    } else {
+        a
+    }
 }
 
 fn min_num(a: Num, b: Num) -> Num {
     if a.is_nan() || b.is_nan() {
         return F(f64::NAN);
     }
-    if b.cmp(a) == Some(Ordering::Less) { b } else { a }
+    if b.cmp(a) == Some(Ordering::Less) {
+        b
+    } else {
+        a
+    }
 }
 
 /// Python's `%` on floats: the sign of the divisor (numpy's `npy_divmod`).
@@ -247,7 +267,11 @@ fn py_mod_i(a: i64, b: i64) -> Option<i64> {
         return None;
     }
     let m = a.wrapping_rem(b);
-    Some(if m != 0 && ((m < 0) != (b < 0)) { m + b } else { m })
+    Some(if m != 0 && ((m < 0) != (b < 0)) {
+        m + b
+    } else {
+        m
+    })
 }
 
 /// `b^e` with wrapping multiplication (the same bits for signed and unsigned).
@@ -359,7 +383,13 @@ fn unary_fn(op: &EwOp) -> Option<Box<dyn Fn(Num) -> Num>> {
         Round => Box::new(|x| fl_or_keep(x, f64::round_ties_even)),
         Sign => Box::new(|x| match x {
             F(v) if v.is_nan() => F(v),
-            F(v) => F(if v > 0.0 { 1.0 } else if v < 0.0 { -1.0 } else { 0.0 }),
+            F(v) => F(if v > 0.0 {
+                1.0
+            } else if v < 0.0 {
+                -1.0
+            } else {
+                0.0
+            }),
             I(v) => I(v.signum()),
             U(v) => U(v.min(1)),
             other => other,
@@ -378,7 +408,15 @@ fn unary_fn(op: &EwOp) -> Option<Box<dyn Fn(Num) -> Num>> {
         }
         Selu { alpha, gamma } => {
             let (a, g) = (alpha as f64, gamma as f64);
-            Box::new(move |x| fl(x, |v| if v > 0.0 { g * v } else { g * (a * v.exp() - a) }))
+            Box::new(move |x| {
+                fl(x, |v| {
+                    if v > 0.0 {
+                        g * v
+                    } else {
+                        g * (a * v.exp() - a)
+                    }
+                })
+            })
         }
         Celu { alpha } => {
             let a = alpha as f64;
@@ -392,12 +430,22 @@ fn unary_fn(op: &EwOp) -> Option<Box<dyn Fn(Num) -> Num>> {
             let a = alpha as f64;
             Box::new(move |x| fl(x, |v| if v > a { v } else { 0.0 }))
         }
-        Gelu { approximate: GeluApprox::None } => {
-            Box::new(|x| fl(x, |v| 0.5 * v * (1.0 + libm::erf(v / std::f64::consts::SQRT_2))))
-        }
-        Gelu { approximate: GeluApprox::Tanh } => {
+        Gelu {
+            approximate: GeluApprox::None,
+        } => Box::new(|x| {
+            fl(x, |v| {
+                0.5 * v * (1.0 + libm::erf(v / std::f64::consts::SQRT_2))
+            })
+        }),
+        Gelu {
+            approximate: GeluApprox::Tanh,
+        } => {
             let k = (2.0 / std::f64::consts::PI).sqrt();
-            Box::new(move |x| fl(x, |v| 0.5 * v * (1.0 + (k * (v + 0.044715 * v * v * v)).tanh())))
+            Box::new(move |x| {
+                fl(x, |v| {
+                    0.5 * v * (1.0 + (k * (v + 0.044715 * v * v * v)).tanh())
+                })
+            })
         }
         Swish { alpha } => {
             let a = alpha as f64;
@@ -418,8 +466,15 @@ fn unary_fn(op: &EwOp) -> Option<Box<dyn Fn(Num) -> Num>> {
             })
         }
         IsNan => Box::new(|x| B(x.is_nan())),
-        IsInf { detect_negative, detect_positive } => Box::new(move |x| match x {
-            F(v) if v.is_infinite() => B(if v > 0.0 { detect_positive } else { detect_negative }),
+        IsInf {
+            detect_negative,
+            detect_positive,
+        } => Box::new(move |x| match x {
+            F(v) if v.is_infinite() => B(if v > 0.0 {
+                detect_positive
+            } else {
+                detect_negative
+            }),
             _ => B(false),
         }),
         Not => Box::new(|x| B(!truth(x))),
@@ -440,22 +495,66 @@ fn binary_fn(op: &EwOp, bits: u32) -> Option<Box<dyn Fn(Num, Num) -> Result<Num,
         Box::new(move |a, b| Ok(B(a.cmp(b).is_some_and(want))))
     };
     Some(match *op {
-        Add => Box::new(|a, b| arith(a, b, |x, y| x + y, |x, y| Some(x.wrapping_add(y)), |x, y| Some(x.wrapping_add(y)))),
-        Sub => Box::new(|a, b| arith(a, b, |x, y| x - y, |x, y| Some(x.wrapping_sub(y)), |x, y| Some(x.wrapping_sub(y)))),
-        Mul => Box::new(|a, b| arith(a, b, |x, y| x * y, |x, y| Some(x.wrapping_mul(y)), |x, y| Some(x.wrapping_mul(y)))),
+        Add => Box::new(|a, b| {
+            arith(
+                a,
+                b,
+                |x, y| x + y,
+                |x, y| Some(x.wrapping_add(y)),
+                |x, y| Some(x.wrapping_add(y)),
+            )
+        }),
+        Sub => Box::new(|a, b| {
+            arith(
+                a,
+                b,
+                |x, y| x - y,
+                |x, y| Some(x.wrapping_sub(y)),
+                |x, y| Some(x.wrapping_sub(y)),
+            )
+        }),
+        Mul => Box::new(|a, b| {
+            arith(
+                a,
+                b,
+                |x, y| x * y,
+                |x, y| Some(x.wrapping_mul(y)),
+                |x, y| Some(x.wrapping_mul(y)),
+            )
+        }),
         Div => Box::new(|a, b| {
-            arith(a, b, |x, y| x / y, |x, y| (y != 0).then(|| x.wrapping_div(y)), |x, y| x.checked_div(y))
+            arith(
+                a,
+                b,
+                |x, y| x / y,
+                |x, y| (y != 0).then(|| x.wrapping_div(y)),
+                |x, y| x.checked_div(y),
+            )
         }),
         Mod { fmod: true } => Box::new(|a, b| {
-            arith(a, b, |x, y| x % y, |x, y| (y != 0).then(|| x.wrapping_rem(y)), |x, y| x.checked_rem(y))
+            arith(
+                a,
+                b,
+                |x, y| x % y,
+                |x, y| (y != 0).then(|| x.wrapping_rem(y)),
+                |x, y| x.checked_rem(y),
+            )
         }),
-        Mod { fmod: false } => Box::new(|a, b| arith(a, b, py_mod_f, py_mod_i, |x, y| x.checked_rem(y))),
+        Mod { fmod: false } => {
+            Box::new(|a, b| arith(a, b, py_mod_f, py_mod_i, |x, y| x.checked_rem(y)))
+        }
         Pow => Box::new(|a, b| Ok(pow(a, b))),
         Max => Box::new(|a, b| Ok(max_num(a, b))),
         Min => Box::new(|a, b| Ok(min_num(a, b))),
         Prelu => Box::new(|x, s| {
             if x.cmp(I(0)) == Some(Ordering::Less) {
-                arith(x, s, |x, y| x * y, |x, y| Some(x.wrapping_mul(y)), |x, y| Some(x.wrapping_mul(y)))
+                arith(
+                    x,
+                    s,
+                    |x, y| x * y,
+                    |x, y| Some(x.wrapping_mul(y)),
+                    |x, y| Some(x.wrapping_mul(y)),
+                )
             } else {
                 Ok(x)
             }
@@ -478,12 +577,20 @@ fn binary_fn(op: &EwOp, bits: u32) -> Option<Box<dyn Fn(Num, Num) -> Result<Num,
 }
 
 fn arg<'a>(inputs: &[Option<&'a Tensor>], i: usize) -> Result<&'a Tensor, EvalError> {
-    inputs.get(i).copied().flatten().ok_or_else(|| invalid(format!("input {i} is required")))
+    inputs
+        .get(i)
+        .copied()
+        .flatten()
+        .ok_or_else(|| invalid(format!("input {i} is required")))
 }
 
 pub fn eval(op: &EwOp, inputs: &[Option<&Tensor>], _cx: &EvalCx) -> Result<Vec<Tensor>, EvalError> {
     let x = arg(inputs, 0)?;
-    let out = if op.returns_bool() { DType::Bool } else { x.dtype() };
+    let out = if op.returns_bool() {
+        DType::Bool
+    } else {
+        x.dtype()
+    };
     if let Some(f) = unary_fn(op) {
         return Ok(vec![map_unary(x, out, f)?]);
     }
@@ -527,7 +634,10 @@ mod tests {
 
     fn run(op: EwOp, inputs: &[&Tensor]) -> Tensor {
         let args: Vec<Option<&Tensor>> = inputs.iter().copied().map(Some).collect();
-        let cx = EvalCx { regions: &[], output_types: &[] };
+        let cx = EvalCx {
+            regions: &[],
+            output_types: &[],
+        };
         eval(&op, &args, &cx).unwrap().remove(0)
     }
 
@@ -539,7 +649,10 @@ mod tests {
     fn add_broadcasts() {
         let a = t(&[2, 1], vec![1i32, 2]);
         let b = t(&[3], vec![10i32, 20, 30]);
-        assert_eq!(run(EwOp::Add, &[&a, &b]), t(&[2, 3], vec![11i32, 21, 31, 12, 22, 32]));
+        assert_eq!(
+            run(EwOp::Add, &[&a, &b]),
+            t(&[2, 3], vec![11i32, 21, 31, 12, 22, 32])
+        );
     }
 
     #[test]
@@ -548,12 +661,31 @@ mod tests {
         let b = t(&[4], vec![2i32, 2, -2, -2]);
         // numpy: trunc division; np.mod / np.fmod.
         assert_eq!(run(EwOp::Div, &[&a, &b]), t(&[4], vec![3i32, -3, -3, 3]));
-        assert_eq!(run(EwOp::Mod { fmod: false }, &[&a, &b]), t(&[4], vec![1i32, 1, -1, -1]));
-        assert_eq!(run(EwOp::Mod { fmod: true }, &[&a, &b]), t(&[4], vec![1i32, -1, 1, -1]));
+        assert_eq!(
+            run(EwOp::Mod { fmod: false }, &[&a, &b]),
+            t(&[4], vec![1i32, 1, -1, -1])
+        );
+        assert_eq!(
+            run(EwOp::Mod { fmod: true }, &[&a, &b]),
+            t(&[4], vec![1i32, -1, 1, -1])
+        );
         let u = t(&[1], vec![u64::MAX]);
-        assert_eq!(run(EwOp::Div, &[&u, &t(&[1], vec![3u64])]), t(&[1], vec![u64::MAX / 3]));
+        assert_eq!(
+            run(EwOp::Div, &[&u, &t(&[1], vec![3u64])]),
+            t(&[1], vec![u64::MAX / 3])
+        );
         let args = [Some(&a), Some(&t(&[1], vec![0i32]))];
-        assert!(eval(&EwOp::Div, &args, &EvalCx { regions: &[], output_types: &[] }).is_err());
+        assert!(
+            eval(
+                &EwOp::Div,
+                &args,
+                &EvalCx {
+                    regions: &[],
+                    output_types: &[]
+                }
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -571,9 +703,21 @@ mod tests {
     #[test]
     fn round_half_to_even() {
         let x = t(&[6], vec![0.5f32, 1.5, 2.5, -0.5, -1.5, 2.4]);
-        assert_eq!(run(EwOp::Round, &[&x]), t(&[6], vec![0.0f32, 2.0, 2.0, -0.0, -2.0, 2.0]));
-        let h = t(&[2], vec![half::f16::from_f32(2.5), half::f16::from_f32(3.5)]);
-        assert_eq!(run(EwOp::Round, &[&h]), t(&[2], vec![half::f16::from_f32(2.0), half::f16::from_f32(4.0)]));
+        assert_eq!(
+            run(EwOp::Round, &[&x]),
+            t(&[6], vec![0.0f32, 2.0, 2.0, -0.0, -2.0, 2.0])
+        );
+        let h = t(
+            &[2],
+            vec![half::f16::from_f32(2.5), half::f16::from_f32(3.5)],
+        );
+        assert_eq!(
+            run(EwOp::Round, &[&h]),
+            t(
+                &[2],
+                vec![half::f16::from_f32(2.0), half::f16::from_f32(4.0)]
+            )
+        );
     }
 
     #[test]
@@ -581,7 +725,10 @@ mod tests {
         let x = t(&[4], vec![-5i8, 0, 5, 127]);
         let lo = Tensor::scalar(-1i8);
         let hi = Tensor::scalar(4i8);
-        let cx = EvalCx { regions: &[], output_types: &[] };
+        let cx = EvalCx {
+            regions: &[],
+            output_types: &[],
+        };
         let only_hi = eval(&EwOp::Clip, &[Some(&x), None, Some(&hi)], &cx).unwrap();
         assert_eq!(only_hi[0], t(&[4], vec![-5i8, 0, 4, 4]));
         let only_lo = eval(&EwOp::Clip, &[Some(&x), Some(&lo)], &cx).unwrap();
@@ -597,7 +744,10 @@ mod tests {
         let v: Vec<f32> = f.view::<f32>().unwrap().iter().copied().collect();
         assert_eq!(&v[..2], &[1.5, -2.0]);
         assert!(v[2].is_nan());
-        let back = run(EwOp::Cast { to: DType::Str }, &[&t(&[2], vec![1.5f32, -2.0])]);
+        let back = run(
+            EwOp::Cast { to: DType::Str },
+            &[&t(&[2], vec![1.5f32, -2.0])],
+        );
         assert_eq!(back, t(&[2], vec!["1.5".to_string(), "-2".into()]));
     }
 
@@ -607,15 +757,24 @@ mod tests {
         let e = t(&[3], vec![2.0f32, 0.5, 2.0]);
         assert_eq!(run(EwOp::Pow, &[&b, &e]), t(&[3], vec![4i64, 1, 1 << 62]));
         let big = t(&[1], vec![3i64]);
-        assert_eq!(run(EwOp::Pow, &[&big, &t(&[1], vec![39i64])]), t(&[1], vec![3i64.pow(39)]));
+        assert_eq!(
+            run(EwOp::Pow, &[&big, &t(&[1], vec![39i64])]),
+            t(&[1], vec![3i64.pow(39)])
+        );
     }
 
     #[test]
     fn shifts_follow_onnx_edge_cases() {
         let a = t(&[4], vec![-8i8, 1, -1, 64]);
         let s = t(&[4], vec![1i8, 8, -1, 1]);
-        assert_eq!(run(EwOp::ShiftRight, &[&a, &s]), t(&[4], vec![-4i8, 0, -1, 32]));
-        assert_eq!(run(EwOp::ShiftLeft, &[&a, &s]), t(&[4], vec![-16i8, 0, 0, -128]));
+        assert_eq!(
+            run(EwOp::ShiftRight, &[&a, &s]),
+            t(&[4], vec![-4i8, 0, -1, 32])
+        );
+        assert_eq!(
+            run(EwOp::ShiftLeft, &[&a, &s]),
+            t(&[4], vec![-16i8, 0, 0, -128])
+        );
     }
 
     #[test]
@@ -624,7 +783,13 @@ mod tests {
         let x = t(&[2], vec!["a".to_string(), "b".into()]);
         let y = Tensor::scalar("z".to_string());
         let r = run(EwOp::Where, &[&c, &x, &y]);
-        assert_eq!(r, t(&[2, 2], vec!["a".to_string(), "b".into(), "z".into(), "z".into()]));
+        assert_eq!(
+            r,
+            t(
+                &[2, 2],
+                vec!["a".to_string(), "b".into(), "z".into(), "z".into()]
+            )
+        );
     }
 
     #[test]
