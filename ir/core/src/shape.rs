@@ -87,7 +87,11 @@ pub struct TensorType {
 
 impl TensorType {
     pub fn new(dtype: DType, shape: Shape) -> Self {
-        TensorType { dtype, shape, quant: None }
+        TensorType {
+            dtype,
+            shape,
+            quant: None,
+        }
     }
 
     pub fn fixed(dtype: DType, dims: &[usize]) -> Self {
@@ -138,6 +142,9 @@ mod tests {
             broadcast_shapes(&[&a, &b]),
             Some(vec![Dim::Sym("batch".into()), Dim::Known(3), Dim::Known(4)])
         );
-        assert_eq!(broadcast_shapes(&[&[Dim::Known(2)], &[Dim::Known(3)]]), None);
+        assert_eq!(
+            broadcast_shapes(&[&[Dim::Known(2)], &[Dim::Known(3)]]),
+            None
+        );
     }
 }

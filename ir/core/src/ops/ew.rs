@@ -2,8 +2,8 @@
 //! broadcasting, select, clip, casts.
 
 use super::{InferCx, InferError};
-use crate::shape::{broadcast_shapes, TensorType};
 use crate::DType;
+use crate::shape::{TensorType, broadcast_shapes};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

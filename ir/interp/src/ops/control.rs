@@ -1,9 +1,13 @@
 //! Kernels of the control family. (Stub: filled in by its owner.)
 
 use crate::{EvalCx, EvalError};
-use mlc_ir::ops::ControlOp;
 use mlc_ir::Tensor;
+use mlc_ir::ops::ControlOp;
 
-pub fn eval(op: &ControlOp, _inputs: &[Option<&Tensor>], _cx: &EvalCx) -> Result<Vec<Tensor>, EvalError> {
+pub fn eval(
+    op: &ControlOp,
+    _inputs: &[Option<&Tensor>],
+    _cx: &EvalCx,
+) -> Result<Vec<Tensor>, EvalError> {
     Err(EvalError::Unsupported(format!("{op:?}")))
 }

@@ -1,9 +1,13 @@
 //! Kernels of the quant family. (Stub: filled in by its owner.)
 
 use crate::{EvalCx, EvalError};
-use mlc_ir::ops::QuantOp;
 use mlc_ir::Tensor;
+use mlc_ir::ops::QuantOp;
 
-pub fn eval(op: &QuantOp, _inputs: &[Option<&Tensor>], _cx: &EvalCx) -> Result<Vec<Tensor>, EvalError> {
+pub fn eval(
+    op: &QuantOp,
+    _inputs: &[Option<&Tensor>],
+    _cx: &EvalCx,
+) -> Result<Vec<Tensor>, EvalError> {
     Err(EvalError::Unsupported(format!("{op:?}")))
 }

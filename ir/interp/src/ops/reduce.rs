@@ -1,9 +1,13 @@
 //! Kernels of the reduce family. (Stub: filled in by its owner.)
 
 use crate::{EvalCx, EvalError};
-use mlc_ir::ops::ReduceOp;
 use mlc_ir::Tensor;
+use mlc_ir::ops::ReduceOp;
 
-pub fn eval(op: &ReduceOp, _inputs: &[Option<&Tensor>], _cx: &EvalCx) -> Result<Vec<Tensor>, EvalError> {
+pub fn eval(
+    op: &ReduceOp,
+    _inputs: &[Option<&Tensor>],
+    _cx: &EvalCx,
+) -> Result<Vec<Tensor>, EvalError> {
     Err(EvalError::Unsupported(format!("{op:?}")))
 }
