@@ -262,3 +262,156 @@ fn count_constants(graph: &Graph) -> usize {
 
 #[cfg(test)]
 pub(crate) mod testutil;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{policy, sym, ty};
+    use mlc_ir::ops::EwOp;
+    use mlc_ir::{DType, Dim, Port, TensorType};
+
+    fn options(max_iterations: usize) -> Options {
+        Options {
+            max_iterations,
+            fold: policy(),
+        }
+    }
+
+    /// `z = relu(x + relu(c))` with vague recorded types, plus a dead `cast(x)`.
+    fn graph() -> Graph {
+        let mut g = Graph::new();
+        let x = g.add_input("x", ty(DType::F32, vec![sym("batch"), Dim::Known(4)]));
+        let c =
+            g.add_constant(Tensor::from_vec(&[4], vec![1f32, -2., 3., -4.]).expect("4 elements"));
+        let unknown = || ty(DType::F32, vec![Dim::Unknown, Dim::Unknown]);
+        let r = g.add_node(
+            Op::Ew(EwOp::Relu),
+            vec![Some(c)],
+            vec![ty(DType::F32, vec![Dim::Unknown])],
+            vec![],
+            None,
+        )[0];
+        let y = g.add_node(
+            Op::Ew(EwOp::Add),
+            vec![Some(x), Some(r)],
+            vec![unknown()],
+            vec![],
+            None,
+        )[0];
+        let z = g.add_node(
+            Op::Ew(EwOp::Relu),
+            vec![Some(y)],
+            vec![unknown()],
+            vec![],
+            None,
+        )[0];
+        let _dead = g.add_node(
+            Op::Ew(EwOp::Cast { to: DType::I64 }),
+            vec![Some(x)],
+            vec![TensorType::scalar(DType::I64)],
+            vec![],
+            None,
+        );
+        g.outputs.push(Port {
+            value: z,
+            name: "z".into(),
+        });
+        g
+    }
+
+    #[test]
+    fn simplify_binds_folds_refines_and_cleans_up() {
+        let mut g = graph();
+        let s = simplify_with(&mut g, &[("x".into(), vec![2, 4])], &options(8))
+            .expect("consistent graph");
+        assert_eq!(
+            (s.nodes_before, s.nodes_after, s.constants_after),
+            (4, 2, 1)
+        );
+        assert_eq!((s.folded, s.removed, s.non_static), (1, 2, 0));
+        assert_eq!((s.iterations, s.stop), (2, StopReason::Saturated));
+        assert_eq!(s.symbols, BTreeMap::from([("batch".to_string(), 2)]));
+        assert!(s.skipped.is_empty(), "{s}");
+        let types: Vec<String> = g.values.iter().map(ToString::to_string).collect();
+        assert_eq!(types, ["f32[2,4]", "f32[4]", "f32[2,4]", "f32[2,4]"]);
+        assert_eq!(
+            g.const_value(mlc_ir::ValueId(1))
+                .and_then(|t| t.to_f64_vec().ok()),
+            Some(vec![1., 0., 3., 0.])
+        );
+        assert_eq!(g.outputs[0].value, mlc_ir::ValueId(3));
+    }
+
+    #[test]
+    fn simplify_stops_at_the_iteration_limit() {
+        let mut g = graph();
+        let s = simplify_with(&mut g, &[], &options(1)).expect("consistent graph");
+        assert_eq!((s.iterations, s.stop), (1, StopReason::IterationLimit));
+        // Without bindings, the symbol survives; the known dim is still inferred.
+        assert_eq!(g.ty(g.outputs[0].value).to_string(), "f32[batch,4]");
+        assert_eq!(s.non_static, 3);
+    }
+
+    #[test]
+    fn simplify_reports_what_it_could_not_evaluate() {
+        let mut g = graph();
+        let s = simplify(&mut g, &[("x".into(), vec![1, 4])]).expect("consistent graph");
+        // The interpreter's ew kernels may or may not exist yet; either way, nothing fails.
+        assert_eq!(s.non_static, 0);
+        assert!(s.skipped.keys().all(|k| k.starts_with("eval ")), "{s}");
+    }
+
+    #[test]
+    fn simplify_works_inside_regions_without_binding_their_inputs() {
+        let mut region = Graph::new();
+        let a = region.add_input("a", ty(DType::F32, vec![sym("batch")]));
+        let c = region.add_constant(Tensor::scalar(-1f32));
+        let r = region.add_node(
+            Op::Ew(EwOp::Relu),
+            vec![Some(c)],
+            vec![TensorType::scalar(DType::F32)],
+            vec![],
+            None,
+        )[0];
+        let y = region.add_node(
+            Op::Ew(EwOp::Add),
+            vec![Some(a), Some(r)],
+            vec![ty(DType::F32, vec![Dim::Unknown])],
+            vec![],
+            None,
+        )[0];
+        let _dead = region.add_node(
+            Op::Ew(EwOp::Relu),
+            vec![Some(a)],
+            vec![ty(DType::F32, vec![Dim::Unknown])],
+            vec![],
+            None,
+        );
+        region.outputs.push(Port {
+            value: y,
+            name: "y".into(),
+        });
+
+        let mut g = Graph::new();
+        let x = g.add_input("x", ty(DType::F32, vec![sym("batch")]));
+        let o = g.add_node(
+            Op::Ew(EwOp::Relu),
+            vec![Some(x)],
+            vec![ty(DType::F32, vec![Dim::Unknown])],
+            vec![region],
+            None,
+        )[0];
+        g.outputs.push(Port {
+            value: o,
+            name: "o".into(),
+        });
+        let s =
+            simplify_with(&mut g, &[("x".into(), vec![3])], &options(8)).expect("consistent graph");
+        assert_eq!((s.folded, s.removed, s.nodes_after), (1, 2, 2));
+        assert_eq!(g.ty(g.outputs[0].value).to_string(), "f32[3]");
+        let region = &g.nodes[0].regions[0];
+        let types: Vec<String> = region.values.iter().map(ToString::to_string).collect();
+        assert_eq!(types, ["f32[batch]", "f32[]", "f32[batch]"]);
+        assert_eq!(s.non_static, 2);
+    }
+}
