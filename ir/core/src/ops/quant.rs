@@ -130,15 +130,18 @@ pub enum QuantOp {
     DynamicQuantize,
     /// numpy-style matmul of 8-bit integers into i32. Inputs: a, b, a_zero_point (scalar or per
     /// row: `[M]` or `[..., M, 1]`), b_zero_point (scalar or per column: `[N]` or `[..., 1, N]`).
+    #[serde(rename = "matmul_integer")]
     MatMulInteger,
     /// Convolution of 8-bit integers into i32. Inputs: x, w, x_zero_point (scalar),
     /// w_zero_point (scalar or per output channel `[M]`).
     ConvInteger(ConvGeom),
     /// Quantized matmul. Inputs: a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale,
     /// y_zero_point; output in y_zero_point's type.
+    #[serde(rename = "qlinear_matmul")]
     QLinearMatMul,
     /// Quantized convolution. Inputs: x, x_scale, x_zero_point, w, w_scale, w_zero_point,
     /// y_scale, y_zero_point, bias (optional i32 `[M]`); output in y_zero_point's type.
+    #[serde(rename = "qlinear_conv")]
     QLinearConv(ConvGeom),
 }
 
@@ -487,5 +490,9 @@ mod tests {
             to: DType::U8,
         };
         assert_eq!(crate::Op::Quant(q).name(), "quant.quantize");
+        assert_eq!(
+            crate::Op::Quant(QuantOp::QLinearMatMul).name(),
+            "quant.qlinear_matmul"
+        );
     }
 }
