@@ -174,8 +174,8 @@ pub(super) fn einsum(equation: &str, inputs: &[&Tensor]) -> Result<Tensor, EvalE
     }
     // Loop order: output labels first, then the summed ones.
     let mut order: Vec<usize> = spec.output.clone();
-    for l in 0..spec.n_labels {
-        if seen[l] && !order.contains(&l) {
+    for (l, &used) in seen.iter().enumerate() {
+        if used && !order.contains(&l) {
             order.push(l);
         }
     }
