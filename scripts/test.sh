@@ -31,9 +31,10 @@ cargo fmt --all --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 # The integration tests run the `mlc` binary, which `cargo test` does not build for another
-# package: build the workspace first (same features as the test build, so nothing rebuilds).
-step "cargo build --workspace"
-cargo build --workspace
+# package's tests. `--all-targets` resolves features as the test build does (dev-dependencies
+# included), so `cargo test` below reuses every artifact instead of rebuilding the deps.
+step "cargo build --workspace --all-targets"
+cargo build --workspace --all-targets
 step "cargo test --workspace"
 cargo test --workspace
 
