@@ -9,15 +9,9 @@
 //! `tests/dev_models.txt` is the manifest of models that must pass: a listed model that fails
 //! fails the test; an unlisted one is run and reported, so the manifest grows as ops land.
 
-use mlc_tests::{TempDir, mlc, read_npy_f64, repo_root, tolerance};
+use mlc_tests::{TempDir, mlc, models_dir, read_npy_f64, repo_root, tolerance};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-
-fn models_dir() -> PathBuf {
-    std::env::var_os("MLC_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("models-dev"))
-}
 
 fn manifest() -> Vec<String> {
     let path = repo_root().join("tests/dev_models.txt");

@@ -1,5 +1,6 @@
 //! Shared helpers for mlc's integration tests (the `all` test binary) and test runners.
 //!
+//! - [`node`] runs the ONNX backend node tests (the `node-tests` binary).
 //! - [`mlc`] runs the built `mlc` binary. Cargo only gives a package's own binaries to its
 //!   tests (`CARGO_BIN_EXE_*`), so the binary is found beside this test executable in the same
 //!   target directory; build it first with `cargo build -p mlc-cli` (`scripts/test.sh` does) or
@@ -8,6 +9,7 @@
 //! - [`tolerance`] is the one place where numeric agreement is defined.
 //! - [`TempDir`] is a scratch directory removed on drop.
 
+pub mod node;
 pub mod onnx;
 pub mod tolerance;
 
@@ -22,6 +24,13 @@ pub fn repo_root() -> PathBuf {
     here.parent()
         .expect("the tests crate sits one level below the workspace root")
         .to_path_buf()
+}
+
+/// Where the development corpus lives: `$MLC_MODELS_DIR`, else `models-dev/` in the repo root.
+pub fn models_dir() -> PathBuf {
+    std::env::var_os("MLC_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("models-dev"))
 }
 
 /// The `mlc` binary to test: `$MLC_BIN`, or `mlc` in this test executable's target directory.

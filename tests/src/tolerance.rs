@@ -1,10 +1,24 @@
 //! The one tolerance policy: how close mlc's outputs must be to a reference to agree.
 //!
-//! Error is measured relative to the reference's range, `max|got - want| / max|want|`, as
+//! ONNX node tests (`node_test`) compare element-wise, `|got - want| <= atol + rtol * |want|`,
+//! with ONNX's own backend-runner tolerances: their expected outputs come from the exact
+//! reference implementation, so only rounding differs.
+//!
+//! Development models (`for_model`, `rel_error`) are compared with ONNX Runtime. Error is measured relative to the reference's range, `max|got - want| / max|want|`, as
 //! `peers.py --check` reports it: element-wise relative error is meaningless near zero, and the
 //! range is what a consumer of the output sees. fp32 models agree with ONNX Runtime to about
 //! 1e-4 (different summation orders); int8 models to about 1e-2 (a requantization step can
 //! round the other way and move a value by one quantum).
+
+/// `(rtol, atol)` for a node-test float output: rtol 1e-3, atol 1e-7 as in ONNX's backend test
+/// runner; f16 and bf16 (`half_precision`) get rtol 1e-2, atol 1e-3 for their 11 and 8 bits.
+pub fn node_test(half_precision: bool) -> (f64, f64) {
+    if half_precision {
+        (1e-2, 1e-3)
+    } else {
+        (1e-3, 1e-7)
+    }
+}
 
 /// Allowed range-relative error for a development model, by its file stem.
 pub fn for_model(stem: &str) -> f64 {

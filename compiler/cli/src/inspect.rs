@@ -25,53 +25,62 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
         s.push('\n');
         s
     } else {
-        render(&args.model.display().to_string(), &info)
+        render(&info)
     };
     crate::print_stdout(&text)
 }
 
 /// The human-readable description.
-fn render(model: &str, info: &ModelInfo) -> String {
+fn render(info: &ModelInfo) -> String {
     // Writing to a String cannot fail; the `let _` keeps the formatting code flat.
     let mut s = String::new();
-    let _ = writeln!(s, "model: {model}");
+    let _ = writeln!(s, "model: {}", info.path);
+    if !info.producer.is_empty() {
+        let _ = writeln!(s, "producer: {}", info.producer);
+    }
     let opsets: Vec<String> = info
         .opsets
         .iter()
         .map(|(domain, v)| format!("{} {v}", if domain.is_empty() { "ai.onnx" } else { domain }))
         .collect();
-    let _ = writeln!(s, "opsets: {}", opsets.join(", "));
-    let _ = writeln!(s, "parameters: {}", thousands(info.parameter_count));
+    let _ = writeln!(
+        s,
+        "ir version: {}; opsets: {}",
+        info.ir_version,
+        opsets.join(", ")
+    );
+    let _ = writeln!(s, "parameters: {}", thousands(info.parameters));
     for (title, ports) in [("inputs", &info.inputs), ("outputs", &info.outputs)] {
         let _ = writeln!(s, "{title} ({}):", ports.len());
-        let w = ports.iter().map(|(n, _, _)| n.len()).max().unwrap_or(0);
-        for (name, dtype, shape) in ports {
-            let _ = writeln!(s, "  {name:<w$}  {dtype} {shape}");
+        let w = ports.iter().map(|p| p.name.len()).max().unwrap_or(0);
+        for p in ports {
+            let shape = match &p.shape {
+                Some(dims) => format!("[{}]", dims.join(",")),
+                None => "(rank not declared)".into(),
+            };
+            let _ = writeln!(s, "  {:<w$}  {}{shape}", p.name, p.dtype);
         }
     }
-    let nodes: usize = info.op_histogram.iter().map(|(_, n)| n).sum();
-    let _ = writeln!(s, "ops ({} types, {nodes} nodes):", info.op_histogram.len());
-    let w = info
-        .op_histogram
-        .iter()
-        .map(|(op, _)| op.len())
-        .max()
-        .unwrap_or(0);
-    for (op, n) in &info.op_histogram {
+    let _ = writeln!(s, "ops ({} types, {} nodes):", info.ops.len(), info.nodes);
+    let w = info.ops.keys().map(String::len).max().unwrap_or(0);
+    // Most used first, as a profile reads; ties keep the map's alphabetical order.
+    let mut ops: Vec<(&String, &usize)> = info.ops.iter().collect();
+    ops.sort_by(|a, b| b.1.cmp(a.1));
+    for (op, n) in ops {
         let _ = writeln!(s, "  {op:<w$}  {n}");
     }
     if info.unsupported.is_empty() {
         let _ = writeln!(s, "unsupported ops: none");
     } else {
-        let n: usize = info.unsupported.iter().map(|(_, nodes)| nodes.len()).sum();
+        let n: usize = info.unsupported.iter().map(|u| u.nodes.len()).sum();
         let _ = writeln!(
             s,
             "unsupported ops ({} types, {n} nodes):",
             info.unsupported.len()
         );
-        for (op, nodes) in &info.unsupported {
-            let names: Vec<String> = nodes.iter().map(|n| format!("{n:?}")).collect();
-            let _ = writeln!(s, "  {op}: {}", names.join(", "));
+        for u in &info.unsupported {
+            let names: Vec<String> = u.nodes.iter().map(|n| format!("{n:?}")).collect();
+            let _ = writeln!(s, "  {} (opset {}): {}", u.op, u.opset, names.join(", "));
         }
     }
     s

@@ -101,18 +101,19 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
     crate::print_stdout(&summary)
 }
 
-/// Runs `mlc_passes::simplify` on the bound graph (shape binding, constant folding, dead code).
-///
-/// Hook: the pass crate is not on main yet. When it lands, this body becomes
-/// `let stats = mlc_passes::simplify(graph, bindings)?;` with the stats printed under
-/// `--time-passes`. Until then the interpreter runs the graph as imported, which gives the same
-/// results: simplification only removes work.
+/// Binds the input shapes and simplifies the graph (constant folding, shape propagation, dead
+/// code), so the interpreter does not recompute in-graph shape arithmetic. Simplification only
+/// removes work: the results are the same. Its report goes to stderr under `--time-passes`.
 fn simplify(
-    _graph: &mut Graph,
-    _bindings: &[(String, Vec<usize>)],
+    graph: &mut Graph,
+    bindings: &[(String, Vec<usize>)],
     timer: &mut PhaseTimer,
 ) -> anyhow::Result<()> {
-    timer.done("simplify (not wired yet)");
+    let stats = mlc_passes::simplify(graph, bindings).context("simplifying the graph failed")?;
+    timer.done("simplify");
+    if timer.on {
+        eprintln!("simplify: {stats}");
+    }
     Ok(())
 }
 

@@ -131,7 +131,10 @@ impl NodeCx<'_> {
     }
 
     fn bad_attr(name: &str, want: &str) -> NodeError {
-        NodeError::Attr { name: name.to_string(), reason: format!("expected {want}") }
+        NodeError::Attr {
+            name: name.to_string(),
+            reason: format!("expected {want}"),
+        }
     }
 
     pub fn attr_int_opt(&self, name: &str) -> Result<Option<i64>, NodeError> {
@@ -168,7 +171,9 @@ impl NodeCx<'_> {
     }
 
     pub fn attr_str(&self, name: &str, default: &str) -> Result<String, NodeError> {
-        Ok(self.attr_str_opt(name)?.unwrap_or_else(|| default.to_string()))
+        Ok(self
+            .attr_str_opt(name)?
+            .unwrap_or_else(|| default.to_string()))
     }
 
     pub fn attr_ints(&self, name: &str) -> Result<Option<Vec<i64>>, NodeError> {
@@ -207,7 +212,10 @@ impl NodeCx<'_> {
 
     /// A required input.
     pub fn input(&self, i: usize) -> Result<ValueId, NodeError> {
-        self.opt_input(i).ok_or(NodeError::Input { index: i, reason: "required input is missing".into() })
+        self.opt_input(i).ok_or(NodeError::Input {
+            index: i,
+            reason: "required input is missing".into(),
+        })
     }
 
     /// An optional input (`None` when absent or past the end).
@@ -239,7 +247,12 @@ impl NodeCx<'_> {
     }
 
     /// Emits one IR node, inferring its output types; returns its outputs.
-    pub fn emit(&mut self, op: Op, inputs: Vec<Option<ValueId>>, n_outputs: usize) -> Result<Vec<ValueId>, NodeError> {
+    pub fn emit(
+        &mut self,
+        op: Op,
+        inputs: Vec<Option<ValueId>>,
+        n_outputs: usize,
+    ) -> Result<Vec<ValueId>, NodeError> {
         self.emit_with_regions(op, inputs, vec![], n_outputs)
     }
 
@@ -255,11 +268,20 @@ impl NodeCx<'_> {
         regions: Vec<Graph>,
         n_outputs: usize,
     ) -> Result<Vec<ValueId>, NodeError> {
-        let types: Vec<Option<TensorType>> =
-            inputs.iter().map(|v| v.map(|v| self.graph.ty(v).clone())).collect();
-        let consts: Vec<Option<&Tensor>> =
-            inputs.iter().map(|v| v.and_then(|v| self.graph.const_value(v))).collect();
-        let cx = InferCx { inputs: &types, consts: &consts, regions: &regions, n_outputs };
+        let types: Vec<Option<TensorType>> = inputs
+            .iter()
+            .map(|v| v.map(|v| self.graph.ty(v).clone()))
+            .collect();
+        let consts: Vec<Option<&Tensor>> = inputs
+            .iter()
+            .map(|v| v.and_then(|v| self.graph.const_value(v)))
+            .collect();
+        let cx = InferCx {
+            inputs: &types,
+            consts: &consts,
+            regions: &regions,
+            n_outputs,
+        };
         let out_types = op.infer(&cx)?;
         let loc = (!self.name.is_empty()).then(|| self.name.to_string());
         Ok(self.graph.add_node(op, inputs, out_types, regions, loc))
@@ -271,6 +293,7 @@ impl NodeCx<'_> {
         name: &str,
         input_types: &[Option<TensorType>],
     ) -> Result<(Graph, Vec<ValueId>), NodeError> {
-        self.subgraphs.import_subgraph(self.graph, name, input_types)
+        self.subgraphs
+            .import_subgraph(self.graph, name, input_types)
     }
 }

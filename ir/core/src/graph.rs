@@ -86,7 +86,10 @@ impl Graph {
 
     pub fn add_input(&mut self, name: impl Into<String>, ty: TensorType) -> ValueId {
         let value = self.add_value(ty);
-        self.inputs.push(Port { value, name: name.into() });
+        self.inputs.push(Port {
+            value,
+            name: name.into(),
+        });
         value
     }
 
@@ -120,8 +123,17 @@ impl Graph {
         regions: Vec<Graph>,
         loc: Option<String>,
     ) -> Vec<ValueId> {
-        let outputs: Vec<ValueId> = output_types.into_iter().map(|t| self.add_value(t)).collect();
-        self.nodes.push(Node { op, inputs, outputs: outputs.clone(), regions, loc });
+        let outputs: Vec<ValueId> = output_types
+            .into_iter()
+            .map(|t| self.add_value(t))
+            .collect();
+        self.nodes.push(Node {
+            op,
+            inputs,
+            outputs: outputs.clone(),
+            regions,
+            loc,
+        });
         outputs
     }
 

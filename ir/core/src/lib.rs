@@ -9,9 +9,13 @@ pub mod graph;
 pub mod ops;
 pub mod shape;
 pub mod tensor;
+pub mod text;
+pub mod verify;
 
 pub use dtype::{DType, QuantParams};
 pub use graph::{ConstId, Graph, Node, Port, ValueId};
 pub use ops::{InferCx, InferError, Op};
 pub use shape::{Dim, Shape, TensorType};
 pub use tensor::{Elem, NumElem, Tensor, TensorError};
+pub use text::{ParseError, PrintOptions, parse_graph, print_graph, print_graph_with};
+pub use verify::{VerifyError, verify};

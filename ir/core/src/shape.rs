@@ -29,7 +29,7 @@ impl Dim {
     pub fn broadcast(&self, other: &Dim) -> Option<Dim> {
         match (self, other) {
             (Dim::Known(1), d) | (d, Dim::Known(1)) => Some(d.clone()),
-            (Dim::Known(a), Dim::Known(b)) => (a == b).then(|| Dim::Known(*a)),
+            (Dim::Known(a), Dim::Known(b)) => (a == b).then_some(Dim::Known(*a)),
             (a, b) if a == b => Some(a.clone()),
             // A symbol against a known dim > 1: the symbol must equal it at run time.
             (Dim::Known(n), _) | (_, Dim::Known(n)) => Some(Dim::Known(*n)),
@@ -87,7 +87,11 @@ pub struct TensorType {
 
 impl TensorType {
     pub fn new(dtype: DType, shape: Shape) -> Self {
-        TensorType { dtype, shape, quant: None }
+        TensorType {
+            dtype,
+            shape,
+            quant: None,
+        }
     }
 
     pub fn fixed(dtype: DType, dims: &[usize]) -> Self {
@@ -138,6 +142,9 @@ mod tests {
             broadcast_shapes(&[&a, &b]),
             Some(vec![Dim::Sym("batch".into()), Dim::Known(3), Dim::Known(4)])
         );
-        assert_eq!(broadcast_shapes(&[&[Dim::Known(2)], &[Dim::Known(3)]]), None);
+        assert_eq!(
+            broadcast_shapes(&[&[Dim::Known(2)], &[Dim::Known(3)]]),
+            None
+        );
     }
 }

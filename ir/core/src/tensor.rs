@@ -238,7 +238,10 @@ impl Tensor {
         let len = data.len();
         ArrayD::from_shape_vec(IxDyn(shape), data)
             .map(T::wrap)
-            .map_err(|_| TensorError::BadLength { len, shape: shape.to_vec() })
+            .map_err(|_| TensorError::BadLength {
+                len,
+                shape: shape.to_vec(),
+            })
     }
 
     pub fn scalar<T: Elem>(v: T) -> Tensor {
@@ -258,18 +261,27 @@ impl Tensor {
     }
 
     pub fn view<T: Elem>(&self) -> Result<&ArrayD<T>, TensorError> {
-        T::view(self).ok_or(TensorError::WrongDType { want: T::DTYPE.name(), found: self.dtype() })
+        T::view(self).ok_or(TensorError::WrongDType {
+            want: T::DTYPE.name(),
+            found: self.dtype(),
+        })
     }
 
     pub fn into_array<T: Elem>(self) -> Result<ArrayD<T>, TensorError> {
         let found = self.dtype();
-        T::take(self).map_err(|_| TensorError::WrongDType { want: T::DTYPE.name(), found })
+        T::take(self).map_err(|_| TensorError::WrongDType {
+            want: T::DTYPE.name(),
+            found,
+        })
     }
 
     /// The elements as i64, for shape-like tensors (axes, shapes, indices, pads) of any integer type.
     pub fn to_i64_vec(&self) -> Result<Vec<i64>, TensorError> {
         if !(self.dtype().is_int() || self.dtype() == DType::Bool) {
-            return Err(TensorError::WrongDType { want: "integer", found: self.dtype() });
+            return Err(TensorError::WrongDType {
+                want: "integer",
+                found: self.dtype(),
+            });
         }
         dispatch_num!(self, a => Ok(a.iter().map(|v| v.to_i64()).collect()), _ => unreachable!())
     }
@@ -316,19 +328,41 @@ impl Tensor {
             Tensor::I64(a) => le(a, i64::to_le_bytes),
             Tensor::U64(a) => le(a, u64::to_le_bytes),
             Tensor::Bool(a) => le(a, |b: bool| [b as u8]),
-            Tensor::Str(_) => return Err(TensorError::WrongDType { want: "fixed-size", found: DType::Str }),
+            Tensor::Str(_) => {
+                return Err(TensorError::WrongDType {
+                    want: "fixed-size",
+                    found: DType::Str,
+                });
+            }
         })
     }
 
     /// Builds a tensor from little-endian bytes (not for strings).
-    pub fn from_le_bytes(dtype: DType, shape: &[usize], bytes: &[u8]) -> Result<Tensor, TensorError> {
+    pub fn from_le_bytes(
+        dtype: DType,
+        shape: &[usize],
+        bytes: &[u8],
+    ) -> Result<Tensor, TensorError> {
         let n: usize = shape.iter().product();
-        let size = dtype.size().ok_or(TensorError::WrongDType { want: "fixed-size", found: dtype })?;
+        let size = dtype.size().ok_or(TensorError::WrongDType {
+            want: "fixed-size",
+            found: dtype,
+        })?;
         if bytes.len() != n * size {
-            return Err(TensorError::BadLength { len: bytes.len() / size, shape: shape.to_vec() });
+            return Err(TensorError::BadLength {
+                len: bytes.len() / size,
+                shape: shape.to_vec(),
+            });
         }
-        fn de<T: Elem, const N: usize>(shape: &[usize], b: &[u8], f: impl Fn([u8; N]) -> T) -> Result<Tensor, TensorError> {
-            let v = b.chunks_exact(N).map(|c| f(c.try_into().expect("chunk of N bytes"))).collect();
+        fn de<T: Elem, const N: usize>(
+            shape: &[usize],
+            b: &[u8],
+            f: impl Fn([u8; N]) -> T,
+        ) -> Result<Tensor, TensorError> {
+            let v = b
+                .chunks_exact(N)
+                .map(|c| f(c.try_into().expect("chunk of N bytes")))
+                .collect();
             Tensor::from_vec(shape, v)
         }
         match dtype {
@@ -388,7 +422,9 @@ fn cast_from_str(a: &ArrayD<String>, to: DType) -> Result<Tensor, TensorError> {
                 "nan" | "+nan" | "-nan" => Ok(f64::NAN),
                 "inf" | "+inf" | "infinity" | "+infinity" => Ok(f64::INFINITY),
                 "-inf" | "-infinity" => Ok(f64::NEG_INFINITY),
-                _ => t.parse::<f64>().map_err(|_| TensorError::BadNumber(s.clone())),
+                _ => t
+                    .parse::<f64>()
+                    .map_err(|_| TensorError::BadNumber(s.clone())),
             }
         })
         .collect();
@@ -427,7 +463,10 @@ mod tests {
     #[test]
     fn cast_is_exact_for_wide_ints() {
         let t = Tensor::from_vec(&[1], vec![i64::MAX - 1]).unwrap();
-        assert_eq!(t.cast(DType::U64).unwrap().to_i64_vec().unwrap(), vec![i64::MAX - 1]);
+        assert_eq!(
+            t.cast(DType::U64).unwrap().to_i64_vec().unwrap(),
+            vec![i64::MAX - 1]
+        );
     }
 
     #[test]

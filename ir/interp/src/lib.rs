@@ -14,9 +14,18 @@ pub enum EvalError {
     #[error("graph input {name:?} is missing")]
     MissingInput { name: String },
     #[error("graph input {name:?}: expected {expected}, got {got}")]
-    InputMismatch { name: String, expected: String, got: String },
+    InputMismatch {
+        name: String,
+        expected: String,
+        got: String,
+    },
     #[error("node {index} ({op}{loc}): {reason}")]
-    Node { index: usize, op: String, loc: String, reason: String },
+    Node {
+        index: usize,
+        op: String,
+        loc: String,
+        reason: String,
+    },
     #[error("op {0} is not supported by the interpreter")]
     Unsupported(String),
     #[error("{0}")]
@@ -46,7 +55,10 @@ impl EvalCx<'_> {
 
     /// Runs region `i` on the given inputs.
     pub fn run_region(&self, i: usize, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, EvalError> {
-        let g = self.regions.get(i).ok_or_else(|| invalid(format!("node has no region {i}")))?;
+        let g = self
+            .regions
+            .get(i)
+            .ok_or_else(|| invalid(format!("node has no region {i}")))?;
         run_positional(g, inputs)
     }
 }
@@ -99,15 +111,28 @@ pub fn run_positional(graph: &Graph, inputs: Vec<Tensor>) -> Result<Vec<Tensor>,
             let args: Vec<Option<&Tensor>> = node
                 .inputs
                 .iter()
-                .map(|v| v.map(|v| env[v.0 as usize].as_ref().expect("verified graphs define values before use")))
+                .map(|v| {
+                    v.map(|v| {
+                        env[v.0 as usize]
+                            .as_ref()
+                            .expect("verified graphs define values before use")
+                    })
+                })
                 .collect();
             let output_types: Vec<TensorType> =
                 node.outputs.iter().map(|v| graph.ty(*v).clone()).collect();
-            let cx = EvalCx { regions: &node.regions, output_types: &output_types };
+            let cx = EvalCx {
+                regions: &node.regions,
+                output_types: &output_types,
+            };
             eval_op(&node.op, &args, &cx).map_err(|e| EvalError::Node {
                 index: i,
                 op: node.op.name(),
-                loc: node.loc.as_ref().map(|l| format!(" at {l}")).unwrap_or_default(),
+                loc: node
+                    .loc
+                    .as_ref()
+                    .map(|l| format!(" at {l}"))
+                    .unwrap_or_default(),
                 reason: e.to_string(),
             })?
         };
@@ -131,7 +156,11 @@ pub fn run_positional(graph: &Graph, inputs: Vec<Tensor>) -> Result<Vec<Tensor>,
     graph
         .outputs
         .iter()
-        .map(|p| env[p.value.0 as usize].clone().ok_or_else(|| invalid(format!("output {} was never computed", p.value))))
+        .map(|p| {
+            env[p.value.0 as usize]
+                .clone()
+                .ok_or_else(|| invalid(format!("output {} was never computed", p.value)))
+        })
         .collect()
 }
 
@@ -143,7 +172,9 @@ pub fn run(graph: &Graph, inputs: &[(String, Tensor)]) -> Result<Vec<Tensor>, Ev
             .iter()
             .find(|(n, _)| n == &port.name)
             .map(|(_, t)| t.clone())
-            .ok_or_else(|| EvalError::MissingInput { name: port.name.clone() })?;
+            .ok_or_else(|| EvalError::MissingInput {
+                name: port.name.clone(),
+            })?;
         check_input(&port.name, graph.ty(port.value), &t)?;
         ordered.push(t);
     }
@@ -153,7 +184,11 @@ pub fn run(graph: &Graph, inputs: &[(String, Tensor)]) -> Result<Vec<Tensor>, Ev
 fn check_input(name: &str, ty: &TensorType, t: &Tensor) -> Result<(), EvalError> {
     let fits = t.dtype() == ty.dtype
         && t.rank() == ty.rank()
-        && ty.shape.iter().zip(t.shape()).all(|(d, &n)| d.known().is_none_or(|k| k == n));
+        && ty
+            .shape
+            .iter()
+            .zip(t.shape())
+            .all(|(d, &n)| d.known().is_none_or(|k| k == n));
     if fits {
         Ok(())
     } else {
@@ -164,4 +199,3 @@ fn check_input(name: &str, ty: &TensorType, t: &Tensor) -> Result<(), EvalError>
         })
     }
 }
-

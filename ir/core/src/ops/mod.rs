@@ -57,7 +57,11 @@ pub enum InferError {
     #[error("input {index} is required")]
     MissingInput { index: usize },
     #[error("input {index} has type {found}, expected {expected}")]
-    DType { index: usize, expected: String, found: crate::DType },
+    DType {
+        index: usize,
+        expected: String,
+        found: crate::DType,
+    },
     #[error("{0}")]
     Shape(String),
     #[error("bad attribute {name}: {reason}")]
@@ -82,7 +86,10 @@ pub struct InferCx<'a> {
 impl<'a> InferCx<'a> {
     /// The type of a required input.
     pub fn input(&self, i: usize) -> Result<&'a TensorType, InferError> {
-        self.inputs.get(i).and_then(Option::as_ref).ok_or(InferError::MissingInput { index: i })
+        self.inputs
+            .get(i)
+            .and_then(Option::as_ref)
+            .ok_or(InferError::MissingInput { index: i })
     }
 
     /// The type of an optional input.
@@ -99,7 +106,11 @@ impl<'a> InferCx<'a> {
     pub fn arity(&self, min: usize, max: usize) -> Result<(), InferError> {
         let n = self.inputs.len();
         if n < min || n > max {
-            let expected = if min == max { format!("{min}") } else { format!("{min} to {max}") };
+            let expected = if min == max {
+                format!("{min}")
+            } else {
+                format!("{min} to {max}")
+            };
             return Err(InferError::Arity { expected, found: n });
         }
         Ok(())
@@ -128,7 +139,9 @@ impl Op {
     /// Infers the output types of a node of this op.
     pub fn infer(&self, cx: &InferCx) -> Result<Vec<TensorType>, InferError> {
         match self {
-            Op::Constant { .. } => Err(InferError::Other("constant types come from the constant table".into())),
+            Op::Constant { .. } => Err(InferError::Other(
+                "constant types come from the constant table".into(),
+            )),
             Op::Ew(o) => o.infer(cx),
             Op::Reduce(o) => o.infer(cx),
             Op::Nn(o) => o.infer(cx),
@@ -145,7 +158,9 @@ pub fn norm_axis(axis: i64, rank: usize) -> Result<usize, InferError> {
     let r = rank as i64;
     let a = if axis < 0 { axis + r } else { axis };
     if a < 0 || a >= r.max(1) && !(r == 0 && a == 0) {
-        return Err(InferError::Shape(format!("axis {axis} out of range for rank {rank}")));
+        return Err(InferError::Shape(format!(
+            "axis {axis} out of range for rank {rank}"
+        )));
     }
     Ok(a as usize)
 }

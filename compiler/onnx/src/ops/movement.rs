@@ -1,5 +1,0 @@
-//! Import of the movement family. (Stub: filled in by its owner.)
-
-use crate::cx::Registry;
-
-pub fn register(_r: &mut Registry) {}

@@ -1,9 +1,0 @@
-//! Kernels of the nn family. (Stub: filled in by its owner.)
-
-use crate::{EvalCx, EvalError};
-use mlc_ir::ops::NnOp;
-use mlc_ir::Tensor;
-
-pub fn eval(op: &NnOp, _inputs: &[Option<&Tensor>], _cx: &EvalCx) -> Result<Vec<Tensor>, EvalError> {
-    Err(EvalError::Unsupported(format!("{op:?}")))
-}
