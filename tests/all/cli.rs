@@ -187,7 +187,16 @@ fn inspect_describes_the_model() {
     let r = c.inspect("m.onnx", true);
     r.assert_success();
     let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("--json prints JSON");
-    assert!(v.is_object(), "{v}");
+    assert_eq!(v["inputs"][0]["name"], "x", "{v}");
+    assert_eq!(v["inputs"][0]["dtype"], "f32", "{v}");
+    assert_eq!(
+        v["inputs"][0]["shape"],
+        serde_json::json!(["N", "3"]),
+        "{v}"
+    );
+    assert_eq!(v["outputs"][0]["name"], "out/0:y", "{v}");
+    assert_eq!(v["ops"]["Relu"], 1, "{v}");
+    assert_eq!(v["unsupported"], serde_json::json!([]), "{v}");
 }
 
 #[test]
@@ -224,6 +233,33 @@ fn unsupported_ops_are_all_listed_with_their_nodes() {
             r.stdout
         );
     }
+    let v: serde_json::Value =
+        serde_json::from_str(&c.inspect("m.onnx", true).stdout).expect("JSON");
+    let listed: Vec<(String, Vec<String>)> = v["unsupported"]
+        .as_array()
+        .expect("an array of unsupported ops")
+        .iter()
+        .map(|u| {
+            let nodes = u["nodes"].as_array().into_iter().flatten();
+            (
+                u["op"].as_str().unwrap_or("").to_string(),
+                nodes
+                    .map(|n| n.as_str().unwrap_or("").to_string())
+                    .collect(),
+            )
+        })
+        .collect();
+    assert!(
+        listed.contains(&(
+            "NoSuchOp".into(),
+            vec!["mystery_1".into(), "mystery_2".into()]
+        )),
+        "{v}"
+    );
+    assert!(
+        listed.contains(&("AlsoMissing".into(), vec!["mystery_3".into()])),
+        "{v}"
+    );
     c.run("m.onnx", &["x=x.npy"]).assert_error(&needles);
     c.assert_no_outputs();
 }
