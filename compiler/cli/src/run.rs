@@ -22,8 +22,9 @@ pub struct Args {
     /// .pb file. Give one per graph input; the name ends at the first '='.
     #[arg(short, long = "input", value_name = "NAME=FILE", value_parser = parse_input)]
     pub inputs: Vec<(String, PathBuf)>,
-    /// Where to write <output>.npy for every graph output; the output's name with each character
-    /// outside [A-Za-z0-9._-] replaced by '_'. Created if missing.
+    /// Where to write <output>.npy for every graph output: the output's name with each character
+    /// outside [A-Za-z0-9._-] replaced by '_' (and _2, _3, ... appended should two names then
+    /// collide). Created if missing.
     #[arg(short, long, value_name = "DIR", default_value = ".")]
     pub output_dir: PathBuf,
     /// Print how long each phase took (import, simplify, interpret, write) on stderr.
