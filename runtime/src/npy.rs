@@ -34,6 +34,22 @@ pub enum ElemType {
 }
 
 impl ElemType {
+    pub const ALL: [ElemType; 13] = [
+        ElemType::F16,
+        ElemType::F32,
+        ElemType::F64,
+        ElemType::I8,
+        ElemType::I16,
+        ElemType::I32,
+        ElemType::I64,
+        ElemType::U8,
+        ElemType::U16,
+        ElemType::U32,
+        ElemType::U64,
+        ElemType::Bool,
+        ElemType::Str,
+    ];
+
     /// Bytes per element; `None` for strings, whose width is per file.
     pub fn size(self) -> Option<usize> {
         Some(match self {
@@ -45,61 +61,50 @@ impl ElemType {
         })
     }
 
+    /// The short name (`f32`, `i64`, `bool`, `str`): the same spelling as mlc's dtypes, so the
+    /// compiler side maps types by name without this crate knowing the IR.
+    pub fn name(self) -> &'static str {
+        self.names().0
+    }
+
+    pub fn from_name(name: &str) -> Option<ElemType> {
+        ElemType::ALL.into_iter().find(|t| t.name() == name)
+    }
+
     /// NumPy's name for the type (`float32`, `int64`, `bool`, `str`), for messages.
     pub fn numpy_name(self) -> &'static str {
-        match self {
-            ElemType::F16 => "float16",
-            ElemType::F32 => "float32",
-            ElemType::F64 => "float64",
-            ElemType::I8 => "int8",
-            ElemType::I16 => "int16",
-            ElemType::I32 => "int32",
-            ElemType::I64 => "int64",
-            ElemType::U8 => "uint8",
-            ElemType::U16 => "uint16",
-            ElemType::U32 => "uint32",
-            ElemType::U64 => "uint64",
-            ElemType::Bool => "bool",
-            ElemType::Str => "str",
-        }
+        self.names().1
     }
 
     /// The type code after the byte-order character (`f4`, `b1`).
     fn code(self) -> &'static str {
+        self.names().2
+    }
+
+    /// (short name, NumPy name, `.npy` type code), in one table so they cannot drift apart.
+    fn names(self) -> (&'static str, &'static str, &'static str) {
         match self {
-            ElemType::F16 => "f2",
-            ElemType::F32 => "f4",
-            ElemType::F64 => "f8",
-            ElemType::I8 => "i1",
-            ElemType::I16 => "i2",
-            ElemType::I32 => "i4",
-            ElemType::I64 => "i8",
-            ElemType::U8 => "u1",
-            ElemType::U16 => "u2",
-            ElemType::U32 => "u4",
-            ElemType::U64 => "u8",
-            ElemType::Bool => "b1",
-            ElemType::Str => "U",
+            ElemType::F16 => ("f16", "float16", "f2"),
+            ElemType::F32 => ("f32", "float32", "f4"),
+            ElemType::F64 => ("f64", "float64", "f8"),
+            ElemType::I8 => ("i8", "int8", "i1"),
+            ElemType::I16 => ("i16", "int16", "i2"),
+            ElemType::I32 => ("i32", "int32", "i4"),
+            ElemType::I64 => ("i64", "int64", "i8"),
+            ElemType::U8 => ("u8", "uint8", "u1"),
+            ElemType::U16 => ("u16", "uint16", "u2"),
+            ElemType::U32 => ("u32", "uint32", "u4"),
+            ElemType::U64 => ("u64", "uint64", "u8"),
+            ElemType::Bool => ("bool", "bool", "b1"),
+            ElemType::Str => ("str", "str", "U"),
         }
     }
 
+    /// The fixed-size type with this code (strings are parsed separately: their code has a width).
     fn from_code(code: &str) -> Option<ElemType> {
-        [
-            ElemType::F16,
-            ElemType::F32,
-            ElemType::F64,
-            ElemType::I8,
-            ElemType::I16,
-            ElemType::I32,
-            ElemType::I64,
-            ElemType::U8,
-            ElemType::U16,
-            ElemType::U32,
-            ElemType::U64,
-            ElemType::Bool,
-        ]
-        .into_iter()
-        .find(|t| t.code() == code)
+        ElemType::ALL
+            .into_iter()
+            .find(|t| t.size().is_some() && t.code() == code)
     }
 }
 

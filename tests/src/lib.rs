@@ -195,53 +195,13 @@ impl Drop for TempDir {
 
 /// A `.npy` file's elements as f64 (strings are not numbers: `None`), with its shape.
 pub fn read_npy_f64(path: &Path) -> Result<(Vec<usize>, Option<Vec<f64>>), String> {
-    use mlc_runtime::npy::{ElemType, NpyArray, NpyData};
+    use mlc_runtime::npy::{NpyArray, NpyData};
     let a = NpyArray::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let NpyData::Bytes(b) = &a.data else {
+    let NpyData::Bytes(bytes) = &a.data else {
         return Ok((a.shape, None));
     };
-    fn conv<const N: usize>(b: &[u8], f: impl Fn([u8; N]) -> f64) -> Vec<f64> {
-        b.chunks_exact(N)
-            .map(|c| f(c.try_into().expect("chunks of N bytes")))
-            .collect()
-    }
-    let v = match a.elem {
-        ElemType::F16 => conv(b, |x: [u8; 2]| f16_to_f64(u16::from_le_bytes(x))),
-        ElemType::F32 => conv(b, |x| f32::from_le_bytes(x) as f64),
-        ElemType::F64 => conv(b, f64::from_le_bytes),
-        ElemType::I8 => conv(b, |x| i8::from_le_bytes(x) as f64),
-        ElemType::I16 => conv(b, |x| i16::from_le_bytes(x) as f64),
-        ElemType::I32 => conv(b, |x| i32::from_le_bytes(x) as f64),
-        ElemType::I64 => conv(b, |x| i64::from_le_bytes(x) as f64),
-        ElemType::U8 | ElemType::Bool => conv(b, |x: [u8; 1]| x[0] as f64),
-        ElemType::U16 => conv(b, |x| u16::from_le_bytes(x) as f64),
-        ElemType::U32 => conv(b, |x| u32::from_le_bytes(x) as f64),
-        ElemType::U64 => conv(b, |x| u64::from_le_bytes(x) as f64),
-        ElemType::Str => return Ok((a.shape, None)),
-    };
-    Ok((a.shape, Some(v)))
-}
-
-/// IEEE half to f64, exactly (the runtime crate deliberately has no `half` dependency).
-fn f16_to_f64(h: u16) -> f64 {
-    let sign = if h & 0x8000 != 0 { -1.0 } else { 1.0 };
-    let exp = ((h >> 10) & 0x1f) as i32;
-    let frac = (h & 0x3ff) as f64;
-    sign * match exp {
-        0 => frac * 2f64.powi(-24),
-        31 if frac == 0.0 => f64::INFINITY,
-        31 => f64::NAN,
-        e => (1.0 + frac / 1024.0) * 2f64.powi(e - 15),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn f16_decodes() {
-        assert_eq!(super::f16_to_f64(0x3c00), 1.0);
-        assert_eq!(super::f16_to_f64(0xc000), -2.0);
-        assert_eq!(super::f16_to_f64(0x0001), 2f64.powi(-24));
-        assert!(super::f16_to_f64(0x7e00).is_nan());
-    }
+    let dtype = mlc_ir::DType::from_name(a.elem.name()).expect("every .npy type is an mlc dtype");
+    let t = mlc_ir::Tensor::from_le_bytes(dtype, &a.shape, bytes).map_err(|e| e.to_string())?;
+    let values = t.to_f64_vec().map_err(|e| e.to_string())?;
+    Ok((a.shape, Some(values)))
 }

@@ -25,42 +25,14 @@ pub fn read_tensor(path: &Path) -> anyhow::Result<Tensor> {
     Ok(mlc_onnx::read_tensor_pb(path)?)
 }
 
+/// The IR dtype of a `.npy` element type; the two share their short names (`f32`, `bool`).
 fn dtype_of(elem: ElemType) -> DType {
-    match elem {
-        ElemType::F16 => DType::F16,
-        ElemType::F32 => DType::F32,
-        ElemType::F64 => DType::F64,
-        ElemType::I8 => DType::I8,
-        ElemType::I16 => DType::I16,
-        ElemType::I32 => DType::I32,
-        ElemType::I64 => DType::I64,
-        ElemType::U8 => DType::U8,
-        ElemType::U16 => DType::U16,
-        ElemType::U32 => DType::U32,
-        ElemType::U64 => DType::U64,
-        ElemType::Bool => DType::Bool,
-        ElemType::Str => DType::Str,
-    }
+    DType::from_name(elem.name()).expect("every .npy element type is an mlc dtype")
 }
 
 /// The `.npy` element type for a dtype; `None` for bf16, which NumPy has no type for.
 fn elem_of(dtype: DType) -> Option<ElemType> {
-    Some(match dtype {
-        DType::F16 => ElemType::F16,
-        DType::F32 => ElemType::F32,
-        DType::F64 => ElemType::F64,
-        DType::I8 => ElemType::I8,
-        DType::I16 => ElemType::I16,
-        DType::I32 => ElemType::I32,
-        DType::I64 => ElemType::I64,
-        DType::U8 => ElemType::U8,
-        DType::U16 => ElemType::U16,
-        DType::U32 => ElemType::U32,
-        DType::U64 => ElemType::U64,
-        DType::Bool => ElemType::Bool,
-        DType::Str => ElemType::Str,
-        DType::BF16 => return None,
-    })
+    ElemType::from_name(dtype.name())
 }
 
 pub fn npy_to_tensor(arr: NpyArray) -> anyhow::Result<Tensor> {
@@ -180,6 +152,14 @@ pub fn check_output_dir(dir: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_npy_type_is_a_dtype_and_back() {
+        for e in ElemType::ALL {
+            assert_eq!(elem_of(dtype_of(e)), Some(e));
+        }
+        assert_eq!(elem_of(DType::BF16), None);
+    }
 
     #[test]
     fn sanitizes_names() {
