@@ -139,7 +139,7 @@ fn mul_dim(a: &Dim, n: usize) -> Dim {
 /// `a / n`, checking divisibility when `a` is known.
 fn div_dim(a: &Dim, n: usize, what: &str) -> Result<Dim, InferError> {
     match a {
-        Dim::Known(x) if n == 0 || x % n != 0 => Err(InferError::Shape(format!(
+        Dim::Known(x) if n == 0 || !x.is_multiple_of(n) => Err(InferError::Shape(format!(
             "{what} size {x} is not divisible by {n} heads"
         ))),
         Dim::Known(x) => Ok(Dim::Known(x / n)),
@@ -315,7 +315,10 @@ impl AttnOp {
                 for (t, n) in [(&q, "query"), (&k, "key"), (&v, "value")] {
                     rank_is(t, &[3], n)?;
                 }
-                if *q_num_heads == 0 || *kv_num_heads == 0 || q_num_heads % kv_num_heads != 0 {
+                if *q_num_heads == 0
+                    || *kv_num_heads == 0
+                    || !q_num_heads.is_multiple_of(*kv_num_heads)
+                {
                     return Err(InferError::Attr {
                         name: "q_num_heads",
                         reason: format!(
@@ -359,7 +362,7 @@ impl AttnOp {
                     heads(*num_heads, "num_heads")?;
                 }
                 if let Some(r) = rotary_dim
-                    && r % 2 != 0
+                    && !r.is_multiple_of(2)
                 {
                     return Err(InferError::Attr {
                         name: "rotary_embedding_dim",

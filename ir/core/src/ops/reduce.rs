@@ -4,9 +4,9 @@
 //! Axes are normalized at import (non-negative, sorted, distinct); where ONNX passes them as a
 //! run-time input that is not a constant, the attribute is `None` and the kernel reads input 1.
 
-use super::{norm_axis, InferCx, InferError};
-use crate::shape::{Dim, Shape, TensorType};
+use super::{InferCx, InferError, norm_axis};
 use crate::DType;
+use crate::shape::{Dim, Shape, TensorType};
 use serde::{Deserialize, Serialize};
 
 /// The reductions that share [`ReduceAttrs`]. Each names the function of a lane of elements.
@@ -114,15 +114,29 @@ pub enum ReduceOp {
     CumProd(CumAttrs),
     /// The `k` largest (or smallest) elements along `axis` and their i64 indices, sorted, ties
     /// broken by the lower index. Inputs: x, k (when `k` is `None`: a 1-element i64 tensor).
-    TopK { axis: usize, k: Option<usize>, largest: bool, sorted: bool },
+    TopK {
+        axis: usize,
+        k: Option<usize>,
+        largest: bool,
+        sorted: bool,
+    },
     /// `x / ||x||_p` along `axis` (0 where the norm is 0); `p` is 1 or 2.
-    LpNorm { axis: usize, p: u32 },
+    LpNorm {
+        axis: usize,
+        p: u32,
+    },
     /// Softmax cross-entropy of scores `[N, C, d...]` against i32/i64 labels `[N, d...]`, with
     /// optional class weights `[C]`. Outputs: the loss and, optionally, the log-probabilities.
-    SoftmaxCrossEntropy { reduction: LossReduction, ignore_index: Option<i64> },
+    SoftmaxCrossEntropy {
+        reduction: LossReduction,
+        ignore_index: Option<i64>,
+    },
     /// Negative log-likelihood of log-probabilities `[N, C, d...]` against labels `[N, d...]`,
     /// with optional class weights `[C]`.
-    NllLoss { reduction: LossReduction, ignore_index: Option<i64> },
+    NllLoss {
+        reduction: LossReduction,
+        ignore_index: Option<i64>,
+    },
 }
 
 impl ReduceOp {
@@ -201,7 +215,11 @@ impl ReduceOp {
                         match cx.const_input(1) {
                             Some(t) => match t.to_i64_vec().ok().as_deref() {
                                 Some([k]) if *k >= 0 => Some(*k as usize),
-                                _ => return Err(InferError::Other("k must be one non-negative integer".into())),
+                                _ => {
+                                    return Err(InferError::Other(
+                                        "k must be one non-negative integer".into(),
+                                    ));
+                                }
                             },
                             None => None,
                         }
@@ -210,11 +228,16 @@ impl ReduceOp {
                 if let (Some(k), Dim::Known(n)) = (k, &x.shape[*axis])
                     && k > *n
                 {
-                    return Err(InferError::Shape(format!("k = {k} exceeds axis length {n}")));
+                    return Err(InferError::Shape(format!(
+                        "k = {k} exceeds axis length {n}"
+                    )));
                 }
                 let mut shape = x.shape.clone();
                 shape[*axis] = k.map_or(Dim::Unknown, Dim::Known);
-                Ok(vec![TensorType::new(x.dtype, shape.clone()), TensorType::new(DType::I64, shape)])
+                Ok(vec![
+                    TensorType::new(x.dtype, shape.clone()),
+                    TensorType::new(DType::I64, shape),
+                ])
             }
             ReduceOp::LpNorm { axis, p } => {
                 cx.arity(1, 1)?;
@@ -222,19 +245,29 @@ impl ReduceOp {
                 check_axis(*axis, x.rank())?;
                 float_input(x, 0)?;
                 if !matches!(p, 1 | 2) {
-                    return Err(InferError::Attr { name: "p", reason: format!("must be 1 or 2, got {p}") });
+                    return Err(InferError::Attr {
+                        name: "p",
+                        reason: format!("must be 1 or 2, got {p}"),
+                    });
                 }
                 Ok(vec![x.clone()])
             }
-            ReduceOp::SoftmaxCrossEntropy { reduction, .. } | ReduceOp::NllLoss { reduction, .. } => {
+            ReduceOp::SoftmaxCrossEntropy { reduction, .. }
+            | ReduceOp::NllLoss { reduction, .. } => {
                 cx.arity(2, 3)?;
                 let (x, labels) = (cx.input(0)?, cx.input(1)?);
                 float_input(x, 0)?;
                 if !matches!(labels.dtype, DType::I32 | DType::I64) {
-                    return Err(InferError::DType { index: 1, expected: "i32 or i64".into(), found: labels.dtype });
+                    return Err(InferError::DType {
+                        index: 1,
+                        expected: "i32 or i64".into(),
+                        found: labels.dtype,
+                    });
                 }
                 if x.rank() < 2 || labels.rank() + 1 != x.rank() {
-                    return Err(InferError::Shape(format!("scores {x} and labels {labels} do not fit [N,C,d...] / [N,d...]")));
+                    return Err(InferError::Shape(format!(
+                        "scores {x} and labels {labels} do not fit [N,C,d...] / [N,d...]"
+                    )));
                 }
                 if let Some(w) = cx.opt_input(2)
                     && w.rank() != 1
@@ -271,21 +304,31 @@ impl ReduceOp {
 
 fn check_axis(axis: usize, rank: usize) -> Result<(), InferError> {
     if axis >= rank.max(1) {
-        return Err(InferError::Shape(format!("axis {axis} out of range for rank {rank}")));
+        return Err(InferError::Shape(format!(
+            "axis {axis} out of range for rank {rank}"
+        )));
     }
     Ok(())
 }
 
 fn float_input(t: &TensorType, index: usize) -> Result<(), InferError> {
     if !t.dtype.is_float() {
-        return Err(InferError::DType { index, expected: "a float type".into(), found: t.dtype });
+        return Err(InferError::DType {
+            index,
+            expected: "a float type".into(),
+            found: t.dtype,
+        });
     }
     Ok(())
 }
 
 fn int_input(t: &TensorType, index: usize) -> Result<(), InferError> {
     if !t.dtype.is_int() {
-        return Err(InferError::DType { index, expected: "an integer type".into(), found: t.dtype });
+        return Err(InferError::DType {
+            index,
+            expected: "an integer type".into(),
+            found: t.dtype,
+        });
     }
     Ok(())
 }
@@ -309,7 +352,10 @@ pub fn resolve_axes(axes: &[i64], rank: usize, noop: bool) -> Result<Vec<usize>,
     if axes.is_empty() {
         return Ok(if noop { vec![] } else { (0..rank).collect() });
     }
-    let mut v = axes.iter().map(|&a| norm_axis(a, rank)).collect::<Result<Vec<_>, _>>()?;
+    let mut v = axes
+        .iter()
+        .map(|&a| norm_axis(a, rank))
+        .collect::<Result<Vec<_>, _>>()?;
     if rank == 0 {
         // A scalar has no axis to reduce; `norm_axis` accepts 0 and -1 for it.
         v.clear();
@@ -323,13 +369,19 @@ fn infer_reduce(a: &ReduceAttrs, cx: &InferCx) -> Result<Vec<TensorType>, InferE
     cx.arity(1, 2)?;
     let x = cx.input(0)?;
     if x.dtype == DType::Str {
-        return Err(InferError::DType { index: 0, expected: "a numeric type".into(), found: x.dtype });
+        return Err(InferError::DType {
+            index: 0,
+            expected: "a numeric type".into(),
+            found: x.dtype,
+        });
     }
     let rank = x.rank();
     let shape = match &a.axes {
         Some(axes) => {
             if let Some(&bad) = axes.iter().find(|&&ax| ax >= rank) {
-                return Err(InferError::Shape(format!("axis {bad} out of range for rank {rank}")));
+                return Err(InferError::Shape(format!(
+                    "axis {bad} out of range for rank {rank}"
+                )));
             }
             reduced_shape(&x.shape, axes, a.keepdims)
         }
@@ -337,11 +389,22 @@ fn infer_reduce(a: &ReduceAttrs, cx: &InferCx) -> Result<Vec<TensorType>, InferE
             let ax = cx.input(1)?;
             int_input(ax, 1)?;
             if let Some(t) = cx.const_input(1) {
-                let v = t.to_i64_vec().map_err(|e| InferError::Other(e.to_string()))?;
+                let v = t
+                    .to_i64_vec()
+                    .map_err(|e| InferError::Other(e.to_string()))?;
                 let axes = resolve_axes(&v, rank, a.noop_with_empty_axes)?;
                 reduced_shape(&x.shape, &axes, a.keepdims)
             } else if a.keepdims {
-                x.shape.iter().map(|d| if d == &Dim::Known(1) { d.clone() } else { Dim::Unknown }).collect()
+                x.shape
+                    .iter()
+                    .map(|d| {
+                        if d == &Dim::Known(1) {
+                            d.clone()
+                        } else {
+                            Dim::Unknown
+                        }
+                    })
+                    .collect()
             } else {
                 match ax.shape.as_slice() {
                     [Dim::Known(0)] if a.noop_with_empty_axes => x.shape.clone(),
@@ -364,22 +427,43 @@ mod tests {
     use super::*;
     use crate::Tensor;
 
-    fn infer(op: &ReduceOp, inputs: &[Option<TensorType>], consts: &[Option<&Tensor>]) -> Result<Vec<TensorType>, InferError> {
-        op.infer(&InferCx { inputs, consts, regions: &[], n_outputs: 1 })
+    fn infer(
+        op: &ReduceOp,
+        inputs: &[Option<TensorType>],
+        consts: &[Option<&Tensor>],
+    ) -> Result<Vec<TensorType>, InferError> {
+        op.infer(&InferCx {
+            inputs,
+            consts,
+            regions: &[],
+            n_outputs: 1,
+        })
     }
 
     #[test]
     fn reduce_shapes() {
-        let x = TensorType::new(DType::F32, vec![Dim::Sym("n".into()), Dim::Known(3), Dim::Known(4)]);
+        let x = TensorType::new(
+            DType::F32,
+            vec![Dim::Sym("n".into()), Dim::Known(3), Dim::Known(4)],
+        );
         let op = |axes: Option<Vec<usize>>, keepdims| {
-            ReduceOp::Sum(ReduceAttrs { axes, keepdims, noop_with_empty_axes: false })
+            ReduceOp::Sum(ReduceAttrs {
+                axes,
+                keepdims,
+                noop_with_empty_axes: false,
+            })
         };
         let got = infer(&op(Some(vec![1]), true), &[Some(x.clone())], &[]).unwrap();
         assert_eq!(got[0].to_string(), "f32[n,1,4]");
         let got = infer(&op(Some(vec![0, 2]), false), &[Some(x.clone())], &[]).unwrap();
         assert_eq!(got[0].to_string(), "f32[3]");
         let axes = TensorType::fixed(DType::I64, &[2]);
-        let got = infer(&op(None, false), &[Some(x.clone()), Some(axes.clone())], &[]).unwrap();
+        let got = infer(
+            &op(None, false),
+            &[Some(x.clone()), Some(axes.clone())],
+            &[],
+        )
+        .unwrap();
         assert_eq!(got[0].to_string(), "f32[?]");
         let c = Tensor::from_vec(&[2], vec![-1i64, 0]).unwrap();
         let got = infer(&op(None, false), &[Some(x), Some(axes)], &[None, Some(&c)]).unwrap();
@@ -396,9 +480,18 @@ mod tests {
 
     #[test]
     fn op_names() {
-        let op = crate::Op::Reduce(ReduceOp::LogSumExp(ReduceAttrs { axes: Some(vec![]), keepdims: true, noop_with_empty_axes: false }));
+        let op = crate::Op::Reduce(ReduceOp::LogSumExp(ReduceAttrs {
+            axes: Some(vec![]),
+            keepdims: true,
+            noop_with_empty_axes: false,
+        }));
         assert_eq!(op.name(), "reduce.log_sum_exp");
-        let op = crate::Op::Reduce(ReduceOp::TopK { axis: 0, k: None, largest: true, sorted: true });
+        let op = crate::Op::Reduce(ReduceOp::TopK {
+            axis: 0,
+            k: None,
+            largest: true,
+            sorted: true,
+        });
         assert_eq!(op.name(), "reduce.top_k");
     }
 }

@@ -92,11 +92,13 @@ fn to_heads(t: &Tensor, heads: Option<usize>, what: &str) -> Result<Array4<f64>,
         4 => Ok(a.into_dimensionality::<Ix4>().expect("rank checked")),
         3 => {
             let (b, s, hidden) = (a.shape()[0], a.shape()[1], a.shape()[2]);
-            let n = heads.filter(|&n| n > 0 && hidden % n == 0).ok_or_else(|| {
-                invalid(format!(
-                    "{what} hidden size {hidden} does not split into {heads:?} heads"
-                ))
-            })?;
+            let n = heads
+                .filter(|&n| n > 0 && hidden.is_multiple_of(n))
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "{what} hidden size {hidden} does not split into {heads:?} heads"
+                    ))
+                })?;
             let a = a
                 .into_shape_with_order(IxDyn(&[b, s, n, hidden / n]))
                 .expect("same element count");
@@ -152,8 +154,20 @@ fn nan_max(xs: &[f64]) -> f64 {
     })
 }
 
-/// Softmax of one row in the precision `r` rounds to; an all `-inf` row gives zeros.
-fn softmax_row(xs: &[f64], r: fn(f64) -> f64, guard_masked: bool) -> Vec<f64> {
+/// A sum as numpy computes it in `dt`: bf16 (an `ml_dtypes` type without a pairwise-sum loop)
+/// adds one element at a time, rounding every partial sum; numpy's own float types accumulate
+/// in at least f32 and round once.
+fn sum_in(dt: DType, r: fn(f64) -> f64, xs: &[f64]) -> f64 {
+    if dt == DType::BF16 {
+        xs.iter().fold(0.0, |acc, &x| r(acc + x))
+    } else {
+        r(xs.iter().sum())
+    }
+}
+
+/// Softmax of one row computed in `dt`; with `guard_masked`, an all `-inf` row gives zeros.
+fn softmax_row(xs: &[f64], dt: DType, guard_masked: bool) -> Result<Vec<f64>, EvalError> {
+    let r = rounder(dt)?;
     let m = nan_max(xs);
     let safe = if guard_masked && m == f64::NEG_INFINITY {
         0.0
@@ -161,11 +175,11 @@ fn softmax_row(xs: &[f64], r: fn(f64) -> f64, guard_masked: bool) -> Vec<f64> {
         m
     };
     let tmp: Vec<f64> = xs.iter().map(|&x| r(r(x - safe).exp())).collect();
-    let mut s = r(tmp.iter().sum());
+    let mut s = sum_in(dt, r, &tmp);
     if guard_masked && s == 0.0 {
         s = 1.0;
     }
-    tmp.iter().map(|&t| r(t / s)).collect()
+    Ok(tmp.iter().map(|&t| r(t / s)).collect())
 }
 
 fn attention(
@@ -190,7 +204,8 @@ fn attention(
     let q_t = req(inputs, 0)?;
     let dt = q_t.dtype();
     let r = rounder(dt)?;
-    let rp = rounder(softmax_precision.unwrap_or(dt))?;
+    let pdt = softmax_precision.unwrap_or(dt);
+    let rp = rounder(pdt)?;
     let three_d = q_t.rank() == 3;
     let q = to_heads(q_t, *q_num_heads, "q")?;
     let mut k = to_heads(req(inputs, 1)?, *kv_num_heads, "k")?;
@@ -214,7 +229,14 @@ fn attention(
     let (nb, hq, sq, dq) = q.dim();
     let (kb, hkv, skv, dk) = k.dim();
     let (vb, vh, sv, dv) = v.dim();
-    if dq != dk || kb != nb || vb != nb || vh != hkv || sv != skv || hkv == 0 || hq % hkv != 0 {
+    if dq != dk
+        || kb != nb
+        || vb != nb
+        || vh != hkv
+        || sv != skv
+        || hkv == 0
+        || !hq.is_multiple_of(hkv)
+    {
         return Err(invalid(format!(
             "bad attention shapes q {:?}, k {:?}, v {:?}",
             q.dim(),
@@ -318,7 +340,7 @@ fn attention(
                     .map(|(&x, &m)| r(x + m))
                     .collect();
                 let in_p: Vec<f64> = biased.iter().map(|&x| rp(x)).collect();
-                let mut p = softmax_row(&in_p, rp, true);
+                let mut p = softmax_row(&in_p, pdt, true)?;
                 // A row whose bias masks every key attends nothing; decided on the bias, not the
                 // (possibly NaN) scores.
                 if skv > 0 && row_bias.iter().all(|&m| m == f64::NEG_INFINITY) {
@@ -381,7 +403,7 @@ fn flex_attention(
     let (nb, hq, sq, e) = q.dim();
     let (_, hkv, skv, ek) = k.dim();
     let dv = v.dim().3;
-    if ek != e || v.dim().1 != hkv || v.dim().2 != skv || hkv == 0 || hq % hkv != 0 {
+    if ek != e || v.dim().1 != hkv || v.dim().2 != skv || hkv == 0 || !hq.is_multiple_of(hkv) {
         return Err(invalid(format!(
             "bad flex attention shapes q {:?}, k {:?}, v {:?}",
             q.dim(),
@@ -440,7 +462,7 @@ fn flex_attention(
         for h in 0..hq {
             for i in 0..sq {
                 let row: Vec<f64> = (0..skv).map(|j| s[[b, h, i, j]]).collect();
-                for (j, x) in softmax_row(&row, rc, false).into_iter().enumerate() {
+                for (j, x) in softmax_row(&row, cdt, false)?.into_iter().enumerate() {
                     p[[b, h, i, j]] = x;
                 }
             }
@@ -472,7 +494,7 @@ fn linear_attention(
     let q_t = req(inputs, 0)?;
     let out_dt = q_t.dtype();
     let as_f32 = |t: &Tensor| -> Result<ArrayD<f64>, EvalError> { Ok(to_f64(t)?.mapv(r)) };
-    if hkv == 0 || hq % hkv != 0 {
+    if hkv == 0 || !hq.is_multiple_of(hkv) {
         return Err(invalid(format!(
             "q_num_heads {hq} is not a multiple of kv_num_heads {hkv}"
         )));
@@ -604,7 +626,7 @@ fn rotary(
     let x = to_heads(x_t, num_heads, "x")?;
     let (nb, nh, ns, d) = x.dim();
     let rd = rotary_dim.filter(|&r| r > 0).unwrap_or(d);
-    if rd > d || rd % 2 != 0 {
+    if rd > d || !rd.is_multiple_of(2) {
         return Err(invalid(format!(
             "rotary dim {rd} does not fit head size {d}"
         )));

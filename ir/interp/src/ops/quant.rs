@@ -6,21 +6,33 @@
 //! type before rounding half to even; dequantization is computed in f32), so that results match
 //! it bit for bit. Integer products accumulate in wrapping i32, the only overflow ONNX allows.
 
-use crate::{invalid, EvalCx, EvalError};
+use crate::{EvalCx, EvalError, invalid};
 use half::{bf16, f16};
-use mlc_ir::ops::quant::ConvGeom;
 use mlc_ir::ops::QuantOp;
-use mlc_ir::{dispatch_num, DType, NumElem, Tensor};
+use mlc_ir::ops::quant::ConvGeom;
+use mlc_ir::{DType, NumElem, Tensor, dispatch_num};
 use ndarray::{ArrayD, IxDyn};
 
-pub fn eval(op: &QuantOp, inputs: &[Option<&Tensor>], _cx: &EvalCx) -> Result<Vec<Tensor>, EvalError> {
+pub fn eval(
+    op: &QuantOp,
+    inputs: &[Option<&Tensor>],
+    _cx: &EvalCx,
+) -> Result<Vec<Tensor>, EvalError> {
     match op {
-        QuantOp::Quantize { axis, block_size, to } => {
+        QuantOp::Quantize {
+            axis,
+            block_size,
+            to,
+        } => {
             let (x, scale) = (input(inputs, 0)?, input(inputs, 1)?);
             let zp = opt(inputs, 2);
             Ok(vec![quantize(x, scale, zp, *axis, *block_size, *to)?])
         }
-        QuantOp::Dequantize { axis, block_size, to } => {
+        QuantOp::Dequantize {
+            axis,
+            block_size,
+            to,
+        } => {
             let (x, scale) = (input(inputs, 0)?, input(inputs, 1)?);
             let zp = opt(inputs, 2);
             Ok(vec![dequantize(x, scale, zp, *axis, *block_size, *to)?])
@@ -41,12 +53,18 @@ pub fn eval(op: &QuantOp, inputs: &[Option<&Tensor>], _cx: &EvalCx) -> Result<Ve
             let sa = param_f64(input(inputs, 1)?, a.rank(), Side::Rows)?;
             let sb = param_f64(input(inputs, 4)?, b.rank(), Side::Cols)?;
             let sy = input(inputs, 6)?;
-            let prec = promote(promote(input(inputs, 1)?.dtype(), input(inputs, 4)?.dtype()), sy.dtype());
+            let prec = promote(
+                promote(input(inputs, 1)?.dtype(), input(inputs, 4)?.dtype()),
+                sy.dtype(),
+            );
             let sy = scalar_f64(sy, "y_scale")?;
             // numpy: `a_scale * b_scale / y_scale` in the scales' float type.
             let mult = broadcast_op(&sa, &sb, |p, q| round_to(prec, round_to(prec, p * q) / sy))?;
             let out_ty = opt(inputs, 7).map_or(a.dtype(), Tensor::dtype);
-            let zp = opt(inputs, 7).map(|t| scalar_f64(t, "y_zero_point")).transpose()?.unwrap_or(0.0);
+            let zp = opt(inputs, 7)
+                .map(|t| scalar_f64(t, "y_zero_point"))
+                .transpose()?
+                .unwrap_or(0.0);
             let d = broadcast_op(&c.mapv(f64::from), &mult, |c, m| c * m + zp)?;
             Ok(vec![requantize(&d, out_ty)?])
         }
@@ -60,7 +78,12 @@ pub fn eval(op: &QuantOp, inputs: &[Option<&Tensor>], _cx: &EvalCx) -> Result<Ve
             let (x, w) = (input(inputs, 0)?, input(inputs, 3)?);
             let xi = sub_scalar_zero_point(x, opt(inputs, 2))?;
             let wi = sub_channel_zero_point(w, opt(inputs, 5))?;
-            let bias = opt(inputs, 8).map(|b| b.view::<i32>().map(|a| a.iter().copied().collect::<Vec<_>>())).transpose()?;
+            let bias = opt(inputs, 8)
+                .map(|b| {
+                    b.view::<i32>()
+                        .map(|a| a.iter().copied().collect::<Vec<_>>())
+                })
+                .transpose()?;
             let res = conv_i32(&xi, &wi, bias.as_deref(), g)?;
             let (xs, ws, ys) = (input(inputs, 1)?, input(inputs, 4)?, input(inputs, 6)?);
             let prec = promote(promote(xs.dtype(), ws.dtype()), ys.dtype());
@@ -68,11 +91,20 @@ pub fn eval(op: &QuantOp, inputs: &[Option<&Tensor>], _cx: &EvalCx) -> Result<Ve
             let ws = ws.to_f64_vec()?;
             let m = res.shape()[1];
             if ws.len() != 1 && ws.len() != m {
-                return Err(invalid(format!("w_scale has {} elements for {m} output channels", ws.len())));
+                return Err(invalid(format!(
+                    "w_scale has {} elements for {m} output channels",
+                    ws.len()
+                )));
             }
-            let mult: Vec<f64> = ws.iter().map(|&w| round_to(prec, round_to(prec, xs * w) / ys)).collect();
+            let mult: Vec<f64> = ws
+                .iter()
+                .map(|&w| round_to(prec, round_to(prec, xs * w) / ys))
+                .collect();
             let out_ty = opt(inputs, 7).map_or(x.dtype(), Tensor::dtype);
-            let zp = opt(inputs, 7).map(|t| scalar_f64(t, "y_zero_point")).transpose()?.unwrap_or(0.0);
+            let zp = opt(inputs, 7)
+                .map(|t| scalar_f64(t, "y_zero_point"))
+                .transpose()?
+                .unwrap_or(0.0);
             let plane: usize = res.shape()[2..].iter().product();
             let mut d = ArrayD::<f64>::zeros(res.raw_dim());
             for (i, (o, r)) in d.iter_mut().zip(res.iter()).enumerate() {
@@ -85,7 +117,11 @@ pub fn eval(op: &QuantOp, inputs: &[Option<&Tensor>], _cx: &EvalCx) -> Result<Ve
 }
 
 fn input<'a>(inputs: &[Option<&'a Tensor>], i: usize) -> Result<&'a Tensor, EvalError> {
-    inputs.get(i).copied().flatten().ok_or_else(|| invalid(format!("input {i} is required")))
+    inputs
+        .get(i)
+        .copied()
+        .flatten()
+        .ok_or_else(|| invalid(format!("input {i} is required")))
 }
 
 fn opt<'a>(inputs: &[Option<&'a Tensor>], i: usize) -> Option<&'a Tensor> {
@@ -95,7 +131,10 @@ fn opt<'a>(inputs: &[Option<&'a Tensor>], i: usize) -> Option<&'a Tensor> {
 fn scalar_f64(t: &Tensor, what: &str) -> Result<f64, EvalError> {
     match t.to_f64_vec()?.as_slice() {
         [v] => Ok(*v),
-        _ => Err(invalid(format!("{what} must be a scalar, got shape {:?}", t.shape()))),
+        _ => Err(invalid(format!(
+            "{what} must be a scalar, got shape {:?}",
+            t.shape()
+        ))),
     }
 }
 
@@ -158,10 +197,21 @@ enum Mode {
 }
 
 impl Granularity {
-    fn new(x: &[usize], param: &[usize], axis: usize, block_size: usize) -> Result<Self, EvalError> {
+    fn new(
+        x: &[usize],
+        param: &[usize],
+        axis: usize,
+        block_size: usize,
+    ) -> Result<Self, EvalError> {
         let n: usize = param.iter().product();
         if block_size == 0 && n == 1 {
-            return Ok(Granularity { inner: 1, len: 1, blocks: 1, block_size: 1, mode: Mode::Tensor });
+            return Ok(Granularity {
+                inner: 1,
+                len: 1,
+                blocks: 1,
+                block_size: 1,
+                mode: Mode::Tensor,
+            });
         }
         if axis >= x.len() {
             return Err(invalid(format!("axis {axis} out of range for shape {x:?}")));
@@ -170,16 +220,36 @@ impl Granularity {
         let len = x[axis];
         if block_size == 0 {
             if param != [len] {
-                return Err(invalid(format!("per-axis parameter of shape {param:?} for axis length {len}")));
+                return Err(invalid(format!(
+                    "per-axis parameter of shape {param:?} for axis length {len}"
+                )));
             }
-            return Ok(Granularity { inner, len, blocks: len, block_size: 1, mode: Mode::Axis });
+            return Ok(Granularity {
+                inner,
+                len,
+                blocks: len,
+                block_size: 1,
+                mode: Mode::Axis,
+            });
         }
         let blocks = len.div_ceil(block_size);
-        let want: Vec<usize> = x.iter().enumerate().map(|(i, &d)| if i == axis { blocks } else { d }).collect();
+        let want: Vec<usize> = x
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| if i == axis { blocks } else { d })
+            .collect();
         if param != want.as_slice() {
-            return Err(invalid(format!("blocked parameter of shape {param:?} does not fit {x:?} with block size {block_size}")));
+            return Err(invalid(format!(
+                "blocked parameter of shape {param:?} does not fit {x:?} with block size {block_size}"
+            )));
         }
-        Ok(Granularity { inner, len, blocks, block_size, mode: Mode::Blocked })
+        Ok(Granularity {
+            inner,
+            len,
+            blocks,
+            block_size,
+            mode: Mode::Blocked,
+        })
     }
 
     /// The parameter index of element `i` (row-major in x).
@@ -196,7 +266,14 @@ impl Granularity {
     }
 }
 
-fn quantize(x: &Tensor, scale: &Tensor, zp: Option<&Tensor>, axis: usize, block_size: usize, to: DType) -> Result<Tensor, EvalError> {
+fn quantize(
+    x: &Tensor,
+    scale: &Tensor,
+    zp: Option<&Tensor>,
+    axis: usize,
+    block_size: usize,
+    to: DType,
+) -> Result<Tensor, EvalError> {
     let g = Granularity::new(x.shape(), scale.shape(), axis, block_size)?;
     let s = scale.to_f64_vec()?;
     let z = match zp {
@@ -208,7 +285,11 @@ fn quantize(x: &Tensor, scale: &Tensor, zp: Option<&Tensor>, axis: usize, block_
     };
     let (lo, hi) = int_range(to)?;
     // The quotient has numpy's result type of `x / scale`.
-    let prec = if x.dtype().is_float() { promote(x.dtype(), scale.dtype()) } else { DType::F64 };
+    let prec = if x.dtype().is_float() {
+        promote(x.dtype(), scale.dtype())
+    } else {
+        DType::F64
+    };
     let xs = x.to_f64_vec()?;
     let q: Vec<i64> = xs
         .iter()
@@ -222,7 +303,14 @@ fn quantize(x: &Tensor, scale: &Tensor, zp: Option<&Tensor>, axis: usize, block_
     Ok(Tensor::from_vec(x.shape(), q)?.cast(to)?)
 }
 
-fn dequantize(x: &Tensor, scale: &Tensor, zp: Option<&Tensor>, axis: usize, block_size: usize, to: DType) -> Result<Tensor, EvalError> {
+fn dequantize(
+    x: &Tensor,
+    scale: &Tensor,
+    zp: Option<&Tensor>,
+    axis: usize,
+    block_size: usize,
+    to: DType,
+) -> Result<Tensor, EvalError> {
     let g = Granularity::new(x.shape(), scale.shape(), axis, block_size)?;
     let s = scale.to_f64_vec()?;
     let z = match zp {
@@ -234,7 +322,11 @@ fn dequantize(x: &Tensor, scale: &Tensor, zp: Option<&Tensor>, axis: usize, bloc
     };
     let xs = x.to_f64_vec()?;
     // The reference computes `(f32(x) - zp) * scale` in f32 (f64 only for f64 scales).
-    let prec = if scale.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
+    let prec = if scale.dtype() == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    };
     let y: Vec<f64> = xs
         .iter()
         .enumerate()
@@ -257,8 +349,15 @@ fn dynamic_quantize(x: &Tensor) -> Result<Vec<Tensor>, EvalError> {
     let minx = xs.iter().copied().fold(0.0f32, f32::min);
     let scale = if maxx == minx { 1.0f32 } else { maxx - minx } / 255.0;
     let zp = (0.0 - minx / scale).clamp(0.0, 255.0).round_ties_even();
-    let y: Vec<u8> = xs.iter().map(|&v| ((v / scale).round_ties_even() + zp).clamp(0.0, 255.0) as u8).collect();
-    Ok(vec![Tensor::from_vec(x.shape(), y)?, Tensor::scalar(scale), Tensor::scalar(zp as u8)])
+    let y: Vec<u8> = xs
+        .iter()
+        .map(|&v| ((v / scale).round_ties_even() + zp).clamp(0.0, 255.0) as u8)
+        .collect();
+    Ok(vec![
+        Tensor::from_vec(x.shape(), y)?,
+        Tensor::scalar(scale),
+        Tensor::scalar(zp as u8),
+    ])
 }
 
 /// Which matmul operand a zero point or scale belongs to.
@@ -292,7 +391,9 @@ fn sub_zero_point(t: &Tensor, zp: Option<&Tensor>, side: Side) -> Result<ArrayD<
     let a = to_i32(t)?;
     let Some(zp) = zp else { return Ok(a) };
     let shape = param_shape(zp.shape(), t.rank(), side);
-    let z = to_i32(zp)?.into_shape_with_order(IxDyn(&shape)).map_err(|e| invalid(e.to_string()))?;
+    let z = to_i32(zp)?
+        .into_shape_with_order(IxDyn(&shape))
+        .map_err(|e| invalid(e.to_string()))?;
     broadcast_op(&a, &z, |x, z| x - z)
 }
 
@@ -314,7 +415,10 @@ fn sub_channel_zero_point(w: &Tensor, zp: Option<&Tensor>) -> Result<ArrayD<i32>
     let z: Vec<i32> = to_i32(zp)?.iter().copied().collect();
     let m = a.shape().first().copied().unwrap_or(1);
     if z.len() != 1 && z.len() != m {
-        return Err(invalid(format!("w_zero_point has {} elements for {m} output channels", z.len())));
+        return Err(invalid(format!(
+            "w_zero_point has {} elements for {m} output channels",
+            z.len()
+        )));
     }
     let per = a.len() / m.max(1);
     for (i, v) in a.iter_mut().enumerate() {
@@ -324,9 +428,17 @@ fn sub_channel_zero_point(w: &Tensor, zp: Option<&Tensor>) -> Result<ArrayD<i32>
 }
 
 /// Elementwise `f` under numpy broadcasting.
-fn broadcast_op<A: Copy, B: Copy, C>(a: &ArrayD<A>, b: &ArrayD<B>, f: impl Fn(A, B) -> C) -> Result<ArrayD<C>, EvalError> {
+fn broadcast_op<A: Copy, B: Copy, C>(
+    a: &ArrayD<A>,
+    b: &ArrayD<B>,
+    f: impl Fn(A, B) -> C,
+) -> Result<ArrayD<C>, EvalError> {
     let rank = a.ndim().max(b.ndim());
-    let pad = |s: &[usize]| std::iter::repeat_n(1, rank - s.len()).chain(s.iter().copied()).collect::<Vec<_>>();
+    let pad = |s: &[usize]| {
+        std::iter::repeat_n(1, rank - s.len())
+            .chain(s.iter().copied())
+            .collect::<Vec<_>>()
+    };
     let (sa, sb) = (pad(a.shape()), pad(b.shape()));
     let mut out = Vec::with_capacity(rank);
     for (&x, &y) in sa.iter().zip(&sb) {
@@ -334,12 +446,24 @@ fn broadcast_op<A: Copy, B: Copy, C>(a: &ArrayD<A>, b: &ArrayD<B>, f: impl Fn(A,
             _ if x == y => x,
             (1, y) => y,
             (x, 1) => x,
-            _ => return Err(invalid(format!("shapes {:?} and {:?} do not broadcast", a.shape(), b.shape()))),
+            _ => {
+                return Err(invalid(format!(
+                    "shapes {:?} and {:?} do not broadcast",
+                    a.shape(),
+                    b.shape()
+                )));
+            }
         });
     }
-    let av = a.broadcast(IxDyn(&out)).ok_or_else(|| invalid("broadcast failed"))?;
-    let bv = b.broadcast(IxDyn(&out)).ok_or_else(|| invalid("broadcast failed"))?;
-    Ok(ndarray::Zip::from(&av).and(&bv).map_collect(|&x, &y| f(x, y)))
+    let av = a
+        .broadcast(IxDyn(&out))
+        .ok_or_else(|| invalid("broadcast failed"))?;
+    let bv = b
+        .broadcast(IxDyn(&out))
+        .ok_or_else(|| invalid("broadcast failed"))?;
+    Ok(ndarray::Zip::from(&av)
+        .and(&bv)
+        .map_collect(|&x, &y| f(x, y)))
 }
 
 /// numpy `matmul` over i32 with wrapping accumulation. The inner loops run over contiguous rows
@@ -348,17 +472,33 @@ fn matmul_i32(a: &ArrayD<i32>, b: &ArrayD<i32>) -> Result<ArrayD<i32>, EvalError
     if a.ndim() == 0 || b.ndim() == 0 {
         return Err(invalid("matmul operands must have rank >= 1"));
     }
-    let a2 = if a.ndim() == 1 { a.view().insert_axis(ndarray::Axis(0)) } else { a.view() };
-    let b2 = if b.ndim() == 1 { b.view().insert_axis(ndarray::Axis(1)) } else { b.view() };
+    let a2 = if a.ndim() == 1 {
+        a.view().insert_axis(ndarray::Axis(0))
+    } else {
+        a.view()
+    };
+    let b2 = if b.ndim() == 1 {
+        b.view().insert_axis(ndarray::Axis(1))
+    } else {
+        b.view()
+    };
     let (ra, rb) = (a2.ndim(), b2.ndim());
     let (m, k) = (a2.shape()[ra - 2], a2.shape()[ra - 1]);
     let (kb, n) = (b2.shape()[rb - 2], b2.shape()[rb - 1]);
     if k != kb {
-        return Err(invalid(format!("matmul of {:?} and {:?}: contraction dims differ", a.shape(), b.shape())));
+        return Err(invalid(format!(
+            "matmul of {:?} and {:?}: contraction dims differ",
+            a.shape(),
+            b.shape()
+        )));
     }
     let (ba, bb) = (&a2.shape()[..ra - 2], &b2.shape()[..rb - 2]);
     let rank = ba.len().max(bb.len());
-    let pad = |s: &[usize]| std::iter::repeat_n(1, rank - s.len()).chain(s.iter().copied()).collect::<Vec<_>>();
+    let pad = |s: &[usize]| {
+        std::iter::repeat_n(1, rank - s.len())
+            .chain(s.iter().copied())
+            .collect::<Vec<_>>()
+    };
     let (pa, pb) = (pad(ba), pad(bb));
     let mut batch = Vec::with_capacity(rank);
     for (&x, &y) in pa.iter().zip(&pb) {
@@ -366,11 +506,20 @@ fn matmul_i32(a: &ArrayD<i32>, b: &ArrayD<i32>) -> Result<ArrayD<i32>, EvalError
             _ if x == y => x,
             (1, y) => y,
             (x, 1) => x,
-            _ => return Err(invalid(format!("matmul batch dims of {:?} and {:?} do not broadcast", a.shape(), b.shape()))),
+            _ => {
+                return Err(invalid(format!(
+                    "matmul batch dims of {:?} and {:?} do not broadcast",
+                    a.shape(),
+                    b.shape()
+                )));
+            }
         });
     }
     let (av, bv) = (a2.as_standard_layout(), b2.as_standard_layout());
-    let (ad, bd) = (av.as_slice().expect("standard layout"), bv.as_slice().expect("standard layout"));
+    let (ad, bd) = (
+        av.as_slice().expect("standard layout"),
+        bv.as_slice().expect("standard layout"),
+    );
     let nb: usize = batch.iter().product();
     let mut out = vec![0i32; nb * m * n];
     let mut idx = vec![0usize; rank];
@@ -413,16 +562,25 @@ fn matmul_i32(a: &ArrayD<i32>, b: &ArrayD<i32>) -> Result<ArrayD<i32>, EvalError
 
 /// Direct N-d convolution in wrapping i32: x `[N, C, S...]`, w `[M, C/group, K...]`, optional
 /// per-output-channel bias. Padding contributes zeros (the zero points are already subtracted).
-fn conv_i32(x: &ArrayD<i32>, w: &ArrayD<i32>, bias: Option<&[i32]>, g: &ConvGeom) -> Result<ArrayD<i32>, EvalError> {
+fn conv_i32(
+    x: &ArrayD<i32>,
+    w: &ArrayD<i32>,
+    bias: Option<&[i32]>,
+    g: &ConvGeom,
+) -> Result<ArrayD<i32>, EvalError> {
     let (xs, ws) = (x.shape(), w.shape());
     if xs.len() < 3 || ws.len() != xs.len() {
-        return Err(invalid(format!("conv input {xs:?} and weights {ws:?} must be [N,C,...] and [M,C/group,...]")));
+        return Err(invalid(format!(
+            "conv input {xs:?} and weights {ws:?} must be [N,C,...] and [M,C/group,...]"
+        )));
     }
     let nsp = xs.len() - 2;
     let (n, c, m, cg) = (xs[0], xs[1], ws[0], ws[1]);
     let group = g.group;
     if group == 0 || c != cg * group || m % group != 0 {
-        return Err(invalid(format!("{c} channels, weights {ws:?} and group {group} do not fit")));
+        return Err(invalid(format!(
+            "{c} channels, weights {ws:?} and group {group} do not fit"
+        )));
     }
     if g.strides.len() != nsp || g.dilations.len() != nsp {
         return Err(invalid(format!("strides/dilations must have {nsp} values")));
@@ -430,15 +588,25 @@ fn conv_i32(x: &ArrayD<i32>, w: &ArrayD<i32>, bias: Option<&[i32]>, g: &ConvGeom
     if let Some(b) = bias
         && b.len() != m
     {
-        return Err(invalid(format!("bias has {} values for {m} output channels", b.len())));
+        return Err(invalid(format!(
+            "bias has {} values for {m} output channels",
+            b.len()
+        )));
     }
     let (sp, ksp) = (&xs[2..], &ws[2..]);
     let (head, tail) = g.pads(sp, ksp);
     let mut osp = Vec::with_capacity(nsp);
     for i in 0..nsp {
-        osp.push(g.out_len(i, sp[i], ksp[i], head[i], tail[i]).ok_or_else(|| invalid("the kernel does not fit the padded input"))?);
+        osp.push(
+            g.out_len(i, sp[i], ksp[i], head[i], tail[i])
+                .ok_or_else(|| invalid("the kernel does not fit the padded input"))?,
+        );
     }
-    let (s_len, k_len, o_len): (usize, usize, usize) = (sp.iter().product(), ksp.iter().product(), osp.iter().product());
+    let (s_len, k_len, o_len): (usize, usize, usize) = (
+        sp.iter().product(),
+        ksp.iter().product(),
+        osp.iter().product(),
+    );
     // For every (kernel offset, output position): the input offset in a channel plane, or MAX
     // where the tap falls into padding. Shared by all batches and channels.
     let mut taps = vec![usize::MAX; k_len * o_len];
@@ -451,7 +619,8 @@ fn conv_i32(x: &ArrayD<i32>, w: &ArrayD<i32>, bias: Option<&[i32]>, g: &ConvGeom
             let mut off = 0usize;
             let mut inside = true;
             for d in 0..nsp {
-                let pos = (oidx[d] * g.strides[d] + kidx[d] * g.dilations[d]) as isize - head[d] as isize;
+                let pos =
+                    (oidx[d] * g.strides[d] + kidx[d] * g.dilations[d]) as isize - head[d] as isize;
                 if pos < 0 || pos as usize >= sp[d] {
                     inside = false;
                     break;
@@ -464,7 +633,10 @@ fn conv_i32(x: &ArrayD<i32>, w: &ArrayD<i32>, bias: Option<&[i32]>, g: &ConvGeom
         }
     }
     let (xv, wv) = (x.as_standard_layout(), w.as_standard_layout());
-    let (xd, wd) = (xv.as_slice().expect("standard layout"), wv.as_slice().expect("standard layout"));
+    let (xd, wd) = (
+        xv.as_slice().expect("standard layout"),
+        wv.as_slice().expect("standard layout"),
+    );
     let mut out = vec![0i32; n * m * o_len];
     let mg = m / group;
     for b in 0..n {
@@ -505,11 +677,14 @@ fn unravel(mut i: usize, dims: &[usize], out: &mut [usize]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mlc_ir::ops::quant::ConvPad;
     use mlc_ir::Elem;
+    use mlc_ir::ops::quant::ConvPad;
 
     fn run(op: QuantOp, inputs: &[Option<&Tensor>]) -> Vec<Tensor> {
-        let cx = EvalCx { regions: &[], output_types: &[] };
+        let cx = EvalCx {
+            regions: &[],
+            output_types: &[],
+        };
         eval(&op, inputs, &cx).unwrap()
     }
 
@@ -521,24 +696,48 @@ mod tests {
     fn quantize_rounds_half_to_even_and_saturates() {
         let x = t(&[7], vec![0.5f32, 1.5, 2.5, -0.5, -1.5, 1000.0, -1000.0]);
         let s = Tensor::scalar(1.0f32);
-        let op = |to| QuantOp::Quantize { axis: 1, block_size: 0, to };
+        let op = |to| QuantOp::Quantize {
+            axis: 1,
+            block_size: 0,
+            to,
+        };
         let zp = Tensor::scalar(10u8);
         // numpy: np.clip(np.rint(x) + 10, 0, 255)
-        assert_eq!(run(op(DType::U8), &[Some(&x), Some(&s), Some(&zp)])[0], t(&[7], vec![10u8, 12, 12, 10, 8, 255, 0]));
-        assert_eq!(run(op(DType::I8), &[Some(&x), Some(&s), None])[0], t(&[7], vec![0i8, 2, 2, 0, -2, 127, -128]));
+        assert_eq!(
+            run(op(DType::U8), &[Some(&x), Some(&s), Some(&zp)])[0],
+            t(&[7], vec![10u8, 12, 12, 10, 8, 255, 0])
+        );
+        assert_eq!(
+            run(op(DType::I8), &[Some(&x), Some(&s), None])[0],
+            t(&[7], vec![0i8, 2, 2, 0, -2, 127, -128])
+        );
     }
 
     #[test]
     fn quantize_per_axis_and_blocked() {
         let x = t(&[2, 4], vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]);
         let s = t(&[2], vec![1.0f32, 2.0]);
-        let op = QuantOp::Quantize { axis: 0, block_size: 0, to: DType::I16 };
-        assert_eq!(run(op, &[Some(&x), Some(&s)])[0], t(&[2, 4], vec![1i16, 2, 3, 4, 2, 3, 4, 4]));
+        let op = QuantOp::Quantize {
+            axis: 0,
+            block_size: 0,
+            to: DType::I16,
+        };
+        assert_eq!(
+            run(op, &[Some(&x), Some(&s)])[0],
+            t(&[2, 4], vec![1i16, 2, 3, 4, 2, 3, 4, 4])
+        );
         let s = t(&[2, 2], vec![1.0f32, 2.0, 4.0, 8.0]);
         let z = t(&[2, 2], vec![0u8, 1, 2, 3]);
-        let op = QuantOp::Quantize { axis: 1, block_size: 2, to: DType::U8 };
+        let op = QuantOp::Quantize {
+            axis: 1,
+            block_size: 2,
+            to: DType::U8,
+        };
         // Blocks: row 0 = [1, 2 | 3, 4] / [1 | 2] + [0 | 1]; row 1 = [5, 6 | 7, 8] / [4 | 8] + [2 | 3].
-        assert_eq!(run(op, &[Some(&x), Some(&s), Some(&z)])[0], t(&[2, 4], vec![1u8, 2, 3, 3, 3, 4, 4, 4]));
+        assert_eq!(
+            run(op, &[Some(&x), Some(&s), Some(&z)])[0],
+            t(&[2, 4], vec![1u8, 2, 3, 3, 3, 4, 4, 4])
+        );
     }
 
     #[test]
@@ -546,8 +745,15 @@ mod tests {
         let x = t(&[2, 2], vec![10u8, 20, 30, 40]);
         let s = t(&[2], vec![0.5f32, 2.0]);
         let z = t(&[2], vec![10u8, 0]);
-        let op = QuantOp::Dequantize { axis: 1, block_size: 0, to: DType::F32 };
-        assert_eq!(run(op, &[Some(&x), Some(&s), Some(&z)])[0], t(&[2, 2], vec![0.0f32, 40.0, 10.0, 80.0]));
+        let op = QuantOp::Dequantize {
+            axis: 1,
+            block_size: 0,
+            to: DType::F32,
+        };
+        assert_eq!(
+            run(op, &[Some(&x), Some(&s), Some(&z)])[0],
+            t(&[2, 2], vec![0.0f32, 40.0, 10.0, 80.0])
+        );
     }
 
     #[test]
@@ -567,11 +773,17 @@ mod tests {
         let b = t(&[3, 2], vec![1u8, 4, 2, 5, 3, 6]);
         let za = Tensor::scalar(12u8);
         let zb = t(&[2], vec![1u8, 2]);
-        let out = run(QuantOp::MatMulInteger, &[Some(&a), Some(&b), Some(&za), Some(&zb)]);
+        let out = run(
+            QuantOp::MatMulInteger,
+            &[Some(&a), Some(&b), Some(&za), Some(&zb)],
+        );
         assert_eq!(out[0], t(&[2, 2], vec![-23i32, -53, -26, -62]));
         // Per-row zero point of A: rows minus [11, 10].
         let za = t(&[2], vec![11u8, 10]);
-        let out = run(QuantOp::MatMulInteger, &[Some(&a), Some(&b), Some(&za), None]);
+        let out = run(
+            QuantOp::MatMulInteger,
+            &[Some(&a), Some(&b), Some(&za), None],
+        );
         assert_eq!(out[0], t(&[2, 2], vec![-32i32, -68, -32, -68]));
     }
 
@@ -581,8 +793,19 @@ mod tests {
         let x = t(&[1, 1, 3, 3], (2u8..11).collect());
         let w = t(&[1, 1, 2, 2], vec![1u8; 4]);
         let zp = Tensor::scalar(1u8);
-        let g = ConvGeom { strides: vec![1, 1], dilations: vec![1, 1], pad: ConvPad::Explicit(vec![1; 4]), group: 1 };
+        let g = ConvGeom {
+            strides: vec![1, 1],
+            dilations: vec![1, 1],
+            pad: ConvPad::Explicit(vec![1; 4]),
+            group: 1,
+        };
         let out = run(QuantOp::ConvInteger(g), &[Some(&x), Some(&w), Some(&zp)]);
-        assert_eq!(out[0], t(&[1, 1, 4, 4], vec![1i32, 3, 5, 3, 5, 12, 16, 9, 11, 24, 28, 15, 7, 15, 17, 9]));
+        assert_eq!(
+            out[0],
+            t(
+                &[1, 1, 4, 4],
+                vec![1i32, 3, 5, 3, 5, 12, 16, 9, 11, 24, 28, 15, 7, 15, 17, 9]
+            )
+        );
     }
 }

@@ -7,19 +7,25 @@
 //! type (f16/bf16 included); integer sums and products wrap in the element type, like numpy's
 //! `dtype=x.dtype` reductions that the ONNX reference uses.
 
-use crate::{invalid, EvalCx, EvalError};
-use mlc_ir::ops::reduce::{resolve_axes, LossReduction, ReduceAttrs, ReduceKind, SoftmaxAttrs};
-use mlc_ir::ops::{norm_axis, ReduceOp};
-use mlc_ir::{dispatch_float, dispatch_num, DType, NumElem, Tensor};
+use crate::{EvalCx, EvalError, invalid};
+use mlc_ir::ops::reduce::{LossReduction, ReduceAttrs, ReduceKind, SoftmaxAttrs, resolve_axes};
+use mlc_ir::ops::{ReduceOp, norm_axis};
+use mlc_ir::{DType, NumElem, Tensor, dispatch_float, dispatch_num};
 use ndarray::{ArrayD, IxDyn};
 use std::cmp::Ordering;
 
-pub fn eval(op: &ReduceOp, inputs: &[Option<&Tensor>], cx: &EvalCx) -> Result<Vec<Tensor>, EvalError> {
+pub fn eval(
+    op: &ReduceOp,
+    inputs: &[Option<&Tensor>],
+    cx: &EvalCx,
+) -> Result<Vec<Tensor>, EvalError> {
     let x = input(inputs, 0)?;
     if let Some((kind, attrs)) = op.as_reduction() {
         let axes = reduce_axes(attrs, inputs, x.rank())?;
-        return Ok(vec![dispatch_num!(x, a => reduce(a, kind, &axes, attrs.keepdims)?,
-            _ => return Err(invalid("reductions take numeric tensors")))]);
+        return Ok(vec![
+            dispatch_num!(x, a => reduce(a, kind, &axes, attrs.keepdims)?,
+            _ => return Err(invalid("reductions take numeric tensors"))),
+        ]);
     }
     match op {
         ReduceOp::ArgMax(a) | ReduceOp::ArgMin(a) => {
@@ -28,8 +34,16 @@ pub fn eval(op: &ReduceOp, inputs: &[Option<&Tensor>], cx: &EvalCx) -> Result<Ve
                 _ => return Err(invalid("arg reductions take numeric tensors")));
             Ok(vec![out])
         }
-        ReduceOp::Softmax(a) => Ok(vec![float_lanes(x, &softmax_axes(a, x.rank()), |v, out| softmax(v, false, out))?]),
-        ReduceOp::LogSoftmax(a) => Ok(vec![float_lanes(x, &softmax_axes(a, x.rank()), |v, out| softmax(v, true, out))?]),
+        ReduceOp::Softmax(a) => Ok(vec![float_lanes(
+            x,
+            &softmax_axes(a, x.rank()),
+            |v, out| softmax(v, false, out),
+        )?]),
+        ReduceOp::LogSoftmax(a) => Ok(vec![float_lanes(
+            x,
+            &softmax_axes(a, x.rank()),
+            |v, out| softmax(v, true, out),
+        )?]),
         ReduceOp::Hardmax(a) => Ok(vec![float_lanes(x, &softmax_axes(a, x.rank()), hardmax)?]),
         ReduceOp::CumSum(a) | ReduceOp::CumProd(a) => {
             let axis = match a.axis {
@@ -42,10 +56,13 @@ pub fn eval(op: &ReduceOp, inputs: &[Option<&Tensor>], cx: &EvalCx) -> Result<Ve
                 _ => return Err(invalid("cumulative ops take numeric tensors")));
             Ok(vec![out])
         }
-        ReduceOp::TopK { axis, k, largest, .. } => {
+        ReduceOp::TopK {
+            axis, k, largest, ..
+        } => {
             let k = match k {
                 Some(k) => *k,
-                None => usize::try_from(scalar_int(input(inputs, 1)?, "k")?).map_err(|_| invalid("k must be non-negative"))?,
+                None => usize::try_from(scalar_int(input(inputs, 1)?, "k")?)
+                    .map_err(|_| invalid("k must be non-negative"))?,
             };
             dispatch_num!(x, t => top_k(t, *axis, k, *largest),
                 _ => Err(invalid("top_k takes numeric tensors")))
@@ -54,19 +71,41 @@ pub fn eval(op: &ReduceOp, inputs: &[Option<&Tensor>], cx: &EvalCx) -> Result<Ve
             let p = *p;
             Ok(vec![float_lanes(x, &[*axis], |v, out| lp_norm(v, p, out))?])
         }
-        ReduceOp::SoftmaxCrossEntropy { reduction, ignore_index } | ReduceOp::NllLoss { reduction, ignore_index } => {
+        ReduceOp::SoftmaxCrossEntropy {
+            reduction,
+            ignore_index,
+        }
+        | ReduceOp::NllLoss {
+            reduction,
+            ignore_index,
+        } => {
             let sce = matches!(op, ReduceOp::SoftmaxCrossEntropy { .. });
             let labels = input(inputs, 1)?.to_i64_vec()?;
-            let weights = inputs.get(2).copied().flatten().map(Tensor::to_f64_vec).transpose()?;
+            let weights = inputs
+                .get(2)
+                .copied()
+                .flatten()
+                .map(Tensor::to_f64_vec)
+                .transpose()?;
             let (scores, log_prob) = if sce {
                 let lp = float_lanes(x, &[1], |v, out| softmax(v, true, out))?;
                 (lp.to_f64_vec()?, Some(lp))
             } else {
                 (x.to_f64_vec()?, None)
             };
-            let loss = nll(x.shape(), &scores, &labels, weights.as_deref(), *reduction, *ignore_index)?;
-            let loss_shape: Vec<usize> =
-                if *reduction == LossReduction::None { input(inputs, 1)?.shape().to_vec() } else { vec![] };
+            let loss = nll(
+                x.shape(),
+                &scores,
+                &labels,
+                weights.as_deref(),
+                *reduction,
+                *ignore_index,
+            )?;
+            let loss_shape: Vec<usize> = if *reduction == LossReduction::None {
+                input(inputs, 1)?.shape().to_vec()
+            } else {
+                vec![]
+            };
             let loss = Tensor::from_vec(&loss_shape, loss)?.cast(x.dtype())?;
             let mut out = vec![loss];
             if cx.n_outputs() == 2 {
@@ -79,18 +118,29 @@ pub fn eval(op: &ReduceOp, inputs: &[Option<&Tensor>], cx: &EvalCx) -> Result<Ve
 }
 
 fn input<'a>(inputs: &[Option<&'a Tensor>], i: usize) -> Result<&'a Tensor, EvalError> {
-    inputs.get(i).copied().flatten().ok_or_else(|| invalid(format!("input {i} is required")))
+    inputs
+        .get(i)
+        .copied()
+        .flatten()
+        .ok_or_else(|| invalid(format!("input {i} is required")))
 }
 
 /// The value of a scalar or one-element integer tensor.
 fn scalar_int(t: &Tensor, what: &str) -> Result<i64, EvalError> {
     match t.to_i64_vec()?.as_slice() {
         [v] => Ok(*v),
-        _ => Err(invalid(format!("{what} must hold one integer, got shape {:?}", t.shape()))),
+        _ => Err(invalid(format!(
+            "{what} must hold one integer, got shape {:?}",
+            t.shape()
+        ))),
     }
 }
 
-fn reduce_axes(a: &ReduceAttrs, inputs: &[Option<&Tensor>], rank: usize) -> Result<Vec<usize>, EvalError> {
+fn reduce_axes(
+    a: &ReduceAttrs,
+    inputs: &[Option<&Tensor>],
+    rank: usize,
+) -> Result<Vec<usize>, EvalError> {
     match &a.axes {
         Some(axes) => Ok(axes.clone()),
         None => {
@@ -104,7 +154,11 @@ fn reduce_axes(a: &ReduceAttrs, inputs: &[Option<&Tensor>], rank: usize) -> Resu
 }
 
 fn softmax_axes(a: &SoftmaxAttrs, rank: usize) -> Vec<usize> {
-    if a.coerce_2d { (a.axis..rank.max(1)).collect() } else { vec![a.axis] }
+    if a.coerce_2d {
+        (a.axis..rank.max(1)).collect()
+    } else {
+        vec![a.axis]
+    }
 }
 
 /// The input seen as lanes along `axes` (sorted, distinct): element `j` of lane `i` is the
@@ -122,15 +176,28 @@ impl<T: Clone> Lanes<T> {
     fn new(a: &ArrayD<T>, axes: &[usize]) -> Result<Self, EvalError> {
         let rank = a.ndim();
         if let Some(&bad) = axes.iter().find(|&&ax| ax >= rank.max(1)) {
-            return Err(invalid(format!("axis {bad} out of range for shape {:?}", a.shape())));
+            return Err(invalid(format!(
+                "axis {bad} out of range for shape {:?}",
+                a.shape()
+            )));
         }
         let axes: Vec<usize> = axes.iter().copied().filter(|&ax| ax < rank).collect();
         let kept_axes: Vec<usize> = (0..rank).filter(|i| !axes.contains(i)).collect();
         let perm: Vec<usize> = kept_axes.iter().chain(&axes).copied().collect();
         let kept = kept_axes.iter().map(|&i| a.shape()[i]).collect();
         let len = axes.iter().map(|&i| a.shape()[i]).product();
-        let data = a.view().permuted_axes(IxDyn(&perm)).iter().cloned().collect();
-        Ok(Lanes { perm, kept, len, data })
+        let data = a
+            .view()
+            .permuted_axes(IxDyn(&perm))
+            .iter()
+            .cloned()
+            .collect();
+        Ok(Lanes {
+            perm,
+            kept,
+            len,
+            data,
+        })
     }
 
     fn count(&self) -> usize {
@@ -145,18 +212,29 @@ impl<T: Clone> Lanes<T> {
     /// lane order: each output lane replaces the input lane at the same place.
     fn rebuild<U: Clone>(&self, lane_dims: &[usize], data: Vec<U>) -> Result<ArrayD<U>, EvalError> {
         let shape: Vec<usize> = self.kept.iter().chain(lane_dims).copied().collect();
-        let arr = ArrayD::from_shape_vec(IxDyn(&shape), data).map_err(|e| invalid(e.to_string()))?;
+        let arr =
+            ArrayD::from_shape_vec(IxDyn(&shape), data).map_err(|e| invalid(e.to_string()))?;
         let mut inv = vec![0; self.perm.len()];
         for (j, &p) in self.perm.iter().enumerate() {
             inv[p] = j;
         }
-        Ok(arr.permuted_axes(IxDyn(&inv)).as_standard_layout().into_owned())
+        Ok(arr
+            .permuted_axes(IxDyn(&inv))
+            .as_standard_layout()
+            .into_owned())
     }
 }
 
-fn reduce<T: NumElem>(a: &ArrayD<T>, kind: ReduceKind, axes: &[usize], keepdims: bool) -> Result<Tensor, EvalError> {
+fn reduce<T: NumElem>(
+    a: &ArrayD<T>,
+    kind: ReduceKind,
+    axes: &[usize],
+    keepdims: bool,
+) -> Result<Tensor, EvalError> {
     let lanes = Lanes::new(a, axes)?;
-    let out: Vec<T> = (0..lanes.count()).map(|i| reduce_lane(kind, lanes.lane(i))).collect();
+    let out: Vec<T> = (0..lanes.count())
+        .map(|i| reduce_lane(kind, lanes.lane(i)))
+        .collect();
     let shape: Vec<usize> = a
         .shape()
         .iter()
@@ -195,9 +273,15 @@ fn reduce_lane<T: NumElem>(kind: ReduceKind, v: &[T]) -> T {
         Max | Min => {
             let pick = if kind == Max { greater::<T> } else { less::<T> };
             match v.split_first() {
-                Some((&first, rest)) => rest.iter().fold(first, |acc, &x| if pick(x, acc) { x } else { acc }),
+                Some((&first, rest)) => rest
+                    .iter()
+                    .fold(first, |acc, &x| if pick(x, acc) { x } else { acc }),
                 None if T::DTYPE == DType::Bool => T::from_i64(i64::from(kind == Min)),
-                None => T::from_f64(if kind == Max { f64::NEG_INFINITY } else { f64::INFINITY }),
+                None => T::from_f64(if kind == Max {
+                    f64::NEG_INFINITY
+                } else {
+                    f64::INFINITY
+                }),
             }
         }
         _ if T::DTYPE.is_float() => {
@@ -223,10 +307,14 @@ fn reduce_lane<T: NumElem>(kind: ReduceKind, v: &[T]) -> T {
             match kind {
                 Sum => T::from_i64(wsum(&mut v.iter().map(|x| x.to_i64()))),
                 Prod => T::from_i64(i.fold(1i64, i64::wrapping_mul)),
-                L1 => T::from_i64(wsum(&mut i.map(|x| if signed { x.wrapping_abs() } else { x }))),
+                L1 => T::from_i64(wsum(
+                    &mut i.map(|x| if signed { x.wrapping_abs() } else { x }),
+                )),
                 SumSquare => T::from_i64(wsum(&mut i.map(|x| x.wrapping_mul(x)))),
                 L2 => T::from_f64((wsum(&mut i.map(|x| x.wrapping_mul(x))) as f64).sqrt()),
-                Mean => T::from_f64(wsum(&mut v.iter().map(|x| x.to_i64())) as f64 / v.len() as f64),
+                Mean => {
+                    T::from_f64(wsum(&mut v.iter().map(|x| x.to_i64())) as f64 / v.len() as f64)
+                }
                 LogSum => T::from_f64((v.iter().map(|x| x.to_f64()).sum::<f64>()).ln()),
                 LogSumExp => T::from_f64(log_sum_exp(v.iter().map(|x| x.to_f64()))),
                 Max | Min => unreachable!("handled above"),
@@ -237,12 +325,21 @@ fn reduce_lane<T: NumElem>(kind: ReduceKind, v: &[T]) -> T {
 
 /// `log(sum(exp(x)))`, shifted by the largest finite element for range.
 fn log_sum_exp(f: impl Iterator<Item = f64> + Clone) -> f64 {
-    let m = f.clone().filter(|x| x.is_finite()).fold(f64::NEG_INFINITY, f64::max);
+    let m = f
+        .clone()
+        .filter(|x| x.is_finite())
+        .fold(f64::NEG_INFINITY, f64::max);
     let m = if m.is_finite() { m } else { 0.0 };
     f.map(|x| (x - m).exp()).sum::<f64>().ln() + m
 }
 
-fn arg_reduce<T: NumElem>(a: &ArrayD<T>, axis: usize, max: bool, keepdims: bool, last: bool) -> Result<Tensor, EvalError> {
+fn arg_reduce<T: NumElem>(
+    a: &ArrayD<T>,
+    axis: usize,
+    max: bool,
+    keepdims: bool,
+    last: bool,
+) -> Result<Tensor, EvalError> {
     let lanes = Lanes::new(a, &[axis])?;
     if lanes.len == 0 && lanes.count() > 0 {
         return Err(invalid("arg reduction over an empty axis"));
@@ -272,8 +369,16 @@ fn arg_reduce<T: NumElem>(a: &ArrayD<T>, axis: usize, max: bool, keepdims: bool,
 }
 
 /// Maps every lane along `axes` of a float tensor through `f` (in f64), keeping the shape.
-fn float_lanes(x: &Tensor, axes: &[usize], f: impl Fn(&[f64], &mut [f64])) -> Result<Tensor, EvalError> {
-    fn go<T: NumElem>(a: &ArrayD<T>, axes: &[usize], f: impl Fn(&[f64], &mut [f64])) -> Result<Tensor, EvalError> {
+fn float_lanes(
+    x: &Tensor,
+    axes: &[usize],
+    f: impl Fn(&[f64], &mut [f64]),
+) -> Result<Tensor, EvalError> {
+    fn go<T: NumElem>(
+        a: &ArrayD<T>,
+        axes: &[usize],
+        f: impl Fn(&[f64], &mut [f64]),
+    ) -> Result<Tensor, EvalError> {
         let lanes = Lanes::new(a, axes)?;
         let mut out = Vec::with_capacity(lanes.data.len());
         let (mut src, mut dst) = (vec![0.0; lanes.len], vec![0.0; lanes.len]);
@@ -284,7 +389,10 @@ fn float_lanes(x: &Tensor, axes: &[usize], f: impl Fn(&[f64], &mut [f64])) -> Re
             f(&src, &mut dst);
             out.extend(dst.iter().map(|&v| T::from_f64(v)));
         }
-        let lane_dims: Vec<usize> = lanes.perm[lanes.kept.len()..].iter().map(|&i| a.shape()[i]).collect();
+        let lane_dims: Vec<usize> = lanes.perm[lanes.kept.len()..]
+            .iter()
+            .map(|&i| a.shape()[i])
+            .collect();
         Ok(T::wrap(lanes.rebuild(&lane_dims, out)?))
     }
     dispatch_float!(x, a => go(a, axes, f), _ => Err(invalid(format!("expected a float tensor, got {}", x.dtype()))))
@@ -294,7 +402,11 @@ fn softmax(v: &[f64], log: bool, out: &mut [f64]) {
     let m = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let sum: f64 = v.iter().map(|x| (x - m).exp()).sum();
     for (o, x) in out.iter_mut().zip(v) {
-        *o = if log { (x - m) - sum.ln() } else { (x - m).exp() / sum };
+        *o = if log {
+            (x - m) - sum.ln()
+        } else {
+            (x - m).exp() / sum
+        };
     }
 }
 
@@ -311,20 +423,34 @@ fn hardmax(v: &[f64], out: &mut [f64]) {
 }
 
 fn lp_norm(v: &[f64], p: u32, out: &mut [f64]) {
-    let norm = if p == 1 { v.iter().map(|x| x.abs()).sum() } else { v.iter().map(|x| x * x).sum::<f64>().sqrt() };
+    let norm = if p == 1 {
+        v.iter().map(|x| x.abs()).sum()
+    } else {
+        v.iter().map(|x| x * x).sum::<f64>().sqrt()
+    };
     for (o, x) in out.iter_mut().zip(v) {
         *o = if norm == 0.0 { 0.0 } else { x / norm };
     }
 }
 
-fn cumulative<T: NumElem>(a: &ArrayD<T>, axis: usize, prod: bool, exclusive: bool, reverse: bool) -> Result<Tensor, EvalError> {
+fn cumulative<T: NumElem>(
+    a: &ArrayD<T>,
+    axis: usize,
+    prod: bool,
+    exclusive: bool,
+    reverse: bool,
+) -> Result<Tensor, EvalError> {
     let lanes = Lanes::new(a, &[axis])?;
     let n = lanes.len;
     let mut out = Vec::with_capacity(lanes.data.len());
     let mut lane_out = vec![T::zero(); n];
     for i in 0..lanes.count() {
         let v = lanes.lane(i);
-        let order: Box<dyn Iterator<Item = usize>> = if reverse { Box::new((0..n).rev()) } else { Box::new(0..n) };
+        let order: Box<dyn Iterator<Item = usize>> = if reverse {
+            Box::new((0..n).rev())
+        } else {
+            Box::new(0..n)
+        };
         if T::DTYPE.is_float() {
             let mut acc = if prod { 1.0 } else { 0.0 };
             for j in order {
@@ -339,7 +465,13 @@ fn cumulative<T: NumElem>(a: &ArrayD<T>, axis: usize, prod: bool, exclusive: boo
             }
         } else {
             let mut acc: i64 = i64::from(prod);
-            let step = |acc: i64, x: i64| if prod { acc.wrapping_mul(x) } else { acc.wrapping_add(x) };
+            let step = |acc: i64, x: i64| {
+                if prod {
+                    acc.wrapping_mul(x)
+                } else {
+                    acc.wrapping_add(x)
+                }
+            };
             for j in order {
                 let x = v[j].to_i64();
                 if !exclusive {
@@ -365,10 +497,18 @@ fn total_cmp<T: NumElem>(a: T, b: T) -> Ordering {
     })
 }
 
-fn top_k<T: NumElem>(a: &ArrayD<T>, axis: usize, k: usize, largest: bool) -> Result<Vec<Tensor>, EvalError> {
+fn top_k<T: NumElem>(
+    a: &ArrayD<T>,
+    axis: usize,
+    k: usize,
+    largest: bool,
+) -> Result<Vec<Tensor>, EvalError> {
     let lanes = Lanes::new(a, &[axis])?;
     if k > lanes.len {
-        return Err(invalid(format!("k = {k} exceeds axis length {}", lanes.len)));
+        return Err(invalid(format!(
+            "k = {k} exceeds axis length {}",
+            lanes.len
+        )));
     }
     let (mut values, mut indices) = (Vec::new(), Vec::new());
     let mut order: Vec<usize> = Vec::with_capacity(lanes.len);
@@ -387,7 +527,10 @@ fn top_k<T: NumElem>(a: &ArrayD<T>, axis: usize, k: usize, largest: bool) -> Res
             indices.push(j as i64);
         }
     }
-    Ok(vec![T::wrap(lanes.rebuild(&[k], values)?), Tensor::I64(lanes.rebuild(&[k], indices)?)])
+    Ok(vec![
+        T::wrap(lanes.rebuild(&[k], values)?),
+        Tensor::I64(lanes.rebuild(&[k], indices)?),
+    ])
 }
 
 /// Per-element negative log-likelihood of `scores` (`[N, C, d...]`, row-major, already
@@ -401,12 +544,17 @@ fn nll(
     ignore_index: Option<i64>,
 ) -> Result<Vec<f64>, EvalError> {
     if shape.len() < 2 {
-        return Err(invalid(format!("scores must be [N, C, ...], got {shape:?}")));
+        return Err(invalid(format!(
+            "scores must be [N, C, ...], got {shape:?}"
+        )));
     }
     let (n, c) = (shape[0], shape[1]);
     let d: usize = shape[2..].iter().product();
     if labels.len() != n * d {
-        return Err(invalid(format!("{} labels for scores of shape {shape:?}", labels.len())));
+        return Err(invalid(format!(
+            "{} labels for scores of shape {shape:?}",
+            labels.len()
+        )));
     }
     if let Some(w) = weights
         && w.len() != c
@@ -421,7 +569,10 @@ fn nll(
                 losses.push(0.0);
                 continue;
             }
-            let tc = usize::try_from(t).ok().filter(|&t| t < c).ok_or_else(|| invalid(format!("label {t} out of range for {c} classes")))?;
+            let tc = usize::try_from(t)
+                .ok()
+                .filter(|&t| t < c)
+                .ok_or_else(|| invalid(format!("label {t} out of range for {c} classes")))?;
             let w = weights.map_or(1.0, |w| w[tc]);
             wsum += w;
             losses.push(-scores[(i * c + tc) * d + j] * w);
@@ -442,7 +593,10 @@ mod tests {
 
     fn run(op: ReduceOp, inputs: &[&Tensor], n_outputs: usize) -> Vec<Tensor> {
         let types = vec![TensorType::scalar(DType::F32); n_outputs];
-        let cx = EvalCx { regions: &[], output_types: &types };
+        let cx = EvalCx {
+            regions: &[],
+            output_types: &types,
+        };
         let args: Vec<Option<&Tensor>> = inputs.iter().map(|t| Some(*t)).collect();
         eval(&op, &args, &cx).unwrap()
     }
@@ -452,14 +606,21 @@ mod tests {
     }
 
     fn attrs(axes: Option<Vec<usize>>, keepdims: bool) -> ReduceAttrs {
-        ReduceAttrs { axes, keepdims, noop_with_empty_axes: false }
+        ReduceAttrs {
+            axes,
+            keepdims,
+            noop_with_empty_axes: false,
+        }
     }
 
     fn close(got: &Tensor, want: &[f64]) {
         let g = got.to_f64_vec().unwrap();
         assert_eq!(g.len(), want.len(), "{got:?}");
         for (a, b) in g.iter().zip(want) {
-            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0) || (a.is_nan() && b.is_nan()), "{got:?} vs {want:?}");
+            assert!(
+                (a - b).abs() <= 1e-5 * b.abs().max(1.0) || (a.is_nan() && b.is_nan()),
+                "{got:?} vs {want:?}"
+            );
         }
     }
 
@@ -468,7 +629,10 @@ mod tests {
         // numpy: x = arange(12).reshape(3,2,2); x.sum(axis=1, keepdims=True)
         let x = t(&[3, 2, 2], (0..12).map(|v| v as f32).collect());
         let out = run(ReduceOp::Sum(attrs(Some(vec![1]), true)), &[&x], 1);
-        assert_eq!(out[0], t(&[3, 1, 2], vec![2.0f32, 4.0, 10.0, 12.0, 18.0, 20.0]));
+        assert_eq!(
+            out[0],
+            t(&[3, 1, 2], vec![2.0f32, 4.0, 10.0, 12.0, 18.0, 20.0])
+        );
         let out = run(ReduceOp::Sum(attrs(Some(vec![0, 2]), false)), &[&x], 1);
         assert_eq!(out[0], t(&[2], vec![27.0f32, 39.0]));
         // Run-time axes, negative.
@@ -485,7 +649,11 @@ mod tests {
         let out = run(ReduceOp::Sum(attrs(None, true)), &[&x, &empty], 1);
         assert_eq!(out[0], t(&[1, 1], vec![-2.0f32]));
         // ...unless noop_with_empty_axes, where sum_square is a plain square.
-        let noop = ReduceAttrs { axes: None, keepdims: true, noop_with_empty_axes: true };
+        let noop = ReduceAttrs {
+            axes: None,
+            keepdims: true,
+            noop_with_empty_axes: true,
+        };
         let out = run(ReduceOp::SumSquare(noop), &[&x, &empty], 1);
         assert_eq!(out[0], t(&[2, 2], vec![1.0f32, 4.0, 9.0, 16.0]));
     }
@@ -515,20 +683,37 @@ mod tests {
         let a = || attrs(Some(vec![1]), false);
         close(&run(ReduceOp::Mean(a()), &[&x], 1)[0], &[2.0, 7.0 / 3.0]);
         close(&run(ReduceOp::L1(a()), &[&x], 1)[0], &[6.0, 15.0]);
-        close(&run(ReduceOp::L2(a()), &[&x], 1)[0], &[14f64.sqrt(), 77f64.sqrt()]);
+        close(
+            &run(ReduceOp::L2(a()), &[&x], 1)[0],
+            &[14f64.sqrt(), 77f64.sqrt()],
+        );
         // numpy: np.log(np.exp(x).sum(1))
-        close(&run(ReduceOp::LogSumExp(a()), &[&x], 1)[0], &[3.40760596, 6.31329488]);
+        close(
+            &run(ReduceOp::LogSumExp(a()), &[&x], 1)[0],
+            &[3.40760596, 6.31329488],
+        );
         let xi = t(&[3], vec![100i8, 100, -50]);
         // Wraps like numpy's int8 sum: 150 -> -106.
-        assert_eq!(run(ReduceOp::Sum(attrs(Some(vec![0]), false)), &[&xi], 1)[0], Tensor::scalar(-106i8));
+        assert_eq!(
+            run(ReduceOp::Sum(attrs(Some(vec![0]), false)), &[&xi], 1)[0],
+            Tensor::scalar(-106i8)
+        );
     }
 
     #[test]
     fn argmax_last_index() {
         let x = t(&[2, 3], vec![2.0f32, 5.0, 5.0, 1.0, 1.0, 0.0]);
         let op = |last, max| {
-            let a = ArgAttrs { axis: 1, keepdims: true, select_last_index: last };
-            if max { ReduceOp::ArgMax(a) } else { ReduceOp::ArgMin(a) }
+            let a = ArgAttrs {
+                axis: 1,
+                keepdims: true,
+                select_last_index: last,
+            };
+            if max {
+                ReduceOp::ArgMax(a)
+            } else {
+                ReduceOp::ArgMin(a)
+            }
         };
         assert_eq!(run(op(false, true), &[&x], 1)[0], t(&[2, 1], vec![1i64, 0]));
         assert_eq!(run(op(true, true), &[&x], 1)[0], t(&[2, 1], vec![2i64, 1]));
@@ -538,14 +723,45 @@ mod tests {
     #[test]
     fn softmax_axis_and_coerce() {
         let x = t(&[1, 2, 2], vec![1.0f32, 2.0, 3.0, 4.0]);
-        let out = run(ReduceOp::Softmax(SoftmaxAttrs { axis: 1, coerce_2d: false }), &[&x], 1);
+        let out = run(
+            ReduceOp::Softmax(SoftmaxAttrs {
+                axis: 1,
+                coerce_2d: false,
+            }),
+            &[&x],
+            1,
+        );
         close(&out[0], &[0.11920292, 0.11920292, 0.88079708, 0.88079708]);
         // Flattened over axes 1 and 2: numpy softmax([1, 2, 3, 4]).
-        let out = run(ReduceOp::Softmax(SoftmaxAttrs { axis: 1, coerce_2d: true }), &[&x], 1);
+        let out = run(
+            ReduceOp::Softmax(SoftmaxAttrs {
+                axis: 1,
+                coerce_2d: true,
+            }),
+            &[&x],
+            1,
+        );
         close(&out[0], &[0.0320586, 0.08714432, 0.23688282, 0.64391426]);
-        let out = run(ReduceOp::LogSoftmax(SoftmaxAttrs { axis: 2, coerce_2d: false }), &[&x], 1);
-        close(&out[0], &[-1.31326169, -0.31326169, -1.31326169, -0.31326169]);
-        let out = run(ReduceOp::Hardmax(SoftmaxAttrs { axis: 1, coerce_2d: true }), &[&x], 1);
+        let out = run(
+            ReduceOp::LogSoftmax(SoftmaxAttrs {
+                axis: 2,
+                coerce_2d: false,
+            }),
+            &[&x],
+            1,
+        );
+        close(
+            &out[0],
+            &[-1.31326169, -0.31326169, -1.31326169, -0.31326169],
+        );
+        let out = run(
+            ReduceOp::Hardmax(SoftmaxAttrs {
+                axis: 1,
+                coerce_2d: true,
+            }),
+            &[&x],
+            1,
+        );
         close(&out[0], &[0.0, 0.0, 0.0, 1.0]);
     }
 
@@ -553,13 +769,39 @@ mod tests {
     fn cumsum_variants() {
         let x = t(&[5], vec![1.0f64, 2.0, 3.0, 4.0, 5.0]);
         let axis = Tensor::scalar(0i32);
-        let op = |exclusive, reverse| ReduceOp::CumSum(CumAttrs { axis: None, exclusive, reverse });
-        close(&run(op(false, false), &[&x, &axis], 1)[0], &[1.0, 3.0, 6.0, 10.0, 15.0]);
-        close(&run(op(true, false), &[&x, &axis], 1)[0], &[0.0, 1.0, 3.0, 6.0, 10.0]);
-        close(&run(op(false, true), &[&x, &axis], 1)[0], &[15.0, 14.0, 12.0, 9.0, 5.0]);
-        close(&run(op(true, true), &[&x, &axis], 1)[0], &[14.0, 12.0, 9.0, 5.0, 0.0]);
+        let op = |exclusive, reverse| {
+            ReduceOp::CumSum(CumAttrs {
+                axis: None,
+                exclusive,
+                reverse,
+            })
+        };
+        close(
+            &run(op(false, false), &[&x, &axis], 1)[0],
+            &[1.0, 3.0, 6.0, 10.0, 15.0],
+        );
+        close(
+            &run(op(true, false), &[&x, &axis], 1)[0],
+            &[0.0, 1.0, 3.0, 6.0, 10.0],
+        );
+        close(
+            &run(op(false, true), &[&x, &axis], 1)[0],
+            &[15.0, 14.0, 12.0, 9.0, 5.0],
+        );
+        close(
+            &run(op(true, true), &[&x, &axis], 1)[0],
+            &[14.0, 12.0, 9.0, 5.0, 0.0],
+        );
         let x = t(&[2, 3], vec![1i32, 2, 3, 4, 5, 6]);
-        let out = run(ReduceOp::CumProd(CumAttrs { axis: Some(0), exclusive: false, reverse: false }), &[&x], 1);
+        let out = run(
+            ReduceOp::CumProd(CumAttrs {
+                axis: Some(0),
+                exclusive: false,
+                reverse: false,
+            }),
+            &[&x],
+            1,
+        );
         assert_eq!(out[0], t(&[2, 3], vec![1i32, 2, 3, 4, 10, 18]));
     }
 
@@ -567,27 +809,54 @@ mod tests {
     fn top_k_ties_by_index() {
         let x = t(&[2, 4], vec![0i64, 1, 1, 0, 3, 3, 2, 3]);
         let k = t(&[1], vec![3i64]);
-        let out = run(ReduceOp::TopK { axis: 1, k: None, largest: true, sorted: true }, &[&x, &k], 2);
+        let out = run(
+            ReduceOp::TopK {
+                axis: 1,
+                k: None,
+                largest: true,
+                sorted: true,
+            },
+            &[&x, &k],
+            2,
+        );
         assert_eq!(out[0], t(&[2, 3], vec![1i64, 1, 0, 3, 3, 3]));
         assert_eq!(out[1], t(&[2, 3], vec![1i64, 2, 0, 0, 1, 3]));
-        let out = run(ReduceOp::TopK { axis: 0, k: Some(1), largest: false, sorted: true }, &[&x], 2);
+        let out = run(
+            ReduceOp::TopK {
+                axis: 0,
+                k: Some(1),
+                largest: false,
+                sorted: true,
+            },
+            &[&x],
+            2,
+        );
         assert_eq!(out[1], t(&[1, 4], vec![0i64, 0, 0, 0]));
     }
 
     #[test]
     fn losses() {
         // torch.nn.functional.cross_entropy(x, y, weight=w, ignore_index=1) = 1.14293...
-        let x = t(&[3, 3], vec![0.1f32, 0.2, 0.3, 1.0, -1.0, 0.5, 2.0, 0.0, -2.0]);
+        let x = t(
+            &[3, 3],
+            vec![0.1f32, 0.2, 0.3, 1.0, -1.0, 0.5, 2.0, 0.0, -2.0],
+        );
         let y = t(&[3], vec![2i64, 1, 0]);
         let w = t(&[3], vec![1.0f32, 2.0, 0.5]);
-        let op = ReduceOp::SoftmaxCrossEntropy { reduction: LossReduction::Mean, ignore_index: Some(1) };
+        let op = ReduceOp::SoftmaxCrossEntropy {
+            reduction: LossReduction::Mean,
+            ignore_index: Some(1),
+        };
         let out = run(op, &[&x, &y, &w], 2);
         // -(0.5*log_softmax(x0)[2] + 1.0*log_softmax(x2)[0]) / 1.5
         let lp0 = 0.3 - (0.1f64.exp() + 0.2f64.exp() + 0.3f64.exp()).ln();
         let lp2 = 2.0 - (2f64.exp() + 1.0 + (-2f64).exp()).ln();
         close(&out[0], &[-(0.5 * lp0 + lp2) / 1.5]);
         assert_eq!(out[1].shape(), &[3, 3]);
-        let op = ReduceOp::NllLoss { reduction: LossReduction::None, ignore_index: None };
+        let op = ReduceOp::NllLoss {
+            reduction: LossReduction::None,
+            ignore_index: None,
+        };
         close(&run(op, &[&x, &y], 1)[0], &[-0.3, 1.0, -2.0]);
     }
 }

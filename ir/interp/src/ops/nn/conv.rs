@@ -1,14 +1,21 @@
 //! Convolution and transposed convolution, N-D and grouped, as im2col/col2im around one GEMM.
 
-use super::{for_each_index, strides_of, with_float, Acc, Float};
-use crate::{invalid, EvalError};
-use mlc_ir::ops::nn::{conv_transpose_dim, window_dim, AutoPad};
-use mlc_ir::ops::NnOp;
+use super::{Acc, Float, for_each_index, strides_of, with_float};
+use crate::{EvalError, invalid};
 use mlc_ir::Tensor;
+use mlc_ir::ops::NnOp;
+use mlc_ir::ops::nn::{AutoPad, conv_transpose_dim, window_dim};
 
-pub(super) fn eval(op: &NnOp, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor, EvalError> {
+pub(super) fn eval(
+    op: &NnOp,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+) -> Result<Tensor, EvalError> {
     if x.rank() < 3 || w.rank() != x.rank() {
-        return Err(invalid(format!("conv input {x:?} and weight {w:?} must be [N, C, spatial...] of one rank")));
+        return Err(invalid(format!(
+            "conv input {x:?} and weight {w:?} must be [N, C, spatial...] of one rank"
+        )));
     }
     with_float!(x.dtype(), F => {
         let (xv, wv) = (F::read(x), F::read(w));
@@ -45,7 +52,9 @@ struct TransposeGeom<'a> {
 
 fn check_attrs(k: usize, g: &Geom, pads: usize) -> Result<(), EvalError> {
     if g.strides.len() != k || g.dilations.len() != k || pads != 2 * k {
-        return Err(invalid(format!("conv attributes do not match {k} spatial dims")));
+        return Err(invalid(format!(
+            "conv attributes do not match {k} spatial dims"
+        )));
     }
     if g.group == 0 {
         return Err(invalid("group must be positive"));
@@ -53,14 +62,25 @@ fn check_attrs(k: usize, g: &Geom, pads: usize) -> Result<(), EvalError> {
     Ok(())
 }
 
-fn add_bias<F: Float>(out: &mut [F], b: Option<&[F]>, n: usize, m: usize, p: usize) -> Result<(), EvalError> {
+fn add_bias<F: Float>(
+    out: &mut [F],
+    b: Option<&[F]>,
+    n: usize,
+    m: usize,
+    p: usize,
+) -> Result<(), EvalError> {
     if let Some(b) = b {
         if b.len() != m {
-            return Err(invalid(format!("bias has {} elements, expected {m}", b.len())));
+            return Err(invalid(format!(
+                "bias has {} elements, expected {m}",
+                b.len()
+            )));
         }
         for ni in 0..n {
             for (mi, &bv) in b.iter().enumerate() {
-                out[(ni * m + mi) * p..(ni * m + mi + 1) * p].iter_mut().for_each(|v| *v += bv);
+                out[(ni * m + mi) * p..(ni * m + mi + 1) * p]
+                    .iter_mut()
+                    .for_each(|v| *v += bv);
             }
         }
     }
@@ -82,25 +102,47 @@ fn conv<F: Float>(
     let (n, c, m, cg) = (xs[0], xs[1], ws[0], ws[1]);
     let group = g.group;
     if cg * group != c || m % group != 0 {
-        return Err(invalid(format!("conv input {xs:?} and weight {ws:?} do not fit group {group}")));
+        return Err(invalid(format!(
+            "conv input {xs:?} and weight {ws:?} do not fit group {group}"
+        )));
     }
     let (ins, ks) = (&xs[2..], &ws[2..]);
     let mut outs = Vec::with_capacity(k);
     let mut pb = Vec::with_capacity(k);
     for i in 0..k {
-        let (o, b, _) =
-            window_dim(auto_pad, ins[i], ks[i], g.strides[i], g.dilations[i], (pads[i], pads[k + i]), false)
-                .map_err(invalid)?;
+        let (o, b, _) = window_dim(
+            auto_pad,
+            ins[i],
+            ks[i],
+            g.strides[i],
+            g.dilations[i],
+            (pads[i], pads[k + i]),
+            false,
+        )
+        .map_err(invalid)?;
         outs.push(o);
         pb.push(b);
     }
-    let (kk, p, pin, mg) = (ks.iter().product::<usize>(), outs.iter().product::<usize>(), ins.iter().product::<usize>(), m / group);
+    let (kk, p, pin, mg) = (
+        ks.iter().product::<usize>(),
+        outs.iter().product::<usize>(),
+        ins.iter().product::<usize>(),
+        m / group,
+    );
     let rows = cg * kk;
     // A 1x1 kernel with unit strides and no padding reads the input as its own column matrix.
-    let direct = kk == 1 && g.strides.iter().all(|&s| s == 1) && pb.iter().all(|&v| v == 0) && outs == ins;
+    let direct =
+        kk == 1 && g.strides.iter().all(|&s| s == 1) && pb.iter().all(|&v| v == 0) && outs == ins;
     let mut col = vec![F::zero(); if direct { 0 } else { rows * p }];
     let mut out = vec![F::zero(); n * m * p];
-    let geo = Im2Col { ins, outs: &outs, ks, strides: g.strides, dilations: g.dilations, pb: &pb };
+    let geo = Im2Col {
+        ins,
+        outs: &outs,
+        ks,
+        strides: g.strides,
+        dilations: g.dilations,
+        pb: &pb,
+    };
     for ni in 0..n {
         for gi in 0..group {
             let xg = &x[(ni * c + gi * cg) * pin..(ni * c + (gi + 1) * cg) * pin];
@@ -135,9 +177,17 @@ struct Im2Col<'a> {
 fn im2col<F: Float>(x: &[F], cg: usize, geo: &Im2Col, col: &mut [F]) {
     let k = geo.ins.len();
     let last = k - 1;
-    let (pin, p, kk) = (geo.ins.iter().product::<usize>(), geo.outs.iter().product::<usize>(), geo.ks.iter().product::<usize>());
+    let (pin, p, kk) = (
+        geo.ins.iter().product::<usize>(),
+        geo.outs.iter().product::<usize>(),
+        geo.ks.iter().product::<usize>(),
+    );
     let in_st = strides_of(geo.ins);
-    let (in_l, out_l, s_l) = (geo.ins[last] as isize, geo.outs[last], geo.strides[last] as isize);
+    let (in_l, out_l, s_l) = (
+        geo.ins[last] as isize,
+        geo.outs[last],
+        geo.strides[last] as isize,
+    );
     for ci in 0..cg {
         let xc = &x[ci * pin..(ci + 1) * pin];
         let mut kidx = 0;
@@ -149,7 +199,8 @@ fn im2col<F: Float>(x: &[F], cg: usize, geo: &Im2Col, col: &mut [F]) {
                 r += 1;
                 let mut base = 0isize;
                 for d in 0..last {
-                    let pos = (o[d] * geo.strides[d] + koff[d] * geo.dilations[d]) as isize - geo.pb[d] as isize;
+                    let pos = (o[d] * geo.strides[d] + koff[d] * geo.dilations[d]) as isize
+                        - geo.pb[d] as isize;
                     if pos < 0 || pos >= geo.ins[d] as isize {
                         dst.fill(F::zero());
                         return;
@@ -159,7 +210,11 @@ fn im2col<F: Float>(x: &[F], cg: usize, geo: &Im2Col, col: &mut [F]) {
                 let off = (koff[last] * geo.dilations[last]) as isize - geo.pb[last] as isize;
                 for (ol, v) in dst.iter_mut().enumerate() {
                     let pos = ol as isize * s_l + off;
-                    *v = if pos >= 0 && pos < in_l { xc[(base + pos) as usize] } else { F::zero() };
+                    *v = if pos >= 0 && pos < in_l {
+                        xc[(base + pos) as usize]
+                    } else {
+                        F::zero()
+                    };
                 }
             });
             kidx += 1;
@@ -179,12 +234,16 @@ fn conv_transpose<F: Float>(
     let k = xs.len() - 2;
     check_attrs(k, g, t.pads.len())?;
     if t.output_padding.len() != k || t.output_shape.is_some_and(|o| o.len() != k) {
-        return Err(invalid(format!("conv_transpose attributes do not match {k} spatial dims")));
+        return Err(invalid(format!(
+            "conv_transpose attributes do not match {k} spatial dims"
+        )));
     }
     let (n, c, mg) = (xs[0], xs[1], ws[1]);
     let group = g.group;
     if ws[0] != c || c % group != 0 {
-        return Err(invalid(format!("conv_transpose input {xs:?} and weight {ws:?} do not fit group {group}")));
+        return Err(invalid(format!(
+            "conv_transpose input {xs:?} and weight {ws:?} do not fit group {group}"
+        )));
     }
     let (cg, m) = (c / group, mg * group);
     let (ins, ks) = (&xs[2..], &ws[2..]);
@@ -205,7 +264,11 @@ fn conv_transpose<F: Float>(
         outs.push(o);
         pb.push(b);
     }
-    let (kk, p, pin) = (ks.iter().product::<usize>(), outs.iter().product::<usize>(), ins.iter().product::<usize>());
+    let (kk, p, pin) = (
+        ks.iter().product::<usize>(),
+        outs.iter().product::<usize>(),
+        ins.iter().product::<usize>(),
+    );
     let rows = mg * kk;
     let mut col = vec![F::zero(); rows * pin];
     let mut out = vec![F::zero(); n * m * p];
@@ -229,7 +292,8 @@ fn conv_transpose<F: Float>(
                         ii += 1;
                         let mut o = 0usize;
                         for d in 0..k {
-                            let pos = (i[d] * g.strides[d] + koff[d] * g.dilations[d]) as i64 - pb[d];
+                            let pos =
+                                (i[d] * g.strides[d] + koff[d] * g.dilations[d]) as i64 - pb[d];
                             if pos < 0 || pos >= outs[d] as i64 {
                                 return;
                             }
@@ -276,7 +340,9 @@ mod tests {
         let w = t(&[1, 1, 3, 3], vec![1.0; 9]);
         let y = eval(&conv_op(&[2, 2], &[1, 1, 1, 1], 1), &x, &w, None).unwrap();
         assert_eq!(y.shape(), &[1, 1, 4, 3]);
-        let want = [12., 27., 24., 63., 108., 81., 123., 198., 141., 112., 177., 124.];
+        let want = [
+            12., 27., 24., 63., 108., 81., 123., 198., 141., 112., 177., 124.,
+        ];
         assert_eq!(y.to_f64_vec().unwrap(), want);
     }
 
@@ -298,12 +364,30 @@ mod tests {
     #[test]
     fn conv_same_and_dilation() {
         // SAME_UPPER, 4-long input, kernel 2: pads (0, 1).
-        let op = NnOp::Conv { strides: vec![1], dilations: vec![1], pads: vec![0, 0], group: 1, auto_pad: AutoPad::SameUpper };
+        let op = NnOp::Conv {
+            strides: vec![1],
+            dilations: vec![1],
+            pads: vec![0, 0],
+            group: 1,
+            auto_pad: AutoPad::SameUpper,
+        };
         let x = t(&[1, 1, 4], vec![1., 2., 3., 4.]);
         let w = t(&[1, 1, 2], vec![1., 10.]);
-        assert_eq!(eval(&op, &x, &w, None).unwrap().to_f64_vec().unwrap(), vec![21., 32., 43., 4.]);
-        let op = NnOp::Conv { strides: vec![1], dilations: vec![2], pads: vec![0, 0], group: 1, auto_pad: AutoPad::NotSet };
-        assert_eq!(eval(&op, &x, &w, None).unwrap().to_f64_vec().unwrap(), vec![31., 42.]);
+        assert_eq!(
+            eval(&op, &x, &w, None).unwrap().to_f64_vec().unwrap(),
+            vec![21., 32., 43., 4.]
+        );
+        let op = NnOp::Conv {
+            strides: vec![1],
+            dilations: vec![2],
+            pads: vec![0, 0],
+            group: 1,
+            auto_pad: AutoPad::NotSet,
+        };
+        assert_eq!(
+            eval(&op, &x, &w, None).unwrap().to_f64_vec().unwrap(),
+            vec![31., 42.]
+        );
     }
 
     #[test]
@@ -322,7 +406,10 @@ mod tests {
         let w = t(&[1, 2, 3], vec![1.0; 6]);
         let y = eval(&op, &x, &w, None).unwrap();
         assert_eq!(y.shape(), &[1, 2, 5]);
-        assert_eq!(y.to_f64_vec().unwrap(), vec![0., 1., 3., 3., 2., 0., 1., 3., 3., 2.]);
+        assert_eq!(
+            y.to_f64_vec().unwrap(),
+            vec![0., 1., 3., 3., 2., 0., 1., 3., 3., 2.]
+        );
         // Stride 2 with output_shape 8: full output is 7, extended by one zero at the end.
         let op = NnOp::ConvTranspose {
             strides: vec![2],
@@ -335,6 +422,9 @@ mod tests {
         };
         let w = t(&[1, 1, 3], vec![1., 2., 3.]);
         let y = eval(&op, &x, &w, None).unwrap();
-        assert_eq!(y.to_f64_vec().unwrap(), vec![0., 0., 1., 2., 5., 4., 6., 0.]);
+        assert_eq!(
+            y.to_f64_vec().unwrap(),
+            vec![0., 0., 1., 2., 5., 4., 6., 0.]
+        );
     }
 }

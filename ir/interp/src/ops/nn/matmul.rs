@@ -1,13 +1,17 @@
 //! Contractions: numpy `matmul` with batch broadcasting, `gemm`, and `einsum`.
 
-use super::{broadcast_to, for_each_index, strides_of, with_acc, Acc};
-use crate::{invalid, EvalError};
-use mlc_ir::ops::nn::parse_einsum;
+use super::{Acc, broadcast_to, for_each_index, strides_of, with_acc};
+use crate::{EvalError, invalid};
 use mlc_ir::Tensor;
+use mlc_ir::ops::nn::parse_einsum;
 
 pub(super) fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor, EvalError> {
     if a.dtype() != b.dtype() {
-        return Err(invalid(format!("matmul of {} and {}", a.dtype(), b.dtype())));
+        return Err(invalid(format!(
+            "matmul of {} and {}",
+            a.dtype(),
+            b.dtype()
+        )));
     }
     if a.rank() == 0 || b.rank() == 0 {
         return Err(invalid("matmul operands must have rank >= 1"));
@@ -20,7 +24,12 @@ pub(super) fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor, EvalError> {
 }
 
 /// Batched matmul over row-major data; returns the output shape and data.
-fn matmul_nd<T: Acc>(a: &[T], sa: &[usize], b: &[T], sb: &[usize]) -> Result<(Vec<usize>, Vec<T>), EvalError> {
+fn matmul_nd<T: Acc>(
+    a: &[T],
+    sa: &[usize],
+    b: &[T],
+    sb: &[usize],
+) -> Result<(Vec<usize>, Vec<T>), EvalError> {
     // A 1-D operand is a row (a) or column (b) vector whose unit dim is dropped at the end.
     let mut sa = sa.to_vec();
     let mut sb = sb.to_vec();
@@ -34,7 +43,9 @@ fn matmul_nd<T: Acc>(a: &[T], sa: &[usize], b: &[T], sb: &[usize]) -> Result<(Ve
     let (ra, rb) = (sa.len(), sb.len());
     let (m, k, k2, n) = (sa[ra - 2], sa[ra - 1], sb[rb - 2], sb[rb - 1]);
     if k != k2 {
-        return Err(invalid(format!("matmul inner dims differ: {sa:?} @ {sb:?}")));
+        return Err(invalid(format!(
+            "matmul inner dims differ: {sa:?} @ {sb:?}"
+        )));
     }
     let (ba, bb) = (&sa[..ra - 2], &sb[..rb - 2]);
     let rank = ba.len().max(bb.len());
@@ -47,14 +58,19 @@ fn matmul_nd<T: Acc>(a: &[T], sa: &[usize], b: &[T], sb: &[usize]) -> Result<(Ve
     let mut batch = Vec::with_capacity(rank);
     for (&x, &y) in pa.iter().zip(&pb) {
         if x != y && x != 1 && y != 1 {
-            return Err(invalid(format!("matmul batch dims do not broadcast: {sa:?} @ {sb:?}")));
+            return Err(invalid(format!(
+                "matmul batch dims do not broadcast: {sa:?} @ {sb:?}"
+            )));
         }
         batch.push(if x == 1 { y } else { x });
     }
     // Batch strides in units of whole matrices; broadcast dims get stride 0.
     let bstrides = |p: &[usize]| -> Vec<usize> {
         let s = strides_of(p);
-        p.iter().zip(s).map(|(&d, s)| if d == 1 { 0 } else { s }).collect()
+        p.iter()
+            .zip(s)
+            .map(|(&d, s)| if d == 1 { 0 } else { s })
+            .collect()
     };
     let (sta, stb) = (bstrides(&pa), bstrides(&pb));
     let mut out = vec![T::default(); batch.iter().product::<usize>() * m * n];
@@ -63,7 +79,14 @@ fn matmul_nd<T: Acc>(a: &[T], sa: &[usize], b: &[T], sb: &[usize]) -> Result<(Ve
         let oa: usize = idx.iter().zip(&sta).map(|(i, s)| i * s).sum::<usize>() * m * k;
         let ob: usize = idx.iter().zip(&stb).map(|(i, s)| i * s).sum::<usize>() * k * n;
         let c = &mut out[bi * m * n..(bi + 1) * m * n];
-        T::gemm(m, n, k, (&a[oa..oa + m * k], k, 1), (&b[ob..ob + k * n], n, 1), c);
+        T::gemm(
+            m,
+            n,
+            k,
+            (&a[oa..oa + m * k], k, 1),
+            (&b[ob..ob + k * n], n, 1),
+            c,
+        );
         bi += 1;
     });
     let mut shape = batch;
@@ -86,11 +109,21 @@ pub(super) fn gemm(
     beta: f32,
 ) -> Result<Tensor, EvalError> {
     if a.rank() != 2 || b.rank() != 2 || a.dtype() != b.dtype() {
-        return Err(invalid(format!("gemm needs two 2-D operands of one type, got {a:?} and {b:?}")));
+        return Err(invalid(format!(
+            "gemm needs two 2-D operands of one type, got {a:?} and {b:?}"
+        )));
     }
     let (sa, sb) = (a.shape(), b.shape());
-    let (m, k) = if trans_a { (sa[1], sa[0]) } else { (sa[0], sa[1]) };
-    let (k2, n) = if trans_b { (sb[1], sb[0]) } else { (sb[0], sb[1]) };
+    let (m, k) = if trans_a {
+        (sa[1], sa[0])
+    } else {
+        (sa[0], sa[1])
+    };
+    let (k2, n) = if trans_b {
+        (sb[1], sb[0])
+    } else {
+        (sb[0], sb[1])
+    };
     if k != k2 {
         return Err(invalid(format!("gemm inner dims differ: {sa:?} @ {sb:?}")));
     }
@@ -117,7 +150,9 @@ pub(super) fn gemm(
 }
 
 pub(super) fn einsum(equation: &str, inputs: &[&Tensor]) -> Result<Tensor, EvalError> {
-    let first = inputs.first().ok_or_else(|| invalid("einsum needs at least one input"))?;
+    let first = inputs
+        .first()
+        .ok_or_else(|| invalid("einsum needs at least one input"))?;
     let ranks: Vec<usize> = inputs.iter().map(|t| t.rank()).collect();
     let spec = parse_einsum(equation, &ranks).map_err(invalid)?;
     // The size of every label; broadcast (size-1) dims of the ellipsis stretch.
@@ -126,7 +161,10 @@ pub(super) fn einsum(equation: &str, inputs: &[&Tensor]) -> Result<Tensor, EvalE
     for (t, labels) in inputs.iter().zip(&spec.inputs) {
         for (&d, &l) in t.shape().iter().zip(labels) {
             if seen[l] && sizes[l] != d && d != 1 && sizes[l] != 1 {
-                return Err(invalid(format!("einsum label dims {} and {d} differ", sizes[l])));
+                return Err(invalid(format!(
+                    "einsum label dims {} and {d} differ",
+                    sizes[l]
+                )));
             }
             if !seen[l] || sizes[l] == 1 {
                 sizes[l] = d;
@@ -134,10 +172,17 @@ pub(super) fn einsum(equation: &str, inputs: &[&Tensor]) -> Result<Tensor, EvalE
             seen[l] = true;
         }
     }
-    // Loop order: output labels first, then the summed ones.
+    if let Some(plan) = contraction_plan(&spec.inputs, &spec.output, inputs, &sizes) {
+        return with_acc!(first.dtype(), T => {
+            let (a, b) = (T::read(inputs[0]), T::read(inputs[1]));
+            let out = contract::<T>(&a, &b, &plan);
+            T::write(out, &plan.out_shape, first.dtype())
+        });
+    }
+    // General case, one loop over every label: output labels first, then the summed ones.
     let mut order: Vec<usize> = spec.output.clone();
-    for l in 0..spec.n_labels {
-        if seen[l] && !order.contains(&l) {
+    for (l, &used) in seen.iter().enumerate() {
+        if used && !order.contains(&l) {
             order.push(l);
         }
     }
@@ -180,6 +225,112 @@ pub(super) fn einsum(equation: &str, inputs: &[&Tensor]) -> Result<Tensor, EvalE
     })
 }
 
+/// A two-operand einsum as one batched matmul: `a` permuted to `[batch, m, k]`, `b` to
+/// `[batch, k, n]`, the product permuted from `[batch, m, n]` to the output order.
+struct Contraction {
+    perm_a: Vec<usize>,
+    perm_b: Vec<usize>,
+    /// Output dim `i` is dim `perm_out[i]` of the `[batch, m, n]` product.
+    perm_out: Vec<usize>,
+    shape_a: Vec<usize>,
+    shape_b: Vec<usize>,
+    dims: [usize; 4],
+    out_shape: Vec<usize>,
+}
+
+/// Plans the matmul form of `a, b -> out` when it exists: no label repeats within a term, no
+/// label is summed inside one operand alone, and no dim broadcasts (size 1 against larger).
+/// Everything else takes the general loop.
+fn contraction_plan(
+    terms: &[Vec<usize>],
+    out: &[usize],
+    inputs: &[&Tensor],
+    sizes: &[usize],
+) -> Option<Contraction> {
+    let [ta, tb] = terms else { return None };
+    let distinct = |t: &[usize]| t.iter().enumerate().all(|(i, l)| !t[..i].contains(l));
+    if !distinct(ta) || !distinct(tb) || !distinct(out) {
+        return None;
+    }
+    let exact = |t: &[usize], x: &Tensor| t.iter().zip(x.shape()).all(|(&l, &d)| sizes[l] == d);
+    if !exact(ta, inputs[0]) || !exact(tb, inputs[1]) {
+        return None;
+    }
+    let (mut batch, mut m, mut n, mut k) = (vec![], vec![], vec![], vec![]);
+    for &l in ta {
+        match (tb.contains(&l), out.contains(&l)) {
+            (true, true) => batch.push(l),
+            (false, true) => m.push(l),
+            (true, false) => k.push(l),
+            (false, false) => return None,
+        }
+    }
+    for &l in tb {
+        match (ta.contains(&l), out.contains(&l)) {
+            (false, true) => n.push(l),
+            (false, false) => return None,
+            _ => {}
+        }
+    }
+    let pos = |t: &[usize], l: usize| t.iter().position(|&x| x == l).expect("label in term");
+    let perm = |t: &[usize], groups: &[&[usize]]| -> Vec<usize> {
+        groups
+            .iter()
+            .flat_map(|g| g.iter().map(|&l| pos(t, l)))
+            .collect()
+    };
+    let prod = |g: &[usize]| g.iter().map(|&l| sizes[l]).product::<usize>();
+    let mid: Vec<usize> = batch.iter().chain(&m).chain(&n).copied().collect();
+    Some(Contraction {
+        perm_a: perm(ta, &[&batch, &m, &k]),
+        perm_b: perm(tb, &[&batch, &k, &n]),
+        perm_out: out.iter().map(|&l| pos(&mid, l)).collect(),
+        shape_a: inputs[0].shape().to_vec(),
+        shape_b: inputs[1].shape().to_vec(),
+        dims: [prod(&batch), prod(&m), prod(&k), prod(&n)],
+        out_shape: out.iter().map(|&l| sizes[l]).collect(),
+    })
+}
+
+/// `data` of `shape` with its dims reordered so that result dim `i` is source dim `perm[i]`.
+fn permute<T: Copy>(data: &[T], shape: &[usize], perm: &[usize]) -> Vec<T> {
+    let st = strides_of(shape);
+    let dims: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
+    let pst: Vec<usize> = perm.iter().map(|&p| st[p]).collect();
+    let mut out = Vec::with_capacity(data.len());
+    for_each_index(&dims, |idx| {
+        out.push(data[idx.iter().zip(&pst).map(|(i, s)| i * s).sum::<usize>()]);
+    });
+    out
+}
+
+fn contract<T: Acc>(a: &[T], b: &[T], p: &Contraction) -> Vec<T> {
+    let a = permute(a, &p.shape_a, &p.perm_a);
+    let b = permute(b, &p.shape_b, &p.perm_b);
+    let [bt, m, k, n] = p.dims;
+    let mut prod = vec![T::default(); bt * m * n];
+    for i in 0..bt {
+        let c = &mut prod[i * m * n..(i + 1) * m * n];
+        T::gemm(
+            m,
+            n,
+            k,
+            (&a[i * m * k..(i + 1) * m * k], k, 1),
+            (&b[i * k * n..(i + 1) * k * n], n, 1),
+            c,
+        );
+    }
+    // The product's dims in label terms: batch..., m..., n... with their sizes.
+    let mid_shape: Vec<usize> = {
+        let mut v = vec![0; p.perm_out.len()];
+        for (i, &src) in p.perm_out.iter().enumerate() {
+            v[src] = p.out_shape[i];
+        }
+        v
+    };
+    permute(&prod, &mid_shape, &p.perm_out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,7 +367,9 @@ mod tests {
         let a = t(&[32, 40], iota(1280));
         let b = t(&[40, 8], iota(320));
         let y = vals(&matmul(&a, &b).unwrap());
-        let want: f64 = (0..40).map(|k| (31 * 40 + k) as f64 * (k * 8 + 7) as f64).sum();
+        let want: f64 = (0..40)
+            .map(|k| (31 * 40 + k) as f64 * (k * 8 + 7) as f64)
+            .sum();
         assert_eq!(y[32 * 8 - 1], want);
     }
 
@@ -224,7 +377,10 @@ mod tests {
     fn matmul_ints_wrap() {
         let a = Tensor::from_vec(&[1, 2], vec![i32::MAX, 1]).unwrap();
         let b = Tensor::from_vec(&[2, 1], vec![2i32, 3]).unwrap();
-        assert_eq!(matmul(&a, &b).unwrap().to_i64_vec().unwrap(), vec![i32::MAX.wrapping_mul(2).wrapping_add(3) as i64]);
+        assert_eq!(
+            matmul(&a, &b).unwrap().to_i64_vec().unwrap(),
+            vec![i32::MAX.wrapping_mul(2).wrapping_add(3) as i64]
+        );
     }
 
     #[test]
@@ -236,18 +392,38 @@ mod tests {
         let y = gemm(&a, &b, Some(&c), true, true, 0.5, 2.0).unwrap();
         assert_eq!(y.shape(), &[3, 4]);
         // numpy: 0.5 * a.T @ b.T + 2 * c
-        assert_eq!(vals(&y), vec![3.5, 8.5, 13.5, 18.5, 4.0, 11.0, 18.0, 25.0, 4.5, 13.5, 22.5, 31.5]);
+        assert_eq!(
+            vals(&y),
+            vec![
+                3.5, 8.5, 13.5, 18.5, 4.0, 11.0, 18.0, 25.0, 4.5, 13.5, 22.5, 31.5
+            ]
+        );
     }
 
     #[test]
     fn einsum_cases() {
         let a = t(&[2, 3], iota(6));
-        assert_eq!(vals(&einsum("ij->ji", &[&a]).unwrap()), vec![0., 3., 1., 4., 2., 5.]);
+        assert_eq!(
+            vals(&einsum("ij->ji", &[&a]).unwrap()),
+            vec![0., 3., 1., 4., 2., 5.]
+        );
         assert_eq!(vals(&einsum("ij->", &[&a]).unwrap()), vec![15.]);
         let sq = t(&[3, 3], iota(9));
         assert_eq!(vals(&einsum("ii->i", &[&sq]).unwrap()), vec![0., 4., 8.]);
         let b = t(&[3, 2], iota(6));
-        assert_eq!(vals(&einsum("ij,jk", &[&a, &b]).unwrap()), vec![10., 13., 28., 40.]);
+        assert_eq!(
+            vals(&einsum("ij,jk", &[&a, &b]).unwrap()),
+            vec![10., 13., 28., 40.]
+        );
+        // The matmul path: batch, transposed operand, and an output permutation.
+        let p = t(&[2, 3, 4], iota(24));
+        let q = t(&[2, 5, 4], iota(40));
+        let fast = vals(&einsum("bij,bkj->kbi", &[&p, &q]).unwrap());
+        // The same contraction with a size-1 broadcast takes the general loop.
+        let q1 = t(&[2, 5, 4], iota(40));
+        let slow = vals(&einsum("bij,bkj,z->kbi", &[&p, &q1, &t(&[1], vec![1.0])]).unwrap());
+        assert_eq!(fast, slow);
+        assert_eq!(fast[..3], [14., 38., 62.]);
         let x = t(&[2, 2, 2], iota(8));
         let y = einsum("...ii->...i", &[&x]).unwrap();
         assert_eq!(vals(&y), vec![0., 3., 4., 7.]);

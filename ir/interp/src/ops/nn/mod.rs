@@ -13,22 +13,35 @@ mod norm;
 mod pool;
 mod resize;
 
-use crate::{invalid, EvalCx, EvalError};
+use crate::{EvalCx, EvalError, invalid};
 use half::{bf16, f16};
 use mlc_ir::ops::NnOp;
-use mlc_ir::{dispatch_num, DType, NumElem, Tensor};
+use mlc_ir::{DType, NumElem, Tensor, dispatch_num};
 use ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder};
 use std::fmt::Debug;
 
 pub fn eval(op: &NnOp, inputs: &[Option<&Tensor>], cx: &EvalCx) -> Result<Vec<Tensor>, EvalError> {
     match op {
         NnOp::Matmul => matmul::matmul(req(inputs, 0)?, req(inputs, 1)?).map(|t| vec![t]),
-        NnOp::Gemm { trans_a, trans_b, alpha, beta } => {
-            matmul::gemm(req(inputs, 0)?, req(inputs, 1)?, opt(inputs, 2), *trans_a, *trans_b, *alpha, *beta)
-                .map(|t| vec![t])
-        }
+        NnOp::Gemm {
+            trans_a,
+            trans_b,
+            alpha,
+            beta,
+        } => matmul::gemm(
+            req(inputs, 0)?,
+            req(inputs, 1)?,
+            opt(inputs, 2),
+            *trans_a,
+            *trans_b,
+            *alpha,
+            *beta,
+        )
+        .map(|t| vec![t]),
         NnOp::Einsum { equation } => {
-            let ts: Vec<&Tensor> = (0..inputs.len()).map(|i| req(inputs, i)).collect::<Result<_, _>>()?;
+            let ts: Vec<&Tensor> = (0..inputs.len())
+                .map(|i| req(inputs, i))
+                .collect::<Result<_, _>>()?;
             matmul::einsum(equation, &ts).map(|t| vec![t])
         }
         NnOp::Conv { .. } | NnOp::ConvTranspose { .. } => {
@@ -54,7 +67,11 @@ pub fn eval(op: &NnOp, inputs: &[Option<&Tensor>], cx: &EvalCx) -> Result<Vec<Te
 
 /// A required input.
 fn req<'a>(inputs: &[Option<&'a Tensor>], i: usize) -> Result<&'a Tensor, EvalError> {
-    inputs.get(i).copied().flatten().ok_or_else(|| invalid(format!("input {i} is required")))
+    inputs
+        .get(i)
+        .copied()
+        .flatten()
+        .ok_or_else(|| invalid(format!("input {i} is required")))
 }
 
 /// An optional input.
@@ -114,13 +131,29 @@ fn read_num<T, S: NumElem>(a: &ndarray::ArrayD<S>, f: impl Fn(S) -> T) -> Vec<T>
 /// `saturate_cast`, which the ONNX reference applies to resampled integers).
 fn write_float<F: Float>(v: Vec<F>, shape: &[usize], dtype: DType) -> Result<Tensor, EvalError> {
     let f = |v: Vec<F>| -> Vec<F> {
-        if dtype.is_int() { v.into_iter().map(|x| F::from_f64(x.to_f64().round_ties_even())).collect() } else { v }
+        if dtype.is_int() {
+            v.into_iter()
+                .map(|x| F::from_f64(x.to_f64().round_ties_even()))
+                .collect()
+        } else {
+            v
+        }
     };
     let t = if std::mem::size_of::<F>() == 4 {
         let v: Vec<f32> = f(v).into_iter().map(|x| x.to_f64() as f32).collect();
         match dtype {
-            DType::F16 => return Ok(Tensor::from_vec(shape, v.into_iter().map(f16::from_f32).collect())?),
-            DType::BF16 => return Ok(Tensor::from_vec(shape, v.into_iter().map(bf16::from_f32).collect())?),
+            DType::F16 => {
+                return Ok(Tensor::from_vec(
+                    shape,
+                    v.into_iter().map(f16::from_f32).collect(),
+                )?);
+            }
+            DType::BF16 => {
+                return Ok(Tensor::from_vec(
+                    shape,
+                    v.into_iter().map(bf16::from_f32).collect(),
+                )?);
+            }
             _ => Tensor::from_vec(shape, v)?,
         }
     } else {
@@ -129,7 +162,14 @@ fn write_float<F: Float>(v: Vec<F>, shape: &[usize], dtype: DType) -> Result<Ten
     Ok(t.cast(dtype)?)
 }
 
-fn float_gemm<F: Float + ndarray::LinalgScalar>(m: usize, n: usize, k: usize, a: Mat<F>, b: Mat<F>, c: &mut [F]) {
+fn float_gemm<F: Float + ndarray::LinalgScalar>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat<F>,
+    b: Mat<F>,
+    c: &mut [F],
+) {
     // matrixmultiply is fast but has a fixed setup cost; tiny products run the plain loop.
     if m * n * k < 4096 {
         for i in 0..m {
@@ -143,7 +183,8 @@ fn float_gemm<F: Float + ndarray::LinalgScalar>(m: usize, n: usize, k: usize, a:
         return;
     }
     fn view<'a, F>(x: Mat<'a, F>, r: usize, cols: usize) -> ArrayView2<'a, F> {
-        ArrayView2::from_shape((r, cols).strides((x.1, x.2)), x.0).expect("operand slice covers its view")
+        ArrayView2::from_shape((r, cols).strides((x.1, x.2)), x.0)
+            .expect("operand slice covers its view")
     }
     let av = view(a, m, k);
     let bv = view(b, k, n);
@@ -265,7 +306,9 @@ macro_rules! with_acc {
             type $T = u64;
             $body
         } else {
-            Err($crate::EvalError::Invalid(format!("nn kernels do not take {dt} tensors")))
+            Err($crate::EvalError::Invalid(format!(
+                "nn kernels do not take {dt} tensors"
+            )))
         }
     }};
 }
@@ -276,7 +319,9 @@ macro_rules! with_float {
     ($dt:expr, $F:ident => $body:expr) => {{
         let dt: mlc_ir::DType = $dt;
         if dt == mlc_ir::DType::Str {
-            Err($crate::EvalError::Invalid("nn kernels do not take string tensors".into()))
+            Err($crate::EvalError::Invalid(
+                "nn kernels do not take string tensors".into(),
+            ))
         } else if dt == mlc_ir::DType::F64 {
             type $F = f64;
             $body
@@ -321,7 +366,11 @@ fn for_each_index(dims: &[usize], mut f: impl FnMut(&[usize])) {
 }
 
 /// Numpy-broadcasts `data` of `shape` to `target` (the caller checked compatibility).
-fn broadcast_to<T: Copy>(data: &[T], shape: &[usize], target: &[usize]) -> Result<Vec<T>, EvalError> {
+fn broadcast_to<T: Copy>(
+    data: &[T],
+    shape: &[usize],
+    target: &[usize],
+) -> Result<Vec<T>, EvalError> {
     if shape == target {
         return Ok(data.to_vec());
     }

@@ -2,12 +2,16 @@
 //! mean-variance normalization. Moments are computed in the kernel's float type in two passes
 //! (mean, then squared deviations), as the ONNX reference does.
 
-use super::{broadcast_to, req, with_float, Acc, Float};
-use crate::{invalid, EvalCx, EvalError};
-use mlc_ir::ops::NnOp;
+use super::{Acc, Float, broadcast_to, req, with_float};
+use crate::{EvalCx, EvalError, invalid};
 use mlc_ir::Tensor;
+use mlc_ir::ops::NnOp;
 
-pub(super) fn eval(op: &NnOp, inputs: &[Option<&Tensor>], _cx: &EvalCx) -> Result<Vec<Tensor>, EvalError> {
+pub(super) fn eval(
+    op: &NnOp,
+    inputs: &[Option<&Tensor>],
+    cx: &EvalCx,
+) -> Result<Vec<Tensor>, EvalError> {
     let x = req(inputs, 0)?;
     let dt = x.dtype();
     let shape = x.shape();
@@ -39,11 +43,14 @@ pub(super) fn eval(op: &NnOp, inputs: &[Option<&Tensor>], _cx: &EvalCx) -> Resul
                 let (y, mean, inv) = layer_norm::<F>(&xv, shape, *axis, *epsilon, req(inputs, 1)?, inputs.get(2).copied().flatten(), false)?;
                 let mut stat_shape = shape[..*axis].to_vec();
                 stat_shape.resize(shape.len(), 1);
-                Ok(vec![
-                    F::write(y, shape, dt)?,
-                    F::write(mean, &stat_shape, *stat_dtype)?,
-                    F::write(inv, &stat_shape, *stat_dtype)?,
-                ])
+                let mut out = vec![F::write(y, shape, dt)?];
+                if cx.n_outputs() > 1 {
+                    out.push(F::write(mean, &stat_shape, *stat_dtype)?);
+                }
+                if cx.n_outputs() > 2 {
+                    out.push(F::write(inv, &stat_shape, *stat_dtype)?);
+                }
+                Ok(out)
             }
             NnOp::RmsNorm { axis, epsilon } => {
                 let (y, _, _) = layer_norm::<F>(&xv, shape, *axis, *epsilon, req(inputs, 1)?, None, true)?;
@@ -127,8 +134,15 @@ fn layer_norm<F: Float>(
     let mut invs = Vec::with_capacity(rows);
     for r in 0..rows {
         let row = &x[r * cols..(r + 1) * cols];
-        let mean = if rms { F::zero() } else { row.iter().fold(F::zero(), |a, &v| a + v) / n };
-        let var = row.iter().fold(F::zero(), |a, &v| a + (v - mean) * (v - mean)) / n;
+        let mean = if rms {
+            F::zero()
+        } else {
+            row.iter().fold(F::zero(), |a, &v| a + v) / n
+        };
+        let var = row
+            .iter()
+            .fold(F::zero(), |a, &v| a + (v - mean) * (v - mean))
+            / n;
         let inv = F::one() / (var + eps).sqrt();
         means.push(mean);
         invs.push(inv);
@@ -146,16 +160,33 @@ fn layer_norm<F: Float>(
 
 /// Normalizes each (n, group) block of `C / groups` channels and all spatial dims, then applies
 /// per-channel `scale` and `bias`. Instance norm is the case `groups == C`.
-fn grouped_norm<F: Float>(x: &[F], shape: &[usize], groups: usize, epsilon: f32, scale: &[F], bias: &[F]) -> Vec<F> {
+fn grouped_norm<F: Float>(
+    x: &[F],
+    shape: &[usize],
+    groups: usize,
+    epsilon: f32,
+    scale: &[F],
+    bias: &[F],
+) -> Vec<F> {
     let c = shape[1];
+    if c == 0 || groups == 0 {
+        return x.to_vec();
+    }
     let inner: usize = shape[2..].iter().product();
     let block = c / groups * inner;
     let eps = F::from_f64(epsilon as f64);
     let n = F::from_f64(block as f64);
     let mut y = vec![F::zero(); x.len()];
-    for (bi, (xb, yb)) in x.chunks(block.max(1)).zip(y.chunks_mut(block.max(1))).enumerate() {
+    for (bi, (xb, yb)) in x
+        .chunks(block.max(1))
+        .zip(y.chunks_mut(block.max(1)))
+        .enumerate()
+    {
         let mean = xb.iter().fold(F::zero(), |a, &v| a + v) / n;
-        let var = xb.iter().fold(F::zero(), |a, &v| a + (v - mean) * (v - mean)) / n;
+        let var = xb
+            .iter()
+            .fold(F::zero(), |a, &v| a + (v - mean) * (v - mean))
+            / n;
         let inv = F::one() / (var + eps).sqrt();
         let first_ch = (bi % groups) * (c / groups);
         for (j, (o, &v)) in yb.iter_mut().zip(xb).enumerate() {
@@ -168,9 +199,18 @@ fn grouped_norm<F: Float>(x: &[F], shape: &[usize], groups: usize, epsilon: f32,
 
 /// `x / (bias + alpha/size * sum of squares over the channel window)^beta`; the window covers
 /// channels `c - floor((size-1)/2) ..= c + ceil((size-1)/2)`.
-fn lrn<F: Float>(x: &[F], shape: &[usize], size: usize, alpha: f64, beta: f64, bias: f64) -> Result<Vec<F>, EvalError> {
+fn lrn<F: Float>(
+    x: &[F],
+    shape: &[usize],
+    size: usize,
+    alpha: f64,
+    beta: f64,
+    bias: f64,
+) -> Result<Vec<F>, EvalError> {
     if shape.len() < 2 || size == 0 {
-        return Err(invalid("lrn needs an [N, C, ...] input and a positive size"));
+        return Err(invalid(
+            "lrn needs an [N, C, ...] input and a positive size",
+        ));
     }
     let (n, c) = (shape[0], shape[1]);
     let inner: usize = shape[2..].iter().product();
@@ -196,13 +236,21 @@ fn mvn<F: Float>(x: &[F], shape: &[usize], axes: &[usize]) -> Result<Vec<F>, Eva
         return Err(invalid(format!("axes {axes:?} out of range for {shape:?}")));
     }
     // Map each element to its reduction group: the index over the kept dims.
-    let kept: Vec<usize> = (0..shape.len()).map(|d| if axes.contains(&d) { 1 } else { shape[d] }).collect();
+    let kept: Vec<usize> = (0..shape.len())
+        .map(|d| if axes.contains(&d) { 1 } else { shape[d] })
+        .collect();
     let kst = super::strides_of(&kept);
     let n_groups: usize = kept.iter().product();
     let count = F::from_f64((x.len() / n_groups.max(1)) as f64);
     let mut group = Vec::with_capacity(x.len());
     super::for_each_index(shape, |idx| {
-        group.push(idx.iter().zip(&kept).zip(&kst).map(|((&i, &k), &s)| if k == 1 { 0 } else { i * s }).sum::<usize>());
+        group.push(
+            idx.iter()
+                .zip(&kept)
+                .zip(&kst)
+                .map(|((&i, &k), &s)| if k == 1 { 0 } else { i * s })
+                .sum::<usize>(),
+        );
     });
     let mut mean = vec![F::zero(); n_groups];
     let mut sq = vec![F::zero(); n_groups];
@@ -219,7 +267,10 @@ fn mvn<F: Float>(x: &[F], shape: &[usize], axes: &[usize]) -> Result<Vec<F>, Eva
             (s / count - *m * *m).sqrt() + eps
         })
         .collect();
-    Ok(x.iter().zip(&group).map(|(&v, &g)| (v - mean[g]) / std[g]).collect())
+    Ok(x.iter()
+        .zip(&group)
+        .map(|(&v, &g)| (v - mean[g]) / std[g])
+        .collect())
 }
 
 #[cfg(test)]
@@ -230,7 +281,15 @@ mod tests {
     fn run(op: NnOp, inputs: &[&Tensor], n_out: usize) -> Vec<Tensor> {
         let inputs: Vec<Option<&Tensor>> = inputs.iter().copied().map(Some).collect();
         let types = vec![mlc_ir::TensorType::scalar(DType::F32); n_out];
-        eval(&op, &inputs, &EvalCx { regions: &[], output_types: &types }).unwrap()
+        eval(
+            &op,
+            &inputs,
+            &EvalCx {
+                regions: &[],
+                output_types: &types,
+            },
+        )
+        .unwrap()
     }
 
     fn t(shape: &[usize], v: Vec<f32>) -> Tensor {
@@ -249,7 +308,12 @@ mod tests {
     fn batch_norm_example() {
         // ONNX test_batchnorm_example's first channel: x [-1, 0, 1], scale 1, bias 0, mean 0, var 1.
         let x = t(&[1, 2, 3], vec![-1., 0., 1., 2., 3., 4.]);
-        let (s, b, m, v) = (t(&[2], vec![1., 1.5]), t(&[2], vec![0., 1.]), t(&[2], vec![0., 3.]), t(&[2], vec![1., 1.5]));
+        let (s, b, m, v) = (
+            t(&[2], vec![1., 1.5]),
+            t(&[2], vec![0., 1.]),
+            t(&[2], vec![0., 3.]),
+            t(&[2], vec![1., 1.5]),
+        );
         let y = run(NnOp::BatchNorm { epsilon: 1e-5 }, &[&x, &s, &b, &m, &v], 1);
         let k = 1.0 / (1.0f64 + 1e-5).sqrt();
         let k2 = 1.5 / (1.5f64 + 1e-5).sqrt();
@@ -261,13 +325,24 @@ mod tests {
         let x = t(&[2, 2], vec![1., 3., 0., 4.]);
         let s = t(&[2], vec![1., 2.]);
         let b = t(&[2], vec![0., 1.]);
-        let op = NnOp::LayerNorm { axis: 1, epsilon: 0.0, stat_dtype: DType::F32 };
+        let op = NnOp::LayerNorm {
+            axis: 1,
+            epsilon: 0.0,
+            stat_dtype: DType::F32,
+        };
         let y = run(op, &[&x, &s, &b], 3);
         close(&y[0], &[-1., 3., -1., 3.]);
         close(&y[1], &[2., 2.]);
         assert_eq!(y[1].shape(), &[2, 1]);
         close(&y[2], &[1., 0.5]);
-        let y = run(NnOp::RmsNorm { axis: 1, epsilon: 0.0 }, &[&t(&[1, 2], vec![3., 4.]), &s], 1);
+        let y = run(
+            NnOp::RmsNorm {
+                axis: 1,
+                epsilon: 0.0,
+            },
+            &[&t(&[1, 2], vec![3., 4.]), &s],
+            1,
+        );
         let r = (12.5f64).sqrt();
         close(&y[0], &[3. / r, 8. / r]);
     }
@@ -275,10 +350,21 @@ mod tests {
     #[test]
     fn group_and_instance_norm() {
         let x = t(&[1, 2, 2], vec![0., 2., 4., 8.]);
-        let y = run(NnOp::InstanceNorm { epsilon: 0.0 }, &[&x, &t(&[2], vec![1., 2.]), &t(&[2], vec![0., 1.])], 1);
+        let y = run(
+            NnOp::InstanceNorm { epsilon: 0.0 },
+            &[&x, &t(&[2], vec![1., 2.]), &t(&[2], vec![0., 1.])],
+            1,
+        );
         close(&y[0], &[-1., 1., -1., 3.]);
         // One group over all 4 values: mean 3.5, var 8.75; per-group scale/bias (length 1).
-        let y = run(NnOp::GroupNorm { num_groups: 1, epsilon: 0.0 }, &[&x, &t(&[1], vec![1.]), &t(&[1], vec![0.])], 1);
+        let y = run(
+            NnOp::GroupNorm {
+                num_groups: 1,
+                epsilon: 0.0,
+            },
+            &[&x, &t(&[1], vec![1.]), &t(&[1], vec![0.])],
+            1,
+        );
         let sd = 8.75f64.sqrt();
         close(&y[0], &[-3.5 / sd, -1.5 / sd, 0.5 / sd, 4.5 / sd]);
     }
@@ -287,9 +373,22 @@ mod tests {
     fn lrn_and_mvn() {
         // size 2 windows: channel c sums c and c+1.
         let x = t(&[1, 2, 1], vec![1., 2.]);
-        let y = run(NnOp::Lrn { size: 2, alpha: 2.0, beta: 1.0, bias: 1.0 }, &[&x], 1);
+        let y = run(
+            NnOp::Lrn {
+                size: 2,
+                alpha: 2.0,
+                beta: 1.0,
+                bias: 1.0,
+            },
+            &[&x],
+            1,
+        );
         close(&y[0], &[1. / 6., 2. / 5.]);
-        let y = run(NnOp::MeanVarianceNorm { axes: vec![1] }, &[&t(&[1, 2], vec![1., 3.])], 1);
+        let y = run(
+            NnOp::MeanVarianceNorm { axes: vec![1] },
+            &[&t(&[1, 2], vec![1., 3.])],
+            1,
+        );
         close(&y[0], &[-1., 1.]);
     }
 }

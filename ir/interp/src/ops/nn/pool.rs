@@ -1,10 +1,10 @@
 //! Pooling: max (with indices), average, Lp, and their global forms, over N-D windows.
 
-use super::{for_each_index, strides_of, with_float, Acc, Float};
-use crate::{invalid, EvalError};
-use mlc_ir::ops::nn::{window_dim, Window};
-use mlc_ir::ops::NnOp;
+use super::{Acc, Float, for_each_index, strides_of, with_float};
+use crate::{EvalError, invalid};
 use mlc_ir::Tensor;
+use mlc_ir::ops::NnOp;
+use mlc_ir::ops::nn::{Window, window_dim};
 
 #[derive(Clone, Copy)]
 enum Kind {
@@ -15,7 +15,9 @@ enum Kind {
 
 pub(super) fn eval(op: &NnOp, x: &Tensor, n_outputs: usize) -> Result<Vec<Tensor>, EvalError> {
     if x.rank() < 3 {
-        return Err(invalid(format!("pooling input {x:?} must be [N, C, spatial...]")));
+        return Err(invalid(format!(
+            "pooling input {x:?} must be [N, C, spatial...]"
+        )));
     }
     let spatial = &x.shape()[2..];
     let global = |kind| {
@@ -30,13 +32,25 @@ pub(super) fn eval(op: &NnOp, x: &Tensor, n_outputs: usize) -> Result<Vec<Tensor
         (kind, w, false)
     };
     let (kind, window, col_major) = match op {
-        NnOp::MaxPool { window, storage_order_col_major } => (Kind::Max, window.clone(), *storage_order_col_major),
-        NnOp::AvgPool { window, count_include_pad } => {
-            (Kind::Avg { count_include_pad: *count_include_pad }, window.clone(), false)
-        }
+        NnOp::MaxPool {
+            window,
+            storage_order_col_major,
+        } => (Kind::Max, window.clone(), *storage_order_col_major),
+        NnOp::AvgPool {
+            window,
+            count_include_pad,
+        } => (
+            Kind::Avg {
+                count_include_pad: *count_include_pad,
+            },
+            window.clone(),
+            false,
+        ),
         NnOp::LpPool { window, p } => (Kind::Lp { p: *p as f64 }, window.clone(), false),
         NnOp::GlobalMaxPool => global(Kind::Max),
-        NnOp::GlobalAvgPool => global(Kind::Avg { count_include_pad: false }),
+        NnOp::GlobalAvgPool => global(Kind::Avg {
+            count_include_pad: false,
+        }),
         NnOp::GlobalLpPool { p } => global(Kind::Lp { p: *p as f64 }),
         _ => unreachable!("the caller routes only pooling ops here"),
     };
@@ -60,23 +74,39 @@ fn pool<F: Float>(
     col_major: bool,
 ) -> Result<(Vec<usize>, Vec<F>, Vec<i64>), EvalError> {
     let k = xs.len() - 2;
-    if w.kernel.len() != k || w.strides.len() != k || w.dilations.len() != k || w.pads.len() != 2 * k {
-        return Err(invalid(format!("pooling attributes do not match {k} spatial dims")));
+    if w.kernel.len() != k
+        || w.strides.len() != k
+        || w.dilations.len() != k
+        || w.pads.len() != 2 * k
+    {
+        return Err(invalid(format!(
+            "pooling attributes do not match {k} spatial dims"
+        )));
     }
     let ins = &xs[2..];
     let mut outs = vec![];
     let mut pb = vec![];
     let mut pe = vec![];
-    for i in 0..k {
-        let (o, b, e) =
-            window_dim(w.auto_pad, ins[i], w.kernel[i], w.strides[i], w.dilations[i], (w.pads[i], w.pads[k + i]), w.ceil_mode)
-                .map_err(invalid)?;
+    for (i, &input) in ins.iter().enumerate() {
+        let (o, b, e) = window_dim(
+            w.auto_pad,
+            input,
+            w.kernel[i],
+            w.strides[i],
+            w.dilations[i],
+            (w.pads[i], w.pads[k + i]),
+            w.ceil_mode,
+        )
+        .map_err(invalid)?;
         outs.push(o);
         pb.push(b as isize);
         pe.push(e as isize);
     }
     let planes = xs[0] * xs[1];
-    let (pin, p) = (ins.iter().product::<usize>(), outs.iter().product::<usize>());
+    let (pin, p) = (
+        ins.iter().product::<usize>(),
+        outs.iter().product::<usize>(),
+    );
     let in_st = strides_of(ins);
     // Indices count spatial dims column-major under storage_order 1.
     let idx_st: Vec<usize> = if col_major {
@@ -89,12 +119,18 @@ fn pool<F: Float>(
         in_st.clone()
     };
     let mut y = Vec::with_capacity(planes * p);
-    let mut indices = Vec::with_capacity(if matches!(kind, Kind::Max) { planes * p } else { 0 });
+    let mut indices = Vec::with_capacity(if matches!(kind, Kind::Max) {
+        planes * p
+    } else {
+        0
+    });
     let mut pos = vec![0isize; k];
     for plane in 0..planes {
         let xp = &x[plane * pin..(plane + 1) * pin];
         for_each_index(&outs, |o| {
-            let start: Vec<isize> = (0..k).map(|d| (o[d] * w.strides[d]) as isize - pb[d]).collect();
+            let start: Vec<isize> = (0..k)
+                .map(|d| (o[d] * w.strides[d]) as isize - pb[d])
+                .collect();
             let mut best: Option<(F, usize)> = None;
             let mut sum = F::zero();
             let (mut valid, mut padded) = (0usize, 0usize);
@@ -142,7 +178,11 @@ fn pool<F: Float>(
                 }
                 Kind::Avg { count_include_pad } => {
                     let n = if count_include_pad { padded } else { valid };
-                    y.push(if n == 0 { F::zero() } else { sum / F::from_f64(n as f64) });
+                    y.push(if n == 0 {
+                        F::zero()
+                    } else {
+                        sum / F::from_f64(n as f64)
+                    });
                 }
                 Kind::Lp { p } => y.push(F::from_f64(sum.to_f64().powf(1.0 / p))),
             }
@@ -177,35 +217,72 @@ mod tests {
     fn maxpool_ceil_and_indices() {
         // ONNX test_maxpool_2d_ceil: 4x4 input 1..16, kernel 3, stride 2, ceil -> [[11,12],[15,16]].
         let x = Tensor::from_vec(&[1, 1, 4, 4], (1..=16).map(|v| v as f32).collect()).unwrap();
-        let op = NnOp::MaxPool { window: window(&[3, 3], &[2, 2], &[0; 4], true), storage_order_col_major: false };
+        let op = NnOp::MaxPool {
+            window: window(&[3, 3], &[2, 2], &[0; 4], true),
+            storage_order_col_major: false,
+        };
         let out = eval(&op, &x, 2).unwrap();
         assert_eq!(out[0].shape(), &[1, 1, 2, 2]);
         assert_eq!(out[0].to_f64_vec().unwrap(), vec![11., 12., 15., 16.]);
         assert_eq!(out[1].to_i64_vec().unwrap(), vec![10, 11, 14, 15]);
-        let op = NnOp::MaxPool { window: window(&[3, 3], &[2, 2], &[0; 4], true), storage_order_col_major: true };
-        assert_eq!(eval(&op, &x, 2).unwrap()[1].to_i64_vec().unwrap(), vec![10, 14, 11, 15]);
+        let op = NnOp::MaxPool {
+            window: window(&[3, 3], &[2, 2], &[0; 4], true),
+            storage_order_col_major: true,
+        };
+        assert_eq!(
+            eval(&op, &x, 2).unwrap()[1].to_i64_vec().unwrap(),
+            vec![10, 14, 11, 15]
+        );
     }
 
     #[test]
     fn avgpool_pads_count() {
         // 1-D [0,1,2,3], kernel 2, stride 2, pads (1,1): windows [-1,0], [1,2], [3,4].
         let x = Tensor::from_vec(&[1, 1, 4], iota(4)).unwrap();
-        let op = NnOp::AvgPool { window: window(&[2], &[2], &[1, 1], false), count_include_pad: false };
-        assert_eq!(eval(&op, &x, 1).unwrap()[0].to_f64_vec().unwrap(), vec![0., 1.5, 3.]);
-        let op = NnOp::AvgPool { window: window(&[2], &[2], &[1, 1], false), count_include_pad: true };
-        assert_eq!(eval(&op, &x, 1).unwrap()[0].to_f64_vec().unwrap(), vec![0., 1.5, 1.5]);
+        let op = NnOp::AvgPool {
+            window: window(&[2], &[2], &[1, 1], false),
+            count_include_pad: false,
+        };
+        assert_eq!(
+            eval(&op, &x, 1).unwrap()[0].to_f64_vec().unwrap(),
+            vec![0., 1.5, 3.]
+        );
+        let op = NnOp::AvgPool {
+            window: window(&[2], &[2], &[1, 1], false),
+            count_include_pad: true,
+        };
+        assert_eq!(
+            eval(&op, &x, 1).unwrap()[0].to_f64_vec().unwrap(),
+            vec![0., 1.5, 1.5]
+        );
         // ceil_mode on 5 elements, kernel 2 stride 2: the last window holds one element and
         // its tap past the input is not padding, so it is not counted.
         let x = Tensor::from_vec(&[1, 1, 5], iota(5)).unwrap();
-        let op = NnOp::AvgPool { window: window(&[2], &[2], &[0, 0], true), count_include_pad: true };
-        assert_eq!(eval(&op, &x, 1).unwrap()[0].to_f64_vec().unwrap(), vec![0.5, 2.5, 4.]);
+        let op = NnOp::AvgPool {
+            window: window(&[2], &[2], &[0, 0], true),
+            count_include_pad: true,
+        };
+        assert_eq!(
+            eval(&op, &x, 1).unwrap()[0].to_f64_vec().unwrap(),
+            vec![0.5, 2.5, 4.]
+        );
     }
 
     #[test]
     fn global_and_lp() {
         let x = Tensor::from_vec(&[1, 2, 2], vec![3., -4., 1., 2.]).unwrap();
-        assert_eq!(eval(&NnOp::GlobalLpPool { p: 2.0 }, &x, 1).unwrap()[0].to_f64_vec().unwrap(), vec![5., 5f64.sqrt()]);
-        assert_eq!(eval(&NnOp::GlobalMaxPool, &x, 1).unwrap()[0].to_f64_vec().unwrap(), vec![3., 2.]);
+        assert_eq!(
+            eval(&NnOp::GlobalLpPool { p: 2.0 }, &x, 1).unwrap()[0]
+                .to_f64_vec()
+                .unwrap(),
+            vec![5., 5f64.sqrt()]
+        );
+        assert_eq!(
+            eval(&NnOp::GlobalMaxPool, &x, 1).unwrap()[0]
+                .to_f64_vec()
+                .unwrap(),
+            vec![3., 2.]
+        );
         let y = eval(&NnOp::GlobalAvgPool, &x, 1).unwrap();
         assert_eq!(y[0].shape(), &[1, 2, 1]);
         assert_eq!(y[0].to_f64_vec().unwrap(), vec![-0.5, 1.5]);

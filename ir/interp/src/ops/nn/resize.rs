@@ -2,11 +2,13 @@
 //! 1-D passes in f64, following the ONNX reference implementation step by step; and
 //! `grid_sample` over N-D inputs.
 
-use super::{for_each_index, req, strides_of, with_float, Acc, Float};
-use crate::{invalid, EvalError};
-use mlc_ir::ops::nn::{resize_scaled_dim, resize_sizes, CoordMode, GridPadding, NearestMode, ResizeMode};
-use mlc_ir::ops::NnOp;
+use super::{Acc, Float, for_each_index, req, strides_of, with_float};
+use crate::{EvalError, invalid};
 use mlc_ir::Tensor;
+use mlc_ir::ops::NnOp;
+use mlc_ir::ops::nn::{
+    CoordMode, GridPadding, NearestMode, ResizeMode, resize_scaled_dim, resize_sizes,
+};
 
 /// The attributes one 1-D pass needs.
 struct Pass {
@@ -41,13 +43,20 @@ pub(super) fn resize(op: &NnOp, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor
     let shape = x.shape();
     let r = shape.len();
     if axes.iter().any(|&a| a >= r) {
-        return Err(invalid(format!("resize axes {axes:?} out of range for {shape:?}")));
+        return Err(invalid(format!(
+            "resize axes {axes:?} out of range for {shape:?}"
+        )));
     }
     // Run-time inputs stand in for attributes the importer could not fold; empty ones are absent.
     let input = |i: usize| inputs.get(i).copied().flatten().filter(|t| !t.is_empty());
     let sizes: Option<Vec<usize>> = match (sizes, input(3)) {
         (Some(s), _) => Some(s.clone()),
-        (None, Some(t)) => Some(t.to_i64_vec()?.into_iter().map(|v| v.max(0) as usize).collect()),
+        (None, Some(t)) => Some(
+            t.to_i64_vec()?
+                .into_iter()
+                .map(|v| v.max(0) as usize)
+                .collect(),
+        ),
         _ => None,
     };
     let scales: Option<Vec<f64>> = match (scales, input(2)) {
@@ -65,21 +74,32 @@ pub(super) fn resize(op: &NnOp, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor
     let ins: Vec<usize> = axes.iter().map(|&a| shape[a]).collect();
     let per_axis: Vec<(f64, usize)> = if let Some(sz) = &sizes {
         if sz.len() != n {
-            return Err(invalid(format!("resize sizes {sz:?} do not match axes {axes:?}")));
+            return Err(invalid(format!(
+                "resize sizes {sz:?} do not match axes {axes:?}"
+            )));
         }
         resize_sizes(&ins, sz, *aspect_policy)
     } else if let Some(sc) = &scales {
         if sc.len() != n {
-            return Err(invalid(format!("resize scales {sc:?} do not match axes {axes:?}")));
+            return Err(invalid(format!(
+                "resize scales {sc:?} do not match axes {axes:?}"
+            )));
         }
-        ins.iter().zip(sc).map(|(&i, &s)| (s, resize_scaled_dim(i, s as f32))).collect()
+        ins.iter()
+            .zip(sc)
+            .map(|(&i, &s)| (s, resize_scaled_dim(i, s as f32)))
+            .collect()
     } else {
         return Err(invalid("resize needs scales or sizes"));
     };
     if let Some(roi) = &roi
         && roi.len() != 2 * n
     {
-        return Err(invalid(format!("resize roi has {} values, expected {}", roi.len(), 2 * n)));
+        return Err(invalid(format!(
+            "resize roi has {} values, expected {}",
+            roi.len(),
+            2 * n
+        )));
     }
     let pass = Pass {
         mode: *mode,
@@ -94,7 +114,9 @@ pub(super) fn resize(op: &NnOp, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor
     let mut cur = shape.to_vec();
     for (i, (&axis, &(scale, out))) in axes.iter().zip(&per_axis).enumerate() {
         let rr = roi.as_ref().map(|v| (v[i], v[n + i]));
-        let identity = (scale - 1.0).abs() <= 1e-9 && out == cur[axis] && rr.is_none_or(|(a, b)| a.abs() <= 1e-9 && (b - 1.0).abs() <= 1e-9);
+        let identity = (scale - 1.0).abs() <= 1e-9
+            && out == cur[axis]
+            && rr.is_none_or(|(a, b)| a.abs() <= 1e-9 && (b - 1.0).abs() <= 1e-9);
         if identity {
             continue;
         }
@@ -106,7 +128,14 @@ pub(super) fn resize(op: &NnOp, inputs: &[Option<&Tensor>]) -> Result<Vec<Tensor
 
 /// Source coordinate of output index `y` along one axis; `None` where tf_crop_and_resize
 /// extrapolates.
-fn source_coord(p: &Pass, y: f64, scale: f64, input: usize, out: usize, roi: Option<(f64, f64)>) -> Option<f64> {
+fn source_coord(
+    p: &Pass,
+    y: f64,
+    scale: f64,
+    input: usize,
+    out: usize,
+    roi: Option<(f64, f64)>,
+) -> Option<f64> {
     let (iw, ow) = (input as f64, scale * input as f64);
     Some(match p.coord {
         CoordMode::AlignCorners => {
@@ -120,7 +149,11 @@ fn source_coord(p: &Pass, y: f64, scale: f64, input: usize, out: usize, roi: Opt
         CoordMode::TfHalfPixelForNn => (y + 0.5) / scale,
         CoordMode::TfCropAndResize => {
             let (r0, r1) = roi.unwrap_or((0.0, 1.0));
-            let x = if ow == 1.0 { (r1 - r0) * (iw - 1.0) / 2.0 } else { y * (r1 - r0) * (iw - 1.0) / (ow - 1.0) };
+            let x = if ow == 1.0 {
+                (r1 - r0) * (iw - 1.0) / 2.0
+            } else {
+                y * (r1 - r0) * (iw - 1.0) / (ow - 1.0)
+            };
             let x = x + r0 * (iw - 1.0);
             if x < 0.0 || x > iw - 1.0 {
                 return None;
@@ -158,13 +191,19 @@ fn coeffs(p: &Pass, ratio: f64, scale: f64) -> Vec<f64> {
                 NearestMode::Ceil => true,
                 NearestMode::Simple => scale < 1.0,
             };
-            if right { vec![0.0, 1.0] } else { vec![1.0, 0.0] }
+            if right {
+                vec![0.0, 1.0]
+            } else {
+                vec![1.0, 0.0]
+            }
         }
         ResizeMode::Linear if p.antialias => {
             let s = scale.min(1.0);
             let start = (-1.0 / s).floor() as i64 + 1;
             let footprint = 2 - 2 * start;
-            let c: Vec<f64> = (start..start + footprint).map(|i| (1.0 - ((i as f64 - ratio) * s).abs()).clamp(0.0, 1.0)).collect();
+            let c: Vec<f64> = (start..start + footprint)
+                .map(|i| (1.0 - ((i as f64 - ratio) * s).abs()).clamp(0.0, 1.0))
+                .collect();
             let sum: f64 = c.iter().sum();
             c.into_iter().map(|v| v / sum).collect()
         }
@@ -184,7 +223,9 @@ fn coeffs(p: &Pass, ratio: f64, scale: f64) -> Vec<f64> {
             };
             let i_start = (-2.0 / s).floor() as i64 + 1;
             let i_end = 2 - i_start;
-            let c: Vec<f64> = (i_start..i_end).map(|i| f(s * (i as f64 - ratio))).collect();
+            let c: Vec<f64> = (i_start..i_end)
+                .map(|i| f(s * (i as f64 - ratio)))
+                .collect();
             let sum: f64 = c.iter().sum();
             c.into_iter().map(|v| v / sum).collect()
         }
@@ -252,7 +293,12 @@ fn resize_axis(
             let sum = if sum == 0.0 { 1.0 } else { sum };
             c.iter_mut().for_each(|w| *w /= sum);
         }
-        taps.push(Some(idx.into_iter().map(|i| i.clamp(0, input as i64 - 1) as usize).zip(c).collect()));
+        taps.push(Some(
+            idx.into_iter()
+                .map(|i| i.clamp(0, input as i64 - 1) as usize)
+                .zip(c)
+                .collect(),
+        ));
     }
     let mut res = vec![0.0; outer * out * inner];
     for o in 0..outer {
@@ -275,13 +321,24 @@ fn resize_axis(
 }
 
 pub(super) fn grid_sample(op: &NnOp, x: &Tensor, grid: &Tensor) -> Result<Vec<Tensor>, EvalError> {
-    let NnOp::GridSample { mode, padding, align_corners } = op else {
+    let NnOp::GridSample {
+        mode,
+        padding,
+        align_corners,
+    } = op
+    else {
         unreachable!("the caller routes only grid_sample here")
     };
     let (xs, gs) = (x.shape(), grid.shape());
     let k = xs.len().saturating_sub(2);
     if k == 0 || gs.len() != xs.len() || gs[0] != xs[0] || gs[gs.len() - 1] != k {
-        return Err(invalid(format!("grid_sample input {xs:?} and grid {gs:?} do not fit")));
+        return Err(invalid(format!(
+            "grid_sample input {xs:?} and grid {gs:?} do not fit"
+        )));
+    }
+    // Empty spatial dims have nothing to sample from (an empty grid is fine).
+    if xs[2..].contains(&0) && !gs[1..gs.len() - 1].contains(&0) {
+        return Err(invalid("grid_sample cannot sample an empty input"));
     }
     with_float!(grid.dtype(), F => {
         let xv = f64::read(x);
@@ -330,15 +387,25 @@ fn grid_sample_nd<F: Float>(
     let out_dims = &gs[1..gs.len() - 1];
     let p: usize = out_dims.iter().product();
     let st = strides_of(dims);
-    let border: Vec<(f64, f64)> =
-        dims.iter().map(|&d| if align { (0.0, d as f64 - 1.0) } else { (-0.5, d as f64 - 0.5) }).collect();
+    let border: Vec<(f64, f64)> = dims
+        .iter()
+        .map(|&d| {
+            if align {
+                (0.0, d as f64 - 1.0)
+            } else {
+                (-0.5, d as f64 - 0.5)
+            }
+        })
+        .collect();
     // Maps an integer tap index on dim `d` to an in-range index, or None for a zero sample.
     let fetch_index = |d: usize, i: i64| -> Option<usize> {
         let len = dims[d] as i64;
         match padding {
             GridPadding::Zeros => (0..len).contains(&i).then_some(i as usize),
             GridPadding::Border => Some(i.clamp(0, len - 1) as usize),
-            GridPadding::Reflection => Some((reflect(i as f64, border[d].0, border[d].1) as i64).clamp(0, len - 1) as usize),
+            GridPadding::Reflection => Some(
+                (reflect(i as f64, border[d].0, border[d].1) as i64).clamp(0, len - 1) as usize,
+            ),
         }
     };
     let cubic = |t: f64| -> [f64; 4] {
@@ -361,7 +428,11 @@ fn grid_sample_nd<F: Float>(
                 let v = g[k - 1 - d];
                 let len = F::from_f64(dims[d] as f64);
                 let (one, two) = (F::one(), F::from_f64(2.0));
-                let xf = if align { (v + one) / two * (len - one) } else { ((v + one) * len - one) / two };
+                let xf = if align {
+                    (v + one) / two * (len - one)
+                } else {
+                    ((v + one) * len - one) / two
+                };
                 let mut xv = xf.to_f64();
                 if mode == ResizeMode::Nearest {
                     xv = xv.round_ties_even();
@@ -385,12 +456,17 @@ fn grid_sample_nd<F: Float>(
                         ResizeMode::Linear => {
                             let x0 = xv.floor();
                             let t = xv - x0;
-                            vec![(fetch_index(d, x0 as i64), 1.0 - t), (fetch_index(d, x0 as i64 + 1), t)]
+                            vec![
+                                (fetch_index(d, x0 as i64), 1.0 - t),
+                                (fetch_index(d, x0 as i64 + 1), t),
+                            ]
                         }
                         ResizeMode::Cubic => {
                             let x0 = xv.floor();
                             let w = cubic(xv - x0);
-                            (0..4).map(|j| (fetch_index(d, x0 as i64 - 1 + j as i64), w[j])).collect()
+                            (0..4)
+                                .map(|j| (fetch_index(d, x0 as i64 - 1 + j as i64), w[j]))
+                                .collect()
                         }
                     }
                 })
@@ -424,7 +500,12 @@ mod tests {
     use super::*;
     use mlc_ir::ops::nn::AspectPolicy;
 
-    fn resize_op(mode: ResizeMode, coord: CoordMode, scales: Option<Vec<f32>>, sizes: Option<Vec<usize>>) -> NnOp {
+    fn resize_op(
+        mode: ResizeMode,
+        coord: CoordMode,
+        scales: Option<Vec<f32>>,
+        sizes: Option<Vec<usize>>,
+    ) -> NnOp {
         NnOp::Resize {
             mode,
             coord_mode: coord,
@@ -449,13 +530,34 @@ mod tests {
     fn resize_nearest_and_linear() {
         // ONNX test_resize_upsample_scales_nearest: [[1,2],[3,4]] by (2, 3).
         let x = Tensor::from_vec(&[1, 1, 2, 2], vec![1f32, 2., 3., 4.]).unwrap();
-        let op = resize_op(ResizeMode::Nearest, CoordMode::HalfPixel, Some(vec![2.0, 3.0]), None);
-        assert_eq!(vals(&op, &x), vec![1., 1., 1., 2., 2., 2., 1., 1., 1., 2., 2., 2., 3., 3., 3., 4., 4., 4., 3., 3., 3., 4., 4., 4.]);
+        let op = resize_op(
+            ResizeMode::Nearest,
+            CoordMode::HalfPixel,
+            Some(vec![2.0, 3.0]),
+            None,
+        );
+        assert_eq!(
+            vals(&op, &x),
+            vec![
+                1., 1., 1., 2., 2., 2., 1., 1., 1., 2., 2., 2., 3., 3., 3., 4., 4., 4., 3., 3., 3.,
+                4., 4., 4.
+            ]
+        );
         // test_resize_upsample_scales_linear (half_pixel), first row.
-        let op = resize_op(ResizeMode::Linear, CoordMode::HalfPixel, Some(vec![2.0, 2.0]), None);
+        let op = resize_op(
+            ResizeMode::Linear,
+            CoordMode::HalfPixel,
+            Some(vec![2.0, 2.0]),
+            None,
+        );
         assert_eq!(&vals(&op, &x)[..4], &[1.0, 1.25, 1.75, 2.0]);
         // test_resize_downsample_sizes_linear_pytorch_half_pixel-like: align_corners to 1x1.
-        let op = resize_op(ResizeMode::Linear, CoordMode::AlignCorners, None, Some(vec![1, 1]));
+        let op = resize_op(
+            ResizeMode::Linear,
+            CoordMode::AlignCorners,
+            None,
+            Some(vec![1, 1]),
+        );
         assert_eq!(vals(&op, &x), vec![1.0]);
     }
 
@@ -464,7 +566,11 @@ mod tests {
         // Sampling the corners and the center of a 2x2 image with align_corners.
         let x = Tensor::from_vec(&[1, 1, 2, 2], vec![1f32, 2., 3., 4.]).unwrap();
         let grid = Tensor::from_vec(&[1, 1, 3, 2], vec![-1f32, -1., 1., -1., 0., 0.]).unwrap();
-        let op = NnOp::GridSample { mode: ResizeMode::Linear, padding: GridPadding::Zeros, align_corners: true };
+        let op = NnOp::GridSample {
+            mode: ResizeMode::Linear,
+            padding: GridPadding::Zeros,
+            align_corners: true,
+        };
         let y = grid_sample(&op, &x, &grid).unwrap();
         assert_eq!(y[0].shape(), &[1, 1, 1, 3]);
         assert_eq!(y[0].to_f64_vec().unwrap(), vec![1., 2., 2.5]);

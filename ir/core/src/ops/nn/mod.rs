@@ -11,9 +11,15 @@
 //!   The geometry helpers below are shared by inference and the interpreter so both agree.
 
 use super::{InferCx, InferError};
-use crate::shape::{broadcast_shapes, Dim, Shape, TensorType};
 use crate::DType;
+use crate::shape::{Dim, Shape, TensorType, broadcast_shapes};
 use serde::{Deserialize, Serialize};
+
+mod einsum;
+mod geometry;
+
+pub use einsum::{EinsumSpec, parse_einsum};
+pub use geometry::{conv_transpose_dim, resize_scaled_dim, resize_sizes, window_dim};
 
 /// How a window op derives its padding (ONNX `auto_pad`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -104,9 +110,20 @@ pub enum NnOp {
     Matmul,
     /// `alpha * op(a) @ op(b) + beta * c` on 2-D `a`, `b`; `c` is optional and broadcasts to
     /// `[M, N]`. Inputs: `a`, `b`, `c?`.
-    Gemm { trans_a: bool, trans_b: bool, alpha: f32, beta: f32 },
+    Gemm {
+        trans_a: bool,
+        trans_b: bool,
+        alpha: f32,
+        beta: f32,
+    },
     /// N-D grouped convolution. Inputs: `x [N, C, D...]`, `w [M, C/group, k...]`, `b? [M]`.
-    Conv { strides: Vec<usize>, dilations: Vec<usize>, pads: Vec<usize>, group: usize, auto_pad: AutoPad },
+    Conv {
+        strides: Vec<usize>,
+        dilations: Vec<usize>,
+        pads: Vec<usize>,
+        group: usize,
+        auto_pad: AutoPad,
+    },
     /// Transposed convolution. Inputs: `x [N, C, D...]`, `w [C, M/group, k...]`, `b? [M]`.
     /// The full output of a spatial dim has `stride*(in-1) + output_padding + dilation*(k-1)+1`
     /// elements; `pads` crop it at both ends (they are signed: a negative end pad extends the
@@ -153,7 +170,11 @@ pub enum NnOp {
     /// Normalizes over dims `axis..`; inputs `x`, `scale`, `bias?` (broadcast to `x`'s trailing
     /// dims). Outputs `y` and optionally `mean`, `inv_std_dev` (shape of `x` with dims `axis..`
     /// set to 1, dtype `stat_dtype`).
-    LayerNorm { axis: usize, epsilon: f32, stat_dtype: DType },
+    LayerNorm {
+        axis: usize,
+        epsilon: f32,
+        stat_dtype: DType,
+    },
     /// Per-(n, c) normalization over spatial dims; inputs `x`, `scale [C]`, `bias [C]`.
     InstanceNorm { epsilon: f32 },
     /// Normalizes each group of `C/num_groups` channels over them and the spatial dims; inputs
@@ -163,7 +184,12 @@ pub enum NnOp {
     /// `x / sqrt(mean(x^2 over dims axis..) + epsilon) * scale`; inputs `x`, `scale`.
     RmsNorm { axis: usize, epsilon: f32 },
     /// Local response normalization across channels (dim 1).
-    Lrn { size: usize, alpha: f32, beta: f32, bias: f32 },
+    Lrn {
+        size: usize,
+        alpha: f32,
+        beta: f32,
+        bias: f32,
+    },
     /// `(x - mean) / (std + 1e-9)` with the moments taken over `axes`.
     MeanVarianceNorm { axes: Vec<usize> },
     /// Einstein summation (numpy `einsum`), equation without spaces.
@@ -187,7 +213,11 @@ pub enum NnOp {
     },
     /// Samples `x [N, C, D...]` at the normalized coordinates of `grid [N, O..., k]`
     /// (innermost coordinate first, as ONNX).
-    GridSample { mode: ResizeMode, padding: GridPadding, align_corners: bool },
+    GridSample {
+        mode: ResizeMode,
+        padding: GridPadding,
+        align_corners: bool,
+    },
 }
 
 fn shape_err(msg: impl Into<String>) -> InferError {
@@ -195,72 +225,52 @@ fn shape_err(msg: impl Into<String>) -> InferError {
 }
 
 fn attr_err(name: &'static str, reason: impl Into<String>) -> InferError {
-    InferError::Attr { name, reason: reason.into() }
+    InferError::Attr {
+        name,
+        reason: reason.into(),
+    }
 }
 
 /// Requires a float input.
 fn float_input<'a>(cx: &InferCx<'a>, i: usize) -> Result<&'a TensorType, InferError> {
     let t = cx.input(i)?;
     if !t.dtype.is_float() {
-        return Err(InferError::DType { index: i, expected: "a float type".into(), found: t.dtype });
+        return Err(InferError::DType {
+            index: i,
+            expected: "a float type".into(),
+            found: t.dtype,
+        });
     }
     Ok(t)
 }
 
 /// Requires an input of rank >= 3 (`[N, C, spatial...]`).
-fn image_input<'a>(cx: &InferCx<'a>, i: usize, floats_only: bool) -> Result<&'a TensorType, InferError> {
-    let t = if floats_only { float_input(cx, i)? } else { cx.input(i)? };
+fn image_input<'a>(
+    cx: &InferCx<'a>,
+    i: usize,
+    floats_only: bool,
+) -> Result<&'a TensorType, InferError> {
+    let t = if floats_only {
+        float_input(cx, i)?
+    } else {
+        cx.input(i)?
+    };
     if t.rank() < 3 {
-        return Err(shape_err(format!("input {i} must be [N, C, spatial...], found {t}")));
+        return Err(shape_err(format!(
+            "input {i} must be [N, C, spatial...], found {t}"
+        )));
     }
     Ok(t)
 }
 
 fn check_len(name: &'static str, v: &[impl Sized], n: usize) -> Result<(), InferError> {
     if v.len() != n {
-        return Err(attr_err(name, format!("expected {n} values, found {}", v.len())));
+        return Err(attr_err(
+            name,
+            format!("expected {n} values, found {}", v.len()),
+        ));
     }
     Ok(())
-}
-
-/// Output size and `(begin, end)` pads of one spatial dim of a conv or pooling window.
-///
-/// `pads` are the explicit pads (used only with `AutoPad::NotSet`). SAME modes give
-/// `ceil(in / stride)` outputs with the total pad `max(0, (out-1)*stride + dilated_k - in)`
-/// split as ONNX says; `ceil_mode` rounds up but drops a last window that would start in the
-/// end padding (ONNX reference and ORT agree on this).
-pub fn window_dim(
-    auto_pad: AutoPad,
-    input: usize,
-    kernel: usize,
-    stride: usize,
-    dilation: usize,
-    pads: (usize, usize),
-    ceil_mode: bool,
-) -> Result<(usize, usize, usize), String> {
-    if stride == 0 || dilation == 0 || kernel == 0 {
-        return Err("kernel, strides and dilations must be positive".into());
-    }
-    let span = dilation * (kernel - 1) + 1;
-    let (pb, pe) = match auto_pad {
-        AutoPad::NotSet => pads,
-        AutoPad::Valid => (0, 0),
-        AutoPad::SameUpper | AutoPad::SameLower => {
-            let out = input.div_ceil(stride);
-            let total = ((out.max(1) - 1) * stride + span).saturating_sub(input);
-            let small = total / 2;
-            if auto_pad == AutoPad::SameUpper { (small, total - small) } else { (total - small, small) }
-        }
-    };
-    let padded = input + pb + pe;
-    if padded < span {
-        return Err(format!("window of {span} does not fit in padded input of {padded}"));
-    }
-    let mut out = if ceil_mode { (padded - span).div_ceil(stride) + 1 } else { (padded - span) / stride + 1 };
-    if ceil_mode && out > 1 && (out - 1) * stride >= input + pb {
-        out -= 1;
-    }
-    Ok((out, pb, pe))
 }
 
 /// Spatial output dims of a window op; unknown input dims give unknown output dims.
@@ -281,8 +291,16 @@ fn window_shape(
     for i in 0..k {
         match (spatial[i].known(), kernel[i]) {
             (Some(n), Some(kk)) => {
-                let (o, _, _) = window_dim(auto_pad, n, kk, strides[i], dilations[i], (pads[i], pads[k + i]), ceil_mode)
-                    .map_err(shape_err)?;
+                let (o, _, _) = window_dim(
+                    auto_pad,
+                    n,
+                    kk,
+                    strides[i],
+                    dilations[i],
+                    (pads[i], pads[k + i]),
+                    ceil_mode,
+                )
+                .map_err(shape_err)?;
                 out.push(Dim::Known(o));
             }
             // SAME output sizes do not depend on the kernel.
@@ -293,185 +311,6 @@ fn window_shape(
         }
     }
     Ok(out)
-}
-
-/// Output size and signed `(begin, end)` crop of one spatial dim of a transposed convolution,
-/// following the ONNX reference: `output_shape` or a SAME `auto_pad` (whose default output is
-/// `in * stride`) fixes the output size, and the total crop is split with the extra element at
-/// the end for SAME_UPPER and at the start otherwise. Without them the explicit pads apply.
-pub fn conv_transpose_dim(
-    input: usize,
-    kernel: usize,
-    stride: usize,
-    dilation: usize,
-    output_padding: usize,
-    pads: (i64, i64),
-    auto_pad: AutoPad,
-    output_shape: Option<usize>,
-) -> Result<(usize, i64, i64), String> {
-    if stride == 0 || dilation == 0 || kernel == 0 {
-        return Err("kernel, strides and dilations must be positive".into());
-    }
-    let full = (stride * input.saturating_sub(1) + output_padding + dilation * (kernel - 1) + 1) as i64;
-    let same = matches!(auto_pad, AutoPad::SameUpper | AutoPad::SameLower);
-    if same {
-        let out = output_shape.unwrap_or(input * stride) as i64;
-        let total = full - out;
-        let small = total.div_euclid(2);
-        let (pb, pe) = if auto_pad == AutoPad::SameUpper { (small, total - small) } else { (total - small, small) };
-        return Ok((out as usize, pb, pe));
-    }
-    let (pb, pe) = if auto_pad == AutoPad::Valid { (0, 0) } else { pads };
-    match output_shape {
-        // The reference keeps the given begin pad and sizes the output as asked.
-        Some(out) => Ok((out, pb, full - pb - out as i64)),
-        None => {
-            let out = full - pb - pe;
-            if out < 0 {
-                return Err(format!("pads {pb}+{pe} exceed the full output size {full}"));
-            }
-            Ok((out as usize, pb, pe))
-        }
-    }
-}
-
-/// One operand's labels in a parsed einsum equation: each entry is a label index.
-#[derive(Clone, Debug, PartialEq)]
-pub struct EinsumSpec {
-    /// For each input, the label of each of its dims.
-    pub inputs: Vec<Vec<usize>>,
-    /// The label of each output dim.
-    pub output: Vec<usize>,
-    /// Number of distinct labels (letters plus ellipsis dims).
-    pub n_labels: usize,
-}
-
-/// Parses an einsum equation for inputs of the given ranks. Ellipsis dims become labels of
-/// their own, right-aligned across operands so that they broadcast as numpy does; in implicit
-/// mode the output is the ellipsis dims followed by the letters used once, alphabetically.
-pub fn parse_einsum(equation: &str, ranks: &[usize]) -> Result<EinsumSpec, String> {
-    let eq: String = equation.chars().filter(|c| !c.is_whitespace()).collect();
-    let (lhs, rhs) = match eq.split_once("->") {
-        Some((l, r)) => (l, Some(r)),
-        None => (eq.as_str(), None),
-    };
-    let terms: Vec<&str> = lhs.split(',').collect();
-    if terms.len() != ranks.len() {
-        return Err(format!("equation {equation:?} has {} operands, {} given", terms.len(), ranks.len()));
-    }
-    // Letters get label ids 0..52; ellipsis dims come after.
-    let letter = |c: char| -> Result<usize, String> {
-        match c {
-            'a'..='z' => Ok(c as usize - 'a' as usize),
-            'A'..='Z' => Ok(26 + c as usize - 'A' as usize),
-            _ => Err(format!("bad character {c:?} in einsum equation")),
-        }
-    };
-    let split_term = |t: &str| -> Result<(Vec<usize>, Option<usize>), String> {
-        // Returns the letter labels and the position of the ellipsis among them.
-        let mut labels = vec![];
-        let mut ell = None;
-        let mut rest = t;
-        while !rest.is_empty() {
-            if let Some(r) = rest.strip_prefix("...") {
-                if ell.is_some() {
-                    return Err("more than one ellipsis in a term".into());
-                }
-                ell = Some(labels.len());
-                rest = r;
-            } else {
-                let c = rest.chars().next().expect("non-empty");
-                labels.push(letter(c)?);
-                rest = &rest[c.len_utf8()..];
-            }
-        }
-        Ok((labels, ell))
-    };
-    let mut parsed = vec![];
-    let mut ell_rank = 0usize;
-    for (t, &r) in terms.iter().zip(ranks) {
-        let (labels, ell) = split_term(t)?;
-        if ell.is_some() {
-            if r < labels.len() {
-                return Err(format!("term {t:?} has more labels than the rank {r}"));
-            }
-            ell_rank = ell_rank.max(r - labels.len());
-        } else if r != labels.len() {
-            return Err(format!("term {t:?} does not match an operand of rank {r}"));
-        }
-        parsed.push((labels, ell));
-    }
-    let ell_label = |i: usize| 52 + i;
-    let expand = |labels: &[usize], ell: Option<usize>, r: usize| -> Vec<usize> {
-        match ell {
-            None => labels.to_vec(),
-            Some(p) => {
-                let e = r - labels.len();
-                let mut v = labels[..p].to_vec();
-                v.extend((ell_rank - e..ell_rank).map(ell_label));
-                v.extend_from_slice(&labels[p..]);
-                v
-            }
-        }
-    };
-    let inputs: Vec<Vec<usize>> =
-        parsed.iter().zip(ranks).map(|((l, e), &r)| expand(l, *e, r)).collect();
-    let output = match rhs {
-        Some(r) => {
-            let (labels, ell) = split_term(r)?;
-            let out = match ell {
-                None => labels,
-                Some(p) => {
-                    let mut v = labels[..p].to_vec();
-                    v.extend((0..ell_rank).map(ell_label));
-                    v.extend_from_slice(&labels[p..]);
-                    v
-                }
-            };
-            for l in &out {
-                if *l < 52 && !inputs.iter().any(|i| i.contains(l)) {
-                    return Err(format!("output label {l} does not appear in the inputs"));
-                }
-            }
-            out
-        }
-        None => {
-            let mut counts = [0usize; 52];
-            for i in &inputs {
-                for &l in i {
-                    if l < 52 {
-                        counts[l] += 1;
-                    }
-                }
-            }
-            let mut v: Vec<usize> = (0..ell_rank).map(ell_label).collect();
-            // Alphabetical: numpy orders uppercase before lowercase.
-            let order = (26..52).chain(0..26);
-            v.extend(order.filter(|&l| counts[l] == 1));
-            v
-        }
-    };
-    Ok(EinsumSpec { inputs, output, n_labels: 52 + ell_rank })
-}
-
-/// The output size of one resized dim from its scale (`floor(in * scale)`, as the ONNX
-/// reference computes it in double precision).
-pub fn resize_scaled_dim(input: usize, scale: f32) -> usize {
-    (input as f64 * scale as f64).floor().max(0.0) as usize
-}
-
-/// Resolves `sizes` under an aspect policy: returns the per-axis `(scale, out)` for the given
-/// input sizes of the resized axes.
-pub fn resize_sizes(input: &[usize], sizes: &[usize], policy: AspectPolicy) -> Vec<(f64, usize)> {
-    let raw: Vec<f64> = input.iter().zip(sizes).map(|(&i, &o)| o as f64 / i as f64).collect();
-    match policy {
-        AspectPolicy::Stretch => raw.into_iter().zip(sizes).map(|(s, &o)| (s, o)).collect(),
-        AspectPolicy::NotLarger | AspectPolicy::NotSmaller => {
-            let pick = if policy == AspectPolicy::NotLarger { f64::min } else { f64::max };
-            let s = raw.iter().copied().reduce(pick).unwrap_or(1.0);
-            input.iter().map(|&i| (s, (s * i as f64 + 0.5) as usize)).collect()
-        }
-    }
 }
 
 fn matmul_shape(a: &TensorType, b: &TensorType) -> Result<Shape, InferError> {
@@ -520,7 +359,9 @@ impl NnOp {
                 same_numeric(a, b)?;
                 Ok(vec![TensorType::new(a.dtype, matmul_shape(a, b)?)])
             }
-            NnOp::Gemm { trans_a, trans_b, .. } => {
+            NnOp::Gemm {
+                trans_a, trans_b, ..
+            } => {
                 cx.arity(2, 3)?;
                 let (a, b) = (cx.input(0)?, cx.input(1)?);
                 same_numeric(a, b)?;
@@ -530,18 +371,29 @@ impl NnOp {
                 let m = a.shape[usize::from(*trans_a)].clone();
                 let n = b.shape[usize::from(!*trans_b)].clone();
                 if let Some(c) = cx.opt_input(2)
-                    && broadcast_shapes(&[&c.shape, &[m.clone(), n.clone()]]).is_none_or(|s| s.len() != 2)
+                    && broadcast_shapes(&[&c.shape, &[m.clone(), n.clone()]])
+                        .is_none_or(|s| s.len() != 2)
                 {
-                    return Err(shape_err(format!("gemm bias {c} does not broadcast to [{m}, {n}]")));
+                    return Err(shape_err(format!(
+                        "gemm bias {c} does not broadcast to [{m}, {n}]"
+                    )));
                 }
                 Ok(vec![TensorType::new(a.dtype, vec![m, n])])
             }
-            NnOp::Conv { strides, dilations, pads, group, auto_pad } => {
+            NnOp::Conv {
+                strides,
+                dilations,
+                pads,
+                group,
+                auto_pad,
+            } => {
                 cx.arity(2, 3)?;
                 let x = image_input(cx, 0, true)?;
                 let w = cx.input(1)?;
                 if w.rank() != x.rank() {
-                    return Err(shape_err(format!("conv weight {w} does not match input {x}")));
+                    return Err(shape_err(format!(
+                        "conv weight {w} does not match input {x}"
+                    )));
                 }
                 if *group == 0 {
                     return Err(attr_err("group", "must be positive"));
@@ -549,19 +401,39 @@ impl NnOp {
                 if let (Some(c), Some(wc)) = (x.shape[1].known(), w.shape[1].known())
                     && c != wc * group
                 {
-                    return Err(shape_err(format!("conv input has {c} channels, weight {w} with group {group}")));
+                    return Err(shape_err(format!(
+                        "conv input has {c} channels, weight {w} with group {group}"
+                    )));
                 }
                 let mut shape = vec![x.shape[0].clone(), w.shape[0].clone()];
-                shape.extend(window_shape(&x.shape[2..], &kernel_dims(w), strides, dilations, pads, *auto_pad, false)?);
+                shape.extend(window_shape(
+                    &x.shape[2..],
+                    &kernel_dims(w),
+                    strides,
+                    dilations,
+                    pads,
+                    *auto_pad,
+                    false,
+                )?);
                 Ok(vec![TensorType::new(x.dtype, shape)])
             }
-            NnOp::ConvTranspose { strides, dilations, pads, output_padding, group, auto_pad, output_shape } => {
+            NnOp::ConvTranspose {
+                strides,
+                dilations,
+                pads,
+                output_padding,
+                group,
+                auto_pad,
+                output_shape,
+            } => {
                 cx.arity(2, 3)?;
                 let x = image_input(cx, 0, true)?;
                 let w = cx.input(1)?;
                 let k = x.rank() - 2;
                 if w.rank() != x.rank() {
-                    return Err(shape_err(format!("conv_transpose weight {w} does not match input {x}")));
+                    return Err(shape_err(format!(
+                        "conv_transpose weight {w} does not match input {x}"
+                    )));
                 }
                 check_len("strides", strides, k)?;
                 check_len("dilations", dilations, k)?;
@@ -624,14 +496,18 @@ impl NnOp {
                 cx.arity(5, 5)?;
                 let x = float_input(cx, 0)?;
                 if x.rank() < 2 {
-                    return Err(shape_err(format!("batch_norm input must be [N, C, ...], found {x}")));
+                    return Err(shape_err(format!(
+                        "batch_norm input must be [N, C, ...], found {x}"
+                    )));
                 }
                 for i in 1..5 {
                     channel_vector(cx.input(i)?, &x.shape[1], i)?;
                 }
                 Ok(vec![x.clone()])
             }
-            NnOp::LayerNorm { axis, stat_dtype, .. } => {
+            NnOp::LayerNorm {
+                axis, stat_dtype, ..
+            } => {
                 cx.arity(2, 3)?;
                 let x = float_input(cx, 0)?;
                 if *axis >= x.rank().max(1) {
@@ -663,7 +539,9 @@ impl NnOp {
                     if let Some(c) = x.shape[1].known()
                         && c % num_groups != 0
                     {
-                        return Err(shape_err(format!("{c} channels do not split into {num_groups} groups")));
+                        return Err(shape_err(format!(
+                            "{c} channels do not split into {num_groups} groups"
+                        )));
                     }
                 }
                 Ok(vec![x.clone()])
@@ -687,9 +565,13 @@ impl NnOp {
             NnOp::Einsum { equation } => {
                 let n = cx.inputs.len();
                 if n == 0 {
-                    return Err(InferError::Arity { expected: "at least 1".into(), found: 0 });
+                    return Err(InferError::Arity {
+                        expected: "at least 1".into(),
+                        found: 0,
+                    });
                 }
-                let types: Vec<&TensorType> = (0..n).map(|i| cx.input(i)).collect::<Result<_, _>>()?;
+                let types: Vec<&TensorType> =
+                    (0..n).map(|i| cx.input(i)).collect::<Result<_, _>>()?;
                 for t in &types[1..] {
                     same_numeric(types[0], t)?;
                 }
@@ -700,38 +582,60 @@ impl NnOp {
                     for (d, &l) in t.shape.iter().zip(labels) {
                         dims[l] = Some(match &dims[l] {
                             None => d.clone(),
-                            Some(prev) => prev
-                                .broadcast(d)
-                                .ok_or_else(|| shape_err(format!("einsum label dims {prev} and {d} differ")))?,
+                            Some(prev) => prev.broadcast(d).ok_or_else(|| {
+                                shape_err(format!("einsum label dims {prev} and {d} differ"))
+                            })?,
                         });
                     }
                 }
-                let shape = spec.output.iter().map(|&l| dims[l].clone().unwrap_or(Dim::Known(1))).collect();
+                let shape = spec
+                    .output
+                    .iter()
+                    .map(|&l| dims[l].clone().unwrap_or(Dim::Known(1)))
+                    .collect();
                 Ok(vec![TensorType::new(types[0].dtype, shape)])
             }
-            NnOp::Resize { axes, scales, sizes, aspect_policy, .. } => {
+            NnOp::Resize {
+                axes,
+                scales,
+                sizes,
+                aspect_policy,
+                ..
+            } => {
                 cx.arity(1, 4)?;
                 let x = cx.input(0)?;
                 if !x.dtype.is_numeric() {
-                    return Err(InferError::DType { index: 0, expected: "numeric".into(), found: x.dtype });
+                    return Err(InferError::DType {
+                        index: 0,
+                        expected: "numeric".into(),
+                        found: x.dtype,
+                    });
                 }
                 if let Some(a) = axes.iter().find(|&&a| a >= x.rank()) {
                     return Err(attr_err("axes", format!("{a} out of range for {x}")));
                 }
                 let mut shape = x.shape.clone();
                 let const_scales = scales.clone().or_else(|| {
-                    cx.const_input(2).and_then(|t| t.to_f64_vec().ok()).filter(|v| !v.is_empty()).map(|v| v.into_iter().map(|s| s as f32).collect())
+                    cx.const_input(2)
+                        .and_then(|t| t.to_f64_vec().ok())
+                        .filter(|v| !v.is_empty())
+                        .map(|v| v.into_iter().map(|s| s as f32).collect())
                 });
                 let const_sizes = sizes.clone().or_else(|| {
-                    cx.const_input(3).and_then(|t| t.to_i64_vec().ok()).map(|v| v.into_iter().map(|s| s.max(0) as usize).collect())
+                    cx.const_input(3)
+                        .and_then(|t| t.to_i64_vec().ok())
+                        .map(|v| v.into_iter().map(|s| s.max(0) as usize).collect())
                 });
                 let dynamic = cx.opt_input(2).is_some() || cx.opt_input(3).is_some();
                 if let Some(sz) = const_sizes {
                     check_len("sizes", &sz, axes.len())?;
-                    let ins: Option<Vec<usize>> = axes.iter().map(|&a| x.shape[a].known()).collect();
+                    let ins: Option<Vec<usize>> =
+                        axes.iter().map(|&a| x.shape[a].known()).collect();
                     match (ins, aspect_policy) {
                         (Some(ins), _) => {
-                            for (&a, (_, o)) in axes.iter().zip(resize_sizes(&ins, &sz, *aspect_policy)) {
+                            for (&a, (_, o)) in
+                                axes.iter().zip(resize_sizes(&ins, &sz, *aspect_policy))
+                            {
                                 shape[a] = Dim::Known(o);
                             }
                         }
@@ -764,7 +668,9 @@ impl NnOp {
                 let g = cx.input(1)?;
                 let k = x.rank() - 2;
                 if g.rank() != x.rank() {
-                    return Err(shape_err(format!("grid {g} must have the rank of the input {x}")));
+                    return Err(shape_err(format!(
+                        "grid {g} must have the rank of the input {x}"
+                    )));
                 }
                 if let Some(n) = g.shape[g.rank() - 1].known()
                     && n != k
@@ -781,10 +687,18 @@ impl NnOp {
 
 fn same_numeric(a: &TensorType, b: &TensorType) -> Result<(), InferError> {
     if !a.dtype.is_numeric() {
-        return Err(InferError::DType { index: 0, expected: "numeric".into(), found: a.dtype });
+        return Err(InferError::DType {
+            index: 0,
+            expected: "numeric".into(),
+            found: a.dtype,
+        });
     }
     if a.dtype != b.dtype {
-        return Err(InferError::DType { index: 1, expected: a.dtype.to_string(), found: b.dtype });
+        return Err(InferError::DType {
+            index: 1,
+            expected: a.dtype.to_string(),
+            found: b.dtype,
+        });
     }
     Ok(())
 }
@@ -792,7 +706,9 @@ fn same_numeric(a: &TensorType, b: &TensorType) -> Result<(), InferError> {
 /// Checks a per-channel parameter is 1-D of the channel count (where both are known).
 fn channel_vector(t: &TensorType, c: &Dim, index: usize) -> Result<(), InferError> {
     if t.rank() != 1 {
-        return Err(shape_err(format!("input {index} must be 1-D [C], found {t}")));
+        return Err(shape_err(format!(
+            "input {index} must be 1-D [C], found {t}"
+        )));
     }
     if let (Some(a), Some(b)) = (t.shape[0].known(), c.known())
         && a != b
@@ -807,7 +723,15 @@ fn pooled_shape(x: &TensorType, w: &Window) -> Result<Shape, InferError> {
     check_len("kernel", &w.kernel, k)?;
     let kernel: Vec<Option<usize>> = w.kernel.iter().map(|&k| Some(k)).collect();
     let mut shape = x.shape[..2].to_vec();
-    shape.extend(window_shape(&x.shape[2..], &kernel, &w.strides, &w.dilations, &w.pads, w.auto_pad, w.ceil_mode)?);
+    shape.extend(window_shape(
+        &x.shape[2..],
+        &kernel,
+        &w.strides,
+        &w.dilations,
+        &w.pads,
+        w.auto_pad,
+        w.ceil_mode,
+    )?);
     Ok(shape)
 }
 
@@ -815,10 +739,19 @@ fn pooled_shape(x: &TensorType, w: &Window) -> Result<Shape, InferError> {
 mod tests {
     use super::*;
 
-    fn infer(op: NnOp, inputs: Vec<TensorType>, n_outputs: usize) -> Result<Vec<TensorType>, InferError> {
+    fn infer(
+        op: NnOp,
+        inputs: Vec<TensorType>,
+        n_outputs: usize,
+    ) -> Result<Vec<TensorType>, InferError> {
         let inputs: Vec<Option<TensorType>> = inputs.into_iter().map(Some).collect();
         let consts = vec![None; inputs.len()];
-        op.infer(&InferCx { inputs: &inputs, consts: &consts, regions: &[], n_outputs })
+        op.infer(&InferCx {
+            inputs: &inputs,
+            consts: &consts,
+            regions: &[],
+            n_outputs,
+        })
     }
 
     fn f32s(d: &[usize]) -> TensorType {
@@ -827,7 +760,9 @@ mod tests {
 
     #[test]
     fn matmul_shapes() {
-        let out = |a: &[usize], b: &[usize]| infer(NnOp::Matmul, vec![f32s(a), f32s(b)], 1).map(|t| t[0].clone());
+        let out = |a: &[usize], b: &[usize]| {
+            infer(NnOp::Matmul, vec![f32s(a), f32s(b)], 1).map(|t| t[0].clone())
+        };
         assert_eq!(out(&[2, 1, 3, 4], &[5, 4, 6]).unwrap(), f32s(&[2, 5, 3, 6]));
         assert_eq!(out(&[4], &[2, 4, 6]).unwrap(), f32s(&[2, 6]));
         assert_eq!(out(&[3, 4], &[4]).unwrap(), f32s(&[3]));
@@ -836,22 +771,14 @@ mod tests {
     }
 
     #[test]
-    fn window_geometry() {
-        // ceil_mode: 4 + 0 - 3 = 1, /2 -> ceil 1 + 1 = 2 windows.
-        assert_eq!(window_dim(AutoPad::NotSet, 4, 3, 2, 1, (0, 0), true).unwrap(), (2, 0, 0));
-        assert_eq!(window_dim(AutoPad::NotSet, 4, 3, 2, 1, (0, 0), false).unwrap(), (1, 0, 0));
-        // The last window would start in the end padding: dropped.
-        assert_eq!(window_dim(AutoPad::NotSet, 5, 2, 2, 1, (0, 1), true).unwrap(), (3, 0, 1));
-        assert_eq!(window_dim(AutoPad::NotSet, 4, 1, 2, 1, (0, 1), true).unwrap(), (2, 0, 1));
-        assert_eq!(window_dim(AutoPad::SameUpper, 5, 3, 2, 1, (9, 9), false).unwrap(), (3, 1, 1));
-        assert_eq!(window_dim(AutoPad::SameUpper, 4, 2, 1, 1, (0, 0), false).unwrap(), (4, 0, 1));
-        assert_eq!(window_dim(AutoPad::SameLower, 4, 2, 1, 1, (0, 0), false).unwrap(), (4, 1, 0));
-        assert_eq!(window_dim(AutoPad::Valid, 7, 3, 2, 1, (1, 1), false).unwrap(), (3, 0, 0));
-    }
-
-    #[test]
     fn conv_shapes() {
-        let op = NnOp::Conv { strides: vec![2, 2], dilations: vec![1, 1], pads: vec![3, 3, 3, 3], group: 1, auto_pad: AutoPad::NotSet };
+        let op = NnOp::Conv {
+            strides: vec![2, 2],
+            dilations: vec![1, 1],
+            pads: vec![3, 3, 3, 3],
+            group: 1,
+            auto_pad: AutoPad::NotSet,
+        };
         let out = infer(op, vec![f32s(&[1, 3, 224, 224]), f32s(&[64, 3, 7, 7])], 1).unwrap();
         assert_eq!(out[0], f32s(&[1, 64, 112, 112]));
         let op = NnOp::ConvTranspose {
@@ -868,13 +795,121 @@ mod tests {
     }
 
     #[test]
-    fn einsum_parse() {
-        let s = parse_einsum("...ij,...jk", &[3, 2]).unwrap();
-        assert_eq!(s.inputs, vec![vec![52, 8, 9], vec![9, 10]]);
-        assert_eq!(s.output, vec![52, 8, 10]);
-        let s = parse_einsum("ii->i", &[2]).unwrap();
-        assert_eq!(s.output, vec![8]);
-        let out = infer(NnOp::Einsum { equation: "bij,bjk->bik".into() }, vec![f32s(&[2, 3, 4]), f32s(&[2, 4, 5])], 1);
+    fn einsum_shapes() {
+        let out = infer(
+            NnOp::Einsum {
+                equation: "bij,bjk->bik".into(),
+            },
+            vec![f32s(&[2, 3, 4]), f32s(&[2, 4, 5])],
+            1,
+        );
         assert_eq!(out.unwrap()[0], f32s(&[2, 3, 5]));
+    }
+
+    #[test]
+    fn symbolic_pool_and_resize() {
+        let x = TensorType::new(
+            DType::F32,
+            vec![
+                Dim::Sym("n".into()),
+                Dim::Known(3),
+                Dim::Unknown,
+                Dim::Known(9),
+            ],
+        );
+        let window = Window {
+            kernel: vec![3, 3],
+            strides: vec![2, 2],
+            dilations: vec![1, 1],
+            pads: vec![0; 4],
+            auto_pad: AutoPad::NotSet,
+            ceil_mode: true,
+        };
+        let op = NnOp::MaxPool {
+            window,
+            storage_order_col_major: false,
+        };
+        let out = infer(op, vec![x.clone()], 2).unwrap();
+        let want = vec![
+            Dim::Sym("n".into()),
+            Dim::Known(3),
+            Dim::Unknown,
+            Dim::Known(4),
+        ];
+        assert_eq!(out[0], TensorType::new(DType::F32, want.clone()));
+        assert_eq!(out[1], TensorType::new(DType::I64, want));
+        let op = NnOp::Resize {
+            mode: ResizeMode::Nearest,
+            coord_mode: CoordMode::HalfPixel,
+            nearest_mode: NearestMode::RoundPreferFloor,
+            cubic_coeff_a: -0.75,
+            exclude_outside: false,
+            extrapolation_value: 0.0,
+            antialias: false,
+            axes: vec![2, 3],
+            aspect_policy: AspectPolicy::Stretch,
+            roi: None,
+            scales: Some(vec![1.0, 1.5]),
+            sizes: None,
+        };
+        let out = infer(op, vec![x], 1).unwrap();
+        let want = vec![
+            Dim::Sym("n".into()),
+            Dim::Known(3),
+            Dim::Unknown,
+            Dim::Known(13),
+        ];
+        assert_eq!(out[0], TensorType::new(DType::F32, want));
+    }
+
+    #[test]
+    fn attributes_round_trip_through_json() {
+        let window = Window {
+            kernel: vec![2],
+            strides: vec![1],
+            dilations: vec![1],
+            pads: vec![0, 1],
+            auto_pad: AutoPad::SameLower,
+            ceil_mode: false,
+        };
+        let ops = [
+            (NnOp::Matmul, "nn.matmul"),
+            (
+                NnOp::AvgPool {
+                    window: window.clone(),
+                    count_include_pad: true,
+                },
+                "nn.avg_pool",
+            ),
+            (
+                NnOp::MaxPool {
+                    window,
+                    storage_order_col_major: true,
+                },
+                "nn.max_pool",
+            ),
+            (
+                NnOp::LayerNorm {
+                    axis: 2,
+                    epsilon: 1e-5,
+                    stat_dtype: DType::F32,
+                },
+                "nn.layer_norm",
+            ),
+            (
+                NnOp::GridSample {
+                    mode: ResizeMode::Cubic,
+                    padding: GridPadding::Reflection,
+                    align_corners: true,
+                },
+                "nn.grid_sample",
+            ),
+        ];
+        for (op, name) in ops {
+            let op = crate::Op::Nn(op);
+            assert_eq!(op.name(), name);
+            let json = serde_json::to_value(&op).unwrap();
+            assert_eq!(serde_json::from_value::<crate::Op>(json).unwrap(), op);
+        }
     }
 }
