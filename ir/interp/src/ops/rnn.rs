@@ -424,7 +424,8 @@ mod tests {
         let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
         let i = sig(0.2 + 0.25 - 0.1);
         let f = sig(0.6 + 0.35 - 0.3);
-        let c = f * -1.0 + i * (0.8f64 + 0.4).tanh();
+        // c0 = -1.
+        let c = i * (0.8f64 + 0.4).tanh() - f;
         let o = sig(0.4 + 0.3 + 0.2 * c);
         let h = o * c.tanh();
         let op = RnnOp::Lstm {
