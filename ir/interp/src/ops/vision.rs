@@ -528,7 +528,7 @@ fn col2im(
     };
     let (dil, pads, strides) = (or(dilations, n, 1), or(pads, 2 * n, 0), or(strides, n, 1));
     let bl: usize = block.iter().product();
-    if xs.len() != 3 || block.len() != n || bl == 0 || xs[1] % bl != 0 {
+    if xs.len() != 3 || block.len() != n || bl == 0 || !xs[1].is_multiple_of(bl) {
         return Err(invalid(format!(
             "col2im input {xs:?} does not fit blocks {block:?} and image {image:?}"
         )));
