@@ -356,4 +356,38 @@ mod tests {
         .unwrap();
         assert_eq!(out[0], TensorType::fixed(DType::F32, &[1, 3]));
     }
+
+    #[test]
+    fn attributes_round_trip_through_json() {
+        let ops = [
+            StringsOp::LabelEncode {
+                keys: Labels::Floats(vec![0.5, -0.0]),
+                values: Labels::Strs(vec!["a".into(), "b".into()]),
+                default: Labels::Strs(vec!["_Unused".into()]),
+                dtype: DType::Str,
+            },
+            StringsOp::TreeEnsemble {
+                nodes: vec![TreeNode {
+                    feature: 1,
+                    test: TreeTest::Member(vec![1.25, 7.0]),
+                    missing_tracks_true: true,
+                    if_true: TreeChild::Leaf(0),
+                    if_false: TreeChild::Node(2),
+                }],
+                leaves: vec![TreeLeaf {
+                    target: 0,
+                    weight: 0.1,
+                }],
+                roots: vec![TreeChild::Node(0)],
+                n_targets: 1,
+                aggregate: TreeAggregate::Max,
+                post_transform: TreePostTransform::SoftmaxZero,
+            },
+        ];
+        for op in ops {
+            let text = serde_json::to_string(&op).unwrap();
+            let back: StringsOp = serde_json::from_str(&text).unwrap();
+            assert_eq!(back, op, "{text}");
+        }
+    }
 }

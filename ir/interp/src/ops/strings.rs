@@ -11,8 +11,8 @@ use mlc_ir::ops::strings::{
     CaseChange, Labels, NGram, TfIdfMode, TreeAggregate, TreeChild, TreeLeaf, TreeNode,
     TreePostTransform, TreeTest,
 };
-use mlc_ir::{DType, Tensor};
-use ndarray::{ArrayD, IxDyn};
+use mlc_ir::{DType, Elem, Tensor};
+use ndarray::ArrayD;
 use std::collections::{HashMap, HashSet};
 
 pub fn eval(
@@ -292,7 +292,7 @@ fn tf_idf(
     if !weights.is_empty() && weights.len() < counter.n_columns {
         return Err(invalid("fewer weights than output columns"));
     }
-    let row_len = if rows == 0 { 0 } else { items.len() / rows };
+    let row_len = items.len().checked_div(rows).unwrap_or(0);
     let mut out = Vec::with_capacity(rows * counter.n_columns);
     for r in 0..rows {
         let mut freq = vec![0u64; counter.n_columns];
@@ -406,15 +406,23 @@ fn feature_extract(x: &Tensor, indices: &Tensor) -> Result<Tensor, EvalError> {
         outer.iter().copied().chain([idx.len()]).collect()
     };
     let rows = outer.iter().product::<usize>();
-    mlc_ir::dispatch_all!(x, a => {
-        let flat: Vec<_> = a.iter().cloned().collect();
-        let mut out = Vec::with_capacity(rows * idx.len());
-        for r in 0..rows {
-            out.extend(idx.iter().map(|&j| flat[r * last + j].clone()));
-        }
-        Ok(mlc_ir::Elem::wrap(ArrayD::from_shape_vec(IxDyn(&out_shape), out)
-            .map_err(|e| invalid(e.to_string()))?))
-    })
+    mlc_ir::dispatch_all!(x, a => gather_last(a, rows, last, &idx, &out_shape))
+}
+
+/// Picks columns `idx` of `a` seen as a `[rows, last]` matrix, shaped `out_shape`.
+fn gather_last<T: Elem>(
+    a: &ArrayD<T>,
+    rows: usize,
+    last: usize,
+    idx: &[usize],
+    out_shape: &[usize],
+) -> Result<Tensor, EvalError> {
+    let flat: Vec<&T> = a.iter().collect();
+    let mut out = Vec::with_capacity(rows * idx.len());
+    for r in 0..rows {
+        out.extend(idx.iter().map(|&j| flat[r * last + j].clone()));
+    }
+    Ok(Tensor::from_vec(out_shape, out)?)
 }
 
 struct Ensemble<'a> {
@@ -534,7 +542,7 @@ fn post_transform(scores: &mut [f64], how: TreePostTransform) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mlc_ir::{Elem, TensorType};
+    use mlc_ir::TensorType;
 
     fn run(op: StringsOp, inputs: &[&Tensor]) -> Vec<Tensor> {
         let types = vec![TensorType::scalar(DType::F32); 2];
@@ -647,11 +655,11 @@ mod tests {
 
     #[test]
     fn tree_ensemble_sums_leaves() {
-        // x[0] <= 3.14 ? leaf 0 (target 0, 5.0) : leaf 1 (target 1, 7.0)
+        // x[0] <= 2.5 ? leaf 0 (target 0, 5.0) : leaf 1 (target 1, 7.0)
         let op = StringsOp::TreeEnsemble {
             nodes: vec![TreeNode {
                 feature: 0,
-                test: TreeTest::Leq(3.14),
+                test: TreeTest::Leq(2.5),
                 missing_tracks_true: false,
                 if_true: TreeChild::Leaf(0),
                 if_false: TreeChild::Leaf(1),
