@@ -93,8 +93,11 @@ pub enum MovementOp {
         blocksize: usize,
         mode: DepthToSpaceMode,
     },
-    /// The inverse of `DepthToSpace` in DCR mode.
-    SpaceToDepth { blocksize: usize },
+    /// The inverse of `DepthToSpace` with the same `mode`.
+    SpaceToDepth {
+        blocksize: usize,
+        mode: DepthToSpaceMode,
+    },
     /// Keeps the upper (`j - i >= k`) or lower (`j - i <= k`) triangle of the last two dims and
     /// zeroes the rest. Inputs: `x`, `k?` (the attribute wins when `Some`).
     Trilu { upper: bool, k: Option<i64> },
@@ -146,7 +149,7 @@ pub enum PadMode {
     Wrap,
 }
 
-/// Channel order of `DepthToSpace`: depth-column-row or column-row-depth.
+/// Channel order of `DepthToSpace`/`SpaceToDepth`: depth-column-row or column-row-depth.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DepthToSpaceMode {
@@ -1005,7 +1008,7 @@ impl MovementOp {
                     ],
                 )
             }
-            M::SpaceToDepth { blocksize: b } => {
+            M::SpaceToDepth { blocksize: b, .. } => {
                 cx.arity(1, 1)?;
                 let x = cx.input(0)?;
                 if x.rank() != 4 || *b == 0 {

@@ -599,24 +599,26 @@ fn blocksize(cx: &NodeCx) -> Result<usize, NodeError> {
         })
 }
 
+/// The `mode` attribute of DepthToSpace/SpaceToDepth (SpaceToDepth has it from opset 28).
+fn block_mode(cx: &NodeCx) -> Result<DepthToSpaceMode, NodeError> {
+    match cx.attr_str("mode", "DCR")?.as_str() {
+        "DCR" => Ok(DepthToSpaceMode::Dcr),
+        "CRD" => Ok(DepthToSpaceMode::Crd),
+        other => Err(NodeError::Attr {
+            name: "mode".into(),
+            reason: format!("unknown mode {other:?}"),
+        }),
+    }
+}
+
 fn depth_to_space(cx: &mut NodeCx) -> Res {
-    let blocksize = blocksize(cx)?;
-    let mode = match cx.attr_str("mode", "DCR")?.as_str() {
-        "DCR" => DepthToSpaceMode::Dcr,
-        "CRD" => DepthToSpaceMode::Crd,
-        other => {
-            return Err(NodeError::Attr {
-                name: "mode".into(),
-                reason: format!("unknown mode {other:?}"),
-            });
-        }
-    };
+    let (blocksize, mode) = (blocksize(cx)?, block_mode(cx)?);
     unary(cx, M::DepthToSpace { blocksize, mode })
 }
 
 fn space_to_depth(cx: &mut NodeCx) -> Res {
-    let blocksize = blocksize(cx)?;
-    unary(cx, M::SpaceToDepth { blocksize })
+    let (blocksize, mode) = (blocksize(cx)?, block_mode(cx)?);
+    unary(cx, M::SpaceToDepth { blocksize, mode })
 }
 
 fn trilu(cx: &mut NodeCx) -> Res {
