@@ -422,6 +422,12 @@ fn free_names(g: &GraphProto) -> Vec<String> {
         }
         defined.extend(node.output.iter().map(String::as_str));
     }
+    // A subgraph may return an outer value directly, with no node in between.
+    for o in &g.output {
+        if !defined.contains(o.name()) && seen.insert(o.name().to_string()) {
+            free.push(o.name().to_string());
+        }
+    }
     free
 }
 

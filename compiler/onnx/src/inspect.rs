@@ -128,12 +128,10 @@ fn count_ops(
         *ops.entry(key).or_default() += 1;
         *nodes += 1;
         for a in &n.attribute {
-            if n.op_type() == "Constant" {
-                if let Some(t) = a.t.as_ref() {
-                    let elems = t.dims.iter().product::<i64>().max(0) as u64;
-                    if elems > 1 && tensor::dtype_of(t.data_type()).is_ok() {
-                        *params += elems;
-                    }
+            if let Some(t) = a.t.as_ref().filter(|_| n.op_type() == "Constant") {
+                let elems = t.dims.iter().product::<i64>().max(0) as u64;
+                if elems > 1 && tensor::dtype_of(t.data_type()).is_ok() {
+                    *params += elems;
                 }
             }
             for sub in a.g.as_ref().into_iter().chain(a.graphs.iter()) {

@@ -483,6 +483,14 @@ fn check_err(src: &str, expect: &str) {
     }
 }
 
+/// Like `check_err`, for messages whose tail lists every op of a family (which grows).
+fn check_err_prefix(src: &str, expect: &str) {
+    match parse_graph(src) {
+        Ok(g) => panic!("parsed, expected error {expect}:\n{g}"),
+        Err(e) => assert!(e.to_string().starts_with(expect), "{e} does not start with {expect}"),
+    }
+}
+
 const HEAD: &str = "graph (%0: f32[2] \"x\") -> (%1 \"y\") {\n";
 
 #[test]
@@ -507,9 +515,9 @@ fn parse_errors_point_at_the_problem() {
         &format!("{HEAD}  %1 = ew.relu(%0 : f32[2]\n}}"),
         "2:19: expected `)`, found `:`",
     );
-    check_err(
+    check_err_prefix(
         &format!("{HEAD}  %1 = ew.frobnicate(%0) : f32[2]\n}}"),
-        "2:8: invalid op `ew.frobnicate`: unknown variant `frobnicate`, expected one of `add`, `relu`, `cast`",
+        "2:8: invalid op `ew.frobnicate`: unknown variant `frobnicate`, expected one of ",
     );
     check_err(
         &format!("{HEAD}  %1 = ew.cast {{\"to\": 3}} (%0) : f32[2]\n}}"),

@@ -112,6 +112,7 @@ fn recorded_types_must_match_inference() {
             "node 0 (ew.cast at \"Cast_0\"): output 0 (%2) is recorded as f32[2,3], but inference gives i64[2,3]",
             "node 1 (ew.relu): output 0 (%3) is recorded as f32[6], but inference gives f32[2,3]",
             "node 2 (ew.relu): output 0 (%4) is recorded as f32[2,4], but inference gives f32[2,3]",
+            "node 3 (ew.add): inference failed: input 1 has type i64, expected f32",
         ],
     );
 }

@@ -73,6 +73,10 @@ pub fn eval_op(op: &Op, inputs: &[Option<&Tensor>], cx: &EvalCx) -> Result<Vec<T
         Op::Movement(o) => ops::movement::eval(o, inputs, cx),
         Op::Quant(o) => ops::quant::eval(o, inputs, cx),
         Op::Attn(o) => ops::attn::eval(o, inputs, cx),
+        Op::Rnn(o) => ops::rnn::eval(o, inputs, cx),
+        Op::Signal(o) => ops::signal::eval(o, inputs, cx),
+        Op::Vision(o) => ops::vision::eval(o, inputs, cx),
+        Op::Strings(o) => ops::strings::eval(o, inputs, cx),
         Op::Control(o) => ops::control::eval(o, inputs, cx),
     }
 }

@@ -7,6 +7,10 @@ pub mod movement;
 pub mod nn;
 pub mod quant;
 pub mod reduce;
+pub mod rnn;
+pub mod signal;
+pub mod strings;
+pub mod vision;
 
 use crate::cx::Registry;
 
@@ -19,4 +23,8 @@ pub fn register_all(r: &mut Registry) {
     nn::register(r);
     quant::register(r);
     reduce::register(r);
+    strings::register(r);
+    vision::register(r);
+    signal::register(r);
+    rnn::register(r);
 }

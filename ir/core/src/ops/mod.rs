@@ -13,6 +13,10 @@ pub mod movement;
 pub mod nn;
 pub mod quant;
 pub mod reduce;
+pub mod rnn;
+pub mod signal;
+pub mod strings;
+pub mod vision;
 
 use crate::graph::Graph;
 use crate::shape::TensorType;
@@ -26,6 +30,10 @@ pub use movement::MovementOp;
 pub use nn::NnOp;
 pub use quant::QuantOp;
 pub use reduce::ReduceOp;
+pub use rnn::RnnOp;
+pub use signal::SignalOp;
+pub use strings::StringsOp;
+pub use vision::VisionOp;
 
 /// An operation of mlc's IR.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -45,6 +53,14 @@ pub enum Op {
     Quant(QuantOp),
     /// Attention and rotary embeddings.
     Attn(AttnOp),
+    /// Recurrent and stateful sequence ops (RNN, GRU, LSTM, causal convolution with state).
+    Rnn(RnnOp),
+    /// Signal processing: DFT, STFT, window functions, mel filter banks.
+    Signal(SignalOp),
+    /// Detection and vision ops: non-max suppression, RoI pooling/align, unpooling, col2im, deformable convolution, affine grids.
+    Vision(VisionOp),
+    /// String and classical-ML ops: string split/normalize/regex, TF-IDF, label encoding.
+    Strings(StringsOp),
     /// Ops with regions: conditionals, loops, scans, composite (fused) nodes.
     Control(ControlOp),
 }
@@ -148,6 +164,10 @@ impl Op {
             Op::Movement(o) => o.infer(cx),
             Op::Quant(o) => o.infer(cx),
             Op::Attn(o) => o.infer(cx),
+            Op::Rnn(o) => o.infer(cx),
+            Op::Signal(o) => o.infer(cx),
+            Op::Vision(o) => o.infer(cx),
+            Op::Strings(o) => o.infer(cx),
             Op::Control(o) => o.infer(cx),
         }
     }

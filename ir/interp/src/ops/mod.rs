@@ -7,3 +7,7 @@ pub mod movement;
 pub mod nn;
 pub mod quant;
 pub mod reduce;
+pub mod rnn;
+pub mod signal;
+pub mod strings;
+pub mod vision;

@@ -1,11 +1,11 @@
-//! Kernels of the nn family. (Stub: filled in by its owner.)
+//! Kernels of the strings family. (Stub: filled in by its owner.)
 
 use crate::{EvalCx, EvalError};
 use mlc_ir::Tensor;
-use mlc_ir::ops::NnOp;
+use mlc_ir::ops::StringsOp;
 
 pub fn eval(
-    op: &NnOp,
+    op: &StringsOp,
     _inputs: &[Option<&Tensor>],
     _cx: &EvalCx,
 ) -> Result<Vec<Tensor>, EvalError> {

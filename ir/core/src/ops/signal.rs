@@ -1,0 +1,18 @@
+//! Signal processing: DFT, STFT, window functions, mel filter banks. (Stub: filled in by its owner.)
+
+use super::{InferCx, InferError};
+use crate::shape::TensorType;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignalOp {
+    /// Placeholder so the enum is inhabited; remove when real ops land.
+    Placeholder,
+}
+
+impl SignalOp {
+    pub fn infer(&self, _cx: &InferCx) -> Result<Vec<TensorType>, InferError> {
+        Err(InferError::Other("placeholder".into()))
+    }
+}

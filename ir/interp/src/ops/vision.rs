@@ -1,0 +1,13 @@
+//! Kernels of the vision family. (Stub: filled in by its owner.)
+
+use crate::{EvalCx, EvalError};
+use mlc_ir::Tensor;
+use mlc_ir::ops::VisionOp;
+
+pub fn eval(
+    op: &VisionOp,
+    _inputs: &[Option<&Tensor>],
+    _cx: &EvalCx,
+) -> Result<Vec<Tensor>, EvalError> {
+    Err(EvalError::Unsupported(format!("{op:?}")))
+}
