@@ -772,3 +772,6 @@ fn tensor_scatter(cx: &mut NodeCx) -> Res {
         vec![Some(past), Some(upd), write],
     )?])
 }
+
+#[cfg(test)]
+mod tests;
