@@ -179,10 +179,10 @@ fn reshape(cx: &mut NodeCx) -> Res {
         },
         vec![Some(x), Some(s)],
     )?;
-    if let Some(t) = target {
-        if let Ok(shape) = reshape_shape(&cx.ty(x).shape.clone(), &t, allowzero) {
-            refine(cx, out, shape);
-        }
+    if let Some(t) = target
+        && let Ok(shape) = reshape_shape(&cx.ty(x).shape.clone(), &t, allowzero)
+    {
+        refine(cx, out, shape);
     }
     Ok(vec![out])
 }
@@ -237,11 +237,11 @@ fn split(cx: &mut NodeCx) -> Res {
         None => (None, cx.opt_input(1)),
     };
     let n = cx.n_outputs;
-    Ok(cx.emit(
+    cx.emit(
         Op::Movement(M::Split { axis, sizes }),
         vec![Some(x), dynamic],
         n,
-    )?)
+    )
 }
 
 fn slice(cx: &mut NodeCx) -> Res {
@@ -348,10 +348,10 @@ fn expand(cx: &mut NodeCx) -> Res {
     }
     let target = sym_value(cx, 1);
     let out = emit(cx, M::Expand { shape: None }, vec![Some(x), Some(s)])?;
-    if let Some(t) = target {
-        if let Ok(shape) = expand_shape(&cx.ty(x).shape.clone(), &t) {
-            refine(cx, out, shape);
-        }
+    if let Some(t) = target
+        && let Ok(shape) = expand_shape(&cx.ty(x).shape.clone(), &t)
+    {
+        refine(cx, out, shape);
     }
     Ok(vec![out])
 }
@@ -489,10 +489,10 @@ fn tile(cx: &mut NodeCx) -> Res {
     }
     let target = sym_value(cx, 1);
     let out = emit(cx, M::Tile { repeats: None }, vec![Some(x), Some(reps)])?;
-    if let Some(t) = target {
-        if let Ok(shape) = tile_shape(&cx.ty(x).shape.clone(), &t) {
-            refine(cx, out, shape);
-        }
+    if let Some(t) = target
+        && let Ok(shape) = tile_shape(&cx.ty(x).shape.clone(), &t)
+    {
+        refine(cx, out, shape);
     }
     Ok(vec![out])
 }
@@ -724,7 +724,7 @@ fn unique(cx: &mut NodeCx) -> Res {
         .transpose()?;
     let sorted = cx.attr_int("sorted", 1)? != 0;
     let n = cx.n_outputs.clamp(1, 4);
-    Ok(cx.emit(Op::Movement(M::Unique { axis, sorted }), vec![Some(x)], n)?)
+    cx.emit(Op::Movement(M::Unique { axis, sorted }), vec![Some(x)], n)
 }
 
 fn center_crop_pad(cx: &mut NodeCx) -> Res {

@@ -670,14 +670,14 @@ impl MovementOp {
                 cx.arity(1, 4)?;
                 let x = cx.input(0)?;
                 let rank = x.rank();
-                if let Some(v) = cx.opt_input(2) {
-                    if v.dtype != x.dtype {
-                        return Err(InferError::DType {
-                            index: 2,
-                            expected: x.dtype.to_string(),
-                            found: v.dtype,
-                        });
-                    }
+                if let Some(v) = cx.opt_input(2)
+                    && v.dtype != x.dtype
+                {
+                    return Err(InferError::DType {
+                        index: 2,
+                        expected: x.dtype.to_string(),
+                        found: v.dtype,
+                    });
                 }
                 let axes = match (axes, cx.opt_input(3)) {
                     (Some(a), _) => Some(a.clone()),

@@ -151,10 +151,9 @@ pub fn reshape_shape(
     } else if let (Some(a), Some(b)) = (
         crate::shape::static_shape(input),
         crate::shape::static_shape(&out),
-    ) {
-        if a.iter().product::<usize>() != b.iter().product::<usize>() {
-            return Err(InferError::Shape(format!("cannot reshape {a:?} to {b:?}")));
-        }
+    ) && a.iter().product::<usize>() != b.iter().product::<usize>()
+    {
+        return Err(InferError::Shape(format!("cannot reshape {a:?} to {b:?}")));
     }
     Ok(out)
 }
@@ -283,7 +282,7 @@ pub fn split_sizes(d: usize, n: usize) -> Vec<usize> {
     if n == 0 {
         return vec![];
     }
-    if d % n == 0 {
+    if d.is_multiple_of(n) {
         return vec![d / n; n];
     }
     let c = d.div_ceil(n);

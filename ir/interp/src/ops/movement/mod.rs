@@ -444,7 +444,7 @@ fn reshape_dims(input: &[usize], target: &[i64], allowzero: bool) -> Result<Vec<
     let total: usize = input.iter().product();
     if let Some(i) = infer {
         let rest: usize = dims.iter().product();
-        if rest == 0 || total % rest != 0 {
+        if rest == 0 || !total.is_multiple_of(rest) {
             return Err(invalid(format!("cannot reshape {input:?} to {target:?}")));
         }
         dims[i] = total / rest;
@@ -666,14 +666,14 @@ fn pad(
         );
     }
     let value = opt(inputs, 2).filter(|v| !v.is_empty());
-    if let Some(v) = value {
-        if v.dtype() != x.dtype() {
-            return Err(invalid(format!(
-                "pad value is {}, data is {}",
-                v.dtype(),
-                x.dtype()
-            )));
-        }
+    if let Some(v) = value
+        && v.dtype() != x.dtype()
+    {
+        return Err(invalid(format!(
+            "pad value is {}, data is {}",
+            v.dtype(),
+            x.dtype()
+        )));
     }
     axis_take(x, &per_axis, value)
 }
