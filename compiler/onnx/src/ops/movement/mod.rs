@@ -20,7 +20,8 @@ use mlc_ir::ops::movement::{
 use mlc_ir::{DType, Dim, Op, Shape, Tensor, ValueId};
 
 pub fn register(r: &mut Registry) {
-    r.add("", "Identity", |cx| unary(cx, M::Identity));
+    // ONNX Identity is imported by the ew family as an alias of its input (no node); the IR
+    // op `movement.identity` exists for passes that need a distinct value.
     r.add("", "Reshape", reshape);
     r.add("", "Flatten", flatten);
     r.add("", "Transpose", transpose);
