@@ -17,6 +17,7 @@ use crate::infer::{Refined, refine};
 use crate::sweep::{self, ConstIndex, Tally, site};
 use crate::{EvalFn, PassError};
 use mlc_interp::EvalCx;
+use mlc_ir::ops::MovementOp;
 use mlc_ir::{DType, Graph, Node, Op, Tensor, TensorType};
 
 /// What folding may do.
@@ -94,7 +95,7 @@ pub(crate) fn try_fold(
         return Ok(None);
     }
     let Some(args) = args else {
-        if top && let Some(t) = shape_of(node, &name, values) {
+        if top && let Some(t) = shape_of(node, values) {
             check(node, values, std::slice::from_ref(&t), at, i)?;
             return Ok(Some(vec![t]));
         }
@@ -201,67 +202,32 @@ fn graph_const(consts: &mut Vec<Tensor>, t: Tensor) -> u32 {
 }
 
 /// `Shape`/`Size` of a value whose shape is static, whether or not the value is constant.
-///
-/// Matched by name and read through the op's serialized attributes, so that it works whatever
-/// the movement family names its fields: any attribute other than ONNX Shape's `start`/`end`
-/// is unknown here and prevents folding rather than being ignored.
-fn shape_of(node: &Node, name: &str, values: &[TensorType]) -> Option<Tensor> {
-    let is_size = match name {
-        "movement.shape" => false,
-        "movement.size" => true,
-        _ => return None,
-    };
+fn shape_of(node: &Node, values: &[TensorType]) -> Option<Tensor> {
     let [Some(x)] = node.inputs[..] else {
         return None;
     };
     let dims = values[x.0 as usize].static_shape()?;
-    let attrs = attributes(&node.op)?;
-    let t = if is_size {
-        if !attrs.is_empty() {
-            return None;
+    let t = match &node.op {
+        Op::Movement(MovementOp::Size) => {
+            Tensor::scalar(i64::try_from(dims.iter().product::<usize>()).ok()?)
         }
-        Tensor::scalar(i64::try_from(dims.iter().product::<usize>()).ok()?)
-    } else {
-        if attrs.keys().any(|k| k != "start" && k != "end") {
-            return None;
+        Op::Movement(MovementOp::Shape { start, end }) => {
+            // The importer normalizes the bounds against the rank; clamping keeps a stale
+            // attribute from indexing out of range.
+            let end = (*end).min(dims.len());
+            let picked: Vec<i64> = dims[(*start).min(end)..end]
+                .iter()
+                .map(|&d| d as i64)
+                .collect();
+            Tensor::from_vec(&[picked.len()], picked).ok()?
         }
-        let rank = dims.len() as i64;
-        let bound = |key: &str, default: i64| -> Option<i64> {
-            let b = match attrs.get(key) {
-                None | Some(serde_json::Value::Null) => default,
-                Some(v) => v.as_i64()?,
-            };
-            Some(if b < 0 { b + rank } else { b }.clamp(0, rank))
-        };
-        let (start, end) = (bound("start", 0)? as usize, bound("end", rank)? as usize);
-        let picked: Vec<i64> = dims[start..end.max(start)]
-            .iter()
-            .map(|&d| d as i64)
-            .collect();
-        Tensor::from_vec(&[picked.len()], picked).ok()?
+        _ => return None,
     };
     // The recorded output dtype decides (ONNX says i64; an IR may choose another integer).
     let out = node.outputs.first()?;
-    let dtype = values[out.0 as usize].dtype;
-    match dtype {
+    match values[out.0 as usize].dtype {
         DType::I64 => Some(t),
         d if d.is_int() => t.cast(d).ok(),
-        _ => None,
-    }
-}
-
-/// The attributes of an op as a JSON object (empty for a unit variant).
-fn attributes(op: &Op) -> Option<serde_json::Map<String, serde_json::Value>> {
-    let serde_json::Value::Object(m) = serde_json::to_value(op).ok()? else {
-        return None;
-    };
-    match m.into_iter().next()?.1 {
-        serde_json::Value::String(_) => Some(serde_json::Map::new()),
-        serde_json::Value::Object(inner) => match inner.into_iter().next()?.1 {
-            serde_json::Value::Object(attrs) => Some(attrs),
-            serde_json::Value::Null => Some(serde_json::Map::new()),
-            _ => None,
-        },
         _ => None,
     }
 }
@@ -322,47 +288,6 @@ mod tests {
     }
 
     #[test]
-    fn respects_the_size_limit_and_the_quant_family() {
-        let mut g = Graph::new();
-        let a = g.add_constant(Tensor::from_vec(&[5], vec![1i64; 5]).expect("5 elements"));
-        let big = add(&mut g, a, a, ty(DType::I64, vec![Dim::Known(5)]));
-        let q = g.add_node(
-            Op::Quant(QuantOp::Placeholder),
-            vec![Some(a)],
-            vec![ty(DType::I64, vec![])],
-            vec![],
-            None,
-        )[0];
-        output(&mut g, big);
-        output(&mut g, q);
-        let small = FoldPolicy {
-            max_elements: 4,
-            ..policy()
-        };
-        assert_eq!(fold(&mut g, &small), Ok(0));
-
-        let mut tally = Tally::default();
-        let with_quant = FoldPolicy {
-            fold_quant: true,
-            ..policy()
-        };
-        sweep::sweep(
-            &mut g,
-            &sweep::Mode {
-                infer: false,
-                fold: Some(&with_quant),
-            },
-            true,
-            "",
-            &mut tally,
-        )
-        .expect("no contradiction");
-        assert_eq!(tally.folded, 1);
-        let skipped: Vec<&String> = tally.skipped.keys().collect();
-        assert_eq!(skipped, ["eval quant.placeholder"]);
-    }
-
-    #[test]
     fn reports_a_result_that_contradicts_the_recorded_type() {
         let mut g = Graph::new();
         let a = g.add_constant(Tensor::from_vec(&[2], vec![1f32, 2.]).expect("2 elements"));
@@ -381,29 +306,104 @@ mod tests {
         );
     }
 
-    /// The test evaluator treats `control.placeholder` as "return every input": a stand-in for a
-    /// multi-output op with a region.
     #[test]
-    fn folds_multi_output_nodes_with_regions_only_on_constant_inputs() {
+    fn respects_the_size_limit_and_the_quant_family() {
         let mut g = Graph::new();
-        let x = g.add_input("x", ty(DType::F32, vec![Dim::Known(1)]));
-        let a = g.add_constant(Tensor::scalar(1f32));
-        let b = g.add_constant(Tensor::scalar(true));
-        let t = || vec![ty(DType::F32, vec![]), ty(DType::Bool, vec![])];
-        let op = Op::Control(ControlOp::Placeholder);
-        let region = Graph::new;
+        let a = g.add_constant(Tensor::from_vec(&[5], vec![1i64; 5]).expect("5 elements"));
+        let big = add(&mut g, a, a, ty(DType::I64, vec![Dim::Known(5)]));
+        let xq = g.add_constant(Tensor::from_vec(&[2], vec![-2i8, 4]).expect("2 elements"));
+        let scale = g.add_constant(Tensor::scalar(0.5f32));
+        let dq = Op::Quant(QuantOp::Dequantize {
+            axis: 0,
+            block_size: 0,
+            to: DType::F32,
+        });
+        let f = g.add_node(
+            dq,
+            vec![Some(xq), Some(scale)],
+            vec![ty(DType::F32, vec![Dim::Known(2)])],
+            vec![],
+            None,
+        )[0];
+        output(&mut g, big);
+        output(&mut g, f);
+        let small = FoldPolicy {
+            max_elements: 4,
+            ..policy()
+        };
+        assert_eq!(fold(&mut g, &small), Ok(0));
+        let with_quant = FoldPolicy {
+            fold_quant: true,
+            ..policy()
+        };
+        assert_eq!(fold(&mut g, &with_quant), Ok(2));
+        assert_eq!(
+            g.const_value(f).and_then(|t| t.to_f64_vec().ok()),
+            Some(vec![-1., 2.])
+        );
+    }
+
+    #[test]
+    fn leaves_nodes_the_evaluator_rejects() {
+        let mut g = Graph::new();
+        let a = g.add_constant(Tensor::scalar(1i64));
+        let b = g.add_constant(Tensor::scalar(1f32));
+        let s = add(&mut g, a, b, ty(DType::I64, vec![]));
+        output(&mut g, s);
+        let mut tally = Tally::default();
+        let mode = sweep::Mode {
+            infer: false,
+            fold: Some(&policy()),
+        };
+        sweep::sweep(&mut g, &mode, true, "", &mut tally).expect("no contradiction");
+        assert_eq!(tally.folded, 0);
+        let skipped: Vec<(&String, &str)> = tally
+            .skipped
+            .iter()
+            .map(|(k, s)| (k, s.reason.as_str()))
+            .collect();
+        assert_eq!(skipped, [(&"eval ew.add".to_string(), "dtype mismatch")]);
+    }
+
+    /// `control.if` on a constant condition: a multi-output node with regions.
+    #[test]
+    fn folds_nodes_with_regions_only_on_constant_inputs() {
+        let branch = |v: f32| {
+            let mut r = Graph::new();
+            let a = r.add_constant(Tensor::scalar(v));
+            let b = r.add_constant(Tensor::scalar(v > 0.0));
+            r.outputs = vec![
+                Port {
+                    value: a,
+                    name: "a".into(),
+                },
+                Port {
+                    value: b,
+                    name: "b".into(),
+                },
+            ];
+            r
+        };
+        let mut g = Graph::new();
+        let x = g.add_input("x", ty(DType::Bool, vec![]));
+        let cond = g.add_constant(Tensor::scalar(false));
+        let types = || vec![ty(DType::F32, vec![]), ty(DType::Bool, vec![])];
+        let op = Op::Control(ControlOp::If {
+            then_captures: 0,
+            else_captures: 0,
+        });
         let outs = g.add_node(
             op.clone(),
-            vec![Some(a), Some(b)],
-            t(),
-            vec![region()],
+            vec![Some(cond)],
+            types(),
+            vec![branch(1.0), branch(-1.0)],
             None,
         );
         let kept = g.add_node(
             op,
-            vec![Some(x), Some(b)],
-            vec![ty(DType::F32, vec![Dim::Known(1)]), t().remove(1)],
-            vec![region()],
+            vec![Some(x)],
+            types(),
+            vec![branch(1.0), branch(-1.0)],
             None,
         );
         for v in outs.iter().chain(&kept) {
@@ -411,17 +411,8 @@ mod tests {
         }
         assert_eq!(fold(&mut g, &policy()), Ok(1));
         let names: Vec<String> = g.nodes.iter().map(|n| n.op.name()).collect();
-        assert_eq!(
-            names,
-            [
-                "constant",
-                "constant",
-                "constant",
-                "constant",
-                "control.placeholder"
-            ]
-        );
-        assert_eq!(g.const_value(outs[1]), Some(&Tensor::scalar(true)));
-        assert_eq!(g.ty(outs[0]).to_string(), "f32[]");
+        assert_eq!(names, ["constant", "constant", "constant", "control.if"]);
+        assert_eq!(g.const_value(outs[0]), Some(&Tensor::scalar(-1f32)));
+        assert_eq!(g.const_value(outs[1]), Some(&Tensor::scalar(false)));
     }
 }

@@ -1,9 +1,9 @@
-//! Test helpers: type shorthands and a tiny evaluator standing in for interpreter kernels that
-//! are not written yet, so that the passes' mechanics can be tested on their own.
+//! Test helpers: type shorthands and a tiny evaluator, so that the passes' mechanics are tested
+//! apart from the interpreter's kernels.
 
 use crate::FoldPolicy;
 use mlc_interp::{EvalCx, EvalError, invalid};
-use mlc_ir::ops::{ControlOp, EwOp};
+use mlc_ir::ops::EwOp;
 use mlc_ir::{DType, Dim, Op, Tensor, TensorType};
 
 pub fn sym(s: &str) -> Dim {
@@ -22,8 +22,8 @@ pub fn policy() -> FoldPolicy {
     }
 }
 
-/// `ew.add` (same dtype, broadcasting through f64), `ew.relu`, `ew.cast`; `control.placeholder`
-/// returns its inputs. Anything else defers to the interpreter.
+/// `ew.add` (same dtype, broadcasting through f64: it rejects mixed dtypes, which the tests use
+/// to see evaluation fail), `ew.relu`, `ew.cast`. Anything else defers to the interpreter.
 pub fn tiny_eval(
     op: &Op,
     inputs: &[Option<&Tensor>],
@@ -58,7 +58,6 @@ pub fn tiny_eval(
             Ok(vec![Tensor::from_vec(a.shape(), v)?.cast(a.dtype())?])
         }
         Op::Ew(EwOp::Cast { to }) => Ok(vec![arg(0)?.cast(*to)?]),
-        Op::Control(ControlOp::Placeholder) => (0..inputs.len()).map(|i| arg(i).cloned()).collect(),
         _ => mlc_interp::eval_op(op, inputs, cx),
     }
 }

@@ -1,1 +1,10 @@
-//! placeholder
+//! mlc's runtime: what a deployed model needs at run time, and nothing of the compiler.
+//!
+//! Architecture invariant: this crate depends on no compiler crate (`mlc-ir`, `mlc-passes`,
+//! `mlc-onnx`) and on none of egg, cranelift-codegen, inkwell or melior, so that it ships small.
+//! It talks in raw little-endian bytes plus shapes and its own element-type enum; the compiler
+//! side converts. Today it holds the `.npy` reader/writer; compiled-artifact loading lands here.
+
+pub mod npy;
+
+pub use npy::{ElemType, NpyArray, NpyData, NpyError};

@@ -1,9 +1,8 @@
 //! Runs ONNX backend node tests (`model.onnx` + `test_data_set_*/{input,output}_*.pb`) through
 //! import and the reference interpreter, and compares with the expected outputs.
 //!
-//! Tolerance policy (one place): floats compare with `|a - e| <= atol + rtol * |e|`, rtol 1e-3 and
-//! atol 1e-7 as in ONNX's own backend test runner, f16/bf16 with rtol 1e-2 / atol 1e-3 (their
-//! precision); NaN matches NaN; integers, bools and strings compare exactly; shapes exactly.
+//! Floats compare element-wise within `crate::tolerance::node_test`; NaN matches NaN; integers,
+//! bools and strings compare exactly; shapes exactly.
 
 use mlc_ir::{DType, Tensor};
 use std::path::{Path, PathBuf};
@@ -108,11 +107,7 @@ pub fn compare(got: &Tensor, want: &Tensor) -> Result<(), String> {
     }
     let d = got.dtype();
     if d.is_float() {
-        let (rtol, atol) = if matches!(d, DType::F16 | DType::BF16) {
-            (1e-2, 1e-3)
-        } else {
-            (1e-3, 1e-7)
-        };
+        let (rtol, atol) = crate::tolerance::node_test(matches!(d, DType::F16 | DType::BF16));
         let a = got.to_f64_vec().map_err(|e| e.to_string())?;
         let b = want.to_f64_vec().map_err(|e| e.to_string())?;
         for (i, (x, y)) in a.iter().zip(&b).enumerate() {

@@ -283,6 +283,14 @@ impl NodeCx<'_> {
             n_outputs,
         };
         let out_types = op.infer(&cx)?;
+        if regions.is_empty()
+            && let Some(folded) = fold(&op, &types, &consts, &out_types)
+        {
+            return Ok(folded
+                .into_iter()
+                .map(|t| self.graph.add_constant(t))
+                .collect());
+        }
         let loc = (!self.name.is_empty()).then(|| self.name.to_string());
         Ok(self.graph.add_node(op, inputs, out_types, regions, loc))
     }
@@ -296,4 +304,71 @@ impl NodeCx<'_> {
         self.subgraphs
             .import_subgraph(self.graph, name, input_types)
     }
+}
+
+/// Folding at import: nodes whose inputs are all constants, and `Shape`/`Size` of values whose
+/// shape is static, become constants right away. Shape arithmetic (Shape -> Slice -> Concat ->
+/// Reshape) on static shapes thus reaches the ops that need its value (Reshape's rank comes from
+/// its shape input) already folded. Quantization ops are kept, so that the optimizer still sees
+/// which weights are quantized; big results are kept too, so that import never multiplies the
+/// size of a model.
+fn fold(
+    op: &Op,
+    types: &[Option<TensorType>],
+    consts: &[Option<&Tensor>],
+    out_types: &[TensorType],
+) -> Option<Vec<Tensor>> {
+    use mlc_ir::ops::MovementOp;
+    const MAX_ELEMENTS: usize = 1 << 20;
+    match op {
+        Op::Movement(MovementOp::Size) => {
+            let dims = types.first()?.as_ref()?.static_shape()?;
+            let n = i64::try_from(dims.iter().product::<usize>()).ok()?;
+            return Some(vec![Tensor::scalar(n).cast(out_types.first()?.dtype).ok()?]);
+        }
+        Op::Movement(MovementOp::Shape { start, end }) => {
+            let dims = types.first()?.as_ref()?.static_shape()?;
+            let end = (*end).min(dims.len());
+            let picked: Vec<i64> = dims[(*start).min(end)..end]
+                .iter()
+                .map(|&d| d as i64)
+                .collect();
+            let t = Tensor::from_vec(&[picked.len()], picked).ok()?;
+            return Some(vec![t.cast(out_types.first()?.dtype).ok()?]);
+        }
+        Op::Quant(_) | Op::Constant { .. } => return None,
+        _ => {}
+    }
+    let all_const = types
+        .iter()
+        .zip(consts)
+        .all(|(t, c)| t.is_none() || c.is_some());
+    if !all_const {
+        return None;
+    }
+    let small = |t: &TensorType| {
+        t.static_shape()
+            .is_some_and(|s| s.iter().product::<usize>() <= MAX_ELEMENTS)
+    };
+    if !out_types.iter().all(small) || consts.iter().flatten().any(|c| c.len() > MAX_ELEMENTS) {
+        return None;
+    }
+    let cx = mlc_interp::EvalCx {
+        regions: &[],
+        output_types: out_types,
+    };
+    let outs = mlc_interp::eval_op(op, consts, &cx).ok()?;
+    // Folding must not change types: a kernel whose result disagrees with inference is left
+    // for the interpreter to report at run time.
+    let same = outs.len() == out_types.len()
+        && outs.iter().zip(out_types).all(|(t, ty)| {
+            t.dtype() == ty.dtype
+                && t.rank() == ty.rank()
+                && ty
+                    .shape
+                    .iter()
+                    .zip(t.shape())
+                    .all(|(d, &n)| d.known().is_none_or(|k| k == n))
+        });
+    same.then_some(outs)
 }

@@ -172,10 +172,17 @@ pub(super) fn einsum(equation: &str, inputs: &[&Tensor]) -> Result<Tensor, EvalE
             seen[l] = true;
         }
     }
-    // Loop order: output labels first, then the summed ones.
+    if let Some(plan) = contraction_plan(&spec.inputs, &spec.output, inputs, &sizes) {
+        return with_acc!(first.dtype(), T => {
+            let (a, b) = (T::read(inputs[0]), T::read(inputs[1]));
+            let out = contract::<T>(&a, &b, &plan);
+            T::write(out, &plan.out_shape, first.dtype())
+        });
+    }
+    // General case, one loop over every label: output labels first, then the summed ones.
     let mut order: Vec<usize> = spec.output.clone();
-    for l in 0..spec.n_labels {
-        if seen[l] && !order.contains(&l) {
+    for (l, &used) in seen.iter().enumerate() {
+        if used && !order.contains(&l) {
             order.push(l);
         }
     }
@@ -216,6 +223,112 @@ pub(super) fn einsum(equation: &str, inputs: &[&Tensor]) -> Result<Tensor, EvalE
         });
         T::write(out, &out_shape, first.dtype())
     })
+}
+
+/// A two-operand einsum as one batched matmul: `a` permuted to `[batch, m, k]`, `b` to
+/// `[batch, k, n]`, the product permuted from `[batch, m, n]` to the output order.
+struct Contraction {
+    perm_a: Vec<usize>,
+    perm_b: Vec<usize>,
+    /// Output dim `i` is dim `perm_out[i]` of the `[batch, m, n]` product.
+    perm_out: Vec<usize>,
+    shape_a: Vec<usize>,
+    shape_b: Vec<usize>,
+    dims: [usize; 4],
+    out_shape: Vec<usize>,
+}
+
+/// Plans the matmul form of `a, b -> out` when it exists: no label repeats within a term, no
+/// label is summed inside one operand alone, and no dim broadcasts (size 1 against larger).
+/// Everything else takes the general loop.
+fn contraction_plan(
+    terms: &[Vec<usize>],
+    out: &[usize],
+    inputs: &[&Tensor],
+    sizes: &[usize],
+) -> Option<Contraction> {
+    let [ta, tb] = terms else { return None };
+    let distinct = |t: &[usize]| t.iter().enumerate().all(|(i, l)| !t[..i].contains(l));
+    if !distinct(ta) || !distinct(tb) || !distinct(out) {
+        return None;
+    }
+    let exact = |t: &[usize], x: &Tensor| t.iter().zip(x.shape()).all(|(&l, &d)| sizes[l] == d);
+    if !exact(ta, inputs[0]) || !exact(tb, inputs[1]) {
+        return None;
+    }
+    let (mut batch, mut m, mut n, mut k) = (vec![], vec![], vec![], vec![]);
+    for &l in ta {
+        match (tb.contains(&l), out.contains(&l)) {
+            (true, true) => batch.push(l),
+            (false, true) => m.push(l),
+            (true, false) => k.push(l),
+            (false, false) => return None,
+        }
+    }
+    for &l in tb {
+        match (ta.contains(&l), out.contains(&l)) {
+            (false, true) => n.push(l),
+            (false, false) => return None,
+            _ => {}
+        }
+    }
+    let pos = |t: &[usize], l: usize| t.iter().position(|&x| x == l).expect("label in term");
+    let perm = |t: &[usize], groups: &[&[usize]]| -> Vec<usize> {
+        groups
+            .iter()
+            .flat_map(|g| g.iter().map(|&l| pos(t, l)))
+            .collect()
+    };
+    let prod = |g: &[usize]| g.iter().map(|&l| sizes[l]).product::<usize>();
+    let mid: Vec<usize> = batch.iter().chain(&m).chain(&n).copied().collect();
+    Some(Contraction {
+        perm_a: perm(ta, &[&batch, &m, &k]),
+        perm_b: perm(tb, &[&batch, &k, &n]),
+        perm_out: out.iter().map(|&l| pos(&mid, l)).collect(),
+        shape_a: inputs[0].shape().to_vec(),
+        shape_b: inputs[1].shape().to_vec(),
+        dims: [prod(&batch), prod(&m), prod(&k), prod(&n)],
+        out_shape: out.iter().map(|&l| sizes[l]).collect(),
+    })
+}
+
+/// `data` of `shape` with its dims reordered so that result dim `i` is source dim `perm[i]`.
+fn permute<T: Copy>(data: &[T], shape: &[usize], perm: &[usize]) -> Vec<T> {
+    let st = strides_of(shape);
+    let dims: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
+    let pst: Vec<usize> = perm.iter().map(|&p| st[p]).collect();
+    let mut out = Vec::with_capacity(data.len());
+    for_each_index(&dims, |idx| {
+        out.push(data[idx.iter().zip(&pst).map(|(i, s)| i * s).sum::<usize>()]);
+    });
+    out
+}
+
+fn contract<T: Acc>(a: &[T], b: &[T], p: &Contraction) -> Vec<T> {
+    let a = permute(a, &p.shape_a, &p.perm_a);
+    let b = permute(b, &p.shape_b, &p.perm_b);
+    let [bt, m, k, n] = p.dims;
+    let mut prod = vec![T::default(); bt * m * n];
+    for i in 0..bt {
+        let c = &mut prod[i * m * n..(i + 1) * m * n];
+        T::gemm(
+            m,
+            n,
+            k,
+            (&a[i * m * k..(i + 1) * m * k], k, 1),
+            (&b[i * k * n..(i + 1) * k * n], n, 1),
+            c,
+        );
+    }
+    // The product's dims in label terms: batch..., m..., n... with their sizes.
+    let mid_shape: Vec<usize> = {
+        let mut v = vec![0; p.perm_out.len()];
+        for (i, &src) in p.perm_out.iter().enumerate() {
+            v[src] = p.out_shape[i];
+        }
+        v
+    };
+    permute(&prod, &mid_shape, &p.perm_out)
 }
 
 #[cfg(test)]
@@ -302,6 +415,15 @@ mod tests {
             vals(&einsum("ij,jk", &[&a, &b]).unwrap()),
             vec![10., 13., 28., 40.]
         );
+        // The matmul path: batch, transposed operand, and an output permutation.
+        let p = t(&[2, 3, 4], iota(24));
+        let q = t(&[2, 5, 4], iota(40));
+        let fast = vals(&einsum("bij,bkj->kbi", &[&p, &q]).unwrap());
+        // The same contraction with a size-1 broadcast takes the general loop.
+        let q1 = t(&[2, 5, 4], iota(40));
+        let slow = vals(&einsum("bij,bkj,z->kbi", &[&p, &q1, &t(&[1], vec![1.0])]).unwrap());
+        assert_eq!(fast, slow);
+        assert_eq!(fast[..3], [14., 38., 62.]);
         let x = t(&[2, 2, 2], iota(8));
         let y = einsum("...ii->...i", &[&x]).unwrap();
         assert_eq!(vals(&y), vec![0., 3., 4., 7.]);

@@ -10,7 +10,7 @@ use mlc_ir::ops::NnOp;
 pub(super) fn eval(
     op: &NnOp,
     inputs: &[Option<&Tensor>],
-    _cx: &EvalCx,
+    cx: &EvalCx,
 ) -> Result<Vec<Tensor>, EvalError> {
     let x = req(inputs, 0)?;
     let dt = x.dtype();
@@ -43,11 +43,14 @@ pub(super) fn eval(
                 let (y, mean, inv) = layer_norm::<F>(&xv, shape, *axis, *epsilon, req(inputs, 1)?, inputs.get(2).copied().flatten(), false)?;
                 let mut stat_shape = shape[..*axis].to_vec();
                 stat_shape.resize(shape.len(), 1);
-                Ok(vec![
-                    F::write(y, shape, dt)?,
-                    F::write(mean, &stat_shape, *stat_dtype)?,
-                    F::write(inv, &stat_shape, *stat_dtype)?,
-                ])
+                let mut out = vec![F::write(y, shape, dt)?];
+                if cx.n_outputs() > 1 {
+                    out.push(F::write(mean, &stat_shape, *stat_dtype)?);
+                }
+                if cx.n_outputs() > 2 {
+                    out.push(F::write(inv, &stat_shape, *stat_dtype)?);
+                }
+                Ok(out)
             }
             NnOp::RmsNorm { axis, epsilon } => {
                 let (y, _, _) = layer_norm::<F>(&xv, shape, *axis, *epsilon, req(inputs, 1)?, None, true)?;
@@ -166,6 +169,9 @@ fn grouped_norm<F: Float>(
     bias: &[F],
 ) -> Vec<F> {
     let c = shape[1];
+    if c == 0 || groups == 0 {
+        return x.to_vec();
+    }
     let inner: usize = shape[2..].iter().product();
     let block = c / groups * inner;
     let eps = F::from_f64(epsilon as f64);

@@ -87,10 +87,10 @@ fn pool<F: Float>(
     let mut outs = vec![];
     let mut pb = vec![];
     let mut pe = vec![];
-    for i in 0..k {
+    for (i, &input) in ins.iter().enumerate() {
         let (o, b, e) = window_dim(
             w.auto_pad,
-            ins[i],
+            input,
             w.kernel[i],
             w.strides[i],
             w.dilations[i],

@@ -336,6 +336,10 @@ pub(super) fn grid_sample(op: &NnOp, x: &Tensor, grid: &Tensor) -> Result<Vec<Te
             "grid_sample input {xs:?} and grid {gs:?} do not fit"
         )));
     }
+    // Empty spatial dims have nothing to sample from (an empty grid is fine).
+    if xs[2..].contains(&0) && !gs[1..gs.len() - 1].contains(&0) {
+        return Err(invalid("grid_sample cannot sample an empty input"));
+    }
     with_float!(grid.dtype(), F => {
         let xv = f64::read(x);
         let gv = F::read(grid);

@@ -15,6 +15,12 @@ use crate::DType;
 use crate::shape::{Dim, Shape, TensorType, broadcast_shapes};
 use serde::{Deserialize, Serialize};
 
+mod einsum;
+mod geometry;
+
+pub use einsum::{EinsumSpec, parse_einsum};
+pub use geometry::{conv_transpose_dim, resize_scaled_dim, resize_sizes, window_dim};
+
 /// How a window op derives its padding (ONNX `auto_pad`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -267,56 +273,6 @@ fn check_len(name: &'static str, v: &[impl Sized], n: usize) -> Result<(), Infer
     Ok(())
 }
 
-/// Output size and `(begin, end)` pads of one spatial dim of a conv or pooling window.
-///
-/// `pads` are the explicit pads (used only with `AutoPad::NotSet`). SAME modes give
-/// `ceil(in / stride)` outputs with the total pad `max(0, (out-1)*stride + dilated_k - in)`
-/// split as ONNX says; `ceil_mode` rounds up but drops a last window that would start in the
-/// end padding (ONNX reference and ORT agree on this).
-pub fn window_dim(
-    auto_pad: AutoPad,
-    input: usize,
-    kernel: usize,
-    stride: usize,
-    dilation: usize,
-    pads: (usize, usize),
-    ceil_mode: bool,
-) -> Result<(usize, usize, usize), String> {
-    if stride == 0 || dilation == 0 || kernel == 0 {
-        return Err("kernel, strides and dilations must be positive".into());
-    }
-    let span = dilation * (kernel - 1) + 1;
-    let (pb, pe) = match auto_pad {
-        AutoPad::NotSet => pads,
-        AutoPad::Valid => (0, 0),
-        AutoPad::SameUpper | AutoPad::SameLower => {
-            let out = input.div_ceil(stride);
-            let total = ((out.max(1) - 1) * stride + span).saturating_sub(input);
-            let small = total / 2;
-            if auto_pad == AutoPad::SameUpper {
-                (small, total - small)
-            } else {
-                (total - small, small)
-            }
-        }
-    };
-    let padded = input + pb + pe;
-    if padded < span {
-        return Err(format!(
-            "window of {span} does not fit in padded input of {padded}"
-        ));
-    }
-    let mut out = if ceil_mode {
-        (padded - span).div_ceil(stride) + 1
-    } else {
-        (padded - span) / stride + 1
-    };
-    if ceil_mode && out > 1 && (out - 1) * stride >= input + pb {
-        out -= 1;
-    }
-    Ok((out, pb, pe))
-}
-
 /// Spatial output dims of a window op; unknown input dims give unknown output dims.
 fn window_shape(
     spatial: &[Dim],
@@ -355,216 +311,6 @@ fn window_shape(
         }
     }
     Ok(out)
-}
-
-/// Output size and signed `(begin, end)` crop of one spatial dim of a transposed convolution,
-/// following the ONNX reference: `output_shape` or a SAME `auto_pad` (whose default output is
-/// `in * stride`) fixes the output size, and the total crop is split with the extra element at
-/// the end for SAME_UPPER and at the start otherwise. Without them the explicit pads apply.
-pub fn conv_transpose_dim(
-    input: usize,
-    kernel: usize,
-    stride: usize,
-    dilation: usize,
-    output_padding: usize,
-    pads: (i64, i64),
-    auto_pad: AutoPad,
-    output_shape: Option<usize>,
-) -> Result<(usize, i64, i64), String> {
-    if stride == 0 || dilation == 0 || kernel == 0 {
-        return Err("kernel, strides and dilations must be positive".into());
-    }
-    let full =
-        (stride * input.saturating_sub(1) + output_padding + dilation * (kernel - 1) + 1) as i64;
-    let same = matches!(auto_pad, AutoPad::SameUpper | AutoPad::SameLower);
-    if same {
-        let out = output_shape.unwrap_or(input * stride) as i64;
-        let total = full - out;
-        let small = total.div_euclid(2);
-        let (pb, pe) = if auto_pad == AutoPad::SameUpper {
-            (small, total - small)
-        } else {
-            (total - small, small)
-        };
-        return Ok((out as usize, pb, pe));
-    }
-    let (pb, pe) = if auto_pad == AutoPad::Valid {
-        (0, 0)
-    } else {
-        pads
-    };
-    match output_shape {
-        // The reference keeps the given begin pad and sizes the output as asked.
-        Some(out) => Ok((out, pb, full - pb - out as i64)),
-        None => {
-            let out = full - pb - pe;
-            if out < 0 {
-                return Err(format!("pads {pb}+{pe} exceed the full output size {full}"));
-            }
-            Ok((out as usize, pb, pe))
-        }
-    }
-}
-
-/// One operand's labels in a parsed einsum equation: each entry is a label index.
-#[derive(Clone, Debug, PartialEq)]
-pub struct EinsumSpec {
-    /// For each input, the label of each of its dims.
-    pub inputs: Vec<Vec<usize>>,
-    /// The label of each output dim.
-    pub output: Vec<usize>,
-    /// Number of distinct labels (letters plus ellipsis dims).
-    pub n_labels: usize,
-}
-
-/// Parses an einsum equation for inputs of the given ranks. Ellipsis dims become labels of
-/// their own, right-aligned across operands so that they broadcast as numpy does; in implicit
-/// mode the output is the ellipsis dims followed by the letters used once, alphabetically.
-pub fn parse_einsum(equation: &str, ranks: &[usize]) -> Result<EinsumSpec, String> {
-    let eq: String = equation.chars().filter(|c| !c.is_whitespace()).collect();
-    let (lhs, rhs) = match eq.split_once("->") {
-        Some((l, r)) => (l, Some(r)),
-        None => (eq.as_str(), None),
-    };
-    let terms: Vec<&str> = lhs.split(',').collect();
-    if terms.len() != ranks.len() {
-        return Err(format!(
-            "equation {equation:?} has {} operands, {} given",
-            terms.len(),
-            ranks.len()
-        ));
-    }
-    // Letters get label ids 0..52; ellipsis dims come after.
-    let letter = |c: char| -> Result<usize, String> {
-        match c {
-            'a'..='z' => Ok(c as usize - 'a' as usize),
-            'A'..='Z' => Ok(26 + c as usize - 'A' as usize),
-            _ => Err(format!("bad character {c:?} in einsum equation")),
-        }
-    };
-    let split_term = |t: &str| -> Result<(Vec<usize>, Option<usize>), String> {
-        // Returns the letter labels and the position of the ellipsis among them.
-        let mut labels = vec![];
-        let mut ell = None;
-        let mut rest = t;
-        while !rest.is_empty() {
-            if let Some(r) = rest.strip_prefix("...") {
-                if ell.is_some() {
-                    return Err("more than one ellipsis in a term".into());
-                }
-                ell = Some(labels.len());
-                rest = r;
-            } else {
-                let c = rest.chars().next().expect("non-empty");
-                labels.push(letter(c)?);
-                rest = &rest[c.len_utf8()..];
-            }
-        }
-        Ok((labels, ell))
-    };
-    let mut parsed = vec![];
-    let mut ell_rank = 0usize;
-    for (t, &r) in terms.iter().zip(ranks) {
-        let (labels, ell) = split_term(t)?;
-        if ell.is_some() {
-            if r < labels.len() {
-                return Err(format!("term {t:?} has more labels than the rank {r}"));
-            }
-            ell_rank = ell_rank.max(r - labels.len());
-        } else if r != labels.len() {
-            return Err(format!("term {t:?} does not match an operand of rank {r}"));
-        }
-        parsed.push((labels, ell));
-    }
-    let ell_label = |i: usize| 52 + i;
-    let expand = |labels: &[usize], ell: Option<usize>, r: usize| -> Vec<usize> {
-        match ell {
-            None => labels.to_vec(),
-            Some(p) => {
-                let e = r - labels.len();
-                let mut v = labels[..p].to_vec();
-                v.extend((ell_rank - e..ell_rank).map(ell_label));
-                v.extend_from_slice(&labels[p..]);
-                v
-            }
-        }
-    };
-    let inputs: Vec<Vec<usize>> = parsed
-        .iter()
-        .zip(ranks)
-        .map(|((l, e), &r)| expand(l, *e, r))
-        .collect();
-    let output = match rhs {
-        Some(r) => {
-            let (labels, ell) = split_term(r)?;
-            let out = match ell {
-                None => labels,
-                Some(p) => {
-                    let mut v = labels[..p].to_vec();
-                    v.extend((0..ell_rank).map(ell_label));
-                    v.extend_from_slice(&labels[p..]);
-                    v
-                }
-            };
-            for l in &out {
-                if *l < 52 && !inputs.iter().any(|i| i.contains(l)) {
-                    return Err(format!("output label {l} does not appear in the inputs"));
-                }
-            }
-            out
-        }
-        None => {
-            let mut counts = [0usize; 52];
-            for i in &inputs {
-                for &l in i {
-                    if l < 52 {
-                        counts[l] += 1;
-                    }
-                }
-            }
-            let mut v: Vec<usize> = (0..ell_rank).map(ell_label).collect();
-            // Alphabetical: numpy orders uppercase before lowercase.
-            let order = (26..52).chain(0..26);
-            v.extend(order.filter(|&l| counts[l] == 1));
-            v
-        }
-    };
-    Ok(EinsumSpec {
-        inputs,
-        output,
-        n_labels: 52 + ell_rank,
-    })
-}
-
-/// The output size of one resized dim from its scale (`floor(in * scale)`, as the ONNX
-/// reference computes it in double precision).
-pub fn resize_scaled_dim(input: usize, scale: f32) -> usize {
-    (input as f64 * scale as f64).floor().max(0.0) as usize
-}
-
-/// Resolves `sizes` under an aspect policy: returns the per-axis `(scale, out)` for the given
-/// input sizes of the resized axes.
-pub fn resize_sizes(input: &[usize], sizes: &[usize], policy: AspectPolicy) -> Vec<(f64, usize)> {
-    let raw: Vec<f64> = input
-        .iter()
-        .zip(sizes)
-        .map(|(&i, &o)| o as f64 / i as f64)
-        .collect();
-    match policy {
-        AspectPolicy::Stretch => raw.into_iter().zip(sizes).map(|(s, &o)| (s, o)).collect(),
-        AspectPolicy::NotLarger | AspectPolicy::NotSmaller => {
-            let pick = if policy == AspectPolicy::NotLarger {
-                f64::min
-            } else {
-                f64::max
-            };
-            let s = raw.iter().copied().reduce(pick).unwrap_or(1.0);
-            input
-                .iter()
-                .map(|&i| (s, (s * i as f64 + 0.5) as usize))
-                .collect()
-        }
-    }
 }
 
 fn matmul_shape(a: &TensorType, b: &TensorType) -> Result<Shape, InferError> {
@@ -1025,44 +771,6 @@ mod tests {
     }
 
     #[test]
-    fn window_geometry() {
-        // ceil_mode: 4 + 0 - 3 = 1, /2 -> ceil 1 + 1 = 2 windows.
-        assert_eq!(
-            window_dim(AutoPad::NotSet, 4, 3, 2, 1, (0, 0), true).unwrap(),
-            (2, 0, 0)
-        );
-        assert_eq!(
-            window_dim(AutoPad::NotSet, 4, 3, 2, 1, (0, 0), false).unwrap(),
-            (1, 0, 0)
-        );
-        // The last window would start in the end padding: dropped.
-        assert_eq!(
-            window_dim(AutoPad::NotSet, 5, 2, 2, 1, (0, 1), true).unwrap(),
-            (3, 0, 1)
-        );
-        assert_eq!(
-            window_dim(AutoPad::NotSet, 4, 1, 2, 1, (0, 1), true).unwrap(),
-            (2, 0, 1)
-        );
-        assert_eq!(
-            window_dim(AutoPad::SameUpper, 5, 3, 2, 1, (9, 9), false).unwrap(),
-            (3, 1, 1)
-        );
-        assert_eq!(
-            window_dim(AutoPad::SameUpper, 4, 2, 1, 1, (0, 0), false).unwrap(),
-            (4, 0, 1)
-        );
-        assert_eq!(
-            window_dim(AutoPad::SameLower, 4, 2, 1, 1, (0, 0), false).unwrap(),
-            (4, 1, 0)
-        );
-        assert_eq!(
-            window_dim(AutoPad::Valid, 7, 3, 2, 1, (1, 1), false).unwrap(),
-            (3, 0, 0)
-        );
-    }
-
-    #[test]
     fn conv_shapes() {
         let op = NnOp::Conv {
             strides: vec![2, 2],
@@ -1087,12 +795,7 @@ mod tests {
     }
 
     #[test]
-    fn einsum_parse() {
-        let s = parse_einsum("...ij,...jk", &[3, 2]).unwrap();
-        assert_eq!(s.inputs, vec![vec![52, 8, 9], vec![9, 10]]);
-        assert_eq!(s.output, vec![52, 8, 10]);
-        let s = parse_einsum("ii->i", &[2]).unwrap();
-        assert_eq!(s.output, vec![8]);
+    fn einsum_shapes() {
         let out = infer(
             NnOp::Einsum {
                 equation: "bij,bjk->bik".into(),
@@ -1101,5 +804,112 @@ mod tests {
             1,
         );
         assert_eq!(out.unwrap()[0], f32s(&[2, 3, 5]));
+    }
+
+    #[test]
+    fn symbolic_pool_and_resize() {
+        let x = TensorType::new(
+            DType::F32,
+            vec![
+                Dim::Sym("n".into()),
+                Dim::Known(3),
+                Dim::Unknown,
+                Dim::Known(9),
+            ],
+        );
+        let window = Window {
+            kernel: vec![3, 3],
+            strides: vec![2, 2],
+            dilations: vec![1, 1],
+            pads: vec![0; 4],
+            auto_pad: AutoPad::NotSet,
+            ceil_mode: true,
+        };
+        let op = NnOp::MaxPool {
+            window,
+            storage_order_col_major: false,
+        };
+        let out = infer(op, vec![x.clone()], 2).unwrap();
+        let want = vec![
+            Dim::Sym("n".into()),
+            Dim::Known(3),
+            Dim::Unknown,
+            Dim::Known(4),
+        ];
+        assert_eq!(out[0], TensorType::new(DType::F32, want.clone()));
+        assert_eq!(out[1], TensorType::new(DType::I64, want));
+        let op = NnOp::Resize {
+            mode: ResizeMode::Nearest,
+            coord_mode: CoordMode::HalfPixel,
+            nearest_mode: NearestMode::RoundPreferFloor,
+            cubic_coeff_a: -0.75,
+            exclude_outside: false,
+            extrapolation_value: 0.0,
+            antialias: false,
+            axes: vec![2, 3],
+            aspect_policy: AspectPolicy::Stretch,
+            roi: None,
+            scales: Some(vec![1.0, 1.5]),
+            sizes: None,
+        };
+        let out = infer(op, vec![x], 1).unwrap();
+        let want = vec![
+            Dim::Sym("n".into()),
+            Dim::Known(3),
+            Dim::Unknown,
+            Dim::Known(13),
+        ];
+        assert_eq!(out[0], TensorType::new(DType::F32, want));
+    }
+
+    #[test]
+    fn attributes_round_trip_through_json() {
+        let window = Window {
+            kernel: vec![2],
+            strides: vec![1],
+            dilations: vec![1],
+            pads: vec![0, 1],
+            auto_pad: AutoPad::SameLower,
+            ceil_mode: false,
+        };
+        let ops = [
+            (NnOp::Matmul, "nn.matmul"),
+            (
+                NnOp::AvgPool {
+                    window: window.clone(),
+                    count_include_pad: true,
+                },
+                "nn.avg_pool",
+            ),
+            (
+                NnOp::MaxPool {
+                    window,
+                    storage_order_col_major: true,
+                },
+                "nn.max_pool",
+            ),
+            (
+                NnOp::LayerNorm {
+                    axis: 2,
+                    epsilon: 1e-5,
+                    stat_dtype: DType::F32,
+                },
+                "nn.layer_norm",
+            ),
+            (
+                NnOp::GridSample {
+                    mode: ResizeMode::Cubic,
+                    padding: GridPadding::Reflection,
+                    align_corners: true,
+                },
+                "nn.grid_sample",
+            ),
+        ];
+        for (op, name) in ops {
+            let op = crate::Op::Nn(op);
+            assert_eq!(op.name(), name);
+            let json = serde_json::to_value(&op).unwrap();
+            assert_eq!(serde_json::from_value::<crate::Op>(json).unwrap(), op);
+        }
     }
 }

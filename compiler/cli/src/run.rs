@@ -1,0 +1,321 @@
+//! `mlc run`: import a model, bind its inputs from files, run the reference interpreter and
+//! write one `.npy` file per output.
+//!
+//! Everything that can be checked before running is checked first (unknown, duplicate and
+//! missing inputs; input dtypes and shapes, including symbolic dims shared between inputs), and
+//! outputs are written only after all of them are computed, atomically, so a failed run leaves
+//! the output directory as it was.
+
+use crate::tensor_io;
+use anyhow::{Context, anyhow, bail};
+use mlc_ir::{Dim, Graph, Tensor, TensorType};
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The ONNX model (.onnx; external data is read from beside it).
+    pub model: PathBuf,
+    /// A graph input and the file holding its value: a NumPy .npy file or an ONNX TensorProto
+    /// .pb file. Give one per graph input; the name ends at the first '='.
+    #[arg(short, long = "input", value_name = "NAME=FILE", value_parser = parse_input)]
+    pub inputs: Vec<(String, PathBuf)>,
+    /// Where to write <output>.npy for every graph output: the output's name with each character
+    /// outside [A-Za-z0-9._-] replaced by '_' (and _2, _3, ... appended should two names then
+    /// collide). Created if missing.
+    #[arg(short, long, value_name = "DIR", default_value = ".")]
+    pub output_dir: PathBuf,
+    /// Print how long each phase took (import, simplify, interpret, write) on stderr.
+    #[arg(long)]
+    pub time_passes: bool,
+}
+
+fn parse_input(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((name, file)) if !name.is_empty() && !file.is_empty() => {
+            Ok((name.to_string(), PathBuf::from(file)))
+        }
+        _ => Err(format!("expected NAME=FILE, got {s:?}")),
+    }
+}
+
+pub fn main(args: &Args) -> anyhow::Result<()> {
+    let mut timer = PhaseTimer::new(args.time_passes);
+    tensor_io::check_output_dir(&args.output_dir)?;
+    check_duplicates(&args.inputs)?;
+
+    let mut model = mlc_onnx::load(&args.model)?;
+    timer.done("import");
+    let graph = &mut model.graph;
+    let model_name = args.model.display().to_string();
+
+    check_names(graph, &args.inputs, &model_name)?;
+    // The first unreadable file stops the run: inputs can be big, and the error names it.
+    let mut inputs: Vec<(String, Tensor)> = Vec::with_capacity(args.inputs.len());
+    for (name, file) in &args.inputs {
+        let t = tensor_io::read_tensor(file).with_context(|| format!("input {name:?}"))?;
+        inputs.push((name.clone(), t));
+    }
+    check_fit(graph, &inputs, &args.inputs)?;
+    timer.done("read inputs");
+
+    let bindings: Vec<(String, Vec<usize>)> = inputs
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shape().to_vec()))
+        .collect();
+    simplify(graph, &bindings, &mut timer)?;
+
+    let outputs =
+        mlc_interp::run(graph, &inputs).map_err(|e| anyhow!("running {model_name} failed: {e}"))?;
+    timer.done("interpret");
+    if outputs.len() != graph.outputs.len() {
+        bail!(
+            "the interpreter returned {} outputs for {} graph outputs",
+            outputs.len(),
+            graph.outputs.len()
+        );
+    }
+
+    let names: Vec<&str> = graph.outputs.iter().map(|p| p.name.as_str()).collect();
+    let files = tensor_io::output_file_names(&names);
+    let mut contents = Vec::with_capacity(outputs.len());
+    let mut summary = String::new();
+    for ((name, file), t) in names.iter().zip(&files).zip(&outputs) {
+        let (arr, note) =
+            tensor_io::tensor_to_npy(t).with_context(|| format!("output {name:?}"))?;
+        let shape = TensorType::fixed(t.dtype(), t.shape());
+        let _ = write!(
+            summary,
+            "{name}: {shape} -> {}",
+            args.output_dir.join(file).display()
+        );
+        if let Some(note) = note {
+            let _ = write!(summary, " ({note})");
+        }
+        summary.push('\n');
+        contents.push((file.clone(), arr.to_bytes()));
+    }
+    tensor_io::write_all_atomically(&args.output_dir, &contents)?;
+    timer.done("write outputs");
+    crate::print_stdout(&summary)
+}
+
+/// Binds the input shapes and simplifies the graph (constant folding, shape propagation, dead
+/// code), so the interpreter does not recompute in-graph shape arithmetic. Simplification only
+/// removes work: the results are the same. Its report goes to stderr under `--time-passes`.
+fn simplify(
+    graph: &mut Graph,
+    bindings: &[(String, Vec<usize>)],
+    timer: &mut PhaseTimer,
+) -> anyhow::Result<()> {
+    let stats = mlc_passes::simplify(graph, bindings).context("simplifying the graph failed")?;
+    timer.done("simplify");
+    if timer.on {
+        eprintln!("simplify: {stats}");
+    }
+    Ok(())
+}
+
+fn check_duplicates(given: &[(String, PathBuf)]) -> anyhow::Result<()> {
+    for (i, (name, _)) in given.iter().enumerate() {
+        if given[..i].iter().any(|(n, _)| n == name) {
+            bail!("input {name:?} is given more than once");
+        }
+    }
+    Ok(())
+}
+
+/// Every given name must be a graph input, and every graph input must be given.
+fn check_names(graph: &Graph, given: &[(String, PathBuf)], model: &str) -> anyhow::Result<()> {
+    let declared = || {
+        graph
+            .inputs
+            .iter()
+            .map(|p| format!("{:?} ({})", p.name, graph.ty(p.value)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let unknown: Vec<String> = given
+        .iter()
+        .filter(|(n, _)| !graph.inputs.iter().any(|p| &p.name == n))
+        .map(|(n, _)| format!("{n:?}"))
+        .collect();
+    if !unknown.is_empty() {
+        bail!(
+            "{model} has no input named {}; its inputs are: {}",
+            unknown.join(", "),
+            declared()
+        );
+    }
+    let missing: Vec<String> = graph
+        .inputs
+        .iter()
+        .filter(|p| !given.iter().any(|(n, _)| n == &p.name))
+        .map(|p| format!("{:?} ({})", p.name, graph.ty(p.value)))
+        .collect();
+    if !missing.is_empty() {
+        let s = if missing.len() == 1 { "" } else { "s" };
+        bail!(
+            "missing input{s} {} for {model}: give each graph input with --input NAME=FILE (.npy or .pb)",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Each input's dtype, rank and known dims must match its declared type, and a symbolic dim
+/// (`batch`) must have one size across all inputs.
+fn check_fit(
+    graph: &Graph,
+    inputs: &[(String, Tensor)],
+    files: &[(String, PathBuf)],
+) -> anyhow::Result<()> {
+    let mut symbols: HashMap<&str, (usize, &str)> = HashMap::new();
+    for ((name, t), (_, file)) in inputs.iter().zip(files) {
+        let port = graph
+            .inputs
+            .iter()
+            .find(|p| &p.name == name)
+            .context("input names were checked")?;
+        let ty = graph.ty(port.value);
+        let mismatch = |why: String| {
+            anyhow!(
+                "input {name:?} does not fit the model: expected {ty}, given {} from {} ({why})",
+                TensorType::fixed(t.dtype(), t.shape()),
+                file.display()
+            )
+        };
+        if t.dtype() != ty.dtype {
+            return Err(mismatch(format!("dtype {} is not {}", t.dtype(), ty.dtype)));
+        }
+        if t.rank() != ty.rank() {
+            return Err(mismatch(format!("rank {} is not {}", t.rank(), ty.rank())));
+        }
+        for (axis, (d, &n)) in ty.shape.iter().zip(t.shape()).enumerate() {
+            match d {
+                Dim::Known(k) if *k != n => {
+                    return Err(mismatch(format!("dimension {axis} is {n}, not {k}")));
+                }
+                Dim::Sym(s) => match symbols.get(s.as_str()) {
+                    Some(&(m, other)) if m != n => {
+                        return Err(mismatch(format!(
+                            "dimension {axis} is {s} = {n}, but input {other:?} has {s} = {m}"
+                        )));
+                    }
+                    Some(_) => {}
+                    None => {
+                        symbols.insert(s, (n, name));
+                    }
+                },
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Phase timings for `--time-passes`, printed on stderr as each phase ends.
+#[derive(Debug)]
+struct PhaseTimer {
+    on: bool,
+    last: Instant,
+}
+
+impl PhaseTimer {
+    fn new(on: bool) -> Self {
+        PhaseTimer {
+            on,
+            last: Instant::now(),
+        }
+    }
+
+    fn done(&mut self, phase: &str) {
+        let now = Instant::now();
+        if self.on {
+            eprintln!(
+                "time: {:>10.3} ms  {phase}",
+                (now - self.last).as_secs_f64() * 1e3
+            );
+        }
+        self.last = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mlc_ir::DType;
+
+    fn graph() -> Graph {
+        let mut g = Graph::new();
+        let sym = |s: &str| Dim::Sym(s.into());
+        g.add_input(
+            "a",
+            TensorType::new(DType::F32, vec![sym("batch"), Dim::Known(3)]),
+        );
+        g.add_input("b", TensorType::new(DType::I64, vec![sym("batch")]));
+        g
+    }
+
+    fn given(names: &[&str]) -> Vec<(String, PathBuf)> {
+        names
+            .iter()
+            .map(|n| (n.to_string(), PathBuf::from(format!("{n}.npy"))))
+            .collect()
+    }
+
+    #[test]
+    fn parses_input_bindings() {
+        assert_eq!(
+            parse_input("x=a=b.npy").unwrap(),
+            ("x".to_string(), PathBuf::from("a=b.npy"))
+        );
+        assert!(parse_input("x").is_err());
+        assert!(parse_input("=f.npy").is_err());
+        assert!(parse_input("x=").is_err());
+    }
+
+    #[test]
+    fn names_are_checked() {
+        let g = graph();
+        let err = check_names(&g, &given(&["a"]), "m.onnx")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing input \"b\" (i64[batch])"), "{err}");
+        let err = check_names(&g, &given(&["a", "b", "c"]), "m.onnx")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no input named \"c\""), "{err}");
+        assert!(check_names(&g, &given(&["b", "a"]), "m.onnx").is_ok());
+        assert!(check_duplicates(&given(&["a", "a"])).is_err());
+    }
+
+    #[test]
+    fn fit_is_checked() {
+        let g = graph();
+        let files = given(&["a", "b"]);
+        let a = |n: usize| Tensor::zeros(DType::F32, &[n, 3]);
+        let b = |n: usize| Tensor::zeros(DType::I64, &[n]);
+        let fit = |x: Tensor, y: Tensor| {
+            check_fit(&g, &[("a".into(), x), ("b".into(), y)], &files).map_err(|e| e.to_string())
+        };
+        assert!(fit(a(2), b(2)).is_ok());
+        let err = fit(a(2), b(3)).unwrap_err();
+        assert!(
+            err.contains("input \"b\" does not fit the model: expected i64[batch], given i64[3]"),
+            "{err}"
+        );
+        assert!(err.contains("input \"a\" has batch = 2"), "{err}");
+        let err = fit(Tensor::zeros(DType::F64, &[2, 3]), b(2)).unwrap_err();
+        assert!(
+            err.contains("expected f32[batch,3], given f64[2,3] from a.npy (dtype f64 is not f32)"),
+            "{err}"
+        );
+        let err = fit(Tensor::zeros(DType::F32, &[2, 4]), b(2)).unwrap_err();
+        assert!(err.contains("dimension 1 is 4, not 3"), "{err}");
+        let err = fit(Tensor::zeros(DType::F32, &[2]), b(2)).unwrap_err();
+        assert!(err.contains("rank 1 is not 2"), "{err}");
+    }
+}

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Everything CI checks: formatting, clippy, and all tests, including the development models
+# against ONNX Runtime. Installs what is missing first and fetches the model corpus into
+# models-dev/ (pinned and checksummed by ../shared/models/fetch.sh; kept between runs).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$ROOT"
+start=$SECONDS
+
+ensure_system_packages
+ensure_rust
+ensure_venv
+
+MODELS="$ROOT/models-dev"
+SHARED="$(shared_models_dir)"
+# The corpus is rebuilt only when the scripts that make it change.
+stamp="$(cat "$SHARED/fetch.sh" "$SHARED/gen_node_tests.py" "$SHARED/peers.py" | sha256sum | cut -c1-16)"
+if [ "$(cat "$MODELS/.mlc-stamp" 2>/dev/null)" != "$stamp" ]; then
+  step "fetching the development models and ONNX node tests into models-dev/"
+  rm -rf "$MODELS"
+  bash "$SHARED/fetch.sh" "$MODELS" --no-torch --node-tests
+  step "saving ONNX Runtime reference outputs into models-dev/ref/"
+  "${MODELS_VENVS:-$HOME/.cache/mlc-models}/venv/bin/python" "$SHARED/peers.py" "$MODELS" \
+    --save-ref "$MODELS/ref" --no-tract --threads 1 --runs 1 --warmup 1
+  echo "$stamp" > "$MODELS/.mlc-stamp"
+fi
+export MLC_MODELS_DIR="$MODELS"
+
+step "cargo fmt --check"
+cargo fmt --all --check
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+# The integration tests run the `mlc` binary, which `cargo test` does not build for another
+# package's tests. `--all-targets` resolves features as the test build does (dev-dependencies
+# included), so `cargo test` below reuses every artifact instead of rebuilding the deps.
+step "cargo build --workspace --all-targets"
+cargo build --workspace --all-targets
+step "cargo test --workspace"
+cargo test --workspace
+
+step "all checks passed in $((SECONDS - start)) s"

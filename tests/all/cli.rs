@@ -1,0 +1,391 @@
+//! The `mlc` binary end to end: a good run, then every kind of bad input.
+//!
+//! Each bad case asserts a clean failure (exit status 1, one `error:` paragraph naming the
+//! problem, no panic) and that the output directory got no file.
+
+use mlc_runtime::npy::{ElemType, NpyArray};
+use mlc_tests::onnx::{self, Attr, D, elem};
+use mlc_tests::{TempDir, mlc, read_npy_f64};
+use std::path::{Path, PathBuf};
+
+/// `y = Relu(x)` for `x: f32[N,3]`, with an output name that needs sanitizing.
+fn relu_model() -> Vec<u8> {
+    onnx::model(
+        17,
+        &[onnx::node("Relu", "relu_0", &["x"], &["out/0:y"], &[])],
+        &[onnx::value("x", elem::FLOAT, &[D::S("N"), D::N(3)])],
+        &[onnx::value("out/0:y", elem::FLOAT, &[D::S("N"), D::N(3)])],
+        &[],
+    )
+}
+
+/// `s = x + z` for two `f32[2]` inputs.
+fn add_model() -> Vec<u8> {
+    onnx::model(
+        17,
+        &[onnx::node("Add", "add_0", &["x", "z"], &["s"], &[])],
+        &[
+            onnx::value("x", elem::FLOAT, &[D::N(2)]),
+            onnx::value("z", elem::FLOAT, &[D::N(2)]),
+        ],
+        &[onnx::value("s", elem::FLOAT, &[D::N(2)])],
+        &[],
+    )
+}
+
+/// One Transpose node with the given attributes, on `x: f32[2,3]`.
+fn transpose_model(attrs: &[Attr]) -> Vec<u8> {
+    onnx::model(
+        17,
+        &[onnx::node(
+            "Transpose",
+            "bad_transpose",
+            &["x"],
+            &["y"],
+            attrs,
+        )],
+        &[onnx::value("x", elem::FLOAT, &[D::N(2), D::N(3)])],
+        &[onnx::value("y", elem::FLOAT, &[D::N(3), D::N(2)])],
+        &[],
+    )
+}
+
+fn npy_f32(shape: &[usize], v: &[f32]) -> Vec<u8> {
+    let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    NpyArray::from_le_bytes(ElemType::F32, shape.to_vec(), bytes)
+        .expect("data fills the shape")
+        .to_bytes()
+}
+
+/// A scratch directory holding the given files, and an `out` directory path that does not exist.
+struct Case {
+    dir: TempDir,
+}
+
+impl Case {
+    fn new(tag: &str, files: &[(&str, &[u8])]) -> Case {
+        let dir = TempDir::new(tag);
+        for (name, bytes) in files {
+            std::fs::write(dir.join(name), bytes).expect("temp files are writable");
+        }
+        Case { dir }
+    }
+
+    fn p(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn out(&self) -> PathBuf {
+        self.dir.join("out")
+    }
+
+    /// `mlc run MODEL --input ... --output-dir out`, from inside the case directory.
+    fn run(&self, model: &str, inputs: &[&str]) -> mlc_tests::Run {
+        let mut args: Vec<String> = vec!["run".into(), self.p(model).display().to_string()];
+        for i in inputs {
+            args.push("--input".into());
+            let (name, file) = i.split_once('=').expect("NAME=FILE");
+            args.push(format!("{name}={}", self.p(file).display()));
+        }
+        args.push("--output-dir".into());
+        args.push(self.out().display().to_string());
+        let refs: Vec<&dyn AsRef<std::ffi::OsStr>> = args.iter().map(|a| a as _).collect();
+        mlc(&refs)
+    }
+
+    fn inspect(&self, model: &str, json: bool) -> mlc_tests::Run {
+        let m = self.p(model);
+        if json {
+            mlc(&[&"inspect", &m, &"--json"])
+        } else {
+            mlc(&[&"inspect", &m])
+        }
+    }
+
+    fn assert_no_outputs(&self) {
+        let out = self.out();
+        let left: Vec<_> = std::fs::read_dir(&out)
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(
+            left.is_empty(),
+            "a failed run left files in {}: {left:?}",
+            out.display()
+        );
+    }
+}
+
+fn xorshift_bytes(seed: u64, n: usize) -> Vec<u8> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 24) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn run_writes_sanitized_outputs() {
+    let c = Case::new(
+        "run-ok",
+        &[
+            ("m.onnx", &relu_model()),
+            ("x.npy", &npy_f32(&[2, 3], &[-1., 2., -3., 4., 0., 6.])),
+        ],
+    );
+    let r = c.run("m.onnx", &["x=x.npy"]);
+    r.assert_success();
+    assert!(
+        r.stdout.contains("out/0:y"),
+        "the summary names the output: {}",
+        r.stdout
+    );
+    let files: Vec<_> = std::fs::read_dir(c.out())
+        .expect("out exists")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        files,
+        ["out_0_y.npy"],
+        "exactly one output file, sanitized, no temporary left"
+    );
+    let (shape, v) = read_npy_f64(&c.out().join("out_0_y.npy")).expect("mlc writes valid .npy");
+    assert_eq!(shape, [2, 3]);
+    assert_eq!(v, Some(vec![0., 2., 0., 4., 0., 6.]));
+}
+
+#[test]
+fn run_reads_tensorproto_inputs_and_defaults_to_cwd() {
+    let raw: Vec<u8> = [1f32, 2., 3., -4., 5., -6.]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    let pb = onnx::tensor_raw("x", elem::FLOAT, &[2, 3], &raw).0;
+    let c = Case::new("run-pb", &[("m.onnx", &relu_model()), ("x.pb", &pb)]);
+    let r = mlc_tests::mlc_in(c.dir.path(), &[&"run", &"m.onnx", &"--input", &"x=x.pb"]);
+    r.assert_success();
+    let (_, v) = read_npy_f64(&c.p("out_0_y.npy")).expect("output in the current directory");
+    assert_eq!(v, Some(vec![1., 2., 3., 0., 5., 0.]));
+}
+
+#[test]
+fn inspect_describes_the_model() {
+    let c = Case::new("inspect", &[("m.onnx", &relu_model())]);
+    let r = c.inspect("m.onnx", false);
+    r.assert_success();
+    for needle in ["Relu", "x", "out/0:y", "f32", "unsupported ops: none"] {
+        assert!(
+            r.stdout.contains(needle),
+            "inspect should mention {needle:?}:\n{}",
+            r.stdout
+        );
+    }
+    let r = c.inspect("m.onnx", true);
+    r.assert_success();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("--json prints JSON");
+    assert_eq!(v["inputs"][0]["name"], "x", "{v}");
+    assert_eq!(v["inputs"][0]["dtype"], "f32", "{v}");
+    assert_eq!(
+        v["inputs"][0]["shape"],
+        serde_json::json!(["N", "3"]),
+        "{v}"
+    );
+    assert_eq!(v["outputs"][0]["name"], "out/0:y", "{v}");
+    assert_eq!(v["ops"]["Relu"], 1, "{v}");
+    assert_eq!(v["unsupported"], serde_json::json!([]), "{v}");
+}
+
+#[test]
+fn unsupported_ops_are_all_listed_with_their_nodes() {
+    let m = onnx::model(
+        17,
+        &[
+            onnx::node("NoSuchOp", "mystery_1", &["x"], &["a"], &[]),
+            onnx::node("NoSuchOp", "mystery_2", &["a"], &["b"], &[]),
+            onnx::node("AlsoMissing", "mystery_3", &["b"], &["y"], &[]),
+        ],
+        &[onnx::value("x", elem::FLOAT, &[D::N(2)])],
+        &[onnx::value("y", elem::FLOAT, &[D::N(2)])],
+        &[],
+    );
+    let c = Case::new(
+        "unsupported",
+        &[("m.onnx", &m), ("x.npy", &npy_f32(&[2], &[1., 2.]))],
+    );
+    let needles = [
+        "NoSuchOp",
+        "mystery_1",
+        "mystery_2",
+        "AlsoMissing",
+        "mystery_3",
+    ];
+    // inspect succeeds and lists them; run fails and names them all at once.
+    let r = c.inspect("m.onnx", false);
+    r.assert_success();
+    for n in needles {
+        assert!(
+            r.stdout.contains(n),
+            "inspect should list {n}:\n{}",
+            r.stdout
+        );
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&c.inspect("m.onnx", true).stdout).expect("JSON");
+    let listed: Vec<(String, Vec<String>)> = v["unsupported"]
+        .as_array()
+        .expect("an array of unsupported ops")
+        .iter()
+        .map(|u| {
+            let nodes = u["nodes"].as_array().into_iter().flatten();
+            (
+                u["op"].as_str().unwrap_or("").to_string(),
+                nodes
+                    .map(|n| n.as_str().unwrap_or("").to_string())
+                    .collect(),
+            )
+        })
+        .collect();
+    assert!(
+        listed.contains(&(
+            "NoSuchOp".into(),
+            vec!["mystery_1".into(), "mystery_2".into()]
+        )),
+        "{v}"
+    );
+    assert!(
+        listed.contains(&("AlsoMissing".into(), vec!["mystery_3".into()])),
+        "{v}"
+    );
+    c.run("m.onnx", &["x=x.npy"]).assert_error(&needles);
+    c.assert_no_outputs();
+}
+
+#[test]
+fn truncated_and_random_models_fail_cleanly() {
+    let good = relu_model();
+    let x = npy_f32(&[2, 3], &[0.; 6]);
+    let mut cases: Vec<Vec<u8>> = vec![good[..good.len() / 2].to_vec(), good[..7].to_vec(), vec![]];
+    cases.extend((1..=4).map(|seed| xorshift_bytes(seed, 64 << seed)));
+    for (i, bytes) in cases.iter().enumerate() {
+        let c = Case::new("bad-model", &[("bad.onnx", bytes), ("x.npy", &x)]);
+        c.run("bad.onnx", &["x=x.npy"]).assert_error(&["bad.onnx"]);
+        c.assert_no_outputs();
+        let r = c.inspect("bad.onnx", false);
+        assert_ne!(
+            r.code,
+            Some(0),
+            "case {i}: inspect of a broken model must fail"
+        );
+        r.assert_error(&["bad.onnx"]);
+    }
+    let c = Case::new("no-model", &[]);
+    c.run("absent.onnx", &[]).assert_error(&["absent.onnx"]);
+}
+
+#[test]
+fn bad_attributes_name_the_node() {
+    let x = npy_f32(&[2, 3], &[0.; 6]);
+    for attrs in [
+        vec![Attr::Ints("perm", vec![0, 0])],
+        vec![Attr::Str("perm", "1,0")],
+    ] {
+        let c = Case::new(
+            "bad-attr",
+            &[("m.onnx", &transpose_model(&attrs)), ("x.npy", &x)],
+        );
+        c.run("m.onnx", &["x=x.npy"])
+            .assert_error(&["bad_transpose", "perm"]);
+        c.assert_no_outputs();
+    }
+}
+
+#[test]
+fn input_errors_name_the_input() {
+    let x = npy_f32(&[2], &[1., 2.]);
+    let f64_bytes: Vec<u8> = [1f64, 2.].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let x64 = NpyArray::from_le_bytes(ElemType::F64, vec![2], f64_bytes)
+        .expect("fills")
+        .to_bytes();
+    let x3 = npy_f32(&[3], &[1., 2., 3.]);
+    let c = Case::new(
+        "bad-input",
+        &[
+            ("m.onnx", &add_model()),
+            ("x.npy", &x),
+            ("x64.npy", &x64),
+            ("x3.npy", &x3),
+            ("trunc.npy", &x[..x.len() - 3]),
+            ("random.npy", &xorshift_bytes(7, 300)),
+            ("random.pb", &xorshift_bytes(9, 300)),
+        ],
+    );
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["x=x.npy"], &["missing input", "\"z\""]),
+        (
+            &["x=x.npy", "z=x.npy", "q=x.npy"],
+            &["no input named \"q\"", "\"z\""],
+        ),
+        (
+            &["x=x.npy", "x=x.npy", "z=x.npy"],
+            &["\"x\"", "more than once"],
+        ),
+        (
+            &["x=x.npy", "z=x64.npy"],
+            &["input \"z\"", "expected f32[2]", "given f64[2]", "x64.npy"],
+        ),
+        (
+            &["x=x3.npy", "z=x.npy"],
+            &["input \"x\"", "expected f32[2]", "given f32[3]", "x3.npy"],
+        ),
+        (
+            &["x=x.npy", "z=trunc.npy"],
+            &["input \"z\"", "trunc.npy", ".npy"],
+        ),
+        (
+            &["x=random.npy", "z=x.npy"],
+            &["input \"x\"", "random.npy", "not a .npy file"],
+        ),
+        (&["x=x.npy", "z=random.pb"], &["input \"z\"", "random.pb"]),
+        (&["x=x.npy", "z=absent.npy"], &["input \"z\"", "absent.npy"]),
+    ];
+    for (inputs, needles) in cases {
+        c.run("m.onnx", inputs).assert_error(needles);
+        c.assert_no_outputs();
+    }
+    // The good case works, so the failures above are the inputs' fault.
+    c.run("m.onnx", &["x=x.npy", "z=x.npy"]).assert_success();
+}
+
+#[test]
+fn output_dir_that_is_a_file_is_refused() {
+    let c = Case::new(
+        "out-file",
+        &[
+            ("m.onnx", &relu_model()),
+            ("x.npy", &npy_f32(&[1, 3], &[1., 2., 3.])),
+        ],
+    );
+    std::fs::write(c.out(), b"not a dir").expect("writable");
+    c.run("m.onnx", &["x=x.npy"])
+        .assert_error(&["not a directory"]);
+}
+
+#[test]
+fn usage_errors_exit_with_2() {
+    let r = mlc(&[&"run"]);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    let r = mlc(&[&"run", &Path::new("m.onnx"), &"--input", &"no-equals-sign"]);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains("NAME=FILE"), "{}", r.stderr);
+    let r = mlc(&[&"--help"]);
+    assert_eq!(r.code, Some(0));
+    assert!(
+        r.stdout.contains("inspect") && r.stdout.contains("run"),
+        "{}",
+        r.stdout
+    );
+}

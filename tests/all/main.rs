@@ -1,0 +1,13 @@
+//! mlc's integration tests, one binary: each area is a module under `tests/all/`.
+//!
+//! - `arch`: architecture invariants (which crate may depend on which), from `cargo metadata`.
+//! - `cli`: the `mlc` binary on good and bad inputs: clean one-paragraph errors, exit status,
+//!   no output file left behind.
+//! - `dev_models`: the development models against ONNX Runtime's reference outputs.
+//!
+//! Tests that run `mlc` need the binary built first: `cargo build -p mlc-cli` (see
+//! `mlc_tests::mlc_bin`).
+
+mod arch;
+mod cli;
+mod dev_models;
