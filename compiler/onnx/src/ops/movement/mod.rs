@@ -15,7 +15,7 @@ use crate::cx::{NodeCx, NodeError, Registry};
 use mlc_ir::ops::MovementOp as M;
 use mlc_ir::ops::movement::{
     DepthToSpaceMode, PadMode, Scalar, ScatterReduction, SymInt, constant_of_shape_shape,
-    expand_shape, range_len, reshape_shape, tile_shape,
+    expand_shape, range_len, reshape_shape, slice_shape, tile_shape,
 };
 use mlc_ir::{DType, Dim, Op, Shape, Tensor, ValueId};
 
@@ -286,6 +286,10 @@ fn slice(cx: &mut NodeCx) -> Res {
             }
         }
     }
+    // The operands as far as they are known symbolically, to refine the output type when
+    // some stay dynamic (a slice of a position table up to `seq` has length `seq`).
+    let syms: Vec<Option<Vec<SymInt>>> = (1..=4).map(|i| sym_value(cx, i)).collect();
+    let dynamic = inputs.iter().skip(1).any(Option::is_some);
     let mut it = attrs.into_iter();
     let mut next = || it.next().flatten();
     let op = M::Slice {
@@ -294,7 +298,20 @@ fn slice(cx: &mut NodeCx) -> Res {
         axes: next(),
         steps: next(),
     };
-    Ok(vec![emit(cx, op, inputs)?])
+    let out = emit(cx, op, inputs)?;
+    if dynamic && let [Some(s), Some(e), a, st] = syms.as_slice() {
+        let axes: Option<Vec<i64>> = match a {
+            Some(a) => a.iter().map(SymInt::int).collect(),
+            None => Some((0..s.len() as i64).collect()),
+        };
+        let steps = st.clone().unwrap_or_else(|| vec![SymInt::Int(1); s.len()]);
+        if let Some(axes) = axes
+            && let Ok(shape) = slice_shape(&cx.ty(x).shape.clone(), s, e, &axes, &steps)
+        {
+            refine(cx, out, shape);
+        }
+    }
+    Ok(vec![out])
 }
 
 /// The axes operand of Squeeze/Unsqueeze: the attribute before opset 13, input 1 after.

@@ -21,7 +21,7 @@ mod tests;
 use shapes::{DimProduct, add_dims, offset_dim, sym_ints, unify};
 pub use shapes::{
     SymInt, constant_of_shape_shape, expand_shape, range_len, reshape_shape, slice_range,
-    split_sizes, tile_shape,
+    slice_shape, split_sizes, tile_shape,
 };
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -406,26 +406,8 @@ impl MovementOp {
                 let mut shape = x.shape.clone();
                 match (&starts_v, &ends_v, &axes_v, &steps_v) {
                     (Some(s), Some(e), Some(a), Some(st)) => {
-                        if s.len() != a.len() || e.len() != a.len() || st.len() != a.len() {
-                            return Err(InferError::Shape(
-                                "slice starts/ends/axes/steps differ in length".into(),
-                            ));
-                        }
-                        for i in 0..a.len() {
-                            let ax = norm_axis(a[i], rank)?;
-                            if st[i] == 0 {
-                                return Err(InferError::Shape("slice step 0".into()));
-                            }
-                            shape[ax] = match &x.shape[ax] {
-                                Dim::Known(n) => {
-                                    Dim::Known(slice_range(*n as i64, s[i], e[i], st[i]).1 as usize)
-                                }
-                                d if s[i] == 0 && e[i] >= i32::MAX as i64 && st[i] == 1 => {
-                                    d.clone()
-                                }
-                                _ => Dim::Unknown,
-                            };
-                        }
+                        let int = |v: &[i64]| v.iter().map(|&x| SymInt::Int(x)).collect::<Vec<_>>();
+                        shape = slice_shape(&x.shape, &int(s), &int(e), a, &int(st))?;
                     }
                     (_, _, Some(a), _) => {
                         for &ax in a {

@@ -240,6 +240,58 @@ pub(super) fn offset_dim(d: &Dim, delta: i64) -> Result<Dim, InferError> {
     })
 }
 
+/// Slice ends at least this large mean "to the end" (exporters write `INT_MAX`, `INT64_MAX`
+/// or `1e9`), so slicing a symbolic dim with them keeps the symbol.
+const TO_END: i64 = 1_000_000_000;
+
+/// The length of one sliced axis of dim `d`, when it is decidable.
+fn slice_dim(d: &Dim, start: &SymInt, end: &SymInt, step: &SymInt) -> Dim {
+    use SymInt::Int;
+    match (d, start, end, step) {
+        (Dim::Known(n), Int(s), Int(e), Int(st)) => {
+            Dim::Known(slice_range(*n as i64, *s, *e, *st).1 as usize)
+        }
+        // The whole axis, forwards or backwards.
+        (_, Int(0), Int(e), Int(1)) if *e >= TO_END => d.clone(),
+        (_, Int(s), Int(e), Int(-1)) if *s == -1 || *s >= TO_END => {
+            if *e <= -TO_END {
+                d.clone()
+            } else {
+                Dim::Unknown
+            }
+        }
+        // A prefix of symbolic length: assumed to fit the axis, as exporters intend when they
+        // slice a table (positions, masks) to the sequence length.
+        (_, Int(0), SymInt::Sym(e), Int(1)) => Dim::Sym(e.clone()),
+        _ => Dim::Unknown,
+    }
+}
+
+/// The output shape of slicing `input` (`axes` may be negative).
+pub fn slice_shape(
+    input: &[Dim],
+    starts: &[SymInt],
+    ends: &[SymInt],
+    axes: &[i64],
+    steps: &[SymInt],
+) -> Result<Shape, InferError> {
+    let n = axes.len();
+    if starts.len() != n || ends.len() != n || steps.len() != n {
+        return Err(InferError::Shape(
+            "slice starts/ends/axes/steps differ in length".into(),
+        ));
+    }
+    let mut shape = input.to_vec();
+    for i in 0..n {
+        let ax = crate::ops::norm_axis(axes[i], input.len())?;
+        if steps[i] == SymInt::Int(0) {
+            return Err(InferError::Shape("slice step 0".into()));
+        }
+        shape[ax] = slice_dim(&input[ax], &starts[i], &ends[i], &steps[i]);
+    }
+    Ok(shape)
+}
+
 /// Resolves one slice axis of length `n`: the start and the number of elements taken.
 /// Follows numpy: bounds are clamped to the valid range for the step's direction.
 pub fn slice_range(n: i64, start: i64, end: i64, step: i64) -> (i64, i64) {
