@@ -154,3 +154,23 @@ fn ops_print_as_snake_case_json() {
         r#"{"constant_of_shape":{"shape":[2],"dtype":"f32","value":{"float":1.0}}}"#
     );
 }
+
+#[test]
+fn slices_keep_symbols_where_the_bounds_allow() {
+    let x = [sym("batch"), Dim::Known(512), sym("seq")];
+    let int = SymInt::Int;
+    // Whole-axis bounds as exporters write them keep the symbol; a prefix up to a symbolic end
+    // has that length; anything else on a symbolic dim is unknown.
+    let out = slice_shape(
+        &x,
+        &[int(0), int(0), int(1)],
+        &[int(1_000_000_000), SymInt::Sym("seq".into()), int(i64::MAX)],
+        &[0, 1, -1],
+        &[int(1), int(1), int(1)],
+    )
+    .unwrap();
+    assert_eq!(out, vec![sym("batch"), sym("seq"), Dim::Unknown]);
+    let out = slice_shape(&x, &[int(-1)], &[int(i64::MIN)], &[0], &[int(-1)]).unwrap();
+    assert_eq!(out[0], sym("batch"));
+    assert!(slice_shape(&x, &[int(0)], &[int(1)], &[0], &[int(0)]).is_err());
+}
