@@ -16,26 +16,44 @@ fn node_tests_in_manifest_pass() {
         dir.display()
     );
     let manifest_path = mlc_tests::repo_root().join("tests/node_manifest.txt");
-    let manifest = std::fs::read_to_string(&manifest_path).expect("tests/node_manifest.txt is committed");
-    let listed: Vec<&str> = manifest.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
-    let missing: Vec<&&str> = listed.iter().filter(|t| !available.iter().any(|a| a == *t)).collect();
-    assert!(missing.is_empty(), "manifest names tests that do not exist: {missing:?}");
+    let manifest =
+        std::fs::read_to_string(&manifest_path).expect("tests/node_manifest.txt is committed");
+    let listed: Vec<&str> = manifest
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let missing: Vec<&&str> = listed
+        .iter()
+        .filter(|t| !available.iter().any(|a| a == *t))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "manifest names tests that do not exist: {missing:?}"
+    );
 
     let failures = Mutex::new(Vec::new());
     let next = Mutex::new(0usize);
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     std::thread::scope(|s| {
         for _ in 0..workers {
-            s.spawn(|| loop {
-                let i = {
-                    let mut n = next.lock().expect("no poisoning: workers do not panic while holding it");
-                    let i = *n;
-                    *n += 1;
-                    i
-                };
-                let Some(t) = listed.get(i) else { break };
-                if let Err(e) = run_test_catching(&dir.join(t)) {
-                    failures.lock().expect("not poisoned").push(format!("{t}: {e}"));
+            s.spawn(|| {
+                loop {
+                    let i = {
+                        let mut n = next
+                            .lock()
+                            .expect("no poisoning: workers do not panic while holding it");
+                        let i = *n;
+                        *n += 1;
+                        i
+                    };
+                    let Some(t) = listed.get(i) else { break };
+                    if let Err(e) = run_test_catching(&dir.join(t)) {
+                        failures
+                            .lock()
+                            .expect("not poisoned")
+                            .push(format!("{t}: {e}"));
+                    }
                 }
             });
         }
@@ -48,5 +66,10 @@ fn node_tests_in_manifest_pass() {
         failures.len(),
         available.len()
     );
-    assert!(failures.is_empty(), "{} manifest tests failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} manifest tests failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

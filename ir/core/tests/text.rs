@@ -487,7 +487,10 @@ fn check_err(src: &str, expect: &str) {
 fn check_err_prefix(src: &str, expect: &str) {
     match parse_graph(src) {
         Ok(g) => panic!("parsed, expected error {expect}:\n{g}"),
-        Err(e) => assert!(e.to_string().starts_with(expect), "{e} does not start with {expect}"),
+        Err(e) => assert!(
+            e.to_string().starts_with(expect),
+            "{e} does not start with {expect}"
+        ),
     }
 }
 

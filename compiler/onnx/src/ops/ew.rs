@@ -215,7 +215,7 @@ fn clip(cx: &mut NodeCx) -> Result<Vec<ValueId>, NodeError> {
     if lo.is_none() && hi.is_none() {
         return Ok(vec![x]);
     }
-    Ok(cx.emit(Op::Ew(EwOp::Clip), vec![Some(x), lo, hi], 1)?)
+    cx.emit(Op::Ew(EwOp::Clip), vec![Some(x), lo, hi], 1)
 }
 
 fn cast(cx: &mut NodeCx, to: DType) -> Result<Vec<ValueId>, NodeError> {
