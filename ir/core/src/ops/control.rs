@@ -49,6 +49,11 @@ pub enum ControlOp {
         /// Per scan output: stack the slices in reverse order of iteration.
         output_reverse: Vec<bool>,
     },
+    /// A composite (fused) node: region 0 is its body, which takes the node's inputs and
+    /// yields its outputs. Passes build these to express fused kernels; `kind` names what the
+    /// fusion recognized (for example `"conv_relu"`), for backends and `--explain`. The
+    /// interpreter runs the body, so a fused graph stays executable by the oracle.
+    Composite { kind: String },
 }
 
 /// The most precise type that covers both: dims that differ become unknown.
@@ -121,6 +126,27 @@ fn scalar_of(cx: &InferCx, i: usize, ok: fn(DType) -> bool, what: &str) -> Resul
 impl ControlOp {
     pub fn infer(&self, cx: &InferCx) -> Result<Vec<TensorType>, InferError> {
         match self {
+            ControlOp::Composite { .. } => {
+                let body = cx.regions.first().ok_or_else(|| {
+                    InferError::Other("a composite node needs its body region".into())
+                })?;
+                cx.arity(body.inputs.len(), body.inputs.len())?;
+                for (i, port) in body.inputs.iter().enumerate() {
+                    let (got, want) = (cx.input(i)?, body.ty(port.value));
+                    if got.dtype != want.dtype || got.rank() != want.rank() {
+                        return Err(InferError::DType {
+                            index: i,
+                            expected: want.to_string(),
+                            found: got.dtype,
+                        });
+                    }
+                }
+                Ok(body
+                    .outputs
+                    .iter()
+                    .map(|p| body.ty(p.value).clone())
+                    .collect())
+            }
             ControlOp::If {
                 then_captures,
                 else_captures,

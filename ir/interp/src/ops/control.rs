@@ -33,6 +33,11 @@ pub fn eval(
             }
         }
         ControlOp::Loop { carried, captures } => run_loop(*carried, *captures, inputs, cx),
+        ControlOp::Composite { .. } => checked(
+            cx.run_region(0, owned(inputs, 0, inputs.len())?)?,
+            cx.n_outputs(),
+            "composite body",
+        ),
         ControlOp::Scan {
             states,
             captures,
@@ -231,6 +236,48 @@ mod tests {
             });
         }
         g
+    }
+
+    #[test]
+    fn composite_runs_its_body_and_infers_from_it() {
+        use mlc_ir::ops::EwOp;
+        let t = TensorType::fixed(DType::F32, &[2]);
+        let body = region(&[t.clone(), t.clone()], |g, ins| {
+            let sum = g.add_node(
+                mlc_ir::Op::Ew(EwOp::Add),
+                vec![Some(ins[0]), Some(ins[1])],
+                vec![t.clone()],
+                vec![],
+                None,
+            );
+            g.add_node(
+                mlc_ir::Op::Ew(EwOp::Relu),
+                vec![Some(sum[0])],
+                vec![t.clone()],
+                vec![],
+                None,
+            )
+        });
+        let op = ControlOp::Composite {
+            kind: "add_relu".into(),
+        };
+        let regions = [body];
+        let in_types = [Some(t.clone()), Some(t.clone())];
+        let icx = mlc_ir::InferCx {
+            inputs: &in_types,
+            consts: &[None, None],
+            regions: &regions,
+            n_outputs: 1,
+        };
+        assert_eq!(op.infer(&icx).unwrap(), vec![t.clone()]);
+        let types = [t];
+        let cx = EvalCx {
+            regions: &regions,
+            output_types: &types,
+        };
+        let (a, b) = (f32s(&[2], vec![1.0, -3.0]), f32s(&[2], vec![0.5, 1.0]));
+        let out = eval(&op, &[Some(&a), Some(&b)], &cx).unwrap();
+        assert_eq!(out, vec![f32s(&[2], vec![1.5, 0.0])]);
     }
 
     #[test]
