@@ -24,6 +24,16 @@ pub fn dtype_of(code: i32) -> Result<DType, String> {
         Some(D::UINT64) => DType::U64,
         Some(D::BOOL) => DType::Bool,
         Some(D::STRING) => DType::Str,
+        Some(D::FLOAT8E4M3FN) => DType::F8E4M3FN,
+        Some(D::FLOAT8E4M3FNUZ) => DType::F8E4M3FNUZ,
+        Some(D::FLOAT8E5M2) => DType::F8E5M2,
+        Some(D::FLOAT8E5M2FNUZ) => DType::F8E5M2FNUZ,
+        Some(D::FLOAT8E8M0) => DType::F8E8M0,
+        Some(D::FLOAT4E2M1) => DType::F4E2M1,
+        Some(D::INT4) => DType::I4,
+        Some(D::UINT4) => DType::U4,
+        Some(D::INT2) => DType::I2,
+        Some(D::UINT2) => DType::U2,
         Some(other) => return Err(format!("element type {other:?}")),
         None => return Err(format!("unknown element type code {code}")),
     })
@@ -61,6 +71,12 @@ pub fn decode(t: &TensorProto, base_dir: Option<&Path>) -> Result<Tensor, String
             return Err("string tensors cannot use raw_data".into());
         }
         return Tensor::from_le_bytes(dtype, &shape, raw).map_err(|e| e.to_string());
+    }
+    if dtype.is_storage_only() {
+        // int32_data holds one byte per entry: a float8 code per element, or for the sub-byte
+        // types the packed bytes of `raw_data` (numpy_helper.to_array).
+        let bytes: Vec<u8> = t.int32_data.iter().map(|&x| x as u8).collect();
+        return Tensor::from_le_bytes(dtype, &shape, &bytes).map_err(|e| e.to_string());
     }
     let check = |len: usize| {
         if len == n {

@@ -273,6 +273,24 @@ macro_rules! small_float {
                 write!(f, "{:?}", self.to_f64())
             }
         }
+
+        /// By value (so sorting data movement, like `Unique`, orders numerically), consistent
+        /// with `==` on codes: a code equals itself (NaNs included), -0 sorts before +0, and
+        /// different NaN codes are unordered.
+        impl PartialOrd for $name {
+            fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+                if self.0 == other.0 {
+                    return Some(std::cmp::Ordering::Equal);
+                }
+                let (a, b) = (self.to_f64(), other.to_f64());
+                match a.partial_cmp(&b)? {
+                    std::cmp::Ordering::Equal => {
+                        Some(b.is_sign_negative().cmp(&a.is_sign_negative()))
+                    }
+                    o => Some(o),
+                }
+            }
+        }
     )*};
 }
 

@@ -10,7 +10,7 @@
 use crate::{EvalCx, EvalError, invalid};
 use mlc_ir::ops::EwOp;
 use mlc_ir::ops::ew::GeluApprox;
-use mlc_ir::{DType, Elem, NumElem, Tensor, dispatch_all, dispatch_num};
+use mlc_ir::{CastMode, DType, Elem, NumElem, Tensor, dispatch_all, dispatch_num};
 use ndarray::{ArrayD, IxDyn};
 use std::cmp::Ordering;
 
@@ -125,6 +125,7 @@ fn build(dtype: DType, shape: &[usize], v: Vec<Num>) -> Result<Tensor, EvalError
         DType::U64 => go::<u64>(shape, v),
         DType::Bool => go::<bool>(shape, v),
         DType::Str => Err(invalid("a numeric op cannot produce strings")),
+        d => Err(invalid(format!("a numeric op cannot produce {d}"))),
     }
 }
 
@@ -623,6 +624,17 @@ pub fn eval(op: &EwOp, inputs: &[Option<&Tensor>], _cx: &EvalCx) -> Result<Vec<T
             r
         }
         EwOp::Cast { to } => x.cast(*to)?,
+        EwOp::CastF8 {
+            to,
+            saturate,
+            round,
+        } => x.cast_with(
+            *to,
+            CastMode {
+                saturate: *saturate,
+                round: *round,
+            },
+        )?,
         EwOp::BitCast { to } => Tensor::from_le_bytes(*to, x.shape(), &x.to_le_bytes()?)?,
         _ => return Err(EvalError::Unsupported(format!("ew op {op:?}"))),
     }])
