@@ -198,3 +198,31 @@ fn read_external(t: &TensorProto, base_dir: Option<&Path>) -> Result<Vec<u8>, St
     }
     Ok(data[start..end].to_vec())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proto(code: tensor_proto::DataType, dims: &[i64], int32_data: &[i32]) -> TensorProto {
+        let mut t = TensorProto::new();
+        t.set_data_type(code as i32);
+        t.dims = dims.to_vec();
+        t.int32_data = int32_data.to_vec();
+        t
+    }
+
+    #[test]
+    fn storage_types_from_int32_data() {
+        use tensor_proto::DataType as D;
+        // Sub-byte types: packed bytes, first element in the low bits, odd counts padded.
+        let t = decode(&proto(D::INT4, &[3], &[0x2f, 0x08]), None).unwrap();
+        assert_eq!(t.to_i64_vec().unwrap(), [-1, 2, -8]);
+        let t = decode(&proto(D::UINT2, &[5], &[0b11_00_10_01, 0b01]), None).unwrap();
+        assert_eq!(t.to_i64_vec().unwrap(), [1, 2, 0, 3, 1]);
+        assert!(decode(&proto(D::UINT4, &[3], &[0x21]), None).is_err());
+        // float8: one code per entry.
+        let t = decode(&proto(D::FLOAT8E4M3FN, &[2], &[0x3c, 0xc0]), None).unwrap();
+        assert_eq!(t.dtype(), DType::F8E4M3FN);
+        assert_eq!(t.to_f64_vec().unwrap(), [1.5, -2.0]);
+    }
+}

@@ -215,7 +215,7 @@ fn clip(cx: &mut NodeCx) -> Result<Vec<ValueId>, NodeError> {
     if lo.is_none() && hi.is_none() {
         return Ok(vec![x]);
     }
-    Ok(cx.emit(Op::Ew(EwOp::Clip), vec![Some(x), lo, hi], 1)?)
+    cx.emit(Op::Ew(EwOp::Clip), vec![Some(x), lo, hi], 1)
 }
 
 /// `Cast`/`CastLike` to `to`, with their float8 options `saturate` (opset 19+, default 1) and
@@ -234,7 +234,11 @@ fn cast(cx: &mut NodeCx, to: DType) -> Result<Vec<ValueId>, NodeError> {
     };
     let float8 = to.is_small_float() && to != DType::F4E2M1;
     let op = if float8 && (!saturate || round != RoundMode::Up) {
-        EwOp::CastF8 { to, saturate, round }
+        EwOp::CastF8 {
+            to,
+            saturate,
+            round,
+        }
     } else {
         EwOp::Cast { to }
     };

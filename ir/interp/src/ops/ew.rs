@@ -764,6 +764,33 @@ mod tests {
     }
 
     #[test]
+    fn cast_f8_options() {
+        use mlc_ir::RoundMode;
+        use mlc_ir::lowbit::{F8E5M2, F8E8M0};
+        let x = t(&[3], vec![1e6f32, -1e6, 3.0]);
+        let op = |saturate| EwOp::CastF8 {
+            to: DType::F8E5M2,
+            saturate,
+            round: RoundMode::Up,
+        };
+        let codes = |v: [u8; 3]| t(&[3], v.map(F8E5M2).to_vec());
+        assert_eq!(run(op(false), &[&x]), codes([0x7c, 0xfc, 0x42]));
+        assert_eq!(run(op(true), &[&x]), codes([0x7b, 0xfb, 0x42]));
+        // 3.0 rounds to 2 (down) or 4 (up, nearest); the sign is dropped.
+        let e8 = |round| EwOp::CastF8 {
+            to: DType::F8E8M0,
+            saturate: true,
+            round,
+        };
+        let codes = |v: [u8; 3]| t(&[3], v.map(F8E8M0).to_vec());
+        assert_eq!(run(e8(RoundMode::Down), &[&x]), codes([0x92, 0x92, 0x80]));
+        assert_eq!(
+            run(e8(RoundMode::Nearest), &[&x]),
+            codes([0x93, 0x93, 0x81])
+        );
+    }
+
+    #[test]
     fn pow_mixed_types_and_wide_ints() {
         let b = t(&[3], vec![2i64, 3, 1 << 31]);
         let e = t(&[3], vec![2.0f32, 0.5, 2.0]);

@@ -285,7 +285,12 @@ struct Quant {
     saturate: bool,
 }
 
-fn quantize(x: &Tensor, scale: &Tensor, zp: Option<&Tensor>, q: Quant) -> Result<Tensor, EvalError> {
+fn quantize(
+    x: &Tensor,
+    scale: &Tensor,
+    zp: Option<&Tensor>,
+    q: Quant,
+) -> Result<Tensor, EvalError> {
     let Quant {
         axis,
         block_size,
@@ -306,9 +311,10 @@ fn quantize(x: &Tensor, scale: &Tensor, zp: Option<&Tensor>, q: Quant) -> Result
     let xs = x.to_f64_vec()?;
     if to.is_small_float() {
         // The reference converts the quotient as `Cast` does; only f4e2m1 adds its zero point.
+        // (Adding a zero point of 0 is not a no-op: -0 + 0 is +0.)
         let z = match zp {
-            Some(t) if to == DType::F4E2M1 => t.to_f64_vec()?,
-            _ => vec![0.0; s.len()],
+            Some(t) if to == DType::F4E2M1 => Some(t.to_f64_vec()?),
+            _ => None,
         };
         let y: Vec<f64> = xs
             .iter()
@@ -316,7 +322,7 @@ fn quantize(x: &Tensor, scale: &Tensor, zp: Option<&Tensor>, q: Quant) -> Result
             .map(|(i, &v)| {
                 let p = g.index(i);
                 let r = round_to(prec, v / s[p]);
-                if z[p] == 0.0 { r } else { round_to(prec, r + z[p]) }
+                z.as_ref().map_or(r, |z| round_to(prec, r + z[p]))
             })
             .collect();
         let mode = CastMode {
@@ -789,6 +795,70 @@ mod tests {
             run(op, &[Some(&x), Some(&s), Some(&z)])[0],
             t(&[2, 4], vec![1u8, 2, 3, 3, 3, 4, 4, 4])
         );
+    }
+
+    #[test]
+    fn quantize_to_storage_types() {
+        use mlc_ir::lowbit::{F4E2M1, F8E4M3FN, I4};
+        let x = t(&[4], vec![1.0f32, 300.0, -1000.0, 17.0]);
+        let s = Tensor::scalar(2.0f32);
+        let op = |to, saturate| QuantOp::Quantize {
+            axis: 0,
+            block_size: 0,
+            to,
+            saturate,
+        };
+        // x / 2 = [0.5, 150, -500, 8.5]; float8 ignores the zero point; -500 saturates to -448
+        // or becomes NaN (0xff).
+        let zp = Tensor::scalar(F8E4M3FN(0));
+        let q = |sat| run(op(DType::F8E4M3FN, sat), &[Some(&x), Some(&s), Some(&zp)]);
+        let codes = |v: [u8; 4]| t(&[4], v.map(F8E4M3FN).to_vec());
+        assert_eq!(q(true)[0], codes([0x30, 0x71, 0xfe, 0x50]));
+        assert_eq!(q(false)[0], codes([0x30, 0x71, 0xff, 0x50]));
+        // Integers round half to even, add the zero point and saturate: [0, 75, -250, 8] + 1.
+        let zp = Tensor::scalar(I4(1));
+        assert_eq!(
+            run(op(DType::I4, true), &[Some(&x), Some(&s), Some(&zp)])[0],
+            t(&[4], vec![I4(1), I4(7), I4(-8), I4(7)])
+        );
+        // f4e2m1 adds its zero point (1.0): [1.5, 151, -499, 9.5] -> [1.5, 6, -6, 6].
+        let zp = Tensor::scalar(F4E2M1(0x2));
+        assert_eq!(
+            run(op(DType::F4E2M1, true), &[Some(&x), Some(&s), Some(&zp)])[0],
+            t(
+                &[4],
+                vec![F4E2M1(0x3), F4E2M1(0x7), F4E2M1(0xf), F4E2M1(0x7)]
+            )
+        );
+    }
+
+    #[test]
+    fn dequantize_storage_types() {
+        use mlc_ir::lowbit::{F8E5M2, U2};
+        let op = QuantOp::Dequantize {
+            axis: 0,
+            block_size: 0,
+            to: DType::F32,
+        };
+        let s = Tensor::scalar(0.5f32);
+        let x = t(&[3], vec![U2(0), U2(3), U2(1)]);
+        let zp = Tensor::scalar(U2(1));
+        assert_eq!(
+            run(op.clone(), &[Some(&x), Some(&s), Some(&zp)])[0],
+            t(&[3], vec![-0.5f32, 1.0, 0.0])
+        );
+        // 0x3c is 1.0, 0x7c is infinity.
+        let x = t(&[2], vec![F8E5M2(0x3c), F8E5M2(0x7c)]);
+        assert_eq!(
+            run(op.clone(), &[Some(&x), Some(&s), None])[0],
+            t(&[2], vec![0.5f32, f32::INFINITY])
+        );
+        let cx = EvalCx {
+            regions: &[],
+            output_types: &[],
+        };
+        let zp = Tensor::scalar(F8E5M2(0x3c));
+        assert!(eval(&op, &[Some(&x), Some(&s), Some(&zp)], &cx).is_err());
     }
 
     #[test]
