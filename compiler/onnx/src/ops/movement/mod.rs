@@ -15,12 +15,13 @@ use crate::cx::{NodeCx, NodeError, Registry};
 use mlc_ir::ops::MovementOp as M;
 use mlc_ir::ops::movement::{
     DepthToSpaceMode, PadMode, Scalar, ScatterReduction, SymInt, constant_of_shape_shape,
-    expand_shape, range_len, reshape_shape, tile_shape,
+    expand_shape, range_len, reshape_shape, slice_shape, tile_shape,
 };
 use mlc_ir::{DType, Dim, Op, Shape, Tensor, ValueId};
 
 pub fn register(r: &mut Registry) {
-    r.add("", "Identity", |cx| unary(cx, M::Identity));
+    // ONNX Identity is imported by the ew family as an alias of its input (no node); the IR
+    // op `movement.identity` exists for passes that need a distinct value.
     r.add("", "Reshape", reshape);
     r.add("", "Flatten", flatten);
     r.add("", "Transpose", transpose);
@@ -179,10 +180,10 @@ fn reshape(cx: &mut NodeCx) -> Res {
         },
         vec![Some(x), Some(s)],
     )?;
-    if let Some(t) = target {
-        if let Ok(shape) = reshape_shape(&cx.ty(x).shape.clone(), &t, allowzero) {
-            refine(cx, out, shape);
-        }
+    if let Some(t) = target
+        && let Ok(shape) = reshape_shape(&cx.ty(x).shape.clone(), &t, allowzero)
+    {
+        refine(cx, out, shape);
     }
     Ok(vec![out])
 }
@@ -237,11 +238,11 @@ fn split(cx: &mut NodeCx) -> Res {
         None => (None, cx.opt_input(1)),
     };
     let n = cx.n_outputs;
-    Ok(cx.emit(
+    cx.emit(
         Op::Movement(M::Split { axis, sizes }),
         vec![Some(x), dynamic],
         n,
-    )?)
+    )
 }
 
 fn slice(cx: &mut NodeCx) -> Res {
@@ -285,6 +286,10 @@ fn slice(cx: &mut NodeCx) -> Res {
             }
         }
     }
+    // The operands as far as they are known symbolically, to refine the output type when
+    // some stay dynamic (a slice of a position table up to `seq` has length `seq`).
+    let syms: Vec<Option<Vec<SymInt>>> = (1..=4).map(|i| sym_value(cx, i)).collect();
+    let dynamic = inputs.iter().skip(1).any(Option::is_some);
     let mut it = attrs.into_iter();
     let mut next = || it.next().flatten();
     let op = M::Slice {
@@ -293,7 +298,20 @@ fn slice(cx: &mut NodeCx) -> Res {
         axes: next(),
         steps: next(),
     };
-    Ok(vec![emit(cx, op, inputs)?])
+    let out = emit(cx, op, inputs)?;
+    if dynamic && let [Some(s), Some(e), a, st] = syms.as_slice() {
+        let axes: Option<Vec<i64>> = match a {
+            Some(a) => a.iter().map(SymInt::int).collect(),
+            None => Some((0..s.len() as i64).collect()),
+        };
+        let steps = st.clone().unwrap_or_else(|| vec![SymInt::Int(1); s.len()]);
+        if let Some(axes) = axes
+            && let Ok(shape) = slice_shape(&cx.ty(x).shape.clone(), s, e, &axes, &steps)
+        {
+            refine(cx, out, shape);
+        }
+    }
+    Ok(vec![out])
 }
 
 /// The axes operand of Squeeze/Unsqueeze: the attribute before opset 13, input 1 after.
@@ -348,10 +366,10 @@ fn expand(cx: &mut NodeCx) -> Res {
     }
     let target = sym_value(cx, 1);
     let out = emit(cx, M::Expand { shape: None }, vec![Some(x), Some(s)])?;
-    if let Some(t) = target {
-        if let Ok(shape) = expand_shape(&cx.ty(x).shape.clone(), &t) {
-            refine(cx, out, shape);
-        }
+    if let Some(t) = target
+        && let Ok(shape) = expand_shape(&cx.ty(x).shape.clone(), &t)
+    {
+        refine(cx, out, shape);
     }
     Ok(vec![out])
 }
@@ -489,10 +507,10 @@ fn tile(cx: &mut NodeCx) -> Res {
     }
     let target = sym_value(cx, 1);
     let out = emit(cx, M::Tile { repeats: None }, vec![Some(x), Some(reps)])?;
-    if let Some(t) = target {
-        if let Ok(shape) = tile_shape(&cx.ty(x).shape.clone(), &t) {
-            refine(cx, out, shape);
-        }
+    if let Some(t) = target
+        && let Ok(shape) = tile_shape(&cx.ty(x).shape.clone(), &t)
+    {
+        refine(cx, out, shape);
     }
     Ok(vec![out])
 }
@@ -599,24 +617,26 @@ fn blocksize(cx: &NodeCx) -> Result<usize, NodeError> {
         })
 }
 
+/// The `mode` attribute of DepthToSpace/SpaceToDepth (SpaceToDepth has it from opset 28).
+fn block_mode(cx: &NodeCx) -> Result<DepthToSpaceMode, NodeError> {
+    match cx.attr_str("mode", "DCR")?.as_str() {
+        "DCR" => Ok(DepthToSpaceMode::Dcr),
+        "CRD" => Ok(DepthToSpaceMode::Crd),
+        other => Err(NodeError::Attr {
+            name: "mode".into(),
+            reason: format!("unknown mode {other:?}"),
+        }),
+    }
+}
+
 fn depth_to_space(cx: &mut NodeCx) -> Res {
-    let blocksize = blocksize(cx)?;
-    let mode = match cx.attr_str("mode", "DCR")?.as_str() {
-        "DCR" => DepthToSpaceMode::Dcr,
-        "CRD" => DepthToSpaceMode::Crd,
-        other => {
-            return Err(NodeError::Attr {
-                name: "mode".into(),
-                reason: format!("unknown mode {other:?}"),
-            });
-        }
-    };
+    let (blocksize, mode) = (blocksize(cx)?, block_mode(cx)?);
     unary(cx, M::DepthToSpace { blocksize, mode })
 }
 
 fn space_to_depth(cx: &mut NodeCx) -> Res {
-    let blocksize = blocksize(cx)?;
-    unary(cx, M::SpaceToDepth { blocksize })
+    let (blocksize, mode) = (blocksize(cx)?, block_mode(cx)?);
+    unary(cx, M::SpaceToDepth { blocksize, mode })
 }
 
 fn trilu(cx: &mut NodeCx) -> Res {
@@ -722,7 +742,7 @@ fn unique(cx: &mut NodeCx) -> Res {
         .transpose()?;
     let sorted = cx.attr_int("sorted", 1)? != 0;
     let n = cx.n_outputs.clamp(1, 4);
-    Ok(cx.emit(Op::Movement(M::Unique { axis, sorted }), vec![Some(x)], n)?)
+    cx.emit(Op::Movement(M::Unique { axis, sorted }), vec![Some(x)], n)
 }
 
 fn center_crop_pad(cx: &mut NodeCx) -> Res {
@@ -770,3 +790,6 @@ fn tensor_scatter(cx: &mut NodeCx) -> Res {
         vec![Some(past), Some(upd), write],
     )?])
 }
+
+#[cfg(test)]
+mod tests;

@@ -134,8 +134,19 @@ fn eval(g: &Graph, v: ValueId, depth: usize) -> Option<Vec<SymInt>> {
                 .known()?;
                 (n <= MAX_LEN).then(|| (0..n as i64).map(|i| SymInt::Int(s + i * d)).collect())
             }
-            MovementOp::ConstantOfShape { value, .. } => {
-                let n = len?;
+            MovementOp::ConstantOfShape { shape, value, .. } => {
+                // The length comes from the shape operand when the output type lost it.
+                let n = match (len, shape) {
+                    (Some(n), _) => n,
+                    (None, Some(s)) => *s.first()?,
+                    (None, None) => arg(0)?
+                        .first()?
+                        .int()
+                        .and_then(|n| usize::try_from(n).ok())?,
+                };
+                if n > MAX_LEN {
+                    return None;
+                }
                 let v = match value {
                     mlc_ir::ops::movement::Scalar::Int(i) => SymInt::Int(*i),
                     mlc_ir::ops::movement::Scalar::UInt(u) => SymInt::Int(i64::try_from(*u).ok()?),
@@ -146,13 +157,30 @@ fn eval(g: &Graph, v: ValueId, depth: usize) -> Option<Vec<SymInt>> {
             _ => None,
         },
         Op::Ew(EwOp::Cast { .. }) => arg(0),
-        op => arith(&op.name(), arg(0), arg(1)),
+        op if node.inputs.len() == 1 => unary(&op.name(), arg(0)),
+        op if node.inputs.len() == 2 => arith(&op.name(), arg(0), arg(1)),
+        _ => None,
     };
     match out {
         // The symbolic result must agree with the value's declared length.
         Some(v) if len.is_none_or(|n| n == v.len()) => Some(v),
         _ => unknown,
     }
+}
+
+/// Elementwise unary integer ops on shape values.
+fn unary(name: &str, a: Option<Vec<SymInt>>) -> Option<Vec<SymInt>> {
+    let f: fn(i64) -> i64 = match name {
+        "ew.neg" => i64::wrapping_neg,
+        "ew.abs" => i64::wrapping_abs,
+        "ew.identity" => |x| x,
+        _ => return None,
+    };
+    Some(
+        a?.iter()
+            .map(|v| v.int().map_or(SymInt::Unknown, |x| SymInt::Int(f(x))))
+            .collect(),
+    )
 }
 
 /// Elementwise integer arithmetic on shape values (numpy broadcasting of a length-1 side).

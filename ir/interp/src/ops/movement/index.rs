@@ -239,6 +239,9 @@ fn scatter(
         }
         Ok(T::wrap(out))
     }
+    fn replace<T: Clone>(_: &T, u: &T) -> T {
+        u.clone()
+    }
     fn combine<T: NumElem>(red: ScatterReduction, x: T, u: T) -> T {
         let float = T::DTYPE.is_float();
         match red {
@@ -265,7 +268,7 @@ fn scatter(
         }
     }
     match red {
-        ScatterReduction::None => dispatch_all!(data, a => go(a, upd, pairs, |_, u| u.clone())),
+        ScatterReduction::None => dispatch_all!(data, a => go(a, upd, pairs, replace)),
         _ => dispatch_num!(data, a => go(a, upd, pairs, |x, u| combine(red, *x, *u)),
             _ => Err(invalid(format!("scatter reduction {red:?} on {}", data.dtype())))),
     }
@@ -421,7 +424,7 @@ fn unique_groups<T: Elem + PartialOrd>(
         None => data.len(),
         Some(ax) => a.shape()[ax],
     };
-    let len = if n == 0 { 0 } else { data.len() / n };
+    let len = data.len().checked_div(n).unwrap_or(0);
     let item = |i: usize| &data[i * len..(i + 1) * len];
     let cmp = |i: usize, j: usize| {
         item(i)
@@ -460,10 +463,10 @@ pub(super) fn unique(
     axis: Option<usize>,
     sorted: bool,
 ) -> Result<Vec<Tensor>, EvalError> {
-    if let Some(a) = axis {
-        if a >= x.rank() {
-            return Err(invalid(format!("unique axis {a} of shape {:?}", x.shape())));
-        }
+    if let Some(a) = axis
+        && a >= x.rank()
+    {
+        return Err(invalid(format!("unique axis {a} of shape {:?}", x.shape())));
     }
     let (firsts, inverse, counts) = dispatch_all!(x, a => unique_groups(a, axis, sorted));
     let y = match axis {

@@ -181,7 +181,7 @@ pub fn eval(
         }
         M::Pad { mode, pads, axes } => pad(x()?, *mode, pads.as_deref(), axes.as_deref(), inputs)?,
         M::DepthToSpace { blocksize, mode } => depth_to_space(x()?, *blocksize, *mode)?,
-        M::SpaceToDepth { blocksize } => space_to_depth(x()?, *blocksize)?,
+        M::SpaceToDepth { blocksize, mode } => space_to_depth(x()?, *blocksize, *mode)?,
         M::Trilu { upper, k } => {
             let x = x()?;
             let k = match (k, opt(inputs, 1)) {
@@ -444,7 +444,7 @@ fn reshape_dims(input: &[usize], target: &[i64], allowzero: bool) -> Result<Vec<
     let total: usize = input.iter().product();
     if let Some(i) = infer {
         let rest: usize = dims.iter().product();
-        if rest == 0 || total % rest != 0 {
+        if rest == 0 || !total.is_multiple_of(rest) {
             return Err(invalid(format!("cannot reshape {input:?} to {target:?}")));
         }
         dims[i] = total / rest;
@@ -666,14 +666,14 @@ fn pad(
         );
     }
     let value = opt(inputs, 2).filter(|v| !v.is_empty());
-    if let Some(v) = value {
-        if v.dtype() != x.dtype() {
-            return Err(invalid(format!(
-                "pad value is {}, data is {}",
-                v.dtype(),
-                x.dtype()
-            )));
-        }
+    if let Some(v) = value
+        && v.dtype() != x.dtype()
+    {
+        return Err(invalid(format!(
+            "pad value is {}, data is {}",
+            v.dtype(),
+            x.dtype()
+        )));
     }
     axis_take(x, &per_axis, value)
 }
@@ -696,7 +696,7 @@ fn depth_to_space(x: &Tensor, b: usize, mode: DepthToSpaceMode) -> Result<Tensor
     Ok(take_all(x, &[n, c2, h * b, w * b], &map))
 }
 
-fn space_to_depth(x: &Tensor, b: usize) -> Result<Tensor, EvalError> {
+fn space_to_depth(x: &Tensor, b: usize, mode: DepthToSpaceMode) -> Result<Tensor, EvalError> {
     let [n, c, h, w] = *x.shape() else {
         return Err(invalid(format!("space_to_depth of shape {:?}", x.shape())));
     };
@@ -705,7 +705,11 @@ fn space_to_depth(x: &Tensor, b: usize) -> Result<Tensor, EvalError> {
             "{h}x{w} does not divide into {b}x{b} blocks"
         )));
     }
-    let (_, map) = permute_map(&[n, c, h / b, b, w / b, b], &[0, 3, 5, 1, 2, 4]);
+    let perm = match mode {
+        DepthToSpaceMode::Dcr => [0, 3, 5, 1, 2, 4],
+        DepthToSpaceMode::Crd => [0, 1, 3, 5, 2, 4],
+    };
+    let (_, map) = permute_map(&[n, c, h / b, b, w / b, b], &perm);
     Ok(take_all(x, &[n, c * b * b, h / b, w / b], &map))
 }
 

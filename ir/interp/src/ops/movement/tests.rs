@@ -3,7 +3,7 @@
 use super::eval;
 use crate::EvalCx;
 use mlc_ir::ops::MovementOp as M;
-use mlc_ir::ops::movement::{PadMode, ScatterReduction};
+use mlc_ir::ops::movement::{DepthToSpaceMode, PadMode, ScatterReduction};
 use mlc_ir::{DType, Tensor, TensorType};
 
 fn t(shape: &[usize], v: &[i64]) -> Tensor {
@@ -238,16 +238,12 @@ fn unique_sorted_and_in_order_of_appearance() {
 #[test]
 fn depth_to_space_round_trips() {
     let x = iota(&[1, 8, 2, 2]);
-    let d = run(
-        M::DepthToSpace {
-            blocksize: 2,
-            mode: mlc_ir::ops::movement::DepthToSpaceMode::Dcr,
-        },
-        &[&x],
-    );
-    assert_eq!(d.shape(), &[1, 2, 4, 4]);
-    let back = run(M::SpaceToDepth { blocksize: 2 }, &[&d]);
-    assert_eq!(back, x);
+    for mode in [DepthToSpaceMode::Dcr, DepthToSpaceMode::Crd] {
+        let d = run(M::DepthToSpace { blocksize: 2, mode }, &[&x]);
+        assert_eq!(d.shape(), &[1, 2, 4, 4]);
+        let back = run(M::SpaceToDepth { blocksize: 2, mode }, &[&d]);
+        assert_eq!(back, x);
+    }
 }
 
 #[test]

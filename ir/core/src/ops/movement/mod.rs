@@ -14,6 +14,16 @@ use crate::shape::{Dim, Shape, TensorType};
 use crate::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
+mod shapes;
+#[cfg(test)]
+mod tests;
+
+use shapes::{DimProduct, add_dims, offset_dim, sym_ints, unify};
+pub use shapes::{
+    SymInt, constant_of_shape_shape, expand_shape, range_len, reshape_shape, slice_range,
+    slice_shape, split_sizes, tile_shape,
+};
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MovementOp {
@@ -93,8 +103,11 @@ pub enum MovementOp {
         blocksize: usize,
         mode: DepthToSpaceMode,
     },
-    /// The inverse of `DepthToSpace` in DCR mode.
-    SpaceToDepth { blocksize: usize },
+    /// The inverse of `DepthToSpace` with the same `mode`.
+    SpaceToDepth {
+        blocksize: usize,
+        mode: DepthToSpaceMode,
+    },
     /// Keeps the upper (`j - i >= k`) or lower (`j - i <= k`) triangle of the last two dims and
     /// zeroes the rest. Inputs: `x`, `k?` (the attribute wins when `Some`).
     Trilu { upper: bool, k: Option<i64> },
@@ -146,7 +159,7 @@ pub enum PadMode {
     Wrap,
 }
 
-/// Channel order of `DepthToSpace`: depth-column-row or column-row-depth.
+/// Channel order of `DepthToSpace`/`SpaceToDepth`: depth-column-row or column-row-depth.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DepthToSpaceMode {
@@ -204,242 +217,6 @@ impl Scalar {
     }
 }
 
-/// One element of an integer tensor as far as it is known at compile time: how shape values
-/// computed in the graph (`Shape -> Gather -> Concat -> Reshape`) keep their symbols.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SymInt {
-    Int(i64),
-    Sym(String),
-    Unknown,
-}
-
-impl SymInt {
-    pub fn from_dim(d: &Dim) -> SymInt {
-        match d {
-            Dim::Known(n) => SymInt::Int(*n as i64),
-            Dim::Sym(s) => SymInt::Sym(s.clone()),
-            Dim::Unknown => SymInt::Unknown,
-        }
-    }
-
-    /// The dim this value describes; negative or unknown values give `Dim::Unknown`.
-    pub fn to_dim(&self) -> Dim {
-        match self {
-            SymInt::Int(n) if *n >= 0 => Dim::Known(*n as usize),
-            SymInt::Sym(s) => Dim::Sym(s.clone()),
-            _ => Dim::Unknown,
-        }
-    }
-
-    pub fn int(&self) -> Option<i64> {
-        match self {
-            SymInt::Int(n) => Some(*n),
-            _ => None,
-        }
-    }
-}
-
-/// The ints of a constant, as `SymInt`s.
-fn sym_ints(t: &Tensor) -> Option<Vec<SymInt>> {
-    Some(t.to_i64_vec().ok()?.into_iter().map(SymInt::Int).collect())
-}
-
-/// A product of dims kept symbolically: a constant, a multiset of symbols, and tokens standing
-/// for unknown dims (an unknown dim copied by reshape's `0` cancels against itself).
-#[derive(Default)]
-struct DimProduct {
-    c: u128,
-    syms: Vec<String>,
-    unknown: Vec<usize>,
-}
-
-impl DimProduct {
-    fn new() -> Self {
-        DimProduct {
-            c: 1,
-            ..Default::default()
-        }
-    }
-
-    fn mul(&mut self, d: &Dim, token: usize) {
-        match d {
-            Dim::Known(n) => self.c = self.c.saturating_mul(*n as u128),
-            Dim::Sym(s) => self.syms.push(s.clone()),
-            Dim::Unknown => self.unknown.push(token),
-        }
-    }
-
-    /// `self / other` as a dim, when it is decidable.
-    fn div(mut self, other: DimProduct) -> Dim {
-        for s in other.syms {
-            match self.syms.iter().position(|x| *x == s) {
-                Some(i) => {
-                    self.syms.remove(i);
-                }
-                None => return Dim::Unknown,
-            }
-        }
-        for u in other.unknown {
-            match self.unknown.iter().position(|x| *x == u) {
-                Some(i) => {
-                    self.unknown.remove(i);
-                }
-                None => return Dim::Unknown,
-            }
-        }
-        if !self.unknown.is_empty() || other.c == 0 || !self.c.is_multiple_of(other.c) {
-            return Dim::Unknown;
-        }
-        let c = self.c / other.c;
-        match (self.syms.len(), c) {
-            (0, c) => usize::try_from(c).map(Dim::Known).unwrap_or(Dim::Unknown),
-            (1, 1) => Dim::Sym(self.syms.remove(0)),
-            _ => Dim::Unknown,
-        }
-    }
-}
-
-/// The output shape of a reshape of `input` to `target` (entries `0` and `-1` as in ONNX).
-pub fn reshape_shape(
-    input: &[Dim],
-    target: &[SymInt],
-    allowzero: bool,
-) -> Result<Shape, InferError> {
-    let mut out = Vec::with_capacity(target.len());
-    let mut infer_at = None;
-    // Tokens for unknown dims: input position `i` is token `i`; fresh unknowns get tokens past
-    // the input rank so that they never cancel.
-    let mut rest = DimProduct::new();
-    for (i, t) in target.iter().enumerate() {
-        let d = match t {
-            SymInt::Int(0) if !allowzero => {
-                let d = input.get(i).cloned().ok_or_else(|| {
-                    InferError::Shape(format!(
-                        "reshape copies dim {i} of a rank-{} input",
-                        input.len()
-                    ))
-                })?;
-                rest.mul(&d, i);
-                d
-            }
-            SymInt::Int(-1) => {
-                if infer_at.replace(i).is_some() {
-                    return Err(InferError::Shape(
-                        "reshape target has more than one -1".into(),
-                    ));
-                }
-                Dim::Unknown
-            }
-            SymInt::Int(n) if *n < 0 => {
-                return Err(InferError::Shape(format!("reshape target has dim {n}")));
-            }
-            other => {
-                let d = other.to_dim();
-                rest.mul(&d, input.len() + i);
-                d
-            }
-        };
-        out.push(d);
-    }
-    let mut total = DimProduct::new();
-    for (i, d) in input.iter().enumerate() {
-        total.mul(d, i);
-    }
-    if let Some(i) = infer_at {
-        out[i] = total.div(rest);
-    } else if let (Some(a), Some(b)) = (
-        crate::shape::static_shape(input),
-        crate::shape::static_shape(&out),
-    ) {
-        if a.iter().product::<usize>() != b.iter().product::<usize>() {
-            return Err(InferError::Shape(format!("cannot reshape {a:?} to {b:?}")));
-        }
-    }
-    Ok(out)
-}
-
-/// The output shape of expanding `input` to `target`.
-pub fn expand_shape(input: &[Dim], target: &[SymInt]) -> Result<Shape, InferError> {
-    let t: Shape = target.iter().map(SymInt::to_dim).collect();
-    crate::shape::broadcast_shapes(&[input, &t])
-        .ok_or_else(|| InferError::Shape(format!("cannot expand {input:?} to {t:?}")))
-}
-
-/// The shape of `ConstantOfShape` from its (symbolic) shape input.
-pub fn constant_of_shape_shape(target: &[SymInt]) -> Shape {
-    target.iter().map(SymInt::to_dim).collect()
-}
-
-/// The length of `Range(start, limit, delta)` from symbolic scalars.
-pub fn range_len(start: &SymInt, limit: &SymInt, delta: &SymInt) -> Dim {
-    match (start, limit, delta) {
-        (SymInt::Int(s), SymInt::Int(l), SymInt::Int(d)) if *d != 0 => {
-            let n = (l - s + d - d.signum()) / d;
-            Dim::Known(n.max(0) as usize)
-        }
-        (SymInt::Int(0), SymInt::Sym(s), SymInt::Int(1)) => Dim::Sym(s.clone()),
-        _ => Dim::Unknown,
-    }
-}
-
-/// The output shape of `Tile`.
-pub fn tile_shape(input: &[Dim], repeats: &[SymInt]) -> Result<Shape, InferError> {
-    if repeats.len() != input.len() {
-        return Err(InferError::Shape(format!(
-            "tile: {} repeats for rank {}",
-            repeats.len(),
-            input.len()
-        )));
-    }
-    Ok(input
-        .iter()
-        .zip(repeats)
-        .map(|(d, r)| match (d, r) {
-            (_, SymInt::Int(1)) => d.clone(),
-            (_, SymInt::Int(0)) => Dim::Known(0),
-            (Dim::Known(n), SymInt::Int(r)) if *r > 0 => Dim::Known(n * *r as usize),
-            _ => Dim::Unknown,
-        })
-        .collect())
-}
-
-/// The more informative of two dims that must be equal.
-fn unify(a: &Dim, b: &Dim) -> Dim {
-    match (a, b) {
-        (Dim::Known(_), _) => a.clone(),
-        (_, Dim::Known(_)) => b.clone(),
-        (Dim::Sym(_), _) => a.clone(),
-        _ => b.clone(),
-    }
-}
-
-/// `a + b` for dims.
-fn add_dims(a: &Dim, b: &Dim) -> Dim {
-    match (a, b) {
-        (Dim::Known(x), Dim::Known(y)) => Dim::Known(x + y),
-        (Dim::Known(0), d) | (d, Dim::Known(0)) => d.clone(),
-        _ => Dim::Unknown,
-    }
-}
-
-/// `d + delta` for a dim and a signed constant.
-fn offset_dim(d: &Dim, delta: i64) -> Result<Dim, InferError> {
-    Ok(match d {
-        _ if delta == 0 => d.clone(),
-        Dim::Known(n) => {
-            let v = *n as i64 + delta;
-            if v < 0 {
-                return Err(InferError::Shape(format!(
-                    "dim {n} shrinks by {} below zero",
-                    -delta
-                )));
-            }
-            Dim::Known(v as usize)
-        }
-        _ => Dim::Unknown,
-    })
-}
-
 /// A shape-like operand: the attribute if set, else the constant value of input `i`.
 fn ints_of(attr: Option<&[i64]>, cx: &InferCx, i: usize) -> Option<Vec<i64>> {
     match attr {
@@ -467,42 +244,6 @@ fn operand_len(cx: &InferCx, i: usize) -> Result<usize, InferError> {
 /// Normalizes `axes` against `rank`.
 fn norm_axes(axes: &[i64], rank: usize) -> Result<Vec<usize>, InferError> {
     axes.iter().map(|&a| norm_axis(a, rank)).collect()
-}
-
-/// Resolves one slice axis of length `n`: the start and the number of elements taken.
-/// Follows numpy: bounds are clamped to the valid range for the step's direction.
-pub fn slice_range(n: i64, start: i64, end: i64, step: i64) -> (i64, i64) {
-    let (s, e) = if step > 0 {
-        let s = if start < 0 {
-            (start + n).max(0)
-        } else {
-            start.min(n)
-        };
-        let e = if end < 0 {
-            (end + n).max(0)
-        } else {
-            end.min(n)
-        };
-        (s, e)
-    } else {
-        let s = if start < 0 {
-            (start + n).max(-1)
-        } else {
-            start.min(n - 1)
-        };
-        let e = if end < 0 {
-            (end + n).max(-1)
-        } else {
-            end.min(n - 1)
-        };
-        (s, e)
-    };
-    let len = if step > 0 {
-        (e - s + step - 1) / step
-    } else {
-        (s - e + (-step) - 1) / (-step)
-    };
-    (s, len.max(0))
 }
 
 impl MovementOp {
@@ -614,21 +355,14 @@ impl MovementOp {
                     },
                     (None, None) => x.shape[*axis].known().map(|d| split_sizes(d, n)),
                 };
-                if let Some(s) = &sizes {
-                    if s.len() != n {
-                        return Err(InferError::Shape(format!(
-                            "split into {} parts for {n} outputs",
-                            s.len()
-                        )));
-                    }
-                    if let Dim::Known(d) = x.shape[*axis] {
-                        if s.iter().sum::<usize>() != d {
-                            return Err(InferError::Shape(format!(
-                                "split sizes {s:?} do not sum to {d}"
-                            )));
-                        }
-                    }
-                }
+                // Sizes that do not add up are left to the kernel to reject: the node may sit in
+                // an `If` branch that never runs for these shapes.
+                let sizes = sizes.filter(|s| {
+                    s.len() == n
+                        && x.shape[*axis]
+                            .known()
+                            .is_none_or(|d| s.iter().sum::<usize>() == d)
+                });
                 Ok((0..n)
                     .map(|i| {
                         let mut shape = x.shape.clone();
@@ -672,26 +406,8 @@ impl MovementOp {
                 let mut shape = x.shape.clone();
                 match (&starts_v, &ends_v, &axes_v, &steps_v) {
                     (Some(s), Some(e), Some(a), Some(st)) => {
-                        if s.len() != a.len() || e.len() != a.len() || st.len() != a.len() {
-                            return Err(InferError::Shape(
-                                "slice starts/ends/axes/steps differ in length".into(),
-                            ));
-                        }
-                        for i in 0..a.len() {
-                            let ax = norm_axis(a[i], rank)?;
-                            if st[i] == 0 {
-                                return Err(InferError::Shape("slice step 0".into()));
-                            }
-                            shape[ax] = match &x.shape[ax] {
-                                Dim::Known(n) => {
-                                    Dim::Known(slice_range(*n as i64, s[i], e[i], st[i]).1 as usize)
-                                }
-                                d if s[i] == 0 && e[i] >= i32::MAX as i64 && st[i] == 1 => {
-                                    d.clone()
-                                }
-                                _ => Dim::Unknown,
-                            };
-                        }
+                        let int = |v: &[i64]| v.iter().map(|&x| SymInt::Int(x)).collect::<Vec<_>>();
+                        shape = slice_shape(&x.shape, &int(s), &int(e), a, &int(st))?;
                     }
                     (_, _, Some(a), _) => {
                         for &ax in a {
@@ -936,14 +652,14 @@ impl MovementOp {
                 cx.arity(1, 4)?;
                 let x = cx.input(0)?;
                 let rank = x.rank();
-                if let Some(v) = cx.opt_input(2) {
-                    if v.dtype != x.dtype {
-                        return Err(InferError::DType {
-                            index: 2,
-                            expected: x.dtype.to_string(),
-                            found: v.dtype,
-                        });
-                    }
+                if let Some(v) = cx.opt_input(2)
+                    && v.dtype != x.dtype
+                {
+                    return Err(InferError::DType {
+                        index: 2,
+                        expected: x.dtype.to_string(),
+                        found: v.dtype,
+                    });
                 }
                 let axes = match (axes, cx.opt_input(3)) {
                     (Some(a), _) => Some(a.clone()),
@@ -1005,7 +721,7 @@ impl MovementOp {
                     ],
                 )
             }
-            M::SpaceToDepth { blocksize: b } => {
+            M::SpaceToDepth { blocksize: b, .. } => {
                 cx.arity(1, 1)?;
                 let x = cx.input(0)?;
                 if x.rank() != 4 || *b == 0 {
@@ -1178,22 +894,6 @@ impl MovementOp {
     }
 }
 
-/// The sizes of an equal split of `d` into `n` parts (ONNX: `ceil(d / n)` each, the last part
-/// takes the remainder).
-pub fn split_sizes(d: usize, n: usize) -> Vec<usize> {
-    if n == 0 {
-        return vec![];
-    }
-    if d % n == 0 {
-        return vec![d / n; n];
-    }
-    let c = d.div_ceil(n);
-    let mut v = vec![c; n];
-    let last = d as i64 - (c * (n - 1)) as i64;
-    v[n - 1] = last.max(0) as usize;
-    v
-}
-
 fn check_index_type(t: &TensorType, index: usize) -> Result<(), InferError> {
     if matches!(t.dtype, DType::I32 | DType::I64) {
         Ok(())
@@ -1203,163 +903,5 @@ fn check_index_type(t: &TensorType, index: usize) -> Result<(), InferError> {
             expected: "i32 or i64".into(),
             found: t.dtype,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sym(s: &str) -> Dim {
-        Dim::Sym(s.into())
-    }
-
-    fn infer(
-        op: MovementOp,
-        inputs: Vec<TensorType>,
-        consts: Vec<Option<Tensor>>,
-        n_outputs: usize,
-    ) -> Result<Vec<TensorType>, InferError> {
-        let inputs: Vec<Option<TensorType>> = inputs.into_iter().map(Some).collect();
-        let consts: Vec<Option<&Tensor>> = consts.iter().map(Option::as_ref).collect();
-        MovementOp::infer(
-            &op,
-            &InferCx {
-                inputs: &inputs,
-                consts: &consts,
-                regions: &[],
-                n_outputs,
-            },
-        )
-    }
-
-    #[test]
-    fn reshape_copies_and_infers_symbolic_dims() {
-        let x = [sym("batch"), sym("seq"), Dim::Known(768)];
-        let t = [
-            SymInt::Int(0),
-            SymInt::Int(0),
-            SymInt::Int(12),
-            SymInt::Int(-1),
-        ];
-        assert_eq!(
-            reshape_shape(&x, &t, false).unwrap(),
-            vec![sym("batch"), sym("seq"), Dim::Known(12), Dim::Known(64)]
-        );
-        let t = [SymInt::Int(-1), SymInt::Int(768)];
-        assert_eq!(
-            reshape_shape(&x, &t, false).unwrap(),
-            vec![Dim::Unknown, Dim::Known(768)]
-        );
-        let t = [
-            SymInt::Sym("batch".into()),
-            SymInt::Int(-1),
-            SymInt::Int(64),
-        ];
-        assert_eq!(
-            reshape_shape(&x, &t, false).unwrap(),
-            vec![sym("batch"), Dim::Unknown, Dim::Known(64)]
-        );
-        let x = [Dim::Unknown, Dim::Known(4), Dim::Known(6)];
-        let t = [SymInt::Int(0), SymInt::Int(-1)];
-        assert_eq!(
-            reshape_shape(&x, &t, false).unwrap(),
-            vec![Dim::Unknown, Dim::Known(24)]
-        );
-        assert!(reshape_shape(&[Dim::Known(6)], &[SymInt::Int(4)], false).is_err());
-    }
-
-    #[test]
-    fn reshape_with_dynamic_target_has_known_rank() {
-        let out = infer(
-            MovementOp::Reshape {
-                shape: None,
-                allowzero: false,
-            },
-            vec![
-                TensorType::fixed(DType::F32, &[2, 3]),
-                TensorType::fixed(DType::I64, &[3]),
-            ],
-            vec![None, None],
-            1,
-        )
-        .unwrap();
-        assert_eq!(out[0].shape, vec![Dim::Unknown; 3]);
-        let out = infer(
-            MovementOp::Reshape {
-                shape: None,
-                allowzero: false,
-            },
-            vec![
-                TensorType::fixed(DType::F32, &[2, 3]),
-                TensorType::fixed(DType::I64, &[2]),
-            ],
-            vec![None, Some(Tensor::from_vec(&[2], vec![-1i64, 2]).unwrap())],
-            1,
-        )
-        .unwrap();
-        assert_eq!(out[0].shape, vec![Dim::Known(3), Dim::Known(2)]);
-    }
-
-    #[test]
-    fn slice_ranges_follow_numpy() {
-        assert_eq!(slice_range(10, 0, i64::MAX, 1), (0, 10));
-        assert_eq!(slice_range(10, -1, i64::MIN, -1), (9, 10));
-        assert_eq!(slice_range(10, 20, 1000, 1), (10, 0));
-        assert_eq!(slice_range(10, 8, 2, -2), (8, 3));
-        assert_eq!(slice_range(4, -1, -5, -1), (3, 4));
-    }
-
-    #[test]
-    fn split_and_range_lengths() {
-        assert_eq!(split_sizes(7, 3), vec![3, 3, 1]);
-        assert_eq!(split_sizes(6, 3), vec![2, 2, 2]);
-        assert_eq!(
-            range_len(&SymInt::Int(10), &SymInt::Int(4), &SymInt::Int(-3)),
-            Dim::Known(2)
-        );
-        assert_eq!(
-            range_len(&SymInt::Int(0), &SymInt::Sym("n".into()), &SymInt::Int(1)),
-            sym("n")
-        );
-    }
-
-    #[test]
-    fn concat_and_gather_keep_symbols() {
-        let a = TensorType::new(DType::F32, vec![sym("b"), Dim::Known(2)]);
-        let b = TensorType::new(DType::F32, vec![sym("b"), Dim::Known(3)]);
-        let out = infer(
-            MovementOp::Concat { axis: 1 },
-            vec![a.clone(), b],
-            vec![None, None],
-            1,
-        )
-        .unwrap();
-        assert_eq!(out[0].shape, vec![sym("b"), Dim::Known(5)]);
-        let idx = TensorType::new(DType::I64, vec![sym("n")]);
-        let out = infer(
-            MovementOp::Gather { axis: 0 },
-            vec![a, idx],
-            vec![None, None],
-            1,
-        )
-        .unwrap();
-        assert_eq!(out[0].shape, vec![sym("n"), Dim::Known(2)]);
-    }
-
-    #[test]
-    fn ops_print_as_snake_case_json() {
-        let op = crate::Op::Movement(MovementOp::GatherNd { batch_dims: 1 });
-        assert_eq!(op.name(), "movement.gather_nd");
-        let json = serde_json::to_string(&MovementOp::ConstantOfShape {
-            shape: Some(vec![2]),
-            dtype: DType::F32,
-            value: Scalar::Float(1.0),
-        })
-        .unwrap();
-        assert_eq!(
-            json,
-            r#"{"constant_of_shape":{"shape":[2],"dtype":"f32","value":{"float":1.0}}}"#
-        );
     }
 }
