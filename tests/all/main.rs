@@ -4,6 +4,7 @@
 //! - `cli`: the `mlc` binary on good and bad inputs: clean one-paragraph errors, exit status,
 //!   no output file left behind.
 //! - `dev_models`: the development models against ONNX Runtime's reference outputs.
+//! - `imported_ir`: insta snapshots of the IR imported from a few small ONNX models.
 //! - `node_manifest`: the ONNX backend node tests listed in `tests/node_manifest.txt`.
 //!
 //! Tests that run `mlc` need the binary built first: `cargo build -p mlc-cli` (see
@@ -12,4 +13,5 @@
 mod arch;
 mod cli;
 mod dev_models;
+mod imported_ir;
 mod node_manifest;

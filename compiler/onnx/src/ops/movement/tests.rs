@@ -98,7 +98,19 @@ fn symbolic_shape_chain_reaches_reshape() {
     let one = g.add_constant(Tensor::scalar(1i64));
     let r = node(&mut g, "Range", 11, &[], &[zero, n, one], 1)[0];
     assert_eq!(g.ty(r).shape, vec![sym("seq")]);
+    let fill = [(
+        "value",
+        AttrValue::Tensor(Tensor::from_vec(&[1], vec![f32::NEG_INFINITY]).unwrap()),
+    )];
+    let mask = node(&mut g, "ConstantOfShape", 9, &fill, &[shape], 1)[0];
+    assert_eq!(
+        g.ty(mask).shape,
+        vec![sym("batch"), sym("seq"), 12.into(), 32.into()]
+    );
     assert!(mlc_ir::verify(&g).is_ok());
+    // The text form round-trips every attribute, -inf included.
+    let text = mlc_ir::print_graph(&g);
+    assert_eq!(mlc_ir::parse_graph(&text).unwrap(), g, "{text}");
 }
 
 #[test]

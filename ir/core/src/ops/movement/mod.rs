@@ -172,10 +172,45 @@ pub enum DepthToSpaceMode {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Scalar {
-    Float(f64),
+    /// Non-finite values serialize as `"inf"`, `"-inf"`, `"nan"` (JSON has no number for them,
+    /// and `-inf` fills are common: attention masks).
+    Float(#[serde(with = "float_json")] f64),
     Int(i64),
     UInt(u64),
     Bool(bool),
+}
+
+/// Serde for an `f64` that may be non-finite.
+mod float_json {
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        match *v {
+            v if v.is_finite() => s.serialize_f64(v),
+            v if v.is_nan() => s.serialize_str("nan"),
+            v if v > 0.0 => s.serialize_str("inf"),
+            _ => s.serialize_str("-inf"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Num(f64),
+            Name(String),
+        }
+        match Repr::deserialize(d)? {
+            Repr::Num(v) => Ok(v),
+            Repr::Name(s) => match s.as_str() {
+                "nan" => Ok(f64::NAN),
+                "inf" => Ok(f64::INFINITY),
+                "-inf" => Ok(f64::NEG_INFINITY),
+                other => Err(D::Error::custom(format!("not a float: {other:?}"))),
+            },
+        }
+    }
 }
 
 impl Scalar {

@@ -174,3 +174,22 @@ fn slices_keep_symbols_where_the_bounds_allow() {
     assert_eq!(out[0], sym("batch"));
     assert!(slice_shape(&x, &[int(0)], &[int(1)], &[0], &[int(0)]).is_err());
 }
+
+#[test]
+fn non_finite_fill_values_round_trip_through_json() {
+    for v in [f64::NEG_INFINITY, f64::INFINITY, 1.5] {
+        let op = MovementOp::ConstantOfShape {
+            shape: None,
+            dtype: DType::F32,
+            value: Scalar::Float(v),
+        };
+        let json = serde_json::to_string(&op).unwrap();
+        assert_eq!(
+            serde_json::from_str::<MovementOp>(&json).unwrap(),
+            op,
+            "{json}"
+        );
+    }
+    let json = serde_json::to_string(&Scalar::Float(f64::NAN)).unwrap();
+    assert_eq!(json, r#"{"float":"nan"}"#);
+}
