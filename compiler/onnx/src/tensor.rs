@@ -24,6 +24,16 @@ pub fn dtype_of(code: i32) -> Result<DType, String> {
         Some(D::UINT64) => DType::U64,
         Some(D::BOOL) => DType::Bool,
         Some(D::STRING) => DType::Str,
+        Some(D::FLOAT8E4M3FN) => DType::F8E4M3FN,
+        Some(D::FLOAT8E4M3FNUZ) => DType::F8E4M3FNUZ,
+        Some(D::FLOAT8E5M2) => DType::F8E5M2,
+        Some(D::FLOAT8E5M2FNUZ) => DType::F8E5M2FNUZ,
+        Some(D::FLOAT8E8M0) => DType::F8E8M0,
+        Some(D::FLOAT4E2M1) => DType::F4E2M1,
+        Some(D::INT4) => DType::I4,
+        Some(D::UINT4) => DType::U4,
+        Some(D::INT2) => DType::I2,
+        Some(D::UINT2) => DType::U2,
         Some(other) => return Err(format!("element type {other:?}")),
         None => return Err(format!("unknown element type code {code}")),
     })
@@ -61,6 +71,12 @@ pub fn decode(t: &TensorProto, base_dir: Option<&Path>) -> Result<Tensor, String
             return Err("string tensors cannot use raw_data".into());
         }
         return Tensor::from_le_bytes(dtype, &shape, raw).map_err(|e| e.to_string());
+    }
+    if dtype.is_storage_only() {
+        // int32_data holds one byte per entry: a float8 code per element, or for the sub-byte
+        // types the packed bytes of `raw_data` (numpy_helper.to_array).
+        let bytes: Vec<u8> = t.int32_data.iter().map(|&x| x as u8).collect();
+        return Tensor::from_le_bytes(dtype, &shape, &bytes).map_err(|e| e.to_string());
     }
     let check = |len: usize| {
         if len == n {
@@ -181,4 +197,32 @@ fn read_external(t: &TensorProto, base_dir: Option<&Path>) -> Result<Vec<u8>, St
         ));
     }
     Ok(data[start..end].to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proto(code: tensor_proto::DataType, dims: &[i64], int32_data: &[i32]) -> TensorProto {
+        let mut t = TensorProto::new();
+        t.set_data_type(code as i32);
+        t.dims = dims.to_vec();
+        t.int32_data = int32_data.to_vec();
+        t
+    }
+
+    #[test]
+    fn storage_types_from_int32_data() {
+        use tensor_proto::DataType as D;
+        // Sub-byte types: packed bytes, first element in the low bits, odd counts padded.
+        let t = decode(&proto(D::INT4, &[3], &[0x2f, 0x08]), None).unwrap();
+        assert_eq!(t.to_i64_vec().unwrap(), [-1, 2, -8]);
+        let t = decode(&proto(D::UINT2, &[5], &[0b11_00_10_01, 0b01]), None).unwrap();
+        assert_eq!(t.to_i64_vec().unwrap(), [1, 2, 0, 3, 1]);
+        assert!(decode(&proto(D::UINT4, &[3], &[0x21]), None).is_err());
+        // float8: one code per entry.
+        let t = decode(&proto(D::FLOAT8E4M3FN, &[2], &[0x3c, 0xc0]), None).unwrap();
+        assert_eq!(t.dtype(), DType::F8E4M3FN);
+        assert_eq!(t.to_f64_vec().unwrap(), [1.5, -2.0]);
+    }
 }

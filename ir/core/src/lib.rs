@@ -6,6 +6,7 @@
 
 pub mod dtype;
 pub mod graph;
+pub mod lowbit;
 pub mod ops;
 pub mod shape;
 pub mod tensor;
@@ -14,6 +15,7 @@ pub mod verify;
 
 pub use dtype::{DType, QuantParams};
 pub use graph::{ConstId, Graph, Node, Port, ValueId};
+pub use lowbit::{CastMode, RoundMode};
 pub use ops::{InferCx, InferError, Op};
 pub use shape::{Dim, Shape, TensorType};
 pub use tensor::{Elem, NumElem, Tensor, TensorError};

@@ -2,9 +2,13 @@
 //!
 //! A `Tensor` is one `ndarray::ArrayD` per element type. Kernels are written once, generically,
 //! over the `Elem` (any element) or `NumElem` (numeric) traits, and the `dispatch_*` macros pick
-//! the variant.
+//! the variant. The low-precision storage types (`crate::lowbit`) are `Elem` but not `NumElem`:
+//! data movement handles them, arithmetic does not.
 
 use crate::dtype::DType;
+use crate::lowbit::{
+    self, CastMode, F4E2M1, F8E4M3FN, F8E4M3FNUZ, F8E5M2, F8E5M2FNUZ, F8E8M0, I2, I4, U2, U4,
+};
 use half::{bf16, f16};
 use ndarray::{ArrayD, IxDyn};
 use std::fmt;
@@ -78,6 +82,16 @@ tensor_enum! {
     U64(u64) = U64,
     Bool(bool) = Bool,
     Str(String) = Str,
+    F8E4M3FN(F8E4M3FN) = F8E4M3FN,
+    F8E4M3FNUZ(F8E4M3FNUZ) = F8E4M3FNUZ,
+    F8E5M2(F8E5M2) = F8E5M2,
+    F8E5M2FNUZ(F8E5M2FNUZ) = F8E5M2FNUZ,
+    F8E8M0(F8E8M0) = F8E8M0,
+    F4E2M1(F4E2M1) = F4E2M1,
+    I4(I4) = I4,
+    U4(U4) = U4,
+    I2(I2) = I2,
+    U2(U2) = U2,
 }
 
 /// Runs `$body` with `$a: &ArrayD<T>` bound for whichever variant `$t` holds (all element types).
@@ -100,11 +114,22 @@ macro_rules! dispatch_all {
             $crate::Tensor::U64($a) => $body,
             $crate::Tensor::Bool($a) => $body,
             $crate::Tensor::Str($a) => $body,
+            $crate::Tensor::F8E4M3FN($a) => $body,
+            $crate::Tensor::F8E4M3FNUZ($a) => $body,
+            $crate::Tensor::F8E5M2($a) => $body,
+            $crate::Tensor::F8E5M2FNUZ($a) => $body,
+            $crate::Tensor::F8E8M0($a) => $body,
+            $crate::Tensor::F4E2M1($a) => $body,
+            $crate::Tensor::I4($a) => $body,
+            $crate::Tensor::U4($a) => $body,
+            $crate::Tensor::I2($a) => $body,
+            $crate::Tensor::U2($a) => $body,
         }
     };
 }
 
-/// Like `dispatch_all!` over numeric and bool element types (`NumElem`); `$else` for strings.
+/// Like `dispatch_all!` over numeric and bool element types (`NumElem`); `$else` for strings and
+/// the storage-only types (`DType::is_storage_only`), which no arithmetic kernel takes.
 #[macro_export]
 macro_rules! dispatch_num {
     ($t:expr, $a:ident => $body:expr, _ => $else:expr) => {
@@ -277,6 +302,9 @@ impl Tensor {
 
     /// The elements as i64, for shape-like tensors (axes, shapes, indices, pads) of any integer type.
     pub fn to_i64_vec(&self) -> Result<Vec<i64>, TensorError> {
+        if self.dtype().is_small_int() {
+            return lowbit::widen(self).expect("a storage type").to_i64_vec();
+        }
         if !(self.dtype().is_int() || self.dtype() == DType::Bool) {
             return Err(TensorError::WrongDType {
                 want: "integer",
@@ -286,20 +314,37 @@ impl Tensor {
         dispatch_num!(self, a => Ok(a.iter().map(|v| v.to_i64()).collect()), _ => unreachable!())
     }
 
-    /// The elements as f64 (numeric and bool tensors).
+    /// The elements as f64 (numeric, bool and storage-type tensors; all exactly but i64/u64
+    /// beyond 2^53).
     pub fn to_f64_vec(&self) -> Result<Vec<f64>, TensorError> {
         dispatch_num!(self, a => Ok(a.iter().map(|v| v.to_f64()).collect()),
-            _ => Err(TensorError::WrongDType { want: "numeric", found: self.dtype() }))
+        _ => match lowbit::widen(self) {
+            Some(w) => w.to_f64_vec(),
+            None => Err(TensorError::WrongDType { want: "numeric", found: self.dtype() }),
+        })
     }
 
-    /// Element-wise conversion with ONNX `Cast` semantics: floats truncate toward zero (saturating
-    /// on overflow), integers wrap, bool is 0/1, strings parse and print as numbers.
+    /// Element-wise conversion with ONNX `Cast` semantics and its default options: floats
+    /// truncate toward zero (saturating on overflow), integers wrap, bool is 0/1, strings parse
+    /// and print as numbers; the storage types convert as `crate::lowbit` describes.
     pub fn cast(&self, to: DType) -> Result<Tensor, TensorError> {
+        self.cast_with(to, CastMode::default())
+    }
+
+    /// `cast` with ONNX `Cast`'s options for float8 targets (`saturate`, `round_mode`).
+    pub fn cast_with(&self, to: DType, mode: CastMode) -> Result<Tensor, TensorError> {
         if self.dtype() == to {
             return Ok(self.clone());
         }
+        // Storage types go through an ordinary type that holds their values exactly.
+        if let Some(wide) = lowbit::widen(self) {
+            return wide.cast_with(to, mode);
+        }
         if let Tensor::Str(a) = self {
-            return cast_from_str(a, to);
+            return cast_from_str(a, to, mode);
+        }
+        if to.is_storage_only() {
+            return lowbit::narrow(self, to, mode);
         }
         if to == DType::Str {
             return dispatch_num!(self, a => Ok(Tensor::Str(a.map(|v| format_num(v.to_f64(), self.dtype())))),
@@ -309,10 +354,14 @@ impl Tensor {
         dispatch_num!(self, a => Ok(cast_array(a, from, to)), _ => unreachable!())
     }
 
-    /// Little-endian bytes of the elements (not for strings).
+    /// Little-endian bytes of the elements (not for strings). The storage types give their codes,
+    /// the sub-byte ones packed (see `lowbit`), as ONNX's `raw_data` holds them.
     pub fn to_le_bytes(&self) -> Result<Vec<u8>, TensorError> {
         fn le<T: Copy, const N: usize>(a: &ArrayD<T>, f: impl Fn(T) -> [u8; N]) -> Vec<u8> {
             a.iter().flat_map(|&v| f(v)).collect()
+        }
+        if let Some(b) = lowbit::to_bytes(self) {
+            return Ok(b);
         }
         Ok(match self {
             Tensor::F32(a) => le(a, f32::to_le_bytes),
@@ -328,21 +377,24 @@ impl Tensor {
             Tensor::I64(a) => le(a, i64::to_le_bytes),
             Tensor::U64(a) => le(a, u64::to_le_bytes),
             Tensor::Bool(a) => le(a, |b: bool| [b as u8]),
-            Tensor::Str(_) => {
+            _ => {
                 return Err(TensorError::WrongDType {
                     want: "fixed-size",
-                    found: DType::Str,
+                    found: self.dtype(),
                 });
             }
         })
     }
 
-    /// Builds a tensor from little-endian bytes (not for strings).
+    /// Builds a tensor from little-endian bytes (not for strings); the inverse of `to_le_bytes`.
     pub fn from_le_bytes(
         dtype: DType,
         shape: &[usize],
         bytes: &[u8],
     ) -> Result<Tensor, TensorError> {
+        if dtype.is_storage_only() {
+            return lowbit::from_bytes(dtype, shape, bytes);
+        }
         let n: usize = shape.iter().product();
         let size = dtype.size().ok_or(TensorError::WrongDType {
             want: "fixed-size",
@@ -379,7 +431,7 @@ impl Tensor {
             DType::I64 => de(shape, bytes, i64::from_le_bytes),
             DType::U64 => de(shape, bytes, u64::from_le_bytes),
             DType::Bool => de(shape, bytes, |[b]: [u8; 1]| b != 0),
-            DType::Str => unreachable!("strings have no fixed size"),
+            _ => unreachable!("strings have no fixed size; storage types returned above"),
         }
     }
 }
@@ -409,11 +461,11 @@ fn cast_array<S: NumElem>(a: &ArrayD<S>, from: DType, to: DType) -> Tensor {
         DType::I64 => go::<S, i64>(a, from),
         DType::U64 => go::<S, u64>(a, from),
         DType::Bool => go::<S, bool>(a, from),
-        DType::Str => unreachable!("handled by the caller"),
+        _ => unreachable!("strings and storage types are handled by the caller"),
     }
 }
 
-fn cast_from_str(a: &ArrayD<String>, to: DType) -> Result<Tensor, TensorError> {
+fn cast_from_str(a: &ArrayD<String>, to: DType, mode: CastMode) -> Result<Tensor, TensorError> {
     let parsed: Result<Vec<f64>, TensorError> = a
         .iter()
         .map(|s| {
@@ -429,7 +481,7 @@ fn cast_from_str(a: &ArrayD<String>, to: DType) -> Result<Tensor, TensorError> {
         })
         .collect();
     let f = Tensor::F64(ArrayD::from_shape_vec(a.raw_dim(), parsed?).expect("same length"));
-    f.cast(to)
+    f.cast_with(to, mode)
 }
 
 fn format_num(v: f64, from: DType) -> String {

@@ -618,3 +618,38 @@ fn snapshot_elided_dump() {
     });
     insta::assert_snapshot!(print_graph_with(&g, &PrintOptions::elide_consts_over(8)));
 }
+
+#[test]
+fn storage_type_constants_round_trip() {
+    use mlc_ir::lowbit::{F4E2M1, F8E4M3FN, F8E5M2FNUZ, F8E8M0, I2, I4, U4};
+    let mut g = Graph::new();
+    let codes = vec![
+        F8E4M3FN(0x00),
+        F8E4M3FN(0x80),
+        F8E4M3FN(0x7f),
+        F8E4M3FN(0x3c),
+    ];
+    g.add_constant(Tensor::from_vec(&[4], codes).unwrap());
+    g.add_constant(Tensor::from_vec(&[2], vec![F8E5M2FNUZ(0x80), F8E5M2FNUZ(0x01)]).unwrap());
+    g.add_constant(Tensor::scalar(F8E8M0(0xff)));
+    g.add_constant(Tensor::from_vec(&[3], vec![F4E2M1(0xf), F4E2M1(0x8), F4E2M1(0x1)]).unwrap());
+    g.add_constant(Tensor::from_vec(&[3], vec![I4(-8), I4(7), I4(0)]).unwrap());
+    g.add_constant(Tensor::from_vec(&[1], vec![U4(15)]).unwrap());
+    g.add_constant(Tensor::from_vec(&[2], vec![I2(-2), I2(1)]).unwrap());
+    let text = round_trip(&g);
+    assert!(
+        text.contains("const f8e4m3fn[4] [0x00, 0x80, 0x7f, 0x3c]"),
+        "{text}"
+    );
+    assert!(text.contains("const i4[3] [-8, 7, 0]"), "{text}");
+    let src = |c: &str| format!("graph () -> () {{\n  @c0 = {c}\n}}");
+    parse_graph(&src("const f4e2m1[1] [0xf]")).unwrap();
+    for bad in [
+        "const f4e2m1[1] [0x10]",
+        "const i4[1] [8]",
+        "const u2[1] [-1]",
+        "const f8e5m2[1] [1.0]",
+    ] {
+        assert!(parse_graph(&src(bad)).is_err(), "{bad} parsed");
+    }
+}

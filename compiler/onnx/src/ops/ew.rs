@@ -8,7 +8,7 @@
 use crate::cx::{NodeCx, NodeError, Registry, invalid};
 use mlc_ir::ops::EwOp;
 use mlc_ir::ops::ew::GeluApprox;
-use mlc_ir::{DType, Op, Tensor, ValueId};
+use mlc_ir::{DType, Op, RoundMode, Tensor, ValueId};
 
 /// The SELU constants of the ONNX spec (defaults of its attributes).
 const SELU_ALPHA: f32 = 1.673_263_2;
@@ -218,12 +218,31 @@ fn clip(cx: &mut NodeCx) -> Result<Vec<ValueId>, NodeError> {
     cx.emit(Op::Ew(EwOp::Clip), vec![Some(x), lo, hi], 1)
 }
 
+/// `Cast`/`CastLike` to `to`, with their float8 options `saturate` (opset 19+, default 1) and
+/// `round_mode` (opset 24+, default "up"; only f8e8m0 rounds by it).
 fn cast(cx: &mut NodeCx, to: DType) -> Result<Vec<ValueId>, NodeError> {
     let x = cx.input(0)?;
     if cx.ty(x).dtype == to {
         return Ok(vec![x]);
     }
-    Ok(vec![ew(cx, EwOp::Cast { to }, vec![x])?])
+    let saturate = cx.attr_int("saturate", 1)? != 0;
+    let round = match cx.attr_str("round_mode", "up")?.as_str() {
+        "up" => RoundMode::Up,
+        "down" => RoundMode::Down,
+        "nearest" => RoundMode::Nearest,
+        other => return Err(bad_attr("round_mode", format!("unknown value {other:?}"))),
+    };
+    let float8 = to.is_small_float() && to != DType::F4E2M1;
+    let op = if float8 && (!saturate || round != RoundMode::Up) {
+        EwOp::CastF8 {
+            to,
+            saturate,
+            round,
+        }
+    } else {
+        EwOp::Cast { to }
+    };
+    Ok(vec![ew(cx, op, vec![x])?])
 }
 
 /// Inference-mode Dropout forwards its input; the optional mask is all ones.
@@ -307,14 +326,17 @@ fn onnx_dtype(code: i64) -> Result<DType, NodeError> {
         12 => DType::U32,
         13 => DType::U64,
         16 => DType::BF16,
+        17 => DType::F8E4M3FN,
+        18 => DType::F8E4M3FNUZ,
+        19 => DType::F8E5M2,
+        20 => DType::F8E5M2FNUZ,
+        21 => DType::U4,
+        22 => DType::I4,
+        23 => DType::F4E2M1,
+        24 => DType::F8E8M0,
+        25 => DType::U2,
+        26 => DType::I2,
         14 | 15 => return Err(NodeError::Unsupported("complex element types".into())),
-        17..=20 | 24 => return Err(NodeError::Unsupported("float8 element types".into())),
-        21 | 22 | 25 | 26 => {
-            return Err(NodeError::Unsupported(
-                "2- and 4-bit integer element types".into(),
-            ));
-        }
-        23 => return Err(NodeError::Unsupported("float4 element types".into())),
         other => return Err(bad_attr("to", format!("unknown ONNX data type {other}"))),
     })
 }

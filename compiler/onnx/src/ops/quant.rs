@@ -5,12 +5,12 @@
 //! Opset differences normalized here: `axis` (opset 13+, default 1), `block_size` (21+),
 //! `output_dtype` (21+ for QuantizeLinear, 23+ for DequantizeLinear). The output type is fixed
 //! at import (zero point's type, else `output_dtype`, else u8 / the scale's type). `saturate`
-//! only concerns float8 targets, which mlc does not support, so it is not kept. 4-bit, 2-bit
-//! and float8/float4 types are rejected with `NodeError::Unsupported`.
+//! (opset 19+) only concerns float8 targets; it is kept for them. The 4-, 2-bit and
+//! float8/float4 storage types are quantized to and from like the integer types.
 
 use crate::cx::{NodeCx, NodeError, Registry, invalid};
 use crate::tensor::dtype_of;
-use mlc_ir::ops::quant::{ConvGeom, ConvPad, is_quant_int};
+use mlc_ir::ops::quant::{ConvGeom, ConvPad, is_quant_type};
 use mlc_ir::ops::{QuantOp, norm_axis};
 use mlc_ir::{DType, Dim, Op, ValueId};
 
@@ -101,16 +101,18 @@ fn quantize(cx: &mut NodeCx) -> Result<Vec<ValueId>, NodeError> {
         }
         None => attr_to.unwrap_or(DType::U8),
     };
-    if !is_quant_int(to) || to == DType::I32 {
+    if !is_quant_type(to) || to == DType::I32 {
         return Err(NodeError::Unsupported(format!("QuantizeLinear to {to}")));
     }
     let block_size = block_size(cx)?;
     let axis = quant_axis(cx, block_size)?;
+    let saturate = cx.attr_int("saturate", 1)? != 0;
     cx.emit(
         Op::Quant(QuantOp::Quantize {
             axis,
             block_size,
             to,
+            saturate,
         }),
         vec![Some(x), Some(scale), zp],
         1,
@@ -120,7 +122,7 @@ fn quantize(cx: &mut NodeCx) -> Result<Vec<ValueId>, NodeError> {
 fn dequantize(cx: &mut NodeCx) -> Result<Vec<ValueId>, NodeError> {
     let (x, scale, zp) = (cx.input(0)?, cx.input(1)?, cx.opt_input(2));
     let xt = cx.ty(x).dtype;
-    if !is_quant_int(xt) {
+    if !is_quant_type(xt) {
         return Err(NodeError::Unsupported(format!(
             "DequantizeLinear from {xt}"
         )));

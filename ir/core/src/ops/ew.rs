@@ -7,6 +7,7 @@
 
 use super::{InferCx, InferError};
 use crate::DType;
+use crate::lowbit::RoundMode;
 use crate::shape::{Shape, TensorType, broadcast_shapes};
 use serde::{Deserialize, Serialize};
 
@@ -160,9 +161,18 @@ pub enum EwOp {
     Where,
     /// `min(max(x, lo), hi)` with optional inputs `(x, lo?, hi?)`: scalars of x's dtype.
     Clip,
-    /// Converts every element to `to` (ONNX Cast semantics).
+    /// Converts every element to `to` (ONNX Cast semantics, default options).
     Cast {
         to: DType,
+    },
+    /// Converts every element to the float8 type `to` with ONNX Cast's options: `saturate`
+    /// false lets out-of-range values become infinity or NaN instead of the largest finite
+    /// value; `round` is how values round to f8e8m0. With `saturate` true and `round` up this
+    /// is `cast`, which the importer emits instead.
+    CastF8 {
+        to: DType,
+        saturate: bool,
+        round: RoundMode,
     },
     /// Reinterprets the bits of every element as `to`, of the same size.
     BitCast {
@@ -250,7 +260,7 @@ impl EwOp {
             And | Or | Xor => Sig::Compare(Class::Bool),
             Equal => Sig::Compare(Class::Any),
             Less | LessOrEqual | Greater | GreaterOrEqual => Sig::Compare(Class::NotStr),
-            Pow | Where | Clip | Cast { .. } | BitCast { .. } => return None,
+            Pow | Where | Clip | Cast { .. } | CastF8 { .. } | BitCast { .. } => return None,
             _ => Sig::Unary,
         })
     }
@@ -295,6 +305,16 @@ impl EwOp {
             }
             EwOp::Cast { to } => {
                 cx.arity(1, 1)?;
+                Ok(vec![TensorType::new(*to, cx.input(0)?.shape.clone())])
+            }
+            EwOp::CastF8 { to, .. } => {
+                cx.arity(1, 1)?;
+                if !to.is_small_float() || *to == DType::F4E2M1 {
+                    return Err(InferError::Attr {
+                        name: "to",
+                        reason: format!("cast options apply to float8 types, not {to}"),
+                    });
+                }
                 Ok(vec![TensorType::new(*to, cx.input(0)?.shape.clone())])
             }
             EwOp::BitCast { to } => {

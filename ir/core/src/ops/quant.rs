@@ -113,13 +113,20 @@ impl ConvGeom {
 #[serde(rename_all = "snake_case")]
 pub enum QuantOp {
     /// Inputs: x (float or i32), scale, zero_point (optional, of type `to`). Output: `to`
-    /// (an 8/16-bit integer type or i32), saturated to its range.
+    /// (`is_quant_type`). Integers saturate to their range. Float targets take `x / scale`
+    /// converted as `Cast` does (float8 with `saturate`), ignoring the zero point, except f4e2m1,
+    /// which adds the zero point's value first (as ONNX's reference does).
     Quantize {
         axis: usize,
         block_size: usize,
         to: DType,
+        /// Only for float8 targets (ONNX's `saturate`): out-of-range values become the largest
+        /// finite value rather than infinity or NaN.
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        saturate: bool,
     },
-    /// Inputs: x (integer), scale, zero_point (optional, x's type). Output: `to` (a float type).
+    /// Inputs: x (`is_quant_type`), scale, zero_point (optional, x's type; ignored for the
+    /// float8 types, where it must be zero, and for f4e2m1). Output: `to` (a float type).
     Dequantize {
         axis: usize,
         block_size: usize,
@@ -153,6 +160,20 @@ pub fn is_quant_int(d: DType) -> bool {
     )
 }
 
+/// Every type `quantize` produces and `dequantize` takes: the quantized integers and the
+/// storage types but f8e8m0 (a scale type, not a value type).
+pub fn is_quant_type(d: DType) -> bool {
+    is_quant_int(d) || (d.is_storage_only() && d != DType::F8E8M0)
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
 impl QuantOp {
     pub fn infer(&self, cx: &InferCx) -> Result<Vec<TensorType>, InferError> {
         match self {
@@ -160,6 +181,7 @@ impl QuantOp {
                 axis,
                 block_size,
                 to,
+                ..
             } => {
                 cx.arity(2, 3)?;
                 let x = cx.input(0)?;
@@ -170,7 +192,7 @@ impl QuantOp {
                         found: x.dtype,
                     });
                 }
-                if !is_quant_int(*to) {
+                if !is_quant_type(*to) {
                     return Err(InferError::Attr {
                         name: "to",
                         reason: format!("cannot quantize to {to}"),
@@ -195,10 +217,10 @@ impl QuantOp {
             } => {
                 cx.arity(2, 3)?;
                 let x = cx.input(0)?;
-                if !is_quant_int(x.dtype) {
+                if !is_quant_type(x.dtype) {
                     return Err(InferError::DType {
                         index: 0,
-                        expected: "a quantized integer type".into(),
+                        expected: "a quantized type".into(),
                         found: x.dtype,
                     });
                 }
@@ -488,6 +510,7 @@ mod tests {
             axis: 1,
             block_size: 0,
             to: DType::U8,
+            saturate: true,
         };
         assert_eq!(crate::Op::Quant(q).name(), "quant.quantize");
         assert_eq!(

@@ -42,7 +42,8 @@
 //!   value and deserializes the `Op`. `constant` nodes print as `constant @cN`.
 //! * Constants print every element exactly: floats in their shortest round-tripping decimal form
 //!   (`nan`, `inf`, `-inf`, `-0.0` spelled out; a NaN other than the canonical one keeps its bits as
-//!   `nan:0x7fc00001`), strings as JSON strings. [`PrintOptions::elide_consts_over`] abbreviates large
+//!   `nan:0x7fc00001`), strings as JSON strings. The float8/float4 storage types print their codes
+//!   (`0x3c`, two hex digits), the 4- and 2-bit integers their values. [`PrintOptions::elide_consts_over`] abbreviates large
 //!   constants for human dumps (`[... 9408 elements]`); that form does not parse.
 //! * Symbolic dims that are not plain identifiers (`past_sequence_length + 1`) are printed as JSON
 //!   strings so that they parse back.

@@ -8,6 +8,7 @@
 use super::{CANONICAL_NAN_BF16, CANONICAL_NAN_F16, CANONICAL_NAN_F32, CANONICAL_NAN_F64};
 use crate::dtype::{DType, QuantParams};
 use crate::graph::{Graph, Node, Port, ValueId};
+use crate::lowbit::{F4E2M1, F8E4M3FN, F8E4M3FNUZ, F8E5M2, F8E5M2FNUZ, F8E8M0, I2, I4, U2, U4};
 use crate::ops::Op;
 use crate::shape::{Dim, TensorType};
 use crate::tensor::{Elem, Tensor};
@@ -608,6 +609,22 @@ impl<'a> Parser<'a> {
             DType::I64 => self.list(start, shape, d, |s| s.parse::<i64>().ok())?,
             DType::U64 => self.list(start, shape, d, |s| s.parse::<u64>().ok())?,
             DType::Bool => self.list(start, shape, d, |s| s.parse::<bool>().ok())?,
+            DType::F8E4M3FN => self.list(start, shape, d, |s| parse_code(s, 8).map(F8E4M3FN))?,
+            DType::F8E4M3FNUZ => {
+                self.list(start, shape, d, |s| parse_code(s, 8).map(F8E4M3FNUZ))?
+            }
+            DType::F8E5M2 => self.list(start, shape, d, |s| parse_code(s, 8).map(F8E5M2))?,
+            DType::F8E5M2FNUZ => {
+                self.list(start, shape, d, |s| parse_code(s, 8).map(F8E5M2FNUZ))?
+            }
+            DType::F8E8M0 => self.list(start, shape, d, |s| parse_code(s, 8).map(F8E8M0))?,
+            DType::F4E2M1 => self.list(start, shape, d, |s| parse_code(s, 4).map(F4E2M1))?,
+            DType::I4 => self.list(start, shape, d, |s| small_int(s, -8, 7).map(I4))?,
+            DType::U4 => self.list(start, shape, d, |s| {
+                small_int(s, 0, 15).map(|v| U4(v as u8))
+            })?,
+            DType::I2 => self.list(start, shape, d, |s| small_int(s, -2, 1).map(I2))?,
+            DType::U2 => self.list(start, shape, d, |s| small_int(s, 0, 3).map(|v| U2(v as u8)))?,
             DType::Str => {
                 let mut v = Vec::new();
                 if !self.eat("]") {
@@ -794,4 +811,17 @@ fn parse_bf16(s: &str) -> Option<bf16> {
         None if s == "nan" => Some(bf16::from_bits(CANONICAL_NAN_BF16)),
         None => parse_f32(s).filter(|x| !x.is_nan()).map(bf16::from_f32),
     }
+}
+
+/// The code of a storage float element, `0x` and hex digits, below `2^bits`.
+fn parse_code(s: &str, bits: u32) -> Option<u8> {
+    let h = s.strip_prefix("0x")?;
+    u8::from_str_radix(h, 16)
+        .ok()
+        .filter(|&c| u32::from(c) < (1 << bits))
+}
+
+/// A small integer element in `lo..=hi`.
+fn small_int(s: &str, lo: i8, hi: i8) -> Option<i8> {
+    s.parse::<i8>().ok().filter(|v| (lo..=hi).contains(v))
 }

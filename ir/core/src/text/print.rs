@@ -262,6 +262,18 @@ impl Printer<'_> {
             Tensor::I64(a) => self.list(a.iter(), display),
             Tensor::U64(a) => self.list(a.iter(), display),
             Tensor::Bool(a) => self.list(a.iter(), display),
+            // Storage floats print their codes (hex), which round-trip exactly, NaNs included;
+            // the small integers print their values.
+            Tensor::F8E4M3FN(a) => self.list(a.iter(), |o, v| code(o, v.0)),
+            Tensor::F8E4M3FNUZ(a) => self.list(a.iter(), |o, v| code(o, v.0)),
+            Tensor::F8E5M2(a) => self.list(a.iter(), |o, v| code(o, v.0)),
+            Tensor::F8E5M2FNUZ(a) => self.list(a.iter(), |o, v| code(o, v.0)),
+            Tensor::F8E8M0(a) => self.list(a.iter(), |o, v| code(o, v.0)),
+            Tensor::F4E2M1(a) => self.list(a.iter(), |o, v| code(o, v.0)),
+            Tensor::I4(a) => self.list(a.iter(), |o, v| display(o, &v.0)),
+            Tensor::U4(a) => self.list(a.iter(), |o, v| display(o, &v.0)),
+            Tensor::I2(a) => self.list(a.iter(), |o, v| display(o, &v.0)),
+            Tensor::U2(a) => self.list(a.iter(), |o, v| display(o, &v.0)),
             Tensor::Str(a) => {
                 for (i, s) in a.iter().enumerate() {
                     if i > 0 {
@@ -286,6 +298,11 @@ impl Printer<'_> {
 
 fn display(o: &mut String, v: &impl std::fmt::Display) {
     let _ = write!(o, "{v}");
+}
+
+/// The code of a storage float element: `0x` and two hex digits.
+fn code(o: &mut String, c: u8) {
+    let _ = write!(o, "{c:#04x}");
 }
 
 /// The printed name of an op and its attributes as compact JSON, from the op's serde form.

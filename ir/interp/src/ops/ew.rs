@@ -10,7 +10,7 @@
 use crate::{EvalCx, EvalError, invalid};
 use mlc_ir::ops::EwOp;
 use mlc_ir::ops::ew::GeluApprox;
-use mlc_ir::{DType, Elem, NumElem, Tensor, dispatch_all, dispatch_num};
+use mlc_ir::{CastMode, DType, Elem, NumElem, Tensor, dispatch_all, dispatch_num};
 use ndarray::{ArrayD, IxDyn};
 use std::cmp::Ordering;
 
@@ -125,6 +125,7 @@ fn build(dtype: DType, shape: &[usize], v: Vec<Num>) -> Result<Tensor, EvalError
         DType::U64 => go::<u64>(shape, v),
         DType::Bool => go::<bool>(shape, v),
         DType::Str => Err(invalid("a numeric op cannot produce strings")),
+        d => Err(invalid(format!("a numeric op cannot produce {d}"))),
     }
 }
 
@@ -623,6 +624,17 @@ pub fn eval(op: &EwOp, inputs: &[Option<&Tensor>], _cx: &EvalCx) -> Result<Vec<T
             r
         }
         EwOp::Cast { to } => x.cast(*to)?,
+        EwOp::CastF8 {
+            to,
+            saturate,
+            round,
+        } => x.cast_with(
+            *to,
+            CastMode {
+                saturate: *saturate,
+                round: *round,
+            },
+        )?,
         EwOp::BitCast { to } => Tensor::from_le_bytes(*to, x.shape(), &x.to_le_bytes()?)?,
         _ => return Err(EvalError::Unsupported(format!("ew op {op:?}"))),
     }])
@@ -749,6 +761,33 @@ mod tests {
             &[&t(&[2], vec![1.5f32, -2.0])],
         );
         assert_eq!(back, t(&[2], vec!["1.5".to_string(), "-2".into()]));
+    }
+
+    #[test]
+    fn cast_f8_options() {
+        use mlc_ir::RoundMode;
+        use mlc_ir::lowbit::{F8E5M2, F8E8M0};
+        let x = t(&[3], vec![1e6f32, -1e6, 3.0]);
+        let op = |saturate| EwOp::CastF8 {
+            to: DType::F8E5M2,
+            saturate,
+            round: RoundMode::Up,
+        };
+        let codes = |v: [u8; 3]| t(&[3], v.map(F8E5M2).to_vec());
+        assert_eq!(run(op(false), &[&x]), codes([0x7c, 0xfc, 0x42]));
+        assert_eq!(run(op(true), &[&x]), codes([0x7b, 0xfb, 0x42]));
+        // 3.0 rounds to 2 (down) or 4 (up, nearest); the sign is dropped.
+        let e8 = |round| EwOp::CastF8 {
+            to: DType::F8E8M0,
+            saturate: true,
+            round,
+        };
+        let codes = |v: [u8; 3]| t(&[3], v.map(F8E8M0).to_vec());
+        assert_eq!(run(e8(RoundMode::Down), &[&x]), codes([0x92, 0x92, 0x80]));
+        assert_eq!(
+            run(e8(RoundMode::Nearest), &[&x]),
+            codes([0x93, 0x93, 0x81])
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::{EvalCx, EvalError, invalid};
 use half::{bf16, f16};
 use mlc_ir::ops::QuantOp;
 use mlc_ir::ops::quant::ConvGeom;
-use mlc_ir::{DType, NumElem, Tensor, dispatch_num};
+use mlc_ir::{CastMode, DType, NumElem, Tensor, dispatch_num};
 use ndarray::{ArrayD, IxDyn};
 
 pub fn eval(
@@ -23,10 +23,17 @@ pub fn eval(
             axis,
             block_size,
             to,
+            saturate,
         } => {
             let (x, scale) = (input(inputs, 0)?, input(inputs, 1)?);
             let zp = opt(inputs, 2);
-            Ok(vec![quantize(x, scale, zp, *axis, *block_size, *to)?])
+            let q = Quant {
+                axis: *axis,
+                block_size: *block_size,
+                to: *to,
+                saturate: *saturate,
+            };
+            Ok(vec![quantize(x, scale, zp, q)?])
         }
         QuantOp::Dequantize {
             axis,
@@ -146,6 +153,10 @@ fn int_range(d: DType) -> Result<(f64, f64), EvalError> {
         DType::U16 => (0.0, 65535.0),
         DType::I16 => (-32768.0, 32767.0),
         DType::I32 => (f64::from(i32::MIN), f64::from(i32::MAX)),
+        DType::I4 => (-8.0, 7.0),
+        DType::U4 => (0.0, 15.0),
+        DType::I2 => (-2.0, 1.0),
+        DType::U2 => (0.0, 3.0),
         _ => return Err(invalid(format!("{d} is not a quantized integer type"))),
     })
 }
@@ -266,24 +277,31 @@ impl Granularity {
     }
 }
 
+/// The attributes of a quantize op.
+struct Quant {
+    axis: usize,
+    block_size: usize,
+    to: DType,
+    saturate: bool,
+}
+
 fn quantize(
     x: &Tensor,
     scale: &Tensor,
     zp: Option<&Tensor>,
-    axis: usize,
-    block_size: usize,
-    to: DType,
+    q: Quant,
 ) -> Result<Tensor, EvalError> {
+    let Quant {
+        axis,
+        block_size,
+        to,
+        saturate,
+    } = q;
     let g = Granularity::new(x.shape(), scale.shape(), axis, block_size)?;
     let s = scale.to_f64_vec()?;
-    let z = match zp {
-        Some(t) => {
-            Granularity::new(x.shape(), t.shape(), axis, block_size)?;
-            t.to_i64_vec()?
-        }
-        None => vec![0; s.len()],
-    };
-    let (lo, hi) = int_range(to)?;
+    if let Some(t) = zp {
+        Granularity::new(x.shape(), t.shape(), axis, block_size)?;
+    }
     // The quotient has numpy's result type of `x / scale`.
     let prec = if x.dtype().is_float() {
         promote(x.dtype(), scale.dtype())
@@ -291,6 +309,33 @@ fn quantize(
         DType::F64
     };
     let xs = x.to_f64_vec()?;
+    if to.is_small_float() {
+        // The reference converts the quotient as `Cast` does; only f4e2m1 adds its zero point.
+        // (Adding a zero point of 0 is not a no-op: -0 + 0 is +0.)
+        let z = match zp {
+            Some(t) if to == DType::F4E2M1 => Some(t.to_f64_vec()?),
+            _ => None,
+        };
+        let y: Vec<f64> = xs
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let p = g.index(i);
+                let r = round_to(prec, v / s[p]);
+                z.as_ref().map_or(r, |z| round_to(prec, r + z[p]))
+            })
+            .collect();
+        let mode = CastMode {
+            saturate,
+            ..CastMode::default()
+        };
+        return Ok(Tensor::from_vec(x.shape(), y)?.cast_with(to, mode)?);
+    }
+    let z = match zp {
+        Some(t) => t.to_i64_vec()?,
+        None => vec![0; s.len()],
+    };
+    let (lo, hi) = int_range(to)?;
     let q: Vec<i64> = xs
         .iter()
         .enumerate()
@@ -316,7 +361,16 @@ fn dequantize(
     let z = match zp {
         Some(t) => {
             Granularity::new(x.shape(), t.shape(), axis, block_size)?;
-            t.to_f64_vec()?
+            let z = t.to_f64_vec()?;
+            // The reference ignores the zero point of the float types; float8 ones must be 0.
+            if x.dtype().is_small_float() {
+                if x.dtype() != DType::F4E2M1 && z.iter().any(|&v| v != 0.0) {
+                    return Err(invalid("a float8 zero point must be zero"));
+                }
+                vec![0.0; s.len()]
+            } else {
+                z
+            }
         }
         None => vec![0.0; s.len()],
     };
@@ -700,6 +754,7 @@ mod tests {
             axis: 1,
             block_size: 0,
             to,
+            saturate: true,
         };
         let zp = Tensor::scalar(10u8);
         // numpy: np.clip(np.rint(x) + 10, 0, 255)
@@ -721,6 +776,7 @@ mod tests {
             axis: 0,
             block_size: 0,
             to: DType::I16,
+            saturate: true,
         };
         assert_eq!(
             run(op, &[Some(&x), Some(&s)])[0],
@@ -732,12 +788,77 @@ mod tests {
             axis: 1,
             block_size: 2,
             to: DType::U8,
+            saturate: true,
         };
         // Blocks: row 0 = [1, 2 | 3, 4] / [1 | 2] + [0 | 1]; row 1 = [5, 6 | 7, 8] / [4 | 8] + [2 | 3].
         assert_eq!(
             run(op, &[Some(&x), Some(&s), Some(&z)])[0],
             t(&[2, 4], vec![1u8, 2, 3, 3, 3, 4, 4, 4])
         );
+    }
+
+    #[test]
+    fn quantize_to_storage_types() {
+        use mlc_ir::lowbit::{F4E2M1, F8E4M3FN, I4};
+        let x = t(&[4], vec![1.0f32, 300.0, -1000.0, 17.0]);
+        let s = Tensor::scalar(2.0f32);
+        let op = |to, saturate| QuantOp::Quantize {
+            axis: 0,
+            block_size: 0,
+            to,
+            saturate,
+        };
+        // x / 2 = [0.5, 150, -500, 8.5]; float8 ignores the zero point; -500 saturates to -448
+        // or becomes NaN (0xff).
+        let zp = Tensor::scalar(F8E4M3FN(0));
+        let q = |sat| run(op(DType::F8E4M3FN, sat), &[Some(&x), Some(&s), Some(&zp)]);
+        let codes = |v: [u8; 4]| t(&[4], v.map(F8E4M3FN).to_vec());
+        assert_eq!(q(true)[0], codes([0x30, 0x71, 0xfe, 0x50]));
+        assert_eq!(q(false)[0], codes([0x30, 0x71, 0xff, 0x50]));
+        // Integers round half to even, add the zero point and saturate: [0, 75, -250, 8] + 1.
+        let zp = Tensor::scalar(I4(1));
+        assert_eq!(
+            run(op(DType::I4, true), &[Some(&x), Some(&s), Some(&zp)])[0],
+            t(&[4], vec![I4(1), I4(7), I4(-8), I4(7)])
+        );
+        // f4e2m1 adds its zero point (1.0): [1.5, 151, -499, 9.5] -> [1.5, 6, -6, 6].
+        let zp = Tensor::scalar(F4E2M1(0x2));
+        assert_eq!(
+            run(op(DType::F4E2M1, true), &[Some(&x), Some(&s), Some(&zp)])[0],
+            t(
+                &[4],
+                vec![F4E2M1(0x3), F4E2M1(0x7), F4E2M1(0xf), F4E2M1(0x7)]
+            )
+        );
+    }
+
+    #[test]
+    fn dequantize_storage_types() {
+        use mlc_ir::lowbit::{F8E5M2, U2};
+        let op = QuantOp::Dequantize {
+            axis: 0,
+            block_size: 0,
+            to: DType::F32,
+        };
+        let s = Tensor::scalar(0.5f32);
+        let x = t(&[3], vec![U2(0), U2(3), U2(1)]);
+        let zp = Tensor::scalar(U2(1));
+        assert_eq!(
+            run(op.clone(), &[Some(&x), Some(&s), Some(&zp)])[0],
+            t(&[3], vec![-0.5f32, 1.0, 0.0])
+        );
+        // 0x3c is 1.0, 0x7c is infinity.
+        let x = t(&[2], vec![F8E5M2(0x3c), F8E5M2(0x7c)]);
+        assert_eq!(
+            run(op.clone(), &[Some(&x), Some(&s), None])[0],
+            t(&[2], vec![0.5f32, f32::INFINITY])
+        );
+        let cx = EvalCx {
+            regions: &[],
+            output_types: &[],
+        };
+        let zp = Tensor::scalar(F8E5M2(0x3c));
+        assert!(eval(&op, &[Some(&x), Some(&s), Some(&zp)], &cx).is_err());
     }
 
     #[test]
