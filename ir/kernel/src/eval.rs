@@ -1,0 +1,516 @@
+//! A reference evaluator for the kernel IR: the oracle that backends are checked against,
+//! and the check that lowering preserved the graph's meaning (compared with `mlc-interp`).
+//!
+//! Scalars are held widened (`f64`, `i64`, `bool`) and rounded back to their declared type
+//! after every operation, so results are those of the declared type: an `f32` add computed in
+//! `f64` and rounded once is exactly the `f32` add. Parallel and vector loops run in order;
+//! every index is bounds-checked.
+
+use crate::kernel::*;
+use half::{bf16, f16};
+use mlc_ir::{DType, Tensor};
+
+/// A widened scalar.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Val {
+    F(f64),
+    I(i64),
+    B(bool),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum EvalError {
+    #[error("kernel {kernel}: index {index} out of bounds of %p{param} (length {len})")]
+    OutOfBounds {
+        kernel: String,
+        param: u32,
+        index: i64,
+        len: usize,
+    },
+    #[error("kernel {kernel}: %v{var} read before it was defined")]
+    Undefined { kernel: String, var: u32 },
+    #[error("program expects {expected} inputs, got {got}")]
+    InputCount { expected: usize, got: usize },
+    #[error("input {index}: expected {expected}, got {got}")]
+    InputType {
+        index: usize,
+        expected: String,
+        got: String,
+    },
+    #[error("cannot hold {0} in the kernel-IR evaluator")]
+    Dtype(String),
+}
+
+/// Runs a program on its inputs and returns its outputs in order.
+pub fn run_program(p: &Program, inputs: &[Tensor]) -> Result<Vec<Tensor>, EvalError> {
+    if inputs.len() != p.inputs.len() {
+        return Err(EvalError::InputCount {
+            expected: p.inputs.len(),
+            got: inputs.len(),
+        });
+    }
+    // One storage per non-alias buffer; aliases share their target's.
+    let mut store: Vec<Vec<Val>> = Vec::with_capacity(p.buffers.len());
+    for (i, b) in p.buffers.iter().enumerate() {
+        store.push(match b.kind {
+            BufKind::Input(n) => {
+                let t = &inputs[n];
+                if t.dtype() != b.dtype || t.shape() != b.shape.as_slice() {
+                    return Err(EvalError::InputType {
+                        index: n,
+                        expected: format!("{}{:?}", b.dtype.name(), b.shape),
+                        got: format!("{}{:?}", t.dtype().name(), t.shape()),
+                    });
+                }
+                to_vals(t)?
+            }
+            BufKind::Const(c) => to_vals(&p.consts[c])?,
+            BufKind::Temp => vec![zero(b.dtype); b.len()],
+            BufKind::Alias(_) => Vec::new(),
+        });
+        debug_assert_eq!(store.len(), i + 1);
+    }
+    for st in &p.steps {
+        let map: Vec<usize> = st
+            .args
+            .iter()
+            .map(|&b| p.storage_of(b).0 as usize)
+            .collect();
+        eval_kernel(p.kernel(st.kernel), &mut store, &map)?;
+    }
+    p.outputs
+        .iter()
+        .map(|(_, b)| {
+            let buf = p.buffer(*b);
+            from_vals(buf.dtype, &buf.shape, &store[p.storage_of(*b).0 as usize])
+        })
+        .collect()
+}
+
+/// Runs one kernel; `map[i]` is the index in `store` of the buffer bound to `ParamId(i)`.
+pub fn eval_kernel(k: &Kernel, store: &mut [Vec<Val>], map: &[usize]) -> Result<(), EvalError> {
+    let mut cx = Cx {
+        k,
+        store,
+        map,
+        vars: vec![None; k.vars.len()],
+    };
+    cx.block(&k.body)
+}
+
+struct Cx<'a> {
+    k: &'a Kernel,
+    store: &'a mut [Vec<Val>],
+    map: &'a [usize],
+    vars: Vec<Option<Val>>,
+}
+
+impl Cx<'_> {
+    fn block(&mut self, body: &[Stmt]) -> Result<(), EvalError> {
+        for st in body {
+            match st {
+                Stmt::For {
+                    var, extent, body, ..
+                } => {
+                    let n = self.int(extent)?;
+                    for i in 0..n {
+                        self.vars[var.0 as usize] = Some(Val::I(i));
+                        self.block(body)?;
+                    }
+                }
+                Stmt::Let { var, value } | Stmt::Assign { var, value } => {
+                    let v = self.expr(value)?;
+                    self.vars[var.0 as usize] = Some(v);
+                }
+                Stmt::Store {
+                    param,
+                    index,
+                    value,
+                } => {
+                    let i = self.int(index)?;
+                    let v = self.expr(value)?;
+                    let slot = self.slot(*param, i)?;
+                    self.store[slot.0][slot.1] = v;
+                }
+                Stmt::Matmul(mm) => self.matmul(mm)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn slot(&self, param: ParamId, i: i64) -> Result<(usize, usize), EvalError> {
+        let s = self.map[param.0 as usize];
+        let len = self.k.params[param.0 as usize].len;
+        if i < 0 || i as usize >= len || i as usize >= self.store[s].len() {
+            return Err(EvalError::OutOfBounds {
+                kernel: self.k.name.clone(),
+                param: param.0,
+                index: i,
+                len,
+            });
+        }
+        Ok((s, i as usize))
+    }
+
+    fn int(&mut self, e: &Expr) -> Result<i64, EvalError> {
+        Ok(match self.expr(e)? {
+            Val::I(i) => i,
+            Val::F(f) => f as i64,
+            Val::B(b) => b as i64,
+        })
+    }
+
+    fn load_f(&self, m: &MatRef, off: i64, r: usize, c: usize) -> Result<f64, EvalError> {
+        let i = off + r as i64 * m.row_stride + c as i64 * m.col_stride;
+        let (s, i) = self.slot(m.param, i)?;
+        Ok(match self.store[s][i] {
+            Val::F(f) => f,
+            Val::I(i) => i as f64,
+            Val::B(b) => b as i64 as f64,
+        })
+    }
+
+    fn matmul(&mut self, mm: &Matmul) -> Result<(), EvalError> {
+        let (ao, bo, co) = (
+            self.int(&mm.a.offset)?,
+            self.int(&mm.b.offset)?,
+            self.int(&mm.c.offset)?,
+        );
+        let bias_o = match &mm.bias {
+            Some(b) => self.int(&b.offset)?,
+            None => 0,
+        };
+        let cty = self.k.params[mm.c.param.0 as usize].dtype;
+        for r in 0..mm.m {
+            for c in 0..mm.n {
+                let mut acc = 0.0f64;
+                for kk in 0..mm.k {
+                    acc += self.load_f(&mm.a, ao, r, kk)? * self.load_f(&mm.b, bo, kk, c)?;
+                }
+                let mut v = mm.alpha as f64 * acc;
+                if mm.beta != 0.0 {
+                    v += mm.beta as f64 * self.load_f(&mm.c, co, r, c)?;
+                }
+                if let Some(b) = &mm.bias {
+                    v += self.load_f(b, bias_o, r, c)?;
+                }
+                v = match mm.act {
+                    Activation::None => v,
+                    Activation::Relu => v.max(0.0),
+                    Activation::Clip { min, max } => v.max(min as f64).min(max as f64),
+                };
+                let i = co + r as i64 * mm.c.row_stride + c as i64 * mm.c.col_stride;
+                let (s, i) = self.slot(mm.c.param, i)?;
+                self.store[s][i] = round(cty, Val::F(v));
+            }
+        }
+        Ok(())
+    }
+
+    fn expr(&mut self, e: &Expr) -> Result<Val, EvalError> {
+        let ty = self.k.type_of(e);
+        Ok(match e {
+            Expr::Var(v) => self.vars[v.0 as usize].ok_or_else(|| EvalError::Undefined {
+                kernel: self.k.name.clone(),
+                var: v.0,
+            })?,
+            Expr::Lit(Lit::Float(_, f)) => Val::F(*f),
+            Expr::Lit(Lit::Int(_, i)) => Val::I(*i),
+            Expr::Lit(Lit::Bool(b)) => Val::B(*b),
+            Expr::Load { param, index } => {
+                let i = self.int(index)?;
+                let (s, i) = self.slot(*param, i)?;
+                self.store[s][i]
+            }
+            Expr::Unary(op, a) => {
+                let a = self.expr(a)?;
+                round(ty, unary(*op, a))
+            }
+            Expr::Binary(op, a, b) => {
+                let aty = self.k.type_of(a);
+                let (a, b) = (self.expr(a)?, self.expr(b)?);
+                round(ty, binary(*op, aty, a, b))
+            }
+            Expr::Select { cond, then, els } => {
+                let c = self.expr(cond)?;
+                if truthy(c) {
+                    self.expr(then)?
+                } else {
+                    self.expr(els)?
+                }
+            }
+            Expr::Cast(to, a) => {
+                let a = self.expr(a)?;
+                cast(*to, a)
+            }
+        })
+    }
+}
+
+fn truthy(v: Val) -> bool {
+    match v {
+        Val::B(b) => b,
+        Val::I(i) => i != 0,
+        Val::F(f) => f != 0.0,
+    }
+}
+
+fn unary(op: UnOp, a: Val) -> Val {
+    match a {
+        Val::F(x) => match op {
+            UnOp::Neg => Val::F(-x),
+            UnOp::Abs => Val::F(x.abs()),
+            UnOp::Not => Val::B(x == 0.0),
+            UnOp::Sqrt => Val::F(x.sqrt()),
+            UnOp::Exp => Val::F(x.exp()),
+            UnOp::Log => Val::F(x.ln()),
+            UnOp::Tanh => Val::F(x.tanh()),
+            UnOp::Erf => Val::F(libm::erf(x)),
+            UnOp::Sin => Val::F(x.sin()),
+            UnOp::Cos => Val::F(x.cos()),
+            UnOp::Tan => Val::F(x.tan()),
+            UnOp::Asin => Val::F(x.asin()),
+            UnOp::Acos => Val::F(x.acos()),
+            UnOp::Atan => Val::F(x.atan()),
+            UnOp::Sinh => Val::F(x.sinh()),
+            UnOp::Cosh => Val::F(x.cosh()),
+            UnOp::Asinh => Val::F(x.asinh()),
+            UnOp::Acosh => Val::F(x.acosh()),
+            UnOp::Atanh => Val::F(x.atanh()),
+            UnOp::Floor => Val::F(x.floor()),
+            UnOp::Ceil => Val::F(x.ceil()),
+            UnOp::Round => Val::F(x.round_ties_even()),
+            UnOp::IsNan => Val::B(x.is_nan()),
+            UnOp::IsInf => Val::B(x.is_infinite()),
+        },
+        Val::I(x) => match op {
+            UnOp::Neg => Val::I(x.wrapping_neg()),
+            UnOp::Abs => Val::I(x.wrapping_abs()),
+            UnOp::Not => Val::I(!x),
+            UnOp::IsNan | UnOp::IsInf => Val::B(false),
+            // Rounding ops are the identity on integers; the others are not lowered for
+            // integers (lowering casts to float first).
+            _ => Val::I(x),
+        },
+        Val::B(x) => match op {
+            UnOp::Not => Val::B(!x),
+            _ => Val::B(x),
+        },
+    }
+}
+
+fn binary(op: BinOp, ty: DType, a: Val, b: Val) -> Val {
+    match (a, b) {
+        (Val::F(x), Val::F(y)) => match op {
+            BinOp::Add => Val::F(x + y),
+            BinOp::Sub => Val::F(x - y),
+            BinOp::Mul => Val::F(x * y),
+            BinOp::Div => Val::F(x / y),
+            BinOp::Rem => Val::F(x % y),
+            BinOp::Max => Val::F(if x.is_nan() || y.is_nan() {
+                f64::NAN
+            } else {
+                x.max(y)
+            }),
+            BinOp::Min => Val::F(if x.is_nan() || y.is_nan() {
+                f64::NAN
+            } else {
+                x.min(y)
+            }),
+            BinOp::Pow => Val::F(pow(ty, x, y)),
+            BinOp::Eq => Val::B(x == y),
+            BinOp::Ne => Val::B(x != y),
+            BinOp::Lt => Val::B(x < y),
+            BinOp::Le => Val::B(x <= y),
+            BinOp::Gt => Val::B(x > y),
+            BinOp::Ge => Val::B(x >= y),
+            BinOp::And | BinOp::Or | BinOp::Xor | BinOp::Shl | BinOp::Shr => Val::F(f64::NAN),
+        },
+        (Val::I(x), Val::I(y)) => {
+            let unsigned = !ty.is_signed_int();
+            match op {
+                BinOp::Add => Val::I(x.wrapping_add(y)),
+                BinOp::Sub => Val::I(x.wrapping_sub(y)),
+                BinOp::Mul => Val::I(x.wrapping_mul(y)),
+                BinOp::Div => Val::I(if y == 0 { 0 } else { x.wrapping_div(y) }),
+                BinOp::Rem => Val::I(if y == 0 { 0 } else { x.wrapping_rem(y) }),
+                BinOp::Max => Val::I(x.max(y)),
+                BinOp::Min => Val::I(x.min(y)),
+                BinOp::Pow => Val::I(if y < 0 {
+                    0
+                } else {
+                    x.wrapping_pow(y.min(u32::MAX as i64) as u32)
+                }),
+                BinOp::And => Val::I(x & y),
+                BinOp::Or => Val::I(x | y),
+                BinOp::Xor => Val::I(x ^ y),
+                BinOp::Shl => Val::I(if (0..64).contains(&y) { x << y } else { 0 }),
+                BinOp::Shr if unsigned => {
+                    let bits = ty.bits().unwrap_or(64) as i64;
+                    let ux = (x as u64) & mask(bits);
+                    Val::I(if (0..64).contains(&y) {
+                        (ux >> y) as i64
+                    } else {
+                        0
+                    })
+                }
+                BinOp::Shr => Val::I(if (0..64).contains(&y) {
+                    x >> y
+                } else if x < 0 {
+                    -1
+                } else {
+                    0
+                }),
+                BinOp::Eq => Val::B(x == y),
+                BinOp::Ne => Val::B(x != y),
+                BinOp::Lt => Val::B(x < y),
+                BinOp::Le => Val::B(x <= y),
+                BinOp::Gt => Val::B(x > y),
+                BinOp::Ge => Val::B(x >= y),
+            }
+        }
+        (Val::B(x), Val::B(y)) => match op {
+            BinOp::And | BinOp::Min | BinOp::Mul => Val::B(x & y),
+            BinOp::Or | BinOp::Max | BinOp::Add => Val::B(x | y),
+            BinOp::Xor | BinOp::Ne => Val::B(x ^ y),
+            BinOp::Eq => Val::B(x == y),
+            BinOp::Lt => Val::B(!x & y),
+            BinOp::Le => Val::B(!x | y),
+            BinOp::Gt => Val::B(x & !y),
+            BinOp::Ge => Val::B(x | !y),
+            _ => Val::B(false),
+        },
+        // Ill-typed; the verifier rejects it. Produce something deterministic.
+        _ => Val::F(f64::NAN),
+    }
+}
+
+/// `pow` in the precision of the declared type, as the C library computes it.
+fn pow(ty: DType, x: f64, y: f64) -> f64 {
+    if ty == DType::F64 {
+        x.powf(y)
+    } else {
+        (x as f32).powf(y as f32) as f64
+    }
+}
+
+fn mask(bits: i64) -> u64 {
+    if bits >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << bits) - 1
+    }
+}
+
+fn zero(ty: DType) -> Val {
+    if ty.is_float() {
+        Val::F(0.0)
+    } else if ty == DType::Bool {
+        Val::B(false)
+    } else {
+        Val::I(0)
+    }
+}
+
+/// Rounds a widened value to the declared type `ty`.
+fn round(ty: DType, v: Val) -> Val {
+    match (ty, v) {
+        (DType::F32, Val::F(f)) => Val::F(f as f32 as f64),
+        (DType::F16, Val::F(f)) => Val::F(f16::from_f64(f).to_f64()),
+        (DType::BF16, Val::F(f)) => Val::F(bf16::from_f64(f).to_f64()),
+        (t, Val::I(i)) if t.is_int() => Val::I(wrap(t, i)),
+        _ => v,
+    }
+}
+
+/// Wraps an integer to the range of `ty` (two's complement).
+fn wrap(ty: DType, i: i64) -> i64 {
+    match ty {
+        DType::I8 => i as i8 as i64,
+        DType::U8 => i as u8 as i64,
+        DType::I16 => i as i16 as i64,
+        DType::U16 => i as u16 as i64,
+        DType::I32 => i as i32 as i64,
+        DType::U32 => i as u32 as i64,
+        _ => i,
+    }
+}
+
+fn cast(to: DType, v: Val) -> Val {
+    match v {
+        Val::F(f) if to.is_float() => round(to, Val::F(f)),
+        Val::F(f) if to == DType::Bool => Val::B(f != 0.0),
+        Val::F(f) => {
+            // Saturating truncation, NaN → 0: what Rust's `as` does, and what backends emit.
+            let i = match to {
+                DType::I8 => f as i8 as i64,
+                DType::U8 => f as u8 as i64,
+                DType::I16 => f as i16 as i64,
+                DType::U16 => f as u16 as i64,
+                DType::I32 => f as i32 as i64,
+                DType::U32 => f as u32 as i64,
+                DType::U64 => f as u64 as i64,
+                _ => f as i64,
+            };
+            Val::I(i)
+        }
+        Val::I(i) if to.is_float() => round(to, Val::F(i as f64)),
+        Val::I(i) if to == DType::Bool => Val::B(i != 0),
+        Val::I(i) => Val::I(wrap(to, i)),
+        Val::B(b) if to.is_float() => Val::F(b as i64 as f64),
+        Val::B(b) if to == DType::Bool => Val::B(b),
+        Val::B(b) => Val::I(b as i64),
+    }
+}
+
+/// A tensor's elements as widened values.
+pub fn to_vals(t: &Tensor) -> Result<Vec<Val>, EvalError> {
+    let ty = t.dtype();
+    let bad = |_| EvalError::Dtype(ty.name().to_string());
+    if ty.is_float() && !ty.is_storage_only() {
+        Ok(t.to_f64_vec()
+            .map_err(bad)?
+            .into_iter()
+            .map(Val::F)
+            .collect())
+    } else if ty == DType::Bool {
+        Ok(t.to_i64_vec()
+            .map_err(bad)?
+            .into_iter()
+            .map(|i| Val::B(i != 0))
+            .collect())
+    } else if ty.is_int() && !ty.is_storage_only() {
+        Ok(t.to_i64_vec()
+            .map_err(bad)?
+            .into_iter()
+            .map(Val::I)
+            .collect())
+    } else {
+        Err(EvalError::Dtype(ty.name().to_string()))
+    }
+}
+
+/// Widened values back into a tensor of `dtype` and `shape`.
+pub fn from_vals(dtype: DType, shape: &[usize], vals: &[Val]) -> Result<Tensor, EvalError> {
+    let bad = |_| EvalError::Dtype(dtype.name().to_string());
+    if dtype.is_float() {
+        let v: Vec<f64> = vals
+            .iter()
+            .map(|v| if let Val::F(f) = v { *f } else { f64::NAN })
+            .collect();
+        Tensor::from_vec(shape, v)
+            .and_then(|t| t.cast(dtype))
+            .map_err(bad)
+    } else if dtype == DType::Bool {
+        let v: Vec<bool> = vals.iter().map(|v| truthy(*v)).collect();
+        Tensor::from_vec(shape, v).map_err(bad)
+    } else {
+        let v: Vec<i64> = vals
+            .iter()
+            .map(|v| if let Val::I(i) = v { *i } else { 0 })
+            .collect();
+        Tensor::from_vec(shape, v)
+            .and_then(|t| t.cast(dtype))
+            .map_err(bad)
+    }
+}

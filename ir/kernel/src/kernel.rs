@@ -1,0 +1,502 @@
+//! The kernel IR's data types: programs, kernels, statements, scalar expressions.
+//!
+//! Entities are `u32` newtypes indexing the tables of their owner (buffers of a [`Program`];
+//! params and variables of a [`Kernel`]), as in Cranelift.
+
+use mlc_ir::{DType, Tensor};
+
+/// A program-level buffer: one tensor's storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BufId(pub u32);
+
+/// A kernel's parameter: the `i`-th buffer passed to a launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ParamId(pub u32);
+
+/// A kernel-local scalar variable: a loop counter, a `let`, or an accumulator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VarId(pub u32);
+
+/// Index of a kernel in [`Program::kernels`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KernelId(pub u32);
+
+/// A whole model at kernel level: buffers, the distinct kernels, and the launches in order.
+#[derive(Clone, Debug, Default)]
+pub struct Program {
+    pub buffers: Vec<Buffer>,
+    /// Constant data, referenced by [`BufKind::Const`].
+    pub consts: Vec<Tensor>,
+    /// Distinct kernels; identical kernels are shared by several steps.
+    pub kernels: Vec<Kernel>,
+    pub steps: Vec<Step>,
+    /// The program's inputs, in the graph's order, by name.
+    pub inputs: Vec<(String, BufId)>,
+    /// The program's outputs, in the graph's order, by name.
+    pub outputs: Vec<(String, BufId)>,
+}
+
+impl Program {
+    pub fn add_buffer(&mut self, dtype: DType, shape: Vec<usize>, kind: BufKind) -> BufId {
+        self.buffers.push(Buffer { dtype, shape, kind });
+        BufId(self.buffers.len() as u32 - 1)
+    }
+
+    pub fn buffer(&self, b: BufId) -> &Buffer {
+        &self.buffers[b.0 as usize]
+    }
+
+    pub fn kernel(&self, k: KernelId) -> &Kernel {
+        &self.kernels[k.0 as usize]
+    }
+
+    /// Follows aliases to the buffer that owns the storage.
+    pub fn storage_of(&self, mut b: BufId) -> BufId {
+        while let BufKind::Alias(to) = self.buffer(b).kind {
+            b = to;
+        }
+        b
+    }
+
+    /// Adds `kernel` unless an identical one exists, and returns its id. Sharing identical
+    /// kernels keeps code size proportional to distinct shapes, not to model depth.
+    pub fn intern_kernel(&mut self, kernel: Kernel) -> KernelId {
+        if let Some(i) = self.kernels.iter().position(|k| k.same_code(&kernel)) {
+            return KernelId(i as u32);
+        }
+        self.kernels.push(kernel);
+        KernelId(self.kernels.len() as u32 - 1)
+    }
+}
+
+/// One tensor's storage: a flat row-major array of `product(shape)` elements.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Buffer {
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub kind: BufKind,
+}
+
+impl Buffer {
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Where a buffer's bytes come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BufKind {
+    /// The `i`-th program input.
+    Input(usize),
+    /// `Program::consts[i]`.
+    Const(usize),
+    /// Written by a step; the memory planner places it.
+    Temp,
+    /// The same bytes as another buffer under another shape (reshape, squeeze, identity).
+    Alias(BufId),
+}
+
+/// A launch: `kernel` runs with `args[i]` bound to its `ParamId(i)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub kernel: KernelId,
+    pub args: Vec<BufId>,
+    /// The graph node this step came from, for diagnostics and `--explain`.
+    pub origin: Option<String>,
+}
+
+/// How a kernel uses a parameter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Access {
+    Read,
+    Write,
+    ReadWrite,
+}
+
+/// A kernel parameter: a flat buffer of `len` elements of `dtype`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Param {
+    pub dtype: DType,
+    pub len: usize,
+    pub access: Access,
+}
+
+/// A kernel: straight-line statements and loops over its parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Kernel {
+    pub name: String,
+    pub params: Vec<Param>,
+    /// The type of every variable; loop counters are `I64`.
+    pub vars: Vec<DType>,
+    pub body: Vec<Stmt>,
+}
+
+impl Kernel {
+    pub fn new(name: impl Into<String>) -> Kernel {
+        Kernel {
+            name: name.into(),
+            params: Vec::new(),
+            vars: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    pub fn param(&mut self, dtype: DType, len: usize, access: Access) -> ParamId {
+        self.params.push(Param { dtype, len, access });
+        ParamId(self.params.len() as u32 - 1)
+    }
+
+    pub fn var(&mut self, ty: DType) -> VarId {
+        self.vars.push(ty);
+        VarId(self.vars.len() as u32 - 1)
+    }
+
+    pub fn var_ty(&self, v: VarId) -> DType {
+        self.vars[v.0 as usize]
+    }
+
+    /// Two kernels with the same code differ at most in their names.
+    pub fn same_code(&self, other: &Kernel) -> bool {
+        self.params == other.params && self.vars == other.vars && self.body == other.body
+    }
+
+    /// The type of `e` in this kernel. Well-typedness is the verifier's business; this assumes
+    /// it.
+    pub fn type_of(&self, e: &Expr) -> DType {
+        match e {
+            Expr::Var(v) => self.var_ty(*v),
+            Expr::Lit(l) => l.ty(),
+            Expr::Load { param, .. } => self.params[param.0 as usize].dtype,
+            Expr::Unary(op, a) => match op {
+                UnOp::IsNan | UnOp::IsInf => DType::Bool,
+                _ => self.type_of(a),
+            },
+            Expr::Binary(op, a, _) => {
+                if op.is_comparison() {
+                    DType::Bool
+                } else {
+                    self.type_of(a)
+                }
+            }
+            Expr::Select { then, .. } => self.type_of(then),
+            Expr::Cast(ty, _) => *ty,
+        }
+    }
+}
+
+/// How a loop's iterations may be executed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LoopKind {
+    /// In order.
+    Serial,
+    /// Iterations are independent and write disjoint elements: CPU threads, the GPU grid.
+    Parallel,
+    /// Iterations are independent and the loop is innermost: SIMD lanes.
+    Vector,
+}
+
+/// A statement.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Stmt {
+    /// `for var in 0..extent { body }`; `extent` is an `I64` expression evaluated once.
+    For {
+        var: VarId,
+        extent: Expr,
+        kind: LoopKind,
+        body: Vec<Stmt>,
+    },
+    /// Defines `var` (of its declared type) for the rest of the enclosing block.
+    Let { var: VarId, value: Expr },
+    /// Overwrites a variable defined by an enclosing `Let`: accumulators.
+    Assign { var: VarId, value: Expr },
+    /// `param[index] = value`.
+    Store {
+        param: ParamId,
+        index: Expr,
+        value: Expr,
+    },
+    /// A contraction, executed by a library kernel of the backend.
+    Matmul(Box<Matmul>),
+}
+
+/// A strided 2-D view of a parameter: element `(r, c)` is at
+/// `offset + r * row_stride + c * col_stride`. A zero stride broadcasts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MatRef {
+    pub param: ParamId,
+    pub offset: Expr,
+    pub row_stride: i64,
+    pub col_stride: i64,
+}
+
+/// `C = act(alpha * A·B + beta * C + bias)` with `A: m×k`, `B: k×n`, `C: m×n`, accumulated in
+/// f32 (floats) or i32 (integers).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Matmul {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a: MatRef,
+    pub b: MatRef,
+    pub c: MatRef,
+    pub alpha: f32,
+    /// 0 overwrites C; C's old value is then never read.
+    pub beta: f32,
+    /// Added after scaling; broadcast through its strides to `m×n`.
+    pub bias: Option<MatRef>,
+    pub act: Activation,
+}
+
+/// An activation applied in a contraction's epilogue, while the tile is in registers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Activation {
+    None,
+    Relu,
+    Clip { min: f32, max: f32 },
+}
+
+/// A literal.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Lit {
+    /// A float of the given float type; the value is exactly representable in it.
+    Float(DType, f64),
+    /// An integer of the given integer type, in its range.
+    Int(DType, i64),
+    Bool(bool),
+}
+
+impl Lit {
+    pub fn ty(&self) -> DType {
+        match self {
+            Lit::Float(t, _) | Lit::Int(t, _) => *t,
+            Lit::Bool(_) => DType::Bool,
+        }
+    }
+}
+
+/// A scalar expression. Binary arithmetic takes two operands of one type (lowering inserts
+/// the casts); index arithmetic is `I64`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Expr {
+    Var(VarId),
+    Lit(Lit),
+    Load {
+        param: ParamId,
+        index: Box<Expr>,
+    },
+    Unary(UnOp, Box<Expr>),
+    Binary(BinOp, Box<Expr>, Box<Expr>),
+    Select {
+        cond: Box<Expr>,
+        then: Box<Expr>,
+        els: Box<Expr>,
+    },
+    /// Numeric conversion: floats to ints truncate toward zero (saturating at the range,
+    /// NaN → 0), ints to narrower ints wrap, anything to bool is `!= 0`.
+    Cast(DType, Box<Expr>),
+}
+
+/// Unary scalar operations. Transcendentals follow the C library's functions of the same
+/// name; backends call them or inline equivalent approximations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnOp {
+    Neg,
+    Abs,
+    /// Logical not for bools, bitwise not for integers.
+    Not,
+    Sqrt,
+    Exp,
+    Log,
+    Tanh,
+    Erf,
+    Sin,
+    Cos,
+    Tan,
+    Asin,
+    Acos,
+    Atan,
+    Sinh,
+    Cosh,
+    Asinh,
+    Acosh,
+    Atanh,
+    Floor,
+    Ceil,
+    /// Round half to even.
+    Round,
+    IsNan,
+    /// True for ±∞.
+    IsInf,
+}
+
+impl UnOp {
+    /// The C library function computing this op on `f64` (the `f32` one adds an `f`).
+    pub fn libm_name(self) -> Option<&'static str> {
+        Some(match self {
+            UnOp::Exp => "exp",
+            UnOp::Log => "log",
+            UnOp::Tanh => "tanh",
+            UnOp::Erf => "erf",
+            UnOp::Sin => "sin",
+            UnOp::Cos => "cos",
+            UnOp::Tan => "tan",
+            UnOp::Asin => "asin",
+            UnOp::Acos => "acos",
+            UnOp::Atan => "atan",
+            UnOp::Sinh => "sinh",
+            UnOp::Cosh => "cosh",
+            UnOp::Asinh => "asinh",
+            UnOp::Acosh => "acosh",
+            UnOp::Atanh => "atanh",
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            UnOp::Neg => "neg",
+            UnOp::Abs => "abs",
+            UnOp::Not => "not",
+            UnOp::Sqrt => "sqrt",
+            UnOp::Floor => "floor",
+            UnOp::Ceil => "ceil",
+            UnOp::Round => "round",
+            UnOp::IsNan => "isnan",
+            UnOp::IsInf => "isinf",
+            other => other.libm_name().unwrap_or("?"),
+        }
+    }
+}
+
+/// Binary scalar operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinOp {
+    Add,
+    Sub,
+    Mul,
+    /// Integer division truncates toward zero; division by zero yields 0 for integers.
+    Div,
+    /// Remainder with the sign of the dividend (C `fmod`, Rust `%`).
+    Rem,
+    /// NaN if either operand is NaN.
+    Max,
+    /// NaN if either operand is NaN.
+    Min,
+    Pow,
+    /// Logical for bools, bitwise for integers.
+    And,
+    Or,
+    Xor,
+    Shl,
+    /// Logical shift for unsigned types, arithmetic for signed ones.
+    Shr,
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl BinOp {
+    pub fn is_comparison(self) -> bool {
+        matches!(
+            self,
+            BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge
+        )
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BinOp::Add => "add",
+            BinOp::Sub => "sub",
+            BinOp::Mul => "mul",
+            BinOp::Div => "div",
+            BinOp::Rem => "rem",
+            BinOp::Max => "max",
+            BinOp::Min => "min",
+            BinOp::Pow => "pow",
+            BinOp::And => "and",
+            BinOp::Or => "or",
+            BinOp::Xor => "xor",
+            BinOp::Shl => "shl",
+            BinOp::Shr => "shr",
+            BinOp::Eq => "eq",
+            BinOp::Ne => "ne",
+            BinOp::Lt => "lt",
+            BinOp::Le => "le",
+            BinOp::Gt => "gt",
+            BinOp::Ge => "ge",
+        }
+    }
+}
+
+/// Expression constructors, so lowering code reads like the math it builds.
+impl Expr {
+    pub fn var(v: VarId) -> Expr {
+        Expr::Var(v)
+    }
+
+    /// An `I64` index literal.
+    pub fn idx(i: i64) -> Expr {
+        Expr::Lit(Lit::Int(DType::I64, i))
+    }
+
+    /// A float literal of type `ty`.
+    pub fn float(ty: DType, v: f64) -> Expr {
+        Expr::Lit(Lit::Float(ty, v))
+    }
+
+    pub fn load(param: ParamId, index: Expr) -> Expr {
+        Expr::Load {
+            param,
+            index: Box::new(index),
+        }
+    }
+
+    pub fn un(op: UnOp, a: Expr) -> Expr {
+        Expr::Unary(op, Box::new(a))
+    }
+
+    pub fn bin(op: BinOp, a: Expr, b: Expr) -> Expr {
+        Expr::Binary(op, Box::new(a), Box::new(b))
+    }
+
+    pub fn select(cond: Expr, then: Expr, els: Expr) -> Expr {
+        Expr::Select {
+            cond: Box::new(cond),
+            then: Box::new(then),
+            els: Box::new(els),
+        }
+    }
+
+    pub fn cast(ty: DType, a: Expr) -> Expr {
+        Expr::Cast(ty, Box::new(a))
+    }
+
+    /// `a + b` on indices, folding literal zeros so printed kernels stay readable.
+    pub fn add_idx(a: Expr, b: Expr) -> Expr {
+        match (&a, &b) {
+            (Expr::Lit(Lit::Int(_, 0)), _) => b,
+            (_, Expr::Lit(Lit::Int(_, 0))) => a,
+            (Expr::Lit(Lit::Int(t, x)), Expr::Lit(Lit::Int(_, y))) => {
+                Expr::Lit(Lit::Int(*t, x + y))
+            }
+            _ => Expr::bin(BinOp::Add, a, b),
+        }
+    }
+
+    /// `a * k` on indices, folding multiplications by 0 and 1.
+    pub fn mul_idx(a: Expr, k: i64) -> Expr {
+        match (k, &a) {
+            (0, _) => Expr::idx(0),
+            (1, _) => a,
+            (_, Expr::Lit(Lit::Int(t, x))) => Expr::Lit(Lit::Int(*t, x * k)),
+            _ => Expr::bin(BinOp::Mul, a, Expr::idx(k)),
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! mlc's kernel IR: the level between the graph IR and machine code.
+//!
+//! A [`Program`] is a list of [`Step`]s, each a launch of a [`Kernel`] on program-level
+//! buffers. A kernel is a small imperative loop nest over *flat* buffers: every tensor is a
+//! contiguous row-major array of elements and every index is an explicit `i64` expression, so
+//! a backend never has to know about shapes, broadcasting or strides. Contractions are not
+//! spelled as loops but as a [`Stmt::Matmul`], which the CPU backend maps to the runtime's
+//! microkernels and the GPU backend to its tensor-core templates: both do far better than
+//! generated loops can.
+//!
+//! Why this shape: Cranelift and the NVPTX backend both want scalar code with explicit
+//! control flow; loops tagged [`LoopKind::Parallel`] become threads (CPU) or the grid (GPU),
+//! [`LoopKind::Vector`] loops become SIMD lanes. Everything above (fusion, layout) is decided
+//! in the graph IR; everything below (registers, instruction selection) belongs to the
+//! backend.
+//!
+//! Modules: [`kernel`] (the data types), [`print`] (the text form), [`eval`] (a reference
+//! evaluator, the oracle for backends), [`lower`] (graph IR → kernel IR), [`verify`].
+
+pub mod eval;
+pub mod kernel;
+pub mod lower;
+pub mod print;
+pub mod verify;
+
+pub use eval::{EvalError, eval_kernel, run_program};
+pub use kernel::*;
+pub use lower::{LowerError, lower_graph};
+pub use print::{print_kernel, print_program};
+pub use verify::{VerifyError, verify_kernel};

@@ -1,0 +1,268 @@
+//! Graph IR → kernel IR. The graph must have static shapes (bind and simplify it first).
+//!
+//! Every graph value gets a program buffer; every node becomes zero or more launches. Shape
+//! ops that move no bytes (reshape, squeeze, identity…) become buffer aliases and launch
+//! nothing. A composite node whose body is elementwise becomes one fused kernel: its body's
+//! values live in registers, never in memory, which is the point of fusing.
+//!
+//! Each op family lowers in its own file, mirroring `mlc_ir::ops`. A node that no family can
+//! lower is collected; all of them are reported at once.
+
+mod ew;
+mod movement;
+mod nn;
+mod reduce;
+
+use crate::kernel::*;
+use mlc_ir::{DType, Graph, Node, Op, ValueId};
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum LowerError {
+    #[error("value %{value} has no static shape ({ty}); bind the input shapes first")]
+    DynamicShape { value: u32, ty: String },
+    #[error("kernel lowering does not support {}", list(.0))]
+    Unsupported(Vec<Unsupported>),
+    #[error("lowering produced an invalid kernel: {0}")]
+    Invalid(String),
+}
+
+/// One node that could not be lowered, and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Unsupported {
+    pub op: String,
+    pub node: Option<String>,
+    pub why: String,
+}
+
+fn list(items: &[Unsupported]) -> String {
+    let parts: Vec<String> = items
+        .iter()
+        .map(|u| match &u.node {
+            Some(n) => format!("{} (node {n}: {})", u.op, u.why),
+            None => format!("{} ({})", u.op, u.why),
+        })
+        .collect();
+    parts.join("; ")
+}
+
+/// Lowers `g` to a program whose outputs are `g`'s outputs.
+pub fn lower_graph(g: &Graph) -> Result<Program, LowerError> {
+    let mut cx = Cx {
+        g,
+        p: Program::default(),
+        bufs: vec![None; g.values.len()],
+    };
+    for (i, port) in g.inputs.iter().enumerate() {
+        let b = cx.new_buffer(port.value, BufKind::Input(i))?;
+        cx.p.inputs.push((port.name.clone(), b));
+    }
+    let mut unsupported = Vec::new();
+    for node in &g.nodes {
+        match cx.node(node) {
+            Ok(()) => {}
+            Err(Fail::Unsupported(why)) => unsupported.push(Unsupported {
+                op: node.op.name(),
+                node: node.loc.clone(),
+                why,
+            }),
+            Err(Fail::Hard(e)) => return Err(e),
+        }
+    }
+    if !unsupported.is_empty() {
+        return Err(LowerError::Unsupported(unsupported));
+    }
+    for port in &g.outputs {
+        let b = cx.buf(port.value)?;
+        cx.p.outputs.push((port.name.clone(), b));
+    }
+    for k in &cx.p.kernels {
+        crate::verify::verify_kernel(k).map_err(|errs| {
+            let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+            LowerError::Invalid(msgs.join("; "))
+        })?;
+    }
+    Ok(cx.p)
+}
+
+/// Why one node failed: unsupported (collected) or a hard error (returned at once).
+pub(crate) enum Fail {
+    Unsupported(String),
+    Hard(LowerError),
+}
+
+impl From<LowerError> for Fail {
+    fn from(e: LowerError) -> Fail {
+        Fail::Hard(e)
+    }
+}
+
+pub(crate) fn unsupported<T>(why: impl Into<String>) -> Result<T, Fail> {
+    Err(Fail::Unsupported(why.into()))
+}
+
+/// Lowering state: the program being built and the buffer of every graph value.
+pub(crate) struct Cx<'g> {
+    pub g: &'g Graph,
+    pub p: Program,
+    bufs: Vec<Option<BufId>>,
+}
+
+impl Cx<'_> {
+    fn node(&mut self, node: &Node) -> Result<(), Fail> {
+        match &node.op {
+            Op::Constant { id } => {
+                let t = self.g.consts[*id as usize].clone();
+                let c = self.p.consts.len();
+                self.p.consts.push(t);
+                self.new_buffer(node.outputs[0], BufKind::Const(c))?;
+                Ok(())
+            }
+            Op::Ew(op) => ew::lower(self, node, op),
+            Op::Control(mlc_ir::ops::ControlOp::Composite { .. }) => {
+                ew::lower_composite(self, node)
+            }
+            Op::Reduce(op) => reduce::lower(self, node, op),
+            Op::Nn(op) => nn::lower(self, node, op),
+            Op::Movement(op) => movement::lower(self, node, op),
+            _ => unsupported("no kernel lowering for this op family yet"),
+        }
+    }
+
+    /// The static shape of a value.
+    pub fn shape(&self, v: ValueId) -> Result<Vec<usize>, LowerError> {
+        let ty = self.g.ty(v);
+        ty.static_shape().ok_or_else(|| LowerError::DynamicShape {
+            value: v.0,
+            ty: format!("{ty:?}"),
+        })
+    }
+
+    pub fn dtype(&self, v: ValueId) -> DType {
+        self.g.ty(v).dtype
+    }
+
+    pub fn new_buffer(&mut self, v: ValueId, kind: BufKind) -> Result<BufId, LowerError> {
+        let shape = self.shape(v)?;
+        let b = self.p.add_buffer(self.dtype(v), shape, kind);
+        self.bufs[v.0 as usize] = Some(b);
+        Ok(b)
+    }
+
+    /// The buffer already holding `v`.
+    pub fn buf(&self, v: ValueId) -> Result<BufId, LowerError> {
+        self.bufs[v.0 as usize]
+            .ok_or_else(|| LowerError::Invalid(format!("value %{} used before it is defined", v.0)))
+    }
+
+    /// Makes `v` an alias of `of`'s storage (no bytes move).
+    pub fn alias(&mut self, v: ValueId, of: ValueId) -> Result<(), LowerError> {
+        let target = self.p.storage_of(self.buf(of)?);
+        self.new_buffer(v, BufKind::Alias(target))?;
+        Ok(())
+    }
+
+    /// Adds a launch of the kernel being built by `kb`.
+    pub fn launch(&mut self, kb: KernelBuilder, node: &Node) {
+        let id = self.p.intern_kernel(kb.k);
+        self.p.steps.push(Step {
+            kernel: id,
+            args: kb.args,
+            origin: node.loc.clone(),
+        });
+    }
+}
+
+/// Builds one kernel and the list of buffers its launch binds, so lowering code can refer to
+/// program buffers and get kernel parameters.
+pub(crate) struct KernelBuilder {
+    pub k: Kernel,
+    pub args: Vec<BufId>,
+}
+
+impl KernelBuilder {
+    pub fn new(name: impl Into<String>) -> KernelBuilder {
+        KernelBuilder {
+            k: Kernel::new(name),
+            args: Vec::new(),
+        }
+    }
+
+    /// The parameter bound to `b`, added on first use.
+    pub fn param(&mut self, p: &Program, b: BufId, access: Access) -> ParamId {
+        if let Some(i) = self.args.iter().position(|&a| a == b) {
+            let prm = &mut self.k.params[i];
+            if prm.access != access {
+                prm.access = Access::ReadWrite;
+            }
+            return ParamId(i as u32);
+        }
+        let buf = p.buffer(b);
+        self.args.push(b);
+        self.k.param(buf.dtype, buf.len(), access)
+    }
+
+    pub fn var(&mut self, ty: DType) -> VarId {
+        self.k.var(ty)
+    }
+}
+
+/// Row-major strides of a shape.
+pub(crate) fn strides(shape: &[usize]) -> Vec<i64> {
+    let mut s = vec![1i64; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * shape[i + 1] as i64;
+    }
+    s
+}
+
+/// Opens a loop nest over `shape` (outermost first) inside `body_of`, which gets the loop
+/// counters and returns the innermost statements. The outermost loop is `Parallel`, inner
+/// ones `Vector` for the innermost and `Serial` between; an empty shape gives no loops.
+pub(crate) fn loop_nest(
+    kb: &mut KernelBuilder,
+    shape: &[usize],
+    body_of: impl FnOnce(&mut KernelBuilder, &[VarId]) -> Vec<Stmt>,
+) -> Vec<Stmt> {
+    let vars: Vec<VarId> = shape.iter().map(|_| kb.var(DType::I64)).collect();
+    let mut body = body_of(kb, &vars);
+    let n = shape.len();
+    for d in (0..n).rev() {
+        let kind = if d == 0 {
+            LoopKind::Parallel
+        } else if d == n - 1 {
+            LoopKind::Vector
+        } else {
+            LoopKind::Serial
+        };
+        body = vec![Stmt::For {
+            var: vars[d],
+            extent: Expr::idx(shape[d] as i64),
+            kind,
+            body,
+        }];
+    }
+    body
+}
+
+/// The flat index of element `vars` of a tensor of `shape` broadcast to `out` (right-aligned;
+/// broadcast dims contribute nothing).
+pub(crate) fn bcast_index(shape: &[usize], out: &[usize], vars: &[VarId]) -> Expr {
+    let st = strides(shape);
+    let off = out.len() - shape.len();
+    let mut idx = Expr::idx(0);
+    for (d, &n) in shape.iter().enumerate() {
+        if n != 1 || out[off + d] == 1 {
+            let term = Expr::mul_idx(Expr::var(vars[off + d]), st[d]);
+            idx = Expr::add_idx(idx, term);
+        }
+    }
+    idx
+}
+
+/// A readable kernel name from an op name (`ew.add` → `ew_add`).
+pub(crate) fn kernel_name(op: &Op) -> String {
+    op.name().replace('.', "_")
+}
+
+#[cfg(test)]
+mod tests;

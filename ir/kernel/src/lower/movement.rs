@@ -1,0 +1,243 @@
+//! Data movement. Ops that keep the row-major order of elements (reshape, flatten, squeeze,
+//! unsqueeze, identity) become aliases and cost nothing; the rest are copy loops whose load
+//! index does the work: transpose, expand, concat, split, slice, gather.
+
+use super::{Cx, Fail, KernelBuilder, bcast_index, kernel_name, loop_nest, strides, unsupported};
+use crate::kernel::*;
+use mlc_ir::ops::MovementOp;
+use mlc_ir::{DType, Node, ValueId};
+
+pub(super) fn lower(cx: &mut Cx, node: &Node, op: &MovementOp) -> Result<(), Fail> {
+    let Some(x) = node.input(0) else {
+        return unsupported("missing input");
+    };
+    let dtype = cx.dtype(x);
+    if dtype == DType::Str || dtype.size().is_none() {
+        return unsupported(format!("moving {} elements", dtype.name()));
+    }
+    match op {
+        MovementOp::Identity
+        | MovementOp::Reshape { .. }
+        | MovementOp::Flatten { .. }
+        | MovementOp::Squeeze { .. }
+        | MovementOp::Unsqueeze { .. } => Ok(cx.alias(node.outputs[0], x)?),
+        MovementOp::Transpose { perm } => {
+            let perm = perm.clone();
+            copy(cx, node, x, node.outputs[0], move |in_shape, _, vars| {
+                let st = strides(in_shape);
+                let mut idx = Expr::idx(0);
+                for (d, &p) in perm.iter().enumerate() {
+                    idx = Expr::add_idx(idx, Expr::mul_idx(Expr::var(vars[d]), st[p]));
+                }
+                idx
+            })
+        }
+        MovementOp::Expand { .. } => {
+            copy(cx, node, x, node.outputs[0], |in_shape, out_shape, vars| {
+                bcast_index(in_shape, out_shape, vars)
+            })
+        }
+        MovementOp::Slice {
+            starts,
+            ends,
+            axes,
+            steps,
+        } => {
+            let in_shape = cx.shape(x)?;
+            let get = |attr: &Option<Vec<i64>>, input: usize| -> Option<Vec<i64>> {
+                attr.clone().or_else(|| const_i64(cx, node.input(input)))
+            };
+            // The output shape already encodes where the slice ends.
+            let (Some(starts), Some(_)) = (get(starts, 1), get(ends, 2)) else {
+                return unsupported("slice bounds are not constants");
+            };
+            let axes = get(axes, 3).unwrap_or_else(|| (0..starts.len() as i64).collect());
+            let steps = get(steps, 4).unwrap_or_else(|| vec![1; starts.len()]);
+            let rank = in_shape.len() as i64;
+            let mut start = vec![0i64; in_shape.len()];
+            let mut step = vec![1i64; in_shape.len()];
+            for (i, &ax) in axes.iter().enumerate() {
+                let ax = if ax < 0 { ax + rank } else { ax } as usize;
+                let dim = in_shape[ax] as i64;
+                let (s, st) = (starts[i], steps[i]);
+                let s = if s < 0 { s + dim } else { s };
+                start[ax] = if st > 0 {
+                    s.clamp(0, dim)
+                } else {
+                    s.clamp(0, dim - 1)
+                };
+                step[ax] = st;
+            }
+            copy(cx, node, x, node.outputs[0], move |in_shape, _, vars| {
+                let st = strides(in_shape);
+                let mut idx = Expr::idx(start.iter().zip(&st).map(|(a, b)| a * b).sum());
+                for d in 0..in_shape.len() {
+                    idx = Expr::add_idx(idx, Expr::mul_idx(Expr::var(vars[d]), step[d] * st[d]));
+                }
+                idx
+            })
+        }
+        MovementOp::Concat { axis } => {
+            let axis = *axis;
+            let out_v = node.outputs[0];
+            let out_shape = cx.shape(out_v)?;
+            let out = cx.new_buffer(out_v, BufKind::Temp)?;
+            let mut kb = KernelBuilder::new(kernel_name(&node.op));
+            let op_ = kb.param(&cx.p, out, Access::Write);
+            let ost = strides(&out_shape);
+            let mut at = 0usize;
+            let mut body = Vec::new();
+            for v in node.inputs.iter().flatten() {
+                let s = cx.shape(*v)?;
+                let p = kb.param(&cx.p, cx.buf(*v)?, Access::Read);
+                let base = at as i64 * ost[axis];
+                body.extend(loop_nest(&mut kb, &s, |_, vars| {
+                    let mut oidx = Expr::idx(base);
+                    for d in 0..s.len() {
+                        oidx = Expr::add_idx(oidx, Expr::mul_idx(Expr::var(vars[d]), ost[d]));
+                    }
+                    vec![Stmt::Store {
+                        param: op_,
+                        index: oidx,
+                        value: Expr::load(p, bcast_index(&s, &s, vars)),
+                    }]
+                }));
+                at += s[axis];
+            }
+            kb.k.body = body;
+            cx.launch(kb, node);
+            Ok(())
+        }
+        MovementOp::Split { axis, .. } => {
+            let axis = *axis;
+            let in_shape = cx.shape(x)?;
+            let ist = strides(&in_shape);
+            let mut kb = KernelBuilder::new(kernel_name(&node.op));
+            let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+            let mut at = 0usize;
+            let mut body = Vec::new();
+            for &o in &node.outputs {
+                let s = cx.shape(o)?;
+                let ob = cx.new_buffer(o, BufKind::Temp)?;
+                let p = kb.param(&cx.p, ob, Access::Write);
+                let base = at as i64 * ist[axis];
+                body.extend(loop_nest(&mut kb, &s, |_, vars| {
+                    let mut iidx = Expr::idx(base);
+                    for d in 0..s.len() {
+                        iidx = Expr::add_idx(iidx, Expr::mul_idx(Expr::var(vars[d]), ist[d]));
+                    }
+                    vec![Stmt::Store {
+                        param: p,
+                        index: bcast_index(&s, &s, vars),
+                        value: Expr::load(xp, iidx),
+                    }]
+                }));
+                at += s[axis];
+            }
+            kb.k.body = body;
+            cx.launch(kb, node);
+            Ok(())
+        }
+        MovementOp::Gather { axis } => gather(cx, node, x, *axis),
+        _ => unsupported("not lowered to kernels yet"),
+    }
+}
+
+/// A constant input's values as i64s.
+fn const_i64(cx: &Cx, v: Option<ValueId>) -> Option<Vec<i64>> {
+    cx.g.const_value(v?)?.to_i64_vec().ok()
+}
+
+/// `out[i] = x[index(i)]` over the output's shape.
+fn copy(
+    cx: &mut Cx,
+    node: &Node,
+    x: ValueId,
+    out_v: ValueId,
+    index: impl FnOnce(&[usize], &[usize], &[VarId]) -> Expr,
+) -> Result<(), Fail> {
+    let in_shape = cx.shape(x)?;
+    let out_shape = cx.shape(out_v)?;
+    let out = cx.new_buffer(out_v, BufKind::Temp)?;
+    let mut kb = KernelBuilder::new(kernel_name(&node.op));
+    let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let body = loop_nest(&mut kb, &out_shape, |_, vars| {
+        let src = index(&in_shape, &out_shape, vars);
+        vec![Stmt::Store {
+            param: op_,
+            index: bcast_index(&out_shape, &out_shape, vars),
+            value: Expr::load(xp, src),
+        }]
+    });
+    kb.k.body = body;
+    cx.launch(kb, node);
+    Ok(())
+}
+
+/// `out[a.., i.., b..] = x[a.., idx[i..], b..]`, negative indices counting from the end.
+fn gather(cx: &mut Cx, node: &Node, x: ValueId, axis: usize) -> Result<(), Fail> {
+    let Some(iv) = node.input(1) else {
+        return unsupported("missing indices");
+    };
+    let in_shape = cx.shape(x)?;
+    let idx_shape = cx.shape(iv)?;
+    let ity = cx.dtype(iv);
+    if !matches!(ity, DType::I64 | DType::I32) {
+        return unsupported(format!("gather indices of type {}", ity.name()));
+    }
+    let out_v = node.outputs[0];
+    let out_shape = cx.shape(out_v)?;
+    let out = cx.new_buffer(out_v, BufKind::Temp)?;
+    let mut kb = KernelBuilder::new(kernel_name(&node.op));
+    let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+    let ip = kb.param(&cx.p, cx.buf(iv)?, Access::Read);
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let ist = strides(&in_shape);
+    let idst = strides(&idx_shape);
+    let body = loop_nest(&mut kb, &out_shape, |kb, vars| {
+        let q = idx_shape.len();
+        let mut iidx = Expr::idx(0);
+        for d in 0..q {
+            iidx = Expr::add_idx(iidx, Expr::mul_idx(Expr::var(vars[axis + d]), idst[d]));
+        }
+        let raw = kb.var(DType::I64);
+        let mut load = Expr::load(ip, iidx);
+        if ity != DType::I64 {
+            load = Expr::cast(DType::I64, load);
+        }
+        let fixed = kb.var(DType::I64);
+        let dim = in_shape[axis] as i64;
+        let neg = Expr::bin(BinOp::Lt, Expr::var(raw), Expr::idx(0));
+        let wrapped = Expr::select(
+            neg,
+            Expr::bin(BinOp::Add, Expr::var(raw), Expr::idx(dim)),
+            Expr::var(raw),
+        );
+        let mut src = Expr::mul_idx(Expr::var(fixed), ist[axis]);
+        for d in 0..axis {
+            src = Expr::add_idx(src, Expr::mul_idx(Expr::var(vars[d]), ist[d]));
+        }
+        for d in axis + 1..in_shape.len() {
+            src = Expr::add_idx(src, Expr::mul_idx(Expr::var(vars[d - 1 + q]), ist[d]));
+        }
+        vec![
+            Stmt::Let {
+                var: raw,
+                value: load,
+            },
+            Stmt::Let {
+                var: fixed,
+                value: wrapped,
+            },
+            Stmt::Store {
+                param: op_,
+                index: bcast_index(&out_shape, &out_shape, vars),
+                value: Expr::load(xp, src),
+            },
+        ]
+    });
+    kb.k.body = body;
+    cx.launch(kb, node);
+    Ok(())
+}

@@ -1,0 +1,305 @@
+//! Reductions and softmax-like normalizations: a parallel loop nest over the kept dims, serial
+//! loops over the reduced ones, one accumulator in a register.
+//!
+//! Half-precision inputs accumulate in `f32`.
+
+use super::{Cx, Fail, KernelBuilder, kernel_name, loop_nest, strides, unsupported};
+use crate::kernel::*;
+use mlc_ir::ops::ReduceOp;
+use mlc_ir::ops::reduce::ReduceKind;
+use mlc_ir::{DType, Node};
+
+pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail> {
+    let Some(x) = node.input(0) else {
+        return unsupported("missing input");
+    };
+    let shape = cx.shape(x)?;
+    let rank = shape.len();
+    let (kind, axes, softmax) = match op {
+        ReduceOp::Sum(a) => (ReduceKind::Sum, &a.axes, None),
+        ReduceOp::Mean(a) => (ReduceKind::Mean, &a.axes, None),
+        ReduceOp::Max(a) => (ReduceKind::Max, &a.axes, None),
+        ReduceOp::Min(a) => (ReduceKind::Min, &a.axes, None),
+        ReduceOp::Prod(a) => (ReduceKind::Prod, &a.axes, None),
+        ReduceOp::L1(a) => (ReduceKind::L1, &a.axes, None),
+        ReduceOp::L2(a) => (ReduceKind::L2, &a.axes, None),
+        ReduceOp::LogSum(a) => (ReduceKind::LogSum, &a.axes, None),
+        ReduceOp::LogSumExp(a) => (ReduceKind::LogSumExp, &a.axes, None),
+        ReduceOp::SumSquare(a) => (ReduceKind::SumSquare, &a.axes, None),
+        ReduceOp::Softmax(a) => (ReduceKind::Sum, &None, Some((a.axis, a.coerce_2d, false))),
+        ReduceOp::LogSoftmax(a) => (ReduceKind::Sum, &None, Some((a.axis, a.coerce_2d, true))),
+        _ => return unsupported("not lowered to kernels yet"),
+    };
+    if node.inputs.iter().skip(1).any(|i| i.is_some()) {
+        return unsupported("reduction axes given as a tensor input");
+    }
+    let ty = cx.dtype(x);
+    if !ty.is_numeric() || ty.is_storage_only() {
+        return unsupported(format!("reduction over {}", ty.name()));
+    }
+    let reduced: Vec<bool> = match (softmax, axes) {
+        (Some((axis, true, _)), _) => (0..rank).map(|d| d >= axis).collect(),
+        (Some((axis, false, _)), _) => (0..rank).map(|d| d == axis).collect(),
+        (None, Some(ax)) if !ax.is_empty() => (0..rank).map(|d| ax.contains(&d)).collect(),
+        (None, _) => {
+            let noop = match op {
+                ReduceOp::Sum(a)
+                | ReduceOp::Mean(a)
+                | ReduceOp::Max(a)
+                | ReduceOp::Min(a)
+                | ReduceOp::Prod(a)
+                | ReduceOp::L1(a)
+                | ReduceOp::L2(a)
+                | ReduceOp::LogSum(a)
+                | ReduceOp::LogSumExp(a)
+                | ReduceOp::SumSquare(a) => a.noop_with_empty_axes,
+                _ => false,
+            };
+            if noop {
+                return unsupported("reduction with no axes (identity)");
+            }
+            vec![true; rank]
+        }
+    };
+    let out_v = node.outputs[0];
+    let out = cx.new_buffer(out_v, BufKind::Temp)?;
+    let mut kb = KernelBuilder::new(kernel_name(&node.op));
+    let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let acc_ty = if matches!(ty, DType::F16 | DType::BF16) {
+        DType::F32
+    } else {
+        ty
+    };
+    let kept: Vec<usize> = (0..rank)
+        .filter(|&d| !reduced[d])
+        .map(|d| shape[d])
+        .collect();
+    let red: Vec<usize> = (0..rank)
+        .filter(|&d| reduced[d])
+        .map(|d| shape[d])
+        .collect();
+    let count: usize = red.iter().product();
+    let in_strides = strides(&shape);
+    let kept_strides = strides(&kept);
+    let body = loop_nest(&mut kb, &kept, |kb, kvars| {
+        // Map kept loop counters back to input dims, and index the output by them.
+        let mut kept_idx = Expr::idx(0);
+        let mut out_idx = Expr::idx(0);
+        let (mut k, mut dims_red) = (0, Vec::new());
+        for d in 0..rank {
+            if reduced[d] {
+                dims_red.push(d);
+            } else {
+                kept_idx =
+                    Expr::add_idx(kept_idx, Expr::mul_idx(Expr::var(kvars[k]), in_strides[d]));
+                out_idx =
+                    Expr::add_idx(out_idx, Expr::mul_idx(Expr::var(kvars[k]), kept_strides[k]));
+                k += 1;
+            }
+        }
+        // A serial nest over the reduced dims; `f` builds the innermost statements from the
+        // input element's index.
+        let red_nest =
+            |kb: &mut KernelBuilder, f: &mut dyn FnMut(&mut KernelBuilder, Expr) -> Vec<Stmt>| {
+                let rvars: Vec<VarId> = dims_red.iter().map(|_| kb.var(DType::I64)).collect();
+                let mut idx = kept_idx.clone();
+                for (i, &d) in dims_red.iter().enumerate() {
+                    idx = Expr::add_idx(idx, Expr::mul_idx(Expr::var(rvars[i]), in_strides[d]));
+                }
+                let mut body = f(kb, idx);
+                for (i, &d) in dims_red.iter().enumerate().rev() {
+                    body = vec![Stmt::For {
+                        var: rvars[i],
+                        extent: Expr::idx(shape[d] as i64),
+                        kind: LoopKind::Serial,
+                        body,
+                    }];
+                }
+                body
+            };
+        let load = |idx: Expr| {
+            let e = Expr::load(xp, idx);
+            if acc_ty != ty {
+                Expr::cast(acc_ty, e)
+            } else {
+                e
+            }
+        };
+        let c = |v: f64| lit(acc_ty, v);
+        let mut stmts = Vec::new();
+        match softmax {
+            Some((_, _, log)) => {
+                let mx = kb.var(acc_ty);
+                stmts.push(Stmt::Let {
+                    var: mx,
+                    value: c(f64::NEG_INFINITY),
+                });
+                stmts.extend(red_nest(kb, &mut |_, idx| {
+                    vec![Stmt::Assign {
+                        var: mx,
+                        value: Expr::bin(BinOp::Max, Expr::var(mx), load(idx)),
+                    }]
+                }));
+                let sum = kb.var(acc_ty);
+                stmts.push(Stmt::Let {
+                    var: sum,
+                    value: c(0.0),
+                });
+                stmts.extend(red_nest(kb, &mut |_, idx| {
+                    let e = Expr::un(UnOp::Exp, Expr::bin(BinOp::Sub, load(idx), Expr::var(mx)));
+                    vec![Stmt::Assign {
+                        var: sum,
+                        value: Expr::bin(BinOp::Add, Expr::var(sum), e),
+                    }]
+                }));
+                let scale = kb.var(acc_ty);
+                let sv = if log {
+                    Expr::un(UnOp::Log, Expr::var(sum))
+                } else {
+                    Expr::bin(BinOp::Div, c(1.0), Expr::var(sum))
+                };
+                stmts.push(Stmt::Let {
+                    var: scale,
+                    value: sv,
+                });
+                stmts.extend(red_nest(kb, &mut |_, idx| {
+                    let shifted = Expr::bin(BinOp::Sub, load(idx.clone()), Expr::var(mx));
+                    let v = if log {
+                        Expr::bin(BinOp::Sub, shifted, Expr::var(scale))
+                    } else {
+                        Expr::bin(BinOp::Mul, Expr::un(UnOp::Exp, shifted), Expr::var(scale))
+                    };
+                    let v = if acc_ty != ty { Expr::cast(ty, v) } else { v };
+                    vec![Stmt::Store {
+                        param: op_,
+                        index: idx,
+                        value: v,
+                    }]
+                }));
+            }
+            None => {
+                let acc = kb.var(acc_ty);
+                let init = match kind {
+                    ReduceKind::Max => min_of(acc_ty),
+                    ReduceKind::Min => max_of(acc_ty),
+                    ReduceKind::Prod => c(1.0),
+                    _ => c(0.0),
+                };
+                stmts.push(Stmt::Let {
+                    var: acc,
+                    value: init,
+                });
+                // LogSumExp subtracts the maximum first, so exp cannot overflow.
+                let mx = if kind == ReduceKind::LogSumExp {
+                    let mx = kb.var(acc_ty);
+                    stmts.push(Stmt::Let {
+                        var: mx,
+                        value: c(f64::NEG_INFINITY),
+                    });
+                    stmts.extend(red_nest(kb, &mut |_, idx| {
+                        vec![Stmt::Assign {
+                            var: mx,
+                            value: Expr::bin(BinOp::Max, Expr::var(mx), load(idx)),
+                        }]
+                    }));
+                    Some(mx)
+                } else {
+                    None
+                };
+                stmts.extend(red_nest(kb, &mut |_, idx| {
+                    let x = load(idx);
+                    let a = Expr::var(acc);
+                    let v = match kind {
+                        ReduceKind::Sum | ReduceKind::Mean | ReduceKind::LogSum => {
+                            Expr::bin(BinOp::Add, a, x)
+                        }
+                        ReduceKind::Max => Expr::bin(BinOp::Max, a, x),
+                        ReduceKind::Min => Expr::bin(BinOp::Min, a, x),
+                        ReduceKind::Prod => Expr::bin(BinOp::Mul, a, x),
+                        ReduceKind::L1 => Expr::bin(BinOp::Add, a, Expr::un(UnOp::Abs, x)),
+                        ReduceKind::L2 | ReduceKind::SumSquare => {
+                            Expr::bin(BinOp::Add, a, Expr::bin(BinOp::Mul, x.clone(), x))
+                        }
+                        ReduceKind::LogSumExp => {
+                            let m = Expr::var(mx.unwrap_or(acc));
+                            Expr::bin(
+                                BinOp::Add,
+                                a,
+                                Expr::un(UnOp::Exp, Expr::bin(BinOp::Sub, x, m)),
+                            )
+                        }
+                    };
+                    vec![Stmt::Assign { var: acc, value: v }]
+                }));
+                let a = Expr::var(acc);
+                let fin = match kind {
+                    ReduceKind::Mean if acc_ty.is_float() => {
+                        Expr::bin(BinOp::Div, a, c(count as f64))
+                    }
+                    ReduceKind::Mean => {
+                        Expr::bin(BinOp::Div, a, Expr::Lit(Lit::Int(acc_ty, count as i64)))
+                    }
+                    ReduceKind::L2 => Expr::un(UnOp::Sqrt, a),
+                    ReduceKind::LogSum => Expr::un(UnOp::Log, a),
+                    ReduceKind::LogSumExp => {
+                        let m = Expr::var(mx.unwrap_or(acc));
+                        Expr::bin(BinOp::Add, Expr::un(UnOp::Log, a), m)
+                    }
+                    _ => a,
+                };
+                let fin = if acc_ty != ty {
+                    Expr::cast(ty, fin)
+                } else {
+                    fin
+                };
+                stmts.push(Stmt::Store {
+                    param: op_,
+                    index: out_idx.clone(),
+                    value: fin,
+                });
+            }
+        }
+        stmts
+    });
+    if count == 0 {
+        return unsupported("reduction over an empty dimension");
+    }
+    kb.k.body = body;
+    cx.launch(kb, node);
+    Ok(())
+}
+
+fn lit(ty: DType, v: f64) -> Expr {
+    if ty.is_float() {
+        Expr::float(ty, v)
+    } else if v.is_infinite() {
+        if v > 0.0 { max_of(ty) } else { min_of(ty) }
+    } else {
+        Expr::Lit(Lit::Int(ty, v as i64))
+    }
+}
+
+fn min_of(ty: DType) -> Expr {
+    match ty {
+        t if t.is_float() => Expr::float(t, f64::NEG_INFINITY),
+        DType::I8 => Expr::Lit(Lit::Int(ty, i8::MIN as i64)),
+        DType::I16 => Expr::Lit(Lit::Int(ty, i16::MIN as i64)),
+        DType::I32 => Expr::Lit(Lit::Int(ty, i32::MIN as i64)),
+        DType::I64 => Expr::Lit(Lit::Int(ty, i64::MIN)),
+        _ => Expr::Lit(Lit::Int(ty, 0)),
+    }
+}
+
+fn max_of(ty: DType) -> Expr {
+    match ty {
+        t if t.is_float() => Expr::float(t, f64::INFINITY),
+        DType::I8 => Expr::Lit(Lit::Int(ty, i8::MAX as i64)),
+        DType::U8 => Expr::Lit(Lit::Int(ty, u8::MAX as i64)),
+        DType::I16 => Expr::Lit(Lit::Int(ty, i16::MAX as i64)),
+        DType::U16 => Expr::Lit(Lit::Int(ty, u16::MAX as i64)),
+        DType::I32 => Expr::Lit(Lit::Int(ty, i32::MAX as i64)),
+        DType::U32 => Expr::Lit(Lit::Int(ty, u32::MAX as i64)),
+        _ => Expr::Lit(Lit::Int(ty, i64::MAX)),
+    }
+}

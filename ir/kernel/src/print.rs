@@ -1,0 +1,192 @@
+//! The kernel IR's text form, for `--emit kernel-ir`, snapshots and debugging.
+//!
+//! ```text
+//! kernel @add_f32(%p0: f32[64] read, %p1: f32[64] read, %p2: f32[64] write) {
+//!   for.parallel %v0 in 0..64 {
+//!     %p2[%v0] = add(%p0[%v0], %p1[%v0])
+//!   }
+//! }
+//! ```
+//! Index arithmetic (`i64`) prints infix; everything else as `op(args)`. The output is a pure
+//! function of the IR, so snapshots are stable.
+
+use crate::kernel::*;
+use mlc_ir::DType;
+use std::fmt::Write;
+
+/// Prints a whole program: buffers, kernels, then the steps and outputs.
+pub fn print_program(p: &Program) -> String {
+    let mut s = String::new();
+    for (i, b) in p.buffers.iter().enumerate() {
+        let dims: Vec<String> = b.shape.iter().map(|d| d.to_string()).collect();
+        let _ = write!(s, "buffer %b{i}: {}[{}] ", b.dtype.name(), dims.join(","));
+        let _ = match b.kind {
+            BufKind::Input(n) => writeln!(s, "input {n} {:?}", input_name(p, n)),
+            BufKind::Const(c) => writeln!(s, "const {c}"),
+            BufKind::Temp => writeln!(s, "temp"),
+            BufKind::Alias(to) => writeln!(s, "alias %b{}", to.0),
+        };
+    }
+    for (i, k) in p.kernels.iter().enumerate() {
+        let _ = write!(s, "\n; k{i}\n{}", print_kernel(k));
+    }
+    s.push('\n');
+    for st in &p.steps {
+        let args: Vec<String> = st.args.iter().map(|b| format!("%b{}", b.0)).collect();
+        let _ = write!(s, "step k{}({})", st.kernel.0, args.join(", "));
+        if let Some(o) = &st.origin {
+            let _ = write!(s, "  ; {o}");
+        }
+        s.push('\n');
+    }
+    for (name, b) in &p.outputs {
+        let _ = writeln!(s, "output {name:?} = %b{}", b.0);
+    }
+    s
+}
+
+fn input_name(p: &Program, n: usize) -> &str {
+    p.inputs
+        .get(n)
+        .map(|(name, _)| name.as_str())
+        .unwrap_or("?")
+}
+
+/// Prints one kernel.
+pub fn print_kernel(k: &Kernel) -> String {
+    let params: Vec<String> = k
+        .params
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let access = match p.access {
+                Access::Read => "read",
+                Access::Write => "write",
+                Access::ReadWrite => "readwrite",
+            };
+            format!("%p{i}: {}[{}] {access}", p.dtype.name(), p.len)
+        })
+        .collect();
+    let mut s = format!("kernel @{}({}) {{\n", k.name, params.join(", "));
+    block(k, &k.body, 1, &mut s);
+    s.push_str("}\n");
+    s
+}
+
+fn block(k: &Kernel, body: &[Stmt], depth: usize, s: &mut String) {
+    let pad = "  ".repeat(depth);
+    for st in body {
+        match st {
+            Stmt::For {
+                var,
+                extent,
+                kind,
+                body,
+            } => {
+                let kind = match kind {
+                    LoopKind::Serial => "for",
+                    LoopKind::Parallel => "for.parallel",
+                    LoopKind::Vector => "for.vector",
+                };
+                let _ = writeln!(s, "{pad}{kind} %v{} in 0..{} {{", var.0, expr(k, extent));
+                block(k, body, depth + 1, s);
+                let _ = writeln!(s, "{pad}}}");
+            }
+            Stmt::Let { var, value } => {
+                let _ = writeln!(
+                    s,
+                    "{pad}let %v{}: {} = {}",
+                    var.0,
+                    k.var_ty(*var).name(),
+                    expr(k, value)
+                );
+            }
+            Stmt::Assign { var, value } => {
+                let _ = writeln!(s, "{pad}%v{} = {}", var.0, expr(k, value));
+            }
+            Stmt::Store {
+                param,
+                index,
+                value,
+            } => {
+                let _ = writeln!(
+                    s,
+                    "{pad}%p{}[{}] = {}",
+                    param.0,
+                    expr(k, index),
+                    expr(k, value)
+                );
+            }
+            Stmt::Matmul(mm) => {
+                let _ = write!(
+                    s,
+                    "{pad}matmul m={} n={} k={} a={} b={} c={} alpha={:?} beta={:?}",
+                    mm.m,
+                    mm.n,
+                    mm.k,
+                    mat(k, &mm.a),
+                    mat(k, &mm.b),
+                    mat(k, &mm.c),
+                    mm.alpha,
+                    mm.beta
+                );
+                if let Some(b) = &mm.bias {
+                    let _ = write!(s, " bias={}", mat(k, b));
+                }
+                let _ = match mm.act {
+                    Activation::None => writeln!(s),
+                    Activation::Relu => writeln!(s, " act=relu"),
+                    Activation::Clip { min, max } => writeln!(s, " act=clip({min:?}, {max:?})"),
+                };
+            }
+        }
+    }
+}
+
+fn mat(k: &Kernel, m: &MatRef) -> String {
+    format!(
+        "%p{}[{}; {}, {}]",
+        m.param.0,
+        expr(k, &m.offset),
+        m.row_stride,
+        m.col_stride
+    )
+}
+
+/// Prints an expression in the context of its kernel (for types).
+pub fn expr(k: &Kernel, e: &Expr) -> String {
+    match e {
+        Expr::Var(v) => format!("%v{}", v.0),
+        Expr::Lit(Lit::Int(DType::I64, i)) => i.to_string(),
+        Expr::Lit(Lit::Int(t, i)) => format!("{i}:{}", t.name()),
+        Expr::Lit(Lit::Float(t, f)) => format!("{f:?}:{}", t.name()),
+        Expr::Lit(Lit::Bool(b)) => b.to_string(),
+        Expr::Load { param, index } => format!("%p{}[{}]", param.0, expr(k, index)),
+        Expr::Unary(op, a) => format!("{}({})", op.name(), expr(k, a)),
+        Expr::Binary(op, a, b) => {
+            let infix = match op {
+                BinOp::Add => Some("+"),
+                BinOp::Sub => Some("-"),
+                BinOp::Mul => Some("*"),
+                BinOp::Div => Some("/"),
+                BinOp::Rem => Some("%"),
+                _ => None,
+            };
+            match infix {
+                Some(sym) if k.type_of(a) == DType::I64 => {
+                    format!("({} {sym} {})", expr(k, a), expr(k, b))
+                }
+                _ => format!("{}({}, {})", op.name(), expr(k, a), expr(k, b)),
+            }
+        }
+        Expr::Select { cond, then, els } => {
+            format!(
+                "select({}, {}, {})",
+                expr(k, cond),
+                expr(k, then),
+                expr(k, els)
+            )
+        }
+        Expr::Cast(t, a) => format!("cast<{}>({})", t.name(), expr(k, a)),
+    }
+}

@@ -1,0 +1,214 @@
+//! The kernel IR verifier. It checks, and lowering tests run it on every kernel:
+//! - every parameter and variable referenced exists;
+//! - a variable is used only inside the scope that defines it (its loop, or after its `let`
+//!   in an enclosing block), and `assign` targets a `let`-defined variable in scope;
+//! - loop extents and indices are `i64`; operands of a binary op have one type; a stored
+//!   value has the parameter's type; `select` arms agree and its condition is `bool`;
+//! - a `read` parameter is never stored to, and a `write` parameter never loaded.
+//!
+//! Errors are all collected, so one run shows every problem.
+
+use crate::kernel::*;
+use mlc_ir::DType;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("kernel {kernel}: {message}")]
+pub struct VerifyError {
+    pub kernel: String,
+    pub message: String,
+}
+
+/// Checks `k` and returns every problem found.
+pub fn verify_kernel(k: &Kernel) -> Result<(), Vec<VerifyError>> {
+    let mut v = Verifier {
+        k,
+        scope: Vec::new(),
+        errors: Vec::new(),
+    };
+    v.block(&k.body);
+    if v.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(v.errors)
+    }
+}
+
+struct Verifier<'a> {
+    k: &'a Kernel,
+    /// Variables in scope: (var, assignable).
+    scope: Vec<(VarId, bool)>,
+    errors: Vec<VerifyError>,
+}
+
+impl Verifier<'_> {
+    fn err(&mut self, message: String) {
+        self.errors.push(VerifyError {
+            kernel: self.k.name.clone(),
+            message,
+        });
+    }
+
+    fn block(&mut self, body: &[Stmt]) {
+        let mark = self.scope.len();
+        for st in body {
+            match st {
+                Stmt::For {
+                    var, extent, body, ..
+                } => {
+                    self.expect(extent, DType::I64, "loop extent");
+                    self.declare(*var);
+                    if self.var_ok(*var) && self.k.var_ty(*var) != DType::I64 {
+                        self.err(format!("loop counter %v{} is not i64", var.0));
+                    }
+                    self.scope.push((*var, false));
+                    self.block(body);
+                    self.scope.pop();
+                }
+                Stmt::Let { var, value } => {
+                    if self.var_ok(*var) {
+                        self.declare(*var);
+                        let want = self.k.var_ty(*var);
+                        self.expect(value, want, &format!("let %v{}", var.0));
+                        self.scope.push((*var, true));
+                    }
+                }
+                Stmt::Assign { var, value } => {
+                    match self.scope.iter().rev().find(|(v, _)| v == var) {
+                        Some((_, true)) => {}
+                        Some((_, false)) => {
+                            self.err(format!("assignment to loop counter %v{}", var.0))
+                        }
+                        None => self.err(format!("assignment to %v{} outside its scope", var.0)),
+                    }
+                    if self.var_ok(*var) {
+                        let want = self.k.var_ty(*var);
+                        self.expect(value, want, &format!("assign %v{}", var.0));
+                    }
+                }
+                Stmt::Store {
+                    param,
+                    index,
+                    value,
+                } => {
+                    if let Some((dtype, access)) = self.param(*param).map(|p| (p.dtype, p.access)) {
+                        if access == Access::Read {
+                            self.err(format!("store to read-only %p{}", param.0));
+                        }
+                        self.expect(index, DType::I64, "store index");
+                        self.expect(value, dtype, &format!("value stored to %p{}", param.0));
+                    }
+                }
+                Stmt::Matmul(mm) => {
+                    for (m, what) in [(&mm.a, "a"), (&mm.b, "b"), (&mm.c, "c")] {
+                        self.param(m.param);
+                        self.expect(&m.offset, DType::I64, &format!("matmul {what} offset"));
+                    }
+                    if let Some(b) = &mm.bias {
+                        self.param(b.param);
+                        self.expect(&b.offset, DType::I64, "matmul bias offset");
+                    }
+                }
+            }
+        }
+        self.scope.truncate(mark);
+    }
+
+    fn var_ok(&mut self, v: VarId) -> bool {
+        let ok = (v.0 as usize) < self.k.vars.len();
+        if !ok {
+            self.err(format!("%v{} is not declared", v.0));
+        }
+        ok
+    }
+
+    fn declare(&mut self, v: VarId) {
+        if self.scope.iter().any(|(s, _)| *s == v) {
+            self.err(format!("%v{} is defined twice in one scope", v.0));
+        }
+    }
+
+    fn param(&mut self, p: ParamId) -> Option<&Param> {
+        let k = self.k;
+        let found = k.params.get(p.0 as usize);
+        if found.is_none() {
+            self.err(format!("%p{} is not a parameter", p.0));
+        }
+        found
+    }
+
+    fn expect(&mut self, e: &Expr, want: DType, what: &str) {
+        if let Some(got) = self.expr(e)
+            && got != want
+        {
+            self.err(format!(
+                "{what}: expected {}, found {}",
+                want.name(),
+                got.name()
+            ));
+        }
+    }
+
+    /// The type of `e`, or `None` after reporting an error inside it.
+    fn expr(&mut self, e: &Expr) -> Option<DType> {
+        match e {
+            Expr::Var(v) => {
+                if !self.var_ok(*v) {
+                    return None;
+                }
+                if !self.scope.iter().any(|(s, _)| s == v) {
+                    self.err(format!("%v{} used outside its scope", v.0));
+                    return None;
+                }
+                Some(self.k.var_ty(*v))
+            }
+            Expr::Lit(l) => Some(l.ty()),
+            Expr::Load { param, index } => {
+                self.expect(index, DType::I64, "load index");
+                let p = self.param(*param)?;
+                let (ty, access) = (p.dtype, p.access);
+                if access == Access::Write {
+                    self.err(format!("load from write-only %p{}", param.0));
+                }
+                Some(ty)
+            }
+            Expr::Unary(op, a) => {
+                let t = self.expr(a)?;
+                Some(if matches!(op, UnOp::IsNan | UnOp::IsInf) {
+                    DType::Bool
+                } else {
+                    t
+                })
+            }
+            Expr::Binary(op, a, b) => {
+                let (ta, tb) = (self.expr(a)?, self.expr(b)?);
+                if ta != tb {
+                    self.err(format!(
+                        "{}: operand types {} and {}",
+                        op.name(),
+                        ta.name(),
+                        tb.name()
+                    ));
+                    return None;
+                }
+                Some(if op.is_comparison() { DType::Bool } else { ta })
+            }
+            Expr::Select { cond, then, els } => {
+                self.expect(cond, DType::Bool, "select condition");
+                let (a, b) = (self.expr(then)?, self.expr(els)?);
+                if a != b {
+                    self.err(format!(
+                        "select arms of types {} and {}",
+                        a.name(),
+                        b.name()
+                    ));
+                    return None;
+                }
+                Some(a)
+            }
+            Expr::Cast(t, a) => {
+                self.expr(a)?;
+                Some(*t)
+            }
+        }
+    }
+}
