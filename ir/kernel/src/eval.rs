@@ -201,7 +201,11 @@ impl Cx<'_> {
                 };
                 let i = co + r as i64 * mm.c.row_stride + c as i64 * mm.c.col_stride;
                 let (s, i) = self.slot(mm.c.param, i)?;
-                self.store[s][i] = round(cty, Val::F(v));
+                self.store[s][i] = if cty.is_float() {
+                    round(cty, Val::F(v))
+                } else {
+                    cast(cty, Val::F(v))
+                };
             }
         }
         Ok(())

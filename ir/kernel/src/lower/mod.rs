@@ -8,9 +8,12 @@
 //! Each op family lowers in its own file, mirroring `mlc_ir::ops`. A node that no family can
 //! lower is collected; all of them are reported at once.
 
+mod conv;
 mod ew;
 mod movement;
 mod nn;
+mod norm;
+mod quant;
 mod reduce;
 
 use crate::kernel::*;
@@ -60,11 +63,19 @@ pub fn lower_graph(g: &Graph) -> Result<Program, LowerError> {
     for node in &g.nodes {
         match cx.node(node) {
             Ok(()) => {}
-            Err(Fail::Unsupported(why)) => unsupported.push(Unsupported {
-                op: node.op.name(),
-                node: node.loc.clone(),
-                why,
-            }),
+            Err(Fail::Unsupported(why)) => {
+                unsupported.push(Unsupported {
+                    op: node.op.name(),
+                    node: node.loc.clone(),
+                    why,
+                });
+                // Stand-in buffers let lowering go on, so every unsupported node is reported.
+                for &o in &node.outputs {
+                    if cx.bufs[o.0 as usize].is_none() {
+                        cx.new_buffer(o, BufKind::Temp)?;
+                    }
+                }
+            }
             Err(Fail::Hard(e)) => return Err(e),
         }
     }
@@ -124,6 +135,7 @@ impl Cx<'_> {
             Op::Reduce(op) => reduce::lower(self, node, op),
             Op::Nn(op) => nn::lower(self, node, op),
             Op::Movement(op) => movement::lower(self, node, op),
+            Op::Quant(op) => quant::lower(self, node, op),
             _ => unsupported("no kernel lowering for this op family yet"),
         }
     }

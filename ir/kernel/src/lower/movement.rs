@@ -139,6 +139,7 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &MovementOp) -> Result<(), Fai
             Ok(())
         }
         MovementOp::Gather { axis } => gather(cx, node, x, *axis),
+        MovementOp::GatherNd { batch_dims: 0 } => gather_nd(cx, node, x),
         _ => unsupported("not lowered to kernels yet"),
     }
 }
@@ -236,6 +237,66 @@ fn gather(cx: &mut Cx, node: &Node, x: ValueId, axis: usize) -> Result<(), Fail>
                 value: Expr::load(xp, src),
             },
         ]
+    });
+    kb.k.body = body;
+    cx.launch(kb, node);
+    Ok(())
+}
+
+/// `GatherNd` without batch dims: `out[i.., j..] = x[idx[i.., 0], …, idx[i.., q-1], j..]`.
+fn gather_nd(cx: &mut Cx, node: &Node, x: ValueId) -> Result<(), Fail> {
+    let Some(iv) = node.input(1) else {
+        return unsupported("missing indices");
+    };
+    let (xs, is) = (cx.shape(x)?, cx.shape(iv)?);
+    let ity = cx.dtype(iv);
+    let Some(&q) = is.last() else {
+        return unsupported("scalar indices");
+    };
+    if ity != DType::I64 || q > xs.len() {
+        return unsupported("gather_nd indices must be i64 and address at most the data's rank");
+    }
+    let out_v = node.outputs[0];
+    let out_shape = cx.shape(out_v)?;
+    let out = cx.new_buffer(out_v, BufKind::Temp)?;
+    let mut kb = KernelBuilder::new(kernel_name(&node.op));
+    let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+    let ip = kb.param(&cx.p, cx.buf(iv)?, Access::Read);
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let xst = strides(&xs);
+    let outer = is.len() - 1;
+    let outer_st = strides(&is[..outer]);
+    let body = loop_nest(&mut kb, &out_shape, |kb, vars| {
+        let mut row = Expr::idx(0);
+        for d in 0..outer {
+            row = Expr::add_idx(row, Expr::mul_idx(Expr::var(vars[d]), outer_st[d]));
+        }
+        let mut stmts = Vec::new();
+        let mut src = Expr::idx(0);
+        for j in 0..q {
+            let raw = kb.var(DType::I64);
+            let at = Expr::add_idx(Expr::mul_idx(row.clone(), q as i64), Expr::idx(j as i64));
+            stmts.push(Stmt::Let {
+                var: raw,
+                value: Expr::load(ip, at),
+            });
+            let neg = Expr::bin(BinOp::Lt, Expr::var(raw), Expr::idx(0));
+            let fixed = Expr::select(
+                neg,
+                Expr::bin(BinOp::Add, Expr::var(raw), Expr::idx(xs[j] as i64)),
+                Expr::var(raw),
+            );
+            src = Expr::add_idx(src, Expr::mul_idx(fixed, xst[j]));
+        }
+        for d in q..xs.len() {
+            src = Expr::add_idx(src, Expr::mul_idx(Expr::var(vars[outer + d - q]), xst[d]));
+        }
+        stmts.push(Stmt::Store {
+            param: op_,
+            index: bcast_index(&out_shape, &out_shape, vars),
+            value: Expr::load(xp, src),
+        });
+        stmts
     });
     kb.k.body = body;
     cx.launch(kb, node);

@@ -1,7 +1,9 @@
 //! Contractions: `MatMul` (batched, broadcast) and `Gemm` become [`Stmt::Matmul`], a call into
 //! the backend's tuned library kernel, inside a parallel loop over the batch dims.
 
-use super::{Cx, Fail, KernelBuilder, bcast_index, kernel_name, loop_nest, unsupported};
+use super::{
+    Cx, Fail, KernelBuilder, bcast_index, conv, kernel_name, loop_nest, norm, unsupported,
+};
 use crate::kernel::*;
 use mlc_ir::Node;
 use mlc_ir::ops::NnOp;
@@ -15,6 +17,23 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &NnOp) -> Result<(), Fail> {
             alpha,
             beta,
         } => gemm(cx, node, *trans_a, *trans_b, *alpha, *beta),
+        NnOp::Conv {
+            strides,
+            dilations,
+            pads,
+            group,
+            auto_pad,
+        } => conv::conv(cx, node, strides, dilations, pads, *group, *auto_pad),
+        NnOp::MaxPool { window, .. } => conv::pool(cx, node, Some(window), true, false),
+        NnOp::AvgPool {
+            window,
+            count_include_pad,
+        } => conv::pool(cx, node, Some(window), false, *count_include_pad),
+        NnOp::GlobalMaxPool => conv::pool(cx, node, None, true, true),
+        NnOp::GlobalAvgPool => conv::pool(cx, node, None, false, true),
+        NnOp::BatchNorm { epsilon } => norm::batch_norm(cx, node, *epsilon),
+        NnOp::LayerNorm { axis, epsilon, .. } => norm::layer_norm(cx, node, *axis, *epsilon, false),
+        NnOp::RmsNorm { axis, epsilon } => norm::layer_norm(cx, node, *axis, *epsilon, true),
         _ => unsupported("not lowered to kernels yet"),
     }
 }
@@ -23,7 +42,20 @@ fn matmul(cx: &mut Cx, node: &Node) -> Result<(), Fail> {
     let (Some(a), Some(b)) = (node.input(0), node.input(1)) else {
         return unsupported("missing input");
     };
-    let (mut sa, mut sb) = (cx.shape(a)?, cx.shape(b)?);
+    let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
+    let (ab, bb) = (cx.buf(a)?, cx.buf(b)?);
+    let (sa, sb) = (cx.shape(a)?, cx.shape(b)?);
+    matmul_bufs(cx, node, (ab, sa), (bb, sb), out)
+}
+
+/// Numpy matmul of buffers `a` and `b` (with their shapes) into `out`.
+pub(super) fn matmul_bufs(
+    cx: &mut Cx,
+    node: &Node,
+    (ab, mut sa): (BufId, Vec<usize>),
+    (bb, mut sb): (BufId, Vec<usize>),
+    out: BufId,
+) -> Result<(), Fail> {
     if sa.is_empty() || sb.is_empty() {
         return unsupported("matmul of a scalar");
     }
@@ -52,11 +84,9 @@ fn matmul(cx: &mut Cx, node: &Node) -> Result<(), Fail> {
         };
         *d = da.max(db);
     }
-    let out_v = node.outputs[0];
-    let out = cx.new_buffer(out_v, BufKind::Temp)?;
     let mut kb = KernelBuilder::new(kernel_name(&node.op));
-    let ap = kb.param(&cx.p, cx.buf(a)?, Access::Read);
-    let bp = kb.param(&cx.p, cx.buf(b)?, Access::Read);
+    let ap = kb.param(&cx.p, ab, Access::Read);
+    let bp = kb.param(&cx.p, bb, Access::Read);
     let cp = kb.param(&cx.p, out, Access::Write);
     let (batch_a, batch_b) = (batch_a.to_vec(), batch_b.to_vec());
     let body = loop_nest(&mut kb, &batch, |_, vars| {

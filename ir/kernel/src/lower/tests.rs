@@ -253,3 +253,105 @@ fn composite_fuses_into_one_kernel() {
     assert_eq!(shown.matches("kernel @").count(), 1, "{shown}");
     insta::assert_snapshot!(shown);
 }
+
+#[test]
+fn convolutions_and_pools() {
+    // im2col + matmul (padded, strided, grouped), pointwise, depthwise, 1-D.
+    for (x, w, attrs, out) in [
+        (
+            "f32[1,3,7,6]",
+            "f32[4,3,3,3]",
+            r#""dilations":[1,1],"group":1,"pads":[1,1,1,1],"strides":[2,2]"#,
+            "f32[1,4,4,3]",
+        ),
+        (
+            "f32[2,4,5,5]",
+            "f32[6,2,2,2]",
+            r#""dilations":[2,1],"group":2,"pads":[0,1,1,0],"strides":[1,1]"#,
+            "f32[2,6,4,5]",
+        ),
+        (
+            "f32[1,8,4,4]",
+            "f32[5,8,1,1]",
+            r#""dilations":[1,1],"group":1,"pads":[0,0,0,0],"strides":[1,1]"#,
+            "f32[1,5,4,4]",
+        ),
+        (
+            "f32[1,4,6,6]",
+            "f32[8,1,3,3]",
+            r#""dilations":[1,1],"group":4,"pads":[1,1,1,1],"strides":[2,2]"#,
+            "f32[1,8,3,3]",
+        ),
+        (
+            "f32[2,3,9]",
+            "f32[2,3,4]",
+            r#""dilations":[1],"group":1,"pads":[2,1],"strides":[2]"#,
+            "f32[2,2,5]",
+        ),
+    ] {
+        let m = &w[4..].split(',').next().unwrap_or("1").to_string();
+        check(
+            &format!(
+                r#"graph (%0: {x} "x", %1: {w} "w", %2: f32[{m}] "b") -> (%3 "y") {{
+  %3 = nn.conv {{"auto_pad":"not_set",{attrs}}} (%0, %1, %2) : {out}
+}}"#
+            ),
+            1e-5,
+        );
+    }
+    check(
+        r#"graph (%0: f32[1,2,7,7] "x") -> (%1 "m", %2 "a", %3 "g", %4 "h") {
+  %1 = nn.max_pool {"kernel":[3,3],"strides":[2,2],"dilations":[1,1],"pads":[1,1,1,1],"auto_pad":"not_set","ceil_mode":false,"storage_order_col_major":false} (%0) : f32[1,2,4,4]
+  %2 = nn.avg_pool {"kernel":[2,3],"strides":[2,2],"dilations":[1,1],"pads":[0,1,1,0],"auto_pad":"not_set","ceil_mode":true,"count_include_pad":false} (%0) : f32[1,2,4,4]
+  %3 = nn.global_avg_pool(%0) : f32[1,2,1,1]
+  %4 = nn.global_max_pool(%0) : f32[1,2,1,1]
+}"#,
+        1e-6,
+    );
+}
+
+#[test]
+fn normalizations() {
+    check(
+        r#"graph (%0: f32[2,3,4,5] "x", %1: f32[3] "s", %2: f32[3] "b", %3: f32[3] "m", %4: f32[3] "v") -> (%6 "y") {
+  %5 = ew.abs(%4) : f32[3]
+  %6 = nn.batch_norm {"epsilon":1e-5} (%0, %1, %2, %3, %5) : f32[2,3,4,5]
+}"#,
+        1e-5,
+    );
+    check(
+        r#"graph (%0: f32[2,3,8] "x", %1: f32[8] "s", %2: f32[8] "b") -> (%3 "y", %4 "mean", %5 "inv") {
+  %3, %4, %5 = nn.layer_norm {"axis":2,"epsilon":1e-5,"stat_dtype":"f32"} (%0, %1, %2) : f32[2,3,8], f32[2,3,1], f32[2,3,1]
+}"#,
+        1e-5,
+    );
+}
+
+#[test]
+fn quantization() {
+    check(
+        r#"graph (%0: f32[2,3,4] "x", %1: f32[3] "s", %2: u8[3] "z") -> (%4 "y", %5 "q") {
+  %3 = ew.abs(%1) : f32[3]
+  %4 = quant.quantize {"axis":1,"block_size":0,"to":"u8"} (%0, %3, %2) : u8[2,3,4]
+  %5 = quant.dequantize {"axis":1,"block_size":0,"to":"f32"} (%4, %3, %2) : f32[2,3,4]
+}"#,
+        1e-6,
+    );
+    check(
+        r#"graph (%0: f32[3,5] "x", %1: i8[5,4] "w", %2: i8[4] "wz") -> (%3 "y", %4 "s", %5 "z", %6 "m") {
+  %3, %4, %5 = quant.dynamic_quantize(%0) : u8[3,5], f32[], u8[]
+  %6 = quant.matmul_integer(%3, %1, %5, %2) : i32[3,4]
+}"#,
+        0.0,
+    );
+}
+
+#[test]
+fn gather_nd() {
+    check(
+        r#"graph (%0: f32[6,6,2] "x", %1: i64[2,2] "i") -> (%2 "y") {
+  %2 = movement.gather_nd {"batch_dims":0} (%0, %1) : f32[2,2]
+}"#,
+        0.0,
+    );
+}

@@ -1,0 +1,502 @@
+//! Convolution and pooling.
+//!
+//! Convolutions with more than one input channel per group become an im2col copy plus a
+//! [`Stmt::Matmul`] per (batch, group): the contraction then runs in the backend's tuned GEMM,
+//! which is where a convolution's time goes. A 1×1, stride-1, unpadded convolution skips the
+//! copy: its input already is the column matrix. Depthwise convolutions (one channel per
+//! group) would waste a GEMM on rows of one, so they, and every pooling window, are direct
+//! loops. Padding is handled by clamping the index and selecting zero (or −∞ for max), so no
+//! load ever leaves its buffer.
+
+use super::{Cx, Fail, KernelBuilder, kernel_name, strides, unsupported};
+use crate::kernel::*;
+use mlc_ir::ops::nn::{AutoPad, Window, window_dim};
+use mlc_ir::{DType, Node};
+
+/// Per spatial dim: output size, begin pad, kernel size, stride, dilation.
+struct Geom {
+    out: Vec<usize>,
+    pad: Vec<usize>,
+    k: Vec<usize>,
+    stride: Vec<usize>,
+    dil: Vec<usize>,
+}
+
+fn geometry(
+    ins: &[usize],
+    k: &[usize],
+    strides_: &[usize],
+    dil: &[usize],
+    pads: &[usize],
+    auto_pad: AutoPad,
+    ceil: bool,
+) -> Result<Geom, Fail> {
+    let s = ins.len();
+    let pick = |v: &[usize], i: usize, d: usize| v.get(i).copied().unwrap_or(d);
+    let mut g = Geom {
+        out: vec![],
+        pad: vec![],
+        k: k.to_vec(),
+        stride: vec![],
+        dil: vec![],
+    };
+    for i in 0..s {
+        let (st, dl) = (pick(strides_, i, 1), pick(dil, i, 1));
+        let p = (pick(pads, i, 0), pick(pads, s + i, 0));
+        let (o, b, _) =
+            window_dim(auto_pad, ins[i], k[i], st, dl, p, ceil).map_err(Fail::Unsupported)?;
+        g.out.push(o);
+        g.pad.push(b);
+        g.stride.push(st);
+        g.dil.push(dl);
+    }
+    Ok(g)
+}
+
+/// Opens serial loops over `extents` around the statements `inner` builds from the counters.
+fn nest(
+    kb: &mut KernelBuilder,
+    extents: &[usize],
+    kind0: LoopKind,
+    inner: impl FnOnce(&mut KernelBuilder, &[VarId]) -> Vec<Stmt>,
+) -> Vec<Stmt> {
+    let vars: Vec<VarId> = extents.iter().map(|_| kb.var(DType::I64)).collect();
+    let mut body = inner(kb, &vars);
+    for d in (0..extents.len()).rev() {
+        let kind = if d == 0 { kind0 } else { LoopKind::Serial };
+        body = vec![Stmt::For {
+            var: vars[d],
+            extent: Expr::idx(extents[d] as i64),
+            kind,
+            body,
+        }];
+    }
+    body
+}
+
+/// The input coordinate `o*stride - pad + k*dil` of one spatial dim, its clamped form and
+/// whether it is inside `[0, n)`.
+fn tap(o: VarId, k: VarId, g: &Geom, d: usize, n: usize) -> (Expr, Expr) {
+    let pos = Expr::add_idx(
+        Expr::add_idx(
+            Expr::mul_idx(Expr::var(o), g.stride[d] as i64),
+            Expr::mul_idx(Expr::var(k), g.dil[d] as i64),
+        ),
+        Expr::idx(-(g.pad[d] as i64)),
+    );
+    if g.pad[d] == 0 && (g.out[d] - 1) * g.stride[d] + (g.k[d] - 1) * g.dil[d] < n {
+        // Never out of bounds: no clamp, no test.
+        return (pos, Expr::Lit(Lit::Bool(true)));
+    }
+    let inside = Expr::bin(
+        BinOp::And,
+        Expr::bin(BinOp::Ge, pos.clone(), Expr::idx(0)),
+        Expr::bin(BinOp::Lt, pos.clone(), Expr::idx(n as i64)),
+    );
+    let clamped = Expr::bin(
+        BinOp::Max,
+        Expr::bin(BinOp::Min, pos, Expr::idx(n as i64 - 1)),
+        Expr::idx(0),
+    );
+    (clamped, inside)
+}
+
+fn and(a: Expr, b: Expr) -> Expr {
+    match (&a, &b) {
+        (Expr::Lit(Lit::Bool(true)), _) => b,
+        (_, Expr::Lit(Lit::Bool(true))) => a,
+        _ => Expr::bin(BinOp::And, a, b),
+    }
+}
+
+pub(super) fn conv(
+    cx: &mut Cx,
+    node: &Node,
+    strides_: &[usize],
+    dil: &[usize],
+    pads: &[usize],
+    group: usize,
+    auto_pad: AutoPad,
+) -> Result<(), Fail> {
+    let (Some(x), Some(w)) = (node.input(0), node.input(1)) else {
+        return unsupported("missing input");
+    };
+    let (xs, ws) = (cx.shape(x)?, cx.shape(w)?);
+    let ty = cx.dtype(x);
+    if !matches!(ty, DType::F32 | DType::F64) {
+        return unsupported(format!("convolution on {}", ty.name()));
+    }
+    let (n, c, m) = (xs[0], xs[1], ws[0]);
+    let ins = &xs[2..];
+    let kdims = &ws[2..];
+    let g = geometry(ins, kdims, strides_, dil, pads, auto_pad, false)?;
+    let cg = c / group;
+    let mg = m / group;
+    let out_v = node.outputs[0];
+    let out = cx.new_buffer(out_v, BufKind::Temp)?;
+    let bias = node.input(2);
+    let kk: usize = kdims.iter().product();
+    let ohw: usize = g.out.iter().product();
+    let ihw: usize = ins.iter().product();
+    if cg == 1 {
+        return conv_direct(cx, node, x, w, bias, out, &g, ins, n, c, m, group);
+    }
+    // The column matrix: rows (c, k...) of the group, columns the output positions.
+    let pointwise = kk == 1 && g.pad.iter().all(|&p| p == 0) && g.stride.iter().all(|&s| s == 1);
+    let xb = cx.buf(x)?;
+    let (col, col_rows_stride, col_group_stride, col_batch_stride) = if pointwise {
+        (xb, ohw as i64, (cg * ihw) as i64, (c * ihw) as i64)
+    } else {
+        let col =
+            cx.p.add_buffer(ty, vec![n, group, cg * kk, ohw], BufKind::Temp);
+        let mut kb = KernelBuilder::new("im2col");
+        let xp = kb.param(&cx.p, xb, Access::Read);
+        let cp = kb.param(&cx.p, col, Access::Write);
+        let s = ins.len();
+        let ist = strides(ins);
+        let ost = strides(&g.out);
+        let kst = strides(kdims);
+        // for.parallel (n, c) rows, then kernel taps, then output positions.
+        let mut ext = vec![n * c];
+        ext.extend_from_slice(kdims);
+        ext.extend_from_slice(&g.out);
+        let g_ref = &g;
+        let body = nest(&mut kb, &ext, LoopKind::Parallel, |_, v| {
+            let nc = v[0];
+            let (kv, ov) = (&v[1..1 + s], &v[1 + s..]);
+            let mut src = Expr::mul_idx(Expr::var(nc), ihw as i64);
+            let mut ok = Expr::Lit(Lit::Bool(true));
+            let mut krow = Expr::idx(0);
+            let mut ocol = Expr::idx(0);
+            for d in 0..s {
+                let (pos, inside) = tap(ov[d], kv[d], g_ref, d, ins[d]);
+                src = Expr::add_idx(src, Expr::mul_idx(pos, ist[d]));
+                ok = and(ok, inside);
+                krow = Expr::add_idx(krow, Expr::mul_idx(Expr::var(kv[d]), kst[d]));
+                ocol = Expr::add_idx(ocol, Expr::mul_idx(Expr::var(ov[d]), ost[d]));
+            }
+            // Row (n, g, c', k) of the column matrix is row (n*C + c)*kk + k: groups are
+            // contiguous channel ranges, so the flat layout needs no group arithmetic.
+            let row = Expr::add_idx(Expr::mul_idx(Expr::var(nc), kk as i64), krow);
+            let dst = Expr::add_idx(Expr::mul_idx(row, ohw as i64), ocol);
+            let value = match ok {
+                Expr::Lit(Lit::Bool(true)) => Expr::load(xp, src),
+                ok => Expr::select(ok, Expr::load(xp, src), Expr::float(ty, 0.0)),
+            };
+            vec![Stmt::Store {
+                param: cp,
+                index: dst,
+                value,
+            }]
+        });
+        kb.k.body = body;
+        let id = cx.p.intern_kernel(kb.k);
+        cx.p.steps.push(Step {
+            kernel: id,
+            args: kb.args,
+            origin: node.loc.clone(),
+        });
+        (
+            col,
+            ohw as i64,
+            (cg * kk * ohw) as i64,
+            (c * kk * ohw) as i64,
+        )
+    };
+    let mut kb = KernelBuilder::new(kernel_name(&node.op));
+    let wp = kb.param(&cx.p, cx.buf(w)?, Access::Read);
+    let cp = kb.param(&cx.p, col, Access::Read);
+    let bp = match bias {
+        Some(b) => Some(kb.param(&cx.p, cx.buf(b)?, Access::Read)),
+        None => None,
+    };
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let kdim = cg * kk;
+    let body = nest(&mut kb, &[group, n], LoopKind::Parallel, |_, v| {
+        let (gv, nv) = (Expr::var(v[0]), Expr::var(v[1]));
+        let mm = Matmul {
+            m: mg,
+            n: ohw,
+            k: kdim,
+            a: MatRef {
+                param: wp,
+                offset: Expr::mul_idx(gv.clone(), (mg * kdim) as i64),
+                row_stride: kdim as i64,
+                col_stride: 1,
+            },
+            b: MatRef {
+                param: cp,
+                offset: Expr::add_idx(
+                    Expr::mul_idx(nv.clone(), col_batch_stride),
+                    Expr::mul_idx(gv.clone(), col_group_stride),
+                ),
+                row_stride: col_rows_stride,
+                col_stride: 1,
+            },
+            c: MatRef {
+                param: op_,
+                offset: Expr::add_idx(
+                    Expr::mul_idx(nv, (m * ohw) as i64),
+                    Expr::mul_idx(gv.clone(), (mg * ohw) as i64),
+                ),
+                row_stride: ohw as i64,
+                col_stride: 1,
+            },
+            alpha: 1.0,
+            beta: 0.0,
+            bias: bp.map(|p| MatRef {
+                param: p,
+                offset: Expr::mul_idx(gv, mg as i64),
+                row_stride: 1,
+                col_stride: 0,
+            }),
+            act: Activation::None,
+        };
+        vec![Stmt::Matmul(Box::new(mm))]
+    });
+    kb.k.body = body;
+    cx.launch(kb, node);
+    Ok(())
+}
+
+/// Depthwise (one input channel per group) convolution as direct loops.
+#[allow(clippy::too_many_arguments)]
+fn conv_direct(
+    cx: &mut Cx,
+    node: &Node,
+    x: mlc_ir::ValueId,
+    w: mlc_ir::ValueId,
+    bias: Option<mlc_ir::ValueId>,
+    out: BufId,
+    g: &Geom,
+    ins: &[usize],
+    n: usize,
+    c: usize,
+    m: usize,
+    group: usize,
+) -> Result<(), Fail> {
+    let ty = cx.dtype(x);
+    let mut kb = KernelBuilder::new(format!("{}_direct", kernel_name(&node.op)));
+    let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+    let wp = kb.param(&cx.p, cx.buf(w)?, Access::Read);
+    let bp = match bias {
+        Some(b) => Some(kb.param(&cx.p, cx.buf(b)?, Access::Read)),
+        None => None,
+    };
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let s = ins.len();
+    let ihw: usize = ins.iter().product();
+    let ohw: usize = g.out.iter().product();
+    let kk: usize = g.k.iter().product();
+    let (ist, ost, kst) = (strides(ins), strides(&g.out), strides(&g.k));
+    let mg = m / group;
+    let mut ext = vec![m, n];
+    ext.extend_from_slice(&g.out);
+    let body = nest(&mut kb, &ext, LoopKind::Parallel, |kb, v| {
+        let (mv, nv, ov) = (v[0], v[1], &v[2..]);
+        let acc = kb.var(ty);
+        let init = match bp {
+            Some(p) => Expr::load(p, Expr::var(mv)),
+            None => Expr::float(ty, 0.0),
+        };
+        // Input channel of output channel m: its group's only channel (c/group == 1).
+        let cin = Expr::bin(BinOp::Div, Expr::var(mv), Expr::idx(mg as i64));
+        let plane = Expr::add_idx(
+            Expr::mul_idx(Expr::var(nv), (c * ihw) as i64),
+            Expr::mul_idx(cin, ihw as i64),
+        );
+        let taps: Vec<usize> = g.k.clone();
+        let inner = nest(kb, &taps, LoopKind::Serial, |_, kv| {
+            let mut src = plane.clone();
+            let mut ok = Expr::Lit(Lit::Bool(true));
+            let mut widx = Expr::mul_idx(Expr::var(mv), kk as i64);
+            for d in 0..s {
+                let (pos, inside) = tap(ov[d], kv[d], g, d, ins[d]);
+                src = Expr::add_idx(src, Expr::mul_idx(pos, ist[d]));
+                ok = and(ok, inside);
+                widx = Expr::add_idx(widx, Expr::mul_idx(Expr::var(kv[d]), kst[d]));
+            }
+            let prod = Expr::bin(BinOp::Mul, Expr::load(xp, src), Expr::load(wp, widx));
+            let term = match ok {
+                Expr::Lit(Lit::Bool(true)) => prod,
+                ok => Expr::select(ok, prod, Expr::float(ty, 0.0)),
+            };
+            vec![Stmt::Assign {
+                var: acc,
+                value: Expr::bin(BinOp::Add, Expr::var(acc), term),
+            }]
+        });
+        let mut dst = Expr::add_idx(
+            Expr::mul_idx(Expr::var(nv), (m * ohw) as i64),
+            Expr::mul_idx(Expr::var(mv), ohw as i64),
+        );
+        for d in 0..s {
+            dst = Expr::add_idx(dst, Expr::mul_idx(Expr::var(ov[d]), ost[d]));
+        }
+        let mut stmts = vec![Stmt::Let {
+            var: acc,
+            value: init,
+        }];
+        stmts.extend(inner);
+        stmts.push(Stmt::Store {
+            param: op_,
+            index: dst,
+            value: Expr::var(acc),
+        });
+        stmts
+    });
+    kb.k.body = body;
+    cx.launch(kb, node);
+    Ok(())
+}
+
+/// Max or average pooling over windows (`global`: one window covering every spatial dim).
+pub(super) fn pool(
+    cx: &mut Cx,
+    node: &Node,
+    window: Option<&Window>,
+    max: bool,
+    count_include_pad: bool,
+) -> Result<(), Fail> {
+    let Some(x) = node.input(0) else {
+        return unsupported("missing input");
+    };
+    if node.outputs.len() > 1 {
+        return unsupported("max-pool indices output");
+    }
+    let xs = cx.shape(x)?;
+    let ty = cx.dtype(x);
+    if !ty.is_float() || ty.is_storage_only() {
+        return unsupported(format!("pooling on {}", ty.name()));
+    }
+    let ins = xs[2..].to_vec();
+    let s = ins.len();
+    let g = match window {
+        Some(w) => geometry(
+            &ins,
+            &w.kernel,
+            &w.strides,
+            &w.dilations,
+            &w.pads,
+            w.auto_pad,
+            w.ceil_mode,
+        )?,
+        None => Geom {
+            out: vec![1; s],
+            pad: vec![0; s],
+            k: ins.clone(),
+            stride: vec![1; s],
+            dil: vec![1; s],
+        },
+    };
+    let acc_ty = if matches!(ty, DType::F16 | DType::BF16) {
+        DType::F32
+    } else {
+        ty
+    };
+    let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
+    let mut kb = KernelBuilder::new(kernel_name(&node.op));
+    let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let ihw: usize = ins.iter().product();
+    let ohw: usize = g.out.iter().product();
+    let (ist, ost) = (strides(&ins), strides(&g.out));
+    let mut ext = vec![xs[0] * xs[1]];
+    ext.extend_from_slice(&g.out);
+    let body = nest(&mut kb, &ext, LoopKind::Parallel, |kb, v| {
+        let (pv, ov) = (v[0], &v[1..]);
+        let acc = kb.var(acc_ty);
+        let cnt = kb.var(acc_ty);
+        let widen = |e: Expr| {
+            if acc_ty != ty {
+                Expr::cast(acc_ty, e)
+            } else {
+                e
+            }
+        };
+        let init = Expr::float(acc_ty, if max { f64::NEG_INFINITY } else { 0.0 });
+        let taps = g.k.clone();
+        let inner = nest(kb, &taps, LoopKind::Serial, |_, kv| {
+            let mut src = Expr::mul_idx(Expr::var(pv), ihw as i64);
+            let mut ok = Expr::Lit(Lit::Bool(true));
+            for d in 0..s {
+                let (pos, inside) = tap(ov[d], kv[d], &g, d, ins[d]);
+                src = Expr::add_idx(src, Expr::mul_idx(pos, ist[d]));
+                ok = and(ok, inside);
+            }
+            let xv = widen(Expr::load(xp, src));
+            let (a, cv) = (Expr::var(acc), Expr::var(cnt));
+            let (upd, cnt_upd) = if max {
+                (Expr::bin(BinOp::Max, a.clone(), xv), cv.clone())
+            } else {
+                (
+                    Expr::bin(BinOp::Add, a.clone(), xv),
+                    Expr::bin(BinOp::Add, cv.clone(), Expr::float(acc_ty, 1.0)),
+                )
+            };
+            match ok {
+                Expr::Lit(Lit::Bool(true)) => vec![
+                    Stmt::Assign {
+                        var: acc,
+                        value: upd,
+                    },
+                    Stmt::Assign {
+                        var: cnt,
+                        value: cnt_upd,
+                    },
+                ],
+                ok => vec![
+                    Stmt::Assign {
+                        var: acc,
+                        value: Expr::select(ok.clone(), upd, a),
+                    },
+                    Stmt::Assign {
+                        var: cnt,
+                        value: Expr::select(ok, cnt_upd, cv),
+                    },
+                ],
+            }
+        });
+        let mut dst = Expr::mul_idx(Expr::var(pv), ohw as i64);
+        for d in 0..s {
+            dst = Expr::add_idx(dst, Expr::mul_idx(Expr::var(ov[d]), ost[d]));
+        }
+        let taps_n: usize = g.k.iter().product();
+        let result = if max {
+            Expr::var(acc)
+        } else if count_include_pad {
+            Expr::bin(
+                BinOp::Div,
+                Expr::var(acc),
+                Expr::float(acc_ty, taps_n as f64),
+            )
+        } else {
+            Expr::bin(BinOp::Div, Expr::var(acc), Expr::var(cnt))
+        };
+        let result = if acc_ty != ty {
+            Expr::cast(ty, result)
+        } else {
+            result
+        };
+        let mut stmts = vec![
+            Stmt::Let {
+                var: acc,
+                value: init,
+            },
+            Stmt::Let {
+                var: cnt,
+                value: Expr::float(acc_ty, 0.0),
+            },
+        ];
+        stmts.extend(inner);
+        stmts.push(Stmt::Store {
+            param: op_,
+            index: dst,
+            value: result,
+        });
+        stmts
+    });
+    kb.k.body = body;
+    cx.launch(kb, node);
+    Ok(())
+}

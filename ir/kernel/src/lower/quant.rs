@@ -1,0 +1,303 @@
+//! Quantization ops as plain arithmetic: quantize and dequantize per tensor or per axis,
+//! dynamic quantization (range, then scale and zero point, then quantize: one kernel), and
+//! `MatMulInteger` as zero-point removal into `i32` operands plus an `i32` [`Stmt::Matmul`].
+//!
+//! These are the *unfused* forms, correct for any graph. The optimizer folds QDQ pairs into
+//! integer kernels; what it leaves over lands here.
+
+use super::{Cx, Fail, KernelBuilder, kernel_name, loop_nest, strides, unsupported};
+use crate::kernel::*;
+use mlc_ir::ops::QuantOp;
+use mlc_ir::{DType, Node, ValueId};
+
+pub(super) fn lower(cx: &mut Cx, node: &Node, op: &QuantOp) -> Result<(), Fail> {
+    match op {
+        QuantOp::Quantize {
+            axis,
+            block_size: 0,
+            to,
+            ..
+        } if int_range(*to).is_some() => qdq(cx, node, *axis, *to, true),
+        QuantOp::Dequantize {
+            axis,
+            block_size: 0,
+            to,
+        } if int_range(cx.dtype(first(node)?)).is_some() => qdq(cx, node, *axis, *to, false),
+        QuantOp::DynamicQuantize => dynamic(cx, node),
+        QuantOp::MatMulInteger => matmul_integer(cx, node),
+        _ => unsupported(
+            "not lowered to kernels yet (blocked or low-bit quantization, fused integer ops)",
+        ),
+    }
+}
+
+fn first(node: &Node) -> Result<ValueId, Fail> {
+    node.input(0)
+        .ok_or_else(|| Fail::Unsupported("missing input".into()))
+}
+
+fn int_range(t: DType) -> Option<(i64, i64)> {
+    Some(match t {
+        DType::I8 => (-128, 127),
+        DType::U8 => (0, 255),
+        DType::I16 => (-32768, 32767),
+        DType::U16 => (0, 65535),
+        DType::I32 => (i32::MIN as i64, i32::MAX as i64),
+        _ => return None,
+    })
+}
+
+fn to_f32(e: Expr, t: DType) -> Expr {
+    if t == DType::F32 {
+        e
+    } else {
+        Expr::cast(DType::F32, e)
+    }
+}
+
+/// `quantize`: `sat(round(x / s) + zp)`; `dequantize`: `(q - zp) * s`, with `s` and `zp`
+/// per tensor or per channel of `axis`.
+fn qdq(cx: &mut Cx, node: &Node, axis: usize, to: DType, quantize: bool) -> Result<(), Fail> {
+    let (Some(x), Some(s)) = (node.input(0), node.input(1)) else {
+        return unsupported("missing input");
+    };
+    let zp = node.input(2);
+    let xs = cx.shape(x)?;
+    let (xt, st) = (cx.dtype(x), cx.dtype(s));
+    let zt = zp.map(|z| cx.dtype(z));
+    let per_axis = cx.shape(s)?.iter().product::<usize>() > 1;
+    let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
+    let mut kb = KernelBuilder::new(kernel_name(&node.op));
+    let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+    let sp = kb.param(&cx.p, cx.buf(s)?, Access::Read);
+    let zpp = match zp {
+        Some(z) => Some(kb.param(&cx.p, cx.buf(z)?, Access::Read)),
+        None => None,
+    };
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let xst = strides(&xs);
+    let body = loop_nest(&mut kb, &xs, |_, v| {
+        let mut idx = Expr::idx(0);
+        for (d, s) in xst.iter().enumerate() {
+            idx = Expr::add_idx(idx, Expr::mul_idx(Expr::var(v[d]), *s));
+        }
+        let pidx = if per_axis {
+            Expr::var(v[axis])
+        } else {
+            Expr::idx(0)
+        };
+        let scale = to_f32(Expr::load(sp, pidx.clone()), st);
+        let z = match (zpp, zt) {
+            (Some(p), Some(t)) => to_f32(Expr::load(p, pidx), t),
+            _ => Expr::float(DType::F32, 0.0),
+        };
+        let xv = to_f32(Expr::load(xp, idx.clone()), xt);
+        let value = if quantize {
+            let (lo, hi) = int_range(to).unwrap_or((0, 0));
+            let q = Expr::bin(
+                BinOp::Add,
+                Expr::un(UnOp::Round, Expr::bin(BinOp::Div, xv, scale)),
+                z,
+            );
+            let q = Expr::bin(
+                BinOp::Min,
+                Expr::bin(BinOp::Max, q, Expr::float(DType::F32, lo as f64)),
+                Expr::float(DType::F32, hi as f64),
+            );
+            Expr::cast(to, q)
+        } else {
+            let y = Expr::bin(BinOp::Mul, Expr::bin(BinOp::Sub, xv, z), scale);
+            if to == DType::F32 {
+                y
+            } else {
+                Expr::cast(to, y)
+            }
+        };
+        vec![Stmt::Store {
+            param: op_,
+            index: idx,
+            value,
+        }]
+    });
+    kb.k.body = body;
+    cx.launch(kb, node);
+    Ok(())
+}
+
+/// ONNX `DynamicQuantizeLinear`: u8 with `scale = (max(0, max x) - min(0, min x)) / 255`.
+fn dynamic(cx: &mut Cx, node: &Node) -> Result<(), Fail> {
+    let x = first(node)?;
+    if node.outputs.len() != 3 || cx.dtype(x) != DType::F32 {
+        return unsupported("dynamic quantization of non-f32 input");
+    }
+    let n: usize = cx.shape(x)?.iter().product();
+    let outs: Vec<BufId> = node
+        .outputs
+        .iter()
+        .map(|&o| cx.new_buffer(o, BufKind::Temp))
+        .collect::<Result<_, _>>()?;
+    let mut kb = KernelBuilder::new(kernel_name(&node.op));
+    let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+    let yp = kb.param(&cx.p, outs[0], Access::Write);
+    let sp = kb.param(&cx.p, outs[1], Access::Write);
+    let zp = kb.param(&cx.p, outs[2], Access::Write);
+    let f = |v: f64| Expr::float(DType::F32, v);
+    let (lo, hi, scale, zero) = (
+        kb.var(DType::F32),
+        kb.var(DType::F32),
+        kb.var(DType::F32),
+        kb.var(DType::F32),
+    );
+    let (i, j) = (kb.var(DType::I64), kb.var(DType::I64));
+    let sat = |e: Expr| Expr::bin(BinOp::Min, Expr::bin(BinOp::Max, e, f(0.0)), f(255.0));
+    kb.k.body = vec![
+        Stmt::Let {
+            var: lo,
+            value: f(0.0),
+        },
+        Stmt::Let {
+            var: hi,
+            value: f(0.0),
+        },
+        Stmt::For {
+            var: i,
+            extent: Expr::idx(n as i64),
+            kind: LoopKind::Serial,
+            body: vec![
+                Stmt::Assign {
+                    var: lo,
+                    value: Expr::bin(BinOp::Min, Expr::var(lo), Expr::load(xp, Expr::var(i))),
+                },
+                Stmt::Assign {
+                    var: hi,
+                    value: Expr::bin(BinOp::Max, Expr::var(hi), Expr::load(xp, Expr::var(i))),
+                },
+            ],
+        },
+        Stmt::Let {
+            var: scale,
+            value: Expr::bin(
+                BinOp::Div,
+                Expr::bin(BinOp::Sub, Expr::var(hi), Expr::var(lo)),
+                f(255.0),
+            ),
+        },
+        Stmt::Let {
+            var: zero,
+            value: sat(Expr::un(
+                UnOp::Round,
+                Expr::bin(
+                    BinOp::Sub,
+                    f(0.0),
+                    Expr::bin(BinOp::Div, Expr::var(lo), Expr::var(scale)),
+                ),
+            )),
+        },
+        Stmt::Store {
+            param: sp,
+            index: Expr::idx(0),
+            value: Expr::var(scale),
+        },
+        Stmt::Store {
+            param: zp,
+            index: Expr::idx(0),
+            value: Expr::cast(DType::U8, Expr::var(zero)),
+        },
+        Stmt::For {
+            var: j,
+            extent: Expr::idx(n as i64),
+            kind: LoopKind::Vector,
+            body: vec![Stmt::Store {
+                param: yp,
+                index: Expr::var(j),
+                value: Expr::cast(
+                    DType::U8,
+                    sat(Expr::bin(
+                        BinOp::Add,
+                        Expr::un(
+                            UnOp::Round,
+                            Expr::bin(BinOp::Div, Expr::load(xp, Expr::var(j)), Expr::var(scale)),
+                        ),
+                        Expr::var(zero),
+                    )),
+                ),
+            }],
+        },
+    ];
+    cx.launch(kb, node);
+    Ok(())
+}
+
+/// `MatMulInteger`: both operands widened to `i32` minus their zero points (per tensor, per
+/// row of `a` or per column of `b`), then an `i32` matmul.
+fn matmul_integer(cx: &mut Cx, node: &Node) -> Result<(), Fail> {
+    let (Some(a), Some(b)) = (node.input(0), node.input(1)) else {
+        return unsupported("missing input");
+    };
+    let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
+    let wa = widen(cx, node, a, node.input(2), true)?;
+    let wb = widen(cx, node, b, node.input(3), false)?;
+    super::nn::matmul_bufs(cx, node, wa, wb, out)
+}
+
+/// An `i32` copy of `x` minus its zero point; `rows`: the zero point indexes dim −2 (per row
+/// of `a`), else dim −1 (per column of `b`).
+fn widen(
+    cx: &mut Cx,
+    node: &Node,
+    x: ValueId,
+    zp: Option<ValueId>,
+    rows: bool,
+) -> Result<(BufId, Vec<usize>), Fail> {
+    let xs = cx.shape(x)?;
+    let wide = cx.p.add_buffer(DType::I32, xs.clone(), BufKind::Temp);
+    let mut kb = KernelBuilder::new("widen_i32");
+    let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+    let zpp = match zp {
+        Some(z) => Some((
+            kb.param(&cx.p, cx.buf(z)?, Access::Read),
+            cx.dtype(z),
+            cx.shape(z)?.iter().product::<usize>(),
+        )),
+        None => None,
+    };
+    let wp = kb.param(&cx.p, wide, Access::Write);
+    let st = strides(&xs);
+    let rank = xs.len();
+    let body = loop_nest(&mut kb, &xs, |_, v| {
+        let mut idx = Expr::idx(0);
+        for (d, s) in st.iter().enumerate() {
+            idx = Expr::add_idx(idx, Expr::mul_idx(Expr::var(v[d]), *s));
+        }
+        let mut value = Expr::cast(DType::I32, Expr::load(xp, idx.clone()));
+        if let Some((p, t, len)) = zpp {
+            let zi = if len == 1 {
+                Expr::idx(0)
+            } else if rows && rank >= 2 {
+                Expr::var(v[rank - 2])
+            } else {
+                Expr::var(v[rank - 1])
+            };
+            let z = Expr::load(p, zi);
+            let z = if t == DType::I32 {
+                z
+            } else {
+                Expr::cast(DType::I32, z)
+            };
+            value = Expr::bin(BinOp::Sub, value, z);
+        }
+        vec![Stmt::Store {
+            param: wp,
+            index: idx,
+            value,
+        }]
+    });
+    kb.k.body = body;
+    let id = cx.p.intern_kernel(kb.k);
+    cx.p.steps.push(Step {
+        kernel: id,
+        args: kb.args,
+        origin: node.loc.clone(),
+    });
+    Ok((wide, xs))
+}
