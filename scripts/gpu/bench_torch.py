@@ -38,7 +38,12 @@ def main():
         ms = time_ms(lambda: torch.matmul(a, b))
         tf = 2 * m * n * k / (ms * 1e-3) / 1e12
         print(f"torch.matmul bf16 {m:>5}x{n:<5}x{k:<5} {ms:8.3f} ms {tf:7.1f} TFLOP/s {100 * tf / PEAK:5.1f}% peak  [{what}]")
-        del a, b
+        # The nn.Linear layout (weights N x K), which mlc's wgmma kernels take.
+        w = b.t().contiguous()
+        ms = time_ms(lambda: torch.nn.functional.linear(a, w))
+        tf = 2 * m * n * k / (ms * 1e-3) / 1e12
+        print(f"torch linear(a, w[NxK]) bf16 {m:>5}x{n:<5}x{k:<5} {ms:8.3f} ms {tf:7.1f} TFLOP/s {100 * tf / PEAK:5.1f}% peak  [{what}]")
+        del a, b, w
     n = (1 << 28) + 3
     x = torch.rand(n, device="cuda", generator=g) * 2 - 1
     ms = time_ms(lambda: torch.relu(x * 1.75 - 0.25), 5, 30)

@@ -191,6 +191,18 @@ impl<'ctx> Cg<'ctx> {
         g
     }
 
+    /// The block's dynamic shared memory (`.extern .shared .align 1024 .b8 name[]`), sized at
+    /// launch. 1024-byte alignment is what wgmma's 128-byte swizzle atoms need.
+    pub fn dynamic_shared(&self, name: &str) -> GlobalValue<'ctx> {
+        let ty = self.ctx.i8_type().array_type(0);
+        let g = self
+            .module
+            .add_global(ty, Some(AddressSpace::from(SHARED)), name);
+        g.set_linkage(Linkage::External);
+        g.set_alignment(1024);
+        g
+    }
+
     /// `base + byte_offset` (an `i8` GEP), for any address space.
     pub fn byte_gep(
         &self,

@@ -8,6 +8,7 @@
 
 use mlc_nvptx::kernels::elementwise::AffineRelu;
 use mlc_nvptx::kernels::gemm::{Epilogue, MmaGemm, NaiveGemm, OutType};
+use mlc_nvptx::kernels::wgmma::WgmmaGemm;
 use mlc_nvptx::{GpuArch, KernelSource, NvptxError, emit_ptx, kernels, ptxas};
 use std::path::Path;
 
@@ -70,6 +71,36 @@ fn tensor_core_kernel_uses_mma_ldmatrix_and_cp_async() {
     assert!(ptx.contains("cp.async.wait_group 1"));
     assert!(ptx.contains("cvt.rn.bf16x2.f32"));
     assert!(!ptx.contains(".local"), "accumulators went to local memory");
+}
+
+#[test]
+fn hopper_kernel_uses_wgmma_from_shared_memory() {
+    let k = WgmmaGemm {
+        warpgroups: 2,
+        bn: 256,
+        stages: 3,
+        group_m: 8,
+        out: OutType::Bf16,
+        epilogue: Epilogue::default(),
+    };
+    let ptx = emit_ptx(&k, GpuArch::Sm90a).unwrap();
+    assert!(ptx.contains(".target sm_90a"));
+    // Four k16 steps per 64-wide K tile.
+    assert_eq!(
+        ptx.matches("wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16")
+            .count(),
+        4
+    );
+    assert!(ptx.contains("wgmma.fence.sync.aligned"));
+    assert!(ptx.contains("wgmma.commit_group.sync.aligned"));
+    assert!(ptx.contains("wgmma.wait_group.sync.aligned 0"));
+    assert!(ptx.contains("fence.proxy.async.shared::cta"));
+    assert!(ptx.contains(".extern .shared .align 1024 .b8 smem[]"));
+    // wgmma does not exist on plain sm_90 (nor sm_80): asking is a typed error, not bad PTX.
+    assert!(matches!(
+        emit_ptx(&k, GpuArch::Sm90),
+        Err(NvptxError::Unsupported(_))
+    ));
 }
 
 #[test]

@@ -2,10 +2,12 @@
 //! CPU float64 reference and times them with CUDA events. It needs only `mlc-runtime` (built
 //! with `--features cuda`), so a GPU machine without Rust or LLVM can run PTX built elsewhere.
 //!
-//! `mlc-gpu PTX_DIR [--arch sm_90] [--quick]`
+//! `mlc-gpu PTX_DIR [--arch sm_90[,sm_90a]] [--quick]`
 //!
 //! PTX_DIR holds `<kernel>.<arch>.ptx` files as `cargo run -p mlc-nvptx --example emit_ptx`
-//! writes them. Kernel names encode their launch geometry (see `mlc_nvptx::kernels`), e.g.
+//! writes them; every file is JIT-loaded, and each kernel then runs from the first architecture
+//! in `--arch` that has it (so `sm_90,sm_90a` runs the portable kernels as sm_90 and the
+//! wgmma ones, which exist only for sm_90a). Kernels with `_bt` take B transposed (N×K). Kernel names encode their launch geometry (see `mlc_nvptx::kernels`), e.g.
 //! `mlc_gemm_bf16_mma_128x128x32_w2x4_s3_bf16_bias_relu`. Exit status 1 if any check fails.
 
 use mlc_runtime::cuda::{Arg, CudaError, DeviceBuffer, Gpu, Kernel, Launch, median};
@@ -26,6 +28,13 @@ enum GemmKind {
         bk: u32,
         threads: u32,
     },
+    /// Dynamic shared memory, raised above 48 KiB at load.
+    Wgmma {
+        bm: u32,
+        bn: u32,
+        threads: u32,
+        smem: u32,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -35,6 +44,8 @@ struct GemmVariant {
     out_bf16: bool,
     bias: bool,
     relu: bool,
+    /// B is passed transposed, N×K row-major.
+    bt: bool,
 }
 
 impl GemmVariant {
@@ -43,8 +54,25 @@ impl GemmVariant {
         let bias = rest.contains("_bias");
         let relu = rest.contains("_relu");
         let out_bf16 = rest.contains("_bf16");
+        let bt = rest.contains("_bt_");
         let kind = if rest.starts_with("naive_") {
             GemmKind::Naive
+        } else if let Some(w) = rest.strip_prefix("wgmma_") {
+            let p: Vec<&str> = w.split('_').collect();
+            let t: Vec<u32> = p
+                .first()?
+                .split('x')
+                .map(|x| x.parse().ok())
+                .collect::<Option<_>>()?;
+            let wg: u32 = p.get(1)?.strip_prefix("wg")?.parse().ok()?;
+            let stages: u32 = p.get(2)?.strip_prefix('s')?.parse().ok()?;
+            let smem = stages * (t[0] + t[1]) * t[2] * 2;
+            GemmKind::Wgmma {
+                bm: t[0],
+                bn: t[1],
+                threads: 128 * wg,
+                smem,
+            }
         } else {
             let p: Vec<&str> = rest.strip_prefix("mma_")?.split('_').collect();
             let t: Vec<u32> = p
@@ -71,6 +99,7 @@ impl GemmVariant {
             out_bf16,
             bias,
             relu,
+            bt,
         })
     }
 
@@ -82,6 +111,11 @@ impl GemmVariant {
                 m.is_multiple_of(bm as usize)
                     && n.is_multiple_of(bn as usize)
                     && k.is_multiple_of(bk as usize)
+            }
+            GemmKind::Wgmma { bm, bn, .. } => {
+                m.is_multiple_of(bm as usize)
+                    && n.is_multiple_of(bn as usize)
+                    && k.is_multiple_of(64)
             }
         }
     }
@@ -99,6 +133,16 @@ impl GemmVariant {
                 grid: ((n / bn as usize) as u32, (m / bm as usize) as u32, 1),
                 block: (threads, 1, 1),
                 shared_bytes: 0,
+            },
+            GemmKind::Wgmma {
+                bm,
+                bn,
+                threads,
+                smem,
+            } => Launch {
+                grid: ((n / bn as usize) as u32, (m / bm as usize) as u32, 1),
+                block: (threads, 1, 1),
+                shared_bytes: smem,
             },
         }
     }
@@ -147,6 +191,8 @@ struct Problem {
     bias: Vec<f32>,
     da: DeviceBuffer,
     db: DeviceBuffer,
+    /// B transposed (N×K), for the `_bt` kernels.
+    dbt: DeviceBuffer,
     dbias: DeviceBuffer,
 }
 
@@ -162,6 +208,15 @@ impl Problem {
             k,
             da: gpu.upload(&bytes_u16(&abits))?,
             db: gpu.upload(&bytes_u16(&bbits))?,
+            dbt: {
+                let mut t = vec![0u16; k * n];
+                for kk in 0..k {
+                    for j in 0..n {
+                        t[j * k + kk] = bbits[kk * n + j];
+                    }
+                }
+                gpu.upload(&bytes_u16(&t))?
+            },
             dbias: gpu.upload(&bytes_f32(&bias))?,
             a,
             b,
@@ -195,7 +250,7 @@ impl Problem {
             v.launch(self.m, self.n),
             &[
                 Arg::Buf(&self.da),
-                Arg::Buf(&self.db),
+                Arg::Buf(if v.bt { &self.dbt } else { &self.db }),
                 Arg::Buf(out),
                 Arg::Buf(&self.dbias),
                 Arg::I32(self.m as i32),
@@ -283,7 +338,7 @@ fn main() -> ExitCode {
 fn run() -> Res<bool> {
     let mut args = std::env::args().skip(1);
     let mut dir: Option<PathBuf> = None;
-    let mut arch = "sm_90".to_string();
+    let mut arch = "sm_90,sm_90a".to_string();
     let mut quick = false;
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -292,7 +347,7 @@ fn run() -> Res<bool> {
             _ => dir = Some(PathBuf::from(a)),
         }
     }
-    let dir = dir.ok_or("usage: mlc-gpu PTX_DIR [--arch sm_90] [--quick]")?;
+    let dir = dir.ok_or("usage: mlc-gpu PTX_DIR [--arch sm_90[,sm_90a]] [--quick]")?;
     let gpu = Gpu::new(0)?;
     let sms = gpu.sm_count()?;
     println!(
@@ -307,7 +362,9 @@ fn run() -> Res<bool> {
         .map(|e| e.path())
         .collect();
     files.sort();
-    let mut kernels: Vec<(String, Kernel)> = Vec::new();
+    let archs: Vec<String> = arch.split(',').map(str::to_string).collect();
+    // (kernel, loaded function, rank of its architecture in `archs`): the lowest rank wins.
+    let mut chosen: Vec<(String, Kernel, usize)> = Vec::new();
     for f in files
         .iter()
         .filter(|f| f.extension().is_some_and(|e| e == "ptx"))
@@ -326,10 +383,21 @@ fn run() -> Res<bool> {
             k.shared_bytes()?,
             k.local_bytes()?
         );
-        if karch == arch {
-            kernels.push((name.to_string(), k));
+        if let Some(rank) = archs.iter().position(|a| *a == karch) {
+            if let GemmKind::Wgmma { smem, .. } = GemmVariant::parse(name)
+                .map(|v| v.kind)
+                .unwrap_or(GemmKind::Naive)
+            {
+                k.set_max_dynamic_shared_bytes(smem)?;
+            }
+            match chosen.iter_mut().find(|(n, _, _)| n == name) {
+                Some(slot) if slot.2 > rank => *slot = (name.to_string(), k, rank),
+                Some(_) => {}
+                None => chosen.push((name.to_string(), k, rank)),
+            }
         }
     }
+    let kernels: Vec<(String, Kernel)> = chosen.into_iter().map(|(n, k, _)| (n, k)).collect();
     let gemms: Vec<(GemmVariant, &Kernel)> = kernels
         .iter()
         .filter_map(|(n, k)| GemmVariant::parse(n).map(|v| (v, k)))
@@ -373,9 +441,11 @@ fn run() -> Res<bool> {
                 continue;
             }
             let naive = matches!(v.kind, GemmKind::Naive);
-            // Model shapes: only the default tile; the naive kernel only where it is quick.
+            // Model shapes: only the default mma.sync tile and the wgmma kernels; the naive kernel
+            // only where it is quick.
             let default_tile = v.name.contains("128x128x32_w2x4_s3");
-            if (si >= 2 && !default_tile) || (naive && m * n * kk > 4096usize.pow(3)) {
+            let wgmma = matches!(v.kind, GemmKind::Wgmma { .. });
+            if (si >= 2 && !default_tile && !wgmma) || (naive && m * n * kk > 4096usize.pow(3)) {
                 continue;
             }
             let (err, bad) = check(&gpu, k, v, &p, false, 5 + si as u64)?;

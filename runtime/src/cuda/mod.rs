@@ -111,6 +111,19 @@ impl Kernel {
             .shared_size_bytes()
             .map_err(drv("cuFuncGetAttribute(SHARED_SIZE_BYTES)"))
     }
+    /// Allows launches with up to `bytes` of dynamic shared memory (above the default 48 KiB,
+    /// up to the device's opt-in limit, 227 KiB on Hopper).
+    pub fn set_max_dynamic_shared_bytes(&self, bytes: u32) -> Result<(), CudaError> {
+        self.func
+            .set_attribute(
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                bytes as i32,
+            )
+            .map_err(drv(format!(
+                "cuFuncSetAttribute(`{}`, MAX_DYNAMIC_SHARED_SIZE_BYTES = {bytes})",
+                self.name
+            )))
+    }
     /// Local (spill) memory per thread, in bytes.
     pub fn local_bytes(&self) -> Result<i32, CudaError> {
         self.func

@@ -31,7 +31,7 @@ pub enum OutType {
 }
 
 impl OutType {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             OutType::F32 => "f32",
             OutType::Bf16 => "bf16",
@@ -49,7 +49,7 @@ pub struct Epilogue {
 }
 
 impl Epilogue {
-    fn suffix(self) -> String {
+    pub(crate) fn suffix(self) -> String {
         let mut s = String::new();
         if self.bias {
             s.push_str("_bias");
@@ -61,7 +61,7 @@ impl Epilogue {
     }
 }
 
-fn gemm_params() -> [Param; 7] {
+pub(crate) fn gemm_params() -> [Param; 7] {
     [
         Param::GlobalPtr,
         Param::GlobalPtr,
@@ -92,7 +92,7 @@ fn load_bf16<'ctx>(
 }
 
 /// Applies the epilogue to the pair at columns `col, col + 1` of `row` and stores it.
-fn store_pair<'ctx>(
+pub(crate) fn store_pair<'ctx>(
     cg: &Cg<'ctx>,
     out: OutType,
     epi: Epilogue,
@@ -155,6 +155,43 @@ fn store_pair<'ctx>(
         }
     }
     Ok(())
+}
+
+/// The origin `(m0, n0)` of the C tile this block computes. The grid is `(N/bn, M/bm)`; with
+/// `group > 1` the linear block id is remapped (as Triton's "grouped ordering" does) so that
+/// consecutive blocks cover a `group`-tall column of tiles before moving right: they then
+/// share B strips, and the A strips of a group stay in L2.
+pub(crate) fn tile_origin<'ctx>(
+    cg: &Cg<'ctx>,
+    m: IntValue<'ctx>,
+    n: IntValue<'ctx>,
+    bm: i64,
+    bn: i64,
+    group: u32,
+) -> Result<(IntValue<'ctx>, IntValue<'ctx>), NvptxError> {
+    let (bx, by) = (cg.sreg("ctaid.x")?, cg.sreg("ctaid.y")?);
+    if group <= 1 {
+        return Ok((cg.mulc(by, bm)?, cg.mulc(bx, bn)?));
+    }
+    let g = group as i64;
+    let tiles_m = cg.udivc(m, bm)?;
+    let tiles_n = cg.udivc(n, bn)?;
+    let pid = cg.add(cg.mul(by, tiles_n)?, bx)?;
+    let per_group = cg.mulc(tiles_n, g)?;
+    let group_id = cg.b.build_int_unsigned_div(pid, per_group, "")?;
+    let first_m = cg.mulc(group_id, g)?;
+    let left = cg.b.build_int_sub(tiles_m, first_m, "")?;
+    let small = cg.ult(left, cg.i32(g))?;
+    let group_size =
+        cg.b.build_select(small, left, cg.i32(g), "")?
+            .into_int_value();
+    let in_group = cg.b.build_int_unsigned_rem(pid, per_group, "")?;
+    let pid_m = cg.add(
+        first_m,
+        cg.b.build_int_unsigned_rem(in_group, group_size, "")?,
+    )?;
+    let pid_n = cg.b.build_int_unsigned_div(in_group, group_size, "")?;
+    Ok((cg.mulc(pid_m, bm)?, cg.mulc(pid_n, bn)?))
 }
 
 /// One thread per output element, f32 FMA over K. The simplest correct GEMM.
@@ -231,6 +268,9 @@ pub struct MmaGemm {
     pub warps_m: u32,
     pub warps_n: u32,
     pub stages: u32,
+    /// Blocks walk the C tiles in groups of `group_m` tile rows (column-major within a group)
+    /// so that blocks running together share A and B strips in L2; 1 walks row by row.
+    pub group_m: u32,
     pub out: OutType,
     pub epilogue: Epilogue,
 }
@@ -245,6 +285,7 @@ impl MmaGemm {
             warps_m: 2,
             warps_n: 4,
             stages: 3,
+            group_m: 1,
             out,
             epilogue,
         }
@@ -297,13 +338,18 @@ impl MmaGemm {
 impl KernelSource for MmaGemm {
     fn name(&self) -> String {
         format!(
-            "mlc_gemm_bf16_mma_{}x{}x{}_w{}x{}_s{}_{}{}",
+            "mlc_gemm_bf16_mma_{}x{}x{}_w{}x{}_s{}{}_{}{}",
             self.bm,
             self.bn,
             self.bk,
             self.warps_m,
             self.warps_n,
             self.stages,
+            if self.group_m > 1 {
+                format!("_g{}", self.group_m)
+            } else {
+                String::new()
+            },
             self.out.name(),
             self.epilogue.suffix()
         )
@@ -319,7 +365,7 @@ impl KernelSource for MmaGemm {
             cg.param_ptr(2),
             cg.param_ptr(3),
         );
-        let (n, k) = (cg.param_int(5), cg.param_int(6));
+        let (m, n, k) = (cg.param_int(4), cg.param_int(5), cg.param_int(6));
         let i16t = ctx.i16_type();
         let f32t = ctx.f32_type();
         let threads = cfg.threads() as i64;
@@ -342,8 +388,7 @@ impl KernelSource for MmaGemm {
         let warp = cg.lshrc(tid, 5)?;
         let warp_m = cg.uremc(warp, cfg.warps_m as i64)?;
         let warp_n = cg.udivc(warp, cfg.warps_m as i64)?;
-        let m0 = cg.mulc(cg.sreg("ctaid.y")?, bm)?;
-        let n0 = cg.mulc(cg.sreg("ctaid.x")?, bn)?;
+        let (m0, n0) = tile_origin(&cg, m, n, bm, bn, cfg.group_m)?;
         let ktiles = cg.udivc(k, bk)?;
 
         // The swizzled byte offset of 16-byte chunk `chunk` in row `row` of a tile whose rows

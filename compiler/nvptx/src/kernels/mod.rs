@@ -3,9 +3,11 @@
 
 pub mod elementwise;
 pub mod gemm;
+pub mod wgmma;
 
 use crate::{GpuArch, KernelSource};
 use gemm::{Epilogue, MmaGemm, NaiveGemm, OutType};
+use wgmma::WgmmaGemm;
 
 /// Every kernel variant with the architectures its PTX is emitted and ptxas-checked for.
 pub fn catalog() -> Vec<(Box<dyn KernelSource>, Vec<GpuArch>)> {
@@ -48,6 +50,7 @@ pub fn catalog() -> Vec<(Box<dyn KernelSource>, Vec<GpuArch>)> {
                 warps_m: 2,
                 warps_n: 4,
                 stages: 2,
+                group_m: 1,
                 out: OutType::Bf16,
                 epilogue: plain,
             }),
@@ -61,10 +64,67 @@ pub fn catalog() -> Vec<(Box<dyn KernelSource>, Vec<GpuArch>)> {
                 warps_m: 2,
                 warps_n: 2,
                 stages: 2,
+                group_m: 1,
+                out: OutType::Bf16,
+                epilogue: plain,
+            }),
+            all.clone(),
+        ),
+        // Grouped block order (8 tile rows per group) for L2 reuse.
+        (
+            Box::new(MmaGemm {
+                group_m: 8,
+                ..MmaGemm::default_for(OutType::Bf16, plain)
+            }),
+            all.clone(),
+        ),
+        (
+            Box::new(MmaGemm {
+                bm: 128,
+                bn: 256,
+                bk: 32,
+                warps_m: 2,
+                warps_n: 4,
+                stages: 2,
+                group_m: 8,
                 out: OutType::Bf16,
                 epilogue: plain,
             }),
             all,
+        ),
+        // Hopper only: wgmma from shared memory, B given transposed (N×K).
+        (
+            Box::new(WgmmaGemm {
+                warpgroups: 2,
+                bn: 128,
+                stages: 4,
+                group_m: 8,
+                out: OutType::Bf16,
+                epilogue: plain,
+            }),
+            vec![GpuArch::Sm90a],
+        ),
+        (
+            Box::new(WgmmaGemm {
+                warpgroups: 2,
+                bn: 256,
+                stages: 3,
+                group_m: 8,
+                out: OutType::Bf16,
+                epilogue: plain,
+            }),
+            vec![GpuArch::Sm90a],
+        ),
+        (
+            Box::new(WgmmaGemm {
+                warpgroups: 2,
+                bn: 256,
+                stages: 3,
+                group_m: 8,
+                out: OutType::Bf16,
+                epilogue: fused,
+            }),
+            vec![GpuArch::Sm90a],
         ),
     ]
 }
