@@ -191,6 +191,22 @@ impl<'ctx> Cg<'ctx> {
         g
     }
 
+    /// Declares the kernel's block size (`.maxntid n, 1, 1` through `nvvm.annotations`), so that
+    /// ptxas keeps registers within what `n` threads per block can have.
+    pub fn max_threads(&self, n: u32) -> Result<(), NvptxError> {
+        let node = self.ctx.metadata_node(&[
+            self.func.as_global_value().as_pointer_value().into(),
+            self.ctx.metadata_string("maxntidx").into(),
+            self.ctx.i32_type().const_int(n as u64, false).into(),
+        ]);
+        self.module
+            .add_global_metadata("nvvm.annotations", &node)
+            .map_err(|e| NvptxError::Llvm {
+                stage: "annotate the kernel",
+                message: e.to_string(),
+            })
+    }
+
     /// The block's dynamic shared memory (`.extern .shared .align 1024 .b8 name[]`), sized at
     /// launch. 1024-byte alignment is what wgmma's 128-byte swizzle atoms need.
     pub fn dynamic_shared(&self, name: &str) -> GlobalValue<'ctx> {

@@ -80,6 +80,7 @@ fn hopper_kernel_uses_wgmma_from_shared_memory() {
         bn: 256,
         stages: 3,
         group_m: 8,
+        in_flight: 0,
         out: OutType::Bf16,
         epilogue: Epilogue::default(),
     };

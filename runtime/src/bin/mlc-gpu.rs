@@ -2,7 +2,7 @@
 //! CPU float64 reference and times them with CUDA events. It needs only `mlc-runtime` (built
 //! with `--features cuda`), so a GPU machine without Rust or LLVM can run PTX built elsewhere.
 //!
-//! `mlc-gpu PTX_DIR [--arch sm_90[,sm_90a]] [--quick]`
+//! `mlc-gpu PTX_DIR [--arch sm_90[,sm_90a]] [--only SUBSTRING] [--quick]`
 //!
 //! PTX_DIR holds `<kernel>.<arch>.ptx` files as `cargo run -p mlc-nvptx --example emit_ptx`
 //! writes them; every file is JIT-loaded, and each kernel then runs from the first architecture
@@ -340,14 +340,17 @@ fn run() -> Res<bool> {
     let mut dir: Option<PathBuf> = None;
     let mut arch = "sm_90,sm_90a".to_string();
     let mut quick = false;
+    let mut only: Option<String> = None;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--arch" => arch = args.next().ok_or("--arch needs a value")?,
             "--quick" => quick = true,
+            "--only" => only = Some(args.next().ok_or("--only needs a value")?),
             _ => dir = Some(PathBuf::from(a)),
         }
     }
-    let dir = dir.ok_or("usage: mlc-gpu PTX_DIR [--arch sm_90[,sm_90a]] [--quick]")?;
+    let dir =
+        dir.ok_or("usage: mlc-gpu PTX_DIR [--arch sm_90[,sm_90a]] [--only SUBSTRING] [--quick]")?;
     let gpu = Gpu::new(0)?;
     let sms = gpu.sm_count()?;
     println!(
@@ -397,7 +400,11 @@ fn run() -> Res<bool> {
             }
         }
     }
-    let kernels: Vec<(String, Kernel)> = chosen.into_iter().map(|(n, k, _)| (n, k)).collect();
+    let kernels: Vec<(String, Kernel)> = chosen
+        .into_iter()
+        .filter(|(n, _, _)| only.as_ref().is_none_or(|o| n.contains(o.as_str())))
+        .map(|(n, k, _)| (n, k))
+        .collect();
     let gemms: Vec<(GemmVariant, &Kernel)> = kernels
         .iter()
         .filter_map(|(n, k)| GemmVariant::parse(n).map(|v| (v, k)))

@@ -11,8 +11,8 @@
 //! One block: `warpgroups` × 128 threads; warpgroup `g` computes rows `64g .. 64g + 64` of the
 //! `bm × bn` tile with `m64n{bn}k16` instructions (`bn / 2` f32 accumulators per thread). K
 //! advances 64 at a time through a `stages`-deep ring in dynamic shared memory filled by
-//! `cp.async`; each K tile is 4 wgmmas, then `commit_group` and `wait_group 0` (the simple,
-//! correct schedule: loads of later tiles overlap the MMAs, MMAs of consecutive tiles do not).
+//! `cp.async`; each K tile is 4 wgmmas, then `commit_group` and `wait_group in_flight`: with 0,
+//! loads of later tiles overlap the MMAs but MMAs of consecutive tiles do not; with 1, they do.
 //! `cp.async` writes through the generic proxy and wgmma reads through the async proxy, hence
 //! `fence.proxy.async.shared::cta` before the barrier that publishes a stage.
 //!
@@ -32,12 +32,16 @@ const BK: i64 = 64;
 /// The wgmma GEMM; see the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct WgmmaGemm {
-    /// 1 or 2; `bm = 64 * warpgroups`.
+    /// 1 to 4; `bm = 64 * warpgroups`.
     pub warpgroups: u32,
     /// The N of the instruction and the tile: 64, 128 or 256.
     pub bn: u32,
     pub stages: u32,
     pub group_m: u32,
+    /// wgmma batches left in flight at the end of a K tile: 0 waits for each tile's MMAs before
+    /// the next (simplest); 1 lets tile `kt`'s MMAs overlap tile `kt + 1`'s issue, and so
+    /// prefetches one tile less (`stages - 2` ahead) to keep the in-flight stage untouched.
+    pub in_flight: u32,
     pub out: OutType,
     pub epilogue: Epilogue,
 }
@@ -56,14 +60,17 @@ impl WgmmaGemm {
 
     fn validate(&self) -> Result<(), NvptxError> {
         let bad = |why: &str| Err(NvptxError::Unsupported(format!("{}: {why}", self.name())));
-        if !(1..=2).contains(&self.warpgroups) {
-            return bad("1 or 2 warpgroups");
+        if !(1..=4).contains(&self.warpgroups) {
+            return bad("1 to 4 warpgroups");
         }
         if ![64, 128, 256].contains(&self.bn) {
             return bad("bn must be 64, 128 or 256");
         }
-        if self.stages < 2 {
-            return bad("at least 2 stages");
+        if self.in_flight > 1 {
+            return bad("at most one wgmma batch in flight");
+        }
+        if self.stages < 2 + self.in_flight {
+            return bad("at least 2 stages, plus one per batch in flight");
         }
         if self.shared_bytes() > 227 * 1024 {
             return bad("more than 227 KiB of shared memory");
@@ -75,7 +82,7 @@ impl WgmmaGemm {
 impl KernelSource for WgmmaGemm {
     fn name(&self) -> String {
         format!(
-            "mlc_gemm_bf16_wgmma_{}x{}x{}_wg{}_s{}{}_bt_{}{}",
+            "mlc_gemm_bf16_wgmma_{}x{}x{}_wg{}_s{}{}{}_bt_{}{}",
             self.bm(),
             self.bn,
             BK,
@@ -83,6 +90,11 @@ impl KernelSource for WgmmaGemm {
             self.stages,
             if self.group_m > 1 {
                 format!("_g{}", self.group_m)
+            } else {
+                String::new()
+            },
+            if self.in_flight > 0 {
+                format!("_f{}", self.in_flight)
             } else {
                 String::new()
             },
@@ -101,6 +113,7 @@ impl KernelSource for WgmmaGemm {
         }
         let cfg = *self;
         let cg = Cg::kernel(ctx, &self.name(), &gemm_params());
+        cg.max_threads(cfg.threads())?;
         let (a, bt, c, bias) = (
             cg.param_ptr(0),
             cg.param_ptr(1),
@@ -163,7 +176,9 @@ impl KernelSource for WgmmaGemm {
             Ok(())
         };
 
-        for s in 0..cfg.stages as i64 - 1 {
+        // Tiles are prefetched `ahead` K tiles in advance.
+        let ahead = cfg.stages as i64 - 1 - cfg.in_flight as i64;
+        for s in 0..ahead {
             let cond = cg.ult(cg.i32(s), ktiles)?;
             cg.if_then(cond, |cg| load_tile(cg, cg.i32(s), cg.i32(s)))?;
             commit(&cg)?;
@@ -232,7 +247,7 @@ impl KernelSource for WgmmaGemm {
             cg.intrinsic(
                 "llvm.nvvm.cp.async.wait.group",
                 &[],
-                &[cg.i32(cfg.stages as i64 - 2).into()],
+                &[cg.i32(ahead - 1).into()],
             )?;
             cg.asm(
                 "fence.proxy.async.shared::cta;",
@@ -242,7 +257,7 @@ impl KernelSource for WgmmaGemm {
                 true,
             )?;
             cg.barrier()?;
-            let nk = cg.addc(kt, cfg.stages as i64 - 1)?;
+            let nk = cg.addc(kt, ahead)?;
             let in_range = cg.ult(nk, ktiles)?;
             cg.if_then(in_range, |cg| {
                 load_tile(cg, cg.uremc(nk, cfg.stages as i64)?, nk)
@@ -272,9 +287,11 @@ impl KernelSource for WgmmaGemm {
                 &[],
                 true,
             )?;
-            acc_asm(cg, "wgmma.wait_group.sync.aligned 0;", &[], "")?;
+            let wait = format!("wgmma.wait_group.sync.aligned {};", cfg.in_flight);
+            acc_asm(cg, &wait, &[], "")?;
             Ok(())
         })?;
+        acc_asm(&cg, "wgmma.wait_group.sync.aligned 0;", &[], "")?;
         cg.intrinsic("llvm.nvvm.cp.async.wait.group", &[], &[cg.i32(0).into()])?;
 
         // Epilogue: in each warp of a warpgroup, the m64nN accumulator layout repeats mma.sync's
