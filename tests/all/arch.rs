@@ -49,7 +49,10 @@ const INVARIANTS: &[(&str, &[&str])] = &[
     ("mlc-passes", &["mlc-onnx", "protobuf"]),
     // The NVIDIA backend turns LLVM modules into PTX; it knows nothing of ONNX, and it never
     // needs the CUDA driver (the runtime's business).
-    ("mlc-nvptx", &["mlc-onnx", "protobuf", "mlc-runtime", "cudarc"]),
+    (
+        "mlc-nvptx",
+        &["mlc-onnx", "protobuf", "mlc-runtime", "cudarc"],
+    ),
     // The runtime ships small: no compiler crate and no code generator.
     (
         "mlc-runtime",
