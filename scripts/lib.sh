@@ -3,11 +3,15 @@
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
-# Pinned to the versions the development corpus (../shared/models/fetch.sh) uses.
-PY_REQUIREMENTS="onnx==1.23.2 onnxruntime==1.32.0 numpy==2.4.6"
+# Pinned to the versions the development corpus (../shared/models/fetch.sh) uses, plus NVIDIA's
+# PTX assembler (the nvidia-cuda-nvcc-cu12 wheel ships `ptxas`): the NVPTX tests assemble every
+# kernel with it, and fail under CI=true when it is missing.
+PY_REQUIREMENTS="onnx==1.23.2 onnxruntime==1.32.0 numpy==2.4.6 nvidia-cuda-nvcc-cu12==12.9.86"
 # Debian 12 packages the build and the scripts need. `python3-venv` gives `python3 -m venv`.
-# The LLVM/MLIR packages from ../shared/SETUP.md join this list when a backend needs them.
-APT_PACKAGES="python3 python3-venv ca-certificates"
+# LLVM 19 (../shared/SETUP.md): `llvm-19-dev` for inkwell/llvm-sys (mlc-nvptx), which links LLVM
+# statically and so needs Polly, zstd, zlib and libxml2; the MLIR and libclang packages are for
+# the melior bridge SETUP.md describes. `.cargo/config.toml` points the crates at /usr/lib/llvm-19.
+APT_PACKAGES="python3 python3-venv ca-certificates llvm-19-dev libpolly-19-dev libmlir-19-dev libclang1-19 libclang-common-19-dev libzstd-dev zlib1g-dev libxml2-dev"
 
 step() { printf '\n== %s\n' "$*"; }
 

@@ -43,5 +43,10 @@ step "cargo build --workspace --all-targets"
 cargo build --workspace --all-targets
 step "cargo test --workspace"
 cargo test --workspace
+# The CUDA runtime is an opt-in feature of mlc-runtime (cudarc only, loaded at run time), so the
+# workspace build above does not compile it: check it, and its no-driver error path, here.
+step "mlc-runtime --features cuda: clippy and tests"
+cargo clippy -p mlc-runtime --all-targets --features cuda -- -D warnings
+cargo test -p mlc-runtime --features cuda
 
 step "all checks passed in $((SECONDS - start)) s"

@@ -3,8 +3,12 @@
 //! Architecture invariant: this crate depends on no compiler crate (`mlc-ir`, `mlc-passes`,
 //! `mlc-onnx`) and on none of egg, cranelift-codegen, inkwell or melior, so that it ships small.
 //! It talks in raw little-endian bytes plus shapes and its own element-type enum; the compiler
-//! side converts. Today it holds the `.npy` reader/writer; compiled-artifact loading lands here.
+//! side converts. It holds the `.npy` reader/writer and, behind the `cuda` feature, the CUDA
+//! runtime (`cuda`: PTX loading, device memory, launches, event timing); compiled-artifact
+//! loading lands here.
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod npy;
 
 pub use npy::{ElemType, NpyArray, NpyData, NpyError};

@@ -47,6 +47,12 @@ const INVARIANTS: &[(&str, &[&str])] = &[
     ),
     // Passes work on the IR, never on ONNX.
     ("mlc-passes", &["mlc-onnx", "protobuf"]),
+    // The NVIDIA backend turns LLVM modules into PTX; it knows nothing of ONNX, and it never
+    // needs the CUDA driver (the runtime's business).
+    (
+        "mlc-nvptx",
+        &["mlc-onnx", "protobuf", "mlc-runtime", "cudarc"],
+    ),
     // The runtime ships small: no compiler crate and no code generator.
     (
         "mlc-runtime",
@@ -55,6 +61,7 @@ const INVARIANTS: &[(&str, &[&str])] = &[
             "mlc-interp",
             "mlc-passes",
             "mlc-onnx",
+            "mlc-nvptx",
             "egg",
             "cranelift-codegen",
             "cranelift-frontend",
@@ -82,7 +89,8 @@ fn dependency_graph() -> HashMap<String, Vec<String>> {
                 .find_map(|l| l.strip_prefix("host: ").map(str::to_string))
         });
     let mut cmd = Command::new(cargo);
-    cmd.args(["metadata", "--format-version", "1"])
+    // All features: the runtime's optional `cuda` dependencies must obey the invariants too.
+    cmd.args(["metadata", "--format-version", "1", "--all-features"])
         .current_dir(repo_root());
     if let Some(h) = &host {
         cmd.args(["--filter-platform", h]);
