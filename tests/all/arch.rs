@@ -45,6 +45,21 @@ const INVARIANTS: &[(&str, &[&str])] = &[
             "egg",
         ],
     ),
+    // The kernel IR is shared by every backend, so it depends on none of them, nor on ONNX.
+    (
+        "mlc-kir",
+        &[
+            "mlc-passes",
+            "mlc-onnx",
+            "mlc-runtime",
+            "protobuf",
+            "llvm-sys",
+            "inkwell",
+            "melior",
+            "cranelift",
+            "egg",
+        ],
+    ),
     // Passes work on the IR, never on ONNX.
     ("mlc-passes", &["mlc-onnx", "protobuf"]),
     // The NVIDIA backend turns LLVM modules into PTX; it knows nothing of ONNX, and it never
