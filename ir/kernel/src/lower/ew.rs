@@ -77,25 +77,44 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &EwOp) -> Result<(), Fail> {
     Ok(())
 }
 
-/// A composite node whose body holds only elementwise ops (and scalar constants): one kernel,
-/// the intermediates in registers.
-pub(super) fn lower_composite(cx: &mut Cx, node: &Node) -> Result<(), Fail> {
+/// Whether a composite node is one elementwise kernel: its body holds only elementwise ops and
+/// scalar constants, and all its outputs have one shape (the loop nest's).
+pub(super) fn fusable_body(cx: &Cx, node: &Node) -> Result<bool, Fail> {
     let Some(body) = node.regions.first() else {
         return unsupported("composite node without a body");
     };
     let out_shape = cx.shape(node.outputs[0])?;
     for &o in &node.outputs {
         if cx.shape(o)? != out_shape {
-            return unsupported("composite outputs of different shapes");
+            return Ok(false);
         }
     }
-    for n in &body.nodes {
-        match &n.op {
-            Op::Ew(_) => {}
-            Op::Constant { id } if body.consts[*id as usize].len() == 1 => {}
-            _ => return unsupported(format!("composite body holds {}", n.op.name())),
+    for (i, v) in node.inputs.iter().enumerate() {
+        match v {
+            Some(v) if cx.shape(*v)?.len() <= out_shape.len() => {}
+            _ => return Ok(false),
+        }
+        if body.inputs.get(i).is_none() {
+            return Ok(false);
         }
     }
+    Ok(body.nodes.iter().all(|n| match &n.op {
+        Op::Ew(op) => !matches!(
+            op,
+            EwOp::CastF8 { .. } | EwOp::BitCast { .. } | EwOp::StringConcat
+        ),
+        Op::Constant { id } => body.consts[*id as usize].len() == 1,
+        _ => false,
+    }))
+}
+
+/// A composite node whose body holds only elementwise ops (and scalar constants): one kernel,
+/// the intermediates in registers. The caller checked [`fusable_body`].
+pub(super) fn lower_composite(cx: &mut Cx, node: &Node) -> Result<(), Fail> {
+    let Some(body) = node.regions.first() else {
+        return unsupported("composite node without a body");
+    };
+    let out_shape = cx.shape(node.outputs[0])?;
     let kind = match &node.op {
         Op::Control(mlc_ir::ops::ControlOp::Composite { kind }) => kind.clone(),
         _ => String::new(),

@@ -130,7 +130,11 @@ impl Cx<'_> {
             }
             Op::Ew(op) => ew::lower(self, node, op),
             Op::Control(mlc_ir::ops::ControlOp::Composite { .. }) => {
-                ew::lower_composite(self, node)
+                if ew::fusable_body(self, node)? {
+                    ew::lower_composite(self, node)
+                } else {
+                    self.inline_region(node)
+                }
             }
             Op::Reduce(op) => reduce::lower(self, node, op),
             Op::Nn(op) => nn::lower(self, node, op),
@@ -138,6 +142,40 @@ impl Cx<'_> {
             Op::Quant(op) => quant::lower(self, node, op),
             _ => unsupported("no kernel lowering for this op family yet"),
         }
+    }
+
+    /// Lowers a composite node whose body is not one elementwise kernel by lowering its body
+    /// in place: each body op becomes its own launches, the body's inputs are the node's
+    /// input buffers and the node's outputs alias the body's. Correct for any body; fusing
+    /// more of it is the business of the cases above.
+    fn inline_region(&mut self, node: &Node) -> Result<(), Fail> {
+        let Some(body) = node.regions.first() else {
+            return unsupported("composite node without a body");
+        };
+        let mut sub = Cx {
+            g: body,
+            p: std::mem::take(&mut self.p),
+            bufs: vec![None; body.values.len()],
+        };
+        let result = (|| -> Result<Vec<BufId>, Fail> {
+            for (port, v) in body.inputs.iter().zip(&node.inputs) {
+                let Some(v) = v else {
+                    return unsupported("composite with an absent input");
+                };
+                sub.bufs[port.value.0 as usize] = Some(self.buf(*v)?);
+            }
+            for n in &body.nodes {
+                sub.node(n)?;
+            }
+            body.outputs.iter().map(|o| Ok(sub.buf(o.value)?)).collect()
+        })();
+        self.p = std::mem::take(&mut sub.p);
+        let outs = result?;
+        for (&o, b) in node.outputs.iter().zip(outs) {
+            let target = self.p.storage_of(b);
+            self.new_buffer(o, BufKind::Alias(target))?;
+        }
+        Ok(())
     }
 
     /// The static shape of a value.

@@ -355,3 +355,19 @@ fn gather_nd() {
         0.0,
     );
 }
+
+#[test]
+fn composite_with_a_contraction_is_inlined() {
+    check(
+        r#"graph (%0: f32[3,4] "x", %1: f32[4,5] "w", %2: f32[5] "b") -> (%3 "y") {
+  %3 = control.composite {"kind":"matmul_bias_relu"} (%0, %1, %2) : f32[3,5] {
+    graph (%0: f32[3,4] "x", %1: f32[4,5] "w", %2: f32[5] "b") -> (%5 "y") {
+      %3 = nn.matmul(%0, %1) : f32[3,5]
+      %4 = ew.add(%3, %2) : f32[3,5]
+      %5 = ew.relu(%4) : f32[3,5]
+    }
+  }
+}"#,
+        1e-6,
+    );
+}
