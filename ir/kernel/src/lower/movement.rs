@@ -5,6 +5,7 @@
 use super::{Cx, Fail, KernelBuilder, bcast_index, kernel_name, loop_nest, strides, unsupported};
 use crate::kernel::*;
 use mlc_ir::ops::MovementOp;
+use mlc_ir::ops::movement::PadMode;
 use mlc_ir::{DType, Node, ValueId};
 
 pub(super) fn lower(cx: &mut Cx, node: &Node, op: &MovementOp) -> Result<(), Fail> {
@@ -139,6 +140,16 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &MovementOp) -> Result<(), Fai
             Ok(())
         }
         MovementOp::Gather { axis } => gather(cx, node, x, *axis),
+        MovementOp::Tile { .. } => copy(cx, node, x, node.outputs[0], |in_shape, _, vars| {
+            let st = strides(in_shape);
+            let mut idx = Expr::idx(0);
+            for (d, &n) in in_shape.iter().enumerate() {
+                let wrapped = Expr::bin(BinOp::Rem, Expr::var(vars[d]), Expr::idx(n as i64));
+                idx = Expr::add_idx(idx, Expr::mul_idx(wrapped, st[d]));
+            }
+            idx
+        }),
+        MovementOp::Pad { mode, pads, axes } => pad(cx, node, x, *mode, pads.clone(), axes.clone()),
         MovementOp::GatherNd { batch_dims: 0 } => gather_nd(cx, node, x),
         _ => unsupported("not lowered to kernels yet"),
     }
@@ -301,4 +312,149 @@ fn gather_nd(cx: &mut Cx, node: &Node, x: ValueId) -> Result<(), Fail> {
     kb.k.body = body;
     cx.launch(kb, node);
     Ok(())
+}
+
+/// `Pad`: each output coordinate minus its begin pad, then constant fill, clamping (edge),
+/// mirroring (reflect) or wrapping where it falls outside the input.
+fn pad(
+    cx: &mut Cx,
+    node: &Node,
+    x: ValueId,
+    mode: PadMode,
+    pads: Option<Vec<i64>>,
+    axes: Option<Vec<usize>>,
+) -> Result<(), Fail> {
+    let xs = cx.shape(x)?;
+    let rank = xs.len();
+    let Some(pads) = pads.or_else(|| const_i64(cx, node.input(1))) else {
+        return unsupported("pads are not constants");
+    };
+    let axes: Vec<usize> = match axes {
+        Some(a) => a,
+        None => match const_i64(cx, node.input(3)) {
+            Some(a) => a
+                .iter()
+                .map(|&v| {
+                    if v < 0 {
+                        (v + rank as i64) as usize
+                    } else {
+                        v as usize
+                    }
+                })
+                .collect(),
+            None if node.input(3).is_some() => return unsupported("pad axes are not constants"),
+            None => (0..rank).collect(),
+        },
+    };
+    let mut begin = vec![0i64; rank];
+    for (i, &a) in axes.iter().enumerate() {
+        begin[a] = pads[i];
+    }
+    let ty = cx.dtype(x);
+    let fill = match node.input(2) {
+        Some(v) => match cx.g.const_value(v) {
+            Some(t) if t.len() == 1 => Some(t.clone()),
+            _ => return unsupported("pad value is not a constant"),
+        },
+        None => None,
+    };
+    let fill = match fill {
+        Some(t) => scalar_lit(&t).ok_or_else(|| Fail::Unsupported("pad value type".into()))?,
+        None if ty == DType::Bool => Expr::Lit(Lit::Bool(false)),
+        None if ty.is_float() => Expr::float(ty, 0.0),
+        None => Expr::Lit(Lit::Int(ty, 0)),
+    };
+    let out_v = node.outputs[0];
+    let out_shape = cx.shape(out_v)?;
+    let out = cx.new_buffer(out_v, BufKind::Temp)?;
+    let mut kb = KernelBuilder::new(kernel_name(&node.op));
+    let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let st = strides(&xs);
+    let body = loop_nest(&mut kb, &out_shape, |_, vars| {
+        let mut src = Expr::idx(0);
+        let mut inside = Expr::Lit(Lit::Bool(true));
+        for d in 0..rank {
+            let n = xs[d] as i64;
+            let i = Expr::add_idx(Expr::var(vars[d]), Expr::idx(-begin[d]));
+            let coord = match mode {
+                PadMode::Constant => {
+                    if begin[d] != 0 || out_shape[d] as i64 != n {
+                        let ok = Expr::bin(
+                            BinOp::And,
+                            Expr::bin(BinOp::Ge, i.clone(), Expr::idx(0)),
+                            Expr::bin(BinOp::Lt, i.clone(), Expr::idx(n)),
+                        );
+                        inside = match inside {
+                            Expr::Lit(Lit::Bool(true)) => ok,
+                            prev => Expr::bin(BinOp::And, prev, ok),
+                        };
+                    }
+                    Expr::bin(
+                        BinOp::Max,
+                        Expr::bin(BinOp::Min, i, Expr::idx(n - 1)),
+                        Expr::idx(0),
+                    )
+                }
+                PadMode::Edge => Expr::bin(
+                    BinOp::Max,
+                    Expr::bin(BinOp::Min, i, Expr::idx(n - 1)),
+                    Expr::idx(0),
+                ),
+                PadMode::Wrap => {
+                    let r = Expr::bin(BinOp::Rem, i, Expr::idx(n));
+                    Expr::bin(
+                        BinOp::Rem,
+                        Expr::bin(BinOp::Add, r, Expr::idx(n)),
+                        Expr::idx(n),
+                    )
+                }
+                PadMode::Reflect => {
+                    // Period 2(n-1): fold into [0, 2n-2), then mirror the upper half.
+                    let p = (2 * (n - 1)).max(1);
+                    let r = Expr::bin(
+                        BinOp::Rem,
+                        Expr::bin(
+                            BinOp::Add,
+                            Expr::bin(BinOp::Rem, i, Expr::idx(p)),
+                            Expr::idx(p),
+                        ),
+                        Expr::idx(p),
+                    );
+                    Expr::select(
+                        Expr::bin(BinOp::Lt, r.clone(), Expr::idx(n)),
+                        r.clone(),
+                        Expr::bin(BinOp::Sub, Expr::idx(p), r),
+                    )
+                }
+            };
+            src = Expr::add_idx(src, Expr::mul_idx(coord, st[d]));
+        }
+        let v = match inside {
+            Expr::Lit(Lit::Bool(true)) => Expr::load(xp, src),
+            ok => Expr::select(ok, Expr::load(xp, src), fill.clone()),
+        };
+        vec![Stmt::Store {
+            param: op_,
+            index: bcast_index(&out_shape, &out_shape, vars),
+            value: v,
+        }]
+    });
+    kb.k.body = body;
+    cx.launch(kb, node);
+    Ok(())
+}
+
+/// A one-element tensor as a literal of its type.
+fn scalar_lit(t: &mlc_ir::Tensor) -> Option<Expr> {
+    let ty = t.dtype();
+    Some(Expr::Lit(if ty.is_float() && !ty.is_storage_only() {
+        Lit::Float(ty, t.to_f64_vec().ok()?[0])
+    } else if ty == DType::Bool {
+        Lit::Bool(t.to_i64_vec().ok()?[0] != 0)
+    } else if ty.is_int() && !ty.is_storage_only() {
+        Lit::Int(ty, t.to_i64_vec().ok()?[0])
+    } else {
+        return None;
+    }))
 }

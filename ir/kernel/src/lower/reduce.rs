@@ -28,6 +28,9 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail>
         ReduceOp::SumSquare(a) => (ReduceKind::SumSquare, &a.axes, None),
         ReduceOp::Softmax(a) => (ReduceKind::Sum, &None, Some((a.axis, a.coerce_2d, false))),
         ReduceOp::LogSoftmax(a) => (ReduceKind::Sum, &None, Some((a.axis, a.coerce_2d, true))),
+        ReduceOp::ArgMax(a) => return arg(cx, node, a.axis, true, a.select_last_index),
+        ReduceOp::ArgMin(a) => return arg(cx, node, a.axis, false, a.select_last_index),
+        ReduceOp::CumSum(a) => return cumulative(cx, node, a.axis, a.exclusive, a.reverse),
         _ => return unsupported("not lowered to kernels yet"),
     };
     if node.inputs.iter().skip(1).any(|i| i.is_some()) {
@@ -302,4 +305,172 @@ fn max_of(ty: DType) -> Expr {
         DType::U32 => Expr::Lit(Lit::Int(ty, u32::MAX as i64)),
         _ => Expr::Lit(Lit::Int(ty, i64::MAX)),
     }
+}
+
+/// Splits `shape` around `axis`: (outer extent, axis extent, inner extent).
+fn around(shape: &[usize], axis: usize) -> (usize, usize, usize) {
+    (
+        shape[..axis].iter().product(),
+        shape[axis],
+        shape[axis + 1..].iter().product(),
+    )
+}
+
+/// `ArgMax`/`ArgMin` along `axis`: the first (or last) index of the extreme value, as i64.
+fn arg(cx: &mut Cx, node: &Node, axis: usize, max: bool, last: bool) -> Result<(), Fail> {
+    let Some(x) = node.input(0) else {
+        return unsupported("missing input");
+    };
+    let shape = cx.shape(x)?;
+    let ty = cx.dtype(x);
+    if axis >= shape.len() || shape[axis] == 0 || !ty.is_numeric() || ty.is_storage_only() {
+        return unsupported("arg-reduction over an empty or non-numeric axis");
+    }
+    let (outer, n, inner) = around(&shape, axis);
+    let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
+    let mut kb = KernelBuilder::new(kernel_name(&node.op));
+    let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let body = loop_nest(&mut kb, &[outer, inner], |kb, v| {
+        let (o, i) = (Expr::var(v[0]), Expr::var(v[1]));
+        let base = Expr::add_idx(Expr::mul_idx(o.clone(), (n * inner) as i64), i.clone());
+        let (best, at, k) = (kb.var(ty), kb.var(DType::I64), kb.var(DType::I64));
+        let cmp = match (max, last) {
+            (true, false) => BinOp::Gt,
+            (true, true) => BinOp::Ge,
+            (false, false) => BinOp::Lt,
+            (false, true) => BinOp::Le,
+        };
+        let xv = Expr::load(
+            xp,
+            Expr::add_idx(base.clone(), Expr::mul_idx(Expr::var(k), inner as i64)),
+        );
+        let better = Expr::bin(cmp, xv.clone(), Expr::var(best));
+        vec![
+            Stmt::Let {
+                var: best,
+                value: Expr::load(xp, base),
+            },
+            Stmt::Let {
+                var: at,
+                value: Expr::idx(0),
+            },
+            Stmt::For {
+                var: k,
+                extent: Expr::idx(n as i64),
+                kind: LoopKind::Serial,
+                body: vec![
+                    Stmt::Assign {
+                        var: at,
+                        value: Expr::select(better.clone(), Expr::var(k), Expr::var(at)),
+                    },
+                    Stmt::Assign {
+                        var: best,
+                        value: Expr::select(better, xv, Expr::var(best)),
+                    },
+                ],
+            },
+            Stmt::Store {
+                param: op_,
+                index: Expr::add_idx(Expr::mul_idx(o, inner as i64), i),
+                value: Expr::var(at),
+            },
+        ]
+    });
+    kb.k.body = body;
+    cx.launch(kb, node);
+    Ok(())
+}
+
+/// `CumSum` along `axis`, inclusive or exclusive, forward or reversed.
+fn cumulative(
+    cx: &mut Cx,
+    node: &Node,
+    axis: Option<usize>,
+    exclusive: bool,
+    reverse: bool,
+) -> Result<(), Fail> {
+    let Some(x) = node.input(0) else {
+        return unsupported("missing input");
+    };
+    let shape = cx.shape(x)?;
+    let rank = shape.len();
+    let axis = match axis {
+        Some(a) => a,
+        None => match node
+            .input(1)
+            .and_then(|v| cx.g.const_value(v))
+            .and_then(|t| t.to_i64_vec().ok())
+        {
+            Some(a) if a.len() == 1 => (if a[0] < 0 { a[0] + rank as i64 } else { a[0] }) as usize,
+            _ => return unsupported("cumsum axis is not a constant"),
+        },
+    };
+    let ty = cx.dtype(x);
+    if axis >= rank || !ty.is_numeric() || ty.is_storage_only() {
+        return unsupported("cumsum over a non-numeric input");
+    }
+    let (outer, n, inner) = around(&shape, axis);
+    let acc_ty = if matches!(ty, DType::F16 | DType::BF16) {
+        DType::F32
+    } else {
+        ty
+    };
+    let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
+    let mut kb = KernelBuilder::new(kernel_name(&node.op));
+    let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let body = loop_nest(&mut kb, &[outer, inner], |kb, v| {
+        let base = Expr::add_idx(
+            Expr::mul_idx(Expr::var(v[0]), (n * inner) as i64),
+            Expr::var(v[1]),
+        );
+        let (acc, k) = (kb.var(acc_ty), kb.var(DType::I64));
+        let pos = if reverse {
+            Expr::bin(BinOp::Sub, Expr::idx(n as i64 - 1), Expr::var(k))
+        } else {
+            Expr::var(k)
+        };
+        let at = Expr::add_idx(base, Expr::mul_idx(pos, inner as i64));
+        let xv = Expr::load(xp, at.clone());
+        let xv = if acc_ty != ty {
+            Expr::cast(acc_ty, xv)
+        } else {
+            xv
+        };
+        let add = Stmt::Assign {
+            var: acc,
+            value: Expr::bin(BinOp::Add, Expr::var(acc), xv),
+        };
+        let narrow = |e: Expr| if acc_ty != ty { Expr::cast(ty, e) } else { e };
+        let store = Stmt::Store {
+            param: op_,
+            index: at,
+            value: narrow(Expr::var(acc)),
+        };
+        let zero = if acc_ty.is_float() {
+            Expr::float(acc_ty, 0.0)
+        } else {
+            Expr::Lit(Lit::Int(acc_ty, 0))
+        };
+        vec![
+            Stmt::Let {
+                var: acc,
+                value: zero,
+            },
+            Stmt::For {
+                var: k,
+                extent: Expr::idx(n as i64),
+                kind: LoopKind::Serial,
+                body: if exclusive {
+                    vec![store, add]
+                } else {
+                    vec![add, store]
+                },
+            },
+        ]
+    });
+    kb.k.body = body;
+    cx.launch(kb, node);
+    Ok(())
 }

@@ -371,3 +371,21 @@ fn composite_with_a_contraction_is_inlined() {
         1e-6,
     );
 }
+
+#[test]
+fn pads_tiles_args_and_scans() {
+    check(
+        r#"graph (%0: f32[2,3,4] "x") -> (%1 "p", %2 "e", %3 "r", %4 "w", %5 "t", %6 "a", %7 "b", %8 "c", %9 "d") {
+  %1 = movement.pad {"mode":"constant","pads":[0,1,2,1,0,1],"axes":null} (%0, _, _, _) : f32[3,4,7]
+  %2 = movement.pad {"mode":"edge","pads":[0,2,1,0,1,2],"axes":null} (%0, _, _, _) : f32[2,6,7]
+  %3 = movement.pad {"mode":"reflect","pads":[0,2,3,0,2,2],"axes":null} (%0, _, _, _) : f32[2,7,9]
+  %4 = movement.pad {"mode":"wrap","pads":[1,1],"axes":[2]} (%0, _, _, _) : f32[2,3,6]
+  %5 = movement.tile {"repeats":[2,1,3]} (%0, _) : f32[4,3,12]
+  %6 = reduce.arg_max {"axis":1,"keepdims":true,"select_last_index":false} (%0) : i64[2,1,4]
+  %7 = reduce.arg_min {"axis":2,"keepdims":false,"select_last_index":true} (%0) : i64[2,3]
+  %8 = reduce.cum_sum {"axis":1,"exclusive":false,"reverse":true} (%0, _) : f32[2,3,4]
+  %9 = reduce.cum_sum {"axis":2,"exclusive":true,"reverse":false} (%0, _) : f32[2,3,4]
+}"#,
+        1e-6,
+    );
+}
