@@ -3,8 +3,10 @@
 //! Architecture invariant: this crate depends on no compiler crate (`mlc-ir`, `mlc-passes`,
 //! `mlc-onnx`) and on none of egg, cranelift-codegen, inkwell or melior, so that it ships small.
 //! It talks in raw little-endian bytes plus shapes and its own element-type enum; the compiler
-//! side converts. Today it holds the `.npy` reader/writer; compiled-artifact loading lands here.
+//! side converts. Today it holds the `.npy` reader/writer and the compute kernels that compiled
+//! code calls ([`kernels`]: f32 GEMM); compiled-artifact loading lands here.
 
+pub mod kernels;
 pub mod npy;
 
 pub use npy::{ElemType, NpyArray, NpyData, NpyError};

@@ -1,0 +1,139 @@
+//! The AVX2+FMA microkernel: a 6×16 tile of `C` in 12 ymm accumulators.
+//!
+//! The classic Haswell shape: two vectors of the packed `B` row, six broadcasts of the packed
+//! `A` column, twelve independent FMAs per step of k, leaving 4 of the 16 ymm registers for
+//! operands. Column edges use `vmaskmov` loads and stores, row edges a smaller const-generic
+//! row count.
+
+#![allow(unsafe_code)]
+
+use super::{Activation, Spec, Tile};
+use std::arch::x86_64::*;
+
+const MR: usize = 6;
+const NR: usize = 16;
+const NV: usize = NR / 8;
+
+pub(super) static SPEC: Spec = Spec {
+    mr: MR,
+    nr: NR,
+    kc: 256,
+    mc: 72,
+    nc: 512,
+    tile,
+};
+
+/// Dispatches on the tile's row count.
+///
+/// # Safety
+///
+/// The CPU must support AVX2 and FMA, and `t` must satisfy the contract of [`Tile`].
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn tile(t: &Tile) {
+    // SAFETY: forwarded contract; `rows` selects an instantiation with exactly that many rows.
+    unsafe {
+        match t.rows {
+            6 => kernel::<6>(t),
+            5 => kernel::<5>(t),
+            4 => kernel::<4>(t),
+            3 => kernel::<3>(t),
+            2 => kernel::<2>(t),
+            _ => kernel::<1>(t),
+        }
+    }
+}
+
+/// Loads lanes `0..lanes` (of 8); the rest read as zero and are never touched in memory.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn load(p: *const f32, lanes: usize, mask: __m256i) -> __m256 {
+    // SAFETY: the caller guarantees `lanes` floats at `p`; masked-off lanes do not fault.
+    unsafe {
+        if lanes == 8 {
+            _mm256_loadu_ps(p)
+        } else {
+            _mm256_maskload_ps(p, mask)
+        }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kernel<const R: usize>(t: &Tile) {
+    let mut acc = [[_mm256_setzero_ps(); NV]; R];
+    let (mut a, mut b) = (t.a, t.b);
+    // SAFETY: the packed panels hold `kc` steps of `MR` (A) and `NR` (B) floats.
+    unsafe {
+        for _ in 0..t.kc {
+            let bv: [__m256; NV] = std::array::from_fn(|v| _mm256_loadu_ps(b.add(8 * v)));
+            for (r, row) in acc.iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*a.add(r));
+                for (x, &bx) in row.iter_mut().zip(&bv) {
+                    *x = _mm256_fmadd_ps(av, bx, *x);
+                }
+            }
+            a = a.add(MR);
+            b = b.add(NR);
+        }
+    }
+    let lanes: [usize; NV] = std::array::from_fn(|v| t.cols.saturating_sub(8 * v).min(8));
+    let masks: [__m256i; NV] = std::array::from_fn(|v| {
+        let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes[v] as i32), idx)
+    });
+    let zero = _mm256_setzero_ps();
+    for (r, row) in acc.iter().enumerate() {
+        for v in 0..NV {
+            let (n, mask) = (lanes[v], masks[v]);
+            if n == 0 {
+                continue;
+            }
+            let mut x = row[v];
+            // SAFETY: the masked accesses touch only the tile's `cols` columns of row
+            // `r < rows`, inside `C`, the bias and the residual as the caller guarantees.
+            unsafe {
+                let cp = t.c.add(r * t.ldc + 8 * v);
+                if t.beta != 0.0 {
+                    let old = load(cp, n, mask);
+                    x = if t.beta == 1.0 {
+                        _mm256_add_ps(x, old)
+                    } else {
+                        _mm256_fmadd_ps(_mm256_set1_ps(t.beta), old, x)
+                    };
+                }
+                if let Some(ep) = &t.ep {
+                    if ep.scalar != 0.0 {
+                        x = _mm256_add_ps(x, _mm256_set1_ps(ep.scalar));
+                    }
+                    if !ep.row_bias.is_null() {
+                        x = _mm256_add_ps(x, _mm256_set1_ps(*ep.row_bias.add(r)));
+                    }
+                    if !ep.col_bias.is_null() {
+                        x = _mm256_add_ps(x, load(ep.col_bias.add(8 * v), n, mask));
+                    }
+                    if !ep.res.is_null() {
+                        x = _mm256_add_ps(x, load(ep.res.add(r * ep.ldr + 8 * v), n, mask));
+                    }
+                    x = match ep.act {
+                        Activation::None => x,
+                        // `max(0, x)` returns its second operand when one is NaN: NaN survives.
+                        Activation::Relu => _mm256_max_ps(zero, x),
+                        Activation::Clip { min, max } => _mm256_min_ps(
+                            _mm256_set1_ps(max),
+                            _mm256_max_ps(_mm256_set1_ps(min), x),
+                        ),
+                        Activation::LeakyRelu { alpha } => {
+                            let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(x, zero);
+                            _mm256_blendv_ps(x, _mm256_mul_ps(x, _mm256_set1_ps(alpha)), neg)
+                        }
+                    };
+                }
+                if n == 8 {
+                    _mm256_storeu_ps(cp, x);
+                } else {
+                    _mm256_maskstore_ps(cp, mask, x);
+                }
+            }
+        }
+    }
+}

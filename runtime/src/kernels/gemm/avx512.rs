@@ -1,0 +1,124 @@
+//! The AVX-512 microkernel: an 8×32 tile of `C` in 16 zmm accumulators.
+//!
+//! Each step of k loads two vectors of the packed `B` row and broadcasts eight values of the
+//! packed `A` column (LLVM folds the broadcasts into the FMAs' memory operands), for 16
+//! independent FMAs: enough to cover the FMA latency on Zen 4's two 256-bit pipes and Intel's
+//! 512-bit ones. Column edges use lane masks, row edges a smaller const-generic row count.
+
+#![allow(unsafe_code)]
+
+use super::{Activation, Spec, Tile};
+use std::arch::x86_64::*;
+
+const MR: usize = 8;
+const NR: usize = 32;
+const NV: usize = NR / 16;
+
+pub(super) static SPEC: Spec = Spec {
+    mr: MR,
+    nr: NR,
+    kc: 256,
+    mc: 128,
+    nc: 512,
+    tile,
+};
+
+/// Dispatches on the tile's row count.
+///
+/// # Safety
+///
+/// The CPU must support AVX-512F, and `t` must satisfy the contract of [`Tile`]: `a` holds
+/// `kc * MR` floats, `b` holds `kc * NR`, `c` is valid for `rows × cols` with stride `ldc`,
+/// and the epilogue pointers are valid for the same tile.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn tile(t: &Tile) {
+    // SAFETY: forwarded contract; `rows` selects an instantiation with exactly that many rows.
+    unsafe {
+        match t.rows {
+            8 => kernel::<8>(t),
+            7 => kernel::<7>(t),
+            6 => kernel::<6>(t),
+            5 => kernel::<5>(t),
+            4 => kernel::<4>(t),
+            3 => kernel::<3>(t),
+            2 => kernel::<2>(t),
+            _ => kernel::<1>(t),
+        }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel<const R: usize>(t: &Tile) {
+    let mut acc = [[_mm512_setzero_ps(); NV]; R];
+    let (mut a, mut b) = (t.a, t.b);
+    // SAFETY: the packed panels hold `kc` steps of `MR` (A) and `NR` (B) floats.
+    unsafe {
+        for _ in 0..t.kc {
+            let bv: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(b.add(16 * v)));
+            for (r, row) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*a.add(r));
+                for (x, &bx) in row.iter_mut().zip(&bv) {
+                    *x = _mm512_fmadd_ps(av, bx, *x);
+                }
+            }
+            a = a.add(MR);
+            b = b.add(NR);
+        }
+    }
+    let masks: [__mmask16; NV] = std::array::from_fn(|v| {
+        let lanes = t.cols.saturating_sub(16 * v).min(16);
+        ((1u32 << lanes) - 1) as __mmask16
+    });
+    let zero = _mm512_setzero_ps();
+    for (r, row) in acc.iter().enumerate() {
+        for (v, (&x, &mask)) in row.iter().zip(&masks).enumerate() {
+            if mask == 0 {
+                continue;
+            }
+            let mut x = x;
+            // SAFETY: masked loads and stores touch only the tile's `cols` columns of row
+            // `r < rows`, inside `C`, the bias and the residual as the caller guarantees.
+            unsafe {
+                let cp = t.c.add(r * t.ldc + 16 * v);
+                if t.beta != 0.0 {
+                    let old = _mm512_maskz_loadu_ps(mask, cp);
+                    x = if t.beta == 1.0 {
+                        _mm512_add_ps(x, old)
+                    } else {
+                        _mm512_fmadd_ps(_mm512_set1_ps(t.beta), old, x)
+                    };
+                }
+                if let Some(ep) = &t.ep {
+                    if ep.scalar != 0.0 {
+                        x = _mm512_add_ps(x, _mm512_set1_ps(ep.scalar));
+                    }
+                    if !ep.row_bias.is_null() {
+                        x = _mm512_add_ps(x, _mm512_set1_ps(*ep.row_bias.add(r)));
+                    }
+                    if !ep.col_bias.is_null() {
+                        x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, ep.col_bias.add(16 * v)));
+                    }
+                    if !ep.res.is_null() {
+                        let rp = ep.res.add(r * ep.ldr + 16 * v);
+                        x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, rp));
+                    }
+                    x = match ep.act {
+                        Activation::None => x,
+                        // `max(0, x)` returns its second operand when one is NaN: NaN survives.
+                        Activation::Relu => _mm512_max_ps(zero, x),
+                        Activation::Clip { min, max } => _mm512_min_ps(
+                            _mm512_set1_ps(max),
+                            _mm512_max_ps(_mm512_set1_ps(min), x),
+                        ),
+                        Activation::LeakyRelu { alpha } => {
+                            let neg = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, zero);
+                            _mm512_mask_mul_ps(x, neg, x, _mm512_set1_ps(alpha))
+                        }
+                    };
+                }
+                _mm512_mask_storeu_ps(cp, mask, x);
+            }
+        }
+    }
+}
