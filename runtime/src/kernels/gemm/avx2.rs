@@ -30,15 +30,28 @@ pub(super) static SPEC: Spec = Spec {
 /// The CPU must support AVX2 and FMA, and `t` must satisfy the contract of [`Tile`].
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn tile(t: &Tile) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        if t.lda == 0 {
+            rows::<true>(t)
+        } else {
+            rows::<false>(t)
+        }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rows<const PACKED: bool>(t: &Tile) {
     // SAFETY: forwarded contract; `rows` selects an instantiation with exactly that many rows.
     unsafe {
         match t.rows {
-            6 => kernel::<6>(t),
-            5 => kernel::<5>(t),
-            4 => kernel::<4>(t),
-            3 => kernel::<3>(t),
-            2 => kernel::<2>(t),
-            _ => kernel::<1>(t),
+            6 => kernel::<6, PACKED>(t),
+            5 => kernel::<5, PACKED>(t),
+            4 => kernel::<4, PACKED>(t),
+            3 => kernel::<3, PACKED>(t),
+            2 => kernel::<2, PACKED>(t),
+            _ => kernel::<1, PACKED>(t),
         }
     }
 }
@@ -59,20 +72,23 @@ unsafe fn load(p: *const f32, lanes: usize, mask: __m256i) -> __m256 {
 
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel<const R: usize>(t: &Tile) {
+unsafe fn kernel<const R: usize, const PACKED: bool>(t: &Tile) {
     let mut acc = [[_mm256_setzero_ps(); NV]; R];
     let (mut a, mut b) = (t.a, t.b);
-    // SAFETY: the packed panels hold `kc` steps of `MR` (A) and `NR` (B) floats.
+    // A packed: row stride 1, k stride MR; A in place (row-major): row stride lda, k stride 1.
+    let (a_rs, a_ks) = if PACKED { (1, MR) } else { (t.lda, 1) };
+    // SAFETY: the A panel (packed, or in place with `lda`) holds `kc` steps of `rows` values,
+    // the packed B panel `kc` steps of `NR` floats.
     unsafe {
         for _ in 0..t.kc {
             let bv: [__m256; NV] = std::array::from_fn(|v| _mm256_loadu_ps(b.add(8 * v)));
             for (r, row) in acc.iter_mut().enumerate() {
-                let av = _mm256_broadcast_ss(&*a.add(r));
+                let av = _mm256_broadcast_ss(&*a.add(r * a_rs));
                 for (x, &bx) in row.iter_mut().zip(&bv) {
                     *x = _mm256_fmadd_ps(av, bx, *x);
                 }
             }
-            a = a.add(MR);
+            a = a.add(a_ks);
             b = b.add(NR);
         }
     }
@@ -82,6 +98,14 @@ unsafe fn kernel<const R: usize>(t: &Tile) {
         _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes[v] as i32), idx)
     });
     let zero = _mm256_setzero_ps();
+    if t.alpha != 1.0 {
+        let alpha = _mm256_set1_ps(t.alpha);
+        for row in acc.iter_mut() {
+            for x in row.iter_mut() {
+                *x = _mm256_mul_ps(*x, alpha);
+            }
+        }
+    }
     for (r, row) in acc.iter().enumerate() {
         for v in 0..NV {
             let (n, mask) = (lanes[v], masks[v]);

@@ -32,37 +32,60 @@ pub(super) static SPEC: Spec = Spec {
 /// and the epilogue pointers are valid for the same tile.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn tile(t: &Tile) {
-    // SAFETY: forwarded contract; `rows` selects an instantiation with exactly that many rows.
+    // SAFETY: forwarded contract.
     unsafe {
-        match t.rows {
-            8 => kernel::<8>(t),
-            7 => kernel::<7>(t),
-            6 => kernel::<6>(t),
-            5 => kernel::<5>(t),
-            4 => kernel::<4>(t),
-            3 => kernel::<3>(t),
-            2 => kernel::<2>(t),
-            _ => kernel::<1>(t),
+        if t.lda == 0 {
+            rows::<true>(t)
+        } else {
+            rows::<false>(t)
         }
     }
 }
 
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel<const R: usize>(t: &Tile) {
+unsafe fn rows<const PACKED: bool>(t: &Tile) {
+    // SAFETY: forwarded contract; `rows` selects an instantiation with exactly that many rows.
+    unsafe {
+        match t.rows {
+            8 => kernel::<8, PACKED>(t),
+            7 => kernel::<7, PACKED>(t),
+            6 => kernel::<6, PACKED>(t),
+            5 => kernel::<5, PACKED>(t),
+            4 => kernel::<4, PACKED>(t),
+            3 => kernel::<3, PACKED>(t),
+            2 => kernel::<2, PACKED>(t),
+            _ => kernel::<1, PACKED>(t),
+        }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel<const R: usize, const PACKED: bool>(t: &Tile) {
     let mut acc = [[_mm512_setzero_ps(); NV]; R];
     let (mut a, mut b) = (t.a, t.b);
-    // SAFETY: the packed panels hold `kc` steps of `MR` (A) and `NR` (B) floats.
+    // A packed: row stride 1, k stride MR; A in place (row-major): row stride lda, k stride 1.
+    let (a_rs, a_ks) = if PACKED { (1, MR) } else { (t.lda, 1) };
+    // Start fetching the tile of C now, so that its rows (which can alias in the L1 sets when
+    // `ldc` is a multiple of 1024 floats) arrive while the FMAs run rather than after.
+    for r in 0..R {
+        let row = t.c.wrapping_add(r * t.ldc);
+        _mm_prefetch::<_MM_HINT_T0>(row.cast());
+        _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(NR - 1).cast());
+    }
+    // SAFETY: the A panel (packed, or in place with `lda`) holds `kc` steps of `rows` values,
+    // the packed B panel `kc` steps of `NR` floats.
     unsafe {
         for _ in 0..t.kc {
             let bv: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(b.add(16 * v)));
             for (r, row) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*a.add(r));
+                let av = _mm512_set1_ps(*a.add(r * a_rs));
                 for (x, &bx) in row.iter_mut().zip(&bv) {
                     *x = _mm512_fmadd_ps(av, bx, *x);
                 }
             }
-            a = a.add(MR);
+            a = a.add(a_ks);
             b = b.add(NR);
         }
     }
@@ -71,6 +94,14 @@ unsafe fn kernel<const R: usize>(t: &Tile) {
         ((1u32 << lanes) - 1) as __mmask16
     });
     let zero = _mm512_setzero_ps();
+    if t.alpha != 1.0 {
+        let alpha = _mm512_set1_ps(t.alpha);
+        for row in acc.iter_mut() {
+            for x in row.iter_mut() {
+                *x = _mm512_mul_ps(*x, alpha);
+            }
+        }
+    }
     for (r, row) in acc.iter().enumerate() {
         for (v, (&x, &mask)) in row.iter().zip(&masks).enumerate() {
             if mask == 0 {

@@ -33,7 +33,7 @@ impl AlignedBuf {
     }
 }
 
-/// Packs rows `i0..i0+mc`, columns `p0..p0+kc` of `a`, times `alpha`, into `MR`-row panels.
+/// Packs rows `i0..i0+mc`, columns `p0..p0+kc` of `a` into `MR`-row panels.
 /// Rows past `mc` in the last panel are left as they are: kernels never read them.
 pub(super) fn pack_a(
     dst: &mut [f32],
@@ -43,7 +43,6 @@ pub(super) fn pack_a(
     p0: usize,
     kc: usize,
     mr: usize,
-    alpha: f32,
 ) {
     if kc == 0 {
         return;
@@ -57,7 +56,7 @@ pub(super) fn pack_a(
                 let start = (top + i) * a.rs + p0;
                 let src = &a.data[start..start + kc];
                 for (p, &x) in src.iter().enumerate() {
-                    panel[p * mr + i] = alpha * x;
+                    panel[p * mr + i] = x;
                 }
             }
         } else if a.rs == 1 {
@@ -66,13 +65,13 @@ pub(super) fn pack_a(
                 let start = (p0 + p) * a.cs + top;
                 let src = &a.data[start..start + rows];
                 for (d, &x) in panel[p * mr..p * mr + rows].iter_mut().zip(src) {
-                    *d = alpha * x;
+                    *d = x;
                 }
             }
         } else {
             for p in 0..kc {
                 for i in 0..rows {
-                    panel[p * mr + i] = alpha * a.data[(top + i) * a.rs + (p0 + p) * a.cs];
+                    panel[p * mr + i] = a.data[(top + i) * a.rs + (p0 + p) * a.cs];
                 }
             }
         }

@@ -23,29 +23,41 @@ pub(super) static SPEC: Spec = Spec {
 ///
 /// `t` must satisfy the contract of [`Tile`].
 pub(super) unsafe fn tile(t: &Tile) {
-    // SAFETY: forwarded contract; `rows` selects an instantiation with exactly that many rows.
+    // SAFETY: forwarded contract.
     unsafe {
-        match t.rows {
-            4 => kernel::<4>(t),
-            3 => kernel::<3>(t),
-            2 => kernel::<2>(t),
-            _ => kernel::<1>(t),
+        if t.lda == 0 {
+            rows::<true>(t)
+        } else {
+            rows::<false>(t)
         }
     }
 }
 
 #[inline]
-unsafe fn kernel<const R: usize>(t: &Tile) {
+unsafe fn rows<const PACKED: bool>(t: &Tile) {
+    // SAFETY: forwarded contract; `rows` selects an instantiation with exactly that many rows.
+    unsafe {
+        match t.rows {
+            4 => kernel::<4, PACKED>(t),
+            3 => kernel::<3, PACKED>(t),
+            2 => kernel::<2, PACKED>(t),
+            _ => kernel::<1, PACKED>(t),
+        }
+    }
+}
+
+#[inline]
+unsafe fn kernel<const R: usize, const PACKED: bool>(t: &Tile) {
     let mut acc = [[0.0f32; NR]; R];
-    // SAFETY: the packed panels hold `kc` steps of `MR` (A) and `NR` (B) floats.
-    let (a, b) = unsafe {
-        (
-            std::slice::from_raw_parts(t.a, t.kc * MR),
-            std::slice::from_raw_parts(t.b, t.kc * NR),
-        )
-    };
-    for (ak, bk) in a.chunks_exact(MR).zip(b.chunks_exact(NR)) {
-        for (row, &ar) in acc.iter_mut().zip(ak) {
+    // A packed: row stride 1, k stride MR; A in place (row-major): row stride lda, k stride 1.
+    let (a_rs, a_ks) = if PACKED { (1, MR) } else { (t.lda, 1) };
+    // SAFETY: the packed B panel holds `kc` steps of `NR` floats.
+    let b = unsafe { std::slice::from_raw_parts(t.b, t.kc * NR) };
+    for (p, bk) in b.chunks_exact(NR).enumerate() {
+        for (r, row) in acc.iter_mut().enumerate() {
+            // SAFETY: the A panel (packed, or in place with `lda`) holds `kc` steps of `rows`
+            // values.
+            let ar = unsafe { *t.a.add(r * a_rs + p * a_ks) };
             for (x, &bx) in row.iter_mut().zip(bk) {
                 *x += ar * bx;
             }
@@ -53,7 +65,7 @@ unsafe fn kernel<const R: usize>(t: &Tile) {
     }
     for (r, row) in acc.iter().enumerate() {
         for (j, &x) in row.iter().enumerate().take(t.cols) {
-            let mut x = x;
+            let mut x = t.alpha * x;
             // SAFETY: `r < rows` and `j < cols` address the tile inside `C`, the bias and the
             // residual, as the caller guarantees.
             unsafe {
