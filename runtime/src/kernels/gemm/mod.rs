@@ -26,11 +26,12 @@
 //!
 //! // C (2×2) = relu(A (2×3) · B (3×2) + per-column bias)
 //! let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
-//! let b = [1.0, 0.0, 0.0, 1.0, -1.0, -1.0];
+//! let b = [1.0, 0.0, 0.0, 1.0, 0.0, -1.0];
 //! let mut c = [0.0; 4];
-//! let ep = Epilogue::new().bias(Bias::PerCol(&[0.5, -10.0])).activation(Activation::Relu);
+//! let ep = Epilogue::new().bias(Bias::PerCol(&[0.5, 0.5])).activation(Activation::Relu);
 //! sgemm(2, 2, 3, &a, 3, &b, 2, &mut c, 2, &ep).unwrap();
-//! assert_eq!(c, [-2.0 + 0.5, 0.0, -1.0 + 0.5, 0.0]);
+//! // A·B = [[1, -1], [4, -1]]
+//! assert_eq!(c, [1.5, 0.0, 4.5, 0.0]);
 //! ```
 //!
 //! Pre-packed constant weights, transposed as in ONNX `Gemm(transB = 1)`, on two threads:
