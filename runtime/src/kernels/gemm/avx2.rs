@@ -78,7 +78,7 @@ unsafe fn kernel<const R: usize, const PACKED: bool>(t: &Tile) {
     // A packed: row stride 1, k stride MR; A in place (row-major): row stride lda, k stride 1.
     let (a_rs, a_ks) = if PACKED { (1, MR) } else { (t.lda, 1) };
     // SAFETY: the A panel (packed, or in place with `lda`) holds `kc` steps of `rows` values,
-    // the packed B panel `kc` steps of `NR` floats.
+    // the B panel (packed, or in place) `kc` rows of `NR` floats, `ldb` apart.
     unsafe {
         for _ in 0..t.kc {
             let bv: [__m256; NV] = std::array::from_fn(|v| _mm256_loadu_ps(b.add(8 * v)));
@@ -89,7 +89,7 @@ unsafe fn kernel<const R: usize, const PACKED: bool>(t: &Tile) {
                 }
             }
             a = a.add(a_ks);
-            b = b.add(NR);
+            b = b.add(t.ldb);
         }
     }
     let lanes: [usize; NV] = std::array::from_fn(|v| t.cols.saturating_sub(8 * v).min(8));

@@ -17,9 +17,9 @@ const NV: usize = NR / 16;
 pub(super) static SPEC: Spec = Spec {
     mr: MR,
     nr: NR,
-    kc: 256,
+    kc: 512,
     mc: 128,
-    nc: 512,
+    nc: 256,
     tile,
 };
 
@@ -75,7 +75,7 @@ unsafe fn kernel<const R: usize, const PACKED: bool>(t: &Tile) {
         _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(NR - 1).cast());
     }
     // SAFETY: the A panel (packed, or in place with `lda`) holds `kc` steps of `rows` values,
-    // the packed B panel `kc` steps of `NR` floats.
+    // the B panel (packed, or in place) `kc` rows of `NR` floats, `ldb` apart.
     unsafe {
         for _ in 0..t.kc {
             let bv: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(b.add(16 * v)));
@@ -86,7 +86,7 @@ unsafe fn kernel<const R: usize, const PACKED: bool>(t: &Tile) {
                 }
             }
             a = a.add(a_ks);
-            b = b.add(NR);
+            b = b.add(t.ldb);
         }
     }
     let masks: [__mmask16; NV] = std::array::from_fn(|v| {

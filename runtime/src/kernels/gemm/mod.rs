@@ -389,8 +389,8 @@ pub fn sgemm_packed(
     Gemm::with_isa(b.isa)?.run_packed(m, MatRef::row_major(a, lda), b, c, ldc, epilogue)
 }
 
-/// A `k×n` matrix `B` packed into the panels one ISA's microkernels read, for reuse across
-/// calls (a constant weight, packed at compile time). Build it with [`PackedB::new`] or
+/// A `k×n` matrix `B` packed into the panels one ISA's microkernels read (blocks of `KC` rows,
+/// each a run of `NR`-column panels), for reuse across calls (a constant weight, packed at compile time). Build it with [`PackedB::new`] or
 /// [`Gemm::pack_b`]; it can only be used with kernels of the ISA it was packed for.
 #[derive(Clone, Debug)]
 pub struct PackedB {
@@ -470,7 +470,17 @@ impl Gemm {
         let spec = Spec::of(self.isa);
         let panels = n.div_ceil(spec.nr);
         let mut data = AlignedBuf::zeroed(panels * spec.nr * k);
-        pack::pack_b(data.as_mut_slice(), &b, 0, k, 0, n, spec.nr);
+        // Block by block of KC rows, exactly as `block_loops` would pack them, so that the
+        // panels of one block are contiguous (panels a whole `k` apart would all map to the
+        // same L2 sets when `k·NR·4` is a multiple of the L2 way size).
+        for (kb, block) in data
+            .as_mut_slice()
+            .chunks_mut(spec.kc * panels * spec.nr)
+            .enumerate()
+        {
+            let pc = kb * spec.kc;
+            pack::pack_b(block, &b, pc, spec.kc.min(k - pc), 0, n, spec.nr);
+        }
         Ok(PackedB {
             isa: self.isa,
             k,
@@ -613,14 +623,16 @@ impl Spec {
 ///
 /// `a` is an `MR×kc` packed panel (stride `MR` per step of k) when `lda == 0`, else the first
 /// element of `rows` rows of a row-major `A` read in place (row stride `lda`, k stride 1); `b`
-/// is a `kc×NR` packed panel (stride `NR`); `rows ≤ MR` and `cols ≤ NR`; `c` points at the
-/// tile's first element.
+/// is a `kc×NR` panel, packed (`ldb = NR`) or a full-width slice of a row-major `B` read in
+/// place (`ldb` its row stride); `rows ≤ MR` and `cols ≤ NR`; `c` points at the tile's first
+/// element.
 #[derive(Debug)]
 struct Tile {
     kc: usize,
     a: *const f32,
     lda: usize,
     b: *const f32,
+    ldb: usize,
     c: *mut f32,
     ldc: usize,
     rows: usize,
@@ -653,6 +665,23 @@ struct CPtr(*mut f32);
 unsafe impl Send for CPtr {}
 // SAFETY: as above; sharing the pointer value itself is harmless.
 unsafe impl Sync for CPtr {}
+
+/// Where the microkernels find one `KC×NC` block of `B`.
+#[derive(Clone, Copy)]
+enum BBlock {
+    /// Packed panels, `stride` apart.
+    Packed { base: *const f32, stride: usize },
+    /// In place (row stride `ld`) for the first `full` columns; the rest packed at `tail`.
+    Direct {
+        base: *const f32,
+        ld: usize,
+        tail: *const f32,
+        full: usize,
+    },
+}
+
+/// Bands of at most this many rows read a row-major `B` in place instead of packing it.
+const DIRECT_B_MAX_ROWS: usize = 64;
 
 enum BSource<'a> {
     Strided(MatRef<'a>),
@@ -687,7 +716,14 @@ unsafe fn block_loops(
     // copy costs a third of the time of 3136×64×64, and a few percent at 512³).
     let direct_a = a.cs == 1 && a.rs > 0;
     let mut abuf = AlignedBuf::zeroed(if direct_a { 0 } else { mc_max * kc_max });
+    // With few rows of tiles, each B panel is used only a few times: reading a row-major `B`
+    // in place beats copying it first (at m = 1 the copy is as much work as the product;
+    // measured on Zen 5 at n = k = 768: 1.8× at m = 1, 2× at m = 8, 1.2× at m = 64, even at
+    // m = 128, but worse at m = 128 when rows of B are 4 KiB apart).
+    let direct_b =
+        matches!(b, BSource::Strided(bm) if bm.cs == 1) && (m1 - m0) <= DIRECT_B_MAX_ROWS;
     let mut bbuf = match b {
+        BSource::Strided(_) if direct_b => AlignedBuf::zeroed(nr * kc_max),
         BSource::Strided(_) => AlignedBuf::zeroed(nc_max * kc_max),
         BSource::Packed(_) => AlignedBuf::zeroed(0),
     };
@@ -704,17 +740,40 @@ unsafe fn block_loops(
         for kb in 0..kblocks {
             let pc = kb * spec.kc;
             let kc = spec.kc.min(k - pc);
-            let (bbase, bstride) = match b {
+            let bblock = match b {
+                BSource::Strided(bm) if direct_b => {
+                    // Only the last, partial panel is packed (zero-padded to NR columns).
+                    let full = nc / nr * nr;
+                    if full < nc {
+                        pack::pack_b(bbuf.as_mut_slice(), bm, pc, kc, jc + full, nc - full, nr);
+                    }
+                    BBlock::Direct {
+                        // SAFETY: row `pc`, column `jc` is inside the checked `B` when kc > 0;
+                        // `wrapping_add` keeps the k = 0 case (never read) defined.
+                        base: bm.data.as_ptr().wrapping_add(pc * bm.rs + jc),
+                        ld: bm.rs,
+                        tail: bbuf.as_ptr(),
+                        full,
+                    }
+                }
                 BSource::Strided(bm) => {
                     pack::pack_b(bbuf.as_mut_slice(), bm, pc, kc, jc, nc, nr);
-                    (bbuf.as_ptr(), kc * nr)
+                    BBlock::Packed {
+                        base: bbuf.as_ptr(),
+                        stride: kc * nr,
+                    }
                 }
                 // SAFETY: `jc` is a multiple of `nr` (bands and NC blocks are whole tiles), so
-                // panel `jc / nr` row `pc` is inside the packed `k × n.div_ceil(nr) * nr` data.
-                BSource::Packed(p) => (
-                    unsafe { p.data.as_ptr().add((jc / nr) * p.k * nr + pc * nr) },
-                    p.k * nr,
-                ),
+                // panel `jc / nr` of the block of rows `pc..pc + kc` lies inside the packed
+                // data, which holds `n.div_ceil(nr)` panels per block (see `Gemm::pack_b`).
+                BSource::Packed(p) => BBlock::Packed {
+                    base: unsafe {
+                        p.data
+                            .as_ptr()
+                            .add(pc * p.n.div_ceil(nr) * nr + (jc / nr) * kc * nr)
+                    },
+                    stride: kc * nr,
+                },
             };
             let last = kb + 1 == kblocks;
             let beta = if kb == 0 { ep.beta } else { 1.0 };
@@ -728,6 +787,23 @@ unsafe fn block_loops(
                     let i = ic + ir;
                     for jr in (0..nc).step_by(nr) {
                         let j = jc + jr;
+                        let (bp, ldb) = match bblock {
+                            BBlock::Packed { base, stride } => {
+                                (base.wrapping_add((jr / nr) * stride), nr)
+                            }
+                            BBlock::Direct {
+                                base,
+                                ld,
+                                tail,
+                                full,
+                            } => {
+                                if jr < full {
+                                    (base.wrapping_add(jr), ld)
+                                } else {
+                                    (tail, nr)
+                                }
+                            }
+                        };
                         // SAFETY: all offsets stay inside the checked operands: `i < m`,
                         // `j < n`, the panels were packed for these blocks, and the bias and
                         // residual were checked to cover m×n.
@@ -750,7 +826,8 @@ unsafe fn block_loops(
                                     abuf.as_ptr().add(ir * kc)
                                 },
                                 lda: if direct_a { a.rs } else { 0 },
-                                b: bbase.add((jr / nr) * bstride),
+                                b: bp,
+                                ldb,
                                 c: c.0.add(i * ldc + j),
                                 ldc,
                                 rows: mr.min(m1 - i),

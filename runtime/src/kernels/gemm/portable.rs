@@ -51,9 +51,9 @@ unsafe fn kernel<const R: usize, const PACKED: bool>(t: &Tile) {
     let mut acc = [[0.0f32; NR]; R];
     // A packed: row stride 1, k stride MR; A in place (row-major): row stride lda, k stride 1.
     let (a_rs, a_ks) = if PACKED { (1, MR) } else { (t.lda, 1) };
-    // SAFETY: the packed B panel holds `kc` steps of `NR` floats.
-    let b = unsafe { std::slice::from_raw_parts(t.b, t.kc * NR) };
-    for (p, bk) in b.chunks_exact(NR).enumerate() {
+    for p in 0..t.kc {
+        // SAFETY: the B panel (packed, or in place) holds `kc` rows of `NR` floats, `ldb` apart.
+        let bk = unsafe { std::slice::from_raw_parts(t.b.add(p * t.ldb), NR) };
         for (r, row) in acc.iter_mut().enumerate() {
             // SAFETY: the A panel (packed, or in place with `lda`) holds `kc` steps of `rows`
             // values.
