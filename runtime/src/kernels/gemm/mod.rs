@@ -15,8 +15,9 @@
 //!   per row or per column), the residual, applies the activation and stores the tile once.
 //! * **Pre-packing.** A constant `B` (a weight) can be packed once, at compile time, with
 //!   [`PackedB::new`]; [`sgemm_packed`] then skips packing it on every call.
-//! * **Threads.** [`sgemm_parallel`] splits `C` into equal bands of whole tiles, along `M` or
-//!   `N` (whichever has more tiles), one per scoped thread.
+//! * **Threads.** [`sgemm_parallel`] splits `C` into equal bands of whole tiles, one per scoped
+//!   thread, along `N` when that copies nothing twice (a row-major `A` is never packed), else
+//!   along whichever of `M` and `N` has more tiles.
 //!
 //! Operands are described by [`MatRef`] (a slice plus a row and a column stride), so transposed
 //! operands (ONNX Gemm's `transA`/`transB`) cost nothing but a different stride in packing.
@@ -559,12 +560,20 @@ impl Gemm {
         } else {
             self.threads.min(mt.max(nt))
         };
+        // Splitting M makes every thread pack all of a `B` that is packed per call; splitting N
+        // would make every thread pack all of `A`, but a row-major `A` is read in place, so
+        // then N is the split that copies nothing twice (if it gives each thread a tile).
+        let split_m = if matches!(b, BSource::Strided(_)) && a.cs == 1 && a.rs > 0 {
+            nt < threads && mt > nt
+        } else {
+            mt >= nt
+        };
         let cp = CPtr(c.as_mut_ptr());
         let band = |t: usize, tiles: usize| (tiles * t / threads, tiles * (t + 1) / threads);
         let run_band = |t: usize| {
             let (rows, cols) = if threads == 1 {
                 ((0, m), (0, n))
-            } else if mt >= nt {
+            } else if split_m {
                 let (t0, t1) = band(t, mt);
                 ((t0 * spec.mr, (t1 * spec.mr).min(m)), (0, n))
             } else {

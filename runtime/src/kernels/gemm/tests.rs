@@ -399,28 +399,35 @@ fn large_n_crosses_nc() {
 
 #[test]
 fn threads_split_m_and_n() {
-    // Tall (split along M), wide (split along N), and odd tile counts.
+    // Tall (split along M), wide (split along N), and odd tile counts; A in place and packed.
     for &(m, n, k) in &[
         (300, 40, 70),
         (20, 700, 90),
         (131, 129, 257),
         (1, 1000, 1100),
     ] {
-        let case = Case::new(m, n, k, Layout { pad: 1, ..TIGHT });
-        let res = data(m * n, 8);
-        let ep = Epilogue::new()
-            .beta(0.5)
-            .residual(&res, n)
-            .activation(Activation::Relu);
-        let reference = case.reference(&ep);
-        for gemm in isas() {
-            for threads in [2, 3, 7] {
-                case.check(
-                    gemm.threads(threads),
-                    &ep,
-                    &reference,
-                    &format!("{threads} threads"),
-                );
+        for trans_a in [false, true] {
+            let case = Case::new(
+                m,
+                n,
+                k,
+                Layout {
+                    trans_a,
+                    pad: 1,
+                    ..TIGHT
+                },
+            );
+            let res = data(m * n, 8);
+            let ep = Epilogue::new()
+                .beta(0.5)
+                .residual(&res, n)
+                .activation(Activation::Relu);
+            let reference = case.reference(&ep);
+            for gemm in isas() {
+                for threads in [2, 3, 7] {
+                    let what = format!("{threads} threads");
+                    case.check(gemm.threads(threads), &ep, &reference, &what);
+                }
             }
         }
     }
