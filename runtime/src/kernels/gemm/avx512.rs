@@ -1,9 +1,11 @@
 //! The AVX-512 microkernel: an 8×32 tile of `C` in 16 zmm accumulators.
 //!
-//! Each step of k loads two vectors of the packed `B` row and broadcasts eight values of the
-//! packed `A` column (LLVM folds the broadcasts into the FMAs' memory operands), for 16
-//! independent FMAs: enough to cover the FMA latency on Zen 4's two 256-bit pipes and Intel's
-//! 512-bit ones. Column edges use lane masks, row edges a smaller const-generic row count.
+//! Each step of k loads two vectors of the `B` panel row and broadcasts eight values of the
+//! `A` column (LLVM folds the broadcasts into the FMAs' memory operands), for 16 independent
+//! FMAs: enough to cover the 4-cycle FMA latency at two zmm FMAs per cycle (Zen 5, Intel server
+//! cores) and, with 10 loads per 16 FMAs, within the load ports. Thin tiles (1–2 rows) keep
+//! four accumulator sets instead. Column edges use lane masks, row edges a smaller
+//! const-generic row count.
 
 #![allow(unsafe_code)]
 
@@ -63,10 +65,6 @@ unsafe fn rows<const PACKED: bool>(t: &Tile) {
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn kernel<const R: usize, const PACKED: bool>(t: &Tile) {
-    let mut acc = [[_mm512_setzero_ps(); NV]; R];
-    let (mut a, mut b) = (t.a, t.b);
-    // A packed: row stride 1, k stride MR; A in place (row-major): row stride lda, k stride 1.
-    let (a_rs, a_ks) = if PACKED { (1, MR) } else { (t.lda, 1) };
     // Start fetching the tile of C now, so that its rows (which can alias in the L1 sets when
     // `ldc` is a multiple of 1024 floats) arrive while the FMAs run rather than after.
     for r in 0..R {
@@ -74,8 +72,33 @@ unsafe fn kernel<const R: usize, const PACKED: bool>(t: &Tile) {
         _mm_prefetch::<_MM_HINT_T0>(row.cast());
         _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(NR - 1).cast());
     }
-    // SAFETY: the A panel (packed, or in place with `lda`) holds `kc` steps of `rows` values,
-    // the B panel (packed, or in place) `kc` rows of `NR` floats, `ldb` apart.
+    // SAFETY: forwarded contract.
+    unsafe {
+        // With one or two rows there are only 2–4 accumulators: each FMA would wait for the
+        // previous one on its chain (4 cycles), so thin tiles keep four chains per accumulator.
+        let acc = if R <= 2 {
+            dot_split::<R, PACKED>(t)
+        } else {
+            dot::<R, PACKED>(t)
+        };
+        store::<R>(t, acc);
+    }
+}
+
+/// `A_panel · B_panel` for one tile, in registers.
+///
+/// # Safety
+///
+/// The A panel (packed, or in place with `lda`) holds `kc` steps of `R` values, the B panel
+/// (packed, or in place) `kc` rows of `NR` floats, `ldb` apart.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot<const R: usize, const PACKED: bool>(t: &Tile) -> [[__m512; NV]; R] {
+    let mut acc = [[_mm512_setzero_ps(); NV]; R];
+    let (mut a, mut b) = (t.a, t.b);
+    // A packed: row stride 1, k stride MR; A in place (row-major): row stride lda, k stride 1.
+    let (a_rs, a_ks) = if PACKED { (1, MR) } else { (t.lda, 1) };
+    // SAFETY: see the function's contract.
     unsafe {
         for _ in 0..t.kc {
             let bv: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(b.add(16 * v)));
@@ -89,6 +112,69 @@ unsafe fn kernel<const R: usize, const PACKED: bool>(t: &Tile) {
             b = b.add(t.ldb);
         }
     }
+    acc
+}
+
+/// [`dot`] with four independent accumulator sets over consecutive steps of k, summed at the
+/// end, for tiles too thin to hide the FMA latency otherwise.
+///
+/// # Safety
+///
+/// As for [`dot`].
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_split<const R: usize, const PACKED: bool>(t: &Tile) -> [[__m512; NV]; R] {
+    const U: usize = 4;
+    let mut acc = [[[_mm512_setzero_ps(); NV]; R]; U];
+    let (mut a, mut b) = (t.a, t.b);
+    let (a_rs, a_ks) = if PACKED { (1, MR) } else { (t.lda, 1) };
+    // SAFETY: see the function's contract; the loops take exactly `kc` steps in all.
+    unsafe {
+        for _ in 0..t.kc / U {
+            for set in acc.iter_mut() {
+                let bv: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(b.add(16 * v)));
+                for (r, row) in set.iter_mut().enumerate() {
+                    let av = _mm512_set1_ps(*a.add(r * a_rs));
+                    for (x, &bx) in row.iter_mut().zip(&bv) {
+                        *x = _mm512_fmadd_ps(av, bx, *x);
+                    }
+                }
+                a = a.add(a_ks);
+                b = b.add(t.ldb);
+            }
+        }
+        for _ in 0..t.kc % U {
+            let bv: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(b.add(16 * v)));
+            for (r, row) in acc[0].iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*a.add(r * a_rs));
+                for (x, &bx) in row.iter_mut().zip(&bv) {
+                    *x = _mm512_fmadd_ps(av, bx, *x);
+                }
+            }
+            a = a.add(a_ks);
+            b = b.add(t.ldb);
+        }
+    }
+    let [s0, s1, s2, s3] = acc;
+    std::array::from_fn(|r| {
+        std::array::from_fn(|v| {
+            _mm512_add_ps(
+                _mm512_add_ps(s0[r][v], s1[r][v]),
+                _mm512_add_ps(s2[r][v], s3[r][v]),
+            )
+        })
+    })
+}
+
+/// Applies `α`, `β·C` and the epilogue to the accumulated tile and stores it.
+///
+/// # Safety
+///
+/// `t.c` is valid for `rows × cols` with stride `ldc`, and the epilogue pointers for the same
+/// tile.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn store<const R: usize>(t: &Tile, mut acc: [[__m512; NV]; R]) {
     let masks: [__mmask16; NV] = std::array::from_fn(|v| {
         let lanes = t.cols.saturating_sub(16 * v).min(16);
         ((1u32 << lanes) - 1) as __mmask16
