@@ -1,9 +1,9 @@
 //! The AVX2+FMA microkernel: a 6×16 tile of `C` in 12 ymm accumulators.
 //!
-//! The classic Haswell shape: two vectors of the packed `B` row, six broadcasts of the packed
-//! `A` column, twelve independent FMAs per step of k, leaving 4 of the 16 ymm registers for
-//! operands. Column edges use `vmaskmov` loads and stores, row edges a smaller const-generic
-//! row count.
+//! The classic Haswell shape: two vectors of the `B` panel row, six broadcasts of the `A`
+//! column, twelve independent FMAs per step of k, leaving 4 of the 16 ymm registers for
+//! operands; 1- and 2-row tiles keep 4 or 2 accumulator sets instead. Column edges use
+//! `vmaskmov` loads and stores, row edges a smaller const-generic row count.
 
 #![allow(unsafe_code)]
 
@@ -73,16 +73,53 @@ unsafe fn load(p: *const f32, lanes: usize, mask: __m256i) -> __m256 {
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn kernel<const R: usize, const PACKED: bool>(t: &Tile) {
-    let mut acc = [[_mm256_setzero_ps(); NV]; R];
+    // SAFETY: forwarded contract.
+    unsafe {
+        // Thin tiles have too few accumulators to hide the 4-cycle FMA latency: give them
+        // independent chains over consecutive steps of k (8 accumulators either way).
+        let acc = match R {
+            1 => dot_split::<R, PACKED, 4>(t),
+            2 => dot_split::<R, PACKED, 2>(t),
+            _ => dot_split::<R, PACKED, 1>(t),
+        };
+        store::<R>(t, acc);
+    }
+}
+
+/// `A_panel · B_panel` for one tile, in registers, with `U` independent accumulator sets over
+/// consecutive steps of k, summed at the end.
+///
+/// # Safety
+///
+/// The A panel (packed, or in place with `lda`) holds `kc` steps of `R` values, the B panel
+/// (packed, or in place) `kc` rows of `NR` floats, `ldb` apart.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_split<const R: usize, const PACKED: bool, const U: usize>(
+    t: &Tile,
+) -> [[__m256; NV]; R] {
+    let mut acc = [[[_mm256_setzero_ps(); NV]; R]; U];
     let (mut a, mut b) = (t.a, t.b);
     // A packed: row stride 1, k stride MR; A in place (row-major): row stride lda, k stride 1.
     let (a_rs, a_ks) = if PACKED { (1, MR) } else { (t.lda, 1) };
-    // SAFETY: the A panel (packed, or in place with `lda`) holds `kc` steps of `rows` values,
-    // the B panel (packed, or in place) `kc` rows of `NR` floats, `ldb` apart.
+    // SAFETY: see the function's contract; the loops take exactly `kc` steps in all.
     unsafe {
-        for _ in 0..t.kc {
+        for _ in 0..t.kc / U {
+            for set in acc.iter_mut() {
+                let bv: [__m256; NV] = std::array::from_fn(|v| _mm256_loadu_ps(b.add(8 * v)));
+                for (r, row) in set.iter_mut().enumerate() {
+                    let av = _mm256_broadcast_ss(&*a.add(r * a_rs));
+                    for (x, &bx) in row.iter_mut().zip(&bv) {
+                        *x = _mm256_fmadd_ps(av, bx, *x);
+                    }
+                }
+                a = a.add(a_ks);
+                b = b.add(t.ldb);
+            }
+        }
+        for _ in 0..t.kc % U {
             let bv: [__m256; NV] = std::array::from_fn(|v| _mm256_loadu_ps(b.add(8 * v)));
-            for (r, row) in acc.iter_mut().enumerate() {
+            for (r, row) in acc[0].iter_mut().enumerate() {
                 let av = _mm256_broadcast_ss(&*a.add(r * a_rs));
                 for (x, &bx) in row.iter_mut().zip(&bv) {
                     *x = _mm256_fmadd_ps(av, bx, *x);
@@ -92,6 +129,26 @@ unsafe fn kernel<const R: usize, const PACKED: bool>(t: &Tile) {
             b = b.add(t.ldb);
         }
     }
+    let mut sum = acc[0];
+    for set in &acc[1..] {
+        for (srow, row) in sum.iter_mut().zip(set) {
+            for (x, &y) in srow.iter_mut().zip(row) {
+                *x = _mm256_add_ps(*x, y);
+            }
+        }
+    }
+    sum
+}
+
+/// Applies `α`, `β·C` and the epilogue to the accumulated tile and stores it.
+///
+/// # Safety
+///
+/// `t.c` is valid for `rows × cols` with stride `ldc`, and the epilogue pointers for the same
+/// tile.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn store<const R: usize>(t: &Tile, mut acc: [[__m256; NV]; R]) {
     let lanes: [usize; NV] = std::array::from_fn(|v| t.cols.saturating_sub(8 * v).min(8));
     let masks: [__m256i; NV] = std::array::from_fn(|v| {
         let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
