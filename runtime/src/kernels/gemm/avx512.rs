@@ -73,15 +73,80 @@ unsafe fn kernel<const R: usize, const PACKED: bool>(t: &Tile) {
         _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(NR - 1).cast());
     }
     // SAFETY: forwarded contract.
-    unsafe {
-        // With one or two rows there are only 2–4 accumulators: each FMA would wait for the
-        // previous one on its chain (4 cycles), so thin tiles keep four chains per accumulator.
-        let acc = if R <= 2 {
+    // With one or two rows there are only 2–4 accumulators: each FMA would wait for the
+    // previous one on its chain (4 cycles), so thin tiles keep four chains per accumulator.
+    let mut acc = unsafe {
+        if R <= 2 {
             dot_split::<R, PACKED>(t)
         } else {
             dot::<R, PACKED>(t)
-        };
-        store::<R>(t, acc);
+        }
+    };
+    // What follows applies `α`, `β·C` and the epilogue and stores the tile. It stays in this
+    // function: as a function of its own LLVM would not inline it, and the accumulators would
+    // pass through memory.
+    let masks: [__mmask16; NV] = std::array::from_fn(|v| {
+        let lanes = t.cols.saturating_sub(16 * v).min(16);
+        ((1u32 << lanes) - 1) as __mmask16
+    });
+    let zero = _mm512_setzero_ps();
+    if t.alpha != 1.0 {
+        let alpha = _mm512_set1_ps(t.alpha);
+        for row in acc.iter_mut() {
+            for x in row.iter_mut() {
+                *x = _mm512_mul_ps(*x, alpha);
+            }
+        }
+    }
+    for (r, row) in acc.iter().enumerate() {
+        for (v, (&x, &mask)) in row.iter().zip(&masks).enumerate() {
+            if mask == 0 {
+                continue;
+            }
+            let mut x = x;
+            // SAFETY: masked loads and stores touch only the tile's `cols` columns of row
+            // `r < rows`, inside `C`, the bias and the residual as the caller guarantees.
+            unsafe {
+                let cp = t.c.add(r * t.ldc + 16 * v);
+                if t.beta != 0.0 {
+                    let old = _mm512_maskz_loadu_ps(mask, cp);
+                    x = if t.beta == 1.0 {
+                        _mm512_add_ps(x, old)
+                    } else {
+                        _mm512_fmadd_ps(_mm512_set1_ps(t.beta), old, x)
+                    };
+                }
+                if let Some(ep) = &t.ep {
+                    if ep.scalar != 0.0 {
+                        x = _mm512_add_ps(x, _mm512_set1_ps(ep.scalar));
+                    }
+                    if !ep.row_bias.is_null() {
+                        x = _mm512_add_ps(x, _mm512_set1_ps(*ep.row_bias.add(r)));
+                    }
+                    if !ep.col_bias.is_null() {
+                        x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, ep.col_bias.add(16 * v)));
+                    }
+                    if !ep.res.is_null() {
+                        let rp = ep.res.add(r * ep.ldr + 16 * v);
+                        x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, rp));
+                    }
+                    x = match ep.act {
+                        Activation::None => x,
+                        // `max(0, x)` returns its second operand when one is NaN: NaN survives.
+                        Activation::Relu => _mm512_max_ps(zero, x),
+                        Activation::Clip { min, max } => _mm512_min_ps(
+                            _mm512_set1_ps(max),
+                            _mm512_max_ps(_mm512_set1_ps(min), x),
+                        ),
+                        Activation::LeakyRelu { alpha } => {
+                            let neg = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, zero);
+                            _mm512_mask_mul_ps(x, neg, x, _mm512_set1_ps(alpha))
+                        }
+                    };
+                }
+                _mm512_mask_storeu_ps(cp, mask, x);
+            }
+        }
     }
 }
 
@@ -164,78 +229,4 @@ unsafe fn dot_split<const R: usize, const PACKED: bool>(t: &Tile) -> [[__m512; N
             )
         })
     })
-}
-
-/// Applies `α`, `β·C` and the epilogue to the accumulated tile and stores it.
-///
-/// # Safety
-///
-/// `t.c` is valid for `rows × cols` with stride `ldc`, and the epilogue pointers for the same
-/// tile.
-#[inline]
-#[target_feature(enable = "avx512f")]
-unsafe fn store<const R: usize>(t: &Tile, mut acc: [[__m512; NV]; R]) {
-    let masks: [__mmask16; NV] = std::array::from_fn(|v| {
-        let lanes = t.cols.saturating_sub(16 * v).min(16);
-        ((1u32 << lanes) - 1) as __mmask16
-    });
-    let zero = _mm512_setzero_ps();
-    if t.alpha != 1.0 {
-        let alpha = _mm512_set1_ps(t.alpha);
-        for row in acc.iter_mut() {
-            for x in row.iter_mut() {
-                *x = _mm512_mul_ps(*x, alpha);
-            }
-        }
-    }
-    for (r, row) in acc.iter().enumerate() {
-        for (v, (&x, &mask)) in row.iter().zip(&masks).enumerate() {
-            if mask == 0 {
-                continue;
-            }
-            let mut x = x;
-            // SAFETY: masked loads and stores touch only the tile's `cols` columns of row
-            // `r < rows`, inside `C`, the bias and the residual as the caller guarantees.
-            unsafe {
-                let cp = t.c.add(r * t.ldc + 16 * v);
-                if t.beta != 0.0 {
-                    let old = _mm512_maskz_loadu_ps(mask, cp);
-                    x = if t.beta == 1.0 {
-                        _mm512_add_ps(x, old)
-                    } else {
-                        _mm512_fmadd_ps(_mm512_set1_ps(t.beta), old, x)
-                    };
-                }
-                if let Some(ep) = &t.ep {
-                    if ep.scalar != 0.0 {
-                        x = _mm512_add_ps(x, _mm512_set1_ps(ep.scalar));
-                    }
-                    if !ep.row_bias.is_null() {
-                        x = _mm512_add_ps(x, _mm512_set1_ps(*ep.row_bias.add(r)));
-                    }
-                    if !ep.col_bias.is_null() {
-                        x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, ep.col_bias.add(16 * v)));
-                    }
-                    if !ep.res.is_null() {
-                        let rp = ep.res.add(r * ep.ldr + 16 * v);
-                        x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, rp));
-                    }
-                    x = match ep.act {
-                        Activation::None => x,
-                        // `max(0, x)` returns its second operand when one is NaN: NaN survives.
-                        Activation::Relu => _mm512_max_ps(zero, x),
-                        Activation::Clip { min, max } => _mm512_min_ps(
-                            _mm512_set1_ps(max),
-                            _mm512_max_ps(_mm512_set1_ps(min), x),
-                        ),
-                        Activation::LeakyRelu { alpha } => {
-                            let neg = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, zero);
-                            _mm512_mask_mul_ps(x, neg, x, _mm512_set1_ps(alpha))
-                        }
-                    };
-                }
-                _mm512_mask_storeu_ps(cp, mask, x);
-            }
-        }
-    }
 }
