@@ -476,7 +476,7 @@ impl Gemm {
         // same L2 sets when `k·NR·4` is a multiple of the L2 way size).
         for (kb, block) in data
             .as_mut_slice()
-            .chunks_mut(spec.kc * panels * spec.nr)
+            .chunks_mut((spec.kc * panels * spec.nr).max(1))
             .enumerate()
         {
             let pc = kb * spec.kc;
@@ -554,7 +554,7 @@ impl Gemm {
         let spec = Spec::of(self.isa);
         let (mt, nt) = (m.div_ceil(spec.mr), n.div_ceil(spec.nr));
         // Below about a million multiply-adds a thread costs more than it saves.
-        let work = m * n * k.max(1);
+        let work = m.saturating_mul(n).saturating_mul(k.max(1));
         let threads = if work < 1 << 20 {
             1
         } else {

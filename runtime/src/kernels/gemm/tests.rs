@@ -383,6 +383,16 @@ fn empty_dimensions() {
             &ep,
         )
         .unwrap();
+        // Packing an empty B, and using it.
+        for (k, n) in [(0, 5), (5, 0), (0, 0)] {
+            let b = vec![0.0; k * n];
+            let packed = gemm.pack_b(k, n, MatRef::row_major(&b, n)).unwrap();
+            let a = vec![1.0; 3 * k];
+            let mut c = vec![7.0; 3 * n];
+            gemm.run_packed(3, MatRef::row_major(&a, k), &packed, &mut c, n, &ep)
+                .unwrap();
+            assert!(c.iter().all(|&x| x == 0.0), "k={k} n={n}: {c:?}");
+        }
     }
 }
 
