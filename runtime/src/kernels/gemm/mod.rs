@@ -8,7 +8,7 @@
 //!   it meets every `B` panel of the block; a row-major `A` is read there in place, any other
 //!   layout (a transposed `A`) is first packed into `MR`-row panels of `MC×KC` blocks.
 //! * **Register blocking.** A microkernel keeps an `MR×NR` tile of `C` in vector registers for
-//!   the whole `KC` loop: 8×32 in 16 zmm registers with AVX-512, 6×16 in 12 ymm with AVX2.
+//!   the whole `KC` loop: 12×32 in 24 zmm registers with AVX-512, 6×16 in 12 ymm with AVX2.
 //!   Row and column edges are handled in the kernel itself (row count is a const generic, columns
 //!   are lane masks), so no shape is padded in `C`.
 //! * **Epilogue while the tile is hot.** On the last `KC` block the kernel adds the bias (scalar,

@@ -234,6 +234,26 @@ fn every_shape_every_isa() {
     }
 }
 
+#[test]
+fn every_row_and_column_count() {
+    // Every tile height up to two tiles of the tallest kernel (12 rows), and every tile width
+    // up to two tiles of the widest (32 columns), both with A in place and packed.
+    let ep = Epilogue::new().bias(Bias::Scalar(0.5));
+    for trans_a in [false, true] {
+        let layout = Layout { trans_a, ..TIGHT };
+        let shapes = (1..=25)
+            .map(|m| (m, 33, 19))
+            .chain((1..=65).map(|n| (13, n, 11)));
+        for (m, n, k) in shapes {
+            let case = Case::new(m, n, k, layout);
+            let reference = case.reference(&ep);
+            for gemm in isas() {
+                case.check(gemm, &ep, &reference, "");
+            }
+        }
+    }
+}
+
 /// A smaller set of shapes that still crosses every edge: below, at and above MR, NR and KC.
 const EDGE_SHAPES: [(usize, usize, usize); 10] = [
     (1, 1, 1),
