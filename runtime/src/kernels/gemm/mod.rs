@@ -470,7 +470,7 @@ impl Gemm {
         check_ref("B", &b, k, n)?;
         let spec = Spec::of(self.isa);
         let panels = n.div_ceil(spec.nr);
-        let mut data = AlignedBuf::zeroed(panels * spec.nr * k);
+        let mut data = AlignedBuf::new(panels * spec.nr * k);
         // Block by block of KC rows, exactly as `block_loops` would pack them, so that the
         // panels of one block are contiguous (panels a whole `k` apart would all map to the
         // same L2 sets when `k·NR·4` is a multiple of the L2 way size).
@@ -724,7 +724,7 @@ unsafe fn block_loops(
     // reads stay in L1 across the NR panels, so packing would only add a copy (measured: the
     // copy costs a third of the time of 3136×64×64, and a few percent at 512³).
     let direct_a = a.cs == 1 && a.rs > 0;
-    let mut abuf = AlignedBuf::zeroed(if direct_a { 0 } else { mc_max * kc_max });
+    let mut abuf = AlignedBuf::new(if direct_a { 0 } else { mc_max * kc_max });
     // With few rows of tiles, each B panel is used only a few times: reading a row-major `B`
     // in place beats copying it first (at m = 1 the copy is as much work as the product;
     // measured on Zen 5 at n = k = 768: 1.8× at m = 1, 2× at m = 8, 1.2× at m = 64, even at
@@ -732,9 +732,9 @@ unsafe fn block_loops(
     let direct_b =
         matches!(b, BSource::Strided(bm) if bm.cs == 1) && (m1 - m0) <= DIRECT_B_MAX_ROWS;
     let mut bbuf = match b {
-        BSource::Strided(_) if direct_b => AlignedBuf::zeroed(nr * kc_max),
-        BSource::Strided(_) => AlignedBuf::zeroed(nc_max * kc_max),
-        BSource::Packed(_) => AlignedBuf::zeroed(0),
+        BSource::Strided(_) if direct_b => AlignedBuf::new(nr * kc_max),
+        BSource::Strided(_) => AlignedBuf::new(nc_max * kc_max),
+        BSource::Packed(_) => AlignedBuf::new(0),
     };
     let (scalar, row_bias, col_bias) = match ep.bias {
         Bias::None => (0.0, None, None),
