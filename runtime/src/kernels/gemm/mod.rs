@@ -4,9 +4,11 @@
 //! follows the GotoBLAS/BLIS design:
 //!
 //! * **Cache blocking.** `B` is cut into `KC×NC` blocks packed into `NR`-column panels (the
-//!   block stays in L2). The `MR×KC` slice of `A` that a row of tiles reads stays in L1 while
-//!   it meets every `B` panel of the block; a row-major `A` is read there in place, any other
-//!   layout (a transposed `A`) is first packed into `MR`-row panels of `MC×KC` blocks.
+//!   block stays in L2); with at most 64 rows of `C` a row-major `B` is read in place instead,
+//!   since each panel would be used too few times to repay the copy. The `MR×KC` slice of `A`
+//!   that a row of tiles reads stays in L1 while it meets every `B` panel of the block; a
+//!   row-major `A` is read there in place, any other layout (a transposed `A`) is first packed
+//!   into `MR`-row panels of `MC×KC` blocks.
 //! * **Register blocking.** A microkernel keeps an `MR×NR` tile of `C` in vector registers for
 //!   the whole `KC` loop: 12×32 in 24 zmm registers with AVX-512, 6×16 in 12 ymm with AVX2.
 //!   Row and column edges are handled in the kernel itself (row count is a const generic, columns
@@ -38,7 +40,7 @@
 //! Pre-packed constant weights, transposed as in ONNX `Gemm(transB = 1)`, on two threads:
 //!
 //! ```
-//! use mlc_runtime::kernels::gemm::{Epilogue, Gemm, MatRef, PackedB};
+//! use mlc_runtime::kernels::gemm::{Epilogue, Gemm, MatRef};
 //!
 //! let (m, n, k) = (3, 4, 2);
 //! let a = vec![1.0f32; m * k];
