@@ -5,8 +5,9 @@
 //! GEMM shape is timed and a "GFLOP/s (x% of peak)" table is printed, and finally criterion
 //! measures the same shapes with throughput in flops. Percentages are of the widest 1-thread
 //! peak times the thread count; "B as given" means a row-major slice that the kernel packs or
-//! (for few rows) reads in place on every call. `GEMM_BENCH_TABLE_ONLY=1` skips the criterion part;
-//! `GEMM_BENCH_FILTER=text` keeps only the shapes whose label contains `text`.
+//! (for few rows) reads in place on every call. `GEMM_BENCH_TABLE_ONLY=1` skips the criterion
+//! part; `GEMM_BENCH_FILTER=text` keeps only the shapes whose label contains `text`. Results
+//! and how to read them on a shared machine: `docs/benchmarks.md`.
 
 // The peak loop is `std::arch` FMA code; the kernels themselves live in mlc-runtime.
 #![allow(unsafe_code)]
@@ -25,7 +26,7 @@ struct Shape {
     n: usize,
     k: usize,
     threads: usize,
-    /// B pre-packed (a constant weight), or packed on every call.
+    /// B pre-packed (a constant weight), or passed as a row-major slice on every call.
     packed: bool,
     /// Forced ISA, or the detected one.
     isa: Option<Isa>,
