@@ -563,3 +563,61 @@ fn caller_errors() {
         );
     }
 }
+
+#[test]
+fn random_cases() {
+    // Deterministic pseudo-random shapes, layouts, epilogues and thread counts, to reach
+    // combinations the tables above do not list.
+    let mut s = 0x2545_f491_4f6c_dd1du64;
+    let mut next = |bound: usize| {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s % bound as u64) as usize
+    };
+    for _ in 0..150 {
+        let (m, n, k) = (next(90), next(90), next(600));
+        let layout = Layout {
+            trans_a: next(2) == 1,
+            trans_b: next(2) == 1,
+            pad: next(3),
+        };
+        let case = Case::new(m, n, k, layout);
+        let row_bias = data(m, 1);
+        let col_bias = data(n, 2);
+        let res = data(m * n, 3);
+        let bias = match next(4) {
+            0 => Bias::None,
+            1 => Bias::Scalar(-0.25),
+            2 => Bias::PerRow(&row_bias),
+            _ => Bias::PerCol(&col_bias),
+        };
+        let activation = match next(4) {
+            0 => Activation::None,
+            1 => Activation::Relu,
+            2 => Activation::Clip {
+                min: -1.0,
+                max: 0.5,
+            },
+            _ => Activation::LeakyRelu { alpha: 0.25 },
+        };
+        let mut ep = Epilogue::new()
+            .alpha([1.0, -2.0][next(2)])
+            .beta([0.0, 1.0, 0.75][next(3)])
+            .bias(bias)
+            .activation(activation);
+        if next(2) == 1 {
+            ep = ep.residual(&res, n);
+        }
+        let reference = case.reference(&ep);
+        let threads = 1 + next(3);
+        for gemm in isas() {
+            case.check(
+                gemm.threads(threads),
+                &ep,
+                &reference,
+                &format!("{ep:?} {threads}T"),
+            );
+        }
+    }
+}
