@@ -7,6 +7,12 @@
 //! 3–5% faster at k = 64, where the fixed cost of each tile counts. Thin tiles (1–2 rows) keep
 //! four accumulator sets instead. Column edges use lane masks, row edges a smaller
 //! const-generic row count.
+//!
+//! The accumulators are a `[[__m512; NV]; R]` array that LLVM must keep in registers, and it
+//! does so only while every loop over it is plain `iter_mut`/`zip`/`enumerate` over constant
+//! bounds in one function. A `flatten()`, a closure capturing it, or passing it to a function
+//! LLVM declines to inline sent it to the stack and made the kernel 3–4× slower (measured). Check
+//! `cargo bench -p mlc-benches --bench gemm` after touching these loops.
 
 #![allow(unsafe_code)]
 
