@@ -3,12 +3,13 @@
 //! Architecture invariant: this crate depends on no compiler crate (`mlc-ir`, `mlc-passes`,
 //! `mlc-onnx`) and on none of egg, cranelift-codegen, inkwell or melior, so that it ships small.
 //! It talks in raw little-endian bytes plus shapes and its own element-type enum; the compiler
-//! side converts. It holds the `.npy` reader/writer and, behind the `cuda` feature, the CUDA
-//! runtime (`cuda`: PTX loading, device memory, launches, event timing); compiled-artifact
-//! loading lands here.
+//! side converts. It holds the `.npy` reader/writer, the compute kernels that compiled code
+//! calls ([`kernels`]: f32 GEMM) and, behind the `cuda` feature, the CUDA runtime (`cuda`: PTX
+//! loading, device memory, launches, event timing); compiled-artifact loading lands here.
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod kernels;
 pub mod npy;
 
 pub use npy::{ElemType, NpyArray, NpyData, NpyError};

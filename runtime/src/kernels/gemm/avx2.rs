@@ -1,0 +1,220 @@
+//! The AVX2+FMA microkernel: a 6×16 tile of `C` in 12 ymm accumulators.
+//!
+//! The classic Haswell shape: two vectors of the `B` panel row, six broadcasts of the `A`
+//! column, twelve independent FMAs per step of k, leaving 4 of the 16 ymm registers for
+//! operands; 1- and 2-row tiles keep 4 or 2 accumulator sets instead. Column edges use
+//! `vmaskmov` loads and stores, row edges a smaller const-generic row count.
+
+#![allow(unsafe_code)]
+
+use super::{Activation, Spec, Tile};
+use std::arch::x86_64::*;
+
+const MR: usize = 6;
+const NR: usize = 16;
+const NV: usize = NR / 8;
+
+pub(super) static SPEC: Spec = Spec {
+    mr: MR,
+    nr: NR,
+    kc: 256,
+    mc: 72,
+    nc: 512,
+    tile,
+};
+
+/// Dispatches on the tile's row count.
+///
+/// # Safety
+///
+/// The CPU must support AVX2 and FMA, and `t` must satisfy the contract of [`Tile`].
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn tile(t: &Tile) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        if t.lda == 0 {
+            rows::<true>(t)
+        } else {
+            rows::<false>(t)
+        }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rows<const PACKED: bool>(t: &Tile) {
+    // SAFETY: forwarded contract; `rows` selects an instantiation with exactly that many rows.
+    unsafe {
+        match t.rows {
+            6 => kernel::<6, PACKED>(t),
+            5 => kernel::<5, PACKED>(t),
+            4 => kernel::<4, PACKED>(t),
+            3 => kernel::<3, PACKED>(t),
+            2 => kernel::<2, PACKED>(t),
+            _ => kernel::<1, PACKED>(t),
+        }
+    }
+}
+
+/// Loads lanes `0..lanes` (of 8); the rest read as zero and are never touched in memory.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn load(p: *const f32, lanes: usize, mask: __m256i) -> __m256 {
+    // SAFETY: the caller guarantees `lanes` floats at `p`; masked-off lanes do not fault.
+    unsafe {
+        if lanes == 8 {
+            _mm256_loadu_ps(p)
+        } else {
+            _mm256_maskload_ps(p, mask)
+        }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kernel<const R: usize, const PACKED: bool>(t: &Tile) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        // Thin tiles have too few accumulators to hide the 4-cycle FMA latency: give them
+        // independent chains over consecutive steps of k (8 accumulators either way).
+        let acc = match R {
+            1 => dot_split::<R, PACKED, 4>(t),
+            2 => dot_split::<R, PACKED, 2>(t),
+            _ => dot_split::<R, PACKED, 1>(t),
+        };
+        store::<R>(t, acc);
+    }
+}
+
+/// `A_panel · B_panel` for one tile, in registers, with `U` independent accumulator sets over
+/// consecutive steps of k, summed at the end.
+///
+/// # Safety
+///
+/// The A panel (packed, or in place with `lda`) holds `kc` steps of `R` values, the B panel
+/// (packed, or in place) `kc` rows of `NR` floats, `ldb` apart.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_split<const R: usize, const PACKED: bool, const U: usize>(
+    t: &Tile,
+) -> [[__m256; NV]; R] {
+    let mut acc = [[[_mm256_setzero_ps(); NV]; R]; U];
+    let (mut a, mut b) = (t.a, t.b);
+    // A packed: row stride 1, k stride MR; A in place (row-major): row stride lda, k stride 1.
+    let (a_rs, a_ks) = if PACKED { (1, MR) } else { (t.lda, 1) };
+    // SAFETY: see the function's contract; the loops take exactly `kc` steps in all.
+    unsafe {
+        for _ in 0..t.kc / U {
+            for set in acc.iter_mut() {
+                let bv: [__m256; NV] = std::array::from_fn(|v| _mm256_loadu_ps(b.add(8 * v)));
+                for (r, row) in set.iter_mut().enumerate() {
+                    let av = _mm256_broadcast_ss(&*a.add(r * a_rs));
+                    for (x, &bx) in row.iter_mut().zip(&bv) {
+                        *x = _mm256_fmadd_ps(av, bx, *x);
+                    }
+                }
+                a = a.add(a_ks);
+                b = b.add(t.ldb);
+            }
+        }
+        for _ in 0..t.kc % U {
+            let bv: [__m256; NV] = std::array::from_fn(|v| _mm256_loadu_ps(b.add(8 * v)));
+            for (r, row) in acc[0].iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*a.add(r * a_rs));
+                for (x, &bx) in row.iter_mut().zip(&bv) {
+                    *x = _mm256_fmadd_ps(av, bx, *x);
+                }
+            }
+            a = a.add(a_ks);
+            b = b.add(t.ldb);
+        }
+    }
+    let mut sum = acc[0];
+    for set in &acc[1..] {
+        for (srow, row) in sum.iter_mut().zip(set) {
+            for (x, &y) in srow.iter_mut().zip(row) {
+                *x = _mm256_add_ps(*x, y);
+            }
+        }
+    }
+    sum
+}
+
+/// Applies `α`, `β·C` and the epilogue to the accumulated tile and stores it.
+///
+/// # Safety
+///
+/// `t.c` is valid for `rows × cols` with stride `ldc`, and the epilogue pointers for the same
+/// tile.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn store<const R: usize>(t: &Tile, mut acc: [[__m256; NV]; R]) {
+    let lanes: [usize; NV] = std::array::from_fn(|v| t.cols.saturating_sub(8 * v).min(8));
+    let masks: [__m256i; NV] = std::array::from_fn(|v| {
+        let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes[v] as i32), idx)
+    });
+    let zero = _mm256_setzero_ps();
+    if t.alpha != 1.0 {
+        let alpha = _mm256_set1_ps(t.alpha);
+        for row in acc.iter_mut() {
+            for x in row.iter_mut() {
+                *x = _mm256_mul_ps(*x, alpha);
+            }
+        }
+    }
+    for (r, row) in acc.iter().enumerate() {
+        for v in 0..NV {
+            let (n, mask) = (lanes[v], masks[v]);
+            if n == 0 {
+                continue;
+            }
+            let mut x = row[v];
+            // SAFETY: the masked accesses touch only the tile's `cols` columns of row
+            // `r < rows`, inside `C`, the bias and the residual as the caller guarantees.
+            unsafe {
+                let cp = t.c.add(r * t.ldc + 8 * v);
+                if t.beta != 0.0 {
+                    let old = load(cp, n, mask);
+                    x = if t.beta == 1.0 {
+                        _mm256_add_ps(x, old)
+                    } else {
+                        _mm256_fmadd_ps(_mm256_set1_ps(t.beta), old, x)
+                    };
+                }
+                if let Some(ep) = &t.ep {
+                    if ep.scalar != 0.0 {
+                        x = _mm256_add_ps(x, _mm256_set1_ps(ep.scalar));
+                    }
+                    if !ep.row_bias.is_null() {
+                        x = _mm256_add_ps(x, _mm256_set1_ps(*ep.row_bias.add(r)));
+                    }
+                    if !ep.col_bias.is_null() {
+                        x = _mm256_add_ps(x, load(ep.col_bias.add(8 * v), n, mask));
+                    }
+                    if !ep.res.is_null() {
+                        x = _mm256_add_ps(x, load(ep.res.add(r * ep.ldr + 8 * v), n, mask));
+                    }
+                    x = match ep.act {
+                        Activation::None => x,
+                        // `max(0, x)` returns its second operand when one is NaN: NaN survives.
+                        Activation::Relu => _mm256_max_ps(zero, x),
+                        Activation::Clip { min, max } => _mm256_min_ps(
+                            _mm256_set1_ps(max),
+                            _mm256_max_ps(_mm256_set1_ps(min), x),
+                        ),
+                        Activation::LeakyRelu { alpha } => {
+                            let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(x, zero);
+                            _mm256_blendv_ps(x, _mm256_mul_ps(x, _mm256_set1_ps(alpha)), neg)
+                        }
+                    };
+                }
+                if n == 8 {
+                    _mm256_storeu_ps(cp, x);
+                } else {
+                    _mm256_maskstore_ps(cp, mask, x);
+                }
+            }
+        }
+    }
+}

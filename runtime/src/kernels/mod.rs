@@ -1,0 +1,73 @@
+//! Hand-written compute kernels that compiled models call at run time, chosen by the CPU's ISA.
+//!
+//! Generated code (Cranelift, 128-bit SIMD) handles element-wise loops; contractions, where
+//! register blocking and cache blocking decide the speed, call these kernels instead. Each
+//! kernel family has a portable Rust version and `std::arch` versions for x86-64 levels; the
+//! level is detected once per process ([`Isa::detect`]) and can be forced for tests and benches.
+
+pub mod gemm;
+
+use std::fmt;
+use std::sync::OnceLock;
+
+/// An instruction-set level that kernels are written for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// Plain Rust, auto-vectorized for the build target's baseline; runs everywhere.
+    Portable,
+    /// x86-64 AVX2 with FMA (256-bit vectors, 16 registers).
+    Avx2,
+    /// x86-64 AVX-512 Foundation (512-bit vectors, 32 registers, lane masks).
+    Avx512,
+}
+
+impl Isa {
+    /// Every level, from the most portable to the widest.
+    pub const ALL: [Isa; 3] = [Isa::Portable, Isa::Avx2, Isa::Avx512];
+
+    /// The widest level this CPU supports, detected on the first call and cached for the
+    /// process (the only global state of the kernels, and it never changes once set).
+    pub fn detect() -> Isa {
+        static DETECTED: OnceLock<Isa> = OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            Isa::ALL
+                .into_iter()
+                .rev()
+                .find(|isa| isa.is_supported())
+                .unwrap_or(Isa::Portable)
+        })
+    }
+
+    /// Whether this CPU can run kernels of this level.
+    pub fn is_supported(self) -> bool {
+        match self {
+            Isa::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            Isa::Avx2 | Isa::Avx512 => false,
+        }
+    }
+
+    /// The levels this CPU supports, from the most portable to the widest.
+    pub fn supported() -> impl Iterator<Item = Isa> {
+        Isa::ALL.into_iter().filter(|isa| isa.is_supported())
+    }
+
+    /// A short lower-case name (`portable`, `avx2`, `avx512`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+}
+
+impl fmt::Display for Isa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
