@@ -10,6 +10,7 @@
 
 mod conv;
 mod ew;
+mod loss;
 mod movement;
 mod nn;
 mod norm;

@@ -6,7 +6,7 @@
 use super::{Cx, Fail, KernelBuilder, kernel_name, loop_nest, strides, unsupported};
 use crate::kernel::*;
 use mlc_ir::ops::ReduceOp;
-use mlc_ir::ops::reduce::ReduceKind;
+use mlc_ir::ops::reduce::{CumAttrs, ReduceAttrs, ReduceKind, resolve_axes};
 use mlc_ir::{DType, Node};
 
 pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail> {
@@ -15,53 +15,40 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail>
     };
     let shape = cx.shape(x)?;
     let rank = shape.len();
-    let (kind, axes, softmax) = match op {
-        ReduceOp::Sum(a) => (ReduceKind::Sum, &a.axes, None),
-        ReduceOp::Mean(a) => (ReduceKind::Mean, &a.axes, None),
-        ReduceOp::Max(a) => (ReduceKind::Max, &a.axes, None),
-        ReduceOp::Min(a) => (ReduceKind::Min, &a.axes, None),
-        ReduceOp::Prod(a) => (ReduceKind::Prod, &a.axes, None),
-        ReduceOp::L1(a) => (ReduceKind::L1, &a.axes, None),
-        ReduceOp::L2(a) => (ReduceKind::L2, &a.axes, None),
-        ReduceOp::LogSum(a) => (ReduceKind::LogSum, &a.axes, None),
-        ReduceOp::LogSumExp(a) => (ReduceKind::LogSumExp, &a.axes, None),
-        ReduceOp::SumSquare(a) => (ReduceKind::SumSquare, &a.axes, None),
-        ReduceOp::Softmax(a) => (ReduceKind::Sum, &None, Some((a.axis, a.coerce_2d, false))),
-        ReduceOp::LogSoftmax(a) => (ReduceKind::Sum, &None, Some((a.axis, a.coerce_2d, true))),
+    let (kind, softmax) = match op {
+        ReduceOp::Softmax(a) => (ReduceKind::Sum, Some((a.axis, a.coerce_2d, false))),
+        ReduceOp::LogSoftmax(a) => (ReduceKind::Sum, Some((a.axis, a.coerce_2d, true))),
         ReduceOp::ArgMax(a) => return arg(cx, node, a.axis, true, a.select_last_index),
         ReduceOp::ArgMin(a) => return arg(cx, node, a.axis, false, a.select_last_index),
-        ReduceOp::CumSum(a) => return cumulative(cx, node, a.axis, a.exclusive, a.reverse),
-        _ => return unsupported("not lowered to kernels yet"),
+        ReduceOp::CumSum(a) => return cumulative(cx, node, a, false),
+        ReduceOp::CumProd(a) => return cumulative(cx, node, a, true),
+        ReduceOp::Hardmax(a) => return hardmax(cx, node, a.axis, a.coerce_2d),
+        ReduceOp::LpNorm { axis, p } => return lp_norm(cx, node, *axis, *p),
+        ReduceOp::NllLoss {
+            reduction,
+            ignore_index,
+        } => return super::loss::nll(cx, node, *reduction, *ignore_index, false),
+        ReduceOp::SoftmaxCrossEntropy {
+            reduction,
+            ignore_index,
+        } => return super::loss::nll(cx, node, *reduction, *ignore_index, true),
+        _ => match op.as_reduction() {
+            Some((kind, _)) => (kind, None),
+            None => return unsupported("not lowered to kernels yet"),
+        },
     };
-    if node.inputs.iter().skip(1).any(|i| i.is_some()) {
-        return unsupported("reduction axes given as a tensor input");
-    }
     let ty = cx.dtype(x);
     if !ty.is_numeric() || ty.is_storage_only() {
         return unsupported(format!("reduction over {}", ty.name()));
     }
-    let reduced: Vec<bool> = match (softmax, axes) {
-        (Some((axis, true, _)), _) => (0..rank).map(|d| d >= axis).collect(),
-        (Some((axis, false, _)), _) => (0..rank).map(|d| d == axis).collect(),
-        (None, Some(ax)) if !ax.is_empty() => (0..rank).map(|d| ax.contains(&d)).collect(),
-        (None, _) => {
-            let noop = match op {
-                ReduceOp::Sum(a)
-                | ReduceOp::Mean(a)
-                | ReduceOp::Max(a)
-                | ReduceOp::Min(a)
-                | ReduceOp::Prod(a)
-                | ReduceOp::L1(a)
-                | ReduceOp::L2(a)
-                | ReduceOp::LogSum(a)
-                | ReduceOp::LogSumExp(a)
-                | ReduceOp::SumSquare(a) => a.noop_with_empty_axes,
-                _ => false,
+    let reduced: Vec<bool> = match softmax {
+        Some((axis, true, _)) => (0..rank).map(|d| d >= axis).collect(),
+        Some((axis, false, _)) => (0..rank).map(|d| d == axis).collect(),
+        None => {
+            let Some((_, attrs)) = op.as_reduction() else {
+                return unsupported("not a reduction");
             };
-            if noop {
-                return unsupported("reduction with no axes (identity)");
-            }
-            vec![true; rank]
+            reduced_dims(cx, node, attrs, &shape)?
         }
     };
     let out_v = node.outputs[0];
@@ -265,12 +252,70 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail>
         }
         stmts
     });
-    if count == 0 {
-        return unsupported("reduction over an empty dimension");
+    if count == 0 && (kind == ReduceKind::Mean || !ty.is_float()) {
+        return unsupported("mean or integer reduction over an empty dimension");
     }
     kb.k.body = body;
     cx.launch(kb, node);
     Ok(())
+}
+
+/// Which dims a reduction reduces. Axes come from the attribute, a constant input, or, when
+/// the input is only known at run time, from the static output shape: with `keepdims` the
+/// reduced dims are those that shrank to 1 (reducing a dim that already is 1 changes nothing);
+/// without, the one set of dims whose removal gives the output shape, if only one does.
+fn reduced_dims(
+    cx: &Cx,
+    node: &Node,
+    attrs: &ReduceAttrs,
+    shape: &[usize],
+) -> Result<Vec<bool>, Fail> {
+    let rank = shape.len();
+    let mark = |axes: &[usize]| (0..rank).map(|d| axes.contains(&d)).collect();
+    if let Some(ax) = &attrs.axes {
+        return Ok(mark(ax));
+    }
+    let Some(av) = node.input(1) else {
+        let all: Vec<usize> = (0..rank).collect();
+        return Ok(mark(if attrs.noop_with_empty_axes {
+            &[]
+        } else {
+            &all
+        }));
+    };
+    if let Some(vals) = cx.g.const_value(av).and_then(|t| t.to_i64_vec().ok()) {
+        let axes = resolve_axes(&vals, rank, attrs.noop_with_empty_axes)
+            .map_err(|e| Fail::Unsupported(e.to_string()))?;
+        return Ok(mark(&axes));
+    }
+    let out = cx.shape(node.outputs[0])?;
+    if attrs.keepdims {
+        if out.len() != rank {
+            return unsupported("reduction output rank differs from its input's");
+        }
+        return Ok((0..rank).map(|d| shape[d] != out[d]).collect());
+    }
+    let drop = rank.checked_sub(out.len()).unwrap_or(usize::MAX);
+    if drop > rank || rank > 16 {
+        return unsupported("reduction output of higher rank than its input");
+    }
+    let mut found: Vec<Vec<bool>> = Vec::new();
+    for set in 0u32..(1 << rank) {
+        if set.count_ones() as usize != drop {
+            continue;
+        }
+        let kept: Vec<usize> = (0..rank)
+            .filter(|d| set & (1 << d) == 0)
+            .map(|d| shape[d])
+            .collect();
+        if kept == out {
+            found.push((0..rank).map(|d| set & (1 << d) != 0).collect());
+        }
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        _ => unsupported("run-time reduction axes that the output shape does not determine"),
+    }
 }
 
 fn lit(ty: DType, v: f64) -> Expr {
@@ -382,21 +427,18 @@ fn arg(cx: &mut Cx, node: &Node, axis: usize, max: bool, last: bool) -> Result<(
     Ok(())
 }
 
-/// `CumSum` along `axis`, inclusive or exclusive, forward or reversed.
-fn cumulative(
-    cx: &mut Cx,
-    node: &Node,
-    axis: Option<usize>,
-    exclusive: bool,
-    reverse: bool,
-) -> Result<(), Fail> {
+/// `CumSum` (or `CumProd`) along `axis`, inclusive or exclusive, forward or reversed.
+fn cumulative(cx: &mut Cx, node: &Node, a: &CumAttrs, prod: bool) -> Result<(), Fail> {
+    let (exclusive, reverse) = (a.exclusive, a.reverse);
     let Some(x) = node.input(0) else {
         return unsupported("missing input");
     };
     let shape = cx.shape(x)?;
     let rank = shape.len();
-    let axis = match axis {
+    let axis = match a.axis {
         Some(a) => a,
+        // A vector has one axis, whatever the run-time input says.
+        None if rank == 1 => 0,
         None => match node
             .input(1)
             .and_then(|v| cx.g.const_value(v))
@@ -440,7 +482,11 @@ fn cumulative(
         };
         let add = Stmt::Assign {
             var: acc,
-            value: Expr::bin(BinOp::Add, Expr::var(acc), xv),
+            value: Expr::bin(
+                if prod { BinOp::Mul } else { BinOp::Add },
+                Expr::var(acc),
+                xv,
+            ),
         };
         let narrow = |e: Expr| if acc_ty != ty { Expr::cast(ty, e) } else { e };
         let store = Stmt::Store {
@@ -448,11 +494,7 @@ fn cumulative(
             index: at,
             value: narrow(Expr::var(acc)),
         };
-        let zero = if acc_ty.is_float() {
-            Expr::float(acc_ty, 0.0)
-        } else {
-            Expr::Lit(Lit::Int(acc_ty, 0))
-        };
+        let zero = lit(acc_ty, if prod { 1.0 } else { 0.0 });
         vec![
             Stmt::Let {
                 var: acc,
@@ -467,6 +509,175 @@ fn cumulative(
                 } else {
                     vec![add, store]
                 },
+            },
+        ]
+    });
+    kb.k.body = body;
+    cx.launch(kb, node);
+    Ok(())
+}
+
+/// `Hardmax`: 1 at the first maximum of each lane, 0 elsewhere; a lane is `axis` alone, or
+/// every dim from `axis` on (`coerce_2d`).
+fn hardmax(cx: &mut Cx, node: &Node, axis: usize, coerce_2d: bool) -> Result<(), Fail> {
+    let Some(x) = node.input(0) else {
+        return unsupported("missing input");
+    };
+    let shape = cx.shape(x)?;
+    let ty = cx.dtype(x);
+    if axis >= shape.len() || !ty.is_float() || ty.is_storage_only() {
+        return unsupported("hardmax needs a float input and an axis inside it");
+    }
+    let (outer, n, inner) = if coerce_2d {
+        (
+            shape[..axis].iter().product(),
+            shape[axis..].iter().product(),
+            1,
+        )
+    } else {
+        around(&shape, axis)
+    };
+    if n == 0 {
+        return unsupported("hardmax over an empty axis");
+    }
+    let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
+    let mut kb = KernelBuilder::new(kernel_name(&node.op));
+    let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let body = loop_nest(&mut kb, &[outer, inner], |kb, v| {
+        let base = Expr::add_idx(
+            Expr::mul_idx(Expr::var(v[0]), (n * inner) as i64),
+            Expr::var(v[1]),
+        );
+        let at = |k: VarId| Expr::add_idx(base.clone(), Expr::mul_idx(Expr::var(k), inner as i64));
+        let (best, pos, k, j) = (
+            kb.var(ty),
+            kb.var(DType::I64),
+            kb.var(DType::I64),
+            kb.var(DType::I64),
+        );
+        // NaN beats everything, and the first NaN wins, as in the interpreter's `greater`.
+        let xv = Expr::load(xp, at(k));
+        let better = Expr::bin(
+            BinOp::Or,
+            Expr::bin(BinOp::Gt, xv.clone(), Expr::var(best)),
+            Expr::bin(
+                BinOp::And,
+                Expr::un(UnOp::IsNan, xv.clone()),
+                Expr::un(UnOp::Not, Expr::un(UnOp::IsNan, Expr::var(best))),
+            ),
+        );
+        let hit = Expr::bin(BinOp::Eq, Expr::var(j), Expr::var(pos));
+        vec![
+            Stmt::Let {
+                var: best,
+                value: Expr::load(xp, base.clone()),
+            },
+            Stmt::Let {
+                var: pos,
+                value: Expr::idx(0),
+            },
+            Stmt::For {
+                var: k,
+                extent: Expr::idx(n as i64),
+                kind: LoopKind::Serial,
+                body: vec![
+                    Stmt::Assign {
+                        var: pos,
+                        value: Expr::select(better.clone(), Expr::var(k), Expr::var(pos)),
+                    },
+                    Stmt::Assign {
+                        var: best,
+                        value: Expr::select(better, xv, Expr::var(best)),
+                    },
+                ],
+            },
+            Stmt::For {
+                var: j,
+                extent: Expr::idx(n as i64),
+                kind: LoopKind::Serial,
+                body: vec![Stmt::Store {
+                    param: op_,
+                    index: at(j),
+                    value: Expr::select(hit, lit(ty, 1.0), lit(ty, 0.0)),
+                }],
+            },
+        ]
+    });
+    kb.k.body = body;
+    cx.launch(kb, node);
+    Ok(())
+}
+
+/// `LpNormalization`: `x / ||x||_p` along `axis` (`p` 1 or 2), 0 where the norm is 0.
+fn lp_norm(cx: &mut Cx, node: &Node, axis: usize, p: u32) -> Result<(), Fail> {
+    let Some(x) = node.input(0) else {
+        return unsupported("missing input");
+    };
+    let shape = cx.shape(x)?;
+    let ty = cx.dtype(x);
+    if axis >= shape.len() || !ty.is_float() || ty.is_storage_only() || !(p == 1 || p == 2) {
+        return unsupported("lp-norm needs a float input, an axis inside it and p of 1 or 2");
+    }
+    let ct = if matches!(ty, DType::F16 | DType::BF16) {
+        DType::F32
+    } else {
+        ty
+    };
+    let (outer, n, inner) = around(&shape, axis);
+    let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
+    let mut kb = KernelBuilder::new(kernel_name(&node.op));
+    let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let widen = |e: Expr| if ct != ty { Expr::cast(ct, e) } else { e };
+    let body = loop_nest(&mut kb, &[outer, inner], |kb, v| {
+        let base = Expr::add_idx(
+            Expr::mul_idx(Expr::var(v[0]), (n * inner) as i64),
+            Expr::var(v[1]),
+        );
+        let at = |k: VarId| Expr::add_idx(base.clone(), Expr::mul_idx(Expr::var(k), inner as i64));
+        let (acc, k, j) = (kb.var(ct), kb.var(DType::I64), kb.var(DType::I64));
+        let xk = widen(Expr::load(xp, at(k)));
+        let term = if p == 1 {
+            Expr::un(UnOp::Abs, xk)
+        } else {
+            Expr::bin(BinOp::Mul, xk.clone(), xk)
+        };
+        let norm = if p == 1 {
+            Expr::var(acc)
+        } else {
+            Expr::un(UnOp::Sqrt, Expr::var(acc))
+        };
+        let zero = Expr::bin(BinOp::Eq, Expr::var(acc), lit(ct, 0.0));
+        let y = Expr::select(
+            zero,
+            lit(ct, 0.0),
+            Expr::bin(BinOp::Div, widen(Expr::load(xp, at(j))), norm),
+        );
+        let y = if ct != ty { Expr::cast(ty, y) } else { y };
+        vec![
+            Stmt::Let {
+                var: acc,
+                value: lit(ct, 0.0),
+            },
+            Stmt::For {
+                var: k,
+                extent: Expr::idx(n as i64),
+                kind: LoopKind::Serial,
+                body: vec![Stmt::Assign {
+                    var: acc,
+                    value: Expr::bin(BinOp::Add, Expr::var(acc), term),
+                }],
+            },
+            Stmt::For {
+                var: j,
+                extent: Expr::idx(n as i64),
+                kind: LoopKind::Serial,
+                body: vec![Stmt::Store {
+                    param: op_,
+                    index: at(j),
+                    value: y,
+                }],
             },
         ]
     });

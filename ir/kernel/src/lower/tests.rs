@@ -389,3 +389,43 @@ fn pads_tiles_args_and_scans() {
         1e-6,
     );
 }
+
+#[test]
+fn scans_norms_and_run_time_axes() {
+    check(
+        r#"graph (%0: f32[2,3,4] "x", %1: i64[1] "axes", %2: i32[3] "v") -> (%3 "p", %4 "h", %5 "k", %6 "n", %7 "s", %8 "q", %9 "c") {
+  @c0 = const i64[] [0]
+  @c1 = const i64[] [1]
+  %10 = constant @c0 : i64[]
+  %11 = constant @c1 : i64[]
+  %12 = ew.mul(%1, %10) : i64[1]
+  %13 = ew.add(%12, %11) : i64[1]
+  %3 = reduce.cum_prod {"axis":1,"exclusive":true,"reverse":true} (%0, _) : f32[2,3,4]
+  %4 = reduce.hardmax {"axis":1,"coerce_2d":false} (%0) : f32[2,3,4]
+  %5 = reduce.hardmax {"axis":1,"coerce_2d":true} (%0) : f32[2,3,4]
+  %6 = reduce.lp_norm {"axis":2,"p":2} (%0) : f32[2,3,4]
+  %7 = reduce.sum {"axes":null,"keepdims":true,"noop_with_empty_axes":false} (%0, %13) : f32[2,1,4]
+  %8 = reduce.max {"axes":null,"keepdims":false,"noop_with_empty_axes":false} (%0, %13) : f32[2,4]
+  %9 = reduce.cum_sum {"axis":null,"exclusive":false,"reverse":false} (%2, %12) : i32[3]
+}"#,
+        1e-5,
+    );
+}
+
+#[test]
+fn classification_losses() {
+    for (red, shape) in [("none", "[2,3]"), ("sum", "[]"), ("mean", "[]")] {
+        check(
+            &format!(
+                r#"graph (%0: f32[2,4,3] "x", %1: f32[4] "w") -> (%4 "l", %5 "s", %6 "lp") {{
+  @c0 = const i64[2,3] [0, 3, 1, 2, 1, 3]
+  %2 = constant @c0 : i64[2,3]
+  %3 = ew.abs(%1) : f32[4]
+  %4 = reduce.nll_loss {{"reduction":"{red}","ignore_index":1}} (%0, %2, %3) : f32{shape}
+  %5, %6 = reduce.softmax_cross_entropy {{"reduction":"{red}","ignore_index":null}} (%0, %2, _) : f32{shape}, f32[2,4,3]
+}}"#
+            ),
+            1e-5,
+        );
+    }
+}
