@@ -10,6 +10,7 @@
 
 mod conv;
 mod ew;
+mod index;
 mod loss;
 mod movement;
 mod nn;
@@ -293,6 +294,35 @@ pub(crate) fn loop_nest(
         }];
     }
     body
+}
+
+/// Like [`loop_nest`], but every loop is `Serial`: for nests whose iterations depend on each
+/// other (scatters, where a later update must see an earlier one).
+pub(crate) fn serial_nest(
+    kb: &mut KernelBuilder,
+    shape: &[usize],
+    body_of: impl FnOnce(&mut KernelBuilder, &[VarId]) -> Vec<Stmt>,
+) -> Vec<Stmt> {
+    let vars: Vec<VarId> = shape.iter().map(|_| kb.var(DType::I64)).collect();
+    let mut body = body_of(kb, &vars);
+    for d in (0..shape.len()).rev() {
+        body = vec![Stmt::For {
+            var: vars[d],
+            extent: Expr::idx(shape[d] as i64),
+            kind: LoopKind::Serial,
+            body,
+        }];
+    }
+    body
+}
+
+/// The flat index of `vars` in a row-major tensor with strides `st`.
+pub(crate) fn flat_index(st: &[i64], vars: &[VarId]) -> Expr {
+    let mut idx = Expr::idx(0);
+    for (d, &s) in st.iter().enumerate() {
+        idx = Expr::add_idx(idx, Expr::mul_idx(Expr::var(vars[d]), s));
+    }
+    idx
 }
 
 /// The flat index of element `vars` of a tensor of `shape` broadcast to `out` (right-aligned;

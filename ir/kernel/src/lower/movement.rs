@@ -2,13 +2,19 @@
 //! unsqueeze, identity) become aliases and cost nothing; the rest are copy loops whose load
 //! index does the work: transpose, expand, concat, split, slice, gather.
 
-use super::{Cx, Fail, KernelBuilder, bcast_index, kernel_name, loop_nest, strides, unsupported};
+use super::{
+    Cx, Fail, KernelBuilder, bcast_index, flat_index, index, kernel_name, loop_nest, strides,
+    unsupported,
+};
 use crate::kernel::*;
 use mlc_ir::ops::MovementOp;
-use mlc_ir::ops::movement::PadMode;
+use mlc_ir::ops::movement::{DepthToSpaceMode, PadMode, Scalar};
 use mlc_ir::{DType, Node, ValueId};
 
 pub(super) fn lower(cx: &mut Cx, node: &Node, op: &MovementOp) -> Result<(), Fail> {
+    if let MovementOp::ConstantOfShape { dtype, value, .. } = op {
+        return constant_of_shape(cx, node, *dtype, value);
+    }
     let Some(x) = node.input(0) else {
         return unsupported("missing input");
     };
@@ -151,6 +157,58 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &MovementOp) -> Result<(), Fai
         }),
         MovementOp::Pad { mode, pads, axes } => pad(cx, node, x, *mode, pads.clone(), axes.clone()),
         MovementOp::GatherNd { batch_dims: 0 } => gather_nd(cx, node, x),
+        MovementOp::GatherElements { axis } => index::gather_elements(cx, node, x, *axis),
+        MovementOp::ScatterElements { axis, reduction } => {
+            index::scatter_elements(cx, node, *axis, *reduction)
+        }
+        MovementOp::ScatterNd { reduction } => index::scatter_nd(cx, node, *reduction),
+        MovementOp::OneHot { axis, .. } => index::one_hot(cx, node, *axis),
+        MovementOp::Trilu { upper, k } => trilu(cx, node, x, *upper, *k),
+        MovementOp::DepthToSpace { blocksize, mode } => {
+            let (b, crd) = (*blocksize as i64, *mode == DepthToSpaceMode::Crd);
+            copy(cx, node, x, node.outputs[0], move |xs, os, v| {
+                let c2 = os[1] as i64;
+                let (y, xx) = (Expr::var(v[2]), Expr::var(v[3]));
+                let (b1, b2) = (rem(y.clone(), b), rem(xx.clone(), b));
+                let ch = if crd {
+                    Expr::add_idx(
+                        Expr::mul_idx(Expr::var(v[1]), b * b),
+                        Expr::add_idx(Expr::mul_idx(b1, b), b2),
+                    )
+                } else {
+                    Expr::add_idx(
+                        Expr::mul_idx(Expr::add_idx(Expr::mul_idx(b1, b), b2), c2),
+                        Expr::var(v[1]),
+                    )
+                };
+                nchw(xs, Expr::var(v[0]), ch, div(y, b), div(xx, b))
+            })
+        }
+        MovementOp::SpaceToDepth { blocksize, mode } => {
+            let (b, crd) = (*blocksize as i64, *mode == DepthToSpaceMode::Crd);
+            copy(cx, node, x, node.outputs[0], move |xs, _, v| {
+                let c = xs[1] as i64;
+                let oc = Expr::var(v[1]);
+                let (b1, b2, ci) = if crd {
+                    (
+                        rem(div(oc.clone(), b), b),
+                        rem(oc.clone(), b),
+                        div(oc, b * b),
+                    )
+                } else {
+                    (
+                        div(oc.clone(), b * c),
+                        rem(div(oc.clone(), c), b),
+                        rem(oc, c),
+                    )
+                };
+                let y = Expr::add_idx(Expr::mul_idx(Expr::var(v[2]), b), b1);
+                let xx = Expr::add_idx(Expr::mul_idx(Expr::var(v[3]), b), b2);
+                nchw(xs, Expr::var(v[0]), ci, y, xx)
+            })
+        }
+        MovementOp::Range => range(cx, node),
+        MovementOp::EyeLike { dtype, k } => eye_like(cx, node, *dtype, *k),
         _ => unsupported("not lowered to kernels yet"),
     }
 }
@@ -457,4 +515,182 @@ fn scalar_lit(t: &mlc_ir::Tensor) -> Option<Expr> {
     } else {
         return None;
     }))
+}
+
+fn div(a: Expr, b: i64) -> Expr {
+    if b == 1 {
+        a
+    } else {
+        Expr::bin(BinOp::Div, a, Expr::idx(b))
+    }
+}
+
+fn rem(a: Expr, b: i64) -> Expr {
+    Expr::bin(BinOp::Rem, a, Expr::idx(b))
+}
+
+/// The flat index of `(n, c, h, w)` in an NCHW tensor of shape `xs`.
+fn nchw(xs: &[usize], n: Expr, c: Expr, h: Expr, w: Expr) -> Expr {
+    let st = strides(xs);
+    let mut idx = Expr::mul_idx(n, st[0]);
+    for (e, s) in [(c, st[1]), (h, st[2]), (w, st[3])] {
+        idx = Expr::add_idx(idx, Expr::mul_idx(e, s));
+    }
+    idx
+}
+
+/// 0 or 1 as a literal of `ty`.
+fn zero_one(ty: DType, one: bool) -> Expr {
+    let v = i64::from(one);
+    Expr::Lit(if ty == DType::Bool {
+        Lit::Bool(one)
+    } else if ty.is_float() {
+        Lit::Float(ty, v as f64)
+    } else {
+        Lit::Int(ty, v)
+    })
+}
+
+/// `Trilu`: keeps `j - i >= k` (upper) or `j - i <= k` (lower) of the last two dims; `k` is
+/// the attribute, or read from input 1 at run time.
+fn trilu(cx: &mut Cx, node: &Node, x: ValueId, upper: bool, k: Option<i64>) -> Result<(), Fail> {
+    let xs = cx.shape(x)?;
+    let ty = cx.dtype(x);
+    let r = xs.len();
+    if r < 2 || ty.is_storage_only() {
+        return unsupported("trilu needs a matrix of a computable type");
+    }
+    let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
+    let mut kb = KernelBuilder::new(kernel_name(&node.op));
+    let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+    let kp = match (k, node.input(1)) {
+        (None, Some(kv)) => Some((kb.param(&cx.p, cx.buf(kv)?, Access::Read), cx.dtype(kv))),
+        _ => None,
+    };
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let st = strides(&xs);
+    let body = loop_nest(&mut kb, &xs, |_, v| {
+        let kk = match kp {
+            Some((p, t)) => {
+                let e = Expr::load(p, Expr::idx(0));
+                if t == DType::I64 {
+                    e
+                } else {
+                    Expr::cast(DType::I64, e)
+                }
+            }
+            None => Expr::idx(k.unwrap_or(0)),
+        };
+        let diff = Expr::bin(BinOp::Sub, Expr::var(v[r - 1]), Expr::var(v[r - 2]));
+        let keep = Expr::bin(if upper { BinOp::Ge } else { BinOp::Le }, diff, kk);
+        let at = flat_index(&st, v);
+        vec![Stmt::Store {
+            param: op_,
+            index: at.clone(),
+            value: Expr::select(keep, Expr::load(xp, at), zero_one(ty, false)),
+        }]
+    });
+    kb.k.body = body;
+    cx.launch(kb, node);
+    Ok(())
+}
+
+/// `Range`: `start + i * delta` for integers; for floats numpy's `start + i * step` with
+/// `step = (start + delta) - start`, in `f64`, as the interpreter computes it.
+fn range(cx: &mut Cx, node: &Node) -> Result<(), Fail> {
+    let (Some(s), Some(d)) = (node.input(0), node.input(2)) else {
+        return unsupported("missing input");
+    };
+    let ty = cx.dtype(s);
+    if !ty.is_numeric() || ty.is_storage_only() || ty == DType::Bool {
+        return unsupported(format!("range of {}", ty.name()));
+    }
+    let n = cx.shape(node.outputs[0])?.iter().product::<usize>();
+    let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
+    let mut kb = KernelBuilder::new(kernel_name(&node.op));
+    let sp = kb.param(&cx.p, cx.buf(s)?, Access::Read);
+    let dp = kb.param(&cx.p, cx.buf(d)?, Access::Read);
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let wt = if ty.is_float() {
+        DType::F64
+    } else {
+        DType::I64
+    };
+    let wide = |p: ParamId| Expr::cast(wt, Expr::load(p, Expr::idx(0)));
+    let body = loop_nest(&mut kb, &[n], |_, v| {
+        let i = Expr::cast(wt, Expr::var(v[0]));
+        let step = if ty.is_float() {
+            Expr::bin(
+                BinOp::Sub,
+                Expr::bin(BinOp::Add, wide(sp), wide(dp)),
+                wide(sp),
+            )
+        } else {
+            wide(dp)
+        };
+        let y = Expr::bin(BinOp::Add, wide(sp), Expr::bin(BinOp::Mul, i, step));
+        vec![Stmt::Store {
+            param: op_,
+            index: Expr::var(v[0]),
+            value: Expr::cast(ty, y),
+        }]
+    });
+    kb.k.body = body;
+    cx.launch(kb, node);
+    Ok(())
+}
+
+/// `EyeLike`: ones on diagonal `k` of a 2-D output.
+fn eye_like(cx: &mut Cx, node: &Node, ty: DType, k: i64) -> Result<(), Fail> {
+    let os = cx.shape(node.outputs[0])?;
+    if os.len() != 2 || ty.is_storage_only() || ty == DType::Str {
+        return unsupported("eye_like needs a 2-D output of a computable type");
+    }
+    let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
+    let mut kb = KernelBuilder::new(kernel_name(&node.op));
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let st = strides(&os);
+    let body = loop_nest(&mut kb, &os, |_, v| {
+        let diag = Expr::bin(
+            BinOp::Eq,
+            Expr::bin(BinOp::Sub, Expr::var(v[1]), Expr::var(v[0])),
+            Expr::idx(k),
+        );
+        vec![Stmt::Store {
+            param: op_,
+            index: flat_index(&st, v),
+            value: Expr::select(diag, zero_one(ty, true), zero_one(ty, false)),
+        }]
+    });
+    kb.k.body = body;
+    cx.launch(kb, node);
+    Ok(())
+}
+
+/// `ConstantOfShape`: the output filled with one value.
+fn constant_of_shape(cx: &mut Cx, node: &Node, ty: DType, value: &Scalar) -> Result<(), Fail> {
+    let os = cx.shape(node.outputs[0])?;
+    let t = match value {
+        Scalar::Float(f) => mlc_ir::Tensor::from_vec(&[], vec![*f]),
+        Scalar::Int(i) => mlc_ir::Tensor::from_vec(&[], vec![*i]),
+        Scalar::UInt(u) => mlc_ir::Tensor::from_vec(&[], vec![*u as i64]),
+        Scalar::Bool(b) => mlc_ir::Tensor::from_vec(&[], vec![*b]),
+    };
+    let Some(fill) = t.and_then(|t| t.cast(ty)).ok().and_then(|t| scalar_lit(&t)) else {
+        return unsupported(format!("constant of type {}", ty.name()));
+    };
+    let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
+    let mut kb = KernelBuilder::new(kernel_name(&node.op));
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let st = strides(&os);
+    let body = loop_nest(&mut kb, &os, |_, v| {
+        vec![Stmt::Store {
+            param: op_,
+            index: flat_index(&st, v),
+            value: fill.clone(),
+        }]
+    });
+    kb.k.body = body;
+    cx.launch(kb, node);
+    Ok(())
 }

@@ -429,3 +429,30 @@ fn classification_losses() {
         );
     }
 }
+
+#[test]
+fn addressed_movement() {
+    check(
+        r#"graph (%0: f32[3,4] "x", %1: f32[2,4] "u", %2: f32[1,8,2,3] "d") -> (%6 "ge", %7 "se", %8 "sa", %9 "sn", %10 "oh", %11 "tu", %12 "tl", %13 "ds", %14 "sd", %15 "ey") {
+  @c0 = const i64[2,4] [0, -1, 2, 1, 2, 2, 0, -3]
+  @c1 = const i64[2,1] [2, 0]
+  @c2 = const i64[3] [1, -1, 3]
+  @c3 = const f32[2] [0.5, 2.0]
+  %3 = constant @c0 : i64[2,4]
+  %4 = constant @c1 : i64[2,1]
+  %5 = constant @c2 : i64[3]
+  %16 = constant @c3 : f32[2]
+  %6 = movement.gather_elements {"axis":0} (%0, %3) : f32[2,4]
+  %7 = movement.scatter_elements {"axis":0,"reduction":"none"} (%0, %3, %1) : f32[3,4]
+  %8 = movement.scatter_elements {"axis":0,"reduction":"add"} (%0, %3, %1) : f32[3,4]
+  %9 = movement.scatter_nd {"reduction":"mul"} (%0, %4, %1) : f32[3,4]
+  %10 = movement.one_hot {"axis":1,"depth":4} (%5, _, %16) : f32[3,4]
+  %11 = movement.trilu {"upper":true,"k":1} (%0, _) : f32[3,4]
+  %12 = movement.trilu {"upper":false,"k":-1} (%0, _) : f32[3,4]
+  %13 = movement.depth_to_space {"blocksize":2,"mode":"crd"} (%2) : f32[1,2,4,6]
+  %14 = movement.space_to_depth {"blocksize":2,"mode":"dcr"} (%13) : f32[1,8,2,3]
+  %15 = movement.eye_like {"dtype":"i32","k":1} (%0) : i32[3,4]
+}"#,
+        1e-6,
+    );
+}
