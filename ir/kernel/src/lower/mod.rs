@@ -8,6 +8,7 @@
 //! Each op family lowers in its own file, mirroring `mlc_ir::ops`. A node that no family can
 //! lower is collected; all of them are reported at once.
 
+mod attn;
 mod conv;
 mod ew;
 mod index;
@@ -142,6 +143,7 @@ impl Cx<'_> {
             Op::Nn(op) => nn::lower(self, node, op),
             Op::Movement(op) => movement::lower(self, node, op),
             Op::Quant(op) => quant::lower(self, node, op),
+            Op::Attn(op) => attn::lower(self, node, op),
             _ => unsupported("no kernel lowering for this op family yet"),
         }
     }

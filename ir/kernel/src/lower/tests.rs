@@ -456,3 +456,21 @@ fn addressed_movement() {
         1e-6,
     );
 }
+
+#[test]
+fn attention() {
+    // 4-D, grouped heads, a bool mask shorter than the keys, causal, with a past cache.
+    check(
+        r#"graph (%0: f32[1,4,3,8] "q", %1: f32[1,2,3,8] "k", %2: f32[1,2,3,5] "v", %3: bool[3,4] "m", %4: f32[1,2,2,8] "pk", %5: f32[1,2,2,5] "pv") -> (%6 "y", %7 "ck", %8 "cv", %9 "p") {
+  %6, %7, %8, %9 = attn.attention {"q_num_heads":null,"kv_num_heads":null,"scale":null,"is_causal":true,"softcap":null,"softmax_precision":null,"qk_output":"probs","left_window":null,"right_window":null} (%0, %1, %2, %3, %4, %5, _) : f32[1,4,3,5], f32[1,2,5,8], f32[1,2,5,5], f32[1,4,3,5]
+}"#,
+        1e-5,
+    );
+    // 3-D with head counts, a float mask, a soft cap and an explicit scale.
+    check(
+        r#"graph (%0: f32[2,3,8] "q", %1: f32[2,4,8] "k", %2: f32[2,4,6] "v", %3: f32[2,1,3,4] "m") -> (%4 "y") {
+  %4 = attn.attention {"q_num_heads":2,"kv_num_heads":2,"scale":0.3,"is_causal":false,"softcap":2.0,"softmax_precision":null,"qk_output":"scores","left_window":1,"right_window":null} (%0, %1, %2, %3, _, _, _) : f32[2,3,6]
+}"#,
+        1e-5,
+    );
+}
