@@ -18,6 +18,7 @@ mod nn;
 mod norm;
 mod quant;
 mod reduce;
+mod resize;
 
 use crate::kernel::*;
 use mlc_ir::{DType, Graph, Node, Op, ValueId};

@@ -34,6 +34,7 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &NnOp) -> Result<(), Fail> {
         NnOp::BatchNorm { epsilon } => norm::batch_norm(cx, node, *epsilon),
         NnOp::LayerNorm { axis, epsilon, .. } => norm::layer_norm(cx, node, *axis, *epsilon, false),
         NnOp::RmsNorm { axis, epsilon } => norm::layer_norm(cx, node, *axis, *epsilon, true),
+        NnOp::Resize { .. } => super::resize::resize(cx, node, op),
         _ => unsupported("not lowered to kernels yet"),
     }
 }

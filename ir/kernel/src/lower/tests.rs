@@ -474,3 +474,35 @@ fn attention() {
         1e-5,
     );
 }
+
+#[test]
+fn resize() {
+    let cases = [
+        (
+            r#""mode":"cubic","coord_mode":"half_pixel","nearest_mode":"round_prefer_floor","cubic_coeff_a":-0.75,"exclude_outside":true,"antialias":false,"scales":[0.6,1.5],"sizes":null,"roi":null"#,
+            "f32[1,2,3,7]",
+        ),
+        (
+            r#""mode":"linear","coord_mode":"align_corners","nearest_mode":"round_prefer_floor","cubic_coeff_a":-0.75,"exclude_outside":false,"antialias":true,"scales":[0.6,1.5],"sizes":null,"roi":null"#,
+            "f32[1,2,3,7]",
+        ),
+        (
+            r#""mode":"nearest","coord_mode":"asymmetric","nearest_mode":"ceil","cubic_coeff_a":-0.75,"exclude_outside":false,"antialias":false,"scales":null,"sizes":[7,3],"roi":null"#,
+            "f32[1,2,7,3]",
+        ),
+        (
+            r#""mode":"linear","coord_mode":"tf_crop_and_resize","nearest_mode":"floor","cubic_coeff_a":-0.75,"exclude_outside":false,"antialias":false,"scales":null,"sizes":[3,3],"roi":[0.4,0.6,0.6,0.8]"#,
+            "f32[1,2,3,3]",
+        ),
+    ];
+    for (attrs, out) in cases {
+        check(
+            &format!(
+                r#"graph (%0: f32[1,2,5,5] "x") -> (%1 "y") {{
+  %1 = nn.resize {{{attrs},"extrapolation_value":10.0,"axes":[2,3],"aspect_policy":"stretch"}} (%0, _, _, _) : {out}
+}}"#
+            ),
+            1e-5,
+        );
+    }
+}
