@@ -350,6 +350,17 @@ fn conv_direct(
     Ok(())
 }
 
+/// What a pooling window computes.
+#[derive(Clone, Copy, PartialEq)]
+pub(super) enum PoolKind {
+    Max,
+    Avg {
+        count_include_pad: bool,
+    },
+    /// `(Σ |x|^p)^(1/p)`; padding contributes nothing.
+    Lp(f32),
+}
+
 /// Max or average pooling over windows (`global`: one window covering every spatial dim).
 pub(super) fn pool(
     cx: &mut Cx,
@@ -358,6 +369,28 @@ pub(super) fn pool(
     max: bool,
     count_include_pad: bool,
 ) -> Result<(), Fail> {
+    let kind = if max {
+        PoolKind::Max
+    } else {
+        PoolKind::Avg { count_include_pad }
+    };
+    pool_kind(cx, node, window, kind)
+}
+
+/// Pooling of any [`PoolKind`] over windows (`None`: one window covering every spatial dim).
+pub(super) fn pool_kind(
+    cx: &mut Cx,
+    node: &Node,
+    window: Option<&Window>,
+    kind: PoolKind,
+) -> Result<(), Fail> {
+    let max = kind == PoolKind::Max;
+    let count_include_pad = matches!(
+        kind,
+        PoolKind::Avg {
+            count_include_pad: true
+        }
+    );
     let Some(x) = node.input(0) else {
         return unsupported("missing input");
     };
@@ -428,6 +461,13 @@ pub(super) fn pool(
             let (a, cv) = (Expr::var(acc), Expr::var(cnt));
             let (upd, cnt_upd) = if max {
                 (Expr::bin(BinOp::Max, a.clone(), xv), cv.clone())
+            } else if let PoolKind::Lp(p) = kind {
+                let t = Expr::bin(
+                    BinOp::Pow,
+                    Expr::un(UnOp::Abs, xv),
+                    Expr::float(acc_ty, p as f64),
+                );
+                (Expr::bin(BinOp::Add, a.clone(), t), cv.clone())
             } else {
                 (
                     Expr::bin(BinOp::Add, a.clone(), xv),
@@ -464,6 +504,12 @@ pub(super) fn pool(
         let taps_n: usize = g.k.iter().product();
         let result = if max {
             Expr::var(acc)
+        } else if let PoolKind::Lp(p) = kind {
+            Expr::bin(
+                BinOp::Pow,
+                Expr::var(acc),
+                Expr::float(acc_ty, (1.0 / p as f64) as f32 as f64),
+            )
         } else if count_include_pad {
             Expr::bin(
                 BinOp::Div,

@@ -34,6 +34,21 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &NnOp) -> Result<(), Fail> {
         NnOp::BatchNorm { epsilon } => norm::batch_norm(cx, node, *epsilon),
         NnOp::LayerNorm { axis, epsilon, .. } => norm::layer_norm(cx, node, *axis, *epsilon, false),
         NnOp::RmsNorm { axis, epsilon } => norm::layer_norm(cx, node, *axis, *epsilon, true),
+        NnOp::InstanceNorm { epsilon } => norm::grouped_norm(cx, node, None, *epsilon),
+        NnOp::GroupNorm {
+            num_groups,
+            epsilon,
+        } => norm::grouped_norm(cx, node, Some(*num_groups), *epsilon),
+        NnOp::Lrn {
+            size,
+            alpha,
+            beta,
+            bias,
+        } => norm::lrn(cx, node, *size, *alpha, *beta, *bias),
+        NnOp::LpPool { window, p } => {
+            conv::pool_kind(cx, node, Some(window), conv::PoolKind::Lp(*p))
+        }
+        NnOp::GlobalLpPool { p } => conv::pool_kind(cx, node, None, conv::PoolKind::Lp(*p)),
         NnOp::Resize { .. } => super::resize::resize(cx, node, op),
         _ => unsupported("not lowered to kernels yet"),
     }

@@ -226,3 +226,274 @@ pub(super) fn layer_norm(
     cx.launch(kb, node);
     Ok(())
 }
+
+/// Instance norm (`groups` = channels) and group norm: each `(n, group)` block of
+/// `C/groups * spatial` contiguous elements is normalized by its own mean and variance, then
+/// scaled per channel (or per group, when the parameters have `groups` elements).
+pub(super) fn grouped_norm(
+    cx: &mut Cx,
+    node: &Node,
+    groups: Option<usize>,
+    eps: f32,
+) -> Result<(), Fail> {
+    let (Some(x), Some(scale), Some(bias)) = (node.input(0), node.input(1), node.input(2)) else {
+        return unsupported("missing input");
+    };
+    let xs = cx.shape(x)?;
+    let ty = cx.dtype(x);
+    if xs.len() < 2 || !ty.is_float() || ty.is_storage_only() {
+        return unsupported("instance/group norm needs a float input of rank ≥ 2");
+    }
+    let c = xs[1];
+    let g = groups.unwrap_or(c);
+    if g == 0 || c % g != 0 {
+        return unsupported("channels that do not split into the groups");
+    }
+    let inner: usize = xs[2..].iter().product();
+    let block = c / g * inner;
+    let rows = xs[0] * g;
+    let per_group = |v| -> Result<bool, Fail> {
+        let n = cx.shape(v)?.iter().product::<usize>();
+        if n != c && n != g {
+            return unsupported("norm parameters of neither C nor num_groups elements");
+        }
+        Ok(n == g && g != c)
+    };
+    let (sg, bg) = (per_group(scale)?, per_group(bias)?);
+    let ct = if matches!(ty, DType::F16 | DType::BF16) {
+        DType::F32
+    } else {
+        ty
+    };
+    let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
+    let mut kb = KernelBuilder::new(kernel_name(&node.op));
+    let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+    let sp = (
+        kb.param(&cx.p, cx.buf(scale)?, Access::Read),
+        cx.dtype(scale),
+        sg,
+    );
+    let bp = (
+        kb.param(&cx.p, cx.buf(bias)?, Access::Read),
+        cx.dtype(bias),
+        bg,
+    );
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let widen = |e: Expr, t: DType| if t != ct { Expr::cast(ct, e) } else { e };
+    let body = loop_nest(&mut kb, &[rows], |kb, v| {
+        let r = Expr::var(v[0]);
+        let base = Expr::mul_idx(r.clone(), block as i64);
+        let grp = Expr::bin(BinOp::Rem, r, Expr::idx(g as i64));
+        let (mean, var, inv) = (kb.var(ct), kb.var(ct), kb.var(ct));
+        let (j1, j2, j3) = (kb.var(DType::I64), kb.var(DType::I64), kb.var(DType::I64));
+        let xat = |j: VarId| {
+            widen(
+                Expr::load(xp, Expr::add_idx(base.clone(), Expr::var(j))),
+                ty,
+            )
+        };
+        let n = Expr::float(ct, block as f64);
+        let serial = |var: VarId, body: Vec<Stmt>| Stmt::For {
+            var,
+            extent: Expr::idx(block as i64),
+            kind: LoopKind::Serial,
+            body,
+        };
+        let d2 = Expr::bin(BinOp::Sub, xat(j2), Expr::var(mean));
+        let param = |(p, t, pg): (ParamId, DType, bool)| {
+            let ch = Expr::add_idx(
+                Expr::mul_idx(grp.clone(), (c / g) as i64),
+                Expr::bin(BinOp::Div, Expr::var(j3), Expr::idx(inner.max(1) as i64)),
+            );
+            widen(Expr::load(p, if pg { grp.clone() } else { ch }), t)
+        };
+        let y = Expr::bin(
+            BinOp::Add,
+            Expr::bin(
+                BinOp::Mul,
+                Expr::bin(
+                    BinOp::Mul,
+                    Expr::bin(BinOp::Sub, xat(j3), Expr::var(mean)),
+                    Expr::var(inv),
+                ),
+                param(sp),
+            ),
+            param(bp),
+        );
+        let y = if ct != ty { Expr::cast(ty, y) } else { y };
+        vec![
+            Stmt::Let {
+                var: mean,
+                value: Expr::float(ct, 0.0),
+            },
+            serial(
+                j1,
+                vec![Stmt::Assign {
+                    var: mean,
+                    value: Expr::bin(BinOp::Add, Expr::var(mean), xat(j1)),
+                }],
+            ),
+            Stmt::Assign {
+                var: mean,
+                value: Expr::bin(BinOp::Div, Expr::var(mean), n.clone()),
+            },
+            Stmt::Let {
+                var,
+                value: Expr::float(ct, 0.0),
+            },
+            serial(
+                j2,
+                vec![Stmt::Assign {
+                    var,
+                    value: Expr::bin(
+                        BinOp::Add,
+                        Expr::var(var),
+                        Expr::bin(BinOp::Mul, d2.clone(), d2),
+                    ),
+                }],
+            ),
+            Stmt::Let {
+                var: inv,
+                value: Expr::bin(
+                    BinOp::Div,
+                    Expr::float(ct, 1.0),
+                    Expr::un(
+                        UnOp::Sqrt,
+                        Expr::bin(
+                            BinOp::Add,
+                            Expr::bin(BinOp::Div, Expr::var(var), n),
+                            Expr::float(ct, eps as f64),
+                        ),
+                    ),
+                ),
+            },
+            serial(
+                j3,
+                vec![Stmt::Store {
+                    param: op_,
+                    index: Expr::add_idx(base.clone(), Expr::var(j3)),
+                    value: y,
+                }],
+            ),
+        ]
+    });
+    kb.k.body = body;
+    cx.launch(kb, node);
+    Ok(())
+}
+
+/// Local response normalization across channels, in `f64`:
+/// `x / (bias + alpha/size * Σ x²)^beta` over channels `c - ⌊(size-1)/2⌋ ..= c + ⌈(size-1)/2⌉`.
+pub(super) fn lrn(
+    cx: &mut Cx,
+    node: &Node,
+    size: usize,
+    alpha: f32,
+    beta: f32,
+    bias: f32,
+) -> Result<(), Fail> {
+    let Some(x) = node.input(0) else {
+        return unsupported("missing input");
+    };
+    let xs = cx.shape(x)?;
+    let ty = cx.dtype(x);
+    if xs.len() < 2 || size == 0 || !ty.is_float() || ty.is_storage_only() {
+        return unsupported("lrn needs a float [N, C, ...] input and a positive size");
+    }
+    let (n, c) = (xs[0], xs[1]);
+    let inner: usize = xs[2..].iter().product();
+    let (lo, hi) = ((size - 1) / 2, (size - 1).div_ceil(2));
+    let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
+    let mut kb = KernelBuilder::new(kernel_name(&node.op));
+    let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let f = |v: f64| Expr::float(DType::F64, v);
+    let body = loop_nest(&mut kb, &[n, c, inner], |kb, v| {
+        let (ni, ci, i) = (Expr::var(v[0]), Expr::var(v[1]), Expr::var(v[2]));
+        let at = |ch: Expr| {
+            let e = Expr::load(
+                xp,
+                Expr::add_idx(
+                    Expr::mul_idx(
+                        Expr::add_idx(Expr::mul_idx(ni.clone(), c as i64), ch),
+                        inner as i64,
+                    ),
+                    i.clone(),
+                ),
+            );
+            if ty == DType::F64 {
+                e
+            } else {
+                Expr::cast(DType::F64, e)
+            }
+        };
+        let (sq, k) = (kb.var(DType::F64), kb.var(DType::I64));
+        // The window's channels, clamped to [0, c); out-of-range taps are skipped.
+        let ch = Expr::add_idx(
+            Expr::add_idx(ci.clone(), Expr::idx(-(lo as i64))),
+            Expr::var(k),
+        );
+        let inside = Expr::bin(
+            BinOp::And,
+            Expr::bin(BinOp::Ge, ch.clone(), Expr::idx(0)),
+            Expr::bin(BinOp::Lt, ch.clone(), Expr::idx(c as i64)),
+        );
+        let clamped = Expr::bin(
+            BinOp::Max,
+            Expr::bin(BinOp::Min, ch, Expr::idx(c as i64 - 1)),
+            Expr::idx(0),
+        );
+        let xv = at(clamped);
+        let d = Expr::bin(
+            BinOp::Pow,
+            Expr::bin(
+                BinOp::Add,
+                f(bias as f64),
+                Expr::bin(BinOp::Mul, f(alpha as f64 / size as f64), Expr::var(sq)),
+            ),
+            f(beta as f64),
+        );
+        let y = Expr::bin(BinOp::Div, at(ci.clone()), d);
+        vec![
+            Stmt::Let {
+                var: sq,
+                value: f(0.0),
+            },
+            Stmt::For {
+                var: k,
+                extent: Expr::idx((lo + hi + 1) as i64),
+                kind: LoopKind::Serial,
+                body: vec![Stmt::Assign {
+                    var: sq,
+                    value: Expr::select(
+                        inside,
+                        Expr::bin(
+                            BinOp::Add,
+                            Expr::var(sq),
+                            Expr::bin(BinOp::Mul, xv.clone(), xv),
+                        ),
+                        Expr::var(sq),
+                    ),
+                }],
+            },
+            Stmt::Store {
+                param: op_,
+                index: Expr::add_idx(
+                    Expr::mul_idx(
+                        Expr::add_idx(Expr::mul_idx(ni.clone(), c as i64), ci),
+                        inner as i64,
+                    ),
+                    i.clone(),
+                ),
+                value: if ty == DType::F64 {
+                    y
+                } else {
+                    Expr::cast(ty, y)
+                },
+            },
+        ]
+    });
+    kb.k.body = body;
+    cx.launch(kb, node);
+    Ok(())
+}

@@ -506,3 +506,18 @@ fn resize() {
         );
     }
 }
+
+#[test]
+fn grouped_norms_lrn_and_lp_pools() {
+    check(
+        r#"graph (%0: f32[2,4,3,5] "x", %1: f32[4] "s", %2: f32[4] "b", %3: f32[2] "gs", %4: f32[2] "gb") -> (%5 "i", %6 "g", %7 "gg", %8 "l", %9 "p", %10 "q") {
+  %5 = nn.instance_norm {"epsilon":1e-5} (%0, %1, %2) : f32[2,4,3,5]
+  %6 = nn.group_norm {"num_groups":2,"epsilon":1e-5} (%0, %1, %2) : f32[2,4,3,5]
+  %7 = nn.group_norm {"num_groups":2,"epsilon":1e-5} (%0, %3, %4) : f32[2,4,3,5]
+  %8 = nn.lrn {"size":3,"alpha":0.001,"beta":0.75,"bias":1.0} (%0) : f32[2,4,3,5]
+  %9 = nn.lp_pool {"kernel":[2,2],"strides":[1,2],"dilations":[1,1],"pads":[0,1,1,0],"auto_pad":"not_set","ceil_mode":false,"p":2.0} (%0) : f32[2,4,3,3]
+  %10 = nn.global_lp_pool {"p":3.0} (%0) : f32[2,4,1,1]
+}"#,
+        1e-5,
+    );
+}
