@@ -546,3 +546,177 @@ pub(super) fn pool_kind(
     cx.launch(kb, node);
     Ok(())
 }
+
+/// Transposed convolution as direct loops in gather form: output position `o` receives input
+/// position `i` through tap `k` when `o + pad = i*stride + k*dilation`, so each output element
+/// sums over the channels of its group and the taps whose `i` is integral and inside the input.
+/// Pads are signed (a negative end pad extends the output with zeros).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn conv_transpose(
+    cx: &mut Cx,
+    node: &Node,
+    strides_: &[usize],
+    dil: &[usize],
+    pads: &[i64],
+    output_padding: &[usize],
+    group: usize,
+    auto_pad: AutoPad,
+) -> Result<(), Fail> {
+    let (Some(x), Some(w)) = (node.input(0), node.input(1)) else {
+        return unsupported("missing input");
+    };
+    let (xs, ws) = (cx.shape(x)?, cx.shape(w)?);
+    let ty = cx.dtype(x);
+    if !ty.is_float() || ty.is_storage_only() || xs.len() < 3 || ws.len() != xs.len() {
+        return unsupported("transposed convolution needs float [N, C, D...] operands");
+    }
+    let s = xs.len() - 2;
+    let (n, c, mg) = (xs[0], xs[1], ws[1]);
+    if group == 0 || c % group != 0 || ws[0] != c {
+        return unsupported("transposed convolution shapes that do not fit the groups");
+    }
+    let (cg, m) = (c / group, mg * group);
+    let (ins, ks) = (&xs[2..], &ws[2..]);
+    let pick = |v: &[usize], i: usize| v.get(i).copied().unwrap_or(1);
+    let mut pb = Vec::with_capacity(s);
+    for i in 0..s {
+        let p = (
+            pads.get(i).copied().unwrap_or(0),
+            pads.get(s + i).copied().unwrap_or(0),
+        );
+        let op = output_padding.get(i).copied().unwrap_or(0);
+        let (_, b, _) = window_dim_t(
+            ins[i],
+            ks[i],
+            pick(strides_, i),
+            pick(dil, i),
+            op,
+            p,
+            auto_pad,
+        )?;
+        pb.push(b);
+    }
+    let outs = cx.shape(node.outputs[0])?[2..].to_vec();
+    let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
+    let mut kb = KernelBuilder::new(kernel_name(&node.op));
+    let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+    let wp = kb.param(&cx.p, cx.buf(w)?, Access::Read);
+    let bp = match node.input(2) {
+        Some(b) => Some(kb.param(&cx.p, cx.buf(b)?, Access::Read)),
+        None => None,
+    };
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let (ihw, ohw, kk) = (
+        ins.iter().product::<usize>(),
+        outs.iter().product::<usize>(),
+        ks.iter().product::<usize>(),
+    );
+    let (ist, ost, kst) = (strides(ins), strides(&outs), strides(ks));
+    let mut ext = vec![n, m];
+    ext.extend_from_slice(&outs);
+    let body = nest(&mut kb, &ext, LoopKind::Parallel, |kb, v| {
+        let (nv, mv, ov) = (v[0], v[1], &v[2..]);
+        let acc = kb.var(ty);
+        let gi = Expr::bin(BinOp::Div, Expr::var(mv), Expr::idx(mg as i64));
+        let mi = Expr::bin(BinOp::Rem, Expr::var(mv), Expr::idx(mg as i64));
+        let mut inner_ext = vec![cg];
+        inner_ext.extend_from_slice(ks);
+        let inner = nest(kb, &inner_ext, LoopKind::Serial, |_, iv| {
+            let (cv, kv) = (iv[0], &iv[1..]);
+            let ch = Expr::add_idx(Expr::mul_idx(gi.clone(), cg as i64), Expr::var(cv));
+            let mut src = Expr::mul_idx(
+                Expr::add_idx(Expr::mul_idx(Expr::var(nv), c as i64), ch.clone()),
+                ihw as i64,
+            );
+            let mut widx = Expr::mul_idx(
+                Expr::add_idx(Expr::mul_idx(ch, mg as i64), mi.clone()),
+                kk as i64,
+            );
+            let mut ok = Expr::Lit(Lit::Bool(true));
+            for d in 0..s {
+                let (st, dl) = (pick(strides_, d) as i64, pick(dil, d) as i64);
+                let pos = Expr::add_idx(
+                    Expr::add_idx(Expr::var(ov[d]), Expr::idx(pb[d])),
+                    Expr::mul_idx(Expr::var(kv[d]), -dl),
+                );
+                let i = Expr::bin(BinOp::Div, pos.clone(), Expr::idx(st));
+                let mut inside = and(
+                    Expr::bin(BinOp::Ge, pos.clone(), Expr::idx(0)),
+                    Expr::bin(BinOp::Lt, i.clone(), Expr::idx(ins[d] as i64)),
+                );
+                if st > 1 {
+                    let exact = Expr::bin(
+                        BinOp::Eq,
+                        Expr::bin(BinOp::Rem, pos, Expr::idx(st)),
+                        Expr::idx(0),
+                    );
+                    inside = and(inside, exact);
+                }
+                ok = and(ok, inside);
+                let clamped = Expr::bin(
+                    BinOp::Max,
+                    Expr::bin(BinOp::Min, i, Expr::idx(ins[d] as i64 - 1)),
+                    Expr::idx(0),
+                );
+                src = Expr::add_idx(src, Expr::mul_idx(clamped, ist[d]));
+                widx = Expr::add_idx(widx, Expr::mul_idx(Expr::var(kv[d]), kst[d]));
+            }
+            let prod = Expr::bin(BinOp::Mul, Expr::load(xp, src), Expr::load(wp, widx));
+            vec![Stmt::Assign {
+                var: acc,
+                value: Expr::bin(
+                    BinOp::Add,
+                    Expr::var(acc),
+                    Expr::select(ok, prod, Expr::float(ty, 0.0)),
+                ),
+            }]
+        });
+        let mut dst = Expr::mul_idx(
+            Expr::add_idx(Expr::mul_idx(Expr::var(nv), m as i64), Expr::var(mv)),
+            ohw as i64,
+        );
+        for d in 0..s {
+            dst = Expr::add_idx(dst, Expr::mul_idx(Expr::var(ov[d]), ost[d]));
+        }
+        let mut stmts = vec![Stmt::Let {
+            var: acc,
+            value: Expr::float(ty, 0.0),
+        }];
+        stmts.extend(inner);
+        let y = match bp {
+            Some(p) => Expr::bin(BinOp::Add, Expr::var(acc), Expr::load(p, Expr::var(mv))),
+            None => Expr::var(acc),
+        };
+        stmts.push(Stmt::Store {
+            param: op_,
+            index: dst,
+            value: y,
+        });
+        stmts
+    });
+    kb.k.body = body;
+    cx.launch(kb, node);
+    Ok(())
+}
+
+fn window_dim_t(
+    input: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+    output_padding: usize,
+    pads: (i64, i64),
+    auto_pad: AutoPad,
+) -> Result<(usize, i64, i64), Fail> {
+    mlc_ir::ops::nn::conv_transpose_dim(
+        input,
+        kernel,
+        stride,
+        dilation,
+        output_padding,
+        pads,
+        auto_pad,
+        None,
+    )
+    .map_err(Fail::Unsupported)
+}

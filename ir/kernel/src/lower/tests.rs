@@ -521,3 +521,13 @@ fn grouped_norms_lrn_and_lp_pools() {
         1e-5,
     );
 }
+
+#[test]
+fn transposed_convolution() {
+    check(
+        r#"graph (%0: f32[1,4,3,4] "x", %1: f32[4,3,3,2] "w", %2: f32[6] "b") -> (%3 "y") {
+  %3 = nn.conv_transpose {"strides":[2,1],"dilations":[1,2],"pads":[1,0,0,-1],"output_padding":[1,0],"group":2,"auto_pad":"not_set","output_shape":null} (%0, %1, %2) : f32[1,6,7,7]
+}"#,
+        1e-5,
+    );
+}
