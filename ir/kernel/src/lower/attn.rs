@@ -17,6 +17,11 @@ use mlc_ir::{DType, Node, ValueId};
 pub(super) fn lower(cx: &mut Cx, node: &Node, op: &AttnOp) -> Result<(), Fail> {
     match op {
         AttnOp::Attention { .. } => attention(cx, node, op),
+        AttnOp::Rotary {
+            interleaved,
+            rotary_dim,
+            num_heads,
+        } => rotary(cx, node, *interleaved, *rotary_dim, *num_heads),
         _ => unsupported("not lowered to kernels yet"),
     }
 }
@@ -627,4 +632,143 @@ fn present(
     kb.k.body = body;
     cx.launch(kb, node);
     Ok(buf)
+}
+
+/// Rotary position embedding: each pair `(x1, x2)` of a head's first `rot` features (halves,
+/// or neighbors when `interleaved`) is rotated by the cache's `(cos, sin)` for its position;
+/// the other features are copied. One output element per loop iteration, so the loop is
+/// parallel; the partner element is loaded again rather than shared.
+fn rotary(
+    cx: &mut Cx,
+    node: &Node,
+    interleaved: bool,
+    rotary_dim: Option<usize>,
+    num_heads: Option<usize>,
+) -> Result<(), Fail> {
+    let (Some(xv), Some(cv), Some(sv)) = (node.input(0), node.input(1), node.input(2)) else {
+        return unsupported("missing input");
+    };
+    let dt = cx.dtype(xv);
+    if !matches!(dt, DType::F16 | DType::BF16 | DType::F32 | DType::F64) {
+        return unsupported("rotary embedding of a non-float input");
+    }
+    let x = Heads::new(cx, xv, num_heads)?;
+    let nb = cx.shape(xv)?[0];
+    let (nh, ns, d) = (x.heads, x.seq, x.dim);
+    let rot = rotary_dim.filter(|&r| r > 0).unwrap_or(d);
+    if rot > d || !rot.is_multiple_of(2) {
+        return unsupported("rotary dim that does not fit the head");
+    }
+    let half = rot / 2;
+    let cs = cx.shape(cv)?;
+    let pos = node.input(3);
+    let rows = match (pos, cs.as_slice()) {
+        (Some(_), [r, h]) if *h == half => *r,
+        (None, [b, s_, h]) if (*b, *s_, *h) == (nb, ns, half) => 0,
+        _ => return unsupported("cos/sin caches that do not match the input"),
+    };
+    let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
+    let (ct, st) = (cx.dtype(cv), cx.dtype(sv));
+    let mut kb = KernelBuilder::new(kernel_name(&node.op));
+    let xp = kb.param(&cx.p, cx.buf(xv)?, Access::Read);
+    let cp = kb.param(&cx.p, cx.buf(cv)?, Access::Read);
+    let sp = kb.param(&cx.p, cx.buf(sv)?, Access::Read);
+    let pp = match pos {
+        Some(p) => Some((kb.param(&cx.p, cx.buf(p)?, Access::Read), cx.dtype(p))),
+        None => None,
+    };
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let body = loop_nest(&mut kb, &[nb, nh, ns, d], |_, v| {
+        let (b, h, sq, e) = (
+            Expr::var(v[0]),
+            Expr::var(v[1]),
+            Expr::var(v[2]),
+            Expr::var(v[3]),
+        );
+        let at = |e: Expr| x.at(b.clone(), h.clone(), sq.clone(), e);
+        let xe = |e: Expr| f64_of(Expr::load(xp, at(e)), dt);
+        // This element's pair index, whether it is the pair's first, and its partner.
+        let (i, first, partner) = if interleaved {
+            let first = Expr::bin(
+                BinOp::Eq,
+                Expr::bin(BinOp::Rem, e.clone(), Expr::idx(2)),
+                Expr::idx(0),
+            );
+            let partner = Expr::select(
+                first.clone(),
+                Expr::add_idx(e.clone(), Expr::idx(1)),
+                Expr::add_idx(e.clone(), Expr::idx(-1)),
+            );
+            (
+                Expr::bin(BinOp::Div, e.clone(), Expr::idx(2)),
+                first,
+                partner,
+            )
+        } else {
+            let first = Expr::bin(BinOp::Lt, e.clone(), Expr::idx(half as i64));
+            let i = Expr::select(
+                first.clone(),
+                e.clone(),
+                Expr::add_idx(e.clone(), Expr::idx(-(half as i64))),
+            );
+            let partner = Expr::select(
+                first.clone(),
+                Expr::add_idx(e.clone(), Expr::idx(half as i64)),
+                Expr::add_idx(e.clone(), Expr::idx(-(half as i64))),
+            );
+            (i, first, partner)
+        };
+        let in_rot = Expr::bin(BinOp::Lt, e.clone(), Expr::idx(rot as i64));
+        // Clamped, so the copy lanes (e >= rot) never index past the cache.
+        let i = Expr::bin(BinOp::Min, i, Expr::idx(half.max(1) as i64 - 1));
+        let partner = Expr::bin(BinOp::Min, partner, Expr::idx(d as i64 - 1));
+        let row = match pp {
+            Some((p, t)) => {
+                let id = Expr::load(
+                    p,
+                    Expr::add_idx(Expr::mul_idx(b.clone(), ns as i64), sq.clone()),
+                );
+                let id = if t == DType::I64 {
+                    id
+                } else {
+                    Expr::cast(DType::I64, id)
+                };
+                Expr::bin(
+                    BinOp::Max,
+                    Expr::bin(BinOp::Min, id, Expr::idx(rows as i64 - 1)),
+                    Expr::idx(0),
+                )
+            }
+            None => Expr::add_idx(Expr::mul_idx(b.clone(), ns as i64), sq.clone()),
+        };
+        let ci = Expr::add_idx(Expr::mul_idx(row, half as i64), i);
+        let (c, s) = (
+            f64_of(Expr::load(cp, ci.clone()), ct),
+            f64_of(Expr::load(sp, ci), st),
+        );
+        let (me, other) = (xe(e.clone()), xe(partner));
+        let mul = |a: Expr, b: Expr| rd(dt, Expr::bin(BinOp::Mul, a, b));
+        // First of a pair: c*x1 - s*x2; second: s*x1 + c*x2 (x1 is then the partner).
+        let y = Expr::select(
+            first,
+            rd(
+                dt,
+                Expr::bin(
+                    BinOp::Sub,
+                    mul(c.clone(), me.clone()),
+                    mul(s.clone(), other.clone()),
+                ),
+            ),
+            rd(dt, Expr::bin(BinOp::Add, mul(s, other), mul(c, me.clone()))),
+        );
+        let y = Expr::select(in_rot, y, me);
+        vec![Stmt::Store {
+            param: op_,
+            index: at(e),
+            value: Expr::cast(dt, y),
+        }]
+    });
+    kb.k.body = body;
+    cx.launch(kb, node);
+    Ok(())
 }

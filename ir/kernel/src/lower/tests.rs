@@ -531,3 +531,16 @@ fn transposed_convolution() {
         1e-5,
     );
 }
+
+#[test]
+fn rotary_embedding() {
+    check(
+        r#"graph (%0: f32[2,3,4,8] "x", %1: f32[6,3] "c", %2: f32[6,3] "s", %3: f32[2,4,12] "x3", %4: f32[2,4,6] "c3", %5: f32[2,4,6] "s3") -> (%7 "y", %8 "z") {
+  @c0 = const i64[2,4] [0, 1, 2, 3, 5, 4, 3, 0]
+  %6 = constant @c0 : i64[2,4]
+  %7 = attn.rotary {"interleaved":true,"rotary_dim":6,"num_heads":null} (%0, %1, %2, %6) : f32[2,3,4,8]
+  %8 = attn.rotary {"interleaved":false,"rotary_dim":null,"num_heads":1} (%3, %4, %5, _) : f32[2,4,12]
+}"#,
+        1e-5,
+    );
+}
