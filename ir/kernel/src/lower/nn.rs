@@ -2,11 +2,13 @@
 //! the backend's tuned library kernel, inside a parallel loop over the batch dims.
 
 use super::{
-    Cx, Fail, KernelBuilder, bcast_index, conv, kernel_name, loop_nest, norm, unsupported,
+    Cx, Fail, KernelBuilder, bcast_index, conv, flat_index, kernel_name, loop_nest, norm,
+    serial_nest, strides, unsupported,
 };
 use crate::kernel::*;
-use mlc_ir::Node;
 use mlc_ir::ops::NnOp;
+use mlc_ir::ops::nn::parse_einsum;
+use mlc_ir::{DType, Node, ValueId};
 
 pub(super) fn lower(cx: &mut Cx, node: &Node, op: &NnOp) -> Result<(), Fail> {
     match op {
@@ -67,6 +69,7 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &NnOp) -> Result<(), Fail> {
             conv::pool_kind(cx, node, Some(window), conv::PoolKind::Lp(*p))
         }
         NnOp::GlobalLpPool { p } => conv::pool_kind(cx, node, None, conv::PoolKind::Lp(*p)),
+        NnOp::Einsum { equation } => einsum(cx, node, equation),
         NnOp::Resize { .. } => super::resize::resize(cx, node, op),
         _ => unsupported("not lowered to kernels yet"),
     }
@@ -248,6 +251,119 @@ fn gemm(cx: &mut Cx, node: &Node, ta: bool, tb: bool, alpha: f32, beta: f32) -> 
         act: Activation::None,
     };
     kb.k.body = vec![Stmt::Matmul(Box::new(mm))];
+    cx.launch(kb, node);
+    Ok(())
+}
+
+/// `Einsum` as one loop per label: a parallel nest over the output labels and a serial nest
+/// over the summed ones, multiplying one element of each operand (a label repeated within an
+/// operand walks its diagonal; size-1 dims of the ellipsis broadcast). Accumulates in `f32`
+/// for floats below `f64` and `i64` for integers, as the interpreter does.
+fn einsum(cx: &mut Cx, node: &Node, equation: &str) -> Result<(), Fail> {
+    let ins: Vec<ValueId> = node.inputs.iter().flatten().copied().collect();
+    let shapes: Vec<Vec<usize>> = ins.iter().map(|&v| cx.shape(v)).collect::<Result<_, _>>()?;
+    let ranks: Vec<usize> = shapes.iter().map(Vec::len).collect();
+    let spec = parse_einsum(equation, &ranks).map_err(Fail::Unsupported)?;
+    let Some(&first) = ins.first() else {
+        return unsupported("einsum without operands");
+    };
+    let ty = cx.dtype(first);
+    if !ty.is_numeric() || ty.is_storage_only() || ty == DType::Bool {
+        return unsupported(format!("einsum on {}", ty.name()));
+    }
+    let acc_ty = match ty {
+        DType::F64 => DType::F64,
+        t if t.is_float() => DType::F32,
+        _ => DType::I64,
+    };
+    let mut sizes = vec![1usize; spec.n_labels];
+    let mut seen = vec![false; spec.n_labels];
+    for (s, labels) in shapes.iter().zip(&spec.inputs) {
+        for (&d, &l) in s.iter().zip(labels) {
+            if !seen[l] || sizes[l] == 1 {
+                sizes[l] = d;
+            }
+            seen[l] = true;
+        }
+    }
+    let mut order = spec.output.clone();
+    order.extend((0..spec.n_labels).filter(|l| seen[*l] && !spec.output.contains(l)));
+    let n_out = spec.output.len();
+    let out_shape: Vec<usize> = order[..n_out].iter().map(|&l| sizes[l]).collect();
+    let red_shape: Vec<usize> = order[n_out..].iter().map(|&l| sizes[l]).collect();
+    // Per operand, the stride each loop label moves it by.
+    let label_strides: Vec<Vec<i64>> = shapes
+        .iter()
+        .zip(&spec.inputs)
+        .map(|(s, labels)| {
+            let st = strides(s);
+            order
+                .iter()
+                .map(|&l| {
+                    (0..s.len())
+                        .filter(|&d| labels[d] == l && s[d] != 1)
+                        .map(|d| st[d])
+                        .sum()
+                })
+                .collect()
+        })
+        .collect();
+    let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
+    let mut kb = KernelBuilder::new(kernel_name(&node.op));
+    let params: Vec<(ParamId, DType)> = ins
+        .iter()
+        .map(|&v| Ok((kb.param(&cx.p, cx.buf(v)?, Access::Read), cx.dtype(v))))
+        .collect::<Result<_, Fail>>()?;
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let widen = |e: Expr, t: DType| {
+        if t == acc_ty {
+            e
+        } else {
+            Expr::cast(acc_ty, e)
+        }
+    };
+    let zero = if acc_ty.is_float() {
+        Expr::float(acc_ty, 0.0)
+    } else {
+        Expr::Lit(Lit::Int(acc_ty, 0))
+    };
+    let out_st = strides(&out_shape);
+    let body = loop_nest(&mut kb, &out_shape, |kb, ov| {
+        let acc = kb.var(acc_ty);
+        let ov = ov.to_vec();
+        let inner = serial_nest(kb, &red_shape, |_, rv| {
+            let vars: Vec<VarId> = ov.iter().chain(rv).copied().collect();
+            let mut prod: Option<Expr> = None;
+            for ((p, t), st) in params.iter().zip(&label_strides) {
+                let e = widen(Expr::load(*p, flat_index(st, &vars)), *t);
+                prod = Some(match prod {
+                    None => e,
+                    Some(q) => Expr::bin(BinOp::Mul, q, e),
+                });
+            }
+            let prod = prod.unwrap_or_else(|| zero.clone());
+            vec![Stmt::Assign {
+                var: acc,
+                value: Expr::bin(BinOp::Add, Expr::var(acc), prod),
+            }]
+        });
+        let mut stmts = vec![Stmt::Let {
+            var: acc,
+            value: zero.clone(),
+        }];
+        stmts.extend(inner);
+        stmts.push(Stmt::Store {
+            param: op_,
+            index: flat_index(&out_st, &ov),
+            value: if acc_ty == ty {
+                Expr::var(acc)
+            } else {
+                Expr::cast(ty, Expr::var(acc))
+            },
+        });
+        stmts
+    });
+    kb.k.body = body;
     cx.launch(kb, node);
     Ok(())
 }

@@ -544,3 +544,16 @@ fn rotary_embedding() {
         1e-5,
     );
 }
+
+#[test]
+fn einsum() {
+    check(
+        r#"graph (%0: f32[2,3,4] "a", %1: f32[2,4,5] "b", %2: f32[3,3] "s") -> (%3 "m", %4 "d", %5 "t", %6 "x") {
+  %3 = nn.einsum {"equation":"bij,bjk->bik"} (%0, %1) : f32[2,3,5]
+  %4 = nn.einsum {"equation":"ii->i"} (%2) : f32[3]
+  %5 = nn.einsum {"equation":"...ij->...ji"} (%0) : f32[2,4,3]
+  %6 = nn.einsum {"equation":"bij,bjk->"} (%0, %1) : f32[]
+}"#,
+        1e-5,
+    );
+}
