@@ -5,7 +5,7 @@
 //! These are the *unfused* forms, correct for any graph. The optimizer folds QDQ pairs into
 //! integer kernels; what it leaves over lands here.
 
-use super::{Cx, Fail, KernelBuilder, kernel_name, loop_nest, strides, unsupported};
+use super::{Cx, Fail, KernelBuilder, flat_index, kernel_name, loop_nest, strides, unsupported};
 use crate::kernel::*;
 use mlc_ir::ops::QuantOp;
 use mlc_ir::{DType, Node, ValueId};
@@ -25,6 +25,7 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &QuantOp) -> Result<(), Fail> 
         } if int_range(cx.dtype(first(node)?)).is_some() => qdq(cx, node, *axis, *to, false),
         QuantOp::DynamicQuantize => dynamic(cx, node),
         QuantOp::MatMulInteger => matmul_integer(cx, node),
+        QuantOp::QLinearMatMul => qlinear_matmul(cx, node),
         _ => unsupported(
             "not lowered to kernels yet (blocked or low-bit quantization, fused integer ops)",
         ),
@@ -300,4 +301,115 @@ fn widen(
         origin: node.loc.clone(),
     });
     Ok((wide, xs))
+}
+
+/// `QLinearMatMul`: the `i32` product of the zero-point-free operands (as `MatMulInteger`),
+/// then requantized: `sat(round(c * (a_scale * b_scale / y_scale) + y_zero_point))`, the
+/// multiplier rounded to the scales' type at each step as numpy computes it.
+fn qlinear_matmul(cx: &mut Cx, node: &Node) -> Result<(), Fail> {
+    let ins: Vec<Option<ValueId>> = (0..8).map(|i| node.input(i)).collect();
+    let [Some(a), Some(sa), _, Some(b), Some(sb), _, Some(sy), yzp] = ins[..] else {
+        return unsupported("missing input");
+    };
+    let out_v = node.outputs[0];
+    let out_ty = cx.dtype(out_v);
+    let Some((lo, hi)) = int_range(out_ty) else {
+        return unsupported(format!("requantizing to {}", out_ty.name()));
+    };
+    let os = cx.shape(out_v)?;
+    let (ra, rb) = (cx.shape(a)?.len(), cx.shape(b)?.len());
+    let acc = cx.p.add_buffer(DType::I32, os.clone(), BufKind::Temp);
+    let wa = widen(cx, node, a, node.input(2), true)?;
+    let wb = widen(cx, node, b, node.input(5), false)?;
+    super::nn::matmul_bufs(cx, node, wa, wb, acc)?;
+    let tys = [cx.dtype(sa), cx.dtype(sb), cx.dtype(sy)];
+    let prec = if tys.iter().all(|&t| t == tys[0]) {
+        tys[0]
+    } else if tys.contains(&DType::F64) {
+        DType::F64
+    } else {
+        DType::F32
+    };
+    let len = |v: ValueId| -> Result<usize, Fail> { Ok(cx.shape(v)?.iter().product()) };
+    let (la, lb) = (len(sa)?, len(sb)?);
+    let out = cx.new_buffer(out_v, BufKind::Temp)?;
+    let mut kb = KernelBuilder::new(kernel_name(&node.op));
+    let cp = kb.param(&cx.p, acc, Access::Read);
+    let sap = kb.param(&cx.p, cx.buf(sa)?, Access::Read);
+    let sbp = kb.param(&cx.p, cx.buf(sb)?, Access::Read);
+    let syp = kb.param(&cx.p, cx.buf(sy)?, Access::Read);
+    let zp = match yzp {
+        Some(z) => Some((kb.param(&cx.p, cx.buf(z)?, Access::Read), cx.dtype(z))),
+        None => None,
+    };
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let st = strides(&os);
+    let r = os.len();
+    let f64_ = |e: Expr, t: DType| {
+        if t == DType::F64 {
+            e
+        } else {
+            Expr::cast(DType::F64, e)
+        }
+    };
+    let rd = |e: Expr| {
+        if prec == DType::F64 {
+            e
+        } else {
+            Expr::cast(DType::F64, Expr::cast(prec, e))
+        }
+    };
+    let body = loop_nest(&mut kb, &os, |_, v| {
+        let idx = flat_index(&st, v);
+        let row = if la > 1 && ra >= 2 && r >= 2 {
+            Expr::var(v[r - 2])
+        } else {
+            Expr::idx(0)
+        };
+        let col = if lb > 1 && rb >= 2 && r >= 1 {
+            Expr::var(v[r - 1])
+        } else {
+            Expr::idx(0)
+        };
+        let prod = rd(Expr::bin(
+            BinOp::Mul,
+            f64_(Expr::load(sap, row), tys[0]),
+            f64_(Expr::load(sbp, col), tys[1]),
+        ));
+        let mult = rd(Expr::bin(
+            BinOp::Div,
+            prod,
+            f64_(Expr::load(syp, Expr::idx(0)), tys[2]),
+        ));
+        let z = match zp {
+            Some((p, t)) => f64_(Expr::load(p, Expr::idx(0)), t),
+            None => Expr::float(DType::F64, 0.0),
+        };
+        let d = Expr::bin(
+            BinOp::Add,
+            Expr::bin(
+                BinOp::Mul,
+                Expr::cast(DType::F64, Expr::load(cp, idx.clone())),
+                mult,
+            ),
+            z,
+        );
+        let q = Expr::bin(
+            BinOp::Min,
+            Expr::bin(
+                BinOp::Max,
+                Expr::un(UnOp::Round, d),
+                Expr::float(DType::F64, lo as f64),
+            ),
+            Expr::float(DType::F64, hi as f64),
+        );
+        vec![Stmt::Store {
+            param: op_,
+            index: idx,
+            value: Expr::cast(out_ty, q),
+        }]
+    });
+    kb.k.body = body;
+    cx.launch(kb, node);
+    Ok(())
 }

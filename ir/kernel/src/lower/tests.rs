@@ -557,3 +557,25 @@ fn einsum() {
         1e-5,
     );
 }
+
+#[test]
+fn qlinear_matmul() {
+    check(
+        r#"graph (%0: u8[3,4] "a", %1: u8[4,2] "b") -> (%8 "y") {
+  @c0 = const f32[] [0.05]
+  @c1 = const u8[] [3]
+  @c2 = const f32[2] [0.02, 0.03]
+  @c3 = const u8[2] [1, 2]
+  @c4 = const f32[] [0.01]
+  @c5 = const u8[] [100]
+  %2 = constant @c0 : f32[]
+  %3 = constant @c1 : u8[]
+  %4 = constant @c2 : f32[2]
+  %5 = constant @c3 : u8[2]
+  %6 = constant @c4 : f32[]
+  %7 = constant @c5 : u8[]
+  %8 = quant.qlinear_matmul(%0, %2, %3, %1, %4, %5, %6, %7) : u8[3,2]
+}"#,
+        0.0,
+    );
+}
