@@ -427,7 +427,9 @@ fn arg(cx: &mut Cx, node: &Node, axis: usize, max: bool, last: bool) -> Result<(
     Ok(())
 }
 
-/// `CumSum` (or `CumProd`) along `axis`, inclusive or exclusive, forward or reversed.
+/// `CumSum` (or `CumProd`) along `axis`, inclusive or exclusive, forward or reversed. An axis
+/// given at run time is read by the kernel: the lane geometry (outer, axis, inner extents)
+/// then comes from a select over the possible axes.
 fn cumulative(cx: &mut Cx, node: &Node, a: &CumAttrs, prod: bool) -> Result<(), Fail> {
     let (exclusive, reverse) = (a.exclusive, a.reverse);
     let Some(x) = node.input(0) else {
@@ -436,83 +438,160 @@ fn cumulative(cx: &mut Cx, node: &Node, a: &CumAttrs, prod: bool) -> Result<(), 
     let shape = cx.shape(x)?;
     let rank = shape.len();
     let axis = match a.axis {
-        Some(a) => a,
+        Some(a) => Some(a),
         // A vector has one axis, whatever the run-time input says.
-        None if rank == 1 => 0,
+        None if rank == 1 => Some(0),
         None => match node
             .input(1)
             .and_then(|v| cx.g.const_value(v))
             .and_then(|t| t.to_i64_vec().ok())
         {
-            Some(a) if a.len() == 1 => (if a[0] < 0 { a[0] + rank as i64 } else { a[0] }) as usize,
-            _ => return unsupported("cumsum axis is not a constant"),
+            Some(a) if a.len() == 1 => {
+                Some((if a[0] < 0 { a[0] + rank as i64 } else { a[0] }) as usize)
+            }
+            _ => None,
         },
     };
     let ty = cx.dtype(x);
-    if axis >= rank || !ty.is_numeric() || ty.is_storage_only() {
-        return unsupported("cumsum over a non-numeric input");
+    if axis.is_some_and(|a| a >= rank) || rank == 0 || !ty.is_numeric() || ty.is_storage_only() {
+        return unsupported("cumulative op over a non-numeric input or outside its rank");
     }
-    let (outer, n, inner) = around(&shape, axis);
+    let runtime_axis = match (axis, node.input(1)) {
+        (Some(_), _) => None,
+        (None, Some(v)) => Some((v, cx.dtype(v))),
+        (None, None) => return unsupported("cumulative op without an axis"),
+    };
     let acc_ty = if matches!(ty, DType::F16 | DType::BF16) {
         DType::F32
     } else {
         ty
     };
+    let total: usize = shape.iter().product();
     let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
     let mut kb = KernelBuilder::new(kernel_name(&node.op));
     let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+    let ap = match runtime_axis {
+        Some((v, t)) => Some((kb.param(&cx.p, cx.buf(v)?, Access::Read), t)),
+        None => None,
+    };
     let op_ = kb.param(&cx.p, out, Access::Write);
-    let body = loop_nest(&mut kb, &[outer, inner], |kb, v| {
-        let base = Expr::add_idx(
-            Expr::mul_idx(Expr::var(v[0]), (n * inner) as i64),
-            Expr::var(v[1]),
-        );
-        let (acc, k) = (kb.var(acc_ty), kb.var(DType::I64));
-        let pos = if reverse {
-            Expr::bin(BinOp::Sub, Expr::idx(n as i64 - 1), Expr::var(k))
-        } else {
-            Expr::var(k)
-        };
-        let at = Expr::add_idx(base, Expr::mul_idx(pos, inner as i64));
-        let xv = Expr::load(xp, at.clone());
-        let xv = if acc_ty != ty {
-            Expr::cast(acc_ty, xv)
-        } else {
-            xv
-        };
-        let add = Stmt::Assign {
-            var: acc,
-            value: Expr::bin(
-                if prod { BinOp::Mul } else { BinOp::Add },
-                Expr::var(acc),
-                xv,
-            ),
-        };
-        let narrow = |e: Expr| if acc_ty != ty { Expr::cast(ty, e) } else { e };
-        let store = Stmt::Store {
-            param: op_,
-            index: at,
-            value: narrow(Expr::var(acc)),
-        };
-        let zero = lit(acc_ty, if prod { 1.0 } else { 0.0 });
-        vec![
-            Stmt::Let {
-                var: acc,
-                value: zero,
-            },
-            Stmt::For {
-                var: k,
-                extent: Expr::idx(n as i64),
-                kind: LoopKind::Serial,
-                body: if exclusive {
-                    vec![store, add]
-                } else {
-                    vec![add, store]
+    let (ax, q, k, acc) = (
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(acc_ty),
+    );
+    let (nv, iv) = (kb.var(DType::I64), kb.var(DType::I64));
+    // The axis, then the axis length and the inner extent as functions of it.
+    let axis_value = match (axis, ap) {
+        (Some(a), _) => Expr::idx(a as i64),
+        (None, Some((p, t))) => {
+            let raw = Expr::load(p, Expr::idx(0));
+            let raw = if t == DType::I64 {
+                raw
+            } else {
+                Expr::cast(DType::I64, raw)
+            };
+            Expr::bin(
+                BinOp::Rem,
+                Expr::bin(BinOp::Add, raw, Expr::idx(rank as i64)),
+                Expr::idx(rank as i64),
+            )
+        }
+        (None, None) => Expr::idx(0),
+    };
+    let by_axis = |f: &dyn Fn(usize) -> usize| {
+        (0..rank).rev().fold(Expr::idx(f(rank - 1) as i64), |e, d| {
+            Expr::select(
+                Expr::bin(BinOp::Eq, Expr::var(ax), Expr::idx(d as i64)),
+                Expr::idx(f(d) as i64),
+                e,
+            )
+        })
+    };
+    let n_of = by_axis(&|d| shape[d]);
+    let inner_of = by_axis(&|d| shape[d + 1..].iter().product());
+    let (n, inner) = (Expr::var(nv), Expr::var(iv));
+    let o = Expr::bin(BinOp::Div, Expr::var(q), inner.clone());
+    let i = Expr::bin(BinOp::Rem, Expr::var(q), inner.clone());
+    let base = Expr::add_idx(
+        Expr::bin(
+            BinOp::Mul,
+            Expr::bin(BinOp::Mul, o, n.clone()),
+            inner.clone(),
+        ),
+        i,
+    );
+    let pos = if reverse {
+        Expr::bin(
+            BinOp::Sub,
+            Expr::bin(BinOp::Sub, n.clone(), Expr::idx(1)),
+            Expr::var(k),
+        )
+    } else {
+        Expr::var(k)
+    };
+    let at = Expr::add_idx(base, Expr::bin(BinOp::Mul, pos, inner.clone()));
+    let xv = Expr::load(xp, at.clone());
+    let xv = if acc_ty != ty {
+        Expr::cast(acc_ty, xv)
+    } else {
+        xv
+    };
+    let add = Stmt::Assign {
+        var: acc,
+        value: Expr::bin(
+            if prod { BinOp::Mul } else { BinOp::Add },
+            Expr::var(acc),
+            xv,
+        ),
+    };
+    let narrow = |e: Expr| if acc_ty != ty { Expr::cast(ty, e) } else { e };
+    let store = Stmt::Store {
+        param: op_,
+        index: at,
+        value: narrow(Expr::var(acc)),
+    };
+    let lanes = if total == 0 {
+        Expr::idx(0)
+    } else {
+        Expr::bin(BinOp::Div, Expr::idx(total as i64), n.clone())
+    };
+    kb.k.body = vec![
+        Stmt::Let {
+            var: ax,
+            value: axis_value,
+        },
+        Stmt::Let {
+            var: nv,
+            value: n_of,
+        },
+        Stmt::Let {
+            var: iv,
+            value: inner_of,
+        },
+        Stmt::For {
+            var: q,
+            extent: lanes,
+            kind: LoopKind::Parallel,
+            body: vec![
+                Stmt::Let {
+                    var: acc,
+                    value: lit(acc_ty, if prod { 1.0 } else { 0.0 }),
                 },
-            },
-        ]
-    });
-    kb.k.body = body;
+                Stmt::For {
+                    var: k,
+                    extent: n,
+                    kind: LoopKind::Serial,
+                    body: if exclusive {
+                        vec![store, add]
+                    } else {
+                        vec![add, store]
+                    },
+                },
+            ],
+        },
+    ];
     cx.launch(kb, node);
     Ok(())
 }

@@ -393,7 +393,7 @@ fn pads_tiles_args_and_scans() {
 #[test]
 fn scans_norms_and_run_time_axes() {
     check(
-        r#"graph (%0: f32[2,3,4] "x", %1: i64[1] "axes", %2: i32[3] "v") -> (%3 "p", %4 "h", %5 "k", %6 "n", %7 "s", %8 "q", %9 "c") {
+        r#"graph (%0: f32[2,3,4] "x", %1: i64[1] "axes", %2: i32[3] "v") -> (%3 "p", %4 "h", %5 "k", %6 "n", %7 "s", %8 "q", %9 "c", %14 "r") {
   @c0 = const i64[] [0]
   @c1 = const i64[] [1]
   %10 = constant @c0 : i64[]
@@ -407,6 +407,7 @@ fn scans_norms_and_run_time_axes() {
   %7 = reduce.sum {"axes":null,"keepdims":true,"noop_with_empty_axes":false} (%0, %13) : f32[2,1,4]
   %8 = reduce.max {"axes":null,"keepdims":false,"noop_with_empty_axes":false} (%0, %13) : f32[2,4]
   %9 = reduce.cum_sum {"axis":null,"exclusive":false,"reverse":false} (%2, %12) : i32[3]
+  %14 = reduce.cum_prod {"axis":null,"exclusive":true,"reverse":true} (%0, %13) : f32[2,3,4]
 }"#,
         1e-5,
     );
