@@ -23,6 +23,7 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail>
         ReduceOp::CumSum(a) => return cumulative(cx, node, a, false),
         ReduceOp::CumProd(a) => return cumulative(cx, node, a, true),
         ReduceOp::Hardmax(a) => return hardmax(cx, node, a.axis, a.coerce_2d),
+        ReduceOp::TopK { axis, largest, .. } => return top_k(cx, node, *axis, *largest),
         ReduceOp::LpNorm { axis, p } => return lp_norm(cx, node, *axis, *p),
         ReduceOp::NllLoss {
             reduction,
@@ -757,6 +758,132 @@ fn lp_norm(cx: &mut Cx, node: &Node, axis: usize, p: u32) -> Result<(), Fail> {
                     index: at(j),
                     value: y,
                 }],
+            },
+        ]
+    });
+    kb.k.body = body;
+    cx.launch(kb, node);
+    Ok(())
+}
+
+/// `TopK` with `k` fixed by the static output shape: `k` selection scans per lane, each picking
+/// the best element that comes after the previous pick in the order (value, then lower index
+/// first), so the output is sorted and ties keep index order, as in the interpreter.
+fn top_k(cx: &mut Cx, node: &Node, axis: usize, largest: bool) -> Result<(), Fail> {
+    let Some(x) = node.input(0) else {
+        return unsupported("missing input");
+    };
+    let shape = cx.shape(x)?;
+    let ty = cx.dtype(x);
+    if axis >= shape.len() || !ty.is_numeric() || ty.is_storage_only() || node.outputs.len() != 2 {
+        return unsupported("top_k needs a numeric input, an axis inside it and two outputs");
+    }
+    let (outer, n, inner) = around(&shape, axis);
+    let k = cx.shape(node.outputs[0])?[axis];
+    let vals = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
+    let idxs = cx.new_buffer(node.outputs[1], BufKind::Temp)?;
+    let mut kb = KernelBuilder::new(kernel_name(&node.op));
+    let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+    let vp = kb.param(&cx.p, vals, Access::Write);
+    let ip = kb.param(&cx.p, idxs, Access::Write);
+    // `better(a, b)`: a comes strictly before b in value order.
+    let better = |a: Expr, b: Expr| Expr::bin(if largest { BinOp::Gt } else { BinOp::Lt }, a, b);
+    let body = loop_nest(&mut kb, &[outer, inner], |kb, v| {
+        let (o, i) = (Expr::var(v[0]), Expr::var(v[1]));
+        let (pv, pi, r) = (kb.var(ty), kb.var(DType::I64), kb.var(DType::I64));
+        let (bv, bi, j) = (kb.var(ty), kb.var(DType::I64), kb.var(DType::I64));
+        let t = kb.var(DType::Bool);
+        let xj = Expr::load(
+            xp,
+            Expr::add_idx(
+                Expr::add_idx(Expr::mul_idx(o.clone(), (n * inner) as i64), i.clone()),
+                Expr::mul_idx(Expr::var(j), inner as i64),
+            ),
+        );
+        let after_prev = Expr::bin(
+            BinOp::Or,
+            Expr::bin(BinOp::Lt, Expr::var(pi), Expr::idx(0)),
+            Expr::bin(
+                BinOp::Or,
+                better(Expr::var(pv), xj.clone()),
+                Expr::bin(
+                    BinOp::And,
+                    Expr::bin(BinOp::Eq, Expr::var(pv), xj.clone()),
+                    Expr::bin(BinOp::Gt, Expr::var(j), Expr::var(pi)),
+                ),
+            ),
+        );
+        let beats_best = Expr::bin(
+            BinOp::Or,
+            Expr::bin(BinOp::Lt, Expr::var(bi), Expr::idx(0)),
+            better(xj.clone(), Expr::var(bv)),
+        );
+        let take = Expr::bin(BinOp::And, after_prev, beats_best);
+        let dst = Expr::add_idx(
+            Expr::add_idx(Expr::mul_idx(o, (k * inner) as i64), i),
+            Expr::mul_idx(Expr::var(r), inner as i64),
+        );
+        vec![
+            Stmt::Let {
+                var: pv,
+                value: lit(ty, 0.0),
+            },
+            Stmt::Let {
+                var: pi,
+                value: Expr::idx(-1),
+            },
+            Stmt::For {
+                var: r,
+                extent: Expr::idx(k as i64),
+                kind: LoopKind::Serial,
+                body: vec![
+                    Stmt::Let {
+                        var: bv,
+                        value: lit(ty, 0.0),
+                    },
+                    Stmt::Let {
+                        var: bi,
+                        value: Expr::idx(-1),
+                    },
+                    Stmt::For {
+                        var: j,
+                        extent: Expr::idx(n as i64),
+                        kind: LoopKind::Serial,
+                        body: vec![
+                            // Decided once, before either assignment changes `bv`.
+                            Stmt::Let {
+                                var: t,
+                                value: take,
+                            },
+                            Stmt::Assign {
+                                var: bv,
+                                value: Expr::select(Expr::var(t), xj, Expr::var(bv)),
+                            },
+                            Stmt::Assign {
+                                var: bi,
+                                value: Expr::select(Expr::var(t), Expr::var(j), Expr::var(bi)),
+                            },
+                        ],
+                    },
+                    Stmt::Store {
+                        param: vp,
+                        index: dst.clone(),
+                        value: Expr::var(bv),
+                    },
+                    Stmt::Store {
+                        param: ip,
+                        index: dst,
+                        value: Expr::var(bi),
+                    },
+                    Stmt::Assign {
+                        var: pv,
+                        value: Expr::var(bv),
+                    },
+                    Stmt::Assign {
+                        var: pi,
+                        value: Expr::var(bi),
+                    },
+                ],
             },
         ]
     });

@@ -580,3 +580,14 @@ fn qlinear_matmul() {
         0.0,
     );
 }
+
+#[test]
+fn top_k_with_ties() {
+    check(
+        r#"graph (%0: i32[3,8] "x", %1: f32[4,5,2] "f") -> (%2 "v", %3 "i", %4 "w", %5 "j") {
+  %2, %3 = reduce.top_k {"axis":1,"k":3,"largest":true,"sorted":true} (%0, _) : i32[3,3], i64[3,3]
+  %4, %5 = reduce.top_k {"axis":1,"k":2,"largest":false,"sorted":true} (%1, _) : f32[4,2,2], i64[4,2,2]
+}"#,
+        0.0,
+    );
+}
