@@ -175,10 +175,17 @@ fn gemm(cx: &mut Cx, node: &Node, ta: bool, tb: bool, alpha: f32, beta: f32) -> 
     let (m, k) = if ta { (sa[1], sa[0]) } else { (sa[0], sa[1]) };
     let n = if tb { sb[0] } else { sb[1] };
     let c = node.input(2).filter(|_| beta != 0.0);
-    if c.is_some() && beta != 1.0 {
-        return unsupported("gemm with beta other than 0 or 1");
-    }
     let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
+    // Any other beta: the output is first filled with `beta * C`, which the contraction then
+    // accumulates into (its own beta of 1), instead of reading C as a bias.
+    let scaled_c = match c {
+        Some(cv) if beta != 1.0 => {
+            scale_into(cx, node, cv, out, &[m, n], beta)?;
+            true
+        }
+        _ => false,
+    };
+    let c = c.filter(|_| !scaled_c);
     let mut kb = KernelBuilder::new(kernel_name(&node.op));
     let ap = kb.param(&cx.p, cx.buf(a)?, Access::Read);
     let bp = kb.param(&cx.p, cx.buf(b)?, Access::Read);
@@ -202,7 +209,15 @@ fn gemm(cx: &mut Cx, node: &Node, ta: bool, tb: bool, alpha: f32, beta: f32) -> 
         }
         None => None,
     };
-    let cp = kb.param(&cx.p, out, Access::Write);
+    let cp = kb.param(
+        &cx.p,
+        out,
+        if scaled_c {
+            Access::ReadWrite
+        } else {
+            Access::Write
+        },
+    );
     let ar = if ta {
         MatRef {
             param: ap,
@@ -246,7 +261,7 @@ fn gemm(cx: &mut Cx, node: &Node, ta: bool, tb: bool, alpha: f32, beta: f32) -> 
             col_stride: 1,
         },
         alpha,
-        beta: 0.0,
+        beta: if scaled_c { 1.0 } else { 0.0 },
         bias,
         act: Activation::None,
     };
@@ -362,6 +377,40 @@ fn einsum(cx: &mut Cx, node: &Node, equation: &str) -> Result<(), Fail> {
             },
         });
         stmts
+    });
+    kb.k.body = body;
+    cx.launch(kb, node);
+    Ok(())
+}
+
+/// `out = beta * c`, `c` broadcast to `shape`.
+fn scale_into(
+    cx: &mut Cx,
+    node: &Node,
+    c: ValueId,
+    out: BufId,
+    shape: &[usize],
+    beta: f32,
+) -> Result<(), Fail> {
+    let cs = cx.shape(c)?;
+    let ty = cx.dtype(c);
+    if cs.len() > shape.len() || !matches!(ty, DType::F32 | DType::F64) {
+        return unsupported("gemm C that does not broadcast to the output");
+    }
+    let mut kb = KernelBuilder::new("gemm_beta_c");
+    let cp = kb.param(&cx.p, cx.buf(c)?, Access::Read);
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let st = strides(shape);
+    let body = loop_nest(&mut kb, shape, |_, v| {
+        vec![Stmt::Store {
+            param: op_,
+            index: flat_index(&st, v),
+            value: Expr::bin(
+                BinOp::Mul,
+                Expr::float(ty, beta as f64),
+                Expr::load(cp, bcast_index(&cs, shape, v)),
+            ),
+        }]
     });
     kb.k.body = body;
     cx.launch(kb, node);

@@ -218,6 +218,12 @@ fn contractions() {
 }"#,
         1e-5,
     );
+    check(
+        r#"graph (%0: f32[3,4] "a", %1: f32[4,5] "b", %2: f32[3,1] "c") -> (%3 "y") {
+  %3 = nn.gemm {"trans_a":false,"trans_b":false,"alpha":0.25,"beta":-1.5} (%0, %1, %2) : f32[3,5]
+}"#,
+        1e-5,
+    );
 }
 
 #[test]
