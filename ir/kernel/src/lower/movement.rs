@@ -56,7 +56,8 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &MovementOp) -> Result<(), Fai
             };
             // The output shape already encodes where the slice ends.
             let (Some(starts), Some(_)) = (get(starts, 1), get(ends, 2)) else {
-                return unsupported("slice bounds are not constants");
+                let known = (get(axes, 3), get(steps, 4));
+                return slice_runtime(cx, node, x, known);
             };
             let axes = get(axes, 3).unwrap_or_else(|| (0..starts.len() as i64).collect());
             let steps = get(steps, 4).unwrap_or_else(|| vec![1; starts.len()]);
@@ -384,8 +385,13 @@ fn pad(
 ) -> Result<(), Fail> {
     let xs = cx.shape(x)?;
     let rank = xs.len();
-    let Some(pads) = pads.or_else(|| const_i64(cx, node.input(1))) else {
-        return unsupported("pads are not constants");
+    let pads = pads.or_else(|| const_i64(cx, node.input(1)));
+    // Pads known only at run time are read by the kernel (only the begin pads matter: the
+    // static output shape fixes the rest).
+    let runtime_pads = match (&pads, node.input(1)) {
+        (None, Some(v)) if matches!(cx.dtype(v), DType::I64 | DType::I32) => Some(v),
+        (None, _) => return unsupported("pads are neither attributes nor integers"),
+        _ => None,
     };
     let axes: Vec<usize> = match axes {
         Some(a) => a,
@@ -404,19 +410,30 @@ fn pad(
             None => (0..rank).collect(),
         },
     };
-    let mut begin = vec![0i64; rank];
+    // Each dim's begin pad: a literal, or the pads entry the kernel loads.
+    let mut begin: Vec<Expr> = vec![Expr::idx(0); rank];
+    let mut pad_entry: Vec<Option<usize>> = vec![None; rank];
     for (i, &a) in axes.iter().enumerate() {
-        begin[a] = pads[i];
+        match &pads {
+            Some(p) => begin[a] = Expr::idx(p[i]),
+            None => pad_entry[a] = Some(i),
+        }
     }
     let ty = cx.dtype(x);
+    // A fill value known only at run time is loaded by the kernel.
+    let mut runtime_fill = None;
     let fill = match node.input(2) {
         Some(v) => match cx.g.const_value(v) {
             Some(t) if t.len() == 1 => Some(t.clone()),
-            _ => return unsupported("pad value is not a constant"),
+            None if cx.dtype(v) == ty && cx.shape(v)?.iter().product::<usize>() == 1 => {
+                runtime_fill = Some(v);
+                None
+            }
+            _ => return unsupported("pad value is not a scalar of the data's type"),
         },
         None => None,
     };
-    let fill = match fill {
+    let mut fill = match fill {
         Some(t) => scalar_lit(&t).ok_or_else(|| Fail::Unsupported("pad value type".into()))?,
         None if ty == DType::Bool => Expr::Lit(Lit::Bool(false)),
         None if ty.is_float() => Expr::float(ty, 0.0),
@@ -427,6 +444,23 @@ fn pad(
     let out = cx.new_buffer(out_v, BufKind::Temp)?;
     let mut kb = KernelBuilder::new(kernel_name(&node.op));
     let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+    if let Some(v) = runtime_fill {
+        fill = Expr::load(kb.param(&cx.p, cx.buf(v)?, Access::Read), Expr::idx(0));
+    }
+    let mut stmts = Vec::new();
+    if let Some(pv) = runtime_pads {
+        let (pp, t) = (kb.param(&cx.p, cx.buf(pv)?, Access::Read), cx.dtype(pv));
+        for d in 0..rank {
+            if let Some(i) = pad_entry[d] {
+                let var = kb.var(DType::I64);
+                stmts.push(Stmt::Let {
+                    var,
+                    value: load_i64(pp, t, i as i64),
+                });
+                begin[d] = Expr::var(var);
+            }
+        }
+    }
     let op_ = kb.param(&cx.p, out, Access::Write);
     let st = strides(&xs);
     let body = loop_nest(&mut kb, &out_shape, |_, vars| {
@@ -434,10 +468,13 @@ fn pad(
         let mut inside = Expr::Lit(Lit::Bool(true));
         for d in 0..rank {
             let n = xs[d] as i64;
-            let i = Expr::add_idx(Expr::var(vars[d]), Expr::idx(-begin[d]));
+            let i = match &begin[d] {
+                Expr::Lit(Lit::Int(_, b)) => Expr::add_idx(Expr::var(vars[d]), Expr::idx(-b)),
+                b => Expr::bin(BinOp::Sub, Expr::var(vars[d]), b.clone()),
+            };
             let coord = match mode {
                 PadMode::Constant => {
-                    if begin[d] != 0 || out_shape[d] as i64 != n {
+                    if begin[d] != Expr::idx(0) || out_shape[d] as i64 != n {
                         let ok = Expr::bin(
                             BinOp::And,
                             Expr::bin(BinOp::Ge, i.clone(), Expr::idx(0)),
@@ -498,7 +535,8 @@ fn pad(
             value: v,
         }]
     });
-    kb.k.body = body;
+    stmts.extend(body);
+    kb.k.body = stmts;
     cx.launch(kb, node);
     Ok(())
 }
@@ -691,6 +729,129 @@ fn constant_of_shape(cx: &mut Cx, node: &Node, ty: DType, value: &Scalar) -> Res
         }]
     });
     kb.k.body = body;
+    cx.launch(kb, node);
+    Ok(())
+}
+
+/// An integer load widened to `i64`.
+fn load_i64(p: ParamId, ty: DType, at: i64) -> Expr {
+    let e = Expr::load(p, Expr::idx(at));
+    if ty == DType::I64 {
+        e
+    } else {
+        Expr::cast(DType::I64, e)
+    }
+}
+
+/// `Slice` whose starts (and maybe axes and steps) are only known at run time: the kernel
+/// reads them first and derives each dim's start and step, clamped as the interpreter does;
+/// the static output shape already fixes how many elements each dim keeps.
+fn slice_runtime(
+    cx: &mut Cx,
+    node: &Node,
+    x: ValueId,
+    (axes, steps): (Option<Vec<i64>>, Option<Vec<i64>>),
+) -> Result<(), Fail> {
+    let Some(sv) = node.input(1) else {
+        return unsupported("slice without starts");
+    };
+    let xs = cx.shape(x)?;
+    let rank = xs.len();
+    let l = cx.shape(sv)?.iter().product::<usize>();
+    let out_v = node.outputs[0];
+    let out_shape = cx.shape(out_v)?;
+    let out = cx.new_buffer(out_v, BufKind::Temp)?;
+    let mut kb = KernelBuilder::new(kernel_name(&node.op));
+    let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+    let mut int_param = |i: usize| -> Result<Option<(ParamId, DType)>, Fail> {
+        match node.input(i) {
+            Some(v) => {
+                let t = cx.dtype(v);
+                if !matches!(t, DType::I64 | DType::I32) {
+                    return unsupported("slice bounds of a non-integer type");
+                }
+                Ok(Some((kb.param(&cx.p, cx.buf(v)?, Access::Read), t)))
+            }
+            None => Ok(None),
+        }
+    };
+    let sp = int_param(1)?;
+    let ap = if axes.is_none() { int_param(3)? } else { None };
+    let stp = if steps.is_none() { int_param(4)? } else { None };
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let Some((sp, st_ty)) = sp else {
+        return unsupported("slice without starts");
+    };
+    let mut stmts = Vec::new();
+    let mut start = Vec::new();
+    let mut step = Vec::new();
+    for (d, &dim) in xs.iter().enumerate() {
+        let dim = dim as i64;
+        let (mut s_e, mut st_e) = (Expr::idx(0), Expr::idx(1));
+        for i in 0..l {
+            let ax = match (&axes, ap) {
+                (Some(a), _) => Expr::idx(if a[i] < 0 { a[i] + rank as i64 } else { a[i] }),
+                (None, Some((p, t))) => {
+                    let a = load_i64(p, t, i as i64);
+                    Expr::select(
+                        Expr::bin(BinOp::Lt, a.clone(), Expr::idx(0)),
+                        Expr::bin(BinOp::Add, a.clone(), Expr::idx(rank as i64)),
+                        a,
+                    )
+                }
+                (None, None) => Expr::idx(i as i64),
+            };
+            let stv = match (&steps, stp) {
+                (Some(s), _) => Expr::idx(s[i]),
+                (None, Some((p, t))) => load_i64(p, t, i as i64),
+                (None, None) => Expr::idx(1),
+            };
+            let raw = load_i64(sp, st_ty, i as i64);
+            let s = Expr::select(
+                Expr::bin(BinOp::Lt, raw.clone(), Expr::idx(0)),
+                Expr::bin(BinOp::Add, raw.clone(), Expr::idx(dim)),
+                raw,
+            );
+            let hi = Expr::select(
+                Expr::bin(BinOp::Gt, stv.clone(), Expr::idx(0)),
+                Expr::idx(dim),
+                Expr::idx(dim - 1),
+            );
+            let clamped = Expr::bin(BinOp::Max, Expr::bin(BinOp::Min, s, hi), Expr::idx(0));
+            let hit = Expr::bin(BinOp::Eq, ax, Expr::idx(d as i64));
+            s_e = Expr::select(hit.clone(), clamped, s_e);
+            st_e = Expr::select(hit, stv, st_e);
+        }
+        let (sv_, stv_) = (kb.var(DType::I64), kb.var(DType::I64));
+        stmts.push(Stmt::Let {
+            var: sv_,
+            value: s_e,
+        });
+        stmts.push(Stmt::Let {
+            var: stv_,
+            value: st_e,
+        });
+        start.push(sv_);
+        step.push(stv_);
+    }
+    let st = strides(&xs);
+    let ost = strides(&out_shape);
+    stmts.extend(loop_nest(&mut kb, &out_shape, |_, v| {
+        let mut src = Expr::idx(0);
+        for d in 0..rank {
+            let c = Expr::add_idx(
+                Expr::var(start[d]),
+                Expr::bin(BinOp::Mul, Expr::var(v[d]), Expr::var(step[d])),
+            );
+            src = Expr::add_idx(src, Expr::mul_idx(c, st[d]));
+        }
+        vec![Stmt::Store {
+            param: op_,
+            index: flat_index(&ost, v),
+            value: Expr::load(xp, src),
+        }]
+    }));
+    kb.k.body = stmts;
     cx.launch(kb, node);
     Ok(())
 }

@@ -597,3 +597,27 @@ fn top_k_with_ties() {
         0.0,
     );
 }
+
+#[test]
+fn run_time_slice_and_pad_bounds() {
+    // Bounds computed in the graph, so they are run-time values the kernels must read.
+    check(
+        r#"graph (%0: f32[3,4,5] "x", %1: i64[2] "r", %2: f32[] "v") -> (%7 "s", %8 "p") {
+  @c0 = const i64[] [0]
+  @c1 = const i64[2] [1, -2]
+  @c2 = const i64[6] [0, 1, 2, 1, 0, 1]
+  @c3 = const i64[2] [-6, 4]
+  %3 = constant @c0 : i64[]
+  %4 = constant @c1 : i64[2]
+  %5 = ew.mul(%1, %3) : i64[2]
+  %6 = ew.add(%5, %4) : i64[2]
+  %12 = constant @c3 : i64[2]
+  %7 = movement.slice {"starts":null,"ends":null,"axes":[2,1],"steps":[-1,1]} (%0, %6, %12, _, _) : f32[3,2,2]
+  %9 = constant @c2 : i64[6]
+  %10 = ew.mul(%9, %3) : i64[6]
+  %11 = ew.add(%10, %9) : i64[6]
+  %8 = movement.pad {"mode":"constant","pads":null,"axes":null} (%0, %11, %2, _) : f32[4,5,8]
+}"#,
+        0.0,
+    );
+}
