@@ -17,6 +17,8 @@ use mlc_ir::{DType, Node};
 struct Geom {
     out: Vec<usize>,
     pad: Vec<usize>,
+    /// End pads; a window reaching past them (ceil mode's overhang) is not padding.
+    pad_end: Vec<usize>,
     k: Vec<usize>,
     stride: Vec<usize>,
     dil: Vec<usize>,
@@ -36,6 +38,7 @@ fn geometry(
     let mut g = Geom {
         out: vec![],
         pad: vec![],
+        pad_end: vec![],
         k: k.to_vec(),
         stride: vec![],
         dil: vec![],
@@ -43,10 +46,11 @@ fn geometry(
     for i in 0..s {
         let (st, dl) = (pick(strides_, i, 1), pick(dil, i, 1));
         let p = (pick(pads, i, 0), pick(pads, s + i, 0));
-        let (o, b, _) =
+        let (o, b, e) =
             window_dim(auto_pad, ins[i], k[i], st, dl, p, ceil).map_err(Fail::Unsupported)?;
         g.out.push(o);
         g.pad.push(b);
+        g.pad_end.push(e);
         g.stride.push(st);
         g.dil.push(dl);
     }
@@ -417,6 +421,7 @@ pub(super) fn pool_kind(
         None => Geom {
             out: vec![1; s],
             pad: vec![0; s],
+            pad_end: vec![0; s],
             k: ins.clone(),
             stride: vec![1; s],
             dil: vec![1; s],
@@ -452,10 +457,25 @@ pub(super) fn pool_kind(
         let inner = nest(kb, &taps, LoopKind::Serial, |_, kv| {
             let mut src = Expr::mul_idx(Expr::var(pv), ihw as i64);
             let mut ok = Expr::Lit(Lit::Bool(true));
+            // With count_include_pad, the taps that count: inside the input or its pads.
+            let mut in_pads = Expr::Lit(Lit::Bool(true));
             for d in 0..s {
                 let (pos, inside) = tap(ov[d], kv[d], &g, d, ins[d]);
                 src = Expr::add_idx(src, Expr::mul_idx(pos, ist[d]));
                 ok = and(ok, inside);
+                let limit = (ins[d] + g.pad_end[d]) as i64;
+                let last = ((g.out[d] - 1) * g.stride[d] + (g.k[d] - 1) * g.dil[d]) as i64
+                    - g.pad[d] as i64;
+                if count_include_pad && last >= limit {
+                    let raw = Expr::add_idx(
+                        Expr::add_idx(
+                            Expr::mul_idx(Expr::var(ov[d]), g.stride[d] as i64),
+                            Expr::mul_idx(Expr::var(kv[d]), g.dil[d] as i64),
+                        ),
+                        Expr::idx(-(g.pad[d] as i64)),
+                    );
+                    in_pads = and(in_pads, Expr::bin(BinOp::Lt, raw, Expr::idx(limit)));
+                }
             }
             let xv = widen(Expr::load(xp, src));
             let (a, cv) = (Expr::var(acc), Expr::var(cnt));
@@ -474,34 +494,30 @@ pub(super) fn pool_kind(
                     Expr::bin(BinOp::Add, cv.clone(), Expr::float(acc_ty, 1.0)),
                 )
             };
-            match ok {
-                Expr::Lit(Lit::Bool(true)) => vec![
-                    Stmt::Assign {
-                        var: acc,
-                        value: upd,
-                    },
-                    Stmt::Assign {
-                        var: cnt,
-                        value: cnt_upd,
-                    },
-                ],
-                ok => vec![
-                    Stmt::Assign {
-                        var: acc,
-                        value: Expr::select(ok.clone(), upd, a),
-                    },
-                    Stmt::Assign {
-                        var: cnt,
-                        value: Expr::select(ok, cnt_upd, cv),
-                    },
-                ],
-            }
+            let counts = if count_include_pad {
+                in_pads
+            } else {
+                ok.clone()
+            };
+            let guarded = |cond: Expr, yes: Expr, no: Expr| match cond {
+                Expr::Lit(Lit::Bool(true)) => yes,
+                c => Expr::select(c, yes, no),
+            };
+            vec![
+                Stmt::Assign {
+                    var: acc,
+                    value: guarded(ok, upd, a),
+                },
+                Stmt::Assign {
+                    var: cnt,
+                    value: guarded(counts, cnt_upd, cv),
+                },
+            ]
         });
         let mut dst = Expr::mul_idx(Expr::var(pv), ohw as i64);
         for d in 0..s {
             dst = Expr::add_idx(dst, Expr::mul_idx(Expr::var(ov[d]), ost[d]));
         }
-        let taps_n: usize = g.k.iter().product();
         let result = if max {
             Expr::var(acc)
         } else if let PoolKind::Lp(p) = kind {
@@ -509,12 +525,6 @@ pub(super) fn pool_kind(
                 BinOp::Pow,
                 Expr::var(acc),
                 Expr::float(acc_ty, (1.0 / p as f64) as f32 as f64),
-            )
-        } else if count_include_pad {
-            Expr::bin(
-                BinOp::Div,
-                Expr::var(acc),
-                Expr::float(acc_ty, taps_n as f64),
             )
         } else {
             Expr::bin(BinOp::Div, Expr::var(acc), Expr::var(cnt))

@@ -306,11 +306,12 @@ fn convolutions_and_pools() {
         );
     }
     check(
-        r#"graph (%0: f32[1,2,7,7] "x") -> (%1 "m", %2 "a", %3 "g", %4 "h") {
+        r#"graph (%0: f32[1,2,7,7] "x") -> (%1 "m", %2 "a", %3 "g", %4 "h", %5 "c") {
   %1 = nn.max_pool {"kernel":[3,3],"strides":[2,2],"dilations":[1,1],"pads":[1,1,1,1],"auto_pad":"not_set","ceil_mode":false,"storage_order_col_major":false} (%0) : f32[1,2,4,4]
   %2 = nn.avg_pool {"kernel":[2,3],"strides":[2,2],"dilations":[1,1],"pads":[0,1,1,0],"auto_pad":"not_set","ceil_mode":true,"count_include_pad":false} (%0) : f32[1,2,4,4]
   %3 = nn.global_avg_pool(%0) : f32[1,2,1,1]
   %4 = nn.global_max_pool(%0) : f32[1,2,1,1]
+  %5 = nn.avg_pool {"kernel":[2,2],"strides":[2,2],"dilations":[1,1],"pads":[0,0,0,0],"auto_pad":"not_set","ceil_mode":true,"count_include_pad":true} (%0) : f32[1,2,4,4]
 }"#,
         1e-6,
     );
