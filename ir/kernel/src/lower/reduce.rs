@@ -42,9 +42,9 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail>
     if !ty.is_numeric() || ty.is_storage_only() {
         return unsupported(format!("reduction over {}", ty.name()));
     }
-    let reduced: Vec<bool> = match softmax {
-        Some((axis, true, _)) => (0..rank).map(|d| d >= axis).collect(),
-        Some((axis, false, _)) => (0..rank).map(|d| d == axis).collect(),
+    let candidates: Vec<Vec<bool>> = match softmax {
+        Some((axis, true, _)) => vec![(0..rank).map(|d| d >= axis).collect()],
+        Some((axis, false, _)) => vec![(0..rank).map(|d| d == axis).collect()],
         None => {
             let Some((_, attrs)) = op.as_reduction() else {
                 return unsupported("not a reduction");
@@ -62,127 +62,115 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail>
     } else {
         ty
     };
-    let kept: Vec<usize> = (0..rank)
-        .filter(|&d| !reduced[d])
-        .map(|d| shape[d])
-        .collect();
-    let red: Vec<usize> = (0..rank)
-        .filter(|&d| reduced[d])
-        .map(|d| shape[d])
-        .collect();
-    let count: usize = red.iter().product();
-    let in_strides = strides(&shape);
-    let kept_strides = strides(&kept);
-    let body = loop_nest(&mut kb, &kept, |kb, kvars| {
-        // Map kept loop counters back to input dims, and index the output by them.
-        let mut kept_idx = Expr::idx(0);
-        let mut out_idx = Expr::idx(0);
-        let (mut k, mut dims_red) = (0, Vec::new());
-        for d in 0..rank {
-            if reduced[d] {
-                dims_red.push(d);
-            } else {
-                kept_idx =
-                    Expr::add_idx(kept_idx, Expr::mul_idx(Expr::var(kvars[k]), in_strides[d]));
-                out_idx =
-                    Expr::add_idx(out_idx, Expr::mul_idx(Expr::var(kvars[k]), kept_strides[k]));
-                k += 1;
-            }
-        }
-        // A serial nest over the reduced dims; `f` builds the innermost statements from the
-        // input element's index.
-        let red_nest =
-            |kb: &mut KernelBuilder, f: &mut dyn FnMut(&mut KernelBuilder, Expr) -> Vec<Stmt>| {
-                let rvars: Vec<VarId> = dims_red.iter().map(|_| kb.var(DType::I64)).collect();
-                let mut idx = kept_idx.clone();
-                for (i, &d) in dims_red.iter().enumerate() {
-                    idx = Expr::add_idx(idx, Expr::mul_idx(Expr::var(rvars[i]), in_strides[d]));
-                }
-                let mut body = f(kb, idx);
-                for (i, &d) in dims_red.iter().enumerate().rev() {
-                    body = vec![Stmt::For {
-                        var: rvars[i],
-                        extent: Expr::idx(shape[d] as i64),
-                        kind: LoopKind::Serial,
-                        body,
-                    }];
-                }
-                body
-            };
-        let load = |idx: Expr| {
-            let e = Expr::load(xp, idx);
-            if acc_ty != ty {
-                Expr::cast(acc_ty, e)
-            } else {
-                e
-            }
+    // Axes read at run time that the output shape leaves ambiguous: one nest per candidate
+    // set of axes, each inside a loop that runs once if the run-time axes are that set and
+    // not at all otherwise (the kernel IR's conditional).
+    let mut flags = Vec::new();
+    if candidates.len() > 1 {
+        let Some(av) = node.input(1).filter(|&v| cx.dtype(v) == DType::I64) else {
+            return unsupported("ambiguous reduction axes that are not an i64 input");
         };
-        let c = |v: f64| lit(acc_ty, v);
-        let mut stmts = Vec::new();
-        match softmax {
-            Some((_, _, log)) => {
-                let mx = kb.var(acc_ty);
-                stmts.push(Stmt::Let {
-                    var: mx,
-                    value: c(f64::NEG_INFINITY),
-                });
-                stmts.extend(red_nest(kb, &mut |_, idx| {
-                    vec![Stmt::Assign {
-                        var: mx,
-                        value: Expr::bin(BinOp::Max, Expr::var(mx), load(idx)),
-                    }]
-                }));
-                let sum = kb.var(acc_ty);
-                stmts.push(Stmt::Let {
-                    var: sum,
-                    value: c(0.0),
-                });
-                stmts.extend(red_nest(kb, &mut |_, idx| {
-                    let e = Expr::un(UnOp::Exp, Expr::bin(BinOp::Sub, load(idx), Expr::var(mx)));
-                    vec![Stmt::Assign {
-                        var: sum,
-                        value: Expr::bin(BinOp::Add, Expr::var(sum), e),
-                    }]
-                }));
-                let scale = kb.var(acc_ty);
-                let sv = if log {
-                    Expr::un(UnOp::Log, Expr::var(sum))
-                } else {
-                    Expr::bin(BinOp::Div, c(1.0), Expr::var(sum))
-                };
-                stmts.push(Stmt::Let {
-                    var: scale,
-                    value: sv,
-                });
-                stmts.extend(red_nest(kb, &mut |_, idx| {
-                    let shifted = Expr::bin(BinOp::Sub, load(idx.clone()), Expr::var(mx));
-                    let v = if log {
-                        Expr::bin(BinOp::Sub, shifted, Expr::var(scale))
-                    } else {
-                        Expr::bin(BinOp::Mul, Expr::un(UnOp::Exp, shifted), Expr::var(scale))
-                    };
-                    let v = if acc_ty != ty { Expr::cast(ty, v) } else { v };
-                    vec![Stmt::Store {
-                        param: op_,
-                        index: idx,
-                        value: v,
-                    }]
-                }));
+        let l = cx.shape(av)?.iter().product::<usize>();
+        let ap = kb.param(&cx.p, cx.buf(av)?, Access::Read);
+        let axis = |i: usize| {
+            Expr::bin(
+                BinOp::Rem,
+                Expr::bin(
+                    BinOp::Add,
+                    Expr::load(ap, Expr::idx(i as i64)),
+                    Expr::idx(rank as i64),
+                ),
+                Expr::idx(rank as i64),
+            )
+        };
+        let any = |items: Vec<Expr>| {
+            items
+                .into_iter()
+                .reduce(|p, q| Expr::bin(BinOp::Or, p, q))
+                .unwrap_or(Expr::Lit(Lit::Bool(false)))
+        };
+        for reduced in &candidates {
+            let dims: Vec<usize> = (0..rank).filter(|&d| reduced[d]).collect();
+            let mut ok = Expr::Lit(Lit::Bool(true));
+            for i in 0..l {
+                let hit = any(dims
+                    .iter()
+                    .map(|&d| Expr::bin(BinOp::Eq, axis(i), Expr::idx(d as i64)))
+                    .collect());
+                ok = Expr::bin(BinOp::And, ok, hit);
             }
-            None => {
-                let acc = kb.var(acc_ty);
-                let init = match kind {
-                    ReduceKind::Max => min_of(acc_ty),
-                    ReduceKind::Min => max_of(acc_ty),
-                    ReduceKind::Prod => c(1.0),
-                    _ => c(0.0),
+            for &d in &dims {
+                let hit = any((0..l)
+                    .map(|i| Expr::bin(BinOp::Eq, axis(i), Expr::idx(d as i64)))
+                    .collect());
+                ok = Expr::bin(BinOp::And, ok, hit);
+            }
+            let f = kb.var(DType::Bool);
+            flags.push(Stmt::Let { var: f, value: ok });
+        }
+    }
+    let mut bodies = Vec::new();
+    for reduced in &candidates {
+        let kept: Vec<usize> = (0..rank)
+            .filter(|&d| !reduced[d])
+            .map(|d| shape[d])
+            .collect();
+        let red: Vec<usize> = (0..rank)
+            .filter(|&d| reduced[d])
+            .map(|d| shape[d])
+            .collect();
+        let count: usize = red.iter().product();
+        let in_strides = strides(&shape);
+        let kept_strides = strides(&kept);
+        let body = loop_nest(&mut kb, &kept, |kb, kvars| {
+            // Map kept loop counters back to input dims, and index the output by them.
+            let mut kept_idx = Expr::idx(0);
+            let mut out_idx = Expr::idx(0);
+            let (mut k, mut dims_red) = (0, Vec::new());
+            for d in 0..rank {
+                if reduced[d] {
+                    dims_red.push(d);
+                } else {
+                    kept_idx =
+                        Expr::add_idx(kept_idx, Expr::mul_idx(Expr::var(kvars[k]), in_strides[d]));
+                    out_idx =
+                        Expr::add_idx(out_idx, Expr::mul_idx(Expr::var(kvars[k]), kept_strides[k]));
+                    k += 1;
+                }
+            }
+            // A serial nest over the reduced dims; `f` builds the innermost statements from the
+            // input element's index.
+            let red_nest =
+                |kb: &mut KernelBuilder,
+                 f: &mut dyn FnMut(&mut KernelBuilder, Expr) -> Vec<Stmt>| {
+                    let rvars: Vec<VarId> = dims_red.iter().map(|_| kb.var(DType::I64)).collect();
+                    let mut idx = kept_idx.clone();
+                    for (i, &d) in dims_red.iter().enumerate() {
+                        idx = Expr::add_idx(idx, Expr::mul_idx(Expr::var(rvars[i]), in_strides[d]));
+                    }
+                    let mut body = f(kb, idx);
+                    for (i, &d) in dims_red.iter().enumerate().rev() {
+                        body = vec![Stmt::For {
+                            var: rvars[i],
+                            extent: Expr::idx(shape[d] as i64),
+                            kind: LoopKind::Serial,
+                            body,
+                        }];
+                    }
+                    body
                 };
-                stmts.push(Stmt::Let {
-                    var: acc,
-                    value: init,
-                });
-                // LogSumExp subtracts the maximum first, so exp cannot overflow.
-                let mx = if kind == ReduceKind::LogSumExp {
+            let load = |idx: Expr| {
+                let e = Expr::load(xp, idx);
+                if acc_ty != ty {
+                    Expr::cast(acc_ty, e)
+                } else {
+                    e
+                }
+            };
+            let c = |v: f64| lit(acc_ty, v);
+            let mut stmts = Vec::new();
+            match softmax {
+                Some((_, _, log)) => {
                     let mx = kb.var(acc_ty);
                     stmts.push(Stmt::Let {
                         var: mx,
@@ -194,69 +182,151 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail>
                             value: Expr::bin(BinOp::Max, Expr::var(mx), load(idx)),
                         }]
                     }));
-                    Some(mx)
-                } else {
-                    None
-                };
-                stmts.extend(red_nest(kb, &mut |_, idx| {
-                    let x = load(idx);
+                    let sum = kb.var(acc_ty);
+                    stmts.push(Stmt::Let {
+                        var: sum,
+                        value: c(0.0),
+                    });
+                    stmts.extend(red_nest(kb, &mut |_, idx| {
+                        let e =
+                            Expr::un(UnOp::Exp, Expr::bin(BinOp::Sub, load(idx), Expr::var(mx)));
+                        vec![Stmt::Assign {
+                            var: sum,
+                            value: Expr::bin(BinOp::Add, Expr::var(sum), e),
+                        }]
+                    }));
+                    let scale = kb.var(acc_ty);
+                    let sv = if log {
+                        Expr::un(UnOp::Log, Expr::var(sum))
+                    } else {
+                        Expr::bin(BinOp::Div, c(1.0), Expr::var(sum))
+                    };
+                    stmts.push(Stmt::Let {
+                        var: scale,
+                        value: sv,
+                    });
+                    stmts.extend(red_nest(kb, &mut |_, idx| {
+                        let shifted = Expr::bin(BinOp::Sub, load(idx.clone()), Expr::var(mx));
+                        let v = if log {
+                            Expr::bin(BinOp::Sub, shifted, Expr::var(scale))
+                        } else {
+                            Expr::bin(BinOp::Mul, Expr::un(UnOp::Exp, shifted), Expr::var(scale))
+                        };
+                        let v = if acc_ty != ty { Expr::cast(ty, v) } else { v };
+                        vec![Stmt::Store {
+                            param: op_,
+                            index: idx,
+                            value: v,
+                        }]
+                    }));
+                }
+                None => {
+                    let acc = kb.var(acc_ty);
+                    let init = match kind {
+                        ReduceKind::Max => min_of(acc_ty),
+                        ReduceKind::Min => max_of(acc_ty),
+                        ReduceKind::Prod => c(1.0),
+                        _ => c(0.0),
+                    };
+                    stmts.push(Stmt::Let {
+                        var: acc,
+                        value: init,
+                    });
+                    // LogSumExp subtracts the maximum first, so exp cannot overflow.
+                    let mx = if kind == ReduceKind::LogSumExp {
+                        let mx = kb.var(acc_ty);
+                        stmts.push(Stmt::Let {
+                            var: mx,
+                            value: c(f64::NEG_INFINITY),
+                        });
+                        stmts.extend(red_nest(kb, &mut |_, idx| {
+                            vec![Stmt::Assign {
+                                var: mx,
+                                value: Expr::bin(BinOp::Max, Expr::var(mx), load(idx)),
+                            }]
+                        }));
+                        Some(mx)
+                    } else {
+                        None
+                    };
+                    stmts.extend(red_nest(kb, &mut |_, idx| {
+                        let x = load(idx);
+                        let a = Expr::var(acc);
+                        let v = match kind {
+                            ReduceKind::Sum | ReduceKind::Mean | ReduceKind::LogSum => {
+                                Expr::bin(BinOp::Add, a, x)
+                            }
+                            ReduceKind::Max => Expr::bin(BinOp::Max, a, x),
+                            ReduceKind::Min => Expr::bin(BinOp::Min, a, x),
+                            ReduceKind::Prod => Expr::bin(BinOp::Mul, a, x),
+                            ReduceKind::L1 => Expr::bin(BinOp::Add, a, Expr::un(UnOp::Abs, x)),
+                            ReduceKind::L2 | ReduceKind::SumSquare => {
+                                Expr::bin(BinOp::Add, a, Expr::bin(BinOp::Mul, x.clone(), x))
+                            }
+                            ReduceKind::LogSumExp => {
+                                let m = Expr::var(mx.unwrap_or(acc));
+                                Expr::bin(
+                                    BinOp::Add,
+                                    a,
+                                    Expr::un(UnOp::Exp, Expr::bin(BinOp::Sub, x, m)),
+                                )
+                            }
+                        };
+                        vec![Stmt::Assign { var: acc, value: v }]
+                    }));
                     let a = Expr::var(acc);
-                    let v = match kind {
-                        ReduceKind::Sum | ReduceKind::Mean | ReduceKind::LogSum => {
-                            Expr::bin(BinOp::Add, a, x)
+                    let fin = match kind {
+                        ReduceKind::Mean if acc_ty.is_float() => {
+                            Expr::bin(BinOp::Div, a, c(count as f64))
                         }
-                        ReduceKind::Max => Expr::bin(BinOp::Max, a, x),
-                        ReduceKind::Min => Expr::bin(BinOp::Min, a, x),
-                        ReduceKind::Prod => Expr::bin(BinOp::Mul, a, x),
-                        ReduceKind::L1 => Expr::bin(BinOp::Add, a, Expr::un(UnOp::Abs, x)),
-                        ReduceKind::L2 | ReduceKind::SumSquare => {
-                            Expr::bin(BinOp::Add, a, Expr::bin(BinOp::Mul, x.clone(), x))
+                        ReduceKind::Mean => {
+                            Expr::bin(BinOp::Div, a, Expr::Lit(Lit::Int(acc_ty, count as i64)))
                         }
+                        ReduceKind::L2 => Expr::un(UnOp::Sqrt, a),
+                        ReduceKind::LogSum => Expr::un(UnOp::Log, a),
                         ReduceKind::LogSumExp => {
                             let m = Expr::var(mx.unwrap_or(acc));
-                            Expr::bin(
-                                BinOp::Add,
-                                a,
-                                Expr::un(UnOp::Exp, Expr::bin(BinOp::Sub, x, m)),
-                            )
+                            Expr::bin(BinOp::Add, Expr::un(UnOp::Log, a), m)
                         }
+                        _ => a,
                     };
-                    vec![Stmt::Assign { var: acc, value: v }]
-                }));
-                let a = Expr::var(acc);
-                let fin = match kind {
-                    ReduceKind::Mean if acc_ty.is_float() => {
-                        Expr::bin(BinOp::Div, a, c(count as f64))
-                    }
-                    ReduceKind::Mean => {
-                        Expr::bin(BinOp::Div, a, Expr::Lit(Lit::Int(acc_ty, count as i64)))
-                    }
-                    ReduceKind::L2 => Expr::un(UnOp::Sqrt, a),
-                    ReduceKind::LogSum => Expr::un(UnOp::Log, a),
-                    ReduceKind::LogSumExp => {
-                        let m = Expr::var(mx.unwrap_or(acc));
-                        Expr::bin(BinOp::Add, Expr::un(UnOp::Log, a), m)
-                    }
-                    _ => a,
-                };
-                let fin = if acc_ty != ty {
-                    Expr::cast(ty, fin)
-                } else {
-                    fin
-                };
-                stmts.push(Stmt::Store {
-                    param: op_,
-                    index: out_idx.clone(),
-                    value: fin,
-                });
+                    let fin = if acc_ty != ty {
+                        Expr::cast(ty, fin)
+                    } else {
+                        fin
+                    };
+                    stmts.push(Stmt::Store {
+                        param: op_,
+                        index: out_idx.clone(),
+                        value: fin,
+                    });
+                }
             }
+            stmts
+        });
+        if count == 0 && (kind == ReduceKind::Mean || !ty.is_float()) {
+            return unsupported("mean or integer reduction over an empty dimension");
+        }
+        bodies.push(body);
+    }
+    kb.k.body = if candidates.len() == 1 {
+        bodies.pop().unwrap_or_default()
+    } else {
+        let mut stmts = flags.clone();
+        for (flag, body) in flags.iter().zip(bodies) {
+            let Stmt::Let { var: f, .. } = flag else {
+                continue;
+            };
+            let once = kb.var(DType::I64);
+            stmts.push(Stmt::For {
+                var: once,
+                extent: Expr::select(Expr::var(*f), Expr::idx(1), Expr::idx(0)),
+                kind: LoopKind::Serial,
+                body,
+            });
         }
         stmts
-    });
-    if count == 0 && (kind == ReduceKind::Mean || !ty.is_float()) {
-        return unsupported("mean or integer reduction over an empty dimension");
-    }
-    kb.k.body = body;
+    };
     cx.launch(kb, node);
     Ok(())
 }
@@ -264,15 +334,16 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail>
 /// Which dims a reduction reduces. Axes come from the attribute, a constant input, or, when
 /// the input is only known at run time, from the static output shape: with `keepdims` the
 /// reduced dims are those that shrank to 1 (reducing a dim that already is 1 changes nothing);
-/// without, the one set of dims whose removal gives the output shape, if only one does.
+/// without, every set of dims whose removal gives the output shape (the caller picks among
+/// several at run time).
 fn reduced_dims(
     cx: &Cx,
     node: &Node,
     attrs: &ReduceAttrs,
     shape: &[usize],
-) -> Result<Vec<bool>, Fail> {
+) -> Result<Vec<Vec<bool>>, Fail> {
     let rank = shape.len();
-    let mark = |axes: &[usize]| (0..rank).map(|d| axes.contains(&d)).collect();
+    let mark = |axes: &[usize]| vec![(0..rank).map(|d| axes.contains(&d)).collect()];
     if let Some(ax) = &attrs.axes {
         return Ok(mark(ax));
     }
@@ -294,7 +365,7 @@ fn reduced_dims(
         if out.len() != rank {
             return unsupported("reduction output rank differs from its input's");
         }
-        return Ok((0..rank).map(|d| shape[d] != out[d]).collect());
+        return Ok(vec![(0..rank).map(|d| shape[d] != out[d]).collect()]);
     }
     let drop = rank.checked_sub(out.len()).unwrap_or(usize::MAX);
     if drop > rank || rank > 16 {
@@ -313,10 +384,10 @@ fn reduced_dims(
             found.push((0..rank).map(|d| set & (1 << d) != 0).collect());
         }
     }
-    match found.len() {
-        1 => Ok(found.remove(0)),
-        _ => unsupported("run-time reduction axes that the output shape does not determine"),
+    if found.is_empty() || found.len() > 8 {
+        return unsupported("run-time reduction axes that the output shape does not determine");
     }
+    Ok(found)
 }
 
 fn lit(ty: DType, v: f64) -> Expr {

@@ -622,3 +622,25 @@ fn run_time_slice_and_pad_bounds() {
         0.0,
     );
 }
+
+#[test]
+fn run_time_axes_the_output_shape_leaves_ambiguous() {
+    // Reducing dim 1 or dim 2 of [3,2,2] both give [3,2]: the kernel must read the axes.
+    for axis in [1, -1] {
+        check(
+            &format!(
+                r#"graph (%0: f32[3,2,2] "x", %1: i64[1] "a") -> (%6 "y", %7 "m") {{
+  @c0 = const i64[] [0]
+  @c1 = const i64[] [{axis}]
+  %2 = constant @c0 : i64[]
+  %3 = constant @c1 : i64[]
+  %4 = ew.mul(%1, %2) : i64[1]
+  %5 = ew.add(%4, %3) : i64[1]
+  %6 = reduce.sum {{"axes":null,"keepdims":false,"noop_with_empty_axes":false}} (%0, %5) : f32[3,2]
+  %7 = reduce.max {{"axes":null,"keepdims":false,"noop_with_empty_axes":false}} (%0, %5) : f32[3,2]
+}}"#
+            ),
+            1e-6,
+        );
+    }
+}
