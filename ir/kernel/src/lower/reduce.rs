@@ -39,7 +39,9 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail>
         },
     };
     let ty = cx.dtype(x);
-    if !ty.is_numeric() || ty.is_storage_only() {
+    // Bools reduce by max (any) and min (all) only.
+    let bool_ok = ty == DType::Bool && matches!(kind, ReduceKind::Max | ReduceKind::Min);
+    if (!ty.is_numeric() || ty.is_storage_only()) && !bool_ok {
         return unsupported(format!("reduction over {}", ty.name()));
     }
     let candidates: Vec<Vec<bool>> = match softmax {
@@ -256,6 +258,8 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail>
                             ReduceKind::Sum | ReduceKind::Mean | ReduceKind::LogSum => {
                                 Expr::bin(BinOp::Add, a, x)
                             }
+                            ReduceKind::Max if bool_ok => Expr::bin(BinOp::Or, a, x),
+                            ReduceKind::Min if bool_ok => Expr::bin(BinOp::And, a, x),
                             ReduceKind::Max => Expr::bin(BinOp::Max, a, x),
                             ReduceKind::Min => Expr::bin(BinOp::Min, a, x),
                             ReduceKind::Prod => Expr::bin(BinOp::Mul, a, x),
@@ -304,7 +308,7 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail>
             }
             stmts
         });
-        if count == 0 && (kind == ReduceKind::Mean || !ty.is_float()) {
+        if count == 0 && (kind == ReduceKind::Mean || !(ty.is_float() || bool_ok)) {
             return unsupported("mean or integer reduction over an empty dimension");
         }
         bodies.push(body);
@@ -402,6 +406,7 @@ fn lit(ty: DType, v: f64) -> Expr {
 
 fn min_of(ty: DType) -> Expr {
     match ty {
+        DType::Bool => Expr::Lit(Lit::Bool(false)),
         t if t.is_float() => Expr::float(t, f64::NEG_INFINITY),
         DType::I8 => Expr::Lit(Lit::Int(ty, i8::MIN as i64)),
         DType::I16 => Expr::Lit(Lit::Int(ty, i16::MIN as i64)),
@@ -413,6 +418,7 @@ fn min_of(ty: DType) -> Expr {
 
 fn max_of(ty: DType) -> Expr {
     match ty {
+        DType::Bool => Expr::Lit(Lit::Bool(true)),
         t if t.is_float() => Expr::float(t, f64::INFINITY),
         DType::I8 => Expr::Lit(Lit::Int(ty, i8::MAX as i64)),
         DType::U8 => Expr::Lit(Lit::Int(ty, u8::MAX as i64)),

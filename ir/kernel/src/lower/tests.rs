@@ -624,6 +624,17 @@ fn run_time_slice_and_pad_bounds() {
 }
 
 #[test]
+fn bool_any_and_all() {
+    check(
+        r#"graph (%0: bool[3,4] "b") -> (%1 "any", %2 "all") {
+  %1 = reduce.max {"axes":[1],"keepdims":false,"noop_with_empty_axes":false} (%0) : bool[3]
+  %2 = reduce.min {"axes":[0],"keepdims":true,"noop_with_empty_axes":false} (%0) : bool[1,4]
+}"#,
+        0.0,
+    );
+}
+
+#[test]
 fn run_time_axes_the_output_shape_leaves_ambiguous() {
     // Reducing dim 1 or dim 2 of [3,2,2] both give [3,2]: the kernel must read the axes.
     for axis in [1, -1] {
