@@ -19,6 +19,7 @@ mod norm;
 mod quant;
 mod reduce;
 mod resize;
+mod signal;
 
 use crate::kernel::*;
 use mlc_ir::{DType, Graph, Node, Op, ValueId};
@@ -145,6 +146,7 @@ impl Cx<'_> {
             Op::Movement(op) => movement::lower(self, node, op),
             Op::Quant(op) => quant::lower(self, node, op),
             Op::Attn(op) => attn::lower(self, node, op),
+            Op::Signal(op) => signal::lower(self, node, op),
             _ => unsupported("no kernel lowering for this op family yet"),
         }
     }

@@ -655,3 +655,15 @@ fn run_time_axes_the_output_shape_leaves_ambiguous() {
         );
     }
 }
+
+#[test]
+fn windows_are_constants() {
+    check(
+        r#"graph () -> (%0 "h", %1 "m", %2 "b") {
+  %0 = signal.hann_window {"size":5,"periodic":false,"dtype":"f32"} () : f32[5]
+  %1 = signal.hamming_window {"size":6,"periodic":true,"dtype":"f64"} () : f64[6]
+  %2 = signal.blackman_window {"size":4,"periodic":true,"dtype":"f32"} () : f32[4]
+}"#,
+        1e-7,
+    );
+}
