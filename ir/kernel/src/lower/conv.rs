@@ -403,7 +403,8 @@ pub(super) fn pool_kind(
     }
     let xs = cx.shape(x)?;
     let ty = cx.dtype(x);
-    if !ty.is_float() || ty.is_storage_only() {
+    let int_max = max && ty.is_int() && !ty.is_storage_only();
+    if (!ty.is_float() || ty.is_storage_only()) && !int_max {
         return unsupported(format!("pooling on {}", ty.name()));
     }
     let ins = xs[2..].to_vec();
@@ -432,6 +433,12 @@ pub(super) fn pool_kind(
     } else {
         ty
     };
+    // The tap count (average pooling's divisor) is a float even when max-pooling integers.
+    let cnt_ty = if acc_ty.is_float() {
+        acc_ty
+    } else {
+        DType::F32
+    };
     let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
     let mut kb = KernelBuilder::new(kernel_name(&node.op));
     let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
@@ -444,7 +451,7 @@ pub(super) fn pool_kind(
     let body = nest(&mut kb, &ext, LoopKind::Parallel, |kb, v| {
         let (pv, ov) = (v[0], &v[1..]);
         let acc = kb.var(acc_ty);
-        let cnt = kb.var(acc_ty);
+        let cnt = kb.var(cnt_ty);
         let widen = |e: Expr| {
             if acc_ty != ty {
                 Expr::cast(acc_ty, e)
@@ -452,7 +459,11 @@ pub(super) fn pool_kind(
                 e
             }
         };
-        let init = Expr::float(acc_ty, if max { f64::NEG_INFINITY } else { 0.0 });
+        let init = if int_max {
+            super::reduce::min_of(ty)
+        } else {
+            Expr::float(acc_ty, if max { f64::NEG_INFINITY } else { 0.0 })
+        };
         let taps = g.k.clone();
         let inner = nest(kb, &taps, LoopKind::Serial, |_, kv| {
             let mut src = Expr::mul_idx(Expr::var(pv), ihw as i64);
@@ -491,7 +502,7 @@ pub(super) fn pool_kind(
             } else {
                 (
                     Expr::bin(BinOp::Add, a.clone(), xv),
-                    Expr::bin(BinOp::Add, cv.clone(), Expr::float(acc_ty, 1.0)),
+                    Expr::bin(BinOp::Add, cv.clone(), Expr::float(cnt_ty, 1.0)),
                 )
             };
             let counts = if count_include_pad {
@@ -541,7 +552,7 @@ pub(super) fn pool_kind(
             },
             Stmt::Let {
                 var: cnt,
-                value: Expr::float(acc_ty, 0.0),
+                value: Expr::float(cnt_ty, 0.0),
             },
         ];
         stmts.extend(inner);

@@ -404,7 +404,7 @@ fn lit(ty: DType, v: f64) -> Expr {
     }
 }
 
-fn min_of(ty: DType) -> Expr {
+pub(super) fn min_of(ty: DType) -> Expr {
     match ty {
         DType::Bool => Expr::Lit(Lit::Bool(false)),
         t if t.is_float() => Expr::float(t, f64::NEG_INFINITY),

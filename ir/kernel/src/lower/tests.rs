@@ -657,6 +657,16 @@ fn run_time_axes_the_output_shape_leaves_ambiguous() {
 }
 
 #[test]
+fn integer_max_pool() {
+    check(
+        r#"graph (%0: i8[1,2,5,5] "x") -> (%1 "m") {
+  %1 = nn.max_pool {"kernel":[2,2],"strides":[2,2],"dilations":[1,1],"pads":[1,1,0,0],"auto_pad":"not_set","ceil_mode":false,"storage_order_col_major":false} (%0) : i8[1,2,3,3]
+}"#,
+        0.0,
+    );
+}
+
+#[test]
 fn windows_are_constants() {
     check(
         r#"graph () -> (%0 "h", %1 "m", %2 "b") {
