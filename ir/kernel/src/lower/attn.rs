@@ -289,41 +289,10 @@ fn attention(cx: &mut Cx, node: &Node, op: &AttnOp) -> Result<(), Fail> {
             value: cap,
         });
         // The additive bias: mask, causality, window, padding.
-        let mut bias_e = f(0.0);
-        if let Some((mp, ms, mt)) = &mask {
-            let vars = [b.clone(), h.clone(), i.clone(), Expr::var(j)];
-            let ml = ms.last().copied().unwrap_or(1);
-            let mst = strides(ms);
-            let off = 4 - ms.len().min(4);
-            let mut idx = Expr::idx(0);
-            for (d, &n) in ms.iter().enumerate() {
-                let var = vars[off + d].clone();
-                let last = d + 1 == ms.len();
-                let term = if last {
-                    Expr::bin(BinOp::Min, var, Expr::idx(ml as i64 - 1))
-                } else if n == 1 {
-                    continue;
-                } else {
-                    var
-                };
-                idx = Expr::add_idx(idx, Expr::mul_idx(term, mst[d]));
-            }
-            let m = Expr::load(*mp, idx);
-            let mv = if *mt == DType::Bool {
-                Expr::select(m, f(0.0), f(-inf))
-            } else {
-                f64_of(m, *mt)
-            };
-            bias_e = if !ms.is_empty() && ml < skv {
-                Expr::select(
-                    Expr::bin(BinOp::Lt, Expr::var(j), Expr::idx(ml as i64)),
-                    mv,
-                    f(-inf),
-                )
-            } else {
-                mv
-            };
-        }
+        let mut bias_e = match &mask {
+            Some(m) => mask_bias(m, [b.clone(), h.clone(), i.clone(), Expr::var(j)], skv),
+            None => f(0.0),
+        };
         let np_b = nonpad.map(|(p, t)| {
             let e = Expr::load(p, b.clone());
             if t == DType::I64 {
@@ -771,4 +740,42 @@ fn rotary(
     kb.k.body = body;
     cx.launch(kb, node);
     Ok(())
+}
+
+/// The mask's additive bias for element `(b, h, i, j)` of the scores: the mask broadcast from
+/// the right (a bool mask is 0 where true, -∞ where false), -∞ for keys past a mask whose last
+/// dim is shorter than the keys.
+fn mask_bias((mp, ms, mt): &(ParamId, Vec<usize>, DType), vars: [Expr; 4], skv: usize) -> Expr {
+    let inf = f64::INFINITY;
+    let ml = ms.last().copied().unwrap_or(1);
+    let mst = strides(ms);
+    let off = 4 - ms.len().min(4);
+    let mut idx = Expr::idx(0);
+    for (d, &n) in ms.iter().enumerate() {
+        let var = vars[off + d].clone();
+        let term = if d + 1 == ms.len() {
+            // Clamped: keys past a short mask are masked below, never loaded.
+            Expr::bin(BinOp::Min, var, Expr::idx(ml as i64 - 1))
+        } else if n == 1 {
+            continue;
+        } else {
+            var
+        };
+        idx = Expr::add_idx(idx, Expr::mul_idx(term, mst[d]));
+    }
+    let m = Expr::load(*mp, idx);
+    let mv = if *mt == DType::Bool {
+        Expr::select(m, f(0.0), f(-inf))
+    } else {
+        f64_of(m, *mt)
+    };
+    if !ms.is_empty() && ml < skv {
+        Expr::select(
+            Expr::bin(BinOp::Lt, vars[3].clone(), Expr::idx(ml as i64)),
+            mv,
+            f(-inf),
+        )
+    } else {
+        mv
+    }
 }
