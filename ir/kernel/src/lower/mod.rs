@@ -274,22 +274,48 @@ pub(crate) fn loop_nest(
     body_of: impl FnOnce(&mut KernelBuilder, &[VarId]) -> Vec<Stmt>,
 ) -> Vec<Stmt> {
     let vars: Vec<VarId> = shape.iter().map(|_| kb.var(DType::I64)).collect();
-    let mut body = body_of(kb, &vars);
-    let n = shape.len();
-    for d in (0..n).rev() {
-        let kind = if d == 0 {
-            LoopKind::Parallel
-        } else if d == n - 1 {
-            LoopKind::Vector
+    let body = body_of(kb, &vars);
+    let real: Vec<usize> = (0..shape.len()).filter(|&d| shape[d] != 1).collect();
+    let kinds: Vec<LoopKind> = (0..shape.len())
+        .map(|d| {
+            if real.first() == Some(&d) {
+                LoopKind::Parallel
+            } else if real.last() == Some(&d) {
+                LoopKind::Vector
+            } else {
+                LoopKind::Serial
+            }
+        })
+        .collect();
+    wrap_loops(&vars, shape, &kinds, body)
+}
+
+/// Wraps `body` in loops over `extents` (outermost first) of the given kinds. A dim of extent 1
+/// is no loop: its counter is a `let` of 0, so backends see only the loops that iterate, and
+/// the outermost real loop is the parallel one.
+pub(crate) fn wrap_loops(
+    vars: &[VarId],
+    extents: &[usize],
+    kinds: &[LoopKind],
+    mut body: Vec<Stmt>,
+) -> Vec<Stmt> {
+    for d in (0..extents.len()).rev() {
+        if extents[d] == 1 {
+            body.insert(
+                0,
+                Stmt::Let {
+                    var: vars[d],
+                    value: Expr::idx(0),
+                },
+            );
         } else {
-            LoopKind::Serial
-        };
-        body = vec![Stmt::For {
-            var: vars[d],
-            extent: Expr::idx(shape[d] as i64),
-            kind,
-            body,
-        }];
+            body = vec![Stmt::For {
+                var: vars[d],
+                extent: Expr::idx(extents[d] as i64),
+                kind: kinds[d],
+                body,
+            }];
+        }
     }
     body
 }
