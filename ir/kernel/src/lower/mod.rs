@@ -9,6 +9,7 @@
 //! lower is collected; all of them are reported at once.
 
 mod conv;
+mod epilogue;
 mod ew;
 mod movement;
 mod nn;
@@ -86,6 +87,7 @@ pub fn lower_graph(g: &Graph) -> Result<Program, LowerError> {
         let b = cx.buf(port.value)?;
         cx.p.outputs.push((port.name.clone(), b));
     }
+    drop_unused_kernels(&mut cx.p);
     for k in &cx.p.kernels {
         crate::verify::verify_kernel(k).map_err(|errs| {
             let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
@@ -93,6 +95,28 @@ pub fn lower_graph(g: &Graph) -> Result<Program, LowerError> {
         })?;
     }
     Ok(cx.p)
+}
+
+/// Removes kernels no step launches (left behind when an epilogue was fused into a copy of a
+/// kernel), keeping the others in order.
+fn drop_unused_kernels(p: &mut Program) {
+    let used: Vec<bool> = (0..p.kernels.len())
+        .map(|k| p.steps.iter().any(|s| s.kernel.0 as usize == k))
+        .collect();
+    let mut remap = vec![0u32; p.kernels.len()];
+    let mut next = 0u32;
+    for (k, u) in used.iter().enumerate() {
+        remap[k] = next;
+        next += *u as u32;
+    }
+    let mut i = 0;
+    p.kernels.retain(|_| {
+        i += 1;
+        used[i - 1]
+    });
+    for s in &mut p.steps {
+        s.kernel = KernelId(remap[s.kernel.0 as usize]);
+    }
 }
 
 /// Why one node failed: unsupported (collected) or a hard error (returned at once).
@@ -164,8 +188,19 @@ impl Cx<'_> {
                 };
                 sub.bufs[port.value.0 as usize] = Some(self.buf(*v)?);
             }
+            // A contraction's bias and activation fold into its matmul (`epilogue.rs`).
+            let mut open = None;
             for n in &body.nodes {
+                if let Some(o) = open
+                    && let Some(next) = epilogue::try_fuse(&mut sub, n, o)
+                {
+                    open = Some(next);
+                    continue;
+                }
                 sub.node(n)?;
+                if !matches!(n.op, Op::Constant { .. }) {
+                    open = epilogue::open_after(&sub, n);
+                }
             }
             body.outputs.iter().map(|o| Ok(sub.buf(o.value)?)).collect()
         })();
@@ -196,6 +231,12 @@ impl Cx<'_> {
         let b = self.p.add_buffer(self.dtype(v), shape, kind);
         self.bufs[v.0 as usize] = Some(b);
         Ok(b)
+    }
+
+    /// Makes `v` share buffer `b` outright (same shape and type: an epilogue computed in
+    /// place).
+    pub fn set_buf(&mut self, v: ValueId, b: BufId) {
+        self.bufs[v.0 as usize] = Some(b);
     }
 
     /// The buffer already holding `v`.
