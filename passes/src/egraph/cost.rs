@@ -222,9 +222,9 @@ pub fn kernel_count(g: &Graph) -> usize {
         .count()
 }
 
-/// Extraction's cost function: a node's own kernel cost plus its operands' costs (egg's
-/// extractor minimizes this *tree* cost, which counts a shared operand once per use; see
-/// `mod.rs` for why that is good enough here).
+/// Extraction's cost function: a node's own kernel cost plus the costs of its distinct
+/// operands (egg's extractor minimizes this *tree* cost, which counts a value shared by two
+/// nodes once per node; see `mod.rs` for why that is good enough here).
 #[derive(Debug)]
 pub struct MlcCost<'a> {
     pub egraph: &'a MlcEGraph,
@@ -255,7 +255,18 @@ impl CostFunction<MlcNode> for MlcCost<'_> {
             }
             _ => 0.0,
         };
-        enode.children().iter().fold(own, |acc, c| acc + costs(*c))
+        // Each distinct operand counts once: `x * x` reads `x` once, and must not look twice
+        // as expensive as `pow(x, 2)`.
+        let mut seen: Vec<Id> = vec![];
+        enode.children().iter().fold(own, |acc, c| {
+            let c = self.egraph.find(*c);
+            if seen.contains(&c) {
+                acc
+            } else {
+                seen.push(c);
+                acc + costs(c)
+            }
+        })
     }
 }
 

@@ -226,6 +226,8 @@ fn consumers(eg: &MlcEGraph, class: Id) -> BTreeSet<Id> {
                 if matches!(o.op, Op::Control(ControlOp::Composite { .. })))
         })
         .map(|p| eg.find(p))
+        // A parent in the class itself is a cycle left by an identity (`x * 1 = x`), not a use.
+        .filter(|p| *p != class)
         .collect()
 }
 
