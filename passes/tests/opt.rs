@@ -12,10 +12,19 @@ fn optimized(src: &str) -> String {
     let g = mlc_ir::parse_graph(src).unwrap_or_else(|e| panic!("{e}"));
     let (opt, r) = optimize(g, &Options::default()).unwrap_or_else(|e| panic!("{e}"));
     let mut out = mlc_ir::print_graph(&opt);
+    let stops: Vec<String> = r
+        .phases
+        .iter()
+        .map(|p| format!("{} {}", p.phase, p.stop))
+        .collect();
     let _ = writeln!(
         out,
         "# kernels {} -> {}, cost {:.3} us -> {:.3} us, stop: {}",
-        r.kernels_before, r.kernels_after, r.cost_before_us, r.cost_after_us, r.stop
+        r.kernels_before,
+        r.kernels_after,
+        r.cost_before_us,
+        r.cost_after_us,
+        stops.join(", ")
     );
     for k in &r.kernels {
         let _ = writeln!(

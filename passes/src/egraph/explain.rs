@@ -63,16 +63,24 @@ pub struct KernelReport {
     pub loc: Option<String>,
 }
 
-/// What [`super::optimize`] did.
+/// One saturation phase: its e-graph's final size, iterations, why it stopped, its time
+/// (saturation and extraction).
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Report {
-    pub target: String,
+pub struct PhaseReport {
+    pub phase: String,
     pub egraph_nodes: usize,
     pub egraph_classes: usize,
     pub iterations: usize,
     pub stop: Stop,
-    /// Time to saturate, and in all (conversion, saturation, extraction, verification).
-    pub saturate_ms: f64,
+    pub ms: f64,
+}
+
+/// What [`super::optimize`] did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    pub target: String,
+    pub phases: Vec<PhaseReport>,
+    /// Time in all: conversions, both phases, verification.
     pub total_ms: f64,
     pub cost_before_us: f64,
     pub cost_after_us: f64,
@@ -156,16 +164,14 @@ impl fmt::Display for Report {
             "cost: {:.1} us -> {:.1} us",
             self.cost_before_us, self.cost_after_us
         )?;
-        writeln!(
-            f,
-            "e-graph: {} e-nodes in {} classes after {} iterations; stopped: {}",
-            self.egraph_nodes, self.egraph_classes, self.iterations, self.stop
-        )?;
-        writeln!(
-            f,
-            "time: {:.1} ms ({:.1} ms saturating)",
-            self.total_ms, self.saturate_ms
-        )?;
+        for p in &self.phases {
+            writeln!(
+                f,
+                "{} phase: {} e-nodes in {} classes after {} iterations, {:.1} ms; stopped: {}",
+                p.phase, p.egraph_nodes, p.egraph_classes, p.iterations, p.ms, p.stop
+            )?;
+        }
+        writeln!(f, "time: {:.1} ms", self.total_ms)?;
         if !self.applied.is_empty() {
             let a: Vec<String> = self
                 .applied

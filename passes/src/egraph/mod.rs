@@ -8,7 +8,8 @@
 //!    graph's tables (weights never enter the e-graph), multi-output ops through `out`
 //!    projections.
 //! 2. An egg `Runner` applies the rules of [`rules`] under node, iteration and time limits; why
-//!    it stopped is reported ([`Stop`]), never an error. The [`analysis`] keeps every class's
+//!    it stopped is reported ([`Stop`]), never an error. This runs twice: the rewrite rules
+//!    first, then on the extracted result the fusion rules (see [`rules::Phase`] for why). The [`analysis`] keeps every class's
 //!    types and small constant values, and panics on a merge whose facts disagree (a bug in a
 //!    rule).
 //! 3. Greedy extraction (egg's `Extractor`) with [`cost::MlcCost`] picks the cheapest form of
@@ -52,7 +53,7 @@ pub mod rules;
 
 pub use analysis::{Facts, MlcAnalysis, MlcEGraph};
 pub use cost::TargetInfo;
-pub use explain::{KernelReport, Report, Stop};
+pub use explain::{KernelReport, PhaseReport, Report, Stop};
 pub use lang::MlcNode;
 pub use rules::NodeRule;
 
@@ -79,7 +80,7 @@ pub struct Options {
     pub iter_limit: usize,
     /// ... or once the e-graph holds this many e-nodes...
     pub node_limit: usize,
-    /// ... or after this long.
+    /// ... or after this long (each limit applies to each phase).
     pub time_limit: Duration,
 }
 
@@ -102,7 +103,9 @@ pub fn optimize(
     optimize_with(graph, &rules::all(), options)
 }
 
-/// Optimizes `graph` with the given rules.
+/// Optimizes `graph` with the given rules: the rewrite phase, then the fusion phase (see
+/// [`rules::Phase`]), each saturating a fresh e-graph built from the previous phase's
+/// extracted expression.
 pub fn optimize_with(
     graph: mlc_ir::Graph,
     rules: &[NodeRule],
@@ -111,52 +114,62 @@ pub fn optimize_with(
     let start = Instant::now();
     let kernels_before = cost::kernel_count(&graph);
     let cost_before = cost::graph_cost(&options.target, &graph);
-    let (expr, tables) = convert::to_expr(graph)?;
+    let (mut expr, mut tables) = convert::to_expr(graph)?;
 
-    let mut egraph = MlcEGraph::new(MlcAnalysis { tables });
-    let root = egraph.add_expr(&expr);
-    let runner = Runner::default()
-        .with_egraph(egraph)
-        .with_iter_limit(options.iter_limit)
-        .with_node_limit(options.node_limit)
-        .with_time_limit(options.time_limit)
-        .run(&rules::rewrites(rules));
-    let saturate = start.elapsed();
-
+    let mut phases = vec![];
     let mut applied: BTreeMap<String, usize> = BTreeMap::new();
-    for it in &runner.iterations {
-        for (name, n) in &it.applied {
-            *applied.entry(name.to_string()).or_default() += n;
+    for (phase, name) in [
+        (rules::Phase::Rewrite, "rewrite"),
+        (rules::Phase::Fuse, "fuse"),
+    ] {
+        let chosen: Vec<NodeRule> = rules.iter().filter(|r| r.phase == phase).copied().collect();
+        let t = Instant::now();
+        let mut egraph = MlcEGraph::new(MlcAnalysis { tables });
+        let root = egraph.add_expr(&expr);
+        let runner = Runner::default()
+            .with_egraph(egraph)
+            .with_iter_limit(options.iter_limit)
+            .with_node_limit(options.node_limit)
+            .with_time_limit(options.time_limit)
+            .run(&rules::rewrites(&chosen));
+        for it in &runner.iterations {
+            for (rule, n) in &it.applied {
+                *applied.entry(rule.to_string()).or_default() += n;
+            }
         }
+        let mut egraph = runner.egraph;
+        expr = {
+            let extractor = Extractor::new(
+                &egraph,
+                cost::MlcCost {
+                    egraph: &egraph,
+                    target: &options.target,
+                },
+            );
+            extractor.find_best(root).1
+        };
+        tables = std::mem::take(&mut egraph.analysis.tables);
+        phases.push(PhaseReport {
+            phase: name.to_string(),
+            egraph_nodes: egraph.total_number_of_nodes(),
+            egraph_classes: egraph.number_of_classes(),
+            iterations: runner.iterations.len(),
+            stop: runner
+                .stop_reason
+                .as_ref()
+                .map_or(Stop::Saturated, Stop::from),
+            ms: t.elapsed().as_secs_f64() * 1e3,
+        });
     }
-    let mut egraph = runner.egraph;
-    let best = {
-        let extractor = Extractor::new(
-            &egraph,
-            cost::MlcCost {
-                egraph: &egraph,
-                target: &options.target,
-            },
-        );
-        extractor.find_best(root).1
-    };
-    let tables = std::mem::take(&mut egraph.analysis.tables);
-    let (optimized, origins) = convert::from_expr(&best, tables)?;
+
+    let (optimized, origins) = convert::from_expr(&expr, tables)?;
     if let Err(errors) = mlc_ir::verify(&optimized) {
         let first: Vec<String> = errors.iter().take(3).map(ToString::to_string).collect();
         return Err(OptError::Verify(first.join("; ")));
     }
-
     let report = Report {
         target: options.target.name.to_string(),
-        egraph_nodes: egraph.total_number_of_nodes(),
-        egraph_classes: egraph.number_of_classes(),
-        iterations: runner.iterations.len(),
-        stop: runner
-            .stop_reason
-            .as_ref()
-            .map_or(Stop::Saturated, Stop::from),
-        saturate_ms: saturate.as_secs_f64() * 1e3,
+        phases,
         total_ms: start.elapsed().as_secs_f64() * 1e3,
         cost_before_us: cost_before,
         cost_after_us: cost::graph_cost(&options.target, &optimized),
@@ -205,6 +218,7 @@ mod tests {
             ..Options::default()
         };
         let (_, r) = optimize(g, &options).expect("optimizes");
-        assert_eq!(r.stop, Stop::IterationLimit(1));
+        assert_eq!(r.phases[0].stop, Stop::IterationLimit(1));
+        assert_eq!(r.phases[1].stop, Stop::IterationLimit(1));
     }
 }

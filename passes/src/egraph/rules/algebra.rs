@@ -14,46 +14,16 @@ use mlc_ir::{Op, TensorType};
 
 pub fn rules() -> Vec<NodeRule> {
     vec![
-        NodeRule {
-            name: "mul-by-one",
-            find: mul_by_one,
-        },
-        NodeRule {
-            name: "add-zero",
-            find: add_zero,
-        },
-        NodeRule {
-            name: "sub-zero",
-            find: sub_zero,
-        },
-        NodeRule {
-            name: "div-by-one",
-            find: div_by_one,
-        },
-        NodeRule {
-            name: "div-by-const",
-            find: div_by_const,
-        },
-        NodeRule {
-            name: "neg-neg",
-            find: neg_neg,
-        },
-        NodeRule {
-            name: "relu-relu",
-            find: relu_relu,
-        },
-        NodeRule {
-            name: "pow-two",
-            find: pow_two,
-        },
-        NodeRule {
-            name: "identity",
-            find: identity,
-        },
-        NodeRule {
-            name: "cast-to-same-type",
-            find: cast_to_same_type,
-        },
+        NodeRule::rewrite("mul-by-one", mul_by_one),
+        NodeRule::rewrite("add-zero", add_zero),
+        NodeRule::rewrite("sub-zero", sub_zero),
+        NodeRule::rewrite("div-by-one", div_by_one),
+        NodeRule::rewrite("div-by-const", div_by_const),
+        NodeRule::rewrite("neg-neg", neg_neg),
+        NodeRule::rewrite("relu-relu", relu_relu),
+        NodeRule::rewrite("pow-two", pow_two),
+        NodeRule::rewrite("identity", identity),
+        NodeRule::rewrite("cast-to-same-type", cast_to_same_type),
     ]
 }
 

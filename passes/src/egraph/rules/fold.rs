@@ -12,10 +12,7 @@ use mlc_interp::EvalCx;
 use mlc_ir::{Op, Tensor, TensorType};
 
 pub fn rules() -> Vec<NodeRule> {
-    vec![NodeRule {
-        name: "fold-constants",
-        find: fold_constants,
-    }]
+    vec![NodeRule::rewrite("fold-constants", fold_constants)]
 }
 
 fn fold_constants(eg: &MlcEGraph, class: Id) -> Vec<Build> {

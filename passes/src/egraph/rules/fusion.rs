@@ -1,6 +1,7 @@
-//! Fusion: an elementwise op consuming another elementwise op, or consuming a contraction
-//! (`nn.matmul`, `nn.gemm`, `nn.conv`), becomes one `control.composite` node whose body holds
-//! both. Applied again to composites, chains of any length fuse into one kernel, with at most
+//! Fusion: an elementwise op (`ew`, an inference-mode `nn.batch_norm`, a quantize or
+//! dequantize) consuming another
+//! elementwise op, or consuming a contraction (`nn.matmul`, `nn.gemm`, `nn.conv`), becomes one
+//! `control.composite` node whose body holds both. Applied again to composites, chains of any length fuse into one kernel, with at most
 //! one contraction, at its start (an *epilogue*: bias, activation, residual add, clip).
 //!
 //! A composite's inputs are the values its body reads from outside (weights stay outside, by
@@ -20,7 +21,7 @@ use super::{Build, NodeRule, ty};
 use crate::egraph::analysis::MlcEGraph;
 use crate::egraph::lang::{MlcNode, OpInfo, OpRef};
 use egg::Id;
-use mlc_ir::ops::{ControlOp, NnOp};
+use mlc_ir::ops::{ControlOp, NnOp, QuantOp};
 use mlc_ir::{Graph, Op, Port, ValueId};
 use std::collections::BTreeSet;
 
@@ -29,14 +30,8 @@ pub const MAX_BODY_OPS: usize = 24;
 
 pub fn rules() -> Vec<NodeRule> {
     vec![
-        NodeRule {
-            name: "fuse-elementwise",
-            find: fuse_elementwise,
-        },
-        NodeRule {
-            name: "fuse-epilogue",
-            find: fuse_epilogue,
-        },
+        NodeRule::fuse("fuse-elementwise", fuse_elementwise),
+        NodeRule::fuse("fuse-epilogue", fuse_epilogue),
     ]
 }
 
@@ -52,10 +47,28 @@ struct Piece {
     rules: Vec<&'static str>,
 }
 
+/// Ops that compute each output element from the elements at the same (broadcast) position:
+/// `ew` ops, and inference-mode batch normalization, a per-channel affine map.
+/// Quantize and dequantize are elementwise too (their scales and zero points broadcast per
+/// tensor, axis or block).
+fn is_elementwise(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Ew(_)
+            | Op::Nn(NnOp::BatchNorm { .. })
+            | Op::Quant(QuantOp::Quantize { .. } | QuantOp::Dequantize { .. })
+    )
+}
+
+/// Contractions, whose epilogues fuse: float ones, and the integer ones of dynamically
+/// quantized models (`matmul_integer`, `conv_integer`), whose i32 results are rescaled to float
+/// by the elementwise ops that follow, so the fused kernel is an integer kernel with a
+/// requantization epilogue.
 fn is_anchor(op: &Op) -> bool {
     matches!(
         op,
         Op::Nn(NnOp::Matmul | NnOp::Gemm { .. } | NnOp::Conv { .. })
+            | Op::Quant(QuantOp::MatMulInteger | QuantOp::ConvInteger(_))
     )
 }
 
@@ -71,7 +84,7 @@ fn body_shape(body: &Graph) -> Option<bool> {
     let mut anchored = false;
     for (i, n) in body.nodes.iter().enumerate() {
         match &n.op {
-            Op::Ew(_) => {}
+            op if is_elementwise(op) => {}
             op if i == 0 && is_anchor(op) => anchored = true,
             _ => return None,
         }
@@ -103,7 +116,7 @@ fn piece(eg: &MlcEGraph, node: &MlcNode) -> Option<Piece> {
         });
     }
     let anchored = is_anchor(&o.op);
-    if !(anchored || matches!(o.op, Op::Ew(_))) || !o.regions.is_empty() {
+    if !(anchored || is_elementwise(&o.op)) || !o.regions.is_empty() {
         return None;
     }
     // A body with one node: each distinct present operand becomes a body input.
@@ -247,7 +260,8 @@ fn candidates(eg: &MlcEGraph, class: Id, anchored: bool) -> Vec<Build> {
             continue;
         }
         for &at in &consumer.inputs {
-            if ty(eg, at) != Some(&want) || consumers(eg, at).len() != 1 {
+            // Same shape (dtypes may differ: `cast`, `quantize` consume contractions).
+            if ty(eg, at).map(|t| &t.shape) != Some(&want.shape) || consumers(eg, at).len() != 1 {
                 continue;
             }
             for pnode in &eg[at].nodes {
@@ -325,6 +339,23 @@ mod tests {
         for g in check(&["fuse-epilogue", "fuse-elementwise"], src, shapes) {
             assert_eq!(g.nodes.len(), 1, "{g}");
             assert!(g.to_string().contains("conv+add+relu"), "{g}");
+        }
+    }
+
+    #[test]
+    fn batch_norm_and_activation_fuse_into_a_convolution() {
+        let src = r#"graph (%0: f32[1,2,6,6] "x", %1: f32[3,2,3,3] "w", %2: f32[3] "s", %3: f32[3] "b", %4: f32[3] "m", %5: f32[3] "v") -> (%9 "y") {
+  @c0 = const f32[3] [1.0, 2.0, 3.0]
+  %6 = nn.conv {"strides":[1,1],"dilations":[1,1],"pads":[1,1,1,1],"group":1,"auto_pad":"not_set"} (%0, %1, _) : f32[1,3,6,6]
+  %7 = constant @c0 : f32[3]
+  %8 = nn.batch_norm {"epsilon":0.00001} (%6, %2, %3, %4, %7) : f32[1,3,6,6]
+  %9 = ew.hard_swish(%8) : f32[1,3,6,6]
+}
+"#;
+        let (c, w, p): (&[usize], &[usize], &[usize]) = (&[1, 2, 6, 6], &[3, 2, 3, 3], &[3]);
+        for g in check(&["fuse-epilogue"], src, &[&[c, w, p, p, p, p]]) {
+            assert_eq!(g.op_count() - 3, 1, "{g}");
+            assert!(g.to_string().contains("conv+batch_norm+hard_swish"), "{g}");
         }
     }
 

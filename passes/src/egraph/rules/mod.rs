@@ -6,6 +6,7 @@
 //! The same function serves as egg's `Searcher` (is there anything to build?) and `Applier`
 //! (build it and union it with the class). Read `docs/rules-for-rules.md` before adding one.
 
+pub mod activations;
 pub mod algebra;
 pub mod fold;
 pub mod fusion;
@@ -21,10 +22,22 @@ use mlc_ir::{Graph, InferCx, Op, Tensor, TensorType};
 /// name, recorded on the e-nodes it builds.
 pub type Build = Box<dyn FnOnce(&mut MlcEGraph, &'static str) -> Option<Id>>;
 
-/// A rule: its name and the function that finds what it can build in one e-class.
+/// When a rule runs. Saturation runs in two phases: first the rewrites (identities, canonical
+/// forms, recognitions) to saturation, then, on the extracted result, fusion. Fusion decides
+/// from the number of consumers a value has, and the alternatives that rewrites leave in the
+/// e-graph (the unused `x / c` beside `x * (1/c)`, the parts of a recognized GELU) would count
+/// as consumers; after extraction only the chosen program's uses remain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Rewrite,
+    Fuse,
+}
+
+/// A rule: its name, its phase and the function that finds what it can build in one e-class.
 #[derive(Clone, Copy)]
 pub struct NodeRule {
     pub name: &'static str,
+    pub phase: Phase,
     pub find: fn(&MlcEGraph, Id) -> Vec<Build>,
 }
 
@@ -35,8 +48,24 @@ impl std::fmt::Debug for NodeRule {
 }
 
 impl NodeRule {
+    pub const fn rewrite(name: &'static str, find: fn(&MlcEGraph, Id) -> Vec<Build>) -> Self {
+        NodeRule {
+            name,
+            phase: Phase::Rewrite,
+            find,
+        }
+    }
+
+    pub const fn fuse(name: &'static str, find: fn(&MlcEGraph, Id) -> Vec<Build>) -> Self {
+        NodeRule {
+            name,
+            phase: Phase::Fuse,
+            find,
+        }
+    }
+
     /// The egg rewrite that runs this rule.
-    pub fn rewrite(self) -> Rewrite<MlcNode, MlcAnalysis> {
+    pub fn to_egg(self) -> Rewrite<MlcNode, MlcAnalysis> {
         // `Rewrite::new` fails only for patterns with unbound variables; we bind none.
         Rewrite::new(self.name, self, self).expect("node rules bind no variables")
     }
@@ -87,6 +116,7 @@ impl Applier<MlcNode, MlcAnalysis> for NodeRule {
 pub fn all() -> Vec<NodeRule> {
     let mut r = Vec::new();
     r.extend(algebra::rules());
+    r.extend(activations::rules());
     r.extend(movement::rules());
     r.extend(fold::rules());
     r.extend(fusion::rules());
@@ -95,7 +125,7 @@ pub fn all() -> Vec<NodeRule> {
 
 /// The rules as egg rewrites.
 pub fn rewrites(rules: &[NodeRule]) -> Vec<Rewrite<MlcNode, MlcAnalysis>> {
-    rules.iter().map(|r| r.rewrite()).collect()
+    rules.iter().map(|r| r.to_egg()).collect()
 }
 
 // ---- Helpers for rules ----

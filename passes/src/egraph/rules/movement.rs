@@ -10,18 +10,9 @@ use mlc_ir::ops::MovementOp;
 
 pub fn rules() -> Vec<NodeRule> {
     vec![
-        NodeRule {
-            name: "transpose-transpose",
-            find: transpose_transpose,
-        },
-        NodeRule {
-            name: "noop-movement",
-            find: noop_movement,
-        },
-        NodeRule {
-            name: "view-view",
-            find: view_view,
-        },
+        NodeRule::rewrite("transpose-transpose", transpose_transpose),
+        NodeRule::rewrite("noop-movement", noop_movement),
+        NodeRule::rewrite("view-view", view_view),
     ]
 }
 
