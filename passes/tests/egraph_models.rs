@@ -19,7 +19,7 @@ fn models_dir() -> PathBuf {
 const BERT: &[usize] = &[1, 128];
 
 /// Every development model with batch-1 bindings, and whether to run it through the
-/// interpreter before and after (the big ones take minutes in a debug build).
+/// interpreter before and after.
 const MODELS: &[(&str, &[(&str, &[usize])], bool)] = &[
     (
         "mlp_784_512_512_10.onnx",
@@ -32,13 +32,13 @@ const MODELS: &[(&str, &[(&str, &[usize])], bool)] = &[
         &[("x", &[1, 3, 224, 224])],
         true,
     ),
-    ("resnet18.onnx", &[("input", &[1, 3, 224, 224])], false),
+    ("resnet18.onnx", &[("input", &[1, 3, 224, 224])], true),
     (
         "resnet18_int8_qdq.onnx",
         &[("input", &[1, 3, 224, 224])],
-        false,
+        true,
     ),
-    ("ppocrv4_rec.onnx", &[("x", &[1, 3, 48, 320])], false),
+    ("ppocrv4_rec.onnx", &[("x", &[1, 3, 48, 320])], true),
     (
         "bert_minilm_l6_h384.onnx",
         &[
@@ -46,7 +46,7 @@ const MODELS: &[(&str, &[(&str, &[usize])], bool)] = &[
             ("attention_mask", BERT),
             ("token_type_ids", BERT),
         ],
-        false,
+        true,
     ),
     (
         "bert_minilm_l6_h384_int8_dynamic.onnx",
@@ -55,7 +55,7 @@ const MODELS: &[(&str, &[(&str, &[usize])], bool)] = &[
             ("attention_mask", BERT),
             ("token_type_ids", BERT),
         ],
-        false,
+        true,
     ),
 ];
 
@@ -182,7 +182,10 @@ fn dev_models_optimize_within_budget_and_agree() {
         );
         assert!(report.kernels_after <= report.kernels_before, "{file}");
         if *run {
-            assert_close(file, &g, &opt, 1e-4);
+            // The tolerances: 1e-4 for float models, 1e-2 for int8 ones, where a
+            // rounding difference before a dynamic quantization can move a value by a step.
+            let tol = if file.contains("int8") { 1e-2 } else { 1e-4 };
+            assert_close(file, &g, &opt, tol);
         }
     }
     eprintln!("{}", table.join("\n"));

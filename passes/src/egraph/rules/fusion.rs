@@ -45,6 +45,8 @@ struct Piece {
     anchored: bool,
     kind: String,
     rules: Vec<&'static str>,
+    /// The location of the op that produces the piece's result, for diagnostics.
+    loc: Option<String>,
 }
 
 /// Ops that compute each output element from the elements at the same (broadcast) position:
@@ -113,6 +115,7 @@ fn piece(eg: &MlcEGraph, node: &MlcNode) -> Option<Piece> {
             anchored,
             kind: kind.clone(),
             rules: o.rules.clone(),
+            loc: o.loc.clone(),
         });
     }
     let anchored = is_anchor(&o.op);
@@ -157,6 +160,7 @@ fn piece(eg: &MlcEGraph, node: &MlcNode) -> Option<Piece> {
         anchored,
         kind: short(&o.op),
         rules: o.rules.clone(),
+        loc: o.loc.clone(),
     })
 }
 
@@ -288,7 +292,8 @@ fn candidates(eg: &MlcEGraph, class: Id, anchored: bool) -> Vec<Build> {
                         Op::Control(ControlOp::Composite { kind }),
                         vec![body],
                         vec![want],
-                        None,
+                        // The composite stands where its last op stood.
+                        consumer.loc.clone().or_else(|| producer.loc.clone()),
                         rules,
                     );
                     Some(eg.add(MlcNode::Op(OpRef::new(info), inputs)))
