@@ -1,6 +1,6 @@
 //! Equality saturation on the development models: the Graph <-> RecExpr round trip is
-//! lossless, optimization stays within its time budget, and the optimized graphs compute what
-//! the imported ones compute. Prints the per-model table of imported nodes against kernels:
+//! lossless, optimization stays within its time budget and is deterministic, and the optimized
+//! graphs compute what the imported ones compute. Prints the per-model table of imported nodes against kernels:
 //! `cargo test --release -p mlc-passes --test egraph_models -- --nocapture`.
 
 use mlc_ir::{Graph, Tensor, print_graph, verify};
@@ -181,6 +181,11 @@ fn dev_models_optimize_within_budget_and_agree() {
             "{file}: optimizing took {elapsed:?}"
         );
         assert!(report.kernels_after <= report.kernels_before, "{file}");
+        let (again, _) = optimize(g.clone(), &Options::default()).expect("optimized once");
+        assert!(
+            print_graph(&again) == print_graph(&opt),
+            "{file}: the optimizer's output is not deterministic"
+        );
         if *run {
             // The tolerances: 1e-4 for float models, 1e-2 for int8 ones, where a
             // rounding difference before a dynamic quantization can move a value by a step.

@@ -11,6 +11,7 @@ pub mod algebra;
 pub mod fold;
 pub mod fusion;
 pub mod movement;
+pub mod norm;
 
 use super::analysis::{Facts, MlcAnalysis, MlcEGraph};
 use super::lang::{MlcNode, OpInfo, OpRef};
@@ -117,6 +118,7 @@ pub fn all() -> Vec<NodeRule> {
     let mut r = Vec::new();
     r.extend(algebra::rules());
     r.extend(activations::rules());
+    r.extend(norm::rules());
     r.extend(movement::rules());
     r.extend(fold::rules());
     r.extend(fusion::rules());
