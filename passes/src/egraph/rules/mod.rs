@@ -8,6 +8,7 @@
 
 pub mod activations;
 pub mod algebra;
+pub mod attention;
 pub mod fold;
 pub mod fusion;
 pub mod movement;
@@ -119,6 +120,7 @@ pub fn all() -> Vec<NodeRule> {
     r.extend(algebra::rules());
     r.extend(activations::rules());
     r.extend(norm::rules());
+    r.extend(attention::rules());
     r.extend(movement::rules());
     r.extend(fold::rules());
     r.extend(fusion::rules());
