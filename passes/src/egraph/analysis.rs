@@ -5,7 +5,7 @@
 use super::lang::MlcNode;
 use egg::{Analysis, DidMerge, EGraph, Id};
 use mlc_ir::{Port, Tensor, TensorType};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 /// Constants with at most this many elements have their value in the analysis, so rules can
@@ -74,6 +74,9 @@ impl Facts {
 #[derive(Debug, Default)]
 pub struct MlcAnalysis {
     pub tables: Tables,
+    /// (consumer, producer) e-node pairs the fusion rules have fused already, so that later
+    /// iterations do not build the same composite body again only to find it hash-consed.
+    pub fused: HashSet<(MlcNode, MlcNode)>,
 }
 
 /// The e-graph of mlc's language.

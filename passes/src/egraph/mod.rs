@@ -124,7 +124,10 @@ pub fn optimize_with(
     ] {
         let chosen: Vec<NodeRule> = rules.iter().filter(|r| r.phase == phase).copied().collect();
         let t = Instant::now();
-        let mut egraph = MlcEGraph::new(MlcAnalysis { tables });
+        let mut egraph = MlcEGraph::new(MlcAnalysis {
+            tables,
+            ..MlcAnalysis::default()
+        });
         let root = egraph.add_expr(&expr);
         let runner = Runner::default()
             .with_egraph(egraph)

@@ -41,8 +41,6 @@ struct Piece {
     /// A body graph: input `i` is `inputs[i]`, one output.
     body: Graph,
     inputs: Vec<Id>,
-    /// Whether the body starts with a contraction.
-    anchored: bool,
     kind: String,
     rules: Vec<&'static str>,
     /// The location of the op that produces the piece's result, for diagnostics.
@@ -105,14 +103,13 @@ fn piece(eg: &MlcEGraph, node: &MlcNode) -> Option<Piece> {
     };
     if let Op::Control(ControlOp::Composite { kind }) = &o.op {
         let body = o.regions.first()?;
-        let anchored = body_shape(body)?;
+        body_shape(body)?;
         if body.inputs.len() != children.len() || body.outputs.len() != 1 {
             return None;
         }
         return Some(Piece {
             body: body.clone(),
             inputs: children.iter().map(|c| eg.find(*c)).collect(),
-            anchored,
             kind: kind.clone(),
             rules: o.rules.clone(),
             loc: o.loc.clone(),
@@ -157,7 +154,6 @@ fn piece(eg: &MlcEGraph, node: &MlcNode) -> Option<Piece> {
     Some(Piece {
         body,
         inputs,
-        anchored,
         kind: short(&o.op),
         rules: o.rules.clone(),
         loc: o.loc.clone(),
@@ -250,14 +246,50 @@ fn consumers(eg: &MlcEGraph, class: Id) -> BTreeSet<Id> {
 
 /// Fusion candidates in `class`: consumer e-nodes that are elementwise pieces, each operand
 /// class's fusible producers that `accept` admits.
+/// What the search needs to know of a fusible e-node, cheaply (no body is built).
+struct Meta {
+    inputs: Vec<Id>,
+    anchored: bool,
+    ops: usize,
+}
+
+fn meta(eg: &MlcEGraph, node: &MlcNode) -> Option<Meta> {
+    let MlcNode::Op(o, children) = node else {
+        return None;
+    };
+    if o.types.len() != 1 {
+        return None;
+    }
+    let (anchored, ops) = match &o.op {
+        Op::Control(ControlOp::Composite { .. }) => {
+            let body = o.regions.first()?;
+            (body_shape(body)?, body.nodes.len())
+        }
+        op if o.regions.is_empty() && (is_anchor(op) || is_elementwise(op)) => (is_anchor(op), 1),
+        _ => return None,
+    };
+    let mut inputs: Vec<Id> = vec![];
+    for c in children {
+        let c = eg.find(*c);
+        if !eg[c].data.types.is_empty() && !inputs.contains(&c) {
+            inputs.push(c);
+        }
+    }
+    Some(Meta {
+        inputs,
+        anchored,
+        ops,
+    })
+}
+
 fn candidates(eg: &MlcEGraph, class: Id, anchored: bool) -> Vec<Build> {
     let class = eg.find(class);
     let Some(want) = ty(eg, class).cloned() else {
         return vec![];
     };
     let mut out: Vec<Build> = vec![];
-    for node in &eg[class].nodes {
-        let Some(consumer) = piece(eg, node) else {
+    for cnode in &eg[class].nodes {
+        let Some(consumer) = meta(eg, cnode) else {
             continue;
         };
         if consumer.anchored || consumer.inputs.contains(&class) {
@@ -269,19 +301,22 @@ fn candidates(eg: &MlcEGraph, class: Id, anchored: bool) -> Vec<Build> {
                 continue;
             }
             for pnode in &eg[at].nodes {
-                let Some(producer) = piece(eg, pnode) else {
+                let Some(producer) = meta(eg, pnode) else {
                     continue;
                 };
                 if producer.anchored != anchored
                     || producer.inputs.contains(&at)
                     || producer.inputs.contains(&class)
-                    || producer.body.nodes.len() + consumer.body.nodes.len() > MAX_BODY_OPS
+                    || producer.ops + consumer.ops > MAX_BODY_OPS
+                    || eg.analysis.fused.contains(&(cnode.clone(), pnode.clone()))
                 {
                     continue;
                 }
-                let (consumer, want) = (consumer.clone(), want.clone());
+                let (cnode, pnode, want) = (cnode.clone(), pnode.clone(), want.clone());
                 out.push(Box::new(move |eg, rule| {
-                    let (body, inputs) = fuse(eg, &producer, at, &consumer)?;
+                    eg.analysis.fused.insert((cnode.clone(), pnode.clone()));
+                    let (producer, consumer) = (piece(eg, &pnode)?, piece(eg, &cnode)?);
+                    let (body, inputs) = fuse(eg, &producer, eg.find(at), &consumer)?;
                     let kind = format!("{}+{}", producer.kind, consumer.kind);
                     let mut rules: Vec<&'static str> = producer.rules.clone();
                     rules.extend(consumer.rules.iter().copied());
