@@ -1,8 +1,9 @@
 //! Fusion: an elementwise op (`ew`, an inference-mode `nn.batch_norm`, a quantize or
-//! dequantize) consuming another
-//! elementwise op, or consuming a contraction (`nn.matmul`, `nn.gemm`, `nn.conv`), becomes one
-//! `control.composite` node whose body holds both. Applied again to composites, chains of any length fuse into one kernel, with at most
-//! one contraction, at its start (an *epilogue*: bias, activation, residual add, clip).
+//! dequantize) consuming another elementwise op, or consuming a contraction (`nn.matmul`,
+//! `nn.gemm`, `nn.conv`, their integer forms) or a layer normalization, becomes one
+//! `control.composite` node whose body holds both. Applied again to composites, chains of any
+//! length fuse into one kernel, with at most one such anchor, at its start (an *epilogue*:
+//! bias, activation, residual add, clip, requantization).
 //!
 //! A composite's inputs are the values its body reads from outside (weights stay outside, by
 //! reference); the intermediate values never reach memory, which is what the cost model
@@ -60,14 +61,14 @@ fn is_elementwise(op: &Op) -> bool {
     )
 }
 
-/// Contractions, whose epilogues fuse: float ones, and the integer ones of dynamically
-/// quantized models (`matmul_integer`, `conv_integer`), whose i32 results are rescaled to float
-/// by the elementwise ops that follow, so the fused kernel is an integer kernel with a
-/// requantization epilogue.
+/// Ops whose elementwise epilogues fuse: contractions, float and integer (`matmul_integer`,
+/// `conv_integer` of dynamically quantized models, whose i32 results the following elementwise
+/// ops rescale to float: the fused kernel is an integer kernel with a requantization epilogue),
+/// and layer normalization (a row-wise kernel that can apply an activation as it writes).
 fn is_anchor(op: &Op) -> bool {
     matches!(
         op,
-        Op::Nn(NnOp::Matmul | NnOp::Gemm { .. } | NnOp::Conv { .. })
+        Op::Nn(NnOp::Matmul | NnOp::Gemm { .. } | NnOp::Conv { .. } | NnOp::LayerNorm { .. })
             | Op::Quant(QuantOp::MatMulInteger | QuantOp::ConvInteger(_))
     )
 }
