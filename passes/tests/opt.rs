@@ -35,6 +35,13 @@ fn optimized(src: &str) -> String {
             k.rules.join(", ")
         );
     }
+    for n in &r.not_fused {
+        let _ = writeln!(
+            out,
+            "# not fused: node {} -> node {}: {}",
+            n.producer, n.consumer, n.reason
+        );
+    }
     out
 }
 

@@ -75,6 +75,15 @@ pub struct PhaseReport {
     pub ms: f64,
 }
 
+/// A fusion the optimized graph still offers but the rules did not take, and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NotFused {
+    /// The producing and the consuming node, by index in the optimized graph.
+    pub producer: usize,
+    pub consumer: usize,
+    pub reason: String,
+}
+
 /// What [`super::optimize`] did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
@@ -89,6 +98,8 @@ pub struct Report {
     /// How many times each rule applied, summed over iterations.
     pub applied: BTreeMap<String, usize>,
     pub kernels: Vec<KernelReport>,
+    /// Producer-consumer pairs of fusible kernels left apart, with the reason.
+    pub not_fused: Vec<NotFused>,
 }
 
 /// Per-kernel reports for `g`, whose node `i` came from `origins[i]`.
@@ -123,6 +134,74 @@ pub fn kernels(target: &TargetInfo, g: &Graph, origins: &Origins) -> Vec<KernelR
             cost_us: kernel_cost(target, &n.op, &n.regions, &ins, &outs),
             loc: n.loc.clone(),
         });
+    }
+    out
+}
+
+/// Every edge of `g` from a fusible producer into an elementwise consumer that fusion left
+/// apart, with the condition of `rules/fusion.rs` that kept it so.
+pub fn not_fused(g: &Graph) -> Vec<NotFused> {
+    use super::rules::fusion::{MAX_BODY_OPS, node_shape};
+    let producers = g.producers();
+    let mut readers = vec![0usize; g.values.len()];
+    for n in &g.nodes {
+        let mut seen = vec![];
+        for v in n.inputs.iter().flatten() {
+            if !seen.contains(v) {
+                seen.push(*v);
+                readers[v.0 as usize] += 1;
+            }
+        }
+    }
+    for p in &g.outputs {
+        readers[p.value.0 as usize] += 1;
+    }
+    let mut out = vec![];
+    for (c, n) in g.nodes.iter().enumerate() {
+        let Some((false, c_ops)) = node_shape(n) else {
+            continue;
+        };
+        let mut seen = vec![];
+        for v in n.inputs.iter().flatten() {
+            if seen.contains(v) {
+                continue;
+            }
+            seen.push(*v);
+            let Some(p) = producers[v.0 as usize] else {
+                continue;
+            };
+            let Some((_, p_ops)) = node_shape(&g.nodes[p]) else {
+                continue;
+            };
+            let out_shape = n.outputs.first().map(|o| &g.ty(*o).shape);
+            let reason = if readers[v.0 as usize] > 1 {
+                format!(
+                    "{v} has {} readers: fusing would compute it twice",
+                    readers[v.0 as usize]
+                )
+            } else if out_shape != Some(&g.ty(*v).shape) {
+                format!(
+                    "{v} is {} but the consumer computes {}: the producer would run once per broadcast copy",
+                    g.ty(*v),
+                    n.outputs
+                        .first()
+                        .map(|o| g.ty(*o).to_string())
+                        .unwrap_or_default()
+                )
+            } else if p_ops + c_ops > super::rules::fusion::MAX_BODY_OPS {
+                format!(
+                    "the fused body would hold {} ops (limit {MAX_BODY_OPS})",
+                    p_ops + c_ops
+                )
+            } else {
+                "not reached within the saturation limits".to_string()
+            };
+            out.push(NotFused {
+                producer: p,
+                consumer: c,
+                reason,
+            });
+        }
     }
     out
 }
@@ -179,6 +258,16 @@ impl fmt::Display for Report {
                 .map(|(k, v)| format!("{k} x{v}"))
                 .collect();
             writeln!(f, "rules applied: {}", a.join(", "))?;
+        }
+        if !self.not_fused.is_empty() {
+            writeln!(f, "fusions not taken:")?;
+            for n in &self.not_fused {
+                writeln!(
+                    f,
+                    "  node {:>4} -> node {:>4}: {}",
+                    n.producer, n.consumer, n.reason
+                )?;
+            }
         }
         writeln!(f, "kernels:")?;
         for k in &self.kernels {

@@ -53,7 +53,7 @@ pub mod rules;
 
 pub use analysis::{Facts, MlcAnalysis, MlcEGraph};
 pub use cost::TargetInfo;
-pub use explain::{KernelReport, PhaseReport, Report, Stop};
+pub use explain::{KernelReport, NotFused, PhaseReport, Report, Stop};
 pub use lang::MlcNode;
 pub use rules::NodeRule;
 
@@ -180,6 +180,7 @@ pub fn optimize_with(
         kernels_after: cost::kernel_count(&optimized),
         applied,
         kernels: explain::kernels(&options.target, &optimized, &origins),
+        not_fused: explain::not_fused(&optimized),
     };
     Ok((optimized, report))
 }

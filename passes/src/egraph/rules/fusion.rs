@@ -52,7 +52,7 @@ struct Piece {
 /// `ew` ops, and inference-mode batch normalization, a per-channel affine map.
 /// Quantize and dequantize are elementwise too (their scales and zero points broadcast per
 /// tensor, axis or block).
-fn is_elementwise(op: &Op) -> bool {
+pub(crate) fn is_elementwise(op: &Op) -> bool {
     matches!(
         op,
         Op::Ew(_)
@@ -65,7 +65,7 @@ fn is_elementwise(op: &Op) -> bool {
 /// `conv_integer` of dynamically quantized models, whose i32 results the following elementwise
 /// ops rescale to float: the fused kernel is an integer kernel with a requantization epilogue),
 /// and layer normalization (a row-wise kernel that can apply an activation as it writes).
-fn is_anchor(op: &Op) -> bool {
+pub(crate) fn is_anchor(op: &Op) -> bool {
     matches!(
         op,
         Op::Nn(NnOp::Matmul | NnOp::Gemm { .. } | NnOp::Conv { .. } | NnOp::LayerNorm { .. })
@@ -81,7 +81,7 @@ fn short(op: &Op) -> String {
 
 /// Whether a body is a fused kernel this file understands: elementwise ops, optionally after
 /// one leading contraction.
-fn body_shape(body: &Graph) -> Option<bool> {
+pub(crate) fn body_shape(body: &Graph) -> Option<bool> {
     let mut anchored = false;
     for (i, n) in body.nodes.iter().enumerate() {
         match &n.op {
@@ -91,6 +91,24 @@ fn body_shape(body: &Graph) -> Option<bool> {
         }
     }
     Some(anchored)
+}
+
+/// For a graph node: `Some((anchored, ops))` when fusion understands it (a fusible op or
+/// composite with one output), for reports of fusions not taken.
+pub(crate) fn node_shape(n: &mlc_ir::Node) -> Option<(bool, usize)> {
+    if n.outputs.len() != 1 {
+        return None;
+    }
+    match &n.op {
+        Op::Control(ControlOp::Composite { .. }) => {
+            let body = n.regions.first()?;
+            Some((body_shape(body)?, body.nodes.len()))
+        }
+        op if n.regions.is_empty() && (is_anchor(op) || is_elementwise(op)) => {
+            Some((is_anchor(op), 1))
+        }
+        _ => None,
+    }
 }
 
 /// The piece an e-node computes, if it is fusible: a single-output `ew` op or contraction, or a
