@@ -30,6 +30,10 @@ pub struct OpInfo {
     pub loc: Option<String>,
     /// The rules that built this node (empty for imported nodes), for `--explain`.
     pub rules: Vec<&'static str>,
+    /// For a composite built by fusion: the e-classes of the ops fused into it, so that a value
+    /// read only by those ops counts as read once (see `rules/fusion.rs`). Ids may be stale;
+    /// readers canonicalize them.
+    pub covers: Vec<Id>,
     /// `family.op`, or the composite's kind.
     pub name: String,
     key: String,
@@ -62,6 +66,7 @@ impl OpInfo {
             types,
             loc,
             rules,
+            covers: vec![],
             name,
             key,
         }

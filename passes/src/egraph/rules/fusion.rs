@@ -13,8 +13,8 @@
 //!   output is read once per output element;
 //! * the producer's output has the consumer's output shape: no broadcast makes the fused kernel
 //!   recompute a producer element many times;
-//! * the producer's class has one consumer class: fusing a value that others also read would
-//!   compute it twice;
+//! * every reader of the producer's value is the consumer or an op already fused into it:
+//!   fusing a value that others also read would compute it twice;
 //! * a body holds at most [`MAX_BODY_OPS`] ops, which bounds the e-graph's growth (an
 //!   implementation limit, not a semantic one).
 
@@ -270,6 +270,8 @@ struct Meta {
     inputs: Vec<Id>,
     anchored: bool,
     ops: usize,
+    /// The classes of the ops it stands for (a plain op: none besides its own).
+    covers: Vec<Id>,
 }
 
 fn meta(eg: &MlcEGraph, node: &MlcNode) -> Option<Meta> {
@@ -298,6 +300,7 @@ fn meta(eg: &MlcEGraph, node: &MlcNode) -> Option<Meta> {
         inputs,
         anchored,
         ops,
+        covers: o.covers.iter().map(|c| eg.find(*c)).collect(),
     })
 }
 
@@ -316,7 +319,15 @@ fn candidates(eg: &MlcEGraph, class: Id, anchored: bool) -> Vec<Build> {
         }
         for &at in &consumer.inputs {
             // Same shape (dtypes may differ: `cast`, `quantize` consume contractions).
-            if ty(eg, at).map(|t| &t.shape) != Some(&want.shape) || consumers(eg, at).len() != 1 {
+            if ty(eg, at).map(|t| &t.shape) != Some(&want.shape) {
+                continue;
+            }
+            // Every reader of `at` is the consumer or fused into it, so fusing computes `at`
+            // once.
+            let read_inside = consumers(eg, at)
+                .iter()
+                .all(|r| *r == class || consumer.covers.contains(r));
+            if !read_inside {
                 continue;
             }
             for pnode in &eg[at].nodes {
@@ -331,6 +342,11 @@ fn candidates(eg: &MlcEGraph, class: Id, anchored: bool) -> Vec<Build> {
                 {
                     continue;
                 }
+                let mut covers: Vec<Id> = consumer.covers.clone();
+                covers.extend(producer.covers.iter().copied());
+                covers.extend([at, class]);
+                covers.sort_unstable();
+                covers.dedup();
                 let (cnode, pnode, want) = (cnode.clone(), pnode.clone(), want.clone());
                 out.push(Box::new(move |eg, rule| {
                     eg.analysis.fused.insert((cnode.clone(), pnode.clone()));
@@ -342,7 +358,7 @@ fn candidates(eg: &MlcEGraph, class: Id, anchored: bool) -> Vec<Build> {
                     rules.push(rule);
                     rules.sort_unstable();
                     rules.dedup();
-                    let info = OpInfo::new(
+                    let mut info = OpInfo::new(
                         Op::Control(ControlOp::Composite { kind }),
                         vec![body],
                         vec![want],
@@ -350,6 +366,7 @@ fn candidates(eg: &MlcEGraph, class: Id, anchored: bool) -> Vec<Build> {
                         consumer.loc.clone().or_else(|| producer.loc.clone()),
                         rules,
                     );
+                    info.covers = covers;
                     Some(eg.add(MlcNode::Op(OpRef::new(info), inputs)))
                 }));
             }
@@ -415,6 +432,22 @@ mod tests {
         for g in check(&["fuse-epilogue"], src, &[&[c, w, p, p, p, p]]) {
             assert_eq!(g.op_count() - 3, 1, "{g}");
             assert!(g.to_string().contains("conv+batch_norm+hard_swish"), "{g}");
+        }
+    }
+
+    #[test]
+    fn a_value_read_only_inside_one_kernel_fuses_into_it() {
+        // `%2` has two readers, `%3` and `%4`, which fuse together first: then `%2` is read
+        // only inside that kernel and joins it (the tanh form of GELU looks like this).
+        let src = r#"graph (%0: f32[a] "x") -> (%4 "y") {
+  %1 = ew.neg(%0) : f32[a]
+  %2 = ew.relu(%1) : f32[a]
+  %3 = ew.mul(%2, %2) : f32[a]
+  %4 = ew.add(%3, %2) : f32[a]
+}
+"#;
+        for g in check(&["fuse-elementwise"], src, &[&[&[5]], &[&[1]]]) {
+            assert_eq!(g.nodes.len(), 1, "{g}");
         }
     }
 
