@@ -106,7 +106,11 @@ fn attention(eg: &MlcEGraph, class: Id) -> Vec<Build> {
     let Some(want) = ty(eg, class).cloned() else {
         return vec![];
     };
-    for (p, v) in matmuls(eg, class) {
+    let finals = ops_where(eg, class, |o| {
+        matches!(o, Op::Nn(NnOp::Matmul)).then_some(())
+    });
+    for (_, last, c) in finals {
+        let [p, v] = *c else { continue };
         let softmaxes = ops_where(eg, p, |o| match o {
             Op::Reduce(ReduceOp::Softmax(a)) => Some(a),
             _ => None,
@@ -119,10 +123,9 @@ fn attention(eg: &MlcEGraph, class: Id) -> Vec<Build> {
             }
             // The first chain found is as good as any other: they compute the same scores.
             if let Some(sc) = scores(eg, s).into_iter().next() {
-                let attrs = attrs.clone();
-                let want = want.clone();
+                let (attrs, want, loc) = (attrs.clone(), want.clone(), last.loc.clone());
                 return vec![Box::new(move |eg, rule| {
-                    build(eg, &sc, attrs, p, v, want, rule)
+                    build(eg, &sc, attrs, (p, v), want, loc, rule)
                 })];
             }
         }
@@ -130,14 +133,15 @@ fn attention(eg: &MlcEGraph, class: Id) -> Vec<Build> {
     vec![]
 }
 
-/// Adds the composite for the chain `sc` whose probabilities (class `p`) multiply `v`.
+/// Adds the composite for the chain `sc` whose probabilities (class `p`) multiply `v`; it
+/// stands where the final matmul (at `loc`) stood.
 fn build(
     eg: &mut MlcEGraph,
     sc: &Scores,
     attrs: SoftmaxAttrs,
-    p: Id,
-    v: Id,
+    (p, v): (Id, Id),
     want: TensorType,
+    loc: Option<String>,
     rule: &'static str,
 ) -> Option<Id> {
     let mut inputs: Vec<Id> = vec![sc.q, sc.kt];
@@ -194,7 +198,7 @@ fn build(
         }),
         vec![body],
         vec![want],
-        None,
+        loc,
         vec![rule],
     );
     Some(eg.add(MlcNode::Op(OpRef::new(info), inputs)))
