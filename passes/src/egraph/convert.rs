@@ -34,6 +34,24 @@ pub enum ConvertError {
 /// Converts a graph to an expression and the tables its leaves refer to. The graph is consumed
 /// so that the constant table moves rather than being copied.
 pub fn to_expr(graph: Graph) -> Result<(RecExpr<MlcNode>, Tables), ConvertError> {
+    // Every value id must index the value table; checked once here so that the indexing
+    // below cannot panic on a graph that was never verified.
+    let n_values = graph.values.len();
+    let in_range = |v: &ValueId| (v.0 as usize) < n_values;
+    let ports_ok = graph
+        .inputs
+        .iter()
+        .chain(&graph.outputs)
+        .all(|p| in_range(&p.value));
+    let nodes_ok = graph
+        .nodes
+        .iter()
+        .all(|n| n.outputs.iter().all(in_range) && n.inputs.iter().flatten().all(in_range));
+    if !(ports_ok && nodes_ok) {
+        return Err(ConvertError::Malformed(
+            "a value id is outside the value table".into(),
+        ));
+    }
     let Graph {
         values,
         nodes,
