@@ -90,7 +90,8 @@ impl Default for Options {
             target: TargetInfo::x86_64(),
             iter_limit: 12,
             node_limit: 40_000,
-            time_limit: Duration::from_millis(800),
+            // Per phase: two phases stay within the 1 s budget per model.
+            time_limit: Duration::from_millis(400),
         }
     }
 }
