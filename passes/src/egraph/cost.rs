@@ -102,6 +102,7 @@ fn flops(
     let out: f64 = outputs.iter().map(elems).sum();
     let input = |i: usize| inputs.get(i).copied().flatten();
     match op {
+        op if is_view(op) => 0.0,
         Op::Ew(e) => {
             let w = match e {
                 EwOp::Div | EwOp::Mod { .. } | EwOp::Sqrt | EwOp::Reciprocal => 4.0,

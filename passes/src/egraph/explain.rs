@@ -139,8 +139,9 @@ pub fn kernels(target: &TargetInfo, g: &Graph, origins: &Origins) -> Vec<KernelR
 }
 
 /// Every edge of `g` from a fusible producer into an elementwise consumer that fusion left
-/// apart, with the condition of `rules/fusion.rs` that kept it so.
-pub fn not_fused(g: &Graph) -> Vec<NotFused> {
+/// apart, with the condition of `rules/fusion.rs` that kept it so; `saturated` says whether the
+/// fusion phase ran to saturation (else the pair may simply not have been reached).
+pub fn not_fused(g: &Graph, saturated: bool) -> Vec<NotFused> {
     use super::rules::fusion::{MAX_BODY_OPS, node_shape};
     let producers = g.producers();
     let mut readers = vec![0usize; g.values.len()];
@@ -173,13 +174,13 @@ pub fn not_fused(g: &Graph) -> Vec<NotFused> {
             let Some((_, p_ops)) = node_shape(&g.nodes[p]) else {
                 continue;
             };
-            let out_shape = n.outputs.first().map(|o| &g.ty(*o).shape);
+            let out_ty = n.outputs.first().map(|o| g.ty(*o));
             let reason = if readers[v.0 as usize] > 1 {
                 format!(
                     "{v} has {} readers: fusing would compute it twice",
                     readers[v.0 as usize]
                 )
-            } else if out_shape != Some(&g.ty(*v).shape) {
+            } else if !out_ty.is_some_and(|t| super::rules::fusion::same_size(Some(g.ty(*v)), t)) {
                 format!(
                     "{v} is {} but the consumer computes {}: the producer would run once per broadcast copy",
                     g.ty(*v),
@@ -193,6 +194,8 @@ pub fn not_fused(g: &Graph) -> Vec<NotFused> {
                     "the fused body would hold {} ops (limit {MAX_BODY_OPS})",
                     p_ops + c_ops
                 )
+            } else if saturated {
+                "the cost model prices them cheaper apart".to_string()
             } else {
                 "not reached within the saturation limits".to_string()
             };

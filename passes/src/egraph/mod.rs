@@ -171,6 +171,7 @@ pub fn optimize_with(
         let first: Vec<String> = errors.iter().take(3).map(ToString::to_string).collect();
         return Err(OptError::Verify(first.join("; ")));
     }
+    let fuse_saturated = phases.last().is_some_and(|p| p.stop == Stop::Saturated);
     let report = Report {
         target: options.target.name.to_string(),
         phases,
@@ -181,7 +182,7 @@ pub fn optimize_with(
         kernels_after: cost::kernel_count(&optimized),
         applied,
         kernels: explain::kernels(&options.target, &optimized, &origins),
-        not_fused: explain::not_fused(&optimized),
+        not_fused: explain::not_fused(&optimized, fuse_saturated),
     };
     Ok((optimized, report))
 }

@@ -3,7 +3,8 @@
 //! `nn.gemm`, `nn.conv`, their integer forms) or a layer normalization, becomes one
 //! `control.composite` node whose body holds both. Applied again to composites, chains of any
 //! length fuse into one kernel, with at most one such anchor, at its start (an *epilogue*:
-//! bias, activation, residual add, clip, requantization).
+//! bias, activation, residual add, clip, requantization). Views (`reshape` and friends) may
+//! follow anywhere in a chain: a kernel writes its result in the view's shape for free.
 //!
 //! A composite's inputs are the values its body reads from outside (weights stay outside, by
 //! reference); the intermediate values never reach memory, which is what the cost model
@@ -11,8 +12,8 @@
 //!
 //! * the consumer is elementwise (an `ew` op or an elementwise composite), so the producer's
 //!   output is read once per output element;
-//! * the producer's output has the consumer's output shape: no broadcast makes the fused kernel
-//!   recompute a producer element many times;
+//! * the producer's output has as many elements as the consumer's: no broadcast makes the
+//!   fused kernel recompute a producer element many times;
 //! * every reader of the producer's value is the consumer or an op already fused into it:
 //!   fusing a value that others also read would compute it twice;
 //! * a body holds at most [`MAX_BODY_OPS`] ops, which bounds the e-graph's growth (an
@@ -61,6 +62,13 @@ pub(crate) fn is_elementwise(op: &Op) -> bool {
     )
 }
 
+/// Ops that may follow in a fused body: elementwise ops, and views (`reshape`, `flatten`,
+/// `squeeze`, `unsqueeze`, `identity`), which keep every element where it is in memory, so a
+/// kernel writes its result in the view's shape at no cost.
+fn is_tail(op: &Op) -> bool {
+    is_elementwise(op) || crate::egraph::cost::is_view(op)
+}
+
 /// Ops whose elementwise epilogues fuse: contractions, float and integer (`matmul_integer`,
 /// `conv_integer` of dynamically quantized models, whose i32 results the following elementwise
 /// ops rescale to float: the fused kernel is an integer kernel with a requantization epilogue),
@@ -85,7 +93,7 @@ pub(crate) fn body_shape(body: &Graph) -> Option<bool> {
     let mut anchored = false;
     for (i, n) in body.nodes.iter().enumerate() {
         match &n.op {
-            op if is_elementwise(op) => {}
+            op if is_tail(op) => {}
             op if i == 0 && is_anchor(op) => anchored = true,
             _ => return None,
         }
@@ -104,9 +112,7 @@ pub(crate) fn node_shape(n: &mlc_ir::Node) -> Option<(bool, usize)> {
             let body = n.regions.first()?;
             Some((body_shape(body)?, body.nodes.len()))
         }
-        op if n.regions.is_empty() && (is_anchor(op) || is_elementwise(op)) => {
-            Some((is_anchor(op), 1))
-        }
+        op if n.regions.is_empty() && (is_anchor(op) || is_tail(op)) => Some((is_anchor(op), 1)),
         _ => None,
     }
 }
@@ -135,7 +141,7 @@ fn piece(eg: &MlcEGraph, node: &MlcNode) -> Option<Piece> {
         });
     }
     let anchored = is_anchor(&o.op);
-    if !(anchored || is_elementwise(&o.op)) || !o.regions.is_empty() {
+    if !(anchored || is_tail(&o.op)) || !o.regions.is_empty() {
         return None;
     }
     // A body with one node: each distinct present operand becomes a body input.
@@ -246,6 +252,17 @@ fn fuse(eg: &MlcEGraph, producer: &Piece, at: Id, consumer: &Piece) -> Option<(G
     Some((body, inputs))
 }
 
+/// Whether `a` has as many elements as `b`: by static sizes, or failing that (symbolic dims)
+/// by equal shapes. An elementwise consumer whose result has as many elements as an operand
+/// does not broadcast that operand.
+pub(crate) fn same_size(a: Option<&mlc_ir::TensorType>, b: &mlc_ir::TensorType) -> bool {
+    let Some(a) = a else { return false };
+    match (a.static_shape(), b.static_shape()) {
+        (Some(x), Some(y)) => x.iter().product::<usize>() == y.iter().product::<usize>(),
+        _ => a.shape == b.shape,
+    }
+}
+
 /// The distinct classes whose e-nodes use `class`, not counting composites: every operand of a
 /// composite is an operand of one of the ops fused into it, and those ops are still in the
 /// e-graph (in their own classes), so they are counted instead. Counting the composites too
@@ -286,7 +303,7 @@ fn meta(eg: &MlcEGraph, node: &MlcNode) -> Option<Meta> {
             let body = o.regions.first()?;
             (body_shape(body)?, body.nodes.len())
         }
-        op if o.regions.is_empty() && (is_anchor(op) || is_elementwise(op)) => (is_anchor(op), 1),
+        op if o.regions.is_empty() && (is_anchor(op) || is_tail(op)) => (is_anchor(op), 1),
         _ => return None,
     };
     let mut inputs: Vec<Id> = vec![];
@@ -318,8 +335,9 @@ fn candidates(eg: &MlcEGraph, class: Id, anchored: bool) -> Vec<Build> {
             continue;
         }
         for &at in &consumer.inputs {
-            // Same shape (dtypes may differ: `cast`, `quantize` consume contractions).
-            if ty(eg, at).map(|t| &t.shape) != Some(&want.shape) {
+            // As many elements (dtypes may differ: `cast`, `quantize` consume contractions;
+            // shapes too, through a view): then no producer element is computed twice.
+            if !same_size(ty(eg, at), &want) {
                 continue;
             }
             // Every reader of `at` is the consumer or fused into it, so fusing computes `at`
@@ -448,6 +466,21 @@ mod tests {
 "#;
         for g in check(&["fuse-elementwise"], src, &[&[&[5]], &[&[1]]]) {
             assert_eq!(g.nodes.len(), 1, "{g}");
+        }
+    }
+
+    #[test]
+    fn views_fuse_anywhere_in_a_chain() {
+        let src = r#"graph (%0: f32[2,4] "x", %1: f32[4,6] "w") -> (%5 "y") {
+  %2 = nn.matmul(%0, %1) : f32[2,6]
+  %3 = movement.reshape {"shape":[2,2,3],"allowzero":false} (%2) : f32[2,2,3]
+  %4 = ew.relu(%3) : f32[2,2,3]
+  %5 = movement.flatten {"axis":1} (%4) : f32[2,6]
+}
+"#;
+        for g in check(&["fuse-epilogue"], src, &[&[&[2, 4], &[4, 6]]]) {
+            assert_eq!(g.nodes.len(), 1, "{g}");
+            assert!(g.to_string().contains("matmul+reshape+relu+flatten"), "{g}");
         }
     }
 
