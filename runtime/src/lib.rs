@@ -4,11 +4,13 @@
 //! `mlc-onnx`) and on none of egg, cranelift-codegen, inkwell or melior, so that it ships small.
 //! It talks in raw little-endian bytes plus shapes and its own element-type enum; the compiler
 //! side converts. It holds the `.npy` reader/writer and, behind the `cuda` feature, the CUDA
-//! runtime (`cuda`: PTX loading, device memory, launches, event timing); compiled-artifact
-//! loading lands here.
+//! runtime (`cuda`: PTX loading, device memory, launches, event timing, and the plan executor).
+//! `artifact` is the compiled-model container and `plan` the GPU execution plan it carries.
 
+pub mod artifact;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod npy;
+pub mod plan;
 
 pub use npy::{ElemType, NpyArray, NpyData, NpyError};

@@ -13,5 +13,6 @@
 mod arch;
 mod cli;
 mod dev_models;
+mod gpu_ptx;
 mod imported_ir;
 mod node_manifest;

@@ -4,6 +4,7 @@
 //! paragraph on stderr and exits non-zero; a panic (always a bug in mlc) is caught and reported
 //! the same way, so that scripts never see a backtrace or a half-written output.
 
+mod compile;
 mod inspect;
 mod run;
 mod tensor_io;
@@ -42,6 +43,9 @@ enum Command {
     Inspect(inspect::Args),
     /// Run a model with the reference interpreter; write DIR/<output>.npy for every output.
     Run(run::Args),
+    /// Compile a model for an NVIDIA GPU: an artifact (.mlca) that `mlc-gpu run` executes, or
+    /// with --emit the PTX / LLVM IR of every kernel.
+    Compile(compile::Args),
 }
 
 /// The message of the last panic, recorded by the hook so `main` can report it as an error.
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &cli.command {
         Command::Inspect(args) => inspect::main(args),
         Command::Run(args) => run::main(args),
+        Command::Compile(args) => compile::main(args),
     }));
     match result {
         Ok(Ok(())) => ExitCode::SUCCESS,
