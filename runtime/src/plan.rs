@@ -133,12 +133,11 @@ impl Plan {
                         return bad(format!("buffer {i} is larger than the buffer it aliases"));
                     }
                 }
-                BufferKind::Const { offset, bytes } => {
+                BufferKind::Const { offset, bytes }
                     if offset.checked_add(bytes).is_none_or(|e| e > weights_len)
-                        || bytes != b.bytes() as u64
-                    {
-                        return bad(format!("buffer {i}'s constant data is out of range"));
-                    }
+                        || bytes != b.bytes() as u64 =>
+                {
+                    return bad(format!("buffer {i}'s constant data is out of range"));
                 }
                 BufferKind::Input { index } if index >= self.inputs.len() => {
                     return bad(format!(

@@ -4,7 +4,8 @@
 //! # Mapping to the GPU
 //! - **Grid-stride loop.** When a kernel's body is a single `Parallel` loop with a literal
 //!   extent, that loop and every directly nested `Parallel`/`Vector` loop with a literal extent
-//!   (a loop whose body is exactly the next loop) fuse into one flat iteration space of `items`
+//!   (a loop whose body is exactly the next loop; `Serial` ones too when no parameter is
+//!   read-modify-written) fuse into one flat iteration space of `items`
 //!   work items. Thread `blockIdx.x * blockDim.x + threadIdx.x` takes items `gid, gid + stride,
 //!   …` (`stride = gridDim.x * blockDim.x`) and recovers the loop counters by division; the
 //!   remaining loops run serially in each thread. Launch rule ([`LaunchShape::dims`]):
@@ -37,7 +38,8 @@ use inkwell::values::{BasicValue, BasicValueEnum, FloatValue, IntValue, PointerV
 use inkwell::{FloatPredicate, IntPredicate};
 use mlc_ir::DType;
 use mlc_kir::{
-    Activation, BinOp, Expr, Kernel, Lit, LoopKind, MatRef, Matmul, ParamId, Stmt, UnOp, VarId,
+    Access, Activation, BinOp, Expr, Kernel, Lit, LoopKind, MatRef, Matmul, ParamId, Stmt, UnOp,
+    VarId,
 };
 
 /// Threads per block of every launch.
@@ -131,15 +133,22 @@ fn grid_shape(k: &Kernel) -> Option<(Vec<(VarId, u64)>, &[Stmt])> {
     };
     let mut fused = vec![(*var, lit_extent(extent)?)];
     let mut body: &[Stmt] = body;
+    // A perfectly nested serial loop can carry a dependence only through memory (no variable
+    // can live between perfectly nested loops), and lowering marks a parameter that is both
+    // read and written `ReadWrite`: without one, serial loops of the nest fuse too.
+    let no_rmw = k.params.iter().all(|p| p.access != Access::ReadWrite);
     while let [
         Stmt::For {
             var,
             extent,
-            kind: LoopKind::Parallel | LoopKind::Vector,
+            kind,
             body: inner,
         },
     ] = body
     {
+        if *kind == LoopKind::Serial && !no_rmw {
+            break;
+        }
         let Some(n) = lit_extent(extent) else { break };
         fused.push((*var, n));
         body = inner;
@@ -151,17 +160,22 @@ fn grid_shape(k: &Kernel) -> Option<(Vec<(VarId, u64)>, &[Stmt])> {
 fn gemm_shape(k: &Kernel) -> Option<(Vec<(VarId, u64)>, &Matmul)> {
     let mut loops = Vec::new();
     let mut body: &[Stmt] = &k.body;
+    let mut serial = false;
     loop {
         match body {
-            [Stmt::Matmul(mm)] => return Some((loops, mm)),
+            // Serial batch loops may carry a dependence through C when the product
+            // accumulates into it (beta != 0); only independent iterations become blocks.
+            [Stmt::Matmul(mm)] if mm.beta == 0.0 || !serial => return Some((loops, mm)),
+            [Stmt::Matmul(_)] => return None,
             [
                 Stmt::For {
                     var,
                     extent,
                     body: inner,
-                    ..
+                    kind,
                 },
             ] => {
+                serial |= *kind == LoopKind::Serial;
                 loops.push((*var, lit_extent(extent)?));
                 body = inner;
             }

@@ -29,11 +29,13 @@ pub const FUNCTIONS: [&str; 18] = [
     "sinh", "cosh", "asinh", "acosh", "atanh", "pow",
 ];
 
-const LN2_HI: f64 = 6.931_471_803_691_238_164_90e-01;
-const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
-const PIO2_1: f64 = 1.570_796_326_734_125_614_17e+00;
-const PIO2_2: f64 = 6.077_100_506_303_965_976_60e-11;
-const PIO2_2T: f64 = 2.022_266_248_795_950_631_54e-21;
+// fdlibm's split constants, as bit patterns: the high parts have trailing zero bits so that
+// `n * HI` is exact for the reduction's range of `n`.
+const LN2_HI: f64 = f64::from_bits(0x3FE6_2E42_FEE0_0000);
+const LN2_LO: f64 = f64::from_bits(0x3DEA_39EF_3579_3C76);
+const PIO2_1: f64 = f64::from_bits(0x3FF9_21FB_5440_0000);
+const PIO2_2: f64 = f64::from_bits(0x3DD0_B461_1A60_0000);
+const PIO2_2T: f64 = f64::from_bits(0x3BA3_198A_2E03_7073);
 
 /// Returns `mlc_<name>` in `module`, building it on first use.
 pub fn function<'ctx>(
