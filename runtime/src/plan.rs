@@ -163,3 +163,79 @@ impl Plan {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> Plan {
+        let buf = |dtype: &str, len, kind| PlanBuffer {
+            dtype: dtype.into(),
+            len,
+            kind,
+        };
+        Plan {
+            version: PLAN_VERSION,
+            buffers: vec![
+                buf("f32", 4, BufferKind::Input { index: 0 }),
+                buf(
+                    "f32",
+                    4,
+                    BufferKind::Const {
+                        offset: 0,
+                        bytes: 16,
+                    },
+                ),
+                buf("f32", 4, BufferKind::Temp),
+                buf("f32", 4, BufferKind::Alias { of: 2 }),
+            ],
+            steps: vec![PlanStep {
+                kernel: "k0_ew_add".into(),
+                args: vec![2, 0, 1],
+                grid: [1, 1, 1],
+                block: [256, 1, 1],
+                shared_bytes: 0,
+                origin: None,
+            }],
+            inputs: vec![PlanIo {
+                name: "x".into(),
+                buffer: 0,
+                dtype: "f32".into(),
+                shape: vec![2, 2],
+            }],
+            outputs: vec![PlanIo {
+                name: "y".into(),
+                buffer: 3,
+                dtype: "f32".into(),
+                shape: vec![4],
+            }],
+        }
+    }
+
+    #[test]
+    fn round_trips_through_json_and_checks() {
+        let p = plan();
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(json.contains(r#""kind":"alias","of":2"#), "{json}");
+        assert_eq!(serde_json::from_str::<Plan>(&json).unwrap(), p);
+        p.check(16).unwrap();
+        assert_eq!(p.storage_of(3), 2);
+    }
+
+    #[test]
+    fn inconsistent_plans_are_errors() {
+        assert!(plan().check(8).is_err(), "constant data past the weights");
+        let mut p = plan();
+        p.steps[0].args.push(9);
+        assert!(p.check(16).is_err());
+        let mut p = plan();
+        p.buffers[3].kind = BufferKind::Alias { of: 3 };
+        assert!(p.check(16).is_err());
+        let mut p = plan();
+        p.version = 99;
+        assert_eq!(p.check(16), Err(PlanError::Version { found: 99 }));
+        let mut p = plan();
+        p.outputs[0].dtype = "i64".into();
+        assert!(p.check(16).is_err());
+    }
+}

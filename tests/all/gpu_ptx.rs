@@ -165,3 +165,61 @@ fn every_dev_model_kernel_assembles_for_sm_90() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     println!("{total} kernels checked");
 }
+
+/// `mlc compile` on a tiny model: symbolic dims need `--shape`, bad targets and shapes are
+/// one-paragraph errors, and the artifact, PTX and kernel-IR outputs are written.
+#[test]
+fn compile_cli_writes_artifact_ptx_and_errors_cleanly() {
+    use mlc_tests::onnx::{self, D, elem};
+    let dir = TempDir::new("compile-cli");
+    let model = dir.join("relu.onnx");
+    let bytes = onnx::model(
+        17,
+        &[onnx::node("Relu", "relu_0", &["x"], &["y"], &[])],
+        &[onnx::value("x", elem::FLOAT, &[D::S("N"), D::N(3)])],
+        &[onnx::value("y", elem::FLOAT, &[D::S("N"), D::N(3)])],
+        &[],
+    );
+    std::fs::write(&model, bytes).expect("write model");
+    let m = model.display().to_string();
+    let art = dir.join("relu.mlca").display().to_string();
+
+    mlc(&[&"compile", &m, &"-o", &art]).assert_error(&["symbolic dims", "--shape x="]);
+    mlc(&[&"compile", &m, &"--target", &"sm_75", &"--shape", &"x=2x3"])
+        .assert_error(&["sm_75", "sm_90"]);
+    mlc(&[&"compile", &m, &"--shape", &"y=2x3"]).assert_error(&["not an input"]);
+
+    mlc(&[&"compile", &m, &"--shape", &"x=2x3", &"-o", &art]).assert_success();
+    let a = Artifact::read(Path::new(&art)).expect("the artifact parses");
+    assert_eq!(a.target, "nvptx:sm_90");
+    let plan: Plan = serde_json::from_value(a.meta.clone()).expect("plan");
+    assert_eq!(plan.inputs[0].shape, vec![2, 3]);
+    assert_eq!(plan.outputs[0].name, "y");
+    plan.check(a.section("weights").expect("weights").data.len() as u64)
+        .expect("consistent plan");
+
+    let ptx = dir.join("ptx");
+    mlc(&[
+        &"compile",
+        &m,
+        &"--shape",
+        &"x=2x3",
+        &"--target",
+        &"sm_90a",
+        &"--emit",
+        &"ptx",
+        &"-o",
+        &ptx,
+    ])
+    .assert_success();
+    let files: Vec<_> = std::fs::read_dir(&ptx)
+        .expect("ptx dir")
+        .flatten()
+        .collect();
+    assert_eq!(files.len(), plan.steps.len());
+    let text = std::fs::read_to_string(files[0].path()).expect("ptx");
+    assert!(
+        text.contains(".target sm_90a") && text.contains(".entry"),
+        "{text}"
+    );
+}
