@@ -89,11 +89,40 @@ pub fn lower_kernel<'ctx>(
     k: &Kernel,
     entry: &str,
 ) -> Result<(Cg<'ctx>, LaunchShape), NvptxError> {
+    lower(ctx, k, entry, false)
+}
+
+/// The same lowering as a plain C-ABI function for the host, run as one GPU thread of a
+/// one-thread grid (thread index 0, grid stride 1), so every item is visited: the way tests
+/// check a lowered kernel's semantics against `mlc_kir::eval` on the CPU through LLVM's JIT.
+/// GEMM-shaped kernels need a block of threads and shared memory, so they are `Unsupported`.
+pub fn lower_kernel_for_host<'ctx>(
+    ctx: &'ctx Context,
+    k: &Kernel,
+    entry: &str,
+) -> Result<Cg<'ctx>, NvptxError> {
+    let (cg, _) = lower(ctx, k, entry, true)?;
+    cg.func.set_call_conventions(0);
+    Ok(cg)
+}
+
+fn lower<'ctx>(
+    ctx: &'ctx Context,
+    k: &Kernel,
+    entry: &str,
+    host: bool,
+) -> Result<(Cg<'ctx>, LaunchShape), NvptxError> {
     let params = vec![crate::cg::Param::GlobalPtr; k.params.len()];
     let cg = Cg::kernel(ctx, entry, &params);
     let launch = {
         let mut lw = Lw::new(&cg, k)?;
+        lw.host = host;
         let launch = if let Some((loops, mm)) = gemm_shape(k) {
+            if host {
+                return Err(NvptxError::Unsupported(
+                    "host lowering of a GEMM-shaped kernel".into(),
+                ));
+            }
             lw.gemm(&loops, mm)?
         } else if let Some((fused, rest)) = grid_shape(k) {
             lw.grid(&fused, rest)?
@@ -200,6 +229,8 @@ struct Lw<'a, 'ctx> {
     cg: &'a Cg<'ctx>,
     k: &'a Kernel,
     vars: Vec<PointerValue<'ctx>>,
+    /// Lowering for the host (tests): one thread, no special registers.
+    host: bool,
 }
 
 impl<'a, 'ctx> Lw<'a, 'ctx> {
@@ -209,6 +240,7 @@ impl<'a, 'ctx> Lw<'a, 'ctx> {
             cg,
             k,
             vars: Vec::new(),
+            host: false,
         };
         for (i, &t) in k.vars.iter().enumerate() {
             let ty = lw.reg_ty(t)?;
@@ -457,6 +489,9 @@ impl<'a, 'ctx> Lw<'a, 'ctx> {
 
     fn thread_ids(&self) -> Res<(IntValue<'ctx>, IntValue<'ctx>)> {
         let i64t = self.ctx.i64_type();
+        if self.host {
+            return Ok((i64t.const_zero(), i64t.const_int(1, false)));
+        }
         let tid = self.cg.sreg("tid.x")?;
         let ntid = self.cg.sreg("ntid.x")?;
         let ctaid = self.cg.sreg("ctaid.x")?;
