@@ -15,6 +15,7 @@
 mod arch;
 mod cli;
 mod dev_models;
+mod gpu_ptx;
 mod imported_ir;
 mod kernel_lowering;
 mod node_manifest;

@@ -5,6 +5,7 @@
 //! paragraph on stderr and exits non-zero; a panic (always a bug in mlc) is caught and reported
 //! the same way, so that scripts never see a backtrace or a half-written output.
 
+mod compile;
 mod inspect;
 mod opt;
 mod run;
@@ -48,6 +49,9 @@ enum Command {
     /// Optimize a graph (IR text or .onnx) by equality saturation; print the optimized IR, or
     /// with --explain the kernels, the rules that built them and their costs.
     Opt(opt::Args),
+    /// Compile a model for an NVIDIA GPU: an artifact (.mlca) that `mlc-gpu run` executes, or
+    /// with --emit the PTX / LLVM IR of every kernel.
+    Compile(compile::Args),
 }
 
 /// The message of the last panic, recorded by the hook so `main` can report it as an error.
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect::main(args),
         Command::Run(args) => run::main(args),
         Command::Opt(args) => opt::main(args),
+        Command::Compile(args) => compile::main(args),
     }));
     match result {
         Ok(Ok(())) => ExitCode::SUCCESS,
