@@ -1,0 +1,587 @@
+//! Vectorization of innermost loops with Cranelift's 128-bit SIMD (`f32x4`).
+//!
+//! A loop qualifies when it is `Vector` or `Parallel`, holds no inner loop or contraction, and
+//! every value in it falls in one of four classes:
+//! - *uniform*: the same for all iterations of four consecutive counters (no dependence on the
+//!   counter); computed once by the scalar translator and broadcast where a vector is needed;
+//! - *affine*: an `i64` index `base + stride * counter` with a literal stride;
+//! - *vector `f32`*: loads of `f32` at an affine index (unit stride: one 128-bit load; other
+//!   strides: four scalar loads), and `f32` arithmetic on such values;
+//! - *vector mask*: comparisons of vector `f32`s and logic on them (`i32x4` all-ones lanes).
+//!
+//! Stores must be `f32` at unit stride. Anything else (reductions into an outer variable,
+//! integers, casts, loads in `select` arms, a buffer both loaded and stored) keeps the loop
+//! scalar. The vector loop runs four iterations at a time and a scalar loop does the rest.
+//! Transcendentals are called once per lane.
+
+use crate::clif::{Result, Tx, libm_symbol};
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{Endianness, InstBuilder, MemFlagsData, Value, types};
+use cranelift_module::Module;
+use mlc_ir::DType;
+use mlc_kir::*;
+use std::collections::{HashMap, HashSet};
+
+/// Lanes of an `f32x4`.
+pub const LANES: i64 = 4;
+
+/// The class of a value inside a candidate loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    Uniform,
+    Affine(i64),
+    VecF32,
+    VecMask,
+}
+
+/// Classifies the values of one loop body.
+struct Analysis<'a> {
+    k: &'a Kernel,
+    counter: VarId,
+    classes: HashMap<VarId, Class>,
+    loaded: HashSet<ParamId>,
+    /// Variables whose value depends on loaded data (outer ones as the translator knows).
+    data_dep: HashSet<VarId>,
+}
+
+impl Analysis<'_> {
+    /// Whether `e` depends on loaded data: vector accesses at such indices would escape the
+    /// bounds checks, so they keep the loop scalar.
+    fn data_dep(&self, e: &Expr) -> bool {
+        match e {
+            Expr::Var(v) => self.data_dep.contains(v),
+            Expr::Lit(_) => false,
+            Expr::Load { .. } => true,
+            Expr::Unary(_, a) | Expr::Cast(_, a) => self.data_dep(a),
+            Expr::Binary(_, a, b) => self.data_dep(a) || self.data_dep(b),
+            Expr::Select { cond, then, els } => {
+                self.data_dep(cond) || self.data_dep(then) || self.data_dep(els)
+            }
+        }
+    }
+
+    fn var(&self, v: VarId) -> Class {
+        if v == self.counter {
+            Class::Affine(1)
+        } else {
+            // Variables defined outside the loop are uniform.
+            self.classes.get(&v).copied().unwrap_or(Class::Uniform)
+        }
+    }
+
+    fn class(&mut self, e: &Expr) -> Option<Class> {
+        use Class::*;
+        let norm = |c: Class| if c == Affine(0) { Uniform } else { c };
+        Some(match e {
+            Expr::Var(v) => self.var(*v),
+            Expr::Lit(_) => Uniform,
+            Expr::Load { param, index } => {
+                let ci = self.class(index)?;
+                self.loaded.insert(*param);
+                match ci {
+                    Uniform => Uniform,
+                    Affine(_) if self.k.params[param.0 as usize].dtype == DType::F32 => {
+                        if self.data_dep(index) {
+                            return None;
+                        }
+                        VecF32
+                    }
+                    _ => return None,
+                }
+            }
+            Expr::Unary(op, a) => {
+                let ca = self.class(a)?;
+                let ty = self.k.type_of(a);
+                match (ca, ty) {
+                    (Uniform, _) => Uniform,
+                    (VecF32, DType::F32) => match op {
+                        UnOp::IsNan | UnOp::IsInf => VecMask,
+                        UnOp::Not => return None,
+                        _ => VecF32,
+                    },
+                    (VecMask, DType::Bool) => VecMask,
+                    _ => return None,
+                }
+            }
+            Expr::Binary(op, a, b) => {
+                let (ca, cb) = (self.class(a)?, self.class(b)?);
+                let ty = self.k.type_of(a);
+                if ca == Uniform && cb == Uniform {
+                    return Some(Uniform);
+                }
+                match ty {
+                    DType::I64 => {
+                        let s = |c: Class| match c {
+                            Uniform => Some(0),
+                            Affine(s) => Some(s),
+                            _ => None,
+                        };
+                        let (sa, sb) = (s(ca)?, s(cb)?);
+                        match op {
+                            BinOp::Add => norm(Affine(sa.checked_add(sb)?)),
+                            BinOp::Sub => norm(Affine(sa.checked_sub(sb)?)),
+                            BinOp::Mul => match (&**a, &**b) {
+                                (_, Expr::Lit(Lit::Int(_, k))) => norm(Affine(sa.checked_mul(*k)?)),
+                                (Expr::Lit(Lit::Int(_, k)), _) => norm(Affine(sb.checked_mul(*k)?)),
+                                _ => return None,
+                            },
+                            _ => return None,
+                        }
+                    }
+                    DType::F32 => {
+                        if !matches!(ca, Uniform | VecF32) || !matches!(cb, Uniform | VecF32) {
+                            return None;
+                        }
+                        match op {
+                            BinOp::Add
+                            | BinOp::Sub
+                            | BinOp::Mul
+                            | BinOp::Div
+                            | BinOp::Max
+                            | BinOp::Min
+                            | BinOp::Rem
+                            | BinOp::Pow => VecF32,
+                            o if o.is_comparison() => VecMask,
+                            _ => return None,
+                        }
+                    }
+                    DType::Bool => {
+                        if !matches!(ca, Uniform | VecMask) || !matches!(cb, Uniform | VecMask) {
+                            return None;
+                        }
+                        match op {
+                            BinOp::And
+                            | BinOp::Or
+                            | BinOp::Xor
+                            | BinOp::Eq
+                            | BinOp::Ne
+                            | BinOp::Min
+                            | BinOp::Max
+                            | BinOp::Mul
+                            | BinOp::Add => VecMask,
+                            _ => return None,
+                        }
+                    }
+                    _ => return None,
+                }
+            }
+            Expr::Select { cond, then, els } => {
+                let cc = self.class(cond)?;
+                let (ct, ce) = (self.class(then)?, self.class(els)?);
+                if cc == Uniform && ct == Uniform && ce == Uniform {
+                    return Some(Uniform);
+                }
+                // Both arms are evaluated for all lanes: no loads there.
+                if contains_load(then) || contains_load(els) {
+                    return None;
+                }
+                if !matches!(cc, Uniform | VecMask) {
+                    return None;
+                }
+                if cc == VecMask && self.k.type_of(cond) != DType::Bool {
+                    return None;
+                }
+                let arm = match self.k.type_of(then) {
+                    DType::F32 => VecF32,
+                    DType::Bool => VecMask,
+                    _ => return None,
+                };
+                if ![ct, ce].iter().all(|&c| c == Uniform || c == arm) {
+                    return None;
+                }
+                arm
+            }
+            Expr::Cast(to, a) => {
+                let ca = self.class(a)?;
+                match ca {
+                    Uniform => Uniform,
+                    VecF32 if *to == DType::F32 => VecF32,
+                    _ => return None,
+                }
+            }
+        })
+    }
+}
+
+fn contains_load(e: &Expr) -> bool {
+    match e {
+        Expr::Var(_) | Expr::Lit(_) => false,
+        Expr::Load { .. } => true,
+        Expr::Unary(_, a) | Expr::Cast(_, a) => contains_load(a),
+        Expr::Binary(_, a, b) => contains_load(a) || contains_load(b),
+        Expr::Select { cond, then, els } => {
+            contains_load(cond) || contains_load(then) || contains_load(els)
+        }
+    }
+}
+
+/// Whether the loop over `counter` with `body` can be vectorized (see the module docs).
+/// `outer_data_dep[v]` tells whether variable `v`, defined outside, depends on loaded data.
+pub fn vectorizable(k: &Kernel, counter: VarId, body: &[Stmt], outer_data_dep: &[bool]) -> bool {
+    let mut a = Analysis {
+        k,
+        counter,
+        classes: HashMap::new(),
+        loaded: HashSet::new(),
+        data_dep: (0..outer_data_dep.len())
+            .filter(|&i| outer_data_dep[i])
+            .map(|i| VarId(i as u32))
+            .collect(),
+    };
+    let mut stored = HashSet::new();
+    let mut vector_store = false;
+    for st in body {
+        match st {
+            Stmt::For { .. } | Stmt::Matmul(_) => return false,
+            Stmt::Let { var, value } => {
+                let Some(c) = a.class(value) else {
+                    return false;
+                };
+                let ok = match c {
+                    Class::Uniform => true,
+                    Class::Affine(_) => k.var_ty(*var) == DType::I64,
+                    Class::VecF32 => k.var_ty(*var) == DType::F32,
+                    Class::VecMask => k.var_ty(*var) == DType::Bool,
+                };
+                if !ok {
+                    return false;
+                }
+                if a.data_dep(value) {
+                    a.data_dep.insert(*var);
+                } else {
+                    a.data_dep.remove(var);
+                }
+                a.classes.insert(*var, c);
+            }
+            Stmt::Assign { var, value } => {
+                // Only variables defined in the body, keeping their class: an assignment
+                // to an outer variable is a reduction, which stays scalar.
+                let Some(&prev) = a.classes.get(var) else {
+                    return false;
+                };
+                if a.class(value) != Some(prev) {
+                    return false;
+                }
+                if a.data_dep(value) {
+                    a.data_dep.insert(*var);
+                }
+            }
+            Stmt::Store {
+                param,
+                index,
+                value,
+            } => {
+                if k.params[param.0 as usize].dtype != DType::F32
+                    || a.class(index) != Some(Class::Affine(1))
+                    || a.data_dep(index)
+                    || k.type_of(value) != DType::F32
+                    || !matches!(a.class(value), Some(Class::Uniform | Class::VecF32))
+                {
+                    return false;
+                }
+                stored.insert(*param);
+                vector_store = true;
+            }
+        }
+    }
+    vector_store && stored.is_disjoint(&a.loaded)
+}
+
+/// A value in the vector body.
+#[derive(Clone, Copy, Debug)]
+enum VV {
+    Uni(Value),
+    /// `base + stride * lane`, with `base` the index at the first lane.
+    Aff(Value, i64),
+    F(Value),
+    M(Value),
+}
+
+/// Per-body emission state: the classes and vector values of variables defined in it.
+struct VecBody<'a> {
+    an: Analysis<'a>,
+    vals: HashMap<VarId, VV>,
+}
+
+fn vflags() -> MemFlagsData {
+    MemFlagsData::new().with_notrap()
+}
+
+impl<M: Module> Tx<'_, '_, M> {
+    /// `for var in lo..hi { body }`, four iterations at a time, then a scalar remainder.
+    pub(crate) fn vector_loop(
+        &mut self,
+        var: VarId,
+        lo: Value,
+        hi: Value,
+        body: &[Stmt],
+    ) -> Result<()> {
+        let v = self.vars[var.0 as usize];
+        let vb = self.b.create_block();
+        let rest = self.b.create_block();
+        self.b.def_var(v, lo);
+        // i + 4 <= hi  ⇔  i < hi - 3
+        let lim = self.b.ins().iadd_imm_s(hi, -(LANES - 1));
+        let c = self.b.ins().icmp(IntCC::SignedLessThan, lo, lim);
+        self.b.ins().brif(c, vb, &[], rest, &[]);
+        self.b.switch_to_block(vb);
+        let mut st = VecBody {
+            an: Analysis {
+                k: self.k,
+                counter: var,
+                classes: HashMap::new(),
+                loaded: HashSet::new(),
+                data_dep: HashSet::new(),
+            },
+            vals: HashMap::new(),
+        };
+        for s in body {
+            self.vstmt(&mut st, s)?;
+        }
+        let i = self.b.use_var(v);
+        let i = self.b.ins().iadd_imm_s(i, LANES);
+        self.b.def_var(v, i);
+        let c = self.b.ins().icmp(IntCC::SignedLessThan, i, lim);
+        self.b.ins().brif(c, vb, &[], rest, &[]);
+        self.b.switch_to_block(rest);
+        let i = self.b.use_var(v);
+        self.scalar_loop(var, i, hi, body)
+    }
+
+    fn vstmt(&mut self, st: &mut VecBody, s: &Stmt) -> Result<()> {
+        match s {
+            Stmt::Let { var, value } | Stmt::Assign { var, value } => {
+                let Some(c) = st.an.class(value) else {
+                    return self.unsupported("vector loop statement (analysis mismatch)");
+                };
+                if c == Class::Uniform {
+                    let dd = self.depends_on_data(value);
+                    let x = self.expr(value)?;
+                    self.data_dep[var.0 as usize] = dd;
+                    self.b.def_var(self.vars[var.0 as usize], x);
+                    st.vals.remove(var);
+                } else {
+                    let x = self.vexpr(st, value)?;
+                    st.vals.insert(*var, x);
+                }
+                st.an.classes.insert(*var, c);
+                Ok(())
+            }
+            Stmt::Store {
+                param,
+                index,
+                value,
+            } => {
+                let VV::Aff(base, 1) = self.vexpr(st, index)? else {
+                    return self.unsupported("vector store index (analysis mismatch)");
+                };
+                let x = self.vexpr(st, value)?;
+                let x = self.as_vf(x);
+                let addr = self.address(*param, base, false, false);
+                self.b.ins().store(vflags(), x, addr, 0);
+                Ok(())
+            }
+            _ => self.unsupported("vector loop statement"),
+        }
+    }
+
+    fn as_vf(&mut self, x: VV) -> Value {
+        match x {
+            VV::Uni(v) => self.b.ins().splat(types::F32X4, v),
+            VV::F(v) | VV::M(v) | VV::Aff(v, _) => v,
+        }
+    }
+
+    fn as_vm(&mut self, x: VV) -> Value {
+        match x {
+            VV::Uni(b) => {
+                let w = self.b.ins().uextend(types::I32, b);
+                let m = self.b.ins().ineg(w);
+                self.b.ins().splat(types::I32X4, m)
+            }
+            VV::F(v) | VV::M(v) | VV::Aff(v, _) => v,
+        }
+    }
+
+    fn mask_as_f32(&mut self, m: Value) -> Value {
+        let f = MemFlagsData::new().with_endianness(Endianness::Little);
+        self.b.ins().bitcast(types::F32X4, f, m)
+    }
+
+    /// Applies a scalar libm call lane by lane.
+    fn per_lane(&mut self, name: &str, args: &[Value]) -> Value {
+        let mut acc = args[0];
+        for j in 0..LANES as u8 {
+            let lanes: Vec<Value> = args
+                .iter()
+                .map(|&a| self.b.ins().extractlane(a, j))
+                .collect();
+            let r = if lanes.len() == 1 {
+                self.call1(name, types::F32, types::F32, lanes[0])
+            } else {
+                self.call2(name, types::F32, types::F32, lanes[0], lanes[1])
+            };
+            acc = self.b.ins().insertlane(acc, r, j);
+        }
+        acc
+    }
+
+    fn vexpr(&mut self, st: &mut VecBody, e: &Expr) -> Result<VV> {
+        let Some(c) = st.an.class(e) else {
+            return self.unsupported("vector expression (analysis mismatch)");
+        };
+        if c == Class::Uniform {
+            return Ok(VV::Uni(self.expr(e)?));
+        }
+        Ok(match e {
+            Expr::Var(v) if *v == st.an.counter => {
+                VV::Aff(self.b.use_var(self.vars[v.0 as usize]), 1)
+            }
+            Expr::Var(v) => match st.vals.get(v) {
+                Some(x) => *x,
+                None => return self.unsupported("vector variable (analysis mismatch)"),
+            },
+            Expr::Load { param, index } => {
+                let VV::Aff(base, s) = self.vexpr(st, index)? else {
+                    return self.unsupported("vector load index (analysis mismatch)");
+                };
+                if s == 1 {
+                    let addr = self.address(*param, base, false, false);
+                    VV::F(self.b.ins().load(types::F32X4, vflags(), addr, 0))
+                } else {
+                    let mut acc = None;
+                    for j in 0..LANES {
+                        let idx = self.b.ins().iadd_imm_s(base, j * s);
+                        let addr = self.address(*param, idx, false, false);
+                        let x = self
+                            .b
+                            .ins()
+                            .load(types::F32, MemFlagsData::trusted(), addr, 0);
+                        acc = Some(match acc {
+                            None => self.b.ins().splat(types::F32X4, x),
+                            Some(v) => self.b.ins().insertlane(v, x, j as u8),
+                        });
+                    }
+                    VV::F(acc.expect("four lanes"))
+                }
+            }
+            Expr::Unary(op, a) => {
+                let x = self.vexpr(st, a)?;
+                if c == Class::VecMask && self.k.type_of(a) == DType::Bool {
+                    let m = self.as_vm(x);
+                    return Ok(VV::M(match op {
+                        UnOp::Not => self.b.ins().bnot(m),
+                        _ => m,
+                    }));
+                }
+                let x = self.as_vf(x);
+                match op {
+                    UnOp::Neg => VV::F(self.b.ins().fneg(x)),
+                    UnOp::Abs => VV::F(self.b.ins().fabs(x)),
+                    UnOp::Sqrt => VV::F(self.b.ins().sqrt(x)),
+                    UnOp::Floor => VV::F(self.b.ins().floor(x)),
+                    UnOp::Ceil => VV::F(self.b.ins().ceil(x)),
+                    UnOp::Round => VV::F(self.b.ins().nearest(x)),
+                    UnOp::IsNan => VV::M(self.b.ins().fcmp(FloatCC::Unordered, x, x)),
+                    UnOp::IsInf => {
+                        let a = self.b.ins().fabs(x);
+                        let inf = self.b.ins().f32const(f32::INFINITY);
+                        let inf = self.b.ins().splat(types::F32X4, inf);
+                        VV::M(self.b.ins().fcmp(FloatCC::Equal, a, inf))
+                    }
+                    UnOp::Not => return self.unsupported("not on f32"),
+                    _ => {
+                        let name = libm_symbol(*op, types::F32).expect("transcendental");
+                        VV::F(self.per_lane(&name, &[x]))
+                    }
+                }
+            }
+            Expr::Binary(op, a, b) => {
+                let ty = self.k.type_of(a);
+                let (x, y) = (self.vexpr(st, a)?, self.vexpr(st, b)?);
+                match ty {
+                    DType::I64 => {
+                        let parts = |v: VV| match v {
+                            VV::Uni(v) => (v, 0),
+                            VV::Aff(v, s) => (v, s),
+                            VV::F(v) | VV::M(v) => (v, 0),
+                        };
+                        let ((xb, xs), (yb, ys)) = (parts(x), parts(y));
+                        let Class::Affine(s) = c else {
+                            return self.unsupported("index class (analysis mismatch)");
+                        };
+                        let _ = (xs, ys);
+                        VV::Aff(
+                            match op {
+                                BinOp::Add => self.b.ins().iadd(xb, yb),
+                                BinOp::Sub => self.b.ins().isub(xb, yb),
+                                _ => self.b.ins().imul(xb, yb),
+                            },
+                            s,
+                        )
+                    }
+                    DType::F32 => {
+                        let (x, y) = (self.as_vf(x), self.as_vf(y));
+                        let cc = match op {
+                            BinOp::Eq => Some(FloatCC::Equal),
+                            BinOp::Ne => Some(FloatCC::NotEqual),
+                            BinOp::Lt => Some(FloatCC::LessThan),
+                            BinOp::Le => Some(FloatCC::LessThanOrEqual),
+                            BinOp::Gt => Some(FloatCC::GreaterThan),
+                            BinOp::Ge => Some(FloatCC::GreaterThanOrEqual),
+                            _ => None,
+                        };
+                        if let Some(cc) = cc {
+                            return Ok(VV::M(self.b.ins().fcmp(cc, x, y)));
+                        }
+                        VV::F(match op {
+                            BinOp::Add => self.b.ins().fadd(x, y),
+                            BinOp::Sub => self.b.ins().fsub(x, y),
+                            BinOp::Mul => self.b.ins().fmul(x, y),
+                            BinOp::Div => self.b.ins().fdiv(x, y),
+                            BinOp::Max => self.b.ins().fmax(x, y),
+                            BinOp::Min => self.b.ins().fmin(x, y),
+                            BinOp::Rem => self.per_lane("fmodf", &[x, y]),
+                            BinOp::Pow => self.per_lane("powf", &[x, y]),
+                            _ => return self.unsupported("vector op (analysis mismatch)"),
+                        })
+                    }
+                    _ => {
+                        let (x, y) = (self.as_vm(x), self.as_vm(y));
+                        VV::M(match op {
+                            BinOp::And | BinOp::Min | BinOp::Mul => self.b.ins().band(x, y),
+                            BinOp::Or | BinOp::Max | BinOp::Add => self.b.ins().bor(x, y),
+                            BinOp::Xor | BinOp::Ne => self.b.ins().bxor(x, y),
+                            _ => self.b.ins().icmp(IntCC::Equal, x, y),
+                        })
+                    }
+                }
+            }
+            Expr::Select { cond, then, els } => {
+                let cv = self.vexpr(st, cond)?;
+                let (t, f) = (self.vexpr(st, then)?, self.vexpr(st, els)?);
+                let mask_result = c == Class::VecMask;
+                let (t, f) = if mask_result {
+                    (self.as_vm(t), self.as_vm(f))
+                } else {
+                    (self.as_vf(t), self.as_vf(f))
+                };
+                let r = match cv {
+                    VV::Uni(cond_v) => {
+                        let cty = self.k.type_of(cond);
+                        let cb = self.truthy(cty, cond_v);
+                        self.b.ins().select(cb, t, f)
+                    }
+                    other => {
+                        let m = self.as_vm(other);
+                        let m = if mask_result { m } else { self.mask_as_f32(m) };
+                        self.b.ins().bitselect(m, t, f)
+                    }
+                };
+                if mask_result { VV::M(r) } else { VV::F(r) }
+            }
+            Expr::Cast(_, a) => self.vexpr(st, a)?,
+            Expr::Lit(_) => return self.unsupported("vector literal (analysis mismatch)"),
+        })
+    }
+}
