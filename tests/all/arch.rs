@@ -55,6 +55,8 @@ const INVARIANTS: &[(&str, &[&str])] = &[
             "mlc-interp",
             "mlc-passes",
             "mlc-onnx",
+            "mlc-kir",
+            "mlc-cpu",
             "egg",
             "cranelift-codegen",
             "cranelift-frontend",

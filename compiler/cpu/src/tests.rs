@@ -569,3 +569,39 @@ fn clif_snapshots() {
         insta::assert_snapshot!(format!("clif_{name}"), text);
     }
 }
+
+/// The development MLP, imported from ONNX, simplified, lowered and compiled, against the
+/// graph interpreter. Skipped (with a note) when the development corpus is absent.
+#[test]
+fn dev_model_mlp_end_to_end() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models-dev");
+    let dir = std::env::var_os("MLC_MODELS_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or(root);
+    let path = dir.join("mlp_784_512_512_10.onnx");
+    if !path.exists() {
+        eprintln!("note: {} not found; skipping", path.display());
+        return;
+    }
+    let mut model = mlc_onnx::load(&path).expect("import");
+    let g = &mut model.graph;
+    let mut named = Vec::new();
+    for (i, port) in g.inputs.iter().enumerate() {
+        let ty = g.ty(port.value);
+        let shape: Vec<usize> = ty.shape.iter().map(|d| d.known().unwrap_or(4)).collect();
+        named.push((port.name.clone(), input(ty.dtype, &shape, i as u64 + 7)));
+    }
+    let bindings: Vec<(String, Vec<usize>)> = named
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shape().to_vec()))
+        .collect();
+    mlc_passes::simplify(g, &bindings).expect("simplify");
+    let want = mlc_interp::run(g, &named).expect("interpreter");
+    let prog = lower_graph(g).expect("every op of the MLP lowers");
+    let inputs: Vec<Tensor> = named.into_iter().map(|(_, t)| t).collect();
+    let c = CompiledProgram::new(&prog).expect("compiles");
+    for threads in [1, 2] {
+        let got = c.run(&inputs, threads).expect("runs");
+        compare(&want, &got, 1e-5).unwrap_or_else(|e| panic!("{threads} threads: {e}"));
+    }
+}
