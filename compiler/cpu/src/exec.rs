@@ -197,6 +197,9 @@ impl CompiledProgram {
                             got: format!("{}{:?}", t.dtype().name(), t.shape()),
                         });
                     }
+                    if copy_in(&mut store[i], t) {
+                        continue;
+                    }
                     t.to_le_bytes()
                         .map_err(|e| RunError::Tensor(e.to_string()))?
                 }
@@ -262,6 +265,9 @@ impl CompiledProgram {
             .map(|(_, b)| {
                 let buf = p.buffer(*b);
                 let s = p.storage_of(*b).0 as usize;
+                if let Some(t) = copy_out(&store[s], buf.dtype, &buf.shape) {
+                    return t.map_err(|e| RunError::Tensor(e.to_string()));
+                }
                 let n = bytes_of(buf.dtype, buf.len()).unwrap_or(0);
                 let bytes = words_as_bytes(&store[s], n);
                 Tensor::from_le_bytes(buf.dtype, &buf.shape, &bytes)
@@ -292,4 +298,148 @@ fn words_as_bytes(words: &[u64], n: usize) -> Vec<u8> {
     }
     out.truncate(n);
     out
+}
+
+/// A fixed-size element and its little-endian bit pattern, for copying tensors in and out of
+/// word storage without a byte vector in between.
+trait Raw: mlc_ir::Elem + Copy {
+    const BITS: usize;
+    fn to_raw(self) -> u64;
+    fn from_raw(b: u64) -> Self;
+}
+
+macro_rules! raw_int {
+    ($($t:ty => $u:ty),*) => {$(
+        impl Raw for $t {
+            const BITS: usize = <$u>::BITS as usize;
+            fn to_raw(self) -> u64 { self as $u as u64 }
+            fn from_raw(b: u64) -> Self { b as $u as $t }
+        }
+    )*};
+}
+raw_int!(i8 => u8, u8 => u8, i16 => u16, u16 => u16, i32 => u32, u32 => u32, i64 => u64, u64 => u64);
+
+impl Raw for f32 {
+    const BITS: usize = 32;
+    fn to_raw(self) -> u64 {
+        self.to_bits() as u64
+    }
+    fn from_raw(b: u64) -> Self {
+        f32::from_bits(b as u32)
+    }
+}
+impl Raw for f64 {
+    const BITS: usize = 64;
+    fn to_raw(self) -> u64 {
+        self.to_bits()
+    }
+    fn from_raw(b: u64) -> Self {
+        f64::from_bits(b)
+    }
+}
+impl Raw for half::f16 {
+    const BITS: usize = 16;
+    fn to_raw(self) -> u64 {
+        self.to_bits() as u64
+    }
+    fn from_raw(b: u64) -> Self {
+        half::f16::from_bits(b as u16)
+    }
+}
+impl Raw for half::bf16 {
+    const BITS: usize = 16;
+    fn to_raw(self) -> u64 {
+        self.to_bits() as u64
+    }
+    fn from_raw(b: u64) -> Self {
+        half::bf16::from_bits(b as u16)
+    }
+}
+impl Raw for bool {
+    const BITS: usize = 8;
+    fn to_raw(self) -> u64 {
+        self as u64
+    }
+    fn from_raw(b: u64) -> Self {
+        b & 0xff != 0
+    }
+}
+
+fn put<T: Raw>(words: &mut [u64], i: usize, x: T) {
+    let bit = i * T::BITS;
+    if let Some(w) = words.get_mut(bit / 64) {
+        *w |= x.to_raw() << (bit % 64);
+    }
+}
+
+fn copy_in_t<T: Raw>(words: &mut [u64], t: &Tensor) -> bool {
+    let Ok(a) = t.view::<T>() else {
+        return false;
+    };
+    match a.as_slice() {
+        Some(s) => s.iter().enumerate().for_each(|(i, &x)| put(words, i, x)),
+        None => a.iter().enumerate().for_each(|(i, &x)| put(words, i, x)),
+    }
+    true
+}
+
+/// Copies `t`'s elements into zeroed `words`; false for types without a fast path.
+fn copy_in(words: &mut [u64], t: &Tensor) -> bool {
+    match t.dtype() {
+        DType::F32 => copy_in_t::<f32>(words, t),
+        DType::F64 => copy_in_t::<f64>(words, t),
+        DType::F16 => copy_in_t::<half::f16>(words, t),
+        DType::BF16 => copy_in_t::<half::bf16>(words, t),
+        DType::I8 => copy_in_t::<i8>(words, t),
+        DType::U8 => copy_in_t::<u8>(words, t),
+        DType::I16 => copy_in_t::<i16>(words, t),
+        DType::U16 => copy_in_t::<u16>(words, t),
+        DType::I32 => copy_in_t::<i32>(words, t),
+        DType::U32 => copy_in_t::<u32>(words, t),
+        DType::I64 => copy_in_t::<i64>(words, t),
+        DType::U64 => copy_in_t::<u64>(words, t),
+        DType::Bool => copy_in_t::<bool>(words, t),
+        _ => false,
+    }
+}
+
+fn copy_out_t<T: Raw>(words: &[u64], shape: &[usize]) -> Result<Tensor, mlc_ir::TensorError> {
+    let n: usize = shape.iter().product();
+    let mask = if T::BITS >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << T::BITS) - 1
+    };
+    let v: Vec<T> = (0..n)
+        .map(|i| {
+            let bit = i * T::BITS;
+            let w = words.get(bit / 64).copied().unwrap_or(0);
+            T::from_raw((w >> (bit % 64)) & mask)
+        })
+        .collect();
+    Tensor::from_vec(shape, v)
+}
+
+/// A tensor of `dtype` and `shape` from `words`; `None` for types without a fast path.
+fn copy_out(
+    words: &[u64],
+    dtype: DType,
+    shape: &[usize],
+) -> Option<Result<Tensor, mlc_ir::TensorError>> {
+    Some(match dtype {
+        DType::F32 => copy_out_t::<f32>(words, shape),
+        DType::F64 => copy_out_t::<f64>(words, shape),
+        DType::F16 => copy_out_t::<half::f16>(words, shape),
+        DType::BF16 => copy_out_t::<half::bf16>(words, shape),
+        DType::I8 => copy_out_t::<i8>(words, shape),
+        DType::U8 => copy_out_t::<u8>(words, shape),
+        DType::I16 => copy_out_t::<i16>(words, shape),
+        DType::U16 => copy_out_t::<u16>(words, shape),
+        DType::I32 => copy_out_t::<i32>(words, shape),
+        DType::U32 => copy_out_t::<u32>(words, shape),
+        DType::I64 => copy_out_t::<i64>(words, shape),
+        DType::U64 => copy_out_t::<u64>(words, shape),
+        DType::Bool => copy_out_t::<bool>(words, shape),
+        _ => return None,
+    })
 }
