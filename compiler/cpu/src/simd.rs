@@ -9,14 +9,20 @@
 //!   strides: four scalar loads), and `f32` arithmetic on such values;
 //! - *vector mask*: comparisons of vector `f32`s and logic on them (`i32x4` all-ones lanes).
 //!
-//! Stores must be `f32` at unit stride. Anything else (reductions into an outer variable,
-//! integers, casts, loads in `select` arms, a buffer both loaded and stored) keeps the loop
-//! scalar. The vector loop runs four iterations at a time and a scalar loop does the rest.
-//! Transcendentals are called once per lane.
+//! Stores must be `f32` at unit stride, so iterations write distinct elements; with no buffer
+//! both loaded and stored, iterations are then independent whatever the loop's kind says.
+//! An `f32` variable defined outside and updated as `acc = acc ⊕ e` (⊕ one of add, mul, max,
+//! min) and read nowhere else in the body is a *reduction*: it gets a vector accumulator,
+//! reduced across lanes after the vector loop (this reassociates float sums and products,
+//! which changes their rounding slightly). Anything else (integers, other casts, loads in
+//! `select` arms, other assignments to outer variables) keeps the loop scalar. The vector loop
+//! runs four iterations at a time and a scalar loop does the rest. Transcendentals are called
+//! once per lane.
 
 use crate::clif::{Result, Tx, libm_symbol};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{Endianness, InstBuilder, MemFlagsData, Value, types};
+use cranelift_frontend::Variable;
 use cranelift_module::Module;
 use mlc_ir::DType;
 use mlc_kir::*;
@@ -203,6 +209,90 @@ impl Analysis<'_> {
     }
 }
 
+fn uses_var(e: &Expr, v: VarId) -> bool {
+    match e {
+        Expr::Var(x) => *x == v,
+        Expr::Lit(_) => false,
+        Expr::Load { index, .. } => uses_var(index, v),
+        Expr::Unary(_, a) | Expr::Cast(_, a) => uses_var(a, v),
+        Expr::Binary(_, a, b) => uses_var(a, v) || uses_var(b, v),
+        Expr::Select { cond, then, els } => {
+            uses_var(cond, v) || uses_var(then, v) || uses_var(els, v)
+        }
+    }
+}
+
+/// If `st` is `acc = acc ⊕ e` (or `e ⊕ acc`) on an `f32` variable `acc` not defined in the
+/// body, returns `(acc, ⊕, e)`.
+fn reduction<'e>(
+    k: &Kernel,
+    st: &'e Stmt,
+    defined: &HashSet<VarId>,
+) -> Option<(VarId, BinOp, &'e Expr)> {
+    let Stmt::Assign { var, value } = st else {
+        return None;
+    };
+    if defined.contains(var) || k.var_ty(*var) != DType::F32 {
+        return None;
+    }
+    let Expr::Binary(op, a, b) = value else {
+        return None;
+    };
+    if !matches!(op, BinOp::Add | BinOp::Mul | BinOp::Max | BinOp::Min) {
+        return None;
+    }
+    let e = match (&**a, &**b) {
+        (Expr::Var(x), e) if x == var => e,
+        (e, Expr::Var(x)) if x == var => e,
+        _ => return None,
+    };
+    if uses_var(e, *var) {
+        return None;
+    }
+    Some((*var, *op, e))
+}
+
+/// The reductions of a loop body (see the module docs), if its other statements leave them
+/// alone; `None` when an outer variable is assigned otherwise or a reduction is read.
+fn reductions(k: &Kernel, body: &[Stmt]) -> Option<Vec<(VarId, BinOp)>> {
+    let mut defined = HashSet::new();
+    let mut red: Vec<(VarId, BinOp)> = Vec::new();
+    for st in body {
+        match st {
+            Stmt::Let { var, .. } => {
+                defined.insert(*var);
+            }
+            Stmt::Assign { var, .. } if !defined.contains(var) => {
+                let (v, op, _) = reduction(k, st, &defined)?;
+                if red.iter().any(|(x, _)| *x == v) {
+                    return None;
+                }
+                red.push((v, op));
+            }
+            _ => {}
+        }
+    }
+    // A reduction variable may appear only in its own update.
+    for st in body {
+        let exprs: Vec<&Expr> = match st {
+            Stmt::Let { value, .. } => vec![value],
+            Stmt::Assign { var, value } => match reduction(k, st, &defined) {
+                Some((_, _, e)) if red.iter().any(|(x, _)| x == var) => vec![e],
+                _ => vec![value],
+            },
+            Stmt::Store { index, value, .. } => vec![index, value],
+            _ => vec![],
+        };
+        if exprs
+            .iter()
+            .any(|e| red.iter().any(|(v, _)| uses_var(e, *v)))
+        {
+            return None;
+        }
+    }
+    Some(red)
+}
+
 fn contains_load(e: &Expr) -> bool {
     match e {
         Expr::Var(_) | Expr::Lit(_) => false,
@@ -228,9 +318,31 @@ pub fn vectorizable(k: &Kernel, counter: VarId, body: &[Stmt], outer_data_dep: &
             .map(|i| VarId(i as u32))
             .collect(),
     };
+    let Some(red) = reductions(k, body) else {
+        return false;
+    };
     let mut stored = HashSet::new();
     let mut vector_store = false;
     for st in body {
+        if let Stmt::Assign { var, value } = st
+            && red.iter().any(|(v, _)| v == var)
+        {
+            let Expr::Binary(_, x, y) = value else {
+                return false;
+            };
+            let e = if matches!(&**x, Expr::Var(v) if v == var) {
+                y
+            } else {
+                x
+            };
+            if !matches!(a.class(e), Some(Class::Uniform | Class::VecF32)) {
+                return false;
+            }
+            if a.class(e) == Some(Class::VecF32) {
+                vector_store = true;
+            }
+            continue;
+        }
         match st {
             Stmt::For { .. } | Stmt::Matmul(_) => return false,
             Stmt::Let { var, value } => {
@@ -301,6 +413,8 @@ enum VV {
 struct VecBody<'a> {
     an: Analysis<'a>,
     vals: HashMap<VarId, VV>,
+    /// Reduction variables: their operator and vector accumulator.
+    red: HashMap<VarId, (BinOp, Variable)>,
 }
 
 fn vflags() -> MemFlagsData {
@@ -319,6 +433,26 @@ impl<M: Module> Tx<'_, '_, M> {
         let v = self.vars[var.0 as usize];
         let vb = self.b.create_block();
         let rest = self.b.create_block();
+        // Vector accumulators start as (acc, e, e, e), e the operator's identity; max and
+        // min are idempotent, so (acc, acc, acc, acc).
+        let mut red = HashMap::new();
+        for (rv, op) in reductions(self.k, body).unwrap_or_default() {
+            let acc = self.b.use_var(self.vars[rv.0 as usize]);
+            let init = match op {
+                BinOp::Add | BinOp::Mul => {
+                    let e = self
+                        .b
+                        .ins()
+                        .f32const(if op == BinOp::Add { 0.0 } else { 1.0 });
+                    let s = self.b.ins().splat(types::F32X4, e);
+                    self.b.ins().insertlane(s, acc, 0)
+                }
+                _ => self.b.ins().splat(types::F32X4, acc),
+            };
+            let va = self.b.declare_var(types::F32X4);
+            self.b.def_var(va, init);
+            red.insert(rv, (op, va));
+        }
         self.b.def_var(v, lo);
         // i + 4 <= hi  ⇔  i < hi - 3
         let lim = self.b.ins().iadd_imm_s(hi, -(LANES - 1));
@@ -334,6 +468,7 @@ impl<M: Module> Tx<'_, '_, M> {
                 data_dep: HashSet::new(),
             },
             vals: HashMap::new(),
+            red,
         };
         for s in body {
             self.vstmt(&mut st, s)?;
@@ -344,11 +479,51 @@ impl<M: Module> Tx<'_, '_, M> {
         let c = self.b.ins().icmp(IntCC::SignedLessThan, i, lim);
         self.b.ins().brif(c, vb, &[], rest, &[]);
         self.b.switch_to_block(rest);
+        // Fold the accumulators' lanes back into the scalar variables.
+        let mut reds: Vec<(VarId, (BinOp, Variable))> = st.red.into_iter().collect();
+        reds.sort_by_key(|(v, _)| *v);
+        for (rv, (op, va)) in reds {
+            let x = self.b.use_var(va);
+            let mut acc = self.b.ins().extractlane(x, 0);
+            for j in 1..LANES as u8 {
+                let l = self.b.ins().extractlane(x, j);
+                acc = self.fop(op, acc, l);
+            }
+            self.b.def_var(self.vars[rv.0 as usize], acc);
+        }
         let i = self.b.use_var(v);
         self.scalar_loop(var, i, hi, body)
     }
 
+    /// A float add, mul, max or min (scalar or vector).
+    fn fop(&mut self, op: BinOp, x: Value, y: Value) -> Value {
+        match op {
+            BinOp::Add => self.b.ins().fadd(x, y),
+            BinOp::Mul => self.b.ins().fmul(x, y),
+            BinOp::Max => self.b.ins().fmax(x, y),
+            _ => self.b.ins().fmin(x, y),
+        }
+    }
+
     fn vstmt(&mut self, st: &mut VecBody, s: &Stmt) -> Result<()> {
+        if let Stmt::Assign { var, value } = s
+            && let Some(&(op, va)) = st.red.get(var)
+        {
+            let Expr::Binary(_, x, y) = value else {
+                return self.unsupported("reduction (analysis mismatch)");
+            };
+            let e = if matches!(&**x, Expr::Var(v) if v == var) {
+                y
+            } else {
+                x
+            };
+            let e = self.vexpr(st, e)?;
+            let e = self.as_vf(e);
+            let cur = self.b.use_var(va);
+            let new = self.fop(op, cur, e);
+            self.b.def_var(va, new);
+            return Ok(());
+        }
         match s {
             Stmt::Let { var, value } | Stmt::Assign { var, value } => {
                 let Some(c) = st.an.class(value) else {

@@ -359,6 +359,26 @@ fn reductions_and_softmax() {
             check(&src, 1e-5);
         }
     }
+    // Long rows: vector accumulators, a remainder, and threads over the kept dim.
+    for k in [
+        "sum",
+        "mean",
+        "max",
+        "min",
+        "l1",
+        "l2",
+        "log_sum_exp",
+        "sum_square",
+    ] {
+        check(
+            &format!(
+                r#"graph (%0: f32[8,1003] "x") -> (%1 "y") {{
+  %1 = reduce.{k} {{"axes":[1],"keepdims":false}} (%0) : f32[8]
+}}"#
+            ),
+            1e-5,
+        );
+    }
     for k in ["sum", "max", "min", "prod"] {
         check(
             &format!(
