@@ -36,11 +36,17 @@ pub use module::{compile_object, kernel_clif, program_clif};
 pub struct Options {
     /// Vectorize eligible innermost loops with 128-bit SIMD (`f32x4`).
     pub simd: bool,
+    /// In vector loops, compute `exp` inline (a polynomial within 2 ulp of libm, denormal
+    /// results flushed to 0) instead of calling `expf` once per lane.
+    pub inline_exp: bool,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { simd: true }
+        Options {
+            simd: true,
+            inline_exp: true,
+        }
     }
 }
 

@@ -495,6 +495,74 @@ impl<M: Module> Tx<'_, '_, M> {
         self.scalar_loop(var, i, hi, body)
     }
 
+    fn splat_f(&mut self, v: f32) -> Value {
+        let c = self.b.ins().f32const(v);
+        self.b.ins().splat(types::F32X4, c)
+    }
+
+    /// `exp` on four lanes inline (Cephes' `expf`: range reduction by `ln 2` in two parts, a
+    /// degree-5 polynomial, the power of two built in the exponent bits; within a few ulp of
+    /// libm). Results
+    /// below the smallest normal flush to 0; overflow gives +inf; NaN stays NaN.
+    fn vexp(&mut self, x: Value) -> Value {
+        let hi = self.splat_f(88.722_84);
+        let lo = self.splat_f(-87.336_55);
+        let xc = self.b.ins().fmin(x, hi);
+        let xc = self.b.ins().fmax(xc, lo);
+        let log2e = self.splat_f(std::f32::consts::LOG2_E);
+        let t = self.b.ins().fmul(xc, log2e);
+        let n = self.b.ins().nearest(t);
+        let c1 = self.splat_f(0.693_359_4);
+        let c2 = self.splat_f(-2.121_944_4e-4);
+        let r = self.b.ins().fmul(n, c1);
+        let r = self.b.ins().fsub(xc, r);
+        let r2 = self.b.ins().fmul(n, c2);
+        let r = self.b.ins().fsub(r, r2);
+        let coeffs = [
+            1.987_569_1e-4,
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            0.5,
+        ];
+        let mut y = self.splat_f(coeffs[0]);
+        for &c in &coeffs[1..] {
+            let cv = self.splat_f(c);
+            y = self.b.ins().fmul(y, r);
+            y = self.b.ins().fadd(y, cv);
+        }
+        let rr = self.b.ins().fmul(r, r);
+        y = self.b.ins().fmul(y, rr);
+        y = self.b.ins().fadd(y, r);
+        let one = self.splat_f(1.0);
+        y = self.b.ins().fadd(y, one);
+        // 2^n from exponent bits, in two halves so that n = 128 (x near the overflow
+        // threshold) needs no exponent field out of range.
+        let ni = self.b.ins().fcvt_to_sint_sat(types::I32X4, n);
+        let n1 = self.b.ins().sshr_imm_s(ni, 1);
+        let n2 = self.b.ins().isub(ni, n1);
+        let bias = self.b.ins().iconst(types::I32, 127);
+        let bias = self.b.ins().splat(types::I32X4, bias);
+        let f = MemFlagsData::new().with_endianness(Endianness::Little);
+        for h in [n1, n2] {
+            let e = self.b.ins().iadd(h, bias);
+            let e = self.b.ins().ishl_imm_s(e, 23);
+            let pow2 = self.b.ins().bitcast(types::F32X4, f, e);
+            y = self.b.ins().fmul(y, pow2);
+        }
+        // Overflow to +inf, underflow to 0.
+        let big = self.splat_f(88.722_84);
+        let is_big = self.b.ins().fcmp(FloatCC::GreaterThan, x, big);
+        let is_big = self.mask_as_f32(is_big);
+        let inf = self.splat_f(f32::INFINITY);
+        let y = self.b.ins().bitselect(is_big, inf, y);
+        let is_small = self.b.ins().fcmp(FloatCC::LessThan, x, lo);
+        let is_small = self.mask_as_f32(is_small);
+        let zero = self.splat_f(0.0);
+        self.b.ins().bitselect(is_small, zero, y)
+    }
+
     /// A float add, mul, max or min (scalar or vector).
     fn fop(&mut self, op: BinOp, x: Value, y: Value) -> Value {
         match op {
@@ -665,6 +733,7 @@ impl<M: Module> Tx<'_, '_, M> {
                         VV::M(self.b.ins().fcmp(FloatCC::Equal, a, inf))
                     }
                     UnOp::Not => return self.unsupported("not on f32"),
+                    UnOp::Exp if self.opts.inline_exp => VV::F(self.vexp(x)),
                     _ => {
                         let name = libm_symbol(*op, types::F32).expect("transcendental");
                         VV::F(self.per_lane(&name, &[x]))

@@ -100,7 +100,11 @@ fn check(src: &str, tol: f64) -> String {
     let want = run_program(&prog, &inputs)
         .unwrap_or_else(|e| panic!("evaluation failed: {e}\n{}", print_program(&prog)));
     for simd in [false, true] {
-        let c = CompiledProgram::with_options(&prog, Options { simd })
+        let opts = Options {
+            simd,
+            ..Options::default()
+        };
+        let c = CompiledProgram::with_options(&prog, opts)
             .unwrap_or_else(|e| panic!("compilation failed: {e}\n{}", print_program(&prog)));
         for threads in [1, 2] {
             let got = c.run(&inputs, threads).expect("compiled run");
@@ -623,5 +627,31 @@ fn dev_model_mlp_end_to_end() {
     for threads in [1, 2] {
         let got = c.run(&inputs, threads).expect("runs");
         compare(&want, &got, 1e-5).unwrap_or_else(|e| panic!("{threads} threads: {e}"));
+    }
+}
+
+/// The inline vector `exp` against libm, element by element, over its whole range and the
+/// special values.
+#[test]
+fn inline_exp_is_accurate() {
+    let g = parse_graph(
+        r#"graph (%0: f32[4003] "x") -> (%1 "y") {
+  %1 = ew.exp(%0) : f32[4003]
+}"#,
+    )
+    .expect("graph");
+    let mut v: Vec<f32> = (0..4000).map(|i| -110.0 + i as f32 * 0.055).collect();
+    v.extend([f32::INFINITY, f32::NEG_INFINITY, f32::NAN]);
+    let x = Tensor::from_vec(&[4003], v.clone()).expect("tensor");
+    let prog = lower_graph(&g).expect("lowering");
+    let c = CompiledProgram::new(&prog).expect("compiles");
+    let got = c.run(&[x], 1).expect("runs")[0].to_f64_vec().expect("f32");
+    for (i, (&x, &y)) in v.iter().zip(&got).enumerate() {
+        let want = x.exp() as f64;
+        let ok = (want.is_nan() && y.is_nan())
+            || want == y
+            || (want < 1.2e-38 && y.abs() < 1.2e-38)
+            || ((want - y) / want).abs() < 3e-7;
+        assert!(ok, "element {i}: exp({x}) = {want}, inline {y}");
     }
 }
