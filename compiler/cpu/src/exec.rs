@@ -51,8 +51,9 @@ pub struct CompiledProgram {
     info: Vec<KernelInfo>,
     /// Bytes of every buffer's own storage (0 for aliases).
     sizes: Vec<usize>,
-    /// Constant buffers' bytes, by buffer.
-    consts: Vec<Option<Vec<u8>>>,
+    /// Constant buffers' contents as storage words, by buffer; kernels read them in place
+    /// (they are only ever bound to read parameters, checked at compile time).
+    consts: Vec<Option<Vec<u64>>>,
 }
 
 fn bytes_of(dtype: DType, len: usize) -> Option<usize> {
@@ -96,7 +97,9 @@ impl CompiledProgram {
                     if bytes.len() != n || t.dtype() != b.dtype {
                         return Err(invalid(format!("buffer %b{i}: constant does not match")));
                     }
-                    consts[i] = Some(bytes);
+                    let mut words = vec![0u64; n.div_ceil(8).max(1)];
+                    copy_into(&mut words, &bytes);
+                    consts[i] = Some(words);
                     sizes[i] = n;
                 }
                 _ => sizes[i] = n,
@@ -130,6 +133,13 @@ impl CompiledProgram {
                 let need = mem_ty(prm.dtype).map(|t| t.bytes() as usize * prm.len);
                 let have = sizes[p.storage_of(*a).0 as usize];
                 let same_size = b.dtype.size() == prm.dtype.size();
+                let storage = p.storage_of(*a).0 as usize;
+                if prm.access != mlc_kir::Access::Read && consts[storage].is_some() {
+                    return Err(invalid(format!(
+                        "step {si}: constant %b{} bound to written parameter %p{j}",
+                        a.0
+                    )));
+                }
                 if need.is_none_or(|n| n > have) || !same_size {
                     return Err(invalid(format!(
                         "step {si}: argument {j} (%b{}) does not fit parameter %p{j}",
@@ -177,10 +187,15 @@ impl CompiledProgram {
             });
         }
         // Storage as u64 words: 8-byte aligned, at least one word so pointers are valid.
+        // Constants are not copied: kernels read them where they are.
         let mut store: Vec<Vec<u64>> = self
             .sizes
             .iter()
-            .map(|&n| vec![0u64; n.div_ceil(8).max(1)])
+            .zip(&self.consts)
+            .map(|(&n, c)| match c {
+                Some(_) => Vec::new(),
+                None => vec![0u64; n.div_ceil(8).max(1)],
+            })
             .collect();
         for (i, b) in p.buffers.iter().enumerate() {
             let bytes = match b.kind {
@@ -203,17 +218,18 @@ impl CompiledProgram {
                     t.to_le_bytes()
                         .map_err(|e| RunError::Tensor(e.to_string()))?
                 }
-                BufKind::Const(_) => match &self.consts[i] {
-                    Some(c) => c.clone(),
-                    None => continue,
-                },
                 _ => continue,
             };
             copy_into(&mut store[i], &bytes);
         }
         let ptrs: Vec<*mut u8> = store
             .iter_mut()
-            .map(|w| w.as_mut_ptr() as *mut u8)
+            .zip(&self.consts)
+            .map(|(w, c)| match c {
+                // Bound only to read parameters: the kernels never write through it.
+                Some(c) => c.as_ptr() as *mut u8,
+                None => w.as_mut_ptr() as *mut u8,
+            })
             .collect();
         let mut status = 0i64;
         for (si, st) in p.steps.iter().enumerate() {
@@ -265,11 +281,15 @@ impl CompiledProgram {
             .map(|(_, b)| {
                 let buf = p.buffer(*b);
                 let s = p.storage_of(*b).0 as usize;
-                if let Some(t) = copy_out(&store[s], buf.dtype, &buf.shape) {
+                let words = match &self.consts[s] {
+                    Some(c) => c.as_slice(),
+                    None => store[s].as_slice(),
+                };
+                if let Some(t) = copy_out(words, buf.dtype, &buf.shape) {
                     return t.map_err(|e| RunError::Tensor(e.to_string()));
                 }
                 let n = bytes_of(buf.dtype, buf.len()).unwrap_or(0);
-                let bytes = words_as_bytes(&store[s], n);
+                let bytes = words_as_bytes(words, n);
                 Tensor::from_le_bytes(buf.dtype, &buf.shape, &bytes)
                     .map_err(|e| RunError::Tensor(e.to_string()))
             })

@@ -202,23 +202,48 @@ pub fn run(
     Ok(())
 }
 
-/// `A·B` in f32 as a dense row-major `m×n`: A and B are packed (so any strides work), then
-/// four rows of C are accumulated at a time against each contiguous row of B.
+/// The f32s of `bytes` from element `start`, `n` of them, contiguous.
+fn f32_run(bytes: &[u8], start: usize, n: usize) -> impl Iterator<Item = f32> + '_ {
+    bytes[start * 4..(start + n) * 4]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+}
+
+/// A `rows×cols` f32 view packed dense and row-major (contiguous rows copied as runs).
+fn pack_f32(v: &View, rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows * cols);
+    for r in 0..rows {
+        if v.col_stride == 1 || cols == 1 {
+            out.extend(f32_run(v.bytes, v.index(r, 0), cols));
+        } else {
+            out.extend((0..cols).map(|c| v.get(v.index(r, c)) as f32));
+        }
+    }
+    out
+}
+
+/// `A·B` in f32 as a dense row-major `m×n`. A is packed; B is read in place when its columns
+/// are contiguous (`B` stored transposed, as Gemm weights usually are: dot products), else
+/// packed and accumulated four rows of C at a time against each row of B.
 fn f32_product(g: &Gemm, a: &View, b: &View) -> Vec<f32> {
     let (m, n, k) = (g.m, g.n, g.k);
-    let mut ap = vec![0f32; m * k];
-    for r in 0..m {
-        for kk in 0..k {
-            ap[r * k + kk] = a.get(a.index(r, kk)) as f32;
-        }
-    }
-    let mut bp = vec![0f32; k * n];
-    for kk in 0..k {
-        for col in 0..n {
-            bp[kk * n + col] = b.get(b.index(kk, col)) as f32;
-        }
-    }
+    let ap = pack_f32(a, m, k);
     let mut out = vec![0f32; m * n];
+    if b.row_stride == 1 && k > 1 {
+        for col in 0..n {
+            let start = b.index(0, col);
+            for r in 0..m {
+                let arow = &ap[r * k..(r + 1) * k];
+                out[r * n + col] = arow
+                    .iter()
+                    .zip(f32_run(b.bytes, start, k))
+                    .map(|(x, y)| x * y)
+                    .sum();
+            }
+        }
+        return out;
+    }
+    let bp = pack_f32(b, k, n);
     let mut r = 0;
     while r + 4 <= m {
         let (c0, rest) = out[r * n..(r + 4) * n].split_at_mut(n);
