@@ -231,7 +231,9 @@ impl CompiledProgram {
                 None => w.as_mut_ptr() as *mut u8,
             })
             .collect();
-        let mut status = 0i64;
+        // Kernels set the status word through the pointer they get; it is read only after they
+        // returned (threads joined).
+        let status = std::sync::atomic::AtomicI64::new(0);
         for (si, st) in p.steps.iter().enumerate() {
             let ki = st.kernel.0 as usize;
             let mut params: Vec<*mut u8> = st
@@ -239,7 +241,7 @@ impl CompiledProgram {
                 .iter()
                 .map(|a| ptrs[p.storage_of(*a).0 as usize])
                 .collect();
-            params.push(&mut status as *mut i64 as *mut u8);
+            params.push(status.as_ptr() as *mut u8);
             let params = Params(params);
             let info = self.info[ki];
             match info.split {
@@ -261,13 +263,7 @@ impl CompiledProgram {
                 Some(n) => self.code.entry(ki).call(&params, 0, n),
                 None => self.code.entry(ki).call(&params, 0, 1),
             }
-            // The status word is written by kernels through the raw pointer above; read it
-            // back through the same place.
-            let failed = params
-                .0
-                .last()
-                .map(|&sp| read_status(sp, &status))
-                .unwrap_or(0);
+            let failed = status.load(std::sync::atomic::Ordering::SeqCst);
             if failed != 0 {
                 return Err(RunError::OutOfBounds {
                     step: si,
@@ -295,12 +291,6 @@ impl CompiledProgram {
             })
             .collect()
     }
-}
-
-fn read_status(_ptr: *mut u8, status: &i64) -> i64 {
-    // Kernels have returned (threads joined), so reading the local is ordered after their
-    // writes.
-    std::hint::black_box(*status)
 }
 
 fn copy_into(words: &mut [u64], bytes: &[u8]) {
