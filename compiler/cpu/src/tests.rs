@@ -511,6 +511,18 @@ fn big_shapes_use_threads_and_simd() {
 }"#,
         1e-6,
     );
+    check(
+        r#"graph (%0: f32[8,32,64] "a", %1: f32[8,64,48] "b") -> (%2 "y") {
+  %2 = nn.matmul(%0, %1) : f32[8,32,48]
+}"#,
+        1e-5,
+    );
+    check(
+        r#"graph (%0: f32[256,300] "x") -> (%1 "y") {
+  %1 = reduce.softmax {"axis":1} (%0) : f32[256,300]
+}"#,
+        1e-5,
+    );
 }
 
 #[test]
