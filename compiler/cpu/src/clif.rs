@@ -117,7 +117,7 @@ pub(crate) mod mm_slot {
     pub const BETA: usize = 26;
     pub const ACT_MIN: usize = 27;
     pub const ACT_MAX: usize = 28;
-    pub const STATUS: usize = 29;
+    pub const STATUS: usize = 29; // the executor's control block: status word, threads
     pub const COUNT: usize = 30;
 }
 

@@ -10,6 +10,7 @@ use crate::ffi::{Code, Params};
 use crate::{CodegenError, Options};
 use mlc_ir::{DType, Tensor};
 use mlc_kir::{BufKind, Program};
+use std::sync::atomic::{AtomicI64, Ordering};
 
 /// Below this estimate of a step's work (see `clif::work_estimate`) it runs on one thread.
 const MIN_PARALLEL_WORK: u64 = 1 << 15;
@@ -233,7 +234,9 @@ impl CompiledProgram {
             .collect();
         // Kernels set the status word through the pointer they get; it is read only after they
         // returned (threads joined).
-        let status = std::sync::atomic::AtomicI64::new(0);
+        // After it, the number of threads a library call (matmul) in the step may use.
+        let ctl = [AtomicI64::new(0), AtomicI64::new(threads.max(1) as i64)];
+        let status = &ctl[0];
         for (si, st) in p.steps.iter().enumerate() {
             let ki = st.kernel.0 as usize;
             let mut params: Vec<*mut u8> = st
@@ -242,10 +245,16 @@ impl CompiledProgram {
                 .map(|a| ptrs[p.storage_of(*a).0 as usize])
                 .collect();
             params.push(status.as_ptr() as *mut u8);
-            let params = Params(params);
             let info = self.info[ki];
+            let split = matches!(info.split, Some(n) if threads > 1 && n > 1 && info.work >= MIN_PARALLEL_WORK);
+            // A step split across threads keeps its library calls on their thread.
+            ctl[1].store(
+                if split { 1 } else { threads.max(1) as i64 },
+                Ordering::SeqCst,
+            );
+            let params = Params(params);
             match info.split {
-                Some(n) if threads > 1 && n > 1 && info.work >= MIN_PARALLEL_WORK => {
+                Some(n) if split => {
                     let t = (threads as i64).min(n);
                     let chunk = (n + t - 1) / t;
                     let entry = self.code.entry(ki);
@@ -263,7 +272,7 @@ impl CompiledProgram {
                 Some(n) => self.code.entry(ki).call(&params, 0, n),
                 None => self.code.entry(ki).call(&params, 0, 1),
             }
-            let failed = status.load(std::sync::atomic::Ordering::SeqCst);
+            let failed = status.load(Ordering::SeqCst);
             if failed != 0 {
                 return Err(RunError::OutOfBounds {
                     step: si,

@@ -98,14 +98,17 @@ extern "C" fn mlc_matmul(desc: *const u64) {
     // SAFETY: generated code passes the address of a stack slot of `mm_slot::COUNT` u64s.
     let d = unsafe { std::slice::from_raw_parts(desc, s::COUNT) };
     let status = d[s::STATUS] as *mut i64;
-    let ok = std::panic::catch_unwind(|| matmul_from_desc(d)).unwrap_or(false);
+    // SAFETY: the status pointer is the executor's control block of two i64s: the status
+    // word, then the number of threads this call may use.
+    let threads = unsafe { *status.add(1) }.max(1) as usize;
+    let ok = std::panic::catch_unwind(|| matmul_from_desc(d, threads)).unwrap_or(false);
     if !ok {
         // SAFETY: the status word is the executor's `i64`, alive during the call.
         unsafe { *status = 1 };
     }
 }
 
-fn matmul_from_desc(d: &[u64]) -> bool {
+fn matmul_from_desc(d: &[u64], threads: usize) -> bool {
     let codes = d[s::DTYPES];
     let (ta, tb, tc, tbias) = (
         dtype(codes),
@@ -175,6 +178,7 @@ fn matmul_from_desc(d: &[u64]) -> bool {
         alpha: f(s::ALPHA),
         beta: f(s::BETA),
         act,
+        threads,
     };
     matmul::run(
         &g,

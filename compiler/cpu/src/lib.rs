@@ -2,9 +2,10 @@
 //!
 //! Every [`mlc_kir::Kernel`] becomes one Cranelift function with the C ABI
 //! `extern "C" fn(params: *const *mut u8, start: i64, end: i64)`: `params[i]` is the base
-//! pointer of `ParamId(i)` (and `params[n]`, one past the kernel's parameters, points to an
-//! `i64` status word that the kernel sets to non-zero when a data-dependent index is out of
-//! bounds); `[start, end)` is the part of the kernel's outermost parallel loop that this call
+//! pointer of `ParamId(i)` (and `params[n]`, one past the kernel's parameters, points to a
+//! control block of two `i64`s: a status word that the kernel sets to non-zero when a
+//! data-dependent index is out of bounds, then the number of threads a library call such as
+//! matmul may use); `[start, end)` is the part of the kernel's outermost parallel loop that this call
 //! runs, so the executor can split it across threads. A kernel whose body is not one parallel
 //! loop ignores the range and is called once.
 //!

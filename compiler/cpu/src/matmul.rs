@@ -34,7 +34,12 @@ pub struct Gemm {
     pub alpha: f64,
     pub beta: f64,
     pub act: Activation,
+    /// Threads the call may use (the executor passes 1 when the step is already split).
+    pub threads: usize,
 }
+
+/// Below this many multiply-adds a call stays on one thread.
+const MIN_THREADED_MACS: usize = 1 << 18;
 
 /// Why a call failed: an element outside its buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,7 +172,7 @@ pub fn run(
         && cty == DType::F32
         && bias.is_none_or(|v| v.dtype == DType::F32);
     if all_f32 {
-        let acc = f32_product(g, &a, &b);
+        let acc = f32_product_threaded(g, &a, &b);
         for r in 0..g.m {
             for col in 0..g.n {
                 let mut v = g.alpha as f32 * acc[r * g.n + col];
@@ -222,19 +227,59 @@ fn pack_f32(v: &View, rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-/// `A·B` in f32 as a dense row-major `m×n`. A is packed; B is read in place when its columns
-/// are contiguous (`B` stored transposed, as Gemm weights usually are: dot products), else
-/// packed and accumulated four rows of C at a time against each row of B.
-fn f32_product(g: &Gemm, a: &View, b: &View) -> Vec<f32> {
+/// `A·B` in f32 as a dense row-major `m×n`, columns split across `g.threads` threads when
+/// the problem is big enough.
+fn f32_product_threaded(g: &Gemm, a: &View, b: &View) -> Vec<f32> {
     let (m, n, k) = (g.m, g.n, g.k);
     let ap = pack_f32(a, m, k);
+    let bp = if b.row_stride == 1 && k > 1 {
+        None
+    } else {
+        Some(pack_f32(b, k, n))
+    };
+    let t = g.threads.clamp(1, n.max(1));
+    if t == 1 || m * n * k < MIN_THREADED_MACS {
+        return f32_cols(g, &ap, b, bp.as_deref(), 0, n);
+    }
+    let per = n.div_ceil(t);
+    let blocks: Vec<(usize, Vec<f32>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..t)
+            .map(|i| (i * per, ((i + 1) * per).min(n)))
+            .filter(|(c0, c1)| c0 < c1)
+            .map(|(c0, c1)| {
+                let (ap, bp) = (&ap, bp.as_deref());
+                s.spawn(move || (c0, f32_cols(g, ap, b, bp, c0, c1)))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
     let mut out = vec![0f32; m * n];
-    if b.row_stride == 1 && k > 1 {
-        for col in 0..n {
+    for (c0, blk) in blocks {
+        let w = blk.len() / m.max(1);
+        for r in 0..m {
+            out[r * n + c0..r * n + c0 + w].copy_from_slice(&blk[r * w..(r + 1) * w]);
+        }
+    }
+    out
+}
+
+/// Columns `c0..c1` of `A·B` (A packed `m×k`) as a dense row-major `m×(c1-c0)`. With `bp`
+/// (B packed `k×n`), four rows of C are accumulated at a time against each row of B; without,
+/// B's columns are contiguous (B stored transposed, as Gemm weights usually are) and each
+/// element is a dot product read in place.
+fn f32_cols(g: &Gemm, ap: &[f32], b: &View, bp: Option<&[f32]>, c0: usize, c1: usize) -> Vec<f32> {
+    let (m, k) = (g.m, g.k);
+    let (n, w) = (g.n, c1 - c0);
+    let mut out = vec![0f32; m * w];
+    let Some(bp) = bp else {
+        for col in c0..c1 {
             let start = b.index(0, col);
             for r in 0..m {
                 let arow = &ap[r * k..(r + 1) * k];
-                out[r * n + col] = arow
+                out[r * w + col - c0] = arow
                     .iter()
                     .zip(f32_run(b.bytes, start, k))
                     .map(|(x, y)| x * y)
@@ -242,37 +287,36 @@ fn f32_product(g: &Gemm, a: &View, b: &View) -> Vec<f32> {
             }
         }
         return out;
-    }
-    let bp = pack_f32(b, k, n);
+    };
     let mut r = 0;
     while r + 4 <= m {
-        let (c0, rest) = out[r * n..(r + 4) * n].split_at_mut(n);
-        let (c1, rest) = rest.split_at_mut(n);
-        let (c2, c3) = rest.split_at_mut(n);
+        let (o0, rest) = out[r * w..(r + 4) * w].split_at_mut(w);
+        let (o1, rest) = rest.split_at_mut(w);
+        let (o2, o3) = rest.split_at_mut(w);
         for kk in 0..k {
-            let brow = &bp[kk * n..(kk + 1) * n];
+            let brow = &bp[kk * n + c0..kk * n + c1];
             let (a0, a1, a2, a3) = (
                 ap[r * k + kk],
                 ap[(r + 1) * k + kk],
                 ap[(r + 2) * k + kk],
                 ap[(r + 3) * k + kk],
             );
-            for j in 0..n {
+            for j in 0..w {
                 let bv = brow[j];
-                c0[j] += a0 * bv;
-                c1[j] += a1 * bv;
-                c2[j] += a2 * bv;
-                c3[j] += a3 * bv;
+                o0[j] += a0 * bv;
+                o1[j] += a1 * bv;
+                o2[j] += a2 * bv;
+                o3[j] += a3 * bv;
             }
         }
         r += 4;
     }
     for r in r..m {
-        let crow = &mut out[r * n..(r + 1) * n];
+        let orow = &mut out[r * w..(r + 1) * w];
         for kk in 0..k {
             let av = ap[r * k + kk];
-            for (cv, bv) in crow.iter_mut().zip(&bp[kk * n..(kk + 1) * n]) {
-                *cv += av * bv;
+            for (ov, bv) in orow.iter_mut().zip(&bp[kk * n + c0..kk * n + c1]) {
+                *ov += av * bv;
             }
         }
     }

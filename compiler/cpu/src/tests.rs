@@ -517,6 +517,19 @@ fn big_shapes_use_threads_and_simd() {
 }"#,
         1e-5,
     );
+    // One big contraction: its columns are split across threads inside the library call.
+    check(
+        r#"graph (%0: f32[64,128] "a", %1: f32[128,96] "b") -> (%2 "y") {
+  %2 = nn.matmul(%0, %1) : f32[64,96]
+}"#,
+        1e-5,
+    );
+    check(
+        r#"graph (%0: f32[30,128] "a", %1: f32[97,128] "b", %2: f32[97] "c") -> (%3 "y") {
+  %3 = nn.gemm {"trans_a":false,"trans_b":true,"alpha":1.0,"beta":1.0} (%0, %1, %2) : f32[30,97]
+}"#,
+        1e-5,
+    );
     check(
         r#"graph (%0: f32[256,300] "x") -> (%1 "y") {
   %1 = reduce.softmax {"axis":1} (%0) : f32[256,300]
