@@ -18,6 +18,21 @@
 //!   [`helpers`] the scalar helpers (libm, half-float conversions).
 //! - [`exec`] runs a whole [`mlc_kir::Program`]: buffers, steps in order, threads.
 //!
+//! ```
+//! use mlc_ir::{Tensor, parse_graph};
+//!
+//! let g = parse_graph(r#"graph (%0: f32[2,3] "x", %1: f32[3] "b") -> (%2 "y") {
+//!   %2 = ew.add(%0, %1) : f32[2,3]
+//! }"#)?;
+//! let program = mlc_kir::lower_graph(&g)?;
+//! let compiled = mlc_cpu::CompiledProgram::new(&program)?;
+//! let x = Tensor::from_vec(&[2, 3], vec![1f32, 2., 3., 4., 5., 6.])?;
+//! let b = Tensor::from_vec(&[3], vec![10f32, 20., 30.])?;
+//! let y = compiled.run(&[x, b], 2)?;
+//! assert_eq!(y[0].to_f64_vec()?, [11., 22., 33., 14., 25., 36.]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! This is the only crate that links Cranelift. Unsafe code lives in one module, `ffi`, which
 //! calls the JIT'd function pointers and receives raw pointers from them.
 
