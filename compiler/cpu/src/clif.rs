@@ -235,6 +235,7 @@ impl<M: Module> Tx<'_, '_, M> {
                     // of loop qualifies.
                     let _ = kind;
                     let vectorized = self.opts.simd
+                        && !self.opts.check_bounds
                         && crate::simd::vectorizable(self.k, *var, body, &self.data_dep);
                     if vectorized {
                         self.vector_loop(*var, lo, hi, body)?;
@@ -259,7 +260,7 @@ impl<M: Module> Tx<'_, '_, M> {
                     value,
                 } => {
                     let idx = self.expr(index)?;
-                    let checked = self.depends_on_data(index);
+                    let checked = self.opts.check_bounds || self.depends_on_data(index);
                     let v = self.expr(value)?;
                     let addr = self.address(*param, idx, checked, false);
                     self.store_elem(*param, v, addr)?;
@@ -431,7 +432,8 @@ impl<M: Module> Tx<'_, '_, M> {
             Expr::Load { param, index } => {
                 // In a select arm a bad index may belong to the arm not taken: clamp it
                 // silently there; elsewhere a data-dependent index is checked.
-                let checked = self.guard == 0 && self.depends_on_data(index);
+                let checked =
+                    self.guard == 0 && (self.opts.check_bounds || self.depends_on_data(index));
                 let idx = self.expr(index)?;
                 let addr = self.address(*param, idx, checked, self.guard > 0);
                 self.load_elem(*param, addr)

@@ -55,6 +55,9 @@ pub struct Options {
     /// In vector loops, compute `exp` inline (a polynomial within 2 ulp of libm, denormal
     /// results flushed to 0) instead of calling `expf` once per lane.
     pub inline_exp: bool,
+    /// Bounds-check every load and store (not only data-dependent ones), reporting an index
+    /// out of bounds as a run error: for debugging lowering. Turns vectorization off.
+    pub check_bounds: bool,
 }
 
 impl Default for Options {
@@ -62,6 +65,7 @@ impl Default for Options {
         Options {
             simd: true,
             inline_exp: true,
+            check_bounds: false,
         }
     }
 }

@@ -99,9 +99,10 @@ fn check(src: &str, tol: f64) -> String {
     let prog = lower_graph(&g).unwrap_or_else(|e| panic!("lowering failed: {e}"));
     let want = run_program(&prog, &inputs)
         .unwrap_or_else(|e| panic!("evaluation failed: {e}\n{}", print_program(&prog)));
-    for simd in [false, true] {
+    for (simd, check_bounds) in [(false, true), (false, false), (true, false)] {
         let opts = Options {
             simd,
+            check_bounds,
             ..Options::default()
         };
         let c = CompiledProgram::with_options(&prog, opts)
