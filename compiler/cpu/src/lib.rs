@@ -52,9 +52,9 @@ pub use module::{compile_object, kernel_clif, program_clif};
 pub struct Options {
     /// Vectorize eligible innermost loops with 128-bit SIMD (`f32x4`).
     pub simd: bool,
-    /// In vector loops, compute `exp` inline (a polynomial within 2 ulp of libm, denormal
-    /// results flushed to 0) instead of calling `expf` once per lane.
-    pub inline_exp: bool,
+    /// In vector loops, compute `exp` and `tanh` inline (polynomials within a few ulp of
+    /// libm; denormal `exp` results flushed to 0) instead of calling libm once per lane.
+    pub inline_math: bool,
     /// Bounds-check every load and store (not only data-dependent ones), reporting an index
     /// out of bounds as a run error: for debugging lowering. Turns vectorization off.
     pub check_bounds: bool,
@@ -64,7 +64,7 @@ impl Default for Options {
     fn default() -> Options {
         Options {
             simd: true,
-            inline_exp: true,
+            inline_math: true,
             check_bounds: false,
         }
     }

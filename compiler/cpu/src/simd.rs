@@ -563,6 +563,48 @@ impl<M: Module> Tx<'_, '_, M> {
         self.b.ins().bitselect(is_small, zero, y)
     }
 
+    /// `tanh` on four lanes inline (Cephes' `tanhf`): an odd polynomial below |x| = 0.625,
+    /// `1 - 2 / (exp(2|x|) + 1)` with the sign of x above (which saturates to ±1 as `exp`
+    /// overflows); NaN stays NaN.
+    fn vtanh(&mut self, x: Value) -> Value {
+        let ax = self.b.ins().fabs(x);
+        // Small |x|: x + x³·P(x²).
+        let z = self.b.ins().fmul(x, x);
+        let coeffs = [
+            -5.704_988_7e-3,
+            2.063_909e-2,
+            -5.373_971_6e-2,
+            1.333_144_2e-1,
+            -3.333_328e-1,
+        ];
+        let mut p = self.splat_f(coeffs[0]);
+        for &c in &coeffs[1..] {
+            let cv = self.splat_f(c);
+            p = self.b.ins().fmul(p, z);
+            p = self.b.ins().fadd(p, cv);
+        }
+        let p = self.b.ins().fmul(p, z);
+        let p = self.b.ins().fmul(p, x);
+        let small = self.b.ins().fadd(p, x);
+        // Large |x|: 1 - 2 / (exp(2|x|) + 1), then the sign of x.
+        let two_ax = self.b.ins().fadd(ax, ax);
+        let e = self.vexp(two_ax);
+        let one = self.splat_f(1.0);
+        let two = self.splat_f(2.0);
+        let d = self.b.ins().fadd(e, one);
+        let q = self.b.ins().fdiv(two, d);
+        let big = self.b.ins().fsub(one, q);
+        // copysign: `big` is non-negative, so or-ing in x's sign bit (x86 has no vector
+        // fcopysign in Cranelift).
+        let neg0 = self.splat_f(-0.0);
+        let sign = self.b.ins().band(x, neg0);
+        let big = self.b.ins().bor(big, sign);
+        let lim = self.splat_f(0.625);
+        let is_small = self.b.ins().fcmp(FloatCC::LessThan, ax, lim);
+        let is_small = self.mask_as_f32(is_small);
+        self.b.ins().bitselect(is_small, small, big)
+    }
+
     /// A float add, mul, max or min (scalar or vector).
     fn fop(&mut self, op: BinOp, x: Value, y: Value) -> Value {
         match op {
@@ -733,7 +775,8 @@ impl<M: Module> Tx<'_, '_, M> {
                         VV::M(self.b.ins().fcmp(FloatCC::Equal, a, inf))
                     }
                     UnOp::Not => return self.unsupported("not on f32"),
-                    UnOp::Exp if self.opts.inline_exp => VV::F(self.vexp(x)),
+                    UnOp::Exp if self.opts.inline_math => VV::F(self.vexp(x)),
+                    UnOp::Tanh if self.opts.inline_math => VV::F(self.vtanh(x)),
                     _ => {
                         let name = libm_symbol(*op, types::F32).expect("transcendental");
                         VV::F(self.per_lane(&name, &[x]))

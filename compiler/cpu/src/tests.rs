@@ -656,6 +656,33 @@ fn dev_model_mlp_end_to_end() {
     }
 }
 
+/// The inline vector `tanh` against libm, element by element.
+#[test]
+fn inline_tanh_is_accurate() {
+    let g = parse_graph(
+        r#"graph (%0: f32[4003] "x") -> (%1 "y") {
+  %1 = ew.tanh(%0) : f32[4003]
+}"#,
+    )
+    .expect("graph");
+    let mut v: Vec<f32> = (0..4000)
+        .map(|i| {
+            let t = (i as f32 - 2000.0) / 2000.0;
+            t * t * t * 12.0
+        })
+        .collect();
+    v.extend([f32::INFINITY, f32::NEG_INFINITY, f32::NAN]);
+    let x = Tensor::from_vec(&[4003], v.clone()).expect("tensor");
+    let prog = lower_graph(&g).expect("lowering");
+    let c = CompiledProgram::new(&prog).expect("compiles");
+    let got = c.run(&[x], 1).expect("runs")[0].to_f64_vec().expect("f32");
+    for (i, (&x, &y)) in v.iter().zip(&got).enumerate() {
+        let want = x.tanh() as f64;
+        let ok = (want.is_nan() && y.is_nan()) || want == y || ((want - y) / want).abs() < 5e-7;
+        assert!(ok, "element {i}: tanh({x}) = {want}, inline {y}");
+    }
+}
+
 /// The inline vector `exp` against libm, element by element, over its whole range and the
 /// special values.
 #[test]
