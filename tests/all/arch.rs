@@ -76,6 +76,8 @@ const INVARIANTS: &[(&str, &[&str])] = &[
             "mlc-passes",
             "mlc-onnx",
             "mlc-nvptx",
+            "mlc-kir",
+            "mlc-cpu",
             "egg",
             "cranelift-codegen",
             "cranelift-frontend",

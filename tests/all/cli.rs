@@ -158,6 +158,57 @@ fn run_writes_sanitized_outputs() {
     assert_eq!(v, Some(vec![0., 2., 0., 4., 0., 6.]));
 }
 
+/// `--engine kir` and `--engine cpu` (lowered to kernel IR; evaluated, or compiled with
+/// Cranelift) give the interpreter's results; `--emit` prints a stage instead of running.
+#[test]
+fn run_with_lowered_engines_and_emit() {
+    let c = Case::new(
+        "run-engines",
+        &[
+            ("m.onnx", &add_model()),
+            ("x.npy", &npy_f32(&[2], &[1.5, -2.0])),
+            ("z.npy", &npy_f32(&[2], &[0.25, 4.0])),
+        ],
+    );
+    for engine in ["interp", "kir", "cpu"] {
+        let m = c.p("m.onnx");
+        let (x, z, out) = (
+            format!("x={}", c.p("x.npy").display()),
+            format!("z={}", c.p("z.npy").display()),
+            c.p(&format!("out-{engine}")),
+        );
+        let r = mlc(&[
+            &"run",
+            &m,
+            &"-i",
+            &x,
+            &"-i",
+            &z,
+            &"-o",
+            &out,
+            &"--engine",
+            &engine,
+        ]);
+        r.assert_success();
+        let (shape, v) = read_npy_f64(&out.join("s.npy")).expect("valid .npy");
+        assert_eq!(shape, [2], "{engine}");
+        assert_eq!(v, Some(vec![1.75, 2.0]), "{engine}");
+    }
+    for (stage, needle) in [
+        ("kernel-ir", "kernel @ew_add"),
+        ("clif", "function %mlc_k0_ew_add"),
+    ] {
+        let m = c.p("m.onnx");
+        let (x, z) = (
+            format!("x={}", c.p("x.npy").display()),
+            format!("z={}", c.p("z.npy").display()),
+        );
+        let r = mlc(&[&"run", &m, &"-i", &x, &"-i", &z, &"--emit", &stage]);
+        r.assert_success();
+        assert!(r.stdout.contains(needle), "{stage}: {}", r.stdout);
+    }
+}
+
 #[test]
 fn run_reads_tensorproto_inputs_and_defaults_to_cwd() {
     let raw: Vec<u8> = [1f32, 2., 3., -4., 5., -6.]

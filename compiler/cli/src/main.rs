@@ -44,7 +44,8 @@ enum Command {
     /// Describe a model: inputs and outputs with dtypes and shapes, opsets, op histogram,
     /// parameter count, and every unsupported op with the nodes that use it.
     Inspect(inspect::Args),
-    /// Run a model with the reference interpreter; write DIR/<output>.npy for every output.
+    /// Run a model with the reference interpreter (or, with --engine cpu, compiled kernels);
+    /// write DIR/<output>.npy for every output.
     Run(run::Args),
     /// Optimize a graph (IR text or .onnx) by equality saturation; print the optimized IR, or
     /// with --explain the kernels, the rules that built them and their costs.
