@@ -27,6 +27,11 @@
 //! assert_eq!(stats.non_static, 0);
 //! ```
 //!
+//! After simplification, [`egraph::optimize`] rewrites the static graph by equality
+//! saturation: algebraic identities, cancellation of data movement, and fusion of elementwise
+//! chains and contraction epilogues into `control.composite` kernels, chosen by a cost model of
+//! the target.
+//!
 //! Passes never fail because an op cannot be inferred or evaluated (yet): such nodes are left as
 //! they are and counted in [`Stats::skipped`]. They fail on contradictions, which are bugs in the
 //! graph or in an op's inference or kernel: a binding that contradicts a declared type, an
@@ -34,6 +39,7 @@
 
 pub mod bind;
 pub mod dce;
+pub mod egraph;
 pub mod fold;
 pub mod infer;
 mod sweep;

@@ -4,12 +4,15 @@
 //! `mlc-onnx`) and on none of egg, cranelift-codegen, inkwell or melior, so that it ships small.
 //! It talks in raw little-endian bytes plus shapes and its own element-type enum; the compiler
 //! side converts. It holds the `.npy` reader/writer, the compute kernels that compiled code
-//! calls ([`kernels`]: f32 GEMM) and, behind the `cuda` feature, the CUDA runtime (`cuda`: PTX
-//! loading, device memory, launches, event timing); compiled-artifact loading lands here.
+//! calls ([`kernels`]: f32 GEMM), `artifact` (the compiled-model container) and `plan` (the
+//! execution plan it carries) and, behind the `cuda` feature, the CUDA runtime (`cuda`: PTX
+//! loading, device memory, launches, event timing, and the plan executor).
 
+pub mod artifact;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod kernels;
 pub mod npy;
+pub mod plan;
 
 pub use npy::{ElemType, NpyArray, NpyData, NpyError};

@@ -158,6 +158,57 @@ fn run_writes_sanitized_outputs() {
     assert_eq!(v, Some(vec![0., 2., 0., 4., 0., 6.]));
 }
 
+/// `--engine kir` and `--engine cpu` (lowered to kernel IR; evaluated, or compiled with
+/// Cranelift) give the interpreter's results; `--emit` prints a stage instead of running.
+#[test]
+fn run_with_lowered_engines_and_emit() {
+    let c = Case::new(
+        "run-engines",
+        &[
+            ("m.onnx", &add_model()),
+            ("x.npy", &npy_f32(&[2], &[1.5, -2.0])),
+            ("z.npy", &npy_f32(&[2], &[0.25, 4.0])),
+        ],
+    );
+    for engine in ["interp", "kir", "cpu"] {
+        let m = c.p("m.onnx");
+        let (x, z, out) = (
+            format!("x={}", c.p("x.npy").display()),
+            format!("z={}", c.p("z.npy").display()),
+            c.p(&format!("out-{engine}")),
+        );
+        let r = mlc(&[
+            &"run",
+            &m,
+            &"-i",
+            &x,
+            &"-i",
+            &z,
+            &"-o",
+            &out,
+            &"--engine",
+            &engine,
+        ]);
+        r.assert_success();
+        let (shape, v) = read_npy_f64(&out.join("s.npy")).expect("valid .npy");
+        assert_eq!(shape, [2], "{engine}");
+        assert_eq!(v, Some(vec![1.75, 2.0]), "{engine}");
+    }
+    for (stage, needle) in [
+        ("kernel-ir", "kernel @ew_add"),
+        ("clif", "function %mlc_k0_ew_add"),
+    ] {
+        let m = c.p("m.onnx");
+        let (x, z) = (
+            format!("x={}", c.p("x.npy").display()),
+            format!("z={}", c.p("z.npy").display()),
+        );
+        let r = mlc(&[&"run", &m, &"-i", &x, &"-i", &z, &"--emit", &stage]);
+        r.assert_success();
+        assert!(r.stdout.contains(needle), "{stage}: {}", r.stdout);
+    }
+}
+
 #[test]
 fn run_reads_tensorproto_inputs_and_defaults_to_cwd() {
     let raw: Vec<u8> = [1f32, 2., 3., -4., 5., -6.]
@@ -388,4 +439,53 @@ fn usage_errors_exit_with_2() {
         "{}",
         r.stdout
     );
+}
+
+/// `mlc opt`: the optimized IR is deterministic, `--explain --json` reports the kernels, an
+/// ONNX model is imported and bound with `--shape`, and a bad file is one clean error.
+#[test]
+fn opt_optimizes_and_explains() {
+    let ir = r#"graph (%0: f32[2,3] "x") -> (%3 "y") {
+  @c0 = const f32[] [4.0]
+  %1 = constant @c0 : f32[]
+  %2 = ew.div(%0, %1) : f32[2,3]
+  %3 = ew.tanh(%2) : f32[2,3]
+}
+"#;
+    let c = Case::new(
+        "opt",
+        &[
+            ("g.mlir", ir.as_bytes()),
+            ("bad.mlir", b"graph (%0: f31[2] \"x\") -> () {}"),
+            ("m.onnx", &relu_model()),
+        ],
+    );
+    let g = c.p("g.mlir");
+    let first = mlc(&[&"opt", &g]);
+    first.assert_success();
+    assert!(
+        first
+            .stdout
+            .contains(r#"control.composite {"kind":"mul+tanh"}"#),
+        "{}",
+        first.stdout
+    );
+    assert_eq!(mlc(&[&"opt", &g]).stdout, first.stdout, "deterministic");
+
+    let r = mlc(&[&"opt", &g, &"--explain", &"--json", &"--target", &"sm_90"]);
+    r.assert_success();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("--json prints JSON");
+    assert_eq!(v["target"], "sm_90", "{v}");
+    assert_eq!(
+        (v["kernels_before"].as_u64(), v["kernels_after"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(v["kernels"][0]["name"], "mul+tanh", "{v}");
+    assert_eq!(v["phases"][0]["stop"], "saturated", "{v}");
+
+    let r = mlc(&[&"opt", &c.p("m.onnx"), &"--shape", &"x=2,3", &"--explain"]);
+    r.assert_success();
+    assert!(r.stdout.contains("kernels: 1 -> 1"), "{}", r.stdout);
+
+    mlc(&[&"opt", &c.p("bad.mlir")]).assert_error(&["bad.mlir", "unknown dtype"]);
 }

@@ -4,6 +4,8 @@
 //! - `cli`: the `mlc` binary on good and bad inputs: clean one-paragraph errors, exit status,
 //!   no output file left behind.
 //! - `dev_models`: the development models against ONNX Runtime's reference outputs.
+//! - `kernel_lowering`: every development model lowers to the kernel IR; the smallest evaluate
+//!   at kernel level to ONNX Runtime's outputs.
 //! - `imported_ir`: insta snapshots of the IR imported from a few small ONNX models.
 //! - `node_manifest`: the ONNX backend node tests listed in `tests/node_manifest.txt`.
 //!
@@ -13,5 +15,7 @@
 mod arch;
 mod cli;
 mod dev_models;
+mod gpu_ptx;
 mod imported_ir;
+mod kernel_lowering;
 mod node_manifest;

@@ -3,11 +3,23 @@
 //! `cargo run -p mlc-tests --bin node-tests -- --quiet --write-manifest tests/node_manifest.txt`
 //! (then review the diff: a test leaving the manifest is a regression).
 
-use mlc_tests::node::{list_tests, node_tests_dir, run_test_catching};
+use mlc_tests::node::{Backend, list_tests, node_tests_dir, run_test_catching_with};
 use std::sync::Mutex;
 
 #[test]
 fn node_tests_in_manifest_pass() {
+    check_manifest("tests/node_manifest.txt", Backend::Interp);
+}
+
+/// The second column: the tests that also pass lowered to kernel IR and compiled by the
+/// Cranelift backend (`mlc-cpu`). Regenerate with
+/// `cargo run -p mlc-tests --bin node-tests -- --quiet --backend cpu --write-manifest tests/node_manifest_cpu.txt`.
+#[test]
+fn node_tests_in_cpu_manifest_pass_compiled() {
+    check_manifest("tests/node_manifest_cpu.txt", Backend::Cpu);
+}
+
+fn check_manifest(file: &str, backend: Backend) {
     let dir = node_tests_dir();
     let available = list_tests(&dir);
     assert!(
@@ -15,9 +27,9 @@ fn node_tests_in_manifest_pass() {
         "no ONNX node tests under {}: scripts/test.sh generates them (set MLC_NODE_TESTS to use another directory)",
         dir.display()
     );
-    let manifest_path = mlc_tests::repo_root().join("tests/node_manifest.txt");
-    let manifest =
-        std::fs::read_to_string(&manifest_path).expect("tests/node_manifest.txt is committed");
+    let manifest_path = mlc_tests::repo_root().join(file);
+    let manifest = std::fs::read_to_string(&manifest_path)
+        .unwrap_or_else(|e| panic!("{file} is committed: {e}"));
     let listed: Vec<&str> = manifest
         .lines()
         .map(str::trim)
@@ -48,7 +60,7 @@ fn node_tests_in_manifest_pass() {
                         i
                     };
                     let Some(t) = listed.get(i) else { break };
-                    if let Err(e) = run_test_catching(&dir.join(t)) {
+                    if let Err(e) = run_test_catching_with(&dir.join(t), backend) {
                         failures
                             .lock()
                             .expect("not poisoned")
@@ -60,7 +72,7 @@ fn node_tests_in_manifest_pass() {
     });
     let failures = failures.into_inner().expect("not poisoned");
     println!(
-        "node tests: {} in manifest, {} passed, {} failed (of {} available)",
+        "node tests ({backend:?}): {} in manifest, {} passed, {} failed (of {} available)",
         listed.len(),
         listed.len() - failures.len(),
         failures.len(),

@@ -1,5 +1,6 @@
 //! Runs ONNX backend node tests (`model.onnx` + `test_data_set_*/{input,output}_*.pb`) through
-//! import and the reference interpreter, and compares with the expected outputs.
+//! import and a [`Backend`] (the reference interpreter by default), and compares with the
+//! expected outputs.
 //!
 //! Floats compare element-wise within `crate::tolerance::node_test`; NaN matches NaN; integers,
 //! bools and strings compare exactly; shapes exactly.
@@ -40,8 +41,68 @@ fn numbered(dir: &Path, prefix: &str) -> Vec<PathBuf> {
     v
 }
 
-/// Runs one node test; `Err` carries the reason it failed.
+/// What executes the imported graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The graph interpreter (`mlc-interp`).
+    Interp,
+    /// Shapes bound and simplified, lowered to kernel IR, run by its evaluator.
+    Kir,
+    /// As `Kir`, but the kernels compiled by the Cranelift backend (`mlc-cpu`).
+    Cpu,
+}
+
+impl Backend {
+    pub fn from_name(s: &str) -> Option<Backend> {
+        match s {
+            "interp" => Some(Backend::Interp),
+            "kir" => Some(Backend::Kir),
+            "cpu" => Some(Backend::Cpu),
+            _ => None,
+        }
+    }
+}
+
+/// Runs `g` on `named` inputs through `backend`.
+pub fn run_graph(
+    g: &mlc_ir::Graph,
+    named: &[(String, Tensor)],
+    backend: Backend,
+) -> Result<Vec<Tensor>, String> {
+    if backend == Backend::Interp {
+        return mlc_interp::run(g, named).map_err(|e| format!("run: {e}"));
+    }
+    let mut g = g.clone();
+    let bindings: Vec<(String, Vec<usize>)> = named
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shape().to_vec()))
+        .collect();
+    mlc_passes::simplify(&mut g, &bindings).map_err(|e| format!("simplify: {e}"))?;
+    let prog = mlc_kir::lower_graph(&g).map_err(|e| format!("lower: {e}"))?;
+    let mut inputs = Vec::with_capacity(prog.inputs.len());
+    for (name, _) in &prog.inputs {
+        let t = named
+            .iter()
+            .find(|(n, _)| n == name)
+            .ok_or_else(|| format!("no input named {name}"))?;
+        inputs.push(t.1.clone());
+    }
+    match backend {
+        Backend::Kir => mlc_kir::run_program(&prog, &inputs).map_err(|e| format!("kir: {e}")),
+        _ => {
+            let c = mlc_cpu::CompiledProgram::new(&prog).map_err(|e| format!("codegen: {e}"))?;
+            c.run(&inputs, 2).map_err(|e| format!("cpu: {e}"))
+        }
+    }
+}
+
+/// Runs one node test through the interpreter; `Err` carries the reason it failed.
 pub fn run_test(test_dir: &Path) -> Result<(), String> {
+    run_test_with(test_dir, Backend::Interp)
+}
+
+/// Runs one node test through `backend`.
+pub fn run_test_with(test_dir: &Path, backend: Backend) -> Result<(), String> {
     let model = mlc_onnx::load(&test_dir.join("model.onnx")).map_err(|e| format!("import: {e}"))?;
     let g = &model.graph;
     let mut sets: Vec<PathBuf> = std::fs::read_dir(test_dir)
@@ -73,7 +134,7 @@ pub fn run_test(test_dir: &Path) -> Result<(), String> {
                 mlc_onnx::read_tensor_pb(p).map_err(|e| e.to_string())?,
             ));
         }
-        let got = mlc_interp::run(g, &named).map_err(|e| format!("run: {e}"))?;
+        let got = run_graph(g, &named, backend)?;
         if got.len() != expected.len() {
             return Err(format!(
                 "{} outputs, expected {}",
@@ -126,7 +187,12 @@ pub fn compare(got: &Tensor, want: &Tensor) -> Result<(), String> {
 
 /// Runs one test, turning a panic into a failure so that one bad kernel cannot stop a run.
 pub fn run_test_catching(test_dir: &Path) -> Result<(), String> {
-    match std::panic::catch_unwind(|| run_test(test_dir)) {
+    run_test_catching_with(test_dir, Backend::Interp)
+}
+
+/// [`run_test_catching`] through `backend`.
+pub fn run_test_catching_with(test_dir: &Path, backend: Backend) -> Result<(), String> {
+    match std::panic::catch_unwind(|| run_test_with(test_dir, backend)) {
         Ok(r) => r,
         Err(p) => {
             let msg = p

@@ -1,10 +1,13 @@
-//! The `mlc` command: inspect ONNX models and run them with the reference interpreter.
+//! The `mlc` command: inspect ONNX models, run them with the reference interpreter, and
+//! optimize graphs by equality saturation.
 //!
 //! This is the edge where typed library errors become `anyhow` errors. Every failure prints one
 //! paragraph on stderr and exits non-zero; a panic (always a bug in mlc) is caught and reported
 //! the same way, so that scripts never see a backtrace or a half-written output.
 
+mod compile;
 mod inspect;
+mod opt;
 mod run;
 mod tensor_io;
 
@@ -26,7 +29,8 @@ const EXIT_BUG: u8 = 70;
     long_about = "mlc, an ML model compiler.\n\n\
         `mlc inspect` describes an ONNX model and lists every op mlc cannot import yet; \
         `mlc run` executes a model with mlc's reference interpreter (exact, not fast) on inputs \
-        from .npy or ONNX TensorProto (.pb) files and writes one .npy file per output.",
+        from .npy or ONNX TensorProto (.pb) files and writes one .npy file per output; \
+        `mlc opt` optimizes a graph by equality saturation and explains what it did.",
     after_help = "Exit status: 0 on success, 1 on an error in the model, the inputs or the files \
         (one paragraph on stderr), 2 on a usage error, 70 on an internal error (a bug in mlc)."
 )]
@@ -40,8 +44,15 @@ enum Command {
     /// Describe a model: inputs and outputs with dtypes and shapes, opsets, op histogram,
     /// parameter count, and every unsupported op with the nodes that use it.
     Inspect(inspect::Args),
-    /// Run a model with the reference interpreter; write DIR/<output>.npy for every output.
+    /// Run a model with the reference interpreter (or, with --engine cpu, compiled kernels);
+    /// write DIR/<output>.npy for every output.
     Run(run::Args),
+    /// Optimize a graph (IR text or .onnx) by equality saturation; print the optimized IR, or
+    /// with --explain the kernels, the rules that built them and their costs.
+    Opt(opt::Args),
+    /// Compile a model for an NVIDIA GPU: an artifact (.mlca) that `mlc-gpu run` executes, or
+    /// with --emit the PTX / LLVM IR of every kernel.
+    Compile(compile::Args),
 }
 
 /// The message of the last panic, recorded by the hook so `main` can report it as an error.
@@ -68,6 +79,8 @@ fn main() -> ExitCode {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &cli.command {
         Command::Inspect(args) => inspect::main(args),
         Command::Run(args) => run::main(args),
+        Command::Opt(args) => opt::main(args),
+        Command::Compile(args) => compile::main(args),
     }));
     match result {
         Ok(Ok(())) => ExitCode::SUCCESS,

@@ -30,6 +30,35 @@ pub struct Args {
     /// Print how long each phase took (import, simplify, interpret, write) on stderr.
     #[arg(long)]
     pub time_passes: bool,
+    /// What executes the model: the reference interpreter (`interp`), or the graph lowered to
+    /// kernel IR and run by its evaluator (`kir`) or compiled to machine code with Cranelift
+    /// (`cpu`). The last two support only the ops that lower to kernel IR so far.
+    #[arg(long, value_enum, default_value_t = Engine::Interp)]
+    pub engine: Engine,
+    /// Threads for `--engine cpu` (default: all cores).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Print a compilation stage of the model (after binding the inputs' shapes) on stdout
+    /// instead of running it.
+    #[arg(long, value_enum, value_name = "STAGE")]
+    pub emit: Option<Emit>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Engine {
+    Interp,
+    Kir,
+    Cpu,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Emit {
+    /// The graph IR after simplification.
+    Ir,
+    /// The kernel IR program.
+    KernelIr,
+    /// The Cranelift IR of every kernel.
+    Clif,
 }
 
 fn parse_input(s: &str) -> Result<(String, PathBuf), String> {
@@ -67,9 +96,19 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
         .collect();
     simplify(graph, &bindings, &mut timer)?;
 
-    let outputs =
-        mlc_interp::run(graph, &inputs).map_err(|e| anyhow!("running {model_name} failed: {e}"))?;
-    timer.done("interpret");
+    if let Some(stage) = args.emit {
+        return emit(graph, stage);
+    }
+    let outputs = match args.engine {
+        Engine::Interp => {
+            let out = mlc_interp::run(graph, &inputs)
+                .map_err(|e| anyhow!("running {model_name} failed: {e}"))?;
+            timer.done("interpret");
+            out
+        }
+        engine => run_lowered(graph, &inputs, engine, args.threads, &mut timer)
+            .with_context(|| format!("running {model_name} failed"))?,
+    };
     if outputs.len() != graph.outputs.len() {
         bail!(
             "the interpreter returned {} outputs for {} graph outputs",
@@ -100,6 +139,54 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
     tensor_io::write_all_atomically(&args.output_dir, &contents)?;
     timer.done("write outputs");
     crate::print_stdout(&summary)
+}
+
+/// Prints a compilation stage of `graph` on stdout.
+fn emit(graph: &Graph, stage: Emit) -> anyhow::Result<()> {
+    let text = match stage {
+        Emit::Ir => mlc_ir::print_graph(graph),
+        Emit::KernelIr => mlc_kir::print_program(&mlc_kir::lower_graph(graph)?),
+        Emit::Clif => {
+            let prog = mlc_kir::lower_graph(graph)?;
+            mlc_cpu::program_clif(&prog, mlc_cpu::Options::default())?
+        }
+    };
+    crate::print_stdout(&text)
+}
+
+/// Lowers `graph` to kernel IR and runs it with the kernel-IR evaluator or compiled kernels.
+fn run_lowered(
+    graph: &Graph,
+    inputs: &[(String, Tensor)],
+    engine: Engine,
+    threads: Option<usize>,
+    timer: &mut PhaseTimer,
+) -> anyhow::Result<Vec<Tensor>> {
+    let prog = mlc_kir::lower_graph(graph)?;
+    timer.done("lower");
+    let mut ordered = Vec::with_capacity(prog.inputs.len());
+    for (name, _) in &prog.inputs {
+        let t = inputs
+            .iter()
+            .find(|(n, _)| n == name)
+            .ok_or_else(|| anyhow!("no value for input {name:?}"))?;
+        ordered.push(t.1.clone());
+    }
+    if engine == Engine::Kir {
+        let out = mlc_kir::run_program(&prog, &ordered)?;
+        timer.done("evaluate kernel IR");
+        return Ok(out);
+    }
+    let compiled = mlc_cpu::CompiledProgram::new(&prog)?;
+    timer.done("compile");
+    let threads = threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let out = compiled.run(&ordered, threads)?;
+    timer.done("execute");
+    Ok(out)
 }
 
 /// Binds the input shapes and simplifies the graph (constant folding, shape propagation, dead

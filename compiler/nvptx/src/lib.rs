@@ -16,10 +16,14 @@
 pub mod cg;
 mod error;
 pub mod kernels;
+pub mod lower;
+pub mod math;
+mod program;
 pub mod ptxas;
 pub mod target;
 
 pub use error::NvptxError;
+pub use program::{CompiledProgram, compile_program, emit_program_llvm, entry_name};
 pub use target::{GpuArch, PtxTarget};
 
 use inkwell::context::Context;

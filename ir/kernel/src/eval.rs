@@ -201,6 +201,8 @@ impl Cx<'_> {
                 };
                 let i = co + r as i64 * mm.c.row_stride + c as i64 * mm.c.col_stride;
                 let (s, i) = self.slot(mm.c.param, i)?;
+                // Integer (and bool) results convert like a cast: a float accumulator held
+                // as `Val::F` in an integer buffer would read back as 0.
                 self.store[s][i] = if cty.is_float() {
                     round(cty, Val::F(v))
                 } else {

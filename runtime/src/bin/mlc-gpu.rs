@@ -4,6 +4,13 @@
 //!
 //! `mlc-gpu PTX_DIR [--arch sm_90[,sm_90a]] [--only SUBSTRING] [--quick]`
 //!
+//! Compiled models (`mlc compile M.onnx --target sm_90 -o M.mlca`):
+//! - `mlc-gpu run M.mlca --input NAME=FILE.npy ... [--output-dir DIR] [--expect NAME=FILE.npy ...]`
+//!   runs the model once, writes `DIR/<output>.npy`, and with `--expect` prints each output's
+//!   range-relative error (max |got - want| / (max(want) - min(want))) against a reference.
+//! - `mlc-gpu bench M.mlca --input NAME=FILE.npy ... [--warmup N] [--reps N]` times whole-model
+//!   runs with CUDA events (inputs already on the device) and prints the median.
+//!
 //! PTX_DIR holds `<kernel>.<arch>.ptx` files as `cargo run -p mlc-nvptx --example emit_ptx`
 //! writes them; every file is JIT-loaded, and each kernel then runs from the first architecture
 //! in `--arch` that has it (so `sm_90,sm_90a` runs the portable kernels as sm_90 and the
@@ -336,6 +343,10 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Res<bool> {
+    let first = std::env::args().nth(1);
+    if let Some(cmd @ ("run" | "bench")) = first.as_deref() {
+        return artifact_cmd(cmd, std::env::args().skip(2).collect());
+    }
     let mut args = std::env::args().skip(1);
     let mut dir: Option<PathBuf> = None;
     let mut arch = "sm_90,sm_90a".to_string();
@@ -540,4 +551,174 @@ fn run() -> Res<bool> {
         println!("{l}");
     }
     Ok(ok)
+}
+
+/// `mlc-gpu run|bench ARTIFACT ...`.
+fn artifact_cmd(cmd: &str, args: Vec<String>) -> Res<bool> {
+    use mlc_runtime::NpyArray;
+    use mlc_runtime::artifact::Artifact;
+    use mlc_runtime::cuda::Executable;
+    let mut it = args.into_iter();
+    let mut path: Option<PathBuf> = None;
+    let mut inputs: Vec<(String, PathBuf)> = Vec::new();
+    let mut expect: Vec<(String, PathBuf)> = Vec::new();
+    let mut out_dir: Option<PathBuf> = None;
+    let (mut warmup, mut reps) = (10usize, 100usize);
+    let pair = |s: Option<String>, flag: &str| -> Res<(String, PathBuf)> {
+        let s = s.ok_or(format!("{flag} needs NAME=FILE"))?;
+        let (n, f) = s
+            .split_once('=')
+            .ok_or(format!("{flag}: expected NAME=FILE, got {s:?}"))?;
+        Ok((n.to_string(), PathBuf::from(f)))
+    };
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--input" | "-i" => inputs.push(pair(it.next(), "--input")?),
+            "--expect" => expect.push(pair(it.next(), "--expect")?),
+            "--output-dir" | "-o" => {
+                out_dir = Some(PathBuf::from(it.next().ok_or("--output-dir needs DIR")?))
+            }
+            "--warmup" => warmup = it.next().ok_or("--warmup needs N")?.parse()?,
+            "--reps" => reps = it.next().ok_or("--reps needs N")?.parse()?,
+            _ if path.is_none() => path = Some(PathBuf::from(a)),
+            other => return Err(format!("unexpected argument {other:?}").into()),
+        }
+    }
+    let path = path.ok_or(format!(
+        "usage: mlc-gpu {cmd} ARTIFACT --input NAME=FILE.npy ... [--output-dir DIR] [--expect NAME=FILE.npy] [--warmup N] [--reps N]"
+    ))?;
+    let art = Artifact::read(&path)?;
+    let gpu = Gpu::new(0)?;
+    let mut exe = Executable::load(gpu, &art)?;
+    let plan = exe.plan().clone();
+    let mut arrays = Vec::with_capacity(plan.inputs.len());
+    for io in &plan.inputs {
+        let (_, f) = inputs
+            .iter()
+            .find(|(n, _)| *n == io.name)
+            .ok_or(format!("missing --input {}=FILE", io.name))?;
+        arrays.push(NpyArray::read(f)?);
+    }
+    for (n, _) in &inputs {
+        if !plan.inputs.iter().any(|io| io.name == *n) {
+            return Err(format!("the model has no input {n:?}").into());
+        }
+    }
+    if cmd == "bench" {
+        exe.set_inputs(&arrays)?;
+        let mut ms = exe.gpu().time_ms(warmup, reps, || {
+            exe.enqueue().map_err(|e| match e {
+                mlc_runtime::cuda::ExecError::Cuda(c) => c,
+                other => CudaError::Launch {
+                    kernel: "(plan)".into(),
+                    why: other.to_string(),
+                },
+            })
+        })?;
+        let med = median(&mut ms);
+        println!(
+            "{}: {} steps, median {:.4} ms, min {:.4} ms over {reps} runs",
+            path.display(),
+            plan.steps.len(),
+            med,
+            ms.first().copied().unwrap_or(f32::NAN)
+        );
+        return Ok(true);
+    }
+    let outs = exe.run(&arrays)?;
+    let mut ok = true;
+    for (name, arr) in &outs {
+        if let Some(dir) = &out_dir {
+            std::fs::create_dir_all(dir)?;
+            let file: String = name
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            std::fs::write(dir.join(format!("{file}.npy")), arr.to_bytes())?;
+        }
+        if let Some((_, f)) = expect.iter().find(|(n, _)| n == name) {
+            let want = NpyArray::read(f)?;
+            let (g, w) = (to_f64(arr)?, to_f64(&want)?);
+            if g.len() != w.len() {
+                println!(
+                    "{name}: {} elements, reference has {}: FAIL",
+                    g.len(),
+                    w.len()
+                );
+                ok = false;
+                continue;
+            }
+            let (lo, hi) = w
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &x| {
+                    (l.min(x), h.max(x))
+                });
+            let range = (hi - lo).max(f64::MIN_POSITIVE);
+            let mut worst = 0.0f64;
+            let mut nan = 0usize;
+            for (a, b) in g.iter().zip(&w) {
+                if a.is_nan() != b.is_nan() {
+                    nan += 1;
+                } else if !a.is_nan() {
+                    worst = worst.max((a - b).abs());
+                }
+            }
+            let rel = worst / range;
+            let pass = nan == 0 && rel < 1e-3;
+            ok &= pass;
+            println!(
+                "{name}: range-relative error {rel:.3e} (max abs {worst:.3e}, range {range:.3e}), {nan} NaN mismatches: {}",
+                if pass { "ok" } else { "FAIL" }
+            );
+        } else {
+            println!("{name}: {:?} {}", arr.shape, arr.elem.name());
+        }
+    }
+    Ok(ok)
+}
+
+/// An array's elements as f64 (booleans as 0/1).
+fn to_f64(a: &mlc_runtime::NpyArray) -> Res<Vec<f64>> {
+    use mlc_runtime::{ElemType as E, NpyData};
+    let NpyData::Bytes(b) = &a.data else {
+        return Err("string arrays cannot be compared".into());
+    };
+    let size = a.elem.size().ok_or("no element size")?;
+    Ok(b.chunks_exact(size)
+        .map(|c| match a.elem {
+            E::F32 => f32::from_le_bytes(c.try_into().expect("4")) as f64,
+            E::F64 => f64::from_le_bytes(c.try_into().expect("8")),
+            E::F16 => {
+                let h = u16::from_le_bytes(c.try_into().expect("2"));
+                f16_to_f64(h)
+            }
+            E::I8 => c[0] as i8 as f64,
+            E::U8 | E::Bool => c[0] as f64,
+            E::I16 => i16::from_le_bytes(c.try_into().expect("2")) as f64,
+            E::U16 => u16::from_le_bytes(c.try_into().expect("2")) as f64,
+            E::I32 => i32::from_le_bytes(c.try_into().expect("4")) as f64,
+            E::U32 => u32::from_le_bytes(c.try_into().expect("4")) as f64,
+            E::I64 => i64::from_le_bytes(c.try_into().expect("8")) as f64,
+            E::U64 => u64::from_le_bytes(c.try_into().expect("8")) as f64,
+            E::Str => f64::NAN,
+        })
+        .collect())
+}
+
+fn f16_to_f64(h: u16) -> f64 {
+    let sign = if h & 0x8000 != 0 { -1.0 } else { 1.0 };
+    let e = ((h >> 10) & 0x1f) as i32;
+    let m = (h & 0x3ff) as f64;
+    sign * match e {
+        0 => m * 2f64.powi(-24),
+        31 if m == 0.0 => f64::INFINITY,
+        31 => f64::NAN,
+        _ => (1.0 + m / 1024.0) * 2f64.powi(e - 15),
+    }
 }

@@ -16,6 +16,9 @@ use cudarc::driver::{
 };
 use std::sync::Arc;
 
+mod exec;
+pub use exec::{ExecError, Executable};
+
 /// What can go wrong talking to a GPU.
 #[derive(Debug, thiserror::Error)]
 pub enum CudaError {
@@ -204,6 +207,25 @@ impl Gpu {
     /// catch unwritten outputs: that is a NaN in every float format).
     pub fn alloc_filled(&self, len: usize, fill: u8) -> Result<DeviceBuffer, CudaError> {
         self.upload(&vec![fill; len])
+    }
+
+    /// Copies `bytes` into the start of an existing device buffer (which must be at least as
+    /// long).
+    pub fn write(&self, buf: &mut DeviceBuffer, bytes: &[u8]) -> Result<(), CudaError> {
+        if bytes.len() > buf.len_bytes() {
+            return Err(CudaError::Launch {
+                kernel: "(upload)".into(),
+                why: format!(
+                    "{} bytes do not fit a {}-byte buffer",
+                    bytes.len(),
+                    buf.len_bytes()
+                ),
+            });
+        }
+        let mut view = buf.slice.slice_mut(..bytes.len());
+        self.stream
+            .memcpy_htod(bytes, &mut view)
+            .map_err(drv("cuMemcpyHtoD"))
     }
 
     /// Copies a device buffer back.

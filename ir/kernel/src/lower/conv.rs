@@ -65,17 +65,18 @@ fn nest(
     inner: impl FnOnce(&mut KernelBuilder, &[VarId]) -> Vec<Stmt>,
 ) -> Vec<Stmt> {
     let vars: Vec<VarId> = extents.iter().map(|_| kb.var(DType::I64)).collect();
-    let mut body = inner(kb, &vars);
-    for d in (0..extents.len()).rev() {
-        let kind = if d == 0 { kind0 } else { LoopKind::Serial };
-        body = vec![Stmt::For {
-            var: vars[d],
-            extent: Expr::idx(extents[d] as i64),
-            kind,
-            body,
-        }];
-    }
-    body
+    let body = inner(kb, &vars);
+    let first = (0..extents.len()).find(|&d| extents[d] != 1);
+    let kinds: Vec<LoopKind> = (0..extents.len())
+        .map(|d| {
+            if Some(d) == first {
+                kind0
+            } else {
+                LoopKind::Serial
+            }
+        })
+        .collect();
+    super::wrap_loops(&vars, extents, &kinds, body)
 }
 
 /// The input coordinate `o*stride - pad + k*dil` of one spatial dim, its clamped form and

@@ -10,6 +10,7 @@
 
 mod attn;
 mod conv;
+mod epilogue;
 mod ew;
 mod index;
 mod loss;
@@ -91,6 +92,7 @@ pub fn lower_graph(g: &Graph) -> Result<Program, LowerError> {
         let b = cx.buf(port.value)?;
         cx.p.outputs.push((port.name.clone(), b));
     }
+    drop_unused_kernels(&mut cx.p);
     for k in &cx.p.kernels {
         crate::verify::verify_kernel(k).map_err(|errs| {
             let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
@@ -98,6 +100,28 @@ pub fn lower_graph(g: &Graph) -> Result<Program, LowerError> {
         })?;
     }
     Ok(cx.p)
+}
+
+/// Removes kernels no step launches (left behind when an epilogue was fused into a copy of a
+/// kernel), keeping the others in order.
+fn drop_unused_kernels(p: &mut Program) {
+    let used: Vec<bool> = (0..p.kernels.len())
+        .map(|k| p.steps.iter().any(|s| s.kernel.0 as usize == k))
+        .collect();
+    let mut remap = vec![0u32; p.kernels.len()];
+    let mut next = 0u32;
+    for (k, u) in used.iter().enumerate() {
+        remap[k] = next;
+        next += *u as u32;
+    }
+    let mut i = 0;
+    p.kernels.retain(|_| {
+        i += 1;
+        used[i - 1]
+    });
+    for s in &mut p.steps {
+        s.kernel = KernelId(remap[s.kernel.0 as usize]);
+    }
 }
 
 /// Why one node failed: unsupported (collected) or a hard error (returned at once).
@@ -171,8 +195,19 @@ impl Cx<'_> {
                 };
                 sub.bufs[port.value.0 as usize] = Some(self.buf(*v)?);
             }
+            // A contraction's bias and activation fold into its matmul (`epilogue.rs`).
+            let mut open = None;
             for n in &body.nodes {
+                if let Some(o) = open
+                    && let Some(next) = epilogue::try_fuse(&mut sub, n, o)
+                {
+                    open = Some(next);
+                    continue;
+                }
                 sub.node(n)?;
+                if !matches!(n.op, Op::Constant { .. }) {
+                    open = epilogue::open_after(&sub, n);
+                }
             }
             body.outputs.iter().map(|o| Ok(sub.buf(o.value)?)).collect()
         })();
@@ -203,6 +238,12 @@ impl Cx<'_> {
         let b = self.p.add_buffer(self.dtype(v), shape, kind);
         self.bufs[v.0 as usize] = Some(b);
         Ok(b)
+    }
+
+    /// Makes `v` share buffer `b` outright (same shape and type: an epilogue computed in
+    /// place).
+    pub fn set_buf(&mut self, v: ValueId, b: BufId) {
+        self.bufs[v.0 as usize] = Some(b);
     }
 
     /// The buffer already holding `v`.
@@ -281,22 +322,48 @@ pub(crate) fn loop_nest(
     body_of: impl FnOnce(&mut KernelBuilder, &[VarId]) -> Vec<Stmt>,
 ) -> Vec<Stmt> {
     let vars: Vec<VarId> = shape.iter().map(|_| kb.var(DType::I64)).collect();
-    let mut body = body_of(kb, &vars);
-    let n = shape.len();
-    for d in (0..n).rev() {
-        let kind = if d == 0 {
-            LoopKind::Parallel
-        } else if d == n - 1 {
-            LoopKind::Vector
+    let body = body_of(kb, &vars);
+    let real: Vec<usize> = (0..shape.len()).filter(|&d| shape[d] != 1).collect();
+    let kinds: Vec<LoopKind> = (0..shape.len())
+        .map(|d| {
+            if real.first() == Some(&d) {
+                LoopKind::Parallel
+            } else if real.last() == Some(&d) {
+                LoopKind::Vector
+            } else {
+                LoopKind::Serial
+            }
+        })
+        .collect();
+    wrap_loops(&vars, shape, &kinds, body)
+}
+
+/// Wraps `body` in loops over `extents` (outermost first) of the given kinds. A dim of extent 1
+/// is no loop: its counter is a `let` of 0, so backends see only the loops that iterate, and
+/// the outermost real loop is the parallel one.
+pub(crate) fn wrap_loops(
+    vars: &[VarId],
+    extents: &[usize],
+    kinds: &[LoopKind],
+    mut body: Vec<Stmt>,
+) -> Vec<Stmt> {
+    for d in (0..extents.len()).rev() {
+        if extents[d] == 1 {
+            body.insert(
+                0,
+                Stmt::Let {
+                    var: vars[d],
+                    value: Expr::idx(0),
+                },
+            );
         } else {
-            LoopKind::Serial
-        };
-        body = vec![Stmt::For {
-            var: vars[d],
-            extent: Expr::idx(shape[d] as i64),
-            kind,
-            body,
-        }];
+            body = vec![Stmt::For {
+                var: vars[d],
+                extent: Expr::idx(extents[d] as i64),
+                kind: kinds[d],
+                body,
+            }];
+        }
     }
     body
 }

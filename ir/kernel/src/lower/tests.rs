@@ -677,3 +677,57 @@ fn windows_are_constants() {
         1e-7,
     );
 }
+
+#[test]
+fn contraction_epilogues_fuse_into_the_matmul() {
+    let shown = check(
+        r#"graph (%0: f32[2,3,4] "x", %1: f32[4,5] "w", %2: f32[5] "b") -> (%3 "y") {
+  %3 = control.composite {"kind":"matmul_bias_relu"} (%0, %1, %2) : f32[2,3,5] {
+    graph (%0: f32[2,3,4] "x", %1: f32[4,5] "w", %2: f32[5] "b") -> (%5 "y") {
+      %3 = nn.matmul(%0, %1) : f32[2,3,5]
+      %4 = ew.add(%3, %2) : f32[2,3,5]
+      %5 = ew.relu(%4) : f32[2,3,5]
+    }
+  }
+}"#,
+        1e-6,
+    );
+    assert_eq!(shown.matches("step ").count(), 1, "{shown}");
+    assert!(
+        shown.contains("act=relu") && shown.contains("bias=%p"),
+        "{shown}"
+    );
+    let shown = check(
+        r#"graph (%0: f32[2,3,6,6] "x", %1: f32[4,3,3,3] "w", %2: f32[4,1,1] "b") -> (%3 "y") {
+  %3 = control.composite {"kind":"conv_bias_clip"} (%0, %1, %2) : f32[2,4,4,4] {
+    graph (%0: f32[2,3,6,6] "x", %1: f32[4,3,3,3] "w", %2: f32[4,1,1] "b") -> (%7 "y") {
+      @c0 = const f32[] [0.0]
+      @c1 = const f32[] [0.5]
+      %3 = nn.conv {"auto_pad":"not_set","dilations":[1,1],"group":1,"pads":[0,0,0,0],"strides":[1,1]} (%0, %1, _) : f32[2,4,4,4]
+      %4 = ew.add(%3, %2) : f32[2,4,4,4]
+      %5 = constant @c0 : f32[]
+      %6 = constant @c1 : f32[]
+      %7 = ew.clip(%4, %5, %6) : f32[2,4,4,4]
+    }
+  }
+}"#,
+        1e-5,
+    );
+    assert!(
+        shown.contains("act=clip(0.0, 0.5)") && shown.contains("bias=%p"),
+        "{shown}"
+    );
+    // A bias that varies along a batch dim cannot ride in the matmul: a separate kernel.
+    let shown = check(
+        r#"graph (%0: f32[2,3,4] "x", %1: f32[4,5] "w", %2: f32[2,1,1] "b") -> (%3 "y") {
+  %3 = control.composite {"kind":"matmul_add"} (%0, %1, %2) : f32[2,3,5] {
+    graph (%0: f32[2,3,4] "x", %1: f32[4,5] "w", %2: f32[2,1,1] "b") -> (%4 "y") {
+      %3 = nn.matmul(%0, %1) : f32[2,3,5]
+      %4 = ew.add(%3, %2) : f32[2,3,5]
+    }
+  }
+}"#,
+        1e-6,
+    );
+    assert_eq!(shown.matches("step ").count(), 2, "{shown}");
+}

@@ -1,0 +1,934 @@
+//! One kernel → one Cranelift function: the scalar translation of statements and expressions.
+//!
+//! The semantics are those of `mlc_kir::eval`, the oracle: integer division by zero gives 0
+//! (and never traps: `MIN / -1` wraps), `max`/`min` propagate NaN, float → int casts saturate
+//! with NaN → 0, `f16`/`bf16` values live in `f32` registers and are rounded to their type after
+//! every operation, bools are `i8` 0/1 in registers and `u8` 0/1 in memory, shifts by ≥ the
+//! width give 0 (or the sign), and `Shr` is logical for unsigned types.
+//!
+//! Loads in the arms of a `select` are evaluated whatever the condition (a `select` has no
+//! control flow), so their index is clamped into the buffer: the value is discarded anyway when
+//! the arm is not taken. Loads and stores whose index depends on loaded data (gather) are
+//! bounds-checked: out of range, they touch element 0 instead and set the status word, which
+//! the executor turns into an error.
+
+use crate::{CodegenError, Options};
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{
+    self, AbiParam, FuncRef, InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, Type, Value,
+    types,
+};
+use cranelift_frontend::{FunctionBuilder, Variable};
+use cranelift_module::{FuncId, Linkage, Module};
+use mlc_ir::DType;
+use mlc_kir::*;
+use std::collections::HashMap;
+
+pub(crate) type Result<T> = std::result::Result<T, CodegenError>;
+
+/// The register type holding a value of `d`: half floats compute in `f32`, bools are `i8`.
+pub fn reg_ty(d: DType) -> Option<Type> {
+    Some(match d {
+        DType::F32 | DType::F16 | DType::BF16 => types::F32,
+        DType::F64 => types::F64,
+        DType::I8 | DType::U8 | DType::Bool => types::I8,
+        DType::I16 | DType::U16 => types::I16,
+        DType::I32 | DType::U32 => types::I32,
+        DType::I64 | DType::U64 => types::I64,
+        // One-byte storage types (float8) only move: raw bytes.
+        d if d.is_storage_only() && d.size() == Some(1) => types::I8,
+        _ => return None,
+    })
+}
+
+/// The in-memory type of an element of `d`.
+pub fn mem_ty(d: DType) -> Option<Type> {
+    match d {
+        DType::F16 | DType::BF16 => Some(types::I16),
+        _ => reg_ty(d),
+    }
+}
+
+/// Whether the kernel's body is exactly one parallel loop with a literal extent: then calls
+/// run sub-ranges of it and the executor may split it across threads. Returns the extent.
+pub fn split_extent(k: &Kernel) -> Option<i64> {
+    match k.body.as_slice() {
+        [
+            Stmt::For {
+                kind: LoopKind::Parallel,
+                extent: Expr::Lit(Lit::Int(_, n)),
+                ..
+            },
+        ] => Some(*n),
+        _ => None,
+    }
+}
+
+/// An estimate of the kernel's work (innermost iterations plus multiply-adds), to decide
+/// whether threads pay for themselves. Non-literal extents count as 1.
+pub fn work_estimate(body: &[Stmt]) -> u64 {
+    let mut w = 0u64;
+    for st in body {
+        match st {
+            Stmt::For { extent, body, .. } => {
+                let n = match extent {
+                    Expr::Lit(Lit::Int(_, n)) => (*n).max(0) as u64,
+                    _ => 1,
+                };
+                w = w.saturating_add(n.saturating_mul(work_estimate(body).max(1)));
+            }
+            Stmt::Matmul(mm) => {
+                w = w.saturating_add((mm.m as u64) * (mm.n as u64) * (mm.k as u64));
+            }
+            _ => w = w.saturating_add(1),
+        }
+    }
+    w
+}
+
+/// The kernel function's signature: `(params: *const *mut u8, start: i64, end: i64)`.
+pub fn kernel_signature<M: Module>(m: &M) -> ir::Signature {
+    let mut sig = m.make_signature();
+    sig.params
+        .push(AbiParam::new(m.target_config().pointer_type()));
+    sig.params.push(AbiParam::new(types::I64));
+    sig.params.push(AbiParam::new(types::I64));
+    sig
+}
+
+/// Imported functions declared in the module so far, by symbol name.
+pub(crate) type Imports = HashMap<String, FuncId>;
+
+/// The slots of the argument block passed to the matmul helper (see `matmul::Desc`).
+pub(crate) mod mm_slot {
+    pub const A: usize = 0;
+    pub const B: usize = 1;
+    pub const C: usize = 2;
+    pub const BIAS: usize = 3;
+    pub const LEN: usize = 4; // +0..4: a, b, c, bias element counts
+    pub const OFF: usize = 8; // +0..4: offsets in elements
+    pub const M: usize = 12;
+    pub const N: usize = 13;
+    pub const K: usize = 14;
+    pub const STRIDES: usize = 15; // a rs, a cs, b rs, b cs, c rs, c cs, bias rs, bias cs
+    pub const DTYPES: usize = 23; // a | b << 8 | c << 16 | bias << 24 (index in DType::ALL)
+    pub const ACT: usize = 24; // 0 none, 1 relu, 2 clip
+    pub const ALPHA: usize = 25; // f64 bits
+    pub const BETA: usize = 26;
+    pub const ACT_MIN: usize = 27;
+    pub const ACT_MAX: usize = 28;
+    pub const STATUS: usize = 29; // the executor's control block: status word, threads
+    pub const COUNT: usize = 30;
+}
+
+/// Translation state for one kernel.
+pub(crate) struct Tx<'a, 'f, M: Module> {
+    pub m: &'a mut M,
+    pub imports: &'a mut Imports,
+    pub refs: HashMap<String, FuncRef>,
+    pub k: &'a Kernel,
+    pub b: FunctionBuilder<'f>,
+    pub vars: Vec<Variable>,
+    /// Whether a variable's value depends on loaded data (so indices built from it are
+    /// bounds-checked).
+    pub data_dep: Vec<bool>,
+    pub params: Vec<Value>,
+    pub status: Value,
+    pub ptr: Type,
+    pub start: Value,
+    pub end: Value,
+    /// Nesting depth inside `select` arms: loads there are clamped into their buffer.
+    pub guard: u32,
+    pub opts: Options,
+}
+
+/// Translates `k` into `b`'s function (whose signature is [`kernel_signature`]).
+pub(crate) fn translate<M: Module>(
+    m: &mut M,
+    imports: &mut Imports,
+    k: &Kernel,
+    mut b: FunctionBuilder<'_>,
+    opts: Options,
+) -> Result<()> {
+    let ptr = m.target_config().pointer_type();
+    let entry = b.create_block();
+    b.append_block_params_for_function_params(entry);
+    b.switch_to_block(entry);
+    let args = b.block_params(entry).to_vec();
+    let (argv, start, end) = (args[0], args[1], args[2]);
+    let mut vars = Vec::with_capacity(k.vars.len());
+    for (i, &t) in k.vars.iter().enumerate() {
+        let ty = reg_ty(t).ok_or_else(|| CodegenError::Unsupported {
+            kernel: k.name.clone(),
+            what: format!("variable %v{i} of type {}", t.name()),
+        })?;
+        vars.push(b.declare_var(ty));
+    }
+    let mut params = Vec::with_capacity(k.params.len());
+    for (i, p) in k.params.iter().enumerate() {
+        if mem_ty(p.dtype).is_none() {
+            return Err(CodegenError::Unsupported {
+                kernel: k.name.clone(),
+                what: format!("parameter %p{i} of type {}", p.dtype.name()),
+            });
+        }
+        let off = (i * ptr.bytes() as usize) as i32;
+        params.push(b.ins().load(ptr, MemFlagsData::trusted(), argv, off));
+    }
+    let off = (k.params.len() * ptr.bytes() as usize) as i32;
+    let status = b.ins().load(ptr, MemFlagsData::trusted(), argv, off);
+    let mut tx = Tx {
+        m,
+        imports,
+        refs: HashMap::new(),
+        k,
+        b,
+        vars,
+        data_dep: vec![false; k.vars.len()],
+        params,
+        status,
+        ptr,
+        start,
+        end,
+        guard: 0,
+        opts,
+    };
+    let split = split_extent(k).is_some();
+    tx.block(&k.body, split)?;
+    tx.b.ins().return_(&[]);
+    tx.b.seal_all_blocks();
+    let cfg = tx.m.target_config();
+    tx.b.finalize(cfg);
+    Ok(())
+}
+
+impl<M: Module> Tx<'_, '_, M> {
+    pub fn unsupported<T>(&self, what: impl Into<String>) -> Result<T> {
+        Err(CodegenError::Unsupported {
+            kernel: self.k.name.clone(),
+            what: what.into(),
+        })
+    }
+
+    fn block(&mut self, body: &[Stmt], top_split: bool) -> Result<()> {
+        for st in body {
+            match st {
+                Stmt::For {
+                    var,
+                    extent,
+                    kind,
+                    body,
+                } => {
+                    let n = self.expr(extent)?;
+                    let (lo, hi) = if top_split {
+                        // Clamp the requested range into 0..n.
+                        let zero = self.b.ins().iconst(types::I64, 0);
+                        let lo = self.b.ins().smax(self.start, zero);
+                        let lo = self.b.ins().smin(lo, n);
+                        let hi = self.b.ins().smax(self.end, lo);
+                        let hi = self.b.ins().smin(hi, n);
+                        (lo, hi)
+                    } else {
+                        (self.b.ins().iconst(types::I64, 0), n)
+                    };
+                    // The vectorizer proves iterations independent itself, so any kind
+                    // of loop qualifies.
+                    let _ = kind;
+                    let vectorized = self.opts.simd
+                        && !self.opts.check_bounds
+                        && crate::simd::vectorizable(self.k, *var, body, &self.data_dep);
+                    if vectorized {
+                        self.vector_loop(*var, lo, hi, body)?;
+                    } else {
+                        self.scalar_loop(*var, lo, hi, body)?;
+                    }
+                }
+                Stmt::Let { var, value } | Stmt::Assign { var, value } => {
+                    let dd = self.depends_on_data(value);
+                    let v = self.expr(value)?;
+                    let i = var.0 as usize;
+                    if matches!(st, Stmt::Let { .. }) {
+                        self.data_dep[i] = dd;
+                    } else {
+                        self.data_dep[i] |= dd;
+                    }
+                    self.b.def_var(self.vars[i], v);
+                }
+                Stmt::Store {
+                    param,
+                    index,
+                    value,
+                } => {
+                    let idx = self.expr(index)?;
+                    let checked = self.opts.check_bounds || self.depends_on_data(index);
+                    let v = self.expr(value)?;
+                    let addr = self.address(*param, idx, checked, false);
+                    self.store_elem(*param, v, addr)?;
+                }
+                Stmt::Matmul(mm) => self.matmul(mm)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// `for var in lo..hi { body }` as a rotated loop: test once, then body and latch.
+    pub fn scalar_loop(&mut self, var: VarId, lo: Value, hi: Value, body: &[Stmt]) -> Result<()> {
+        let v = self.vars[var.0 as usize];
+        let body_b = self.b.create_block();
+        let exit = self.b.create_block();
+        self.b.def_var(v, lo);
+        let c = self.b.ins().icmp(IntCC::SignedLessThan, lo, hi);
+        self.b.ins().brif(c, body_b, &[], exit, &[]);
+        self.b.switch_to_block(body_b);
+        self.block(body, false)?;
+        let i = self.b.use_var(v);
+        let i = self.b.ins().iadd_imm_s(i, 1);
+        self.b.def_var(v, i);
+        let c = self.b.ins().icmp(IntCC::SignedLessThan, i, hi);
+        self.b.ins().brif(c, body_b, &[], exit, &[]);
+        self.b.switch_to_block(exit);
+        Ok(())
+    }
+
+    /// Whether `e` reads memory, directly or through a variable that did.
+    pub fn depends_on_data(&self, e: &Expr) -> bool {
+        match e {
+            Expr::Var(v) => self.data_dep[v.0 as usize],
+            Expr::Lit(_) => false,
+            Expr::Load { .. } => true,
+            Expr::Unary(_, a) | Expr::Cast(_, a) => self.depends_on_data(a),
+            Expr::Binary(_, a, b) => self.depends_on_data(a) || self.depends_on_data(b),
+            Expr::Select { cond, then, els } => {
+                self.depends_on_data(cond)
+                    || self.depends_on_data(then)
+                    || self.depends_on_data(els)
+            }
+        }
+    }
+
+    /// The address of element `idx` of `param`. `checked`: bounds-check and record a failure
+    /// in the status word; `clamp`: clamp silently (loads in `select` arms).
+    pub fn address(&mut self, param: ParamId, idx: Value, checked: bool, clamp: bool) -> Value {
+        let p = &self.k.params[param.0 as usize];
+        let size = mem_ty(p.dtype).map(|t| t.bytes()).unwrap_or(1) as i64;
+        let last = (p.len as i64 - 1).max(0);
+        let mut idx = idx;
+        if checked {
+            let len = self.b.ins().iconst(types::I64, p.len as i64);
+            let bad = self
+                .b
+                .ins()
+                .icmp(IntCC::UnsignedGreaterThanOrEqual, idx, len);
+            let old = self
+                .b
+                .ins()
+                .load(types::I64, MemFlagsData::trusted(), self.status, 0);
+            let bad64 = self.b.ins().uextend(types::I64, bad);
+            let new = self.b.ins().bor(old, bad64);
+            self.b
+                .ins()
+                .store(MemFlagsData::trusted(), new, self.status, 0);
+            let zero = self.b.ins().iconst(types::I64, 0);
+            idx = self.b.ins().select(bad, zero, idx);
+        } else if clamp {
+            let zero = self.b.ins().iconst(types::I64, 0);
+            let hi = self.b.ins().iconst(types::I64, last);
+            idx = self.b.ins().smax(idx, zero);
+            idx = self.b.ins().smin(idx, hi);
+        }
+        let off = self.b.ins().imul_imm_s(idx, size);
+        let off = if self.ptr == types::I64 {
+            off
+        } else {
+            self.b.ins().ireduce(self.ptr, off)
+        };
+        self.b.ins().iadd(self.params[param.0 as usize], off)
+    }
+
+    fn load_elem(&mut self, param: ParamId, addr: Value) -> Result<Value> {
+        let d = self.k.params[param.0 as usize].dtype;
+        let mt = mem_ty(d).expect("checked at entry");
+        let raw = self.b.ins().load(mt, MemFlagsData::trusted(), addr, 0);
+        Ok(match d {
+            DType::F16 => self.call1("mlc_f16_to_f32", types::I16, types::F32, raw),
+            DType::BF16 => {
+                // bf16 is the top half of an f32: exact.
+                let w = self.b.ins().uextend(types::I32, raw);
+                let w = self.b.ins().ishl_imm_s(w, 16);
+                self.b.ins().bitcast(types::F32, MemFlagsData::new(), w)
+            }
+            _ => raw,
+        })
+    }
+
+    fn store_elem(&mut self, param: ParamId, v: Value, addr: Value) -> Result<()> {
+        let d = self.k.params[param.0 as usize].dtype;
+        let v = match d {
+            DType::F16 => self.call1("mlc_f32_to_f16", types::F32, types::I16, v),
+            DType::BF16 => self.call1("mlc_f32_to_bf16", types::F32, types::I16, v),
+            _ => v,
+        };
+        self.b.ins().store(MemFlagsData::trusted(), v, addr, 0);
+        Ok(())
+    }
+
+    /// A reference to the imported function `name`, declared on first use.
+    pub fn import(&mut self, name: &str, params: &[Type], rets: &[Type]) -> FuncRef {
+        if let Some(r) = self.refs.get(name) {
+            return *r;
+        }
+        let id = match self.imports.get(name) {
+            Some(id) => *id,
+            None => {
+                let mut sig = self.m.make_signature();
+                for &p in params {
+                    let a = AbiParam::new(p);
+                    sig.params.push(if p == types::I16 { a.uext() } else { a });
+                }
+                for &r in rets {
+                    sig.returns.push(AbiParam::new(r));
+                }
+                // Declaring an import with one signature per name cannot fail; a clash
+                // would be a bug here, reported by define_function later.
+                let id = self
+                    .m
+                    .declare_function(name, Linkage::Import, &sig)
+                    .expect("one signature per helper name");
+                self.imports.insert(name.to_string(), id);
+                id
+            }
+        };
+        let r = self.m.declare_func_in_func(id, &mut *self.b.func);
+        self.refs.insert(name.to_string(), r);
+        r
+    }
+
+    pub fn call1(&mut self, name: &str, from: Type, to: Type, x: Value) -> Value {
+        let f = self.import(name, &[from], &[to]);
+        let c = self.b.ins().call(f, &[x]);
+        self.b.inst_results(c)[0]
+    }
+
+    pub fn call2(&mut self, name: &str, ty: Type, rty: Type, x: Value, y: Value) -> Value {
+        let f = self.import(name, &[ty, ty], &[rty]);
+        let c = self.b.ins().call(f, &[x, y]);
+        self.b.inst_results(c)[0]
+    }
+
+    /// Rounds an `f32` register holding a value of half type `ty` to that type.
+    fn round_half(&mut self, ty: DType, v: Value) -> Value {
+        match ty {
+            DType::F16 => self.call1("mlc_round_f16", types::F32, types::F32, v),
+            DType::BF16 => self.call1("mlc_round_bf16", types::F32, types::F32, v),
+            _ => v,
+        }
+    }
+
+    pub fn expr(&mut self, e: &Expr) -> Result<Value> {
+        let ty = self.k.type_of(e);
+        match e {
+            Expr::Var(v) => Ok(self.b.use_var(self.vars[v.0 as usize])),
+            Expr::Lit(l) => self.lit(*l),
+            Expr::Load { param, index } => {
+                // In a select arm a bad index may belong to the arm not taken: clamp it
+                // silently there; elsewhere a data-dependent index is checked.
+                let checked =
+                    self.guard == 0 && (self.opts.check_bounds || self.depends_on_data(index));
+                let idx = self.expr(index)?;
+                let addr = self.address(*param, idx, checked, self.guard > 0);
+                self.load_elem(*param, addr)
+            }
+            Expr::Unary(op, a) => {
+                let aty = self.k.type_of(a);
+                let x = self.expr(a)?;
+                let r = self.unary(*op, aty, x)?;
+                Ok(if op_rounds(ty) {
+                    self.round_half(ty, r)
+                } else {
+                    r
+                })
+            }
+            Expr::Binary(op, a, b) => {
+                let aty = self.k.type_of(a);
+                let x = self.expr(a)?;
+                let y = self.expr(b)?;
+                let r = self.binary(*op, aty, x, y)?;
+                Ok(if op_rounds(ty) {
+                    self.round_half(ty, r)
+                } else {
+                    r
+                })
+            }
+            Expr::Select { cond, then, els } => {
+                let cty = self.k.type_of(cond);
+                let c = self.expr(cond)?;
+                let c = self.truthy(cty, c);
+                self.guard += 1;
+                let t = self.expr(then);
+                let f = self.expr(els);
+                self.guard -= 1;
+                Ok(self.b.ins().select(c, t?, f?))
+            }
+            Expr::Cast(to, a) => {
+                let from = self.k.type_of(a);
+                let x = self.expr(a)?;
+                self.cast(from, *to, x)
+            }
+        }
+    }
+
+    pub fn lit(&mut self, l: Lit) -> Result<Value> {
+        Ok(match l {
+            Lit::Float(DType::F64, f) => self.b.ins().f64const(f),
+            Lit::Float(_, f) => self.b.ins().f32const(f as f32),
+            Lit::Int(t, i) => {
+                let Some(ty) = reg_ty(t) else {
+                    return self.unsupported(format!("literal of type {}", t.name()));
+                };
+                self.iconst(ty, i)
+            }
+            Lit::Bool(b) => self.b.ins().iconst(types::I8, b as i64),
+        })
+    }
+
+    /// An integer constant of `ty`, its bits masked to the width as Cranelift requires.
+    pub fn iconst(&mut self, ty: Type, i: i64) -> Value {
+        let bits = ty.bits();
+        let v = if bits >= 64 {
+            i
+        } else {
+            i & ((1i64 << bits) - 1)
+        };
+        self.b.ins().iconst(ty, v)
+    }
+
+    /// A bool (`i8` 0/1) from a value of any type: `!= 0`.
+    pub fn truthy(&mut self, ty: DType, v: Value) -> Value {
+        if ty == DType::Bool {
+            return v;
+        }
+        if ty.is_float() {
+            let z = if ty == DType::F64 {
+                self.b.ins().f64const(0.0)
+            } else {
+                self.b.ins().f32const(0.0)
+            };
+            self.b.ins().fcmp(FloatCC::NotEqual, v, z)
+        } else {
+            self.b.ins().icmp_imm_s(IntCC::NotEqual, v, 0)
+        }
+    }
+
+    fn unary(&mut self, op: UnOp, ty: DType, x: Value) -> Result<Value> {
+        if ty.is_float() {
+            let rt = reg_ty(ty).expect("float");
+            return Ok(match op {
+                UnOp::Neg => self.b.ins().fneg(x),
+                UnOp::Abs => self.b.ins().fabs(x),
+                UnOp::Sqrt => self.b.ins().sqrt(x),
+                UnOp::Floor => self.b.ins().floor(x),
+                UnOp::Ceil => self.b.ins().ceil(x),
+                UnOp::Round => self.b.ins().nearest(x),
+                UnOp::IsNan => self.b.ins().fcmp(FloatCC::Unordered, x, x),
+                UnOp::IsInf => {
+                    let a = self.b.ins().fabs(x);
+                    let inf = if rt == types::F64 {
+                        self.b.ins().f64const(f64::INFINITY)
+                    } else {
+                        self.b.ins().f32const(f32::INFINITY)
+                    };
+                    self.b.ins().fcmp(FloatCC::Equal, a, inf)
+                }
+                UnOp::Not => return self.unsupported("logical not of a float"),
+                _ => {
+                    let name = libm_symbol(op, rt).expect("transcendental");
+                    self.call1(&name, rt, rt, x)
+                }
+            });
+        }
+        if ty == DType::Bool {
+            return Ok(match op {
+                UnOp::Not => self.b.ins().bxor_imm_s(x, 1),
+                _ => x,
+            });
+        }
+        if !ty.is_int() {
+            return self.unsupported(format!("{} on {}", op.name(), ty.name()));
+        }
+        Ok(match op {
+            UnOp::Neg => self.b.ins().ineg(x),
+            UnOp::Abs if ty.is_signed_int() => self.b.ins().iabs(x),
+            UnOp::Not => self.b.ins().bnot(x),
+            UnOp::IsNan | UnOp::IsInf => self.b.ins().iconst(types::I8, 0),
+            // Rounding is the identity on integers, and so is everything else the evaluator
+            // does not define for them.
+            _ => x,
+        })
+    }
+
+    fn binary(&mut self, op: BinOp, ty: DType, x: Value, y: Value) -> Result<Value> {
+        if ty.is_float() {
+            let rt = reg_ty(ty).expect("float");
+            let cmp = |cc| Some(cc);
+            let cc = match op {
+                BinOp::Eq => cmp(FloatCC::Equal),
+                BinOp::Ne => cmp(FloatCC::NotEqual),
+                BinOp::Lt => cmp(FloatCC::LessThan),
+                BinOp::Le => cmp(FloatCC::LessThanOrEqual),
+                BinOp::Gt => cmp(FloatCC::GreaterThan),
+                BinOp::Ge => cmp(FloatCC::GreaterThanOrEqual),
+                _ => None,
+            };
+            if let Some(cc) = cc {
+                return Ok(self.b.ins().fcmp(cc, x, y));
+            }
+            let f32 = rt == types::F32;
+            return Ok(match op {
+                BinOp::Add => self.b.ins().fadd(x, y),
+                BinOp::Sub => self.b.ins().fsub(x, y),
+                BinOp::Mul => self.b.ins().fmul(x, y),
+                BinOp::Div => self.b.ins().fdiv(x, y),
+                BinOp::Max => self.b.ins().fmax(x, y),
+                BinOp::Min => self.b.ins().fmin(x, y),
+                BinOp::Rem => self.call2(if f32 { "fmodf" } else { "fmod" }, rt, rt, x, y),
+                BinOp::Pow => self.call2(if f32 { "powf" } else { "pow" }, rt, rt, x, y),
+                // Bitwise ops on floats are ill-typed; the evaluator gives NaN.
+                _ => {
+                    if f32 {
+                        self.b.ins().f32const(f32::NAN)
+                    } else {
+                        self.b.ins().f64const(f64::NAN)
+                    }
+                }
+            });
+        }
+        if ty == DType::Bool {
+            return Ok(match op {
+                BinOp::And | BinOp::Min | BinOp::Mul => self.b.ins().band(x, y),
+                BinOp::Or | BinOp::Max | BinOp::Add => self.b.ins().bor(x, y),
+                BinOp::Xor | BinOp::Ne => self.b.ins().bxor(x, y),
+                BinOp::Eq => self.b.ins().icmp(IntCC::Equal, x, y),
+                BinOp::Lt => self.b.ins().icmp(IntCC::UnsignedLessThan, x, y),
+                BinOp::Le => self.b.ins().icmp(IntCC::UnsignedLessThanOrEqual, x, y),
+                BinOp::Gt => self.b.ins().icmp(IntCC::UnsignedGreaterThan, x, y),
+                BinOp::Ge => self.b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, x, y),
+                _ => self.b.ins().iconst(types::I8, 0),
+            });
+        }
+        if !ty.is_int() {
+            return self.unsupported(format!("{} on {}", op.name(), ty.name()));
+        }
+        let signed = ty.is_signed_int();
+        let rt = reg_ty(ty).expect("int");
+        let cc = |s, u| Some(if signed { s } else { u });
+        let icc = match op {
+            BinOp::Eq => Some(IntCC::Equal),
+            BinOp::Ne => Some(IntCC::NotEqual),
+            BinOp::Lt => cc(IntCC::SignedLessThan, IntCC::UnsignedLessThan),
+            BinOp::Le => cc(IntCC::SignedLessThanOrEqual, IntCC::UnsignedLessThanOrEqual),
+            BinOp::Gt => cc(IntCC::SignedGreaterThan, IntCC::UnsignedGreaterThan),
+            BinOp::Ge => cc(
+                IntCC::SignedGreaterThanOrEqual,
+                IntCC::UnsignedGreaterThanOrEqual,
+            ),
+            _ => None,
+        };
+        if let Some(cc) = icc {
+            return Ok(self.b.ins().icmp(cc, x, y));
+        }
+        Ok(match op {
+            BinOp::Add => self.b.ins().iadd(x, y),
+            BinOp::Sub => self.b.ins().isub(x, y),
+            BinOp::Mul => self.b.ins().imul(x, y),
+            BinOp::And => self.b.ins().band(x, y),
+            BinOp::Or => self.b.ins().bor(x, y),
+            BinOp::Xor => self.b.ins().bxor(x, y),
+            BinOp::Max if signed => self.b.ins().smax(x, y),
+            BinOp::Max => self.b.ins().umax(x, y),
+            BinOp::Min if signed => self.b.ins().smin(x, y),
+            BinOp::Min => self.b.ins().umin(x, y),
+            BinOp::Div | BinOp::Rem => {
+                // Division by zero gives 0; MIN / -1 wraps (MIN % -1 is 0): never trap.
+                let zero = self.b.ins().iconst(rt, 0);
+                let one = self.b.ins().iconst(rt, 1);
+                let is0 = self.b.ins().icmp_imm_s(IntCC::Equal, y, 0);
+                if signed {
+                    let m1 = self.iconst(rt, -1);
+                    let is_m1 = self.b.ins().icmp(IntCC::Equal, y, m1);
+                    let bad = self.b.ins().bor(is0, is_m1);
+                    let safe = self.b.ins().select(bad, one, y);
+                    let (q, special) = if op == BinOp::Div {
+                        (self.b.ins().sdiv(x, safe), self.b.ins().ineg(x))
+                    } else {
+                        (self.b.ins().srem(x, safe), zero)
+                    };
+                    let r = self.b.ins().select(is_m1, special, q);
+                    self.b.ins().select(is0, zero, r)
+                } else {
+                    let safe = self.b.ins().select(is0, one, y);
+                    let q = if op == BinOp::Div {
+                        self.b.ins().udiv(x, safe)
+                    } else {
+                        self.b.ins().urem(x, safe)
+                    };
+                    self.b.ins().select(is0, zero, q)
+                }
+            }
+            BinOp::Pow => {
+                let x64 = self.widen(ty, x);
+                let y64 = self.widen(ty, y);
+                let r = self.call2("mlc_ipow", types::I64, types::I64, x64, y64);
+                self.narrow(rt, r)
+            }
+            BinOp::Shl | BinOp::Shr => {
+                // In 64 bits, as the evaluator: amounts outside 0..64 give 0 (or the sign).
+                let x64 = self.widen(ty, x);
+                let y64 = self.widen(ty, y);
+                let in_range = self.b.ins().icmp_imm_s(IntCC::UnsignedLessThan, y64, 64);
+                let r = match op {
+                    BinOp::Shl => {
+                        let s = self.b.ins().ishl(x64, y64);
+                        let z = self.b.ins().iconst(types::I64, 0);
+                        self.b.ins().select(in_range, s, z)
+                    }
+                    _ if signed => {
+                        let c63 = self.b.ins().iconst(types::I64, 63);
+                        let amt = self.b.ins().select(in_range, y64, c63);
+                        self.b.ins().sshr(x64, amt)
+                    }
+                    _ => {
+                        let s = self.b.ins().ushr(x64, y64);
+                        let z = self.b.ins().iconst(types::I64, 0);
+                        self.b.ins().select(in_range, s, z)
+                    }
+                };
+                self.narrow(rt, r)
+            }
+            _ => unreachable!("comparisons handled above"),
+        })
+    }
+
+    /// An integer of type `ty` extended to `i64` by its signedness.
+    pub fn widen(&mut self, ty: DType, x: Value) -> Value {
+        let t = self.b.func.dfg.value_type(x);
+        if t == types::I64 {
+            x
+        } else if ty.is_signed_int() {
+            self.b.ins().sextend(types::I64, x)
+        } else {
+            self.b.ins().uextend(types::I64, x)
+        }
+    }
+
+    pub fn narrow(&mut self, to: Type, x: Value) -> Value {
+        if self.b.func.dfg.value_type(x) == to {
+            x
+        } else {
+            self.b.ins().ireduce(to, x)
+        }
+    }
+
+    pub fn cast(&mut self, from: DType, to: DType, x: Value) -> Result<Value> {
+        if from == to {
+            return Ok(x);
+        }
+        let (Some(_), Some(tt)) = (reg_ty(from), reg_ty(to)) else {
+            return self.unsupported(format!("cast {} -> {}", from.name(), to.name()));
+        };
+        if from.is_storage_only() || to.is_storage_only() {
+            return self.unsupported(format!("cast {} -> {}", from.name(), to.name()));
+        }
+        if from.is_float() {
+            let f64_src = from == DType::F64;
+            return Ok(match to {
+                DType::F32 if f64_src => self.b.ins().fdemote(types::F32, x),
+                DType::F32 => x,
+                DType::F64 if f64_src => x,
+                DType::F64 => self.b.ins().fpromote(types::F64, x),
+                DType::F16 if f64_src => self.call1("mlc_round_f16_f64", types::F64, types::F32, x),
+                DType::BF16 if f64_src => {
+                    self.call1("mlc_round_bf16_f64", types::F64, types::F32, x)
+                }
+                DType::F16 | DType::BF16 => self.round_half(to, x),
+                DType::Bool => self.truthy(from, x),
+                _ => self.float_to_int(to, tt, x),
+            });
+        }
+        if from == DType::Bool {
+            return Ok(match to {
+                DType::F32 | DType::F16 | DType::BF16 => {
+                    let w = self.b.ins().uextend(types::I32, x);
+                    self.b.ins().fcvt_from_uint(types::F32, w)
+                }
+                DType::F64 => {
+                    let w = self.b.ins().uextend(types::I32, x);
+                    self.b.ins().fcvt_from_uint(types::F64, w)
+                }
+                _ => {
+                    if tt == types::I8 {
+                        x
+                    } else {
+                        self.b.ins().uextend(tt, x)
+                    }
+                }
+            });
+        }
+        // From an integer.
+        if to.is_float() {
+            // Through f64, as the evaluator (so i64 → f32 rounds the same way).
+            let w = self.widen(from, x);
+            let f = if from == DType::U64 {
+                self.b.ins().fcvt_from_uint(types::F64, w)
+            } else {
+                self.b.ins().fcvt_from_sint(types::F64, w)
+            };
+            return Ok(match to {
+                DType::F64 => f,
+                DType::F32 => self.b.ins().fdemote(types::F32, f),
+                _ => {
+                    let name = if to == DType::F16 {
+                        "mlc_round_f16_f64"
+                    } else {
+                        "mlc_round_bf16_f64"
+                    };
+                    self.call1(name, types::F64, types::F32, f)
+                }
+            });
+        }
+        if to == DType::Bool {
+            return Ok(self.b.ins().icmp_imm_s(IntCC::NotEqual, x, 0));
+        }
+        let ft = self.b.func.dfg.value_type(x);
+        Ok(if tt.bits() < ft.bits() {
+            self.b.ins().ireduce(tt, x)
+        } else if tt.bits() > ft.bits() {
+            if from.is_signed_int() {
+                self.b.ins().sextend(tt, x)
+            } else {
+                self.b.ins().uextend(tt, x)
+            }
+        } else {
+            x
+        })
+    }
+
+    /// Saturating float → int truncation, NaN → 0 (Rust's `as`).
+    fn float_to_int(&mut self, to: DType, tt: Type, x: Value) -> Value {
+        match to {
+            DType::I32 => self.b.ins().fcvt_to_sint_sat(types::I32, x),
+            DType::I64 => self.b.ins().fcvt_to_sint_sat(types::I64, x),
+            DType::U64 => self.b.ins().fcvt_to_uint_sat(types::I64, x),
+            _ => {
+                // Convert to i64 (saturating, NaN → 0), then clamp to the type's range.
+                let (lo, hi): (i64, i64) = match to {
+                    DType::I8 => (i8::MIN as i64, i8::MAX as i64),
+                    DType::U8 => (0, u8::MAX as i64),
+                    DType::I16 => (i16::MIN as i64, i16::MAX as i64),
+                    DType::U16 => (0, u16::MAX as i64),
+                    _ => (0, u32::MAX as i64),
+                };
+                let w = self.b.ins().fcvt_to_sint_sat(types::I64, x);
+                let lo = self.b.ins().iconst(types::I64, lo);
+                let hi = self.b.ins().iconst(types::I64, hi);
+                let w = self.b.ins().smax(w, lo);
+                let w = self.b.ins().smin(w, hi);
+                self.b.ins().ireduce(tt, w)
+            }
+        }
+    }
+
+    /// `Stmt::Matmul`: fills an argument block on the stack and calls the matmul helper.
+    fn matmul(&mut self, mm: &Matmul) -> Result<()> {
+        use mm_slot as s;
+        let slot = self.b.create_sized_stack_slot(StackSlotData::new(
+            StackSlotKind::ExplicitSlot,
+            (s::COUNT * 8) as u32,
+            3,
+        ));
+        let ptr = self.ptr;
+        let put = |tx: &mut Self, i: usize, v: Value| {
+            tx.b.ins().stack_store(ptr, v, slot, (i * 8) as i32);
+        };
+        let refs: [Option<&MatRef>; 4] = [Some(&mm.a), Some(&mm.b), Some(&mm.c), mm.bias.as_ref()];
+        let mut codes = 0i64;
+        for (j, r) in refs.iter().enumerate() {
+            let (base, len, off, rs, cs, code) = match r {
+                Some(r) => {
+                    let p = &self.k.params[r.param.0 as usize];
+                    let code = DType::ALL.iter().position(|&d| d == p.dtype).unwrap_or(0) as i64;
+                    let off = self.expr(&r.offset)?;
+                    (
+                        self.params[r.param.0 as usize],
+                        p.len as i64,
+                        off,
+                        r.row_stride,
+                        r.col_stride,
+                        code,
+                    )
+                }
+                None => {
+                    let z = self.b.ins().iconst(ptr, 0);
+                    let z64 = self.b.ins().iconst(types::I64, 0);
+                    (z, 0, z64, 0, 0, 0)
+                }
+            };
+            codes |= code << (8 * j);
+            put(self, j, base);
+            let len = self.b.ins().iconst(types::I64, len);
+            put(self, s::LEN + j, len);
+            put(self, s::OFF + j, off);
+            let rs = self.b.ins().iconst(types::I64, rs);
+            let cs = self.b.ins().iconst(types::I64, cs);
+            put(self, s::STRIDES + 2 * j, rs);
+            put(self, s::STRIDES + 2 * j + 1, cs);
+        }
+        let ints = [
+            (s::M, mm.m as i64),
+            (s::N, mm.n as i64),
+            (s::K, mm.k as i64),
+            (s::DTYPES, codes),
+        ];
+        for (i, v) in ints {
+            let v = self.b.ins().iconst(types::I64, v);
+            put(self, i, v);
+        }
+        let (act, lo, hi) = match mm.act {
+            Activation::None => (0, 0.0, 0.0),
+            Activation::Relu => (1, 0.0, 0.0),
+            Activation::Clip { min, max } => (2, min, max),
+        };
+        let act = self.b.ins().iconst(types::I64, act);
+        put(self, s::ACT, act);
+        let floats = [
+            (s::ALPHA, mm.alpha),
+            (s::BETA, mm.beta),
+            (s::ACT_MIN, lo),
+            (s::ACT_MAX, hi),
+        ];
+        for (i, v) in floats {
+            let v = self.b.ins().iconst(types::I64, (v as f64).to_bits() as i64);
+            put(self, i, v);
+        }
+        put(self, s::STATUS, self.status);
+        let addr = self.b.ins().stack_addr(ptr, slot, 0);
+        let target = crate::matmul::call_target(mm);
+        let f = self.import(target, &[ptr], &[]);
+        self.b.ins().call(f, &[addr]);
+        Ok(())
+    }
+}
+
+/// Whether an operation producing a value of `ty` must round its `f32` result to `ty`.
+fn op_rounds(ty: DType) -> bool {
+    matches!(ty, DType::F16 | DType::BF16)
+}
+
+/// The C library symbol of a transcendental `op` on `ty` (`expf` for f32, `exp` for f64).
+pub fn libm_symbol(op: UnOp, ty: Type) -> Option<String> {
+    let base = op.libm_name()?;
+    Some(if ty == types::F64 {
+        base.to_string()
+    } else {
+        format!("{base}f")
+    })
+}

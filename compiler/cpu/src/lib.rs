@@ -1,0 +1,88 @@
+//! mlc's CPU backend: kernel IR → Cranelift IR (CLIF) → machine code.
+//!
+//! Every [`mlc_kir::Kernel`] becomes one Cranelift function with the C ABI
+//! `extern "C" fn(params: *const *mut u8, start: i64, end: i64)`: `params[i]` is the base
+//! pointer of `ParamId(i)` (and `params[n]`, one past the kernel's parameters, points to a
+//! control block of two `i64`s: a status word that the kernel sets to non-zero when a
+//! data-dependent index is out of bounds, then the number of threads a library call such as
+//! matmul may use); `[start, end)` is the part of the kernel's outermost parallel loop that this call
+//! runs, so the executor can split it across threads. A kernel whose body is not one parallel
+//! loop ignores the range and is called once.
+//!
+//! - [`clif`] translates a kernel statement by statement (loops become blocks, variables
+//!   become `cranelift_frontend::Variable`s); [`simd`] turns eligible innermost `f32` loops
+//!   into 128-bit vector loops with a scalar remainder.
+//! - [`module`] drives Cranelift: the JIT (host ISA from `cranelift-native`) and relocatable
+//!   objects (an explicit x86-64 baseline ISA: SSE4.2 and FMA), and prints CLIF.
+//! - [`matmul`] is the contraction library the generated code calls for `Stmt::Matmul`;
+//!   [`helpers`] the scalar helpers (libm, half-float conversions).
+//! - [`exec`] runs a whole [`mlc_kir::Program`]: buffers, steps in order, threads.
+//!
+//! ```
+//! use mlc_ir::{Tensor, parse_graph};
+//!
+//! let g = parse_graph(r#"graph (%0: f32[2,3] "x", %1: f32[3] "b") -> (%2 "y") {
+//!   %2 = ew.add(%0, %1) : f32[2,3]
+//! }"#)?;
+//! let program = mlc_kir::lower_graph(&g)?;
+//! let compiled = mlc_cpu::CompiledProgram::new(&program)?;
+//! let x = Tensor::from_vec(&[2, 3], vec![1f32, 2., 3., 4., 5., 6.])?;
+//! let b = Tensor::from_vec(&[3], vec![10f32, 20., 30.])?;
+//! let y = compiled.run(&[x, b], 2)?;
+//! assert_eq!(y[0].to_f64_vec()?, [11., 22., 33., 14., 25., 36.]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! This is the only crate that links Cranelift. Unsafe code lives in one module, `ffi`, which
+//! calls the JIT'd function pointers and receives raw pointers from them.
+
+pub mod clif;
+pub mod exec;
+mod ffi;
+pub mod helpers;
+pub mod matmul;
+pub mod module;
+pub mod simd;
+
+pub use exec::{CompiledProgram, RunError};
+pub use module::{compile_object, kernel_clif, program_clif};
+
+/// Code-generation options.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Vectorize eligible innermost loops with 128-bit SIMD (`f32x4`).
+    pub simd: bool,
+    /// In vector loops, compute `exp` and `tanh` inline (polynomials within a few ulp of
+    /// libm; denormal `exp` results flushed to 0) instead of calling libm once per lane.
+    pub inline_math: bool,
+    /// Bounds-check every load and store (not only data-dependent ones), reporting an index
+    /// out of bounds as a run error: for debugging lowering. Turns vectorization off.
+    pub check_bounds: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            simd: true,
+            inline_math: true,
+            check_bounds: false,
+        }
+    }
+}
+
+/// Why a program could not be compiled.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum CodegenError {
+    /// The kernel uses something this backend does not implement.
+    #[error("kernel {kernel}: unsupported by the CPU backend: {what}")]
+    Unsupported { kernel: String, what: String },
+    /// The program is malformed (a bug in lowering or in this crate).
+    #[error("invalid program: {0}")]
+    Invalid(String),
+    /// Cranelift rejected the generated code or could not set up the target.
+    #[error("cranelift: {0}")]
+    Cranelift(String),
+}
+
+#[cfg(test)]
+mod tests;

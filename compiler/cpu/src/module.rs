@@ -1,0 +1,149 @@
+//! Driving Cranelift: ISAs, modules, defining a program's kernels, printing CLIF.
+//!
+//! The JIT targets the host (`cranelift-native`). Objects target an explicit x86-64 baseline
+//! (SSE4.2 and FMA required, PIC) so an artifact does not depend on the machine that built it,
+//! and are deterministic: the same program gives the same bytes.
+
+use crate::clif::{self, Imports};
+use crate::{CodegenError, Options};
+use cranelift_codegen::ir::UserFuncName;
+use cranelift_codegen::isa::OwnedTargetIsa;
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_frontend::FunctionBuilderContext;
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{FuncId, Linkage, Module, default_libcall_names};
+use cranelift_object::{ObjectBuilder, ObjectModule};
+use mlc_kir::{Kernel, Program};
+use std::str::FromStr;
+
+fn cl<E: std::fmt::Display>(e: E) -> CodegenError {
+    CodegenError::Cranelift(e.to_string())
+}
+
+fn shared_flags(pic: bool) -> Result<settings::Flags, CodegenError> {
+    let mut f = settings::builder();
+    f.set("opt_level", "speed").map_err(cl)?;
+    f.set("use_colocated_libcalls", "false").map_err(cl)?;
+    f.set("is_pic", if pic { "true" } else { "false" })
+        .map_err(cl)?;
+    Ok(settings::Flags::new(f))
+}
+
+/// The host's ISA, with every feature it has.
+pub fn jit_isa() -> Result<OwnedTargetIsa, CodegenError> {
+    let b = cranelift_native::builder().map_err(cl)?;
+    b.finish(shared_flags(false)?).map_err(cl)
+}
+
+/// The x86-64 baseline for artifacts: SSE4.2 (and what it implies) and FMA.
+pub fn object_isa() -> Result<OwnedTargetIsa, CodegenError> {
+    let triple = target_lexicon::Triple::from_str("x86_64-unknown-linux-gnu").map_err(cl)?;
+    let mut b = cranelift_codegen::isa::lookup(triple).map_err(cl)?;
+    for f in [
+        "has_sse3",
+        "has_ssse3",
+        "has_sse41",
+        "has_sse42",
+        "has_popcnt",
+        "has_fma",
+    ] {
+        b.enable(f).map_err(cl)?;
+    }
+    b.finish(shared_flags(true)?).map_err(cl)
+}
+
+/// The symbol of kernel `i`.
+pub fn kernel_symbol(i: usize, k: &Kernel) -> String {
+    let name: String = k
+        .name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("mlc_k{i}_{name}")
+}
+
+/// Declares and defines every kernel of `kernels` in `m`; returns their ids in order.
+pub(crate) fn define_kernels<M: Module>(
+    m: &mut M,
+    kernels: &[Kernel],
+    linkage: Linkage,
+    opts: Options,
+) -> Result<Vec<FuncId>, CodegenError> {
+    let mut imports = Imports::new();
+    let mut ids = Vec::with_capacity(kernels.len());
+    let mut ctx = m.make_context();
+    let mut fbc = FunctionBuilderContext::new();
+    for (i, k) in kernels.iter().enumerate() {
+        let sig = clif::kernel_signature(m);
+        let id = m
+            .declare_function(&kernel_symbol(i, k), linkage, &sig)
+            .map_err(cl)?;
+        ctx.func.signature = sig;
+        ctx.func.name = UserFuncName::user(0, id.as_u32());
+        let b = cranelift_frontend::FunctionBuilder::new(&mut ctx.func, &mut fbc);
+        clif::translate(m, &mut imports, k, b, opts)?;
+        m.define_function(id, &mut ctx)
+            .map_err(|e| CodegenError::Cranelift(format!("kernel {}: {e:?}", k.name)))?;
+        m.clear_context(&mut ctx);
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+/// Compiles `kernels` in a JIT module; returns it finalized with each kernel's address.
+pub(crate) fn jit(
+    kernels: &[Kernel],
+    opts: Options,
+) -> Result<(JITModule, Vec<*const u8>), CodegenError> {
+    let mut jb = JITBuilder::with_isa(jit_isa()?, default_libcall_names());
+    for (name, ptr) in crate::helpers::symbols() {
+        jb.symbol(name, ptr);
+    }
+    let mut m = JITModule::new(jb);
+    let ids = define_kernels(&mut m, kernels, Linkage::Local, opts)?;
+    m.finalize_definitions().map_err(cl)?;
+    let addrs = ids.iter().map(|&id| m.get_finalized_function(id)).collect();
+    Ok((m, addrs))
+}
+
+/// A relocatable x86-64 ELF object defining every kernel of `p` as a global symbol
+/// ([`kernel_symbol`]); helpers and libm functions are left undefined, for the linker.
+pub fn compile_object(p: &Program, opts: Options) -> Result<Vec<u8>, CodegenError> {
+    let ob =
+        ObjectBuilder::new(object_isa()?, "mlc_kernels", default_libcall_names()).map_err(cl)?;
+    let mut m = ObjectModule::new(ob);
+    define_kernels(&mut m, &p.kernels, Linkage::Export, opts)?;
+    m.finish().emit().map_err(cl)
+}
+
+/// The CLIF of one kernel, before Cranelift optimizes it, for the x86-64 baseline.
+pub fn kernel_clif(k: &Kernel, opts: Options) -> Result<String, CodegenError> {
+    let ob =
+        ObjectBuilder::new(object_isa()?, "mlc_kernels", default_libcall_names()).map_err(cl)?;
+    let mut m = ObjectModule::new(ob);
+    let mut imports = Imports::new();
+    let mut ctx = m.make_context();
+    let mut fbc = FunctionBuilderContext::new();
+    ctx.func.signature = clif::kernel_signature(&m);
+    ctx.func.name = UserFuncName::testcase(kernel_symbol(0, k));
+    let b = cranelift_frontend::FunctionBuilder::new(&mut ctx.func, &mut fbc);
+    clif::translate(&mut m, &mut imports, k, b, opts)?;
+    let mut names: Vec<(&String, &FuncId)> = imports.iter().collect();
+    names.sort_by_key(|(_, id)| id.as_u32());
+    let mut out = String::new();
+    for (name, id) in names {
+        out.push_str(&format!("; u0:{} = {name}\n", id.as_u32()));
+    }
+    out.push_str(&ctx.func.display().to_string());
+    Ok(out)
+}
+
+/// The CLIF of every kernel of `p` (`--emit clif`).
+pub fn program_clif(p: &Program, opts: Options) -> Result<String, CodegenError> {
+    let mut out = String::new();
+    for k in &p.kernels {
+        out.push_str(&kernel_clif(k, opts)?);
+        out.push('\n');
+    }
+    Ok(out)
+}

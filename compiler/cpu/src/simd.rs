@@ -1,0 +1,874 @@
+//! Vectorization of innermost loops with Cranelift's 128-bit SIMD (`f32x4`).
+//!
+//! A loop qualifies when it is `Vector` or `Parallel`, holds no inner loop or contraction, and
+//! every value in it falls in one of four classes:
+//! - *uniform*: the same for all iterations of four consecutive counters (no dependence on the
+//!   counter); computed once by the scalar translator and broadcast where a vector is needed;
+//! - *affine*: an `i64` index `base + stride * counter` with a literal stride;
+//! - *vector `f32`*: loads of `f32` at an affine index (unit stride: one 128-bit load; other
+//!   strides: four scalar loads), and `f32` arithmetic on such values;
+//! - *vector mask*: comparisons of vector `f32`s and logic on them (`i32x4` all-ones lanes).
+//!
+//! Stores must be `f32` at unit stride, so iterations write distinct elements; with no buffer
+//! both loaded and stored, iterations are then independent whatever the loop's kind says.
+//! An `f32` variable defined outside and updated as `acc = acc ⊕ e` (⊕ one of add, mul, max,
+//! min) and read nowhere else in the body is a *reduction*: it gets a vector accumulator,
+//! reduced across lanes after the vector loop (this reassociates float sums and products,
+//! which changes their rounding slightly). Anything else (integers, other casts, loads in
+//! `select` arms, other assignments to outer variables) keeps the loop scalar. The vector loop
+//! runs four iterations at a time and a scalar loop does the rest. Transcendentals are called
+//! once per lane.
+
+use crate::clif::{Result, Tx, libm_symbol};
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{Endianness, InstBuilder, MemFlagsData, Value, types};
+use cranelift_frontend::Variable;
+use cranelift_module::Module;
+use mlc_ir::DType;
+use mlc_kir::*;
+use std::collections::{HashMap, HashSet};
+
+/// Lanes of an `f32x4`.
+pub const LANES: i64 = 4;
+
+/// The class of a value inside a candidate loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    Uniform,
+    Affine(i64),
+    VecF32,
+    VecMask,
+}
+
+/// Classifies the values of one loop body.
+struct Analysis<'a> {
+    k: &'a Kernel,
+    counter: VarId,
+    classes: HashMap<VarId, Class>,
+    loaded: HashSet<ParamId>,
+    /// Variables whose value depends on loaded data (outer ones as the translator knows).
+    data_dep: HashSet<VarId>,
+}
+
+impl Analysis<'_> {
+    /// Whether `e` depends on loaded data: vector accesses at such indices would escape the
+    /// bounds checks, so they keep the loop scalar.
+    fn data_dep(&self, e: &Expr) -> bool {
+        match e {
+            Expr::Var(v) => self.data_dep.contains(v),
+            Expr::Lit(_) => false,
+            Expr::Load { .. } => true,
+            Expr::Unary(_, a) | Expr::Cast(_, a) => self.data_dep(a),
+            Expr::Binary(_, a, b) => self.data_dep(a) || self.data_dep(b),
+            Expr::Select { cond, then, els } => {
+                self.data_dep(cond) || self.data_dep(then) || self.data_dep(els)
+            }
+        }
+    }
+
+    fn var(&self, v: VarId) -> Class {
+        if v == self.counter {
+            Class::Affine(1)
+        } else {
+            // Variables defined outside the loop are uniform.
+            self.classes.get(&v).copied().unwrap_or(Class::Uniform)
+        }
+    }
+
+    fn class(&mut self, e: &Expr) -> Option<Class> {
+        use Class::*;
+        let norm = |c: Class| if c == Affine(0) { Uniform } else { c };
+        Some(match e {
+            Expr::Var(v) => self.var(*v),
+            Expr::Lit(_) => Uniform,
+            Expr::Load { param, index } => {
+                let ci = self.class(index)?;
+                self.loaded.insert(*param);
+                match ci {
+                    Uniform => Uniform,
+                    Affine(_) if self.k.params[param.0 as usize].dtype == DType::F32 => {
+                        if self.data_dep(index) {
+                            return None;
+                        }
+                        VecF32
+                    }
+                    _ => return None,
+                }
+            }
+            Expr::Unary(op, a) => {
+                let ca = self.class(a)?;
+                let ty = self.k.type_of(a);
+                match (ca, ty) {
+                    (Uniform, _) => Uniform,
+                    (VecF32, DType::F32) => match op {
+                        UnOp::IsNan | UnOp::IsInf => VecMask,
+                        UnOp::Not => return None,
+                        _ => VecF32,
+                    },
+                    (VecMask, DType::Bool) => VecMask,
+                    _ => return None,
+                }
+            }
+            Expr::Binary(op, a, b) => {
+                let (ca, cb) = (self.class(a)?, self.class(b)?);
+                let ty = self.k.type_of(a);
+                if ca == Uniform && cb == Uniform {
+                    return Some(Uniform);
+                }
+                match ty {
+                    DType::I64 => {
+                        let s = |c: Class| match c {
+                            Uniform => Some(0),
+                            Affine(s) => Some(s),
+                            _ => None,
+                        };
+                        let (sa, sb) = (s(ca)?, s(cb)?);
+                        match op {
+                            BinOp::Add => norm(Affine(sa.checked_add(sb)?)),
+                            BinOp::Sub => norm(Affine(sa.checked_sub(sb)?)),
+                            BinOp::Mul => match (&**a, &**b) {
+                                (_, Expr::Lit(Lit::Int(_, k))) => norm(Affine(sa.checked_mul(*k)?)),
+                                (Expr::Lit(Lit::Int(_, k)), _) => norm(Affine(sb.checked_mul(*k)?)),
+                                _ => return None,
+                            },
+                            _ => return None,
+                        }
+                    }
+                    DType::F32 => {
+                        if !matches!(ca, Uniform | VecF32) || !matches!(cb, Uniform | VecF32) {
+                            return None;
+                        }
+                        match op {
+                            BinOp::Add
+                            | BinOp::Sub
+                            | BinOp::Mul
+                            | BinOp::Div
+                            | BinOp::Max
+                            | BinOp::Min
+                            | BinOp::Rem
+                            | BinOp::Pow => VecF32,
+                            o if o.is_comparison() => VecMask,
+                            _ => return None,
+                        }
+                    }
+                    DType::Bool => {
+                        if !matches!(ca, Uniform | VecMask) || !matches!(cb, Uniform | VecMask) {
+                            return None;
+                        }
+                        match op {
+                            BinOp::And
+                            | BinOp::Or
+                            | BinOp::Xor
+                            | BinOp::Eq
+                            | BinOp::Ne
+                            | BinOp::Min
+                            | BinOp::Max
+                            | BinOp::Mul
+                            | BinOp::Add => VecMask,
+                            _ => return None,
+                        }
+                    }
+                    _ => return None,
+                }
+            }
+            Expr::Select { cond, then, els } => {
+                let cc = self.class(cond)?;
+                let (ct, ce) = (self.class(then)?, self.class(els)?);
+                if cc == Uniform && ct == Uniform && ce == Uniform {
+                    return Some(Uniform);
+                }
+                // Both arms are evaluated for all lanes: no loads there.
+                if contains_load(then) || contains_load(els) {
+                    return None;
+                }
+                if !matches!(cc, Uniform | VecMask) {
+                    return None;
+                }
+                if cc == VecMask && self.k.type_of(cond) != DType::Bool {
+                    return None;
+                }
+                let arm = match self.k.type_of(then) {
+                    DType::F32 => VecF32,
+                    DType::Bool => VecMask,
+                    _ => return None,
+                };
+                if ![ct, ce].iter().all(|&c| c == Uniform || c == arm) {
+                    return None;
+                }
+                arm
+            }
+            Expr::Cast(to, a) => {
+                let ca = self.class(a)?;
+                match ca {
+                    Uniform => Uniform,
+                    VecF32 if *to == DType::F32 => VecF32,
+                    _ => return None,
+                }
+            }
+        })
+    }
+}
+
+fn uses_var(e: &Expr, v: VarId) -> bool {
+    match e {
+        Expr::Var(x) => *x == v,
+        Expr::Lit(_) => false,
+        Expr::Load { index, .. } => uses_var(index, v),
+        Expr::Unary(_, a) | Expr::Cast(_, a) => uses_var(a, v),
+        Expr::Binary(_, a, b) => uses_var(a, v) || uses_var(b, v),
+        Expr::Select { cond, then, els } => {
+            uses_var(cond, v) || uses_var(then, v) || uses_var(els, v)
+        }
+    }
+}
+
+/// If `st` is `acc = acc ⊕ e` (or `e ⊕ acc`) on an `f32` variable `acc` not defined in the
+/// body, returns `(acc, ⊕, e)`.
+fn reduction<'e>(
+    k: &Kernel,
+    st: &'e Stmt,
+    defined: &HashSet<VarId>,
+) -> Option<(VarId, BinOp, &'e Expr)> {
+    let Stmt::Assign { var, value } = st else {
+        return None;
+    };
+    if defined.contains(var) || k.var_ty(*var) != DType::F32 {
+        return None;
+    }
+    let Expr::Binary(op, a, b) = value else {
+        return None;
+    };
+    if !matches!(op, BinOp::Add | BinOp::Mul | BinOp::Max | BinOp::Min) {
+        return None;
+    }
+    let e = match (&**a, &**b) {
+        (Expr::Var(x), e) if x == var => e,
+        (e, Expr::Var(x)) if x == var => e,
+        _ => return None,
+    };
+    if uses_var(e, *var) {
+        return None;
+    }
+    Some((*var, *op, e))
+}
+
+/// The reductions of a loop body (see the module docs), if its other statements leave them
+/// alone; `None` when an outer variable is assigned otherwise or a reduction is read.
+fn reductions(k: &Kernel, body: &[Stmt]) -> Option<Vec<(VarId, BinOp)>> {
+    let mut defined = HashSet::new();
+    let mut red: Vec<(VarId, BinOp)> = Vec::new();
+    for st in body {
+        match st {
+            Stmt::Let { var, .. } => {
+                defined.insert(*var);
+            }
+            Stmt::Assign { var, .. } if !defined.contains(var) => {
+                let (v, op, _) = reduction(k, st, &defined)?;
+                if red.iter().any(|(x, _)| *x == v) {
+                    return None;
+                }
+                red.push((v, op));
+            }
+            _ => {}
+        }
+    }
+    // A reduction variable may appear only in its own update.
+    for st in body {
+        let exprs: Vec<&Expr> = match st {
+            Stmt::Let { value, .. } => vec![value],
+            Stmt::Assign { var, value } => match reduction(k, st, &defined) {
+                Some((_, _, e)) if red.iter().any(|(x, _)| x == var) => vec![e],
+                _ => vec![value],
+            },
+            Stmt::Store { index, value, .. } => vec![index, value],
+            _ => vec![],
+        };
+        if exprs
+            .iter()
+            .any(|e| red.iter().any(|(v, _)| uses_var(e, *v)))
+        {
+            return None;
+        }
+    }
+    Some(red)
+}
+
+fn contains_load(e: &Expr) -> bool {
+    match e {
+        Expr::Var(_) | Expr::Lit(_) => false,
+        Expr::Load { .. } => true,
+        Expr::Unary(_, a) | Expr::Cast(_, a) => contains_load(a),
+        Expr::Binary(_, a, b) => contains_load(a) || contains_load(b),
+        Expr::Select { cond, then, els } => {
+            contains_load(cond) || contains_load(then) || contains_load(els)
+        }
+    }
+}
+
+/// Whether the loop over `counter` with `body` can be vectorized (see the module docs).
+/// `outer_data_dep[v]` tells whether variable `v`, defined outside, depends on loaded data.
+pub fn vectorizable(k: &Kernel, counter: VarId, body: &[Stmt], outer_data_dep: &[bool]) -> bool {
+    let mut a = Analysis {
+        k,
+        counter,
+        classes: HashMap::new(),
+        loaded: HashSet::new(),
+        data_dep: (0..outer_data_dep.len())
+            .filter(|&i| outer_data_dep[i])
+            .map(|i| VarId(i as u32))
+            .collect(),
+    };
+    let Some(red) = reductions(k, body) else {
+        return false;
+    };
+    let mut stored = HashSet::new();
+    let mut vector_store = false;
+    for st in body {
+        if let Stmt::Assign { var, value } = st
+            && red.iter().any(|(v, _)| v == var)
+        {
+            let Expr::Binary(_, x, y) = value else {
+                return false;
+            };
+            let e = if matches!(&**x, Expr::Var(v) if v == var) {
+                y
+            } else {
+                x
+            };
+            if !matches!(a.class(e), Some(Class::Uniform | Class::VecF32)) {
+                return false;
+            }
+            if a.class(e) == Some(Class::VecF32) {
+                vector_store = true;
+            }
+            continue;
+        }
+        match st {
+            Stmt::For { .. } | Stmt::Matmul(_) => return false,
+            Stmt::Let { var, value } => {
+                let Some(c) = a.class(value) else {
+                    return false;
+                };
+                let ok = match c {
+                    Class::Uniform => true,
+                    Class::Affine(_) => k.var_ty(*var) == DType::I64,
+                    Class::VecF32 => k.var_ty(*var) == DType::F32,
+                    Class::VecMask => k.var_ty(*var) == DType::Bool,
+                };
+                if !ok {
+                    return false;
+                }
+                if a.data_dep(value) {
+                    a.data_dep.insert(*var);
+                } else {
+                    a.data_dep.remove(var);
+                }
+                a.classes.insert(*var, c);
+            }
+            Stmt::Assign { var, value } => {
+                // Only variables defined in the body, keeping their class: an assignment
+                // to an outer variable is a reduction, which stays scalar.
+                let Some(&prev) = a.classes.get(var) else {
+                    return false;
+                };
+                if a.class(value) != Some(prev) {
+                    return false;
+                }
+                if a.data_dep(value) {
+                    a.data_dep.insert(*var);
+                }
+            }
+            Stmt::Store {
+                param,
+                index,
+                value,
+            } => {
+                if k.params[param.0 as usize].dtype != DType::F32
+                    || a.class(index) != Some(Class::Affine(1))
+                    || a.data_dep(index)
+                    || k.type_of(value) != DType::F32
+                    || !matches!(a.class(value), Some(Class::Uniform | Class::VecF32))
+                {
+                    return false;
+                }
+                stored.insert(*param);
+                vector_store = true;
+            }
+        }
+    }
+    vector_store && stored.is_disjoint(&a.loaded)
+}
+
+/// A value in the vector body.
+#[derive(Clone, Copy, Debug)]
+enum VV {
+    Uni(Value),
+    /// `base + stride * lane`, with `base` the index at the first lane.
+    Aff(Value, i64),
+    F(Value),
+    M(Value),
+}
+
+/// Per-body emission state: the classes and vector values of variables defined in it.
+struct VecBody<'a> {
+    an: Analysis<'a>,
+    vals: HashMap<VarId, VV>,
+    /// Reduction variables: their operator and vector accumulator.
+    red: HashMap<VarId, (BinOp, Variable)>,
+}
+
+fn vflags() -> MemFlagsData {
+    MemFlagsData::new().with_notrap()
+}
+
+impl<M: Module> Tx<'_, '_, M> {
+    /// `for var in lo..hi { body }`, four iterations at a time, then a scalar remainder.
+    pub(crate) fn vector_loop(
+        &mut self,
+        var: VarId,
+        lo: Value,
+        hi: Value,
+        body: &[Stmt],
+    ) -> Result<()> {
+        let v = self.vars[var.0 as usize];
+        let vb = self.b.create_block();
+        let rest = self.b.create_block();
+        // Vector accumulators start as (acc, e, e, e), e the operator's identity; max and
+        // min are idempotent, so (acc, acc, acc, acc).
+        let mut red = HashMap::new();
+        for (rv, op) in reductions(self.k, body).unwrap_or_default() {
+            let acc = self.b.use_var(self.vars[rv.0 as usize]);
+            let init = match op {
+                BinOp::Add | BinOp::Mul => {
+                    let e = self
+                        .b
+                        .ins()
+                        .f32const(if op == BinOp::Add { 0.0 } else { 1.0 });
+                    let s = self.b.ins().splat(types::F32X4, e);
+                    self.b.ins().insertlane(s, acc, 0)
+                }
+                _ => self.b.ins().splat(types::F32X4, acc),
+            };
+            let va = self.b.declare_var(types::F32X4);
+            self.b.def_var(va, init);
+            red.insert(rv, (op, va));
+        }
+        self.b.def_var(v, lo);
+        // i + 4 <= hi  ⇔  i < hi - 3
+        let lim = self.b.ins().iadd_imm_s(hi, -(LANES - 1));
+        let c = self.b.ins().icmp(IntCC::SignedLessThan, lo, lim);
+        self.b.ins().brif(c, vb, &[], rest, &[]);
+        self.b.switch_to_block(vb);
+        let mut st = VecBody {
+            an: Analysis {
+                k: self.k,
+                counter: var,
+                classes: HashMap::new(),
+                loaded: HashSet::new(),
+                data_dep: HashSet::new(),
+            },
+            vals: HashMap::new(),
+            red,
+        };
+        for s in body {
+            self.vstmt(&mut st, s)?;
+        }
+        let i = self.b.use_var(v);
+        let i = self.b.ins().iadd_imm_s(i, LANES);
+        self.b.def_var(v, i);
+        let c = self.b.ins().icmp(IntCC::SignedLessThan, i, lim);
+        self.b.ins().brif(c, vb, &[], rest, &[]);
+        self.b.switch_to_block(rest);
+        // Fold the accumulators' lanes back into the scalar variables.
+        let mut reds: Vec<(VarId, (BinOp, Variable))> = st.red.into_iter().collect();
+        reds.sort_by_key(|(v, _)| *v);
+        for (rv, (op, va)) in reds {
+            let x = self.b.use_var(va);
+            let mut acc = self.b.ins().extractlane(x, 0);
+            for j in 1..LANES as u8 {
+                let l = self.b.ins().extractlane(x, j);
+                acc = self.fop(op, acc, l);
+            }
+            self.b.def_var(self.vars[rv.0 as usize], acc);
+        }
+        let i = self.b.use_var(v);
+        self.scalar_loop(var, i, hi, body)
+    }
+
+    fn splat_f(&mut self, v: f32) -> Value {
+        let c = self.b.ins().f32const(v);
+        self.b.ins().splat(types::F32X4, c)
+    }
+
+    /// `exp` on four lanes inline (Cephes' `expf`: range reduction by `ln 2` in two parts, a
+    /// degree-5 polynomial, the power of two built in the exponent bits; within a few ulp of
+    /// libm). Results
+    /// below the smallest normal flush to 0; overflow gives +inf; NaN stays NaN.
+    fn vexp(&mut self, x: Value) -> Value {
+        let hi = self.splat_f(88.722_84);
+        let lo = self.splat_f(-87.336_55);
+        let xc = self.b.ins().fmin(x, hi);
+        let xc = self.b.ins().fmax(xc, lo);
+        let log2e = self.splat_f(std::f32::consts::LOG2_E);
+        let t = self.b.ins().fmul(xc, log2e);
+        let n = self.b.ins().nearest(t);
+        let c1 = self.splat_f(0.693_359_4);
+        let c2 = self.splat_f(-2.121_944_4e-4);
+        let r = self.b.ins().fmul(n, c1);
+        let r = self.b.ins().fsub(xc, r);
+        let r2 = self.b.ins().fmul(n, c2);
+        let r = self.b.ins().fsub(r, r2);
+        let coeffs = [
+            1.987_569_1e-4,
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            0.5,
+        ];
+        let mut y = self.splat_f(coeffs[0]);
+        for &c in &coeffs[1..] {
+            let cv = self.splat_f(c);
+            y = self.b.ins().fmul(y, r);
+            y = self.b.ins().fadd(y, cv);
+        }
+        let rr = self.b.ins().fmul(r, r);
+        y = self.b.ins().fmul(y, rr);
+        y = self.b.ins().fadd(y, r);
+        let one = self.splat_f(1.0);
+        y = self.b.ins().fadd(y, one);
+        // 2^n from exponent bits, in two halves so that n = 128 (x near the overflow
+        // threshold) needs no exponent field out of range.
+        let ni = self.b.ins().fcvt_to_sint_sat(types::I32X4, n);
+        let n1 = self.b.ins().sshr_imm_s(ni, 1);
+        let n2 = self.b.ins().isub(ni, n1);
+        let bias = self.b.ins().iconst(types::I32, 127);
+        let bias = self.b.ins().splat(types::I32X4, bias);
+        let f = MemFlagsData::new().with_endianness(Endianness::Little);
+        for h in [n1, n2] {
+            let e = self.b.ins().iadd(h, bias);
+            let e = self.b.ins().ishl_imm_s(e, 23);
+            let pow2 = self.b.ins().bitcast(types::F32X4, f, e);
+            y = self.b.ins().fmul(y, pow2);
+        }
+        // Overflow to +inf, underflow to 0.
+        let big = self.splat_f(88.722_84);
+        let is_big = self.b.ins().fcmp(FloatCC::GreaterThan, x, big);
+        let is_big = self.mask_as_f32(is_big);
+        let inf = self.splat_f(f32::INFINITY);
+        let y = self.b.ins().bitselect(is_big, inf, y);
+        let is_small = self.b.ins().fcmp(FloatCC::LessThan, x, lo);
+        let is_small = self.mask_as_f32(is_small);
+        let zero = self.splat_f(0.0);
+        self.b.ins().bitselect(is_small, zero, y)
+    }
+
+    /// `tanh` on four lanes inline (Cephes' `tanhf`): an odd polynomial below |x| = 0.625,
+    /// `1 - 2 / (exp(2|x|) + 1)` with the sign of x above (which saturates to ±1 as `exp`
+    /// overflows); NaN stays NaN.
+    fn vtanh(&mut self, x: Value) -> Value {
+        let ax = self.b.ins().fabs(x);
+        // Small |x|: x + x³·P(x²).
+        let z = self.b.ins().fmul(x, x);
+        let coeffs = [
+            -5.704_988_7e-3,
+            2.063_909e-2,
+            -5.373_971_6e-2,
+            1.333_144_2e-1,
+            -3.333_328e-1,
+        ];
+        let mut p = self.splat_f(coeffs[0]);
+        for &c in &coeffs[1..] {
+            let cv = self.splat_f(c);
+            p = self.b.ins().fmul(p, z);
+            p = self.b.ins().fadd(p, cv);
+        }
+        let p = self.b.ins().fmul(p, z);
+        let p = self.b.ins().fmul(p, x);
+        let small = self.b.ins().fadd(p, x);
+        // Large |x|: 1 - 2 / (exp(2|x|) + 1), then the sign of x.
+        let two_ax = self.b.ins().fadd(ax, ax);
+        let e = self.vexp(two_ax);
+        let one = self.splat_f(1.0);
+        let two = self.splat_f(2.0);
+        let d = self.b.ins().fadd(e, one);
+        let q = self.b.ins().fdiv(two, d);
+        let big = self.b.ins().fsub(one, q);
+        // copysign: `big` is non-negative, so or-ing in x's sign bit (x86 has no vector
+        // fcopysign in Cranelift).
+        let neg0 = self.splat_f(-0.0);
+        let sign = self.b.ins().band(x, neg0);
+        let big = self.b.ins().bor(big, sign);
+        let lim = self.splat_f(0.625);
+        let is_small = self.b.ins().fcmp(FloatCC::LessThan, ax, lim);
+        let is_small = self.mask_as_f32(is_small);
+        self.b.ins().bitselect(is_small, small, big)
+    }
+
+    /// A float add, mul, max or min (scalar or vector).
+    fn fop(&mut self, op: BinOp, x: Value, y: Value) -> Value {
+        match op {
+            BinOp::Add => self.b.ins().fadd(x, y),
+            BinOp::Mul => self.b.ins().fmul(x, y),
+            BinOp::Max => self.b.ins().fmax(x, y),
+            _ => self.b.ins().fmin(x, y),
+        }
+    }
+
+    fn vstmt(&mut self, st: &mut VecBody, s: &Stmt) -> Result<()> {
+        if let Stmt::Assign { var, value } = s
+            && let Some(&(op, va)) = st.red.get(var)
+        {
+            let Expr::Binary(_, x, y) = value else {
+                return self.unsupported("reduction (analysis mismatch)");
+            };
+            let e = if matches!(&**x, Expr::Var(v) if v == var) {
+                y
+            } else {
+                x
+            };
+            let e = self.vexpr(st, e)?;
+            let e = self.as_vf(e);
+            let cur = self.b.use_var(va);
+            let new = self.fop(op, cur, e);
+            self.b.def_var(va, new);
+            return Ok(());
+        }
+        match s {
+            Stmt::Let { var, value } | Stmt::Assign { var, value } => {
+                let Some(c) = st.an.class(value) else {
+                    return self.unsupported("vector loop statement (analysis mismatch)");
+                };
+                if c == Class::Uniform {
+                    let dd = self.depends_on_data(value);
+                    let x = self.expr(value)?;
+                    self.data_dep[var.0 as usize] = dd;
+                    self.b.def_var(self.vars[var.0 as usize], x);
+                    st.vals.remove(var);
+                } else {
+                    let x = self.vexpr(st, value)?;
+                    st.vals.insert(*var, x);
+                }
+                st.an.classes.insert(*var, c);
+                Ok(())
+            }
+            Stmt::Store {
+                param,
+                index,
+                value,
+            } => {
+                let VV::Aff(base, 1) = self.vexpr(st, index)? else {
+                    return self.unsupported("vector store index (analysis mismatch)");
+                };
+                let x = self.vexpr(st, value)?;
+                let x = self.as_vf(x);
+                let addr = self.address(*param, base, false, false);
+                self.b.ins().store(vflags(), x, addr, 0);
+                Ok(())
+            }
+            _ => self.unsupported("vector loop statement"),
+        }
+    }
+
+    fn as_vf(&mut self, x: VV) -> Value {
+        match x {
+            VV::Uni(v) => self.b.ins().splat(types::F32X4, v),
+            VV::F(v) | VV::M(v) | VV::Aff(v, _) => v,
+        }
+    }
+
+    fn as_vm(&mut self, x: VV) -> Value {
+        match x {
+            VV::Uni(b) => {
+                let w = self.b.ins().uextend(types::I32, b);
+                let m = self.b.ins().ineg(w);
+                self.b.ins().splat(types::I32X4, m)
+            }
+            VV::F(v) | VV::M(v) | VV::Aff(v, _) => v,
+        }
+    }
+
+    fn mask_as_f32(&mut self, m: Value) -> Value {
+        let f = MemFlagsData::new().with_endianness(Endianness::Little);
+        self.b.ins().bitcast(types::F32X4, f, m)
+    }
+
+    /// Applies a scalar libm call lane by lane.
+    fn per_lane(&mut self, name: &str, args: &[Value]) -> Value {
+        let mut acc = args[0];
+        for j in 0..LANES as u8 {
+            let lanes: Vec<Value> = args
+                .iter()
+                .map(|&a| self.b.ins().extractlane(a, j))
+                .collect();
+            let r = if lanes.len() == 1 {
+                self.call1(name, types::F32, types::F32, lanes[0])
+            } else {
+                self.call2(name, types::F32, types::F32, lanes[0], lanes[1])
+            };
+            acc = self.b.ins().insertlane(acc, r, j);
+        }
+        acc
+    }
+
+    fn vexpr(&mut self, st: &mut VecBody, e: &Expr) -> Result<VV> {
+        let Some(c) = st.an.class(e) else {
+            return self.unsupported("vector expression (analysis mismatch)");
+        };
+        if c == Class::Uniform {
+            return Ok(VV::Uni(self.expr(e)?));
+        }
+        Ok(match e {
+            Expr::Var(v) if *v == st.an.counter => {
+                VV::Aff(self.b.use_var(self.vars[v.0 as usize]), 1)
+            }
+            Expr::Var(v) => match st.vals.get(v) {
+                Some(x) => *x,
+                None => return self.unsupported("vector variable (analysis mismatch)"),
+            },
+            Expr::Load { param, index } => {
+                let VV::Aff(base, s) = self.vexpr(st, index)? else {
+                    return self.unsupported("vector load index (analysis mismatch)");
+                };
+                if s == 1 {
+                    let addr = self.address(*param, base, false, false);
+                    VV::F(self.b.ins().load(types::F32X4, vflags(), addr, 0))
+                } else {
+                    let mut acc = None;
+                    for j in 0..LANES {
+                        let idx = self.b.ins().iadd_imm_s(base, j * s);
+                        let addr = self.address(*param, idx, false, false);
+                        let x = self
+                            .b
+                            .ins()
+                            .load(types::F32, MemFlagsData::trusted(), addr, 0);
+                        acc = Some(match acc {
+                            None => self.b.ins().splat(types::F32X4, x),
+                            Some(v) => self.b.ins().insertlane(v, x, j as u8),
+                        });
+                    }
+                    VV::F(acc.expect("four lanes"))
+                }
+            }
+            Expr::Unary(op, a) => {
+                let x = self.vexpr(st, a)?;
+                if c == Class::VecMask && self.k.type_of(a) == DType::Bool {
+                    let m = self.as_vm(x);
+                    return Ok(VV::M(match op {
+                        UnOp::Not => self.b.ins().bnot(m),
+                        _ => m,
+                    }));
+                }
+                let x = self.as_vf(x);
+                match op {
+                    UnOp::Neg => VV::F(self.b.ins().fneg(x)),
+                    UnOp::Abs => VV::F(self.b.ins().fabs(x)),
+                    UnOp::Sqrt => VV::F(self.b.ins().sqrt(x)),
+                    UnOp::Floor => VV::F(self.b.ins().floor(x)),
+                    UnOp::Ceil => VV::F(self.b.ins().ceil(x)),
+                    UnOp::Round => VV::F(self.b.ins().nearest(x)),
+                    UnOp::IsNan => VV::M(self.b.ins().fcmp(FloatCC::Unordered, x, x)),
+                    UnOp::IsInf => {
+                        let a = self.b.ins().fabs(x);
+                        let inf = self.b.ins().f32const(f32::INFINITY);
+                        let inf = self.b.ins().splat(types::F32X4, inf);
+                        VV::M(self.b.ins().fcmp(FloatCC::Equal, a, inf))
+                    }
+                    UnOp::Not => return self.unsupported("not on f32"),
+                    UnOp::Exp if self.opts.inline_math => VV::F(self.vexp(x)),
+                    UnOp::Tanh if self.opts.inline_math => VV::F(self.vtanh(x)),
+                    _ => {
+                        let name = libm_symbol(*op, types::F32).expect("transcendental");
+                        VV::F(self.per_lane(&name, &[x]))
+                    }
+                }
+            }
+            Expr::Binary(op, a, b) => {
+                let ty = self.k.type_of(a);
+                let (x, y) = (self.vexpr(st, a)?, self.vexpr(st, b)?);
+                match ty {
+                    DType::I64 => {
+                        let parts = |v: VV| match v {
+                            VV::Uni(v) => (v, 0),
+                            VV::Aff(v, s) => (v, s),
+                            VV::F(v) | VV::M(v) => (v, 0),
+                        };
+                        let ((xb, xs), (yb, ys)) = (parts(x), parts(y));
+                        let Class::Affine(s) = c else {
+                            return self.unsupported("index class (analysis mismatch)");
+                        };
+                        let _ = (xs, ys);
+                        VV::Aff(
+                            match op {
+                                BinOp::Add => self.b.ins().iadd(xb, yb),
+                                BinOp::Sub => self.b.ins().isub(xb, yb),
+                                _ => self.b.ins().imul(xb, yb),
+                            },
+                            s,
+                        )
+                    }
+                    DType::F32 => {
+                        let (x, y) = (self.as_vf(x), self.as_vf(y));
+                        let cc = match op {
+                            BinOp::Eq => Some(FloatCC::Equal),
+                            BinOp::Ne => Some(FloatCC::NotEqual),
+                            BinOp::Lt => Some(FloatCC::LessThan),
+                            BinOp::Le => Some(FloatCC::LessThanOrEqual),
+                            BinOp::Gt => Some(FloatCC::GreaterThan),
+                            BinOp::Ge => Some(FloatCC::GreaterThanOrEqual),
+                            _ => None,
+                        };
+                        if let Some(cc) = cc {
+                            return Ok(VV::M(self.b.ins().fcmp(cc, x, y)));
+                        }
+                        VV::F(match op {
+                            BinOp::Add => self.b.ins().fadd(x, y),
+                            BinOp::Sub => self.b.ins().fsub(x, y),
+                            BinOp::Mul => self.b.ins().fmul(x, y),
+                            BinOp::Div => self.b.ins().fdiv(x, y),
+                            BinOp::Max => self.b.ins().fmax(x, y),
+                            BinOp::Min => self.b.ins().fmin(x, y),
+                            BinOp::Rem => self.per_lane("fmodf", &[x, y]),
+                            BinOp::Pow => self.per_lane("powf", &[x, y]),
+                            _ => return self.unsupported("vector op (analysis mismatch)"),
+                        })
+                    }
+                    _ => {
+                        let (x, y) = (self.as_vm(x), self.as_vm(y));
+                        VV::M(match op {
+                            BinOp::And | BinOp::Min | BinOp::Mul => self.b.ins().band(x, y),
+                            BinOp::Or | BinOp::Max | BinOp::Add => self.b.ins().bor(x, y),
+                            BinOp::Xor | BinOp::Ne => self.b.ins().bxor(x, y),
+                            _ => self.b.ins().icmp(IntCC::Equal, x, y),
+                        })
+                    }
+                }
+            }
+            Expr::Select { cond, then, els } => {
+                let cv = self.vexpr(st, cond)?;
+                let (t, f) = (self.vexpr(st, then)?, self.vexpr(st, els)?);
+                let mask_result = c == Class::VecMask;
+                let (t, f) = if mask_result {
+                    (self.as_vm(t), self.as_vm(f))
+                } else {
+                    (self.as_vf(t), self.as_vf(f))
+                };
+                let r = match cv {
+                    VV::Uni(cond_v) => {
+                        let cty = self.k.type_of(cond);
+                        let cb = self.truthy(cty, cond_v);
+                        self.b.ins().select(cb, t, f)
+                    }
+                    other => {
+                        let m = self.as_vm(other);
+                        let m = if mask_result { m } else { self.mask_as_f32(m) };
+                        self.b.ins().bitselect(m, t, f)
+                    }
+                };
+                if mask_result { VV::M(r) } else { VV::F(r) }
+            }
+            Expr::Cast(_, a) => self.vexpr(st, a)?,
+            Expr::Lit(_) => return self.unsupported("vector literal (analysis mismatch)"),
+        })
+    }
+}

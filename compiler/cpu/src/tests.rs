@@ -1,0 +1,710 @@
+//! Compiled kernels are checked against the kernel-IR evaluator (the oracle): each case is a
+//! small text-IR graph, lowered, run by `mlc_kir::run_program` and compiled (scalar and SIMD,
+//! one and two threads). Integer, bool and data-movement results must match exactly; floats
+//! within a tight tolerance relative to the output's range.
+
+use crate::{CompiledProgram, Options, kernel_clif};
+use mlc_ir::{DType, Tensor, parse_graph};
+use mlc_kir::{lower_graph, print_program, run_program};
+
+/// Deterministic inputs in [-2, 2) (integers in [-5, 5)), never all zeros.
+fn input(dtype: DType, shape: &[usize], seed: u64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut next = || {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((s >> 33) as f64) / (1u64 << 31) as f64
+    };
+    let v: Vec<f64> = (0..n).map(|_| next() * 4.0 - 2.0).collect();
+    let t = if dtype.is_float() {
+        Tensor::from_vec(shape, v)
+    } else if dtype == DType::Bool {
+        Tensor::from_vec(shape, v.iter().map(|x| *x > 0.0).collect::<Vec<bool>>())
+    } else {
+        // Unsigned inputs stay small: the evaluator holds u64 as i64.
+        let unsigned = !dtype.is_signed_int();
+        Tensor::from_vec(
+            shape,
+            v.iter()
+                .map(|x| {
+                    let i = (x * 2.5).floor() as i64;
+                    if unsigned { i.abs() } else { i }
+                })
+                .collect::<Vec<i64>>(),
+        )
+    };
+    t.and_then(|t| t.cast(dtype)).expect("test input")
+}
+
+fn inputs_for(g: &mlc_ir::Graph) -> Vec<Tensor> {
+    g.inputs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let ty = g.ty(p.value);
+            input(
+                ty.dtype,
+                &ty.static_shape().expect("static test shapes"),
+                i as u64 + 1,
+            )
+        })
+        .collect()
+}
+
+/// Compares `got` with `want` within `tol` relative to `want`'s range (exactly when 0).
+pub(crate) fn compare(want: &[Tensor], got: &[Tensor], tol: f64) -> Result<(), String> {
+    if want.len() != got.len() {
+        return Err(format!("{} outputs, expected {}", got.len(), want.len()));
+    }
+    for (i, (w, g)) in want.iter().zip(got).enumerate() {
+        if w.dtype() != g.dtype() || w.shape() != g.shape() {
+            return Err(format!(
+                "output {i}: {:?}{:?}, expected {:?}{:?}",
+                g.dtype(),
+                g.shape(),
+                w.dtype(),
+                w.shape()
+            ));
+        }
+        let (wv, gv) = (
+            w.cast(DType::F64).and_then(|t| t.to_f64_vec()),
+            g.cast(DType::F64).and_then(|t| t.to_f64_vec()),
+        );
+        let (wv, gv) = (
+            wv.map_err(|e| e.to_string())?,
+            gv.map_err(|e| e.to_string())?,
+        );
+        let range = wv.iter().fold(0f64, |m, x| m.max(x.abs())).max(1e-30);
+        for (j, (a, b)) in wv.iter().zip(&gv).enumerate() {
+            let ok = (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= tol * range;
+            if !ok {
+                return Err(format!(
+                    "output {i} element {j}: expected {a}, compiled {b}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Lowers `src`, runs the evaluator and the compiled program (SIMD on and off, 1 and 2
+/// threads), and compares. Returns the program's text.
+fn check(src: &str, tol: f64) -> String {
+    let g = parse_graph(src).unwrap_or_else(|e| panic!("bad test graph: {e}"));
+    let inputs = inputs_for(&g);
+    let prog = lower_graph(&g).unwrap_or_else(|e| panic!("lowering failed: {e}"));
+    let want = run_program(&prog, &inputs)
+        .unwrap_or_else(|e| panic!("evaluation failed: {e}\n{}", print_program(&prog)));
+    for (simd, check_bounds) in [(false, true), (false, false), (true, false)] {
+        let opts = Options {
+            simd,
+            check_bounds,
+            ..Options::default()
+        };
+        let c = CompiledProgram::with_options(&prog, opts)
+            .unwrap_or_else(|e| panic!("compilation failed: {e}\n{}", print_program(&prog)));
+        for threads in [1, 2] {
+            let got = c.run(&inputs, threads).expect("compiled run");
+            if let Err(e) = compare(&want, &got, tol) {
+                panic!(
+                    "simd {simd}, {threads} threads: {e}\n{}",
+                    print_program(&prog)
+                );
+            }
+        }
+    }
+    print_program(&prog)
+}
+
+#[test]
+fn elementwise_broadcast_and_activations() {
+    let ops = [
+        "ew.add", "ew.sub", "ew.mul", "ew.div", "ew.max", "ew.min", "ew.prelu", "ew.pow",
+    ];
+    for op in ops {
+        check(
+            &format!(
+                r#"graph (%0: f32[2,3,4] "a", %1: f32[3,1] "b") -> (%2 "y") {{
+  %2 = {op}(%0, %1) : f32[2,3,4]
+}}"#
+            ),
+            1e-6,
+        );
+    }
+    let unary = [
+        "ew.relu",
+        "ew.sigmoid",
+        "ew.tanh",
+        "ew.exp",
+        "ew.log",
+        "ew.sqrt",
+        "ew.abs",
+        "ew.neg",
+        "ew.erf",
+        "ew.softplus",
+        "ew.softsign",
+        "ew.mish",
+        "ew.hard_swish",
+        "ew.floor",
+        "ew.ceil",
+        "ew.round",
+        "ew.sign",
+        "ew.sin",
+        "ew.cos",
+        "ew.tan",
+        "ew.atan",
+        "ew.asinh",
+        "ew.sinh",
+        "ew.cosh",
+        "ew.reciprocal",
+        "ew.is_nan",
+        r#"ew.gelu {"approximate":"none"}"#,
+        r#"ew.gelu {"approximate":"tanh"}"#,
+        r#"ew.leaky_relu {"alpha":0.1}"#,
+        r#"ew.elu {"alpha":1.0}"#,
+        r#"ew.selu {"alpha":1.67,"gamma":1.05}"#,
+        r#"ew.celu {"alpha":1.5}"#,
+        r#"ew.hard_sigmoid {"alpha":0.2,"beta":0.5}"#,
+        r#"ew.swish {"alpha":1.0}"#,
+        r#"ew.shrink {"bias":0.5,"lambd":0.5}"#,
+        r#"ew.thresholded_relu {"alpha":0.5}"#,
+    ];
+    for op in unary {
+        let out = if op == "ew.is_nan" { "bool" } else { "f32" };
+        for shape in ["[5,7]", "[3,37]", "[1000]"] {
+            check(
+                &format!(
+                    r#"graph (%0: f32{shape} "x") -> (%1 "y") {{
+  %1 = {op}(%0) : {out}{shape}
+}}"#
+                ),
+                1e-5,
+            );
+        }
+    }
+}
+
+#[test]
+fn other_float_types() {
+    for ty in ["f64", "f16", "bf16"] {
+        for op in ["ew.add", "ew.mul", "ew.div", "ew.max", "ew.sub"] {
+            check(
+                &format!(
+                    r#"graph (%0: {ty}[3,5] "a", %1: {ty}[5] "b") -> (%2 "y") {{
+  %2 = {op}(%0, %1) : {ty}[3,5]
+}}"#
+                ),
+                1e-6,
+            );
+        }
+        for op in [
+            "ew.exp",
+            "ew.tanh",
+            "ew.sigmoid",
+            "ew.relu",
+            "ew.neg",
+            "ew.abs",
+        ] {
+            check(
+                &format!(
+                    r#"graph (%0: {ty}[4,6] "x") -> (%1 "y") {{
+  %1 = {op}(%0) : {ty}[4,6]
+}}"#
+                ),
+                1e-6,
+            );
+        }
+    }
+}
+
+#[test]
+fn integer_and_comparison_ops() {
+    check(
+        r#"graph (%0: i32[4,5] "a", %1: i32[5] "b") -> (%2 "y", %3 "z", %4 "w") {
+  %2 = ew.mod {"fmod":false} (%0, %1) : i32[4,5]
+  %3 = ew.less(%0, %1) : bool[4,5]
+  %4 = ew.where(%3, %0, %1) : i32[4,5]
+}"#,
+        0.0,
+    );
+    check(
+        r#"graph (%0: f16[6] "a", %1: f16[6] "b") -> (%2 "y", %3 "c") {
+  %2 = ew.mul(%0, %1) : f16[6]
+  %3 = ew.cast {"to":"i64"} (%2) : i64[6]
+}"#,
+        0.0,
+    );
+    for ty in ["i8", "u8", "i16", "u16", "i32", "u32", "i64", "u64"] {
+        for op in [
+            "ew.add",
+            "ew.sub",
+            "ew.mul",
+            "ew.div",
+            "ew.max",
+            "ew.min",
+            r#"ew.mod {"fmod":false}"#,
+            r#"ew.mod {"fmod":true}"#,
+            "ew.bitwise_and",
+            "ew.bitwise_or",
+            "ew.bitwise_xor",
+            "ew.pow",
+        ] {
+            check(
+                &format!(
+                    r#"graph (%0: {ty}[4,5] "a", %1: {ty}[5] "b") -> (%2 "y") {{
+  %2 = {op}(%0, %1) : {ty}[4,5]
+}}"#
+                ),
+                0.0,
+            );
+        }
+        for op in ["ew.equal", "ew.greater", "ew.less_or_equal"] {
+            check(
+                &format!(
+                    r#"graph (%0: {ty}[4,5] "a", %1: {ty}[5] "b") -> (%2 "y") {{
+  %2 = {op}(%0, %1) : bool[4,5]
+}}"#
+                ),
+                0.0,
+            );
+        }
+        for op in ["ew.abs", "ew.neg", "ew.sign", "ew.bitwise_not"] {
+            check(
+                &format!(
+                    r#"graph (%0: {ty}[3,7] "a") -> (%1 "y") {{
+  %1 = {op}(%0) : {ty}[3,7]
+}}"#
+                ),
+                0.0,
+            );
+        }
+    }
+    for ty in ["u8", "u16", "u32", "u64"] {
+        for op in ["ew.shift_left", "ew.shift_right"] {
+            check(
+                &format!(
+                    r#"graph (%0: {ty}[4,5] "a", %1: {ty}[5] "b") -> (%2 "y") {{
+  %2 = {op}(%0, %1) : {ty}[4,5]
+}}"#
+                ),
+                0.0,
+            );
+        }
+    }
+    check(
+        r#"graph (%0: bool[4,5] "a", %1: bool[5] "b") -> (%2 "y", %3 "z", %4 "w", %5 "n") {
+  %2 = ew.and(%0, %1) : bool[4,5]
+  %3 = ew.or(%0, %1) : bool[4,5]
+  %4 = ew.xor(%0, %1) : bool[4,5]
+  %5 = ew.not(%0) : bool[4,5]
+}"#,
+        0.0,
+    );
+}
+
+#[test]
+fn casts() {
+    let types = [
+        "f32", "f64", "f16", "bf16", "i8", "u8", "i16", "u16", "i32", "u32", "i64", "u64", "bool",
+    ];
+    // The attribute spelling of bf16 is serde's `b_f16`.
+    let attr = |t: &str| {
+        if t == "bf16" {
+            "b_f16".to_string()
+        } else {
+            t.to_string()
+        }
+    };
+    for from in types {
+        for to in types {
+            let to_attr = attr(to);
+            check(
+                &format!(
+                    r#"graph (%0: {from}[3,5] "a") -> (%1 "y") {{
+  %1 = ew.cast {{"to":"{to_attr}"}} (%0) : {to}[3,5]
+}}"#
+                ),
+                0.0,
+            );
+        }
+    }
+}
+
+#[test]
+fn reductions_and_softmax() {
+    let kinds = [
+        "sum",
+        "mean",
+        "max",
+        "min",
+        "prod",
+        "l1",
+        "l2",
+        "log_sum",
+        "log_sum_exp",
+        "sum_square",
+    ];
+    for k in kinds {
+        for (axes, keep, out) in [
+            ("[1]", true, "[2,1,4]"),
+            ("[0,2]", false, "[3]"),
+            ("null", false, "[]"),
+        ] {
+            let ty = "f32";
+            let src = format!(
+                r#"graph (%0: {ty}[2,3,4] "x") -> (%1 "y") {{
+  %1 = reduce.{k} {{"axes":{axes},"keepdims":{keep}}} (%0) : {ty}{out}
+}}"#
+            );
+            // log_sum of a negative sum is NaN in both, which compare equal.
+            check(&src, 1e-5);
+        }
+    }
+    // Long rows: vector accumulators, a remainder, and threads over the kept dim.
+    for k in [
+        "sum",
+        "mean",
+        "max",
+        "min",
+        "l1",
+        "l2",
+        "log_sum_exp",
+        "sum_square",
+    ] {
+        check(
+            &format!(
+                r#"graph (%0: f32[8,1003] "x") -> (%1 "y") {{
+  %1 = reduce.{k} {{"axes":[1],"keepdims":false}} (%0) : f32[8]
+}}"#
+            ),
+            1e-5,
+        );
+    }
+    for k in ["sum", "max", "min", "prod"] {
+        check(
+            &format!(
+                r#"graph (%0: i32[2,3,4] "x") -> (%1 "y") {{
+  %1 = reduce.{k} {{"axes":[2],"keepdims":false}} (%0) : i32[2,3]
+}}"#
+            ),
+            0.0,
+        );
+    }
+    for k in ["softmax", "log_softmax"] {
+        check(
+            &format!(
+                r#"graph (%0: f32[2,3,5] "x") -> (%1 "y", %2 "z") {{
+  %1 = reduce.{k} {{"axis":2}} (%0) : f32[2,3,5]
+  %2 = reduce.{k} {{"axis":1}} (%0) : f32[2,3,5]
+}}"#
+            ),
+            1e-5,
+        );
+        check(
+            &format!(
+                r#"graph (%0: f32[64,100] "x") -> (%1 "y") {{
+  %1 = reduce.{k} {{"axis":1}} (%0) : f32[64,100]
+}}"#
+            ),
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn contractions() {
+    check(
+        r#"graph (%0: f32[2,1,3,4] "a", %1: f32[5,4,6] "b") -> (%2 "y") {
+  %2 = nn.matmul(%0, %1) : f32[2,5,3,6]
+}"#,
+        1e-5,
+    );
+    check(
+        r#"graph (%0: f32[4] "a", %1: f32[4,6] "b") -> (%2 "y") {
+  %2 = nn.matmul(%0, %1) : f32[6]
+}"#,
+        1e-5,
+    );
+    check(
+        r#"graph (%0: f32[4,3] "a", %1: f32[5,4] "b", %2: f32[5] "c") -> (%3 "y") {
+  %3 = nn.gemm {"trans_a":true,"trans_b":true,"alpha":0.5,"beta":1.0} (%0, %1, %2) : f32[3,5]
+}"#,
+        1e-5,
+    );
+    check(
+        r#"graph (%0: f32[37,70] "a", %1: f32[70,45] "b") -> (%2 "y") {
+  %2 = nn.matmul(%0, %1) : f32[37,45]
+}"#,
+        1e-5,
+    );
+    check(
+        r#"graph (%0: f64[3,4] "a", %1: f64[4,5] "b") -> (%2 "y") {
+  %2 = nn.matmul(%0, %1) : f64[3,5]
+}"#,
+        1e-12,
+    );
+    check(
+        r#"graph (%0: i32[3,4] "a", %1: i32[4,5] "b") -> (%2 "y") {
+  %2 = nn.matmul(%0, %1) : i32[3,5]
+}"#,
+        0.0,
+    );
+}
+
+#[test]
+fn data_movement() {
+    check(
+        r#"graph (%0: f32[2,3,4] "x", %1: f32[2,1,4] "z", %2: i64[2,2] "i") -> (%3 "t", %5 "e", %6 "c", %7 "s", %8 "g") {
+  %3 = movement.transpose {"perm":[2,0,1]} (%0) : f32[4,2,3]
+  %4 = movement.reshape {"shape":[6,4],"allowzero":false} (%0, _) : f32[6,4]
+  %5 = movement.expand {"shape":[3,2,3,4]} (%0, _) : f32[3,2,3,4]
+  %6 = movement.concat {"axis":1} (%0, %1) : f32[2,4,4]
+  %7 = movement.slice {"starts":[1,-1],"ends":[3,0],"axes":[1,2],"steps":[1,-2]} (%0, _, _, _, _) : f32[2,2,2]
+  %8 = movement.gather {"axis":0} (%4, %2) : f32[2,2,4]
+}"#,
+        0.0,
+    );
+    for ty in ["i64", "u8", "bool", "f16"] {
+        check(
+            &format!(
+                r#"graph (%0: {ty}[3,4,5] "x") -> (%1 "t") {{
+  %1 = movement.transpose {{"perm":[1,2,0]}} (%0) : {ty}[4,5,3]
+}}"#
+            ),
+            0.0,
+        );
+    }
+}
+
+#[test]
+fn composite_fuses_into_one_kernel() {
+    let shown = check(
+        r#"graph (%0: f32[2,8] "x", %1: f32[8] "b") -> (%2 "y") {
+  %2 = control.composite {"kind":"bias_gelu"} (%0, %1) : f32[2,8] {
+    graph (%0: f32[2,8] "x", %1: f32[8] "b") -> (%4 "y") {
+      @c0 = const f32[] [0.5]
+      %2 = ew.add(%0, %1) : f32[2,8]
+      %3 = constant @c0 : f32[]
+      %4 = ew.mul(%2, %3) : f32[2,8]
+    }
+  }
+}"#,
+        1e-6,
+    );
+    assert_eq!(shown.matches("kernel @").count(), 1, "{shown}");
+}
+
+#[test]
+fn big_shapes_use_threads_and_simd() {
+    check(
+        r#"graph (%0: f32[64,1001] "a", %1: f32[1001] "b") -> (%2 "y") {
+  %2 = ew.add(%0, %1) : f32[64,1001]
+}"#,
+        1e-6,
+    );
+    check(
+        r#"graph (%0: f32[100000] "a") -> (%1 "y") {
+  %1 = ew.tanh(%0) : f32[100000]
+}"#,
+        1e-6,
+    );
+    check(
+        r#"graph (%0: f32[8,32,64] "a", %1: f32[8,64,48] "b") -> (%2 "y") {
+  %2 = nn.matmul(%0, %1) : f32[8,32,48]
+}"#,
+        1e-5,
+    );
+    // One big contraction: its columns are split across threads inside the library call.
+    check(
+        r#"graph (%0: f32[64,128] "a", %1: f32[128,96] "b") -> (%2 "y") {
+  %2 = nn.matmul(%0, %1) : f32[64,96]
+}"#,
+        1e-5,
+    );
+    check(
+        r#"graph (%0: f32[30,128] "a", %1: f32[97,128] "b", %2: f32[97] "c") -> (%3 "y") {
+  %3 = nn.gemm {"trans_a":false,"trans_b":true,"alpha":1.0,"beta":1.0} (%0, %1, %2) : f32[30,97]
+}"#,
+        1e-5,
+    );
+    check(
+        r#"graph (%0: f32[256,300] "x") -> (%1 "y") {
+  %1 = reduce.softmax {"axis":1} (%0) : f32[256,300]
+}"#,
+        1e-5,
+    );
+}
+
+#[test]
+fn gather_out_of_bounds_is_an_error() {
+    let g = parse_graph(
+        r#"graph (%0: f32[3,4] "x", %1: i64[2] "i") -> (%2 "y") {
+  %2 = movement.gather {"axis":0} (%0, %1) : f32[2,4]
+}"#,
+    )
+    .expect("graph");
+    let prog = lower_graph(&g).expect("lowering");
+    let c = CompiledProgram::new(&prog).expect("compiles");
+    let x = input(DType::F32, &[3, 4], 1);
+    let ok = Tensor::from_vec(&[2], vec![2i64, -1]).expect("tensor");
+    let bad = Tensor::from_vec(&[2], vec![0i64, 7]).expect("tensor");
+    assert!(c.run(&[x.clone(), ok], 1).is_ok());
+    let e = c.run(&[x.clone(), bad], 1).expect_err("index 7 of 3");
+    assert!(matches!(e, crate::RunError::OutOfBounds { .. }), "{e}");
+    let e = c.run(&[x], 1).expect_err("missing input");
+    assert!(matches!(e, crate::RunError::InputCount { .. }), "{e}");
+}
+
+#[test]
+fn objects_are_deterministic() {
+    let g = parse_graph(
+        r#"graph (%0: f32[4,8] "x", %1: f32[8,3] "w") -> (%3 "y") {
+  %2 = nn.matmul(%0, %1) : f32[4,3]
+  %3 = ew.tanh(%2) : f32[4,3]
+}"#,
+    )
+    .expect("graph");
+    let prog = lower_graph(&g).expect("lowering");
+    let a = crate::compile_object(&prog, Options::default()).expect("object");
+    let b = crate::compile_object(&prog, Options::default()).expect("object");
+    assert!(a.len() > 64 && a.starts_with(b"\x7fELF"));
+    assert_eq!(a, b);
+}
+
+/// The CLIF of a few kernels, pinned.
+#[test]
+fn clif_snapshots() {
+    let cases = [
+        (
+            "add_broadcast",
+            r#"graph (%0: f32[2,3,4] "a", %1: f32[3,1] "b") -> (%2 "y") {
+  %2 = ew.add(%0, %1) : f32[2,3,4]
+}"#,
+        ),
+        (
+            "fused_bias_gelu",
+            r#"graph (%0: f32[2,8] "x", %1: f32[8] "b") -> (%2 "y") {
+  %2 = control.composite {"kind":"bias_gelu"} (%0, %1) : f32[2,8] {
+    graph (%0: f32[2,8] "x", %1: f32[8] "b") -> (%5 "y") {
+      @c0 = const f32[] [0.5]
+      %2 = ew.add(%0, %1) : f32[2,8]
+      %3 = constant @c0 : f32[]
+      %4 = ew.mul(%2, %3) : f32[2,8]
+      %5 = ew.erf(%4) : f32[2,8]
+    }
+  }
+}"#,
+        ),
+        (
+            "reduce_sum",
+            r#"graph (%0: f32[2,3,4] "x") -> (%1 "y") {
+  %1 = reduce.sum {"axes":[2],"keepdims":false} (%0) : f32[2,3]
+}"#,
+        ),
+        (
+            "softmax",
+            r#"graph (%0: f32[2,5] "x") -> (%1 "y") {
+  %1 = reduce.softmax {"axis":1} (%0) : f32[2,5]
+}"#,
+        ),
+    ];
+    for (name, src) in cases {
+        let g = parse_graph(src).expect("graph");
+        let prog = lower_graph(&g).expect("lowering");
+        let text = kernel_clif(&prog.kernels[0], Options::default()).expect("clif");
+        insta::assert_snapshot!(format!("clif_{name}"), text);
+    }
+}
+
+/// The development MLP, imported from ONNX, simplified, lowered and compiled, against the
+/// graph interpreter. Skipped (with a note) when the development corpus is absent.
+#[test]
+fn dev_model_mlp_end_to_end() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models-dev");
+    let dir = std::env::var_os("MLC_MODELS_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or(root);
+    let path = dir.join("mlp_784_512_512_10.onnx");
+    if !path.exists() {
+        eprintln!("note: {} not found; skipping", path.display());
+        return;
+    }
+    let mut model = mlc_onnx::load(&path).expect("import");
+    let g = &mut model.graph;
+    let mut named = Vec::new();
+    for (i, port) in g.inputs.iter().enumerate() {
+        let ty = g.ty(port.value);
+        let shape: Vec<usize> = ty.shape.iter().map(|d| d.known().unwrap_or(4)).collect();
+        named.push((port.name.clone(), input(ty.dtype, &shape, i as u64 + 7)));
+    }
+    let bindings: Vec<(String, Vec<usize>)> = named
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shape().to_vec()))
+        .collect();
+    mlc_passes::simplify(g, &bindings).expect("simplify");
+    let want = mlc_interp::run(g, &named).expect("interpreter");
+    let prog = lower_graph(g).expect("every op of the MLP lowers");
+    let inputs: Vec<Tensor> = named.into_iter().map(|(_, t)| t).collect();
+    let c = CompiledProgram::new(&prog).expect("compiles");
+    for threads in [1, 2] {
+        let got = c.run(&inputs, threads).expect("runs");
+        compare(&want, &got, 1e-5).unwrap_or_else(|e| panic!("{threads} threads: {e}"));
+    }
+}
+
+/// The inline vector `tanh` against libm, element by element.
+#[test]
+fn inline_tanh_is_accurate() {
+    let g = parse_graph(
+        r#"graph (%0: f32[4003] "x") -> (%1 "y") {
+  %1 = ew.tanh(%0) : f32[4003]
+}"#,
+    )
+    .expect("graph");
+    let mut v: Vec<f32> = (0..4000)
+        .map(|i| {
+            let t = (i as f32 - 2000.0) / 2000.0;
+            t * t * t * 12.0
+        })
+        .collect();
+    v.extend([f32::INFINITY, f32::NEG_INFINITY, f32::NAN]);
+    let x = Tensor::from_vec(&[4003], v.clone()).expect("tensor");
+    let prog = lower_graph(&g).expect("lowering");
+    let c = CompiledProgram::new(&prog).expect("compiles");
+    let got = c.run(&[x], 1).expect("runs")[0].to_f64_vec().expect("f32");
+    for (i, (&x, &y)) in v.iter().zip(&got).enumerate() {
+        let want = x.tanh() as f64;
+        let ok = (want.is_nan() && y.is_nan()) || want == y || ((want - y) / want).abs() < 5e-7;
+        assert!(ok, "element {i}: tanh({x}) = {want}, inline {y}");
+    }
+}
+
+/// The inline vector `exp` against libm, element by element, over its whole range and the
+/// special values.
+#[test]
+fn inline_exp_is_accurate() {
+    let g = parse_graph(
+        r#"graph (%0: f32[4003] "x") -> (%1 "y") {
+  %1 = ew.exp(%0) : f32[4003]
+}"#,
+    )
+    .expect("graph");
+    let mut v: Vec<f32> = (0..4000).map(|i| -110.0 + i as f32 * 0.055).collect();
+    v.extend([f32::INFINITY, f32::NEG_INFINITY, f32::NAN]);
+    let x = Tensor::from_vec(&[4003], v.clone()).expect("tensor");
+    let prog = lower_graph(&g).expect("lowering");
+    let c = CompiledProgram::new(&prog).expect("compiles");
+    let got = c.run(&[x], 1).expect("runs")[0].to_f64_vec().expect("f32");
+    for (i, (&x, &y)) in v.iter().zip(&got).enumerate() {
+        let want = x.exp() as f64;
+        let ok = (want.is_nan() && y.is_nan())
+            || want == y
+            || (want < 1.2e-38 && y.abs() < 1.2e-38)
+            || ((want - y) / want).abs() < 3e-7;
+        assert!(ok, "element {i}: exp({x}) = {want}, inline {y}");
+    }
+}

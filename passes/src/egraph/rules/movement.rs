@@ -1,0 +1,167 @@
+//! Cancellation of data movement: a transpose of a transpose is one transpose (or none), a
+//! view of a view (`reshape`, `flatten`, `squeeze`, `unsqueeze`) is one reshape of the
+//! original, and a view or transpose that changes nothing is its operand.
+
+use super::{Build, NodeRule, add_op, ops_where, same_as, ty};
+use crate::egraph::analysis::MlcEGraph;
+use egg::Id;
+use mlc_ir::Op;
+use mlc_ir::ops::MovementOp;
+
+pub fn rules() -> Vec<NodeRule> {
+    vec![
+        NodeRule::rewrite("transpose-transpose", transpose_transpose),
+        NodeRule::rewrite("noop-movement", noop_movement),
+        NodeRule::rewrite("view-view", view_view),
+    ]
+}
+
+fn transpose(op: &Op) -> Option<&Vec<usize>> {
+    match op {
+        Op::Movement(MovementOp::Transpose { perm }) => Some(perm),
+        _ => None,
+    }
+}
+
+/// Ops that only reinterpret the shape of their first operand (row-major data unchanged).
+fn is_view(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Movement(
+            MovementOp::Reshape { .. }
+                | MovementOp::Flatten { .. }
+                | MovementOp::Squeeze { .. }
+                | MovementOp::Unsqueeze { .. }
+        )
+    )
+}
+
+/// `transpose(transpose(x, p), q)` is `transpose(x, r)` with `r[i] = p[q[i]]`: output dim `i`
+/// of the outer is its input's dim `q[i]`, which is `x`'s dim `p[q[i]]`. When `r` is the
+/// identity the class is `x` itself (left to `noop-movement` once the new node exists).
+fn transpose_transpose(eg: &MlcEGraph, class: Id) -> Vec<Build> {
+    let Some(want) = ty(eg, class).cloned() else {
+        return vec![];
+    };
+    let mut out: Vec<Build> = vec![];
+    for (q, _, c) in ops_where(eg, class, transpose) {
+        let [y] = *c else { continue };
+        for (p, _, c2) in ops_where(eg, y, transpose) {
+            let [x] = *c2 else { continue };
+            if p.len() != q.len() || q.iter().any(|&i| i >= p.len()) {
+                continue;
+            }
+            let r: Vec<usize> = q.iter().map(|&i| p[i]).collect();
+            let want = want.clone();
+            if r.iter().enumerate().all(|(i, &d)| i == d) {
+                if ty(eg, x) == Some(&want) {
+                    out.push(same_as(x));
+                }
+                continue;
+            }
+            out.push(Box::new(move |eg, rule| {
+                add_op(
+                    eg,
+                    Op::Movement(MovementOp::Transpose { perm: r }),
+                    vec![x],
+                    vec![],
+                    &want,
+                    vec![rule],
+                )
+            }));
+        }
+    }
+    out
+}
+
+/// A view or transpose whose result has its operand's exact type is the operand: views keep
+/// the data, and a transpose that keeps the type is the identity permutation (or permutes
+/// dims of size 1, which moves no data either).
+fn noop_movement(eg: &MlcEGraph, class: Id) -> Vec<Build> {
+    let Some(want) = ty(eg, class) else {
+        return vec![];
+    };
+    ops_where(eg, class, |o| {
+        let identity_perm =
+            transpose(o).is_some_and(|p| p.iter().enumerate().all(|(i, &d)| i == d));
+        (is_view(o) || identity_perm).then_some(())
+    })
+    .filter_map(|(_, _, c)| {
+        let x = *c.first()?;
+        (ty(eg, x) == Some(want)).then(|| same_as(x))
+    })
+    .collect()
+}
+
+/// `view2(view1(x))` is `reshape(x)` to the outer's static shape, given as an attribute: both
+/// only reinterpret row-major data. Only when that shape has no zero dim (a `0` in a reshape
+/// target means "copy the input dim").
+fn view_view(eg: &MlcEGraph, class: Id) -> Vec<Build> {
+    let Some(want) = ty(eg, class).cloned() else {
+        return vec![];
+    };
+    let Some(dims) = want.static_shape() else {
+        return vec![];
+    };
+    if dims.contains(&0) {
+        return vec![];
+    }
+    let target: Vec<i64> = dims.iter().map(|&d| d as i64).collect();
+    let mut out: Vec<Build> = vec![];
+    for (_, _, c) in ops_where(eg, class, |o| is_view(o).then_some(())) {
+        let Some(&y) = c.first() else { continue };
+        for (_, _, c2) in ops_where(eg, y, |o| is_view(o).then_some(())) {
+            let Some(&x) = c2.first() else { continue };
+            let (want, target) = (want.clone(), target.clone());
+            out.push(Box::new(move |eg, rule| {
+                add_op(
+                    eg,
+                    Op::Movement(MovementOp::Reshape {
+                        shape: Some(target),
+                        allowzero: false,
+                    }),
+                    vec![x],
+                    vec![],
+                    &want,
+                    vec![rule],
+                )
+            }));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::check;
+
+    #[test]
+    fn transposes_compose_and_cancel() {
+        let src = r#"graph (%0: f32[a,b,c] "x") -> (%2 "y", %4 "z") {
+  %1 = movement.transpose {"perm":[1,2,0]} (%0) : f32[b,c,a]
+  %2 = movement.transpose {"perm":[2,0,1]} (%1) : f32[a,b,c]
+  %3 = movement.transpose {"perm":[0,2,1]} (%0) : f32[a,c,b]
+  %4 = movement.transpose {"perm":[1,0,2]} (%3) : f32[c,a,b]
+}
+"#;
+        let shapes: &[&[&[usize]]] = &[&[&[2, 3, 4]], &[&[1, 5, 2]]];
+        for g in check(&["transpose-transpose"], src, shapes) {
+            // `y` is `x`; `z` is one transpose of `x`.
+            assert_eq!(g.op_count(), 1, "{g}");
+            assert_eq!(g.outputs[0].value, g.inputs[0].value, "{g}");
+        }
+    }
+
+    #[test]
+    fn views_of_views_are_one_reshape() {
+        let src = r#"graph (%0: f32[a,b] "x") -> (%3 "y") {
+  %1 = movement.unsqueeze {"axes":[0]} (%0) : f32[1,a,b]
+  %2 = movement.flatten {"axis":2} (%1) : f32[a,b]
+  %3 = movement.reshape {"shape":[-1],"allowzero":false} (%2) : f32[?]
+}
+"#;
+        for g in check(&["view-view"], src, &[&[&[2, 3]], &[&[4, 1]]]) {
+            assert_eq!(g.op_count(), 1, "{g}");
+        }
+    }
+}
