@@ -1,4 +1,5 @@
-//! The development models, run by `mlc run` and compared with ONNX Runtime's outputs.
+//! The development models, run by `mlc run` (the interpreter, and `--engine cpu`: kernel IR
+//! compiled with Cranelift) and compared with ONNX Runtime's outputs.
 //!
 //! Models come from `$MLC_MODELS_DIR` (default `models-dev/` at the repo root, which
 //! `scripts/test.sh` fills with `fetch.sh`), reference inputs and outputs from `$MLC_REFS_DIR`
@@ -25,7 +26,12 @@ fn manifest() -> Vec<String> {
 }
 
 /// Runs one model on its reference inputs; the worst range-relative error per output, or why not.
-fn check_model(model: &Path, refdir: &Path, stem: &str) -> Result<Vec<(String, f64)>, String> {
+fn check_model(
+    model: &Path,
+    refdir: &Path,
+    stem: &str,
+    engine: &str,
+) -> Result<Vec<(String, f64)>, String> {
     let meta: serde_json::Value = std::fs::read(refdir.join("meta.json"))
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
@@ -51,6 +57,8 @@ fn check_model(model: &Path, refdir: &Path, stem: &str) -> Result<Vec<(String, f
         args.push("--input".into());
         args.push(format!("{name}={}", ref_file("inputs", i, name).display()));
     }
+    args.push("--engine".into());
+    args.push(engine.into());
     args.push("--output-dir".into());
     args.push(out.path().display().to_string());
     let refs: Vec<&dyn AsRef<std::ffi::OsStr>> = args.iter().map(|a| a as _).collect();
@@ -151,30 +159,35 @@ fn dev_models_match_onnx_runtime() {
             }
             continue;
         }
-        let t = Instant::now();
-        let result = check_model(&model, &refdir, &stem);
-        let secs = t.elapsed().as_secs_f64();
-        match result {
-            Ok(errs) => {
-                let worst = errs.iter().map(|(_, e)| *e).fold(0.0, f64::max);
-                let note = if required {
-                    ""
-                } else {
-                    "  (passes now: add it to tests/dev_models.txt)"
-                };
-                println!("{stem:<36} PASS  max rel err {worst:.1e}  {secs:.1}s{note}");
-            }
-            Err(why) => {
-                println!(
-                    "{stem:<36} {}  {why}  {secs:.1}s",
-                    if required {
-                        "FAIL"
+        // The reference interpreter, and the kernel-IR path compiled with Cranelift.
+        for engine in ["interp", "cpu"] {
+            let t = Instant::now();
+            let result = check_model(&model, &refdir, &stem, engine);
+            let secs = t.elapsed().as_secs_f64();
+            match result {
+                Ok(errs) => {
+                    let worst = errs.iter().map(|(_, e)| *e).fold(0.0, f64::max);
+                    let note = if required {
+                        ""
                     } else {
-                        "fail (not in manifest)"
+                        "  (passes now: add it to tests/dev_models.txt)"
+                    };
+                    println!(
+                        "{stem:<36} {engine:<6} PASS  max rel err {worst:.1e}  {secs:.1}s{note}"
+                    );
+                }
+                Err(why) => {
+                    println!(
+                        "{stem:<36} {engine:<6} {}  {why}  {secs:.1}s",
+                        if required {
+                            "FAIL"
+                        } else {
+                            "fail (not in manifest)"
+                        }
+                    );
+                    if required {
+                        failures.push(format!("{stem} ({engine}): {why}"));
                     }
-                );
-                if required {
-                    failures.push(format!("{stem}: {why}"));
                 }
             }
         }
