@@ -349,13 +349,10 @@ pub(crate) fn wrap_loops(
 ) -> Vec<Stmt> {
     for d in (0..extents.len()).rev() {
         if extents[d] == 1 {
-            body.insert(
-                0,
-                Stmt::Let {
-                    var: vars[d],
-                    value: Expr::idx(0),
-                },
-            );
+            // A unit dim is no loop: its counter is the constant 0, substituted away, so the
+            // loops that iterate stay perfectly nested and backends can collapse them into
+            // one parallel range.
+            subst_zero(&mut body, vars[d]);
         } else {
             body = vec![Stmt::For {
                 var: vars[d],
@@ -366,6 +363,64 @@ pub(crate) fn wrap_loops(
         }
     }
     body
+}
+
+/// Replaces every use of `v` in `body` by the index 0, folding the index arithmetic that
+/// becomes constant.
+fn subst_zero(body: &mut [Stmt], v: VarId) {
+    fn expr(e: &mut Expr, v: VarId) {
+        match e {
+            Expr::Var(x) if *x == v => *e = Expr::idx(0),
+            Expr::Var(_) | Expr::Lit(_) => {}
+            Expr::Load { index, .. } => expr(index, v),
+            Expr::Unary(_, a) | Expr::Cast(_, a) => expr(a, v),
+            Expr::Binary(op, a, b) => {
+                expr(a, v);
+                expr(b, v);
+                let folded = match (*op, &**a, &**b) {
+                    (BinOp::Add, Expr::Lit(Lit::Int(DType::I64, 0)), _) => Some((**b).clone()),
+                    (BinOp::Add | BinOp::Sub, _, Expr::Lit(Lit::Int(DType::I64, 0))) => {
+                        Some((**a).clone())
+                    }
+                    (BinOp::Mul, Expr::Lit(Lit::Int(DType::I64, 0)), _)
+                    | (BinOp::Mul, _, Expr::Lit(Lit::Int(DType::I64, 0))) => Some(Expr::idx(0)),
+                    _ => None,
+                };
+                if let Some(f) = folded {
+                    *e = f;
+                }
+            }
+            Expr::Select { cond, then, els } => {
+                expr(cond, v);
+                expr(then, v);
+                expr(els, v);
+            }
+        }
+    }
+    fn mat(m: &mut MatRef, v: VarId) {
+        expr(&mut m.offset, v);
+    }
+    for st in body {
+        match st {
+            Stmt::For { extent, body, .. } => {
+                expr(extent, v);
+                subst_zero(body, v);
+            }
+            Stmt::Let { value, .. } | Stmt::Assign { value, .. } => expr(value, v),
+            Stmt::Store { index, value, .. } => {
+                expr(index, v);
+                expr(value, v);
+            }
+            Stmt::Matmul(mm) => {
+                mat(&mut mm.a, v);
+                mat(&mut mm.b, v);
+                mat(&mut mm.c, v);
+                if let Some(b) = &mut mm.bias {
+                    mat(b, v);
+                }
+            }
+        }
+    }
 }
 
 /// Like [`loop_nest`], but every loop is `Serial`: for nests whose iterations depend on each
