@@ -160,6 +160,22 @@ fn every_dev_model_kernel_assembles_for_sm_90() {
             files.len() + 1,
             "{stem}: one section per kernel"
         );
+        // Contractions must reach the GPU's parallel GEMM mapping: one launched on a single
+        // thread means lowering hid the matmul from it (a 1,500x regression once).
+        for st in &plan.steps {
+            let name = st
+                .kernel
+                .split_once('_')
+                .map(|(_, n)| n)
+                .unwrap_or(&st.kernel);
+            let threads: u64 = st.grid.iter().chain(&st.block).map(|&d| d as u64).product();
+            let contraction = ["nn_conv", "nn_matmul", "nn_gemm", "quant_matmul"]
+                .iter()
+                .any(|p| name.starts_with(p));
+            if contraction && threads <= 1 {
+                failures.push(format!("{stem}: {} runs on a single GPU thread", st.kernel));
+            }
+        }
         println!("{stem}: {} kernels assemble for sm_90", files.len());
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
