@@ -478,21 +478,7 @@ fn arg(cx: &mut Cx, node: &Node, axis: usize, max: bool, last: bool) -> Result<(
                 var: at,
                 value: Expr::idx(0),
             },
-            Stmt::For {
-                var: k,
-                extent: Expr::idx(n as i64),
-                kind: LoopKind::Serial,
-                body: vec![
-                    Stmt::Assign {
-                        var: at,
-                        value: Expr::select(better.clone(), Expr::var(k), Expr::var(at)),
-                    },
-                    Stmt::Assign {
-                        var: best,
-                        value: Expr::select(better, xv, Expr::var(best)),
-                    },
-                ],
-            },
+            best_scan(k, n, at, best, better, xv),
             Stmt::Store {
                 param: op_,
                 index: Expr::add_idx(Expr::mul_idx(o, inner as i64), i),
@@ -734,21 +720,7 @@ fn hardmax(cx: &mut Cx, node: &Node, axis: usize, coerce_2d: bool) -> Result<(),
                 var: pos,
                 value: Expr::idx(0),
             },
-            Stmt::For {
-                var: k,
-                extent: Expr::idx(n as i64),
-                kind: LoopKind::Serial,
-                body: vec![
-                    Stmt::Assign {
-                        var: pos,
-                        value: Expr::select(better.clone(), Expr::var(k), Expr::var(pos)),
-                    },
-                    Stmt::Assign {
-                        var: best,
-                        value: Expr::select(better, xv, Expr::var(best)),
-                    },
-                ],
-            },
+            best_scan(k, n, pos, best, better, xv),
             Stmt::For {
                 var: j,
                 extent: Expr::idx(n as i64),
@@ -967,4 +939,24 @@ fn top_k(cx: &mut Cx, node: &Node, axis: usize, largest: bool) -> Result<(), Fai
     kb.k.body = body;
     cx.launch(kb, node);
     Ok(())
+}
+
+/// `for k in 0..n`: where `better` (which reads element `k` as `xv`) holds, `best = xv` and
+/// `at = k`. The scan of arg-reductions and Hardmax.
+fn best_scan(k: VarId, n: usize, at: VarId, best: VarId, better: Expr, xv: Expr) -> Stmt {
+    Stmt::For {
+        var: k,
+        extent: Expr::idx(n as i64),
+        kind: LoopKind::Serial,
+        body: vec![
+            Stmt::Assign {
+                var: at,
+                value: Expr::select(better.clone(), Expr::var(k), Expr::var(at)),
+            },
+            Stmt::Assign {
+                var: best,
+                value: Expr::select(better, xv, Expr::var(best)),
+            },
+        ],
+    }
 }
