@@ -9,6 +9,7 @@
 //! loading, device memory, launches, event timing, and the plan executor).
 
 pub mod artifact;
+pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod kernels;

@@ -15,14 +15,15 @@
 use crate::{CodegenError, Options};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
-    self, AbiParam, FuncRef, InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, Type, Value,
+    self, AbiParam, InstBuilder, MemFlagsData, SigRef, StackSlotData, StackSlotKind, Type, Value,
     types,
 };
 use cranelift_frontend::{FunctionBuilder, Variable};
-use cranelift_module::{FuncId, Linkage, Module};
+use cranelift_module::{DataId, Module};
 use mlc_ir::DType;
 use mlc_kir::*;
-use std::collections::HashMap;
+use mlc_runtime::cpu::abi;
+use std::collections::{BTreeSet, HashMap};
 
 pub(crate) type Result<T> = std::result::Result<T, CodegenError>;
 
@@ -96,36 +97,32 @@ pub fn kernel_signature<M: Module>(m: &M) -> ir::Signature {
     sig
 }
 
-/// Imported functions declared in the module so far, by symbol name.
-pub(crate) type Imports = HashMap<String, FuncId>;
-
-/// The slots of the argument block passed to the matmul helper (see `matmul::Desc`).
-pub(crate) mod mm_slot {
-    pub const A: usize = 0;
-    pub const B: usize = 1;
-    pub const C: usize = 2;
-    pub const BIAS: usize = 3;
-    pub const LEN: usize = 4; // +0..4: a, b, c, bias element counts
-    pub const OFF: usize = 8; // +0..4: offsets in elements
-    pub const M: usize = 12;
-    pub const N: usize = 13;
-    pub const K: usize = 14;
-    pub const STRIDES: usize = 15; // a rs, a cs, b rs, b cs, c rs, c cs, bias rs, bias cs
-    pub const DTYPES: usize = 23; // a | b << 8 | c << 16 | bias << 24 (index in DType::ALL)
-    pub const ACT: usize = 24; // 0 none, 1 relu, 2 clip
-    pub const ALPHA: usize = 25; // f64 bits
-    pub const BETA: usize = 26;
-    pub const ACT_MIN: usize = 27;
-    pub const ACT_MAX: usize = 28;
-    pub const STATUS: usize = 29; // the executor's control block: status word, threads
-    pub const COUNT: usize = 30;
+/// The helper table of the module (see `mlc_runtime::cpu::abi`) and the helpers the kernels
+/// translated so far call, by table index.
+pub(crate) struct Imports {
+    pub table: DataId,
+    pub used: BTreeSet<usize>,
 }
+
+impl Imports {
+    pub fn new(table: DataId) -> Imports {
+        Imports {
+            table,
+            used: BTreeSet::new(),
+        }
+    }
+}
+
+pub(crate) use abi::mm_slot;
 
 /// Translation state for one kernel.
 pub(crate) struct Tx<'a, 'f, M: Module> {
     pub m: &'a mut M,
     pub imports: &'a mut Imports,
-    pub refs: HashMap<String, FuncRef>,
+    /// Signatures of the helpers called so far, by name.
+    pub refs: HashMap<String, SigRef>,
+    /// The helper table's address.
+    pub table: Value,
     pub k: &'a Kernel,
     pub b: FunctionBuilder<'f>,
     pub vars: Vec<Variable>,
@@ -177,10 +174,14 @@ pub(crate) fn translate<M: Module>(
     }
     let off = (k.params.len() * ptr.bytes() as usize) as i32;
     let status = b.ins().load(ptr, MemFlagsData::trusted(), argv, off);
+    // Unused (no helper call), it is removed by dead-code elimination.
+    let gv = m.declare_data_in_func(imports.table, b.func);
+    let table = b.ins().symbol_value(ptr, gv);
     let mut tx = Tx {
         m,
         imports,
         refs: HashMap::new(),
+        table,
         k,
         b,
         vars,
@@ -372,13 +373,16 @@ impl<M: Module> Tx<'_, '_, M> {
         Ok(())
     }
 
-    /// A reference to the imported function `name`, declared on first use.
-    pub fn import(&mut self, name: &str, params: &[Type], rets: &[Type]) -> FuncRef {
-        if let Some(r) = self.refs.get(name) {
-            return *r;
-        }
-        let id = match self.imports.get(name) {
-            Some(id) => *id,
+    /// Calls helper `name` through the helper table; returns the call instruction.
+    pub fn call_helper(
+        &mut self,
+        name: &str,
+        params: &[Type],
+        rets: &[Type],
+        args: &[Value],
+    ) -> ir::Inst {
+        let sig = match self.refs.get(name) {
+            Some(r) => *r,
             None => {
                 let mut sig = self.m.make_signature();
                 for &p in params {
@@ -388,30 +392,30 @@ impl<M: Module> Tx<'_, '_, M> {
                 for &r in rets {
                     sig.returns.push(AbiParam::new(r));
                 }
-                // Declaring an import with one signature per name cannot fail; a clash
-                // would be a bug here, reported by define_function later.
-                let id = self
-                    .m
-                    .declare_function(name, Linkage::Import, &sig)
-                    .expect("one signature per helper name");
-                self.imports.insert(name.to_string(), id);
-                id
+                let r = self.b.import_signature(sig);
+                self.refs.insert(name.to_string(), r);
+                r
             }
         };
-        let r = self.m.declare_func_in_func(id, &mut *self.b.func);
-        self.refs.insert(name.to_string(), r);
-        r
+        // Every name the translation uses is in the table (the runtime's tests check that
+        // the libm names `UnOp::libm_name` gives all are).
+        let index = abi::helper_index(name).expect("helper in the runtime's table");
+        self.imports.used.insert(index);
+        let flags = MemFlagsData::trusted().with_readonly();
+        let f = self
+            .b
+            .ins()
+            .load(self.ptr, flags, self.table, (index * 8) as i32);
+        self.b.ins().call_indirect(sig, f, args)
     }
 
     pub fn call1(&mut self, name: &str, from: Type, to: Type, x: Value) -> Value {
-        let f = self.import(name, &[from], &[to]);
-        let c = self.b.ins().call(f, &[x]);
+        let c = self.call_helper(name, &[from], &[to], &[x]);
         self.b.inst_results(c)[0]
     }
 
     pub fn call2(&mut self, name: &str, ty: Type, rty: Type, x: Value, y: Value) -> Value {
-        let f = self.import(name, &[ty, ty], &[rty]);
-        let c = self.b.ins().call(f, &[x, y]);
+        let c = self.call_helper(name, &[ty, ty], &[rty], &[x, y]);
         self.b.inst_results(c)[0]
     }
 
@@ -855,7 +859,12 @@ impl<M: Module> Tx<'_, '_, M> {
             let (base, len, off, rs, cs, code) = match r {
                 Some(r) => {
                     let p = &self.k.params[r.param.0 as usize];
-                    let code = DType::ALL.iter().position(|&d| d == p.dtype).unwrap_or(0) as i64;
+                    let code = abi::DType::from_name(p.dtype.name())
+                        .ok_or_else(|| CodegenError::Unsupported {
+                            kernel: self.k.name.clone(),
+                            what: format!("matmul on {}", p.dtype.name()),
+                        })?
+                        .code() as i64;
                     let off = self.expr(&r.offset)?;
                     (
                         self.params[r.param.0 as usize],
@@ -911,9 +920,7 @@ impl<M: Module> Tx<'_, '_, M> {
         }
         put(self, s::STATUS, self.status);
         let addr = self.b.ins().stack_addr(ptr, slot, 0);
-        let target = crate::matmul::call_target(mm);
-        let f = self.import(target, &[ptr], &[]);
-        self.b.ins().call(f, &[addr]);
+        self.call_helper(abi::MATMUL, &[ptr], &[], &[addr]);
         Ok(())
     }
 }

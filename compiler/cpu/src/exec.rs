@@ -154,7 +154,7 @@ impl CompiledProgram {
                 return Err(invalid(format!("no buffer %b{}", b.0)));
             }
         }
-        let (module, addrs) = crate::module::jit(&p.kernels, opts)?;
+        let (module, addrs, table) = crate::module::jit(&p.kernels, opts)?;
         let info = p
             .kernels
             .iter()
@@ -165,7 +165,7 @@ impl CompiledProgram {
             .collect();
         Ok(CompiledProgram {
             prog: p.clone(),
-            code: Code::new(module, &addrs),
+            code: Code::new(module, &addrs, table),
             info,
             sizes,
             consts,

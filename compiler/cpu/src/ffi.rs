@@ -1,16 +1,10 @@
-//! The one module with unsafe code: it turns JIT'd code addresses into function pointers and
-//! calls them, frees the JIT's memory, and receives raw pointers from generated code (the
-//! matmul helper). Everything here is a thin shim; the logic lives in safe modules.
+//! The one module with unsafe code: it fills the JIT'd helper table, turns JIT'd code
+//! addresses into function pointers and calls them, and frees the JIT's memory. Everything here
+//! is a thin shim; the logic lives in safe modules.
 #![allow(unsafe_code)]
 
-use crate::clif::mm_slot as s;
-use crate::matmul::{self, Gemm, View};
 use cranelift_jit::JITModule;
-use mlc_ir::DType;
-use mlc_kir::Activation;
-
-/// The ABI of every compiled kernel (see the crate docs).
-pub(crate) type KernelFn = extern "C" fn(*const *mut u8, i64, i64);
+use mlc_runtime::cpu::abi::{self, KernelFn};
 
 /// Finalized JIT code and the kernels' entry points. Dropping it frees the code.
 pub(crate) struct Code {
@@ -26,8 +20,16 @@ impl std::fmt::Debug for Code {
 
 impl Code {
     /// `addrs[i]` must be the finalized address of a function of `module` with the kernel
-    /// signature; `module` must have been finalized.
-    pub(crate) fn new(module: JITModule, addrs: &[*const u8]) -> Code {
+    /// signature, `table` the finalized helper table of `module` (address and bytes), and
+    /// `module` must have been finalized.
+    pub(crate) fn new(module: JITModule, addrs: &[*const u8], table: (*mut u8, usize)) -> Code {
+        let helpers = abi::helper_addresses();
+        assert!(table.1 >= helpers.len() * 8, "helper table too small");
+        for (i, &h) in helpers.iter().enumerate() {
+            // SAFETY: `table` is the module's writable, 8-aligned data object of
+            // `helpers.len()` words (checked above), and no kernel runs before `Code` exists.
+            unsafe { (table.0 as *mut usize).add(i).write(h) };
+        }
         let fns = addrs
             .iter()
             .map(|&p| {
@@ -84,114 +86,3 @@ pub(crate) struct Params(pub Vec<*mut u8>);
 unsafe impl Send for Params {}
 // SAFETY: as above; the kernels only read the array.
 unsafe impl Sync for Params {}
-
-fn dtype(code: u64) -> DType {
-    DType::ALL
-        .get(code as usize & 0xff)
-        .copied()
-        .unwrap_or(DType::Str)
-}
-
-/// `Stmt::Matmul`'s entry point: `desc` points to `mm_slot::COUNT` words laid out as
-/// `clif::mm_slot` says. Never panics across the FFI boundary: bad arguments set the status.
-extern "C" fn mlc_matmul(desc: *const u64) {
-    // SAFETY: generated code passes the address of a stack slot of `mm_slot::COUNT` u64s.
-    let d = unsafe { std::slice::from_raw_parts(desc, s::COUNT) };
-    let status = d[s::STATUS] as *mut i64;
-    // SAFETY: the status pointer is the executor's control block of two i64s: the status
-    // word, then the number of threads this call may use.
-    let threads = unsafe { *status.add(1) }.max(1) as usize;
-    let ok = std::panic::catch_unwind(|| matmul_from_desc(d, threads)).unwrap_or(false);
-    if !ok {
-        // SAFETY: the status word is the executor's `i64`, alive during the call.
-        unsafe { *status = 1 };
-    }
-}
-
-fn matmul_from_desc(d: &[u64], threads: usize) -> bool {
-    let codes = d[s::DTYPES];
-    let (ta, tb, tc, tbias) = (
-        dtype(codes),
-        dtype(codes >> 8),
-        dtype(codes >> 16),
-        dtype(codes >> 24),
-    );
-    let size = |t: DType| t.size().unwrap_or(0);
-    if [ta, tb, tc].iter().any(|&t| size(t) == 0) {
-        return false;
-    }
-    let len = |j: usize, t: DType| (d[s::LEN + j] as usize).saturating_mul(size(t));
-    let (pa, pb, pc, pbias) = (
-        d[s::A] as *const u8,
-        d[s::B] as *const u8,
-        d[s::C] as *mut u8,
-        d[s::BIAS] as *const u8,
-    );
-    let (la, lb, lc) = (len(0, ta), len(1, tb), len(2, tc));
-    // C is written; it must not overlap an operand (lowering never makes it).
-    let overlaps = |p: *const u8, l: usize| {
-        let (a0, a1) = (p as usize, p as usize + l);
-        let (c0, c1) = (pc as usize, pc as usize + lc);
-        a0 < c1 && c0 < a1
-    };
-    if overlaps(pa, la) || overlaps(pb, lb) || (!pbias.is_null() && overlaps(pbias, len(3, tbias)))
-    {
-        return false;
-    }
-    // SAFETY: the pointers are the kernel's parameter buffers, each holding at least its
-    // parameter's `len` elements (checked by the executor before any call); A, B and bias
-    // are only read, and C, which is written, overlaps none of them (checked above).
-    let (a, b, c) = unsafe {
-        (
-            std::slice::from_raw_parts(pa, la),
-            std::slice::from_raw_parts(pb, lb),
-            std::slice::from_raw_parts_mut(pc, lc),
-        )
-    };
-    let bias = if pbias.is_null() {
-        None
-    } else {
-        // SAFETY: as for A and B.
-        Some(unsafe { std::slice::from_raw_parts(pbias, len(3, tbias)) })
-    };
-    let f = |i: usize| f64::from_bits(d[i]);
-    let i = |j: usize| d[j] as i64;
-    let view = |bytes, dtype, j: usize| View {
-        bytes,
-        dtype,
-        offset: i(s::OFF + j),
-        row_stride: i(s::STRIDES + 2 * j),
-        col_stride: i(s::STRIDES + 2 * j + 1),
-    };
-    let act = match d[s::ACT] {
-        1 => Activation::Relu,
-        2 => Activation::Clip {
-            min: f(s::ACT_MIN) as f32,
-            max: f(s::ACT_MAX) as f32,
-        },
-        _ => Activation::None,
-    };
-    let g = Gemm {
-        m: d[s::M] as usize,
-        n: d[s::N] as usize,
-        k: d[s::K] as usize,
-        alpha: f(s::ALPHA),
-        beta: f(s::BETA),
-        act,
-        threads,
-    };
-    matmul::run(
-        &g,
-        view(a, ta, 0),
-        view(b, tb, 1),
-        c,
-        (tc, i(s::OFF + 2), i(s::STRIDES + 4), i(s::STRIDES + 5)),
-        bias.map(|bb| view(bb, tbias, 3)),
-    )
-    .is_ok()
-}
-
-/// The helpers defined here, for the JIT's symbol table.
-pub(crate) fn symbols() -> Vec<(&'static str, *const u8)> {
-    vec![("mlc_matmul", mlc_matmul as *const u8)]
-}

@@ -1,7 +1,7 @@
 //! mlc's CPU backend: kernel IR → Cranelift IR (CLIF) → machine code.
 //!
 //! Every [`mlc_kir::Kernel`] becomes one Cranelift function with the C ABI
-//! `extern "C" fn(params: *const *mut u8, start: i64, end: i64)`: `params[i]` is the base
+//! `extern "C" fn(params: *const *mut u8, start: i64, end: i64)` (`mlc_runtime::cpu::abi`): `params[i]` is the base
 //! pointer of `ParamId(i)` (and `params[n]`, one past the kernel's parameters, points to a
 //! control block of two `i64`s: a status word that the kernel sets to non-zero when a
 //! data-dependent index is out of bounds, then the number of threads a library call such as
@@ -14,8 +14,10 @@
 //!   into 128-bit vector loops with a scalar remainder.
 //! - [`module`] drives Cranelift: the JIT (host ISA from `cranelift-native`) and relocatable
 //!   objects (an explicit x86-64 baseline ISA: SSE4.2 and FMA), and prints CLIF.
-//! - [`matmul`] is the contraction library the generated code calls for `Stmt::Matmul`;
-//!   [`helpers`] the scalar helpers (libm, half-float conversions).
+//! - Generated code calls helpers (libm, half-float conversions, the contraction library
+//!   behind `Stmt::Matmul`) that live in `mlc_runtime::cpu`, through a table of code addresses
+//!   (`mlc_runtime::cpu::abi`), so JIT'd code and artifacts loaded by the runtime run the same
+//!   helpers.
 //! - [`exec`] runs a whole [`mlc_kir::Program`]: buffers, steps in order, threads.
 //!
 //! ```
@@ -39,8 +41,6 @@
 pub mod clif;
 pub mod exec;
 mod ffi;
-pub mod helpers;
-pub mod matmul;
 pub mod module;
 pub mod simd;
 

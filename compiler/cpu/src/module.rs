@@ -11,9 +11,10 @@ use cranelift_codegen::isa::OwnedTargetIsa;
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::FunctionBuilderContext;
 use cranelift_jit::{JITBuilder, JITModule};
-use cranelift_module::{FuncId, Linkage, Module, default_libcall_names};
+use cranelift_module::{DataDescription, DataId, FuncId, Linkage, Module, default_libcall_names};
 use cranelift_object::{ObjectBuilder, ObjectModule};
 use mlc_kir::{Kernel, Program};
+use mlc_runtime::cpu::abi;
 use std::str::FromStr;
 
 fn cl<E: std::fmt::Display>(e: E) -> CodegenError {
@@ -62,14 +63,29 @@ pub fn kernel_symbol(i: usize, k: &Kernel) -> String {
     format!("mlc_k{i}_{name}")
 }
 
-/// Declares and defines every kernel of `kernels` in `m`; returns their ids in order.
+/// Declares and defines the helper table ([`abi::TABLE_SYMBOL`]): zeroed, writable, filled
+/// by the loader.
+fn define_table<M: Module>(m: &mut M, linkage: Linkage) -> Result<DataId, CodegenError> {
+    let id = m
+        .declare_data(abi::TABLE_SYMBOL, linkage, true, false)
+        .map_err(cl)?;
+    let mut d = DataDescription::new();
+    d.define_zeroinit(abi::helpers().len() * 8);
+    d.set_align(8);
+    m.define_data(id, &d).map_err(cl)?;
+    Ok(id)
+}
+
+/// Declares and defines every kernel of `kernels` in `m` and the helper table; returns the
+/// kernels' ids in order and the table's.
 pub(crate) fn define_kernels<M: Module>(
     m: &mut M,
     kernels: &[Kernel],
     linkage: Linkage,
     opts: Options,
-) -> Result<Vec<FuncId>, CodegenError> {
-    let mut imports = Imports::new();
+) -> Result<(Vec<FuncId>, DataId), CodegenError> {
+    let table = define_table(m, linkage)?;
+    let mut imports = Imports::new(table);
     let mut ids = Vec::with_capacity(kernels.len());
     let mut ctx = m.make_context();
     let mut fbc = FunctionBuilderContext::new();
@@ -87,27 +103,26 @@ pub(crate) fn define_kernels<M: Module>(
         m.clear_context(&mut ctx);
         ids.push(id);
     }
-    Ok(ids)
+    Ok((ids, table))
 }
 
-/// Compiles `kernels` in a JIT module; returns it finalized with each kernel's address.
+/// Compiles `kernels` in a JIT module; returns it finalized with each kernel's address and
+/// the helper table's (still to be filled).
 pub(crate) fn jit(
     kernels: &[Kernel],
     opts: Options,
-) -> Result<(JITModule, Vec<*const u8>), CodegenError> {
-    let mut jb = JITBuilder::with_isa(jit_isa()?, default_libcall_names());
-    for (name, ptr) in crate::helpers::symbols() {
-        jb.symbol(name, ptr);
-    }
+) -> Result<(JITModule, Vec<*const u8>, (*mut u8, usize)), CodegenError> {
+    let jb = JITBuilder::with_isa(jit_isa()?, default_libcall_names());
     let mut m = JITModule::new(jb);
-    let ids = define_kernels(&mut m, kernels, Linkage::Local, opts)?;
+    let (ids, table) = define_kernels(&mut m, kernels, Linkage::Local, opts)?;
     m.finalize_definitions().map_err(cl)?;
     let addrs = ids.iter().map(|&id| m.get_finalized_function(id)).collect();
-    Ok((m, addrs))
+    let (t, len) = m.get_finalized_data(table);
+    Ok((m, addrs, (t as *mut u8, len)))
 }
 
-/// A relocatable x86-64 ELF object defining every kernel of `p` as a global symbol
-/// ([`kernel_symbol`]); helpers and libm functions are left undefined, for the linker.
+/// A relocatable x86-64 ELF object defining every kernel of `p` ([`kernel_symbol`]) and the
+/// helper table as global symbols; it references no other symbol.
 pub fn compile_object(p: &Program, opts: Options) -> Result<Vec<u8>, CodegenError> {
     let ob =
         ObjectBuilder::new(object_isa()?, "mlc_kernels", default_libcall_names()).map_err(cl)?;
@@ -121,18 +136,18 @@ pub fn kernel_clif(k: &Kernel, opts: Options) -> Result<String, CodegenError> {
     let ob =
         ObjectBuilder::new(object_isa()?, "mlc_kernels", default_libcall_names()).map_err(cl)?;
     let mut m = ObjectModule::new(ob);
-    let mut imports = Imports::new();
+    let table = define_table(&mut m, Linkage::Export)?;
+    let mut imports = Imports::new(table);
     let mut ctx = m.make_context();
     let mut fbc = FunctionBuilderContext::new();
     ctx.func.signature = clif::kernel_signature(&m);
     ctx.func.name = UserFuncName::testcase(kernel_symbol(0, k));
     let b = cranelift_frontend::FunctionBuilder::new(&mut ctx.func, &mut fbc);
     clif::translate(&mut m, &mut imports, k, b, opts)?;
-    let mut names: Vec<(&String, &FuncId)> = imports.iter().collect();
-    names.sort_by_key(|(_, id)| id.as_u32());
+    let helpers = abi::helpers();
     let mut out = String::new();
-    for (name, id) in names {
-        out.push_str(&format!("; u0:{} = {name}\n", id.as_u32()));
+    for &i in &imports.used {
+        out.push_str(&format!("; helper table +{} = {}\n", i * 8, helpers[i]));
     }
     out.push_str(&ctx.func.display().to_string());
     Ok(out)

@@ -1,18 +1,18 @@
-//! Scalar helpers the generated code calls: the C library's transcendentals (under their C
-//! names, so an object file links against libm), half-float conversions, integer `pow`.
+//! Scalar helpers the generated code calls through the helper table (see [`super::abi`]): the
+//! C library's transcendentals (under their C names), half-float conversions, integer `pow`.
 //!
-//! The JIT is given these Rust functions for the C names explicitly rather than looking the
-//! names up in the process, so JIT'd code and the reference evaluator use the same math
-//! library (Rust's `f32`/`f64` methods call the platform's libm; `erf` comes from the `libm`
-//! crate, as in the evaluator).
+//! Generated code reaches these Rust functions rather than the process's C library, so
+//! compiled code and the reference evaluator use the same math (Rust's `f32`/`f64` methods
+//! call the platform's libm; `erf` comes from the `libm` crate, as in the evaluator).
 
 use half::{bf16, f16};
 
 macro_rules! unary {
     ($($name:ident: $t:ty => $body:expr;)*) => {
         $(extern "C" fn $name(x: $t) -> $t { $body(x) })*
-        fn unary_symbols() -> Vec<(&'static str, *const u8)> {
-            vec![$((stringify!($name), $name as *const u8)),*]
+        const UNARY: &[&str] = &[$(stringify!($name)),*];
+        fn unary_addresses() -> Vec<usize> {
+            vec![$($name as *const () as usize),*]
         }
     };
 }
@@ -89,25 +89,41 @@ extern "C" fn mlc_ipow(x: i64, y: i64) -> i64 {
     }
 }
 
-/// Every helper symbol the generated code may import, with its address in this process.
-pub(crate) fn symbols() -> Vec<(&'static str, *const u8)> {
-    let mut v = unary_symbols();
-    v.extend([
-        ("fmodf", fmodf as *const u8),
-        ("fmod", fmod as *const u8),
-        ("powf", powf as *const u8),
-        ("pow", pow as *const u8),
-        ("fmaf", fmaf as *const u8),
-        ("fma", fma as *const u8),
-        ("mlc_f16_to_f32", mlc_f16_to_f32 as *const u8),
-        ("mlc_f32_to_f16", mlc_f32_to_f16 as *const u8),
-        ("mlc_f32_to_bf16", mlc_f32_to_bf16 as *const u8),
-        ("mlc_round_f16", mlc_round_f16 as *const u8),
-        ("mlc_round_bf16", mlc_round_bf16 as *const u8),
-        ("mlc_round_f16_f64", mlc_round_f16_f64 as *const u8),
-        ("mlc_round_bf16_f64", mlc_round_bf16_f64 as *const u8),
-        ("mlc_ipow", mlc_ipow as *const u8),
-    ]);
-    v.extend(crate::ffi::symbols());
+/// The helpers after the unary ones, in table order.
+macro_rules! others {
+    ($($name:ident),* $(,)?) => {
+        const OTHERS: &[&str] = &[$(stringify!($name)),*];
+        fn other_addresses() -> Vec<usize> {
+            vec![$($name as *const () as usize),*]
+        }
+    };
+}
+
+others!(
+    fmodf,
+    fmod,
+    powf,
+    pow,
+    fmaf,
+    fma,
+    mlc_f16_to_f32,
+    mlc_f32_to_f16,
+    mlc_f32_to_bf16,
+    mlc_round_f16,
+    mlc_round_bf16,
+    mlc_round_f16_f64,
+    mlc_round_bf16_f64,
+    mlc_ipow,
+);
+
+/// The scalar helpers' names in table order: the unary ones, then the others.
+pub(crate) fn names() -> impl Iterator<Item = &'static str> {
+    UNARY.iter().chain(OTHERS).copied()
+}
+
+/// Their addresses, in the same order.
+pub(crate) fn addresses() -> Vec<usize> {
+    let mut v = unary_addresses();
+    v.extend(other_addresses());
     v
 }

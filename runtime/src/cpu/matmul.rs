@@ -1,19 +1,12 @@
 //! The contraction library behind `Stmt::Matmul`: `C = act(alpha·A·B + beta·C + bias)` on
 //! strided views, as the kernel IR defines it.
 //!
-//! Generated code calls one `extern "C"` symbol with a block of arguments; [`call_target`] is
-//! the single place that picks the symbol, so tuned microkernels (the runtime's AVX-512 ones)
-//! can be swapped in per dtype and shape there. Today every call lands in `mlc_matmul`, which
-//! dispatches on the dtypes: all-`f32` takes a packed, row-blocked `f32` path; everything else
-//! a generic path accumulating in `f64` and rounding like the evaluator.
+//! Generated code calls the `mlc_matmul` helper (see [`super::abi`]) with a block of
+//! arguments; it lands in [`run`], which dispatches on the dtypes: all-`f32` takes a packed,
+//! row-blocked `f32` path; everything else a generic path accumulating in `f64` and rounding
+//! like the evaluator.
 
-use mlc_ir::DType;
-use mlc_kir::{Activation, Matmul};
-
-/// The symbol the generated code calls for `mm`.
-pub fn call_target(_mm: &Matmul) -> &'static str {
-    "mlc_matmul"
-}
+use super::abi::{Activation, DType};
 
 /// A strided 2-D view of a buffer's bytes.
 #[derive(Clone, Copy, Debug)]
@@ -46,7 +39,7 @@ const MIN_THREADED_MACS: usize = 1 << 18;
 pub struct OutOfBounds;
 
 fn elem_size(d: DType) -> usize {
-    d.size().unwrap_or(1)
+    d.size()
 }
 
 /// Checks that every element `(r, c)`, `r < rows`, `c < cols` of a view with `len` elements
@@ -115,7 +108,6 @@ fn read(bytes: &[u8], d: DType, i: usize) -> f64 {
         DType::U32 => u32::from_le_bytes([w[0], w[1], w[2], w[3]]) as f64,
         DType::I64 => i64::from_le_bytes(w) as f64,
         DType::U64 => u64::from_le_bytes(w) as f64,
-        _ => f64::NAN,
     }
 }
 
@@ -137,7 +129,6 @@ fn write(bytes: &mut [u8], d: DType, i: usize, v: f64) {
         DType::U32 => b.copy_from_slice(&(v as u32).to_le_bytes()),
         DType::I64 => b.copy_from_slice(&(v as i64).to_le_bytes()),
         DType::U64 => b.copy_from_slice(&(v as u64).to_le_bytes()),
-        _ => {}
     }
 }
 

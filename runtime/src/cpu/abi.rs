@@ -1,0 +1,254 @@
+//! The contract between generated CPU code and this runtime: the kernel signature, the table of
+//! helper functions kernels call through, and the argument block of the matmul helper.
+//!
+//! Every kernel is `extern "C" fn(params: *const *mut u8, start: i64, end: i64)`: `params[i]`
+//! is the base pointer of the kernel's `i`-th parameter and `params[n]` (one past them) points
+//! to a control block of two `i64`s, a status word the kernel sets to non-zero when an index read
+//! from data is out of bounds, then the number of threads a library call may use. `[start, end)`
+//! is the part of the kernel's outermost parallel loop that a call runs.
+//!
+//! Kernels never call a symbol: every helper (libm functions, half-float conversions, matmul)
+//! is reached through the data symbol [`TABLE_SYMBOL`], an array of [`helpers`]`().len()` code
+//! addresses that the loader fills with [`helper_addresses`] before the first call. So a
+//! compiled shared object has no undefined symbols, links without a C library, and calls the
+//! same helpers as the JIT. The order of [`helpers`] is part of the ABI: append only, and bump
+//! [`ABI_VERSION`] on any other change.
+// `mlc_matmul` receives raw pointers from generated code; each use has a SAFETY comment.
+#![allow(unsafe_code)]
+
+use super::matmul::{self, Gemm, View};
+
+/// Version of this contract; an artifact records it and a runtime loads only its own.
+pub const ABI_VERSION: u32 = 1;
+
+/// The data symbol holding the helper table in generated code.
+pub const TABLE_SYMBOL: &str = "mlc_helpers";
+
+/// The kernel entry point type.
+pub type KernelFn = extern "C" fn(*const *mut u8, i64, i64);
+
+/// Element types as the matmul argument block encodes them (the code is the index in [`DType::ALL`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    F64,
+    F16,
+    BF16,
+    I8,
+    U8,
+    I16,
+    U16,
+    I32,
+    U32,
+    I64,
+    U64,
+    Bool,
+}
+
+impl DType {
+    pub const ALL: [DType; 13] = [
+        DType::F32,
+        DType::F64,
+        DType::F16,
+        DType::BF16,
+        DType::I8,
+        DType::U8,
+        DType::I16,
+        DType::U16,
+        DType::I32,
+        DType::U32,
+        DType::I64,
+        DType::U64,
+        DType::Bool,
+    ];
+
+    /// mlc's short name (`f32`, `bool`): the compiler maps its types by name.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F64 => "f64",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+            DType::I8 => "i8",
+            DType::U8 => "u8",
+            DType::I16 => "i16",
+            DType::U16 => "u16",
+            DType::I32 => "i32",
+            DType::U32 => "u32",
+            DType::I64 => "i64",
+            DType::U64 => "u64",
+            DType::Bool => "bool",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<DType> {
+        DType::ALL.into_iter().find(|d| d.name() == name)
+    }
+
+    /// The code in the argument block.
+    pub fn code(self) -> u64 {
+        DType::ALL.iter().position(|&d| d == self).unwrap_or(0) as u64
+    }
+
+    pub fn from_code(code: u64) -> Option<DType> {
+        DType::ALL.get(code as usize).copied()
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::I8 | DType::U8 | DType::Bool => 1,
+            DType::F16 | DType::BF16 | DType::I16 | DType::U16 => 2,
+            DType::F32 | DType::I32 | DType::U32 => 4,
+            DType::F64 | DType::I64 | DType::U64 => 8,
+        }
+    }
+}
+
+/// The activation a contraction applies last.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Activation {
+    None,
+    Relu,
+    Clip { min: f32, max: f32 },
+}
+
+/// The slots of the argument block passed to `mlc_matmul`, in 8-byte words.
+pub mod mm_slot {
+    pub const A: usize = 0;
+    pub const B: usize = 1;
+    pub const C: usize = 2;
+    pub const BIAS: usize = 3;
+    pub const LEN: usize = 4; // +0..4: a, b, c, bias element counts
+    pub const OFF: usize = 8; // +0..4: offsets in elements
+    pub const M: usize = 12;
+    pub const N: usize = 13;
+    pub const K: usize = 14;
+    pub const STRIDES: usize = 15; // a rs, a cs, b rs, b cs, c rs, c cs, bias rs, bias cs
+    pub const DTYPES: usize = 23; // a | b << 8 | c << 16 | bias << 24 (DType codes)
+    pub const ACT: usize = 24; // 0 none, 1 relu, 2 clip
+    pub const ALPHA: usize = 25; // f64 bits
+    pub const BETA: usize = 26;
+    pub const ACT_MIN: usize = 27;
+    pub const ACT_MAX: usize = 28;
+    pub const STATUS: usize = 29; // the executor's control block: status word, threads
+    pub const COUNT: usize = 30;
+}
+
+/// `Stmt::Matmul`'s entry point: `desc` points to `mm_slot::COUNT` words laid out as
+/// [`mm_slot`] says. Never panics across the FFI boundary: bad arguments set the status.
+extern "C" fn mlc_matmul(desc: *const u64) {
+    use mm_slot as s;
+    // SAFETY: generated code passes the address of a stack slot of `mm_slot::COUNT` u64s.
+    let d = unsafe { std::slice::from_raw_parts(desc, s::COUNT) };
+    let status = d[s::STATUS] as *mut i64;
+    // SAFETY: the status pointer is the executor's control block of two i64s: the status
+    // word, then the number of threads this call may use.
+    let threads = unsafe { *status.add(1) }.max(1) as usize;
+    let ok = std::panic::catch_unwind(|| matmul_from_desc(d, threads)).unwrap_or(false);
+    if !ok {
+        // SAFETY: the status word is the executor's `i64`, alive during the call.
+        unsafe { *status = 1 };
+    }
+}
+
+fn matmul_from_desc(d: &[u64], threads: usize) -> bool {
+    use mm_slot as s;
+    let codes = d[s::DTYPES];
+    let ty = |shift: u32| DType::from_code((codes >> shift) & 0xff);
+    let (Some(ta), Some(tb), Some(tc)) = (ty(0), ty(8), ty(16)) else {
+        return false;
+    };
+    let tbias = ty(24).unwrap_or(DType::F32);
+    let len = |j: usize, t: DType| (d[s::LEN + j] as usize).saturating_mul(t.size());
+    let (pa, pb, pc, pbias) = (
+        d[s::A] as *const u8,
+        d[s::B] as *const u8,
+        d[s::C] as *mut u8,
+        d[s::BIAS] as *const u8,
+    );
+    let (la, lb, lc) = (len(0, ta), len(1, tb), len(2, tc));
+    // C is written; it must not overlap an operand (lowering never makes it).
+    let overlaps = |p: *const u8, l: usize| {
+        let (a0, a1) = (p as usize, p as usize + l);
+        let (c0, c1) = (pc as usize, pc as usize + lc);
+        a0 < c1 && c0 < a1
+    };
+    if overlaps(pa, la) || overlaps(pb, lb) || (!pbias.is_null() && overlaps(pbias, len(3, tbias)))
+    {
+        return false;
+    }
+    // SAFETY: the pointers are the kernel's parameter buffers, each holding at least its
+    // parameter's `len` elements (checked by the executor before any call); A, B and bias
+    // are only read, and C, which is written, overlaps none of them (checked above).
+    let (a, b, c) = unsafe {
+        (
+            std::slice::from_raw_parts(pa, la),
+            std::slice::from_raw_parts(pb, lb),
+            std::slice::from_raw_parts_mut(pc, lc),
+        )
+    };
+    let bias = if pbias.is_null() {
+        None
+    } else {
+        // SAFETY: as for A and B.
+        Some(unsafe { std::slice::from_raw_parts(pbias, len(3, tbias)) })
+    };
+    let f = |i: usize| f64::from_bits(d[i]);
+    let i = |j: usize| d[j] as i64;
+    let view = |bytes, dtype, j: usize| View {
+        bytes,
+        dtype,
+        offset: i(s::OFF + j),
+        row_stride: i(s::STRIDES + 2 * j),
+        col_stride: i(s::STRIDES + 2 * j + 1),
+    };
+    let act = match d[s::ACT] {
+        1 => Activation::Relu,
+        2 => Activation::Clip {
+            min: f(s::ACT_MIN) as f32,
+            max: f(s::ACT_MAX) as f32,
+        },
+        _ => Activation::None,
+    };
+    let g = Gemm {
+        m: d[s::M] as usize,
+        n: d[s::N] as usize,
+        k: d[s::K] as usize,
+        alpha: f(s::ALPHA),
+        beta: f(s::BETA),
+        act,
+        threads,
+    };
+    matmul::run(
+        &g,
+        view(a, ta, 0),
+        view(b, tb, 1),
+        c,
+        (tc, i(s::OFF + 2), i(s::STRIDES + 4), i(s::STRIDES + 5)),
+        bias.map(|bb| view(bb, tbias, 3)),
+    )
+    .is_ok()
+}
+
+/// The name of the matmul helper.
+pub const MATMUL: &str = "mlc_matmul";
+
+/// Every helper kernels may call, in table order (the index is what generated code loads).
+pub fn helpers() -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = super::helpers::names().collect();
+    v.push(MATMUL);
+    v
+}
+
+/// The index of helper `name` in the table.
+pub fn helper_index(name: &str) -> Option<usize> {
+    helpers().iter().position(|h| *h == name)
+}
+
+/// The code addresses of [`helpers`], in order: what the loader writes into the table.
+pub fn helper_addresses() -> Vec<usize> {
+    let mut v = super::helpers::addresses();
+    v.push(mlc_matmul as *const () as usize);
+    v
+}
