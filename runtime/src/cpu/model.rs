@@ -10,7 +10,7 @@
 //! }
 //! let x = NpyArray::read("input.npy".as_ref())?;
 //! let outputs = model.run(&[x], 2)?;
-//! outputs[0].1.write("logits.npy".as_ref())?;
+//! std::fs::write("logits.npy", outputs[0].1.to_bytes())?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
