@@ -41,6 +41,10 @@ pub struct Args {
     /// Print compile phase times on stderr.
     #[arg(long)]
     pub time_passes: bool,
+    /// Also time every step and print the N most expensive kernels (by total time over the
+    /// timed runs) on stderr.
+    #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "20")]
+    pub profile: Option<usize>,
 }
 
 fn parse_input(s: &str) -> Result<(String, PathBuf), String> {
@@ -176,6 +180,9 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
         times.push(t.elapsed().as_secs_f64() * 1e3);
         drop(out);
     }
+    if let Some(top) = args.profile {
+        print_profile(&model, &inputs, threads, iters, top)?;
+    }
     times.sort_by(f64::total_cmp);
     let pick = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
     let r = Report {
@@ -214,4 +221,52 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
     }
     s.push('\n');
     crate::print_stdout(&s)
+}
+
+/// Times every step over `iters` more runs and prints the `top` most expensive steps.
+fn print_profile(
+    model: &CpuModel,
+    inputs: &[NpyArray],
+    threads: usize,
+    iters: usize,
+    top: usize,
+) -> anyhow::Result<()> {
+    let bytes: Vec<&[u8]> = inputs
+        .iter()
+        .map(|x| match &x.data {
+            mlc_runtime::npy::NpyData::Bytes(b) => Ok(b.as_slice()),
+            _ => Err(anyhow::anyhow!("string inputs cannot be profiled")),
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut prof = Vec::new();
+    for _ in 0..iters {
+        model
+            .executor()
+            .run_bytes_profiled(&bytes, threads, Some(&mut prof))?;
+    }
+    let plan = model.plan();
+    let total: f64 = prof.iter().sum();
+    let mut order: Vec<usize> = (0..prof.len()).collect();
+    order.sort_by(|&a, &b| prof[b].total_cmp(&prof[a]));
+    let mut s = format!(
+        "profile: {} steps, {:.3} ms per run in steps\n",
+        prof.len(),
+        total * 1e3 / iters as f64
+    );
+    for &i in order.iter().take(top) {
+        let st = &plan.steps[i];
+        let k = &plan.kernels[st.kernel];
+        s.push_str(&format!(
+            "  {:>8.3} ms {:>5.1}%  step {i:>3} {}{}\n",
+            prof[i] * 1e3 / iters as f64,
+            100.0 * prof[i] / total.max(1e-12),
+            k.name,
+            st.origin
+                .as_ref()
+                .map(|o| format!("  ({o})"))
+                .unwrap_or_default()
+        ));
+    }
+    eprint!("{s}");
+    Ok(())
 }

@@ -46,6 +46,8 @@ struct Analysis<'a> {
     counter: VarId,
     classes: HashMap<VarId, Class>,
     loaded: HashSet<ParamId>,
+    /// The index of every load, by buffer.
+    load_index: HashMap<ParamId, Vec<Expr>>,
     /// Variables whose value depends on loaded data (outer ones as the translator knows).
     data_dep: HashSet<VarId>,
 }
@@ -84,6 +86,10 @@ impl Analysis<'_> {
             Expr::Load { param, index } => {
                 let ci = self.class(index)?;
                 self.loaded.insert(*param);
+                self.load_index
+                    .entry(*param)
+                    .or_default()
+                    .push((**index).clone());
                 match ci {
                     Uniform => Uniform,
                     Affine(_) if self.k.params[param.0 as usize].dtype == DType::F32 => {
@@ -313,6 +319,7 @@ pub fn vectorizable(k: &Kernel, counter: VarId, body: &[Stmt], outer_data_dep: &
         counter,
         classes: HashMap::new(),
         loaded: HashSet::new(),
+        load_index: HashMap::new(),
         data_dep: (0..outer_data_dep.len())
             .filter(|&i| outer_data_dep[i])
             .map(|i| VarId(i as u32))
@@ -321,7 +328,7 @@ pub fn vectorizable(k: &Kernel, counter: VarId, body: &[Stmt], outer_data_dep: &
     let Some(red) = reductions(k, body) else {
         return false;
     };
-    let mut stored = HashSet::new();
+    let mut stored: HashMap<ParamId, Vec<&Expr>> = HashMap::new();
     let mut vector_store = false;
     for st in body {
         if let Stmt::Assign { var, value } = st
@@ -391,12 +398,22 @@ pub fn vectorizable(k: &Kernel, counter: VarId, body: &[Stmt], outer_data_dep: &
                 {
                     return false;
                 }
-                stored.insert(*param);
+                stored.entry(*param).or_default().push(index);
                 vector_store = true;
             }
         }
     }
-    vector_store && stored.is_disjoint(&a.loaded)
+    // A buffer both loaded and stored is fine when every access to it uses one index (unit
+    // stride, as stores are): each iteration then reads and writes only its own element, as
+    // in an accumulation `y[i] = y[i] + ...`.
+    let independent = stored.iter().all(|(p, idx)| {
+        let first = idx[0];
+        idx.iter().all(|i| *i == first)
+            && a.load_index
+                .get(p)
+                .is_none_or(|loads| loads.iter().all(|l| l == first))
+    });
+    vector_store && independent
 }
 
 /// A value in the vector body.
@@ -465,6 +482,7 @@ impl<M: Module> Tx<'_, '_, M> {
                 counter: var,
                 classes: HashMap::new(),
                 loaded: HashSet::new(),
+                load_index: HashMap::new(),
                 data_dep: HashSet::new(),
             },
             vals: HashMap::new(),

@@ -456,6 +456,51 @@ fn contractions() {
 }
 
 #[test]
+fn depthwise_convolutions() {
+    // Rows accumulate in place (`y[i] = y[i] + x[..] * w`): vectorized, and so is the padding
+    // copy. Strides 1 and 2, padded and not, a channel multiplier, no bias.
+    for (x, w, attrs, out, bias) in [
+        (
+            "f32[2,3,9,8]",
+            "f32[3,1,3,3]",
+            r#""dilations":[1,1],"group":3,"pads":[1,1,1,1],"strides":[1,1]"#,
+            "f32[2,3,9,8]",
+            true,
+        ),
+        (
+            "f32[1,4,11,10]",
+            "f32[8,1,5,5]",
+            r#""dilations":[1,1],"group":4,"pads":[2,1,2,3],"strides":[2,2]"#,
+            "f32[1,8,6,5]",
+            true,
+        ),
+        (
+            "f32[1,2,9,9]",
+            "f32[2,1,3,3]",
+            r#""dilations":[2,2],"group":2,"pads":[0,0,0,0],"strides":[1,1]"#,
+            "f32[1,2,5,5]",
+            false,
+        ),
+    ] {
+        let m = w[4..].split(',').next().unwrap_or("1");
+        let (decl, arg, y) = if bias {
+            (format!(r#", %2: f32[{m}] "b""#), "%2", 3)
+        } else {
+            (String::new(), "_", 2)
+        };
+        let text = check(
+            &format!(
+                r#"graph (%0: {x} "x", %1: {w} "w"{decl}) -> (%{y} "y") {{
+  %{y} = nn.conv {{"auto_pad":"not_set",{attrs}}} (%0, %1, {arg}) : {out}
+}}"#
+            ),
+            1e-5,
+        );
+        assert!(text.contains("_depthwise"), "{text}");
+    }
+}
+
+#[test]
 fn data_movement() {
     check(
         r#"graph (%0: f32[2,3,4] "x", %1: f32[2,1,4] "z", %2: i64[2,2] "i") -> (%3 "t", %5 "e", %6 "c", %7 "s", %8 "g") {

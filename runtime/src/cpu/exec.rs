@@ -145,6 +145,17 @@ impl Executor {
     /// Runs on little-endian input bytes (in the plan's input order, each exactly its
     /// buffer's size) with up to `threads` threads; returns every output's bytes in order.
     pub fn run_bytes(&self, inputs: &[&[u8]], threads: usize) -> Result<Vec<Vec<u8>>, RunError> {
+        self.run_bytes_profiled(inputs, threads, None)
+    }
+
+    /// [`run_bytes`](Self::run_bytes), adding each step's wall time (seconds) to
+    /// `profile[step]` when given (resized to the step count).
+    pub fn run_bytes_profiled(
+        &self,
+        inputs: &[&[u8]],
+        threads: usize,
+        profile: Option<&mut Vec<f64>>,
+    ) -> Result<Vec<Vec<u8>>, RunError> {
         let p = &self.plan;
         if inputs.len() != p.inputs.len() {
             return Err(RunError::InputCount {
@@ -170,7 +181,7 @@ impl Executor {
             .unwrap_or_else(|e| e.into_inner())
             .pop()
             .unwrap_or_else(|| vec![FRESH_ARENA; words(p.arena_bytes)]);
-        let result = self.run_in(&mut arena, inputs, threads);
+        let result = self.run_in(&mut arena, inputs, threads, profile);
         self.arenas
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -183,8 +194,12 @@ impl Executor {
         arena: &mut [u64],
         inputs: &[&[u8]],
         threads: usize,
+        mut profile: Option<&mut Vec<f64>>,
     ) -> Result<Vec<Vec<u8>>, RunError> {
         let p = &self.plan;
+        if let Some(prof) = profile.as_deref_mut() {
+            prof.resize(p.steps.len(), 0.0);
+        }
         let abase = arena.as_mut_ptr() as *mut u8;
         let wbase = self.weights.as_ptr() as *mut u8;
         // Base pointers of every buffer (aliases resolved: the plan allows one hop).
@@ -216,6 +231,7 @@ impl Executor {
             AtomicI64::new(0),
         ];
         for (si, st) in p.steps.iter().enumerate() {
+            let started = profile.is_some().then(std::time::Instant::now);
             let k = &p.kernels[st.kernel];
             for &z in &st.zero {
                 let n = p.buffers[z].bytes() as usize;
@@ -248,6 +264,9 @@ impl Executor {
                     });
                 }
                 None => entry(params.0.as_ptr(), 0, k.split.unwrap_or(1)),
+            }
+            if let (Some(prof), Some(t)) = (profile.as_deref_mut(), started) {
+                prof[si] += t.elapsed().as_secs_f64();
             }
             if ctl[0].load(Ordering::SeqCst) != 0 {
                 return Err(RunError::OutOfBounds {

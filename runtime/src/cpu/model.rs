@@ -161,6 +161,11 @@ impl CpuModel {
         self.exec.run(inputs, threads)
     }
 
+    /// The executor (per-step profiling: [`Executor::run_bytes_profiled`]).
+    pub fn executor(&self) -> &Executor {
+        &self.exec
+    }
+
     /// Runs on raw little-endian bytes (see [`Executor::run_bytes`]).
     pub fn run_bytes(&self, inputs: &[&[u8]], threads: usize) -> Result<Vec<Vec<u8>>, RunError> {
         self.exec.run_bytes(inputs, threads)

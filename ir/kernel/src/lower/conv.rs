@@ -143,6 +143,9 @@ pub(super) fn conv(
     let kk: usize = kdims.iter().product();
     let ohw: usize = g.out.iter().product();
     let ihw: usize = ins.iter().product();
+    if cg == 1 && ins.len() == 2 {
+        return conv_depthwise_2d(cx, node, x, w, bias, out, &g, ins, n, c, m, group);
+    }
     if cg == 1 {
         return conv_direct(cx, node, x, w, bias, out, &g, ins, n, c, m, group);
     }
@@ -264,7 +267,218 @@ pub(super) fn conv(
     Ok(())
 }
 
-/// Depthwise (one input channel per group) convolution as direct loops.
+/// `for var in 0..extent` (`kind`), or the body with `var` = 0 when the extent is 1.
+fn lp(var: VarId, extent: usize, kind: LoopKind, body: Vec<Stmt>) -> Vec<Stmt> {
+    super::wrap_loops(&[var], &[extent], &[kind], body)
+}
+
+/// A 2-D depthwise convolution (one input channel per group) in two kernels built for SIMD:
+/// the input planes are first copied into zero-padded planes (skipped without padding), so the
+/// convolution reads no index twice and tests no bound; then each output row starts from the
+/// bias and accumulates one kernel tap at a time, `y[ow] += xpad[.., ow·s + kw·d] · w[kh, kw]`,
+/// an innermost loop over the row that the backends vectorize (its weight is uniform).
+#[allow(clippy::too_many_arguments)]
+fn conv_depthwise_2d(
+    cx: &mut Cx,
+    node: &Node,
+    x: mlc_ir::ValueId,
+    w: mlc_ir::ValueId,
+    bias: Option<mlc_ir::ValueId>,
+    out: BufId,
+    g: &Geom,
+    ins: &[usize],
+    n: usize,
+    c: usize,
+    m: usize,
+    group: usize,
+) -> Result<(), Fail> {
+    let ty = cx.dtype(x);
+    let (ih, iw) = (ins[0], ins[1]);
+    let (oh, ow) = (g.out[0], g.out[1]);
+    let (kh, kw) = (g.k[0], g.k[1]);
+    // The padded plane holds every tap of every window.
+    let reach = |d: usize| (g.out[d] - 1) * g.stride[d] + (g.k[d] - 1) * g.dil[d] + 1;
+    let (ph, pw) = ((ih + g.pad[0]).max(reach(0)), (iw + g.pad[1]).max(reach(1)));
+    let padded = ph != ih || pw != iw || g.pad.iter().any(|&p| p != 0);
+    let xb = cx.buf(x)?;
+    let src = if padded {
+        let xpad = cx.p.add_buffer(ty, vec![n, c, ph, pw], BufKind::Temp);
+        let mut kb = KernelBuilder::new("pad_planes");
+        let xp = kb.param(&cx.p, xb, Access::Read);
+        let pp = kb.param(&cx.p, xpad, Access::Write);
+        let (nc, i, y, xx) = (
+            kb.var(DType::I64),
+            kb.var(DType::I64),
+            kb.var(DType::I64),
+            kb.var(DType::I64),
+        );
+        let plane = Expr::mul_idx(Expr::var(nc), (ph * pw) as i64);
+        let zero = lp(
+            i,
+            ph * pw,
+            LoopKind::Vector,
+            vec![Stmt::Store {
+                param: pp,
+                index: Expr::add_idx(plane.clone(), Expr::var(i)),
+                value: Expr::float(ty, 0.0),
+            }],
+        );
+        let dst = Expr::add_idx(
+            Expr::add_idx(
+                plane,
+                Expr::mul_idx(
+                    Expr::add_idx(Expr::var(y), Expr::idx(g.pad[0] as i64)),
+                    pw as i64,
+                ),
+            ),
+            Expr::add_idx(Expr::var(xx), Expr::idx(g.pad[1] as i64)),
+        );
+        let from = Expr::add_idx(
+            Expr::add_idx(
+                Expr::mul_idx(Expr::var(nc), (ih * iw) as i64),
+                Expr::mul_idx(Expr::var(y), iw as i64),
+            ),
+            Expr::var(xx),
+        );
+        let copy = lp(
+            y,
+            ih,
+            LoopKind::Serial,
+            lp(
+                xx,
+                iw,
+                LoopKind::Vector,
+                vec![Stmt::Store {
+                    param: pp,
+                    index: dst,
+                    value: Expr::load(xp, from),
+                }],
+            ),
+        );
+        let mut body = zero;
+        body.extend(copy);
+        kb.k.body = lp(nc, n * c, LoopKind::Parallel, body);
+        let id = cx.p.intern_kernel(kb.k);
+        cx.p.steps.push(Step {
+            kernel: id,
+            args: kb.args,
+            origin: node.loc.clone(),
+        });
+        xpad
+    } else {
+        xb
+    };
+    let mut kb = KernelBuilder::new(format!("{}_depthwise", kernel_name(&node.op)));
+    let xp = kb.param(&cx.p, src, Access::Read);
+    let wp = kb.param(&cx.p, cx.buf(w)?, Access::Read);
+    let bp = match bias {
+        Some(b) => Some(kb.param(&cx.p, cx.buf(b)?, Access::Read)),
+        None => None,
+    };
+    // Read too: rows accumulate in place (each row is initialized first).
+    let op_ = kb.param(&cx.p, out, Access::ReadWrite);
+    let mg = m / group;
+    let (nv, mv, y, ky, kx, xo, wv) = (
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(ty),
+    );
+    let row = Expr::add_idx(
+        Expr::mul_idx(
+            Expr::add_idx(Expr::mul_idx(Expr::var(nv), m as i64), Expr::var(mv)),
+            (oh * ow) as i64,
+        ),
+        Expr::mul_idx(Expr::var(y), ow as i64),
+    );
+    let dst = Expr::add_idx(row, Expr::var(xo));
+    let init = match bp {
+        Some(p) => Expr::load(p, Expr::var(mv)),
+        None => Expr::float(ty, 0.0),
+    };
+    let init_row = lp(
+        xo,
+        ow,
+        LoopKind::Vector,
+        vec![Stmt::Store {
+            param: op_,
+            index: dst.clone(),
+            value: init,
+        }],
+    );
+    // Input plane of output channel m: its group's only channel.
+    let cin = Expr::bin(BinOp::Div, Expr::var(mv), Expr::idx(mg as i64));
+    let plane = Expr::mul_idx(
+        Expr::add_idx(Expr::mul_idx(Expr::var(nv), c as i64), cin),
+        (ph * pw) as i64,
+    );
+    let in_row = Expr::mul_idx(
+        Expr::add_idx(
+            Expr::mul_idx(Expr::var(y), g.stride[0] as i64),
+            Expr::mul_idx(Expr::var(ky), g.dil[0] as i64),
+        ),
+        pw as i64,
+    );
+    let in_col = Expr::add_idx(
+        Expr::mul_idx(Expr::var(xo), g.stride[1] as i64),
+        Expr::mul_idx(Expr::var(kx), g.dil[1] as i64),
+    );
+    let tap = Expr::load(xp, Expr::add_idx(Expr::add_idx(plane, in_row), in_col));
+    let widx = Expr::add_idx(
+        Expr::mul_idx(Expr::var(mv), (kh * kw) as i64),
+        Expr::add_idx(Expr::mul_idx(Expr::var(ky), kw as i64), Expr::var(kx)),
+    );
+    let mut per_tap = vec![Stmt::Let {
+        var: wv,
+        value: Expr::load(wp, widx),
+    }];
+    per_tap.extend(lp(
+        xo,
+        ow,
+        LoopKind::Vector,
+        vec![Stmt::Store {
+            param: op_,
+            index: dst.clone(),
+            value: Expr::bin(
+                BinOp::Add,
+                Expr::load(op_, dst),
+                Expr::bin(BinOp::Mul, tap, Expr::var(wv)),
+            ),
+        }],
+    ));
+    let taps = lp(
+        ky,
+        kh,
+        LoopKind::Serial,
+        lp(kx, kw, LoopKind::Serial, per_tap),
+    );
+    let mut row_body = init_row;
+    row_body.extend(taps);
+    let rows = lp(y, oh, LoopKind::Serial, row_body);
+    kb.k.body = nest_vars(&[nv, mv], &[n, m], rows);
+    cx.launch(kb, node);
+    Ok(())
+}
+
+/// Loops over `vars` with `extents` around `body`, the first non-unit one parallel.
+fn nest_vars(vars: &[VarId], extents: &[usize], body: Vec<Stmt>) -> Vec<Stmt> {
+    let first = (0..extents.len()).find(|&d| extents[d] != 1);
+    let kinds: Vec<LoopKind> = (0..extents.len())
+        .map(|d| {
+            if Some(d) == first {
+                LoopKind::Parallel
+            } else {
+                LoopKind::Serial
+            }
+        })
+        .collect();
+    super::wrap_loops(vars, extents, &kinds, body)
+}
+
+/// Depthwise (one input channel per group) convolution as direct loops (any rank).
 #[allow(clippy::too_many_arguments)]
 fn conv_direct(
     cx: &mut Cx,
