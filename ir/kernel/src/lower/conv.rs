@@ -154,6 +154,14 @@ pub(super) fn conv(
     let xb = cx.buf(x)?;
     let (col, col_rows_stride, col_group_stride, col_batch_stride) = if pointwise {
         (xb, ohw as i64, (cg * ihw) as i64, (c * ihw) as i64)
+    } else if ins.len() == 2 {
+        let col = im2col_2d(cx, node, xb, ty, n * c, ins, &g);
+        (
+            col,
+            ohw as i64,
+            (cg * kk * ohw) as i64,
+            (c * kk * ohw) as i64,
+        )
     } else {
         let col =
             cx.p.add_buffer(ty, vec![n, group, cg * kk, ohw], BufKind::Temp);
@@ -267,6 +275,173 @@ pub(super) fn conv(
     Ok(())
 }
 
+/// Copies `planes` planes of `ih×iw` into zeroed planes of `ph×pw`, at offset `pad`
+/// (top, left), with vectorizable loops; returns `xb` itself when nothing would change.
+#[allow(clippy::too_many_arguments)]
+fn pad_planes(
+    cx: &mut Cx,
+    node: &Node,
+    xb: BufId,
+    ty: DType,
+    planes: usize,
+    (ih, iw): (usize, usize),
+    (pt, pl): (usize, usize),
+    (ph, pw): (usize, usize),
+) -> BufId {
+    if (ph, pw) == (ih, iw) && (pt, pl) == (0, 0) {
+        return xb;
+    }
+    let xpad = cx.p.add_buffer(ty, vec![planes, ph, pw], BufKind::Temp);
+    let mut kb = KernelBuilder::new("pad_planes");
+    let xp = kb.param(&cx.p, xb, Access::Read);
+    let pp = kb.param(&cx.p, xpad, Access::Write);
+    let (nc, i, y, xx) = (
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+    );
+    let plane = Expr::mul_idx(Expr::var(nc), (ph * pw) as i64);
+    let zero = lp(
+        i,
+        ph * pw,
+        LoopKind::Vector,
+        vec![Stmt::Store {
+            param: pp,
+            index: Expr::add_idx(plane.clone(), Expr::var(i)),
+            value: Expr::float(ty, 0.0),
+        }],
+    );
+    let dst = Expr::add_idx(
+        Expr::add_idx(
+            plane,
+            Expr::mul_idx(Expr::add_idx(Expr::var(y), Expr::idx(pt as i64)), pw as i64),
+        ),
+        Expr::add_idx(Expr::var(xx), Expr::idx(pl as i64)),
+    );
+    let from = Expr::add_idx(
+        Expr::add_idx(
+            Expr::mul_idx(Expr::var(nc), (ih * iw) as i64),
+            Expr::mul_idx(Expr::var(y), iw as i64),
+        ),
+        Expr::var(xx),
+    );
+    let copy = lp(
+        y,
+        ih,
+        LoopKind::Serial,
+        lp(
+            xx,
+            iw,
+            LoopKind::Vector,
+            vec![Stmt::Store {
+                param: pp,
+                index: dst,
+                value: Expr::load(xp, from),
+            }],
+        ),
+    );
+    let mut body = zero;
+    body.extend(copy);
+    kb.k.body = lp(nc, planes, LoopKind::Parallel, body);
+    let id = cx.p.intern_kernel(kb.k);
+    cx.p.steps.push(Step {
+        kernel: id,
+        args: kb.args,
+        origin: node.loc.clone(),
+    });
+    xpad
+}
+
+/// The column matrix of a 2-D convolution, `[planes·kh·kw, oh·ow]` (row `(plane, ky, kx)`,
+/// column the output position), copied from zero-padded planes: no bound tests, and the
+/// innermost loop over output columns is a SIMD loop (unit stride for stride-1 convolutions).
+fn im2col_2d(
+    cx: &mut Cx,
+    node: &Node,
+    xb: BufId,
+    ty: DType,
+    planes: usize,
+    ins: &[usize],
+    g: &Geom,
+) -> BufId {
+    let (ih, iw) = (ins[0], ins[1]);
+    let (oh, ow) = (g.out[0], g.out[1]);
+    let (kh, kw) = (g.k[0], g.k[1]);
+    let reach = |d: usize| (g.out[d] - 1) * g.stride[d] + (g.k[d] - 1) * g.dil[d] + 1;
+    let (ph, pw) = ((ih + g.pad[0]).max(reach(0)), (iw + g.pad[1]).max(reach(1)));
+    let src = pad_planes(
+        cx,
+        node,
+        xb,
+        ty,
+        planes,
+        (ih, iw),
+        (g.pad[0], g.pad[1]),
+        (ph, pw),
+    );
+    let col =
+        cx.p.add_buffer(ty, vec![planes * kh * kw, oh * ow], BufKind::Temp);
+    let mut kb = KernelBuilder::new("im2col");
+    let xp = kb.param(&cx.p, src, Access::Read);
+    let cp = kb.param(&cx.p, col, Access::Write);
+    let (nc, ky, kx, oy, ox) = (
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+    );
+    let row = Expr::add_idx(
+        Expr::mul_idx(Expr::var(nc), (kh * kw) as i64),
+        Expr::add_idx(Expr::mul_idx(Expr::var(ky), kw as i64), Expr::var(kx)),
+    );
+    let dst = Expr::add_idx(
+        Expr::mul_idx(row, (oh * ow) as i64),
+        Expr::add_idx(Expr::mul_idx(Expr::var(oy), ow as i64), Expr::var(ox)),
+    );
+    let from = Expr::add_idx(
+        Expr::add_idx(
+            Expr::mul_idx(Expr::var(nc), (ph * pw) as i64),
+            Expr::mul_idx(
+                Expr::add_idx(
+                    Expr::mul_idx(Expr::var(oy), g.stride[0] as i64),
+                    Expr::mul_idx(Expr::var(ky), g.dil[0] as i64),
+                ),
+                pw as i64,
+            ),
+        ),
+        Expr::add_idx(
+            Expr::mul_idx(Expr::var(ox), g.stride[1] as i64),
+            Expr::mul_idx(Expr::var(kx), g.dil[1] as i64),
+        ),
+    );
+    let copy = vec![Stmt::Store {
+        param: cp,
+        index: dst,
+        value: Expr::load(xp, from),
+    }];
+    let body = lp(
+        ky,
+        kh,
+        LoopKind::Serial,
+        lp(
+            kx,
+            kw,
+            LoopKind::Serial,
+            lp(oy, oh, LoopKind::Serial, lp(ox, ow, LoopKind::Vector, copy)),
+        ),
+    );
+    kb.k.body = lp(nc, planes, LoopKind::Parallel, body);
+    let id = cx.p.intern_kernel(kb.k);
+    cx.p.steps.push(Step {
+        kernel: id,
+        args: kb.args,
+        origin: node.loc.clone(),
+    });
+    col
+}
+
 /// `for var in 0..extent` (`kind`), or the body with `var` = 0 when the extent is 1.
 fn lp(var: VarId, extent: usize, kind: LoopKind, body: Vec<Stmt>) -> Vec<Stmt> {
     super::wrap_loops(&[var], &[extent], &[kind], body)
@@ -299,75 +474,17 @@ fn conv_depthwise_2d(
     // The padded plane holds every tap of every window.
     let reach = |d: usize| (g.out[d] - 1) * g.stride[d] + (g.k[d] - 1) * g.dil[d] + 1;
     let (ph, pw) = ((ih + g.pad[0]).max(reach(0)), (iw + g.pad[1]).max(reach(1)));
-    let padded = ph != ih || pw != iw || g.pad.iter().any(|&p| p != 0);
     let xb = cx.buf(x)?;
-    let src = if padded {
-        let xpad = cx.p.add_buffer(ty, vec![n, c, ph, pw], BufKind::Temp);
-        let mut kb = KernelBuilder::new("pad_planes");
-        let xp = kb.param(&cx.p, xb, Access::Read);
-        let pp = kb.param(&cx.p, xpad, Access::Write);
-        let (nc, i, y, xx) = (
-            kb.var(DType::I64),
-            kb.var(DType::I64),
-            kb.var(DType::I64),
-            kb.var(DType::I64),
-        );
-        let plane = Expr::mul_idx(Expr::var(nc), (ph * pw) as i64);
-        let zero = lp(
-            i,
-            ph * pw,
-            LoopKind::Vector,
-            vec![Stmt::Store {
-                param: pp,
-                index: Expr::add_idx(plane.clone(), Expr::var(i)),
-                value: Expr::float(ty, 0.0),
-            }],
-        );
-        let dst = Expr::add_idx(
-            Expr::add_idx(
-                plane,
-                Expr::mul_idx(
-                    Expr::add_idx(Expr::var(y), Expr::idx(g.pad[0] as i64)),
-                    pw as i64,
-                ),
-            ),
-            Expr::add_idx(Expr::var(xx), Expr::idx(g.pad[1] as i64)),
-        );
-        let from = Expr::add_idx(
-            Expr::add_idx(
-                Expr::mul_idx(Expr::var(nc), (ih * iw) as i64),
-                Expr::mul_idx(Expr::var(y), iw as i64),
-            ),
-            Expr::var(xx),
-        );
-        let copy = lp(
-            y,
-            ih,
-            LoopKind::Serial,
-            lp(
-                xx,
-                iw,
-                LoopKind::Vector,
-                vec![Stmt::Store {
-                    param: pp,
-                    index: dst,
-                    value: Expr::load(xp, from),
-                }],
-            ),
-        );
-        let mut body = zero;
-        body.extend(copy);
-        kb.k.body = lp(nc, n * c, LoopKind::Parallel, body);
-        let id = cx.p.intern_kernel(kb.k);
-        cx.p.steps.push(Step {
-            kernel: id,
-            args: kb.args,
-            origin: node.loc.clone(),
-        });
-        xpad
-    } else {
-        xb
-    };
+    let src = pad_planes(
+        cx,
+        node,
+        xb,
+        ty,
+        n * c,
+        (ih, iw),
+        (g.pad[0], g.pad[1]),
+        (ph, pw),
+    );
     let mut kb = KernelBuilder::new(format!("{}_depthwise", kernel_name(&node.op)));
     let xp = kb.param(&cx.p, src, Access::Read);
     let wp = kb.param(&cx.p, cx.buf(w)?, Access::Read);
