@@ -501,6 +501,19 @@ fn depthwise_convolutions() {
 }
 
 #[test]
+fn max_pool_rows() {
+    // Padded with -inf, rows take the max with one tap at a time: strides, dilation, ceil mode.
+    let text = check(
+        r#"graph (%0: f32[2,3,9,8] "x") -> (%1 "a", %2 "b") {
+  %1 = nn.max_pool {"kernel":[3,3],"strides":[2,2],"dilations":[1,1],"pads":[1,1,1,1],"auto_pad":"not_set","ceil_mode":false,"storage_order_col_major":false} (%0) : f32[2,3,5,4]
+  %2 = nn.max_pool {"kernel":[2,3],"strides":[2,1],"dilations":[2,1],"pads":[0,1,0,0],"auto_pad":"not_set","ceil_mode":true,"storage_order_col_major":false} (%0) : f32[2,3,4,7]
+}"#,
+        0.0,
+    );
+    assert_eq!(text.matches("_rows(").count(), 2, "{text}");
+}
+
+#[test]
 fn data_movement() {
     check(
         r#"graph (%0: f32[2,3,4] "x", %1: f32[2,1,4] "z", %2: i64[2,2] "i") -> (%3 "t", %5 "e", %6 "c", %7 "s", %8 "g") {

@@ -8,7 +8,6 @@
 pub mod bytes;
 pub mod gemm;
 
-
 use std::fmt;
 use std::sync::OnceLock;
 

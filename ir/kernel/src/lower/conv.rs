@@ -275,14 +275,15 @@ pub(super) fn conv(
     Ok(())
 }
 
-/// Copies `planes` planes of `ih×iw` into zeroed planes of `ph×pw`, at offset `pad`
-/// (top, left), with vectorizable loops; returns `xb` itself when nothing would change.
+/// Copies `planes` planes of `ih×iw` into planes of `ph×pw` filled with `fill`, at offset
+/// `pad` (top, left), with vectorizable loops; returns `xb` itself when nothing would change.
 #[allow(clippy::too_many_arguments)]
-fn pad_planes(
+fn pad_planes_with(
     cx: &mut Cx,
     node: &Node,
     xb: BufId,
     ty: DType,
+    fill: f64,
     planes: usize,
     (ih, iw): (usize, usize),
     (pt, pl): (usize, usize),
@@ -309,7 +310,7 @@ fn pad_planes(
         vec![Stmt::Store {
             param: pp,
             index: Expr::add_idx(plane.clone(), Expr::var(i)),
-            value: Expr::float(ty, 0.0),
+            value: Expr::float(ty, fill),
         }],
     );
     let dst = Expr::add_idx(
@@ -440,6 +441,120 @@ fn im2col_2d(
         origin: node.loc.clone(),
     });
     col
+}
+
+/// [`pad_planes_with`] zeros.
+#[allow(clippy::too_many_arguments)]
+fn pad_planes(
+    cx: &mut Cx,
+    node: &Node,
+    xb: BufId,
+    ty: DType,
+    planes: usize,
+    ins: (usize, usize),
+    pad: (usize, usize),
+    padded: (usize, usize),
+) -> BufId {
+    pad_planes_with(cx, node, xb, ty, 0.0, planes, ins, pad, padded)
+}
+
+/// 2-D max pooling of `f32` planes like the depthwise convolution: planes padded with −∞, then
+/// each output row starts at −∞ and takes the (NaN-propagating) maximum with one window tap at
+/// a time, a vectorized loop over the row.
+fn max_pool_2d(
+    cx: &mut Cx,
+    node: &Node,
+    x: mlc_ir::ValueId,
+    g: &Geom,
+    xs: &[usize],
+) -> Result<(), Fail> {
+    let ty = cx.dtype(x);
+    let planes = xs[0] * xs[1];
+    let (ih, iw) = (xs[2], xs[3]);
+    let (oh, ow) = (g.out[0], g.out[1]);
+    let (kh, kw) = (g.k[0], g.k[1]);
+    let reach = |d: usize| (g.out[d] - 1) * g.stride[d] + (g.k[d] - 1) * g.dil[d] + 1;
+    let (ph, pw) = ((ih + g.pad[0]).max(reach(0)), (iw + g.pad[1]).max(reach(1)));
+    let src = pad_planes_with(
+        cx,
+        node,
+        cx.buf(x)?,
+        ty,
+        f64::NEG_INFINITY,
+        planes,
+        (ih, iw),
+        (g.pad[0], g.pad[1]),
+        (ph, pw),
+    );
+    let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
+    let mut kb = KernelBuilder::new(format!("{}_rows", kernel_name(&node.op)));
+    let xp = kb.param(&cx.p, src, Access::Read);
+    let op_ = kb.param(&cx.p, out, Access::ReadWrite);
+    let (pv, y, ky, kx, xo) = (
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+    );
+    let dst = Expr::add_idx(
+        Expr::add_idx(
+            Expr::mul_idx(Expr::var(pv), (oh * ow) as i64),
+            Expr::mul_idx(Expr::var(y), ow as i64),
+        ),
+        Expr::var(xo),
+    );
+    let init = lp(
+        xo,
+        ow,
+        LoopKind::Vector,
+        vec![Stmt::Store {
+            param: op_,
+            index: dst.clone(),
+            value: Expr::float(ty, f64::NEG_INFINITY),
+        }],
+    );
+    let from = Expr::add_idx(
+        Expr::add_idx(
+            Expr::mul_idx(Expr::var(pv), (ph * pw) as i64),
+            Expr::mul_idx(
+                Expr::add_idx(
+                    Expr::mul_idx(Expr::var(y), g.stride[0] as i64),
+                    Expr::mul_idx(Expr::var(ky), g.dil[0] as i64),
+                ),
+                pw as i64,
+            ),
+        ),
+        Expr::add_idx(
+            Expr::mul_idx(Expr::var(xo), g.stride[1] as i64),
+            Expr::mul_idx(Expr::var(kx), g.dil[1] as i64),
+        ),
+    );
+    let tap = lp(
+        xo,
+        ow,
+        LoopKind::Vector,
+        vec![Stmt::Store {
+            param: op_,
+            index: dst.clone(),
+            value: Expr::bin(BinOp::Max, Expr::load(op_, dst), Expr::load(xp, from)),
+        }],
+    );
+    let mut row = init;
+    row.extend(lp(
+        ky,
+        kh,
+        LoopKind::Serial,
+        lp(kx, kw, LoopKind::Serial, tap),
+    ));
+    kb.k.body = lp(
+        pv,
+        planes,
+        LoopKind::Parallel,
+        lp(y, oh, LoopKind::Serial, row),
+    );
+    cx.launch(kb, node);
+    Ok(())
 }
 
 /// `for var in 0..extent` (`kind`), or the body with `var` = 0 when the extent is 1.
@@ -760,6 +875,9 @@ pub(super) fn pool_kind(
             dil: vec![1; s],
         },
     };
+    if max && ty == DType::F32 && s == 2 && window.is_some() {
+        return max_pool_2d(cx, node, x, &g, &xs);
+    }
     let acc_ty = if matches!(ty, DType::F16 | DType::BF16) {
         DType::F32
     } else {
