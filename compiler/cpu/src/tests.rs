@@ -741,6 +741,45 @@ fn inline_tanh_is_accurate() {
     }
 }
 
+/// The inline vector `erf` against the `libm` crate's `erff` (the evaluator's), element by
+/// element, across its regions (boundaries 0.84375, 1.25, 1/0.35, 6) and the special values.
+#[test]
+fn inline_erf_is_accurate() {
+    let g = parse_graph(
+        r#"graph (%0: f32[4007] "x") -> (%1 "y") {
+  %1 = ew.erf(%0) : f32[4007]
+}"#,
+    )
+    .expect("graph");
+    let mut v: Vec<f32> = (0..4000)
+        .map(|i| {
+            let t = (i as f32 - 2000.0) / 2000.0;
+            t * t * t * 7.0
+        })
+        .collect();
+    v.extend([
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        0.0,
+        -0.0,
+        1e-30,
+        0.84375,
+    ]);
+    let x = Tensor::from_vec(&[4007], v.clone()).expect("tensor");
+    let prog = lower_graph(&g).expect("lowering");
+    let c = CompiledProgram::new(&prog).expect("compiles");
+    let got = c.run(&[x], 1).expect("runs")[0].to_f64_vec().expect("f32");
+    for (i, (&x, &y)) in v.iter().zip(&got).enumerate() {
+        let want = libm::erff(x) as f64;
+        let ok = (want.is_nan() && y.is_nan())
+            || want == y
+            || ((want - y) / want).abs() < 1e-6
+            || (want - y).abs() < 1e-37;
+        assert!(ok, "element {i}: erf({x}) = {want}, inline {y}");
+    }
+}
+
 /// The inline vector `exp` against libm, element by element, over its whole range and the
 /// special values.
 #[test]
