@@ -40,6 +40,10 @@ pub struct Args {
     /// Print how long each phase took on stderr.
     #[arg(long)]
     pub time_passes: bool,
+    #[command(flatten)]
+    pub opt: crate::optimize::OptFlags,
+    #[command(flatten)]
+    pub explain: crate::optimize::ExplainFlags,
 }
 
 fn parse_shape(s: &str) -> Result<(String, Vec<usize>), String> {
@@ -93,10 +97,16 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
         };
         bindings.push((port.name.clone(), shape));
     }
-    mlc_passes::simplify(graph, &bindings).context("simplifying the graph failed")?;
-    phase("simplify", &mut since);
+    let level = args.opt.level(mlc_passes::pipeline::Level::O1);
+    let target = crate::optimize::gpu_target(&args.target);
+    let report = crate::optimize::prepare(graph, &bindings, level, target, args.time_passes)?;
+    phase("simplify + optimize", &mut since);
     let program = mlc_kir::lower_graph(graph).context("lowering to the kernel IR failed")?;
     phase("lower", &mut since);
+    if args.explain.explain {
+        let text = crate::optimize::explain(&report, &program, args.explain.json)?;
+        return crate::print_stdout(&text);
+    }
     let stem = args
         .model
         .file_stem()

@@ -8,6 +8,7 @@
 mod compile;
 mod inspect;
 mod opt;
+mod optimize;
 mod run;
 mod tensor_io;
 
