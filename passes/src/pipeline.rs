@@ -170,7 +170,7 @@ mod tests {
         let r1 = run(&mut b, &bind, &Options::new(Level::O1, TargetInfo::sm_90())).expect("O1");
         assert!(r0.optimize.is_none() && r0.resimplify.is_none());
         assert_eq!(crate::egraph::cost::kernel_count(&a), 2);
-        let report = r1.optimize.expect("optimized at O1");
+        let report = r1.optimize.clone().expect("optimized at O1");
         assert_eq!((report.target.as_str(), report.kernels_after), ("sm_90", 1));
         assert_eq!(crate::egraph::cost::kernel_count(&b), 1);
         assert!(mlc_ir::verify(&b).is_ok());
