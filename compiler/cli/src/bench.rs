@@ -45,6 +45,8 @@ pub struct Args {
     /// timed runs) on stderr.
     #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "20")]
     pub profile: Option<usize>,
+    #[command(flatten)]
+    pub opt: crate::optimize::OptFlags,
 }
 
 fn parse_input(s: &str) -> Result<(String, PathBuf), String> {
@@ -135,7 +137,8 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
         if !args.json {
             eprintln!("compiling {path} for this CPU ...");
         }
-        let art = pipeline::compile_cpu(&args.model, &args.shapes, &mut phases)?;
+        let level = args.opt.level(mlc_passes::pipeline::Level::O1);
+        let art = pipeline::compile_cpu(&args.model, &args.shapes, level, &mut phases)?;
         (art, Some(t0.elapsed().as_secs_f64() * 1e3))
     };
     let model = CpuModel::from_artifact(&art).with_context(|| format!("cannot load {path}"))?;

@@ -48,6 +48,10 @@ pub struct Args {
     /// Print how long each phase took on stderr.
     #[arg(long)]
     pub time_passes: bool,
+    #[command(flatten)]
+    pub opt: crate::optimize::OptFlags,
+    #[command(flatten)]
+    pub explain: crate::optimize::ExplainFlags,
 }
 
 fn parse_shape(s: &str) -> Result<(String, Vec<usize>), String> {
@@ -84,9 +88,19 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
     phase("import", &mut since);
     let graph = &mut model.graph;
     let bindings = crate::pipeline::bind_shapes(graph, &args.shapes)?;
+    let level = args.opt.level(mlc_passes::pipeline::Level::O1);
+    let cost_model = match &target {
+        Target::Cpu => mlc_passes::egraph::TargetInfo::x86_64(),
+        Target::Gpu(_) => crate::optimize::gpu_target(&args.target),
+    };
     let mut phases = crate::pipeline::Phases::new(args.time_passes);
-    let program = crate::pipeline::lower(graph, &bindings, &mut phases)?;
+    let (program, report) =
+        crate::pipeline::lower(graph, &bindings, level, cost_model, &mut phases)?;
     since = Instant::now();
+    if args.explain.explain {
+        let text = crate::optimize::explain(&report, &program, args.explain.json)?;
+        return crate::print_stdout(&text);
+    }
     let stem = args
         .model
         .file_stem()

@@ -9,6 +9,7 @@ mod bench;
 mod compile;
 mod inspect;
 mod opt;
+mod optimize;
 mod pipeline;
 mod run;
 mod tensor_io;

@@ -4,6 +4,8 @@
 
 use anyhow::{Context, anyhow, bail};
 use mlc_ir::Graph;
+use mlc_passes::egraph::TargetInfo;
+use mlc_passes::pipeline::{Level, PipelineReport};
 use std::path::Path;
 use std::time::Instant;
 
@@ -85,32 +87,33 @@ pub fn bind_shapes(
     Ok(bindings)
 }
 
-/// Simplifies `graph` for the bound shapes and lowers it to the kernel IR.
+/// Simplifies and (at `level`) optimizes `graph` for the bound shapes and the cost model
+/// `target`, then lowers it to the kernel IR.
 pub fn lower(
     graph: &mut Graph,
     bindings: &[(String, Vec<usize>)],
+    level: Level,
+    target: TargetInfo,
     phases: &mut Phases,
-) -> anyhow::Result<mlc_kir::Program> {
-    let stats = mlc_passes::simplify(graph, bindings).context("simplifying the graph failed")?;
-    phases.done("simplify");
-    if phases.on {
-        eprintln!("simplify: {stats}");
-    }
+) -> anyhow::Result<(mlc_kir::Program, PipelineReport)> {
+    let report = crate::optimize::prepare(graph, bindings, level, target, phases.on)?;
+    phases.done("simplify + optimize");
     let program = mlc_kir::lower_graph(graph).context("lowering to the kernel IR failed")?;
     phases.done("lower");
-    Ok(program)
+    Ok((program, report))
 }
 
 /// Imports `model` and compiles it for this CPU into an in-memory artifact.
 pub fn compile_cpu(
     model: &Path,
     shapes: &[(String, Vec<usize>)],
+    level: Level,
     phases: &mut Phases,
 ) -> anyhow::Result<mlc_runtime::artifact::Artifact> {
     let mut m = mlc_onnx::load(model)?;
     phases.done("import");
     let bindings = bind_shapes(&m.graph, shapes)?;
-    let program = lower(&mut m.graph, &bindings, phases)?;
+    let (program, _) = lower(&mut m.graph, &bindings, level, TargetInfo::x86_64(), phases)?;
     let art = mlc_cpu::compile_artifact(&program, mlc_cpu::Options::default())
         .map_err(|e| anyhow!("compiling {} for the CPU failed: {e}", model.display()))?;
     phases.done("codegen + link");

@@ -48,6 +48,8 @@ pub struct Args {
     /// instead of running it.
     #[arg(long, value_enum, value_name = "STAGE")]
     pub emit: Option<Emit>,
+    #[command(flatten)]
+    pub opt: crate::optimize::OptFlags,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -109,7 +111,12 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
         .iter()
         .map(|(n, t)| (n.clone(), t.shape().to_vec()))
         .collect();
-    simplify(graph, &bindings, &mut timer)?;
+    // The interpreter is the reference: it runs the graph as imported unless asked otherwise.
+    let level = args.opt.level(match engine {
+        Engine::Interp => mlc_passes::pipeline::Level::O0,
+        _ => mlc_passes::pipeline::Level::O1,
+    });
+    simplify(graph, &bindings, level, &mut timer)?;
 
     if let Some(stage) = args.emit {
         return emit(graph, stage);
@@ -305,18 +312,18 @@ fn run_lowered(
 }
 
 /// Binds the input shapes and simplifies the graph (constant folding, shape propagation, dead
-/// code), so the interpreter does not recompute in-graph shape arithmetic. Simplification only
-/// removes work: the results are the same. Its report goes to stderr under `--time-passes`.
+/// code), so the interpreter does not recompute in-graph shape arithmetic, and at `level` 1
+/// optimizes it for the CPU (`crate::optimize`). Simplification only removes work; optimization
+/// changes results by rounding only. Its report goes to stderr under `--time-passes`.
 fn simplify(
     graph: &mut Graph,
     bindings: &[(String, Vec<usize>)],
+    level: mlc_passes::pipeline::Level,
     timer: &mut PhaseTimer,
 ) -> anyhow::Result<()> {
-    let stats = mlc_passes::simplify(graph, bindings).context("simplifying the graph failed")?;
-    timer.done("simplify");
-    if timer.on {
-        eprintln!("simplify: {stats}");
-    }
+    let target = mlc_passes::egraph::TargetInfo::x86_64();
+    crate::optimize::prepare(graph, bindings, level, target, timer.on)?;
+    timer.done("simplify + optimize");
     Ok(())
 }
 
