@@ -27,6 +27,8 @@
 //! assert_eq!(stats.non_static, 0);
 //! ```
 //!
+//! [`pipeline::run`] is what compiled engines run: simplify, optimize, simplify again.
+//!
 //! After simplification, [`egraph::optimize`] rewrites the static graph by equality
 //! saturation: algebraic identities, cancellation of data movement, and fusion of elementwise
 //! chains and contraction epilogues into `control.composite` kernels, chosen by a cost model of
@@ -42,6 +44,7 @@ pub mod dce;
 pub mod egraph;
 pub mod fold;
 pub mod infer;
+pub mod pipeline;
 mod sweep;
 
 pub use bind::bind;

@@ -13,7 +13,7 @@
 use super::analysis::MlcEGraph;
 use super::lang::MlcNode;
 use egg::{CostFunction, Id, Language};
-use mlc_ir::ops::{EwOp, MovementOp, NnOp};
+use mlc_ir::ops::{EwOp, MovementOp, NnOp, QuantOp};
 use mlc_ir::{Dim, Graph, Op, TensorType};
 use serde::Serialize;
 
@@ -139,6 +139,20 @@ fn flops(
                 elems(w) / c_out
             });
             2.0 * out * per
+        }
+        // 8-bit products accumulate in i32 at about twice the f32 rate (VNNI, dp4a).
+        Op::Quant(QuantOp::MatMulInteger) => {
+            flops(&Op::Nn(NnOp::Matmul), regions, inputs, outputs) / 2.0
+        }
+        Op::Quant(QuantOp::ConvInteger(g)) => {
+            let conv = Op::Nn(NnOp::Conv {
+                strides: g.strides.clone(),
+                dilations: g.dilations.clone(),
+                pads: vec![],
+                group: g.group,
+                auto_pad: mlc_ir::ops::nn::AutoPad::NotSet,
+            });
+            flops(&conv, regions, inputs, outputs) / 2.0
         }
         Op::Control(mlc_ir::ops::ControlOp::Composite { .. }) => {
             regions.first().map_or(out, body_flops)

@@ -7,10 +7,18 @@
 //! group) would waste a GEMM on rows of one, so they, and every pooling window, are direct
 //! loops. Padding is handled by clamping the index and selecting zero (or −∞ for max), so no
 //! load ever leaves its buffer.
+//!
+//! `ConvInteger` (8-bit operands, i32 result) is the same im2col + one [`Stmt::Matmul`] whose
+//! operands keep their 8-bit types, so the backend's integer GEMM runs it. Its zero points
+//! stay out of the contraction: padding reads as the input's zero point (so padded taps add
+//! nothing), the weights' zero point is subtracted from the (constant, small) weights, and
+//! the input's becomes a per-channel bias `-zx·Σ_k w'[m, k]`, since
+//! `Σ_k (x - zx)·w' = Σ_k x·w' - zx·Σ_k w'`.
 
 use super::{Cx, Fail, KernelBuilder, kernel_name, strides, unsupported};
 use crate::kernel::*;
 use mlc_ir::ops::nn::{AutoPad, Window, window_dim};
+use mlc_ir::ops::quant::{ConvGeom, ConvPad};
 use mlc_ir::{DType, Node};
 
 /// Per spatial dim: output size, begin pad, kernel size, stride, dilation.
@@ -142,72 +150,14 @@ pub(super) fn conv(
     let bias = node.input(2);
     let kk: usize = kdims.iter().product();
     let ohw: usize = g.out.iter().product();
-    let ihw: usize = ins.iter().product();
+    if cg == 1 && ins.len() == 2 {
+        return conv_depthwise_2d(cx, node, x, w, bias, out, &g, ins, n, c, m, group);
+    }
     if cg == 1 {
         return conv_direct(cx, node, x, w, bias, out, &g, ins, n, c, m, group);
     }
-    // The column matrix: rows (c, k...) of the group, columns the output positions.
-    let pointwise = kk == 1 && g.pad.iter().all(|&p| p == 0) && g.stride.iter().all(|&s| s == 1);
-    let xb = cx.buf(x)?;
-    let (col, col_rows_stride, col_group_stride, col_batch_stride) = if pointwise {
-        (xb, ohw as i64, (cg * ihw) as i64, (c * ihw) as i64)
-    } else {
-        let col =
-            cx.p.add_buffer(ty, vec![n, group, cg * kk, ohw], BufKind::Temp);
-        let mut kb = KernelBuilder::new("im2col");
-        let xp = kb.param(&cx.p, xb, Access::Read);
-        let cp = kb.param(&cx.p, col, Access::Write);
-        let s = ins.len();
-        let ist = strides(ins);
-        let ost = strides(&g.out);
-        let kst = strides(kdims);
-        // for.parallel (n, c) rows, then kernel taps, then output positions.
-        let mut ext = vec![n * c];
-        ext.extend_from_slice(kdims);
-        ext.extend_from_slice(&g.out);
-        let g_ref = &g;
-        let body = nest(&mut kb, &ext, LoopKind::Parallel, |_, v| {
-            let nc = v[0];
-            let (kv, ov) = (&v[1..1 + s], &v[1 + s..]);
-            let mut src = Expr::mul_idx(Expr::var(nc), ihw as i64);
-            let mut ok = Expr::Lit(Lit::Bool(true));
-            let mut krow = Expr::idx(0);
-            let mut ocol = Expr::idx(0);
-            for d in 0..s {
-                let (pos, inside) = tap(ov[d], kv[d], g_ref, d, ins[d]);
-                src = Expr::add_idx(src, Expr::mul_idx(pos, ist[d]));
-                ok = and(ok, inside);
-                krow = Expr::add_idx(krow, Expr::mul_idx(Expr::var(kv[d]), kst[d]));
-                ocol = Expr::add_idx(ocol, Expr::mul_idx(Expr::var(ov[d]), ost[d]));
-            }
-            // Row (n, g, c', k) of the column matrix is row (n*C + c)*kk + k: groups are
-            // contiguous channel ranges, so the flat layout needs no group arithmetic.
-            let row = Expr::add_idx(Expr::mul_idx(Expr::var(nc), kk as i64), krow);
-            let dst = Expr::add_idx(Expr::mul_idx(row, ohw as i64), ocol);
-            let value = match ok {
-                Expr::Lit(Lit::Bool(true)) => Expr::load(xp, src),
-                ok => Expr::select(ok, Expr::load(xp, src), Expr::float(ty, 0.0)),
-            };
-            vec![Stmt::Store {
-                param: cp,
-                index: dst,
-                value,
-            }]
-        });
-        kb.k.body = body;
-        let id = cx.p.intern_kernel(kb.k);
-        cx.p.steps.push(Step {
-            kernel: id,
-            args: kb.args,
-            origin: node.loc.clone(),
-        });
-        (
-            col,
-            ohw as i64,
-            (cg * kk * ohw) as i64,
-            (c * kk * ohw) as i64,
-        )
-    };
+    let (col, col_rows_stride, col_group_stride, col_batch_stride) =
+        columns(cx, node, x, &g, ins, kdims, group, None)?;
     let mut kb = KernelBuilder::new(kernel_name(&node.op));
     let wp = kb.param(&cx.p, cx.buf(w)?, Access::Read);
     let cp = kb.param(&cx.p, col, Access::Read);
@@ -264,7 +214,643 @@ pub(super) fn conv(
     Ok(())
 }
 
-/// Depthwise (one input channel per group) convolution as direct loops.
+/// The column matrix of a convolution with more than one channel per group: rows (c, k...)
+/// of the group, columns the output positions; `(buffer, row stride, group stride, batch
+/// stride)`. A pointwise convolution reads its input in place. Padding reads as zero, or as
+/// `pad` (a one-element buffer: an integer convolution's input zero point, so that padded
+/// taps contribute `zp - zp = 0`).
+#[allow(clippy::too_many_arguments)]
+fn columns(
+    cx: &mut Cx,
+    node: &Node,
+    x: mlc_ir::ValueId,
+    g: &Geom,
+    ins: &[usize],
+    kdims: &[usize],
+    group: usize,
+    pad: Option<BufId>,
+) -> Result<(BufId, i64, i64, i64), Fail> {
+    let xs = cx.shape(x)?;
+    let ty = cx.dtype(x);
+    let (n, c) = (xs[0], xs[1]);
+    let cg = c / group;
+    let kk: usize = kdims.iter().product();
+    let ohw: usize = g.out.iter().product();
+    let ihw: usize = ins.iter().product();
+    let pointwise = kk == 1 && g.pad.iter().all(|&p| p == 0) && g.stride.iter().all(|&s| s == 1);
+    let xb = cx.buf(x)?;
+    if pointwise {
+        return Ok((xb, ohw as i64, (cg * ihw) as i64, (c * ihw) as i64));
+    }
+    if ins.len() == 2 && pad.is_none() && ty.is_float() {
+        let col = im2col_2d(cx, node, xb, ty, n * c, ins, g);
+        return Ok((
+            col,
+            ohw as i64,
+            (cg * kk * ohw) as i64,
+            (c * kk * ohw) as i64,
+        ));
+    }
+    let col =
+        cx.p.add_buffer(ty, vec![n, group, cg * kk, ohw], BufKind::Temp);
+    let mut kb = KernelBuilder::new("im2col");
+    let xp = kb.param(&cx.p, xb, Access::Read);
+    let padp = pad.map(|b| kb.param(&cx.p, b, Access::Read));
+    let cp = kb.param(&cx.p, col, Access::Write);
+    let s = ins.len();
+    let ist = strides(ins);
+    let ost = strides(&g.out);
+    let kst = strides(kdims);
+    // for.parallel (n, c) rows, then kernel taps, then output positions.
+    let mut ext = vec![n * c];
+    ext.extend_from_slice(kdims);
+    ext.extend_from_slice(&g.out);
+    let body = nest(&mut kb, &ext, LoopKind::Parallel, |_, v| {
+        let nc = v[0];
+        let (kv, ov) = (&v[1..1 + s], &v[1 + s..]);
+        let mut src = Expr::mul_idx(Expr::var(nc), ihw as i64);
+        let mut ok = Expr::Lit(Lit::Bool(true));
+        let mut krow = Expr::idx(0);
+        let mut ocol = Expr::idx(0);
+        for d in 0..s {
+            let (pos, inside) = tap(ov[d], kv[d], g, d, ins[d]);
+            src = Expr::add_idx(src, Expr::mul_idx(pos, ist[d]));
+            ok = and(ok, inside);
+            krow = Expr::add_idx(krow, Expr::mul_idx(Expr::var(kv[d]), kst[d]));
+            ocol = Expr::add_idx(ocol, Expr::mul_idx(Expr::var(ov[d]), ost[d]));
+        }
+        // Row (n, g, c', k) of the column matrix is row (n*C + c)*kk + k: groups are
+        // contiguous channel ranges, so the flat layout needs no group arithmetic.
+        let row = Expr::add_idx(Expr::mul_idx(Expr::var(nc), kk as i64), krow);
+        let dst = Expr::add_idx(Expr::mul_idx(row, ohw as i64), ocol);
+        let outside = match padp {
+            Some(p) => Expr::load(p, Expr::idx(0)),
+            None if ty.is_float() => Expr::float(ty, 0.0),
+            None => Expr::Lit(Lit::Int(ty, 0)),
+        };
+        let value = match ok {
+            Expr::Lit(Lit::Bool(true)) => Expr::load(xp, src),
+            ok => Expr::select(ok, Expr::load(xp, src), outside),
+        };
+        vec![Stmt::Store {
+            param: cp,
+            index: dst,
+            value,
+        }]
+    });
+    kb.k.body = body;
+    let id = cx.p.intern_kernel(kb.k);
+    cx.p.steps.push(Step {
+        kernel: id,
+        args: kb.args,
+        origin: node.loc.clone(),
+    });
+    Ok((
+        col,
+        ohw as i64,
+        (cg * kk * ohw) as i64,
+        (c * kk * ohw) as i64,
+    ))
+}
+
+/// Copies `planes` planes of `ih×iw` into planes of `ph×pw` filled with `fill`, at offset
+/// `pad` (top, left), with vectorizable loops; returns `xb` itself when nothing would change.
+#[allow(clippy::too_many_arguments)]
+fn pad_planes_with(
+    cx: &mut Cx,
+    node: &Node,
+    xb: BufId,
+    ty: DType,
+    fill: f64,
+    planes: usize,
+    (ih, iw): (usize, usize),
+    (pt, pl): (usize, usize),
+    (ph, pw): (usize, usize),
+) -> BufId {
+    if (ph, pw) == (ih, iw) && (pt, pl) == (0, 0) {
+        return xb;
+    }
+    let xpad = cx.p.add_buffer(ty, vec![planes, ph, pw], BufKind::Temp);
+    let mut kb = KernelBuilder::new("pad_planes");
+    let xp = kb.param(&cx.p, xb, Access::Read);
+    let pp = kb.param(&cx.p, xpad, Access::Write);
+    let (nc, i, y, xx) = (
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+    );
+    let plane = Expr::mul_idx(Expr::var(nc), (ph * pw) as i64);
+    let zero = lp(
+        i,
+        ph * pw,
+        LoopKind::Vector,
+        vec![Stmt::Store {
+            param: pp,
+            index: Expr::add_idx(plane.clone(), Expr::var(i)),
+            value: Expr::float(ty, fill),
+        }],
+    );
+    let dst = Expr::add_idx(
+        Expr::add_idx(
+            plane,
+            Expr::mul_idx(Expr::add_idx(Expr::var(y), Expr::idx(pt as i64)), pw as i64),
+        ),
+        Expr::add_idx(Expr::var(xx), Expr::idx(pl as i64)),
+    );
+    let from = Expr::add_idx(
+        Expr::add_idx(
+            Expr::mul_idx(Expr::var(nc), (ih * iw) as i64),
+            Expr::mul_idx(Expr::var(y), iw as i64),
+        ),
+        Expr::var(xx),
+    );
+    let copy = lp(
+        y,
+        ih,
+        LoopKind::Serial,
+        lp(
+            xx,
+            iw,
+            LoopKind::Vector,
+            vec![Stmt::Store {
+                param: pp,
+                index: dst,
+                value: Expr::load(xp, from),
+            }],
+        ),
+    );
+    let mut body = zero;
+    body.extend(copy);
+    kb.k.body = lp(nc, planes, LoopKind::Parallel, body);
+    let id = cx.p.intern_kernel(kb.k);
+    cx.p.steps.push(Step {
+        kernel: id,
+        args: kb.args,
+        origin: node.loc.clone(),
+    });
+    xpad
+}
+
+/// [`pad_planes_with`] zeros.
+#[allow(clippy::too_many_arguments)]
+fn pad_planes(
+    cx: &mut Cx,
+    node: &Node,
+    xb: BufId,
+    ty: DType,
+    planes: usize,
+    ins: (usize, usize),
+    pad: (usize, usize),
+    padded: (usize, usize),
+) -> BufId {
+    pad_planes_with(cx, node, xb, ty, 0.0, planes, ins, pad, padded)
+}
+
+/// 2-D max pooling of `f32` planes like the depthwise convolution: planes padded with −∞, then
+/// each output row starts at −∞ and takes the (NaN-propagating) maximum with one window tap at
+/// a time, a vectorized loop over the row.
+fn max_pool_2d(
+    cx: &mut Cx,
+    node: &Node,
+    x: mlc_ir::ValueId,
+    g: &Geom,
+    xs: &[usize],
+) -> Result<(), Fail> {
+    let ty = cx.dtype(x);
+    let planes = xs[0] * xs[1];
+    let (ih, iw) = (xs[2], xs[3]);
+    let (oh, ow) = (g.out[0], g.out[1]);
+    let (kh, kw) = (g.k[0], g.k[1]);
+    let reach = |d: usize| (g.out[d] - 1) * g.stride[d] + (g.k[d] - 1) * g.dil[d] + 1;
+    let (ph, pw) = ((ih + g.pad[0]).max(reach(0)), (iw + g.pad[1]).max(reach(1)));
+    let src = pad_planes_with(
+        cx,
+        node,
+        cx.buf(x)?,
+        ty,
+        f64::NEG_INFINITY,
+        planes,
+        (ih, iw),
+        (g.pad[0], g.pad[1]),
+        (ph, pw),
+    );
+    let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
+    let mut kb = KernelBuilder::new(format!("{}_rows", kernel_name(&node.op)));
+    let xp = kb.param(&cx.p, src, Access::Read);
+    let op_ = kb.param(&cx.p, out, Access::ReadWrite);
+    let (pv, y, ky, kx, xo) = (
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+    );
+    let dst = Expr::add_idx(
+        Expr::add_idx(
+            Expr::mul_idx(Expr::var(pv), (oh * ow) as i64),
+            Expr::mul_idx(Expr::var(y), ow as i64),
+        ),
+        Expr::var(xo),
+    );
+    let init = lp(
+        xo,
+        ow,
+        LoopKind::Vector,
+        vec![Stmt::Store {
+            param: op_,
+            index: dst.clone(),
+            value: Expr::float(ty, f64::NEG_INFINITY),
+        }],
+    );
+    let from = Expr::add_idx(
+        Expr::add_idx(
+            Expr::mul_idx(Expr::var(pv), (ph * pw) as i64),
+            Expr::mul_idx(
+                Expr::add_idx(
+                    Expr::mul_idx(Expr::var(y), g.stride[0] as i64),
+                    Expr::mul_idx(Expr::var(ky), g.dil[0] as i64),
+                ),
+                pw as i64,
+            ),
+        ),
+        Expr::add_idx(
+            Expr::mul_idx(Expr::var(xo), g.stride[1] as i64),
+            Expr::mul_idx(Expr::var(kx), g.dil[1] as i64),
+        ),
+    );
+    let tap = lp(
+        xo,
+        ow,
+        LoopKind::Vector,
+        vec![Stmt::Store {
+            param: op_,
+            index: dst.clone(),
+            value: Expr::bin(BinOp::Max, Expr::load(op_, dst), Expr::load(xp, from)),
+        }],
+    );
+    let mut row = init;
+    row.extend(lp(
+        ky,
+        kh,
+        LoopKind::Serial,
+        lp(kx, kw, LoopKind::Serial, tap),
+    ));
+    kb.k.body = lp(
+        pv,
+        planes,
+        LoopKind::Parallel,
+        lp(y, oh, LoopKind::Serial, row),
+    );
+    cx.launch(kb, node);
+    Ok(())
+}
+
+/// The column matrix of a 2-D convolution, `[planes·kh·kw, oh·ow]` (row `(plane, ky, kx)`,
+/// column the output position), copied from zero-padded planes: no bound tests, and the
+/// innermost loop over output columns is a SIMD loop (unit stride for stride-1 convolutions).
+fn im2col_2d(
+    cx: &mut Cx,
+    node: &Node,
+    xb: BufId,
+    ty: DType,
+    planes: usize,
+    ins: &[usize],
+    g: &Geom,
+) -> BufId {
+    let (ih, iw) = (ins[0], ins[1]);
+    let (oh, ow) = (g.out[0], g.out[1]);
+    let (kh, kw) = (g.k[0], g.k[1]);
+    let reach = |d: usize| (g.out[d] - 1) * g.stride[d] + (g.k[d] - 1) * g.dil[d] + 1;
+    let (ph, pw) = ((ih + g.pad[0]).max(reach(0)), (iw + g.pad[1]).max(reach(1)));
+    let src = pad_planes(
+        cx,
+        node,
+        xb,
+        ty,
+        planes,
+        (ih, iw),
+        (g.pad[0], g.pad[1]),
+        (ph, pw),
+    );
+    let col =
+        cx.p.add_buffer(ty, vec![planes * kh * kw, oh * ow], BufKind::Temp);
+    let mut kb = KernelBuilder::new("im2col");
+    let xp = kb.param(&cx.p, src, Access::Read);
+    let cp = kb.param(&cx.p, col, Access::Write);
+    let (nc, ky, kx, oy, ox) = (
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+    );
+    let row = Expr::add_idx(
+        Expr::mul_idx(Expr::var(nc), (kh * kw) as i64),
+        Expr::add_idx(Expr::mul_idx(Expr::var(ky), kw as i64), Expr::var(kx)),
+    );
+    let dst = Expr::add_idx(
+        Expr::mul_idx(row, (oh * ow) as i64),
+        Expr::add_idx(Expr::mul_idx(Expr::var(oy), ow as i64), Expr::var(ox)),
+    );
+    let from = Expr::add_idx(
+        Expr::add_idx(
+            Expr::mul_idx(Expr::var(nc), (ph * pw) as i64),
+            Expr::mul_idx(
+                Expr::add_idx(
+                    Expr::mul_idx(Expr::var(oy), g.stride[0] as i64),
+                    Expr::mul_idx(Expr::var(ky), g.dil[0] as i64),
+                ),
+                pw as i64,
+            ),
+        ),
+        Expr::add_idx(
+            Expr::mul_idx(Expr::var(ox), g.stride[1] as i64),
+            Expr::mul_idx(Expr::var(kx), g.dil[1] as i64),
+        ),
+    );
+    let copy = vec![Stmt::Store {
+        param: cp,
+        index: dst,
+        value: Expr::load(xp, from),
+    }];
+    let body = lp(
+        ky,
+        kh,
+        LoopKind::Serial,
+        lp(
+            kx,
+            kw,
+            LoopKind::Serial,
+            lp(oy, oh, LoopKind::Serial, lp(ox, ow, LoopKind::Vector, copy)),
+        ),
+    );
+    kb.k.body = lp(nc, planes, LoopKind::Parallel, body);
+    let id = cx.p.intern_kernel(kb.k);
+    cx.p.steps.push(Step {
+        kernel: id,
+        args: kb.args,
+        origin: node.loc.clone(),
+    });
+    col
+}
+
+/// `for var in 0..extent` (`kind`), or the body with `var` = 0 when the extent is 1.
+fn lp(var: VarId, extent: usize, kind: LoopKind, body: Vec<Stmt>) -> Vec<Stmt> {
+    super::wrap_loops(&[var], &[extent], &[kind], body)
+}
+
+/// A 2-D depthwise convolution (one input channel per group) in two kernels built for SIMD:
+/// the input planes are first copied into zero-padded planes (skipped without padding), so the
+/// convolution reads no index twice and tests no bound; then each output row starts from the
+/// bias and accumulates one kernel tap at a time, `y[ow] += xpad[.., ow·s + kw·d] · w[kh, kw]`,
+/// an innermost loop over the row that the backends vectorize (its weight is uniform).
+#[allow(clippy::too_many_arguments)]
+fn conv_depthwise_2d(
+    cx: &mut Cx,
+    node: &Node,
+    x: mlc_ir::ValueId,
+    w: mlc_ir::ValueId,
+    bias: Option<mlc_ir::ValueId>,
+    out: BufId,
+    g: &Geom,
+    ins: &[usize],
+    n: usize,
+    c: usize,
+    m: usize,
+    group: usize,
+) -> Result<(), Fail> {
+    let ty = cx.dtype(x);
+    let (ih, iw) = (ins[0], ins[1]);
+    let (oh, ow) = (g.out[0], g.out[1]);
+    let (kh, kw) = (g.k[0], g.k[1]);
+    // The padded plane holds every tap of every window.
+    let reach = |d: usize| (g.out[d] - 1) * g.stride[d] + (g.k[d] - 1) * g.dil[d] + 1;
+    let (ph, pw) = ((ih + g.pad[0]).max(reach(0)), (iw + g.pad[1]).max(reach(1)));
+    let xb = cx.buf(x)?;
+    let src = pad_planes(
+        cx,
+        node,
+        xb,
+        ty,
+        n * c,
+        (ih, iw),
+        (g.pad[0], g.pad[1]),
+        (ph, pw),
+    );
+    let mut kb = KernelBuilder::new(format!("{}_depthwise", kernel_name(&node.op)));
+    let xp = kb.param(&cx.p, src, Access::Read);
+    let wp = kb.param(&cx.p, cx.buf(w)?, Access::Read);
+    let bp = match bias {
+        Some(b) => Some(kb.param(&cx.p, cx.buf(b)?, Access::Read)),
+        None => None,
+    };
+    let mg = m / group;
+    if kh * kw <= MAX_UNROLLED_TAPS {
+        return depthwise_unrolled(cx, node, kb, (xp, wp, bp), out, g, (n, c, m, mg), (ph, pw));
+    }
+    // Read too: rows accumulate in place (each row is initialized first).
+    let op_ = kb.param(&cx.p, out, Access::ReadWrite);
+    let (nv, mv, y, ky, kx, xo, wv) = (
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(ty),
+    );
+    let row = Expr::add_idx(
+        Expr::mul_idx(
+            Expr::add_idx(Expr::mul_idx(Expr::var(nv), m as i64), Expr::var(mv)),
+            (oh * ow) as i64,
+        ),
+        Expr::mul_idx(Expr::var(y), ow as i64),
+    );
+    let dst = Expr::add_idx(row, Expr::var(xo));
+    let init = match bp {
+        Some(p) => Expr::load(p, Expr::var(mv)),
+        None => Expr::float(ty, 0.0),
+    };
+    let init_row = lp(
+        xo,
+        ow,
+        LoopKind::Vector,
+        vec![Stmt::Store {
+            param: op_,
+            index: dst.clone(),
+            value: init,
+        }],
+    );
+    // Input plane of output channel m: its group's only channel.
+    let cin = Expr::bin(BinOp::Div, Expr::var(mv), Expr::idx(mg as i64));
+    let plane = Expr::mul_idx(
+        Expr::add_idx(Expr::mul_idx(Expr::var(nv), c as i64), cin),
+        (ph * pw) as i64,
+    );
+    let in_row = Expr::mul_idx(
+        Expr::add_idx(
+            Expr::mul_idx(Expr::var(y), g.stride[0] as i64),
+            Expr::mul_idx(Expr::var(ky), g.dil[0] as i64),
+        ),
+        pw as i64,
+    );
+    let in_col = Expr::add_idx(
+        Expr::mul_idx(Expr::var(xo), g.stride[1] as i64),
+        Expr::mul_idx(Expr::var(kx), g.dil[1] as i64),
+    );
+    let tap = Expr::load(xp, Expr::add_idx(Expr::add_idx(plane, in_row), in_col));
+    let widx = Expr::add_idx(
+        Expr::mul_idx(Expr::var(mv), (kh * kw) as i64),
+        Expr::add_idx(Expr::mul_idx(Expr::var(ky), kw as i64), Expr::var(kx)),
+    );
+    let mut per_tap = vec![Stmt::Let {
+        var: wv,
+        value: Expr::load(wp, widx),
+    }];
+    per_tap.extend(lp(
+        xo,
+        ow,
+        LoopKind::Vector,
+        vec![Stmt::Store {
+            param: op_,
+            index: dst.clone(),
+            value: Expr::bin(
+                BinOp::Add,
+                Expr::load(op_, dst),
+                Expr::bin(BinOp::Mul, tap, Expr::var(wv)),
+            ),
+        }],
+    ));
+    let taps = lp(
+        ky,
+        kh,
+        LoopKind::Serial,
+        lp(kx, kw, LoopKind::Serial, per_tap),
+    );
+    let mut row_body = init_row;
+    row_body.extend(taps);
+    let rows = lp(y, oh, LoopKind::Serial, row_body);
+    kb.k.body = nest_vars(&[nv, mv], &[n, m], rows);
+    cx.launch(kb, node);
+    Ok(())
+}
+
+/// Windows of at most this many taps (3×3) are unrolled into one vector loop over the output
+/// row; larger ones accumulate a row per tap (measured faster for 5×5 on 14×14 maps).
+const MAX_UNROLLED_TAPS: usize = 9;
+
+/// The depthwise convolution's body for small windows: one vector loop over the output row
+/// whose body sums every tap into a register (`acc = bias; acc += x·w` per tap, weights
+/// uniform across the row), so each output is stored once.
+#[allow(clippy::too_many_arguments)]
+fn depthwise_unrolled(
+    cx: &mut Cx,
+    node: &Node,
+    mut kb: KernelBuilder,
+    (xp, wp, bp): (ParamId, ParamId, Option<ParamId>),
+    out: BufId,
+    g: &Geom,
+    (n, c, m, mg): (usize, usize, usize, usize),
+    (ph, pw): (usize, usize),
+) -> Result<(), Fail> {
+    let ty = cx.dtype(
+        node.input(0)
+            .ok_or(Fail::Unsupported("missing input".into()))?,
+    );
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let (oh, ow) = (g.out[0], g.out[1]);
+    let (kh, kw) = (g.k[0], g.k[1]);
+    let (nv, mv, y, xo, acc) = (
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(ty),
+    );
+    let cin = Expr::bin(BinOp::Div, Expr::var(mv), Expr::idx(mg as i64));
+    let plane = Expr::mul_idx(
+        Expr::add_idx(Expr::mul_idx(Expr::var(nv), c as i64), cin),
+        (ph * pw) as i64,
+    );
+    // The first tap defines the accumulator (bias + x·w), so it is a vector from the start.
+    let mut body = Vec::new();
+    let init = match bp {
+        Some(p) => Expr::load(p, Expr::var(mv)),
+        None => Expr::float(ty, 0.0),
+    };
+    for ky in 0..kh {
+        for kx in 0..kw {
+            let row = Expr::mul_idx(
+                Expr::add_idx(
+                    Expr::mul_idx(Expr::var(y), g.stride[0] as i64),
+                    Expr::idx((ky * g.dil[0]) as i64),
+                ),
+                pw as i64,
+            );
+            let col = Expr::add_idx(
+                Expr::mul_idx(Expr::var(xo), g.stride[1] as i64),
+                Expr::idx((kx * g.dil[1]) as i64),
+            );
+            let xv = Expr::load(xp, Expr::add_idx(Expr::add_idx(plane.clone(), row), col));
+            let wv = Expr::load(
+                wp,
+                Expr::add_idx(
+                    Expr::mul_idx(Expr::var(mv), (kh * kw) as i64),
+                    Expr::idx((ky * kw + kx) as i64),
+                ),
+            );
+            let prod = Expr::bin(BinOp::Mul, xv, wv);
+            body.push(if body.is_empty() {
+                Stmt::Let {
+                    var: acc,
+                    value: Expr::bin(BinOp::Add, init.clone(), prod),
+                }
+            } else {
+                Stmt::Assign {
+                    var: acc,
+                    value: Expr::bin(BinOp::Add, Expr::var(acc), prod),
+                }
+            });
+        }
+    }
+    let dst = Expr::add_idx(
+        Expr::add_idx(
+            Expr::mul_idx(
+                Expr::add_idx(Expr::mul_idx(Expr::var(nv), m as i64), Expr::var(mv)),
+                (oh * ow) as i64,
+            ),
+            Expr::mul_idx(Expr::var(y), ow as i64),
+        ),
+        Expr::var(xo),
+    );
+    body.push(Stmt::Store {
+        param: op_,
+        index: dst,
+        value: Expr::var(acc),
+    });
+    let rows = lp(y, oh, LoopKind::Serial, lp(xo, ow, LoopKind::Vector, body));
+    kb.k.body = nest_vars(&[nv, mv], &[n, m], rows);
+    cx.launch(kb, node);
+    Ok(())
+}
+
+/// Loops over `vars` with `extents` around `body`, the first non-unit one parallel.
+fn nest_vars(vars: &[VarId], extents: &[usize], body: Vec<Stmt>) -> Vec<Stmt> {
+    let first = (0..extents.len()).find(|&d| extents[d] != 1);
+    let kinds: Vec<LoopKind> = (0..extents.len())
+        .map(|d| {
+            if Some(d) == first {
+                LoopKind::Parallel
+            } else {
+                LoopKind::Serial
+            }
+        })
+        .collect();
+    super::wrap_loops(vars, extents, &kinds, body)
+}
+
+/// Depthwise (one input channel per group) convolution as direct loops (any rank).
 #[allow(clippy::too_many_arguments)]
 fn conv_direct(
     cx: &mut Cx,
@@ -429,6 +1015,9 @@ pub(super) fn pool_kind(
             dil: vec![1; s],
         },
     };
+    if max && ty == DType::F32 && s == 2 && window.is_some() {
+        return max_pool_2d(cx, node, x, &g, &xs);
+    }
     let acc_ty = if matches!(ty, DType::F16 | DType::BF16) {
         DType::F32
     } else {
@@ -741,4 +1330,320 @@ fn window_dim_t(
         None,
     )
     .map_err(Fail::Unsupported)
+}
+
+/// `ConvInteger`: `Σ (x - zx)(w - zw)` in i32, as im2col + one integer [`Stmt::Matmul`] per
+/// (group, batch) with the zero points folded out (see the module docs); depthwise
+/// convolutions as direct i32 loops.
+pub(super) fn conv_integer(cx: &mut Cx, node: &Node, geom: &ConvGeom) -> Result<(), Fail> {
+    let (Some(x), Some(w)) = (node.input(0), node.input(1)) else {
+        return unsupported("missing input");
+    };
+    let (zx, zw) = (node.input(2), node.input(3));
+    let (xs, ws) = (cx.shape(x)?, cx.shape(w)?);
+    if xs.len() < 3 || ws.len() != xs.len() {
+        return unsupported("integer convolution without spatial dims");
+    }
+    if let Some(z) = zx
+        && cx.shape(z)?.iter().product::<usize>() != 1
+    {
+        return unsupported("integer convolution with a per-channel input zero point");
+    }
+    let (pads, auto_pad) = match &geom.pad {
+        ConvPad::Explicit(p) => (p.clone(), AutoPad::NotSet),
+        ConvPad::SameUpper => (vec![], AutoPad::SameUpper),
+        ConvPad::SameLower => (vec![], AutoPad::SameLower),
+    };
+    let (n, c, m) = (xs[0], xs[1], ws[0]);
+    let ins = &xs[2..];
+    let kdims = &ws[2..];
+    let g = geometry(
+        ins,
+        kdims,
+        &geom.strides,
+        &geom.dilations,
+        &pads,
+        auto_pad,
+        false,
+    )?;
+    let group = geom.group.max(1);
+    let (cg, mg) = (c / group, m / group);
+    let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
+    if cg == 1 {
+        return conv_integer_direct(cx, node, x, w, zx, zw, out, &g, ins, n, c, m, group);
+    }
+    let kk: usize = kdims.iter().product();
+    let ohw: usize = g.out.iter().product();
+    let kdim = cg * kk;
+    let wbuf = match zw {
+        None => cx.buf(w)?,
+        Some(z) => weights_minus_zero_point(cx, node, w, z, m, kdim)?,
+    };
+    let bias = match zx {
+        None => None,
+        Some(z) => Some(zero_point_bias(cx, node, wbuf, z, m, kdim)?),
+    };
+    let pad = match zx {
+        Some(z) => Some(cx.buf(z)?),
+        None => None,
+    };
+    let (col, col_rows_stride, col_group_stride, col_batch_stride) =
+        columns(cx, node, x, &g, ins, kdims, group, pad)?;
+    let mut kb = KernelBuilder::new(kernel_name(&node.op));
+    let wp = kb.param(&cx.p, wbuf, Access::Read);
+    let cp = kb.param(&cx.p, col, Access::Read);
+    let bp = bias.map(|b| kb.param(&cx.p, b, Access::Read));
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let body = nest(&mut kb, &[group, n], LoopKind::Parallel, |_, v| {
+        let (gv, nv) = (Expr::var(v[0]), Expr::var(v[1]));
+        let mm = Matmul {
+            m: mg,
+            n: ohw,
+            k: kdim,
+            a: MatRef {
+                param: wp,
+                offset: Expr::mul_idx(gv.clone(), (mg * kdim) as i64),
+                row_stride: kdim as i64,
+                col_stride: 1,
+            },
+            b: MatRef {
+                param: cp,
+                offset: Expr::add_idx(
+                    Expr::mul_idx(nv.clone(), col_batch_stride),
+                    Expr::mul_idx(gv.clone(), col_group_stride),
+                ),
+                row_stride: col_rows_stride,
+                col_stride: 1,
+            },
+            c: MatRef {
+                param: op_,
+                offset: Expr::add_idx(
+                    Expr::mul_idx(nv, (m * ohw) as i64),
+                    Expr::mul_idx(gv.clone(), (mg * ohw) as i64),
+                ),
+                row_stride: ohw as i64,
+                col_stride: 1,
+            },
+            alpha: 1.0,
+            beta: 0.0,
+            bias: bp.map(|p| MatRef {
+                param: p,
+                offset: Expr::mul_idx(gv, mg as i64),
+                row_stride: 1,
+                col_stride: 0,
+            }),
+            act: Activation::None,
+        };
+        vec![Stmt::Matmul(Box::new(mm))]
+    });
+    kb.k.body = body;
+    cx.launch(kb, node);
+    Ok(())
+}
+
+/// An i32 scalar from a loaded integer.
+fn wide(e: Expr) -> Expr {
+    Expr::cast(DType::I32, e)
+}
+
+/// `w - zw` as i32 `[M, kdim]`, `zw` per tensor or per output channel.
+fn weights_minus_zero_point(
+    cx: &mut Cx,
+    node: &Node,
+    w: mlc_ir::ValueId,
+    zw: mlc_ir::ValueId,
+    m: usize,
+    kdim: usize,
+) -> Result<BufId, Fail> {
+    let per_channel = cx.shape(zw)?.iter().product::<usize>() > 1;
+    let buf = cx.p.add_buffer(DType::I32, vec![m, kdim], BufKind::Temp);
+    let mut kb = KernelBuilder::new("weights_minus_zero_point");
+    let wp = kb.param(&cx.p, cx.buf(w)?, Access::Read);
+    let zp = kb.param(&cx.p, cx.buf(zw)?, Access::Read);
+    let op_ = kb.param(&cx.p, buf, Access::Write);
+    let body = super::loop_nest(&mut kb, &[m, kdim], |_, v| {
+        let idx = Expr::add_idx(Expr::mul_idx(Expr::var(v[0]), kdim as i64), Expr::var(v[1]));
+        let zi = if per_channel {
+            Expr::var(v[0])
+        } else {
+            Expr::idx(0)
+        };
+        vec![Stmt::Store {
+            param: op_,
+            index: idx.clone(),
+            value: Expr::bin(
+                BinOp::Sub,
+                wide(Expr::load(wp, idx)),
+                wide(Expr::load(zp, zi)),
+            ),
+        }]
+    });
+    kb.k.body = body;
+    cx.launch(kb, node);
+    Ok(buf)
+}
+
+/// `-zx · Σ_k w[m, k]` as i32 `[M]`: the input zero point's share of every output.
+fn zero_point_bias(
+    cx: &mut Cx,
+    node: &Node,
+    w: BufId,
+    zx: mlc_ir::ValueId,
+    m: usize,
+    kdim: usize,
+) -> Result<BufId, Fail> {
+    let buf = cx.p.add_buffer(DType::I32, vec![m], BufKind::Temp);
+    let mut kb = KernelBuilder::new("zero_point_bias");
+    let wp = kb.param(&cx.p, w, Access::Read);
+    let zp = kb.param(&cx.p, cx.buf(zx)?, Access::Read);
+    let op_ = kb.param(&cx.p, buf, Access::Write);
+    let (mv, kv, acc) = (kb.var(DType::I64), kb.var(DType::I64), kb.var(DType::I32));
+    let row = Expr::mul_idx(Expr::var(mv), kdim as i64);
+    kb.k.body = vec![Stmt::For {
+        var: mv,
+        extent: Expr::idx(m as i64),
+        kind: LoopKind::Parallel,
+        body: vec![
+            Stmt::Let {
+                var: acc,
+                value: Expr::Lit(Lit::Int(DType::I32, 0)),
+            },
+            Stmt::For {
+                var: kv,
+                extent: Expr::idx(kdim as i64),
+                kind: LoopKind::Serial,
+                body: vec![Stmt::Assign {
+                    var: acc,
+                    value: Expr::bin(
+                        BinOp::Add,
+                        Expr::var(acc),
+                        wide(Expr::load(wp, Expr::add_idx(row, Expr::var(kv)))),
+                    ),
+                }],
+            },
+            Stmt::Store {
+                param: op_,
+                index: Expr::var(mv),
+                value: Expr::bin(
+                    BinOp::Mul,
+                    Expr::var(acc),
+                    Expr::bin(
+                        BinOp::Sub,
+                        Expr::Lit(Lit::Int(DType::I32, 0)),
+                        wide(Expr::load(zp, Expr::idx(0))),
+                    ),
+                ),
+            },
+        ],
+    }];
+    cx.launch(kb, node);
+    Ok(buf)
+}
+
+/// Depthwise `ConvInteger` as direct i32 loops: `Σ (x - zx)(w - zw)`, padded taps adding 0.
+#[allow(clippy::too_many_arguments)]
+fn conv_integer_direct(
+    cx: &mut Cx,
+    node: &Node,
+    x: mlc_ir::ValueId,
+    w: mlc_ir::ValueId,
+    zx: Option<mlc_ir::ValueId>,
+    zw: Option<mlc_ir::ValueId>,
+    out: BufId,
+    g: &Geom,
+    ins: &[usize],
+    n: usize,
+    c: usize,
+    m: usize,
+    group: usize,
+) -> Result<(), Fail> {
+    let zw_per_channel = match zw {
+        Some(z) => cx.shape(z)?.iter().product::<usize>() > 1,
+        None => false,
+    };
+    let mut kb = KernelBuilder::new(format!("{}_direct", kernel_name(&node.op)));
+    let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+    let wp = kb.param(&cx.p, cx.buf(w)?, Access::Read);
+    let zxp = match zx {
+        Some(z) => Some(kb.param(&cx.p, cx.buf(z)?, Access::Read)),
+        None => None,
+    };
+    let zwp = match zw {
+        Some(z) => Some(kb.param(&cx.p, cx.buf(z)?, Access::Read)),
+        None => None,
+    };
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let s = ins.len();
+    let ihw: usize = ins.iter().product();
+    let ohw: usize = g.out.iter().product();
+    let kk: usize = g.k.iter().product();
+    let (ist, ost, kst) = (strides(ins), strides(&g.out), strides(&g.k));
+    let mg = m / group;
+    let zero = || Expr::Lit(Lit::Int(DType::I32, 0));
+    let mut ext = vec![m, n];
+    ext.extend_from_slice(&g.out);
+    let body = nest(&mut kb, &ext, LoopKind::Parallel, |kb, v| {
+        let (mv, nv, ov) = (v[0], v[1], &v[2..]);
+        let acc = kb.var(DType::I32);
+        let cin = Expr::bin(BinOp::Div, Expr::var(mv), Expr::idx(mg as i64));
+        let plane = Expr::add_idx(
+            Expr::mul_idx(Expr::var(nv), (c * ihw) as i64),
+            Expr::mul_idx(cin, ihw as i64),
+        );
+        let zxv = zxp.map_or_else(zero, |p| wide(Expr::load(p, Expr::idx(0))));
+        let zwv = zwp.map_or_else(zero, |p| {
+            let i = if zw_per_channel {
+                Expr::var(mv)
+            } else {
+                Expr::idx(0)
+            };
+            wide(Expr::load(p, i))
+        });
+        let taps: Vec<usize> = g.k.clone();
+        let inner = nest(kb, &taps, LoopKind::Serial, |_, kv| {
+            let mut src = plane.clone();
+            let mut ok = Expr::Lit(Lit::Bool(true));
+            let mut widx = Expr::mul_idx(Expr::var(mv), kk as i64);
+            for d in 0..s {
+                let (pos, inside) = tap(ov[d], kv[d], g, d, ins[d]);
+                src = Expr::add_idx(src, Expr::mul_idx(pos, ist[d]));
+                ok = and(ok, inside);
+                widx = Expr::add_idx(widx, Expr::mul_idx(Expr::var(kv[d]), kst[d]));
+            }
+            let prod = Expr::bin(
+                BinOp::Mul,
+                Expr::bin(BinOp::Sub, wide(Expr::load(xp, src)), zxv.clone()),
+                Expr::bin(BinOp::Sub, wide(Expr::load(wp, widx)), zwv.clone()),
+            );
+            let term = match ok {
+                Expr::Lit(Lit::Bool(true)) => prod,
+                ok => Expr::select(ok, prod, zero()),
+            };
+            vec![Stmt::Assign {
+                var: acc,
+                value: Expr::bin(BinOp::Add, Expr::var(acc), term),
+            }]
+        });
+        let mut dst = Expr::add_idx(
+            Expr::mul_idx(Expr::var(nv), (m * ohw) as i64),
+            Expr::mul_idx(Expr::var(mv), ohw as i64),
+        );
+        for d in 0..s {
+            dst = Expr::add_idx(dst, Expr::mul_idx(Expr::var(ov[d]), ost[d]));
+        }
+        let mut stmts = vec![Stmt::Let {
+            var: acc,
+            value: zero(),
+        }];
+        stmts.extend(inner);
+        stmts.push(Stmt::Store {
+            param: op_,
+            index: dst,
+            value: Expr::var(acc),
+        });
+        stmts
+    });
+    kb.k.body = body;
+    cx.launch(kb, node);
+    Ok(())
 }

@@ -1,6 +1,8 @@
 //! Quantization ops as plain arithmetic: quantize and dequantize per tensor or per axis,
-//! dynamic quantization (range, then scale and zero point, then quantize: one kernel), and
-//! `MatMulInteger` as zero-point removal into `i32` operands plus an `i32` [`Stmt::Matmul`].
+//! dynamic quantization (range, then scale and zero point, then quantize: one kernel),
+//! `MatMulInteger` as one 8-bit [`Stmt::Matmul`] into i32 with the zero point as a bias (or,
+//! in general, zero-point removal into `i32` operands plus an `i32` matmul), and `ConvInteger`
+//! (`conv.rs`).
 //!
 //! These are the *unfused* forms, correct for any graph. The optimizer folds QDQ pairs into
 //! integer kernels; what it leaves over lands here.
@@ -25,6 +27,7 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &QuantOp) -> Result<(), Fail> 
         } if int_range(cx.dtype(first(node)?)).is_some() => qdq(cx, node, *axis, *to, false),
         QuantOp::DynamicQuantize => dynamic(cx, node),
         QuantOp::MatMulInteger => matmul_integer(cx, node),
+        QuantOp::ConvInteger(geom) => super::conv::conv_integer(cx, node, geom),
         QuantOp::QLinearMatMul => qlinear_matmul(cx, node),
         _ => unsupported(
             "not lowered to kernels yet (blocked or low-bit quantization, fused integer ops)",
@@ -229,16 +232,144 @@ fn dynamic(cx: &mut Cx, node: &Node) -> Result<(), Fail> {
     Ok(())
 }
 
-/// `MatMulInteger`: both operands widened to `i32` minus their zero points (per tensor, per
-/// row of `a` or per column of `b`), then an `i32` matmul.
+/// `MatMulInteger`. With no `b` zero point, a per-tensor `a` zero point and a 2-D `b` (the
+/// weights of a quantized model), the 8-bit operands go straight into one integer
+/// [`Stmt::Matmul`] (which the backend runs as an 8-bit GEMM accumulating in i32), and `a`'s
+/// zero point becomes a bias: `Σ_k (a - za)·b = Σ_k a·b - za·Σ_k b[k, n]`. Otherwise both
+/// operands are widened to `i32` minus their zero points (per tensor, per row of `a` or per
+/// column of `b`), then multiplied in `i32`.
 fn matmul_integer(cx: &mut Cx, node: &Node) -> Result<(), Fail> {
     let (Some(a), Some(b)) = (node.input(0), node.input(1)) else {
         return unsupported("missing input");
     };
+    let (za, zb) = (node.input(2), node.input(3));
+    let bs = cx.shape(b)?;
+    let za_per_tensor = match za {
+        Some(z) => cx.shape(z)?.iter().product::<usize>() == 1,
+        None => true,
+    };
+    if zb.is_none() && za_per_tensor && bs.len() == 2 {
+        let bias = match za {
+            Some(z) => Some(column_bias(cx, node, b, z, bs[0], bs[1])?),
+            None => None,
+        };
+        let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
+        let sa = cx.shape(a)?;
+        let (ab, bb) = (cx.buf(a)?, cx.buf(b)?);
+        super::nn::matmul_bufs(cx, node, (ab, sa), (bb, bs), out)?;
+        if let Some(bias) = bias {
+            add_column_bias(cx, bias)?;
+        }
+        return Ok(());
+    }
     let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
-    let wa = widen(cx, node, a, node.input(2), true)?;
-    let wb = widen(cx, node, b, node.input(3), false)?;
+    let wa = widen(cx, node, a, za, true)?;
+    let wb = widen(cx, node, b, zb, false)?;
     super::nn::matmul_bufs(cx, node, wa, wb, out)
+}
+
+/// `-za · Σ_k b[k, n]` as i32 `[N]`, for a `[K, N]` `b`.
+fn column_bias(
+    cx: &mut Cx,
+    node: &Node,
+    b: ValueId,
+    za: ValueId,
+    k: usize,
+    n: usize,
+) -> Result<BufId, Fail> {
+    let buf = cx.p.add_buffer(DType::I32, vec![n], BufKind::Temp);
+    let mut kb = KernelBuilder::new("zero_point_bias");
+    let bp = kb.param(&cx.p, cx.buf(b)?, Access::Read);
+    let zp = kb.param(&cx.p, cx.buf(za)?, Access::Read);
+    let op_ = kb.param(&cx.p, buf, Access::Write);
+    let (nv, kv, acc) = (kb.var(DType::I64), kb.var(DType::I64), kb.var(DType::I32));
+    let zero = Expr::Lit(Lit::Int(DType::I32, 0));
+    kb.k.body = vec![Stmt::For {
+        var: nv,
+        extent: Expr::idx(n as i64),
+        kind: LoopKind::Parallel,
+        body: vec![
+            Stmt::Let {
+                var: acc,
+                value: zero.clone(),
+            },
+            Stmt::For {
+                var: kv,
+                extent: Expr::idx(k as i64),
+                kind: LoopKind::Serial,
+                body: vec![Stmt::Assign {
+                    var: acc,
+                    value: Expr::bin(
+                        BinOp::Add,
+                        Expr::var(acc),
+                        Expr::cast(
+                            DType::I32,
+                            Expr::load(
+                                bp,
+                                Expr::add_idx(
+                                    Expr::mul_idx(Expr::var(kv), n as i64),
+                                    Expr::var(nv),
+                                ),
+                            ),
+                        ),
+                    ),
+                }],
+            },
+            Stmt::Store {
+                param: op_,
+                index: Expr::var(nv),
+                value: Expr::bin(
+                    BinOp::Mul,
+                    Expr::var(acc),
+                    Expr::bin(
+                        BinOp::Sub,
+                        zero,
+                        Expr::cast(DType::I32, Expr::load(zp, Expr::idx(0))),
+                    ),
+                ),
+            },
+        ],
+    }];
+    cx.launch(kb, node);
+    Ok(buf)
+}
+
+/// Gives the matmul of the last step a bias varying along its columns, read from `bias`.
+fn add_column_bias(cx: &mut Cx, bias: BufId) -> Result<(), Fail> {
+    let Some(step) = cx.p.steps.last().cloned() else {
+        return unsupported("no matmul to add a bias to");
+    };
+    let mut k = cx.p.kernel(step.kernel).clone();
+    let mut args = step.args.clone();
+    let bb = cx.p.buffer(bias);
+    let param = k.param(bb.dtype, bb.len(), Access::Read);
+    args.push(bias);
+    fn visit(body: &mut [Stmt], param: ParamId) {
+        for s in body {
+            match s {
+                Stmt::Matmul(m) => {
+                    m.bias = Some(MatRef {
+                        param,
+                        offset: Expr::idx(0),
+                        row_stride: 0,
+                        col_stride: 1,
+                    })
+                }
+                Stmt::For { body, .. } => visit(body, param),
+                _ => {}
+            }
+        }
+    }
+    visit(&mut k.body, param);
+    let id = cx.p.intern_kernel(k);
+    if let Some(last) = cx.p.steps.last_mut() {
+        *last = Step {
+            kernel: id,
+            args,
+            origin: step.origin,
+        };
+    }
+    Ok(())
 }
 
 /// An `i32` copy of `x` minus its zero point; `rows`: the zero point indexes dim −2 (per row

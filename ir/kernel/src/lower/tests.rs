@@ -294,6 +294,26 @@ fn convolutions_and_pools() {
             r#""dilations":[1],"group":1,"pads":[2,1],"strides":[2]"#,
             "f32[2,2,5]",
         ),
+        // Depthwise: same-padded 3x3 with a batch, asymmetric pads and stride 2 with 5x5,
+        // dilation without padding.
+        (
+            "f32[2,3,9,8]",
+            "f32[3,1,3,3]",
+            r#""dilations":[1,1],"group":3,"pads":[1,1,1,1],"strides":[1,1]"#,
+            "f32[2,3,9,8]",
+        ),
+        (
+            "f32[1,5,11,10]",
+            "f32[5,1,5,5]",
+            r#""dilations":[1,1],"group":5,"pads":[2,1,2,3],"strides":[2,2]"#,
+            "f32[1,5,6,5]",
+        ),
+        (
+            "f32[1,2,9,9]",
+            "f32[2,1,3,3]",
+            r#""dilations":[2,2],"group":2,"pads":[0,0,0,0],"strides":[1,1]"#,
+            "f32[1,2,5,5]",
+        ),
     ] {
         let m = &w[4..].split(',').next().unwrap_or("1").to_string();
         check(
@@ -348,6 +368,72 @@ fn quantization() {
         r#"graph (%0: f32[3,5] "x", %1: i8[5,4] "w", %2: i8[4] "wz") -> (%3 "y", %4 "s", %5 "z", %6 "m") {
   %3, %4, %5 = quant.dynamic_quantize(%0) : u8[3,5], f32[], u8[]
   %6 = quant.matmul_integer(%3, %1, %5, %2) : i32[3,4]
+}"#,
+        0.0,
+    );
+}
+
+#[test]
+fn integer_matmul_is_one_8_bit_contraction() {
+    // Per-tensor activation zero point, no weight zero point: the u8 and i8 operands go into
+    // the matmul as they are, the zero point becomes an i32 bias.
+    let text = check(
+        r#"graph (%0: u8[2,3,5] "a", %1: i8[5,4] "w", %2: u8[] "za") -> (%3 "y") {
+  %3 = quant.matmul_integer(%0, %1, %2) : i32[2,3,4]
+}"#,
+        0.0,
+    );
+    assert!(!text.contains("widen_i32"), "{text}");
+    assert!(
+        text.contains("%p0: u8[30] read, %p1: i8[20] read"),
+        "{text}"
+    );
+    assert!(text.contains("bias="), "{text}");
+    let text = check(
+        r#"graph (%0: u8[3,5] "a", %1: i8[5,4] "w") -> (%2 "y") {
+  %2 = quant.matmul_integer(%0, %1) : i32[3,4]
+}"#,
+        0.0,
+    );
+    assert!(
+        !text.contains("widen_i32") && !text.contains("bias="),
+        "{text}"
+    );
+}
+
+#[test]
+fn integer_convolutions() {
+    // im2col + one 8-bit matmul; padding reads as the input zero point.
+    let text = check(
+        r#"graph (%0: u8[2,4,5,5] "x", %1: i8[3,4,3,3] "w", %2: u8[] "zx") -> (%3 "y") {
+  %3 = quant.conv_integer {"strides":[2,1],"dilations":[1,1],"pad":{"explicit":[1,0,1,2]},"group":1} (%0, %1, %2) : i32[2,3,3,5]
+}"#,
+        0.0,
+    );
+    assert!(text.contains("matmul m=3 n=15 k=36"), "{text}");
+    assert!(
+        !text.contains("i32[108] read"),
+        "the weights stay 8-bit:\n{text}"
+    );
+    // A per-channel weight zero point is subtracted from the weights first; groups.
+    check(
+        r#"graph (%0: u8[1,4,4,4] "x", %1: i8[6,2,2,2] "w", %2: u8[] "zx", %3: i8[6] "zw") -> (%4 "y") {
+  %4 = quant.conv_integer {"strides":[1,1],"dilations":[1,1],"pad":"same_upper","group":2} (%0, %1, %2, %3) : i32[1,6,4,4]
+}"#,
+        0.0,
+    );
+    // Pointwise, no zero points: the input is the column matrix.
+    let text = check(
+        r#"graph (%0: u8[1,3,2,5] "x", %1: i8[4,3,1,1] "w") -> (%2 "y") {
+  %2 = quant.conv_integer {"strides":[1,1],"dilations":[1,1],"pad":{"explicit":[0,0,0,0]},"group":1} (%0, %1) : i32[1,4,2,5]
+}"#,
+        0.0,
+    );
+    assert!(!text.contains("im2col"), "{text}");
+    // Depthwise: direct loops, both zero points.
+    check(
+        r#"graph (%0: u8[2,3,5,4] "x", %1: i8[3,1,3,3] "w", %2: u8[] "zx", %3: i8[] "zw") -> (%4 "y") {
+  %4 = quant.conv_integer {"strides":[1,1],"dilations":[1,1],"pad":{"explicit":[1,1,1,1]},"group":3} (%0, %1, %2, %3) : i32[2,3,5,4]
 }"#,
         0.0,
     );

@@ -9,10 +9,12 @@
 pub mod activations;
 pub mod algebra;
 pub mod attention;
+pub mod batchnorm;
 pub mod fold;
 pub mod fusion;
 pub mod movement;
 pub mod norm;
+pub mod quant;
 
 use super::analysis::{Facts, MlcAnalysis, MlcEGraph};
 use super::lang::{MlcNode, OpInfo, OpRef};
@@ -123,6 +125,8 @@ pub fn all() -> Vec<NodeRule> {
     r.extend(attention::rules());
     r.extend(movement::rules());
     r.extend(fold::rules());
+    r.extend(quant::rules());
+    r.extend(batchnorm::rules());
     r.extend(fusion::rules());
     r
 }
