@@ -7,6 +7,7 @@
 
 pub mod bytes;
 pub mod gemm;
+pub mod igemm;
 
 use std::fmt;
 use std::sync::OnceLock;

@@ -16,6 +16,7 @@
 //! to `min` (`f64::max` semantics), which is also what the kernels' epilogue does.
 
 use super::abi::{Activation, DType};
+use crate::kernels::igemm::{IBias, IGemm, IntRef};
 use crate::kernels::{bytes, gemm as kg};
 use std::borrow::Cow;
 
@@ -170,8 +171,17 @@ pub fn run(
         && cty == DType::F32
         && bias.is_none_or(|v| v.dtype == DType::F32);
     if all_f32 && f32_kernels(g, &a, &b, c_bytes, c, bias.as_ref()).is_some() {
+        #[cfg(test)]
+        tests::PATH.set(tests::Path::F32);
         return Ok(());
     }
+    if int_kernels(g, &a, &b, c_bytes, c, bias.as_ref()).is_some() {
+        #[cfg(test)]
+        tests::PATH.set(tests::Path::Int);
+        return Ok(());
+    }
+    #[cfg(test)]
+    tests::PATH.set(tests::Path::Generic);
     generic(g, &a, &b, c_bytes, c, bias.as_ref());
     Ok(())
 }
@@ -355,6 +365,165 @@ fn f32_kernels(
             for r in 0..m {
                 for c in 0..n {
                     write(c_bytes, DType::F32, idx(r, c), f64::from(tmp[r * n + c]));
+                }
+            }
+            Some(())
+        }
+    }
+}
+
+/// An integer operand the integer kernels take in place.
+enum IntView<'a> {
+    U8(IntRef<'a, u8>),
+    I8(IntRef<'a, i8>),
+    I32(IntRef<'a, i32>),
+}
+
+/// Runs `$body` with `$x` bound to the typed view inside an [`IntView`].
+macro_rules! with_int {
+    ($v:expr, $x:ident => $body:expr) => {
+        match $v {
+            IntView::U8($x) => $body,
+            IntView::I8($x) => $body,
+            IntView::I32($x) => $body,
+        }
+    };
+}
+
+impl<'a> IntView<'a> {
+    /// The view in place, if its type is one the kernels take, its strides are non-negative
+    /// and its bytes aligned.
+    fn new(v: &View<'a>, rows: usize, cols: usize) -> Option<IntView<'a>> {
+        let rs = if rows <= 1 { 0 } else { v.row_stride };
+        let cs = if cols <= 1 { 0 } else { v.col_stride };
+        if rs < 0 || cs < 0 {
+            return None;
+        }
+        let (rs, cs, off) = (rs as usize, cs as usize, v.offset as usize);
+        Some(match v.dtype {
+            DType::U8 => IntView::U8(IntRef::new(bytes::cast(v.bytes)?.get(off..)?, rs, cs)),
+            DType::I8 => IntView::I8(IntRef::new(bytes::cast(v.bytes)?.get(off..)?, rs, cs)),
+            DType::I32 => IntView::I32(IntRef::new(bytes::cast(v.bytes)?.get(off..)?, rs, cs)),
+            _ => return None,
+        })
+    }
+
+    fn t(self) -> Self {
+        match self {
+            IntView::U8(x) => IntView::U8(x.t()),
+            IntView::I8(x) => IntView::I8(x.t()),
+            IntView::I32(x) => IntView::I32(x.t()),
+        }
+    }
+}
+
+/// An `i32` bias for an `m×n` product with strides `(rs, cs)`, as the integer kernels take it.
+enum IntBias<'a> {
+    None,
+    Scalar(i32),
+    Row(Cow<'a, [i32]>),
+    Col(Cow<'a, [i32]>),
+    Full(Cow<'a, [i32]>, usize),
+}
+
+impl<'a> IntBias<'a> {
+    fn new(v: Option<&View<'a>>, m: usize, n: usize, rs: i64, cs: i64) -> IntBias<'a> {
+        let Some(v) = v else {
+            return IntBias::None;
+        };
+        let rs = if m <= 1 { 0 } else { rs };
+        let cs = if n <= 1 { 0 } else { cs };
+        let data = bytes::cast::<i32>(v.bytes).and_then(|d| d.get(v.offset as usize..));
+        let get = |i: i64| read(v.bytes, DType::I32, i as usize) as i32;
+        let gather = |rs: i64, cs: i64, rows: usize, cols: usize| -> Vec<i32> {
+            let mut out = Vec::with_capacity(rows * cols);
+            for r in 0..rows as i64 {
+                for c in 0..cols as i64 {
+                    out.push(get(v.offset + r * rs + c * cs));
+                }
+            }
+            out
+        };
+        let vector = |step: i64, len: usize| match data {
+            Some(d) if step == 1 => Cow::Borrowed(&d[..len]),
+            _ => Cow::Owned(gather(step, 0, len, 1)),
+        };
+        match (rs, cs) {
+            (0, 0) => IntBias::Scalar(get(v.offset)),
+            (rs, 0) => IntBias::Row(vector(rs, m)),
+            (0, cs) => IntBias::Col(vector(cs, n)),
+            (rs, 1) if rs > 0 && data.is_some() => {
+                IntBias::Full(Cow::Borrowed(data.unwrap_or_default()), rs as usize)
+            }
+            (rs, cs) => IntBias::Full(Cow::Owned(gather(rs, cs, m, n)), n),
+        }
+    }
+
+    fn get(&self) -> IBias<'_> {
+        match self {
+            IntBias::None => IBias::None,
+            IntBias::Scalar(s) => IBias::Scalar(*s),
+            IntBias::Row(r) => IBias::PerRow(r),
+            IntBias::Col(c) => IBias::PerCol(c),
+            IntBias::Full(d, ld) => IBias::Full(d, *ld),
+        }
+    }
+}
+
+/// An integer contraction (`u8`/`i8`/`i32` operands, `i32` result and bias, no scaling, no
+/// activation) on the exact integer kernels. `None` when they refuse it (operands whose
+/// values span more than 256 integers, a result that could leave `i32`, views they cannot
+/// read in place); nothing was written then, and the caller takes the generic path.
+fn int_kernels(
+    g: &Gemm,
+    a: &View,
+    b: &View,
+    c_bytes: &mut [u8],
+    (cty, coff, crs, ccs): (DType, i64, i64, i64),
+    bias: Option<&View>,
+) -> Option<()> {
+    let (m, n, k) = (g.m, g.n, g.k);
+    let plain = g.alpha == 1.0 && g.beta == 0.0 && g.act == Activation::None;
+    if cty != DType::I32 || !plain || bias.is_some_and(|v| v.dtype != DType::I32) {
+        return None;
+    }
+    let (av, bv) = (IntView::new(a, m, k)?, IntView::new(b, k, n)?);
+    if m == 0 || n == 0 {
+        return Some(());
+    }
+    let ig = IGemm::new().threads(g.threads);
+    let (bias_rs, bias_cs) = bias.map_or((0, 0), |v| (v.row_stride, v.col_stride));
+    // C's orientation as in `f32_kernels`.
+    let rows_ok = (n == 1 || ccs == 1) && (m == 1 || crs >= n as i64);
+    let cols_ok = (m == 1 || crs == 1) && (n == 1 || ccs >= m as i64);
+    let cf = if rows_ok || cols_ok {
+        bytes::cast_mut::<i32>(c_bytes)
+    } else {
+        None
+    };
+    match cf {
+        Some(cf) if rows_ok => {
+            let ldc = if m == 1 { n } else { crs as usize };
+            let bias = IntBias::new(bias, m, n, bias_rs, bias_cs);
+            let c = cf.get_mut(coff as usize..)?;
+            with_int!(av, a => with_int!(bv, b => ig.run(m, n, k, a, b, c, ldc, bias.get()))).ok()
+        }
+        Some(cf) => {
+            let ldc = if n == 1 { m } else { ccs as usize };
+            let bias = IntBias::new(bias, n, m, bias_cs, bias_rs);
+            let c = cf.get_mut(coff as usize..)?;
+            let (at, bt) = (bv.t(), av.t());
+            with_int!(at, a => with_int!(bt, b => ig.run(n, m, k, a, b, c, ldc, bias.get()))).ok()
+        }
+        None => {
+            let bias = IntBias::new(bias, m, n, bias_rs, bias_cs);
+            let mut tmp = vec![0i32; m * n];
+            with_int!(av, a => with_int!(bv, b => ig.run(m, n, k, a, b, &mut tmp, n, bias.get())))
+                .ok()?;
+            for r in 0..m {
+                for c in 0..n {
+                    let i = (coff + r as i64 * crs + c as i64 * ccs) as usize;
+                    write(c_bytes, DType::I32, i, f64::from(tmp[r * n + c]));
                 }
             }
             Some(())

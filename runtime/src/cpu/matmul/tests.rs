@@ -4,6 +4,19 @@
 //! error bound; integers exactly.
 
 use super::*;
+use std::cell::Cell;
+
+/// Which path the last `run` on this thread took.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum Path {
+    F32,
+    Int,
+    Generic,
+}
+
+thread_local! {
+    pub(super) static PATH: Cell<Path> = const { Cell::new(Path::Generic) };
+}
 
 /// A deterministic xorshift stream.
 struct Rng(u64);
@@ -133,6 +146,8 @@ struct Case {
     cv: (i64, i64, i64),
     bias: Option<(Buf, (i64, i64, i64))>,
     what: String,
+    /// The path `run` took, once run.
+    path: Cell<Path>,
 }
 
 impl Case {
@@ -156,6 +171,7 @@ impl Case {
             bias,
         )
         .unwrap_or_else(|_| panic!("{}: out of bounds", self.what));
+        self.path.set(PATH.get());
         let mut slow = self.c.store.clone();
         generic(
             &self.g,
@@ -271,6 +287,7 @@ fn f32_case(
         cv: (co, crs, ccs),
         bias,
         what,
+        path: Cell::new(Path::Generic),
     }
 }
 
@@ -291,7 +308,9 @@ fn f32_every_layout() {
             for &lb in &READ_LAYOUTS {
                 let lc = C_LAYOUTS[rng.below(C_LAYOUTS.len())];
                 let bias = [None, Some(READ_LAYOUTS[rng.below(READ_LAYOUTS.len())])][rng.below(2)];
-                f32_case(&mut rng, shape, (la, lb, lc), bias, 0, 1).verify();
+                let case = f32_case(&mut rng, shape, (la, lb, lc), bias, 0, 1);
+                case.verify();
+                assert_eq!(case.path.get(), Path::F32, "{}", case.what);
             }
         }
         for &lc in &C_LAYOUTS {
@@ -357,5 +376,119 @@ fn f32_nan_through_activations() {
                 "{act:?}: {got}"
             );
         }
+    }
+}
+
+/// A random integer problem: A and B of the given types with values from `va`/`vb`, C `i32`.
+#[allow(clippy::too_many_arguments)]
+fn int_case(
+    rng: &mut Rng,
+    (m, n, k): (usize, usize, usize),
+    (ta, tb): (DType, DType),
+    (va, vb): ((i64, i64), (i64, i64)),
+    (la, lb, lc): (Layout, Layout, Layout),
+    bias: Option<Layout>,
+    threads: usize,
+) -> Case {
+    let lead = rng.below(4);
+    let (ao, ars, acs, alen) = place(la, m, k, lead);
+    let (bo, brs, bcs, blen) = place(lb, k, n, lead);
+    let (co, crs, ccs, clen) = place(lc, m, n, lead);
+    let mut int = |(lo, hi): (i64, i64)| (lo + rng.below((hi - lo + 1) as usize) as i64) as f64;
+    let a = Buf::new(ta, alen, 0, |_| int(va));
+    let b = Buf::new(tb, blen, 0, |_| int(vb));
+    let c = Buf::new(DType::I32, clen, 0, |_| int((-5, 5)));
+    let bias = bias.map(|l| {
+        let (o, rs, cs, len) = place(l, m, n, lead);
+        (
+            Buf::new(DType::I32, len, 0, |_| int((-3000, 3000))),
+            (o, rs, cs),
+        )
+    });
+    let g = Gemm {
+        m,
+        n,
+        k,
+        alpha: 1.0,
+        beta: 0.0,
+        act: Activation::None,
+        threads,
+    };
+    let what = format!(
+        "{}x{} {m}x{n}x{k} A {la:?} {va:?} B {lb:?} {vb:?} C {lc:?} bias {:?} {threads}T",
+        ta.name(),
+        tb.name(),
+        bias.as_ref().map(|(_, v)| *v)
+    );
+    Case {
+        g,
+        a,
+        av: (ao, ars, acs),
+        b,
+        bv: (bo, brs, bcs),
+        c,
+        cv: (co, crs, ccs),
+        bias,
+        what,
+        path: Cell::new(Path::Generic),
+    }
+}
+
+#[test]
+fn int_matches_generic_exactly() {
+    let mut rng = Rng(0xdead_beef_1234_5678);
+    let types = [
+        ((DType::U8, DType::I8), ((0, 255), (-128, 127))),
+        ((DType::I8, DType::I8), ((-128, 127), (-128, 127))),
+        ((DType::U8, DType::U8), ((0, 255), (0, 255))),
+        // Widened operands minus zero points, as the MatMulInteger lowering makes them.
+        ((DType::I32, DType::I32), ((-128, 127), (-128, 127))),
+        ((DType::I32, DType::I32), ((-200, 55), (-130, 125))),
+        ((DType::I32, DType::I8), ((0, 255), (-128, 127))),
+        // Too wide for 8 bits, and types the kernels do not take: the generic path.
+        ((DType::I32, DType::I32), ((-300, 300), (-5, 5))),
+        ((DType::I16, DType::I8), ((-300, 300), (-5, 5))),
+    ];
+    for (i, &(tys, vals)) in types.iter().enumerate() {
+        // Operands too wide for 8 bits may still hold a narrow sample (a broadcast, one
+        // element), so only the types the kernels never take pin the generic path.
+        let want = match i {
+            0..6 => Some(Path::Int),
+            6 => None,
+            _ => Some(Path::Generic),
+        };
+        for _ in 0..25 {
+            let shape = (
+                DIMS[rng.below(DIMS.len())],
+                DIMS[rng.below(DIMS.len())],
+                DIMS[rng.below(DIMS.len())],
+            );
+            let la = READ_LAYOUTS[rng.below(READ_LAYOUTS.len())];
+            let lb = READ_LAYOUTS[rng.below(READ_LAYOUTS.len())];
+            let lc = C_LAYOUTS[rng.below(C_LAYOUTS.len())];
+            let bias = [None, Some(READ_LAYOUTS[rng.below(READ_LAYOUTS.len())])][rng.below(2)];
+            let threads = 1 + rng.below(2);
+            let case = int_case(&mut rng, shape, tys, vals, (la, lb, lc), bias, threads);
+            case.verify();
+            // Negative strides are not taken in place by the integer kernels.
+            if let Some(want) = want
+                && ![la, lb].contains(&Layout::Reversed)
+            {
+                assert_eq!(case.path.get(), want, "{}", case.what);
+            }
+        }
+    }
+    // Model-sized products, split across threads.
+    for &shape in &[(128, 384, 384), (128, 1536, 384), (49, 256, 1152)] {
+        let l = (
+            Layout::RowMajor { pad: 0 },
+            Layout::RowMajor { pad: 0 },
+            Layout::RowMajor { pad: 0 },
+        );
+        let tys = (DType::I32, DType::I32);
+        let vals = ((-100, 155), (-128, 127));
+        let case = int_case(&mut rng, shape, tys, vals, l, None, 2);
+        case.verify();
+        assert_eq!(case.path.get(), Path::Int, "{}", case.what);
     }
 }
