@@ -623,17 +623,6 @@ impl<M: Module> Tx<'_, '_, M> {
         self.b.ins().bitselect(is_small, small, big)
     }
 
-    /// `c[0] + z·(c[1] + z·(…))` on four lanes.
-    fn vpoly(&mut self, z: Value, c: &[f32]) -> Value {
-        let mut y = self.splat_f(c[c.len() - 1]);
-        for &k in c[..c.len() - 1].iter().rev() {
-            let kv = self.splat_f(k);
-            y = self.b.ins().fmul(y, z);
-            y = self.b.ins().fadd(y, kv);
-        }
-        y
-    }
-
     /// `erf` on four lanes inline: the regions and rational approximations of FreeBSD's
     /// `s_erff.c` (the `libm` crate's `erff`, which the evaluator calls), with each lane's
     /// argument and coefficients selected for its region so that one rational function and one
