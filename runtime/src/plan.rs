@@ -80,6 +80,8 @@ pub enum PlanError {
 pub fn dtype_size(dtype: &str) -> Option<usize> {
     Some(match dtype {
         "bool" | "i8" | "u8" => 1,
+        // float8 storage types: raw bytes to everything but casts.
+        "f8e4m3fn" | "f8e4m3fnuz" | "f8e5m2" | "f8e5m2fnuz" | "f8e8m0" => 1,
         "f16" | "bf16" | "i16" | "u16" => 2,
         "f32" | "i32" | "u32" => 4,
         "f64" | "i64" | "u64" => 8,

@@ -198,3 +198,49 @@ fn forbidden_names_match_families() {
     assert!(!matches("eggs", "egg"));
     assert!(!matches("mlc-ir", "mlc-interp"));
 }
+
+/// `runtime/examples/` programs build from `mlc-runtime`'s normal and dev dependencies: the
+/// latter must not bring a compiler crate in, so an example shows what an app linking the
+/// runtime alone gets.
+#[test]
+fn runtime_examples_need_only_the_runtime() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .current_dir(repo_root())
+        .output()
+        .expect("cargo metadata runs");
+    let meta: Value = serde_json::from_slice(&out.stdout).expect("cargo metadata prints JSON");
+    let rt = meta["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .find(|p| p["name"] == "mlc-runtime")
+        .expect("mlc-runtime is in the workspace");
+    let forbidden = INVARIANTS
+        .iter()
+        .find(|(k, _)| *k == "mlc-runtime")
+        .expect("mlc-runtime has invariants")
+        .1;
+    let dev: Vec<&str> = rt["dependencies"]
+        .as_array()
+        .expect("dependencies")
+        .iter()
+        .filter(|d| d["kind"] == "dev")
+        .filter_map(|d| d["name"].as_str())
+        .filter(|n| forbidden.iter().any(|f| matches(n, f)))
+        .collect();
+    assert!(dev.is_empty(), "mlc-runtime dev-depends on {dev:?}");
+    let examples: Vec<&str> = rt["targets"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .filter(|t| {
+            t["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == "example"))
+        })
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(examples.contains(&"run_artifact"), "examples: {examples:?}");
+}

@@ -489,3 +489,58 @@ fn opt_optimizes_and_explains() {
 
     mlc(&[&"opt", &c.p("bad.mlir")]).assert_error(&["bad.mlir", "unknown dtype"]);
 }
+
+#[test]
+fn cpu_artifacts_compile_run_bench_and_fail_cleanly() {
+    let c = Case::new(
+        "cpu-artifact",
+        &[
+            ("m.onnx", &add_model()),
+            ("x.npy", &npy_f32(&[2], &[1.5, -2.0])),
+            ("z.npy", &npy_f32(&[2], &[0.25, 4.0])),
+            ("z3.npy", &npy_f32(&[3], &[0.25, 4.0, 1.0])),
+        ],
+    );
+    let (m, art) = (c.p("m.onnx"), c.p("m.mlca"));
+    let r = mlc(&[&"compile", &m, &"--target", &"x86_64", &"-o", &art]);
+    r.assert_success();
+    assert!(r.stdout.contains("x86_64"), "{}", r.stdout);
+    let first = std::fs::read(&art).expect("artifact written");
+    // Deterministic: the same model and flags give the same bytes.
+    mlc(&[&"compile", &m, &"--target", &"native", &"-o", &art]).assert_success();
+    assert_eq!(
+        first,
+        std::fs::read(&art).expect("artifact"),
+        "artifact bytes differ"
+    );
+    // `mlc run` executes the artifact; outputs as for the model.
+    let r = c.run("m.mlca", &["x=x.npy", "z=z.npy"]);
+    r.assert_success();
+    let (shape, v) = read_npy_f64(&c.out().join("s.npy")).expect("valid .npy");
+    assert_eq!((shape, v), (vec![2], Some(vec![1.75, 2.0])));
+    // Inputs must fit the compiled shapes; every input must be given.
+    c.run("m.mlca", &["x=x.npy", "z=z3.npy"])
+        .assert_error(&["input \"z\" does not fit", "f32[2]"]);
+    c.run("m.mlca", &["x=x.npy"])
+        .assert_error(&["missing input \"z\""]);
+    // `mlc bench --json` on the artifact and on the model.
+    for target in [&art, &m] {
+        let r = mlc(&[
+            &"bench",
+            target,
+            &"--iters",
+            &"3",
+            &"--threads",
+            &"1",
+            &"--json",
+        ]);
+        r.assert_success();
+        let j: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+        assert!(j["median_ms"].as_f64().is_some_and(|t| t >= 0.0), "{j}");
+        assert!(j["p90_ms"].as_f64().is_some(), "{j}");
+    }
+    // A truncated artifact and one for a GPU are clear errors.
+    std::fs::write(c.p("cut.mlca"), &first[..first.len() / 2]).expect("write");
+    c.run("cut.mlca", &["x=x.npy", "z=z.npy"])
+        .assert_error(&["truncated"]);
+}

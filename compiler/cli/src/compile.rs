@@ -1,6 +1,7 @@
 //! `mlc compile`: import a model, bind its input shapes, simplify, lower to the kernel IR and
-//! compile for an NVIDIA GPU: an artifact (`.mlca`: plan, weights, PTX), or with `--emit` the
-//! PTX or LLVM IR of every kernel, or the kernel IR program's text.
+//! compile for the CPU (`--target x86_64|native`: an artifact holding the plan, the weights and
+//! a shared object) or an NVIDIA GPU (`--target sm_80|sm_90|sm_90a`: plan, weights, PTX); with
+//! `--emit` a stage instead: the graph IR, the kernel IR, the CLIF, PTX or LLVM IR.
 
 use anyhow::{Context, anyhow, bail};
 use mlc_nvptx::GpuArch;
@@ -11,11 +12,16 @@ use std::time::Instant;
 pub enum Emit {
     /// The artifact file (default).
     Artifact,
+    /// The graph IR after simplification, to stdout or -o FILE.
+    Ir,
+    /// The Cranelift IR of every kernel (CPU targets), to stdout or -o FILE.
+    Clif,
     /// DIR/<kernel>.ptx for every kernel.
     Ptx,
     /// DIR/<kernel>.ll: each kernel's LLVM IR before optimization.
     Llvm,
     /// The kernel IR program as text, to stdout or -o FILE.
+    #[value(alias = "kernel-ir")]
     Kir,
 }
 
@@ -23,7 +29,9 @@ pub enum Emit {
 pub struct Args {
     /// The ONNX model.
     pub model: PathBuf,
-    /// The GPU architecture: sm_80, sm_90 (portable Hopper) or sm_90a.
+    /// What to compile for: x86_64 (any x86-64 CPU with SSE4.2 and FMA; contractions dispatch
+    /// to AVX-512/AVX2 kernels at run time), native (this machine; today the same code as
+    /// x86_64), or an NVIDIA GPU: sm_80, sm_90 (portable Hopper) or sm_90a.
     #[arg(long, default_value = "sm_90")]
     pub target: String,
     /// The output: the artifact file (default: <model stem>.mlca in the current directory), or
@@ -47,20 +55,23 @@ pub struct Args {
 }
 
 fn parse_shape(s: &str) -> Result<(String, Vec<usize>), String> {
-    let (name, dims) = s
-        .split_once('=')
-        .ok_or_else(|| format!("expected NAME=DIMS, got {s:?}"))?;
-    let dims: Result<Vec<usize>, _> = if dims.is_empty() {
-        Ok(Vec::new())
-    } else {
-        dims.split(['x', ',']).map(str::parse).collect()
-    };
-    match dims {
-        Ok(d) if !name.is_empty() => Ok((name.to_string(), d)),
-        _ => Err(format!(
-            "expected NAME=DIMS such as x=1x3x224x224, got {s:?}"
-        )),
-    }
+    crate::pipeline::parse_shape(s)
+}
+
+/// What `--target` names.
+enum Target {
+    Cpu,
+    Gpu(GpuArch),
+}
+
+fn target(name: &str) -> anyhow::Result<Target> {
+    Ok(match name {
+        "x86_64" | "x86-64" | "native" => Target::Cpu,
+        _ => Target::Gpu(
+            name.parse()
+                .map_err(|e| anyhow!("{e}; CPU targets are x86_64 and native"))?,
+        ),
+    })
 }
 
 pub fn main(args: &Args) -> anyhow::Result<()> {
@@ -72,37 +83,20 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
         *since = Instant::now();
     };
     let mut since = t0;
-    let arch: GpuArch = args.target.parse()?;
+    let target = target(&args.target)?;
     let mut model = mlc_onnx::load(&args.model)?;
     phase("import", &mut since);
     let graph = &mut model.graph;
-    for (name, _) in &args.shapes {
-        if !graph.inputs.iter().any(|p| &p.name == name) {
-            let names: Vec<&str> = graph.inputs.iter().map(|p| p.name.as_str()).collect();
-            bail!("--shape names {name:?}, which is not an input of the model (inputs: {names:?})");
-        }
-    }
-    let mut bindings = Vec::new();
-    for port in &graph.inputs {
-        let ty = graph.ty(port.value);
-        let shape = match args.shapes.iter().find(|(n, _)| n == &port.name) {
-            Some((_, s)) => s.clone(),
-            None => ty.static_shape().ok_or_else(|| {
-                anyhow!(
-                    "input {:?} has symbolic dims ({ty}); give its shape with --shape {}=DIMS",
-                    port.name,
-                    port.name
-                )
-            })?,
-        };
-        bindings.push((port.name.clone(), shape));
-    }
+    let bindings = crate::pipeline::bind_shapes(graph, &args.shapes)?;
     let level = args.opt.level(mlc_passes::pipeline::Level::O1);
-    let target = crate::optimize::gpu_target(&args.target);
-    let report = crate::optimize::prepare(graph, &bindings, level, target, args.time_passes)?;
-    phase("simplify + optimize", &mut since);
-    let program = mlc_kir::lower_graph(graph).context("lowering to the kernel IR failed")?;
-    phase("lower", &mut since);
+    let cost_model = match &target {
+        Target::Cpu => mlc_passes::egraph::TargetInfo::x86_64(),
+        Target::Gpu(_) => crate::optimize::gpu_target(&args.target),
+    };
+    let mut phases = crate::pipeline::Phases::new(args.time_passes);
+    let (program, report) =
+        crate::pipeline::lower(graph, &bindings, level, cost_model, &mut phases)?;
+    since = Instant::now();
     if args.explain.explain {
         let text = crate::optimize::explain(&report, &program, args.explain.json)?;
         return crate::print_stdout(&text);
@@ -112,14 +106,55 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into());
-    match args.emit {
-        Emit::Kir => {
-            let text = mlc_kir::print_program(&program);
-            match &args.output {
-                Some(p) => write(p, text.as_bytes())?,
-                None => crate::print_stdout(&text)?,
-            }
+    let text_out = |text: String| -> anyhow::Result<()> {
+        match &args.output {
+            Some(p) => write(p, text.as_bytes()),
+            None => crate::print_stdout(&text),
         }
+    };
+    let arch = match (&target, args.emit) {
+        (_, Emit::Kir) => return text_out(mlc_kir::print_program(&program)),
+        (_, Emit::Ir) => return text_out(mlc_ir::print_graph(graph)),
+        (Target::Cpu, Emit::Clif) => {
+            return text_out(mlc_cpu::program_clif(
+                &program,
+                mlc_cpu::Options::default(),
+            )?);
+        }
+        (Target::Cpu, Emit::Artifact) => {
+            let art = mlc_cpu::compile_artifact(&program, mlc_cpu::Options::default())?;
+            phase("codegen + link", &mut since);
+            let out = args
+                .output
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("{stem}.mlca")));
+            write_atomically(&out, &art.to_bytes()?)?;
+            phase("write", &mut since);
+            return crate::print_stdout(&format!(
+                "{}: {} kernels, {} steps, {} bytes of weights, {} bytes of code, x86_64 -> {}\n",
+                args.model.display(),
+                program.kernels.len(),
+                program.steps.len(),
+                art.section(mlc_runtime::cpu::model::WEIGHTS_SECTION)?
+                    .data
+                    .len(),
+                art.section(mlc_runtime::cpu::model::CODE_SECTION)?
+                    .data
+                    .len(),
+                out.display()
+            ));
+        }
+        (Target::Cpu, e) => bail!(
+            "--emit {} is for GPU targets; a CPU target emits artifact, ir, kir or clif",
+            format!("{e:?}").to_lowercase()
+        ),
+        (Target::Gpu(_), Emit::Clif) => {
+            bail!("--emit clif is for CPU targets (--target x86_64)")
+        }
+        (Target::Gpu(a), _) => *a,
+    };
+    match args.emit {
+        Emit::Kir | Emit::Ir | Emit::Clif => unreachable!("handled above"),
         Emit::Llvm => {
             let dir = out_dir(args, &stem, "llvm")?;
             for (name, ir) in mlc_nvptx::emit_program_llvm(&program, arch)? {
@@ -142,7 +177,7 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(format!("{stem}.mlca")));
             let bytes = compiled.artifact()?.to_bytes()?;
-            write(&out, &bytes)?;
+            write_atomically(&out, &bytes)?;
             crate::print_stdout(&format!(
                 "{}: {} kernels, {} steps, {} bytes of weights, {} -> {}\n",
                 args.model.display(),
@@ -165,6 +200,21 @@ fn out_dir(args: &Args, stem: &str, what: &str) -> anyhow::Result<PathBuf> {
         .unwrap_or_else(|| PathBuf::from(format!("{stem}-{what}")));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)
+}
+
+/// Writes through a temporary file beside `path` and renames it, so a failure never leaves a
+/// half-written artifact.
+fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "artifact".into());
+    let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
+    write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow!("cannot write {}: {e}", path.display())
+    })
 }
 
 fn write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {

@@ -5,10 +5,12 @@
 //! paragraph on stderr and exits non-zero; a panic (always a bug in mlc) is caught and reported
 //! the same way, so that scripts never see a backtrace or a half-written output.
 
+mod bench;
 mod compile;
 mod inspect;
 mod opt;
 mod optimize;
+mod pipeline;
 mod run;
 mod tensor_io;
 
@@ -26,11 +28,13 @@ const EXIT_BUG: u8 = 70;
 #[command(
     name = "mlc",
     version,
-    about = "mlc, an ML model compiler: inspect ONNX models and run them with the reference interpreter",
+    about = "mlc, an ML model compiler: inspect, compile, run and benchmark ONNX models",
     long_about = "mlc, an ML model compiler.\n\n\
         `mlc inspect` describes an ONNX model and lists every op mlc cannot import yet; \
-        `mlc run` executes a model with mlc's reference interpreter (exact, not fast) on inputs \
-        from .npy or ONNX TensorProto (.pb) files and writes one .npy file per output; \
+        `mlc compile` compiles a model for the CPU or an NVIDIA GPU into an artifact; \
+        `mlc run` executes a model or a CPU artifact (compiled code; --reference for mlc's exact \
+        interpreter) on inputs from .npy or ONNX TensorProto (.pb) files and writes one .npy file \
+        per output; `mlc bench` measures latency; \
         `mlc opt` optimizes a graph by equality saturation and explains what it did.",
     after_help = "Exit status: 0 on success, 1 on an error in the model, the inputs or the files \
         (one paragraph on stderr), 2 on a usage error, 70 on an internal error (a bug in mlc)."
@@ -45,15 +49,19 @@ enum Command {
     /// Describe a model: inputs and outputs with dtypes and shapes, opsets, op histogram,
     /// parameter count, and every unsupported op with the nodes that use it.
     Inspect(inspect::Args),
-    /// Run a model with the reference interpreter (or, with --engine cpu, compiled kernels);
-    /// write DIR/<output>.npy for every output.
+    /// Run a model (.onnx, compiled on the fly) or a CPU artifact (.mlca); write
+    /// DIR/<output>.npy for every output. --reference runs the reference interpreter.
     Run(run::Args),
     /// Optimize a graph (IR text or .onnx) by equality saturation; print the optimized IR, or
     /// with --explain the kernels, the rules that built them and their costs.
     Opt(opt::Args),
-    /// Compile a model for an NVIDIA GPU: an artifact (.mlca) that `mlc-gpu run` executes, or
-    /// with --emit the PTX / LLVM IR of every kernel.
+    /// Compile a model for the CPU (--target x86_64: an artifact that `mlc run` and
+    /// `mlc-runtime` execute) or an NVIDIA GPU (--target sm_90: an artifact that `mlc-gpu run`
+    /// executes), or with --emit a stage: graph IR, kernel IR, CLIF, PTX, LLVM IR.
     Compile(compile::Args),
+    /// Measure a model's latency on this CPU (median, p90; memory): an artifact, or an .onnx
+    /// compiled first.
+    Bench(bench::Args),
 }
 
 /// The message of the last panic, recorded by the hook so `main` can report it as an error.
@@ -82,6 +90,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::main(args),
         Command::Opt(args) => opt::main(args),
         Command::Compile(args) => compile::main(args),
+        Command::Bench(args) => bench::main(args),
     }));
     match result {
         Ok(Ok(())) => ExitCode::SUCCESS,

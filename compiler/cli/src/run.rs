@@ -1,5 +1,6 @@
-//! `mlc run`: import a model, bind its inputs from files, run the reference interpreter and
-//! write one `.npy` file per output.
+//! `mlc run`: run a model (an `.onnx`, compiled on the fly, or an artifact from `mlc compile
+//! --target x86_64`) on inputs from files and write one `.npy` file per output. `--reference`
+//! runs mlc's reference interpreter instead of compiled code.
 //!
 //! Everything that can be checked before running is checked first (unknown, duplicate and
 //! missing inputs; input dtypes and shapes, including symbolic dims shared between inputs), and
@@ -16,7 +17,8 @@ use std::time::Instant;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The ONNX model (.onnx; external data is read from beside it).
+    /// The ONNX model (.onnx; external data is read from beside it), or a CPU artifact
+    /// (.mlca from `mlc compile --target x86_64`).
     pub model: PathBuf,
     /// A graph input and the file holding its value: a NumPy .npy file or an ONNX TensorProto
     /// .pb file. Give one per graph input; the name ends at the first '='.
@@ -30,11 +32,15 @@ pub struct Args {
     /// Print how long each phase took (import, simplify, interpret, write) on stderr.
     #[arg(long)]
     pub time_passes: bool,
-    /// What executes the model: the reference interpreter (`interp`), or the graph lowered to
-    /// kernel IR and run by its evaluator (`kir`) or compiled to machine code with Cranelift
-    /// (`cpu`). The last two support only the ops that lower to kernel IR so far.
-    #[arg(long, value_enum, default_value_t = Engine::Interp)]
+    /// What executes the model: compiled machine code (`cpu`), the graph lowered to kernel IR
+    /// and run by its evaluator (`kir`), the reference interpreter (`interp`), or `auto`
+    /// (default): compiled code, or the interpreter (with a note on stderr) when the model uses
+    /// an op the compiler does not support yet.
+    #[arg(long, value_enum, default_value_t = Engine::Auto)]
     pub engine: Engine,
+    /// Run mlc's reference interpreter (exact, slow): the same as `--engine interp`.
+    #[arg(long, conflicts_with = "engine")]
+    pub reference: bool,
     /// Threads for `--engine cpu` (default: all cores).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
@@ -48,9 +54,10 @@ pub struct Args {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Engine {
-    Interp,
-    Kir,
+    Auto,
     Cpu,
+    Kir,
+    Interp,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -76,6 +83,14 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
     let mut timer = PhaseTimer::new(args.time_passes);
     tensor_io::check_output_dir(&args.output_dir)?;
     check_duplicates(&args.inputs)?;
+    if crate::pipeline::is_artifact(&args.model) {
+        return run_artifact(args, &mut timer);
+    }
+    let engine = if args.reference {
+        Engine::Interp
+    } else {
+        args.engine
+    };
 
     let mut model = mlc_onnx::load(&args.model)?;
     timer.done("import");
@@ -97,7 +112,7 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
         .map(|(n, t)| (n.clone(), t.shape().to_vec()))
         .collect();
     // The interpreter is the reference: it runs the graph as imported unless asked otherwise.
-    let level = args.opt.level(match args.engine {
+    let level = args.opt.level(match engine {
         Engine::Interp => mlc_passes::pipeline::Level::O0,
         _ => mlc_passes::pipeline::Level::O1,
     });
@@ -106,13 +121,26 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
     if let Some(stage) = args.emit {
         return emit(graph, stage);
     }
-    let outputs = match args.engine {
+    let outputs = match engine {
         Engine::Interp => {
             let out = mlc_interp::run(graph, &inputs)
                 .map_err(|e| anyhow!("running {model_name} failed: {e}"))?;
             timer.done("interpret");
             out
         }
+        Engine::Auto => match mlc_kir::lower_graph(graph) {
+            Ok(_) => run_lowered(graph, &inputs, Engine::Cpu, args.threads, &mut timer)
+                .with_context(|| format!("running {model_name} failed"))?,
+            Err(e) => {
+                eprintln!(
+                    "note: {model_name} cannot be compiled yet ({e}); running the reference interpreter"
+                );
+                let out = mlc_interp::run(graph, &inputs)
+                    .map_err(|e| anyhow!("running {model_name} failed: {e}"))?;
+                timer.done("interpret");
+                out
+            }
+        },
         engine => run_lowered(graph, &inputs, engine, args.threads, &mut timer)
             .with_context(|| format!("running {model_name} failed"))?,
     };
@@ -146,6 +174,97 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
     tensor_io::write_all_atomically(&args.output_dir, &contents)?;
     timer.done("write outputs");
     crate::print_stdout(&summary)
+}
+
+/// Runs a CPU artifact: inputs are matched by name to the artifact's and must have its
+/// compiled shapes.
+fn run_artifact(args: &Args, timer: &mut PhaseTimer) -> anyhow::Result<()> {
+    let path = args.model.display().to_string();
+    if args.emit.is_some() {
+        bail!("--emit needs an .onnx model; {path} is already compiled");
+    }
+    if args.reference || !matches!(args.engine, Engine::Auto | Engine::Cpu) {
+        bail!("{path} is a compiled artifact: it runs only compiled code (no --reference)");
+    }
+    let art = mlc_runtime::artifact::Artifact::read(&args.model)?;
+    if art.target != mlc_runtime::cpu::model::TARGET {
+        bail!(
+            "{path} is compiled for {}; run GPU artifacts with mlc-gpu run",
+            art.target
+        );
+    }
+    let model = mlc_runtime::cpu::CpuModel::from_artifact(&art)
+        .with_context(|| format!("cannot load {path}"))?;
+    timer.done("load");
+    let declared = || {
+        model
+            .inputs()
+            .iter()
+            .map(|io| format!("{:?} ({}{:?})", io.name, io.dtype, io.shape))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for (name, _) in &args.inputs {
+        if !model.inputs().iter().any(|io| &io.name == name) {
+            bail!(
+                "{path} has no input named {name:?}; its inputs are: {}",
+                declared()
+            );
+        }
+    }
+    let mut ordered = Vec::with_capacity(model.inputs().len());
+    for io in model.inputs() {
+        let Some((_, file)) = args.inputs.iter().find(|(n, _)| n == &io.name) else {
+            bail!(
+                "missing input {:?} for {path}: give each input with --input NAME=FILE; its inputs are: {}",
+                io.name,
+                declared()
+            );
+        };
+        let t = tensor_io::read_tensor(file).with_context(|| format!("input {:?}", io.name))?;
+        if t.dtype().name() != io.dtype || t.shape() != io.shape.as_slice() {
+            bail!(
+                "input {:?} does not fit {path}: it was compiled for {}{:?}, given {} from {} (recompile with --shape {}=...)",
+                io.name,
+                io.dtype,
+                io.shape,
+                TensorType::fixed(t.dtype(), t.shape()),
+                file.display(),
+                io.name
+            );
+        }
+        ordered.push(tensor_io::tensor_to_npy(&t)?.0);
+    }
+    timer.done("read inputs");
+    let threads = args.threads.unwrap_or_else(default_threads);
+    let outputs = model
+        .run(&ordered, threads)
+        .with_context(|| format!("running {path} failed"))?;
+    timer.done("execute");
+    let names: Vec<&str> = outputs.iter().map(|(n, _)| n.as_str()).collect();
+    let files = tensor_io::output_file_names(&names);
+    let mut contents = Vec::with_capacity(outputs.len());
+    let mut summary = String::new();
+    for ((name, arr), file) in outputs.iter().zip(&files) {
+        let _ = writeln!(
+            summary,
+            "{name}: {}{:?} -> {}",
+            arr.elem.name(),
+            arr.shape,
+            args.output_dir.join(file).display()
+        );
+        contents.push((file.clone(), arr.to_bytes()));
+    }
+    tensor_io::write_all_atomically(&args.output_dir, &contents)?;
+    timer.done("write outputs");
+    crate::print_stdout(&summary)
+}
+
+/// All cores.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// Prints a compilation stage of `graph` on stdout.
@@ -186,11 +305,7 @@ fn run_lowered(
     }
     let compiled = mlc_cpu::CompiledProgram::new(&prog)?;
     timer.done("compile");
-    let threads = threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
+    let threads = threads.unwrap_or_else(default_threads);
     let out = compiled.run(&ordered, threads)?;
     timer.done("execute");
     Ok(out)

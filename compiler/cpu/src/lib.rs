@@ -38,12 +38,15 @@
 //! This is the only crate that links Cranelift. Unsafe code lives in one module, `ffi`, which
 //! calls the JIT'd function pointers and receives raw pointers from them.
 
+pub mod artifact;
 pub mod clif;
 pub mod exec;
 mod ffi;
 pub mod module;
+pub mod plan;
 pub mod simd;
 
+pub use artifact::compile_artifact;
 pub use exec::{CompiledProgram, RunError};
 pub use module::{compile_object, kernel_clif, program_clif};
 
@@ -82,7 +85,12 @@ pub enum CodegenError {
     /// Cranelift rejected the generated code or could not set up the target.
     #[error("cranelift: {0}")]
     Cranelift(String),
+    /// Linking the shared object of an artifact failed.
+    #[error("linking: {0}")]
+    Link(String),
 }
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_artifact;

@@ -46,6 +46,8 @@ struct Analysis<'a> {
     counter: VarId,
     classes: HashMap<VarId, Class>,
     loaded: HashSet<ParamId>,
+    /// The index of every load, by buffer.
+    load_index: HashMap<ParamId, Vec<Expr>>,
     /// Variables whose value depends on loaded data (outer ones as the translator knows).
     data_dep: HashSet<VarId>,
 }
@@ -84,6 +86,10 @@ impl Analysis<'_> {
             Expr::Load { param, index } => {
                 let ci = self.class(index)?;
                 self.loaded.insert(*param);
+                self.load_index
+                    .entry(*param)
+                    .or_default()
+                    .push((**index).clone());
                 match ci {
                     Uniform => Uniform,
                     Affine(_) if self.k.params[param.0 as usize].dtype == DType::F32 => {
@@ -313,6 +319,7 @@ pub fn vectorizable(k: &Kernel, counter: VarId, body: &[Stmt], outer_data_dep: &
         counter,
         classes: HashMap::new(),
         loaded: HashSet::new(),
+        load_index: HashMap::new(),
         data_dep: (0..outer_data_dep.len())
             .filter(|&i| outer_data_dep[i])
             .map(|i| VarId(i as u32))
@@ -321,7 +328,7 @@ pub fn vectorizable(k: &Kernel, counter: VarId, body: &[Stmt], outer_data_dep: &
     let Some(red) = reductions(k, body) else {
         return false;
     };
-    let mut stored = HashSet::new();
+    let mut stored: HashMap<ParamId, Vec<&Expr>> = HashMap::new();
     let mut vector_store = false;
     for st in body {
         if let Stmt::Assign { var, value } = st
@@ -391,12 +398,22 @@ pub fn vectorizable(k: &Kernel, counter: VarId, body: &[Stmt], outer_data_dep: &
                 {
                     return false;
                 }
-                stored.insert(*param);
+                stored.entry(*param).or_default().push(index);
                 vector_store = true;
             }
         }
     }
-    vector_store && stored.is_disjoint(&a.loaded)
+    // A buffer both loaded and stored is fine when every access to it uses one index (unit
+    // stride, as stores are): each iteration then reads and writes only its own element, as
+    // in an accumulation `y[i] = y[i] + ...`.
+    let independent = stored.iter().all(|(p, idx)| {
+        let first = idx[0];
+        idx.iter().all(|i| *i == first)
+            && a.load_index
+                .get(p)
+                .is_none_or(|loads| loads.iter().all(|l| l == first))
+    });
+    vector_store && independent
 }
 
 /// A value in the vector body.
@@ -465,6 +482,7 @@ impl<M: Module> Tx<'_, '_, M> {
                 counter: var,
                 classes: HashMap::new(),
                 loaded: HashSet::new(),
+                load_index: HashMap::new(),
                 data_dep: HashSet::new(),
             },
             vals: HashMap::new(),
@@ -603,6 +621,165 @@ impl<M: Module> Tx<'_, '_, M> {
         let is_small = self.b.ins().fcmp(FloatCC::LessThan, ax, lim);
         let is_small = self.mask_as_f32(is_small);
         self.b.ins().bitselect(is_small, small, big)
+    }
+
+    /// `c[0] + z·(c[1] + z·(…))` on four lanes.
+    fn vpoly(&mut self, z: Value, c: &[f32]) -> Value {
+        let mut y = self.splat_f(c[c.len() - 1]);
+        for &k in c[..c.len() - 1].iter().rev() {
+            let kv = self.splat_f(k);
+            y = self.b.ins().fmul(y, z);
+            y = self.b.ins().fadd(y, kv);
+        }
+        y
+    }
+
+    /// `erf` on four lanes inline: the regions and rational approximations of FreeBSD's
+    /// `s_erff.c` (the `libm` crate's `erff`, which the evaluator calls), every region computed
+    /// and the right one selected per lane; `exp` is [`Self::vexp`]. NaN stays NaN, ±inf
+    /// gives ±1.
+    fn verf(&mut self, x: Value) -> Value {
+        const PP: [f32; 5] = [
+            1.283_791_7e-1,
+            -3.250_421e-1,
+            -2.848_175e-2,
+            -5.770_270_2e-3,
+            -2.376_301_7e-5,
+        ];
+        const QQ: [f32; 6] = [
+            1.0,
+            3.979_172e-1,
+            6.502_225e-2,
+            5.081_306e-3,
+            1.324_947_4e-4,
+            -3.960_228_2e-6,
+        ];
+        const ERX: f32 = 8.450_629e-1;
+        const PA: [f32; 7] = [
+            -2.362_118_6e-3,
+            4.148_561e-1,
+            -3.722_079e-1,
+            3.183_466_2e-1,
+            -1.108_947e-1,
+            3.547_830_5e-2,
+            -2.166_375_5e-3,
+        ];
+        const QA: [f32; 7] = [
+            1.0,
+            1.064_208_8e-1,
+            5.403_979_4e-1,
+            7.182_865_6e-2,
+            1.261_712_2e-1,
+            1.363_708_4e-2,
+            1.198_45e-2,
+        ];
+        const RA: [f32; 8] = [
+            -9.864_944e-3,
+            -6.938_586e-1,
+            -1.055_862_6e1,
+            -6.237_533e1,
+            -1.623_966_7e2,
+            -1.846_050_9e2,
+            -8.128_744e1,
+            -9.814_329,
+        ];
+        const SA: [f32; 9] = [
+            1.0,
+            1.965_127_2e1,
+            1.376_577_6e2,
+            4.345_659e2,
+            6.453_873e2,
+            4.290_081_5e2,
+            1.086_350_1e2,
+            6.570_25,
+            -6.042_441_4e-2,
+        ];
+        const RB: [f32; 7] = [
+            -9.864_943e-3,
+            -7.992_833e-1,
+            -1.775_795_6e1,
+            -1.606_363_8e2,
+            -6.375_665e2,
+            -1.025_095_1e3,
+            -4.835_192e2,
+        ];
+        const SB: [f32; 8] = [
+            1.0,
+            3.033_806e1,
+            3.257_925e2,
+            1.536_729_6e3,
+            3.199_858_2e3,
+            2.553_050_3e3,
+            4.745_285_3e2,
+            -2.244_095_2e1,
+        ];
+        let f = MemFlagsData::new().with_endianness(Endianness::Little);
+        let ax = self.b.ins().fabs(x);
+        // |x| < 0.84375: x + x·P(x²)/Q(x²).
+        let z = self.b.ins().fmul(x, x);
+        let (r, q) = (self.vpoly(z, &PP), self.vpoly(z, &QQ));
+        let y = self.b.ins().fdiv(r, q);
+        let xy = self.b.ins().fmul(x, y);
+        let small = self.b.ins().fadd(x, xy);
+        // 0.84375 <= |x| < 1.25: erx + P(s)/Q(s), s = |x| - 1.
+        let one = self.splat_f(1.0);
+        let s1 = self.b.ins().fsub(ax, one);
+        let (p, q) = (self.vpoly(s1, &PA), self.vpoly(s1, &QA));
+        let pq = self.b.ins().fdiv(p, q);
+        let erx = self.splat_f(ERX);
+        let mid = self.b.ins().fadd(erx, pq);
+        // 1.25 <= |x| < 6: 1 - erfc, erfc = exp(-z² - 0.5625)·exp((z - |x|)(z + |x|) + R/S)/|x|
+        // with z = |x| rounded down to 11 significant bits, R/S in s = 1/x².
+        let x2 = self.b.ins().fmul(ax, ax);
+        let s2 = self.b.ins().fdiv(one, x2);
+        let (ra, sa) = (self.vpoly(s2, &RA), self.vpoly(s2, &SA));
+        let (rb, sb) = (self.vpoly(s2, &RB), self.vpoly(s2, &SB));
+        let lim = self.splat_f(1.0 / 0.35);
+        let near = self.b.ins().fcmp(FloatCC::LessThan, ax, lim);
+        let near = self.mask_as_f32(near);
+        let rr = self.b.ins().bitselect(near, ra, rb);
+        let ss = self.b.ins().bitselect(near, sa, sb);
+        let bits = self.b.ins().bitcast(types::I32X4, f, ax);
+        let m = self
+            .b
+            .ins()
+            .iconst(types::I32, 0xffff_e000u32 as i32 as i64);
+        let m = self.b.ins().splat(types::I32X4, m);
+        let zb = self.b.ins().band(bits, m);
+        let zz = self.b.ins().bitcast(types::F32X4, f, zb);
+        let zsq = self.b.ins().fmul(zz, zz);
+        let c = self.splat_f(0.5625);
+        let a1 = self.b.ins().fadd(zsq, c);
+        let a1 = self.b.ins().fneg(a1);
+        let e1 = self.vexp(a1);
+        let d = self.b.ins().fsub(zz, ax);
+        let e = self.b.ins().fadd(zz, ax);
+        let de = self.b.ins().fmul(d, e);
+        let rs = self.b.ins().fdiv(rr, ss);
+        let a2 = self.b.ins().fadd(de, rs);
+        let e2 = self.vexp(a2);
+        let erfc = self.b.ins().fmul(e1, e2);
+        let erfc = self.b.ins().fdiv(erfc, ax);
+        let far = self.b.ins().fsub(one, erfc);
+        // Magnitude by region, then the sign of x.
+        let six = self.splat_f(6.0);
+        let lt6 = self.b.ins().fcmp(FloatCC::LessThan, ax, six);
+        let lt6 = self.mask_as_f32(lt6);
+        let mag = self.b.ins().bitselect(lt6, far, one);
+        let l125 = self.splat_f(1.25);
+        let lt125 = self.b.ins().fcmp(FloatCC::LessThan, ax, l125);
+        let lt125 = self.mask_as_f32(lt125);
+        let mag = self.b.ins().bitselect(lt125, mid, mag);
+        let neg0 = self.splat_f(-0.0);
+        let sign = self.b.ins().band(x, neg0);
+        let big = self.b.ins().bor(mag, sign);
+        let l084 = self.splat_f(0.843_75);
+        let lt084 = self.b.ins().fcmp(FloatCC::LessThan, ax, l084);
+        let lt084 = self.mask_as_f32(lt084);
+        let y = self.b.ins().bitselect(lt084, small, big);
+        let nan = self.b.ins().fcmp(FloatCC::Unordered, x, x);
+        let nan = self.mask_as_f32(nan);
+        self.b.ins().bitselect(nan, x, y)
     }
 
     /// A float add, mul, max or min (scalar or vector).
@@ -777,6 +954,7 @@ impl<M: Module> Tx<'_, '_, M> {
                     UnOp::Not => return self.unsupported("not on f32"),
                     UnOp::Exp if self.opts.inline_math => VV::F(self.vexp(x)),
                     UnOp::Tanh if self.opts.inline_math => VV::F(self.vtanh(x)),
+                    UnOp::Erf if self.opts.inline_math => VV::F(self.verf(x)),
                     _ => {
                         let name = libm_symbol(*op, types::F32).expect("transcendental");
                         VV::F(self.per_lane(&name, &[x]))

@@ -456,6 +456,64 @@ fn contractions() {
 }
 
 #[test]
+fn depthwise_convolutions() {
+    // Rows accumulate in place (`y[i] = y[i] + x[..] * w`): vectorized, and so is the padding
+    // copy. Strides 1 and 2, padded and not, a channel multiplier, no bias.
+    for (x, w, attrs, out, bias) in [
+        (
+            "f32[2,3,9,8]",
+            "f32[3,1,3,3]",
+            r#""dilations":[1,1],"group":3,"pads":[1,1,1,1],"strides":[1,1]"#,
+            "f32[2,3,9,8]",
+            true,
+        ),
+        (
+            "f32[1,4,11,10]",
+            "f32[8,1,5,5]",
+            r#""dilations":[1,1],"group":4,"pads":[2,1,2,3],"strides":[2,2]"#,
+            "f32[1,8,6,5]",
+            true,
+        ),
+        (
+            "f32[1,2,9,9]",
+            "f32[2,1,3,3]",
+            r#""dilations":[2,2],"group":2,"pads":[0,0,0,0],"strides":[1,1]"#,
+            "f32[1,2,5,5]",
+            false,
+        ),
+    ] {
+        let m = w[4..].split(',').next().unwrap_or("1");
+        let (decl, arg, y) = if bias {
+            (format!(r#", %2: f32[{m}] "b""#), "%2", 3)
+        } else {
+            (String::new(), "_", 2)
+        };
+        let text = check(
+            &format!(
+                r#"graph (%0: {x} "x", %1: {w} "w"{decl}) -> (%{y} "y") {{
+  %{y} = nn.conv {{"auto_pad":"not_set",{attrs}}} (%0, %1, {arg}) : {out}
+}}"#
+            ),
+            1e-5,
+        );
+        assert!(text.contains("_depthwise"), "{text}");
+    }
+}
+
+#[test]
+fn max_pool_rows() {
+    // Padded with -inf, rows take the max with one tap at a time: strides, dilation, ceil mode.
+    let text = check(
+        r#"graph (%0: f32[2,3,9,8] "x") -> (%1 "a", %2 "b") {
+  %1 = nn.max_pool {"kernel":[3,3],"strides":[2,2],"dilations":[1,1],"pads":[1,1,1,1],"auto_pad":"not_set","ceil_mode":false,"storage_order_col_major":false} (%0) : f32[2,3,5,4]
+  %2 = nn.max_pool {"kernel":[2,3],"strides":[2,1],"dilations":[2,1],"pads":[0,1,0,0],"auto_pad":"not_set","ceil_mode":true,"storage_order_col_major":false} (%0) : f32[2,3,4,7]
+}"#,
+        0.0,
+    );
+    assert_eq!(text.matches("_rows(").count(), 2, "{text}");
+}
+
+#[test]
 fn data_movement() {
     check(
         r#"graph (%0: f32[2,3,4] "x", %1: f32[2,1,4] "z", %2: i64[2,2] "i") -> (%3 "t", %5 "e", %6 "c", %7 "s", %8 "g") {
@@ -680,6 +738,45 @@ fn inline_tanh_is_accurate() {
         let want = x.tanh() as f64;
         let ok = (want.is_nan() && y.is_nan()) || want == y || ((want - y) / want).abs() < 5e-7;
         assert!(ok, "element {i}: tanh({x}) = {want}, inline {y}");
+    }
+}
+
+/// The inline vector `erf` against the `libm` crate's `erff` (the evaluator's), element by
+/// element, across its regions (boundaries 0.84375, 1.25, 1/0.35, 6) and the special values.
+#[test]
+fn inline_erf_is_accurate() {
+    let g = parse_graph(
+        r#"graph (%0: f32[4007] "x") -> (%1 "y") {
+  %1 = ew.erf(%0) : f32[4007]
+}"#,
+    )
+    .expect("graph");
+    let mut v: Vec<f32> = (0..4000)
+        .map(|i| {
+            let t = (i as f32 - 2000.0) / 2000.0;
+            t * t * t * 7.0
+        })
+        .collect();
+    v.extend([
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        0.0,
+        -0.0,
+        1e-30,
+        0.84375,
+    ]);
+    let x = Tensor::from_vec(&[4007], v.clone()).expect("tensor");
+    let prog = lower_graph(&g).expect("lowering");
+    let c = CompiledProgram::new(&prog).expect("compiles");
+    let got = c.run(&[x], 1).expect("runs")[0].to_f64_vec().expect("f32");
+    for (i, (&x, &y)) in v.iter().zip(&got).enumerate() {
+        let want = libm::erff(x) as f64;
+        let ok = (want.is_nan() && y.is_nan())
+            || want == y
+            || ((want - y) / want).abs() < 1e-6
+            || (want - y).abs() < 1e-37;
+        assert!(ok, "element {i}: erf({x}) = {want}, inline {y}");
     }
 }
 

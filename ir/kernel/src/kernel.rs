@@ -195,7 +195,9 @@ pub enum LoopKind {
     Serial,
     /// Iterations are independent and write disjoint elements: CPU threads, the GPU grid.
     Parallel,
-    /// Iterations are independent and the loop is innermost: SIMD lanes.
+    /// Iterations are independent and the loop is innermost: SIMD lanes. A reduction into an
+    /// outer variable (`acc = acc ⊕ e`, ⊕ associative and commutative) counts as independent:
+    /// a backend may reassociate it (which changes float rounding slightly).
     Vector,
 }
 

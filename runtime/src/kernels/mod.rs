@@ -5,7 +5,9 @@
 //! kernel family has a portable Rust version and `std::arch` versions for x86-64 levels; the
 //! level is detected once per process ([`Isa::detect`]) and can be forced for tests and benches.
 
+pub mod bytes;
 pub mod gemm;
+pub mod igemm;
 
 use std::fmt;
 use std::sync::OnceLock;

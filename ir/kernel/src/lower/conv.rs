@@ -150,6 +150,9 @@ pub(super) fn conv(
     let bias = node.input(2);
     let kk: usize = kdims.iter().product();
     let ohw: usize = g.out.iter().product();
+    if cg == 1 && ins.len() == 2 {
+        return conv_depthwise_2d(cx, node, x, w, bias, out, &g, ins, n, c, m, group);
+    }
     if cg == 1 {
         return conv_direct(cx, node, x, w, bias, out, &g, ins, n, c, m, group);
     }
@@ -239,6 +242,15 @@ fn columns(
     if pointwise {
         return Ok((xb, ohw as i64, (cg * ihw) as i64, (c * ihw) as i64));
     }
+    if ins.len() == 2 && pad.is_none() && ty.is_float() {
+        let col = im2col_2d(cx, node, xb, ty, n * c, ins, g);
+        return Ok((
+            col,
+            ohw as i64,
+            (cg * kk * ohw) as i64,
+            (c * kk * ohw) as i64,
+        ));
+    }
     let col =
         cx.p.add_buffer(ty, vec![n, group, cg * kk, ohw], BufKind::Temp);
     let mut kb = KernelBuilder::new("im2col");
@@ -301,7 +313,544 @@ fn columns(
     ))
 }
 
-/// Depthwise (one input channel per group) convolution as direct loops.
+/// Copies `planes` planes of `ih×iw` into planes of `ph×pw` filled with `fill`, at offset
+/// `pad` (top, left), with vectorizable loops; returns `xb` itself when nothing would change.
+#[allow(clippy::too_many_arguments)]
+fn pad_planes_with(
+    cx: &mut Cx,
+    node: &Node,
+    xb: BufId,
+    ty: DType,
+    fill: f64,
+    planes: usize,
+    (ih, iw): (usize, usize),
+    (pt, pl): (usize, usize),
+    (ph, pw): (usize, usize),
+) -> BufId {
+    if (ph, pw) == (ih, iw) && (pt, pl) == (0, 0) {
+        return xb;
+    }
+    let xpad = cx.p.add_buffer(ty, vec![planes, ph, pw], BufKind::Temp);
+    let mut kb = KernelBuilder::new("pad_planes");
+    let xp = kb.param(&cx.p, xb, Access::Read);
+    let pp = kb.param(&cx.p, xpad, Access::Write);
+    let (nc, i, y, xx) = (
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+    );
+    let plane = Expr::mul_idx(Expr::var(nc), (ph * pw) as i64);
+    let zero = lp(
+        i,
+        ph * pw,
+        LoopKind::Vector,
+        vec![Stmt::Store {
+            param: pp,
+            index: Expr::add_idx(plane.clone(), Expr::var(i)),
+            value: Expr::float(ty, fill),
+        }],
+    );
+    let dst = Expr::add_idx(
+        Expr::add_idx(
+            plane,
+            Expr::mul_idx(Expr::add_idx(Expr::var(y), Expr::idx(pt as i64)), pw as i64),
+        ),
+        Expr::add_idx(Expr::var(xx), Expr::idx(pl as i64)),
+    );
+    let from = Expr::add_idx(
+        Expr::add_idx(
+            Expr::mul_idx(Expr::var(nc), (ih * iw) as i64),
+            Expr::mul_idx(Expr::var(y), iw as i64),
+        ),
+        Expr::var(xx),
+    );
+    let copy = lp(
+        y,
+        ih,
+        LoopKind::Serial,
+        lp(
+            xx,
+            iw,
+            LoopKind::Vector,
+            vec![Stmt::Store {
+                param: pp,
+                index: dst,
+                value: Expr::load(xp, from),
+            }],
+        ),
+    );
+    let mut body = zero;
+    body.extend(copy);
+    kb.k.body = lp(nc, planes, LoopKind::Parallel, body);
+    let id = cx.p.intern_kernel(kb.k);
+    cx.p.steps.push(Step {
+        kernel: id,
+        args: kb.args,
+        origin: node.loc.clone(),
+    });
+    xpad
+}
+
+/// [`pad_planes_with`] zeros.
+#[allow(clippy::too_many_arguments)]
+fn pad_planes(
+    cx: &mut Cx,
+    node: &Node,
+    xb: BufId,
+    ty: DType,
+    planes: usize,
+    ins: (usize, usize),
+    pad: (usize, usize),
+    padded: (usize, usize),
+) -> BufId {
+    pad_planes_with(cx, node, xb, ty, 0.0, planes, ins, pad, padded)
+}
+
+/// 2-D max pooling of `f32` planes like the depthwise convolution: planes padded with −∞, then
+/// each output row starts at −∞ and takes the (NaN-propagating) maximum with one window tap at
+/// a time, a vectorized loop over the row.
+fn max_pool_2d(
+    cx: &mut Cx,
+    node: &Node,
+    x: mlc_ir::ValueId,
+    g: &Geom,
+    xs: &[usize],
+) -> Result<(), Fail> {
+    let ty = cx.dtype(x);
+    let planes = xs[0] * xs[1];
+    let (ih, iw) = (xs[2], xs[3]);
+    let (oh, ow) = (g.out[0], g.out[1]);
+    let (kh, kw) = (g.k[0], g.k[1]);
+    let reach = |d: usize| (g.out[d] - 1) * g.stride[d] + (g.k[d] - 1) * g.dil[d] + 1;
+    let (ph, pw) = ((ih + g.pad[0]).max(reach(0)), (iw + g.pad[1]).max(reach(1)));
+    let src = pad_planes_with(
+        cx,
+        node,
+        cx.buf(x)?,
+        ty,
+        f64::NEG_INFINITY,
+        planes,
+        (ih, iw),
+        (g.pad[0], g.pad[1]),
+        (ph, pw),
+    );
+    let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
+    let mut kb = KernelBuilder::new(format!("{}_rows", kernel_name(&node.op)));
+    let xp = kb.param(&cx.p, src, Access::Read);
+    let op_ = kb.param(&cx.p, out, Access::ReadWrite);
+    let (pv, y, ky, kx, xo) = (
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+    );
+    let dst = Expr::add_idx(
+        Expr::add_idx(
+            Expr::mul_idx(Expr::var(pv), (oh * ow) as i64),
+            Expr::mul_idx(Expr::var(y), ow as i64),
+        ),
+        Expr::var(xo),
+    );
+    let init = lp(
+        xo,
+        ow,
+        LoopKind::Vector,
+        vec![Stmt::Store {
+            param: op_,
+            index: dst.clone(),
+            value: Expr::float(ty, f64::NEG_INFINITY),
+        }],
+    );
+    let from = Expr::add_idx(
+        Expr::add_idx(
+            Expr::mul_idx(Expr::var(pv), (ph * pw) as i64),
+            Expr::mul_idx(
+                Expr::add_idx(
+                    Expr::mul_idx(Expr::var(y), g.stride[0] as i64),
+                    Expr::mul_idx(Expr::var(ky), g.dil[0] as i64),
+                ),
+                pw as i64,
+            ),
+        ),
+        Expr::add_idx(
+            Expr::mul_idx(Expr::var(xo), g.stride[1] as i64),
+            Expr::mul_idx(Expr::var(kx), g.dil[1] as i64),
+        ),
+    );
+    let tap = lp(
+        xo,
+        ow,
+        LoopKind::Vector,
+        vec![Stmt::Store {
+            param: op_,
+            index: dst.clone(),
+            value: Expr::bin(BinOp::Max, Expr::load(op_, dst), Expr::load(xp, from)),
+        }],
+    );
+    let mut row = init;
+    row.extend(lp(
+        ky,
+        kh,
+        LoopKind::Serial,
+        lp(kx, kw, LoopKind::Serial, tap),
+    ));
+    kb.k.body = lp(
+        pv,
+        planes,
+        LoopKind::Parallel,
+        lp(y, oh, LoopKind::Serial, row),
+    );
+    cx.launch(kb, node);
+    Ok(())
+}
+
+/// The column matrix of a 2-D convolution, `[planes·kh·kw, oh·ow]` (row `(plane, ky, kx)`,
+/// column the output position), copied from zero-padded planes: no bound tests, and the
+/// innermost loop over output columns is a SIMD loop (unit stride for stride-1 convolutions).
+fn im2col_2d(
+    cx: &mut Cx,
+    node: &Node,
+    xb: BufId,
+    ty: DType,
+    planes: usize,
+    ins: &[usize],
+    g: &Geom,
+) -> BufId {
+    let (ih, iw) = (ins[0], ins[1]);
+    let (oh, ow) = (g.out[0], g.out[1]);
+    let (kh, kw) = (g.k[0], g.k[1]);
+    let reach = |d: usize| (g.out[d] - 1) * g.stride[d] + (g.k[d] - 1) * g.dil[d] + 1;
+    let (ph, pw) = ((ih + g.pad[0]).max(reach(0)), (iw + g.pad[1]).max(reach(1)));
+    let src = pad_planes(
+        cx,
+        node,
+        xb,
+        ty,
+        planes,
+        (ih, iw),
+        (g.pad[0], g.pad[1]),
+        (ph, pw),
+    );
+    let col =
+        cx.p.add_buffer(ty, vec![planes * kh * kw, oh * ow], BufKind::Temp);
+    let mut kb = KernelBuilder::new("im2col");
+    let xp = kb.param(&cx.p, src, Access::Read);
+    let cp = kb.param(&cx.p, col, Access::Write);
+    let (nc, ky, kx, oy, ox) = (
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+    );
+    let row = Expr::add_idx(
+        Expr::mul_idx(Expr::var(nc), (kh * kw) as i64),
+        Expr::add_idx(Expr::mul_idx(Expr::var(ky), kw as i64), Expr::var(kx)),
+    );
+    let dst = Expr::add_idx(
+        Expr::mul_idx(row, (oh * ow) as i64),
+        Expr::add_idx(Expr::mul_idx(Expr::var(oy), ow as i64), Expr::var(ox)),
+    );
+    let from = Expr::add_idx(
+        Expr::add_idx(
+            Expr::mul_idx(Expr::var(nc), (ph * pw) as i64),
+            Expr::mul_idx(
+                Expr::add_idx(
+                    Expr::mul_idx(Expr::var(oy), g.stride[0] as i64),
+                    Expr::mul_idx(Expr::var(ky), g.dil[0] as i64),
+                ),
+                pw as i64,
+            ),
+        ),
+        Expr::add_idx(
+            Expr::mul_idx(Expr::var(ox), g.stride[1] as i64),
+            Expr::mul_idx(Expr::var(kx), g.dil[1] as i64),
+        ),
+    );
+    let copy = vec![Stmt::Store {
+        param: cp,
+        index: dst,
+        value: Expr::load(xp, from),
+    }];
+    let body = lp(
+        ky,
+        kh,
+        LoopKind::Serial,
+        lp(
+            kx,
+            kw,
+            LoopKind::Serial,
+            lp(oy, oh, LoopKind::Serial, lp(ox, ow, LoopKind::Vector, copy)),
+        ),
+    );
+    kb.k.body = lp(nc, planes, LoopKind::Parallel, body);
+    let id = cx.p.intern_kernel(kb.k);
+    cx.p.steps.push(Step {
+        kernel: id,
+        args: kb.args,
+        origin: node.loc.clone(),
+    });
+    col
+}
+
+/// `for var in 0..extent` (`kind`), or the body with `var` = 0 when the extent is 1.
+fn lp(var: VarId, extent: usize, kind: LoopKind, body: Vec<Stmt>) -> Vec<Stmt> {
+    super::wrap_loops(&[var], &[extent], &[kind], body)
+}
+
+/// A 2-D depthwise convolution (one input channel per group) in two kernels built for SIMD:
+/// the input planes are first copied into zero-padded planes (skipped without padding), so the
+/// convolution reads no index twice and tests no bound; then each output row starts from the
+/// bias and accumulates one kernel tap at a time, `y[ow] += xpad[.., ow·s + kw·d] · w[kh, kw]`,
+/// an innermost loop over the row that the backends vectorize (its weight is uniform).
+#[allow(clippy::too_many_arguments)]
+fn conv_depthwise_2d(
+    cx: &mut Cx,
+    node: &Node,
+    x: mlc_ir::ValueId,
+    w: mlc_ir::ValueId,
+    bias: Option<mlc_ir::ValueId>,
+    out: BufId,
+    g: &Geom,
+    ins: &[usize],
+    n: usize,
+    c: usize,
+    m: usize,
+    group: usize,
+) -> Result<(), Fail> {
+    let ty = cx.dtype(x);
+    let (ih, iw) = (ins[0], ins[1]);
+    let (oh, ow) = (g.out[0], g.out[1]);
+    let (kh, kw) = (g.k[0], g.k[1]);
+    // The padded plane holds every tap of every window.
+    let reach = |d: usize| (g.out[d] - 1) * g.stride[d] + (g.k[d] - 1) * g.dil[d] + 1;
+    let (ph, pw) = ((ih + g.pad[0]).max(reach(0)), (iw + g.pad[1]).max(reach(1)));
+    let xb = cx.buf(x)?;
+    let src = pad_planes(
+        cx,
+        node,
+        xb,
+        ty,
+        n * c,
+        (ih, iw),
+        (g.pad[0], g.pad[1]),
+        (ph, pw),
+    );
+    let mut kb = KernelBuilder::new(format!("{}_depthwise", kernel_name(&node.op)));
+    let xp = kb.param(&cx.p, src, Access::Read);
+    let wp = kb.param(&cx.p, cx.buf(w)?, Access::Read);
+    let bp = match bias {
+        Some(b) => Some(kb.param(&cx.p, cx.buf(b)?, Access::Read)),
+        None => None,
+    };
+    let mg = m / group;
+    if kh * kw <= MAX_UNROLLED_TAPS {
+        return depthwise_unrolled(cx, node, kb, (xp, wp, bp), out, g, (n, c, m, mg), (ph, pw));
+    }
+    // Read too: rows accumulate in place (each row is initialized first).
+    let op_ = kb.param(&cx.p, out, Access::ReadWrite);
+    let (nv, mv, y, ky, kx, xo, wv) = (
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(ty),
+    );
+    let row = Expr::add_idx(
+        Expr::mul_idx(
+            Expr::add_idx(Expr::mul_idx(Expr::var(nv), m as i64), Expr::var(mv)),
+            (oh * ow) as i64,
+        ),
+        Expr::mul_idx(Expr::var(y), ow as i64),
+    );
+    let dst = Expr::add_idx(row, Expr::var(xo));
+    let init = match bp {
+        Some(p) => Expr::load(p, Expr::var(mv)),
+        None => Expr::float(ty, 0.0),
+    };
+    let init_row = lp(
+        xo,
+        ow,
+        LoopKind::Vector,
+        vec![Stmt::Store {
+            param: op_,
+            index: dst.clone(),
+            value: init,
+        }],
+    );
+    // Input plane of output channel m: its group's only channel.
+    let cin = Expr::bin(BinOp::Div, Expr::var(mv), Expr::idx(mg as i64));
+    let plane = Expr::mul_idx(
+        Expr::add_idx(Expr::mul_idx(Expr::var(nv), c as i64), cin),
+        (ph * pw) as i64,
+    );
+    let in_row = Expr::mul_idx(
+        Expr::add_idx(
+            Expr::mul_idx(Expr::var(y), g.stride[0] as i64),
+            Expr::mul_idx(Expr::var(ky), g.dil[0] as i64),
+        ),
+        pw as i64,
+    );
+    let in_col = Expr::add_idx(
+        Expr::mul_idx(Expr::var(xo), g.stride[1] as i64),
+        Expr::mul_idx(Expr::var(kx), g.dil[1] as i64),
+    );
+    let tap = Expr::load(xp, Expr::add_idx(Expr::add_idx(plane, in_row), in_col));
+    let widx = Expr::add_idx(
+        Expr::mul_idx(Expr::var(mv), (kh * kw) as i64),
+        Expr::add_idx(Expr::mul_idx(Expr::var(ky), kw as i64), Expr::var(kx)),
+    );
+    let mut per_tap = vec![Stmt::Let {
+        var: wv,
+        value: Expr::load(wp, widx),
+    }];
+    per_tap.extend(lp(
+        xo,
+        ow,
+        LoopKind::Vector,
+        vec![Stmt::Store {
+            param: op_,
+            index: dst.clone(),
+            value: Expr::bin(
+                BinOp::Add,
+                Expr::load(op_, dst),
+                Expr::bin(BinOp::Mul, tap, Expr::var(wv)),
+            ),
+        }],
+    ));
+    let taps = lp(
+        ky,
+        kh,
+        LoopKind::Serial,
+        lp(kx, kw, LoopKind::Serial, per_tap),
+    );
+    let mut row_body = init_row;
+    row_body.extend(taps);
+    let rows = lp(y, oh, LoopKind::Serial, row_body);
+    kb.k.body = nest_vars(&[nv, mv], &[n, m], rows);
+    cx.launch(kb, node);
+    Ok(())
+}
+
+/// Windows of at most this many taps (3×3) are unrolled into one vector loop over the output
+/// row; larger ones accumulate a row per tap (measured faster for 5×5 on 14×14 maps).
+const MAX_UNROLLED_TAPS: usize = 9;
+
+/// The depthwise convolution's body for small windows: one vector loop over the output row
+/// whose body sums every tap into a register (`acc = bias; acc += x·w` per tap, weights
+/// uniform across the row), so each output is stored once.
+#[allow(clippy::too_many_arguments)]
+fn depthwise_unrolled(
+    cx: &mut Cx,
+    node: &Node,
+    mut kb: KernelBuilder,
+    (xp, wp, bp): (ParamId, ParamId, Option<ParamId>),
+    out: BufId,
+    g: &Geom,
+    (n, c, m, mg): (usize, usize, usize, usize),
+    (ph, pw): (usize, usize),
+) -> Result<(), Fail> {
+    let ty = cx.dtype(
+        node.input(0)
+            .ok_or(Fail::Unsupported("missing input".into()))?,
+    );
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let (oh, ow) = (g.out[0], g.out[1]);
+    let (kh, kw) = (g.k[0], g.k[1]);
+    let (nv, mv, y, xo, acc) = (
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(ty),
+    );
+    let cin = Expr::bin(BinOp::Div, Expr::var(mv), Expr::idx(mg as i64));
+    let plane = Expr::mul_idx(
+        Expr::add_idx(Expr::mul_idx(Expr::var(nv), c as i64), cin),
+        (ph * pw) as i64,
+    );
+    // The first tap defines the accumulator (bias + x·w), so it is a vector from the start.
+    let mut body = Vec::new();
+    let init = match bp {
+        Some(p) => Expr::load(p, Expr::var(mv)),
+        None => Expr::float(ty, 0.0),
+    };
+    for ky in 0..kh {
+        for kx in 0..kw {
+            let row = Expr::mul_idx(
+                Expr::add_idx(
+                    Expr::mul_idx(Expr::var(y), g.stride[0] as i64),
+                    Expr::idx((ky * g.dil[0]) as i64),
+                ),
+                pw as i64,
+            );
+            let col = Expr::add_idx(
+                Expr::mul_idx(Expr::var(xo), g.stride[1] as i64),
+                Expr::idx((kx * g.dil[1]) as i64),
+            );
+            let xv = Expr::load(xp, Expr::add_idx(Expr::add_idx(plane.clone(), row), col));
+            let wv = Expr::load(
+                wp,
+                Expr::add_idx(
+                    Expr::mul_idx(Expr::var(mv), (kh * kw) as i64),
+                    Expr::idx((ky * kw + kx) as i64),
+                ),
+            );
+            let prod = Expr::bin(BinOp::Mul, xv, wv);
+            body.push(if body.is_empty() {
+                Stmt::Let {
+                    var: acc,
+                    value: Expr::bin(BinOp::Add, init.clone(), prod),
+                }
+            } else {
+                Stmt::Assign {
+                    var: acc,
+                    value: Expr::bin(BinOp::Add, Expr::var(acc), prod),
+                }
+            });
+        }
+    }
+    let dst = Expr::add_idx(
+        Expr::add_idx(
+            Expr::mul_idx(
+                Expr::add_idx(Expr::mul_idx(Expr::var(nv), m as i64), Expr::var(mv)),
+                (oh * ow) as i64,
+            ),
+            Expr::mul_idx(Expr::var(y), ow as i64),
+        ),
+        Expr::var(xo),
+    );
+    body.push(Stmt::Store {
+        param: op_,
+        index: dst,
+        value: Expr::var(acc),
+    });
+    let rows = lp(y, oh, LoopKind::Serial, lp(xo, ow, LoopKind::Vector, body));
+    kb.k.body = nest_vars(&[nv, mv], &[n, m], rows);
+    cx.launch(kb, node);
+    Ok(())
+}
+
+/// Loops over `vars` with `extents` around `body`, the first non-unit one parallel.
+fn nest_vars(vars: &[VarId], extents: &[usize], body: Vec<Stmt>) -> Vec<Stmt> {
+    let first = (0..extents.len()).find(|&d| extents[d] != 1);
+    let kinds: Vec<LoopKind> = (0..extents.len())
+        .map(|d| {
+            if Some(d) == first {
+                LoopKind::Parallel
+            } else {
+                LoopKind::Serial
+            }
+        })
+        .collect();
+    super::wrap_loops(vars, extents, &kinds, body)
+}
+
+/// Depthwise (one input channel per group) convolution as direct loops (any rank).
 #[allow(clippy::too_many_arguments)]
 fn conv_direct(
     cx: &mut Cx,
@@ -466,6 +1015,9 @@ pub(super) fn pool_kind(
             dil: vec![1; s],
         },
     };
+    if max && ty == DType::F32 && s == 2 && window.is_some() {
+        return max_pool_2d(cx, node, x, &g, &xs);
+    }
     let acc_ty = if matches!(ty, DType::F16 | DType::BF16) {
         DType::F32
     } else {

@@ -152,10 +152,17 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail>
                     }
                     let mut body = f(kb, idx);
                     for (i, &d) in dims_red.iter().enumerate().rev() {
+                        // The innermost reduced dim is a SIMD loop: its body is one reduction
+                        // step or one store, which backends may reassociate / run in lanes.
+                        let kind = if i + 1 == dims_red.len() {
+                            LoopKind::Vector
+                        } else {
+                            LoopKind::Serial
+                        };
                         body = vec![Stmt::For {
                             var: rvars[i],
                             extent: Expr::idx(shape[d] as i64),
-                            kind: LoopKind::Serial,
+                            kind,
                             body,
                         }];
                     }

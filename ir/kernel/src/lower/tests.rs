@@ -294,6 +294,26 @@ fn convolutions_and_pools() {
             r#""dilations":[1],"group":1,"pads":[2,1],"strides":[2]"#,
             "f32[2,2,5]",
         ),
+        // Depthwise: same-padded 3x3 with a batch, asymmetric pads and stride 2 with 5x5,
+        // dilation without padding.
+        (
+            "f32[2,3,9,8]",
+            "f32[3,1,3,3]",
+            r#""dilations":[1,1],"group":3,"pads":[1,1,1,1],"strides":[1,1]"#,
+            "f32[2,3,9,8]",
+        ),
+        (
+            "f32[1,5,11,10]",
+            "f32[5,1,5,5]",
+            r#""dilations":[1,1],"group":5,"pads":[2,1,2,3],"strides":[2,2]"#,
+            "f32[1,5,6,5]",
+        ),
+        (
+            "f32[1,2,9,9]",
+            "f32[2,1,3,3]",
+            r#""dilations":[2,2],"group":2,"pads":[0,0,0,0],"strides":[1,1]"#,
+            "f32[1,2,5,5]",
+        ),
     ] {
         let m = &w[4..].split(',').next().unwrap_or("1").to_string();
         check(

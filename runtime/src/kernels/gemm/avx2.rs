@@ -197,11 +197,12 @@ unsafe fn store<const R: usize>(t: &Tile, mut acc: [[__m256; NV]; R]) {
                     }
                     x = match ep.act {
                         Activation::None => x,
-                        // `max(0, x)` returns its second operand when one is NaN: NaN survives.
-                        Activation::Relu => _mm256_max_ps(zero, x),
+                        // `max(x, 0)` returns its second operand when one is NaN: a NaN
+                        // becomes 0 (and `min` under Clip), as `Activation::apply` says.
+                        Activation::Relu => _mm256_max_ps(x, zero),
                         Activation::Clip { min, max } => _mm256_min_ps(
+                            _mm256_max_ps(x, _mm256_set1_ps(min)),
                             _mm256_set1_ps(max),
-                            _mm256_max_ps(_mm256_set1_ps(min), x),
                         ),
                         Activation::LeakyRelu { alpha } => {
                             let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(x, zero);

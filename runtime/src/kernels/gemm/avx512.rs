@@ -143,11 +143,12 @@ unsafe fn kernel<const R: usize, const PACKED: bool>(t: &Tile) {
                     }
                     x = match ep.act {
                         Activation::None => x,
-                        // `max(0, x)` returns its second operand when one is NaN: NaN survives.
-                        Activation::Relu => _mm512_max_ps(zero, x),
+                        // `max(x, 0)` returns its second operand when one is NaN: a NaN
+                        // becomes 0 (and `min` under Clip), as `Activation::apply` says.
+                        Activation::Relu => _mm512_max_ps(x, zero),
                         Activation::Clip { min, max } => _mm512_min_ps(
+                            _mm512_max_ps(x, _mm512_set1_ps(min)),
                             _mm512_set1_ps(max),
-                            _mm512_max_ps(_mm512_set1_ps(min), x),
                         ),
                         Activation::LeakyRelu { alpha } => {
                             let neg = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, zero);

@@ -60,6 +60,7 @@
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod gemv;
 mod pack;
 mod portable;
 #[cfg(test)]
@@ -143,21 +144,26 @@ pub enum Bias<'a> {
 }
 
 /// An element-wise activation applied last, as the tile is stored.
+///
+/// NaN follows the kernel IR's definition (`max`/`min` that return the number when one operand
+/// is NaN, as `f64::max` does): ReLU maps NaN to 0 and Clip maps it to `min`; LeakyReLU keeps
+/// it. The SIMD kernels get this from `maxps`/`minps`, which return their second operand when
+/// either is NaN, by passing the bound second.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub enum Activation {
     /// Identity.
     #[default]
     None,
-    /// `max(x, 0)`; NaN stays NaN.
+    /// `max(x, 0)`; NaN becomes 0.
     Relu,
-    /// `min(max(x, min), max)`; NaN stays NaN.
+    /// `min(max(x, min), max)`; NaN becomes `min`.
     Clip {
         /// Lower bound.
         min: f32,
         /// Upper bound.
         max: f32,
     },
-    /// `x` if `x ≥ 0`, else `alpha·x`.
+    /// `x` if `x ≥ 0`, else `alpha·x`; NaN stays NaN.
     LeakyRelu {
         /// Slope for negative inputs.
         alpha: f32,
@@ -169,22 +175,8 @@ impl Activation {
     pub fn apply(self, x: f32) -> f32 {
         match self {
             Activation::None => x,
-            Activation::Relu => {
-                if x < 0.0 {
-                    0.0
-                } else {
-                    x
-                }
-            }
-            Activation::Clip { min, max } => {
-                if x < min {
-                    min
-                } else if x > max {
-                    max
-                } else {
-                    x
-                }
-            }
+            Activation::Relu => x.max(0.0),
+            Activation::Clip { min, max } => x.max(min).min(max),
             Activation::LeakyRelu { alpha } => {
                 if x < 0.0 {
                     alpha * x
@@ -507,8 +499,95 @@ impl Gemm {
         check_ref("A", &a, m, k)?;
         check_ref("B", &b, k, n)?;
         check_out(m, n, c, ldc, epilogue)?;
-        self.drive(m, n, k, &a, BSource::Strided(b), c, ldc, epilogue);
+        if !self.gemv(m, n, k, &a, &b, c, ldc, epilogue) {
+            self.drive(m, n, k, &a, BSource::Strided(b), c, ldc, epilogue);
+        }
         Ok(())
+    }
+
+    /// The matrix-vector products that the blocked loops would run badly: one row of `C` with
+    /// a `B` whose columns are contiguous (packing `B` would copy it to use it once), and one
+    /// column of `C` with a row-major `A` (a tile would fill one of its `NR` columns). Both are
+    /// dot products of a vector with contiguous rows of a matrix `W` ([`gemv::dots`]); the
+    /// epilogue is applied per element, in the same order of operations as the tiles'.
+    /// Returns `false` (having done nothing) for any other product.
+    #[allow(clippy::too_many_arguments)]
+    fn gemv(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &MatRef<'_>,
+        b: &MatRef<'_>,
+        c: &mut [f32],
+        ldc: usize,
+        ep: &Epilogue<'_>,
+    ) -> bool {
+        // (outputs, W, its row stride, x, its stride, whether outputs run down a column of C)
+        let (len, w, ldw, xd, xs, down) = if k == 0 || m == 0 || n == 0 {
+            return false;
+        } else if m == 1 && b.rs == 1 && (b.cs != 1 || n == 1) {
+            (n, b.data, b.cs, a.data, a.cs, false)
+        } else if n == 1 && a.cs == 1 {
+            (m, a.data, a.rs, b.data, b.rs, true)
+        } else {
+            return false;
+        };
+        let gathered: Vec<f32>;
+        let x = if xs == 1 {
+            &xd[..k]
+        } else {
+            gathered = (0..k).map(|p| xd[p * xs]).collect();
+            &gathered
+        };
+        let mut dots = vec![0.0f32; len];
+        let threads = if len * k < 1 << 20 {
+            1
+        } else {
+            self.threads.min(len)
+        };
+        if threads == 1 {
+            gemv::dots(self.isa, x, w, ldw, &mut dots);
+        } else {
+            let per = len.div_ceil(threads);
+            std::thread::scope(|s| {
+                for (t, chunk) in dots.chunks_mut(per).enumerate() {
+                    let w = &w[t * per * ldw..];
+                    s.spawn(move || gemv::dots(self.isa, x, w, ldw, chunk));
+                }
+            });
+        }
+        for (j, &dot) in dots.iter().enumerate() {
+            let (row, col) = if down { (j, 0) } else { (0, j) };
+            let ci = row * ldc + col;
+            let mut v = dot;
+            if ep.alpha != 1.0 {
+                v *= ep.alpha;
+            }
+            if ep.beta != 0.0 {
+                let old = c[ci];
+                v = if ep.beta == 1.0 {
+                    v + old
+                } else {
+                    ep.beta.mul_add(old, v)
+                };
+            }
+            match ep.bias {
+                Bias::None => {}
+                Bias::Scalar(s) => {
+                    if s != 0.0 {
+                        v += s;
+                    }
+                }
+                Bias::PerRow(r) => v += r[row],
+                Bias::PerCol(cb) => v += cb[col],
+            }
+            if let Some(r) = &ep.residual {
+                v += r.data[row * r.ld + col];
+            }
+            c[ci] = ep.activation.apply(v);
+        }
+        true
     }
 
     /// Like [`Gemm::run`] with a pre-packed `B` (its `k` and `n` are the product's).

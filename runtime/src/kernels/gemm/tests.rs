@@ -621,3 +621,118 @@ fn random_cases() {
         }
     }
 }
+
+#[test]
+fn matrix_vector_products() {
+    // One row of C with B stored transposed (the Linear layer), one column of C with A
+    // row-major: both go to the dot-product path; big enough to be split across threads too.
+    for &(m, n, k) in &[
+        (1, 1, 1),
+        (1, 9, 15),
+        (1, 100, 17),
+        (1, 512, 784),
+        (1, 1100, 1000),
+        (7, 1, 33),
+        (1000, 1, 1100),
+    ] {
+        for pad in [0, 2] {
+            for trans_b in [false, true] {
+                let layout = Layout {
+                    trans_b,
+                    pad,
+                    ..TIGHT
+                };
+                let case = Case::new(m, n, k, layout);
+                let row_bias = data(m, 3);
+                let col_bias = data(n, 4);
+                let res = data(m * n, 5);
+                for ep in [
+                    Epilogue::new(),
+                    Epilogue::new()
+                        .alpha(0.5)
+                        .beta(0.25)
+                        .bias(Bias::PerCol(&col_bias))
+                        .residual(&res, n)
+                        .activation(Activation::Relu),
+                    Epilogue::new()
+                        .beta(1.0)
+                        .bias(Bias::PerRow(&row_bias))
+                        .activation(Activation::Clip {
+                            min: -0.5,
+                            max: 0.5,
+                        }),
+                    Epilogue::new().bias(Bias::Scalar(2.0)),
+                ] {
+                    let reference = case.reference(&ep);
+                    for gemm in isas() {
+                        case.check(gemm.threads(2), &ep, &reference, "gemv");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn nan_through_activations() {
+    // A NaN product: ReLU makes it 0, Clip makes it `min`, LeakyReLU and no activation keep
+    // it, on every path (tiles of each ISA, the matrix-vector path), as `Activation::apply`.
+    let (k, n) = (3, 40);
+    let mut a = vec![1.0f32; 13 * k];
+    a[k] = f32::NAN; // row 1
+    let b = vec![1.0f32; k * n];
+    let acts = [
+        Activation::None,
+        Activation::Relu,
+        Activation::Clip {
+            min: -0.5,
+            max: 0.5,
+        },
+        Activation::LeakyRelu { alpha: 0.1 },
+    ];
+    for act in acts {
+        let want = act.apply(f32::NAN);
+        assert_eq!(
+            want.is_nan(),
+            matches!(act, Activation::None | Activation::LeakyRelu { .. })
+        );
+        let ep = Epilogue::new().activation(act);
+        for gemm in isas() {
+            for m in [13, 2] {
+                let mut c = vec![0.0; m * n];
+                gemm.run(
+                    m,
+                    n,
+                    k,
+                    MatRef::row_major(&a, k),
+                    MatRef::row_major(&b, n),
+                    &mut c,
+                    n,
+                    &ep,
+                )
+                .unwrap();
+                for (j, &got) in c[n..2 * n].iter().enumerate() {
+                    assert!(
+                        got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                        "{} {act:?} m={m}: C[1, {j}] = {got}, want {want}",
+                        gemm.isa()
+                    );
+                }
+            }
+            // The matrix-vector path: row 1 of A against one column.
+            let mut c = vec![0.0; 13];
+            gemm.run(
+                13,
+                1,
+                k,
+                MatRef::row_major(&a, k),
+                MatRef::row_major(&b, n),
+                &mut c,
+                1,
+                &ep,
+            )
+            .unwrap();
+            assert!(c[1].to_bits() == want.to_bits() || (c[1].is_nan() && want.is_nan()));
+        }
+    }
+}

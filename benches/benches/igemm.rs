@@ -1,0 +1,292 @@
+//! The exact integer GEMM kernels of `mlc_runtime::kernels::igemm` against this machine's
+//! 8-bit multiply-add peak.
+//!
+//! `cargo bench -p mlc-benches --bench igemm`. The peak is a `std::arch` loop of 12 independent
+//! `vpdpbusd` accumulators (zmm, 64 multiply-adds each) and, for the AVX2 kernels, of 12
+//! `vpmaddwd` + `vpaddd` pairs (ymm, 16 each), on one thread and two; each shape is then timed
+//! (best call of many, as the f32 bench does) and printed as GOP/s (one multiply-add = 2 ops)
+//! and % of the peak of its ISA times its thread count. Packing both operands is part of every
+//! call (the kernels have no pre-packed form yet), so small shapes show its cost.
+//! `IGEMM_BENCH_FILTER=text` keeps the shapes whose label contains `text`.
+
+#![allow(unsafe_code)]
+
+use mlc_runtime::kernels::Isa;
+use mlc_runtime::kernels::igemm::{IBias, IGemm, IntRef};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    name: &'static str,
+    m: usize,
+    n: usize,
+    k: usize,
+    threads: usize,
+    isa: Option<Isa>,
+    /// `i32` operands (8-bit values minus zero points, as the MatMulInteger lowering makes
+    /// them) instead of `u8`×`i8`.
+    widened: bool,
+}
+
+impl Shape {
+    const fn new(name: &'static str, m: usize, n: usize, k: usize) -> Shape {
+        Shape {
+            name,
+            m,
+            n,
+            k,
+            threads: 1,
+            isa: None,
+            widened: false,
+        }
+    }
+    const fn threads(mut self, t: usize) -> Shape {
+        self.threads = t;
+        self
+    }
+    const fn isa(mut self, isa: Isa) -> Shape {
+        self.isa = Some(isa);
+        self
+    }
+    const fn widened(mut self) -> Shape {
+        self.widened = true;
+        self
+    }
+    fn label(&self) -> String {
+        format!(
+            "{} {}x{}x{} {}T{}{}",
+            self.name,
+            self.m,
+            self.n,
+            self.k,
+            self.threads,
+            self.isa.map(|i| format!(" {i}")).unwrap_or_default(),
+            if self.widened { " i32" } else { " u8xi8" }
+        )
+    }
+}
+
+const SHAPES: &[Shape] = &[
+    Shape::new("square", 512, 512, 512),
+    Shape::new("square", 512, 512, 512).threads(2),
+    Shape::new("square", 512, 512, 512).isa(Isa::Avx2),
+    Shape::new("square", 512, 512, 512).isa(Isa::Portable),
+    Shape::new("square", 1024, 1024, 1024).threads(2),
+    Shape::new("bert qkv", 128, 384, 384),
+    Shape::new("bert qkv", 128, 384, 384).threads(2),
+    Shape::new("bert qkv", 128, 384, 384).threads(2).widened(),
+    Shape::new("bert ffn1", 128, 1536, 384).threads(2),
+    Shape::new("bert ffn1", 128, 1536, 384).threads(2).widened(),
+    Shape::new("bert ffn2", 128, 384, 1536).threads(2),
+    Shape::new("bert ffn2", 128, 384, 1536).threads(2).widened(),
+    Shape::new("conv 3x3", 64, 3136, 576).threads(2),
+];
+
+struct Prepared {
+    shape: Shape,
+    gemm: IGemm,
+    a8: Vec<u8>,
+    b8: Vec<i8>,
+    a32: Vec<i32>,
+    b32: Vec<i32>,
+    c: Vec<i32>,
+}
+
+impl Prepared {
+    fn new(shape: Shape) -> Option<Prepared> {
+        let gemm = match shape.isa {
+            Some(isa) => IGemm::with_isa(isa).ok()?,
+            None => IGemm::new(),
+        }
+        .threads(shape.threads);
+        let r = mlc_benches::pseudo_random(shape.m * shape.k + shape.k * shape.n);
+        let (ra, rb) = r.split_at(shape.m * shape.k);
+        let a8: Vec<u8> = ra.iter().map(|x| ((x + 1.0) * 127.9) as u8).collect();
+        let b8: Vec<i8> = rb.iter().map(|x| (x * 127.9) as i8).collect();
+        let a32 = a8.iter().map(|&x| i32::from(x) - 128).collect();
+        let b32 = b8.iter().map(|&x| i32::from(x)).collect();
+        Some(Prepared {
+            shape,
+            gemm,
+            a8,
+            b8,
+            a32,
+            b32,
+            c: vec![0; shape.m * shape.n],
+        })
+    }
+
+    fn run(&mut self) {
+        let s = self.shape;
+        let r = if s.widened {
+            self.gemm.run(
+                s.m,
+                s.n,
+                s.k,
+                IntRef::row_major(black_box(&self.a32), s.k),
+                IntRef::row_major(&self.b32, s.n),
+                &mut self.c,
+                s.n,
+                IBias::None,
+            )
+        } else {
+            self.gemm.run(
+                s.m,
+                s.n,
+                s.k,
+                IntRef::row_major(black_box(&self.a8), s.k),
+                IntRef::row_major(&self.b8, s.n),
+                &mut self.c,
+                s.n,
+                IBias::None,
+            )
+        };
+        r.expect("operands fit");
+        black_box(&self.c);
+    }
+
+    /// Seconds per call: the best of the calls made in `budget` (after a warm-up).
+    fn time(&mut self, budget: Duration) -> f64 {
+        let start = Instant::now();
+        while start.elapsed() < budget / 5 {
+            self.run();
+        }
+        let mut best = f64::INFINITY;
+        let mut calls = 0;
+        let start = Instant::now();
+        while start.elapsed() < budget || calls < 5 {
+            let t = Instant::now();
+            self.run();
+            best = best.min(t.elapsed().as_secs_f64());
+            calls += 1;
+        }
+        best
+    }
+}
+
+/// Multiply-adds per second of one thread at the peak loop of `isa`, or `None` without it.
+fn peak_1t(isa: Isa) -> Option<f64> {
+    const ITERS: u64 = 2_000_000;
+    let start = Instant::now();
+    let macs_per_op = run_peak(isa, ITERS)?;
+    Some((ITERS * 12 * macs_per_op) as f64 / start.elapsed().as_secs_f64())
+}
+
+fn run_peak(isa: Isa, iters: u64) -> Option<u64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if isa == Isa::Avx512 && mlc_runtime::kernels::igemm::supported(Isa::Avx512) {
+            // SAFETY: the CPU supports AVX-512F/BW/VNNI, checked just above.
+            unsafe { vnni_loop(iters) };
+            return Some(64);
+        }
+        if isa == Isa::Avx2 && is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            unsafe { madd_loop(iters) };
+            return Some(16);
+        }
+    }
+    let _ = (isa, iters);
+    None
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn vnni_loop(iters: u64) {
+    use std::arch::x86_64::*;
+    let a = _mm512_set1_epi8(3);
+    let b = _mm512_set1_epi8(-5);
+    let mut acc: [__m512i; 12] = std::array::from_fn(|i| _mm512_set1_epi32(i as i32));
+    for _ in 0..iters {
+        for x in &mut acc {
+            *x = _mm512_dpbusd_epi32(*x, a, b);
+        }
+    }
+    black_box(acc);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn madd_loop(iters: u64) {
+    use std::arch::x86_64::*;
+    let a = _mm256_set1_epi16(3);
+    let b = _mm256_set1_epi16(-5);
+    let mut acc: [__m256i; 12] = std::array::from_fn(|i| _mm256_set1_epi32(i as i32));
+    for _ in 0..iters {
+        for x in &mut acc {
+            *x = _mm256_add_epi32(*x, _mm256_madd_epi16(a, b));
+        }
+    }
+    black_box(acc);
+}
+
+/// The best of many short runs of the peak loop on `threads` threads (multiply-adds/s).
+fn peak(threads: usize, isa: Isa) -> Option<f64> {
+    (0..30)
+        .filter_map(|_| {
+            std::thread::scope(|s| {
+                let hs: Vec<_> = (0..threads)
+                    .map(|_| s.spawn(move || peak_1t(isa)))
+                    .collect();
+                hs.into_iter()
+                    .map(|h| h.join().expect("no panic"))
+                    .sum::<Option<f64>>()
+            })
+        })
+        .reduce(f64::max)
+}
+
+fn main() {
+    let filter = std::env::var("IGEMM_BENCH_FILTER").unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "load average before: {}",
+        load.split_whitespace().next().unwrap_or("?")
+    );
+    let peaks: Vec<(Isa, Option<f64>)> = [Isa::Avx512, Isa::Avx2]
+        .into_iter()
+        .map(|isa| (isa, peak(1, isa)))
+        .collect();
+    for (isa, p) in &peaks {
+        let two = peak(2, *isa);
+        println!(
+            "{isa} 8-bit multiply-add peak, GOP/s: 1T {} 2T {}",
+            p.map_or("—".into(), |p| format!("{:.0}", 2.0 * p / 1e9)),
+            two.map_or("—".into(), |p| format!("{:.0}", 2.0 * p / 1e9)),
+        );
+    }
+    println!();
+    println!("| shape (m×n×k) | operands | threads | ISA | GOP/s | % of ISA peak | µs/call |");
+    println!("|---|---|---|---|---|---|---|");
+    for shape in SHAPES.iter().filter(|s| s.label().contains(&filter)) {
+        let Some(mut p) = Prepared::new(*shape) else {
+            continue;
+        };
+        let secs = p.time(Duration::from_millis(1000));
+        let macs = (shape.m * shape.n * shape.k) as f64;
+        let gops = 2.0 * macs / secs / 1e9;
+        let isa = p.gemm.isa();
+        let pct = peaks
+            .iter()
+            .find(|(i, _)| *i == isa)
+            .and_then(|(_, p)| *p)
+            .map_or("—".into(), |p| {
+                format!("{:.0}%", 100.0 * macs / secs / (p * shape.threads as f64))
+            });
+        println!(
+            "| {} {}×{}×{} | {} | {} | {isa} | {gops:.0} | {pct} | {:.1} |",
+            shape.name,
+            shape.m,
+            shape.n,
+            shape.k,
+            if shape.widened {
+                "i32 (widened)"
+            } else {
+                "u8×i8"
+            },
+            shape.threads,
+            secs * 1e6
+        );
+    }
+}

@@ -1,0 +1,131 @@
+//! The compilation pipeline shared by `mlc compile`, `mlc run` and `mlc bench`: import, bind the
+//! input shapes, simplify, lower to the kernel IR; and for the CPU, code generation into an
+//! artifact loaded in process.
+
+use anyhow::{Context, anyhow, bail};
+use mlc_ir::Graph;
+use mlc_passes::egraph::TargetInfo;
+use mlc_passes::pipeline::{Level, PipelineReport};
+use std::path::Path;
+use std::time::Instant;
+
+/// Prints phase times on stderr when on (`--time-passes`).
+#[derive(Debug)]
+pub struct Phases {
+    pub on: bool,
+    last: Instant,
+}
+
+impl Phases {
+    pub fn new(on: bool) -> Phases {
+        Phases {
+            on,
+            last: Instant::now(),
+        }
+    }
+
+    pub fn done(&mut self, phase: &str) {
+        let now = Instant::now();
+        if self.on {
+            eprintln!(
+                "time: {:>10.3} ms  {phase}",
+                (now - self.last).as_secs_f64() * 1e3
+            );
+        }
+        self.last = now;
+    }
+}
+
+/// Parses `NAME=1x3x224x224` (also `NAME=1,3,224,224`; `NAME=` for a scalar).
+pub fn parse_shape(s: &str) -> Result<(String, Vec<usize>), String> {
+    let (name, dims) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=DIMS, got {s:?}"))?;
+    let dims: Result<Vec<usize>, _> = if dims.is_empty() {
+        Ok(Vec::new())
+    } else {
+        dims.split(['x', ',']).map(str::parse).collect()
+    };
+    match dims {
+        Ok(d) if !name.is_empty() => Ok((name.to_string(), d)),
+        _ => Err(format!(
+            "expected NAME=DIMS such as x=1x3x224x224, got {s:?}"
+        )),
+    }
+}
+
+/// Every input's concrete shape: given with `--shape`, else its static type. Names an input
+/// with symbolic dims and no `--shape`, and a `--shape` naming no input.
+pub fn bind_shapes(
+    graph: &Graph,
+    shapes: &[(String, Vec<usize>)],
+) -> anyhow::Result<Vec<(String, Vec<usize>)>> {
+    for (name, _) in shapes {
+        if !graph.inputs.iter().any(|p| &p.name == name) {
+            let names: Vec<&str> = graph.inputs.iter().map(|p| p.name.as_str()).collect();
+            bail!("--shape names {name:?}, which is not an input of the model (inputs: {names:?})");
+        }
+    }
+    let mut bindings = Vec::new();
+    let mut missing = Vec::new();
+    for port in &graph.inputs {
+        let ty = graph.ty(port.value);
+        match shapes.iter().find(|(n, _)| n == &port.name) {
+            Some((_, s)) => bindings.push((port.name.clone(), s.clone())),
+            None => match ty.static_shape() {
+                Some(s) => bindings.push((port.name.clone(), s)),
+                None => missing.push(format!("--shape {}=DIMS ({ty})", port.name)),
+            },
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "the model has inputs with symbolic dims; give their shapes: {}",
+            missing.join(", ")
+        );
+    }
+    Ok(bindings)
+}
+
+/// Simplifies and (at `level`) optimizes `graph` for the bound shapes and the cost model
+/// `target`, then lowers it to the kernel IR.
+pub fn lower(
+    graph: &mut Graph,
+    bindings: &[(String, Vec<usize>)],
+    level: Level,
+    target: TargetInfo,
+    phases: &mut Phases,
+) -> anyhow::Result<(mlc_kir::Program, PipelineReport)> {
+    let report = crate::optimize::prepare(graph, bindings, level, target, phases.on)?;
+    phases.done("simplify + optimize");
+    let program = mlc_kir::lower_graph(graph).context("lowering to the kernel IR failed")?;
+    phases.done("lower");
+    Ok((program, report))
+}
+
+/// Imports `model` and compiles it for this CPU into an in-memory artifact.
+pub fn compile_cpu(
+    model: &Path,
+    shapes: &[(String, Vec<usize>)],
+    level: Level,
+    phases: &mut Phases,
+) -> anyhow::Result<mlc_runtime::artifact::Artifact> {
+    let mut m = mlc_onnx::load(model)?;
+    phases.done("import");
+    let bindings = bind_shapes(&m.graph, shapes)?;
+    let (program, _) = lower(&mut m.graph, &bindings, level, TargetInfo::x86_64(), phases)?;
+    let art = mlc_cpu::compile_artifact(&program, mlc_cpu::Options::default())
+        .map_err(|e| anyhow!("compiling {} for the CPU failed: {e}", model.display()))?;
+    phases.done("codegen + link");
+    Ok(art)
+}
+
+/// Whether `path` is an mlc artifact (by its magic, not its name).
+pub fn is_artifact(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && &magic == mlc_runtime::artifact::MAGIC
+}

@@ -1,0 +1,138 @@
+//! From a kernel-IR program to the runtime's CPU plan ([`mlc_runtime::cpu::plan::CpuPlan`]) and
+//! its weights: the part of compilation that is not code generation, shared by the JIT and
+//! by artifacts.
+
+use crate::CodegenError;
+use crate::clif::{mem_ty, split_extent, work_estimate};
+use mlc_kir::{Access, BufId, BufKind, Program};
+use mlc_runtime::cpu::abi;
+use mlc_runtime::cpu::plan::{
+    CPU_PLAN_VERSION, CpuBuffer, CpuBufferKind, CpuKernel, CpuParam, CpuPlan, CpuStep,
+};
+use mlc_runtime::plan::{PlanIo, dtype_size};
+
+/// The CPU features the code of an artifact needs: the baseline of `module::object_isa`.
+pub const FEATURES: &[&str] = &["sse3", "ssse3", "sse4.1", "sse4.2", "popcnt", "fma"];
+
+/// Alignment of every constant in the weights section.
+const WEIGHT_ALIGN: usize = 64;
+
+/// The plan of `p` (memory planned) and its weights section.
+pub fn build_plan(p: &Program) -> Result<(CpuPlan, Vec<u8>), CodegenError> {
+    let invalid = |m: String| CodegenError::Invalid(m);
+    let unsupported = |what: String| CodegenError::Unsupported {
+        kernel: String::new(),
+        what,
+    };
+    let mut weights: Vec<u8> = Vec::new();
+    let mut buffers = Vec::with_capacity(p.buffers.len());
+    for (i, b) in p.buffers.iter().enumerate() {
+        let dtype = b.dtype.name().to_string();
+        if dtype_size(&dtype) != b.dtype.size() || dtype_size(&dtype).is_none() {
+            return Err(unsupported(format!("buffer %b{i} of type {dtype}")));
+        }
+        let kind = match b.kind {
+            BufKind::Input(n) => CpuBufferKind::Arena {
+                offset: 0,
+                input: Some(n),
+            },
+            BufKind::Temp => CpuBufferKind::Arena {
+                offset: 0,
+                input: None,
+            },
+            BufKind::Alias(_) => {
+                let s = p.storage_of(BufId(i as u32)).0 as usize;
+                if s >= p.buffers.len() {
+                    return Err(invalid(format!("buffer %b{i} aliases a missing buffer")));
+                }
+                CpuBufferKind::Alias { of: s }
+            }
+            BufKind::Const(c) => {
+                let t = p
+                    .consts
+                    .get(c)
+                    .ok_or_else(|| invalid(format!("buffer %b{i}: no constant {c}")))?;
+                let bytes = t.to_le_bytes().map_err(|e| invalid(e.to_string()))?;
+                if t.dtype() != b.dtype || bytes.len() != b.len() * dtype_size(&dtype).unwrap_or(0)
+                {
+                    return Err(invalid(format!("buffer %b{i}: constant does not match")));
+                }
+                weights.resize(weights.len().div_ceil(WEIGHT_ALIGN) * WEIGHT_ALIGN, 0);
+                let offset = weights.len() as u64;
+                weights.extend_from_slice(&bytes);
+                CpuBufferKind::Const {
+                    offset,
+                    bytes: bytes.len() as u64,
+                }
+            }
+        };
+        buffers.push(CpuBuffer {
+            dtype,
+            len: b.len(),
+            kind,
+        });
+    }
+    let mut kernels = Vec::with_capacity(p.kernels.len());
+    for (i, k) in p.kernels.iter().enumerate() {
+        let mut params = Vec::with_capacity(k.params.len());
+        for (j, prm) in k.params.iter().enumerate() {
+            if mem_ty(prm.dtype).is_none() {
+                return Err(CodegenError::Unsupported {
+                    kernel: k.name.clone(),
+                    what: format!("parameter %p{j} of type {}", prm.dtype.name()),
+                });
+            }
+            params.push(CpuParam {
+                dtype: prm.dtype.name().to_string(),
+                len: prm.len,
+                writes: prm.access != Access::Read,
+                reads: prm.access != Access::Write,
+            });
+        }
+        kernels.push(CpuKernel {
+            name: k.name.clone(),
+            symbol: crate::module::kernel_symbol(i, k),
+            params,
+            split: split_extent(k),
+            work: work_estimate(&k.body),
+        });
+    }
+    let steps = p
+        .steps
+        .iter()
+        .map(|s| CpuStep {
+            kernel: s.kernel.0 as usize,
+            args: s.args.iter().map(|a| a.0 as usize).collect(),
+            zero: Vec::new(),
+            origin: s.origin.clone(),
+        })
+        .collect();
+    let io = |(name, b): &(String, BufId)| -> Result<PlanIo, CodegenError> {
+        let buf = p
+            .buffers
+            .get(b.0 as usize)
+            .ok_or_else(|| invalid(format!("{name:?} names missing buffer %b{}", b.0)))?;
+        Ok(PlanIo {
+            name: name.clone(),
+            buffer: b.0 as usize,
+            dtype: buf.dtype.name().to_string(),
+            shape: buf.shape.clone(),
+        })
+    };
+    let mut plan = CpuPlan {
+        version: CPU_PLAN_VERSION,
+        abi: abi::ABI_VERSION,
+        helpers: abi::helpers().into_iter().map(String::from).collect(),
+        features: FEATURES.iter().map(|f| f.to_string()).collect(),
+        kernels,
+        buffers,
+        steps,
+        inputs: p.inputs.iter().map(io).collect::<Result<_, _>>()?,
+        outputs: p.outputs.iter().map(io).collect::<Result<_, _>>()?,
+        arena_bytes: 0,
+    };
+    mlc_runtime::cpu::memplan::plan_memory(&mut plan);
+    plan.check(weights.len() as u64)
+        .map_err(|e| invalid(e.to_string()))?;
+    Ok((plan, weights))
+}

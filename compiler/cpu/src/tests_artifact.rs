@@ -1,0 +1,118 @@
+//! CPU artifacts end to end: compile, link, serialize, load through the runtime alone, run, and
+//! compare with the JIT; determinism; and the bad-artifact errors (wrong target, CPU, ABI,
+//! corrupt or truncated file).
+
+use crate::{CompiledProgram, Options, compile_artifact};
+use mlc_ir::{DType, Tensor, parse_graph};
+use mlc_kir::lower_graph;
+use mlc_runtime::artifact::{Artifact, ArtifactError};
+use mlc_runtime::cpu::{CpuModel, ModelError};
+
+/// A program with a matmul (the helper table's matmul), a transcendental (a libm helper), a
+/// reduction and a reshape alias.
+fn program() -> mlc_kir::Program {
+    let g = parse_graph(
+        r#"graph (%0: f32[4,8] "x", %1: f32[8,3] "w") -> (%4 "y", %5 "s") {
+  %2 = nn.matmul(%0, %1) : f32[4,3]
+  %3 = ew.tanh(%2) : f32[4,3]
+  %4 = movement.reshape {"shape":[12],"allowzero":false} (%3, _) : f32[12]
+  %5 = reduce.sum {"axes":[1],"keepdims":false,"noop_with_empty_axes":false} (%0, _) : f32[4]
+}"#,
+    )
+    .expect("graph");
+    lower_graph(&g).expect("lowering")
+}
+
+fn inputs() -> Vec<Tensor> {
+    let x: Vec<f32> = (0..32).map(|i| (i as f32 * 0.37).sin()).collect();
+    let w: Vec<f32> = (0..24).map(|i| (i as f32 * 0.11).cos()).collect();
+    vec![
+        Tensor::from_vec(&[4, 8], x).expect("x"),
+        Tensor::from_vec(&[8, 3], w).expect("w"),
+    ]
+}
+
+fn artifact_bytes() -> Vec<u8> {
+    compile_artifact(&program(), Options::default())
+        .expect("compiles")
+        .to_bytes()
+        .expect("serializes")
+}
+
+#[test]
+fn artifact_runs_like_the_jit_and_is_deterministic() {
+    let bytes = artifact_bytes();
+    assert_eq!(bytes, artifact_bytes(), "same program, same artifact bytes");
+    let model =
+        CpuModel::from_artifact(&Artifact::from_bytes(&bytes).expect("reads")).expect("loads");
+    assert_eq!(model.inputs().len(), 2);
+    assert_eq!(model.outputs()[0].shape, vec![12]);
+    let jit = CompiledProgram::new(&program()).expect("jit");
+    let want = jit.run(&inputs(), 1).expect("jit runs");
+    let ins: Vec<Vec<u8>> = inputs()
+        .iter()
+        .map(|t| t.to_le_bytes().expect("bytes"))
+        .collect();
+    let refs: Vec<&[u8]> = ins.iter().map(Vec::as_slice).collect();
+    for threads in [1, 2] {
+        let got = model.run_bytes(&refs, threads).expect("runs");
+        for (w, g) in want.iter().zip(&got) {
+            assert_eq!(
+                &w.to_le_bytes().expect("bytes"),
+                g,
+                "artifact and JIT differ"
+            );
+        }
+    }
+    // Two models loaded from the same bytes are independent (each has its own helper table).
+    let again =
+        CpuModel::from_artifact(&Artifact::from_bytes(&bytes).expect("reads")).expect("loads");
+    drop(model);
+    assert!(again.run_bytes(&refs, 1).is_ok());
+}
+
+#[test]
+fn bad_artifacts_are_clear_errors() {
+    let bytes = artifact_bytes();
+    let good = Artifact::from_bytes(&bytes).expect("reads");
+    // Truncated and corrupted files fail in the container.
+    assert!(matches!(
+        Artifact::from_bytes(&bytes[..bytes.len() / 2]),
+        Err(ArtifactError::Truncated { .. })
+    ));
+    let mut flipped = bytes.clone();
+    let last = flipped.len() - 100;
+    flipped[last] ^= 0x40;
+    assert!(Artifact::from_bytes(&flipped).is_err());
+    // A GPU artifact, or one for another ABI or CPU.
+    let mut a = good.clone();
+    a.target = "nvptx:sm_90".into();
+    assert!(matches!(
+        CpuModel::from_artifact(&a),
+        Err(ModelError::Target { .. })
+    ));
+    let mut a = good.clone();
+    a.meta["features"] = serde_json::json!(["sse4.2", "avx1024"]);
+    let e = CpuModel::from_artifact(&a).expect_err("no such CPU");
+    assert!(
+        matches!(&e, ModelError::CpuFeatures { missing, .. } if missing == &["avx1024"]),
+        "{e}"
+    );
+    let mut a = good.clone();
+    a.meta["abi"] = serde_json::json!(999);
+    assert!(matches!(
+        CpuModel::from_artifact(&a),
+        Err(ModelError::Abi { found: 999 })
+    ));
+    // A plan that points outside its memory never reaches the code.
+    let mut a = good.clone();
+    a.meta["arena_bytes"] = serde_json::json!(8);
+    assert!(matches!(
+        CpuModel::from_artifact(&a),
+        Err(ModelError::Plan(_))
+    ));
+    // Inputs of the wrong size are run errors.
+    let model = CpuModel::from_artifact(&good).expect("loads");
+    assert!(model.run_bytes(&[&[0u8; 4], &[0u8; 96]], 1).is_err());
+    let _ = DType::F32;
+}

@@ -1,0 +1,336 @@
+//! The CPU executor: runs a checked [`CpuPlan`] with compiled kernels. Shared by code the
+//! compiler JIT-compiles (`mlc run --engine cpu`) and code loaded from an artifact.
+//!
+//! Per run: the inputs are copied into their arena slots, every step's kernel is called on its
+//! buffers (split across the thread pool when its body is one parallel loop with enough work),
+//! and the outputs are copied out. Arenas are reused across runs (one per concurrent run), so a
+//! steady-state run allocates nothing but its outputs.
+// Kernels are called through raw function pointers on raw buffer pointers; the plan is checked
+// first so that every pointer handed over is inside memory this executor owns.
+#![allow(unsafe_code)]
+
+use super::abi::KernelFn;
+use super::plan::{CpuBufferKind, CpuPlan, CpuPlanError};
+use super::pool::Pool;
+use crate::npy::{ElemType, NpyArray, NpyData};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+/// Below this estimate of a step's work (see `CpuKernel::work`) it runs on one thread.
+const MIN_PARALLEL_WORK: u64 = 1 << 15;
+
+/// What a new arena holds. Debug builds (the tests) fill it with all-ones bytes (NaN, -1) so
+/// that a kernel reading memory nothing wrote (and the memory plan did not zero) gives wrong
+/// results at once, instead of only once arenas are reused.
+const FRESH_ARENA: u64 = if cfg!(debug_assertions) { u64::MAX } else { 0 };
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum RunError {
+    #[error("the model expects {expected} inputs, got {got}")]
+    InputCount { expected: usize, got: usize },
+    #[error("input {index} ({name}): expected {expected}, got {got}")]
+    InputType {
+        index: usize,
+        name: String,
+        expected: String,
+        got: String,
+    },
+    #[error("step {step} (kernel {kernel}{}): an index read from data is out of bounds", origin.as_ref().map(|o| format!(", node {o}")).unwrap_or_default())]
+    OutOfBounds {
+        step: usize,
+        kernel: String,
+        origin: Option<String>,
+    },
+    #[error("output {name}: {message}")]
+    Output { name: String, message: String },
+}
+
+/// A plan bound to its code and weights, ready to run many times (from several threads too:
+/// concurrent runs take separate arenas and share the thread pool one job at a time).
+pub struct Executor {
+    plan: CpuPlan,
+    entries: Vec<KernelFn>,
+    /// Owns the code `entries` point into.
+    _code: Box<dyn std::any::Any + Send + Sync>,
+    weights: Vec<u64>,
+    arenas: Mutex<Vec<Vec<u64>>>,
+    pool: Mutex<Option<std::sync::Arc<Pool>>>,
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Executor({} kernels, {} steps, arena {} bytes)",
+            self.plan.kernels.len(),
+            self.plan.steps.len(),
+            self.plan.arena_bytes
+        )
+    }
+}
+
+/// The pointers handed to a kernel; threads of a split step share them (they write disjoint
+/// elements: the parallel loop's contract).
+struct Params(Vec<*mut u8>);
+// SAFETY: the pointers refer to the arena and weights of a run, alive until the step returns.
+unsafe impl Send for Params {}
+// SAFETY: as above; kernels only read the array itself.
+unsafe impl Sync for Params {}
+
+fn words(bytes: u64) -> usize {
+    (bytes as usize).div_ceil(8).max(1)
+}
+
+impl Executor {
+    /// Binds `plan` to kernel entry points and weights after checking the plan.
+    ///
+    /// # Safety
+    /// `entries[i]` must be the code of `plan.kernels[i]`, compiled for this ABI
+    /// ([`super::abi`]) with its helper table already filled, and must stay valid while
+    /// `code` lives. The plan's checks then guarantee that kernels only touch memory the
+    /// executor owns, provided the kernels respect their parameter lengths (generated code
+    /// does: data-dependent indices are checked, others are proven by lowering).
+    pub unsafe fn new(
+        plan: CpuPlan,
+        entries: Vec<KernelFn>,
+        code: Box<dyn std::any::Any + Send + Sync>,
+        weights: &[u8],
+    ) -> Result<Executor, CpuPlanError> {
+        plan.check(weights.len() as u64)?;
+        if entries.len() != plan.kernels.len() {
+            return Err(CpuPlanError::Invalid(format!(
+                "{} entry points for {} kernels",
+                entries.len(),
+                plan.kernels.len()
+            )));
+        }
+        let mut w = vec![0u64; words(weights.len() as u64)];
+        for (dst, chunk) in w.iter_mut().zip(weights.chunks(8)) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            *dst = u64::from_le_bytes(b);
+        }
+        Ok(Executor {
+            plan,
+            entries,
+            _code: code,
+            weights: w,
+            arenas: Mutex::new(Vec::new()),
+            pool: Mutex::new(None),
+        })
+    }
+
+    pub fn plan(&self) -> &CpuPlan {
+        &self.plan
+    }
+
+    /// Bytes of working memory a run needs (the arena), besides inputs, outputs and weights.
+    pub fn arena_bytes(&self) -> u64 {
+        self.plan.arena_bytes
+    }
+
+    fn pool(&self, threads: usize) -> std::sync::Arc<Pool> {
+        let mut p = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        match &*p {
+            Some(pool) if pool.threads() == threads => pool.clone(),
+            _ => {
+                let pool = std::sync::Arc::new(Pool::new(threads));
+                *p = Some(pool.clone());
+                pool
+            }
+        }
+    }
+
+    /// Runs on little-endian input bytes (in the plan's input order, each exactly its
+    /// buffer's size) with up to `threads` threads; returns every output's bytes in order.
+    pub fn run_bytes(&self, inputs: &[&[u8]], threads: usize) -> Result<Vec<Vec<u8>>, RunError> {
+        self.run_bytes_profiled(inputs, threads, None)
+    }
+
+    /// [`run_bytes`](Self::run_bytes), adding each step's wall time (seconds) to
+    /// `profile[step]` when given (resized to the step count).
+    pub fn run_bytes_profiled(
+        &self,
+        inputs: &[&[u8]],
+        threads: usize,
+        profile: Option<&mut Vec<f64>>,
+    ) -> Result<Vec<Vec<u8>>, RunError> {
+        let p = &self.plan;
+        if inputs.len() != p.inputs.len() {
+            return Err(RunError::InputCount {
+                expected: p.inputs.len(),
+                got: inputs.len(),
+            });
+        }
+        for (i, (io, x)) in p.inputs.iter().zip(inputs).enumerate() {
+            let want = p.buffers[io.buffer].bytes();
+            if x.len() as u64 != want {
+                return Err(RunError::InputType {
+                    index: i,
+                    name: io.name.clone(),
+                    expected: format!("{want} bytes ({} {:?})", io.dtype, io.shape),
+                    got: format!("{} bytes", x.len()),
+                });
+            }
+        }
+        let threads = threads.max(1);
+        let mut arena = self
+            .arenas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_else(|| vec![FRESH_ARENA; words(p.arena_bytes)]);
+        let result = self.run_in(&mut arena, inputs, threads, profile);
+        self.arenas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(arena);
+        result
+    }
+
+    fn run_in(
+        &self,
+        arena: &mut [u64],
+        inputs: &[&[u8]],
+        threads: usize,
+        mut profile: Option<&mut Vec<f64>>,
+    ) -> Result<Vec<Vec<u8>>, RunError> {
+        let p = &self.plan;
+        if let Some(prof) = profile.as_deref_mut() {
+            prof.resize(p.steps.len(), 0.0);
+        }
+        let abase = arena.as_mut_ptr() as *mut u8;
+        let wbase = self.weights.as_ptr() as *mut u8;
+        // Base pointers of every buffer (aliases resolved: the plan allows one hop).
+        let mut ptrs: Vec<*mut u8> = vec![std::ptr::null_mut(); p.buffers.len()];
+        for pass in 0..2 {
+            for (i, b) in p.buffers.iter().enumerate() {
+                ptrs[i] = match (pass, &b.kind) {
+                    // SAFETY (both adds): `check` proved the ranges lie in the arena / weights.
+                    (0, CpuBufferKind::Arena { offset, .. }) => unsafe {
+                        abase.add(*offset as usize)
+                    },
+                    (0, CpuBufferKind::Const { offset, .. }) => unsafe {
+                        wbase.add(*offset as usize)
+                    },
+                    (1, CpuBufferKind::Alias { of }) => ptrs[*of],
+                    _ => continue,
+                };
+            }
+        }
+        for (io, x) in p.inputs.iter().zip(inputs) {
+            // SAFETY: the input's arena range holds exactly `x.len()` bytes (checked in
+            // `run_bytes` against the buffer size, and by `check` against the arena).
+            unsafe { std::ptr::copy_nonoverlapping(x.as_ptr(), ptrs[io.buffer], x.len()) };
+        }
+        let pool = (threads > 1).then(|| self.pool(threads));
+        let ctl = [
+            AtomicI64::new(0),
+            AtomicI64::new(threads as i64),
+            AtomicI64::new(0),
+        ];
+        for (si, st) in p.steps.iter().enumerate() {
+            let started = profile.is_some().then(std::time::Instant::now);
+            let k = &p.kernels[st.kernel];
+            for &z in &st.zero {
+                let n = p.buffers[z].bytes() as usize;
+                // SAFETY: an arena buffer (checked), `n` bytes inside the arena.
+                unsafe { std::ptr::write_bytes(ptrs[z], 0, n) };
+            }
+            let mut params: Vec<*mut u8> = st.args.iter().map(|&a| ptrs[a]).collect();
+            params.push(ctl[0].as_ptr() as *mut u8);
+            let params = Params(params);
+            let entry = self.entries[st.kernel];
+            let split = match (k.split, &pool) {
+                (Some(n), Some(pool)) if n > 1 && k.work >= MIN_PARALLEL_WORK => Some((n, pool)),
+                _ => None,
+            };
+            // A split step keeps its library calls (matmul) on their own thread.
+            ctl[1].store(
+                if split.is_some() { 1 } else { threads as i64 },
+                Ordering::SeqCst,
+            );
+            match split {
+                Some((n, pool)) => {
+                    let t = (pool.threads() as i64).min(n);
+                    let chunk = (n + t - 1) / t;
+                    let params = &params;
+                    pool.run(t as usize, &|c| {
+                        let (lo, hi) = (c as i64 * chunk, ((c as i64 + 1) * chunk).min(n));
+                        if lo < hi {
+                            entry(params.0.as_ptr(), lo, hi);
+                        }
+                    });
+                }
+                None => entry(params.0.as_ptr(), 0, k.split.unwrap_or(1)),
+            }
+            if let (Some(prof), Some(t)) = (profile.as_deref_mut(), started) {
+                prof[si] += t.elapsed().as_secs_f64();
+            }
+            if ctl[0].load(Ordering::SeqCst) != 0 {
+                return Err(RunError::OutOfBounds {
+                    step: si,
+                    kernel: k.name.clone(),
+                    origin: st.origin.clone(),
+                });
+            }
+        }
+        Ok(p.outputs
+            .iter()
+            .map(|io| {
+                let n = p.buffers[io.buffer].bytes() as usize;
+                let mut out = vec![0u8; n];
+                // SAFETY: the output buffer's storage holds at least `n` bytes (checked).
+                unsafe { std::ptr::copy_nonoverlapping(ptrs[io.buffer], out.as_mut_ptr(), n) };
+                out
+            })
+            .collect())
+    }
+
+    /// Runs on `.npy`-style arrays (checked against the plan's input types and shapes).
+    pub fn run(
+        &self,
+        inputs: &[NpyArray],
+        threads: usize,
+    ) -> Result<Vec<(String, NpyArray)>, RunError> {
+        let p = &self.plan;
+        if inputs.len() != p.inputs.len() {
+            return Err(RunError::InputCount {
+                expected: p.inputs.len(),
+                got: inputs.len(),
+            });
+        }
+        let mut bytes = Vec::with_capacity(inputs.len());
+        for (i, (io, x)) in p.inputs.iter().zip(inputs).enumerate() {
+            let ok = x.elem.name() == io.dtype && x.shape == io.shape;
+            match (&x.data, ok) {
+                (NpyData::Bytes(b), true) => bytes.push(b.as_slice()),
+                _ => {
+                    return Err(RunError::InputType {
+                        index: i,
+                        name: io.name.clone(),
+                        expected: format!("{}{:?}", io.dtype, io.shape),
+                        got: format!("{}{:?}", x.elem.name(), x.shape),
+                    });
+                }
+            }
+        }
+        let outs = self.run_bytes(&bytes, threads)?;
+        p.outputs
+            .iter()
+            .zip(outs)
+            .map(|(io, b)| {
+                let err = |message: String| RunError::Output {
+                    name: io.name.clone(),
+                    message,
+                };
+                let elem = ElemType::from_name(&io.dtype)
+                    .ok_or_else(|| err(format!("type {} has no .npy form", io.dtype)))?;
+                let a = NpyArray::from_le_bytes(elem, io.shape.clone(), b)
+                    .map_err(|e| err(e.to_string()))?;
+                Ok((io.name.clone(), a))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,535 @@
+//! The contraction library behind `Stmt::Matmul`: `C = act(alpha·A·B + beta·C + bias)` on
+//! strided views, as the kernel IR defines it.
+//!
+//! Generated code calls the `mlc_matmul` helper (see [`super::abi`]) with a block of
+//! arguments; it lands in [`run`], which dispatches on the dtypes:
+//!
+//! * all-`f32` goes to the tuned kernels of [`crate::kernels::gemm`]: operands are read in
+//!   place when their strides are non-negative and their bytes aligned (else copied dense
+//!   first), a `C` with contiguous columns instead of rows is computed as `Cᵀ = Bᵀ·Aᵀ`, any
+//!   other `C` through a dense temporary, and the bias becomes the kernels' scalar, per-row or
+//!   per-column bias, or their residual matrix for a full `m×n` one;
+//! * everything else takes a generic path accumulating in `f64` and rounding like the
+//!   evaluator.
+//!
+//! Activations follow the evaluator exactly, NaN included: ReLU maps NaN to 0 and Clip maps it
+//! to `min` (`f64::max` semantics), which is also what the kernels' epilogue does.
+
+use super::abi::{Activation, DType};
+use crate::kernels::igemm::{IBias, IGemm, IntRef};
+use crate::kernels::{bytes, gemm as kg};
+use std::borrow::Cow;
+
+/// A strided 2-D view of a buffer's bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct View<'a> {
+    pub bytes: &'a [u8],
+    pub dtype: DType,
+    pub offset: i64,
+    pub row_stride: i64,
+    pub col_stride: i64,
+}
+
+/// The problem: sizes, scaling and epilogue.
+#[derive(Clone, Copy, Debug)]
+pub struct Gemm {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub alpha: f64,
+    pub beta: f64,
+    pub act: Activation,
+    /// Threads the call may use (the executor passes 1 when the step is already split).
+    pub threads: usize,
+}
+
+/// Why a call failed: an element outside its buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutOfBounds;
+
+fn elem_size(d: DType) -> usize {
+    d.size()
+}
+
+/// Checks that every element `(r, c)`, `r < rows`, `c < cols` of a view with `len` elements
+/// is inside it.
+fn check(
+    off: i64,
+    rs: i64,
+    cs: i64,
+    rows: usize,
+    cols: usize,
+    len: usize,
+) -> Result<(), OutOfBounds> {
+    if rows == 0 || cols == 0 {
+        return Ok(());
+    }
+    let ext = |s: i64, n: usize| -> Option<(i64, i64)> {
+        let span = s.checked_mul(n as i64 - 1)?;
+        Some((span.min(0), span.max(0)))
+    };
+    let (rlo, rhi) = ext(rs, rows).ok_or(OutOfBounds)?;
+    let (clo, chi) = ext(cs, cols).ok_or(OutOfBounds)?;
+    let lo = off
+        .checked_add(rlo)
+        .and_then(|x| x.checked_add(clo))
+        .ok_or(OutOfBounds)?;
+    let hi = off
+        .checked_add(rhi)
+        .and_then(|x| x.checked_add(chi))
+        .ok_or(OutOfBounds)?;
+    if lo < 0 || hi >= len as i64 {
+        return Err(OutOfBounds);
+    }
+    Ok(())
+}
+
+impl View<'_> {
+    fn len(&self) -> usize {
+        self.bytes.len() / elem_size(self.dtype)
+    }
+
+    fn index(&self, r: usize, c: usize) -> usize {
+        (self.offset + r as i64 * self.row_stride + c as i64 * self.col_stride) as usize
+    }
+
+    fn get(&self, i: usize) -> f64 {
+        read(self.bytes, self.dtype, i)
+    }
+}
+
+/// Element `i` of `bytes` holding `d`s, widened to f64.
+fn read(bytes: &[u8], d: DType, i: usize) -> f64 {
+    let s = elem_size(d);
+    let b = &bytes[i * s..(i + 1) * s];
+    let mut w = [0u8; 8];
+    w[..s].copy_from_slice(b);
+    match d {
+        DType::F32 => f32::from_le_bytes([w[0], w[1], w[2], w[3]]) as f64,
+        DType::F64 => f64::from_le_bytes(w),
+        DType::F16 => half::f16::from_le_bytes([w[0], w[1]]).to_f64(),
+        DType::BF16 => half::bf16::from_le_bytes([w[0], w[1]]).to_f64(),
+        DType::I8 => w[0] as i8 as f64,
+        DType::U8 | DType::Bool => w[0] as f64,
+        DType::I16 => i16::from_le_bytes([w[0], w[1]]) as f64,
+        DType::U16 => u16::from_le_bytes([w[0], w[1]]) as f64,
+        DType::I32 => i32::from_le_bytes([w[0], w[1], w[2], w[3]]) as f64,
+        DType::U32 => u32::from_le_bytes([w[0], w[1], w[2], w[3]]) as f64,
+        DType::I64 => i64::from_le_bytes(w) as f64,
+        DType::U64 => u64::from_le_bytes(w) as f64,
+    }
+}
+
+/// Writes `v` as a `d` (rounding floats, saturating ints as the evaluator's casts).
+fn write(bytes: &mut [u8], d: DType, i: usize, v: f64) {
+    let s = elem_size(d);
+    let b = &mut bytes[i * s..(i + 1) * s];
+    match d {
+        DType::F32 => b.copy_from_slice(&(v as f32).to_le_bytes()),
+        DType::F64 => b.copy_from_slice(&v.to_le_bytes()),
+        DType::F16 => b.copy_from_slice(&half::f16::from_f64(v).to_le_bytes()),
+        DType::BF16 => b.copy_from_slice(&half::bf16::from_f64(v).to_le_bytes()),
+        DType::I8 => b.copy_from_slice(&(v as i8).to_le_bytes()),
+        DType::U8 => b.copy_from_slice(&(v as u8).to_le_bytes()),
+        DType::Bool => b[0] = (v != 0.0) as u8,
+        DType::I16 => b.copy_from_slice(&(v as i16).to_le_bytes()),
+        DType::U16 => b.copy_from_slice(&(v as u16).to_le_bytes()),
+        DType::I32 => b.copy_from_slice(&(v as i32).to_le_bytes()),
+        DType::U32 => b.copy_from_slice(&(v as u32).to_le_bytes()),
+        DType::I64 => b.copy_from_slice(&(v as i64).to_le_bytes()),
+        DType::U64 => b.copy_from_slice(&(v as u64).to_le_bytes()),
+    }
+}
+
+fn activate(act: Activation, v: f64) -> f64 {
+    match act {
+        Activation::None => v,
+        Activation::Relu => v.max(0.0),
+        Activation::Clip { min, max } => v.max(min as f64).min(max as f64),
+    }
+}
+
+/// Runs the contraction. `c_bytes` is C's whole buffer; `c` describes the view into it.
+pub fn run(
+    g: &Gemm,
+    a: View,
+    b: View,
+    c_bytes: &mut [u8],
+    c: (DType, i64, i64, i64),
+    bias: Option<View>,
+) -> Result<(), OutOfBounds> {
+    let (cty, coff, crs, ccs) = c;
+    let clen = c_bytes.len() / elem_size(cty);
+    check(a.offset, a.row_stride, a.col_stride, g.m, g.k, a.len())?;
+    check(b.offset, b.row_stride, b.col_stride, g.k, g.n, b.len())?;
+    check(coff, crs, ccs, g.m, g.n, clen)?;
+    if let Some(bv) = &bias {
+        check(bv.offset, bv.row_stride, bv.col_stride, g.m, g.n, bv.len())?;
+    }
+    let all_f32 = a.dtype == DType::F32
+        && b.dtype == DType::F32
+        && cty == DType::F32
+        && bias.is_none_or(|v| v.dtype == DType::F32);
+    if all_f32 && f32_kernels(g, &a, &b, c_bytes, c, bias.as_ref()).is_some() {
+        #[cfg(test)]
+        tests::PATH.set(tests::Path::F32);
+        return Ok(());
+    }
+    if int_kernels(g, &a, &b, c_bytes, c, bias.as_ref()).is_some() {
+        #[cfg(test)]
+        tests::PATH.set(tests::Path::Int);
+        return Ok(());
+    }
+    #[cfg(test)]
+    tests::PATH.set(tests::Path::Generic);
+    generic(g, &a, &b, c_bytes, c, bias.as_ref());
+    Ok(())
+}
+
+/// The definition: every element accumulated in `f64`, then scaled, biased, activated and
+/// converted like the evaluator. Views must have been checked.
+fn generic(
+    g: &Gemm,
+    a: &View,
+    b: &View,
+    c_bytes: &mut [u8],
+    (cty, coff, crs, ccs): (DType, i64, i64, i64),
+    bias: Option<&View>,
+) {
+    let cidx = |r: usize, col: usize| (coff + r as i64 * crs + col as i64 * ccs) as usize;
+    for r in 0..g.m {
+        for col in 0..g.n {
+            let mut acc = 0.0f64;
+            for kk in 0..g.k {
+                acc += a.get(a.index(r, kk)) * b.get(b.index(kk, col));
+            }
+            let mut v = g.alpha * acc;
+            if g.beta != 0.0 {
+                v += g.beta * read(c_bytes, cty, cidx(r, col));
+            }
+            if let Some(bv) = bias {
+                v += bv.get(bv.index(r, col));
+            }
+            write(c_bytes, cty, cidx(r, col), activate(g.act, v));
+        }
+    }
+}
+
+/// Element `(r, c)` of a view through arbitrary (checked) strides, as f32.
+fn gather(v: &View, off: i64, rs: i64, cs: i64, rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows * cols);
+    for r in 0..rows as i64 {
+        for c in 0..cols as i64 {
+            out.push(read(v.bytes, v.dtype, (off + r * rs + c * cs) as usize) as f32);
+        }
+    }
+    out
+}
+
+/// An f32 operand as the kernels take it: in place when its strides are non-negative and its
+/// bytes aligned, else copied into a dense row-major matrix.
+fn f32_operand<'a>(v: &View<'a>, rows: usize, cols: usize) -> (Cow<'a, [f32]>, usize, usize) {
+    // A stride along a dimension of one element is never used: make it 0 so that a negative
+    // one there does not force a copy.
+    let rs = if rows <= 1 { 0 } else { v.row_stride };
+    let cs = if cols <= 1 { 0 } else { v.col_stride };
+    if rs >= 0
+        && cs >= 0
+        && let Some(data) = bytes::cast::<f32>(v.bytes).and_then(|d| d.get(v.offset as usize..))
+    {
+        return (Cow::Borrowed(data), rs as usize, cs as usize);
+    }
+    let dense = gather(v, v.offset, v.row_stride, v.col_stride, rows, cols);
+    (Cow::Owned(dense), cols, 1)
+}
+
+/// The bias as the kernels' epilogue takes it, for an `m×n` product whose bias view has
+/// strides `(rs, cs)` from `off`.
+enum F32Bias<'a> {
+    None,
+    Scalar(f32),
+    Row(Cow<'a, [f32]>),
+    Col(Cow<'a, [f32]>),
+    /// A full matrix, row-major with this leading dimension: the kernels' residual input.
+    Full(Cow<'a, [f32]>, usize),
+}
+
+impl<'a> F32Bias<'a> {
+    fn new(v: Option<&View<'a>>, m: usize, n: usize, rs: i64, cs: i64) -> F32Bias<'a> {
+        let Some(v) = v else {
+            return F32Bias::None;
+        };
+        let rs = if m <= 1 { 0 } else { rs };
+        let cs = if n <= 1 { 0 } else { cs };
+        let data = bytes::cast::<f32>(v.bytes).and_then(|d| d.get(v.offset as usize..));
+        // A vector of `len` elements `step` apart, borrowed when contiguous.
+        let vector = |step: i64, len: usize| match data {
+            Some(d) if step == 1 => Cow::Borrowed(&d[..len]),
+            _ => Cow::Owned(gather(v, v.offset, step, 0, len, 1)),
+        };
+        match (rs, cs) {
+            (0, 0) => F32Bias::Scalar(read(v.bytes, v.dtype, v.offset as usize) as f32),
+            (rs, 0) => F32Bias::Row(vector(rs, m)),
+            (0, cs) => F32Bias::Col(vector(cs, n)),
+            (rs, 1) if rs > 0 && data.is_some() => {
+                F32Bias::Full(Cow::Borrowed(data.unwrap_or_default()), rs as usize)
+            }
+            (rs, cs) => F32Bias::Full(Cow::Owned(gather(v, v.offset, rs, cs, m, n)), n),
+        }
+    }
+
+    fn epilogue(&self, g: &Gemm) -> kg::Epilogue<'_> {
+        let ep = kg::Epilogue::new()
+            .alpha(g.alpha as f32)
+            .beta(g.beta as f32)
+            .activation(match g.act {
+                Activation::None => kg::Activation::None,
+                Activation::Relu => kg::Activation::Relu,
+                Activation::Clip { min, max } => kg::Activation::Clip { min, max },
+            });
+        match self {
+            F32Bias::None => ep,
+            F32Bias::Scalar(s) => ep.bias(kg::Bias::Scalar(*s)),
+            F32Bias::Row(r) => ep.bias(kg::Bias::PerRow(r)),
+            F32Bias::Col(c) => ep.bias(kg::Bias::PerCol(c)),
+            F32Bias::Full(d, ld) => ep.residual(d, *ld),
+        }
+    }
+}
+
+/// An all-`f32` contraction on the tuned kernels. `None` when the kernels refused it (nothing
+/// was written then, and the caller takes the generic path).
+fn f32_kernels(
+    g: &Gemm,
+    a: &View,
+    b: &View,
+    c_bytes: &mut [u8],
+    (_, coff, crs, ccs): (DType, i64, i64, i64),
+    bias: Option<&View>,
+) -> Option<()> {
+    let (m, n, k) = (g.m, g.n, g.k);
+    if m == 0 || n == 0 {
+        return Some(());
+    }
+    let gemm = kg::Gemm::new().threads(g.threads);
+    let (ad, ars, acs) = f32_operand(a, m, k);
+    let (bd, brs, bcs) = f32_operand(b, k, n);
+    let (bias_rs, bias_cs) = bias.map_or((0, 0), |v| (v.row_stride, v.col_stride));
+    // Rows of C contiguous: C as it is. Columns contiguous: Cᵀ = Bᵀ·Aᵀ, with the bias
+    // transposed too. Neither: a dense temporary.
+    let rows_ok = (n == 1 || ccs == 1) && (m == 1 || crs >= n as i64);
+    let cols_ok = (m == 1 || crs == 1) && (n == 1 || ccs >= m as i64);
+    let cf = if rows_ok || cols_ok {
+        bytes::cast_mut::<f32>(c_bytes)
+    } else {
+        None
+    };
+    match cf {
+        Some(cf) if rows_ok => {
+            let ldc = if m == 1 { n } else { crs as usize };
+            let bias = F32Bias::new(bias, m, n, bias_rs, bias_cs);
+            let (ma, mb) = (
+                kg::MatRef::new(&ad, ars, acs),
+                kg::MatRef::new(&bd, brs, bcs),
+            );
+            let c = cf.get_mut(coff as usize..)?;
+            gemm.run(m, n, k, ma, mb, c, ldc, &bias.epilogue(g)).ok()
+        }
+        Some(cf) => {
+            let ldc = if n == 1 { m } else { ccs as usize };
+            let bias = F32Bias::new(bias, n, m, bias_cs, bias_rs);
+            let (ma, mb) = (
+                kg::MatRef::new(&bd, bcs, brs),
+                kg::MatRef::new(&ad, acs, ars),
+            );
+            let c = cf.get_mut(coff as usize..)?;
+            gemm.run(n, m, k, ma, mb, c, ldc, &bias.epilogue(g)).ok()
+        }
+        None => {
+            let idx = |r: usize, c: usize| (coff + r as i64 * crs + c as i64 * ccs) as usize;
+            let mut tmp = vec![0.0f32; m * n];
+            if g.beta != 0.0 {
+                for r in 0..m {
+                    for c in 0..n {
+                        tmp[r * n + c] = read(c_bytes, DType::F32, idx(r, c)) as f32;
+                    }
+                }
+            }
+            let bias = F32Bias::new(bias, m, n, bias_rs, bias_cs);
+            let (ma, mb) = (
+                kg::MatRef::new(&ad, ars, acs),
+                kg::MatRef::new(&bd, brs, bcs),
+            );
+            gemm.run(m, n, k, ma, mb, &mut tmp, n, &bias.epilogue(g))
+                .ok()?;
+            for r in 0..m {
+                for c in 0..n {
+                    write(c_bytes, DType::F32, idx(r, c), f64::from(tmp[r * n + c]));
+                }
+            }
+            Some(())
+        }
+    }
+}
+
+/// An integer operand the integer kernels take in place.
+enum IntView<'a> {
+    U8(IntRef<'a, u8>),
+    I8(IntRef<'a, i8>),
+    I32(IntRef<'a, i32>),
+}
+
+/// Runs `$body` with `$x` bound to the typed view inside an [`IntView`].
+macro_rules! with_int {
+    ($v:expr, $x:ident => $body:expr) => {
+        match $v {
+            IntView::U8($x) => $body,
+            IntView::I8($x) => $body,
+            IntView::I32($x) => $body,
+        }
+    };
+}
+
+impl<'a> IntView<'a> {
+    /// The view in place, if its type is one the kernels take, its strides are non-negative
+    /// and its bytes aligned.
+    fn new(v: &View<'a>, rows: usize, cols: usize) -> Option<IntView<'a>> {
+        let rs = if rows <= 1 { 0 } else { v.row_stride };
+        let cs = if cols <= 1 { 0 } else { v.col_stride };
+        if rs < 0 || cs < 0 {
+            return None;
+        }
+        let (rs, cs, off) = (rs as usize, cs as usize, v.offset as usize);
+        Some(match v.dtype {
+            DType::U8 => IntView::U8(IntRef::new(bytes::cast(v.bytes)?.get(off..)?, rs, cs)),
+            DType::I8 => IntView::I8(IntRef::new(bytes::cast(v.bytes)?.get(off..)?, rs, cs)),
+            DType::I32 => IntView::I32(IntRef::new(bytes::cast(v.bytes)?.get(off..)?, rs, cs)),
+            _ => return None,
+        })
+    }
+
+    fn t(self) -> Self {
+        match self {
+            IntView::U8(x) => IntView::U8(x.t()),
+            IntView::I8(x) => IntView::I8(x.t()),
+            IntView::I32(x) => IntView::I32(x.t()),
+        }
+    }
+}
+
+/// An `i32` bias for an `m×n` product with strides `(rs, cs)`, as the integer kernels take it.
+enum IntBias<'a> {
+    None,
+    Scalar(i32),
+    Row(Cow<'a, [i32]>),
+    Col(Cow<'a, [i32]>),
+    Full(Cow<'a, [i32]>, usize),
+}
+
+impl<'a> IntBias<'a> {
+    fn new(v: Option<&View<'a>>, m: usize, n: usize, rs: i64, cs: i64) -> IntBias<'a> {
+        let Some(v) = v else {
+            return IntBias::None;
+        };
+        let rs = if m <= 1 { 0 } else { rs };
+        let cs = if n <= 1 { 0 } else { cs };
+        let data = bytes::cast::<i32>(v.bytes).and_then(|d| d.get(v.offset as usize..));
+        let get = |i: i64| read(v.bytes, DType::I32, i as usize) as i32;
+        let gather = |rs: i64, cs: i64, rows: usize, cols: usize| -> Vec<i32> {
+            let mut out = Vec::with_capacity(rows * cols);
+            for r in 0..rows as i64 {
+                for c in 0..cols as i64 {
+                    out.push(get(v.offset + r * rs + c * cs));
+                }
+            }
+            out
+        };
+        let vector = |step: i64, len: usize| match data {
+            Some(d) if step == 1 => Cow::Borrowed(&d[..len]),
+            _ => Cow::Owned(gather(step, 0, len, 1)),
+        };
+        match (rs, cs) {
+            (0, 0) => IntBias::Scalar(get(v.offset)),
+            (rs, 0) => IntBias::Row(vector(rs, m)),
+            (0, cs) => IntBias::Col(vector(cs, n)),
+            (rs, 1) if rs > 0 && data.is_some() => {
+                IntBias::Full(Cow::Borrowed(data.unwrap_or_default()), rs as usize)
+            }
+            (rs, cs) => IntBias::Full(Cow::Owned(gather(rs, cs, m, n)), n),
+        }
+    }
+
+    fn get(&self) -> IBias<'_> {
+        match self {
+            IntBias::None => IBias::None,
+            IntBias::Scalar(s) => IBias::Scalar(*s),
+            IntBias::Row(r) => IBias::PerRow(r),
+            IntBias::Col(c) => IBias::PerCol(c),
+            IntBias::Full(d, ld) => IBias::Full(d, *ld),
+        }
+    }
+}
+
+/// An integer contraction (`u8`/`i8`/`i32` operands, `i32` result and bias, no scaling, no
+/// activation) on the exact integer kernels. `None` when they refuse it (operands whose
+/// values span more than 256 integers, a result that could leave `i32`, views they cannot
+/// read in place); nothing was written then, and the caller takes the generic path.
+fn int_kernels(
+    g: &Gemm,
+    a: &View,
+    b: &View,
+    c_bytes: &mut [u8],
+    (cty, coff, crs, ccs): (DType, i64, i64, i64),
+    bias: Option<&View>,
+) -> Option<()> {
+    let (m, n, k) = (g.m, g.n, g.k);
+    let plain = g.alpha == 1.0 && g.beta == 0.0 && g.act == Activation::None;
+    if cty != DType::I32 || !plain || bias.is_some_and(|v| v.dtype != DType::I32) {
+        return None;
+    }
+    let (av, bv) = (IntView::new(a, m, k)?, IntView::new(b, k, n)?);
+    if m == 0 || n == 0 {
+        return Some(());
+    }
+    let ig = IGemm::new().threads(g.threads);
+    let (bias_rs, bias_cs) = bias.map_or((0, 0), |v| (v.row_stride, v.col_stride));
+    // C's orientation as in `f32_kernels`.
+    let rows_ok = (n == 1 || ccs == 1) && (m == 1 || crs >= n as i64);
+    let cols_ok = (m == 1 || crs == 1) && (n == 1 || ccs >= m as i64);
+    let cf = if rows_ok || cols_ok {
+        bytes::cast_mut::<i32>(c_bytes)
+    } else {
+        None
+    };
+    match cf {
+        Some(cf) if rows_ok => {
+            let ldc = if m == 1 { n } else { crs as usize };
+            let bias = IntBias::new(bias, m, n, bias_rs, bias_cs);
+            let c = cf.get_mut(coff as usize..)?;
+            with_int!(av, a => with_int!(bv, b => ig.run(m, n, k, a, b, c, ldc, bias.get()))).ok()
+        }
+        Some(cf) => {
+            let ldc = if n == 1 { m } else { ccs as usize };
+            let bias = IntBias::new(bias, n, m, bias_cs, bias_rs);
+            let c = cf.get_mut(coff as usize..)?;
+            let (at, bt) = (bv.t(), av.t());
+            with_int!(at, a => with_int!(bt, b => ig.run(n, m, k, a, b, c, ldc, bias.get()))).ok()
+        }
+        None => {
+            let bias = IntBias::new(bias, m, n, bias_rs, bias_cs);
+            let mut tmp = vec![0i32; m * n];
+            with_int!(av, a => with_int!(bv, b => ig.run(m, n, k, a, b, &mut tmp, n, bias.get())))
+                .ok()?;
+            for r in 0..m {
+                for c in 0..n {
+                    let i = (coff + r as i64 * crs + c as i64 * ccs) as usize;
+                    write(c_bytes, DType::I32, i, f64::from(tmp[r * n + c]));
+                }
+            }
+            Some(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

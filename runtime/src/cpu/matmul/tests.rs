@@ -1,0 +1,494 @@
+//! `run` against its own generic path (the definition): random shapes, every view layout the
+//! kernels take in place and the ones they must copy or route through a temporary, every bias
+//! broadcast, alpha/beta/activations and thread counts. Floats agree within the accumulation
+//! error bound; integers exactly.
+
+use super::*;
+use std::cell::Cell;
+
+/// Which path the last `run` on this thread took.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum Path {
+    F32,
+    Int,
+    Generic,
+}
+
+thread_local! {
+    pub(super) static PATH: Cell<Path> = const { Cell::new(Path::Generic) };
+}
+
+/// A deterministic xorshift stream.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    /// Uniform in [-1, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+    }
+}
+
+/// How a `rows×cols` view sits in its buffer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Layout {
+    /// Rows contiguous, `pad` elements between them.
+    RowMajor { pad: usize },
+    /// Columns contiguous.
+    ColMajor { pad: usize },
+    /// Row-major with rows in reverse order (negative row stride).
+    Reversed,
+    /// Columns twice as far apart as elements (neither stride 1).
+    Spread,
+    /// One row repeated (row stride 0); only for operands that are read.
+    RowBroadcast,
+    /// One column repeated (column stride 0).
+    ColBroadcast,
+    /// One value everywhere.
+    Scalar,
+}
+
+const READ_LAYOUTS: [Layout; 9] = [
+    Layout::RowMajor { pad: 0 },
+    Layout::RowMajor { pad: 3 },
+    Layout::ColMajor { pad: 0 },
+    Layout::ColMajor { pad: 2 },
+    Layout::Reversed,
+    Layout::Spread,
+    Layout::RowBroadcast,
+    Layout::ColBroadcast,
+    Layout::Scalar,
+];
+
+const C_LAYOUTS: [Layout; 6] = [
+    Layout::RowMajor { pad: 0 },
+    Layout::RowMajor { pad: 5 },
+    Layout::ColMajor { pad: 0 },
+    Layout::ColMajor { pad: 1 },
+    Layout::Reversed,
+    Layout::Spread,
+];
+
+/// `(offset, row stride, col stride, elements needed)` for a view, `lead` elements in.
+fn place(l: Layout, rows: usize, cols: usize, lead: usize) -> (i64, i64, i64, usize) {
+    let (r, c) = (rows as i64, cols as i64);
+    let lead_i = lead as i64;
+    match l {
+        Layout::RowMajor { pad } => (lead_i, c + pad as i64, 1, lead + rows * (cols + pad)),
+        Layout::ColMajor { pad } => (lead_i, 1, r + pad as i64, lead + cols * (rows + pad)),
+        Layout::Reversed => (lead_i + (r - 1).max(0) * c, -c, 1, lead + rows * cols),
+        Layout::Spread => (lead_i, 2 * c, 2, lead + 2 * rows * cols),
+        Layout::RowBroadcast => (lead_i, 0, 1, lead + cols),
+        Layout::ColBroadcast => (lead_i, 1, 0, lead + rows),
+        Layout::Scalar => (lead_i, 0, 0, lead + 1),
+    }
+}
+
+/// A buffer of `dtype` values: `len` elements, starting `shift` bytes past an 8-byte boundary
+/// (a non-zero shift misaligns it for 4-byte types).
+struct Buf {
+    store: Vec<u8>,
+    start: usize,
+    len: usize,
+    dtype: DType,
+}
+
+impl Buf {
+    fn new(dtype: DType, len: usize, shift: usize, mut fill: impl FnMut(usize) -> f64) -> Buf {
+        let store = vec![0u8; len * dtype.size() + 16];
+        let start = store.as_ptr().align_offset(8) + shift;
+        let mut b = Buf {
+            store,
+            start,
+            len,
+            dtype,
+        };
+        for i in 0..len {
+            let v = fill(i);
+            write(b.bytes_mut(), dtype, i, v);
+        }
+        b
+    }
+    fn bytes(&self) -> &[u8] {
+        &self.store[self.start..self.start + self.len * self.dtype.size()]
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        let n = self.len * self.dtype.size();
+        &mut self.store[self.start..self.start + n]
+    }
+    fn view(&self, (offset, row_stride, col_stride): (i64, i64, i64)) -> View<'_> {
+        View {
+            bytes: self.bytes(),
+            dtype: self.dtype,
+            offset,
+            row_stride,
+            col_stride,
+        }
+    }
+}
+
+/// One problem: operands, C's initial buffer, and how to call `run`.
+struct Case {
+    g: Gemm,
+    a: Buf,
+    av: (i64, i64, i64),
+    b: Buf,
+    bv: (i64, i64, i64),
+    c: Buf,
+    cv: (i64, i64, i64),
+    bias: Option<(Buf, (i64, i64, i64))>,
+    what: String,
+    /// The path `run` took, once run.
+    path: Cell<Path>,
+}
+
+impl Case {
+    /// Runs `run` and the generic path on copies of C; returns both C buffers (as f64s).
+    fn results(&self) -> (Vec<f64>, Vec<f64>) {
+        let c = |cb: &[u8]| {
+            (0..self.c.len)
+                .map(|i| read(cb, self.c.dtype, i))
+                .collect::<Vec<f64>>()
+        };
+        let bias = self.bias.as_ref().map(|(b, v)| b.view(*v));
+        let mut fast = self.c.store.clone();
+        let range = self.c.start..self.c.start + self.c.len * self.c.dtype.size();
+        let cdesc = (self.c.dtype, self.cv.0, self.cv.1, self.cv.2);
+        run(
+            &self.g,
+            self.a.view(self.av),
+            self.b.view(self.bv),
+            &mut fast[range.clone()],
+            cdesc,
+            bias,
+        )
+        .unwrap_or_else(|_| panic!("{}: out of bounds", self.what));
+        self.path.set(PATH.get());
+        let mut slow = self.c.store.clone();
+        generic(
+            &self.g,
+            &self.a.view(self.av),
+            &self.b.view(self.bv),
+            &mut slow[range.clone()],
+            cdesc,
+            bias.as_ref(),
+        );
+        (c(&fast[range.clone()]), c(&slow[range]))
+    }
+
+    /// The error scale of element `(r, col)`: `|α|·Σ|a||b| + |β||c| + |bias|`.
+    fn scale(&self, r: usize, col: usize) -> f64 {
+        let (a, b) = (self.a.view(self.av), self.b.view(self.bv));
+        let mut s = 0.0;
+        for kk in 0..self.g.k {
+            s += (a.get(a.index(r, kk)) * b.get(b.index(kk, col))).abs();
+        }
+        s *= self.g.alpha.abs();
+        let ci = (self.cv.0 + r as i64 * self.cv.1 + col as i64 * self.cv.2) as usize;
+        s += self.g.beta.abs() * read(self.c.bytes(), self.c.dtype, ci).abs();
+        if let Some((bb, v)) = &self.bias {
+            let bv = bb.view(*v);
+            s += bv.get(bv.index(r, col)).abs();
+        }
+        s
+    }
+
+    /// Floats: within `(k + 4)·ε·scale` (f32 accumulation); integers: equal.
+    fn verify(&self) {
+        let (fast, slow) = self.results();
+        let tol = (self.g.k + 4) as f64 * f64::from(f32::EPSILON);
+        let float = matches!(self.c.dtype, DType::F32 | DType::F64);
+        let mut in_view = vec![None; self.c.len];
+        for r in 0..self.g.m {
+            for col in 0..self.g.n {
+                let ci = (self.cv.0 + r as i64 * self.cv.1 + col as i64 * self.cv.2) as usize;
+                in_view[ci] = Some((r, col));
+            }
+        }
+        for (i, (&f, &s)) in fast.iter().zip(&slow).enumerate() {
+            let ok = match in_view[i] {
+                Some((r, col)) if float => {
+                    f == s
+                        || (f.is_nan() && s.is_nan())
+                        || (f - s).abs() <= tol * self.scale(r, col) + 1e-30
+                }
+                _ => f == s || (f.is_nan() && s.is_nan()),
+            };
+            assert!(
+                ok,
+                "{}: C element {i} {:?} = {f}, generic {s}",
+                self.what, in_view[i]
+            );
+        }
+    }
+}
+
+/// A random f32 problem with the given layouts.
+#[allow(clippy::too_many_arguments)]
+fn f32_case(
+    rng: &mut Rng,
+    (m, n, k): (usize, usize, usize),
+    (la, lb, lc): (Layout, Layout, Layout),
+    bias: Option<Layout>,
+    shift: usize,
+    threads: usize,
+) -> Case {
+    let lead = rng.below(4);
+    let (ao, ars, acs, alen) = place(la, m, k, lead);
+    let (bo, brs, bcs, blen) = place(lb, k, n, lead);
+    let (co, crs, ccs, clen) = place(lc, m, n, lead);
+    let mut uni = |_| rng.unit();
+    let a = Buf::new(DType::F32, alen, shift, &mut uni);
+    let b = Buf::new(DType::F32, blen, 0, &mut uni);
+    let c = Buf::new(DType::F32, clen, 0, &mut uni);
+    let bias = bias.map(|l| {
+        let (o, rs, cs, len) = place(l, m, n, lead);
+        (Buf::new(DType::F32, len, shift, &mut uni), (o, rs, cs))
+    });
+    let alpha = [1.0, -0.5, 2.0][rng.below(3)];
+    let beta = [0.0, 0.0, 1.0, 0.75][rng.below(4)];
+    let act = match rng.below(3) {
+        0 => Activation::None,
+        1 => Activation::Relu,
+        _ => Activation::Clip {
+            min: -0.25,
+            max: 0.5,
+        },
+    };
+    let g = Gemm {
+        m,
+        n,
+        k,
+        alpha,
+        beta,
+        act,
+        threads,
+    };
+    let what = format!(
+        "f32 {m}x{n}x{k} A {la:?} B {lb:?} C {lc:?} bias {bias_l:?} shift {shift} {threads}T \
+         alpha {alpha} beta {beta} {act:?}",
+        bias_l = bias.as_ref().map(|(_, v)| *v),
+    );
+    Case {
+        g,
+        a,
+        av: (ao, ars, acs),
+        b,
+        bv: (bo, brs, bcs),
+        c,
+        cv: (co, crs, ccs),
+        bias,
+        what,
+        path: Cell::new(Path::Generic),
+    }
+}
+
+const DIMS: [usize; 9] = [1, 2, 7, 13, 16, 33, 64, 100, 129];
+
+#[test]
+fn f32_every_layout() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let shapes = [
+        (1, 1, 1),
+        (1, 37, 19),
+        (23, 1, 40),
+        (13, 33, 7),
+        (40, 70, 129),
+    ];
+    for &shape in &shapes {
+        for &la in &READ_LAYOUTS {
+            for &lb in &READ_LAYOUTS {
+                let lc = C_LAYOUTS[rng.below(C_LAYOUTS.len())];
+                let bias = [None, Some(READ_LAYOUTS[rng.below(READ_LAYOUTS.len())])][rng.below(2)];
+                let case = f32_case(&mut rng, shape, (la, lb, lc), bias, 0, 1);
+                case.verify();
+                assert_eq!(case.path.get(), Path::F32, "{}", case.what);
+            }
+        }
+        for &lc in &C_LAYOUTS {
+            for &bl in &READ_LAYOUTS {
+                let l = (Layout::RowMajor { pad: 0 }, Layout::ColMajor { pad: 1 }, lc);
+                f32_case(&mut rng, shape, l, Some(bl), 0, 2).verify();
+            }
+        }
+    }
+}
+
+#[test]
+fn f32_random_shapes_threads_and_misaligned_bytes() {
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    for i in 0..200 {
+        let shape = (
+            DIMS[rng.below(DIMS.len())],
+            DIMS[rng.below(DIMS.len())],
+            DIMS[rng.below(DIMS.len())],
+        );
+        let la = READ_LAYOUTS[rng.below(4)];
+        let lb = READ_LAYOUTS[rng.below(4)];
+        let lc = C_LAYOUTS[rng.below(C_LAYOUTS.len())];
+        let bias = [None, Some(READ_LAYOUTS[rng.below(READ_LAYOUTS.len())])][rng.below(2)];
+        let shift = if i % 7 == 0 { 1 } else { 0 };
+        let threads = 1 + rng.below(3);
+        f32_case(&mut rng, shape, (la, lb, lc), bias, shift, threads).verify();
+    }
+    // Big enough for the kernels to split across threads.
+    for &shape in &[(1, 1500, 800), (300, 200, 100), (64, 3136, 72)] {
+        for lb in [Layout::RowMajor { pad: 0 }, Layout::ColMajor { pad: 0 }] {
+            let l = (Layout::RowMajor { pad: 0 }, lb, Layout::RowMajor { pad: 0 });
+            f32_case(&mut rng, shape, l, Some(Layout::ColBroadcast), 0, 2).verify();
+        }
+    }
+}
+
+#[test]
+fn f32_nan_through_activations() {
+    // NaN products meet ReLU and Clip exactly as the generic path (and the evaluator) has it.
+    let mut rng = Rng(7);
+    for act in [
+        Activation::Relu,
+        Activation::Clip {
+            min: -0.5,
+            max: 0.5,
+        },
+        Activation::None,
+    ] {
+        for shape in [(5, 40, 3), (1, 40, 3), (5, 1, 3)] {
+            let l = Layout::RowMajor { pad: 0 };
+            let mut case = f32_case(&mut rng, shape, (l, l, l), None, 0, 1);
+            case.g.act = act;
+            case.what = format!("{} as {act:?}", case.what);
+            let a0 = case.av.0 as usize;
+            write(case.a.bytes_mut(), DType::F32, a0, f64::NAN);
+            case.verify();
+            let (fast, _) = case.results();
+            let got = fast[case.cv.0 as usize];
+            let want = activate(act, f64::NAN);
+            assert!(
+                got == want || (got.is_nan() && want.is_nan()),
+                "{act:?}: {got}"
+            );
+        }
+    }
+}
+
+/// A random integer problem: A and B of the given types with values from `va`/`vb`, C `i32`.
+#[allow(clippy::too_many_arguments)]
+fn int_case(
+    rng: &mut Rng,
+    (m, n, k): (usize, usize, usize),
+    (ta, tb): (DType, DType),
+    (va, vb): ((i64, i64), (i64, i64)),
+    (la, lb, lc): (Layout, Layout, Layout),
+    bias: Option<Layout>,
+    threads: usize,
+) -> Case {
+    let lead = rng.below(4);
+    let (ao, ars, acs, alen) = place(la, m, k, lead);
+    let (bo, brs, bcs, blen) = place(lb, k, n, lead);
+    let (co, crs, ccs, clen) = place(lc, m, n, lead);
+    let mut int = |(lo, hi): (i64, i64)| (lo + rng.below((hi - lo + 1) as usize) as i64) as f64;
+    let a = Buf::new(ta, alen, 0, |_| int(va));
+    let b = Buf::new(tb, blen, 0, |_| int(vb));
+    let c = Buf::new(DType::I32, clen, 0, |_| int((-5, 5)));
+    let bias = bias.map(|l| {
+        let (o, rs, cs, len) = place(l, m, n, lead);
+        (
+            Buf::new(DType::I32, len, 0, |_| int((-3000, 3000))),
+            (o, rs, cs),
+        )
+    });
+    let g = Gemm {
+        m,
+        n,
+        k,
+        alpha: 1.0,
+        beta: 0.0,
+        act: Activation::None,
+        threads,
+    };
+    let what = format!(
+        "{}x{} {m}x{n}x{k} A {la:?} {va:?} B {lb:?} {vb:?} C {lc:?} bias {:?} {threads}T",
+        ta.name(),
+        tb.name(),
+        bias.as_ref().map(|(_, v)| *v)
+    );
+    Case {
+        g,
+        a,
+        av: (ao, ars, acs),
+        b,
+        bv: (bo, brs, bcs),
+        c,
+        cv: (co, crs, ccs),
+        bias,
+        what,
+        path: Cell::new(Path::Generic),
+    }
+}
+
+#[test]
+fn int_matches_generic_exactly() {
+    let mut rng = Rng(0xdead_beef_1234_5678);
+    let types = [
+        ((DType::U8, DType::I8), ((0, 255), (-128, 127))),
+        ((DType::I8, DType::I8), ((-128, 127), (-128, 127))),
+        ((DType::U8, DType::U8), ((0, 255), (0, 255))),
+        // Widened operands minus zero points, as the MatMulInteger lowering makes them.
+        ((DType::I32, DType::I32), ((-128, 127), (-128, 127))),
+        ((DType::I32, DType::I32), ((-200, 55), (-130, 125))),
+        ((DType::I32, DType::I8), ((0, 255), (-128, 127))),
+        // Too wide for 8 bits, and types the kernels do not take: the generic path.
+        ((DType::I32, DType::I32), ((-300, 300), (-5, 5))),
+        ((DType::I16, DType::I8), ((-300, 300), (-5, 5))),
+    ];
+    for (i, &(tys, vals)) in types.iter().enumerate() {
+        // Operands too wide for 8 bits may still hold a narrow sample (a broadcast, one
+        // element), so only the types the kernels never take pin the generic path.
+        let want = match i {
+            0..6 => Some(Path::Int),
+            6 => None,
+            _ => Some(Path::Generic),
+        };
+        for _ in 0..25 {
+            let shape = (
+                DIMS[rng.below(DIMS.len())],
+                DIMS[rng.below(DIMS.len())],
+                DIMS[rng.below(DIMS.len())],
+            );
+            let la = READ_LAYOUTS[rng.below(READ_LAYOUTS.len())];
+            let lb = READ_LAYOUTS[rng.below(READ_LAYOUTS.len())];
+            let lc = C_LAYOUTS[rng.below(C_LAYOUTS.len())];
+            let bias = [None, Some(READ_LAYOUTS[rng.below(READ_LAYOUTS.len())])][rng.below(2)];
+            let threads = 1 + rng.below(2);
+            let case = int_case(&mut rng, shape, tys, vals, (la, lb, lc), bias, threads);
+            case.verify();
+            // Negative strides are not taken in place by the integer kernels.
+            if let Some(want) = want
+                && ![la, lb].contains(&Layout::Reversed)
+            {
+                assert_eq!(case.path.get(), want, "{}", case.what);
+            }
+        }
+    }
+    // Model-sized products, split across threads.
+    for &shape in &[(128, 384, 384), (128, 1536, 384), (49, 256, 1152)] {
+        let l = (
+            Layout::RowMajor { pad: 0 },
+            Layout::RowMajor { pad: 0 },
+            Layout::RowMajor { pad: 0 },
+        );
+        let tys = (DType::I32, DType::I32);
+        let vals = ((-100, 155), (-128, 127));
+        let case = int_case(&mut rng, shape, tys, vals, l, None, 2);
+        case.verify();
+        assert_eq!(case.path.get(), Path::Int, "{}", case.what);
+    }
+}

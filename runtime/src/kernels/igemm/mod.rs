@@ -1,0 +1,655 @@
+//! Exact integer matrix multiplication, `C (i32) = A·B + bias`, for 8-bit data: the kernel
+//! behind `MatMulInteger`, `QLinearMatMul` and integer convolutions.
+//!
+//! **Exactness.** The products run on 8-bit operands: `A` as `u8`, `B` as `i8`, the pair that
+//! AVX-512 VNNI's `vpdpbusd` multiplies (64 multiply-adds per instruction, four times the f32
+//! FMA rate). Any integer matrix whose values span at most 256 consecutive integers fits such
+//! an operand after subtracting an offset: `A = Au + oa`, `B = Bs + ob` with `Au ∈ [0, 255]`,
+//! `Bs ∈ [−128, 127]`, and then
+//!
+//! ```text
+//! A·B = Au·Bs + oa·colsum(Bs) + ob·rowsum(Au) + k·oa·ob
+//! ```
+//!
+//! which the kernels add in their epilogue (a per-row and a per-column vector). So `u8×i8`,
+//! `i8×i8` (`oa = −128`), `u8×u8` (`ob = 128`) and `i32` operands that are 8-bit values minus a
+//! zero point (what the kernel-IR lowering of `MatMulInteger` produces today) all take the same
+//! kernels. Every step is `i32` arithmetic modulo 2³², which is a ring, so the result is exact
+//! whenever the true result fits in `i32`; [`IGemm::run`] proves that before starting (from the
+//! operands' ranges: `k·max|A|·max|B| + max|bias| < 2³¹`) and refuses otherwise, so a caller
+//! never gets a wrapped value where the definition saturates.
+//!
+//! **Kernels.** AVX-512 VNNI: a 12×32 tile in 24 zmm accumulators, `vpdpbusd` on groups of four
+//! `k` steps. AVX2: no 8-bit multiply-add there is exact (`vpmaddubsw` saturates its `i16` pair
+//! sums: 255·127·2 > 32767), so operands are packed as `i16` and multiplied with `vpmaddwd`
+//! (pairs of products summed into `i32`, exact): a 6×16 tile. Portable Rust: a 4×16 tile on
+//! `i16` operands. Operands are packed into panels whose layout each ISA chooses (see
+//! [`pack`]), the offsets subtracted and the row and column sums taken on the way.
+//!
+//! ```
+//! use mlc_runtime::kernels::igemm::{IBias, IGemm, IntRef};
+//!
+//! // C (2×2) = A (2×3, u8) · B (3×2, i8)
+//! let a: [u8; 6] = [1, 2, 3, 4, 5, 255];
+//! let b: [i8; 6] = [1, 0, 0, 1, -128, -1];
+//! let mut c = [0i32; 4];
+//! IGemm::new()
+//!     .run(2, 2, 3, IntRef::row_major(&a, 3), IntRef::row_major(&b, 2), &mut c, 2, IBias::None)
+//!     .unwrap();
+//! assert_eq!(c, [1 - 384, 2 - 3, 4 - 128 * 255, 5 - 255]);
+//! ```
+
+// The driver hands raw pointers into the packed panels and into `C` to the microkernels and to
+// the threads that write disjoint tiles of `C`; every such use carries a `SAFETY:` comment.
+#![allow(unsafe_code)]
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod pack;
+mod portable;
+#[cfg(test)]
+mod tests;
+
+use super::Isa;
+use pack::{AlignedVec, PackDst};
+use std::mem::MaybeUninit;
+
+/// An integer element type an operand may have.
+pub trait IntElem: Copy + Ord + Send + Sync + 'static {
+    /// The type's smallest value.
+    const LO: i64;
+    /// The type's largest value.
+    const HI: i64;
+    /// The value, widened.
+    fn widen(self) -> i64;
+}
+
+macro_rules! int_elem {
+    ($($t:ty),*) => {$(
+        impl IntElem for $t {
+            const LO: i64 = <$t>::MIN as i64;
+            const HI: i64 = <$t>::MAX as i64;
+            fn widen(self) -> i64 {
+                self as i64
+            }
+        }
+    )*};
+}
+int_elem!(u8, i8, u16, i16, u32, i32);
+
+/// A read-only view of an integer matrix: element `(i, j)` is `data[i * rs + j * cs]`.
+#[derive(Clone, Copy, Debug)]
+pub struct IntRef<'a, T> {
+    /// The elements.
+    pub data: &'a [T],
+    /// Distance between consecutive rows.
+    pub rs: usize,
+    /// Distance between consecutive columns.
+    pub cs: usize,
+}
+
+impl<'a, T: IntElem> IntRef<'a, T> {
+    /// A view with explicit strides.
+    pub fn new(data: &'a [T], rs: usize, cs: usize) -> Self {
+        IntRef { data, rs, cs }
+    }
+
+    /// Row-major storage with leading dimension `ld`.
+    pub fn row_major(data: &'a [T], ld: usize) -> Self {
+        IntRef {
+            data,
+            rs: ld,
+            cs: 1,
+        }
+    }
+
+    /// Column-major storage with leading dimension `ld`.
+    pub fn col_major(data: &'a [T], ld: usize) -> Self {
+        IntRef {
+            data,
+            rs: 1,
+            cs: ld,
+        }
+    }
+
+    /// The transposed view.
+    pub fn t(self) -> Self {
+        IntRef {
+            data: self.data,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+
+    fn at(&self, i: usize, j: usize) -> T {
+        self.data[i * self.rs + j * self.cs]
+    }
+
+    /// The number of elements a `rows×cols` view needs, or `None` on overflow.
+    fn needed(&self, rows: usize, cols: usize) -> Option<usize> {
+        if rows == 0 || cols == 0 {
+            return Some(0);
+        }
+        (rows - 1)
+            .checked_mul(self.rs)?
+            .checked_add((cols - 1).checked_mul(self.cs)?)?
+            .checked_add(1)
+    }
+
+    /// The smallest and largest value of the `rows×cols` view (the type's range when that
+    /// already spans at most 256 values: no need to look). `rows, cols > 0`.
+    fn range(&self, rows: usize, cols: usize) -> (i64, i64) {
+        if T::HI - T::LO <= 255 {
+            return (T::LO, T::HI);
+        }
+        let (mut lo, mut hi) = (self.at(0, 0), self.at(0, 0));
+        // Scan along whichever dimension is contiguous, in the element type, so that the loop
+        // vectorizes.
+        let (outer, inner, os, is) = if self.cs == 1 || self.rs != 1 {
+            (rows, cols, self.rs, self.cs)
+        } else {
+            (cols, rows, self.cs, self.rs)
+        };
+        for o in 0..outer {
+            if is == 1 {
+                let run = &self.data[o * os..o * os + inner];
+                lo = lo.min(run.iter().copied().min().unwrap_or(lo));
+                hi = hi.max(run.iter().copied().max().unwrap_or(hi));
+            } else {
+                for i in 0..inner {
+                    let x = self.data[o * os + i * is];
+                    lo = lo.min(x);
+                    hi = hi.max(x);
+                }
+            }
+        }
+        (lo.widen(), hi.widen())
+    }
+}
+
+/// An `i32` bias added to every element of the product.
+#[derive(Clone, Copy, Debug, Default)]
+pub enum IBias<'a> {
+    /// No bias.
+    #[default]
+    None,
+    /// One value for all of `C`.
+    Scalar(i32),
+    /// One value per row of `C` (length `m`).
+    PerRow(&'a [i32]),
+    /// One value per column of `C` (length `n`).
+    PerCol(&'a [i32]),
+    /// A full `m×n` matrix, row-major with this leading dimension (0 repeats one row).
+    Full(&'a [i32], usize),
+}
+
+/// Why a product was not computed; nothing of `C` was written.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum IGemmError {
+    /// An operand's slice does not hold every element its shape and strides reach.
+    #[error("{operand} needs {needed} elements for its shape and strides but has {len}")]
+    TooShort {
+        /// Which operand (`A`, `B`, `C`, `bias`).
+        operand: &'static str,
+        /// Elements needed.
+        needed: usize,
+        /// Elements present.
+        len: usize,
+    },
+    /// An operand's shape and strides overflow `usize`.
+    #[error("{operand}: shape and strides overflow the address space")]
+    Overflow {
+        /// Which operand.
+        operand: &'static str,
+    },
+    /// `C`'s leading dimension is smaller than its row, so rows would overlap.
+    #[error("C has leading dimension {ld} < n = {n}: its rows would overlap")]
+    Overlap {
+        /// The leading dimension given.
+        ld: usize,
+        /// The row length.
+        n: usize,
+    },
+    /// An operand's values span more than 256 integers, so it has no 8-bit form.
+    #[error("{operand} holds values from {lo} to {hi}: more than 256 apart")]
+    Range {
+        /// Which operand.
+        operand: &'static str,
+        /// Smallest value.
+        lo: i64,
+        /// Largest value.
+        hi: i64,
+    },
+    /// The result could exceed `i32` for these operand ranges and `k`.
+    #[error("the product may exceed i32 (bound {bound})")]
+    MayOverflow {
+        /// The bound on `|C|` from the operands' ranges.
+        bound: i128,
+    },
+    /// The CPU cannot run this ISA's integer kernels.
+    #[error("this CPU does not support {0} integer kernels")]
+    Unsupported(Isa),
+}
+
+/// Whether this CPU runs the integer kernels of `isa` (AVX-512 needs VNNI and BW on top of F).
+pub fn supported(isa: Isa) -> bool {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => {
+            Isa::Avx512.is_supported()
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vnni")
+        }
+        other => other.is_supported(),
+    }
+}
+
+/// An integer GEMM configuration: which kernels and how many threads.
+#[derive(Clone, Copy, Debug)]
+pub struct IGemm {
+    isa: Isa,
+    threads: usize,
+}
+
+impl Default for IGemm {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The geometry and microkernel of one ISA, over its packed element types.
+struct Spec<DA, DB> {
+    /// Rows of the register tile.
+    mr: usize,
+    /// Columns of the register tile.
+    nr: usize,
+    /// `k` steps the kernel consumes at once (`k` is zero-padded to a multiple).
+    kg: usize,
+    /// Depth of a cache block (a multiple of `kg`).
+    kc: usize,
+    /// Columns of a cache block of `B` (a multiple of `nr`): `KC×NC` stays in L2.
+    nc: usize,
+    /// The microkernel.
+    tile: unsafe fn(&Tile<DA, DB>),
+}
+
+/// One microkernel call: `C[rows×cols] (+)= A_panel·B_panel`, then the epilogue if `last`.
+///
+/// `a` points at step `pc` of an `MR`-row packed panel, `b` at step `pc` of an `NR`-column
+/// one; `kc` steps (a multiple of `KG`) are read. `c` is the tile's first element, rows `ldc`
+/// apart. `first`: C is overwritten, else added to. On the last block, `rowadd[r]` and
+/// `coladd[j]` (already offset to the tile) and the residual (null if none, rows `ldr` apart)
+/// are added.
+struct Tile<DA, DB> {
+    kc: usize,
+    a: *const DA,
+    b: *const DB,
+    c: *mut i32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    first: bool,
+    last: bool,
+    rowadd: *const i32,
+    coladd: *const i32,
+    res: *const i32,
+    ldr: usize,
+}
+
+/// A raw pointer that threads share; each writes only its own part.
+#[derive(Clone, Copy)]
+struct SharedPtr<T>(*mut T);
+// SAFETY: only dereferenced on parts of the buffer that no other thread touches (disjoint
+// bands of C), within a `thread::scope` that ends before the borrow of the buffer ends.
+unsafe impl<T> Send for SharedPtr<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for SharedPtr<T> {}
+
+impl<T> SharedPtr<T> {
+    /// The pointer (a method, so that closures capture the whole `Send` wrapper).
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+/// Below this many multiply-adds a product stays on one thread.
+const MIN_THREADED_MACS: usize = 1 << 21;
+
+impl IGemm {
+    /// The CPU's widest integer kernels, one thread.
+    pub fn new() -> Self {
+        let isa = Isa::ALL
+            .into_iter()
+            .rev()
+            .find(|&i| supported(i))
+            .unwrap_or(Isa::Portable);
+        IGemm { isa, threads: 1 }
+    }
+
+    /// Forces one ISA's kernels (tests, benches); fails if the CPU lacks it.
+    pub fn with_isa(isa: Isa) -> Result<Self, IGemmError> {
+        if !supported(isa) {
+            return Err(IGemmError::Unsupported(isa));
+        }
+        Ok(IGemm { isa, threads: 1 })
+    }
+
+    /// Uses up to `threads` threads (0 counts as 1).
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
+        self
+    }
+
+    /// The ISA of the kernels.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// `C (m×n, row-major, leading dimension ldc) = A (m×k) · B (k×n) + bias`, exactly.
+    ///
+    /// Fails, before writing anything, on malformed views, on operands whose values span more
+    /// than 256 integers, and when the result could exceed `i32`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run<TA: IntElem, TB: IntElem>(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: IntRef<'_, TA>,
+        b: IntRef<'_, TB>,
+        c: &mut [i32],
+        ldc: usize,
+        bias: IBias<'_>,
+    ) -> Result<(), IGemmError> {
+        check("A", a.needed(m, k), a.data.len())?;
+        check("B", b.needed(k, n), b.data.len())?;
+        if n > ldc && m > 1 {
+            return Err(IGemmError::Overlap { ld: ldc, n });
+        }
+        check("C", IntRef::row_major(c, ldc).needed(m, n), c.len())?;
+        let (blo, bhi) = match bias {
+            IBias::None => (0, 0),
+            IBias::Scalar(s) => (s as i64, s as i64),
+            IBias::PerRow(v) => vec_range("bias", v, m)?,
+            IBias::PerCol(v) => vec_range("bias", v, n)?,
+            IBias::Full(v, ld) => {
+                check("bias", IntRef::row_major(v, ld).needed(m, n), v.len())?;
+                let r = IntRef::row_major(v, ld);
+                if m == 0 || n == 0 {
+                    (0, 0)
+                } else {
+                    r.range(m, n)
+                }
+            }
+        };
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let (ra, rb) = if k == 0 {
+            ((0, 0), (0, 0))
+        } else {
+            (a.range(m, k), b.range(k, n))
+        };
+        let oa = offset("A", ra, (0, 255))?;
+        let ob = offset("B", rb, (-128, 127))?;
+        let mag = |(lo, hi): (i64, i64)| i128::from(lo.unsigned_abs().max(hi.unsigned_abs()));
+        let bound = k as i128 * mag(ra) * mag(rb) + mag((blo, bhi));
+        if bound > i128::from(i32::MAX) {
+            return Err(IGemmError::MayOverflow { bound });
+        }
+        let p = Problem {
+            m,
+            n,
+            k,
+            oa,
+            ob,
+            bias,
+            threads: self.threads,
+        };
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => p.drive(&avx512::SPEC, &a, &b, c, ldc),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => p.drive(&avx2::SPEC, &a, &b, c, ldc),
+            _ => p.drive(&portable::SPEC, &a, &b, c, ldc),
+        }
+        Ok(())
+    }
+}
+
+fn check(operand: &'static str, needed: Option<usize>, len: usize) -> Result<(), IGemmError> {
+    let needed = needed.ok_or(IGemmError::Overflow { operand })?;
+    if needed > len {
+        return Err(IGemmError::TooShort {
+            operand,
+            needed,
+            len,
+        });
+    }
+    Ok(())
+}
+
+fn vec_range(operand: &'static str, v: &[i32], len: usize) -> Result<(i64, i64), IGemmError> {
+    check(operand, Some(len), v.len())?;
+    let v = &v[..len];
+    Ok((
+        v.iter().copied().min().unwrap_or(0) as i64,
+        v.iter().copied().max().unwrap_or(0) as i64,
+    ))
+}
+
+/// The offset that moves values in `[lo, hi]` into `[tlo, thi]` (a 256-value window): 0 when
+/// they already lie there, else the one that puts `lo` at `tlo`.
+fn offset(
+    operand: &'static str,
+    (lo, hi): (i64, i64),
+    (tlo, thi): (i64, i64),
+) -> Result<i32, IGemmError> {
+    if lo >= tlo && hi <= thi {
+        Ok(0)
+    } else if hi - lo <= thi - tlo {
+        // |lo − tlo| < 2³² + 128 for any i32/u32 source; the offset is used modulo 2³².
+        Ok((lo - tlo) as i32)
+    } else {
+        Err(IGemmError::Range { operand, lo, hi })
+    }
+}
+
+/// A checked product, ready to run on one ISA.
+struct Problem<'a> {
+    m: usize,
+    n: usize,
+    k: usize,
+    oa: i32,
+    ob: i32,
+    bias: IBias<'a>,
+    threads: usize,
+}
+
+impl Problem<'_> {
+    fn drive<DA: PackDst, DB: PackDst, TA: IntElem, TB: IntElem>(
+        &self,
+        spec: &Spec<DA, DB>,
+        a: &IntRef<'_, TA>,
+        b: &IntRef<'_, TB>,
+        c: &mut [i32],
+        ldc: usize,
+    ) {
+        let (m, n, k) = (self.m, self.n, self.k);
+        let kp = k.next_multiple_of(spec.kg);
+        let (mt, nt) = (m.div_ceil(spec.mr), n.div_ceil(spec.nr));
+        let work = m.saturating_mul(n).saturating_mul(k.max(1));
+        let threads = if work < MIN_THREADED_MACS {
+            1
+        } else {
+            self.threads.min(mt.max(nt))
+        };
+        // Pack all of A (as MR-row panels of u8-range values) and all of B (NR-column panels
+        // of i8-range values), with their row and column sums, split across the threads.
+        let mut ap = AlignedVec::<DA>::new(mt * spec.mr * kp);
+        let mut bp = AlignedVec::<DB>::new(nt * spec.nr * kp);
+        let mut rsum = vec![0i32; mt * spec.mr];
+        let mut csum = vec![0i32; nt * spec.nr];
+        {
+            let pa = |t: usize, ap: &mut [MaybeUninit<DA>], rs: &mut [i32]| {
+                pack::pack(a, m, k, self.oa, spec.mr, spec.kg, (t, threads), ap, rs)
+            };
+            let bt = b.t();
+            let pb = |t: usize, bp: &mut [MaybeUninit<DB>], cs: &mut [i32]| {
+                pack::pack(&bt, n, k, self.ob, spec.nr, spec.kg, (t, threads), bp, cs)
+            };
+            let (apm, bpm) = (ap.as_mut_slice(), bp.as_mut_slice());
+            if threads == 1 {
+                pa(0, apm, &mut rsum);
+                pb(0, bpm, &mut csum);
+            } else {
+                let a_parts = pack::split(apm, &mut rsum, spec.mr * kp, spec.mr, mt, threads);
+                let b_parts = pack::split(bpm, &mut csum, spec.nr * kp, spec.nr, nt, threads);
+                std::thread::scope(|s| {
+                    for (t, ((ap, rs), (bp, cs))) in a_parts.into_iter().zip(b_parts).enumerate() {
+                        s.spawn(move || {
+                            pa(t, ap, rs);
+                            pb(t, bp, cs);
+                        });
+                    }
+                });
+            }
+        }
+        // The epilogue's vectors: A·B = Au·Bs + oa·colsum(Bs) + ob·(rowsum(Au) + k·oa).
+        let (oa, ob, kk) = (self.oa, self.ob, k as i32);
+        let mut rowadd: Vec<i32> = rsum
+            .iter()
+            .map(|&s| ob.wrapping_mul(s.wrapping_add(kk.wrapping_mul(oa))))
+            .collect();
+        let mut coladd: Vec<i32> = csum.iter().map(|&s| oa.wrapping_mul(s)).collect();
+        let mut res = (std::ptr::null(), 0);
+        match self.bias {
+            IBias::None => {}
+            IBias::Scalar(s) => rowadd.iter_mut().for_each(|x| *x = x.wrapping_add(s)),
+            IBias::PerRow(v) => {
+                for (x, &y) in rowadd.iter_mut().zip(v) {
+                    *x = x.wrapping_add(y);
+                }
+            }
+            IBias::PerCol(v) => {
+                for (x, &y) in coladd.iter_mut().zip(v) {
+                    *x = x.wrapping_add(y);
+                }
+            }
+            IBias::Full(v, ld) => res = (v.as_ptr(), ld),
+        }
+        let split_m = mt >= nt;
+        let cp = SharedPtr(c.as_mut_ptr());
+        let (app, bpp) = (
+            SharedPtr(ap.as_ptr().cast_mut()),
+            SharedPtr(bp.as_ptr().cast_mut()),
+        );
+        let (rap, cap) = (rowadd.as_ptr(), coladd.as_ptr());
+        let (rap, cap, resp) = (
+            SharedPtr(rap.cast_mut()),
+            SharedPtr(cap.cast_mut()),
+            SharedPtr(res.0.cast_mut()),
+        );
+        let band = |t: usize, tiles: usize| (tiles * t / threads, tiles * (t + 1) / threads);
+        let run_band = move |t: usize| {
+            let ((m0, m1), (n0, n1)) = if threads == 1 {
+                ((0, mt), (0, nt))
+            } else if split_m {
+                (band(t, mt), (0, nt))
+            } else {
+                ((0, mt), band(t, nt))
+            };
+            // SAFETY: the panels were packed for all `mt`×`nt` tiles with `kp` steps; the
+            // epilogue vectors hold `mt·MR` and `nt·NR` entries; `C` (checked m×n, stride
+            // `ldc`) is written only in this band's tiles, which no other thread touches; the
+            // residual was checked to cover m×n.
+            unsafe {
+                block_loops(
+                    spec,
+                    (m0, m1),
+                    (n0, n1),
+                    (m, n, kp),
+                    app.get(),
+                    bpp.get(),
+                    (cp.get(), ldc),
+                    (rap.get(), cap.get(), resp.get(), res.1),
+                )
+            };
+        };
+        if threads == 1 {
+            run_band(0);
+        } else {
+            std::thread::scope(|s| {
+                for t in 1..threads {
+                    s.spawn(move || run_band(t));
+                }
+                run_band(0);
+            });
+        }
+    }
+}
+
+/// The blocked loops over tiles `m0..m1` × `n0..n1` (in tile units): `jc` (NC columns) →
+/// `pc` (KC steps) → `i` (MR rows) → `j` (NR columns) → microkernel.
+///
+/// # Safety
+///
+/// `a` holds `m.div_ceil(MR)` packed panels of `kp` steps, `b` `n.div_ceil(NR)`; `c` is valid
+/// for `m×n` with stride `ldc`; `rowadd`/`coladd` cover every padded row and column; `res` is
+/// null or valid for `m×n` with stride `ldr`; no other thread touches this band of `C`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_loops<DA, DB>(
+    spec: &Spec<DA, DB>,
+    (m0, m1): (usize, usize),
+    (n0, n1): (usize, usize),
+    (m, n, kp): (usize, usize, usize),
+    a: *mut DA,
+    b: *mut DB,
+    (c, ldc): (*mut i32, usize),
+    (rowadd, coladd, res, ldr): (*mut i32, *mut i32, *mut i32, usize),
+) {
+    let (mr, nr) = (spec.mr, spec.nr);
+    let nc_tiles = (spec.nc / nr).max(1);
+    let kblocks = kp.div_ceil(spec.kc).max(1);
+    let mut jc = n0;
+    while jc < n1 {
+        let jend = (jc + nc_tiles).min(n1);
+        for kb in 0..kblocks {
+            let pc = kb * spec.kc;
+            let kc = spec.kc.min(kp - pc);
+            for it in m0..m1 {
+                let i = it * mr;
+                for jt in jc..jend {
+                    let j = jt * nr;
+                    // SAFETY: see the function's contract; `i < m`, `j < n`, and panel offsets
+                    // stay inside the packed buffers.
+                    unsafe {
+                        let tile = Tile {
+                            kc,
+                            a: a.add(it * mr * kp + pc * mr),
+                            b: b.add(jt * nr * kp + pc * nr),
+                            c: c.add(i * ldc + j),
+                            ldc,
+                            rows: mr.min(m - i),
+                            cols: nr.min(n - j),
+                            first: kb == 0,
+                            last: kb + 1 == kblocks,
+                            rowadd: rowadd.add(i),
+                            coladd: coladd.add(j),
+                            res: if res.is_null() {
+                                res
+                            } else {
+                                res.add(i * ldr + j)
+                            },
+                            ldr,
+                        };
+                        (spec.tile)(&tile);
+                    }
+                }
+            }
+        }
+        jc = jend;
+    }
+}

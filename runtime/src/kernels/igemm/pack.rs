@@ -1,0 +1,188 @@
+//! Packing integer operands into the panels the microkernels read, with the offset subtracted
+//! (so that values land in the 8-bit window) and each panel row's sum taken on the way.
+//!
+//! Both operands are seen as `rows×k` matrices (`A` as it is, `B` transposed) and cut into
+//! panels of `P` rows (`MR` for `A`, `NR` for `B`). Inside a panel, `k` is cut into groups of
+//! `KG` steps and laid out group by group, row by row: element `(r, g·KG + u)` of a panel is at
+//! `g·P·KG + r·KG + u`. So one group of a row is `KG` adjacent values (the four bytes `vpdpbusd`
+//! multiplies into one `i32` lane, the pair `vpmaddwd` does), and one group of the whole panel
+//! is one contiguous run the kernel loads as vectors (`B`) or broadcasts from (`A`). Rows past
+//! the matrix and steps past `k` are zero, so they add nothing.
+
+use super::{IntElem, IntRef};
+use std::mem::MaybeUninit;
+
+/// A packed element type: the 8- or 16-bit form the kernels multiply.
+pub(super) trait PackDst: Copy + Default + Send + Sync + 'static {
+    /// `v`, known to fit.
+    fn from_i32(v: i32) -> Self;
+}
+
+impl PackDst for u8 {
+    fn from_i32(v: i32) -> Self {
+        v as u8
+    }
+}
+
+impl PackDst for i8 {
+    fn from_i32(v: i32) -> Self {
+        v as i8
+    }
+}
+
+impl PackDst for i16 {
+    fn from_i32(v: i32) -> Self {
+        v as i16
+    }
+}
+
+/// A buffer whose first element is 64-byte aligned, so that panels start on cache lines.
+pub(super) struct AlignedVec<T> {
+    buf: Box<[MaybeUninit<T>]>,
+    start: usize,
+    len: usize,
+}
+
+impl<T: PackDst> AlignedVec<T> {
+    pub(super) fn new(len: usize) -> Self {
+        let slack = 64 / std::mem::size_of::<T>();
+        let buf = Box::new_uninit_slice(len + slack);
+        let start = buf.as_ptr().align_offset(64).min(slack);
+        AlignedVec { buf, start, len }
+    }
+
+    /// The elements; packing writes every one of them (padding included) before any is read.
+    pub(super) fn as_mut_slice(&mut self) -> &mut [MaybeUninit<T>] {
+        &mut self.buf[self.start..self.start + self.len]
+    }
+
+    pub(super) fn as_ptr(&self) -> *const T {
+        self.buf[self.start..].as_ptr().cast()
+    }
+}
+
+/// The tiles `[t·tiles/threads, (t+1)·tiles/threads)` of part `t`.
+fn band(t: usize, threads: usize, tiles: usize) -> (usize, usize) {
+    (tiles * t / threads, tiles * (t + 1) / threads)
+}
+
+/// Cuts the packed buffer and the sums into one part per thread (whole panels).
+pub(super) fn split<'a, D>(
+    mut dst: &'a mut [MaybeUninit<D>],
+    mut sums: &'a mut [i32],
+    panel_len: usize,
+    p: usize,
+    tiles: usize,
+    threads: usize,
+) -> Vec<(&'a mut [MaybeUninit<D>], &'a mut [i32])> {
+    let mut parts = Vec::with_capacity(threads);
+    for t in 0..threads {
+        let (q0, q1) = band(t, threads, tiles);
+        let (d, rest) = dst.split_at_mut((q1 - q0) * panel_len);
+        let (s, srest) = sums.split_at_mut((q1 - q0) * p);
+        parts.push((d, s));
+        dst = rest;
+        sums = srest;
+    }
+    parts
+}
+
+/// Packs part `t` of `threads` (whole panels) of the `rows×k` matrix `src` minus `off` into
+/// `P`-row panels with `k` padded to a multiple of `kg`; `dst` and `sums` are that part's
+/// slices (from [`split`], or everything for one part). `sums[r]` is the sum of packed row `r`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn pack<T: IntElem, D: PackDst>(
+    src: &IntRef<'_, T>,
+    rows: usize,
+    k: usize,
+    off: i32,
+    p: usize,
+    kg: usize,
+    part: (usize, usize),
+    dst: &mut [MaybeUninit<D>],
+    sums: &mut [i32],
+) {
+    // The group size as a constant, so that the layout's `/` and `%` are shifts.
+    match kg {
+        4 => pack_kg::<T, D, 4>(src, rows, k, off, p, part, dst, sums),
+        2 => pack_kg::<T, D, 2>(src, rows, k, off, p, part, dst, sums),
+        _ => pack_kg::<T, D, 1>(src, rows, k, off, p, part, dst, sums),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pack_kg<T: IntElem, D: PackDst, const KG: usize>(
+    src: &IntRef<'_, T>,
+    rows: usize,
+    k: usize,
+    off: i32,
+    p: usize,
+    (t, threads): (usize, usize),
+    dst: &mut [MaybeUninit<D>],
+    sums: &mut [i32],
+) {
+    let kp = k.next_multiple_of(KG);
+    let (q0, q1) = band(t, threads, rows.div_ceil(p));
+    let val = |x: T| (x.widen() as i32).wrapping_sub(off);
+    for (q, (panel, psum)) in (q0..q1).zip(dst.chunks_mut(p * kp).zip(sums.chunks_mut(p))) {
+        let top = q * p;
+        let live = p.min(rows - top);
+        if live < p || kp > k {
+            panel.fill(MaybeUninit::new(D::default()));
+        }
+        psum.fill(0);
+        // Element (r, kk) of the panel: group kk / KG, row r, lane kk % KG.
+        let at = |r: usize, kk: usize| (kk / KG) * p * KG + r * KG + kk % KG;
+        if src.rs == 1 && src.cs != 1 {
+            // The panel's rows are adjacent in memory (B row-major, seen transposed): a group
+            // is KG runs across them, one per step of k, interleaved into the panel, which is
+            // written in order.
+            for (g, out) in panel.chunks_exact_mut(p * KG).enumerate() {
+                let runs: [&[T]; KG] = std::array::from_fn(|u| {
+                    let kk = g * KG + u;
+                    if kk < k {
+                        let start = top + kk * src.cs;
+                        &src.data[start..start + live]
+                    } else {
+                        &[]
+                    }
+                });
+                for (r, (o, s)) in out.chunks_exact_mut(KG).zip(psum.iter_mut()).enumerate() {
+                    for (o, run) in o.iter_mut().zip(&runs) {
+                        if let Some(&x) = run.get(r) {
+                            let v = val(x);
+                            *s = s.wrapping_add(v);
+                            *o = MaybeUninit::new(D::from_i32(v));
+                        }
+                    }
+                }
+            }
+        } else if src.cs == 1 {
+            // Each row is contiguous along k: copy it KG values at a time.
+            for (r, s) in psum[..live].iter_mut().enumerate() {
+                let start = (top + r) * src.rs;
+                let row = &src.data[start..start + k];
+                let mut acc = 0i32;
+                for (g, chunk) in row.chunks(KG).enumerate() {
+                    let base = g * p * KG + r * KG;
+                    for (o, &x) in panel[base..base + chunk.len()].iter_mut().zip(chunk) {
+                        let v = val(x);
+                        acc = acc.wrapping_add(v);
+                        *o = MaybeUninit::new(D::from_i32(v));
+                    }
+                }
+                *s = acc;
+            }
+        } else {
+            for (r, s) in psum[..live].iter_mut().enumerate() {
+                let mut acc = 0i32;
+                for kk in 0..k {
+                    let v = val(src.at(top + r, kk));
+                    acc = acc.wrapping_add(v);
+                    panel[at(r, kk)] = MaybeUninit::new(D::from_i32(v));
+                }
+                *s = acc;
+            }
+        }
+    }
+}
