@@ -21,6 +21,7 @@ mod quant;
 mod reduce;
 mod resize;
 mod signal;
+mod tail;
 
 use crate::kernel::*;
 use mlc_ir::{DType, Graph, Node, Op, ValueId};
@@ -197,12 +198,16 @@ impl Cx<'_> {
             }
             // A contraction's bias and activation fold into its matmul (`epilogue.rs`).
             let mut open = None;
-            for n in &body.nodes {
+            for (i, n) in body.nodes.iter().enumerate() {
                 if let Some(o) = open
                     && let Some(next) = epilogue::try_fuse(&mut sub, n, o)
                 {
                     open = Some(next);
                     continue;
+                }
+                // What the matmul cannot absorb, one fused kernel may (`tail.rs`).
+                if i > 0 && tail::lower(&mut sub, body, &body.nodes[i..])? {
+                    break;
                 }
                 sub.node(n)?;
                 if !matches!(n.op, Op::Constant { .. }) {

@@ -440,6 +440,36 @@ fn integer_convolutions() {
 }
 
 #[test]
+fn integer_contraction_tails_are_one_kernel() {
+    // conv_integer, then rescale, requantize and dequantize: one matmul, then one fused pass.
+    let text = check(
+        r#"graph (%0: u8[1,2,4,4] "x", %1: i8[3,2,3,3] "w", %2: u8[] "zx", %3: f32[3,1,1] "s") -> (%4 "y") {
+  %4 = control.composite {"kind":"conv_integer+cast+mul+quantize+dequantize"} (%0, %1, %2, %3) : f32[1,3,4,4] {
+    graph (%0: u8[1,2,4,4] "in0", %1: i8[3,2,3,3] "in1", %2: u8[] "in2", %3: f32[3,1,1] "in3") -> (%12 "out") {
+      @c0 = const f32[] [0.5]
+      @c1 = const u8[] [7]
+      %4 = quant.conv_integer {"strides":[1,1],"dilations":[1,1],"pad":{"explicit":[1,1,1,1]},"group":1} (%0, %1, %2) : i32[1,3,4,4]
+      %5 = ew.cast {"to":"f32"} (%4) : f32[1,3,4,4]
+      %6 = ew.mul(%5, %3) : f32[1,3,4,4]
+      %7 = constant @c0 : f32[]
+      %8 = constant @c1 : u8[]
+      %9 = quant.quantize {"axis":1,"block_size":0,"to":"u8"} (%6, %7, %8) : u8[1,3,4,4]
+      %10 = quant.dequantize {"axis":1,"block_size":0,"to":"f32"} (%9, %7, %8) : f32[1,3,4,4]
+      %11 = movement.reshape {"shape":[1,3,16],"allowzero":false} (%10) : f32[1,3,16]
+      %12 = movement.reshape {"shape":[1,3,4,4],"allowzero":false} (%11) : f32[1,3,4,4]
+    }
+  }
+}"#,
+        1e-6,
+    );
+    assert_eq!(text.matches("kernel @fused_epilogue").count(), 1, "{text}");
+    assert!(
+        !text.contains("kernel @ew_") && !text.contains("kernel @quant_quantize"),
+        "{text}"
+    );
+}
+
+#[test]
 fn gather_nd() {
     check(
         r#"graph (%0: f32[6,6,2] "x", %1: i64[2,2] "i") -> (%2 "y") {

@@ -598,7 +598,7 @@ mod tests {
   %10 = ew.tanh(%9) : f32[m,3]
 }
 "#;
-        let g = &super::super::testkit::check_all(&src, &[&[&[2, 4]]])[0];
+        let g = &super::super::testkit::check_all(src, &[&[&[2, 4]]])[0];
         assert!(!g.to_string().contains("integer"), "{g}");
     }
 }
