@@ -38,6 +38,15 @@ pub enum Class {
     Affine(i64),
     VecF32,
     VecMask,
+    /// Four 8- or 32-bit integers (`i8`, `u8`, `i32`), each widened exactly into an `i32x4`
+    /// lane: unit-stride loads, float → int casts, and the stores and int → float casts of
+    /// quantization epilogues.
+    VecI32,
+}
+
+/// Integer element types held in [`Class::VecI32`] lanes.
+fn lane_int(d: DType) -> bool {
+    matches!(d, DType::I8 | DType::U8 | DType::I32)
 }
 
 /// Classifies the values of one loop body.
@@ -90,13 +99,20 @@ impl Analysis<'_> {
                     .entry(*param)
                     .or_default()
                     .push((**index).clone());
+                let pty = self.k.params[param.0 as usize].dtype;
                 match ci {
                     Uniform => Uniform,
-                    Affine(_) if self.k.params[param.0 as usize].dtype == DType::F32 => {
+                    Affine(_) if pty == DType::F32 => {
                         if self.data_dep(index) {
                             return None;
                         }
                         VecF32
+                    }
+                    Affine(1) if lane_int(pty) => {
+                        if self.data_dep(index) {
+                            return None;
+                        }
+                        VecI32
                     }
                     _ => return None,
                 }
@@ -205,9 +221,12 @@ impl Analysis<'_> {
             }
             Expr::Cast(to, a) => {
                 let ca = self.class(a)?;
+                let from = self.k.type_of(a);
                 match ca {
                     Uniform => Uniform,
                     VecF32 if *to == DType::F32 => VecF32,
+                    VecF32 if from == DType::F32 && lane_int(*to) => VecI32,
+                    VecI32 if *to == DType::F32 && lane_int(from) => VecF32,
                     _ => return None,
                 }
             }
@@ -361,6 +380,7 @@ pub fn vectorizable(k: &Kernel, counter: VarId, body: &[Stmt], outer_data_dep: &
                     Class::Affine(_) => k.var_ty(*var) == DType::I64,
                     Class::VecF32 => k.var_ty(*var) == DType::F32,
                     Class::VecMask => k.var_ty(*var) == DType::Bool,
+                    Class::VecI32 => lane_int(k.var_ty(*var)),
                 };
                 if !ok {
                     return false;
@@ -390,12 +410,18 @@ pub fn vectorizable(k: &Kernel, counter: VarId, body: &[Stmt], outer_data_dep: &
                 index,
                 value,
             } => {
-                if k.params[param.0 as usize].dtype != DType::F32
-                    || a.class(index) != Some(Class::Affine(1))
-                    || a.data_dep(index)
-                    || k.type_of(value) != DType::F32
-                    || !matches!(a.class(value), Some(Class::Uniform | Class::VecF32))
-                {
+                let pty = k.params[param.0 as usize].dtype;
+                let value_ok = match pty {
+                    DType::F32 => {
+                        k.type_of(value) == DType::F32
+                            && matches!(a.class(value), Some(Class::Uniform | Class::VecF32))
+                    }
+                    t if lane_int(t) => {
+                        k.type_of(value) == t && a.class(value) == Some(Class::VecI32)
+                    }
+                    _ => false,
+                };
+                if !value_ok || a.class(index) != Some(Class::Affine(1)) || a.data_dep(index) {
                     return false;
                 }
                 stored.entry(*param).or_default().push(index);
@@ -424,6 +450,8 @@ enum VV {
     Aff(Value, i64),
     F(Value),
     M(Value),
+    /// An `i32x4` of exact integer lanes ([`Class::VecI32`]).
+    I(Value),
 }
 
 /// Per-body emission state: the classes and vector values of variables defined in it.
@@ -829,8 +857,13 @@ impl<M: Module> Tx<'_, '_, M> {
                     return self.unsupported("vector store index (analysis mismatch)");
                 };
                 let x = self.vexpr(st, value)?;
-                let x = self.as_vf(x);
                 let addr = self.address(*param, base, false, false);
+                if let VV::I(v) = x {
+                    let pty = self.k.params[param.0 as usize].dtype;
+                    self.store_int_lanes(pty, v, addr);
+                    return Ok(());
+                }
+                let x = self.as_vf(x);
                 self.b.ins().store(vflags(), x, addr, 0);
                 Ok(())
             }
@@ -841,7 +874,7 @@ impl<M: Module> Tx<'_, '_, M> {
     fn as_vf(&mut self, x: VV) -> Value {
         match x {
             VV::Uni(v) => self.b.ins().splat(types::F32X4, v),
-            VV::F(v) | VV::M(v) | VV::Aff(v, _) => v,
+            VV::F(v) | VV::M(v) | VV::Aff(v, _) | VV::I(v) => v,
         }
     }
 
@@ -852,8 +885,56 @@ impl<M: Module> Tx<'_, '_, M> {
                 let m = self.b.ins().ineg(w);
                 self.b.ins().splat(types::I32X4, m)
             }
-            VV::F(v) | VV::M(v) | VV::Aff(v, _) => v,
+            VV::F(v) | VV::M(v) | VV::Aff(v, _) | VV::I(v) => v,
         }
+    }
+
+    /// `i32x4` lanes clamped to `[lo, hi]`.
+    fn clamp_lanes(&mut self, v: Value, lo: i64, hi: i64) -> Value {
+        let l = self.b.ins().iconst(types::I32, lo);
+        let l = self.b.ins().splat(types::I32X4, l);
+        let h = self.b.ins().iconst(types::I32, hi);
+        let h = self.b.ins().splat(types::I32X4, h);
+        let v = self.b.ins().smax(v, l);
+        self.b.ins().smin(v, h)
+    }
+
+    /// Four elements of `ty` (`i8`, `u8`, `i32`) at `addr`, widened exactly to `i32x4`. Reads
+    /// exactly the four elements (no over-read at a buffer's end).
+    fn load_int_lanes(&mut self, ty: DType, addr: Value) -> Value {
+        let f = MemFlagsData::trusted();
+        if ty == DType::I32 {
+            return self.b.ins().load(types::I32X4, vflags(), addr, 0);
+        }
+        let w = self.b.ins().load(types::I32, f, addr, 0);
+        let v = self.b.ins().scalar_to_vector(types::I32X4, w);
+        let le = MemFlagsData::new().with_endianness(Endianness::Little);
+        let bytes = self.b.ins().bitcast(types::I8X16, le, v);
+        if ty == DType::U8 {
+            let h = self.b.ins().uwiden_low(bytes);
+            self.b.ins().uwiden_low(h)
+        } else {
+            let h = self.b.ins().swiden_low(bytes);
+            self.b.ins().swiden_low(h)
+        }
+    }
+
+    /// Stores four `i32x4` lanes holding values of `ty` (in its range) as `ty` at `addr`.
+    fn store_int_lanes(&mut self, ty: DType, v: Value, addr: Value) {
+        if ty == DType::I32 {
+            self.b.ins().store(vflags(), v, addr, 0);
+            return;
+        }
+        let h = self.b.ins().snarrow(v, v);
+        let b = if ty == DType::U8 {
+            self.b.ins().unarrow(h, h)
+        } else {
+            self.b.ins().snarrow(h, h)
+        };
+        let le = MemFlagsData::new().with_endianness(Endianness::Little);
+        let w = self.b.ins().bitcast(types::I32X4, le, b);
+        let w = self.b.ins().extractlane(w, 0);
+        self.b.ins().store(MemFlagsData::trusted(), w, addr, 0);
     }
 
     fn mask_as_f32(&mut self, m: Value) -> Value {
@@ -898,6 +979,11 @@ impl<M: Module> Tx<'_, '_, M> {
                 let VV::Aff(base, s) = self.vexpr(st, index)? else {
                     return self.unsupported("vector load index (analysis mismatch)");
                 };
+                let pty = self.k.params[param.0 as usize].dtype;
+                if lane_int(pty) {
+                    let addr = self.address(*param, base, false, false);
+                    return Ok(VV::I(self.load_int_lanes(pty, addr)));
+                }
                 if s == 1 {
                     let addr = self.address(*param, base, false, false);
                     VV::F(self.b.ins().load(types::F32X4, vflags(), addr, 0))
@@ -960,7 +1046,7 @@ impl<M: Module> Tx<'_, '_, M> {
                         let parts = |v: VV| match v {
                             VV::Uni(v) => (v, 0),
                             VV::Aff(v, s) => (v, s),
-                            VV::F(v) | VV::M(v) => (v, 0),
+                            VV::F(v) | VV::M(v) | VV::I(v) => (v, 0),
                         };
                         let ((xb, xs), (yb, ys)) = (parts(x), parts(y));
                         let Class::Affine(s) = c else {
@@ -1036,7 +1122,26 @@ impl<M: Module> Tx<'_, '_, M> {
                 };
                 if mask_result { VV::M(r) } else { VV::F(r) }
             }
-            Expr::Cast(_, a) => self.vexpr(st, a)?,
+            Expr::Cast(to, a) => {
+                let from = self.k.type_of(a);
+                let x = self.vexpr(st, a)?;
+                match (x, *to) {
+                    // int lanes → f32: exact for 8-bit, round-to-nearest for i32 (as scalar).
+                    (VV::I(v), DType::F32) => VV::F(self.b.ins().fcvt_from_sint(types::F32X4, v)),
+                    // f32 → int: truncate, saturate to the type, NaN → 0 (the scalar cast's
+                    // semantics); `fcvt_to_sint_sat` saturates to i32 and maps NaN to 0.
+                    (x, to) if lane_int(to) && from == DType::F32 => {
+                        let f = self.as_vf(x);
+                        let i = self.b.ins().fcvt_to_sint_sat(types::I32X4, f);
+                        VV::I(match to {
+                            DType::U8 => self.clamp_lanes(i, 0, 255),
+                            DType::I8 => self.clamp_lanes(i, -128, 127),
+                            _ => i,
+                        })
+                    }
+                    (x, _) => x,
+                }
+            }
             Expr::Lit(_) => return self.unsupported("vector literal (analysis mismatch)"),
         })
     }

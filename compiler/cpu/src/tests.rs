@@ -334,6 +334,53 @@ fn casts() {
     }
 }
 
+/// Vector integer lanes: u8/i8/i32 loads widened to f32, and f32 → u8/i8/i32 casts stored
+/// narrowed, saturating with NaN → 0, against the evaluator on values past every range.
+#[test]
+fn integer_lane_casts_saturate_like_scalar() {
+    let mut v: Vec<f32> = (0..38).map(|i| (i as f32 - 19.0) * 17.3).collect();
+    v.extend([
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        127.5,
+        -128.7,
+        255.9,
+        1e10,
+        -1e10,
+    ]);
+    let n = v.len();
+    let x = Tensor::from_vec(&[n], v).expect("x");
+    for to in ["u8", "i8", "i32"] {
+        let g = parse_graph(&format!(
+            r#"graph (%0: f32[{n}] "x") -> (%1 "q", %2 "back") {{
+  %1 = ew.cast {{"to":"{to}"}} (%0) : {to}[{n}]
+  %2 = ew.cast {{"to":"f32"}} (%1) : f32[{n}]
+}}"#
+        ))
+        .expect("graph");
+        let prog = lower_graph(&g).expect("lowering");
+        let want = run_program(&prog, std::slice::from_ref(&x)).expect("evaluates");
+        let c = CompiledProgram::new(&prog).expect("compiles");
+        let got = c.run(std::slice::from_ref(&x), 1).expect("runs");
+        compare(&want, &got, 0.0).unwrap_or_else(|e| panic!("to {to}: {e}"));
+        let clif = crate::program_clif(&prog, Options::default()).expect("clif");
+        assert!(
+            clif.contains("fcvt_to_sint_sat.i32x4"),
+            "to {to}: not vectorized"
+        );
+    }
+    // A quantize / dequantize chain with per-channel scales: vector body and scalar tail.
+    check(
+        r#"graph (%0: f32[2,3,17] "x", %1: f32[3] "s", %2: u8[3] "z") -> (%4 "y", %5 "q") {
+  %3 = ew.abs(%1) : f32[3]
+  %4 = quant.quantize {"axis":1,"block_size":0,"to":"u8"} (%0, %3, %2) : u8[2,3,17]
+  %5 = quant.dequantize {"axis":1,"block_size":0,"to":"f32"} (%4, %3, %2) : f32[2,3,17]
+}"#,
+        0.0,
+    );
+}
+
 #[test]
 fn reductions_and_softmax() {
     let kinds = [
