@@ -623,21 +623,10 @@ impl<M: Module> Tx<'_, '_, M> {
         self.b.ins().bitselect(is_small, small, big)
     }
 
-    /// `c[0] + z·(c[1] + z·(…))` on four lanes.
-    fn vpoly(&mut self, z: Value, c: &[f32]) -> Value {
-        let mut y = self.splat_f(c[c.len() - 1]);
-        for &k in c[..c.len() - 1].iter().rev() {
-            let kv = self.splat_f(k);
-            y = self.b.ins().fmul(y, z);
-            y = self.b.ins().fadd(y, kv);
-        }
-        y
-    }
-
     /// `erf` on four lanes inline: the regions and rational approximations of FreeBSD's
-    /// `s_erff.c` (the `libm` crate's `erff`, which the evaluator calls), every region computed
-    /// and the right one selected per lane; `exp` is [`Self::vexp`]. NaN stays NaN, ±inf
-    /// gives ±1.
+    /// `s_erff.c` (the `libm` crate's `erff`, which the evaluator calls), with each lane's
+    /// argument and coefficients selected for its region so that one rational function and one
+    /// `exp` ([`Self::vexp`]) serve all four lanes. NaN stays NaN, ±inf gives ±1.
     fn verf(&mut self, x: Value) -> Value {
         const PP: [f32; 5] = [
             1.283_791_7e-1,
@@ -713,70 +702,72 @@ impl<M: Module> Tx<'_, '_, M> {
             4.745_285_3e2,
             -2.244_095_2e1,
         ];
-        let f = MemFlagsData::new().with_endianness(Endianness::Little);
         let ax = self.b.ins().fabs(x);
-        // |x| < 0.84375: x + x·P(x²)/Q(x²).
-        let z = self.b.ins().fmul(x, x);
-        let (r, q) = (self.vpoly(z, &PP), self.vpoly(z, &QQ));
-        let y = self.b.ins().fdiv(r, q);
-        let xy = self.b.ins().fmul(x, y);
-        let small = self.b.ins().fadd(x, xy);
-        // 0.84375 <= |x| < 1.25: erx + P(s)/Q(s), s = |x| - 1.
         let one = self.splat_f(1.0);
-        let s1 = self.b.ins().fsub(ax, one);
-        let (p, q) = (self.vpoly(s1, &PA), self.vpoly(s1, &QA));
-        let pq = self.b.ins().fdiv(p, q);
-        let erx = self.splat_f(ERX);
-        let mid = self.b.ins().fadd(erx, pq);
-        // 1.25 <= |x| < 6: 1 - erfc, erfc = exp(-z² - 0.5625)·exp((z - |x|)(z + |x|) + R/S)/|x|
-        // with z = |x| rounded down to 11 significant bits, R/S in s = 1/x².
+        // Each lane needs one rational function P(t)/Q(t) of its region: A (|x| < 0.84375,
+        // t = x²), B (< 1.25, t = |x| - 1), C (< 1/0.35, t = 1/x²), D (beyond, t = 1/x²).
+        // Pick t and every coefficient per lane, then evaluate one P and one Q and divide once.
+        let lane_mask = |tx: &mut Self, lim: f32| {
+            let l = tx.splat_f(lim);
+            let m = tx.b.ins().fcmp(FloatCC::LessThan, ax, l);
+            tx.mask_as_f32(m)
+        };
+        let in_a = lane_mask(self, 0.843_75);
+        let in_b = lane_mask(self, 1.25);
+        let in_c = lane_mask(self, 1.0 / 0.35);
         let x2 = self.b.ins().fmul(ax, ax);
+        let s1 = self.b.ins().fsub(ax, one);
         let s2 = self.b.ins().fdiv(one, x2);
-        let (ra, sa) = (self.vpoly(s2, &RA), self.vpoly(s2, &SA));
-        let (rb, sb) = (self.vpoly(s2, &RB), self.vpoly(s2, &SB));
-        let lim = self.splat_f(1.0 / 0.35);
-        let near = self.b.ins().fcmp(FloatCC::LessThan, ax, lim);
-        let near = self.mask_as_f32(near);
-        let rr = self.b.ins().bitselect(near, ra, rb);
-        let ss = self.b.ins().bitselect(near, sa, sb);
-        let bits = self.b.ins().bitcast(types::I32X4, f, ax);
-        let m = self
-            .b
-            .ins()
-            .iconst(types::I32, 0xffff_e000u32 as i32 as i64);
-        let m = self.b.ins().splat(types::I32X4, m);
-        let zb = self.b.ins().band(bits, m);
-        let zz = self.b.ins().bitcast(types::F32X4, f, zb);
-        let zsq = self.b.ins().fmul(zz, zz);
+        let t = self.b.ins().bitselect(in_b, s1, s2);
+        let t = self.b.ins().bitselect(in_a, x2, t);
+        let pick = |tx: &mut Self, c: [&[f32]; 4], k: usize| {
+            let get = |v: &[f32]| v.get(k).copied().unwrap_or(0.0);
+            let (a, b, cc, d) = (
+                tx.splat_f(get(c[0])),
+                tx.splat_f(get(c[1])),
+                tx.splat_f(get(c[2])),
+                tx.splat_f(get(c[3])),
+            );
+            let v = tx.b.ins().bitselect(in_c, cc, d);
+            let v = tx.b.ins().bitselect(in_b, b, v);
+            tx.b.ins().bitselect(in_a, a, v)
+        };
+        let horner = |tx: &mut Self, c: [&[f32]; 4]| {
+            let n = c.iter().map(|v| v.len()).max().unwrap_or(1);
+            let mut y = pick(tx, c, n - 1);
+            for k in (0..n - 1).rev() {
+                let ck = pick(tx, c, k);
+                y = tx.b.ins().fmul(y, t);
+                y = tx.b.ins().fadd(y, ck);
+            }
+            y
+        };
+        let p = horner(self, [&PP, &PA, &RA, &RB]);
+        let q = horner(self, [&QQ, &QA, &SA, &SB]);
+        let ratio = self.b.ins().fdiv(p, q);
+        // A: x + x·ratio (keeps the sign and tiny arguments exact).
+        let xr = self.b.ins().fmul(x, ratio);
+        let small = self.b.ins().fadd(x, xr);
+        // B: erx + ratio.
+        let erx = self.splat_f(ERX);
+        let mid = self.b.ins().fadd(erx, ratio);
+        // C, D: 1 - exp(-x² - 0.5625 + ratio)/|x|. (s_erff splits the exponent in two exps
+        // around a rounded |x| to keep -x² exact; one exp of the rounded x² is within 2e-7 of
+        // erf here, where erfc < 0.08.)
         let c = self.splat_f(0.5625);
-        let a1 = self.b.ins().fadd(zsq, c);
-        let a1 = self.b.ins().fneg(a1);
-        let e1 = self.vexp(a1);
-        let d = self.b.ins().fsub(zz, ax);
-        let e = self.b.ins().fadd(zz, ax);
-        let de = self.b.ins().fmul(d, e);
-        let rs = self.b.ins().fdiv(rr, ss);
-        let a2 = self.b.ins().fadd(de, rs);
-        let e2 = self.vexp(a2);
-        let erfc = self.b.ins().fmul(e1, e2);
-        let erfc = self.b.ins().fdiv(erfc, ax);
+        let a = self.b.ins().fadd(x2, c);
+        let a = self.b.ins().fsub(ratio, a);
+        let e = self.vexp(a);
+        let erfc = self.b.ins().fdiv(e, ax);
         let far = self.b.ins().fsub(one, erfc);
-        // Magnitude by region, then the sign of x.
-        let six = self.splat_f(6.0);
-        let lt6 = self.b.ins().fcmp(FloatCC::LessThan, ax, six);
-        let lt6 = self.mask_as_f32(lt6);
+        // Magnitude by region (|x| >= 6: 1), then the sign of x.
+        let lt6 = lane_mask(self, 6.0);
         let mag = self.b.ins().bitselect(lt6, far, one);
-        let l125 = self.splat_f(1.25);
-        let lt125 = self.b.ins().fcmp(FloatCC::LessThan, ax, l125);
-        let lt125 = self.mask_as_f32(lt125);
-        let mag = self.b.ins().bitselect(lt125, mid, mag);
+        let mag = self.b.ins().bitselect(in_b, mid, mag);
         let neg0 = self.splat_f(-0.0);
         let sign = self.b.ins().band(x, neg0);
         let big = self.b.ins().bor(mag, sign);
-        let l084 = self.splat_f(0.843_75);
-        let lt084 = self.b.ins().fcmp(FloatCC::LessThan, ax, l084);
-        let lt084 = self.mask_as_f32(lt084);
-        let y = self.b.ins().bitselect(lt084, small, big);
+        let y = self.b.ins().bitselect(in_a, small, big);
         let nan = self.b.ins().fcmp(FloatCC::Unordered, x, x);
         let nan = self.mask_as_f32(nan);
         self.b.ins().bitselect(nan, x, y)

@@ -18,13 +18,15 @@
 //! evaluator, the oracle for backends), [`lower`] (graph IR → kernel IR), [`verify`].
 
 pub mod eval;
+pub mod fold;
 pub mod kernel;
 pub mod lower;
 pub mod print;
 pub mod verify;
 
 pub use eval::{EvalError, eval_kernel, run_program};
+pub use fold::fold_constant_steps;
 pub use kernel::*;
-pub use lower::{LowerError, lower_graph};
+pub use lower::{LowerError, lower_graph, lower_graph_unfolded};
 pub use print::{print_kernel, print_program};
 pub use verify::{VerifyError, verify_kernel};

@@ -57,6 +57,15 @@ fn list(items: &[Unsupported]) -> String {
 
 /// Lowers `g` to a program whose outputs are `g`'s outputs.
 pub fn lower_graph(g: &Graph) -> Result<Program, LowerError> {
+    let mut p = lower_graph_unfolded(g)?;
+    crate::fold::fold_constant_steps(&mut p);
+    drop_unused_kernels(&mut p);
+    Ok(p)
+}
+
+/// [`lower_graph`] without running the steps on constants at compile time
+/// ([`crate::fold`]).
+pub fn lower_graph_unfolded(g: &Graph) -> Result<Program, LowerError> {
     let mut cx = Cx {
         g,
         p: Program::default(),

@@ -138,6 +138,24 @@ fn pack_kg<T: IntElem, D: PackDst, const KG: usize>(
             // is KG runs across them, one per step of k, interleaved into the panel, which is
             // written in order.
             for (g, out) in panel.chunks_exact_mut(p * KG).enumerate() {
+                if live == p && (g + 1) * KG <= k {
+                    // A whole group: KG runs of exactly `p` values, so that the compiler
+                    // hoists the bounds checks and vectorizes the interleave.
+                    let runs: [&[T]; KG] = std::array::from_fn(|u| {
+                        let start = top + (g * KG + u) * src.cs;
+                        &src.data[start..start + p]
+                    });
+                    for (r, (o, s)) in out.chunks_exact_mut(KG).zip(psum.iter_mut()).enumerate() {
+                        let mut acc = *s;
+                        for (o, run) in o.iter_mut().zip(&runs) {
+                            let v = val(run[r]);
+                            acc = acc.wrapping_add(v);
+                            *o = MaybeUninit::new(D::from_i32(v));
+                        }
+                        *s = acc;
+                    }
+                    continue;
+                }
                 let runs: [&[T]; KG] = std::array::from_fn(|u| {
                     let kk = g * KG + u;
                     if kk < k {
