@@ -36,6 +36,17 @@ fn f32_const(eg: &MlcEGraph, class: Id) -> Option<(Vec<usize>, Vec<f64>)> {
     })
 }
 
+/// The shape of a class holding an f32 constant leaf.
+fn f32_shape(eg: &MlcEGraph, class: Id) -> Option<Vec<usize>> {
+    eg[class].nodes.iter().find_map(|n| match n {
+        MlcNode::Const(i) => {
+            let t = eg.analysis.tables.consts.get(*i as usize)?;
+            (t.dtype() == DType::F32).then(|| t.shape().to_vec())
+        }
+        _ => None,
+    })
+}
+
 fn tensor(shape: &[usize], v: &[f64]) -> Option<Tensor> {
     Tensor::from_vec(shape, v.iter().map(|x| *x as f32).collect::<Vec<f32>>()).ok()
 }
@@ -96,9 +107,12 @@ fn fold_batch_norm(eg: &MlcEGraph, class: Id) -> Vec<Build> {
             let (Some(&x), Some(&w)) = (cc.first(), cc.get(1)) else {
                 continue;
             };
-            let Some((ws, wv)) = f32_const(eg, w) else {
+            // Only the shape here: the weights are read when the build runs (searching runs
+            // every iteration, building once).
+            let Some(ws) = f32_shape(eg, w) else {
                 continue;
             };
+            let numel: usize = ws.iter().product();
             let bias_class = cc.get(2).copied().filter(|b| !eg[*b].data.types.is_empty());
             let b: Option<Vec<f64>> = match bias_class {
                 None => Some(vec![0.0; channels]),
@@ -131,7 +145,7 @@ fn fold_batch_norm(eg: &MlcEGraph, class: Id) -> Vec<Build> {
                     if ws.first() != Some(&channels) {
                         continue;
                     }
-                    let per = wv.len() / channels.max(1);
+                    let per = numel / channels.max(1);
                     (Box::new(move |i| i / per), 1.0)
                 }
                 Contraction::Gemm { trans_b, beta, .. } => {
@@ -145,19 +159,19 @@ fn fold_batch_norm(eg: &MlcEGraph, class: Id) -> Vec<Build> {
                     }
                 }
             };
-            let w2: Vec<f64> = wv
-                .iter()
-                .enumerate()
-                .map(|(i, x)| x * a[channel_of(i)])
-                .collect();
-            let b2: Vec<f64> = (0..channels)
-                .map(|m| (beta_c * b[m] - params[2][m]) * a[m] + params[1][m])
-                .collect();
-            let (Some(w2), Some(b2)) = (tensor(&ws, &w2), tensor(&[channels], &b2)) else {
-                continue;
-            };
             let want = want.clone();
+            let (a, params) = (a.clone(), params.clone());
             out.push(Box::new(move |eg, rule| {
+                let (_, wv) = f32_const(eg, w)?;
+                let w2: Vec<f64> = wv
+                    .iter()
+                    .enumerate()
+                    .map(|(i, x)| x * a[channel_of(i)])
+                    .collect();
+                let b2: Vec<f64> = (0..channels)
+                    .map(|m| (beta_c * b[m] - params[2][m]) * a[m] + params[1][m])
+                    .collect();
+                let (w2, b2) = (tensor(&ws, &w2)?, tensor(&[channels], &b2)?);
                 let (w2, b2) = (add_const(eg, w2), add_const(eg, b2));
                 let (op, x) = match contraction {
                     Contraction::Conv { op, x } => (op, x),

@@ -321,17 +321,35 @@ fn meta(eg: &MlcEGraph, node: &MlcNode) -> Option<Meta> {
     })
 }
 
+/// The most ops any fusible e-node of `class` (anchored or not, as asked) already holds.
+/// Fusion only extends the widest alternatives of a class: every narrower one is a part of
+/// them, and combining every part of a producer with every part of its consumer makes the
+/// number of composites grow with the product of their lengths (exponentially where chains
+/// branch and join, as around the residual adds of a quantized ResNet), for kernels the
+/// widest ones already cover.
+fn largest(eg: &MlcEGraph, class: Id, anchored: bool) -> usize {
+    eg[class]
+        .nodes
+        .iter()
+        .filter_map(|n| meta(eg, n))
+        .filter(|m| m.anchored == anchored)
+        .map(|m| m.ops)
+        .max()
+        .unwrap_or(0)
+}
+
 fn candidates(eg: &MlcEGraph, class: Id, anchored: bool) -> Vec<Build> {
     let class = eg.find(class);
     let Some(want) = ty(eg, class).cloned() else {
         return vec![];
     };
     let mut out: Vec<Build> = vec![];
+    let widest = largest(eg, class, false);
     for cnode in &eg[class].nodes {
         let Some(consumer) = meta(eg, cnode) else {
             continue;
         };
-        if consumer.anchored || consumer.inputs.contains(&class) {
+        if consumer.anchored || consumer.inputs.contains(&class) || consumer.ops < widest {
             continue;
         }
         for &at in &consumer.inputs {
@@ -348,11 +366,13 @@ fn candidates(eg: &MlcEGraph, class: Id, anchored: bool) -> Vec<Build> {
             if !read_inside {
                 continue;
             }
+            let widest = largest(eg, at, anchored);
             for pnode in &eg[at].nodes {
                 let Some(producer) = meta(eg, pnode) else {
                     continue;
                 };
                 if producer.anchored != anchored
+                    || producer.ops < widest
                     || producer.inputs.contains(&at)
                     || producer.inputs.contains(&class)
                     || producer.ops + consumer.ops > MAX_BODY_OPS

@@ -89,7 +89,7 @@ fn scalar(eg: &MlcEGraph, class: Id) -> Option<f32> {
 
 /// The weight side: a constant 8-bit `wq` dequantized with zero zero points, per tensor or
 /// along `axis`: `(wq tensor, its class, per-element scales)`.
-fn weights(eg: &MlcEGraph, class: Id, axis: usize) -> Option<(Tensor, Id, Vec<f32>)> {
+fn weights(eg: &MlcEGraph, class: Id, axis: usize) -> Option<(&Tensor, Id, Vec<f32>)> {
     dequantized(eg, class)
         .into_iter()
         .find_map(|(ax, q, s, z)| {
@@ -112,7 +112,7 @@ fn weights(eg: &MlcEGraph, class: Id, axis: usize) -> Option<(Tensor, Id, Vec<f3
             if per_axis && (ax != axis || wq.shape().get(axis) != Some(&sv.len())) {
                 return None;
             }
-            Some((wq.clone(), q, sv))
+            Some((wq, q, sv))
         })
 }
 
@@ -346,7 +346,7 @@ fn int_gemm(eg: &MlcEGraph, class: Id) -> Vec<Build> {
             continue;
         };
         // The output column (N) axis of the weights: 0 when transposed.
-        let Some((wq, _, sw)) = weights(eg, w, usize::from(!trans_b)) else {
+        let Some((wq, wq_class, sw)) = weights(eg, w, usize::from(!trans_b)) else {
             continue;
         };
         let Some(b) = bias(eg, c.get(2).copied()) else {
@@ -354,21 +354,6 @@ fn int_gemm(eg: &MlcEGraph, class: Id) -> Vec<Build> {
         };
         let [r, cl] = wq.shape() else { continue };
         let (k, n) = if trans_b { (*cl, *r) } else { (*r, *cl) };
-        let Ok(wv) = wq.to_f64_vec() else { continue };
-        let kn: Vec<f64> = if trans_b {
-            (0..k)
-                .flat_map(|i| (0..n).map(move |j| (i, j)))
-                .map(|(i, j)| wv[j * k + i])
-                .collect()
-        } else {
-            wv
-        };
-        let Some(wkn) = Tensor::from_vec(&[k, n], kn)
-            .ok()
-            .and_then(|t| t.cast(wq.dtype()).ok())
-        else {
-            continue;
-        };
         let sc: Vec<f32> = scales(sx, &sw, n).iter().map(|s| s * alpha).collect();
         let Some(scale) = f32_tensor(&[n], sc) else {
             continue;
@@ -382,6 +367,18 @@ fn int_gemm(eg: &MlcEGraph, class: Id) -> Vec<Build> {
         };
         let want = want.clone();
         out.push(Box::new(move |eg, rule| {
+            // The weights as `[K, N]`, transposed here (once) rather than at every search.
+            let wq = const_of(eg, wq_class)?;
+            let wv = wq.to_f64_vec().ok()?;
+            let kn: Vec<f64> = if trans_b {
+                (0..k)
+                    .flat_map(|i| (0..n).map(move |j| (i, j)))
+                    .map(|(i, j)| wv[j * k + i])
+                    .collect()
+            } else {
+                wv
+            };
+            let wkn = Tensor::from_vec(&[k, n], kn).ok()?.cast(wq.dtype()).ok()?;
             let wc = add_const(eg, wkn);
             let mut children = vec![xq, wc];
             children.extend(zx);
