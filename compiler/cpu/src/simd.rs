@@ -417,7 +417,8 @@ pub fn vectorizable(k: &Kernel, counter: VarId, body: &[Stmt], outer_data_dep: &
                             && matches!(a.class(value), Some(Class::Uniform | Class::VecF32))
                     }
                     t if lane_int(t) => {
-                        k.type_of(value) == t && a.class(value) == Some(Class::VecI32)
+                        k.type_of(value) == t
+                            && matches!(a.class(value), Some(Class::Uniform | Class::VecI32))
                     }
                     _ => false,
                 };
@@ -858,8 +859,21 @@ impl<M: Module> Tx<'_, '_, M> {
                 };
                 let x = self.vexpr(st, value)?;
                 let addr = self.address(*param, base, false, false);
-                if let VV::I(v) = x {
-                    let pty = self.k.params[param.0 as usize].dtype;
+                let pty = self.k.params[param.0 as usize].dtype;
+                if lane_int(pty) {
+                    let v = match x {
+                        VV::I(v) => v,
+                        // A uniform value (a fill): widen the scalar and broadcast it.
+                        VV::Uni(v) => {
+                            let w = match pty {
+                                DType::U8 => self.b.ins().uextend(types::I32, v),
+                                DType::I8 => self.b.ins().sextend(types::I32, v),
+                                _ => v,
+                            };
+                            self.b.ins().splat(types::I32X4, w)
+                        }
+                        _ => return self.unsupported("integer vector store (analysis mismatch)"),
+                    };
                     self.store_int_lanes(pty, v, addr);
                     return Ok(());
                 }

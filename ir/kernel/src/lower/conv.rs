@@ -242,8 +242,12 @@ fn columns(
     if pointwise {
         return Ok((xb, ohw as i64, (cg * ihw) as i64, (c * ihw) as i64));
     }
-    if ins.len() == 2 && pad.is_none() && ty.is_float() {
-        let col = im2col_2d(cx, node, xb, ty, n * c, ins, g);
+    if ins.len() == 2 && (ty.is_float() || matches!(ty, DType::U8 | DType::I8)) {
+        let fill = match pad {
+            Some(b) => Fill::Buffer(b),
+            None => Fill::Value(0.0),
+        };
+        let col = im2col_2d(cx, node, xb, ty, fill, n * c, ins, g);
         return Ok((
             col,
             ohw as i64,
@@ -321,7 +325,7 @@ fn pad_planes_with(
     node: &Node,
     xb: BufId,
     ty: DType,
-    fill: f64,
+    fill: Fill,
     planes: usize,
     (ih, iw): (usize, usize),
     (pt, pl): (usize, usize),
@@ -333,6 +337,11 @@ fn pad_planes_with(
     let xpad = cx.p.add_buffer(ty, vec![planes, ph, pw], BufKind::Temp);
     let mut kb = KernelBuilder::new("pad_planes");
     let xp = kb.param(&cx.p, xb, Access::Read);
+    let fill = match fill {
+        Fill::Buffer(b) => Expr::load(kb.param(&cx.p, b, Access::Read), Expr::idx(0)),
+        Fill::Value(v) if ty.is_float() => Expr::float(ty, v),
+        Fill::Value(v) => Expr::Lit(Lit::Int(ty, v as i64)),
+    };
     let pp = kb.param(&cx.p, xpad, Access::Write);
     let (nc, i, y, xx) = (
         kb.var(DType::I64),
@@ -348,7 +357,7 @@ fn pad_planes_with(
         vec![Stmt::Store {
             param: pp,
             index: Expr::add_idx(plane.clone(), Expr::var(i)),
-            value: Expr::float(ty, fill),
+            value: fill,
         }],
     );
     let dst = Expr::add_idx(
@@ -392,6 +401,14 @@ fn pad_planes_with(
     xpad
 }
 
+/// What padding reads as.
+#[derive(Clone, Copy)]
+enum Fill {
+    Value(f64),
+    /// Element 0 of a buffer (an integer convolution's input zero point).
+    Buffer(BufId),
+}
+
 /// [`pad_planes_with`] zeros.
 #[allow(clippy::too_many_arguments)]
 fn pad_planes(
@@ -404,7 +421,7 @@ fn pad_planes(
     pad: (usize, usize),
     padded: (usize, usize),
 ) -> BufId {
-    pad_planes_with(cx, node, xb, ty, 0.0, planes, ins, pad, padded)
+    pad_planes_with(cx, node, xb, ty, Fill::Value(0.0), planes, ins, pad, padded)
 }
 
 /// 2-D max pooling of `f32` planes like the depthwise convolution: planes padded with −∞, then
@@ -429,7 +446,7 @@ fn max_pool_2d(
         node,
         cx.buf(x)?,
         ty,
-        f64::NEG_INFINITY,
+        Fill::Value(f64::NEG_INFINITY),
         planes,
         (ih, iw),
         (g.pad[0], g.pad[1]),
@@ -509,11 +526,13 @@ fn max_pool_2d(
 /// The column matrix of a 2-D convolution, `[planes·kh·kw, oh·ow]` (row `(plane, ky, kx)`,
 /// column the output position), copied from zero-padded planes: no bound tests, and the
 /// innermost loop over output columns is a SIMD loop (unit stride for stride-1 convolutions).
+#[allow(clippy::too_many_arguments)]
 fn im2col_2d(
     cx: &mut Cx,
     node: &Node,
     xb: BufId,
     ty: DType,
+    fill: Fill,
     planes: usize,
     ins: &[usize],
     g: &Geom,
@@ -523,11 +542,12 @@ fn im2col_2d(
     let (kh, kw) = (g.k[0], g.k[1]);
     let reach = |d: usize| (g.out[d] - 1) * g.stride[d] + (g.k[d] - 1) * g.dil[d] + 1;
     let (ph, pw) = ((ih + g.pad[0]).max(reach(0)), (iw + g.pad[1]).max(reach(1)));
-    let src = pad_planes(
+    let src = pad_planes_with(
         cx,
         node,
         xb,
         ty,
+        fill,
         planes,
         (ih, iw),
         (g.pad[0], g.pad[1]),
