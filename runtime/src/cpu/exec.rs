@@ -181,7 +181,12 @@ impl Executor {
             .unwrap_or_else(|e| e.into_inner())
             .pop()
             .unwrap_or_else(|| vec![FRESH_ARENA; words(p.arena_bytes)]);
-        let result = self.run_in(&mut arena, inputs, threads, profile);
+        let result = if threads > 1 {
+            let pool = self.pool(threads);
+            super::pool::with_pool(&pool, || self.run_in(&mut arena, inputs, threads, profile))
+        } else {
+            self.run_in(&mut arena, inputs, threads, profile)
+        };
         self.arenas
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -182,6 +182,49 @@ impl Drop for Pool {
     }
 }
 
+thread_local! {
+    /// The pool of the CPU executor running on this thread, while it runs its steps (see
+    /// [`with_pool`]); kernels called from a step share its workers instead of spawning.
+    static CURRENT_POOL: std::cell::Cell<Option<*const Pool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `body` with `pool` as the calling thread's pool for [`parallel_for`].
+pub fn with_pool<R>(pool: &Pool, body: impl FnOnce() -> R) -> R {
+    struct Reset(Option<*const Pool>);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            CURRENT_POOL.with(|c| c.set(self.0));
+        }
+    }
+    let _reset = Reset(CURRENT_POOL.with(|c| c.replace(Some(pool as *const Pool))));
+    body()
+}
+
+/// Runs `f(0)`, ..., `f(n - 1)` in parallel and returns when all are done: on the pool the
+/// calling thread's executor installed ([`with_pool`]), else on scoped threads. Kernels that the
+/// executor calls must use its pool: on two cores, a third thread (the pool's worker spinning
+/// while a kernel spawns its own) costs more than the parallelism gains.
+pub fn parallel_for(n: usize, f: &(dyn Fn(usize) + Sync)) {
+    if n <= 1 {
+        (0..n).for_each(f);
+        return;
+    }
+    if let Some(p) = CURRENT_POOL.with(|c| c.get()) {
+        // SAFETY: `with_pool` set the pointer from a reference that outlives its `body`, and
+        // resets it before returning, so while it is set the pool is alive. Only the thread that
+        // set it reads it (thread-local), and `Pool::run` serializes jobs.
+        let pool = unsafe { &*p };
+        pool.run(n, f);
+        return;
+    }
+    std::thread::scope(|s| {
+        for t in 1..n {
+            s.spawn(move || f(t));
+        }
+        f(0);
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,6 +242,25 @@ mod tests {
                 }
                 assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 50));
             }
+        }
+    }
+
+    #[test]
+    fn parallel_for_uses_the_installed_pool_or_threads() {
+        let pool = Pool::new(2);
+        for installed in [false, true] {
+            let hits: Vec<AtomicUsize> = (0..7).map(|_| AtomicUsize::new(0)).collect();
+            let body = || {
+                parallel_for(7, &|i| {
+                    hits[i].fetch_add(1, Ordering::Relaxed);
+                })
+            };
+            if installed {
+                with_pool(&pool, body);
+            } else {
+                body();
+            }
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
         }
     }
 

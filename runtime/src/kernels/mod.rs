@@ -73,3 +73,5 @@ impl fmt::Display for Isa {
         f.write_str(self.name())
     }
 }
+
+pub use crate::cpu::pool::parallel_for;

@@ -550,11 +550,12 @@ impl Gemm {
             gemv::dots(self.isa, x, w, ldw, &mut dots);
         } else {
             let per = len.div_ceil(threads);
-            std::thread::scope(|s| {
-                for (t, chunk) in dots.chunks_mut(per).enumerate() {
-                    let w = &w[t * per * ldw..];
-                    s.spawn(move || gemv::dots(self.isa, x, w, ldw, chunk));
-                }
+            let chunks: Vec<std::sync::Mutex<&mut [f32]>> =
+                dots.chunks_mut(per).map(std::sync::Mutex::new).collect();
+            super::parallel_for(chunks.len(), &|t| {
+                let w = &w[t * per * ldw..];
+                let mut chunk = chunks[t].lock().unwrap_or_else(|e| e.into_inner());
+                gemv::dots(self.isa, x, w, ldw, &mut chunk);
             });
         }
         for (j, &dot) in dots.iter().enumerate() {
@@ -669,12 +670,7 @@ impl Gemm {
         if threads == 1 {
             run_band(0);
         } else {
-            std::thread::scope(|s| {
-                for t in 1..threads {
-                    s.spawn(move || run_band(t));
-                }
-                run_band(0);
-            });
+            super::parallel_for(threads, &run_band);
         }
     }
 }

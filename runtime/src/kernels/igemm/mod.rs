@@ -507,12 +507,16 @@ impl Problem<'_> {
             } else {
                 let a_parts = pack::split(apm, &mut rsum, spec.mr * kp, spec.mr, mt, threads);
                 let b_parts = pack::split(bpm, &mut csum, spec.nr * kp, spec.nr, nt, threads);
-                std::thread::scope(|s| {
-                    for (t, ((ap, rs), (bp, cs))) in a_parts.into_iter().zip(b_parts).enumerate() {
-                        s.spawn(move || {
-                            pa(t, ap, rs);
-                            pb(t, bp, cs);
-                        });
+                let parts: Vec<std::sync::Mutex<Option<_>>> = a_parts
+                    .into_iter()
+                    .zip(b_parts)
+                    .map(|p| std::sync::Mutex::new(Some(p)))
+                    .collect();
+                super::parallel_for(parts.len(), &|t| {
+                    let part = parts[t].lock().unwrap_or_else(|e| e.into_inner()).take();
+                    if let Some(((ap, rs), (bp, cs))) = part {
+                        pa(t, ap, rs);
+                        pb(t, bp, cs);
                     }
                 });
             }
@@ -581,12 +585,7 @@ impl Problem<'_> {
         if threads == 1 {
             run_band(0);
         } else {
-            std::thread::scope(|s| {
-                for t in 1..threads {
-                    s.spawn(move || run_band(t));
-                }
-                run_band(0);
-            });
+            super::parallel_for(threads, &run_band);
         }
     }
 }
