@@ -58,7 +58,18 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail>
     let out = cx.new_buffer(out_v, BufKind::Temp)?;
     let mut kb = KernelBuilder::new(kernel_name(&node.op));
     let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
-    let op_ = kb.param(&cx.p, out, Access::Write);
+    // Softmax (not log-softmax) in f32/f64 scales the stored exponentials in place.
+    let rescale_in_place =
+        matches!(softmax, Some((_, _, false))) && matches!(ty, DType::F32 | DType::F64);
+    let op_ = kb.param(
+        &cx.p,
+        out,
+        if rescale_in_place {
+            Access::ReadWrite
+        } else {
+            Access::Write
+        },
+    );
     let acc_ty = if matches!(ty, DType::F16 | DType::BF16) {
         DType::F32
     } else {
@@ -196,9 +207,29 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail>
                         var: sum,
                         value: c(0.0),
                     });
-                    stmts.extend(red_nest(kb, &mut |_, idx| {
-                        let e =
-                            Expr::un(UnOp::Exp, Expr::bin(BinOp::Sub, load(idx), Expr::var(mx)));
+                    // Softmax in the accumulation type stores the exponentials as it sums them
+                    // and scales them in place after, so each element takes one `exp`.
+                    let store_exp = !log && acc_ty == ty;
+                    stmts.extend(red_nest(kb, &mut |kb, idx| {
+                        let e = Expr::un(
+                            UnOp::Exp,
+                            Expr::bin(BinOp::Sub, load(idx.clone()), Expr::var(mx)),
+                        );
+                        if store_exp {
+                            let ev = kb.var(acc_ty);
+                            return vec![
+                                Stmt::Let { var: ev, value: e },
+                                Stmt::Store {
+                                    param: op_,
+                                    index: idx,
+                                    value: Expr::var(ev),
+                                },
+                                Stmt::Assign {
+                                    var: sum,
+                                    value: Expr::bin(BinOp::Add, Expr::var(sum), Expr::var(ev)),
+                                },
+                            ];
+                        }
                         vec![Stmt::Assign {
                             var: sum,
                             value: Expr::bin(BinOp::Add, Expr::var(sum), e),
@@ -215,6 +246,14 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail>
                         value: sv,
                     });
                     stmts.extend(red_nest(kb, &mut |_, idx| {
+                        if store_exp {
+                            let y = Expr::load(op_, idx.clone());
+                            return vec![Stmt::Store {
+                                param: op_,
+                                index: idx,
+                                value: Expr::bin(BinOp::Mul, y, Expr::var(scale)),
+                            }];
+                        }
                         let shifted = Expr::bin(BinOp::Sub, load(idx.clone()), Expr::var(mx));
                         let v = if log {
                             Expr::bin(BinOp::Sub, shifted, Expr::var(scale))
