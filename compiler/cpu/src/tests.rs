@@ -528,6 +528,14 @@ fn depthwise_convolutions() {
             "f32[1,2,5,5]",
             false,
         ),
+        // 7x7: more taps than are unrolled, so rows accumulate in place.
+        (
+            "f32[1,3,10,9]",
+            "f32[3,1,7,7]",
+            r#""dilations":[1,1],"group":3,"pads":[3,3,3,3],"strides":[1,1]"#,
+            "f32[1,3,10,9]",
+            true,
+        ),
     ] {
         let m = w[4..].split(',').next().unwrap_or("1");
         let (decl, arg, y) = if bias {
