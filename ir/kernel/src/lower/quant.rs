@@ -163,10 +163,11 @@ fn dynamic(cx: &mut Cx, node: &Node) -> Result<(), Fail> {
             var: hi,
             value: f(0.0),
         },
+        // The range scan is two min/max reductions: a SIMD loop (min/max reassociate exactly).
         Stmt::For {
             var: i,
             extent: Expr::idx(n as i64),
-            kind: LoopKind::Serial,
+            kind: LoopKind::Vector,
             body: vec![
                 Stmt::Assign {
                     var: lo,
@@ -268,7 +269,9 @@ fn matmul_integer(cx: &mut Cx, node: &Node) -> Result<(), Fail> {
     super::nn::matmul_bufs(cx, node, wa, wb, out)
 }
 
-/// `-za · Σ_k b[k, n]` as i32 `[N]`, for a `[K, N]` `b`.
+/// `-za · Σ_k b[k, n]` as i32 `[N]`, for a `[K, N]` `b`, in two steps: the column sums of
+/// `b` (a weight: constant, so [`crate::fold`] computes them at compile time), then their
+/// product with the zero point, which dynamic quantization only knows at run time.
 fn column_bias(
     cx: &mut Cx,
     node: &Node,
@@ -277,11 +280,10 @@ fn column_bias(
     k: usize,
     n: usize,
 ) -> Result<BufId, Fail> {
-    let buf = cx.p.add_buffer(DType::I32, vec![n], BufKind::Temp);
-    let mut kb = KernelBuilder::new("zero_point_bias");
+    let sums = cx.p.add_buffer(DType::I32, vec![n], BufKind::Temp);
+    let mut kb = KernelBuilder::new("column_sums");
     let bp = kb.param(&cx.p, cx.buf(b)?, Access::Read);
-    let zp = kb.param(&cx.p, cx.buf(za)?, Access::Read);
-    let op_ = kb.param(&cx.p, buf, Access::Write);
+    let sp = kb.param(&cx.p, sums, Access::Write);
     let (nv, kv, acc) = (kb.var(DType::I64), kb.var(DType::I64), kb.var(DType::I32));
     let zero = Expr::Lit(Lit::Int(DType::I32, 0));
     kb.k.body = vec![Stmt::For {
@@ -316,19 +318,36 @@ fn column_bias(
                 }],
             },
             Stmt::Store {
-                param: op_,
+                param: sp,
                 index: Expr::var(nv),
-                value: Expr::bin(
-                    BinOp::Mul,
-                    Expr::var(acc),
-                    Expr::bin(
-                        BinOp::Sub,
-                        zero,
-                        Expr::cast(DType::I32, Expr::load(zp, Expr::idx(0))),
-                    ),
-                ),
+                value: Expr::var(acc),
             },
         ],
+    }];
+    cx.launch(kb, node);
+    let buf = cx.p.add_buffer(DType::I32, vec![n], BufKind::Temp);
+    let mut kb = KernelBuilder::new("zero_point_bias");
+    let sp = kb.param(&cx.p, sums, Access::Read);
+    let zp = kb.param(&cx.p, cx.buf(za)?, Access::Read);
+    let op_ = kb.param(&cx.p, buf, Access::Write);
+    let nv = kb.var(DType::I64);
+    kb.k.body = vec![Stmt::For {
+        var: nv,
+        extent: Expr::idx(n as i64),
+        kind: LoopKind::Parallel,
+        body: vec![Stmt::Store {
+            param: op_,
+            index: Expr::var(nv),
+            value: Expr::bin(
+                BinOp::Mul,
+                Expr::load(sp, Expr::var(nv)),
+                Expr::bin(
+                    BinOp::Sub,
+                    zero,
+                    Expr::cast(DType::I32, Expr::load(zp, Expr::idx(0))),
+                ),
+            ),
+        }],
     }];
     cx.launch(kb, node);
     Ok(buf)
