@@ -860,3 +860,37 @@ fn inline_exp_is_accurate() {
         assert!(ok, "element {i}: exp({x}) = {want}, inline {y}");
     }
 }
+
+/// A matmul with a constant weight and more than 64 rows takes the pre-packed path (packed on
+/// the first run, reused after): results match the evaluator on every run, 1 and 2 threads.
+#[test]
+fn constant_weights_are_packed_once_and_reused() {
+    use mlc_ir::ops::NnOp;
+    use mlc_ir::{Graph, Op, Port, TensorType};
+    let (m, k, n) = (70, 33, 40);
+    let mut g = Graph::new();
+    let x = g.add_input("x", TensorType::fixed(DType::F32, &[m, k]));
+    let wv: Vec<f32> = (0..k * n)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+        .collect();
+    let w = g.add_constant(Tensor::from_vec(&[k, n], wv).expect("w"));
+    let y = g.add_node(
+        Op::Nn(NnOp::Matmul),
+        vec![Some(x), Some(w)],
+        vec![TensorType::fixed(DType::F32, &[m, n])],
+        vec![],
+        None,
+    )[0];
+    g.outputs.push(Port {
+        value: y,
+        name: "y".into(),
+    });
+    let prog = lower_graph(&g).expect("lowers");
+    let xin = input(DType::F32, &[m, k], 3);
+    let want = run_program(&prog, std::slice::from_ref(&xin)).expect("evaluates");
+    let c = CompiledProgram::new(&prog).expect("compiles");
+    for threads in [1, 2, 1, 2] {
+        let got = c.run(std::slice::from_ref(&xin), threads).expect("runs");
+        compare(&want, &got, 1e-5).unwrap_or_else(|e| panic!("{threads} threads: {e}"));
+    }
+}

@@ -46,6 +46,66 @@ pub enum RunError {
     Output { name: String, message: String },
 }
 
+/// What kernels may cache about the executor's constants while it runs: the weights' address
+/// range (bytes there never change while the executor lives) and weights pre-packed for the
+/// GEMM kernels, by (address, k, n, row stride, column stride).
+#[derive(Debug, Default)]
+pub struct ConstCache {
+    range: (usize, usize),
+    packed: Mutex<
+        std::collections::HashMap<
+            (usize, usize, usize, usize, usize),
+            std::sync::Arc<crate::kernels::gemm::PackedB>,
+        >,
+    >,
+}
+
+thread_local! {
+    static CONSTS: std::cell::Cell<Option<*const ConstCache>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `body` with `cache` as the calling thread's constant cache (see [`packed_weight`]).
+fn with_consts<R>(cache: &ConstCache, body: impl FnOnce() -> R) -> R {
+    struct Reset(Option<*const ConstCache>);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            CONSTS.with(|c| c.set(self.0));
+        }
+    }
+    let _reset = Reset(CONSTS.with(|c| c.replace(Some(cache as *const ConstCache))));
+    body()
+}
+
+/// When the `k×n` matrix at `data` (strides `rs`, `cs`) lies in the weights of the executor
+/// running on this thread, its packed form, made by `pack` once per executor and reused by
+/// every later call; `None` otherwise (not a weight, no executor, or `pack` failed).
+pub fn packed_weight(
+    data: &[f32],
+    k: usize,
+    n: usize,
+    rs: usize,
+    cs: usize,
+    pack: impl FnOnce() -> Option<crate::kernels::gemm::PackedB>,
+) -> Option<std::sync::Arc<crate::kernels::gemm::PackedB>> {
+    let p = CONSTS.with(|c| c.get())?;
+    // SAFETY: `with_consts` set the pointer from a reference that outlives its `body` and
+    // resets it before returning; only this thread reads it.
+    let cache = unsafe { &*p };
+    let (lo, hi) = cache.range;
+    let start = data.as_ptr() as usize;
+    if start < lo || start + std::mem::size_of_val(data) > hi {
+        return None;
+    }
+    let key = (start, k, n, rs, cs);
+    let mut map = cache.packed.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(pb) = map.get(&key) {
+        return Some(pb.clone());
+    }
+    let pb = std::sync::Arc::new(pack()?);
+    map.insert(key, pb.clone());
+    Some(pb)
+}
+
 /// A plan bound to its code and weights, ready to run many times (from several threads too:
 /// concurrent runs take separate arenas and share the thread pool one job at a time).
 pub struct Executor {
@@ -54,6 +114,7 @@ pub struct Executor {
     /// Owns the code `entries` point into.
     _code: Box<dyn std::any::Any + Send + Sync>,
     weights: Vec<u64>,
+    consts: ConstCache,
     arenas: Mutex<Vec<Vec<u64>>>,
     pool: Mutex<Option<std::sync::Arc<Pool>>>,
 }
@@ -111,11 +172,19 @@ impl Executor {
             b[..chunk.len()].copy_from_slice(chunk);
             *dst = u64::from_le_bytes(b);
         }
+        let range = (
+            w.as_ptr() as usize,
+            w.as_ptr() as usize + std::mem::size_of_val(w.as_slice()),
+        );
         Ok(Executor {
             plan,
             entries,
             _code: code,
             weights: w,
+            consts: ConstCache {
+                range,
+                packed: Mutex::default(),
+            },
             arenas: Mutex::new(Vec::new()),
             pool: Mutex::new(None),
         })
@@ -181,12 +250,14 @@ impl Executor {
             .unwrap_or_else(|e| e.into_inner())
             .pop()
             .unwrap_or_else(|| vec![FRESH_ARENA; words(p.arena_bytes)]);
-        let result = if threads > 1 {
-            let pool = self.pool(threads);
-            super::pool::with_pool(&pool, || self.run_in(&mut arena, inputs, threads, profile))
-        } else {
-            self.run_in(&mut arena, inputs, threads, profile)
-        };
+        let result = with_consts(&self.consts, || {
+            if threads > 1 {
+                let pool = self.pool(threads);
+                super::pool::with_pool(&pool, || self.run_in(&mut arena, inputs, threads, profile))
+            } else {
+                self.run_in(&mut arena, inputs, threads, profile)
+            }
+        });
         self.arenas
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -333,6 +333,14 @@ fn f32_kernels(
                 kg::MatRef::new(&bd, brs, bcs),
             );
             let c = cf.get_mut(coff as usize..)?;
+            // Above 64 rows the kernels pack B on every call: a weight is packed once.
+            if m > 64
+                && let Cow::Borrowed(bw) = &bd
+                && let Some(pb) =
+                    super::exec::packed_weight(bw, k, n, brs, bcs, || gemm.pack_b(k, n, mb).ok())
+            {
+                return gemm.run_packed(m, ma, &pb, c, ldc, &bias.epilogue(g)).ok();
+            }
             gemm.run(m, n, k, ma, mb, c, ldc, &bias.epilogue(g)).ok()
         }
         Some(cf) => {
