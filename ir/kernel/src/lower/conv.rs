@@ -167,7 +167,27 @@ pub(super) fn conv(
     };
     let op_ = kb.param(&cx.p, out, Access::Write);
     let kdim = cg * kk;
-    let body = nest(&mut kb, &[group, n], LoopKind::Parallel, |_, v| {
+    kb.k.body = grouped_conv_matmuls(
+        &mut kb,
+        (wp, cp, bp, op_),
+        (group, n, m, mg, ohw, kdim),
+        (col_rows_stride, col_group_stride, col_batch_stride),
+    );
+    cx.launch(kb, node);
+    Ok(())
+}
+
+/// The body of a grouped convolution's contraction kernel, float or integer: per (group,
+/// batch), `out[g] = W[g] · col[n, g] (+ bias[g])`, weights `[group·mg, kdim]` row-major, the
+/// column matrix with the given (row, group, batch) strides, output `[n, m, ohw]`.
+#[allow(clippy::type_complexity)]
+fn grouped_conv_matmuls(
+    kb: &mut KernelBuilder,
+    (wp, cp, bp, op_): (ParamId, ParamId, Option<ParamId>, ParamId),
+    (group, n, m, mg, ohw, kdim): (usize, usize, usize, usize, usize, usize),
+    (col_rows_stride, col_group_stride, col_batch_stride): (i64, i64, i64),
+) -> Vec<Stmt> {
+    nest(kb, &[group, n], LoopKind::Parallel, |_, v| {
         let (gv, nv) = (Expr::var(v[0]), Expr::var(v[1]));
         let mm = Matmul {
             m: mg,
@@ -208,10 +228,7 @@ pub(super) fn conv(
             act: Activation::None,
         };
         vec![Stmt::Matmul(Box::new(mm))]
-    });
-    kb.k.body = body;
-    cx.launch(kb, node);
-    Ok(())
+    })
 }
 
 /// The column matrix of a convolution with more than one channel per group: rows (c, k...)
@@ -401,6 +418,13 @@ fn pad_planes_with(
     xpad
 }
 
+/// The size of a 2-D plane padded so that every tap of every window of `g` lies inside it:
+/// the begin pads plus the input, or further where a window reaches (end pads, ceil mode).
+fn padded_plane(g: &Geom, (ih, iw): (usize, usize)) -> (usize, usize) {
+    let reach = |d: usize| (g.out[d] - 1) * g.stride[d] + (g.k[d] - 1) * g.dil[d] + 1;
+    ((ih + g.pad[0]).max(reach(0)), (iw + g.pad[1]).max(reach(1)))
+}
+
 /// What padding reads as.
 #[derive(Clone, Copy)]
 enum Fill {
@@ -439,8 +463,7 @@ fn max_pool_2d(
     let (ih, iw) = (xs[2], xs[3]);
     let (oh, ow) = (g.out[0], g.out[1]);
     let (kh, kw) = (g.k[0], g.k[1]);
-    let reach = |d: usize| (g.out[d] - 1) * g.stride[d] + (g.k[d] - 1) * g.dil[d] + 1;
-    let (ph, pw) = ((ih + g.pad[0]).max(reach(0)), (iw + g.pad[1]).max(reach(1)));
+    let (ph, pw) = padded_plane(g, (ih, iw));
     let src = pad_planes_with(
         cx,
         node,
@@ -540,8 +563,7 @@ fn im2col_2d(
     let (ih, iw) = (ins[0], ins[1]);
     let (oh, ow) = (g.out[0], g.out[1]);
     let (kh, kw) = (g.k[0], g.k[1]);
-    let reach = |d: usize| (g.out[d] - 1) * g.stride[d] + (g.k[d] - 1) * g.dil[d] + 1;
-    let (ph, pw) = ((ih + g.pad[0]).max(reach(0)), (iw + g.pad[1]).max(reach(1)));
+    let (ph, pw) = padded_plane(g, (ih, iw));
     let src = pad_planes_with(
         cx,
         node,
@@ -645,8 +667,7 @@ fn conv_depthwise_2d(
     let (oh, ow) = (g.out[0], g.out[1]);
     let (kh, kw) = (g.k[0], g.k[1]);
     // The padded plane holds every tap of every window.
-    let reach = |d: usize| (g.out[d] - 1) * g.stride[d] + (g.k[d] - 1) * g.dil[d] + 1;
-    let (ph, pw) = ((ih + g.pad[0]).max(reach(0)), (iw + g.pad[1]).max(reach(1)));
+    let (ph, pw) = padded_plane(g, (ih, iw));
     let xb = cx.buf(x)?;
     let src = pad_planes(
         cx,
@@ -1415,49 +1436,12 @@ pub(super) fn conv_integer(cx: &mut Cx, node: &Node, geom: &ConvGeom) -> Result<
     let cp = kb.param(&cx.p, col, Access::Read);
     let bp = bias.map(|b| kb.param(&cx.p, b, Access::Read));
     let op_ = kb.param(&cx.p, out, Access::Write);
-    let body = nest(&mut kb, &[group, n], LoopKind::Parallel, |_, v| {
-        let (gv, nv) = (Expr::var(v[0]), Expr::var(v[1]));
-        let mm = Matmul {
-            m: mg,
-            n: ohw,
-            k: kdim,
-            a: MatRef {
-                param: wp,
-                offset: Expr::mul_idx(gv.clone(), (mg * kdim) as i64),
-                row_stride: kdim as i64,
-                col_stride: 1,
-            },
-            b: MatRef {
-                param: cp,
-                offset: Expr::add_idx(
-                    Expr::mul_idx(nv.clone(), col_batch_stride),
-                    Expr::mul_idx(gv.clone(), col_group_stride),
-                ),
-                row_stride: col_rows_stride,
-                col_stride: 1,
-            },
-            c: MatRef {
-                param: op_,
-                offset: Expr::add_idx(
-                    Expr::mul_idx(nv, (m * ohw) as i64),
-                    Expr::mul_idx(gv.clone(), (mg * ohw) as i64),
-                ),
-                row_stride: ohw as i64,
-                col_stride: 1,
-            },
-            alpha: 1.0,
-            beta: 0.0,
-            bias: bp.map(|p| MatRef {
-                param: p,
-                offset: Expr::mul_idx(gv, mg as i64),
-                row_stride: 1,
-                col_stride: 0,
-            }),
-            act: Activation::None,
-        };
-        vec![Stmt::Matmul(Box::new(mm))]
-    });
-    kb.k.body = body;
+    kb.k.body = grouped_conv_matmuls(
+        &mut kb,
+        (wp, cp, bp, op_),
+        (group, n, m, mg, ohw, kdim),
+        (col_rows_stride, col_group_stride, col_batch_stride),
+    );
     cx.launch(kb, node);
     Ok(())
 }
