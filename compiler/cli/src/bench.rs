@@ -30,7 +30,7 @@ pub struct Args {
     #[arg(long, value_name = "W", default_value_t = 5)]
     pub warmup: usize,
     /// An input's value from a .npy or .pb file (instead of generated data).
-    #[arg(short, long = "input", value_name = "NAME=FILE", value_parser = parse_input)]
+    #[arg(short, long = "input", value_name = "NAME=FILE", value_parser = crate::run::parse_input)]
     pub inputs: Vec<(String, PathBuf)>,
     /// The shape of an input with symbolic dims, as NAME=1x3x224x224 (.onnx models).
     #[arg(long = "shape", value_name = "NAME=DIMS", value_parser = pipeline::parse_shape)]
@@ -47,15 +47,6 @@ pub struct Args {
     pub profile: Option<usize>,
     #[command(flatten)]
     pub opt: crate::optimize::OptFlags,
-}
-
-fn parse_input(s: &str) -> Result<(String, PathBuf), String> {
-    match s.split_once('=') {
-        Some((name, file)) if !name.is_empty() && !file.is_empty() => {
-            Ok((name.to_string(), PathBuf::from(file)))
-        }
-        _ => Err(format!("expected NAME=FILE, got {s:?}")),
-    }
 }
 
 #[derive(Debug, Serialize)]

@@ -7,13 +7,13 @@
 //! outputs are written only after all of them are computed, atomically, so a failed run leaves
 //! the output directory as it was.
 
+use crate::pipeline::Phases;
 use crate::tensor_io;
 use anyhow::{Context, anyhow, bail};
 use mlc_ir::{Dim, Graph, Tensor, TensorType};
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::path::PathBuf;
-use std::time::Instant;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -70,7 +70,7 @@ pub enum Emit {
     Clif,
 }
 
-fn parse_input(s: &str) -> Result<(String, PathBuf), String> {
+pub(crate) fn parse_input(s: &str) -> Result<(String, PathBuf), String> {
     match s.split_once('=') {
         Some((name, file)) if !name.is_empty() && !file.is_empty() => {
             Ok((name.to_string(), PathBuf::from(file)))
@@ -80,7 +80,7 @@ fn parse_input(s: &str) -> Result<(String, PathBuf), String> {
 }
 
 pub fn main(args: &Args) -> anyhow::Result<()> {
-    let mut timer = PhaseTimer::new(args.time_passes);
+    let mut timer = Phases::new(args.time_passes);
     tensor_io::check_output_dir(&args.output_dir)?;
     check_duplicates(&args.inputs)?;
     if crate::pipeline::is_artifact(&args.model) {
@@ -178,7 +178,7 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
 
 /// Runs a CPU artifact: inputs are matched by name to the artifact's and must have its
 /// compiled shapes.
-fn run_artifact(args: &Args, timer: &mut PhaseTimer) -> anyhow::Result<()> {
+fn run_artifact(args: &Args, timer: &mut Phases) -> anyhow::Result<()> {
     let path = args.model.display().to_string();
     if args.emit.is_some() {
         bail!("--emit needs an .onnx model; {path} is already compiled");
@@ -286,7 +286,7 @@ fn run_lowered(
     inputs: &[(String, Tensor)],
     engine: Engine,
     threads: Option<usize>,
-    timer: &mut PhaseTimer,
+    timer: &mut Phases,
 ) -> anyhow::Result<Vec<Tensor>> {
     let prog = mlc_kir::lower_graph(graph)?;
     timer.done("lower");
@@ -319,7 +319,7 @@ fn simplify(
     graph: &mut Graph,
     bindings: &[(String, Vec<usize>)],
     level: mlc_passes::pipeline::Level,
-    timer: &mut PhaseTimer,
+    timer: &mut Phases,
 ) -> anyhow::Result<()> {
     let target = mlc_passes::egraph::TargetInfo::x86_64();
     crate::optimize::prepare(graph, bindings, level, target, timer.on)?;
@@ -423,33 +423,6 @@ fn check_fit(
         }
     }
     Ok(())
-}
-
-/// Phase timings for `--time-passes`, printed on stderr as each phase ends.
-#[derive(Debug)]
-struct PhaseTimer {
-    on: bool,
-    last: Instant,
-}
-
-impl PhaseTimer {
-    fn new(on: bool) -> Self {
-        PhaseTimer {
-            on,
-            last: Instant::now(),
-        }
-    }
-
-    fn done(&mut self, phase: &str) {
-        let now = Instant::now();
-        if self.on {
-            eprintln!(
-                "time: {:>10.3} ms  {phase}",
-                (now - self.last).as_secs_f64() * 1e3
-            );
-        }
-        self.last = now;
-    }
 }
 
 #[cfg(test)]
