@@ -374,6 +374,26 @@ fn quantization() {
 }
 
 #[test]
+fn large_dynamic_quantization_runs_in_parallel_chunks() {
+    // 12,301 elements: three chunks of 4,100 and one element left over for the serial kernel.
+    let text = check(
+        r#"graph (%0: f32[1,12301] "x") -> (%1 "y", %2 "s", %3 "z") {
+  %1, %2, %3 = quant.dynamic_quantize(%0) : u8[1,12301], f32[], u8[]
+}"#,
+        0.0,
+    );
+    assert_eq!(text.matches("for.parallel").count(), 2, "{text}");
+    assert!(text.contains("_range") && text.contains("_scale"), "{text}");
+    // An exact multiple: no tail.
+    check(
+        r#"graph (%0: f32[2,8192] "x") -> (%1 "y", %2 "s", %3 "z") {
+  %1, %2, %3 = quant.dynamic_quantize(%0) : u8[2,8192], f32[], u8[]
+}"#,
+        0.0,
+    );
+}
+
+#[test]
 fn integer_matmul_is_one_8_bit_contraction() {
     // Per-tensor activation zero point, no weight zero point: the u8 and i8 operands go into
     // the matmul as they are, the zero point becomes an i32 bias.
