@@ -226,7 +226,15 @@ fn dynamic(cx: &mut Cx, node: &Node) -> Result<(), Fail> {
     }
     body.extend(scale_and_zero(&mut kb, (lo, hi), (sp, zp), |s, z| {
         if n > tail {
-            vec![quantize_loop(xp, yp, Expr::idx(tail as i64), n - tail, i, s, z)]
+            vec![quantize_loop(
+                xp,
+                yp,
+                Expr::idx(tail as i64),
+                n - tail,
+                i,
+                s,
+                z,
+            )]
         } else {
             vec![]
         }

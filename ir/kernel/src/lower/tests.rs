@@ -314,6 +314,20 @@ fn convolutions_and_pools() {
             r#""dilations":[2,2],"group":2,"pads":[0,0,0,0],"strides":[1,1]"#,
             "f32[1,2,5,5]",
         ),
+        // Unit stride, 5x5, a channel multiplier, an even number of rows (all in pairs) and
+        // horizontal dilation only (rows still paired).
+        (
+            "f32[1,2,8,7]",
+            "f32[4,1,5,5]",
+            r#""dilations":[1,1],"group":2,"pads":[2,2,2,2],"strides":[1,1]"#,
+            "f32[1,4,8,7]",
+        ),
+        (
+            "f32[1,2,7,9]",
+            "f32[2,1,3,3]",
+            r#""dilations":[1,2],"group":2,"pads":[1,2,1,2],"strides":[1,2]"#,
+            "f32[1,2,7,5]",
+        ),
     ] {
         let m = &w[4..].split(',').next().unwrap_or("1").to_string();
         check(
