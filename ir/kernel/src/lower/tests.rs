@@ -504,6 +504,61 @@ fn integer_contraction_tails_are_one_kernel() {
 }
 
 #[test]
+fn tails_go_into_the_stores_of_loop_kernels() {
+    // Depthwise convolution + HardSwish: the activation is applied as the conv stores.
+    let text = check(
+        r#"graph (%0: f32[1,3,6,5] "x", %1: f32[3,1,3,3] "w", %2: f32[3] "b") -> (%3 "y") {
+  %3 = control.composite {"kind":"conv+hard_swish"} (%0, %1, %2) : f32[1,3,6,5] {
+    graph (%0: f32[1,3,6,5] "in0", %1: f32[3,1,3,3] "in1", %2: f32[3] "in2") -> (%4 "out") {
+      %3 = nn.conv {"auto_pad":"not_set","dilations":[1,1],"group":3,"pads":[1,1,1,1],"strides":[1,1]} (%0, %1, %2) : f32[1,3,6,5]
+      %4 = ew.hard_swish(%3) : f32[1,3,6,5]
+    }
+  }
+}"#,
+        1e-6,
+    );
+    assert!(
+        text.contains("kernel @nn_conv_depthwise_hard_swish"),
+        "{text}"
+    );
+    assert!(!text.contains("kernel @ew_hard_swish"), "{text}");
+    // A strided depthwise convolution + a quantizing tail with a runtime scale: the stores
+    // change type to u8.
+    let text = check(
+        r#"graph (%0: f32[1,2,7,7] "x", %1: f32[2,1,3,3] "w", %2: f32[] "s") -> (%3 "y") {
+  %3 = control.composite {"kind":"conv+quantize"} (%0, %1, %2) : u8[1,2,4,4] {
+    graph (%0: f32[1,2,7,7] "in0", %1: f32[2,1,3,3] "in1", %2: f32[] "in2") -> (%5 "out") {
+      @c0 = const u8[] [3]
+      %3 = nn.conv {"auto_pad":"not_set","dilations":[1,1],"group":2,"pads":[1,1,1,1],"strides":[2,2]} (%0, %1, _) : f32[1,2,4,4]
+      %4 = constant @c0 : u8[]
+      %5 = quant.quantize {"axis":1,"block_size":0,"to":"u8"} (%3, %2, %4) : u8[1,2,4,4]
+    }
+  }
+}"#,
+        0.0,
+    );
+    assert!(
+        !text.contains("kernel @quant_quantize") && !text.contains("kernel @fused_epilogue"),
+        "{text}"
+    );
+    assert!(text.contains("u8[32] write"), "{text}");
+    // A producer that reads back what it stored (softmax rescales in place) keeps its tail
+    // as a kernel of its own.
+    let text = check(
+        r#"graph (%0: f32[2,9] "x") -> (%1 "y") {
+  %1 = control.composite {"kind":"softmax+relu"} (%0) : f32[2,9] {
+    graph (%0: f32[2,9] "in0") -> (%2 "out") {
+      %1 = reduce.softmax {"axis":1} (%0) : f32[2,9]
+      %2 = ew.relu(%1) : f32[2,9]
+    }
+  }
+}"#,
+        1e-6,
+    );
+    assert!(text.contains("kernel @ew_relu"), "{text}");
+}
+
+#[test]
 fn gather_nd() {
     check(
         r#"graph (%0: f32[6,6,2] "x", %1: i64[2,2] "i") -> (%2 "y") {
