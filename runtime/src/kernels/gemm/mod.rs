@@ -541,7 +541,7 @@ impl Gemm {
             &gathered
         };
         let mut dots = vec![0.0f32; len];
-        let threads = if len * k < 1 << 20 {
+        let threads = if len * k < GEMV_MIN_THREADED {
             1
         } else {
             self.threads.min(len)
@@ -768,6 +768,11 @@ enum BBlock {
 
 /// Bands of at most this many rows read a row-major `B` in place instead of packing it.
 const DIRECT_B_MAX_ROWS: usize = 64;
+
+/// Below this many multiply-adds a matrix-vector product stays on one thread. The product is
+/// memory-bound and two cores stream `W` faster than one, while a waiting pool thread starts
+/// within a microsecond or two (measured below).
+const GEMV_MIN_THREADED: usize = 1 << 16;
 
 enum BSource<'a> {
     Strided(MatRef<'a>),
