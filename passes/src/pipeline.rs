@@ -72,13 +72,26 @@ impl Options {
     }
 }
 
-/// Why the pipeline failed.
+/// Why the pipeline failed. The cause is part of the message and deliberately not also an
+/// error `source()`, so that printing the chain (`{:#}`) does not say it twice.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PipelineError {
     #[error("simplifying the graph failed: {0}")]
-    Simplify(#[from] PassError),
+    Simplify(PassError),
     #[error("optimizing the graph failed: {0}")]
-    Optimize(#[from] OptError),
+    Optimize(OptError),
+}
+
+impl From<PassError> for PipelineError {
+    fn from(e: PassError) -> Self {
+        PipelineError::Simplify(e)
+    }
+}
+
+impl From<OptError> for PipelineError {
+    fn from(e: OptError) -> Self {
+        PipelineError::Optimize(e)
+    }
 }
 
 /// What [`run`] did, phase by phase.

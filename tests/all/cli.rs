@@ -606,6 +606,15 @@ fn compile_explains_and_opt_levels_agree() {
     r.assert_success();
     let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("--json prints JSON");
     assert_eq!(v["kir_launches"].as_u64(), Some(3), "{v}");
+    // A binding of the wrong rank is one error, said once.
+    let r = mlc(&[&"compile", &m, &"--shape", &"x=2x2", &"--explain"]);
+    r.assert_error(&["the binding gives 2 dims"]);
+    assert_eq!(
+        r.stderr.matches("the binding gives").count(),
+        1,
+        "{}",
+        r.stderr
+    );
     let text = mlc(&[&"compile", &m, &"--explain"]);
     text.assert_success();
     assert!(text.stdout.contains("kernels: 3 -> 1"), "{}", text.stdout);
