@@ -71,6 +71,13 @@ pub fn explain(
     json: bool,
 ) -> anyhow::Result<String> {
     let (kernels, launches) = (program.kernels.len(), program.steps.len());
+    // Launches whose kernel may write an output over a dying input (the memory plan decides
+    // whether the input does die there).
+    let in_place = program
+        .steps
+        .iter()
+        .filter(|s| !mlc_kir::inplace_pairs(program.kernel(s.kernel)).is_empty())
+        .count();
     if json {
         #[derive(serde::Serialize)]
         struct Out<'a> {
@@ -79,6 +86,7 @@ pub fn explain(
             optimize: Option<&'a Report>,
             kir_kernels: usize,
             kir_launches: usize,
+            kir_in_place_launches: usize,
         }
         let out = Out {
             opt_level: u8::from(report.optimize.is_some()),
@@ -86,6 +94,7 @@ pub fn explain(
             optimize: report.optimize.as_ref(),
             kir_kernels: kernels,
             kir_launches: launches,
+            kir_in_place_launches: in_place,
         };
         return Ok(format!("{}\n", serde_json::to_string_pretty(&out)?));
     }
@@ -94,7 +103,7 @@ pub fn explain(
         None => "optimization level 0: the graph was simplified, not optimized\n".to_string(),
     };
     text.push_str(&format!(
-        "kernel IR: {kernels} distinct kernels, {launches} launches\n"
+        "kernel IR: {kernels} distinct kernels, {launches} launches ({in_place} may compute in place)\n"
     ));
     Ok(text)
 }

@@ -131,7 +131,23 @@ pub fn build_plan(p: &Program) -> Result<(CpuPlan, Vec<u8>), CodegenError> {
         outputs: p.outputs.iter().map(io).collect::<Result<_, _>>()?,
         arena_bytes: 0,
     };
-    mlc_runtime::cpu::memplan::plan_memory(&mut plan);
+    // Outputs the kernels may compute over a dying input (elementwise steps, mostly).
+    let pairs: Vec<Vec<(usize, usize)>> = p
+        .kernels
+        .iter()
+        .map(|k| {
+            mlc_kir::inplace_pairs(k)
+                .into_iter()
+                .map(|(i, o)| (i.0 as usize, o.0 as usize))
+                .collect()
+        })
+        .collect();
+    let in_place: Vec<Vec<(usize, usize)>> = p
+        .steps
+        .iter()
+        .map(|s| pairs[s.kernel.0 as usize].clone())
+        .collect();
+    mlc_runtime::cpu::memplan::plan_memory_in_place(&mut plan, &in_place);
     plan.check(weights.len() as u64)
         .map_err(|e| invalid(e.to_string()))?;
     Ok((plan, weights))

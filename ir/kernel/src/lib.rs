@@ -19,6 +19,7 @@
 
 pub mod eval;
 pub mod fold;
+pub mod inplace;
 pub mod kernel;
 pub mod lower;
 pub mod print;
@@ -26,6 +27,7 @@ pub mod verify;
 
 pub use eval::{EvalError, eval_kernel, run_program};
 pub use fold::fold_constant_steps;
+pub use inplace::inplace_pairs;
 pub use kernel::*;
 pub use lower::{LowerError, lower_graph, lower_graph_unfolded};
 pub use print::{print_kernel, print_program};

@@ -5,8 +5,10 @@
 //! to the last; model inputs are alive from before the first step, outputs until after the last.
 //! Placement is greedy, largest buffer first, each at the lowest 64-byte-aligned offset that no
 //! placed, overlapping buffer occupies (the usual heuristic; within a few percent of optimal on
-//! inference graphs). No buffer is computed in place of its operand: a step's inputs and outputs
-//! are alive in the same step.
+//! inference graphs). A step's inputs and outputs are alive in the same step, so they do not
+//! share bytes, except that an output the kernel may compute in place of an input that dies
+//! there takes exactly that input's offset when nothing else live is in the way
+//! ([`plan_memory_in_place`]).
 //!
 //! It also marks, per step, the arena buffers the step reads before anything wrote them: the
 //! executor zeroes those first (kernels may accumulate into a buffer they never initialized).
@@ -44,34 +46,93 @@ fn lifetimes(p: &CpuPlan) -> Vec<Option<(usize, usize)>> {
 }
 
 /// Assigns arena offsets and `arena_bytes`, and fills each step's `zero` list. Offsets already
-/// in the plan are ignored.
+/// in the plan are ignored. No buffer is computed in place of another.
 pub fn plan_memory(p: &mut CpuPlan) {
+    plan_memory_in_place(p, &[]);
+}
+
+/// [`plan_memory`], where `in_place[s]` lists the `(input, output)` argument positions of step
+/// `s` whose kernel may compute the output in place of the input (each input element read
+/// before the same element is written, by one iteration: `mlc_kir::inplace_pairs`). When the
+/// input's storage dies at that step and the output's is born there, the two may take the
+/// same offset (only exactly the same: a shifted overlap would overwrite unread inputs).
+pub fn plan_memory_in_place(p: &mut CpuPlan, in_place: &[Vec<(usize, usize)>]) {
     let life = lifetimes(p);
+    // Storage pairs that may share one offset.
+    let mut partners: Vec<(usize, usize)> = Vec::new();
+    for (si, pairs) in in_place.iter().enumerate() {
+        let Some(step) = p.steps.get(si) else { break };
+        let t = si + 1;
+        for &(i, o) in pairs {
+            let (Some(&ai), Some(&ao)) = (step.args.get(i), step.args.get(o)) else {
+                continue;
+            };
+            let (x, y) = (p.storage_of(ai), p.storage_of(ao));
+            let arena = |b: usize| matches!(p.buffers[b].kind, CpuBufferKind::Arena { .. });
+            // The input's storage must reach the step through this argument only.
+            let once = step.args.iter().filter(|&&a| p.storage_of(a) == x).count() == 1;
+            if x != y
+                && once
+                && arena(x)
+                && arena(y)
+                && p.buffers[x].bytes() == p.buffers[y].bytes()
+                && life[x].is_some_and(|(_, z)| z == t)
+                && life[y].is_some_and(|(a, _)| a == t)
+            {
+                partners.push((x, y));
+            }
+        }
+    }
+    let partner = |a: usize, b: usize| partners.contains(&(a, b)) || partners.contains(&(b, a));
     let mut order: Vec<usize> = (0..p.buffers.len())
         .filter(|&b| matches!(p.buffers[b].kind, CpuBufferKind::Arena { .. }))
         .collect();
     order.sort_by_key(|&b| (std::cmp::Reverse(p.buffers[b].bytes()), b));
     let align = |n: u64| n.div_ceil(ARENA_ALIGN) * ARENA_ALIGN;
-    let mut placed: Vec<(u64, u64, (usize, usize))> = Vec::new(); // (offset, end, life)
+    let mut placed: Vec<(usize, u64, u64, (usize, usize))> = Vec::new(); // (buffer, offset, end, life)
     let mut arena = 0u64;
     for b in order {
         let size = align(p.buffers[b].bytes().max(1));
-        // Untouched buffers still get bytes of their own: cheap, and never wrong.
-        let l = life[b].unwrap_or((usize::MAX, usize::MAX));
-        let mut busy: Vec<(u64, u64)> = placed
-            .iter()
-            .filter(|(_, _, (a, z))| l.0 <= *z && *a <= l.1)
-            .map(|&(o, e, _)| (o, e))
-            .collect();
-        busy.sort_unstable();
-        let mut off = 0u64;
-        for (o, e) in busy {
-            if off + size <= o {
-                break;
+        // A buffer nothing touches (its producer's stores went to a fused tail's buffer) is
+        // never read or written: it sits at offset 0, inside the arena, in nobody's way.
+        let Some(l) = life[b] else {
+            arena = arena.max(size);
+            if let CpuBufferKind::Arena { offset, .. } = &mut p.buffers[b].kind {
+                *offset = 0;
             }
-            off = off.max(e);
-        }
-        placed.push((off, off + size, l));
+            continue;
+        };
+        let live = |(a, z): (usize, usize)| l.0 <= z && a <= l.1;
+        // First choice: exactly where a placed partner is, if nothing else live is there.
+        let shared = placed
+            .iter()
+            .filter(|(c, ..)| partner(b, *c))
+            .map(|&(_, o, ..)| o)
+            .find(|&o| {
+                placed.iter().all(|&(c, po, pe, pl)| {
+                    !live(pl) || (partner(b, c) && po == o) || pe <= o || o + size <= po
+                })
+            });
+        let off = match shared {
+            Some(o) => o,
+            None => {
+                let mut busy: Vec<(u64, u64)> = placed
+                    .iter()
+                    .filter(|&&(.., pl)| live(pl))
+                    .map(|&(_, o, e, _)| (o, e))
+                    .collect();
+                busy.sort_unstable();
+                let mut off = 0u64;
+                for (o, e) in busy {
+                    if off + size <= o {
+                        break;
+                    }
+                    off = off.max(e);
+                }
+                off
+            }
+        };
+        placed.push((b, off, off + size, l));
         arena = arena.max(off + size);
         if let CpuBufferKind::Arena { offset, .. } = &mut p.buffers[b].kind {
             *offset = off;
@@ -194,6 +255,31 @@ mod tests {
             assert_ne!(o, i, "a step's output shares its input's bytes");
         }
         assert!(p.steps.iter().all(|s| s.zero.is_empty()));
+    }
+
+    #[test]
+    fn in_place_steps_share_one_slot() {
+        // Every step may compute its output over its input: the whole chain fits in one slot.
+        let mut p = chain();
+        plan_memory_in_place(&mut p, &vec![vec![(1, 0)]; 4]);
+        p.check(0).unwrap();
+        assert_eq!(p.arena_bytes, 448, "{p:#?}");
+        // Only where the input dies: with `a` also an output, step 1 (a -> b) cannot.
+        let mut p = chain();
+        p.outputs.push(PlanIo {
+            name: "a".into(),
+            buffer: 1,
+            dtype: "f32".into(),
+            shape: vec![100],
+        });
+        plan_memory_in_place(&mut p, &vec![vec![(1, 0)]; 4]);
+        assert_ne!(offset(&p, 1), offset(&p, 2));
+        // Sizes must match.
+        let mut p = chain();
+        p.buffers[2].len = 50;
+        plan_memory_in_place(&mut p, &vec![vec![(1, 0)]; 4]);
+        assert_ne!(offset(&p, 1), offset(&p, 2));
+        assert_ne!(offset(&p, 2), offset(&p, 3));
     }
 
     #[test]
