@@ -20,6 +20,7 @@ mod norm;
 mod quant;
 mod reduce;
 mod resize;
+mod rnn;
 mod signal;
 mod tail;
 
@@ -181,6 +182,7 @@ impl Cx<'_> {
             Op::Quant(op) => quant::lower(self, node, op),
             Op::Attn(op) => attn::lower(self, node, op),
             Op::Signal(op) => signal::lower(self, node, op),
+            Op::Rnn(op) => rnn::lower(self, node, op),
             _ => unsupported("no kernel lowering for this op family yet"),
         }
     }

@@ -559,6 +559,38 @@ fn tails_go_into_the_stores_of_loop_kernels() {
 }
 
 #[test]
+fn recurrences() {
+    // LSTM, both directions, clipped, with peepholes, an initial state and sequence lengths
+    // (one row shorter than the sequence, one empty).
+    check(
+        r#"graph (%0: f32[4,3,2] "x", %1: f32[2,12,2] "w", %2: f32[2,12,3] "r", %3: f32[2,24] "b", %4: f32[2,3,3] "h0", %5: f32[2,3,3] "c0", %6: f32[2,9] "p") -> (%8 "y", %9 "yh", %10 "yc") {
+  @c0 = const i32[3] [4, 2, 0]
+  %7 = constant @c0 : i32[3]
+  %8, %9, %10 = rnn.lstm {"hidden_size":3,"direction":"bidirectional","activations":["sigmoid","tanh","tanh","sigmoid","softsign",{"affine":{"alpha":0.5,"beta":0.1}}],"clip":0.8,"batch_major":false,"input_forget":false} (%0, %1, %2, %3, %7, %4, %5, %6) : f32[4,2,3,3], f32[2,3,3], f32[2,3,3]
+}"#,
+        1e-5,
+    );
+    // GRU, reset gate before and after the recurrent product, batch-major, reverse.
+    for lbr in [false, true] {
+        check(
+            &format!(
+                r#"graph (%0: f32[2,5,3] "x", %1: f32[1,12,3] "w", %2: f32[1,12,4] "r", %3: f32[1,24] "b") -> (%4 "y", %5 "yh") {{
+  %4, %5 = rnn.gru {{"hidden_size":4,"direction":"reverse","activations":["sigmoid","tanh"],"clip":null,"batch_major":true,"linear_before_reset":{lbr}}} (%0, %1, %2, %3) : f32[2,5,1,4], f32[2,1,4]
+}}"#
+            ),
+            1e-5,
+        );
+    }
+    // A plain RNN with no bias and no initial state.
+    check(
+        r#"graph (%0: f32[3,2,4] "x", %1: f32[1,5,4] "w", %2: f32[1,5,5] "r") -> (%3 "y", %4 "yh") {
+  %3, %4 = rnn.rnn {"hidden_size":5,"direction":"forward","activations":["tanh"],"clip":null,"batch_major":false} (%0, %1, %2) : f32[3,1,2,5], f32[1,2,5]
+}"#,
+        1e-5,
+    );
+}
+
+#[test]
 fn gather_nd() {
     check(
         r#"graph (%0: f32[6,6,2] "x", %1: i64[2,2] "i") -> (%2 "y") {
