@@ -71,7 +71,7 @@ pub(super) fn pack8(
         // `needed`) and this part's panels and sums (checked lengths).
         unsafe { interleave(&job, src.cs) };
         true
-    } else if src.cs == 1 && p % 4 == 0 {
+    } else if src.cs == 1 && p.is_multiple_of(4) {
         // SAFETY: as above.
         unsafe { rows4(&job, src.rs) };
         true
