@@ -36,6 +36,9 @@ struct Shape {
     kind: Kind,
     /// The weight packed ahead of time.
     packed: bool,
+    /// Cycle through enough copies of the packed weight (64 MiB) that each call reads its
+    /// weight from memory, as in a model whose weights exceed the caches.
+    cold: bool,
 }
 
 /// Operand types, and which operand is the constant weight.
@@ -61,6 +64,7 @@ impl Shape {
             isa: None,
             kind: Kind::U8xI8,
             packed: false,
+            cold: false,
         }
     }
     const fn threads(mut self, t: usize) -> Shape {
@@ -84,6 +88,11 @@ impl Shape {
         self.packed = true;
         self
     }
+    const fn cold(mut self) -> Shape {
+        self.packed = true;
+        self.cold = true;
+        self
+    }
     fn operands(&self) -> &'static str {
         match self.kind {
             Kind::U8xI8 => "u8×i8",
@@ -101,7 +110,13 @@ impl Shape {
             self.threads,
             self.isa.map(|i| format!(" {i}")).unwrap_or_default(),
             self.operands(),
-            if self.packed { " packed" } else { " raw" }
+            if self.cold {
+                " packed cold"
+            } else if self.packed {
+                " packed"
+            } else {
+                " raw"
+            }
         )
     }
 }
@@ -142,6 +157,9 @@ const SHAPES: &[Shape] = &[
     Shape::conv("conv 3x3", 512, 49, 4608),
     Shape::conv("conv 3x3", 512, 49, 4608).packed(),
     Shape::conv("conv 3x3", 512, 49, 4608).threads(2).packed(),
+    Shape::conv("conv 3x3", 512, 49, 4608).cold(),
+    Shape::conv("conv 3x3", 256, 196, 2304).cold(),
+    Shape::new("bert ffn2", 128, 384, 1536).cold(),
     Shape::conv("conv 1x1/2", 128, 784, 64),
     Shape::conv("conv 1x1/2", 128, 784, 64).packed(),
     Shape::conv("conv 1x1/2", 256, 196, 128),
@@ -160,7 +178,10 @@ struct Prepared {
     a32: Vec<i32>,
     b32: Vec<i32>,
     /// The weight, packed ahead of time.
-    pw: Option<PackedInt>,
+    /// The weight, packed ahead of time (several copies, used in turn, when cold).
+    pw: Vec<PackedInt>,
+    /// The copy the next call uses.
+    turn: usize,
     c: Vec<i32>,
 }
 
@@ -185,18 +206,26 @@ impl Prepared {
             b8,
             a32,
             b32,
-            pw: None,
+            pw: Vec::new(),
+            turn: 0,
             c: vec![0; m * n],
         };
         if shape.packed {
-            p.pw = Some(
-                match shape.kind {
-                    Kind::U8xI8 => gemm.pack_b(k, n, IntRef::row_major(&p.b8, n)),
-                    Kind::I8xU8 => gemm.pack_a(m, k, IntRef::row_major(&p.weights_i8(), k)),
-                    Kind::Widened => gemm.pack_b(k, n, IntRef::row_major(&p.b32, n)),
-                }
-                .expect("operands fit"),
-            );
+            let copies = if shape.cold {
+                (64 << 20) / (m * k + k * n).max(1) + 1
+            } else {
+                1
+            };
+            for _ in 0..copies {
+                p.pw.push(
+                    match shape.kind {
+                        Kind::U8xI8 => gemm.pack_b(k, n, IntRef::row_major(&p.b8, n)),
+                        Kind::I8xU8 => gemm.pack_a(m, k, IntRef::row_major(&p.weights_i8(), k)),
+                        Kind::Widened => gemm.pack_b(k, n, IntRef::row_major(&p.b32, n)),
+                    }
+                    .expect("operands fit"),
+                );
+            }
         }
         Some(p)
     }
@@ -216,7 +245,9 @@ impl Prepared {
         let (m, n, k) = (s.m, s.n, s.k);
         let g = self.gemm;
         let c = &mut self.c;
-        let r = match (s.kind, &self.pw) {
+        let pw = self.pw.get(self.turn % self.pw.len().max(1));
+        self.turn += 1;
+        let r = match (s.kind, pw) {
             (Kind::U8xI8, None) => g.run(
                 m,
                 n,
@@ -428,7 +459,13 @@ fn main() {
             shape.n,
             shape.k,
             shape.operands(),
-            if shape.packed { "packed W" } else { "raw" },
+            if shape.cold {
+                "packed W, cold"
+            } else if shape.packed {
+                "packed W"
+            } else {
+                "raw"
+            },
             shape.threads,
             secs * 1e6
         );

@@ -331,6 +331,11 @@ impl<T> SharedPtr<T> {
     }
 }
 
+/// Half the L2 cache of the CPUs the kernels are tuned for (1 MiB per core on Zen 4/5, 1–2
+/// MiB on recent Intel cores): the most of B's packed panels one column block may take
+/// before `k` is cut into `KC` blocks.
+const L2_HALF: usize = 512 << 10;
+
 /// Below this many multiply-adds a product stays on one thread.
 const MIN_THREADED_MACS: usize = 1 << 21;
 
@@ -889,13 +894,19 @@ unsafe fn block_loops<DA, DB>(
 ) {
     let (mr, nr) = (spec.mr, spec.nr);
     let nc_tiles = (spec.nc / nr).max(1);
-    let kblocks = kp.div_ceil(spec.kc).max(1);
+    // When a whole column block of B (all `kp` steps) fits in half of L2, `k` is not cut: A's
+    // panels are then read once, front to back, which the prefetchers stream from memory (a
+    // weight that is not in cache, 512×49×4608: 430 → 600+ GOP/s measured), and C is
+    // written once.
+    let block_bytes = kp * nc_tiles.min(n1 - n0) * nr * std::mem::size_of::<DB>();
+    let kc_max = if block_bytes <= L2_HALF { kp } else { spec.kc };
+    let kblocks = kp.div_ceil(kc_max).max(1);
     let mut jc = n0;
     while jc < n1 {
         let jend = (jc + nc_tiles).min(n1);
         for kb in 0..kblocks {
-            let pc = kb * spec.kc;
-            let kc = spec.kc.min(kp - pc);
+            let pc = kb * kc_max;
+            let kc = kc_max.min(kp - pc);
             for it in m0..m1 {
                 let i = it * mr;
                 for jt in jc..jend {

@@ -149,6 +149,14 @@ fn extremes_and_deep_k() {
         let b = Mat::new(k, n, true, 2, || rng.int(-128, 127) as i8);
         check((m, n, k), &a, &b, IBias::Scalar(-5), "random deep");
     }
+    // `k` is cut into KC blocks only when a column block of B (up to NC = 256 columns, all of
+    // `k`) would not fit half of L2: wide and deep.
+    for &(m, n, k) in &[(13, 300, 2100), (7, 260, 4100)] {
+        let mut rng = Rng(k as u64 + n as u64);
+        let a = Mat::new(m, k, false, 0, || rng.int(0, 255) as u8);
+        let b = Mat::new(k, n, false, 0, || rng.int(-128, 127) as i8);
+        check((m, n, k), &a, &b, IBias::Scalar(9), "wide and deep");
+    }
 }
 
 #[test]
