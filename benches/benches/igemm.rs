@@ -3,16 +3,24 @@
 //!
 //! `cargo bench -p mlc-benches --bench igemm`. The peak is a `std::arch` loop of 12 independent
 //! `vpdpbusd` accumulators (zmm, 64 multiply-adds each) and, for the AVX2 kernels, of 12
-//! `vpmaddwd` + `vpaddd` pairs (ymm, 16 each), on one thread and two; each shape is then timed
-//! (best call of many, as the f32 bench does) and printed as GOP/s (one multiply-add = 2 ops)
-//! and % of the peak of its ISA times its thread count. Packing both operands is part of every
-//! call (the kernels have no pre-packed form yet), so small shapes show its cost.
-//! `IGEMM_BENCH_FILTER=text` keeps the shapes whose label contains `text`.
+//! `vpmaddwd` + `vpaddd` pairs (ymm, 16 each; one operand goes through an empty `asm!` each
+//! iteration, else LLVM hoists the loop-invariant `vpmaddwd` and times only the adds), on one
+//! thread and two; each shape is then timed (best call of many, as the f32 bench does) and
+//! printed as GOP/s (one multiply-add = 2 ops) and % of the peak of its ISA times its thread
+//! count.
+//!
+//! The model shapes come in the orientation the models call them: `conv` is an integer
+//! convolution of resnet18_int8_qdq (`i8` weights as `A`, `m = Cout`, times the `u8` im2col
+//! matrix as `B`, `n = H·W`), `bert` a MatMulInteger of the int8 BERT (`u8` activations as
+//! `A` times `i8` weights as `B`). `raw` packs both operands on every call; `packed W` packs
+//! the weight once ahead of time (as the executor's constant cache does), so the call packs
+//! only the activations. `IGEMM_BENCH_FILTER=text` keeps the shapes whose label contains
+//! `text`.
 
 #![allow(unsafe_code)]
 
 use mlc_runtime::kernels::Isa;
-use mlc_runtime::kernels::igemm::{IBias, IGemm, IntRef};
+use mlc_runtime::kernels::igemm::{IBias, IGemm, IntRef, PackedInt};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -24,9 +32,25 @@ struct Shape {
     k: usize,
     threads: usize,
     isa: Option<Isa>,
-    /// `i32` operands (8-bit values minus zero points, as the MatMulInteger lowering makes
-    /// them) instead of `u8`×`i8`.
-    widened: bool,
+    /// The operands' types and which is the weight.
+    kind: Kind,
+    /// The weight packed ahead of time.
+    packed: bool,
+    /// Cycle through enough copies of the packed weight (64 MiB) that each call reads its
+    /// weight from memory, as in a model whose weights exceed the caches.
+    cold: bool,
+}
+
+/// Operand types, and which operand is the constant weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// `u8` activations × `i8` weights (`B`), as in the int8 BERT.
+    U8xI8,
+    /// `i8` weights (`A`) × `u8` activations, as in the int8 convolutions.
+    I8xU8,
+    /// `i32` operands (8-bit values minus zero points, as the MatMulInteger lowering made
+    /// them), weight `B`.
+    Widened,
 }
 
 impl Shape {
@@ -38,7 +62,9 @@ impl Shape {
             k,
             threads: 1,
             isa: None,
-            widened: false,
+            kind: Kind::U8xI8,
+            packed: false,
+            cold: false,
         }
     }
     const fn threads(mut self, t: usize) -> Shape {
@@ -50,19 +76,47 @@ impl Shape {
         self
     }
     const fn widened(mut self) -> Shape {
-        self.widened = true;
+        self.kind = Kind::Widened;
         self
+    }
+    const fn conv(name: &'static str, m: usize, n: usize, k: usize) -> Shape {
+        let mut s = Shape::new(name, m, n, k);
+        s.kind = Kind::I8xU8;
+        s
+    }
+    const fn packed(mut self) -> Shape {
+        self.packed = true;
+        self
+    }
+    const fn cold(mut self) -> Shape {
+        self.packed = true;
+        self.cold = true;
+        self
+    }
+    fn operands(&self) -> &'static str {
+        match self.kind {
+            Kind::U8xI8 => "u8×i8",
+            Kind::I8xU8 => "i8×u8",
+            Kind::Widened => "i32 (widened)",
+        }
     }
     fn label(&self) -> String {
         format!(
-            "{} {}x{}x{} {}T{}{}",
+            "{} {}x{}x{} {}T{} {}{}",
             self.name,
             self.m,
             self.n,
             self.k,
             self.threads,
             self.isa.map(|i| format!(" {i}")).unwrap_or_default(),
-            if self.widened { " i32" } else { " u8xi8" }
+            self.operands(),
+            if self.cold {
+                " packed cold"
+            } else if self.packed {
+                " packed"
+            } else {
+                " raw"
+            }
         )
     }
 }
@@ -73,23 +127,61 @@ const SHAPES: &[Shape] = &[
     Shape::new("square", 512, 512, 512).isa(Isa::Avx2),
     Shape::new("square", 512, 512, 512).isa(Isa::Portable),
     Shape::new("square", 1024, 1024, 1024).threads(2),
-    Shape::new("bert qkv", 128, 384, 384),
-    Shape::new("bert qkv", 128, 384, 384).threads(2),
     Shape::new("bert qkv", 128, 384, 384).threads(2).widened(),
-    Shape::new("bert ffn1", 128, 1536, 384).threads(2),
     Shape::new("bert ffn1", 128, 1536, 384).threads(2).widened(),
-    Shape::new("bert ffn2", 128, 384, 1536).threads(2),
     Shape::new("bert ffn2", 128, 384, 1536).threads(2).widened(),
-    Shape::new("conv 3x3", 64, 3136, 576).threads(2),
+    Shape::new("bert qkv", 128, 384, 384),
+    Shape::new("bert qkv", 128, 384, 384).packed(),
+    Shape::new("bert qkv", 128, 384, 384).threads(2).packed(),
+    Shape::new("bert ffn1", 128, 1536, 384),
+    Shape::new("bert ffn1", 128, 1536, 384).packed(),
+    Shape::new("bert ffn1", 128, 1536, 384).threads(2).packed(),
+    Shape::new("bert ffn2", 128, 384, 1536),
+    Shape::new("bert ffn2", 128, 384, 1536).packed(),
+    Shape::new("bert ffn2", 128, 384, 1536).threads(2).packed(),
+    Shape::conv("conv 7x7/2", 64, 12544, 147),
+    Shape::conv("conv 7x7/2", 64, 12544, 147).packed(),
+    Shape::conv("conv 7x7/2", 64, 12544, 147)
+        .threads(2)
+        .packed(),
+    Shape::conv("conv 3x3", 64, 3136, 576),
+    Shape::conv("conv 3x3", 64, 3136, 576).packed(),
+    Shape::conv("conv 3x3", 64, 3136, 576).threads(2),
+    Shape::conv("conv 3x3", 64, 3136, 576).threads(2).packed(),
+    Shape::conv("conv 3x3", 128, 784, 1152),
+    Shape::conv("conv 3x3", 128, 784, 1152).packed(),
+    Shape::conv("conv 3x3", 128, 784, 1152).threads(2).packed(),
+    Shape::conv("conv 3x3", 256, 196, 2304),
+    Shape::conv("conv 3x3", 256, 196, 2304).packed(),
+    Shape::conv("conv 3x3", 256, 196, 2304).threads(2).packed(),
+    Shape::conv("conv 3x3", 512, 49, 4608),
+    Shape::conv("conv 3x3", 512, 49, 4608).packed(),
+    Shape::conv("conv 3x3", 512, 49, 4608).threads(2).packed(),
+    Shape::conv("conv 3x3", 512, 49, 4608).cold(),
+    Shape::conv("conv 3x3", 256, 196, 2304).cold(),
+    Shape::new("bert ffn2", 128, 384, 1536).cold(),
+    Shape::conv("conv 1x1/2", 128, 784, 64),
+    Shape::conv("conv 1x1/2", 128, 784, 64).packed(),
+    Shape::conv("conv 1x1/2", 256, 196, 128),
+    Shape::conv("conv 1x1/2", 256, 196, 128).packed(),
+    Shape::conv("conv 1x1/2", 512, 49, 256),
+    Shape::conv("conv 1x1/2", 512, 49, 256).packed(),
 ];
 
 struct Prepared {
     shape: Shape,
     gemm: IGemm,
+    /// `A` as `u8` (or the `i8` weights of a conv, stored as their bytes), and `B` as `i8`
+    /// (or the conv's `u8` activations, as bytes).
     a8: Vec<u8>,
     b8: Vec<i8>,
     a32: Vec<i32>,
     b32: Vec<i32>,
+    /// The weight, packed ahead of time.
+    /// The weight, packed ahead of time (several copies, used in turn, when cold).
+    pw: Vec<PackedInt>,
+    /// The copy the next call uses.
+    turn: usize,
     c: Vec<i32>,
 }
 
@@ -100,47 +192,116 @@ impl Prepared {
             None => IGemm::new(),
         }
         .threads(shape.threads);
-        let r = mlc_benches::pseudo_random(shape.m * shape.k + shape.k * shape.n);
-        let (ra, rb) = r.split_at(shape.m * shape.k);
+        let (m, n, k) = (shape.m, shape.n, shape.k);
+        let r = mlc_benches::pseudo_random(m * k + k * n);
+        let (ra, rb) = r.split_at(m * k);
         let a8: Vec<u8> = ra.iter().map(|x| ((x + 1.0) * 127.9) as u8).collect();
         let b8: Vec<i8> = rb.iter().map(|x| (x * 127.9) as i8).collect();
         let a32 = a8.iter().map(|&x| i32::from(x) - 128).collect();
         let b32 = b8.iter().map(|&x| i32::from(x)).collect();
-        Some(Prepared {
+        let mut p = Prepared {
             shape,
             gemm,
             a8,
             b8,
             a32,
             b32,
-            c: vec![0; shape.m * shape.n],
-        })
+            pw: Vec::new(),
+            turn: 0,
+            c: vec![0; m * n],
+        };
+        if shape.packed {
+            let copies = if shape.cold {
+                (64 << 20) / (m * k + k * n).max(1) + 1
+            } else {
+                1
+            };
+            for _ in 0..copies {
+                p.pw.push(
+                    match shape.kind {
+                        Kind::U8xI8 => gemm.pack_b(k, n, IntRef::row_major(&p.b8, n)),
+                        Kind::I8xU8 => gemm.pack_a(m, k, IntRef::row_major(&p.weights_i8(), k)),
+                        Kind::Widened => gemm.pack_b(k, n, IntRef::row_major(&p.b32, n)),
+                    }
+                    .expect("operands fit"),
+                );
+            }
+        }
+        Some(p)
     }
 
-    fn run(&mut self) {
+    /// The conv's `i8` weights (the bytes of `a8`).
+    fn weights_i8(&self) -> Vec<i8> {
+        self.a8.iter().map(|&x| x as i8).collect()
+    }
+
+    /// The conv's `u8` activations (the bytes of `b8`).
+    fn acts_u8(&self) -> Vec<u8> {
+        self.b8.iter().map(|&x| x as u8).collect()
+    }
+
+    fn run(&mut self, conv: &ConvData) {
         let s = self.shape;
-        let r = if s.widened {
-            self.gemm.run(
-                s.m,
-                s.n,
-                s.k,
-                IntRef::row_major(black_box(&self.a32), s.k),
-                IntRef::row_major(&self.b32, s.n),
-                &mut self.c,
-                s.n,
+        let (m, n, k) = (s.m, s.n, s.k);
+        let g = self.gemm;
+        let c = &mut self.c;
+        let pw = self.pw.get(self.turn % self.pw.len().max(1));
+        self.turn += 1;
+        let r = match (s.kind, pw) {
+            (Kind::U8xI8, None) => g.run(
+                m,
+                n,
+                k,
+                IntRef::row_major(black_box(&self.a8), k),
+                IntRef::row_major(&self.b8, n),
+                c,
+                n,
                 IBias::None,
-            )
-        } else {
-            self.gemm.run(
-                s.m,
-                s.n,
-                s.k,
-                IntRef::row_major(black_box(&self.a8), s.k),
-                IntRef::row_major(&self.b8, s.n),
-                &mut self.c,
-                s.n,
+            ),
+            (Kind::U8xI8, Some(pw)) => g.run_packed_b(
+                m,
+                IntRef::row_major(black_box(&self.a8), k),
+                pw,
+                c,
+                n,
                 IBias::None,
-            )
+            ),
+            (Kind::I8xU8, None) => g.run(
+                m,
+                n,
+                k,
+                IntRef::row_major(&conv.w, k),
+                IntRef::row_major(black_box(&conv.x), n),
+                c,
+                n,
+                IBias::PerRow(&conv.bias),
+            ),
+            (Kind::I8xU8, Some(pw)) => g.run_packed_a(
+                pw,
+                n,
+                IntRef::row_major(black_box(&conv.x), n),
+                c,
+                n,
+                IBias::PerRow(&conv.bias),
+            ),
+            (Kind::Widened, None) => g.run(
+                m,
+                n,
+                k,
+                IntRef::row_major(black_box(&self.a32), k),
+                IntRef::row_major(&self.b32, n),
+                c,
+                n,
+                IBias::None,
+            ),
+            (Kind::Widened, Some(pw)) => g.run_packed_b(
+                m,
+                IntRef::row_major(black_box(&self.a32), k),
+                pw,
+                c,
+                n,
+                IBias::None,
+            ),
         };
         r.expect("operands fit");
         black_box(&self.c);
@@ -148,21 +309,33 @@ impl Prepared {
 
     /// Seconds per call: the best of the calls made in `budget` (after a warm-up).
     fn time(&mut self, budget: Duration) -> f64 {
+        let conv = ConvData {
+            w: self.weights_i8(),
+            x: self.acts_u8(),
+            bias: (0..self.shape.m as i32).map(|i| 37 * i - 1000).collect(),
+        };
         let start = Instant::now();
         while start.elapsed() < budget / 5 {
-            self.run();
+            self.run(&conv);
         }
         let mut best = f64::INFINITY;
         let mut calls = 0;
         let start = Instant::now();
         while start.elapsed() < budget || calls < 5 {
             let t = Instant::now();
-            self.run();
+            self.run(&conv);
             best = best.min(t.elapsed().as_secs_f64());
             calls += 1;
         }
         best
     }
+}
+
+/// A conv's operands in their types: `i8` weights, `u8` activations, an `i32` bias per row.
+struct ConvData {
+    w: Vec<i8>,
+    x: Vec<u8>,
+    bias: Vec<i32>,
 }
 
 /// Multiply-adds per second of one thread at the peak loop of `isa`, or `None` without it.
@@ -210,10 +383,13 @@ unsafe fn vnni_loop(iters: u64) {
 #[target_feature(enable = "avx2")]
 unsafe fn madd_loop(iters: u64) {
     use std::arch::x86_64::*;
-    let a = _mm256_set1_epi16(3);
+    let mut a = _mm256_set1_epi16(3);
     let b = _mm256_set1_epi16(-5);
     let mut acc: [__m256i; 12] = std::array::from_fn(|i| _mm256_set1_epi32(i as i32));
     for _ in 0..iters {
+        // SAFETY: an empty template; it only makes `a` opaque, so that `vpmaddwd(a, b)` is
+        // computed every iteration instead of once before the loop.
+        unsafe { std::arch::asm!("/* {0} */", inout(ymm_reg) a, options(nomem, nostack)) };
         for x in &mut acc {
             *x = _mm256_add_epi32(*x, _mm256_madd_epi16(a, b));
         }
@@ -257,8 +433,10 @@ fn main() {
         );
     }
     println!();
-    println!("| shape (m×n×k) | operands | threads | ISA | GOP/s | % of ISA peak | µs/call |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| shape (m×n×k) | operands | weight | threads | ISA | GOP/s | % of ISA peak | µs/call |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     for shape in SHAPES.iter().filter(|s| s.label().contains(&filter)) {
         let Some(mut p) = Prepared::new(*shape) else {
             continue;
@@ -275,15 +453,18 @@ fn main() {
                 format!("{:.0}%", 100.0 * macs / secs / (p * shape.threads as f64))
             });
         println!(
-            "| {} {}×{}×{} | {} | {} | {isa} | {gops:.0} | {pct} | {:.1} |",
+            "| {} {}×{}×{} | {} | {} | {} | {isa} | {gops:.0} | {pct} | {:.1} |",
             shape.name,
             shape.m,
             shape.n,
             shape.k,
-            if shape.widened {
-                "i32 (widened)"
+            shape.operands(),
+            if shape.cold {
+                "packed W, cold"
+            } else if shape.packed {
+                "packed W"
             } else {
-                "u8×i8"
+                "raw"
             },
             shape.threads,
             secs * 1e6

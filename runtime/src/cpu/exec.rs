@@ -12,6 +12,7 @@
 use super::abi::KernelFn;
 use super::plan::{CpuBufferKind, CpuPlan, CpuPlanError};
 use super::pool::Pool;
+use crate::kernels::igemm::{PackedInt, Slot};
 use crate::npy::{ElemType, NpyArray, NpyData};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -47,8 +48,9 @@ pub enum RunError {
 }
 
 /// What kernels may cache about the executor's constants while it runs: the weights' address
-/// range (bytes there never change while the executor lives) and weights pre-packed for the
-/// GEMM kernels, by (address, k, n, row stride, column stride).
+/// range (bytes there never change while the executor lives), weights pre-packed for the
+/// GEMM kernels, by (address, k, n, row stride, column stride), and integer weights
+/// pre-packed for the integer kernels (see [`packed_int_weight`]).
 #[derive(Debug, Default)]
 pub struct ConstCache {
     range: (usize, usize),
@@ -58,6 +60,28 @@ pub struct ConstCache {
             std::sync::Arc<crate::kernels::gemm::PackedB>,
         >,
     >,
+    packed_int: Mutex<std::collections::HashMap<IntKey, Option<std::sync::Arc<PackedInt>>>>,
+}
+
+/// An integer weight's identity: address, element size, slot, rows, columns, row and column
+/// stride.
+type IntKey = (usize, usize, Slot, usize, usize, usize, usize);
+
+#[cfg(test)]
+impl ConstCache {
+    /// A cache for weights at addresses `lo..hi` (tests of the kernels that use it).
+    pub(crate) fn for_range(lo: usize, hi: usize) -> ConstCache {
+        ConstCache {
+            range: (lo, hi),
+            ..ConstCache::default()
+        }
+    }
+
+    /// The integer weights packed so far, and how many of them the kernels refused.
+    pub(crate) fn packed_int_count(&self) -> (usize, usize) {
+        let map = self.packed_int.lock().unwrap_or_else(|e| e.into_inner());
+        (map.len(), map.values().filter(|p| p.is_none()).count())
+    }
 }
 
 thread_local! {
@@ -65,7 +89,7 @@ thread_local! {
 }
 
 /// Runs `body` with `cache` as the calling thread's constant cache (see [`packed_weight`]).
-fn with_consts<R>(cache: &ConstCache, body: impl FnOnce() -> R) -> R {
+pub(crate) fn with_consts<R>(cache: &ConstCache, body: impl FnOnce() -> R) -> R {
     struct Reset(Option<*const ConstCache>);
     impl Drop for Reset {
         fn drop(&mut self) {
@@ -87,23 +111,60 @@ pub fn packed_weight(
     cs: usize,
     pack: impl FnOnce() -> Option<crate::kernels::gemm::PackedB>,
 ) -> Option<std::sync::Arc<crate::kernels::gemm::PackedB>> {
+    with_weights_cache(data, |cache| {
+        let key = (data.as_ptr() as usize, k, n, rs, cs);
+        let mut map = cache.packed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pb) = map.get(&key) {
+            return Some(pb.clone());
+        }
+        let pb = std::sync::Arc::new(pack()?);
+        map.insert(key, pb.clone());
+        Some(pb)
+    })?
+}
+
+/// `f` on the constant cache of the executor running on this thread, if `data` lies in its
+/// weights; `None` otherwise.
+fn with_weights_cache<T, R>(data: &[T], f: impl FnOnce(&ConstCache) -> R) -> Option<R> {
     let p = CONSTS.with(|c| c.get())?;
     // SAFETY: `with_consts` set the pointer from a reference that outlives its `body` and
-    // resets it before returning; only this thread reads it.
+    // resets it before returning; only this thread reads it, within this call.
     let cache = unsafe { &*p };
     let (lo, hi) = cache.range;
     let start = data.as_ptr() as usize;
     if start < lo || start + std::mem::size_of_val(data) > hi {
         return None;
     }
-    let key = (start, k, n, rs, cs);
-    let mut map = cache.packed.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(pb) = map.get(&key) {
-        return Some(pb.clone());
-    }
-    let pb = std::sync::Arc::new(pack()?);
-    map.insert(key, pb.clone());
-    Some(pb)
+    Some(f(cache))
+}
+
+/// [`packed_weight`] for the integer kernels: when the `rows×cols` operand at `data` (strides
+/// `rs`, `cs`; `A` or `B` as `slot` says) lies in the weights of the executor running on
+/// this thread, its packed form, made by `pack` once per executor; `None` otherwise, and
+/// also, without asking `pack` again, when `pack` failed for it before (an operand the
+/// kernels refuse stays refused).
+pub fn packed_int_weight<T>(
+    data: &[T],
+    slot: Slot,
+    (rows, cols): (usize, usize),
+    (rs, cs): (usize, usize),
+    pack: impl FnOnce() -> Option<PackedInt>,
+) -> Option<std::sync::Arc<PackedInt>> {
+    with_weights_cache(data, |cache| {
+        let key = (
+            data.as_ptr() as usize,
+            std::mem::size_of::<T>(),
+            slot,
+            rows,
+            cols,
+            rs,
+            cs,
+        );
+        let mut map = cache.packed_int.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(key)
+            .or_insert_with(|| pack().map(std::sync::Arc::new))
+            .clone()
+    })?
 }
 
 /// A plan bound to its code and weights, ready to run many times (from several threads too:
@@ -184,6 +245,7 @@ impl Executor {
             consts: ConstCache {
                 range,
                 packed: Mutex::default(),
+                packed_int: Mutex::default(),
             },
             arenas: Mutex::new(Vec::new()),
             pool: Mutex::new(None),

@@ -9,6 +9,11 @@
 //!   first), a `C` with contiguous columns instead of rows is computed as `Cᵀ = Bᵀ·Aᵀ`, any
 //!   other `C` through a dense temporary, and the bias becomes the kernels' scalar, per-row or
 //!   per-column bias, or their residual matrix for a full `m×n` one;
+//! * integer products (`u8`/`i8`/`i32` operands whose values fit 8 bits after an offset,
+//!   `i32` result and bias, no scaling or activation) go to the exact kernels of
+//!   [`crate::kernels::igemm`], in the same orientations; an operand that is one of the
+//!   executor's weights (a conv's `i8` filter as `A`, a MatMulInteger's `i8` matrix as `B`)
+//!   is packed once per executor and reused ([`super::exec::packed_int_weight`]);
 //! * everything else takes a generic path accumulating in `f64` and rounding like the
 //!   evaluator.
 //!
@@ -16,7 +21,7 @@
 //! to `min` (`f64::max` semantics), which is also what the kernels' epilogue does.
 
 use super::abi::{Activation, DType};
-use crate::kernels::igemm::{IBias, IGemm, IntRef};
+use crate::kernels::igemm::{IBias, IGemm, IntElem, IntRef, PackedInt, Slot};
 use crate::kernels::{bytes, gemm as kg};
 use std::borrow::Cow;
 
@@ -514,20 +519,18 @@ fn int_kernels(
             let ldc = if m == 1 { n } else { crs as usize };
             let bias = IntBias::new(bias, m, n, bias_rs, bias_cs);
             let c = cf.get_mut(coff as usize..)?;
-            with_int!(av, a => with_int!(bv, b => ig.run(m, n, k, a, b, c, ldc, bias.get()))).ok()
+            int_product(&ig, (m, n, k), av, bv, c, ldc, bias.get())
         }
         Some(cf) => {
             let ldc = if n == 1 { m } else { ccs as usize };
             let bias = IntBias::new(bias, n, m, bias_cs, bias_rs);
             let c = cf.get_mut(coff as usize..)?;
-            let (at, bt) = (bv.t(), av.t());
-            with_int!(at, a => with_int!(bt, b => ig.run(n, m, k, a, b, c, ldc, bias.get()))).ok()
+            int_product(&ig, (n, m, k), bv.t(), av.t(), c, ldc, bias.get())
         }
         None => {
             let bias = IntBias::new(bias, m, n, bias_rs, bias_cs);
             let mut tmp = vec![0i32; m * n];
-            with_int!(av, a => with_int!(bv, b => ig.run(m, n, k, a, b, &mut tmp, n, bias.get())))
-                .ok()?;
+            int_product(&ig, (m, n, k), av, bv, &mut tmp, n, bias.get())?;
             for r in 0..m {
                 for c in 0..n {
                     let i = (coff + r as i64 * crs + c as i64 * ccs) as usize;
@@ -537,6 +540,42 @@ fn int_kernels(
             Some(())
         }
     }
+}
+
+/// `C (m×n) = A·B + bias` on the integer kernels (views in place), with an operand that is one
+/// of the executor's weights packed once and reused by every later call (the other is packed
+/// on the call: an `i8` conv weight as `A`, an `i8` MatMulInteger weight as `B`). `None` when
+/// the kernels refuse the product.
+fn int_product(
+    ig: &IGemm,
+    (m, n, k): (usize, usize, usize),
+    a: IntView,
+    b: IntView,
+    c: &mut [i32],
+    ldc: usize,
+    bias: IBias,
+) -> Option<()> {
+    if let Some(pa) = with_int!(a, x => packed_int(ig, Slot::A, (m, k), x)) {
+        return with_int!(b, y => ig.run_packed_a(&pa, n, y, c, ldc, bias)).ok();
+    }
+    if let Some(pb) = with_int!(b, y => packed_int(ig, Slot::B, (k, n), y)) {
+        return with_int!(a, x => ig.run_packed_b(m, x, &pb, c, ldc, bias)).ok();
+    }
+    with_int!(a, x => with_int!(b, y => ig.run(m, n, k, x, y, c, ldc, bias))).ok()
+}
+
+/// The `rows×cols` operand `v` for `slot`, packed once per executor when it is one of its
+/// weights (see [`super::exec::packed_int_weight`]).
+fn packed_int<T: IntElem>(
+    ig: &IGemm,
+    slot: Slot,
+    (rows, cols): (usize, usize),
+    v: IntRef<'_, T>,
+) -> Option<std::sync::Arc<PackedInt>> {
+    super::exec::packed_int_weight(v.data, slot, (rows, cols), (v.rs, v.cs), || match slot {
+        Slot::A => ig.pack_a(rows, cols, v).ok(),
+        Slot::B => ig.pack_b(rows, cols, v).ok(),
+    })
 }
 
 #[cfg(test)]

@@ -492,3 +492,64 @@ fn int_matches_generic_exactly() {
         assert_eq!(case.path.get(), Path::Int, "{}", case.what);
     }
 }
+
+#[test]
+fn int_weights_packed_once_and_reused() {
+    // The executor's constant cache: a weight operand (A as in the int8 convolutions, B as in
+    // the int8 BERT) is packed on the first call and reused on the next, with results equal
+    // to the definition both times, whichever way C is laid out (row-major C runs A·B,
+    // column-major Cᵀ = Bᵀ·Aᵀ, which moves the weight to the other slot).
+    use crate::cpu::exec::{ConstCache, with_consts};
+    let mut rng = Rng(0x5eed_0001);
+    let row = Layout::RowMajor { pad: 0 };
+    let kinds = [
+        // (weight is A, types, value ranges)
+        (true, (DType::I8, DType::U8), ((-128, 127), (0, 255))),
+        (false, (DType::U8, DType::I8), ((0, 255), (-128, 127))),
+        (false, (DType::I32, DType::I32), ((-128, 127), (-100, 155))),
+    ];
+    for (weight_is_a, tys, vals) in kinds {
+        for &shape in &[(64, 49, 147), (13, 100, 36), (40, 7, 64), (1, 33, 5)] {
+            for (lw, lc) in [
+                (row, row),
+                (Layout::ColMajor { pad: 1 }, row),
+                (row, Layout::ColMajor { pad: 0 }),
+                (Layout::RowMajor { pad: 2 }, Layout::Spread),
+            ] {
+                let (la, lb) = if weight_is_a { (lw, row) } else { (row, lw) };
+                let bias =
+                    [None, Some(Layout::ColBroadcast), Some(Layout::RowBroadcast)][rng.below(3)];
+                let threads = 1 + rng.below(2);
+                let case = int_case(&mut rng, shape, tys, vals, (la, lb, lc), bias, threads);
+                let w = if weight_is_a { &case.a } else { &case.b };
+                let range = w.bytes().as_ptr_range();
+                let cache = ConstCache::for_range(range.start as usize, range.end as usize);
+                with_consts(&cache, || {
+                    case.verify();
+                    case.verify();
+                });
+                assert_eq!(case.path.get(), Path::Int, "{}", case.what);
+                assert_eq!(cache.packed_int_count(), (1, 0), "{}", case.what);
+            }
+        }
+    }
+    // A weight too wide for 8 bits: refused once, remembered, and the generic path answers.
+    let tys = (DType::I32, DType::I32);
+    let case = int_case(
+        &mut rng,
+        (9, 10, 11),
+        tys,
+        ((-1000, 1000), (0, 3)),
+        (row, row, row),
+        None,
+        1,
+    );
+    let range = case.a.bytes().as_ptr_range();
+    let cache = ConstCache::for_range(range.start as usize, range.end as usize);
+    with_consts(&cache, || {
+        case.verify();
+        case.verify();
+    });
+    assert_eq!(case.path.get(), Path::Generic, "{}", case.what);
+    assert_eq!(cache.packed_int_count(), (1, 1), "{}", case.what);
+}

@@ -48,13 +48,14 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod pack;
+#[cfg(target_arch = "x86_64")]
+mod pack_x86;
 mod portable;
 #[cfg(test)]
 mod tests;
 
 use super::Isa;
 use pack::{AlignedVec, PackDst};
-use std::mem::MaybeUninit;
 
 /// An integer element type an operand may have.
 pub trait IntElem: Copy + Ord + Send + Sync + 'static {
@@ -231,15 +232,31 @@ pub enum IGemmError {
     /// The CPU cannot run this ISA's integer kernels.
     #[error("this CPU does not support {0} integer kernels")]
     Unsupported(Isa),
+    /// A packed operand used with kernels of another ISA, or in the other slot.
+    #[error(
+        "an operand packed as {slot:?} for {isa} kernels was given as {want_slot:?} to {want_isa} kernels"
+    )]
+    WrongPacking {
+        /// The ISA it was packed for.
+        isa: Isa,
+        /// The slot it was packed for.
+        slot: Slot,
+        /// The ISA of the kernels it was given to.
+        want_isa: Isa,
+        /// The slot it was given in.
+        want_slot: Slot,
+    },
 }
 
-/// Whether this CPU runs the integer kernels of `isa` (AVX-512 needs VNNI and BW on top of F).
+/// Whether this CPU runs the integer kernels of `isa` (AVX-512 needs VNNI, BW and VL on top
+/// of F: the kernels use VNNI and BW, the packing routines the 128/256-bit forms of both).
 pub fn supported(isa: Isa) -> bool {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => {
             Isa::Avx512.is_supported()
                 && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
                 && is_x86_feature_detected!("avx512vnni")
         }
         other => other.is_supported(),
@@ -314,8 +331,125 @@ impl<T> SharedPtr<T> {
     }
 }
 
+/// Half the L2 cache of the CPUs the kernels are tuned for (1 MiB per core on Zen 4/5, 1–2
+/// MiB on recent Intel cores): the most of B's packed panels one column block may take
+/// before `k` is cut into `KC` blocks.
+const L2_HALF: usize = 512 << 10;
+
 /// Below this many multiply-adds a product stays on one thread.
 const MIN_THREADED_MACS: usize = 1 << 21;
+
+/// Which operand of the product a [`PackedInt`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Slot {
+    /// The left operand, `A` (`m×k`).
+    A,
+    /// The right operand, `B` (`k×n`).
+    B,
+}
+
+/// The packed panels of one operand, in the element type its ISA's kernels read.
+enum Panels {
+    U8(AlignedVec<u8>),
+    I8(AlignedVec<i8>),
+    I16(AlignedVec<i16>),
+}
+
+/// An operand packed once for many products (a constant weight), for one ISA's kernels and
+/// one slot: the panels the microkernels read, with the offset already subtracted, and each
+/// packed row's (`A`) or column's (`B`) sum for the epilogue. Build it with
+/// [`IGemm::pack_a`] or [`IGemm::pack_b`] and use it with [`IGemm::run_packed_a`] or
+/// [`IGemm::run_packed_b`] of an `IGemm` of the same ISA; the results are those of
+/// [`IGemm::run`] on the unpacked operand, exactly.
+///
+/// ```
+/// use mlc_runtime::kernels::igemm::{IBias, IGemm, IntRef};
+///
+/// // C (2×2) = A (2×3, u8, per call) · W (3×2, i8, packed once)
+/// let w: [i8; 6] = [1, 0, 0, 1, -128, -1];
+/// let g = IGemm::new();
+/// let pw = g.pack_b(3, 2, IntRef::row_major(&w, 2)).unwrap();
+/// let a: [u8; 6] = [1, 2, 3, 4, 5, 255];
+/// let mut c = [0i32; 4];
+/// g.run_packed_b(2, IntRef::row_major(&a, 3), &pw, &mut c, 2, IBias::None).unwrap();
+/// assert_eq!(c, [1 - 384, 2 - 3, 4 - 128 * 255, 5 - 255]);
+/// ```
+pub struct PackedInt {
+    isa: Isa,
+    slot: Slot,
+    /// Rows of `A` (`m`) or columns of `B` (`n`): the packed operand seen as `rows×k`.
+    rows: usize,
+    k: usize,
+    /// The smallest and largest value of the operand as given (for the overflow bound).
+    range: (i64, i64),
+    /// The offset subtracted while packing.
+    off: i32,
+    panels: Panels,
+    /// The sum of each packed row, padded to whole panels.
+    sums: Vec<i32>,
+}
+
+impl std::fmt::Debug for PackedInt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedInt")
+            .field("isa", &self.isa)
+            .field("slot", &self.slot)
+            .field("rows", &self.rows)
+            .field("k", &self.k)
+            .field("range", &self.range)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PackedInt {
+    /// The ISA whose kernels this packing is laid out for.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// The slot it fills.
+    pub fn slot(&self) -> Slot {
+        self.slot
+    }
+
+    /// `m` for an `A`, `n` for a `B`.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// The contraction length.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Bytes the panels and sums take.
+    pub fn bytes(&self) -> usize {
+        let panels = match &self.panels {
+            Panels::U8(v) => v.len(),
+            Panels::I8(v) => v.len(),
+            Panels::I16(v) => 2 * v.len(),
+        };
+        panels + 4 * self.sums.len()
+    }
+}
+
+/// One operand as the driver takes it: a view to pack on this call, seen as `rows×k` (`A` as
+/// it is, `B` transposed), or one packed ahead of time.
+enum Side<'a, T> {
+    Raw(IntRef<'a, T>),
+    Packed(&'a PackedInt),
+}
+
+impl<T: IntElem> Side<'_, T> {
+    /// The operand's value range (`(0, 0)` when it is empty).
+    fn range(&self, rows: usize, k: usize) -> (i64, i64) {
+        match self {
+            Side::Raw(_) if rows == 0 || k == 0 => (0, 0),
+            Side::Raw(v) => v.range(rows, k),
+            Side::Packed(p) => p.range,
+        }
+    }
+}
 
 impl IGemm {
     /// The CPU's widest integer kernels, one thread.
@@ -365,6 +499,131 @@ impl IGemm {
     ) -> Result<(), IGemmError> {
         check("A", a.needed(m, k), a.data.len())?;
         check("B", b.needed(k, n), b.data.len())?;
+        self.product(m, n, k, Side::Raw(a), Side::Raw(b.t()), c, ldc, bias)
+    }
+
+    /// Packs the `m×k` matrix `a` for the `A` slot of this ISA's kernels, once (see
+    /// [`PackedInt`]). Fails on a malformed view or values spanning more than 256 integers.
+    pub fn pack_a<T: IntElem>(
+        &self,
+        m: usize,
+        k: usize,
+        a: IntRef<'_, T>,
+    ) -> Result<PackedInt, IGemmError> {
+        check("A", a.needed(m, k), a.data.len())?;
+        self.pack_operand(Slot::A, m, k, a)
+    }
+
+    /// Packs the `k×n` matrix `b` for the `B` slot of this ISA's kernels, once (see
+    /// [`PackedInt`]). Fails on a malformed view or values spanning more than 256 integers.
+    pub fn pack_b<T: IntElem>(
+        &self,
+        k: usize,
+        n: usize,
+        b: IntRef<'_, T>,
+    ) -> Result<PackedInt, IGemmError> {
+        check("B", b.needed(k, n), b.data.len())?;
+        self.pack_operand(Slot::B, n, k, b.t())
+    }
+
+    /// [`IGemm::run`] with `A` packed ahead of time: `C (m×n) = A · B (k×n) + bias`, where `m`
+    /// and `k` are the packed operand's.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_packed_a<TB: IntElem>(
+        &self,
+        a: &PackedInt,
+        n: usize,
+        b: IntRef<'_, TB>,
+        c: &mut [i32],
+        ldc: usize,
+        bias: IBias<'_>,
+    ) -> Result<(), IGemmError> {
+        self.expect(a, Slot::A)?;
+        let (m, k) = (a.rows, a.k);
+        check("B", b.needed(k, n), b.data.len())?;
+        self.product::<u8, TB>(m, n, k, Side::Packed(a), Side::Raw(b.t()), c, ldc, bias)
+    }
+
+    /// [`IGemm::run`] with `B` packed ahead of time: `C (m×n) = A (m×k) · B + bias`, where `k`
+    /// and `n` are the packed operand's.
+    pub fn run_packed_b<TA: IntElem>(
+        &self,
+        m: usize,
+        a: IntRef<'_, TA>,
+        b: &PackedInt,
+        c: &mut [i32],
+        ldc: usize,
+        bias: IBias<'_>,
+    ) -> Result<(), IGemmError> {
+        self.expect(b, Slot::B)?;
+        let (n, k) = (b.rows, b.k);
+        check("A", a.needed(m, k), a.data.len())?;
+        self.product::<TA, u8>(m, n, k, Side::Raw(a), Side::Packed(b), c, ldc, bias)
+    }
+
+    fn expect(&self, p: &PackedInt, slot: Slot) -> Result<(), IGemmError> {
+        if p.isa != self.isa || p.slot != slot {
+            return Err(IGemmError::WrongPacking {
+                isa: p.isa,
+                slot: p.slot,
+                want_isa: self.isa,
+                want_slot: slot,
+            });
+        }
+        Ok(())
+    }
+
+    /// Packs `v`, seen as `rows×k`, for `slot` (views checked).
+    fn pack_operand<T: IntElem>(
+        &self,
+        slot: Slot,
+        rows: usize,
+        k: usize,
+        v: IntRef<'_, T>,
+    ) -> Result<PackedInt, IGemmError> {
+        let range = Side::Raw(v).range(rows, k);
+        let off = match slot {
+            Slot::A => offset("A", range, (0, 255))?,
+            Slot::B => offset("B", range, (-128, 127))?,
+        };
+        let threads = if rows.saturating_mul(k) < 1 << 16 {
+            1
+        } else {
+            self.threads
+        };
+        let (panels, sums) = match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => pack_for(&avx512::SPEC, slot, &v, rows, k, off, threads),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => pack_for(&avx2::SPEC, slot, &v, rows, k, off, threads),
+            _ => pack_for(&portable::SPEC, slot, &v, rows, k, off, threads),
+        };
+        Ok(PackedInt {
+            isa: self.isa,
+            slot,
+            rows,
+            k,
+            range,
+            off,
+            panels,
+            sums,
+        })
+    }
+
+    /// Checks C, the bias, the ranges and the overflow bound, then runs on this ISA. The raw
+    /// views have been checked; `b` is seen transposed (`n×k`).
+    #[allow(clippy::too_many_arguments)]
+    fn product<TA: IntElem, TB: IntElem>(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: Side<'_, TA>,
+        b: Side<'_, TB>,
+        c: &mut [i32],
+        ldc: usize,
+        bias: IBias<'_>,
+    ) -> Result<(), IGemmError> {
         if n > ldc && m > 1 {
             return Err(IGemmError::Overlap { ld: ldc, n });
         }
@@ -387,13 +646,15 @@ impl IGemm {
         if m == 0 || n == 0 {
             return Ok(());
         }
-        let (ra, rb) = if k == 0 {
-            ((0, 0), (0, 0))
-        } else {
-            (a.range(m, k), b.range(k, n))
+        let (ra, rb) = (a.range(m, k), b.range(n, k));
+        let oa = match &a {
+            Side::Raw(_) => offset("A", ra, (0, 255))?,
+            Side::Packed(p) => p.off,
         };
-        let oa = offset("A", ra, (0, 255))?;
-        let ob = offset("B", rb, (-128, 127))?;
+        let ob = match &b {
+            Side::Raw(_) => offset("B", rb, (-128, 127))?,
+            Side::Packed(p) => p.off,
+        };
         let mag = |(lo, hi): (i64, i64)| i128::from(lo.unsigned_abs().max(hi.unsigned_abs()));
         let bound = k as i128 * mag(ra) * mag(rb) + mag((blo, bhi));
         if bound > i128::from(i32::MAX) {
@@ -415,7 +676,28 @@ impl IGemm {
             Isa::Avx2 => p.drive(&avx2::SPEC, &a, &b, c, ldc),
             _ => p.drive(&portable::SPEC, &a, &b, c, ldc),
         }
-        Ok(())
+    }
+}
+
+/// Packs `v` (`rows×k`) for `slot` of `spec`'s kernels.
+fn pack_for<DA: PackDst, DB: PackDst, T: IntElem>(
+    spec: &Spec<DA, DB>,
+    slot: Slot,
+    v: &IntRef<'_, T>,
+    rows: usize,
+    k: usize,
+    off: i32,
+    threads: usize,
+) -> (Panels, Vec<i32>) {
+    match slot {
+        Slot::A => {
+            let (p, s) = pack::pack_all::<T, DA>(v, rows, k, off, spec.mr, spec.kg, threads);
+            (DA::wrap(p), s)
+        }
+        Slot::B => {
+            let (p, s) = pack::pack_all::<T, DB>(v, rows, k, off, spec.nr, spec.kg, threads);
+            (DB::wrap(p), s)
+        }
     }
 }
 
@@ -457,6 +739,30 @@ fn offset(
     }
 }
 
+/// The tiles of `C` that thread `t` of `threads` computes: `((m0, m1), (n0, n1))` in tile
+/// units. Bands of whole tiles along whichever of `M` and `N` has more, so that with
+/// `threads ≤ max(mt, nt)` every thread gets at least one tile.
+fn band_of(t: usize, threads: usize, mt: usize, nt: usize) -> ((usize, usize), (usize, usize)) {
+    let band = |tiles: usize| (tiles * t / threads, tiles * (t + 1) / threads);
+    if threads == 1 {
+        ((0, mt), (0, nt))
+    } else if mt >= nt {
+        (band(mt), (0, nt))
+    } else {
+        ((0, mt), band(nt))
+    }
+}
+
+/// The threads a product of `m×n×k` with `mt×nt` tiles uses, of `threads` allowed.
+fn threads_for(m: usize, n: usize, k: usize, mt: usize, nt: usize, threads: usize) -> usize {
+    let work = m.saturating_mul(n).saturating_mul(k.max(1));
+    if work < MIN_THREADED_MACS {
+        1
+    } else {
+        threads.min(mt.max(nt)).max(1)
+    }
+}
+
 /// A checked product, ready to run on one ISA.
 struct Problem<'a> {
     m: usize,
@@ -472,62 +778,49 @@ impl Problem<'_> {
     fn drive<DA: PackDst, DB: PackDst, TA: IntElem, TB: IntElem>(
         &self,
         spec: &Spec<DA, DB>,
-        a: &IntRef<'_, TA>,
-        b: &IntRef<'_, TB>,
+        a: &Side<'_, TA>,
+        b: &Side<'_, TB>,
         c: &mut [i32],
         ldc: usize,
-    ) {
+    ) -> Result<(), IGemmError> {
         let (m, n, k) = (self.m, self.n, self.k);
         let kp = k.next_multiple_of(spec.kg);
         let (mt, nt) = (m.div_ceil(spec.mr), n.div_ceil(spec.nr));
-        let work = m.saturating_mul(n).saturating_mul(k.max(1));
-        let threads = if work < MIN_THREADED_MACS {
-            1
-        } else {
-            self.threads.min(mt.max(nt))
+        let threads = threads_for(m, n, k, mt, nt, self.threads);
+        // Pack A (as MR-row panels of u8-range values) and B (NR-column panels of i8-range
+        // values), with their row and column sums, unless they come packed.
+        let wrong = |p: &PackedInt| IGemmError::WrongPacking {
+            isa: p.isa,
+            slot: p.slot,
+            want_isa: p.isa,
+            want_slot: p.slot,
         };
-        // Pack all of A (as MR-row panels of u8-range values) and all of B (NR-column panels
-        // of i8-range values), with their row and column sums, split across the threads.
-        let mut ap = AlignedVec::<DA>::new(mt * spec.mr * kp);
-        let mut bp = AlignedVec::<DB>::new(nt * spec.nr * kp);
-        let mut rsum = vec![0i32; mt * spec.mr];
-        let mut csum = vec![0i32; nt * spec.nr];
-        {
-            let pa = |t: usize, ap: &mut [MaybeUninit<DA>], rs: &mut [i32]| {
-                pack::pack(a, m, k, self.oa, spec.mr, spec.kg, (t, threads), ap, rs)
-            };
-            let bt = b.t();
-            let pb = |t: usize, bp: &mut [MaybeUninit<DB>], cs: &mut [i32]| {
-                pack::pack(&bt, n, k, self.ob, spec.nr, spec.kg, (t, threads), bp, cs)
-            };
-            let (apm, bpm) = (ap.as_mut_slice(), bp.as_mut_slice());
-            if threads == 1 {
-                pa(0, apm, &mut rsum);
-                pb(0, bpm, &mut csum);
-            } else {
-                let a_parts = pack::split(apm, &mut rsum, spec.mr * kp, spec.mr, mt, threads);
-                let b_parts = pack::split(bpm, &mut csum, spec.nr * kp, spec.nr, nt, threads);
-                let parts: Vec<std::sync::Mutex<Option<_>>> = a_parts
-                    .into_iter()
-                    .zip(b_parts)
-                    .map(|p| std::sync::Mutex::new(Some(p)))
-                    .collect();
-                super::parallel_for(parts.len(), &|t| {
-                    let part = parts[t].lock().unwrap_or_else(|e| e.into_inner()).take();
-                    if let Some(((ap, rs), (bp, cs))) = part {
-                        pa(t, ap, rs);
-                        pb(t, bp, cs);
-                    }
-                });
+        let own_a;
+        let (ap, rsum): (*const DA, &[i32]) = match a {
+            Side::Raw(v) => {
+                own_a = pack::pack_all::<TA, DA>(v, m, k, self.oa, spec.mr, spec.kg, threads);
+                (own_a.0.as_ptr(), &own_a.1)
             }
-        }
+            Side::Packed(p) => (DA::unwrap(&p.panels).ok_or(wrong(p))?.as_ptr(), &p.sums),
+        };
+        let own_b;
+        let (bp, csum): (*const DB, &[i32]) = match b {
+            Side::Raw(v) => {
+                own_b = pack::pack_all::<TB, DB>(v, n, k, self.ob, spec.nr, spec.kg, threads);
+                (own_b.0.as_ptr(), &own_b.1)
+            }
+            Side::Packed(p) => (DB::unwrap(&p.panels).ok_or(wrong(p))?.as_ptr(), &p.sums),
+        };
         // The epilogue's vectors: A·B = Au·Bs + oa·colsum(Bs) + ob·(rowsum(Au) + k·oa).
         let (oa, ob, kk) = (self.oa, self.ob, k as i32);
-        let mut rowadd: Vec<i32> = rsum
+        let mut rowadd: Vec<i32> = rsum[..mt * spec.mr]
             .iter()
             .map(|&s| ob.wrapping_mul(s.wrapping_add(kk.wrapping_mul(oa))))
             .collect();
-        let mut coladd: Vec<i32> = csum.iter().map(|&s| oa.wrapping_mul(s)).collect();
+        let mut coladd: Vec<i32> = csum[..nt * spec.nr]
+            .iter()
+            .map(|&s| oa.wrapping_mul(s))
+            .collect();
         let mut res = (std::ptr::null(), 0);
         match self.bias {
             IBias::None => {}
@@ -544,31 +837,20 @@ impl Problem<'_> {
             }
             IBias::Full(v, ld) => res = (v.as_ptr(), ld),
         }
-        let split_m = mt >= nt;
         let cp = SharedPtr(c.as_mut_ptr());
-        let (app, bpp) = (
-            SharedPtr(ap.as_ptr().cast_mut()),
-            SharedPtr(bp.as_ptr().cast_mut()),
-        );
-        let (rap, cap) = (rowadd.as_ptr(), coladd.as_ptr());
+        let (app, bpp) = (SharedPtr(ap.cast_mut()), SharedPtr(bp.cast_mut()));
         let (rap, cap, resp) = (
-            SharedPtr(rap.cast_mut()),
-            SharedPtr(cap.cast_mut()),
+            SharedPtr(rowadd.as_ptr().cast_mut()),
+            SharedPtr(coladd.as_ptr().cast_mut()),
             SharedPtr(res.0.cast_mut()),
         );
-        let band = |t: usize, tiles: usize| (tiles * t / threads, tiles * (t + 1) / threads);
         let run_band = move |t: usize| {
-            let ((m0, m1), (n0, n1)) = if threads == 1 {
-                ((0, mt), (0, nt))
-            } else if split_m {
-                (band(t, mt), (0, nt))
-            } else {
-                ((0, mt), band(t, nt))
-            };
-            // SAFETY: the panels were packed for all `mt`×`nt` tiles with `kp` steps; the
-            // epilogue vectors hold `mt·MR` and `nt·NR` entries; `C` (checked m×n, stride
-            // `ldc`) is written only in this band's tiles, which no other thread touches; the
-            // residual was checked to cover m×n.
+            let ((m0, m1), (n0, n1)) = band_of(t, threads, mt, nt);
+            // SAFETY: the panels hold all `mt`×`nt` tiles with `kp` steps (packed here, or
+            // by `pack_operand` for the same ISA, slot, rows and k); the epilogue vectors hold
+            // `mt·MR` and `nt·NR` entries; `C` (checked m×n, stride `ldc`) is written only in
+            // this band's tiles, which no other thread touches; the residual was checked to
+            // cover m×n.
             unsafe {
                 block_loops(
                     spec,
@@ -587,6 +869,7 @@ impl Problem<'_> {
         } else {
             super::parallel_for(threads, &run_band);
         }
+        Ok(())
     }
 }
 
@@ -604,20 +887,26 @@ unsafe fn block_loops<DA, DB>(
     (m0, m1): (usize, usize),
     (n0, n1): (usize, usize),
     (m, n, kp): (usize, usize, usize),
-    a: *mut DA,
-    b: *mut DB,
+    a: *const DA,
+    b: *const DB,
     (c, ldc): (*mut i32, usize),
     (rowadd, coladd, res, ldr): (*mut i32, *mut i32, *mut i32, usize),
 ) {
     let (mr, nr) = (spec.mr, spec.nr);
     let nc_tiles = (spec.nc / nr).max(1);
-    let kblocks = kp.div_ceil(spec.kc).max(1);
+    // When a whole column block of B (all `kp` steps) fits in half of L2, `k` is not cut: A's
+    // panels are then read once, front to back, which the prefetchers stream from memory (a
+    // weight that is not in cache, 512×49×4608: 430 → 600+ GOP/s measured), and C is
+    // written once.
+    let block_bytes = kp * nc_tiles.min(n1 - n0) * nr * std::mem::size_of::<DB>();
+    let kc_max = if block_bytes <= L2_HALF { kp } else { spec.kc };
+    let kblocks = kp.div_ceil(kc_max).max(1);
     let mut jc = n0;
     while jc < n1 {
         let jend = (jc + nc_tiles).min(n1);
         for kb in 0..kblocks {
-            let pc = kb * spec.kc;
-            let kc = spec.kc.min(kp - pc);
+            let pc = kb * kc_max;
+            let kc = kc_max.min(kp - pc);
             for it in m0..m1 {
                 let i = it * mr;
                 for jt in jc..jend {

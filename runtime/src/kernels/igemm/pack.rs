@@ -9,31 +9,43 @@
 //! is one contiguous run the kernel loads as vectors (`B`) or broadcasts from (`A`). Rows past
 //! the matrix and steps past `k` are zero, so they add nothing.
 
-use super::{IntElem, IntRef};
+use super::{IntElem, IntRef, Panels};
+use std::any::TypeId;
 use std::mem::MaybeUninit;
 
 /// A packed element type: the 8- or 16-bit form the kernels multiply.
 pub(super) trait PackDst: Copy + Default + Send + Sync + 'static {
     /// `v`, known to fit.
     fn from_i32(v: i32) -> Self;
+    /// Panels of this type, as a [`super::PackedInt`] keeps them.
+    fn wrap(v: AlignedVec<Self>) -> Panels;
+    /// The panels, if they hold this type.
+    fn unwrap(p: &Panels) -> Option<&AlignedVec<Self>>;
 }
 
-impl PackDst for u8 {
-    fn from_i32(v: i32) -> Self {
-        v as u8
-    }
+macro_rules! pack_dst {
+    ($($t:ty => $variant:ident),*) => {$(
+        impl PackDst for $t {
+            fn from_i32(v: i32) -> Self {
+                v as $t
+            }
+            fn wrap(v: AlignedVec<Self>) -> Panels {
+                Panels::$variant(v)
+            }
+            fn unwrap(p: &Panels) -> Option<&AlignedVec<Self>> {
+                match p {
+                    Panels::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
+        }
+    )*};
 }
+pack_dst!(u8 => U8, i8 => I8, i16 => I16);
 
-impl PackDst for i8 {
-    fn from_i32(v: i32) -> Self {
-        v as i8
-    }
-}
-
-impl PackDst for i16 {
-    fn from_i32(v: i32) -> Self {
-        v as i16
-    }
+/// Whether `T` is `u8` or `i8` (one byte, every bit pattern a value).
+fn is_byte<T: 'static>() -> bool {
+    TypeId::of::<T>() == TypeId::of::<u8>() || TypeId::of::<T>() == TypeId::of::<i8>()
 }
 
 /// A buffer whose first element is 64-byte aligned, so that panels start on cache lines.
@@ -59,10 +71,59 @@ impl<T: PackDst> AlignedVec<T> {
     pub(super) fn as_ptr(&self) -> *const T {
         self.buf[self.start..].as_ptr().cast()
     }
+
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+}
+
+/// Packs the whole `rows×k` matrix `src` minus `off` into `p`-row panels (see [`pack`]), split
+/// across up to `threads` threads: the panels and each packed row's sum (padded to whole
+/// panels).
+pub(super) fn pack_all<T: IntElem, D: PackDst>(
+    src: &IntRef<'_, T>,
+    rows: usize,
+    k: usize,
+    off: i32,
+    p: usize,
+    kg: usize,
+    threads: usize,
+) -> (AlignedVec<D>, Vec<i32>) {
+    let kp = k.next_multiple_of(kg);
+    let tiles = rows.div_ceil(p);
+    let mut buf = AlignedVec::<D>::new(tiles * p * kp);
+    let mut sums = vec![0i32; tiles * p];
+    let threads = threads.min(tiles).max(1);
+    if threads == 1 {
+        pack(
+            src,
+            rows,
+            k,
+            off,
+            p,
+            kg,
+            (0, 1),
+            buf.as_mut_slice(),
+            &mut sums,
+        );
+    } else {
+        let parts: Vec<std::sync::Mutex<Option<_>>> =
+            split(buf.as_mut_slice(), &mut sums, p * kp, p, tiles, threads)
+                .into_iter()
+                .map(|part| std::sync::Mutex::new(Some(part)))
+                .collect();
+        super::super::parallel_for(threads, &|t| {
+            let part = parts[t].lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some((d, s)) = part {
+                pack(src, rows, k, off, p, kg, (t, threads), d, s);
+            }
+        });
+    }
+    (buf, sums)
 }
 
 /// The tiles `[t·tiles/threads, (t+1)·tiles/threads)` of part `t`.
-fn band(t: usize, threads: usize, tiles: usize) -> (usize, usize) {
+pub(super) fn band(t: usize, threads: usize, tiles: usize) -> (usize, usize) {
     (tiles * t / threads, tiles * (t + 1) / threads)
 }
 
@@ -92,6 +153,41 @@ pub(super) fn split<'a, D>(
 /// slices (from [`split`], or everything for one part). `sums[r]` is the sum of packed row `r`.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn pack<T: IntElem, D: PackDst>(
+    src: &IntRef<'_, T>,
+    rows: usize,
+    k: usize,
+    off: i32,
+    p: usize,
+    kg: usize,
+    part: (usize, usize),
+    dst: &mut [MaybeUninit<D>],
+    sums: &mut [i32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if kg == 4 && is_byte::<T>() && is_byte::<D>() && super::supported(super::Isa::Avx512) {
+        // SAFETY: `T` and `D` are `u8` or `i8` (checked just above): one byte, every bit
+        // pattern valid, so their slices are byte slices of the same length.
+        let (bytes, out) = unsafe {
+            (
+                std::slice::from_raw_parts(src.data.as_ptr().cast::<u8>(), src.data.len()),
+                std::slice::from_raw_parts_mut(
+                    dst.as_mut_ptr().cast::<MaybeUninit<u8>>(),
+                    dst.len(),
+                ),
+            )
+        };
+        let signed = TypeId::of::<D>() == TypeId::of::<i8>();
+        let view = IntRef::new(bytes, src.rs, src.cs);
+        if super::pack_x86::pack8(&view, rows, k, off, p, part, out, sums, signed) {
+            return;
+        }
+    }
+    pack_generic(src, rows, k, off, p, kg, part, dst, sums);
+}
+
+/// [`pack`] in plain Rust, for any layout, element types and ISA.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn pack_generic<T: IntElem, D: PackDst>(
     src: &IntRef<'_, T>,
     rows: usize,
     k: usize,

@@ -87,19 +87,31 @@ fn check<TA: IntElem, TB: IntElem>(
     }
     for g in isas() {
         for threads in [1, 2, 3] {
-            let mut c = vec![-7i32; m * ldc];
-            g.threads(threads)
-                .run(m, n, k, a.view(), b.view(), &mut c, ldc, bias)
-                .unwrap_or_else(|e| panic!("{what} {} {threads}T: {e}", g.isa()));
-            for (idx, (&got, &w)) in c.iter().zip(&want).enumerate() {
-                assert_eq!(
-                    got as i64,
-                    w,
-                    "{what} {}: {m}x{n}x{k} {threads}T at ({}, {})",
-                    g.isa(),
-                    idx / ldc,
-                    idx % ldc
-                );
+            let g = g.threads(threads);
+            // Both operands packed on the call, then each packed ahead of time (packing on
+            // one thread or several must not change the panels).
+            let pa = g.pack_a(m, k, a.view()).unwrap();
+            let pb = g.pack_b(k, n, b.view()).unwrap();
+            assert_eq!((pa.rows(), pa.k(), pa.slot()), (m, k, Slot::A));
+            assert_eq!((pb.rows(), pb.k(), pb.slot()), (n, k, Slot::B));
+            for how in ["raw", "packed A", "packed B"] {
+                let mut c = vec![-7i32; m * ldc];
+                match how {
+                    "raw" => g.run(m, n, k, a.view(), b.view(), &mut c, ldc, bias),
+                    "packed A" => g.run_packed_a(&pa, n, b.view(), &mut c, ldc, bias),
+                    _ => g.run_packed_b(m, a.view(), &pb, &mut c, ldc, bias),
+                }
+                .unwrap_or_else(|e| panic!("{what} {} {threads}T {how}: {e}", g.isa()));
+                for (idx, (&got, &w)) in c.iter().zip(&want).enumerate() {
+                    assert_eq!(
+                        got as i64,
+                        w,
+                        "{what} {} {how}: {m}x{n}x{k} {threads}T at ({}, {})",
+                        g.isa(),
+                        idx / ldc,
+                        idx % ldc
+                    );
+                }
             }
         }
     }
@@ -136,6 +148,14 @@ fn extremes_and_deep_k() {
         let a = Mat::new(m, k, true, 1, || rng.int(0, 255) as u8);
         let b = Mat::new(k, n, true, 2, || rng.int(-128, 127) as i8);
         check((m, n, k), &a, &b, IBias::Scalar(-5), "random deep");
+    }
+    // `k` is cut into KC blocks only when a column block of B (up to NC = 256 columns, all of
+    // `k`) would not fit half of L2: wide and deep.
+    for &(m, n, k) in &[(13, 300, 2100), (7, 260, 4100)] {
+        let mut rng = Rng(k as u64 + n as u64);
+        let a = Mat::new(m, k, false, 0, || rng.int(0, 255) as u8);
+        let b = Mat::new(k, n, false, 0, || rng.int(-128, 127) as i8);
+        check((m, n, k), &a, &b, IBias::Scalar(9), "wide and deep");
     }
 }
 
@@ -278,4 +298,236 @@ fn refusals() {
             IGemmError::Unsupported(isa)
         );
     }
+}
+
+#[test]
+fn model_orientations_odd_edges() {
+    // The two ways the models call the kernels, on shapes that cut panels and groups short:
+    // conv (i8 weights as A, u8 im2col activations as B, per-row bias) and BERT (u8
+    // activations as A, i8 weights as B, per-column bias).
+    let mut rng = Rng(0xfeed);
+    for &(m, n, k) in &[
+        (64, 49, 147),
+        (13, 196, 36),
+        (24, 33, 9),
+        (5, 100, 70),
+        (40, 17, 3),
+    ] {
+        let w = Mat::new(m, k, false, 0, || rng.int(-128, 127) as i8);
+        let x = Mat::new(k, n, false, 0, || rng.int(0, 255) as u8);
+        let row: Vec<i32> = (0..m).map(|_| rng.int(-5000, 5000) as i32).collect();
+        check((m, n, k), &w, &x, IBias::PerRow(&row), "conv i8 x u8");
+        let a = Mat::new(m, k, false, 0, || rng.int(0, 255) as u8);
+        let w = Mat::new(k, n, false, 0, || rng.int(-128, 127) as i8);
+        let col: Vec<i32> = (0..n).map(|_| rng.int(-5000, 5000) as i32).collect();
+        check((m, n, k), &a, &w, IBias::PerCol(&col), "bert u8 x i8");
+        // Both 8-bit types in both slots, with leading dimensions past the row.
+        let a = Mat::new(m, k, false, 5, || rng.int(-128, 127) as i8);
+        let b = Mat::new(k, n, false, 3, || rng.int(0, 255) as u8);
+        check((m, n, k), &a, &b, IBias::None, "i8 x u8 padded");
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn fast_packing_matches_generic() {
+    if !supported(Isa::Avx512) {
+        return;
+    }
+    // The SIMD packers against the byte loops, panel for panel and sum for sum, for both
+    // 8-bit source types into both 8-bit packed types, both layouts, every edge.
+    let mut rng = Rng(0xabcdef);
+    for &(rows, k) in &[
+        (1, 1),
+        (5, 3),
+        (12, 16),
+        (13, 17),
+        (32, 4),
+        (33, 147),
+        (70, 64),
+        (100, 33),
+    ] {
+        for &p in &[12usize, 32] {
+            for col_major in [false, true] {
+                let m: Mat<u8> = Mat::new(rows, k, col_major, 3, || rng.int(0, 255) as u8);
+                let s: Vec<i8> = m.data.iter().map(|&x| x as i8).collect();
+                let si = IntRef::new(&s[..], m.rs, m.cs);
+                // The offsets that make the values fit the packed type, as `offset` chooses
+                // them: (u8 source, i8 packed, offset).
+                for (unsigned_src, signed, off) in [
+                    (true, false, 0),
+                    (true, true, 128),
+                    (false, true, 0),
+                    (false, false, -128),
+                ] {
+                    for threads in [1, 2] {
+                        let tiles = rows.div_ceil(p);
+                        let len = tiles * p * k.next_multiple_of(4);
+                        let run = |fast: bool, signed: bool, unsigned_src: bool| {
+                            let mut d = pack::AlignedVec::<u8>::new(len);
+                            let mut sums = vec![0; tiles * p];
+                            let parts = pack::split(
+                                d.as_mut_slice(),
+                                &mut sums,
+                                len / tiles,
+                                p,
+                                tiles,
+                                threads,
+                            );
+                            for (t, (dst, sm)) in parts.into_iter().enumerate() {
+                                let part = (t, threads);
+                                let done = fast && {
+                                    let v = if unsigned_src {
+                                        m.view()
+                                    } else {
+                                        IntRef::new(bytes_of(&s), m.rs, m.cs)
+                                    };
+                                    pack_x86::pack8(&v, rows, k, off, p, part, dst, sm, signed)
+                                };
+                                // Both layouts the SIMD packers take must be taken.
+                                assert!(!fast || done || (col_major && p != 32), "not packed");
+                                if !done {
+                                    match (unsigned_src, signed) {
+                                        (true, false) => pack::pack_generic(
+                                            &m.view(),
+                                            rows,
+                                            k,
+                                            off,
+                                            p,
+                                            4,
+                                            part,
+                                            dst,
+                                            sm,
+                                        ),
+                                        (false, false) => pack::pack_generic(
+                                            &si, rows, k, off, p, 4, part, dst, sm,
+                                        ),
+                                        (true, true) => pack::pack_generic(
+                                            &m.view(),
+                                            rows,
+                                            k,
+                                            off,
+                                            p,
+                                            4,
+                                            part,
+                                            as_i8(dst),
+                                            sm,
+                                        ),
+                                        (false, true) => pack::pack_generic(
+                                            &si,
+                                            rows,
+                                            k,
+                                            off,
+                                            p,
+                                            4,
+                                            part,
+                                            as_i8(dst),
+                                            sm,
+                                        ),
+                                    }
+                                }
+                            }
+                            // SAFETY: every element was written by the packing.
+                            let bytes: Vec<u8> = d
+                                .as_mut_slice()
+                                .iter()
+                                .map(|x| unsafe { x.assume_init() })
+                                .collect();
+                            (bytes, sums)
+                        };
+                        assert_eq!(
+                            run(true, signed, unsigned_src),
+                            run(false, signed, unsigned_src),
+                            "{rows}x{k} p={p} col_major={col_major} off={off} {threads}T signed={signed} u8 src={unsigned_src}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn bytes_of(s: &[i8]) -> &[u8] {
+    // SAFETY: i8 and u8 have the same size and every bit pattern.
+    unsafe { std::slice::from_raw_parts(s.as_ptr().cast(), s.len()) }
+}
+
+fn as_i8(d: &mut [std::mem::MaybeUninit<u8>]) -> &mut [std::mem::MaybeUninit<i8>] {
+    // SAFETY: as above.
+    unsafe { std::slice::from_raw_parts_mut(d.as_mut_ptr().cast(), d.len()) }
+}
+
+#[test]
+fn both_threads_get_work_on_model_shapes() {
+    // The conv and BERT shapes: with two threads allowed, both must get tiles of C.
+    for isa in Isa::ALL {
+        let (mr, nr) = match isa {
+            Isa::Avx512 => (12, 32),
+            Isa::Avx2 => (6, 16),
+            Isa::Portable => (4, 16),
+        };
+        for &(m, n, k) in &[
+            (64usize, 12544usize, 147usize),
+            (64, 3136, 576),
+            (128, 784, 1152),
+            (256, 196, 2304),
+            (512, 49, 4608),
+            (128, 784, 64),
+            (256, 196, 128),
+            (512, 49, 256),
+            (128, 384, 384),
+            (128, 1536, 384),
+            (128, 384, 1536),
+        ] {
+            let (mt, nt) = (m.div_ceil(mr), n.div_ceil(nr));
+            let threads = threads_for(m, n, k, mt, nt, 2);
+            assert_eq!(threads, 2, "{isa} {m}x{n}x{k}");
+            let mut covered = 0;
+            for t in 0..threads {
+                let ((m0, m1), (n0, n1)) = band_of(t, threads, mt, nt);
+                assert!(m1 > m0 && n1 > n0, "{isa} {m}x{n}x{k}: thread {t} idle");
+                covered += (m1 - m0) * (n1 - n0);
+            }
+            assert_eq!(covered, mt * nt, "{isa} {m}x{n}x{k}");
+        }
+    }
+}
+
+#[test]
+fn packed_operand_in_the_wrong_place() {
+    let g = IGemm::new();
+    let w = [1i8; 12];
+    let pa = g.pack_a(3, 4, IntRef::row_major(&w, 4)).unwrap();
+    let mut c = [0i32; 9];
+    let r = g.run_packed_b(3, IntRef::row_major(&w, 4), &pa, &mut c, 3, IBias::None);
+    assert!(matches!(r, Err(IGemmError::WrongPacking { .. })), "{r:?}");
+    for isa in Isa::ALL
+        .into_iter()
+        .filter(|&i| supported(i) && i != g.isa())
+    {
+        let other = IGemm::with_isa(isa).unwrap();
+        let r = other.run_packed_a(&pa, 3, IntRef::row_major(&w, 3), &mut c, 3, IBias::None);
+        assert!(matches!(r, Err(IGemmError::WrongPacking { .. })), "{r:?}");
+    }
+    assert_eq!(c, [0; 9], "nothing written");
+    // Packing refuses what running refuses.
+    let wide = [0i32, 300];
+    let r = g.pack_b(1, 2, IntRef::row_major(&wide, 2));
+    assert!(
+        matches!(r, Err(IGemmError::Range { operand: "B", .. })),
+        "{r:?}"
+    );
+    let r = g.pack_a(2, 2, IntRef::row_major(&w[..3], 2));
+    assert!(
+        matches!(r, Err(IGemmError::TooShort { operand: "A", .. })),
+        "{r:?}"
+    );
+    // A product whose packed operand makes the bound too large.
+    let k = 70_000;
+    let big = vec![-128i8; k];
+    let pb = g.pack_b(k, 1, IntRef::row_major(&big, 1)).unwrap();
+    let a = vec![255u8; k];
+    let mut c1 = [0i32];
+    let r = g.run_packed_b(1, IntRef::row_major(&a, k), &pb, &mut c1, 1, IBias::None);
+    assert!(matches!(r, Err(IGemmError::MayOverflow { .. })), "{r:?}");
 }

@@ -1,0 +1,248 @@
+//! AVX-512 (BW, VL, VNNI) packing of 8-bit operands into the panels of the VNNI kernels
+//! (`KG = 4`), with the offset subtracted and the packed rows' sums taken on the way.
+//!
+//! The generic loops in [`super::pack`] move one byte at a time; on the model shapes that
+//! cost more than the product (a conv's `k×n` im2col matrix is packed on every call). Two
+//! layouts cover the operands the models pass:
+//!
+//! * **Interleave** (`B` row-major, seen transposed: the panel's 32 rows are adjacent bytes,
+//!   consecutive `k` steps a leading dimension apart): each group of four `k` steps is four
+//!   32-byte loads and a 4×32 byte transpose (`unpack{lo,hi}_epi8`, then `_epi16`, then a
+//!   128-bit lane fix-up), 128 bytes stored; the column sums are one `vpdpbusd` with a
+//!   vector of ones per 16 columns.
+//! * **Rows** (`A` row-major: each panel row is contiguous along `k`): four rows at a time,
+//!   16 bytes (four groups) of each, a 4×4 transpose of `i32` lanes puts one group of the
+//!   four rows in one vector; row sums again by `vpdpbusd` with ones.
+//!
+//! The packed byte is `x − off (mod 256)`, which is the value itself when it fits the packed
+//! type (the caller chose `off` so). Partial panels and `k` tails use masked loads, which
+//! neither read past the mask nor fault, and zeros elsewhere, as the layout requires.
+
+#![allow(unsafe_code)]
+
+use super::IntRef;
+use super::pack::band;
+use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
+
+/// Packs part `part` of the `rows×k` byte matrix `src` (as [`super::pack::pack`] does, with
+/// `KG = 4`) when its layout is one of the two above; `false` (nothing written) otherwise.
+/// `signed`: the packed bytes are `i8` (else `u8`), which the sums follow. The caller has
+/// checked that the CPU has AVX-512 F, BW, VL and VNNI.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn pack8(
+    src: &IntRef<'_, u8>,
+    rows: usize,
+    k: usize,
+    off: i32,
+    p: usize,
+    (t, threads): (usize, usize),
+    dst: &mut [MaybeUninit<u8>],
+    sums: &mut [i32],
+    signed: bool,
+) -> bool {
+    if rows == 0 || k == 0 || !super::supported(super::Isa::Avx512) {
+        return false;
+    }
+    // The reads below stay inside what the view covers; a view that is too short (which the
+    // callers have ruled out) takes the generic, bounds-checked path.
+    match src.needed(rows, k) {
+        Some(needed) if needed <= src.data.len() => {}
+        _ => return false,
+    }
+    let kp = k.next_multiple_of(4);
+    let (q0, q1) = band(t, threads, rows.div_ceil(p));
+    if dst.len() < (q1 - q0) * p * kp || sums.len() < (q1 - q0) * p {
+        return false;
+    }
+    let job = Job {
+        src: src.data.as_ptr(),
+        rows,
+        k,
+        off: off as i8,
+        p,
+        panels: (q0, q1),
+        dst: dst.as_mut_ptr().cast(),
+        sums: sums.as_mut_ptr(),
+        signed,
+    };
+    if src.rs == 1 && src.cs != 1 && p == 32 {
+        // SAFETY: the CPU features were checked above; `job` covers the view (checked
+        // `needed`) and this part's panels and sums (checked lengths).
+        unsafe { interleave(&job, src.cs) };
+        true
+    } else if src.cs == 1 && p.is_multiple_of(4) {
+        // SAFETY: as above.
+        unsafe { rows4(&job, src.rs) };
+        true
+    } else {
+        false
+    }
+}
+
+/// One part to pack: the source bytes (`rows×k` through the strides given alongside), the
+/// offset (mod 256), the panel height, the panels `q0..q1`, and where they and their sums go
+/// (the part's slices, from its first panel).
+struct Job {
+    src: *const u8,
+    rows: usize,
+    k: usize,
+    off: i8,
+    p: usize,
+    panels: (usize, usize),
+    dst: *mut u8,
+    sums: *mut i32,
+    signed: bool,
+}
+
+/// The interleave layout: panel row `r`, step `kk` at `src[r + kk·ld]`; `p = 32`.
+///
+/// # Safety
+///
+/// AVX-512 F/BW/VL/VNNI; every in-range element is readable; `dst` holds the part's panels
+/// (`32·kp` bytes each) and `sums` their 32 entries each.
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn interleave(j: &Job, ld: usize) {
+    let kp = j.k.next_multiple_of(4);
+    let offv = _mm256_set1_epi8(j.off);
+    let ones = _mm512_set1_epi8(1);
+    for (i, q) in (j.panels.0..j.panels.1).enumerate() {
+        let top = q * 32;
+        let live = 32.min(j.rows - top);
+        let mask: __mmask32 = if live == 32 { !0 } else { (1u32 << live) - 1 };
+        // SAFETY: panel `i` of the part, inside `dst` (see the contract).
+        let panel = unsafe { j.dst.add(i * 32 * kp) };
+        let (mut s0, mut s1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+        for g in 0..kp / 4 {
+            // Step `4g + u` of the panel's live rows minus the offset; zero past `k` and in
+            // the rows past the matrix.
+            let step = |u: usize| -> __m256i {
+                let kk = 4 * g + u;
+                if kk < j.k {
+                    // SAFETY: rows `top..top + live` of step `kk < k` are in the view; the
+                    // masked-off bytes are not read.
+                    let v =
+                        unsafe { _mm256_maskz_loadu_epi8(mask, j.src.add(top + kk * ld).cast()) };
+                    _mm256_maskz_sub_epi8(mask, v, offv)
+                } else {
+                    _mm256_setzero_si256()
+                }
+            };
+            let (r0, r1, r2, r3) = (step(0), step(1), step(2), step(3));
+            // Bytes (r0[c], r1[c]) side by side, then those pairs of r0r1 and r2r3: per
+            // 128-bit lane, columns 0-3 | 16-19 in q0, 4-7 | 20-23 in q1, 8-11 | 24-27 in q2,
+            // 12-15 | 28-31 in q3, four steps (one i32) per column.
+            let (t01l, t01h) = (_mm256_unpacklo_epi8(r0, r1), _mm256_unpackhi_epi8(r0, r1));
+            let (t23l, t23h) = (_mm256_unpacklo_epi8(r2, r3), _mm256_unpackhi_epi8(r2, r3));
+            let q0 = _mm256_unpacklo_epi16(t01l, t23l);
+            let q1 = _mm256_unpackhi_epi16(t01l, t23l);
+            let q2 = _mm256_unpacklo_epi16(t01h, t23h);
+            let q3 = _mm256_unpackhi_epi16(t01h, t23h);
+            let join =
+                |x: __m256i, y: __m256i| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(x), y);
+            let lo = join(
+                _mm256_permute2x128_si256::<0x20>(q0, q1),
+                _mm256_permute2x128_si256::<0x20>(q2, q3),
+            );
+            let hi = join(
+                _mm256_permute2x128_si256::<0x31>(q0, q1),
+                _mm256_permute2x128_si256::<0x31>(q2, q3),
+            );
+            // SAFETY: group `g < kp/4` of the panel: 128 bytes at `128·g`.
+            unsafe {
+                _mm512_storeu_si512(panel.add(128 * g).cast(), lo);
+                _mm512_storeu_si512(panel.add(128 * g + 64).cast(), hi);
+            }
+            if j.signed {
+                s0 = _mm512_dpbusd_epi32(s0, ones, lo);
+                s1 = _mm512_dpbusd_epi32(s1, ones, hi);
+            } else {
+                s0 = _mm512_dpbusd_epi32(s0, lo, ones);
+                s1 = _mm512_dpbusd_epi32(s1, hi, ones);
+            }
+        }
+        // SAFETY: the panel's 32 sums.
+        unsafe {
+            _mm512_storeu_si512(j.sums.add(32 * i).cast(), s0);
+            _mm512_storeu_si512(j.sums.add(32 * i + 16).cast(), s1);
+        }
+    }
+}
+
+/// The rows layout: panel row `r`, step `kk` at `src[r·rs + kk]`; `p` a multiple of 4.
+///
+/// # Safety
+///
+/// AVX-512 F/BW/VL/VNNI; every in-range element is readable; `dst` holds the part's panels
+/// (`p·kp` bytes each) and `sums` their `p` entries each.
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn rows4(j: &Job, rs: usize) {
+    let (p, k) = (j.p, j.k);
+    let kp = k.next_multiple_of(4);
+    let offv = _mm_set1_epi8(j.off);
+    let ones = _mm_set1_epi8(1);
+    for (i, q) in (j.panels.0..j.panels.1).enumerate() {
+        let top = q * p;
+        let live = p.min(j.rows - top);
+        // SAFETY: panel `i` of the part, inside `dst` (see the contract).
+        let panel = unsafe { j.dst.add(i * p * kp) };
+        for rb in (0..p).step_by(4) {
+            let mut acc = [_mm_setzero_si128(); 4];
+            // Bytes `c..c + 16` of each of rows `rb..rb + 4`: groups `c/4..c/4 + 4`. `c < k`
+            // always: `c` is a multiple of 4 below `kp`, the multiple of 4 above `k`.
+            let mut c = 0;
+            while c < kp {
+                let mask: __mmask16 = if k - c >= 16 {
+                    !0
+                } else {
+                    (1u16 << (k - c)) - 1
+                };
+                let x: [__m128i; 4] = std::array::from_fn(|u| {
+                    let r = rb + u;
+                    if r < live {
+                        // SAFETY: bytes `c..min(c + 16, k)` of row `top + r < rows`; the
+                        // masked-off bytes are not read.
+                        let v = unsafe {
+                            _mm_maskz_loadu_epi8(mask, j.src.add((top + r) * rs + c).cast())
+                        };
+                        _mm_maskz_sub_epi8(mask, v, offv)
+                    } else {
+                        _mm_setzero_si128()
+                    }
+                });
+                for (a, &v) in acc.iter_mut().zip(&x) {
+                    *a = if j.signed {
+                        _mm_dpbusd_epi32(*a, ones, v)
+                    } else {
+                        _mm_dpbusd_epi32(*a, v, ones)
+                    };
+                }
+                // A 4×4 transpose of i32 lanes: y[g] holds group `c/4 + g` of the four rows.
+                let t0 = _mm_unpacklo_epi32(x[0], x[1]);
+                let t1 = _mm_unpacklo_epi32(x[2], x[3]);
+                let t2 = _mm_unpackhi_epi32(x[0], x[1]);
+                let t3 = _mm_unpackhi_epi32(x[2], x[3]);
+                let y = [
+                    _mm_unpacklo_epi64(t0, t1),
+                    _mm_unpackhi_epi64(t0, t1),
+                    _mm_unpacklo_epi64(t2, t3),
+                    _mm_unpackhi_epi64(t2, t3),
+                ];
+                let groups = ((kp - c) / 4).min(4);
+                for (g, &v) in y.iter().enumerate().take(groups) {
+                    // SAFETY: group `c/4 + g < kp/4`, rows `rb..rb + 4 ≤ p` of the panel.
+                    unsafe { _mm_storeu_si128(panel.add((c / 4 + g) * p * 4 + rb * 4).cast(), v) };
+                }
+                c += 16;
+            }
+            for (u, a) in acc.iter().enumerate() {
+                let mut lanes = [0i32; 4];
+                // SAFETY: `lanes` holds four i32s.
+                unsafe { _mm_storeu_si128(lanes.as_mut_ptr().cast(), *a) };
+                let s = lanes.iter().fold(0i32, |s, &x| s.wrapping_add(x));
+                // SAFETY: entry `rb + u < p` of the panel's sums.
+                unsafe { *j.sums.add(p * i + rb + u) = s };
+            }
+        }
+    }
+}
