@@ -914,6 +914,8 @@ impl<M: Module> Tx<'_, '_, M> {
             Activation::None => (0, 0.0, 0.0),
             Activation::Relu => (1, 0.0, 0.0),
             Activation::Clip { min, max } => (2, min, max),
+            Activation::HardSigmoid { alpha, beta } => (3, alpha, beta),
+            Activation::HardSwish => (4, 0.0, 0.0),
         };
         let act = self.b.ins().iconst(types::I64, act);
         put(self, s::ACT, act);

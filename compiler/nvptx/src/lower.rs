@@ -1235,10 +1235,30 @@ impl<'a, 'ctx> Lw<'a, 'ctx> {
             }
             Ok(y)
         };
+        // max(0, min(1, e)) with NaN kept: each select takes the bound only on an ordered
+        // comparison.
+        let clamp01 = |e: FloatValue<'ctx>| -> Res<FloatValue<'ctx>> {
+            let (zero, one) = (et.const_float(0.0), et.const_float(1.0));
+            let gt = self.fcmp(FloatPredicate::OGT, e, one)?;
+            let y = self.fsel(gt, one, e)?;
+            let lt = self.fcmp(FloatPredicate::OLT, y, zero)?;
+            self.fsel(lt, zero, y)
+        };
         x = match mm.act {
             Activation::None => x,
             Activation::Relu => clamp(x, 0.0, None)?,
             Activation::Clip { min, max } => clamp(x, min as f64, Some(max as f64))?,
+            Activation::HardSigmoid { alpha, beta } => {
+                let e = b.build_float_mul(x, et.const_float(alpha as f64), "")?;
+                let e = b.build_float_add(e, et.const_float(beta as f64), "")?;
+                clamp01(e)?
+            }
+            Activation::HardSwish => {
+                let e = b.build_float_div(x, et.const_float(6.0), "")?;
+                let e = b.build_float_add(e, et.const_float(0.5), "")?;
+                let g = clamp01(e)?;
+                b.build_float_mul(x, g, "")?
+            }
         };
         let out = self.cast(edt, cty, x.into())?;
         self.store_elem(mm.c.param, ci, out)

@@ -194,11 +194,7 @@ impl Cx<'_> {
                 if let Some(b) = &mm.bias {
                     v += self.load_f(b, bias_o, r, c)?;
                 }
-                v = match mm.act {
-                    Activation::None => v,
-                    Activation::Relu => v.max(0.0),
-                    Activation::Clip { min, max } => v.max(min as f64).min(max as f64),
-                };
+                v = mm.act.apply(v);
                 let i = co + r as i64 * mm.c.row_stride + c as i64 * mm.c.col_stride;
                 let (s, i) = self.slot(mm.c.param, i)?;
                 // Integer (and bool) results convert like a cast: a float accumulator held

@@ -258,7 +258,31 @@ pub struct Matmul {
 pub enum Activation {
     None,
     Relu,
-    Clip { min: f32, max: f32 },
+    Clip {
+        min: f32,
+        max: f32,
+    },
+    /// `max(0, min(1, alpha·x + beta))`; NaN stays NaN.
+    HardSigmoid {
+        alpha: f32,
+        beta: f32,
+    },
+    /// `x · max(0, min(1, x/6 + 1/2))`; NaN stays NaN.
+    HardSwish,
+}
+
+impl Activation {
+    /// The activation of one value, as every backend computes it (`f64` here).
+    pub fn apply(self, v: f64) -> f64 {
+        let clamp01 = |e: f64| if e.is_nan() { e } else { e.clamp(0.0, 1.0) };
+        match self {
+            Activation::None => v,
+            Activation::Relu => v.max(0.0),
+            Activation::Clip { min, max } => v.max(min as f64).min(max as f64),
+            Activation::HardSigmoid { alpha, beta } => clamp01(alpha as f64 * v + beta as f64),
+            Activation::HardSwish => v * clamp01(v / 6.0 + 0.5),
+        }
+    }
 }
 
 /// A literal.

@@ -137,6 +137,10 @@ fn block(k: &Kernel, body: &[Stmt], depth: usize, s: &mut String) {
                     Activation::None => writeln!(s),
                     Activation::Relu => writeln!(s, " act=relu"),
                     Activation::Clip { min, max } => writeln!(s, " act=clip({min:?}, {max:?})"),
+                    Activation::HardSigmoid { alpha, beta } => {
+                        writeln!(s, " act=hard_sigmoid({alpha:?}, {beta:?})")
+                    }
+                    Activation::HardSwish => writeln!(s, " act=hard_swish"),
                 };
             }
         }

@@ -19,7 +19,7 @@
 use super::matmul::{self, Gemm, View};
 
 /// Version of this contract; an artifact records it and a runtime loads only its own.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// The data symbol holding the helper table in generated code.
 pub const TABLE_SYMBOL: &str = "mlc_helpers";
@@ -111,6 +111,8 @@ pub enum Activation {
     None,
     Relu,
     Clip { min: f32, max: f32 },
+    HardSigmoid { alpha: f32, beta: f32 },
+    HardSwish,
 }
 
 /// The slots of the argument block passed to `mlc_matmul`, in 8-byte words.
@@ -209,6 +211,11 @@ fn matmul_from_desc(d: &[u64], threads: usize) -> bool {
             min: f(s::ACT_MIN) as f32,
             max: f(s::ACT_MAX) as f32,
         },
+        3 => Activation::HardSigmoid {
+            alpha: f(s::ACT_MIN) as f32,
+            beta: f(s::ACT_MAX) as f32,
+        },
+        4 => Activation::HardSwish,
         _ => Activation::None,
     };
     let g = Gemm {

@@ -3,7 +3,8 @@
 //! output tile is still in registers instead of in another pass over memory.
 //!
 //! Only what `Matmul` can express is fused: one bias broadcast along the rows or the columns
-//! of the product (or a scalar), added after scaling, then ReLU or a constant clip. Anything
+//! of the product (or a scalar), added after scaling, then ReLU, a constant clip, HardSigmoid or
+//! HardSwish. Anything
 //! else in the body is lowered as its own kernel, which is always correct.
 
 use super::Cx;
@@ -108,6 +109,12 @@ pub(super) fn try_fuse(cx: &mut Cx, n: &Node, open: Open) -> Option<Open> {
     let current = single_matmul(&k.body)?.clone();
     let edit: Box<dyn Fn(&mut Matmul)> = match op {
         EwOp::Relu if current.act == Activation::None => Box::new(|m| m.act = Activation::Relu),
+        EwOp::HardSwish if current.act == Activation::None => {
+            Box::new(|m| m.act = Activation::HardSwish)
+        }
+        &EwOp::HardSigmoid { alpha, beta } if current.act == Activation::None => {
+            Box::new(move |m| m.act = Activation::HardSigmoid { alpha, beta })
+        }
         EwOp::Clip if current.act == Activation::None => {
             let bound = |i: usize| -> Option<Option<f32>> {
                 match n.input(i) {

@@ -559,6 +559,33 @@ fn tails_go_into_the_stores_of_loop_kernels() {
 }
 
 #[test]
+fn hard_activations_go_into_the_matmul() {
+    for (act, name) in [
+        ("ew.hard_swish(%3)", "act=hard_swish"),
+        (
+            r#"ew.hard_sigmoid {"alpha":0.2,"beta":0.5} (%3)"#,
+            "act=hard_sigmoid(0.2, 0.5)",
+        ),
+    ] {
+        let text = check(
+            &format!(
+                r#"graph (%0: f32[1,3,5,5] "x", %1: f32[4,3,1,1] "w", %2: f32[4] "b") -> (%3 "y") {{
+  %3 = control.composite {{"kind":"conv+act"}} (%0, %1, %2) : f32[1,4,5,5] {{
+    graph (%0: f32[1,3,5,5] "in0", %1: f32[4,3,1,1] "in1", %2: f32[4] "in2") -> (%4 "out") {{
+      %3 = nn.conv {{"auto_pad":"not_set","dilations":[1,1],"group":1,"pads":[0,0,0,0],"strides":[1,1]}} (%0, %1, %2) : f32[1,4,5,5]
+      %4 = {act} : f32[1,4,5,5]
+    }}
+  }}
+}}"#
+            ),
+            1e-6,
+        );
+        assert!(text.contains(name), "{text}");
+        assert!(!text.contains("kernel @ew_"), "{text}");
+    }
+}
+
+#[test]
 fn recurrences() {
     // LSTM, both directions, clipped, with peepholes, an initial state and sequence lengths
     // (one row shorter than the sequence, one empty).

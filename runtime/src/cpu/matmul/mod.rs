@@ -151,6 +151,14 @@ fn activate(act: Activation, v: f64) -> f64 {
         Activation::None => v,
         Activation::Relu => v.max(0.0),
         Activation::Clip { min, max } => v.max(min as f64).min(max as f64),
+        Activation::HardSigmoid { alpha, beta } => {
+            let e = alpha as f64 * v + beta as f64;
+            if e.is_nan() { e } else { e.clamp(0.0, 1.0) }
+        }
+        Activation::HardSwish => {
+            let e = v / 6.0 + 0.5;
+            v * if e.is_nan() { e } else { e.clamp(0.0, 1.0) }
+        }
     }
 }
 
@@ -291,6 +299,10 @@ impl<'a> F32Bias<'a> {
                 Activation::None => kg::Activation::None,
                 Activation::Relu => kg::Activation::Relu,
                 Activation::Clip { min, max } => kg::Activation::Clip { min, max },
+                Activation::HardSigmoid { alpha, beta } => {
+                    kg::Activation::HardSigmoid { alpha, beta }
+                }
+                Activation::HardSwish => kg::Activation::HardSwish,
             });
         match self {
             F32Bias::None => ep,

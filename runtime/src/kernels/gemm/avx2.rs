@@ -208,6 +208,22 @@ unsafe fn store<const R: usize>(t: &Tile, mut acc: [[__m256; NV]; R]) {
                             let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(x, zero);
                             _mm256_blendv_ps(x, _mm256_mul_ps(x, _mm256_set1_ps(alpha)), neg)
                         }
+                        // As in the AVX-512 kernel: NaN stays NaN, no FMA.
+                        Activation::HardSigmoid { alpha, beta } => {
+                            let e = _mm256_add_ps(
+                                _mm256_mul_ps(x, _mm256_set1_ps(alpha)),
+                                _mm256_set1_ps(beta),
+                            );
+                            _mm256_max_ps(zero, _mm256_min_ps(_mm256_set1_ps(1.0), e))
+                        }
+                        Activation::HardSwish => {
+                            let e = _mm256_add_ps(
+                                _mm256_div_ps(x, _mm256_set1_ps(6.0)),
+                                _mm256_set1_ps(0.5),
+                            );
+                            let g = _mm256_max_ps(zero, _mm256_min_ps(_mm256_set1_ps(1.0), e));
+                            _mm256_mul_ps(x, g)
+                        }
                     };
                 }
                 if n == 8 {

@@ -154,6 +154,24 @@ unsafe fn kernel<const R: usize, const PACKED: bool>(t: &Tile) {
                             let neg = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, zero);
                             _mm512_mask_mul_ps(x, neg, x, _mm512_set1_ps(alpha))
                         }
+                        // `min`/`max` with the bound first return a NaN second operand: NaN
+                        // stays NaN, as `Activation::apply` says. No FMA: the scalar
+                        // definition rounds the product and the sum apart.
+                        Activation::HardSigmoid { alpha, beta } => {
+                            let e = _mm512_add_ps(
+                                _mm512_mul_ps(x, _mm512_set1_ps(alpha)),
+                                _mm512_set1_ps(beta),
+                            );
+                            _mm512_max_ps(zero, _mm512_min_ps(_mm512_set1_ps(1.0), e))
+                        }
+                        Activation::HardSwish => {
+                            let e = _mm512_add_ps(
+                                _mm512_div_ps(x, _mm512_set1_ps(6.0)),
+                                _mm512_set1_ps(0.5),
+                            );
+                            let g = _mm512_max_ps(zero, _mm512_min_ps(_mm512_set1_ps(1.0), e));
+                            _mm512_mul_ps(x, g)
+                        }
                     };
                 }
                 _mm512_mask_storeu_ps(cp, mask, x);

@@ -168,6 +168,20 @@ pub enum Activation {
         /// Slope for negative inputs.
         alpha: f32,
     },
+    /// `max(0, min(1, alpha·x + beta))`; NaN stays NaN (ONNX HardSigmoid).
+    HardSigmoid {
+        /// Slope.
+        alpha: f32,
+        /// Offset.
+        beta: f32,
+    },
+    /// `x · max(0, min(1, x/6 + 1/2))`; NaN stays NaN (ONNX HardSwish).
+    HardSwish,
+}
+
+/// `max(0, min(1, e))` keeping NaN, in the order the SIMD kernels compute it.
+fn clamp01(e: f32) -> f32 {
+    if e.is_nan() { e } else { e.clamp(0.0, 1.0) }
 }
 
 impl Activation {
@@ -184,6 +198,8 @@ impl Activation {
                     x
                 }
             }
+            Activation::HardSigmoid { alpha, beta } => clamp01(alpha * x + beta),
+            Activation::HardSwish => x * clamp01(x / 6.0 + 0.5),
         }
     }
 }

@@ -141,6 +141,10 @@ impl Case {
                             v
                         }
                     }
+                    Activation::HardSigmoid { alpha, beta } => {
+                        (f64::from(alpha) * v + f64::from(beta)).clamp(0.0, 1.0)
+                    }
+                    Activation::HardSwish => v * (v / 6.0 + 0.5).clamp(0.0, 1.0),
                 };
                 out.push((v, s));
             }
@@ -324,6 +328,21 @@ fn every_epilogue() {
             (
                 "leaky",
                 Epilogue::new().activation(Activation::LeakyRelu { alpha: 0.1 }),
+            ),
+            (
+                "hard sigmoid",
+                Epilogue::new()
+                    .bias(Bias::PerRow(&row_bias))
+                    .activation(Activation::HardSigmoid {
+                        alpha: 0.2,
+                        beta: 0.5,
+                    }),
+            ),
+            (
+                "hard swish",
+                Epilogue::new()
+                    .bias(Bias::PerCol(&col_bias))
+                    .activation(Activation::HardSwish),
             ),
             (
                 "everything",
@@ -675,8 +694,7 @@ fn matrix_vector_products() {
 
 #[test]
 fn nan_through_activations() {
-    // A NaN product: ReLU makes it 0, Clip makes it `min`, LeakyReLU and no activation keep
-    // it, on every path (tiles of each ISA, the matrix-vector path), as `Activation::apply`.
+    // A NaN product: ReLU makes it 0, Clip makes it `min`, the others keep it, on every path (tiles of each ISA, the matrix-vector path), as `Activation::apply`.
     let (k, n) = (3, 40);
     let mut a = vec![1.0f32; 13 * k];
     a[k] = f32::NAN; // row 1
@@ -689,12 +707,17 @@ fn nan_through_activations() {
             max: 0.5,
         },
         Activation::LeakyRelu { alpha: 0.1 },
+        Activation::HardSigmoid {
+            alpha: 0.2,
+            beta: 0.5,
+        },
+        Activation::HardSwish,
     ];
     for act in acts {
         let want = act.apply(f32::NAN);
         assert_eq!(
             want.is_nan(),
-            matches!(act, Activation::None | Activation::LeakyRelu { .. })
+            !matches!(act, Activation::Relu | Activation::Clip { .. })
         );
         let ep = Epilogue::new().activation(act);
         for gemm in isas() {
