@@ -128,7 +128,7 @@ pub mod mm_slot {
     pub const K: usize = 14;
     pub const STRIDES: usize = 15; // a rs, a cs, b rs, b cs, c rs, c cs, bias rs, bias cs
     pub const DTYPES: usize = 23; // a | b << 8 | c << 16 | bias << 24 (DType codes)
-    pub const ACT: usize = 24; // 0 none, 1 relu, 2 clip
+    pub const ACT: usize = 24; // 0 none, 1 relu, 2 clip, 3 hard sigmoid (alpha, beta in ACT_MIN/ACT_MAX), 4 hard swish
     pub const ALPHA: usize = 25; // f64 bits
     pub const BETA: usize = 26;
     pub const ACT_MIN: usize = 27;
