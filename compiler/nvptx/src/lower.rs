@@ -112,6 +112,13 @@ fn lower<'ctx>(
     entry: &str,
     host: bool,
 ) -> Result<(Cg<'ctx>, LaunchShape), NvptxError> {
+    // Requantizing contractions come only from the CPU backend's own pass; no GPU epilogue
+    // implements them.
+    if has_requant(&k.body) {
+        return Err(NvptxError::Unsupported(
+            "a matmul with a requantization epilogue".into(),
+        ));
+    }
     let params = vec![crate::cg::Param::GlobalPtr; k.params.len()];
     let cg = Cg::kernel(ctx, entry, &params);
     let launch = {
@@ -183,6 +190,15 @@ fn grid_shape(k: &Kernel) -> Option<(Vec<(VarId, u64)>, &[Stmt])> {
         body = inner;
     }
     Some((fused, body))
+}
+
+/// Whether a matmul in `body` requantizes its result.
+fn has_requant(body: &[Stmt]) -> bool {
+    body.iter().any(|s| match s {
+        Stmt::Matmul(mm) => mm.requant.is_some(),
+        Stmt::For { body, .. } => has_requant(body),
+        _ => false,
+    })
 }
 
 /// The batch loops and the contraction, if the kernel is a literal loop nest around one matmul.

@@ -181,6 +181,17 @@ impl Cx<'_> {
             None => 0,
         };
         let cty = self.k.params[mm.c.param.0 as usize].dtype;
+        let rq = match &mm.requant {
+            Some(rq) => {
+                let mo = self.int(&rq.mult.offset)?;
+                let si = self.int(&rq.scale.index)?;
+                let zi = self.int(&rq.zero_point.index)?;
+                let scale = self.load_f(&MatRef::scalar(rq.scale.param), si, 0, 0)? as f32;
+                let zp = self.load_f(&MatRef::scalar(rq.zero_point.param), zi, 0, 0)? as f32;
+                Some((rq, mo, scale, zp))
+            }
+            None => None,
+        };
         for r in 0..mm.m {
             for c in 0..mm.n {
                 let mut acc = 0.0f64;
@@ -197,6 +208,18 @@ impl Cx<'_> {
                 v = mm.act.apply(v);
                 let i = co + r as i64 * mm.c.row_stride + c as i64 * mm.c.col_stride;
                 let (s, i) = self.slot(mm.c.param, i)?;
+                if let Some((rq, mo, scale, zp)) = &rq {
+                    // The `i32` result the unfused contraction would have stored, then the
+                    // requantization.
+                    let acc = match cast(DType::I32, Val::F(v)) {
+                        Val::I(a) => a,
+                        _ => 0,
+                    };
+                    let mult = self.load_f(&rq.mult, *mo, r, c)? as f32;
+                    let q = Requant::apply(acc as i32, mult, *scale, *zp, cty.is_signed_int());
+                    self.store[s][i] = Val::I(q);
+                    continue;
+                }
                 // Integer (and bool) results convert like a cast: a float accumulator held
                 // as `Val::F` in an integer buffer would read back as 0.
                 self.store[s][i] = if cty.is_float() {

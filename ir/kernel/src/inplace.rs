@@ -205,7 +205,7 @@ fn reads_anywhere(body: &[Stmt], p: ParamId) -> bool {
     let mut read = false;
     visit(body, &mut |_, _, s| {
         if let Stmt::Matmul(m) = s
-            && (m.a.param == p || m.b.param == p || m.bias.as_ref().is_some_and(|b| b.param == p))
+            && m.reads_operand(p)
         {
             read = true;
         }
@@ -224,7 +224,7 @@ fn loads_only_at(body: &[Stmt], p: ParamId, list: &[Stmt], pos: usize, index: &E
     visit(body, &mut |l, i, s| {
         let here = std::ptr::eq(l, list) && i <= pos;
         if let Stmt::Matmul(m) = s
-            && (m.a.param == p || m.b.param == p || m.bias.as_ref().is_some_and(|b| b.param == p))
+            && m.reads_operand(p)
         {
             ok = false;
         }

@@ -235,6 +235,18 @@ pub struct MatRef {
     pub col_stride: i64,
 }
 
+impl MatRef {
+    /// A view of element 0 of `param` broadcast to every `(r, c)`.
+    pub fn scalar(param: ParamId) -> MatRef {
+        MatRef {
+            param,
+            offset: Expr::idx(0),
+            row_stride: 0,
+            col_stride: 0,
+        }
+    }
+}
+
 /// `C = act(alpha * A·B + beta * C + bias)` with `A: m×k`, `B: k×n`, `C: m×n`, accumulated in
 /// f32 (floats) or i32 (integers).
 #[derive(Clone, Debug, PartialEq)]
@@ -251,6 +263,61 @@ pub struct Matmul {
     /// Added after scaling; broadcast through its strides to `m×n`.
     pub bias: Option<MatRef>,
     pub act: Activation,
+    /// Integer requantization of the `i32` result into C (`u8` or `i8`), applied last;
+    /// `None` stores the result itself.
+    pub requant: Option<Requant>,
+}
+
+/// One element of a parameter, at `index`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScalarRef {
+    pub param: ParamId,
+    pub index: Expr,
+}
+
+/// The requantization of an integer contraction's `i32` result `acc` into a `u8`/`i8` C,
+/// while the tile is in registers:
+///
+/// ```text
+/// C = cast<C>(min(max(round_half_even(f32(acc) · mult[r, c] / scale) + f32(zp), lo), hi))
+/// ```
+///
+/// in `f32`, each operation rounded (the multiplication, then the division: no fused
+/// multiply-add, no reciprocal), `[lo, hi]` C's whole range; NaN becomes 0 (a cast's NaN).
+/// It is exactly the elementwise tail that a `QuantizeLinear(DequantizeLinear(ConvInteger))`
+/// chain lowers to, so a backend may fold that tail into the contraction.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Requant {
+    /// `f32` multipliers broadcast through their strides to `m×n` (per row: `(1, 0)`; per
+    /// tensor: `(0, 0)`).
+    pub mult: MatRef,
+    /// The `f32` divisor: the output scale.
+    pub scale: ScalarRef,
+    /// The output zero point, of C's type.
+    pub zero_point: ScalarRef,
+}
+
+impl Requant {
+    /// The requantized value of `acc` (as every backend computes it), for a C of `u8` when
+    /// `signed` is false, else `i8`.
+    pub fn apply(acc: i32, mult: f32, scale: f32, zp: f32, signed: bool) -> i64 {
+        let (lo, hi) = if signed { (-128.0, 127.0) } else { (0.0, 255.0) };
+        let v = (acc as f32 * mult / scale).round_ties_even() + zp;
+        if v.is_nan() { 0 } else { v.clamp(lo, hi) as i64 }
+    }
+}
+
+impl Matmul {
+    /// Whether the contraction reads `p` as an operand (A, B, the bias or a requantization
+    /// parameter; C's old value aside).
+    pub fn reads_operand(&self, p: ParamId) -> bool {
+        self.a.param == p
+            || self.b.param == p
+            || self.bias.as_ref().is_some_and(|b| b.param == p)
+            || self.requant.as_ref().is_some_and(|rq| {
+                rq.mult.param == p || rq.scale.param == p || rq.zero_point.param == p
+            })
+    }
 }
 
 /// An activation applied in a contraction's epilogue, while the tile is in registers.

@@ -133,6 +133,17 @@ fn block(k: &Kernel, body: &[Stmt], depth: usize, s: &mut String) {
                 if let Some(b) = &mm.bias {
                     let _ = write!(s, " bias={}", mat(k, b));
                 }
+                if let Some(rq) = &mm.requant {
+                    let _ = write!(
+                        s,
+                        " requant(mult={}, scale=%p{}[{}], zp=%p{}[{}])",
+                        mat(k, &rq.mult),
+                        rq.scale.param.0,
+                        expr(k, &rq.scale.index),
+                        rq.zero_point.param.0,
+                        expr(k, &rq.zero_point.index)
+                    );
+                }
                 let _ = match mm.act {
                     Activation::None => writeln!(s),
                     Activation::Relu => writeln!(s, " act=relu"),

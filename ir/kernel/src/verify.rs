@@ -107,10 +107,47 @@ impl Verifier<'_> {
                         self.param(b.param);
                         self.expect(&b.offset, DType::I64, "matmul bias offset");
                     }
+                    if let Some(rq) = &mm.requant {
+                        self.requant(mm, rq);
+                    }
                 }
             }
         }
         self.scope.truncate(mark);
+    }
+
+    /// A requantizing matmul: integer operands, an `i32` bias, no scaling, accumulation or
+    /// activation, a `u8`/`i8` C, `f32` multipliers and scale, a zero point of C's type.
+    fn requant(&mut self, mm: &Matmul, rq: &Requant) {
+        let ty = |v: &mut Self, p: ParamId| v.param(p).map(|p| p.dtype);
+        let int8 = |t: Option<DType>| matches!(t, Some(DType::U8 | DType::I8 | DType::I32));
+        if !int8(ty(self, mm.a.param)) || !int8(ty(self, mm.b.param)) {
+            self.err("requantizing matmul: A and B must be u8, i8 or i32".to_string());
+        }
+        if let Some(b) = &mm.bias
+            && ty(self, b.param) != Some(DType::I32)
+        {
+            self.err("requantizing matmul: the bias must be i32".to_string());
+        }
+        if mm.alpha != 1.0 || mm.beta != 0.0 || mm.act != Activation::None {
+            self.err("requantizing matmul: alpha 1, beta 0 and no activation".to_string());
+        }
+        let cty = ty(self, mm.c.param);
+        if !matches!(cty, Some(DType::U8 | DType::I8)) {
+            self.err("requantizing matmul: C must be u8 or i8".to_string());
+        }
+        for (p, want, what) in [
+            (rq.mult.param, Some(DType::F32), "multiplier"),
+            (rq.scale.param, Some(DType::F32), "scale"),
+            (rq.zero_point.param, cty, "zero point"),
+        ] {
+            if ty(self, p) != want {
+                self.err(format!("requantizing matmul: the {what} has the wrong type"));
+            }
+        }
+        self.expect(&rq.mult.offset, DType::I64, "matmul requant multiplier offset");
+        self.expect(&rq.scale.index, DType::I64, "matmul requant scale index");
+        self.expect(&rq.zero_point.index, DType::I64, "matmul requant zero point index");
     }
 
     fn var_ok(&mut self, v: VarId) -> bool {

@@ -226,6 +226,7 @@ fn grouped_conv_matmuls(
                 col_stride: 0,
             }),
             act: Activation::None,
+            requant: None,
         };
         vec![Stmt::Matmul(Box::new(mm))]
     })

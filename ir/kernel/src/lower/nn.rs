@@ -156,6 +156,7 @@ pub(super) fn matmul_bufs(
             beta: 0.0,
             bias: None,
             act: Activation::None,
+            requant: None,
         };
         vec![Stmt::Matmul(Box::new(mm))]
     });
@@ -264,6 +265,7 @@ fn gemm(cx: &mut Cx, node: &Node, ta: bool, tb: bool, alpha: f32, beta: f32) -> 
         beta: if scaled_c { 1.0 } else { 0.0 },
         bias,
         act: Activation::None,
+        requant: None,
     };
     kb.k.body = vec![Stmt::Matmul(Box::new(mm))];
     cx.launch(kb, node);
