@@ -51,11 +51,14 @@ mod pack;
 #[cfg(target_arch = "x86_64")]
 mod pack_x86;
 mod portable;
+mod requant;
 #[cfg(test)]
 mod tests;
 
 use super::Isa;
 use pack::{AlignedVec, PackDst};
+use requant::{Per, QTile};
+pub use requant::{IRequant, RqMult};
 
 /// An integer element type an operand may have.
 pub trait IntElem: Copy + Ord + Send + Sync + 'static {
@@ -184,6 +187,28 @@ pub enum IBias<'a> {
     PerCol(&'a [i32]),
     /// A full `m×n` matrix, row-major with this leading dimension (0 repeats one row).
     Full(&'a [i32], usize),
+}
+
+/// Where a product goes: `i32` as it is, or requantized into `u8`/`i8` in the kernels'
+/// epilogue (see [`IRequant`]).
+#[derive(Debug)]
+pub enum IOut<'a> {
+    /// The exact `i32` product.
+    I32(&'a mut [i32]),
+    /// The product requantized into `u8`.
+    U8(&'a mut [u8], IRequant<'a>),
+    /// The product requantized into `i8`.
+    I8(&'a mut [i8], IRequant<'a>),
+}
+
+impl IOut<'_> {
+    fn len(&self) -> usize {
+        match self {
+            IOut::I32(c) => c.len(),
+            IOut::U8(c, _) => c.len(),
+            IOut::I8(c, _) => c.len(),
+        }
+    }
 }
 
 /// Why a product was not computed; nothing of `C` was written.
@@ -497,6 +522,23 @@ impl IGemm {
         ldc: usize,
         bias: IBias<'_>,
     ) -> Result<(), IGemmError> {
+        self.run_into(m, n, k, a, b, IOut::I32(c), ldc, bias)
+    }
+
+    /// [`IGemm::run`] into `c`: the `i32` product, or its requantization to `u8`/`i8` done
+    /// tile by tile in the epilogue (the `i32` result is never stored).
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_into<TA: IntElem, TB: IntElem>(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: IntRef<'_, TA>,
+        b: IntRef<'_, TB>,
+        c: IOut<'_>,
+        ldc: usize,
+        bias: IBias<'_>,
+    ) -> Result<(), IGemmError> {
         check("A", a.needed(m, k), a.data.len())?;
         check("B", b.needed(k, n), b.data.len())?;
         self.product(m, n, k, Side::Raw(a), Side::Raw(b.t()), c, ldc, bias)
@@ -538,6 +580,20 @@ impl IGemm {
         ldc: usize,
         bias: IBias<'_>,
     ) -> Result<(), IGemmError> {
+        self.run_packed_a_into(a, n, b, IOut::I32(c), ldc, bias)
+    }
+
+    /// [`IGemm::run_packed_a`] into `c` (see [`IGemm::run_into`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_packed_a_into<TB: IntElem>(
+        &self,
+        a: &PackedInt,
+        n: usize,
+        b: IntRef<'_, TB>,
+        c: IOut<'_>,
+        ldc: usize,
+        bias: IBias<'_>,
+    ) -> Result<(), IGemmError> {
         self.expect(a, Slot::A)?;
         let (m, k) = (a.rows, a.k);
         check("B", b.needed(k, n), b.data.len())?;
@@ -552,6 +608,19 @@ impl IGemm {
         a: IntRef<'_, TA>,
         b: &PackedInt,
         c: &mut [i32],
+        ldc: usize,
+        bias: IBias<'_>,
+    ) -> Result<(), IGemmError> {
+        self.run_packed_b_into(m, a, b, IOut::I32(c), ldc, bias)
+    }
+
+    /// [`IGemm::run_packed_b`] into `c` (see [`IGemm::run_into`]).
+    pub fn run_packed_b_into<TA: IntElem>(
+        &self,
+        m: usize,
+        a: IntRef<'_, TA>,
+        b: &PackedInt,
+        c: IOut<'_>,
         ldc: usize,
         bias: IBias<'_>,
     ) -> Result<(), IGemmError> {
@@ -620,14 +689,22 @@ impl IGemm {
         k: usize,
         a: Side<'_, TA>,
         b: Side<'_, TB>,
-        c: &mut [i32],
+        mut c: IOut<'_>,
         ldc: usize,
         bias: IBias<'_>,
     ) -> Result<(), IGemmError> {
         if n > ldc && m > 1 {
             return Err(IGemmError::Overlap { ld: ldc, n });
         }
-        check("C", IntRef::row_major(c, ldc).needed(m, n), c.len())?;
+        let needed = IntRef::<u8>::row_major(&[], ldc).needed(m, n);
+        check("C", needed, c.len())?;
+        if let IOut::U8(_, rq) | IOut::I8(_, rq) = &c {
+            match rq.mult {
+                RqMult::Scalar(_) => {}
+                RqMult::PerRow(v) => check("multiplier", Some(m), v.len())?,
+                RqMult::PerCol(v) => check("multiplier", Some(n), v.len())?,
+            }
+        }
         let (blo, bhi) = match bias {
             IBias::None => (0, 0),
             IBias::Scalar(s) => (s as i64, s as i64),
@@ -669,12 +746,13 @@ impl IGemm {
             bias,
             threads: self.threads,
         };
+        let dest = Dest::new(self.isa, &mut c, ldc);
         match self.isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => p.drive(&avx512::SPEC, &a, &b, c, ldc),
+            Isa::Avx512 => p.drive(&avx512::SPEC, &a, &b, dest),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => p.drive(&avx2::SPEC, &a, &b, c, ldc),
-            _ => p.drive(&portable::SPEC, &a, &b, c, ldc),
+            Isa::Avx2 => p.drive(&avx2::SPEC, &a, &b, dest),
+            _ => p.drive(&portable::SPEC, &a, &b, dest),
         }
     }
 }
@@ -763,6 +841,60 @@ fn threads_for(m: usize, n: usize, k: usize, mt: usize, nt: usize, threads: usiz
     }
 }
 
+/// The requantization of a tile, as raw parts that threads share.
+#[derive(Clone, Copy)]
+struct QParams {
+    /// The per-row or per-column multipliers (unused for a scalar one).
+    mult: *const f32,
+    per: Per,
+    scalar: f32,
+    scale: f32,
+    zp: f32,
+    signed: bool,
+}
+
+/// Where the driver writes: `C`'s first element and leading dimension, `i32`s or (with `q`)
+/// requantized bytes.
+#[derive(Clone, Copy)]
+struct Dest {
+    c: *mut u8,
+    ldc: usize,
+    q: Option<QParams>,
+    isa: Isa,
+}
+
+// SAFETY: threads write only their own bands of C (see `SharedPtr`) and read the multipliers,
+// which nobody writes during the product.
+unsafe impl Send for Dest {}
+// SAFETY: as above.
+unsafe impl Sync for Dest {}
+
+impl Dest {
+    fn new(isa: Isa, c: &mut IOut<'_>, ldc: usize) -> Dest {
+        let q = |rq: &IRequant, signed| {
+            let (mult, per, scalar) = match rq.mult {
+                RqMult::Scalar(s) => (std::ptr::null(), Per::Scalar, s),
+                RqMult::PerRow(v) => (v.as_ptr(), Per::Row, 0.0),
+                RqMult::PerCol(v) => (v.as_ptr(), Per::Col, 0.0),
+            };
+            Some(QParams {
+                mult,
+                per,
+                scalar,
+                scale: rq.scale,
+                zp: rq.zero_point as f32,
+                signed,
+            })
+        };
+        let (c, q) = match c {
+            IOut::I32(c) => (c.as_mut_ptr().cast::<u8>(), None),
+            IOut::U8(c, rq) => (c.as_mut_ptr(), q(rq, false)),
+            IOut::I8(c, rq) => (c.as_mut_ptr().cast::<u8>(), q(rq, true)),
+        };
+        Dest { c, ldc, q, isa }
+    }
+}
+
 /// A checked product, ready to run on one ISA.
 struct Problem<'a> {
     m: usize,
@@ -780,8 +912,7 @@ impl Problem<'_> {
         spec: &Spec<DA, DB>,
         a: &Side<'_, TA>,
         b: &Side<'_, TB>,
-        c: &mut [i32],
-        ldc: usize,
+        dest: Dest,
     ) -> Result<(), IGemmError> {
         let (m, n, k) = (self.m, self.n, self.k);
         let kp = k.next_multiple_of(spec.kg);
@@ -837,7 +968,6 @@ impl Problem<'_> {
             }
             IBias::Full(v, ld) => res = (v.as_ptr(), ld),
         }
-        let cp = SharedPtr(c.as_mut_ptr());
         let (app, bpp) = (SharedPtr(ap.cast_mut()), SharedPtr(bp.cast_mut()));
         let (rap, cap, resp) = (
             SharedPtr(rowadd.as_ptr().cast_mut()),
@@ -850,7 +980,7 @@ impl Problem<'_> {
             // by `pack_operand` for the same ISA, slot, rows and k); the epilogue vectors hold
             // `mt·MR` and `nt·NR` entries; `C` (checked m×n, stride `ldc`) is written only in
             // this band's tiles, which no other thread touches; the residual was checked to
-            // cover m×n.
+            // cover m×n, the multipliers `m` or `n` values.
             unsafe {
                 block_loops(
                     spec,
@@ -859,7 +989,7 @@ impl Problem<'_> {
                     (m, n, kp),
                     app.get(),
                     bpp.get(),
-                    (cp.get(), ldc),
+                    dest,
                     (rap.get(), cap.get(), resp.get(), res.1),
                 )
             };
@@ -878,9 +1008,15 @@ impl Problem<'_> {
 ///
 /// # Safety
 ///
-/// `a` holds `m.div_ceil(MR)` packed panels of `kp` steps, `b` `n.div_ceil(NR)`; `c` is valid
-/// for `m×n` with stride `ldc`; `rowadd`/`coladd` cover every padded row and column; `res` is
-/// null or valid for `m×n` with stride `ldr`; no other thread touches this band of `C`.
+/// `a` holds `m.div_ceil(MR)` packed panels of `kp` steps, `b` `n.div_ceil(NR)`; `dest.c` is
+/// valid for `m×n` with stride `ldc`; `rowadd`/`coladd` cover every padded row and column;
+/// `res` is null or valid for `m×n` with stride `ldr`; a requantization's multipliers cover
+/// `m` rows or `n` columns; no other thread touches this band of `C`. The CPU runs
+/// `dest.isa`.
+///
+/// With a requantization, the microkernels accumulate into an `i32` scratch (one tile when
+/// `k` is not cut, else the band's rows of one column block, so that partial sums survive
+/// between `k` blocks), and each tile is requantized into `C` right after its last block.
 #[allow(clippy::too_many_arguments)]
 unsafe fn block_loops<DA, DB>(
     spec: &Spec<DA, DB>,
@@ -889,7 +1025,7 @@ unsafe fn block_loops<DA, DB>(
     (m, n, kp): (usize, usize, usize),
     a: *const DA,
     b: *const DB,
-    (c, ldc): (*mut i32, usize),
+    dest: Dest,
     (rowadd, coladd, res, ldr): (*mut i32, *mut i32, *mut i32, usize),
 ) {
     let (mr, nr) = (spec.mr, spec.nr);
@@ -901,6 +1037,16 @@ unsafe fn block_loops<DA, DB>(
     let block_bytes = kp * nc_tiles.min(n1 - n0) * nr * std::mem::size_of::<DB>();
     let kc_max = if block_bytes <= L2_HALF { kp } else { spec.kc };
     let kblocks = kp.div_ceil(kc_max).max(1);
+    let ldc = dest.ldc;
+    // The requantization's scratch and its leading dimension.
+    let (mut scratch, lds) = match dest.q {
+        None => (Vec::new(), 0),
+        Some(_) if kblocks == 1 => (vec![0i32; mr * nr], nr),
+        Some(_) => {
+            let ld = nc_tiles * nr;
+            (vec![0i32; (m1 - m0) * mr * ld], ld)
+        }
+    };
     let mut jc = n0;
     while jc < n1 {
         let jend = (jc + nc_tiles).min(n1);
@@ -912,14 +1058,23 @@ unsafe fn block_loops<DA, DB>(
                 for jt in jc..jend {
                     let j = jt * nr;
                     // SAFETY: see the function's contract; `i < m`, `j < n`, and panel offsets
-                    // stay inside the packed buffers.
+                    // stay inside the packed buffers; a scratch tile lies inside the scratch
+                    // (one tile, or tile `(it − m0, jt − jc)` of the band's block).
                     unsafe {
+                        let (c, tldc) = match dest.q {
+                            None => (dest.c.cast::<i32>().add(i * ldc + j), ldc),
+                            Some(_) if kblocks == 1 => (scratch.as_mut_ptr(), lds),
+                            Some(_) => {
+                                let off = (it - m0) * mr * lds + (jt - jc) * nr;
+                                (scratch.as_mut_ptr().add(off), lds)
+                            }
+                        };
                         let tile = Tile {
                             kc,
                             a: a.add(it * mr * kp + pc * mr),
                             b: b.add(jt * nr * kp + pc * nr),
-                            c: c.add(i * ldc + j),
-                            ldc,
+                            c,
+                            ldc: tldc,
                             rows: mr.min(m - i),
                             cols: nr.min(n - j),
                             first: kb == 0,
@@ -934,6 +1089,30 @@ unsafe fn block_loops<DA, DB>(
                             ldr,
                         };
                         (spec.tile)(&tile);
+                        if let Some(q) = dest.q
+                            && tile.last
+                        {
+                            let mult = match q.per {
+                                Per::Scalar => q.mult,
+                                Per::Row => q.mult.add(i),
+                                Per::Col => q.mult.add(j),
+                            };
+                            let qt = QTile {
+                                src: c,
+                                lds,
+                                dst: dest.c.add(i * ldc + j),
+                                ldd: ldc,
+                                rows: tile.rows,
+                                cols: tile.cols,
+                                mult,
+                                per: q.per,
+                                scalar: q.scalar,
+                                scale: q.scale,
+                                zp: q.zp,
+                                signed: q.signed,
+                            };
+                            requant::tile(dest.isa, &qt);
+                        }
                     }
                 }
             }

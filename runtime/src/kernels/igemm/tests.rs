@@ -531,3 +531,128 @@ fn packed_operand_in_the_wrong_place() {
     let r = g.run_packed_b(1, IntRef::row_major(&a, k), &pb, &mut c1, 1, IBias::None);
     assert!(matches!(r, Err(IGemmError::MayOverflow { .. })), "{r:?}");
 }
+
+/// The requantizing epilogue against the two-step computation (the exact `i32` product, then
+/// [`IRequant::value`] element by element): every ISA, thread count and packing, u8 and i8
+/// outputs, scalar, per-row and per-column multipliers, odd shapes, `k` cut into cache
+/// blocks, values past both saturation bounds, exact .5 ties (a scale of 2 on odd integers)
+/// and NaN (a zero scale on a zero product).
+#[test]
+fn requantized_output_matches_two_steps() {
+    let mut rng = Rng(0x0dd_5eed_cafe);
+    let shapes = [
+        (1, 1, 1),
+        (7, 13, 3),
+        (13, 33, 100),
+        (12, 32, 4),
+        (25, 70, 147),
+        (13, 300, 2100),
+    ];
+    for (si, &(m, n, k)) in shapes.iter().enumerate() {
+        let a = Mat::new(m, k, false, 0, || rng.int(0, 255) as u8);
+        // Small weights for the tie cases keep the products small enough to tie exactly.
+        let b = Mat::new(k, n, si % 2 == 1, 1, || rng.int(-128, 127) as i8);
+        let bias: Vec<i32> = (0..m).map(|_| rng.int(-5000, 5000) as i32).collect();
+        let ldc = n + 2;
+        let mut exact = vec![0i32; m * ldc];
+        IGemm::new()
+            .run(m, n, k, a.view(), b.view(), &mut exact, ldc, IBias::PerRow(&bias))
+            .unwrap();
+        let rows: Vec<f32> = (0..m).map(|_| rng.int(1, 4000) as f32 * 1e-5).collect();
+        let cols: Vec<f32> = (0..n).map(|_| rng.int(1, 4000) as f32 * 1e-5).collect();
+        let big = exact.iter().map(|x| x.unsigned_abs()).max().unwrap_or(1).max(1) as f32;
+        let cases: [(RqMult, f32, i32); 6] = [
+            (RqMult::PerRow(&rows), 0.37, 3),
+            (RqMult::PerCol(&cols), 0.9, -7),
+            (RqMult::Scalar(0.011), 1.3, 128),
+            // Ties: f32(acc) · 1 / 2 is an exact half for every odd acc.
+            (RqMult::Scalar(1.0), 2.0, 0),
+            // Saturation at both ends: values spread far past the range.
+            (RqMult::Scalar(600.0 / big), 1.0, 10),
+            // NaN (0 / 0) and ±∞.
+            (RqMult::Scalar(1.0), 0.0, 5),
+        ];
+        for (ci, &(mult, scale, zp)) in cases.iter().enumerate() {
+            for signed in [false, true] {
+                let zp = if signed { zp.clamp(-128, 127) } else { zp.clamp(0, 255) };
+                let rq = IRequant {
+                    mult,
+                    scale,
+                    zero_point: zp,
+                };
+                let want: Vec<i32> = (0..m * ldc)
+                    .map(|idx| {
+                        let (i, j) = (idx / ldc, idx % ldc);
+                        if j >= n {
+                            return 0x55;
+                        }
+                        let mv = match mult {
+                            RqMult::Scalar(s) => s,
+                            RqMult::PerRow(v) => v[i],
+                            RqMult::PerCol(v) => v[j],
+                        };
+                        IRequant::value(exact[idx], mv, scale, zp as f32, signed)
+                    })
+                    .collect();
+                let (mut lo, mut hi) = (false, false);
+                for (idx, &w) in want.iter().enumerate() {
+                    if idx % ldc < n {
+                        lo |= w == if signed { -128 } else { 0 };
+                        hi |= w == if signed { 127 } else { 255 };
+                    }
+                }
+                if ci == 4 && m * n > 100 {
+                    assert!(lo && hi, "case {ci} must saturate at both ends");
+                }
+                for g in isas() {
+                    let pa = g.pack_a(m, k, a.view()).unwrap();
+                    let pb = g.pack_b(k, n, b.view()).unwrap();
+                    for threads in [1, 2, 3] {
+                        let g = g.threads(threads);
+                        for how in ["raw", "packed A", "packed B"] {
+                            let mut cu = vec![0x55u8; m * ldc];
+                            let mut ci8 = vec![0x55i8; m * ldc];
+                            let out = if signed {
+                                IOut::I8(&mut ci8, rq)
+                            } else {
+                                IOut::U8(&mut cu, rq)
+                            };
+                            let bias = IBias::PerRow(&bias);
+                            match how {
+                                "raw" => g.run_into(m, n, k, a.view(), b.view(), out, ldc, bias),
+                                "packed A" => g.run_packed_a_into(&pa, n, b.view(), out, ldc, bias),
+                                _ => g.run_packed_b_into(m, a.view(), &pb, out, ldc, bias),
+                            }
+                            .unwrap();
+                            for idx in 0..m * ldc {
+                                let got = if signed { ci8[idx] as i32 } else { cu[idx] as i32 };
+                                assert_eq!(
+                                    got,
+                                    want[idx],
+                                    "{} {threads}T {how} {m}x{n}x{k} case {ci} signed {signed} \
+                                     at ({}, {}), acc {}",
+                                    g.isa(),
+                                    idx / ldc,
+                                    idx % ldc,
+                                    exact[idx]
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn requant_value_definition() {
+    // Ties to even, both bounds, NaN to 0.
+    assert_eq!(IRequant::value(5, 1.0, 2.0, 0.0, false), 2);
+    assert_eq!(IRequant::value(7, 1.0, 2.0, 0.0, false), 4);
+    assert_eq!(IRequant::value(-5, 1.0, 2.0, 0.0, true), -2);
+    assert_eq!(IRequant::value(1000, 1.0, 1.0, 0.0, false), 255);
+    assert_eq!(IRequant::value(-1000, 1.0, 1.0, 0.0, true), -128);
+    assert_eq!(IRequant::value(0, 1.0, 0.0, 3.0, true), 0);
+    assert_eq!(IRequant::value(1, 1.0, 0.0, 3.0, true), 127);
+}

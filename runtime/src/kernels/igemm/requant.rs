@@ -1,0 +1,232 @@
+//! The requantizing epilogue: an `i32` tile of the product turned into `u8`/`i8` right after
+//! its last block is computed, while it is still in L1, so the `i32` result never goes to
+//! memory.
+//!
+//! Every ISA computes, element by element and bit for bit,
+//!
+//! ```text
+//! q = cast(min(max(round_half_even(f32(acc) · mult / scale) + f32(zp), lo), hi))
+//! ```
+//!
+//! in `f32` with each operation rounded (the conversion and the division round to nearest
+//! even, the multiplication is not fused into anything, the division is a division, not a
+//! multiplication by a reciprocal), `[lo, hi]` the output type's range and NaN mapped to 0: the
+//! kernel IR's `Requant`, which is the elementwise tail that quantized models lower to.
+
+#![allow(unsafe_code)]
+
+use super::Isa;
+
+/// The multiplier of the requantization, broadcast over the product's `m×n`.
+#[derive(Clone, Copy, Debug)]
+pub enum RqMult<'a> {
+    /// One value for all of `C`.
+    Scalar(f32),
+    /// One value per row of `C` (at least `m`).
+    PerRow(&'a [f32]),
+    /// One value per column of `C` (at least `n`).
+    PerCol(&'a [f32]),
+}
+
+/// The requantization applied to the `i32` product (see the module docs).
+#[derive(Clone, Copy, Debug)]
+pub struct IRequant<'a> {
+    /// `mult`, multiplied first.
+    pub mult: RqMult<'a>,
+    /// The divisor: the output scale.
+    pub scale: f32,
+    /// The output zero point, added after rounding.
+    pub zero_point: i32,
+}
+
+impl IRequant<'_> {
+    /// The requantized value of one `acc` with multiplier `mult`, for an `i8` output when
+    /// `signed`, else `u8`: the definition the kernels follow.
+    pub fn value(acc: i32, mult: f32, scale: f32, zp: f32, signed: bool) -> i32 {
+        let (lo, hi) = if signed { (-128.0, 127.0) } else { (0.0, 255.0) };
+        let v = (acc as f32 * mult / scale).round_ties_even() + zp;
+        if v.is_nan() { 0 } else { v.clamp(lo, hi) as i32 }
+    }
+}
+
+/// One tile to requantize: `rows×cols` `i32`s from `src` (rows `lds` apart) into bytes at `dst`
+/// (rows `ldd` apart). `mult` points at the tile's first row's (`per == Row`) or first
+/// column's (`per == Col`) multiplier, or is unused (`Scalar`).
+#[derive(Clone, Copy)]
+pub(super) struct QTile {
+    pub src: *const i32,
+    pub lds: usize,
+    pub dst: *mut u8,
+    pub ldd: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub mult: *const f32,
+    pub per: Per,
+    pub scalar: f32,
+    pub scale: f32,
+    pub zp: f32,
+    pub signed: bool,
+}
+
+/// What the multiplier varies with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Per {
+    Scalar,
+    Row,
+    Col,
+}
+
+impl QTile {
+    /// The multiplier of element `(r, j)`.
+    ///
+    /// # Safety
+    ///
+    /// `mult` covers the tile's rows (`Row`) or columns (`Col`).
+    unsafe fn mult_at(&self, r: usize, j: usize) -> f32 {
+        // SAFETY: the function's contract.
+        unsafe {
+            match self.per {
+                Per::Scalar => self.scalar,
+                Per::Row => *self.mult.add(r),
+                Per::Col => *self.mult.add(j),
+            }
+        }
+    }
+}
+
+/// Requantizes one tile with the widest code `isa` allows.
+///
+/// # Safety
+///
+/// The CPU runs `isa`; `src`, `dst` and `mult` are valid for the tile as [`QTile`] says.
+pub(super) unsafe fn tile(isa: Isa, t: &QTile) {
+    // SAFETY: forwarded contract; each ISA's function needs only what `isa` guarantees.
+    unsafe {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => avx512(t),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => avx2(t),
+            _ => portable(t),
+        }
+    }
+}
+
+/// Element by element, as the definition says.
+///
+/// # Safety
+///
+/// As for [`tile`].
+#[inline(always)]
+unsafe fn portable(t: &QTile) {
+    for r in 0..t.rows {
+        for j in 0..t.cols {
+            // SAFETY: `r < rows`, `j < cols`: inside the tile.
+            unsafe {
+                let acc = *t.src.add(r * t.lds + j);
+                let q = IRequant::value(acc, t.mult_at(r, j), t.scale, t.zp, t.signed);
+                *t.dst.add(r * t.ldd + j) = q as u8;
+            }
+        }
+    }
+}
+
+/// Eight lanes at a time, the columns past the last multiple of eight element by element.
+///
+/// # Safety
+///
+/// As for [`tile`], on a CPU with AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn avx2(t: &QTile) {
+    use std::arch::x86_64::*;
+    let (lo, hi) = if t.signed { (-128.0, 127.0) } else { (0.0, 255.0) };
+    let (lov, hiv) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+    let (scale, zp) = (_mm256_set1_ps(t.scale), _mm256_set1_ps(t.zp));
+    let full = t.cols / 8 * 8;
+    for r in 0..t.rows {
+        // SAFETY: every load and store is inside row `r < rows` and column `< cols` of the
+        // tile; `mult` covers the rows or columns used.
+        unsafe {
+            let row_mult = match t.per {
+                Per::Scalar => t.scalar,
+                Per::Row => *t.mult.add(r),
+                Per::Col => 0.0,
+            };
+            let mut j = 0;
+            while j < full {
+                let x = _mm256_loadu_si256(t.src.add(r * t.lds + j).cast());
+                let m = if t.per == Per::Col {
+                    _mm256_loadu_ps(t.mult.add(j))
+                } else {
+                    _mm256_set1_ps(row_mult)
+                };
+                let f = _mm256_mul_ps(_mm256_cvtepi32_ps(x), m);
+                let f = _mm256_div_ps(f, scale);
+                let f = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(f);
+                let f = _mm256_add_ps(f, zp);
+                let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(f, f);
+                let f = _mm256_min_ps(_mm256_max_ps(f, lov), hiv);
+                let q = _mm256_andnot_si256(_mm256_castps_si256(nan), _mm256_cvtps_epi32(f));
+                let mut out = [0i32; 8];
+                _mm256_storeu_si256(out.as_mut_ptr().cast(), q);
+                for (l, &v) in out.iter().enumerate() {
+                    *t.dst.add(r * t.ldd + j + l) = v as u8;
+                }
+                j += 8;
+            }
+            for j in full..t.cols {
+                let acc = *t.src.add(r * t.lds + j);
+                let q = IRequant::value(acc, t.mult_at(r, j), t.scale, t.zp, t.signed);
+                *t.dst.add(r * t.ldd + j) = q as u8;
+            }
+        }
+    }
+}
+
+/// Sixteen lanes at a time with masked loads and narrowing stores.
+///
+/// # Safety
+///
+/// As for [`tile`], on a CPU with AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn avx512(t: &QTile) {
+    use std::arch::x86_64::*;
+    let (lo, hi) = if t.signed { (-128.0, 127.0) } else { (0.0, 255.0) };
+    let (lov, hiv) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+    let (scale, zp) = (_mm512_set1_ps(t.scale), _mm512_set1_ps(t.zp));
+    for r in 0..t.rows {
+        // SAFETY: every masked load and store touches only row `r < rows`, columns `< cols`
+        // of the tile; `mult` covers the rows or columns used.
+        unsafe {
+            let row_mult = match t.per {
+                Per::Scalar => t.scalar,
+                Per::Row => *t.mult.add(r),
+                Per::Col => 0.0,
+            };
+            let mut j = 0;
+            while j < t.cols {
+                let lanes = (t.cols - j).min(16);
+                let mask = ((1u32 << lanes) - 1) as __mmask16;
+                let x = _mm512_maskz_loadu_epi32(mask, t.src.add(r * t.lds + j));
+                let m = if t.per == Per::Col {
+                    _mm512_maskz_loadu_ps(mask, t.mult.add(j))
+                } else {
+                    _mm512_set1_ps(row_mult)
+                };
+                let f = _mm512_mul_ps(_mm512_cvtepi32_ps(x), m);
+                let f = _mm512_div_ps(f, scale);
+                let f = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                    f,
+                );
+                let f = _mm512_add_ps(f, zp);
+                let ok = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(f, f);
+                let f = _mm512_min_ps(_mm512_max_ps(f, lov), hiv);
+                let q = _mm512_maskz_mov_epi32(ok, _mm512_cvtps_epi32(f));
+                _mm512_mask_cvtepi32_storeu_epi8(t.dst.add(r * t.ldd + j).cast(), mask, q);
+                j += 16;
+            }
+        }
+    }
+}
