@@ -16,10 +16,10 @@
 // `mlc_matmul` receives raw pointers from generated code; each use has a SAFETY comment.
 #![allow(unsafe_code)]
 
-use super::matmul::{self, Gemm, View};
+use super::matmul::{self, Gemm, Requant, View};
 
 /// Version of this contract; an artifact records it and a runtime loads only its own.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// The data symbol holding the helper table in generated code.
 pub const TABLE_SYMBOL: &str = "mlc_helpers";
@@ -127,14 +127,19 @@ pub mod mm_slot {
     pub const N: usize = 13;
     pub const K: usize = 14;
     pub const STRIDES: usize = 15; // a rs, a cs, b rs, b cs, c rs, c cs, bias rs, bias cs
-    pub const DTYPES: usize = 23; // a | b << 8 | c << 16 | bias << 24 (DType codes)
+    pub const DTYPES: usize = 23; // a | b << 8 | c << 16 | bias << 24 | rq mult << 32 | rq scale << 40 | rq zp << 48 (DType codes)
     pub const ACT: usize = 24; // 0 none, 1 relu, 2 clip, 3 hard sigmoid (alpha, beta in ACT_MIN/ACT_MAX), 4 hard swish
     pub const ALPHA: usize = 25; // f64 bits
     pub const BETA: usize = 26;
     pub const ACT_MIN: usize = 27;
     pub const ACT_MAX: usize = 28;
     pub const STATUS: usize = 29; // the executor's control block: status word, threads
-    pub const COUNT: usize = 30;
+    /// The requantization (`mlc_kir::Requant`) of an integer product into a `u8`/`i8` C:
+    /// the multiplier's pointer (null: none), element count, offset, row stride, col stride.
+    pub const RQ_MULT: usize = 30;
+    pub const RQ_SCALE: usize = 35; // +0..3: the scale's pointer, element count, index
+    pub const RQ_ZP: usize = 38; // +0..3: the zero point's pointer, element count, index
+    pub const COUNT: usize = 41;
 }
 
 /// `Stmt::Matmul`'s entry point: `desc` points to `mm_slot::COUNT` words laid out as
@@ -196,6 +201,14 @@ fn matmul_from_desc(d: &[u64], threads: usize) -> bool {
         // SAFETY: as for A and B.
         Some(unsafe { std::slice::from_raw_parts(pbias, len(3, tbias)) })
     };
+    let rq = if d[s::RQ_MULT] == 0 {
+        None
+    } else {
+        match requant_from_desc(d, tc, &overlaps) {
+            Some(rq) => Some(rq),
+            None => return false,
+        }
+    };
     let f = |i: usize| f64::from_bits(d[i]);
     let i = |j: usize| d[j] as i64;
     let view = |bytes, dtype, j: usize| View {
@@ -227,15 +240,66 @@ fn matmul_from_desc(d: &[u64], threads: usize) -> bool {
         act,
         threads,
     };
-    matmul::run(
-        &g,
-        view(a, ta, 0),
-        view(b, tb, 1),
-        c,
-        (tc, i(s::OFF + 2), i(s::STRIDES + 4), i(s::STRIDES + 5)),
-        bias.map(|bb| view(bb, tbias, 3)),
-    )
+    let cv = (tc, i(s::OFF + 2), i(s::STRIDES + 4), i(s::STRIDES + 5));
+    let biasv = bias.map(|bb| view(bb, tbias, 3));
+    match rq {
+        Some(rq) => matmul::run_requant(&g, view(a, ta, 0), view(b, tb, 1), c, cv, biasv, &rq),
+        None => matmul::run(&g, view(a, ta, 0), view(b, tb, 1), c, cv, biasv),
+    }
     .is_ok()
+}
+
+/// The requantization operands of a descriptor whose `RQ_MULT` pointer is set: `None` when
+/// their types are not `f32` multipliers and scale and a zero point of C's type `tc`, an index
+/// is outside its buffer, or one overlaps C.
+fn requant_from_desc<'a>(
+    d: &[u64],
+    tc: DType,
+    overlaps: &dyn Fn(*const u8, usize) -> bool,
+) -> Option<Requant<'a>> {
+    use mm_slot as s;
+    let codes = d[s::DTYPES];
+    let ty = |shift: u32| DType::from_code((codes >> shift) & 0xff);
+    if ty(32)? != DType::F32 || ty(40)? != DType::F32 || ty(48)? != tc {
+        return None;
+    }
+    // One element of a buffer (pointer, element count, index slots from `j`), as bytes.
+    let elem = |j: usize, t: DType| -> Option<&'a [u8]> {
+        let (p, len, at) = (d[j] as *const u8, d[j + 1] as usize, d[j + 2] as i64);
+        if p.is_null() || at < 0 || at as usize >= len || overlaps(p, len.saturating_mul(t.size()))
+        {
+            return None;
+        }
+        // SAFETY: `p` is a kernel parameter buffer of `len` elements (checked by the
+        // executor before any call), only read, and not overlapping C (checked above).
+        Some(unsafe { std::slice::from_raw_parts(p.add(at as usize * t.size()), t.size()) })
+    };
+    let scale = elem(s::RQ_SCALE, DType::F32)?;
+    let zp = elem(s::RQ_ZP, tc)?;
+    let scale = f32::from_le_bytes([scale[0], scale[1], scale[2], scale[3]]);
+    let zero_point = if tc == DType::I8 {
+        zp[0] as i8 as i32
+    } else {
+        zp[0] as i32
+    };
+    let (pm, lm) = (d[s::RQ_MULT] as *const u8, (d[s::RQ_MULT + 1] as usize).saturating_mul(4));
+    if overlaps(pm, lm) {
+        return None;
+    }
+    // SAFETY: as for the scale: a read-only parameter buffer that does not overlap C.
+    let bytes = unsafe { std::slice::from_raw_parts(pm, lm) };
+    let mult = View {
+        bytes,
+        dtype: DType::F32,
+        offset: d[s::RQ_MULT + 2] as i64,
+        row_stride: d[s::RQ_MULT + 3] as i64,
+        col_stride: d[s::RQ_MULT + 4] as i64,
+    };
+    Some(Requant {
+        mult,
+        scale,
+        zero_point,
+    })
 }
 
 /// The name of the matmul helper.

@@ -17,11 +17,17 @@
 //! * everything else takes a generic path accumulating in `f64` and rounding like the
 //!   evaluator.
 //!
+//! An integer contraction may requantize its `i32` result into a `u8`/`i8` C ([`run_requant`],
+//! the kernel IR's `Requant`): on the integer kernels that happens tile by tile in their
+//! epilogue; any other case computes the `i32` result into a temporary and requantizes it.
+//!
 //! Activations follow the evaluator exactly, NaN included: ReLU maps NaN to 0 and Clip maps it
 //! to `min` (`f64::max` semantics), which is also what the kernels' epilogue does.
 
 use super::abi::{Activation, DType};
-use crate::kernels::igemm::{IBias, IGemm, IntElem, IntRef, PackedInt, Slot};
+use crate::kernels::igemm::{
+    IBias, IGemm, IOut, IRequant, IntElem, IntRef, PackedInt, RqMult, Slot,
+};
 use crate::kernels::{bytes, gemm as kg};
 use std::borrow::Cow;
 
@@ -188,7 +194,7 @@ pub fn run(
         tests::PATH.set(tests::Path::F32);
         return Ok(());
     }
-    if int_kernels(g, &a, &b, c_bytes, c, bias.as_ref()).is_some() {
+    if int_kernels(g, &a, &b, c_bytes, c, bias.as_ref(), None).is_some() {
         #[cfg(test)]
         tests::PATH.set(tests::Path::Int);
         return Ok(());
@@ -196,6 +202,72 @@ pub fn run(
     #[cfg(test)]
     tests::PATH.set(tests::Path::Generic);
     generic(g, &a, &b, c_bytes, c, bias.as_ref());
+    Ok(())
+}
+
+/// The requantization of an integer contraction's `i32` result (the kernel IR's `Requant`).
+#[derive(Clone, Copy, Debug)]
+pub struct Requant<'a> {
+    /// The `f32` multipliers, broadcast through their strides to `m×n`.
+    pub mult: View<'a>,
+    /// The divisor (the output scale).
+    pub scale: f32,
+    /// The output zero point.
+    pub zero_point: i32,
+}
+
+/// Runs an integer contraction whose `i32` result `acc` (what [`run`] would store in an `i32`
+/// C) is requantized into C (`u8` or `i8`): `C = clamp(round_half_even(f32(acc) · mult /
+/// scale) + zp)` in `f32` (see [`IRequant`]). `alpha`, `beta` and the activation must be
+/// 1, 0 and none; a C of another type, like an element outside its buffer, is refused.
+pub fn run_requant(
+    g: &Gemm,
+    a: View,
+    b: View,
+    c_bytes: &mut [u8],
+    c: (DType, i64, i64, i64),
+    bias: Option<View>,
+    rq: &Requant,
+) -> Result<(), OutOfBounds> {
+    let (cty, coff, crs, ccs) = c;
+    let plain = g.alpha == 1.0 && g.beta == 0.0 && g.act == Activation::None;
+    if !matches!(cty, DType::U8 | DType::I8) || !plain {
+        return Err(OutOfBounds);
+    }
+    let (m, n) = (g.m, g.n);
+    check(a.offset, a.row_stride, a.col_stride, m, g.k, a.len())?;
+    check(b.offset, b.row_stride, b.col_stride, g.k, n, b.len())?;
+    check(coff, crs, ccs, m, n, c_bytes.len())?;
+    if let Some(bv) = &bias {
+        check(bv.offset, bv.row_stride, bv.col_stride, m, n, bv.len())?;
+    }
+    let mv = &rq.mult;
+    check(mv.offset, mv.row_stride, mv.col_stride, m, n, mv.len())?;
+    if int_kernels(g, &a, &b, c_bytes, c, bias.as_ref(), Some(rq)).is_some() {
+        #[cfg(test)]
+        tests::PATH.set(tests::Path::Int);
+        return Ok(());
+    }
+    // The `i32` result in a dense temporary, then the requantization element by element.
+    let mut tmp = vec![0u8; m * n * 4];
+    run(g, a, b, &mut tmp, (DType::I32, 0, n as i64, 1), bias)?;
+    #[cfg(test)]
+    let path = tests::PATH.get();
+    let signed = cty == DType::I8;
+    for r in 0..m {
+        for col in 0..n {
+            let acc = read(&tmp, DType::I32, r * n + col) as i32;
+            let mult = mv.get(mv.index(r, col)) as f32;
+            let q = IRequant::value(acc, mult, rq.scale, rq.zero_point as f32, signed);
+            c_bytes[(coff + r as i64 * crs + col as i64 * ccs) as usize] = q as u8;
+        }
+    }
+    #[cfg(test)]
+    tests::PATH.set(if path == tests::Path::Int {
+        tests::Path::IntThenRequant
+    } else {
+        tests::Path::Generic
+    });
     Ok(())
 }
 
@@ -495,10 +567,30 @@ impl<'a> IntBias<'a> {
     }
 }
 
-/// An integer contraction (`u8`/`i8`/`i32` operands, `i32` result and bias, no scaling, no
-/// activation) on the exact integer kernels. `None` when they refuse it (operands whose
-/// values span more than 256 integers, a result that could leave `i32`, views they cannot
-/// read in place); nothing was written then, and the caller takes the generic path.
+/// The requantization's multipliers as the integer kernels take them, for an `m×n` product
+/// whose multiplier view has strides `(rs, cs)`: `None` for a full matrix of them.
+fn rq_mult<'a>(v: &View<'a>, m: usize, n: usize, rs: i64, cs: i64) -> Option<Cow<'a, [f32]>> {
+    let rs = if m <= 1 { 0 } else { rs };
+    let cs = if n <= 1 { 0 } else { cs };
+    let data = bytes::cast::<f32>(v.bytes).and_then(|d| d.get(v.offset as usize..));
+    let vector = |step: i64, len: usize| match data {
+        Some(d) if step == 1 => Cow::Borrowed(&d[..len]),
+        _ => Cow::Owned(gather(v, v.offset, step, 0, len, 1)),
+    };
+    match (rs, cs) {
+        (0, 0) => Some(Cow::Owned(vec![read(v.bytes, v.dtype, v.offset as usize) as f32])),
+        (rs, 0) => Some(vector(rs, m)),
+        (0, cs) => Some(vector(cs, n)),
+        _ => None,
+    }
+}
+
+/// An integer contraction (`u8`/`i8`/`i32` operands, `i32` bias, no scaling, no activation)
+/// on the exact integer kernels: an `i32` result, or with `rq` one requantized into a `u8`/`i8`
+/// C in their epilogue. `None` when they refuse it (operands whose values span more than 256
+/// integers, a result that could leave `i32`, views they cannot read in place, multipliers
+/// that vary along both dimensions); nothing was written then, and the caller takes the
+/// generic path.
 fn int_kernels(
     g: &Gemm,
     a: &View,
@@ -506,10 +598,18 @@ fn int_kernels(
     c_bytes: &mut [u8],
     (cty, coff, crs, ccs): (DType, i64, i64, i64),
     bias: Option<&View>,
+    rq: Option<&Requant>,
 ) -> Option<()> {
     let (m, n, k) = (g.m, g.n, g.k);
     let plain = g.alpha == 1.0 && g.beta == 0.0 && g.act == Activation::None;
-    if cty != DType::I32 || !plain || bias.is_some_and(|v| v.dtype != DType::I32) {
+    let cty_ok = match rq {
+        None => cty == DType::I32,
+        Some(_) => matches!(cty, DType::U8 | DType::I8),
+    };
+    if !cty_ok || !plain || bias.is_some_and(|v| v.dtype != DType::I32) {
+        return None;
+    }
+    if rq.is_some_and(|r| r.mult.dtype != DType::F32) {
         return None;
     }
     let (av, bv) = (IntView::new(a, m, k)?, IntView::new(b, k, n)?);
@@ -521,6 +621,49 @@ fn int_kernels(
     // C's orientation as in `f32_kernels`.
     let rows_ok = (n == 1 || ccs == 1) && (m == 1 || crs >= n as i64);
     let cols_ok = (m == 1 || crs == 1) && (n == 1 || ccs >= m as i64);
+    if let Some(rq) = rq {
+        // Requantized: C's bytes in place in either orientation (the multipliers transposed
+        // with it), else the caller's temporary.
+        if !(rows_ok || cols_ok) {
+            return None;
+        }
+        let (mrs, mcs) = (rq.mult.row_stride, rq.mult.col_stride);
+        let mult = rq_mult(&rq.mult, m, n, mrs, mcs)?;
+        let per_row = (if m <= 1 { 0 } else { mrs }) != 0;
+        let per_col = (if n <= 1 { 0 } else { mcs }) != 0;
+        let mult_of = |transposed: bool| match (per_row, per_col) {
+            (false, false) => RqMult::Scalar(mult[0]),
+            (true, _) if !transposed => RqMult::PerRow(&mult),
+            (true, _) => RqMult::PerCol(&mult),
+            (_, true) if !transposed => RqMult::PerCol(&mult),
+            (_, true) => RqMult::PerRow(&mult),
+        };
+        fn q_out<'c>(c: &'c mut [u8], irq: IRequant<'c>, signed: bool) -> IOut<'c> {
+            if signed {
+                IOut::I8(bytes::cast_mut::<i8>(c).unwrap_or_default(), irq)
+            } else {
+                IOut::U8(c, irq)
+            }
+        }
+        let irq = |mult| IRequant {
+            mult,
+            scale: rq.scale,
+            zero_point: rq.zero_point,
+        };
+        let signed = cty == DType::I8;
+        let c = c_bytes.get_mut(coff as usize..)?;
+        return if rows_ok {
+            let ldc = if m == 1 { n } else { crs as usize };
+            let bias = IntBias::new(bias, m, n, bias_rs, bias_cs);
+            let o = q_out(c, irq(mult_of(false)), signed);
+            int_product(&ig, (m, n, k), av, bv, o, ldc, bias.get())
+        } else {
+            let ldc = if n == 1 { m } else { ccs as usize };
+            let bias = IntBias::new(bias, n, m, bias_cs, bias_rs);
+            let o = q_out(c, irq(mult_of(true)), signed);
+            int_product(&ig, (n, m, k), bv.t(), av.t(), o, ldc, bias.get())
+        };
+    }
     let cf = if rows_ok || cols_ok {
         bytes::cast_mut::<i32>(c_bytes)
     } else {
@@ -531,18 +674,18 @@ fn int_kernels(
             let ldc = if m == 1 { n } else { crs as usize };
             let bias = IntBias::new(bias, m, n, bias_rs, bias_cs);
             let c = cf.get_mut(coff as usize..)?;
-            int_product(&ig, (m, n, k), av, bv, c, ldc, bias.get())
+            int_product(&ig, (m, n, k), av, bv, IOut::I32(c), ldc, bias.get())
         }
         Some(cf) => {
             let ldc = if n == 1 { m } else { ccs as usize };
             let bias = IntBias::new(bias, n, m, bias_cs, bias_rs);
             let c = cf.get_mut(coff as usize..)?;
-            int_product(&ig, (n, m, k), bv.t(), av.t(), c, ldc, bias.get())
+            int_product(&ig, (n, m, k), bv.t(), av.t(), IOut::I32(c), ldc, bias.get())
         }
         None => {
             let bias = IntBias::new(bias, m, n, bias_rs, bias_cs);
             let mut tmp = vec![0i32; m * n];
-            int_product(&ig, (m, n, k), av, bv, &mut tmp, n, bias.get())?;
+            int_product(&ig, (m, n, k), av, bv, IOut::I32(&mut tmp), n, bias.get())?;
             for r in 0..m {
                 for c in 0..n {
                     let i = (coff + r as i64 * crs + c as i64 * ccs) as usize;
@@ -554,7 +697,7 @@ fn int_kernels(
     }
 }
 
-/// `C (m×n) = A·B + bias` on the integer kernels (views in place), with an operand that is one
+/// `C (m×n) = A·B + bias` (or its requantization) on the integer kernels (views in place), with an operand that is one
 /// of the executor's weights packed once and reused by every later call (the other is packed
 /// on the call: an `i8` conv weight as `A`, an `i8` MatMulInteger weight as `B`). `None` when
 /// the kernels refuse the product.
@@ -563,17 +706,17 @@ fn int_product(
     (m, n, k): (usize, usize, usize),
     a: IntView,
     b: IntView,
-    c: &mut [i32],
+    c: IOut,
     ldc: usize,
     bias: IBias,
 ) -> Option<()> {
     if let Some(pa) = with_int!(a, x => packed_int(ig, Slot::A, (m, k), x)) {
-        return with_int!(b, y => ig.run_packed_a(&pa, n, y, c, ldc, bias)).ok();
+        return with_int!(b, y => ig.run_packed_a_into(&pa, n, y, c, ldc, bias)).ok();
     }
     if let Some(pb) = with_int!(b, y => packed_int(ig, Slot::B, (k, n), y)) {
-        return with_int!(a, x => ig.run_packed_b(m, x, &pb, c, ldc, bias)).ok();
+        return with_int!(a, x => ig.run_packed_b_into(m, x, &pb, c, ldc, bias)).ok();
     }
-    with_int!(a, x => with_int!(b, y => ig.run(m, n, k, x, y, c, ldc, bias))).ok()
+    with_int!(a, x => with_int!(b, y => ig.run_into(m, n, k, x, y, c, ldc, bias))).ok()
 }
 
 /// The `rows×cols` operand `v` for `slot`, packed once per executor when it is one of its

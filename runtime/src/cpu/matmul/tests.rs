@@ -11,6 +11,8 @@ use std::cell::Cell;
 pub(super) enum Path {
     F32,
     Int,
+    /// The `i32` product on the integer kernels, then the requantization separately.
+    IntThenRequant,
     Generic,
 }
 
@@ -552,4 +554,128 @@ fn int_weights_packed_once_and_reused() {
     });
     assert_eq!(case.path.get(), Path::Generic, "{}", case.what);
     assert_eq!(cache.packed_int_count(), (1, 1), "{}", case.what);
+}
+
+/// `run_requant` on `case`'s operands into a fresh `u8`/`i8` C laid out as `lc`, against the
+/// definition (the generic `i32` product, then [`IRequant::value`] element by element); the
+/// multiplier laid out as `lm`. Returns the path taken.
+fn requant_case(case: &Case, rng: &mut Rng, signed: bool, lc: Layout, lm: Layout) -> Path {
+    let (m, n) = (case.g.m, case.g.n);
+    let cty = if signed { DType::I8 } else { DType::U8 };
+    let (co, crs, ccs, clen) = place(lc, m, n, 1);
+    let (mo, mrs, mcs, mlen) = place(lm, m, n, 2);
+    let mult = Buf::new(DType::F32, mlen, 0, |_| (1 + rng.below(3000)) as f64 * 1e-5);
+    // Every few cases a scale of 2 and a multiplier of 1: exact .5 ties.
+    let ties = rng.below(3) == 0;
+    let mult = if ties {
+        Buf::new(DType::F32, mlen, 0, |_| 1.0)
+    } else {
+        mult
+    };
+    let scale = if ties { 2.0 } else { 0.05 + rng.unit().abs() as f32 };
+    let zp = if signed {
+        rng.below(256) as i32 - 128
+    } else {
+        rng.below(256) as i32
+    };
+    let rq = Requant {
+        mult: mult.view((mo, mrs, mcs)),
+        scale,
+        zero_point: zp,
+    };
+    let bias = case.bias.as_ref().map(|(b, v)| b.view(*v));
+    let mut exact = vec![0u8; m * n * 4];
+    generic(
+        &case.g,
+        &case.a.view(case.av),
+        &case.b.view(case.bv),
+        &mut exact,
+        (DType::I32, 0, n as i64, 1),
+        bias.as_ref(),
+    );
+    let mut c = vec![0x5au8; clen];
+    run_requant(
+        &case.g,
+        case.a.view(case.av),
+        case.b.view(case.bv),
+        &mut c,
+        (cty, co, crs, ccs),
+        bias,
+        &rq,
+    )
+    .unwrap_or_else(|_| panic!("{}: refused", case.what));
+    let path = PATH.get();
+    let mut want = vec![0x5au8; clen];
+    for r in 0..m {
+        for col in 0..n {
+            let acc = read(&exact, DType::I32, r * n + col) as i32;
+            let mv = rq.mult.get(rq.mult.index(r, col)) as f32;
+            let q = IRequant::value(acc, mv, scale, zp as f32, signed);
+            want[(co + r as i64 * crs + col as i64 * ccs) as usize] = q as u8;
+        }
+    }
+    assert_eq!(
+        c, want,
+        "{} requantized to {} C {lc:?} mult {lm:?} ties {ties} ({path:?})",
+        case.what,
+        cty.name()
+    );
+    path
+}
+
+#[test]
+fn requantized_matches_definition() {
+    let mut rng = Rng(0x7e9a_0001);
+    let row = Layout::RowMajor { pad: 0 };
+    // (multiplier layout, whether the kernels requantize it in their epilogue)
+    let mults = [
+        (Layout::Scalar, true),
+        (Layout::ColBroadcast, true),
+        (Layout::RowBroadcast, true),
+        (Layout::RowMajor { pad: 1 }, false),
+    ];
+    let types = [
+        ((DType::I8, DType::U8), ((-128, 127), (0, 255))),
+        ((DType::U8, DType::I8), ((0, 255), (-128, 127))),
+        ((DType::I32, DType::I32), ((-100, 155), (-128, 127))),
+    ];
+    for _ in 0..60 {
+        let shape = (
+            DIMS[rng.below(DIMS.len())],
+            DIMS[rng.below(DIMS.len())],
+            DIMS[rng.below(DIMS.len())],
+        );
+        let (tys, vals) = types[rng.below(types.len())];
+        let la = [row, Layout::ColMajor { pad: 1 }][rng.below(2)];
+        let bias = [None, Some(Layout::ColBroadcast), Some(Layout::Scalar)][rng.below(3)];
+        let threads = 1 + rng.below(2);
+        let case = int_case(&mut rng, shape, tys, vals, (la, row, row), bias, threads);
+        let (lm, fused) = mults[rng.below(mults.len())];
+        let lc = C_LAYOUTS[rng.below(C_LAYOUTS.len())];
+        let signed = rng.below(2) == 0;
+        let path = requant_case(&case, &mut rng, signed, lc, lm);
+        let in_place = matches!(lc, Layout::RowMajor { .. } | Layout::ColMajor { .. });
+        if fused && in_place {
+            assert_eq!(path, Path::Int, "{}", case.what);
+        } else if shape.0 > 1 && shape.1 > 1 {
+            // (A single row or column is in place, and its multipliers a vector, whatever
+            // the layouts.)
+            assert_ne!(path, Path::Int, "{}", case.what);
+        }
+    }
+    // The first conv of resnet18's int8 model, with its weight packed once and reused.
+    use crate::cpu::exec::{ConstCache, with_consts};
+    let tys = (DType::I8, DType::U8);
+    let vals = ((-128, 127), (0, 255));
+    let l = (row, row, row);
+    let case = int_case(&mut rng, (64, 300, 147), tys, vals, l, Some(Layout::ColBroadcast), 2);
+    let range = case.a.bytes().as_ptr_range();
+    let cache = ConstCache::for_range(range.start as usize, range.end as usize);
+    with_consts(&cache, || {
+        for signed in [false, true] {
+            let p = requant_case(&case, &mut rng, signed, row, Layout::ColBroadcast);
+            assert_eq!(p, Path::Int);
+        }
+    });
+    assert_eq!(cache.packed_int_count(), (1, 0));
 }
