@@ -900,6 +900,53 @@ impl<M: Module> Tx<'_, '_, M> {
             put(self, s::STRIDES + 2 * j, rs);
             put(self, s::STRIDES + 2 * j + 1, cs);
         }
+        // The requantization's operands (a null multiplier pointer when there is none).
+        let rq_views: [(usize, Option<(ParamId, &Expr, i64, i64)>); 3] = match &mm.requant {
+            Some(rq) => [
+                (
+                    s::RQ_MULT,
+                    Some((
+                        rq.mult.param,
+                        &rq.mult.offset,
+                        rq.mult.row_stride,
+                        rq.mult.col_stride,
+                    )),
+                ),
+                (s::RQ_SCALE, Some((rq.scale.param, &rq.scale.index, 0, 0))),
+                (
+                    s::RQ_ZP,
+                    Some((rq.zero_point.param, &rq.zero_point.index, 0, 0)),
+                ),
+            ],
+            None => [(s::RQ_MULT, None), (s::RQ_SCALE, None), (s::RQ_ZP, None)],
+        };
+        for (j, (at, view)) in rq_views.into_iter().enumerate() {
+            let Some((param, off, rs, cs)) = view else {
+                let z = self.b.ins().iconst(ptr, 0);
+                put(self, at, z);
+                continue;
+            };
+            let p = &self.k.params[param.0 as usize];
+            let code = abi::DType::from_name(p.dtype.name())
+                .ok_or_else(|| CodegenError::Unsupported {
+                    kernel: self.k.name.clone(),
+                    what: format!("matmul requantization on {}", p.dtype.name()),
+                })?
+                .code() as i64;
+            codes |= code << (32 + 8 * j);
+            let len = p.len as i64;
+            let off = self.expr(off)?;
+            put(self, at, self.params[param.0 as usize]);
+            let len = self.b.ins().iconst(types::I64, len);
+            put(self, at + 1, len);
+            put(self, at + 2, off);
+            if at == s::RQ_MULT {
+                let rs = self.b.ins().iconst(types::I64, rs);
+                let cs = self.b.ins().iconst(types::I64, cs);
+                put(self, at + 3, rs);
+                put(self, at + 4, cs);
+            }
+        }
         let ints = [
             (s::M, mm.m as i64),
             (s::N, mm.n as i64),

@@ -23,6 +23,8 @@ impl CompiledProgram {
     }
 
     pub fn with_options(p: &Program, opts: Options) -> Result<CompiledProgram, CodegenError> {
+        let (fused, _) = crate::requant::fuse_requant(p);
+        let p = &fused;
         let (plan, weights) = crate::plan::build_plan(p)?;
         let (module, addrs, table) = crate::module::jit(&p.kernels, opts)?;
         let exec = crate::ffi::jit_executor(plan, module, &addrs, table, &weights)

@@ -19,6 +19,8 @@
 //!   (`mlc_runtime::cpu::abi`), so JIT'd code and artifacts loaded by the runtime run the same
 //!   helpers.
 //! - [`exec`] runs a whole [`mlc_kir::Program`]: buffers, steps in order, threads.
+//! - [`requant`] is a kernel-IR pass run before code generation (JIT and artifacts alike):
+//!   it folds the requantizing tail of an integer contraction into the contraction.
 //!
 //! ```
 //! use mlc_ir::{Tensor, parse_graph};
@@ -44,6 +46,7 @@ pub mod exec;
 mod ffi;
 pub mod module;
 pub mod plan;
+pub mod requant;
 pub mod simd;
 
 pub use artifact::compile_artifact;

@@ -301,9 +301,17 @@ impl Requant {
     /// The requantized value of `acc` (as every backend computes it), for a C of `u8` when
     /// `signed` is false, else `i8`.
     pub fn apply(acc: i32, mult: f32, scale: f32, zp: f32, signed: bool) -> i64 {
-        let (lo, hi) = if signed { (-128.0, 127.0) } else { (0.0, 255.0) };
+        let (lo, hi) = if signed {
+            (-128.0, 127.0)
+        } else {
+            (0.0, 255.0)
+        };
         let v = (acc as f32 * mult / scale).round_ties_even() + zp;
-        if v.is_nan() { 0 } else { v.clamp(lo, hi) as i64 }
+        if v.is_nan() {
+            0
+        } else {
+            v.clamp(lo, hi) as i64
+        }
     }
 }
 

@@ -142,12 +142,22 @@ impl Verifier<'_> {
             (rq.zero_point.param, cty, "zero point"),
         ] {
             if ty(self, p) != want {
-                self.err(format!("requantizing matmul: the {what} has the wrong type"));
+                self.err(format!(
+                    "requantizing matmul: the {what} has the wrong type"
+                ));
             }
         }
-        self.expect(&rq.mult.offset, DType::I64, "matmul requant multiplier offset");
+        self.expect(
+            &rq.mult.offset,
+            DType::I64,
+            "matmul requant multiplier offset",
+        );
         self.expect(&rq.scale.index, DType::I64, "matmul requant scale index");
-        self.expect(&rq.zero_point.index, DType::I64, "matmul requant zero point index");
+        self.expect(
+            &rq.zero_point.index,
+            DType::I64,
+            "matmul requant zero point index",
+        );
     }
 
     fn var_ok(&mut self, v: VarId) -> bool {

@@ -282,7 +282,10 @@ fn requant_from_desc<'a>(
     } else {
         zp[0] as i32
     };
-    let (pm, lm) = (d[s::RQ_MULT] as *const u8, (d[s::RQ_MULT + 1] as usize).saturating_mul(4));
+    let (pm, lm) = (
+        d[s::RQ_MULT] as *const u8,
+        (d[s::RQ_MULT + 1] as usize).saturating_mul(4),
+    );
     if overlaps(pm, lm) {
         return None;
     }

@@ -578,7 +578,9 @@ fn rq_mult<'a>(v: &View<'a>, m: usize, n: usize, rs: i64, cs: i64) -> Option<Cow
         _ => Cow::Owned(gather(v, v.offset, step, 0, len, 1)),
     };
     match (rs, cs) {
-        (0, 0) => Some(Cow::Owned(vec![read(v.bytes, v.dtype, v.offset as usize) as f32])),
+        (0, 0) => Some(Cow::Owned(vec![
+            read(v.bytes, v.dtype, v.offset as usize) as f32
+        ])),
         (rs, 0) => Some(vector(rs, m)),
         (0, cs) => Some(vector(cs, n)),
         _ => None,
@@ -680,7 +682,15 @@ fn int_kernels(
             let ldc = if n == 1 { m } else { ccs as usize };
             let bias = IntBias::new(bias, n, m, bias_cs, bias_rs);
             let c = cf.get_mut(coff as usize..)?;
-            int_product(&ig, (n, m, k), bv.t(), av.t(), IOut::I32(c), ldc, bias.get())
+            int_product(
+                &ig,
+                (n, m, k),
+                bv.t(),
+                av.t(),
+                IOut::I32(c),
+                ldc,
+                bias.get(),
+            )
         }
         None => {
             let bias = IntBias::new(bias, m, n, bias_rs, bias_cs);

@@ -572,7 +572,11 @@ fn requant_case(case: &Case, rng: &mut Rng, signed: bool, lc: Layout, lm: Layout
     } else {
         mult
     };
-    let scale = if ties { 2.0 } else { 0.05 + rng.unit().abs() as f32 };
+    let scale = if ties {
+        2.0
+    } else {
+        0.05 + rng.unit().abs() as f32
+    };
     let zp = if signed {
         rng.below(256) as i32 - 128
     } else {
@@ -615,7 +619,8 @@ fn requant_case(case: &Case, rng: &mut Rng, signed: bool, lc: Layout, lm: Layout
         }
     }
     assert_eq!(
-        c, want,
+        c,
+        want,
         "{} requantized to {} C {lc:?} mult {lm:?} ties {ties} ({path:?})",
         case.what,
         cty.name()
@@ -668,7 +673,15 @@ fn requantized_matches_definition() {
     let tys = (DType::I8, DType::U8);
     let vals = ((-128, 127), (0, 255));
     let l = (row, row, row);
-    let case = int_case(&mut rng, (64, 300, 147), tys, vals, l, Some(Layout::ColBroadcast), 2);
+    let case = int_case(
+        &mut rng,
+        (64, 300, 147),
+        tys,
+        vals,
+        l,
+        Some(Layout::ColBroadcast),
+        2,
+    );
     let range = case.a.bytes().as_ptr_range();
     let cache = ConstCache::for_range(range.start as usize, range.end as usize);
     with_consts(&cache, || {

@@ -57,8 +57,8 @@ mod tests;
 
 use super::Isa;
 use pack::{AlignedVec, PackDst};
-use requant::{Per, QTile};
 pub use requant::{IRequant, RqMult};
+use requant::{Per, QTile};
 
 /// An integer element type an operand may have.
 pub trait IntElem: Copy + Ord + Send + Sync + 'static {

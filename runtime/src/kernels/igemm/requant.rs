@@ -43,9 +43,17 @@ impl IRequant<'_> {
     /// The requantized value of one `acc` with multiplier `mult`, for an `i8` output when
     /// `signed`, else `u8`: the definition the kernels follow.
     pub fn value(acc: i32, mult: f32, scale: f32, zp: f32, signed: bool) -> i32 {
-        let (lo, hi) = if signed { (-128.0, 127.0) } else { (0.0, 255.0) };
+        let (lo, hi) = if signed {
+            (-128.0, 127.0)
+        } else {
+            (0.0, 255.0)
+        };
         let v = (acc as f32 * mult / scale).round_ties_even() + zp;
-        if v.is_nan() { 0 } else { v.clamp(lo, hi) as i32 }
+        if v.is_nan() {
+            0
+        } else {
+            v.clamp(lo, hi) as i32
+        }
     }
 }
 
@@ -140,7 +148,11 @@ unsafe fn portable(t: &QTile) {
 #[target_feature(enable = "avx2")]
 unsafe fn avx2(t: &QTile) {
     use std::arch::x86_64::*;
-    let (lo, hi) = if t.signed { (-128.0, 127.0) } else { (0.0, 255.0) };
+    let (lo, hi) = if t.signed {
+        (-128.0, 127.0)
+    } else {
+        (0.0, 255.0)
+    };
     let (lov, hiv) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
     let (scale, zp) = (_mm256_set1_ps(t.scale), _mm256_set1_ps(t.zp));
     let full = t.cols / 8 * 8;
@@ -193,7 +205,11 @@ unsafe fn avx2(t: &QTile) {
 #[target_feature(enable = "avx512f")]
 unsafe fn avx512(t: &QTile) {
     use std::arch::x86_64::*;
-    let (lo, hi) = if t.signed { (-128.0, 127.0) } else { (0.0, 255.0) };
+    let (lo, hi) = if t.signed {
+        (-128.0, 127.0)
+    } else {
+        (0.0, 255.0)
+    };
     let (lov, hiv) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
     let (scale, zp) = (_mm512_set1_ps(t.scale), _mm512_set1_ps(t.zp));
     for r in 0..t.rows {
@@ -217,9 +233,8 @@ unsafe fn avx512(t: &QTile) {
                 };
                 let f = _mm512_mul_ps(_mm512_cvtepi32_ps(x), m);
                 let f = _mm512_div_ps(f, scale);
-                let f = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-                    f,
-                );
+                let f =
+                    _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(f);
                 let f = _mm512_add_ps(f, zp);
                 let ok = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(f, f);
                 let f = _mm512_min_ps(_mm512_max_ps(f, lov), hiv);

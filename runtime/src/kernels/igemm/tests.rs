@@ -556,11 +556,25 @@ fn requantized_output_matches_two_steps() {
         let ldc = n + 2;
         let mut exact = vec![0i32; m * ldc];
         IGemm::new()
-            .run(m, n, k, a.view(), b.view(), &mut exact, ldc, IBias::PerRow(&bias))
+            .run(
+                m,
+                n,
+                k,
+                a.view(),
+                b.view(),
+                &mut exact,
+                ldc,
+                IBias::PerRow(&bias),
+            )
             .unwrap();
         let rows: Vec<f32> = (0..m).map(|_| rng.int(1, 4000) as f32 * 1e-5).collect();
         let cols: Vec<f32> = (0..n).map(|_| rng.int(1, 4000) as f32 * 1e-5).collect();
-        let big = exact.iter().map(|x| x.unsigned_abs()).max().unwrap_or(1).max(1) as f32;
+        let big = exact
+            .iter()
+            .map(|x| x.unsigned_abs())
+            .max()
+            .unwrap_or(1)
+            .max(1) as f32;
         let cases: [(RqMult, f32, i32); 6] = [
             (RqMult::PerRow(&rows), 0.37, 3),
             (RqMult::PerCol(&cols), 0.9, -7),
@@ -574,7 +588,11 @@ fn requantized_output_matches_two_steps() {
         ];
         for (ci, &(mult, scale, zp)) in cases.iter().enumerate() {
             for signed in [false, true] {
-                let zp = if signed { zp.clamp(-128, 127) } else { zp.clamp(0, 255) };
+                let zp = if signed {
+                    zp.clamp(-128, 127)
+                } else {
+                    zp.clamp(0, 255)
+                };
                 let rq = IRequant {
                     mult,
                     scale,
@@ -625,7 +643,11 @@ fn requantized_output_matches_two_steps() {
                             }
                             .unwrap();
                             for idx in 0..m * ldc {
-                                let got = if signed { ci8[idx] as i32 } else { cu[idx] as i32 };
+                                let got = if signed {
+                                    ci8[idx] as i32
+                                } else {
+                                    cu[idx] as i32
+                                };
                                 assert_eq!(
                                     got,
                                     want[idx],

@@ -1,0 +1,485 @@
+//! A kernel-IR pass of the CPU backend: an integer contraction followed by the elementwise
+//! kernel that requantizes its `i32` result becomes one contraction with a requantization
+//! epilogue (`mlc_kir::Requant`), so the `i32` result never goes to memory.
+//!
+//! Quantized models (QDQ convolutions, `QLinearConv`, `MatMulInteger` chains) lower to an
+//! integer `Matmul` writing an `i32` buffer, then a kernel that reads it back once per element
+//! and computes `cast<u8>(min(max(round(f32(acc) · mult[row] / scale) + f32(zp), 0), 255))`.
+//! The runtime's integer kernels do that while the tile is in registers (or in L1) instead.
+//!
+//! The rewrite is exact: it fires only when the tail computes exactly [`mlc_kir::Requant`]'s
+//! formula (the same operations in the same order, C's whole range as the clamp) on every
+//! element of the `i32` buffer, at the element's own index, with a multiplier indexed by the
+//! element's row or column (or one multiplier) and one scale and zero point, and when the
+//! `i32` buffer has no other reader. Anything else (a residual add, a dequantization to `f32`,
+//! another use of the `i32` result) is left as it is. The GPU backend never runs this pass.
+
+use mlc_ir::DType;
+use mlc_kir::{
+    Access, BinOp, BufId, BufKind, Expr, Kernel, KernelId, Lit, MatRef, Matmul, ParamId, Program,
+    Requant, ScalarRef, Step, Stmt, UnOp, VarId,
+};
+use std::collections::HashMap;
+
+/// Rewrites every integer contraction whose only consumer is a requantizing tail (see the
+/// module docs) into one requantizing contraction; returns the program and how many tails
+/// were fused.
+pub fn fuse_requant(p: &Program) -> (Program, usize) {
+    let mut out = p.clone();
+    let mut steps = Vec::with_capacity(p.steps.len());
+    let mut fused = 0;
+    let mut i = 0;
+    while i < p.steps.len() {
+        if i + 1 < p.steps.len()
+            && let Some((kernel, args)) = fuse_pair(p, &p.steps[i], &p.steps[i + 1])
+        {
+            let k = out.intern_kernel(kernel);
+            steps.push(Step {
+                kernel: k,
+                args,
+                origin: p.steps[i + 1]
+                    .origin
+                    .clone()
+                    .or_else(|| p.steps[i].origin.clone()),
+            });
+            fused += 1;
+            i += 2;
+            continue;
+        }
+        steps.push(p.steps[i].clone());
+        i += 1;
+    }
+    out.steps = steps;
+    drop_unused_kernels(&mut out);
+    (out, fused)
+}
+
+/// Removes kernels no step launches, renumbering the others.
+fn drop_unused_kernels(p: &mut Program) {
+    let mut used = vec![false; p.kernels.len()];
+    for s in &p.steps {
+        used[s.kernel.0 as usize] = true;
+    }
+    let mut map = vec![KernelId(0); p.kernels.len()];
+    let mut kept = Vec::new();
+    for (i, k) in std::mem::take(&mut p.kernels).into_iter().enumerate() {
+        if used[i] {
+            map[i] = KernelId(kept.len() as u32);
+            kept.push(k);
+        }
+    }
+    p.kernels = kept;
+    for s in &mut p.steps {
+        s.kernel = map[s.kernel.0 as usize];
+    }
+}
+
+/// The fused kernel and its arguments, when `mm_step` is a lone integer contraction into an
+/// `i32` buffer and `tail` requantizes exactly that buffer and nothing else reads it.
+fn fuse_pair(p: &Program, mm_step: &Step, tail: &Step) -> Option<(Kernel, Vec<BufId>)> {
+    let mk = p.kernel(mm_step.kernel);
+    let [Stmt::Matmul(mm)] = mk.body.as_slice() else {
+        return None;
+    };
+    let pty = |k: &Kernel, q: ParamId| k.params[q.0 as usize].dtype;
+    let int_op = |t: DType| matches!(t, DType::U8 | DType::I8 | DType::I32);
+    if mm.requant.is_some()
+        || mm.alpha != 1.0
+        || mm.beta != 0.0
+        || mm.act != mlc_kir::Activation::None
+        || pty(mk, mm.c.param) != DType::I32
+        || !int_op(pty(mk, mm.a.param))
+        || !int_op(pty(mk, mm.b.param))
+        || mm
+            .bias
+            .as_ref()
+            .is_some_and(|b| pty(mk, b.param) != DType::I32)
+    {
+        return None;
+    }
+    // C must be the whole of a dense row- or column-major m×n buffer.
+    let cbuf = *mm_step.args.get(mm.c.param.0 as usize)?;
+    let clen = mk.params[mm.c.param.0 as usize].len;
+    let (m, n) = (mm.m as i64, mm.n as i64);
+    let lit0 = matches!(mm.c.offset, Expr::Lit(Lit::Int(_, 0)));
+    let row_major = mm.c.col_stride == 1 && (mm.c.row_stride == n || m == 1);
+    let col_major = mm.c.row_stride == 1 && (mm.c.col_stride == m || n == 1);
+    if !lit0 || !(row_major || col_major) || clen as i64 != m * n || m * n == 0 {
+        return None;
+    }
+    if p.buffer(cbuf).kind != BufKind::Temp || p.buffer(cbuf).len() != clen {
+        return None;
+    }
+    let t = tail_pattern(p.kernel(tail.kernel))?;
+    let arg = |q: ParamId| tail.args.get(q.0 as usize).copied();
+    if p.storage_of(arg(t.acc)?) != cbuf || t.total != clen as i64 {
+        return None;
+    }
+    // Nothing else reads the i32 buffer: no other step, no output.
+    let reads_c = |s: &Step| s.args.iter().any(|&b| p.storage_of(b) == cbuf);
+    let others = p
+        .steps
+        .iter()
+        .filter(|s| !std::ptr::eq(*s, mm_step) && !std::ptr::eq(*s, tail))
+        .any(reads_c);
+    let in_tail = tail
+        .args
+        .iter()
+        .enumerate()
+        .filter(|&(j, &b)| j != t.acc.0 as usize && p.storage_of(b) == cbuf)
+        .count();
+    if others || in_tail > 0 || p.outputs.iter().any(|(_, b)| p.storage_of(*b) == cbuf) {
+        return None;
+    }
+    let out_buf = arg(t.out)?;
+    // The output must not share storage with what the contraction reads.
+    if mm_step
+        .args
+        .iter()
+        .any(|&b| p.storage_of(b) == p.storage_of(out_buf))
+    {
+        return None;
+    }
+    let tk = p.kernel(tail.kernel);
+    let ty_out = pty(tk, t.out);
+    if tk.params[t.out.0 as usize].len != clen || pty(tk, t.zp) != ty_out {
+        return None;
+    }
+    // The multiplier's index as `mo + r·mrs + c·mcs` over C's rows and columns: the tail's
+    // element index L is `r·n + c` (row-major) or `c·m + r` (column-major).
+    let inner = if row_major { n } else { m };
+    let (mo, mo_outer, mo_inner) = split_affine(&t.mult_idx, &t.loops, inner)?;
+    let (mrs, mcs) = if row_major {
+        (mo_outer, mo_inner)
+    } else {
+        (mo_inner, mo_outer)
+    };
+    // The fused kernel: the contraction's parameters with C of the output type, then the
+    // multiplier, scale and zero point.
+    let mut k = mk.clone();
+    k.name = format!("{}_requant", mk.name);
+    k.params[mm.c.param.0 as usize].dtype = ty_out;
+    let mut param_of = |q: ParamId| k.param(pty(tk, q), tk.params[q.0 as usize].len, Access::Read);
+    let (pm, ps, pz) = (param_of(t.mult), param_of(t.scale), param_of(t.zp));
+    let mut new_mm: Matmul = (**mm).clone();
+    new_mm.requant = Some(Requant {
+        mult: MatRef {
+            param: pm,
+            offset: Expr::idx(mo),
+            row_stride: mrs,
+            col_stride: mcs,
+        },
+        scale: ScalarRef {
+            param: ps,
+            index: Expr::idx(t.scale_idx),
+        },
+        zero_point: ScalarRef {
+            param: pz,
+            index: Expr::idx(t.zp_idx),
+        },
+    });
+    k.body = vec![Stmt::Matmul(Box::new(new_mm))];
+    let mut args = mm_step.args.clone();
+    args[mm.c.param.0 as usize] = out_buf;
+    args.extend([arg(t.mult)?, arg(t.scale)?, arg(t.zp)?]);
+    mlc_kir::verify_kernel(&k).ok()?;
+    Some((k, args))
+}
+
+/// What a requantizing tail reads and writes.
+struct Tail {
+    /// The loop counters, outermost first, with their extents.
+    loops: Vec<(VarId, i64)>,
+    /// Elements: the product of the extents.
+    total: i64,
+    /// The `i32` input, read at the element's own index.
+    acc: ParamId,
+    /// The output, written at the element's own index.
+    out: ParamId,
+    mult: ParamId,
+    /// The multiplier's index, affine in the loop counters.
+    mult_idx: Affine,
+    scale: ParamId,
+    scale_idx: i64,
+    zp: ParamId,
+    zp_idx: i64,
+}
+
+/// `c + Σ coef[v]·v` over loop counters.
+#[derive(Clone, Debug, PartialEq)]
+struct Affine {
+    c: i64,
+    coef: HashMap<VarId, i64>,
+}
+
+impl Affine {
+    fn of(e: &Expr) -> Option<Affine> {
+        Some(match e {
+            Expr::Lit(Lit::Int(_, v)) => Affine {
+                c: *v,
+                coef: HashMap::new(),
+            },
+            Expr::Var(v) => Affine {
+                c: 0,
+                coef: HashMap::from([(*v, 1)]),
+            },
+            Expr::Binary(BinOp::Add, a, b) => {
+                let (mut a, b) = (Affine::of(a)?, Affine::of(b)?);
+                a.c = a.c.checked_add(b.c)?;
+                for (v, k) in b.coef {
+                    let e = a.coef.entry(v).or_insert(0);
+                    *e = e.checked_add(k)?;
+                }
+                a
+            }
+            Expr::Binary(BinOp::Mul, a, b) => {
+                let (a, b) = (Affine::of(a)?, Affine::of(b)?);
+                let (x, k) = if a.coef.is_empty() {
+                    (b, a.c)
+                } else if b.coef.is_empty() {
+                    (a, b.c)
+                } else {
+                    return None;
+                };
+                Affine {
+                    c: x.c.checked_mul(k)?,
+                    coef: x
+                        .coef
+                        .into_iter()
+                        .map(|(v, c)| c.checked_mul(k).map(|c| (v, c)))
+                        .collect::<Option<_>>()?,
+                }
+            }
+            _ => return None,
+        })
+    }
+
+    /// The coefficient of `v` (0 when absent).
+    fn at(&self, v: VarId) -> i64 {
+        self.coef.get(&v).copied().unwrap_or(0)
+    }
+
+    /// Whether only `vars` appear.
+    fn over(&self, vars: &[(VarId, i64)]) -> bool {
+        self.coef
+            .iter()
+            .all(|(v, c)| *c == 0 || vars.iter().any(|(w, _)| w == v))
+    }
+}
+
+/// Recognizes the requantizing tail: a nest of literal loops whose innermost body is `let`s
+/// and one store `out[L] = cast<u8|i8>(min(max(round(cast<f32>(acc[L]) · mult[·] / scale[s])
+/// + cast<f32>(zp[z]), lo), hi))`, `L` the row-major index of the nest and `[lo, hi]` the
+/// output type's range.
+fn tail_pattern(k: &Kernel) -> Option<Tail> {
+    let mut loops = Vec::new();
+    let mut body: &[Stmt] = &k.body;
+    while let [
+        Stmt::For {
+            var,
+            extent: Expr::Lit(Lit::Int(_, e)),
+            body: inner,
+            ..
+        },
+    ] = body
+    {
+        loops.push((*var, *e));
+        body = inner;
+    }
+    let (last, lets) = body.split_last()?;
+    let Stmt::Store {
+        param: out,
+        index,
+        value,
+    } = last
+    else {
+        return None;
+    };
+    let mut defs: HashMap<VarId, &Expr> = HashMap::new();
+    for s in lets {
+        let Stmt::Let { var, value } = s else {
+            return None;
+        };
+        defs.insert(*var, value);
+    }
+    let value = inline(value, &defs, 0)?;
+    let index = inline(index, &defs, 0)?;
+    // The element index: row-major over the nest.
+    let total = loops
+        .iter()
+        .try_fold(1i64, |acc, &(_, e)| acc.checked_mul(e))?;
+    let li = Affine::of(&index)?;
+    let mut stride = 1i64;
+    for &(v, e) in loops.iter().rev() {
+        if e <= 0 || (e > 1 && li.at(v) != stride) {
+            return None;
+        }
+        stride *= e;
+    }
+    if li.c != 0 || !li.over(&loops) {
+        return None;
+    }
+    // The formula, from the outside in.
+    let ty_out = k.params.get(out.0 as usize)?.dtype;
+    let (lo, hi) = match ty_out {
+        DType::U8 => (0.0, 255.0),
+        DType::I8 => (-128.0, 127.0),
+        _ => return None,
+    };
+    let Expr::Cast(to, x) = &value else {
+        return None;
+    };
+    let x = (*to == ty_out).then_some(&**x)?;
+    let x = clamp_arg(x, BinOp::Min, hi)?;
+    let x = clamp_arg(x, BinOp::Max, lo)?;
+    let Expr::Binary(BinOp::Add, a, b) = x else {
+        return None;
+    };
+    let (rounded, zp_cast) = match (&**a, &**b) {
+        (r @ Expr::Unary(UnOp::Round, _), z) | (z, r @ Expr::Unary(UnOp::Round, _)) => (r, z),
+        _ => return None,
+    };
+    let Expr::Unary(UnOp::Round, q) = rounded else {
+        return None;
+    };
+    let Expr::Binary(BinOp::Div, prod, scale) = &**q else {
+        return None;
+    };
+    let Expr::Binary(BinOp::Mul, a, b) = &**prod else {
+        return None;
+    };
+    let acc_of = |e: &Expr| match e {
+        Expr::Cast(DType::F32, inner) => match &**inner {
+            Expr::Load { param, index } => Some((*param, (**index).clone())),
+            _ => None,
+        },
+        _ => None,
+    };
+    let ((acc, acc_idx), mult_e) = match (acc_of(a), acc_of(b)) {
+        (Some(x), _) if k.params[x.0.0 as usize].dtype == DType::I32 => (x, &**b),
+        (_, Some(x)) if k.params[x.0.0 as usize].dtype == DType::I32 => (x, &**a),
+        _ => return None,
+    };
+    if Affine::of(&acc_idx)? != li {
+        return None;
+    }
+    let load = |e: &Expr, ty: DType| match e {
+        Expr::Load { param, index } if k.params[param.0 as usize].dtype == ty => {
+            Some((*param, Affine::of(index)?))
+        }
+        _ => None,
+    };
+    let (mult, mult_idx) = load(mult_e, DType::F32)?;
+    let (scale, scale_idx) = load(scale, DType::F32)?;
+    let Expr::Cast(DType::F32, zp) = zp_cast else {
+        return None;
+    };
+    let (zp, zp_idx) = load(zp, ty_out)?;
+    let scalar = |a: &Affine| a.coef.values().all(|&c| c == 0).then_some(a.c);
+    let (scale_idx, zp_idx) = (scalar(&scale_idx)?, scalar(&zp_idx)?);
+    if !mult_idx.over(&loops) || [acc, mult, scale, zp].contains(out) {
+        return None;
+    }
+    let read = |q: ParamId| k.params[q.0 as usize].access == Access::Read;
+    if !(read(acc) && read(mult) && read(scale) && read(zp)) {
+        return None;
+    }
+    Some(Tail {
+        loops,
+        total,
+        acc,
+        out: *out,
+        mult,
+        mult_idx,
+        scale,
+        scale_idx,
+        zp,
+        zp_idx,
+    })
+}
+
+/// `x` when `e` is `op(x, bound)` or `op(bound, x)` with `bound` the `f32` literal `v`.
+fn clamp_arg(e: &Expr, op: BinOp, v: f64) -> Option<&Expr> {
+    let is_bound = |e: &Expr| matches!(e, Expr::Lit(Lit::Float(DType::F32, x)) if *x == v);
+    match e {
+        Expr::Binary(o, a, b) if *o == op && is_bound(b) => Some(a),
+        Expr::Binary(o, a, b) if *o == op && is_bound(a) => Some(b),
+        _ => None,
+    }
+}
+
+/// `e` with every `let`-defined variable replaced by its definition (loop counters stay).
+fn inline(e: &Expr, defs: &HashMap<VarId, &Expr>, depth: usize) -> Option<Expr> {
+    if depth > 64 {
+        return None;
+    }
+    let go = |x: &Expr| inline(x, defs, depth + 1).map(Box::new);
+    Some(match e {
+        Expr::Var(v) => match defs.get(v) {
+            Some(d) => inline(d, defs, depth + 1)?,
+            None => e.clone(),
+        },
+        Expr::Lit(_) => e.clone(),
+        Expr::Load { param, index } => Expr::Load {
+            param: *param,
+            index: go(index)?,
+        },
+        Expr::Unary(op, a) => Expr::Unary(*op, go(a)?),
+        Expr::Binary(op, a, b) => Expr::Binary(*op, go(a)?, go(b)?),
+        Expr::Select { cond, then, els } => Expr::Select {
+            cond: go(cond)?,
+            then: go(then)?,
+            els: go(els)?,
+        },
+        Expr::Cast(t, a) => Expr::Cast(*t, go(a)?),
+    })
+}
+
+/// The multiplier index `mult_idx` (affine in the nest's counters, whose element index is
+/// `L = outer·inner + within`) as `(offset, per outer, per within)`: `None` unless it is
+/// `offset + (L / inner)·a + (L % inner)·b` for every element.
+fn split_affine(mult_idx: &Affine, loops: &[(VarId, i64)], inner: i64) -> Option<(i64, i64, i64)> {
+    // The counters below the split hold `L % inner`: their strides' product is `inner`.
+    let mut strides = vec![0i64; loops.len()];
+    let mut s = 1i64;
+    for (i, &(_, e)) in loops.iter().enumerate().rev() {
+        strides[i] = s;
+        s = s.checked_mul(e)?;
+    }
+    let split = (0..=loops.len()).find(|&p| {
+        let below: i64 = loops[p..].iter().map(|&(_, e)| e).product();
+        below == inner
+    })?;
+    let (mut a, mut b) = (None::<i64>, None::<i64>);
+    for (i, &(v, e)) in loops.iter().enumerate() {
+        if e == 1 {
+            continue;
+        }
+        let coef = mult_idx.at(v);
+        if i < split {
+            // The outer index contributes `strides[i] / inner` per step of this counter.
+            let step = strides[i] / inner;
+            if coef % step != 0 {
+                return None;
+            }
+            let k = coef / step;
+            if *a.get_or_insert(k) != k {
+                return None;
+            }
+        } else {
+            let step = strides[i];
+            if coef % step != 0 {
+                return None;
+            }
+            let k = coef / step;
+            if *b.get_or_insert(k) != k {
+                return None;
+            }
+        }
+    }
+    Some((mult_idx.c, a.unwrap_or(0), b.unwrap_or(0)))
+}
+
+#[cfg(test)]
+#[path = "tests_requant.rs"]
+mod tests;

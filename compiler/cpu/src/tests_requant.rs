@@ -1,0 +1,298 @@
+//! The requantization fusion on small programs built like the lowering builds them: what
+//! fuses and what must not, and exactness (the evaluator before and after the pass, the
+//! compiled program after it, on random data with ties and saturation).
+
+use super::*;
+use crate::CompiledProgram;
+use mlc_ir::Tensor;
+use mlc_kir::{Buffer, LoopKind, run_program};
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn int(&mut self, lo: i64, hi: i64) -> i64 {
+        lo + (self.next() % (hi - lo + 1) as u64) as i64
+    }
+}
+
+/// How the test program differs from the plain per-channel conv tail.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Variant {
+    Plain,
+    /// One multiplier for the whole tensor.
+    PerTensor,
+    /// C column-major (`Cᵀ` stored), the tail's multiplier indexed by the inner counter.
+    ColMajor,
+    /// The tail's nest is `m × h × w` with `n = h·w`.
+    ThreeLoops,
+    /// The tail clamps to a narrower range than the output type's: not the formula.
+    NarrowClamp,
+    /// Another step also reads the `i32` result.
+    SecondReader,
+    /// The tail divides before it multiplies: not the formula.
+    DivFirst,
+}
+
+/// `out = requant(A (m×k, i8) · B (k×n, u8) + bias)` as two steps, the tail as lowering
+/// writes it.
+fn program(m: usize, n: usize, k: usize, out_ty: DType, v: Variant, rng: &mut Rng) -> Program {
+    let mut p = Program::default();
+    let a_vals: Vec<i8> = (0..m * k).map(|_| rng.int(-128, 127) as i8).collect();
+    p.consts.push(Tensor::from_vec(&[m, k], a_vals).unwrap());
+    let bias: Vec<i32> = (0..m).map(|_| rng.int(-3000, 3000) as i32).collect();
+    p.consts.push(Tensor::from_vec(&[m], bias).unwrap());
+    // Multipliers: a few exact (ties with a scale of 2), most small; the scale and zero point.
+    let mult: Vec<f32> = (0..m)
+        .map(|i| {
+            if i % 3 == 0 {
+                1.0
+            } else {
+                rng.int(1, 5000) as f32 * 1e-5
+            }
+        })
+        .collect();
+    p.consts.push(Tensor::from_vec(&[m], mult).unwrap());
+    let scale = [2.0f32, 0.37, 0.011][rng.int(0, 2) as usize];
+    p.consts.push(Tensor::from_vec(&[1], vec![scale]).unwrap());
+    let zp = if out_ty == DType::U8 {
+        Tensor::from_vec(&[1], vec![rng.int(0, 255) as u8]).unwrap()
+    } else {
+        Tensor::from_vec(&[1], vec![rng.int(-128, 127) as i8]).unwrap()
+    };
+    p.consts.push(zp);
+    let buf = |p: &mut Program, dtype, shape: Vec<usize>, kind| p.add_buffer(dtype, shape, kind);
+    let ba = buf(&mut p, DType::I8, vec![m, k], BufKind::Const(0));
+    let bb = buf(&mut p, DType::U8, vec![k, n], BufKind::Input(0));
+    let bbias = buf(&mut p, DType::I32, vec![m], BufKind::Const(1));
+    let bmult = buf(&mut p, DType::F32, vec![m], BufKind::Const(2));
+    let bscale = buf(&mut p, DType::F32, vec![1], BufKind::Const(3));
+    let bzp = buf(&mut p, out_ty, vec![1], BufKind::Const(4));
+    let bc = buf(&mut p, DType::I32, vec![m * n], BufKind::Temp);
+    let bout = buf(&mut p, out_ty, vec![m * n], BufKind::Temp);
+    p.inputs.push(("b".into(), bb));
+    p.outputs.push(("out".into(), bout));
+
+    // The contraction.
+    let mut mk = Kernel::new("conv_integer");
+    let pa = mk.param(DType::I8, m * k, Access::Read);
+    let pb = mk.param(DType::U8, k * n, Access::Read);
+    let pbias = mk.param(DType::I32, m, Access::Read);
+    let pc = mk.param(DType::I32, m * n, Access::Write);
+    let col = v == Variant::ColMajor;
+    let mm = Matmul {
+        m,
+        n,
+        k,
+        a: MatRef {
+            param: pa,
+            offset: Expr::idx(0),
+            row_stride: k as i64,
+            col_stride: 1,
+        },
+        b: MatRef {
+            param: pb,
+            offset: Expr::idx(0),
+            row_stride: n as i64,
+            col_stride: 1,
+        },
+        c: MatRef {
+            param: pc,
+            offset: Expr::idx(0),
+            row_stride: if col { 1 } else { n as i64 },
+            col_stride: if col { m as i64 } else { 1 },
+        },
+        alpha: 1.0,
+        beta: 0.0,
+        bias: Some(MatRef {
+            param: pbias,
+            offset: Expr::idx(0),
+            row_stride: 1,
+            col_stride: 0,
+        }),
+        act: mlc_kir::Activation::None,
+        requant: None,
+    };
+    mk.body = vec![Stmt::Matmul(Box::new(mm))];
+    let kmm = p.intern_kernel(mk);
+    p.steps.push(Step {
+        kernel: kmm,
+        args: vec![ba, bb, bbias, bc],
+        origin: None,
+    });
+
+    // The tail.
+    let mut t = Kernel::new("fused_epilogue");
+    let pout = t.param(out_ty, m * n, Access::Write);
+    let pacc = t.param(DType::I32, m * n, Access::Read);
+    let pm = t.param(DType::F32, m, Access::Read);
+    let ps = t.param(DType::F32, 1, Access::Read);
+    let pz = t.param(out_ty, 1, Access::Read);
+    let extents: Vec<usize> = match v {
+        Variant::ColMajor => vec![n, m],
+        Variant::ThreeLoops => vec![m, n / 4, 4],
+        _ => vec![m, n],
+    };
+    let vars: Vec<VarId> = extents.iter().map(|_| t.var(DType::I64)).collect();
+    let mut idx = Expr::idx(0);
+    let mut stride = 1i64;
+    for (&var, &e) in vars.iter().zip(&extents).rev() {
+        idx = Expr::add_idx(Expr::mul_idx(Expr::var(var), stride), idx);
+        stride *= e as i64;
+    }
+    let mult_idx = match v {
+        Variant::PerTensor => Expr::idx(0),
+        Variant::ColMajor => Expr::var(vars[1]),
+        _ => Expr::var(vars[0]),
+    };
+    let f = |x: f64| Expr::float(DType::F32, x);
+    let (lo, hi) = match (out_ty, v) {
+        (DType::U8, Variant::NarrowClamp) => (0.0, 127.0),
+        (DType::U8, _) => (0.0, 255.0),
+        (_, Variant::NarrowClamp) => (-128.0, 100.0),
+        _ => (-128.0, 127.0),
+    };
+    let mut body = Vec::new();
+    let mut let_ = |t: &mut Kernel, ty: DType, e: Expr| {
+        let var = t.var(ty);
+        body.push(Stmt::Let { var, value: e });
+        Expr::var(var)
+    };
+    let acc = let_(&mut t, DType::I32, Expr::load(pacc, idx.clone()));
+    let mv = let_(&mut t, DType::F32, Expr::load(pm, mult_idx));
+    let sv = let_(&mut t, DType::F32, Expr::load(ps, Expr::idx(0)));
+    let zv = let_(&mut t, out_ty, Expr::load(pz, Expr::idx(0)));
+    let x = let_(&mut t, DType::F32, Expr::cast(DType::F32, acc));
+    let x = if v == Variant::DivFirst {
+        let d = let_(&mut t, DType::F32, Expr::bin(BinOp::Div, x, sv));
+        let_(&mut t, DType::F32, Expr::bin(BinOp::Mul, d, mv))
+    } else {
+        let y = let_(&mut t, DType::F32, Expr::bin(BinOp::Mul, x, mv));
+        let_(&mut t, DType::F32, Expr::bin(BinOp::Div, y, sv))
+    };
+    let x = let_(&mut t, DType::F32, Expr::un(UnOp::Round, x));
+    let z = let_(&mut t, DType::F32, Expr::cast(DType::F32, zv));
+    let x = let_(&mut t, DType::F32, Expr::bin(BinOp::Add, x, z));
+    let x = let_(&mut t, DType::F32, Expr::bin(BinOp::Max, x, f(lo)));
+    let x = let_(&mut t, DType::F32, Expr::bin(BinOp::Min, x, f(hi)));
+    let q = let_(&mut t, out_ty, Expr::cast(out_ty, x));
+    body.push(Stmt::Store {
+        param: pout,
+        index: idx,
+        value: q,
+    });
+    for (d, &var) in vars.iter().enumerate().rev() {
+        let kind = if d == vars.len() - 1 {
+            LoopKind::Vector
+        } else if d == 0 {
+            LoopKind::Parallel
+        } else {
+            LoopKind::Serial
+        };
+        body = vec![Stmt::For {
+            var,
+            extent: Expr::idx(extents[d] as i64),
+            kind,
+            body,
+        }];
+    }
+    t.body = body;
+    mlc_kir::verify_kernel(&t).unwrap();
+    let kt = p.intern_kernel(t);
+    p.steps.push(Step {
+        kernel: kt,
+        args: vec![bout, bc, bmult, bscale, bzp],
+        origin: Some("q".into()),
+    });
+    if v == Variant::SecondReader {
+        // A copy of the i32 result, as a second output.
+        let bcopy = buf(&mut p, DType::I32, vec![m * n], BufKind::Temp);
+        p.outputs.push(("acc".into(), bcopy));
+        let mut ck = Kernel::new("copy");
+        let src = ck.param(DType::I32, m * n, Access::Read);
+        let dst = ck.param(DType::I32, m * n, Access::Write);
+        let i = ck.var(DType::I64);
+        ck.body = vec![Stmt::For {
+            var: i,
+            extent: Expr::idx((m * n) as i64),
+            kind: LoopKind::Parallel,
+            body: vec![Stmt::Store {
+                param: dst,
+                index: Expr::var(i),
+                value: Expr::load(src, Expr::var(i)),
+            }],
+        }];
+        let kc = p.intern_kernel(ck);
+        p.steps.push(Step {
+            kernel: kc,
+            args: vec![bc, bcopy],
+            origin: None,
+        });
+    }
+    p
+}
+
+fn input(p: &Program, rng: &mut Rng) -> Vec<Tensor> {
+    let b: &Buffer = p.buffer(p.inputs[0].1);
+    let vals: Vec<u8> = (0..b.len()).map(|_| rng.int(0, 255) as u8).collect();
+    vec![Tensor::from_vec(&b.shape, vals).unwrap()]
+}
+
+fn ints(ts: &[Tensor]) -> Vec<Vec<i64>> {
+    ts.iter().map(|t| t.to_i64_vec().unwrap()).collect()
+}
+
+#[test]
+fn fuses_exactly_the_requantizing_tails() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let variants = [
+        (Variant::Plain, true),
+        (Variant::PerTensor, true),
+        (Variant::ColMajor, true),
+        (Variant::ThreeLoops, true),
+        (Variant::NarrowClamp, false),
+        (Variant::SecondReader, false),
+        (Variant::DivFirst, false),
+    ];
+    for &(m, n, k) in &[(1, 4, 1), (7, 12, 13), (13, 36, 27), (64, 100, 147)] {
+        for (v, fuses) in variants {
+            for out_ty in [DType::U8, DType::I8] {
+                let what = format!("{m}x{n}x{k} {v:?} {}", out_ty.name());
+                let p = program(m, n, k, out_ty, v, &mut rng);
+                let (q, fused) = fuse_requant(&p);
+                assert_eq!(fused, usize::from(fuses), "{what}");
+                assert_eq!(q.steps.len(), p.steps.len() - fused, "{what}");
+                for kern in &q.kernels {
+                    mlc_kir::verify_kernel(kern).unwrap_or_else(|e| panic!("{what}: {e:?}"));
+                }
+                let x = input(&p, &mut rng);
+                let want = ints(&run_program(&p, &x).unwrap());
+                let got = ints(&run_program(&q, &x).unwrap());
+                assert_eq!(got, want, "{what}: evaluator after the pass");
+                // Compiled (the pass runs inside), on one and two threads.
+                let c = CompiledProgram::new(&p).unwrap();
+                for threads in [1, 2] {
+                    let got = ints(&c.run(&x, threads).unwrap());
+                    assert_eq!(got, want, "{what}: compiled, {threads} threads");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn printed_form_names_the_requantization() {
+    let mut rng = Rng(7);
+    let p = program(4, 8, 3, DType::U8, Variant::Plain, &mut rng);
+    let (q, _) = fuse_requant(&p);
+    let text = mlc_kir::print_program(&q);
+    assert!(
+        text.contains("requant(mult=%p4[0; 1, 0], scale=%p5[0], zp=%p6[0])"),
+        "{text}"
+    );
+}
