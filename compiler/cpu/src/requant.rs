@@ -268,9 +268,9 @@ impl Affine {
 }
 
 /// Recognizes the requantizing tail: a nest of literal loops whose innermost body is `let`s
-/// and one store `out[L] = cast<u8|i8>(min(max(round(cast<f32>(acc[L]) · mult[·] / scale[s])
-/// + cast<f32>(zp[z]), lo), hi))`, `L` the row-major index of the nest and `[lo, hi]` the
-/// output type's range.
+/// and one store `out[L] = cast<u8|i8>(min(max(round(cast<f32>(acc[L]) · mult[·] /
+/// scale[s]) + cast<f32>(zp[z]), lo), hi))`, `L` the row-major index of the nest and
+/// `[lo, hi]` the output type's range.
 fn tail_pattern(k: &Kernel) -> Option<Tail> {
     let mut loops = Vec::new();
     let mut body: &[Stmt] = &k.body;
