@@ -366,22 +366,32 @@ fn pad_planes_with(
         kb.var(DType::I64),
         kb.var(DType::I64),
     );
+    // Every element is written once: the rows above and below the input as two runs, then
+    // per input row its left border, the row itself and its right border.
     let plane = Expr::mul_idx(Expr::var(nc), (ph * pw) as i64);
-    let zero = lp(
-        i,
-        ph * pw,
-        LoopKind::Vector,
-        vec![Stmt::Store {
-            param: pp,
-            index: Expr::add_idx(plane.clone(), Expr::var(i)),
-            value: fill,
-        }],
+    let fill_run = |var: VarId, start: Expr, len: usize| -> Vec<Stmt> {
+        if len == 0 {
+            return vec![];
+        }
+        lp(
+            var,
+            len,
+            LoopKind::Vector,
+            vec![Stmt::Store {
+                param: pp,
+                index: Expr::add_idx(start, Expr::var(var)),
+                value: fill.clone(),
+            }],
+        )
+    };
+    let (below, right) = (ph - pt - ih, pw - pl - iw);
+    let mut body = fill_run(i, plane.clone(), pt * pw);
+    let row_start = Expr::add_idx(
+        plane.clone(),
+        Expr::mul_idx(Expr::add_idx(Expr::var(y), Expr::idx(pt as i64)), pw as i64),
     );
     let dst = Expr::add_idx(
-        Expr::add_idx(
-            plane,
-            Expr::mul_idx(Expr::add_idx(Expr::var(y), Expr::idx(pt as i64)), pw as i64),
-        ),
+        row_start.clone(),
         Expr::add_idx(Expr::var(xx), Expr::idx(pl as i64)),
     );
     let from = Expr::add_idx(
@@ -391,23 +401,29 @@ fn pad_planes_with(
         ),
         Expr::var(xx),
     );
-    let copy = lp(
-        y,
-        ih,
-        LoopKind::Serial,
-        lp(
-            xx,
-            iw,
-            LoopKind::Vector,
-            vec![Stmt::Store {
-                param: pp,
-                index: dst,
-                value: Expr::load(xp, from),
-            }],
-        ),
-    );
-    let mut body = zero;
-    body.extend(copy);
+    let (l, r, b) = (kb.var(DType::I64), kb.var(DType::I64), kb.var(DType::I64));
+    let mut row = fill_run(l, row_start.clone(), pl);
+    row.extend(lp(
+        xx,
+        iw,
+        LoopKind::Vector,
+        vec![Stmt::Store {
+            param: pp,
+            index: dst,
+            value: Expr::load(xp, from),
+        }],
+    ));
+    row.extend(fill_run(
+        r,
+        Expr::add_idx(row_start, Expr::idx((pl + iw) as i64)),
+        right,
+    ));
+    body.extend(lp(y, ih, LoopKind::Serial, row));
+    body.extend(fill_run(
+        b,
+        Expr::add_idx(plane, Expr::idx(((pt + ih) * pw) as i64)),
+        below * pw,
+    ));
     kb.k.body = lp(nc, planes, LoopKind::Parallel, body);
     let id = cx.p.intern_kernel(kb.k);
     cx.p.steps.push(Step {
