@@ -137,6 +137,11 @@ pub(crate) struct Tx<'a, 'f, M: Module> {
     /// Nesting depth inside `select` arms: loads there are clamped into their buffer.
     pub guard: u32,
     pub opts: Options,
+    /// The target is x86-64: x86-only instructions (`x86_cvtt2dq`) and the `bitselect`
+    /// patterns that lower to one `minps`/`maxps` are worth using.
+    pub x86: bool,
+    /// The ISA has a native fused multiply-add (else `fma` would be a libcall per lane).
+    pub fma: bool,
 }
 
 /// Translates `k` into `b`'s function (whose signature is [`kernel_signature`]).
@@ -177,6 +182,9 @@ pub(crate) fn translate<M: Module>(
     // Unused (no helper call), it is removed by dead-code elimination.
     let gv = m.declare_data_in_func(imports.table, b.func);
     let table = b.ins().symbol_value(ptr, gv);
+    let split = split_extent(k).is_some();
+    let x86 = m.isa().triple().architecture == target_lexicon::Architecture::X86_64;
+    let fma = m.isa().has_native_fma();
     let mut tx = Tx {
         m,
         imports,
@@ -193,8 +201,9 @@ pub(crate) fn translate<M: Module>(
         end,
         guard: 0,
         opts,
+        x86,
+        fma,
     };
-    let split = split_extent(k).is_some();
     tx.block(&k.body, split)?;
     tx.b.ins().return_(&[]);
     tx.b.seal_all_blocks();
