@@ -33,6 +33,25 @@ fn add_model() -> Vec<u8> {
     )
 }
 
+/// `y = Tanh(Relu(x) + z)` for `f32[4]` inputs: two elementwise ops after a first, one fused
+/// kernel when optimized.
+fn chain_model() -> Vec<u8> {
+    onnx::model(
+        17,
+        &[
+            onnx::node("Relu", "relu_0", &["x"], &["r"], &[]),
+            onnx::node("Add", "add_0", &["r", "z"], &["s"], &[]),
+            onnx::node("Tanh", "tanh_0", &["s"], &["y"], &[]),
+        ],
+        &[
+            onnx::value("x", elem::FLOAT, &[D::N(4)]),
+            onnx::value("z", elem::FLOAT, &[D::N(4)]),
+        ],
+        &[onnx::value("y", elem::FLOAT, &[D::N(4)])],
+        &[],
+    )
+}
+
 /// One Transpose node with the given attributes, on `x: f32[2,3]`.
 fn transpose_model(attrs: &[Attr]) -> Vec<u8> {
     onnx::model(
@@ -543,4 +562,75 @@ fn cpu_artifacts_compile_run_bench_and_fail_cleanly() {
     std::fs::write(c.p("cut.mlca"), &first[..first.len() / 2]).expect("write");
     c.run("cut.mlca", &["x=x.npy", "z=z.npy"])
         .assert_error(&["truncated"]);
+}
+
+/// `mlc compile --explain [--json]` reports the optimizer's work without compiling; `-O0`
+/// leaves the graph unfused, `-O1` (the default) fuses the chain into one kernel, and both
+/// compile to artifacts that compute the same outputs.
+#[test]
+fn compile_explains_and_opt_levels_agree() {
+    let c = Case::new(
+        "compile-explain",
+        &[
+            ("m.onnx", &chain_model()),
+            ("x.npy", &npy_f32(&[4], &[-1.0, 0.5, 2.0, -0.25])),
+            ("z.npy", &npy_f32(&[4], &[0.25, 0.5, -3.0, 1.0])),
+        ],
+    );
+    let m = c.p("m.onnx");
+    let r = mlc(&[
+        &"compile",
+        &m,
+        &"--target",
+        &"x86_64",
+        &"--explain",
+        &"--json",
+    ]);
+    r.assert_success();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("--json prints JSON");
+    let opt = &v["optimize"];
+    assert_eq!(opt["target"], "x86_64", "{v}");
+    assert_eq!(
+        (
+            opt["kernels_before"].as_u64(),
+            opt["kernels_after"].as_u64()
+        ),
+        (Some(3), Some(1)),
+        "{v}"
+    );
+    assert_eq!(opt["kernels"][0]["name"], "relu+add+tanh", "{v}");
+    assert_eq!(opt["phases"][0]["stop"], "saturated", "{v}");
+    assert_eq!(v["kir_launches"].as_u64(), Some(1), "{v}");
+    // -O0 explains an unoptimized graph: three kernels.
+    let r = mlc(&[&"compile", &m, &"-O0", &"--explain", &"--json"]);
+    r.assert_success();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("--json prints JSON");
+    assert_eq!(v["kir_launches"].as_u64(), Some(3), "{v}");
+    let text = mlc(&[&"compile", &m, &"--explain"]);
+    text.assert_success();
+    assert!(text.stdout.contains("kernels: 3 -> 1"), "{}", text.stdout);
+
+    let ir = |level: &str| {
+        let r = mlc(&[&"compile", &m, &level, &"--emit", &"ir"]);
+        r.assert_success();
+        r.stdout
+    };
+    let (o0, o1) = (ir("-O0"), ir("-O1"));
+    assert!(!o0.contains("control.composite"), "{o0}");
+    assert!(o1.contains("control.composite"), "{o1}");
+
+    let want = [(-1.0f64, 0.25f64), (0.5, 0.5), (2.0, -3.0), (-0.25, 1.0)]
+        .map(|(x, z)| (x.max(0.0) + z).tanh());
+    for level in ["-O0", "-O1"] {
+        let art = c.p(&format!("m{level}.mlca"));
+        mlc(&[&"compile", &m, &level, &"--target", &"x86_64", &"-o", &art]).assert_success();
+        let r = c.run(&format!("m{level}.mlca"), &["x=x.npy", "z=z.npy"]);
+        r.assert_success();
+        let (shape, got) = read_npy_f64(&c.out().join("y.npy")).expect("valid .npy");
+        let got = got.expect("f32 output");
+        assert_eq!(shape, vec![4]);
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-6, "{level}: {got:?} vs {want:?}");
+        }
+    }
 }

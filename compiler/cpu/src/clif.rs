@@ -246,7 +246,16 @@ impl<M: Module> Tx<'_, '_, M> {
                     let _ = kind;
                     let vectorized = self.opts.simd
                         && !self.opts.check_bounds
-                        && crate::simd::vectorizable(self.k, *var, body, &self.data_dep);
+                        && crate::simd::vectorizable(
+                            self.k,
+                            *var,
+                            match extent {
+                                Expr::Lit(Lit::Int(_, n)) => Some(*n),
+                                _ => None,
+                            },
+                            body,
+                            &self.data_dep,
+                        );
                     if vectorized {
                         self.vector_loop(*var, lo, hi, body)?;
                     } else {

@@ -94,3 +94,5 @@ pub enum CodegenError {
 mod tests;
 #[cfg(test)]
 mod tests_artifact;
+#[cfg(test)]
+mod tests_vectorize;

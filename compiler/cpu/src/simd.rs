@@ -332,7 +332,14 @@ fn contains_load(e: &Expr) -> bool {
 
 /// Whether the loop over `counter` with `body` can be vectorized (see the module docs).
 /// `outer_data_dep[v]` tells whether variable `v`, defined outside, depends on loaded data.
-pub fn vectorizable(k: &Kernel, counter: VarId, body: &[Stmt], outer_data_dep: &[bool]) -> bool {
+/// `extent` is the loop's trip count when it is a constant.
+pub fn vectorizable(
+    k: &Kernel,
+    counter: VarId,
+    extent: Option<i64>,
+    body: &[Stmt],
+    outer_data_dep: &[bool],
+) -> bool {
     let mut a = Analysis {
         k,
         counter,
@@ -433,14 +440,44 @@ pub fn vectorizable(k: &Kernel, counter: VarId, body: &[Stmt], outer_data_dep: &
     // A buffer both loaded and stored is fine when every access to it uses one index (unit
     // stride, as stores are): each iteration then reads and writes only its own element, as
     // in an accumulation `y[i] = y[i] + ...`.
+    //
+    // A buffer only stored may take several stores at indices `base + dᵢ` (literal `dᵢ`, one
+    // `base`) whose ranges over the whole loop cannot meet: `|dᵢ − dⱼ| ≥ extent` (several
+    // output rows written by one loop over a row).
     let independent = stored.iter().all(|(p, idx)| {
         let first = idx[0];
-        idx.iter().all(|i| *i == first)
-            && a.load_index
+        if idx.iter().all(|i| *i == first) {
+            return a
+                .load_index
                 .get(p)
-                .is_none_or(|loads| loads.iter().all(|l| l == first))
+                .is_none_or(|loads| loads.iter().all(|l| l == first));
+        }
+        let (Some(extent), None) = (extent, a.load_index.get(p)) else {
+            return false;
+        };
+        let split: Option<Vec<(&Expr, i64)>> = idx.iter().map(|i| offset_split(i)).collect();
+        let Some(split) = split else {
+            return false;
+        };
+        split.iter().all(|(b, _)| *b == split[0].0)
+            && split.iter().enumerate().all(|(x, (_, dx))| {
+                split[..x]
+                    .iter()
+                    .all(|(_, dy)| dx.abs_diff(*dy) >= extent.unsigned_abs())
+            })
     });
     vector_store && independent
+}
+
+/// `base + d` as `(base, d)` for a literal `d` (`(e, 0)` otherwise).
+fn offset_split(e: &Expr) -> Option<(&Expr, i64)> {
+    Some(match e {
+        Expr::Binary(BinOp::Add, a, b) => match &**b {
+            Expr::Lit(Lit::Int(_, d)) => (&**a, *d),
+            _ => (e, 0),
+        },
+        _ => (e, 0),
+    })
 }
 
 /// A value in the vector body.

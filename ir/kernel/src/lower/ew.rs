@@ -180,6 +180,29 @@ fn fused_body(
         });
         env[v.0 as usize] = Some(Expr::var(var));
     }
+    body_lets(body, &mut env, &mut |t| kb.var(t), &mut stmts)?;
+    for (port, &p) in body.outputs.iter().zip(out_params) {
+        let Some(value) = env[port.value.0 as usize].clone() else {
+            return unsupported("composite output not computed by its body");
+        };
+        stmts.push(Stmt::Store {
+            param: p,
+            index: bcast_index(out_shape, out_shape, vars),
+            value,
+        });
+    }
+    Ok(stmts)
+}
+
+/// The statements computing every node of an elementwise `body` (ops and scalar constants),
+/// one `let` each, from `env` (the expressions of the values already known: the body's
+/// inputs), which receives each node's variable. `var` makes fresh variables.
+pub(super) fn body_lets(
+    body: &Graph,
+    env: &mut [Option<Expr>],
+    var: &mut dyn FnMut(DType) -> VarId,
+    stmts: &mut Vec<Stmt>,
+) -> Result<(), Fail> {
     for n in &body.nodes {
         let out_v = n.outputs[0];
         let out_ty = body.ty(out_v).dtype;
@@ -200,21 +223,11 @@ fn fused_body(
             }
             _ => return unsupported("composite body op"),
         };
-        let var = kb.var(out_ty);
-        stmts.push(Stmt::Let { var, value });
-        env[out_v.0 as usize] = Some(Expr::var(var));
+        let v = var(out_ty);
+        stmts.push(Stmt::Let { var: v, value });
+        env[out_v.0 as usize] = Some(Expr::var(v));
     }
-    for (port, &p) in body.outputs.iter().zip(out_params) {
-        let Some(value) = env[port.value.0 as usize].clone() else {
-            return unsupported("composite output not computed by its body");
-        };
-        stmts.push(Stmt::Store {
-            param: p,
-            index: bcast_index(out_shape, out_shape, vars),
-            value,
-        });
-    }
-    Ok(stmts)
+    Ok(())
 }
 
 /// A one-element constant as a literal of its type.

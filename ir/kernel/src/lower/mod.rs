@@ -207,20 +207,29 @@ impl Cx<'_> {
             }
             // A contraction's bias and activation fold into its matmul (`epilogue.rs`).
             let mut open = None;
+            // The loop kernel that computed the previous node, if any: a tail can go into its
+            // stores.
+            let mut producer = None;
             for (i, n) in body.nodes.iter().enumerate() {
                 if let Some(o) = open
                     && let Some(next) = epilogue::try_fuse(&mut sub, n, o)
                 {
                     open = Some(next);
+                    producer = None;
                     continue;
                 }
                 // What the matmul cannot absorb, one fused kernel may (`tail.rs`).
-                if i > 0 && tail::lower(&mut sub, body, &body.nodes[i..])? {
+                if i > 0 && tail::lower(&mut sub, body, &body.nodes[i..], producer)? {
                     break;
                 }
+                let first_step = sub.p.steps.len();
                 sub.node(n)?;
                 if !matches!(n.op, Op::Constant { .. }) {
                     open = epilogue::open_after(&sub, n);
+                    producer = (open.is_none() && n.outputs.len() == 1).then(|| tail::Producer {
+                        value: n.outputs[0],
+                        first_step,
+                    });
                 }
             }
             body.outputs.iter().map(|o| Ok(sub.buf(o.value)?)).collect()

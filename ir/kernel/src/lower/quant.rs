@@ -1,5 +1,6 @@
 //! Quantization ops as plain arithmetic: quantize and dequantize per tensor or per axis,
-//! dynamic quantization (range, then scale and zero point, then quantize: one kernel),
+//! dynamic quantization (range, then scale and zero point, then quantize; large inputs in
+//! parallel chunks),
 //! `MatMulInteger` as one 8-bit [`Stmt::Matmul`] into i32 with the zero point as a bias (or,
 //! in general, zero-point removal into `i32` operands plus an `i32` matmul), and `ConvInteger`
 //! (`conv.rs`).
@@ -128,7 +129,18 @@ fn qdq(cx: &mut Cx, node: &Node, axis: usize, to: DType, quantize: bool) -> Resu
     Ok(())
 }
 
+/// Below this many elements per chunk, dynamic quantization stays one serial kernel: a chunk
+/// must be worth a thread's start.
+const DYNAMIC_CHUNK: usize = 4096;
+/// At most this many chunks (the pool spreads them over its threads).
+const DYNAMIC_MAX_CHUNKS: usize = 64;
+
 /// ONNX `DynamicQuantizeLinear`: u8 with `scale = (max(0, max x) - min(0, min x)) / 255`.
+///
+/// Large inputs take three kernels so that both passes over `x` run on every thread: partial
+/// ranges per chunk (parallel), their combination into scale and zero point (serial, with
+/// the elements left over after the last whole chunk), then quantization per chunk
+/// (parallel). min and max are exact in any order, so this equals the serial scan.
 fn dynamic(cx: &mut Cx, node: &Node) -> Result<(), Fail> {
     let x = first(node)?;
     if node.outputs.len() != 3 || cx.dtype(x) != DType::F32 {
@@ -140,60 +152,194 @@ fn dynamic(cx: &mut Cx, node: &Node) -> Result<(), Fail> {
         .iter()
         .map(|&o| cx.new_buffer(o, BufKind::Temp))
         .collect::<Result<_, _>>()?;
-    let mut kb = KernelBuilder::new(kernel_name(&node.op));
-    let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+    let xb = cx.buf(x)?;
+    let chunks = (n / DYNAMIC_CHUNK).min(DYNAMIC_MAX_CHUNKS);
+    if chunks < 2 {
+        let mut kb = KernelBuilder::new(kernel_name(&node.op));
+        let xp = kb.param(&cx.p, xb, Access::Read);
+        let yp = kb.param(&cx.p, outs[0], Access::Write);
+        let sp = kb.param(&cx.p, outs[1], Access::Write);
+        let zp = kb.param(&cx.p, outs[2], Access::Write);
+        let (lo, hi) = (kb.var(DType::F32), kb.var(DType::F32));
+        let i = kb.var(DType::I64);
+        let mut body = range_init(lo, hi);
+        body.push(range_scan(xp, Expr::idx(0), n, i, lo, hi));
+        body.extend(scale_and_zero(&mut kb, (lo, hi), (sp, zp), |s, z| {
+            vec![quantize_loop(xp, yp, Expr::idx(0), n, i, s, z)]
+        }));
+        kb.k.body = body;
+        cx.launch(kb, node);
+        return Ok(());
+    }
+    let ch = n / chunks;
+    let tail = chunks * ch;
+    let parts = cx.p.add_buffer(DType::F32, vec![chunks, 2], BufKind::Temp);
+
+    // 1. Partial ranges, one chunk per parallel iteration.
+    let mut kb = KernelBuilder::new(format!("{}_range", kernel_name(&node.op)));
+    let xp = kb.param(&cx.p, xb, Access::Read);
+    let pp = kb.param(&cx.p, parts, Access::Write);
+    let (lo, hi) = (kb.var(DType::F32), kb.var(DType::F32));
+    let (c, i) = (kb.var(DType::I64), kb.var(DType::I64));
+    let start = Expr::bin(BinOp::Mul, Expr::var(c), Expr::idx(ch as i64));
+    let mut body = range_init(lo, hi);
+    body.push(range_scan(xp, start, ch, i, lo, hi));
+    let at = |u: i64| {
+        Expr::bin(
+            BinOp::Add,
+            Expr::bin(BinOp::Mul, Expr::var(c), Expr::idx(2)),
+            Expr::idx(u),
+        )
+    };
+    body.push(Stmt::Store {
+        param: pp,
+        index: at(0),
+        value: Expr::var(lo),
+    });
+    body.push(Stmt::Store {
+        param: pp,
+        index: at(1),
+        value: Expr::var(hi),
+    });
+    kb.k.body = vec![Stmt::For {
+        var: c,
+        extent: Expr::idx(chunks as i64),
+        kind: LoopKind::Parallel,
+        body,
+    }];
+    cx.launch(kb, node);
+
+    // 2. The whole range, scale and zero point; the left-over tail is scanned and quantized
+    // here too.
+    let mut kb = KernelBuilder::new(format!("{}_scale", kernel_name(&node.op)));
+    let pp = kb.param(&cx.p, parts, Access::Read);
+    let xp = kb.param(&cx.p, xb, Access::Read);
     let yp = kb.param(&cx.p, outs[0], Access::Write);
     let sp = kb.param(&cx.p, outs[1], Access::Write);
     let zp = kb.param(&cx.p, outs[2], Access::Write);
-    let f = |v: f64| Expr::float(DType::F32, v);
-    let (lo, hi, scale, zero) = (
-        kb.var(DType::F32),
-        kb.var(DType::F32),
-        kb.var(DType::F32),
-        kb.var(DType::F32),
-    );
-    let (i, j) = (kb.var(DType::I64), kb.var(DType::I64));
-    let sat = |e: Expr| Expr::bin(BinOp::Min, Expr::bin(BinOp::Max, e, f(0.0)), f(255.0));
-    kb.k.body = vec![
+    let (lo, hi) = (kb.var(DType::F32), kb.var(DType::F32));
+    let (c, i) = (kb.var(DType::I64), kb.var(DType::I64));
+    let mut body = range_init(lo, hi);
+    body.push(range_scan(pp, Expr::idx(0), 2 * chunks, c, lo, hi));
+    if n > tail {
+        body.push(range_scan(xp, Expr::idx(tail as i64), n - tail, i, lo, hi));
+    }
+    body.extend(scale_and_zero(&mut kb, (lo, hi), (sp, zp), |s, z| {
+        if n > tail {
+            vec![quantize_loop(
+                xp,
+                yp,
+                Expr::idx(tail as i64),
+                n - tail,
+                i,
+                s,
+                z,
+            )]
+        } else {
+            vec![]
+        }
+    }));
+    kb.k.body = body;
+    cx.launch(kb, node);
+
+    // 3. Quantization, one chunk per parallel iteration, from the stored scale and zero
+    // point (the zero point is an integer in [0, 255], so u8 → f32 gives it back exactly).
+    let mut kb = KernelBuilder::new(kernel_name(&node.op));
+    let xp = kb.param(&cx.p, xb, Access::Read);
+    let yp = kb.param(&cx.p, outs[0], Access::Write);
+    let sp = kb.param(&cx.p, outs[1], Access::Read);
+    let zp = kb.param(&cx.p, outs[2], Access::Read);
+    let (c, i) = (kb.var(DType::I64), kb.var(DType::I64));
+    let (s, z) = (kb.var(DType::F32), kb.var(DType::F32));
+    let start = Expr::bin(BinOp::Mul, Expr::var(c), Expr::idx(ch as i64));
+    kb.k.body = vec![Stmt::For {
+        var: c,
+        extent: Expr::idx(chunks as i64),
+        kind: LoopKind::Parallel,
+        body: vec![
+            Stmt::Let {
+                var: s,
+                value: Expr::load(sp, Expr::idx(0)),
+            },
+            Stmt::Let {
+                var: z,
+                value: Expr::cast(DType::F32, Expr::load(zp, Expr::idx(0))),
+            },
+            quantize_loop(xp, yp, start, ch, i, s, z),
+        ],
+    }];
+    cx.launch(kb, node);
+    Ok(())
+}
+
+fn f32c(v: f64) -> Expr {
+    Expr::float(DType::F32, v)
+}
+
+/// Saturation to u8's range, in f32.
+fn sat_u8(e: Expr) -> Expr {
+    Expr::bin(BinOp::Min, Expr::bin(BinOp::Max, e, f32c(0.0)), f32c(255.0))
+}
+
+/// `lo = hi = 0`: the range always holds zero.
+fn range_init(lo: VarId, hi: VarId) -> Vec<Stmt> {
+    vec![
         Stmt::Let {
             var: lo,
-            value: f(0.0),
+            value: f32c(0.0),
         },
         Stmt::Let {
             var: hi,
-            value: f(0.0),
+            value: f32c(0.0),
         },
-        // The range scan is two min/max reductions: a SIMD loop (min/max reassociate exactly).
-        Stmt::For {
-            var: i,
-            extent: Expr::idx(n as i64),
-            kind: LoopKind::Vector,
-            body: vec![
-                Stmt::Assign {
-                    var: lo,
-                    value: Expr::bin(BinOp::Min, Expr::var(lo), Expr::load(xp, Expr::var(i))),
-                },
-                Stmt::Assign {
-                    var: hi,
-                    value: Expr::bin(BinOp::Max, Expr::var(hi), Expr::load(xp, Expr::var(i))),
-                },
-            ],
-        },
+    ]
+}
+
+/// `lo`/`hi` take in `len` elements of `src` from `start`: a SIMD loop (min and max
+/// reassociate exactly).
+fn range_scan(src: ParamId, start: Expr, len: usize, i: VarId, lo: VarId, hi: VarId) -> Stmt {
+    let at = || Expr::load(src, Expr::bin(BinOp::Add, start.clone(), Expr::var(i)));
+    Stmt::For {
+        var: i,
+        extent: Expr::idx(len as i64),
+        kind: LoopKind::Vector,
+        body: vec![
+            Stmt::Assign {
+                var: lo,
+                value: Expr::bin(BinOp::Min, Expr::var(lo), at()),
+            },
+            Stmt::Assign {
+                var: hi,
+                value: Expr::bin(BinOp::Max, Expr::var(hi), at()),
+            },
+        ],
+    }
+}
+
+/// Scale and zero point from the range, stored; then `rest(scale, zero)`.
+fn scale_and_zero(
+    kb: &mut KernelBuilder,
+    (lo, hi): (VarId, VarId),
+    (sp, zp): (ParamId, ParamId),
+    rest: impl FnOnce(VarId, VarId) -> Vec<Stmt>,
+) -> Vec<Stmt> {
+    let (scale, zero) = (kb.var(DType::F32), kb.var(DType::F32));
+    let mut body = vec![
         Stmt::Let {
             var: scale,
             value: Expr::bin(
                 BinOp::Div,
                 Expr::bin(BinOp::Sub, Expr::var(hi), Expr::var(lo)),
-                f(255.0),
+                f32c(255.0),
             ),
         },
         Stmt::Let {
             var: zero,
-            value: sat(Expr::un(
+            value: sat_u8(Expr::un(
                 UnOp::Round,
                 Expr::bin(
                     BinOp::Sub,
-                    f(0.0),
+                    f32c(0.0),
                     Expr::bin(BinOp::Div, Expr::var(lo), Expr::var(scale)),
                 ),
             )),
@@ -208,29 +354,42 @@ fn dynamic(cx: &mut Cx, node: &Node) -> Result<(), Fail> {
             index: Expr::idx(0),
             value: Expr::cast(DType::U8, Expr::var(zero)),
         },
-        Stmt::For {
-            var: j,
-            extent: Expr::idx(n as i64),
-            kind: LoopKind::Vector,
-            body: vec![Stmt::Store {
-                param: yp,
-                index: Expr::var(j),
-                value: Expr::cast(
-                    DType::U8,
-                    sat(Expr::bin(
-                        BinOp::Add,
-                        Expr::un(
-                            UnOp::Round,
-                            Expr::bin(BinOp::Div, Expr::load(xp, Expr::var(j)), Expr::var(scale)),
-                        ),
-                        Expr::var(zero),
-                    )),
-                ),
-            }],
-        },
     ];
-    cx.launch(kb, node);
-    Ok(())
+    body.extend(rest(scale, zero));
+    body
+}
+
+/// `y[start + i] = saturate(round(x[start + i] / scale) + zero)` for `i < len`.
+fn quantize_loop(
+    xp: ParamId,
+    yp: ParamId,
+    start: Expr,
+    len: usize,
+    i: VarId,
+    scale: VarId,
+    zero: VarId,
+) -> Stmt {
+    let at = Expr::bin(BinOp::Add, start, Expr::var(i));
+    Stmt::For {
+        var: i,
+        extent: Expr::idx(len as i64),
+        kind: LoopKind::Vector,
+        body: vec![Stmt::Store {
+            param: yp,
+            index: at.clone(),
+            value: Expr::cast(
+                DType::U8,
+                sat_u8(Expr::bin(
+                    BinOp::Add,
+                    Expr::un(
+                        UnOp::Round,
+                        Expr::bin(BinOp::Div, Expr::load(xp, at), Expr::var(scale)),
+                    ),
+                    Expr::var(zero),
+                )),
+            ),
+        }],
+    }
 }
 
 /// `MatMulInteger`. With no `b` zero point, a per-tensor `a` zero point and a 2-D `b` (the

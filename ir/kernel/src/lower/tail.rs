@@ -9,6 +9,7 @@
 //! Views at the very end stay aliases. Anything else leaves the tail to the op-by-op lowering.
 
 use super::{Cx, Fail, ew};
+use crate::kernel::{Access, BufKind, Expr, ParamId, Stmt};
 use mlc_ir::ops::{ControlOp, EwOp, QuantOp};
 use mlc_ir::{DType, Graph, Node, Op, Port, Tensor, TensorType, ValueId};
 use std::collections::HashMap;
@@ -79,7 +80,21 @@ fn qualifies(body: &Graph, n: &Node) -> bool {
 
 /// Lowers `nodes`, the rest of `body` after its contraction, as one fused kernel (and the
 /// trailing views as aliases). `Ok(false)`, with nothing lowered, when they do not qualify.
-pub(super) fn lower(cx: &mut Cx, body: &Graph, nodes: &[Node]) -> Result<bool, Fail> {
+/// The loop kernel that just computed a body value, whose stores a tail may take over.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Producer {
+    /// The value it computed.
+    pub value: ValueId,
+    /// The first step its lowering launched (the last launched step is the kernel).
+    pub first_step: usize,
+}
+
+pub(super) fn lower(
+    cx: &mut Cx,
+    body: &Graph,
+    nodes: &[Node],
+    producer: Option<Producer>,
+) -> Result<bool, Fail> {
     let mut end = nodes.len();
     while end > 0 && is_view(&nodes[end - 1].op) && nodes[end - 1].outputs.len() == 1 {
         end -= 1;
@@ -92,7 +107,9 @@ pub(super) fn lower(cx: &mut Cx, body: &Graph, nodes: &[Node]) -> Result<bool, F
     let Some(last) = fused.last() else {
         return Ok(false);
     };
-    if ops < 2 || last.outputs.len() != 1 || !fused.iter().all(|n| qualifies(body, n)) {
+    // One op is worth fusing only into the producer's stores (no pass is saved otherwise).
+    let min_ops = if producer.is_some() { 1 } else { 2 };
+    if ops < min_ops || last.outputs.len() != 1 || !fused.iter().all(|n| qualifies(body, n)) {
         return Ok(false);
     }
     let out = last.outputs[0];
@@ -153,6 +170,18 @@ pub(super) fn lower(cx: &mut Cx, body: &Graph, nodes: &[Node]) -> Result<bool, F
         regions: vec![g],
         loc: last.loc.clone(),
     };
+    if let Some(p) = producer
+        && pending_consts.is_empty()
+        && into_stores(cx, &node, p)?
+    {
+        for v in views {
+            cx.node(v)?;
+        }
+        return Ok(true);
+    }
+    if ops < 2 {
+        return Ok(false);
+    }
     for c in &pending_consts {
         cx.node(c)?;
     }
@@ -221,4 +250,194 @@ fn dequantize(g: &mut Graph, ins: &[Option<ValueId>], ty: &TensorType) -> ValueI
         f = ew(g, EwOp::Sub, vec![f, zf], ty.clone());
     }
     ew(g, EwOp::Mul, vec![f, s], ty.clone())
+}
+
+/// Applies the tail `node` (an elementwise composite: the producer's value and one-element
+/// values in, one value out) to every value the producer's kernel stores into its output, so
+/// the tail costs no pass over memory. The kernel must be the last step the producer
+/// launched, the only one of them touching its output, which it writes and never reads; then
+/// the last store of every element is the element's value, and storing `tail(v)` at every
+/// store leaves `tail(last value)` everywhere. Returns whether it fused (nothing changed if
+/// not).
+fn into_stores(cx: &mut Cx, node: &Node, p: Producer) -> Result<bool, Fail> {
+    let Some(region) = node.regions.first() else {
+        return Ok(false);
+    };
+    let Some(&last) = cx.p.steps.len().checked_sub(1).as_ref() else {
+        return Ok(false);
+    };
+    if last < p.first_step {
+        return Ok(false);
+    }
+    let Ok(out_buf) = cx.buf(p.value) else {
+        return Ok(false);
+    };
+    if !matches!(cx.p.buffer(out_buf).kind, BufKind::Temp)
+        || cx.p.steps[p.first_step..last]
+            .iter()
+            .any(|s| s.args.contains(&out_buf))
+    {
+        return Ok(false);
+    }
+    let out_shape = cx.shape(p.value)?;
+    let tail_out = node.outputs[0];
+    if cx.shape(tail_out)? != out_shape {
+        return Ok(false);
+    }
+    // The tail's inputs: the producer's value, and one-element values read at index 0.
+    let step = cx.p.steps[last].clone();
+    let mut k = cx.p.kernel(step.kernel).clone();
+    let mut args = step.args.clone();
+    let Some(pout) = args
+        .iter()
+        .position(|&a| a == out_buf)
+        .map(|i| ParamId(i as u32))
+    else {
+        return Ok(false);
+    };
+    if k.params[pout.0 as usize].access != Access::Write || !writes_only(&k.body, pout) {
+        return Ok(false);
+    }
+    let mut env_in: Vec<(ValueId, Option<Expr>)> = Vec::new();
+    for (port, v) in region.inputs.iter().zip(&node.inputs) {
+        let Some(v) = *v else { return Ok(false) };
+        if v == p.value {
+            env_in.push((port.value, None));
+            continue;
+        }
+        if cx.shape(v)?.iter().product::<usize>() != 1 {
+            return Ok(false);
+        }
+        let b = cx.buf(v)?;
+        let param = match args.iter().position(|&a| a == b) {
+            Some(i) => ParamId(i as u32),
+            None => {
+                let bb = cx.p.buffer(b);
+                args.push(b);
+                k.param(bb.dtype, bb.len(), Access::Read)
+            }
+        };
+        env_in.push((port.value, Some(Expr::load(param, Expr::idx(0)))));
+    }
+    if env_in.iter().filter(|(_, e)| e.is_none()).count() != 1 {
+        return Ok(false);
+    }
+    let in_ty = cx.dtype(p.value);
+    // Rewrite every store; a failure (an op the scalar lowering lacks) leaves all as it was.
+    let mut failed = None;
+    let body = std::mem::take(&mut k.body);
+    let body = rewrite_stores(body, pout, &mut |value, stmts| {
+        let tmp = k.var(in_ty);
+        stmts.push(Stmt::Let { var: tmp, value });
+        let mut env: Vec<Option<Expr>> = vec![None; region.values.len()];
+        for (v, e) in &env_in {
+            env[v.0 as usize] = Some(e.clone().unwrap_or(Expr::var(tmp)));
+        }
+        if let Err(e) = ew::body_lets(region, &mut env, &mut |t| k.var(t), stmts) {
+            failed = Some(e);
+            return Expr::var(tmp);
+        }
+        region
+            .outputs
+            .first()
+            .and_then(|o| env[o.value.0 as usize].clone())
+            .unwrap_or(Expr::var(tmp))
+    });
+    if let Some(e) = failed {
+        return match e {
+            Fail::Unsupported(_) => Ok(false),
+            e => Err(e),
+        };
+    }
+    k.body = body;
+    let new_buf = cx.new_buffer(tail_out, BufKind::Temp)?;
+    let nb = cx.p.buffer(new_buf);
+    k.params[pout.0 as usize].dtype = nb.dtype;
+    k.params[pout.0 as usize].len = nb.len();
+    args[pout.0 as usize] = new_buf;
+    k.name = format!("{}_{}", k.name, node_kind(node));
+    let id = cx.p.intern_kernel(k);
+    cx.p.steps[last] = crate::kernel::Step {
+        kernel: id,
+        args,
+        origin: step.origin,
+    };
+    Ok(true)
+}
+
+fn node_kind(node: &Node) -> String {
+    node.regions
+        .first()
+        .and_then(|r| {
+            r.nodes
+                .iter()
+                .rev()
+                .find(|n| !matches!(n.op, Op::Constant { .. }))
+        })
+        .map(|n| {
+            let name = n.op.name();
+            let short = name.rsplit('.').next().unwrap_or(&name);
+            short.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+        })
+        .unwrap_or_default()
+}
+
+/// Whether `body` only stores to `p` (no load of it, no contraction touching it).
+fn writes_only(body: &[Stmt], p: ParamId) -> bool {
+    fn expr_reads(e: &Expr, p: ParamId) -> bool {
+        match e {
+            Expr::Var(_) | Expr::Lit(_) => false,
+            Expr::Load { param, index } => *param == p || expr_reads(index, p),
+            Expr::Unary(_, a) | Expr::Cast(_, a) => expr_reads(a, p),
+            Expr::Binary(_, a, b) => expr_reads(a, p) || expr_reads(b, p),
+            Expr::Select { cond, then, els } => {
+                expr_reads(cond, p) || expr_reads(then, p) || expr_reads(els, p)
+            }
+        }
+    }
+    body.iter().all(|s| match s {
+        Stmt::Let { value, .. } | Stmt::Assign { value, .. } => !expr_reads(value, p),
+        Stmt::Store { index, value, .. } => !expr_reads(index, p) && !expr_reads(value, p),
+        Stmt::For { extent, body, .. } => !expr_reads(extent, p) && writes_only(body, p),
+        Stmt::Matmul(_) => false,
+    })
+}
+
+/// `body` with every `store p[i] = v` replaced by the statements `f` emits for `v` followed
+/// by `store p[i] = f(v)`.
+fn rewrite_stores(
+    body: Vec<Stmt>,
+    p: ParamId,
+    f: &mut dyn FnMut(Expr, &mut Vec<Stmt>) -> Expr,
+) -> Vec<Stmt> {
+    let mut out = Vec::with_capacity(body.len());
+    for s in body {
+        match s {
+            Stmt::Store {
+                param,
+                index,
+                value,
+            } if param == p => {
+                let v = f(value, &mut out);
+                out.push(Stmt::Store {
+                    param,
+                    index,
+                    value: v,
+                });
+            }
+            Stmt::For {
+                var,
+                extent,
+                kind,
+                body,
+            } => out.push(Stmt::For {
+                var,
+                extent,
+                kind,
+                body: rewrite_stores(body, p, f),
+            }),
+            s => out.push(s),
+        }
+    }
+    out
 }

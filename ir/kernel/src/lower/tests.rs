@@ -314,6 +314,20 @@ fn convolutions_and_pools() {
             r#""dilations":[2,2],"group":2,"pads":[0,0,0,0],"strides":[1,1]"#,
             "f32[1,2,5,5]",
         ),
+        // Unit stride, 5x5, a channel multiplier, an even number of rows (all in pairs) and
+        // horizontal dilation only (rows still paired).
+        (
+            "f32[1,2,8,7]",
+            "f32[4,1,5,5]",
+            r#""dilations":[1,1],"group":2,"pads":[2,2,2,2],"strides":[1,1]"#,
+            "f32[1,4,8,7]",
+        ),
+        (
+            "f32[1,2,7,9]",
+            "f32[2,1,3,3]",
+            r#""dilations":[1,2],"group":2,"pads":[1,2,1,2],"strides":[1,2]"#,
+            "f32[1,2,7,5]",
+        ),
     ] {
         let m = &w[4..].split(',').next().unwrap_or("1").to_string();
         check(
@@ -368,6 +382,26 @@ fn quantization() {
         r#"graph (%0: f32[3,5] "x", %1: i8[5,4] "w", %2: i8[4] "wz") -> (%3 "y", %4 "s", %5 "z", %6 "m") {
   %3, %4, %5 = quant.dynamic_quantize(%0) : u8[3,5], f32[], u8[]
   %6 = quant.matmul_integer(%3, %1, %5, %2) : i32[3,4]
+}"#,
+        0.0,
+    );
+}
+
+#[test]
+fn large_dynamic_quantization_runs_in_parallel_chunks() {
+    // 12,301 elements: three chunks of 4,100 and one element left over for the serial kernel.
+    let text = check(
+        r#"graph (%0: f32[1,12301] "x") -> (%1 "y", %2 "s", %3 "z") {
+  %1, %2, %3 = quant.dynamic_quantize(%0) : u8[1,12301], f32[], u8[]
+}"#,
+        0.0,
+    );
+    assert_eq!(text.matches("for.parallel").count(), 2, "{text}");
+    assert!(text.contains("_range") && text.contains("_scale"), "{text}");
+    // An exact multiple: no tail.
+    check(
+        r#"graph (%0: f32[2,8192] "x") -> (%1 "y", %2 "s", %3 "z") {
+  %1, %2, %3 = quant.dynamic_quantize(%0) : u8[2,8192], f32[], u8[]
 }"#,
         0.0,
     );
@@ -467,6 +501,61 @@ fn integer_contraction_tails_are_one_kernel() {
         !text.contains("kernel @ew_") && !text.contains("kernel @quant_quantize"),
         "{text}"
     );
+}
+
+#[test]
+fn tails_go_into_the_stores_of_loop_kernels() {
+    // Depthwise convolution + HardSwish: the activation is applied as the conv stores.
+    let text = check(
+        r#"graph (%0: f32[1,3,6,5] "x", %1: f32[3,1,3,3] "w", %2: f32[3] "b") -> (%3 "y") {
+  %3 = control.composite {"kind":"conv+hard_swish"} (%0, %1, %2) : f32[1,3,6,5] {
+    graph (%0: f32[1,3,6,5] "in0", %1: f32[3,1,3,3] "in1", %2: f32[3] "in2") -> (%4 "out") {
+      %3 = nn.conv {"auto_pad":"not_set","dilations":[1,1],"group":3,"pads":[1,1,1,1],"strides":[1,1]} (%0, %1, %2) : f32[1,3,6,5]
+      %4 = ew.hard_swish(%3) : f32[1,3,6,5]
+    }
+  }
+}"#,
+        1e-6,
+    );
+    assert!(
+        text.contains("kernel @nn_conv_depthwise_hard_swish"),
+        "{text}"
+    );
+    assert!(!text.contains("kernel @ew_hard_swish"), "{text}");
+    // A strided depthwise convolution + a quantizing tail with a runtime scale: the stores
+    // change type to u8.
+    let text = check(
+        r#"graph (%0: f32[1,2,7,7] "x", %1: f32[2,1,3,3] "w", %2: f32[] "s") -> (%3 "y") {
+  %3 = control.composite {"kind":"conv+quantize"} (%0, %1, %2) : u8[1,2,4,4] {
+    graph (%0: f32[1,2,7,7] "in0", %1: f32[2,1,3,3] "in1", %2: f32[] "in2") -> (%5 "out") {
+      @c0 = const u8[] [3]
+      %3 = nn.conv {"auto_pad":"not_set","dilations":[1,1],"group":2,"pads":[1,1,1,1],"strides":[2,2]} (%0, %1, _) : f32[1,2,4,4]
+      %4 = constant @c0 : u8[]
+      %5 = quant.quantize {"axis":1,"block_size":0,"to":"u8"} (%3, %2, %4) : u8[1,2,4,4]
+    }
+  }
+}"#,
+        0.0,
+    );
+    assert!(
+        !text.contains("kernel @quant_quantize") && !text.contains("kernel @fused_epilogue"),
+        "{text}"
+    );
+    assert!(text.contains("u8[32] write"), "{text}");
+    // A producer that reads back what it stored (softmax rescales in place) keeps its tail
+    // as a kernel of its own.
+    let text = check(
+        r#"graph (%0: f32[2,9] "x") -> (%1 "y") {
+  %1 = control.composite {"kind":"softmax+relu"} (%0) : f32[2,9] {
+    graph (%0: f32[2,9] "in0") -> (%2 "out") {
+      %1 = reduce.softmax {"axis":1} (%0) : f32[2,9]
+      %2 = ew.relu(%1) : f32[2,9]
+    }
+  }
+}"#,
+        1e-6,
+    );
+    assert!(text.contains("kernel @ew_relu"), "{text}");
 }
 
 #[test]

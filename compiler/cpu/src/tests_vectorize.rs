@@ -1,0 +1,91 @@
+//! Which lowered loops the vectorizer takes: the shapes of kernel IR that must stay SIMD.
+
+use mlc_ir::parse_graph;
+use mlc_kir::*;
+
+/// `(vectorizable, extent)` of every innermost `Vector` loop of every kernel of `src`.
+fn innermost_vector_loops(src: &str) -> Vec<(String, bool)> {
+    let g = parse_graph(src).expect("test graph");
+    let prog = lower_graph(&g).expect("lowering");
+    let mut out = Vec::new();
+    for k in &prog.kernels {
+        // No variable here feeds an index from loaded data.
+        let data_dep = vec![false; k.vars.len()];
+        walk(k, &k.body, &data_dep, &mut out);
+    }
+    out
+}
+
+fn walk(k: &Kernel, body: &[Stmt], dd: &[bool], out: &mut Vec<(String, bool)>) {
+    for st in body {
+        if let Stmt::For {
+            var,
+            extent,
+            kind,
+            body,
+        } = st
+        {
+            let inner = body.iter().any(|s| matches!(s, Stmt::For { .. }));
+            if *kind == LoopKind::Vector && !inner {
+                let n = match extent {
+                    Expr::Lit(Lit::Int(_, n)) => Some(*n),
+                    _ => None,
+                };
+                out.push((
+                    k.name.clone(),
+                    crate::simd::vectorizable(k, *var, n, body, dd),
+                ));
+            }
+            walk(k, body, dd, out);
+        }
+    }
+}
+
+#[test]
+fn depthwise_rows_in_pairs_stay_vectorized() {
+    // Two output rows per vector loop store to one buffer at a literal row apart.
+    let loops = innermost_vector_loops(
+        r#"graph (%0: f32[1,3,9,8] "x", %1: f32[3,1,3,3] "w", %2: f32[3] "b") -> (%3 "y") {
+  %3 = nn.conv {"auto_pad":"not_set","dilations":[1,1],"group":3,"pads":[1,1,1,1],"strides":[1,1]} (%0, %1, %2) : f32[1,3,9,8]
+}"#,
+    );
+    let dw: Vec<_> = loops
+        .iter()
+        .filter(|(n, _)| n.contains("depthwise"))
+        .collect();
+    assert_eq!(dw.len(), 2, "pairs and the odd row: {loops:?}");
+    assert!(dw.iter().all(|(_, v)| *v), "{loops:?}");
+}
+
+#[test]
+fn stores_to_one_buffer_must_not_meet() {
+    // y[i + a] = x[i]; y[i + b] = x[i] over 0..8: vectorizable only when |a − b| ≥ 8 (with
+    // overlap, the scalar order decides which value an element keeps).
+    for (d, ok) in [(8, true), (9, true), (1, false), (7, false)] {
+        let mut k = Kernel::new("two_stores");
+        let x = k.param(mlc_ir::DType::F32, 16, Access::Read);
+        let y = k.param(mlc_ir::DType::F32, 24, Access::Write);
+        let i = k.var(mlc_ir::DType::I64);
+        let at = |off: i64| Expr::bin(BinOp::Add, Expr::var(i), Expr::idx(off));
+        let body = vec![
+            Stmt::Store {
+                param: y,
+                index: at(0),
+                value: Expr::load(x, Expr::var(i)),
+            },
+            Stmt::Store {
+                param: y,
+                index: at(d),
+                value: Expr::load(x, Expr::var(i)),
+            },
+        ];
+        let dd = vec![false; k.vars.len()];
+        assert_eq!(
+            crate::simd::vectorizable(&k, i, Some(8), &body, &dd),
+            ok,
+            "offsets 0 and {d}"
+        );
+        // Without a known trip count nothing is proven.
+        assert!(!crate::simd::vectorizable(&k, i, None, &body, &dd));
+    }
+}
