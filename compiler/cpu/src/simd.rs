@@ -632,6 +632,7 @@ impl<M: Module> Tx<'_, '_, M> {
         body: &[Stmt],
     ) -> Result<()> {
         let v = self.vars[var.0 as usize];
+        let outer_counter = self.vcounter.replace(var);
         let reds = reductions(self.k, body).unwrap_or_default();
         let unroll = unroll_factor(body, !reds.is_empty());
         let pre = self.b.create_block();
@@ -767,6 +768,7 @@ impl<M: Module> Tx<'_, '_, M> {
         }
         self.b.ins().jump(tail, &[]);
         self.b.switch_to_block(tail);
+        self.vcounter = outer_counter;
         let i = self.b.use_var(v);
         self.scalar_loop(var, i, hi, body)
     }
@@ -863,9 +865,9 @@ impl<M: Module> Tx<'_, '_, M> {
 
     /// A polynomial in `t` by Horner's rule, `c[0]` the highest coefficient.
     fn horner(&mut self, t: Value, c: &[f32]) -> Value {
-        let mut y = self.splat_f(c[0]);
+        let mut y = self.mconst(c[0]);
         for &k in &c[1..] {
-            let kv = self.splat_f(k);
+            let kv = self.mconst(k);
             y = self.vmuladd(y, t, kv);
         }
         y
@@ -877,15 +879,14 @@ impl<M: Module> Tx<'_, '_, M> {
     fn vexp(&mut self, x: Value) -> Value {
         const HI: f32 = 88.722_84;
         const LO: f32 = -87.336_55;
-        // NaN stays NaN through the clamps (and everything after).
-        let xc = self.vminmax_const(BinOp::Min, x, HI, false);
-        let xc = self.vminmax_const(BinOp::Max, xc, LO, false);
-        let log2e = self.splat_f(std::f32::consts::LOG2_E);
+        // No clamp: outside [LO, HI] the result is replaced below, and a NaN stays NaN.
+        let xc = x;
+        let log2e = self.mconst(std::f32::consts::LOG2_E);
         let t = self.b.ins().fmul(xc, log2e);
         let n = self.b.ins().nearest(t);
         // r = x - n·ln2, ln2 = c1 + c2 with c1 short enough that n·c1 is exact.
-        let c1 = self.splat_f(-0.693_359_4);
-        let c2 = self.splat_f(2.121_944_4e-4);
+        let c1 = self.mconst(-0.693_359_4);
+        let c2 = self.mconst(2.121_944_4e-4);
         let r = self.vmuladd(n, c1, xc);
         let r = self.vmuladd(n, c2, r);
         let y = self.horner(
@@ -901,12 +902,12 @@ impl<M: Module> Tx<'_, '_, M> {
         );
         let rr = self.b.ins().fmul(r, r);
         let y = self.vmuladd(y, rr, r);
-        let one = self.splat_f(1.0);
+        let one = self.mconst(1.0);
         let mut y = self.b.ins().fadd(y, one);
         // 2^n from exponent bits, in two halves so that n = 128 (x near the overflow
         // threshold) needs no exponent field out of range. n is an integer in [-126, 128]
-        // after the clamps, so x86's plain truncation is exact (NaN gives i32::MIN, whose
-        // garbage power of two multiplies a NaN `y`).
+        // for x in [LO, HI], so x86's plain truncation is exact there; elsewhere (and for NaN,
+        // whose `y` is NaN) it may give anything, which the selects below replace.
         let ni = if self.x86 {
             self.b.ins().x86_cvtt2dq(types::I32X4, n)
         } else {
@@ -924,16 +925,15 @@ impl<M: Module> Tx<'_, '_, M> {
             y = self.b.ins().fmul(y, pow2);
         }
         // Overflow to +inf, underflow to 0.
-        let big = self.splat_f(HI);
+        let big = self.mconst(HI);
         let is_big = self.b.ins().fcmp(FloatCC::GreaterThan, x, big);
         let is_big = self.mask_as_f32(is_big);
-        let inf = self.splat_f(f32::INFINITY);
+        let inf = self.mconst(f32::INFINITY);
         let y = self.b.ins().bitselect(is_big, inf, y);
-        let lo = self.splat_f(LO);
+        let lo = self.mconst(LO);
         let is_small = self.b.ins().fcmp(FloatCC::LessThan, x, lo);
         let is_small = self.mask_as_f32(is_small);
-        let zero = self.splat_f(0.0);
-        self.b.ins().bitselect(is_small, zero, y)
+        self.b.ins().band_not(y, is_small)
     }
 
     /// `tanh` on four lanes inline (Cephes' `tanhf`): an odd polynomial below |x| = 0.625,
@@ -958,17 +958,17 @@ impl<M: Module> Tx<'_, '_, M> {
         // Large |x|: 1 - 2 / (exp(2|x|) + 1), then the sign of x.
         let two_ax = self.b.ins().fadd(ax, ax);
         let e = self.vexp(two_ax);
-        let one = self.splat_f(1.0);
-        let two = self.splat_f(2.0);
+        let one = self.mconst(1.0);
+        let two = self.mconst(2.0);
         let d = self.b.ins().fadd(e, one);
         let q = self.b.ins().fdiv(two, d);
         let big = self.b.ins().fsub(one, q);
         // copysign: `big` is non-negative, so or-ing in x's sign bit (x86 has no vector
         // fcopysign in Cranelift).
-        let neg0 = self.splat_f(-0.0);
+        let neg0 = self.mconst(-0.0);
         let sign = self.b.ins().band(x, neg0);
         let big = self.b.ins().bor(big, sign);
-        let lim = self.splat_f(0.625);
+        let lim = self.mconst(0.625);
         let is_small = self.b.ins().fcmp(FloatCC::LessThan, ax, lim);
         let is_small = self.mask_as_f32(is_small);
         self.b.ins().bitselect(is_small, small, big)
@@ -1004,7 +1004,7 @@ impl<M: Module> Tx<'_, '_, M> {
             4.306_38e-5,
         ];
         let ax = self.b.ins().fabs(x);
-        let one = self.splat_f(1.0);
+        let one = self.mconst(1.0);
         // |x| < 0.84375: x + x·P(x²)/Q(x²), s_erff's own (keeps tiny arguments exact).
         let z = self.b.ins().fmul(x, x);
         // The tables are lowest coefficient first.
@@ -1023,10 +1023,10 @@ impl<M: Module> Tx<'_, '_, M> {
         let a16 = self.b.ins().fmul(a8, a8);
         let inv = self.b.ins().fdiv(one, a16);
         let mag = self.b.ins().fsub(one, inv);
-        let neg0 = self.splat_f(-0.0);
+        let neg0 = self.mconst(-0.0);
         let sign = self.b.ins().band(x, neg0);
         let big = self.b.ins().bor(mag, sign);
-        let lim = self.splat_f(0.843_75);
+        let lim = self.mconst(0.843_75);
         let is_small = self.b.ins().fcmp(FloatCC::LessThan, ax, lim);
         let is_small = self.mask_as_f32(is_small);
         let y = self.b.ins().bitselect(is_small, small, big);
