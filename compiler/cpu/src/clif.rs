@@ -306,6 +306,16 @@ impl<M: Module> Tx<'_, '_, M> {
 
     fn block(&mut self, body: &[Stmt], top_split: bool) -> Result<()> {
         for st in body {
+            // Two loops over rows that leave scalar remainders, as one loop (not the loop
+            // that threads split).
+            if !top_split
+                && self.opts.simd
+                && !self.opts.check_bounds
+                && let Some(one) = crate::simd::collapse(st)
+            {
+                self.block(std::slice::from_ref(&one), false)?;
+                continue;
+            }
             match st {
                 Stmt::For {
                     var,

@@ -1073,3 +1073,32 @@ fn reductions_of_every_length_with_special_values() {
         }
     }
 }
+
+/// Loop nests over short rows (7, 14: small feature maps) run as one loop when the rows are
+/// contiguous (`simd::collapse`): per-channel quantization and a broadcast add over
+/// `[c, h, w]`, against the evaluator, exactly, scalar and SIMD.
+#[test]
+fn short_rows_collapse_into_one_vector_loop() {
+    for (h, w) in [(7, 7), (3, 14), (5, 3), (2, 9)] {
+        let src = format!(
+            r#"graph (%0: f32[3,{h},{w}] "x", %1: f32[3] "s", %2: u8[3] "z", %3: f32[3,1,1] "b") -> (%5 "q", %6 "y") {{
+  %4 = ew.abs(%1) : f32[3]
+  %5 = quant.quantize {{"axis":0,"block_size":0,"to":"u8"}} (%0, %4, %2) : u8[3,{h},{w}]
+  %6 = ew.add(%0, %3) : f32[3,{h},{w}]
+}}"#
+        );
+        let shown = check(&src, 0.0);
+        let g = parse_graph(&src).expect("graph");
+        let prog = lower_graph(&g).expect("lowering");
+        fn any_collapses(body: &[mlc_kir::Stmt]) -> bool {
+            body.iter().any(|s| {
+                crate::simd::collapse(s).is_some()
+                    || matches!(s, mlc_kir::Stmt::For { body, .. } if any_collapses(body))
+            })
+        }
+        assert!(
+            prog.kernels.iter().any(|k| any_collapses(&k.body)),
+            "no loop nest to collapse:\n{shown}"
+        );
+    }
+}
