@@ -512,6 +512,9 @@ struct VecBody<'a> {
     slot: usize,
     /// The body's statements computed once before the loop ([`hoistable`]).
     hoisted: Vec<bool>,
+    /// The values of the invariant loads of the other statements, computed before the loop,
+    /// by the address of their expression in the body.
+    invariant: HashMap<*const Expr, Value>,
     /// `f32` constants (never NaN) held by body variables, as `let %v = 0.0`.
     consts: HashMap<VarId, f32>,
     /// Bounds on the non-NaN values of body variables, from clamps by constants.
@@ -522,54 +525,112 @@ fn vflags() -> MemFlagsData {
     MemFlagsData::new().with_notrap()
 }
 
-/// Which statements of a vector loop's body are loop-invariant `let`s, computed once before
-/// the loop instead of once per iteration: a `let` of a variable defined once in the body,
-/// whose value reads no counter, no variable the body assigns and no buffer the body stores
-/// (buffers are distinct, as the vectorizer already assumes), and only variables defined
-/// outside or by earlier hoisted `let`s. Such values (a per-channel scale, a zero point and
-/// its conversion) would otherwise be loaded and converted in every iteration: Cranelift
-/// does not move loads out of loops.
-fn hoistable(body: &[Stmt], counter: VarId) -> Vec<bool> {
-    let mut stored = HashSet::new();
-    let mut defs: HashMap<VarId, usize> = HashMap::new();
-    for st in body {
-        match st {
-            Stmt::Store { param, .. } => {
-                stored.insert(*param);
+/// What is loop-invariant in a vector loop's body: expressions that read no counter, no
+/// variable the body assigns or defines (but hoisted `let`s) and no buffer the body stores
+/// (buffers are distinct, as the vectorizer already assumes).
+struct Invariance {
+    counter: VarId,
+    /// How many times the body defines or assigns each variable.
+    defs: HashMap<VarId, usize>,
+    /// Body variables whose `let` is hoisted.
+    hoisted: HashSet<VarId>,
+    stored: HashSet<ParamId>,
+}
+
+impl Invariance {
+    fn new(body: &[Stmt], counter: VarId) -> Invariance {
+        let mut stored = HashSet::new();
+        let mut defs: HashMap<VarId, usize> = HashMap::new();
+        for st in body {
+            match st {
+                Stmt::Store { param, .. } => {
+                    stored.insert(*param);
+                }
+                Stmt::Let { var, .. } | Stmt::Assign { var, .. } => {
+                    *defs.entry(*var).or_default() += 1
+                }
+                _ => {}
             }
-            Stmt::Let { var, .. } | Stmt::Assign { var, .. } => *defs.entry(*var).or_default() += 1,
-            _ => {}
+        }
+        Invariance {
+            counter,
+            defs,
+            hoisted: HashSet::new(),
+            stored,
         }
     }
-    fn invariant(
-        e: &Expr,
-        counter: VarId,
-        defs: &HashMap<VarId, usize>,
-        hoisted: &HashSet<VarId>,
-        stored: &HashSet<ParamId>,
-    ) -> bool {
-        let inv = |e: &Expr| invariant(e, counter, defs, hoisted, stored);
+
+    fn invariant(&self, e: &Expr) -> bool {
         match e {
-            Expr::Var(v) => *v != counter && (!defs.contains_key(v) || hoisted.contains(v)),
+            Expr::Var(v) => {
+                *v != self.counter && (!self.defs.contains_key(v) || self.hoisted.contains(v))
+            }
             Expr::Lit(_) => true,
-            Expr::Load { param, index } => !stored.contains(param) && inv(index),
-            Expr::Unary(_, a) | Expr::Cast(_, a) => inv(a),
-            Expr::Binary(_, a, b) => inv(a) && inv(b),
-            Expr::Select { cond, then, els } => inv(cond) && inv(then) && inv(els),
+            Expr::Load { param, index } => !self.stored.contains(param) && self.invariant(index),
+            Expr::Unary(_, a) | Expr::Cast(_, a) => self.invariant(a),
+            Expr::Binary(_, a, b) => self.invariant(a) && self.invariant(b),
+            Expr::Select { cond, then, els } => {
+                self.invariant(cond) && self.invariant(then) && self.invariant(els)
+            }
         }
     }
-    let mut hoisted = HashSet::new();
-    body.iter()
+
+    /// The maximal invariant subexpressions of `e` that load (a scale, a zero point and its
+    /// conversion written inline), pushed onto `out`.
+    fn invariant_loads<'e>(&self, e: &'e Expr, out: &mut Vec<&'e Expr>) {
+        if contains_load(e) && self.invariant(e) {
+            out.push(e);
+            return;
+        }
+        match e {
+            Expr::Var(_) | Expr::Lit(_) => {}
+            Expr::Load { index, .. } => self.invariant_loads(index, out),
+            Expr::Unary(_, a) | Expr::Cast(_, a) => self.invariant_loads(a, out),
+            Expr::Binary(_, a, b) => {
+                self.invariant_loads(a, out);
+                self.invariant_loads(b, out);
+            }
+            Expr::Select { cond, then, els } => {
+                self.invariant_loads(cond, out);
+                self.invariant_loads(then, out);
+                self.invariant_loads(els, out);
+            }
+        }
+    }
+}
+
+/// Which statements of a vector loop's body are loop-invariant `let`s (of a variable defined
+/// once in the body, see [`Invariance`]), computed once before the loop instead of once per
+/// iteration, and the invariant loads in the other statements, also computed once. Such
+/// values (a per-channel scale, a zero point and its conversion) would otherwise be loaded
+/// and converted in every iteration: Cranelift does not move loads out of loops.
+fn hoistable(body: &[Stmt], counter: VarId) -> (Vec<bool>, Vec<&Expr>) {
+    let mut inv = Invariance::new(body, counter);
+    let lets: Vec<bool> = body
+        .iter()
         .map(|st| match st {
-            Stmt::Let { var, value }
-                if defs[var] == 1 && invariant(value, counter, &defs, &hoisted, &stored) =>
-            {
-                hoisted.insert(*var);
+            Stmt::Let { var, value } if inv.defs[var] == 1 && inv.invariant(value) => {
+                inv.hoisted.insert(*var);
                 true
             }
             _ => false,
         })
-        .collect()
+        .collect();
+    let mut loads = Vec::new();
+    for (st, &h) in body.iter().zip(&lets) {
+        match st {
+            _ if h => {}
+            Stmt::Let { value, .. } | Stmt::Assign { value, .. } => {
+                inv.invariant_loads(value, &mut loads)
+            }
+            Stmt::Store { index, value, .. } => {
+                inv.invariant_loads(index, &mut loads);
+                inv.invariant_loads(value, &mut loads);
+            }
+            _ => {}
+        }
+    }
+    (lets, loads)
 }
 
 /// A rough count of the operations in `e`; `None` when it calls or inlines a transcendental
@@ -659,10 +720,13 @@ impl<M: Module> Tx<'_, '_, M> {
             vals: HashMap::new(),
             red: HashMap::new(),
             slot: 0,
-            hoisted: hoistable(body, var),
+            hoisted: Vec::new(),
+            invariant: HashMap::new(),
             consts: HashMap::new(),
             ranges: HashMap::new(),
         };
+        let (lets, loads) = hoistable(body, var);
+        st.hoisted = lets;
         for (s, &h) in body.iter().zip(&st.hoisted.clone()) {
             if let (Stmt::Let { var: hv, value }, true) = (s, h) {
                 let dd = self.depends_on_data(value);
@@ -673,6 +737,10 @@ impl<M: Module> Tx<'_, '_, M> {
                     st.consts.insert(*hv, c);
                 }
             }
+        }
+        for e in loads {
+            let x = self.expr(e)?;
+            st.invariant.insert(e as *const Expr, x);
         }
         // Vector accumulators: the first starts as (acc, e, e, e), the others as (e, e, e, e),
         // e the operator's identity; max and min are idempotent, so all start as
@@ -840,7 +908,12 @@ impl<M: Module> Tx<'_, '_, M> {
             return r;
         }
         match (op, c.is_sign_positive()) {
-            (BinOp::Max, true) => self.b.ins().fabs(r),
+            // `fabs`, but with a constant mask the loop keeps in a register (Cranelift
+            // rebuilds `fabs`'s mask in every iteration).
+            (BinOp::Max, true) => {
+                let m = self.splat_f(f32::from_bits(0x7fff_ffff));
+                self.b.ins().band(r, m)
+            }
             (BinOp::Min, false) => self.b.ins().bor(r, cv),
             _ => r,
         }
@@ -1074,7 +1147,7 @@ impl<M: Module> Tx<'_, '_, M> {
                 let range = f32_range(st, value).filter(|_| f32_var);
                 if c == Class::Uniform {
                     let dd = self.depends_on_data(value);
-                    let x = self.expr(value)?;
+                    let x = self.uniform(st, value)?;
                     self.data_dep[var.0 as usize] = dd;
                     self.b.def_var(self.vars[var.0 as usize], x);
                     st.vals.remove(var);
@@ -1126,6 +1199,15 @@ impl<M: Module> Tx<'_, '_, M> {
                 Ok(())
             }
             _ => self.unsupported("vector loop statement"),
+        }
+    }
+
+    /// A uniform expression of the vector body: computed before the loop when hoisted,
+    /// else by the scalar translator.
+    fn uniform(&mut self, st: &VecBody, e: &Expr) -> Result<Value> {
+        match st.invariant.get(&(e as *const Expr)) {
+            Some(&v) => Ok(v),
+            None => self.expr(e),
         }
     }
 
@@ -1266,7 +1348,7 @@ impl<M: Module> Tx<'_, '_, M> {
             return self.unsupported("vector expression (analysis mismatch)");
         };
         if c == Class::Uniform {
-            return Ok(VV::Uni(self.expr(e)?));
+            return Ok(VV::Uni(self.uniform(st, e)?));
         }
         Ok(match e {
             Expr::Var(v) if *v == st.an.counter => {
