@@ -21,7 +21,7 @@
 
 use crate::clif::{Result, Tx, libm_symbol};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::{Endianness, InstBuilder, MemFlagsData, Value, types};
+use cranelift_codegen::ir::{self, Endianness, InstBuilder, MemFlagsData, Value, types};
 use cranelift_frontend::Variable;
 use cranelift_module::Module;
 use mlc_ir::DType;
@@ -696,18 +696,26 @@ impl<M: Module> Tx<'_, '_, M> {
         let outer_counter = self.vcounter.replace(var);
         let reds = reductions(self.k, body).unwrap_or_default();
         let unroll = unroll_factor(body, !reds.is_empty());
+        let (lets, loads) = hoistable(body, var);
+        // A loop with nothing to set up branches straight into its body and out to the
+        // remainder (then the remainder shares the invariants Cranelift hoists).
+        let plain = reds.is_empty() && loads.is_empty() && !lets.contains(&true);
         let pre = self.b.create_block();
         let vb = self.b.create_block();
-        let combine = self.b.create_block();
         let tail = self.b.create_block();
+        let combine = if plain { tail } else { self.b.create_block() };
         self.b.def_var(v, lo);
         // i + 4 <= hi  ⇔  i < hi - 3
         let lim = self.b.ins().iadd_imm_s(hi, -(LANES - 1));
         let c = self.b.ins().icmp(IntCC::SignedLessThan, lo, lim);
-        self.b.ins().brif(c, pre, &[], tail, &[]);
+        self.b
+            .ins()
+            .brif(c, if plain { vb } else { pre }, &[], tail, &[]);
 
         // Preheader: at least one vector iteration runs.
-        self.b.switch_to_block(pre);
+        if !plain {
+            self.b.switch_to_block(pre);
+        }
         let mut st = VecBody {
             an: Analysis {
                 k: self.k,
@@ -725,7 +733,6 @@ impl<M: Module> Tx<'_, '_, M> {
             consts: HashMap::new(),
             ranges: HashMap::new(),
         };
-        let (lets, loads) = hoistable(body, var);
         st.hoisted = lets;
         for (s, &h) in body.iter().zip(&st.hoisted.clone()) {
             if let (Stmt::Let { var: hv, value }, true) = (s, h) {
@@ -799,7 +806,7 @@ impl<M: Module> Tx<'_, '_, M> {
             let i = self.b.use_var(v);
             let c = self.b.ins().icmp(IntCC::SignedLessThan, i, lim);
             self.b.ins().brif(c, vb, &[], combine, &[]);
-        } else {
+        } else if !plain {
             self.b.ins().jump(vb, &[]);
         }
         self.b.switch_to_block(vb);
@@ -812,8 +819,20 @@ impl<M: Module> Tx<'_, '_, M> {
 
         // Combine the accumulators, then fold their lanes back into the scalar variables
         // (with the scalar operator: NaN propagates, zeros keep IEEE signs).
-        self.b.switch_to_block(combine);
-        let mut reds: Vec<(VarId, Red)> = st.red.into_iter().collect();
+        if !plain {
+            self.b.switch_to_block(combine);
+            self.combine(st.red, tail);
+        }
+        self.b.switch_to_block(tail);
+        self.vcounter = outer_counter;
+        let i = self.b.use_var(v);
+        self.scalar_loop(var, i, hi, body)
+    }
+
+    /// After a vector loop with reductions: combines each reduction's accumulators, folds
+    /// their lanes into its scalar variable and jumps to `tail`.
+    fn combine(&mut self, red: HashMap<VarId, Red>, tail: ir::Block) {
+        let mut reds: Vec<(VarId, Red)> = red.into_iter().collect();
         reds.sort_by_key(|(v, _)| *v);
         for (rv, red) in reds {
             let mut x = self.b.use_var(red.acc[0]);
@@ -835,10 +854,6 @@ impl<M: Module> Tx<'_, '_, M> {
             self.b.def_var(self.vars[rv.0 as usize], acc);
         }
         self.b.ins().jump(tail, &[]);
-        self.b.switch_to_block(tail);
-        self.vcounter = outer_counter;
-        let i = self.b.use_var(v);
-        self.scalar_loop(var, i, hi, body)
     }
 
     /// One copy of the vector body, less its hoisted statements.
