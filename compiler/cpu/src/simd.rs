@@ -480,6 +480,51 @@ fn offset_split(e: &Expr) -> Option<(&Expr, i64)> {
     })
 }
 
+/// Whether a vector loop over `body` may finish with a vector over its last four elements,
+/// overlapping the previous one: every iteration must compute the same values when run
+/// again. So no buffer may be both read and written by the body (an accumulation would add
+/// twice), and the kernel may not compute an output in place of an input
+/// (`mlc_kir::inplace_pairs`: the memory plan may then give them one address, and the
+/// repeated elements would read outputs). Reductions are excluded by the caller.
+fn overlap_ok(k: &Kernel, body: &[Stmt]) -> bool {
+    fn loads(e: &Expr, out: &mut HashSet<ParamId>) {
+        match e {
+            Expr::Var(_) | Expr::Lit(_) => {}
+            Expr::Load { param, index } => {
+                out.insert(*param);
+                loads(index, out);
+            }
+            Expr::Unary(_, a) | Expr::Cast(_, a) => loads(a, out),
+            Expr::Binary(_, a, b) => {
+                loads(a, out);
+                loads(b, out);
+            }
+            Expr::Select { cond, then, els } => {
+                loads(cond, out);
+                loads(then, out);
+                loads(els, out);
+            }
+        }
+    }
+    let (mut read, mut written) = (HashSet::new(), HashSet::new());
+    for st in body {
+        match st {
+            Stmt::Let { value, .. } | Stmt::Assign { value, .. } => loads(value, &mut read),
+            Stmt::Store {
+                param,
+                index,
+                value,
+            } => {
+                written.insert(*param);
+                loads(index, &mut read);
+                loads(value, &mut read);
+            }
+            Stmt::For { .. } | Stmt::Matmul(_) => return false,
+        }
+    }
+    written.iter().all(|p| !read.contains(p)) && mlc_kir::inplace_pairs(k).is_empty()
+}
+
 /// A value in the vector body.
 #[derive(Clone, Copy, Debug)]
 enum VV {
@@ -700,10 +745,23 @@ impl<M: Module> Tx<'_, '_, M> {
         // A loop with nothing to set up branches straight into its body and out to the
         // remainder (then the remainder shares the invariants Cranelift hoists).
         let plain = reds.is_empty() && loads.is_empty() && !lets.contains(&true);
+        // The last partial group runs as one more vector over the last four elements (some
+        // computed twice, the same values stored again) when that is harmless: see
+        // `overlap_ok`. Then the scalar loop only serves rows shorter than four.
+        let overlap = reds.is_empty() && overlap_ok(self.k, body);
         let pre = self.b.create_block();
         let vb = self.b.create_block();
         let tail = self.b.create_block();
-        let combine = if plain { tail } else { self.b.create_block() };
+        let ov_check = if overlap {
+            Some(self.b.create_block())
+        } else {
+            None
+        };
+        let combine = match ov_check {
+            Some(b) => b,
+            None if plain => tail,
+            None => self.b.create_block(),
+        };
         self.b.def_var(v, lo);
         // i + 4 <= hi  ⇔  i < hi - 3
         let lim = self.b.ins().iadd_imm_s(hi, -(LANES - 1));
@@ -817,6 +875,28 @@ impl<M: Module> Tx<'_, '_, M> {
         let c = self.b.ins().icmp(IntCC::SignedLessThan, i, lim);
         self.b.ins().brif(c, vb, &[], combine, &[]);
 
+        if let Some(check) = ov_check {
+            // At least one vector ran (`pre` dominates this), so `hi - 4 >= lo`.
+            self.b.switch_to_block(check);
+            let ov = self.b.create_block();
+            let done = self.b.create_block();
+            let i = self.b.use_var(v);
+            let c = self.b.ins().icmp(IntCC::SignedLessThan, i, hi);
+            self.b.ins().brif(c, ov, &[], done, &[]);
+            self.b.switch_to_block(ov);
+            let last = self.b.ins().iadd_imm_s(hi, -LANES);
+            self.b.def_var(v, last);
+            st.slot = 0;
+            self.vbody(&mut st, body)?;
+            self.b.ins().jump(done, &[]);
+            // Fewer than four elements: the scalar loop.
+            self.b.switch_to_block(tail);
+            self.vcounter = outer_counter;
+            self.scalar_loop(var, lo, hi, body)?;
+            self.b.ins().jump(done, &[]);
+            self.b.switch_to_block(done);
+            return Ok(());
+        }
         // Combine the accumulators, then fold their lanes back into the scalar variables
         // (with the scalar operator: NaN propagates, zeros keep IEEE signs).
         if !plain {
