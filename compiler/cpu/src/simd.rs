@@ -480,6 +480,74 @@ fn offset_split(e: &Expr) -> Option<(&Expr, i64)> {
     })
 }
 
+/// A loop that only copies or fills 8-bit elements at unit stride (`dst[i] = src[i']`, or a
+/// value that does not depend on the counter): 16 bytes per iteration instead of four lanes.
+struct ByteCopy<'a> {
+    dst: ParamId,
+    dst_index: &'a Expr,
+    /// The source and its index, or `None` for a fill.
+    src: Option<(ParamId, &'a Expr)>,
+    /// The stored value (the fill value, or the load).
+    value: &'a Expr,
+}
+
+fn byte_copy<'a>(
+    k: &Kernel,
+    counter: VarId,
+    body: &'a [Stmt],
+    outer_data_dep: &[bool],
+) -> Option<ByteCopy<'a>> {
+    let [
+        Stmt::Store {
+            param,
+            index,
+            value,
+        },
+    ] = body
+    else {
+        return None;
+    };
+    let ty = k.params[param.0 as usize].dtype;
+    if !matches!(ty, DType::U8 | DType::I8) {
+        return None;
+    }
+    let mut a = Analysis {
+        k,
+        counter,
+        classes: HashMap::new(),
+        loaded: HashSet::new(),
+        load_index: HashMap::new(),
+        data_dep: (0..outer_data_dep.len())
+            .filter(|&i| outer_data_dep[i])
+            .map(|i| VarId(i as u32))
+            .collect(),
+    };
+    if a.class(index) != Some(Class::Affine(1)) || a.data_dep(index) {
+        return None;
+    }
+    let src = match value {
+        Expr::Load {
+            param: sp,
+            index: si,
+        } if k.params[sp.0 as usize].dtype == ty => {
+            if a.class(si) != Some(Class::Affine(1)) || a.data_dep(si) || sp == param {
+                return None;
+            }
+            Some((*sp, &**si))
+        }
+        v if k.type_of(v) == ty && !uses_var(v, counter) && a.class(v) == Some(Class::Uniform) => {
+            None
+        }
+        _ => return None,
+    };
+    Some(ByteCopy {
+        dst: *param,
+        dst_index: index,
+        src,
+        value,
+    })
+}
+
 /// Whether a vector loop over `body` may finish with a vector over its last four elements,
 /// overlapping the previous one: every iteration must compute the same values when run
 /// again. So no buffer may be both read and written by the body (an accumulation would add
@@ -737,6 +805,14 @@ impl<M: Module> Tx<'_, '_, M> {
         hi: Value,
         body: &[Stmt],
     ) -> Result<()> {
+        if let Some(copy) = byte_copy(self.k, var, body, &self.data_dep) {
+            return self.byte_copy_loop(var, lo, hi, body, copy);
+        }
+        self.vector_loop_lanes(var, lo, hi, body)
+    }
+
+    /// The vector loop over `f32x4`/`i32x4` lanes (see the module docs).
+    fn vector_loop_lanes(&mut self, var: VarId, lo: Value, hi: Value, body: &[Stmt]) -> Result<()> {
         let v = self.vars[var.0 as usize];
         let outer_counter = self.vcounter.replace(var);
         let reds = reductions(self.k, body).unwrap_or_default();
@@ -934,6 +1010,79 @@ impl<M: Module> Tx<'_, '_, M> {
             self.b.def_var(self.vars[rv.0 as usize], acc);
         }
         self.b.ins().jump(tail, &[]);
+    }
+
+    /// A [`ByteCopy`] loop: 16 elements per iteration, then (with at least 16 in all) one more
+    /// 16-byte block ending at the last element, overlapping the previous one (a copy between
+    /// distinct buffers, or a fill, writes the same bytes again), else the scalar loop.
+    fn byte_copy_loop(
+        &mut self,
+        var: VarId,
+        lo: Value,
+        hi: Value,
+        body: &[Stmt],
+        copy: ByteCopy,
+    ) -> Result<()> {
+        const W: i64 = 16;
+        let v = self.vars[var.0 as usize];
+        let fill = match copy.src {
+            None => {
+                let x = self.expr(copy.value)?;
+                let x = match self.k.params[copy.dst.0 as usize].dtype {
+                    DType::U8 | DType::I8 => x,
+                    _ => return self.unsupported("byte fill"),
+                };
+                Some(self.b.ins().splat(types::I8X16, x))
+            }
+            Some(_) => None,
+        };
+        let block = |tx: &mut Self, at: Value| -> Result<()> {
+            tx.b.def_var(v, at);
+            let di = tx.expr(copy.dst_index)?;
+            let dst = tx.address(copy.dst, di, false, false);
+            let x = match (copy.src, fill) {
+                (Some((sp, si)), _) => {
+                    let si = tx.expr(si)?;
+                    let src = tx.address(sp, si, false, false);
+                    tx.b.ins().load(types::I8X16, vflags(), src, 0)
+                }
+                (None, Some(f)) => f,
+                (None, None) => return tx.unsupported("byte fill"),
+            };
+            tx.b.ins().store(vflags(), x, dst, 0);
+            Ok(())
+        };
+        let body_b = self.b.create_block();
+        let after = self.b.create_block();
+        let ov = self.b.create_block();
+        let scalar = self.b.create_block();
+        let done = self.b.create_block();
+        // i + 16 <= hi  ⇔  i < hi - 15
+        let lim = self.b.ins().iadd_imm_s(hi, -(W - 1));
+        self.b.def_var(v, lo);
+        let c = self.b.ins().icmp(IntCC::SignedLessThan, lo, lim);
+        self.b.ins().brif(c, body_b, &[], scalar, &[]);
+        self.b.switch_to_block(body_b);
+        let i = self.b.use_var(v);
+        block(self, i)?;
+        let i = self.b.ins().iadd_imm_s(i, W);
+        self.b.def_var(v, i);
+        let c = self.b.ins().icmp(IntCC::SignedLessThan, i, lim);
+        self.b.ins().brif(c, body_b, &[], after, &[]);
+        self.b.switch_to_block(after);
+        let i = self.b.use_var(v);
+        let c = self.b.ins().icmp(IntCC::SignedLessThan, i, hi);
+        self.b.ins().brif(c, ov, &[], done, &[]);
+        self.b.switch_to_block(ov);
+        let last = self.b.ins().iadd_imm_s(hi, -W);
+        block(self, last)?;
+        self.b.ins().jump(done, &[]);
+        // Fewer than 16 elements in all: four at a time.
+        self.b.switch_to_block(scalar);
+        self.vector_loop_lanes(var, lo, hi, body)?;
+        self.b.ins().jump(done, &[]);
+        self.b.switch_to_block(done);
+        Ok(())
     }
 
     /// One copy of the vector body, less its hoisted statements.

@@ -93,7 +93,7 @@ pub(crate) fn compare(want: &[Tensor], got: &[Tensor], tol: f64) -> Result<(), S
 
 /// Lowers `src`, runs the evaluator and the compiled program (SIMD on and off, 1 and 2
 /// threads), and compares. Returns the program's text.
-fn check(src: &str, tol: f64) -> String {
+pub(crate) fn check(src: &str, tol: f64) -> String {
     let g = parse_graph(src).unwrap_or_else(|e| panic!("bad test graph: {e}"));
     let inputs = inputs_for(&g);
     check_inputs(src, &inputs, tol)

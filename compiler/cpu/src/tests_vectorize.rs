@@ -89,3 +89,27 @@ fn stores_to_one_buffer_must_not_meet() {
         assert!(!crate::simd::vectorizable(&k, i, None, &body, &dd));
     }
 }
+
+#[test]
+fn byte_copies_and_fills_run_sixteen_at_a_time_and_stay_exact() {
+    // Padding with the zero point (a fill, rows of 19 copied) and im2col rows of 18 and 19
+    // u8 elements (16 at a time, then an overlapping last block), and a short 9-wide row
+    // (lanes); the evaluator is the reference, SIMD off and on, 1 and 2 threads.
+    let text = crate::tests::check(
+        r#"graph (%0: u8[1,2,20,19] "x", %1: i8[3,2,3,3] "w", %2: u8[] "zx") -> (%3 "y", %4 "z") {
+  %3 = quant.conv_integer {"strides":[1,1],"dilations":[1,1],"pad":{"explicit":[1,1,1,1]},"group":1} (%0, %1, %2) : i32[1,3,20,19]
+  %4 = quant.conv_integer {"strides":[1,1],"dilations":[1,1],"pad":{"explicit":[0,0,0,0]},"group":1} (%0, %1, %2) : i32[1,3,18,17]
+}"#,
+        0.0,
+    );
+    assert!(
+        text.contains("pad_planes") && text.contains("im2col"),
+        "{text}"
+    );
+    crate::tests::check(
+        r#"graph (%0: u8[3,9] "a", %1: u8[3,40] "b") -> (%2 "c") {
+  %2 = movement.concat {"axis":1} (%0, %1) : u8[3,49]
+}"#,
+        0.0,
+    );
+}
