@@ -173,6 +173,13 @@ impl Analysis<'_> {
                             _ => return None,
                         }
                     }
+                    // Comparisons of exact integer lanes (one-hot encodings, masks from ids).
+                    t if lane_int(t) && op.is_comparison() => {
+                        if !matches!(ca, Uniform | VecI32) || !matches!(cb, Uniform | VecI32) {
+                            return None;
+                        }
+                        VecMask
+                    }
                     DType::Bool => {
                         if !matches!(ca, Uniform | VecMask) || !matches!(cb, Uniform | VecMask) {
                             return None;
@@ -227,6 +234,7 @@ impl Analysis<'_> {
                     VecF32 if *to == DType::F32 => VecF32,
                     VecF32 if from == DType::F32 && lane_int(*to) => VecI32,
                     VecI32 if *to == DType::F32 && lane_int(from) => VecF32,
+                    VecMask if *to == DType::F32 && from == DType::Bool => VecF32,
                     _ => return None,
                 }
             }
@@ -1564,6 +1572,23 @@ impl<M: Module> Tx<'_, '_, M> {
         self.b.ins().store(MemFlagsData::trusted(), w, addr, 0);
     }
 
+    /// `v` as exact `i32x4` lanes of an integer type `t` (a uniform value widened and
+    /// broadcast).
+    fn as_vi(&mut self, t: DType, v: VV) -> Value {
+        match v {
+            VV::I(v) => v,
+            VV::Uni(v) => {
+                let w = match t {
+                    DType::U8 => self.b.ins().uextend(types::I32, v),
+                    DType::I8 => self.b.ins().sextend(types::I32, v),
+                    _ => v,
+                };
+                self.b.ins().splat(types::I32X4, w)
+            }
+            VV::Aff(v, _) | VV::F(v) | VV::M(v) => v,
+        }
+    }
+
     fn mask_as_f32(&mut self, m: Value) -> Value {
         let f = MemFlagsData::new().with_endianness(Endianness::Little);
         self.b.ins().bitcast(types::F32X4, f, m)
@@ -1689,6 +1714,20 @@ impl<M: Module> Tx<'_, '_, M> {
                             s,
                         )
                     }
+                    t if lane_int(t) && op.is_comparison() => {
+                        // Both sides are exact in i32 lanes (u8, i8 and i32 values), so the
+                        // signed comparison is the types' own.
+                        let (x, y) = (self.as_vi(t, x), self.as_vi(t, y));
+                        let cc = match op {
+                            BinOp::Eq => IntCC::Equal,
+                            BinOp::Ne => IntCC::NotEqual,
+                            BinOp::Lt => IntCC::SignedLessThan,
+                            BinOp::Le => IntCC::SignedLessThanOrEqual,
+                            BinOp::Gt => IntCC::SignedGreaterThan,
+                            _ => IntCC::SignedGreaterThanOrEqual,
+                        };
+                        VV::M(self.b.ins().icmp(cc, x, y))
+                    }
                     DType::F32 => {
                         let (x, y) = (self.as_vf(x), self.as_vf(y));
                         let cc = match op {
@@ -1761,6 +1800,12 @@ impl<M: Module> Tx<'_, '_, M> {
                 match (x, *to) {
                     // int lanes → f32: exact for 8-bit, round-to-nearest for i32 (as scalar).
                     (VV::I(v), DType::F32) => VV::F(self.b.ins().fcvt_from_sint(types::F32X4, v)),
+                    // bool lanes (all-ones or zero) → 1.0 or 0.0.
+                    (VV::M(m), DType::F32) => {
+                        let one = self.splat_f(1.0);
+                        let m = self.mask_as_f32(m);
+                        VV::F(self.b.ins().band(m, one))
+                    }
                     // f32 → int: truncate, saturate to the type, NaN → 0 (the scalar cast's
                     // semantics).
                     (x, to) if lane_int(to) && from == DType::F32 => {

@@ -100,7 +100,7 @@ pub(crate) fn check(src: &str, tol: f64) -> String {
 }
 
 /// [`check`] on the given inputs.
-fn check_inputs(src: &str, inputs: &[Tensor], tol: f64) -> String {
+pub(crate) fn check_inputs(src: &str, inputs: &[Tensor], tol: f64) -> String {
     let g = parse_graph(src).unwrap_or_else(|e| panic!("bad test graph: {e}"));
     let inputs = inputs.to_vec();
     let prog = lower_graph(&g).unwrap_or_else(|e| panic!("lowering failed: {e}"));

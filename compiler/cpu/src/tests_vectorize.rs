@@ -113,3 +113,51 @@ fn byte_copies_and_fills_run_sixteen_at_a_time_and_stay_exact() {
         0.0,
     );
 }
+
+#[test]
+fn integer_comparisons_vectorize_exactly() {
+    // A one-hot encoding (i32 ids against a row of classes) and u8/i8 comparisons, each
+    // fused with its cast to f32 as the optimizer leaves them: vector loops, equal to the
+    // evaluator.
+    let src = r#"graph (%0: i32[6,1] "ids", %1: i32[37] "classes", %2: u8[3,19] "a", %3: u8[3,19] "b", %4: i8[3,19] "c", %5: i8[3,19] "d") -> (%6 "onehot", %7 "lt", %8 "ge") {
+  %6 = control.composite {"kind":"equal+cast"} (%0, %1) : f32[6,37] {
+    graph (%0: i32[6,1] "in0", %1: i32[37] "in1") -> (%3 "out") {
+      %2 = ew.equal(%0, %1) : bool[6,37]
+      %3 = ew.cast {"to":"f32"} (%2) : f32[6,37]
+    }
+  }
+  %7 = control.composite {"kind":"less+cast"} (%2, %3) : f32[3,19] {
+    graph (%0: u8[3,19] "in0", %1: u8[3,19] "in1") -> (%3 "out") {
+      %2 = ew.less(%0, %1) : bool[3,19]
+      %3 = ew.cast {"to":"f32"} (%2) : f32[3,19]
+    }
+  }
+  %8 = control.composite {"kind":"ge+cast"} (%4, %5) : f32[3,19] {
+    graph (%0: i8[3,19] "in0", %1: i8[3,19] "in1") -> (%3 "out") {
+      %2 = ew.greater_or_equal(%0, %1) : bool[3,19]
+      %3 = ew.cast {"to":"f32"} (%2) : f32[3,19]
+    }
+  }
+}"#;
+    // Ids that hit the classes (and one that does not), bytes with ties.
+    let t = |shape: &[usize], v: Vec<i64>, ty: mlc_ir::DType| {
+        mlc_ir::Tensor::from_vec(shape, v)
+            .and_then(|t| t.cast(ty))
+            .expect("test tensor")
+    };
+    let bytes =
+        |seed: i64, lo: i64| -> Vec<i64> { (0..57).map(|i| lo + (i * 7 + seed) % 9).collect() };
+    let inputs = [
+        t(&[6, 1], vec![0, 5, 36, 17, 40, 5], mlc_ir::DType::I32),
+        t(&[37], (0..37).collect(), mlc_ir::DType::I32),
+        t(&[3, 19], bytes(1, 250), mlc_ir::DType::U8),
+        t(&[3, 19], bytes(4, 250), mlc_ir::DType::U8),
+        t(&[3, 19], bytes(2, -4), mlc_ir::DType::I8),
+        t(&[3, 19], bytes(5, -4), mlc_ir::DType::I8),
+    ];
+    let text = crate::tests::check_inputs(src, &inputs, 0.0);
+    assert!(text.contains("fused_"), "{text}");
+    let loops = innermost_vector_loops(src);
+    assert_eq!(loops.len(), 3, "{loops:?}");
+    assert!(loops.iter().all(|(_, v)| *v), "{loops:?}");
+}
