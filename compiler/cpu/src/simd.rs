@@ -1639,6 +1639,22 @@ impl<M: Module> Tx<'_, '_, M> {
                 if s == 1 {
                     let addr = self.address(*param, base, false, false);
                     VV::F(self.b.ins().load(types::F32X4, vflags(), addr, 0))
+                } else if s == 2 {
+                    // Elements 0, 2, 4, 6 from two loads at 0 and 3 (lanes 0, 2 of the
+                    // first, 1, 3 of the second: one `shufps`), reading nothing past the
+                    // last element used.
+                    let a0 = self.address(*param, base, false, false);
+                    let i3 = self.b.ins().iadd_imm_s(base, 3);
+                    let a3 = self.address(*param, i3, false, false);
+                    let x = self.b.ins().load(types::F32X4, vflags(), a0, 0);
+                    let y = self.b.ins().load(types::F32X4, vflags(), a3, 0);
+                    let mask: [u8; 16] = [0, 1, 2, 3, 8, 9, 10, 11, 20, 21, 22, 23, 28, 29, 30, 31];
+                    let mask = self.b.func.dfg.immediates.push(mask.to_vec().into());
+                    let le = MemFlagsData::new().with_endianness(Endianness::Little);
+                    let xb = self.b.ins().bitcast(types::I8X16, le, x);
+                    let yb = self.b.ins().bitcast(types::I8X16, le, y);
+                    let r = self.b.ins().shuffle(xb, yb, mask);
+                    VV::F(self.b.ins().bitcast(types::F32X4, le, r))
                 } else {
                     let mut acc = None;
                     for j in 0..LANES {
