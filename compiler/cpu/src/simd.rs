@@ -108,7 +108,7 @@ impl Analysis<'_> {
                         }
                         VecF32
                     }
-                    Affine(1) if lane_int(pty) => {
+                    Affine(1 | 2) if lane_int(pty) => {
                         if self.data_dep(index) {
                             return None;
                         }
@@ -1554,6 +1554,40 @@ impl<M: Module> Tx<'_, '_, M> {
         }
     }
 
+    /// Elements 0, 2, 4, 6 of `ty` (`i8`, `u8`, `i32`) from `a0` (element 0) and `a3`
+    /// (element 3), widened exactly to `i32x4`: two loads of four elements, one shuffle. Reads
+    /// nothing past element 6.
+    fn load_int_lanes_stride2(&mut self, ty: DType, a0: Value, a3: Value) -> Value {
+        let le = MemFlagsData::new().with_endianness(Endianness::Little);
+        if ty == DType::I32 {
+            let x = self.b.ins().load(types::I32X4, vflags(), a0, 0);
+            let y = self.b.ins().load(types::I32X4, vflags(), a3, 0);
+            let mask: [u8; 16] = [0, 1, 2, 3, 8, 9, 10, 11, 20, 21, 22, 23, 28, 29, 30, 31];
+            let mask = self.b.func.dfg.immediates.push(mask.to_vec().into());
+            let xb = self.b.ins().bitcast(types::I8X16, le, x);
+            let yb = self.b.ins().bitcast(types::I8X16, le, y);
+            let r = self.b.ins().shuffle(xb, yb, mask);
+            return self.b.ins().bitcast(types::I32X4, le, r);
+        }
+        let f = MemFlagsData::trusted();
+        let w0 = self.b.ins().load(types::I32, f, a0, 0);
+        let w3 = self.b.ins().load(types::I32, f, a3, 0);
+        let v = self.b.ins().scalar_to_vector(types::I32X4, w0);
+        let v = self.b.ins().insertlane(v, w3, 1);
+        // Bytes: e0 e1 e2 e3 | e3 e4 e5 e6: take 0, 2, 5, 7 into the low four.
+        let bytes = self.b.ins().bitcast(types::I8X16, le, v);
+        let mask: [u8; 16] = [0, 2, 5, 7, 0, 2, 5, 7, 0, 2, 5, 7, 0, 2, 5, 7];
+        let mask = self.b.func.dfg.immediates.push(mask.to_vec().into());
+        let picked = self.b.ins().shuffle(bytes, bytes, mask);
+        if ty == DType::U8 {
+            let h = self.b.ins().uwiden_low(picked);
+            self.b.ins().uwiden_low(h)
+        } else {
+            let h = self.b.ins().swiden_low(picked);
+            self.b.ins().swiden_low(h)
+        }
+    }
+
     /// Stores four `i32x4` lanes holding values of `ty` (in its range) as `ty` at `addr`.
     fn store_int_lanes(&mut self, ty: DType, v: Value, addr: Value) {
         if ty == DType::I32 {
@@ -1634,6 +1668,11 @@ impl<M: Module> Tx<'_, '_, M> {
                 let pty = self.k.params[param.0 as usize].dtype;
                 if lane_int(pty) {
                     let addr = self.address(*param, base, false, false);
+                    if s == 2 {
+                        let i3 = self.b.ins().iadd_imm_s(base, 3);
+                        let a3 = self.address(*param, i3, false, false);
+                        return Ok(VV::I(self.load_int_lanes_stride2(pty, addr, a3)));
+                    }
                     return Ok(VV::I(self.load_int_lanes(pty, addr)));
                 }
                 if s == 1 {

@@ -161,3 +161,25 @@ fn integer_comparisons_vectorize_exactly() {
     assert_eq!(loops.len(), 3, "{loops:?}");
     assert!(loops.iter().all(|(_, v)| *v), "{loops:?}");
 }
+
+#[test]
+fn stride_two_loads_of_every_lane_type() {
+    // Stride-2 rows: an 8-bit im2col (u8 and i8 inputs), an i32 and an f32 strided slice;
+    // exact against the evaluator, and the copies stay vector loops.
+    let src = r#"graph (%0: u8[1,2,21,23] "x", %1: i8[3,2,3,3] "w", %2: u8[] "zx", %3: i8[1,2,21,23] "xi", %4: i8[] "zi", %5: i32[3,41] "n", %6: f32[3,41] "f") -> (%7 "y", %8 "yi", %9 "s", %10 "t") {
+  %7 = quant.conv_integer {"strides":[2,2],"dilations":[1,1],"pad":{"explicit":[0,0,0,0]},"group":1} (%0, %1, %2) : i32[1,3,10,11]
+  %8 = quant.conv_integer {"strides":[2,2],"dilations":[1,1],"pad":{"explicit":[0,0,0,0]},"group":1} (%3, %1, %4) : i32[1,3,10,11]
+  %9 = movement.slice {"starts":[0,1],"ends":[3,41],"axes":[0,1],"steps":[1,2]} (%5, _, _, _, _) : i32[3,20]
+  %10 = movement.slice {"starts":[0,0],"ends":[3,41],"axes":[0,1],"steps":[1,2]} (%6, _, _, _, _) : f32[3,21]
+}"#;
+    crate::tests::check(src, 0.0);
+    let loops = innermost_vector_loops(src);
+    let strided: Vec<_> = loops
+        .iter()
+        .filter(|(n, _)| n.contains("im2col") || n.contains("slice"))
+        .collect();
+    assert!(
+        strided.len() >= 3 && strided.iter().all(|(_, v)| *v),
+        "{loops:?}"
+    );
+}
