@@ -740,7 +740,7 @@ fn conv_depthwise_2d(
         }],
     );
     // Input plane of output channel m: its group's only channel.
-    let cin = Expr::bin(BinOp::Div, Expr::var(mv), Expr::idx(mg as i64));
+    let cin = channel_group(mv, mg);
     let plane = Expr::mul_idx(
         Expr::add_idx(Expr::mul_idx(Expr::var(nv), c as i64), cin),
         (ph * pw) as i64,
@@ -857,7 +857,7 @@ fn depthwise_unrolled(
     } else {
         1
     };
-    let cin = Expr::bin(BinOp::Div, Expr::var(mv), Expr::idx(mg as i64));
+    let cin = channel_group(mv, mg);
     let plane = Expr::mul_idx(
         Expr::add_idx(Expr::mul_idx(Expr::var(nv), c as i64), cin),
         (ph * pw) as i64,
@@ -1026,7 +1026,7 @@ fn conv_direct(
             None => Expr::float(ty, 0.0),
         };
         // Input channel of output channel m: its group's only channel (c/group == 1).
-        let cin = Expr::bin(BinOp::Div, Expr::var(mv), Expr::idx(mg as i64));
+        let cin = channel_group(mv, mg);
         let plane = Expr::add_idx(
             Expr::mul_idx(Expr::var(nv), (c * ihw) as i64),
             Expr::mul_idx(cin, ihw as i64),
@@ -1363,7 +1363,7 @@ pub(super) fn conv_transpose(
     let body = nest(&mut kb, &ext, LoopKind::Parallel, |kb, v| {
         let (nv, mv, ov) = (v[0], v[1], &v[2..]);
         let acc = kb.var(ty);
-        let gi = Expr::bin(BinOp::Div, Expr::var(mv), Expr::idx(mg as i64));
+        let gi = channel_group(mv, mg);
         let mi = Expr::bin(BinOp::Rem, Expr::var(mv), Expr::idx(mg as i64));
         let mut inner_ext = vec![cg];
         inner_ext.extend_from_slice(ks);
@@ -1683,7 +1683,7 @@ fn conv_integer_direct(
     let body = nest(&mut kb, &ext, LoopKind::Parallel, |kb, v| {
         let (mv, nv, ov) = (v[0], v[1], &v[2..]);
         let acc = kb.var(DType::I32);
-        let cin = Expr::bin(BinOp::Div, Expr::var(mv), Expr::idx(mg as i64));
+        let cin = channel_group(mv, mg);
         let plane = Expr::add_idx(
             Expr::mul_idx(Expr::var(nv), (c * ihw) as i64),
             Expr::mul_idx(cin, ihw as i64),
@@ -1744,4 +1744,15 @@ fn conv_integer_direct(
     kb.k.body = body;
     cx.launch(kb, node);
     Ok(())
+}
+
+/// The input channel (or group) of output channel `mv` with `mg` outputs per input: `mv / mg`,
+/// just `mv` for a plain depthwise convolution (so printed kernels and the index arithmetic
+/// carry no division by one).
+fn channel_group(mv: VarId, mg: usize) -> Expr {
+    if mg == 1 {
+        Expr::var(mv)
+    } else {
+        Expr::bin(BinOp::Div, Expr::var(mv), Expr::idx(mg as i64))
+    }
 }
