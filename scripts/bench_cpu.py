@@ -2,7 +2,7 @@
 """mlc, ONNX Runtime and tract side by side on the CPU, in one run, with ratios.
 
   python scripts/bench_cpu.py [--models-dir models-dev] [--threads 1,2] [--repeat 3] [--runs 50]
-                              [--only a,b] [--mlc target/release/mlc] [--json OUT.json] [--markdown]
+                              [--only a,b] [--mlc target/release/mlc] [--json OUT.json]
 
 For every development model (MODELS_DIR/*.onnx with reference inputs in MODELS_DIR/ref/<model>/inputs):
   1. `mlc compile --target x86_64` once (shapes from the reference inputs), timed;

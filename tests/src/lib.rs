@@ -74,6 +74,11 @@ fn newest_source() -> Option<(SystemTime, PathBuf)> {
             } else if p
                 .extension()
                 .is_some_and(|x| x == "rs" || x == "toml" || x == "proto")
+                // Unit-test modules (`tests.rs`, `tests_*.rs`) are not part of the binary.
+                && !p
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .is_some_and(|s| s == "tests" || s.starts_with("tests_"))
                 && let Ok(t) = e.metadata().and_then(|m| m.modified())
                 && best.as_ref().is_none_or(|(b, _)| t > *b)
             {

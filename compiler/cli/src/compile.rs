@@ -29,7 +29,7 @@ pub enum Emit {
 pub struct Args {
     /// The ONNX model.
     pub model: PathBuf,
-    /// What to compile for: x86_64 (any x86-64 CPU with SSE4.2 and FMA; contractions dispatch
+    /// What to compile for: x86_64 (any x86-64 CPU with SSE4.2, AVX and FMA; contractions dispatch
     /// to AVX-512/AVX2 kernels at run time), native (this machine; today the same code as
     /// x86_64), or an NVIDIA GPU: sm_80, sm_90 (portable Hopper) or sm_90a.
     #[arg(long, default_value = "sm_90")]

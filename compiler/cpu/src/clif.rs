@@ -15,11 +15,11 @@
 use crate::{CodegenError, Options};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
-    self, AbiParam, InstBuilder, MemFlagsData, SigRef, StackSlotData, StackSlotKind, Type, Value,
-    types,
+    self, AbiParam, GlobalValue, InstBuilder, MemFlagsData, SigRef, StackSlotData, StackSlotKind,
+    Type, Value, types,
 };
 use cranelift_frontend::{FunctionBuilder, Variable};
-use cranelift_module::{DataId, Module};
+use cranelift_module::{DataDescription, DataId, Module};
 use mlc_ir::DType;
 use mlc_kir::*;
 use mlc_runtime::cpu::abi;
@@ -137,6 +137,26 @@ pub(crate) struct Tx<'a, 'f, M: Module> {
     /// Nesting depth inside `select` arms: loads there are clamped into their buffer.
     pub guard: u32,
     pub opts: Options,
+    /// The target is x86-64: x86-only instructions (`x86_cvtt2dq`) and the `bitselect`
+    /// patterns that lower to one `minps`/`maxps` are worth using.
+    pub x86: bool,
+    /// The ISA has a native fused multiply-add (else `fma` would be a libcall per lane).
+    pub fma: bool,
+    /// Vector constants read from memory (see [`Tx::mconst`]).
+    pub pool: ConstPool,
+    /// The counter of the vector loop being emitted.
+    pub vcounter: Option<VarId>,
+}
+
+/// A kernel's read-only vector constants, in a data object of their own, four lanes each.
+#[derive(Default)]
+pub(crate) struct ConstPool {
+    /// The data object, and its symbol in the kernel's function.
+    id: Option<(DataId, GlobalValue)>,
+    bytes: Vec<u8>,
+    /// Offset of each constant by its bits.
+    at: HashMap<u32, u32>,
+    error: Option<CodegenError>,
 }
 
 /// Translates `k` into `b`'s function (whose signature is [`kernel_signature`]).
@@ -177,6 +197,9 @@ pub(crate) fn translate<M: Module>(
     // Unused (no helper call), it is removed by dead-code elimination.
     let gv = m.declare_data_in_func(imports.table, b.func);
     let table = b.ins().symbol_value(ptr, gv);
+    let split = split_extent(k).is_some();
+    let x86 = m.isa().triple().architecture == target_lexicon::Architecture::X86_64;
+    let fma = m.isa().has_native_fma();
     let mut tx = Tx {
         m,
         imports,
@@ -193,17 +216,87 @@ pub(crate) fn translate<M: Module>(
         end,
         guard: 0,
         opts,
+        x86,
+        fma,
+        pool: ConstPool::default(),
+        vcounter: None,
     };
-    let split = split_extent(k).is_some();
     tx.block(&k.body, split)?;
     tx.b.ins().return_(&[]);
     tx.b.seal_all_blocks();
     let cfg = tx.m.target_config();
     tx.b.finalize(cfg);
+    let pool = std::mem::take(&mut tx.pool);
+    if let Some(e) = pool.error {
+        return Err(e);
+    }
+    if let Some((id, _)) = pool.id {
+        let mut d = DataDescription::new();
+        d.define(pool.bytes.into_boxed_slice());
+        d.set_align(16);
+        tx.m.define_data(id, &d)
+            .map_err(|e| CodegenError::Cranelift(e.to_string()))?;
+    }
     Ok(())
 }
 
 impl<M: Module> Tx<'_, '_, M> {
+    /// An `f32x4` constant for the inline math of a vector loop, loaded from the kernel's
+    /// constant pool at its use, instead of a `splat` (or `vconst`).
+    ///
+    /// Cranelift hoists constants out of loops, and in the long inline polynomials the
+    /// hoisted constants outnumber the sixteen vector registers: the register allocator then
+    /// spills them and reloads (and re-stores) them every iteration. These loads are pure
+    /// (read-only, movable), so the optimizer places each just before its first use, where it
+    /// becomes that instruction's memory operand; their address depends on the loop counter
+    /// (`counter >> 63`, which is 0: counters are never negative), so they are not hoisted.
+    /// Outside a vector loop, a `splat`.
+    pub fn mconst(&mut self, v: f32) -> Value {
+        let Some(counter) = self.vcounter else {
+            let c = self.b.ins().f32const(v);
+            return self.b.ins().splat(types::F32X4, c);
+        };
+        let gv = match self.pool.id {
+            Some((_, gv)) => gv,
+            None => match self.m.declare_anonymous_data(false, false) {
+                Ok(id) => {
+                    let gv = self.m.declare_data_in_func(id, self.b.func);
+                    self.pool.id = Some((id, gv));
+                    gv
+                }
+                Err(e) => {
+                    self.pool.error = Some(CodegenError::Cranelift(e.to_string()));
+                    let c = self.b.ins().f32const(v);
+                    return self.b.ins().splat(types::F32X4, c);
+                }
+            },
+        };
+        let off = match self.pool.at.get(&v.to_bits()) {
+            Some(&o) => o,
+            None => {
+                let o = self.pool.bytes.len() as u32;
+                for _ in 0..4 {
+                    self.pool.bytes.extend_from_slice(&v.to_le_bytes());
+                }
+                self.pool.at.insert(v.to_bits(), o);
+                o
+            }
+        };
+        // A fresh (pure) address per use, so that it dominates the use: the optimizer merges
+        // them.
+        let base = self.b.ins().symbol_value(self.ptr, gv);
+        let i = self.b.use_var(self.vars[counter.0 as usize]);
+        let zero = self.b.ins().ushr_imm_s(i, 63);
+        let zero = if self.ptr == types::I64 {
+            zero
+        } else {
+            self.b.ins().ireduce(self.ptr, zero)
+        };
+        let addr = self.b.ins().iadd(base, zero);
+        let flags = MemFlagsData::trusted().with_readonly().with_can_move();
+        self.b.ins().load(types::F32X4, flags, addr, off as i32)
+    }
+
     pub fn unsupported<T>(&self, what: impl Into<String>) -> Result<T> {
         Err(CodegenError::Unsupported {
             kernel: self.k.name.clone(),
@@ -213,6 +306,16 @@ impl<M: Module> Tx<'_, '_, M> {
 
     fn block(&mut self, body: &[Stmt], top_split: bool) -> Result<()> {
         for st in body {
+            // Two loops over rows that leave scalar remainders, as one loop (not the loop
+            // that threads split).
+            if !top_split
+                && self.opts.simd
+                && !self.opts.check_bounds
+                && let Some(one) = crate::simd::collapse(st)
+            {
+                self.block(std::slice::from_ref(&one), false)?;
+                continue;
+            }
             match st {
                 Stmt::For {
                     var,

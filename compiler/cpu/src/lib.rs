@@ -13,7 +13,7 @@
 //!   become `cranelift_frontend::Variable`s); [`simd`] turns eligible innermost `f32` loops
 //!   into 128-bit vector loops with a scalar remainder.
 //! - [`module`] drives Cranelift: the JIT (host ISA from `cranelift-native`) and relocatable
-//!   objects (an explicit x86-64 baseline ISA: SSE4.2 and FMA), and prints CLIF.
+//!   objects (an explicit x86-64 baseline ISA: SSE4.2, AVX and FMA), and prints CLIF.
 //! - Generated code calls helpers (libm, half-float conversions, the contraction library
 //!   behind `Stmt::Matmul`) that live in `mlc_runtime::cpu`, through a table of code addresses
 //!   (`mlc_runtime::cpu::abi`), so JIT'd code and artifacts loaded by the runtime run the same

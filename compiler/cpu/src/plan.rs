@@ -12,7 +12,7 @@ use mlc_runtime::cpu::plan::{
 use mlc_runtime::plan::{PlanIo, dtype_size};
 
 /// The CPU features the code of an artifact needs: the baseline of `module::object_isa`.
-pub const FEATURES: &[&str] = &["sse3", "ssse3", "sse4.1", "sse4.2", "popcnt", "fma"];
+pub const FEATURES: &[&str] = &["sse3", "ssse3", "sse4.1", "sse4.2", "popcnt", "avx", "fma"];
 
 /// Alignment of every constant in the weights section.
 const WEIGHT_ALIGN: usize = 64;

@@ -21,7 +21,7 @@
 
 use crate::clif::{Result, Tx, libm_symbol};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::{Endianness, InstBuilder, MemFlagsData, Value, types};
+use cranelift_codegen::ir::{self, Endianness, InstBuilder, MemFlagsData, Value, types};
 use cranelift_frontend::Variable;
 use cranelift_module::Module;
 use mlc_ir::DType;
@@ -108,7 +108,7 @@ impl Analysis<'_> {
                         }
                         VecF32
                     }
-                    Affine(1) if lane_int(pty) => {
+                    Affine(1 | 2) if lane_int(pty) => {
                         if self.data_dep(index) {
                             return None;
                         }
@@ -173,6 +173,13 @@ impl Analysis<'_> {
                             _ => return None,
                         }
                     }
+                    // Comparisons of exact integer lanes (one-hot encodings, masks from ids).
+                    t if lane_int(t) && op.is_comparison() => {
+                        if !matches!(ca, Uniform | VecI32) || !matches!(cb, Uniform | VecI32) {
+                            return None;
+                        }
+                        VecMask
+                    }
                     DType::Bool => {
                         if !matches!(ca, Uniform | VecMask) || !matches!(cb, Uniform | VecMask) {
                             return None;
@@ -227,6 +234,7 @@ impl Analysis<'_> {
                     VecF32 if *to == DType::F32 => VecF32,
                     VecF32 if from == DType::F32 && lane_int(*to) => VecI32,
                     VecI32 if *to == DType::F32 && lane_int(from) => VecF32,
+                    VecMask if *to == DType::F32 && from == DType::Bool => VecF32,
                     _ => return None,
                 }
             }
@@ -480,6 +488,119 @@ fn offset_split(e: &Expr) -> Option<(&Expr, i64)> {
     })
 }
 
+/// A loop that only copies or fills 8-bit elements at unit stride (`dst[i] = src[i']`, or a
+/// value that does not depend on the counter): 16 bytes per iteration instead of four lanes.
+struct ByteCopy<'a> {
+    dst: ParamId,
+    dst_index: &'a Expr,
+    /// The source and its index, or `None` for a fill.
+    src: Option<(ParamId, &'a Expr)>,
+    /// The stored value (the fill value, or the load).
+    value: &'a Expr,
+}
+
+fn byte_copy<'a>(
+    k: &Kernel,
+    counter: VarId,
+    body: &'a [Stmt],
+    outer_data_dep: &[bool],
+) -> Option<ByteCopy<'a>> {
+    let [
+        Stmt::Store {
+            param,
+            index,
+            value,
+        },
+    ] = body
+    else {
+        return None;
+    };
+    let ty = k.params[param.0 as usize].dtype;
+    if !matches!(ty, DType::U8 | DType::I8) {
+        return None;
+    }
+    let mut a = Analysis {
+        k,
+        counter,
+        classes: HashMap::new(),
+        loaded: HashSet::new(),
+        load_index: HashMap::new(),
+        data_dep: (0..outer_data_dep.len())
+            .filter(|&i| outer_data_dep[i])
+            .map(|i| VarId(i as u32))
+            .collect(),
+    };
+    if a.class(index) != Some(Class::Affine(1)) || a.data_dep(index) {
+        return None;
+    }
+    let src = match value {
+        Expr::Load {
+            param: sp,
+            index: si,
+        } if k.params[sp.0 as usize].dtype == ty => {
+            if a.class(si) != Some(Class::Affine(1)) || a.data_dep(si) || sp == param {
+                return None;
+            }
+            Some((*sp, &**si))
+        }
+        v if k.type_of(v) == ty && !uses_var(v, counter) && a.class(v) == Some(Class::Uniform) => {
+            None
+        }
+        _ => return None,
+    };
+    Some(ByteCopy {
+        dst: *param,
+        dst_index: index,
+        src,
+        value,
+    })
+}
+
+/// Whether a vector loop over `body` may finish with a vector over its last four elements,
+/// overlapping the previous one: every iteration must compute the same values when run
+/// again. So no buffer may be both read and written by the body (an accumulation would add
+/// twice), and the kernel may not compute an output in place of an input
+/// (`mlc_kir::inplace_pairs`: the memory plan may then give them one address, and the
+/// repeated elements would read outputs). Reductions are excluded by the caller.
+fn overlap_ok(k: &Kernel, body: &[Stmt]) -> bool {
+    fn loads(e: &Expr, out: &mut HashSet<ParamId>) {
+        match e {
+            Expr::Var(_) | Expr::Lit(_) => {}
+            Expr::Load { param, index } => {
+                out.insert(*param);
+                loads(index, out);
+            }
+            Expr::Unary(_, a) | Expr::Cast(_, a) => loads(a, out),
+            Expr::Binary(_, a, b) => {
+                loads(a, out);
+                loads(b, out);
+            }
+            Expr::Select { cond, then, els } => {
+                loads(cond, out);
+                loads(then, out);
+                loads(els, out);
+            }
+        }
+    }
+    let (mut read, mut written) = (HashSet::new(), HashSet::new());
+    for st in body {
+        match st {
+            Stmt::Let { value, .. } | Stmt::Assign { value, .. } => loads(value, &mut read),
+            Stmt::Store {
+                param,
+                index,
+                value,
+            } => {
+                written.insert(*param);
+                loads(index, &mut read);
+                loads(value, &mut read);
+            }
+            Stmt::For { .. } | Stmt::Matmul(_) => return false,
+        }
+    }
+    written.iter().all(|p| !read.contains(p)) && mlc_kir::inplace_pairs(k).is_empty()
+}
+
 /// A value in the vector body.
 #[derive(Clone, Copy, Debug)]
 enum VV {
@@ -492,20 +613,199 @@ enum VV {
     I(Value),
 }
 
+/// A reduction's vector state.
+struct Red {
+    op: BinOp,
+    /// One accumulator per unrolled copy of the body: independent dependency chains.
+    acc: Vec<Variable>,
+    /// For max and min on x86 (which accumulate with `maxps`/`minps`, see
+    /// [`Tx::reduce_step`]): the lanes that saw a NaN, as an `i32x4` mask.
+    nan: Option<Variable>,
+}
+
 /// Per-body emission state: the classes and vector values of variables defined in it.
 struct VecBody<'a> {
     an: Analysis<'a>,
     vals: HashMap<VarId, VV>,
-    /// Reduction variables: their operator and vector accumulator.
-    red: HashMap<VarId, (BinOp, Variable)>,
+    /// Reduction variables.
+    red: HashMap<VarId, Red>,
+    /// The unrolled copy of the body being emitted: the accumulator reductions update.
+    slot: usize,
+    /// The body's statements computed once before the loop ([`hoistable`]).
+    hoisted: Vec<bool>,
+    /// The values of the invariant loads of the other statements, computed before the loop,
+    /// by the address of their expression in the body.
+    invariant: HashMap<*const Expr, Value>,
+    /// `f32` constants (never NaN) held by body variables, as `let %v = 0.0`.
+    consts: HashMap<VarId, f32>,
+    /// Bounds on the non-NaN values of body variables, from clamps by constants.
+    ranges: HashMap<VarId, (f32, f32)>,
 }
 
 fn vflags() -> MemFlagsData {
     MemFlagsData::new().with_notrap()
 }
 
+/// What is loop-invariant in a vector loop's body: expressions that read no counter, no
+/// variable the body assigns or defines (but hoisted `let`s) and no buffer the body stores
+/// (buffers are distinct, as the vectorizer already assumes).
+struct Invariance {
+    counter: VarId,
+    /// How many times the body defines or assigns each variable.
+    defs: HashMap<VarId, usize>,
+    /// Body variables whose `let` is hoisted.
+    hoisted: HashSet<VarId>,
+    stored: HashSet<ParamId>,
+}
+
+impl Invariance {
+    fn new(body: &[Stmt], counter: VarId) -> Invariance {
+        let mut stored = HashSet::new();
+        let mut defs: HashMap<VarId, usize> = HashMap::new();
+        for st in body {
+            match st {
+                Stmt::Store { param, .. } => {
+                    stored.insert(*param);
+                }
+                Stmt::Let { var, .. } | Stmt::Assign { var, .. } => {
+                    *defs.entry(*var).or_default() += 1
+                }
+                _ => {}
+            }
+        }
+        Invariance {
+            counter,
+            defs,
+            hoisted: HashSet::new(),
+            stored,
+        }
+    }
+
+    fn invariant(&self, e: &Expr) -> bool {
+        match e {
+            Expr::Var(v) => {
+                *v != self.counter && (!self.defs.contains_key(v) || self.hoisted.contains(v))
+            }
+            Expr::Lit(_) => true,
+            Expr::Load { param, index } => !self.stored.contains(param) && self.invariant(index),
+            Expr::Unary(_, a) | Expr::Cast(_, a) => self.invariant(a),
+            Expr::Binary(_, a, b) => self.invariant(a) && self.invariant(b),
+            Expr::Select { cond, then, els } => {
+                self.invariant(cond) && self.invariant(then) && self.invariant(els)
+            }
+        }
+    }
+
+    /// The maximal invariant subexpressions of `e` that load (a scale, a zero point and its
+    /// conversion written inline), pushed onto `out`.
+    fn invariant_loads<'e>(&self, e: &'e Expr, out: &mut Vec<&'e Expr>) {
+        if contains_load(e) && self.invariant(e) {
+            out.push(e);
+            return;
+        }
+        match e {
+            Expr::Var(_) | Expr::Lit(_) => {}
+            Expr::Load { index, .. } => self.invariant_loads(index, out),
+            Expr::Unary(_, a) | Expr::Cast(_, a) => self.invariant_loads(a, out),
+            Expr::Binary(_, a, b) => {
+                self.invariant_loads(a, out);
+                self.invariant_loads(b, out);
+            }
+            Expr::Select { cond, then, els } => {
+                self.invariant_loads(cond, out);
+                self.invariant_loads(then, out);
+                self.invariant_loads(els, out);
+            }
+        }
+    }
+}
+
+/// Which statements of a vector loop's body are loop-invariant `let`s (of a variable defined
+/// once in the body, see [`Invariance`]), computed once before the loop instead of once per
+/// iteration, and the invariant loads in the other statements, also computed once. Such
+/// values (a per-channel scale, a zero point and its conversion) would otherwise be loaded
+/// and converted in every iteration: Cranelift does not move loads out of loops.
+fn hoistable(body: &[Stmt], counter: VarId) -> (Vec<bool>, Vec<&Expr>) {
+    let mut inv = Invariance::new(body, counter);
+    let lets: Vec<bool> = body
+        .iter()
+        .map(|st| match st {
+            Stmt::Let { var, value } if inv.defs[var] == 1 && inv.invariant(value) => {
+                inv.hoisted.insert(*var);
+                true
+            }
+            _ => false,
+        })
+        .collect();
+    let mut loads = Vec::new();
+    for (st, &h) in body.iter().zip(&lets) {
+        match st {
+            _ if h => {}
+            Stmt::Let { value, .. } | Stmt::Assign { value, .. } => {
+                inv.invariant_loads(value, &mut loads)
+            }
+            Stmt::Store { index, value, .. } => {
+                inv.invariant_loads(index, &mut loads);
+                inv.invariant_loads(value, &mut loads);
+            }
+            _ => {}
+        }
+    }
+    (lets, loads)
+}
+
+/// A rough count of the operations in `e`; `None` when it calls or inlines a transcendental
+/// or divides (then one accumulator chain is not what limits the loop).
+fn cheap_ops(e: &Expr) -> Option<usize> {
+    Some(match e {
+        Expr::Var(_) | Expr::Lit(_) => 0,
+        Expr::Load { index, .. } => 1 + cheap_ops(index)?,
+        Expr::Unary(op, a) => {
+            if op.libm_name().is_some() {
+                return None;
+            }
+            1 + cheap_ops(a)?
+        }
+        Expr::Cast(_, a) => 1 + cheap_ops(a)?,
+        Expr::Binary(op, a, b) => {
+            if matches!(op, BinOp::Div | BinOp::Rem | BinOp::Pow) {
+                return None;
+            }
+            1 + cheap_ops(a)? + cheap_ops(b)?
+        }
+        Expr::Select { cond, then, els } => {
+            1 + cheap_ops(cond)? + cheap_ops(then)? + cheap_ops(els)?
+        }
+    })
+}
+
+/// How many copies of a vector body with reductions each iteration runs, each with its own
+/// accumulators: a short body is otherwise bound by the latency of the one accumulator chain
+/// (four cycles per `addps`, more for max and min). Bodies with no reduction, or long ones,
+/// run one copy.
+fn unroll_factor(body: &[Stmt], has_reduction: bool) -> usize {
+    if !has_reduction {
+        return 1;
+    }
+    let mut ops = 0;
+    for st in body {
+        let e = match st {
+            Stmt::Let { value, .. } | Stmt::Assign { value, .. } => value,
+            Stmt::Store { value, .. } => value,
+            _ => return 1,
+        };
+        match cheap_ops(e) {
+            Some(n) => ops += n,
+            None => return 1,
+        }
+    }
+    if ops <= 24 { 4 } else { 1 }
+}
+
 impl<M: Module> Tx<'_, '_, M> {
-    /// `for var in lo..hi { body }`, four iterations at a time, then a scalar remainder.
+    /// `for var in lo..hi { body }`, four iterations at a time (and, for short bodies with
+    /// reductions, sixteen at a time in four independent copies first), then a scalar
+    /// remainder. Loop-invariant `let`s are computed once, before the vector loop.
     pub(crate) fn vector_loop(
         &mut self,
         var: VarId,
@@ -513,35 +813,51 @@ impl<M: Module> Tx<'_, '_, M> {
         hi: Value,
         body: &[Stmt],
     ) -> Result<()> {
-        let v = self.vars[var.0 as usize];
-        let vb = self.b.create_block();
-        let rest = self.b.create_block();
-        // Vector accumulators start as (acc, e, e, e), e the operator's identity; max and
-        // min are idempotent, so (acc, acc, acc, acc).
-        let mut red = HashMap::new();
-        for (rv, op) in reductions(self.k, body).unwrap_or_default() {
-            let acc = self.b.use_var(self.vars[rv.0 as usize]);
-            let init = match op {
-                BinOp::Add | BinOp::Mul => {
-                    let e = self
-                        .b
-                        .ins()
-                        .f32const(if op == BinOp::Add { 0.0 } else { 1.0 });
-                    let s = self.b.ins().splat(types::F32X4, e);
-                    self.b.ins().insertlane(s, acc, 0)
-                }
-                _ => self.b.ins().splat(types::F32X4, acc),
-            };
-            let va = self.b.declare_var(types::F32X4);
-            self.b.def_var(va, init);
-            red.insert(rv, (op, va));
+        if let Some(copy) = byte_copy(self.k, var, body, &self.data_dep) {
+            return self.byte_copy_loop(var, lo, hi, body, copy);
         }
+        self.vector_loop_lanes(var, lo, hi, body)
+    }
+
+    /// The vector loop over `f32x4`/`i32x4` lanes (see the module docs).
+    fn vector_loop_lanes(&mut self, var: VarId, lo: Value, hi: Value, body: &[Stmt]) -> Result<()> {
+        let v = self.vars[var.0 as usize];
+        let outer_counter = self.vcounter.replace(var);
+        let reds = reductions(self.k, body).unwrap_or_default();
+        let unroll = unroll_factor(body, !reds.is_empty());
+        let (lets, loads) = hoistable(body, var);
+        // A loop with nothing to set up branches straight into its body and out to the
+        // remainder (then the remainder shares the invariants Cranelift hoists).
+        let plain = reds.is_empty() && loads.is_empty() && !lets.contains(&true);
+        // The last partial group runs as one more vector over the last four elements (some
+        // computed twice, the same values stored again) when that is harmless: see
+        // `overlap_ok`. Then the scalar loop only serves rows shorter than four.
+        let overlap = reds.is_empty() && overlap_ok(self.k, body);
+        let pre = self.b.create_block();
+        let vb = self.b.create_block();
+        let tail = self.b.create_block();
+        let ov_check = if overlap {
+            Some(self.b.create_block())
+        } else {
+            None
+        };
+        let combine = match ov_check {
+            Some(b) => b,
+            None if plain => tail,
+            None => self.b.create_block(),
+        };
         self.b.def_var(v, lo);
         // i + 4 <= hi  ⇔  i < hi - 3
         let lim = self.b.ins().iadd_imm_s(hi, -(LANES - 1));
         let c = self.b.ins().icmp(IntCC::SignedLessThan, lo, lim);
-        self.b.ins().brif(c, vb, &[], rest, &[]);
-        self.b.switch_to_block(vb);
+        self.b
+            .ins()
+            .brif(c, if plain { vb } else { pre }, &[], tail, &[]);
+
+        // Preheader: at least one vector iteration runs.
+        if !plain {
+            self.b.switch_to_block(pre);
+        }
         let mut st = VecBody {
             an: Analysis {
                 k: self.k,
@@ -552,31 +868,307 @@ impl<M: Module> Tx<'_, '_, M> {
                 data_dep: HashSet::new(),
             },
             vals: HashMap::new(),
-            red,
+            red: HashMap::new(),
+            slot: 0,
+            hoisted: Vec::new(),
+            invariant: HashMap::new(),
+            consts: HashMap::new(),
+            ranges: HashMap::new(),
         };
-        for s in body {
-            self.vstmt(&mut st, s)?;
+        st.hoisted = lets;
+        for (s, &h) in body.iter().zip(&st.hoisted.clone()) {
+            if let (Stmt::Let { var: hv, value }, true) = (s, h) {
+                let dd = self.depends_on_data(value);
+                let x = self.expr(value)?;
+                self.data_dep[hv.0 as usize] = dd;
+                self.b.def_var(self.vars[hv.0 as usize], x);
+                if let Some(c) = const_f32(&st, value) {
+                    st.consts.insert(*hv, c);
+                }
+            }
         }
+        for e in loads {
+            let x = self.expr(e)?;
+            st.invariant.insert(e as *const Expr, x);
+        }
+        // Vector accumulators: the first starts as (acc, e, e, e), the others as (e, e, e, e),
+        // e the operator's identity; max and min are idempotent, so all start as
+        // (acc, acc, acc, acc).
+        for (rv, op) in reds {
+            let acc = self.b.use_var(self.vars[rv.0 as usize]);
+            let mut accs = Vec::with_capacity(unroll);
+            let mut nan = None;
+            for j in 0..unroll {
+                let init = match op {
+                    BinOp::Add | BinOp::Mul => {
+                        let e = self.splat_f(if op == BinOp::Add { 0.0 } else { 1.0 });
+                        if j == 0 {
+                            self.b.ins().insertlane(e, acc, 0)
+                        } else {
+                            e
+                        }
+                    }
+                    _ => self.b.ins().splat(types::F32X4, acc),
+                };
+                if j == 0 && self.x86 && matches!(op, BinOp::Max | BinOp::Min) {
+                    let m = self.b.ins().fcmp(FloatCC::Unordered, init, init);
+                    let nv = self.b.declare_var(types::I32X4);
+                    self.b.def_var(nv, m);
+                    nan = Some(nv);
+                }
+                let va = self.b.declare_var(types::F32X4);
+                self.b.def_var(va, init);
+                accs.push(va);
+            }
+            st.red.insert(rv, Red { op, acc: accs, nan });
+        }
+        if unroll > 1 {
+            // i + 4·unroll <= hi
+            let step = LANES * unroll as i64;
+            let lim_u = self.b.ins().iadd_imm_s(hi, -(step - 1));
+            let vu = self.b.create_block();
+            let single = self.b.create_block();
+            let c = self.b.ins().icmp(IntCC::SignedLessThan, lo, lim_u);
+            self.b.ins().brif(c, vu, &[], single, &[]);
+            self.b.switch_to_block(vu);
+            let base = self.b.use_var(v);
+            for j in 0..unroll {
+                let i = self.b.ins().iadd_imm_s(base, LANES * j as i64);
+                self.b.def_var(v, i);
+                st.slot = j;
+                self.vbody(&mut st, body)?;
+            }
+            let i = self.b.ins().iadd_imm_s(base, step);
+            self.b.def_var(v, i);
+            let c = self.b.ins().icmp(IntCC::SignedLessThan, i, lim_u);
+            self.b.ins().brif(c, vu, &[], single, &[]);
+            // The remaining groups of four, into the first accumulators.
+            self.b.switch_to_block(single);
+            st.slot = 0;
+            let i = self.b.use_var(v);
+            let c = self.b.ins().icmp(IntCC::SignedLessThan, i, lim);
+            self.b.ins().brif(c, vb, &[], combine, &[]);
+        } else if !plain {
+            self.b.ins().jump(vb, &[]);
+        }
+        self.b.switch_to_block(vb);
+        self.vbody(&mut st, body)?;
         let i = self.b.use_var(v);
         let i = self.b.ins().iadd_imm_s(i, LANES);
         self.b.def_var(v, i);
         let c = self.b.ins().icmp(IntCC::SignedLessThan, i, lim);
-        self.b.ins().brif(c, vb, &[], rest, &[]);
-        self.b.switch_to_block(rest);
-        // Fold the accumulators' lanes back into the scalar variables.
-        let mut reds: Vec<(VarId, (BinOp, Variable))> = st.red.into_iter().collect();
+        self.b.ins().brif(c, vb, &[], combine, &[]);
+
+        if let Some(check) = ov_check {
+            // At least one vector ran (`pre` dominates this), so `hi - 4 >= lo`.
+            self.b.switch_to_block(check);
+            let ov = self.b.create_block();
+            let done = self.b.create_block();
+            let i = self.b.use_var(v);
+            let c = self.b.ins().icmp(IntCC::SignedLessThan, i, hi);
+            self.b.ins().brif(c, ov, &[], done, &[]);
+            self.b.switch_to_block(ov);
+            let last = self.b.ins().iadd_imm_s(hi, -LANES);
+            self.b.def_var(v, last);
+            st.slot = 0;
+            self.vbody(&mut st, body)?;
+            self.b.ins().jump(done, &[]);
+            // Fewer than four elements: the scalar loop.
+            self.b.switch_to_block(tail);
+            self.vcounter = outer_counter;
+            self.scalar_loop(var, lo, hi, body)?;
+            self.b.ins().jump(done, &[]);
+            self.b.switch_to_block(done);
+            return Ok(());
+        }
+        // Combine the accumulators, then fold their lanes back into the scalar variables
+        // (with the scalar operator: NaN propagates, zeros keep IEEE signs).
+        if !plain {
+            self.b.switch_to_block(combine);
+            self.combine(st.red, tail);
+        }
+        self.b.switch_to_block(tail);
+        self.vcounter = outer_counter;
+        let i = self.b.use_var(v);
+        self.scalar_loop(var, i, hi, body)
+    }
+
+    /// After a vector loop with reductions: combines each reduction's accumulators, folds
+    /// their lanes into its scalar variable and jumps to `tail`.
+    fn combine(&mut self, red: HashMap<VarId, Red>, tail: ir::Block) {
+        let mut reds: Vec<(VarId, Red)> = red.into_iter().collect();
         reds.sort_by_key(|(v, _)| *v);
-        for (rv, (op, va)) in reds {
-            let x = self.b.use_var(va);
+        for (rv, red) in reds {
+            let mut x = self.b.use_var(red.acc[0]);
+            for &a in &red.acc[1..] {
+                let y = self.b.use_var(a);
+                x = self.fop(red.op, x, y);
+            }
+            if let Some(nv) = red.nan {
+                // All-ones lanes are NaNs.
+                let m = self.b.use_var(nv);
+                let m = self.mask_as_f32(m);
+                x = self.b.ins().bor(x, m);
+            }
             let mut acc = self.b.ins().extractlane(x, 0);
             for j in 1..LANES as u8 {
                 let l = self.b.ins().extractlane(x, j);
-                acc = self.fop(op, acc, l);
+                acc = self.fop(red.op, acc, l);
             }
             self.b.def_var(self.vars[rv.0 as usize], acc);
         }
+        self.b.ins().jump(tail, &[]);
+    }
+
+    /// A [`ByteCopy`] loop: 16 elements per iteration, then (with at least 16 in all) one more
+    /// 16-byte block ending at the last element, overlapping the previous one (a copy between
+    /// distinct buffers, or a fill, writes the same bytes again), else the scalar loop.
+    fn byte_copy_loop(
+        &mut self,
+        var: VarId,
+        lo: Value,
+        hi: Value,
+        body: &[Stmt],
+        copy: ByteCopy,
+    ) -> Result<()> {
+        const W: i64 = 16;
+        let v = self.vars[var.0 as usize];
+        let fill = match copy.src {
+            None => {
+                let x = self.expr(copy.value)?;
+                let x = match self.k.params[copy.dst.0 as usize].dtype {
+                    DType::U8 | DType::I8 => x,
+                    _ => return self.unsupported("byte fill"),
+                };
+                Some(self.b.ins().splat(types::I8X16, x))
+            }
+            Some(_) => None,
+        };
+        let block = |tx: &mut Self, at: Value| -> Result<()> {
+            tx.b.def_var(v, at);
+            let di = tx.expr(copy.dst_index)?;
+            let dst = tx.address(copy.dst, di, false, false);
+            let x = match (copy.src, fill) {
+                (Some((sp, si)), _) => {
+                    let si = tx.expr(si)?;
+                    let src = tx.address(sp, si, false, false);
+                    tx.b.ins().load(types::I8X16, vflags(), src, 0)
+                }
+                (None, Some(f)) => f,
+                (None, None) => return tx.unsupported("byte fill"),
+            };
+            tx.b.ins().store(vflags(), x, dst, 0);
+            Ok(())
+        };
+        let body_b = self.b.create_block();
+        let after = self.b.create_block();
+        let ov = self.b.create_block();
+        let scalar = self.b.create_block();
+        let done = self.b.create_block();
+        // i + 16 <= hi  ⇔  i < hi - 15
+        let lim = self.b.ins().iadd_imm_s(hi, -(W - 1));
+        self.b.def_var(v, lo);
+        let c = self.b.ins().icmp(IntCC::SignedLessThan, lo, lim);
+        self.b.ins().brif(c, body_b, &[], scalar, &[]);
+        self.b.switch_to_block(body_b);
         let i = self.b.use_var(v);
-        self.scalar_loop(var, i, hi, body)
+        block(self, i)?;
+        let i = self.b.ins().iadd_imm_s(i, W);
+        self.b.def_var(v, i);
+        let c = self.b.ins().icmp(IntCC::SignedLessThan, i, lim);
+        self.b.ins().brif(c, body_b, &[], after, &[]);
+        self.b.switch_to_block(after);
+        let i = self.b.use_var(v);
+        let c = self.b.ins().icmp(IntCC::SignedLessThan, i, hi);
+        self.b.ins().brif(c, ov, &[], done, &[]);
+        self.b.switch_to_block(ov);
+        let last = self.b.ins().iadd_imm_s(hi, -W);
+        block(self, last)?;
+        self.b.ins().jump(done, &[]);
+        // Fewer than 16 elements in all: four at a time.
+        self.b.switch_to_block(scalar);
+        self.vector_loop_lanes(var, lo, hi, body)?;
+        self.b.ins().jump(done, &[]);
+        self.b.switch_to_block(done);
+        Ok(())
+    }
+
+    /// One copy of the vector body, less its hoisted statements.
+    fn vbody(&mut self, st: &mut VecBody, body: &[Stmt]) -> Result<()> {
+        for (i, s) in body.iter().enumerate() {
+            if !st.hoisted[i] {
+                self.vstmt(st, s)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `acc ⊕ e` for reduction `red`, into its accumulator for the current copy. On x86, max
+    /// and min accumulate with `maxps`/`minps` (one instruction where IEEE `fmax`/`fmin` take
+    /// eight): both operand orders, and-ed (max) or or-ed (min) so that `max(-0, +0)` is +0 and
+    /// `min` is -0 as IEEE has it; `maxps` drops a NaN operand, so the NaN lanes are recorded
+    /// in a mask that turns the lanes into NaNs after the loop.
+    fn reduce_step(&mut self, red: &Red, slot: usize, e: Value) {
+        let va = red.acc[slot];
+        let cur = self.b.use_var(va);
+        let new = match (red.op, red.nan) {
+            (BinOp::Max | BinOp::Min, Some(nv)) => {
+                let a = self.pseudo(red.op, e, cur);
+                let b = self.pseudo(red.op, cur, e);
+                let r = if red.op == BinOp::Max {
+                    self.b.ins().band(a, b)
+                } else {
+                    self.b.ins().bor(a, b)
+                };
+                let isnan = self.b.ins().fcmp(FloatCC::Unordered, e, e);
+                let m = self.b.use_var(nv);
+                let m = self.b.ins().bor(m, isnan);
+                self.b.def_var(nv, m);
+                r
+            }
+            (op, _) => self.fop(op, cur, e),
+        };
+        self.b.def_var(va, new);
+    }
+
+    /// x86's `maxps x, y` (`x > y ? x : y`) or `minps x, y` (`x < y ? x : y`): `y` when either
+    /// is NaN, and `y` of two equal zeros. Written as the `bitselect` of a comparison that
+    /// Cranelift's x64 backend lowers to that one instruction.
+    fn pseudo(&mut self, op: BinOp, x: Value, y: Value) -> Value {
+        let m = if op == BinOp::Max {
+            self.b.ins().fcmp(FloatCC::LessThan, y, x)
+        } else {
+            self.b.ins().fcmp(FloatCC::LessThan, x, y)
+        };
+        let m = self.mask_as_f32(m);
+        self.b.ins().bitselect(m, x, y)
+    }
+
+    /// `max(x, c)` or `min(x, c)` (IEEE, as `fmax`/`fmin`) with `c` a constant that is not
+    /// NaN: on x86 one `maxps c, x` / `minps c, x`, which gives `x` when `x` is NaN, plus, when
+    /// `signed_zero` asks for the sign of a zero result to be IEEE's too and `c` is +0 (max)
+    /// or -0 (min), one `andps`/`orps` that fixes it (the result is ≥ +0, resp. ≤ -0, so
+    /// clearing, resp. setting, the sign bit changes only a zero's sign). Elsewhere
+    /// `fmax`/`fmin`.
+    fn vminmax_const(&mut self, op: BinOp, x: Value, c: f32, signed_zero: bool) -> Value {
+        let cv = self.splat_f(c);
+        if !self.x86 {
+            return self.fop(op, x, cv);
+        }
+        let r = self.pseudo(op, cv, x);
+        if !signed_zero || c != 0.0 {
+            return r;
+        }
+        match (op, c.is_sign_positive()) {
+            // `fabs`, but with a constant mask the loop keeps in a register (Cranelift
+            // rebuilds `fabs`'s mask in every iteration).
+            (BinOp::Max, true) => {
+                let m = self.splat_f(f32::from_bits(0x7fff_ffff));
+                self.b.ins().band(r, m)
+            }
+            (BinOp::Min, false) => self.b.ins().bor(r, cv),
+            _ => r,
+        }
     }
 
     fn splat_f(&mut self, v: f32) -> Value {
@@ -584,46 +1176,68 @@ impl<M: Module> Tx<'_, '_, M> {
         self.b.ins().splat(types::F32X4, c)
     }
 
+    /// `a * b + c` for the inline math: one fused multiply-add where the ISA has it (rounded
+    /// once, so slightly more accurate), else a multiply and an add. Never for the kernel's
+    /// own arithmetic, which must round as the evaluator does.
+    fn vmuladd(&mut self, a: Value, b: Value, c: Value) -> Value {
+        if self.fma {
+            self.b.ins().fma(a, b, c)
+        } else {
+            let p = self.b.ins().fmul(a, b);
+            self.b.ins().fadd(p, c)
+        }
+    }
+
+    /// A polynomial in `t` by Horner's rule, `c[0]` the highest coefficient.
+    fn horner(&mut self, t: Value, c: &[f32]) -> Value {
+        let mut y = self.mconst(c[0]);
+        for &k in &c[1..] {
+            let kv = self.mconst(k);
+            y = self.vmuladd(y, t, kv);
+        }
+        y
+    }
+
     /// `exp` on four lanes inline (Cephes' `expf`: range reduction by `ln 2` in two parts, a
     /// degree-5 polynomial, the power of two built in the exponent bits; within a few ulp of
-    /// libm). Results
-    /// below the smallest normal flush to 0; overflow gives +inf; NaN stays NaN.
+    /// libm). Results below the smallest normal flush to 0; overflow gives +inf; NaN stays NaN.
     fn vexp(&mut self, x: Value) -> Value {
-        let hi = self.splat_f(88.722_84);
-        let lo = self.splat_f(-87.336_55);
-        let xc = self.b.ins().fmin(x, hi);
-        let xc = self.b.ins().fmax(xc, lo);
-        let log2e = self.splat_f(std::f32::consts::LOG2_E);
+        const HI: f32 = 88.722_84;
+        const LO: f32 = -87.336_55;
+        // No clamp: outside [LO, HI] the result is replaced below, and a NaN stays NaN.
+        let xc = x;
+        let log2e = self.mconst(std::f32::consts::LOG2_E);
         let t = self.b.ins().fmul(xc, log2e);
         let n = self.b.ins().nearest(t);
-        let c1 = self.splat_f(0.693_359_4);
-        let c2 = self.splat_f(-2.121_944_4e-4);
-        let r = self.b.ins().fmul(n, c1);
-        let r = self.b.ins().fsub(xc, r);
-        let r2 = self.b.ins().fmul(n, c2);
-        let r = self.b.ins().fsub(r, r2);
-        let coeffs = [
-            1.987_569_1e-4,
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            1.666_666_5e-1,
-            0.5,
-        ];
-        let mut y = self.splat_f(coeffs[0]);
-        for &c in &coeffs[1..] {
-            let cv = self.splat_f(c);
-            y = self.b.ins().fmul(y, r);
-            y = self.b.ins().fadd(y, cv);
-        }
+        // r = x - n·ln2, ln2 = c1 + c2 with c1 short enough that n·c1 is exact.
+        let c1 = self.mconst(-0.693_359_4);
+        let c2 = self.mconst(2.121_944_4e-4);
+        let r = self.vmuladd(n, c1, xc);
+        let r = self.vmuladd(n, c2, r);
+        let y = self.horner(
+            r,
+            &[
+                1.987_569_1e-4,
+                1.398_199_9e-3,
+                8.333_452e-3,
+                4.166_579_6e-2,
+                1.666_666_5e-1,
+                0.5,
+            ],
+        );
         let rr = self.b.ins().fmul(r, r);
-        y = self.b.ins().fmul(y, rr);
-        y = self.b.ins().fadd(y, r);
-        let one = self.splat_f(1.0);
-        y = self.b.ins().fadd(y, one);
+        let y = self.vmuladd(y, rr, r);
+        let one = self.mconst(1.0);
+        let mut y = self.b.ins().fadd(y, one);
         // 2^n from exponent bits, in two halves so that n = 128 (x near the overflow
-        // threshold) needs no exponent field out of range.
-        let ni = self.b.ins().fcvt_to_sint_sat(types::I32X4, n);
+        // threshold) needs no exponent field out of range. n is an integer in [-126, 128]
+        // for x in [LO, HI], so x86's plain truncation is exact there; elsewhere (and for NaN,
+        // whose `y` is NaN) it may give anything, which the selects below replace.
+        let ni = if self.x86 {
+            self.b.ins().x86_cvtt2dq(types::I32X4, n)
+        } else {
+            self.b.ins().fcvt_to_sint_sat(types::I32X4, n)
+        };
         let n1 = self.b.ins().sshr_imm_s(ni, 1);
         let n2 = self.b.ins().isub(ni, n1);
         let bias = self.b.ins().iconst(types::I32, 127);
@@ -636,15 +1250,15 @@ impl<M: Module> Tx<'_, '_, M> {
             y = self.b.ins().fmul(y, pow2);
         }
         // Overflow to +inf, underflow to 0.
-        let big = self.splat_f(88.722_84);
+        let big = self.mconst(HI);
         let is_big = self.b.ins().fcmp(FloatCC::GreaterThan, x, big);
         let is_big = self.mask_as_f32(is_big);
-        let inf = self.splat_f(f32::INFINITY);
+        let inf = self.mconst(f32::INFINITY);
         let y = self.b.ins().bitselect(is_big, inf, y);
+        let lo = self.mconst(LO);
         let is_small = self.b.ins().fcmp(FloatCC::LessThan, x, lo);
         let is_small = self.mask_as_f32(is_small);
-        let zero = self.splat_f(0.0);
-        self.b.ins().bitselect(is_small, zero, y)
+        self.b.ins().band_not(y, is_small)
     }
 
     /// `tanh` on four lanes inline (Cephes' `tanhf`): an odd polynomial below |x| = 0.625,
@@ -654,36 +1268,32 @@ impl<M: Module> Tx<'_, '_, M> {
         let ax = self.b.ins().fabs(x);
         // Small |x|: x + x³·P(x²).
         let z = self.b.ins().fmul(x, x);
-        let coeffs = [
-            -5.704_988_7e-3,
-            2.063_909e-2,
-            -5.373_971_6e-2,
-            1.333_144_2e-1,
-            -3.333_328e-1,
-        ];
-        let mut p = self.splat_f(coeffs[0]);
-        for &c in &coeffs[1..] {
-            let cv = self.splat_f(c);
-            p = self.b.ins().fmul(p, z);
-            p = self.b.ins().fadd(p, cv);
-        }
+        let p = self.horner(
+            z,
+            &[
+                -5.704_988_7e-3,
+                2.063_909e-2,
+                -5.373_971_6e-2,
+                1.333_144_2e-1,
+                -3.333_328e-1,
+            ],
+        );
         let p = self.b.ins().fmul(p, z);
-        let p = self.b.ins().fmul(p, x);
-        let small = self.b.ins().fadd(p, x);
+        let small = self.vmuladd(p, x, x);
         // Large |x|: 1 - 2 / (exp(2|x|) + 1), then the sign of x.
         let two_ax = self.b.ins().fadd(ax, ax);
         let e = self.vexp(two_ax);
-        let one = self.splat_f(1.0);
-        let two = self.splat_f(2.0);
+        let one = self.mconst(1.0);
+        let two = self.mconst(2.0);
         let d = self.b.ins().fadd(e, one);
         let q = self.b.ins().fdiv(two, d);
         let big = self.b.ins().fsub(one, q);
         // copysign: `big` is non-negative, so or-ing in x's sign bit (x86 has no vector
         // fcopysign in Cranelift).
-        let neg0 = self.splat_f(-0.0);
+        let neg0 = self.mconst(-0.0);
         let sign = self.b.ins().band(x, neg0);
         let big = self.b.ins().bor(big, sign);
-        let lim = self.splat_f(0.625);
+        let lim = self.mconst(0.625);
         let is_small = self.b.ins().fcmp(FloatCC::LessThan, ax, lim);
         let is_small = self.mask_as_f32(is_small);
         self.b.ins().bitselect(is_small, small, big)
@@ -719,37 +1329,29 @@ impl<M: Module> Tx<'_, '_, M> {
             4.306_38e-5,
         ];
         let ax = self.b.ins().fabs(x);
-        let one = self.splat_f(1.0);
+        let one = self.mconst(1.0);
         // |x| < 0.84375: x + x·P(x²)/Q(x²), s_erff's own (keeps tiny arguments exact).
         let z = self.b.ins().fmul(x, x);
-        let horner = |tx: &mut Self, t: Value, c: &[f32]| {
-            let mut y = tx.splat_f(c[c.len() - 1]);
-            for &k in c[..c.len() - 1].iter().rev() {
-                let kv = tx.splat_f(k);
-                y = tx.b.ins().fmul(y, t);
-                y = tx.b.ins().fadd(y, kv);
-            }
-            y
-        };
-        let p = horner(self, z, &PP);
-        let q = horner(self, z, &QQ);
+        // The tables are lowest coefficient first.
+        let rev = |c: &[f32]| c.iter().rev().copied().collect::<Vec<f32>>();
+        let p = self.horner(z, &rev(&PP));
+        let q = self.horner(z, &rev(&QQ));
         let r = self.b.ins().fdiv(p, q);
-        let xr = self.b.ins().fmul(x, r);
-        let small = self.b.ins().fadd(x, xr);
+        let small = self.vmuladd(x, r, x);
         // Elsewhere erf(|x|) = 1 - (1 + a1|x| + ... + a6|x|^6)^-16 (Abramowitz & Stegun
         // 7.1.28, absolute error <= 3e-7, i.e. relative <= 4e-7 where erf >= 0.77): one
         // polynomial, four squarings and a division instead of s_erff's three regions.
-        let a = horner(self, ax, &AS);
+        let a = self.horner(ax, &rev(&AS));
         let a2 = self.b.ins().fmul(a, a);
         let a4 = self.b.ins().fmul(a2, a2);
         let a8 = self.b.ins().fmul(a4, a4);
         let a16 = self.b.ins().fmul(a8, a8);
         let inv = self.b.ins().fdiv(one, a16);
         let mag = self.b.ins().fsub(one, inv);
-        let neg0 = self.splat_f(-0.0);
+        let neg0 = self.mconst(-0.0);
         let sign = self.b.ins().band(x, neg0);
         let big = self.b.ins().bor(mag, sign);
-        let lim = self.splat_f(0.843_75);
+        let lim = self.mconst(0.843_75);
         let is_small = self.b.ins().fcmp(FloatCC::LessThan, ax, lim);
         let is_small = self.mask_as_f32(is_small);
         let y = self.b.ins().bitselect(is_small, small, big);
@@ -770,7 +1372,7 @@ impl<M: Module> Tx<'_, '_, M> {
 
     fn vstmt(&mut self, st: &mut VecBody, s: &Stmt) -> Result<()> {
         if let Stmt::Assign { var, value } = s
-            && let Some(&(op, va)) = st.red.get(var)
+            && st.red.contains_key(var)
         {
             let Expr::Binary(_, x, y) = value else {
                 return self.unsupported("reduction (analysis mismatch)");
@@ -782,9 +1384,8 @@ impl<M: Module> Tx<'_, '_, M> {
             };
             let e = self.vexpr(st, e)?;
             let e = self.as_vf(e);
-            let cur = self.b.use_var(va);
-            let new = self.fop(op, cur, e);
-            self.b.def_var(va, new);
+            let red = &st.red[var];
+            self.reduce_step(red, st.slot, e);
             return Ok(());
         }
         match s {
@@ -792,9 +1393,13 @@ impl<M: Module> Tx<'_, '_, M> {
                 let Some(c) = st.an.class(value) else {
                     return self.unsupported("vector loop statement (analysis mismatch)");
                 };
+                // Known constants and ranges, for clamps and casts below.
+                let f32_var = self.k.var_ty(*var) == DType::F32;
+                let konst = const_f32(st, value).filter(|_| f32_var);
+                let range = f32_range(st, value).filter(|_| f32_var);
                 if c == Class::Uniform {
                     let dd = self.depends_on_data(value);
-                    let x = self.expr(value)?;
+                    let x = self.uniform(st, value)?;
                     self.data_dep[var.0 as usize] = dd;
                     self.b.def_var(self.vars[var.0 as usize], x);
                     st.vals.remove(var);
@@ -802,6 +1407,14 @@ impl<M: Module> Tx<'_, '_, M> {
                     let x = self.vexpr(st, value)?;
                     st.vals.insert(*var, x);
                 }
+                match konst {
+                    Some(k) => st.consts.insert(*var, k),
+                    None => st.consts.remove(var),
+                };
+                match range {
+                    Some(r) => st.ranges.insert(*var, r),
+                    None => st.ranges.remove(var),
+                };
                 st.an.classes.insert(*var, c);
                 Ok(())
             }
@@ -841,6 +1454,15 @@ impl<M: Module> Tx<'_, '_, M> {
         }
     }
 
+    /// A uniform expression of the vector body: computed before the loop when hoisted,
+    /// else by the scalar translator.
+    fn uniform(&mut self, st: &VecBody, e: &Expr) -> Result<Value> {
+        match st.invariant.get(&(e as *const Expr)) {
+            Some(&v) => Ok(v),
+            None => self.expr(e),
+        }
+    }
+
     fn as_vf(&mut self, x: VV) -> Value {
         match x {
             VV::Uni(v) => self.b.ins().splat(types::F32X4, v),
@@ -856,6 +1478,49 @@ impl<M: Module> Tx<'_, '_, M> {
                 self.b.ins().splat(types::I32X4, m)
             }
             VV::F(v) | VV::M(v) | VV::Aff(v, _) | VV::I(v) => v,
+        }
+    }
+
+    /// `f32` lanes → `to` (`u8`, `i8`, `i32`) in `i32x4` lanes: truncated, saturated to the
+    /// type, NaN → 0. `range` bounds the non-NaN values of `f` when known (clamps).
+    ///
+    /// `fcvt_to_sint_sat` is eight instructions on x64; on x86 the lanes are instead clamped
+    /// in float to the type's range (`maxps`/`minps`, which keep a NaN; skipped when `range`
+    /// is inside it already), so that `cvttps2dq` is exact on every lane but NaN ones, which
+    /// it makes `i32::MIN`: `pmaxsd` with 0 maps those to 0 for `u8`, a mask of the ordered
+    /// lanes does for `i8` and `i32`. Clamping before truncating gives what truncating before
+    /// clamping does, since the bounds are integers.
+    fn cast_lanes(&mut self, f: Value, to: DType, range: Option<(f32, f32)>) -> Value {
+        // The type's range, as exact floats (i32's upper bound is not one: the clamp
+        // would give 2147483520 where saturation gives i32::MAX, so i32 needs `range`).
+        let (lo, hi) = match to {
+            DType::U8 => (0.0, 255.0),
+            DType::I8 => (-128.0, 127.0),
+            _ => (-2_147_483_648.0, 2_147_483_520.0),
+        };
+        let inside = range.is_some_and(|(l, h)| l >= lo && h <= hi);
+        if !self.x86 || (to == DType::I32 && !inside) {
+            let i = self.b.ins().fcvt_to_sint_sat(types::I32X4, f);
+            return match to {
+                DType::U8 => self.clamp_lanes(i, 0, 255),
+                DType::I8 => self.clamp_lanes(i, -128, 127),
+                _ => i,
+            };
+        }
+        let fc = if inside {
+            f
+        } else {
+            let t = self.vminmax_const(BinOp::Max, f, lo, false);
+            self.vminmax_const(BinOp::Min, t, hi, false)
+        };
+        let i = self.b.ins().x86_cvtt2dq(types::I32X4, fc);
+        if to == DType::U8 {
+            let z = self.b.ins().iconst(types::I32, 0);
+            let z = self.b.ins().splat(types::I32X4, z);
+            self.b.ins().smax(i, z)
+        } else {
+            let ord = self.b.ins().fcmp(FloatCC::Ordered, fc, fc);
+            self.b.ins().band(i, ord)
         }
     }
 
@@ -889,6 +1554,40 @@ impl<M: Module> Tx<'_, '_, M> {
         }
     }
 
+    /// Elements 0, 2, 4, 6 of `ty` (`i8`, `u8`, `i32`) from `a0` (element 0) and `a3`
+    /// (element 3), widened exactly to `i32x4`: two loads of four elements, one shuffle. Reads
+    /// nothing past element 6.
+    fn load_int_lanes_stride2(&mut self, ty: DType, a0: Value, a3: Value) -> Value {
+        let le = MemFlagsData::new().with_endianness(Endianness::Little);
+        if ty == DType::I32 {
+            let x = self.b.ins().load(types::I32X4, vflags(), a0, 0);
+            let y = self.b.ins().load(types::I32X4, vflags(), a3, 0);
+            let mask: [u8; 16] = [0, 1, 2, 3, 8, 9, 10, 11, 20, 21, 22, 23, 28, 29, 30, 31];
+            let mask = self.b.func.dfg.immediates.push(mask.to_vec().into());
+            let xb = self.b.ins().bitcast(types::I8X16, le, x);
+            let yb = self.b.ins().bitcast(types::I8X16, le, y);
+            let r = self.b.ins().shuffle(xb, yb, mask);
+            return self.b.ins().bitcast(types::I32X4, le, r);
+        }
+        let f = MemFlagsData::trusted();
+        let w0 = self.b.ins().load(types::I32, f, a0, 0);
+        let w3 = self.b.ins().load(types::I32, f, a3, 0);
+        let v = self.b.ins().scalar_to_vector(types::I32X4, w0);
+        let v = self.b.ins().insertlane(v, w3, 1);
+        // Bytes: e0 e1 e2 e3 | e3 e4 e5 e6: take 0, 2, 5, 7 into the low four.
+        let bytes = self.b.ins().bitcast(types::I8X16, le, v);
+        let mask: [u8; 16] = [0, 2, 5, 7, 0, 2, 5, 7, 0, 2, 5, 7, 0, 2, 5, 7];
+        let mask = self.b.func.dfg.immediates.push(mask.to_vec().into());
+        let picked = self.b.ins().shuffle(bytes, bytes, mask);
+        if ty == DType::U8 {
+            let h = self.b.ins().uwiden_low(picked);
+            self.b.ins().uwiden_low(h)
+        } else {
+            let h = self.b.ins().swiden_low(picked);
+            self.b.ins().swiden_low(h)
+        }
+    }
+
     /// Stores four `i32x4` lanes holding values of `ty` (in its range) as `ty` at `addr`.
     fn store_int_lanes(&mut self, ty: DType, v: Value, addr: Value) {
         if ty == DType::I32 {
@@ -905,6 +1604,23 @@ impl<M: Module> Tx<'_, '_, M> {
         let w = self.b.ins().bitcast(types::I32X4, le, b);
         let w = self.b.ins().extractlane(w, 0);
         self.b.ins().store(MemFlagsData::trusted(), w, addr, 0);
+    }
+
+    /// `v` as exact `i32x4` lanes of an integer type `t` (a uniform value widened and
+    /// broadcast).
+    fn as_vi(&mut self, t: DType, v: VV) -> Value {
+        match v {
+            VV::I(v) => v,
+            VV::Uni(v) => {
+                let w = match t {
+                    DType::U8 => self.b.ins().uextend(types::I32, v),
+                    DType::I8 => self.b.ins().sextend(types::I32, v),
+                    _ => v,
+                };
+                self.b.ins().splat(types::I32X4, w)
+            }
+            VV::Aff(v, _) | VV::F(v) | VV::M(v) => v,
+        }
     }
 
     fn mask_as_f32(&mut self, m: Value) -> Value {
@@ -935,7 +1651,7 @@ impl<M: Module> Tx<'_, '_, M> {
             return self.unsupported("vector expression (analysis mismatch)");
         };
         if c == Class::Uniform {
-            return Ok(VV::Uni(self.expr(e)?));
+            return Ok(VV::Uni(self.uniform(st, e)?));
         }
         Ok(match e {
             Expr::Var(v) if *v == st.an.counter => {
@@ -952,11 +1668,32 @@ impl<M: Module> Tx<'_, '_, M> {
                 let pty = self.k.params[param.0 as usize].dtype;
                 if lane_int(pty) {
                     let addr = self.address(*param, base, false, false);
+                    if s == 2 {
+                        let i3 = self.b.ins().iadd_imm_s(base, 3);
+                        let a3 = self.address(*param, i3, false, false);
+                        return Ok(VV::I(self.load_int_lanes_stride2(pty, addr, a3)));
+                    }
                     return Ok(VV::I(self.load_int_lanes(pty, addr)));
                 }
                 if s == 1 {
                     let addr = self.address(*param, base, false, false);
                     VV::F(self.b.ins().load(types::F32X4, vflags(), addr, 0))
+                } else if s == 2 {
+                    // Elements 0, 2, 4, 6 from two loads at 0 and 3 (lanes 0, 2 of the
+                    // first, 1, 3 of the second: one `shufps`), reading nothing past the
+                    // last element used.
+                    let a0 = self.address(*param, base, false, false);
+                    let i3 = self.b.ins().iadd_imm_s(base, 3);
+                    let a3 = self.address(*param, i3, false, false);
+                    let x = self.b.ins().load(types::F32X4, vflags(), a0, 0);
+                    let y = self.b.ins().load(types::F32X4, vflags(), a3, 0);
+                    let mask: [u8; 16] = [0, 1, 2, 3, 8, 9, 10, 11, 20, 21, 22, 23, 28, 29, 30, 31];
+                    let mask = self.b.func.dfg.immediates.push(mask.to_vec().into());
+                    let le = MemFlagsData::new().with_endianness(Endianness::Little);
+                    let xb = self.b.ins().bitcast(types::I8X16, le, x);
+                    let yb = self.b.ins().bitcast(types::I8X16, le, y);
+                    let r = self.b.ins().shuffle(xb, yb, mask);
+                    VV::F(self.b.ins().bitcast(types::F32X4, le, r))
                 } else {
                     let mut acc = None;
                     for j in 0..LANES {
@@ -1032,6 +1769,20 @@ impl<M: Module> Tx<'_, '_, M> {
                             s,
                         )
                     }
+                    t if lane_int(t) && op.is_comparison() => {
+                        // Both sides are exact in i32 lanes (u8, i8 and i32 values), so the
+                        // signed comparison is the types' own.
+                        let (x, y) = (self.as_vi(t, x), self.as_vi(t, y));
+                        let cc = match op {
+                            BinOp::Eq => IntCC::Equal,
+                            BinOp::Ne => IntCC::NotEqual,
+                            BinOp::Lt => IntCC::SignedLessThan,
+                            BinOp::Le => IntCC::SignedLessThanOrEqual,
+                            BinOp::Gt => IntCC::SignedGreaterThan,
+                            _ => IntCC::SignedGreaterThanOrEqual,
+                        };
+                        VV::M(self.b.ins().icmp(cc, x, y))
+                    }
                     DType::F32 => {
                         let (x, y) = (self.as_vf(x), self.as_vf(y));
                         let cc = match op {
@@ -1051,8 +1802,14 @@ impl<M: Module> Tx<'_, '_, M> {
                             BinOp::Sub => self.b.ins().fsub(x, y),
                             BinOp::Mul => self.b.ins().fmul(x, y),
                             BinOp::Div => self.b.ins().fdiv(x, y),
-                            BinOp::Max => self.b.ins().fmax(x, y),
-                            BinOp::Min => self.b.ins().fmin(x, y),
+                            BinOp::Max | BinOp::Min => {
+                                // A clamp by a constant: one instruction on x86.
+                                match (const_f32(st, a), const_f32(st, b)) {
+                                    (_, Some(k)) => self.vminmax_const(*op, x, k, true),
+                                    (Some(k), _) => self.vminmax_const(*op, y, k, true),
+                                    _ => self.fop(*op, x, y),
+                                }
+                            }
                             BinOp::Rem => self.per_lane("fmodf", &[x, y]),
                             BinOp::Pow => self.per_lane("powf", &[x, y]),
                             _ => return self.unsupported("vector op (analysis mismatch)"),
@@ -1098,16 +1855,18 @@ impl<M: Module> Tx<'_, '_, M> {
                 match (x, *to) {
                     // int lanes → f32: exact for 8-bit, round-to-nearest for i32 (as scalar).
                     (VV::I(v), DType::F32) => VV::F(self.b.ins().fcvt_from_sint(types::F32X4, v)),
+                    // bool lanes (all-ones or zero) → 1.0 or 0.0.
+                    (VV::M(m), DType::F32) => {
+                        let one = self.splat_f(1.0);
+                        let m = self.mask_as_f32(m);
+                        VV::F(self.b.ins().band(m, one))
+                    }
                     // f32 → int: truncate, saturate to the type, NaN → 0 (the scalar cast's
-                    // semantics); `fcvt_to_sint_sat` saturates to i32 and maps NaN to 0.
+                    // semantics).
                     (x, to) if lane_int(to) && from == DType::F32 => {
                         let f = self.as_vf(x);
-                        let i = self.b.ins().fcvt_to_sint_sat(types::I32X4, f);
-                        VV::I(match to {
-                            DType::U8 => self.clamp_lanes(i, 0, 255),
-                            DType::I8 => self.clamp_lanes(i, -128, 127),
-                            _ => i,
-                        })
+                        let range = f32_range(st, a);
+                        VV::I(self.cast_lanes(f, to, range))
                     }
                     (x, _) => x,
                 }
@@ -1115,4 +1874,151 @@ impl<M: Module> Tx<'_, '_, M> {
             Expr::Lit(_) => return self.unsupported("vector literal (analysis mismatch)"),
         })
     }
+}
+
+/// The value of `e` when it is an `f32` constant that is not NaN: a literal, or a body
+/// variable holding one.
+fn const_f32(st: &VecBody, e: &Expr) -> Option<f32> {
+    match e {
+        Expr::Lit(Lit::Float(DType::F32, f)) => Some(*f as f32).filter(|f| !f.is_nan()),
+        Expr::Var(v) => st.consts.get(v).copied(),
+        _ => None,
+    }
+}
+
+/// Bounds `[lo, hi]` on the values of `f32` expression `e` that are not NaN, where clamps by
+/// constants give them (`min`, `max`, and the roundings, which are monotone); `None` when
+/// unbounded.
+fn f32_range(st: &VecBody, e: &Expr) -> Option<(f32, f32)> {
+    let r = |e: &Expr| f32_range(st, e).unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+    let (lo, hi) = match e {
+        Expr::Lit(_) => {
+            let c = const_f32(st, e)?;
+            (c, c)
+        }
+        Expr::Var(v) => match (st.consts.get(v), st.ranges.get(v)) {
+            (Some(&c), _) => (c, c),
+            (_, Some(&r)) => r,
+            _ => return None,
+        },
+        Expr::Binary(BinOp::Max, a, b) => {
+            let ((la, ha), (lb, hb)) = (r(a), r(b));
+            (la.max(lb), ha.max(hb))
+        }
+        Expr::Binary(BinOp::Min, a, b) => {
+            let ((la, ha), (lb, hb)) = (r(a), r(b));
+            (la.min(lb), ha.min(hb))
+        }
+        Expr::Unary(UnOp::Round | UnOp::Floor | UnOp::Ceil, a) => {
+            let (l, h) = r(a);
+            (l.floor(), h.ceil())
+        }
+        _ => return None,
+    };
+    (lo > f32::NEG_INFINITY || hi < f32::INFINITY).then_some((lo, hi))
+}
+
+/// `for a in 0..A { for b in 0..B { body } }` (literal extents, the inner loop the outer's
+/// only statement and innermost, `B` not a multiple of four) as the one loop
+/// `for b in 0..A·B { body' }`, when `a` and `b` appear in `body` only as `a·B + b` (possibly
+/// after other terms: `(x + a·B) + b`), which `body'` reads as the new counter `b`. Iterations
+/// run in the same order with the same indices, so this is exact whatever the loops' kinds;
+/// rows of 7 or 14 elements (small feature maps) then vectorize as one long row instead of
+/// leaving three of every seven elements to the scalar remainder.
+pub fn collapse(st: &Stmt) -> Option<Stmt> {
+    let Stmt::For {
+        var: a,
+        extent: Expr::Lit(Lit::Int(t, na)),
+        body: outer,
+        ..
+    } = st
+    else {
+        return None;
+    };
+    let [
+        Stmt::For {
+            var: b,
+            extent: Expr::Lit(Lit::Int(_, nb)),
+            kind,
+            body,
+        },
+    ] = outer.as_slice()
+    else {
+        return None;
+    };
+    if *na <= 1 || *nb <= 0 || nb % LANES == 0 {
+        return None;
+    }
+    let n = na.checked_mul(*nb)?;
+    let mut new_body = Vec::with_capacity(body.len());
+    for s in body {
+        let f = |e: &Expr| fuse_index(e, *a, *b, *nb);
+        new_body.push(match s {
+            Stmt::Let { var, value } if *var != *a && *var != *b => Stmt::Let {
+                var: *var,
+                value: f(value)?,
+            },
+            Stmt::Assign { var, value } if *var != *a && *var != *b => Stmt::Assign {
+                var: *var,
+                value: f(value)?,
+            },
+            Stmt::Store {
+                param,
+                index,
+                value,
+            } => Stmt::Store {
+                param: *param,
+                index: f(index)?,
+                value: f(value)?,
+            },
+            _ => return None,
+        });
+    }
+    Some(Stmt::For {
+        var: *b,
+        extent: Expr::Lit(Lit::Int(*t, n)),
+        kind: *kind,
+        body: new_body,
+    })
+}
+
+/// `e` with `a·B + b` (and `(x + a·B) + b`) read as `b`; `None` when `a` or `b` appears
+/// otherwise.
+fn fuse_index(e: &Expr, a: VarId, b: VarId, nb: i64) -> Option<Expr> {
+    let is_ab = |e: &Expr| match e {
+        Expr::Binary(BinOp::Mul, x, y) => {
+            matches!(&**x, Expr::Var(v) if *v == a)
+                && matches!(&**y, Expr::Lit(Lit::Int(_, k)) if *k == nb)
+        }
+        _ => false,
+    };
+    let f = |e: &Expr| fuse_index(e, a, b, nb).map(Box::new);
+    if let Expr::Binary(BinOp::Add, l, r) = e
+        && matches!(&**r, Expr::Var(v) if *v == b)
+    {
+        if is_ab(l) {
+            return Some(Expr::Var(b));
+        }
+        if let Expr::Binary(BinOp::Add, x, y) = &**l
+            && is_ab(y)
+        {
+            return Some(Expr::Binary(BinOp::Add, f(x)?, r.clone()));
+        }
+    }
+    Some(match e {
+        Expr::Var(v) if *v == a || *v == b => return None,
+        Expr::Var(_) | Expr::Lit(_) => e.clone(),
+        Expr::Load { param, index } => Expr::Load {
+            param: *param,
+            index: f(index)?,
+        },
+        Expr::Unary(op, x) => Expr::Unary(*op, f(x)?),
+        Expr::Cast(t, x) => Expr::Cast(*t, f(x)?),
+        Expr::Binary(op, x, y) => Expr::Binary(*op, f(x)?, f(y)?),
+        Expr::Select { cond, then, els } => Expr::Select {
+            cond: f(cond)?,
+            then: f(then)?,
+            els: f(els)?,
+        },
+    })
 }

@@ -89,3 +89,97 @@ fn stores_to_one_buffer_must_not_meet() {
         assert!(!crate::simd::vectorizable(&k, i, None, &body, &dd));
     }
 }
+
+#[test]
+fn byte_copies_and_fills_run_sixteen_at_a_time_and_stay_exact() {
+    // Padding with the zero point (a fill, rows of 19 copied) and im2col rows of 18 and 19
+    // u8 elements (16 at a time, then an overlapping last block), and a short 9-wide row
+    // (lanes); the evaluator is the reference, SIMD off and on, 1 and 2 threads.
+    let text = crate::tests::check(
+        r#"graph (%0: u8[1,2,20,19] "x", %1: i8[3,2,3,3] "w", %2: u8[] "zx") -> (%3 "y", %4 "z") {
+  %3 = quant.conv_integer {"strides":[1,1],"dilations":[1,1],"pad":{"explicit":[1,1,1,1]},"group":1} (%0, %1, %2) : i32[1,3,20,19]
+  %4 = quant.conv_integer {"strides":[1,1],"dilations":[1,1],"pad":{"explicit":[0,0,0,0]},"group":1} (%0, %1, %2) : i32[1,3,18,17]
+}"#,
+        0.0,
+    );
+    assert!(
+        text.contains("pad_planes") && text.contains("im2col"),
+        "{text}"
+    );
+    crate::tests::check(
+        r#"graph (%0: u8[3,9] "a", %1: u8[3,40] "b") -> (%2 "c") {
+  %2 = movement.concat {"axis":1} (%0, %1) : u8[3,49]
+}"#,
+        0.0,
+    );
+}
+
+#[test]
+fn integer_comparisons_vectorize_exactly() {
+    // A one-hot encoding (i32 ids against a row of classes) and u8/i8 comparisons, each
+    // fused with its cast to f32 as the optimizer leaves them: vector loops, equal to the
+    // evaluator.
+    let src = r#"graph (%0: i32[6,1] "ids", %1: i32[37] "classes", %2: u8[3,19] "a", %3: u8[3,19] "b", %4: i8[3,19] "c", %5: i8[3,19] "d") -> (%6 "onehot", %7 "lt", %8 "ge") {
+  %6 = control.composite {"kind":"equal+cast"} (%0, %1) : f32[6,37] {
+    graph (%0: i32[6,1] "in0", %1: i32[37] "in1") -> (%3 "out") {
+      %2 = ew.equal(%0, %1) : bool[6,37]
+      %3 = ew.cast {"to":"f32"} (%2) : f32[6,37]
+    }
+  }
+  %7 = control.composite {"kind":"less+cast"} (%2, %3) : f32[3,19] {
+    graph (%0: u8[3,19] "in0", %1: u8[3,19] "in1") -> (%3 "out") {
+      %2 = ew.less(%0, %1) : bool[3,19]
+      %3 = ew.cast {"to":"f32"} (%2) : f32[3,19]
+    }
+  }
+  %8 = control.composite {"kind":"ge+cast"} (%4, %5) : f32[3,19] {
+    graph (%0: i8[3,19] "in0", %1: i8[3,19] "in1") -> (%3 "out") {
+      %2 = ew.greater_or_equal(%0, %1) : bool[3,19]
+      %3 = ew.cast {"to":"f32"} (%2) : f32[3,19]
+    }
+  }
+}"#;
+    // Ids that hit the classes (and one that does not), bytes with ties.
+    let t = |shape: &[usize], v: Vec<i64>, ty: mlc_ir::DType| {
+        mlc_ir::Tensor::from_vec(shape, v)
+            .and_then(|t| t.cast(ty))
+            .expect("test tensor")
+    };
+    let bytes =
+        |seed: i64, lo: i64| -> Vec<i64> { (0..57).map(|i| lo + (i * 7 + seed) % 9).collect() };
+    let inputs = [
+        t(&[6, 1], vec![0, 5, 36, 17, 40, 5], mlc_ir::DType::I32),
+        t(&[37], (0..37).collect(), mlc_ir::DType::I32),
+        t(&[3, 19], bytes(1, 250), mlc_ir::DType::U8),
+        t(&[3, 19], bytes(4, 250), mlc_ir::DType::U8),
+        t(&[3, 19], bytes(2, -4), mlc_ir::DType::I8),
+        t(&[3, 19], bytes(5, -4), mlc_ir::DType::I8),
+    ];
+    let text = crate::tests::check_inputs(src, &inputs, 0.0);
+    assert!(text.contains("fused_"), "{text}");
+    let loops = innermost_vector_loops(src);
+    assert_eq!(loops.len(), 3, "{loops:?}");
+    assert!(loops.iter().all(|(_, v)| *v), "{loops:?}");
+}
+
+#[test]
+fn stride_two_loads_of_every_lane_type() {
+    // Stride-2 rows: an 8-bit im2col (u8 and i8 inputs), an i32 and an f32 strided slice;
+    // exact against the evaluator, and the copies stay vector loops.
+    let src = r#"graph (%0: u8[1,2,21,23] "x", %1: i8[3,2,3,3] "w", %2: u8[] "zx", %3: i8[1,2,21,23] "xi", %4: i8[] "zi", %5: i32[3,41] "n", %6: f32[3,41] "f") -> (%7 "y", %8 "yi", %9 "s", %10 "t") {
+  %7 = quant.conv_integer {"strides":[2,2],"dilations":[1,1],"pad":{"explicit":[0,0,0,0]},"group":1} (%0, %1, %2) : i32[1,3,10,11]
+  %8 = quant.conv_integer {"strides":[2,2],"dilations":[1,1],"pad":{"explicit":[0,0,0,0]},"group":1} (%3, %1, %4) : i32[1,3,10,11]
+  %9 = movement.slice {"starts":[0,1],"ends":[3,41],"axes":[0,1],"steps":[1,2]} (%5, _, _, _, _) : i32[3,20]
+  %10 = movement.slice {"starts":[0,0],"ends":[3,41],"axes":[0,1],"steps":[1,2]} (%6, _, _, _, _) : f32[3,21]
+}"#;
+    crate::tests::check(src, 0.0);
+    let loops = innermost_vector_loops(src);
+    let strided: Vec<_> = loops
+        .iter()
+        .filter(|(n, _)| n.contains("im2col") || n.contains("slice"))
+        .collect();
+    assert!(
+        strided.len() >= 3 && strided.iter().all(|(_, v)| *v),
+        "{loops:?}"
+    );
+}

@@ -18,6 +18,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 /// Below this estimate of a step's work (see `CpuKernel::work`) it runs on one thread.
+/// Tasks per pool thread a split step is cut into (see the executor's step loop).
+const TASKS_PER_THREAD: i64 = 4;
+
 const MIN_PARALLEL_WORK: u64 = 1 << 15;
 
 /// What a new arena holds. Debug builds (the tests) fill it with all-ones bytes (NaN, -1) so
@@ -391,7 +394,10 @@ impl Executor {
             );
             match split {
                 Some((n, pool)) => {
-                    let t = (pool.threads() as i64).min(n);
+                    // More tasks than threads, taken from the pool's shared counter: a thread
+                    // the OS preempts (another process on the core) holds up one small task,
+                    // not a whole share of the step, while the others take the rest.
+                    let t = (pool.threads() as i64 * TASKS_PER_THREAD).min(n);
                     let chunk = (n + t - 1) / t;
                     let params = &params;
                     pool.run(t as usize, &|c| {

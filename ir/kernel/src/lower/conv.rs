@@ -367,22 +367,32 @@ fn pad_planes_with(
         kb.var(DType::I64),
         kb.var(DType::I64),
     );
+    // Every element is written once: the rows above and below the input as two runs, then
+    // per input row its left border, the row itself and its right border.
     let plane = Expr::mul_idx(Expr::var(nc), (ph * pw) as i64);
-    let zero = lp(
-        i,
-        ph * pw,
-        LoopKind::Vector,
-        vec![Stmt::Store {
-            param: pp,
-            index: Expr::add_idx(plane.clone(), Expr::var(i)),
-            value: fill,
-        }],
+    let fill_run = |var: VarId, start: Expr, len: usize| -> Vec<Stmt> {
+        if len == 0 {
+            return vec![];
+        }
+        lp(
+            var,
+            len,
+            LoopKind::Vector,
+            vec![Stmt::Store {
+                param: pp,
+                index: Expr::add_idx(start, Expr::var(var)),
+                value: fill.clone(),
+            }],
+        )
+    };
+    let (below, right) = (ph - pt - ih, pw - pl - iw);
+    let mut body = fill_run(i, plane.clone(), pt * pw);
+    let row_start = Expr::add_idx(
+        plane.clone(),
+        Expr::mul_idx(Expr::add_idx(Expr::var(y), Expr::idx(pt as i64)), pw as i64),
     );
     let dst = Expr::add_idx(
-        Expr::add_idx(
-            plane,
-            Expr::mul_idx(Expr::add_idx(Expr::var(y), Expr::idx(pt as i64)), pw as i64),
-        ),
+        row_start.clone(),
         Expr::add_idx(Expr::var(xx), Expr::idx(pl as i64)),
     );
     let from = Expr::add_idx(
@@ -392,23 +402,29 @@ fn pad_planes_with(
         ),
         Expr::var(xx),
     );
-    let copy = lp(
-        y,
-        ih,
-        LoopKind::Serial,
-        lp(
-            xx,
-            iw,
-            LoopKind::Vector,
-            vec![Stmt::Store {
-                param: pp,
-                index: dst,
-                value: Expr::load(xp, from),
-            }],
-        ),
-    );
-    let mut body = zero;
-    body.extend(copy);
+    let (l, r, b) = (kb.var(DType::I64), kb.var(DType::I64), kb.var(DType::I64));
+    let mut row = fill_run(l, row_start.clone(), pl);
+    row.extend(lp(
+        xx,
+        iw,
+        LoopKind::Vector,
+        vec![Stmt::Store {
+            param: pp,
+            index: dst,
+            value: Expr::load(xp, from),
+        }],
+    ));
+    row.extend(fill_run(
+        r,
+        Expr::add_idx(row_start, Expr::idx((pl + iw) as i64)),
+        right,
+    ));
+    body.extend(lp(y, ih, LoopKind::Serial, row));
+    body.extend(fill_run(
+        b,
+        Expr::add_idx(plane, Expr::idx(((pt + ih) * pw) as i64)),
+        below * pw,
+    ));
     kb.k.body = lp(nc, planes, LoopKind::Parallel, body);
     let id = cx.p.intern_kernel(kb.k);
     cx.p.steps.push(Step {
@@ -725,7 +741,7 @@ fn conv_depthwise_2d(
         }],
     );
     // Input plane of output channel m: its group's only channel.
-    let cin = Expr::bin(BinOp::Div, Expr::var(mv), Expr::idx(mg as i64));
+    let cin = channel_group(mv, mg);
     let plane = Expr::mul_idx(
         Expr::add_idx(Expr::mul_idx(Expr::var(nv), c as i64), cin),
         (ph * pw) as i64,
@@ -842,7 +858,7 @@ fn depthwise_unrolled(
     } else {
         1
     };
-    let cin = Expr::bin(BinOp::Div, Expr::var(mv), Expr::idx(mg as i64));
+    let cin = channel_group(mv, mg);
     let plane = Expr::mul_idx(
         Expr::add_idx(Expr::mul_idx(Expr::var(nv), c as i64), cin),
         (ph * pw) as i64,
@@ -1011,7 +1027,7 @@ fn conv_direct(
             None => Expr::float(ty, 0.0),
         };
         // Input channel of output channel m: its group's only channel (c/group == 1).
-        let cin = Expr::bin(BinOp::Div, Expr::var(mv), Expr::idx(mg as i64));
+        let cin = channel_group(mv, mg);
         let plane = Expr::add_idx(
             Expr::mul_idx(Expr::var(nv), (c * ihw) as i64),
             Expr::mul_idx(cin, ihw as i64),
@@ -1348,7 +1364,7 @@ pub(super) fn conv_transpose(
     let body = nest(&mut kb, &ext, LoopKind::Parallel, |kb, v| {
         let (nv, mv, ov) = (v[0], v[1], &v[2..]);
         let acc = kb.var(ty);
-        let gi = Expr::bin(BinOp::Div, Expr::var(mv), Expr::idx(mg as i64));
+        let gi = channel_group(mv, mg);
         let mi = Expr::bin(BinOp::Rem, Expr::var(mv), Expr::idx(mg as i64));
         let mut inner_ext = vec![cg];
         inner_ext.extend_from_slice(ks);
@@ -1668,7 +1684,7 @@ fn conv_integer_direct(
     let body = nest(&mut kb, &ext, LoopKind::Parallel, |kb, v| {
         let (mv, nv, ov) = (v[0], v[1], &v[2..]);
         let acc = kb.var(DType::I32);
-        let cin = Expr::bin(BinOp::Div, Expr::var(mv), Expr::idx(mg as i64));
+        let cin = channel_group(mv, mg);
         let plane = Expr::add_idx(
             Expr::mul_idx(Expr::var(nv), (c * ihw) as i64),
             Expr::mul_idx(cin, ihw as i64),
@@ -1729,4 +1745,15 @@ fn conv_integer_direct(
     kb.k.body = body;
     cx.launch(kb, node);
     Ok(())
+}
+
+/// The input channel (or group) of output channel `mv` with `mg` outputs per input: `mv / mg`,
+/// just `mv` for a plain depthwise convolution (so printed kernels and the index arithmetic
+/// carry no division by one).
+fn channel_group(mv: VarId, mg: usize) -> Expr {
+    if mg == 1 {
+        Expr::var(mv)
+    } else {
+        Expr::bin(BinOp::Div, Expr::var(mv), Expr::idx(mg as i64))
+    }
 }
