@@ -61,7 +61,23 @@ struct Analysis<'a> {
     data_dep: HashSet<VarId>,
 }
 
-impl Analysis<'_> {
+impl<'a> Analysis<'a> {
+    /// A fresh analysis of a loop over `counter`; `outer_data_dep[v]` tells whether variable
+    /// `v`, defined outside, depends on loaded data.
+    fn new(k: &'a Kernel, counter: VarId, outer_data_dep: &[bool]) -> Analysis<'a> {
+        Analysis {
+            k,
+            counter,
+            classes: HashMap::new(),
+            loaded: HashSet::new(),
+            load_index: HashMap::new(),
+            data_dep: (0..outer_data_dep.len())
+                .filter(|&i| outer_data_dep[i])
+                .map(|i| VarId(i as u32))
+                .collect(),
+        }
+    }
+
     /// Whether `e` depends on loaded data: vector accesses at such indices would escape the
     /// bounds checks, so they keep the loop scalar.
     fn data_dep(&self, e: &Expr) -> bool {
@@ -348,17 +364,7 @@ pub fn vectorizable(
     body: &[Stmt],
     outer_data_dep: &[bool],
 ) -> bool {
-    let mut a = Analysis {
-        k,
-        counter,
-        classes: HashMap::new(),
-        loaded: HashSet::new(),
-        load_index: HashMap::new(),
-        data_dep: (0..outer_data_dep.len())
-            .filter(|&i| outer_data_dep[i])
-            .map(|i| VarId(i as u32))
-            .collect(),
-    };
+    let mut a = Analysis::new(k, counter, outer_data_dep);
     let Some(red) = reductions(k, body) else {
         return false;
     };
@@ -519,17 +525,7 @@ fn byte_copy<'a>(
     if !matches!(ty, DType::U8 | DType::I8) {
         return None;
     }
-    let mut a = Analysis {
-        k,
-        counter,
-        classes: HashMap::new(),
-        loaded: HashSet::new(),
-        load_index: HashMap::new(),
-        data_dep: (0..outer_data_dep.len())
-            .filter(|&i| outer_data_dep[i])
-            .map(|i| VarId(i as u32))
-            .collect(),
-    };
+    let mut a = Analysis::new(k, counter, outer_data_dep);
     if a.class(index) != Some(Class::Affine(1)) || a.data_dep(index) {
         return None;
     }
@@ -564,23 +560,9 @@ fn byte_copy<'a>(
 /// repeated elements would read outputs). Reductions are excluded by the caller.
 fn overlap_ok(k: &Kernel, body: &[Stmt]) -> bool {
     fn loads(e: &Expr, out: &mut HashSet<ParamId>) {
-        match e {
-            Expr::Var(_) | Expr::Lit(_) => {}
-            Expr::Load { param, index } => {
-                out.insert(*param);
-                loads(index, out);
-            }
-            Expr::Unary(_, a) | Expr::Cast(_, a) => loads(a, out),
-            Expr::Binary(_, a, b) => {
-                loads(a, out);
-                loads(b, out);
-            }
-            Expr::Select { cond, then, els } => {
-                loads(cond, out);
-                loads(then, out);
-                loads(els, out);
-            }
-        }
+        e.for_each_load(&mut |p, _| {
+            out.insert(p);
+        });
     }
     let (mut read, mut written) = (HashSet::new(), HashSet::new());
     for st in body {

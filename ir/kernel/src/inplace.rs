@@ -171,26 +171,6 @@ fn visit<'a>(body: &'a [Stmt], f: &mut dyn FnMut(&'a [Stmt], usize, &'a Stmt)) {
     }
 }
 
-fn expr_loads(e: &Expr, f: &mut dyn FnMut(ParamId, &Expr)) {
-    match e {
-        Expr::Var(_) | Expr::Lit(_) => {}
-        Expr::Load { param, index } => {
-            f(*param, index);
-            expr_loads(index, f);
-        }
-        Expr::Unary(_, a) | Expr::Cast(_, a) => expr_loads(a, f),
-        Expr::Binary(_, a, b) => {
-            expr_loads(a, f);
-            expr_loads(b, f);
-        }
-        Expr::Select { cond, then, els } => {
-            expr_loads(cond, f);
-            expr_loads(then, f);
-            expr_loads(els, f);
-        }
-    }
-}
-
 /// Every expression a statement evaluates itself (not those of nested loop bodies).
 fn stmt_exprs(s: &Stmt) -> Vec<&Expr> {
     match s {
@@ -210,7 +190,7 @@ fn reads_anywhere(body: &[Stmt], p: ParamId) -> bool {
             read = true;
         }
         for e in stmt_exprs(s) {
-            expr_loads(e, &mut |q, _| read |= q == p);
+            e.for_each_load(&mut |q, _| read |= q == p);
         }
     });
     read
@@ -229,7 +209,7 @@ fn loads_only_at(body: &[Stmt], p: ParamId, list: &[Stmt], pos: usize, index: &E
             ok = false;
         }
         for e in stmt_exprs(s) {
-            expr_loads(e, &mut |q, at| {
+            e.for_each_load(&mut |q, at| {
                 if q == p {
                     any = true;
                     ok &= here && at == index;

@@ -591,6 +591,28 @@ impl Expr {
         }
     }
 
+    /// Calls `f(param, index)` for every load in `self`, outer loads before the loads inside
+    /// their index.
+    pub fn for_each_load(&self, f: &mut dyn FnMut(ParamId, &Expr)) {
+        match self {
+            Expr::Var(_) | Expr::Lit(_) => {}
+            Expr::Load { param, index } => {
+                f(*param, index);
+                index.for_each_load(f);
+            }
+            Expr::Unary(_, a) | Expr::Cast(_, a) => a.for_each_load(f),
+            Expr::Binary(_, a, b) => {
+                a.for_each_load(f);
+                b.for_each_load(f);
+            }
+            Expr::Select { cond, then, els } => {
+                cond.for_each_load(f);
+                then.for_each_load(f);
+                els.for_each_load(f);
+            }
+        }
+    }
+
     /// `a * k` on indices, folding multiplications by 0 and 1.
     pub fn mul_idx(a: Expr, k: i64) -> Expr {
         match (k, &a) {

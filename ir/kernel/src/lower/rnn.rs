@@ -92,26 +92,19 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &RnnOp) -> Result<(), Fail> {
     let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
     let wp = kb.param(&cx.p, cx.buf(w)?, Access::Read);
     let rp = kb.param(&cx.p, cx.buf(r)?, Access::Read);
-    let bp = match bias {
-        Some(v) => Some(kb.param(&cx.p, cx.buf(v)?, Access::Read)),
-        None => None,
-    };
-    let lp = match lens {
-        Some(v) => Some(kb.param(&cx.p, cx.buf(v)?, Access::Read)),
-        None => None,
-    };
-    let h0p = match h0 {
-        Some(v) => Some(kb.param(&cx.p, cx.buf(v)?, Access::Read)),
-        None => None,
-    };
-    let c0p = match c0 {
-        Some(v) => Some(kb.param(&cx.p, cx.buf(v)?, Access::Read)),
-        None => None,
-    };
-    let pp = match peep {
-        Some(v) => Some(kb.param(&cx.p, cx.buf(v)?, Access::Read)),
-        None => None,
-    };
+    // Optional inputs become parameters when present.
+    let opt_param =
+        |kb: &mut KernelBuilder, v: Option<mlc_ir::ValueId>| -> Result<Option<ParamId>, Fail> {
+            Ok(match v {
+                Some(v) => Some(kb.param(&cx.p, cx.buf(v)?, Access::Read)),
+                None => None,
+            })
+        };
+    let bp = opt_param(&mut kb, bias)?;
+    let lp = opt_param(&mut kb, lens)?;
+    let h0p = opt_param(&mut kb, h0)?;
+    let c0p = opt_param(&mut kb, c0)?;
+    let pp = opt_param(&mut kb, peep)?;
     let yp = kb.param(&cx.p, outs[0], Access::Write);
     let hp = kb.param(&cx.p, outs[1], Access::ReadWrite);
     let cp = if is_lstm {
