@@ -243,7 +243,10 @@ impl Cx<'_> {
                 Val::B(b) => b as i64 as f64,
             })
         };
-        let op = |o: BinOp, a: f64, b: f64| match round(DType::F32, binary(o, DType::F32, Val::F(a), Val::F(b))) {
+        let op = |o: BinOp, a: f64, b: f64| match round(
+            DType::F32,
+            binary(o, DType::F32, Val::F(a), Val::F(b)),
+        ) {
             Val::F(v) => v,
             _ => f64::NAN,
         };
@@ -251,8 +254,13 @@ impl Cx<'_> {
         let mut args = Vec::with_capacity(dw.epilogue.len());
         for e in &dw.epilogue {
             args.push(match e {
-                EpOp::Bin { arg: EpArg::Scalar(p), .. } => f(self, *p, 0)?,
-                EpOp::Bin { arg: EpArg::Lit(v), .. } => *v as f64,
+                EpOp::Bin {
+                    arg: EpArg::Scalar(p),
+                    ..
+                } => f(self, *p, 0)?,
+                EpOp::Bin {
+                    arg: EpArg::Lit(v), ..
+                } => *v as f64,
                 _ => 0.0,
             });
         }
@@ -269,12 +277,14 @@ impl Cx<'_> {
                     for ox in 0..ow {
                         let mut acc = bias;
                         for ky in 0..kh {
-                            let iy = (oy * dw.stride[0] + ky * dw.dilation[0]) as i64
-                                - dw.pad[0] as i64;
+                            let iy =
+                                (oy * dw.stride[0] + ky * dw.dilation[0]) as i64 - dw.pad[0] as i64;
                             for kx in 0..kw {
                                 let ix = (ox * dw.stride[1] + kx * dw.dilation[1]) as i64
                                     - dw.pad[1] as i64;
-                                let xv = if (0..ih as i64).contains(&iy) && (0..iw as i64).contains(&ix) {
+                                let xv = if (0..ih as i64).contains(&iy)
+                                    && (0..iw as i64).contains(&ix)
+                                {
                                     f(self, dw.x, xp + iy as usize * iw + ix as usize)?
                                 } else {
                                     0.0
@@ -286,12 +296,16 @@ impl Cx<'_> {
                         let (mut x, mut s) = (acc, acc);
                         for (e, &a) in dw.epilogue.iter().zip(&args) {
                             match *e {
-                                EpOp::Bin { op: o, arg_first, .. } => {
-                                    x = if arg_first { op(o, a, x) } else { op(o, x, a) }
-                                }
+                                EpOp::Bin {
+                                    op: o, arg_first, ..
+                                } => x = if arg_first { op(o, a, x) } else { op(o, x, a) },
                                 EpOp::Save => s = x,
                                 EpOp::Combine { op: o, saved_first } => {
-                                    x = if saved_first { op(o, s, x) } else { op(o, x, s) }
+                                    x = if saved_first {
+                                        op(o, s, x)
+                                    } else {
+                                        op(o, x, s)
+                                    }
                                 }
                             }
                         }

@@ -132,11 +132,7 @@ fn loops(k: &mut Kernel, dw: &Depthwise) -> Vec<Stmt> {
             );
             inner.push(Stmt::Assign {
                 var: acc,
-                value: Expr::bin(
-                    BinOp::Add,
-                    Expr::var(acc),
-                    Expr::bin(BinOp::Mul, xv, wv),
-                ),
+                value: Expr::bin(BinOp::Add, Expr::var(acc), Expr::bin(BinOp::Mul, xv, wv)),
             });
         }
     }
@@ -197,4 +193,156 @@ fn loops(k: &mut Kernel, dw: &Depthwise) -> Vec<Stmt> {
         ),
     ];
     vec![for_(p, dw.batch * m, LoopKind::Parallel, per_plane)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{run_program, verify_kernel};
+    use mlc_ir::Tensor;
+
+    /// Deterministic values in [-1, 1).
+    fn data(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// A program of one depthwise statement (x, w, bias, a scalar, out) and its inputs.
+    fn program(dw: &Depthwise, seed: u64) -> (Program, Vec<Tensor>) {
+        let (lx, lw, ly) = dw.lens();
+        let m = dw.channels * dw.mult;
+        let mut p = Program::default();
+        let mut k = Kernel::new("dw");
+        let mut args = vec![];
+        let mut inputs = vec![];
+        for (i, len) in [lx, lw, m, 1].into_iter().enumerate() {
+            args.push(p.add_buffer(DType::F32, vec![len], BufKind::Input(i)));
+            k.param(DType::F32, len, Access::Read);
+            let v = data(len, seed + i as u64);
+            inputs.push(Tensor::from_vec(&[len], v).expect("tensor"));
+        }
+        let out = p.add_buffer(DType::F32, vec![ly], BufKind::Temp);
+        args.push(out);
+        k.param(DType::F32, ly, Access::Write);
+        k.body = vec![Stmt::Depthwise(Box::new(dw.clone()))];
+        let id = p.intern_kernel(k);
+        p.steps.push(Step {
+            kernel: id,
+            args,
+            origin: None,
+        });
+        p.inputs = (0..4).map(|i| (format!("in{i}"), BufId(i))).collect();
+        p.outputs = vec![("out".into(), out)];
+        (p, inputs)
+    }
+
+    #[test]
+    fn the_loop_form_computes_what_the_statement_defines() {
+        let bin = |op, arg, arg_first| EpOp::Bin { op, arg, arg_first };
+        let gate = vec![
+            bin(BinOp::Mul, EpArg::Scalar(ParamId(3)), true),
+            bin(BinOp::Add, EpArg::Lit(0.25), false),
+            EpOp::Save,
+            bin(BinOp::Add, EpArg::Lit(3.0), false),
+            bin(BinOp::Max, EpArg::Lit(0.0), false),
+            bin(BinOp::Min, EpArg::Lit(6.0), false),
+            EpOp::Combine {
+                op: BinOp::Mul,
+                saved_first: true,
+            },
+            bin(BinOp::Div, EpArg::Lit(6.0), false),
+            bin(BinOp::Sub, EpArg::Scalar(ParamId(3)), true),
+        ];
+        let cases = [
+            (
+                2,
+                3,
+                1,
+                [6, 7],
+                [6, 7],
+                [3, 3],
+                [1, 1],
+                [1, 1],
+                [1, 1],
+                true,
+            ),
+            (
+                1,
+                2,
+                2,
+                [9, 8],
+                [4, 3],
+                [5, 5],
+                [2, 2],
+                [1, 1],
+                [2, 1],
+                false,
+            ),
+            (
+                1,
+                3,
+                1,
+                [9, 9],
+                [5, 5],
+                [3, 3],
+                [1, 1],
+                [2, 2],
+                [0, 0],
+                true,
+            ),
+            (
+                1,
+                1,
+                1,
+                [5, 11],
+                [3, 3],
+                [3, 1],
+                [2, 3],
+                [1, 1],
+                [1, 0],
+                true,
+            ),
+        ];
+        for (i, (n, c, mult, in_hw, out_hw, kernel, stride, dilation, pad, bias)) in
+            cases.into_iter().enumerate()
+        {
+            for ep in [vec![], gate.clone()] {
+                let dw = Depthwise {
+                    batch: n,
+                    channels: c,
+                    mult,
+                    in_hw,
+                    out_hw,
+                    kernel,
+                    stride,
+                    dilation,
+                    pad,
+                    x: ParamId(0),
+                    w: ParamId(1),
+                    bias: bias.then_some(ParamId(2)),
+                    out: ParamId(4),
+                    epilogue: ep,
+                };
+                let (p, inputs) = program(&dw, i as u64 * 10);
+                let mut q = p.clone();
+                q.kernels[0] = expand_depthwise(&p.kernels[0]);
+                assert!(!has_depthwise(&q.kernels[0].body));
+                verify_kernel(&p.kernels[0]).expect("statement verifies");
+                verify_kernel(&q.kernels[0]).expect("loop form verifies");
+                let a = run_program(&p, &inputs).expect("statement").remove(0);
+                let b = run_program(&q, &inputs).expect("loops").remove(0);
+                let (a, b) = (a.to_f64_vec().expect("f32"), b.to_f64_vec().expect("f32"));
+                for (j, (x, y)) in a.iter().zip(&b).enumerate() {
+                    assert!(x.to_bits() == y.to_bits(), "case {i} y[{j}]: {x} vs {y}");
+                }
+            }
+        }
+    }
 }

@@ -315,9 +315,10 @@ impl Depthwise {
         self.x == p
             || self.w == p
             || self.bias == Some(p)
-            || self.epilogue.iter().any(|op| {
-                matches!(op, EpOp::Bin { arg: EpArg::Scalar(q), .. } if *q == p)
-            })
+            || self
+                .epilogue
+                .iter()
+                .any(|op| matches!(op, EpOp::Bin { arg: EpArg::Scalar(q), .. } if *q == p))
     }
 
     /// Element counts of `x`, `w` and `out`.

@@ -199,7 +199,10 @@ fn depthwise(dw: &Depthwise, pad: &str, s: &mut String) {
                     }
                 }
                 EpOp::Save => "save".to_string(),
-                EpOp::Combine { op, saved_first: true } => format!("{}(s, x)", op.name()),
+                EpOp::Combine {
+                    op,
+                    saved_first: true,
+                } => format!("{}(s, x)", op.name()),
                 EpOp::Combine { op, .. } => format!("{}(x, s)", op.name()),
             })
             .collect();

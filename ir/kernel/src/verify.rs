@@ -125,7 +125,11 @@ impl Verifier<'_> {
     fn depthwise(&mut self, dw: &Depthwise) {
         let (lx, lw, ly) = dw.lens();
         let m = dw.channels * dw.mult;
-        let mut want = vec![(dw.x, lx, false, "x"), (dw.w, lw, false, "w"), (dw.out, ly, true, "out")];
+        let mut want = vec![
+            (dw.x, lx, false, "x"),
+            (dw.w, lw, false, "w"),
+            (dw.out, ly, true, "out"),
+        ];
         if let Some(b) = dw.bias {
             want.push((b, m, false, "bias"));
         }
@@ -135,18 +139,31 @@ impl Verifier<'_> {
             {
                 self.err(format!("depthwise epilogue: {} is not allowed", op.name()));
             }
-            if let EpOp::Bin { arg: EpArg::Scalar(p), .. } = e {
+            if let EpOp::Bin {
+                arg: EpArg::Scalar(p),
+                ..
+            } = e
+            {
                 want.push((*p, 1, false, "epilogue scalar"));
             }
         }
         for (p, len, written, what) in want {
-            let Some(param) = self.param(p).cloned() else { continue };
+            let Some(param) = self.param(p).cloned() else {
+                continue;
+            };
             if param.dtype != DType::F32 {
                 self.err(format!("depthwise {what} %p{} is not f32", p.0));
             }
-            let ok_len = if what == "epilogue scalar" { param.len >= 1 } else { param.len == len };
+            let ok_len = if what == "epilogue scalar" {
+                param.len >= 1
+            } else {
+                param.len == len
+            };
             if !ok_len {
-                self.err(format!("depthwise {what} %p{} has {} elements, not {len}", p.0, param.len));
+                self.err(format!(
+                    "depthwise {what} %p{} has {} elements, not {len}",
+                    p.0, param.len
+                ));
             }
             if written && param.access == Access::Read {
                 self.err(format!("depthwise output %p{} is read-only", p.0));
@@ -156,7 +173,9 @@ impl Verifier<'_> {
             }
         }
         if dw.mult == 0
-            || [dw.kernel, dw.stride, dw.dilation, dw.in_hw].iter().any(|v| v.contains(&0))
+            || [dw.kernel, dw.stride, dw.dilation, dw.in_hw]
+                .iter()
+                .any(|v| v.contains(&0))
         {
             self.err("depthwise: a zero size, stride, dilation or multiplier".to_string());
         }

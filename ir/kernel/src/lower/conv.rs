@@ -858,7 +858,9 @@ pub(super) fn depthwise_tail(
     };
     if region.outputs.len() != 1
         || region.ty(region.outputs[0].value).dtype != DType::F32
-        || env_in.iter().any(|(v, _)| region.ty(*v).dtype != DType::F32)
+        || env_in
+            .iter()
+            .any(|(v, _)| region.ty(*v).dtype != DType::F32)
     {
         return Ok(false);
     }
@@ -906,11 +908,9 @@ fn inline(e: Expr, defs: &std::collections::HashMap<VarId, Expr>) -> Expr {
         Expr::Unary(op, a) => Expr::un(op, inline(*a, defs)),
         Expr::Binary(op, a, b) => Expr::bin(op, inline(*a, defs), inline(*b, defs)),
         Expr::Cast(t, a) => Expr::cast(t, inline(*a, defs)),
-        Expr::Select { cond, then, els } => Expr::select(
-            inline(*cond, defs),
-            inline(*then, defs),
-            inline(*els, defs),
-        ),
+        Expr::Select { cond, then, els } => {
+            Expr::select(inline(*cond, defs), inline(*then, defs), inline(*els, defs))
+        }
         e => e,
     }
 }
@@ -922,9 +922,7 @@ fn depends(e: &Expr, x: VarId) -> bool {
         Expr::Load { index, .. } => depends(index, x),
         Expr::Unary(_, a) | Expr::Cast(_, a) => depends(a, x),
         Expr::Binary(_, a, b) => depends(a, x) || depends(b, x),
-        Expr::Select { cond, then, els } => {
-            depends(cond, x) || depends(then, x) || depends(els, x)
-        }
+        Expr::Select { cond, then, els } => depends(cond, x) || depends(then, x) || depends(els, x),
     }
 }
 
