@@ -495,6 +495,55 @@ fn lowered_kernels_match_eval_on_the_host() {
         .collect();
     check_on_host(&softmax(), vec![zeros(32), finite]);
     check_on_host(&bias_gelu(), vec![zeros(16), floats(16, 4), floats(8, 5)]);
+    // A depthwise convolution statement runs as its loop form (`mlc_kir::expand_depthwise`).
+    let (dw, lens) = depthwise();
+    let init = lens
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| floats(n, 10 + i as u64))
+        .collect();
+    check_on_host(&dw, init);
+}
+
+/// A 2×(3×3) depthwise convolution, stride 2, asymmetric pads, bias, and an epilogue
+/// `(x·s + 0.5)·(x·s - 1) / s` that reads a scalar parameter; and its parameter lengths.
+fn depthwise() -> (Kernel, Vec<usize>) {
+    use mlc_kir::{Depthwise, EpArg, EpOp};
+    let mut k = Kernel::new("dw");
+    let lens = vec![2 * 7 * 9, 2 * 9, 2, 1, 2 * 4 * 5];
+    for (i, &n) in lens.iter().enumerate() {
+        let access = if i == 4 { Access::Write } else { Access::Read };
+        k.param(DType::F32, n, access);
+    }
+    let p = mlc_kir::ParamId;
+    let bin = |op, arg, arg_first| EpOp::Bin { op, arg, arg_first };
+    k.body = vec![Stmt::Depthwise(Box::new(Depthwise {
+        batch: 1,
+        channels: 2,
+        mult: 1,
+        in_hw: [7, 9],
+        out_hw: [4, 5],
+        kernel: [3, 3],
+        stride: [2, 2],
+        dilation: [1, 1],
+        pad: [1, 0],
+        x: p(0),
+        w: p(1),
+        bias: Some(p(2)),
+        out: p(4),
+        epilogue: vec![
+            bin(BinOp::Mul, EpArg::Scalar(p(3)), false),
+            bin(BinOp::Add, EpArg::Lit(0.5), false),
+            EpOp::Save,
+            bin(BinOp::Sub, EpArg::Lit(1.5), false),
+            EpOp::Combine {
+                op: BinOp::Mul,
+                saved_first: true,
+            },
+            bin(BinOp::Div, EpArg::Scalar(p(3)), false),
+        ],
+    }))];
+    (k, lens)
 }
 
 /// Integer division by 0 and by -1, shifts out of range, saturating and NaN casts, NaN max,
