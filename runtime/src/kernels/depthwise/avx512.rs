@@ -80,6 +80,24 @@ unsafe fn rows_s<const S: usize>(ts: &mut [Task]) {
     for task in ts.iter_mut() {
         let nrows = task.out.len() / g.ow;
         let obase = task.out.as_mut_ptr();
+        if chunks <= 2 {
+            // Short rows: blocks of 4 rows of one chunk, so that 4 independent accumulators
+            // hide the latency of the adds (one chunk alone waits on every add of its taps).
+            for c in 0..chunks {
+                let mut r = 0;
+                // SAFETY (both): forwarded contract; rows `[r, r + NR)` are rows of the item's
+                // output and `c` one of their chunks.
+                while r + 4 <= nrows {
+                    unsafe { block_rows::<S, 4>(&t, task, r, c, obase) };
+                    r += 4;
+                }
+                while r < nrows {
+                    unsafe { block_rows::<S, 1>(&t, task, r, c, obase) };
+                    r += 1;
+                }
+            }
+            continue;
+        }
         for r in 0..nrows {
             let oy = (task.oy0 + r) as isize;
             let dst = obase.wrapping_add(r * g.ow);
@@ -137,23 +155,44 @@ unsafe fn block<const S: usize, const NB: usize>(
             continue;
         }
         let rowp = task.x.as_ptr().wrapping_offset(iy * g.iw);
+        if all_full && S != 0 {
+            // Every lane of the block lies inside the row: plain loads at computed offsets,
+            // no table.
+            for (kx, &wv) in wrow.iter().enumerate() {
+                let wv = _mm512_set1_ps(wv);
+                let p0 = rowp.wrapping_offset(kx as isize * g.dw - g.pl);
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let p = p0.wrapping_add((c + j) * L * S);
+                    // SAFETY: row `iy` lies in the plane and the chunk is full: the `16·S`
+                    // columns from `p` lie inside the row.
+                    let xv = unsafe {
+                        if S == 1 {
+                            _mm512_loadu_ps(p)
+                        } else {
+                            _mm512_permutex2var_ps(
+                                _mm512_loadu_ps(p),
+                                even,
+                                _mm512_loadu_ps(p.wrapping_add(L)),
+                            )
+                        }
+                    };
+                    *a = _mm512_add_ps(*a, _mm512_mul_ps(xv, wv));
+                }
+            }
+            continue;
+        }
+        let cols = &t.cols[c * g.kw..(c + NB) * g.kw];
         for (kx, &wv) in wrow.iter().enumerate() {
             let wv = _mm512_set1_ps(wv);
             for (j, a) in acc.iter_mut().enumerate() {
-                let (c0, m0, m1) = t.cols[(c + j) * g.kw + kx];
+                let (c0, m0, m1) = cols[j * g.kw + kx];
                 let p = rowp.wrapping_offset(c0);
-                // SAFETY: row `iy` lies in the plane (tested above); in a block of full
-                // chunks every lane lies inside the row, and otherwise the masks enable
-                // exactly the lanes whose columns do (masked-off lanes are never accessed).
+                // SAFETY: row `iy` lies in the plane (tested above); the masks enable exactly
+                // the lanes whose columns lie inside the row (masked-off lanes are never
+                // accessed).
                 let xv = unsafe {
                     match S {
-                        1 if all_full => _mm512_loadu_ps(p),
                         1 => _mm512_maskz_loadu_ps(m0, p),
-                        2 if all_full => _mm512_permutex2var_ps(
-                            _mm512_loadu_ps(p),
-                            even,
-                            _mm512_loadu_ps(p.wrapping_add(L)),
-                        ),
                         2 => _mm512_permutex2var_ps(
                             _mm512_maskz_loadu_ps(m0, p),
                             even,
@@ -187,6 +226,86 @@ unsafe fn block<const S: usize, const NB: usize>(
         };
         // SAFETY: the row holds `ow` floats; the mask enables the lanes `16·(c + j) + i < ow`.
         unsafe { _mm512_mask_storeu_ps(dst.add((c + j) * L), store, *v) };
+    }
+}
+
+/// Chunk `c` of the item's output rows `[r, r + NR)` (`out` is the item's first output row).
+///
+/// # Safety
+///
+/// As [`rows`]; rows `[r, r + NR)` are rows of the item's output and `c` is one of their
+/// chunks.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn block_rows<const S: usize, const NR: usize>(
+    t: &Cols,
+    task: &Task,
+    r: usize,
+    c: usize,
+    out: *mut f32,
+) {
+    let g = task.g;
+    let zero = _mm512_setzero_ps();
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let mut acc = [_mm512_set1_ps(task.bias); NR];
+    let cols = &t.cols[c * g.kw..(c + 1) * g.kw];
+    for ky in 0..g.kh {
+        let wrow = &task.w[ky * g.kw..(ky + 1) * g.kw];
+        for (kx, &wv) in wrow.iter().enumerate() {
+            let (c0, m0, m1) = cols[kx];
+            let wv = _mm512_set1_ps(wv);
+            for (j, a) in acc.iter_mut().enumerate() {
+                let oy = (task.oy0 + r + j) as isize;
+                let iy = oy * g.sh + ky as isize * g.dh - g.pt;
+                // A padding row reads 0.0 in every lane (a zero mask), as the definition says.
+                let (m0, m1) = if iy < 0 || iy >= g.ih {
+                    (0, 0)
+                } else {
+                    (m0, m1)
+                };
+                let rowp = task.x.as_ptr().wrapping_offset(iy * g.iw);
+                let p = rowp.wrapping_offset(c0);
+                // SAFETY: the masks enable exactly the lanes whose columns lie inside the row,
+                // and none when the row is outside the plane (masked-off lanes are never
+                // accessed).
+                let xv = unsafe {
+                    match S {
+                        1 => _mm512_maskz_loadu_ps(m0, p),
+                        2 => _mm512_permutex2var_ps(
+                            _mm512_maskz_loadu_ps(m0, p),
+                            even,
+                            _mm512_maskz_loadu_ps(m1, p.wrapping_add(L)),
+                        ),
+                        _ => {
+                            let lane = _mm512_setr_epi32(
+                                0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+                            );
+                            let idx = _mm512_add_epi32(
+                                _mm512_mullo_epi32(lane, _mm512_set1_epi32(g.sw as i32)),
+                                _mm512_set1_epi32(c0 as i32),
+                            );
+                            let inside = _mm512_cmpge_epi32_mask(idx, _mm512_setzero_si512())
+                                & _mm512_cmplt_epi32_mask(idx, _mm512_set1_epi32(g.iw as i32))
+                                & if iy < 0 || iy >= g.ih { 0 } else { 0xffff };
+                            _mm512_mask_i32gather_ps::<4>(zero, inside, idx, rowp)
+                        }
+                    }
+                };
+                *a = _mm512_add_ps(*a, _mm512_mul_ps(xv, wv));
+            }
+        }
+    }
+    epilogue(task.ep, &mut acc);
+    let lanes = (g.ow - c * L).min(L);
+    let store = if lanes == L {
+        0xffff
+    } else {
+        ((1u32 << lanes) - 1) as u16
+    };
+    for (j, v) in acc.iter().enumerate() {
+        // SAFETY: row `r + j` of the item's output holds `ow` floats; the mask enables the
+        // lanes `16·c + i < ow`.
+        unsafe { _mm512_mask_storeu_ps(out.add((r + j) * g.ow + c * L), store, *v) };
     }
 }
 
