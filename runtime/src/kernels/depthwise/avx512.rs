@@ -182,17 +182,24 @@ unsafe fn block<const S: usize, const NB: usize>(
             continue;
         }
         let cols = &t.cols[c * g.kw..(c + NB) * g.kw];
+        let full = &t.full[c..c + NB];
         for (kx, &wv) in wrow.iter().enumerate() {
             let wv = _mm512_set1_ps(wv);
             for (j, a) in acc.iter_mut().enumerate() {
                 let (c0, m0, m1) = cols[j * g.kw + kx];
                 let p = rowp.wrapping_offset(c0);
-                // SAFETY: row `iy` lies in the plane (tested above); the masks enable exactly
-                // the lanes whose columns lie inside the row (masked-off lanes are never
-                // accessed).
+                // SAFETY: row `iy` lies in the plane (tested above); a full chunk's lanes all
+                // lie inside the row, and otherwise the masks enable exactly the lanes whose
+                // columns do (masked-off lanes are never accessed).
                 let xv = unsafe {
                     match S {
+                        1 if full[j] => _mm512_loadu_ps(p),
                         1 => _mm512_maskz_loadu_ps(m0, p),
+                        2 if full[j] => _mm512_permutex2var_ps(
+                            _mm512_loadu_ps(p),
+                            even,
+                            _mm512_loadu_ps(p.wrapping_add(L)),
+                        ),
                         2 => _mm512_permutex2var_ps(
                             _mm512_maskz_loadu_ps(m0, p),
                             even,
