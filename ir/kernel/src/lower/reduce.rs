@@ -54,6 +54,16 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail>
             reduced_dims(cx, node, attrs, &shape)?
         }
     };
+    if softmax.is_none()
+        && let [reduced] = candidates.as_slice()
+        && let Some(split) = column_split(&shape, reduced)
+        && column_kind(kind)
+        && ty.is_float()
+        && !ty.is_storage_only()
+        && !matches!(ty, DType::F16 | DType::BF16)
+    {
+        return columns(cx, node, x, kind, split);
+    }
     let out_v = node.outputs[0];
     let out = cx.new_buffer(out_v, BufKind::Temp)?;
     let mut kb = KernelBuilder::new(kernel_name(&node.op));
@@ -379,6 +389,193 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail>
     };
     cx.launch(kb, node);
     Ok(())
+}
+
+/// `(outer, reduced, inner)` extents when the reduced dims are one contiguous block followed
+/// by kept dims (`inner` > 1): the input is then `outer` stacks of `reduced` rows of `inner`
+/// contiguous elements, and each output element is a column sum of one stack.
+fn column_split(shape: &[usize], reduced: &[bool]) -> Option<(usize, usize, usize)> {
+    let first = reduced.iter().position(|&r| r)?;
+    let end = first + reduced[first..].iter().take_while(|&&r| r).count();
+    if reduced[end..].iter().any(|&r| r) {
+        return None;
+    }
+    let prod = |d: &[usize]| d.iter().product::<usize>();
+    let (outer, red, inner) = (
+        prod(&shape[..first]),
+        prod(&shape[first..end]),
+        prod(&shape[end..]),
+    );
+    (inner > 1 && red > 1).then_some((outer, red, inner))
+}
+
+/// Reductions whose running value is one element of the output type (no second pass, no
+/// wider accumulator), so they can accumulate in the output itself.
+fn column_kind(kind: ReduceKind) -> bool {
+    !matches!(kind, ReduceKind::LogSumExp)
+}
+
+/// Columns of `inner` contiguous elements per output, at least this many to split a stack
+/// across threads.
+const COLUMN_BLOCK: usize = 64;
+
+/// A reduction over dims that are not innermost in memory (LayerNorm statistics over the
+/// channel dim of a channels-last tensor, column sums): the row-by-row form would read each
+/// output's elements `inner` apart, one scalar at a time. Instead each output row accumulates
+/// in place over the reduced rows, a contiguous vector loop per row:
+///
+/// ```text
+/// out[o, :] = init;  for r { out[o, :] = out[o, :] ⊕ f(x[o, r, :]) };  out[o, :] = fin(out[o, :])
+/// ```
+///
+/// Each output element still sums its inputs in order `r` = 0, 1, ... (no reassociation).
+/// A lone stack splits its columns into blocks, so threads share the work.
+fn columns(
+    cx: &mut Cx,
+    node: &Node,
+    x: mlc_ir::ValueId,
+    kind: ReduceKind,
+    (outer, red, inner): (usize, usize, usize),
+) -> Result<(), Fail> {
+    let ty = cx.dtype(x);
+    let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
+    let mut kb = KernelBuilder::new(kernel_name(&node.op));
+    let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+    // Read too: the output holds the running values.
+    let op_ = kb.param(&cx.p, out, Access::ReadWrite);
+    let c = |v: f64| lit(ty, v);
+    let (o, r, i) = (kb.var(DType::I64), kb.var(DType::I64), kb.var(DType::I64));
+    // Column blocks: a lone stack of wide rows splits across threads.
+    let (blocks, width) = if outer == 1 && inner % COLUMN_BLOCK == 0 && inner > COLUMN_BLOCK {
+        (inner / COLUMN_BLOCK, COLUMN_BLOCK)
+    } else {
+        (1, inner)
+    };
+    let b = kb.var(DType::I64);
+    // Column `i` of block `b` of stack `o`.
+    let col = Expr::add_idx(Expr::mul_idx(Expr::var(b), width as i64), Expr::var(i));
+    let out_idx = Expr::add_idx(Expr::mul_idx(Expr::var(o), inner as i64), col.clone());
+    let in_idx = Expr::add_idx(
+        Expr::mul_idx(
+            Expr::add_idx(Expr::mul_idx(Expr::var(o), red as i64), Expr::var(r)),
+            inner as i64,
+        ),
+        col,
+    );
+    let init = match kind {
+        ReduceKind::Max => min_of(ty),
+        ReduceKind::Min => max_of(ty),
+        ReduceKind::Prod => c(1.0),
+        _ => c(0.0),
+    };
+    let a = Expr::load(op_, out_idx.clone());
+    let xv = Expr::load(xp, in_idx);
+    let step = match kind {
+        ReduceKind::Max => Expr::bin(BinOp::Max, a, xv),
+        ReduceKind::Min => Expr::bin(BinOp::Min, a, xv),
+        ReduceKind::Prod => Expr::bin(BinOp::Mul, a, xv),
+        ReduceKind::L1 => Expr::bin(BinOp::Add, a, Expr::un(UnOp::Abs, xv)),
+        ReduceKind::L2 | ReduceKind::SumSquare => {
+            Expr::bin(BinOp::Add, a, Expr::bin(BinOp::Mul, xv.clone(), xv))
+        }
+        _ => Expr::bin(BinOp::Add, a, xv),
+    };
+    let a = Expr::load(op_, out_idx.clone());
+    let fin = match kind {
+        ReduceKind::Mean => Some(Expr::bin(BinOp::Div, a, c(red as f64))),
+        ReduceKind::L2 => Some(Expr::un(UnOp::Sqrt, a)),
+        ReduceKind::LogSum => Some(Expr::un(UnOp::Log, a)),
+        _ => None,
+    };
+    let row = |value: Expr| Stmt::For {
+        var: i,
+        extent: Expr::idx(width as i64),
+        kind: LoopKind::Vector,
+        body: vec![Stmt::Store {
+            param: op_,
+            index: out_idx.clone(),
+            value,
+        }],
+    };
+    let mut body = vec![
+        row(init),
+        Stmt::For {
+            var: r,
+            extent: Expr::idx(red as i64),
+            kind: LoopKind::Serial,
+            body: vec![row(step)],
+        },
+    ];
+    body.extend(fin.map(row));
+    let (vars, extents) = if blocks > 1 {
+        ([b, o], [blocks, outer])
+    } else {
+        ([o, b], [outer, 1])
+    };
+    kb.k.body = super::wrap_loops(
+        &vars,
+        &extents,
+        &[LoopKind::Parallel, LoopKind::Serial],
+        body,
+    );
+    cx.launch(kb, node);
+    Ok(())
+}
+
+/// `GlobalMaxPool`/`GlobalAveragePool` of `f32`/`f64` planes: one contiguous plane per
+/// (batch, channel), reduced by one vector loop (max, or sum then divided by the plane size),
+/// as `reduce.max`/`reduce.mean` over the spatial dims would. Pooling's window form (a serial
+/// tap loop with a counter) cannot vectorize. `false`: not this case, nothing launched.
+pub(super) fn global_pool(cx: &mut Cx, node: &Node, max: bool) -> Result<bool, Fail> {
+    let Some(x) = node.input(0) else {
+        return Ok(false);
+    };
+    let (shape, ty) = (cx.shape(x)?, cx.dtype(x));
+    if !matches!(ty, DType::F32 | DType::F64) || shape.len() < 2 || node.outputs.len() != 1 {
+        return Ok(false);
+    }
+    let planes = shape[0] * shape[1];
+    let hw: usize = shape[2..].iter().product();
+    let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
+    let mut kb = KernelBuilder::new(kernel_name(&node.op));
+    let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let (p, i, acc) = (kb.var(DType::I64), kb.var(DType::I64), kb.var(ty));
+    let xv = Expr::load(
+        xp,
+        Expr::add_idx(Expr::mul_idx(Expr::var(p), hw as i64), Expr::var(i)),
+    );
+    let (init, step, fin) = if max {
+        let step = Expr::bin(BinOp::Max, Expr::var(acc), xv);
+        (lit(ty, f64::NEG_INFINITY), step, Expr::var(acc))
+    } else {
+        let step = Expr::bin(BinOp::Add, Expr::var(acc), xv);
+        let fin = Expr::bin(BinOp::Div, Expr::var(acc), lit(ty, hw as f64));
+        (lit(ty, 0.0), step, fin)
+    };
+    let body = vec![
+        Stmt::Let {
+            var: acc,
+            value: init,
+        },
+        Stmt::For {
+            var: i,
+            extent: Expr::idx(hw as i64),
+            kind: LoopKind::Vector,
+            body: vec![Stmt::Assign {
+                var: acc,
+                value: step,
+            }],
+        },
+        Stmt::Store {
+            param: op_,
+            index: Expr::var(p),
+            value: fin,
+        },
+    ];
+    kb.k.body = super::wrap_loops(&[p], &[planes], &[LoopKind::Parallel], body);
+    cx.launch(kb, node);
+    Ok(true)
 }
 
 /// Which dims a reduction reduces. Axes come from the attribute, a constant input, or, when

@@ -168,10 +168,14 @@ fn reductions_and_softmax() {
         "l2",
         "log_sum_exp",
         "sum_square",
+        "log_sum",
     ];
     for k in kinds {
+        // Middle and leading axes reduce columns in place (`columns`), the rest row by row.
         for (axes, keep, out) in [
             ("[1]", true, "[2,1,4]"),
+            ("[0]", false, "[3,4]"),
+            ("[0,1]", true, "[1,1,4]"),
             ("[0,2]", false, "[3]"),
             ("null", false, "[]"),
         ] {
@@ -184,6 +188,17 @@ fn reductions_and_softmax() {
                 1e-5,
             );
         }
+    }
+    // A lone stack of wide rows splits its columns across threads.
+    for k in ["sum", "max", "mean"] {
+        check(
+            &format!(
+                r#"graph (%0: f32[5,192] "x") -> (%1 "y") {{
+  %1 = reduce.{k} {{"axes":[0],"keepdims":true}} (%0) : f32[1,192]
+}}"#
+            ),
+            1e-5,
+        );
     }
     for k in ["softmax", "log_softmax"] {
         check(
