@@ -10,6 +10,58 @@ use mlc_ir::ops::reduce::{CumAttrs, ReduceAttrs, ReduceKind, resolve_axes};
 use mlc_ir::{DType, Node};
 
 pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail> {
+    lower_with(cx, node, op, None)
+}
+
+/// `softmax(a + m)` (`node` the softmax, `(a, m)` the operands of the `ew.add` that fed it) as
+/// one kernel: each pass over a row reads `a[i] + m[i']` (`m` broadcast) instead of a summed
+/// buffer, which then never exists. Attention's scores plus mask. The sum is rounded to the
+/// input type as the separate `add` would. `false`: not this case, nothing launched.
+pub(super) fn softmax_of_sum(
+    cx: &mut Cx,
+    node: &Node,
+    op: &ReduceOp,
+    (a, m): (mlc_ir::ValueId, mlc_ir::ValueId),
+) -> Result<bool, Fail> {
+    let (Some(x), ReduceOp::Softmax(_) | ReduceOp::LogSoftmax(_)) = (node.input(0), op) else {
+        return Ok(false);
+    };
+    let (shape, ty) = (cx.shape(x)?, cx.dtype(x));
+    let ok = cx.shape(a)? == shape
+        && cx.dtype(a) == ty
+        && cx.dtype(m) == ty
+        && matches!(ty, DType::F32 | DType::F64)
+        && broadcast_strides(&cx.shape(m)?, &shape).is_some();
+    if !ok {
+        return Ok(false);
+    }
+    lower_with(cx, node, op, Some((a, m)))?;
+    Ok(true)
+}
+
+/// The strides that index `small` (broadcast numpy-style, right-aligned) by the coordinates
+/// of `full`: 0 along broadcast dims. `None` when `small` does not broadcast to `full`.
+fn broadcast_strides(small: &[usize], full: &[usize]) -> Option<Vec<i64>> {
+    let lead = full.len().checked_sub(small.len())?;
+    let own = strides(small);
+    (0..full.len())
+        .map(|d| match d.checked_sub(lead) {
+            None => Some(0),
+            Some(j) if small[j] == full[d] => Some(own[j]),
+            Some(j) if small[j] == 1 => Some(0),
+            Some(_) => None,
+        })
+        .collect()
+}
+
+/// The reduction lowering; `addend`: the input is `a + m` of two buffers (see
+/// [`softmax_of_sum`]).
+fn lower_with(
+    cx: &mut Cx,
+    node: &Node,
+    op: &ReduceOp,
+    addend: Option<(mlc_ir::ValueId, mlc_ir::ValueId)>,
+) -> Result<(), Fail> {
     let Some(x) = node.input(0) else {
         return unsupported("missing input");
     };
@@ -55,6 +107,7 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail>
         }
     };
     if softmax.is_none()
+        && addend.is_none()
         && let [reduced] = candidates.as_slice()
         && let Some(split) = column_split(&shape, reduced)
         && column_kind(kind)
@@ -67,7 +120,21 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail>
     let out_v = node.outputs[0];
     let out = cx.new_buffer(out_v, BufKind::Temp)?;
     let mut kb = KernelBuilder::new(kernel_name(&node.op));
-    let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+    let (xp, mp, m_strides) = match addend {
+        Some((a, m)) => {
+            let xp = kb.param(&cx.p, cx.buf(a)?, Access::Read);
+            let mp = kb.param(&cx.p, cx.buf(m)?, Access::Read);
+            let Some(ms) = broadcast_strides(&cx.shape(m)?, &shape) else {
+                return unsupported("addend does not broadcast");
+            };
+            (xp, Some(mp), ms)
+        }
+        None => (
+            kb.param(&cx.p, cx.buf(x)?, Access::Read),
+            None,
+            vec![0; rank],
+        ),
+    };
     // Softmax (not log-softmax) in f32/f64 scales the stored exponentials in place.
     let rescale_in_place =
         matches!(softmax, Some((_, _, false))) && matches!(ty, DType::F32 | DType::F64);
@@ -148,6 +215,7 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail>
         let body = loop_nest(&mut kb, &kept, |kb, kvars| {
             // Map kept loop counters back to input dims, and index the output by them.
             let mut kept_idx = Expr::idx(0);
+            let mut kept_m = Expr::idx(0);
             let mut out_idx = Expr::idx(0);
             let (mut k, mut dims_red) = (0, Vec::new());
             for d in 0..rank {
@@ -156,22 +224,26 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail>
                 } else {
                     kept_idx =
                         Expr::add_idx(kept_idx, Expr::mul_idx(Expr::var(kvars[k]), in_strides[d]));
+                    kept_m =
+                        Expr::add_idx(kept_m, Expr::mul_idx(Expr::var(kvars[k]), m_strides[d]));
                     out_idx =
                         Expr::add_idx(out_idx, Expr::mul_idx(Expr::var(kvars[k]), kept_strides[k]));
                     k += 1;
                 }
             }
             // A serial nest over the reduced dims; `f` builds the innermost statements from the
-            // input element's index.
+            // input element's index (and the addend's).
             let red_nest =
                 |kb: &mut KernelBuilder,
-                 f: &mut dyn FnMut(&mut KernelBuilder, Expr) -> Vec<Stmt>| {
+                 f: &mut dyn FnMut(&mut KernelBuilder, Expr, Expr) -> Vec<Stmt>| {
                     let rvars: Vec<VarId> = dims_red.iter().map(|_| kb.var(DType::I64)).collect();
-                    let mut idx = kept_idx.clone();
+                    let (mut idx, mut midx) = (kept_idx.clone(), kept_m.clone());
                     for (i, &d) in dims_red.iter().enumerate() {
                         idx = Expr::add_idx(idx, Expr::mul_idx(Expr::var(rvars[i]), in_strides[d]));
+                        midx =
+                            Expr::add_idx(midx, Expr::mul_idx(Expr::var(rvars[i]), m_strides[d]));
                     }
-                    let mut body = f(kb, idx);
+                    let mut body = f(kb, idx, midx);
                     for (i, &d) in dims_red.iter().enumerate().rev() {
                         // The innermost reduced dim is a SIMD loop: its body is one reduction
                         // step or one store, which backends may reassociate / run in lanes.
@@ -189,8 +261,12 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail>
                     }
                     body
                 };
-            let load = |idx: Expr| {
+            let load = |idx: Expr, midx: Expr| {
                 let e = Expr::load(xp, idx);
+                let e = match mp {
+                    Some(mp) => Expr::bin(BinOp::Add, e, Expr::load(mp, midx)),
+                    None => e,
+                };
                 if acc_ty != ty {
                     Expr::cast(acc_ty, e)
                 } else {
@@ -206,10 +282,10 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail>
                         var: mx,
                         value: c(f64::NEG_INFINITY),
                     });
-                    stmts.extend(red_nest(kb, &mut |_, idx| {
+                    stmts.extend(red_nest(kb, &mut |_, idx, midx| {
                         vec![Stmt::Assign {
                             var: mx,
-                            value: Expr::bin(BinOp::Max, Expr::var(mx), load(idx)),
+                            value: Expr::bin(BinOp::Max, Expr::var(mx), load(idx, midx)),
                         }]
                     }));
                     let sum = kb.var(acc_ty);
@@ -220,10 +296,10 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail>
                     // Softmax in the accumulation type stores the exponentials as it sums them
                     // and scales them in place after, so each element takes one `exp`.
                     let store_exp = !log && acc_ty == ty;
-                    stmts.extend(red_nest(kb, &mut |kb, idx| {
+                    stmts.extend(red_nest(kb, &mut |kb, idx, midx| {
                         let e = Expr::un(
                             UnOp::Exp,
-                            Expr::bin(BinOp::Sub, load(idx.clone()), Expr::var(mx)),
+                            Expr::bin(BinOp::Sub, load(idx.clone(), midx.clone()), Expr::var(mx)),
                         );
                         if store_exp {
                             let ev = kb.var(acc_ty);
@@ -255,7 +331,7 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail>
                         var: scale,
                         value: sv,
                     });
-                    stmts.extend(red_nest(kb, &mut |_, idx| {
+                    stmts.extend(red_nest(kb, &mut |_, idx, midx| {
                         if store_exp {
                             let y = Expr::load(op_, idx.clone());
                             return vec![Stmt::Store {
@@ -264,7 +340,8 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail>
                                 value: Expr::bin(BinOp::Mul, y, Expr::var(scale)),
                             }];
                         }
-                        let shifted = Expr::bin(BinOp::Sub, load(idx.clone()), Expr::var(mx));
+                        let shifted =
+                            Expr::bin(BinOp::Sub, load(idx.clone(), midx.clone()), Expr::var(mx));
                         let v = if log {
                             Expr::bin(BinOp::Sub, shifted, Expr::var(scale))
                         } else {
@@ -297,18 +374,18 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail>
                             var: mx,
                             value: c(f64::NEG_INFINITY),
                         });
-                        stmts.extend(red_nest(kb, &mut |_, idx| {
+                        stmts.extend(red_nest(kb, &mut |_, idx, midx| {
                             vec![Stmt::Assign {
                                 var: mx,
-                                value: Expr::bin(BinOp::Max, Expr::var(mx), load(idx)),
+                                value: Expr::bin(BinOp::Max, Expr::var(mx), load(idx, midx)),
                             }]
                         }));
                         Some(mx)
                     } else {
                         None
                     };
-                    stmts.extend(red_nest(kb, &mut |_, idx| {
-                        let x = load(idx);
+                    stmts.extend(red_nest(kb, &mut |_, idx, midx| {
+                        let x = load(idx, midx);
                         let a = Expr::var(acc);
                         let v = match kind {
                             ReduceKind::Sum | ReduceKind::Mean | ReduceKind::LogSum => {

@@ -1010,3 +1010,34 @@ fn contraction_epilogues_fuse_into_the_matmul() {
     );
     assert_eq!(shown.matches("step ").count(), 2, "{shown}");
 }
+
+#[test]
+fn attention_mask_add_goes_into_the_softmax() {
+    // Scores + a mask broadcast over heads, then softmax: one softmax kernel reads both.
+    // `z` uses the sum twice: it stays a kernel of its own.
+    for kind in ["softmax", "log_softmax"] {
+        let text = check(
+            &format!(
+                r#"graph (%0: f32[1,2,3,4] "q", %1: f32[1,2,4,5] "k", %2: f32[1,1,3,5] "m") -> (%3 "y", %4 "z") {{
+  %3 = control.composite {{"kind":"attention"}} (%0, %1, %2) : f32[1,2,3,5] {{
+    graph (%0: f32[1,2,3,4] "in0", %1: f32[1,2,4,5] "in1", %2: f32[1,1,3,5] "in2") -> (%5 "out") {{
+      %3 = nn.matmul(%0, %1) : f32[1,2,3,5]
+      %4 = ew.add(%3, %2) : f32[1,2,3,5]
+      %5 = reduce.{kind} {{"axis":3,"coerce_2d":false}} (%4) : f32[1,2,3,5]
+    }}
+  }}
+  %4 = control.composite {{"kind":"attention"}} (%0, %1, %2) : f32[1,2,3,5] {{
+    graph (%0: f32[1,2,3,4] "in0", %1: f32[1,2,4,5] "in1", %2: f32[1,1,3,5] "in2") -> (%6 "out") {{
+      %3 = nn.matmul(%0, %1) : f32[1,2,3,5]
+      %4 = ew.add(%3, %2) : f32[1,2,3,5]
+      %5 = reduce.{kind} {{"axis":3,"coerce_2d":false}} (%4) : f32[1,2,3,5]
+      %6 = ew.add(%5, %4) : f32[1,2,3,5]
+    }}
+  }}
+}}"#
+            ),
+            1e-5,
+        );
+        assert_eq!(text.matches("kernel @ew_add").count(), 2, "{text}");
+    }
+}
