@@ -485,6 +485,8 @@ fn subst_zero(body: &mut [Stmt], v: VarId) {
                     mat(b, v);
                 }
             }
+            // No expression inside.
+            Stmt::Depthwise(_) => {}
         }
     }
 }
