@@ -8,6 +8,7 @@
 pub mod bytes;
 pub mod gemm;
 pub mod igemm;
+pub mod window;
 
 use std::fmt;
 use std::sync::OnceLock;
