@@ -969,21 +969,7 @@ impl<M: Module> Tx<'_, '_, M> {
         let put = |tx: &mut Self, i: usize, v: Value| {
             tx.b.ins().stack_store(ptr, v, slot, (i * 8) as i32);
         };
-        // A window's image goes in B's pointer, length and offset slots (strides unused).
-        let image;
-        let b = match &mm.b {
-            Operand::Mat(m) => m,
-            Operand::Window(w) => {
-                image = MatRef {
-                    param: w.param,
-                    offset: w.offset.clone(),
-                    row_stride: 0,
-                    col_stride: 0,
-                };
-                &image
-            }
-        };
-        let refs: [Option<&MatRef>; 4] = [Some(&mm.a), Some(b), Some(&mm.c), mm.bias.as_ref()];
+        let refs: [Option<&MatRef>; 4] = [Some(&mm.a), Some(&mm.b), Some(&mm.c), mm.bias.as_ref()];
         let mut codes = 0i64;
         for (j, r) in refs.iter().enumerate() {
             let (base, len, off, rs, cs, code) = match r {
@@ -1066,46 +1052,6 @@ impl<M: Module> Tx<'_, '_, M> {
                 let cs = self.b.ins().iconst(types::I64, cs);
                 put(self, at + 3, rs);
                 put(self, at + 4, cs);
-            }
-        }
-        let (win, pad) = match &mm.b {
-            Operand::Mat(_) => ([0; 14], None),
-            Operand::Window(w) => (
-                [
-                    1,
-                    w.c,
-                    w.h,
-                    w.w,
-                    w.kh,
-                    w.kw,
-                    w.stride.0,
-                    w.stride.1,
-                    w.dilation.0,
-                    w.dilation.1,
-                    w.pad.0,
-                    w.pad.1,
-                    w.out.0,
-                    w.out.1,
-                ],
-                w.pad_value.as_ref(),
-            ),
-        };
-        for (j, v) in win.into_iter().enumerate() {
-            let v = self.b.ins().iconst(types::I64, v as i64);
-            put(self, s::WIN + j, v);
-        }
-        match pad {
-            Some(v) => {
-                let len = self.k.params[v.param.0 as usize].len as i64;
-                let at = self.expr(&v.index)?;
-                put(self, s::WIN_PAD, self.params[v.param.0 as usize]);
-                let len = self.b.ins().iconst(types::I64, len);
-                put(self, s::WIN_PAD + 1, len);
-                put(self, s::WIN_PAD + 2, at);
-            }
-            None => {
-                let z = self.b.ins().iconst(ptr, 0);
-                put(self, s::WIN_PAD, z);
             }
         }
         let ints = [

@@ -89,7 +89,7 @@ fn fuse_pair(p: &Program, mm_step: &Step, tail: &Step) -> Option<(Kernel, Vec<Bu
         || mm.act != mlc_kir::Activation::None
         || pty(mk, mm.c.param) != DType::I32
         || !int_op(pty(mk, mm.a.param))
-        || !int_op(pty(mk, mm.b.param()))
+        || !int_op(pty(mk, mm.b.param))
         || mm
             .bias
             .as_ref()

@@ -5,7 +5,7 @@
 use super::*;
 use crate::CompiledProgram;
 use mlc_ir::Tensor;
-use mlc_kir::{Buffer, LoopKind, Operand, run_program};
+use mlc_kir::{Buffer, LoopKind, run_program};
 
 struct Rng(u64);
 
@@ -95,12 +95,12 @@ fn program(m: usize, n: usize, k: usize, out_ty: DType, v: Variant, rng: &mut Rn
             row_stride: k as i64,
             col_stride: 1,
         },
-        b: Operand::Mat(MatRef {
+        b: MatRef {
             param: pb,
             offset: Expr::idx(0),
             row_stride: n as i64,
             col_stride: 1,
-        }),
+        },
         c: MatRef {
             param: pc,
             offset: Expr::idx(0),

@@ -211,17 +211,6 @@ fn has_requant(body: &[Stmt]) -> bool {
 }
 
 /// The batch loops and the contraction, if the kernel is a literal loop nest around one matmul.
-/// A contraction's `B` as a matrix: windows are expanded before kernels get here
-/// ([`mlc_kir::expand_windows`], run by `compile_program`).
-fn b_matrix(mm: &Matmul) -> Res<&MatRef> {
-    mm.b.mat().ok_or_else(|| {
-        NvptxError::Unsupported(
-            "a convolution-window operand: expand windows first (mlc_kir::expand_windows)"
-                .to_string(),
-        )
-    })
-}
-
 fn gemm_shape(k: &Kernel) -> Option<(Vec<(VarId, u64)>, &Matmul)> {
     let mut loops = Vec::new();
     let mut body: &[Stmt] = &k.body;
@@ -1143,7 +1132,7 @@ impl<'a, 'ctx> Lw<'a, 'ctx> {
     // ---- contractions ----
 
     fn acc_kind(&self, mm: &Matmul) -> Acc {
-        let (a, b) = (self.pdtype(mm.a.param), self.pdtype(mm.b.param()));
+        let (a, b) = (self.pdtype(mm.a.param), self.pdtype(mm.b.param));
         if a == DType::F64 || b == DType::F64 {
             Acc::F64
         } else if a.is_float() || b.is_float() {
@@ -1307,7 +1296,7 @@ impl<'a, 'ctx> Lw<'a, 'ctx> {
     fn offsets(&mut self, mm: &Matmul) -> Res<[Option<IntValue<'ctx>>; 4]> {
         Ok([
             Some(self.index(&mm.a.offset)?),
-            Some(self.index(mm.b.offset())?),
+            Some(self.index(&mm.b.offset)?),
             Some(self.index(&mm.c.offset)?),
             match &mm.bias {
                 Some(b) => Some(self.index(&b.offset)?),
@@ -1318,7 +1307,6 @@ impl<'a, 'ctx> Lw<'a, 'ctx> {
 
     /// A contraction as serial loops in the current thread.
     fn inline_matmul(&mut self, mm: &Matmul) -> Res<()> {
-        let mb = b_matrix(mm)?;
         let acc = self.acc_kind(mm);
         let [ao, bo, co, bias_o] = self.offsets(mm)?;
         let (ao, bo, co) = (ao.expect("set"), bo.expect("set"), co.expect("set"));
@@ -1341,7 +1329,7 @@ impl<'a, 'ctx> Lw<'a, 'ctx> {
                     let c = lw.b().build_load(i64t, cs, "")?.into_int_value();
                     let kk = lw.b().build_load(i64t, ks, "")?.into_int_value();
                     let a = lw.load_acc(&mm.a, ao, r, kk, acc)?;
-                    let bv = lw.load_acc(mb, bo, kk, c, acc)?;
+                    let bv = lw.load_acc(&mm.b, bo, kk, c, acc)?;
                     let s = lw.b().build_load(lw.acc_ty(acc), sum, "")?;
                     let s = lw.madd(acc, s, a, bv)?;
                     lw.b().build_store(sum, s)?;
@@ -1360,7 +1348,6 @@ impl<'a, 'ctx> Lw<'a, 'ctx> {
     /// `ty + 16i` and columns `tx + 16j`, `i, j < 4`, so that stores coalesce along rows. A is
     /// staged transposed with a padded row (65) so the staging stores hit distinct banks.
     fn gemm(&mut self, loops: &[(VarId, u64)], mm: &Matmul) -> Res<LaunchShape> {
-        let mb = b_matrix(mm)?;
         let acc = self.acc_kind(mm);
         let at = self.acc_ty(acc);
         let i64t = self.ctx.i64_type();
@@ -1441,7 +1428,7 @@ impl<'a, 'ctx> Lw<'a, 'ctx> {
                     let r = lw.b().build_right_shift(e, lw.i64c(6), false, "")?;
                     let gk = lw.b().build_int_add(k0, r, "")?;
                     let gc = lw.b().build_int_add(col0, c, "")?;
-                    let v = lw.guarded_load(mb, bo, gk, gc, k, n, acc)?;
+                    let v = lw.guarded_load(&mm.b, bo, gk, gc, k, n, acc)?;
                     let si = lw.b().build_int_add(
                         lw.b().build_int_mul(r, lw.i64c(t as i64), "")?,
                         c,

@@ -10,7 +10,6 @@ use inkwell::context::Context;
 use mlc_kir::{BufKind, Program};
 use mlc_runtime::artifact::{Artifact, Section};
 use mlc_runtime::plan::{BufferKind, PLAN_VERSION, Plan, PlanBuffer, PlanIo, PlanStep};
-use std::borrow::Cow;
 
 /// What `compile_program` produces.
 #[derive(Debug, Clone)]
@@ -32,21 +31,9 @@ pub fn entry_name(i: usize, name: &str) -> String {
     format!("k{i}_{clean}")
 }
 
-/// `p` with its convolution-window operands expanded into explicit im2col kernels: the GPU's
-/// GEMM tiles read `B` as a strided matrix (see `mlc_kir::window`).
-fn without_windows(p: &Program) -> Result<Cow<'_, Program>, NvptxError> {
-    if !mlc_kir::has_windows(p) {
-        return Ok(Cow::Borrowed(p));
-    }
-    let mut q = p.clone();
-    mlc_kir::expand_windows(&mut q).map_err(|e| NvptxError::Unsupported(e.to_string()))?;
-    Ok(Cow::Owned(q))
-}
-
 /// Lowers every kernel of `p` to LLVM IR (unoptimized, target-prepared), for `--emit llvm`.
 pub fn emit_program_llvm(p: &Program, arch: GpuArch) -> Result<Vec<(String, String)>, NvptxError> {
     let target = PtxTarget::new(arch)?;
-    let p = &*without_windows(p)?;
     p.kernels
         .iter()
         .enumerate()
@@ -63,7 +50,6 @@ pub fn emit_program_llvm(p: &Program, arch: GpuArch) -> Result<Vec<(String, Stri
 /// Compiles every kernel of `p` to PTX for `arch` and builds the plan.
 pub fn compile_program(p: &Program, arch: GpuArch) -> Result<CompiledProgram, NvptxError> {
     let target = PtxTarget::new(arch)?;
-    let p = &*without_windows(p)?;
     let mut kernels = Vec::with_capacity(p.kernels.len());
     let mut launches: Vec<LaunchShape> = Vec::with_capacity(p.kernels.len());
     for (i, k) in p.kernels.iter().enumerate() {

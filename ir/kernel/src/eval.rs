@@ -174,17 +174,9 @@ impl Cx<'_> {
     fn matmul(&mut self, mm: &Matmul) -> Result<(), EvalError> {
         let (ao, bo, co) = (
             self.int(&mm.a.offset)?,
-            self.int(mm.b.offset())?,
+            self.int(&mm.b.offset)?,
             self.int(&mm.c.offset)?,
         );
-        // What a window's padding reads (read once, like a backend's packer does).
-        let pad = match mm.b.pad_value() {
-            Some(v) => {
-                let i = self.int(&v.index)?;
-                self.load_f(&MatRef::scalar(v.param), i, 0, 0)?
-            }
-            None => 0.0,
-        };
         let bias_o = match &mm.bias {
             Some(b) => self.int(&b.offset)?,
             None => 0,
@@ -205,14 +197,7 @@ impl Cx<'_> {
             for c in 0..mm.n {
                 let mut acc = 0.0f64;
                 for kk in 0..mm.k {
-                    let b = match &mm.b {
-                        Operand::Mat(b) => self.load_f(b, bo, kk, c)?,
-                        Operand::Window(w) => match w.tap(kk, c) {
-                            Some(t) => self.load_f(&MatRef::scalar(w.param), bo + t as i64, 0, 0)?,
-                            None => pad,
-                        },
-                    };
-                    acc += self.load_f(&mm.a, ao, r, kk)? * b;
+                    acc += self.load_f(&mm.a, ao, r, kk)? * self.load_f(&mm.b, bo, kk, c)?;
                 }
                 let mut v = mm.alpha as f64 * acc;
                 if mm.beta != 0.0 {

@@ -59,7 +59,7 @@ fn single_store(body: &[Stmt], p: ParamId) -> Option<(&[Stmt], usize, &Expr)> {
             }
             found = Some((list, pos, index));
         }
-        Stmt::Matmul(m) if m.c.param == p || m.reads_operand(p) => ok = false,
+        Stmt::Matmul(m) if m.c.param == p || m.a.param == p || m.b.param == p => ok = false,
         Stmt::Depthwise(d) if d.out == p || d.reads_operand(p) => ok = false,
         _ => {}
     });

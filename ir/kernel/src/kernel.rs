@@ -258,7 +258,7 @@ pub struct Matmul {
     pub n: usize,
     pub k: usize,
     pub a: MatRef,
-    pub b: Operand,
+    pub b: MatRef,
     pub c: MatRef,
     pub alpha: f32,
     /// 0 overwrites C; C's old value is then never read.
@@ -370,113 +370,6 @@ pub enum EpArg {
 
 // ---- end Depthwise ----------------------------------------------------------------------
 
-/// A contraction's right operand `B` (`k×n`).
-#[derive(Clone, Debug, PartialEq)]
-pub enum Operand {
-    /// A strided matrix in memory.
-    Mat(MatRef),
-    /// The column (im2col) matrix of a 2-D convolution, read through the window from the
-    /// unpadded image: the CPU runtime packs its panels straight from the image, so the
-    /// `k×n` matrix never exists in memory. Backends that cannot pack it expand it back into
-    /// an explicit im2col kernel first ([`crate::window::expand_windows`]).
-    Window(Box<ConvWindow>),
-}
-
-impl Operand {
-    /// The parameter B reads (the image, for a window).
-    pub fn param(&self) -> ParamId {
-        match self {
-            Operand::Mat(m) => m.param,
-            Operand::Window(w) => w.param,
-        }
-    }
-
-    /// The offset of B's first element (the image's, for a window).
-    pub fn offset(&self) -> &Expr {
-        match self {
-            Operand::Mat(m) => &m.offset,
-            Operand::Window(w) => &w.offset,
-        }
-    }
-
-    /// The matrix, when B is one.
-    pub fn mat(&self) -> Option<&MatRef> {
-        match self {
-            Operand::Mat(m) => Some(m),
-            Operand::Window(_) => None,
-        }
-    }
-
-    /// The element a window's padding reads, if it reads one.
-    pub fn pad_value(&self) -> Option<&ScalarRef> {
-        match self {
-            Operand::Mat(_) => None,
-            Operand::Window(w) => w.pad_value.as_ref(),
-        }
-    }
-}
-
-/// The column matrix of a 2-D convolution over one image of `c` planes of `h×w` elements
-/// starting at `offset` of `param` (a 1-D convolution is one with `h = 1`):
-///
-/// ```text
-/// B[(ci·kh + ky)·kw + kx][oy·ow + ox] = x[ci, oy·sy + ky·dy − pad_t, ox·sx + kx·dx − pad_l]
-/// ```
-///
-/// with `k = c·kh·kw` rows and `n = oh·ow` columns; a tap outside the image (padding, at
-/// either end) reads as zero, or as `pad_value` (an integer convolution's input zero point,
-/// so that padded taps add `zp − zp = 0`).
-#[derive(Clone, Debug, PartialEq)]
-pub struct ConvWindow {
-    pub param: ParamId,
-    pub offset: Expr,
-    /// Channels, rows, columns of the image.
-    pub c: usize,
-    pub h: usize,
-    pub w: usize,
-    /// Kernel rows and columns.
-    pub kh: usize,
-    pub kw: usize,
-    /// `(rows, columns)`, as are the next three.
-    pub stride: (usize, usize),
-    pub dilation: (usize, usize),
-    /// The begin pads (top, left); the end pads need no number: taps past the image are
-    /// padding.
-    pub pad: (usize, usize),
-    /// Output rows and columns.
-    pub out: (usize, usize),
-    /// What padding reads as: `None` zero, else this element, of the image's type.
-    pub pad_value: Option<ScalarRef>,
-}
-
-impl ConvWindow {
-    /// Rows of the column matrix: `c·kh·kw`.
-    pub fn k(&self) -> usize {
-        self.c * self.kh * self.kw
-    }
-
-    /// Columns of the column matrix: `oh·ow`.
-    pub fn n(&self) -> usize {
-        self.out.0 * self.out.1
-    }
-
-    /// Elements of the image the window may read, from its offset: `c·h·w`.
-    pub fn image_len(&self) -> usize {
-        self.c * self.h * self.w
-    }
-
-    /// The image element (relative to the offset) that `B[r][col]` reads, or `None` for
-    /// padding. `r < k`, `col < n`.
-    pub fn tap(&self, r: usize, col: usize) -> Option<usize> {
-        let (ci, t) = (r / (self.kh * self.kw), r % (self.kh * self.kw));
-        let (ky, kx) = (t / self.kw, t % self.kw);
-        let (oy, ox) = (col / self.out.1, col % self.out.1);
-        let iy = (oy * self.stride.0 + ky * self.dilation.0).checked_sub(self.pad.0)?;
-        let ix = (ox * self.stride.1 + kx * self.dilation.1).checked_sub(self.pad.1)?;
-        (iy < self.h && ix < self.w).then_some((ci * self.h + iy) * self.w + ix)
-    }
-}
-
 /// One element of a parameter, at `index`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScalarRef {
@@ -529,8 +422,7 @@ impl Matmul {
     /// parameter; C's old value aside).
     pub fn reads_operand(&self, p: ParamId) -> bool {
         self.a.param == p
-            || self.b.param() == p
-            || self.b.pad_value().is_some_and(|v| v.param == p)
+            || self.b.param == p
             || self.bias.as_ref().is_some_and(|b| b.param == p)
             || self.requant.as_ref().is_some_and(|rq| {
                 rq.mult.param == p || rq.scale.param == p || rq.zero_point.param == p

@@ -27,7 +27,6 @@ pub mod kernel;
 pub mod lower;
 pub mod print;
 pub mod verify;
-pub mod window;
 
 pub use eval::{EvalError, eval_kernel, run_program};
 pub use expand::{expand_depthwise, has_depthwise};
@@ -37,4 +36,3 @@ pub use kernel::*;
 pub use lower::{LowerError, lower_graph, lower_graph_unfolded};
 pub use print::{print_kernel, print_program};
 pub use verify::{VerifyError, verify_kernel};
-pub use window::{ExpandError, expand_windows, has_windows};

@@ -125,7 +125,7 @@ fn block(k: &Kernel, body: &[Stmt], depth: usize, s: &mut String) {
                     mm.n,
                     mm.k,
                     mat(k, &mm.a),
-                    operand(k, &mm.b),
+                    mat(k, &mm.b),
                     mat(k, &mm.c),
                     mm.alpha,
                     mm.beta
@@ -219,36 +219,6 @@ fn mat(k: &Kernel, m: &MatRef) -> String {
         m.row_stride,
         m.col_stride
     )
-}
-
-fn operand(k: &Kernel, b: &Operand) -> String {
-    let w = match b {
-        Operand::Mat(m) => return mat(k, m),
-        Operand::Window(w) => w,
-    };
-    let mut s = format!(
-        "window(%p{}[{}]; c={} h={} w={} k={}x{} stride={}x{} dil={}x{} pad={}x{} out={}x{}",
-        w.param.0,
-        expr(k, &w.offset),
-        w.c,
-        w.h,
-        w.w,
-        w.kh,
-        w.kw,
-        w.stride.0,
-        w.stride.1,
-        w.dilation.0,
-        w.dilation.1,
-        w.pad.0,
-        w.pad.1,
-        w.out.0,
-        w.out.1
-    );
-    if let Some(v) = &w.pad_value {
-        let _ = write!(s, " pad_value=%p{}[{}]", v.param.0, expr(k, &v.index));
-    }
-    s.push(')');
-    s
 }
 
 /// Prints an expression in the context of its kernel (for types).

@@ -101,16 +101,9 @@ impl Verifier<'_> {
                     }
                 }
                 Stmt::Matmul(mm) => {
-                    for (m, what) in [(&mm.a, "a"), (&mm.c, "c")] {
+                    for (m, what) in [(&mm.a, "a"), (&mm.b, "b"), (&mm.c, "c")] {
                         self.param(m.param);
                         self.expect(&m.offset, DType::I64, &format!("matmul {what} offset"));
-                    }
-                    match &mm.b {
-                        Operand::Mat(m) => {
-                            self.param(m.param);
-                            self.expect(&m.offset, DType::I64, "matmul b offset");
-                        }
-                        Operand::Window(w) => self.window(mm, w),
                     }
                     if let Some(b) = &mm.bias {
                         self.param(b.param);
@@ -188,44 +181,12 @@ impl Verifier<'_> {
         }
     }
 
-    /// A window operand: its shape is the product's `k×n`, its steps are positive, its image
-    /// lies inside the parameter when the offset is a literal, and the padding value is an
-    /// element of the image's type.
-    fn window(&mut self, mm: &Matmul, w: &ConvWindow) {
-        let ty = self.param(w.param).map(|p| (p.dtype, p.len));
-        self.expect(&w.offset, DType::I64, "matmul window offset");
-        if w.k() != mm.k || w.n() != mm.n {
-            self.err(format!(
-                "matmul window is {}×{}, the product needs {}×{}",
-                w.k(),
-                w.n(),
-                mm.k,
-                mm.n
-            ));
-        }
-        if [w.stride.0, w.stride.1, w.dilation.0, w.dilation.1, w.kh, w.kw].contains(&0) {
-            self.err("matmul window with a zero kernel size, stride or dilation".to_string());
-        }
-        if let (Some((_, len)), Expr::Lit(Lit::Int(_, off))) = (ty, &w.offset)
-            && (*off < 0 || *off as usize + w.image_len() > len)
-        {
-            self.err(format!("matmul window image leaves %p{}", w.param.0));
-        }
-        if let Some(v) = &w.pad_value {
-            let vt = self.param(v.param).map(|p| p.dtype);
-            self.expect(&v.index, DType::I64, "matmul window pad index");
-            if vt.is_some() && vt != ty.map(|t| t.0) {
-                self.err("matmul window pad value of another type than the image".to_string());
-            }
-        }
-    }
-
     /// A requantizing matmul: integer operands, an `i32` bias, no scaling, accumulation or
     /// activation, a `u8`/`i8` C, `f32` multipliers and scale, a zero point of C's type.
     fn requant(&mut self, mm: &Matmul, rq: &Requant) {
         let ty = |v: &mut Self, p: ParamId| v.param(p).map(|p| p.dtype);
         let int8 = |t: Option<DType>| matches!(t, Some(DType::U8 | DType::I8 | DType::I32));
-        if !int8(ty(self, mm.a.param)) || !int8(ty(self, mm.b.param())) {
+        if !int8(ty(self, mm.a.param)) || !int8(ty(self, mm.b.param)) {
             self.err("requantizing matmul: A and B must be u8, i8 or i32".to_string());
         }
         if let Some(b) = &mm.bias

@@ -16,8 +16,7 @@
 // `mlc_matmul` receives raw pointers from generated code; each use has a SAFETY comment.
 #![allow(unsafe_code)]
 
-use super::matmul::{self, Gemm, Requant, View, WindowView};
-use crate::kernels::window::Window;
+use super::matmul::{self, Gemm, Requant, View};
 
 /// Version of this contract; an artifact records it and a runtime loads only its own.
 pub const ABI_VERSION: u32 = 4;
@@ -140,14 +139,7 @@ pub mod mm_slot {
     pub const RQ_MULT: usize = 30;
     pub const RQ_SCALE: usize = 35; // +0..3: the scale's pointer, element count, index
     pub const RQ_ZP: usize = 38; // +0..3: the zero point's pointer, element count, index
-    /// `B` as a convolution window (`mlc_kir::ConvWindow`): 1 here, then c, h, w, kh, kw,
-    /// stride y, x, dilation y, x, pad top, left, out h, w (`WIN + 1..WIN + 14`); 0: a
-    /// strided `B`. The image is `B`'s pointer, element count and offset; its strides are
-    /// unused.
-    pub const WIN: usize = 41;
-    /// The window's pad value: pointer (null: zero), element count, index.
-    pub const WIN_PAD: usize = 55;
-    pub const COUNT: usize = 58;
+    pub const COUNT: usize = 41;
 }
 
 /// `Stmt::Matmul`'s entry point: `desc` points to `mm_slot::COUNT` words laid out as
@@ -250,45 +242,6 @@ fn matmul_from_desc(d: &[u64], threads: usize) -> bool {
     };
     let cv = (tc, i(s::OFF + 2), i(s::STRIDES + 4), i(s::STRIDES + 5));
     let biasv = bias.map(|bb| view(bb, tbias, 3));
-    if d[s::WIN] == 1 {
-        let w = |j: usize| d[s::WIN + j] as usize;
-        let win = Window {
-            c: w(1),
-            h: w(2),
-            w: w(3),
-            kh: w(4),
-            kw: w(5),
-            stride: (w(6), w(7)),
-            dilation: (w(8), w(9)),
-            pad: (w(10), w(11)),
-            out: (w(12), w(13)),
-        };
-        let pad = if d[s::WIN_PAD] == 0 {
-            None
-        } else {
-            let (p, n, at) = (
-                d[s::WIN_PAD] as *const u8,
-                d[s::WIN_PAD + 1] as usize,
-                d[s::WIN_PAD + 2] as usize,
-            );
-            if at >= n || overlaps(p, n.saturating_mul(tb.size())) {
-                return false;
-            }
-            // SAFETY: `p` is a kernel parameter buffer of `n` elements of the image's type
-            // (checked by the executor before any call), only read, not overlapping C
-            // (checked above); element `at < n` is inside it.
-            Some(unsafe { std::slice::from_raw_parts(p.add(at * tb.size()), tb.size()) })
-        };
-        let wv = WindowView {
-            bytes: b,
-            dtype: tb,
-            offset: i(s::OFF + 1),
-            win,
-            pad,
-        };
-        let av = view(a, ta, 0);
-        return matmul::run_window(&g, av, &wv, c, cv, biasv, rq.as_ref()).is_ok();
-    }
     match rq {
         Some(rq) => matmul::run_requant(&g, view(a, ta, 0), view(b, tb, 1), c, cv, biasv, &rq),
         None => matmul::run(&g, view(a, ta, 0), view(b, tb, 1), c, cv, biasv),

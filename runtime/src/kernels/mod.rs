@@ -9,7 +9,6 @@ pub mod bytes;
 pub mod depthwise;
 pub mod gemm;
 pub mod igemm;
-pub mod window;
 
 use std::fmt;
 use std::sync::OnceLock;

@@ -156,26 +156,6 @@ pub(super) fn conv(
     if cg == 1 {
         return conv_direct(cx, node, x, w, bias, out, &g, ins, n, c, m, group);
     }
-    let kdim = cg * kk;
-    if let Some(win) = window_of(&g, ins, kdims, cg) {
-        let mut kb = KernelBuilder::new(kernel_name(&node.op));
-        let wp = kb.param(&cx.p, cx.buf(w)?, Access::Read);
-        let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
-        let bp = match bias {
-            Some(b) => Some(kb.param(&cx.p, cx.buf(b)?, Access::Read)),
-            None => None,
-        };
-        let op_ = kb.param(&cx.p, out, Access::Write);
-        kb.k.body = window_conv_matmuls(
-            &mut kb,
-            (wp, xp, bp, op_),
-            (group, n, m, mg, kdim),
-            win,
-            None,
-        );
-        cx.launch(kb, node);
-        return Ok(());
-    }
     let (col, col_rows_stride, col_group_stride, col_batch_stride) =
         columns(cx, node, x, &g, ins, kdims, group, None)?;
     let mut kb = KernelBuilder::new(kernel_name(&node.op));
@@ -186,6 +166,7 @@ pub(super) fn conv(
         None => None,
     };
     let op_ = kb.param(&cx.p, out, Access::Write);
+    let kdim = cg * kk;
     kb.k.body = grouped_conv_matmuls(
         &mut kb,
         (wp, cp, bp, op_),
@@ -194,102 +175,6 @@ pub(super) fn conv(
     );
     cx.launch(kb, node);
     Ok(())
-}
-
-/// The window (without its parameter, offset and pad value) through which the contraction
-/// of a 1-D or 2-D convolution reads its input, `cg` channels per group; `None` for a
-/// pointwise one, which reads its input in place as the column matrix, and for 3-D ones.
-fn window_of(g: &Geom, ins: &[usize], kdims: &[usize], cg: usize) -> Option<ConvWindow> {
-    let pointwise = kdims.iter().product::<usize>() == 1
-        && g.pad.iter().all(|&p| p == 0)
-        && g.stride.iter().all(|&s| s == 1);
-    // A 1-D convolution is a 2-D one with a single row.
-    let two = |v: &[usize], one: usize| match *v {
-        [x] => Some((one, x)),
-        [y, x] => Some((y, x)),
-        _ => None,
-    };
-    if pointwise {
-        return None;
-    }
-    let (h, w) = two(ins, 1)?;
-    let (kh, kw) = two(kdims, 1)?;
-    Some(ConvWindow {
-        param: ParamId(0),
-        offset: Expr::idx(0),
-        c: cg,
-        h,
-        w,
-        kh,
-        kw,
-        stride: two(&g.stride, 1)?,
-        dilation: two(&g.dil, 1)?,
-        pad: two(&g.pad, 0)?,
-        out: two(&g.out, 1)?,
-        pad_value: None,
-    })
-}
-
-/// The body of a grouped convolution's contraction kernel whose `B` is the convolution window
-/// `win` over the input `xp` (`[n, group·cg, h, w]`), float or integer: per (group, batch),
-/// `out[g] = W[g] · window(x[n, g]) (+ bias[g])`, padding reading as `pad` (or zero).
-fn window_conv_matmuls(
-    kb: &mut KernelBuilder,
-    (wp, xp, bp, op_): (ParamId, ParamId, Option<ParamId>, ParamId),
-    (group, n, m, mg, kdim): (usize, usize, usize, usize, usize),
-    win: ConvWindow,
-    pad: Option<ParamId>,
-) -> Vec<Stmt> {
-    let image = win.image_len() as i64;
-    let ohw = win.n();
-    nest(kb, &[group, n], LoopKind::Parallel, |_, v| {
-        let (gv, nv) = (Expr::var(v[0]), Expr::var(v[1]));
-        let b = ConvWindow {
-            param: xp,
-            // Image (n, g): channels `g·cg..` of batch element `n`.
-            offset: Expr::mul_idx(
-                Expr::add_idx(Expr::mul_idx(nv.clone(), group as i64), gv.clone()),
-                image,
-            ),
-            pad_value: pad.map(|p| ScalarRef {
-                param: p,
-                index: Expr::idx(0),
-            }),
-            ..win
-        };
-        let mm = Matmul {
-            m: mg,
-            n: ohw,
-            k: kdim,
-            a: MatRef {
-                param: wp,
-                offset: Expr::mul_idx(gv.clone(), (mg * kdim) as i64),
-                row_stride: kdim as i64,
-                col_stride: 1,
-            },
-            b: Operand::Window(Box::new(b)),
-            c: MatRef {
-                param: op_,
-                offset: Expr::add_idx(
-                    Expr::mul_idx(nv, (m * ohw) as i64),
-                    Expr::mul_idx(gv.clone(), (mg * ohw) as i64),
-                ),
-                row_stride: ohw as i64,
-                col_stride: 1,
-            },
-            alpha: 1.0,
-            beta: 0.0,
-            bias: bp.map(|p| MatRef {
-                param: p,
-                offset: Expr::mul_idx(gv, mg as i64),
-                row_stride: 1,
-                col_stride: 0,
-            }),
-            act: Activation::None,
-            requant: None,
-        };
-        vec![Stmt::Matmul(Box::new(mm))]
-    })
 }
 
 /// The body of a grouped convolution's contraction kernel, float or integer: per (group,
@@ -314,7 +199,7 @@ fn grouped_conv_matmuls(
                 row_stride: kdim as i64,
                 col_stride: 1,
             },
-            b: Operand::Mat(MatRef {
+            b: MatRef {
                 param: cp,
                 offset: Expr::add_idx(
                     Expr::mul_idx(nv.clone(), col_batch_stride),
@@ -322,7 +207,7 @@ fn grouped_conv_matmuls(
                 ),
                 row_stride: col_rows_stride,
                 col_stride: 1,
-            }),
+            },
             c: MatRef {
                 param: op_,
                 offset: Expr::add_idx(
@@ -1839,23 +1724,6 @@ pub(super) fn conv_integer(cx: &mut Cx, node: &Node, geom: &ConvGeom) -> Result<
         Some(z) => Some(cx.buf(z)?),
         None => None,
     };
-    if let Some(win) = window_of(&g, ins, kdims, cg) {
-        let mut kb = KernelBuilder::new(kernel_name(&node.op));
-        let wp = kb.param(&cx.p, wbuf, Access::Read);
-        let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
-        let bp = bias.map(|b| kb.param(&cx.p, b, Access::Read));
-        let padp = pad.map(|b| kb.param(&cx.p, b, Access::Read));
-        let op_ = kb.param(&cx.p, out, Access::Write);
-        kb.k.body = window_conv_matmuls(
-            &mut kb,
-            (wp, xp, bp, op_),
-            (group, n, m, mg, kdim),
-            win,
-            padp,
-        );
-        cx.launch(kb, node);
-        return Ok(());
-    }
     let (col, col_rows_stride, col_group_stride, col_batch_stride) =
         columns(cx, node, x, &g, ins, kdims, group, pad)?;
     let mut kb = KernelBuilder::new(kernel_name(&node.op));

@@ -479,15 +479,7 @@ fn subst_zero(body: &mut [Stmt], v: VarId) {
             }
             Stmt::Matmul(mm) => {
                 mat(&mut mm.a, v);
-                match &mut mm.b {
-                    Operand::Mat(m) => mat(m, v),
-                    Operand::Window(w) => {
-                        expr(&mut w.offset, v);
-                        if let Some(pv) = &mut w.pad_value {
-                            expr(&mut pv.index, v);
-                        }
-                    }
-                }
+                mat(&mut mm.b, v);
                 mat(&mut mm.c, v);
                 if let Some(b) = &mut mm.bias {
                     mat(b, v);

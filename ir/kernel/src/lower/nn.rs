@@ -146,12 +146,12 @@ pub(super) fn matmul_bufs(
                 row_stride: k as i64,
                 col_stride: 1,
             },
-            b: Operand::Mat(MatRef {
+            b: MatRef {
                 param: bp,
                 offset: off(&batch_b, k * n),
                 row_stride: n as i64,
                 col_stride: 1,
-            }),
+            },
             c: MatRef {
                 param: cp,
                 offset: off(&batch, m * n),
@@ -260,7 +260,7 @@ fn gemm(cx: &mut Cx, node: &Node, ta: bool, tb: bool, alpha: f32, beta: f32) -> 
         n,
         k,
         a: ar,
-        b: Operand::Mat(br),
+        b: br,
         c: MatRef {
             param: cp,
             offset: Expr::idx(0),

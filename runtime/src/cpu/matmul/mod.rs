@@ -17,11 +17,6 @@
 //! * everything else takes a generic path accumulating in `f64` and rounding like the
 //!   evaluator.
 //!
-//! A convolution's `B` may be a window over its image ([`run_window`], the kernel IR's
-//! `Operand::Window`): the f32 and integer kernels pack its panels straight from the image
-//! (for a row-major C, the orientation lowering produces); any other case copies the column
-//! matrix into a dense temporary first and runs as above.
-//!
 //! An integer contraction may requantize its `i32` result into a `u8`/`i8` C ([`run_requant`],
 //! the kernel IR's `Requant`): on the integer kernels that happens tile by tile in their
 //! epilogue; any other case computes the `i32` result into a temporary and requantizes it.
@@ -33,7 +28,6 @@ use super::abi::{Activation, DType};
 use crate::kernels::igemm::{
     IBias, IGemm, IOut, IRequant, IntElem, IntRef, PackedInt, RqMult, Slot,
 };
-use crate::kernels::window::{WinRef, Window};
 use crate::kernels::{bytes, gemm as kg};
 use std::borrow::Cow;
 
@@ -45,25 +39,6 @@ pub struct View<'a> {
     pub offset: i64,
     pub row_stride: i64,
     pub col_stride: i64,
-}
-
-/// The column matrix of a convolution window over an image (see
-/// [`crate::kernels::window`]): the image starts at element `offset` of `bytes`, padding reads
-/// as `pad` (one element of the image's type; `None` reads zero).
-#[derive(Clone, Copy, Debug)]
-pub struct WindowView<'a> {
-    pub bytes: &'a [u8],
-    pub dtype: DType,
-    pub offset: i64,
-    pub win: Window,
-    pub pad: Option<&'a [u8]>,
-}
-
-/// `B` as a strided view or a window.
-#[derive(Clone, Copy)]
-enum BIn<'a, 'b> {
-    View(&'b View<'a>),
-    Window(&'b WindowView<'a>),
 }
 
 /// The problem: sizes, scaling and epilogue.
@@ -214,12 +189,12 @@ pub fn run(
         && b.dtype == DType::F32
         && cty == DType::F32
         && bias.is_none_or(|v| v.dtype == DType::F32);
-    if all_f32 && f32_kernels(g, &a, BIn::View(&b), c_bytes, c, bias.as_ref()).is_some() {
+    if all_f32 && f32_kernels(g, &a, &b, c_bytes, c, bias.as_ref()).is_some() {
         #[cfg(test)]
         tests::PATH.set(tests::Path::F32);
         return Ok(());
     }
-    if int_kernels(g, &a, BIn::View(&b), c_bytes, c, bias.as_ref(), None).is_some() {
+    if int_kernels(g, &a, &b, c_bytes, c, bias.as_ref(), None).is_some() {
         #[cfg(test)]
         tests::PATH.set(tests::Path::Int);
         return Ok(());
@@ -268,7 +243,7 @@ pub fn run_requant(
     }
     let mv = &rq.mult;
     check(mv.offset, mv.row_stride, mv.col_stride, m, n, mv.len())?;
-    if int_kernels(g, &a, BIn::View(&b), c_bytes, c, bias.as_ref(), Some(rq)).is_some() {
+    if int_kernels(g, &a, &b, c_bytes, c, bias.as_ref(), Some(rq)).is_some() {
         #[cfg(test)]
         tests::PATH.set(tests::Path::Int);
         return Ok(());
@@ -294,84 +269,6 @@ pub fn run_requant(
         tests::Path::Generic
     });
     Ok(())
-}
-
-/// Runs the contraction with `B` the column matrix of a convolution window (`k = c·kh·kw`,
-/// `n = oh·ow`), requantized into C when `rq` is given (see [`run_requant`]). The f32 and
-/// integer kernels pack `B` from the image; anything else runs [`run`] or [`run_requant`] on
-/// the column matrix copied into a temporary.
-pub fn run_window(
-    g: &Gemm,
-    a: View,
-    b: &WindowView,
-    c_bytes: &mut [u8],
-    c: (DType, i64, i64, i64),
-    bias: Option<View>,
-    rq: Option<&Requant>,
-) -> Result<(), OutOfBounds> {
-    let (cty, coff, crs, ccs) = c;
-    let es = elem_size(b.dtype);
-    let image = usize::try_from(b.offset)
-        .ok()
-        .and_then(|o| b.bytes.get(o.checked_mul(es)?..))
-        .ok_or(OutOfBounds)?;
-    b.win.check(image.len() / es).map_err(|_| OutOfBounds)?;
-    if b.win.k() != g.k || b.win.n() != g.n || b.pad.is_some_and(|p| p.len() != es) {
-        return Err(OutOfBounds);
-    }
-    let plain = g.alpha == 1.0 && g.beta == 0.0 && g.act == Activation::None;
-    if rq.is_some() && (!matches!(cty, DType::U8 | DType::I8) || !plain) {
-        return Err(OutOfBounds);
-    }
-    check(a.offset, a.row_stride, a.col_stride, g.m, g.k, a.len())?;
-    check(coff, crs, ccs, g.m, g.n, c_bytes.len() / elem_size(cty))?;
-    if let Some(bv) = &bias {
-        check(bv.offset, bv.row_stride, bv.col_stride, g.m, g.n, bv.len())?;
-    }
-    if let Some(rq) = rq {
-        let mv = &rq.mult;
-        check(mv.offset, mv.row_stride, mv.col_stride, g.m, g.n, mv.len())?;
-    }
-    let bw = BIn::Window(b);
-    let all_f32 = a.dtype == DType::F32
-        && b.dtype == DType::F32
-        && cty == DType::F32
-        && bias.is_none_or(|v| v.dtype == DType::F32);
-    if rq.is_none() && all_f32 && f32_kernels(g, &a, bw, c_bytes, c, bias.as_ref()).is_some() {
-        #[cfg(test)]
-        tests::PATH.set(tests::Path::F32Window);
-        return Ok(());
-    }
-    if int_kernels(g, &a, bw, c_bytes, c, bias.as_ref(), rq).is_some() {
-        #[cfg(test)]
-        tests::PATH.set(tests::Path::IntWindow);
-        return Ok(());
-    }
-    // The column matrix, dense, then the strided path.
-    let (k, n) = (g.k, g.n);
-    let mut cols = vec![0u8; k * n * es];
-    let pad = b.pad.unwrap_or(&[0u8; 8][..es]);
-    for r in 0..k {
-        for col in 0..n {
-            let at = (r * n + col) * es;
-            let src = match b.win.tap(r, col) {
-                Some(i) => &image[i * es..(i + 1) * es],
-                None => pad,
-            };
-            cols[at..at + es].copy_from_slice(src);
-        }
-    }
-    let bv = View {
-        bytes: &cols,
-        dtype: b.dtype,
-        offset: 0,
-        row_stride: n as i64,
-        col_stride: 1,
-    };
-    match rq {
-        Some(rq) => run_requant(g, a, bv, c_bytes, c, bias, rq),
-        None => run(g, a, bv, c_bytes, c, bias),
-    }
 }
 
 /// The definition: every element accumulated in `f64`, then scaled, biased, activated and
@@ -494,7 +391,7 @@ impl<'a> F32Bias<'a> {
 fn f32_kernels(
     g: &Gemm,
     a: &View,
-    b: BIn,
+    b: &View,
     c_bytes: &mut [u8],
     (_, coff, crs, ccs): (DType, i64, i64, i64),
     bias: Option<&View>,
@@ -505,25 +402,8 @@ fn f32_kernels(
     }
     let gemm = kg::Gemm::new().threads(g.threads);
     let (ad, ars, acs) = f32_operand(a, m, k);
-    let (bias_rs, bias_cs) = bias.map_or((0, 0), |v| (v.row_stride, v.col_stride));
-    let b = match b {
-        BIn::View(b) => b,
-        BIn::Window(w) => {
-            // A window packs into a row-major C only (what lowering produces).
-            if !((n == 1 || ccs == 1) && (m == 1 || crs >= n as i64)) {
-                return None;
-            }
-            let image = bytes::cast::<f32>(w.bytes)?.get(w.offset as usize..)?;
-            let pad = w.pad.map_or(0.0, |p| read(p, DType::F32, 0) as f32);
-            let wr = WinRef::new(image, pad, w.win).ok()?;
-            let ldc = if m == 1 { n } else { crs as usize };
-            let bias = F32Bias::new(bias, m, n, bias_rs, bias_cs);
-            let c = bytes::cast_mut::<f32>(c_bytes)?.get_mut(coff as usize..)?;
-            let ma = kg::MatRef::new(&ad, ars, acs);
-            return gemm.run_window(m, ma, &wr, c, ldc, &bias.epilogue(g)).ok();
-        }
-    };
     let (bd, brs, bcs) = f32_operand(b, k, n);
+    let (bias_rs, bias_cs) = bias.map_or((0, 0), |v| (v.row_stride, v.col_stride));
     // Rows of C contiguous: C as it is. Columns contiguous: Cᵀ = Bᵀ·Aᵀ, with the bias
     // transposed too. Neither: a dense temporary.
     let rows_ok = (n == 1 || ccs == 1) && (m == 1 || crs >= n as i64);
@@ -716,7 +596,7 @@ fn rq_mult<'a>(v: &View<'a>, m: usize, n: usize, rs: i64, cs: i64) -> Option<Cow
 fn int_kernels(
     g: &Gemm,
     a: &View,
-    b: BIn,
+    b: &View,
     c_bytes: &mut [u8],
     (cty, coff, crs, ccs): (DType, i64, i64, i64),
     bias: Option<&View>,
@@ -734,11 +614,7 @@ fn int_kernels(
     if rq.is_some_and(|r| r.mult.dtype != DType::F32) {
         return None;
     }
-    let av = IntView::new(a, m, k)?;
-    let bv = match b {
-        BIn::View(b) => IntB::View(IntView::new(b, k, n)?),
-        BIn::Window(w) => IntB::Window(IntWin::new(w)?),
-    };
+    let (av, bv) = (IntView::new(a, m, k)?, IntView::new(b, k, n)?);
     if m == 0 || n == 0 {
         return Some(());
     }
@@ -787,7 +663,7 @@ fn int_kernels(
             let ldc = if n == 1 { m } else { ccs as usize };
             let bias = IntBias::new(bias, n, m, bias_cs, bias_rs);
             let o = q_out(c, irq(mult_of(true)), signed);
-            int_product(&ig, (n, m, k), bv.t()?, IntB::View(av.t()), o, ldc, bias.get())
+            int_product(&ig, (n, m, k), bv.t(), av.t(), o, ldc, bias.get())
         };
     }
     let cf = if rows_ok || cols_ok {
@@ -809,8 +685,8 @@ fn int_kernels(
             int_product(
                 &ig,
                 (n, m, k),
-                bv.t()?,
-                IntB::View(av.t()),
+                bv.t(),
+                av.t(),
                 IOut::I32(c),
                 ldc,
                 bias.get(),
@@ -839,21 +715,11 @@ fn int_product(
     ig: &IGemm,
     (m, n, k): (usize, usize, usize),
     a: IntView,
-    b: IntB,
+    b: IntView,
     c: IOut,
     ldc: usize,
     bias: IBias,
 ) -> Option<()> {
-    let b = match b {
-        IntB::View(b) => b,
-        IntB::Window(w) => {
-            if let Some(pa) = with_int!(a, x => packed_int(ig, Slot::A, (m, k), x)) {
-                return with_win!(w, y => ig.run_packed_a_window_into(&pa, y, c, ldc, bias)).ok();
-            }
-            return with_int!(a, x => with_win!(w, y => ig.run_window_into(m, x, y, c, ldc, bias)))
-                .ok();
-        }
-    };
     if let Some(pa) = with_int!(a, x => packed_int(ig, Slot::A, (m, k), x)) {
         return with_int!(b, y => ig.run_packed_a_into(&pa, n, y, c, ldc, bias)).ok();
     }
@@ -861,54 +727,6 @@ fn int_product(
         return with_int!(a, x => ig.run_packed_b_into(m, x, &pb, c, ldc, bias)).ok();
     }
     with_int!(a, x => with_int!(b, y => ig.run_into(m, n, k, x, y, c, ldc, bias))).ok()
-}
-
-/// `B` for the integer kernels: a view in place, or a window over an 8-bit image.
-enum IntB<'a> {
-    View(IntView<'a>),
-    Window(IntWin<'a>),
-}
-
-impl<'a> IntB<'a> {
-    /// The transposed operand (as `A` of `Cᵀ = Bᵀ·Aᵀ`): views only.
-    fn t(self) -> Option<IntView<'a>> {
-        match self {
-            IntB::View(v) => Some(v.t()),
-            IntB::Window(_) => None,
-        }
-    }
-}
-
-/// A window over an 8-bit image, typed.
-enum IntWin<'a> {
-    U8(WinRef<'a, u8>),
-    I8(WinRef<'a, i8>),
-}
-
-/// Runs `$body` with `$x` bound to the typed window inside an [`IntWin`].
-macro_rules! with_win {
-    ($v:expr, $x:ident => $body:expr) => {
-        match $v {
-            IntWin::U8($x) => $body,
-            IntWin::I8($x) => $body,
-        }
-    };
-}
-use with_win;
-
-impl<'a> IntWin<'a> {
-    fn new(w: &WindowView<'a>) -> Option<IntWin<'a>> {
-        let off = usize::try_from(w.offset).ok()?;
-        let pad = w.pad.map_or(0, |p| p[0]);
-        Some(match w.dtype {
-            DType::U8 => IntWin::U8(WinRef::new(w.bytes.get(off..)?, pad, w.win).ok()?),
-            DType::I8 => {
-                let image = bytes::cast::<i8>(w.bytes)?.get(off..)?;
-                IntWin::I8(WinRef::new(image, pad as i8, w.win).ok()?)
-            }
-            _ => return None,
-        })
-    }
 }
 
 /// The `rows×cols` operand `v` for `slot`, packed once per executor when it is one of its

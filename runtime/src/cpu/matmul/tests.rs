@@ -14,10 +14,6 @@ pub(super) enum Path {
     /// The `i32` product on the integer kernels, then the requantization separately.
     IntThenRequant,
     Generic,
-    /// `B` a convolution window, packed from the image by the f32 kernels.
-    F32Window,
-    /// `B` a convolution window, packed from the image by the integer kernels.
-    IntWindow,
 }
 
 thread_local! {

@@ -67,7 +67,6 @@ mod portable;
 mod tests;
 
 use super::Isa;
-use super::window::WinRef;
 use pack::AlignedBuf;
 
 /// A read-only view of a matrix: element `(i, j)` is `data[i * rs + j * cs]`.
@@ -635,25 +634,6 @@ impl Gemm {
         Ok(())
     }
 
-    /// Like [`Gemm::run`] with `B` the column matrix of a convolution window (`k×n` with
-    /// `k = c·kh·kw`, `n = oh·ow`): its `KC×NC` blocks are packed straight from the image, so
-    /// the matrix itself is never written.
-    pub fn run_window(
-        &self,
-        m: usize,
-        a: MatRef<'_>,
-        b: &WinRef<'_, f32>,
-        c: &mut [f32],
-        ldc: usize,
-        epilogue: &Epilogue<'_>,
-    ) -> Result<(), GemmError> {
-        let (k, n) = (b.win.k(), b.win.n());
-        check_ref("A", &a, m, k)?;
-        check_out(m, n, c, ldc, epilogue)?;
-        self.drive(m, n, k, &a, BSource::Window(b), c, ldc, epilogue);
-        Ok(())
-    }
-
     /// Splits `C` into bands of whole tiles, one per thread, and runs the blocked loops on each.
     fn drive(
         &self,
@@ -681,8 +661,7 @@ impl Gemm {
         // Splitting M makes every thread pack all of a `B` that is packed per call; splitting N
         // would make every thread pack all of `A`, but a row-major `A` is read in place, so
         // then N is the split that copies nothing twice (if it gives each thread a tile).
-        let per_call = matches!(b, BSource::Strided(_) | BSource::Window(_));
-        let split_m = if per_call && a.cs == 1 && a.rs > 0 {
+        let split_m = if matches!(b, BSource::Strided(_)) && a.cs == 1 && a.rs > 0 {
             nt < threads && mt > nt
         } else {
             mt >= nt
@@ -814,8 +793,6 @@ const GEMV_MIN_THREADED: usize = 1 << 16;
 enum BSource<'a> {
     Strided(MatRef<'a>),
     Packed(&'a PackedB),
-    /// A convolution window, packed block by block from the image.
-    Window(&'a WinRef<'a, f32>),
 }
 
 /// The GotoBLAS loops over one band `rows × cols` of `C`: `jc` (NC) → `pc` (KC, pack B) →
@@ -854,13 +831,8 @@ unsafe fn block_loops(
         matches!(b, BSource::Strided(bm) if bm.cs == 1) && (m1 - m0) <= DIRECT_B_MAX_ROWS;
     let mut bbuf = match b {
         BSource::Strided(_) if direct_b => AlignedBuf::new(nr * kc_max),
-        BSource::Strided(_) | BSource::Window(_) => AlignedBuf::new(nc_max * kc_max),
+        BSource::Strided(_) => AlignedBuf::new(nc_max * kc_max),
         BSource::Packed(_) => AlignedBuf::new(0),
-    };
-    // One row of a window's block, gathered from the image before it is cut into panels.
-    let mut win_row = match b {
-        BSource::Window(_) => vec![0.0f32; nc_max],
-        _ => Vec::new(),
     };
     let (scalar, row_bias, col_bias) = match ep.bias {
         Bias::None => (0.0, None, None),
@@ -893,14 +865,6 @@ unsafe fn block_loops(
                 }
                 BSource::Strided(bm) => {
                     pack::pack_b(bbuf.as_mut_slice(), bm, pc, kc, jc, nc, nr);
-                    BBlock::Packed {
-                        base: bbuf.as_ptr(),
-                        stride: kc * nr,
-                    }
-                }
-                BSource::Window(bw) => {
-                    let dst = bbuf.as_mut_slice();
-                    pack::pack_b_window(dst, bw, pc, kc, jc, nc, nr, &mut win_row);
                     BBlock::Packed {
                         base: bbuf.as_ptr(),
                         stride: kc * nr,

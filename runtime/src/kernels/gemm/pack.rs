@@ -6,7 +6,6 @@
 //! kernel can always load whole vectors. Panels are consecutive, `kc * MR` (`kc * NR`) apart.
 
 use super::MatRef;
-use crate::kernels::window::WinRef;
 use std::mem::MaybeUninit;
 
 /// An `f32` buffer whose first element is 64-byte aligned, so that packed panels start on cache
@@ -131,37 +130,6 @@ pub(super) fn pack_b(
                         panel[p * nr + j].write(b.data[(p0 + p) * b.rs + (left + j) * b.cs]);
                     }
                 }
-            }
-        }
-    }
-}
-
-/// [`pack_b`] from a convolution window: rows `p0..p0+kc`, columns `j0..j0+nc` of its column
-/// matrix, each row gathered from the image into `row` (at least `nc` long), then cut into the
-/// panels.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn pack_b_window(
-    dst: &mut [MaybeUninit<f32>],
-    b: &WinRef<'_, f32>,
-    p0: usize,
-    kc: usize,
-    j0: usize,
-    nc: usize,
-    nr: usize,
-    row: &mut [f32],
-) {
-    let panels = nc.div_ceil(nr);
-    let row = &mut row[..nc];
-    for p in 0..kc {
-        b.row(p0 + p, j0, row);
-        for (q, panel) in dst.chunks_mut(kc * nr).take(panels).enumerate() {
-            let cols = nr.min(nc - q * nr);
-            let out = &mut panel[p * nr..(p + 1) * nr];
-            for (d, &x) in out[..cols].iter_mut().zip(&row[q * nr..q * nr + cols]) {
-                d.write(x);
-            }
-            for d in &mut out[cols..] {
-                d.write(0.0);
             }
         }
     }

@@ -56,7 +56,6 @@ mod requant;
 mod tests;
 
 use super::Isa;
-use super::window::WinRef;
 use pack::{AlignedVec, PackDst};
 pub use requant::{IRequant, RqMult};
 use requant::{Per, QTile};
@@ -464,8 +463,6 @@ impl PackedInt {
 enum Side<'a, T> {
     Raw(IntRef<'a, T>),
     Packed(&'a PackedInt),
-    /// A convolution window's column matrix (only as `B`), packed from the image.
-    Window(WinRef<'a, T>),
 }
 
 impl<T: IntElem> Side<'_, T> {
@@ -475,17 +472,6 @@ impl<T: IntElem> Side<'_, T> {
             Side::Raw(_) if rows == 0 || k == 0 => (0, 0),
             Side::Raw(v) => v.range(rows, k),
             Side::Packed(p) => p.range,
-            Side::Window(_) if rows == 0 || k == 0 => (0, 0),
-            Side::Window(v) => {
-                // The image's values and the pad value (which padding reads).
-                let img = IntRef::new(v.data, 0, 1).range(1, v.win.image_len().unwrap_or(0));
-                let pad = v.pad.widen();
-                if v.win.image_len() == Some(0) {
-                    (pad, pad)
-                } else {
-                    (img.0.min(pad), img.1.max(pad))
-                }
-            }
         }
     }
 }
@@ -644,44 +630,6 @@ impl IGemm {
         self.product::<TA, u8>(m, n, k, Side::Raw(a), Side::Packed(b), c, ldc, bias)
     }
 
-    /// [`IGemm::run_into`] with `B` the column matrix of a convolution window (`k×n`,
-    /// `k = c·kh·kw`, `n = oh·ow`), packed straight from the image.
-    #[allow(clippy::too_many_arguments)]
-    pub fn run_window_into<TA: IntElem, TB: IntElem>(
-        &self,
-        m: usize,
-        a: IntRef<'_, TA>,
-        b: WinRef<'_, TB>,
-        c: IOut<'_>,
-        ldc: usize,
-        bias: IBias<'_>,
-    ) -> Result<(), IGemmError> {
-        let (k, n) = (b.win.k(), b.win.n());
-        check("A", a.needed(m, k), a.data.len())?;
-        self.product(m, n, k, Side::Raw(a), Side::Window(b), c, ldc, bias)
-    }
-
-    /// [`IGemm::run_window_into`] with `A` packed ahead of time (its `m` and `k`).
-    pub fn run_packed_a_window_into<TB: IntElem>(
-        &self,
-        a: &PackedInt,
-        b: WinRef<'_, TB>,
-        c: IOut<'_>,
-        ldc: usize,
-        bias: IBias<'_>,
-    ) -> Result<(), IGemmError> {
-        self.expect(a, Slot::A)?;
-        let (m, k, n) = (a.rows, a.k, b.win.n());
-        if b.win.k() != k {
-            return Err(IGemmError::TooShort {
-                operand: "B",
-                needed: k,
-                len: b.win.k(),
-            });
-        }
-        self.product::<u8, TB>(m, n, k, Side::Packed(a), Side::Window(b), c, ldc, bias)
-    }
-
     fn expect(&self, p: &PackedInt, slot: Slot) -> Result<(), IGemmError> {
         if p.isa != self.isa || p.slot != slot {
             return Err(IGemmError::WrongPacking {
@@ -777,11 +725,11 @@ impl IGemm {
         }
         let (ra, rb) = (a.range(m, k), b.range(n, k));
         let oa = match &a {
-            Side::Raw(_) | Side::Window(_) => offset("A", ra, (0, 255))?,
+            Side::Raw(_) => offset("A", ra, (0, 255))?,
             Side::Packed(p) => p.off,
         };
         let ob = match &b {
-            Side::Raw(_) | Side::Window(_) => offset("B", rb, (-128, 127))?,
+            Side::Raw(_) => offset("B", rb, (-128, 127))?,
             Side::Packed(p) => p.off,
         };
         let mag = |(lo, hi): (i64, i64)| i128::from(lo.unsigned_abs().max(hi.unsigned_abs()));
@@ -985,10 +933,6 @@ impl Problem<'_> {
                 (own_a.0.as_ptr(), &own_a.1)
             }
             Side::Packed(p) => (DA::unwrap(&p.panels).ok_or(wrong(p))?.as_ptr(), &p.sums),
-            Side::Window(v) => {
-                own_a = pack::pack_all_window::<TA, DA>(v, self.oa, spec.mr, spec.kg, threads);
-                (own_a.0.as_ptr(), &own_a.1)
-            }
         };
         let own_b;
         let (bp, csum): (*const DB, &[i32]) = match b {
@@ -997,10 +941,6 @@ impl Problem<'_> {
                 (own_b.0.as_ptr(), &own_b.1)
             }
             Side::Packed(p) => (DB::unwrap(&p.panels).ok_or(wrong(p))?.as_ptr(), &p.sums),
-            Side::Window(v) => {
-                own_b = pack::pack_all_window::<TB, DB>(v, self.ob, spec.nr, spec.kg, threads);
-                (own_b.0.as_ptr(), &own_b.1)
-            }
         };
         // The epilogue's vectors: A·B = Au·Bs + oa·colsum(Bs) + ob·(rowsum(Au) + k·oa).
         let (oa, ob, kk) = (self.oa, self.ob, k as i32);

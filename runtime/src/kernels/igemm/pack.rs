@@ -10,7 +10,6 @@
 //! the matrix and steps past `k` are zero, so they add nothing.
 
 use super::{IntElem, IntRef, Panels};
-use crate::kernels::window::WinRef;
 use std::any::TypeId;
 use std::mem::MaybeUninit;
 
@@ -117,72 +116,6 @@ pub(super) fn pack_all<T: IntElem, D: PackDst>(
             let part = parts[t].lock().unwrap_or_else(|e| e.into_inner()).take();
             if let Some((d, s)) = part {
                 pack(src, rows, k, off, p, kg, (t, threads), d, s);
-            }
-        });
-    }
-    (buf, sums)
-}
-
-/// [`pack_all`] of a convolution window's column matrix seen transposed (`n×k`: `B` in the
-/// `B` slot). Each part gathers a few panels' worth of columns at a time from the image into
-/// a dense, cache-resident `k×cols` block, which the ordinary packers (the AVX-512 interleave
-/// included) then pack: the `k×n` matrix never exists whole.
-pub(super) fn pack_all_window<T: IntElem, D: PackDst>(
-    src: &WinRef<'_, T>,
-    off: i32,
-    p: usize,
-    kg: usize,
-    threads: usize,
-) -> (AlignedVec<D>, Vec<i32>) {
-    let (rows, k) = (src.win.n(), src.win.k());
-    let kp = k.next_multiple_of(kg);
-    let tiles = rows.div_ceil(p);
-    let mut buf = AlignedVec::<D>::new(tiles * p * kp);
-    let mut sums = vec![0i32; tiles * p];
-    // Panels per gathered block: about 128 KiB of source, so that the block stays in L2
-    // while it is packed.
-    let per_block = ((128 << 10) / (k.max(1) * std::mem::size_of::<T>() * p)).max(1);
-    let part = |(q0, q1): (usize, usize), dst: &mut [MaybeUninit<D>], sums: &mut [i32]| {
-        let mut block = vec![src.pad; k * per_block * p];
-        let mut q = q0;
-        while q < q1 {
-            let qn = (q + per_block).min(q1);
-            let (j0, cols) = (q * p, (qn * p).min(rows) - q * p);
-            let dense = &mut block[..k * cols];
-            for (r, row) in dense.chunks_exact_mut(cols).enumerate() {
-                src.row(r, j0, row);
-            }
-            // Column `j` of the block, step `kk`, at `j + kk·cols`: B transposed.
-            let view = IntRef::new(&*dense, 1, cols);
-            let (d0, d1) = ((q - q0) * p * kp, (qn - q0) * p * kp);
-            let (s0, s1) = ((q - q0) * p, (qn - q0) * p);
-            pack(
-                &view,
-                cols,
-                k,
-                off,
-                p,
-                kg,
-                (0, 1),
-                &mut dst[d0..d1],
-                &mut sums[s0..s1],
-            );
-            q = qn;
-        }
-    };
-    let threads = threads.min(tiles).max(1);
-    if threads == 1 {
-        part((0, tiles), buf.as_mut_slice(), &mut sums);
-    } else {
-        let parts: Vec<std::sync::Mutex<Option<_>>> =
-            split(buf.as_mut_slice(), &mut sums, p * kp, p, tiles, threads)
-                .into_iter()
-                .map(|part| std::sync::Mutex::new(Some(part)))
-                .collect();
-        super::super::parallel_for(threads, &|t| {
-            let taken = parts[t].lock().unwrap_or_else(|e| e.into_inner()).take();
-            if let Some((d, s)) = taken {
-                part(band(t, threads, tiles), d, s);
             }
         });
     }
