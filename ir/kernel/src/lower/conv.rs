@@ -680,7 +680,7 @@ fn conv_depthwise_2d(
     group: usize,
 ) -> Result<(), Fail> {
     let ty = cx.dtype(x);
-    if ty == DType::F32 && m % c == 0 && m / c == m / group {
+    if ty == DType::F32 && m.is_multiple_of(c) && m / c == m / group {
         return depthwise_stmt(cx, node, (x, w, bias), out, g, ins, (n, c, m));
     }
     let (ih, iw) = (ins[0], ins[1]);

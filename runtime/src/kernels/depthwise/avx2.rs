@@ -30,13 +30,15 @@ fn range_mask(c0: isize, n: isize) -> (__m256i, bool) {
 /// The CPU must support AVX2 and FMA; `t.x` must hold the `ih·iw` plane, `t.w` `kh·kw`
 /// weights and `t.out` whole rows of `ow` outputs.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn rows(t: &mut Task) {
-    // SAFETY: forwarded contract.
-    unsafe {
-        match t.g.sw {
-            1 => rows_s::<1>(t),
-            2 => rows_s::<2>(t),
-            _ => rows_s::<0>(t),
+pub(super) unsafe fn rows(ts: &mut [Task]) {
+    for t in ts {
+        // SAFETY: forwarded contract.
+        unsafe {
+            match t.g.sw {
+                1 => rows_s::<1>(t),
+                2 => rows_s::<2>(t),
+                _ => rows_s::<0>(t),
+            }
         }
     }
 }

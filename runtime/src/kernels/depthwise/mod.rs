@@ -9,8 +9,9 @@
 //! even lanes; other strides gather. The epilogue ([`EpOp`]) runs on the accumulator in
 //! registers before the row's single store.
 //!
-//! Threads: the work is cut into (plane, band of rows) tasks run on the runtime's pool
-//! ([`crate::kernels::parallel_for`]), each writing its own output rows.
+//! Threads: the work is cut into (plane, band of rows) items, grouped into a few tasks per
+//! thread run on the runtime's pool ([`crate::kernels::parallel_for`]), each writing its own
+//! output rows.
 //!
 //! ```
 //! use mlc_runtime::kernels::depthwise::{run, EpOp, BinKind, Shape};
@@ -207,7 +208,8 @@ pub(crate) struct Plane {
     pub pl: isize,
 }
 
-/// The arguments of one task: one input plane, its weights and bias, a band of output rows.
+/// One item of work: one input plane, its weights and bias, a band of output rows. The items
+/// of one call share their geometry `g` and epilogue.
 pub(crate) struct Task<'a> {
     pub g: &'a Plane,
     /// The input plane (`ih·iw` floats).
@@ -301,19 +303,20 @@ pub fn run(
     let band = oh.div_ceil(bands);
     let bands = oh.div_ceil(band);
     let out_ptr = SendPtr(out.as_mut_ptr());
-    let task = |t: usize| {
+    // Item `t` is band `t % bands` of plane `t / bands`.
+    let item = |t: usize| {
         let (p, b) = (t / bands, t % bands);
         let (n, mo) = (p / m, p % m);
         let xp = (n * s.in_channels + mo / s.mult) * ipl;
         let oy0 = b * band;
         let rows = band.min(oh - oy0);
         let start = p * oh * ow + oy0 * ow;
-        // SAFETY: `out` holds `planes·oh·ow` floats (checked above); task `t` writes rows
-        // `[oy0, oy0 + rows)` of plane `p` only, and distinct tasks have distinct (plane,
-        // band) pairs, so the slices handed out are disjoint, and all of them end before
-        // `run` returns (`parallel_for` joins its tasks).
+        // SAFETY: `out` holds `planes·oh·ow` floats (checked above); item `t` covers rows
+        // `[oy0, oy0 + rows)` of plane `p` only, distinct items have distinct (plane, band)
+        // pairs and each item belongs to one task, so the slices handed out are disjoint, and
+        // all of them end before `run` returns (`parallel_for` joins its tasks).
         let out = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(start), rows * ow) };
-        let mut t = Task {
+        Task {
             g: &g,
             x: &x[xp..xp + ipl],
             w: &w[mo * kk..(mo + 1) * kk],
@@ -321,28 +324,39 @@ pub fn run(
             out,
             oy0,
             ep,
-        };
-        dispatch(isa, &mut t);
+        }
     };
-    let tasks = planes * bands;
-    if threads == 1 {
-        (0..tasks).for_each(task);
+    let items = planes * bands;
+    // Tasks are runs of consecutive items, so a kernel sets up its column tables once per
+    // task, not once per (small) plane.
+    let tasks = if threads == 1 {
+        1
+    } else {
+        items.min(4 * threads)
+    };
+    let per = items.div_ceil(tasks);
+    let task = |k: usize| {
+        let mut ts: Vec<Task> = (k * per..((k + 1) * per).min(items)).map(item).collect();
+        dispatch(isa, &mut ts);
+    };
+    if tasks == 1 {
+        task(0);
     } else {
         super::parallel_for(tasks, &task);
     }
     Ok(())
 }
 
-/// Runs one task with the kernels of `isa` (which this CPU supports).
-fn dispatch(isa: Isa, t: &mut Task) {
+/// Runs a task's items with the kernels of `isa` (which this CPU supports).
+fn dispatch(isa: Isa, ts: &mut [Task]) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `isa` is supported (checked by `run`), so the CPU has AVX-512F.
-        Isa::Avx512 => unsafe { avx512::rows(t) },
+        Isa::Avx512 => unsafe { avx512::rows(ts) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, AVX2 and FMA.
-        Isa::Avx2 => unsafe { avx2::rows(t) },
-        _ => portable::rows(t),
+        Isa::Avx2 => unsafe { avx2::rows(ts) },
+        _ => ts.iter_mut().for_each(portable::rows),
     }
 }
 

@@ -1,5 +1,5 @@
 //! The depthwise kernels against a naive loop in the same order of operations, bit for bit:
-//! every ISA this CPU has, widths 1..40, kernels 1–7, strides 1–3, dilation 2, asymmetric
+//! every ISA this CPU has, widths 1..40 and some past 64, kernels 1–7, strides 1–3, dilation 2, asymmetric
 //! pads, channel multipliers, with and without bias, epilogues, 1–3 threads.
 
 use super::*;
@@ -185,7 +185,8 @@ fn check(case: Case, bias: bool, ep: &[EpOp], threads: usize, seed: u64) {
 #[test]
 fn every_width_kernel_stride_and_pad() {
     let mut seed = 1;
-    for iw in 1..=40 {
+    // Widths past 64 reach the kernels' blocks of several vectors.
+    for iw in (1..=40).chain([63, 64, 65, 100, 131]) {
         for k in [1, 3, 5, 7] {
             for s in [1, 2, 3] {
                 seed += 1;
@@ -247,7 +248,14 @@ fn channel_multiplier_epilogues_and_threads() {
     for mult in [1, 2] {
         for (ep_i, ep) in eps.iter().enumerate() {
             for threads in 1..=3 {
-                for (ih, iw, s) in [(12, 19, 1), (24, 37, 2), (3, 16, 1), (8, 8, 3)] {
+                for (ih, iw, s) in [
+                    (12, 19, 1),
+                    (24, 37, 2),
+                    (3, 16, 1),
+                    (8, 8, 3),
+                    (4, 97, 1),
+                    (3, 150, 2),
+                ] {
                     seed += 1;
                     let case = Case {
                         n: 2,
