@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Compiles `p` into a CPU artifact.
 pub fn compile_artifact(p: &Program, opts: Options) -> Result<Artifact, CodegenError> {
-    let (fused, _) = crate::requant::fuse_requant(p);
+    let (fused, _) = crate::requant::fuse_epilogues(p);
     let p = &fused;
     let (plan, weights) = crate::plan::build_plan(p)?;
     let object = crate::module::compile_object(p, opts)?;

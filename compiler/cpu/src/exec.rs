@@ -23,7 +23,7 @@ impl CompiledProgram {
     }
 
     pub fn with_options(p: &Program, opts: Options) -> Result<CompiledProgram, CodegenError> {
-        let (fused, _) = crate::requant::fuse_requant(p);
+        let (fused, _) = crate::requant::fuse_epilogues(p);
         let p = &fused;
         let (plan, weights) = crate::plan::build_plan(p)?;
         let (module, addrs, table) = crate::module::jit(&p.kernels, opts)?;

@@ -110,9 +110,38 @@ impl Verifier<'_> {
                     if let Some(rq) = &mm.requant {
                         self.requant(mm, rq);
                     }
+                    if let Some(t) = &mm.tail {
+                        self.tail(mm, t);
+                    }
                 }
             }
         }
+        self.scope.truncate(mark);
+    }
+
+    /// A fused tail: `row` and `col` are `i64` counters in scope for a straight-line body
+    /// (`let`s and stores); C is the contraction's own result, so the tail and a requantization
+    /// exclude each other.
+    fn tail(&mut self, mm: &Matmul, t: &TileTail) {
+        if mm.requant.is_some() {
+            self.err("matmul with both a requantization and a tail".to_string());
+        }
+        for v in [t.row, t.col] {
+            if self.var_ok(v) && self.k.var_ty(v) != DType::I64 {
+                self.err(format!("matmul tail coordinate %v{} is not i64", v.0));
+            }
+        }
+        if t
+            .body
+            .iter()
+            .any(|s| !matches!(s, Stmt::Let { .. } | Stmt::Store { .. }))
+        {
+            self.err("matmul tail: only lets and stores".to_string());
+        }
+        let mark = self.scope.len();
+        self.scope.push((t.row, false));
+        self.scope.push((t.col, false));
+        self.block(&t.body);
         self.scope.truncate(mark);
     }
 

@@ -157,6 +157,7 @@ pub(super) fn matmul_bufs(
             bias: None,
             act: Activation::None,
             requant: None,
+            tail: None,
         };
         vec![Stmt::Matmul(Box::new(mm))]
     });
@@ -266,6 +267,7 @@ fn gemm(cx: &mut Cx, node: &Node, ta: bool, tb: bool, alpha: f32, beta: f32) -> 
         bias,
         act: Activation::None,
         requant: None,
+        tail: None,
     };
     kb.k.body = vec![Stmt::Matmul(Box::new(mm))];
     cx.launch(kb, node);
