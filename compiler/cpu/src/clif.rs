@@ -130,7 +130,8 @@ pub fn tail_of(k: &Kernel) -> Option<&Matmul> {
 /// for i in 0..rows { let row = row0 + i; for j in 0..cols { let col = col0 + j; <tail> } }
 /// ```
 ///
-/// whose inner loop the vectorizer takes like any other.
+/// (columns outside, rows inside for a column-major C), whose inner loop the vectorizer takes
+/// like any other.
 pub fn tile_kernel(k: &Kernel) -> Option<(Kernel, [VarId; 4])> {
     let mm = tail_of(k)?;
     let t = mm.tail.as_ref()?;
@@ -138,23 +139,31 @@ pub fn tile_kernel(k: &Kernel) -> Option<(Kernel, [VarId; 4])> {
     tk.name = format!("{}_tail", k.name);
     let [i, j, r0, rows, c0, cols] = [(); 6].map(|_| tk.var(DType::I64));
     let add = |a: VarId, b: VarId| Expr::bin(BinOp::Add, Expr::var(a), Expr::var(b));
+    // The inner (vector) loop runs along C's contiguous dimension: columns, unless C is
+    // column-major.
+    let col_major = mm.c.row_stride == 1 && mm.c.col_stride != 1 && mm.m > 1 && mm.n > 1;
+    let ((ov, oi, oo, on), (iv, ii, io, inn)) = if col_major {
+        ((t.col, j, c0, cols), (t.row, i, r0, rows))
+    } else {
+        ((t.row, i, r0, rows), (t.col, j, c0, cols))
+    };
     let mut inner = vec![Stmt::Let {
-        var: t.col,
-        value: add(c0, j),
+        var: iv,
+        value: add(io, ii),
     }];
     inner.extend(t.body.iter().cloned());
     tk.body = vec![Stmt::For {
-        var: i,
-        extent: Expr::var(rows),
+        var: oi,
+        extent: Expr::var(on),
         kind: LoopKind::Serial,
         body: vec![
             Stmt::Let {
-                var: t.row,
-                value: add(r0, i),
+                var: ov,
+                value: add(oo, oi),
             },
             Stmt::For {
-                var: j,
-                extent: Expr::var(cols),
+                var: ii,
+                extent: Expr::var(inn),
                 kind: LoopKind::Vector,
                 body: inner,
             },

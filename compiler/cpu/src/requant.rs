@@ -662,7 +662,8 @@ pub fn fuse_tail_pair(
         .iter()
         .filter(|s| !std::ptr::eq(*s, mm_step) && !std::ptr::eq(*s, tail))
         .any(reads_c);
-    if others || p.outputs.iter().any(|(_, b)| p.storage_of(*b) == cbuf) {
+    // (In place, C's final value is the tail's output, which may be a program output.)
+    if others || (!in_place && p.outputs.iter().any(|(_, b)| p.storage_of(*b) == cbuf)) {
         return Err(CLive);
     }
     // The output shares storage with nothing the contraction or the tail reads (but C).

@@ -24,6 +24,7 @@ pub fn verify_kernel(k: &Kernel) -> Result<(), Vec<VerifyError>> {
         k,
         scope: Vec::new(),
         errors: Vec::new(),
+        c_readable: None,
     };
     v.block(&k.body);
     if v.errors.is_empty() {
@@ -38,6 +39,9 @@ struct Verifier<'a> {
     /// Variables in scope: (var, assignable).
     scope: Vec<(VarId, bool)>,
     errors: Vec<VerifyError>,
+    /// Inside a contraction's tail: its C, which the tail reads though the kernel only writes
+    /// it (the contraction wrote it first).
+    c_readable: Option<ParamId>,
 }
 
 impl Verifier<'_> {
@@ -141,7 +145,9 @@ impl Verifier<'_> {
         let mark = self.scope.len();
         self.scope.push((t.row, false));
         self.scope.push((t.col, false));
+        self.c_readable = Some(mm.c.param);
         self.block(&t.body);
+        self.c_readable = None;
         self.scope.truncate(mark);
     }
 
@@ -242,7 +248,7 @@ impl Verifier<'_> {
                 self.expect(index, DType::I64, "load index");
                 let p = self.param(*param)?;
                 let (ty, access) = (p.dtype, p.access);
-                if access == Access::Write {
+                if access == Access::Write && self.c_readable != Some(*param) {
                     self.err(format!("load from write-only %p{}", param.0));
                 }
                 Some(ty)
