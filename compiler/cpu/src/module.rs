@@ -100,7 +100,9 @@ pub(crate) fn define_kernels<M: Module>(
             Some((tk, bind)) => {
                 let sig = clif::tile_signature(m);
                 let name = format!("{}_tail", kernel_symbol(i, k));
-                let id = m.declare_function(&name, Linkage::Local, &sig).map_err(cl)?;
+                let id = m
+                    .declare_function(&name, Linkage::Local, &sig)
+                    .map_err(cl)?;
                 ctx.func.signature = sig;
                 ctx.func.name = UserFuncName::user(0, id.as_u32());
                 let b = cranelift_frontend::FunctionBuilder::new(&mut ctx.func, &mut fbc);
@@ -168,7 +170,9 @@ pub fn kernel_clif(k: &Kernel, opts: Options) -> Result<String, CodegenError> {
         Some((tk, bind)) => {
             let sig = clif::tile_signature(&m);
             let name = format!("{}_tail", kernel_symbol(0, k));
-            let id = m.declare_function(&name, Linkage::Local, &sig).map_err(cl)?;
+            let id = m
+                .declare_function(&name, Linkage::Local, &sig)
+                .map_err(cl)?;
             ctx.func.signature = sig;
             ctx.func.name = UserFuncName::testcase(name);
             let b = cranelift_frontend::FunctionBuilder::new(&mut ctx.func, &mut fbc);

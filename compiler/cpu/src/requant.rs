@@ -642,7 +642,8 @@ pub fn fuse_tail_pair(
         let mut a = Affine::of(&inline(e, &defs, 0)?)?;
         a.coef.retain(|_, c| *c != 0);
         // Counters of extent 1 are always 0.
-        a.coef.retain(|v, _| loops.iter().any(|&(w, e)| w == *v && e > 1));
+        a.coef
+            .retain(|v, _| loops.iter().any(|&(w, e)| w == *v && e > 1));
         Some(a)
     };
     let arg = |q: ParamId| tail.args.get(q.0 as usize).copied();
@@ -699,7 +700,11 @@ pub fn fuse_tail_pair(
         if q != *out && prm.access != Access::Read {
             return Err(NotPointwise);
         }
-        let access = if q == *out { Access::Write } else { Access::Read };
+        let access = if q == *out {
+            Access::Write
+        } else {
+            Access::Read
+        };
         pmap.insert(q, k.param(prm.dtype, prm.len, access));
         args.push(arg(q).ok_or(NotPointwise)?);
     }
@@ -809,9 +814,7 @@ fn uses(e: &Expr, vars: &[VarId]) -> bool {
         Expr::Load { index, .. } => uses(index, vars),
         Expr::Unary(_, a) | Expr::Cast(_, a) => uses(a, vars),
         Expr::Binary(_, a, b) => uses(a, vars) || uses(b, vars),
-        Expr::Select { cond, then, els } => {
-            uses(cond, vars) || uses(then, vars) || uses(els, vars)
-        }
+        Expr::Select { cond, then, els } => uses(cond, vars) || uses(then, vars) || uses(els, vars),
     }
 }
 

@@ -87,7 +87,8 @@ fn program(c: &Case, rng: &mut Rng) -> Program {
     p.consts.push(Tensor::from_vec(&[n], colv).unwrap());
     let scal: Vec<f32> = vec![0.37, 0.011, 3.0];
     p.consts.push(Tensor::from_vec(&[3], scal).unwrap());
-    p.consts.push(Tensor::from_vec(&[1], vec![rng.int(0, 255) as u8]).unwrap());
+    p.consts
+        .push(Tensor::from_vec(&[1], vec![rng.int(0, 255) as u8]).unwrap());
     let buf = |p: &mut Program, dtype, shape: Vec<usize>, kind| p.add_buffer(dtype, shape, kind);
     let ba = buf(&mut p, at, vec![m, k], BufKind::Const(0));
     let bb = buf(&mut p, bt, vec![k, n], BufKind::Input(0));
@@ -354,7 +355,11 @@ fn check(c: &Case, want_fused: Result<(), Refusal>, rng: &mut Rng) {
     let x = inputs(&p, c.int8, rng);
     let want = run_program(&p, &x).unwrap();
     let after = run_program(&q, &x).unwrap();
-    assert_eq!(bits(&after), bits(&want), "{what}: evaluator after the pass");
+    assert_eq!(
+        bits(&after),
+        bits(&want),
+        "{what}: evaluator after the pass"
+    );
     // Libm's transcendentals on both sides: the inline vector ones differ from them by an
     // ulp, and the two programs may vectorize different loops.
     let opts = |fuse_epilogues| Options {
@@ -367,12 +372,19 @@ fn check(c: &Case, want_fused: Result<(), Refusal>, rng: &mut Rng) {
     for threads in [1, 2, 3] {
         let a = fused_c.run(&x, threads).unwrap();
         let b = unfused.run(&x, threads).unwrap();
-        assert_eq!(bits(&a), bits(&b), "{what}: fused vs unfused, {threads} threads");
+        assert_eq!(
+            bits(&a),
+            bits(&b),
+            "{what}: fused vs unfused, {threads} threads"
+        );
         // (libm's `tanhf` and the evaluator's differ by an ulp here and there.)
         if c.int8 && c.tail != Tail::PerRowTanh {
             assert_eq!(bits(&a), bits(&want), "{what}: compiled, {threads} threads");
         } else {
-            assert!(close(&want, &a, 1e-4), "{what}: compiled, {threads} threads");
+            assert!(
+                close(&want, &a, 1e-4),
+                "{what}: compiled, {threads} threads"
+            );
         }
     }
 }
@@ -389,7 +401,14 @@ fn fuses_pointwise_tails_exactly() {
         Tail::InPlace,
     ];
     // Odd sizes, a single row or column, and sizes past one tile and one cache block.
-    let shapes = [(1, 8, 3), (9, 1, 5), (7, 12, 13), (13, 36, 27), (64, 100, 147), (37, 256, 64)];
+    let shapes = [
+        (1, 8, 3),
+        (9, 1, 5),
+        (7, 12, 13),
+        (13, 36, 27),
+        (64, 100, 147),
+        (37, 256, 64),
+    ];
     for &(m, n, k) in &shapes {
         for tail in tails {
             for int8 in [false, true] {

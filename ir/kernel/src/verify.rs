@@ -135,8 +135,7 @@ impl Verifier<'_> {
                 self.err(format!("matmul tail coordinate %v{} is not i64", v.0));
             }
         }
-        if t
-            .body
+        if t.body
             .iter()
             .any(|s| !matches!(s, Stmt::Let { .. } | Stmt::Store { .. }))
         {

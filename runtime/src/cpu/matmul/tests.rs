@@ -700,7 +700,13 @@ fn requantized_matches_definition() {
 fn tail_hook_visits_every_element_once() {
     use std::sync::atomic::{AtomicU32, Ordering};
     let mut rng = Rng(0x51ed_2701);
-    let shapes = [(1, 37, 5), (29, 1, 7), (13, 50, 9), (70, 90, 40), (5, 300, 3)];
+    let shapes = [
+        (1, 37, 5),
+        (29, 1, 7),
+        (13, 50, 9),
+        (70, 90, 40),
+        (5, 300, 3),
+    ];
     let layouts = [
         Layout::RowMajor { pad: 0 },
         Layout::ColMajor { pad: 0 },
@@ -718,7 +724,8 @@ fn tail_hook_visits_every_element_once() {
                     let (ao, ars, acs, alen) = place(Layout::RowMajor { pad: 0 }, m, k, 0);
                     let (bo, brs, bcs, blen) = place(Layout::RowMajor { pad: 0 }, k, n, 0);
                     let (co, crs, ccs, clen) = place(lc, m, n, 0);
-                    let mut val = |lo: i64, hi: i64| (lo + rng.below((hi - lo) as usize) as i64) as f64;
+                    let mut val =
+                        |lo: i64, hi: i64| (lo + rng.below((hi - lo) as usize) as i64) as f64;
                     let a = Buf::new(ta, alen, 0, |_| val(0, 9));
                     let b = Buf::new(tb, blen, 0, |_| val(-9, 9));
                     let mut c1 = Buf::new(tc, clen, 0, |_| 0.0);
