@@ -759,7 +759,6 @@ pub fn fuse_tail_pair(
         }
     }
     let value = rw(out_value);
-    drop(rw);
     if let Some(e) = err {
         return Err(e);
     }
