@@ -163,6 +163,7 @@ pub(super) fn matmul_bufs(
             bias: None,
             act: Activation::None,
             requant: None,
+            tail: None,
         };
         vec![Stmt::Matmul(Box::new(mm))]
     });
@@ -272,6 +273,7 @@ fn gemm(cx: &mut Cx, node: &Node, ta: bool, tb: bool, alpha: f32, beta: f32) -> 
         bias,
         act: Activation::None,
         requant: None,
+        tail: None,
     };
     kb.k.body = vec![Stmt::Matmul(Box::new(mm))];
     cx.launch(kb, node);
