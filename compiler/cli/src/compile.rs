@@ -98,7 +98,15 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
         crate::pipeline::lower(graph, &bindings, level, cost_model, &mut phases)?;
     since = Instant::now();
     if args.explain.explain {
-        let text = crate::optimize::explain(&report, &program, args.explain.json)?;
+        let mut text = crate::optimize::explain(&report, &program, args.explain.json)?;
+        if matches!(target, Target::Cpu) && !args.explain.json {
+            // The CPU backend's own kernel-IR passes, run before code generation.
+            let (_, f) = mlc_cpu::requant::fuse_epilogues(&program);
+            text.push_str(&format!(
+                "CPU epilogues: {} requantizing and {} elementwise tails fused into contractions\n",
+                f.requant, f.tails
+            ));
+        }
         return crate::print_stdout(&text);
     }
     let stem = args

@@ -16,8 +16,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Compiles `p` into a CPU artifact.
 pub fn compile_artifact(p: &Program, opts: Options) -> Result<Artifact, CodegenError> {
-    let (fused, _) = crate::requant::fuse_requant(p);
-    let p = &fused;
+    let fused = if opts.fuse_epilogues {
+        Some(crate::requant::fuse_epilogues(p).0)
+    } else {
+        None
+    };
+    let p = fused.as_ref().unwrap_or(p);
     let (plan, weights) = crate::plan::build_plan(p)?;
     let object = crate::module::compile_object(p, opts)?;
     let code = link_shared(&object)?;

@@ -19,7 +19,7 @@ use cranelift_codegen::ir::{
     Type, Value, types,
 };
 use cranelift_frontend::{FunctionBuilder, Variable};
-use cranelift_module::{DataDescription, DataId, Module};
+use cranelift_module::{DataDescription, DataId, FuncId, Module};
 use mlc_ir::DType;
 use mlc_kir::*;
 use mlc_runtime::cpu::abi;
@@ -100,6 +100,81 @@ pub fn kernel_signature<M: Module>(m: &M) -> ir::Signature {
     sig
 }
 
+/// The signature of a contraction's tile function (`mlc_runtime::cpu::abi::TileFn`):
+/// `(params: *const *mut u8, row0: i64, rows: i64, col0: i64, cols: i64)`.
+pub fn tile_signature<M: Module>(m: &M) -> ir::Signature {
+    let mut sig = m.make_signature();
+    sig.params
+        .push(AbiParam::new(m.target_config().pointer_type()));
+    for _ in 0..4 {
+        sig.params.push(AbiParam::new(types::I64));
+    }
+    sig
+}
+
+/// The contraction of `k` that carries a fused tail, if any (at most one: the tail pass
+/// fuses into kernels whose body is one contraction).
+pub fn tail_of(k: &Kernel) -> Option<&Matmul> {
+    fn find(body: &[Stmt]) -> Option<&Matmul> {
+        body.iter().find_map(|s| match s {
+            Stmt::Matmul(mm) if mm.tail.is_some() => Some(&**mm),
+            Stmt::For { body, .. } => find(body),
+            _ => None,
+        })
+    }
+    find(&k.body)
+}
+
+/// The tile function of `k`'s tail as a kernel of its own: `k`'s parameters and variables,
+/// plus six `i64`s (the loop counters over the block and the block's `row0, rows, col0,
+/// cols`, the last four returned: the function's arguments), and the body
+///
+/// ```text
+/// for i in 0..rows { let row = row0 + i; for j in 0..cols { let col = col0 + j; <tail> } }
+/// ```
+///
+/// (columns outside, rows inside for a column-major C), whose inner loop the vectorizer takes
+/// like any other.
+pub fn tile_kernel(k: &Kernel) -> Option<(Kernel, [VarId; 4])> {
+    let mm = tail_of(k)?;
+    let t = mm.tail.as_ref()?;
+    let mut tk = k.clone();
+    tk.name = format!("{}_tail", k.name);
+    let [i, j, r0, rows, c0, cols] = [(); 6].map(|_| tk.var(DType::I64));
+    let add = |a: VarId, b: VarId| Expr::bin(BinOp::Add, Expr::var(a), Expr::var(b));
+    // The inner (vector) loop runs along C's contiguous dimension: columns, unless C is
+    // column-major.
+    let col_major = mm.c.row_stride == 1 && mm.c.col_stride != 1 && mm.m > 1 && mm.n > 1;
+    let ((ov, oi, oo, on), (iv, ii, io, inn)) = if col_major {
+        ((t.col, j, c0, cols), (t.row, i, r0, rows))
+    } else {
+        ((t.row, i, r0, rows), (t.col, j, c0, cols))
+    };
+    let mut inner = vec![Stmt::Let {
+        var: iv,
+        value: add(io, ii),
+    }];
+    inner.extend(t.body.iter().cloned());
+    tk.body = vec![Stmt::For {
+        var: oi,
+        extent: Expr::var(on),
+        kind: LoopKind::Serial,
+        body: vec![
+            Stmt::Let {
+                var: ov,
+                value: add(oo, oi),
+            },
+            Stmt::For {
+                var: ii,
+                extent: Expr::var(inn),
+                kind: LoopKind::Vector,
+                body: inner,
+            },
+        ],
+    }];
+    Some((tk, [r0, rows, c0, cols]))
+}
+
 /// The helper table of the module (see `mlc_runtime::cpu::abi`) and the helpers the kernels
 /// translated so far call, by table index.
 pub(crate) struct Imports {
@@ -149,6 +224,10 @@ pub(crate) struct Tx<'a, 'f, M: Module> {
     pub pool: ConstPool,
     /// The counter of the vector loop being emitted.
     pub vcounter: Option<VarId>,
+    /// The kernel's parameter array (what a contraction's tile function receives).
+    pub argv: Value,
+    /// The tile function of the kernel's contraction, when it has a tail.
+    pub tile_fn: Option<FuncId>,
 }
 
 /// A kernel's read-only vector constants, in a data object of their own, four lanes each.
@@ -162,20 +241,30 @@ pub(crate) struct ConstPool {
     error: Option<CodegenError>,
 }
 
-/// Translates `k` into `b`'s function (whose signature is [`kernel_signature`]).
-pub(crate) fn translate<M: Module>(
+/// Translates `k` into `b`'s function: a kernel ([`kernel_signature`]) whose contraction's
+/// tile function is `tile_fn`, or, with `tile` (the variables bound to the arguments
+/// `row0, rows, col0, cols`), a tile function ([`tile_signature`]) built by [`tile_kernel`].
+pub(crate) fn translate_fn<M: Module>(
     m: &mut M,
     imports: &mut Imports,
     k: &Kernel,
     mut b: FunctionBuilder<'_>,
     opts: Options,
+    tile_fn: Option<FuncId>,
+    tile: Option<[VarId; 4]>,
 ) -> Result<()> {
     let ptr = m.target_config().pointer_type();
     let entry = b.create_block();
     b.append_block_params_for_function_params(entry);
     b.switch_to_block(entry);
     let args = b.block_params(entry).to_vec();
-    let (argv, start, end) = (args[0], args[1], args[2]);
+    let argv = args[0];
+    let (start, end) = if tile.is_some() {
+        let z = b.ins().iconst(types::I64, 0);
+        (z, z)
+    } else {
+        (args[1], args[2])
+    };
     let mut vars = Vec::with_capacity(k.vars.len());
     for (i, &t) in k.vars.iter().enumerate() {
         let ty = reg_ty(t).ok_or_else(|| CodegenError::Unsupported {
@@ -183,6 +272,11 @@ pub(crate) fn translate<M: Module>(
             what: format!("variable %v{i} of type {}", t.name()),
         })?;
         vars.push(b.declare_var(ty));
+    }
+    if let Some(bind) = tile {
+        for (v, &a) in bind.iter().zip(&args[1..]) {
+            b.def_var(vars[v.0 as usize], a);
+        }
     }
     let mut params = Vec::with_capacity(k.params.len());
     for (i, p) in k.params.iter().enumerate() {
@@ -200,7 +294,7 @@ pub(crate) fn translate<M: Module>(
     // Unused (no helper call), it is removed by dead-code elimination.
     let gv = m.declare_data_in_func(imports.table, b.func);
     let table = b.ins().symbol_value(ptr, gv);
-    let split = split_extent(k).is_some();
+    let split = tile.is_none() && split_extent(k).is_some();
     let x86 = m.isa().triple().architecture == target_lexicon::Architecture::X86_64;
     let fma = m.isa().has_native_fma();
     let mut tx = Tx {
@@ -223,6 +317,8 @@ pub(crate) fn translate<M: Module>(
         fma,
         pool: ConstPool::default(),
         vcounter: None,
+        argv,
+        tile_fn,
     };
     tx.block(&k.body, split)?;
     tx.b.ins().return_(&[]);
@@ -1084,6 +1180,25 @@ impl<M: Module> Tx<'_, '_, M> {
             put(self, i, v);
         }
         put(self, s::STATUS, self.status);
+        // The tail: the tile function's address and this kernel's parameter array.
+        let (tf, targs) = match (&mm.tail, self.tile_fn) {
+            (None, _) => {
+                let z = self.b.ins().iconst(ptr, 0);
+                (z, z)
+            }
+            (Some(_), Some(id)) => {
+                let f = self.m.declare_func_in_func(id, self.b.func);
+                (self.b.ins().func_addr(ptr, f), self.argv)
+            }
+            (Some(_), None) => {
+                return Err(CodegenError::Invalid(format!(
+                    "kernel {}: a matmul tail without its tile function",
+                    self.k.name
+                )));
+            }
+        };
+        put(self, s::TAIL_FN, tf);
+        put(self, s::TAIL_ARGS, targs);
         let addr = self.b.ins().stack_addr(ptr, slot, 0);
         self.call_helper(abi::MATMUL, &[ptr], &[], &[addr]);
         Ok(())

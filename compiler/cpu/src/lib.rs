@@ -19,8 +19,10 @@
 //!   (`mlc_runtime::cpu::abi`), so JIT'd code and artifacts loaded by the runtime run the same
 //!   helpers.
 //! - [`exec`] runs a whole [`mlc_kir::Program`]: buffers, steps in order, threads.
-//! - [`requant`] is a kernel-IR pass run before code generation (JIT and artifacts alike):
-//!   it folds the requantizing tail of an integer contraction into the contraction.
+//! - [`requant`] holds the kernel-IR passes run before code generation (JIT and artifacts
+//!   alike) that fold the elementwise kernel after a contraction into it: a pure
+//!   requantization into the integer kernels' epilogue, any other pointwise tail as a
+//!   Cranelift *tile function* the runtime's GEMM calls on each finished block of C.
 //!
 //! ```
 //! use mlc_ir::{Tensor, parse_graph};
@@ -64,6 +66,9 @@ pub struct Options {
     /// Bounds-check every load and store (not only data-dependent ones), reporting an index
     /// out of bounds as a run error: for debugging lowering. Turns vectorization off.
     pub check_bounds: bool,
+    /// Fold the elementwise tails of contractions into them before code generation
+    /// (`requant::fuse_epilogues`); off, every kernel is compiled as lowering wrote it.
+    pub fuse_epilogues: bool,
 }
 
 impl Default for Options {
@@ -72,6 +77,7 @@ impl Default for Options {
             simd: true,
             inline_math: true,
             check_bounds: false,
+            fuse_epilogues: true,
         }
     }
 }

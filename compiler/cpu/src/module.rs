@@ -95,6 +95,25 @@ pub(crate) fn define_kernels<M: Module>(
     let mut ctx = m.make_context();
     let mut fbc = FunctionBuilderContext::new();
     for (i, k) in kernels.iter().enumerate() {
+        // A contraction's tail first: its tile function, local to the module.
+        let tile_fn = match clif::tile_kernel(k) {
+            Some((tk, bind)) => {
+                let sig = clif::tile_signature(m);
+                let name = format!("{}_tail", kernel_symbol(i, k));
+                let id = m
+                    .declare_function(&name, Linkage::Local, &sig)
+                    .map_err(cl)?;
+                ctx.func.signature = sig;
+                ctx.func.name = UserFuncName::user(0, id.as_u32());
+                let b = cranelift_frontend::FunctionBuilder::new(&mut ctx.func, &mut fbc);
+                clif::translate_fn(m, &mut imports, &tk, b, opts, None, Some(bind))?;
+                m.define_function(id, &mut ctx)
+                    .map_err(|e| CodegenError::Cranelift(format!("kernel {}: {e:?}", tk.name)))?;
+                m.clear_context(&mut ctx);
+                Some(id)
+            }
+            None => None,
+        };
         let sig = clif::kernel_signature(m);
         let id = m
             .declare_function(&kernel_symbol(i, k), linkage, &sig)
@@ -102,7 +121,7 @@ pub(crate) fn define_kernels<M: Module>(
         ctx.func.signature = sig;
         ctx.func.name = UserFuncName::user(0, id.as_u32());
         let b = cranelift_frontend::FunctionBuilder::new(&mut ctx.func, &mut fbc);
-        clif::translate(m, &mut imports, k, b, opts)?;
+        clif::translate_fn(m, &mut imports, k, b, opts, tile_fn, None)?;
         m.define_function(id, &mut ctx)
             .map_err(|e| CodegenError::Cranelift(format!("kernel {}: {e:?}", k.name)))?;
         m.clear_context(&mut ctx);
@@ -145,12 +164,31 @@ pub fn kernel_clif(k: &Kernel, opts: Options) -> Result<String, CodegenError> {
     let mut imports = Imports::new(table);
     let mut ctx = m.make_context();
     let mut fbc = FunctionBuilderContext::new();
+    let mut out = String::new();
+    // The tile function of a contraction's tail, printed before the kernel.
+    let tile_fn = match clif::tile_kernel(k) {
+        Some((tk, bind)) => {
+            let sig = clif::tile_signature(&m);
+            let name = format!("{}_tail", kernel_symbol(0, k));
+            let id = m
+                .declare_function(&name, Linkage::Local, &sig)
+                .map_err(cl)?;
+            ctx.func.signature = sig;
+            ctx.func.name = UserFuncName::testcase(name);
+            let b = cranelift_frontend::FunctionBuilder::new(&mut ctx.func, &mut fbc);
+            clif::translate_fn(&mut m, &mut imports, &tk, b, opts, None, Some(bind))?;
+            out.push_str(&ctx.func.display().to_string());
+            out.push('\n');
+            m.clear_context(&mut ctx);
+            Some(id)
+        }
+        None => None,
+    };
     ctx.func.signature = clif::kernel_signature(&m);
     ctx.func.name = UserFuncName::testcase(kernel_symbol(0, k));
     let b = cranelift_frontend::FunctionBuilder::new(&mut ctx.func, &mut fbc);
-    clif::translate(&mut m, &mut imports, k, b, opts)?;
+    clif::translate_fn(&mut m, &mut imports, k, b, opts, tile_fn, None)?;
     let helpers = abi::helpers();
-    let mut out = String::new();
     for &i in &imports.used {
         out.push_str(&format!("; helper table +{} = {}\n", i * 8, helpers[i]));
     }
@@ -158,8 +196,13 @@ pub fn kernel_clif(k: &Kernel, opts: Options) -> Result<String, CodegenError> {
     Ok(out)
 }
 
-/// The CLIF of every kernel of `p` (`--emit clif`).
+/// The CLIF of every kernel of `p` (`--emit clif`), after the epilogue fusions that
+/// compilation runs (tile functions printed before their kernels).
 pub fn program_clif(p: &Program, opts: Options) -> Result<String, CodegenError> {
+    let fused = opts
+        .fuse_epilogues
+        .then(|| crate::requant::fuse_epilogues(p).0);
+    let p = fused.as_ref().unwrap_or(p);
     let mut out = String::new();
     for k in &p.kernels {
         out.push_str(&kernel_clif(k, opts)?);

@@ -17,7 +17,7 @@
 use mlc_ir::DType;
 use mlc_kir::{
     Access, BinOp, BufId, BufKind, Expr, Kernel, KernelId, Lit, MatRef, Matmul, ParamId, Program,
-    Requant, ScalarRef, Step, Stmt, UnOp, VarId,
+    Requant, ScalarRef, Step, Stmt, TileTail, UnOp, VarId,
 };
 use std::collections::HashMap;
 
@@ -480,6 +480,417 @@ fn split_affine(mult_idx: &Affine, loops: &[(VarId, i64)], inner: i64) -> Option
     Some((mult_idx.c, a.unwrap_or(0), b.unwrap_or(0)))
 }
 
+/// Why a contraction and the kernel after it were not fused into a contraction with a tail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The first step is not a lone, plain contraction (or already has an epilogue of ours).
+    NotAContraction,
+    /// C is not the whole of a dense row- or column-major `m×n` temporary.
+    CLayout,
+    /// The second kernel is not a nest of literal loops around `let`s and one store.
+    NotPointwise,
+    /// The second kernel does not write one element per element of C at its own index.
+    NotElementwise,
+    /// The second kernel does not read C, or reads it elsewhere than at the element's index.
+    CIndex,
+    /// C is read by another step or is a program output.
+    CLive,
+    /// A load's index is not the element's, per row, per column or a constant.
+    OperandIndex,
+    /// The output shares storage with an operand (other than C in place, same type).
+    Aliased,
+    /// The body uses the loop counters other than in indices.
+    UsesCounters,
+}
+
+/// Rewrites every contraction whose result is read back only by the elementwise kernel after
+/// it (see [`fuse_tail_pair`]) into one contraction with a [`mlc_kir::TileTail`]; returns the
+/// program and how many tails were fused. Run after [`fuse_requant`], which handles the pure
+/// requantizations more cheaply.
+pub fn fuse_tails(p: &Program) -> (Program, usize) {
+    let mut out = p.clone();
+    let mut steps = Vec::with_capacity(p.steps.len());
+    let mut fused = 0;
+    let mut i = 0;
+    while i < p.steps.len() {
+        if i + 1 < p.steps.len()
+            && let Ok((kernel, args)) = fuse_tail_pair(p, &p.steps[i], &p.steps[i + 1])
+        {
+            let k = out.intern_kernel(kernel);
+            steps.push(Step {
+                kernel: k,
+                args,
+                origin: p.steps[i].origin.clone(),
+            });
+            fused += 1;
+            i += 2;
+            continue;
+        }
+        steps.push(p.steps[i].clone());
+        i += 1;
+    }
+    out.steps = steps;
+    drop_unused_kernels(&mut out);
+    (out, fused)
+}
+
+/// What the CPU backend's epilogue passes fused.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fused {
+    /// Pure requantizations ([`fuse_requant`]).
+    pub requant: usize,
+    /// General tails ([`fuse_tails`]).
+    pub tails: usize,
+}
+
+/// Both passes, in order: what code generation runs.
+pub fn fuse_epilogues(p: &Program) -> (Program, Fused) {
+    let (q, requant) = fuse_requant(p);
+    let (q, tails) = fuse_tails(&q);
+    (q, Fused { requant, tails })
+}
+
+/// The contraction of `mm_step` with the kernel of `tail` as its [`mlc_kir::TileTail`], and
+/// the fused step's arguments, or why not.
+///
+/// It fuses when `mm_step` is a lone contraction (no requantization) into the whole of a dense
+/// row- or column-major temporary C, and `tail` is a nest of literal loops around `let`s and
+/// one store whose element index `L` (row-major over the nest) runs over C's elements, where
+/// the store writes element `L` of its output, every load of C reads element `L`, every other
+/// load reads a buffer nobody writes here at `L`, per row, per column or one element (an index
+/// `o + (L / inner)·a + (L % inner)·b`), the counters appear in nothing else, and nothing else
+/// reads C afterwards. The output may be C itself when it has C's type (in place).
+pub fn fuse_tail_pair(
+    p: &Program,
+    mm_step: &Step,
+    tail: &Step,
+) -> Result<(Kernel, Vec<BufId>), Refusal> {
+    use Refusal::*;
+    let mk = p.kernel(mm_step.kernel);
+    let [Stmt::Matmul(mm)] = mk.body.as_slice() else {
+        return Err(NotAContraction);
+    };
+    if mm.requant.is_some() || mm.tail.is_some() {
+        return Err(NotAContraction);
+    }
+    let cp = mm.c.param;
+    let cbuf = p.storage_of(*mm_step.args.get(cp.0 as usize).ok_or(NotAContraction)?);
+    let clen = mk.params[cp.0 as usize].len;
+    let cty = mk.params[cp.0 as usize].dtype;
+    let (m, n) = (mm.m as i64, mm.n as i64);
+    let lit0 = matches!(mm.c.offset, Expr::Lit(Lit::Int(_, 0)));
+    let row_major = mm.c.col_stride == 1 && (mm.c.row_stride == n || m == 1);
+    let col_major = mm.c.row_stride == 1 && (mm.c.col_stride == m || n == 1);
+    if !lit0 || !(row_major || col_major) || clen as i64 != m * n || m * n == 0 {
+        return Err(CLayout);
+    }
+    if p.buffer(cbuf).kind != BufKind::Temp || p.buffer(cbuf).len() != clen {
+        return Err(CLayout);
+    }
+    // The tail: literal loops around lets and one store.
+    let tk = p.kernel(tail.kernel);
+    let mut loops = Vec::new();
+    let mut body: &[Stmt] = &tk.body;
+    while let [
+        Stmt::For {
+            var,
+            extent: Expr::Lit(Lit::Int(_, e)),
+            body: inner,
+            ..
+        },
+    ] = body
+    {
+        loops.push((*var, *e));
+        body = inner;
+    }
+    let (last, lets) = body.split_last().ok_or(NotPointwise)?;
+    let Stmt::Store {
+        param: out,
+        index: out_index,
+        value: out_value,
+    } = last
+    else {
+        return Err(NotPointwise);
+    };
+    let mut defs: HashMap<VarId, &Expr> = HashMap::new();
+    for s in lets {
+        let Stmt::Let { var, value } = s else {
+            return Err(NotPointwise);
+        };
+        defs.insert(*var, value);
+    }
+    let total = loops
+        .iter()
+        .try_fold(1i64, |acc, &(_, e)| acc.checked_mul(e))
+        .ok_or(NotElementwise)?;
+    if total != clen as i64 || loops.iter().any(|&(_, e)| e <= 0) {
+        return Err(NotElementwise);
+    }
+    // The element index L: row-major over the nest.
+    let mut li = Affine {
+        c: 0,
+        coef: HashMap::new(),
+    };
+    let mut stride = 1i64;
+    for &(v, e) in loops.iter().rev() {
+        if e > 1 {
+            li.coef.insert(v, stride);
+        }
+        stride *= e;
+    }
+    let affine_of = |e: &Expr| -> Option<Affine> {
+        let mut a = Affine::of(&inline(e, &defs, 0)?)?;
+        a.coef.retain(|_, c| *c != 0);
+        // Counters of extent 1 are always 0.
+        a.coef
+            .retain(|v, _| loops.iter().any(|&(w, e)| w == *v && e > 1));
+        Some(a)
+    };
+    let arg = |q: ParamId| tail.args.get(q.0 as usize).copied();
+    let out_buf = arg(*out).ok_or(NotPointwise)?;
+    if affine_of(out_index).as_ref() != Some(&li) || tk.params[out.0 as usize].len != clen {
+        return Err(NotElementwise);
+    }
+    // Which tail parameters are C; nothing else may read C.
+    let is_c = |q: usize| tail.args.get(q).is_some_and(|&b| p.storage_of(b) == cbuf);
+    let in_place = p.storage_of(out_buf) == cbuf;
+    if in_place && tk.params[out.0 as usize].dtype != cty {
+        return Err(Aliased);
+    }
+    let reads_c = |s: &Step| s.args.iter().any(|&b| p.storage_of(b) == cbuf);
+    let others = p
+        .steps
+        .iter()
+        .filter(|s| !std::ptr::eq(*s, mm_step) && !std::ptr::eq(*s, tail))
+        .any(reads_c);
+    // (In place, C's final value is the tail's output, which may be a program output.)
+    if others || (!in_place && p.outputs.iter().any(|(_, b)| p.storage_of(*b) == cbuf)) {
+        return Err(CLive);
+    }
+    // The output shares storage with nothing the contraction or the tail reads (but C).
+    let out_store = p.storage_of(out_buf);
+    if !in_place {
+        let shares = |b: &BufId| p.storage_of(*b) == out_store;
+        let tail_others = tail
+            .args
+            .iter()
+            .enumerate()
+            .any(|(j, b)| j != out.0 as usize && shares(b));
+        if mm_step.args.iter().any(shares) || tail_others {
+            return Err(Aliased);
+        }
+    }
+    // The fused kernel: the contraction's parameters, then the tail's other ones.
+    let mut k = mk.clone();
+    k.name = format!("{}_{}", mk.name, tk.name);
+    let var0 = k.vars.len() as u32;
+    k.vars.extend(tk.vars.iter().copied());
+    let (row, col) = (k.var(DType::I64), k.var(DType::I64));
+    let mut pmap: HashMap<ParamId, ParamId> = HashMap::new();
+    let mut args = mm_step.args.clone();
+    for (j, prm) in tk.params.iter().enumerate() {
+        let q = ParamId(j as u32);
+        if is_c(j) {
+            if q != *out && prm.dtype != cty {
+                return Err(CIndex);
+            }
+            pmap.insert(q, cp);
+            continue;
+        }
+        if q != *out && prm.access != Access::Read {
+            return Err(NotPointwise);
+        }
+        let access = if q == *out {
+            Access::Write
+        } else {
+            Access::Read
+        };
+        pmap.insert(q, k.param(prm.dtype, prm.len, access));
+        args.push(arg(q).ok_or(NotPointwise)?);
+    }
+    let inner = if row_major { n } else { m };
+    // An index affine in the counters as one in (row, col).
+    let index_of = |a: &Affine| -> Result<Expr, Refusal> {
+        let (o, per_outer, per_inner) = split_affine(a, &loops, inner).ok_or(OperandIndex)?;
+        let (rs, cs) = if row_major {
+            (per_outer, per_inner)
+        } else {
+            (per_inner, per_outer)
+        };
+        Ok(Expr::add_idx(
+            Expr::idx(o),
+            Expr::add_idx(
+                Expr::mul_idx(Expr::var(row), rs),
+                Expr::mul_idx(Expr::var(col), cs),
+            ),
+        ))
+    };
+    let elem = index_of(&li)?;
+    let var_map = |v: VarId| VarId(v.0 + var0);
+    let mut err = None;
+    let mut rw = |e: &Expr| -> Expr {
+        rewrite(e, &mut |param, index| {
+            let a = match affine_of(index) {
+                Some(a) => a,
+                None => {
+                    err.get_or_insert(OperandIndex);
+                    return Expr::idx(0);
+                }
+            };
+            if is_c(param.0 as usize) && a != li {
+                err.get_or_insert(CIndex);
+            }
+            match index_of(&a) {
+                Ok(i) => i,
+                Err(e) => {
+                    err.get_or_insert(e);
+                    Expr::idx(0)
+                }
+            }
+        })
+    };
+    let mut new_body = Vec::new();
+    for s in lets {
+        if let Stmt::Let { var, value } = s {
+            new_body.push(Stmt::Let {
+                var: *var,
+                value: rw(value),
+            });
+        }
+    }
+    let value = rw(out_value);
+    if let Some(e) = err {
+        return Err(e);
+    }
+    new_body.push(Stmt::Store {
+        param: *out,
+        index: elem,
+        value,
+    });
+    // Only C was read at the element's index? Every tail load of C went through `is_c`;
+    // a tail that never reads C is not C's tail.
+    if !(0..tk.params.len()).any(|j| j != out.0 as usize && is_c(j)) {
+        return Err(CIndex);
+    }
+    // Lets that only fed indices are dead now; then no counter may remain.
+    let new_body = drop_dead_lets(new_body);
+    let counters: Vec<VarId> = loops.iter().map(|&(v, _)| v).collect();
+    if new_body.iter().any(|s| stmt_uses(s, &counters)) {
+        return Err(UsesCounters);
+    }
+    // Renumber the tail's parameters and variables into the fused kernel's.
+    let body = new_body
+        .into_iter()
+        .map(|s| renumber(s, &pmap, &var_map, (row, col)))
+        .collect();
+    let mut new_mm: Matmul = (**mm).clone();
+    new_mm.tail = Some(TileTail { row, col, body });
+    k.body = vec![Stmt::Matmul(Box::new(new_mm))];
+    mlc_kir::verify_kernel(&k).map_err(|_| NotPointwise)?;
+    Ok((k, args))
+}
+
+/// `e` with the index of every load replaced by `f(param, index)` (loads inside indices are
+/// left as they are: their indices are the caller's to judge).
+fn rewrite(e: &Expr, f: &mut dyn FnMut(ParamId, &Expr) -> Expr) -> Expr {
+    match e {
+        Expr::Var(_) | Expr::Lit(_) => e.clone(),
+        Expr::Load { param, index } => Expr::load(*param, f(*param, index)),
+        Expr::Unary(op, a) => Expr::un(*op, rewrite(a, f)),
+        Expr::Binary(op, a, b) => Expr::bin(*op, rewrite(a, f), rewrite(b, f)),
+        Expr::Select { cond, then, els } => {
+            Expr::select(rewrite(cond, f), rewrite(then, f), rewrite(els, f))
+        }
+        Expr::Cast(t, a) => Expr::cast(*t, rewrite(a, f)),
+    }
+}
+
+/// Whether `e` mentions one of `vars`.
+fn uses(e: &Expr, vars: &[VarId]) -> bool {
+    match e {
+        Expr::Var(v) => vars.contains(v),
+        Expr::Lit(_) => false,
+        Expr::Load { index, .. } => uses(index, vars),
+        Expr::Unary(_, a) | Expr::Cast(_, a) => uses(a, vars),
+        Expr::Binary(_, a, b) => uses(a, vars) || uses(b, vars),
+        Expr::Select { cond, then, els } => uses(cond, vars) || uses(then, vars) || uses(els, vars),
+    }
+}
+
+fn stmt_uses(s: &Stmt, vars: &[VarId]) -> bool {
+    match s {
+        Stmt::Let { value, .. } | Stmt::Assign { value, .. } => uses(value, vars),
+        Stmt::Store { index, value, .. } => uses(index, vars) || uses(value, vars),
+        _ => true,
+    }
+}
+
+/// `body` without the `let`s whose variable nothing after them reads.
+fn drop_dead_lets(mut body: Vec<Stmt>) -> Vec<Stmt> {
+    loop {
+        let before = body.len();
+        let mut keep = vec![true; body.len()];
+        for (i, s) in body.iter().enumerate() {
+            if let Stmt::Let { var, .. } = s {
+                keep[i] = body[i + 1..].iter().any(|t| stmt_uses(t, &[*var]));
+            }
+        }
+        let mut it = keep.iter();
+        body.retain(|_| *it.next().unwrap_or(&true));
+        if body.len() == before {
+            return body;
+        }
+    }
+}
+
+/// A tail statement with its parameters and variables renumbered into the fused kernel; the
+/// new row and column variables are already fused-kernel ones.
+fn renumber(
+    s: Stmt,
+    pmap: &HashMap<ParamId, ParamId>,
+    vmap: &dyn Fn(VarId) -> VarId,
+    keep: (VarId, VarId),
+) -> Stmt {
+    fn ex(
+        e: &Expr,
+        pmap: &HashMap<ParamId, ParamId>,
+        vmap: &dyn Fn(VarId) -> VarId,
+        keep: (VarId, VarId),
+    ) -> Expr {
+        let go = |x: &Expr| ex(x, pmap, vmap, keep);
+        match e {
+            Expr::Var(v) if *v == keep.0 || *v == keep.1 => e.clone(),
+            Expr::Var(v) => Expr::var(vmap(*v)),
+            Expr::Lit(_) => e.clone(),
+            Expr::Load { param, index } => Expr::load(pmap[param], go(index)),
+            Expr::Unary(op, a) => Expr::un(*op, go(a)),
+            Expr::Binary(op, a, b) => Expr::bin(*op, go(a), go(b)),
+            Expr::Select { cond, then, els } => Expr::select(go(cond), go(then), go(els)),
+            Expr::Cast(t, a) => Expr::cast(*t, go(a)),
+        }
+    }
+    match s {
+        Stmt::Let { var, value } => Stmt::Let {
+            var: vmap(var),
+            value: ex(&value, pmap, vmap, keep),
+        },
+        Stmt::Store {
+            param,
+            index,
+            value,
+        } => Stmt::Store {
+            param: pmap[&param],
+            index: ex(&index, pmap, vmap, keep),
+            value: ex(&value, pmap, vmap, keep),
+        },
+        other => other,
+    }
+}
+
 #[cfg(test)]
 #[path = "tests_requant.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "tests_tails.rs"]
+mod tests_tails;

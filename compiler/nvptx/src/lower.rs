@@ -204,7 +204,7 @@ fn grid_shape(k: &Kernel) -> Option<(Vec<(VarId, u64)>, &[Stmt])> {
 /// Whether a matmul in `body` requantizes its result.
 fn has_requant(body: &[Stmt]) -> bool {
     body.iter().any(|s| match s {
-        Stmt::Matmul(mm) => mm.requant.is_some(),
+        Stmt::Matmul(mm) => mm.requant.is_some() || mm.tail.is_some(),
         Stmt::For { body, .. } => has_requant(body),
         _ => false,
     })

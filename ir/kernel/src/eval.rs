@@ -230,6 +230,16 @@ impl Cx<'_> {
                 };
             }
         }
+        // The fused elementwise tail, once C is final, element by element.
+        if let Some(t) = &mm.tail {
+            for r in 0..mm.m {
+                for c in 0..mm.n {
+                    self.vars[t.row.0 as usize] = Some(Val::I(r as i64));
+                    self.vars[t.col.0 as usize] = Some(Val::I(c as i64));
+                    self.block(&t.body)?;
+                }
+            }
+        }
         Ok(())
     }
 

@@ -269,6 +269,25 @@ pub struct Matmul {
     /// Integer requantization of the `i32` result into C (`u8` or `i8`), applied last;
     /// `None` stores the result itself.
     pub requant: Option<Requant>,
+    /// An elementwise tail run on every element of C once it is final (see [`TileTail`]);
+    /// `None` for a plain contraction.
+    pub tail: Option<TileTail>,
+}
+
+/// The elementwise kernel that reads a contraction's result back, fused into it: after C is
+/// final, `body` runs once for every element `(row, col)` of the `m×n` result, with the
+/// `I64` variables `row` and `col` bound to its coordinates.
+///
+/// `body` is straight-line (`let`s and stores). It reads C only at the element `(row, col)`
+/// and writes each of its outputs only at an index that is injective in `(row, col)`; its
+/// other loads read buffers that neither the contraction nor the body writes. So the
+/// elements may run in any order, tile by tile while each block of C is still in cache
+/// (which is what the CPU backend does), and the evaluator runs them in row-major order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TileTail {
+    pub row: VarId,
+    pub col: VarId,
+    pub body: Vec<Stmt>,
 }
 
 // ---- Depthwise convolution -------------------------------------------------------------
@@ -427,6 +446,27 @@ impl Matmul {
             || self.requant.as_ref().is_some_and(|rq| {
                 rq.mult.param == p || rq.scale.param == p || rq.zero_point.param == p
             })
+            || self.tail.as_ref().is_some_and(|t| {
+                let mut found = false;
+                for_each_stmt_load(&t.body, &mut |q, _| found |= q == p && q != self.c.param);
+                found
+            })
+    }
+}
+
+/// Calls `f(param, index)` for every load in the expressions of `body` (not descending into
+/// loops' or contractions' bodies).
+pub fn for_each_stmt_load(body: &[Stmt], f: &mut dyn FnMut(ParamId, &Expr)) {
+    for s in body {
+        match s {
+            Stmt::Let { value, .. } | Stmt::Assign { value, .. } => value.for_each_load(f),
+            Stmt::Store { index, value, .. } => {
+                index.for_each_load(f);
+                value.for_each_load(f);
+            }
+            Stmt::For { extent, .. } => extent.for_each_load(f),
+            Stmt::Matmul(_) | Stmt::Depthwise(_) => {}
+        }
     }
 }
 

@@ -145,14 +145,24 @@ fn block(k: &Kernel, body: &[Stmt], depth: usize, s: &mut String) {
                     );
                 }
                 let _ = match mm.act {
-                    Activation::None => writeln!(s),
-                    Activation::Relu => writeln!(s, " act=relu"),
-                    Activation::Clip { min, max } => writeln!(s, " act=clip({min:?}, {max:?})"),
+                    Activation::None => write!(s, ""),
+                    Activation::Relu => write!(s, " act=relu"),
+                    Activation::Clip { min, max } => write!(s, " act=clip({min:?}, {max:?})"),
                     Activation::HardSigmoid { alpha, beta } => {
-                        writeln!(s, " act=hard_sigmoid({alpha:?}, {beta:?})")
+                        write!(s, " act=hard_sigmoid({alpha:?}, {beta:?})")
                     }
-                    Activation::HardSwish => writeln!(s, " act=hard_swish"),
+                    Activation::HardSwish => write!(s, " act=hard_swish"),
                 };
+                match &mm.tail {
+                    None => {
+                        let _ = writeln!(s);
+                    }
+                    Some(t) => {
+                        let _ = writeln!(s, " tail(%v{}, %v{}) {{", t.row.0, t.col.0);
+                        block(k, &t.body, depth + 1, s);
+                        let _ = writeln!(s, "{pad}}}");
+                    }
+                }
             }
             Stmt::Depthwise(dw) => depthwise(dw, &pad, s),
         }

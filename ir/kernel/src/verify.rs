@@ -26,6 +26,7 @@ pub fn verify_kernel(k: &Kernel) -> Result<(), Vec<VerifyError>> {
         k,
         scope: Vec::new(),
         errors: Vec::new(),
+        c_readable: None,
     };
     v.block(&k.body);
     if v.errors.is_empty() {
@@ -40,6 +41,9 @@ struct Verifier<'a> {
     /// Variables in scope: (var, assignable).
     scope: Vec<(VarId, bool)>,
     errors: Vec<VerifyError>,
+    /// Inside a contraction's tail: its C, which the tail reads though the kernel only writes
+    /// it (the contraction wrote it first).
+    c_readable: Option<ParamId>,
 }
 
 impl Verifier<'_> {
@@ -112,6 +116,9 @@ impl Verifier<'_> {
                     if let Some(rq) = &mm.requant {
                         self.requant(mm, rq);
                     }
+                    if let Some(t) = &mm.tail {
+                        self.tail(mm, t);
+                    }
                 }
                 Stmt::Depthwise(dw) => self.depthwise(dw),
             }
@@ -179,6 +186,33 @@ impl Verifier<'_> {
         {
             self.err("depthwise: a zero size, stride, dilation or multiplier".to_string());
         }
+    }
+
+    /// A fused tail: `row` and `col` are `i64` counters in scope for a straight-line body
+    /// (`let`s and stores); C is the contraction's own result, so the tail and a requantization
+    /// exclude each other.
+    fn tail(&mut self, mm: &Matmul, t: &TileTail) {
+        if mm.requant.is_some() {
+            self.err("matmul with both a requantization and a tail".to_string());
+        }
+        for v in [t.row, t.col] {
+            if self.var_ok(v) && self.k.var_ty(v) != DType::I64 {
+                self.err(format!("matmul tail coordinate %v{} is not i64", v.0));
+            }
+        }
+        if t.body
+            .iter()
+            .any(|s| !matches!(s, Stmt::Let { .. } | Stmt::Store { .. }))
+        {
+            self.err("matmul tail: only lets and stores".to_string());
+        }
+        let mark = self.scope.len();
+        self.scope.push((t.row, false));
+        self.scope.push((t.col, false));
+        self.c_readable = Some(mm.c.param);
+        self.block(&t.body);
+        self.c_readable = None;
+        self.scope.truncate(mark);
     }
 
     /// A requantizing matmul: integer operands, an `i32` bias, no scaling, accumulation or
@@ -278,7 +312,7 @@ impl Verifier<'_> {
                 self.expect(index, DType::I64, "load index");
                 let p = self.param(*param)?;
                 let (ty, access) = (p.dtype, p.access);
-                if access == Access::Write {
+                if access == Access::Write && self.c_readable != Some(*param) {
                     self.err(format!("load from write-only %p{}", param.0));
                 }
                 Some(ty)

@@ -105,6 +105,12 @@ impl DType {
     }
 }
 
+/// A contraction's fused tail, compiled with the kernel that calls the contraction:
+/// `f(params, row0, rows, col0, cols)` runs the tail on the block `rows × cols` of the
+/// `m×n` result at `(row0, col0)`, once every element of it is final. `params` is the calling
+/// kernel's parameter array (its buffers, then the control block).
+pub type TileFn = extern "C" fn(*const *mut u8, i64, i64, i64, i64);
+
 /// The activation a contraction applies last.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Activation {
@@ -139,7 +145,11 @@ pub mod mm_slot {
     pub const RQ_MULT: usize = 30;
     pub const RQ_SCALE: usize = 35; // +0..3: the scale's pointer, element count, index
     pub const RQ_ZP: usize = 38; // +0..3: the zero point's pointer, element count, index
-    pub const COUNT: usize = 41;
+    /// The fused elementwise tail (`mlc_kir::TileTail`): a [`super::TileFn`] (null: none),
+    /// then the argument it takes (the calling kernel's parameter array).
+    pub const TAIL_FN: usize = 41;
+    pub const TAIL_ARGS: usize = 42;
+    pub const COUNT: usize = 43;
 }
 
 /// `Stmt::Matmul`'s entry point: `desc` points to `mm_slot::COUNT` words laid out as
@@ -242,9 +252,21 @@ fn matmul_from_desc(d: &[u64], threads: usize) -> bool {
     };
     let cv = (tc, i(s::OFF + 2), i(s::STRIDES + 4), i(s::STRIDES + 5));
     let biasv = bias.map(|bb| view(bb, tbias, 3));
+    let (tail_fn, tail_args) = (d[s::TAIL_FN] as usize, d[s::TAIL_ARGS] as usize);
+    let tail = move |r0: usize, rows: usize, c0: usize, cols: usize| {
+        // SAFETY: a non-null `TAIL_FN` is the address of the tile function generated with
+        // the calling kernel, whose signature is `TileFn`.
+        let f: TileFn = unsafe { std::mem::transmute::<usize, TileFn>(tail_fn) };
+        let args = tail_args as *const *mut u8;
+        f(args, r0 as i64, rows as i64, c0 as i64, cols as i64);
+    };
+    let hook = (tail_fn != 0 && tail_args != 0).then_some(matmul::TileHook(&tail));
     match rq {
-        Some(rq) => matmul::run_requant(&g, view(a, ta, 0), view(b, tb, 1), c, cv, biasv, &rq),
-        None => matmul::run(&g, view(a, ta, 0), view(b, tb, 1), c, cv, biasv),
+        Some(rq) if hook.is_none() => {
+            matmul::run_requant(&g, view(a, ta, 0), view(b, tb, 1), c, cv, biasv, &rq)
+        }
+        Some(_) => return false,
+        None => matmul::run_then(&g, view(a, ta, 0), view(b, tb, 1), c, cv, biasv, hook),
     }
     .is_ok()
 }

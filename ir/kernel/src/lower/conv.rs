@@ -227,6 +227,7 @@ fn grouped_conv_matmuls(
             }),
             act: Activation::None,
             requant: None,
+            tail: None,
         };
         vec![Stmt::Matmul(Box::new(mm))]
     })

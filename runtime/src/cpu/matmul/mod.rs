@@ -29,6 +29,7 @@ use crate::kernels::igemm::{
     IBias, IGemm, IOut, IRequant, IntElem, IntRef, PackedInt, RqMult, Slot,
 };
 use crate::kernels::{bytes, gemm as kg};
+pub use kg::TileHook;
 use std::borrow::Cow;
 
 /// A strided 2-D view of a buffer's bytes.
@@ -177,6 +178,30 @@ pub fn run(
     c: (DType, i64, i64, i64),
     bias: Option<View>,
 ) -> Result<(), OutOfBounds> {
+    run_then(g, a, b, c_bytes, c, bias, None)
+}
+
+/// Like [`run`], then `tail` on every block of C once it is final (the kernel IR's
+/// `TileTail`): tile by tile on the tuned kernels while the block is in cache (in C's own
+/// coordinates whichever orientation they compute in), else once over all of C at the end.
+/// `tail` must only read C's elements of its block.
+pub fn run_then(
+    g: &Gemm,
+    a: View,
+    b: View,
+    c_bytes: &mut [u8],
+    c: (DType, i64, i64, i64),
+    bias: Option<View>,
+    tail: Option<TileHook>,
+) -> Result<(), OutOfBounds> {
+    let whole = |h: Option<TileHook>| {
+        if let Some(h) = h
+            && g.m > 0
+            && g.n > 0
+        {
+            (h.0)(0, g.m, 0, g.n);
+        }
+    };
     let (cty, coff, crs, ccs) = c;
     let clen = c_bytes.len() / elem_size(cty);
     check(a.offset, a.row_stride, a.col_stride, g.m, g.k, a.len())?;
@@ -189,12 +214,12 @@ pub fn run(
         && b.dtype == DType::F32
         && cty == DType::F32
         && bias.is_none_or(|v| v.dtype == DType::F32);
-    if all_f32 && f32_kernels(g, &a, &b, c_bytes, c, bias.as_ref()).is_some() {
+    if all_f32 && f32_kernels(g, &a, &b, c_bytes, c, bias.as_ref(), tail).is_some() {
         #[cfg(test)]
         tests::PATH.set(tests::Path::F32);
         return Ok(());
     }
-    if int_kernels(g, &a, &b, c_bytes, c, bias.as_ref(), None).is_some() {
+    if int_kernels(g, &a, &b, c_bytes, c, bias.as_ref(), None, tail).is_some() {
         #[cfg(test)]
         tests::PATH.set(tests::Path::Int);
         return Ok(());
@@ -202,6 +227,7 @@ pub fn run(
     #[cfg(test)]
     tests::PATH.set(tests::Path::Generic);
     generic(g, &a, &b, c_bytes, c, bias.as_ref());
+    whole(tail);
     Ok(())
 }
 
@@ -243,7 +269,7 @@ pub fn run_requant(
     }
     let mv = &rq.mult;
     check(mv.offset, mv.row_stride, mv.col_stride, m, n, mv.len())?;
-    if int_kernels(g, &a, &b, c_bytes, c, bias.as_ref(), Some(rq)).is_some() {
+    if int_kernels(g, &a, &b, c_bytes, c, bias.as_ref(), Some(rq), None).is_some() {
         #[cfg(test)]
         tests::PATH.set(tests::Path::Int);
         return Ok(());
@@ -395,12 +421,26 @@ fn f32_kernels(
     c_bytes: &mut [u8],
     (_, coff, crs, ccs): (DType, i64, i64, i64),
     bias: Option<&View>,
+    tail: Option<TileHook>,
 ) -> Option<()> {
     let (m, n, k) = (g.m, g.n, g.k);
     if m == 0 || n == 0 {
         return Some(());
     }
     let gemm = kg::Gemm::new().threads(g.threads);
+    // The kernels of the transposed product see Cᵀ's blocks: the tail gets C's coordinates.
+    let swapped = move |r0, rows, c0, cols| {
+        if let Some(h) = tail {
+            (h.0)(c0, cols, r0, rows);
+        }
+    };
+    fn with<'e>(ep: kg::Epilogue<'e>, hook: Option<TileHook<'e>>) -> kg::Epilogue<'e> {
+        match hook {
+            None => ep,
+            Some(h) => ep.tile_hook(h),
+        }
+    }
+    let hook_t = tail.map(|_| TileHook(&swapped));
     let (ad, ars, acs) = f32_operand(a, m, k);
     let (bd, brs, bcs) = f32_operand(b, k, n);
     let (bias_rs, bias_cs) = bias.map_or((0, 0), |v| (v.row_stride, v.col_stride));
@@ -428,9 +468,12 @@ fn f32_kernels(
                 && let Some(pb) =
                     super::exec::packed_weight(bw, k, n, brs, bcs, || gemm.pack_b(k, n, mb).ok())
             {
-                return gemm.run_packed(m, ma, &pb, c, ldc, &bias.epilogue(g)).ok();
+                return gemm
+                    .run_packed(m, ma, &pb, c, ldc, &with(bias.epilogue(g), tail))
+                    .ok();
             }
-            gemm.run(m, n, k, ma, mb, c, ldc, &bias.epilogue(g)).ok()
+            gemm.run(m, n, k, ma, mb, c, ldc, &with(bias.epilogue(g), tail))
+                .ok()
         }
         Some(cf) => {
             let ldc = if n == 1 { m } else { ccs as usize };
@@ -440,7 +483,8 @@ fn f32_kernels(
                 kg::MatRef::new(&ad, acs, ars),
             );
             let c = cf.get_mut(coff as usize..)?;
-            gemm.run(n, m, k, ma, mb, c, ldc, &bias.epilogue(g)).ok()
+            gemm.run(n, m, k, ma, mb, c, ldc, &with(bias.epilogue(g), hook_t))
+                .ok()
         }
         None => {
             let idx = |r: usize, c: usize| (coff + r as i64 * crs + c as i64 * ccs) as usize;
@@ -463,6 +507,9 @@ fn f32_kernels(
                 for c in 0..n {
                     write(c_bytes, DType::F32, idx(r, c), f64::from(tmp[r * n + c]));
                 }
+            }
+            if let Some(h) = tail {
+                (h.0)(0, m, 0, n);
             }
             Some(())
         }
@@ -601,8 +648,12 @@ fn int_kernels(
     (cty, coff, crs, ccs): (DType, i64, i64, i64),
     bias: Option<&View>,
     rq: Option<&Requant>,
+    tail: Option<TileHook>,
 ) -> Option<()> {
     let (m, n, k) = (g.m, g.n, g.k);
+    if rq.is_some() && tail.is_some() {
+        return None;
+    }
     let plain = g.alpha == 1.0 && g.beta == 0.0 && g.act == Activation::None;
     let cty_ok = match rq {
         None => cty == DType::I32,
@@ -671,12 +722,23 @@ fn int_kernels(
     } else {
         None
     };
+    // As in `f32_kernels`: the transposed product's blocks in C's coordinates.
+    let swapped = move |r0, rows, c0, cols| {
+        if let Some(h) = tail {
+            (h.0)(c0, cols, r0, rows);
+        }
+    };
+    let out = |c, transposed: bool| match tail {
+        None => IOut::I32(c),
+        Some(_) if transposed => IOut::I32Then(c, TileHook(&swapped)),
+        Some(h) => IOut::I32Then(c, h),
+    };
     match cf {
         Some(cf) if rows_ok => {
             let ldc = if m == 1 { n } else { crs as usize };
             let bias = IntBias::new(bias, m, n, bias_rs, bias_cs);
             let c = cf.get_mut(coff as usize..)?;
-            int_product(&ig, (m, n, k), av, bv, IOut::I32(c), ldc, bias.get())
+            int_product(&ig, (m, n, k), av, bv, out(c, false), ldc, bias.get())
         }
         Some(cf) => {
             let ldc = if n == 1 { m } else { ccs as usize };
@@ -687,7 +749,7 @@ fn int_kernels(
                 (n, m, k),
                 bv.t(),
                 av.t(),
-                IOut::I32(c),
+                out(c, true),
                 ldc,
                 bias.get(),
             )
@@ -701,6 +763,9 @@ fn int_kernels(
                     let i = (coff + r as i64 * crs + c as i64 * ccs) as usize;
                     write(c_bytes, DType::I32, i, f64::from(tmp[r * n + c]));
                 }
+            }
+            if let Some(h) = tail {
+                (h.0)(0, m, 0, n);
             }
             Some(())
         }

@@ -214,6 +214,18 @@ pub struct Residual<'a> {
     pub ld: usize,
 }
 
+/// A function the drivers call on every finished block of `C` (all of `k` accumulated, the
+/// epilogue applied and stored): `(row0, rows, col0, cols)` in `C`'s coordinates, while the
+/// block is still in cache. Each thread calls it on its own blocks only; blocks never overlap.
+#[derive(Clone, Copy)]
+pub struct TileHook<'a>(pub &'a (dyn Fn(usize, usize, usize, usize) + Sync));
+
+impl std::fmt::Debug for TileHook<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TileHook")
+    }
+}
+
 /// What happens to the product before it is stored:
 /// `C = activation(alpha·A·B + beta·C + bias + residual)`.
 ///
@@ -230,6 +242,8 @@ pub struct Epilogue<'a> {
     pub residual: Option<Residual<'a>>,
     /// Activation, applied last.
     pub activation: Activation,
+    /// Called on each finished block of `C`, after its store.
+    pub tile_hook: Option<TileHook<'a>>,
 }
 
 impl Default for Epilogue<'_> {
@@ -247,7 +261,14 @@ impl<'a> Epilogue<'a> {
             bias: Bias::None,
             residual: None,
             activation: Activation::None,
+            tile_hook: None,
         }
+    }
+
+    /// With a function called on each finished block of `C` (see [`TileHook`]).
+    pub const fn tile_hook(mut self, hook: TileHook<'a>) -> Self {
+        self.tile_hook = Some(hook);
+        self
     }
 
     /// With this `alpha`.
@@ -604,6 +625,9 @@ impl Gemm {
             }
             c[ci] = ep.activation.apply(v);
         }
+        if let Some(h) = ep.tile_hook {
+            (h.0)(0, m, 0, n);
+        }
         true
     }
 
@@ -945,6 +969,10 @@ unsafe fn block_loops(
                             };
                             (spec.tile)(&tile);
                         }
+                    }
+                    // These rows of the column block are final: run the tail on them.
+                    if last && let Some(h) = ep.tile_hook {
+                        (h.0)(i, mr.min(m1 - i), jc, nc);
                     }
                 }
                 ic += mc;

@@ -56,6 +56,7 @@ mod requant;
 mod tests;
 
 use super::Isa;
+pub use super::gemm::TileHook;
 use pack::{AlignedVec, PackDst};
 pub use requant::{IRequant, RqMult};
 use requant::{Per, QTile};
@@ -195,6 +196,9 @@ pub enum IBias<'a> {
 pub enum IOut<'a> {
     /// The exact `i32` product.
     I32(&'a mut [i32]),
+    /// The exact `i32` product, then the hook on each finished block of it (see
+    /// [`TileHook`]).
+    I32Then(&'a mut [i32], TileHook<'a>),
     /// The product requantized into `u8`.
     U8(&'a mut [u8], IRequant<'a>),
     /// The product requantized into `i8`.
@@ -204,7 +208,7 @@ pub enum IOut<'a> {
 impl IOut<'_> {
     fn len(&self) -> usize {
         match self {
-            IOut::I32(c) => c.len(),
+            IOut::I32(c) | IOut::I32Then(c, _) => c.len(),
             IOut::U8(c, _) => c.len(),
             IOut::I8(c, _) => c.len(),
         }
@@ -856,21 +860,22 @@ struct QParams {
 /// Where the driver writes: `C`'s first element and leading dimension, `i32`s or (with `q`)
 /// requantized bytes.
 #[derive(Clone, Copy)]
-struct Dest {
+struct Dest<'h> {
     c: *mut u8,
     ldc: usize,
     q: Option<QParams>,
     isa: Isa,
+    hook: Option<TileHook<'h>>,
 }
 
 // SAFETY: threads write only their own bands of C (see `SharedPtr`) and read the multipliers,
 // which nobody writes during the product.
-unsafe impl Send for Dest {}
+unsafe impl Send for Dest<'_> {}
 // SAFETY: as above.
-unsafe impl Sync for Dest {}
+unsafe impl Sync for Dest<'_> {}
 
-impl Dest {
-    fn new(isa: Isa, c: &mut IOut<'_>, ldc: usize) -> Dest {
+impl<'h> Dest<'h> {
+    fn new(isa: Isa, c: &mut IOut<'h>, ldc: usize) -> Dest<'h> {
         let q = |rq: &IRequant, signed| {
             let (mult, per, scalar) = match rq.mult {
                 RqMult::Scalar(s) => (std::ptr::null(), Per::Scalar, s),
@@ -886,12 +891,22 @@ impl Dest {
                 signed,
             })
         };
+        let hook = match c {
+            IOut::I32Then(_, h) => Some(*h),
+            _ => None,
+        };
         let (c, q) = match c {
-            IOut::I32(c) => (c.as_mut_ptr().cast::<u8>(), None),
+            IOut::I32(c) | IOut::I32Then(c, _) => (c.as_mut_ptr().cast::<u8>(), None),
             IOut::U8(c, rq) => (c.as_mut_ptr(), q(rq, false)),
             IOut::I8(c, rq) => (c.as_mut_ptr().cast::<u8>(), q(rq, true)),
         };
-        Dest { c, ldc, q, isa }
+        Dest {
+            c,
+            ldc,
+            q,
+            isa,
+            hook,
+        }
     }
 }
 
@@ -912,7 +927,7 @@ impl Problem<'_> {
         spec: &Spec<DA, DB>,
         a: &Side<'_, TA>,
         b: &Side<'_, TB>,
-        dest: Dest,
+        dest: Dest<'_>,
     ) -> Result<(), IGemmError> {
         let (m, n, k) = (self.m, self.n, self.k);
         let kp = k.next_multiple_of(spec.kg);
@@ -1025,7 +1040,7 @@ unsafe fn block_loops<DA, DB>(
     (m, n, kp): (usize, usize, usize),
     a: *const DA,
     b: *const DB,
-    dest: Dest,
+    dest: Dest<'_>,
     (rowadd, coladd, res, ldr): (*mut i32, *mut i32, *mut i32, usize),
 ) {
     let (mr, nr) = (spec.mr, spec.nr);
@@ -1114,6 +1129,13 @@ unsafe fn block_loops<DA, DB>(
                             requant::tile(dest.isa, &qt);
                         }
                     }
+                }
+                // These rows of the column block are final: run the tail on them.
+                if kb + 1 == kblocks
+                    && let Some(h) = dest.hook
+                {
+                    let (j0, j1) = (jc * nr, (jend * nr).min(n));
+                    (h.0)(i, mr.min(m - i), j0, j1 - j0);
                 }
             }
         }
