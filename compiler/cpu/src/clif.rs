@@ -81,6 +81,9 @@ pub fn work_estimate(body: &[Stmt]) -> u64 {
             Stmt::Matmul(mm) => {
                 w = w.saturating_add((mm.m as u64) * (mm.n as u64) * (mm.k as u64));
             }
+            Stmt::Depthwise(dw) => {
+                w = w.saturating_add((dw.lens().2 * dw.kernel[0] * dw.kernel[1]) as u64);
+            }
             _ => w = w.saturating_add(1),
         }
     }
@@ -475,6 +478,7 @@ impl<M: Module> Tx<'_, '_, M> {
                     self.store_elem(*param, v, addr)?;
                 }
                 Stmt::Matmul(mm) => self.matmul(mm)?,
+                Stmt::Depthwise(dw) => self.depthwise(dw)?,
             }
         }
         Ok(())
@@ -1200,6 +1204,107 @@ impl<M: Module> Tx<'_, '_, M> {
         Ok(())
     }
 }
+
+// ---- Depthwise convolution --------------------------------------------------------------
+
+impl<M: Module> Tx<'_, '_, M> {
+    /// `Stmt::Depthwise`: fills an argument block on the stack (`abi::dw_slot`; epilogue
+    /// scalars loaded now, as `f32` bits) and calls the depthwise helper.
+    fn depthwise(&mut self, dw: &Depthwise) -> Result<()> {
+        use abi::dw_slot as s;
+        let words = s::EP + 2 * dw.epilogue.len();
+        let slot = self.b.create_sized_stack_slot(StackSlotData::new(
+            StackSlotKind::ExplicitSlot,
+            (words * 8) as u32,
+            3,
+        ));
+        let ptr = self.ptr;
+        let put = |tx: &mut Self, i: usize, v: Value| {
+            tx.b.ins().stack_store(ptr, v, slot, (i * 8) as i32);
+        };
+        let put_int = |tx: &mut Self, i: usize, v: i64| {
+            let v = tx.b.ins().iconst(types::I64, v);
+            put(tx, i, v);
+        };
+        let params = [Some(dw.x), Some(dw.w), dw.bias, Some(dw.out)];
+        for (j, p) in params.into_iter().enumerate() {
+            let (base, len) = match p {
+                Some(p) => (
+                    self.params[p.0 as usize],
+                    self.k.params[p.0 as usize].len as i64,
+                ),
+                None => (self.b.ins().iconst(ptr, 0), 0),
+            };
+            put(self, j, base);
+            put_int(self, s::LEN + j, len);
+        }
+        let geom = [
+            dw.batch,
+            dw.channels,
+            dw.mult,
+            dw.in_hw[0],
+            dw.in_hw[1],
+            dw.out_hw[0],
+            dw.out_hw[1],
+            dw.kernel[0],
+            dw.kernel[1],
+            dw.stride[0],
+            dw.stride[1],
+            dw.dilation[0],
+            dw.dilation[1],
+            dw.pad[0],
+            dw.pad[1],
+        ];
+        for (i, v) in geom.into_iter().enumerate() {
+            put_int(self, s::GEOM + i, v as i64);
+        }
+        put(self, s::STATUS, self.status);
+        put_int(self, s::EP_LEN, dw.epilogue.len() as i64);
+        for (i, e) in dw.epilogue.iter().enumerate() {
+            let code = |op: &BinOp| -> Result<i64> {
+                Ok(match op {
+                    BinOp::Add => 0,
+                    BinOp::Sub => 1,
+                    BinOp::Mul => 2,
+                    BinOp::Div => 3,
+                    BinOp::Max => 4,
+                    BinOp::Min => 5,
+                    op => {
+                        return Err(CodegenError::Unsupported {
+                            kernel: self.k.name.clone(),
+                            what: format!("depthwise epilogue {}", op.name()),
+                        });
+                    }
+                })
+            };
+            let (word, arg) = match e {
+                EpOp::Bin { op, arg, arg_first } => {
+                    (code(op)? << 8 | (*arg_first as i64) << 16, Some(*arg))
+                }
+                EpOp::Save => (1, None),
+                EpOp::Combine { op, saved_first } => {
+                    (2 | code(op)? << 8 | (*saved_first as i64) << 16, None)
+                }
+            };
+            put_int(self, s::EP + 2 * i, word);
+            let bits = match arg {
+                Some(EpArg::Scalar(p)) => {
+                    let v = self.expr(&Expr::load(p, Expr::idx(0)))?;
+                    let v = self.b.ins().bitcast(types::I32, MemFlagsData::new(), v);
+                    self.b.ins().uextend(types::I64, v)
+                }
+                Some(EpArg::Lit(v)) => self.b.ins().iconst(types::I64, v.to_bits() as i64),
+                None => self.b.ins().iconst(types::I64, 0),
+            };
+            put(self, s::EP + 2 * i + 1, bits);
+        }
+        let addr = self.b.ins().stack_addr(ptr, slot, 0);
+        self.call_helper(abi::DEPTHWISE, &[ptr], &[], &[addr]);
+        Ok(())
+    }
+}
+
+// ---- end depthwise -----------------------------------------------------------------------
 
 /// Whether an operation producing a value of `ty` must round its `f32` result to `ty`.
 fn op_rounds(ty: DType) -> bool {

@@ -391,7 +391,7 @@ pub fn vectorizable(
             continue;
         }
         match st {
-            Stmt::For { .. } | Stmt::Matmul(_) => return false,
+            Stmt::For { .. } | Stmt::Matmul(_) | Stmt::Depthwise(_) => return false,
             Stmt::Let { var, value } => {
                 let Some(c) = a.class(value) else {
                     return false;
@@ -577,7 +577,7 @@ fn overlap_ok(k: &Kernel, body: &[Stmt]) -> bool {
                 loads(index, &mut read);
                 loads(value, &mut read);
             }
-            Stmt::For { .. } | Stmt::Matmul(_) => return false,
+            Stmt::For { .. } | Stmt::Matmul(_) | Stmt::Depthwise(_) => return false,
         }
     }
     written.iter().all(|p| !read.contains(p)) && mlc_kir::inplace_pairs(k).is_empty()

@@ -1102,3 +1102,89 @@ fn short_rows_collapse_into_one_vector_loop() {
         );
     }
 }
+
+// ---- Depthwise convolution statement -------------------------------------------------------
+
+/// `Stmt::Depthwise` through the runtime's kernel, bit for bit against the evaluator: widths
+/// 1..40, kernels 3/5/7, strides 1/2, dilation 2, asymmetric pads, and elementwise tails in
+/// the epilogue (PP-LCNetV3's affine + HardSwish + affine, with scalars read from buffers).
+#[test]
+fn depthwise_statement_matches_the_evaluator_bit_for_bit() {
+    let geoms = [
+        (3, [1, 1, 1, 1], 1, 1),
+        (3, [1, 1, 1, 1], 2, 1),
+        (3, [0, 0, 1, 1], 2, 1),
+        (5, [2, 2, 2, 2], 1, 1),
+        (5, [2, 1, 2, 3], 2, 1),
+        (7, [3, 3, 3, 3], 1, 1),
+        (3, [2, 2, 2, 2], 1, 2),
+    ];
+    let mut n = 0;
+    for w in (1..=40).step_by(3).chain([16, 17, 32, 33]) {
+        for &(k, pads, s, d) in &geoms {
+            let (h, c) = (5 + w % 4, 2 + w % 3);
+            let span = d * (k - 1) + 1;
+            let out =
+                |i: usize, p0: usize, p1: usize| (i + p0 + p1).checked_sub(span).map(|r| r / s + 1);
+            let (Some(oh), Some(ow)) = (out(h, pads[0], pads[2]), out(w, pads[1], pads[3])) else {
+                continue;
+            };
+            let attrs = format!(
+                r#""auto_pad":"not_set","dilations":[{d},{d}],"group":{c},"pads":[{},{},{},{}],"strides":[{s},{s}]"#,
+                pads[0], pads[1], pads[2], pads[3]
+            );
+            let ty = format!("f32[1,{c},{oh},{ow}]");
+            let plain = format!(
+                r#"graph (%0: f32[1,{c},{h},{w}] "x", %1: f32[{c},1,{k},{k}] "w", %2: f32[{c}] "b") -> (%3 "y") {{
+  %3 = nn.conv {{{attrs}}} (%0, %1, %2) : {ty}
+}}"#
+            );
+            let text = check(&plain, 0.0);
+            assert!(text.contains("depthwise n=1"), "{text}");
+            n += 1;
+            if n % 3 != 0 {
+                continue;
+            }
+            // Affine, x·clip(x + 3, 0, 6)·(1/6), affine: the scale, shifts and bounds are
+            // one-element inputs, so the epilogue reads them from buffers.
+            let tail = format!(
+                r#"graph (%0: f32[1,{c},{h},{w}] "x", %1: f32[{c},1,{k},{k}] "w", %2: f32[{c}] "b", %3: f32[] "s", %4: f32[] "t", %5: f32[] "lo", %6: f32[] "hi") -> (%7 "y") {{
+  %7 = control.composite {{"kind":"conv+tail"}} (%0, %1, %2, %3, %4, %5, %6) : {ty} {{
+    graph (%0: f32[1,{c},{h},{w}] "in0", %1: f32[{c},1,{k},{k}] "in1", %2: f32[{c}] "in2", %3: f32[] "in3", %4: f32[] "in4", %5: f32[] "in5", %6: f32[] "in6") -> (%17 "out") {{
+      @c0 = const f32[] [3]
+      @c1 = const f32[] [0.16666667]
+      %7 = nn.conv {{{attrs}}} (%0, %1, %2) : {ty}
+      %8 = ew.mul(%3, %7) : {ty}
+      %9 = ew.add(%8, %4) : {ty}
+      %10 = constant @c0 : f32[]
+      %11 = ew.add(%9, %10) : {ty}
+      %12 = ew.clip(%11, %5, %6) : {ty}
+      %13 = ew.mul(%9, %12) : {ty}
+      %14 = constant @c1 : f32[]
+      %15 = ew.mul(%13, %14) : {ty}
+      %16 = ew.mul(%3, %15) : {ty}
+      %17 = ew.sub(%16, %4) : {ty}
+    }}
+  }}
+}}"#
+            );
+            let g = parse_graph(&tail).unwrap_or_else(|e| panic!("bad test graph: {e}"));
+            let mut inputs = inputs_for(&g);
+            inputs[5] = Tensor::scalar(0.0f32);
+            inputs[6] = Tensor::scalar(6.0f32);
+            let text = check_inputs(&tail, &inputs, 0.0);
+            assert!(
+                text.contains("ep=[") && !text.contains("kernel @ew_"),
+                "{text}"
+            );
+        }
+    }
+    // f64 keeps the loop lowering.
+    let text = check(
+        r#"graph (%0: f64[1,2,6,7] "x", %1: f64[2,1,3,3] "w") -> (%2 "y") {
+  %2 = nn.conv {"auto_pad":"not_set","dilations":[1,1],"group":2,"pads":[1,1,1,1],"strides":[1,1]} (%0, %1, _) : f64[1,2,6,7]
+}"#,
+        0.0,
+    );
+    assert!(!text.contains("depthwise n="), "{text}");
+}

@@ -112,6 +112,15 @@ fn lower<'ctx>(
     entry: &str,
     host: bool,
 ) -> Result<(Cg<'ctx>, LaunchShape), NvptxError> {
+    // No depthwise library kernel here: the statement's own loop form (`mlc_kir`) runs as
+    // ordinary loops, its plane loop the grid.
+    let expanded;
+    let k = if mlc_kir::has_depthwise(&k.body) {
+        expanded = mlc_kir::expand_depthwise(k);
+        &expanded
+    } else {
+        k
+    };
     // Requantizing contractions come only from the CPU backend's own pass; no GPU epilogue
     // implements them.
     if has_requant(&k.body) {
@@ -402,6 +411,10 @@ impl<'a, 'ctx> Lw<'a, 'ctx> {
                 self.store_elem(*param, i, v)
             }
             Stmt::Matmul(mm) => self.inline_matmul(mm),
+            // `lower` expands every depthwise statement first.
+            Stmt::Depthwise(_) => Err(NvptxError::Unsupported(
+                "an unexpanded depthwise convolution".into(),
+            )),
         }
     }
 

@@ -133,6 +133,7 @@ impl Cx<'_> {
                     self.store[slot.0][slot.1] = v;
                 }
                 Stmt::Matmul(mm) => self.matmul(mm)?,
+                Stmt::Depthwise(dw) => self.depthwise(dw)?,
             }
         }
         Ok(())
@@ -236,6 +237,92 @@ impl Cx<'_> {
                     self.vars[t.row.0 as usize] = Some(Val::I(r as i64));
                     self.vars[t.col.0 as usize] = Some(Val::I(c as i64));
                     self.block(&t.body)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Depthwise`]'s definition, operation by operation in `f32`.
+    fn depthwise(&mut self, dw: &Depthwise) -> Result<(), EvalError> {
+        let f = |cx: &Self, p: ParamId, i: usize| -> Result<f64, EvalError> {
+            let (s, i) = cx.slot(p, i as i64)?;
+            Ok(match cx.store[s][i] {
+                Val::F(f) => f,
+                Val::I(i) => i as f64,
+                Val::B(b) => b as i64 as f64,
+            })
+        };
+        let op = |o: BinOp, a: f64, b: f64| match round(
+            DType::F32,
+            binary(o, DType::F32, Val::F(a), Val::F(b)),
+        ) {
+            Val::F(v) => v,
+            _ => f64::NAN,
+        };
+        // The epilogue's scalars, read once.
+        let mut args = Vec::with_capacity(dw.epilogue.len());
+        for e in &dw.epilogue {
+            args.push(match e {
+                EpOp::Bin {
+                    arg: EpArg::Scalar(p),
+                    ..
+                } => f(self, *p, 0)?,
+                EpOp::Bin {
+                    arg: EpArg::Lit(v), ..
+                } => *v as f64,
+                _ => 0.0,
+            });
+        }
+        let m = dw.channels * dw.mult;
+        let ([ih, iw], [oh, ow], [kh, kw]) = (dw.in_hw, dw.out_hw, dw.kernel);
+        for n in 0..dw.batch {
+            for mo in 0..m {
+                let xp = (n * dw.channels + mo / dw.mult) * ih * iw;
+                let bias = match dw.bias {
+                    Some(b) => f(self, b, mo)?,
+                    None => 0.0,
+                };
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut acc = bias;
+                        for ky in 0..kh {
+                            let iy =
+                                (oy * dw.stride[0] + ky * dw.dilation[0]) as i64 - dw.pad[0] as i64;
+                            for kx in 0..kw {
+                                let ix = (ox * dw.stride[1] + kx * dw.dilation[1]) as i64
+                                    - dw.pad[1] as i64;
+                                let xv = if (0..ih as i64).contains(&iy)
+                                    && (0..iw as i64).contains(&ix)
+                                {
+                                    f(self, dw.x, xp + iy as usize * iw + ix as usize)?
+                                } else {
+                                    0.0
+                                };
+                                let wv = f(self, dw.w, (mo * kh + ky) * kw + kx)?;
+                                acc = op(BinOp::Add, acc, op(BinOp::Mul, xv, wv));
+                            }
+                        }
+                        let (mut x, mut s) = (acc, acc);
+                        for (e, &a) in dw.epilogue.iter().zip(&args) {
+                            match *e {
+                                EpOp::Bin {
+                                    op: o, arg_first, ..
+                                } => x = if arg_first { op(o, a, x) } else { op(o, x, a) },
+                                EpOp::Save => s = x,
+                                EpOp::Combine { op: o, saved_first } => {
+                                    x = if saved_first {
+                                        op(o, s, x)
+                                    } else {
+                                        op(o, x, s)
+                                    }
+                                }
+                            }
+                        }
+                        let at = ((n * m + mo) * oh + oy) * ow + ox;
+                        let (si, i) = self.slot(dw.out, at as i64)?;
+                        self.store[si][i] = Val::F(x);
+                    }
                 }
             }
         }

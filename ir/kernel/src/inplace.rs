@@ -60,6 +60,7 @@ fn single_store(body: &[Stmt], p: ParamId) -> Option<(&[Stmt], usize, &Expr)> {
             found = Some((list, pos, index));
         }
         Stmt::Matmul(m) if m.c.param == p || m.a.param == p || m.b.param == p => ok = false,
+        Stmt::Depthwise(d) if d.out == p || d.reads_operand(p) => ok = false,
         _ => {}
     });
     ok &= !reads_anywhere(body, p);
@@ -177,7 +178,7 @@ fn stmt_exprs(s: &Stmt) -> Vec<&Expr> {
         Stmt::Let { value, .. } | Stmt::Assign { value, .. } => vec![value],
         Stmt::Store { index, value, .. } => vec![index, value],
         Stmt::For { extent, .. } => vec![extent],
-        Stmt::Matmul(_) => vec![],
+        Stmt::Matmul(_) | Stmt::Depthwise(_) => vec![],
     }
 }
 
@@ -186,6 +187,11 @@ fn reads_anywhere(body: &[Stmt], p: ParamId) -> bool {
     visit(body, &mut |_, _, s| {
         if let Stmt::Matmul(m) = s
             && m.reads_operand(p)
+        {
+            read = true;
+        }
+        if let Stmt::Depthwise(d) = s
+            && d.reads_operand(p)
         {
             read = true;
         }
@@ -205,6 +211,11 @@ fn loads_only_at(body: &[Stmt], p: ParamId, list: &[Stmt], pos: usize, index: &E
         let here = std::ptr::eq(l, list) && i <= pos;
         if let Stmt::Matmul(m) = s
             && m.reads_operand(p)
+        {
+            ok = false;
+        }
+        if let Stmt::Depthwise(d) = s
+            && d.reads_operand(p)
         {
             ok = false;
         }

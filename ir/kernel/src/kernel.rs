@@ -223,6 +223,9 @@ pub enum Stmt {
     },
     /// A contraction, executed by a library kernel of the backend.
     Matmul(Box<Matmul>),
+    /// A 2-D depthwise convolution, executed by a library kernel of the backend (or expanded
+    /// to loops by [`crate::expand_depthwise`] for a backend without one).
+    Depthwise(Box<Depthwise>),
 }
 
 /// A strided 2-D view of a parameter: element `(r, c)` is at
@@ -286,6 +289,105 @@ pub struct TileTail {
     pub col: VarId,
     pub body: Vec<Stmt>,
 }
+
+// ---- Depthwise convolution -------------------------------------------------------------
+
+/// A 2-D depthwise convolution of `f32` NCHW planes with a fused epilogue:
+///
+/// ```text
+/// for n, m (= c·mult + j), oy, ox:
+///   acc = bias[m] (or 0.0)
+///   for ky, kx (in this order):
+///     iy = oy·stride[0] + ky·dilation[0] - pad[0];  ix = ox·stride[1] + kx·dilation[1] - pad[1]
+///     acc = acc + (inside ? x[n, m / mult, iy, ix] : 0.0) · w[m, ky, kx]
+///   out[n, m, oy, ox] = epilogue(acc)
+/// ```
+///
+/// every operation an `f32` one, rounded (a multiply then an add, no fused multiply-add),
+/// padding read as `0.0` and added like any tap. The buffers are whole parameters: `x` of
+/// `batch·channels·in_hw`, `w` of `channels·mult·kernel`, `bias` of `channels·mult`, `out`
+/// of `batch·channels·mult·out_hw` elements.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Depthwise {
+    pub batch: usize,
+    /// Input channels.
+    pub channels: usize,
+    /// Output channels per input channel.
+    pub mult: usize,
+    pub in_hw: [usize; 2],
+    pub out_hw: [usize; 2],
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub dilation: [usize; 2],
+    /// Top and left pads; the bottom and right ones follow from the sizes.
+    pub pad: [usize; 2],
+    pub x: ParamId,
+    pub w: ParamId,
+    pub bias: Option<ParamId>,
+    pub out: ParamId,
+    pub epilogue: Vec<EpOp>,
+}
+
+impl Depthwise {
+    /// Whether the convolution reads `p` (an operand or an epilogue scalar).
+    pub fn reads_operand(&self, p: ParamId) -> bool {
+        self.x == p
+            || self.w == p
+            || self.bias == Some(p)
+            || self
+                .epilogue
+                .iter()
+                .any(|op| matches!(op, EpOp::Bin { arg: EpArg::Scalar(q), .. } if *q == p))
+    }
+
+    /// Element counts of `x`, `w` and `out`.
+    pub fn lens(&self) -> (usize, usize, usize) {
+        let m = self.channels * self.mult;
+        (
+            self.batch * self.channels * self.in_hw[0] * self.in_hw[1],
+            m * self.kernel[0] * self.kernel[1],
+            self.batch * m * self.out_hw[0] * self.out_hw[1],
+        )
+    }
+}
+
+/// One step of a depthwise epilogue: a straight-line program on two `f32` registers, the value
+/// `x` and a saved value `s`, both the accumulator at the start; the result is `x`. Operations
+/// are `add`, `sub`, `mul`, `div`, `max`, `min` with the semantics of [`BinOp`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum EpOp {
+    /// `x = x op arg`, or `arg op x` when `arg_first`.
+    Bin {
+        op: BinOp,
+        arg: EpArg,
+        arg_first: bool,
+    },
+    /// `s = x`.
+    Save,
+    /// `x = x op s`, or `s op x` when `saved_first` (a gate such as `x · clip(x + 3, 0, 6)`).
+    Combine { op: BinOp, saved_first: bool },
+}
+
+impl EpOp {
+    /// The binary operations an epilogue may use.
+    pub fn allowed(op: BinOp) -> bool {
+        matches!(
+            op,
+            BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::Max | BinOp::Min
+        )
+    }
+}
+
+/// An epilogue operand.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum EpArg {
+    /// An `f32` literal.
+    Lit(f32),
+    /// Element 0 of an `f32` parameter (a one-element constant such as a learned scale).
+    Scalar(ParamId),
+}
+
+// ---- end Depthwise ----------------------------------------------------------------------
 
 /// One element of a parameter, at `index`.
 #[derive(Clone, Debug, PartialEq)]
@@ -363,7 +465,7 @@ pub fn for_each_stmt_load(body: &[Stmt], f: &mut dyn FnMut(ParamId, &Expr)) {
                 value.for_each_load(f);
             }
             Stmt::For { extent, .. } => extent.for_each_load(f),
-            Stmt::Matmul(_) => {}
+            Stmt::Matmul(_) | Stmt::Depthwise(_) => {}
         }
     }
 }

@@ -6,7 +6,9 @@
 //! a backend never has to know about shapes, broadcasting or strides. Contractions are not
 //! spelled as loops but as a [`Stmt::Matmul`], which the CPU backend maps to the runtime's
 //! microkernels and the GPU backend to its tensor-core templates: both do far better than
-//! generated loops can.
+//! generated loops can. A 2-D `f32` depthwise convolution is likewise a [`Stmt::Depthwise`]
+//! (the CPU backend calls the runtime's kernel; [`expand_depthwise`] gives its loop form to
+//! backends without one).
 //!
 //! Why this shape: Cranelift and the NVPTX backend both want scalar code with explicit
 //! control flow; loops tagged [`LoopKind::Parallel`] become threads (CPU) or the grid (GPU),
@@ -18,6 +20,7 @@
 //! evaluator, the oracle for backends), [`lower`] (graph IR → kernel IR), [`verify`].
 
 pub mod eval;
+pub mod expand;
 pub mod fold;
 pub mod inplace;
 pub mod kernel;
@@ -26,6 +29,7 @@ pub mod print;
 pub mod verify;
 
 pub use eval::{EvalError, eval_kernel, run_program};
+pub use expand::{expand_depthwise, has_depthwise};
 pub use fold::fold_constant_steps;
 pub use inplace::inplace_pairs;
 pub use kernel::*;

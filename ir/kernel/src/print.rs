@@ -164,8 +164,61 @@ fn block(k: &Kernel, body: &[Stmt], depth: usize, s: &mut String) {
                     }
                 }
             }
+            Stmt::Depthwise(dw) => depthwise(dw, &pad, s),
         }
     }
+}
+
+/// `depthwise n=1 c=16 mult=1 in=48x320 out=24x160 k=3x3 s=2x2 d=1x1 pad=1x1 x=%p0 w=%p1
+/// bias=%p2 out=%p3 ep=[mul(%p4[0], x), save, add(x, 3.0), mul(s, x)]`.
+fn depthwise(dw: &Depthwise, pad: &str, s: &mut String) {
+    let hw = |v: [usize; 2]| format!("{}x{}", v[0], v[1]);
+    let _ = write!(
+        s,
+        "{pad}depthwise n={} c={} mult={} in={} out={} k={} s={} d={} pad={} x=%p{} w=%p{}",
+        dw.batch,
+        dw.channels,
+        dw.mult,
+        hw(dw.in_hw),
+        hw(dw.out_hw),
+        hw(dw.kernel),
+        hw(dw.stride),
+        hw(dw.dilation),
+        hw(dw.pad),
+        dw.x.0,
+        dw.w.0
+    );
+    if let Some(b) = dw.bias {
+        let _ = write!(s, " bias=%p{}", b.0);
+    }
+    let _ = write!(s, " out=%p{}", dw.out.0);
+    if !dw.epilogue.is_empty() {
+        let ops: Vec<String> = dw
+            .epilogue
+            .iter()
+            .map(|e| match e {
+                EpOp::Bin { op, arg, arg_first } => {
+                    let a = match arg {
+                        EpArg::Lit(v) => format!("{v:?}"),
+                        EpArg::Scalar(p) => format!("%p{}[0]", p.0),
+                    };
+                    if *arg_first {
+                        format!("{}({a}, x)", op.name())
+                    } else {
+                        format!("{}(x, {a})", op.name())
+                    }
+                }
+                EpOp::Save => "save".to_string(),
+                EpOp::Combine {
+                    op,
+                    saved_first: true,
+                } => format!("{}(s, x)", op.name()),
+                EpOp::Combine { op, .. } => format!("{}(x, s)", op.name()),
+            })
+            .collect();
+        let _ = write!(s, " ep=[{}]", ops.join(", "));
+    }
+    let _ = writeln!(s);
 }
 
 fn mat(k: &Kernel, m: &MatRef) -> String {

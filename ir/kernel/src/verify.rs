@@ -4,7 +4,9 @@
 //!   in an enclosing block), and `assign` targets a `let`-defined variable in scope;
 //! - loop extents and indices are `i64`; operands of a binary op have one type; a stored
 //!   value has the parameter's type; `select` arms agree and its condition is `bool`;
-//! - a `read` parameter is never stored to, and a `write` parameter never loaded.
+//! - a `read` parameter is never stored to, and a `write` parameter never loaded;
+//! - a depthwise convolution's parameters are `f32`, sized as its shape says, its output
+//!   written and not an operand, its epilogue of the allowed operations.
 //!
 //! Errors are all collected, so one run shows every problem.
 
@@ -118,9 +120,72 @@ impl Verifier<'_> {
                         self.tail(mm, t);
                     }
                 }
+                Stmt::Depthwise(dw) => self.depthwise(dw),
             }
         }
         self.scope.truncate(mark);
+    }
+
+    /// A depthwise convolution: `f32` parameters whose lengths match its sizes, read-only
+    /// operands, a written output that is none of them, nonzero sizes, epilogue operations
+    /// of the allowed kinds.
+    fn depthwise(&mut self, dw: &Depthwise) {
+        let (lx, lw, ly) = dw.lens();
+        let m = dw.channels * dw.mult;
+        let mut want = vec![
+            (dw.x, lx, false, "x"),
+            (dw.w, lw, false, "w"),
+            (dw.out, ly, true, "out"),
+        ];
+        if let Some(b) = dw.bias {
+            want.push((b, m, false, "bias"));
+        }
+        for e in &dw.epilogue {
+            if let EpOp::Bin { op, .. } | EpOp::Combine { op, .. } = e
+                && !EpOp::allowed(*op)
+            {
+                self.err(format!("depthwise epilogue: {} is not allowed", op.name()));
+            }
+            if let EpOp::Bin {
+                arg: EpArg::Scalar(p),
+                ..
+            } = e
+            {
+                want.push((*p, 1, false, "epilogue scalar"));
+            }
+        }
+        for (p, len, written, what) in want {
+            let Some(param) = self.param(p).cloned() else {
+                continue;
+            };
+            if param.dtype != DType::F32 {
+                self.err(format!("depthwise {what} %p{} is not f32", p.0));
+            }
+            let ok_len = if what == "epilogue scalar" {
+                param.len >= 1
+            } else {
+                param.len == len
+            };
+            if !ok_len {
+                self.err(format!(
+                    "depthwise {what} %p{} has {} elements, not {len}",
+                    p.0, param.len
+                ));
+            }
+            if written && param.access == Access::Read {
+                self.err(format!("depthwise output %p{} is read-only", p.0));
+            }
+            if written && dw.reads_operand(p) {
+                self.err(format!("depthwise output %p{} is also an operand", p.0));
+            }
+        }
+        if dw.mult == 0
+            || [dw.kernel, dw.stride, dw.dilation, dw.in_hw]
+                .iter()
+                .any(|v| v.contains(&0))
+        {
+            self.err("depthwise: a zero size, stride, dilation or multiplier".to_string());
+        }
     }
 
     /// A fused tail: `row` and `col` are `i64` counters in scope for a straight-line body

@@ -228,12 +228,13 @@ pub fn graph_cost(target: &TargetInfo, g: &Graph) -> f64 {
         .sum()
 }
 
-/// The number of kernels a graph launches: its top-level ops, constants excluded (a composite
-/// is one kernel).
+/// The number of kernels a graph launches: its top-level ops (a composite is one kernel),
+/// constants and views excluded: a view (`reshape`, `flatten`, `squeeze`, `unsqueeze`,
+/// `identity`) lowers to an alias of its operand's buffer and launches nothing.
 pub fn kernel_count(g: &Graph) -> usize {
     g.nodes
         .iter()
-        .filter(|n| !matches!(n.op, Op::Constant { .. }))
+        .filter(|n| !matches!(n.op, Op::Constant { .. }) && !is_view(&n.op))
         .count()
 }
 

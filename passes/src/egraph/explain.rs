@@ -106,7 +106,8 @@ pub struct Report {
 pub fn kernels(target: &TargetInfo, g: &Graph, origins: &Origins) -> Vec<KernelReport> {
     let mut out = vec![];
     for (i, (n, origin)) in g.nodes.iter().zip(origins).enumerate() {
-        if matches!(n.op, Op::Constant { .. }) {
+        // Constants and views launch nothing (see `cost::kernel_count`).
+        if matches!(n.op, Op::Constant { .. }) || super::cost::is_view(&n.op) {
             continue;
         }
         let mut seen = vec![];

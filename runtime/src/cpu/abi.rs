@@ -330,10 +330,142 @@ fn requant_from_desc<'a>(
 /// The name of the matmul helper.
 pub const MATMUL: &str = "mlc_matmul";
 
+// ---- Depthwise convolution (`Stmt::Depthwise`) ----------------------------------------
+
+/// The name of the depthwise convolution helper.
+pub const DEPTHWISE: &str = "mlc_depthwise";
+
+/// The slots of the argument block passed to `mlc_depthwise`, in 8-byte words; the block is
+/// `EP + 2·(word EP_LEN)` words long.
+pub mod dw_slot {
+    pub const X: usize = 0;
+    pub const W: usize = 1;
+    /// Null when there is no bias.
+    pub const BIAS: usize = 2;
+    pub const OUT: usize = 3;
+    pub const LEN: usize = 4; // +0..4: x, w, bias, out element counts
+    /// batch, channels, mult, ih, iw, oh, ow, kh, kw, sh, sw, dh, dw, pad top, pad left.
+    pub const GEOM: usize = 8;
+    pub const STATUS: usize = 23; // the executor's control block: status word, threads
+    pub const EP_LEN: usize = 24;
+    /// Per epilogue operation two words: `kind | op << 8 | first << 16` (kind 0 `x = x op a`,
+    /// 1 save, 2 `x = x op s`; op 0 add, 1 sub, 2 mul, 3 div, 4 max, 5 min; `first`: the
+    /// argument or saved value is the left operand), then the argument's `f32` bits.
+    pub const EP: usize = 25;
+}
+
+/// `Stmt::Depthwise`'s entry point: `desc` points to the words [`dw_slot`] lays out. Never
+/// panics across the FFI boundary: bad arguments set the status.
+extern "C" fn mlc_depthwise(desc: *const u64) {
+    use dw_slot as s;
+    // SAFETY: generated code passes a stack block of at least `EP` words.
+    let head = unsafe { std::slice::from_raw_parts(desc, s::EP) };
+    let status = head[s::STATUS] as *mut i64;
+    // SAFETY: the status pointer is the executor's control block (status word, threads).
+    let threads = unsafe { *status.add(1) }.max(1) as usize;
+    let n_ep = head[s::EP_LEN] as usize;
+    // SAFETY: the block holds `EP + 2·EP_LEN` words (generated code sizes it so).
+    let d = unsafe { std::slice::from_raw_parts(desc, s::EP + 2 * n_ep) };
+    let ok = std::panic::catch_unwind(|| depthwise_from_desc(d, n_ep, threads)).unwrap_or(false);
+    if !ok {
+        // SAFETY: the status word is the executor's `i64`, alive during the call.
+        unsafe { *status = 1 };
+    }
+}
+
+fn depthwise_from_desc(d: &[u64], n_ep: usize, threads: usize) -> bool {
+    use crate::kernels::depthwise::{self as dwk, BinKind, EpOp};
+    use dw_slot as s;
+    let g = |i: usize| d[s::GEOM + i] as usize;
+    let shape = dwk::Shape::new(
+        g(0),
+        g(1),
+        g(2),
+        [g(3), g(4)],
+        [g(5), g(6)],
+        [g(7), g(8)],
+        [g(9), g(10)],
+        [g(11), g(12)],
+        [g(13), g(14)],
+    );
+    let mut ep = Vec::with_capacity(n_ep);
+    for i in 0..n_ep {
+        let (code, arg) = (
+            d[s::EP + 2 * i],
+            f32::from_bits(d[s::EP + 2 * i + 1] as u32),
+        );
+        let op = match (code >> 8) & 0xff {
+            0 => BinKind::Add,
+            1 => BinKind::Sub,
+            2 => BinKind::Mul,
+            3 => BinKind::Div,
+            4 => BinKind::Max,
+            5 => BinKind::Min,
+            _ => return false,
+        };
+        let first = (code >> 16) & 1 == 1;
+        ep.push(match code & 0xff {
+            0 => EpOp::Bin {
+                op,
+                arg,
+                arg_first: first,
+            },
+            1 => EpOp::Save,
+            2 => EpOp::Combine {
+                op,
+                saved_first: first,
+            },
+            _ => return false,
+        });
+    }
+    let bytes = |j: usize| (d[s::LEN + j] as usize).saturating_mul(4);
+    let (px, pw, pb, po) = (
+        d[s::X] as *const f32,
+        d[s::W] as *const f32,
+        d[s::BIAS] as *const f32,
+        d[s::OUT] as *mut f32,
+    );
+    if px.is_null() || pw.is_null() || po.is_null() {
+        return false;
+    }
+    // The output is written; it must not overlap an operand (lowering never makes it).
+    let overlaps = |p: *const f32, l: usize| {
+        let (a0, a1) = (p as usize, p as usize + l);
+        let (c0, c1) = (po as usize, po as usize + bytes(3));
+        a0 < c1 && c0 < a1
+    };
+    if overlaps(px, bytes(0)) || overlaps(pw, bytes(1)) || (!pb.is_null() && overlaps(pb, bytes(2)))
+    {
+        return false;
+    }
+    let len = |j: usize| d[s::LEN + j] as usize;
+    // SAFETY: the pointers are the kernel's parameter buffers of `f32`, each holding at least
+    // its parameter's `len` elements (checked by the executor before any call); x, w and the
+    // bias are only read, and the output, which is written, overlaps none of them (above).
+    let (x, w, out) = unsafe {
+        (
+            std::slice::from_raw_parts(px, len(0)),
+            std::slice::from_raw_parts(pw, len(1)),
+            std::slice::from_raw_parts_mut(po, len(3)),
+        )
+    };
+    let bias = if pb.is_null() {
+        None
+    } else {
+        // SAFETY: as for x and w.
+        Some(unsafe { std::slice::from_raw_parts(pb, len(2)) })
+    };
+    let isa = crate::kernels::Isa::detect();
+    dwk::run(&shape, x, w, bias, out, &ep, threads, isa).is_ok()
+}
+
+// ---- end depthwise ---------------------------------------------------------------------
+
 /// Every helper kernels may call, in table order (the index is what generated code loads).
 pub fn helpers() -> Vec<&'static str> {
     let mut v: Vec<&'static str> = super::helpers::names().collect();
     v.push(MATMUL);
+    v.push(DEPTHWISE);
     v
 }
 
@@ -346,5 +478,6 @@ pub fn helper_index(name: &str) -> Option<usize> {
 pub fn helper_addresses() -> Vec<usize> {
     let mut v = super::helpers::addresses();
     v.push(mlc_matmul as *const () as usize);
+    v.push(mlc_depthwise as *const () as usize);
     v
 }

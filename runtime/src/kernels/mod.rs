@@ -6,6 +6,7 @@
 //! level is detected once per process ([`Isa::detect`]) and can be forced for tests and benches.
 
 pub mod bytes;
+pub mod depthwise;
 pub mod gemm;
 pub mod igemm;
 

@@ -681,6 +681,9 @@ fn conv_depthwise_2d(
     group: usize,
 ) -> Result<(), Fail> {
     let ty = cx.dtype(x);
+    if ty == DType::F32 && m.is_multiple_of(c) && m / c == m / group {
+        return depthwise_stmt(cx, node, (x, w, bias), out, g, ins, (n, c, m));
+    }
     let (ih, iw) = (ins[0], ins[1]);
     let (oh, ow) = (g.out[0], g.out[1]);
     let (kh, kw) = (g.k[0], g.k[1]);
@@ -793,6 +796,204 @@ fn conv_depthwise_2d(
     kb.k.body = nest_vars(&[nv, mv], &[n, m], rows);
     cx.launch(kb, node);
     Ok(())
+}
+
+/// An `f32` 2-D depthwise convolution as one [`Stmt::Depthwise`]: the backend's library
+/// kernel handles padding implicitly (no padded copy of the input), and an elementwise tail
+/// may join its epilogue ([`depthwise_tail`]). The loop form below stays for `f64`, and
+/// [`crate::expand_depthwise`] gives the statement's own loop form to backends without a
+/// kernel.
+#[allow(clippy::type_complexity)]
+fn depthwise_stmt(
+    cx: &mut Cx,
+    node: &Node,
+    (x, w, bias): (mlc_ir::ValueId, mlc_ir::ValueId, Option<mlc_ir::ValueId>),
+    out: BufId,
+    g: &Geom,
+    ins: &[usize],
+    (n, c, m): (usize, usize, usize),
+) -> Result<(), Fail> {
+    let mut kb = KernelBuilder::new(format!("{}_depthwise", kernel_name(&node.op)));
+    let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+    let wp = kb.param(&cx.p, cx.buf(w)?, Access::Read);
+    let bp = match bias {
+        Some(b) => Some(kb.param(&cx.p, cx.buf(b)?, Access::Read)),
+        None => None,
+    };
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    kb.k.body = vec![Stmt::Depthwise(Box::new(Depthwise {
+        batch: n,
+        channels: c,
+        mult: m / c,
+        in_hw: [ins[0], ins[1]],
+        out_hw: [g.out[0], g.out[1]],
+        kernel: [g.k[0], g.k[1]],
+        stride: [g.stride[0], g.stride[1]],
+        dilation: [g.dil[0], g.dil[1]],
+        pad: [g.pad[0], g.pad[1]],
+        x: xp,
+        w: wp,
+        bias: bp,
+        out: op_,
+        epilogue: vec![],
+    }))];
+    cx.launch(kb, node);
+    Ok(())
+}
+
+/// The elementwise tail `region` (its inputs bound by `env_in`: the convolution's value as
+/// `None`, one-element values as loads of element 0) as depthwise epilogue operations
+/// appended to the [`Stmt::Depthwise`] of `k`; `Ok(false)` (and `k`'s body unchanged) when the
+/// tail is not an `f32` chain of `add`/`sub`/`mul`/`div`/`max`/`min` of the value and scalars
+/// that [`EpOp`]s express: each operation with at most one operand depending on the value, or
+/// `a op b` where one side is a function of the other (a gate such as
+/// `x · clip(x + 3, 0, 6)`). The operations are the tail's own, in its order, so results do
+/// not change.
+pub(super) fn depthwise_tail(
+    k: &mut Kernel,
+    region: &mlc_ir::Graph,
+    env_in: &[(mlc_ir::ValueId, Option<Expr>)],
+) -> Result<bool, Fail> {
+    let [Stmt::Depthwise(_)] = k.body.as_slice() else {
+        return Ok(false);
+    };
+    if region.outputs.len() != 1
+        || region.ty(region.outputs[0].value).dtype != DType::F32
+        || env_in
+            .iter()
+            .any(|(v, _)| region.ty(*v).dtype != DType::F32)
+    {
+        return Ok(false);
+    }
+    let x = VarId(u32::MAX);
+    let mut env: Vec<Option<Expr>> = vec![None; region.values.len()];
+    for (v, e) in env_in {
+        env[v.0 as usize] = Some(e.clone().unwrap_or(Expr::var(x)));
+    }
+    // Lets into scratch variables numbered above every real one, then inlined into one tree.
+    let mut lets = Vec::new();
+    let mut next = u32::MAX - 1;
+    let mut fresh = |_t: DType| {
+        next -= 1;
+        VarId(next)
+    };
+    match super::ew::body_lets(region, &mut env, &mut fresh, &mut lets) {
+        Ok(()) => {}
+        Err(Fail::Unsupported(_)) => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    let Some(mut out) = env[region.outputs[0].value.0 as usize].clone() else {
+        return Ok(false);
+    };
+    let mut defs: std::collections::HashMap<VarId, Expr> = Default::default();
+    for st in lets {
+        if let Stmt::Let { var, value } = st {
+            let value = inline(value, &defs);
+            defs.insert(var, value);
+        }
+    }
+    out = inline(out, &defs);
+    let Some(ops) = ep_ops(&out, &Expr::var(x), x, k) else {
+        return Ok(false);
+    };
+    if let [Stmt::Depthwise(dw)] = k.body.as_mut_slice() {
+        dw.epilogue.extend(ops);
+    }
+    Ok(true)
+}
+
+/// `e` with every variable of `defs` replaced by its definition.
+fn inline(e: Expr, defs: &std::collections::HashMap<VarId, Expr>) -> Expr {
+    match e {
+        Expr::Var(v) => defs.get(&v).cloned().unwrap_or(Expr::Var(v)),
+        Expr::Unary(op, a) => Expr::un(op, inline(*a, defs)),
+        Expr::Binary(op, a, b) => Expr::bin(op, inline(*a, defs), inline(*b, defs)),
+        Expr::Cast(t, a) => Expr::cast(t, inline(*a, defs)),
+        Expr::Select { cond, then, els } => {
+            Expr::select(inline(*cond, defs), inline(*then, defs), inline(*els, defs))
+        }
+        e => e,
+    }
+}
+
+fn depends(e: &Expr, x: VarId) -> bool {
+    match e {
+        Expr::Var(v) => *v == x,
+        Expr::Lit(_) => false,
+        Expr::Load { index, .. } => depends(index, x),
+        Expr::Unary(_, a) | Expr::Cast(_, a) => depends(a, x),
+        Expr::Binary(_, a, b) => depends(a, x) || depends(b, x),
+        Expr::Select { cond, then, els } => depends(cond, x) || depends(then, x) || depends(els, x),
+    }
+}
+
+/// An epilogue operand: an `f32` literal or element 0 of an `f32` parameter.
+fn ep_arg(e: &Expr, k: &Kernel) -> Option<EpArg> {
+    match e {
+        Expr::Lit(Lit::Float(DType::F32, v)) => Some(EpArg::Lit(*v as f32)),
+        Expr::Load { param, index } if **index == Expr::idx(0) => {
+            let p = k.params.get(param.0 as usize)?;
+            (p.dtype == DType::F32).then_some(EpArg::Scalar(*param))
+        }
+        _ => None,
+    }
+}
+
+/// The operations computing `e` from `v` (held in the epilogue's `x`), when `e` is one.
+fn ep_ops(e: &Expr, v: &Expr, x: VarId, k: &Kernel) -> Option<Vec<EpOp>> {
+    if e == v {
+        return Some(vec![]);
+    }
+    let Expr::Binary(op, a, b) = e else {
+        return None;
+    };
+    if !EpOp::allowed(*op) || k_type(a, k) != Some(DType::F32) {
+        return None;
+    }
+    let (da, db) = (depends(a, x), depends(b, x));
+    let one = |dep: &Expr, arg: &Expr, arg_first: bool| {
+        let mut ops = ep_ops(dep, v, x, k)?;
+        ops.push(EpOp::Bin {
+            op: *op,
+            arg: ep_arg(arg, k)?,
+            arg_first,
+        });
+        Some(ops)
+    };
+    // A gate: `first` is computed from `v`, then `second` from `first`; the saved register
+    // keeps `first` while `x` becomes `second`. Nested gates are not expressed.
+    let gate = |first: &Expr, second: &Expr, saved_first: bool| {
+        let mut ops = ep_ops(first, v, x, k)?;
+        let inner = ep_ops(second, first, x, k)?;
+        if inner.iter().any(|o| !matches!(o, EpOp::Bin { .. })) {
+            return None;
+        }
+        ops.push(EpOp::Save);
+        ops.extend(inner);
+        ops.push(EpOp::Combine {
+            op: *op,
+            saved_first,
+        });
+        Some(ops)
+    };
+    match (da, db) {
+        (true, false) => one(a, b, false),
+        (false, true) => one(b, a, true),
+        (true, true) => gate(a, b, true).or_else(|| gate(b, a, false)),
+        (false, false) => None,
+    }
+}
+
+/// The type of an epilogue expression, `f32` for the value itself.
+fn k_type(e: &Expr, k: &Kernel) -> Option<DType> {
+    match e {
+        Expr::Var(v) if v.0 as usize >= k.vars.len() => Some(DType::F32),
+        Expr::Var(_) => None,
+        Expr::Binary(_, a, _) => k_type(a, k),
+        Expr::Lit(l) => Some(l.ty()),
+        Expr::Load { param, .. } => k.params.get(param.0 as usize).map(|p| p.dtype),
+        _ => None,
+    }
 }
 
 /// Windows of at most this many taps (5×5) are unrolled into one vector loop over the output

@@ -212,12 +212,25 @@ impl Cx<'_> {
             // The loop kernel that computed the previous node, if any: a tail can go into its
             // stores.
             let mut producer = None;
+            // The node after `i` was lowered with it.
+            let mut done = None;
             for (i, n) in body.nodes.iter().enumerate() {
+                if done == Some(i) {
+                    continue;
+                }
                 if let Some(o) = open
                     && let Some(next) = epilogue::try_fuse(&mut sub, n, o)
                 {
                     open = Some(next);
                     producer = None;
+                    continue;
+                }
+                // Attention's mask add goes into the softmax's loads (`reduce.rs`).
+                if let Some(operands) = add_feeding_softmax(body, i)
+                    && let Op::Reduce(rop) = &body.nodes[i + 1].op
+                    && reduce::softmax_of_sum(&mut sub, &body.nodes[i + 1], rop, operands)?
+                {
+                    (open, producer, done) = (None, None, Some(i + 1));
                     continue;
                 }
                 // What the matmul cannot absorb, one fused kernel may (`tail.rs`).
@@ -363,6 +376,34 @@ pub(crate) fn loop_nest(
     wrap_loops(&vars, shape, &kinds, body)
 }
 
+/// The operands of `body.nodes[i]` when it is an `ew.add` whose result only feeds the softmax
+/// that is the next node.
+fn add_feeding_softmax(body: &Graph, i: usize) -> Option<(ValueId, ValueId)> {
+    use mlc_ir::ops::{EwOp, ReduceOp};
+    let (n, next) = (body.nodes.get(i)?, body.nodes.get(i + 1)?);
+    let ([Some(a), Some(m)], [v]) = (n.inputs.as_slice(), n.outputs.as_slice()) else {
+        return None;
+    };
+    let softmax = matches!(
+        next.op,
+        Op::Reduce(ReduceOp::Softmax(_) | ReduceOp::LogSoftmax(_))
+    );
+    let uses = body
+        .nodes
+        .iter()
+        .flat_map(|k| k.inputs.iter())
+        .filter(|x| **x == Some(*v))
+        .count();
+    let escapes = body.outputs.iter().any(|o| o.value == *v);
+    (matches!(n.op, Op::Ew(EwOp::Add))
+        && n.regions.is_empty()
+        && softmax
+        && next.input(0) == Some(*v)
+        && uses == 1
+        && !escapes)
+        .then_some((*a, *m))
+}
+
 /// Wraps `body` in loops over `extents` (outermost first) of the given kinds. A dim of extent 1
 /// is no loop: its counter is a `let` of 0, so backends see only the loops that iterate, and
 /// the outermost real loop is the parallel one.
@@ -444,6 +485,8 @@ fn subst_zero(body: &mut [Stmt], v: VarId) {
                     mat(b, v);
                 }
             }
+            // No expression inside.
+            Stmt::Depthwise(_) => {}
         }
     }
 }

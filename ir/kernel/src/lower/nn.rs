@@ -31,8 +31,14 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &NnOp) -> Result<(), Fail> {
             window,
             count_include_pad,
         } => conv::pool(cx, node, Some(window), false, *count_include_pad),
-        NnOp::GlobalMaxPool => conv::pool(cx, node, None, true, true),
-        NnOp::GlobalAvgPool => conv::pool(cx, node, None, false, true),
+        NnOp::GlobalMaxPool => match super::reduce::global_pool(cx, node, true)? {
+            true => Ok(()),
+            false => conv::pool(cx, node, None, true, true),
+        },
+        NnOp::GlobalAvgPool => match super::reduce::global_pool(cx, node, false)? {
+            true => Ok(()),
+            false => conv::pool(cx, node, None, false, true),
+        },
         NnOp::BatchNorm { epsilon } => norm::batch_norm(cx, node, *epsilon),
         NnOp::LayerNorm { axis, epsilon, .. } => norm::layer_norm(cx, node, *axis, *epsilon, false),
         NnOp::RmsNorm { axis, epsilon } => norm::layer_norm(cx, node, *axis, *epsilon, true),

@@ -10,6 +10,58 @@ use mlc_ir::ops::reduce::{CumAttrs, ReduceAttrs, ReduceKind, resolve_axes};
 use mlc_ir::{DType, Node};
 
 pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail> {
+    lower_with(cx, node, op, None)
+}
+
+/// `softmax(a + m)` (`node` the softmax, `(a, m)` the operands of the `ew.add` that fed it) as
+/// one kernel: each pass over a row reads `a[i] + m[i']` (`m` broadcast) instead of a summed
+/// buffer, which then never exists. Attention's scores plus mask. The sum is rounded to the
+/// input type as the separate `add` would. `false`: not this case, nothing launched.
+pub(super) fn softmax_of_sum(
+    cx: &mut Cx,
+    node: &Node,
+    op: &ReduceOp,
+    (a, m): (mlc_ir::ValueId, mlc_ir::ValueId),
+) -> Result<bool, Fail> {
+    let (Some(x), ReduceOp::Softmax(_) | ReduceOp::LogSoftmax(_)) = (node.input(0), op) else {
+        return Ok(false);
+    };
+    let (shape, ty) = (cx.shape(x)?, cx.dtype(x));
+    let ok = cx.shape(a)? == shape
+        && cx.dtype(a) == ty
+        && cx.dtype(m) == ty
+        && matches!(ty, DType::F32 | DType::F64)
+        && broadcast_strides(&cx.shape(m)?, &shape).is_some();
+    if !ok {
+        return Ok(false);
+    }
+    lower_with(cx, node, op, Some((a, m)))?;
+    Ok(true)
+}
+
+/// The strides that index `small` (broadcast numpy-style, right-aligned) by the coordinates
+/// of `full`: 0 along broadcast dims. `None` when `small` does not broadcast to `full`.
+fn broadcast_strides(small: &[usize], full: &[usize]) -> Option<Vec<i64>> {
+    let lead = full.len().checked_sub(small.len())?;
+    let own = strides(small);
+    (0..full.len())
+        .map(|d| match d.checked_sub(lead) {
+            None => Some(0),
+            Some(j) if small[j] == full[d] => Some(own[j]),
+            Some(j) if small[j] == 1 => Some(0),
+            Some(_) => None,
+        })
+        .collect()
+}
+
+/// The reduction lowering; `addend`: the input is `a + m` of two buffers (see
+/// [`softmax_of_sum`]).
+fn lower_with(
+    cx: &mut Cx,
+    node: &Node,
+    op: &ReduceOp,
+    addend: Option<(mlc_ir::ValueId, mlc_ir::ValueId)>,
+) -> Result<(), Fail> {
     let Some(x) = node.input(0) else {
         return unsupported("missing input");
     };
@@ -54,10 +106,35 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail>
             reduced_dims(cx, node, attrs, &shape)?
         }
     };
+    if softmax.is_none()
+        && addend.is_none()
+        && let [reduced] = candidates.as_slice()
+        && let Some(split) = column_split(&shape, reduced)
+        && column_kind(kind)
+        && ty.is_float()
+        && !ty.is_storage_only()
+        && !matches!(ty, DType::F16 | DType::BF16)
+    {
+        return columns(cx, node, x, kind, split);
+    }
     let out_v = node.outputs[0];
     let out = cx.new_buffer(out_v, BufKind::Temp)?;
     let mut kb = KernelBuilder::new(kernel_name(&node.op));
-    let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+    let (xp, mp, m_strides) = match addend {
+        Some((a, m)) => {
+            let xp = kb.param(&cx.p, cx.buf(a)?, Access::Read);
+            let mp = kb.param(&cx.p, cx.buf(m)?, Access::Read);
+            let Some(ms) = broadcast_strides(&cx.shape(m)?, &shape) else {
+                return unsupported("addend does not broadcast");
+            };
+            (xp, Some(mp), ms)
+        }
+        None => (
+            kb.param(&cx.p, cx.buf(x)?, Access::Read),
+            None,
+            vec![0; rank],
+        ),
+    };
     // Softmax (not log-softmax) in f32/f64 scales the stored exponentials in place.
     let rescale_in_place =
         matches!(softmax, Some((_, _, false))) && matches!(ty, DType::F32 | DType::F64);
@@ -138,6 +215,7 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail>
         let body = loop_nest(&mut kb, &kept, |kb, kvars| {
             // Map kept loop counters back to input dims, and index the output by them.
             let mut kept_idx = Expr::idx(0);
+            let mut kept_m = Expr::idx(0);
             let mut out_idx = Expr::idx(0);
             let (mut k, mut dims_red) = (0, Vec::new());
             for d in 0..rank {
@@ -146,22 +224,26 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail>
                 } else {
                     kept_idx =
                         Expr::add_idx(kept_idx, Expr::mul_idx(Expr::var(kvars[k]), in_strides[d]));
+                    kept_m =
+                        Expr::add_idx(kept_m, Expr::mul_idx(Expr::var(kvars[k]), m_strides[d]));
                     out_idx =
                         Expr::add_idx(out_idx, Expr::mul_idx(Expr::var(kvars[k]), kept_strides[k]));
                     k += 1;
                 }
             }
             // A serial nest over the reduced dims; `f` builds the innermost statements from the
-            // input element's index.
+            // input element's index (and the addend's).
             let red_nest =
                 |kb: &mut KernelBuilder,
-                 f: &mut dyn FnMut(&mut KernelBuilder, Expr) -> Vec<Stmt>| {
+                 f: &mut dyn FnMut(&mut KernelBuilder, Expr, Expr) -> Vec<Stmt>| {
                     let rvars: Vec<VarId> = dims_red.iter().map(|_| kb.var(DType::I64)).collect();
-                    let mut idx = kept_idx.clone();
+                    let (mut idx, mut midx) = (kept_idx.clone(), kept_m.clone());
                     for (i, &d) in dims_red.iter().enumerate() {
                         idx = Expr::add_idx(idx, Expr::mul_idx(Expr::var(rvars[i]), in_strides[d]));
+                        midx =
+                            Expr::add_idx(midx, Expr::mul_idx(Expr::var(rvars[i]), m_strides[d]));
                     }
-                    let mut body = f(kb, idx);
+                    let mut body = f(kb, idx, midx);
                     for (i, &d) in dims_red.iter().enumerate().rev() {
                         // The innermost reduced dim is a SIMD loop: its body is one reduction
                         // step or one store, which backends may reassociate / run in lanes.
@@ -179,8 +261,12 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail>
                     }
                     body
                 };
-            let load = |idx: Expr| {
+            let load = |idx: Expr, midx: Expr| {
                 let e = Expr::load(xp, idx);
+                let e = match mp {
+                    Some(mp) => Expr::bin(BinOp::Add, e, Expr::load(mp, midx)),
+                    None => e,
+                };
                 if acc_ty != ty {
                     Expr::cast(acc_ty, e)
                 } else {
@@ -196,10 +282,10 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail>
                         var: mx,
                         value: c(f64::NEG_INFINITY),
                     });
-                    stmts.extend(red_nest(kb, &mut |_, idx| {
+                    stmts.extend(red_nest(kb, &mut |_, idx, midx| {
                         vec![Stmt::Assign {
                             var: mx,
-                            value: Expr::bin(BinOp::Max, Expr::var(mx), load(idx)),
+                            value: Expr::bin(BinOp::Max, Expr::var(mx), load(idx, midx)),
                         }]
                     }));
                     let sum = kb.var(acc_ty);
@@ -210,10 +296,10 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail>
                     // Softmax in the accumulation type stores the exponentials as it sums them
                     // and scales them in place after, so each element takes one `exp`.
                     let store_exp = !log && acc_ty == ty;
-                    stmts.extend(red_nest(kb, &mut |kb, idx| {
+                    stmts.extend(red_nest(kb, &mut |kb, idx, midx| {
                         let e = Expr::un(
                             UnOp::Exp,
-                            Expr::bin(BinOp::Sub, load(idx.clone()), Expr::var(mx)),
+                            Expr::bin(BinOp::Sub, load(idx.clone(), midx.clone()), Expr::var(mx)),
                         );
                         if store_exp {
                             let ev = kb.var(acc_ty);
@@ -245,7 +331,7 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail>
                         var: scale,
                         value: sv,
                     });
-                    stmts.extend(red_nest(kb, &mut |_, idx| {
+                    stmts.extend(red_nest(kb, &mut |_, idx, midx| {
                         if store_exp {
                             let y = Expr::load(op_, idx.clone());
                             return vec![Stmt::Store {
@@ -254,7 +340,8 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail>
                                 value: Expr::bin(BinOp::Mul, y, Expr::var(scale)),
                             }];
                         }
-                        let shifted = Expr::bin(BinOp::Sub, load(idx.clone()), Expr::var(mx));
+                        let shifted =
+                            Expr::bin(BinOp::Sub, load(idx.clone(), midx.clone()), Expr::var(mx));
                         let v = if log {
                             Expr::bin(BinOp::Sub, shifted, Expr::var(scale))
                         } else {
@@ -287,18 +374,18 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail>
                             var: mx,
                             value: c(f64::NEG_INFINITY),
                         });
-                        stmts.extend(red_nest(kb, &mut |_, idx| {
+                        stmts.extend(red_nest(kb, &mut |_, idx, midx| {
                             vec![Stmt::Assign {
                                 var: mx,
-                                value: Expr::bin(BinOp::Max, Expr::var(mx), load(idx)),
+                                value: Expr::bin(BinOp::Max, Expr::var(mx), load(idx, midx)),
                             }]
                         }));
                         Some(mx)
                     } else {
                         None
                     };
-                    stmts.extend(red_nest(kb, &mut |_, idx| {
-                        let x = load(idx);
+                    stmts.extend(red_nest(kb, &mut |_, idx, midx| {
+                        let x = load(idx, midx);
                         let a = Expr::var(acc);
                         let v = match kind {
                             ReduceKind::Sum | ReduceKind::Mean | ReduceKind::LogSum => {
@@ -379,6 +466,193 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &ReduceOp) -> Result<(), Fail>
     };
     cx.launch(kb, node);
     Ok(())
+}
+
+/// `(outer, reduced, inner)` extents when the reduced dims are one contiguous block followed
+/// by kept dims (`inner` > 1): the input is then `outer` stacks of `reduced` rows of `inner`
+/// contiguous elements, and each output element is a column sum of one stack.
+fn column_split(shape: &[usize], reduced: &[bool]) -> Option<(usize, usize, usize)> {
+    let first = reduced.iter().position(|&r| r)?;
+    let end = first + reduced[first..].iter().take_while(|&&r| r).count();
+    if reduced[end..].iter().any(|&r| r) {
+        return None;
+    }
+    let prod = |d: &[usize]| d.iter().product::<usize>();
+    let (outer, red, inner) = (
+        prod(&shape[..first]),
+        prod(&shape[first..end]),
+        prod(&shape[end..]),
+    );
+    (inner > 1 && red > 1).then_some((outer, red, inner))
+}
+
+/// Reductions whose running value is one element of the output type (no second pass, no
+/// wider accumulator), so they can accumulate in the output itself.
+fn column_kind(kind: ReduceKind) -> bool {
+    !matches!(kind, ReduceKind::LogSumExp)
+}
+
+/// Columns of `inner` contiguous elements per output, at least this many to split a stack
+/// across threads.
+const COLUMN_BLOCK: usize = 64;
+
+/// A reduction over dims that are not innermost in memory (LayerNorm statistics over the
+/// channel dim of a channels-last tensor, column sums): the row-by-row form would read each
+/// output's elements `inner` apart, one scalar at a time. Instead each output row accumulates
+/// in place over the reduced rows, a contiguous vector loop per row:
+///
+/// ```text
+/// out[o, :] = init;  for r { out[o, :] = out[o, :] ⊕ f(x[o, r, :]) };  out[o, :] = fin(out[o, :])
+/// ```
+///
+/// Each output element still sums its inputs in order `r` = 0, 1, ... (no reassociation).
+/// A lone stack splits its columns into blocks, so threads share the work.
+fn columns(
+    cx: &mut Cx,
+    node: &Node,
+    x: mlc_ir::ValueId,
+    kind: ReduceKind,
+    (outer, red, inner): (usize, usize, usize),
+) -> Result<(), Fail> {
+    let ty = cx.dtype(x);
+    let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
+    let mut kb = KernelBuilder::new(kernel_name(&node.op));
+    let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+    // Read too: the output holds the running values.
+    let op_ = kb.param(&cx.p, out, Access::ReadWrite);
+    let c = |v: f64| lit(ty, v);
+    let (o, r, i) = (kb.var(DType::I64), kb.var(DType::I64), kb.var(DType::I64));
+    // Column blocks: a lone stack of wide rows splits across threads.
+    let (blocks, width) = if outer == 1 && inner % COLUMN_BLOCK == 0 && inner > COLUMN_BLOCK {
+        (inner / COLUMN_BLOCK, COLUMN_BLOCK)
+    } else {
+        (1, inner)
+    };
+    let b = kb.var(DType::I64);
+    // Column `i` of block `b` of stack `o`.
+    let col = Expr::add_idx(Expr::mul_idx(Expr::var(b), width as i64), Expr::var(i));
+    let out_idx = Expr::add_idx(Expr::mul_idx(Expr::var(o), inner as i64), col.clone());
+    let in_idx = Expr::add_idx(
+        Expr::mul_idx(
+            Expr::add_idx(Expr::mul_idx(Expr::var(o), red as i64), Expr::var(r)),
+            inner as i64,
+        ),
+        col,
+    );
+    let init = match kind {
+        ReduceKind::Max => min_of(ty),
+        ReduceKind::Min => max_of(ty),
+        ReduceKind::Prod => c(1.0),
+        _ => c(0.0),
+    };
+    let a = Expr::load(op_, out_idx.clone());
+    let xv = Expr::load(xp, in_idx);
+    let step = match kind {
+        ReduceKind::Max => Expr::bin(BinOp::Max, a, xv),
+        ReduceKind::Min => Expr::bin(BinOp::Min, a, xv),
+        ReduceKind::Prod => Expr::bin(BinOp::Mul, a, xv),
+        ReduceKind::L1 => Expr::bin(BinOp::Add, a, Expr::un(UnOp::Abs, xv)),
+        ReduceKind::L2 | ReduceKind::SumSquare => {
+            Expr::bin(BinOp::Add, a, Expr::bin(BinOp::Mul, xv.clone(), xv))
+        }
+        _ => Expr::bin(BinOp::Add, a, xv),
+    };
+    let a = Expr::load(op_, out_idx.clone());
+    let fin = match kind {
+        ReduceKind::Mean => Some(Expr::bin(BinOp::Div, a, c(red as f64))),
+        ReduceKind::L2 => Some(Expr::un(UnOp::Sqrt, a)),
+        ReduceKind::LogSum => Some(Expr::un(UnOp::Log, a)),
+        _ => None,
+    };
+    let row = |value: Expr| Stmt::For {
+        var: i,
+        extent: Expr::idx(width as i64),
+        kind: LoopKind::Vector,
+        body: vec![Stmt::Store {
+            param: op_,
+            index: out_idx.clone(),
+            value,
+        }],
+    };
+    let mut body = vec![
+        row(init),
+        Stmt::For {
+            var: r,
+            extent: Expr::idx(red as i64),
+            kind: LoopKind::Serial,
+            body: vec![row(step)],
+        },
+    ];
+    body.extend(fin.map(row));
+    let (vars, extents) = if blocks > 1 {
+        ([b, o], [blocks, outer])
+    } else {
+        ([o, b], [outer, 1])
+    };
+    kb.k.body = super::wrap_loops(
+        &vars,
+        &extents,
+        &[LoopKind::Parallel, LoopKind::Serial],
+        body,
+    );
+    cx.launch(kb, node);
+    Ok(())
+}
+
+/// `GlobalMaxPool`/`GlobalAveragePool` of `f32`/`f64` planes: one contiguous plane per
+/// (batch, channel), reduced by one vector loop (max, or sum then divided by the plane size),
+/// as `reduce.max`/`reduce.mean` over the spatial dims would. Pooling's window form (a serial
+/// tap loop with a counter) cannot vectorize. `false`: not this case, nothing launched.
+pub(super) fn global_pool(cx: &mut Cx, node: &Node, max: bool) -> Result<bool, Fail> {
+    let Some(x) = node.input(0) else {
+        return Ok(false);
+    };
+    let (shape, ty) = (cx.shape(x)?, cx.dtype(x));
+    if !matches!(ty, DType::F32 | DType::F64) || shape.len() < 2 || node.outputs.len() != 1 {
+        return Ok(false);
+    }
+    let planes = shape[0] * shape[1];
+    let hw: usize = shape[2..].iter().product();
+    let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
+    let mut kb = KernelBuilder::new(kernel_name(&node.op));
+    let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let (p, i, acc) = (kb.var(DType::I64), kb.var(DType::I64), kb.var(ty));
+    let xv = Expr::load(
+        xp,
+        Expr::add_idx(Expr::mul_idx(Expr::var(p), hw as i64), Expr::var(i)),
+    );
+    let (init, step, fin) = if max {
+        let step = Expr::bin(BinOp::Max, Expr::var(acc), xv);
+        (lit(ty, f64::NEG_INFINITY), step, Expr::var(acc))
+    } else {
+        let step = Expr::bin(BinOp::Add, Expr::var(acc), xv);
+        let fin = Expr::bin(BinOp::Div, Expr::var(acc), lit(ty, hw as f64));
+        (lit(ty, 0.0), step, fin)
+    };
+    let body = vec![
+        Stmt::Let {
+            var: acc,
+            value: init,
+        },
+        Stmt::For {
+            var: i,
+            extent: Expr::idx(hw as i64),
+            kind: LoopKind::Vector,
+            body: vec![Stmt::Assign {
+                var: acc,
+                value: step,
+            }],
+        },
+        Stmt::Store {
+            param: op_,
+            index: Expr::var(p),
+            value: fin,
+        },
+    ];
+    kb.k.body = super::wrap_loops(&[p], &[planes], &[LoopKind::Parallel], body);
+    cx.launch(kb, node);
+    Ok(true)
 }
 
 /// Which dims a reduction reduces. Axes come from the attribute, a constant input, or, when

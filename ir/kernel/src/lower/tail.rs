@@ -295,9 +295,6 @@ fn into_stores(cx: &mut Cx, node: &Node, p: Producer) -> Result<bool, Fail> {
     else {
         return Ok(false);
     };
-    if k.params[pout.0 as usize].access != Access::Write || !writes_only(&k.body, pout) {
-        return Ok(false);
-    }
     let mut env_in: Vec<(ValueId, Option<Expr>)> = Vec::new();
     for (port, v) in region.inputs.iter().zip(&node.inputs) {
         let Some(v) = *v else { return Ok(false) };
@@ -322,7 +319,18 @@ fn into_stores(cx: &mut Cx, node: &Node, p: Producer) -> Result<bool, Fail> {
     if env_in.iter().filter(|(_, e)| e.is_none()).count() != 1 {
         return Ok(false);
     }
+    // A depthwise convolution statement takes the tail into its epilogue, or else becomes
+    // loops whose stores take it like any loop kernel's.
     let in_ty = cx.dtype(p.value);
+    if crate::expand::has_depthwise(&k.body) {
+        if super::conv::depthwise_tail(&mut k, region, &env_in)? {
+            return finish(cx, node, k, args, pout, step, last).map(|()| true);
+        }
+        k = crate::expand::expand_depthwise(&k);
+    }
+    if k.params[pout.0 as usize].access != Access::Write || !writes_only(&k.body, pout) {
+        return Ok(false);
+    }
     // Rewrite every store; a failure (an op the scalar lowering lacks) leaves all as it was.
     let mut failed = None;
     let body = std::mem::take(&mut k.body);
@@ -350,6 +358,22 @@ fn into_stores(cx: &mut Cx, node: &Node, p: Producer) -> Result<bool, Fail> {
         };
     }
     k.body = body;
+    finish(cx, node, k, args, pout, step, last)?;
+    Ok(true)
+}
+
+/// Replaces step `last` by `k` (as rewritten by the fused tail `node`) writing the tail's
+/// output buffer, a new temporary, through `pout`.
+fn finish(
+    cx: &mut Cx,
+    node: &Node,
+    mut k: crate::kernel::Kernel,
+    mut args: Vec<crate::kernel::BufId>,
+    pout: ParamId,
+    step: crate::kernel::Step,
+    last: usize,
+) -> Result<(), Fail> {
+    let tail_out = node.outputs[0];
     let new_buf = cx.new_buffer(tail_out, BufKind::Temp)?;
     let nb = cx.p.buffer(new_buf);
     k.params[pout.0 as usize].dtype = nb.dtype;
@@ -362,7 +386,7 @@ fn into_stores(cx: &mut Cx, node: &Node, p: Producer) -> Result<bool, Fail> {
         args,
         origin: step.origin,
     };
-    Ok(true)
+    Ok(())
 }
 
 fn node_kind(node: &Node) -> String {
@@ -399,7 +423,7 @@ fn writes_only(body: &[Stmt], p: ParamId) -> bool {
         Stmt::Let { value, .. } | Stmt::Assign { value, .. } => !expr_reads(value, p),
         Stmt::Store { index, value, .. } => !expr_reads(index, p) && !expr_reads(value, p),
         Stmt::For { extent, body, .. } => !expr_reads(extent, p) && writes_only(body, p),
-        Stmt::Matmul(_) => false,
+        Stmt::Matmul(_) | Stmt::Depthwise(_) => false,
     })
 }
 

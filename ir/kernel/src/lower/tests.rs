@@ -168,10 +168,14 @@ fn reductions_and_softmax() {
         "l2",
         "log_sum_exp",
         "sum_square",
+        "log_sum",
     ];
     for k in kinds {
+        // Middle and leading axes reduce columns in place (`columns`), the rest row by row.
         for (axes, keep, out) in [
             ("[1]", true, "[2,1,4]"),
+            ("[0]", false, "[3,4]"),
+            ("[0,1]", true, "[1,1,4]"),
             ("[0,2]", false, "[3]"),
             ("null", false, "[]"),
         ] {
@@ -184,6 +188,17 @@ fn reductions_and_softmax() {
                 1e-5,
             );
         }
+    }
+    // A lone stack of wide rows splits its columns across threads.
+    for k in ["sum", "max", "mean"] {
+        check(
+            &format!(
+                r#"graph (%0: f32[5,192] "x") -> (%1 "y") {{
+  %1 = reduce.{k} {{"axes":[0],"keepdims":true}} (%0) : f32[1,192]
+}}"#
+            ),
+            1e-5,
+        );
     }
     for k in ["softmax", "log_softmax"] {
         check(
@@ -994,4 +1009,35 @@ fn contraction_epilogues_fuse_into_the_matmul() {
         1e-6,
     );
     assert_eq!(shown.matches("step ").count(), 2, "{shown}");
+}
+
+#[test]
+fn attention_mask_add_goes_into_the_softmax() {
+    // Scores + a mask broadcast over heads, then softmax: one softmax kernel reads both.
+    // `z` uses the sum twice: it stays a kernel of its own.
+    for kind in ["softmax", "log_softmax"] {
+        let text = check(
+            &format!(
+                r#"graph (%0: f32[1,2,3,4] "q", %1: f32[1,2,4,5] "k", %2: f32[1,1,3,5] "m") -> (%3 "y", %4 "z") {{
+  %3 = control.composite {{"kind":"attention"}} (%0, %1, %2) : f32[1,2,3,5] {{
+    graph (%0: f32[1,2,3,4] "in0", %1: f32[1,2,4,5] "in1", %2: f32[1,1,3,5] "in2") -> (%5 "out") {{
+      %3 = nn.matmul(%0, %1) : f32[1,2,3,5]
+      %4 = ew.add(%3, %2) : f32[1,2,3,5]
+      %5 = reduce.{kind} {{"axis":3,"coerce_2d":false}} (%4) : f32[1,2,3,5]
+    }}
+  }}
+  %4 = control.composite {{"kind":"attention"}} (%0, %1, %2) : f32[1,2,3,5] {{
+    graph (%0: f32[1,2,3,4] "in0", %1: f32[1,2,4,5] "in1", %2: f32[1,1,3,5] "in2") -> (%6 "out") {{
+      %3 = nn.matmul(%0, %1) : f32[1,2,3,5]
+      %4 = ew.add(%3, %2) : f32[1,2,3,5]
+      %5 = reduce.{kind} {{"axis":3,"coerce_2d":false}} (%4) : f32[1,2,3,5]
+      %6 = ew.add(%5, %4) : f32[1,2,3,5]
+    }}
+  }}
+}}"#
+            ),
+            1e-5,
+        );
+        assert_eq!(text.matches("kernel @ew_add").count(), 2, "{text}");
+    }
 }

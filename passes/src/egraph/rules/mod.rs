@@ -12,6 +12,7 @@ pub mod attention;
 pub mod batchnorm;
 pub mod fold;
 pub mod fusion;
+pub mod lookup;
 pub mod movement;
 pub mod norm;
 pub mod quant;
@@ -127,6 +128,7 @@ pub fn all() -> Vec<NodeRule> {
     r.extend(fold::rules());
     r.extend(quant::rules());
     r.extend(batchnorm::rules());
+    r.extend(lookup::rules());
     r.extend(fusion::rules());
     r
 }

@@ -1,6 +1,6 @@
 //! Cancellation of data movement: a transpose of a transpose is one transpose (or none), a
 //! view of a view (`reshape`, `flatten`, `squeeze`, `unsqueeze`) is one reshape of the
-//! original, and a view or transpose that changes nothing is its operand.
+//! original, and a view, transpose or slice that changes nothing is its operand.
 
 use super::{Build, NodeRule, add_op, ops_where, same_as, ty};
 use crate::egraph::analysis::MlcEGraph;
@@ -74,9 +74,12 @@ fn transpose_transpose(eg: &MlcEGraph, class: Id) -> Vec<Build> {
     out
 }
 
-/// A view or transpose whose result has its operand's exact type is the operand: views keep
-/// the data, and a transpose that keeps the type is the identity permutation (or permutes
-/// dims of size 1, which moves no data either).
+/// A view, transpose or slice whose result has its operand's exact type is the operand: views
+/// keep the data, a transpose that keeps the type is the identity permutation (or permutes
+/// dims of size 1, which moves no data either), and a unit-step slice that keeps every dim's
+/// length selects the whole range (a contiguous run as long as the dim starts at 0).
+/// Exporters leave such slices behind (`x[:, :, :, 0:1]` of a size-1 dim); they would
+/// otherwise cost a full copy.
 fn noop_movement(eg: &MlcEGraph, class: Id) -> Vec<Build> {
     let Some(want) = ty(eg, class) else {
         return vec![];
@@ -84,13 +87,27 @@ fn noop_movement(eg: &MlcEGraph, class: Id) -> Vec<Build> {
     ops_where(eg, class, |o| {
         let identity_perm =
             transpose(o).is_some_and(|p| p.iter().enumerate().all(|(i, &d)| i == d));
-        (is_view(o) || identity_perm).then_some(())
+        (is_view(o) || identity_perm || unit_step_slice(o)).then_some(())
     })
     .filter_map(|(_, _, c)| {
         let x = *c.first()?;
         (ty(eg, x) == Some(want)).then(|| same_as(x))
     })
     .collect()
+}
+
+/// A slice with constant bounds and unit (or default) steps: it keeps a dim whole exactly
+/// when the dim's length is unchanged. Negative steps reverse, so they never qualify.
+fn unit_step_slice(op: &Op) -> bool {
+    match op {
+        Op::Movement(MovementOp::Slice {
+            starts: Some(_),
+            ends: Some(_),
+            steps,
+            ..
+        }) => steps.as_ref().is_none_or(|s| s.iter().all(|&k| k == 1)),
+        _ => false,
+    }
 }
 
 /// `view2(view1(x))` is `reshape(x)` to the outer's static shape, given as an attribute: both
@@ -148,6 +165,22 @@ mod tests {
         for g in check(&["transpose-transpose"], src, shapes) {
             // `y` is `x`; `z` is one transpose of `x`.
             assert_eq!(g.op_count(), 1, "{g}");
+            assert_eq!(g.outputs[0].value, g.inputs[0].value, "{g}");
+        }
+    }
+
+    #[test]
+    fn whole_unit_step_slices_vanish() {
+        // `y` keeps every dim (ends past the end): the operand itself. `z` drops a row, and
+        // `w` reverses a dim of the same length: both stay.
+        let src = r#"graph (%0: f32[a,b] "x") -> (%1 "y", %2 "z", %3 "w") {
+  %1 = movement.slice {"starts":[0,0],"ends":[1000000000,2147483647],"axes":[0,1],"steps":null} (%0) : f32[a,b]
+  %2 = movement.slice {"starts":[1],"ends":[1000000000],"axes":[0],"steps":[1]} (%0) : f32[?,b]
+  %3 = movement.slice {"starts":[-1],"ends":[-1000000000],"axes":[1],"steps":[-1]} (%0) : f32[a,b]
+}
+"#;
+        for g in check(&["noop-movement"], src, &[&[&[3, 4]], &[&[2, 1]]]) {
+            assert_eq!(g.op_count(), 2, "{g}");
             assert_eq!(g.outputs[0].value, g.inputs[0].value, "{g}");
         }
     }

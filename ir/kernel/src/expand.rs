@@ -1,0 +1,348 @@
+//! [`Stmt::Depthwise`] written out as plain loops, for backends without a depthwise library
+//! kernel (the NVPTX backend) and for lowering steps that rewrite a kernel's stores.
+//!
+//! Why a function here and not a second lowering: the statement is the one description of the
+//! convolution; a backend that cannot call a tuned kernel asks for its loop form, which
+//! computes exactly what the evaluator defines (same taps in the same order, padding read as
+//! 0.0 through a select on a clamped index, the epilogue as `let`s), so every backend agrees
+//! with the oracle.
+
+use crate::kernel::*;
+use mlc_ir::DType;
+
+/// `k` with every [`Stmt::Depthwise`] replaced by its loop form; the same kernel when it has
+/// none.
+pub fn expand_depthwise(k: &Kernel) -> Kernel {
+    let mut out = k.clone();
+    let body = std::mem::take(&mut out.body);
+    out.body = expand_block(&mut out, body);
+    out
+}
+
+/// Whether `body` holds a [`Stmt::Depthwise`] at any depth.
+pub fn has_depthwise(body: &[Stmt]) -> bool {
+    body.iter().any(|s| match s {
+        Stmt::Depthwise(_) => true,
+        Stmt::For { body, .. } => has_depthwise(body),
+        _ => false,
+    })
+}
+
+fn expand_block(k: &mut Kernel, body: Vec<Stmt>) -> Vec<Stmt> {
+    let mut out = Vec::with_capacity(body.len());
+    for s in body {
+        match s {
+            Stmt::Depthwise(dw) => out.extend(loops(k, &dw)),
+            Stmt::For {
+                var,
+                extent,
+                kind,
+                body,
+            } => {
+                let body = expand_block(k, body);
+                out.push(Stmt::For {
+                    var,
+                    extent,
+                    kind,
+                    body,
+                });
+            }
+            s => out.push(s),
+        }
+    }
+    out
+}
+
+fn idx(v: usize) -> Expr {
+    Expr::idx(v as i64)
+}
+
+fn for_(var: VarId, extent: usize, kind: LoopKind, body: Vec<Stmt>) -> Stmt {
+    Stmt::For {
+        var,
+        extent: idx(extent),
+        kind,
+        body,
+    }
+}
+
+/// One input coordinate of a tap: `o·stride + t·dil - pad`, clamped into `[0, n)`, and
+/// whether it was inside.
+fn coord(o: VarId, t: usize, stride: usize, dil: usize, pad: usize, n: usize) -> (Expr, Expr) {
+    let pos = Expr::add_idx(
+        Expr::mul_idx(Expr::var(o), stride as i64),
+        Expr::idx((t * dil) as i64 - pad as i64),
+    );
+    let inside = Expr::bin(
+        BinOp::And,
+        Expr::bin(BinOp::Ge, pos.clone(), Expr::idx(0)),
+        Expr::bin(BinOp::Lt, pos.clone(), idx(n)),
+    );
+    let clamped = Expr::bin(
+        BinOp::Max,
+        Expr::bin(BinOp::Min, pos, Expr::idx(n as i64 - 1)),
+        Expr::idx(0),
+    );
+    (clamped, inside)
+}
+
+fn loops(k: &mut Kernel, dw: &Depthwise) -> Vec<Stmt> {
+    let f32_ = DType::F32;
+    let m = dw.channels * dw.mult;
+    let ([ih, iw], [oh, ow], [kh, kw]) = (dw.in_hw, dw.out_hw, dw.kernel);
+    let (p, oy, ox) = (k.var(DType::I64), k.var(DType::I64), k.var(DType::I64));
+    let (mo, acc) = (k.var(DType::I64), k.var(f32_));
+    // Plane p = n·m + mo reads input plane n·c + mo / mult.
+    let in_plane = Expr::mul_idx(
+        Expr::add_idx(
+            Expr::mul_idx(
+                Expr::bin(BinOp::Div, Expr::var(p), idx(m)),
+                dw.channels as i64,
+            ),
+            Expr::bin(BinOp::Div, Expr::var(mo), idx(dw.mult)),
+        ),
+        (ih * iw) as i64,
+    );
+    let mut inner = vec![Stmt::Let {
+        var: acc,
+        value: match dw.bias {
+            Some(b) => Expr::load(b, Expr::var(mo)),
+            None => Expr::float(f32_, 0.0),
+        },
+    }];
+    for ky in 0..kh {
+        let (ry, iny) = coord(oy, ky, dw.stride[0], dw.dilation[0], dw.pad[0], ih);
+        for kx in 0..kw {
+            let (rx, inx) = coord(ox, kx, dw.stride[1], dw.dilation[1], dw.pad[1], iw);
+            let at = Expr::add_idx(
+                Expr::add_idx(in_plane.clone(), Expr::mul_idx(ry.clone(), iw as i64)),
+                rx,
+            );
+            let xv = Expr::select(
+                Expr::bin(BinOp::And, iny.clone(), inx),
+                Expr::load(dw.x, at),
+                Expr::float(f32_, 0.0),
+            );
+            let wv = Expr::load(
+                dw.w,
+                Expr::add_idx(
+                    Expr::mul_idx(Expr::var(mo), (kh * kw) as i64),
+                    idx(ky * kw + kx),
+                ),
+            );
+            inner.push(Stmt::Assign {
+                var: acc,
+                value: Expr::bin(BinOp::Add, Expr::var(acc), Expr::bin(BinOp::Mul, xv, wv)),
+            });
+        }
+    }
+    // The epilogue: `x` and `s` start as the accumulator.
+    let (x, s) = (k.var(f32_), k.var(f32_));
+    inner.push(Stmt::Let {
+        var: x,
+        value: Expr::var(acc),
+    });
+    inner.push(Stmt::Let {
+        var: s,
+        value: Expr::var(acc),
+    });
+    for e in &dw.epilogue {
+        let (var, value) = match e {
+            EpOp::Bin { op, arg, arg_first } => {
+                let a = match arg {
+                    EpArg::Lit(v) => Expr::float(f32_, *v as f64),
+                    EpArg::Scalar(q) => Expr::load(*q, Expr::idx(0)),
+                };
+                let v = if *arg_first {
+                    Expr::bin(*op, a, Expr::var(x))
+                } else {
+                    Expr::bin(*op, Expr::var(x), a)
+                };
+                (x, v)
+            }
+            EpOp::Save => (s, Expr::var(x)),
+            EpOp::Combine { op, saved_first } => {
+                let v = if *saved_first {
+                    Expr::bin(*op, Expr::var(s), Expr::var(x))
+                } else {
+                    Expr::bin(*op, Expr::var(x), Expr::var(s))
+                };
+                (x, v)
+            }
+        };
+        inner.push(Stmt::Assign { var, value });
+    }
+    inner.push(Stmt::Store {
+        param: dw.out,
+        index: Expr::add_idx(
+            Expr::mul_idx(Expr::var(p), (oh * ow) as i64),
+            Expr::add_idx(Expr::mul_idx(Expr::var(oy), ow as i64), Expr::var(ox)),
+        ),
+        value: Expr::var(x),
+    });
+    let per_plane = vec![
+        Stmt::Let {
+            var: mo,
+            value: Expr::bin(BinOp::Rem, Expr::var(p), idx(m)),
+        },
+        for_(
+            oy,
+            oh,
+            LoopKind::Serial,
+            vec![for_(ox, ow, LoopKind::Serial, inner)],
+        ),
+    ];
+    vec![for_(p, dw.batch * m, LoopKind::Parallel, per_plane)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{run_program, verify_kernel};
+    use mlc_ir::Tensor;
+
+    /// Deterministic values in [-1, 1).
+    fn data(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// A program of one depthwise statement (x, w, bias, a scalar, out) and its inputs.
+    fn program(dw: &Depthwise, seed: u64) -> (Program, Vec<Tensor>) {
+        let (lx, lw, ly) = dw.lens();
+        let m = dw.channels * dw.mult;
+        let mut p = Program::default();
+        let mut k = Kernel::new("dw");
+        let mut args = vec![];
+        let mut inputs = vec![];
+        for (i, len) in [lx, lw, m, 1].into_iter().enumerate() {
+            args.push(p.add_buffer(DType::F32, vec![len], BufKind::Input(i)));
+            k.param(DType::F32, len, Access::Read);
+            let v = data(len, seed + i as u64);
+            inputs.push(Tensor::from_vec(&[len], v).expect("tensor"));
+        }
+        let out = p.add_buffer(DType::F32, vec![ly], BufKind::Temp);
+        args.push(out);
+        k.param(DType::F32, ly, Access::Write);
+        k.body = vec![Stmt::Depthwise(Box::new(dw.clone()))];
+        let id = p.intern_kernel(k);
+        p.steps.push(Step {
+            kernel: id,
+            args,
+            origin: None,
+        });
+        p.inputs = (0..4).map(|i| (format!("in{i}"), BufId(i))).collect();
+        p.outputs = vec![("out".into(), out)];
+        (p, inputs)
+    }
+
+    #[test]
+    fn the_loop_form_computes_what_the_statement_defines() {
+        let bin = |op, arg, arg_first| EpOp::Bin { op, arg, arg_first };
+        let gate = vec![
+            bin(BinOp::Mul, EpArg::Scalar(ParamId(3)), true),
+            bin(BinOp::Add, EpArg::Lit(0.25), false),
+            EpOp::Save,
+            bin(BinOp::Add, EpArg::Lit(3.0), false),
+            bin(BinOp::Max, EpArg::Lit(0.0), false),
+            bin(BinOp::Min, EpArg::Lit(6.0), false),
+            EpOp::Combine {
+                op: BinOp::Mul,
+                saved_first: true,
+            },
+            bin(BinOp::Div, EpArg::Lit(6.0), false),
+            bin(BinOp::Sub, EpArg::Scalar(ParamId(3)), true),
+        ];
+        let cases = [
+            (
+                2,
+                3,
+                1,
+                [6, 7],
+                [6, 7],
+                [3, 3],
+                [1, 1],
+                [1, 1],
+                [1, 1],
+                true,
+            ),
+            (
+                1,
+                2,
+                2,
+                [9, 8],
+                [4, 3],
+                [5, 5],
+                [2, 2],
+                [1, 1],
+                [2, 1],
+                false,
+            ),
+            (
+                1,
+                3,
+                1,
+                [9, 9],
+                [5, 5],
+                [3, 3],
+                [1, 1],
+                [2, 2],
+                [0, 0],
+                true,
+            ),
+            (
+                1,
+                1,
+                1,
+                [5, 11],
+                [3, 3],
+                [3, 1],
+                [2, 3],
+                [1, 1],
+                [1, 0],
+                true,
+            ),
+        ];
+        for (i, (n, c, mult, in_hw, out_hw, kernel, stride, dilation, pad, bias)) in
+            cases.into_iter().enumerate()
+        {
+            for ep in [vec![], gate.clone()] {
+                let dw = Depthwise {
+                    batch: n,
+                    channels: c,
+                    mult,
+                    in_hw,
+                    out_hw,
+                    kernel,
+                    stride,
+                    dilation,
+                    pad,
+                    x: ParamId(0),
+                    w: ParamId(1),
+                    bias: bias.then_some(ParamId(2)),
+                    out: ParamId(4),
+                    epilogue: ep,
+                };
+                let (p, inputs) = program(&dw, i as u64 * 10);
+                let mut q = p.clone();
+                q.kernels[0] = expand_depthwise(&p.kernels[0]);
+                assert!(!has_depthwise(&q.kernels[0].body));
+                verify_kernel(&p.kernels[0]).expect("statement verifies");
+                verify_kernel(&q.kernels[0]).expect("loop form verifies");
+                let a = run_program(&p, &inputs).expect("statement").remove(0);
+                let b = run_program(&q, &inputs).expect("loops").remove(0);
+                let (a, b) = (a.to_f64_vec().expect("f32"), b.to_f64_vec().expect("f32"));
+                for (j, (x, y)) in a.iter().zip(&b).enumerate() {
+                    assert!(x.to_bits() == y.to_bits(), "case {i} y[{j}]: {x} vs {y}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! f32 2-D depthwise convolution (NCHW, one input channel per group) with a fused epilogue.
+//!
+//! This is the kernel behind the kernel IR's `Stmt::Depthwise`. Each output row is computed
+//! in vectors along the row (16 lanes with AVX-512, 8 with AVX2): the accumulator starts at the
+//! channel's bias and adds one tap at a time in (ky, kx) order, a separate multiply and add
+//! (no FMA), so the result is bit for bit the kernel-IR evaluator's. Padding is implicit: a tap
+//! outside the input reads 0.0 (and still adds `0·w`, as the evaluator does) through masked
+//! loads, so nothing is copied into padded planes. Stride 2 loads two vectors and keeps the
+//! even lanes; other strides gather. The epilogue ([`EpOp`]) runs on the accumulator in
+//! registers before the row's single store.
+//!
+//! Threads: the work is cut into (plane, band of rows) items, grouped into a few tasks per
+//! thread run on the runtime's pool ([`crate::kernels::parallel_for`]), each writing its own
+//! output rows.
+//!
+//! ```
+//! use mlc_runtime::kernels::depthwise::{run, EpOp, BinKind, Shape};
+//! use mlc_runtime::kernels::Isa;
+//!
+//! // One 3×3 plane, a 3×3 box filter, pad 1: every output sums its in-range neighbours.
+//! let s = Shape::new(1, 1, 1, [3, 3], [3, 3], [3, 3], [1, 1], [1, 1], [1, 1]);
+//! let x = [1.0f32; 9];
+//! let w = [1.0f32; 9];
+//! let mut y = [0.0f32; 9];
+//! let relu_minus_5 = [EpOp::Bin { op: BinKind::Sub, arg: 5.0, arg_first: false },
+//!                     EpOp::Bin { op: BinKind::Max, arg: 0.0, arg_first: false }];
+//! run(&s, &x, &w, None, &mut y, &relu_minus_5, 1, Isa::detect()).unwrap();
+//! assert_eq!(y, [0.0, 1.0, 0.0, 1.0, 4.0, 1.0, 0.0, 1.0, 0.0]);
+//! ```
+
+// Output rows of disjoint tasks are written through a raw pointer shared by the pool's threads,
+// and the ISA kernels use masked loads; every such use carries a `SAFETY:` comment.
+#![allow(unsafe_code)]
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod portable;
+#[cfg(test)]
+mod tests;
+
+use super::Isa;
+
+/// The geometry of a depthwise convolution: `batch × (in_channels · mult)` output planes of
+/// `out_hw`, output channel `m` reading input channel `m / mult`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub batch: usize,
+    pub in_channels: usize,
+    /// Output channels per input channel (the channel multiplier).
+    pub mult: usize,
+    pub in_hw: [usize; 2],
+    pub out_hw: [usize; 2],
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub dilation: [usize; 2],
+    /// The top and left pads; the bottom and right ones follow from the sizes.
+    pub pad: [usize; 2],
+}
+
+impl Shape {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        batch: usize,
+        in_channels: usize,
+        mult: usize,
+        in_hw: [usize; 2],
+        out_hw: [usize; 2],
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        dilation: [usize; 2],
+        pad: [usize; 2],
+    ) -> Shape {
+        Shape {
+            batch,
+            in_channels,
+            mult,
+            in_hw,
+            out_hw,
+            kernel,
+            stride,
+            dilation,
+            pad,
+        }
+    }
+
+    /// Output channels.
+    pub fn out_channels(&self) -> usize {
+        self.in_channels * self.mult
+    }
+
+    /// Elements of the input, the weights and the output.
+    fn lens(&self) -> Option<(usize, usize, usize)> {
+        let m = self.in_channels.checked_mul(self.mult)?;
+        let x = self
+            .batch
+            .checked_mul(self.in_channels)?
+            .checked_mul(self.in_hw[0])?
+            .checked_mul(self.in_hw[1])?;
+        let w = m.checked_mul(self.kernel[0])?.checked_mul(self.kernel[1])?;
+        let y = self
+            .batch
+            .checked_mul(m)?
+            .checked_mul(self.out_hw[0])?
+            .checked_mul(self.out_hw[1])?;
+        Some((x, w, y))
+    }
+}
+
+/// A binary operation of the epilogue, in f32; `Max`/`Min` return NaN when either operand is
+/// NaN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinKind {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Max,
+    Min,
+}
+
+impl BinKind {
+    /// The operation on scalars, exactly as the vector kernels compute it.
+    pub fn apply(self, a: f32, b: f32) -> f32 {
+        match self {
+            BinKind::Add => a + b,
+            BinKind::Sub => a - b,
+            BinKind::Mul => a * b,
+            BinKind::Div => a / b,
+            BinKind::Max if a.is_nan() || b.is_nan() => f32::NAN,
+            BinKind::Min if a.is_nan() || b.is_nan() => f32::NAN,
+            BinKind::Max => a.max(b),
+            BinKind::Min => a.min(b),
+        }
+    }
+}
+
+/// One step of the epilogue, a straight-line program on two registers: the value `x` (the
+/// accumulator at the start) and a saved value `s` (also the accumulator at the start).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum EpOp {
+    /// `x = x op arg`, or `arg op x` when `arg_first`.
+    Bin {
+        op: BinKind,
+        arg: f32,
+        arg_first: bool,
+    },
+    /// `s = x`.
+    Save,
+    /// `x = x op s`, or `s op x` when `saved_first`: a gate such as `x · clamp(x + 3, 0, 6)`.
+    Combine { op: BinKind, saved_first: bool },
+}
+
+/// Applies `ep` to one value (the portable path and the reference of the vector ones).
+pub fn apply_epilogue(ep: &[EpOp], acc: f32) -> f32 {
+    let (mut x, mut s) = (acc, acc);
+    for op in ep {
+        match *op {
+            EpOp::Bin { op, arg, arg_first } => {
+                x = if arg_first {
+                    op.apply(arg, x)
+                } else {
+                    op.apply(x, arg)
+                }
+            }
+            EpOp::Save => s = x,
+            EpOp::Combine { op, saved_first } => {
+                x = if saved_first {
+                    op.apply(s, x)
+                } else {
+                    op.apply(x, s)
+                }
+            }
+        }
+    }
+    x
+}
+
+/// Why a depthwise convolution was refused (nothing is written then).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DwError {
+    #[error("{operand} needs {needed} elements but has {len}")]
+    TooShort {
+        operand: &'static str,
+        needed: usize,
+        len: usize,
+    },
+    #[error("the convolution's sizes overflow the address space")]
+    Overflow,
+    #[error("a zero stride, dilation, kernel size or channel multiplier")]
+    Degenerate,
+}
+
+/// The geometry one plane's kernel needs, in `isize` for signed tap arithmetic.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Plane {
+    pub ih: isize,
+    pub iw: isize,
+    pub ow: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub sh: isize,
+    pub sw: isize,
+    pub dh: isize,
+    pub dw: isize,
+    pub pt: isize,
+    pub pl: isize,
+}
+
+/// One item of work: one input plane, its weights and bias, a band of output rows. The items
+/// of one call share their geometry `g` and epilogue.
+pub(crate) struct Task<'a> {
+    pub g: &'a Plane,
+    /// The input plane (`ih·iw` floats).
+    pub x: &'a [f32],
+    /// The channel's `kh·kw` weights.
+    pub w: &'a [f32],
+    pub bias: f32,
+    /// Output rows `[oy0, oy0 + rows)`, `rows·ow` floats.
+    pub out: &'a mut [f32],
+    pub oy0: usize,
+    pub ep: &'a [EpOp],
+}
+
+/// `out = ep(depthwise(x, w) + bias)` for the geometry `s`, on up to `threads` threads of the
+/// runtime's pool, with the kernels of `isa` (or of the widest level this CPU has, if
+/// narrower).
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    s: &Shape,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    ep: &[EpOp],
+    threads: usize,
+    isa: Isa,
+) -> Result<(), DwError> {
+    if s.mult == 0 || s.kernel.contains(&0) || s.stride.contains(&0) || s.dilation.contains(&0) {
+        return Err(DwError::Degenerate);
+    }
+    let (lx, lw, ly) = s.lens().ok_or(DwError::Overflow)?;
+    let m = s.out_channels();
+    for (operand, needed, len) in [
+        ("x", lx, x.len()),
+        ("w", lw, w.len()),
+        ("out", ly, out.len()),
+        ("bias", bias.map_or(0, |_| m), bias.map_or(0, |b| b.len())),
+    ] {
+        if len < needed {
+            return Err(DwError::TooShort {
+                operand,
+                needed,
+                len,
+            });
+        }
+    }
+    let big = |v: usize| isize::try_from(v).map_err(|_| DwError::Overflow);
+    let g = Plane {
+        ih: big(s.in_hw[0])?,
+        iw: big(s.in_hw[1])?,
+        ow: s.out_hw[1],
+        kh: s.kernel[0],
+        kw: s.kernel[1],
+        sh: big(s.stride[0])?,
+        sw: big(s.stride[1])?,
+        dh: big(s.dilation[0])?,
+        dw: big(s.dilation[1])?,
+        pt: big(s.pad[0])?,
+        pl: big(s.pad[1])?,
+    };
+    // Every tap offset must fit the signed arithmetic of the kernels.
+    let reach = |o: usize, st: usize, k: usize, d: usize| {
+        o.checked_mul(st)
+            .and_then(|a| (k - 1).checked_mul(d).and_then(|b| a.checked_add(b)))
+            .and_then(|r| isize::try_from(r).ok())
+    };
+    if reach(s.out_hw[0], s.stride[0], s.kernel[0], s.dilation[0]).is_none()
+        || reach(s.out_hw[1], s.stride[1], s.kernel[1], s.dilation[1]).is_none()
+    {
+        return Err(DwError::Overflow);
+    }
+    let planes = s.batch * m;
+    let (oh, ow) = (s.out_hw[0], s.out_hw[1]);
+    let (ipl, kk) = (s.in_hw[0] * s.in_hw[1], s.kernel[0] * s.kernel[1]);
+    if planes == 0 || oh == 0 || ow == 0 {
+        return Ok(());
+    }
+    let isa = if isa.is_supported() {
+        isa
+    } else {
+        Isa::detect()
+    };
+    // Bands of rows: whole planes when there are enough of them to share out, else planes
+    // cut so that every thread gets several tasks (a preempted thread then holds up little).
+    let threads = threads.max(1);
+    let bands = if threads == 1 || planes >= 4 * threads {
+        1
+    } else {
+        (4 * threads).div_ceil(planes).min(oh)
+    };
+    let band = oh.div_ceil(bands);
+    let bands = oh.div_ceil(band);
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    // Item `t` is band `t % bands` of plane `t / bands`.
+    let item = |t: usize| {
+        let (p, b) = (t / bands, t % bands);
+        let (n, mo) = (p / m, p % m);
+        let xp = (n * s.in_channels + mo / s.mult) * ipl;
+        let oy0 = b * band;
+        let rows = band.min(oh - oy0);
+        let start = p * oh * ow + oy0 * ow;
+        // SAFETY: `out` holds `planes·oh·ow` floats (checked above); item `t` covers rows
+        // `[oy0, oy0 + rows)` of plane `p` only, distinct items have distinct (plane, band)
+        // pairs and each item belongs to one task, so the slices handed out are disjoint, and
+        // all of them end before `run` returns (`parallel_for` joins its tasks).
+        let out = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(start), rows * ow) };
+        Task {
+            g: &g,
+            x: &x[xp..xp + ipl],
+            w: &w[mo * kk..(mo + 1) * kk],
+            bias: bias.map_or(0.0, |b| b[mo]),
+            out,
+            oy0,
+            ep,
+        }
+    };
+    let items = planes * bands;
+    // Tasks are runs of consecutive items, so a kernel sets up its column tables once per
+    // task, not once per (small) plane.
+    let tasks = if threads == 1 {
+        1
+    } else {
+        items.min(4 * threads)
+    };
+    let per = items.div_ceil(tasks);
+    let task = |k: usize| {
+        let mut ts: Vec<Task> = (k * per..((k + 1) * per).min(items)).map(item).collect();
+        dispatch(isa, &mut ts);
+    };
+    if tasks == 1 {
+        task(0);
+    } else {
+        super::parallel_for(tasks, &task);
+    }
+    Ok(())
+}
+
+/// Runs a task's items with the kernels of `isa` (which this CPU supports).
+fn dispatch(isa: Isa, ts: &mut [Task]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `isa` is supported (checked by `run`), so the CPU has AVX-512F.
+        Isa::Avx512 => unsafe { avx512::rows(ts) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, AVX2 and FMA.
+        Isa::Avx2 => unsafe { avx2::rows(ts) },
+        _ => ts.iter_mut().for_each(portable::rows),
+    }
+}
+
+/// The output pointer shared by the tasks (which write disjoint rows of it).
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+// SAFETY: the pointer is only used to form disjoint per-task slices (see `run`).
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}

@@ -1,0 +1,329 @@
+//! The depthwise kernels against a naive loop in the same order of operations, bit for bit:
+//! every ISA this CPU has, widths 1..40 and some past 64, kernels 1–7, strides 1–3, dilation 2, asymmetric
+//! pads, channel multipliers, with and without bias, epilogues, 1–3 threads.
+
+use super::*;
+
+/// Deterministic values in [-1, 1).
+fn data(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// One convolution: geometry plus the bottom and right pads.
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    n: usize,
+    c: usize,
+    mult: usize,
+    ih: usize,
+    iw: usize,
+    k: [usize; 2],
+    s: [usize; 2],
+    d: [usize; 2],
+    /// top, left, bottom, right
+    pad: [usize; 4],
+}
+
+impl Case {
+    fn shape(&self) -> Option<Shape> {
+        let out = |i: usize, p0: usize, p1: usize, k: usize, s: usize, d: usize| {
+            let span = d * (k - 1) + 1;
+            (i + p0 + p1 >= span).then(|| (i + p0 + p1 - span) / s + 1)
+        };
+        let oh = out(
+            self.ih,
+            self.pad[0],
+            self.pad[2],
+            self.k[0],
+            self.s[0],
+            self.d[0],
+        )?;
+        let ow = out(
+            self.iw,
+            self.pad[1],
+            self.pad[3],
+            self.k[1],
+            self.s[1],
+            self.d[1],
+        )?;
+        Some(Shape::new(
+            self.n,
+            self.c,
+            self.mult,
+            [self.ih, self.iw],
+            [oh, ow],
+            self.k,
+            self.s,
+            self.d,
+            [self.pad[0], self.pad[1]],
+        ))
+    }
+}
+
+/// The definition, written out independently of the kernels.
+fn naive(s: &Shape, x: &[f32], w: &[f32], bias: Option<&[f32]>, ep: &[EpOp]) -> Vec<f32> {
+    let m = s.in_channels * s.mult;
+    let [ih, iw] = s.in_hw;
+    let [oh, ow] = s.out_hw;
+    let [kh, kw] = s.kernel;
+    let mut y = vec![0.0f32; s.batch * m * oh * ow];
+    for n in 0..s.batch {
+        for mo in 0..m {
+            let xp = &x[(n * s.in_channels + mo / s.mult) * ih * iw..];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = bias.map_or(0.0, |b| b[mo]);
+                    for ky in 0..kh {
+                        for kx in 0..kw {
+                            let iy =
+                                (oy * s.stride[0] + ky * s.dilation[0]) as i64 - s.pad[0] as i64;
+                            let ix =
+                                (ox * s.stride[1] + kx * s.dilation[1]) as i64 - s.pad[1] as i64;
+                            let v =
+                                if iy >= 0 && ix >= 0 && (iy as usize) < ih && (ix as usize) < iw {
+                                    xp[iy as usize * iw + ix as usize]
+                                } else {
+                                    0.0
+                                };
+                            acc += v * w[(mo * kh + ky) * kw + kx];
+                        }
+                    }
+                    y[((n * m + mo) * oh + oy) * ow + ox] = apply_epilogue(ep, acc);
+                }
+            }
+        }
+    }
+    y
+}
+
+fn bin(op: BinKind, arg: f32) -> EpOp {
+    EpOp::Bin {
+        op,
+        arg,
+        arg_first: false,
+    }
+}
+
+/// `x · max(0, min(1, x/6 + 0.5))` as the kernel IR spells HardSwish.
+fn hard_swish() -> Vec<EpOp> {
+    vec![
+        EpOp::Save,
+        bin(BinKind::Div, 6.0),
+        bin(BinKind::Add, 0.5),
+        EpOp::Bin {
+            op: BinKind::Min,
+            arg: 1.0,
+            arg_first: true,
+        },
+        EpOp::Bin {
+            op: BinKind::Max,
+            arg: 0.0,
+            arg_first: true,
+        },
+        EpOp::Combine {
+            op: BinKind::Mul,
+            saved_first: true,
+        },
+    ]
+}
+
+/// PP-LCNetV3's affine + HardSwish (`x·clip(x + 3, 0, 6)·(1/6)`) + affine.
+fn affine_swish_affine() -> Vec<EpOp> {
+    vec![
+        EpOp::Bin {
+            op: BinKind::Mul,
+            arg: 1.25,
+            arg_first: true,
+        },
+        bin(BinKind::Add, -0.125),
+        EpOp::Save,
+        bin(BinKind::Add, 3.0),
+        bin(BinKind::Max, 0.0),
+        bin(BinKind::Min, 6.0),
+        EpOp::Combine {
+            op: BinKind::Mul,
+            saved_first: true,
+        },
+        bin(BinKind::Mul, 1.0 / 6.0),
+        EpOp::Bin {
+            op: BinKind::Sub,
+            arg: 0.75,
+            arg_first: true,
+        },
+    ]
+}
+
+fn check(case: Case, bias: bool, ep: &[EpOp], threads: usize, seed: u64) {
+    let Some(s) = case.shape() else { return };
+    let m = s.out_channels();
+    let x = data(case.n * case.c * case.ih * case.iw, seed);
+    let w = data(m * case.k[0] * case.k[1], seed + 1);
+    let b = data(m, seed + 2);
+    let bias = bias.then_some(b.as_slice());
+    let want = naive(&s, &x, &w, bias, ep);
+    for isa in Isa::supported() {
+        let mut got = vec![f32::NAN; want.len()];
+        run(&s, &x, &w, bias, &mut got, ep, threads, isa).unwrap();
+        for (i, (g, r)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                g.to_bits() == r.to_bits(),
+                "{isa} {case:?} bias={} threads={threads} ep={ep:?}: y[{i}] = {g}, want {r}",
+                bias.is_some()
+            );
+        }
+    }
+}
+
+#[test]
+fn every_width_kernel_stride_and_pad() {
+    let mut seed = 1;
+    // Widths past 64 reach the kernels' blocks of several vectors.
+    for iw in (1..=40).chain([63, 64, 65, 100, 131]) {
+        for k in [1, 3, 5, 7] {
+            for s in [1, 2, 3] {
+                seed += 1;
+                let p = k / 2;
+                let case = Case {
+                    n: 1,
+                    c: 2,
+                    mult: 1,
+                    ih: 5,
+                    iw,
+                    k: [k, k],
+                    s: [s, s],
+                    d: [1, 1],
+                    pad: [p, p, p, p],
+                };
+                check(case, seed % 2 == 0, &[], 1, seed);
+            }
+        }
+    }
+}
+
+#[test]
+fn asymmetric_pads_dilation_and_rectangular_kernels() {
+    let cases = [
+        ([3, 3], [2, 2], [1, 1], [0, 0, 1, 1]),
+        ([3, 3], [2, 2], [1, 1], [1, 0, 0, 1]),
+        ([3, 3], [1, 1], [2, 2], [2, 2, 2, 2]),
+        ([5, 5], [1, 1], [2, 2], [4, 1, 0, 3]),
+        ([3, 5], [1, 2], [2, 1], [1, 2, 1, 2]),
+        ([1, 7], [1, 1], [1, 1], [0, 3, 0, 3]),
+        ([7, 1], [2, 1], [1, 1], [3, 0, 3, 0]),
+        ([2, 2], [2, 2], [1, 1], [0, 0, 0, 0]),
+        ([3, 3], [3, 2], [1, 3], [1, 5, 0, 6]),
+    ];
+    let mut seed = 100;
+    for (k, s, d, pad) in cases {
+        for (ih, iw) in [(1, 1), (4, 7), (9, 17), (14, 33), (7, 40)] {
+            seed += 1;
+            let case = Case {
+                n: 2,
+                c: 3,
+                mult: 1,
+                ih,
+                iw,
+                k,
+                s,
+                d,
+                pad,
+            };
+            check(case, true, &[], 1, seed);
+        }
+    }
+}
+
+#[test]
+fn channel_multiplier_epilogues_and_threads() {
+    let eps = [vec![], hard_swish(), affine_swish_affine()];
+    let mut seed = 500;
+    for mult in [1, 2] {
+        for (ep_i, ep) in eps.iter().enumerate() {
+            for threads in 1..=3 {
+                for (ih, iw, s) in [
+                    (12, 19, 1),
+                    (24, 37, 2),
+                    (3, 16, 1),
+                    (8, 8, 3),
+                    (4, 97, 1),
+                    (3, 150, 2),
+                ] {
+                    seed += 1;
+                    let case = Case {
+                        n: 2,
+                        c: 3,
+                        mult,
+                        ih,
+                        iw,
+                        k: [3, 3],
+                        s: [s, s],
+                        d: [1, 1],
+                        pad: [1, 1, 1, 1],
+                    };
+                    check(case, ep_i != 1, ep, threads, seed);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn nan_propagates_through_max_and_min_from_both_sides() {
+    let ep = [
+        EpOp::Bin {
+            op: BinKind::Max,
+            arg: 0.0,
+            arg_first: true,
+        },
+        bin(BinKind::Min, 1.0),
+    ];
+    let s = Shape::new(1, 1, 1, [1, 20], [1, 20], [1, 1], [1, 1], [1, 1], [0, 0]);
+    let mut x = data(20, 9);
+    x[3] = f32::NAN;
+    x[17] = f32::NAN;
+    for isa in Isa::supported() {
+        let mut y = vec![0.0; 20];
+        run(&s, &x, &[1.0], None, &mut y, &ep, 1, isa).unwrap();
+        assert!(y[3].is_nan() && y[17].is_nan(), "{isa}: {y:?}");
+        assert!(
+            y.iter()
+                .enumerate()
+                .all(|(i, v)| i == 3 || i == 17 || (0.0..=1.0).contains(v))
+        );
+    }
+}
+
+#[test]
+fn short_buffers_and_degenerate_shapes_are_refused() {
+    let s = Shape::new(1, 2, 1, [4, 4], [4, 4], [3, 3], [1, 1], [1, 1], [1, 1]);
+    let (x, w) = (vec![0.0; 32], vec![0.0; 18]);
+    let mut y = vec![0.0; 32];
+    assert!(run(&s, &x, &w, None, &mut y, &[], 1, Isa::Portable).is_ok());
+    assert!(matches!(
+        run(&s, &x[..31], &w, None, &mut y, &[], 1, Isa::Portable),
+        Err(DwError::TooShort { operand: "x", .. })
+    ));
+    assert!(matches!(
+        run(&s, &x, &w, Some(&[0.0]), &mut y, &[], 1, Isa::Portable),
+        Err(DwError::TooShort {
+            operand: "bias",
+            ..
+        })
+    ));
+    let zero_stride = Shape {
+        stride: [0, 1],
+        ..s
+    };
+    assert_eq!(
+        run(&zero_stride, &x, &w, None, &mut y, &[], 1, Isa::Portable),
+        Err(DwError::Degenerate)
+    );
+}
