@@ -1130,14 +1130,14 @@ unsafe fn block_loops<DA, DB>(
                         }
                     }
                 }
-                // These rows of the column block are final: run the tail on them.
-                if kb + 1 == kblocks
-                    && let Some(h) = dest.hook
-                {
-                    let (j0, j1) = (jc * nr, (jend * nr).min(n));
-                    (h.0)(i, mr.min(m - i), j0, j1 - j0);
-                }
             }
+        }
+        // The band's rows of this column block are final: run the tail on them, once the
+        // microkernels no longer need the block of B in L1.
+        if let Some(h) = dest.hook {
+            let (i0, i1) = (m0 * mr, (m1 * mr).min(m));
+            let (j0, j1) = (jc * nr, (jend * nr).min(n));
+            (h.0)(i0, i1 - i0, j0, j1 - j0);
         }
         jc = jend;
     }
