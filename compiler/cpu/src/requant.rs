@@ -25,22 +25,33 @@ use std::collections::HashMap;
 /// module docs) into one requantizing contraction; returns the program and how many tails
 /// were fused.
 pub fn fuse_requant(p: &Program) -> (Program, usize) {
+    // The step keeps the tail's origin: the requantization is what the pair computes.
+    fuse_adjacent(p, fuse_pair, |mm, tail| {
+        tail.origin.clone().or_else(|| mm.origin.clone())
+    })
+}
+
+/// Replaces every pair of consecutive steps that `pair` fuses by one step of the fused kernel
+/// (its origin from `origin`), leaving the rest as they are; returns the program (without
+/// kernels no step launches any more) and how many pairs were fused.
+fn fuse_adjacent(
+    p: &Program,
+    pair: impl Fn(&Program, &Step, &Step) -> Option<(Kernel, Vec<BufId>)>,
+    origin: impl Fn(&Step, &Step) -> Option<String>,
+) -> (Program, usize) {
     let mut out = p.clone();
     let mut steps = Vec::with_capacity(p.steps.len());
     let mut fused = 0;
     let mut i = 0;
     while i < p.steps.len() {
         if i + 1 < p.steps.len()
-            && let Some((kernel, args)) = fuse_pair(p, &p.steps[i], &p.steps[i + 1])
+            && let Some((kernel, args)) = pair(p, &p.steps[i], &p.steps[i + 1])
         {
             let k = out.intern_kernel(kernel);
             steps.push(Step {
                 kernel: k,
                 args,
-                origin: p.steps[i + 1]
-                    .origin
-                    .clone()
-                    .or_else(|| p.steps[i].origin.clone()),
+                origin: origin(&p.steps[i], &p.steps[i + 1]),
             });
             fused += 1;
             i += 2;
@@ -508,30 +519,11 @@ pub enum Refusal {
 /// program and how many tails were fused. Run after [`fuse_requant`], which handles the pure
 /// requantizations more cheaply.
 pub fn fuse_tails(p: &Program) -> (Program, usize) {
-    let mut out = p.clone();
-    let mut steps = Vec::with_capacity(p.steps.len());
-    let mut fused = 0;
-    let mut i = 0;
-    while i < p.steps.len() {
-        if i + 1 < p.steps.len()
-            && let Ok((kernel, args)) = fuse_tail_pair(p, &p.steps[i], &p.steps[i + 1])
-        {
-            let k = out.intern_kernel(kernel);
-            steps.push(Step {
-                kernel: k,
-                args,
-                origin: p.steps[i].origin.clone(),
-            });
-            fused += 1;
-            i += 2;
-            continue;
-        }
-        steps.push(p.steps[i].clone());
-        i += 1;
-    }
-    out.steps = steps;
-    drop_unused_kernels(&mut out);
-    (out, fused)
+    fuse_adjacent(
+        p,
+        |p, mm, tail| fuse_tail_pair(p, mm, tail).ok(),
+        |mm, _| mm.origin.clone(),
+    )
 }
 
 /// What the CPU backend's epilogue passes fused.
