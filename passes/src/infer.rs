@@ -9,7 +9,7 @@
 
 use crate::PassError;
 use crate::sweep::{self, ConstIndex, Tally, site};
-use mlc_ir::{Dim, Graph, InferCx, Node, Tensor, TensorType, ValueId};
+use mlc_ir::{Dim, Graph, InferCx, Node, Op, Tensor, TensorType, ValueId};
 
 /// Refines the value types of `graph` (and of its regions) in one forward sweep, without
 /// folding. Returns how many value types became more specific.
@@ -26,6 +26,36 @@ pub fn infer(graph: &mut Graph) -> Result<usize, PassError> {
         &mut tally,
     )?;
     Ok(tally.refined)
+}
+
+/// Refines operand shapes from result shapes where a result has its operand's shape: ops
+/// of the `ew` family with a single operand. A shape that only the data decides forward (a
+/// reduction over axes given at run time) is then taken from what consumes it, ultimately
+/// from the graph outputs' recorded shapes: `sqrt(reduce_sum_square(x, axes))`. Only unknown
+/// dims are filled; disagreements are left to the forward inference to report. Top level only.
+/// Returns how many value types became more specific.
+pub fn infer_backward(graph: &mut Graph) -> usize {
+    let mut refined = 0;
+    for i in (0..graph.nodes.len()).rev() {
+        let node = &graph.nodes[i];
+        if !matches!(node.op, Op::Ew(_)) || !node.regions.is_empty() {
+            continue;
+        }
+        let present: Vec<ValueId> = node.inputs.iter().flatten().copied().collect();
+        let ([x], [y]) = (present.as_slice(), node.outputs.as_slice()) else {
+            continue;
+        };
+        let (xt, yt) = (graph.ty(*x), graph.ty(*y));
+        if xt.rank() != yt.rank() {
+            continue;
+        }
+        let want = TensorType::new(xt.dtype, yt.shape.clone());
+        if let Refined::More(t) = refine(xt, &want) {
+            graph.values[x.0 as usize] = t;
+            refined += 1;
+        }
+    }
+    refined
 }
 
 /// How an inferred type compares with the recorded one.
@@ -194,6 +224,37 @@ mod tests {
             refine(&ty(DType::F32, vec![]), &ty(DType::I64, vec![])),
             Refined::Conflict
         );
+    }
+
+    /// `sqrt(reduce_sum_square(x, axes))` with `axes` a graph input: forward inference cannot
+    /// tell which dims the reduction keeps, the recorded output type can, through the `sqrt`.
+    #[test]
+    fn operand_shapes_come_back_through_single_operand_elementwise_ops() {
+        let src = r#"graph (%0: f32[3,2,2] "x", %1: i64[1] "axes") -> (%3 "y") {
+  %2 = reduce.sum_square {"keepdims":true,"noop_with_empty_axes":false} (%0, %1) : f32[?,?,?]
+  %3 = ew.sqrt(%2) : f32[3,1,2]
+}"#;
+        let mut g = mlc_ir::parse_graph(src).expect("test graph");
+        crate::simplify(&mut g, &[]).expect("simplify");
+        let r = g
+            .nodes
+            .iter()
+            .find(|n| matches!(n.op, Op::Reduce(_)))
+            .expect("reduce");
+        assert_eq!(g.ty(r.outputs[0]).to_string(), "f32[3,1,2]");
+        // A single-operand op is needed: `x + y` says nothing about either operand's shape.
+        let src = r#"graph (%0: f32[3,2,2] "x", %1: i64[1] "axes", %2: f32[3,1,2] "b") -> (%4 "y") {
+  %3 = reduce.sum {"keepdims":true,"noop_with_empty_axes":false} (%0, %1) : f32[?,?,?]
+  %4 = ew.add(%3, %2) : f32[3,1,2]
+}"#;
+        let mut g = mlc_ir::parse_graph(src).expect("test graph");
+        crate::simplify(&mut g, &[]).expect("simplify");
+        let r = g
+            .nodes
+            .iter()
+            .find(|n| matches!(n.op, Op::Reduce(_)))
+            .expect("reduce");
+        assert!(g.ty(r.outputs[0]).static_shape().is_none(), "{g}");
     }
 
     /// `relu(x + y)` with every intermediate type recorded as unknown.

@@ -219,7 +219,9 @@ pub fn simplify_with(
         // Failures are recounted every sweep so that the report shows what the fixpoint left.
         let mut tally = sweep::Tally::default();
         let changed = sweep::sweep(graph, &mode, true, "", &mut tally)?;
-        stats.refined += tally.refined;
+        let back = infer::infer_backward(graph);
+        let changed = changed || back > 0;
+        stats.refined += tally.refined + back;
         stats.folded += tally.folded;
         stats.skipped = tally.skipped;
         if !changed {
