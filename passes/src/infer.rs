@@ -28,8 +28,9 @@ pub fn infer(graph: &mut Graph) -> Result<usize, PassError> {
     Ok(tally.refined)
 }
 
-/// Refines operand shapes from result shapes where a result has its operand's shape: ops
-/// of the `ew` family with a single operand. A shape that only the data decides forward (a
+/// Refines operand shapes from result shapes where a result has its operand's shape: along
+/// every dim of an `ew` op's result that only one operand gives (the others are 1 there or
+/// lack the dim: a single operand, a vector times a scalar). A shape that only the data decides forward (a
 /// reduction over axes given at run time) is then taken from what consumes it, ultimately
 /// from the graph outputs' recorded shapes: `sqrt(reduce_sum_square(x, axes))`. Only unknown
 /// dims are filled; disagreements are left to the forward inference to report. Top level only.
@@ -41,18 +42,36 @@ pub fn infer_backward(graph: &mut Graph) -> usize {
         if !matches!(node.op, Op::Ew(_)) || !node.regions.is_empty() {
             continue;
         }
-        let present: Vec<ValueId> = node.inputs.iter().flatten().copied().collect();
-        let ([x], [y]) = (present.as_slice(), node.outputs.as_slice()) else {
+        let [y] = node.outputs.as_slice() else {
             continue;
         };
-        let (xt, yt) = (graph.ty(*x), graph.ty(*y));
-        if xt.rank() != yt.rank() {
-            continue;
-        }
-        let want = TensorType::new(xt.dtype, yt.shape.clone());
-        if let Refined::More(t) = refine(xt, &want) {
-            graph.values[x.0 as usize] = t;
-            refined += 1;
+        let yt = graph.ty(*y).clone();
+        let xs: Vec<ValueId> = node.inputs.iter().flatten().copied().collect();
+        for (j, &x) in xs.iter().enumerate() {
+            let xt = graph.ty(x);
+            let Some(lead) = yt.rank().checked_sub(xt.rank()) else {
+                continue;
+            };
+            // Dim `d` of `x` is the result's dim `lead + d` when no other operand has a
+            // size other than 1 there: broadcasting took the result's size from `x` alone.
+            let shape: Vec<Dim> = (0..xt.rank())
+                .map(|d| {
+                    let alone = xs.iter().enumerate().all(|(k, &o)| {
+                        let ot = graph.ty(o);
+                        let at = (lead + d).checked_sub(yt.rank() - ot.rank());
+                        k == j || at.is_none_or(|a| ot.shape[a] == Dim::Known(1))
+                    });
+                    if alone {
+                        yt.shape[lead + d].clone()
+                    } else {
+                        Dim::Unknown
+                    }
+                })
+                .collect();
+            if let Refined::More(t) = refine(xt, &TensorType::new(xt.dtype, shape)) {
+                graph.values[x.0 as usize] = t;
+                refined += 1;
+            }
         }
     }
     refined
@@ -242,7 +261,20 @@ mod tests {
             .find(|n| matches!(n.op, Op::Reduce(_)))
             .expect("reduce");
         assert_eq!(g.ty(r.outputs[0]).to_string(), "f32[3,1,2]");
-        // A single-operand op is needed: `x + y` says nothing about either operand's shape.
+        // A scalar operand broadcasts: the other one has the result's shape.
+        let src = r#"graph (%0: f32[3,2,2] "x", %1: i64[1] "axes", %2: f32[] "s") -> (%4 "y") {
+  %3 = reduce.sum {"keepdims":true,"noop_with_empty_axes":false} (%0, %1) : f32[?,?,?]
+  %4 = ew.mul(%2, %3) : f32[3,1,2]
+}"#;
+        let mut g = mlc_ir::parse_graph(src).expect("test graph");
+        crate::simplify(&mut g, &[]).expect("simplify");
+        let r = g
+            .nodes
+            .iter()
+            .find(|n| matches!(n.op, Op::Reduce(_)))
+            .expect("reduce");
+        assert_eq!(g.ty(r.outputs[0]).to_string(), "f32[3,1,2]");
+        // Two full-rank operands: `x + y` cannot tell which one has size 1 where.
         let src = r#"graph (%0: f32[3,2,2] "x", %1: i64[1] "axes", %2: f32[3,1,2] "b") -> (%4 "y") {
   %3 = reduce.sum {"keepdims":true,"noop_with_empty_axes":false} (%0, %1) : f32[?,?,?]
   %4 = ew.add(%3, %2) : f32[3,1,2]
