@@ -247,46 +247,38 @@ mod tests {
 
     /// `sqrt(reduce_sum_square(x, axes))` with `axes` a graph input: forward inference cannot
     /// tell which dims the reduction keeps, the recorded output type can, through the `sqrt`.
+    /// The type of the reduction in `src` after `simplify`.
+    fn reduction_type(src: &str) -> String {
+        let mut g = mlc_ir::parse_graph(src).expect("test graph");
+        crate::simplify(&mut g, &[]).expect("simplify");
+        let r = g
+            .nodes
+            .iter()
+            .find(|n| matches!(n.op, Op::Reduce(_)))
+            .expect("reduce");
+        g.ty(r.outputs[0]).to_string()
+    }
+
     #[test]
     fn operand_shapes_come_back_through_single_operand_elementwise_ops() {
         let src = r#"graph (%0: f32[3,2,2] "x", %1: i64[1] "axes") -> (%3 "y") {
   %2 = reduce.sum_square {"keepdims":true,"noop_with_empty_axes":false} (%0, %1) : f32[?,?,?]
   %3 = ew.sqrt(%2) : f32[3,1,2]
 }"#;
-        let mut g = mlc_ir::parse_graph(src).expect("test graph");
-        crate::simplify(&mut g, &[]).expect("simplify");
-        let r = g
-            .nodes
-            .iter()
-            .find(|n| matches!(n.op, Op::Reduce(_)))
-            .expect("reduce");
-        assert_eq!(g.ty(r.outputs[0]).to_string(), "f32[3,1,2]");
+        assert_eq!(reduction_type(src), "f32[3,1,2]");
         // A scalar operand broadcasts: the other one has the result's shape.
         let src = r#"graph (%0: f32[3,2,2] "x", %1: i64[1] "axes", %2: f32[] "s") -> (%4 "y") {
   %3 = reduce.sum {"keepdims":true,"noop_with_empty_axes":false} (%0, %1) : f32[?,?,?]
   %4 = ew.mul(%2, %3) : f32[3,1,2]
 }"#;
-        let mut g = mlc_ir::parse_graph(src).expect("test graph");
-        crate::simplify(&mut g, &[]).expect("simplify");
-        let r = g
-            .nodes
-            .iter()
-            .find(|n| matches!(n.op, Op::Reduce(_)))
-            .expect("reduce");
-        assert_eq!(g.ty(r.outputs[0]).to_string(), "f32[3,1,2]");
-        // Two full-rank operands: `x + y` cannot tell which one has size 1 where.
+        assert_eq!(reduction_type(src), "f32[3,1,2]");
+        // Two full-rank operands: only where `b` has size 1 does the result's size come from
+        // the reduction alone.
         let src = r#"graph (%0: f32[3,2,2] "x", %1: i64[1] "axes", %2: f32[3,1,2] "b") -> (%4 "y") {
   %3 = reduce.sum {"keepdims":true,"noop_with_empty_axes":false} (%0, %1) : f32[?,?,?]
   %4 = ew.add(%3, %2) : f32[3,1,2]
 }"#;
-        let mut g = mlc_ir::parse_graph(src).expect("test graph");
-        crate::simplify(&mut g, &[]).expect("simplify");
-        let r = g
-            .nodes
-            .iter()
-            .find(|n| matches!(n.op, Op::Reduce(_)))
-            .expect("reduce");
-        assert!(g.ty(r.outputs[0]).static_shape().is_none(), "{g}");
+        assert_eq!(reduction_type(src), "f32[?,1,?]");
     }
 
     /// `relu(x + y)` with every intermediate type recorded as unknown.

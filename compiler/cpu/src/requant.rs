@@ -278,13 +278,10 @@ impl Affine {
     }
 }
 
-/// Recognizes the requantizing tail: a nest of literal loops whose innermost body is `let`s
-/// and one store `out[L] = cast<u8|i8>(min(max(round(cast<f32>(acc[L]) · mult[·] /
-/// scale[s]) + cast<f32>(zp[z]), lo), hi))`, `L` the row-major index of the nest and
-/// `[lo, hi]` the output type's range.
-fn tail_pattern(k: &Kernel) -> Option<Tail> {
+/// The perfectly nested loops of literal extent around `body` (outermost first, as
+/// `(counter, extent)`) and the statements inside them.
+fn literal_nest(mut body: &[Stmt]) -> (Vec<(VarId, i64)>, &[Stmt]) {
     let mut loops = Vec::new();
-    let mut body: &[Stmt] = &k.body;
     while let [
         Stmt::For {
             var,
@@ -297,6 +294,15 @@ fn tail_pattern(k: &Kernel) -> Option<Tail> {
         loops.push((*var, *e));
         body = inner;
     }
+    (loops, body)
+}
+
+/// Recognizes the requantizing tail: a nest of literal loops whose innermost body is `let`s
+/// and one store `out[L] = cast<u8|i8>(min(max(round(cast<f32>(acc[L]) · mult[·] /
+/// scale[s]) + cast<f32>(zp[z]), lo), hi))`, `L` the row-major index of the nest and
+/// `[lo, hi]` the output type's range.
+fn tail_pattern(k: &Kernel) -> Option<Tail> {
+    let (loops, body) = literal_nest(&k.body);
     let (last, lets) = body.split_last()?;
     let Stmt::Store {
         param: out,
@@ -581,20 +587,7 @@ pub fn fuse_tail_pair(
     }
     // The tail: literal loops around lets and one store.
     let tk = p.kernel(tail.kernel);
-    let mut loops = Vec::new();
-    let mut body: &[Stmt] = &tk.body;
-    while let [
-        Stmt::For {
-            var,
-            extent: Expr::Lit(Lit::Int(_, e)),
-            body: inner,
-            ..
-        },
-    ] = body
-    {
-        loops.push((*var, *e));
-        body = inner;
-    }
+    let (loops, body) = literal_nest(&tk.body);
     let (last, lets) = body.split_last().ok_or(NotPointwise)?;
     let Stmt::Store {
         param: out,
