@@ -364,6 +364,9 @@ pub fn vectorizable(
     body: &[Stmt],
     outer_data_dep: &[bool],
 ) -> bool {
+    if byte_copy(k, counter, body, outer_data_dep).is_some() {
+        return true;
+    }
     let mut a = Analysis::new(k, counter, outer_data_dep);
     let Some(red) = reductions(k, body) else {
         return false;
@@ -494,15 +497,85 @@ fn offset_split(e: &Expr) -> Option<(&Expr, i64)> {
     })
 }
 
-/// A loop that only copies or fills 8-bit elements at unit stride (`dst[i] = src[i']`, or a
-/// value that does not depend on the counter): 16 bytes per iteration instead of four lanes.
+/// A loop that stores 8-bit elements computed from 8-bit loads at stride 1 or 2, values that
+/// do not depend on the counter, and `max`/`min` of those (`dst[i] = src[i']`, a fill, a
+/// max-pooling tap `dst[i] = max(dst[i], src[2i + k])`): 16 bytes per iteration, in the
+/// 8-bit lanes themselves, instead of four widened lanes.
 struct ByteCopy<'a> {
     dst: ParamId,
     dst_index: &'a Expr,
-    /// The source and its index, or `None` for a fill.
-    src: Option<(ParamId, &'a Expr)>,
-    /// The stored value (the fill value, or the load).
-    value: &'a Expr,
+    /// The stored value.
+    value: ByteVal<'a>,
+    /// Whether computing a block again gives the same bytes, so the loop may end with a
+    /// block overlapping the previous one: a copy or fill, or a `max`-only (`min`-only) tree
+    /// whose read of the destination is at the stored index (`max(max(d, x), x)` is
+    /// `max(d, x)`). Otherwise the remainder runs in lanes.
+    idempotent: bool,
+    /// Whether the four-lane loop handles the body too (copies and fills), for remainders;
+    /// otherwise they run as a scalar loop.
+    lanes: bool,
+}
+
+/// A [`ByteCopy`] value.
+enum ByteVal<'a> {
+    /// A load from `param` at `index`, whose lanes step by `stride` (1 or 2) elements.
+    Load(ParamId, &'a Expr, i64),
+    /// A value that does not depend on the counter (evaluated once, splat).
+    Uniform(&'a Expr),
+    Bin(BinOp, Box<ByteVal<'a>>, Box<ByteVal<'a>>),
+}
+
+impl ByteVal<'_> {
+    /// The binary ops of the tree, and whether it reads `dst` at an index other than `at`.
+    fn ops(&self, dst: ParamId, at: &Expr, ops: &mut HashSet<BinOp>, foreign: &mut bool) {
+        match self {
+            ByteVal::Load(p, i, _) => *foreign |= *p == dst && *i != at,
+            ByteVal::Uniform(_) => {}
+            ByteVal::Bin(op, a, b) => {
+                ops.insert(*op);
+                a.ops(dst, at, ops, foreign);
+                b.ops(dst, at, ops, foreign);
+            }
+        }
+    }
+
+    fn reads(&self, p: ParamId) -> bool {
+        match self {
+            ByteVal::Load(q, _, _) => *q == p,
+            ByteVal::Uniform(_) => false,
+            ByteVal::Bin(_, a, b) => a.reads(p) || b.reads(p),
+        }
+    }
+}
+
+fn byte_val<'a>(
+    k: &Kernel,
+    a: &mut Analysis,
+    counter: VarId,
+    ty: DType,
+    e: &'a Expr,
+) -> Option<ByteVal<'a>> {
+    if k.type_of(e) != ty {
+        return None;
+    }
+    match e {
+        Expr::Load { param, index } if k.params[param.0 as usize].dtype == ty => {
+            let stride = match a.class(index)? {
+                Class::Affine(s @ (1 | 2)) => s,
+                _ => return None,
+            };
+            (!a.data_dep(index)).then_some(ByteVal::Load(*param, index, stride))
+        }
+        Expr::Binary(op @ (BinOp::Max | BinOp::Min), x, y) => Some(ByteVal::Bin(
+            *op,
+            Box::new(byte_val(k, a, counter, ty, x)?),
+            Box::new(byte_val(k, a, counter, ty, y)?),
+        )),
+        v if !uses_var(v, counter) && !contains_load(v) && a.class(v) == Some(Class::Uniform) => {
+            Some(ByteVal::Uniform(v))
+        }
+        _ => None,
+    }
 }
 
 fn byte_copy<'a>(
@@ -529,26 +602,26 @@ fn byte_copy<'a>(
     if a.class(index) != Some(Class::Affine(1)) || a.data_dep(index) {
         return None;
     }
-    let src = match value {
-        Expr::Load {
-            param: sp,
-            index: si,
-        } if k.params[sp.0 as usize].dtype == ty => {
-            if a.class(si) != Some(Class::Affine(1)) || a.data_dep(si) || sp == param {
-                return None;
-            }
-            Some((*sp, &**si))
-        }
-        v if k.type_of(v) == ty && !uses_var(v, counter) && a.class(v) == Some(Class::Uniform) => {
-            None
-        }
-        _ => return None,
+    let value = byte_val(k, &mut a, counter, ty, value)?;
+    let (mut ops, mut foreign) = (HashSet::new(), false);
+    value.ops(*param, index, &mut ops, &mut foreign);
+    if foreign {
+        // The destination read elsewhere than where it is written: a block could read
+        // bytes an earlier block of this loop wrote.
+        return None;
+    }
+    let idempotent = match ops.len() {
+        // A copy or a fill: nothing read from the destination (as before).
+        0 => !value.reads(*param),
+        1 => mlc_kir::inplace_pairs(k).is_empty(),
+        _ => false,
     };
     Some(ByteCopy {
         dst: *param,
         dst_index: index,
-        src,
         value,
+        idempotent,
+        lanes: ops.is_empty(),
     })
 }
 
@@ -1002,9 +1075,9 @@ impl<M: Module> Tx<'_, '_, M> {
         self.b.ins().jump(tail, &[]);
     }
 
-    /// A [`ByteCopy`] loop: 16 elements per iteration, then (with at least 16 in all) one more
-    /// 16-byte block ending at the last element, overlapping the previous one (a copy between
-    /// distinct buffers, or a fill, writes the same bytes again), else the scalar loop.
+    /// A [`ByteCopy`] loop: 16 elements per iteration, then (with at least 16 in all, when
+    /// the block is idempotent) one more 16-byte block ending at the last element,
+    /// overlapping the previous one; otherwise the rest in lanes.
     fn byte_copy_loop(
         &mut self,
         var: VarId,
@@ -1015,30 +1088,15 @@ impl<M: Module> Tx<'_, '_, M> {
     ) -> Result<()> {
         const W: i64 = 16;
         let v = self.vars[var.0 as usize];
-        let fill = match copy.src {
-            None => {
-                let x = self.expr(copy.value)?;
-                let x = match self.k.params[copy.dst.0 as usize].dtype {
-                    DType::U8 | DType::I8 => x,
-                    _ => return self.unsupported("byte fill"),
-                };
-                Some(self.b.ins().splat(types::I8X16, x))
-            }
-            Some(_) => None,
-        };
+        let signed = self.k.params[copy.dst.0 as usize].dtype == DType::I8;
+        // Values that do not depend on the counter, splat once before the loop.
+        let mut splats: HashMap<*const Expr, Value> = HashMap::new();
+        self.byte_splats(&copy.value, &mut splats)?;
         let block = |tx: &mut Self, at: Value| -> Result<()> {
             tx.b.def_var(v, at);
             let di = tx.expr(copy.dst_index)?;
             let dst = tx.address(copy.dst, di, false, false);
-            let x = match (copy.src, fill) {
-                (Some((sp, si)), _) => {
-                    let si = tx.expr(si)?;
-                    let src = tx.address(sp, si, false, false);
-                    tx.b.ins().load(types::I8X16, vflags(), src, 0)
-                }
-                (None, Some(f)) => f,
-                (None, None) => return tx.unsupported("byte fill"),
-            };
+            let x = tx.byte_value(&copy.value, &splats, signed)?;
             tx.b.ins().store(vflags(), x, dst, 0);
             Ok(())
         };
@@ -1064,15 +1122,101 @@ impl<M: Module> Tx<'_, '_, M> {
         let c = self.b.ins().icmp(IntCC::SignedLessThan, i, hi);
         self.b.ins().brif(c, ov, &[], done, &[]);
         self.b.switch_to_block(ov);
-        let last = self.b.ins().iadd_imm_s(hi, -W);
-        block(self, last)?;
+        if copy.idempotent {
+            let last = self.b.ins().iadd_imm_s(hi, -W);
+            block(self, last)?;
+        } else {
+            let i = self.b.use_var(v);
+            self.byte_rest(var, i, hi, body, copy.lanes)?;
+        }
         self.b.ins().jump(done, &[]);
-        // Fewer than 16 elements in all: four at a time.
+        // Fewer than 16 elements in all.
         self.b.switch_to_block(scalar);
-        self.vector_loop_lanes(var, lo, hi, body)?;
+        self.byte_rest(var, lo, hi, body, copy.lanes)?;
         self.b.ins().jump(done, &[]);
         self.b.switch_to_block(done);
         Ok(())
+    }
+
+    /// Elements `lo..hi` of a [`ByteCopy`] loop: four lanes at a time where the lane loop
+    /// handles the body, else one at a time.
+    fn byte_rest(
+        &mut self,
+        var: VarId,
+        lo: Value,
+        hi: Value,
+        body: &[Stmt],
+        lanes: bool,
+    ) -> Result<()> {
+        if lanes {
+            self.vector_loop_lanes(var, lo, hi, body)
+        } else {
+            self.scalar_loop(var, lo, hi, body)
+        }
+    }
+
+    /// The `i8x16` splats of a [`ByteVal`]'s counter-independent values.
+    fn byte_splats(&mut self, v: &ByteVal, out: &mut HashMap<*const Expr, Value>) -> Result<()> {
+        match v {
+            ByteVal::Load(..) => {}
+            ByteVal::Uniform(e) => {
+                let x = self.expr(e)?;
+                out.insert(*e as *const Expr, self.b.ins().splat(types::I8X16, x));
+            }
+            ByteVal::Bin(_, a, b) => {
+                self.byte_splats(a, out)?;
+                self.byte_splats(b, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// 16 lanes of a [`ByteVal`] at the counter's current value.
+    fn byte_value(
+        &mut self,
+        v: &ByteVal,
+        splats: &HashMap<*const Expr, Value>,
+        signed: bool,
+    ) -> Result<Value> {
+        Ok(match v {
+            ByteVal::Load(p, index, stride) => {
+                let base = self.expr(index)?;
+                let a0 = self.address(*p, base, false, false);
+                let x = self.b.ins().load(types::I8X16, vflags(), a0, 0);
+                if *stride == 1 {
+                    x
+                } else {
+                    // Elements 0, 2, .., 30: the even bytes of the block at 0 and the odd
+                    // ones of the block at 15, reading nothing past element 30.
+                    let i15 = self.b.ins().iadd_imm_s(base, 15);
+                    let a15 = self.address(*p, i15, false, false);
+                    let y = self.b.ins().load(types::I8X16, vflags(), a15, 0);
+                    let mask: Vec<u8> = (0..8u8)
+                        .map(|j| 2 * j)
+                        .chain((0..8u8).map(|j| 17 + 2 * j))
+                        .collect();
+                    let mask = self.b.func.dfg.immediates.push(mask.into());
+                    self.b.ins().shuffle(x, y, mask)
+                }
+            }
+            ByteVal::Uniform(e) => match splats.get(&(*e as *const Expr)) {
+                Some(x) => *x,
+                None => return self.unsupported("byte loop value"),
+            },
+            ByteVal::Bin(op, a, b) => {
+                let (x, y) = (
+                    self.byte_value(a, splats, signed)?,
+                    self.byte_value(b, splats, signed)?,
+                );
+                match (op, signed) {
+                    (BinOp::Max, false) => self.b.ins().umax(x, y),
+                    (BinOp::Max, true) => self.b.ins().smax(x, y),
+                    (BinOp::Min, false) => self.b.ins().umin(x, y),
+                    (BinOp::Min, true) => self.b.ins().smin(x, y),
+                    _ => return self.unsupported("byte loop op"),
+                }
+            }
+        })
     }
 
     /// One copy of the vector body, less its hoisted statements.

@@ -116,6 +116,42 @@ fn byte_copies_and_fills_run_sixteen_at_a_time_and_stay_exact() {
 }
 
 #[test]
+fn byte_max_pools_run_in_byte_lanes_and_stay_exact() {
+    // 8-bit max pooling (quantized models pool the integers): rows of 7 (fewer than 16: one
+    // at a time), 19 and 40 outputs, stride 1 and 2 (the even bytes of two loads), u8 and i8
+    // (unsigned and signed maxima), pads below the kernel; the evaluator is the reference.
+    // Bytes over the whole range (signed and unsigned maxima differ above 127).
+    let bytes = |shape: &[usize], dt: mlc_ir::DType, salt: i64| {
+        let n: usize = shape.iter().product();
+        let v: Vec<i64> = (0..n as i64)
+            .map(|i| (i * 37 + salt * 101 + (i * i) % 13) % 256)
+            .collect();
+        let v: Vec<i64> = match dt {
+            mlc_ir::DType::I8 => v.iter().map(|x| x - 128).collect(),
+            _ => v,
+        };
+        mlc_ir::Tensor::from_vec(shape, v)
+            .and_then(|t| t.cast(dt))
+            .expect("bytes")
+    };
+    let inputs = [
+        bytes(&[1, 3, 9, 40], mlc_ir::DType::U8, 1),
+        bytes(&[2, 2, 11, 81], mlc_ir::DType::I8, 2),
+        bytes(&[1, 2, 5, 14], mlc_ir::DType::U8, 3),
+    ];
+    let text = crate::tests::check_inputs(
+        r#"graph (%0: u8[1,3,9,40] "a", %1: i8[2,2,11,81] "b", %2: u8[1,2,5,14] "c") -> (%3 "y", %4 "z", %5 "w") {
+  %3 = nn.max_pool {"auto_pad":"not_set","ceil_mode":false,"dilations":[1,1],"kernel":[3,3],"pads":[1,1,1,1],"storage_order_col_major":false,"strides":[1,1]} (%0) : u8[1,3,9,40]
+  %4 = nn.max_pool {"auto_pad":"not_set","ceil_mode":false,"dilations":[1,1],"kernel":[3,3],"pads":[1,1,0,0],"storage_order_col_major":false,"strides":[2,2]} (%1) : i8[2,2,5,40]
+  %5 = nn.max_pool {"auto_pad":"not_set","ceil_mode":false,"dilations":[1,1],"kernel":[2,2],"pads":[0,0,0,0],"storage_order_col_major":false,"strides":[2,2]} (%2) : u8[1,2,2,7]
+}"#,
+        &inputs,
+        0.0,
+    );
+    assert!(text.contains("max_pool_rows"), "{text}");
+}
+
+#[test]
 fn integer_comparisons_vectorize_exactly() {
     // A one-hot encoding (i32 ids against a row of classes) and u8/i8 comparisons, each
     // fused with its cast to f32 as the optimizer leaves them: vector loops, equal to the

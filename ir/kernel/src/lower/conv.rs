@@ -477,6 +477,16 @@ fn max_pool_2d(
     xs: &[usize],
 ) -> Result<(), Fail> {
     let ty = cx.dtype(x);
+    // The value no element is below: padding and the running maximum's start.
+    let (lowest, fill) = if ty.is_float() {
+        (Expr::float(ty, f64::NEG_INFINITY), f64::NEG_INFINITY)
+    } else {
+        let lo = super::reduce::min_of(ty);
+        let Expr::Lit(Lit::Int(_, v)) = lo else {
+            return unsupported(format!("max pooling on {}", ty.name()));
+        };
+        (lo, v as f64)
+    };
     let planes = xs[0] * xs[1];
     let (ih, iw) = (xs[2], xs[3]);
     let (oh, ow) = (g.out[0], g.out[1]);
@@ -487,7 +497,7 @@ fn max_pool_2d(
         node,
         cx.buf(x)?,
         ty,
-        Fill::Value(f64::NEG_INFINITY),
+        Fill::Value(fill),
         planes,
         (ih, iw),
         (g.pad[0], g.pad[1]),
@@ -518,7 +528,7 @@ fn max_pool_2d(
         vec![Stmt::Store {
             param: op_,
             index: dst.clone(),
-            value: Expr::float(ty, f64::NEG_INFINITY),
+            value: lowest,
         }],
     );
     let from = Expr::add_idx(
@@ -1353,7 +1363,10 @@ pub(super) fn pool_kind(
             dil: vec![1; s],
         },
     };
-    if max && ty == DType::F32 && s == 2 && window.is_some() {
+    // Row-vectorized over padded planes: f32, and the 8-bit integers of quantized models
+    // (whose max pools run on the integers, `pool-before-dequantize`).
+    let rows = ty == DType::F32 || matches!(ty, DType::U8 | DType::I8);
+    if max && rows && s == 2 && window.is_some() {
         return max_pool_2d(cx, node, x, &g, &xs);
     }
     let acc_ty = if matches!(ty, DType::F16 | DType::BF16) {

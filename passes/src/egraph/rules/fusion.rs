@@ -263,16 +263,21 @@ pub(crate) fn same_size(a: Option<&mlc_ir::TensorType>, b: &mlc_ir::TensorType) 
     }
 }
 
-/// The distinct classes whose e-nodes use `class`, not counting composites: every operand of a
-/// composite is an operand of one of the ops fused into it, and those ops are still in the
-/// e-graph (in their own classes), so they are counted instead. Counting the composites too
-/// would make every fused value look shared and stop longer chains from fusing.
+/// The distinct classes whose e-nodes use `class`, not counting composites built by fusion:
+/// every operand of such a composite is an operand of one of the pieces fused into it, and
+/// those pieces are still in the e-graph (in their own classes), so they are counted instead.
+/// Counting the fused composites too would make every fused value look shared and stop longer
+/// chains from fusing. Composites that other rules build whole (an integer convolution with
+/// its rescale, from a QDQ convolution) cover nothing (`covers` is empty): no plain op in the
+/// e-graph reads their operands for them, so they count as readers themselves. Skipping them
+/// let a quantized ResNet's residual add pull the whole convolution that produced its other
+/// operand into its own kernel, computing that convolution twice.
 fn consumers(eg: &MlcEGraph, class: Id) -> BTreeSet<Id> {
     eg[class]
         .parents()
         .filter(|p| {
             !matches!(eg.id_to_node(*p), MlcNode::Op(o, _)
-                if matches!(o.op, Op::Control(ControlOp::Composite { .. })))
+                if matches!(o.op, Op::Control(ControlOp::Composite { .. })) && !o.covers.is_empty())
         })
         .map(|p| eg.find(p))
         // A parent in the class itself is a cycle left by an identity (`x * 1 = x`), not a use.

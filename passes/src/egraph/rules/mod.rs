@@ -15,6 +15,7 @@ pub mod fusion;
 pub mod lookup;
 pub mod movement;
 pub mod norm;
+pub mod qdq;
 pub mod quant;
 
 use super::analysis::{Facts, MlcAnalysis, MlcEGraph};
@@ -127,6 +128,7 @@ pub fn all() -> Vec<NodeRule> {
     r.extend(movement::rules());
     r.extend(fold::rules());
     r.extend(quant::rules());
+    r.extend(qdq::rules());
     r.extend(batchnorm::rules());
     r.extend(lookup::rules());
     r.extend(fusion::rules());

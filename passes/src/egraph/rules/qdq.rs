@@ -1,0 +1,290 @@
+//! Quantize/dequantize pairs of QDQ models: a round trip through float that changes nothing,
+//! and max pooling moved to the integer side of a dequantize.
+//!
+//! Quantizers write a `quantize → dequantize` pair on every edge, so a tensor that one op
+//! produces and the next consumes in 8 bits still crosses float on the way, and ops that
+//! commute with the (monotone) dequantization run in float on 4× the bytes:
+//!
+//! * `qdq-round-trip`: `quantize(dequantize(q, s, z), s, z)` is `q`. The dequantized value is
+//!   `(q − z)·s` rounded once to f32; dividing by `s` and rounding to the nearest integer
+//!   gives `q − z` back, since `|q − z| ≤ 65535` and each rounding moves the quotient by a
+//!   relative 2⁻²⁴ (at most 0.008 in all, far from the ±0.5 that would change the integer);
+//!   adding `z` lands in range, so nothing saturates. Scales must be known, finite and normal
+//!   (a subnormal or infinite scale breaks the bound), zero points known and equal, both
+//!   ends per tensor or along the same axis.
+//! * `pool-before-dequantize`: `max_pool(dequantize(q, s, z))` is
+//!   `dequantize(max_pool(q), s, z)` for positive scales per tensor or per channel (axis 1,
+//!   never pooled over): `x ↦ (x − z)·s` rounded is non-decreasing, so it commutes with max.
+//!   Padding is ignored by both pools, so every window must hold one real element: explicit
+//!   pads smaller than the kernel, no dilation, no `ceil_mode` (the last window then starts
+//!   inside the input). The 8-bit pool reads and writes a quarter of the bytes, and the
+//!   `quantize` that usually follows the pool meets its `dequantize` and goes away.
+
+use super::{Build, NodeRule, add_op, ops_where, same_as, ty};
+use crate::egraph::analysis::MlcEGraph;
+use crate::egraph::lang::MlcNode;
+use egg::Id;
+use mlc_ir::ops::nn::AutoPad;
+use mlc_ir::ops::{NnOp, QuantOp};
+use mlc_ir::{DType, Op, Tensor};
+
+pub fn rules() -> Vec<NodeRule> {
+    vec![
+        NodeRule::rewrite("qdq-round-trip", round_trip),
+        NodeRule::rewrite("pool-before-dequantize", pool_before_dequantize),
+    ]
+}
+
+/// The full value of a class that holds a constant leaf.
+fn const_of(eg: &MlcEGraph, class: Id) -> Option<&Tensor> {
+    eg[class].nodes.iter().find_map(|n| match n {
+        MlcNode::Const(i) => eg.analysis.tables.consts.get(*i as usize),
+        _ => None,
+    })
+}
+
+/// A per-tensor or per-axis dequantization to f32 in `class`: `(axis, q, scale, zero point)`.
+fn dequantizes(eg: &MlcEGraph, class: Id) -> Vec<(usize, Id, Id, Option<Id>)> {
+    ops_where(eg, class, |o| match o {
+        Op::Quant(QuantOp::Dequantize {
+            axis,
+            block_size: 0,
+            to: DType::F32,
+        }) => Some(*axis),
+        _ => None,
+    })
+    .filter_map(|(axis, _, c)| {
+        let zp = c.get(2).copied().filter(|z| !eg[*z].data.types.is_empty());
+        Some((axis, *c.first()?, *c.get(1)?, zp))
+    })
+    .collect()
+}
+
+/// The scale values of a constant f32 scale class.
+fn scale_values(eg: &MlcEGraph, class: Id) -> Option<Vec<f64>> {
+    let t = const_of(eg, class)?;
+    (t.dtype() == DType::F32).then(|| t.to_f64_vec().ok())?
+}
+
+/// Zero point values: absent means zeros (one per scale).
+fn zero_values(eg: &MlcEGraph, class: Option<Id>, n: usize) -> Option<Vec<f64>> {
+    match class {
+        None => Some(vec![0.0; n]),
+        Some(c) => const_of(eg, c)?.to_f64_vec().ok(),
+    }
+}
+
+fn round_trip(eg: &MlcEGraph, class: Id) -> Vec<Build> {
+    let mut out: Vec<Build> = vec![];
+    for ((axis, to), _, c) in ops_where(eg, class, |o| match o {
+        Op::Quant(QuantOp::Quantize {
+            axis,
+            block_size: 0,
+            to,
+            ..
+        }) => Some((*axis, *to)),
+        _ => None,
+    }) {
+        if !matches!(to, DType::U8 | DType::I8 | DType::U16 | DType::I16) {
+            continue;
+        }
+        let (Some(&x), Some(&s)) = (c.first(), c.get(1)) else {
+            continue;
+        };
+        let z = c.get(2).copied().filter(|z| !eg[*z].data.types.is_empty());
+        let Some(sv) = scale_values(eg, s) else {
+            continue;
+        };
+        if !sv.iter().all(|v| (*v as f32).is_normal()) {
+            continue;
+        }
+        let Some(zv) = zero_values(eg, z, sv.len()) else {
+            continue;
+        };
+        for (d_axis, q, ds, dz) in dequantizes(eg, x) {
+            if ty(eg, q).is_none_or(|t| t.dtype != to) || ty(eg, q) != ty(eg, class) {
+                continue;
+            }
+            let same_scale = eg.find(ds) == eg.find(s) || scale_values(eg, ds) == Some(sv.clone());
+            let same_zero = zero_values(eg, dz, sv.len()) == Some(zv.clone());
+            let same_axis = sv.len() == 1 || d_axis == axis;
+            if same_scale && same_zero && same_axis {
+                out.push(same_as(q));
+            }
+        }
+    }
+    out
+}
+
+fn pool_before_dequantize(eg: &MlcEGraph, class: Id) -> Vec<Build> {
+    let Some(want) = ty(eg, class).cloned() else {
+        return vec![];
+    };
+    let mut out: Vec<Build> = vec![];
+    for (op, o, c) in ops_where(eg, class, |o| match o {
+        Op::Nn(NnOp::MaxPool { window, .. }) => Some(window),
+        _ => None,
+    }) {
+        let window = op;
+        let k = window.kernel.len();
+        let pads_ok =
+            window.pads.len() == 2 * k && (0..2 * k).all(|i| window.pads[i] < window.kernel[i % k]);
+        if o.types.len() != 1
+            || window.ceil_mode
+            || window.auto_pad != AutoPad::NotSet
+            || window.dilations.iter().any(|d| *d != 1)
+            || !pads_ok
+        {
+            continue;
+        }
+        let Some(&x) = c.first() else { continue };
+        for (axis, q, s, z) in dequantizes(eg, x) {
+            let Some(sv) = scale_values(eg, s) else {
+                continue;
+            };
+            let positive = sv.iter().all(|v| *v > 0.0 && v.is_finite());
+            if !positive
+                || (sv.len() > 1 && axis != 1)
+                || z.is_some_and(|z| const_of(eg, z).is_none())
+            {
+                continue;
+            }
+            let Some(qty) = ty(eg, q) else { continue };
+            if !matches!(qty.dtype, DType::U8 | DType::I8) {
+                continue;
+            }
+            let mut pooled = want.clone();
+            pooled.dtype = qty.dtype;
+            let (pool, want) = (o.op.clone(), want.clone());
+            out.push(Box::new(move |eg, rule| {
+                let p = add_op(eg, pool, vec![q], vec![], &pooled, vec![rule])?;
+                let dq = Op::Quant(QuantOp::Dequantize {
+                    axis,
+                    block_size: 0,
+                    to: DType::F32,
+                });
+                let mut children = vec![p, s];
+                children.extend(z);
+                add_op(eg, dq, children, vec![], &want, vec![rule])
+            }));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::{check, check_all};
+
+    /// `quantize → dequantize → quantize` with the same parameters, as quantizers leave
+    /// between two quantized ops.
+    const ROUND_TRIP: &str = r#"graph (%0: f32[n,3] "x") -> (%6 "y") {
+  @c0 = const f32[] [0.0173]
+  @c1 = const u8[] [121]
+  @c2 = const f32[] [0.0173]
+  %1 = constant @c0 : f32[]
+  %2 = constant @c1 : u8[]
+  %3 = quant.quantize {"axis":1,"block_size":0,"to":"u8"} (%0, %1, %2) : u8[n,3]
+  %4 = quant.dequantize {"axis":1,"block_size":0,"to":"f32"} (%3, %1, %2) : f32[n,3]
+  %5 = constant @c2 : f32[]
+  %6 = quant.quantize {"axis":1,"block_size":0,"to":"u8"} (%4, %5, %2) : u8[n,3]
+}
+"#;
+
+    #[test]
+    fn a_quantize_of_the_same_dequantize_is_its_integers() {
+        // 0.0173 over [-2, 2) reaches both ends of u8 (saturation on both sides).
+        let shapes: &[&[&[usize]]] = &[&[&[64, 3]], &[&[1, 3]], &[&[333, 3]]];
+        for g in check(&["qdq-round-trip"], ROUND_TRIP, shapes) {
+            assert_eq!(g.to_string().matches("quant.").count(), 1, "{g}");
+        }
+    }
+
+    #[test]
+    fn every_quantized_value_survives_the_round_trip() {
+        // Exhaustive over the integers: every u8 and i8 value, awkward scales and zero points.
+        for (dt, lo, hi) in [("u8", 0i32, 255i32), ("i8", -128, 127)] {
+            for (scale, zero) in [(0.0173, 3), (3.0e-5, 0), (1.7e4, -1), (0.1, 0)] {
+                let zero = if dt == "u8" { zero.max(0) } else { zero };
+                let values: Vec<String> = (lo..=hi).map(|v| v.to_string()).collect();
+                let n = values.len();
+                let src = format!(
+                    r#"graph (%0: f32[1] "unused") -> (%5 "y") {{
+  @c0 = const {dt}[{n}] [{vals}]
+  @c1 = const f32[] [{scale:e}]
+  @c2 = const {dt}[] [{zero}]
+  %1 = constant @c0 : {dt}[{n}]
+  %2 = constant @c1 : f32[]
+  %3 = constant @c2 : {dt}[]
+  %4 = quant.dequantize {{"axis":0,"block_size":0,"to":"f32"}} (%1, %2, %3) : f32[{n}]
+  %5 = quant.quantize {{"axis":0,"block_size":0,"to":"{dt}"}} (%4, %2, %3) : {dt}[{n}]
+}}
+"#,
+                    vals = values.join(", ")
+                );
+                check(&["qdq-round-trip"], &src, &[&[&[1]]]);
+            }
+        }
+    }
+
+    #[test]
+    fn different_parameters_are_not_a_round_trip() {
+        for (s2, z2) in [("0.02", "121"), ("0.0173", "120")] {
+            let src = format!(
+                r#"graph (%0: f32[n,3] "x") -> (%7 "y") {{
+  @c0 = const f32[] [0.0173]
+  @c1 = const u8[] [121]
+  @c2 = const f32[] [{s2}]
+  @c3 = const u8[] [{z2}]
+  %1 = constant @c0 : f32[]
+  %2 = constant @c1 : u8[]
+  %3 = quant.quantize {{"axis":1,"block_size":0,"to":"u8"}} (%0, %1, %2) : u8[n,3]
+  %4 = quant.dequantize {{"axis":1,"block_size":0,"to":"f32"}} (%3, %1, %2) : f32[n,3]
+  %5 = constant @c2 : f32[]
+  %6 = constant @c3 : u8[]
+  %7 = quant.quantize {{"axis":1,"block_size":0,"to":"u8"}} (%4, %5, %6) : u8[n,3]
+}}
+"#
+            );
+            let g = &check_all(&src, &[&[&[64, 3]]])[0];
+            assert_eq!(g.to_string().matches("quant.").count(), 3, "{g}");
+        }
+    }
+
+    /// Conv-free stem of a QDQ ResNet: quantize, dequantize, max pool, quantize.
+    const POOL: &str = r#"graph (%0: f32[n,2,h,w] "x") -> (%6 "y") {
+  @c0 = const f32[] [0.011]
+  @c1 = const u8[] [140]
+  %1 = constant @c0 : f32[]
+  %2 = constant @c1 : u8[]
+  %3 = quant.quantize {"axis":1,"block_size":0,"to":"u8"} (%0, %1, %2) : u8[n,2,h,w]
+  %4 = quant.dequantize {"axis":1,"block_size":0,"to":"f32"} (%3, %1, %2) : f32[n,2,h,w]
+  %5 = nn.max_pool {"auto_pad":"not_set","ceil_mode":false,"dilations":[1,1],"kernel":[3,3],"pads":[1,1,2,2],"storage_order_col_major":false,"strides":[2,2]} (%4) : f32[n,2,OH,OW]
+  %6 = quant.quantize {"axis":1,"block_size":0,"to":"u8"} (%5, %1, %2) : u8[n,2,OH,OW]
+}
+"#;
+
+    #[test]
+    fn max_pool_runs_on_the_integers() {
+        let shapes: &[&[&[usize]]] = &[&[&[1, 2, 7, 7]], &[&[2, 2, 4, 9]], &[&[1, 2, 1, 1]]];
+        for g in check(&["pool-before-dequantize", "qdq-round-trip"], POOL, shapes) {
+            let text = g.to_string();
+            let pool = text.lines().find(|l| l.contains("nn.max_pool"));
+            assert!(pool.is_some_and(|l| l.contains(": u8[")), "{g}");
+            assert_eq!(text.matches("quant.").count(), 1, "{g}");
+        }
+    }
+
+    #[test]
+    fn pools_that_may_see_only_padding_stay_in_float() {
+        for (from, to) in [
+            ("\"ceil_mode\":false", "\"ceil_mode\":true"),
+            ("\"pads\":[1,1,2,2]", "\"pads\":[1,1,3,2]"),
+            ("\"dilations\":[1,1]", "\"dilations\":[2,1]"),
+        ] {
+            let src = POOL.replace(from, to);
+            let g = &check_all(&src, &[&[&[1, 2, 7, 7]]])[0];
+            assert!(g.to_string().contains(": f32[1,2,"), "{from} -> {to}: {g}");
+        }
+    }
+}
