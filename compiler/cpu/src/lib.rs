@@ -105,3 +105,5 @@ mod tests;
 mod tests_artifact;
 #[cfg(test)]
 mod tests_vectorize;
+#[cfg(test)]
+mod tests_winograd;

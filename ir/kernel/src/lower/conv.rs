@@ -156,6 +156,27 @@ pub(super) fn conv(
     if cg == 1 {
         return conv_direct(cx, node, x, w, bias, out, &g, ins, n, c, m, group);
     }
+    let wino = super::winograd::WinoConv {
+        x,
+        w,
+        bias,
+        out,
+        n,
+        c,
+        m,
+        ins: (ins[0], ins.get(1).copied().unwrap_or(1)),
+        outs: (g.out[0], g.out.get(1).copied().unwrap_or(1)),
+        pad: (g.pad[0], g.pad.get(1).copied().unwrap_or(0)),
+    };
+    // 3×3, stride 1, dilation 1, one group: Winograd F(2×2, 3×3) where it pays.
+    if group == 1
+        && kdims == [3, 3]
+        && g.stride == [1, 1]
+        && g.dil == [1, 1]
+        && super::winograd::conv(cx, node, &wino)?
+    {
+        return Ok(());
+    }
     let (col, col_rows_stride, col_group_stride, col_batch_stride) =
         columns(cx, node, x, &g, ins, kdims, group, None)?;
     let mut kb = KernelBuilder::new(kernel_name(&node.op));
@@ -339,7 +360,7 @@ fn columns(
 /// Copies `planes` planes of `ih×iw` into planes of `ph×pw` filled with `fill`, at offset
 /// `pad` (top, left), with vectorizable loops; returns `xb` itself when nothing would change.
 #[allow(clippy::too_many_arguments)]
-fn pad_planes_with(
+pub(super) fn pad_planes_with(
     cx: &mut Cx,
     node: &Node,
     xb: BufId,
@@ -445,7 +466,7 @@ fn padded_plane(g: &Geom, (ih, iw): (usize, usize)) -> (usize, usize) {
 
 /// What padding reads as.
 #[derive(Clone, Copy)]
-enum Fill {
+pub(super) enum Fill {
     Value(f64),
     /// Element 0 of a buffer (an integer convolution's input zero point).
     Buffer(BufId),

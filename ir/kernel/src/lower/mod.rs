@@ -23,6 +23,7 @@ mod resize;
 mod rnn;
 mod signal;
 mod tail;
+mod winograd;
 
 use crate::kernel::*;
 use mlc_ir::{DType, Graph, Node, Op, ValueId};

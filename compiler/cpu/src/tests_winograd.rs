@@ -1,0 +1,253 @@
+//! Winograd F(2×2, 3×3) convolutions (`mlc_kir`'s `lower/winograd.rs`), compiled: against the
+//! kernel-IR evaluator of the same program (tight), and against the graph interpreter's direct
+//! convolution (within the transforms' rounding), on odd and even maps, asymmetric pads,
+//! channel counts that are not multiples of 16, batches, and bias, ReLU and residual tails.
+
+use crate::tests::{check_inputs, compare};
+use mlc_ir::{Tensor, parse_graph};
+
+/// Deterministic values in [-1, 1).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32) / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+fn list(v: &[f32]) -> String {
+    v.iter()
+        .map(|x| format!("{x:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One case: batch, input channels, output channels, input map, pads (top, left, bottom,
+/// right), whether the conv has a bias, and its tail.
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    n: usize,
+    c: usize,
+    m: usize,
+    hw: (usize, usize),
+    pads: [usize; 4],
+    bias: bool,
+    tail: Tail,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Tail {
+    None,
+    Relu,
+    /// `relu(conv + r)` with `r` a second input.
+    AddRelu,
+}
+
+impl Case {
+    fn out(&self) -> (usize, usize) {
+        let [t, l, b, r] = self.pads;
+        (self.hw.0 + t + b - 2, self.hw.1 + l + r - 2)
+    }
+
+    /// The graph text and its inputs.
+    fn graph(&self) -> (String, Vec<Tensor>) {
+        let Case { n, c, m, hw, .. } = *self;
+        let (oh, ow) = self.out();
+        let [t, l, b, r] = self.pads;
+        let xt = format!("f32[{n},{c},{},{}]", hw.0, hw.1);
+        let wt = format!("f32[{m},{c},3,3]");
+        let yt = format!("f32[{n},{m},{oh},{ow}]");
+        let attrs = format!(
+            r#""auto_pad":"not_set","dilations":[1,1],"group":1,"pads":[{t},{l},{b},{r}],"strides":[1,1]"#
+        );
+        let w = values(m * c * 9, 7 + c as u64);
+        let bv = values(m, 11);
+        let mut inputs =
+            vec![Tensor::from_vec(&[n, c, hw.0, hw.1], values(n * c * hw.0 * hw.1, 3)).unwrap()];
+        let bias_arg = if self.bias { "%3" } else { "_" };
+        let consts = format!(
+            "  @c0 = const {wt} [{}]\n  @c1 = const f32[{m}] [{}]\n  %2 = constant @c0 : {wt}\n  %3 = constant @c1 : f32[{m}]\n",
+            list(&w),
+            list(&bv)
+        );
+        let src = match self.tail {
+            Tail::None => format!(
+                "graph (%0: {xt} \"x\", %1: {yt} \"unused\") -> (%4 \"y\") {{\n{consts}  %4 = nn.conv {{{attrs}}} (%0, %2, {bias_arg}) : {yt}\n}}"
+            ),
+            Tail::Relu | Tail::AddRelu => {
+                let add = self.tail == Tail::AddRelu;
+                let (body, last) = if add {
+                    (
+                        format!(
+                            "      %5 = ew.add(%4, %3) : {yt}\n      %6 = ew.relu(%5) : {yt}\n"
+                        ),
+                        6,
+                    )
+                } else {
+                    (format!("      %5 = ew.relu(%4) : {yt}\n"), 5)
+                };
+                let bias_in = if self.bias { "%2" } else { "_" };
+                format!(
+                    "graph (%0: {xt} \"x\", %1: {yt} \"r\") -> (%4 \"y\") {{\n{consts}  %4 = control.composite {{\"kind\":\"conv+tail\"}} (%0, %2, %3, %1) : {yt} {{\n    graph (%0: {xt} \"in0\", %1: {wt} \"in1\", %2: f32[{m}] \"in2\", %3: {yt} \"in3\") -> (%{last} \"out\") {{\n      %4 = nn.conv {{{attrs}}} (%0, %1, {bias_in}) : {yt}\n{body}    }}\n  }}\n}}"
+                )
+            }
+        };
+        inputs.push(Tensor::from_vec(&[n, m, oh, ow], values(n * m * oh * ow, 5)).unwrap());
+        (src, inputs)
+    }
+}
+
+/// Runs `case` compiled against the evaluator and against the interpreter; returns the
+/// kernel-IR text.
+fn run(case: &Case) -> String {
+    let (src, inputs) = case.graph();
+    // The same program: only the GEMM's summation order differs.
+    let text = check_inputs(&src, &inputs, 1e-6);
+    // Direct convolution: the transforms round differently.
+    let g = parse_graph(&src).unwrap();
+    let named: Vec<(String, Tensor)> = g
+        .inputs
+        .iter()
+        .zip(&inputs)
+        .map(|(p, t)| (p.name.clone(), t.clone()))
+        .collect();
+    let want = mlc_interp::run(&g, &named).unwrap();
+    let prog = mlc_kir::lower_graph(&g).unwrap();
+    let got = crate::CompiledProgram::new(&prog)
+        .unwrap()
+        .run(&inputs, 2)
+        .unwrap();
+    if let Err(e) = compare(&want, &got, 1e-5) {
+        panic!("{case:?}: {e}");
+    }
+    text
+}
+
+#[test]
+fn winograd_matches_direct_convolution() {
+    let base = Case {
+        n: 1,
+        c: 16,
+        m: 16,
+        hw: (8, 8),
+        pads: [1, 1, 1, 1],
+        bias: true,
+        tail: Tail::None,
+    };
+    let cases = [
+        base,
+        // Odd maps: clipped last tile row and column.
+        Case { hw: (9, 7), ..base },
+        Case {
+            hw: (7, 10),
+            bias: false,
+            ..base
+        },
+        // No padding, asymmetric padding, and maps one output row or column tall.
+        Case {
+            pads: [0, 0, 0, 0],
+            hw: (11, 12),
+            ..base
+        },
+        Case {
+            pads: [0, 1, 2, 0],
+            hw: (8, 9),
+            ..base
+        },
+        Case {
+            pads: [1, 0, 1, 0],
+            hw: (1, 40),
+            ..base
+        },
+        Case {
+            pads: [0, 1, 0, 1],
+            hw: (35, 3),
+            ..base
+        },
+        // Channels not multiples of 16, a batch of two.
+        Case {
+            c: 17,
+            m: 23,
+            ..base
+        },
+        Case {
+            n: 2,
+            c: 19,
+            m: 18,
+            hw: (5, 6),
+            ..base
+        },
+        Case {
+            n: 2,
+            c: 33,
+            m: 16,
+            hw: (14, 14),
+            bias: false,
+            ..base
+        },
+        // Tails in the output transform's stores, or after it.
+        Case {
+            tail: Tail::Relu,
+            hw: (7, 9),
+            ..base
+        },
+        Case {
+            tail: Tail::Relu,
+            bias: false,
+            n: 2,
+            ..base
+        },
+        Case {
+            tail: Tail::AddRelu,
+            hw: (9, 8),
+            ..base
+        },
+        Case {
+            tail: Tail::AddRelu,
+            bias: false,
+            c: 24,
+            m: 20,
+            ..base
+        },
+    ];
+    for case in &cases {
+        let text = run(case);
+        assert!(text.contains("winograd_output"), "{case:?}:\n{text}");
+    }
+}
+
+/// Where Winograd does not pay (few channels, a single tile), the convolution stays im2col +
+/// GEMM, and is still right.
+#[test]
+fn small_convolutions_keep_im2col() {
+    let base = Case {
+        n: 1,
+        c: 16,
+        m: 16,
+        hw: (1, 1),
+        pads: [1, 1, 1, 1],
+        bias: true,
+        tail: Tail::None,
+    };
+    for case in [
+        base,
+        Case {
+            c: 3,
+            hw: (8, 8),
+            ..base
+        },
+        Case {
+            m: 4,
+            hw: (8, 8),
+            tail: Tail::Relu,
+            ..base
+        },
+    ] {
+        let text = run(&case);
+        assert!(!text.contains("winograd"), "{case:?}:\n{text}");
+    }
+}
