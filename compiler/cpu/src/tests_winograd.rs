@@ -127,126 +127,66 @@ fn run(case: &Case) -> String {
     text
 }
 
+/// `(n, c, m, map, pads, bias, tail)` as a [`Case`].
+type Row = (usize, usize, usize, (usize, usize), [usize; 4], bool, Tail);
+
+fn case((n, c, m, hw, pads, bias, tail): Row) -> Case {
+    Case {
+        n,
+        c,
+        m,
+        hw,
+        pads,
+        bias,
+        tail,
+    }
+}
+
 #[test]
 fn winograd_matches_direct_convolution() {
-    let base = Case {
-        n: 1,
-        c: 16,
-        m: 16,
-        hw: (8, 8),
-        pads: [1, 1, 1, 1],
-        bias: true,
-        tail: Tail::None,
-    };
-    let cases = [
-        base,
+    use Tail::*;
+    let p1 = [1, 1, 1, 1];
+    let rows: [Row; 14] = [
+        (1, 16, 16, (12, 12), p1, true, None),
         // Odd maps: clipped last tile row and column.
-        Case { hw: (9, 7), ..base },
-        Case {
-            hw: (7, 10),
-            bias: false,
-            ..base
-        },
+        (1, 16, 16, (13, 11), p1, true, None),
+        (1, 16, 16, (11, 12), p1, false, None),
         // No padding, asymmetric padding, and maps one output row or column tall.
-        Case {
-            pads: [0, 0, 0, 0],
-            hw: (11, 12),
-            ..base
-        },
-        Case {
-            pads: [0, 1, 2, 0],
-            hw: (8, 9),
-            ..base
-        },
-        Case {
-            pads: [1, 0, 1, 0],
-            hw: (1, 40),
-            ..base
-        },
-        Case {
-            pads: [0, 1, 0, 1],
-            hw: (35, 3),
-            ..base
-        },
+        (1, 16, 16, (13, 14), [0, 0, 0, 0], true, None),
+        (1, 16, 16, (12, 13), [0, 1, 2, 0], true, None),
+        (1, 16, 16, (1, 70), [1, 0, 1, 0], true, None),
+        (1, 16, 16, (35, 3), [0, 1, 0, 1], true, None),
         // Channels not multiples of 16, a batch of two.
-        Case {
-            c: 17,
-            m: 23,
-            ..base
-        },
-        Case {
-            n: 2,
-            c: 19,
-            m: 18,
-            hw: (5, 6),
-            ..base
-        },
-        Case {
-            n: 2,
-            c: 33,
-            m: 16,
-            hw: (14, 14),
-            bias: false,
-            ..base
-        },
+        (1, 17, 23, (12, 12), p1, true, None),
+        (2, 19, 18, (9, 8), p1, true, None),
+        (2, 33, 16, (14, 14), p1, false, None),
         // Tails in the output transform's stores, or after it.
-        Case {
-            tail: Tail::Relu,
-            hw: (7, 9),
-            ..base
-        },
-        Case {
-            tail: Tail::Relu,
-            bias: false,
-            n: 2,
-            ..base
-        },
-        Case {
-            tail: Tail::AddRelu,
-            hw: (9, 8),
-            ..base
-        },
-        Case {
-            tail: Tail::AddRelu,
-            bias: false,
-            c: 24,
-            m: 20,
-            ..base
-        },
+        (1, 16, 16, (11, 13), p1, true, Relu),
+        (2, 16, 16, (12, 12), p1, false, Relu),
+        (1, 16, 16, (9, 13), p1, true, AddRelu),
+        (1, 24, 20, (12, 12), p1, false, AddRelu),
     ];
-    for case in &cases {
-        let text = run(case);
+    for row in rows {
+        let case = case(row);
+        let text = run(&case);
         assert!(text.contains("winograd_output"), "{case:?}:\n{text}");
     }
 }
 
-/// Where Winograd does not pay (few channels, a single tile), the convolution stays im2col +
+/// Where Winograd does not pay (few channels, few tiles), the convolution stays im2col +
 /// GEMM, and is still right.
 #[test]
 fn small_convolutions_keep_im2col() {
-    let base = Case {
-        n: 1,
-        c: 16,
-        m: 16,
-        hw: (1, 1),
-        pads: [1, 1, 1, 1],
-        bias: true,
-        tail: Tail::None,
-    };
-    for case in [
-        base,
-        Case {
-            c: 3,
-            hw: (8, 8),
-            ..base
-        },
-        Case {
-            m: 4,
-            hw: (8, 8),
-            tail: Tail::Relu,
-            ..base
-        },
-    ] {
+    let p1 = [1, 1, 1, 1];
+    let rows: [Row; 4] = [
+        (1, 16, 16, (1, 1), p1, true, Tail::None),
+        (1, 3, 16, (8, 8), p1, true, Tail::None),
+        (1, 16, 4, (8, 8), p1, true, Tail::Relu),
+        // 7×7 maps: 16 tiles.
+        (1, 16, 16, (7, 7), p1, true, Tail::None),
+    ];
+    for row in rows {
+        let case = case(row);
         let text = run(&case);
         assert!(!text.contains("winograd"), "{case:?}:\n{text}");
     }
