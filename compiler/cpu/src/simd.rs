@@ -9,7 +9,8 @@
 //!   strides: four scalar loads), and `f32` arithmetic on such values;
 //! - *vector mask*: comparisons of vector `f32`s and logic on them (`i32x4` all-ones lanes).
 //!
-//! Stores must be `f32` at unit stride, so iterations write distinct elements; with no buffer
+//! Stores must be at unit stride (`f32` also at any other literal stride, lane by lane), so
+//! iterations write distinct elements; with no buffer
 //! both loaded and stored, iterations are then independent whatever the loop's kind says.
 //! An `f32` variable defined outside and updated as `acc = acc ⊕ e` (⊕ one of add, mul, max,
 //! min) and read nowhere else in the body is a *reduction*: it gets a vector accumulator,
@@ -372,6 +373,8 @@ pub fn vectorizable(
         return false;
     };
     let mut stored: HashMap<ParamId, Vec<&Expr>> = HashMap::new();
+    // The lane stride of each stored buffer's indices (one per buffer).
+    let mut store_stride: HashMap<ParamId, i64> = HashMap::new();
     let mut vector_store = false;
     for st in body {
         if let Stmt::Assign { var, value } = st
@@ -446,7 +449,14 @@ pub fn vectorizable(
                     }
                     _ => false,
                 };
-                if !value_ok || a.class(index) != Some(Class::Affine(1)) || a.data_dep(index) {
+                let stride = match a.class(index) {
+                    Some(Class::Affine(s)) if s == 1 || (s != 0 && pty == DType::F32) => s,
+                    _ => return false,
+                };
+                if !value_ok
+                    || a.data_dep(index)
+                    || *store_stride.entry(*param).or_insert(stride) != stride
+                {
                     return false;
                 }
                 stored.entry(*param).or_default().push(index);
@@ -460,8 +470,10 @@ pub fn vectorizable(
     //
     // A buffer only stored may take several stores at indices `base + dᵢ` (literal `dᵢ`, one
     // `base`) whose ranges over the whole loop cannot meet: `|dᵢ − dⱼ| ≥ extent` (several
-    // output rows written by one loop over a row).
+    // output rows written by one loop over a row); at lane stride `s`, offsets in different
+    // residues mod `s` never meet either (a 2×2 output tile's two columns).
     let independent = stored.iter().all(|(p, idx)| {
+        let s = store_stride.get(p).copied().unwrap_or(1);
         let first = idx[0];
         if idx.iter().all(|i| *i == first) {
             return a
@@ -478,9 +490,10 @@ pub fn vectorizable(
         };
         split.iter().all(|(b, _)| *b == split[0].0)
             && split.iter().enumerate().all(|(x, (_, dx))| {
-                split[..x]
-                    .iter()
-                    .all(|(_, dy)| dx.abs_diff(*dy) >= extent.unsigned_abs())
+                split[..x].iter().all(|(_, dy)| {
+                    (dx - dy) % s != 0
+                        || dx.abs_diff(*dy) >= extent.unsigned_abs() * s.unsigned_abs()
+                })
             })
     });
     vector_store && independent
@@ -1549,10 +1562,21 @@ impl<M: Module> Tx<'_, '_, M> {
                 index,
                 value,
             } => {
-                let VV::Aff(base, 1) = self.vexpr(st, index)? else {
+                let VV::Aff(base, stride) = self.vexpr(st, index)? else {
                     return self.unsupported("vector store index (analysis mismatch)");
                 };
                 let x = self.vexpr(st, value)?;
+                if stride != 1 {
+                    // An `f32` store at another stride: lane by lane.
+                    let x = self.as_vf(x);
+                    for l in 0..LANES {
+                        let i = self.b.ins().iadd_imm(base, stride * l);
+                        let addr = self.address(*param, i, false, false);
+                        let v = self.b.ins().extractlane(x, l as u8);
+                        self.b.ins().store(vflags(), v, addr, 0);
+                    }
+                    return Ok(());
+                }
                 let addr = self.address(*param, base, false, false);
                 let pty = self.k.params[param.0 as usize].dtype;
                 if lane_int(pty) {

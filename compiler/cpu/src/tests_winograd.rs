@@ -191,3 +191,50 @@ fn small_convolutions_keep_im2col() {
         assert!(!text.contains("winograd"), "{case:?}:\n{text}");
     }
 }
+
+/// Every innermost `Vector` loop of `body` with whether the vectorizer takes it.
+fn vector_loops(k: &mlc_kir::Kernel, body: &[mlc_kir::Stmt], out: &mut Vec<(String, bool)>) {
+    use mlc_kir::{Expr, Lit, LoopKind, Stmt};
+    for st in body {
+        if let Stmt::For {
+            var,
+            extent,
+            kind,
+            body,
+        } = st
+        {
+            let inner = body.iter().any(|s| matches!(s, Stmt::For { .. }));
+            if *kind == LoopKind::Vector && !inner {
+                let n = match extent {
+                    Expr::Lit(Lit::Int(_, n)) => Some(*n),
+                    _ => None,
+                };
+                let dd = vec![false; k.vars.len()];
+                out.push((
+                    k.name.clone(),
+                    crate::simd::vectorizable(k, *var, n, body, &dd),
+                ));
+            }
+            vector_loops(k, body, out);
+        }
+    }
+}
+
+/// The transforms are SIMD loops: the input's over a row of tiles (stride-2 loads), the
+/// output's over a row of whole tiles (stride-2 stores, with a ReLU tail in them).
+#[test]
+fn transforms_vectorize() {
+    for tail in [Tail::None, Tail::Relu] {
+        let case = case((1, 16, 16, (12, 13), [1, 1, 1, 1], true, tail));
+        let (src, _) = case.graph();
+        let prog = mlc_kir::lower_graph(&parse_graph(&src).unwrap()).unwrap();
+        let mut loops = vec![];
+        for k in prog.kernels.iter().filter(|k| k.name.starts_with("winograd")) {
+            vector_loops(k, &k.body, &mut loops);
+        }
+        let names: Vec<&str> = loops.iter().map(|(n, _)| n.as_str()).collect();
+        assert!(names.contains(&"winograd_input"), "{loops:?}");
+        assert!(names.iter().any(|n| n.starts_with("winograd_output")), "{loops:?}");
+        assert!(loops.iter().all(|(_, v)| *v), "{tail:?}: {loops:?}");
+    }
+}
