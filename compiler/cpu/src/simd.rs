@@ -1570,7 +1570,7 @@ impl<M: Module> Tx<'_, '_, M> {
                     // An `f32` store at another stride: lane by lane.
                     let x = self.as_vf(x);
                     for l in 0..LANES {
-                        let i = self.b.ins().iadd_imm(base, stride * l);
+                        let i = self.b.ins().iadd_imm_s(base, stride * l);
                         let addr = self.address(*param, i, false, false);
                         let v = self.b.ins().extractlane(x, l as u8);
                         self.b.ins().store(vflags(), v, addr, 0);
