@@ -229,12 +229,19 @@ fn transforms_vectorize() {
         let (src, _) = case.graph();
         let prog = mlc_kir::lower_graph(&parse_graph(&src).unwrap()).unwrap();
         let mut loops = vec![];
-        for k in prog.kernels.iter().filter(|k| k.name.starts_with("winograd")) {
+        for k in prog
+            .kernels
+            .iter()
+            .filter(|k| k.name.starts_with("winograd"))
+        {
             vector_loops(k, &k.body, &mut loops);
         }
         let names: Vec<&str> = loops.iter().map(|(n, _)| n.as_str()).collect();
         assert!(names.contains(&"winograd_input"), "{loops:?}");
-        assert!(names.iter().any(|n| n.starts_with("winograd_output")), "{loops:?}");
+        assert!(
+            names.iter().any(|n| n.starts_with("winograd_output")),
+            "{loops:?}"
+        );
         assert!(loops.iter().all(|(_, v)| *v), "{tail:?}: {loops:?}");
     }
 }
