@@ -1041,3 +1041,24 @@ fn attention_mask_add_goes_into_the_softmax() {
         assert_eq!(text.matches("kernel @ew_add").count(), 2, "{text}");
     }
 }
+
+/// A 3×3 stride-1 f32 convolution with a constant filter and enough tiles lowers to Winograd
+/// F(2×2, 3×3): padded planes, input transform, 16 matmuls, output transform with the bias,
+/// clipped last tile row and column (9×13 output).
+#[test]
+fn winograd_conv_lowering() {
+    let w: Vec<String> = (0..16 * 16 * 9)
+        .map(|i| format!("{:?}", ((i * 37 % 101) as f32 - 50.0) / 64.0))
+        .collect();
+    let src = format!(
+        r#"graph (%0: f32[1,16,9,13] "x", %1: f32[16] "b") -> (%3 "y") {{
+  @c0 = const f32[16,16,3,3] [{}]
+  %2 = constant @c0 : f32[16,16,3,3]
+  %3 = nn.conv {{"auto_pad":"not_set","dilations":[1,1],"group":1,"pads":[1,1,1,1],"strides":[1,1]}} (%0, %2, %1) : f32[1,16,9,13]
+}}"#,
+        w.join(", ")
+    );
+    let shown = check(&src, 1e-5);
+    assert!(shown.contains("winograd_output"), "{shown}");
+    insta::assert_snapshot!(shown);
+}
