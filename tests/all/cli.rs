@@ -353,7 +353,10 @@ fn truncated_and_random_models_fail_cleanly() {
         r.assert_error(&["bad.onnx"]);
     }
     let c = Case::new("no-model", &[]);
-    c.run("absent.onnx", &[]).assert_error(&["absent.onnx"]);
+    let r = c.run("absent.onnx", &[]);
+    r.assert_error(&["absent.onnx"]);
+    // The I/O error once, not again as its own cause.
+    assert_eq!(r.stderr.matches("os error").count(), 1, "{}", r.stderr);
 }
 
 #[test]
@@ -561,7 +564,15 @@ fn cpu_artifacts_compile_run_bench_and_fail_cleanly() {
     // A truncated artifact and one for a GPU are clear errors.
     std::fs::write(c.p("cut.mlca"), &first[..first.len() / 2]).expect("write");
     c.run("cut.mlca", &["x=x.npy", "z=z.npy"])
-        .assert_error(&["truncated"]);
+        .assert_error(&["cut.mlca", "truncated"]);
+    // Random bytes named like an artifact are a bad artifact, not a bad ONNX file; a missing
+    // one says so once.
+    std::fs::write(c.p("noise.mlca"), xorshift_bytes(7, 300)).expect("write");
+    c.run("noise.mlca", &["x=x.npy"])
+        .assert_error(&["noise.mlca", "not an mlc artifact"]);
+    let r = c.run("absent.mlca", &[]);
+    r.assert_error(&["absent.mlca"]);
+    assert_eq!(r.stderr.matches("os error").count(), 1, "{}", r.stderr);
 }
 
 /// `mlc compile --explain [--json]` reports the optimizer's work without compiling; `-O0`
