@@ -477,15 +477,14 @@ fn max_pool_2d(
     xs: &[usize],
 ) -> Result<(), Fail> {
     let ty = cx.dtype(x);
-    // The value no element is below: padding and the running maximum's start.
-    let (lowest, fill) = if ty.is_float() {
-        (Expr::float(ty, f64::NEG_INFINITY), f64::NEG_INFINITY)
+    // The value no element is below: what padding reads as.
+    let fill = if ty.is_float() {
+        f64::NEG_INFINITY
     } else {
-        let lo = super::reduce::min_of(ty);
-        let Expr::Lit(Lit::Int(_, v)) = lo else {
+        let Expr::Lit(Lit::Int(_, v)) = super::reduce::min_of(ty) else {
             return unsupported(format!("max pooling on {}", ty.name()));
         };
-        (lo, v as f64)
+        v as f64
     };
     let planes = xs[0] * xs[1];
     let (ih, iw) = (xs[2], xs[3]);
@@ -504,15 +503,64 @@ fn max_pool_2d(
         (ph, pw),
     );
     let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
+    // Separably, per output row: the maximum down the window's rows, across the whole padded
+    // row (unit-stride loads), into one row per plane; then the maximum along that row (loads
+    // at the stride). Each tap is loaded once per row pass instead of the output row being
+    // read and written once per tap.
+    let cols = cx.p.add_buffer(ty, vec![planes, pw], BufKind::Temp);
     let mut kb = KernelBuilder::new(format!("{}_rows", kernel_name(&node.op)));
     let xp = kb.param(&cx.p, src, Access::Read);
-    let op_ = kb.param(&cx.p, out, Access::ReadWrite);
-    let (pv, y, ky, kx, xo) = (
+    let cp = kb.param(&cx.p, cols, Access::ReadWrite);
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let (pv, y, xi, xo) = (
         kb.var(DType::I64),
         kb.var(DType::I64),
         kb.var(DType::I64),
         kb.var(DType::I64),
-        kb.var(DType::I64),
+    );
+    let fold = |mut taps: Vec<Expr>| {
+        let mut acc = taps.remove(0);
+        for t in taps {
+            acc = Expr::bin(BinOp::Max, acc, t);
+        }
+        acc
+    };
+    let down = fold(
+        (0..kh)
+            .map(|ky| {
+                let r = Expr::add_idx(
+                    Expr::mul_idx(Expr::var(y), g.stride[0] as i64),
+                    Expr::idx((ky * g.dil[0]) as i64),
+                );
+                Expr::load(
+                    xp,
+                    Expr::add_idx(
+                        Expr::add_idx(
+                            Expr::mul_idx(Expr::var(pv), (ph * pw) as i64),
+                            Expr::mul_idx(r, pw as i64),
+                        ),
+                        Expr::var(xi),
+                    ),
+                )
+            })
+            .collect(),
+    );
+    let row = Expr::mul_idx(Expr::var(pv), pw as i64);
+    let across = fold(
+        (0..kw)
+            .map(|kx| {
+                Expr::load(
+                    cp,
+                    Expr::add_idx(
+                        row.clone(),
+                        Expr::add_idx(
+                            Expr::mul_idx(Expr::var(xo), g.stride[1] as i64),
+                            Expr::idx((kx * g.dil[1]) as i64),
+                        ),
+                    ),
+                )
+            })
+            .collect(),
     );
     let dst = Expr::add_idx(
         Expr::add_idx(
@@ -521,54 +569,31 @@ fn max_pool_2d(
         ),
         Expr::var(xo),
     );
-    let init = lp(
+    let mut body = lp(
+        xi,
+        pw,
+        LoopKind::Vector,
+        vec![Stmt::Store {
+            param: cp,
+            index: Expr::add_idx(row.clone(), Expr::var(xi)),
+            value: down,
+        }],
+    );
+    body.extend(lp(
         xo,
         ow,
         LoopKind::Vector,
         vec![Stmt::Store {
             param: op_,
-            index: dst.clone(),
-            value: lowest,
+            index: dst,
+            value: across,
         }],
-    );
-    let from = Expr::add_idx(
-        Expr::add_idx(
-            Expr::mul_idx(Expr::var(pv), (ph * pw) as i64),
-            Expr::mul_idx(
-                Expr::add_idx(
-                    Expr::mul_idx(Expr::var(y), g.stride[0] as i64),
-                    Expr::mul_idx(Expr::var(ky), g.dil[0] as i64),
-                ),
-                pw as i64,
-            ),
-        ),
-        Expr::add_idx(
-            Expr::mul_idx(Expr::var(xo), g.stride[1] as i64),
-            Expr::mul_idx(Expr::var(kx), g.dil[1] as i64),
-        ),
-    );
-    let tap = lp(
-        xo,
-        ow,
-        LoopKind::Vector,
-        vec![Stmt::Store {
-            param: op_,
-            index: dst.clone(),
-            value: Expr::bin(BinOp::Max, Expr::load(op_, dst), Expr::load(xp, from)),
-        }],
-    );
-    let mut row = init;
-    row.extend(lp(
-        ky,
-        kh,
-        LoopKind::Serial,
-        lp(kx, kw, LoopKind::Serial, tap),
     ));
     kb.k.body = lp(
         pv,
         planes,
         LoopKind::Parallel,
-        lp(y, oh, LoopKind::Serial, row),
+        lp(y, oh, LoopKind::Serial, body),
     );
     cx.launch(kb, node);
     Ok(())
