@@ -535,6 +535,23 @@ fn cpu_artifacts_compile_run_bench_and_fail_cleanly() {
         std::fs::read(&art).expect("artifact"),
         "artifact bytes differ"
     );
+    // `mlc inspect` describes the artifact: target, needs, ports, kernels.
+    let r = mlc(&[&"inspect", &art]);
+    r.assert_success();
+    for needle in ["x86_64-linux", "ABI", "CPU features", "f32[2]", "kernels:"] {
+        assert!(r.stdout.contains(needle), "{needle}: {}", r.stdout);
+    }
+    let r = mlc(&[&"inspect", &art, &"--json"]);
+    r.assert_success();
+    let j: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+    assert_eq!(j["target"], "x86_64-linux", "{j}");
+    assert_eq!(j["inputs"].as_array().map(Vec::len), Some(2), "{j}");
+    assert!(j["kernels"].as_u64().is_some_and(|k| k >= 1), "{j}");
+    assert_eq!(
+        j["cpu"]["missing_features"].as_array().map(Vec::len),
+        Some(0),
+        "{j}"
+    );
     // `mlc run` executes the artifact; outputs as for the model.
     let r = c.run("m.mlca", &["x=x.npy", "z=z.npy"]);
     r.assert_success();
@@ -570,6 +587,7 @@ fn cpu_artifacts_compile_run_bench_and_fail_cleanly() {
     std::fs::write(c.p("noise.mlca"), xorshift_bytes(7, 300)).expect("write");
     c.run("noise.mlca", &["x=x.npy"])
         .assert_error(&["noise.mlca", "not an mlc artifact"]);
+    mlc(&[&"inspect", &c.p("noise.mlca")]).assert_error(&["noise.mlca", "not an mlc artifact"]);
     let r = c.run("absent.mlca", &[]);
     r.assert_error(&["absent.mlca"]);
     assert_eq!(r.stderr.matches("os error").count(), 1, "{}", r.stderr);
