@@ -356,11 +356,7 @@ fn pad_planes_with(
     let xpad = cx.p.add_buffer(ty, vec![planes, ph, pw], BufKind::Temp);
     let mut kb = KernelBuilder::new("pad_planes");
     let xp = kb.param(&cx.p, xb, Access::Read);
-    let fill = match fill {
-        Fill::Buffer(b) => Expr::load(kb.param(&cx.p, b, Access::Read), Expr::idx(0)),
-        Fill::Value(v) if ty.is_float() => Expr::float(ty, v),
-        Fill::Value(v) => Expr::Lit(Lit::Int(ty, v as i64)),
-    };
+    let fill = fill.expr(cx, &mut kb, ty);
     let pp = kb.param(&cx.p, xpad, Access::Write);
     let (nc, i, y, xx) = (
         kb.var(DType::I64),
@@ -449,6 +445,17 @@ enum Fill {
     Value(f64),
     /// Element 0 of a buffer (an integer convolution's input zero point).
     Buffer(BufId),
+}
+
+impl Fill {
+    /// The fill as a kernel expression of `ty` (a buffer becomes a parameter of `kb`).
+    fn expr(self, cx: &Cx, kb: &mut KernelBuilder, ty: DType) -> Expr {
+        match self {
+            Fill::Buffer(b) => Expr::load(kb.param(&cx.p, b, Access::Read), Expr::idx(0)),
+            Fill::Value(v) if ty.is_float() => Expr::float(ty, v),
+            Fill::Value(v) => Expr::Lit(Lit::Int(ty, v as i64)),
+        }
+    }
 }
 
 /// [`pad_planes_with`] zeros.
@@ -684,12 +691,7 @@ fn im2col_2d(
         ),
     );
     kb.k.body = lp(nc, planes, LoopKind::Parallel, body);
-    let id = cx.p.intern_kernel(kb.k);
-    cx.p.steps.push(Step {
-        kernel: id,
-        args: kb.args,
-        origin: node.loc.clone(),
-    });
+    cx.launch(kb, node);
     col
 }
 
@@ -720,11 +722,7 @@ fn im2col_shifted(
     let mut kb = KernelBuilder::new("im2col");
     let xp = kb.param(&cx.p, xb, Access::Read);
     let cp = kb.param(&cx.p, col, Access::Write);
-    let fill = match fill {
-        Fill::Buffer(b) => Expr::load(kb.param(&cx.p, b, Access::Read), Expr::idx(0)),
-        Fill::Value(v) if ty.is_float() => Expr::float(ty, v),
-        Fill::Value(v) => Expr::Lit(Lit::Int(ty, v as i64)),
-    };
+    let fill = fill.expr(cx, &mut kb, ty);
     let nc = kb.var(DType::I64);
     let plane_in = Expr::mul_idx(Expr::var(nc), (ih * iw) as i64);
     let mut body = vec![];
@@ -826,12 +824,7 @@ fn im2col_shifted(
         }
     }
     kb.k.body = lp(nc, planes, LoopKind::Parallel, body);
-    let id = cx.p.intern_kernel(kb.k);
-    cx.p.steps.push(Step {
-        kernel: id,
-        args: kb.args,
-        origin: node.loc.clone(),
-    });
+    cx.launch(kb, node);
     col
 }
 
