@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job: build mlc, make the example model, and run `mlc inspect`, `mlc run` (compiled
-# on the fly), `mlc compile --target x86_64` + `mlc run` of the artifact, and `mlc bench` on it.
+# on the fly), `mlc compile --target x86_64` + `mlc inspect`/`mlc run` of the artifact, and `mlc bench` on it.
 # Installs what is missing first (Debian packages, rustfmt/clippy, the .venv with onnx).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -30,6 +30,9 @@ step "comparing with ONNX Runtime"
 SHAPE="$("$VENV/bin/python" -c "import numpy as np; print('x'.join(map(str, np.load('$OUT/image.npy').shape)))")"
 step "mlc compile examples/build/tiny_cnn.onnx --target x86_64 --shape image=$SHAPE -o examples/build/tiny_cnn.mlca"
 "$MLC" compile "$OUT/tiny_cnn.onnx" --target x86_64 --shape "image=$SHAPE" -o "$OUT/tiny_cnn.mlca"
+
+step "mlc inspect examples/build/tiny_cnn.mlca (what the artifact needs and holds)"
+"$MLC" inspect "$OUT/tiny_cnn.mlca"
 
 step "mlc run examples/build/tiny_cnn.mlca (the artifact) and compare with ONNX Runtime"
 mkdir -p "$OUT/artifact-out"
