@@ -20,6 +20,10 @@
 //!
 //! The transforms add and subtract, which rounds differently from the direct sum: results
 //! agree with direct convolution to a few ulps of the sum's magnitude.
+//!
+//! Every step is a plain loop kernel or [`Stmt::Matmul`], so other backends (NVPTX) take it
+//! as they take im2col + GEMM; nothing here is CPU-specific but the size gate, measured on
+//! the CPU.
 
 use super::{Cx, Fail, KernelBuilder, kernel_name};
 use crate::kernel::*;
