@@ -62,6 +62,7 @@ pub fn lower_graph(g: &Graph) -> Result<Program, LowerError> {
     let mut p = lower_graph_unfolded(g)?;
     crate::fold::fold_constant_steps(&mut p);
     drop_unused_kernels(&mut p);
+    drop_unused_consts(&mut p);
     Ok(p)
 }
 
@@ -133,6 +134,75 @@ fn drop_unused_kernels(p: &mut Program) {
     });
     for s in &mut p.steps {
         s.kernel = KernelId(remap[s.kernel.0 as usize]);
+    }
+}
+
+/// Removes the constant buffers (and their data) that no step, output or alias reads: weights
+/// a lowering replaced by a transformed copy (Winograd filters, folded steps' inputs) would
+/// otherwise still be written into every artifact. Buffers are renumbered in order.
+fn drop_unused_consts(p: &mut Program) {
+    let n = p.buffers.len();
+    let mut used = vec![false; n];
+    for s in &p.steps {
+        for a in &s.args {
+            used[a.0 as usize] = true;
+        }
+    }
+    for (_, b) in p.inputs.iter().chain(&p.outputs) {
+        used[b.0 as usize] = true;
+    }
+    // An alias keeps what it aliases (aliases may chain).
+    loop {
+        let mut changed = false;
+        for i in 0..n {
+            if let (true, BufKind::Alias(t)) = (used[i], p.buffers[i].kind)
+                && !used[t.0 as usize]
+            {
+                used[t.0 as usize] = true;
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    let drop = |i: usize| !used[i] && matches!(p.buffers[i].kind, BufKind::Const(_));
+    if !(0..n).any(drop) {
+        return;
+    }
+    let mut remap = vec![u32::MAX; n];
+    let mut buffers = Vec::with_capacity(n);
+    for i in 0..n {
+        if !drop(i) {
+            remap[i] = buffers.len() as u32;
+            buffers.push(p.buffers[i].clone());
+        }
+    }
+    // The constants still referenced, renumbered in order.
+    let mut const_map = vec![usize::MAX; p.consts.len()];
+    let mut consts = Vec::new();
+    for b in &mut buffers {
+        match &mut b.kind {
+            BufKind::Alias(t) => *t = BufId(remap[t.0 as usize]),
+            BufKind::Const(c) => {
+                if const_map[*c] == usize::MAX {
+                    const_map[*c] = consts.len();
+                    consts.push(p.consts[*c].clone());
+                }
+                *c = const_map[*c];
+            }
+            BufKind::Input(_) | BufKind::Temp => {}
+        }
+    }
+    p.buffers = buffers;
+    p.consts = consts;
+    for s in &mut p.steps {
+        for a in &mut s.args {
+            *a = BufId(remap[a.0 as usize]);
+        }
+    }
+    for (_, b) in p.inputs.iter_mut().chain(p.outputs.iter_mut()) {
+        *b = BufId(remap[b.0 as usize]);
     }
 }
 
