@@ -172,9 +172,9 @@ fn drop_unused_consts(p: &mut Program) {
     }
     let mut remap = vec![u32::MAX; n];
     let mut buffers = Vec::with_capacity(n);
-    for i in 0..n {
+    for (i, slot) in remap.iter_mut().enumerate() {
         if !drop(i) {
-            remap[i] = buffers.len() as u32;
+            *slot = buffers.len() as u32;
             buffers.push(p.buffers[i].clone());
         }
     }
