@@ -46,8 +46,8 @@ pub fn reg_ty(d: DType) -> Option<Type> {
 pub fn mem_ty(d: DType) -> Option<Type> {
     match d {
         DType::F16 | DType::BF16 => Some(types::I16),
-        // Sub-byte types are packed several to a byte.
-        d if d.is_small_int() || d == DType::F4E2M1 => None,
+        // Storage types are one code per byte, the sub-byte ones too: in memory they are not
+        // packed, so parallel stores never share a byte (`plan::mem_bytes` unpacks them).
         _ => reg_ty(d),
     }
 }
