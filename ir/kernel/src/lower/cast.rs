@@ -10,10 +10,10 @@
 //! a value narrows to a small float from its exact `f64` (round to nearest, ties to even, on
 //! the `f64` bits), to f8e8m0 from its `f32` bits, to a small int through a truncating `i32`.
 
-use super::{Fail, unsupported};
+use super::{Cx, Fail, KernelBuilder, kernel_name, loop_nest, strides, unsupported};
 use crate::kernel::*;
 use mlc_ir::ops::EwOp;
-use mlc_ir::{CastMode, DType, RoundMode};
+use mlc_ir::{CastMode, DType, Node, RoundMode};
 
 /// Whether `op` (from `from` to `to`) is a conversion this module lowers: a bit cast, or a
 /// cast with a storage type on either side.
@@ -475,6 +475,134 @@ fn e8m0_encode(b: &mut Lets, x: Expr, mode: CastMode) -> Expr {
     )
 }
 
+/// `QuantizeLinear` to a storage type and `DequantizeLinear` from one, per tensor or per
+/// channel of `axis` (not blocked), with the interpreter's precision: the quotient in the
+/// promoted type of `x / scale`, then a cast (small floats, `saturate` as given; f4e2m1 adds
+/// its zero point first) or rounding, zero point and clamping (small ints); dequantization in
+/// `f32` (`f64` for an `f64` scale), the zero point of the small floats ignored.
+pub(super) fn qdq(
+    cx: &mut Cx,
+    node: &Node,
+    axis: usize,
+    to: DType,
+    saturate: bool,
+    quantize: bool,
+) -> Result<(), Fail> {
+    let (Some(x), Some(s)) = (node.input(0), node.input(1)) else {
+        return unsupported("missing input");
+    };
+    let zp = node.input(2);
+    let xs = cx.shape(x)?;
+    let (xt, st) = (cx.dtype(x), cx.dtype(s));
+    let zt = zp.map(|z| cx.dtype(z));
+    let per_axis = cx.shape(s)?.iter().product::<usize>() > 1;
+    let storage = if quantize { to } else { xt };
+    if !storage.is_storage_only() || (per_axis && axis >= xs.len()) {
+        return unsupported("quantization of this type");
+    }
+    let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
+    let mut kb = KernelBuilder::new(kernel_name(&node.op));
+    let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+    let sp = kb.param(&cx.p, cx.buf(s)?, Access::Read);
+    let zpp = match zp {
+        Some(z) => Some(kb.param(&cx.p, cx.buf(z)?, Access::Read)),
+        None => None,
+    };
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let xst = strides(&xs);
+    let mut failure = None;
+    let body = loop_nest(&mut kb, &xs, |kb, v| {
+        let mut idx = Expr::idx(0);
+        for (d, s) in xst.iter().enumerate() {
+            idx = Expr::add_idx(idx, Expr::mul_idx(Expr::var(v[d]), *s));
+        }
+        let pidx = if per_axis {
+            Expr::var(v[axis])
+        } else {
+            Expr::idx(0)
+        };
+        let mut stmts = Vec::new();
+        let mut b = Lets {
+            var: &mut |t| kb.var(t),
+            stmts: &mut stmts,
+        };
+        let value = (|| -> Result<Expr, Fail> {
+            let mode = CastMode {
+                saturate,
+                round: RoundMode::Up,
+            };
+            // A value of type `t` as type `want` (storage values widened exactly first).
+            let as_ty = |b: &mut Lets, e: Expr, t: DType, want: DType| -> Result<Expr, Fail> {
+                convert(b, e, t, want, mode)
+            };
+            let xv = Expr::load(xp, idx.clone());
+            let sv = Expr::load(sp, pidx.clone());
+            let zv = zpp.zip(zt).map(|(p, t)| (Expr::load(p, pidx.clone()), t));
+            if !quantize {
+                let prec = if st == DType::F64 { DType::F64 } else { DType::F32 };
+                let mut d = as_ty(&mut b, xv, xt, prec)?;
+                if let (Some((z, t)), true) = (zv, xt.is_small_int()) {
+                    d = bin(BinOp::Sub, d, as_ty(&mut b, z, t, prec)?);
+                }
+                let y = bin(BinOp::Mul, d, as_ty(&mut b, sv, st, prec)?);
+                return as_ty(&mut b, y, prec, to);
+            }
+            let prec = match (xt, st) {
+                _ if xt == st => xt,
+                (DType::F64, _) | (_, DType::F64) => DType::F64,
+                _ if !xt.is_float() || !st.is_float() => DType::F64,
+                _ => DType::F32,
+            };
+            let q = bin(
+                BinOp::Div,
+                as_ty(&mut b, xv, xt, prec)?,
+                as_ty(&mut b, sv, st, prec)?,
+            );
+            if to.is_small_float() {
+                let q = match zv {
+                    Some((z, t)) if to == DType::F4E2M1 => {
+                        bin(BinOp::Add, q, as_ty(&mut b, z, t, prec)?)
+                    }
+                    _ => q,
+                };
+                return as_ty(&mut b, q, prec, to);
+            }
+            let w = to.bits().unwrap_or(8) as i64;
+            let (lo, hi) = if to.is_small_int() && matches!(to, DType::I4 | DType::I2) {
+                (-(1i64 << (w - 1)), (1i64 << (w - 1)) - 1)
+            } else {
+                (0, (1i64 << w) - 1)
+            };
+            let r = as_ty(&mut b, Expr::un(UnOp::Round, q), prec, DType::F64)?;
+            let r = match zv {
+                Some((z, t)) => bin(BinOp::Add, r, as_ty(&mut b, z, t, DType::F64)?),
+                None => r,
+            };
+            let c = bin(
+                BinOp::Min,
+                bin(BinOp::Max, r, Expr::float(DType::F64, lo as f64)),
+                Expr::float(DType::F64, hi as f64),
+            );
+            Ok(bits(to, Expr::cast(DType::I64, c)))
+        })();
+        match value {
+            Ok(value) => stmts.push(Stmt::Store {
+                param: op_,
+                index: idx,
+                value,
+            }),
+            Err(f) => failure = Some(f),
+        }
+        stmts
+    });
+    if let Some(f) = failure {
+        return Err(f);
+    }
+    kb.k.body = body;
+    cx.launch(kb, node);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     //! Every conversion against the interpreter, bit for bit, on every code of each storage
@@ -691,6 +819,74 @@ mod tests {
                 .expect("ints");
             for to in STORAGE {
                 check(&cast(to), &x, to);
+            }
+        }
+    }
+
+    /// Runs `src` (inputs `xs`) through the interpreter and the lowered kernels; the outputs
+    /// must match bit for bit (NaNs of any payload equal).
+    fn check_graph(src: &str, xs: &[Tensor]) {
+        let g = parse_graph(src).unwrap_or_else(|e| panic!("bad graph {src}: {e}"));
+        let named: Vec<(String, Tensor)> = g
+            .inputs
+            .iter()
+            .zip(xs)
+            .map(|(p, t)| (p.name.clone(), t.clone()))
+            .collect();
+        let want = mlc_interp::run(&g, &named).unwrap_or_else(|e| panic!("{src}: {e}"));
+        let prog = lower_graph_unfolded(&g).unwrap_or_else(|e| panic!("lowering {src}: {e}"));
+        let got = run_program(&prog, xs).unwrap_or_else(|e| panic!("evaluating {src}: {e}"));
+        let (a, b) = (want[0].to_f64_vec().unwrap(), got[0].to_f64_vec().unwrap());
+        let same = want[0].to_le_bytes().ok() == got[0].to_le_bytes().ok()
+            || (want[0].dtype().is_float()
+                && a.iter()
+                    .zip(&b)
+                    .all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan())));
+        assert!(same, "{src}\n{a:?}\n{b:?}\n{}", print_program(&prog));
+    }
+
+    #[test]
+    fn quantize_and_dequantize_storage_types() {
+        let v = probe_values();
+        let n = v.len() / 3 * 3;
+        let x = Tensor::from_vec(&[n / 3, 3], v[..n].to_vec()).expect("x");
+        let scale = Tensor::from_vec(&[3], vec![0.5f32, 3.0, 0.0625]).expect("scale");
+        let s1 = Tensor::from_vec(&[], vec![0.75f32]).expect("scale");
+        for to in STORAGE {
+            let zp = Tensor::from_vec(&[3], vec![1i64, 0, -1])
+                .and_then(|t| t.cast(DType::F32))
+                .and_then(|t| t.cast(to))
+                .expect("zp");
+            for xt in [DType::F32, DType::F16] {
+                let xq = x.cast(xt).expect("x");
+                let (t, r) = (to.name(), n / 3);
+                let sat = if to == DType::F4E2M1 || !to.is_small_float() { "" } else { ",\"saturate\":false" };
+                let src = format!(
+                    "graph (%0: {}[{r},3] \"x\", %1: f32[3] \"s\", %2: {t}[3] \"z\") -> (%3 \"y\") {{\n  %3 = quant.quantize {{\"axis\":1,\"block_size\":0,\"to\":\"{t}\"{sat}}} (%0, %1, %2) : {t}[{r},3]\n}}",
+                    xt.name()
+                );
+                check_graph(&src, &[xq.clone(), scale.clone(), zp.clone()]);
+                let src = format!(
+                    "graph (%0: {}[{r},3] \"x\", %1: f32[] \"s\") -> (%2 \"y\") {{\n  %2 = quant.quantize {{\"axis\":1,\"block_size\":0,\"to\":\"{t}\"}} (%0, %1) : {t}[{r},3]\n}}",
+                    xt.name()
+                );
+                check_graph(&src, &[xq, s1.clone()]);
+            }
+            let q = all_codes(to);
+            let m = q.len();
+            let zp = if to.is_small_float() { Tensor::from_vec(&[], vec![0.0f32]).and_then(|t| t.cast(to)) } else { Tensor::from_vec(&[], vec![1i64]).and_then(|t| t.cast(to)) }.expect("zp");
+            let t = to.name();
+            let src = format!(
+                "graph (%0: {t}[{m}] \"x\", %1: f32[] \"s\", %2: {t}[] \"z\") -> (%3 \"y\") {{\n  %3 = quant.dequantize {{\"axis\":0,\"block_size\":0,\"to\":\"f32\"}} (%0, %1, %2) : f32[{m}]\n}}"
+            );
+            if to == DType::F8E8M0 {
+                // No zero point: f8e8m0 has no zero.
+                let src = format!(
+                    "graph (%0: {t}[{m}] \"x\", %1: f32[] \"s\") -> (%2 \"y\") {{\n  %2 = quant.dequantize {{\"axis\":0,\"block_size\":0,\"to\":\"f32\"}} (%0, %1) : f32[{m}]\n}}"
+                );
+                check_graph(&src, &[q, s1.clone()]);
+            } else {
+                check_graph(&src, &[q, s1.clone(), zp]);
             }
         }
     }
