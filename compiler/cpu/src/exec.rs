@@ -79,9 +79,11 @@ impl CompiledProgram {
             .zip(outs)
             .map(|(io, b)| {
                 let buf = self.prog.buffer(mlc_kir::BufId(io.buffer as u32));
-                crate::plan::from_mem_bytes(buf.dtype, &buf.shape, &b).map_err(|e| RunError::Output {
-                    name: io.name.clone(),
-                    message: e.to_string(),
+                crate::plan::from_mem_bytes(buf.dtype, &buf.shape, &b).map_err(|e| {
+                    RunError::Output {
+                        name: io.name.clone(),
+                        message: e.to_string(),
+                    }
                 })
             })
             .collect()

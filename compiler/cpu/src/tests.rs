@@ -348,7 +348,15 @@ fn casts() {
 #[test]
 fn storage_type_casts() {
     let storage = [
-        "f8e4m3fn", "f8e4m3fnuz", "f8e5m2", "f8e5m2fnuz", "f8e8m0", "f4e2m1", "i4", "u4", "i2",
+        "f8e4m3fn",
+        "f8e4m3fnuz",
+        "f8e5m2",
+        "f8e5m2fnuz",
+        "f8e8m0",
+        "f4e2m1",
+        "i4",
+        "u4",
+        "i2",
         "u2",
     ];
     let ordinary = ["f32", "f64", "f16", "i8", "u8", "i32", "u64", "bool"];
@@ -358,9 +366,19 @@ fn storage_type_casts() {
         let bytes: Vec<u8> = (0..=255u8).collect();
         Tensor::from_le_bytes(t, &[256 * 8 / bits], &bytes).expect("codes")
     };
-    let mut probe: Vec<f64> = vec![0.0, -0.0, f64::NAN, f64::INFINITY, -f64::INFINITY, 1e9, -3e5];
+    let mut probe: Vec<f64> = vec![
+        0.0,
+        -0.0,
+        f64::NAN,
+        f64::INFINITY,
+        -f64::INFINITY,
+        1e9,
+        -3e5,
+    ];
     for e in -20..18 {
-        for m in [1.0, 1.0625, 1.125, 1.1875, 1.25, 1.375, 1.5, 1.625, 1.75, 1.875, 1.9375] {
+        for m in [
+            1.0, 1.0625, 1.125, 1.1875, 1.25, 1.375, 1.5, 1.625, 1.75, 1.875, 1.9375,
+        ] {
             probe.extend([m * 2f64.powi(e), -m * 2f64.powi(e)]);
         }
     }
@@ -378,13 +396,21 @@ fn storage_type_casts() {
             let c = CompiledProgram::with_options(&prog, opts)
                 .unwrap_or_else(|e| panic!("compiling {src}: {e}\n{}", print_program(&prog)));
             for threads in [1, 2] {
-                let got = c.run(std::slice::from_ref(x), threads).expect("compiled run");
+                let got = c
+                    .run(std::slice::from_ref(x), threads)
+                    .expect("compiled run");
                 let same = if want[0].dtype().is_storage_only() {
                     want[0].to_le_bytes().ok() == got[0].to_le_bytes().ok()
                 } else {
                     compare(&want, &got, 0.0).is_ok()
                 };
-                assert!(same, "{src}: {:?} vs {:?}\n{}", want[0], got[0], print_program(&prog));
+                assert!(
+                    same,
+                    "{src}: {:?} vs {:?}\n{}",
+                    want[0],
+                    got[0],
+                    print_program(&prog)
+                );
             }
         }
     };
@@ -400,7 +426,9 @@ fn storage_type_casts() {
         }
     }
     for from in ["f32", "f64", "f16", "i32"] {
-        let x = probe.cast(DType::from_name(from).expect("dtype")).expect("probe");
+        let x = probe
+            .cast(DType::from_name(from).expect("dtype"))
+            .expect("probe");
         for to in storage {
             run(&cast(from, x.len(), to), &x);
         }
@@ -433,11 +461,18 @@ fn storage_type_casts() {
     );
     assert_eq!(run_count(&fused), 1, "one fused kernel");
     run(&fused, &probe32);
-    for (from, to) in [("f32", "i32"), ("i32", "f32"), ("f64", "u64"), ("f8e5m2", "u8")] {
+    for (from, to) in [
+        ("f32", "i32"),
+        ("i32", "f32"),
+        ("f64", "u64"),
+        ("f8e5m2", "u8"),
+    ] {
         let x = if from == "f8e5m2" {
             codes(DType::F8E5M2)
         } else {
-            probe.cast(DType::from_name(from).expect("dtype")).expect("probe")
+            probe
+                .cast(DType::from_name(from).expect("dtype"))
+                .expect("probe")
         };
         let n = x.len();
         run(

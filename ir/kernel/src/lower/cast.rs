@@ -219,11 +219,7 @@ fn widen(b: &mut Lets, x: Expr, from: DType) -> Result<(Expr, DType), Fail> {
             i32_(0x40_0000),
             bin(BinOp::Shl, c.clone(), i32_(23)),
         );
-        let v = Expr::select(
-            bin(BinOp::Eq, c, i32_(0xff)),
-            nan,
-            bits(DType::F32, f),
-        );
+        let v = Expr::select(bin(BinOp::Eq, c, i32_(0xff)), nan, bits(DType::F32, f));
         return Ok((v, DType::F32));
     }
     let Some(f) = fmt(from) else {
@@ -233,7 +229,10 @@ fn widen(b: &mut Lets, x: Expr, from: DType) -> Result<(Expr, DType), Fail> {
     let man = f.man as i64;
     let mag = b.bind(DType::I32, bin(BinOp::And, c.clone(), i32_(sb - 1)));
     let e = b.bind(DType::I32, bin(BinOp::Shr, mag.clone(), i32_(man)));
-    let m = b.bind(DType::I32, bin(BinOp::And, mag.clone(), i32_((1 << man) - 1)));
+    let m = b.bind(
+        DType::I32,
+        bin(BinOp::And, mag.clone(), i32_((1 << man) - 1)),
+    );
     let normal = bin(
         BinOp::Or,
         bin(
@@ -362,11 +361,7 @@ fn encode(b: &mut Lets, x: Expr, f: Fmt, saturate: bool) -> Expr {
         bin(
             BinOp::And,
             sig,
-            bin(
-                BinOp::Sub,
-                bin(BinOp::Shl, i64_(1), shift.clone()),
-                i64_(1),
-            ),
+            bin(BinOp::Sub, bin(BinOp::Shl, i64_(1), shift.clone()), i64_(1)),
         ),
     );
     let half = b.bind(
@@ -439,17 +434,10 @@ fn encode(b: &mut Lets, x: Expr, f: Fmt, saturate: bool) -> Expr {
 /// ONNX's f8e8m0 code (as `i64`) of the `f32` value `x`: its exponent field, rounded by
 /// `mode.round` on the mantissa; NaN and infinities give NaN (0xff).
 fn e8m0_encode(b: &mut Lets, x: Expr, mode: CastMode) -> Expr {
-    let u = b.bind(
-        DType::I64,
-        Expr::cast(DType::I64, bits(DType::U32, x)),
-    );
+    let u = b.bind(DType::I64, Expr::cast(DType::I64, bits(DType::U32, x)));
     let exp = b.bind(
         DType::I64,
-        bin(
-            BinOp::And,
-            bin(BinOp::Shr, u.clone(), i64_(23)),
-            i64_(0xff),
-        ),
+        bin(BinOp::And, bin(BinOp::Shr, u.clone(), i64_(23)), i64_(0xff)),
     );
     let nz = |mask: i64| bin(BinOp::Ne, bin(BinOp::And, u.clone(), i64_(mask)), i64_(0));
     let mut up = match mode.round {
@@ -539,7 +527,11 @@ pub(super) fn qdq(
             let sv = Expr::load(sp, pidx.clone());
             let zv = zpp.zip(zt).map(|(p, t)| (Expr::load(p, pidx.clone()), t));
             if !quantize {
-                let prec = if st == DType::F64 { DType::F64 } else { DType::F32 };
+                let prec = if st == DType::F64 {
+                    DType::F64
+                } else {
+                    DType::F32
+                };
                 let mut d = as_ty(&mut b, xv, xt, prec)?;
                 if let (Some((z, t)), true) = (zv, xt.is_small_int()) {
                     d = bin(BinOp::Sub, d, as_ty(&mut b, z, t, prec)?);
@@ -722,7 +714,10 @@ mod tests {
         }
         let got = run_program(&prog, std::slice::from_ref(x))
             .unwrap_or_else(|e| panic!("evaluation of {src}: {e}"));
-        let (w, g_) = (want[0].to_le_bytes().unwrap(), got[0].to_le_bytes().unwrap());
+        let (w, g_) = (
+            want[0].to_le_bytes().unwrap(),
+            got[0].to_le_bytes().unwrap(),
+        );
         // The evaluator holds f32 values in f64s, which may quiet a signalling NaN: floats
         // compare as values there, every NaN equal.
         let same = if to.is_float() {
@@ -798,7 +793,10 @@ mod tests {
     #[test]
     fn half_bit_patterns_to_storage() {
         // Every 7th pattern, and the specials: NaNs, infinities, subnormals, ties.
-        let pats: Vec<u16> = (0..=u16::MAX).step_by(7).chain([0x7c00, 0xfc00, 0x7e00, 0x0001, 0x8001, 0x7f80, 0xff80]).collect();
+        let pats: Vec<u16> = (0..=u16::MAX)
+            .step_by(7)
+            .chain([0x7c00, 0xfc00, 0x7e00, 0x0001, 0x8001, 0x7f80, 0xff80])
+            .collect();
         let bytes: Vec<u8> = pats.iter().flat_map(|p| p.to_le_bytes()).collect();
         for from in [DType::F16, DType::BF16] {
             let x = Tensor::from_le_bytes(from, &[pats.len()], &bytes).expect("halves");
@@ -813,7 +811,15 @@ mod tests {
         let v: Vec<i64> = (-300..300)
             .chain([i64::MIN, i64::MAX, i32::MIN as i64, u32::MAX as i64])
             .collect();
-        for from in [DType::I8, DType::U8, DType::I32, DType::U32, DType::I64, DType::U64, DType::Bool] {
+        for from in [
+            DType::I8,
+            DType::U8,
+            DType::I32,
+            DType::U32,
+            DType::I64,
+            DType::U64,
+            DType::Bool,
+        ] {
             let x = Tensor::from_vec(&[v.len()], v.clone())
                 .and_then(|t| t.cast(from))
                 .expect("ints");
@@ -860,7 +866,11 @@ mod tests {
             for xt in [DType::F32, DType::F16] {
                 let xq = x.cast(xt).expect("x");
                 let (t, r) = (to.name(), n / 3);
-                let sat = if to == DType::F4E2M1 || !to.is_small_float() { "" } else { ",\"saturate\":false" };
+                let sat = if to == DType::F4E2M1 || !to.is_small_float() {
+                    ""
+                } else {
+                    ",\"saturate\":false"
+                };
                 let src = format!(
                     "graph (%0: {}[{r},3] \"x\", %1: f32[3] \"s\", %2: {t}[3] \"z\") -> (%3 \"y\") {{\n  %3 = quant.quantize {{\"axis\":1,\"block_size\":0,\"to\":\"{t}\"{sat}}} (%0, %1, %2) : {t}[{r},3]\n}}",
                     xt.name()
@@ -874,7 +884,12 @@ mod tests {
             }
             let q = all_codes(to);
             let m = q.len();
-            let zp = if to.is_small_float() { Tensor::from_vec(&[], vec![0.0f32]).and_then(|t| t.cast(to)) } else { Tensor::from_vec(&[], vec![1i64]).and_then(|t| t.cast(to)) }.expect("zp");
+            let zp = if to.is_small_float() {
+                Tensor::from_vec(&[], vec![0.0f32]).and_then(|t| t.cast(to))
+            } else {
+                Tensor::from_vec(&[], vec![1i64]).and_then(|t| t.cast(to))
+            }
+            .expect("zp");
             let t = to.name();
             let src = format!(
                 "graph (%0: {t}[{m}] \"x\", %1: f32[] \"s\", %2: {t}[] \"z\") -> (%3 \"y\") {{\n  %3 = quant.dequantize {{\"axis\":0,\"block_size\":0,\"to\":\"f32\"}} (%0, %1, %2) : f32[{m}]\n}}"
