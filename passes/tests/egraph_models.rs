@@ -3,7 +3,8 @@
 //! graphs compute what the imported ones compute. Prints the per-model table of imported nodes against kernels:
 //! `cargo test --release -p mlc-passes --test egraph_models -- --nocapture`.
 
-use mlc_ir::{Graph, Tensor, print_graph, verify};
+use mlc_ir::ops::{NnOp, QuantOp};
+use mlc_ir::{Graph, Op, Tensor, print_graph, verify};
 use mlc_passes::egraph::convert::{from_expr, to_expr};
 use mlc_passes::egraph::{Options, optimize};
 use mlc_passes::simplify;
@@ -181,6 +182,14 @@ fn dev_models_optimize_within_budget_and_agree() {
             "{file}: optimizing took {elapsed:?}"
         );
         assert!(report.kernels_after <= report.kernels_before, "{file}");
+        // Fusion may move a contraction into a composite but never copy it into a second one
+        // (which would compute it twice).
+        assert!(
+            contractions(&opt) <= contractions(&g),
+            "{file}: {} contractions after optimizing, {} before",
+            contractions(&opt),
+            contractions(&g)
+        );
         let (again, _) = optimize(g.clone(), &Options::default()).expect("optimized once");
         assert!(
             print_graph(&again) == print_graph(&opt),
@@ -194,4 +203,19 @@ fn dev_models_optimize_within_budget_and_agree() {
         }
     }
     eprintln!("{}", table.join("\n"));
+}
+
+/// Contractions in a graph, composite bodies included.
+fn contractions(g: &Graph) -> usize {
+    g.nodes
+        .iter()
+        .map(|n| {
+            let own = matches!(
+                n.op,
+                Op::Nn(NnOp::Matmul | NnOp::Gemm { .. } | NnOp::Conv { .. })
+                    | Op::Quant(QuantOp::MatMulInteger | QuantOp::ConvInteger(_))
+            );
+            usize::from(own) + n.regions.iter().map(contractions).sum::<usize>()
+        })
+        .sum()
 }

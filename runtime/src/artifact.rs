@@ -64,11 +64,18 @@ struct SectionEntry {
 /// Why an artifact could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
-    #[error("{path}: {source}")]
+    /// (The I/O error is in the message and not marked as the source, so printers that walk
+    /// the source chain do not repeat it.)
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
+    },
+    /// A file's contents are not a valid artifact: `error` says why.
+    #[error("{}: {error}", path.display())]
+    File {
+        path: PathBuf,
+        error: Box<ArtifactError>,
     },
     #[error("not an mlc artifact (the file does not start with \"MLCA\")")]
     BadMagic,
@@ -229,18 +236,21 @@ impl Artifact {
 
     pub fn write(&self, path: &Path) -> Result<(), ArtifactError> {
         let bytes = self.to_bytes()?;
-        std::fs::write(path, bytes).map_err(|source| ArtifactError::Io {
+        std::fs::write(path, bytes).map_err(|error| ArtifactError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })
     }
 
     pub fn read(path: &Path) -> Result<Artifact, ArtifactError> {
-        let bytes = std::fs::read(path).map_err(|source| ArtifactError::Io {
+        let bytes = std::fs::read(path).map_err(|error| ArtifactError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
-        Artifact::from_bytes(&bytes)
+        Artifact::from_bytes(&bytes).map_err(|error| ArtifactError::File {
+            path: path.to_path_buf(),
+            error: Box::new(error),
+        })
     }
 }
 

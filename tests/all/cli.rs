@@ -353,7 +353,10 @@ fn truncated_and_random_models_fail_cleanly() {
         r.assert_error(&["bad.onnx"]);
     }
     let c = Case::new("no-model", &[]);
-    c.run("absent.onnx", &[]).assert_error(&["absent.onnx"]);
+    let r = c.run("absent.onnx", &[]);
+    r.assert_error(&["absent.onnx"]);
+    // The I/O error once, not again as its own cause.
+    assert_eq!(r.stderr.matches("os error").count(), 1, "{}", r.stderr);
 }
 
 #[test]
@@ -532,6 +535,23 @@ fn cpu_artifacts_compile_run_bench_and_fail_cleanly() {
         std::fs::read(&art).expect("artifact"),
         "artifact bytes differ"
     );
+    // `mlc inspect` describes the artifact: target, needs, ports, kernels.
+    let r = mlc(&[&"inspect", &art]);
+    r.assert_success();
+    for needle in ["x86_64-linux", "ABI", "CPU features", "f32[2]", "kernels:"] {
+        assert!(r.stdout.contains(needle), "{needle}: {}", r.stdout);
+    }
+    let r = mlc(&[&"inspect", &art, &"--json"]);
+    r.assert_success();
+    let j: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+    assert_eq!(j["target"], "x86_64-linux", "{j}");
+    assert_eq!(j["inputs"].as_array().map(Vec::len), Some(2), "{j}");
+    assert!(j["kernels"].as_u64().is_some_and(|k| k >= 1), "{j}");
+    assert_eq!(
+        j["cpu"]["missing_features"].as_array().map(Vec::len),
+        Some(0),
+        "{j}"
+    );
     // `mlc run` executes the artifact; outputs as for the model.
     let r = c.run("m.mlca", &["x=x.npy", "z=z.npy"]);
     r.assert_success();
@@ -561,7 +581,16 @@ fn cpu_artifacts_compile_run_bench_and_fail_cleanly() {
     // A truncated artifact and one for a GPU are clear errors.
     std::fs::write(c.p("cut.mlca"), &first[..first.len() / 2]).expect("write");
     c.run("cut.mlca", &["x=x.npy", "z=z.npy"])
-        .assert_error(&["truncated"]);
+        .assert_error(&["cut.mlca", "truncated"]);
+    // Random bytes named like an artifact are a bad artifact, not a bad ONNX file; a missing
+    // one says so once.
+    std::fs::write(c.p("noise.mlca"), xorshift_bytes(7, 300)).expect("write");
+    c.run("noise.mlca", &["x=x.npy"])
+        .assert_error(&["noise.mlca", "not an mlc artifact"]);
+    mlc(&[&"inspect", &c.p("noise.mlca")]).assert_error(&["noise.mlca", "not an mlc artifact"]);
+    let r = c.run("absent.mlca", &[]);
+    r.assert_error(&["absent.mlca"]);
+    assert_eq!(r.stderr.matches("os error").count(), 1, "{}", r.stderr);
 }
 
 /// `mlc compile --explain [--json]` reports the optimizer's work without compiling; `-O0`
@@ -601,6 +630,8 @@ fn compile_explains_and_opt_levels_agree() {
     assert_eq!(opt["kernels"][0]["name"], "relu+add+tanh", "{v}");
     assert_eq!(opt["phases"][0]["stop"], "saturated", "{v}");
     assert_eq!(v["kir_launches"].as_u64(), Some(1), "{v}");
+    // The CPU backend's epilogue fusions are in the JSON too (none here: no contraction).
+    assert_eq!(v["cpu_epilogues"]["tails"].as_u64(), Some(0), "{v}");
     // -O0 explains an unoptimized graph: three kernels.
     let r = mlc(&[&"compile", &m, &"-O0", &"--explain", &"--json"]);
     r.assert_success();

@@ -99,13 +99,27 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
     since = Instant::now();
     if args.explain.explain {
         let mut text = crate::optimize::explain(&report, &program, args.explain.json)?;
-        if matches!(target, Target::Cpu) && !args.explain.json {
+        if matches!(target, Target::Cpu) {
             // The CPU backend's own kernel-IR passes, run before code generation.
             let (_, f) = mlc_cpu::requant::fuse_epilogues(&program);
-            text.push_str(&format!(
-                "CPU epilogues: {} requantizing and {} elementwise tails fused into contractions\n",
-                f.requant, f.tails
-            ));
+            if args.explain.json {
+                let mut v: serde_json::Value =
+                    serde_json::from_str(&text).context("cannot read back the explanation")?;
+                if let Some(o) = v.as_object_mut() {
+                    o.insert(
+                        "cpu_epilogues".into(),
+                        serde_json::json!({"requant": f.requant, "tails": f.tails}),
+                    );
+                }
+                text =
+                    serde_json::to_string_pretty(&v).context("cannot serialize the explanation")?;
+                text.push('\n');
+            } else {
+                text.push_str(&format!(
+                    "CPU epilogues: {} requantizing and {} elementwise tails fused into contractions\n",
+                    f.requant, f.tails
+                ));
+            }
         }
         return crate::print_stdout(&text);
     }

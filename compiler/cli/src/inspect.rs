@@ -10,7 +10,8 @@ use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The ONNX model (.onnx; external data is read from beside it).
+    /// The ONNX model (.onnx; external data is read from beside it), or a compiled artifact
+    /// (.mlca: its target, needs, inputs, outputs and kernels).
     pub model: PathBuf,
     /// Print one JSON object instead of text, for scripts.
     #[arg(long)]
@@ -18,6 +19,9 @@ pub struct Args {
 }
 
 pub fn main(args: &Args) -> anyhow::Result<()> {
+    if crate::pipeline::is_artifact(&args.model) {
+        return crate::inspect_artifact::main(&args.model, args.json);
+    }
     let info = mlc_onnx::inspect(&args.model)?;
     let text = if args.json {
         let mut s = serde_json::to_string_pretty(&info)

@@ -8,6 +8,7 @@
 mod bench;
 mod compile;
 mod inspect;
+mod inspect_artifact;
 mod opt;
 mod optimize;
 mod pipeline;
@@ -47,7 +48,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Describe a model: inputs and outputs with dtypes and shapes, opsets, op histogram,
-    /// parameter count, and every unsupported op with the nodes that use it.
+    /// parameter count, and every unsupported op with the nodes that use it; or an artifact
+    /// (.mlca): target, ABI, CPU features, inputs, outputs, kernels.
     Inspect(inspect::Args),
     /// Run a model (.onnx, compiled on the fly) or a CPU artifact (.mlca); write
     /// DIR/<output>.npy for every output. --reference runs the reference interpreter.

@@ -120,9 +120,13 @@ pub fn compile_cpu(
     Ok(art)
 }
 
-/// Whether `path` is an mlc artifact (by its magic, not its name).
+/// Whether `path` is an mlc artifact: by its magic, or by its `.mlca` name (so that a damaged
+/// artifact gets the artifact loader's error, not an ONNX decoding error).
 pub fn is_artifact(path: &Path) -> bool {
     use std::io::Read;
+    if path.extension().is_some_and(|e| e == "mlca") {
+        return true;
+    }
     let mut magic = [0u8; 4];
     std::fs::File::open(path)
         .and_then(|mut f| f.read_exact(&mut magic))

@@ -530,7 +530,8 @@ impl ByteVal<'_> {
     fn ops(&self, dst: ParamId, at: &Expr, ops: &mut HashSet<BinOp>, foreign: &mut bool) {
         match self {
             ByteVal::Load(p, i, _) => *foreign |= *p == dst && *i != at,
-            ByteVal::Uniform(_) => {}
+            // Computed once before the loop: it must not read what the loop writes.
+            ByteVal::Uniform(e) => e.for_each_load(&mut |p, _| *foreign |= p == dst),
             ByteVal::Bin(op, a, b) => {
                 ops.insert(*op);
                 a.ops(dst, at, ops, foreign);
@@ -542,7 +543,11 @@ impl ByteVal<'_> {
     fn reads(&self, p: ParamId) -> bool {
         match self {
             ByteVal::Load(q, _, _) => *q == p,
-            ByteVal::Uniform(_) => false,
+            ByteVal::Uniform(e) => {
+                let mut r = false;
+                e.for_each_load(&mut |q, _| r |= q == p);
+                r
+            }
             ByteVal::Bin(_, a, b) => a.reads(p) || b.reads(p),
         }
     }
@@ -559,6 +564,12 @@ fn byte_val<'a>(
         return None;
     }
     match e {
+        Expr::Load { param, index }
+            if k.params[param.0 as usize].dtype == ty && !uses_var(index, counter) =>
+        {
+            // A load at an index the counter does not change (a zero point as the fill).
+            (a.class(e) == Some(Class::Uniform)).then_some(ByteVal::Uniform(e))
+        }
         Expr::Load { param, index } if k.params[param.0 as usize].dtype == ty => {
             let stride = match a.class(index)? {
                 Class::Affine(s @ (1 | 2)) => s,
@@ -571,7 +582,7 @@ fn byte_val<'a>(
             Box::new(byte_val(k, a, counter, ty, x)?),
             Box::new(byte_val(k, a, counter, ty, y)?),
         )),
-        v if !uses_var(v, counter) && !contains_load(v) && a.class(v) == Some(Class::Uniform) => {
+        v if !uses_var(v, counter) && a.class(v) == Some(Class::Uniform) => {
             Some(ByteVal::Uniform(v))
         }
         _ => None,

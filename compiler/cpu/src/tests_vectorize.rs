@@ -103,10 +103,8 @@ fn byte_copies_and_fills_run_sixteen_at_a_time_and_stay_exact() {
 }"#,
         0.0,
     );
-    assert!(
-        text.contains("pad_planes") && text.contains("im2col"),
-        "{text}"
-    );
+    // (Stride 1 reads the unpadded planes: the zero point fills the edges in `im2col`.)
+    assert!(text.contains("im2col"), "{text}");
     crate::tests::check(
         r#"graph (%0: u8[3,9] "a", %1: u8[3,40] "b") -> (%2 "c") {
   %2 = movement.concat {"axis":1} (%0, %1) : u8[3,49]

@@ -26,10 +26,12 @@ impl UnsupportedOp {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
-    #[error("{}: cannot read the file: {source}", path.display())]
+    /// (`error` is not marked as the source: the message already holds it, and printers that
+    /// walk the source chain would repeat it.)
+    #[error("{}: cannot read the file: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{}: not a valid ONNX file: {reason}", path.display())]
     Decode { path: PathBuf, reason: String },

@@ -46,9 +46,9 @@ pub struct ModelInfo {
 
 /// Describes the model at `path`.
 pub fn inspect(path: &Path) -> Result<ModelInfo, ImportError> {
-    let bytes = std::fs::read(path).map_err(|source| ImportError::Io {
+    let bytes = std::fs::read(path).map_err(|error| ImportError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     let model = import::decode_model(path, &bytes)?;
     let g = model.graph.as_ref().ok_or_else(|| ImportError::Decode {

@@ -23,9 +23,9 @@ pub use inspect::{ModelInfo, PortInfo, inspect};
 use std::path::Path;
 
 fn read(path: &Path) -> Result<Vec<u8>, ImportError> {
-    std::fs::read(path).map_err(|source| ImportError::Io {
+    std::fs::read(path).map_err(|error| ImportError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 

@@ -356,11 +356,7 @@ fn pad_planes_with(
     let xpad = cx.p.add_buffer(ty, vec![planes, ph, pw], BufKind::Temp);
     let mut kb = KernelBuilder::new("pad_planes");
     let xp = kb.param(&cx.p, xb, Access::Read);
-    let fill = match fill {
-        Fill::Buffer(b) => Expr::load(kb.param(&cx.p, b, Access::Read), Expr::idx(0)),
-        Fill::Value(v) if ty.is_float() => Expr::float(ty, v),
-        Fill::Value(v) => Expr::Lit(Lit::Int(ty, v as i64)),
-    };
+    let fill = fill.expr(cx, &mut kb, ty);
     let pp = kb.param(&cx.p, xpad, Access::Write);
     let (nc, i, y, xx) = (
         kb.var(DType::I64),
@@ -451,6 +447,17 @@ enum Fill {
     Buffer(BufId),
 }
 
+impl Fill {
+    /// The fill as a kernel expression of `ty` (a buffer becomes a parameter of `kb`).
+    fn expr(self, cx: &Cx, kb: &mut KernelBuilder, ty: DType) -> Expr {
+        match self {
+            Fill::Buffer(b) => Expr::load(kb.param(&cx.p, b, Access::Read), Expr::idx(0)),
+            Fill::Value(v) if ty.is_float() => Expr::float(ty, v),
+            Fill::Value(v) => Expr::Lit(Lit::Int(ty, v as i64)),
+        }
+    }
+}
+
 /// [`pad_planes_with`] zeros.
 #[allow(clippy::too_many_arguments)]
 fn pad_planes(
@@ -477,15 +484,14 @@ fn max_pool_2d(
     xs: &[usize],
 ) -> Result<(), Fail> {
     let ty = cx.dtype(x);
-    // The value no element is below: padding and the running maximum's start.
-    let (lowest, fill) = if ty.is_float() {
-        (Expr::float(ty, f64::NEG_INFINITY), f64::NEG_INFINITY)
+    // The value no element is below: what padding reads as.
+    let fill = if ty.is_float() {
+        f64::NEG_INFINITY
     } else {
-        let lo = super::reduce::min_of(ty);
-        let Expr::Lit(Lit::Int(_, v)) = lo else {
+        let Expr::Lit(Lit::Int(_, v)) = super::reduce::min_of(ty) else {
             return unsupported(format!("max pooling on {}", ty.name()));
         };
-        (lo, v as f64)
+        v as f64
     };
     let planes = xs[0] * xs[1];
     let (ih, iw) = (xs[2], xs[3]);
@@ -504,15 +510,64 @@ fn max_pool_2d(
         (ph, pw),
     );
     let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
+    // Separably, per output row: the maximum down the window's rows, across the whole padded
+    // row (unit-stride loads), into one row per plane; then the maximum along that row (loads
+    // at the stride). Each tap is loaded once per row pass instead of the output row being
+    // read and written once per tap.
+    let cols = cx.p.add_buffer(ty, vec![planes, pw], BufKind::Temp);
     let mut kb = KernelBuilder::new(format!("{}_rows", kernel_name(&node.op)));
     let xp = kb.param(&cx.p, src, Access::Read);
-    let op_ = kb.param(&cx.p, out, Access::ReadWrite);
-    let (pv, y, ky, kx, xo) = (
+    let cp = kb.param(&cx.p, cols, Access::ReadWrite);
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let (pv, y, xi, xo) = (
         kb.var(DType::I64),
         kb.var(DType::I64),
         kb.var(DType::I64),
         kb.var(DType::I64),
-        kb.var(DType::I64),
+    );
+    let fold = |mut taps: Vec<Expr>| {
+        let mut acc = taps.remove(0);
+        for t in taps {
+            acc = Expr::bin(BinOp::Max, acc, t);
+        }
+        acc
+    };
+    let down = fold(
+        (0..kh)
+            .map(|ky| {
+                let r = Expr::add_idx(
+                    Expr::mul_idx(Expr::var(y), g.stride[0] as i64),
+                    Expr::idx((ky * g.dil[0]) as i64),
+                );
+                Expr::load(
+                    xp,
+                    Expr::add_idx(
+                        Expr::add_idx(
+                            Expr::mul_idx(Expr::var(pv), (ph * pw) as i64),
+                            Expr::mul_idx(r, pw as i64),
+                        ),
+                        Expr::var(xi),
+                    ),
+                )
+            })
+            .collect(),
+    );
+    let row = Expr::mul_idx(Expr::var(pv), pw as i64);
+    let across = fold(
+        (0..kw)
+            .map(|kx| {
+                Expr::load(
+                    cp,
+                    Expr::add_idx(
+                        row.clone(),
+                        Expr::add_idx(
+                            Expr::mul_idx(Expr::var(xo), g.stride[1] as i64),
+                            Expr::idx((kx * g.dil[1]) as i64),
+                        ),
+                    ),
+                )
+            })
+            .collect(),
     );
     let dst = Expr::add_idx(
         Expr::add_idx(
@@ -521,54 +576,31 @@ fn max_pool_2d(
         ),
         Expr::var(xo),
     );
-    let init = lp(
+    let mut body = lp(
+        xi,
+        pw,
+        LoopKind::Vector,
+        vec![Stmt::Store {
+            param: cp,
+            index: Expr::add_idx(row.clone(), Expr::var(xi)),
+            value: down,
+        }],
+    );
+    body.extend(lp(
         xo,
         ow,
         LoopKind::Vector,
         vec![Stmt::Store {
             param: op_,
-            index: dst.clone(),
-            value: lowest,
+            index: dst,
+            value: across,
         }],
-    );
-    let from = Expr::add_idx(
-        Expr::add_idx(
-            Expr::mul_idx(Expr::var(pv), (ph * pw) as i64),
-            Expr::mul_idx(
-                Expr::add_idx(
-                    Expr::mul_idx(Expr::var(y), g.stride[0] as i64),
-                    Expr::mul_idx(Expr::var(ky), g.dil[0] as i64),
-                ),
-                pw as i64,
-            ),
-        ),
-        Expr::add_idx(
-            Expr::mul_idx(Expr::var(xo), g.stride[1] as i64),
-            Expr::mul_idx(Expr::var(kx), g.dil[1] as i64),
-        ),
-    );
-    let tap = lp(
-        xo,
-        ow,
-        LoopKind::Vector,
-        vec![Stmt::Store {
-            param: op_,
-            index: dst.clone(),
-            value: Expr::bin(BinOp::Max, Expr::load(op_, dst), Expr::load(xp, from)),
-        }],
-    );
-    let mut row = init;
-    row.extend(lp(
-        ky,
-        kh,
-        LoopKind::Serial,
-        lp(kx, kw, LoopKind::Serial, tap),
     ));
     kb.k.body = lp(
         pv,
         planes,
         LoopKind::Parallel,
-        lp(y, oh, LoopKind::Serial, row),
+        lp(y, oh, LoopKind::Serial, body),
     );
     cx.launch(kb, node);
     Ok(())
@@ -588,6 +620,9 @@ fn im2col_2d(
     ins: &[usize],
     g: &Geom,
 ) -> BufId {
+    if g.stride == [1, 1] && g.dil == [1, 1] {
+        return im2col_shifted(cx, node, xb, ty, fill, planes, ins, g);
+    }
     let (ih, iw) = (ins[0], ins[1]);
     let (oh, ow) = (g.out[0], g.out[1]);
     let (kh, kw) = (g.k[0], g.k[1]);
@@ -656,13 +691,151 @@ fn im2col_2d(
         ),
     );
     kb.k.body = lp(nc, planes, LoopKind::Parallel, body);
-    let id = cx.p.intern_kernel(kb.k);
-    cx.p.steps.push(Step {
-        kernel: id,
-        args: kb.args,
-        origin: node.loc.clone(),
-    });
+    cx.launch(kb, node);
     col
+}
+
+/// [`im2col_2d`] for stride 1 and no dilation, from the unpadded planes: row `(ky, kx)` of a
+/// plane's column matrix is the plane shifted by `(ky − pt, kx − pl)`, so (with as many output
+/// as input columns, the common "same" case) the rows whose taps are inside the plane are one
+/// contiguous run of it, copied at once; the taps that fell off the left or right edge (the
+/// run wraps them onto the neighbouring row) and the rows above and below are then written with
+/// the fill. Other widths copy the inside of each row. No padded copy of the input is made,
+/// and the long runs copy 16 bytes (or four lanes) per step with no per-row overhead.
+#[allow(clippy::too_many_arguments)]
+fn im2col_shifted(
+    cx: &mut Cx,
+    node: &Node,
+    xb: BufId,
+    ty: DType,
+    fill: Fill,
+    planes: usize,
+    ins: &[usize],
+    g: &Geom,
+) -> BufId {
+    let (ih, iw) = (ins[0], ins[1]);
+    let (oh, ow) = (g.out[0], g.out[1]);
+    let (kh, kw) = (g.k[0], g.k[1]);
+    let (pt, pl) = (g.pad[0] as i64, g.pad[1] as i64);
+    let col =
+        cx.p.add_buffer(ty, vec![planes * kh * kw, oh * ow], BufKind::Temp);
+    let mut kb = KernelBuilder::new("im2col");
+    let xp = kb.param(&cx.p, xb, Access::Read);
+    let cp = kb.param(&cx.p, col, Access::Write);
+    let fill = fill.expr(cx, &mut kb, ty);
+    let nc = kb.var(DType::I64);
+    let plane_in = Expr::mul_idx(Expr::var(nc), (ih * iw) as i64);
+    let mut body = vec![];
+    for ky in 0..kh {
+        for kx in 0..kw {
+            let (dy, dx) = (ky as i64 - pt, kx as i64 - pl);
+            // Output rows and columns whose tap is inside the plane.
+            let ylo = (-dy).clamp(0, oh as i64) as usize;
+            let yhi = (ih as i64 - dy).clamp(ylo as i64, oh as i64) as usize;
+            let xlo = (-dx).clamp(0, ow as i64) as usize;
+            let xhi = (iw as i64 - dx).clamp(xlo as i64, ow as i64) as usize;
+            let row = Expr::add_idx(
+                Expr::mul_idx(Expr::var(nc), (kh * kw) as i64),
+                Expr::idx((ky * kw + kx) as i64),
+            );
+            let base = Expr::mul_idx(row, (oh * ow) as i64);
+            // A run `dst[base + at + i] = value(i)` for `i` in `0..len`.
+            let run = |kb: &mut KernelBuilder, at: Expr, len: usize, src: Option<Expr>| {
+                if len == 0 {
+                    return vec![];
+                }
+                let i = kb.var(DType::I64);
+                let value = match src {
+                    Some(from) => Expr::load(xp, Expr::add_idx(from, Expr::var(i))),
+                    None => fill.clone(),
+                };
+                lp(
+                    i,
+                    len,
+                    LoopKind::Vector,
+                    vec![Stmt::Store {
+                        param: cp,
+                        index: Expr::add_idx(Expr::add_idx(base.clone(), at), Expr::var(i)),
+                        value,
+                    }],
+                )
+            };
+            // Rows above and below the plane.
+            body.extend(run(&mut kb, Expr::idx(0), ylo * ow, None));
+            body.extend(run(
+                &mut kb,
+                Expr::idx((yhi * ow) as i64),
+                (oh - yhi) * ow,
+                None,
+            ));
+            if yhi == ylo {
+                continue;
+            }
+            let src_of = |oy: Expr, ox: i64| {
+                Expr::add_idx(
+                    plane_in.clone(),
+                    Expr::add_idx(
+                        Expr::mul_idx(Expr::add_idx(oy, Expr::idx(dy)), iw as i64),
+                        Expr::idx(ox + dx),
+                    ),
+                )
+            };
+            let oy = kb.var(DType::I64);
+            // The output row: `oy` counts from `ylo`.
+            let oyx = Expr::add_idx(Expr::var(oy), Expr::idx(ylo as i64));
+            if ow == iw && xhi > xlo {
+                // One run from the first inside tap to the last, then the edges it wrapped.
+                let start = ylo * ow + xlo;
+                let end = (yhi - 1) * ow + xhi;
+                let from = src_of(Expr::idx(ylo as i64), xlo as i64);
+                body.extend(run(
+                    &mut kb,
+                    Expr::idx(start as i64),
+                    end - start,
+                    Some(from),
+                ));
+                let mut edges = run(&mut kb, Expr::mul_idx(oyx.clone(), ow as i64), xlo, None);
+                edges.extend(run(
+                    &mut kb,
+                    Expr::add_idx(Expr::mul_idx(oyx, ow as i64), Expr::idx(xhi as i64)),
+                    ow - xhi,
+                    None,
+                ));
+                if !edges.is_empty() {
+                    body.push(for_range(oy, yhi - ylo, edges));
+                }
+            } else {
+                let at = Expr::mul_idx(oyx.clone(), ow as i64);
+                let mut rows = run(&mut kb, at.clone(), xlo, None);
+                rows.extend(run(
+                    &mut kb,
+                    Expr::add_idx(at.clone(), Expr::idx(xlo as i64)),
+                    xhi - xlo,
+                    Some(src_of(oyx, xlo as i64)),
+                ));
+                rows.extend(run(
+                    &mut kb,
+                    Expr::add_idx(at, Expr::idx(xhi as i64)),
+                    ow - xhi,
+                    None,
+                ));
+                body.push(for_range(oy, yhi - ylo, rows));
+            }
+        }
+    }
+    kb.k.body = lp(nc, planes, LoopKind::Parallel, body);
+    cx.launch(kb, node);
+    col
+}
+
+/// `for var in 0..n` (serial; the body adds the range's start to `var` itself).
+fn for_range(var: VarId, n: usize, body: Vec<Stmt>) -> Stmt {
+    Stmt::For {
+        var,
+        extent: Expr::idx(n as i64),
+        kind: LoopKind::Serial,
+        body,
+    }
 }
 
 /// `for var in 0..extent` (`kind`), or the body with `var` = 0 when the extent is 1.

@@ -489,6 +489,44 @@ fn integer_convolutions() {
 }
 
 #[test]
+fn stride_one_im2col_reads_the_unpadded_plane() {
+    // Stride-1 convolutions take their column matrix from shifted runs of the unpadded planes:
+    // "same" (one run per tap plus its wrapped edges), asymmetric pads, a valid conv (rows copied
+    // one by one), a kernel larger than the plane (taps entirely outside), 1×N rows; f32 with
+    // zeros and u8 with the zero point as the fill.
+    for (x, w, pads, y) in [
+        ("f32[2,3,6,7]", "f32[4,3,3,3]", "[1,1,1,1]", "f32[2,4,6,7]"),
+        ("f32[1,2,5,6]", "f32[3,2,3,3]", "[2,0,0,1]", "f32[1,3,5,5]"),
+        ("f32[1,2,5,6]", "f32[3,2,3,2]", "[0,0,0,0]", "f32[1,3,3,5]"),
+        ("f32[1,2,2,2]", "f32[2,2,5,5]", "[2,2,2,2]", "f32[1,2,2,2]"),
+        ("f32[1,3,1,9]", "f32[2,3,1,3]", "[0,1,0,1]", "f32[1,2,1,9]"),
+    ] {
+        let text = check(
+            &format!(
+                r#"graph (%0: {x} "x", %1: {w} "w") -> (%2 "y") {{
+  %2 = nn.conv {{"auto_pad":"not_set","dilations":[1,1],"group":1,"pads":{pads},"strides":[1,1]}} (%0, %1, _) : {y}
+}}"#
+            ),
+            1e-5,
+        );
+        assert!(
+            text.contains("kernel @im2col") && !text.contains("pad_planes"),
+            "{text}"
+        );
+    }
+    let text = check(
+        r#"graph (%0: u8[1,3,7,6] "x", %1: i8[2,3,3,3] "w", %2: u8[] "zx") -> (%3 "y") {
+  %3 = quant.conv_integer {"strides":[1,1],"dilations":[1,1],"pad":{"explicit":[1,2,1,0]},"group":1} (%0, %1, %2) : i32[1,2,7,6]
+}"#,
+        0.0,
+    );
+    assert!(
+        text.contains("kernel @im2col") && !text.contains("pad_planes"),
+        "{text}"
+    );
+}
+
+#[test]
 fn integer_contraction_tails_are_one_kernel() {
     // conv_integer, then rescale, requantize and dequantize: one matmul, then one fused pass.
     let text = check(

@@ -20,44 +20,19 @@
 //!   inside the input). The 8-bit pool reads and writes a quarter of the bytes, and the
 //!   `quantize` that usually follows the pool meets its `dequantize` and goes away.
 
+use super::quant::{const_of, dequantized};
 use super::{Build, NodeRule, add_op, ops_where, same_as, ty};
 use crate::egraph::analysis::MlcEGraph;
-use crate::egraph::lang::MlcNode;
 use egg::Id;
 use mlc_ir::ops::nn::AutoPad;
 use mlc_ir::ops::{NnOp, QuantOp};
-use mlc_ir::{DType, Op, Tensor};
+use mlc_ir::{DType, Op};
 
 pub fn rules() -> Vec<NodeRule> {
     vec![
         NodeRule::rewrite("qdq-round-trip", round_trip),
         NodeRule::rewrite("pool-before-dequantize", pool_before_dequantize),
     ]
-}
-
-/// The full value of a class that holds a constant leaf.
-fn const_of(eg: &MlcEGraph, class: Id) -> Option<&Tensor> {
-    eg[class].nodes.iter().find_map(|n| match n {
-        MlcNode::Const(i) => eg.analysis.tables.consts.get(*i as usize),
-        _ => None,
-    })
-}
-
-/// A per-tensor or per-axis dequantization to f32 in `class`: `(axis, q, scale, zero point)`.
-fn dequantizes(eg: &MlcEGraph, class: Id) -> Vec<(usize, Id, Id, Option<Id>)> {
-    ops_where(eg, class, |o| match o {
-        Op::Quant(QuantOp::Dequantize {
-            axis,
-            block_size: 0,
-            to: DType::F32,
-        }) => Some(*axis),
-        _ => None,
-    })
-    .filter_map(|(axis, _, c)| {
-        let zp = c.get(2).copied().filter(|z| !eg[*z].data.types.is_empty());
-        Some((axis, *c.first()?, *c.get(1)?, zp))
-    })
-    .collect()
 }
 
 /// The scale values of a constant f32 scale class.
@@ -101,7 +76,7 @@ fn round_trip(eg: &MlcEGraph, class: Id) -> Vec<Build> {
         let Some(zv) = zero_values(eg, z, sv.len()) else {
             continue;
         };
-        for (d_axis, q, ds, dz) in dequantizes(eg, x) {
+        for (d_axis, q, ds, dz) in dequantized(eg, x) {
             if ty(eg, q).is_none_or(|t| t.dtype != to) || ty(eg, q) != ty(eg, class) {
                 continue;
             }
@@ -138,7 +113,7 @@ fn pool_before_dequantize(eg: &MlcEGraph, class: Id) -> Vec<Build> {
             continue;
         }
         let Some(&x) = c.first() else { continue };
-        for (axis, q, s, z) in dequantizes(eg, x) {
+        for (axis, q, s, z) in dequantized(eg, x) {
             let Some(sv) = scale_values(eg, s) else {
                 continue;
             };

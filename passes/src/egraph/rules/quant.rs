@@ -44,7 +44,7 @@ pub fn rules() -> Vec<NodeRule> {
 }
 
 /// The full value of a class that holds a constant leaf (any size: looked up in the table).
-fn const_of(eg: &MlcEGraph, class: Id) -> Option<&Tensor> {
+pub(super) fn const_of(eg: &MlcEGraph, class: Id) -> Option<&Tensor> {
     eg[class].nodes.iter().find_map(|n| match n {
         MlcNode::Const(i) => eg.analysis.tables.consts.get(*i as usize),
         _ => None,
@@ -52,7 +52,7 @@ fn const_of(eg: &MlcEGraph, class: Id) -> Option<&Tensor> {
 }
 
 /// A `dequantize` to f32 in `class`: `(axis, q, scale, zero point)`.
-fn dequantized(eg: &MlcEGraph, class: Id) -> Vec<(usize, Id, Id, Option<Id>)> {
+pub(super) fn dequantized(eg: &MlcEGraph, class: Id) -> Vec<(usize, Id, Id, Option<Id>)> {
     ops_where(eg, class, |o| match o {
         Op::Quant(QuantOp::Dequantize {
             axis,

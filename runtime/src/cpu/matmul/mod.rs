@@ -337,6 +337,64 @@ fn gather(v: &View, off: i64, rs: i64, cs: i64, rows: usize, cols: usize) -> Vec
     out
 }
 
+/// A bias, residual or multiplier view of an `m×n` product as the kernels take it: none, one
+/// value, a vector along the rows or the columns (borrowed when contiguous), or a full matrix
+/// (row-major with this leading dimension; borrowed when its rows are contiguous).
+enum Broadcast<'a, T: bytes::Pod> {
+    None,
+    Scalar(T),
+    Row(Cow<'a, [T]>),
+    Col(Cow<'a, [T]>),
+    Full(Cow<'a, [T]>, usize),
+}
+
+impl<'a, T: bytes::Pod> Broadcast<'a, T> {
+    /// Reads `v` with strides `(rs, cs)`; `of` converts an element read as f64.
+    fn new(
+        v: Option<&View<'a>>,
+        (m, n): (usize, usize),
+        (rs, cs): (i64, i64),
+        of: fn(f64) -> T,
+    ) -> Broadcast<'a, T> {
+        let Some(v) = v else {
+            return Broadcast::None;
+        };
+        // A stride along a dimension of one element is never used.
+        let rs = if m <= 1 { 0 } else { rs };
+        let cs = if n <= 1 { 0 } else { cs };
+        let data = bytes::cast::<T>(v.bytes).and_then(|d| d.get(v.offset as usize..));
+        let get = |i: i64| of(read(v.bytes, v.dtype, i as usize));
+        let gather = |rs: i64, cs: i64, rows: usize, cols: usize| -> Vec<T> {
+            let mut out = Vec::with_capacity(rows * cols);
+            for r in 0..rows as i64 {
+                for c in 0..cols as i64 {
+                    out.push(get(v.offset + r * rs + c * cs));
+                }
+            }
+            out
+        };
+        let vector = |step: i64, len: usize| match data {
+            Some(d) if step == 1 => Cow::Borrowed(&d[..len]),
+            _ => Cow::Owned(gather(step, 0, len, 1)),
+        };
+        match (rs, cs) {
+            (0, 0) => Broadcast::Scalar(get(v.offset)),
+            (rs, 0) => Broadcast::Row(vector(rs, m)),
+            (0, cs) => Broadcast::Col(vector(cs, n)),
+            (rs, 1) if rs > 0 && data.is_some() => {
+                Broadcast::Full(Cow::Borrowed(data.unwrap_or_default()), rs as usize)
+            }
+            (rs, cs) => Broadcast::Full(Cow::Owned(gather(rs, cs, m, n)), n),
+        }
+    }
+}
+
+/// The f32 bias of a product.
+type F32Bias<'a> = Broadcast<'a, f32>;
+
+/// The i32 bias of an integer product.
+type IntBias<'a> = Broadcast<'a, i32>;
+
 /// An f32 operand as the kernels take it: in place when its strides are non-negative and its
 /// bytes aligned, else copied into a dense row-major matrix.
 fn f32_operand<'a>(v: &View<'a>, rows: usize, cols: usize) -> (Cow<'a, [f32]>, usize, usize) {
@@ -354,41 +412,7 @@ fn f32_operand<'a>(v: &View<'a>, rows: usize, cols: usize) -> (Cow<'a, [f32]>, u
     (Cow::Owned(dense), cols, 1)
 }
 
-/// The bias as the kernels' epilogue takes it, for an `m×n` product whose bias view has
-/// strides `(rs, cs)` from `off`.
-enum F32Bias<'a> {
-    None,
-    Scalar(f32),
-    Row(Cow<'a, [f32]>),
-    Col(Cow<'a, [f32]>),
-    /// A full matrix, row-major with this leading dimension: the kernels' residual input.
-    Full(Cow<'a, [f32]>, usize),
-}
-
-impl<'a> F32Bias<'a> {
-    fn new(v: Option<&View<'a>>, m: usize, n: usize, rs: i64, cs: i64) -> F32Bias<'a> {
-        let Some(v) = v else {
-            return F32Bias::None;
-        };
-        let rs = if m <= 1 { 0 } else { rs };
-        let cs = if n <= 1 { 0 } else { cs };
-        let data = bytes::cast::<f32>(v.bytes).and_then(|d| d.get(v.offset as usize..));
-        // A vector of `len` elements `step` apart, borrowed when contiguous.
-        let vector = |step: i64, len: usize| match data {
-            Some(d) if step == 1 => Cow::Borrowed(&d[..len]),
-            _ => Cow::Owned(gather(v, v.offset, step, 0, len, 1)),
-        };
-        match (rs, cs) {
-            (0, 0) => F32Bias::Scalar(read(v.bytes, v.dtype, v.offset as usize) as f32),
-            (rs, 0) => F32Bias::Row(vector(rs, m)),
-            (0, cs) => F32Bias::Col(vector(cs, n)),
-            (rs, 1) if rs > 0 && data.is_some() => {
-                F32Bias::Full(Cow::Borrowed(data.unwrap_or_default()), rs as usize)
-            }
-            (rs, cs) => F32Bias::Full(Cow::Owned(gather(v, v.offset, rs, cs, m, n)), n),
-        }
-    }
-
+impl F32Bias<'_> {
     fn epilogue(&self, g: &Gemm) -> kg::Epilogue<'_> {
         let ep = kg::Epilogue::new()
             .alpha(g.alpha as f32)
@@ -403,11 +427,11 @@ impl<'a> F32Bias<'a> {
                 Activation::HardSwish => kg::Activation::HardSwish,
             });
         match self {
-            F32Bias::None => ep,
-            F32Bias::Scalar(s) => ep.bias(kg::Bias::Scalar(*s)),
-            F32Bias::Row(r) => ep.bias(kg::Bias::PerRow(r)),
-            F32Bias::Col(c) => ep.bias(kg::Bias::PerCol(c)),
-            F32Bias::Full(d, ld) => ep.residual(d, *ld),
+            Broadcast::None => ep,
+            Broadcast::Scalar(s) => ep.bias(kg::Bias::Scalar(*s)),
+            Broadcast::Row(r) => ep.bias(kg::Bias::PerRow(r)),
+            Broadcast::Col(c) => ep.bias(kg::Bias::PerCol(c)),
+            Broadcast::Full(d, ld) => ep.residual(d, *ld),
         }
     }
 }
@@ -456,7 +480,7 @@ fn f32_kernels(
     match cf {
         Some(cf) if rows_ok => {
             let ldc = if m == 1 { n } else { crs as usize };
-            let bias = F32Bias::new(bias, m, n, bias_rs, bias_cs);
+            let bias = F32Bias::new(bias, (m, n), (bias_rs, bias_cs), |x| x as f32);
             let (ma, mb) = (
                 kg::MatRef::new(&ad, ars, acs),
                 kg::MatRef::new(&bd, brs, bcs),
@@ -477,7 +501,7 @@ fn f32_kernels(
         }
         Some(cf) => {
             let ldc = if n == 1 { m } else { ccs as usize };
-            let bias = F32Bias::new(bias, n, m, bias_cs, bias_rs);
+            let bias = F32Bias::new(bias, (n, m), (bias_cs, bias_rs), |x| x as f32);
             let (ma, mb) = (
                 kg::MatRef::new(&bd, bcs, brs),
                 kg::MatRef::new(&ad, acs, ars),
@@ -496,7 +520,7 @@ fn f32_kernels(
                     }
                 }
             }
-            let bias = F32Bias::new(bias, m, n, bias_rs, bias_cs);
+            let bias = F32Bias::new(bias, (m, n), (bias_rs, bias_cs), |x| x as f32);
             let (ma, mb) = (
                 kg::MatRef::new(&ad, ars, acs),
                 kg::MatRef::new(&bd, brs, bcs),
@@ -561,55 +585,14 @@ impl<'a> IntView<'a> {
     }
 }
 
-/// An `i32` bias for an `m×n` product with strides `(rs, cs)`, as the integer kernels take it.
-enum IntBias<'a> {
-    None,
-    Scalar(i32),
-    Row(Cow<'a, [i32]>),
-    Col(Cow<'a, [i32]>),
-    Full(Cow<'a, [i32]>, usize),
-}
-
-impl<'a> IntBias<'a> {
-    fn new(v: Option<&View<'a>>, m: usize, n: usize, rs: i64, cs: i64) -> IntBias<'a> {
-        let Some(v) = v else {
-            return IntBias::None;
-        };
-        let rs = if m <= 1 { 0 } else { rs };
-        let cs = if n <= 1 { 0 } else { cs };
-        let data = bytes::cast::<i32>(v.bytes).and_then(|d| d.get(v.offset as usize..));
-        let get = |i: i64| read(v.bytes, DType::I32, i as usize) as i32;
-        let gather = |rs: i64, cs: i64, rows: usize, cols: usize| -> Vec<i32> {
-            let mut out = Vec::with_capacity(rows * cols);
-            for r in 0..rows as i64 {
-                for c in 0..cols as i64 {
-                    out.push(get(v.offset + r * rs + c * cs));
-                }
-            }
-            out
-        };
-        let vector = |step: i64, len: usize| match data {
-            Some(d) if step == 1 => Cow::Borrowed(&d[..len]),
-            _ => Cow::Owned(gather(step, 0, len, 1)),
-        };
-        match (rs, cs) {
-            (0, 0) => IntBias::Scalar(get(v.offset)),
-            (rs, 0) => IntBias::Row(vector(rs, m)),
-            (0, cs) => IntBias::Col(vector(cs, n)),
-            (rs, 1) if rs > 0 && data.is_some() => {
-                IntBias::Full(Cow::Borrowed(data.unwrap_or_default()), rs as usize)
-            }
-            (rs, cs) => IntBias::Full(Cow::Owned(gather(rs, cs, m, n)), n),
-        }
-    }
-
+impl IntBias<'_> {
     fn get(&self) -> IBias<'_> {
         match self {
-            IntBias::None => IBias::None,
-            IntBias::Scalar(s) => IBias::Scalar(*s),
-            IntBias::Row(r) => IBias::PerRow(r),
-            IntBias::Col(c) => IBias::PerCol(c),
-            IntBias::Full(d, ld) => IBias::Full(d, *ld),
+            Broadcast::None => IBias::None,
+            Broadcast::Scalar(s) => IBias::Scalar(*s),
+            Broadcast::Row(r) => IBias::PerRow(r),
+            Broadcast::Col(c) => IBias::PerCol(c),
+            Broadcast::Full(d, ld) => IBias::Full(d, *ld),
         }
     }
 }
@@ -617,20 +600,11 @@ impl<'a> IntBias<'a> {
 /// The requantization's multipliers as the integer kernels take them, for an `m×n` product
 /// whose multiplier view has strides `(rs, cs)`: `None` for a full matrix of them.
 fn rq_mult<'a>(v: &View<'a>, m: usize, n: usize, rs: i64, cs: i64) -> Option<Cow<'a, [f32]>> {
-    let rs = if m <= 1 { 0 } else { rs };
-    let cs = if n <= 1 { 0 } else { cs };
-    let data = bytes::cast::<f32>(v.bytes).and_then(|d| d.get(v.offset as usize..));
-    let vector = |step: i64, len: usize| match data {
-        Some(d) if step == 1 => Cow::Borrowed(&d[..len]),
-        _ => Cow::Owned(gather(v, v.offset, step, 0, len, 1)),
-    };
-    match (rs, cs) {
-        (0, 0) => Some(Cow::Owned(vec![
-            read(v.bytes, v.dtype, v.offset as usize) as f32
-        ])),
-        (rs, 0) => Some(vector(rs, m)),
-        (0, cs) => Some(vector(cs, n)),
-        _ => None,
+    match Broadcast::<f32>::new(Some(v), (m, n), (rs, cs), |x| x as f32) {
+        Broadcast::Scalar(x) => Some(Cow::Owned(vec![x])),
+        Broadcast::Row(r) => Some(r),
+        Broadcast::Col(c) => Some(c),
+        Broadcast::None | Broadcast::Full(..) => None,
     }
 }
 
@@ -707,12 +681,12 @@ fn int_kernels(
         let c = c_bytes.get_mut(coff as usize..)?;
         return if rows_ok {
             let ldc = if m == 1 { n } else { crs as usize };
-            let bias = IntBias::new(bias, m, n, bias_rs, bias_cs);
+            let bias = IntBias::new(bias, (m, n), (bias_rs, bias_cs), |x| x as i32);
             let o = q_out(c, irq(mult_of(false)), signed);
             int_product(&ig, (m, n, k), av, bv, o, ldc, bias.get())
         } else {
             let ldc = if n == 1 { m } else { ccs as usize };
-            let bias = IntBias::new(bias, n, m, bias_cs, bias_rs);
+            let bias = IntBias::new(bias, (n, m), (bias_cs, bias_rs), |x| x as i32);
             let o = q_out(c, irq(mult_of(true)), signed);
             int_product(&ig, (n, m, k), bv.t(), av.t(), o, ldc, bias.get())
         };
@@ -736,13 +710,13 @@ fn int_kernels(
     match cf {
         Some(cf) if rows_ok => {
             let ldc = if m == 1 { n } else { crs as usize };
-            let bias = IntBias::new(bias, m, n, bias_rs, bias_cs);
+            let bias = IntBias::new(bias, (m, n), (bias_rs, bias_cs), |x| x as i32);
             let c = cf.get_mut(coff as usize..)?;
             int_product(&ig, (m, n, k), av, bv, out(c, false), ldc, bias.get())
         }
         Some(cf) => {
             let ldc = if n == 1 { m } else { ccs as usize };
-            let bias = IntBias::new(bias, n, m, bias_cs, bias_rs);
+            let bias = IntBias::new(bias, (n, m), (bias_cs, bias_rs), |x| x as i32);
             let c = cf.get_mut(coff as usize..)?;
             int_product(
                 &ig,
@@ -755,7 +729,7 @@ fn int_kernels(
             )
         }
         None => {
-            let bias = IntBias::new(bias, m, n, bias_rs, bias_cs);
+            let bias = IntBias::new(bias, (m, n), (bias_rs, bias_cs), |x| x as i32);
             let mut tmp = vec![0i32; m * n];
             int_product(&ig, (m, n, k), av, bv, IOut::I32(&mut tmp), n, bias.get())?;
             for r in 0..m {
