@@ -98,16 +98,17 @@ fn bitcast(x: Expr, from: DType, to: DType) -> Result<Expr, Fail> {
         Some(4) => DType::U32,
         _ => DType::U64,
     };
-    let to_carrier = match from {
-        DType::F32 | DType::F64 => bits(carrier, x),
-        t if t.is_storage_only() => bits(carrier, x),
-        DType::Bool => Expr::cast(carrier, x),
-        _ => Expr::cast(carrier, x),
+    // Floats and codes reinterpret; integers and bools of one size convert (wrapping, `!= 0`).
+    let reinterpret = |t: DType| matches!(t, DType::F32 | DType::F64) || t.is_storage_only();
+    let to_carrier = if reinterpret(from) {
+        bits(carrier, x)
+    } else {
+        Expr::cast(carrier, x)
     };
-    Ok(match to {
-        DType::F32 | DType::F64 => bits(to, to_carrier),
-        t if t.is_storage_only() => bits(to, to_carrier),
-        _ => Expr::cast(to, to_carrier),
+    Ok(if reinterpret(to) {
+        bits(to, to_carrier)
+    } else {
+        Expr::cast(to, to_carrier)
     })
 }
 
