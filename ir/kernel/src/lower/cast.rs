@@ -476,6 +476,7 @@ pub(super) fn qdq(
     to: DType,
     saturate: bool,
     quantize: bool,
+    block: usize,
 ) -> Result<(), Fail> {
     let (Some(x), Some(s)) = (node.input(0), node.input(1)) else {
         return unsupported("missing input");
@@ -484,11 +485,15 @@ pub(super) fn qdq(
     let xs = cx.shape(x)?;
     let (xt, st) = (cx.dtype(x), cx.dtype(s));
     let zt = zp.map(|z| cx.dtype(z));
-    let per_axis = cx.shape(s)?.iter().product::<usize>() > 1;
+    let ps = cx.shape(s)?;
+    let per_axis = ps.iter().product::<usize>() > 1;
     let storage = if quantize { to } else { xt };
-    if !storage.is_storage_only() || (per_axis && axis >= xs.len()) {
+    let blocked = block > 0 && ps.len() == xs.len() && axis < xs.len();
+    let ok_type = storage.is_storage_only() || (blocked && int_range(storage).is_some());
+    if !ok_type || (per_axis && axis >= xs.len()) || (block > 0 && !blocked) {
         return unsupported("quantization of this type");
     }
+    let pst = strides(&ps);
     let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
     let mut kb = KernelBuilder::new(kernel_name(&node.op));
     let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
@@ -505,7 +510,20 @@ pub(super) fn qdq(
         for (d, s) in xst.iter().enumerate() {
             idx = Expr::add_idx(idx, Expr::mul_idx(Expr::var(v[d]), *s));
         }
-        let pidx = if per_axis {
+        let pidx = if blocked {
+            // Blocks of `block` elements along `axis` share a parameter.
+            let mut i = Expr::idx(0);
+            for (d, st) in pst.iter().enumerate() {
+                let c = Expr::var(v[d]);
+                let c = if d == axis {
+                    bin(BinOp::Div, c, Expr::idx(block as i64))
+                } else {
+                    c
+                };
+                i = Expr::add_idx(i, Expr::mul_idx(c, *st));
+            }
+            i
+        } else if per_axis {
             Expr::var(v[axis])
         } else {
             Expr::idx(0)
@@ -534,7 +552,7 @@ pub(super) fn qdq(
                     DType::F32
                 };
                 let mut d = as_ty(&mut b, xv, xt, prec)?;
-                if let (Some((z, t)), true) = (zv, xt.is_small_int()) {
+                if let (Some((z, t)), true) = (zv, xt.is_small_int() || xt.is_int()) {
                     d = bin(BinOp::Sub, d, as_ty(&mut b, z, t, prec)?);
                 }
                 let y = bin(BinOp::Mul, d, as_ty(&mut b, sv, st, prec)?);
@@ -560,12 +578,7 @@ pub(super) fn qdq(
                 };
                 return as_ty(&mut b, q, prec, to);
             }
-            let w = to.bits().unwrap_or(8) as i64;
-            let (lo, hi) = if to.is_small_int() && matches!(to, DType::I4 | DType::I2) {
-                (-(1i64 << (w - 1)), (1i64 << (w - 1)) - 1)
-            } else {
-                (0, (1i64 << w) - 1)
-            };
+            let (lo, hi) = int_range(to).unwrap_or((0, 0));
             let r = as_ty(&mut b, Expr::un(UnOp::Round, q), prec, DType::F64)?;
             let r = match zv {
                 Some((z, t)) => bin(BinOp::Add, r, as_ty(&mut b, z, t, DType::F64)?),
@@ -576,7 +589,12 @@ pub(super) fn qdq(
                 bin(BinOp::Max, r, Expr::float(DType::F64, lo as f64)),
                 Expr::float(DType::F64, hi as f64),
             );
-            Ok(bits(to, Expr::cast(DType::I64, c)))
+            let c = Expr::cast(DType::I64, c);
+            Ok(if to.is_storage_only() {
+                bits(to, c)
+            } else {
+                Expr::cast(to, c)
+            })
         })();
         match value {
             Ok(value) => stmts.push(Stmt::Store {
@@ -594,6 +612,18 @@ pub(super) fn qdq(
     kb.k.body = body;
     cx.launch(kb, node);
     Ok(())
+}
+
+/// The range of an integer quantization type (ordinary or 4/2-bit).
+fn int_range(t: DType) -> Option<(i64, i64)> {
+    let w = t.bits()? as i64;
+    match t {
+        DType::I8 | DType::I16 | DType::I32 | DType::I4 | DType::I2 => {
+            Some((-(1i64 << (w - 1)), (1i64 << (w - 1)) - 1))
+        }
+        DType::U8 | DType::U16 | DType::U4 | DType::U2 => Some((0, (1i64 << w) - 1)),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -904,6 +934,38 @@ mod tests {
             } else {
                 check_graph(&src, &[q, s1.clone(), zp]);
             }
+        }
+    }
+
+    #[test]
+    fn blocked_quantization() {
+        let v = probe_values();
+        let x = Tensor::from_vec(&[4, 6], v[100..124].to_vec())
+            .and_then(|t| t.cast(DType::F32))
+            .expect("x");
+        let sv: Vec<f32> = vec![0.5, 3.0, 0.0625, 2.0, 1.5, 0.25, 8.0, 0.75];
+        let s = Tensor::from_vec(&[4, 2], sv).expect("scale");
+        for to in [DType::U8, DType::I8, DType::I4, DType::F8E4M3FN, DType::U16] {
+            let zp = Tensor::from_vec(&[4, 2], vec![1i64, 0, 3, 2, 0, 1, 2, 0])
+                .and_then(|t| t.cast(DType::F32))
+                .and_then(|t| t.cast(to))
+                .expect("zp");
+            let t = to.name();
+            let src = format!(
+                "graph (%0: f32[4,6] \"x\", %1: f32[4,2] \"s\", %2: {t}[4,2] \"z\") -> (%3 \"y\") {{\n  %3 = quant.quantize {{\"axis\":1,\"block_size\":4,\"to\":\"{t}\"}} (%0, %1, %2) : {t}[4,6]\n}}"
+            );
+            check_graph(&src, &[x.clone(), s.clone(), zp.clone()]);
+            let q = x.cast(to).expect("q");
+            let src = format!(
+                "graph (%0: {t}[4,6] \"x\", %1: f32[4,2] \"s\", %2: {t}[4,2] \"z\") -> (%3 \"y\") {{\n  %3 = quant.dequantize {{\"axis\":1,\"block_size\":4,\"to\":\"f32\"}} (%0, %1, %2) : f32[4,6]\n}}"
+            );
+            // A float8 zero point must be zero in dequantization.
+            let zp = if to.is_small_float() {
+                Tensor::zeros(DType::F32, &[4, 2]).cast(to).expect("zp")
+            } else {
+                zp
+            };
+            check_graph(&src, &[q, s.clone(), zp]);
         }
     }
 
