@@ -486,6 +486,20 @@ fn storage_type_casts() {
     }
 }
 
+/// Quantization to and from the storage types, per axis and blocked, compiled.
+#[test]
+fn storage_type_quantization() {
+    check(
+        r#"graph (%0: f32[4,6] "x", %1: f32[6] "s", %2: f32[4,2] "b") -> (%3 "q", %4 "f", %5 "u", %6 "d") {
+  %3 = quant.quantize {"axis":1,"block_size":0,"to":"i4"} (%0, %1, _) : i4[4,6]
+  %4 = quant.quantize {"axis":1,"block_size":0,"to":"f8e4m3fn","saturate":false} (%0, %1, _) : f8e4m3fn[4,6]
+  %5 = quant.quantize {"axis":1,"block_size":4,"to":"u8"} (%0, %2, _) : u8[4,6]
+  %6 = quant.dequantize {"axis":1,"block_size":0,"to":"f32"} (%3, %1, _) : f32[4,6]
+}"#,
+        0.0,
+    );
+}
+
 /// The number of kernels `src` lowers to.
 fn run_count(src: &str) -> usize {
     let g = parse_graph(src).expect("graph");
