@@ -82,6 +82,8 @@ pub fn dtype_size(dtype: &str) -> Option<usize> {
         "bool" | "i8" | "u8" => 1,
         // float8 storage types: raw bytes to everything but casts.
         "f8e4m3fn" | "f8e4m3fnuz" | "f8e5m2" | "f8e5m2fnuz" | "f8e8m0" => 1,
+        // Sub-byte storage types are held one code per byte in memory (packed only in files).
+        "f4e2m1" | "i4" | "u4" | "i2" | "u2" => 1,
         "f16" | "bf16" | "i16" | "u16" => 2,
         "f32" | "i32" | "u32" => 4,
         "f64" | "i64" | "u64" => 8,

@@ -36,8 +36,8 @@ pub fn reg_ty(d: DType) -> Option<Type> {
         DType::I16 | DType::U16 => types::I16,
         DType::I32 | DType::U32 => types::I32,
         DType::I64 | DType::U64 => types::I64,
-        // One-byte storage types (float8) only move: raw bytes.
-        d if d.is_storage_only() && d.size() == Some(1) => types::I8,
+        // Storage types only move and bit-cast: their codes, in the low bits of a byte.
+        d if d.is_storage_only() => types::I8,
         _ => return None,
     })
 }
@@ -46,6 +46,8 @@ pub fn reg_ty(d: DType) -> Option<Type> {
 pub fn mem_ty(d: DType) -> Option<Type> {
     match d {
         DType::F16 | DType::BF16 => Some(types::I16),
+        // Storage types are one code per byte, the sub-byte ones too: in memory they are not
+        // packed, so parallel stores never share a byte (`plan::mem_bytes` unpacks them).
         _ => reg_ty(d),
     }
 }
@@ -654,6 +656,11 @@ impl<M: Module> Tx<'_, '_, M> {
                 let addr = self.address(*param, idx, checked, self.guard > 0);
                 self.load_elem(*param, addr)
             }
+            Expr::Unary(UnOp::Bitcast(to), a) => {
+                let from = self.k.type_of(a);
+                let x = self.expr(a)?;
+                self.bitcast(from, *to, x)
+            }
             Expr::Unary(op, a) => {
                 let aty = self.k.type_of(a);
                 let x = self.expr(a)?;
@@ -733,6 +740,35 @@ impl<M: Module> Tx<'_, '_, M> {
         } else {
             self.b.ins().icmp_imm_s(IntCC::NotEqual, v, 0)
         }
+    }
+
+    /// `UnOp::Bitcast`: float bits move between register classes; a storage code (in the low
+    /// bits of an `i8`) zero-extends to an integer, and an integer keeps its low bits as one.
+    fn bitcast(&mut self, from: DType, to: DType, x: Value) -> Result<Value> {
+        let (Some(ft), Some(tt)) = (reg_ty(from), reg_ty(to)) else {
+            return self.unsupported(format!("bitcast {} -> {}", from.name(), to.name()));
+        };
+        if ft == tt {
+            if to.is_storage_only() && to.bits().is_some_and(|b| b < 8) {
+                let m = (1i64 << to.bits().unwrap_or(8)) - 1;
+                return Ok(self.b.ins().band_imm_s(x, m));
+            }
+            return Ok(x);
+        }
+        if ft.is_float() || tt.is_float() {
+            if ft.bits() != tt.bits() {
+                return self.unsupported(format!("bitcast {} -> {}", from.name(), to.name()));
+            }
+            return Ok(self.b.ins().bitcast(tt, MemFlagsData::new(), x));
+        }
+        if ft.bits() < tt.bits() {
+            return Ok(self.b.ins().uextend(tt, x));
+        }
+        let v = self.b.ins().ireduce(tt, x);
+        Ok(match to.bits() {
+            Some(b) if to.is_storage_only() && b < 8 => self.b.ins().band_imm_s(v, (1 << b) - 1),
+            _ => v,
+        })
     }
 
     fn unary(&mut self, op: UnOp, ty: DType, x: Value) -> Result<Value> {

@@ -70,7 +70,7 @@ impl CompiledProgram {
             if t.dtype().name() != io.dtype || t.shape() != io.shape.as_slice() {
                 return Err(mismatch());
             }
-            bytes.push(t.to_le_bytes().map_err(|_| mismatch())?);
+            bytes.push(crate::plan::mem_bytes(t).map_err(|_| mismatch())?);
         }
         let refs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
         let outs = self.exec.run_bytes(&refs, threads)?;
@@ -79,9 +79,11 @@ impl CompiledProgram {
             .zip(outs)
             .map(|(io, b)| {
                 let buf = self.prog.buffer(mlc_kir::BufId(io.buffer as u32));
-                Tensor::from_le_bytes(buf.dtype, &buf.shape, &b).map_err(|e| RunError::Output {
-                    name: io.name.clone(),
-                    message: e.to_string(),
+                crate::plan::from_mem_bytes(buf.dtype, &buf.shape, &b).map_err(|e| {
+                    RunError::Output {
+                        name: io.name.clone(),
+                        message: e.to_string(),
+                    }
                 })
             })
             .collect()

@@ -4,6 +4,7 @@
 
 use crate::CodegenError;
 use crate::clif::{mem_ty, split_extent, work_estimate};
+use mlc_ir::{DType, Tensor, TensorError};
 use mlc_kir::{Access, BufId, BufKind, Program};
 use mlc_runtime::cpu::abi;
 use mlc_runtime::cpu::plan::{
@@ -28,7 +29,8 @@ pub fn build_plan(p: &Program) -> Result<(CpuPlan, Vec<u8>), CodegenError> {
     let mut buffers = Vec::with_capacity(p.buffers.len());
     for (i, b) in p.buffers.iter().enumerate() {
         let dtype = b.dtype.name().to_string();
-        if dtype_size(&dtype) != b.dtype.size() || dtype_size(&dtype).is_none() {
+        let size = mem_ty(b.dtype).map(|t| t.bytes() as usize);
+        if dtype_size(&dtype) != size || size.is_none() {
             return Err(unsupported(format!("buffer %b{i} of type {dtype}")));
         }
         let kind = match b.kind {
@@ -52,7 +54,7 @@ pub fn build_plan(p: &Program) -> Result<(CpuPlan, Vec<u8>), CodegenError> {
                     .consts
                     .get(c)
                     .ok_or_else(|| invalid(format!("buffer %b{i}: no constant {c}")))?;
-                let bytes = t.to_le_bytes().map_err(|e| invalid(e.to_string()))?;
+                let bytes = mem_bytes(t).map_err(|e| invalid(e.to_string()))?;
                 if t.dtype() != b.dtype || bytes.len() != b.len() * dtype_size(&dtype).unwrap_or(0)
                 {
                     return Err(invalid(format!("buffer %b{i}: constant does not match")));
@@ -151,4 +153,34 @@ pub fn build_plan(p: &Program) -> Result<(CpuPlan, Vec<u8>), CodegenError> {
     plan.check(weights.len() as u64)
         .map_err(|e| invalid(e.to_string()))?;
     Ok((plan, weights))
+}
+
+/// The bytes of `t` as compiled code holds them: its little-endian elements, but the sub-byte
+/// storage types one code per byte (unpacked from their file layout).
+pub fn mem_bytes(t: &Tensor) -> Result<Vec<u8>, TensorError> {
+    let bytes = t.to_le_bytes()?;
+    let bits = t.dtype().bits().unwrap_or(8);
+    if !t.dtype().is_storage_only() || bits >= 8 {
+        return Ok(bytes);
+    }
+    let per = 8 / bits;
+    let m = ((1u16 << bits) - 1) as u8;
+    Ok((0..t.len())
+        .map(|i| (bytes[i / per] >> ((i % per) * bits)) & m)
+        .collect())
+}
+
+/// The inverse of [`mem_bytes`]: a tensor of `dtype` and `shape` from compiled code's bytes.
+pub fn from_mem_bytes(dtype: DType, shape: &[usize], b: &[u8]) -> Result<Tensor, TensorError> {
+    let bits = dtype.bits().unwrap_or(8);
+    if !dtype.is_storage_only() || bits >= 8 {
+        return Tensor::from_le_bytes(dtype, shape, b);
+    }
+    let per = 8 / bits;
+    let m = ((1u16 << bits) - 1) as u8;
+    let mut packed = vec![0u8; b.len().div_ceil(per)];
+    for (i, c) in b.iter().enumerate() {
+        packed[i / per] |= (c & m) << ((i % per) * bits);
+    }
+    Tensor::from_le_bytes(dtype, shape, &packed)
 }

@@ -141,7 +141,7 @@ impl<'a> Analysis<'a> {
                     (Uniform, _) => Uniform,
                     (VecF32, DType::F32) => match op {
                         UnOp::IsNan | UnOp::IsInf => VecMask,
-                        UnOp::Not => return None,
+                        UnOp::Not | UnOp::Bitcast(_) => return None,
                         _ => VecF32,
                     },
                     (VecMask, DType::Bool) => VecMask,

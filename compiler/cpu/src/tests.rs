@@ -341,6 +341,171 @@ fn casts() {
     }
 }
 
+/// Casts from and to the storage-only types (float8, float4, 4/2-bit ints; integer bit
+/// manipulation in the kernels) and bit casts, compiled against the evaluator: storage results
+/// code for code, on every code of each storage type and on float values around every
+/// rounding boundary, in a fused chain too (f32 → f8 → f16, one kernel).
+#[test]
+fn storage_type_casts() {
+    let storage = [
+        "f8e4m3fn",
+        "f8e4m3fnuz",
+        "f8e5m2",
+        "f8e5m2fnuz",
+        "f8e8m0",
+        "f4e2m1",
+        "i4",
+        "u4",
+        "i2",
+        "u2",
+    ];
+    let ordinary = ["f32", "f64", "f16", "i8", "u8", "i32", "u64", "bool"];
+    // Every code (the sub-byte ones repeat theirs), and floats near the formats' values.
+    let codes = |t: DType| {
+        let bits = t.bits().expect("fixed width");
+        let bytes: Vec<u8> = (0..=255u8).collect();
+        Tensor::from_le_bytes(t, &[256 * 8 / bits], &bytes).expect("codes")
+    };
+    let mut probe: Vec<f64> = vec![
+        0.0,
+        -0.0,
+        f64::NAN,
+        f64::INFINITY,
+        -f64::INFINITY,
+        1e9,
+        -3e5,
+    ];
+    for e in -20..18 {
+        for m in [
+            1.0, 1.0625, 1.125, 1.1875, 1.25, 1.375, 1.5, 1.625, 1.75, 1.875, 1.9375,
+        ] {
+            probe.extend([m * 2f64.powi(e), -m * 2f64.powi(e)]);
+        }
+    }
+    let probe = Tensor::from_vec(&[probe.len()], probe).expect("probe");
+    let probe32 = probe.cast(DType::F32).expect("f32 probe");
+    let run = |src: &str, x: &Tensor| {
+        let g = parse_graph(src).unwrap_or_else(|e| panic!("bad graph {src}: {e}"));
+        let prog = lower_graph(&g).unwrap_or_else(|e| panic!("lowering {src}: {e}"));
+        let want = run_program(&prog, std::slice::from_ref(x)).expect("evaluation");
+        for simd in [false, true] {
+            let opts = Options {
+                simd,
+                ..Options::default()
+            };
+            let c = CompiledProgram::with_options(&prog, opts)
+                .unwrap_or_else(|e| panic!("compiling {src}: {e}\n{}", print_program(&prog)));
+            for threads in [1, 2] {
+                let got = c
+                    .run(std::slice::from_ref(x), threads)
+                    .expect("compiled run");
+                let same = if want[0].dtype().is_storage_only() {
+                    want[0].to_le_bytes().ok() == got[0].to_le_bytes().ok()
+                } else {
+                    compare(&want, &got, 0.0).is_ok()
+                };
+                assert!(
+                    same,
+                    "{src}: {:?} vs {:?}\n{}",
+                    want[0],
+                    got[0],
+                    print_program(&prog)
+                );
+            }
+        }
+    };
+    let cast = |from: &str, n: usize, to: &str| {
+        format!(
+            "graph (%0: {from}[{n}] \"x\") -> (%1 \"y\") {{\n  %1 = ew.cast {{\"to\":\"{to}\"}} (%0) : {to}[{n}]\n}}"
+        )
+    };
+    for from in storage {
+        let x = codes(DType::from_name(from).expect("dtype"));
+        for to in ordinary.iter().chain(&storage) {
+            run(&cast(from, x.len(), to), &x);
+        }
+    }
+    for from in ["f32", "f64", "f16", "i32"] {
+        let x = probe
+            .cast(DType::from_name(from).expect("dtype"))
+            .expect("probe");
+        for to in storage {
+            run(&cast(from, x.len(), to), &x);
+        }
+    }
+    for sat in [false, true] {
+        for round in ["up", "down", "nearest"] {
+            for to in ["f8e4m3fn", "f8e5m2", "f8e8m0", "f8e5m2fnuz"] {
+                let n = probe.len();
+                run(
+                    &format!(
+                        r#"graph (%0: f32[{n}] "x") -> (%1 "y") {{
+  %1 = ew.cast_f8 {{"to":"{to}","saturate":{sat},"round":"{round}"}} (%0) : {to}[{n}]
+}}"#
+                    ),
+                    &probe32,
+                );
+            }
+        }
+    }
+    let n = probe.len();
+    let fused = format!(
+        r#"graph (%0: f32[{n}] "x") -> (%1 "y") {{
+  %1 = control.composite {{"kind":"cast+cast"}} (%0) : f16[{n}] {{
+    graph (%0: f32[{n}] "x") -> (%2 "y") {{
+      %1 = ew.cast {{"to":"f8e4m3fn"}} (%0) : f8e4m3fn[{n}]
+      %2 = ew.cast {{"to":"f16"}} (%1) : f16[{n}]
+    }}
+  }}
+}}"#
+    );
+    assert_eq!(run_count(&fused), 1, "one fused kernel");
+    run(&fused, &probe32);
+    for (from, to) in [
+        ("f32", "i32"),
+        ("i32", "f32"),
+        ("f64", "u64"),
+        ("f8e5m2", "u8"),
+    ] {
+        let x = if from == "f8e5m2" {
+            codes(DType::F8E5M2)
+        } else {
+            probe
+                .cast(DType::from_name(from).expect("dtype"))
+                .expect("probe")
+        };
+        let n = x.len();
+        run(
+            &format!(
+                r#"graph (%0: {from}[{n}] "x") -> (%1 "y") {{
+  %1 = ew.bit_cast {{"to":"{to}"}} (%0) : {to}[{n}]
+}}"#
+            ),
+            &x,
+        );
+    }
+}
+
+/// Quantization to and from the storage types, per axis and blocked, compiled.
+#[test]
+fn storage_type_quantization() {
+    check(
+        r#"graph (%0: f32[4,6] "x", %1: f32[6] "s", %2: f32[4,2] "b") -> (%3 "q", %4 "f", %5 "u", %6 "d") {
+  %3 = quant.quantize {"axis":1,"block_size":0,"to":"i4"} (%0, %1, _) : i4[4,6]
+  %4 = quant.quantize {"axis":1,"block_size":0,"to":"f8e4m3fn","saturate":false} (%0, %1, _) : f8e4m3fn[4,6]
+  %5 = quant.quantize {"axis":1,"block_size":4,"to":"u8"} (%0, %2, _) : u8[4,6]
+  %6 = quant.dequantize {"axis":1,"block_size":0,"to":"f32"} (%3, %1, _) : f32[4,6]
+}"#,
+        0.0,
+    );
+}
+
+/// The number of kernels `src` lowers to.
+fn run_count(src: &str) -> usize {
+    let g = parse_graph(src).expect("graph");
+    lower_graph(&g).expect("lowering").kernels.len()
+}
+
 /// Vector integer lanes: u8/i8/i32 loads widened to f32, and f32 → u8/i8/i32 casts stored
 /// narrowed, saturating with NaN → 0, against the evaluator on values past every range.
 #[test]

@@ -726,6 +726,14 @@ impl<'a, 'ctx> Lw<'a, 'ctx> {
     }
 
     fn unary(&mut self, op: UnOp, t: DType, v: V<'ctx>) -> Res<V<'ctx>> {
+        if let UnOp::Bitcast(to) = op {
+            // Casts of the storage-only types (float8, float4, 4/2-bit ints) and ONNX BitCast.
+            return Err(NvptxError::Unsupported(format!(
+                "bitcast from {} to {} (casts of storage-only types)",
+                t.name(),
+                to.name()
+            )));
+        }
         match v {
             BasicValueEnum::FloatValue(x0) => {
                 let ty = x0.get_type();

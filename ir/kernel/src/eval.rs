@@ -344,6 +344,10 @@ impl Cx<'_> {
                 let (s, i) = self.slot(*param, i)?;
                 self.store[s][i]
             }
+            Expr::Unary(UnOp::Bitcast(to), a) => {
+                let from = self.k.type_of(a);
+                bitcast(from, *to, self.expr(a)?)
+            }
             Expr::Unary(op, a) => {
                 let a = self.expr(a)?;
                 round(ty, unary(*op, a))
@@ -362,8 +366,14 @@ impl Cx<'_> {
                 }
             }
             Expr::Cast(to, a) => {
-                let a = self.expr(a)?;
-                cast(*to, a)
+                let from = self.k.type_of(a);
+                match self.expr(a)? {
+                    // A u64 is held in an i64: its high bit is not a sign.
+                    Val::I(i) if from == DType::U64 && to.is_float() => {
+                        round(*to, Val::F(i as u64 as f64))
+                    }
+                    a => cast(*to, a),
+                }
             }
         })
     }
@@ -404,6 +414,8 @@ fn unary(op: UnOp, a: Val) -> Val {
             UnOp::Round => Val::F(x.round_ties_even()),
             UnOp::IsNan => Val::B(x.is_nan()),
             UnOp::IsInf => Val::B(x.is_infinite()),
+            // Evaluated by `bitcast`, which knows the operand's type.
+            UnOp::Bitcast(_) => Val::F(x),
         },
         Val::I(x) => match op {
             UnOp::Neg => Val::I(x.wrapping_neg()),
@@ -585,11 +597,43 @@ fn cast(to: DType, v: Val) -> Val {
     }
 }
 
+/// `UnOp::Bitcast`: the bits of `v` (of type `from`) as `to` (see the op's semantics).
+fn bitcast(from: DType, to: DType, v: Val) -> Val {
+    let b: u64 = match (from, v) {
+        (DType::F32, Val::F(f)) => u64::from((f as f32).to_bits()),
+        (_, Val::F(f)) => f.to_bits(),
+        (_, Val::I(i)) => i as u64,
+        (_, Val::B(b)) => b as u64,
+    };
+    match to {
+        DType::F32 => Val::F(f64::from(f32::from_bits(b as u32))),
+        DType::F64 => Val::F(f64::from_bits(b)),
+        t if t.is_storage_only() => Val::I((b & mask(t.bits().unwrap_or(8) as i64)) as i64),
+        t => Val::I(wrap(t, b as i64)),
+    }
+}
+
+/// The codes of a storage tensor, one per element (the evaluator's values of storage types).
+fn codes(t: &Tensor) -> Option<Vec<u8>> {
+    let bits = t.dtype().bits()?;
+    let bytes = t.to_le_bytes().ok()?;
+    let per = 8 / bits;
+    let m = ((1u16 << bits) - 1) as u8;
+    Some(
+        (0..t.len())
+            .map(|i| (bytes[i / per] >> ((i % per) * bits)) & m)
+            .collect(),
+    )
+}
+
 /// A tensor's elements as widened values.
 pub fn to_vals(t: &Tensor) -> Result<Vec<Val>, EvalError> {
     let ty = t.dtype();
     let bad = |_| EvalError::Dtype(ty.name().to_string());
-    if ty.is_float() && !ty.is_storage_only() {
+    if ty.is_storage_only() {
+        let c = codes(t).ok_or_else(|| EvalError::Dtype(ty.name().to_string()))?;
+        Ok(c.into_iter().map(|c| Val::I(c.into())).collect())
+    } else if ty.is_float() {
         Ok(t.to_f64_vec()
             .map_err(bad)?
             .into_iter()
@@ -615,7 +659,16 @@ pub fn to_vals(t: &Tensor) -> Result<Vec<Val>, EvalError> {
 /// Widened values back into a tensor of `dtype` and `shape`.
 pub fn from_vals(dtype: DType, shape: &[usize], vals: &[Val]) -> Result<Tensor, EvalError> {
     let bad = |_| EvalError::Dtype(dtype.name().to_string());
-    if dtype.is_float() {
+    if let Some(bits) = dtype.bits().filter(|_| dtype.is_storage_only()) {
+        // Packed as ONNX stores them: the first code in the lowest bits.
+        let per = 8 / bits;
+        let mut bytes = vec![0u8; vals.len().div_ceil(per)];
+        for (i, v) in vals.iter().enumerate() {
+            let c = if let Val::I(c) = v { *c as u8 } else { 0 };
+            bytes[i / per] |= (c & ((1u16 << bits) - 1) as u8) << ((i % per) * bits);
+        }
+        Tensor::from_le_bytes(dtype, shape, &bytes).map_err(bad)
+    } else if dtype.is_float() {
         let v: Vec<f64> = vals
             .iter()
             .map(|v| if let Val::F(f) = v { *f } else { f64::NAN })

@@ -173,6 +173,7 @@ impl Kernel {
             Expr::Load { param, .. } => self.params[param.0 as usize].dtype,
             Expr::Unary(op, a) => match op {
                 UnOp::IsNan | UnOp::IsInf => DType::Bool,
+                UnOp::Bitcast(t) => *t,
                 _ => self.type_of(a),
             },
             Expr::Binary(op, a, _) => {
@@ -574,6 +575,11 @@ pub enum UnOp {
     IsNan,
     /// True for ±∞.
     IsInf,
+    /// The operand's bits as the given type: `f32` ↔ `i32`/`u32`, `f64` ↔ `i64`/`u64`, and a
+    /// storage-only type (float8, float4, 4- and 2-bit ints; values of these types are their
+    /// codes) ↔ an integer type (the code zero-extended; back, its low bits). Conversions of
+    /// the storage types are integer arithmetic on these bits (`lower/cast.rs`).
+    Bitcast(DType),
 }
 
 impl UnOp {
@@ -610,6 +616,7 @@ impl UnOp {
             UnOp::Round => "round",
             UnOp::IsNan => "isnan",
             UnOp::IsInf => "isinf",
+            UnOp::Bitcast(_) => "bitcast",
             other => other.libm_name().unwrap_or("?"),
         }
     }

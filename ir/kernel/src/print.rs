@@ -240,6 +240,7 @@ pub fn expr(k: &Kernel, e: &Expr) -> String {
         Expr::Lit(Lit::Float(t, f)) => format!("{f:?}:{}", t.name()),
         Expr::Lit(Lit::Bool(b)) => b.to_string(),
         Expr::Load { param, index } => format!("%p{}[{}]", param.0, expr(k, index)),
+        Expr::Unary(UnOp::Bitcast(t), a) => format!("bitcast<{}>({})", t.name(), expr(k, a)),
         Expr::Unary(op, a) => format!("{}({})", op.name(), expr(k, a)),
         Expr::Binary(op, a, b) => {
             let infix = match op {

@@ -317,6 +317,14 @@ impl Verifier<'_> {
                 }
                 Some(ty)
             }
+            Expr::Unary(UnOp::Bitcast(to), a) => {
+                let from = self.expr(a)?;
+                if !bitcast_ok(from, *to) {
+                    self.err(format!("bitcast from {} to {}", from.name(), to.name()));
+                    return None;
+                }
+                Some(*to)
+            }
             Expr::Unary(op, a) => {
                 let t = self.expr(a)?;
                 Some(if matches!(op, UnOp::IsNan | UnOp::IsInf) {
@@ -357,4 +365,14 @@ impl Verifier<'_> {
             }
         }
     }
+}
+
+/// Whether `UnOp::Bitcast` may reinterpret `from` as `to`: `f32`/`f64` and the integers of
+/// their width, or a storage-only type and an integer type at least as wide.
+pub fn bitcast_ok(from: DType, to: DType) -> bool {
+    let float_int = |f: DType, i: DType| {
+        matches!(f, DType::F32 | DType::F64) && i.is_int() && f.bits() == i.bits()
+    };
+    let code_int = |c: DType, i: DType| c.is_storage_only() && i.is_int() && i.bits() >= c.bits();
+    float_int(from, to) || float_int(to, from) || code_int(from, to) || code_int(to, from)
 }

@@ -5,7 +5,7 @@
 //! `max`…), so every backend implements a dozen scalar ops, not ONNX's seventy. Half-precision
 //! math is done in `f32` and rounded once at the end, as every CPU backend must anyway.
 
-use super::{Cx, Fail, KernelBuilder, bcast_index, kernel_name, loop_nest, unsupported};
+use super::{Cx, Fail, KernelBuilder, bcast_index, cast, kernel_name, loop_nest, unsupported};
 use crate::kernel::*;
 use mlc_ir::ops::ew::GeluApprox;
 use mlc_ir::{DType, Graph, Node, Op, ValueId, ops::EwOp};
@@ -56,7 +56,13 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &EwOp) -> Result<(), Fail> {
             .and_then(|i| i.as_ref())
             .map(|i| i.2)
             .unwrap_or(out_ty);
-        match scalar(op, &args, in_ty, out_ty) {
+        let value = match (cast::handles(op, in_ty, out_ty), args.first()) {
+            (true, Some(Some(x))) => {
+                cast::lower(op, x.clone(), in_ty, out_ty, &mut |t| kb.var(t), &mut stmts)
+            }
+            _ => scalar(op, &args, in_ty, out_ty),
+        };
+        match value {
             Ok(value) => {
                 let index = bcast_index(&out_shape, &out_shape, vars);
                 stmts.push(Stmt::Store {
@@ -99,10 +105,7 @@ pub(super) fn fusable_body(cx: &Cx, node: &Node) -> Result<bool, Fail> {
         }
     }
     Ok(body.nodes.iter().all(|n| match &n.op {
-        Op::Ew(op) => !matches!(
-            op,
-            EwOp::CastF8 { .. } | EwOp::BitCast { .. } | EwOp::StringConcat
-        ),
+        Op::Ew(op) => !matches!(op, EwOp::StringConcat),
         Op::Constant { id } => body.consts[*id as usize].len() == 1,
         _ => false,
     }))
@@ -219,7 +222,10 @@ pub(super) fn body_lets(
                     _ => n.input(0),
                 };
                 let in_ty = first.map(|v| body.ty(v).dtype).unwrap_or(out_ty);
-                scalar(op, &args, in_ty, out_ty)?
+                match (cast::handles(op, in_ty, out_ty), &args[..]) {
+                    (true, [Some(x)]) => cast::lower(op, x.clone(), in_ty, out_ty, var, stmts)?,
+                    _ => scalar(op, &args, in_ty, out_ty)?,
+                }
             }
             _ => return unsupported("composite body op"),
         };

@@ -9,6 +9,7 @@
 //! lower is collected; all of them are reported at once.
 
 mod attn;
+mod cast;
 mod conv;
 mod epilogue;
 mod ew;

@@ -210,6 +210,7 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &MovementOp) -> Result<(), Fai
         }
         MovementOp::Range => range(cx, node),
         MovementOp::EyeLike { dtype, k } => eye_like(cx, node, *dtype, *k),
+        MovementOp::CenterCropPad { .. } => center_crop_pad(cx, node, x),
         _ => unsupported("not lowered to kernels yet"),
     }
 }
@@ -537,6 +538,60 @@ fn pad(
     });
     stmts.extend(body);
     kb.k.body = stmts;
+    cx.launch(kb, node);
+    Ok(())
+}
+
+/// `CenterCropPad`: output dim `d` reads `x` at `o + (in - out) / 2` where it crops and at
+/// `o - (out - in) / 2` where it pads (zero outside `x`); the static shapes fix both offsets.
+fn center_crop_pad(cx: &mut Cx, node: &Node, x: ValueId) -> Result<(), Fail> {
+    let (xs, ty) = (cx.shape(x)?, cx.dtype(x));
+    let os = cx.shape(node.outputs[0])?;
+    if xs.len() != os.len() || ty == DType::Str || ty.is_storage_only() {
+        return unsupported("center_crop_pad of this type or rank");
+    }
+    let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
+    let mut kb = KernelBuilder::new(kernel_name(&node.op));
+    let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let st = strides(&xs);
+    let body = loop_nest(&mut kb, &os, |_, vars| {
+        let mut src = Expr::idx(0);
+        let mut inside: Option<Expr> = None;
+        for d in 0..xs.len() {
+            let (n, m) = (xs[d] as i64, os[d] as i64);
+            let delta = if m <= n { (n - m) / 2 } else { -((m - n) / 2) };
+            let mut i = Expr::add_idx(Expr::var(vars[d]), Expr::idx(delta));
+            if m > n {
+                let ok = Expr::bin(
+                    BinOp::And,
+                    Expr::bin(BinOp::Ge, i.clone(), Expr::idx(0)),
+                    Expr::bin(BinOp::Lt, i.clone(), Expr::idx(n)),
+                );
+                inside = Some(match inside {
+                    None => ok,
+                    Some(prev) => Expr::bin(BinOp::And, prev, ok),
+                });
+                // Clamped, so the load stays in bounds whatever the condition.
+                i = Expr::bin(
+                    BinOp::Max,
+                    Expr::bin(BinOp::Min, i, Expr::idx(n - 1)),
+                    Expr::idx(0),
+                );
+            }
+            src = Expr::add_idx(src, Expr::mul_idx(i, st[d]));
+        }
+        let v = match inside {
+            None => Expr::load(xp, src),
+            Some(ok) => Expr::select(ok, Expr::load(xp, src), zero_one(ty, false)),
+        };
+        vec![Stmt::Store {
+            param: op_,
+            index: bcast_index(&os, &os, vars),
+            value: v,
+        }]
+    });
+    kb.k.body = body;
     cx.launch(kb, node);
     Ok(())
 }

@@ -26,6 +26,30 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &QuantOp) -> Result<(), Fail> 
             block_size: 0,
             to,
         } if int_range(cx.dtype(first(node)?)).is_some() => qdq(cx, node, *axis, *to, false),
+        QuantOp::Quantize {
+            axis,
+            block_size: 0,
+            to,
+            saturate,
+        } if to.is_storage_only() => super::cast::qdq(cx, node, *axis, *to, *saturate, true, 0),
+        QuantOp::Dequantize {
+            axis,
+            block_size: 0,
+            to,
+        } if cx.dtype(first(node)?).is_storage_only() => {
+            super::cast::qdq(cx, node, *axis, *to, true, false, 0)
+        }
+        QuantOp::Quantize {
+            axis,
+            block_size,
+            to,
+            saturate,
+        } => super::cast::qdq(cx, node, *axis, *to, *saturate, true, *block_size),
+        QuantOp::Dequantize {
+            axis,
+            block_size,
+            to,
+        } => super::cast::qdq(cx, node, *axis, *to, true, false, *block_size),
         QuantOp::DynamicQuantize => dynamic(cx, node),
         QuantOp::MatMulInteger => matmul_integer(cx, node),
         QuantOp::ConvInteger(geom) => super::conv::conv_integer(cx, node, geom),

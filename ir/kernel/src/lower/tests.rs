@@ -697,6 +697,18 @@ fn composite_with_a_contraction_is_inlined() {
 }
 
 #[test]
+fn center_crop_pad_crops_and_pads_odd_sizes() {
+    check(
+        r#"graph (%0: f32[5,4,3] "x", %1: i32[4,6] "i") -> (%2 "a", %3 "b", %4 "c") {
+  %2 = movement.center_crop_pad {"shape":[2,7],"axes":[0,1]} (%0, _) : f32[2,7,3]
+  %3 = movement.center_crop_pad {"shape":[6],"axes":[2]} (%0, _) : f32[5,4,6]
+  %4 = movement.center_crop_pad {"shape":[1,9],"axes":[1,0]} (%1, _) : i32[9,1]
+}"#,
+        0.0,
+    );
+}
+
+#[test]
 fn pads_tiles_args_and_scans() {
     check(
         r#"graph (%0: f32[2,3,4] "x") -> (%1 "p", %2 "e", %3 "r", %4 "w", %5 "t", %6 "a", %7 "b", %8 "c", %9 "d") {
