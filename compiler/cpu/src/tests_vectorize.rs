@@ -16,7 +16,9 @@ fn innermost_vector_loops(src: &str) -> Vec<(String, bool)> {
     out
 }
 
-fn walk(k: &Kernel, body: &[Stmt], dd: &[bool], out: &mut Vec<(String, bool)>) {
+/// Every innermost `Vector` loop of `body` (kernel `k`) with whether the vectorizer takes it;
+/// `dd` marks the variables that feed indices from loaded data.
+pub(crate) fn walk(k: &Kernel, body: &[Stmt], dd: &[bool], out: &mut Vec<(String, bool)>) {
     for st in body {
         if let Stmt::For {
             var,

@@ -192,34 +192,6 @@ fn small_convolutions_keep_im2col() {
     }
 }
 
-/// Every innermost `Vector` loop of `body` with whether the vectorizer takes it.
-fn vector_loops(k: &mlc_kir::Kernel, body: &[mlc_kir::Stmt], out: &mut Vec<(String, bool)>) {
-    use mlc_kir::{Expr, Lit, LoopKind, Stmt};
-    for st in body {
-        if let Stmt::For {
-            var,
-            extent,
-            kind,
-            body,
-        } = st
-        {
-            let inner = body.iter().any(|s| matches!(s, Stmt::For { .. }));
-            if *kind == LoopKind::Vector && !inner {
-                let n = match extent {
-                    Expr::Lit(Lit::Int(_, n)) => Some(*n),
-                    _ => None,
-                };
-                let dd = vec![false; k.vars.len()];
-                out.push((
-                    k.name.clone(),
-                    crate::simd::vectorizable(k, *var, n, body, &dd),
-                ));
-            }
-            vector_loops(k, body, out);
-        }
-    }
-}
-
 /// The transforms are SIMD loops: the input's over a row of tiles (stride-2 loads), the
 /// output's over a row of whole tiles (stride-2 stores, with a ReLU tail in them).
 #[test]
@@ -234,7 +206,8 @@ fn transforms_vectorize() {
             .iter()
             .filter(|k| k.name.starts_with("winograd"))
         {
-            vector_loops(k, &k.body, &mut loops);
+            let dd = vec![false; k.vars.len()];
+            crate::tests_vectorize::walk(k, &k.body, &dd, &mut loops);
         }
         let names: Vec<&str> = loops.iter().map(|(n, _)| n.as_str()).collect();
         assert!(names.contains(&"winograd_input"), "{loops:?}");
