@@ -1291,7 +1291,7 @@ impl<'a, 'ctx> Lw<'a, 'ctx> {
                 clamp01(e)?
             }
             Activation::HardSwish => {
-                let e = b.build_float_div(x, et.const_float(6.0), "")?;
+                let e = b.build_float_mul(x, et.const_float(1.0 / 6.0), "")?;
                 let e = b.build_float_add(e, et.const_float(0.5), "")?;
                 let g = clamp01(e)?;
                 b.build_float_mul(x, g, "")?

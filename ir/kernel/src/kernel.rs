@@ -498,7 +498,7 @@ impl Activation {
             Activation::Relu => v.max(0.0),
             Activation::Clip { min, max } => v.max(min as f64).min(max as f64),
             Activation::HardSigmoid { alpha, beta } => clamp01(alpha as f64 * v + beta as f64),
-            Activation::HardSwish => v * clamp01(v / 6.0 + 0.5),
+            Activation::HardSwish => v * clamp01(v * (1.0 / 6.0) + 0.5),
         }
     }
 }

@@ -398,7 +398,7 @@ fn unary_fn(op: &EwOp) -> Option<Box<dyn Fn(Num) -> Num>> {
         Softplus => Box::new(|x| fl(x, softplus)),
         Softsign => Box::new(|x| fl(x, |v| v / (1.0 + v.abs()))),
         Mish => Box::new(|x| fl(x, |v| v * softplus(v).tanh())),
-        HardSwish => Box::new(|x| fl(x, |v| v * (v / 6.0 + 0.5).clamp(0.0, 1.0))),
+        HardSwish => Box::new(|x| fl(x, |v| v * (v * (1.0 / 6.0) + 0.5).clamp(0.0, 1.0))),
         LeakyRelu { alpha } => {
             let a = alpha as f64;
             Box::new(move |x| fl(x, |v| if v > 0.0 { v } else { v * a }))

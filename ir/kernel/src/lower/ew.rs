@@ -392,7 +392,7 @@ pub(crate) fn scalar(
         E::HardSwish => bin(
             BinOp::Mul,
             x()?,
-            clamp01(bin(BinOp::Add, bin(BinOp::Div, x()?, c(6.0)), c(0.5))),
+            clamp01(bin(BinOp::Add, bin(BinOp::Mul, x()?, c(1.0 / 6.0)), c(0.5))),
         ),
         E::LeakyRelu { alpha } => {
             Expr::select(gt0(x()?), x()?, bin(BinOp::Mul, x()?, c(*alpha as f64)))

@@ -163,7 +163,7 @@ fn activate(act: Activation, v: f64) -> f64 {
             if e.is_nan() { e } else { e.clamp(0.0, 1.0) }
         }
         Activation::HardSwish => {
-            let e = v / 6.0 + 0.5;
+            let e = v * (1.0 / 6.0) + 0.5;
             v * if e.is_nan() { e } else { e.clamp(0.0, 1.0) }
         }
     }

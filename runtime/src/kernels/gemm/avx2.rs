@@ -218,7 +218,7 @@ unsafe fn store<const R: usize>(t: &Tile, mut acc: [[__m256; NV]; R]) {
                         }
                         Activation::HardSwish => {
                             let e = _mm256_add_ps(
-                                _mm256_div_ps(x, _mm256_set1_ps(6.0)),
+                                _mm256_mul_ps(x, _mm256_set1_ps(1.0 / 6.0)),
                                 _mm256_set1_ps(0.5),
                             );
                             let g = _mm256_max_ps(zero, _mm256_min_ps(_mm256_set1_ps(1.0), e));

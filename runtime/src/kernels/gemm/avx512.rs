@@ -166,7 +166,7 @@ unsafe fn kernel<const R: usize, const PACKED: bool>(t: &Tile) {
                         }
                         Activation::HardSwish => {
                             let e = _mm512_add_ps(
-                                _mm512_div_ps(x, _mm512_set1_ps(6.0)),
+                                _mm512_mul_ps(x, _mm512_set1_ps(1.0 / 6.0)),
                                 _mm512_set1_ps(0.5),
                             );
                             let g = _mm512_max_ps(zero, _mm512_min_ps(_mm512_set1_ps(1.0), e));

@@ -175,7 +175,8 @@ pub enum Activation {
         /// Offset.
         beta: f32,
     },
-    /// `x · max(0, min(1, x/6 + 1/2))`; NaN stays NaN (ONNX HardSwish).
+    /// `x · max(0, min(1, x·(1/6) + 1/2))`; NaN stays NaN (ONNX HardSwish, whose `alpha` is
+    /// 1/6: a multiplication by the rounded constant, as the spec writes it, not a division).
     HardSwish,
 }
 
@@ -199,7 +200,7 @@ impl Activation {
                 }
             }
             Activation::HardSigmoid { alpha, beta } => clamp01(alpha * x + beta),
-            Activation::HardSwish => x * clamp01(x / 6.0 + 0.5),
+            Activation::HardSwish => x * clamp01(x * (1.0 / 6.0) + 0.5),
         }
     }
 }
