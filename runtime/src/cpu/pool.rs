@@ -28,6 +28,10 @@ struct Shared {
     done: AtomicUsize,
     /// Workers that hold the current job's closure (see `run`).
     active: AtomicUsize,
+    /// Workers asleep on `wake` (or about to be: counted under `sleep` before the last look at
+    /// `epoch`). `run` only takes the lock and notifies when it is nonzero: a notify is a futex
+    /// syscall, and most jobs find their workers still spinning.
+    sleepers: AtomicUsize,
     sleep: Mutex<()>,
     wake: Condvar,
     shutdown: AtomicBool,
@@ -62,6 +66,7 @@ impl Pool {
             next: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
+            sleepers: AtomicUsize::new(0),
             sleep: Mutex::new(()),
             wake: Condvar::new(),
             shutdown: AtomicBool::new(false),
@@ -108,7 +113,10 @@ impl Pool {
         s.done.store(0, Ordering::SeqCst);
         *s.job.lock().unwrap_or_else(|e| e.into_inner()) = Some((erased, n));
         s.epoch.fetch_add(1, Ordering::SeqCst);
-        {
+        // A worker counts itself a sleeper (under `sleep`) before its last look at `epoch`, and
+        // both sides use SeqCst: either it sees the new epoch and does not sleep, or this load
+        // sees it counted, and taking `sleep` here waits until it is inside `wait`.
+        if s.sleepers.load(Ordering::SeqCst) != 0 {
             let _g = s.sleep.lock().unwrap_or_else(|e| e.into_inner());
             s.wake.notify_all();
         }
@@ -152,9 +160,13 @@ fn worker(s: &Shared) {
                 std::hint::spin_loop();
             } else {
                 let g = s.sleep.lock().unwrap_or_else(|e| e.into_inner());
-                if s.epoch.load(Ordering::Acquire) == seen && !s.shutdown.load(Ordering::Acquire) {
+                s.sleepers.fetch_add(1, Ordering::SeqCst);
+                if s.epoch.load(Ordering::SeqCst) == seen && !s.shutdown.load(Ordering::SeqCst) {
                     drop(s.wake.wait(g).unwrap_or_else(|e| e.into_inner()));
+                } else {
+                    drop(g);
                 }
+                s.sleepers.fetch_sub(1, Ordering::SeqCst);
             }
         }
         seen = s.epoch.load(Ordering::Acquire);
