@@ -1202,6 +1202,9 @@ impl<M: Module> Tx<'_, '_, M> {
             Activation::Clip { min, max } => (2, min, max),
             Activation::HardSigmoid { alpha, beta } => (3, alpha, beta),
             Activation::HardSwish => (4, 0.0, 0.0),
+            // ABI 5.
+            Activation::Gelu => (5, 0.0, 0.0),
+            Activation::GeluTanh => (6, 0.0, 0.0),
         };
         let act = self.b.ins().iconst(types::I64, act);
         put(self, s::ACT, act);

@@ -539,13 +539,47 @@ pub struct Fused {
     pub requant: usize,
     /// General tails ([`fuse_tails`]).
     pub tails: usize,
+    /// Of those tails, the GELUs that became the contraction's activation
+    /// ([`fuse_activations`]).
+    pub gelu: usize,
 }
 
-/// Both passes, in order: what code generation runs.
+/// The three passes, in order: what code generation runs.
 pub fn fuse_epilogues(p: &Program) -> (Program, Fused) {
     let (q, requant) = fuse_requant(p);
     let (q, tails) = fuse_tails(&q);
-    (q, Fused { requant, tails })
+    let (q, gelu) = fuse_activations(&q);
+    (
+        q,
+        Fused {
+            requant,
+            tails,
+            gelu,
+        },
+    )
+}
+
+mod gelu;
+
+/// Turns every contraction whose fused tail is exactly GELU of its result (plus a broadcast
+/// bias) into one with that bias and a GELU activation (see [`gelu`]); returns the program
+/// and how many were rewritten. Run after [`fuse_tails`].
+pub fn fuse_activations(p: &Program) -> (Program, usize) {
+    let mut out = p.clone();
+    let mut rewritten = 0;
+    for (i, s) in p.steps.iter().enumerate() {
+        if let Some((k, args)) = gelu::tail_to_activation(p.kernel(s.kernel), &s.args) {
+            let kernel = out.intern_kernel(k);
+            out.steps[i] = Step {
+                kernel,
+                args,
+                origin: s.origin.clone(),
+            };
+            rewritten += 1;
+        }
+    }
+    drop_unused_kernels(&mut out);
+    (out, rewritten)
 }
 
 /// The contraction of `mm_step` with the kernel of `tail` as its [`mlc_kir::TileTail`], and
@@ -879,3 +913,7 @@ mod tests;
 #[cfg(test)]
 #[path = "tests_tails.rs"]
 mod tests_tails;
+
+#[cfg(test)]
+#[path = "tests_gelu.rs"]
+mod tests_gelu;

@@ -1296,6 +1296,13 @@ impl<'a, 'ctx> Lw<'a, 'ctx> {
                 let g = clamp01(e)?;
                 b.build_float_mul(x, g, "")?
             }
+            // Only the CPU backend's epilogue pass forms these (from fused tile tails, which
+            // this backend never builds).
+            Activation::Gelu | Activation::GeluTanh => {
+                return Err(NvptxError::Unsupported(
+                    "a GELU contraction epilogue (formed by the CPU backend only)".into(),
+                ));
+            }
         };
         let out = self.cast(edt, cty, x.into())?;
         self.store_elem(mm.c.param, ci, out)

@@ -487,6 +487,14 @@ pub enum Activation {
     },
     /// `x · max(0, min(1, x/6 + 1/2))`; NaN stays NaN.
     HardSwish,
+    /// GELU, erf form: `(0.5·x) · (1 + erf(x · (1/√2)))`, in this order, as the lowering of
+    /// `ew.gelu` computes it; NaN stays NaN. Backends may approximate `erf` (the CPU runtime's
+    /// epilogue is within 1e-6 relative of it, plus 3e-7 absolute; see `mlc_runtime`'s
+    /// `kernels::gemm::act`).
+    Gelu,
+    /// GELU, tanh form: `(0.5·x) · (1 + tanh(√(2/π) · (x + 0.044715·((x·x)·x))))`, in this
+    /// order, as the lowering of `ew.gelu(approximate = tanh)` computes it; NaN stays NaN.
+    GeluTanh,
 }
 
 impl Activation {
@@ -499,6 +507,16 @@ impl Activation {
             Activation::Clip { min, max } => v.max(min as f64).min(max as f64),
             Activation::HardSigmoid { alpha, beta } => clamp01(alpha as f64 * v + beta as f64),
             Activation::HardSwish => v * clamp01(v * (1.0 / 6.0) + 0.5),
+            // The constants as the lowering's `f32` literals hold them.
+            Activation::Gelu => {
+                let s = std::f64::consts::FRAC_1_SQRT_2 as f32 as f64;
+                (0.5 * v) * (1.0 + libm::erf(v * s))
+            }
+            Activation::GeluTanh => {
+                let k = (2.0 / std::f64::consts::PI).sqrt() as f32 as f64;
+                let c = 0.044715f32 as f64;
+                (0.5 * v) * (1.0 + (k * (v + c * (v * v * v))).tanh())
+            }
         }
     }
 }

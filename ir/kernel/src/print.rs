@@ -152,6 +152,8 @@ fn block(k: &Kernel, body: &[Stmt], depth: usize, s: &mut String) {
                         write!(s, " act=hard_sigmoid({alpha:?}, {beta:?})")
                     }
                     Activation::HardSwish => write!(s, " act=hard_swish"),
+                    Activation::Gelu => write!(s, " act=gelu"),
+                    Activation::GeluTanh => write!(s, " act=gelu_tanh"),
                 };
                 match &mm.tail {
                     None => {

@@ -19,7 +19,7 @@
 use super::matmul::{self, Gemm, Requant, View};
 
 /// Version of this contract; an artifact records it and a runtime loads only its own.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// The data symbol holding the helper table in generated code.
 pub const TABLE_SYMBOL: &str = "mlc_helpers";
@@ -119,6 +119,10 @@ pub enum Activation {
     Clip { min: f32, max: f32 },
     HardSigmoid { alpha: f32, beta: f32 },
     HardSwish,
+    /// GELU, erf form (code 5; ABI 5).
+    Gelu,
+    /// GELU, tanh form (code 6; ABI 5).
+    GeluTanh,
 }
 
 /// The slots of the argument block passed to `mlc_matmul`, in 8-byte words.
@@ -239,6 +243,8 @@ fn matmul_from_desc(d: &[u64], threads: usize) -> bool {
             beta: f(s::ACT_MAX) as f32,
         },
         4 => Activation::HardSwish,
+        5 => Activation::Gelu,
+        6 => Activation::GeluTanh,
         _ => Activation::None,
     };
     let g = Gemm {

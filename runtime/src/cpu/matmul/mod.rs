@@ -166,6 +166,13 @@ fn activate(act: Activation, v: f64) -> f64 {
             let e = v * (1.0 / 6.0) + 0.5;
             v * if e.is_nan() { e } else { e.clamp(0.0, 1.0) }
         }
+        // The definitions, in `f64` like the evaluator; the tuned kernels approximate them
+        // (see `kernels::gemm::act`).
+        Activation::Gelu => 0.5 * v * (1.0 + libm::erf(v * std::f64::consts::FRAC_1_SQRT_2)),
+        Activation::GeluTanh => {
+            let k = (2.0 / std::f64::consts::PI).sqrt();
+            0.5 * v * (1.0 + (k * (v + 0.044715 * v * v * v)).tanh())
+        }
     }
 }
 
@@ -425,6 +432,8 @@ impl F32Bias<'_> {
                     kg::Activation::HardSigmoid { alpha, beta }
                 }
                 Activation::HardSwish => kg::Activation::HardSwish,
+                Activation::Gelu => kg::Activation::Gelu,
+                Activation::GeluTanh => kg::Activation::GeluTanh,
             });
         match self {
             Broadcast::None => ep,

@@ -7,7 +7,7 @@
 
 #![allow(unsafe_code)]
 
-use super::{Activation, Spec, Tile};
+use super::{Activation, Spec, Tile, act};
 use std::arch::x86_64::*;
 
 const MR: usize = 6;
@@ -224,6 +224,8 @@ unsafe fn store<const R: usize>(t: &Tile, mut acc: [[__m256; NV]; R]) {
                             let g = _mm256_max_ps(zero, _mm256_min_ps(_mm256_set1_ps(1.0), e));
                             _mm256_mul_ps(x, g)
                         }
+                        Activation::Gelu => gelu8(x),
+                        Activation::GeluTanh => gelu_tanh8(x),
                     };
                 }
                 if n == 8 {
@@ -234,4 +236,107 @@ unsafe fn store<const R: usize>(t: &Tile, mut acc: [[__m256; NV]; R]) {
             }
         }
     }
+}
+
+// ---- GELU, 8 lanes: `act.rs`'s algorithms (see there), with fused multiply-adds -----------
+
+/// A polynomial in `t` by Horner's rule, `c[0]` the highest coefficient.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn horner(t: __m256, c: &[f32]) -> __m256 {
+    let mut y = _mm256_set1_ps(c[0]);
+    for &k in &c[1..] {
+        y = _mm256_fmadd_ps(y, t, _mm256_set1_ps(k));
+    }
+    y
+}
+
+/// `x` with the sign bit of `s` or-ed in.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn or_sign(x: __m256, s: __m256) -> __m256 {
+    _mm256_or_ps(x, _mm256_and_ps(s, _mm256_set1_ps(-0.0)))
+}
+
+/// `act::exp` on 8 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn exp8(x: __m256) -> __m256 {
+    let t = _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E));
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
+    let r = _mm256_fmadd_ps(n, _mm256_set1_ps(act::EXP_C1), x);
+    let r = _mm256_fmadd_ps(n, _mm256_set1_ps(act::EXP_C2), r);
+    let y = horner(r, &act::EXP_P);
+    let y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), r);
+    let mut y = _mm256_add_ps(y, _mm256_set1_ps(1.0));
+    // n ∈ [-126, 128] where the result is not replaced below; elsewhere the conversion may
+    // give anything.
+    let ni = _mm256_cvttps_epi32(n);
+    let n1 = _mm256_srai_epi32::<1>(ni);
+    let n2 = _mm256_sub_epi32(ni, n1);
+    for h in [n1, n2] {
+        let e = _mm256_slli_epi32::<23>(_mm256_add_epi32(h, _mm256_set1_epi32(127)));
+        y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+    }
+    let big = _mm256_cmp_ps::<_CMP_GT_OQ>(x, _mm256_set1_ps(act::EXP_HI));
+    let y = _mm256_blendv_ps(y, _mm256_set1_ps(f32::INFINITY), big);
+    let small = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(act::EXP_LO));
+    _mm256_andnot_ps(small, y)
+}
+
+/// `act::tanh` on 8 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn tanh8(x: __m256) -> __m256 {
+    let one = _mm256_set1_ps(1.0);
+    let ax = _mm256_andnot_ps(_mm256_set1_ps(-0.0), x);
+    let z = _mm256_mul_ps(x, x);
+    let p = _mm256_mul_ps(horner(z, &act::TANH_P), z);
+    let small = _mm256_fmadd_ps(p, x, x);
+    let e = exp8(_mm256_add_ps(ax, ax));
+    let q = _mm256_div_ps(_mm256_set1_ps(2.0), _mm256_add_ps(e, one));
+    let big = or_sign(_mm256_sub_ps(one, q), x);
+    let is_small = _mm256_cmp_ps::<_CMP_LT_OQ>(ax, _mm256_set1_ps(act::TANH_SMALL));
+    _mm256_blendv_ps(big, small, is_small)
+}
+
+/// `act::erf` on 8 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn erf8(x: __m256) -> __m256 {
+    let one = _mm256_set1_ps(1.0);
+    let ax = _mm256_andnot_ps(_mm256_set1_ps(-0.0), x);
+    let z = _mm256_mul_ps(x, x);
+    let r = _mm256_div_ps(horner(z, &act::ERF_P), horner(z, &act::ERF_Q));
+    let small = _mm256_fmadd_ps(x, r, x);
+    let a = horner(ax, &act::ERF_AS);
+    let a2 = _mm256_mul_ps(a, a);
+    let a4 = _mm256_mul_ps(a2, a2);
+    let a8 = _mm256_mul_ps(a4, a4);
+    let a16 = _mm256_mul_ps(a8, a8);
+    let big = or_sign(_mm256_sub_ps(one, _mm256_div_ps(one, a16)), x);
+    let is_small = _mm256_cmp_ps::<_CMP_LT_OQ>(ax, _mm256_set1_ps(act::ERF_SMALL));
+    let y = _mm256_blendv_ps(big, small, is_small);
+    let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x);
+    _mm256_blendv_ps(y, x, nan)
+}
+
+/// `act::gelu` on 8 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn gelu8(x: __m256) -> __m256 {
+    let e = erf8(_mm256_mul_ps(x, _mm256_set1_ps(act::FRAC_1_SQRT_2)));
+    let h = _mm256_mul_ps(_mm256_set1_ps(0.5), x);
+    _mm256_mul_ps(h, _mm256_add_ps(_mm256_set1_ps(1.0), e))
+}
+
+/// `act::gelu_tanh` on 8 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn gelu_tanh8(x: __m256) -> __m256 {
+    let x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
+    let u = _mm256_add_ps(x, _mm256_mul_ps(_mm256_set1_ps(act::GELU_CUBIC), x3));
+    let t = tanh8(_mm256_mul_ps(_mm256_set1_ps(act::SQRT_2_OVER_PI), u));
+    let h = _mm256_mul_ps(_mm256_set1_ps(0.5), x);
+    _mm256_mul_ps(h, _mm256_add_ps(_mm256_set1_ps(1.0), t))
 }

@@ -16,7 +16,7 @@
 
 #![allow(unsafe_code)]
 
-use super::{Activation, Spec, Tile};
+use super::{Activation, Spec, Tile, act};
 use std::arch::x86_64::*;
 
 const MR: usize = 12;
@@ -172,6 +172,8 @@ unsafe fn kernel<const R: usize, const PACKED: bool>(t: &Tile) {
                             let g = _mm512_max_ps(zero, _mm512_min_ps(_mm512_set1_ps(1.0), e));
                             _mm512_mul_ps(x, g)
                         }
+                        Activation::Gelu => gelu16(x),
+                        Activation::GeluTanh => gelu_tanh16(x),
                     };
                 }
                 _mm512_mask_storeu_ps(cp, mask, x);
@@ -259,4 +261,108 @@ unsafe fn dot_split<const R: usize, const PACKED: bool>(t: &Tile) -> [[__m512; N
             )
         })
     })
+}
+
+// ---- GELU, 16 lanes: `act.rs`'s algorithms (see there), with fused multiply-adds ----------
+
+/// A polynomial in `t` by Horner's rule, `c[0]` the highest coefficient.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn horner(t: __m512, c: &[f32]) -> __m512 {
+    let mut y = _mm512_set1_ps(c[0]);
+    for &k in &c[1..] {
+        y = _mm512_fmadd_ps(y, t, _mm512_set1_ps(k));
+    }
+    y
+}
+
+/// `x` with the sign bit of `s` or-ed in (AVX-512F has no float `or`).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn or_sign(x: __m512, s: __m512) -> __m512 {
+    let sign = _mm512_and_si512(_mm512_castps_si512(s), _mm512_set1_epi32(i32::MIN));
+    _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(x), sign))
+}
+
+/// `act::exp` on 16 lanes.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn exp16(x: __m512) -> __m512 {
+    let t = _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E));
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
+    let r = _mm512_fmadd_ps(n, _mm512_set1_ps(act::EXP_C1), x);
+    let r = _mm512_fmadd_ps(n, _mm512_set1_ps(act::EXP_C2), r);
+    let y = horner(r, &act::EXP_P);
+    let y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), r);
+    let mut y = _mm512_add_ps(y, _mm512_set1_ps(1.0));
+    // n ∈ [-126, 128] where the result is not replaced below; elsewhere the conversion may
+    // give anything.
+    let ni = _mm512_cvttps_epi32(n);
+    let n1 = _mm512_srai_epi32::<1>(ni);
+    let n2 = _mm512_sub_epi32(ni, n1);
+    for h in [n1, n2] {
+        let e = _mm512_slli_epi32::<23>(_mm512_add_epi32(h, _mm512_set1_epi32(127)));
+        y = _mm512_mul_ps(y, _mm512_castsi512_ps(e));
+    }
+    let big = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, _mm512_set1_ps(act::EXP_HI));
+    let y = _mm512_mask_blend_ps(big, y, _mm512_set1_ps(f32::INFINITY));
+    let small = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(act::EXP_LO));
+    _mm512_mask_blend_ps(small, y, _mm512_setzero_ps())
+}
+
+/// `act::tanh` on 16 lanes.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn tanh16(x: __m512) -> __m512 {
+    let one = _mm512_set1_ps(1.0);
+    let ax = _mm512_abs_ps(x);
+    let z = _mm512_mul_ps(x, x);
+    let p = _mm512_mul_ps(horner(z, &act::TANH_P), z);
+    let small = _mm512_fmadd_ps(p, x, x);
+    let e = exp16(_mm512_add_ps(ax, ax));
+    let q = _mm512_div_ps(_mm512_set1_ps(2.0), _mm512_add_ps(e, one));
+    let big = or_sign(_mm512_sub_ps(one, q), x);
+    let is_small = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(ax, _mm512_set1_ps(act::TANH_SMALL));
+    _mm512_mask_blend_ps(is_small, big, small)
+}
+
+/// `act::erf` on 16 lanes.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn erf16(x: __m512) -> __m512 {
+    let one = _mm512_set1_ps(1.0);
+    let ax = _mm512_abs_ps(x);
+    let z = _mm512_mul_ps(x, x);
+    let r = _mm512_div_ps(horner(z, &act::ERF_P), horner(z, &act::ERF_Q));
+    let small = _mm512_fmadd_ps(x, r, x);
+    let a = horner(ax, &act::ERF_AS);
+    let a2 = _mm512_mul_ps(a, a);
+    let a4 = _mm512_mul_ps(a2, a2);
+    let a8 = _mm512_mul_ps(a4, a4);
+    let a16 = _mm512_mul_ps(a8, a8);
+    let big = or_sign(_mm512_sub_ps(one, _mm512_div_ps(one, a16)), x);
+    let is_small = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(ax, _mm512_set1_ps(act::ERF_SMALL));
+    let y = _mm512_mask_blend_ps(is_small, big, small);
+    let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
+    _mm512_mask_blend_ps(nan, y, x)
+}
+
+/// `act::gelu` on 16 lanes.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(super) fn gelu16(x: __m512) -> __m512 {
+    let e = erf16(_mm512_mul_ps(x, _mm512_set1_ps(act::FRAC_1_SQRT_2)));
+    let h = _mm512_mul_ps(_mm512_set1_ps(0.5), x);
+    _mm512_mul_ps(h, _mm512_add_ps(_mm512_set1_ps(1.0), e))
+}
+
+/// `act::gelu_tanh` on 16 lanes.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(super) fn gelu_tanh16(x: __m512) -> __m512 {
+    let x3 = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
+    let u = _mm512_add_ps(x, _mm512_mul_ps(_mm512_set1_ps(act::GELU_CUBIC), x3));
+    let t = tanh16(_mm512_mul_ps(_mm512_set1_ps(act::SQRT_2_OVER_PI), u));
+    let h = _mm512_mul_ps(_mm512_set1_ps(0.5), x);
+    _mm512_mul_ps(h, _mm512_add_ps(_mm512_set1_ps(1.0), t))
 }

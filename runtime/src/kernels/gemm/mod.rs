@@ -56,6 +56,7 @@
 // the threads that write disjoint tiles of `C`; every such use carries a `SAFETY:` comment.
 #![allow(unsafe_code)]
 
+pub mod act;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
@@ -178,6 +179,13 @@ pub enum Activation {
     /// `x · max(0, min(1, x·(1/6) + 1/2))`; NaN stays NaN (ONNX HardSwish, whose `alpha` is
     /// 1/6: a multiplication by the rounded constant, as the spec writes it, not a division).
     HardSwish,
+    /// GELU, erf form (ONNX `Gelu`): `0.5·x·(1 + erf(x/√2))`, with `erf` a polynomial
+    /// approximation (see [`act`] for the algorithm and its error bound); NaN stays NaN.
+    Gelu,
+    /// GELU, tanh form (ONNX `Gelu(approximate = "tanh")`):
+    /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, with `tanh` a polynomial approximation
+    /// (see [`act`]); NaN stays NaN.
+    GeluTanh,
 }
 
 /// `max(0, min(1, e))` keeping NaN, in the order the SIMD kernels compute it.
@@ -201,6 +209,8 @@ impl Activation {
             }
             Activation::HardSigmoid { alpha, beta } => clamp01(alpha * x + beta),
             Activation::HardSwish => x * clamp01(x * (1.0 / 6.0) + 0.5),
+            Activation::Gelu => act::gelu(x),
+            Activation::GeluTanh => act::gelu_tanh(x),
         }
     }
 }

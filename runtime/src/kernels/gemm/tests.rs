@@ -145,6 +145,13 @@ impl Case {
                         (f64::from(alpha) * v + f64::from(beta)).clamp(0.0, 1.0)
                     }
                     Activation::HardSwish => v * (v / 6.0 + 0.5).clamp(0.0, 1.0),
+                    Activation::Gelu | Activation::GeluTanh => {
+                        // GELU is 1.13-Lipschitz and approximated within `GELU_ERR·|v|`
+                        // (see `act`): widen the error scale by both.
+                        let tol_k = (self.k + 4) as f64 * f64::from(f32::EPSILON);
+                        s *= 1.13 + GELU_ERR / tol_k;
+                        gelu_f64(ep.activation, v)
+                    }
                 };
                 out.push((v, s));
             }
@@ -309,6 +316,19 @@ fn every_epilogue() {
         let res_ld = n + 5;
         let res = data(m * res_ld, 5);
         let epilogues = [
+            (
+                "gelu",
+                Epilogue::new()
+                    .bias(Bias::PerCol(&col_bias))
+                    .activation(Activation::Gelu),
+            ),
+            (
+                "gelu tanh",
+                Epilogue::new()
+                    .alpha(2.0)
+                    .bias(Bias::PerRow(&row_bias))
+                    .activation(Activation::GeluTanh),
+            ),
             ("alpha", Epilogue::new().alpha(-0.75)),
             ("beta=1", Epilogue::new().beta(1.0)),
             ("beta=0.5", Epilogue::new().beta(0.5).alpha(2.0)),
@@ -712,6 +732,8 @@ fn nan_through_activations() {
             beta: 0.5,
         },
         Activation::HardSwish,
+        Activation::Gelu,
+        Activation::GeluTanh,
     ];
     for act in acts {
         let want = act.apply(f32::NAN);
@@ -756,6 +778,138 @@ fn nan_through_activations() {
             )
             .unwrap();
             assert!(c[1].to_bits() == want.to_bits() || (c[1].is_nan() && want.is_nan()));
+        }
+    }
+}
+
+/// The bound on GELU's error relative to `|x|`, with `x` its argument (see `act`'s docs: `1e-6`
+/// relative to the result plus `2e-7·|x|`, and `|gelu(x)| ≤ |x|`).
+const GELU_ERR: f64 = 1.2e-6;
+
+/// GELU's definition in `f64` (libm's `erf`, std's `tanh`), the constants as `f32`.
+fn gelu_f64(act: Activation, x: f64) -> f64 {
+    match act {
+        Activation::Gelu => {
+            0.5 * x * (1.0 + libm::erf(x * f64::from(std::f32::consts::FRAC_1_SQRT_2)))
+        }
+        _ => {
+            let k = f64::from(act::SQRT_2_OVER_PI);
+            let c = f64::from(act::GELU_CUBIC);
+            0.5 * x * (1.0 + (k * (x + c * x * x * x)).tanh())
+        }
+    }
+}
+
+/// Arguments for the transcendental sweeps: a dense grid over [-12, 12], the branch boundaries
+/// of `erf`, `tanh` and `exp` and their neighbours, tiny and huge values, ±0 and ±inf.
+fn sweep() -> Vec<f32> {
+    let mut xs: Vec<f32> = (-12_000..=12_000).map(|i| i as f32 * 1e-3).collect();
+    let edges = [
+        act::ERF_SMALL,
+        act::TANH_SMALL,
+        act::ERF_SMALL * std::f32::consts::SQRT_2,
+        act::EXP_HI / 2.0,
+        act::EXP_LO / 2.0,
+        1e-30,
+        1e-10,
+        1e-5,
+        f32::MIN_POSITIVE,
+        20.0,
+        100.0,
+        1e10,
+        f32::MAX,
+    ];
+    for e in edges {
+        for x in [e, f32::from_bits(e.to_bits() + 1), f32::from_bits(e.to_bits() - 1)] {
+            xs.extend([x, -x]);
+        }
+    }
+    xs.extend([0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY]);
+    xs
+}
+
+#[test]
+fn scalar_math_within_bounds() {
+    // erf and tanh within 1e-6 relative of libm (f64), exp within 2e-7 relative.
+    for x in sweep() {
+        let xd = f64::from(x);
+        let (e, t) = (act::erf(x), act::tanh(x));
+        let (we, wt) = (libm::erf(xd), xd.tanh());
+        assert!(
+            (f64::from(e) - we).abs() <= 1e-6 * we.abs() + 1e-45,
+            "erf({x}) = {e}, want {we}"
+        );
+        assert!(
+            (f64::from(t) - wt).abs() <= 1e-6 * wt.abs() + 1e-45,
+            "tanh({x}) = {t}, want {wt}"
+        );
+        let x = x / 8.0;
+        let (got, want) = (act::exp(x), f64::from(x).exp());
+        if want < f64::from(f32::MIN_POSITIVE) || want > f64::from(f32::MAX) {
+            continue;
+        }
+        assert!(
+            (f64::from(got) - want).abs() <= 2e-7 * want,
+            "exp({x}) = {got}, want {want}"
+        );
+    }
+    assert!(act::erf(f32::NAN).is_nan() && act::tanh(f32::NAN).is_nan());
+    assert_eq!(act::exp(200.0), f32::INFINITY);
+    assert_eq!(act::exp(-200.0), 0.0);
+}
+
+#[test]
+fn gelu_epilogue_sweep() {
+    // C = x·s exactly (k = 1, s a power of two), so the epilogue sees every sweep value; each
+    // ISA's tiles (and the portable scalar definition) must be within the documented bound of
+    // the f64 definition, and within a few roundings of the scalar definition.
+    let xs = sweep();
+    let scales: Vec<f32> = [1.0, -1.0, 0.5, -2.0, 0.25, 4.0, -0.125]
+        .into_iter()
+        .cycle()
+        .take(19)
+        .collect();
+    let (m, n) = (xs.len(), scales.len());
+    for act in [Activation::Gelu, Activation::GeluTanh] {
+        let ep = Epilogue::new().activation(act);
+        for gemm in isas() {
+            let mut c = vec![0.0f32; m * n];
+            gemm.run(
+                m,
+                n,
+                1,
+                MatRef::row_major(&xs, 1),
+                MatRef::row_major(&scales, n),
+                &mut c,
+                n,
+                &ep,
+            )
+            .unwrap();
+            for (i, &x0) in xs.iter().enumerate() {
+                for (j, &s) in scales.iter().enumerate() {
+                    let x = x0 * s;
+                    let got = c[i * n + j];
+                    let what = format!("{} {act:?}({x})", gemm.isa());
+                    let scalar = act.apply(x);
+                    let want = gelu_f64(act, f64::from(x));
+                    if want.is_nan() || scalar.is_nan() {
+                        assert!(got.is_nan() && scalar.is_nan(), "{what} = {got}, want NaN");
+                        continue;
+                    }
+                    if want.is_infinite() {
+                        assert_eq!(f64::from(got), want, "{what}");
+                        continue;
+                    }
+                    let bound = 1e-6 * want.abs() + 2e-7 * f64::from(x).abs() + 1e-45;
+                    let err = (f64::from(got) - want).abs();
+                    assert!(err <= bound, "{what} = {got}, want {want} (err {err:e})");
+                    let err = (got - scalar).abs();
+                    assert!(
+                        err <= 4.0 * f32::EPSILON * (scalar.abs() + 0.5 * x.abs()) + 1e-45,
+                        "{what} = {got}, scalar {scalar} (err {err:e})"
+                    );
+                }
+            }
         }
     }
 }

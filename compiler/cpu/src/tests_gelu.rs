@@ -1,0 +1,111 @@
+//! GELU tails becoming the contraction's activation: graphs shaped like BERT's FFN (matmul,
+//! bias, GELU in one composite) and MagiKa's conv tail (a contraction, then a composite of a
+//! per-row bias and the tanh GELU), odd shapes; what must not be rewritten; and the compiled
+//! program (the runtime's GELU epilogue on every row and column edge) against the evaluator.
+
+use super::*;
+use crate::tests::check;
+use mlc_ir::parse_graph;
+use mlc_kir::{lower_graph, print_program};
+
+/// The program after the CPU epilogue passes, and how many GELUs became activations.
+fn fused(src: &str) -> (String, usize) {
+    let g = parse_graph(src).unwrap_or_else(|e| panic!("bad graph: {e}"));
+    let p = lower_graph(&g).expect("lowering");
+    let (q, f) = fuse_epilogues(&p);
+    for k in &q.kernels {
+        mlc_kir::verify_kernel(k).unwrap_or_else(|e| panic!("{e:?}\n{}", print_program(&q)));
+    }
+    (print_program(&q), f.gelu)
+}
+
+/// BERT's FFN: `gelu(x·W + b)` as one composite.
+fn ffn(m: usize, k: usize, n: usize, approx: &str) -> String {
+    format!(
+        r#"graph (%0: f32[{m},{k}] "x", %1: f32[{k},{n}] "w", %2: f32[{n}] "b") -> (%3 "y") {{
+  %3 = control.composite {{"kind":"matmul+gelu"}} (%0, %1, %2) : f32[{m},{n}] {{
+    graph (%0: f32[{m},{k}] "in0", %1: f32[{k},{n}] "in1", %2: f32[{n}] "in2") -> (%5 "out") {{
+      %3 = nn.matmul(%0, %1) : f32[{m},{n}]
+      %4 = ew.add(%3, %2) : f32[{m},{n}]
+      %5 = ew.gelu {{"approximate":"{approx}"}}(%4) : f32[{m},{n}]
+    }}
+  }}
+}}"#
+    )
+}
+
+/// MagiKa's tail: a contraction, then `gelu(C + b[row])` as a composite of its own.
+fn conv_tail(m: usize, k: usize, n: usize, approx: &str) -> String {
+    format!(
+        r#"graph (%0: f32[{m},{k}] "w", %1: f32[{k},{n}] "x", %2: f32[{m},1] "b") -> (%4 "y") {{
+  %3 = nn.matmul(%0, %1) : f32[{m},{n}]
+  %4 = control.composite {{"kind":"bias_gelu"}} (%3, %2) : f32[{m},{n}] {{
+    graph (%0: f32[{m},{n}] "in0", %1: f32[{m},1] "in1") -> (%3 "out") {{
+      %2 = ew.add(%0, %1) : f32[{m},{n}]
+      %3 = ew.gelu {{"approximate":"{approx}"}}(%2) : f32[{m},{n}]
+    }}
+  }}
+}}"#
+    )
+}
+
+#[test]
+fn gelu_tails_become_activations() {
+    // Odd sizes around the AVX-512 (12×32) and AVX2 (6×16) tiles, a single row and column.
+    let shapes = [(1, 5, 1), (1, 7, 33), (13, 9, 37), (25, 31, 65), (40, 64, 100)];
+    for &(m, k, n) in &shapes {
+        for (approx, act) in [("none", "act=gelu"), ("tanh", "act=gelu_tanh")] {
+            for src in [ffn(m, k, n, approx), conv_tail(m, k, n, approx)] {
+                let (text, n_gelu) = fused(&src);
+                assert_eq!(n_gelu, 1, "{src}\n{text}");
+                assert!(text.contains(act), "{text}");
+                assert!(!text.contains("erf") && !text.contains("tanh("), "{text}");
+                // The runtime's erf/tanh are within 1e-6 relative (+3e-7 absolute) of libm's;
+                // the f32 contraction's own rounding is within the same tolerance here.
+                check(&src, 2e-6);
+            }
+        }
+    }
+}
+
+#[test]
+fn other_tails_stay_tails() {
+    // A GELU of something else than C + bias (here C·2) is a general tail, not an activation.
+    let src = r#"graph (%0: f32[5,7] "x", %1: f32[7,9] "w") -> (%4 "y") {
+  %2 = nn.matmul(%0, %1) : f32[5,9]
+  %4 = control.composite {"kind":"scale_gelu"} (%2) : f32[5,9] {
+    graph (%0: f32[5,9] "in0") -> (%3 "out") {
+      @c0 = const f32[] [2.0]
+      %1 = constant @c0 : f32[]
+      %2 = ew.mul(%0, %1) : f32[5,9]
+      %3 = ew.gelu {"approximate":"none"}(%2) : f32[5,9]
+    }
+  }
+}"#;
+    let (text, n_gelu) = fused(src);
+    assert_eq!(n_gelu, 0, "{text}");
+    assert!(text.contains("erf"), "{text}");
+    check(src, 2e-6);
+}
+
+#[test]
+fn gelu_pattern_needs_the_exact_formula() {
+    let c = |v: f64| Expr::float(DType::F32, v as f32 as f64);
+    let x = Expr::var(VarId(0));
+    let mul = |a: Expr, b: Expr| Expr::bin(BinOp::Mul, a, b);
+    let add = |a: Expr, b: Expr| Expr::bin(BinOp::Add, a, b);
+    let erf_form = |s: f64, y: Expr| {
+        mul(
+            mul(c(0.5), x.clone()),
+            add(c(1.0), Expr::un(UnOp::Erf, mul(y, c(s)))),
+        )
+    };
+    let s = std::f64::consts::FRAC_1_SQRT_2;
+    assert_eq!(
+        gelu::gelu_of(&erf_form(s, x.clone())).map(|(a, _)| a),
+        Some(mlc_kir::Activation::Gelu)
+    );
+    // Another constant, another argument inside the erf: not GELU.
+    assert!(gelu::gelu_of(&erf_form(0.7, x.clone())).is_none());
+    assert!(gelu::gelu_of(&erf_form(s, Expr::var(VarId(1)))).is_none());
+}
