@@ -52,7 +52,13 @@ fn conv_tail(m: usize, k: usize, n: usize, approx: &str) -> String {
 #[test]
 fn gelu_tails_become_activations() {
     // Odd sizes around the AVX-512 (12×32) and AVX2 (6×16) tiles, a single row and column.
-    let shapes = [(1, 5, 1), (1, 7, 33), (13, 9, 37), (25, 31, 65), (40, 64, 100)];
+    let shapes = [
+        (1, 5, 1),
+        (1, 7, 33),
+        (13, 9, 37),
+        (25, 31, 65),
+        (40, 64, 100),
+    ];
     for &(m, k, n) in &shapes {
         for (approx, act) in [("none", "act=gelu"), ("tanh", "act=gelu_tanh")] {
             for src in [ffn(m, k, n, approx), conv_tail(m, k, n, approx)] {

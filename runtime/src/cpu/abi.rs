@@ -116,8 +116,14 @@ pub type TileFn = extern "C" fn(*const *mut u8, i64, i64, i64, i64);
 pub enum Activation {
     None,
     Relu,
-    Clip { min: f32, max: f32 },
-    HardSigmoid { alpha: f32, beta: f32 },
+    Clip {
+        min: f32,
+        max: f32,
+    },
+    HardSigmoid {
+        alpha: f32,
+        beta: f32,
+    },
     HardSwish,
     /// GELU, erf form (code 5; ABI 5).
     Gelu,

@@ -47,8 +47,7 @@ pub(super) fn gelu_of(e: &Expr) -> Option<(Activation, &Expr)> {
     match inner {
         Expr::Unary(UnOp::Erf, arg) => {
             let (x1, s) = bin(arg, BinOp::Mul)?;
-            (x1 == x && is_lit(s, std::f64::consts::FRAC_1_SQRT_2))
-                .then_some((Activation::Gelu, x))
+            (x1 == x && is_lit(s, std::f64::consts::FRAC_1_SQRT_2)).then_some((Activation::Gelu, x))
         }
         Expr::Unary(UnOp::Tanh, arg) => {
             let (k, u) = bin(arg, BinOp::Mul)?;
@@ -69,7 +68,10 @@ pub(super) fn gelu_of(e: &Expr) -> Option<(Activation, &Expr)> {
 /// `row` and `col` only.
 fn view_of(index: &Expr, row: VarId, col: VarId) -> Option<(i64, i64, i64)> {
     let a = Affine::of(index)?;
-    let only = a.coef.iter().all(|(v, c)| *c == 0 || *v == row || *v == col);
+    let only = a
+        .coef
+        .iter()
+        .all(|(v, c)| *c == 0 || *v == row || *v == col);
     only.then(|| (a.c, a.at(row), a.at(col)))
 }
 
@@ -176,7 +178,10 @@ pub(super) fn tail_to_activation(k: &Kernel, args: &[BufId]) -> Option<(Kernel, 
         .collect();
     let mut nk = Kernel::new(k.name.clone());
     nk.vars = k.vars.clone();
-    nk.params = used.iter().map(|p| k.params[p.0 as usize].clone()).collect();
+    nk.params = used
+        .iter()
+        .map(|p| k.params[p.0 as usize].clone())
+        .collect();
     let new_args = used
         .iter()
         .map(|p| args.get(p.0 as usize).copied())

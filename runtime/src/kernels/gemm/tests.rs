@@ -820,7 +820,11 @@ fn sweep() -> Vec<f32> {
         f32::MAX,
     ];
     for e in edges {
-        for x in [e, f32::from_bits(e.to_bits() + 1), f32::from_bits(e.to_bits() - 1)] {
+        for x in [
+            e,
+            f32::from_bits(e.to_bits() + 1),
+            f32::from_bits(e.to_bits() - 1),
+        ] {
             xs.extend([x, -x]);
         }
     }
