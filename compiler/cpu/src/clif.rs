@@ -1238,6 +1238,43 @@ impl<M: Module> Tx<'_, '_, M> {
         };
         put(self, s::TAIL_FN, tf);
         put(self, s::TAIL_ARGS, targs);
+        // The requantization's residual add (a null residual pointer when there is none).
+        match mm.requant.as_ref().and_then(|rq| rq.residual.as_deref()) {
+            None => {
+                let z = self.b.ins().iconst(ptr, 0);
+                put(self, s::RQ_ADD, z);
+            }
+            Some(ra) => {
+                let code = |tx: &Self, q: ParamId| {
+                    let p = &tx.k.params[q.0 as usize];
+                    abi::DType::from_name(p.dtype.name())
+                        .map(|d| d.code() as i64)
+                        .ok_or_else(|| CodegenError::Unsupported {
+                            kernel: tx.k.name.clone(),
+                            what: format!("matmul residual add on {}", p.dtype.name()),
+                        })
+                };
+                let rcode = code(self, ra.r)?;
+                let len = self.k.params[ra.r.0 as usize].len as i64;
+                put(self, s::RQ_ADD, self.params[ra.r.0 as usize]);
+                let len = self.b.ins().iconst(types::I64, len);
+                put(self, s::RQ_ADD + 1, len);
+                let rcode = self.b.ins().iconst(types::I64, rcode);
+                put(self, s::RQ_ADD + 2, rcode);
+                for (j, sc) in [&ra.r_scale, &ra.r_zp, &ra.out_scale, &ra.out_zp]
+                    .into_iter()
+                    .enumerate()
+                {
+                    let at = s::RQ_ADD_SCALARS + 3 * j;
+                    let len = self.k.params[sc.param.0 as usize].len as i64;
+                    let idx = self.expr(&sc.index)?;
+                    put(self, at, self.params[sc.param.0 as usize]);
+                    let len = self.b.ins().iconst(types::I64, len);
+                    put(self, at + 1, len);
+                    put(self, at + 2, idx);
+                }
+            }
+        }
         let addr = self.b.ins().stack_addr(ptr, slot, 0);
         self.call_helper(abi::MATMUL, &[ptr], &[], &[addr]);
         Ok(())

@@ -17,7 +17,7 @@
 use mlc_ir::DType;
 use mlc_kir::{
     Access, BinOp, BufId, BufKind, Expr, Kernel, KernelId, Lit, MatRef, Matmul, ParamId, Program,
-    Requant, ScalarRef, Step, Stmt, TileTail, UnOp, VarId,
+    Requant, RequantAdd, ScalarRef, Step, Stmt, TileTail, UnOp, VarId,
 };
 use std::collections::HashMap;
 
@@ -172,6 +172,23 @@ fn fuse_pair(p: &Program, mm_step: &Step, tail: &Step) -> Option<(Kernel, Vec<Bu
     k.params[mm.c.param.0 as usize].dtype = ty_out;
     let mut param_of = |q: ParamId| k.param(pty(tk, q), tk.params[q.0 as usize].len, Access::Read);
     let (pm, ps, pz) = (param_of(t.mult), param_of(t.scale), param_of(t.zp));
+    // The residual's parameters follow, in the order of `TailAdd`'s fields.
+    let residual = t.residual.as_ref().map(|ra| {
+        let r = param_of(ra.r);
+        let mut sc = |(q, i): (ParamId, i64)| ScalarRef {
+            param: param_of(q),
+            index: Expr::idx(i),
+        };
+        let (r_scale, r_zp, out_scale, out_zp) =
+            (sc(ra.r_scale), sc(ra.r_zp), sc(ra.out_scale), sc(ra.out_zp));
+        Box::new(RequantAdd {
+            r,
+            r_scale,
+            r_zp,
+            out_scale,
+            out_zp,
+        })
+    });
     let mut new_mm: Matmul = (**mm).clone();
     new_mm.requant = Some(Requant {
         mult: MatRef {
@@ -188,11 +205,26 @@ fn fuse_pair(p: &Program, mm_step: &Step, tail: &Step) -> Option<(Kernel, Vec<Bu
             param: pz,
             index: Expr::idx(t.zp_idx),
         },
+        residual,
     });
     k.body = vec![Stmt::Matmul(Box::new(new_mm))];
     let mut args = mm_step.args.clone();
     args[mm.c.param.0 as usize] = out_buf;
     args.extend([arg(t.mult)?, arg(t.scale)?, arg(t.zp)?]);
+    if let Some(ra) = &t.residual {
+        // Read at C's index while C is written: it must be another buffer.
+        let r = arg(ra.r)?;
+        if p.storage_of(r) == p.storage_of(out_buf) || p.storage_of(r) == cbuf {
+            return None;
+        }
+        args.extend([
+            r,
+            arg(ra.r_scale.0)?,
+            arg(ra.r_zp.0)?,
+            arg(ra.out_scale.0)?,
+            arg(ra.out_zp.0)?,
+        ]);
+    }
     mlc_kir::verify_kernel(&k).ok()?;
     Some((k, args))
 }
@@ -214,6 +246,18 @@ struct Tail {
     scale_idx: i64,
     zp: ParamId,
     zp_idx: i64,
+    /// A residual added and the sum requantized again (a QDQ residual block's `Add`).
+    residual: Option<TailAdd>,
+}
+
+/// The residual part of a tail (see [`mlc_kir::RequantAdd`]): the residual, read at the
+/// element's index, and four scalars as (buffer, index).
+struct TailAdd {
+    r: ParamId,
+    r_scale: (ParamId, i64),
+    r_zp: (ParamId, i64),
+    out_scale: (ParamId, i64),
+    out_zp: (ParamId, i64),
 }
 
 /// `c + Σ coef[v]·v` over loop counters.
@@ -338,31 +382,48 @@ fn tail_pattern(k: &Kernel) -> Option<Tail> {
     }
     // The formula, from the outside in.
     let ty_out = k.params.get(out.0 as usize)?.dtype;
-    let (lo, hi) = match ty_out {
-        DType::U8 => (0.0, 255.0),
-        DType::I8 => (-128.0, 127.0),
-        _ => return None,
-    };
-    let Expr::Cast(to, x) = &value else {
+    if !matches!(ty_out, DType::U8 | DType::I8) {
         return None;
+    }
+    let load = |e: &Expr, ty: DType| match e {
+        Expr::Load { param, index } if k.params[param.0 as usize].dtype == ty => {
+            Some((*param, Affine::of(index)?))
+        }
+        _ => None,
     };
-    let x = (*to == ty_out).then_some(&**x)?;
-    let x = clamp_arg(x, BinOp::Min, hi)?;
-    let x = clamp_arg(x, BinOp::Max, lo)?;
-    let Expr::Binary(BinOp::Add, a, b) = x else {
-        return None;
+    let scalar = |a: &Affine| a.coef.values().all(|&c| c == 0).then_some(a.c);
+    let scalar_load = |e: &Expr, ty: DType| {
+        let (p, i) = load(e, ty)?;
+        Some((p, scalar(&i)?))
     };
-    let (rounded, zp_cast) = match (&**a, &**b) {
-        (r @ Expr::Unary(UnOp::Round, _), z) | (z, r @ Expr::Unary(UnOp::Round, _)) => (r, z),
-        _ => return None,
+    let (num, scale_e, zp_e) = quantize_parts(&value, ty_out)?;
+    // A residual block: the numerator is `D(q) + D(r)`, with `q` the plain requantization
+    // (whose scale and zero point dequantize it again) and `r` read at the element's index.
+    let (num, scale_e, zp_e, residual) = match residual_parts(num, ty_out) {
+        Some((inner, dq_scale, dq_zp, r, r_scale, r_zp)) => {
+            let (num1, scale1, zp1) = quantize_parts(inner, ty_out)?;
+            if scale1 != dq_scale || zp1 != dq_zp {
+                return None;
+            }
+            let Expr::Load { param: rp, index } = r else {
+                return None;
+            };
+            let rty = k.params[rp.0 as usize].dtype;
+            if !matches!(rty, DType::U8 | DType::I8) || Affine::of(index)? != li {
+                return None;
+            }
+            let add = TailAdd {
+                r: *rp,
+                r_scale: scalar_load(r_scale, DType::F32)?,
+                r_zp: scalar_load(r_zp, rty)?,
+                out_scale: scalar_load(scale_e, DType::F32)?,
+                out_zp: scalar_load(zp_e, ty_out)?,
+            };
+            (num1, scale1, zp1, Some(add))
+        }
+        None => (num, scale_e, zp_e, None),
     };
-    let Expr::Unary(UnOp::Round, q) = rounded else {
-        return None;
-    };
-    let Expr::Binary(BinOp::Div, prod, scale) = &**q else {
-        return None;
-    };
-    let Expr::Binary(BinOp::Mul, a, b) = &**prod else {
+    let Expr::Binary(BinOp::Mul, a, b) = num else {
         return None;
     };
     let acc_of = |e: &Expr| match e {
@@ -380,25 +441,20 @@ fn tail_pattern(k: &Kernel) -> Option<Tail> {
     if Affine::of(&acc_idx)? != li {
         return None;
     }
-    let load = |e: &Expr, ty: DType| match e {
-        Expr::Load { param, index } if k.params[param.0 as usize].dtype == ty => {
-            Some((*param, Affine::of(index)?))
-        }
-        _ => None,
-    };
     let (mult, mult_idx) = load(mult_e, DType::F32)?;
-    let (scale, scale_idx) = load(scale, DType::F32)?;
-    let Expr::Cast(DType::F32, zp) = zp_cast else {
-        return None;
-    };
-    let (zp, zp_idx) = load(zp, ty_out)?;
-    let scalar = |a: &Affine| a.coef.values().all(|&c| c == 0).then_some(a.c);
-    let (scale_idx, zp_idx) = (scalar(&scale_idx)?, scalar(&zp_idx)?);
-    if !mult_idx.over(&loops) || [acc, mult, scale, zp].contains(out) {
+    let (scale, scale_idx) = scalar_load(scale_e, DType::F32)?;
+    let (zp, zp_idx) = scalar_load(zp_e, ty_out)?;
+    let mut operands = vec![acc, mult, scale, zp];
+    if let Some(ra) = &residual {
+        operands.extend([ra.r, ra.r_scale.0, ra.r_zp.0, ra.out_scale.0, ra.out_zp.0]);
+    }
+    if !mult_idx.over(&loops) || operands.contains(out) {
         return None;
     }
-    let read = |q: ParamId| k.params[q.0 as usize].access == Access::Read;
-    if !(read(acc) && read(mult) && read(scale) && read(zp)) {
+    if operands
+        .iter()
+        .any(|&q| k.params[q.0 as usize].access != Access::Read)
+    {
         return None;
     }
     Some(Tail {
@@ -412,7 +468,84 @@ fn tail_pattern(k: &Kernel) -> Option<Tail> {
         scale_idx,
         zp,
         zp_idx,
+        residual,
     })
+}
+
+/// `(num, scale, zp)` when `e` is `cast<ty>(min(max(round(num / scale) + cast<f32>(zp), lo),
+/// hi))` with `[lo, hi]` the range of `ty` (`u8` or `i8`): a quantization.
+fn quantize_parts(e: &Expr, ty: DType) -> Option<(&Expr, &Expr, &Expr)> {
+    let (lo, hi) = match ty {
+        DType::U8 => (0.0, 255.0),
+        DType::I8 => (-128.0, 127.0),
+        _ => return None,
+    };
+    let Expr::Cast(to, x) = e else {
+        return None;
+    };
+    let x = (*to == ty).then_some(&**x)?;
+    let x = clamp_arg(x, BinOp::Min, hi)?;
+    let x = clamp_arg(x, BinOp::Max, lo)?;
+    let Expr::Binary(BinOp::Add, a, b) = x else {
+        return None;
+    };
+    let (rounded, zp_cast) = match (&**a, &**b) {
+        (r @ Expr::Unary(UnOp::Round, _), z) | (z, r @ Expr::Unary(UnOp::Round, _)) => (r, z),
+        _ => return None,
+    };
+    let Expr::Unary(UnOp::Round, q) = rounded else {
+        return None;
+    };
+    let Expr::Binary(BinOp::Div, num, scale) = &**q else {
+        return None;
+    };
+    let Expr::Cast(DType::F32, zp) = zp_cast else {
+        return None;
+    };
+    Some((num, scale, zp))
+}
+
+/// `(v, zp, scale)` when `e` is `(cast<f32>(v) - cast<f32>(zp)) · scale` (either factor first).
+fn dequant_parts(e: &Expr) -> Option<(&Expr, &Expr, &Expr)> {
+    fn parts(d: &Expr) -> Option<(&Expr, &Expr)> {
+        match d {
+            Expr::Binary(BinOp::Sub, v, z) => match (&**v, &**z) {
+                (Expr::Cast(DType::F32, v), Expr::Cast(DType::F32, z)) => Some((&**v, &**z)),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+    let Expr::Binary(BinOp::Mul, x, y) = e else {
+        return None;
+    };
+    match (parts(x), parts(y)) {
+        (Some((v, z)), _) => Some((v, z, &**y)),
+        (_, Some((v, z))) => Some((v, z, &**x)),
+        _ => None,
+    }
+}
+
+/// `(q, scale, zp, r, r_scale, r_zp)` when `e` is `(cast<f32>(q) - cast<f32>(zp)) · scale +
+/// (cast<f32>(r) - cast<f32>(r_zp)) · r_scale` (either addend first, either factor first): the
+/// sum of two dequantizations, `q` of type `ty`. Which addend is the requantized product is
+/// told by `q`'s type and shape later ([`tail_pattern`]); here the one whose value is a
+/// quantization of `ty` is taken as `q`.
+#[allow(clippy::type_complexity)]
+fn residual_parts(e: &Expr, ty: DType) -> Option<(&Expr, &Expr, &Expr, &Expr, &Expr, &Expr)> {
+    let Expr::Binary(BinOp::Add, a, b) = e else {
+        return None;
+    };
+    let (da, db) = (dequant_parts(a)?, dequant_parts(b)?);
+    let is_q = |v: &Expr| quantize_parts(v, ty).is_some();
+    let ((q, zp, scale), (r, r_zp, r_scale)) = if is_q(da.0) {
+        (da, db)
+    } else if is_q(db.0) {
+        (db, da)
+    } else {
+        return None;
+    };
+    Some((q, scale, zp, r, r_scale, r_zp))
 }
 
 /// `x` when `e` is `op(x, bound)` or `op(bound, x)` with `bound` the `f32` literal `v`.

@@ -37,6 +37,12 @@ enum Variant {
     SecondReader,
     /// The tail divides before it multiplies: not the formula.
     DivFirst,
+    /// A QDQ residual block: the requantized value dequantized, a quantized residual (of the
+    /// other 8-bit type) dequantized and added, the sum quantized again.
+    Residual,
+    /// As `Residual`, but the addend dequantizes with another zero point than the
+    /// requantization's: not the formula.
+    ResidualOtherZp,
 }
 
 /// `out = requant(A (m×k, i8) · B (k×n, u8) + bias)` as two steps, the tail as lowering
@@ -77,6 +83,42 @@ fn program(m: usize, n: usize, k: usize, out_ty: DType, v: Variant, rng: &mut Rn
     let bout = buf(&mut p, out_ty, vec![m * n], BufKind::Temp);
     p.inputs.push(("b".into(), bb));
     p.outputs.push(("out".into(), bout));
+    // The residual (of the other 8-bit type), its scale and zero point, the sum's scale and
+    // zero point: consts 5..=9.
+    let residual = matches!(v, Variant::Residual | Variant::ResidualOtherZp);
+    let rty = if out_ty == DType::U8 {
+        DType::I8
+    } else {
+        DType::U8
+    };
+    let byte = |ty: DType, v: i64| {
+        if ty == DType::U8 {
+            Tensor::from_vec(&[1], vec![(v + 128) as u8]).unwrap()
+        } else {
+            Tensor::from_vec(&[1], vec![v as i8]).unwrap()
+        }
+    };
+    let rbufs = residual.then(|| {
+        let r: Vec<i64> = (0..m * n).map(|_| rng.int(-128, 127)).collect();
+        p.consts.push(if rty == DType::U8 {
+            Tensor::from_vec(&[m * n], r.iter().map(|&x| (x + 128) as u8).collect()).unwrap()
+        } else {
+            Tensor::from_vec(&[m * n], r.iter().map(|&x| x as i8).collect()).unwrap()
+        });
+        p.consts
+            .push(Tensor::from_vec(&[1], vec![0.05f32]).unwrap());
+        p.consts.push(byte(rty, rng.int(-20, 20)));
+        let os = [0.5f32, 0.07, 2.0][rng.int(0, 2) as usize];
+        p.consts.push(Tensor::from_vec(&[1], vec![os]).unwrap());
+        p.consts.push(byte(out_ty, rng.int(-20, 20)));
+        [
+            buf(&mut p, rty, vec![m * n], BufKind::Const(5)),
+            buf(&mut p, DType::F32, vec![1], BufKind::Const(6)),
+            buf(&mut p, rty, vec![1], BufKind::Const(7)),
+            buf(&mut p, DType::F32, vec![1], BufKind::Const(8)),
+            buf(&mut p, out_ty, vec![1], BufKind::Const(9)),
+        ]
+    });
 
     // The contraction.
     let mut mk = Kernel::new("conv_integer");
@@ -170,18 +212,57 @@ fn program(m: usize, n: usize, k: usize, out_ty: DType, v: Variant, rng: &mut Rn
     let zv = let_(&mut t, out_ty, Expr::load(pz, Expr::idx(0)));
     let x = let_(&mut t, DType::F32, Expr::cast(DType::F32, acc));
     let x = if v == Variant::DivFirst {
-        let d = let_(&mut t, DType::F32, Expr::bin(BinOp::Div, x, sv));
+        let d = let_(&mut t, DType::F32, Expr::bin(BinOp::Div, x, sv.clone()));
         let_(&mut t, DType::F32, Expr::bin(BinOp::Mul, d, mv))
     } else {
         let y = let_(&mut t, DType::F32, Expr::bin(BinOp::Mul, x, mv));
-        let_(&mut t, DType::F32, Expr::bin(BinOp::Div, y, sv))
+        let_(&mut t, DType::F32, Expr::bin(BinOp::Div, y, sv.clone()))
     };
     let x = let_(&mut t, DType::F32, Expr::un(UnOp::Round, x));
-    let z = let_(&mut t, DType::F32, Expr::cast(DType::F32, zv));
+    let z = let_(&mut t, DType::F32, Expr::cast(DType::F32, zv.clone()));
     let x = let_(&mut t, DType::F32, Expr::bin(BinOp::Add, x, z));
     let x = let_(&mut t, DType::F32, Expr::bin(BinOp::Max, x, f(lo)));
     let x = let_(&mut t, DType::F32, Expr::bin(BinOp::Min, x, f(hi)));
-    let q = let_(&mut t, out_ty, Expr::cast(out_ty, x));
+    let mut q = let_(&mut t, out_ty, Expr::cast(out_ty, x));
+    if residual {
+        let pr = t.param(rty, m * n, Access::Read);
+        let prs = t.param(DType::F32, 1, Access::Read);
+        let prz = t.param(rty, 1, Access::Read);
+        let pos = t.param(DType::F32, 1, Access::Read);
+        let poz = t.param(out_ty, 1, Access::Read);
+        let c32 = |e: Expr| Expr::cast(DType::F32, e);
+        let zq = if v == Variant::ResidualOtherZp {
+            Expr::load(poz, Expr::idx(0))
+        } else {
+            zv.clone()
+        };
+        let dq = Expr::bin(
+            BinOp::Mul,
+            Expr::bin(BinOp::Sub, c32(q), c32(zq)),
+            sv.clone(),
+        );
+        let dq = let_(&mut t, DType::F32, dq);
+        let dr = Expr::bin(
+            BinOp::Mul,
+            Expr::load(prs, Expr::idx(0)),
+            Expr::bin(
+                BinOp::Sub,
+                c32(Expr::load(pr, idx.clone())),
+                c32(Expr::load(prz, Expr::idx(0))),
+            ),
+        );
+        let dr = let_(&mut t, DType::F32, dr);
+        // The residual first, as the fused block's operands may come in either order.
+        let sum = let_(&mut t, DType::F32, Expr::bin(BinOp::Add, dr, dq));
+        let x = Expr::bin(BinOp::Div, sum, Expr::load(pos, Expr::idx(0)));
+        let x = Expr::bin(
+            BinOp::Add,
+            Expr::un(UnOp::Round, x),
+            c32(Expr::load(poz, Expr::idx(0))),
+        );
+        let x = Expr::bin(BinOp::Min, Expr::bin(BinOp::Max, x, f(lo)), f(hi));
+        q = let_(&mut t, out_ty, Expr::cast(out_ty, x));
+    }
     body.push(Stmt::Store {
         param: pout,
         index: idx,
@@ -205,9 +286,11 @@ fn program(m: usize, n: usize, k: usize, out_ty: DType, v: Variant, rng: &mut Rn
     t.body = body;
     mlc_kir::verify_kernel(&t).unwrap();
     let kt = p.intern_kernel(t);
+    let mut args = vec![bout, bc, bmult, bscale, bzp];
+    args.extend(rbufs.into_iter().flatten());
     p.steps.push(Step {
         kernel: kt,
-        args: vec![bout, bc, bmult, bscale, bzp],
+        args,
         origin: Some("q".into()),
     });
     if v == Variant::SecondReader {
@@ -259,6 +342,8 @@ fn fuses_exactly_the_requantizing_tails() {
         (Variant::NarrowClamp, false),
         (Variant::SecondReader, false),
         (Variant::DivFirst, false),
+        (Variant::Residual, true),
+        (Variant::ResidualOtherZp, false),
     ];
     for &(m, n, k) in &[(1, 4, 1), (7, 12, 13), (13, 36, 27), (64, 100, 147)] {
         for (v, fuses) in variants {

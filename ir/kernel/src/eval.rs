@@ -189,7 +189,22 @@ impl Cx<'_> {
                 let zi = self.int(&rq.zero_point.index)?;
                 let scale = self.load_f(&MatRef::scalar(rq.scale.param), si, 0, 0)? as f32;
                 let zp = self.load_f(&MatRef::scalar(rq.zero_point.param), zi, 0, 0)? as f32;
-                Some((rq, mo, scale, zp))
+                // The residual's scalars: (r_scale, r_zp, out_scale, out_zp).
+                let add = match &rq.residual {
+                    Some(ra) => {
+                        let mut sc = [0f32; 4];
+                        for (v, s) in
+                            sc.iter_mut()
+                                .zip([&ra.r_scale, &ra.r_zp, &ra.out_scale, &ra.out_zp])
+                        {
+                            let i = self.int(&s.index)?;
+                            *v = self.load_f(&MatRef::scalar(s.param), i, 0, 0)? as f32;
+                        }
+                        Some((ra.r, sc))
+                    }
+                    None => None,
+                };
+                Some((rq, mo, scale, zp, add))
             }
             None => None,
         };
@@ -209,7 +224,7 @@ impl Cx<'_> {
                 v = mm.act.apply(v);
                 let i = co + r as i64 * mm.c.row_stride + c as i64 * mm.c.col_stride;
                 let (s, i) = self.slot(mm.c.param, i)?;
-                if let Some((rq, mo, scale, zp)) = &rq {
+                if let Some((rq, mo, scale, zp, add)) = &rq {
                     // The `i32` result the unfused contraction would have stored, then the
                     // requantization.
                     let acc = match cast(DType::I32, Val::F(v)) {
@@ -217,7 +232,13 @@ impl Cx<'_> {
                         _ => 0,
                     };
                     let mult = self.load_f(&rq.mult, *mo, r, c)? as f32;
-                    let q = Requant::apply(acc as i32, mult, *scale, *zp, cty.is_signed_int());
+                    let signed = cty.is_signed_int();
+                    let mut q = Requant::apply(acc as i32, mult, *scale, *zp, signed);
+                    if let Some((rp, [rs, rz, os, oz])) = add {
+                        let ci = co + r as i64 * mm.c.row_stride + c as i64 * mm.c.col_stride;
+                        let rv = self.load_f(&MatRef::scalar(*rp), ci, 0, 0)? as f32;
+                        q = RequantAdd::apply(q, *scale, *zp, rv, *rs, *rz, (*os, *oz), signed);
+                    }
                     self.store[s][i] = Val::I(q);
                     continue;
                 }

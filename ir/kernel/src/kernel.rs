@@ -417,23 +417,75 @@ pub struct Requant {
     pub scale: ScalarRef,
     /// The output zero point, of C's type.
     pub zero_point: ScalarRef,
+    /// A quantized residual added to the requantized value, the sum quantized again (see
+    /// [`RequantAdd`]); `None` stores the requantized value.
+    pub residual: Option<Box<RequantAdd>>,
+}
+
+/// The `Add` of a QDQ residual block, folded into a requantizing contraction: with `q` the
+/// value [`Requant`] computes (of C's type), `scale` and `zp` its scale and zero point,
+///
+/// ```text
+/// v = (f32(q) - f32(zp)) · scale + (f32(r[e]) - f32(r_zp)) · r_scale
+/// C = cast<C>(min(max(round_half_even(v / out_scale) + f32(out_zp), lo), hi))
+/// ```
+///
+/// in `f32`, each operation rounded, `r[e]` the residual's element at C's own index (C's
+/// offset and strides), `[lo, hi]` C's range, NaN becoming 0. It is exactly the elementwise
+/// tail `Q(D(Q(D(acc))) + D(r))` of a quantized residual block.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RequantAdd {
+    /// The residual, `u8` or `i8`, read at C's index.
+    pub r: ParamId,
+    /// The residual's `f32` scale and zero point (of its type).
+    pub r_scale: ScalarRef,
+    pub r_zp: ScalarRef,
+    /// The sum's `f32` scale and zero point (of C's type).
+    pub out_scale: ScalarRef,
+    pub out_zp: ScalarRef,
+}
+
+impl RequantAdd {
+    /// C's value for the requantized `q` (with its `scale` and `zp`) and the residual `r`
+    /// (with `r_scale`, `r_zp`), as every backend computes it: `out` is `(scale, zp)` of the
+    /// sum, `signed` whether C is `i8`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn apply(
+        q: i64,
+        scale: f32,
+        zp: f32,
+        r: f32,
+        r_scale: f32,
+        r_zp: f32,
+        out: (f32, f32),
+        signed: bool,
+    ) -> i64 {
+        let v = (q as f32 - zp) * scale + (r - r_zp) * r_scale;
+        quantize(v / out.0, out.1, signed)
+    }
+}
+
+/// `cast<C>(min(max(round_half_even(x) + zp, lo), hi))` for a `u8` (`i8` when `signed`) C,
+/// NaN becoming 0.
+fn quantize(x: f32, zp: f32, signed: bool) -> i64 {
+    let (lo, hi) = if signed {
+        (-128.0, 127.0)
+    } else {
+        (0.0, 255.0)
+    };
+    let v = x.round_ties_even() + zp;
+    if v.is_nan() {
+        0
+    } else {
+        v.clamp(lo, hi) as i64
+    }
 }
 
 impl Requant {
     /// The requantized value of `acc` (as every backend computes it), for a C of `u8` when
     /// `signed` is false, else `i8`.
     pub fn apply(acc: i32, mult: f32, scale: f32, zp: f32, signed: bool) -> i64 {
-        let (lo, hi) = if signed {
-            (-128.0, 127.0)
-        } else {
-            (0.0, 255.0)
-        };
-        let v = (acc as f32 * mult / scale).round_ties_even() + zp;
-        if v.is_nan() {
-            0
-        } else {
-            v.clamp(lo, hi) as i64
-        }
+        quantize(acc as f32 * mult / scale, zp, signed)
     }
 }
 
@@ -445,7 +497,19 @@ impl Matmul {
             || self.b.param == p
             || self.bias.as_ref().is_some_and(|b| b.param == p)
             || self.requant.as_ref().is_some_and(|rq| {
-                rq.mult.param == p || rq.scale.param == p || rq.zero_point.param == p
+                rq.mult.param == p
+                    || rq.scale.param == p
+                    || rq.zero_point.param == p
+                    || rq.residual.as_ref().is_some_and(|ra| {
+                        [
+                            ra.r_scale.param,
+                            ra.r_zp.param,
+                            ra.out_scale.param,
+                            ra.out_zp.param,
+                            ra.r,
+                        ]
+                        .contains(&p)
+                    })
             })
             || self.tail.as_ref().is_some_and(|t| {
                 let mut found = false;

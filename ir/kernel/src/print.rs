@@ -143,6 +143,18 @@ fn block(k: &Kernel, body: &[Stmt], depth: usize, s: &mut String) {
                         rq.zero_point.param.0,
                         expr(k, &rq.zero_point.index)
                     );
+                    if let Some(ra) = &rq.residual {
+                        let sc = |r: &ScalarRef| format!("%p{}[{}]", r.param.0, expr(k, &r.index));
+                        let _ = write!(
+                            s,
+                            " add(r=%p{}, r_scale={}, r_zp={}, scale={}, zp={})",
+                            ra.r.0,
+                            sc(&ra.r_scale),
+                            sc(&ra.r_zp),
+                            sc(&ra.out_scale),
+                            sc(&ra.out_zp)
+                        );
+                    }
                 }
                 let _ = match mm.act {
                     Activation::None => write!(s, ""),

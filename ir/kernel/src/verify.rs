@@ -257,6 +257,28 @@ impl Verifier<'_> {
             DType::I64,
             "matmul requant zero point index",
         );
+        if let Some(ra) = &rq.residual {
+            let rty = ty(self, ra.r);
+            if !matches!(rty, Some(DType::U8 | DType::I8)) {
+                self.err("requantizing matmul: the residual must be u8 or i8".to_string());
+            }
+            if ra.r == mm.c.param {
+                self.err("requantizing matmul: the residual is C".to_string());
+            }
+            for (r, want, what) in [
+                (&ra.r_scale, Some(DType::F32), "residual scale"),
+                (&ra.r_zp, rty, "residual zero point"),
+                (&ra.out_scale, Some(DType::F32), "sum scale"),
+                (&ra.out_zp, cty, "sum zero point"),
+            ] {
+                if ty(self, r.param) != want {
+                    self.err(format!(
+                        "requantizing matmul: the {what} has the wrong type"
+                    ));
+                }
+                self.expect(&r.index, DType::I64, "matmul requant residual index");
+            }
+        }
     }
 
     fn var_ok(&mut self, v: VarId) -> bool {

@@ -17,6 +17,7 @@
 #![allow(unsafe_code)]
 
 use super::matmul::{self, Gemm, Requant, View};
+use crate::kernels::igemm::AddParams;
 
 /// Version of this contract; an artifact records it and a runtime loads only its own.
 pub const ABI_VERSION: u32 = 5;
@@ -159,7 +160,12 @@ pub mod mm_slot {
     /// then the argument it takes (the calling kernel's parameter array).
     pub const TAIL_FN: usize = 41;
     pub const TAIL_ARGS: usize = 42;
-    pub const COUNT: usize = 43;
+    /// The requantization's residual add (`mlc_kir::RequantAdd`): the residual's pointer
+    /// (null: none), element count and DType code, then four scalars as (pointer, element
+    /// count, index): the residual's scale and zero point, the sum's scale and zero point.
+    pub const RQ_ADD: usize = 43;
+    pub const RQ_ADD_SCALARS: usize = 46;
+    pub const COUNT: usize = 58;
 }
 
 /// `Stmt::Matmul`'s entry point: `desc` points to `mm_slot::COUNT` words laid out as
@@ -332,10 +338,43 @@ fn requant_from_desc<'a>(
         row_stride: d[s::RQ_MULT + 3] as i64,
         col_stride: d[s::RQ_MULT + 4] as i64,
     };
+    let add = if d[s::RQ_ADD] == 0 {
+        None
+    } else {
+        let rty = DType::from_code(d[s::RQ_ADD + 2])?;
+        if !matches!(rty, DType::U8 | DType::I8) {
+            return None;
+        }
+        let (pr, lr) = (d[s::RQ_ADD] as *const u8, d[s::RQ_ADD + 1] as usize);
+        if overlaps(pr, lr) {
+            return None;
+        }
+        // SAFETY: a read-only kernel parameter buffer of `lr` one-byte elements (checked by
+        // the executor before any call) that does not overlap C (checked above).
+        let r = unsafe { std::slice::from_raw_parts(pr, lr) };
+        let at = |j: usize, t: DType| elem(s::RQ_ADD_SCALARS + 3 * j, t);
+        let f = |b: &[u8]| f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let z = |b: &[u8], t: DType| {
+            if t == DType::I8 {
+                b[0] as i8 as f32
+            } else {
+                b[0] as f32
+            }
+        };
+        let p = AddParams {
+            r_signed: rty == DType::I8,
+            r_scale: f(at(0, DType::F32)?),
+            r_zp: z(at(1, rty)?, rty),
+            out_scale: f(at(2, DType::F32)?),
+            out_zp: z(at(3, tc)?, tc),
+        };
+        Some((r, p))
+    };
     Some(Requant {
         mult,
         scale,
         zero_point,
+        add,
     })
 }
 

@@ -26,7 +26,7 @@
 
 use super::abi::{Activation, DType};
 use crate::kernels::igemm::{
-    IBias, IGemm, IOut, IRequant, IntElem, IntRef, PackedInt, RqMult, Slot,
+    AddParams, IAdd, IBias, IGemm, IOut, IRequant, IntElem, IntRef, PackedInt, RqMult, Slot,
 };
 use crate::kernels::{bytes, gemm as kg};
 pub use kg::TileHook;
@@ -247,6 +247,10 @@ pub struct Requant<'a> {
     pub scale: f32,
     /// The output zero point.
     pub zero_point: i32,
+    /// A quantized residual added and the sum requantized again (the kernel IR's
+    /// `RequantAdd`): the residual's whole buffer, read at C's offset and strides, and the
+    /// scalars.
+    pub add: Option<(&'a [u8], AddParams)>,
 }
 
 /// Runs an integer contraction whose `i32` result `acc` (what [`run`] would store in an `i32`
@@ -276,6 +280,9 @@ pub fn run_requant(
     }
     let mv = &rq.mult;
     check(mv.offset, mv.row_stride, mv.col_stride, m, n, mv.len())?;
+    if let Some((r, _)) = &rq.add {
+        check(coff, crs, ccs, m, n, r.len())?;
+    }
     if int_kernels(g, &a, &b, c_bytes, c, bias.as_ref(), Some(rq), None).is_some() {
         #[cfg(test)]
         tests::PATH.set(tests::Path::Int);
@@ -291,8 +298,17 @@ pub fn run_requant(
         for col in 0..n {
             let acc = read(&tmp, DType::I32, r * n + col) as i32;
             let mult = mv.get(mv.index(r, col)) as f32;
-            let q = IRequant::value(acc, mult, rq.scale, rq.zero_point as f32, signed);
-            c_bytes[(coff + r as i64 * crs + col as i64 * ccs) as usize] = q as u8;
+            let mut q = IRequant::value(acc, mult, rq.scale, rq.zero_point as f32, signed);
+            let at = (coff + r as i64 * crs + col as i64 * ccs) as usize;
+            if let Some((res, p)) = &rq.add {
+                let rv = if p.r_signed {
+                    res[at] as i8 as f32
+                } else {
+                    res[at] as f32
+                };
+                q = p.value(q, rq.scale, rq.zero_point as f32, rv, signed);
+            }
+            c_bytes[at] = q as u8;
         }
     }
     #[cfg(test)]
@@ -681,10 +697,20 @@ fn int_kernels(
                 IOut::U8(c, irq)
             }
         }
+        // The residual is laid out as C: from C's first element, with C's leading dimension
+        // in either orientation.
+        let add = match &rq.add {
+            Some((r, p)) => Some(IAdd {
+                r: r.get(coff as usize..)?,
+                p: *p,
+            }),
+            None => None,
+        };
         let irq = |mult| IRequant {
             mult,
             scale: rq.scale,
             zero_point: rq.zero_point,
+            add,
         };
         let signed = cty == DType::I8;
         let c = c_bytes.get_mut(coff as usize..)?;

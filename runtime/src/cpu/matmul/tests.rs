@@ -586,6 +586,7 @@ fn requant_case(case: &Case, rng: &mut Rng, signed: bool, lc: Layout, lm: Layout
         mult: mult.view((mo, mrs, mcs)),
         scale,
         zero_point: zp,
+        add: None,
     };
     let bias = case.bias.as_ref().map(|(b, v)| b.view(*v));
     let mut exact = vec![0u8; m * n * 4];

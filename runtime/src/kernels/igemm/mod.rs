@@ -58,7 +58,7 @@ mod tests;
 use super::Isa;
 pub use super::gemm::TileHook;
 use pack::{AlignedVec, PackDst};
-pub use requant::{IRequant, RqMult};
+pub use requant::{AddParams, IAdd, IRequant, RqMult};
 use requant::{Per, QTile};
 
 /// An integer element type an operand may have.
@@ -708,6 +708,9 @@ impl IGemm {
                 RqMult::PerRow(v) => check("multiplier", Some(m), v.len())?,
                 RqMult::PerCol(v) => check("multiplier", Some(n), v.len())?,
             }
+            if let Some(a) = &rq.add {
+                check("residual", needed, a.r.len())?;
+            }
         }
         let (blo, bhi) = match bias {
             IBias::None => (0, 0),
@@ -855,6 +858,9 @@ struct QParams {
     scale: f32,
     zp: f32,
     signed: bool,
+    /// The residual (laid out as C), null without one, and its scalars.
+    res: *const u8,
+    add: Option<AddParams>,
 }
 
 /// Where the driver writes: `C`'s first element and leading dimension, `i32`s or (with `q`)
@@ -889,6 +895,8 @@ impl<'h> Dest<'h> {
                 scale: rq.scale,
                 zp: rq.zero_point as f32,
                 signed,
+                res: rq.add.map_or(std::ptr::null(), |a| a.r.as_ptr()),
+                add: rq.add.map(|a| a.p),
             })
         };
         let hook = match c {
@@ -1125,6 +1133,12 @@ unsafe fn block_loops<DA, DB>(
                                 scale: q.scale,
                                 zp: q.zp,
                                 signed: q.signed,
+                                res: if q.res.is_null() {
+                                    q.res
+                                } else {
+                                    q.res.add(i * ldc + j)
+                                },
+                                add: q.add,
                             };
                             requant::tile(dest.isa, &qt);
                         }

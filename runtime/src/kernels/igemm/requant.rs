@@ -37,23 +37,68 @@ pub struct IRequant<'a> {
     pub scale: f32,
     /// The output zero point, added after rounding.
     pub zero_point: i32,
+    /// A quantized residual added to the requantized value and the sum requantized again
+    /// (see [`IAdd`]); `None` stores the requantized value.
+    pub add: Option<IAdd<'a>>,
+}
+
+/// The `Add` of a quantized residual block, after the requantization (the kernel IR's
+/// `RequantAdd`): with `q` the requantized value, `scale`/`zp` the requantization's,
+///
+/// ```text
+/// v = (f32(q) - f32(zp)) · scale + (f32(r) - f32(r_zp)) · r_scale
+/// C = cast(min(max(round_half_even(v / out_scale) + f32(out_zp), lo), hi))
+/// ```
+///
+/// in `f32`, each operation rounded, `r` the residual's element at C's own position.
+#[derive(Clone, Copy, Debug)]
+pub struct IAdd<'a> {
+    /// The residual's bytes, laid out as C (same first element and leading dimension).
+    pub r: &'a [u8],
+    /// The scalars.
+    pub p: AddParams,
+}
+
+/// [`IAdd`]'s scalars.
+#[derive(Clone, Copy, Debug)]
+pub struct AddParams {
+    /// Whether the residual is `i8` (else `u8`).
+    pub r_signed: bool,
+    pub r_scale: f32,
+    pub r_zp: f32,
+    pub out_scale: f32,
+    pub out_zp: f32,
+}
+
+impl AddParams {
+    /// C's value for the requantized `q` (with the requantization's `scale` and `zp`) and the
+    /// residual's value `r`, for an `i8` C when `signed`, else `u8`: the definition the kernels
+    /// follow.
+    pub fn value(&self, q: i32, scale: f32, zp: f32, r: f32, signed: bool) -> i32 {
+        let v = (q as f32 - zp) * scale + (r - self.r_zp) * self.r_scale;
+        clamp_q((v / self.out_scale).round_ties_even() + self.out_zp, signed)
+    }
+}
+
+/// `v` clamped to the output type's range and converted; NaN becomes 0.
+fn clamp_q(v: f32, signed: bool) -> i32 {
+    let (lo, hi) = if signed {
+        (-128.0, 127.0)
+    } else {
+        (0.0, 255.0)
+    };
+    if v.is_nan() {
+        0
+    } else {
+        v.clamp(lo, hi) as i32
+    }
 }
 
 impl IRequant<'_> {
     /// The requantized value of one `acc` with multiplier `mult`, for an `i8` output when
     /// `signed`, else `u8`: the definition the kernels follow.
     pub fn value(acc: i32, mult: f32, scale: f32, zp: f32, signed: bool) -> i32 {
-        let (lo, hi) = if signed {
-            (-128.0, 127.0)
-        } else {
-            (0.0, 255.0)
-        };
-        let v = (acc as f32 * mult / scale).round_ties_even() + zp;
-        if v.is_nan() {
-            0
-        } else {
-            v.clamp(lo, hi) as i32
-        }
+        clamp_q((acc as f32 * mult / scale).round_ties_even() + zp, signed)
     }
 }
 
@@ -74,6 +119,9 @@ pub(super) struct QTile {
     pub scale: f32,
     pub zp: f32,
     pub signed: bool,
+    /// The residual's tile (laid out as `dst`: rows `ldd` apart), null without one.
+    pub res: *const u8,
+    pub add: Option<AddParams>,
 }
 
 /// What the multiplier varies with.
@@ -133,9 +181,30 @@ unsafe fn portable(t: &QTile) {
             unsafe {
                 let acc = *t.src.add(r * t.lds + j);
                 let q = IRequant::value(acc, t.mult_at(r, j), t.scale, t.zp, t.signed);
-                *t.dst.add(r * t.ldd + j) = q as u8;
+                let at = r * t.ldd + j;
+                *t.dst.add(at) = t.with_add(q, at) as u8;
             }
         }
+    }
+}
+
+impl QTile {
+    /// `q`, or with a residual [`AddParams::value`] of `q` and the residual at `at`.
+    ///
+    /// # Safety
+    ///
+    /// With a residual, `res + at` lies in the residual's tile.
+    #[inline(always)]
+    unsafe fn with_add(&self, q: i32, at: usize) -> i32 {
+        let Some(a) = &self.add else { return q };
+        // SAFETY: the function's contract.
+        let rb = unsafe { *self.res.add(at) };
+        let r = if a.r_signed {
+            rb as i8 as f32
+        } else {
+            rb as f32
+        };
+        a.value(q, self.scale, self.zp, r, self.signed)
     }
 }
 
@@ -183,14 +252,16 @@ unsafe fn avx2(t: &QTile) {
                 let mut out = [0i32; 8];
                 _mm256_storeu_si256(out.as_mut_ptr().cast(), q);
                 for (l, &v) in out.iter().enumerate() {
-                    *t.dst.add(r * t.ldd + j + l) = v as u8;
+                    let at = r * t.ldd + j + l;
+                    *t.dst.add(at) = t.with_add(v, at) as u8;
                 }
                 j += 8;
             }
             for j in full..t.cols {
                 let acc = *t.src.add(r * t.lds + j);
                 let q = IRequant::value(acc, t.mult_at(r, j), t.scale, t.zp, t.signed);
-                *t.dst.add(r * t.ldd + j) = q as u8;
+                let at = r * t.ldd + j;
+                *t.dst.add(at) = t.with_add(q, at) as u8;
             }
         }
     }
@@ -238,7 +309,39 @@ unsafe fn avx512(t: &QTile) {
                 let f = _mm512_add_ps(f, zp);
                 let ok = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(f, f);
                 let f = _mm512_min_ps(_mm512_max_ps(f, lov), hiv);
-                let q = _mm512_maskz_mov_epi32(ok, _mm512_cvtps_epi32(f));
+                let mut q = _mm512_maskz_mov_epi32(ok, _mm512_cvtps_epi32(f));
+                if let Some(a) = &t.add {
+                    // v = (f32(q) - zp) · scale + (f32(r) - r_zp) · r_scale, then quantized
+                    // like the requantization (each operation rounded, no FMA).
+                    // (Byte-masked loads need AVX-512BW: a partial vector goes through a
+                    // stack copy.)
+                    let rp = t.res.add(r * t.ldd + j);
+                    let rb = if lanes == 16 {
+                        _mm_loadu_si128(rp.cast())
+                    } else {
+                        let mut buf = [0u8; 16];
+                        std::ptr::copy_nonoverlapping(rp, buf.as_mut_ptr(), lanes);
+                        _mm_loadu_si128(buf.as_ptr().cast())
+                    };
+                    let ri = if a.r_signed {
+                        _mm512_cvtepi8_epi32(rb)
+                    } else {
+                        _mm512_cvtepu8_epi32(rb)
+                    };
+                    let dq = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(q), zp), scale);
+                    let dr = _mm512_mul_ps(
+                        _mm512_sub_ps(_mm512_cvtepi32_ps(ri), _mm512_set1_ps(a.r_zp)),
+                        _mm512_set1_ps(a.r_scale),
+                    );
+                    let v = _mm512_div_ps(_mm512_add_ps(dq, dr), _mm512_set1_ps(a.out_scale));
+                    let v = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                        v,
+                    );
+                    let v = _mm512_add_ps(v, _mm512_set1_ps(a.out_zp));
+                    let ok = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(v, v);
+                    let v = _mm512_min_ps(_mm512_max_ps(v, lov), hiv);
+                    q = _mm512_maskz_mov_epi32(ok, _mm512_cvtps_epi32(v));
+                }
                 _mm512_mask_cvtepi32_storeu_epi8(t.dst.add(r * t.ldd + j).cast(), mask, q);
                 j += 16;
             }

@@ -586,17 +586,30 @@ fn requantized_output_matches_two_steps() {
             // NaN (0 / 0) and ±∞.
             (RqMult::Scalar(1.0), 0.0, 5),
         ];
+        // A residual laid out as C (for the quantized residual add), and its scalars.
+        let res: Vec<u8> = (0..m * ldc).map(|_| rng.int(0, 255) as u8).collect();
         for (ci, &(mult, scale, zp)) in cases.iter().enumerate() {
-            for signed in [false, true] {
+            for (signed, with_add) in [(false, false), (true, false), (false, true), (true, true)] {
                 let zp = if signed {
                     zp.clamp(-128, 127)
                 } else {
                     zp.clamp(0, 255)
                 };
+                let add = with_add.then(|| IAdd {
+                    r: &res,
+                    p: AddParams {
+                        r_signed: ci % 2 == 1,
+                        r_scale: 0.05,
+                        r_zp: if ci % 2 == 1 { -3.0 } else { 7.0 },
+                        out_scale: if ci == 3 { 0.5 } else { 0.07 },
+                        out_zp: if signed { -9.0 } else { 9.0 },
+                    },
+                });
                 let rq = IRequant {
                     mult,
                     scale,
                     zero_point: zp,
+                    add,
                 };
                 let want: Vec<i32> = (0..m * ldc)
                     .map(|idx| {
@@ -609,7 +622,19 @@ fn requantized_output_matches_two_steps() {
                             RqMult::PerRow(v) => v[i],
                             RqMult::PerCol(v) => v[j],
                         };
-                        IRequant::value(exact[idx], mv, scale, zp as f32, signed)
+                        let q = IRequant::value(exact[idx], mv, scale, zp as f32, signed);
+                        match &add {
+                            Some(a) => {
+                                let rb = res[idx];
+                                let r = if a.p.r_signed {
+                                    rb as i8 as f32
+                                } else {
+                                    rb as f32
+                                };
+                                a.p.value(q, scale, zp as f32, r, signed)
+                            }
+                            None => q,
+                        }
                     })
                     .collect();
                 let (mut lo, mut hi) = (false, false);
@@ -619,7 +644,7 @@ fn requantized_output_matches_two_steps() {
                         hi |= w == if signed { 127 } else { 255 };
                     }
                 }
-                if ci == 4 && m * n > 100 {
+                if ci == 4 && m * n > 100 && !with_add {
                     assert!(lo && hi, "case {ci} must saturate at both ends");
                 }
                 for g in isas() {
@@ -651,7 +676,7 @@ fn requantized_output_matches_two_steps() {
                                 assert_eq!(
                                     got,
                                     want[idx],
-                                    "{} {threads}T {how} {m}x{n}x{k} case {ci} signed {signed} \
+                                    "{} {threads}T {how} {m}x{n}x{k} case {ci} signed {signed} add {with_add} \
                                      at ({}, {}), acc {}",
                                     g.isa(),
                                     idx / ldc,
