@@ -1202,7 +1202,7 @@ impl<M: Module> Tx<'_, '_, M> {
             Activation::Clip { min, max } => (2, min, max),
             Activation::HardSigmoid { alpha, beta } => (3, alpha, beta),
             Activation::HardSwish => (4, 0.0, 0.0),
-            // ABI 5.
+            // ABI 6.
             Activation::Gelu => (5, 0.0, 0.0),
             Activation::GeluTanh => (6, 0.0, 0.0),
         };

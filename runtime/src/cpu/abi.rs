@@ -20,7 +20,7 @@ use super::matmul::{self, Gemm, Requant, View};
 use crate::kernels::igemm::AddParams;
 
 /// Version of this contract; an artifact records it and a runtime loads only its own.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 /// The data symbol holding the helper table in generated code.
 pub const TABLE_SYMBOL: &str = "mlc_helpers";
@@ -126,9 +126,9 @@ pub enum Activation {
         beta: f32,
     },
     HardSwish,
-    /// GELU, erf form (code 5; ABI 5).
+    /// GELU, erf form (code 5; ABI 6).
     Gelu,
-    /// GELU, tanh form (code 6; ABI 5).
+    /// GELU, tanh form (code 6; ABI 6).
     GeluTanh,
 }
 
