@@ -1251,7 +1251,9 @@ impl<M: Module> Tx<'_, '_, M> {
                             what: format!("matmul residual add on {}", p.dtype.name()),
                         })
                 };
-                let rcode = code(self, ra.r)?;
+                // The residual's type, and its zero point's (which an f32 residual is
+                // quantized to) in the next byte.
+                let rcode = code(self, ra.r)? | code(self, ra.r_zp.param)? << 8;
                 let len = self.k.params[ra.r.0 as usize].len as i64;
                 put(self, s::RQ_ADD, self.params[ra.r.0 as usize]);
                 let len = self.b.ins().iconst(types::I64, len);

@@ -236,7 +236,11 @@ impl Cx<'_> {
                     let mut q = Requant::apply(acc as i32, mult, *scale, *zp, signed);
                     if let Some((rp, [rs, rz, os, oz])) = add {
                         let ci = co + r as i64 * mm.c.row_stride + c as i64 * mm.c.col_stride;
-                        let rv = self.load_f(&MatRef::scalar(*rp), ci, 0, 0)? as f32;
+                        let mut rv = self.load_f(&MatRef::scalar(*rp), ci, 0, 0)? as f32;
+                        if self.k.params[rp.0 as usize].dtype == DType::F32 {
+                            let zsigned = mm_rzp_signed(self.k, &rq.residual);
+                            rv = RequantAdd::quantize_residual(rv, *rs, *rz, zsigned);
+                        }
                         q = RequantAdd::apply(q, *scale, *zp, rv, *rs, *rz, (*os, *oz), signed);
                     }
                     self.store[s][i] = Val::I(q);
@@ -709,4 +713,11 @@ pub fn from_vals(dtype: DType, shape: &[usize], vals: &[Val]) -> Result<Tensor, 
             .and_then(|t| t.cast(dtype))
             .map_err(bad)
     }
+}
+
+/// Whether a requantization's residual zero point is `i8` (an `f32` residual is quantized to
+/// that type first).
+fn mm_rzp_signed(k: &Kernel, ra: &Option<Box<RequantAdd>>) -> bool {
+    ra.as_ref()
+        .is_some_and(|ra| k.params[ra.r_zp.param.0 as usize].dtype == DType::I8)
 }

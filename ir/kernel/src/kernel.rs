@@ -432,12 +432,15 @@ pub struct Requant {
 ///
 /// in `f32`, each operation rounded, `r[e]` the residual's element at C's own index (C's
 /// offset and strides), `[lo, hi]` C's range, NaN becoming 0. It is exactly the elementwise
-/// tail `Q(D(Q(D(acc))) + D(r))` of a quantized residual block.
+/// tail `Q(D(Q(D(acc))) + D(r))` of a quantized residual block. An `f32` residual is first
+/// quantized with its own scale and zero point (`r[e]` is then
+/// `cast<Z>(min(max(round_half_even(x / r_scale) + f32(r_zp), lo_Z), hi_Z))`, `Z` the zero
+/// point's type): the block whose other branch arrives dequantized.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RequantAdd {
-    /// The residual, `u8` or `i8`, read at C's index.
+    /// The residual, `u8`, `i8` or `f32`, read at C's index.
     pub r: ParamId,
-    /// The residual's `f32` scale and zero point (of its type).
+    /// The residual's `f32` scale and zero point (of its type; `u8` or `i8` for an `f32` one).
     pub r_scale: ScalarRef,
     pub r_zp: ScalarRef,
     /// The sum's `f32` scale and zero point (of C's type).
@@ -462,6 +465,12 @@ impl RequantAdd {
     ) -> i64 {
         let v = (q as f32 - zp) * scale + (r - r_zp) * r_scale;
         quantize(v / out.0, out.1, signed)
+    }
+
+    /// An `f32` residual's quantized value (see the type's docs), for a zero point of `i8`
+    /// when `signed`, else `u8`.
+    pub fn quantize_residual(x: f32, r_scale: f32, r_zp: f32, signed: bool) -> f32 {
+        quantize(x / r_scale, r_zp, signed) as f32
     }
 }
 

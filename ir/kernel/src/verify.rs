@@ -259,15 +259,22 @@ impl Verifier<'_> {
         );
         if let Some(ra) = &rq.residual {
             let rty = ty(self, ra.r);
-            if !matches!(rty, Some(DType::U8 | DType::I8)) {
-                self.err("requantizing matmul: the residual must be u8 or i8".to_string());
+            if !matches!(rty, Some(DType::U8 | DType::I8 | DType::F32)) {
+                self.err("requantizing matmul: the residual must be u8, i8 or f32".to_string());
             }
+            // An f32 residual is quantized to its zero point's type first.
+            let zty = match rty {
+                Some(DType::F32) => {
+                    ty(self, ra.r_zp.param).filter(|t| matches!(t, DType::U8 | DType::I8))
+                }
+                t => t,
+            };
             if ra.r == mm.c.param {
                 self.err("requantizing matmul: the residual is C".to_string());
             }
             for (r, want, what) in [
                 (&ra.r_scale, Some(DType::F32), "residual scale"),
-                (&ra.r_zp, rty, "residual zero point"),
+                (&ra.r_zp, zty, "residual zero point"),
                 (&ra.out_scale, Some(DType::F32), "sum scale"),
                 (&ra.out_zp, cty, "sum zero point"),
             ] {

@@ -151,7 +151,8 @@ pub mod mm_slot {
     pub const TAIL_FN: usize = 41;
     pub const TAIL_ARGS: usize = 42;
     /// The requantization's residual add (`mlc_kir::RequantAdd`): the residual's pointer
-    /// (null: none), element count and DType code, then four scalars as (pointer, element
+    /// (null: none), element count and DType codes (its own | its zero point's << 8), then
+    /// four scalars as (pointer, element
     /// count, index): the residual's scale and zero point, the sum's scale and zero point.
     pub const RQ_ADD: usize = 43;
     pub const RQ_ADD_SCALARS: usize = 46;
@@ -329,16 +330,23 @@ fn requant_from_desc<'a>(
     let add = if d[s::RQ_ADD] == 0 {
         None
     } else {
-        let rty = DType::from_code(d[s::RQ_ADD + 2])?;
-        if !matches!(rty, DType::U8 | DType::I8) {
+        let lty = DType::from_code(d[s::RQ_ADD + 2] & 0xff)?;
+        let rty = DType::from_code((d[s::RQ_ADD + 2] >> 8) & 0xff)?;
+        let ok = match lty {
+            DType::U8 | DType::I8 => rty == lty,
+            DType::F32 => matches!(rty, DType::U8 | DType::I8),
+            _ => false,
+        };
+        if !ok {
             return None;
         }
-        let (pr, lr) = (d[s::RQ_ADD] as *const u8, d[s::RQ_ADD + 1] as usize);
+        let pr = d[s::RQ_ADD] as *const u8;
+        let lr = (d[s::RQ_ADD + 1] as usize).saturating_mul(lty.size());
         if overlaps(pr, lr) {
             return None;
         }
-        // SAFETY: a read-only kernel parameter buffer of `lr` one-byte elements (checked by
-        // the executor before any call) that does not overlap C (checked above).
+        // SAFETY: a read-only kernel parameter buffer of `lr` bytes (checked by the executor
+        // before any call) that does not overlap C (checked above).
         let r = unsafe { std::slice::from_raw_parts(pr, lr) };
         let at = |j: usize, t: DType| elem(s::RQ_ADD_SCALARS + 3 * j, t);
         let f = |b: &[u8]| f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
@@ -350,6 +358,7 @@ fn requant_from_desc<'a>(
             }
         };
         let p = AddParams {
+            r_f32: lty == DType::F32,
             r_signed: rty == DType::I8,
             r_scale: f(at(0, DType::F32)?),
             r_zp: z(at(1, rty)?, rty),
