@@ -195,6 +195,151 @@ fn loops(k: &mut Kernel, dw: &Depthwise) -> Vec<Stmt> {
     vec![for_(p, dw.batch * m, LoopKind::Parallel, per_plane)]
 }
 
+// ---- Softmax ---------------------------------------------------------------------------
+
+/// `k` with every [`Stmt::Softmax`] replaced by its loop form (one parallel loop over the rows,
+/// three vector loops per row: max, exponentials stored and summed, rescale in place): what
+/// the evaluator defines, which is what the softmax lowering emitted before the statement
+/// existed. The same kernel when it has none.
+pub fn expand_softmax(k: &Kernel) -> Kernel {
+    let mut out = k.clone();
+    let body = std::mem::take(&mut out.body);
+    out.body = expand_softmax_block(&mut out, body);
+    out
+}
+
+/// Whether `body` holds a [`Stmt::Softmax`] at any depth.
+pub fn has_softmax(body: &[Stmt]) -> bool {
+    body.iter().any(|s| match s {
+        Stmt::Softmax(_) => true,
+        Stmt::For { body, .. } => has_softmax(body),
+        _ => false,
+    })
+}
+
+fn expand_softmax_block(k: &mut Kernel, body: Vec<Stmt>) -> Vec<Stmt> {
+    let mut out = Vec::with_capacity(body.len());
+    for s in body {
+        match s {
+            Stmt::Softmax(sm) => out.extend(softmax_loops(k, &sm)),
+            Stmt::For {
+                var,
+                extent,
+                kind,
+                body,
+            } => {
+                let body = expand_softmax_block(k, body);
+                out.push(Stmt::For {
+                    var,
+                    extent,
+                    kind,
+                    body,
+                });
+            }
+            s => out.push(s),
+        }
+    }
+    out
+}
+
+fn softmax_loops(k: &mut Kernel, sm: &Softmax) -> Vec<Stmt> {
+    let f32_ = DType::F32;
+    // The loop form reads the exponentials back from `out`.
+    k.params[sm.out.0 as usize].access = Access::ReadWrite;
+    let r = k.var(DType::I64);
+    let at = |c: VarId| Expr::add_idx(Expr::mul_idx(Expr::var(r), sm.len as i64), Expr::var(c));
+    // The mask row's start: digit i of r is (r / (product of the inner extents)) % extent_i.
+    let moff = sm.mask.as_ref().map(|m| {
+        let (mut off, mut inner) = (Expr::idx(0), 1usize);
+        for &(e, st) in m.dims.iter().rev() {
+            if st != 0 && e > 1 {
+                let digit = Expr::bin(
+                    BinOp::Rem,
+                    Expr::bin(BinOp::Div, Expr::var(r), idx(inner)),
+                    idx(e),
+                );
+                off = Expr::add_idx(off, Expr::mul_idx(digit, st));
+            }
+            inner *= e.max(1);
+        }
+        (m.param, off)
+    });
+    let value = |c: VarId| {
+        let mut v = Expr::load(sm.x, at(c));
+        match sm.scale {
+            Some(EpArg::Lit(s)) => v = Expr::bin(BinOp::Mul, v, Expr::float(f32_, s as f64)),
+            Some(EpArg::Scalar(p)) => v = Expr::bin(BinOp::Mul, v, Expr::load(p, Expr::idx(0))),
+            None => {}
+        }
+        if let Some((p, off)) = &moff {
+            v = Expr::bin(
+                BinOp::Add,
+                v,
+                Expr::load(*p, Expr::add_idx(off.clone(), Expr::var(c))),
+            );
+        }
+        v
+    };
+    let (mx, sum, inv, ev) = (k.var(f32_), k.var(f32_), k.var(f32_), k.var(f32_));
+    let (c0, c1, c2) = (k.var(DType::I64), k.var(DType::I64), k.var(DType::I64));
+    let row = vec![
+        Stmt::Let {
+            var: mx,
+            value: Expr::float(f32_, f64::NEG_INFINITY),
+        },
+        for_(
+            c0,
+            sm.len,
+            LoopKind::Vector,
+            vec![Stmt::Assign {
+                var: mx,
+                value: Expr::bin(BinOp::Max, Expr::var(mx), value(c0)),
+            }],
+        ),
+        Stmt::Let {
+            var: sum,
+            value: Expr::float(f32_, 0.0),
+        },
+        for_(
+            c1,
+            sm.len,
+            LoopKind::Vector,
+            vec![
+                Stmt::Let {
+                    var: ev,
+                    value: Expr::un(UnOp::Exp, Expr::bin(BinOp::Sub, value(c1), Expr::var(mx))),
+                },
+                Stmt::Store {
+                    param: sm.out,
+                    index: at(c1),
+                    value: Expr::var(ev),
+                },
+                Stmt::Assign {
+                    var: sum,
+                    value: Expr::bin(BinOp::Add, Expr::var(sum), Expr::var(ev)),
+                },
+            ],
+        ),
+        Stmt::Let {
+            var: inv,
+            value: Expr::bin(BinOp::Div, Expr::float(f32_, 1.0), Expr::var(sum)),
+        },
+        for_(
+            c2,
+            sm.len,
+            LoopKind::Vector,
+            vec![Stmt::Store {
+                param: sm.out,
+                index: at(c2),
+                value: Expr::bin(BinOp::Mul, Expr::load(sm.out, at(c2)), Expr::var(inv)),
+            }],
+        ),
+    ];
+    vec![for_(r, sm.rows, LoopKind::Parallel, row)]
+}
+
+// ---- end Softmax ------------------------------------------------------------------------
+
 #[cfg(test)]
 mod tests {
     use super::*;
