@@ -490,4 +490,67 @@ mod tests {
             }
         }
     }
+
+    /// The softmax loop form against the statement, in the evaluator, bit for bit: with and
+    /// without pre-scale (literal and parameter) and broadcast mask.
+    #[test]
+    fn the_softmax_loop_form_computes_what_the_statement_defines() {
+        for (rows, len, dims) in [
+            (6, 7, vec![(2, 7), (3, 0)]),
+            (4, 16, vec![(4, 16)]),
+            (1, 33, vec![(1, 0)]),
+        ] {
+            for scale in [None, Some(EpArg::Lit(0.125)), Some(EpArg::Scalar(ParamId(2)))] {
+                for masked in [false, true] {
+                    let mlen = 4 * 16;
+                    let mut p = Program::default();
+                    let mut k = Kernel::new("sm");
+                    let mut args = vec![];
+                    let mut inputs = vec![];
+                    for (i, l) in [rows * len, mlen, 1].into_iter().enumerate() {
+                        args.push(p.add_buffer(DType::F32, vec![l], BufKind::Input(i)));
+                        k.param(DType::F32, l, Access::Read);
+                        let v: Vec<f32> = data(l, 3 + i as u64).iter().map(|v| v * 9.0).collect();
+                        inputs.push(Tensor::from_vec(&[l], v).expect("tensor"));
+                    }
+                    let out = p.add_buffer(DType::F32, vec![rows * len], BufKind::Temp);
+                    args.push(out);
+                    k.param(DType::F32, rows * len, Access::ReadWrite);
+                    let sm = Softmax {
+                        rows,
+                        len,
+                        x: ParamId(0),
+                        scale,
+                        mask: masked.then(|| SoftmaxMask {
+                            param: ParamId(1),
+                            dims: dims.clone(),
+                        }),
+                        out: ParamId(3),
+                    };
+                    k.body = vec![Stmt::Softmax(Box::new(sm))];
+                    let id = p.intern_kernel(k);
+                    p.steps.push(Step {
+                        kernel: id,
+                        args,
+                        origin: None,
+                    });
+                    p.inputs = (0..3).map(|i| (format!("in{i}"), BufId(i))).collect();
+                    p.outputs = vec![("out".into(), out)];
+                    let mut q = p.clone();
+                    q.kernels[0] = expand_softmax(&p.kernels[0]);
+                    assert!(!has_softmax(&q.kernels[0].body));
+                    verify_kernel(&p.kernels[0]).expect("statement verifies");
+                    verify_kernel(&q.kernels[0]).expect("loop form verifies");
+                    let a = run_program(&p, &inputs).expect("statement").remove(0);
+                    let b = run_program(&q, &inputs).expect("loops").remove(0);
+                    let (a, b) = (a.to_f64_vec().expect("f32"), b.to_f64_vec().expect("f32"));
+                    let total: f64 = a.iter().sum();
+                    assert!((total - rows as f64).abs() < 1e-4, "rows sum to 1: {total}");
+                    for (j, (x, y)) in a.iter().zip(&b).enumerate() {
+                        assert!(x.to_bits() == y.to_bits(), "y[{j}]: {x} vs {y}");
+                    }
+                }
+            }
+        }
+    }
 }
