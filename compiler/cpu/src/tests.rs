@@ -1369,7 +1369,10 @@ fn softmax_statement_matches_the_evaluator() {
 }}"#
         );
         let text = check(&plain, 1e-5);
-        assert!(text.contains(&format!("softmax rows=6 len={len}")), "{text}");
+        assert!(
+            text.contains(&format!("softmax rows=6 len={len}")),
+            "{text}"
+        );
         for mshape in [format!("1,1,3,{len}"), format!("2,1,1,{len}")] {
             let src = format!(
                 r#"graph (%0: f32[2,4,3,{len}] "s", %1: f32[{mshape}] "m") -> (%2 "y") {{
@@ -1390,7 +1393,10 @@ fn softmax_statement_matches_the_evaluator() {
                 .collect();
             inputs[1] = Tensor::from_vec(&shape, m).unwrap();
             let text = check_inputs(&src, &inputs, 1e-5);
-            assert!(text.contains("softmax rows=24") && text.contains(" mask=%p"), "{text}");
+            assert!(
+                text.contains("softmax rows=24") && text.contains(" mask=%p"),
+                "{text}"
+            );
         }
     }
     // f64 and a softmax over a middle axis keep the loop lowering.

@@ -500,7 +500,11 @@ mod tests {
             (4, 16, vec![(4, 16)]),
             (1, 33, vec![(1, 0)]),
         ] {
-            for scale in [None, Some(EpArg::Lit(0.125)), Some(EpArg::Scalar(ParamId(2)))] {
+            for scale in [
+                None,
+                Some(EpArg::Lit(0.125)),
+                Some(EpArg::Scalar(ParamId(2))),
+            ] {
                 for masked in [false, true] {
                     let mlen = 4 * 16;
                     let mut p = Program::default();
