@@ -86,6 +86,9 @@ pub fn work_estimate(body: &[Stmt]) -> u64 {
             Stmt::Depthwise(dw) => {
                 w = w.saturating_add((dw.lens().2 * dw.kernel[0] * dw.kernel[1]) as u64);
             }
+            Stmt::Softmax(sm) => {
+                w = w.saturating_add((sm.rows as u64) * (sm.len as u64) * 3);
+            }
             _ => w = w.saturating_add(1),
         }
     }
@@ -481,6 +484,7 @@ impl<M: Module> Tx<'_, '_, M> {
                 }
                 Stmt::Matmul(mm) => self.matmul(mm)?,
                 Stmt::Depthwise(dw) => self.depthwise(dw)?,
+                Stmt::Softmax(sm) => self.softmax(sm)?,
             }
         }
         Ok(())
@@ -1254,7 +1258,9 @@ impl<M: Module> Tx<'_, '_, M> {
                             what: format!("matmul residual add on {}", p.dtype.name()),
                         })
                 };
-                let rcode = code(self, ra.r)?;
+                // The residual's type, and its zero point's (which an f32 residual is
+                // quantized to) in the next byte.
+                let rcode = code(self, ra.r)? | code(self, ra.r_zp.param)? << 8;
                 let len = self.k.params[ra.r.0 as usize].len as i64;
                 put(self, s::RQ_ADD, self.params[ra.r.0 as usize]);
                 let len = self.b.ins().iconst(types::I64, len);
@@ -1381,6 +1387,70 @@ impl<M: Module> Tx<'_, '_, M> {
 }
 
 // ---- end depthwise -----------------------------------------------------------------------
+
+// ---- Softmax ----------------------------------------------------------------------------
+
+impl<M: Module> Tx<'_, '_, M> {
+    /// `Stmt::Softmax`: fills an argument block on the stack (`abi::sm_slot`; a scalar
+    /// pre-scale loaded now, as `f32` bits) and calls the softmax helper.
+    fn softmax(&mut self, sm: &Softmax) -> Result<()> {
+        use abi::sm_slot as s;
+        let dims = sm.mask.as_ref().map_or(&[][..], |m| m.dims.as_slice());
+        let words = s::DIMS + 2 * dims.len();
+        let slot = self.b.create_sized_stack_slot(StackSlotData::new(
+            StackSlotKind::ExplicitSlot,
+            (words * 8) as u32,
+            3,
+        ));
+        let ptr = self.ptr;
+        let put = |tx: &mut Self, i: usize, v: Value| {
+            tx.b.ins().stack_store(ptr, v, slot, (i * 8) as i32);
+        };
+        let put_int = |tx: &mut Self, i: usize, v: i64| {
+            let v = tx.b.ins().iconst(types::I64, v);
+            put(tx, i, v);
+        };
+        let params = [Some(sm.x), Some(sm.out), sm.mask.as_ref().map(|m| m.param)];
+        for (j, p) in params.into_iter().enumerate() {
+            let (base, len) = match p {
+                Some(p) => (
+                    self.params[p.0 as usize],
+                    self.k.params[p.0 as usize].len as i64,
+                ),
+                None => (self.b.ins().iconst(ptr, 0), 0),
+            };
+            put(self, j, base);
+            put_int(self, s::LEN + j, len);
+        }
+        put_int(self, s::ROWS, sm.rows as i64);
+        put_int(self, s::ROW_LEN, sm.len as i64);
+        let scale = match sm.scale {
+            Some(EpArg::Scalar(p)) => {
+                let v = self.expr(&Expr::load(p, Expr::idx(0)))?;
+                let v = self.b.ins().bitcast(types::I32, MemFlagsData::new(), v);
+                let v = self.b.ins().uextend(types::I64, v);
+                self.b.ins().bor_imm_u(v, 1 << 32)
+            }
+            Some(EpArg::Lit(v)) => self
+                .b
+                .ins()
+                .iconst(types::I64, (1i64 << 32) | v.to_bits() as i64),
+            None => self.b.ins().iconst(types::I64, 0),
+        };
+        put(self, s::SCALE, scale);
+        put(self, s::STATUS, self.status);
+        put_int(self, s::NDIMS, dims.len() as i64);
+        for (i, &(e, st)) in dims.iter().enumerate() {
+            put_int(self, s::DIMS + 2 * i, e as i64);
+            put_int(self, s::DIMS + 2 * i + 1, st);
+        }
+        let addr = self.b.ins().stack_addr(ptr, slot, 0);
+        self.call_helper(abi::SOFTMAX, &[ptr], &[], &[addr]);
+        Ok(())
+    }
+}
+
+// ---- end softmax -------------------------------------------------------------------------
 
 /// Whether an operation producing a value of `ty` must round its `f32` result to `ty`.
 fn op_rounds(ty: DType) -> bool {

@@ -405,17 +405,35 @@ fn tail_pattern(k: &Kernel) -> Option<Tail> {
             if scale1 != dq_scale || zp1 != dq_zp {
                 return None;
             }
+            // The residual: 8-bit values, or f32 ones quantized right here with the scale and
+            // zero point that dequantize them (the branch arrives dequantized).
+            let (r, rty) = match r {
+                Expr::Load { .. } => (r, None),
+                Expr::Cast(t @ (DType::U8 | DType::I8), _) => {
+                    let (x, s, z) = quantize_parts(r, *t)?;
+                    if s != r_scale || z != r_zp {
+                        return None;
+                    }
+                    (x, Some(*t))
+                }
+                _ => return None,
+            };
             let Expr::Load { param: rp, index } = r else {
                 return None;
             };
-            let rty = k.params[rp.0 as usize].dtype;
-            if !matches!(rty, DType::U8 | DType::I8) || Affine::of(index)? != li {
+            let lty = k.params[rp.0 as usize].dtype;
+            let zty = match (lty, rty) {
+                (DType::U8 | DType::I8, None) => lty,
+                (DType::F32, Some(t)) => t,
+                _ => return None,
+            };
+            if Affine::of(index)? != li {
                 return None;
             }
             let add = TailAdd {
                 r: *rp,
                 r_scale: scalar_load(r_scale, DType::F32)?,
-                r_zp: scalar_load(r_zp, rty)?,
+                r_zp: scalar_load(r_zp, zty)?,
                 out_scale: scalar_load(scale_e, DType::F32)?,
                 out_zp: scalar_load(zp_e, ty_out)?,
             };
@@ -537,7 +555,11 @@ fn residual_parts(e: &Expr, ty: DType) -> Option<(&Expr, &Expr, &Expr, &Expr, &E
         return None;
     };
     let (da, db) = (dequant_parts(a)?, dequant_parts(b)?);
-    let is_q = |v: &Expr| quantize_parts(v, ty).is_some();
+    // The requantized product's numerator is a product (`f32(acc) · mult`); an f32 residual
+    // quantized in place divides a load.
+    let is_q = |v: &Expr| {
+        quantize_parts(v, ty).is_some_and(|(num, _, _)| matches!(num, Expr::Binary(BinOp::Mul, ..)))
+    };
     let ((q, zp, scale), (r, r_zp, r_scale)) = if is_q(da.0) {
         (da, db)
     } else if is_q(db.0) {

@@ -397,7 +397,9 @@ pub fn vectorizable(
             continue;
         }
         match st {
-            Stmt::For { .. } | Stmt::Matmul(_) | Stmt::Depthwise(_) => return false,
+            Stmt::For { .. } | Stmt::Matmul(_) | Stmt::Depthwise(_) | Stmt::Softmax(_) => {
+                return false;
+            }
             Stmt::Let { var, value } => {
                 let Some(c) = a.class(value) else {
                     return false;
@@ -674,7 +676,9 @@ fn overlap_ok(k: &Kernel, body: &[Stmt]) -> bool {
                 loads(index, &mut read);
                 loads(value, &mut read);
             }
-            Stmt::For { .. } | Stmt::Matmul(_) | Stmt::Depthwise(_) => return false,
+            Stmt::For { .. } | Stmt::Matmul(_) | Stmt::Depthwise(_) | Stmt::Softmax(_) => {
+                return false;
+            }
         }
     }
     written.iter().all(|p| !read.contains(p)) && mlc_kir::inplace_pairs(k).is_empty()

@@ -1353,3 +1353,59 @@ fn depthwise_statement_matches_the_evaluator_bit_for_bit() {
     );
     assert!(!text.contains("depthwise n="), "{text}");
 }
+
+// ---- Softmax statement ---------------------------------------------------------------------
+
+/// `Stmt::Softmax` through the runtime's kernel against the evaluator (the kernel sums in
+/// lanes and has its own `exp`: a few ulp): row lengths around the vector widths, attention's
+/// mask broadcast over heads (and over queries), a mask with -inf entries; the statement is
+/// what the lowering emits.
+#[test]
+fn softmax_statement_matches_the_evaluator() {
+    for len in [1, 5, 8, 15, 16, 17, 31, 33, 64, 70, 128] {
+        let plain = format!(
+            r#"graph (%0: f32[2,3,{len}] "x") -> (%1 "y") {{
+  %1 = reduce.softmax {{"axis":2}} (%0) : f32[2,3,{len}]
+}}"#
+        );
+        let text = check(&plain, 1e-5);
+        assert!(
+            text.contains(&format!("softmax rows=6 len={len}")),
+            "{text}"
+        );
+        for mshape in [format!("1,1,3,{len}"), format!("2,1,1,{len}")] {
+            let src = format!(
+                r#"graph (%0: f32[2,4,3,{len}] "s", %1: f32[{mshape}] "m") -> (%2 "y") {{
+  %2 = control.composite {{"kind":"attention"}} (%0, %1) : f32[2,4,3,{len}] {{
+    graph (%0: f32[2,4,3,{len}] "in0", %1: f32[{mshape}] "in1") -> (%3 "out") {{
+      %2 = ew.add(%0, %1) : f32[2,4,3,{len}]
+      %3 = reduce.softmax {{"axis":3,"coerce_2d":false}} (%2) : f32[2,4,3,{len}]
+    }}
+  }}
+}}"#
+            );
+            let g = parse_graph(&src).unwrap_or_else(|e| panic!("bad test graph: {e}"));
+            let mut inputs = inputs_for(&g);
+            // Mask out every third key (never a whole row: that row would be NaN).
+            let shape: Vec<usize> = mshape.split(',').map(|d| d.parse().unwrap()).collect();
+            let m: Vec<f32> = (0..shape.iter().product::<usize>())
+                .map(|i| if i % 3 == 1 { f32::NEG_INFINITY } else { -0.5 })
+                .collect();
+            inputs[1] = Tensor::from_vec(&shape, m).unwrap();
+            let text = check_inputs(&src, &inputs, 1e-5);
+            assert!(
+                text.contains("softmax rows=24") && text.contains(" mask=%p"),
+                "{text}"
+            );
+        }
+    }
+    // f64 and a softmax over a middle axis keep the loop lowering.
+    let text = check(
+        r#"graph (%0: f64[2,9] "x", %1: f32[2,3,5] "z") -> (%2 "y", %3 "w") {
+  %2 = reduce.softmax {"axis":1} (%0) : f64[2,9]
+  %3 = reduce.softmax {"axis":1} (%1) : f32[2,3,5]
+}"#,
+        1e-5,
+    );
+    assert!(!text.contains("softmax rows="), "{text}");
+}

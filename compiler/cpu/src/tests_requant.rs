@@ -43,6 +43,9 @@ enum Variant {
     /// As `Residual`, but the addend dequantizes with another zero point than the
     /// requantization's: not the formula.
     ResidualOtherZp,
+    /// As `Residual` with an f32 residual quantized in the tail (a branch that arrives
+    /// dequantized).
+    ResidualF32,
 }
 
 /// `out = requant(A (m×k, i8) · B (k×n, u8) + bias)` as two steps, the tail as lowering
@@ -85,7 +88,17 @@ fn program(m: usize, n: usize, k: usize, out_ty: DType, v: Variant, rng: &mut Rn
     p.outputs.push(("out".into(), bout));
     // The residual (of the other 8-bit type), its scale and zero point, the sum's scale and
     // zero point: consts 5..=9.
-    let residual = matches!(v, Variant::Residual | Variant::ResidualOtherZp);
+    let residual = matches!(
+        v,
+        Variant::Residual | Variant::ResidualOtherZp | Variant::ResidualF32
+    );
+    let lty = if v == Variant::ResidualF32 {
+        DType::F32
+    } else if out_ty == DType::U8 {
+        DType::I8
+    } else {
+        DType::U8
+    };
     let rty = if out_ty == DType::U8 {
         DType::I8
     } else {
@@ -100,7 +113,9 @@ fn program(m: usize, n: usize, k: usize, out_ty: DType, v: Variant, rng: &mut Rn
     };
     let rbufs = residual.then(|| {
         let r: Vec<i64> = (0..m * n).map(|_| rng.int(-128, 127)).collect();
-        p.consts.push(if rty == DType::U8 {
+        p.consts.push(if lty == DType::F32 {
+            Tensor::from_vec(&[m * n], r.iter().map(|&x| x as f32 * 0.093).collect()).unwrap()
+        } else if rty == DType::U8 {
             Tensor::from_vec(&[m * n], r.iter().map(|&x| (x + 128) as u8).collect()).unwrap()
         } else {
             Tensor::from_vec(&[m * n], r.iter().map(|&x| x as i8).collect()).unwrap()
@@ -112,7 +127,7 @@ fn program(m: usize, n: usize, k: usize, out_ty: DType, v: Variant, rng: &mut Rn
         p.consts.push(Tensor::from_vec(&[1], vec![os]).unwrap());
         p.consts.push(byte(out_ty, rng.int(-20, 20)));
         [
-            buf(&mut p, rty, vec![m * n], BufKind::Const(5)),
+            buf(&mut p, lty, vec![m * n], BufKind::Const(5)),
             buf(&mut p, DType::F32, vec![1], BufKind::Const(6)),
             buf(&mut p, rty, vec![1], BufKind::Const(7)),
             buf(&mut p, DType::F32, vec![1], BufKind::Const(8)),
@@ -225,7 +240,7 @@ fn program(m: usize, n: usize, k: usize, out_ty: DType, v: Variant, rng: &mut Rn
     let x = let_(&mut t, DType::F32, Expr::bin(BinOp::Min, x, f(hi)));
     let mut q = let_(&mut t, out_ty, Expr::cast(out_ty, x));
     if residual {
-        let pr = t.param(rty, m * n, Access::Read);
+        let pr = t.param(lty, m * n, Access::Read);
         let prs = t.param(DType::F32, 1, Access::Read);
         let prz = t.param(rty, 1, Access::Read);
         let pos = t.param(DType::F32, 1, Access::Read);
@@ -242,14 +257,31 @@ fn program(m: usize, n: usize, k: usize, out_ty: DType, v: Variant, rng: &mut Rn
             sv.clone(),
         );
         let dq = let_(&mut t, DType::F32, dq);
+        let rv = if lty == DType::F32 {
+            let (rlo, rhi) = if rty == DType::U8 {
+                (0.0, 255.0)
+            } else {
+                (-128.0, 127.0)
+            };
+            let x = Expr::bin(
+                BinOp::Div,
+                Expr::load(pr, idx.clone()),
+                Expr::load(prs, Expr::idx(0)),
+            );
+            let x = Expr::bin(
+                BinOp::Add,
+                Expr::un(UnOp::Round, x),
+                c32(Expr::load(prz, Expr::idx(0))),
+            );
+            let x = Expr::bin(BinOp::Min, Expr::bin(BinOp::Max, x, f(rlo)), f(rhi));
+            let_(&mut t, rty, Expr::cast(rty, x))
+        } else {
+            Expr::load(pr, idx.clone())
+        };
         let dr = Expr::bin(
             BinOp::Mul,
             Expr::load(prs, Expr::idx(0)),
-            Expr::bin(
-                BinOp::Sub,
-                c32(Expr::load(pr, idx.clone())),
-                c32(Expr::load(prz, Expr::idx(0))),
-            ),
+            Expr::bin(BinOp::Sub, c32(rv), c32(Expr::load(prz, Expr::idx(0)))),
         );
         let dr = let_(&mut t, DType::F32, dr);
         // The residual first, as the fused block's operands may come in either order.
@@ -344,6 +376,7 @@ fn fuses_exactly_the_requantizing_tails() {
         (Variant::DivFirst, false),
         (Variant::Residual, true),
         (Variant::ResidualOtherZp, false),
+        (Variant::ResidualF32, true),
     ];
     for &(m, n, k) in &[(1, 4, 1), (7, 12, 13), (13, 36, 27), (64, 100, 147)] {
         for (v, fuses) in variants {

@@ -121,6 +121,14 @@ fn lower<'ctx>(
     } else {
         k
     };
+    // Nor a softmax one: the same for `Stmt::Softmax`, its row loop the grid.
+    let expanded_sm;
+    let k = if mlc_kir::has_softmax(&k.body) {
+        expanded_sm = mlc_kir::expand_softmax(k);
+        &expanded_sm
+    } else {
+        k
+    };
     // Requantizing contractions come only from the CPU backend's own pass; no GPU epilogue
     // implements them.
     if has_requant(&k.body) {
@@ -415,6 +423,8 @@ impl<'a, 'ctx> Lw<'a, 'ctx> {
             Stmt::Depthwise(_) => Err(NvptxError::Unsupported(
                 "an unexpanded depthwise convolution".into(),
             )),
+            // And every softmax statement.
+            Stmt::Softmax(_) => Err(NvptxError::Unsupported("an unexpanded softmax".into())),
         }
     }
 

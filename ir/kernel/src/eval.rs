@@ -134,6 +134,7 @@ impl Cx<'_> {
                 }
                 Stmt::Matmul(mm) => self.matmul(mm)?,
                 Stmt::Depthwise(dw) => self.depthwise(dw)?,
+                Stmt::Softmax(sm) => self.softmax(sm)?,
             }
         }
         Ok(())
@@ -236,7 +237,11 @@ impl Cx<'_> {
                     let mut q = Requant::apply(acc as i32, mult, *scale, *zp, signed);
                     if let Some((rp, [rs, rz, os, oz])) = add {
                         let ci = co + r as i64 * mm.c.row_stride + c as i64 * mm.c.col_stride;
-                        let rv = self.load_f(&MatRef::scalar(*rp), ci, 0, 0)? as f32;
+                        let mut rv = self.load_f(&MatRef::scalar(*rp), ci, 0, 0)? as f32;
+                        if self.k.params[rp.0 as usize].dtype == DType::F32 {
+                            let zsigned = mm_rzp_signed(self.k, &rq.residual);
+                            rv = RequantAdd::quantize_residual(rv, *rs, *rz, zsigned);
+                        }
                         q = RequantAdd::apply(q, *scale, *zp, rv, *rs, *rz, (*os, *oz), signed);
                     }
                     self.store[s][i] = Val::I(q);
@@ -259,6 +264,64 @@ impl Cx<'_> {
                     self.vars[t.col.0 as usize] = Some(Val::I(c as i64));
                     self.block(&t.body)?;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Softmax`]'s definition, operation by operation in `f32` (`exp` as `UnOp::Exp`). Each
+    /// row is read whole before it is written, so `out` on `x`'s storage computes the same.
+    fn softmax(&mut self, sm: &Softmax) -> Result<(), EvalError> {
+        let f = |cx: &Self, p: ParamId, i: i64| -> Result<f64, EvalError> {
+            let (s, i) = cx.slot(p, i)?;
+            Ok(match cx.store[s][i] {
+                Val::F(f) => f,
+                Val::I(i) => i as f64,
+                Val::B(b) => b as i64 as f64,
+            })
+        };
+        let bin = |o: BinOp, a: f64, b: f64| match round(
+            DType::F32,
+            binary(o, DType::F32, Val::F(a), Val::F(b)),
+        ) {
+            Val::F(v) => v,
+            _ => f64::NAN,
+        };
+        let exp = |a: f64| match round(DType::F32, unary(UnOp::Exp, Val::F(a))) {
+            Val::F(v) => v,
+            _ => f64::NAN,
+        };
+        let scale = match sm.scale {
+            Some(EpArg::Scalar(p)) => Some(f(self, p, 0)?),
+            Some(EpArg::Lit(v)) => Some(v as f64),
+            None => None,
+        };
+        let mut v = vec![0.0f64; sm.len];
+        for r in 0..sm.rows {
+            let base = (r * sm.len) as i64;
+            let moff = sm.mask.as_ref().map(|m| m.row_offset(r));
+            for (c, vc) in v.iter_mut().enumerate() {
+                let mut a = f(self, sm.x, base + c as i64)?;
+                if let Some(s) = scale {
+                    a = bin(BinOp::Mul, a, s);
+                }
+                if let (Some(m), Some(o)) = (&sm.mask, moff) {
+                    a = bin(BinOp::Add, a, f(self, m.param, o + c as i64)?);
+                }
+                *vc = a;
+            }
+            let mx = v
+                .iter()
+                .fold(f64::NEG_INFINITY, |m, &a| bin(BinOp::Max, m, a));
+            let mut sum = 0.0;
+            for vc in v.iter_mut() {
+                *vc = exp(bin(BinOp::Sub, *vc, mx));
+                sum = bin(BinOp::Add, sum, *vc);
+            }
+            let inv = bin(BinOp::Div, 1.0, sum);
+            for (c, &e) in v.iter().enumerate() {
+                let (si, i) = self.slot(sm.out, base + c as i64)?;
+                self.store[si][i] = Val::F(bin(BinOp::Mul, e, inv));
             }
         }
         Ok(())
@@ -709,4 +772,11 @@ pub fn from_vals(dtype: DType, shape: &[usize], vals: &[Val]) -> Result<Tensor, 
             .and_then(|t| t.cast(dtype))
             .map_err(bad)
     }
+}
+
+/// Whether a requantization's residual zero point is `i8` (an `f32` residual is quantized to
+/// that type first).
+fn mm_rzp_signed(k: &Kernel, ra: &Option<Box<RequantAdd>>) -> bool {
+    ra.as_ref()
+        .is_some_and(|ra| k.params[ra.r_zp.param.0 as usize].dtype == DType::I8)
 }

@@ -195,6 +195,151 @@ fn loops(k: &mut Kernel, dw: &Depthwise) -> Vec<Stmt> {
     vec![for_(p, dw.batch * m, LoopKind::Parallel, per_plane)]
 }
 
+// ---- Softmax ---------------------------------------------------------------------------
+
+/// `k` with every [`Stmt::Softmax`] replaced by its loop form (one parallel loop over the rows,
+/// three vector loops per row: max, exponentials stored and summed, rescale in place): what
+/// the evaluator defines, which is what the softmax lowering emitted before the statement
+/// existed. The same kernel when it has none.
+pub fn expand_softmax(k: &Kernel) -> Kernel {
+    let mut out = k.clone();
+    let body = std::mem::take(&mut out.body);
+    out.body = expand_softmax_block(&mut out, body);
+    out
+}
+
+/// Whether `body` holds a [`Stmt::Softmax`] at any depth.
+pub fn has_softmax(body: &[Stmt]) -> bool {
+    body.iter().any(|s| match s {
+        Stmt::Softmax(_) => true,
+        Stmt::For { body, .. } => has_softmax(body),
+        _ => false,
+    })
+}
+
+fn expand_softmax_block(k: &mut Kernel, body: Vec<Stmt>) -> Vec<Stmt> {
+    let mut out = Vec::with_capacity(body.len());
+    for s in body {
+        match s {
+            Stmt::Softmax(sm) => out.extend(softmax_loops(k, &sm)),
+            Stmt::For {
+                var,
+                extent,
+                kind,
+                body,
+            } => {
+                let body = expand_softmax_block(k, body);
+                out.push(Stmt::For {
+                    var,
+                    extent,
+                    kind,
+                    body,
+                });
+            }
+            s => out.push(s),
+        }
+    }
+    out
+}
+
+fn softmax_loops(k: &mut Kernel, sm: &Softmax) -> Vec<Stmt> {
+    let f32_ = DType::F32;
+    // The loop form reads the exponentials back from `out`.
+    k.params[sm.out.0 as usize].access = Access::ReadWrite;
+    let r = k.var(DType::I64);
+    let at = |c: VarId| Expr::add_idx(Expr::mul_idx(Expr::var(r), sm.len as i64), Expr::var(c));
+    // The mask row's start: digit i of r is (r / (product of the inner extents)) % extent_i.
+    let moff = sm.mask.as_ref().map(|m| {
+        let (mut off, mut inner) = (Expr::idx(0), 1usize);
+        for &(e, st) in m.dims.iter().rev() {
+            if st != 0 && e > 1 {
+                let digit = Expr::bin(
+                    BinOp::Rem,
+                    Expr::bin(BinOp::Div, Expr::var(r), idx(inner)),
+                    idx(e),
+                );
+                off = Expr::add_idx(off, Expr::mul_idx(digit, st));
+            }
+            inner *= e.max(1);
+        }
+        (m.param, off)
+    });
+    let value = |c: VarId| {
+        let mut v = Expr::load(sm.x, at(c));
+        match sm.scale {
+            Some(EpArg::Lit(s)) => v = Expr::bin(BinOp::Mul, v, Expr::float(f32_, s as f64)),
+            Some(EpArg::Scalar(p)) => v = Expr::bin(BinOp::Mul, v, Expr::load(p, Expr::idx(0))),
+            None => {}
+        }
+        if let Some((p, off)) = &moff {
+            v = Expr::bin(
+                BinOp::Add,
+                v,
+                Expr::load(*p, Expr::add_idx(off.clone(), Expr::var(c))),
+            );
+        }
+        v
+    };
+    let (mx, sum, inv, ev) = (k.var(f32_), k.var(f32_), k.var(f32_), k.var(f32_));
+    let (c0, c1, c2) = (k.var(DType::I64), k.var(DType::I64), k.var(DType::I64));
+    let row = vec![
+        Stmt::Let {
+            var: mx,
+            value: Expr::float(f32_, f64::NEG_INFINITY),
+        },
+        for_(
+            c0,
+            sm.len,
+            LoopKind::Vector,
+            vec![Stmt::Assign {
+                var: mx,
+                value: Expr::bin(BinOp::Max, Expr::var(mx), value(c0)),
+            }],
+        ),
+        Stmt::Let {
+            var: sum,
+            value: Expr::float(f32_, 0.0),
+        },
+        for_(
+            c1,
+            sm.len,
+            LoopKind::Vector,
+            vec![
+                Stmt::Let {
+                    var: ev,
+                    value: Expr::un(UnOp::Exp, Expr::bin(BinOp::Sub, value(c1), Expr::var(mx))),
+                },
+                Stmt::Store {
+                    param: sm.out,
+                    index: at(c1),
+                    value: Expr::var(ev),
+                },
+                Stmt::Assign {
+                    var: sum,
+                    value: Expr::bin(BinOp::Add, Expr::var(sum), Expr::var(ev)),
+                },
+            ],
+        ),
+        Stmt::Let {
+            var: inv,
+            value: Expr::bin(BinOp::Div, Expr::float(f32_, 1.0), Expr::var(sum)),
+        },
+        for_(
+            c2,
+            sm.len,
+            LoopKind::Vector,
+            vec![Stmt::Store {
+                param: sm.out,
+                index: at(c2),
+                value: Expr::bin(BinOp::Mul, Expr::load(sm.out, at(c2)), Expr::var(inv)),
+            }],
+        ),
+    ];
+    vec![for_(r, sm.rows, LoopKind::Parallel, row)]
+}
+
+// ---- end Softmax ------------------------------------------------------------------------
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,6 +486,73 @@ mod tests {
                 let (a, b) = (a.to_f64_vec().expect("f32"), b.to_f64_vec().expect("f32"));
                 for (j, (x, y)) in a.iter().zip(&b).enumerate() {
                     assert!(x.to_bits() == y.to_bits(), "case {i} y[{j}]: {x} vs {y}");
+                }
+            }
+        }
+    }
+
+    /// The softmax loop form against the statement, in the evaluator, bit for bit: with and
+    /// without pre-scale (literal and parameter) and broadcast mask.
+    #[test]
+    fn the_softmax_loop_form_computes_what_the_statement_defines() {
+        for (rows, len, dims) in [
+            (6, 7, vec![(2, 7), (3, 0)]),
+            (4, 16, vec![(4, 16)]),
+            (1, 33, vec![(1, 0)]),
+        ] {
+            for scale in [
+                None,
+                Some(EpArg::Lit(0.125)),
+                Some(EpArg::Scalar(ParamId(2))),
+            ] {
+                for masked in [false, true] {
+                    let mlen = 4 * 16;
+                    let mut p = Program::default();
+                    let mut k = Kernel::new("sm");
+                    let mut args = vec![];
+                    let mut inputs = vec![];
+                    for (i, l) in [rows * len, mlen, 1].into_iter().enumerate() {
+                        args.push(p.add_buffer(DType::F32, vec![l], BufKind::Input(i)));
+                        k.param(DType::F32, l, Access::Read);
+                        let v: Vec<f32> = data(l, 3 + i as u64).iter().map(|v| v * 9.0).collect();
+                        inputs.push(Tensor::from_vec(&[l], v).expect("tensor"));
+                    }
+                    let out = p.add_buffer(DType::F32, vec![rows * len], BufKind::Temp);
+                    args.push(out);
+                    k.param(DType::F32, rows * len, Access::ReadWrite);
+                    let sm = Softmax {
+                        rows,
+                        len,
+                        x: ParamId(0),
+                        scale,
+                        mask: masked.then(|| SoftmaxMask {
+                            param: ParamId(1),
+                            dims: dims.clone(),
+                        }),
+                        out: ParamId(3),
+                    };
+                    k.body = vec![Stmt::Softmax(Box::new(sm))];
+                    let id = p.intern_kernel(k);
+                    p.steps.push(Step {
+                        kernel: id,
+                        args,
+                        origin: None,
+                    });
+                    p.inputs = (0..3).map(|i| (format!("in{i}"), BufId(i))).collect();
+                    p.outputs = vec![("out".into(), out)];
+                    let mut q = p.clone();
+                    q.kernels[0] = expand_softmax(&p.kernels[0]);
+                    assert!(!has_softmax(&q.kernels[0].body));
+                    verify_kernel(&p.kernels[0]).expect("statement verifies");
+                    verify_kernel(&q.kernels[0]).expect("loop form verifies");
+                    let a = run_program(&p, &inputs).expect("statement").remove(0);
+                    let b = run_program(&q, &inputs).expect("loops").remove(0);
+                    let (a, b) = (a.to_f64_vec().expect("f32"), b.to_f64_vec().expect("f32"));
+                    let total: f64 = a.iter().sum();
+                    assert!((total - rows as f64).abs() < 1e-4, "rows sum to 1: {total}");
+                    for (j, (x, y)) in a.iter().zip(&b).enumerate() {
+                        assert!(x.to_bits() == y.to_bits(), "y[{j}]: {x} vs {y}");
+                    }
                 }
             }
         }

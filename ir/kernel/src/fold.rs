@@ -27,6 +27,7 @@ fn work(body: &[Stmt]) -> u64 {
             }
             Stmt::Matmul(mm) => (mm.m as u64) * (mm.n as u64) * (mm.k as u64),
             Stmt::Depthwise(d) => (d.lens().2 as u64) * (d.kernel[0] * d.kernel[1]) as u64,
+            Stmt::Softmax(s) => (s.rows as u64) * (s.len as u64) * 3,
             _ => 1,
         })
         .fold(0u64, u64::saturating_add)

@@ -61,6 +61,7 @@ fn single_store(body: &[Stmt], p: ParamId) -> Option<(&[Stmt], usize, &Expr)> {
         }
         Stmt::Matmul(m) if m.c.param == p || m.a.param == p || m.b.param == p => ok = false,
         Stmt::Depthwise(d) if d.out == p || d.reads_operand(p) => ok = false,
+        Stmt::Softmax(s) if s.out == p || s.reads_operand(p) => ok = false,
         _ => {}
     });
     ok &= !reads_anywhere(body, p);
@@ -178,7 +179,7 @@ fn stmt_exprs(s: &Stmt) -> Vec<&Expr> {
         Stmt::Let { value, .. } | Stmt::Assign { value, .. } => vec![value],
         Stmt::Store { index, value, .. } => vec![index, value],
         Stmt::For { extent, .. } => vec![extent],
-        Stmt::Matmul(_) | Stmt::Depthwise(_) => vec![],
+        Stmt::Matmul(_) | Stmt::Depthwise(_) | Stmt::Softmax(_) => vec![],
     }
 }
 
@@ -191,6 +192,11 @@ fn reads_anywhere(body: &[Stmt], p: ParamId) -> bool {
             read = true;
         }
         if let Stmt::Depthwise(d) = s
+            && d.reads_operand(p)
+        {
+            read = true;
+        }
+        if let Stmt::Softmax(d) = s
             && d.reads_operand(p)
         {
             read = true;
@@ -215,6 +221,11 @@ fn loads_only_at(body: &[Stmt], p: ParamId, list: &[Stmt], pos: usize, index: &E
             ok = false;
         }
         if let Stmt::Depthwise(d) = s
+            && d.reads_operand(p)
+        {
+            ok = false;
+        }
+        if let Stmt::Softmax(d) = s
             && d.reads_operand(p)
         {
             ok = false;

@@ -227,6 +227,9 @@ pub enum Stmt {
     /// A 2-D depthwise convolution, executed by a library kernel of the backend (or expanded
     /// to loops by [`crate::expand_depthwise`] for a backend without one).
     Depthwise(Box<Depthwise>),
+    /// A softmax over contiguous `f32` rows, executed by a library kernel of the backend (or
+    /// expanded to loops by [`crate::expand_softmax`] for a backend without one).
+    Softmax(Box<Softmax>),
 }
 
 /// A strided 2-D view of a parameter: element `(r, c)` is at
@@ -390,6 +393,70 @@ pub enum EpArg {
 
 // ---- end Depthwise ----------------------------------------------------------------------
 
+// ---- Softmax ---------------------------------------------------------------------------
+
+/// A softmax over the last, contiguous axis of `rows × len` `f32` values, with an optional
+/// scalar pre-scale and an additive operand broadcast to every row (attention's mask):
+///
+/// ```text
+/// for r in 0..rows:
+///   v[c]  = x[r·len + c] · scale + mask[offset(r) + c]   (each part only when present)
+///   mx    = max(-inf, v[0], v[1], …)                       (BinOp::Max: NaN wins)
+///   e[c]  = exp(v[c] - mx);  sum = e[0] + e[1] + …         (in this order)
+///   out[r·len + c] = e[c] · (1 / sum)
+/// ```
+///
+/// every operation an `f32` one, rounded (`exp` as the evaluator's `UnOp::Exp`), so a library
+/// kernel that sums in lanes or uses its own `exp` differs by a few ulp. `x` and `out` are whole
+/// parameters of `rows·len` elements. `out` may be read back by the statement's loop form
+/// (which stores the exponentials and rescales them), so it is a writable parameter that is
+/// neither `x` nor the mask; a library kernel may still run with `out` on `x`'s storage, as
+/// each row is read entirely before its first element is written.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Softmax {
+    pub rows: usize,
+    pub len: usize,
+    pub x: ParamId,
+    /// Multiplies `x` first; `None` is 1 (no multiplication).
+    pub scale: Option<EpArg>,
+    pub mask: Option<SoftmaxMask>,
+    pub out: ParamId,
+}
+
+/// The additive operand of a [`Softmax`]: row `r`, taken as the mixed-radix number of `dims`'
+/// extents (outermost first, their product `rows`), starts at `Σ digit_i · stride_i` in
+/// `param`; along a row the operand is contiguous.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SoftmaxMask {
+    pub param: ParamId,
+    /// `(extent, stride)` per row dimension, outermost first; a zero stride broadcasts.
+    pub dims: Vec<(usize, i64)>,
+}
+
+impl SoftmaxMask {
+    /// Where row `r`'s operand starts.
+    pub fn row_offset(&self, mut r: usize) -> i64 {
+        let mut off = 0i64;
+        for &(extent, stride) in self.dims.iter().rev() {
+            let e = extent.max(1);
+            off += (r % e) as i64 * stride;
+            r /= e;
+        }
+        off
+    }
+}
+
+impl Softmax {
+    /// Whether the statement reads `p` (`x`, the mask or a scale parameter).
+    pub fn reads_operand(&self, p: ParamId) -> bool {
+        self.x == p
+            || self.mask.as_ref().is_some_and(|m| m.param == p)
+            || self.scale == Some(EpArg::Scalar(p))
+    }
+}
+
+// ---- end Softmax ------------------------------------------------------------------------
+
 /// One element of a parameter, at `index`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScalarRef {
@@ -432,12 +499,15 @@ pub struct Requant {
 ///
 /// in `f32`, each operation rounded, `r[e]` the residual's element at C's own index (C's
 /// offset and strides), `[lo, hi]` C's range, NaN becoming 0. It is exactly the elementwise
-/// tail `Q(D(Q(D(acc))) + D(r))` of a quantized residual block.
+/// tail `Q(D(Q(D(acc))) + D(r))` of a quantized residual block. An `f32` residual is first
+/// quantized with its own scale and zero point (`r[e]` is then
+/// `cast<Z>(min(max(round_half_even(x / r_scale) + f32(r_zp), lo_Z), hi_Z))`, `Z` the zero
+/// point's type): the block whose other branch arrives dequantized.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RequantAdd {
-    /// The residual, `u8` or `i8`, read at C's index.
+    /// The residual, `u8`, `i8` or `f32`, read at C's index.
     pub r: ParamId,
-    /// The residual's `f32` scale and zero point (of its type).
+    /// The residual's `f32` scale and zero point (of its type; `u8` or `i8` for an `f32` one).
     pub r_scale: ScalarRef,
     pub r_zp: ScalarRef,
     /// The sum's `f32` scale and zero point (of C's type).
@@ -462,6 +532,12 @@ impl RequantAdd {
     ) -> i64 {
         let v = (q as f32 - zp) * scale + (r - r_zp) * r_scale;
         quantize(v / out.0, out.1, signed)
+    }
+
+    /// An `f32` residual's quantized value (see the type's docs), for a zero point of `i8`
+    /// when `signed`, else `u8`.
+    pub fn quantize_residual(x: f32, r_scale: f32, r_zp: f32, signed: bool) -> f32 {
+        quantize(x / r_scale, r_zp, signed) as f32
     }
 }
 
@@ -530,7 +606,7 @@ pub fn for_each_stmt_load(body: &[Stmt], f: &mut dyn FnMut(ParamId, &Expr)) {
                 value.for_each_load(f);
             }
             Stmt::For { extent, .. } => extent.for_each_load(f),
-            Stmt::Matmul(_) | Stmt::Depthwise(_) => {}
+            Stmt::Matmul(_) | Stmt::Depthwise(_) | Stmt::Softmax(_) => {}
         }
     }
 }

@@ -8,7 +8,8 @@
 //! microkernels and the GPU backend to its tensor-core templates: both do far better than
 //! generated loops can. A 2-D `f32` depthwise convolution is likewise a [`Stmt::Depthwise`]
 //! (the CPU backend calls the runtime's kernel; [`expand_depthwise`] gives its loop form to
-//! backends without one).
+//! backends without one), and so is a softmax over contiguous `f32` rows, a [`Stmt::Softmax`]
+//! ([`expand_softmax`]).
 //!
 //! Why this shape: Cranelift and the NVPTX backend both want scalar code with explicit
 //! control flow; loops tagged [`LoopKind::Parallel`] become threads (CPU) or the grid (GPU),
@@ -29,7 +30,7 @@ pub mod print;
 pub mod verify;
 
 pub use eval::{EvalError, eval_kernel, run_program};
-pub use expand::{expand_depthwise, has_depthwise};
+pub use expand::{expand_depthwise, expand_softmax, has_depthwise, has_softmax};
 pub use fold::fold_constant_steps;
 pub use inplace::inplace_pairs;
 pub use kernel::*;

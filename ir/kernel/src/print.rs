@@ -179,6 +179,7 @@ fn block(k: &Kernel, body: &[Stmt], depth: usize, s: &mut String) {
                 }
             }
             Stmt::Depthwise(dw) => depthwise(dw, &pad, s),
+            Stmt::Softmax(sm) => softmax(sm, &pad, s),
         }
     }
 }
@@ -282,4 +283,30 @@ pub fn expr(k: &Kernel, e: &Expr) -> String {
         }
         Expr::Cast(t, a) => format!("cast<{}>({})", t.name(), expr(k, a)),
     }
+}
+
+// ---- Softmax ---------------------------------------------------------------------------
+
+/// `softmax rows=1536 len=128 x=%p0 scale=%p2[0] mask=%p1[12x0,128x0] out=%p3`: the mask's
+/// row dimensions as `extent x stride`.
+fn softmax(sm: &Softmax, pad: &str, s: &mut String) {
+    let _ = write!(
+        s,
+        "{pad}softmax rows={} len={} x=%p{}",
+        sm.rows, sm.len, sm.x.0
+    );
+    match sm.scale {
+        Some(EpArg::Lit(v)) => {
+            let _ = write!(s, " scale={v:?}");
+        }
+        Some(EpArg::Scalar(p)) => {
+            let _ = write!(s, " scale=%p{}[0]", p.0);
+        }
+        None => {}
+    }
+    if let Some(m) = &sm.mask {
+        let dims: Vec<String> = m.dims.iter().map(|(e, st)| format!("{e}x{st}")).collect();
+        let _ = write!(s, " mask=%p{}[{}]", m.param.0, dims.join(","));
+    }
+    let _ = writeln!(s, " out=%p{}", sm.out.0);
 }

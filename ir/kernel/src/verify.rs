@@ -6,7 +6,10 @@
 //!   value has the parameter's type; `select` arms agree and its condition is `bool`;
 //! - a `read` parameter is never stored to, and a `write` parameter never loaded;
 //! - a depthwise convolution's parameters are `f32`, sized as its shape says, its output
-//!   written and not an operand, its epilogue of the allowed operations.
+//!   written and not an operand, its epilogue of the allowed operations;
+//! - a softmax's parameters are `f32`, `x` and `out` of `rows·len` elements, its output written
+//!   and not an operand, its mask's row dimensions multiplying to `rows` and every row of it
+//!   inside the mask parameter.
 //!
 //! Errors are all collected, so one run shows every problem.
 
@@ -121,6 +124,7 @@ impl Verifier<'_> {
                     }
                 }
                 Stmt::Depthwise(dw) => self.depthwise(dw),
+                Stmt::Softmax(sm) => self.softmax(sm),
             }
         }
         self.scope.truncate(mark);
@@ -185,6 +189,62 @@ impl Verifier<'_> {
                 .any(|v| v.contains(&0))
         {
             self.err("depthwise: a zero size, stride, dilation or multiplier".to_string());
+        }
+    }
+
+    /// A softmax: `f32` parameters, `x` and `out` of `rows·len` elements, a written output that
+    /// is no operand, a mask whose every row lies inside its parameter.
+    fn softmax(&mut self, sm: &Softmax) {
+        let n = sm.rows.checked_mul(sm.len);
+        let mut want = vec![(sm.x, n, false, "x"), (sm.out, n, true, "out")];
+        if let Some(EpArg::Scalar(p)) = sm.scale {
+            want.push((p, Some(1), false, "scale"));
+        }
+        if let Some(m) = &sm.mask {
+            // The furthest element any row reads (strides may be zero, never negative).
+            let reach = m.dims.iter().try_fold(sm.len, |acc, &(e, st)| {
+                let st = usize::try_from(st).ok()?;
+                acc.checked_add(e.checked_sub(1)?.checked_mul(st)?)
+            });
+            let rows = m
+                .dims
+                .iter()
+                .try_fold(1usize, |a, &(e, _)| a.checked_mul(e));
+            if rows != Some(sm.rows) {
+                self.err(format!(
+                    "softmax mask rows {rows:?} are not the {} rows",
+                    sm.rows
+                ));
+            }
+            want.push((m.param, reach, false, "mask"));
+        }
+        for (p, len, written, what) in want {
+            let Some(param) = self.param(p).cloned() else {
+                continue;
+            };
+            if param.dtype != DType::F32 {
+                self.err(format!("softmax {what} %p{} is not f32", p.0));
+            }
+            let ok_len = match (what, len) {
+                (_, None) => false,
+                ("mask" | "scale", Some(l)) => param.len >= l,
+                (_, Some(l)) => param.len == l,
+            };
+            if !ok_len {
+                self.err(format!(
+                    "softmax {what} %p{} has {} elements, not {len:?}",
+                    p.0, param.len
+                ));
+            }
+            if written && param.access == Access::Read {
+                self.err(format!("softmax output %p{} is read-only", p.0));
+            }
+            if written && sm.reads_operand(p) {
+                self.err(format!("softmax output %p{} is also an operand", p.0));
+            }
+        }
+        if sm.len == 0 {
+            self.err("softmax: rows of length 0".to_string());
         }
     }
 
@@ -259,15 +319,22 @@ impl Verifier<'_> {
         );
         if let Some(ra) = &rq.residual {
             let rty = ty(self, ra.r);
-            if !matches!(rty, Some(DType::U8 | DType::I8)) {
-                self.err("requantizing matmul: the residual must be u8 or i8".to_string());
+            if !matches!(rty, Some(DType::U8 | DType::I8 | DType::F32)) {
+                self.err("requantizing matmul: the residual must be u8, i8 or f32".to_string());
             }
+            // An f32 residual is quantized to its zero point's type first.
+            let zty = match rty {
+                Some(DType::F32) => {
+                    ty(self, ra.r_zp.param).filter(|t| matches!(t, DType::U8 | DType::I8))
+                }
+                t => t,
+            };
             if ra.r == mm.c.param {
                 self.err("requantizing matmul: the residual is C".to_string());
             }
             for (r, want, what) in [
                 (&ra.r_scale, Some(DType::F32), "residual scale"),
-                (&ra.r_zp, rty, "residual zero point"),
+                (&ra.r_zp, zty, "residual zero point"),
                 (&ra.out_scale, Some(DType::F32), "sum scale"),
                 (&ra.out_zp, cty, "sum zero point"),
             ] {

@@ -161,7 +161,8 @@ pub mod mm_slot {
     pub const TAIL_FN: usize = 41;
     pub const TAIL_ARGS: usize = 42;
     /// The requantization's residual add (`mlc_kir::RequantAdd`): the residual's pointer
-    /// (null: none), element count and DType code, then four scalars as (pointer, element
+    /// (null: none), element count and DType codes (its own | its zero point's << 8), then
+    /// four scalars as (pointer, element
     /// count, index): the residual's scale and zero point, the sum's scale and zero point.
     pub const RQ_ADD: usize = 43;
     pub const RQ_ADD_SCALARS: usize = 46;
@@ -341,16 +342,23 @@ fn requant_from_desc<'a>(
     let add = if d[s::RQ_ADD] == 0 {
         None
     } else {
-        let rty = DType::from_code(d[s::RQ_ADD + 2])?;
-        if !matches!(rty, DType::U8 | DType::I8) {
+        let lty = DType::from_code(d[s::RQ_ADD + 2] & 0xff)?;
+        let rty = DType::from_code((d[s::RQ_ADD + 2] >> 8) & 0xff)?;
+        let ok = match lty {
+            DType::U8 | DType::I8 => rty == lty,
+            DType::F32 => matches!(rty, DType::U8 | DType::I8),
+            _ => false,
+        };
+        if !ok {
             return None;
         }
-        let (pr, lr) = (d[s::RQ_ADD] as *const u8, d[s::RQ_ADD + 1] as usize);
+        let pr = d[s::RQ_ADD] as *const u8;
+        let lr = (d[s::RQ_ADD + 1] as usize).saturating_mul(lty.size());
         if overlaps(pr, lr) {
             return None;
         }
-        // SAFETY: a read-only kernel parameter buffer of `lr` one-byte elements (checked by
-        // the executor before any call) that does not overlap C (checked above).
+        // SAFETY: a read-only kernel parameter buffer of `lr` bytes (checked by the executor
+        // before any call) that does not overlap C (checked above).
         let r = unsafe { std::slice::from_raw_parts(pr, lr) };
         let at = |j: usize, t: DType| elem(s::RQ_ADD_SCALARS + 3 * j, t);
         let f = |b: &[u8]| f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
@@ -362,6 +370,7 @@ fn requant_from_desc<'a>(
             }
         };
         let p = AddParams {
+            r_f32: lty == DType::F32,
             r_signed: rty == DType::I8,
             r_scale: f(at(0, DType::F32)?),
             r_zp: z(at(1, rty)?, rty),
@@ -512,11 +521,104 @@ fn depthwise_from_desc(d: &[u64], n_ep: usize, threads: usize) -> bool {
 
 // ---- end depthwise ---------------------------------------------------------------------
 
+// ---- Softmax (`Stmt::Softmax`) ---------------------------------------------------------
+
+/// The name of the softmax helper.
+pub const SOFTMAX: &str = "mlc_softmax";
+
+/// The slots of the argument block passed to `mlc_softmax`, in 8-byte words; the block is
+/// `DIMS + 2·(word NDIMS)` words long.
+pub mod sm_slot {
+    pub const X: usize = 0;
+    pub const OUT: usize = 1;
+    /// Null when there is no mask.
+    pub const MASK: usize = 2;
+    pub const LEN: usize = 3; // +0..3: x, out, mask element counts
+    pub const ROWS: usize = 6;
+    pub const ROW_LEN: usize = 7;
+    /// The pre-scale: `1 << 32 | f32 bits`, or 0 when there is none.
+    pub const SCALE: usize = 8;
+    pub const STATUS: usize = 9; // the executor's control block: status word, threads
+    pub const NDIMS: usize = 10;
+    /// Per mask row dimension, outermost first, two words: extent, stride.
+    pub const DIMS: usize = 11;
+}
+
+/// `Stmt::Softmax`'s entry point: `desc` points to the words [`sm_slot`] lays out. Never
+/// panics across the FFI boundary: bad arguments set the status.
+extern "C" fn mlc_softmax(desc: *const u64) {
+    use sm_slot as s;
+    // SAFETY: generated code passes a stack block of at least `DIMS` words.
+    let head = unsafe { std::slice::from_raw_parts(desc, s::DIMS) };
+    let status = head[s::STATUS] as *mut i64;
+    // SAFETY: the status pointer is the executor's control block (status word, threads).
+    let threads = unsafe { *status.add(1) }.max(1) as usize;
+    let nd = head[s::NDIMS] as usize;
+    // SAFETY: the block holds `DIMS + 2·NDIMS` words (generated code sizes it so).
+    let d = unsafe { std::slice::from_raw_parts(desc, s::DIMS + 2 * nd) };
+    let ok = std::panic::catch_unwind(|| softmax_from_desc(d, nd, threads)).unwrap_or(false);
+    if !ok {
+        // SAFETY: the status word is the executor's `i64`, alive during the call.
+        unsafe { *status = 1 };
+    }
+}
+
+fn softmax_from_desc(d: &[u64], nd: usize, threads: usize) -> bool {
+    use crate::kernels::softmax::{self as smk, Mask};
+    use sm_slot as s;
+    let len = |j: usize| d[s::LEN + j] as usize;
+    let (px, po, pm) = (
+        d[s::X] as *const f32,
+        d[s::OUT] as *mut f32,
+        d[s::MASK] as *const f32,
+    );
+    if px.is_null() || po.is_null() {
+        return false;
+    }
+    // The output is written; it must not overlap an operand (lowering never makes it).
+    let overlaps = |p: *const f32, l: usize| {
+        let (a0, a1) = (p as usize, p as usize + l.saturating_mul(4));
+        let (c0, c1) = (po as usize, po as usize + len(1).saturating_mul(4));
+        a0 < c1 && c0 < a1
+    };
+    if overlaps(px, len(0)) || (!pm.is_null() && overlaps(pm, len(2))) {
+        return false;
+    }
+    let dims: Vec<(usize, usize)> = (0..nd)
+        .map(|i| (d[s::DIMS + 2 * i] as usize, d[s::DIMS + 2 * i + 1] as usize))
+        .collect();
+    // SAFETY: the pointers are the kernel's parameter buffers of `f32`, each holding at least
+    // its parameter's `len` elements (checked by the executor before any call); x and the
+    // mask are only read, and the output, which is written, overlaps neither (above).
+    let (x, out) = unsafe {
+        (
+            std::slice::from_raw_parts(px, len(0)),
+            std::slice::from_raw_parts_mut(po, len(1)),
+        )
+    };
+    let mask = if pm.is_null() {
+        None
+    } else {
+        Some(Mask {
+            // SAFETY: as for x.
+            data: unsafe { std::slice::from_raw_parts(pm, len(2)) },
+            dims: &dims,
+        })
+    };
+    let scale = (d[s::SCALE] >> 32 == 1).then(|| f32::from_bits(d[s::SCALE] as u32));
+    let (rows, row_len) = (d[s::ROWS] as usize, d[s::ROW_LEN] as usize);
+    let isa = crate::kernels::Isa::detect();
+    smk::run(x, out, rows, row_len, scale, mask, threads, isa).is_ok()
+}
+
+// ---- end softmax -----------------------------------------------------------------------
+
 /// Every helper kernels may call, in table order (the index is what generated code loads).
 pub fn helpers() -> Vec<&'static str> {
     let mut v: Vec<&'static str> = super::helpers::names().collect();
     v.push(MATMUL);
     v.push(DEPTHWISE);
+    v.push(SOFTMAX);
     v
 }
 
@@ -530,5 +632,6 @@ pub fn helper_addresses() -> Vec<usize> {
     let mut v = super::helpers::addresses();
     v.push(mlc_matmul as *const () as usize);
     v.push(mlc_depthwise as *const () as usize);
+    v.push(mlc_softmax as *const () as usize);
     v
 }

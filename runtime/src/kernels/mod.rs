@@ -9,6 +9,7 @@ pub mod bytes;
 pub mod depthwise;
 pub mod gemm;
 pub mod igemm;
+pub mod softmax;
 
 use std::fmt;
 use std::sync::OnceLock;

@@ -558,7 +558,7 @@ fn subst_zero(body: &mut [Stmt], v: VarId) {
                 }
             }
             // No expression inside.
-            Stmt::Depthwise(_) => {}
+            Stmt::Depthwise(_) | Stmt::Softmax(_) => {}
         }
     }
 }

@@ -54,6 +54,48 @@ fn broadcast_strides(small: &[usize], full: &[usize]) -> Option<Vec<i64>> {
         .collect()
 }
 
+/// The [`Softmax`] statement for a softmax of `shape` over the `reduced` dims, if they are
+/// the innermost ones (so each row is contiguous) and the addend `(param, strides)`, if any,
+/// is contiguous along them too; `None` otherwise (the loop form then).
+fn softmax_stmt(
+    shape: &[usize],
+    reduced: &[bool],
+    x: ParamId,
+    mask: Option<(ParamId, &[i64])>,
+    out: ParamId,
+) -> Option<Softmax> {
+    let first = reduced.iter().position(|&r| r)?;
+    if !reduced[first..].iter().all(|&r| r) {
+        return None;
+    }
+    let len: usize = shape[first..].iter().product();
+    let rows: usize = shape[..first].iter().product();
+    if len == 0 || rows == 0 {
+        return None;
+    }
+    let mask = match mask {
+        None => None,
+        Some((param, ms)) => {
+            // Along a row the addend must step like the row itself (unit dims aside).
+            let own = strides(&shape[first..]);
+            let contiguous = (first..shape.len()).all(|d| shape[d] == 1 || ms[d] == own[d - first]);
+            if !contiguous || ms.iter().any(|&s| s < 0) {
+                return None;
+            }
+            let dims = (0..first).map(|d| (shape[d], ms[d])).collect();
+            Some(SoftmaxMask { param, dims })
+        }
+    };
+    Some(Softmax {
+        rows,
+        len,
+        x,
+        scale: None,
+        mask,
+        out,
+    })
+}
+
 /// The reduction lowering; `addend`: the input is `a + m` of two buffers (see
 /// [`softmax_of_sum`]).
 fn lower_with(
@@ -147,6 +189,15 @@ fn lower_with(
             Access::Write
         },
     );
+    // An `f32` softmax over the innermost dims is one `Stmt::Softmax`, the backend's library
+    // kernel ([`crate::expand_softmax`] gives its loop form to backends without one).
+    if let (Some((_, _, false)), DType::F32, [reduced]) = (softmax, ty, candidates.as_slice())
+        && let Some(sm) = softmax_stmt(&shape, reduced, xp, mp.map(|p| (p, &m_strides[..])), op_)
+    {
+        kb.k.body = vec![Stmt::Softmax(Box::new(sm))];
+        cx.launch(kb, node);
+        return Ok(());
+    }
     let acc_ty = if matches!(ty, DType::F16 | DType::BF16) {
         DType::F32
     } else {

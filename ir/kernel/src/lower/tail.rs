@@ -423,7 +423,7 @@ fn writes_only(body: &[Stmt], p: ParamId) -> bool {
         Stmt::Let { value, .. } | Stmt::Assign { value, .. } => !expr_reads(value, p),
         Stmt::Store { index, value, .. } => !expr_reads(index, p) && !expr_reads(value, p),
         Stmt::For { extent, body, .. } => !expr_reads(extent, p) && writes_only(body, p),
-        Stmt::Matmul(_) | Stmt::Depthwise(_) => false,
+        Stmt::Matmul(_) | Stmt::Depthwise(_) | Stmt::Softmax(_) => false,
     })
 }
 

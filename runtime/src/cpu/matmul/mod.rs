@@ -280,8 +280,8 @@ pub fn run_requant(
     }
     let mv = &rq.mult;
     check(mv.offset, mv.row_stride, mv.col_stride, m, n, mv.len())?;
-    if let Some((r, _)) = &rq.add {
-        check(coff, crs, ccs, m, n, r.len())?;
+    if let Some((r, p)) = &rq.add {
+        check(coff, crs, ccs, m, n, r.len() / p.r_size())?;
     }
     if int_kernels(g, &a, &b, c_bytes, c, bias.as_ref(), Some(rq), None).is_some() {
         #[cfg(test)]
@@ -301,7 +301,10 @@ pub fn run_requant(
             let mut q = IRequant::value(acc, mult, rq.scale, rq.zero_point as f32, signed);
             let at = (coff + r as i64 * crs + col as i64 * ccs) as usize;
             if let Some((res, p)) = &rq.add {
-                let rv = if p.r_signed {
+                let rv = if p.r_f32 {
+                    let b = &res[4 * at..4 * at + 4];
+                    p.quantize_r(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                } else if p.r_signed {
                     res[at] as i8 as f32
                 } else {
                     res[at] as f32
@@ -701,7 +704,7 @@ fn int_kernels(
         // in either orientation.
         let add = match &rq.add {
             Some((r, p)) => Some(IAdd {
-                r: r.get(coff as usize..)?,
+                r: r.get(coff as usize * p.r_size()..)?,
                 p: *p,
             }),
             None => None,

@@ -709,7 +709,7 @@ impl IGemm {
                 RqMult::PerCol(v) => check("multiplier", Some(n), v.len())?,
             }
             if let Some(a) = &rq.add {
-                check("residual", needed, a.r.len())?;
+                check("residual", needed, a.r.len() / a.p.r_size())?;
             }
         }
         let (blo, bhi) = match bias {
@@ -1133,10 +1133,9 @@ unsafe fn block_loops<DA, DB>(
                                 scale: q.scale,
                                 zp: q.zp,
                                 signed: q.signed,
-                                res: if q.res.is_null() {
-                                    q.res
-                                } else {
-                                    q.res.add(i * ldc + j)
+                                res: match q.add {
+                                    Some(a) => q.res.add((i * ldc + j) * a.r_size()),
+                                    None => q.res,
                                 },
                                 add: q.add,
                             };

@@ -53,7 +53,8 @@ pub struct IRequant<'a> {
 /// in `f32`, each operation rounded, `r` the residual's element at C's own position.
 #[derive(Clone, Copy, Debug)]
 pub struct IAdd<'a> {
-    /// The residual's bytes, laid out as C (same first element and leading dimension).
+    /// The residual's bytes, laid out as C (same first element and leading dimension, in
+    /// elements: one byte, or four for an `f32` residual).
     pub r: &'a [u8],
     /// The scalars.
     pub p: AddParams,
@@ -62,7 +63,10 @@ pub struct IAdd<'a> {
 /// [`IAdd`]'s scalars.
 #[derive(Clone, Copy, Debug)]
 pub struct AddParams {
-    /// Whether the residual is `i8` (else `u8`).
+    /// Whether the residual is `f32`, quantized first with `r_scale` and `r_zp` (see the kernel
+    /// IR's `RequantAdd`).
+    pub r_f32: bool,
+    /// Whether the residual (its quantized value for an `f32` one) is `i8` (else `u8`).
     pub r_signed: bool,
     pub r_scale: f32,
     pub r_zp: f32,
@@ -71,6 +75,20 @@ pub struct AddParams {
 }
 
 impl AddParams {
+    /// Bytes per element of the residual.
+    pub fn r_size(&self) -> usize {
+        if self.r_f32 { 4 } else { 1 }
+    }
+
+    /// The value of an `f32` residual `x` as it enters the sum: quantized with `r_scale` and
+    /// `r_zp`.
+    pub fn quantize_r(&self, x: f32) -> f32 {
+        clamp_q(
+            (x / self.r_scale).round_ties_even() + self.r_zp,
+            self.r_signed,
+        ) as f32
+    }
+
     /// C's value for the requantized `q` (with the requantization's `scale` and `zp`) and the
     /// residual's value `r`, for an `i8` C when `signed`, else `u8`: the definition the kernels
     /// follow.
@@ -197,12 +215,18 @@ impl QTile {
     #[inline(always)]
     unsafe fn with_add(&self, q: i32, at: usize) -> i32 {
         let Some(a) = &self.add else { return q };
-        // SAFETY: the function's contract.
-        let rb = unsafe { *self.res.add(at) };
-        let r = if a.r_signed {
-            rb as i8 as f32
+        let r = if a.r_f32 {
+            // SAFETY: the function's contract (elements of four bytes, maybe unaligned).
+            let x = unsafe { self.res.add(4 * at).cast::<f32>().read_unaligned() };
+            a.quantize_r(x)
         } else {
-            rb as f32
+            // SAFETY: the function's contract.
+            let rb = unsafe { *self.res.add(at) };
+            if a.r_signed {
+                rb as i8 as f32
+            } else {
+                rb as f32
+            }
         };
         a.value(q, self.scale, self.zp, r, self.signed)
     }
@@ -313,26 +337,45 @@ unsafe fn avx512(t: &QTile) {
                 if let Some(a) = &t.add {
                     // v = (f32(q) - zp) · scale + (f32(r) - r_zp) · r_scale, then quantized
                     // like the requantization (each operation rounded, no FMA).
-                    // (Byte-masked loads need AVX-512BW: a partial vector goes through a
-                    // stack copy.)
-                    let rp = t.res.add(r * t.ldd + j);
-                    let rb = if lanes == 16 {
-                        _mm_loadu_si128(rp.cast())
+                    let rz = _mm512_set1_ps(a.r_zp);
+                    let rf = if a.r_f32 {
+                        // Quantized with the residual's own scale and zero point first.
+                        let x = _mm512_maskz_loadu_ps(mask, t.res.add(4 * (r * t.ldd + j)).cast());
+                        let x = _mm512_div_ps(x, _mm512_set1_ps(a.r_scale));
+                        let x = _mm512_roundscale_ps::<
+                            { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+                        >(x);
+                        let x = _mm512_add_ps(x, rz);
+                        let ok = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(x, x);
+                        let (rlo, rhi) = if a.r_signed {
+                            (-128.0, 127.0)
+                        } else {
+                            (0.0, 255.0)
+                        };
+                        let x = _mm512_min_ps(
+                            _mm512_max_ps(x, _mm512_set1_ps(rlo)),
+                            _mm512_set1_ps(rhi),
+                        );
+                        _mm512_maskz_mov_ps(ok, x)
                     } else {
-                        let mut buf = [0u8; 16];
-                        std::ptr::copy_nonoverlapping(rp, buf.as_mut_ptr(), lanes);
-                        _mm_loadu_si128(buf.as_ptr().cast())
-                    };
-                    let ri = if a.r_signed {
-                        _mm512_cvtepi8_epi32(rb)
-                    } else {
-                        _mm512_cvtepu8_epi32(rb)
+                        // (Byte-masked loads need AVX-512BW: a partial vector goes through a
+                        // stack copy.)
+                        let rp = t.res.add(r * t.ldd + j);
+                        let rb = if lanes == 16 {
+                            _mm_loadu_si128(rp.cast())
+                        } else {
+                            let mut buf = [0u8; 16];
+                            std::ptr::copy_nonoverlapping(rp, buf.as_mut_ptr(), lanes);
+                            _mm_loadu_si128(buf.as_ptr().cast())
+                        };
+                        _mm512_cvtepi32_ps(if a.r_signed {
+                            _mm512_cvtepi8_epi32(rb)
+                        } else {
+                            _mm512_cvtepu8_epi32(rb)
+                        })
                     };
                     let dq = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(q), zp), scale);
-                    let dr = _mm512_mul_ps(
-                        _mm512_sub_ps(_mm512_cvtepi32_ps(ri), _mm512_set1_ps(a.r_zp)),
-                        _mm512_set1_ps(a.r_scale),
-                    );
+                    let dr = _mm512_mul_ps(_mm512_sub_ps(rf, rz), _mm512_set1_ps(a.r_scale));
                     let v = _mm512_div_ps(_mm512_add_ps(dq, dr), _mm512_set1_ps(a.out_scale));
                     let v = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
                         v,

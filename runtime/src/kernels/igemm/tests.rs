@@ -588,6 +588,10 @@ fn requantized_output_matches_two_steps() {
         ];
         // A residual laid out as C (for the quantized residual add), and its scalars.
         let res: Vec<u8> = (0..m * ldc).map(|_| rng.int(0, 255) as u8).collect();
+        // An f32 residual (quantized in the epilogue), as bytes; some values far out of range.
+        let res_f: Vec<u8> = (0..m * ldc)
+            .flat_map(|_| (rng.int(-9000, 9000) as f32 * 1e-3).to_le_bytes())
+            .collect();
         for (ci, &(mult, scale, zp)) in cases.iter().enumerate() {
             for (signed, with_add) in [(false, false), (true, false), (false, true), (true, true)] {
                 let zp = if signed {
@@ -595,9 +599,11 @@ fn requantized_output_matches_two_steps() {
                 } else {
                     zp.clamp(0, 255)
                 };
+                let r_f32 = ci % 3 == 2;
                 let add = with_add.then(|| IAdd {
-                    r: &res,
+                    r: if r_f32 { &res_f } else { &res },
                     p: AddParams {
+                        r_f32,
                         r_signed: ci % 2 == 1,
                         r_scale: 0.05,
                         r_zp: if ci % 2 == 1 { -3.0 } else { 7.0 },
@@ -626,7 +632,10 @@ fn requantized_output_matches_two_steps() {
                         match &add {
                             Some(a) => {
                                 let rb = res[idx];
-                                let r = if a.p.r_signed {
+                                let r = if a.p.r_f32 {
+                                    let b = &res_f[4 * idx..4 * idx + 4];
+                                    a.p.quantize_r(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                                } else if a.p.r_signed {
                                     rb as i8 as f32
                                 } else {
                                     rb as f32
