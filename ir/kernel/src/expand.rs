@@ -13,33 +13,51 @@ use mlc_ir::DType;
 /// `k` with every [`Stmt::Depthwise`] replaced by its loop form; the same kernel when it has
 /// none.
 pub fn expand_depthwise(k: &Kernel) -> Kernel {
-    let mut out = k.clone();
-    let body = std::mem::take(&mut out.body);
-    out.body = expand_block(&mut out, body);
-    out
+    expand_kernel(k, &|k, s| match s {
+        Stmt::Depthwise(dw) => Some(loops(k, dw)),
+        _ => None,
+    })
 }
 
 /// Whether `body` holds a [`Stmt::Depthwise`] at any depth.
 pub fn has_depthwise(body: &[Stmt]) -> bool {
+    holds(body, &|s| matches!(s, Stmt::Depthwise(_)))
+}
+
+/// What replaces a statement: its loop form, or `None` to keep it.
+type Expansion<'a> = dyn Fn(&mut Kernel, &Stmt) -> Option<Vec<Stmt>> + 'a;
+
+/// `k` with every statement that `expand` takes, at any loop depth, replaced by its loops.
+fn expand_kernel(k: &Kernel, expand: &Expansion) -> Kernel {
+    let mut out = k.clone();
+    let body = std::mem::take(&mut out.body);
+    out.body = expand_block(&mut out, body, expand);
+    out
+}
+
+/// Whether `body` holds a statement `which` picks, at any loop depth.
+fn holds(body: &[Stmt], which: &dyn Fn(&Stmt) -> bool) -> bool {
     body.iter().any(|s| match s {
-        Stmt::Depthwise(_) => true,
-        Stmt::For { body, .. } => has_depthwise(body),
-        _ => false,
+        Stmt::For { body, .. } => holds(body, which),
+        s => which(s),
     })
 }
 
-fn expand_block(k: &mut Kernel, body: Vec<Stmt>) -> Vec<Stmt> {
+fn expand_block(k: &mut Kernel, body: Vec<Stmt>, expand: &Expansion) -> Vec<Stmt> {
     let mut out = Vec::with_capacity(body.len());
     for s in body {
+        if let Some(v) = expand(k, &s) {
+            out.extend(v);
+            continue;
+        }
         match s {
-            Stmt::Depthwise(dw) => out.extend(loops(k, &dw)),
             Stmt::For {
                 var,
                 extent,
                 kind,
                 body,
             } => {
-                let body = expand_block(k, body);
+                let body = expand_block(k, body, expand);
                 out.push(Stmt::For {
                     var,
                     extent,
@@ -202,44 +220,15 @@ fn loops(k: &mut Kernel, dw: &Depthwise) -> Vec<Stmt> {
 /// the evaluator defines, which is what the softmax lowering emitted before the statement
 /// existed. The same kernel when it has none.
 pub fn expand_softmax(k: &Kernel) -> Kernel {
-    let mut out = k.clone();
-    let body = std::mem::take(&mut out.body);
-    out.body = expand_softmax_block(&mut out, body);
-    out
+    expand_kernel(k, &|k, s| match s {
+        Stmt::Softmax(sm) => Some(softmax_loops(k, sm)),
+        _ => None,
+    })
 }
 
 /// Whether `body` holds a [`Stmt::Softmax`] at any depth.
 pub fn has_softmax(body: &[Stmt]) -> bool {
-    body.iter().any(|s| match s {
-        Stmt::Softmax(_) => true,
-        Stmt::For { body, .. } => has_softmax(body),
-        _ => false,
-    })
-}
-
-fn expand_softmax_block(k: &mut Kernel, body: Vec<Stmt>) -> Vec<Stmt> {
-    let mut out = Vec::with_capacity(body.len());
-    for s in body {
-        match s {
-            Stmt::Softmax(sm) => out.extend(softmax_loops(k, &sm)),
-            Stmt::For {
-                var,
-                extent,
-                kind,
-                body,
-            } => {
-                let body = expand_softmax_block(k, body);
-                out.push(Stmt::For {
-                    var,
-                    extent,
-                    kind,
-                    body,
-                });
-            }
-            s => out.push(s),
-        }
-    }
-    out
+    holds(body, &|s| matches!(s, Stmt::Softmax(_)))
 }
 
 fn softmax_loops(k: &mut Kernel, sm: &Softmax) -> Vec<Stmt> {
