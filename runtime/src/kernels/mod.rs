@@ -77,3 +77,22 @@ impl fmt::Display for Isa {
 }
 
 pub use crate::cpu::pool::parallel_for;
+
+/// An output pointer that the tasks of a parallel kernel share, each writing only its own
+/// disjoint rows of it (the depthwise and softmax kernels).
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr(pub(crate) *mut f32);
+
+impl SendPtr {
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+// SAFETY: the kernels only use the pointer to form disjoint per-task slices, all of them
+// ending before the kernel returns (`parallel_for` joins its tasks).
+#[allow(unsafe_code)]
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+#[allow(unsafe_code)]
+unsafe impl Sync for SendPtr {}

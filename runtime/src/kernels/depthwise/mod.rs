@@ -40,7 +40,7 @@ mod portable;
 #[cfg(test)]
 mod tests;
 
-use super::Isa;
+use super::{Isa, SendPtr};
 
 /// The geometry of a depthwise convolution: `batch × (in_channels · mult)` output planes of
 /// `out_hw`, output channel `m` reading input channel `m / mult`.
@@ -366,18 +366,3 @@ fn dispatch(isa: Isa, ts: &mut [Task]) {
         _ => ts.iter_mut().for_each(portable::rows),
     }
 }
-
-/// The output pointer shared by the tasks (which write disjoint rows of it).
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
-// SAFETY: the pointer is only used to form disjoint per-task slices (see `run`).
-unsafe impl Send for SendPtr {}
-// SAFETY: as above.
-unsafe impl Sync for SendPtr {}

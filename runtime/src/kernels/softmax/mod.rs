@@ -42,7 +42,7 @@ mod portable;
 #[cfg(test)]
 mod tests;
 
-use super::Isa;
+use super::{Isa, SendPtr};
 
 /// The additive operand: row `r`, taken as the mixed-radix number of `dims`' extents
 /// (outermost first, their product the row count), starts at `Σ digit_i · stride_i` in `data`
@@ -193,18 +193,3 @@ fn dispatch(isa: Isa, row: &mut Row, scale: Option<f32>) {
         _ => portable::row(row, scale),
     }
 }
-
-/// The output pointer shared by the tasks (which write disjoint rows of it).
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
-// SAFETY: the pointer is only used to form disjoint per-row slices (see `run`).
-unsafe impl Send for SendPtr {}
-// SAFETY: as above.
-unsafe impl Sync for SendPtr {}
