@@ -5,6 +5,7 @@
                               [--only a,b] [--mlc target/release/mlc] [--json OUT.json]
 
 For every development model (MODELS_DIR/*.onnx with reference inputs in MODELS_DIR/ref/<model>/inputs):
+  Every cell times at least --runs runs and at least 2 s (peers.py's protocol; --min-time for mlc).
   1. `mlc compile --target x86_64` once (shapes from the reference inputs), timed;
   2. --repeat passes, each interleaving `mlc bench ARTIFACT --threads T --json` and the peers
      (`../shared/models/peers.py`, one subprocess per runtime and thread count: ORT with T threads,
@@ -44,6 +45,8 @@ def main():
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--min-time", type=float, default=2.0,
+                    help="seconds each mlc cell keeps timing (peers.py times ORT and tract for 2 s)")
     ap.add_argument("--only", default="")
     ap.add_argument("--mlc", default=os.path.join(ROOT, "target", "release", "mlc"))
     ap.add_argument("--python", default=os.path.expanduser("~/.cache/mlc-models/venv/bin/python"))
@@ -74,7 +77,8 @@ def main():
         for rep in range(a.repeat):
             for t in threads:
                 if r["error"] is None:
-                    cmd = [a.mlc, "bench", art, "--threads", str(t), "--iters", str(a.runs), "--json"]
+                    cmd = [a.mlc, "bench", art, "--threads", str(t), "--iters", str(a.runs), "--min-time", str(a.min_time),
+                           "--warmup", "10", "--json"]
                     for n, p in ins:
                         cmd += ["--input", f"{n}={p}"]
                     try:

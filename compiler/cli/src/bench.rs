@@ -26,6 +26,11 @@ pub struct Args {
     /// Timed runs.
     #[arg(long, value_name = "K", default_value_t = 50)]
     pub iters: usize,
+    /// Keep timing runs until at least this many seconds have passed (and at least --iters
+    /// runs): a sub-millisecond model needs thousands of runs for a stable median, the
+    /// protocol `../shared/models/peers.py` uses for ONNX Runtime and tract.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
+    pub min_time: f64,
     /// Untimed runs first.
     #[arg(long, value_name = "W", default_value_t = 5)]
     pub warmup: usize,
@@ -164,9 +169,10 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
             .run(&inputs, threads)
             .with_context(|| format!("running {path} failed"))?;
     }
-    let iters = args.iters.max(1);
-    let mut times = Vec::with_capacity(iters);
-    for _ in 0..iters {
+    let want = args.iters.max(1);
+    let mut times = Vec::with_capacity(want);
+    let start = Instant::now();
+    while times.len() < want || start.elapsed().as_secs_f64() < args.min_time {
         let t = Instant::now();
         let out = model
             .run(&inputs, threads)
@@ -174,6 +180,7 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
         times.push(t.elapsed().as_secs_f64() * 1e3);
         drop(out);
     }
+    let iters = times.len();
     if let Some(top) = args.profile {
         print_profile(&model, &inputs, threads, iters, top)?;
     }
