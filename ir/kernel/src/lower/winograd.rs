@@ -533,7 +533,10 @@ mod tests {
         // ResNet-18's 56×56 maps: 64 channels × 784 tiles, 49 × 4 KiB apart unpadded.
         for len in [1, 15, 16, 17, 64 * 784, 128 * 196, 256 * 49, 512 * 16, 4096] {
             let s = spread(len);
-            assert!(s >= len && s % 16 == 0 && (s / 16) % 2 == 1, "{len} -> {s}");
+            assert!(
+                s >= len && s.is_multiple_of(16) && !(s / 16).is_multiple_of(2),
+                "{len} -> {s}"
+            );
             assert!(s - len < 32, "{len} -> {s}");
         }
     }
