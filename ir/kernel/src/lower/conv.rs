@@ -494,9 +494,13 @@ fn pad_planes(
     pad_planes_with(cx, node, xb, ty, Fill::Value(0.0), planes, ins, pad, padded)
 }
 
-/// 2-D max pooling of `f32` planes like the depthwise convolution: planes padded with −∞, then
-/// each output row starts at −∞ and takes the (NaN-propagating) maximum with one window tap at
-/// a time, a vectorized loop over the row.
+/// 2-D max pooling, separably and without padded copies of the planes: per output row, the
+/// (NaN-propagating) maximum down the window's rows that lie inside the plane, across the
+/// whole input row (unit-stride loads), into one scratch row per plane whose ends hold the
+/// padding value; then the maximum along that row (loads at the stride). Padding is the lowest
+/// value of the type (−∞ for floats), which never changes a maximum, so skipping the window
+/// rows outside the plane is exact; the rows with all taps inside are one loop, the few edge
+/// rows are unrolled with their own taps.
 fn max_pool_2d(
     cx: &mut Cx,
     node: &Node,
@@ -518,34 +522,17 @@ fn max_pool_2d(
     let (ih, iw) = (xs[2], xs[3]);
     let (oh, ow) = (g.out[0], g.out[1]);
     let (kh, kw) = (g.k[0], g.k[1]);
-    let (ph, pw) = padded_plane(g, (ih, iw));
-    let src = pad_planes_with(
-        cx,
-        node,
-        cx.buf(x)?,
-        ty,
-        Fill::Value(fill),
-        planes,
-        (ih, iw),
-        (g.pad[0], g.pad[1]),
-        (ph, pw),
-    );
+    let (_, pw) = padded_plane(g, (ih, iw));
+    let (pt, pl) = (g.pad[0], g.pad[1]);
+    let src = cx.buf(x)?;
     let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
-    // Separably, per output row: the maximum down the window's rows, across the whole padded
-    // row (unit-stride loads), into one row per plane; then the maximum along that row (loads
-    // at the stride). Each tap is loaded once per row pass instead of the output row being
-    // read and written once per tap.
     let cols = cx.p.add_buffer(ty, vec![planes, pw], BufKind::Temp);
     let mut kb = KernelBuilder::new(format!("{}_rows", kernel_name(&node.op)));
     let xp = kb.param(&cx.p, src, Access::Read);
     let cp = kb.param(&cx.p, cols, Access::ReadWrite);
     let op_ = kb.param(&cx.p, out, Access::Write);
-    let (pv, y, xi, xo) = (
-        kb.var(DType::I64),
-        kb.var(DType::I64),
-        kb.var(DType::I64),
-        kb.var(DType::I64),
-    );
+    let fill = Fill::Value(fill).expr(cx, &mut kb, ty);
+    let pv = kb.var(DType::I64);
     let fold = |mut taps: Vec<Expr>| {
         let mut acc = taps.remove(0);
         for t in taps {
@@ -553,76 +540,131 @@ fn max_pool_2d(
         }
         acc
     };
-    let down = fold(
-        (0..kh)
-            .map(|ky| {
-                let r = Expr::add_idx(
-                    Expr::mul_idx(Expr::var(y), g.stride[0] as i64),
-                    Expr::idx((ky * g.dil[0]) as i64),
-                );
-                Expr::load(
-                    xp,
-                    Expr::add_idx(
-                        Expr::add_idx(
-                            Expr::mul_idx(Expr::var(pv), (ph * pw) as i64),
-                            Expr::mul_idx(r, pw as i64),
-                        ),
-                        Expr::var(xi),
-                    ),
-                )
-            })
-            .collect(),
-    );
     let row = Expr::mul_idx(Expr::var(pv), pw as i64);
-    let across = fold(
-        (0..kw)
-            .map(|kx| {
-                Expr::load(
-                    cp,
-                    Expr::add_idx(
-                        row.clone(),
+    // Input row of window row `ky` for output row `y`, when inside the plane.
+    let in_row = |y: usize, ky: usize| {
+        (y * g.stride[0] + ky * g.dil[0])
+            .checked_sub(pt)
+            .filter(|&r| r < ih)
+    };
+    // Output row `y` (a counter or a literal) with window rows `taps` (input rows `y·s + k`
+    // with `k = ky·d − pt`): the maximum down them into the scratch row, then along it.
+    let pass = |kb: &mut KernelBuilder, y: Expr, taps: &[i64]| -> Vec<Stmt> {
+        let (xi, xo) = (kb.var(DType::I64), kb.var(DType::I64));
+        let down = if taps.is_empty() {
+            fill.clone()
+        } else {
+            fold(
+                taps.iter()
+                    .map(|&k| {
+                        let r = Expr::add_idx(
+                            Expr::mul_idx(y.clone(), g.stride[0] as i64),
+                            Expr::idx(k),
+                        );
+                        Expr::load(
+                            xp,
+                            Expr::add_idx(
+                                Expr::add_idx(
+                                    Expr::mul_idx(Expr::var(pv), (ih * iw) as i64),
+                                    Expr::mul_idx(r, iw as i64),
+                                ),
+                                Expr::var(xi),
+                            ),
+                        )
+                    })
+                    .collect(),
+            )
+        };
+        let across = fold(
+            (0..kw)
+                .map(|kx| {
+                    Expr::load(
+                        cp,
                         Expr::add_idx(
-                            Expr::mul_idx(Expr::var(xo), g.stride[1] as i64),
-                            Expr::idx((kx * g.dil[1]) as i64),
+                            row.clone(),
+                            Expr::add_idx(
+                                Expr::mul_idx(Expr::var(xo), g.stride[1] as i64),
+                                Expr::idx((kx * g.dil[1]) as i64),
+                            ),
                         ),
+                    )
+                })
+                .collect(),
+        );
+        let dst = Expr::add_idx(
+            Expr::add_idx(
+                Expr::mul_idx(Expr::var(pv), (oh * ow) as i64),
+                Expr::mul_idx(y, ow as i64),
+            ),
+            Expr::var(xo),
+        );
+        let mut body = lp(
+            xi,
+            iw,
+            LoopKind::Vector,
+            vec![Stmt::Store {
+                param: cp,
+                index: Expr::add_idx(
+                    row.clone(),
+                    Expr::add_idx(Expr::var(xi), Expr::idx(pl as i64)),
+                ),
+                value: down,
+            }],
+        );
+        body.extend(lp(
+            xo,
+            ow,
+            LoopKind::Vector,
+            vec![Stmt::Store {
+                param: op_,
+                index: dst,
+                value: across,
+            }],
+        ));
+        body
+    };
+    // The scratch row's padding ends, once per plane.
+    let mut body = vec![];
+    for (from, to) in [(0, pl), (pl + iw, pw)] {
+        if to > from {
+            let i = kb.var(DType::I64);
+            body.extend(lp(
+                i,
+                to - from,
+                LoopKind::Vector,
+                vec![Stmt::Store {
+                    param: cp,
+                    index: Expr::add_idx(
+                        row.clone(),
+                        Expr::add_idx(Expr::var(i), Expr::idx(from as i64)),
                     ),
-                )
-            })
-            .collect(),
-    );
-    let dst = Expr::add_idx(
-        Expr::add_idx(
-            Expr::mul_idx(Expr::var(pv), (oh * ow) as i64),
-            Expr::mul_idx(Expr::var(y), ow as i64),
-        ),
-        Expr::var(xo),
-    );
-    let mut body = lp(
-        xi,
-        pw,
-        LoopKind::Vector,
-        vec![Stmt::Store {
-            param: cp,
-            index: Expr::add_idx(row.clone(), Expr::var(xi)),
-            value: down,
-        }],
-    );
-    body.extend(lp(
-        xo,
-        ow,
-        LoopKind::Vector,
-        vec![Stmt::Store {
-            param: op_,
-            index: dst,
-            value: across,
-        }],
-    ));
-    kb.k.body = lp(
-        pv,
-        planes,
-        LoopKind::Parallel,
-        lp(y, oh, LoopKind::Serial, body),
-    );
+                    value: fill.clone(),
+                }],
+            ));
+        }
+    }
+    let interior = |y: usize| (0..kh).all(|ky| in_row(y, ky).is_some());
+    let first = (0..oh).find(|&y| interior(y)).unwrap_or(oh);
+    let end = (first..oh).find(|&y| !interior(y)).unwrap_or(oh);
+    let offsets = |y: usize| -> Vec<i64> {
+        (0..kh)
+            .filter(|&ky| in_row(y, ky).is_some())
+            .map(|ky| (ky * g.dil[0]) as i64 - pt as i64)
+            .collect()
+    };
+    for y in 0..first {
+        body.extend(pass(&mut kb, Expr::idx(y as i64), &offsets(y)));
+    }
+    if end > first {
+        let yv = kb.var(DType::I64);
+        let y = Expr::add_idx(Expr::var(yv), Expr::idx(first as i64));
+        let inner = pass(&mut kb, y, &offsets(first));
+        body.extend(lp(yv, end - first, LoopKind::Serial, inner));
+    }
+    for y in end.max(first)..oh {
+        body.extend(pass(&mut kb, Expr::idx(y as i64), &offsets(y)));
+    }
+    kb.k.body = lp(pv, planes, LoopKind::Parallel, body);
     cx.launch(kb, node);
     Ok(())
 }

@@ -366,6 +366,53 @@ fn convolutions_and_pools() {
     );
 }
 
+/// Max pooling reads the unpadded planes, skipping the window rows outside them: every
+/// geometry that puts windows across the top, bottom or both edges, dilated windows that jump
+/// over a row, ceil mode, and 8-bit types (padding is the type's lowest value).
+#[test]
+fn max_pools_skip_the_window_rows_outside_the_plane() {
+    let out = |i: usize, k: usize, s: usize, d: usize, p0: usize, p1: usize, ceil: bool| {
+        let span = (k - 1) * d + 1;
+        let num = (i + p0 + p1).checked_sub(span)?;
+        let mut o = if ceil { num.div_ceil(s) } else { num / s } + 1;
+        if ceil && (o - 1) * s >= i + p0 {
+            o -= 1;
+        }
+        Some(o)
+    };
+    let geoms = [
+        ([3, 3], [2, 2], [1, 1], [1, 1, 1, 1], false),
+        ([3, 3], [1, 1], [1, 1], [1, 1, 1, 1], false),
+        ([3, 2], [2, 1], [2, 1], [2, 0, 2, 1], false),
+        ([5, 3], [3, 2], [1, 1], [2, 1, 0, 1], true),
+        ([2, 2], [2, 2], [1, 1], [0, 0, 1, 1], true),
+        ([3, 3], [1, 2], [3, 1], [3, 1, 3, 1], false),
+    ];
+    let mut cases = 0;
+    for (k, st, d, pads, ceil) in geoms {
+        for (ih, iw) in [(1, 1), (2, 3), (5, 4), (9, 11), (12, 17)] {
+            let (Some(oh), Some(ow)) = (
+                out(ih, k[0], st[0], d[0], pads[0], pads[2], ceil),
+                out(iw, k[1], st[1], d[1], pads[1], pads[3], ceil),
+            ) else {
+                continue;
+            };
+            for ty in ["f32", "u8", "i8"] {
+                check(
+                    &format!(
+                        r#"graph (%0: {ty}[2,3,{ih},{iw}] "x") -> (%1 "y") {{
+  %1 = nn.max_pool {{"kernel":{k:?},"strides":{st:?},"dilations":{d:?},"pads":{pads:?},"auto_pad":"not_set","ceil_mode":{ceil},"storage_order_col_major":false}} (%0) : {ty}[2,3,{oh},{ow}]
+}}"#
+                    ),
+                    0.0,
+                );
+                cases += 1;
+            }
+        }
+    }
+    assert!(cases >= 60, "{cases} cases");
+}
+
 #[test]
 fn normalizations() {
     check(
