@@ -34,7 +34,17 @@ fn range_mask(c0: isize, n: isize) -> (__m256i, bool) {
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn rows(ts: &mut [Task]) {
     let Some(first) = ts.first() else { return };
-    // SAFETY: forwarded contract.
+    let g = *first.g;
+    // SAFETY (all): forwarded contract.
+    if g.kh == g.kw && g.dh == 1 && g.dw == 1 && g.sh == g.sw {
+        match (g.kw, g.sw) {
+            (3, 1) => return unsafe { blocked::<3, 1, 2>(ts) },
+            (3, 2) => return unsafe { blocked::<3, 2, 2>(ts) },
+            (5, 1) => return unsafe { blocked::<5, 1, 1>(ts) },
+            (5, 2) => return unsafe { blocked::<5, 2, 1>(ts) },
+            _ => {}
+        }
+    }
     unsafe {
         match first.g.sw {
             1 => rows_s::<1>(ts),
@@ -179,6 +189,144 @@ unsafe fn block_rows<const S: usize, const NR: usize>(
                 _mm256_maskstore_ps(dst, mask, v)
             }
         };
+    }
+}
+
+/// Square `K`×`K` kernels at stride `S` both ways, no dilation, as the AVX-512 `blocked`:
+/// tiles of 4 output rows × `NB` chunks of 8 outputs, each input row's `K` shifted vectors
+/// loaded once per tile and added into every output row that reads it, in (ky, kx) order per
+/// accumulator (bit for bit the general kernel). `NB` is 2 for 3×3 and 1 for 5×5, so that
+/// accumulators and loaded vectors fit the 16 ymm registers.
+///
+/// # Safety
+///
+/// As [`rows`], and the geometry is `K`×`K`, stride `S` both ways, dilation 1.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn blocked<const K: usize, const S: usize, const NB: usize>(ts: &mut [Task]) {
+    let g = *ts[0].g;
+    let chunks = g.ow.div_ceil(L);
+    // Per chunk and kx: the first input column and the masks of its two 8-lane halves.
+    let cols: Vec<[(isize, __m256i, __m256i); K]> = (0..chunks)
+        .map(|c| {
+            std::array::from_fn(|kx| {
+                let c0 = (c * L * S) as isize + kx as isize - g.pl;
+                (
+                    c0,
+                    range_mask(c0, g.iw).0,
+                    range_mask(c0 + L as isize, g.iw).0,
+                )
+            })
+        })
+        .collect();
+    for task in ts.iter_mut() {
+        let nrows = task.out.len() / g.ow;
+        let out = task.out.as_mut_ptr();
+        let mut r = 0;
+        // SAFETY (all four): forwarded contract; rows `[r, r + R)` are rows of the item's
+        // output and chunks `[c, c + NB)` (or `c`) chunks of them.
+        while r + 4 <= nrows {
+            let mut c = 0;
+            while c + NB <= chunks {
+                unsafe { tile::<K, S, 4, NB>(&cols, task, r, c, out) };
+                c += NB;
+            }
+            if c < chunks {
+                unsafe { tile::<K, S, 4, 1>(&cols, task, r, c, out) };
+            }
+            r += 4;
+        }
+        while r < nrows {
+            let mut c = 0;
+            while c + NB <= chunks {
+                unsafe { tile::<K, S, 1, NB>(&cols, task, r, c, out) };
+                c += NB;
+            }
+            if c < chunks {
+                unsafe { tile::<K, S, 1, 1>(&cols, task, r, c, out) };
+            }
+            r += 1;
+        }
+    }
+}
+
+/// Output rows `[r0, r0 + R)` × chunks `[c, c + NB)` of the item (`out` is its first row).
+///
+/// # Safety
+///
+/// As [`blocked`]; the rows are rows of the item's output, the chunks chunks of them, and
+/// `cols` the table [`blocked`] built for this geometry.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile<const K: usize, const S: usize, const R: usize, const NB: usize>(
+    cols: &[[(isize, __m256i, __m256i); K]],
+    task: &Task,
+    r0: usize,
+    c: usize,
+    out: *mut f32,
+) {
+    let g = task.g;
+    let mut acc = [[_mm256_set1_ps(task.bias); R]; NB];
+    let iy0 = ((task.oy0 + r0) * S) as isize - g.pt;
+    for t in 0..(R - 1) * S + K {
+        let iy = iy0 + t as isize;
+        // A row outside the plane reads 0.0 in every lane and still adds `0·w`.
+        let mut xv = [[_mm256_setzero_ps(); K]; NB];
+        if iy >= 0 && iy < g.ih {
+            let rowp = task.x.as_ptr().wrapping_offset(iy * g.iw);
+            for (j, xj) in xv.iter_mut().enumerate() {
+                for (kx, v) in xj.iter_mut().enumerate() {
+                    let (c0, m0, m1) = cols[c + j][kx];
+                    let p = rowp.wrapping_offset(c0);
+                    // SAFETY: row `iy` lies in the plane; the masks enable exactly the lanes
+                    // whose columns lie inside the row (masked-off lanes are never accessed).
+                    *v = unsafe {
+                        if S == 1 {
+                            _mm256_maskload_ps(p, m0)
+                        } else {
+                            let a = _mm256_maskload_ps(p, m0);
+                            let b = _mm256_maskload_ps(p.wrapping_add(L), m1);
+                            // [a0 a2 b0 b2 | a4 a6 b4 b6] → [a0 a2 a4 a6 | b0 b2 b4 b6]
+                            let e = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
+                            _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(
+                                _mm256_castps_pd(e),
+                            ))
+                        }
+                    };
+                }
+            }
+        }
+        for rr in 0..R {
+            // Output row `r0 + rr` reads input rows `iy0 + rr·S + ky`.
+            let ky = t as isize - (rr * S) as isize;
+            if ky < 0 || ky >= K as isize {
+                continue;
+            }
+            let wrow = &task.w[ky as usize * K..][..K];
+            for (kx, &w) in wrow.iter().enumerate() {
+                let wv = _mm256_set1_ps(w);
+                for (aj, xj) in acc.iter_mut().zip(&xv) {
+                    aj[rr] = _mm256_add_ps(aj[rr], _mm256_mul_ps(xj[kx], wv));
+                }
+            }
+        }
+    }
+    for (j, aj) in acc.iter().enumerate() {
+        let lanes = (g.ow - (c + j) * L).min(L);
+        let mask = range_mask(0, lanes as isize).0;
+        for (rr, a) in aj.iter().enumerate() {
+            let v = epilogue(task.ep, *a);
+            let dst = out.wrapping_add((r0 + rr) * g.ow + (c + j) * L);
+            // SAFETY: row `r0 + rr` of the item's output holds `ow` floats; a full vector lies
+            // inside it, and the mask of a partial one enables the lanes `8·(c + j) + i < ow`.
+            unsafe {
+                if lanes == L {
+                    _mm256_storeu_ps(dst, v)
+                } else {
+                    _mm256_maskstore_ps(dst, mask, v)
+                }
+            };
+        }
     }
 }
 
