@@ -353,33 +353,20 @@ unsafe fn blocked<const K: usize, const S: usize>(ts: &mut [Task]) {
         })
         .collect();
     for task in ts.iter_mut() {
-        let nrows = task.out.len() / g.ow;
         let out = task.out.as_mut_ptr();
-        let mut r = 0;
-        // SAFETY (all four): forwarded contract; rows `[r, r + R)` are rows of the item's
-        // output and chunks `[c, c + NB)` chunks of them.
-        while r + 4 <= nrows {
-            let mut c = 0;
-            while c + 2 <= chunks {
-                unsafe { tile::<K, S, 4, 2>(&cols, task, r, c, out) };
-                c += 2;
+        let nrows = task.out.len() / g.ow;
+        super::for_tiles(nrows, chunks, 2, |r, four, c, wide| {
+            // SAFETY (all four): forwarded contract; `for_tiles` hands out rows `[r, r + R)`
+            // of the item's output and chunks `[c, c + NB)` of them.
+            unsafe {
+                match (four, wide) {
+                    (true, true) => tile::<K, S, 4, 2>(&cols, task, r, c, out),
+                    (true, false) => tile::<K, S, 4, 1>(&cols, task, r, c, out),
+                    (false, true) => tile::<K, S, 1, 2>(&cols, task, r, c, out),
+                    (false, false) => tile::<K, S, 1, 1>(&cols, task, r, c, out),
+                }
             }
-            if c < chunks {
-                unsafe { tile::<K, S, 4, 1>(&cols, task, r, c, out) };
-            }
-            r += 4;
-        }
-        while r < nrows {
-            let mut c = 0;
-            while c + 2 <= chunks {
-                unsafe { tile::<K, S, 1, 2>(&cols, task, r, c, out) };
-                c += 2;
-            }
-            if c < chunks {
-                unsafe { tile::<K, S, 1, 1>(&cols, task, r, c, out) };
-            }
-            r += 1;
-        }
+        });
     }
 }
 

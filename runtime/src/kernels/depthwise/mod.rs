@@ -354,6 +354,32 @@ pub fn run(
     Ok(())
 }
 
+/// The register tiles of the ISA kernels' `blocked` paths over `nrows` output rows of `chunks`
+/// vectors each: rows by four, then one by one; in each, chunks by `nb`, then one by one.
+/// Calls `tile(first row, four rows?, first chunk, nb chunks?)`.
+#[cfg(target_arch = "x86_64")]
+fn for_tiles(
+    nrows: usize,
+    chunks: usize,
+    nb: usize,
+    mut tile: impl FnMut(usize, bool, usize, bool),
+) {
+    let mut r = 0;
+    while r < nrows {
+        let four = r + 4 <= nrows;
+        let mut c = 0;
+        while c + nb <= chunks {
+            tile(r, four, c, true);
+            c += nb;
+        }
+        while c < chunks {
+            tile(r, four, c, false);
+            c += 1;
+        }
+        r += if four { 4 } else { 1 };
+    }
+}
+
 /// Runs a task's items with the kernels of `isa` (which this CPU supports).
 fn dispatch(isa: Isa, ts: &mut [Task]) {
     match isa {
