@@ -287,13 +287,8 @@ fn columns(
             Some(b) => Fill::Buffer(b),
             None => Fill::Value(0.0),
         };
-        let col = im2col_2d(cx, node, xb, ty, fill, n * c, ins, g);
-        return Ok((
-            col,
-            ohw as i64,
-            (cg * kk * ohw) as i64,
-            (c * kk * ohw) as i64,
-        ));
+        let (col, rs) = im2col_2d(cx, node, xb, ty, fill, n * c, ins, g);
+        return Ok((col, rs as i64, (cg * kk * rs) as i64, (c * kk * rs) as i64));
     }
     let col =
         cx.p.add_buffer(ty, vec![n, group, cg * kk, ohw], BufKind::Temp);
@@ -682,9 +677,10 @@ fn im2col_2d(
     planes: usize,
     ins: &[usize],
     g: &Geom,
-) -> BufId {
+) -> (BufId, usize) {
     if g.stride == [1, 1] && g.dil == [1, 1] {
-        return im2col_shifted(cx, node, xb, ty, fill, planes, ins, g);
+        let col = im2col_shifted(cx, node, xb, ty, fill, planes, ins, g);
+        return (col, g.out[0] * g.out[1]);
     }
     let (ih, iw) = (ins[0], ins[1]);
     let (oh, ow) = (g.out[0], g.out[1]);
@@ -701,8 +697,11 @@ fn im2col_2d(
         (g.pad[0], g.pad[1]),
         (ph, pw),
     );
+    // Rows an odd number of cache lines apart: the GEMM packs or reads `k` rows at once
+    // (ResNet-18's stem: 147 rows of 112·112 floats, 49 KiB apart, fell into 4 L1 sets).
+    let rs = super::odd_lines(oh * ow, ty.size().unwrap_or(4));
     let col =
-        cx.p.add_buffer(ty, vec![planes * kh * kw, oh * ow], BufKind::Temp);
+        cx.p.add_buffer(ty, vec![planes * kh * kw, rs], BufKind::Temp);
     let mut kb = KernelBuilder::new("im2col");
     let xp = kb.param(&cx.p, src, Access::Read);
     let cp = kb.param(&cx.p, col, Access::Write);
@@ -718,7 +717,7 @@ fn im2col_2d(
         Expr::add_idx(Expr::mul_idx(Expr::var(ky), kw as i64), Expr::var(kx)),
     );
     let dst = Expr::add_idx(
-        Expr::mul_idx(row, (oh * ow) as i64),
+        Expr::mul_idx(row, rs as i64),
         Expr::add_idx(Expr::mul_idx(Expr::var(oy), ow as i64), Expr::var(ox)),
     );
     let from = Expr::add_idx(
@@ -755,7 +754,7 @@ fn im2col_2d(
     );
     kb.k.body = lp(nc, planes, LoopKind::Parallel, body);
     cx.launch(kb, node);
-    col
+    (col, rs)
 }
 
 /// [`im2col_2d`] for stride 1 and no dilation, from the unpadded planes: row `(ky, kx)` of a

@@ -207,6 +207,16 @@ fn drop_unused_consts(p: &mut Program) {
     }
 }
 
+/// A row stride for rows of `len` elements of `bytes` each that many rows are read or written
+/// at once: `len` rounded up to whole 64-byte cache lines, and to an odd number of them. Rows a
+/// multiple of 4 KiB apart (or of 1 or 2 KiB: 4 or 2 distinct places) map to the same few L1
+/// sets, so streams over many rows evict one another; an odd number of lines spreads them over
+/// all sets.
+pub(crate) fn odd_lines(len: usize, bytes: usize) -> usize {
+    let per = (64 / bytes.clamp(1, 64)).max(1);
+    per * (len.div_ceil(per) | 1)
+}
+
 /// Why one node failed: unsupported (collected) or a hard error (returned at once).
 pub(crate) enum Fail {
     Unsupported(String),

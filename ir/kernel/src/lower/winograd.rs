@@ -196,13 +196,12 @@ struct Geo {
     outs: (usize, usize),
 }
 
-/// The elements between consecutive `ξ` slices of `V` or `M` holding `len` each: `len` rounded
-/// up to whole cache lines, and to an odd number of them. The transforms read or write all 16
-/// slices at once; at a multiple of 4 KiB apart (ResNet-18's 56×56 maps: 64·784 floats) the
-/// 16 streams fall into the same L1 sets, which hold 12 lines each, and evict one another.
+/// The elements between consecutive `ξ` slices of `V` or `M` holding `len` each
+/// ([`super::odd_lines`]). The transforms read or write all 16 slices at once; at a multiple of
+/// 4 KiB apart (ResNet-18's 56×56 maps: 64·784 floats) the 16 streams fall into the same L1
+/// sets, which hold 12 lines each, and evict one another.
 fn spread(len: usize) -> usize {
-    let lines = len.div_ceil(16);
-    16 * (lines | 1)
+    super::odd_lines(len, 4)
 }
 
 /// The contraction for tile element `xi`: `M[xi] = U[xi] · V[xi]`, `[m, c] × [c, cols]`, with
