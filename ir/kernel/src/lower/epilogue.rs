@@ -2,9 +2,9 @@
 //! contraction in the body are folded into its [`Stmt::Matmul`], so they are applied while the
 //! output tile is still in registers instead of in another pass over memory.
 //!
-//! Only what `Matmul` can express is fused: one bias broadcast along the rows or the columns
-//! of the product (or a scalar), added after scaling, then ReLU, a constant clip, HardSigmoid or
-//! HardSwish. Anything
+//! Only what `Matmul` can express is fused: a scale by a one-element constant (`α`), one bias
+//! broadcast along the rows or the columns of the product (or a scalar), added after scaling,
+//! then ReLU, a constant clip, HardSigmoid or HardSwish. Anything
 //! else in the body is lowered as its own kernel, which is always correct.
 
 use super::Cx;
@@ -84,6 +84,28 @@ fn for_each_matmul(body: &mut [Stmt], f: &mut dyn FnMut(&mut Matmul)) {
     }
 }
 
+/// The value of `v` when it is a one-element constant: in the graph being lowered, or (a
+/// composite body's input) a constant buffer of the program.
+fn const_scalar(cx: &Cx, v: ValueId) -> Option<f64> {
+    let t = match cx.g.const_value(v) {
+        Some(t) => t,
+        None => {
+            let b = cx.p.storage_of(cx.buf(v).ok()?);
+            let BufKind::Const(ci) = cx.p.buffer(b).kind else {
+                return None;
+            };
+            &cx.p.consts[ci]
+        }
+    };
+    if t.len() != 1 {
+        return None;
+    }
+    match t.to_f64_vec().ok()?.as_slice() {
+        [c] => Some(*c),
+        _ => None,
+    }
+}
+
 /// How many times `v` is read in `g` (by nodes or as an output).
 fn uses(g: &Graph, v: ValueId) -> usize {
     g.nodes
@@ -131,6 +153,18 @@ pub(super) fn try_fuse(cx: &mut Cx, n: &Node, open: Open) -> Option<Open> {
             let (lo, hi) = (bound(1)?, bound(2)?);
             let (min, max) = (lo.unwrap_or(f32::NEG_INFINITY), hi.unwrap_or(f32::INFINITY));
             Box::new(move |m| m.act = Activation::Clip { min, max })
+        }
+        // A scale by a one-element constant (attention's `· 1/√d`) is `α`: the runtime
+        // multiplies the finished f32 sum by `α`, the same single rounding as the separate
+        // multiplication.
+        EwOp::Mul
+            if current.act == Activation::None
+                && current.bias.is_none()
+                && current.alpha == 1.0
+                && cx.dtype(open.value) == mlc_ir::DType::F32 =>
+        {
+            let alpha = const_scalar(cx, n.input(1)?)? as f32;
+            Box::new(move |m| m.alpha = alpha)
         }
         EwOp::Add if current.act == Activation::None && current.bias.is_none() => {
             let b = n.input(1)?;

@@ -685,6 +685,38 @@ fn hard_activations_go_into_the_matmul() {
     }
 }
 
+/// Attention's scale by a one-element constant becomes the scores matmul's `α`, whether the
+/// constant is the composite's input (a constant of the outer graph) or its own; a scale by a
+/// computed value or a non-scalar stays a multiplication.
+#[test]
+fn attention_scale_goes_into_the_matmul_alpha() {
+    let body = |scale_in: &str, consts: &str| -> String {
+        format!(
+            r#"graph (%0: f32[2,4,8] "q", %1: f32[2,8,4] "kt", %2: f32[2,4,8] "v", %3: f32[] "s") -> (%5 "y") {{
+  @c0 = const f32[] [0.35355338]
+{consts}  %5 = control.composite {{"kind":"attention"}} (%0, %1, %2, {scale_in}) : f32[2,4,8] {{
+    graph (%0: f32[2,4,8] "in0", %1: f32[2,8,4] "in1", %2: f32[2,4,8] "in2", %3: f32[] "in3") -> (%7 "out") {{
+      %4 = nn.matmul(%0, %1) : f32[2,4,4]
+      %5 = ew.mul(%4, %3) : f32[2,4,4]
+      %6 = reduce.softmax {{"axis":2,"coerce_2d":false}} (%5) : f32[2,4,4]
+      %7 = nn.matmul(%6, %2) : f32[2,4,8]
+    }}
+  }}
+}}"#
+        )
+    };
+    let c = "  %4 = constant @c0 : f32[]\n";
+    let text = check(&body("%4", c), 1e-6);
+    assert!(text.contains("alpha=0.35355338"), "{text}");
+    assert!(!text.contains("kernel @ew_mul"), "{text}");
+    // A run-time scale (the graph input %3) stays a multiplication.
+    let text = check(&body("%3", c), 1e-6);
+    assert!(
+        text.contains("kernel @ew_mul") && !text.contains("alpha=0.35"),
+        "{text}"
+    );
+}
+
 #[test]
 fn recurrences() {
     // LSTM, both directions, clipped, with peepholes, an initial state and sequence lengths
