@@ -5,7 +5,7 @@
 
 #![allow(unsafe_code)]
 
-use super::{BinKind, EpOp, Task};
+use super::{BinKind, EpKind, EpOp, Task};
 use std::arch::x86_64::*;
 
 const L: usize = 8;
@@ -178,7 +178,7 @@ unsafe fn block_rows<const S: usize, const NR: usize>(
     let lanes = (g.ow - c * L).min(L);
     let mask = range_mask(0, lanes as isize).0;
     for (j, a) in acc.iter().enumerate() {
-        let v = epilogue(task.ep, *a);
+        let v = epilogue(task.kind, task.ep, *a);
         let dst = out.wrapping_add((r + j) * g.ow + c * L);
         // SAFETY: row `r + j` of the item's output holds `ow` floats; a full vector lies
         // inside it, and the mask of a partial one enables the lanes `8·c + i < ow` only.
@@ -302,7 +302,7 @@ unsafe fn tile<const K: usize, const S: usize, const R: usize, const NB: usize>(
         let lanes = (g.ow - (c + j) * L).min(L);
         let mask = range_mask(0, lanes as isize).0;
         for (rr, a) in aj.iter().enumerate() {
-            let v = epilogue(task.ep, *a);
+            let v = epilogue(task.kind, task.ep, *a);
             let dst = out.wrapping_add((r0 + rr) * g.ow + (c + j) * L);
             // SAFETY: row `r0 + rr` of the item's output holds `ow` floats; a full vector lies
             // inside it, and the mask of a partial one enables the lanes `8·(c + j) + i < ow`.
@@ -320,7 +320,21 @@ unsafe fn tile<const K: usize, const S: usize, const R: usize, const NB: usize>(
 /// The epilogue on 8 lanes, exactly as [`super::apply_epilogue`] on each.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn epilogue(ep: &[EpOp], acc: __m256) -> __m256 {
+fn epilogue(kind: EpKind, ep: &[EpOp], acc: __m256) -> __m256 {
+    match kind {
+        EpKind::None => return acc,
+        EpKind::HardSwish => {
+            // As the generic path: multiply, add, then `min`/`max` with the constant first,
+            // which return the NaN second operand.
+            let e = _mm256_add_ps(
+                _mm256_mul_ps(acc, _mm256_set1_ps(1.0 / 6.0)),
+                _mm256_set1_ps(0.5),
+            );
+            let g = _mm256_max_ps(_mm256_setzero_ps(), _mm256_min_ps(_mm256_set1_ps(1.0), e));
+            return _mm256_mul_ps(acc, g);
+        }
+        EpKind::Other => {}
+    }
     let (mut x, mut s) = (acc, acc);
     for op in ep {
         match *op {

@@ -9,7 +9,7 @@
 
 #![allow(unsafe_code)]
 
-use super::{BinKind, EpOp, Task};
+use super::{BinKind, EpKind, EpOp, Task};
 use std::arch::x86_64::*;
 
 const L: usize = 16;
@@ -232,7 +232,7 @@ unsafe fn block<const S: usize, const NB: usize>(
             }
         }
     }
-    epilogue(task.ep, &mut acc);
+    epilogue(task.kind, task.ep, &mut acc);
     for (j, v) in acc.iter().enumerate() {
         let lanes = (g.ow - (c + j) * L).min(L);
         let store = if lanes == L {
@@ -311,7 +311,7 @@ unsafe fn block_rows<const S: usize, const NR: usize>(
             }
         }
     }
-    epilogue(task.ep, &mut acc);
+    epilogue(task.kind, task.ep, &mut acc);
     let lanes = (g.ow - c * L).min(L);
     let store = if lanes == L {
         0xffff
@@ -432,7 +432,7 @@ unsafe fn tile<const K: usize, const S: usize, const R: usize, const NB: usize>(
         }
     }
     for (j, aj) in acc.iter_mut().enumerate() {
-        epilogue(task.ep, aj);
+        epilogue(task.kind, task.ep, aj);
         let lanes = (g.ow - (c + j) * L).min(L);
         let store = if lanes == L {
             0xffff
@@ -451,7 +451,23 @@ unsafe fn tile<const K: usize, const S: usize, const R: usize, const NB: usize>(
 /// operation is chosen once for all `NB`.
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn epilogue<const NB: usize>(ep: &[EpOp], x: &mut [__m512; NB]) {
+fn epilogue<const NB: usize>(kind: EpKind, ep: &[EpOp], x: &mut [__m512; NB]) {
+    match kind {
+        EpKind::None => return,
+        EpKind::HardSwish => {
+            let (a, h) = (_mm512_set1_ps(1.0 / 6.0), _mm512_set1_ps(0.5));
+            let (one, zero) = (_mm512_set1_ps(1.0), _mm512_setzero_ps());
+            for v in x.iter_mut() {
+                // `vminps`/`vmaxps` return the second operand, `e`, when it is NaN: NaN
+                // propagates as in the generic path (whose first operands are constants).
+                let e = _mm512_add_ps(_mm512_mul_ps(*v, a), h);
+                let g = _mm512_max_ps(zero, _mm512_min_ps(one, e));
+                *v = _mm512_mul_ps(*v, g);
+            }
+            return;
+        }
+        EpKind::Other => {}
+    }
     let mut s = *x;
     for op in ep {
         match *op {

@@ -177,6 +177,44 @@ pub fn apply_epilogue(ep: &[EpOp], acc: f32) -> f32 {
     x
 }
 
+/// The epilogues the ISA kernels run as straight-line code instead of interpreting the
+/// [`EpOp`]s (a dispatch per operation per register tile: 35% of a 3×3 layer's time with
+/// HardSwish, measured on PP-LCNet's first layer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EpKind {
+    None,
+    /// `x · max(0, min(1, x·(1/6) + 0.5))` exactly as the [`EpOp`] program the lowering makes
+    /// of HardSwish: multiply, then add (no FMA), NaN-propagating `min`/`max` with the
+    /// constant first.
+    HardSwish,
+    Other,
+}
+
+impl EpKind {
+    pub(crate) fn of(ep: &[EpOp]) -> EpKind {
+        use BinKind::*;
+        let bin = |op, arg, arg_first| EpOp::Bin { op, arg, arg_first };
+        let hard_swish = [
+            EpOp::Save,
+            bin(Mul, 1.0 / 6.0, false),
+            bin(Add, 0.5, false),
+            bin(Min, 1.0, true),
+            bin(Max, 0.0, true),
+            EpOp::Combine {
+                op: Mul,
+                saved_first: true,
+            },
+        ];
+        if ep.is_empty() {
+            EpKind::None
+        } else if ep == hard_swish {
+            EpKind::HardSwish
+        } else {
+            EpKind::Other
+        }
+    }
+}
+
 /// Why a depthwise convolution was refused (nothing is written then).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DwError {
@@ -221,6 +259,8 @@ pub(crate) struct Task<'a> {
     pub out: &'a mut [f32],
     pub oy0: usize,
     pub ep: &'a [EpOp],
+    /// What `ep` is, classified once per call.
+    pub kind: EpKind,
 }
 
 /// `out = ep(depthwise(x, w) + bias)` for the geometry `s`, on up to `threads` threads of the
@@ -309,6 +349,7 @@ pub fn run(
     };
     let band = oh.div_ceil(bands);
     let bands = oh.div_ceil(band);
+    let kind = EpKind::of(ep);
     let out_ptr = SendPtr(out.as_mut_ptr());
     // Item `t` is band `t % bands` of plane `t / bands`.
     let item = |t: usize| {
@@ -331,6 +372,7 @@ pub fn run(
             out,
             oy0,
             ep,
+            kind,
         }
     };
     let items = planes * bands;

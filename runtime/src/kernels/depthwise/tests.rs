@@ -112,11 +112,21 @@ fn bin(op: BinKind, arg: f32) -> EpOp {
     }
 }
 
-/// `x · max(0, min(1, x/6 + 0.5))` as the kernel IR spells HardSwish.
+/// `x · max(0, min(1, x·(1/6) + 0.5))` as the kernel IR spells HardSwish (the kernels' fast
+/// path, `EpKind::HardSwish`).
 fn hard_swish() -> Vec<EpOp> {
+    hard_swish_with(bin(BinKind::Mul, 1.0 / 6.0))
+}
+
+/// HardSwish with the division the lowering once made: the generic epilogue path.
+fn hard_swish_div() -> Vec<EpOp> {
+    hard_swish_with(bin(BinKind::Div, 6.0))
+}
+
+fn hard_swish_with(scale: EpOp) -> Vec<EpOp> {
     vec![
         EpOp::Save,
-        bin(BinKind::Div, 6.0),
+        scale,
         bin(BinKind::Add, 0.5),
         EpOp::Bin {
             op: BinKind::Min,
@@ -253,7 +263,12 @@ fn asymmetric_pads_dilation_and_rectangular_kernels() {
 
 #[test]
 fn channel_multiplier_epilogues_and_threads() {
-    let eps = [vec![], hard_swish(), affine_swish_affine()];
+    let eps = [
+        vec![],
+        hard_swish(),
+        hard_swish_div(),
+        affine_swish_affine(),
+    ];
     let mut seed = 500;
     for mult in [1, 2] {
         for (ep_i, ep) in eps.iter().enumerate() {
@@ -281,6 +296,39 @@ fn channel_multiplier_epilogues_and_threads() {
                     check(case, ep_i != 1, ep, threads, seed);
                 }
             }
+        }
+    }
+}
+
+#[test]
+fn hard_swish_is_recognized_and_propagates_nan() {
+    assert_eq!(super::EpKind::of(&hard_swish()), super::EpKind::HardSwish);
+    assert_eq!(super::EpKind::of(&hard_swish_div()), super::EpKind::Other);
+    assert_eq!(super::EpKind::of(&[]), super::EpKind::None);
+    // NaN, ±∞ and values around the clamp's corners (x = −3, 3) through the fast path.
+    let s = Shape::new(1, 1, 1, [1, 40], [1, 40], [1, 1], [1, 1], [1, 1], [0, 0]);
+    let mut x = data(40, 3);
+    x[..9].copy_from_slice(&[
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        -3.0,
+        3.0,
+        -3.0001,
+        3.0001,
+        0.0,
+        -0.0,
+    ]);
+    let w = [1.0f32];
+    let want = naive(&s, &x, &w, None, &hard_swish());
+    for isa in Isa::supported() {
+        let mut got = vec![0.0; 40];
+        run(&s, &x, &w, None, &mut got, &hard_swish(), 1, isa).unwrap();
+        for (i, (g, r)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                g.to_bits() == r.to_bits() || (g.is_nan() && r.is_nan()),
+                "{isa} y[{i}] = {g}, want {r}"
+            );
         }
     }
 }
@@ -364,7 +412,11 @@ fn tall_planes_reach_every_row_block_of_the_square_kernels() {
                         d: [1, 1],
                         pad,
                     };
-                    let ep = if seed % 2 == 0 { hard_swish() } else { vec![] };
+                    let ep = match seed % 3 {
+                        0 => hard_swish(),
+                        1 => hard_swish_div(),
+                        _ => vec![],
+                    };
                     check(case, seed % 3 != 0, &ep, 1 + seed as usize % 2, seed);
                 }
             }
