@@ -13,7 +13,7 @@ use super::{
 use crate::kernel::*;
 use crate::lower::{loop_nest, serial_nest};
 use mlc_ir::ops::VisionOp;
-use mlc_ir::{DType, Node};
+use mlc_ir::{DType, Node, ValueId};
 
 pub(super) fn col2im(cx: &mut Cx, node: &Node, op: &VisionOp) -> Result<(), Fail> {
     let VisionOp::Col2Im {
@@ -34,13 +34,20 @@ pub(super) fn col2im(cx: &mut Cx, node: &Node, op: &VisionOp) -> Result<(), Fail
     if !float_ok(ty) {
         return unsupported(format!("col2im of {}", ty.name()));
     }
-    // The image's shape is the output's; the block's must be known.
+    // The image's shape is the output's. The block's is known, or read by the kernel: its
+    // size is the input's channels over the output's.
     let image = shape_of(cx, image_shape, node.input(1))
         .unwrap_or_else(|| os.get(2..).unwrap_or_default().to_vec());
-    let Some(block) = shape_of(cx, block_shape, node.input(2)) else {
-        return unsupported("col2im block shape given at run time");
-    };
     let n = image.len();
+    let block = match shape_of(cx, block_shape, node.input(2)) {
+        Some(b) => Block::Known(b),
+        None => match node.input(2) {
+            Some(bv) if cx.shape(bv)? == [n] && matches!(cx.dtype(bv), DType::I64 | DType::I32) => {
+                Block::Data(bv)
+            }
+            _ => return unsupported("col2im block shape of the wrong form"),
+        },
+    };
     let or = |v: &[usize], len: usize, d: usize| -> Vec<usize> {
         if v.is_empty() {
             vec![d; len]
@@ -49,36 +56,44 @@ pub(super) fn col2im(cx: &mut Cx, node: &Node, op: &VisionOp) -> Result<(), Fail
         }
     };
     let (dil, pads, strides) = (or(dilations, n, 1), or(pads, 2 * n, 0), or(strides, n, 1));
-    let bl: usize = block.iter().product();
+    let bl: usize = match &block {
+        Block::Known(b) => b.iter().product(),
+        Block::Data(_) if os.len() == n + 2 && os[1] > 0 && xs.len() == 3 => xs[1] / os[1],
+        Block::Data(_) => 0,
+    };
     if xs.len() != 3
-        || block.len() != n
+        || matches!(&block, Block::Known(b) if b.len() != n)
         || bl == 0
         || !xs[1].is_multiple_of(bl)
         || dil.len() != n
         || pads.len() != 2 * n
         || strides.len() != n
+        || strides.contains(&0)
         || os.len() != n + 2
         || os[2..] != image
     {
         return unsupported(format!(
-            "col2im input {xs:?} does not fit blocks {block:?} and image {image:?}"
+            "col2im input {xs:?} does not fit blocks {block_shape:?} and image {image:?}"
         ));
     }
+    // The number of block positions along each axis, when the block is known.
     let mut cols = Vec::with_capacity(n);
-    for i in 0..n {
-        let span = dil[i] * (block[i].max(1) - 1) + 1;
-        let padded = image[i] + pads[i] + pads[n + i];
-        if padded < span || strides[i] == 0 {
-            return unsupported("col2im blocks do not fit the image");
+    if let Block::Known(block) = &block {
+        for i in 0..n {
+            let span = dil[i] * (block[i].max(1) - 1) + 1;
+            let padded = image[i] + pads[i] + pads[n + i];
+            if padded < span {
+                return unsupported("col2im blocks do not fit the image");
+            }
+            cols.push((padded - span) / strides[i] + 1);
         }
-        cols.push((padded - span) / strides[i] + 1);
+        if xs[2] != cols.iter().product::<usize>() {
+            return unsupported(format!(
+                "col2im input {xs:?} has the wrong number of blocks"
+            ));
+        }
     }
-    let l: usize = cols.iter().product();
-    if xs[2] != l {
-        return unsupported(format!(
-            "col2im input {xs:?} has the wrong number of blocks"
-        ));
-    }
+    let l = xs[2];
     let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
     let nc = xs[0] * (xs[1] / bl);
     let mut shape = vec![nc];
@@ -86,11 +101,48 @@ pub(super) fn col2im(cx: &mut Cx, node: &Node, op: &VisionOp) -> Result<(), Fail
     if shape.contains(&0) {
         return Ok(());
     }
+    let xlen = (xs[0] * xs[1] * xs[2]) as i64;
     let mut kb = KernelBuilder::new(kernel_name(&node.op));
     let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+    let bp = match &block {
+        Block::Data(bv) => Some(kb.param(&cx.p, cx.buf(*bv)?, Access::Read)),
+        Block::Known(_) => None,
+    };
     let op_ = kb.param(&cx.p, out, Access::Write);
     let body = par_nest(&mut kb, &shape, |kb, v| {
         let mut s = Vec::new();
+        // The block's extents and the block positions per axis, as index expressions.
+        let (bext, cext): (Vec<Expr>, Vec<Expr>) = match (&block, bp) {
+            (Block::Known(b), _) => (
+                b.iter().map(|&d| idx(d as i64)).collect(),
+                cols.iter().map(|&d| idx(d as i64)).collect(),
+            ),
+            (Block::Data(_), Some(bp)) => (0..n)
+                .map(|i| {
+                    let b = to_i64(kb, Expr::load(bp, idx(i as i64)));
+                    let b = let_(kb, &mut s, DType::I64, b);
+                    // (image + pads - span) / stride + 1, span = dil·(max(b, 1) - 1) + 1.
+                    let span = Expr::add_idx(
+                        Expr::mul_idx(
+                            Expr::bin(BinOp::Sub, Expr::bin(BinOp::Max, b.clone(), idx(1)), idx(1)),
+                            dil[i] as i64,
+                        ),
+                        idx(1),
+                    );
+                    let padded = (image[i] + pads[i] + pads[n + i]) as i64;
+                    let c = Expr::add_idx(
+                        Expr::bin(
+                            BinOp::Div,
+                            Expr::bin(BinOp::Sub, idx(padded), span),
+                            idx(strides[i] as i64),
+                        ),
+                        idx(1),
+                    );
+                    (b, let_(kb, &mut s, DType::I64, c))
+                })
+                .unzip(),
+            (Block::Data(_), None) => (Vec::new(), Vec::new()),
+        };
         let acc = kb.var(DType::F64);
         s.push(Stmt::Let {
             var: acc,
@@ -126,7 +178,7 @@ pub(super) fn col2im(cx: &mut Cx, node: &Node, op: &VisionOp) -> Result<(), Fail
             let c = let_(kb, &mut inner, DType::I64, c);
             let mut here = and(
                 cmp(BinOp::Ge, t, idx(0)),
-                cmp(BinOp::Lt, c.clone(), idx(cols[i] as i64)),
+                cmp(BinOp::Lt, c.clone(), cext[i].clone()),
             );
             if let Some(e) = exact {
                 here = and(here, e);
@@ -135,13 +187,13 @@ pub(super) fn col2im(cx: &mut Cx, node: &Node, op: &VisionOp) -> Result<(), Fail
                 None => here,
                 Some(prev) => and(prev, here),
             });
-            col.push(clamp_idx(c, 0, cols[i] as i64 - 1));
+            col.push(c);
         }
-        let k = flat(
-            &block,
+        let k = flat_dyn(
+            &bext,
             &offs.iter().map(|&o| Expr::var(o)).collect::<Vec<_>>(),
         );
-        let j = flat(&cols, &col);
+        let j = flat_dyn(&cext, &col);
         let at = Expr::add_idx(
             Expr::mul_idx(
                 Expr::add_idx(Expr::mul_idx(Expr::var(v[0]), bl as i64), k),
@@ -149,12 +201,13 @@ pub(super) fn col2im(cx: &mut Cx, node: &Node, op: &VisionOp) -> Result<(), Fail
             ),
             j,
         );
-        let xval = to_f64(kb, Expr::load(xp, at));
+        // Out-of-place positions are not added; their load only has to stay in bounds.
+        let xval = to_f64(kb, Expr::load(xp, clamp_idx(at, 0, xlen - 1)));
         inner.push(add_if(acc, ok.unwrap_or(Expr::Lit(Lit::Bool(true))), xval));
         for i in (0..n).rev() {
             inner = vec![Stmt::For {
                 var: offs[i],
-                extent: idx(block[i] as i64),
+                extent: bext[i].clone(),
                 kind: LoopKind::Serial,
                 body: inner,
             }];
@@ -170,6 +223,25 @@ pub(super) fn col2im(cx: &mut Cx, node: &Node, op: &VisionOp) -> Result<(), Fail
     kb.k.body = body;
     cx.launch(kb, node);
     Ok(())
+}
+
+/// Col2im's block shape: known at compile time, or the value of an input.
+enum Block {
+    Known(Vec<usize>),
+    Data(ValueId),
+}
+
+/// The row-major flat index of `vars` in a shape whose extents are index expressions.
+fn flat_dyn(shape: &[Expr], vars: &[Expr]) -> Expr {
+    let mut e = Expr::idx(0);
+    for (v, n) in vars.iter().zip(shape) {
+        e = match (&e, n) {
+            (Expr::Lit(Lit::Int(_, 0)), _) => v.clone(),
+            (_, Expr::Lit(Lit::Int(_, k))) => Expr::add_idx(Expr::mul_idx(e, *k), v.clone()),
+            _ => Expr::add_idx(Expr::bin(BinOp::Mul, e, n.clone()), v.clone()),
+        };
+    }
+    e
 }
 
 pub(super) fn max_unpool(cx: &mut Cx, node: &Node, op: &VisionOp) -> Result<(), Fail> {

@@ -209,6 +209,21 @@ fn col2im_strides_pads_dilations_and_ranks() {
             dims(&out)
         );
         check(&src, &[floats(&xs, 4, -2.0, 2.0)], 1e-6);
+        // The image and block shapes as run-time inputs (the output's type still static).
+        let src = format!(
+            r#"graph (%0: f32[{}] "x", %1: i64[{n}] "i", %2: i64[{n}] "b") -> (%3 "y") {{
+  %3 = vision.col2_im {{"image_shape":null,"block_shape":null,"dilations":[{}],"pads":[{}],"strides":[{}]}} (%0, %1, %2) : f32[{}]
+}}"#,
+            dims(&xs),
+            dims(dil),
+            dims(pads),
+            dims(strides),
+            dims(&out),
+            n = image.len()
+        );
+        let shape = |v: &[usize]| ints(&[v.len()], v.iter().map(|&d| d as i64).collect());
+        let inputs = [floats(&xs, 4, -2.0, 2.0), shape(image), shape(block)];
+        check(&src, &inputs, 1e-6);
     }
 }
 
