@@ -35,7 +35,7 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &VisionOp) -> Result<(), Fail>
         VisionOp::DeformConv { .. } => deform_conv::deform_conv(cx, node, op),
         // Its output's length depends on the data.
         VisionOp::NonMaxSuppression { .. } => unsupported("data-dependent output shape"),
-        VisionOp::MaxRoiPool { .. } => unsupported("not lowered to kernels yet"),
+        VisionOp::MaxRoiPool { .. } => roi_align::max_roi_pool(cx, node, op),
     }
 }
 

@@ -1,4 +1,5 @@
-//! `vision.roi_align`: every output bin pools a grid of bilinear samples of its RoI.
+//! `vision.roi_align` and `vision.max_roi_pool`: every output bin pools samples of its RoI
+//! (roi_align: a grid of bilinear samples; max_roi_pool: an integer window).
 //!
 //! The RoI's corners, bin sizes and sampling grid come from run-time boxes, so each output
 //! element computes them and loops over its samples with data-dependent extents, in the
@@ -228,4 +229,149 @@ fn bilinear_taps(
         tap(at(&y_hi, &x_lo), mul(ly.clone(), hx)),
         tap(at(&y_hi, &x_hi), mul(ly, lx)),
     ]
+}
+
+/// `vision.max_roi_pool`: each output bin is the maximum over its integer window of the RoI
+/// (0 for an empty window), the RoI rounded half away from zero as the interpreter does.
+pub(super) fn max_roi_pool(cx: &mut Cx, node: &Node, op: &VisionOp) -> Result<(), Fail> {
+    let VisionOp::MaxRoiPool {
+        pooled_shape: [ph_n, pw_n],
+        spatial_scale,
+    } = op
+    else {
+        return unsupported("not max_roi_pool");
+    };
+    let (ph_n, pw_n) = (*ph_n, *pw_n);
+    let scale = f64::from(*spatial_scale);
+    let (Some(x), Some(rois)) = (node.input(0), node.input(1)) else {
+        return unsupported("missing input");
+    };
+    let (xs, rs) = (cx.shape(x)?, cx.shape(rois)?);
+    if xs.len() != 4 || rs.len() != 2 || rs[1] != 5 {
+        return unsupported(format!(
+            "max_roi_pool input {xs:?} and rois {rs:?} do not fit"
+        ));
+    }
+    let (xty, rty) = (cx.dtype(x), cx.dtype(rois));
+    if !float_ok(xty) || !float_ok(rty) {
+        return unsupported("max_roi_pool types");
+    }
+    let (nb, c, h, w) = (xs[0], xs[1], xs[2], xs[3]);
+    let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
+    if rs[0] * c * ph_n * pw_n == 0 {
+        return Ok(());
+    }
+    if nb == 0 {
+        return unsupported("max_roi_pool of an empty batch");
+    }
+    let mut kb = KernelBuilder::new(kernel_name(&node.op));
+    let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+    let rp = kb.param(&cx.p, cx.buf(rois)?, Access::Read);
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let shape = [rs[0], c, ph_n, pw_n];
+    let body = par_nest(&mut kb, &shape, |kb, v| {
+        let (r, ch, ph, pw) = (
+            Expr::var(v[0]),
+            Expr::var(v[1]),
+            Expr::var(v[2]),
+            Expr::var(v[3]),
+        );
+        let mut s = Vec::new();
+        let field = |kb: &KernelBuilder, i: i64| {
+            to_f64(
+                kb,
+                Expr::load(rp, Expr::add_idx(Expr::mul_idx(r.clone(), 5), idx(i))),
+            )
+        };
+        let bi = Expr::cast(DType::I64, field(kb, 0));
+        let bi = let_(kb, &mut s, DType::I64, clamp_idx(bi, 0, nb as i64 - 1));
+        let mut corner = Vec::new();
+        for i in 1..5 {
+            let e = round_away(kb, &mut s, mul(field(kb, i), f64_(scale)));
+            corner.push(let_(kb, &mut s, DType::I64, Expr::cast(DType::I64, e)));
+        }
+        let (x0, y0, x1, y1) = (&corner[0], &corner[1], &corner[2], &corner[3]);
+        let extent = |a: &Expr, b: &Expr| {
+            let d = add(sub(b.clone(), a.clone()), idx(1));
+            Expr::cast(DType::F64, Expr::bin(BinOp::Max, d, idx(1)))
+        };
+        let bin_h = div(extent(y0, y1), f64_(ph_n as f64));
+        let bin_h = let_(kb, &mut s, DType::F64, bin_h);
+        let bin_w = div(extent(x0, x1), f64_(pw_n as f64));
+        let bin_w = let_(kb, &mut s, DType::F64, bin_w);
+        // clip(round_fn(i·bin) + origin, len)
+        let edge = |kb: &mut KernelBuilder,
+                    s: &mut Vec<Stmt>,
+                    i: Expr,
+                    bin: &Expr,
+                    up: bool,
+                    o: &Expr,
+                    len: usize| {
+            let p = mul(to_f64(kb, i), bin.clone());
+            let p = Expr::un(if up { UnOp::Ceil } else { UnOp::Floor }, p);
+            let e = clamp_idx(add(Expr::cast(DType::I64, p), o.clone()), 0, len as i64);
+            let_(kb, s, DType::I64, e)
+        };
+        let hs = edge(kb, &mut s, ph.clone(), &bin_h, false, y0, h);
+        let he = edge(kb, &mut s, add(ph, idx(1)), &bin_h, true, y0, h);
+        let ws = edge(kb, &mut s, pw.clone(), &bin_w, false, x0, w);
+        let we = edge(kb, &mut s, add(pw, idx(1)), &bin_w, true, x0, w);
+        let empty = Expr::bin(
+            BinOp::Or,
+            cmp(BinOp::Le, he.clone(), hs.clone()),
+            cmp(BinOp::Le, we.clone(), ws.clone()),
+        );
+        let acc = kb.var(DType::F64);
+        s.push(Stmt::Let {
+            var: acc,
+            value: Expr::select(empty, f64_(0.0), f64_(f64::NEG_INFINITY)),
+        });
+        let plane = Expr::mul_idx(
+            Expr::add_idx(Expr::mul_idx(bi, c as i64), ch),
+            (h * w) as i64,
+        );
+        let span = |a: &Expr, b: &Expr| Expr::bin(BinOp::Max, sub(b.clone(), a.clone()), idx(0));
+        let rows = serial(kb, span(&hs, &he), |kb, iy| {
+            vec![serial(kb, span(&ws, &we), |kb, ix| {
+                let at = Expr::add_idx(
+                    plane.clone(),
+                    Expr::add_idx(
+                        Expr::mul_idx(add(hs.clone(), iy), w as i64),
+                        add(ws.clone(), ix),
+                    ),
+                );
+                let xv = to_f64(kb, Expr::load(xp, at));
+                vec![Stmt::Assign {
+                    var: acc,
+                    value: fmax(Expr::var(acc), xv),
+                }]
+            })]
+        });
+        s.push(rows);
+        s.push(Stmt::Store {
+            param: op_,
+            index: super::flat(&shape, &v.iter().map(|&x| Expr::var(x)).collect::<Vec<_>>()),
+            value: round_to(xty, Expr::var(acc)),
+        });
+        s
+    });
+    kb.k.body = body;
+    cx.launch(kb, node);
+    Ok(())
+}
+
+/// Rust's `f64::round`: half away from zero (`UnOp::Round` rounds half to even).
+fn round_away(kb: &mut KernelBuilder, s: &mut Vec<Stmt>, x: Expr) -> Expr {
+    let x = let_(kb, s, DType::F64, x);
+    let neg = cmp(BinOp::Lt, x.clone(), f64_(0.0));
+    let t = Expr::select(
+        neg.clone(),
+        Expr::un(UnOp::Ceil, x.clone()),
+        Expr::un(UnOp::Floor, x.clone()),
+    );
+    let t = let_(kb, s, DType::F64, t);
+    // `x - t` is exact: the dropped fraction.
+    let half = cmp(BinOp::Ge, Expr::un(UnOp::Abs, sub(x, t.clone())), f64_(0.5));
+    let step = Expr::select(neg, f64_(-1.0), f64_(1.0));
+    add(t, Expr::select(half, step, f64_(0.0)))
 }

@@ -396,3 +396,31 @@ fn tensor_scatter_linear_and_circular() {
         }
     }
 }
+
+#[test]
+fn max_roi_pool_rounding_and_empty_bins() {
+    // Halves after scaling (5·0.5 = 2.5, -1·0.5 = -0.5) round away from zero; a RoI past the
+    // image has empty bins.
+    let rois = [
+        1.0f32, 5.0, 3.0, 11.0, 9.0, //
+        0.0, -1.0, -3.0, 4.0, 2.0, //
+        1.0, 0.0, 0.0, 0.0, 0.0, //
+        0.0, 30.0, 30.0, 40.0, 35.0, //
+        1.0, 9.0, 7.0, 2.0, 3.0,
+    ];
+    let rois = Tensor::from_vec(&[5, 5], rois.to_vec()).expect("rois");
+    for (scale, pooled) in [(0.5, [2, 3]), (1.0, [3, 2]), (0.25, [1, 1])] {
+        let src = format!(
+            r#"graph (%0: f32[2,3,6,7] "x", %1: f32[5,5] "r") -> (%2 "y") {{
+  %2 = vision.max_roi_pool {{"pooled_shape":[{}],"spatial_scale":{scale}}} (%0, %1) : f32[5,3,{}]
+}}"#,
+            dims(&pooled),
+            dims(&pooled)
+        );
+        check(
+            &src,
+            &[floats(&[2, 3, 6, 7], 12, -2.0, 2.0), rois.clone()],
+            0.0,
+        );
+    }
+}
