@@ -3,12 +3,12 @@
 //!
 //! The grid coordinate is denormalized in the grid's precision (`f32`, or `f64` for an `f64`
 //! grid) and everything after in `f64`, as in the interpreter; the taps along each spatial
-//! axis are computed once per output element and their products summed in the interpreter's
-//! order (the first axis outermost).
+//! axis are computed once per grid point (shared by all channels) and their products summed in
+//! the interpreter's order (the first axis outermost).
 
 use super::{
     Cx, Fail, KernelBuilder, add, add_if, and, clamp_idx, cmp, div, f64_, float_ok, idx, in_range,
-    kernel_name, let_, mul, par_nest, round_to, sub, to_f64, to_i64, unsupported,
+    kernel_name, let_, mul, par_nest, round_to, serial, sub, to_f64, to_i64, unsupported,
 };
 use crate::kernel::*;
 use mlc_ir::ops::NnOp;
@@ -75,8 +75,8 @@ pub(in crate::lower) fn grid_sample(cx: &mut Cx, node: &Node, op: &NnOp) -> Resu
     let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
     let gp = kb.param(&cx.p, cx.buf(grid)?, Access::Read);
     let op_ = kb.param(&cx.p, out, Access::Write);
-    let body = par_nest(&mut kb, &[n, c, points], |kb, v| {
-        let (ni, ci, pi) = (Expr::var(v[0]), Expr::var(v[1]), Expr::var(v[2]));
+    let body = par_nest(&mut kb, &[n, points], |kb, v| {
+        let (ni, pi) = (Expr::var(v[0]), Expr::var(v[1]));
         let mut s = Vec::new();
         // Per axis: the taps as (in-range flag, clamped index, weight).
         let mut taps: Vec<Vec<(Expr, Expr, Expr)>> = Vec::with_capacity(k);
@@ -192,18 +192,12 @@ pub(in crate::lower) fn grid_sample(cx: &mut Cx, node: &Node, op: &NnOp) -> Resu
                 .collect();
             taps.push(axis);
         }
-        let base = Expr::mul_idx(
-            Expr::add_idx(Expr::mul_idx(ni.clone(), c as i64), ci.clone()),
-            plane as i64,
-        );
-        let acc = kb.var(DType::F64);
-        s.push(Stmt::Let {
-            var: acc,
-            value: f64_(0.0),
-        });
-        // Every combination of one tap per axis, the first axis outermost.
+        // Every combination of one tap per axis, the first axis outermost: its weight (the
+        // product in axis order), whether it is inside, and its offset in the plane; shared
+        // by all channels.
         let counts: Vec<usize> = taps.iter().map(Vec::len).collect();
         let total: usize = counts.iter().product();
+        let mut combos = Vec::with_capacity(total);
         for flat in 0..total {
             let mut rem = flat;
             let mut pick = vec![0; k];
@@ -211,7 +205,7 @@ pub(in crate::lower) fn grid_sample(cx: &mut Cx, node: &Node, op: &NnOp) -> Resu
                 pick[d] = rem % counts[d];
                 rem /= counts[d];
             }
-            let (mut ok, mut w, mut at) = (None::<Expr>, f64_(1.0), base.clone());
+            let (mut ok, mut w, mut at) = (None::<Expr>, f64_(1.0), Expr::idx(0));
             for d in 0..k {
                 let (o, i, wd) = &taps[d][pick[d]];
                 if !matches!(o, Expr::Lit(Lit::Bool(true))) {
@@ -223,28 +217,38 @@ pub(in crate::lower) fn grid_sample(cx: &mut Cx, node: &Node, op: &NnOp) -> Resu
                 w = mul(w, wd.clone());
                 at = Expr::add_idx(at, Expr::mul_idx(i.clone(), st[d]));
             }
-            let xval = to_f64(kb, Expr::load(xp, at));
-            let term = mul(w, xval);
-            s.push(match ok {
-                Some(ok) => add_if(acc, ok, term),
-                None => Stmt::Assign {
-                    var: acc,
-                    value: add(Expr::var(acc), term),
-                },
-            });
+            let w = let_(kb, &mut s, DType::F64, w);
+            let ok = ok.map(|ok| let_(kb, &mut s, DType::Bool, ok));
+            let at = let_(kb, &mut s, DType::I64, at);
+            combos.push((ok, w, at));
         }
-        let dst = Expr::add_idx(
-            Expr::mul_idx(
-                Expr::add_idx(Expr::mul_idx(ni, c as i64), ci),
-                points as i64,
-            ),
-            pi,
-        );
-        s.push(Stmt::Store {
-            param: op_,
-            index: dst,
-            value: round_to(xty, Expr::var(acc)),
+        let channels = serial(kb, idx(c as i64), |kb, ci| {
+            let nc = Expr::add_idx(Expr::mul_idx(ni.clone(), c as i64), ci);
+            let base = Expr::mul_idx(nc.clone(), plane as i64);
+            let acc = kb.var(DType::F64);
+            let mut body = vec![Stmt::Let {
+                var: acc,
+                value: f64_(0.0),
+            }];
+            for (ok, w, at) in combos {
+                let xval = to_f64(kb, Expr::load(xp, Expr::add_idx(base.clone(), at)));
+                let term = mul(w, xval);
+                body.push(match ok {
+                    Some(ok) => add_if(acc, ok, term),
+                    None => Stmt::Assign {
+                        var: acc,
+                        value: add(Expr::var(acc), term),
+                    },
+                });
+            }
+            body.push(Stmt::Store {
+                param: op_,
+                index: Expr::add_idx(Expr::mul_idx(nc, points as i64), pi),
+                value: round_to(xty, Expr::var(acc)),
+            });
+            body
         });
+        s.push(channels);
         s
     });
     kb.k.body = body;
