@@ -8,6 +8,8 @@
 //!   at kernel level to ONNX Runtime's outputs.
 //! - `imported_ir`: insta snapshots of the IR imported from a few small ONNX models.
 //! - `node_manifest`: the ONNX backend node tests listed in `tests/node_manifest.txt`.
+//! - `vision_cpu`: the vision ops (and grid_sample, reverse_sequence, tensor_scatter) compiled
+//!   for the CPU against the interpreter, on shapes the node tests do not have.
 //!
 //! Tests that run `mlc` need the binary built first: `cargo build -p mlc-cli` (see
 //! `mlc_tests::mlc_bin`).
@@ -19,3 +21,4 @@ mod gpu_ptx;
 mod imported_ir;
 mod kernel_lowering;
 mod node_manifest;
+mod vision_cpu;

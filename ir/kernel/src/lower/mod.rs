@@ -22,8 +22,10 @@ mod quant;
 mod reduce;
 mod resize;
 mod rnn;
+mod scatter;
 mod signal;
 mod tail;
+mod vision;
 mod winograd;
 
 use crate::kernel::*;
@@ -265,6 +267,7 @@ impl Cx<'_> {
             Op::Attn(op) => attn::lower(self, node, op),
             Op::Signal(op) => signal::lower(self, node, op),
             Op::Rnn(op) => rnn::lower(self, node, op),
+            Op::Vision(op) => vision::lower(self, node, op),
             _ => unsupported("no kernel lowering for this op family yet"),
         }
     }

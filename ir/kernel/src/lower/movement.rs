@@ -211,6 +211,13 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &MovementOp) -> Result<(), Fai
         MovementOp::Range => range(cx, node),
         MovementOp::EyeLike { dtype, k } => eye_like(cx, node, *dtype, *k),
         MovementOp::CenterCropPad { .. } => center_crop_pad(cx, node, x),
+        MovementOp::ReverseSequence {
+            batch_axis,
+            time_axis,
+        } => super::scatter::reverse_sequence(cx, node, *batch_axis, *time_axis),
+        MovementOp::TensorScatter { axis, circular } => {
+            super::scatter::tensor_scatter(cx, node, *axis, *circular)
+        }
         _ => unsupported("not lowered to kernels yet"),
     }
 }
