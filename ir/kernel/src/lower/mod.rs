@@ -11,9 +11,12 @@
 mod attn;
 mod cast;
 mod conv;
+mod dft;
 mod epilogue;
 mod ew;
+mod flex_attn;
 mod index;
+mod linear_attn;
 mod loss;
 mod movement;
 mod nn;

@@ -18,6 +18,17 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &SignalOp) -> Result<(), Fail>
         SignalOp::BlackmanWindow(_) => {
             |n, d| 0.42 - 0.5 * (2.0 * PI * n / d).cos() + 0.08 * (4.0 * PI * n / d).cos()
         }
+        SignalOp::Dft {
+            axis,
+            length,
+            inverse,
+            onesided,
+        } => return super::dft::dft(cx, node, *axis, *length, *inverse, *onesided),
+        SignalOp::Stft {
+            frame_step,
+            frame_length,
+            onesided,
+        } => return super::dft::stft(cx, node, *frame_step, *frame_length, *onesided),
         _ => return unsupported("not lowered to kernels yet"),
     };
     let Some(a) = op.window() else {
