@@ -68,20 +68,21 @@ fn causal_conv_with_state() {
             format!(r#"%1: {ty}[{nc},1,{k}] "w""#),
         ];
         let b = if bias {
-            ins.push(format!(r#"%2: {ty}[{nc}] "b""#));
-            "%2"
+            ins.push(format!(r#"%{}: {ty}[{nc}] "b""#, ins.len()));
+            format!("%{}", ins.len() - 1)
         } else {
-            "_"
+            "_".into()
         };
         let p = if past {
-            ins.push(format!(r#"%3: {ty}[{nb},{nc},{}] "p""#, k - 1));
-            "%3"
+            ins.push(format!(r#"%{}: {ty}[{nb},{nc},{}] "p""#, ins.len(), k - 1));
+            format!("%{}", ins.len() - 1)
         } else {
-            "_"
+            "_".into()
         };
+        let (y, st) = (ins.len(), ins.len() + 1);
         let src = format!(
-            r#"graph ({}) -> (%4 "y", %5 "s") {{
-  %4, %5 = rnn.causal_conv_with_state {{"silu":{silu}}} (%0, %1, {b}, {p}) : {ty}[{nb},{nc},{len}], {ty}[{nb},{nc},{}]
+            r#"graph ({}) -> (%{y} "y", %{st} "s") {{
+  %{y}, %{st} = rnn.causal_conv_with_state {{"silu":{silu}}} (%0, %1, {b}, {p}) : {ty}[{nb},{nc},{len}], {ty}[{nb},{nc},{}]
 }}"#,
             ins.join(", "),
             k - 1
@@ -143,31 +144,25 @@ fn linear_attention() {
             format!(r#"%1: {ty}[{nb},{nt},{}] "k""#, hkv * dk),
             format!(r#"%2: {ty}[{nb},{nt},{}] "v""#, hkv * dv),
         ];
-        let mut args = vec!["%0", "%1", "%2"];
-        if past {
-            ins.push(format!(r#"%3: {ty}[{nb},{hkv},{dk},{dv}] "p""#));
-            args.push("%3");
-        } else {
-            args.push("_");
-        }
-        if gated {
-            let n = if per_feat { hkv * dk } else { hkv };
-            // Decays are log-gates: small negative numbers in practice, any value here.
-            ins.push(format!(r#"%4: {ty}[{nb},{nt},{n}] "g""#));
-            args.push("%4");
-        } else {
-            args.push("_");
-        }
-        if delta {
-            let n = if per_head { hkv } else { 1 };
-            ins.push(format!(r#"%5: {ty}[{nb},{nt},{n}] "beta""#));
-            args.push("%5");
-        } else {
-            args.push("_");
-        }
+        let mut args: Vec<String> = vec!["%0".into(), "%1".into(), "%2".into()];
+        let mut opt = |on: bool, ty_: String, name: &str, ins: &mut Vec<String>| {
+            if on {
+                args.push(format!("%{}", ins.len()));
+                ins.push(format!(r#"%{}: {ty_} "{name}""#, ins.len()));
+            } else {
+                args.push("_".into());
+            }
+        };
+        opt(past, format!("{ty}[{nb},{hkv},{dk},{dv}]"), "p", &mut ins);
+        // Decays are log-gates: small negative numbers in practice, any value here.
+        let n = if per_feat { hkv * dk } else { hkv };
+        opt(gated, format!("{ty}[{nb},{nt},{n}]"), "g", &mut ins);
+        let n = if per_head { hkv } else { 1 };
+        opt(delta, format!("{ty}[{nb},{nt},{n}]"), "beta", &mut ins);
+        let (y, st) = (ins.len(), ins.len() + 1);
         let src = format!(
-            r#"graph ({}) -> (%6 "y", %7 "state") {{
-  %6, %7 = attn.linear_attention {{"q_num_heads":{hq},"kv_num_heads":{hkv},"scale":{scale},"update_rule":"{rule}"}} ({}) : {ty}[{nb},{nt},{}], {ty}[{nb},{hkv},{dk},{dv}]
+            r#"graph ({}) -> (%{y} "y", %{st} "state") {{
+  %{y}, %{st} = attn.linear_attention {{"q_num_heads":{hq},"kv_num_heads":{hkv},"scale":{scale},"update_rule":"{rule}"}} ({}) : {ty}[{nb},{nt},{}], {ty}[{nb},{hkv},{dk},{dv}]
 }}"#,
             ins.join(", "),
             args.join(", "),
@@ -285,11 +280,12 @@ fn dft() {
         ("f32[3,6,2]", "f32[3,4,2]", op("1", false, true, "null")),
         ("f64[2,5,3,2]", "f64[2,5,3,2]", op("1", true, false, "null")),
         ("f32[1,6,4,2]", "f32[1,10,4,1]", op("1", true, true, "null")),
-        ("f32[2,5,3,2]", "f32[2,5,9,1]", op("2", true, true, "null")),
+        ("f32[2,5,3,2]", "f32[2,5,4,1]", op("2", true, true, "null")),
+        ("f32[3,4,2]", "f32[3,4,2]", op("0", false, false, "null")),
         ("f32[2,4,3,1]", "f32[2,5,3,1]", op("1", true, true, "5")),
         ("f32[2,6,3,2]", "f32[2,9,3,2]", op("1", false, false, "9")),
         ("f32[2,6,3,1]", "f32[2,3,3,2]", op("1", false, true, "4")),
-        ("f32[2,9,2]", "f32[2,4,2]", op("0", true, false, "4")),
+        ("f32[2,9,2]", "f32[2,4,2]", op("1", true, false, "4")),
         ("f16[3,8,1]", "f16[3,5,2]", op("1", false, true, "null")),
     ];
     for (x, y, op) in cases {
@@ -353,10 +349,10 @@ fn stft() {
         ),
     ];
     for (x, w, y, attrs) in cases {
-        let win = if w.is_empty() { "_" } else { "%1" };
+        let (win, out) = if w.is_empty() { ("_", 1) } else { ("%1", 2) };
         let src = format!(
-            r#"graph (%0: {x} "x"{w}) -> (%2 "y") {{
-  %2 = signal.stft {attrs} (%0, _, {win}, _) : {y}
+            r#"graph (%0: {x} "x"{w}) -> (%{out} "y") {{
+  %{out} = signal.stft {attrs} (%0, _, {win}, _) : {y}
 }}"#
         );
         check(&src, 1e-6);
