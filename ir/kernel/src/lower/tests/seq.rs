@@ -3,7 +3,7 @@
 
 use super::{check, input};
 use crate::{lower_graph, print_program, run_program};
-use mlc_ir::{DType, Tensor, parse_graph};
+use mlc_ir::{Tensor, parse_graph};
 
 /// Like [`check`], with some inputs given (by position) instead of generated: run-time scalars
 /// such as an axis must hold valid values.
