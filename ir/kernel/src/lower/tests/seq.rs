@@ -367,3 +367,30 @@ fn stft() {
 }"#;
     check_with(src, &[(1, scalar_i64(2))], 1e-6);
 }
+
+#[test]
+fn mel_weight_matrix() {
+    // (mel bins, dft length, sample rate, lower, upper, output type)
+    let cases = [
+        (8, 16, 8192, 0.0, 4096.0, "f32"),
+        (5, 30, 16000, 20.0, 7600.0, "f32"),
+        (3, 9, 8000, 100.0, 3000.0, "f64"),
+        (10, 64, 22050, 0.0, 11025.0, "f16"),
+    ];
+    for (mel, dft, rate, lo, hi, ty) in cases {
+        let src = format!(
+            r#"graph (%0: i32[] "m", %1: i64[] "d", %2: i32[] "r", %3: f32[] "lo", %4: f32[] "hi") -> (%5 "w") {{
+  %5 = signal.mel_weight_matrix {{"dtype":"{ty}"}} (%0, %1, %2, %3, %4) : {ty}[{},{mel}]
+}}"#,
+            dft / 2 + 1
+        );
+        let given = [
+            (0, Tensor::scalar(mel as i32)),
+            (1, Tensor::scalar(dft as i64)),
+            (2, Tensor::scalar(rate as i32)),
+            (3, Tensor::scalar(lo as f32)),
+            (4, Tensor::scalar(hi as f32)),
+        ];
+        check_with(&src, &given, 1e-6);
+    }
+}
