@@ -372,7 +372,7 @@ fn stft() {
 fn mel_weight_matrix() {
     // (mel bins, dft length, sample rate, lower, upper, output type)
     let cases = [
-        (8, 16, 8192, 0.0, 4096.0, "f32"),
+        (8i32, 16i64, 8192i32, 0.0f32, 4096.0f32, "f32"),
         (5, 30, 16000, 20.0, 7600.0, "f32"),
         (3, 9, 8000, 100.0, 3000.0, "f64"),
         (10, 64, 22050, 0.0, 11025.0, "f16"),
@@ -385,11 +385,11 @@ fn mel_weight_matrix() {
             dft / 2 + 1
         );
         let given = [
-            (0, Tensor::scalar(mel as i32)),
-            (1, Tensor::scalar(dft as i64)),
-            (2, Tensor::scalar(rate as i32)),
-            (3, Tensor::scalar(lo as f32)),
-            (4, Tensor::scalar(hi as f32)),
+            (0, Tensor::scalar(mel)),
+            (1, Tensor::scalar(dft)),
+            (2, Tensor::scalar(rate)),
+            (3, Tensor::scalar(lo)),
+            (4, Tensor::scalar(hi)),
         ];
         check_with(&src, &given, 1e-6);
     }
