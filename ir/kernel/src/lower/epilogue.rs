@@ -54,21 +54,23 @@ pub(super) fn open_after(cx: &Cx, n: &Node) -> Option<Open> {
     })
 }
 
+/// The one matmul of a kernel that is nothing but loops around it. A kernel doing other work
+/// too (the blocked Winograd form: transforms around its 16 products) has no open epilogue:
+/// its matmuls compute intermediates, not the node's value.
 fn single_matmul(body: &[Stmt]) -> Option<&Matmul> {
-    let mut found = None;
-    for s in body {
-        let m = match s {
-            Stmt::Matmul(m) => Some(m.as_ref()),
-            Stmt::For { body, .. } => single_matmul(body),
-            _ => None,
-        };
-        if m.is_some() {
-            if found.is_some() {
-                return None;
+    /// `Err` when `body` holds a statement other than loops and matmuls, or several matmuls.
+    fn walk<'a>(body: &'a [Stmt], found: &mut Option<&'a Matmul>) -> Result<(), ()> {
+        for s in body {
+            match s {
+                Stmt::Matmul(m) if found.is_none() => *found = Some(m.as_ref()),
+                Stmt::For { body, .. } => walk(body, found)?,
+                _ => return Err(()),
             }
-            found = m;
         }
+        Ok(())
     }
+    let mut found = None;
+    walk(body, &mut found).ok()?;
     found
 }
 

@@ -139,35 +139,39 @@ pub(super) fn conv(cx: &mut Cx, node: &Node, conv: &WinoConv) -> Result<bool, Fa
         conv.pad,
         (ph, pw),
     );
-    let v = cx.p.add_buffer(DType::F32, vec![16, c, nt], BufKind::Temp);
-    input_transform(cx, node, xpad, v, (n, c), (th, tw), (ph, pw));
+    let bias = match conv.bias {
+        Some(b) => Some(cx.buf(b)?),
+        None => None,
+    };
+    let geo = Geo {
+        n,
+        c,
+        m,
+        th,
+        tw,
+        pw,
+        ph,
+        outs: conv.outs,
+    };
+    let (vs, ms) = (spread(c * nt), spread(m * nt));
+    let v = cx.p.add_buffer(DType::F32, vec![16, vs], BufKind::Temp);
+    input_transform(cx, node, xpad, v, vs, &geo);
 
-    let mbuf = cx.p.add_buffer(DType::F32, vec![16, m, nt], BufKind::Temp);
+    let mbuf = cx.p.add_buffer(DType::F32, vec![16, ms], BufKind::Temp);
     let mut kb = KernelBuilder::new(format!("{}_winograd", kernel_name(&node.op)));
     let up = kb.param(&cx.p, ubuf, Access::Read);
     let vp = kb.param(&cx.p, v, Access::Read);
     let mp = kb.param(&cx.p, mbuf, Access::Write);
     let xi = kb.var(DType::I64);
-    let at = |p: ParamId, rows: usize, cols: usize| MatRef {
-        param: p,
-        offset: Expr::mul_idx(Expr::var(xi), (rows * cols) as i64),
-        row_stride: cols as i64,
-        col_stride: 1,
-    };
-    let mm = Matmul {
+    let mm = products(
+        up,
+        (vp, Expr::idx(0), vs),
+        (mp, Expr::idx(0), ms),
+        Expr::var(xi),
         m,
-        n: nt,
-        k: c,
-        a: at(up, m, c),
-        b: at(vp, c, nt),
-        c: at(mp, m, nt),
-        alpha: 1.0,
-        beta: 0.0,
-        bias: None,
-        act: Activation::None,
-        requant: None,
-        tail: None,
-    };
+        c,
+        nt,
+    );
     kb.k.body = vec![Stmt::For {
         var: xi,
         extent: Expr::idx(16),
@@ -175,46 +179,81 @@ pub(super) fn conv(cx: &mut Cx, node: &Node, conv: &WinoConv) -> Result<bool, Fa
         body: vec![Stmt::Matmul(Box::new(mm))],
     }];
     cx.launch(kb, node);
-
-    let bias = match conv.bias {
-        Some(b) => Some(cx.buf(b)?),
-        None => None,
-    };
-    output_transform(cx, node, mbuf, bias, conv.out, (n, m), (oh, ow), (th, tw));
+    output_transform(cx, node, mbuf, ms, bias, conv.out, &geo);
     Ok(true)
 }
 
-/// `V[ξ, ci, b·T + t] = (Bᵀ d B)[ξ]` for every 4×4 tile `d` of the padded planes, the tiles of a
-/// plane in rows; the innermost loop runs over a row of tiles.
-fn input_transform(
-    cx: &mut Cx,
-    node: &Node,
-    xpad: BufId,
-    v: BufId,
-    (n, c): (usize, usize),
-    (th, tw): (usize, usize),
-    (ph, pw): (usize, usize),
-) {
-    let nt = (n * th * tw) as i64;
-    let mut kb = KernelBuilder::new("winograd_input");
-    let xp = kb.param(&cx.p, xpad, Access::Read);
-    let vp = kb.param(&cx.p, v, Access::Write);
-    let (bv, cv, ty, tx) = (
-        kb.var(DType::I64),
-        kb.var(DType::I64),
-        kb.var(DType::I64),
-        kb.var(DType::I64),
-    );
-    let base = Expr::add_idx(
-        Expr::add_idx(
-            Expr::mul_idx(
-                Expr::add_idx(Expr::mul_idx(Expr::var(bv), c as i64), Expr::var(cv)),
-                (ph * pw) as i64,
-            ),
-            Expr::mul_idx(Expr::var(ty), (2 * pw) as i64),
-        ),
-        Expr::mul_idx(Expr::var(tx), 2),
-    );
+/// The sizes every step shares: batch, input and output channels, tile rows and columns, the
+/// padded planes' rows and row length, and the output map.
+struct Geo {
+    n: usize,
+    c: usize,
+    m: usize,
+    th: usize,
+    tw: usize,
+    ph: usize,
+    pw: usize,
+    outs: (usize, usize),
+}
+
+/// The elements between consecutive `ξ` slices of `V` or `M` holding `len` each: `len` rounded
+/// up to whole cache lines, and to an odd number of them. The transforms read or write all 16
+/// slices at once; at a multiple of 4 KiB apart (ResNet-18's 56×56 maps: 64·784 floats) the
+/// 16 streams fall into the same L1 sets, which hold 12 lines each, and evict one another.
+fn spread(len: usize) -> usize {
+    let lines = len.div_ceil(16);
+    16 * (lines | 1)
+}
+
+/// The contraction for tile element `xi`: `M[xi] = U[xi] · V[xi]`, `[m, c] × [c, cols]`, with
+/// `V` and `M` given as (parameter, base offset, elements between `ξ` slices).
+fn products(
+    up: ParamId,
+    (vp, v_base, vs): (ParamId, Expr, usize),
+    (mp, m_base, ms): (ParamId, Expr, usize),
+    xi: Expr,
+    m: usize,
+    c: usize,
+    cols: usize,
+) -> Matmul {
+    let at = |p: ParamId, base: Expr, xs: usize| MatRef {
+        param: p,
+        offset: Expr::add_idx(base, Expr::mul_idx(xi.clone(), xs as i64)),
+        row_stride: cols as i64,
+        col_stride: 1,
+    };
+    Matmul {
+        m,
+        n: cols,
+        k: c,
+        a: MatRef {
+            param: up,
+            offset: Expr::mul_idx(xi.clone(), (m * c) as i64),
+            row_stride: c as i64,
+            col_stride: 1,
+        },
+        b: at(vp, v_base, vs),
+        c: at(mp, m_base, ms),
+        alpha: 1.0,
+        beta: 0.0,
+        bias: None,
+        act: Activation::None,
+        requant: None,
+        tail: None,
+    }
+}
+
+/// One tile's input transform `(Bᵀ d B)`: loads the 4×4 tile `d` at `load_base` of a padded
+/// plane (rows `pw` apart) and stores element `ξ` at `store_base + ξ·xi_stride`.
+fn input_tile(
+    kb: &mut KernelBuilder,
+    xp: ParamId,
+    vp: ParamId,
+    pw: usize,
+    load_base: Expr,
+    store_base: Expr,
+    xi_stride: i64,
+) -> Vec<Stmt> {
     let mut body = vec![];
     let mut d = [[VarId(0); 4]; 4];
     for (i, row) in d.iter_mut().enumerate() {
@@ -224,7 +263,7 @@ fn input_transform(
                 var: *dv,
                 value: Expr::load(
                     xp,
-                    Expr::add_idx(base.clone(), Expr::idx((i * pw + j) as i64)),
+                    Expr::add_idx(load_base.clone(), Expr::idx((i * pw + j) as i64)),
                 ),
             });
         }
@@ -250,6 +289,53 @@ fn input_transform(
             });
         }
     }
+    for (i, trow) in t.iter().enumerate() {
+        let cols = combine(std::array::from_fn(|j| Expr::var(trow[j])));
+        for (j, e) in cols.into_iter().enumerate() {
+            // One base plus a literal per `ξ`: the form the CPU vectorizer proves disjoint.
+            let xi = (i * 4 + j) as i64;
+            body.push(Stmt::Store {
+                param: vp,
+                index: Expr::add_idx(store_base.clone(), Expr::idx(xi * xi_stride)),
+                value: e,
+            });
+        }
+    }
+    body
+}
+
+/// `V[ξ, ci, b·T + t] = (Bᵀ d B)[ξ]` for every 4×4 tile `d` of the padded planes, the tiles of a
+/// plane in rows; the innermost loop runs over a row of tiles.
+fn input_transform(cx: &mut Cx, node: &Node, xpad: BufId, v: BufId, vs: usize, geo: &Geo) {
+    let &Geo {
+        n,
+        c,
+        th,
+        tw,
+        ph,
+        pw,
+        ..
+    } = geo;
+    let nt = (n * th * tw) as i64;
+    let mut kb = KernelBuilder::new("winograd_input");
+    let xp = kb.param(&cx.p, xpad, Access::Read);
+    let vp = kb.param(&cx.p, v, Access::Write);
+    let (bv, cv, ty, tx) = (
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+        kb.var(DType::I64),
+    );
+    let base = Expr::add_idx(
+        Expr::add_idx(
+            Expr::mul_idx(
+                Expr::add_idx(Expr::mul_idx(Expr::var(bv), c as i64), Expr::var(cv)),
+                (ph * pw) as i64,
+            ),
+            Expr::mul_idx(Expr::var(ty), (2 * pw) as i64),
+        ),
+        Expr::mul_idx(Expr::var(tx), 2),
+    );
     let tile = Expr::add_idx(
         Expr::add_idx(
             Expr::mul_idx(Expr::var(bv), (th * tw) as i64),
@@ -258,38 +344,103 @@ fn input_transform(
         Expr::var(tx),
     );
     let store_base = Expr::add_idx(Expr::mul_idx(Expr::var(cv), nt), tile);
-    for (i, trow) in t.iter().enumerate() {
-        let cols = combine(std::array::from_fn(|j| Expr::var(trow[j])));
-        for (j, e) in cols.into_iter().enumerate() {
-            // One base plus a literal per `ξ`: the form the CPU vectorizer proves disjoint.
-            let xi = (i * 4 + j) as i64;
-            body.push(Stmt::Store {
-                param: vp,
-                index: Expr::add_idx(store_base.clone(), Expr::idx(xi * c as i64 * nt)),
-                value: e,
-            });
-        }
-    }
+    let body = input_tile(&mut kb, xp, vp, pw, base, store_base, vs as i64);
     let mut kinds = outer_parallel(&[n, c, th]);
     kinds.push(LoopKind::Vector);
     kb.k.body = super::wrap_loops(&[bv, cv, ty, tx], &[n, c, th, tw], &kinds, body);
     cx.launch(kb, node);
 }
 
+/// One tile's output transform `Aᵀ M A (+ bias)`: loads element `ξ` of the tile's products at
+/// `m_base + ξ·xi_stride` and stores the first `rows × cols` of its 2×2 outputs at `out_base`
+/// (output rows `ow` apart).
+#[allow(clippy::too_many_arguments)]
+fn output_tile(
+    kb: &mut KernelBuilder,
+    mp: ParamId,
+    bias: Option<(ParamId, Expr)>,
+    op_: ParamId,
+    m_base: Expr,
+    xi_stride: i64,
+    out_base: Expr,
+    ow: usize,
+    (rows, cols): (usize, usize),
+) -> Vec<Stmt> {
+    let mut body = vec![];
+    let mut mm = [[VarId(0); 4]; 4];
+    for (a, row) in mm.iter_mut().enumerate() {
+        for (b, x) in row.iter_mut().enumerate() {
+            *x = kb.var(DType::F32);
+            let xi = (a * 4 + b) as i64;
+            body.push(Stmt::Let {
+                var: *x,
+                value: Expr::load(mp, Expr::add_idx(m_base.clone(), Expr::idx(xi * xi_stride))),
+            });
+        }
+    }
+    // Aᵀ e = (e0 + e1 + e2, e1 − e2 − e3), on the rows and then the columns.
+    let reduce = |e: [Expr; 4]| -> [Expr; 2] {
+        let [e0, e1, e2, e3] = e;
+        [
+            Expr::bin(
+                BinOp::Add,
+                Expr::bin(BinOp::Add, e0, e1.clone()),
+                e2.clone(),
+            ),
+            Expr::bin(BinOp::Sub, Expr::bin(BinOp::Sub, e1, e2), e3),
+        ]
+    };
+    let mut r = [[VarId(0); 4]; 2];
+    for b in 0..4 {
+        let two = reduce(std::array::from_fn(|a| Expr::var(mm[a][b])));
+        for (i, e) in two.into_iter().enumerate().take(rows) {
+            r[i][b] = kb.var(DType::F32);
+            body.push(Stmt::Let {
+                var: r[i][b],
+                value: e,
+            });
+        }
+    }
+    let bias_v = bias.map(|(p, i)| Expr::load(p, i));
+    for (i, rrow) in r.iter().enumerate().take(rows) {
+        let two = reduce(std::array::from_fn(|b| Expr::var(rrow[b])));
+        for (j, e) in two.into_iter().enumerate().take(cols) {
+            let value = match &bias_v {
+                Some(bv) => Expr::bin(BinOp::Add, e, bv.clone()),
+                None => e,
+            };
+            // One base plus a literal per output: the form the CPU vectorizer proves
+            // disjoint.
+            body.push(Stmt::Store {
+                param: op_,
+                index: Expr::add_idx(out_base.clone(), Expr::idx((i * ow + j) as i64)),
+                value,
+            });
+        }
+    }
+    body
+}
+
 /// `out = Aᵀ M A (+ bias)` per tile, the 2×2 outputs stored where they fall inside the map.
 /// The loop over a row of whole tiles is a vector loop: its loads are unit-stride, its stores
 /// at stride 2 (the CPU stores them lane by lane).
-#[allow(clippy::too_many_arguments)]
 fn output_transform(
     cx: &mut Cx,
     node: &Node,
     mbuf: BufId,
+    ms: usize,
     bias: Option<BufId>,
     out: BufId,
-    (n, m): (usize, usize),
-    (oh, ow): (usize, usize),
-    (th, tw): (usize, usize),
+    geo: &Geo,
 ) {
+    let &Geo {
+        n,
+        m,
+        th,
+        tw,
+        outs: (oh, ow),
+        ..
+    } = geo;
     let nt = (n * th * tw) as i64;
     let mut kb = KernelBuilder::new("winograd_output");
     let mp = kb.param(&cx.p, mbuf, Access::Read);
@@ -298,7 +449,6 @@ fn output_transform(
     let (bv, mv) = (kb.var(DType::I64), kb.var(DType::I64));
     // One tile at tile row `ty`, column `tx`, storing `rows × cols` of its outputs.
     let mut tile = |kb: &mut KernelBuilder, ty: Expr, tx: Expr, rows: usize, cols: usize| {
-        let mut body = vec![];
         let col = Expr::add_idx(
             Expr::add_idx(
                 Expr::mul_idx(Expr::var(bv), (th * tw) as i64),
@@ -306,66 +456,27 @@ fn output_transform(
             ),
             tx.clone(),
         );
-        let mut mm = [[VarId(0); 4]; 4];
-        for (a, row) in mm.iter_mut().enumerate() {
-            for (b, x) in row.iter_mut().enumerate() {
-                *x = kb.var(DType::F32);
-                let r = Expr::add_idx(Expr::idx(((a * 4 + b) * m) as i64), Expr::var(mv));
-                body.push(Stmt::Let {
-                    var: *x,
-                    value: Expr::load(mp, Expr::add_idx(Expr::mul_idx(r, nt), col.clone())),
-                });
-            }
-        }
-        // Aᵀ e = (e0 + e1 + e2, e1 − e2 − e3), on the rows and then the columns.
-        let reduce = |e: [Expr; 4]| -> [Expr; 2] {
-            let [e0, e1, e2, e3] = e;
-            [
-                Expr::bin(
-                    BinOp::Add,
-                    Expr::bin(BinOp::Add, e0, e1.clone()),
-                    e2.clone(),
-                ),
-                Expr::bin(BinOp::Sub, Expr::bin(BinOp::Sub, e1, e2), e3),
-            ]
-        };
-        let mut r = [[VarId(0); 4]; 2];
-        for b in 0..4 {
-            let two = reduce(std::array::from_fn(|a| Expr::var(mm[a][b])));
-            for (i, e) in two.into_iter().enumerate().take(rows) {
-                r[i][b] = kb.var(DType::F32);
-                body.push(Stmt::Let {
-                    var: r[i][b],
-                    value: e,
-                });
-            }
-        }
-        let bias_v = bp.map(|p| Expr::load(p, Expr::var(mv)));
+        let m_base = Expr::add_idx(Expr::mul_idx(Expr::var(mv), nt), col);
         let plane = Expr::mul_idx(
             Expr::add_idx(Expr::mul_idx(Expr::var(bv), m as i64), Expr::var(mv)),
             (oh * ow) as i64,
         );
         let out_base = Expr::add_idx(
-            Expr::add_idx(plane, Expr::mul_idx(ty.clone(), (2 * ow) as i64)),
-            Expr::mul_idx(tx.clone(), 2),
+            Expr::add_idx(plane, Expr::mul_idx(ty, (2 * ow) as i64)),
+            Expr::mul_idx(tx, 2),
         );
-        for (i, rrow) in r.iter().enumerate().take(rows) {
-            let two = reduce(std::array::from_fn(|b| Expr::var(rrow[b])));
-            for (j, e) in two.into_iter().enumerate().take(cols) {
-                let value = match &bias_v {
-                    Some(bv) => Expr::bin(BinOp::Add, e, bv.clone()),
-                    None => e,
-                };
-                // One base plus a literal per output: the form the CPU vectorizer proves
-                // disjoint.
-                body.push(Stmt::Store {
-                    param: op_,
-                    index: Expr::add_idx(out_base.clone(), Expr::idx((i * ow + j) as i64)),
-                    value,
-                });
-            }
-        }
-        body
+        let bias_at = bp.map(|p| (p, Expr::var(mv)));
+        output_tile(
+            kb,
+            mp,
+            bias_at,
+            op_,
+            m_base,
+            ms as i64,
+            out_base,
+            ow,
+            (rows, cols),
+        )
     };
     // Full tiles, then the clipped last column and last row of an odd-sized map.
     let (fh, fw) = (oh / 2, ow / 2);
@@ -411,4 +522,22 @@ fn outer_parallel(extents: &[usize]) -> Vec<LoopKind> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spread;
+
+    #[test]
+    fn slices_are_an_odd_number_of_cache_lines_apart() {
+        // ResNet-18's 56×56 maps: 64 channels × 784 tiles, 49 × 4 KiB apart unpadded.
+        for len in [1, 15, 16, 17, 64 * 784, 128 * 196, 256 * 49, 512 * 16, 4096] {
+            let s = spread(len);
+            assert!(
+                s >= len && s.is_multiple_of(16) && !(s / 16).is_multiple_of(2),
+                "{len} -> {s}"
+            );
+            assert!(s - len < 32, "{len} -> {s}");
+        }
+    }
 }

@@ -43,7 +43,16 @@ struct Cols {
 pub(super) unsafe fn rows(ts: &mut [Task]) {
     let Some(first) = ts.first() else { return };
     let g = *first.g;
-    // SAFETY: forwarded contract.
+    // SAFETY (all): forwarded contract.
+    if g.kh == g.kw && g.dh == 1 && g.dw == 1 && g.sh == g.sw {
+        match (g.kw, g.sw) {
+            (3, 1) => return unsafe { blocked::<3, 1>(ts) },
+            (3, 2) => return unsafe { blocked::<3, 2>(ts) },
+            (5, 1) => return unsafe { blocked::<5, 1>(ts) },
+            (5, 2) => return unsafe { blocked::<5, 2>(ts) },
+            _ => {}
+        }
+    }
     unsafe {
         match g.sw {
             1 => rows_s::<1>(ts),
@@ -313,6 +322,141 @@ unsafe fn block_rows<const S: usize, const NR: usize>(
         // SAFETY: row `r + j` of the item's output holds `ow` floats; the mask enables the
         // lanes `16·c + i < ow`.
         unsafe { _mm512_mask_storeu_ps(out.add((r + j) * g.ow + c * L), store, *v) };
+    }
+}
+
+/// Square `K`×`K` kernels at stride `S` in both directions, no dilation (the MobileNet and
+/// PP-LCNet depthwise layers): tiles of `R` output rows × `NB` chunks of 16 outputs.
+///
+/// The general kernel loads `K·K` input vectors per output vector. Here an input row's `K`
+/// shifted vectors are loaded once and added into every output row of the tile that reads
+/// it: `(R−1)·S + K` input rows per `R` output rows (6 instead of 12 for 3×3 at stride 1), and
+/// the `R·NB` accumulators are independent chains that hide the adds' latency. Input rows are
+/// visited in ascending order, so each accumulator still takes its taps in (ky, kx) order,
+/// with a separate multiply and add: bit for bit the general kernel and the evaluator.
+///
+/// # Safety
+///
+/// As [`rows`], and the geometry is `K`×`K`, stride `S` both ways, dilation 1.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn blocked<const K: usize, const S: usize>(ts: &mut [Task]) {
+    let g = *ts[0].g;
+    let chunks = g.ow.div_ceil(L);
+    // Per chunk and kx: the first input column and the masks of its two 16-lane halves.
+    let cols: Vec<[(isize, u16, u16); K]> = (0..chunks)
+        .map(|c| {
+            std::array::from_fn(|kx| {
+                let c0 = (c * L * S) as isize + kx as isize - g.pl;
+                (c0, range_mask(c0, g.iw), range_mask(c0 + L as isize, g.iw))
+            })
+        })
+        .collect();
+    for task in ts.iter_mut() {
+        let nrows = task.out.len() / g.ow;
+        let out = task.out.as_mut_ptr();
+        let mut r = 0;
+        // SAFETY (all four): forwarded contract; rows `[r, r + R)` are rows of the item's
+        // output and chunks `[c, c + NB)` chunks of them.
+        while r + 4 <= nrows {
+            let mut c = 0;
+            while c + 2 <= chunks {
+                unsafe { tile::<K, S, 4, 2>(&cols, task, r, c, out) };
+                c += 2;
+            }
+            if c < chunks {
+                unsafe { tile::<K, S, 4, 1>(&cols, task, r, c, out) };
+            }
+            r += 4;
+        }
+        while r < nrows {
+            let mut c = 0;
+            while c + 2 <= chunks {
+                unsafe { tile::<K, S, 1, 2>(&cols, task, r, c, out) };
+                c += 2;
+            }
+            if c < chunks {
+                unsafe { tile::<K, S, 1, 1>(&cols, task, r, c, out) };
+            }
+            r += 1;
+        }
+    }
+}
+
+/// Output rows `[r0, r0 + R)` × chunks `[c, c + NB)` of the item (`out` is its first row).
+///
+/// # Safety
+///
+/// As [`blocked`]; the rows are rows of the item's output, the chunks chunks of them, and
+/// `cols` the table [`blocked`] built for this geometry.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile<const K: usize, const S: usize, const R: usize, const NB: usize>(
+    cols: &[[(isize, u16, u16); K]],
+    task: &Task,
+    r0: usize,
+    c: usize,
+    out: *mut f32,
+) {
+    let g = task.g;
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let mut acc = [[_mm512_set1_ps(task.bias); R]; NB];
+    let iy0 = ((task.oy0 + r0) * S) as isize - g.pt;
+    for t in 0..(R - 1) * S + K {
+        let iy = iy0 + t as isize;
+        // A row outside the plane reads 0.0 in every lane and still adds `0·w`, as the
+        // definition (and the general kernel) does.
+        let mut xv = [[_mm512_setzero_ps(); K]; NB];
+        if iy >= 0 && iy < g.ih {
+            let rowp = task.x.as_ptr().wrapping_offset(iy * g.iw);
+            for (j, xj) in xv.iter_mut().enumerate() {
+                for (kx, v) in xj.iter_mut().enumerate() {
+                    let (c0, m0, m1) = cols[c + j][kx];
+                    let p = rowp.wrapping_offset(c0);
+                    // SAFETY: row `iy` lies in the plane; the masks enable exactly the lanes
+                    // whose columns lie inside the row (masked-off lanes are never accessed).
+                    *v = unsafe {
+                        if S == 1 {
+                            _mm512_maskz_loadu_ps(m0, p)
+                        } else {
+                            _mm512_permutex2var_ps(
+                                _mm512_maskz_loadu_ps(m0, p),
+                                even,
+                                _mm512_maskz_loadu_ps(m1, p.wrapping_add(L)),
+                            )
+                        }
+                    };
+                }
+            }
+        }
+        for rr in 0..R {
+            // Output row `r0 + rr` reads input rows `iy0 + rr·S + ky`.
+            let ky = t as isize - (rr * S) as isize;
+            if ky < 0 || ky >= K as isize {
+                continue;
+            }
+            let wrow = &task.w[ky as usize * K..][..K];
+            for (kx, &w) in wrow.iter().enumerate() {
+                let wv = _mm512_set1_ps(w);
+                for (aj, xj) in acc.iter_mut().zip(&xv) {
+                    aj[rr] = _mm512_add_ps(aj[rr], _mm512_mul_ps(xj[kx], wv));
+                }
+            }
+        }
+    }
+    for (j, aj) in acc.iter_mut().enumerate() {
+        epilogue(task.ep, aj);
+        let lanes = (g.ow - (c + j) * L).min(L);
+        let store = if lanes == L {
+            0xffff
+        } else {
+            ((1u32 << lanes) - 1) as u16
+        };
+        for (rr, v) in aj.iter().enumerate() {
+            // SAFETY: row `r0 + rr` of the item's output holds `ow` floats; the mask enables
+            // the lanes `16·(c + j) + i < ow`.
+            unsafe { _mm512_mask_storeu_ps(out.add((r0 + rr) * g.ow + (c + j) * L), store, *v) };
+        }
     }
 }
 

@@ -337,3 +337,37 @@ fn short_buffers_and_degenerate_shapes_are_refused() {
         Err(DwError::Degenerate)
     );
 }
+
+#[test]
+fn tall_planes_reach_every_row_block_of_the_square_kernels() {
+    // The 3×3 and 5×5 kernels at stride 1 and 2 run in blocks of 4 output rows: heights 1–13
+    // give every remainder, pads of 0 to k−1 put padding rows in the first and last blocks.
+    let mut seed = 500;
+    for k in [3, 5] {
+        for s in [1, 2] {
+            for ih in 1..=13 {
+                for (iw, pad) in [
+                    (1, [k / 2; 4]),
+                    (17, [0, 0, k - 1, 1]),
+                    (50, [k - 1, 1, 0, 0]),
+                    (100, [k / 2; 4]),
+                ] {
+                    seed += 1;
+                    let case = Case {
+                        n: 1,
+                        c: 3,
+                        mult: 1,
+                        ih,
+                        iw,
+                        k: [k, k],
+                        s: [s, s],
+                        d: [1, 1],
+                        pad,
+                    };
+                    let ep = if seed % 2 == 0 { hard_swish() } else { vec![] };
+                    check(case, seed % 3 != 0, &ep, 1 + seed as usize % 2, seed);
+                }
+            }
+        }
+    }
+}
