@@ -26,6 +26,7 @@ mod reduce;
 mod resize;
 mod rnn;
 mod signal;
+mod stft;
 mod tail;
 mod winograd;
 

@@ -30,7 +30,7 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &SignalOp) -> Result<(), Fail>
             frame_step,
             frame_length,
             onesided,
-        } => return super::dft::stft(cx, node, *frame_step, *frame_length, *onesided),
+        } => return super::stft::stft(cx, node, *frame_step, *frame_length, *onesided),
         SignalOp::MelWeightMatrix { dtype } => return mel_weight_matrix(cx, node, *dtype),
     };
     let Some(a) = op.window() else {
