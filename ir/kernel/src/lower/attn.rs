@@ -22,12 +22,30 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &AttnOp) -> Result<(), Fail> {
             rotary_dim,
             num_heads,
         } => rotary(cx, node, *interleaved, *rotary_dim, *num_heads),
-        _ => unsupported("not lowered to kernels yet"),
+        AttnOp::LinearAttention {
+            q_num_heads,
+            kv_num_heads,
+            scale,
+            update_rule,
+        } => super::linear_attn::lower(cx, node, *q_num_heads, *kv_num_heads, *scale, *update_rule),
+        AttnOp::FlexAttention {
+            scale,
+            softmax_precision,
+            score_captures,
+            prob_captures,
+        } => super::flex_attn::lower(
+            cx,
+            node,
+            *scale,
+            *softmax_precision,
+            *score_captures,
+            *prob_captures,
+        ),
     }
 }
 
 /// `e` rounded to `ty` and widened back to `f64`.
-fn rd(ty: DType, e: Expr) -> Expr {
+pub(super) fn rd(ty: DType, e: Expr) -> Expr {
     if ty == DType::F64 {
         e
     } else {
@@ -35,7 +53,8 @@ fn rd(ty: DType, e: Expr) -> Expr {
     }
 }
 
-fn f64_of(e: Expr, ty: DType) -> Expr {
+/// `e` (of type `ty`) as `f64`.
+pub(super) fn f64_of(e: Expr, ty: DType) -> Expr {
     if ty == DType::F64 {
         e
     } else {

@@ -9,7 +9,8 @@
 //! Everything runs in f32; the interpreter, the oracle, runs in f64, so results agree to
 //! rounding.
 
-use super::{Cx, Fail, KernelBuilder, ew, kernel_name, unsupported};
+use super::attn::{f64_of, rd};
+use super::{Cx, Fail, KernelBuilder, ew, kernel_name, loop_nest, unsupported};
 use crate::kernel::*;
 use mlc_ir::ops::RnnOp;
 use mlc_ir::ops::ew::EwOp;
@@ -18,7 +19,10 @@ use mlc_ir::{DType, Node};
 
 pub(super) fn lower(cx: &mut Cx, node: &Node, op: &RnnOp) -> Result<(), Fail> {
     let Some((a, slots)) = op.recurrent() else {
-        return unsupported("causal convolution with state");
+        let RnnOp::CausalConvWithState { silu } = op else {
+            return unsupported("not a recurrence");
+        };
+        return causal_conv(cx, node, *silu);
     };
     let is_lstm = matches!(op, RnnOp::Lstm { .. });
     let x = node.input(0).ok_or(Fail::Unsupported("missing X".into()))?;
@@ -501,4 +505,200 @@ fn activation(a: Act, x: Expr) -> Result<Expr, Fail> {
         Act::Softsign => ew(EwOp::Softsign)?,
         Act::Softplus => ew(EwOp::Softplus)?,
     })
+}
+
+/// The causal depthwise convolution with a carried state (`rnn.causal_conv_with_state`): each
+/// channel row is `past_state ++ x` (the state zeros when absent), convolved with the row's `k`
+/// taps. Two loop kernels: one computes every output position independently (a serial tap loop
+/// inside), the other copies the last `k - 1` positions of the padded row into the next state.
+///
+/// Like the interpreter, the taps accumulate in `f64`, the bias is added to the sum, and the
+/// result is rounded to the element type once; SiLU, when asked for, applies to that rounded
+/// value and is rounded again.
+fn causal_conv(cx: &mut Cx, node: &Node, silu: bool) -> Result<(), Fail> {
+    let (Some(xv), Some(wv)) = (node.input(0), node.input(1)) else {
+        return unsupported("missing input or weight");
+    };
+    let dt = cx.dtype(xv);
+    if !matches!(dt, DType::F16 | DType::BF16 | DType::F32 | DType::F64) {
+        return unsupported(format!("{} causal convolution", dt.name()));
+    }
+    let xs = cx.shape(xv)?;
+    let &[nb, nc, len] = xs.as_slice() else {
+        return unsupported("input of rank other than 3");
+    };
+    let k = match cx.shape(wv)?.as_slice() {
+        &[c, 1, k] if c == nc && k > 0 => k,
+        _ => return unsupported("weight not shaped [channels, 1, k]"),
+    };
+    let bias = node.input(2);
+    if let Some(b) = bias
+        && cx.shape(b)?.iter().product::<usize>() != nc
+    {
+        return unsupported("bias not of one value per channel");
+    }
+    let past = node.input(3);
+    if let Some(p) = past
+        && cx.shape(p)? != [nb, nc, k - 1]
+    {
+        return unsupported("past_state not shaped [batch, channels, k - 1]");
+    }
+    for v in [Some(wv), bias, past].into_iter().flatten() {
+        if !cx.dtype(v).is_float() {
+            return unsupported("non-float weight, bias or state");
+        }
+    }
+    let y = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
+    let (wt, bt, pt) = (
+        cx.dtype(wv),
+        bias.map(|b| cx.dtype(b)),
+        past.map(|p| cx.dtype(p)),
+    );
+    let km1 = (k - 1) as i64;
+    let f = |v: f64| Expr::float(DType::F64, v);
+    // Element `pos` of channel row `row` of `past_state ++ x`, as f64; both loads are clamped
+    // into their buffers, so neither branch of the select reads out of bounds.
+    let padded = |xp: ParamId, pp: Option<ParamId>, row: Expr, pos: Expr| -> Expr {
+        let from_x = f64_of(
+            Expr::load(
+                xp,
+                Expr::add_idx(
+                    Expr::mul_idx(row.clone(), len as i64),
+                    Expr::bin(
+                        BinOp::Max,
+                        Expr::bin(BinOp::Sub, pos.clone(), Expr::idx(km1)),
+                        Expr::idx(0),
+                    ),
+                ),
+            ),
+            dt,
+        );
+        if km1 == 0 {
+            return from_x;
+        }
+        let from_past = match (pp, pt) {
+            (Some(pp), Some(pt)) => f64_of(
+                Expr::load(
+                    pp,
+                    Expr::add_idx(
+                        Expr::mul_idx(row, km1),
+                        Expr::bin(BinOp::Min, pos.clone(), Expr::idx(km1 - 1)),
+                    ),
+                ),
+                pt,
+            ),
+            _ => f(0.0),
+        };
+        Expr::select(Expr::bin(BinOp::Lt, pos, Expr::idx(km1)), from_past, from_x)
+    };
+
+    // The convolution.
+    let mut kb = KernelBuilder::new(kernel_name(&node.op));
+    let xp = kb.param(&cx.p, cx.buf(xv)?, Access::Read);
+    let wp = kb.param(&cx.p, cx.buf(wv)?, Access::Read);
+    let bp = match bias {
+        Some(b) => Some(kb.param(&cx.p, cx.buf(b)?, Access::Read)),
+        None => None,
+    };
+    let pp = match past {
+        Some(p) => Some(kb.param(&cx.p, cx.buf(p)?, Access::Read)),
+        None => None,
+    };
+    let yp = kb.param(&cx.p, y, Access::Write);
+    let (acc, j, out) = (kb.var(DType::F64), kb.var(DType::I64), kb.var(DType::F64));
+    let body = loop_nest(&mut kb, &[nb, nc, len], |_, v| {
+        let (b, c, t) = (Expr::var(v[0]), Expr::var(v[1]), Expr::var(v[2]));
+        let row = Expr::add_idx(Expr::mul_idx(b, nc as i64), c.clone());
+        let tap = f64_of(
+            Expr::load(
+                wp,
+                Expr::add_idx(Expr::mul_idx(c.clone(), k as i64), Expr::var(j)),
+            ),
+            wt,
+        );
+        let sample = padded(xp, pp, row.clone(), Expr::add_idx(t.clone(), Expr::var(j)));
+        let mut sum = Expr::var(acc);
+        if let (Some(bp), Some(bt)) = (bp, bt) {
+            sum = Expr::bin(BinOp::Add, f64_of(Expr::load(bp, c), bt), sum);
+        }
+        let mut s = vec![
+            Stmt::Let {
+                var: acc,
+                value: f(0.0),
+            },
+            Stmt::For {
+                var: j,
+                extent: Expr::idx(k as i64),
+                kind: LoopKind::Serial,
+                body: vec![Stmt::Assign {
+                    var: acc,
+                    value: Expr::bin(
+                        BinOp::Add,
+                        Expr::var(acc),
+                        Expr::bin(BinOp::Mul, tap, sample),
+                    ),
+                }],
+            },
+            Stmt::Let {
+                var: out,
+                value: rd(dt, sum),
+            },
+        ];
+        let value = if silu {
+            // v / (1 + e^-v) on the rounded convolution.
+            Expr::bin(
+                BinOp::Div,
+                Expr::var(out),
+                Expr::bin(
+                    BinOp::Add,
+                    f(1.0),
+                    Expr::un(UnOp::Exp, Expr::un(UnOp::Neg, Expr::var(out))),
+                ),
+            )
+        } else {
+            Expr::var(out)
+        };
+        s.push(Stmt::Store {
+            param: yp,
+            index: Expr::add_idx(Expr::mul_idx(row, len as i64), t),
+            value: Expr::cast(dt, value),
+        });
+        s
+    });
+    kb.k.body = body;
+    cx.launch(kb, node);
+
+    // The next state: the last k - 1 positions of the padded row.
+    let st = match node.outputs.get(1) {
+        Some(&o) => cx.new_buffer(o, BufKind::Temp)?,
+        None => return Ok(()),
+    };
+    if km1 == 0 || nb * nc == 0 {
+        return Ok(());
+    }
+    let mut kb = KernelBuilder::new("rnn_causal_conv_state");
+    let xp = kb.param(&cx.p, cx.buf(xv)?, Access::Read);
+    let pp = match past {
+        Some(p) => Some(kb.param(&cx.p, cx.buf(p)?, Access::Read)),
+        None => None,
+    };
+    let sp = kb.param(&cx.p, st, Access::Write);
+    let body = loop_nest(&mut kb, &[nb, nc, k - 1], |_, v| {
+        let (b, c, s) = (Expr::var(v[0]), Expr::var(v[1]), Expr::var(v[2]));
+        let row = Expr::add_idx(Expr::mul_idx(b, nc as i64), c);
+        let value = padded(
+            xp,
+            pp,
+            row.clone(),
+            Expr::add_idx(s.clone(), Expr::idx(len as i64)),
+        );
+        vec![Stmt::Store {
+            param: sp,
+            index: Expr::add_idx(Expr::mul_idx(row, km1), s),
+            value: Expr::cast(dt, value),
+        }]
+    });
+    kb.k.body = body;
+    cx.launch(kb, node);
+    Ok(())
 }

@@ -1191,3 +1191,5 @@ fn winograd_conv_lowering() {
     assert!(shown.contains("winograd_output"), "{shown}");
     insta::assert_snapshot!(shown);
 }
+
+mod seq;
