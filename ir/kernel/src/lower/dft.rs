@@ -458,11 +458,21 @@ pub(super) fn dft(
         }
         e
     };
+    // With a run-time axis the sizes are variables, selected once.
+    let mut size = |g: fn(&Cand) -> usize| -> Expr {
+        let e = pick(g);
+        if !multi {
+            return e;
+        }
+        let v = kb.var(DType::I64);
+        top.push(Stmt::Let { var: v, value: e });
+        var(v)
+    };
     let (n_e, inner_e, len_e, out_len_e) = (
-        pick(|k| k.n),
-        pick(|k| k.inner),
-        pick(|k| k.len),
-        pick(|k| k.out_len),
+        size(|k| k.n),
+        size(|k| k.inner),
+        size(|k| k.len),
+        size(|k| k.out_len),
     );
     let tw = if same_len {
         Twiddles::table(cx, &mut kb, first.len, sign)?
