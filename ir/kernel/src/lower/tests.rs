@@ -34,18 +34,27 @@ fn input(dtype: DType, shape: &[usize], seed: u64) -> Tensor {
 
 /// Lowers `src`, runs both ways, and compares within `tol` (relative to the output's range).
 fn check(src: &str, tol: f64) -> String {
+    check_with(src, &[], tol)
+}
+
+/// [`check`] with some inputs given (by position) instead of generated: run-time scalars such
+/// as an axis must hold valid values.
+fn check_with(src: &str, given: &[(usize, Tensor)], tol: f64) -> String {
     let g = parse_graph(src).unwrap_or_else(|e| panic!("bad test graph: {e}"));
     let inputs: Vec<Tensor> = g
         .inputs
         .iter()
         .enumerate()
-        .map(|(i, p)| {
-            let ty = g.ty(p.value);
-            input(
-                ty.dtype,
-                &ty.static_shape().expect("static test shapes"),
-                i as u64 + 1,
-            )
+        .map(|(i, p)| match given.iter().find(|(j, _)| *j == i) {
+            Some((_, t)) => t.clone(),
+            None => {
+                let ty = g.ty(p.value);
+                input(
+                    ty.dtype,
+                    &ty.static_shape().expect("static test shapes"),
+                    i as u64 + 1,
+                )
+            }
         })
         .collect();
     let named: Vec<(String, Tensor)> = g

@@ -1,50 +1,8 @@
 //! Lowering of the sequence and signal ops (causal convolution with state, linear and flex
 //! attention, DFT and STFT) against the interpreter, on several shapes and every attribute.
 
-use super::{check, input};
-use crate::{lower_graph, print_program, run_program};
-use mlc_ir::{Tensor, parse_graph};
-
-/// Like [`check`], with some inputs given (by position) instead of generated: run-time scalars
-/// such as an axis must hold valid values.
-fn check_with(src: &str, given: &[(usize, Tensor)], tol: f64) {
-    let g = parse_graph(src).unwrap_or_else(|e| panic!("bad test graph: {e}"));
-    let inputs: Vec<Tensor> = g
-        .inputs
-        .iter()
-        .enumerate()
-        .map(|(i, p)| match given.iter().find(|(j, _)| *j == i) {
-            Some((_, t)) => t.clone(),
-            None => {
-                let ty = g.ty(p.value);
-                input(ty.dtype, &ty.static_shape().expect("static"), i as u64 + 7)
-            }
-        })
-        .collect();
-    let named: Vec<(String, Tensor)> = g
-        .inputs
-        .iter()
-        .zip(&inputs)
-        .map(|(p, t)| (p.name.clone(), t.clone()))
-        .collect();
-    let want = mlc_interp::run(&g, &named).expect("interpreter");
-    let prog = lower_graph(&g).unwrap_or_else(|e| panic!("lowering failed: {e}"));
-    let got = run_program(&prog, &inputs)
-        .unwrap_or_else(|e| panic!("evaluation failed: {e}\n{}", print_program(&prog)));
-    for (i, (w, g_)) in want.iter().zip(&got).enumerate() {
-        assert_eq!(w.dtype(), g_.dtype(), "output {i} dtype");
-        assert_eq!(w.shape(), g_.shape(), "output {i} shape");
-        let w = w.to_f64_vec().expect("f64");
-        let g_ = g_.to_f64_vec().expect("f64");
-        let range = w.iter().fold(0f64, |m, x| m.max(x.abs())).max(1e-30);
-        for (j, (a, b)) in w.iter().zip(&g_).enumerate() {
-            assert!(
-                (a.is_nan() && b.is_nan()) || (a - b).abs() <= tol * range,
-                "output {i} element {j}: interpreter {a}, kernel IR {b}"
-            );
-        }
-    }
-}
+use super::{check, check_with};
+use mlc_ir::Tensor;
 
 fn scalar_i64(v: i64) -> Tensor {
     Tensor::scalar(v)
