@@ -448,6 +448,17 @@ pub(crate) fn loop_nest(
     shape: &[usize],
     body_of: impl FnOnce(&mut KernelBuilder, &[VarId]) -> Vec<Stmt>,
 ) -> Vec<Stmt> {
+    nest_with(kb, shape, true, body_of)
+}
+
+/// [`loop_nest`], with the innermost loop `Vector` only when `vector` (bodies of gathers and
+/// inner loops, which no backend vectorizes, keep it `Serial`).
+pub(crate) fn nest_with(
+    kb: &mut KernelBuilder,
+    shape: &[usize],
+    vector: bool,
+    body_of: impl FnOnce(&mut KernelBuilder, &[VarId]) -> Vec<Stmt>,
+) -> Vec<Stmt> {
     let vars: Vec<VarId> = shape.iter().map(|_| kb.var(DType::I64)).collect();
     let body = body_of(kb, &vars);
     let real: Vec<usize> = (0..shape.len()).filter(|&d| shape[d] != 1).collect();
@@ -455,7 +466,7 @@ pub(crate) fn loop_nest(
         .map(|d| {
             if real.first() == Some(&d) {
                 LoopKind::Parallel
-            } else if real.last() == Some(&d) {
+            } else if vector && real.last() == Some(&d) {
                 LoopKind::Vector
             } else {
                 LoopKind::Serial

@@ -21,7 +21,7 @@ mod tests;
 
 pub(super) use grid_sample::grid_sample;
 
-use super::{Cx, Fail, KernelBuilder, kernel_name, unsupported, wrap_loops};
+use super::{Cx, Fail, KernelBuilder, kernel_name, unsupported};
 use crate::kernel::*;
 use mlc_ir::ops::VisionOp;
 use mlc_ir::{DType, Node, ValueId};
@@ -168,19 +168,7 @@ pub(super) fn par_nest(
     shape: &[usize],
     body_of: impl FnOnce(&mut KernelBuilder, &[VarId]) -> Vec<Stmt>,
 ) -> Vec<Stmt> {
-    let vars: Vec<VarId> = shape.iter().map(|_| kb.var(DType::I64)).collect();
-    let body = body_of(kb, &vars);
-    let first = shape.iter().position(|&n| n != 1);
-    let kinds: Vec<LoopKind> = (0..shape.len())
-        .map(|d| {
-            if Some(d) == first {
-                LoopKind::Parallel
-            } else {
-                LoopKind::Serial
-            }
-        })
-        .collect();
-    wrap_loops(&vars, shape, &kinds, body)
+    super::nest_with(kb, shape, false, body_of)
 }
 
 /// A `Serial` loop `for v in 0..extent { body_of(v) }`.
