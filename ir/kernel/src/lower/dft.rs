@@ -450,7 +450,7 @@ pub(super) fn dft(
     let multi = cands.len() > 1;
     // A per-axis size: a literal, or a select on the run-time axis.
     let pick = |g: fn(&Cand) -> usize| -> Expr {
-        let mut e = idx(g(cands.last().expect("one candidate at least")));
+        let mut e = idx(g(cands.last().unwrap_or(&first)));
         if multi {
             for k in cands.iter().rev().skip(1) {
                 e = Expr::select(bin(BinOp::Eq, var(ax), idx(k.axis)), idx(g(k)), e);
