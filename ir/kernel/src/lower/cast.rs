@@ -498,10 +498,7 @@ pub(super) fn qdq(
     let mut kb = KernelBuilder::new(kernel_name(&node.op));
     let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
     let sp = kb.param(&cx.p, cx.buf(s)?, Access::Read);
-    let zpp = match zp {
-        Some(z) => Some(kb.param(&cx.p, cx.buf(z)?, Access::Read)),
-        None => None,
-    };
+    let zpp = cx.opt_param(&mut kb, zp, Access::Read)?;
     let op_ = kb.param(&cx.p, out, Access::Write);
     let xst = strides(&xs);
     let mut failure = None;

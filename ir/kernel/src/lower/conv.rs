@@ -182,10 +182,7 @@ pub(super) fn conv(
     let mut kb = KernelBuilder::new(kernel_name(&node.op));
     let wp = kb.param(&cx.p, cx.buf(w)?, Access::Read);
     let cp = kb.param(&cx.p, col, Access::Read);
-    let bp = match bias {
-        Some(b) => Some(kb.param(&cx.p, cx.buf(b)?, Access::Read)),
-        None => None,
-    };
+    let bp = cx.opt_param(&mut kb, bias, Access::Read)?;
     let op_ = kb.param(&cx.p, out, Access::Write);
     let kdim = cg * kk;
     kb.k.body = grouped_conv_matmuls(
@@ -948,10 +945,7 @@ fn conv_depthwise_2d(
     let mut kb = KernelBuilder::new(format!("{}_depthwise", kernel_name(&node.op)));
     let xp = kb.param(&cx.p, src, Access::Read);
     let wp = kb.param(&cx.p, cx.buf(w)?, Access::Read);
-    let bp = match bias {
-        Some(b) => Some(kb.param(&cx.p, cx.buf(b)?, Access::Read)),
-        None => None,
-    };
+    let bp = cx.opt_param(&mut kb, bias, Access::Read)?;
     let mg = m / group;
     if kh * kw <= MAX_UNROLLED_TAPS {
         return depthwise_unrolled(cx, node, kb, (xp, wp, bp), out, g, (n, c, m, mg), (ph, pw));
@@ -1061,10 +1055,7 @@ fn depthwise_stmt(
     let mut kb = KernelBuilder::new(format!("{}_depthwise", kernel_name(&node.op)));
     let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
     let wp = kb.param(&cx.p, cx.buf(w)?, Access::Read);
-    let bp = match bias {
-        Some(b) => Some(kb.param(&cx.p, cx.buf(b)?, Access::Read)),
-        None => None,
-    };
+    let bp = cx.opt_param(&mut kb, bias, Access::Read)?;
     let op_ = kb.param(&cx.p, out, Access::Write);
     kb.k.body = vec![Stmt::Depthwise(Box::new(Depthwise {
         batch: n,
@@ -1453,10 +1444,7 @@ fn conv_direct(
     let mut kb = KernelBuilder::new(format!("{}_direct", kernel_name(&node.op)));
     let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
     let wp = kb.param(&cx.p, cx.buf(w)?, Access::Read);
-    let bp = match bias {
-        Some(b) => Some(kb.param(&cx.p, cx.buf(b)?, Access::Read)),
-        None => None,
-    };
+    let bp = cx.opt_param(&mut kb, bias, Access::Read)?;
     let op_ = kb.param(&cx.p, out, Access::Write);
     let s = ins.len();
     let ihw: usize = ins.iter().product();
@@ -2113,14 +2101,8 @@ fn conv_integer_direct(
     let mut kb = KernelBuilder::new(format!("{}_direct", kernel_name(&node.op)));
     let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
     let wp = kb.param(&cx.p, cx.buf(w)?, Access::Read);
-    let zxp = match zx {
-        Some(z) => Some(kb.param(&cx.p, cx.buf(z)?, Access::Read)),
-        None => None,
-    };
-    let zwp = match zw {
-        Some(z) => Some(kb.param(&cx.p, cx.buf(z)?, Access::Read)),
-        None => None,
-    };
+    let zxp = cx.opt_param(&mut kb, zx, Access::Read)?;
+    let zwp = cx.opt_param(&mut kb, zw, Access::Read)?;
     let op_ = kb.param(&cx.p, out, Access::Write);
     let s = ins.len();
     let ihw: usize = ins.iter().product();

@@ -374,6 +374,17 @@ impl Cx<'_> {
     }
 
     /// The buffer already holding `v`.
+    /// A parameter of `kb` for the buffer of `v`, when there is a `v` (an optional operand).
+    pub(crate) fn opt_param(
+        &self,
+        kb: &mut KernelBuilder,
+        v: Option<ValueId>,
+        access: Access,
+    ) -> Result<Option<ParamId>, LowerError> {
+        v.map(|v| Ok(kb.param(&self.p, self.buf(v)?, access)))
+            .transpose()
+    }
+
     pub fn buf(&self, v: ValueId) -> Result<BufId, LowerError> {
         self.bufs[v.0 as usize]
             .ok_or_else(|| LowerError::Invalid(format!("value %{} used before it is defined", v.0)))

@@ -97,18 +97,11 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &RnnOp) -> Result<(), Fail> {
     let wp = kb.param(&cx.p, cx.buf(w)?, Access::Read);
     let rp = kb.param(&cx.p, cx.buf(r)?, Access::Read);
     // Optional inputs become parameters when present.
-    let opt_param =
-        |kb: &mut KernelBuilder, v: Option<mlc_ir::ValueId>| -> Result<Option<ParamId>, Fail> {
-            Ok(match v {
-                Some(v) => Some(kb.param(&cx.p, cx.buf(v)?, Access::Read)),
-                None => None,
-            })
-        };
-    let bp = opt_param(&mut kb, bias)?;
-    let lp = opt_param(&mut kb, lens)?;
-    let h0p = opt_param(&mut kb, h0)?;
-    let c0p = opt_param(&mut kb, c0)?;
-    let pp = opt_param(&mut kb, peep)?;
+    let bp = cx.opt_param(&mut kb, bias, Access::Read)?;
+    let lp = cx.opt_param(&mut kb, lens, Access::Read)?;
+    let h0p = cx.opt_param(&mut kb, h0, Access::Read)?;
+    let c0p = cx.opt_param(&mut kb, c0, Access::Read)?;
+    let pp = cx.opt_param(&mut kb, peep, Access::Read)?;
     let yp = kb.param(&cx.p, outs[0], Access::Write);
     let hp = kb.param(&cx.p, outs[1], Access::ReadWrite);
     let cp = if is_lstm {
@@ -596,14 +589,8 @@ fn causal_conv(cx: &mut Cx, node: &Node, silu: bool) -> Result<(), Fail> {
     let mut kb = KernelBuilder::new(kernel_name(&node.op));
     let xp = kb.param(&cx.p, cx.buf(xv)?, Access::Read);
     let wp = kb.param(&cx.p, cx.buf(wv)?, Access::Read);
-    let bp = match bias {
-        Some(b) => Some(kb.param(&cx.p, cx.buf(b)?, Access::Read)),
-        None => None,
-    };
-    let pp = match past {
-        Some(p) => Some(kb.param(&cx.p, cx.buf(p)?, Access::Read)),
-        None => None,
-    };
+    let bp = cx.opt_param(&mut kb, bias, Access::Read)?;
+    let pp = cx.opt_param(&mut kb, past, Access::Read)?;
     let yp = kb.param(&cx.p, y, Access::Write);
     let (acc, j, out) = (kb.var(DType::F64), kb.var(DType::I64), kb.var(DType::F64));
     let body = loop_nest(&mut kb, &[nb, nc, len], |_, v| {
@@ -678,10 +665,7 @@ fn causal_conv(cx: &mut Cx, node: &Node, silu: bool) -> Result<(), Fail> {
     }
     let mut kb = KernelBuilder::new("rnn_causal_conv_state");
     let xp = kb.param(&cx.p, cx.buf(xv)?, Access::Read);
-    let pp = match past {
-        Some(p) => Some(kb.param(&cx.p, cx.buf(p)?, Access::Read)),
-        None => None,
-    };
+    let pp = cx.opt_param(&mut kb, past, Access::Read)?;
     let sp = kb.param(&cx.p, st, Access::Write);
     let body = loop_nest(&mut kb, &[nb, nc, k - 1], |_, v| {
         let (b, c, s) = (Expr::var(v[0]), Expr::var(v[1]), Expr::var(v[2]));

@@ -90,10 +90,7 @@ pub(super) fn deform_conv(cx: &mut Cx, node: &Node, op: &VisionOp) -> Result<(),
         let mut kb = KernelBuilder::new(format!("{}_sample", kernel_name(&node.op)));
         let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
         let op_ = kb.param(&cx.p, cx.buf(ov)?, Access::Read);
-        let mp = match mask {
-            Some(m) => Some(kb.param(&cx.p, cx.buf(m)?, Access::Read)),
-            None => None,
-        };
+        let mp = cx.opt_param(&mut kb, mask, Access::Read)?;
         let vp = kb.param(&cx.p, vb, Access::Write);
         let shape = [batch, ic, kn, on];
         let body = par_nest(&mut kb, &shape, |kb, v| {
@@ -209,10 +206,7 @@ pub(super) fn deform_conv(cx: &mut Cx, node: &Node, op: &VisionOp) -> Result<(),
     let mut kb = KernelBuilder::new(kernel_name(&node.op));
     let vp = kb.param(&cx.p, vb, Access::Read);
     let wp = kb.param(&cx.p, cx.buf(wv)?, Access::Read);
-    let bp = match bias {
-        Some(bv) => Some(kb.param(&cx.p, cx.buf(bv)?, Access::Read)),
-        None => None,
-    };
+    let bp = cx.opt_param(&mut kb, bias, Access::Read)?;
     let outp = kb.param(&cx.p, out, Access::Write);
     let shape = [batch, oc, on];
     let body = par_nest(&mut kb, &shape, |kb, v| {
