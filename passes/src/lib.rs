@@ -45,12 +45,14 @@ pub mod egraph;
 pub mod fold;
 pub mod infer;
 pub mod pipeline;
+pub mod specialize;
 mod sweep;
 
 pub use bind::bind;
 pub use dce::{DceStats, dce};
 pub use fold::{FoldPolicy, fold};
 pub use infer::infer;
+pub use specialize::specialize;
 
 use mlc_interp::{EvalCx, EvalError};
 use mlc_ir::{Graph, Op, Tensor};
@@ -80,6 +82,12 @@ pub enum PassError {
         axis: usize,
         declared: String,
         given: usize,
+    },
+    #[error("input {input:?} has type {declared}, the value given is {given}")]
+    ValueMismatch {
+        input: String,
+        declared: String,
+        given: String,
     },
     #[error("symbol {symbol:?} is bound to both {first} and {second}")]
     SymbolConflict {

@@ -26,7 +26,7 @@
 
 use crate::egraph::{self, OptError, Report, TargetInfo};
 use crate::{PassError, Stats};
-use mlc_ir::Graph;
+use mlc_ir::{Graph, Tensor};
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -57,6 +57,9 @@ pub struct Options {
     pub level: Level,
     /// The optimizer's target and limits.
     pub optimize: egraph::Options,
+    /// Input values known at compile time: those that feed shape-like operands are baked in
+    /// ([`crate::specialize`]) and reported in [`PipelineReport::specialized`] as the guard.
+    pub values: Vec<(String, Tensor)>,
 }
 
 impl Options {
@@ -68,6 +71,7 @@ impl Options {
                 target,
                 ..egraph::Options::default()
             },
+            values: Vec::new(),
         }
     }
 }
@@ -102,6 +106,9 @@ pub struct PipelineReport {
     pub optimize: Option<Report>,
     /// The second simplification, at level 1.
     pub resimplify: Option<Stats>,
+    /// The inputs specialized to the values given in [`Options::values`]: a compiled program
+    /// must refuse other values for them.
+    pub specialized: Vec<(String, Tensor)>,
     /// The whole pipeline's time.
     pub time: Duration,
 }
@@ -109,6 +116,10 @@ pub struct PipelineReport {
 impl fmt::Display for PipelineReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "simplify: {}", self.simplify)?;
+        if !self.specialized.is_empty() {
+            let names: Vec<&str> = self.specialized.iter().map(|(n, _)| n.as_str()).collect();
+            writeln!(f, "specialized to their values: {}", names.join(", "))?;
+        }
         if let Some(r) = &self.optimize {
             let stops: Vec<String> = r.phases.iter().map(|p| p.stop.to_string()).collect();
             writeln!(
@@ -139,7 +150,14 @@ pub fn run(
     options: &Options,
 ) -> Result<PipelineReport, PipelineError> {
     let start = Instant::now();
-    let simplify = crate::simplify(graph, bindings)?;
+    let mut simplify = crate::simplify(graph, bindings)?;
+    let specialized = if !options.values.is_empty() {
+        let bound = crate::specialize(graph, &options.values)?;
+        simplify.non_static = crate::non_static_values(graph).len();
+        bound
+    } else {
+        Vec::new()
+    };
     let (optimize, resimplify) = match options.level {
         Level::O0 => (None, None),
         Level::O1 => {
@@ -153,6 +171,7 @@ pub fn run(
         simplify,
         optimize,
         resimplify,
+        specialized,
         time: start.elapsed(),
     })
 }

@@ -65,6 +65,10 @@ pub struct PlanIo {
     pub buffer: usize,
     pub dtype: String,
     pub shape: Vec<usize>,
+    /// For an input the program was specialized to: the only value (raw little-endian bytes)
+    /// the program accepts, because it was compiled with this value baked in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Vec<u8>>,
 }
 
 /// Why a plan is unusable.
@@ -206,12 +210,14 @@ mod tests {
                 buffer: 0,
                 dtype: "f32".into(),
                 shape: vec![2, 2],
+                value: None,
             }],
             outputs: vec![PlanIo {
                 name: "y".into(),
                 buffer: 3,
                 dtype: "f32".into(),
                 shape: vec![4],
+                value: None,
             }],
         }
     }

@@ -674,3 +674,92 @@ fn compile_explains_and_opt_levels_agree() {
         }
     }
 }
+
+/// `y = Reshape(x, shape)` with the target shape a run-time input: no static shape exists until
+/// its value is known, so compiling needs it (`--input`), and the artifact is specialized to it.
+#[test]
+fn inputs_that_determine_shapes_are_specialized_and_guarded() {
+    let model = onnx::model(
+        17,
+        &[onnx::node(
+            "Reshape",
+            "reshape_0",
+            &["x", "shape"],
+            &["y"],
+            &[],
+        )],
+        &[
+            onnx::value("x", elem::FLOAT, &[D::N(6)]),
+            onnx::value("shape", elem::INT64, &[D::N(2)]),
+        ],
+        &[onnx::value("y", elem::FLOAT, &[D::S("r"), D::S("c")])],
+        &[],
+    );
+    let npy_i64 = |v: &[i64]| {
+        let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        NpyArray::from_le_bytes(ElemType::I64, vec![v.len()], bytes)
+            .expect("data fills the shape")
+            .to_bytes()
+    };
+    let c = Case::new(
+        "specialize",
+        &[
+            ("m.onnx", &model),
+            ("x.npy", &npy_f32(&[6], &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0])),
+            ("s23.npy", &npy_i64(&[2, 3])),
+            ("s32.npy", &npy_i64(&[3, -1])),
+        ],
+    );
+    let (m, art) = (c.p("m.onnx"), c.p("m.mlca"));
+    // Without the value: a clear error saying which input to give.
+    mlc(&[&"compile", &m, &"--target", &"x86_64", &"-o", &art])
+        .assert_error(&["--input shape=FILE"]);
+    assert!(!art.exists(), "a failed compile wrote {}", art.display());
+    // With it: an artifact for [2,3] that refuses [3,-1].
+    let s23 = format!("shape={}", c.p("s23.npy").display());
+    mlc(&[
+        &"compile",
+        &m,
+        &"--target",
+        &"x86_64",
+        &"--input",
+        &s23,
+        &"-o",
+        &art,
+    ])
+    .assert_success();
+    c.run("m.mlca", &["x=x.npy", "shape=s23.npy"])
+        .assert_success();
+    let (shape, v) = read_npy_f64(&c.out().join("y.npy")).expect("valid .npy");
+    assert_eq!(shape, vec![2, 3]);
+    assert_eq!(v, Some(vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]));
+    c.run("m.mlca", &["x=x.npy", "shape=s32.npy"])
+        .assert_error(&["input shape", "compiled for one value"]);
+    // bench feeds the specialized input its value.
+    mlc(&[
+        &"bench",
+        &art,
+        &"--iters",
+        &"2",
+        &"--threads",
+        &"1",
+        &"--json",
+    ])
+    .assert_success();
+    // `mlc run` on the model compiles for the values it is given.
+    let r = mlc(&[
+        &"run",
+        &m,
+        &"--engine",
+        &"cpu",
+        &"--input",
+        &format!("x={}", c.p("x.npy").display()),
+        &"--input",
+        &format!("shape={}", c.p("s32.npy").display()),
+        &"--output-dir",
+        &c.out(),
+    ]);
+    r.assert_success();
+    let (shape, _) = read_npy_f64(&c.out().join("y.npy")).expect("valid .npy");
+    assert_eq!(shape, vec![3, 2]);
+}

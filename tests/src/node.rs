@@ -78,7 +78,10 @@ pub fn run_graph(
         .map(|(n, t)| (n.clone(), t.shape().to_vec()))
         .collect();
     mlc_passes::simplify(&mut g, &bindings).map_err(|e| format!("simplify: {e}"))?;
-    let prog = mlc_kir::lower_graph(&g).map_err(|e| format!("lower: {e}"))?;
+    // Compiled for these inputs: values that determine shapes are baked in, and guarded.
+    let guards = mlc_passes::specialize(&mut g, named).map_err(|e| format!("specialize: {e}"))?;
+    let mut prog = mlc_kir::lower_graph(&g).map_err(|e| format!("lower: {e}"))?;
+    prog.guards = guards;
     let mut inputs = Vec::with_capacity(prog.inputs.len());
     for (name, _) in &prog.inputs {
         let t = named

@@ -77,7 +77,8 @@ fn peak_rss() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Generated input data for `io` (see the module docs).
+/// Generated input data for `io` (see the module docs); an input the artifact was specialized
+/// to gets its one accepted value.
 fn generated(io: &mlc_runtime::plan::PlanIo) -> anyhow::Result<NpyArray> {
     let elem = ElemType::from_name(&io.dtype).with_context(|| {
         format!(
@@ -85,6 +86,9 @@ fn generated(io: &mlc_runtime::plan::PlanIo) -> anyhow::Result<NpyArray> {
             io.name, io.dtype
         )
     })?;
+    if let Some(v) = &io.value {
+        return Ok(NpyArray::from_le_bytes(elem, io.shape.clone(), v.clone())?);
+    }
     let n: usize = io.shape.iter().product();
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = || {
@@ -134,7 +138,13 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
             eprintln!("compiling {path} for this CPU ...");
         }
         let level = args.opt.level(mlc_passes::pipeline::Level::O1);
-        let art = pipeline::compile_cpu(&args.model, &args.shapes, level, &mut phases)?;
+        // Given values specialize the inputs that determine shapes (as `mlc run` does).
+        let mut values = Vec::with_capacity(args.inputs.len());
+        for (name, file) in &args.inputs {
+            let t = tensor_io::read_tensor(file).with_context(|| format!("input {name:?}"))?;
+            values.push((name.clone(), t));
+        }
+        let art = pipeline::compile_cpu(&args.model, &args.shapes, &values, level, &mut phases)?;
         (art, Some(t0.elapsed().as_secs_f64() * 1e3))
     };
     let model = CpuModel::from_artifact(&art).with_context(|| format!("cannot load {path}"))?;

@@ -45,6 +45,11 @@ pub struct Args {
     /// need none.
     #[arg(long = "shape", value_name = "NAME=DIMS", value_parser = parse_shape)]
     pub shapes: Vec<(String, Vec<usize>)>,
+    /// The value of an input that determines a shape (a Reshape target, Resize scales, a Range
+    /// bound, ...), from a .npy or .pb file: the artifact is compiled for this value and refuses
+    /// any other. Inputs that determine no shape are not affected.
+    #[arg(short, long = "input", value_name = "NAME=FILE", value_parser = crate::run::parse_input)]
+    pub inputs: Vec<(String, PathBuf)>,
     /// Print how long each phase took on stderr.
     #[arg(long)]
     pub time_passes: bool,
@@ -87,7 +92,11 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
     let mut model = mlc_onnx::load(&args.model)?;
     phase("import", &mut since);
     let graph = &mut model.graph;
-    let bindings = crate::pipeline::bind_shapes(graph, &args.shapes)?;
+    let values = crate::pipeline::read_values(graph, &args.inputs)?;
+    let bindings = crate::pipeline::bind_shapes(
+        graph,
+        &crate::pipeline::with_value_shapes(&args.shapes, &values),
+    )?;
     let level = args.opt.level(mlc_passes::pipeline::Level::O1);
     let cost_model = match &target {
         Target::Cpu => mlc_passes::egraph::TargetInfo::x86_64(),
@@ -95,7 +104,7 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
     };
     let mut phases = crate::pipeline::Phases::new(args.time_passes);
     let (program, report) =
-        crate::pipeline::lower(graph, &bindings, level, cost_model, &mut phases)?;
+        crate::pipeline::lower(graph, &bindings, &values, level, cost_model, &mut phases)?;
     since = Instant::now();
     if args.explain.explain {
         let mut text = crate::optimize::explain(&report, &program, args.explain.json)?;

@@ -45,11 +45,13 @@ pub struct ExplainFlags {
 pub fn prepare(
     graph: &mut Graph,
     bindings: &[(String, Vec<usize>)],
+    values: &[(String, mlc_ir::Tensor)],
     level: Level,
     target: TargetInfo,
     time_passes: bool,
 ) -> anyhow::Result<PipelineReport> {
-    let options = pipeline::Options::new(level, target);
+    let mut options = pipeline::Options::new(level, target);
+    options.values = values.to_vec();
     let report = pipeline::run(graph, bindings, &options).context("preparing the graph failed")?;
     if time_passes {
         eprint!("{report}");

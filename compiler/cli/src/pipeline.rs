@@ -3,7 +3,7 @@
 //! artifact loaded in process.
 
 use anyhow::{Context, anyhow, bail};
-use mlc_ir::Graph;
+use mlc_ir::{Graph, Tensor};
 use mlc_passes::egraph::TargetInfo;
 use mlc_passes::pipeline::{Level, PipelineReport};
 use std::path::Path;
@@ -54,6 +54,40 @@ pub fn parse_shape(s: &str) -> Result<(String, Vec<usize>), String> {
     }
 }
 
+/// Reads `--input NAME=FILE` values for compiling: every name must be an input of `graph`.
+pub fn read_values(
+    graph: &Graph,
+    inputs: &[(String, std::path::PathBuf)],
+) -> anyhow::Result<Vec<(String, Tensor)>> {
+    let mut values = Vec::with_capacity(inputs.len());
+    for (i, (name, file)) in inputs.iter().enumerate() {
+        if !graph.inputs.iter().any(|p| &p.name == name) {
+            let names: Vec<&str> = graph.inputs.iter().map(|p| p.name.as_str()).collect();
+            bail!("--input names {name:?}, which is not an input of the model (inputs: {names:?})");
+        }
+        if inputs[..i].iter().any(|(n, _)| n == name) {
+            bail!("input {name:?} is given more than once");
+        }
+        let t = crate::tensor_io::read_tensor(file).with_context(|| format!("input {name:?}"))?;
+        values.push((name.clone(), t));
+    }
+    Ok(values)
+}
+
+/// `shapes` plus the shapes of the given `values` that `shapes` does not name.
+pub fn with_value_shapes(
+    shapes: &[(String, Vec<usize>)],
+    values: &[(String, Tensor)],
+) -> Vec<(String, Vec<usize>)> {
+    let mut all = shapes.to_vec();
+    for (n, t) in values {
+        if !all.iter().any(|(m, _)| m == n) {
+            all.push((n.clone(), t.shape().to_vec()));
+        }
+    }
+    all
+}
+
 /// Every input's concrete shape: given with `--shape`, else its static type. Names an input
 /// with symbolic dims and no `--shape`, and a `--shape` naming no input.
 pub fn bind_shapes(
@@ -88,32 +122,66 @@ pub fn bind_shapes(
 }
 
 /// Simplifies and (at `level`) optimizes `graph` for the bound shapes and the cost model
-/// `target`, then lowers it to the kernel IR.
+/// `target`, then lowers it to the kernel IR. `values` are input values known at compile time:
+/// those that determine shapes are baked in, and the program guards them.
 pub fn lower(
     graph: &mut Graph,
     bindings: &[(String, Vec<usize>)],
+    values: &[(String, Tensor)],
     level: Level,
     target: TargetInfo,
     phases: &mut Phases,
 ) -> anyhow::Result<(mlc_kir::Program, PipelineReport)> {
-    let report = crate::optimize::prepare(graph, bindings, level, target, phases.on)?;
+    let report = crate::optimize::prepare(graph, bindings, values, level, target, phases.on)?;
     phases.done("simplify + optimize");
-    let program = mlc_kir::lower_graph(graph).context("lowering to the kernel IR failed")?;
+    let mut program = match mlc_kir::lower_graph(graph) {
+        Ok(p) => p,
+        Err(e) => {
+            let hint = value_hint(graph);
+            return Err(
+                anyhow::Error::new(e).context(format!("lowering to the kernel IR failed{hint}"))
+            );
+        }
+    };
+    program.guards = report.specialized.clone();
     phases.done("lower");
     Ok((program, report))
 }
 
-/// Imports `model` and compiles it for this CPU into an in-memory artifact.
+/// When shapes depend on input values that were not given, says which inputs to give.
+pub fn value_hint(graph: &Graph) -> String {
+    let names = mlc_passes::specialize::shape_inputs(graph);
+    if names.is_empty() {
+        return String::new();
+    }
+    let flags: Vec<String> = names.iter().map(|n| format!("--input {n}=FILE")).collect();
+    format!(
+        " (shapes depend on the values of {}: give them with {} to compile for those values)",
+        names.join(", "),
+        flags.join(" ")
+    )
+}
+
+/// Imports `model` and compiles it for this CPU into an in-memory artifact, specialized to the
+/// input `values` that determine shapes.
 pub fn compile_cpu(
     model: &Path,
     shapes: &[(String, Vec<usize>)],
+    values: &[(String, Tensor)],
     level: Level,
     phases: &mut Phases,
 ) -> anyhow::Result<mlc_runtime::artifact::Artifact> {
     let mut m = mlc_onnx::load(model)?;
     phases.done("import");
-    let bindings = bind_shapes(&m.graph, shapes)?;
-    let (program, _) = lower(&mut m.graph, &bindings, level, TargetInfo::x86_64(), phases)?;
+    let bindings = bind_shapes(&m.graph, &with_value_shapes(shapes, values))?;
+    let (program, _) = lower(
+        &mut m.graph,
+        &bindings,
+        values,
+        level,
+        TargetInfo::x86_64(),
+        phases,
+    )?;
     let art = mlc_cpu::compile_artifact(&program, mlc_cpu::Options::default())
         .map_err(|e| anyhow!("compiling {} for the CPU failed: {e}", model.display()))?;
     phases.done("codegen + link");

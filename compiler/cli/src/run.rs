@@ -116,7 +116,12 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
         Engine::Interp => mlc_passes::pipeline::Level::O0,
         _ => mlc_passes::pipeline::Level::O1,
     });
-    simplify(graph, &bindings, level, &mut timer)?;
+    // The interpreter, the reference, gets no values baked in.
+    let values: &[(String, Tensor)] = match engine {
+        Engine::Interp => &[],
+        _ => &inputs,
+    };
+    let guards = simplify(graph, &bindings, values, level, &mut timer)?;
 
     if let Some(stage) = args.emit {
         return emit(graph, stage);
@@ -129,11 +134,19 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
             out
         }
         Engine::Auto => match mlc_kir::lower_graph(graph) {
-            Ok(_) => run_lowered(graph, &inputs, Engine::Cpu, args.threads, &mut timer)
-                .with_context(|| format!("running {model_name} failed"))?,
+            Ok(_) => run_lowered(
+                graph,
+                &inputs,
+                &guards,
+                Engine::Cpu,
+                args.threads,
+                &mut timer,
+            )
+            .with_context(|| format!("running {model_name} failed"))?,
             Err(e) => {
                 eprintln!(
-                    "note: {model_name} cannot be compiled yet ({e}); running the reference interpreter"
+                    "note: {model_name} cannot be compiled yet ({e}{}); running the reference interpreter",
+                    crate::pipeline::value_hint(graph)
                 );
                 let out = mlc_interp::run(graph, &inputs)
                     .map_err(|e| anyhow!("running {model_name} failed: {e}"))?;
@@ -141,7 +154,7 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
                 out
             }
         },
-        engine => run_lowered(graph, &inputs, engine, args.threads, &mut timer)
+        engine => run_lowered(graph, &inputs, &guards, engine, args.threads, &mut timer)
             .with_context(|| format!("running {model_name} failed"))?,
     };
     if outputs.len() != graph.outputs.len() {
@@ -284,11 +297,14 @@ fn emit(graph: &Graph, stage: Emit) -> anyhow::Result<()> {
 fn run_lowered(
     graph: &Graph,
     inputs: &[(String, Tensor)],
+    guards: &[(String, Tensor)],
     engine: Engine,
     threads: Option<usize>,
     timer: &mut Phases,
 ) -> anyhow::Result<Vec<Tensor>> {
-    let prog = mlc_kir::lower_graph(graph)?;
+    let mut prog = mlc_kir::lower_graph(graph)
+        .with_context(|| format!("cannot compile{}", crate::pipeline::value_hint(graph)))?;
+    prog.guards = guards.to_vec();
     timer.done("lower");
     let mut ordered = Vec::with_capacity(prog.inputs.len());
     for (name, _) in &prog.inputs {
@@ -315,16 +331,18 @@ fn run_lowered(
 /// code), so the interpreter does not recompute in-graph shape arithmetic, and at `level` 1
 /// optimizes it for the CPU (`crate::optimize`). Simplification only removes work; optimization
 /// changes results by rounding only. Its report goes to stderr under `--time-passes`.
+/// Returns the inputs specialized to their `values` (those that determine shapes).
 fn simplify(
     graph: &mut Graph,
     bindings: &[(String, Vec<usize>)],
+    values: &[(String, Tensor)],
     level: mlc_passes::pipeline::Level,
     timer: &mut Phases,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<(String, Tensor)>> {
     let target = mlc_passes::egraph::TargetInfo::x86_64();
-    crate::optimize::prepare(graph, bindings, level, target, timer.on)?;
+    let report = crate::optimize::prepare(graph, bindings, values, level, target, timer.on)?;
     timer.done("simplify + optimize");
-    Ok(())
+    Ok(report.specialized)
 }
 
 fn check_duplicates(given: &[(String, PathBuf)]) -> anyhow::Result<()> {

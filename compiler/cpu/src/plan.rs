@@ -119,6 +119,10 @@ pub fn build_plan(p: &Program) -> Result<(CpuPlan, Vec<u8>), CodegenError> {
             buffer: b.0 as usize,
             dtype: buf.dtype.name().to_string(),
             shape: buf.shape.clone(),
+            value: match p.guard(name) {
+                Some(t) => Some(t.to_le_bytes().map_err(|e| invalid(e.to_string()))?),
+                None => None,
+            },
         })
     };
     let mut plan = CpuPlan {

@@ -117,6 +117,8 @@ pub fn compile_program(p: &Program, arch: GpuArch) -> Result<CompiledProgram, Nv
                     buffer: b.0 as usize,
                     dtype: buf.dtype.name().to_string(),
                     shape: buf.shape.clone(),
+                    // Guard values are small integers or floats, which always have bytes.
+                    value: p.guard(name).and_then(|t| t.to_le_bytes().ok()),
                 }
             })
             .collect()

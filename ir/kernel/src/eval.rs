@@ -31,6 +31,10 @@ pub enum EvalError {
     Undefined { kernel: String, var: u32 },
     #[error("program expects {expected} inputs, got {got}")]
     InputCount { expected: usize, got: usize },
+    #[error(
+        "input {name}: the program was specialized to another value of this input; compile it again for this one"
+    )]
+    Guard { name: String },
     #[error("input {index}: expected {expected}, got {got}")]
     InputType {
         index: usize,
@@ -41,6 +45,15 @@ pub enum EvalError {
     Dtype(String),
 }
 
+/// Equal type and bytes (so a guard holding a NaN still matches itself).
+fn same_bits(a: &Tensor, b: &Tensor) -> bool {
+    a.dtype() == b.dtype()
+        && a.shape() == b.shape()
+        && a.to_le_bytes()
+            .ok()
+            .is_some_and(|x| b.to_le_bytes().ok() == Some(x))
+}
+
 /// Runs a program on its inputs and returns its outputs in order.
 pub fn run_program(p: &Program, inputs: &[Tensor]) -> Result<Vec<Tensor>, EvalError> {
     if inputs.len() != p.inputs.len() {
@@ -48,6 +61,11 @@ pub fn run_program(p: &Program, inputs: &[Tensor]) -> Result<Vec<Tensor>, EvalEr
             expected: p.inputs.len(),
             got: inputs.len(),
         });
+    }
+    for ((name, _), t) in p.inputs.iter().zip(inputs) {
+        if p.guard(name).is_some_and(|g| !same_bits(g, t)) {
+            return Err(EvalError::Guard { name: name.clone() });
+        }
     }
     // One storage per non-alias buffer; aliases share their target's.
     let mut store: Vec<Vec<Val>> = Vec::with_capacity(p.buffers.len());

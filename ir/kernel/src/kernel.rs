@@ -34,6 +34,16 @@ pub struct Program {
     pub inputs: Vec<(String, BufId)>,
     /// The program's outputs, in the graph's order, by name.
     pub outputs: Vec<(String, BufId)>,
+    /// Inputs the program was specialized to (`mlc_passes::specialize`): it computes with these
+    /// values baked in, so running it with any other value for such an input is an error.
+    pub guards: Vec<(String, Tensor)>,
+}
+
+impl Program {
+    /// The guard value of input `name`, if the program was specialized to one.
+    pub fn guard(&self, name: &str) -> Option<&Tensor> {
+        self.guards.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
 }
 
 impl Program {

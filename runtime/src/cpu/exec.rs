@@ -40,6 +40,12 @@ pub enum RunError {
         expected: String,
         got: String,
     },
+    /// The artifact was compiled with this input's value baked in (it feeds a shape) and was
+    /// given another value.
+    #[error(
+        "input {name}: this artifact was compiled for one value of this input (it determines a shape) and was given another; compile again with `--input {name}=FILE`"
+    )]
+    Specialized { name: String },
     #[error("step {step} (kernel {kernel}{}): an index read from data is out of bounds", origin.as_ref().map(|o| format!(", node {o}")).unwrap_or_default())]
     OutOfBounds {
         step: usize,
@@ -305,6 +311,11 @@ impl Executor {
                     name: io.name.clone(),
                     expected: format!("{want} bytes ({} {:?})", io.dtype, io.shape),
                     got: format!("{} bytes", x.len()),
+                });
+            }
+            if io.value.as_deref().is_some_and(|v| v != *x) {
+                return Err(RunError::Specialized {
+                    name: io.name.clone(),
                 });
             }
         }

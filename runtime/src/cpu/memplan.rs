@@ -202,6 +202,7 @@ mod tests {
             buffer,
             dtype: "f32".into(),
             shape: vec![100],
+            value: None,
         };
         CpuPlan {
             version: CPU_PLAN_VERSION,
@@ -271,6 +272,7 @@ mod tests {
             buffer: 1,
             dtype: "f32".into(),
             shape: vec![100],
+            value: None,
         });
         plan_memory_in_place(&mut p, &vec![vec![(1, 0)]; 4]);
         assert_ne!(offset(&p, 1), offset(&p, 2));
@@ -302,6 +304,7 @@ mod tests {
             buffer: 1,
             dtype: "f32".into(),
             shape: vec![100],
+            value: None,
         });
         plan_memory(&mut p);
         let offs: Vec<u64> = (0..5).map(|b| offset(&p, b)).collect();

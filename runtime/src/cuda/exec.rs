@@ -128,6 +128,14 @@ impl Executable {
                     ),
                 });
             }
+            if io.value.as_ref().is_some_and(|v| v != bytes) {
+                return Err(ExecError::Input {
+                    name: io.name.clone(),
+                    why: "this artifact was compiled for one value of this input (it determines \
+                          a shape) and was given another"
+                        .into(),
+                });
+            }
             let s = self.plan.storage_of(io.buffer);
             let buf = self.storage[s]
                 .as_mut()
