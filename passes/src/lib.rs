@@ -39,6 +39,7 @@
 //! graph or in an op's inference or kernel: a binding that contradicts a declared type, an
 //! inferred or folded type that contradicts the recorded one.
 
+pub mod batch;
 pub mod bind;
 pub mod dce;
 pub mod egraph;

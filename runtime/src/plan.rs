@@ -69,6 +69,11 @@ pub struct PlanIo {
     /// the program accepts, because it was compiled with this value baked in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<Vec<u8>>,
+    /// Axis 0 is the batch, and the program computes its elements independently (proved by
+    /// `mlc_passes::batch`): the runtime accepts any multiple of `shape[0]` there and runs the
+    /// batch as that many slices. Set on every output too when set on an input.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub batch: bool,
 }
 
 /// Why a plan is unusable.
@@ -211,6 +216,7 @@ mod tests {
                 dtype: "f32".into(),
                 shape: vec![2, 2],
                 value: None,
+                batch: false,
             }],
             outputs: vec![PlanIo {
                 name: "y".into(),
@@ -218,6 +224,7 @@ mod tests {
                 dtype: "f32".into(),
                 shape: vec![4],
                 value: None,
+                batch: false,
             }],
         }
     }

@@ -763,3 +763,143 @@ fn inputs_that_determine_shapes_are_specialized_and_guarded() {
     let (shape, _) = read_npy_f64(&c.out().join("y.npy")).expect("valid .npy");
     assert_eq!(shape, vec![3, 2]);
 }
+
+/// `y = Softmax(x·W + b)` over `x: f32[N,3,4]` (`axis` of the softmax given): separable along
+/// `N` unless the softmax runs over it.
+fn batch_model(softmax_axis: i64) -> Vec<u8> {
+    let w: Vec<f32> = (0..20).map(|i| (i as f32 - 9.5) / 7.0).collect();
+    let b: Vec<f32> = (0..5).map(|i| i as f32 / 10.0).collect();
+    onnx::model(
+        17,
+        &[
+            onnx::node("MatMul", "mm", &["x", "w"], &["p"], &[]),
+            onnx::node("Add", "bias", &["p", "b"], &["s"], &[]),
+            onnx::node(
+                "Softmax",
+                "softmax",
+                &["s"],
+                &["y"],
+                &[Attr::Int("axis", softmax_axis)],
+            ),
+        ],
+        &[onnx::value(
+            "x",
+            elem::FLOAT,
+            &[D::S("N"), D::N(3), D::N(4)],
+        )],
+        &[onnx::value(
+            "y",
+            elem::FLOAT,
+            &[D::S("N"), D::N(3), D::N(5)],
+        )],
+        &[
+            onnx::tensor_f32("w", &[4, 5], &w),
+            onnx::tensor_f32("b", &[5], &b),
+        ],
+    )
+}
+
+/// An artifact compiled for batch 1 runs a batch of 3 as slices, with the outputs of a model
+/// compiled for batch 3; a model that normalizes over the batch stays at its compiled shape.
+#[test]
+fn batch_separable_artifacts_run_any_multiple_of_their_batch() {
+    let x3: Vec<f32> = (0..36).map(|i| ((i * 7 % 13) as f32 - 6.0) / 3.0).collect();
+    let c = Case::new(
+        "batch",
+        &[
+            ("m.onnx", &batch_model(-1)),
+            ("mixed.onnx", &batch_model(0)),
+            ("x3.npy", &npy_f32(&[3, 3, 4], &x3)),
+        ],
+    );
+    let (m, art) = (c.p("m.onnx"), c.p("m.mlca"));
+    let r = mlc(&[
+        &"compile",
+        &m,
+        &"--target",
+        &"x86_64",
+        &"--shape",
+        &"x=1x3x4",
+        &"--explain",
+    ]);
+    r.assert_success();
+    assert!(
+        r.stdout
+            .contains("batch: any multiple of 1 along axis 0 of x"),
+        "{}",
+        r.stdout
+    );
+    mlc(&[
+        &"compile",
+        &m,
+        &"--target",
+        &"x86_64",
+        &"--shape",
+        &"x=1x3x4",
+        &"-o",
+        &art,
+    ])
+    .assert_success();
+    c.run("m.mlca", &["x=x3.npy"]).assert_success();
+    let (shape, sliced) = read_npy_f64(&c.out().join("y.npy")).expect("valid .npy");
+    assert_eq!(shape, vec![3, 3, 5]);
+    // The same model compiled for batch 3.
+    let whole = c.dir.join("whole");
+    mlc(&[
+        &"run",
+        &m,
+        &"--engine",
+        &"cpu",
+        &"--input",
+        &format!("x={}", c.p("x3.npy").display()),
+        &"--output-dir",
+        &whole,
+    ])
+    .assert_success();
+    let (_, want) = read_npy_f64(&whole.join("y.npy")).expect("valid .npy");
+    let (sliced, want) = (sliced.expect("numbers"), want.expect("numbers"));
+    assert_eq!(sliced.len(), want.len());
+    for (a, b) in sliced.iter().zip(&want) {
+        assert!((a - b).abs() <= 1e-6, "{a} vs {b}");
+    }
+    // bench takes the bigger batch as a shape.
+    mlc(&[
+        &"bench", &art, &"--shape", &"x=4x3x4", &"--iters", &"2", &"--json",
+    ])
+    .assert_success();
+    mlc(&[
+        &"bench", &art, &"--shape", &"x=4x3x5", &"--iters", &"2", &"--json",
+    ])
+    .assert_error(&["--shape x", "multiple"]);
+
+    // Softmax over axis 0 mixes the batch: fixed shapes, and the reason is shown.
+    let (mixed, mixed_art) = (c.p("mixed.onnx"), c.p("mixed.mlca"));
+    let r = mlc(&[
+        &"compile",
+        &mixed,
+        &"--target",
+        &"x86_64",
+        &"--shape",
+        &"x=1x3x4",
+        &"--explain",
+    ]);
+    r.assert_success();
+    assert!(
+        r.stdout.contains("batch: fixed") && r.stdout.contains("softmax"),
+        "{}",
+        r.stdout
+    );
+    mlc(&[
+        &"compile",
+        &mixed,
+        &"--target",
+        &"x86_64",
+        &"--shape",
+        &"x=1x3x4",
+        &"-o",
+        &mixed_art,
+    ])
+    .assert_success();
+    c.run("mixed.mlca", &["x=x3.npy"])
+        .assert_error(&["input \"x\" does not fit", "[1, 3, 4]"]);
+}

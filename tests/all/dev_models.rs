@@ -198,3 +198,102 @@ fn dev_models_match_onnx_runtime() {
         failures.join("\n")
     );
 }
+
+/// Development models whose batch is separable, compiled for batch 1, run a batch of 2 as
+/// slices with the outputs of the model compiled for batch 2 (within f32 rounding: the kernels
+/// may block a 2-row product differently).
+#[test]
+fn separable_dev_models_run_a_bigger_batch_without_recompiling() {
+    let dir = models_dir();
+    if !dir.is_dir() {
+        println!("note: no development models at {}: skipped", dir.display());
+        return;
+    }
+    // (model, input, dims after the batch, integer inputs' exclusive upper bound)
+    let cases: [(&str, &str, &[usize], Option<u32>); 2] = [
+        ("mlp_784_512_512_10", "input", &[1, 28, 28], None),
+        ("magika_standard_v3_3", "bytes", &[2048], Some(257)),
+    ];
+    for (stem, input, rest, int_bound) in cases {
+        let model = dir.join(format!("{stem}.onnx"));
+        if !model.is_file() {
+            println!("{stem}: not in {}: skipped", dir.display());
+            continue;
+        }
+        let out = TempDir::new(&format!("batch-{stem}"));
+        let art = out.join("m.mlca");
+        let one: Vec<String> = std::iter::once("1".to_string())
+            .chain(rest.iter().map(|d| d.to_string()))
+            .collect();
+        let shape = format!("{input}={}", one.join("x"));
+        mlc(&[
+            &"compile",
+            &model,
+            &"--target",
+            &"x86_64",
+            &"--shape",
+            &shape,
+            &"-o",
+            &art,
+        ])
+        .assert_success();
+        let dims: Vec<usize> = std::iter::once(2).chain(rest.iter().copied()).collect();
+        let n: usize = dims.iter().product();
+        let mut s = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s >> 40
+        };
+        let arr = match int_bound {
+            None => {
+                let v: Vec<u8> = (0..n)
+                    .flat_map(|_| ((next() as f32 / (1u64 << 24) as f32) * 2.0 - 1.0).to_le_bytes())
+                    .collect();
+                mlc_runtime::npy::NpyArray::from_le_bytes(mlc_runtime::npy::ElemType::F32, dims, v)
+            }
+            Some(b) => {
+                let v: Vec<u8> = (0..n)
+                    .flat_map(|_| ((next() % b as u64) as i32).to_le_bytes())
+                    .collect();
+                mlc_runtime::npy::NpyArray::from_le_bytes(mlc_runtime::npy::ElemType::I32, dims, v)
+            }
+        }
+        .expect("data fills the shape");
+        let x = out.join("x.npy");
+        std::fs::write(&x, arr.to_bytes()).expect("writable");
+        let given = format!("{input}={}", x.display());
+        let (sliced, whole) = (out.join("sliced"), out.join("whole"));
+        mlc(&[&"run", &art, &"--input", &given, &"--output-dir", &sliced]).assert_success();
+        mlc(&[
+            &"run",
+            &model,
+            &"--engine",
+            &"cpu",
+            &"--input",
+            &given,
+            &"--output-dir",
+            &whole,
+        ])
+        .assert_success();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&whole)
+            .expect("outputs written")
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        files.sort();
+        assert!(!files.is_empty(), "{stem}: no outputs");
+        for f in files {
+            let name = f.file_name().expect("a file name");
+            let (ws, w) = read_npy_f64(&f).expect("valid .npy");
+            let (ss, got) = read_npy_f64(&sliced.join(name)).expect("valid .npy");
+            assert_eq!(ws, ss, "{stem}: output shapes");
+            assert_eq!(ws.first(), Some(&2), "{stem}: the batch of 2");
+            let e = tolerance::rel_error(&w.expect("numbers"), &got.expect("numbers"))
+                .expect("comparable");
+            assert!(e <= 1e-5, "{stem}: sliced batch differs by {e:.2e}");
+            println!("{stem}: batch of 2 as slices, max rel err {e:.1e}");
+        }
+    }
+}

@@ -128,10 +128,10 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
     let path = args.model.display().to_string();
     let mut phases = Phases::new(args.time_passes);
     let t0 = Instant::now();
-    let (art, compile_ms) = if pipeline::is_artifact(&args.model) {
-        if !args.shapes.is_empty() {
-            bail!("--shape is for .onnx models; {path} is compiled for fixed shapes");
-        }
+    let is_artifact = pipeline::is_artifact(&args.model);
+    let (art, compile_ms) = if is_artifact {
+        // An artifact takes --shape only for a multiple of a batch it runs as slices (checked
+        // against the model below).
         (mlc_runtime::artifact::Artifact::read(&args.model)?, None)
     } else {
         if !args.json {
@@ -153,7 +153,12 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
         .map(|s| s.data.len() as u64)
         .unwrap_or(0);
     drop(art);
-    for (name, _) in &args.inputs {
+    for (name, _) in args.inputs.iter().map(|(n, _)| (n, ())).chain(
+        args.shapes
+            .iter()
+            .filter(|_| is_artifact)
+            .map(|(n, _)| (n, ())),
+    ) {
         if !model.inputs().iter().any(|io| &io.name == name) {
             bail!("{path} has no input named {name:?}");
         }
@@ -166,7 +171,31 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
                     tensor_io::read_tensor(file).with_context(|| format!("input {:?}", io.name))?;
                 tensor_io::tensor_to_npy(&t)?.0
             }
-            None => generated(io)?,
+            None => match args.shapes.iter().find(|(n, _)| n == &io.name) {
+                Some((_, shape)) if is_artifact => {
+                    let fits = io.batch
+                        && shape.len() == io.shape.len()
+                        && shape[1..] == io.shape[1..]
+                        && io.shape[0] > 0
+                        && shape[0] % io.shape[0] == 0;
+                    if !fits {
+                        bail!(
+                            "--shape {}: {path} is compiled for {:?}{}",
+                            io.name,
+                            io.shape,
+                            if io.batch {
+                                " (or a multiple of it along axis 0)"
+                            } else {
+                                ""
+                            }
+                        );
+                    }
+                    let mut io = io.clone();
+                    io.shape = shape.clone();
+                    generated(&io)?
+                }
+                _ => generated(io)?,
+            },
         };
         inputs.push(arr);
     }

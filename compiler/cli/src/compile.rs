@@ -63,6 +63,17 @@ fn parse_shape(s: &str) -> Result<(String, Vec<usize>), String> {
     crate::pipeline::parse_shape(s)
 }
 
+/// Says whether the artifact runs bigger batches without recompiling.
+fn batch_line(batch: &crate::pipeline::BatchVerdict) -> String {
+    match batch {
+        Ok((inputs, unit)) => format!(
+            "batch: any multiple of {unit} along axis 0 of {} runs as slices, without recompiling\n",
+            inputs.join(", ")
+        ),
+        Err(why) => format!("batch: fixed at the compiled shapes ({why})\n"),
+    }
+}
+
 /// What `--target` names.
 enum Target {
     Cpu,
@@ -103,7 +114,7 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
         Target::Gpu(_) => crate::optimize::gpu_target(&args.target),
     };
     let mut phases = crate::pipeline::Phases::new(args.time_passes);
-    let (program, report) =
+    let (program, report, batch) =
         crate::pipeline::lower(graph, &bindings, &values, level, cost_model, &mut phases)?;
     since = Instant::now();
     if args.explain.explain {
@@ -119,6 +130,15 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
                         "cpu_epilogues".into(),
                         serde_json::json!({"requant": f.requant, "tails": f.tails}),
                     );
+                    o.insert(
+                        "batch".into(),
+                        match &batch {
+                            Ok((inputs, unit)) => {
+                                serde_json::json!({"sliced": true, "inputs": inputs, "unit": unit})
+                            }
+                            Err(why) => serde_json::json!({"sliced": false, "reason": why}),
+                        },
+                    );
                 }
                 text =
                     serde_json::to_string_pretty(&v).context("cannot serialize the explanation")?;
@@ -128,6 +148,7 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
                     "CPU epilogues: {} requantizing and {} elementwise tails fused into contractions\n",
                     f.requant, f.tails
                 ));
+                text.push_str(&batch_line(&batch));
             }
         }
         return crate::print_stdout(&text);

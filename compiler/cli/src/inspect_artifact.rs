@@ -46,6 +46,12 @@ struct Port {
     name: String,
     dtype: String,
     shape: Vec<usize>,
+    /// Axis 0 takes any multiple of `shape[0]` (the batch runs as slices).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    batch: bool,
+    /// The one value the artifact accepts (it was specialized to it).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    specialized: bool,
 }
 
 #[derive(Serialize)]
@@ -65,6 +71,8 @@ fn ports(io: &[PlanIo]) -> Vec<Port> {
             name: p.name.clone(),
             dtype: p.dtype.clone(),
             shape: p.shape.clone(),
+            batch: p.batch,
+            specialized: p.value.is_some(),
         })
         .collect()
 }
@@ -166,7 +174,12 @@ fn render(info: &ArtifactInfo) -> String {
         let w = ports.iter().map(|p| p.name.len()).max().unwrap_or(0);
         for p in ports {
             let dims: Vec<String> = p.shape.iter().map(usize::to_string).collect();
-            let _ = writeln!(s, "  {:<w$}  {}[{}]", p.name, p.dtype, dims.join(","));
+            let note = match (p.batch, p.specialized) {
+                (true, _) => "  (axis 0: any multiple, run as slices)",
+                (_, true) => "  (specialized: one value accepted)",
+                _ => "",
+            };
+            let _ = writeln!(s, "  {:<w$}  {}[{}]{note}", p.name, p.dtype, dims.join(","));
         }
     }
     let _ = writeln!(

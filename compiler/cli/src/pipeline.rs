@@ -3,7 +3,7 @@
 //! artifact loaded in process.
 
 use anyhow::{Context, anyhow, bail};
-use mlc_ir::{Graph, Tensor};
+use mlc_ir::{Dim, Graph, Tensor};
 use mlc_passes::egraph::TargetInfo;
 use mlc_passes::pipeline::{Level, PipelineReport};
 use std::path::Path;
@@ -131,7 +131,9 @@ pub fn lower(
     level: Level,
     target: TargetInfo,
     phases: &mut Phases,
-) -> anyhow::Result<(mlc_kir::Program, PipelineReport)> {
+) -> anyhow::Result<(mlc_kir::Program, PipelineReport, BatchVerdict)> {
+    // Read before binding: which inputs have a symbolic leading dim.
+    let candidates = batch_candidates(graph, bindings);
     let report = crate::optimize::prepare(graph, bindings, values, level, target, phases.on)?;
     phases.done("simplify + optimize");
     let mut program = match mlc_kir::lower_graph(graph) {
@@ -144,8 +146,78 @@ pub fn lower(
         }
     };
     program.guards = report.specialized.clone();
+    let batch = candidates.and_then(|(flags, unit)| {
+        mlc_passes::batch::check(graph, &flags).map_err(|e| e.to_string())?;
+        if let Some(p) = graph
+            .outputs
+            .iter()
+            .find(|p| graph.ty(p.value).shape.first().and_then(Dim::known) != Some(unit))
+        {
+            return Err(format!("output {:?} is not {unit} long on axis 0", p.name));
+        }
+        Ok((
+            graph
+                .inputs
+                .iter()
+                .zip(&flags)
+                .filter(|(_, f)| **f)
+                .map(|(p, _)| p.name.clone())
+                .collect::<Vec<String>>(),
+            unit,
+        ))
+    });
+    if let Ok((names, _)) = &batch {
+        program.batched = names.clone();
+    }
     phases.done("lower");
-    Ok((program, report))
+    Ok((program, report, batch))
+}
+
+/// Whether the compiled program runs a multiple of its batch as slices: the batched inputs and
+/// the compiled batch size, or why not.
+pub type BatchVerdict = Result<(Vec<String>, usize), String>;
+
+/// The inputs whose leading dim is symbolic, one symbol for all of them, bound to one size: the
+/// candidates for batch slicing (flags per input, and that size).
+fn batch_candidates(
+    graph: &Graph,
+    bindings: &[(String, Vec<usize>)],
+) -> Result<(Vec<bool>, usize), String> {
+    let mut symbol: Option<&str> = None;
+    let mut flags = vec![false; graph.inputs.len()];
+    let mut unit = None;
+    for (i, port) in graph.inputs.iter().enumerate() {
+        match graph.ty(port.value).shape.first() {
+            Some(Dim::Sym(s)) => {
+                if symbol.is_some_and(|x| x != s) {
+                    return Err("inputs have different symbolic leading dims".into());
+                }
+                symbol = Some(s);
+            }
+            Some(Dim::Unknown) => {}
+            _ => continue,
+        }
+        let size = bindings
+            .iter()
+            .find(|(n, _)| n == &port.name)
+            .and_then(|(_, d)| d.first().copied())
+            .ok_or("an input's leading dim is not bound")?;
+        if unit.is_some_and(|u| u != size) {
+            return Err("the inputs' leading dims are bound to different sizes".into());
+        }
+        unit = Some(size);
+        flags[i] = true;
+    }
+    let unit = unit.ok_or("no input has a symbolic leading dim")?;
+    if flags.iter().filter(|f| **f).count() > 1
+        && graph
+            .inputs
+            .iter()
+            .any(|p| graph.ty(p.value).shape.first() == Some(&Dim::Unknown))
+    {
+        return Err("several inputs have unnamed leading dims".into());
+    }
+    Ok((flags, unit))
 }
 
 /// When shapes depend on input values that were not given, says which inputs to give.
@@ -174,7 +246,7 @@ pub fn compile_cpu(
     let mut m = mlc_onnx::load(model)?;
     phases.done("import");
     let bindings = bind_shapes(&m.graph, &with_value_shapes(shapes, values))?;
-    let (program, _) = lower(
+    let (program, _, _) = lower(
         &mut m.graph,
         &bindings,
         values,

@@ -109,7 +109,7 @@ pub fn build_plan(p: &Program) -> Result<(CpuPlan, Vec<u8>), CodegenError> {
             origin: s.origin.clone(),
         })
         .collect();
-    let io = |(name, b): &(String, BufId)| -> Result<PlanIo, CodegenError> {
+    let io = |(name, b): &(String, BufId), batch: bool| -> Result<PlanIo, CodegenError> {
         let buf = p
             .buffers
             .get(b.0 as usize)
@@ -123,6 +123,7 @@ pub fn build_plan(p: &Program) -> Result<(CpuPlan, Vec<u8>), CodegenError> {
                 Some(t) => Some(t.to_le_bytes().map_err(|e| invalid(e.to_string()))?),
                 None => None,
             },
+            batch,
         })
     };
     let mut plan = CpuPlan {
@@ -133,8 +134,16 @@ pub fn build_plan(p: &Program) -> Result<(CpuPlan, Vec<u8>), CodegenError> {
         kernels,
         buffers,
         steps,
-        inputs: p.inputs.iter().map(io).collect::<Result<_, _>>()?,
-        outputs: p.outputs.iter().map(io).collect::<Result<_, _>>()?,
+        inputs: p
+            .inputs
+            .iter()
+            .map(|x| io(x, p.batched.contains(&x.0)))
+            .collect::<Result<_, _>>()?,
+        outputs: p
+            .outputs
+            .iter()
+            .map(|x| io(x, !p.batched.is_empty()))
+            .collect::<Result<_, _>>()?,
         arena_bytes: 0,
     };
     // Outputs the kernels may compute over a dying input (elementwise steps, mostly).

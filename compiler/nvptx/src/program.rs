@@ -119,6 +119,8 @@ pub fn compile_program(p: &Program, arch: GpuArch) -> Result<CompiledProgram, Nv
                     shape: buf.shape.clone(),
                     // Guard values are small integers or floats, which always have bytes.
                     value: p.guard(name).and_then(|t| t.to_le_bytes().ok()),
+                    // The CUDA runtime runs the compiled shapes only.
+                    batch: false,
                 }
             })
             .collect()

@@ -37,6 +37,10 @@ pub struct Program {
     /// Inputs the program was specialized to (`mlc_passes::specialize`): it computes with these
     /// values baked in, so running it with any other value for such an input is an error.
     pub guards: Vec<(String, Tensor)>,
+    /// Inputs whose axis 0 is a batch the program computes element by element
+    /// (`mlc_passes::batch`): a runtime may run a multiple of it as slices, and every output
+    /// then carries the batch on axis 0 too. Empty when that was not shown.
+    pub batched: Vec<String>,
 }
 
 impl Program {

@@ -443,7 +443,89 @@ impl Executor {
             .collect())
     }
 
-    /// Runs on `.npy`-style arrays (checked against the plan's input types and shapes).
+    /// `Some(k)` when `inputs` are a batch of `k > 1` times the compiled one along axis 0 of the
+    /// plan's batch inputs (and exactly the compiled shapes elsewhere), for a plan whose batch
+    /// may be sliced ([`PlanIo::batch`]).
+    pub fn batch_multiple(&self, inputs: &[NpyArray]) -> Option<usize> {
+        let p = &self.plan;
+        let mut k = None;
+        for (io, x) in p.inputs.iter().zip(inputs) {
+            if x.elem.name() != io.dtype || !matches!(x.data, NpyData::Bytes(_)) {
+                return None;
+            }
+            if !io.batch {
+                if x.shape != io.shape {
+                    return None;
+                }
+                continue;
+            }
+            let (&unit, &given) = (io.shape.first()?, x.shape.first()?);
+            if unit == 0 || x.shape[1..] != io.shape[1..] || given % unit != 0 || io.value.is_some()
+            {
+                return None;
+            }
+            if k.is_some_and(|k| k != given / unit) {
+                return None;
+            }
+            k = Some(given / unit);
+        }
+        k.filter(|&k| k > 1 && inputs.len() == p.inputs.len() && p.outputs.iter().all(|o| o.batch))
+    }
+
+    /// Runs a batch of `k` times the compiled one as `k` slices along axis 0 (see
+    /// [`Self::batch_multiple`]) and concatenates the outputs.
+    fn run_sliced(
+        &self,
+        inputs: &[NpyArray],
+        k: usize,
+        threads: usize,
+    ) -> Result<Vec<(String, NpyArray)>, RunError> {
+        let p = &self.plan;
+        let mut outs: Vec<Vec<u8>> = vec![Vec::new(); p.outputs.len()];
+        for i in 0..k {
+            let mut bytes = Vec::with_capacity(inputs.len());
+            for (io, x) in p.inputs.iter().zip(inputs) {
+                let NpyData::Bytes(b) = &x.data else {
+                    return Err(RunError::InputType {
+                        index: bytes.len(),
+                        name: io.name.clone(),
+                        expected: io.dtype.clone(),
+                        got: "strings".into(),
+                    });
+                };
+                let part = if io.batch { b.len() / k } else { 0 };
+                bytes.push(if io.batch {
+                    &b[i * part..(i + 1) * part]
+                } else {
+                    b.as_slice()
+                });
+            }
+            for (o, b) in outs.iter_mut().zip(self.run_bytes(&bytes, threads)?) {
+                o.extend_from_slice(&b);
+            }
+        }
+        p.outputs
+            .iter()
+            .zip(outs)
+            .map(|(io, b)| {
+                let err = |message: String| RunError::Output {
+                    name: io.name.clone(),
+                    message,
+                };
+                let elem = ElemType::from_name(&io.dtype)
+                    .ok_or_else(|| err(format!("type {} has no .npy form", io.dtype)))?;
+                let mut shape = io.shape.clone();
+                if let Some(d) = shape.first_mut() {
+                    *d *= k;
+                }
+                let a = NpyArray::from_le_bytes(elem, shape, b).map_err(|e| err(e.to_string()))?;
+                Ok((io.name.clone(), a))
+            })
+            .collect()
+    }
+
+    /// Runs on `.npy`-style arrays (checked against the plan's input types and shapes). A plan
+    /// whose batch may be sliced also takes any multiple of the compiled batch.
     pub fn run(
         &self,
         inputs: &[NpyArray],
@@ -455,6 +537,9 @@ impl Executor {
                 expected: p.inputs.len(),
                 got: inputs.len(),
             });
+        }
+        if let Some(k) = self.batch_multiple(inputs) {
+            return self.run_sliced(inputs, k, threads);
         }
         let mut bytes = Vec::with_capacity(inputs.len());
         for (i, (io, x)) in p.inputs.iter().zip(inputs).enumerate() {

@@ -203,6 +203,7 @@ mod tests {
             dtype: "f32".into(),
             shape: vec![100],
             value: None,
+            batch: false,
         };
         CpuPlan {
             version: CPU_PLAN_VERSION,
@@ -273,6 +274,7 @@ mod tests {
             dtype: "f32".into(),
             shape: vec![100],
             value: None,
+            batch: false,
         });
         plan_memory_in_place(&mut p, &vec![vec![(1, 0)]; 4]);
         assert_ne!(offset(&p, 1), offset(&p, 2));
@@ -305,6 +307,7 @@ mod tests {
             dtype: "f32".into(),
             shape: vec![100],
             value: None,
+            batch: false,
         });
         plan_memory(&mut p);
         let offs: Vec<u64> = (0..5).map(|b| offset(&p, b)).collect();

@@ -152,7 +152,9 @@ impl CpuModel {
     }
 
     /// Runs the model on `inputs` (in [`inputs`](Self::inputs) order) with up to `threads`
-    /// threads; returns the outputs by name, in order.
+    /// threads; returns the outputs by name, in order. Inputs marked [`PlanIo::batch`] also take
+    /// any multiple of their compiled leading dim: the batch then runs as that many slices and
+    /// the outputs' leading dims grow by the same factor.
     pub fn run(
         &self,
         inputs: &[NpyArray],
