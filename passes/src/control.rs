@@ -86,6 +86,8 @@ pub enum Refusal {
     NotStatic { index: usize, ty: String },
     #[error("a copy of {op} cannot be typed: {reason}")]
     Infer { op: String, reason: String },
+    #[error("a branch addresses data by run-time indices ({0}), which must not run untaken")]
+    DataAddressed(String),
     #[error("malformed node: {0}")]
     Malformed(String),
 }
@@ -412,12 +414,22 @@ impl<'g> Builder<'g> {
             .map(|i| required(node, i))
             .collect::<Result<Vec<_>, _>>()?;
         let (then_args, else_args) = args.split_at(then_captures);
+        let first = self.g.nodes.len();
         let then_v = self.inline(then_r, then_args, &mut HashMap::new(), &node.loc)?;
         let else_v = self.inline(else_r, else_args, &mut HashMap::new(), &node.loc)?;
         if then_v.len() != node.outputs.len() || else_v.len() != node.outputs.len() {
             return Err(Refusal::Malformed(
                 "branches yield the wrong number of values".into(),
             ));
+        }
+        // Compiled kernels do not bounds-check run-time indices: the branch not taken may hold
+        // indices that are only valid when it is (`if i < n { gather(x, i) }`).
+        for n in &self.g.nodes[first..] {
+            let by_data = index_operand(&n.op)
+                .is_some_and(|i| n.input(i).is_some_and(|v| self.const_of(v).is_none()));
+            if by_data || n.regions.iter().any(addresses_data) {
+                return Err(Refusal::DataAddressed(n.op.name()));
+            }
         }
         for (index, (&t, &e)) in then_v.iter().zip(&else_v).enumerate() {
             let (tt, et) = (self.ty(t), self.ty(e));
@@ -688,6 +700,28 @@ impl<'g> Builder<'g> {
     }
 }
 
+/// The input of a data-addressed movement op that holds its indices.
+fn index_operand(op: &Op) -> Option<usize> {
+    match op {
+        Op::Movement(
+            MovementOp::Gather { .. }
+            | MovementOp::GatherElements { .. }
+            | MovementOp::GatherNd { .. }
+            | MovementOp::ScatterElements { .. }
+            | MovementOp::ScatterNd { .. },
+        ) => Some(1),
+        Op::Movement(MovementOp::TensorScatter { .. }) => Some(2),
+        _ => None,
+    }
+}
+
+/// Whether a region holds any data-addressed op, constant indices or not.
+fn addresses_data(g: &Graph) -> bool {
+    g.nodes
+        .iter()
+        .any(|n| index_operand(&n.op).is_some() || n.regions.iter().any(addresses_data))
+}
+
 fn required(node: &Node, i: usize) -> Result<ValueId, Refusal> {
     node.input(i)
         .ok_or_else(|| Refusal::Malformed(format!("input {i} is required")))
@@ -933,6 +967,64 @@ mod tests {
         assert!(s.reason.contains("f32[2,1]"), "{}", s.reason);
     }
 
+    /// `if c { gather(x, i) } else { x[0] }`: the then-branch's index is only known at run time,
+    /// so the node stays; with a constant index it flattens.
+    #[test]
+    fn if_with_a_run_time_gather_index_stays() {
+        let t = f32t(&[4]);
+        let idx = TensorType::scalar(DType::I64);
+        let build = |constant_index: bool| {
+            graph(
+                &[TensorType::scalar(DType::Bool), t.clone(), idx.clone()],
+                |g, ins| {
+                    let then = graph(&[t.clone(), idx.clone()], |r, a| {
+                        let i = if constant_index {
+                            r.add_constant(Tensor::scalar(2i64))
+                        } else {
+                            a[1]
+                        };
+                        op(
+                            r,
+                            Op::Movement(MovementOp::Gather { axis: 0 }),
+                            &[a[0], i],
+                            1,
+                            vec![],
+                        )
+                    });
+                    let els = graph(std::slice::from_ref(&t), |r, a| {
+                        let zero = r.add_constant(Tensor::scalar(0i64));
+                        op(
+                            r,
+                            Op::Movement(MovementOp::Gather { axis: 0 }),
+                            &[a[0], zero],
+                            1,
+                            vec![],
+                        )
+                    });
+                    let ifop = Op::Control(ControlOp::If {
+                        then_captures: 2,
+                        else_captures: 1,
+                    });
+                    op(
+                        g,
+                        ifop,
+                        &[ins[0], ins[1], ins[2], ins[1]],
+                        1,
+                        vec![then, els],
+                    )
+                },
+            )
+        };
+        let inputs = [Tensor::scalar(false), random(&[4], 1), Tensor::scalar(9i64)];
+        let stats = check_with(&build(false), ControlPolicy::default(), &inputs, 0, 1);
+        assert!(
+            stats.skipped["flatten control.if"]
+                .reason
+                .contains("movement.gather")
+        );
+        check(&build(true), &inputs, 1);
+    }
+
     #[test]
     fn if_over_the_budget_stays() {
         let g = if_graph(TensorType::scalar(DType::Bool), &[2, 3]);
@@ -1066,7 +1158,7 @@ mod tests {
                     vec![mlc_ir::Dim::Unknown, mlc_ir::Dim::Known(2)],
                 ),
             ];
-            let outs = g.add_node(
+            g.add_node(
                 Op::Control(ControlOp::Loop {
                     carried: 1,
                     captures: 1,
@@ -1075,8 +1167,7 @@ mod tests {
                 types,
                 vec![body],
                 None,
-            );
-            outs
+            )
         })
     }
 
