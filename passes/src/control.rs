@@ -27,9 +27,11 @@
 //! control node as it was. Constants of a region are added to the graph once per rewritten
 //! node, not once per iteration, so a body's weights are not duplicated.
 //!
-//! The pass runs on the top-level graph and inside regions; control nodes that an inlined body
-//! brings to the top level are handled on the next run, after the fold/infer fixpoint has
-//! specialized them ([`crate::simplify_with`] alternates the two).
+//! The pass rewrites the top-level graph only. Inside a region that stays, types are the
+//! region's declared contract rather than facts, and no compiled engine would run the result
+//! anyway. Control nodes that an inlined body brings to the top level are handled on the next
+//! run, after the fold/infer fixpoint has specialized them ([`crate::simplify_with`] alternates
+//! the two).
 
 use crate::Skipped;
 use mlc_ir::ops::{ControlOp, EwOp, InferCx, MovementOp};
@@ -92,15 +94,10 @@ pub enum Refusal {
     Malformed(String),
 }
 
-/// Replaces the control nodes of `graph` and its regions that the policy allows by
-/// straight-line code; see the module docs.
+/// Replaces the top-level control nodes of `graph` that the policy allows by straight-line
+/// code; see the module docs.
 pub fn flatten(graph: &mut Graph, policy: &ControlPolicy) -> Flattened {
     let mut out = Flattened::default();
-    flatten_in(graph, policy, &mut out);
-    out
-}
-
-fn flatten_in(graph: &mut Graph, policy: &ControlPolicy, out: &mut Flattened) {
     let old = std::mem::take(&mut graph.nodes);
     // The results that replace each rewritten node's outputs, applied to every later use.
     let mut rename: HashMap<ValueId, ValueId> = HashMap::new();
@@ -133,9 +130,6 @@ fn flatten_in(graph: &mut Graph, policy: &ControlPolicy, out: &mut Flattened) {
                 }
             }
         }
-        for region in &mut node.regions {
-            flatten_in(region, policy, out);
-        }
         b.push(node);
     }
     for p in &mut graph.outputs {
@@ -143,6 +137,7 @@ fn flatten_in(graph: &mut Graph, policy: &ControlPolicy, out: &mut Flattened) {
             p.value = *r;
         }
     }
+    out
 }
 
 /// Appends nodes to a graph, typing each new one by inference, and can undo what it added.
@@ -161,13 +156,10 @@ struct Mark {
 }
 
 impl<'g> Builder<'g> {
+    /// A builder on `g`, whose nodes were taken out to be passed back through [`Builder::push`]
+    /// (which indexes their constants) or replaced.
     fn new(g: &'g mut Graph) -> Self {
-        let mut consts = vec![None; g.values.len()];
-        for n in &g.nodes {
-            if let (Op::Constant { id }, Some(v)) = (&n.op, n.outputs.first()) {
-                consts[v.0 as usize] = Some(*id);
-            }
-        }
+        let consts = vec![None; g.values.len()];
         Builder { g, consts }
     }
 
