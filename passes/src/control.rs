@@ -927,14 +927,18 @@ mod tests {
 
     #[test]
     fn if_selects_between_both_branches() {
+        // A numeric condition (the IR allows one) goes through a cast to bool.
         for cond_ty in [
             TensorType::scalar(DType::Bool),
             TensorType::fixed(DType::Bool, &[1]),
+            TensorType::fixed(DType::F32, &[1, 1]),
         ] {
             let g = if_graph(cond_ty.clone(), &[2, 3]);
             for c in [true, false] {
                 let shape = cond_ty.static_shape().unwrap_or_default();
-                let cond = Tensor::from_vec(&shape, vec![c; 1]).expect("one element");
+                let cond = Tensor::from_vec(&shape, vec![c; 1])
+                    .and_then(|t| t.cast(cond_ty.dtype))
+                    .expect("one element");
                 let stats = check(&g, &[cond, random(&[2, 3], 1), random(&[2, 3], 2)], 1);
                 assert!(
                     stats.skipped.keys().all(|k| !k.starts_with("flatten")),
@@ -1252,6 +1256,49 @@ mod tests {
                 .reason
                 .contains("budget")
         );
+    }
+
+    /// `loop 3 { a = concat(a, x) }`: the carried value grows each trip, so the body's recorded
+    /// types (`f32[?]`) hold for no copy in particular; each copy is typed from what it gets.
+    #[test]
+    fn loop_with_a_growing_carried_value_unrolls() {
+        let v = f32t(&[2]);
+        let any = TensorType::new(DType::F32, vec![mlc_ir::Dim::Unknown]);
+        let g = graph(&[v.clone(), v.clone()], |g, ins| {
+            let body = graph(
+                &[
+                    TensorType::scalar(DType::I64),
+                    TensorType::scalar(DType::Bool),
+                    any.clone(),
+                    v.clone(),
+                ],
+                |r, a| {
+                    let c = op(
+                        r,
+                        Op::Movement(MovementOp::Concat { axis: 0 }),
+                        &[a[2], a[3]],
+                        1,
+                        vec![],
+                    );
+                    vec![a[1], c[0]]
+                },
+            );
+            let m = g.add_constant(Tensor::scalar(3i64));
+            g.add_node(
+                Op::Control(ControlOp::Loop {
+                    carried: 1,
+                    captures: 1,
+                }),
+                vec![Some(m), None, Some(ins[0]), Some(ins[1])],
+                vec![any.clone()],
+                vec![body],
+                None,
+            )
+        });
+        check(&g, &[random(&[2], 1), random(&[2], 2)], 1);
+        let mut after = g.clone();
+        simplify_with(&mut after, &[], &Options::default()).expect("consistent graph");
+        assert_eq!(after.ty(after.outputs[0].value).to_string(), "f32[8]");
     }
 
     /// A loop whose body holds a scan: the loop unrolls, then (next round) each scan copy.
