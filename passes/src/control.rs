@@ -278,16 +278,17 @@ impl<'g> Builder<'g> {
         }
         let mut map: Vec<Option<ValueId>> = vec![None; region.values.len()];
         let undefined = |v: ValueId| Refusal::Malformed(format!("region value {v} is undefined"));
-        let slot = |map: &mut Vec<Option<ValueId>>, v: ValueId| -> Result<usize, Refusal> {
+        let n_values = region.values.len();
+        let slot = |v: ValueId| -> Result<usize, Refusal> {
             let i = v.0 as usize;
-            if i < map.len() {
+            if i < n_values {
                 Ok(i)
             } else {
                 Err(undefined(v))
             }
         };
         for (p, &a) in region.inputs.iter().zip(args) {
-            let i = slot(&mut map, p.value)?;
+            let i = slot(p.value)?;
             map[i] = Some(a);
         }
         for n in &region.nodes {
@@ -322,7 +323,7 @@ impl<'g> Builder<'g> {
                 self.emit(n.op.clone(), inputs, n.outputs.len(), n.regions.clone(), at)?
             };
             for (o, v) in n.outputs.iter().zip(outs) {
-                let i = slot(&mut map, *o)?;
+                let i = slot(*o)?;
                 map[i] = Some(v);
             }
         }
