@@ -11,7 +11,10 @@
 //!    re-inferred from its (now more specific) input types and constant inputs, then the node is
 //!    evaluated with the reference interpreter if its inputs are constant (or, for `Shape` and
 //!    `Size`, if its input's shape is static) and replaced by `constant` nodes.
-//! 3. [`dce()`]: nodes and constants nothing uses any more go, and ids are compacted.
+//! 3. [`control::flatten`]: `If`, `Scan` and `Loop` nodes whose iteration structure is now known
+//!    become straight-line code; if any did, step 2 runs again, since the inlined bodies fold
+//!    and refine further (and may expose nested control nodes to the next round).
+//! 4. [`dce()`]: nodes and constants nothing uses any more go, and ids are compacted.
 //!
 //! ```
 //! use mlc_ir::{ops::EwOp, DType, Dim, Graph, Op, Port, TensorType};
@@ -41,6 +44,7 @@
 
 pub mod batch;
 pub mod bind;
+pub mod control;
 pub mod dce;
 pub mod egraph;
 pub mod fold;
@@ -50,6 +54,7 @@ pub mod specialize;
 mod sweep;
 
 pub use bind::bind;
+pub use control::{ControlPolicy, flatten};
 pub use dce::{DceStats, dce};
 pub use fold::{FoldPolicy, fold};
 pub use infer::infer;
@@ -122,6 +127,11 @@ pub struct Options {
     /// previous one changed something, so real graphs saturate in a handful.
     pub max_iterations: usize,
     pub fold: FoldPolicy,
+    /// Which control nodes [`control::flatten`] turns into straight-line code.
+    pub control: ControlPolicy,
+    /// The most flatten + fixpoint rounds: each round after the first exists only because the
+    /// previous one inlined a body holding control nodes of its own. Zero turns flattening off.
+    pub max_control_rounds: usize,
 }
 
 impl Default for Options {
@@ -129,6 +139,8 @@ impl Default for Options {
         Options {
             max_iterations: 32,
             fold: FoldPolicy::default(),
+            control: ControlPolicy::default(),
+            max_control_rounds: 8,
         }
     }
 }
@@ -165,6 +177,8 @@ pub struct Stats {
     pub refined: usize,
     /// Ops replaced by constants.
     pub folded: usize,
+    /// Control nodes (`If`, `Scan`, `Loop`) replaced by straight-line code.
+    pub flattened: usize,
     /// Nodes (ops and constants) that dead-code elimination removed.
     pub removed: usize,
     /// Infer+fold sweeps run, and why they stopped.
@@ -193,6 +207,9 @@ impl fmt::Display for Stats {
             self.non_static,
             self.time
         )?;
+        if self.flattened > 0 {
+            write!(f, ", {} control nodes flattened", self.flattened)?;
+        }
         for (k, s) in &self.skipped {
             write!(f, "\n  skipped {k} x{}: {}", s.count, s.reason)?;
         }
@@ -222,12 +239,48 @@ pub fn simplify_with(
         infer: true,
         fold: Some(&options.fold),
     };
+    let mut control_skipped = BTreeMap::new();
+    let mut rounds = 0;
+    loop {
+        fixpoint(graph, &mode, options, &mut stats)?;
+        if rounds >= options.max_control_rounds {
+            break;
+        }
+        rounds += 1;
+        let flat = control::flatten(graph, &options.control);
+        stats.flattened += flat.rewritten;
+        control_skipped = flat.skipped;
+        if flat.rewritten == 0 {
+            break;
+        }
+    }
+    stats.skipped.extend(control_skipped);
+
+    let d = dce(graph);
+    stats.removed = d.nodes;
+    stats.nodes_after = graph.op_count();
+    stats.constants_after = count_constants(graph);
+    stats.non_static = non_static_values(graph).len();
+    stats.time = start.elapsed();
+    Ok(stats)
+}
+
+/// Runs infer+fold sweeps until one changes nothing or the iteration limit, accumulating into
+/// `stats`.
+fn fixpoint(
+    graph: &mut Graph,
+    mode: &sweep::Mode,
+    options: &Options,
+    stats: &mut Stats,
+) -> Result<(), PassError> {
+    let mut sweeps = 0;
     stats.stop = StopReason::IterationLimit;
-    while stats.iterations < options.max_iterations {
+    while sweeps < options.max_iterations {
+        sweeps += 1;
         stats.iterations += 1;
         // Failures are recounted every sweep so that the report shows what the fixpoint left.
         let mut tally = sweep::Tally::default();
-        let changed = sweep::sweep(graph, &mode, true, "", &mut tally)?;
+        let changed = sweep::sweep(graph, mode, true, "", &mut tally)?;
         let back = infer::infer_backward(graph);
         let changed = changed || back > 0;
         stats.refined += tally.refined + back;
@@ -238,14 +291,7 @@ pub fn simplify_with(
             break;
         }
     }
-
-    let d = dce(graph);
-    stats.removed = d.nodes;
-    stats.nodes_after = graph.op_count();
-    stats.constants_after = count_constants(graph);
-    stats.non_static = non_static_values(graph).len();
-    stats.time = start.elapsed();
-    Ok(stats)
+    Ok(())
 }
 
 /// The values of `graph` and its regions whose shapes are not static, as `(path, value, type)`
@@ -294,6 +340,7 @@ mod tests {
         Options {
             max_iterations,
             fold: policy(),
+            ..Options::default()
         }
     }
 
