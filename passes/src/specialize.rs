@@ -1,7 +1,7 @@
 //! Value specialization: graph inputs that feed shape-like operands become constants.
 //!
 //! Some ops take their output's shape from an operand's *values*: `Reshape`'s shape, `Resize`'s
-//! scales and sizes, `Range`'s bounds, `Pad`'s pads, a window's length, a loop's trip count.
+//! scales and sizes, `Range`'s bounds, `Pad`'s pads, a window's length, a loop's trip count and initial condition.
 //! When such an operand is computed from a graph input, no static shape exists until that input's
 //! value is known, and the compiled engines (which work on static shapes) cannot lower the graph.
 //! A caller that knows the values (`mlc run model.onnx --input ...`, the node-test runner,
@@ -72,7 +72,9 @@ pub fn shape_operands(op: &Op) -> &'static [usize] {
         Op::Vision(VisionOp::MaxUnpool { .. }) => &[2],
         Op::Vision(VisionOp::Col2Im { .. }) => &[1, 2],
         Op::Vision(VisionOp::AffineGrid { .. }) => &[1],
-        Op::Control(ControlOp::Loop { .. }) => &[0],
+        // The trip count and the initial condition decide how many times the body runs, so the
+        // length of the scan outputs.
+        Op::Control(ControlOp::Loop { .. }) => &[0, 1],
         _ => &[],
     }
 }
