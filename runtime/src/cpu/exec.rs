@@ -481,26 +481,68 @@ impl Executor {
         threads: usize,
     ) -> Result<Vec<(String, NpyArray)>, RunError> {
         let p = &self.plan;
-        let mut outs: Vec<Vec<u8>> = vec![Vec::new(); p.outputs.len()];
-        for i in 0..k {
-            let mut bytes = Vec::with_capacity(inputs.len());
-            for (io, x) in p.inputs.iter().zip(inputs) {
-                let NpyData::Bytes(b) = &x.data else {
-                    return Err(RunError::InputType {
-                        index: bytes.len(),
-                        name: io.name.clone(),
-                        expected: io.dtype.clone(),
-                        got: "strings".into(),
-                    });
-                };
-                let part = if io.batch { b.len() / k } else { 0 };
-                bytes.push(if io.batch {
+        let mut slices: Vec<Vec<&[u8]>> = vec![Vec::with_capacity(inputs.len()); k];
+        for (index, (io, x)) in p.inputs.iter().zip(inputs).enumerate() {
+            let NpyData::Bytes(b) = &x.data else {
+                return Err(RunError::InputType {
+                    index,
+                    name: io.name.clone(),
+                    expected: io.dtype.clone(),
+                    got: "strings".into(),
+                });
+            };
+            let part = b.len() / k;
+            for (i, s) in slices.iter_mut().enumerate() {
+                s.push(if io.batch {
                     &b[i * part..(i + 1) * part]
                 } else {
                     b.as_slice()
                 });
             }
-            for (o, b) in outs.iter_mut().zip(self.run_bytes(&bytes, threads)?) {
+        }
+        // Slices are independent runs: with threads to spare, several run at once (each on its
+        // own arena, with its share of the threads) rather than one after another.
+        let workers = threads.clamp(1, k);
+        let per = (threads / workers).max(1);
+        let results: Vec<Result<Vec<Vec<u8>>, RunError>> = if workers == 1 {
+            slices.iter().map(|s| self.run_bytes(s, threads)).collect()
+        } else {
+            let mut done: Vec<Option<Result<Vec<Vec<u8>>, RunError>>> = vec![None; k];
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..workers)
+                    .map(|w| {
+                        let slices = &slices;
+                        scope.spawn(move || {
+                            (w..k)
+                                .step_by(workers)
+                                .map(|i| (i, self.run_bytes(&slices[i], per)))
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                for h in handles {
+                    // A worker that panicked lost its slices; they are reported below.
+                    if let Ok(list) = h.join() {
+                        for (i, r) in list {
+                            done[i] = Some(r);
+                        }
+                    }
+                }
+            });
+            done.into_iter()
+                .map(|r| {
+                    r.unwrap_or_else(|| {
+                        Err(RunError::Output {
+                            name: String::new(),
+                            message: "a batch slice's worker thread panicked".into(),
+                        })
+                    })
+                })
+                .collect()
+        };
+        let mut outs: Vec<Vec<u8>> = vec![Vec::new(); p.outputs.len()];
+        for r in results {
+            for (o, b) in outs.iter_mut().zip(r?) {
                 o.extend_from_slice(&b);
             }
         }
