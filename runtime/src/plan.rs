@@ -76,6 +76,19 @@ pub struct PlanIo {
     pub batch: bool,
 }
 
+impl PlanIo {
+    /// Whether an array of `shape` fits: the planned shape, or for a batch port
+    /// ([`PlanIo::batch`]) a multiple of it along axis 0.
+    pub fn accepts(&self, shape: &[usize]) -> bool {
+        shape == self.shape.as_slice()
+            || (self.batch
+                && shape.len() == self.shape.len()
+                && shape[1..] == self.shape[1..]
+                && self.shape[0] > 0
+                && shape[0].is_multiple_of(self.shape[0]))
+    }
+}
+
 /// Why a plan is unusable.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlanError {

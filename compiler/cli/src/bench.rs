@@ -173,12 +173,7 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
             }
             None => match args.shapes.iter().find(|(n, _)| n == &io.name) {
                 Some((_, shape)) if is_artifact => {
-                    let fits = io.batch
-                        && shape.len() == io.shape.len()
-                        && shape[1..] == io.shape[1..]
-                        && io.shape[0] > 0
-                        && shape[0] % io.shape[0] == 0;
-                    if !fits {
+                    if !io.accepts(shape) {
                         bail!(
                             "--shape {}: {path} is compiled for {:?}{}",
                             io.name,

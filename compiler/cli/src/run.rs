@@ -236,12 +236,7 @@ fn run_artifact(args: &Args, timer: &mut Phases) -> anyhow::Result<()> {
         };
         let t = tensor_io::read_tensor(file).with_context(|| format!("input {:?}", io.name))?;
         // A batch input takes any multiple of its compiled batch (run as slices).
-        let batch_ok = io.batch
-            && t.shape().len() == io.shape.len()
-            && t.shape()[1..] == io.shape[1..]
-            && io.shape[0] > 0
-            && t.shape()[0] % io.shape[0] == 0;
-        if t.dtype().name() != io.dtype || (t.shape() != io.shape.as_slice() && !batch_ok) {
+        if t.dtype().name() != io.dtype || !io.accepts(t.shape()) {
             bail!(
                 "input {:?} does not fit {path}: it was compiled for {}{:?}, given {} from {} (recompile with --shape {}=...)",
                 io.name,

@@ -459,11 +459,10 @@ impl Executor {
                 }
                 continue;
             }
-            let (&unit, &given) = (io.shape.first()?, x.shape.first()?);
-            if unit == 0 || x.shape[1..] != io.shape[1..] || given % unit != 0 || io.value.is_some()
-            {
+            if !io.accepts(&x.shape) || io.value.is_some() {
                 return None;
             }
+            let (&unit, &given) = (io.shape.first()?, x.shape.first()?);
             if k.is_some_and(|k| k != given / unit) {
                 return None;
             }
@@ -546,24 +545,7 @@ impl Executor {
                 o.extend_from_slice(&b);
             }
         }
-        p.outputs
-            .iter()
-            .zip(outs)
-            .map(|(io, b)| {
-                let err = |message: String| RunError::Output {
-                    name: io.name.clone(),
-                    message,
-                };
-                let elem = ElemType::from_name(&io.dtype)
-                    .ok_or_else(|| err(format!("type {} has no .npy form", io.dtype)))?;
-                let mut shape = io.shape.clone();
-                if let Some(d) = shape.first_mut() {
-                    *d *= k;
-                }
-                let a = NpyArray::from_le_bytes(elem, shape, b).map_err(|e| err(e.to_string()))?;
-                Ok((io.name.clone(), a))
-            })
-            .collect()
+        self.npy_outputs(outs, k)
     }
 
     /// Runs on `.npy`-style arrays (checked against the plan's input types and shapes). A plan
@@ -599,7 +581,18 @@ impl Executor {
             }
         }
         let outs = self.run_bytes(&bytes, threads)?;
-        p.outputs
+        self.npy_outputs(outs, 1)
+    }
+
+    /// The outputs' bytes as arrays of their planned shapes, the leading dim times `k` (the
+    /// number of batch slices).
+    fn npy_outputs(
+        &self,
+        outs: Vec<Vec<u8>>,
+        k: usize,
+    ) -> Result<Vec<(String, NpyArray)>, RunError> {
+        self.plan
+            .outputs
             .iter()
             .zip(outs)
             .map(|(io, b)| {
@@ -609,8 +602,11 @@ impl Executor {
                 };
                 let elem = ElemType::from_name(&io.dtype)
                     .ok_or_else(|| err(format!("type {} has no .npy form", io.dtype)))?;
-                let a = NpyArray::from_le_bytes(elem, io.shape.clone(), b)
-                    .map_err(|e| err(e.to_string()))?;
+                let mut shape = io.shape.clone();
+                if let Some(d) = shape.first_mut() {
+                    *d *= k;
+                }
+                let a = NpyArray::from_le_bytes(elem, shape, b).map_err(|e| err(e.to_string()))?;
                 Ok((io.name.clone(), a))
             })
             .collect()
