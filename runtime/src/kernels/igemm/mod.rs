@@ -329,6 +329,7 @@ struct Spec<DA, DB> {
 /// apart. `first`: C is overwritten, else added to. On the last block, `rowadd[r]` and
 /// `coladd[j]` (already offset to the tile) and the residual (null if none, rows `ldr` apart)
 /// are added.
+#[derive(Clone, Copy)]
 struct Tile<DA, DB> {
     kc: usize,
     a: *const DA,
