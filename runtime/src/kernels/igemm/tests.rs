@@ -380,6 +380,10 @@ fn fast_packing_matches_generic() {
         (33, 147),
         (70, 64),
         (100, 33),
+        (64, 5),
+        (96, 147),
+        (200, 9),
+        (230, 12),
     ] {
         for &p in &[12usize, 32] {
             for col_major in [false, true] {
