@@ -14,13 +14,14 @@
 //! matrix as `B`, `n = H·W`), `bert` a MatMulInteger of the int8 BERT (`u8` activations as
 //! `A` times `i8` weights as `B`). `raw` packs both operands on every call; `packed W` packs
 //! the weight once ahead of time (as the executor's constant cache does), so the call packs
-//! only the activations. `IGEMM_BENCH_FILTER=text` keeps the shapes whose label contains
+//! only the activations; `requant` rows write `u8` through the requantizing epilogue, as the
+//! QDQ convs do. `IGEMM_BENCH_FILTER=text` keeps the shapes whose label contains
 //! `text`.
 
 #![allow(unsafe_code)]
 
 use mlc_runtime::kernels::Isa;
-use mlc_runtime::kernels::igemm::{IBias, IGemm, IntRef, PackedInt};
+use mlc_runtime::kernels::igemm::{IBias, IGemm, IOut, IRequant, IntRef, PackedInt, RqMult};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,9 @@ struct Shape {
     /// Cycle through enough copies of the packed weight (64 MiB) that each call reads its
     /// weight from memory, as in a model whose weights exceed the caches.
     cold: bool,
+    /// The product requantized to `u8` in the epilogue (per-row multipliers), as the
+    /// models' `QLinearConv`s and QDQ convs run, instead of stored as `i32`.
+    requant: bool,
 }
 
 /// Operand types, and which operand is the constant weight.
@@ -65,6 +69,7 @@ impl Shape {
             kind: Kind::U8xI8,
             packed: false,
             cold: false,
+            requant: false,
         }
     }
     const fn threads(mut self, t: usize) -> Shape {
@@ -86,6 +91,10 @@ impl Shape {
     }
     const fn packed(mut self) -> Shape {
         self.packed = true;
+        self
+    }
+    const fn requant(mut self) -> Shape {
+        self.requant = true;
         self
     }
     const fn cold(mut self) -> Shape {
@@ -116,8 +125,8 @@ impl Shape {
                 " packed"
             } else {
                 " raw"
-            }
-        )
+            },
+        ) + if self.requant { " requant" } else { "" }
     }
 }
 
@@ -166,6 +175,11 @@ const SHAPES: &[Shape] = &[
     Shape::conv("conv 1x1/2", 256, 196, 128).packed(),
     Shape::conv("conv 1x1/2", 512, 49, 256),
     Shape::conv("conv 1x1/2", 512, 49, 256).packed(),
+    Shape::conv("conv 7x7/2", 64, 12544, 147).packed().requant(),
+    Shape::conv("conv 3x3", 64, 3136, 576).packed().requant(),
+    Shape::conv("conv 3x3", 128, 784, 1152).packed().requant(),
+    Shape::conv("conv 3x3", 256, 196, 2304).packed().requant(),
+    Shape::conv("conv 3x3", 512, 49, 4608).packed().requant(),
 ];
 
 struct Prepared {
@@ -183,6 +197,8 @@ struct Prepared {
     /// The copy the next call uses.
     turn: usize,
     c: Vec<i32>,
+    /// The requantized C.
+    c8: Vec<u8>,
 }
 
 impl Prepared {
@@ -209,6 +225,7 @@ impl Prepared {
             pw: Vec::new(),
             turn: 0,
             c: vec![0; m * n],
+            c8: vec![0; m * n],
         };
         if shape.packed {
             let copies = if shape.cold {
@@ -247,6 +264,25 @@ impl Prepared {
         let c = &mut self.c;
         let pw = self.pw.get(self.turn % self.pw.len().max(1));
         self.turn += 1;
+        if let (true, Kind::I8xU8, Some(pw)) = (s.requant, s.kind, pw) {
+            let rq = IRequant {
+                mult: RqMult::PerRow(&conv.mult),
+                scale: 0.05,
+                zero_point: 3,
+                add: None,
+            };
+            g.run_packed_a_into(
+                pw,
+                n,
+                IntRef::row_major(black_box(&conv.x), n),
+                IOut::U8(&mut self.c8, rq),
+                n,
+                IBias::PerRow(&conv.bias),
+            )
+            .expect("operands fit");
+            black_box(&self.c8);
+            return;
+        }
         let r = match (s.kind, pw) {
             (Kind::U8xI8, None) => g.run(
                 m,
@@ -313,6 +349,9 @@ impl Prepared {
             w: self.weights_i8(),
             x: self.acts_u8(),
             bias: (0..self.shape.m as i32).map(|i| 37 * i - 1000).collect(),
+            mult: (0..self.shape.m)
+                .map(|i| 1e-4 * (1 + i % 7) as f32)
+                .collect(),
         };
         let start = Instant::now();
         while start.elapsed() < budget / 5 {
@@ -336,6 +375,8 @@ struct ConvData {
     w: Vec<i8>,
     x: Vec<u8>,
     bias: Vec<i32>,
+    /// Requantization multipliers, one per row.
+    mult: Vec<f32>,
 }
 
 /// Multiply-adds per second of one thread at the peak loop of `isa`, or `None` without it.
@@ -461,6 +502,8 @@ fn main() {
             shape.operands(),
             if shape.cold {
                 "packed W, cold"
+            } else if shape.packed && shape.requant {
+                "packed W, requant u8"
             } else if shape.packed {
                 "packed W"
             } else {

@@ -60,6 +60,7 @@ pub use super::gemm::TileHook;
 use pack::{AlignedVec, PackDst};
 pub use requant::{AddParams, IAdd, IRequant, RqMult};
 use requant::{Per, QTile};
+use std::mem::MaybeUninit;
 
 /// An integer element type an operand may have.
 pub trait IntElem: Copy + Ord + Send + Sync + 'static {
@@ -328,6 +329,7 @@ struct Spec<DA, DB> {
 /// apart. `first`: C is overwritten, else added to. On the last block, `rowadd[r]` and
 /// `coladd[j]` (already offset to the tile) and the residual (null if none, rows `ldr` apart)
 /// are added.
+#[derive(Clone, Copy)]
 struct Tile<DA, DB> {
     kc: usize,
     a: *const DA,
@@ -957,24 +959,37 @@ impl Problem<'_> {
             }
             Side::Packed(p) => (DA::unwrap(&p.panels).ok_or(wrong(p))?.as_ptr(), &p.sums),
         };
+        // A B packed on this call is packed one column block at a time, by the thread that
+        // uses it, right before its tiles (see `block_loops`), when each thread's tiles span
+        // whole columns of C (one thread, or bands along N): the block's panels then stay in
+        // L2 between packing and use, instead of the whole B going out to L3 and back, and
+        // the threads need no barrier between packing and computing. Bands along M would each
+        // need all of B: it is packed once, up front, by all threads.
+        let lazy_b = matches!(b, Side::Raw(_)) && (threads == 1 || mt < nt);
         let own_b;
         let (bp, csum): (*const DB, &[i32]) = match b {
+            Side::Raw(_) if lazy_b => (std::ptr::null(), &[]),
             Side::Raw(v) => {
                 own_b = pack::pack_all::<TB, DB>(v, n, k, self.ob, spec.nr, spec.kg, threads);
                 (own_b.0.as_ptr(), &own_b.1)
             }
             Side::Packed(p) => (DB::unwrap(&p.panels).ok_or(wrong(p))?.as_ptr(), &p.sums),
         };
-        // The epilogue's vectors: A·B = Au·Bs + oa·colsum(Bs) + ob·(rowsum(Au) + k·oa).
+        // The epilogue's vectors: A·B = Au·Bs + oa·colsum(Bs) + ob·(rowsum(Au) + k·oa)
+        // (`oa·colsum` added per block when B is packed there).
         let (oa, ob, kk) = (self.oa, self.ob, k as i32);
         let mut rowadd: Vec<i32> = rsum[..mt * spec.mr]
             .iter()
             .map(|&s| ob.wrapping_mul(s.wrapping_add(kk.wrapping_mul(oa))))
             .collect();
-        let mut coladd: Vec<i32> = csum[..nt * spec.nr]
-            .iter()
-            .map(|&s| oa.wrapping_mul(s))
-            .collect();
+        let mut coladd: Vec<i32> = if lazy_b {
+            vec![0; nt * spec.nr]
+        } else {
+            csum[..nt * spec.nr]
+                .iter()
+                .map(|&s| oa.wrapping_mul(s))
+                .collect()
+        };
         let mut res = (std::ptr::null(), 0);
         match self.bias {
             IBias::None => {}
@@ -997,6 +1012,20 @@ impl Problem<'_> {
             SharedPtr(coladd.as_ptr().cast_mut()),
             SharedPtr(res.0.cast_mut()),
         );
+        let (obb, kg, nr) = (self.ob, spec.kg, spec.nr);
+        // Packs panels `j0..j1` of B (in tiles) into `dst` and their column sums into `sums`.
+        let pack_cols = |j0: usize, j1: usize, dst: &mut [MaybeUninit<DB>], sums: &mut [i32]| {
+            if let Side::Raw(v) = b {
+                let top = j0 * nr;
+                let view = IntRef::new(&v.data[(top * v.rs).min(v.data.len())..], v.rs, v.cs);
+                let rows = (j1 * nr).min(n) - top;
+                pack::pack(&view, rows, k, obb, nr, kg, (0, 1), dst, sums);
+            }
+        };
+        let lazy = lazy_b.then_some(LazyB {
+            pack: &pack_cols,
+            oa,
+        });
         let run_band = move |t: usize| {
             let ((m0, m1), (n0, n1)) = band_of(t, threads, mt, nt);
             // SAFETY: the panels hold all `mt`×`nt` tiles with `kp` steps (packed here, or
@@ -1014,6 +1043,7 @@ impl Problem<'_> {
                     bpp.get(),
                     dest,
                     (rap.get(), cap.get(), resp.get(), res.1),
+                    lazy,
                 )
             };
         };
@@ -1026,6 +1056,18 @@ impl Problem<'_> {
     }
 }
 
+/// A `B` that [`block_loops`] packs one column block at a time: the packer (panels `j0..j1`,
+/// in tiles, into a buffer and their column sums) and `A`'s offset, by which the sums enter
+/// the epilogue's column vector.
+#[derive(Clone, Copy)]
+struct LazyB<'p, DB> {
+    pack: &'p PackCols<'p, DB>,
+    oa: i32,
+}
+
+/// Packs panels `j0..j1` of `B` into `dst` and their column sums into `sums`.
+type PackCols<'p, DB> = dyn Fn(usize, usize, &mut [MaybeUninit<DB>], &mut [i32]) + Sync + 'p;
+
 /// The blocked loops over tiles `m0..m1` × `n0..n1` (in tile units): `jc` (NC columns) →
 /// `pc` (KC steps) → `i` (MR rows) → `j` (NR columns) → microkernel.
 ///
@@ -1037,11 +1079,14 @@ impl Problem<'_> {
 /// `m` rows or `n` columns; no other thread touches this band of `C`. The CPU runs
 /// `dest.isa`.
 ///
+/// With `lazy`, `b` is unused: each column block of B is packed into a buffer of this call's
+/// right before its tiles, and `coladd` holds everything but `oa·colsum(B)`.
+///
 /// With a requantization, the microkernels accumulate into an `i32` scratch (one tile when
 /// `k` is not cut, else the band's rows of one column block, so that partial sums survive
 /// between `k` blocks), and each tile is requantized into `C` right after its last block.
 #[allow(clippy::too_many_arguments)]
-unsafe fn block_loops<DA, DB>(
+unsafe fn block_loops<DA, DB: PackDst>(
     spec: &Spec<DA, DB>,
     (m0, m1): (usize, usize),
     (n0, n1): (usize, usize),
@@ -1050,9 +1095,22 @@ unsafe fn block_loops<DA, DB>(
     b: *const DB,
     dest: Dest<'_>,
     (rowadd, coladd, res, ldr): (*mut i32, *mut i32, *mut i32, usize),
+    lazy: Option<LazyB<'_, DB>>,
 ) {
     let (mr, nr) = (spec.mr, spec.nr);
     let nc_tiles = (spec.nc / nr).max(1);
+    // The packed column block and its epilogue vector, when B is packed here.
+    let (mut bbuf, mut bsums, mut bcol) = match lazy {
+        Some(_) => {
+            let cols = nc_tiles.min(n1 - n0) * nr;
+            (
+                AlignedVec::<DB>::new(cols * kp),
+                vec![0i32; cols],
+                vec![0i32; cols],
+            )
+        }
+        None => (AlignedVec::<DB>::new(0), Vec::new(), Vec::new()),
+    };
     // When a whole column block of B (all `kp` steps) fits in half of L2, `k` is not cut: A's
     // panels are then read once, front to back, which the prefetchers stream from memory (a
     // weight that is not in cache, 512×49×4608: 430 → 600+ GOP/s measured), and C is
@@ -1073,6 +1131,27 @@ unsafe fn block_loops<DA, DB>(
     let mut jc = n0;
     while jc < n1 {
         let jend = (jc + nc_tiles).min(n1);
+        // Where this block's panels and column vector are: B's own, or packed here.
+        let (bblk, cblk) = match lazy {
+            Some(lz) => {
+                let cols = (jend - jc) * nr;
+                (lz.pack)(
+                    jc,
+                    jend,
+                    &mut bbuf.as_mut_slice()[..cols * kp],
+                    &mut bsums[..cols],
+                );
+                for (x, (&s, &base)) in bcol.iter_mut().zip(bsums.iter().zip(
+                    // SAFETY: `coladd` covers every padded column (the contract).
+                    unsafe { std::slice::from_raw_parts(coladd.add(jc * nr), cols) },
+                )) {
+                    *x = base.wrapping_add(lz.oa.wrapping_mul(s));
+                }
+                (bbuf.as_ptr(), bcol.as_mut_ptr())
+            }
+            // SAFETY: panel `jc` and column `jc·NR` lie inside B's panels and `coladd`.
+            None => unsafe { (b.add(jc * nr * kp), coladd.add(jc * nr)) },
+        };
         for kb in 0..kblocks {
             let pc = kb * kc_max;
             let kc = kc_max.min(kp - pc);
@@ -1095,7 +1174,7 @@ unsafe fn block_loops<DA, DB>(
                         let tile = Tile {
                             kc,
                             a: a.add(it * mr * kp + pc * mr),
-                            b: b.add(jt * nr * kp + pc * nr),
+                            b: bblk.add((jt - jc) * nr * kp + pc * nr),
                             c,
                             ldc: tldc,
                             rows: mr.min(m - i),
@@ -1103,7 +1182,7 @@ unsafe fn block_loops<DA, DB>(
                             first: kb == 0,
                             last: kb + 1 == kblocks,
                             rowadd: rowadd.add(i),
-                            coladd: coladd.add(j),
+                            coladd: cblk.add(j - jc * nr),
                             res: if res.is_null() {
                                 res
                             } else {

@@ -241,6 +241,40 @@ fn big_products_split_across_threads() {
 }
 
 #[test]
+fn column_tails() {
+    // Tiles cut short by the last columns of C take narrower kernels (VNNI: one vector per
+    // row up to 16 columns, the transposed column kernel below as many columns as rows, 16 +
+    // columns between 17 and 31): every such tail against every row tail, `k` not a
+    // multiple of 4, `k` cut into blocks (a column kernel adding to C), and a full bias.
+    let mut rng = Rng(0x7a11);
+    let ns = [
+        1, 2, 3, 4, 5, 11, 12, 15, 16, 17, 18, 20, 27, 28, 31, 49, 196,
+    ];
+    for &m in &[1, 3, 4, 11, 12, 13, 64] {
+        for &n in &ns {
+            for &k in &[3, 4, 9, 147] {
+                let a = Mat::new(m, k, false, 0, || rng.int(-128, 127) as i8);
+                let b = Mat::new(k, n, false, 0, || rng.int(0, 255) as u8);
+                let row: Vec<i32> = (0..m).map(|_| rng.int(-5000, 5000) as i32).collect();
+                check((m, n, k), &a, &b, IBias::PerRow(&row), "column tail");
+            }
+        }
+    }
+    for &(m, n, k) in &[(12, 290, 2100), (13, 305, 2103), (24, 49, 4608)] {
+        let a = Mat::new(m, k, false, 0, || rng.int(0, 255) as u8);
+        let b = Mat::new(k, n, false, 0, || rng.int(-128, 127) as i8);
+        let full: Vec<i32> = (0..m * n).map(|_| rng.int(-1000, 1000) as i32).collect();
+        check(
+            (m, n, k),
+            &a,
+            &b,
+            IBias::Full(&full, n),
+            "column tail, deep",
+        );
+    }
+}
+
+#[test]
 fn refusals() {
     let g = IGemm::new();
     let mut c = vec![0i32; 4];
@@ -346,6 +380,10 @@ fn fast_packing_matches_generic() {
         (33, 147),
         (70, 64),
         (100, 33),
+        (64, 5),
+        (96, 147),
+        (200, 9),
+        (230, 12),
     ] {
         for &p in &[12usize, 32] {
             for col_major in [false, true] {
