@@ -253,8 +253,13 @@ fn rule(cx: &Cx, op: &Op) -> Result<Vec<B>, String> {
                     Some(B::Axis(0)) | None => {}
                     Some(B::Axis(_)) => return Err(format!("operand {i} is not batch-major")),
                     Some(B::Indep) => {
+                        // Batch-major by definition: attention's 4-D operands, rotary's 3-D
+                        // cos/sin tables `(batch, seq, rot/2)`.
                         let s = cx.in_shape(i);
-                        if s.len() == 4 && s[0] != Some(1) {
+                        let rotary_table = matches!(op, Op::Attn(AttnOp::Rotary { .. }))
+                            && (i == 1 || i == 2)
+                            && s.len() == 3;
+                        if (s.len() == 4 || rotary_table) && s[0] != Some(1) {
                             return Err(format!("operand {i} differs along the batch"));
                         }
                     }

@@ -157,7 +157,14 @@ fn feeding_inputs(graph: &Graph) -> BTreeSet<usize> {
         match producers[v.0 as usize] {
             Some(p) => {
                 let node: &Node = &graph.nodes[p];
-                if !matches!(node.op, Op::Constant { .. }) {
+                // A shape or size depends on its input's shape, never its values: binding the
+                // data upstream of one (when its shape is not static, say after a NonZero) would
+                // bake data in.
+                let stops = matches!(
+                    node.op,
+                    Op::Constant { .. } | Op::Movement(MovementOp::Shape { .. } | MovementOp::Size)
+                );
+                if !stops {
                     stack.extend(node.inputs.iter().flatten());
                 }
             }
@@ -257,6 +264,22 @@ mod tests {
         let bound = specialize(&mut g, &[("c".into(), c)]).expect("specializes");
         assert!(bound.is_empty());
         assert_eq!(crate::non_static_values(&g).len(), 1);
+    }
+
+    #[test]
+    fn the_walk_stops_at_shapes_of_data() {
+        // The reshape target is the shape of NonZero's output: known only from the data, which
+        // must not be baked in.
+        let src = r#"graph (%0: bool[4] "c", %1: f32[4] "x") -> (%4 "y") {
+  %2 = movement.non_zero (%0) : i64[1,?]
+  %3 = movement.shape {"start":1,"end":2} (%2) : i64[1]
+  %4 = movement.reshape {"shape":null,"allowzero":false} (%1, %3) : f32[?]
+}
+"#;
+        let mut g = parse_graph(src).expect("parses");
+        let c = Tensor::from_vec(&[4], vec![true, false, true, true]).expect("c");
+        let bound = specialize(&mut g, &[("c".into(), c)]).expect("specializes");
+        assert!(bound.is_empty());
     }
 
     #[test]
