@@ -1913,7 +1913,25 @@ pub(super) fn conv_integer(cx: &mut Cx, node: &Node, geom: &ConvGeom) -> Result<
     let (Some(x), Some(w)) = (node.input(0), node.input(1)) else {
         return unsupported("missing input");
     };
+    let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
     let (zx, zw) = (node.input(2), node.input(3));
+    conv_integer_into(cx, node, geom, (x, w, zx, zw), out)
+}
+
+/// `ConvInteger` of `x` and `w` with their optional zero points into the i32 buffer `out`
+/// (also the integer core of `QLinearConv`, whose operands sit at other input positions).
+pub(super) fn conv_integer_into(
+    cx: &mut Cx,
+    node: &Node,
+    geom: &ConvGeom,
+    (x, w, zx, zw): (
+        mlc_ir::ValueId,
+        mlc_ir::ValueId,
+        Option<mlc_ir::ValueId>,
+        Option<mlc_ir::ValueId>,
+    ),
+    out: BufId,
+) -> Result<(), Fail> {
     let (xs, ws) = (cx.shape(x)?, cx.shape(w)?);
     if xs.len() < 3 || ws.len() != xs.len() {
         return unsupported("integer convolution without spatial dims");
@@ -1942,7 +1960,6 @@ pub(super) fn conv_integer(cx: &mut Cx, node: &Node, geom: &ConvGeom) -> Result<
     )?;
     let group = geom.group.max(1);
     let (cg, mg) = (c / group, m / group);
-    let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
     if cg == 1 {
         return conv_integer_direct(cx, node, x, w, zx, zw, out, &g, ins, n, c, m, group);
     }
