@@ -136,8 +136,12 @@ pub(super) fn conv(
     };
     let (xs, ws) = (cx.shape(x)?, cx.shape(w)?);
     let ty = cx.dtype(x);
-    if !matches!(ty, DType::F32 | DType::F64) {
+    let half = matches!(ty, DType::F16 | DType::BF16);
+    if !matches!(ty, DType::F32 | DType::F64) && !half {
         return unsupported(format!("convolution on {}", ty.name()));
+    }
+    if xs.len() < 3 || ws.len() != xs.len() || group == 0 || xs[1] % group != 0 {
+        return unsupported(format!("convolution of {xs:?} by {ws:?} in {group} groups"));
     }
     let (n, c, m) = (xs[0], xs[1], ws[0]);
     let ins = &xs[2..];
@@ -148,6 +152,9 @@ pub(super) fn conv(
     let out_v = node.outputs[0];
     let out = cx.new_buffer(out_v, BufKind::Temp)?;
     let bias = node.input(2);
+    if half {
+        return conv_half(cx, node, (x, w, bias), out, &g, ins, (n, c, m, group));
+    }
     let kk: usize = kdims.iter().product();
     let ohw: usize = g.out.iter().product();
     if cg == 1 && ins.len() == 2 {
@@ -1512,6 +1519,103 @@ fn conv_direct(
     Ok(())
 }
 
+/// A half-precision convolution as direct loops that widen every operand to `f32`, sum the
+/// products over `(channel of the group, taps…)` in `f32`, add the bias, and round once to the
+/// output type, as the interpreter computes it. Half-precision convolutions are rare enough
+/// that they take no GEMM path.
+#[allow(clippy::too_many_arguments)]
+fn conv_half(
+    cx: &mut Cx,
+    node: &Node,
+    (x, w, bias): (mlc_ir::ValueId, mlc_ir::ValueId, Option<mlc_ir::ValueId>),
+    out: BufId,
+    g: &Geom,
+    ins: &[usize],
+    (n, c, m, group): (usize, usize, usize, usize),
+) -> Result<(), Fail> {
+    let ty = cx.dtype(x);
+    let ct = DType::F32;
+    let (wty, bty) = (cx.dtype(w), bias.map(|b| cx.dtype(b)));
+    let mut kb = KernelBuilder::new(format!("{}_direct", kernel_name(&node.op)));
+    let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+    let wp = kb.param(&cx.p, cx.buf(w)?, Access::Read);
+    let bp = cx.opt_param(&mut kb, bias, Access::Read)?;
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let widen = |e: Expr, t: DType| if t != ct { Expr::cast(ct, e) } else { e };
+    let s = ins.len();
+    let ihw: usize = ins.iter().product();
+    let ohw: usize = g.out.iter().product();
+    let kk: usize = g.k.iter().product();
+    let (ist, ost, kst) = (strides(ins), strides(&g.out), strides(&g.k));
+    let (cg, mg) = (c / group, m / group);
+    let mut ext = vec![m, n];
+    ext.extend_from_slice(&g.out);
+    let body = nest(&mut kb, &ext, LoopKind::Parallel, |kb, v| {
+        let (mv, nv, ov) = (v[0], v[1], &v[2..]);
+        let acc = kb.var(ct);
+        // The first input channel of output channel m's group.
+        let c0 = Expr::mul_idx(channel_group(mv, mg), cg as i64);
+        let mut red = vec![cg];
+        red.extend_from_slice(&g.k);
+        let inner = nest(kb, &red, LoopKind::Serial, |_, rv| {
+            let (civ, kv) = (rv[0], &rv[1..]);
+            let mut src = Expr::add_idx(
+                Expr::mul_idx(Expr::var(nv), (c * ihw) as i64),
+                Expr::mul_idx(Expr::add_idx(c0.clone(), Expr::var(civ)), ihw as i64),
+            );
+            let mut ok = Expr::Lit(Lit::Bool(true));
+            let mut widx = Expr::add_idx(
+                Expr::mul_idx(Expr::var(mv), (cg * kk) as i64),
+                Expr::mul_idx(Expr::var(civ), kk as i64),
+            );
+            for d in 0..s {
+                let (pos, inside) = tap(ov[d], kv[d], g, d, ins[d]);
+                src = Expr::add_idx(src, Expr::mul_idx(pos, ist[d]));
+                ok = and(ok, inside);
+                widx = Expr::add_idx(widx, Expr::mul_idx(Expr::var(kv[d]), kst[d]));
+            }
+            let prod = Expr::bin(
+                BinOp::Mul,
+                widen(Expr::load(xp, src), ty),
+                widen(Expr::load(wp, widx), wty),
+            );
+            let term = match ok {
+                Expr::Lit(Lit::Bool(true)) => prod,
+                ok => Expr::select(ok, prod, Expr::float(ct, 0.0)),
+            };
+            vec![Stmt::Assign {
+                var: acc,
+                value: Expr::bin(BinOp::Add, Expr::var(acc), term),
+            }]
+        });
+        let mut dst = Expr::add_idx(
+            Expr::mul_idx(Expr::var(nv), (m * ohw) as i64),
+            Expr::mul_idx(Expr::var(mv), ohw as i64),
+        );
+        for d in 0..s {
+            dst = Expr::add_idx(dst, Expr::mul_idx(Expr::var(ov[d]), ost[d]));
+        }
+        let mut y = Expr::var(acc);
+        if let (Some(p), Some(t)) = (bp, bty) {
+            y = Expr::bin(BinOp::Add, y, widen(Expr::load(p, Expr::var(mv)), t));
+        }
+        let mut stmts = vec![Stmt::Let {
+            var: acc,
+            value: Expr::float(ct, 0.0),
+        }];
+        stmts.extend(inner);
+        stmts.push(Stmt::Store {
+            param: op_,
+            index: dst,
+            value: Expr::cast(ty, y),
+        });
+        stmts
+    });
+    kb.k.body = body;
+    cx.launch(kb, node);
+    Ok(())
+}
+
 /// What a pooling window computes.
 #[derive(Clone, Copy, PartialEq)]
 pub(super) enum PoolKind {
@@ -1732,6 +1836,142 @@ pub(super) fn pool_kind(
     Ok(())
 }
 
+/// Max pooling with its indices output: the first maximum in window order (a later tap must
+/// be strictly greater), compared in `f32` (`f64` for `f64` inputs) as the interpreter does.
+/// The index is flat over the whole input, `plane · H·W… + position`, the position counted
+/// row-major, or column-major over the spatial dims under `storage_order` 1. A window with
+/// no tap inside the input yields 0 at the plane's first element.
+pub(super) fn max_pool_indices(
+    cx: &mut Cx,
+    node: &Node,
+    w: &Window,
+    col_major: bool,
+) -> Result<(), Fail> {
+    let Some(x) = node.input(0) else {
+        return unsupported("missing input");
+    };
+    let xs = cx.shape(x)?;
+    let ty = cx.dtype(x);
+    if ty.is_storage_only() || !(ty.is_float() || ty.is_int()) || xs.len() < 3 {
+        return unsupported(format!("max pool with indices on {}{xs:?}", ty.name()));
+    }
+    let ins = xs[2..].to_vec();
+    let s = ins.len();
+    let g = geometry(
+        &ins,
+        &w.kernel,
+        &w.strides,
+        &w.dilations,
+        &w.pads,
+        w.auto_pad,
+        w.ceil_mode,
+    )?;
+    let ct = if ty == DType::F64 { ty } else { DType::F32 };
+    let ity = cx.dtype(node.outputs[1]);
+    let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
+    let iout = cx.new_buffer(node.outputs[1], BufKind::Temp)?;
+    let mut kb = KernelBuilder::new(kernel_name(&node.op));
+    let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let ip = kb.param(&cx.p, iout, Access::Write);
+    let ihw: usize = ins.iter().product();
+    let ohw: usize = g.out.iter().product();
+    let (ist, ost) = (strides(&ins), strides(&g.out));
+    let idx_st: Vec<i64> = if col_major {
+        let mut st = vec![1i64; s];
+        for d in 1..s {
+            st[d] = st[d - 1] * ins[d - 1] as i64;
+        }
+        st
+    } else {
+        ist.clone()
+    };
+    let mut ext = vec![xs[0] * xs[1]];
+    ext.extend_from_slice(&g.out);
+    let body = nest(&mut kb, &ext, LoopKind::Parallel, |kb, v| {
+        let (pv, ov) = (v[0], &v[1..]);
+        let (acc, best) = (kb.var(ct), kb.var(DType::I64));
+        let inner = nest(kb, &g.k.clone(), LoopKind::Serial, |kb, kv| {
+            let mut src = Expr::mul_idx(Expr::var(pv), ihw as i64);
+            let mut flat = Expr::idx(0);
+            let mut ok = Expr::Lit(Lit::Bool(true));
+            for d in 0..s {
+                let (pos, inside) = tap(ov[d], kv[d], &g, d, ins[d]);
+                src = Expr::add_idx(src, Expr::mul_idx(pos.clone(), ist[d]));
+                flat = Expr::add_idx(flat, Expr::mul_idx(pos, idx_st[d]));
+                ok = and(ok, inside);
+            }
+            let xv = kb.var(ct);
+            let load = Expr::load(xp, src);
+            let first = Expr::bin(BinOp::Lt, Expr::var(best), Expr::idx(0));
+            let greater = Expr::bin(BinOp::Gt, Expr::var(xv), Expr::var(acc));
+            // Decided once, before either running value changes.
+            let take = kb.var(DType::Bool);
+            vec![
+                Stmt::Let {
+                    var: xv,
+                    value: if ct != ty { Expr::cast(ct, load) } else { load },
+                },
+                Stmt::Let {
+                    var: take,
+                    value: and(ok, Expr::bin(BinOp::Or, first, greater)),
+                },
+                Stmt::Assign {
+                    var: acc,
+                    value: Expr::select(Expr::var(take), Expr::var(xv), Expr::var(acc)),
+                },
+                Stmt::Assign {
+                    var: best,
+                    value: Expr::select(Expr::var(take), flat, Expr::var(best)),
+                },
+            ]
+        });
+        let mut dst = Expr::mul_idx(Expr::var(pv), ohw as i64);
+        for d in 0..s {
+            dst = Expr::add_idx(dst, Expr::mul_idx(Expr::var(ov[d]), ost[d]));
+        }
+        let none = Expr::bin(BinOp::Lt, Expr::var(best), Expr::idx(0));
+        let value = Expr::select(none.clone(), Expr::float(ct, 0.0), Expr::var(acc));
+        let index = Expr::add_idx(
+            Expr::mul_idx(Expr::var(pv), ihw as i64),
+            Expr::select(none, Expr::idx(0), Expr::var(best)),
+        );
+        let mut stmts = vec![
+            Stmt::Let {
+                var: acc,
+                value: Expr::float(ct, 0.0),
+            },
+            Stmt::Let {
+                var: best,
+                value: Expr::idx(-1),
+            },
+        ];
+        stmts.extend(inner);
+        stmts.push(Stmt::Store {
+            param: op_,
+            index: dst.clone(),
+            value: if ct != ty {
+                Expr::cast(ty, value)
+            } else {
+                value
+            },
+        });
+        stmts.push(Stmt::Store {
+            param: ip,
+            index: dst,
+            value: if ity != DType::I64 {
+                Expr::cast(ity, index)
+            } else {
+                index
+            },
+        });
+        stmts
+    });
+    kb.k.body = body;
+    cx.launch(kb, node);
+    Ok(())
+}
+
 /// Transposed convolution as direct loops in gather form: output position `o` receives input
 /// position `i` through tap `k` when `o + pad = i*stride + k*dilation`, so each output element
 /// sums over the channels of its group and the taps whose `i` is integral and inside the input.
@@ -1913,7 +2153,25 @@ pub(super) fn conv_integer(cx: &mut Cx, node: &Node, geom: &ConvGeom) -> Result<
     let (Some(x), Some(w)) = (node.input(0), node.input(1)) else {
         return unsupported("missing input");
     };
+    let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
     let (zx, zw) = (node.input(2), node.input(3));
+    conv_integer_into(cx, node, geom, (x, w, zx, zw), out)
+}
+
+/// `ConvInteger` of `x` and `w` with their optional zero points into the i32 buffer `out`
+/// (also the integer core of `QLinearConv`, whose operands sit at other input positions).
+pub(super) fn conv_integer_into(
+    cx: &mut Cx,
+    node: &Node,
+    geom: &ConvGeom,
+    (x, w, zx, zw): (
+        mlc_ir::ValueId,
+        mlc_ir::ValueId,
+        Option<mlc_ir::ValueId>,
+        Option<mlc_ir::ValueId>,
+    ),
+    out: BufId,
+) -> Result<(), Fail> {
     let (xs, ws) = (cx.shape(x)?, cx.shape(w)?);
     if xs.len() < 3 || ws.len() != xs.len() {
         return unsupported("integer convolution without spatial dims");
@@ -1942,7 +2200,6 @@ pub(super) fn conv_integer(cx: &mut Cx, node: &Node, geom: &ConvGeom) -> Result<
     )?;
     let group = geom.group.max(1);
     let (cg, mg) = (c / group, m / group);
-    let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
     if cg == 1 {
         return conv_integer_direct(cx, node, x, w, zx, zw, out, &g, ins, n, c, m, group);
     }

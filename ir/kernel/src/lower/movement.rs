@@ -157,7 +157,7 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &MovementOp) -> Result<(), Fai
             idx
         }),
         MovementOp::Pad { mode, pads, axes } => pad(cx, node, x, *mode, pads.clone(), axes.clone()),
-        MovementOp::GatherNd { batch_dims: 0 } => gather_nd(cx, node, x),
+        MovementOp::GatherNd { batch_dims } => gather_nd(cx, node, x, *batch_dims),
         MovementOp::GatherElements { axis } => index::gather_elements(cx, node, x, *axis),
         MovementOp::ScatterElements { axis, reduction } => {
             index::scatter_elements(cx, node, *axis, *reduction)
@@ -321,8 +321,9 @@ fn gather(cx: &mut Cx, node: &Node, x: ValueId, axis: usize) -> Result<(), Fail>
     Ok(())
 }
 
-/// `GatherNd` without batch dims: `out[i.., j..] = x[idx[i.., 0], …, idx[i.., q-1], j..]`.
-fn gather_nd(cx: &mut Cx, node: &Node, x: ValueId) -> Result<(), Fail> {
+/// `GatherNd`: `out[b.., i.., j..] = x[b.., idx[b.., i.., 0], …, idx[b.., i.., q-1], j..]`,
+/// where the first `batch_dims` axes of the data and the indices walk together.
+fn gather_nd(cx: &mut Cx, node: &Node, x: ValueId, batch_dims: usize) -> Result<(), Fail> {
     let Some(iv) = node.input(1) else {
         return unsupported("missing indices");
     };
@@ -331,8 +332,12 @@ fn gather_nd(cx: &mut Cx, node: &Node, x: ValueId) -> Result<(), Fail> {
     let Some(&q) = is.last() else {
         return unsupported("scalar indices");
     };
-    if ity != DType::I64 || q > xs.len() {
-        return unsupported("gather_nd indices must be i64 and address at most the data's rank");
+    let b = batch_dims;
+    if !matches!(ity, DType::I64 | DType::I32) {
+        return unsupported(format!("gather_nd indices of type {}", ity.name()));
+    }
+    if b >= is.len() || b + q > xs.len() || xs[..b] != is[..b] {
+        return unsupported(format!("gather_nd of {xs:?} by {is:?} with {b} batch dims"));
     }
     let out_v = node.outputs[0];
     let out_shape = cx.shape(out_v)?;
@@ -342,6 +347,7 @@ fn gather_nd(cx: &mut Cx, node: &Node, x: ValueId) -> Result<(), Fail> {
     let ip = kb.param(&cx.p, cx.buf(iv)?, Access::Read);
     let op_ = kb.param(&cx.p, out, Access::Write);
     let xst = strides(&xs);
+    // The output's leading axes are the indices' leading axes (batch axes included).
     let outer = is.len() - 1;
     let outer_st = strides(&is[..outer]);
     let body = loop_nest(&mut kb, &out_shape, |kb, vars| {
@@ -351,23 +357,33 @@ fn gather_nd(cx: &mut Cx, node: &Node, x: ValueId) -> Result<(), Fail> {
         }
         let mut stmts = Vec::new();
         let mut src = Expr::idx(0);
+        for d in 0..b {
+            src = Expr::add_idx(src, Expr::mul_idx(Expr::var(vars[d]), xst[d]));
+        }
         for j in 0..q {
             let raw = kb.var(DType::I64);
             let at = Expr::add_idx(Expr::mul_idx(row.clone(), q as i64), Expr::idx(j as i64));
+            let mut load = Expr::load(ip, at);
+            if ity != DType::I64 {
+                load = Expr::cast(DType::I64, load);
+            }
             stmts.push(Stmt::Let {
                 var: raw,
-                value: Expr::load(ip, at),
+                value: load,
             });
             let neg = Expr::bin(BinOp::Lt, Expr::var(raw), Expr::idx(0));
             let fixed = Expr::select(
                 neg,
-                Expr::bin(BinOp::Add, Expr::var(raw), Expr::idx(xs[j] as i64)),
+                Expr::bin(BinOp::Add, Expr::var(raw), Expr::idx(xs[b + j] as i64)),
                 Expr::var(raw),
             );
-            src = Expr::add_idx(src, Expr::mul_idx(fixed, xst[j]));
+            src = Expr::add_idx(src, Expr::mul_idx(fixed, xst[b + j]));
         }
-        for d in q..xs.len() {
-            src = Expr::add_idx(src, Expr::mul_idx(Expr::var(vars[outer + d - q]), xst[d]));
+        for d in b + q..xs.len() {
+            src = Expr::add_idx(
+                src,
+                Expr::mul_idx(Expr::var(vars[outer + d - b - q]), xst[d]),
+            );
         }
         stmts.push(Stmt::Store {
             param: op_,

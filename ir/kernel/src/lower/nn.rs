@@ -26,6 +26,12 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &NnOp) -> Result<(), Fail> {
             group,
             auto_pad,
         } => conv::conv(cx, node, strides, dilations, pads, *group, *auto_pad),
+        NnOp::MaxPool {
+            window,
+            storage_order_col_major,
+        } if node.outputs.len() > 1 => {
+            conv::max_pool_indices(cx, node, window, *storage_order_col_major)
+        }
         NnOp::MaxPool { window, .. } => conv::pool(cx, node, Some(window), true, false),
         NnOp::AvgPool {
             window,
@@ -71,6 +77,7 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &NnOp) -> Result<(), Fail> {
             beta,
             bias,
         } => norm::lrn(cx, node, *size, *alpha, *beta, *bias),
+        NnOp::MeanVarianceNorm { axes } => norm::mean_variance_norm(cx, node, axes),
         NnOp::LpPool { window, p } => {
             conv::pool_kind(cx, node, Some(window), conv::PoolKind::Lp(*p))
         }

@@ -1,6 +1,9 @@
 //! Normalization layers: inference batch norm as one elementwise pass; layer norm (and RMS
 //! norm) as one parallel loop over rows with the mean and variance of each row in registers.
 //!
+//! Mean-variance normalization reduces over any set of axes: one parallel loop over the kept
+//! axes, serial loops over the reduced ones.
+//!
 //! Half-precision inputs compute their statistics in `f32`.
 
 use super::{Cx, Fail, KernelBuilder, kernel_name, loop_nest, strides, unsupported};
@@ -492,6 +495,124 @@ pub(super) fn lrn(
                 },
             },
         ]
+    });
+    kb.k.body = body;
+    cx.launch(kb, node);
+    Ok(())
+}
+
+/// Mean-variance normalization over `axes`: `(x - mean) / (sqrt(E[x²] - mean²) + 1e-9)`, with
+/// the moments summed in one pass in the interpreter's order (row-major within each group).
+pub(super) fn mean_variance_norm(cx: &mut Cx, node: &Node, axes: &[usize]) -> Result<(), Fail> {
+    let Some(x) = node.input(0) else {
+        return unsupported("missing input");
+    };
+    let xs = cx.shape(x)?;
+    let ty = cx.dtype(x);
+    if !ty.is_float() || ty.is_storage_only() {
+        return unsupported("mean-variance norm needs a float input");
+    }
+    if axes.iter().any(|&a| a >= xs.len()) {
+        return unsupported(format!("mvn axes {axes:?} out of range for {xs:?}"));
+    }
+    let ct = if ty == DType::F64 { ty } else { DType::F32 };
+    let kept: Vec<usize> = (0..xs.len()).filter(|d| !axes.contains(d)).collect();
+    let red: Vec<usize> = (0..xs.len()).filter(|d| axes.contains(d)).collect();
+    let count: usize = red.iter().map(|&d| xs[d]).product();
+    // A full reduction still needs one (trivial) parallel loop to hang the body on.
+    let kept_shape: Vec<usize> = if kept.is_empty() {
+        vec![1]
+    } else {
+        kept.iter().map(|&d| xs[d]).collect()
+    };
+    let st = strides(&xs);
+    let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
+    let mut kb = KernelBuilder::new(kernel_name(&node.op));
+    let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let widen = |e: Expr| if ct != ty { Expr::cast(ct, e) } else { e };
+    let body = loop_nest(&mut kb, &kept_shape, |kb, v| {
+        let mut base = Expr::idx(0);
+        for (i, &d) in kept.iter().enumerate() {
+            base = Expr::add_idx(base, Expr::mul_idx(Expr::var(v[i]), st[d]));
+        }
+        // Serial loops over the reduced axes, outermost first, around `f(flat index)`.
+        let red_nest = |kb: &mut KernelBuilder, f: &dyn Fn(Expr) -> Vec<Stmt>| -> Vec<Stmt> {
+            let vars: Vec<VarId> = red.iter().map(|_| kb.var(DType::I64)).collect();
+            let mut at = base.clone();
+            for (i, &d) in red.iter().enumerate() {
+                at = Expr::add_idx(at, Expr::mul_idx(Expr::var(vars[i]), st[d]));
+            }
+            let mut body = f(at);
+            for (i, &d) in red.iter().enumerate().rev() {
+                body = vec![Stmt::For {
+                    var: vars[i],
+                    extent: Expr::idx(xs[d] as i64),
+                    kind: LoopKind::Serial,
+                    body,
+                }];
+            }
+            body
+        };
+        let (mean, sq, std) = (kb.var(ct), kb.var(ct), kb.var(ct));
+        let n = Expr::float(ct, count as f64);
+        let mut stmts = vec![
+            Stmt::Let {
+                var: mean,
+                value: Expr::float(ct, 0.0),
+            },
+            Stmt::Let {
+                var: sq,
+                value: Expr::float(ct, 0.0),
+            },
+        ];
+        stmts.extend(red_nest(kb, &|at| {
+            let xv = widen(Expr::load(xp, at));
+            vec![
+                Stmt::Assign {
+                    var: mean,
+                    value: Expr::bin(BinOp::Add, Expr::var(mean), xv.clone()),
+                },
+                Stmt::Assign {
+                    var: sq,
+                    value: Expr::bin(
+                        BinOp::Add,
+                        Expr::var(sq),
+                        Expr::bin(BinOp::Mul, xv.clone(), xv),
+                    ),
+                },
+            ]
+        }));
+        stmts.push(Stmt::Assign {
+            var: mean,
+            value: Expr::bin(BinOp::Div, Expr::var(mean), n.clone()),
+        });
+        let var = Expr::bin(
+            BinOp::Sub,
+            Expr::bin(BinOp::Div, Expr::var(sq), n),
+            Expr::bin(BinOp::Mul, Expr::var(mean), Expr::var(mean)),
+        );
+        stmts.push(Stmt::Let {
+            var: std,
+            value: Expr::bin(BinOp::Add, Expr::un(UnOp::Sqrt, var), Expr::float(ct, 1e-9)),
+        });
+        stmts.extend(red_nest(kb, &|at| {
+            let y = Expr::bin(
+                BinOp::Div,
+                Expr::bin(
+                    BinOp::Sub,
+                    widen(Expr::load(xp, at.clone())),
+                    Expr::var(mean),
+                ),
+                Expr::var(std),
+            );
+            vec![Stmt::Store {
+                param: op_,
+                index: at,
+                value: if ct != ty { Expr::cast(ty, y) } else { y },
+            }]
+        }));
+        stmts
     });
     kb.k.body = body;
     cx.launch(kb, node);

@@ -3,7 +3,8 @@
 //! parallel chunks),
 //! `MatMulInteger` as one 8-bit [`Stmt::Matmul`] into i32 with the zero point as a bias (or,
 //! in general, zero-point removal into `i32` operands plus an `i32` matmul), and `ConvInteger`
-//! (`conv.rs`).
+//! (`conv.rs`). `QLinearConv` is that `ConvInteger` into i32, then one requantizing pass
+//! (bias, per-channel multiplier, output zero point).
 //!
 //! These are the *unfused* forms, correct for any graph. The optimizer folds QDQ pairs into
 //! integer kernels; what it leaves over lands here.
@@ -54,9 +55,7 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &QuantOp) -> Result<(), Fail> 
         QuantOp::MatMulInteger => matmul_integer(cx, node),
         QuantOp::ConvInteger(geom) => super::conv::conv_integer(cx, node, geom),
         QuantOp::QLinearMatMul => qlinear_matmul(cx, node),
-        _ => unsupported(
-            "not lowered to kernels yet (blocked or low-bit quantization, fused integer ops)",
-        ),
+        QuantOp::QLinearConv(geom) => qlinear_conv(cx, node, geom),
     }
 }
 
@@ -722,6 +721,137 @@ fn qlinear_matmul(cx: &mut Cx, node: &Node) -> Result<(), Fail> {
                 Expr::cast(DType::F64, Expr::load(cp, idx.clone())),
                 mult,
             ),
+            z,
+        );
+        let q = Expr::bin(
+            BinOp::Min,
+            Expr::bin(
+                BinOp::Max,
+                Expr::un(UnOp::Round, d),
+                Expr::float(DType::F64, lo as f64),
+            ),
+            Expr::float(DType::F64, hi as f64),
+        );
+        vec![Stmt::Store {
+            param: op_,
+            index: idx,
+            value: Expr::cast(out_ty, q),
+        }]
+    });
+    kb.k.body = body;
+    cx.launch(kb, node);
+    Ok(())
+}
+
+/// `QLinearConv`: the integer convolution of `x - zx` and `w - zw` into i32 (`ConvInteger`),
+/// then per element `round(((acc + bias[m]) · (sx·sw[m]) / sy) + zy)` saturated to the output
+/// type, the multiplier rounded to the scales' precision at each step as the interpreter does.
+fn qlinear_conv(cx: &mut Cx, node: &Node, geom: &mlc_ir::ops::quant::ConvGeom) -> Result<(), Fail> {
+    let ins: Vec<Option<ValueId>> = (0..9).map(|i| node.input(i)).collect();
+    let [
+        Some(x),
+        Some(sx),
+        zx,
+        Some(w),
+        Some(sw),
+        zw,
+        Some(sy),
+        yzp,
+        bias,
+    ] = ins[..]
+    else {
+        return unsupported("missing input");
+    };
+    let out_v = node.outputs[0];
+    let out_ty = cx.dtype(out_v);
+    let Some((lo, hi)) = int_range(out_ty) else {
+        return unsupported(format!("requantizing to {}", out_ty.name()));
+    };
+    let os = cx.shape(out_v)?;
+    if os.len() < 2 {
+        return unsupported("qlinear_conv output without channels");
+    }
+    let m = os[1];
+    let plane: usize = os[2..].iter().product();
+    let len = |v: ValueId| -> Result<usize, Fail> { Ok(cx.shape(v)?.iter().product()) };
+    let lw = len(sw)?;
+    if lw != 1 && lw != m {
+        return unsupported(format!("w_scale of {lw} elements for {m} output channels"));
+    }
+    if let Some(b) = bias
+        && (len(b)? != m || cx.dtype(b) != DType::I32)
+    {
+        return unsupported("qlinear_conv bias that is not i32 [M]");
+    }
+    let acc = cx.p.add_buffer(DType::I32, os.clone(), BufKind::Temp);
+    super::conv::conv_integer_into(cx, node, geom, (x, w, zx, zw), acc)?;
+    let tys = [cx.dtype(sx), cx.dtype(sw), cx.dtype(sy)];
+    // The interpreter's promotion of the three scale types.
+    let prec = if tys.iter().all(|&t| t == tys[0]) {
+        tys[0]
+    } else if tys.contains(&DType::F64) || tys.iter().any(|t| !t.is_float()) {
+        DType::F64
+    } else {
+        DType::F32
+    };
+    let out = cx.new_buffer(out_v, BufKind::Temp)?;
+    let mut kb = KernelBuilder::new(kernel_name(&node.op));
+    let cp = kb.param(&cx.p, acc, Access::Read);
+    let sxp = kb.param(&cx.p, cx.buf(sx)?, Access::Read);
+    let swp = kb.param(&cx.p, cx.buf(sw)?, Access::Read);
+    let syp = kb.param(&cx.p, cx.buf(sy)?, Access::Read);
+    let zp = match yzp {
+        Some(z) => Some((kb.param(&cx.p, cx.buf(z)?, Access::Read), cx.dtype(z))),
+        None => None,
+    };
+    let bp = cx.opt_param(&mut kb, bias, Access::Read)?;
+    let op_ = kb.param(&cx.p, out, Access::Write);
+    let f64_ = |e: Expr, t: DType| {
+        if t == DType::F64 {
+            e
+        } else {
+            Expr::cast(DType::F64, e)
+        }
+    };
+    let rd = |e: Expr| {
+        if prec == DType::F64 || !prec.is_float() {
+            e
+        } else {
+            Expr::cast(DType::F64, Expr::cast(prec, e))
+        }
+    };
+    let batch = os[0];
+    let body = loop_nest(&mut kb, &[batch, m, plane], |_, v| {
+        let ch = Expr::var(v[1]);
+        let idx = Expr::add_idx(
+            Expr::mul_idx(
+                Expr::add_idx(Expr::mul_idx(Expr::var(v[0]), m as i64), ch.clone()),
+                plane as i64,
+            ),
+            Expr::var(v[2]),
+        );
+        let wi = if lw == 1 { Expr::idx(0) } else { ch.clone() };
+        let prod = rd(Expr::bin(
+            BinOp::Mul,
+            f64_(Expr::load(sxp, Expr::idx(0)), tys[0]),
+            f64_(Expr::load(swp, wi), tys[1]),
+        ));
+        let mult = rd(Expr::bin(
+            BinOp::Div,
+            prod,
+            f64_(Expr::load(syp, Expr::idx(0)), tys[2]),
+        ));
+        let z = match zp {
+            Some((p, t)) => f64_(Expr::load(p, Expr::idx(0)), t),
+            None => Expr::float(DType::F64, 0.0),
+        };
+        let mut a = Expr::load(cp, idx.clone());
+        if let Some(b) = bp {
+            a = Expr::bin(BinOp::Add, a, Expr::load(b, ch));
+        }
+        let d = Expr::bin(
+            BinOp::Add,
+            Expr::bin(BinOp::Mul, Expr::cast(DType::F64, a), mult),
             z,
         );
         let q = Expr::bin(

@@ -769,6 +769,19 @@ fn gather_nd() {
 }
 
 #[test]
+fn gather_nd_with_batch_dims_and_i32_indices() {
+    // Two batch axes with i32 tuples of two, then one batch axis with rank-3 i64 indices
+    // addressing a single axis: negative indices wrap per addressed axis.
+    check(
+        r#"graph (%0: f32[2,3,5,6,2] "x", %1: i32[2,3,4,2] "i", %2: i16[2,6,7] "w", %3: i64[2,4,3,1] "j") -> (%4 "y", %5 "z") {
+  %4 = movement.gather_nd {"batch_dims":2} (%0, %1) : f32[2,3,4,2]
+  %5 = movement.gather_nd {"batch_dims":1} (%2, %3) : i16[2,4,3,7]
+}"#,
+        0.0,
+    );
+}
+
+#[test]
 fn composite_with_a_contraction_is_inlined() {
     check(
         r#"graph (%0: f32[3,4] "x", %1: f32[4,5] "w", %2: f32[5] "b") -> (%3 "y") {
@@ -948,6 +961,35 @@ fn grouped_norms_lrn_and_lp_pools() {
 }
 
 #[test]
+fn mean_variance_norm_over_any_axes() {
+    // ONNX's default axes, interleaved axes, all axes, no axis, and a half-precision input.
+    check(
+        r#"graph (%0: f32[2,3,4,5] "x", %1: f16[3,2,4] "h") -> (%2 "a", %3 "b", %4 "c", %5 "d", %6 "e") {
+  %2 = nn.mean_variance_norm {"axes":[0,2,3]} (%0) : f32[2,3,4,5]
+  %3 = nn.mean_variance_norm {"axes":[1,3]} (%0) : f32[2,3,4,5]
+  %4 = nn.mean_variance_norm {"axes":[0,1,2,3]} (%0) : f32[2,3,4,5]
+  %5 = nn.mean_variance_norm {"axes":[]} (%1) : f16[3,2,4]
+  %6 = nn.mean_variance_norm {"axes":[2,0]} (%1) : f16[3,2,4]
+}"#,
+        1e-5,
+    );
+}
+
+#[test]
+fn half_precision_convolutions() {
+    // A causal depthwise 1-D convolution with bias, and a grouped, strided, dilated 2-D one
+    // without: products summed in f32 and rounded once to f16 (bf16).
+    check(
+        r#"graph (%0: f16[2,4,7] "x", %1: f16[4,1,3] "w", %2: f16[4] "b", %3: f16[1,4,6,5] "y", %4: f16[6,2,2,3] "v", %5: bf16[1,4,6,5] "z", %6: bf16[6,2,2,3] "u") -> (%7 "a", %8 "c", %9 "d") {
+  %7 = nn.conv {"auto_pad":"not_set","dilations":[1],"group":4,"pads":[2,0],"strides":[1]} (%0, %1, %2) : f16[2,4,7]
+  %8 = nn.conv {"auto_pad":"not_set","dilations":[2,1],"group":2,"pads":[1,0,1,2],"strides":[1,2]} (%3, %4, _) : f16[1,6,6,3]
+  %9 = nn.conv {"auto_pad":"not_set","dilations":[2,1],"group":2,"pads":[1,0,1,2],"strides":[1,2]} (%5, %6, _) : bf16[1,6,6,3]
+}"#,
+        1e-3,
+    );
+}
+
+#[test]
 fn transposed_convolution() {
     check(
         r#"graph (%0: f32[1,4,3,4] "x", %1: f32[4,3,3,2] "w", %2: f32[6] "b") -> (%3 "y") {
@@ -1000,6 +1042,38 @@ fn qlinear_matmul() {
   %6 = constant @c4 : f32[]
   %7 = constant @c5 : u8[]
   %8 = quant.qlinear_matmul(%0, %2, %3, %1, %4, %5, %6, %7) : u8[3,2]
+}"#,
+        0.0,
+    );
+}
+
+#[test]
+fn qlinear_conv() {
+    // A grouped, strided, unevenly padded u8 convolution with per-channel weight scales and
+    // zero points and a bias (the im2col matmul path), and a depthwise i8 one without bias or
+    // output zero point (the direct path; its output takes the input's type).
+    check(
+        r#"graph (%0: u8[2,4,5,6] "x", %1: u8[6,2,3,3] "w", %2: i8[1,3,4,4] "q", %3: i8[3,1,3,3] "v") -> (%13 "y", %14 "z") {
+  @c0 = const f32[] [0.05]
+  @c1 = const u8[] [3]
+  @c2 = const f32[6] [0.002, 0.003, 0.001, 0.004, 0.0025, 0.0015]
+  @c3 = const u8[6] [1, 2, 0, 4, 3, 5]
+  @c4 = const f32[] [0.01]
+  @c5 = const u8[] [100]
+  @c6 = const i32[6] [-700, 30, 0, 1200, -5, 64]
+  @c7 = const i8[] [-2]
+  @c8 = const f32[] [0.02]
+  %4 = constant @c0 : f32[]
+  %5 = constant @c1 : u8[]
+  %6 = constant @c2 : f32[6]
+  %7 = constant @c3 : u8[6]
+  %8 = constant @c4 : f32[]
+  %9 = constant @c5 : u8[]
+  %10 = constant @c6 : i32[6]
+  %11 = constant @c7 : i8[]
+  %12 = constant @c8 : f32[]
+  %13 = quant.qlinear_conv {"strides":[2,1],"dilations":[1,1],"pad":{"explicit":[1,0,1,2]},"group":2} (%0, %4, %5, %1, %6, %7, %8, %9, %10) : u8[2,6,3,6]
+  %14 = quant.qlinear_conv {"strides":[1,1],"dilations":[1,1],"pad":"same_upper","group":3} (%2, %12, %11, %3, %4, _, %8, _, _) : i8[1,3,4,4]
 }"#,
         0.0,
     );
@@ -1071,6 +1145,20 @@ fn run_time_axes_the_output_shape_leaves_ambiguous() {
             1e-6,
         );
     }
+}
+
+#[test]
+fn max_pools_with_indices() {
+    // Padding with dilation, ceil mode on f16, and a 3-D i8 pool (many ties: the first
+    // maximum wins) whose indices count column-major.
+    check(
+        r#"graph (%0: f32[2,3,5,6] "x", %1: f16[1,2,5,5] "h", %2: i8[1,2,4,3,5] "q") -> (%3 "a", %4 "ai", %5 "b", %6 "bi", %7 "c", %8 "ci") {
+  %3, %4 = nn.max_pool {"kernel":[3,2],"strides":[2,1],"dilations":[1,2],"pads":[1,0,1,1],"auto_pad":"not_set","ceil_mode":false,"storage_order_col_major":false} (%0) : f32[2,3,3,5], i64[2,3,3,5]
+  %5, %6 = nn.max_pool {"kernel":[2,2],"strides":[2,2],"dilations":[1,1],"pads":[0,0,0,0],"auto_pad":"not_set","ceil_mode":true,"storage_order_col_major":false} (%1) : f16[1,2,3,3], i64[1,2,3,3]
+  %7, %8 = nn.max_pool {"kernel":[2,2,2],"strides":[2,1,2],"dilations":[1,1,1],"pads":[0,0,1,1,1,0],"auto_pad":"not_set","ceil_mode":false,"storage_order_col_major":true} (%2) : i8[1,2,2,3,3], i64[1,2,2,3,3]
+}"#,
+        0.0,
+    );
 }
 
 #[test]
