@@ -1201,4 +1201,5 @@ fn winograd_conv_lowering() {
     insta::assert_snapshot!(shown);
 }
 
+mod det;
 mod seq;
