@@ -54,11 +54,12 @@ fn cast(cx: &mut NodeCx, v: ValueId, dtype: DType) -> Result<ValueId, NodeError>
 }
 
 /// The operands shared by every optimizer: `R` and `T` checked to be scalars of a float and an
-/// integer type, and the `n` tensors of each of the `roles` groups that follow them.
+/// integer type, and for each optimized tensor its `roles` inputs (`[X, G, ...]`), gathered
+/// from the groups that follow `R` and `T`.
 struct Operands {
     r: ValueId,
     t: ValueId,
-    groups: Vec<Vec<ValueId>>,
+    tensors: Vec<Vec<ValueId>>,
 }
 
 fn operands(cx: &NodeCx, roles: usize, outputs_per_tensor: usize) -> Result<Operands, NodeError> {
@@ -76,7 +77,7 @@ fn operands(cx: &NodeCx, roles: usize, outputs_per_tensor: usize) -> Result<Oper
         )));
     }
     let rest = cx.n_inputs().saturating_sub(2);
-    if rest == 0 || rest % roles != 0 {
+    if rest == 0 || !rest.is_multiple_of(roles) {
         return Err(invalid(format!(
             "{op}: expected R, T and {roles} groups of tensors, found {} inputs",
             cx.n_inputs()
@@ -90,18 +91,18 @@ fn operands(cx: &NodeCx, roles: usize, outputs_per_tensor: usize) -> Result<Oper
             cx.n_outputs
         )));
     }
-    let groups = (0..roles)
-        .map(|g| (0..n).map(|i| cx.input(2 + g * n + i)).collect())
+    let tensors = (0..n)
+        .map(|i| (0..roles).map(|g| cx.input(2 + g * n + i)).collect())
         .collect::<Result<Vec<Vec<ValueId>>, _>>()?;
-    for i in 0..n {
-        let x = cx.ty(groups[0][i]);
+    for (i, ins) in tensors.iter().enumerate() {
+        let x = cx.ty(ins[0]);
         if !x.dtype.is_float() {
             return Err(invalid(format!(
                 "{op}: optimized tensor {i} must be a float tensor, found {x}"
             )));
         }
-        for g in &groups[1..] {
-            let y = cx.ty(g[i]);
+        for &other in &ins[1..] {
+            let y = cx.ty(other);
             if y.dtype != x.dtype || y.rank() != x.rank() {
                 return Err(invalid(format!(
                     "{op}: the tensors of optimized tensor {i} differ: {x} and {y}"
@@ -109,7 +110,7 @@ fn operands(cx: &NodeCx, roles: usize, outputs_per_tensor: usize) -> Result<Oper
             }
         }
     }
-    Ok(Operands { r, t, groups })
+    Ok(Operands { r, t, tensors })
 }
 
 /// `T > 0` as a bool scalar.
@@ -140,7 +141,7 @@ fn adagrad(cx: &mut NodeCx) -> Result<Vec<ValueId>, NodeError> {
     let decay = cx.attr_float("decay_factor", 0.0)?;
     let epsilon = cx.attr_float("epsilon", 0.0)?;
     let norm = cx.attr_float("norm_coefficient", 0.0)?;
-    let Operands { r, t, groups } = operands(cx, 3, 2)?;
+    let Operands { r, t, tensors } = operands(cx, 3, 2)?;
     let rd = cx.ty(r).dtype;
     let tf = cast(cx, t, rd)?;
     let decay_c = scalar(cx, decay as f64, rd)?;
@@ -149,8 +150,8 @@ fn adagrad(cx: &mut NodeCx) -> Result<Vec<ValueId>, NodeError> {
     let denom = add(cx, one, td)?;
     let rate = div(cx, r, denom)?;
     let (mut xs, mut hs) = (vec![], vec![]);
-    for i in 0..groups[0].len() {
-        let (x, g, h) = (groups[0][i], groups[1][i], groups[2][i]);
+    for ins in &tensors {
+        let (x, g, h) = (ins[0], ins[1], ins[2]);
         let dtype = cx.ty(x).dtype;
         let gr = regularized(cx, x, g, norm)?;
         let g2 = mul(cx, gr, gr)?;
@@ -185,15 +186,15 @@ fn momentum(cx: &mut NodeCx) -> Result<Vec<ValueId>, NodeError> {
         Some(m) => return Err(invalid(format!("Momentum: unknown mode {m:?}"))),
         None => return Err(invalid("Momentum: attribute mode is required")),
     };
-    let Operands { r, t, groups } = operands(cx, 3, 2)?;
+    let Operands { r, t, tensors } = operands(cx, 3, 2)?;
     let rd = cx.ty(r).dtype;
     let first = t_positive(cx, t)?;
     let beta_c = scalar(cx, beta as f64, rd)?;
     let one = scalar(cx, 1.0, rd)?;
     let beta_adj = ew(cx, EwOp::Where, vec![first, beta_c, one])?;
     let (mut xs, mut vs) = (vec![], vec![]);
-    for i in 0..groups[0].len() {
-        let (x, g, v) = (groups[0][i], groups[1][i], groups[2][i]);
+    for ins in &tensors {
+        let (x, g, v) = (ins[0], ins[1], ins[2]);
         let dtype = cx.ty(x).dtype;
         let gr = regularized(cx, x, g, norm)?;
         let alpha_c = scalar(cx, alpha as f64, dtype)?;
@@ -226,7 +227,7 @@ fn adam(cx: &mut NodeCx) -> Result<Vec<ValueId>, NodeError> {
     let epsilon = cx.attr_float("epsilon", 1e-6)?;
     let norm = cx.attr_float("norm_coefficient", 0.0)?;
     let norm_post = cx.attr_float("norm_coefficient_post", 0.0)?;
-    let Operands { r, t, groups } = operands(cx, 4, 3)?;
+    let Operands { r, t, tensors } = operands(cx, 4, 3)?;
     let rd = cx.ty(r).dtype;
     let first = t_positive(cx, t)?;
     let tf = cast(cx, t, rd)?;
@@ -243,8 +244,8 @@ fn adam(cx: &mut NodeCx) -> Result<Vec<ValueId>, NodeError> {
     // At T = 0 the correction is 0/0; the spec uses R unchanged there.
     let rate = ew(cx, EwOp::Where, vec![first, corrected, r])?;
     let (mut xs, mut vs, mut hs) = (vec![], vec![], vec![]);
-    for i in 0..groups[0].len() {
-        let (x, g, v, h) = (groups[0][i], groups[1][i], groups[2][i], groups[3][i]);
+    for ins in &tensors {
+        let (x, g, v, h) = (ins[0], ins[1], ins[2], ins[3]);
         let dtype = cx.ty(x).dtype;
         let gr = regularized(cx, x, g, norm)?;
         let a = scalar(cx, alpha as f64, dtype)?;
