@@ -72,6 +72,7 @@ pub fn register(r: &mut Registry) {
         let alpha = cx.attr_float("alpha", 1.0)?;
         unary(cx, EwOp::Swish { alpha })
     });
+    r.add("", "SwiGLU", swiglu);
     r.add("", "Shrink", |cx| {
         let (bias, lambd) = (cx.attr_float("bias", 0.0)?, cx.attr_float("lambd", 0.5)?);
         unary(cx, EwOp::Shrink { bias, lambd })
@@ -176,6 +177,27 @@ fn fold(cx: &mut NodeCx, op: EwOp) -> Result<ValueId, NodeError> {
         acc = ew(cx, op.clone(), vec![acc, v])?;
     }
     Ok(acc)
+}
+
+/// SwiGLU-28 is defined by its function body, `Swish<alpha>(A) * B`; importing that body keeps
+/// the op inside the elementwise family, so the optimizer fuses it and every backend runs it.
+/// Unlike `Mul`, the op does not broadcast: `A` and `B` must have one shape.
+fn swiglu(cx: &mut NodeCx) -> Result<Vec<ValueId>, NodeError> {
+    let alpha = cx.attr_float("alpha", 1.0)?;
+    let (a, b) = (cx.input(0)?, cx.input(1)?);
+    let (ta, tb) = (cx.ty(a), cx.ty(b));
+    let dims_differ = ta
+        .shape
+        .iter()
+        .zip(&tb.shape)
+        .any(|(x, y)| matches!((x.known(), y.known()), (Some(m), Some(n)) if m != n));
+    if ta.rank() != tb.rank() || dims_differ || ta.dtype != tb.dtype {
+        return Err(invalid(format!(
+            "SwiGLU needs A and B of one type and shape, found {ta} and {tb}"
+        )));
+    }
+    let gate = ew(cx, EwOp::Swish { alpha }, vec![a])?;
+    Ok(vec![ew(cx, EwOp::Mul, vec![gate, b])?])
 }
 
 fn variadic(cx: &mut NodeCx, op: EwOp) -> Result<Vec<ValueId>, NodeError> {

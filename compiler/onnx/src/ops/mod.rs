@@ -10,6 +10,7 @@ pub mod reduce;
 pub mod rnn;
 pub mod signal;
 pub mod strings;
+pub mod train;
 pub mod vision;
 
 use crate::cx::Registry;
@@ -27,4 +28,5 @@ pub fn register_all(r: &mut Registry) {
     vision::register(r);
     signal::register(r);
     rnn::register(r);
+    train::register(r);
 }

@@ -67,6 +67,7 @@ pub fn register(r: &mut Registry) {
         let axes = norm_axes(&axes, rank)?;
         unary(cx, NnOp::MeanVarianceNorm { axes })
     });
+    r.add("", "Det", |cx| unary(cx, NnOp::Det));
     r.add("", "Einsum", |cx| {
         let equation: String = cx
             .attr_str("equation", "")?
@@ -384,10 +385,13 @@ fn pool(cx: &mut NodeCx, kind: PoolKind) -> Result<Vec<ValueId>, NodeError> {
 }
 
 fn batch_norm(cx: &mut NodeCx) -> Result<Vec<ValueId>, NodeError> {
-    if cx.attr_int("training_mode", 0)? != 0 || (cx.opset < 14 && cx.n_outputs > 1) {
+    if cx.opset < 14 && cx.n_outputs > 1 {
         return Err(NodeError::Unsupported(
-            "BatchNormalization in training mode".into(),
+            "BatchNormalization in training mode before opset 14 (saved mean/var outputs)".into(),
         ));
+    }
+    if cx.attr_int("training_mode", 0)? != 0 {
+        return batch_norm_training(cx);
     }
     if cx.n_outputs > 1 {
         return Err(invalid(
@@ -401,6 +405,67 @@ fn batch_norm(cx: &mut NodeCx) -> Result<Vec<ValueId>, NodeError> {
     }
     let epsilon = cx.attr_float("epsilon", 1e-5)?;
     inputs_op(cx, NnOp::BatchNorm { epsilon }, 5)
+}
+
+/// BatchNormalization-14+ with `training_mode=1`: normalizes with the statistics of the batch
+/// (mean and population variance over every dim but the channels) and outputs the running
+/// statistics `input * momentum + batch * (1 - momentum)` after `Y`. Written as reductions,
+/// elementwise ops and inference batch normalization on the batch statistics, which is the
+/// spec's definition step by step, so every backend runs it without a kernel of its own.
+fn batch_norm_training(cx: &mut NodeCx) -> Result<Vec<ValueId>, NodeError> {
+    use mlc_ir::Tensor;
+    use mlc_ir::ops::{EwOp, ReduceOp, reduce::ReduceAttrs};
+    if cx.n_outputs != 1 && cx.n_outputs != 3 {
+        return Err(invalid(format!(
+            "BatchNormalization in training mode has 1 or 3 outputs, found {}",
+            cx.n_outputs
+        )));
+    }
+    let epsilon = cx.attr_float("epsilon", 1e-5)?;
+    let momentum = cx.attr_float("momentum", 0.9)?;
+    let x = cx.input(0)?;
+    let xt = cx.ty(x).clone();
+    if xt.rank() < 2 || !xt.dtype.is_float() {
+        return Err(invalid(format!(
+            "BatchNormalization needs a float input [N, C, ...], found {xt}"
+        )));
+    }
+    let axes: Vec<usize> = (0..xt.rank()).filter(|&d| d != 1).collect();
+    let mean_op = |keepdims| {
+        Op::Reduce(ReduceOp::Mean(ReduceAttrs {
+            axes: Some(axes.clone()),
+            keepdims,
+            noop_with_empty_axes: false,
+        }))
+    };
+    let mean_k = cx.emit1(mean_op(true), vec![x])?;
+    let centered = cx.emit1(Op::Ew(EwOp::Sub), vec![x, mean_k])?;
+    let sq = cx.emit1(Op::Ew(EwOp::Mul), vec![centered, centered])?;
+    let var = cx.emit1(mean_op(false), vec![sq])?;
+    let mean = cx.emit1(mean_op(false), vec![x])?;
+    let (scale, bias) = (cx.input(1)?, cx.input(2)?);
+    let y = cx.emit1(
+        Op::Nn(NnOp::BatchNorm { epsilon }),
+        vec![x, scale, bias, mean, var],
+    )?;
+    if cx.n_outputs == 1 {
+        return Ok(vec![y]);
+    }
+    let mut outs = vec![y];
+    for (running, batch) in [(cx.input(3)?, mean), (cx.input(4)?, var)] {
+        let dtype = cx.ty(running).dtype;
+        let batch = if cx.ty(batch).dtype == dtype {
+            batch
+        } else {
+            cx.emit1(Op::Ew(EwOp::Cast { to: dtype }), vec![batch])?
+        };
+        let m = cx.constant(Tensor::scalar(momentum as f64).cast(dtype)?);
+        let m1 = cx.constant(Tensor::scalar(1.0 - momentum as f64).cast(dtype)?);
+        let kept = cx.emit1(Op::Ew(EwOp::Mul), vec![running, m])?;
+        let added = cx.emit1(Op::Ew(EwOp::Mul), vec![batch, m1])?;
+        outs.push(cx.emit1(Op::Ew(EwOp::Add), vec![kept, added])?);
+    }
+    Ok(outs)
 }
 
 /// ONNX TensorProto element type codes of the float types `stash_type` may name.

@@ -11,6 +11,7 @@
 mod attn;
 mod cast;
 mod conv;
+mod det;
 mod dft;
 mod epilogue;
 mod ew;

@@ -83,6 +83,7 @@ pub(super) fn lower(cx: &mut Cx, node: &Node, op: &NnOp) -> Result<(), Fail> {
         }
         NnOp::GlobalLpPool { p } => conv::pool_kind(cx, node, None, conv::PoolKind::Lp(*p)),
         NnOp::Einsum { equation } => einsum(cx, node, equation),
+        NnOp::Det => super::det::det(cx, node),
         NnOp::Resize { .. } => super::resize::resize(cx, node, op),
         NnOp::GridSample { .. } => super::vision::grid_sample(cx, node, op),
         _ => unsupported("not lowered to kernels yet"),

@@ -1289,4 +1289,5 @@ fn winograd_conv_lowering() {
     insta::assert_snapshot!(shown);
 }
 
+mod det;
 mod seq;

@@ -192,6 +192,8 @@ pub enum NnOp {
     },
     /// `(x - mean) / (std + 1e-9)` with the moments taken over `axes`.
     MeanVarianceNorm { axes: Vec<usize> },
+    /// Determinant of each square matrix in the last two dims of `x [*, M, M]`; output `[*]`.
+    Det,
     /// Einstein summation (numpy `einsum`), equation without spaces.
     Einsum { equation: String },
     /// N-D resampling. Inputs: `x`, then optional run-time `roi`, `scales`, `sizes` where the
@@ -662,6 +664,24 @@ impl NnOp {
                 }
                 Ok(vec![TensorType::new(x.dtype, shape)])
             }
+            NnOp::Det => {
+                cx.arity(1, 1)?;
+                let x = float_input(cx, 0)?;
+                let r = x.rank();
+                if r < 2 {
+                    return Err(shape_err(format!(
+                        "det needs square matrices [*, M, M], found {x}"
+                    )));
+                }
+                if let (Some(m), Some(n)) = (x.shape[r - 2].known(), x.shape[r - 1].known())
+                    && m != n
+                {
+                    return Err(shape_err(format!(
+                        "det needs square matrices [*, M, M], found {x}"
+                    )));
+                }
+                Ok(vec![TensorType::new(x.dtype, x.shape[..r - 2].to_vec())])
+            }
             NnOp::GridSample { .. } => {
                 cx.arity(2, 2)?;
                 let x = image_input(cx, 0, false)?;
@@ -863,6 +883,30 @@ mod tests {
     }
 
     #[test]
+    fn det_drops_the_matrix_dims() {
+        let x = TensorType::new(
+            DType::F64,
+            vec![
+                Dim::Sym("b".into()),
+                Dim::Known(2),
+                Dim::Known(3),
+                Dim::Known(3),
+            ],
+        );
+        let out = infer(NnOp::Det, vec![x], 1).unwrap();
+        let want = vec![Dim::Sym("b".into()), Dim::Known(2)];
+        assert_eq!(out[0], TensorType::new(DType::F64, want));
+        let m = TensorType::fixed(DType::F32, &[4, 4]);
+        assert_eq!(infer(NnOp::Det, vec![m], 1).unwrap()[0].rank(), 0);
+        let rect = TensorType::fixed(DType::F32, &[2, 3]);
+        assert!(infer(NnOp::Det, vec![rect], 1).is_err());
+        let ints = TensorType::fixed(DType::I32, &[2, 2]);
+        assert!(infer(NnOp::Det, vec![ints], 1).is_err());
+        let vector = TensorType::fixed(DType::F32, &[3]);
+        assert!(infer(NnOp::Det, vec![vector], 1).is_err());
+    }
+
+    #[test]
     fn attributes_round_trip_through_json() {
         let window = Window {
             kernel: vec![2],
@@ -874,6 +918,7 @@ mod tests {
         };
         let ops = [
             (NnOp::Matmul, "nn.matmul"),
+            (NnOp::Det, "nn.det"),
             (
                 NnOp::AvgPool {
                     window: window.clone(),

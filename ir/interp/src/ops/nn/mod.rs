@@ -8,6 +8,7 @@
 //! models run in seconds even in the interpreter.
 
 mod conv;
+mod det;
 mod matmul;
 mod norm;
 mod pool;
@@ -60,6 +61,7 @@ pub fn eval(op: &NnOp, inputs: &[Option<&Tensor>], cx: &EvalCx) -> Result<Vec<Te
         | NnOp::RmsNorm { .. }
         | NnOp::Lrn { .. }
         | NnOp::MeanVarianceNorm { .. } => norm::eval(op, inputs, cx),
+        NnOp::Det => det::det(req(inputs, 0)?).map(|t| vec![t]),
         NnOp::Resize { .. } => resize::resize(op, inputs),
         NnOp::GridSample { .. } => resize::grid_sample(op, req(inputs, 0)?, req(inputs, 1)?),
     }
