@@ -1453,70 +1453,128 @@ fn conv_direct(
     let wp = kb.param(&cx.p, cx.buf(w)?, Access::Read);
     let bp = cx.opt_param(&mut kb, bias, Access::Read)?;
     let op_ = kb.param(&cx.p, out, Access::Write);
-    let s = ins.len();
-    let ihw: usize = ins.iter().product();
-    let ohw: usize = g.out.iter().product();
-    let kk: usize = g.k.iter().product();
-    let (ist, ost, kst) = (strides(ins), strides(&g.out), strides(&g.k));
-    let mg = m / group;
-    let mut ext = vec![m, n];
-    ext.extend_from_slice(&g.out);
-    let body = nest(&mut kb, &ext, LoopKind::Parallel, |kb, v| {
-        let (mv, nv, ov) = (v[0], v[1], &v[2..]);
-        let acc = kb.var(ty);
-        let init = match bp {
+    let body = DirectConv {
+        g,
+        ins,
+        dims: (n, c, m, group),
+        acc_ty: ty,
+        zero: Expr::float(ty, 0.0),
+    }
+    .body(
+        &mut kb,
+        |mv| match bp {
             Some(p) => Expr::load(p, Expr::var(mv)),
             None => Expr::float(ty, 0.0),
-        };
-        // Input channel of output channel m: its group's only channel (c/group == 1).
-        let cin = channel_group(mv, mg);
-        let plane = Expr::add_idx(
-            Expr::mul_idx(Expr::var(nv), (c * ihw) as i64),
-            Expr::mul_idx(cin, ihw as i64),
-        );
-        let taps: Vec<usize> = g.k.clone();
-        let inner = nest(kb, &taps, LoopKind::Serial, |_, kv| {
-            let mut src = plane.clone();
-            let mut ok = Expr::Lit(Lit::Bool(true));
-            let mut widx = Expr::mul_idx(Expr::var(mv), kk as i64);
-            for d in 0..s {
-                let (pos, inside) = tap(ov[d], kv[d], g, d, ins[d]);
-                src = Expr::add_idx(src, Expr::mul_idx(pos, ist[d]));
-                ok = and(ok, inside);
-                widx = Expr::add_idx(widx, Expr::mul_idx(Expr::var(kv[d]), kst[d]));
-            }
-            let prod = Expr::bin(BinOp::Mul, Expr::load(xp, src), Expr::load(wp, widx));
-            let term = match ok {
-                Expr::Lit(Lit::Bool(true)) => prod,
-                ok => Expr::select(ok, prod, Expr::float(ty, 0.0)),
-            };
-            vec![Stmt::Assign {
-                var: acc,
-                value: Expr::bin(BinOp::Add, Expr::var(acc), term),
-            }]
-        });
-        let mut dst = Expr::add_idx(
-            Expr::mul_idx(Expr::var(nv), (m * ohw) as i64),
-            Expr::mul_idx(Expr::var(mv), ohw as i64),
-        );
-        for d in 0..s {
-            dst = Expr::add_idx(dst, Expr::mul_idx(Expr::var(ov[d]), ost[d]));
-        }
-        let mut stmts = vec![Stmt::Let {
-            var: acc,
-            value: init,
-        }];
-        stmts.extend(inner);
-        stmts.push(Stmt::Store {
-            param: op_,
-            index: dst,
-            value: Expr::var(acc),
-        });
-        stmts
-    });
+        },
+        |_, src, widx| Expr::bin(BinOp::Mul, Expr::load(xp, src), Expr::load(wp, widx)),
+        |acc, _| acc,
+        op_,
+    );
     kb.k.body = body;
     cx.launch(kb, node);
     Ok(())
+}
+
+/// The loop nest every direct convolution shares: parallel over (output channel, image,
+/// output position…), serial over (input channel of the group, taps…) — the channel loop
+/// omitted when each group has one input channel (depthwise). Taps outside the input add
+/// `zero`.
+struct DirectConv<'a> {
+    g: &'a Geom,
+    ins: &'a [usize],
+    /// `(n, c, m, group)`.
+    dims: (usize, usize, usize, usize),
+    acc_ty: DType,
+    zero: Expr,
+}
+
+impl DirectConv<'_> {
+    /// `init(m)` starts output channel `m`'s sum, `term(m, x_index, w_index)` is one tap's
+    /// summand and `finish(sum, m)` the value stored.
+    fn body(
+        &self,
+        kb: &mut KernelBuilder,
+        init: impl Fn(VarId) -> Expr,
+        term: impl Fn(VarId, Expr, Expr) -> Expr,
+        finish: impl Fn(Expr, VarId) -> Expr,
+        op_: ParamId,
+    ) -> Vec<Stmt> {
+        let (g, ins) = (self.g, self.ins);
+        let (n, c, m, group) = self.dims;
+        let s = ins.len();
+        let ihw: usize = ins.iter().product();
+        let ohw: usize = g.out.iter().product();
+        let kk: usize = g.k.iter().product();
+        let (ist, ost, kst) = (strides(ins), strides(&g.out), strides(&g.k));
+        let (cg, mg) = (c / group, m / group);
+        let mut ext = vec![m, n];
+        ext.extend_from_slice(&g.out);
+        nest(kb, &ext, LoopKind::Parallel, |kb, v| {
+            let (mv, nv, ov) = (v[0], v[1], &v[2..]);
+            let acc = kb.var(self.acc_ty);
+            let mut red = if cg == 1 { vec![] } else { vec![cg] };
+            red.extend_from_slice(&g.k);
+            let inner = nest(kb, &red, LoopKind::Serial, |_, rv| {
+                // The input plane and weight row of this tap's input channel.
+                let (mut src, mut widx) = if cg == 1 {
+                    (
+                        Expr::add_idx(
+                            Expr::mul_idx(Expr::var(nv), (c * ihw) as i64),
+                            Expr::mul_idx(channel_group(mv, mg), ihw as i64),
+                        ),
+                        Expr::mul_idx(Expr::var(mv), kk as i64),
+                    )
+                } else {
+                    let c0 = Expr::mul_idx(channel_group(mv, mg), cg as i64);
+                    (
+                        Expr::add_idx(
+                            Expr::mul_idx(Expr::var(nv), (c * ihw) as i64),
+                            Expr::mul_idx(Expr::add_idx(c0, Expr::var(rv[0])), ihw as i64),
+                        ),
+                        Expr::add_idx(
+                            Expr::mul_idx(Expr::var(mv), (cg * kk) as i64),
+                            Expr::mul_idx(Expr::var(rv[0]), kk as i64),
+                        ),
+                    )
+                };
+                let kv = &rv[rv.len() - s..];
+                let mut ok = Expr::Lit(Lit::Bool(true));
+                for d in 0..s {
+                    let (pos, inside) = tap(ov[d], kv[d], g, d, ins[d]);
+                    src = Expr::add_idx(src, Expr::mul_idx(pos, ist[d]));
+                    ok = and(ok, inside);
+                    widx = Expr::add_idx(widx, Expr::mul_idx(Expr::var(kv[d]), kst[d]));
+                }
+                let prod = term(mv, src, widx);
+                let term = match ok {
+                    Expr::Lit(Lit::Bool(true)) => prod,
+                    ok => Expr::select(ok, prod, self.zero.clone()),
+                };
+                vec![Stmt::Assign {
+                    var: acc,
+                    value: Expr::bin(BinOp::Add, Expr::var(acc), term),
+                }]
+            });
+            let mut dst = Expr::add_idx(
+                Expr::mul_idx(Expr::var(nv), (m * ohw) as i64),
+                Expr::mul_idx(Expr::var(mv), ohw as i64),
+            );
+            for d in 0..s {
+                dst = Expr::add_idx(dst, Expr::mul_idx(Expr::var(ov[d]), ost[d]));
+            }
+            let mut stmts = vec![Stmt::Let {
+                var: acc,
+                value: init(mv),
+            }];
+            stmts.extend(inner);
+            stmts.push(Stmt::Store {
+                param: op_,
+                index: dst,
+                value: finish(Expr::var(acc), mv),
+            });
+            stmts
+        })
+    }
 }
 
 /// A half-precision convolution as direct loops that widen every operand to `f32`, sum the
@@ -1531,7 +1589,7 @@ fn conv_half(
     out: BufId,
     g: &Geom,
     ins: &[usize],
-    (n, c, m, group): (usize, usize, usize, usize),
+    dims: (usize, usize, usize, usize),
 ) -> Result<(), Fail> {
     let ty = cx.dtype(x);
     let ct = DType::F32;
@@ -1542,78 +1600,60 @@ fn conv_half(
     let bp = cx.opt_param(&mut kb, bias, Access::Read)?;
     let op_ = kb.param(&cx.p, out, Access::Write);
     let widen = |e: Expr, t: DType| if t != ct { Expr::cast(ct, e) } else { e };
-    let s = ins.len();
-    let ihw: usize = ins.iter().product();
-    let ohw: usize = g.out.iter().product();
-    let kk: usize = g.k.iter().product();
-    let (ist, ost, kst) = (strides(ins), strides(&g.out), strides(&g.k));
-    let (cg, mg) = (c / group, m / group);
-    let mut ext = vec![m, n];
-    ext.extend_from_slice(&g.out);
-    let body = nest(&mut kb, &ext, LoopKind::Parallel, |kb, v| {
-        let (mv, nv, ov) = (v[0], v[1], &v[2..]);
-        let acc = kb.var(ct);
-        // The first input channel of output channel m's group.
-        let c0 = Expr::mul_idx(channel_group(mv, mg), cg as i64);
-        let mut red = vec![cg];
-        red.extend_from_slice(&g.k);
-        let inner = nest(kb, &red, LoopKind::Serial, |_, rv| {
-            let (civ, kv) = (rv[0], &rv[1..]);
-            let mut src = Expr::add_idx(
-                Expr::mul_idx(Expr::var(nv), (c * ihw) as i64),
-                Expr::mul_idx(Expr::add_idx(c0.clone(), Expr::var(civ)), ihw as i64),
-            );
-            let mut ok = Expr::Lit(Lit::Bool(true));
-            let mut widx = Expr::add_idx(
-                Expr::mul_idx(Expr::var(mv), (cg * kk) as i64),
-                Expr::mul_idx(Expr::var(civ), kk as i64),
-            );
-            for d in 0..s {
-                let (pos, inside) = tap(ov[d], kv[d], g, d, ins[d]);
-                src = Expr::add_idx(src, Expr::mul_idx(pos, ist[d]));
-                ok = and(ok, inside);
-                widx = Expr::add_idx(widx, Expr::mul_idx(Expr::var(kv[d]), kst[d]));
-            }
-            let prod = Expr::bin(
+    let body = DirectConv {
+        g,
+        ins,
+        dims,
+        acc_ty: ct,
+        zero: Expr::float(ct, 0.0),
+    }
+    .body(
+        &mut kb,
+        |_| Expr::float(ct, 0.0),
+        |_, src, widx| {
+            Expr::bin(
                 BinOp::Mul,
                 widen(Expr::load(xp, src), ty),
                 widen(Expr::load(wp, widx), wty),
-            );
-            let term = match ok {
-                Expr::Lit(Lit::Bool(true)) => prod,
-                ok => Expr::select(ok, prod, Expr::float(ct, 0.0)),
+            )
+        },
+        |acc, mv| {
+            let y = match (bp, bty) {
+                (Some(p), Some(t)) => {
+                    Expr::bin(BinOp::Add, acc, widen(Expr::load(p, Expr::var(mv)), t))
+                }
+                _ => acc,
             };
-            vec![Stmt::Assign {
-                var: acc,
-                value: Expr::bin(BinOp::Add, Expr::var(acc), term),
-            }]
-        });
-        let mut dst = Expr::add_idx(
-            Expr::mul_idx(Expr::var(nv), (m * ohw) as i64),
-            Expr::mul_idx(Expr::var(mv), ohw as i64),
-        );
-        for d in 0..s {
-            dst = Expr::add_idx(dst, Expr::mul_idx(Expr::var(ov[d]), ost[d]));
-        }
-        let mut y = Expr::var(acc);
-        if let (Some(p), Some(t)) = (bp, bty) {
-            y = Expr::bin(BinOp::Add, y, widen(Expr::load(p, Expr::var(mv)), t));
-        }
-        let mut stmts = vec![Stmt::Let {
-            var: acc,
-            value: Expr::float(ct, 0.0),
-        }];
-        stmts.extend(inner);
-        stmts.push(Stmt::Store {
-            param: op_,
-            index: dst,
-            value: Expr::cast(ty, y),
-        });
-        stmts
-    });
+            Expr::cast(ty, y)
+        },
+        op_,
+    );
     kb.k.body = body;
     cx.launch(kb, node);
     Ok(())
+}
+
+/// One tap of a pooling window over plane `pv`: the input element, whether it lies inside the
+/// input, and its (clamped) coordinate in each spatial dim.
+fn window_tap(
+    pv: VarId,
+    ov: &[VarId],
+    kv: &[VarId],
+    g: &Geom,
+    ins: &[usize],
+) -> (Expr, Expr, Vec<Expr>) {
+    let ihw: usize = ins.iter().product();
+    let ist = strides(ins);
+    let mut src = Expr::mul_idx(Expr::var(pv), ihw as i64);
+    let mut ok = Expr::Lit(Lit::Bool(true));
+    let mut at = Vec::with_capacity(ins.len());
+    for d in 0..ins.len() {
+        let (pos, inside) = tap(ov[d], kv[d], g, d, ins[d]);
+        src = Expr::add_idx(src, Expr::mul_idx(pos.clone(), ist[d]));
+        ok = and(ok, inside);
+        at.push(pos);
+    }
+    (src, ok, at)
 }
 
 /// What a pooling window computes.
@@ -1711,9 +1751,8 @@ pub(super) fn pool_kind(
     let mut kb = KernelBuilder::new(kernel_name(&node.op));
     let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
     let op_ = kb.param(&cx.p, out, Access::Write);
-    let ihw: usize = ins.iter().product();
     let ohw: usize = g.out.iter().product();
-    let (ist, ost) = (strides(&ins), strides(&g.out));
+    let ost = strides(&g.out);
     let mut ext = vec![xs[0] * xs[1]];
     ext.extend_from_slice(&g.out);
     let body = nest(&mut kb, &ext, LoopKind::Parallel, |kb, v| {
@@ -1734,14 +1773,10 @@ pub(super) fn pool_kind(
         };
         let taps = g.k.clone();
         let inner = nest(kb, &taps, LoopKind::Serial, |_, kv| {
-            let mut src = Expr::mul_idx(Expr::var(pv), ihw as i64);
-            let mut ok = Expr::Lit(Lit::Bool(true));
+            let (src, ok, _) = window_tap(pv, ov, kv, &g, &ins);
             // With count_include_pad, the taps that count: inside the input or its pads.
             let mut in_pads = Expr::Lit(Lit::Bool(true));
             for d in 0..s {
-                let (pos, inside) = tap(ov[d], kv[d], &g, d, ins[d]);
-                src = Expr::add_idx(src, Expr::mul_idx(pos, ist[d]));
-                ok = and(ok, inside);
                 let limit = (ins[d] + g.pad_end[d]) as i64;
                 let last = ((g.out[d] - 1) * g.stride[d] + (g.k[d] - 1) * g.dil[d]) as i64
                     - g.pad[d] as i64;
@@ -1892,14 +1927,10 @@ pub(super) fn max_pool_indices(
         let (pv, ov) = (v[0], &v[1..]);
         let (acc, best) = (kb.var(ct), kb.var(DType::I64));
         let inner = nest(kb, &g.k.clone(), LoopKind::Serial, |kb, kv| {
-            let mut src = Expr::mul_idx(Expr::var(pv), ihw as i64);
+            let (src, ok, pos) = window_tap(pv, ov, kv, &g, &ins);
             let mut flat = Expr::idx(0);
-            let mut ok = Expr::Lit(Lit::Bool(true));
-            for d in 0..s {
-                let (pos, inside) = tap(ov[d], kv[d], &g, d, ins[d]);
-                src = Expr::add_idx(src, Expr::mul_idx(pos.clone(), ist[d]));
-                flat = Expr::add_idx(flat, Expr::mul_idx(pos, idx_st[d]));
-                ok = and(ok, inside);
+            for (p, &st) in pos.into_iter().zip(&idx_st) {
+                flat = Expr::add_idx(flat, Expr::mul_idx(p, st));
             }
             let xv = kb.var(ct);
             let load = Expr::load(xp, src);
@@ -2361,76 +2392,36 @@ fn conv_integer_direct(
     let zxp = cx.opt_param(&mut kb, zx, Access::Read)?;
     let zwp = cx.opt_param(&mut kb, zw, Access::Read)?;
     let op_ = kb.param(&cx.p, out, Access::Write);
-    let s = ins.len();
-    let ihw: usize = ins.iter().product();
-    let ohw: usize = g.out.iter().product();
-    let kk: usize = g.k.iter().product();
-    let (ist, ost, kst) = (strides(ins), strides(&g.out), strides(&g.k));
-    let mg = m / group;
     let zero = || Expr::Lit(Lit::Int(DType::I32, 0));
-    let mut ext = vec![m, n];
-    ext.extend_from_slice(&g.out);
-    let body = nest(&mut kb, &ext, LoopKind::Parallel, |kb, v| {
-        let (mv, nv, ov) = (v[0], v[1], &v[2..]);
-        let acc = kb.var(DType::I32);
-        let cin = channel_group(mv, mg);
-        let plane = Expr::add_idx(
-            Expr::mul_idx(Expr::var(nv), (c * ihw) as i64),
-            Expr::mul_idx(cin, ihw as i64),
-        );
-        let zxv = zxp.map_or_else(zero, |p| wide(Expr::load(p, Expr::idx(0))));
-        let zwv = zwp.map_or_else(zero, |p| {
-            let i = if zw_per_channel {
-                Expr::var(mv)
-            } else {
-                Expr::idx(0)
-            };
-            wide(Expr::load(p, i))
-        });
-        let taps: Vec<usize> = g.k.clone();
-        let inner = nest(kb, &taps, LoopKind::Serial, |_, kv| {
-            let mut src = plane.clone();
-            let mut ok = Expr::Lit(Lit::Bool(true));
-            let mut widx = Expr::mul_idx(Expr::var(mv), kk as i64);
-            for d in 0..s {
-                let (pos, inside) = tap(ov[d], kv[d], g, d, ins[d]);
-                src = Expr::add_idx(src, Expr::mul_idx(pos, ist[d]));
-                ok = and(ok, inside);
-                widx = Expr::add_idx(widx, Expr::mul_idx(Expr::var(kv[d]), kst[d]));
-            }
-            let prod = Expr::bin(
+    let body = DirectConv {
+        g,
+        ins,
+        dims: (n, c, m, group),
+        acc_ty: DType::I32,
+        zero: zero(),
+    }
+    .body(
+        &mut kb,
+        |_| zero(),
+        |mv, src, widx| {
+            let zxv = zxp.map_or_else(zero, |p| wide(Expr::load(p, Expr::idx(0))));
+            let zwv = zwp.map_or_else(zero, |p| {
+                let i = if zw_per_channel {
+                    Expr::var(mv)
+                } else {
+                    Expr::idx(0)
+                };
+                wide(Expr::load(p, i))
+            });
+            Expr::bin(
                 BinOp::Mul,
-                Expr::bin(BinOp::Sub, wide(Expr::load(xp, src)), zxv.clone()),
-                Expr::bin(BinOp::Sub, wide(Expr::load(wp, widx)), zwv.clone()),
-            );
-            let term = match ok {
-                Expr::Lit(Lit::Bool(true)) => prod,
-                ok => Expr::select(ok, prod, zero()),
-            };
-            vec![Stmt::Assign {
-                var: acc,
-                value: Expr::bin(BinOp::Add, Expr::var(acc), term),
-            }]
-        });
-        let mut dst = Expr::add_idx(
-            Expr::mul_idx(Expr::var(nv), (m * ohw) as i64),
-            Expr::mul_idx(Expr::var(mv), ohw as i64),
-        );
-        for d in 0..s {
-            dst = Expr::add_idx(dst, Expr::mul_idx(Expr::var(ov[d]), ost[d]));
-        }
-        let mut stmts = vec![Stmt::Let {
-            var: acc,
-            value: zero(),
-        }];
-        stmts.extend(inner);
-        stmts.push(Stmt::Store {
-            param: op_,
-            index: dst,
-            value: Expr::var(acc),
-        });
-        stmts
-    });
+                Expr::bin(BinOp::Sub, wide(Expr::load(xp, src)), zxv),
+                Expr::bin(BinOp::Sub, wide(Expr::load(wp, widx)), zwv),
+            )
+        },
+        |acc, _| acc,
+        op_,
+    );
     kb.k.body = body;
     cx.launch(kb, node);
     Ok(())

@@ -632,9 +632,110 @@ fn widen(
     Ok((wide, xs))
 }
 
+/// The requantizing tail of `QLinearMatMul` and `QLinearConv`: per element
+/// `sat(round(acc · (s_a·s_b / s_y) + z_y))`, the multiplier rounded to the scales' promoted
+/// precision after each step, as the interpreter (numpy) computes it.
+struct Requant {
+    sa: ParamId,
+    sb: ParamId,
+    sy: ParamId,
+    zy: Option<(ParamId, DType)>,
+    tys: [DType; 3],
+    prec: DType,
+    range: (i64, i64),
+    out_ty: DType,
+}
+
+impl Requant {
+    /// Binds the three scales and the optional output zero point as parameters of `kb`, in that
+    /// order (after whatever the caller bound before).
+    fn bind(
+        cx: &Cx,
+        kb: &mut KernelBuilder,
+        [sa, sb, sy]: [ValueId; 3],
+        zy: Option<ValueId>,
+        out_ty: DType,
+    ) -> Result<Self, Fail> {
+        let Some(range) = int_range(out_ty) else {
+            return unsupported(format!("requantizing to {}", out_ty.name()));
+        };
+        let tys = [cx.dtype(sa), cx.dtype(sb), cx.dtype(sy)];
+        // The interpreter's promotion of the scale types: numpy's, pairwise.
+        let prec = if tys.iter().all(|&t| t == tys[0]) {
+            tys[0]
+        } else if tys.contains(&DType::F64) || tys.iter().any(|t| !t.is_float()) {
+            DType::F64
+        } else {
+            DType::F32
+        };
+        Ok(Requant {
+            sa: kb.param(&cx.p, cx.buf(sa)?, Access::Read),
+            sb: kb.param(&cx.p, cx.buf(sb)?, Access::Read),
+            sy: kb.param(&cx.p, cx.buf(sy)?, Access::Read),
+            zy: match zy {
+                Some(z) => Some((kb.param(&cx.p, cx.buf(z)?, Access::Read), cx.dtype(z))),
+                None => None,
+            },
+            tys,
+            prec,
+            range,
+            out_ty,
+        })
+    }
+
+    /// The quantized value of accumulator `acc` (an `i32` expression), with `a_at`/`b_at` the
+    /// elements of the two input scales that apply to it.
+    fn value(&self, acc: Expr, a_at: Expr, b_at: Expr) -> Expr {
+        let f64_ = |e: Expr, t: DType| {
+            if t == DType::F64 {
+                e
+            } else {
+                Expr::cast(DType::F64, e)
+            }
+        };
+        // Rounds to the scales' precision; f64 and (spec-excluded) integer scales stay exact.
+        let rd = |e: Expr| {
+            if self.prec == DType::F64 || !self.prec.is_float() {
+                e
+            } else {
+                Expr::cast(DType::F64, Expr::cast(self.prec, e))
+            }
+        };
+        let prod = rd(Expr::bin(
+            BinOp::Mul,
+            f64_(Expr::load(self.sa, a_at), self.tys[0]),
+            f64_(Expr::load(self.sb, b_at), self.tys[1]),
+        ));
+        let mult = rd(Expr::bin(
+            BinOp::Div,
+            prod,
+            f64_(Expr::load(self.sy, Expr::idx(0)), self.tys[2]),
+        ));
+        let z = match self.zy {
+            Some((p, t)) => f64_(Expr::load(p, Expr::idx(0)), t),
+            None => Expr::float(DType::F64, 0.0),
+        };
+        let d = Expr::bin(
+            BinOp::Add,
+            Expr::bin(BinOp::Mul, Expr::cast(DType::F64, acc), mult),
+            z,
+        );
+        let (lo, hi) = self.range;
+        let q = Expr::bin(
+            BinOp::Min,
+            Expr::bin(
+                BinOp::Max,
+                Expr::un(UnOp::Round, d),
+                Expr::float(DType::F64, lo as f64),
+            ),
+            Expr::float(DType::F64, hi as f64),
+        );
+        Expr::cast(self.out_ty, q)
+    }
+}
+
 /// `QLinearMatMul`: the `i32` product of the zero-point-free operands (as `MatMulInteger`),
-/// then requantized: `sat(round(c * (a_scale * b_scale / y_scale) + y_zero_point))`, the
-/// multiplier rounded to the scales' type at each step as numpy computes it.
+/// then requantized ([`Requant`]).
 fn qlinear_matmul(cx: &mut Cx, node: &Node) -> Result<(), Fail> {
     let ins: Vec<Option<ValueId>> = (0..8).map(|i| node.input(i)).collect();
     let [Some(a), Some(sa), _, Some(b), Some(sb), _, Some(sy), yzp] = ins[..] else {
@@ -642,52 +743,24 @@ fn qlinear_matmul(cx: &mut Cx, node: &Node) -> Result<(), Fail> {
     };
     let out_v = node.outputs[0];
     let out_ty = cx.dtype(out_v);
-    let Some((lo, hi)) = int_range(out_ty) else {
+    if int_range(out_ty).is_none() {
         return unsupported(format!("requantizing to {}", out_ty.name()));
-    };
+    }
     let os = cx.shape(out_v)?;
     let (ra, rb) = (cx.shape(a)?.len(), cx.shape(b)?.len());
     let acc = cx.p.add_buffer(DType::I32, os.clone(), BufKind::Temp);
     let wa = widen(cx, node, a, node.input(2), true)?;
     let wb = widen(cx, node, b, node.input(5), false)?;
     super::nn::matmul_bufs(cx, node, wa, wb, acc)?;
-    let tys = [cx.dtype(sa), cx.dtype(sb), cx.dtype(sy)];
-    let prec = if tys.iter().all(|&t| t == tys[0]) {
-        tys[0]
-    } else if tys.contains(&DType::F64) {
-        DType::F64
-    } else {
-        DType::F32
-    };
     let len = |v: ValueId| -> Result<usize, Fail> { Ok(cx.shape(v)?.iter().product()) };
     let (la, lb) = (len(sa)?, len(sb)?);
     let out = cx.new_buffer(out_v, BufKind::Temp)?;
     let mut kb = KernelBuilder::new(kernel_name(&node.op));
     let cp = kb.param(&cx.p, acc, Access::Read);
-    let sap = kb.param(&cx.p, cx.buf(sa)?, Access::Read);
-    let sbp = kb.param(&cx.p, cx.buf(sb)?, Access::Read);
-    let syp = kb.param(&cx.p, cx.buf(sy)?, Access::Read);
-    let zp = match yzp {
-        Some(z) => Some((kb.param(&cx.p, cx.buf(z)?, Access::Read), cx.dtype(z))),
-        None => None,
-    };
+    let rq = Requant::bind(cx, &mut kb, [sa, sb, sy], yzp, out_ty)?;
     let op_ = kb.param(&cx.p, out, Access::Write);
     let st = strides(&os);
     let r = os.len();
-    let f64_ = |e: Expr, t: DType| {
-        if t == DType::F64 {
-            e
-        } else {
-            Expr::cast(DType::F64, e)
-        }
-    };
-    let rd = |e: Expr| {
-        if prec == DType::F64 {
-            e
-        } else {
-            Expr::cast(DType::F64, Expr::cast(prec, e))
-        }
-    };
     let body = loop_nest(&mut kb, &os, |_, v| {
         let idx = flat_index(&st, v);
         let row = if la > 1 && ra >= 2 && r >= 2 {
@@ -700,42 +773,10 @@ fn qlinear_matmul(cx: &mut Cx, node: &Node) -> Result<(), Fail> {
         } else {
             Expr::idx(0)
         };
-        let prod = rd(Expr::bin(
-            BinOp::Mul,
-            f64_(Expr::load(sap, row), tys[0]),
-            f64_(Expr::load(sbp, col), tys[1]),
-        ));
-        let mult = rd(Expr::bin(
-            BinOp::Div,
-            prod,
-            f64_(Expr::load(syp, Expr::idx(0)), tys[2]),
-        ));
-        let z = match zp {
-            Some((p, t)) => f64_(Expr::load(p, Expr::idx(0)), t),
-            None => Expr::float(DType::F64, 0.0),
-        };
-        let d = Expr::bin(
-            BinOp::Add,
-            Expr::bin(
-                BinOp::Mul,
-                Expr::cast(DType::F64, Expr::load(cp, idx.clone())),
-                mult,
-            ),
-            z,
-        );
-        let q = Expr::bin(
-            BinOp::Min,
-            Expr::bin(
-                BinOp::Max,
-                Expr::un(UnOp::Round, d),
-                Expr::float(DType::F64, lo as f64),
-            ),
-            Expr::float(DType::F64, hi as f64),
-        );
         vec![Stmt::Store {
             param: op_,
-            index: idx,
-            value: Expr::cast(out_ty, q),
+            index: idx.clone(),
+            value: rq.value(Expr::load(cp, idx), row, col),
         }]
     });
     kb.k.body = body;
@@ -744,8 +785,7 @@ fn qlinear_matmul(cx: &mut Cx, node: &Node) -> Result<(), Fail> {
 }
 
 /// `QLinearConv`: the integer convolution of `x - zx` and `w - zw` into i32 (`ConvInteger`),
-/// then per element `round(((acc + bias[m]) · (sx·sw[m]) / sy) + zy)` saturated to the output
-/// type, the multiplier rounded to the scales' precision at each step as the interpreter does.
+/// then per element `acc + bias[m]` requantized ([`Requant`]) with `w`'s scale of channel `m`.
 fn qlinear_conv(cx: &mut Cx, node: &Node, geom: &mlc_ir::ops::quant::ConvGeom) -> Result<(), Fail> {
     let ins: Vec<Option<ValueId>> = (0..9).map(|i| node.input(i)).collect();
     let [
@@ -764,9 +804,9 @@ fn qlinear_conv(cx: &mut Cx, node: &Node, geom: &mlc_ir::ops::quant::ConvGeom) -
     };
     let out_v = node.outputs[0];
     let out_ty = cx.dtype(out_v);
-    let Some((lo, hi)) = int_range(out_ty) else {
+    if int_range(out_ty).is_none() {
         return unsupported(format!("requantizing to {}", out_ty.name()));
-    };
+    }
     let os = cx.shape(out_v)?;
     if os.len() < 2 {
         return unsupported("qlinear_conv output without channels");
@@ -785,41 +825,12 @@ fn qlinear_conv(cx: &mut Cx, node: &Node, geom: &mlc_ir::ops::quant::ConvGeom) -
     }
     let acc = cx.p.add_buffer(DType::I32, os.clone(), BufKind::Temp);
     super::conv::conv_integer_into(cx, node, geom, (x, w, zx, zw), acc)?;
-    let tys = [cx.dtype(sx), cx.dtype(sw), cx.dtype(sy)];
-    // The interpreter's promotion of the three scale types.
-    let prec = if tys.iter().all(|&t| t == tys[0]) {
-        tys[0]
-    } else if tys.contains(&DType::F64) || tys.iter().any(|t| !t.is_float()) {
-        DType::F64
-    } else {
-        DType::F32
-    };
     let out = cx.new_buffer(out_v, BufKind::Temp)?;
     let mut kb = KernelBuilder::new(kernel_name(&node.op));
     let cp = kb.param(&cx.p, acc, Access::Read);
-    let sxp = kb.param(&cx.p, cx.buf(sx)?, Access::Read);
-    let swp = kb.param(&cx.p, cx.buf(sw)?, Access::Read);
-    let syp = kb.param(&cx.p, cx.buf(sy)?, Access::Read);
-    let zp = match yzp {
-        Some(z) => Some((kb.param(&cx.p, cx.buf(z)?, Access::Read), cx.dtype(z))),
-        None => None,
-    };
+    let rq = Requant::bind(cx, &mut kb, [sx, sw, sy], yzp, out_ty)?;
     let bp = cx.opt_param(&mut kb, bias, Access::Read)?;
     let op_ = kb.param(&cx.p, out, Access::Write);
-    let f64_ = |e: Expr, t: DType| {
-        if t == DType::F64 {
-            e
-        } else {
-            Expr::cast(DType::F64, e)
-        }
-    };
-    let rd = |e: Expr| {
-        if prec == DType::F64 || !prec.is_float() {
-            e
-        } else {
-            Expr::cast(DType::F64, Expr::cast(prec, e))
-        }
-    };
     let batch = os[0];
     let body = loop_nest(&mut kb, &[batch, m, plane], |_, v| {
         let ch = Expr::var(v[1]);
@@ -831,42 +842,14 @@ fn qlinear_conv(cx: &mut Cx, node: &Node, geom: &mlc_ir::ops::quant::ConvGeom) -
             Expr::var(v[2]),
         );
         let wi = if lw == 1 { Expr::idx(0) } else { ch.clone() };
-        let prod = rd(Expr::bin(
-            BinOp::Mul,
-            f64_(Expr::load(sxp, Expr::idx(0)), tys[0]),
-            f64_(Expr::load(swp, wi), tys[1]),
-        ));
-        let mult = rd(Expr::bin(
-            BinOp::Div,
-            prod,
-            f64_(Expr::load(syp, Expr::idx(0)), tys[2]),
-        ));
-        let z = match zp {
-            Some((p, t)) => f64_(Expr::load(p, Expr::idx(0)), t),
-            None => Expr::float(DType::F64, 0.0),
-        };
         let mut a = Expr::load(cp, idx.clone());
         if let Some(b) = bp {
             a = Expr::bin(BinOp::Add, a, Expr::load(b, ch));
         }
-        let d = Expr::bin(
-            BinOp::Add,
-            Expr::bin(BinOp::Mul, Expr::cast(DType::F64, a), mult),
-            z,
-        );
-        let q = Expr::bin(
-            BinOp::Min,
-            Expr::bin(
-                BinOp::Max,
-                Expr::un(UnOp::Round, d),
-                Expr::float(DType::F64, lo as f64),
-            ),
-            Expr::float(DType::F64, hi as f64),
-        );
         vec![Stmt::Store {
             param: op_,
             index: idx,
-            value: Expr::cast(out_ty, q),
+            value: rq.value(a, Expr::idx(0), wi),
         }]
     });
     kb.k.body = body;
