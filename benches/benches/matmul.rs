@@ -102,6 +102,13 @@ const CASES: &[Case] = &[
     f32c("resnet layer4 3x3", (512, 49, 4608), RowMajor)
         .row_bias()
         .t2(),
+    f32c("lcnet pw 16->32", (32, 12544, 16), RowMajor).row_bias(),
+    f32c("lcnet pw 32->64", (64, 3136, 32), RowMajor).row_bias(),
+    f32c("lcnet pw 64->128", (128, 784, 64), RowMajor).row_bias(),
+    f32c("lcnet pw 128->256", (256, 196, 128), RowMajor).row_bias(),
+    f32c("lcnet pw 256->256", (256, 196, 256), RowMajor).row_bias(),
+    f32c("lcnet pw 512->512", (512, 49, 512), RowMajor).row_bias(),
+    f32c("lcnet head 512->1280 (1x1 plane)", (1280, 1, 512), RowMajor).row_bias(),
     f32c("bert int8 qkv", (128, 384, 384), RowMajor).int(),
     f32c("bert int8 qkv", (128, 384, 384), RowMajor).int().t2(),
     f32c("bert int8 ffn1", (128, 1536, 384), RowMajor)
