@@ -1209,6 +1209,9 @@ impl<M: Module> Tx<'_, '_, M> {
             // ABI 6.
             Activation::Gelu => (5, 0.0, 0.0),
             Activation::GeluTanh => (6, 0.0, 0.0),
+            // ABI 7.
+            Activation::Sigmoid => (7, 0.0, 0.0),
+            Activation::Swish { alpha } => (8, alpha, 0.0),
         };
         let act = self.b.ins().iconst(types::I64, act);
         put(self, s::ACT, act);

@@ -694,8 +694,8 @@ pub struct Fused {
     pub requant: usize,
     /// General tails ([`fuse_tails`]).
     pub tails: usize,
-    /// Of those tails, the GELUs that became the contraction's activation
-    /// ([`fuse_activations`]).
+    /// Of those tails, the GELUs, sigmoids and swishes that became the contraction's
+    /// activation ([`fuse_activations`]).
     pub gelu: usize,
 }
 
@@ -716,8 +716,8 @@ pub fn fuse_epilogues(p: &Program) -> (Program, Fused) {
 
 mod gelu;
 
-/// Turns every contraction whose fused tail is exactly GELU of its result (plus a broadcast
-/// bias) into one with that bias and a GELU activation (see [`gelu`]); returns the program
+/// Turns every contraction whose fused tail is exactly GELU, sigmoid or swish of its result
+/// (plus a broadcast bias) into one with that bias and that activation (see [`gelu`]); returns the program
 /// and how many were rewritten. Run after [`fuse_tails`].
 pub fn fuse_activations(p: &Program) -> (Program, usize) {
     let mut out = p.clone();

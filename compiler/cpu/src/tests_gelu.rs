@@ -74,6 +74,42 @@ fn gelu_tails_become_activations() {
     }
 }
 
+/// A convolution-like contraction followed by `act(C + b[row])`, `act` an elementwise op
+/// written as IR text (`ew.sigmoid`, `ew.swish {"alpha":…}`): EfficientNet's SiLU blocks.
+fn act_tail(m: usize, k: usize, n: usize, act: &str) -> String {
+    format!(
+        r#"graph (%0: f32[{m},{k}] "w", %1: f32[{k},{n}] "x", %2: f32[{m},1] "b") -> (%4 "y") {{
+  %3 = nn.matmul(%0, %1) : f32[{m},{n}]
+  %4 = control.composite {{"kind":"bias_act"}} (%3, %2) : f32[{m},{n}] {{
+    graph (%0: f32[{m},{n}] "in0", %1: f32[{m},1] "in1") -> (%3 "out") {{
+      %2 = ew.add(%0, %1) : f32[{m},{n}]
+      %3 = {act}(%2) : f32[{m},{n}]
+    }}
+  }}
+}}"#
+    )
+}
+
+#[test]
+fn sigmoid_and_swish_tails_become_activations() {
+    let shapes = [(1, 5, 1), (13, 9, 37), (40, 64, 100)];
+    for &(m, k, n) in &shapes {
+        for (act, want) in [
+            ("ew.sigmoid", "act=sigmoid"),
+            (r#"ew.swish {"alpha":1.0}"#, "act=swish(1)"),
+            (r#"ew.swish {"alpha":1.702}"#, "act=swish(1.702)"),
+        ] {
+            let src = act_tail(m, k, n, act);
+            let (text, n_act) = fused(&src);
+            assert_eq!(n_act, 1, "{src}\n{text}");
+            assert!(text.contains(want), "{text}");
+            assert!(!text.contains("exp("), "{text}");
+            // The runtime's exp is the compiled tail's polynomial, within a few ulp of libm.
+            check(&src, 2e-6);
+        }
+    }
+}
+
 #[test]
 fn other_tails_stay_tails() {
     // A GELU of something else than C + bias (here C·2) is a general tail, not an activation.

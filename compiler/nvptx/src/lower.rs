@@ -1308,9 +1308,12 @@ impl<'a, 'ctx> Lw<'a, 'ctx> {
             }
             // Only the CPU backend's epilogue pass forms these (from fused tile tails, which
             // this backend never builds).
-            Activation::Gelu | Activation::GeluTanh => {
+            Activation::Gelu
+            | Activation::GeluTanh
+            | Activation::Sigmoid
+            | Activation::Swish { .. } => {
                 return Err(NvptxError::Unsupported(
-                    "a GELU contraction epilogue (formed by the CPU backend only)".into(),
+                    "a GELU/sigmoid contraction epilogue (formed by the CPU backend only)".into(),
                 ));
             }
         };

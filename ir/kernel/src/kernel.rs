@@ -649,6 +649,15 @@ pub enum Activation {
     /// GELU, tanh form: `(0.5·x) · (1 + tanh(√(2/π) · (x + 0.044715·((x·x)·x))))`, in this
     /// order, as the lowering of `ew.gelu(approximate = tanh)` computes it; NaN stays NaN.
     GeluTanh,
+    /// Sigmoid: `1 / (1 + exp(-x))`, in this order, as the lowering of `ew.sigmoid` computes
+    /// it; NaN stays NaN. Backends may approximate `exp` (the CPU runtime's epilogue uses the
+    /// polynomial of its vector loops; see `mlc_runtime`'s `kernels::gemm::act`).
+    Sigmoid,
+    /// Swish (SiLU for `alpha = 1`): `x · (1 / (1 + exp(-(alpha·x))))`, in this order, as the
+    /// lowering of `ew.swish` computes it; NaN stays NaN.
+    Swish {
+        alpha: f32,
+    },
 }
 
 impl Activation {
@@ -671,6 +680,8 @@ impl Activation {
                 let c = 0.044715f32 as f64;
                 (0.5 * v) * (1.0 + (k * (v + c * (v * v * v))).tanh())
             }
+            Activation::Sigmoid => 1.0 / (1.0 + (-v).exp()),
+            Activation::Swish { alpha } => v * (1.0 / (1.0 + (-(alpha as f64 * v)).exp())),
         }
     }
 }

@@ -166,6 +166,8 @@ fn block(k: &Kernel, body: &[Stmt], depth: usize, s: &mut String) {
                     Activation::HardSwish => write!(s, " act=hard_swish"),
                     Activation::Gelu => write!(s, " act=gelu"),
                     Activation::GeluTanh => write!(s, " act=gelu_tanh"),
+                    Activation::Sigmoid => write!(s, " act=sigmoid"),
+                    Activation::Swish { alpha } => write!(s, " act=swish({alpha})"),
                 };
                 match &mm.tail {
                     None => {

@@ -20,7 +20,7 @@ use super::matmul::{self, Gemm, Requant, View};
 use crate::kernels::igemm::AddParams;
 
 /// Version of this contract; an artifact records it and a runtime loads only its own.
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 /// The data symbol holding the helper table in generated code.
 pub const TABLE_SYMBOL: &str = "mlc_helpers";
@@ -130,6 +130,12 @@ pub enum Activation {
     Gelu,
     /// GELU, tanh form (code 6; ABI 6).
     GeluTanh,
+    /// `1 / (1 + exp(-x))` (code 7; ABI 7).
+    Sigmoid,
+    /// `x · sigmoid(alpha·x)`, `alpha` in the first activation slot (code 8; ABI 7).
+    Swish {
+        alpha: f32,
+    },
 }
 
 /// The slots of the argument block passed to `mlc_matmul`, in 8-byte words.
@@ -258,6 +264,10 @@ fn matmul_from_desc(d: &[u64], threads: usize) -> bool {
         4 => Activation::HardSwish,
         5 => Activation::Gelu,
         6 => Activation::GeluTanh,
+        7 => Activation::Sigmoid,
+        8 => Activation::Swish {
+            alpha: f(s::ACT_MIN) as f32,
+        },
         _ => Activation::None,
     };
     let g = Gemm {

@@ -1,19 +1,20 @@
-//! A contraction whose fused tile tail is exactly GELU of its result (plus a broadcast bias)
-//! gets GELU as its epilogue activation instead: the runtime's GEMM kernels then apply it 16
-//! lanes wide while the tile is in registers, rather than calling the compiled tail on each
-//! finished block.
+//! A contraction whose fused tile tail is exactly GELU, sigmoid or swish (SiLU) of its result
+//! (plus a broadcast bias) gets that as its epilogue activation instead: the runtime's GEMM
+//! kernels then apply it 16 lanes wide while the tile is in registers, rather than calling the
+//! compiled tail (4 lanes) on each finished block.
 //!
 //! It fires on the fused kernels [`super::fuse_tail_pair`] builds when the tail, its `let`s
 //! inlined, stores `gelu(x)` at C's element index, written exactly as the lowering of
 //! `ew.gelu` writes it (erf or tanh form, same operations in the same order, the same `f32`
-//! constants), where `x` is C's element, or C's element plus (either order) an `f32` operand
+//! constants), or `sigmoid(x)`/`swish(x)` as `ew.sigmoid`/`ew.swish` write them, where `x` is C's element, or C's element plus (either order) an `f32` operand
 //! read per row, per column or as one value, and the contraction has no activation yet (nor a
 //! bias, when the tail adds one). The result is then the contraction with that bias and
-//! [`Activation::Gelu`]/[`Activation::GeluTanh`] writing the tail's output directly; C, a
+//! [`Activation::Gelu`]/[`Activation::GeluTanh`]/[`Activation::Sigmoid`]/[`Activation::Swish`]
+//! writing the tail's output directly; C, a
 //! temporary nothing else reads (the tail pass checked it), is no longer an argument.
 //!
 //! The activation's definition is the tail's formula, so the evaluator's result is unchanged;
-//! the runtime approximates `erf`/`tanh` with the algorithms the compiled tail used (see
+//! the runtime approximates `erf`/`tanh`/`exp` with the algorithms the compiled tail used (see
 //! `mlc_runtime::kernels::gemm::act`), within the same tolerance.
 
 use super::Affine;
@@ -64,6 +65,41 @@ pub(super) fn gelu_of(e: &Expr) -> Option<(Activation, &Expr)> {
     }
 }
 
+/// The argument of `1 / (1 + exp(-arg))`, as the lowering writes a sigmoid.
+fn sigmoid_arg(e: &Expr) -> Option<&Expr> {
+    let (one, d) = bin(e, BinOp::Div)?;
+    let (one2, ex) = bin(d, BinOp::Add)?;
+    if !is_lit(one, 1.0) || !is_lit(one2, 1.0) {
+        return None;
+    }
+    let Expr::Unary(UnOp::Exp, n) = ex else {
+        return None;
+    };
+    match &**n {
+        Expr::Unary(UnOp::Neg, arg) => Some(arg),
+        _ => None,
+    }
+}
+
+/// The activation and its argument when `e` is the lowering of `ew.gelu`, `ew.sigmoid` or
+/// `ew.swish` (`x · sigmoid(alpha · x)`) of that argument.
+pub(super) fn activation_of(e: &Expr) -> Option<(Activation, &Expr)> {
+    if let Some(g) = gelu_of(e) {
+        return Some(g);
+    }
+    if let Some(x) = sigmoid_arg(e) {
+        return Some((Activation::Sigmoid, x));
+    }
+    let (x, s) = bin(e, BinOp::Mul)?;
+    let (alpha, x1) = bin(sigmoid_arg(s)?, BinOp::Mul)?;
+    match alpha {
+        Expr::Lit(Lit::Float(DType::F32, a)) if x1 == x => {
+            Some((Activation::Swish { alpha: *a as f32 }, x))
+        }
+        _ => None,
+    }
+}
+
 /// `index` as `offset + row·rs + col·cs`, `(offset, rs, cs)`, when it is affine in the tail's
 /// `row` and `col` only.
 fn view_of(index: &Expr, row: VarId, col: VarId) -> Option<(i64, i64, i64)> {
@@ -75,7 +111,7 @@ fn view_of(index: &Expr, row: VarId, col: VarId) -> Option<(i64, i64, i64)> {
     only.then(|| (a.c, a.at(row), a.at(col)))
 }
 
-/// The contraction with GELU as its activation, when `k` (a fused contraction with a tail, and
+/// The contraction with the tail's activation, when `k` (a fused contraction with a tail, and
 /// its arguments `args`) qualifies (see the module docs).
 pub(super) fn tail_to_activation(k: &Kernel, args: &[BufId]) -> Option<(Kernel, Vec<BufId>)> {
     let [Stmt::Matmul(mm)] = k.body.as_slice() else {
@@ -109,7 +145,7 @@ pub(super) fn tail_to_activation(k: &Kernel, args: &[BufId]) -> Option<(Kernel, 
     }
     let value = super::inline(value, &defs, 0)?;
     let index = super::inline(index, &defs, 0)?;
-    let (act, x) = gelu_of(&value)?;
+    let (act, x) = activation_of(&value)?;
     // x: C's element, or C's element plus a bias.
     let c_elem = |e: &Expr| matches!(e, Expr::Load { param, index: i } if *param == mm.c.param && **i == index);
     let bias = if c_elem(x) {

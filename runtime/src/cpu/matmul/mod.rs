@@ -173,6 +173,8 @@ fn activate(act: Activation, v: f64) -> f64 {
             let k = (2.0 / std::f64::consts::PI).sqrt();
             0.5 * v * (1.0 + (k * (v + 0.044715 * v * v * v)).tanh())
         }
+        Activation::Sigmoid => 1.0 / (1.0 + (-v).exp()),
+        Activation::Swish { alpha } => v / (1.0 + (-(alpha as f64 * v)).exp()),
     }
 }
 
@@ -453,6 +455,8 @@ impl F32Bias<'_> {
                 Activation::HardSwish => kg::Activation::HardSwish,
                 Activation::Gelu => kg::Activation::Gelu,
                 Activation::GeluTanh => kg::Activation::GeluTanh,
+                Activation::Sigmoid => kg::Activation::Sigmoid,
+                Activation::Swish { alpha } => kg::Activation::Swish { alpha },
             });
         match self {
             Broadcast::None => ep,

@@ -147,6 +147,16 @@ pub fn gelu(x: f32) -> f32 {
     (0.5 * x) * (1.0 + erf(x * FRAC_1_SQRT_2))
 }
 
+/// Sigmoid as the lowering of `ew.sigmoid` writes it: `1 / (1 + exp(-x))`.
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x))
+}
+
+/// Swish as the lowering of `ew.swish` writes it: `x · (1 / (1 + exp(-(alpha·x))))`.
+pub fn swish(x: f32, alpha: f32) -> f32 {
+    x * sigmoid(alpha * x)
+}
+
 /// GELU, tanh form: `0.5·x · (1 + tanh(√(2/π)·(x + 0.044715·x·x·x)))`, in this order.
 pub fn gelu_tanh(x: f32) -> f32 {
     let x3 = (x * x) * x;

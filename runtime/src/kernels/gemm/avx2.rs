@@ -226,6 +226,10 @@ unsafe fn store<const R: usize>(t: &Tile, mut acc: [[__m256; NV]; R]) {
                         }
                         Activation::Gelu => gelu8(x),
                         Activation::GeluTanh => gelu_tanh8(x),
+                        Activation::Sigmoid => sigmoid8(x),
+                        Activation::Swish { alpha } => {
+                            _mm256_mul_ps(x, sigmoid8(_mm256_mul_ps(_mm256_set1_ps(alpha), x)))
+                        }
                     };
                 }
                 if n == 8 {
@@ -319,6 +323,15 @@ fn erf8(x: __m256) -> __m256 {
     let y = _mm256_blendv_ps(big, small, is_small);
     let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x);
     _mm256_blendv_ps(y, x, nan)
+}
+
+/// `act::sigmoid` on 8 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn sigmoid8(x: __m256) -> __m256 {
+    let one = _mm256_set1_ps(1.0);
+    let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), x));
+    _mm256_div_ps(one, _mm256_add_ps(one, e))
 }
 
 /// `act::gelu` on 8 lanes.

@@ -174,6 +174,10 @@ unsafe fn kernel<const R: usize, const PACKED: bool>(t: &Tile) {
                         }
                         Activation::Gelu => gelu16(x),
                         Activation::GeluTanh => gelu_tanh16(x),
+                        Activation::Sigmoid => sigmoid16(x),
+                        Activation::Swish { alpha } => {
+                            _mm512_mul_ps(x, sigmoid16(_mm512_mul_ps(_mm512_set1_ps(alpha), x)))
+                        }
                     };
                 }
                 _mm512_mask_storeu_ps(cp, mask, x);
@@ -308,6 +312,15 @@ fn exp16(x: __m512) -> __m512 {
     let y = _mm512_mask_blend_ps(big, y, _mm512_set1_ps(f32::INFINITY));
     let small = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(act::EXP_LO));
     _mm512_mask_blend_ps(small, y, _mm512_setzero_ps())
+}
+
+/// `act::sigmoid` on 16 lanes.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn sigmoid16(x: __m512) -> __m512 {
+    let one = _mm512_set1_ps(1.0);
+    let e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), x));
+    _mm512_div_ps(one, _mm512_add_ps(one, e))
 }
 
 /// `act::tanh` on 16 lanes.

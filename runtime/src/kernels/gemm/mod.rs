@@ -186,6 +186,14 @@ pub enum Activation {
     /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, with `tanh` a polynomial approximation
     /// (see [`act`]); NaN stays NaN.
     GeluTanh,
+    /// `1 / (1 + exp(-x))`, in this order, with `exp` a polynomial approximation (see
+    /// [`act`]); NaN stays NaN (ONNX Sigmoid).
+    Sigmoid,
+    /// `x · (1 / (1 + exp(-(alpha·x))))`, in this order (SiLU for `alpha = 1`); NaN stays NaN.
+    Swish {
+        /// Scale of the sigmoid's argument.
+        alpha: f32,
+    },
 }
 
 /// `max(0, min(1, e))` keeping NaN, in the order the SIMD kernels compute it.
@@ -211,6 +219,8 @@ impl Activation {
             Activation::HardSwish => x * clamp01(x * (1.0 / 6.0) + 0.5),
             Activation::Gelu => act::gelu(x),
             Activation::GeluTanh => act::gelu_tanh(x),
+            Activation::Sigmoid => act::sigmoid(x),
+            Activation::Swish { alpha } => act::swish(x, alpha),
         }
     }
 }

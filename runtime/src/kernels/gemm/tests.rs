@@ -152,6 +152,21 @@ impl Case {
                         s *= 1.13 + GELU_ERR / tol_k;
                         gelu_f64(ep.activation, v)
                     }
+                    Activation::Sigmoid | Activation::Swish { .. } => {
+                        // Both are at most 1.1-Lipschitz (times `alpha`), and `exp` is within a
+                        // few ulp: widen like GELU's.
+                        let alpha = match ep.activation {
+                            Activation::Swish { alpha } => f64::from(alpha).abs().max(1.0),
+                            _ => 1.0,
+                        };
+                        let tol_k = (self.k + 4) as f64 * f64::from(f32::EPSILON);
+                        s *= 1.1 * alpha + GELU_ERR / tol_k;
+                        let sig = |u: f64| 1.0 / (1.0 + (-u).exp());
+                        match ep.activation {
+                            Activation::Swish { alpha } => v * sig(f64::from(alpha) * v),
+                            _ => sig(v),
+                        }
+                    }
                 };
                 out.push((v, s));
             }
@@ -328,6 +343,18 @@ fn every_epilogue() {
                     .alpha(2.0)
                     .bias(Bias::PerRow(&row_bias))
                     .activation(Activation::GeluTanh),
+            ),
+            (
+                "sigmoid",
+                Epilogue::new()
+                    .bias(Bias::PerCol(&col_bias))
+                    .activation(Activation::Sigmoid),
+            ),
+            (
+                "swish",
+                Epilogue::new()
+                    .bias(Bias::PerRow(&row_bias))
+                    .activation(Activation::Swish { alpha: 1.5 }),
             ),
             ("alpha", Epilogue::new().alpha(-0.75)),
             ("beta=1", Epilogue::new().beta(1.0)),
@@ -734,6 +761,8 @@ fn nan_through_activations() {
         Activation::HardSwish,
         Activation::Gelu,
         Activation::GeluTanh,
+        Activation::Sigmoid,
+        Activation::Swish { alpha: 1.0 },
     ];
     for act in acts {
         let want = act.apply(f32::NAN);
