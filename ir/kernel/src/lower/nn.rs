@@ -118,9 +118,18 @@ pub(super) fn matmul_bufs(
     if sb.len() == 1 {
         sb.push(1);
     }
-    let (m, k, n) = (sa[sa.len() - 2], sa[sa.len() - 1], sb[sb.len() - 1]);
-    let batch_a = &sa[..sa.len() - 2];
-    let batch_b = &sb[..sb.len() - 2];
+    let (mut m, k, n) = (sa[sa.len() - 2], sa[sa.len() - 1], sb[sb.len() - 1]);
+    let mut batch_a = &sa[..sa.len() - 2];
+    let mut batch_b = &sb[..sb.len() - 2];
+    // B shared by every batch element (a weight, as in `[L, 1, E] · [E, 3E]`): the batch is
+    // more rows of one product, contiguous in A and C, so the library runs one GEMM that
+    // reads B once instead of one product (of `m = 1`, with ViT's sequence-first attention)
+    // per element.
+    if batch_b.iter().all(|&d| d == 1) && !batch_a.is_empty() {
+        m *= batch_a.iter().product::<usize>();
+        batch_a = &[];
+        batch_b = &[];
+    }
     let nb = batch_a.len().max(batch_b.len());
     let mut batch = vec![1usize; nb];
     for (i, d) in batch.iter_mut().enumerate() {
