@@ -109,6 +109,8 @@ const CASES: &[Case] = &[
     f32c("lcnet pw 256->256", (256, 196, 256), RowMajor).row_bias(),
     f32c("lcnet pw 512->512", (512, 49, 512), RowMajor).row_bias(),
     f32c("lcnet head 512->1280 (1x1 plane)", (1280, 1, 512), RowMajor).row_bias(),
+    f32c("convnext s4 mlp1", (49, 3072, 768), RowMajor).col_bias(),
+    f32c("convnext s1 mlp1", (3136, 384, 96), RowMajor).col_bias(),
     f32c("bert int8 qkv", (128, 384, 384), RowMajor).int(),
     f32c("bert int8 qkv", (128, 384, 384), RowMajor).int().t2(),
     f32c("bert int8 ffn1", (128, 1536, 384), RowMajor)

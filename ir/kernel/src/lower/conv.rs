@@ -1087,8 +1087,8 @@ fn depthwise_stmt(
 /// The elementwise tail `region` (its inputs bound by `env_in`: the convolution's value as
 /// `None`, one-element values as loads of element 0) as depthwise epilogue operations
 /// appended to the [`Stmt::Depthwise`] of `k`; `Ok(false)` (and `k`'s body unchanged) when the
-/// tail is not an `f32` chain of `add`/`sub`/`mul`/`div`/`max`/`min` of the value and scalars
-/// that [`EpOp`]s express: each operation with at most one operand depending on the value, or
+/// tail is not an `f32` chain of `add`/`sub`/`mul`/`div`/`max`/`min` (ReLU's select as
+/// `max(·, 0)`) of the value and scalars that [`EpOp`]s express: each operation with at most one operand depending on the value, or
 /// `a op b` where one side is a function of the other (a gate such as
 /// `x · clip(x + 3, 0, 6)`). The operations are the tail's own, in its order, so results do
 /// not change.
@@ -1186,6 +1186,23 @@ fn ep_arg(e: &Expr, k: &Kernel) -> Option<EpArg> {
 fn ep_ops(e: &Expr, v: &Expr, x: VarId, k: &Kernel) -> Option<Vec<EpOp>> {
     if e == v {
         return Some(vec![]);
+    }
+    // ReLU as `ew.relu` lowers it, `y < 0 ? 0 : y`: `max(y, 0)`, NaN-propagating like the
+    // select (only the sign of a zero result may differ).
+    if let Expr::Select { cond, then, els } = e
+        && let Expr::Binary(BinOp::Lt, y, zero) = &**cond
+        && y == els
+        && **zero == Expr::float(DType::F32, 0.0)
+        && **then == Expr::float(DType::F32, 0.0)
+        && k_type(y, k) == Some(DType::F32)
+    {
+        let mut ops = ep_ops(y, v, x, k)?;
+        ops.push(EpOp::Bin {
+            op: BinOp::Max,
+            arg: EpArg::Lit(0.0),
+            arg_first: false,
+        });
+        return Some(ops);
     }
     let Expr::Binary(op, a, b) = e else {
         return None;

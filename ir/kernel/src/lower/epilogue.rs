@@ -140,14 +140,11 @@ pub(super) fn try_fuse(cx: &mut Cx, n: &Node, open: Open) -> Option<Open> {
             Box::new(move |m| m.act = Activation::HardSigmoid { alpha, beta })
         }
         EwOp::Clip if current.act == Activation::None => {
+            // Constants of the graph, or (ReLU6 in a fused body) inputs bound to constants.
             let bound = |i: usize| -> Option<Option<f32>> {
                 match n.input(i) {
                     None => Some(None),
-                    Some(v) => {
-                        let t = cx.g.const_value(v)?;
-                        let x = t.to_f64_vec().ok()?;
-                        (x.len() == 1).then(|| Some(x[0] as f32))
-                    }
+                    Some(v) => Some(Some(const_scalar(cx, v)? as f32)),
                 }
             };
             let (lo, hi) = (bound(1)?, bound(2)?);

@@ -631,6 +631,21 @@ fn tails_go_into_the_stores_of_loop_kernels() {
         "{text}"
     );
     assert!(!text.contains("kernel @ew_hard_swish"), "{text}");
+    // ReLU (a select in the lowering) is the epilogue's `max(·, 0)`; the tail is no kernel.
+    let text = check(
+        r#"graph (%0: f32[1,3,9,7] "x", %1: f32[3,1,3,3] "w", %2: f32[3] "b") -> (%3 "y") {
+  %3 = control.composite {"kind":"conv+relu"} (%0, %1, %2) : f32[1,3,9,7] {
+    graph (%0: f32[1,3,9,7] "in0", %1: f32[3,1,3,3] "in1", %2: f32[3] "in2") -> (%4 "out") {
+      %3 = nn.conv {"auto_pad":"not_set","dilations":[1,1],"group":3,"pads":[1,1,1,1],"strides":[1,1]} (%0, %1, %2) : f32[1,3,9,7]
+      %4 = ew.relu(%3) : f32[1,3,9,7]
+    }
+  }
+}"#,
+        1e-6,
+    );
+    assert!(text.contains("kernel @nn_conv_depthwise_relu"), "{text}");
+    assert!(text.contains("max(x, 0.0)"), "{text}");
+    assert!(!text.contains("kernel @ew_relu"), "{text}");
     // A strided depthwise convolution + a quantizing tail with a runtime scale: no epilogue
     // operation changes the type, so the convolution stays the library statement and the
     // tail runs as its own kernel (rather than both as scalar loops).
