@@ -26,7 +26,8 @@ pub(super) struct Open {
 /// After `n` was lowered: the open epilogue if `n` is a contraction whose last step holds
 /// exactly one matmul with no epilogue yet.
 pub(super) fn open_after(cx: &Cx, n: &Node) -> Option<Open> {
-    let rank = cx.shape(n.outputs[0]).ok()?.len();
+    let shape = cx.shape(n.outputs[0]).ok()?;
+    let rank = shape.len();
     let (rows, cols) = match &n.op {
         // With a vector operand the output's last dims are not the product's rows and columns.
         Op::Nn(NnOp::Matmul | NnOp::Gemm { .. })
@@ -46,6 +47,9 @@ pub(super) fn open_after(cx: &Cx, n: &Node) -> Option<Open> {
     };
     let step = cx.p.steps.len().checked_sub(1)?;
     let mm = single_matmul(&cx.p.kernel(cx.p.steps[step].kernel).body)?;
+    // A product whose rows span several batch elements (a weight shared by the batch, see
+    // `nn::matmul_bufs`) has no rows dim a bias could follow.
+    let rows = rows.filter(|&r| shape[r] == mm.m);
     (mm.act == Activation::None && mm.beta == 0.0).then_some(Open {
         value: n.outputs[0],
         step,

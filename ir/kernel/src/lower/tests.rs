@@ -1235,6 +1235,21 @@ fn contraction_epilogues_fuse_into_the_matmul() {
         shown.contains("act=clip(0.0, 0.5)") && shown.contains("bias=%p"),
         "{shown}"
     );
+    // A weight shared by the batch: one product over all 2·3 rows. A bias per row of each
+    // batch element (3 values) must not be read as one per product row (6).
+    let shown = check(
+        r#"graph (%0: f32[2,3,4] "x", %1: f32[4,5] "w", %2: f32[3,1] "b") -> (%3 "y") {
+  %3 = control.composite {"kind":"matmul_add_relu"} (%0, %1, %2) : f32[2,3,5] {
+    graph (%0: f32[2,3,4] "x", %1: f32[4,5] "w", %2: f32[3,1] "b") -> (%5 "y") {
+      %3 = nn.matmul(%0, %1) : f32[2,3,5]
+      %4 = ew.add(%3, %2) : f32[2,3,5]
+      %5 = ew.relu(%4) : f32[2,3,5]
+    }
+  }
+}"#,
+        1e-6,
+    );
+    assert!(shown.contains("matmul m=6 n=5 k=4"), "{shown}");
     // A bias that varies along a batch dim cannot ride in the matmul: a separate kernel.
     let shown = check(
         r#"graph (%0: f32[2,3,4] "x", %1: f32[4,5] "w", %2: f32[2,1,1] "b") -> (%3 "y") {
