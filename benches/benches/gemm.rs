@@ -94,6 +94,8 @@ const SHAPES: &[Shape] = &[
     Shape::new("bert s128", 128, 768, 768).packed(),
     Shape::new("conv 3x3", 196, 64, 576).packed(),
     Shape::new("conv 3x3", 196, 64, 576).packed().fused(),
+    Shape::new("vit mlp 7x7", 49, 3072, 768),
+    Shape::new("vit mlp 7x7", 49, 3072, 768).packed(),
     Shape::new("conv 1x1", 3136, 64, 64).packed(),
     Shape::new("conv 1x1", 3136, 64, 64).threads(2).packed(),
 ];
