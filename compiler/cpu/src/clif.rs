@@ -1367,6 +1367,7 @@ impl<M: Module> Tx<'_, '_, M> {
                     (code(op)? << 8 | (*arg_first as i64) << 16, Some(*arg))
                 }
                 EpOp::Save => (1, None),
+                EpOp::Sigmoid => (3, None),
                 EpOp::Combine { op, saved_first } => {
                     (2 | code(op)? << 8 | (*saved_first as i64) << 16, None)
                 }

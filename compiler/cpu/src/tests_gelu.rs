@@ -151,3 +151,21 @@ fn gelu_pattern_needs_the_exact_formula() {
     assert!(gelu::gelu_of(&erf_form(0.7, x.clone())).is_none());
     assert!(gelu::gelu_of(&erf_form(s, Expr::var(VarId(1)))).is_none());
 }
+
+#[test]
+fn depthwise_sigmoid_and_swish_epilogues_run_compiled() {
+    // The runtime's depthwise kernels apply the epilogue's sigmoid with the vector `exp`.
+    for act in ["ew.sigmoid", r#"ew.swish {"alpha":1.0}"#] {
+        let src = format!(
+            r#"graph (%0: f32[1,4,13,11] "x", %1: f32[4,1,3,3] "w", %2: f32[4] "b") -> (%3 "y") {{
+  %3 = control.composite {{"kind":"conv+act"}} (%0, %1, %2) : f32[1,4,13,11] {{
+    graph (%0: f32[1,4,13,11] "in0", %1: f32[4,1,3,3] "in1", %2: f32[4] "in2") -> (%4 "out") {{
+      %3 = nn.conv {{"auto_pad":"not_set","dilations":[1,1],"group":4,"pads":[1,1,1,1],"strides":[1,1]}} (%0, %1, %2) : f32[1,4,13,11]
+      %4 = {act}(%3) : f32[1,4,13,11]
+    }}
+  }}
+}}"#
+        );
+        check(&src, 2e-6);
+    }
+}

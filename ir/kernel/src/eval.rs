@@ -419,6 +419,16 @@ impl Cx<'_> {
                                         op(o, x, s)
                                     }
                                 }
+                                EpOp::Sigmoid => {
+                                    let e = match round(
+                                        DType::F32,
+                                        unary(UnOp::Exp, unary(UnOp::Neg, Val::F(x))),
+                                    ) {
+                                        Val::F(v) => v,
+                                        _ => f64::NAN,
+                                    };
+                                    x = op(BinOp::Div, 1.0, op(BinOp::Add, 1.0, e));
+                                }
                             }
                         }
                         let at = ((n * m + mo) * oh + oy) * ow + ox;

@@ -179,6 +179,14 @@ fn loops(k: &mut Kernel, dw: &Depthwise) -> Vec<Stmt> {
                 (x, v)
             }
             EpOp::Save => (s, Expr::var(x)),
+            EpOp::Sigmoid => {
+                let one = || Expr::float(f32_, 1.0);
+                let e = Expr::un(UnOp::Exp, Expr::un(UnOp::Neg, Expr::var(x)));
+                (
+                    x,
+                    Expr::bin(BinOp::Div, one(), Expr::bin(BinOp::Add, one(), e)),
+                )
+            }
             EpOp::Combine { op, saved_first } => {
                 let v = if *saved_first {
                     Expr::bin(*op, Expr::var(s), Expr::var(x))

@@ -384,6 +384,9 @@ pub enum EpOp {
     Save,
     /// `x = x op s`, or `s op x` when `saved_first` (a gate such as `x · clip(x + 3, 0, 6)`).
     Combine { op: BinOp, saved_first: bool },
+    /// `x = 1 / (1 + exp(-x))`, as the lowering of `ew.sigmoid` computes it (with `Save` and
+    /// `Combine`, swish/SiLU). Backends may approximate `exp` as their vector loops do.
+    Sigmoid,
 }
 
 impl EpOp {

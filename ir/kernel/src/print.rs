@@ -226,6 +226,7 @@ fn depthwise(dw: &Depthwise, pad: &str, s: &mut String) {
                     }
                 }
                 EpOp::Save => "save".to_string(),
+                EpOp::Sigmoid => "sigmoid(x)".to_string(),
                 EpOp::Combine {
                     op,
                     saved_first: true,

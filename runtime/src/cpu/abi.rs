@@ -485,6 +485,8 @@ fn depthwise_from_desc(d: &[u64], n_ep: usize, threads: usize) -> bool {
                 op,
                 saved_first: first,
             },
+            // ABI 7.
+            3 => EpOp::Sigmoid,
             _ => return false,
         });
     }

@@ -1088,7 +1088,7 @@ fn depthwise_stmt(
 /// `None`, one-element values as loads of element 0) as depthwise epilogue operations
 /// appended to the [`Stmt::Depthwise`] of `k`; `Ok(false)` (and `k`'s body unchanged) when the
 /// tail is not an `f32` chain of `add`/`sub`/`mul`/`div`/`max`/`min` (ReLU's select as
-/// `max(·, 0)`) of the value and scalars that [`EpOp`]s express: each operation with at most one operand depending on the value, or
+/// `max(·, 0)`) and sigmoids of the value and scalars that [`EpOp`]s express: each operation with at most one operand depending on the value, or
 /// `a op b` where one side is a function of the other (a gate such as
 /// `x · clip(x + 3, 0, 6)`). The operations are the tail's own, in its order, so results do
 /// not change.
@@ -1204,6 +1204,20 @@ fn ep_ops(e: &Expr, v: &Expr, x: VarId, k: &Kernel) -> Option<Vec<EpOp>> {
         });
         return Some(ops);
     }
+    // Sigmoid as `ew.sigmoid` lowers it, `1 / (1 + exp(-y))` (swish is a gate of it).
+    let one = Expr::float(DType::F32, 1.0);
+    if let Expr::Binary(BinOp::Div, n, d) = e
+        && **n == one
+        && let Expr::Binary(BinOp::Add, n1, ex) = &**d
+        && **n1 == one
+        && let Expr::Unary(UnOp::Exp, neg) = &**ex
+        && let Expr::Unary(UnOp::Neg, y) = &**neg
+        && k_type(y, k) == Some(DType::F32)
+    {
+        let mut ops = ep_ops(y, v, x, k)?;
+        ops.push(EpOp::Sigmoid);
+        return Some(ops);
+    }
     let Expr::Binary(op, a, b) = e else {
         return None;
     };
@@ -1225,7 +1239,10 @@ fn ep_ops(e: &Expr, v: &Expr, x: VarId, k: &Kernel) -> Option<Vec<EpOp>> {
     let gate = |first: &Expr, second: &Expr, saved_first: bool| {
         let mut ops = ep_ops(first, v, x, k)?;
         let inner = ep_ops(second, first, x, k)?;
-        if inner.iter().any(|o| !matches!(o, EpOp::Bin { .. })) {
+        if inner
+            .iter()
+            .any(|o| !matches!(o, EpOp::Bin { .. } | EpOp::Sigmoid))
+        {
             return None;
         }
         ops.push(EpOp::Save);

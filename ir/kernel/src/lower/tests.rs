@@ -646,6 +646,27 @@ fn tails_go_into_the_stores_of_loop_kernels() {
     assert!(text.contains("kernel @nn_conv_depthwise_relu"), "{text}");
     assert!(text.contains("max(x, 0.0)"), "{text}");
     assert!(!text.contains("kernel @ew_relu"), "{text}");
+    // Sigmoid and swish (EfficientNet's SiLU) are epilogue programs too.
+    for (act, want) in [
+        ("ew.sigmoid", "sigmoid(x)"),
+        (r#"ew.swish {"alpha":1.0}"#, "save"),
+    ] {
+        let text = check(
+            &format!(
+                r#"graph (%0: f32[1,3,9,7] "x", %1: f32[3,1,3,3] "w", %2: f32[3] "b") -> (%3 "y") {{
+  %3 = control.composite {{"kind":"conv+act"}} (%0, %1, %2) : f32[1,3,5,4] {{
+    graph (%0: f32[1,3,9,7] "in0", %1: f32[3,1,3,3] "in1", %2: f32[3] "in2") -> (%4 "out") {{
+      %3 = nn.conv {{"auto_pad":"not_set","dilations":[1,1],"group":3,"pads":[1,1,1,1],"strides":[2,2]}} (%0, %1, %2) : f32[1,3,5,4]
+      %4 = {act}(%3) : f32[1,3,5,4]
+    }}
+  }}
+}}"#
+            ),
+            1e-6,
+        );
+        assert!(text.contains("sigmoid(x)") && text.contains(want), "{text}");
+        assert_eq!(text.matches("kernel @").count(), 1, "{text}");
+    }
     // A strided depthwise convolution + a quantizing tail with a runtime scale: no epilogue
     // operation changes the type, so the convolution stays the library statement and the
     // tail runs as its own kernel (rather than both as scalar loops).

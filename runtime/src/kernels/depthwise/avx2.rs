@@ -354,6 +354,7 @@ fn epilogue(kind: EpKind, ep: &[EpOp], acc: __m256) -> __m256 {
                     bin(op, x, s)
                 };
             }
+            EpOp::Sigmoid => x = crate::kernels::gemm::avx2::sigmoid8(x),
         }
     }
     x

@@ -487,6 +487,9 @@ fn epilogue<const NB: usize>(kind: EpKind, ep: &[EpOp], x: &mut [__m512; NB]) {
                     bin(op, x, &s)
                 };
             }
+            EpOp::Sigmoid => x
+                .iter_mut()
+                .for_each(|v| *v = crate::kernels::gemm::avx512::sigmoid16(*v)),
         }
     }
 }

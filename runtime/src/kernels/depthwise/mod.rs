@@ -150,6 +150,9 @@ pub enum EpOp {
     Save,
     /// `x = x op s`, or `s op x` when `saved_first`: a gate such as `x · clamp(x + 3, 0, 6)`.
     Combine { op: BinKind, saved_first: bool },
+    /// `x = 1 / (1 + exp(-x))`, `exp` the polynomial of [`crate::kernels::gemm::act::exp`]
+    /// (with `Save` and `Combine`, swish/SiLU).
+    Sigmoid,
 }
 
 /// Applies `ep` to one value (the portable path and the reference of the vector ones).
@@ -172,6 +175,7 @@ pub fn apply_epilogue(ep: &[EpOp], acc: f32) -> f32 {
                     op.apply(x, s)
                 }
             }
+            EpOp::Sigmoid => x = crate::kernels::gemm::act::sigmoid(x),
         }
     }
     x

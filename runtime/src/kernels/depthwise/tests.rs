@@ -423,3 +423,50 @@ fn tall_planes_reach_every_row_block_of_the_square_kernels() {
         }
     }
 }
+
+/// Sigmoid and swish (`x · sigmoid(1.5·x)`) epilogues: every ISA within the vector `exp`'s few
+/// ulp of the scalar definition (the polynomials are the same; FMA rounds differently).
+#[test]
+fn sigmoid_and_swish_epilogues() {
+    let swish = vec![
+        EpOp::Save,
+        bin(BinKind::Mul, 1.5),
+        EpOp::Sigmoid,
+        EpOp::Combine {
+            op: BinKind::Mul,
+            saved_first: true,
+        },
+    ];
+    for (ep, seed) in [(vec![EpOp::Sigmoid], 900), (swish, 901)] {
+        for (ih, iw, s) in [(12, 19, 1), (24, 37, 2), (5, 70, 1)] {
+            let case = Case {
+                n: 1,
+                c: 5,
+                mult: 1,
+                ih,
+                iw,
+                k: [3, 3],
+                s: [s, s],
+                d: [1, 1],
+                pad: [1, 1, 1, 1],
+            };
+            let Some(sh) = case.shape() else { continue };
+            let x: Vec<f32> = data(case.c * ih * iw, seed)
+                .iter()
+                .map(|v| v * 8.0)
+                .collect();
+            let w = data(case.c * 9, seed + 1);
+            let want = naive(&sh, &x, &w, None, &ep);
+            for isa in Isa::supported() {
+                let mut got = vec![f32::NAN; want.len()];
+                run(&sh, &x, &w, None, &mut got, &ep, 2, isa).unwrap();
+                for (i, (g, r)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - r).abs() <= 1e-6 * r.abs().max(1e-3),
+                        "{isa} {ep:?}: y[{i}] = {g}, want {r}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -325,10 +325,10 @@ fn erf8(x: __m256) -> __m256 {
     _mm256_blendv_ps(y, x, nan)
 }
 
-/// `act::sigmoid` on 8 lanes.
+/// `act::sigmoid` on 8 lanes (also the depthwise kernels' epilogue).
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn sigmoid8(x: __m256) -> __m256 {
+pub(crate) fn sigmoid8(x: __m256) -> __m256 {
     let one = _mm256_set1_ps(1.0);
     let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), x));
     _mm256_div_ps(one, _mm256_add_ps(one, e))

@@ -314,10 +314,10 @@ fn exp16(x: __m512) -> __m512 {
     _mm512_mask_blend_ps(small, y, _mm512_setzero_ps())
 }
 
-/// `act::sigmoid` on 16 lanes.
+/// `act::sigmoid` on 16 lanes (also the depthwise kernels' epilogue).
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn sigmoid16(x: __m512) -> __m512 {
+pub(crate) fn sigmoid16(x: __m512) -> __m512 {
     let one = _mm512_set1_ps(1.0);
     let e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), x));
     _mm512_div_ps(one, _mm512_add_ps(one, e))

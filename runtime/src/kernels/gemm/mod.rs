@@ -58,9 +58,9 @@
 
 pub mod act;
 #[cfg(target_arch = "x86_64")]
-mod avx2;
+pub(crate) mod avx2;
 #[cfg(target_arch = "x86_64")]
-mod avx512;
+pub(crate) mod avx512;
 mod gemv;
 mod pack;
 mod portable;
