@@ -25,7 +25,7 @@ ap.add_argument("--mlc", default=os.path.join(os.path.dirname(__file__), "../../
 ap.add_argument("--threads", default="1,2")
 ap.add_argument("--repeat", type=int, default=2)
 ap.add_argument("--check-only", action="store_true")
-a = ap.parse_args()
+a = ap.parse_intermixed_args()
 work = tempfile.mkdtemp(prefix="mlc-zoo-")
 paths = [os.path.join(a.dir, m if m.endswith(".onnx") else m + ".onnx") for m in a.models] or sorted(
     glob.glob(os.path.join(a.dir, "*.onnx")))

@@ -535,13 +535,51 @@ fn integer_convolutions() {
         0.0,
     );
     assert!(!text.contains("im2col"), "{text}");
-    // Depthwise: direct loops, both zero points.
-    check(
-        r#"graph (%0: u8[2,3,5,4] "x", %1: i8[3,1,3,3] "w", %2: u8[] "zx", %3: i8[] "zw") -> (%4 "y") {
-  %4 = quant.conv_integer {"strides":[1,1],"dilations":[1,1],"pad":{"explicit":[1,1,1,1]},"group":3} (%0, %1, %2, %3) : i32[2,3,5,4]
+    // 2-D depthwise: the f32 depthwise statement on `x - zx`, `w - zw` (exact: integers below
+    // 2^24), both zero points, per tensor and per channel; strided, asymmetric pads, 5×5,
+    // a channel multiplier; exactly the interpreter's i32 results.
+    for (x, w, zw, attrs, y) in [
+        (
+            "u8[2,3,5,4]",
+            "i8[3,1,3,3]",
+            "i8[]",
+            r#""strides":[1,1],"dilations":[1,1],"pad":{"explicit":[1,1,1,1]},"group":3"#,
+            "i32[2,3,5,4]",
+        ),
+        (
+            "u8[1,4,9,8]",
+            "i8[4,1,5,5]",
+            "i8[4]",
+            r#""strides":[2,2],"dilations":[1,1],"pad":{"explicit":[2,1,2,2]},"group":4"#,
+            "i32[1,4,5,4]",
+        ),
+        (
+            "i8[1,2,6,7]",
+            "i8[4,1,3,3]",
+            "i8[4]",
+            r#""strides":[1,2],"dilations":[1,1],"pad":{"explicit":[0,1,1,0]},"group":2"#,
+            "i32[1,4,5,3]",
+        ),
+    ] {
+        let zx = if x.starts_with("u8") { "u8[]" } else { "i8[]" };
+        let text = check(
+            &format!(
+                r#"graph (%0: {x} "x", %1: {w} "w", %2: {zx} "zx", %3: {zw} "zw") -> (%4 "y") {{
+  %4 = quant.conv_integer {{{attrs}}} (%0, %1, %2, %3) : {y}
+}}"#
+            ),
+            0.0,
+        );
+        assert!(text.contains("  depthwise n="), "{text}");
+    }
+    // Depthwise with a window too large for exact f32 sums: direct loops.
+    let text = check(
+        r#"graph (%0: u8[1,2,17,17] "x", %1: i8[2,1,17,17] "w", %2: u8[] "zx") -> (%3 "y") {
+  %3 = quant.conv_integer {"strides":[1,1],"dilations":[1,1],"pad":{"explicit":[0,0,0,0]},"group":2} (%0, %1, %2) : i32[1,2,1,1]
 }"#,
         0.0,
     );
+    assert!(text.contains("conv_integer_direct"), "{text}");
 }
 
 #[test]
