@@ -86,6 +86,11 @@ impl ConstCache {
         }
     }
 
+    /// The f32 weights packed so far.
+    pub(crate) fn packed_count(&self) -> usize {
+        self.packed.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// The integer weights packed so far, and how many of them the kernels refused.
     pub(crate) fn packed_int_count(&self) -> (usize, usize) {
         let map = self.packed_int.lock().unwrap_or_else(|e| e.into_inner());

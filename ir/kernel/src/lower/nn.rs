@@ -97,16 +97,63 @@ fn matmul(cx: &mut Cx, node: &Node) -> Result<(), Fail> {
     let out = cx.new_buffer(node.outputs[0], BufKind::Temp)?;
     let (ab, bb) = (cx.buf(a)?, cx.buf(b)?);
     let (sa, sb) = (cx.shape(a)?, cx.shape(b)?);
+    if let Some(twin) = transposed_twin(cx, b, &sb) {
+        return matmul_views(cx, node, (ab, sa), (twin, sb), out, true);
+    }
     matmul_bufs(cx, node, (ab, sa), (bb, sb), out)
+}
+
+/// The buffer of another constant of the graph, `[n, k]`, whose transpose is the constant `b`
+/// (`[k, n]`, `f32`) bit for bit. A weight tied to an embedding table (GPT-2's lm_head
+/// multiplies by `wteᵀ`) reaches lowering as two constants once the transpose is folded; the
+/// product reads the table itself, column-major, and the folded copy is dropped as unused
+/// (`drop_unused_consts`), so the artifact holds the table once. The runtime packs a weight
+/// either way, so the product costs the same.
+fn transposed_twin(cx: &Cx, b: ValueId, sb: &[usize]) -> Option<BufId> {
+    let &[k, n] = sb else { return None };
+    let t = cx.g.const_value(b)?;
+    if t.dtype() != DType::F32 {
+        return None;
+    }
+    let bt = t.view::<f32>().ok()?.t();
+    cx.g.nodes.iter().find_map(|other| {
+        let mlc_ir::Op::Constant { id } = other.op else {
+            return None;
+        };
+        let &v = other.outputs.first()?;
+        let w = cx.g.consts.get(id as usize)?;
+        if v == b || w.dtype() != DType::F32 || w.shape() != [n, k] {
+            return None;
+        }
+        let w = w.view::<f32>().ok()?;
+        let same = bt
+            .iter()
+            .zip(w.iter())
+            .all(|(x, y)| x.to_bits() == y.to_bits());
+        same.then(|| cx.buf(v).ok()).flatten()
+    })
 }
 
 /// Numpy matmul of buffers `a` and `b` (with their shapes) into `out`.
 pub(super) fn matmul_bufs(
     cx: &mut Cx,
     node: &Node,
+    a: (BufId, Vec<usize>),
+    b: (BufId, Vec<usize>),
+    out: BufId,
+) -> Result<(), Fail> {
+    matmul_views(cx, node, a, b, out, false)
+}
+
+/// [`matmul_bufs`], with a 2-D `b` of shape `[k, n]` read from a buffer holding its transpose
+/// (`[n, k]`, row-major) when `b_transposed`.
+fn matmul_views(
+    cx: &mut Cx,
+    node: &Node,
     (ab, mut sa): (BufId, Vec<usize>),
     (bb, mut sb): (BufId, Vec<usize>),
     out: BufId,
+    b_transposed: bool,
 ) -> Result<(), Fail> {
     if sa.is_empty() || sb.is_empty() {
         return unsupported("matmul of a scalar");
@@ -167,8 +214,8 @@ pub(super) fn matmul_bufs(
             b: MatRef {
                 param: bp,
                 offset: off(&batch_b, k * n),
-                row_stride: n as i64,
-                col_stride: 1,
+                row_stride: if b_transposed { 1 } else { n as i64 },
+                col_stride: if b_transposed { k as i64 } else { 1 },
             },
             c: MatRef {
                 param: cp,

@@ -1325,6 +1325,40 @@ fn contraction_epilogues_fuse_into_the_matmul() {
 }
 
 #[test]
+fn a_weight_tied_to_a_table_through_a_transpose_is_read_in_place() {
+    // `e` is an embedding table, `w` its transpose (as folding leaves GPT-2's lm_head weight):
+    // the product reads `e` column-major and `w` is dropped; a constant that is not `e`'s
+    // transpose bit for bit stays.
+    let src = |w: &str| {
+        format!(
+            r#"graph (%0: i64[2] "ids", %1: f32[3,2] "x") -> (%5 "y", %6 "z") {{
+  @c0 = const f32[4,2] [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+  @c1 = const f32[2,4] [{w}]
+  %2 = constant @c0 : f32[4,2]
+  %3 = constant @c1 : f32[2,4]
+  %4 = movement.gather {{"axis":0}} (%2, %0) : f32[2,2]
+  %5 = nn.matmul(%1, %3) : f32[3,4]
+  %6 = ew.add(%4, %4) : f32[2,2]
+}}"#
+        )
+    };
+    let ids = Tensor::from_vec(&[2], vec![3i64, 1]).expect("ids");
+    let tied = check_with(
+        &src("1.0, 3.0, 5.0, 7.0, 2.0, 4.0, 6.0, 8.0"),
+        &[(0, ids.clone())],
+        1e-6,
+    );
+    assert!(!tied.contains("f32[2,4] const"), "{tied}");
+    assert!(tied.contains("matmul m=3 n=4 k=2"), "{tied}");
+    let other = check_with(
+        &src("1.0, 3.0, 5.0, 7.0, 2.0, 4.0, 6.0, -8.0"),
+        &[(0, ids)],
+        1e-6,
+    );
+    assert!(other.contains("f32[2,4] const"), "{other}");
+}
+
+#[test]
 fn attention_mask_add_goes_into_the_softmax() {
     // Scores + a mask broadcast over heads, then softmax: one softmax kernel reads both.
     // `z` uses the sum twice: it stays a kernel of its own.

@@ -1,7 +1,8 @@
 //! Activations recognized from their decomposed forms, so that they become one op (and then
 //! one epilogue): GELU from its `erf` form (`x * 0.5 * (1 + erf(x / sqrt(2)))`, as BERT
 //! exports it, in any association of the product) and from its `tanh` form
-//! (`0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))`, as JAX exports it in magika), SiLU from `x * sigmoid(x)`, HardSwish from
+//! (`0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))`, as JAX exports it in magika, and
+//! with `pow(x, 3)` as HF's GPT-2 `NewGELU` does), SiLU from `x * sigmoid(x)`, HardSwish from
 //! `x * hard_sigmoid(x)` with PyTorch's constants.
 
 use super::{Build, NodeRule, add_op, is_splat, ops_where, ty, value};
@@ -134,13 +135,37 @@ fn flat_products(eg: &MlcEGraph, id: Id, max: usize) -> Vec<Vec<Id>> {
     out
 }
 
-/// Whether `factors` are, in some order, one constant near each of `consts` and `n` copies of
-/// `x`, and nothing else.
+/// How many times `f` multiplies `x`: 1 for `x` itself, `k` for `pow(x, k)` with `k` exactly 2
+/// or 3 (HF's NewGELU writes the cube as `pow(x, 3.0)`), 0 otherwise.
+fn degree_in(eg: &MlcEGraph, f: Id, x: Id) -> usize {
+    let (f, x) = (eg.find(f), eg.find(x));
+    if f == x {
+        return 1;
+    }
+    ops_where(eg, f, |o| is(o, EwOp::Pow).then_some(()))
+        .find_map(|(_, _, c)| match c {
+            [b, k] if eg.find(*b) == x => [2u8, 3]
+                .into_iter()
+                .find(|&d| is_splat(eg, *k, f64::from(d))),
+            _ => None,
+        })
+        .map_or(0, usize::from)
+}
+
+/// Whether `factors` are, in some order, one constant near each of `consts` and powers of `x`
+/// (itself or `pow(x, 2 | 3)`) whose degrees add up to `n`, and nothing else.
 fn is_monomial(eg: &MlcEGraph, factors: &[Id], consts: &[f64], x: Id, n: usize) -> bool {
-    if factors.len() != consts.len() + n || factors.iter().filter(|f| **f == x).count() != n {
+    let mut degree = 0;
+    let mut rest: Vec<Id> = vec![];
+    for &f in factors {
+        match degree_in(eg, f, x) {
+            0 => rest.push(f),
+            d => degree += d,
+        }
+    }
+    if degree != n || rest.len() != consts.len() {
         return false;
     }
-    let mut rest: Vec<Id> = factors.iter().copied().filter(|f| *f != x).collect();
     consts
         .iter()
         .all(|k| match rest.iter().position(|f| near(eg, *f, *k)) {
@@ -152,7 +177,8 @@ fn is_monomial(eg: &MlcEGraph, factors: &[Id], consts: &[f64], x: Id, n: usize) 
         })
 }
 
-/// Whether `s` is `1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3))`.
+/// Whether `s` is `1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3))`, the cube as a product of
+/// `x`s in any association or as `pow(x, 3)`.
 fn is_one_plus_tanh_of(eg: &MlcEGraph, s: Id, x: Id) -> bool {
     const K1: f64 = 0.797_884_560_802_865_4; // sqrt(2 / pi)
     const K2: f64 = 0.044715;
@@ -269,7 +295,7 @@ fn hard_swish(eg: &MlcEGraph, class: Id) -> Vec<Build> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testkit::check;
+    use super::super::testkit::{check, check_all};
 
     const SHAPES: &[&[&[usize]]] = &[&[&[2, 3]], &[&[1, 16]]];
 
@@ -327,6 +353,70 @@ mod tests {
                 "{g}"
             );
             assert_eq!(g.op_count(), 2, "{g}");
+        }
+    }
+
+    #[test]
+    fn gelu_is_recognized_in_its_tanh_form_with_pow_as_gpt2_writes_it() {
+        // HF's NewGELU: 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * pow(x, 3.0)))).
+        let src = r#"graph (%0: f32[a,b] "x") -> (%14 "y") {
+  @c0 = const f32[] [0.5]
+  @c1 = const f32[] [3.0]
+  @c2 = const f32[] [0.044715]
+  @c3 = const f32[] [0.7978846]
+  @c4 = const f32[] [1.0]
+  %1 = constant @c0 : f32[]
+  %2 = ew.mul(%0, %1) : f32[a,b]
+  %3 = constant @c1 : f32[]
+  %4 = ew.pow(%0, %3) : f32[a,b]
+  %5 = constant @c2 : f32[]
+  %6 = ew.mul(%4, %5) : f32[a,b]
+  %7 = ew.add(%0, %6) : f32[a,b]
+  %8 = constant @c3 : f32[]
+  %9 = ew.mul(%7, %8) : f32[a,b]
+  %10 = ew.tanh(%9) : f32[a,b]
+  %11 = constant @c4 : f32[]
+  %12 = ew.add(%10, %11) : f32[a,b]
+  %13 = ew.mul(%2, %12) : f32[a,b]
+  %14 = ew.neg(%13) : f32[a,b]
+}
+"#;
+        for g in check(&["gelu-tanh"], src, SHAPES) {
+            assert!(
+                g.to_string().contains(r#"ew.gelu {"approximate":"tanh"}"#),
+                "{g}"
+            );
+            assert_eq!(g.op_count(), 2, "{g}");
+        }
+    }
+
+    #[test]
+    fn gelu_tanh_wants_the_cube_exactly() {
+        // pow(x, 2.9) is not x^3: nothing is recognized and the graph keeps its ops.
+        let src = r#"graph (%0: f32[a,b] "x") -> (%13 "y") {
+  @c0 = const f32[] [0.5]
+  @c1 = const f32[] [2.9]
+  @c2 = const f32[] [0.044715]
+  @c3 = const f32[] [0.7978846]
+  @c4 = const f32[] [1.0]
+  %1 = constant @c0 : f32[]
+  %2 = ew.mul(%0, %1) : f32[a,b]
+  %3 = constant @c1 : f32[]
+  %4 = ew.pow(%0, %3) : f32[a,b]
+  %5 = constant @c2 : f32[]
+  %6 = ew.mul(%4, %5) : f32[a,b]
+  %7 = ew.add(%0, %6) : f32[a,b]
+  %8 = constant @c3 : f32[]
+  %9 = ew.mul(%7, %8) : f32[a,b]
+  %10 = ew.tanh(%9) : f32[a,b]
+  %11 = constant @c4 : f32[]
+  %12 = ew.add(%10, %11) : f32[a,b]
+  %13 = ew.mul(%2, %12) : f32[a,b]
+}
+"#;
+        for g in check_all(src, SHAPES) {
+            assert!(!g.to_string().contains("ew.gelu"), "{g}");
+            assert!(g.to_string().contains("ew.pow"), "{g}");
         }
     }
 

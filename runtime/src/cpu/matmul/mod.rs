@@ -518,8 +518,13 @@ fn f32_kernels(
                 kg::MatRef::new(&bd, brs, bcs),
             );
             let c = cf.get_mut(coff as usize..)?;
-            // Above 64 rows the kernels pack B on every call: a weight is packed once.
-            if m > 64
+            // A weight is packed once per executor and reused. Without that the kernels pack
+            // it on every call (above 64 rows, or when its rows are not contiguous: a
+            // transposed weight), or read a row-major one in place, as strided panels that
+            // run up to 2× slower than packed ones at a few dozen rows (GPT-2's tied lm_head,
+            // 32×256×5000). Matrix-vector products keep their dot-product path.
+            let gemv = (m == 1 && brs == 1 && (bcs != 1 || n == 1)) || (n == 1 && acs == 1);
+            if !gemv
                 && let Cow::Borrowed(bw) = &bd
                 && let Some(pb) =
                     super::exec::packed_weight(bw, k, n, brs, bcs, || gemm.pack_b(k, n, mb).ok())

@@ -556,6 +556,40 @@ fn int_weights_packed_once_and_reused() {
     assert_eq!(cache.packed_int_count(), (1, 1), "{}", case.what);
 }
 
+#[test]
+fn f32_weights_packed_once_and_reused() {
+    // A weight `B` is packed on the first call and reused on the next, whatever the number of
+    // rows (a few dozen, as GPT-2's lm_head has, or more) and whether its rows or its columns
+    // are contiguous, with results equal to the definition both times; a matrix-vector product
+    // keeps its dot products and packs nothing.
+    use crate::cpu::exec::{ConstCache, with_consts};
+    let mut rng = Rng(0x5eed_00f3);
+    let row = Layout::RowMajor { pad: 0 };
+    let col = Layout::ColMajor { pad: 1 };
+    for (shape, lb, packed) in [
+        ((32, 300, 40), row, 1),
+        ((32, 300, 40), col, 1),
+        ((7, 33, 64), row, 1),
+        ((1, 50, 20), row, 1),
+        ((100, 70, 33), col, 1),
+        ((1, 37, 19), Layout::ColMajor { pad: 0 }, 0),
+        ((23, 1, 40), row, 0),
+    ] {
+        for threads in [1, 2] {
+            let bias = [None, Some(Layout::ColBroadcast)][rng.below(2)];
+            let case = f32_case(&mut rng, shape, (row, lb, row), bias, 0, threads);
+            let range = case.b.bytes().as_ptr_range();
+            let cache = ConstCache::for_range(range.start as usize, range.end as usize);
+            with_consts(&cache, || {
+                case.verify();
+                case.verify();
+            });
+            assert_eq!(case.path.get(), Path::F32, "{}", case.what);
+            assert_eq!(cache.packed_count(), packed, "{}", case.what);
+        }
+    }
+}
+
 /// `run_requant` on `case`'s operands into a fresh `u8`/`i8` C laid out as `lc`, against the
 /// definition (the generic `i32` product, then [`IRequant::value`] element by element); the
 /// multiplier laid out as `lm`. Returns the path taken.
