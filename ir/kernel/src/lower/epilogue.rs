@@ -124,7 +124,19 @@ fn uses(g: &Graph, v: ValueId) -> usize {
 /// contraction's buffer and the epilogue stays open for the next node.
 pub(super) fn try_fuse(cx: &mut Cx, n: &Node, open: Open) -> Option<Open> {
     let Op::Ew(op) = &n.op else { return None };
-    if n.input(0) != Some(open.value) || uses(cx.g, open.value) != 1 {
+    // The other operand of a binary op. `b + C` and `s · C` are `C + b` and `C · s` exactly
+    // (IEEE addition and multiplication commute), as exporters often write a bias first.
+    let other = if n.input(0) == Some(open.value) {
+        1
+    } else if matches!(op, EwOp::Add | EwOp::Mul)
+        && n.inputs.len() == 2
+        && n.input(1) == Some(open.value)
+    {
+        0
+    } else {
+        return None;
+    };
+    if uses(cx.g, open.value) != 1 {
         return None;
     }
     let out_shape = cx.shape(n.outputs[0]).ok()?;
@@ -164,11 +176,11 @@ pub(super) fn try_fuse(cx: &mut Cx, n: &Node, open: Open) -> Option<Open> {
                 && current.alpha == 1.0
                 && cx.dtype(open.value) == mlc_ir::DType::F32 =>
         {
-            let alpha = const_scalar(cx, n.input(1)?)? as f32;
+            let alpha = const_scalar(cx, n.input(other)?)? as f32;
             Box::new(move |m| m.alpha = alpha)
         }
         EwOp::Add if current.act == Activation::None && current.bias.is_none() => {
-            let b = n.input(1)?;
+            let b = n.input(other)?;
             if cx.dtype(b) != cx.dtype(open.value) {
                 return None;
             }

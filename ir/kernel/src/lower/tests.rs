@@ -1274,6 +1274,26 @@ fn contraction_epilogues_fuse_into_the_matmul() {
         shown.contains("act=relu") && shown.contains("bias=%p"),
         "{shown}"
     );
+    // The bias written first (`b + x·W`, as exporters often do) and a scale first (`s · C`).
+    let shown = check(
+        r#"graph (%0: f32[2,3,4] "x", %1: f32[4,5] "w", %2: f32[5] "b") -> (%3 "y") {
+  %3 = control.composite {"kind":"bias_matmul"} (%0, %1, %2) : f32[2,3,5] {
+    graph (%0: f32[2,3,4] "x", %1: f32[4,5] "w", %2: f32[5] "b") -> (%6 "y") {
+      @c0 = const f32[] [0.25]
+      %3 = constant @c0 : f32[]
+      %4 = nn.matmul(%0, %1) : f32[2,3,5]
+      %5 = ew.mul(%3, %4) : f32[2,3,5]
+      %6 = ew.add(%2, %5) : f32[2,3,5]
+    }
+  }
+}"#,
+        1e-6,
+    );
+    assert_eq!(shown.matches("step ").count(), 1, "{shown}");
+    assert!(
+        shown.contains("alpha=0.25") && shown.contains("bias=%p"),
+        "{shown}"
+    );
     let shown = check(
         r#"graph (%0: f32[2,3,6,6] "x", %1: f32[4,3,3,3] "w", %2: f32[4,1,1] "b") -> (%3 "y") {
   %3 = control.composite {"kind":"conv_bias_clip"} (%0, %1, %2) : f32[2,4,4,4] {
