@@ -1064,7 +1064,20 @@ fn depthwise_stmt(
     let wp = kb.param(&cx.p, cx.buf(w)?, Access::Read);
     let bp = cx.opt_param(&mut kb, bias, Access::Read)?;
     let op_ = kb.param(&cx.p, out, Access::Write);
-    kb.k.body = vec![Stmt::Depthwise(Box::new(Depthwise {
+    kb.k.body = vec![depthwise_of(g, ins, (n, c, m), (xp, wp, bp, op_))];
+    cx.launch(kb, node);
+    Ok(())
+}
+
+/// The [`Stmt::Depthwise`] of 2-D geometry `g` over `ins`-sized planes, `(n, c, m)` images,
+/// input and output channels, with no epilogue yet.
+fn depthwise_of(
+    g: &Geom,
+    ins: &[usize],
+    (n, c, m): (usize, usize, usize),
+    (x, w, bias, out): (ParamId, ParamId, Option<ParamId>, ParamId),
+) -> Stmt {
+    Stmt::Depthwise(Box::new(Depthwise {
         batch: n,
         channels: c,
         mult: m / c,
@@ -1074,14 +1087,12 @@ fn depthwise_stmt(
         stride: [g.stride[0], g.stride[1]],
         dilation: [g.dil[0], g.dil[1]],
         pad: [g.pad[0], g.pad[1]],
-        x: xp,
-        w: wp,
-        bias: bp,
-        out: op_,
+        x,
+        w,
+        bias,
+        out,
         epilogue: vec![],
-    }))];
-    cx.launch(kb, node);
-    Ok(())
+    }))
 }
 
 /// The elementwise tail `region` (its inputs bound by `env_in`: the convolution's value as
@@ -2393,22 +2404,7 @@ fn conv_integer_depthwise(
     let xp = kb.param(&cx.p, xf, Access::Read);
     let wp = kb.param(&cx.p, wf, Access::Read);
     let yp = kb.param(&cx.p, yf, Access::Write);
-    kb.k.body = vec![Stmt::Depthwise(Box::new(Depthwise {
-        batch: n,
-        channels: c,
-        mult: m / c,
-        in_hw: [ins[0], ins[1]],
-        out_hw: [g.out[0], g.out[1]],
-        kernel: [g.k[0], g.k[1]],
-        stride: [g.stride[0], g.stride[1]],
-        dilation: [g.dil[0], g.dil[1]],
-        pad: [g.pad[0], g.pad[1]],
-        x: xp,
-        w: wp,
-        bias: None,
-        out: yp,
-        epilogue: vec![],
-    }))];
+    kb.k.body = vec![depthwise_of(g, ins, (n, c, m), (xp, wp, None, yp))];
     cx.launch(kb, node);
     let mut kb = KernelBuilder::new("accumulator_to_i32");
     let yp = kb.param(&cx.p, yf, Access::Read);
