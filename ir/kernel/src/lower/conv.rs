@@ -2323,7 +2323,7 @@ pub(super) fn conv_integer_into(
 /// (at most 255·255 per tap, 258 taps), which f32 holds exactly, so the result is the integer
 /// convolution's, computed by the runtime's vector kernel instead of scalar loops (QDQ
 /// MobileNets: 13 ms → a fraction of a millisecond per layer). `Ok(false)` (nothing emitted)
-/// for other types, larger windows or a per-channel input zero point.
+/// for other types or larger windows (a per-channel input zero point never reaches it).
 fn conv_integer_depthwise(
     cx: &mut Cx,
     node: &Node,
@@ -2343,11 +2343,6 @@ fn conv_integer_depthwise(
     if !eight(cx.dtype(x)) || !eight(cx.dtype(w)) || kk > 258 {
         return Ok(false);
     }
-    if let Some(z) = zx
-        && cx.shape(z)?.iter().product::<usize>() != 1
-    {
-        return Ok(false);
-    }
     let zw_len = match zw {
         Some(z) => cx.shape(z)?.iter().product::<usize>(),
         None => 1,
@@ -2355,49 +2350,23 @@ fn conv_integer_depthwise(
     if zw_len != 1 && zw_len != m {
         return Ok(false);
     }
-    // `v - z` as f32, `z` per tensor, or per row of `per` elements.
-    let centered = |cx: &mut Cx,
-                    v: mlc_ir::ValueId,
-                    z: Option<mlc_ir::ValueId>,
-                    rows: usize,
-                    per: usize,
-                    name: &str|
-     -> Result<BufId, Fail> {
-        let buf = cx.p.add_buffer(DType::F32, vec![rows, per], BufKind::Temp);
-        let mut kb = KernelBuilder::new(name);
-        let vp = kb.param(&cx.p, cx.buf(v)?, Access::Read);
-        let zp = match z {
-            Some(z) => Some((
-                kb.param(&cx.p, cx.buf(z)?, Access::Read),
-                cx.shape(z)?.iter().product::<usize>() > 1,
-            )),
-            None => None,
-        };
-        let op_ = kb.param(&cx.p, buf, Access::Write);
-        let body = super::loop_nest(&mut kb, &[rows, per], |_, v| {
-            let idx = Expr::add_idx(Expr::mul_idx(Expr::var(v[0]), per as i64), Expr::var(v[1]));
-            let mut e = wide(Expr::load(vp, idx.clone()));
-            if let Some((zp, per_row)) = zp {
-                let zi = if per_row {
-                    Expr::var(v[0])
-                } else {
-                    Expr::idx(0)
-                };
-                e = Expr::bin(BinOp::Sub, e, wide(Expr::load(zp, zi)));
-            }
-            vec![Stmt::Store {
-                param: op_,
-                index: idx,
-                value: Expr::cast(DType::F32, e),
-            }]
-        });
-        kb.k.body = body;
-        cx.launch(kb, node);
-        Ok(buf)
-    };
     let ihw = ins[0] * ins[1];
-    let xf = centered(cx, x, zx, n * c, ihw, "input_minus_zero_point")?;
-    let wf = centered(cx, w, zw, m, kk, "weights_minus_zero_point")?;
+    let xf = minus_zero_point(
+        cx,
+        node,
+        (x, zx),
+        (n * c, ihw),
+        DType::F32,
+        "input_minus_zero_point",
+    )?;
+    let wf = minus_zero_point(
+        cx,
+        node,
+        (w, zw),
+        (m, kk),
+        DType::F32,
+        "weights_minus_zero_point",
+    )?;
     let ohw = g.out[0] * g.out[1];
     let yf = cx.p.add_buffer(DType::F32, vec![n * m, ohw], BufKind::Temp);
     let mut kb = KernelBuilder::new(format!("{}_depthwise", kernel_name(&node.op)));
@@ -2436,27 +2405,55 @@ fn weights_minus_zero_point(
     m: usize,
     kdim: usize,
 ) -> Result<BufId, Fail> {
-    let per_channel = cx.shape(zw)?.iter().product::<usize>() > 1;
-    let buf = cx.p.add_buffer(DType::I32, vec![m, kdim], BufKind::Temp);
-    let mut kb = KernelBuilder::new("weights_minus_zero_point");
-    let wp = kb.param(&cx.p, cx.buf(w)?, Access::Read);
-    let zp = kb.param(&cx.p, cx.buf(zw)?, Access::Read);
+    minus_zero_point(
+        cx,
+        node,
+        (w, Some(zw)),
+        (m, kdim),
+        DType::I32,
+        "weights_minus_zero_point",
+    )
+}
+
+/// `v - z` (widened to i32, then `to`) as a `[rows, per]` buffer, `z` per tensor or per row.
+fn minus_zero_point(
+    cx: &mut Cx,
+    node: &Node,
+    (v, z): (mlc_ir::ValueId, Option<mlc_ir::ValueId>),
+    (rows, per): (usize, usize),
+    to: DType,
+    name: &str,
+) -> Result<BufId, Fail> {
+    let buf = cx.p.add_buffer(to, vec![rows, per], BufKind::Temp);
+    let mut kb = KernelBuilder::new(name);
+    let vp = kb.param(&cx.p, cx.buf(v)?, Access::Read);
+    let zp = match z {
+        Some(z) => Some((
+            kb.param(&cx.p, cx.buf(z)?, Access::Read),
+            cx.shape(z)?.iter().product::<usize>() > 1,
+        )),
+        None => None,
+    };
     let op_ = kb.param(&cx.p, buf, Access::Write);
-    let body = super::loop_nest(&mut kb, &[m, kdim], |_, v| {
-        let idx = Expr::add_idx(Expr::mul_idx(Expr::var(v[0]), kdim as i64), Expr::var(v[1]));
-        let zi = if per_channel {
-            Expr::var(v[0])
-        } else {
-            Expr::idx(0)
-        };
+    let body = super::loop_nest(&mut kb, &[rows, per], |_, v| {
+        let idx = Expr::add_idx(Expr::mul_idx(Expr::var(v[0]), per as i64), Expr::var(v[1]));
+        let mut e = wide(Expr::load(vp, idx.clone()));
+        if let Some((zp, per_row)) = zp {
+            let zi = if per_row {
+                Expr::var(v[0])
+            } else {
+                Expr::idx(0)
+            };
+            e = Expr::bin(BinOp::Sub, e, wide(Expr::load(zp, zi)));
+        }
         vec![Stmt::Store {
             param: op_,
-            index: idx.clone(),
-            value: Expr::bin(
-                BinOp::Sub,
-                wide(Expr::load(wp, idx)),
-                wide(Expr::load(zp, zi)),
-            ),
+            index: idx,
+            value: if to == DType::I32 {
+                e
+            } else {
+                Expr::cast(to, e)
+            },
         }]
     });
     kb.k.body = body;
