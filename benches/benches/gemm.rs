@@ -101,6 +101,14 @@ const SHAPES: &[Shape] = &[
     Shape::new("vit mlp 7x7", 49, 3072, 768).packed(),
     Shape::new("conv 1x1", 3136, 64, 64).packed(),
     Shape::new("conv 1x1", 3136, 64, 64).threads(2).packed(),
+    // PP-LCNet's pointwise convolutions, NCHW: C[co, p] = W[co, ci] · X[ci, p].
+    Shape::new("lcnet pw 14x14", 256, 196, 256),
+    Shape::new("lcnet pw 7x7", 512, 49, 512),
+    Shape::new("lcnet pw 56x56", 64, 3136, 64),
+    Shape::new("lcnet head gemv", 1280, 1, 512),
+    // The same products transposed, Cᵀ = Xᵀ · Wᵀ, the weight packed once.
+    Shape::new("lcnet pwT 14x14", 196, 256, 256).packed(),
+    Shape::new("lcnet pwT 7x7", 49, 512, 512).packed(),
 ];
 
 /// The shapes whose label contains `GEMM_BENCH_FILTER` (all without it).

@@ -42,6 +42,9 @@ enum Tail {
     CastU8,
     /// `C = C · 2 + R` in place (the output is C itself).
     InPlace,
+    /// `out = C + B` (a square product whose residual is its own `B`, as a ResNet pointwise
+    /// convolution's shortcut is its input).
+    ResidualIsB,
     /// The tail reads C at another element (its transpose): refused.
     OtherIndex,
     /// The tail uses a loop counter as a value: refused.
@@ -199,7 +202,7 @@ fn program(c: &Case, rng: &mut Rng) -> Program {
         l(t, DType::F32, Expr::load(pscal, Expr::idx(i)))
     };
     let value = match c.tail {
-        Tail::Residual | Tail::OtherIndex | Tail::SecondReader => {
+        Tail::Residual | Tail::OtherIndex | Tail::SecondReader | Tail::ResidualIsB => {
             let r = let_(&mut t, DType::F32, Expr::load(pres, idx.clone()));
             let_(&mut t, DType::F32, Expr::bin(BinOp::Add, x, r))
         }
@@ -288,7 +291,19 @@ fn program(c: &Case, rng: &mut Rng) -> Program {
     let kt = p.intern_kernel(t);
     p.steps.push(Step {
         kernel: kt,
-        args: vec![bout, bc, bres, brow, bcol, bscal, bzp],
+        args: vec![
+            bout,
+            bc,
+            if c.tail == Tail::ResidualIsB {
+                bb
+            } else {
+                bres
+            },
+            brow,
+            bcol,
+            bscal,
+            bzp,
+        ],
         origin: Some("tail".into()),
     });
     p.outputs.push(("out".into(), bout));
@@ -429,6 +444,26 @@ fn fuses_pointwise_tails_exactly() {
                 }
             }
         }
+    }
+}
+
+#[test]
+fn tails_of_transposed_products() {
+    // A weight on the left and 7 or 49 columns: the runtime computes `Cᵀ = Bᵀ·Aᵀ` and runs the
+    // tail on each block of C once it is transposed back, in C's coordinates (600 rows: more
+    // than one cache block of them), reading `B` as its residual.
+    let mut rng = Rng(0x7a11_0b);
+    for (m, n) in [(600, 7), (300, 49)] {
+        let c = Case {
+            m,
+            n,
+            k: m,
+            int8: false,
+            col_major: false,
+            three_loops: false,
+            tail: Tail::ResidualIsB,
+        };
+        check(&c, Ok(()), &mut rng);
     }
 }
 

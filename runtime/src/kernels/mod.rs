@@ -10,6 +10,7 @@ pub mod depthwise;
 pub mod gemm;
 pub mod igemm;
 pub mod softmax;
+pub mod transpose;
 
 use std::fmt;
 use std::sync::OnceLock;

@@ -356,6 +356,10 @@ pub enum GemmError {
     /// The CPU cannot run kernels of this level.
     #[error("this CPU does not support {0} kernels")]
     Unsupported(Isa),
+    /// [`Gemm::run_packed_transposed`] was given an epilogue that reads `C` (`β ≠ 0` or a
+    /// residual), or was called again from inside its own tile hook.
+    #[error("a transposed product cannot read C (beta ≠ 0 or a residual) or nest")]
+    Transposed,
     /// A pre-packed `B` does not fit the product.
     #[error(
         "B was packed as {packed_k}×{packed_n} for {packed_isa}, the product needs {k}×{n} for {isa}"
@@ -652,6 +656,83 @@ impl Gemm {
         true
     }
 
+    /// `C (m×n, row-major, leading dimension ldc) = epilogue(A·B)` computed as
+    /// `Cᵀ = Bᵀ·Aᵀ` with `bt = Bᵀ` (`n×k`) and a pre-packed `at = Aᵀ` (`k×m`): the kernels
+    /// write `Cᵀ` into a per-thread scratch and each finished block is transposed into `C`
+    /// while it is still in L1. `epilogue` is the transposed product's (a bias per row of `C` is
+    /// per column here); its tile hook runs on each block once it is in `C`, with `C`'s
+    /// coordinates. `β` must be 0 (`C` is never read) and there is no residual. Worth it when `n` is small and `m` large: the kernels
+    /// vectorize along the columns of what they compute.
+    pub fn run_packed_transposed(
+        &self,
+        n: usize,
+        bt: MatRef<'_>,
+        at: &PackedB,
+        c: &mut [f32],
+        ldc: usize,
+        epilogue: &Epilogue<'_>,
+    ) -> Result<(), GemmError> {
+        let (k, m) = (at.k, at.n);
+        if epilogue.beta != 0.0 || epilogue.residual.is_some() {
+            return Err(GemmError::Transposed);
+        }
+        if at.isa != self.isa {
+            return Err(GemmError::PackedMismatch {
+                packed_k: at.k,
+                packed_n: at.n,
+                packed_isa: at.isa,
+                k,
+                n: m,
+                isa: self.isa,
+            });
+        }
+        check_ref("B", &bt, n, k)?;
+        check_out(m, n, c, ldc, &Epilogue::new())?;
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        SCRATCH.with(|s| {
+            let mut s = s.try_borrow_mut().map_err(|_| GemmError::Transposed)?;
+            if s.len() < n * m {
+                s.resize(n * m, 0.0);
+            }
+            check_out(n, m, &s[..n * m], m, epilogue)?;
+            let (src, dst) = (CPtr(s.as_mut_ptr()), CPtr(c.as_mut_ptr()));
+            let tail = epilogue.tile_hook;
+            let back = move |r0: usize, rows: usize, c0: usize, cols: usize| {
+                // SAFETY: the kernels finished rows `r0..r0 + rows`, columns `c0..c0 + cols`
+                // of the n×m scratch (row stride m); their transpose is rows `c0..`, columns
+                // `r0..` of C, inside `c` by `check_out`. Blocks of different calls never
+                // overlap, so no two threads touch the same elements of either buffer.
+                unsafe {
+                    super::transpose::block(
+                        src.ptr().add(r0 * m + c0),
+                        m,
+                        dst.ptr().add(c0 * ldc + r0),
+                        ldc,
+                        rows,
+                        cols,
+                    );
+                }
+                if let Some(h) = tail {
+                    (h.0)(c0, cols, r0, rows);
+                }
+            };
+            let ep = epilogue.tile_hook(TileHook(&back));
+            // SAFETY: the scratch holds n·m elements, an n×m matrix with leading dimension m,
+            // that only this call uses; `check_ref` checked `bt`.
+            unsafe { self.drive_raw(n, m, k, &bt, BSource::Packed(at), src, m, &ep) };
+            Ok(())
+        })
+    }
+
+    /// The register tile of this ISA's microkernel, `(rows, columns)`: a product whose `n` is
+    /// not a multiple of the columns computes the remainder in a whole tile.
+    pub fn tile(&self) -> (usize, usize) {
+        let s = Spec::of(self.isa);
+        (s.mr, s.nr)
+    }
+
     /// Like [`Gemm::run`] with a pre-packed `B` (its `k` and `n` are the product's).
     pub fn run_packed(
         &self,
@@ -691,6 +772,29 @@ impl Gemm {
         ldc: usize,
         ep: &Epilogue<'_>,
     ) {
+        // SAFETY: the callers checked `c` against m×n with `ldc` (`check_out`) and the operands.
+        unsafe { self.drive_raw(m, n, k, a, b, CPtr(c.as_mut_ptr()), ldc, ep) }
+    }
+
+    /// [`Gemm::drive`] on a raw `C`.
+    ///
+    /// # Safety
+    ///
+    /// `c` points at an m×n matrix with leading dimension `ldc` that nothing else accesses
+    /// during the call but the epilogue's tile hook (on blocks the kernels finished), and the
+    /// operands and epilogue were checked for the product.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn drive_raw(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &MatRef<'_>,
+        b: BSource<'_>,
+        cp: CPtr,
+        ldc: usize,
+        ep: &Epilogue<'_>,
+    ) {
         if m == 0 || n == 0 {
             return;
         }
@@ -711,7 +815,6 @@ impl Gemm {
         } else {
             mt >= nt
         };
-        let cp = CPtr(c.as_mut_ptr());
         let band = |t: usize, tiles: usize| (tiles * t / threads, tiles * (t + 1) / threads);
         let run_band = |t: usize| {
             let (rows, cols) = if threads == 1 {
@@ -804,6 +907,12 @@ struct TileEp {
     act: Activation,
 }
 
+thread_local! {
+    /// The transposed product's `Cᵀ` ([`Gemm::run_packed_transposed`]), kept per thread so
+    /// that a model step does not map and fault in fresh pages on every call.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// A raw `C` pointer that threads share; each writes only its own band.
 #[derive(Clone, Copy)]
 struct CPtr(*mut f32);
@@ -812,6 +921,13 @@ struct CPtr(*mut f32);
 unsafe impl Send for CPtr {}
 // SAFETY: as above; sharing the pointer value itself is harmless.
 unsafe impl Sync for CPtr {}
+
+impl CPtr {
+    /// The pointer (a method, so that closures capture the whole `Send + Sync` wrapper).
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// Where the microkernels find one `KC×NC` block of `B`.
 #[derive(Clone, Copy)]

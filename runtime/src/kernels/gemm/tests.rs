@@ -946,3 +946,64 @@ fn gelu_epilogue_sweep() {
         }
     }
 }
+
+#[test]
+fn transposed_products_land_in_c() {
+    // C = act(A·B + per-row bias) computed as Cᵀ = Bᵀ·Aᵀ: odd shapes, a padded C, threads;
+    // the tile hook must see every element of C once, in C's coordinates, after it is final.
+    for &(m, n, k) in &[
+        (1, 1, 1),
+        (33, 7, 5),
+        (64, 49, 70),
+        (100, 17, 257),
+        (37, 300, 64),
+        (600, 7, 600),
+    ] {
+        let case = Case::new(m, n, k, Layout { pad: 3, ..TIGHT });
+        let bias = data(m, 77);
+        let act = Activation::HardSwish;
+        let reference = case.reference(&Epilogue::new().bias(Bias::PerRow(&bias)).activation(act));
+        for gemm in isas() {
+            for threads in [1, 2, 5] {
+                let gemm = gemm.threads(threads);
+                let what = case.name(gemm.isa(), &format!("transposed, {threads} threads"));
+                let at = gemm.pack_b(k, m, case.a().t()).unwrap();
+                let mut c = case.c0.clone();
+                let seen = std::sync::Mutex::new(vec![0u32; m * n]);
+                let cp = CPtr(c.as_mut_ptr());
+                let tol_k = (k + 4) as f64 * f64::from(f32::EPSILON);
+                let hook = |r0: usize, rows: usize, c0: usize, cols: usize| {
+                    let mut seen = seen.lock().unwrap();
+                    for i in r0..r0 + rows {
+                        for j in c0..c0 + cols {
+                            seen[i * n + j] += 1;
+                            // SAFETY: (i, j) lies in C, and this block is final.
+                            let got = unsafe { *cp.ptr().add(i * case.ldc + j) };
+                            let (want, scale) = reference[i * n + j];
+                            assert!((f64::from(got) - want).abs() <= tol_k * scale + 1e-30);
+                        }
+                    }
+                };
+                let ep = Epilogue::new()
+                    .bias(Bias::PerCol(&bias))
+                    .activation(act)
+                    .tile_hook(TileHook(&hook));
+                gemm.run_packed_transposed(n, case.b().t(), &at, &mut c, case.ldc, &ep)
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                case.verify(&c, &reference, &what);
+                assert!(seen.into_inner().unwrap().iter().all(|&s| s == 1), "{what}");
+            }
+        }
+    }
+    let gemm = Gemm::new();
+    let at = gemm.pack_b(2, 3, MatRef::row_major(&[0.0; 6], 3)).unwrap();
+    let mut c = [0.0; 6];
+    let b = [0.0; 4];
+    for ep in [
+        Epilogue::new().beta(1.0),
+        Epilogue::new().residual(&[0.0; 6], 2),
+    ] {
+        let err = gemm.run_packed_transposed(2, MatRef::row_major(&b, 2), &at, &mut c, 2, &ep);
+        assert_eq!(err, Err(GemmError::Transposed));
+    }
+}
