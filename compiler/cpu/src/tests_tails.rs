@@ -452,7 +452,7 @@ fn tails_of_transposed_products() {
     // A weight on the left and 7 or 49 columns: the runtime computes `Cᵀ = Bᵀ·Aᵀ` and runs the
     // tail on each block of C once it is transposed back, in C's coordinates (600 rows: more
     // than one cache block of them), reading `B` as its residual.
-    let mut rng = Rng(0x7a11_0b);
+    let mut rng = Rng(0x007a_110b);
     for (m, n) in [(600, 7), (300, 49)] {
         let c = Case {
             m,

@@ -603,6 +603,8 @@ pub(crate) fn transposed_pays(nr: usize, m: usize, n: usize, k: usize) -> bool {
 /// tied lm_head, 32×256×5000), or, for a matrix-vector product, as eight rows at once, which
 /// a weight arriving from memory feeds at a fraction of the single stream that its panels
 /// are (PP-LCNet's 1280×512 head: 220 µs in the model, 46 µs alone with its weight in cache).
+// The `Cow` itself is the point: only a borrowed operand can lie in the weights.
+#[allow(clippy::ptr_arg)]
 fn packed_weight(
     gemm: &kg::Gemm,
     b: &Cow<'_, [f32]>,

@@ -17,6 +17,10 @@
 //!   per row or per column), the residual, applies the activation and stores the tile once.
 //! * **Pre-packing.** A constant `B` (a weight) can be packed once, at compile time, with
 //!   [`PackedB::new`]; [`sgemm_packed`] then skips packing it on every call.
+//! * **Few columns.** Tiles vectorize along `C`'s columns, so `W·X` with 49 columns (a 7×7
+//!   map) keeps 49 of 64 lanes busy. [`Gemm::run_packed_transposed`] computes `Cᵀ = Xᵀ·Wᵀ`
+//!   instead, with `Wᵀ` pre-packed, and transposes each finished block back into `C` while it
+//!   is in L1.
 //! * **Threads.** [`sgemm_parallel`] splits `C` into equal bands of whole tiles, one per scoped
 //!   thread, along `N` when that copies nothing twice (a row-major `A` is never packed), else
 //!   along whichever of `M` and `N` has more tiles.
