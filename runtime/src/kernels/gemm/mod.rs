@@ -723,9 +723,13 @@ impl Gemm {
                 }
             };
             let ep = epilogue.tile_hook(TileHook(&back));
+            // Threads split `Cᵀ` along its columns (the weight's panels), so each would pack all
+            // of `Bᵀ` for itself: pack it once, in parallel, and share it (ResNet-18's last
+            // 3×3 convolutions, 49×512×4608, on two threads: 1.58 → 1.37 ms; 1.52 untransposed).
+            let pre = (self.threads > 1).then(|| PackedA::new(self, &bt, n, k));
             // SAFETY: the scratch holds n·m elements, an n×m matrix with leading dimension m,
-            // that only this call uses; `check_ref` checked `bt`.
-            unsafe { self.drive_raw(n, m, k, &bt, BSource::Packed(at), src, m, &ep) };
+            // that only this call uses; `check_ref` checked `bt`, which `pre` packs whole.
+            unsafe { self.drive_raw(n, m, k, &bt, pre.as_ref(), BSource::Packed(at), src, m, &ep) };
             Ok(())
         })
     }
@@ -777,7 +781,7 @@ impl Gemm {
         ep: &Epilogue<'_>,
     ) {
         // SAFETY: the callers checked `c` against m×n with `ldc` (`check_out`) and the operands.
-        unsafe { self.drive_raw(m, n, k, a, b, CPtr(c.as_mut_ptr()), ldc, ep) }
+        unsafe { self.drive_raw(m, n, k, a, None, b, CPtr(c.as_mut_ptr()), ldc, ep) }
     }
 
     /// [`Gemm::drive`] on a raw `C`.
@@ -794,6 +798,7 @@ impl Gemm {
         n: usize,
         k: usize,
         a: &MatRef<'_>,
+        pre_a: Option<&PackedA>,
         b: BSource<'_>,
         cp: CPtr,
         ldc: usize,
@@ -833,7 +838,7 @@ impl Gemm {
             // SAFETY: `check_out` proved that every element of the m×n `C` with stride `ldc`
             // lies in `c`, and the bands of different threads are disjoint sets of whole
             // tiles, so no two threads write the same element.
-            unsafe { block_loops(spec, rows, cols, k, a, &b, cp, ldc, ep) };
+            unsafe { block_loops(spec, rows, cols, k, (a, pre_a), &b, cp, ldc, ep) };
         };
         if threads == 1 {
             run_band(0);
@@ -911,6 +916,64 @@ struct TileEp {
     act: Activation,
 }
 
+/// All of an `m×k` `A` in the microkernels' panels, packed once and shared by the threads: for
+/// each `KC` block of k (at `pc·m̄`, `m̄` = `m` rounded up to `MR`), the `MR`-row panels of every
+/// row, `kc·MR` apart.
+struct PackedA {
+    buf: AlignedBuf,
+    /// `m` rounded up to a multiple of `MR`.
+    rows: usize,
+    mr: usize,
+}
+
+impl PackedA {
+    /// Packs `a` (checked for `m×k`) on the gemm's threads, each taking whole panels.
+    fn new(gemm: &Gemm, a: &MatRef<'_>, m: usize, k: usize) -> PackedA {
+        let spec = Spec::of(gemm.isa);
+        let (mr, rows) = (spec.mr, m.next_multiple_of(spec.mr));
+        let mut buf = AlignedBuf::new(rows * k);
+        let panels = rows / mr;
+        let threads = gemm.threads.clamp(1, panels.max(1));
+        let dst = CPtr(buf.as_mut_slice().as_mut_ptr().cast());
+        let len = rows * k;
+        let pack = |t: usize| {
+            let (q0, q1) = (panels * t / threads, panels * (t + 1) / threads);
+            if q0 == q1 {
+                return;
+            }
+            let mut pc = 0;
+            while pc < k {
+                let kc = spec.kc.min(k - pc);
+                let (i0, mc) = (q0 * mr, (q1 * mr).min(m) - q0 * mr);
+                let at = pc * rows + q0 * kc * mr;
+                // SAFETY: panels `q0..q1` of this `KC` block are `(q1 − q0)·kc·MR` elements
+                // from `at`, inside the `rows·k` buffer, and no other thread's panels overlap.
+                let block = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        dst.ptr().add(at).cast::<std::mem::MaybeUninit<f32>>(),
+                        ((q1 - q0) * kc * mr).min(len - at),
+                    )
+                };
+                pack::pack_a(block, a, i0, mc, pc, kc, mr);
+                pc += kc;
+            }
+        };
+        if threads == 1 {
+            pack(0);
+        } else {
+            super::parallel_for(threads, &pack);
+        }
+        PackedA { buf, rows, mr }
+    }
+
+    /// The panel holding row `i` in the `KC` block that starts at `pc` (`kc` deep).
+    fn panel(&self, pc: usize, kc: usize, i: usize) -> *const f32 {
+        self.buf
+            .as_ptr()
+            .wrapping_add(pc * self.rows + (i / self.mr) * kc * self.mr)
+    }
+}
+
 thread_local! {
     /// The transposed product's `Cᵀ` ([`Gemm::run_packed_transposed`]), kept per thread so
     /// that a model step does not map and fault in fresh pages on every call.
@@ -973,7 +1036,7 @@ unsafe fn block_loops(
     (m0, m1): (usize, usize),
     (n0, n1): (usize, usize),
     k: usize,
-    a: &MatRef<'_>,
+    (a, pre_a): (&MatRef<'_>, Option<&PackedA>),
     b: &BSource<'_>,
     c: CPtr,
     ldc: usize,
@@ -986,8 +1049,9 @@ unsafe fn block_loops(
     // A row-major A is read in place: each row's KC-run is contiguous, and the MR rows a tile
     // reads stay in L1 across the NR panels, so packing would only add a copy (measured: the
     // copy costs a third of the time of 3136×64×64, and a few percent at 512³).
-    let direct_a = a.cs == 1 && a.rs > 0;
-    let mut abuf = AlignedBuf::new(if direct_a { 0 } else { mc_max * kc_max });
+    let direct_a = pre_a.is_none() && a.cs == 1 && a.rs > 0;
+    let own_a = !direct_a && pre_a.is_none();
+    let mut abuf = AlignedBuf::new(if own_a { mc_max * kc_max } else { 0 });
     // With few rows of tiles, each B panel is used only a few times: reading a row-major `B`
     // in place beats copying it first (at m = 1 the copy is as much work as the product;
     // measured on Zen 5 at n = k = 768: 1.8× at m = 1, 2× at m = 8, 1.2× at m = 64, even at
@@ -1052,7 +1116,7 @@ unsafe fn block_loops(
             let mut ic = m0;
             while ic < m1 {
                 let mc = mc_max.min(m1 - ic);
-                if !direct_a {
+                if own_a {
                     pack::pack_a(abuf.as_mut_slice(), a, ic, mc, pc, kc, mr);
                 }
                 for ir in (0..mc).step_by(mr) {
@@ -1092,10 +1156,10 @@ unsafe fn block_loops(
                             });
                             let tile = Tile {
                                 kc,
-                                a: if direct_a {
-                                    a.data.as_ptr().add(i * a.rs + pc)
-                                } else {
-                                    abuf.as_ptr().add(ir * kc)
+                                a: match pre_a {
+                                    _ if direct_a => a.data.as_ptr().add(i * a.rs + pc),
+                                    Some(p) => p.panel(pc, kc, i),
+                                    None => abuf.as_ptr().add(ir * kc),
                                 },
                                 lda: if direct_a { a.rs } else { 0 },
                                 b: bp,
