@@ -401,8 +401,11 @@ pub fn run(
 }
 
 /// The register tiles of the ISA kernels' `blocked` paths over `nrows` output rows of `chunks`
-/// vectors each: rows by four, then one by one; in each, chunks by `nb`, then one by one.
-/// Calls `tile(first row, four rows?, first chunk, nb chunks?)`.
+/// vectors each: rows by four, the last four overlapping the ones before when `nrows` is not
+/// a multiple of four (rows computed twice store the same values twice: a one-row tile loads
+/// all `K·K` shifted inputs for `K·K` multiply-adds and ran a 7×7 map's last three rows slower
+/// than its first four), one by one only below four rows; in each, chunks by `nb`, then one by
+/// one. Calls `tile(first row, four rows?, first chunk, nb chunks?)`.
 #[cfg(target_arch = "x86_64")]
 fn for_tiles(
     nrows: usize,
@@ -412,6 +415,9 @@ fn for_tiles(
 ) {
     let mut r = 0;
     while r < nrows {
+        if nrows >= 4 && r + 4 > nrows {
+            r = nrows - 4;
+        }
         let four = r + 4 <= nrows;
         let mut c = 0;
         while c + nb <= chunks {
