@@ -1010,8 +1010,12 @@ enum BBlock {
     },
 }
 
-/// Bands of at most this many rows read a row-major `B` in place instead of packing it.
+/// Bands of at most this many rows read a row-major `B` in place instead of packing it...
 const DIRECT_B_MAX_ROWS: usize = 64;
+/// ...and bands of more than this many rows do so only when `B` is at most
+/// [`DIRECT_B_SHALLOW_K`] deep (see `block_loops`).
+const DIRECT_B_ALWAYS_ROWS: usize = 32;
+const DIRECT_B_SHALLOW_K: usize = 64;
 
 /// Below this many multiply-adds a matrix-vector product stays on one thread. The product is
 /// memory-bound and two cores stream `W` faster than one, while a waiting pool thread starts
@@ -1056,8 +1060,15 @@ unsafe fn block_loops(
     // in place beats copying it first (at m = 1 the copy is as much work as the product;
     // measured on Zen 5 at n = k = 768: 1.8× at m = 1, 2× at m = 8, 1.2× at m = 64, even at
     // m = 128, but worse at m = 128 when rows of B are 4 KiB apart).
-    let direct_b =
-        matches!(b, BSource::Strided(bm) if bm.cs == 1) && (m1 - m0) <= DIRECT_B_MAX_ROWS;
+    // Past 32 rows a `B` deeper than 64 pays more for the strided reads (a 64-row band reads
+    // each panel six times, from rows that may lie a page or more apart) than for the copy
+    // (Zen 4, one thread, in place → packed: 64×12544×147, ResNet's im2col stem, 62 → 82
+    // GFLOP/s; 49×3072×768 49 → 80; but 32×5000×256 109 → 91 and 32×12544×16 72 → 67, which
+    // stay in place).
+    let rows = m1 - m0;
+    let direct_b = matches!(b, BSource::Strided(bm) if bm.cs == 1)
+        && rows <= DIRECT_B_MAX_ROWS
+        && (rows <= DIRECT_B_ALWAYS_ROWS || k <= DIRECT_B_SHALLOW_K);
     let mut bbuf = match b {
         BSource::Strided(_) if direct_b => AlignedBuf::new(nr * kc_max),
         BSource::Strided(_) => AlignedBuf::new(nc_max * kc_max),
