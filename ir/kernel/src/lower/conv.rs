@@ -745,18 +745,35 @@ fn im2col_2d(
         index: dst,
         value: Expr::load(xp, from),
     }];
-    let body = lp(
-        ky,
-        kh,
+    // One parallel iteration per row of the column matrix, `(plane, ky, kx)`, not per plane: an
+    // image has 3 planes, which two threads split 2 : 1 (ResNet-18's stem copies 7 MiB here).
+    let r = kb.var(DType::I64);
+    let (taps, rv) = ((kh * kw) as i64, Expr::var(r));
+    let mut body = vec![
+        Stmt::Let {
+            var: nc,
+            value: Expr::bin(BinOp::Div, rv.clone(), Expr::idx(taps)),
+        },
+        Stmt::Let {
+            var: ky,
+            value: Expr::bin(
+                BinOp::Div,
+                Expr::bin(BinOp::Rem, rv.clone(), Expr::idx(taps)),
+                Expr::idx(kw as i64),
+            ),
+        },
+        Stmt::Let {
+            var: kx,
+            value: Expr::bin(BinOp::Rem, rv, Expr::idx(kw as i64)),
+        },
+    ];
+    body.extend(lp(
+        oy,
+        oh,
         LoopKind::Serial,
-        lp(
-            kx,
-            kw,
-            LoopKind::Serial,
-            lp(oy, oh, LoopKind::Serial, lp(ox, ow, LoopKind::Vector, copy)),
-        ),
-    );
-    kb.k.body = lp(nc, planes, LoopKind::Parallel, body);
+        lp(ox, ow, LoopKind::Vector, copy),
+    ));
+    kb.k.body = lp(r, planes * kh * kw, LoopKind::Parallel, body);
     cx.launch(kb, node);
     (col, rs)
 }
