@@ -501,9 +501,7 @@ fn f32_kernels(
     let (bd, brs, bcs) = f32_operand(b, k, n);
     let (bias_rs, bias_cs) = bias.map_or((0, 0), |v| (v.row_stride, v.col_stride));
     // Rows of C contiguous: C as it is. Columns contiguous: Cᵀ = Bᵀ·Aᵀ, with the bias
-    // transposed too. Neither: a dense temporary. A one-column C (`W·x`, a convolution on a
-    // 1×1 map) goes transposed when it can, so that a weight `A` becomes the `B` the kernels
-    // pack once.
+    // transposed too. Neither: a dense temporary.
     let rows_ok = (n == 1 || ccs == 1) && (m == 1 || crs >= n as i64);
     let cols_ok = (m == 1 || crs == 1) && (n == 1 || ccs >= m as i64);
     let cf = if rows_ok || cols_ok {
@@ -512,7 +510,7 @@ fn f32_kernels(
         None
     };
     match cf {
-        Some(cf) if rows_ok && !(n == 1 && m > 1 && cols_ok) => {
+        Some(cf) if rows_ok => {
             let ldc = if m == 1 { n } else { crs as usize };
             let orig_bias = bias;
             let bias = F32Bias::new(bias, (m, n), (bias_rs, bias_cs), |x| x as f32);
@@ -531,7 +529,9 @@ fn f32_kernels(
                     .run_packed_transposed(n, xt, &pa, c, ldc, &with(bias_t.epilogue(g), tail))
                     .ok();
             }
-            if let Some(pb) = packed_weight(&gemm, &bd, (k, n), (brs, bcs)) {
+            if !gemv(m, n, (brs, bcs), acs)
+                && let Some(pb) = packed_weight(&gemm, &bd, (k, n), (brs, bcs))
+            {
                 return gemm
                     .run_packed(m, ma, &pb, c, ldc, &with(bias.epilogue(g), tail))
                     .ok();
@@ -548,7 +548,9 @@ fn f32_kernels(
             );
             let c = cf.get_mut(coff as usize..)?;
             let ep = with(bias.epilogue(g), hook_t);
-            if let Some(pb) = packed_weight(&gemm, &ad, (k, m), (acs, ars)) {
+            if !gemv(n, m, (acs, ars), bcs)
+                && let Some(pb) = packed_weight(&gemm, &ad, (k, m), (acs, ars))
+            {
                 return gemm.run_packed(n, ma, &pb, c, ldc, &ep).ok();
             }
             gemm.run(n, m, k, ma, mb, c, ldc, &ep).ok()
@@ -591,18 +593,26 @@ fn f32_kernels(
 /// for the product's multiply-adds, and the weight, now `B`, is packed once instead of read
 /// in place as `MR` strided rows (`cargo bench --bench gemm`, Zen 4, one thread: 512×49×512
 /// 87 → 113 GFLOP/s, 256×196×256 97 → 113).
+/// A one-column product is left to the kernels' dot products (see [`gemv`]).
 pub(crate) fn transposed_pays(nr: usize, m: usize, n: usize, k: usize) -> bool {
     let busy = |x: usize| x as f64 / x.next_multiple_of(nr) as f64;
-    m >= nr && k > 0 && busy(m) / busy(n) > 1.03 + 16.0 / k as f64
+    n > 1 && m >= nr && k > 0 && busy(m) / busy(n) > 1.03 + 16.0 / k as f64
+}
+
+/// Whether the kernels run `m×k · k×n` (`B` with strides `b`, `A` with column stride `acs`) as
+/// dot products of contiguous rows (`kg::Gemm::run`'s matrix-vector path), which weights keep:
+/// eight rows at a time hide the FMA latency that a one-row tile on packed panels waits on
+/// (two accumulators), and they split over threads from a smaller size (the 784-512-512-10
+/// MLP: 0.030 ms on two threads, 0.050 with its weights packed).
+fn gemv(m: usize, n: usize, (brs, bcs): (usize, usize), acs: usize) -> bool {
+    (m == 1 && brs == 1 && (bcs != 1 || n == 1)) || (n == 1 && acs == 1)
 }
 
 /// The packed form of the `k×n` right operand `b` (strides `rs`, `cs`) when it is a weight of
 /// the running executor: packed on first use, then reused by every call. Without it the
 /// kernels pack a weight on every call (above 64 rows, or a transposed one), or read it in
-/// place: as strided panels, up to 2× slower than packed ones at a few dozen rows (GPT-2's
-/// tied lm_head, 32×256×5000), or, for a matrix-vector product, as eight rows at once, which
-/// a weight arriving from memory feeds at a fraction of the single stream that its panels
-/// are (PP-LCNet's 1280×512 head: 220 µs in the model, 46 µs alone with its weight in cache).
+/// place as strided panels, up to 2× slower than packed ones at a few dozen rows (GPT-2's
+/// tied lm_head, 32×256×5000).
 // The `Cow` itself is the point: only a borrowed operand can lie in the weights.
 #[allow(clippy::ptr_arg)]
 fn packed_weight(

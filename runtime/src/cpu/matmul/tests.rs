@@ -559,10 +559,9 @@ fn int_weights_packed_once_and_reused() {
 #[test]
 fn f32_weights_packed_once_and_reused() {
     // A weight `B` is packed on the first call and reused on the next, whatever the number of
-    // rows (a few dozen, as GPT-2's lm_head has, or more, or one: a matrix-vector product then
-    // streams the packed panels instead of eight rows at once) and whether its rows or its
-    // columns are contiguous, with results equal to the definition both times; a
-    // matrix-vector product with a weight that is not one packs nothing.
+    // rows (a few dozen, as GPT-2's lm_head has, or more) and whether its rows or its columns
+    // are contiguous, with results equal to the definition both times; a matrix-vector product
+    // keeps its dot products and packs nothing.
     use crate::cpu::exec::{ConstCache, with_consts};
     let mut rng = Rng(0x5eed_00f3);
     let row = Layout::RowMajor { pad: 0 };
@@ -573,7 +572,7 @@ fn f32_weights_packed_once_and_reused() {
         ((7, 33, 64), row, 1),
         ((1, 50, 20), row, 1),
         ((100, 70, 33), col, 1),
-        ((1, 37, 19), Layout::ColMajor { pad: 0 }, 1),
+        ((1, 37, 19), Layout::ColMajor { pad: 0 }, 0),
         ((23, 1, 40), row, 0),
     ] {
         for threads in [1, 2] {
@@ -593,14 +592,13 @@ fn f32_weights_packed_once_and_reused() {
 
 #[test]
 fn f32_weight_on_the_left_goes_transposed() {
-    // `C = W·X` with a weight `W` and few columns (a convolution on a small map, or one
-    // column: a 1×1 map) runs as `Cᵀ = Xᵀ·Wᵀ` with `Wᵀ` packed once; results equal the
-    // definition on both calls, C laid out row-major (transposed back block by block) or
-    // column-major (written as it is computed), any bias broadcast.
+    // `C = W·X` with a weight `W` and few columns (a convolution on a small map) runs as
+    // `Cᵀ = Xᵀ·Wᵀ` with `Wᵀ` packed once, transposed back block by block; results equal the
+    // definition on both calls, C padded or not, any bias broadcast.
     use crate::cpu::exec::{ConstCache, with_consts};
     let mut rng = Rng(0x5eed_0a7e);
     let row = Layout::RowMajor { pad: 0 };
-    for shape in [(64, 49, 70), (48, 7, 300), (40, 1, 30), (67, 20, 300)] {
+    for shape in [(64, 49, 70), (48, 7, 300), (40, 2, 300), (67, 20, 300)] {
         for (lc, threads) in [(row, 1), (Layout::RowMajor { pad: 3 }, 2), (row, 3)] {
             let bias = [
                 None,
@@ -854,7 +852,8 @@ fn tail_hook_visits_every_element_once() {
 #[test]
 fn transposing_pays_on_small_maps_only() {
     // PP-LCNet's pointwise convolutions with AVX-512's 32-column tile: the 7×7 and deep 14×14
-    // maps go transposed, the shallow 14×14 one, the wide maps and the stem do not.
+    // maps go transposed; the shallow 14×14 one, the wide maps, the stem and the 1×1 head
+    // (dot products) do not.
     for ((m, n, k), want) in [
         ((512, 49, 512), true),
         ((512, 49, 256), true),
@@ -862,7 +861,7 @@ fn transposing_pays_on_small_maps_only() {
         ((256, 196, 128), false),
         ((64, 3136, 64), false),
         ((16, 12544, 27), false),
-        ((1280, 1, 512), true),
+        ((1280, 1, 512), false),
     ] {
         assert_eq!(transposed_pays(32, m, n, k), want, "{m}×{n}×{k}");
     }

@@ -4,8 +4,9 @@
 //! follows the GotoBLAS/BLIS design:
 //!
 //! * **Cache blocking.** `B` is cut into `KC×NC` blocks packed into `NR`-column panels (the
-//!   block stays in L2); with at most 64 rows of `C` a row-major `B` is read in place instead,
-//!   since each panel would be used too few times to repay the copy. The `MR×KC` slice of `A`
+//!   block stays in L2); with at most 32 rows of `C` (64 when `B` is at most 64 deep) a
+//!   row-major `B` is read in place instead, since each panel would be used too few times to
+//!   repay the copy. The `MR×KC` slice of `A`
 //!   that a row of tiles reads stays in L1 while it meets every `B` panel of the block; a
 //!   row-major `A` is read there in place, any other layout (a transposed `A`) is first packed
 //!   into `MR`-row panels of `MC×KC` blocks.
