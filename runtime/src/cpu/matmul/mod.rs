@@ -586,14 +586,15 @@ fn f32_kernels(
 }
 
 /// Whether `C = W·X` (`m×n`, a weight on the left: a convolution's `W[co, ci]·X[ci, pixel]`)
-/// runs faster as `Cᵀ = Xᵀ·Wᵀ` transposed back ([`kg::Gemm::run_packed_transposed`]), with a microkernel tile
-/// `nr` columns wide. The kernels vectorize along `C`'s columns and compute a last partial
-/// tile in full, so a 7×7 map (`n = 49`) keeps 49 of 64 lanes busy while its 512 channels
-/// would keep all of them; the transpose back costs about one cycle per element against `k/32`
-/// for the product's multiply-adds, and the weight, now `B`, is packed once instead of read
-/// in place as `MR` strided rows (`cargo bench --bench gemm`, Zen 4, one thread: 512×49×512
-/// 87 → 113 GFLOP/s, 256×196×256 97 → 113).
-/// A one-column product is left to the kernels' dot products (see [`gemv`]).
+/// runs faster as `Cᵀ = Xᵀ·Wᵀ` transposed back ([`kg::Gemm::run_packed_transposed`]), with a
+/// microkernel tile `nr` columns wide. The kernels vectorize along `C`'s columns and compute a
+/// last partial tile in full, so a 7×7 map (`n = 49`) keeps 49 of 64 lanes busy while its 512
+/// channels would keep all of them; the transpose back costs about one cycle per element
+/// against `k/32` for the product's multiply-adds, and the weight, now `B`, is packed once
+/// instead of read in place as `MR` strided rows (`cargo bench --bench gemm`, Zen 4, one
+/// thread: 512×49×512 87 → 113 GFLOP/s, 256×196×256 97 → 113). Each element sums its `k`
+/// products in the same order either way. A one-column product is left to the kernels' dot
+/// products (see [`gemv`]).
 pub(crate) fn transposed_pays(nr: usize, m: usize, n: usize, k: usize) -> bool {
     let busy = |x: usize| x as f64 / x.next_multiple_of(nr) as f64;
     n > 1 && m >= nr && k > 0 && busy(m) / busy(n) > 1.03 + 16.0 / k as f64

@@ -666,8 +666,8 @@ impl Gemm {
     /// write `Cᵀ` into a per-thread scratch and each finished block is transposed into `C`
     /// while it is still in L1. `epilogue` is the transposed product's (a bias per row of `C` is
     /// per column here); its tile hook runs on each block once it is in `C`, with `C`'s
-    /// coordinates. `β` must be 0 (`C` is never read) and there is no residual. Worth it when `n` is small and `m` large: the kernels
-    /// vectorize along the columns of what they compute.
+    /// coordinates. `β` must be 0 (`C` is never read) and there is no residual. Worth it when
+    /// `n` is small and `m` large: the kernels vectorize along the columns of what they compute.
     pub fn run_packed_transposed(
         &self,
         n: usize,
