@@ -681,16 +681,7 @@ impl Gemm {
         if epilogue.beta != 0.0 || epilogue.residual.is_some() {
             return Err(GemmError::Transposed);
         }
-        if at.isa != self.isa {
-            return Err(GemmError::PackedMismatch {
-                packed_k: at.k,
-                packed_n: at.n,
-                packed_isa: at.isa,
-                k,
-                n: m,
-                isa: self.isa,
-            });
-        }
+        self.check_packed(at)?;
         check_ref("B", &bt, n, k)?;
         check_out(m, n, c, ldc, &Epilogue::new())?;
         if m == 0 || n == 0 {
@@ -742,6 +733,21 @@ impl Gemm {
         (s.mr, s.nr)
     }
 
+    /// A packed operand made for another ISA's panels is refused.
+    fn check_packed(&self, b: &PackedB) -> Result<(), GemmError> {
+        if b.isa != self.isa {
+            return Err(GemmError::PackedMismatch {
+                packed_k: b.k,
+                packed_n: b.n,
+                packed_isa: b.isa,
+                k: b.k,
+                n: b.n,
+                isa: self.isa,
+            });
+        }
+        Ok(())
+    }
+
     /// Like [`Gemm::run`] with a pre-packed `B` (its `k` and `n` are the product's).
     pub fn run_packed(
         &self,
@@ -753,16 +759,7 @@ impl Gemm {
         epilogue: &Epilogue<'_>,
     ) -> Result<(), GemmError> {
         let (k, n) = (b.k, b.n);
-        if b.isa != self.isa {
-            return Err(GemmError::PackedMismatch {
-                packed_k: b.k,
-                packed_n: b.n,
-                packed_isa: b.isa,
-                k,
-                n,
-                isa: self.isa,
-            });
-        }
+        self.check_packed(b)?;
         check_ref("A", &a, m, k)?;
         check_out(m, n, c, ldc, epilogue)?;
         self.drive(m, n, k, &a, BSource::Packed(b), c, ldc, epilogue);
