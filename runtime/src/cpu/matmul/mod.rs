@@ -529,7 +529,11 @@ fn f32_kernels(
                     .run_packed_transposed(n, xt, &pa, c, ldc, &with(bias_t.epilogue(g), tail))
                     .ok();
             }
-            if !gemv(m, n, (brs, bcs), acs)
+            // A matrix-vector product keeps its dot products even on a weight: eight rows at a
+            // time hide the FMA latency that a one-row tile on packed panels waits on (two
+            // accumulators), and they split over threads from a smaller size (the 784-512-512-10
+            // MLP: 0.030 ms on two threads, 0.050 with its weights packed).
+            if !kg::dot_products(m, n, acs, (brs, bcs))
                 && let Some(pb) = packed_weight(&gemm, &bd, (k, n), (brs, bcs))
             {
                 return gemm
@@ -548,7 +552,7 @@ fn f32_kernels(
             );
             let c = cf.get_mut(coff as usize..)?;
             let ep = with(bias.epilogue(g), hook_t);
-            if !gemv(n, m, (acs, ars), bcs)
+            if !kg::dot_products(n, m, bcs, (acs, ars))
                 && let Some(pb) = packed_weight(&gemm, &ad, (k, m), (acs, ars))
             {
                 return gemm.run_packed(n, ma, &pb, c, ldc, &ep).ok();
@@ -594,19 +598,10 @@ fn f32_kernels(
 /// instead of read in place as `MR` strided rows (`cargo bench --bench gemm`, Zen 4, one
 /// thread: 512×49×512 87 → 113 GFLOP/s, 256×196×256 97 → 113). Each element sums its `k`
 /// products in the same order either way. A one-column product is left to the kernels' dot
-/// products (see [`gemv`]).
+/// products ([`kg::dot_products`]).
 pub(crate) fn transposed_pays(nr: usize, m: usize, n: usize, k: usize) -> bool {
     let busy = |x: usize| x as f64 / x.next_multiple_of(nr) as f64;
     n > 1 && m >= nr && k > 0 && busy(m) / busy(n) > 1.03 + 16.0 / k as f64
-}
-
-/// Whether the kernels run `m×k · k×n` (`B` with strides `b`, `A` with column stride `acs`) as
-/// dot products of contiguous rows (`kg::Gemm::run`'s matrix-vector path), which weights keep:
-/// eight rows at a time hide the FMA latency that a one-row tile on packed panels waits on
-/// (two accumulators), and they split over threads from a smaller size (the 784-512-512-10
-/// MLP: 0.030 ms on two threads, 0.050 with its weights packed).
-fn gemv(m: usize, n: usize, (brs, bcs): (usize, usize), acs: usize) -> bool {
-    (m == 1 && brs == 1 && (bcs != 1 || n == 1)) || (n == 1 && acs == 1)
 }
 
 /// The packed form of the `k×n` right operand `b` (strides `rs`, `cs`) when it is a weight of

@@ -593,9 +593,9 @@ impl Gemm {
         // (outputs, W, its row stride, x, its stride, whether outputs run down a column of C)
         let (len, w, ldw, xd, xs, down) = if k == 0 || m == 0 || n == 0 {
             return false;
-        } else if m == 1 && b.rs == 1 && (b.cs != 1 || n == 1) {
+        } else if row_dots(m, n, (b.rs, b.cs)) {
             (n, b.data, b.cs, a.data, a.cs, false)
-        } else if n == 1 && a.cs == 1 {
+        } else if col_dots(n, a.cs) {
             (m, a.data, a.rs, b.data, b.rs, true)
         } else {
             return false;
@@ -844,6 +844,22 @@ impl Gemm {
             super::parallel_for(threads, &run_band);
         }
     }
+}
+
+/// Whether [`Gemm::run`] computes a non-empty `m×n` product, `A` with column stride `a_cs`
+/// and `B` with strides `b`, as the dot products of its matrix-vector path instead of tiles.
+pub fn dot_products(m: usize, n: usize, a_cs: usize, b: (usize, usize)) -> bool {
+    row_dots(m, n, b) || col_dots(n, a_cs)
+}
+
+/// One row of `C` from a `B` with contiguous columns: dots with the rows of `Bᵀ`.
+fn row_dots(m: usize, n: usize, (b_rs, b_cs): (usize, usize)) -> bool {
+    m == 1 && b_rs == 1 && (b_cs != 1 || n == 1)
+}
+
+/// One column of `C` from a row-major `A`: dots with the rows of `A`.
+fn col_dots(n: usize, a_cs: usize) -> bool {
+    n == 1 && a_cs == 1
 }
 
 /// The geometry and microkernel of one ISA.
