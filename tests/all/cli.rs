@@ -903,3 +903,149 @@ fn batch_separable_artifacts_run_any_multiple_of_their_batch() {
     c.run("mixed.mlca", &["x=x3.npy"])
         .assert_error(&["input \"x\" does not fit", "[1, 3, 4]"]);
 }
+
+/// `y = Softmax(x·W, axis=1)` over `x: f32[B,S,4]`: the softmax mixes the sequence axis `S`,
+/// so each sequence length needs its own code.
+fn seq_model() -> Vec<u8> {
+    let w: Vec<f32> = (0..12).map(|i| (i as f32 - 5.5) / 4.0).collect();
+    onnx::model(
+        17,
+        &[
+            onnx::node("MatMul", "mm", &["x", "w"], &["p"], &[]),
+            onnx::node(
+                "Softmax",
+                "softmax",
+                &["p"],
+                &["y"],
+                &[Attr::Int("axis", 1)],
+            ),
+        ],
+        &[onnx::value(
+            "x",
+            elem::FLOAT,
+            &[D::S("B"), D::S("S"), D::N(4)],
+        )],
+        &[onnx::value(
+            "y",
+            elem::FLOAT,
+            &[D::S("B"), D::S("S"), D::N(3)],
+        )],
+        &[onnx::tensor_f32("w", &[4, 3], &w)],
+    )
+}
+
+/// `--dim S=2,5,7` compiles one artifact that runs all three sequence lengths (and batches of
+/// them as slices) with the results of a model compiled for each shape; other lengths, unknown
+/// dims and GPU targets are clear errors.
+#[test]
+fn one_artifact_runs_several_sequence_lengths() {
+    let x = |b: usize, s: usize| -> Vec<u8> {
+        let v: Vec<f32> = (0..b * s * 4)
+            .map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0)
+            .collect();
+        npy_f32(&[b, s, 4], &v)
+    };
+    let c = Case::new(
+        "seqdims",
+        &[
+            ("m.onnx", &seq_model()),
+            ("x5.npy", &x(1, 5)),
+            ("x7.npy", &x(1, 7)),
+            ("x2b5.npy", &x(2, 5)),
+            ("x3.npy", &x(1, 3)),
+        ],
+    );
+    let (m, art) = (c.p("m.onnx"), c.p("m.mlca"));
+    let r = mlc(&[
+        &"compile",
+        &m,
+        &"--target",
+        &"x86_64",
+        &"--dim",
+        &"B=1",
+        &"--dim",
+        &"S=2,5,7",
+        &"-o",
+        &art,
+    ]);
+    r.assert_success();
+    assert!(r.stdout.contains("3 variants"), "{}", r.stdout);
+    let shown = c.inspect("m.mlca", false);
+    shown.assert_success();
+    assert!(
+        shown.stdout.contains("variants (3)") && shown.stdout.contains("x[1,7,4]"),
+        "{}",
+        shown.stdout
+    );
+    for file in ["x5.npy", "x7.npy", "x2b5.npy"] {
+        let out = c.dir.join(format!("out-{file}"));
+        mlc(&[
+            &"run",
+            &art,
+            &"--input",
+            &format!("x={}", c.p(file).display()),
+            &"--output-dir",
+            &out,
+        ])
+        .assert_success();
+        let want_dir = c.dir.join(format!("want-{file}"));
+        mlc(&[
+            &"run",
+            &m,
+            &"--engine",
+            &"cpu",
+            &"--input",
+            &format!("x={}", c.p(file).display()),
+            &"--output-dir",
+            &want_dir,
+        ])
+        .assert_success();
+        let (shape, got) = read_npy_f64(&out.join("y.npy")).expect("valid .npy");
+        let (want_shape, want) = read_npy_f64(&want_dir.join("y.npy")).expect("valid .npy");
+        assert_eq!(shape, want_shape);
+        let (got, want) = (got.expect("numbers"), want.expect("numbers"));
+        assert_eq!(got.len(), want.len());
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() <= 1e-6, "{file}: {a} vs {b}");
+        }
+    }
+    c.run("m.mlca", &["x=x3.npy"]).assert_error(&[
+        "input \"x\" does not fit",
+        "[1, 2, 4]",
+        "[1, 7, 4]",
+    ]);
+    c.assert_no_outputs();
+    mlc(&[
+        &"bench", &art, &"--shape", &"x=1x7x4", &"--iters", &"2", &"--json",
+    ])
+    .assert_success();
+    mlc(&[
+        &"compile",
+        &m,
+        &"--target",
+        &"x86_64",
+        &"--dim",
+        &"B=1",
+        &"--dim",
+        &"Q=3",
+        &"-o",
+        &art,
+    ])
+    .assert_error(&["--dim names \"Q\"", "B, S"]);
+    mlc(&[
+        &"compile",
+        &m,
+        &"--target",
+        &"sm_90",
+        &"--dim",
+        &"B=1",
+        &"--dim",
+        &"S=2,5",
+        &"-o",
+        &art,
+    ])
+    .assert_error(&["CPU targets"]);
+    let r = mlc(&[&"compile", &m, &"--target", &"x86_64", &"--dim", &"S=x"]);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains("NAME=SIZE"), "{}", r.stderr);
+}

@@ -40,6 +40,10 @@ pub struct Args {
     /// The shape of an input with symbolic dims, as NAME=1x3x224x224 (.onnx models).
     #[arg(long = "shape", value_name = "NAME=DIMS", value_parser = pipeline::parse_shape)]
     pub shapes: Vec<(String, Vec<usize>)>,
+    /// The size of a named symbolic dim in every input that has it, as NAME=SIZE (.onnx
+    /// models; see `mlc compile --dim`).
+    #[arg(long = "dim", value_name = "NAME=SIZE", value_parser = pipeline::parse_dim)]
+    pub dims: Vec<(String, Vec<usize>)>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -144,7 +148,16 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
             let t = tensor_io::read_tensor(file).with_context(|| format!("input {name:?}"))?;
             values.push((name.clone(), t));
         }
-        let art = pipeline::compile_cpu(&args.model, &args.shapes, &values, level, &mut phases)?;
+        if let Some((n, _)) = args.dims.iter().find(|(_, v)| v.len() != 1) {
+            bail!("--dim {n}: a benchmark runs one size; give one");
+        }
+        let art = pipeline::compile_cpu(
+            &args.model,
+            (&args.shapes, &args.dims),
+            &values,
+            level,
+            &mut phases,
+        )?;
         (art, Some(t0.elapsed().as_secs_f64() * 1e3))
     };
     let model = CpuModel::from_artifact(&art).with_context(|| format!("cannot load {path}"))?;
@@ -153,6 +166,9 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
         .map(|s| s.data.len() as u64)
         .unwrap_or(0);
     drop(art);
+    if is_artifact && !args.dims.is_empty() {
+        bail!("--dim is for .onnx models; pick the shapes of {path}'s inputs with --shape");
+    }
     for (name, _) in args.inputs.iter().map(|(n, _)| (n, ())).chain(
         args.shapes
             .iter()
@@ -163,8 +179,21 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
             bail!("{path} has no input named {name:?}");
         }
     }
-    let mut inputs = Vec::with_capacity(model.inputs().len());
-    for io in model.inputs() {
+    // An artifact of several variants: the first whose inputs take the --shape sizes.
+    let ports = model
+        .variants()
+        .iter()
+        .map(|e| &e.plan().inputs)
+        .find(|ports| {
+            !is_artifact
+                || args
+                    .shapes
+                    .iter()
+                    .all(|(n, shape)| ports.iter().any(|io| &io.name == n && io.accepts(shape)))
+        })
+        .unwrap_or(&model.plan().inputs);
+    let mut inputs = Vec::with_capacity(ports.len());
+    for io in ports {
         let arr = match args.inputs.iter().find(|(n, _)| n == &io.name) {
             Some((_, file)) => {
                 let t =
@@ -174,10 +203,16 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
             None => match args.shapes.iter().find(|(n, _)| n == &io.name) {
                 Some((_, shape)) if is_artifact => {
                     if !io.accepts(shape) {
+                        let compiled: Vec<String> = model
+                            .variants()
+                            .iter()
+                            .filter_map(|e| e.plan().inputs.iter().find(|p| p.name == io.name))
+                            .map(|p| format!("{:?}", p.shape))
+                            .collect();
                         bail!(
-                            "--shape {}: {path} is compiled for {:?}{}",
+                            "--shape {}: {path} is compiled for {}{}",
                             io.name,
-                            io.shape,
+                            compiled.join(" or "),
                             if io.batch {
                                 " (or a multiple of it along axis 0)"
                             } else {
@@ -228,7 +263,7 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
         p90_ms: pick(0.9),
         min_ms: times[0],
         mean_ms: times.iter().sum::<f64>() / times.len() as f64,
-        arena_bytes: model.arena_bytes(),
+        arena_bytes: model.select(&inputs)?.arena_bytes(),
         weights_bytes,
         peak_rss_bytes: peak_rss(),
         compile_ms,
@@ -274,12 +309,11 @@ fn print_profile(
         })
         .collect::<anyhow::Result<_>>()?;
     let mut prof = Vec::new();
+    let exec = model.select(inputs)?;
     for _ in 0..iters {
-        model
-            .executor()
-            .run_bytes_profiled(&bytes, threads, Some(&mut prof))?;
+        exec.run_bytes_profiled(&bytes, threads, Some(&mut prof))?;
     }
-    let plan = model.plan();
+    let plan = exec.plan();
     let total: f64 = prof.iter().sum();
     let mut order: Vec<usize> = (0..prof.len()).collect();
     order.sort_by(|&a, &b| prof[b].total_cmp(&prof[a]));

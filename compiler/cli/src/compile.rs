@@ -45,6 +45,12 @@ pub struct Args {
     /// need none.
     #[arg(long = "shape", value_name = "NAME=DIMS", value_parser = parse_shape)]
     pub shapes: Vec<(String, Vec<usize>)>,
+    /// The size of a named symbolic dim (as in the model's input types, e.g. seq) in every
+    /// input that has it, as NAME=SIZE. Several sizes, NAME=32,64,128, compile one variant
+    /// per size into the same artifact (CPU targets), which then runs inputs of any of those
+    /// sizes without recompiling.
+    #[arg(long = "dim", value_name = "NAME=SIZES", value_parser = crate::pipeline::parse_dim)]
+    pub dims: Vec<(String, Vec<usize>)>,
     /// The value of an input that determines a shape (a Reshape target, Resize scales, a Range
     /// bound, ...), from a .npy or .pb file: the artifact is compiled for this value and refuses
     /// any other. Inputs that determine no shape are not affected.
@@ -102,11 +108,15 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
     let target = target(&args.target)?;
     let mut model = mlc_onnx::load(&args.model)?;
     phase("import", &mut since);
+    let values = crate::pipeline::read_values(&model.graph, &args.inputs)?;
+    let variants = crate::pipeline::variant_shapes(&model.graph, &args.shapes, &args.dims)?;
+    if variants.len() > 1 {
+        return compile_variants(args, &model.graph, &variants, &values, &target);
+    }
     let graph = &mut model.graph;
-    let values = crate::pipeline::read_values(graph, &args.inputs)?;
     let bindings = crate::pipeline::bind_shapes(
         graph,
-        &crate::pipeline::with_value_shapes(&args.shapes, &values),
+        &crate::pipeline::with_value_shapes(&variants[0], &values),
     )?;
     let level = args.opt.level(mlc_passes::pipeline::Level::O1);
     let cost_model = match &target {
@@ -243,6 +253,103 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
     }
     phase("write", &mut since);
     Ok(())
+}
+
+/// `mlc compile` for several input shapes: one CPU artifact holding a variant per shape set.
+fn compile_variants(
+    args: &Args,
+    graph: &mlc_ir::Graph,
+    variants: &[Vec<(String, Vec<usize>)>],
+    values: &[(String, mlc_ir::Tensor)],
+    target: &Target,
+) -> anyhow::Result<()> {
+    if !matches!(target, Target::Cpu) {
+        bail!(
+            "several sizes of a --dim make an artifact of several variants, which only CPU targets have; give one size for --target {}",
+            args.target
+        );
+    }
+    if args.emit != Emit::Artifact || args.explain.explain {
+        bail!("--emit and --explain show one compilation: give each --dim one size");
+    }
+    let level = args.opt.level(mlc_passes::pipeline::Level::O1);
+    let mut phases = crate::pipeline::Phases::new(args.time_passes);
+    let mut programs = Vec::with_capacity(variants.len());
+    for (i, shapes) in variants.iter().enumerate() {
+        let mut graph = graph.clone();
+        let bindings = crate::pipeline::bind_shapes(
+            &graph,
+            &crate::pipeline::with_value_shapes(shapes, values),
+        )?;
+        let (program, _, _) = crate::pipeline::lower(
+            &mut graph,
+            &bindings,
+            values,
+            level,
+            mlc_passes::egraph::TargetInfo::x86_64(),
+            &mut phases,
+        )
+        .with_context(|| {
+            format!(
+                "variant {} of {} ({})",
+                i + 1,
+                variants.len(),
+                describe(shapes)
+            )
+        })?;
+        programs.push(program);
+    }
+    let art = mlc_cpu::compile_variants(&programs, mlc_cpu::Options::default())?;
+    phases.done("codegen + link");
+    let stem = args
+        .model
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let out = args
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{stem}.mlca")));
+    write_atomically(&out, &art.to_bytes()?)?;
+    phases.done("write");
+    let code: usize = art
+        .sections
+        .iter()
+        .filter(|s| s.kind == "shared-object")
+        .map(|s| s.data.len())
+        .sum();
+    crate::print_stdout(&format!(
+        "{}: {} variants ({}), {} bytes of weights (shared), {} bytes of code, x86_64 -> {}\n",
+        args.model.display(),
+        programs.len(),
+        args.dims
+            .iter()
+            .map(|(n, v)| format!(
+                "{n}={}",
+                v.iter().map(usize::to_string).collect::<Vec<_>>().join(",")
+            ))
+            .collect::<Vec<_>>()
+            .join(" "),
+        art.section(mlc_runtime::cpu::model::WEIGHTS_SECTION)?
+            .data
+            .len(),
+        code,
+        out.display()
+    ))
+}
+
+/// `a=1x8, b=1x8`.
+fn describe(shapes: &[(String, Vec<usize>)]) -> String {
+    shapes
+        .iter()
+        .map(|(n, d)| {
+            format!(
+                "{n}={}",
+                d.iter().map(usize::to_string).collect::<Vec<_>>().join("x")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn out_dir(args: &Args, stem: &str, what: &str) -> anyhow::Result<PathBuf> {

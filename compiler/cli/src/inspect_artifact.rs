@@ -8,7 +8,7 @@
 use anyhow::Context;
 use mlc_runtime::artifact::Artifact;
 use mlc_runtime::cpu::abi::ABI_VERSION;
-use mlc_runtime::cpu::model::{TARGET as CPU_TARGET, cpu_has};
+use mlc_runtime::cpu::model::{TARGET as CPU_TARGET, cpu_has, plans as cpu_plans};
 use mlc_runtime::cpu::plan::CpuPlan;
 use mlc_runtime::plan::{Plan, PlanIo};
 use serde::Serialize;
@@ -32,6 +32,19 @@ struct ArtifactInfo {
     /// CPU artifacts: the arena (bytes), the ABI and the features the code needs.
     #[serde(skip_serializing_if = "Option::is_none")]
     cpu: Option<CpuInfo>,
+    /// An artifact compiled for several input shapes: each variant's ports and plan size
+    /// (the fields above describe the first).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    variants: Vec<VariantInfo>,
+}
+
+#[derive(Serialize)]
+struct VariantInfo {
+    inputs: Vec<Port>,
+    outputs: Vec<Port>,
+    kernels: usize,
+    steps: usize,
+    arena_bytes: u64,
 }
 
 #[derive(Serialize)]
@@ -100,9 +113,25 @@ pub fn main(path: &Path, json: bool) -> anyhow::Result<()> {
         steps: 0,
         kernel_steps: BTreeMap::new(),
         cpu: None,
+        variants: vec![],
     };
     if art.target == CPU_TARGET {
-        let plan: CpuPlan = serde_json::from_value(art.meta.clone()).map_err(bad_plan)?;
+        let mut plans = cpu_plans(&art.meta).map_err(|e| {
+            anyhow::anyhow!("{}: the artifact's plan is not valid: {e}", path.display())
+        })?;
+        if plans.len() > 1 {
+            info.variants = plans
+                .iter()
+                .map(|p| VariantInfo {
+                    inputs: ports(&p.inputs),
+                    outputs: ports(&p.outputs),
+                    kernels: p.kernels.len(),
+                    steps: p.steps.len(),
+                    arena_bytes: p.arena_bytes,
+                })
+                .collect();
+        }
+        let plan: CpuPlan = plans.swap_remove(0);
         info.inputs = ports(&plan.inputs);
         info.outputs = ports(&plan.outputs);
         info.kernels = plan.kernels.len();
@@ -180,6 +209,31 @@ fn render(info: &ArtifactInfo) -> String {
                 _ => "",
             };
             let _ = writeln!(s, "  {:<w$}  {}[{}]{note}", p.name, p.dtype, dims.join(","));
+        }
+    }
+    if !info.variants.is_empty() {
+        let _ = writeln!(
+            s,
+            "variants ({}): one per set of input shapes, run without recompiling; the ports above and kernels below are the first's",
+            info.variants.len()
+        );
+        for (i, v) in info.variants.iter().enumerate() {
+            let shapes: Vec<String> = v
+                .inputs
+                .iter()
+                .map(|p| {
+                    let dims: Vec<String> = p.shape.iter().map(usize::to_string).collect();
+                    format!("{}[{}]", p.name, dims.join(","))
+                })
+                .collect();
+            let _ = writeln!(
+                s,
+                "  {i}: {}  ({} kernels, {} steps, arena {} bytes)",
+                shapes.join(" "),
+                v.kernels,
+                v.steps,
+                v.arena_bytes
+            );
         }
     }
     let _ = writeln!(

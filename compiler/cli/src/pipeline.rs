@@ -54,6 +54,111 @@ pub fn parse_shape(s: &str) -> Result<(String, Vec<usize>), String> {
     }
 }
 
+/// Parses `NAME=SIZE[,SIZE...]` (`--dim`): sizes for the symbolic dim `NAME`.
+pub fn parse_dim(s: &str) -> Result<(String, Vec<usize>), String> {
+    let bad = || format!("expected NAME=SIZE[,SIZE...] such as seq=32,64,128, got {s:?}");
+    let (name, sizes) = s.split_once('=').ok_or_else(bad)?;
+    let sizes: Vec<usize> = sizes
+        .split(',')
+        .map(|v| v.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| bad())?;
+    if name.is_empty() || sizes.is_empty() {
+        return Err(bad());
+    }
+    Ok((name.to_string(), sizes))
+}
+
+/// The most variants one `mlc compile` makes (the product of the `--dim` size lists).
+pub const MAX_VARIANTS: usize = 16;
+
+/// The input shapes of every variant to compile: those `--shape` gives, and for every other
+/// input, its type with the symbolic dims that `--dim` names bound. A `--dim` with several
+/// sizes gives one variant per size (several such: every combination, the first `--dim`
+/// varying slowest). Inputs left with unbound dims get `bind_shapes`'s error. Names a `--dim`
+/// that no input has, listing the dims the inputs do have.
+pub fn variant_shapes(
+    graph: &Graph,
+    shapes: &[(String, Vec<usize>)],
+    dims: &[(String, Vec<usize>)],
+) -> anyhow::Result<Vec<Vec<(String, Vec<usize>)>>> {
+    if dims.is_empty() {
+        return Ok(vec![shapes.to_vec()]);
+    }
+    let mut names: Vec<&str> = Vec::new();
+    for port in &graph.inputs {
+        for d in &graph.ty(port.value).shape {
+            if let Dim::Sym(s) = d
+                && !names.contains(&s.as_str())
+            {
+                names.push(s);
+            }
+        }
+    }
+    for (i, (name, sizes)) in dims.iter().enumerate() {
+        if dims[..i].iter().any(|(n, _)| n == name) {
+            bail!("--dim {name} is given more than once (list its sizes in one: --dim {name}=A,B)");
+        }
+        if !names.contains(&name.as_str()) {
+            bail!(
+                "--dim names {name:?}, which no input's shape has (the inputs' symbolic dims: {})",
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            );
+        }
+        if sizes[..]
+            .iter()
+            .enumerate()
+            .any(|(j, v)| sizes[..j].contains(v))
+        {
+            bail!("--dim {name} lists a size twice");
+        }
+    }
+    let count = dims
+        .iter()
+        .try_fold(1usize, |n, (_, v)| n.checked_mul(v.len()))
+        .unwrap_or(usize::MAX);
+    if count > MAX_VARIANTS {
+        bail!(
+            "--dim sizes make {count} variants; one artifact holds at most {MAX_VARIANTS} (list fewer sizes)"
+        );
+    }
+    let mut variants = Vec::with_capacity(count);
+    for v in 0..count {
+        // Mixed radix: the last --dim varies fastest.
+        let mut rest = v;
+        let mut pick = vec![0usize; dims.len()];
+        for (i, (_, sizes)) in dims.iter().enumerate().rev() {
+            pick[i] = sizes[rest % sizes.len()];
+            rest /= sizes.len();
+        }
+        let mut bound = shapes.to_vec();
+        for port in &graph.inputs {
+            if bound.iter().any(|(n, _)| n == &port.name) {
+                continue;
+            }
+            let shape: Option<Vec<usize>> = graph
+                .ty(port.value)
+                .shape
+                .iter()
+                .map(|d| match d {
+                    Dim::Known(n) => Some(*n),
+                    Dim::Sym(s) => dims.iter().position(|(n, _)| n == s).map(|i| pick[i]),
+                    Dim::Unknown => None,
+                })
+                .collect();
+            if let Some(shape) = shape {
+                bound.push((port.name.clone(), shape));
+            }
+        }
+        variants.push(bound);
+    }
+    Ok(variants)
+}
+
 /// Reads `--input NAME=FILE` values for compiling: every name must be an input of `graph`.
 pub fn read_values(
     graph: &Graph,
@@ -114,7 +219,7 @@ pub fn bind_shapes(
     }
     if !missing.is_empty() {
         bail!(
-            "the model has inputs with symbolic dims; give their shapes: {}",
+            "the model has inputs with symbolic dims; give their shapes: {} (or the sizes of named dims with --dim NAME=SIZE)",
             missing.join(", ")
         );
     }
@@ -235,26 +340,32 @@ pub fn value_hint(graph: &Graph) -> String {
 }
 
 /// Imports `model` and compiles it for this CPU into an in-memory artifact, specialized to the
-/// input `values` that determine shapes.
+/// input `values` that determine shapes: one variant per set of input shapes that `--shape`
+/// and `--dim` give ([`variant_shapes`]).
 pub fn compile_cpu(
     model: &Path,
-    shapes: &[(String, Vec<usize>)],
+    (shapes, dims): (&[(String, Vec<usize>)], &[(String, Vec<usize>)]),
     values: &[(String, Tensor)],
     level: Level,
     phases: &mut Phases,
 ) -> anyhow::Result<mlc_runtime::artifact::Artifact> {
-    let mut m = mlc_onnx::load(model)?;
+    let m = mlc_onnx::load(model)?;
     phases.done("import");
-    let bindings = bind_shapes(&m.graph, &with_value_shapes(shapes, values))?;
-    let (program, _, _) = lower(
-        &mut m.graph,
-        &bindings,
-        values,
-        level,
-        TargetInfo::x86_64(),
-        phases,
-    )?;
-    let art = mlc_cpu::compile_artifact(&program, mlc_cpu::Options::default())
+    let mut programs = Vec::new();
+    for shapes in variant_shapes(&m.graph, shapes, dims)? {
+        let mut graph = m.graph.clone();
+        let bindings = bind_shapes(&graph, &with_value_shapes(&shapes, values))?;
+        let (program, _, _) = lower(
+            &mut graph,
+            &bindings,
+            values,
+            level,
+            TargetInfo::x86_64(),
+            phases,
+        )?;
+        programs.push(program);
+    }
+    let art = mlc_cpu::compile_variants(&programs, mlc_cpu::Options::default())
         .map_err(|e| anyhow!("compiling {} for the CPU failed: {e}", model.display()))?;
     phases.done("codegen + link");
     Ok(art)

@@ -11,6 +11,7 @@ use crate::pipeline::Phases;
 use crate::tensor_io;
 use anyhow::{Context, anyhow, bail};
 use mlc_ir::{Dim, Graph, Tensor, TensorType};
+use mlc_runtime::plan::PlanIo;
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::path::PathBuf;
@@ -235,13 +236,26 @@ fn run_artifact(args: &Args, timer: &mut Phases) -> anyhow::Result<()> {
             );
         };
         let t = tensor_io::read_tensor(file).with_context(|| format!("input {:?}", io.name))?;
-        // A batch input takes any multiple of its compiled batch (run as slices).
-        if t.dtype().name() != io.dtype || !io.accepts(t.shape()) {
+        // A batch input takes any multiple of its compiled batch (run as slices); an
+        // artifact of several variants, the shapes of any of them.
+        let compiled: Vec<&PlanIo> = model
+            .variants()
+            .iter()
+            .filter_map(|e| e.plan().inputs.iter().find(|p| p.name == io.name))
+            .collect();
+        if !compiled
+            .iter()
+            .any(|p| t.dtype().name() == p.dtype && p.accepts(t.shape()))
+        {
             bail!(
-                "input {:?} does not fit {path}: it was compiled for {}{:?}, given {} from {} (recompile with --shape {}=...)",
+                "input {:?} does not fit {path}: it was compiled for {}{}, given {} from {} (recompile with --shape {}=...)",
                 io.name,
                 io.dtype,
-                io.shape,
+                compiled
+                    .iter()
+                    .map(|p| format!("{:?}", p.shape))
+                    .collect::<Vec<_>>()
+                    .join(" or "),
                 TensorType::fixed(t.dtype(), t.shape()),
                 file.display(),
                 io.name

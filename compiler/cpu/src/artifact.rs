@@ -2,29 +2,27 @@
 //! into a shared object by the system linker, and packed with the plan and weights into an
 //! `MLCA` container ([`mlc_runtime::artifact`]) that `mlc_runtime::cpu::CpuModel` loads.
 //!
+//! A model compiled for several input shapes ([`compile_variants`]) gives one artifact with
+//! a plan and shared object per variant and one weights section shared by all.
+//!
 //! The object has no undefined symbols (helpers are reached through a table the loader fills),
 //! so it links with `-nostdlib` and depends on no library. Linking is deterministic (no build
 //! id, fixed input names), so the same program gives the same artifact bytes.
 
+use crate::plan::WEIGHT_ALIGN;
 use crate::{CodegenError, Options};
 use mlc_kir::Program;
-use mlc_runtime::artifact::{Artifact, Section};
-use mlc_runtime::cpu::model::{CODE_SECTION, TARGET, WEIGHTS_SECTION};
+use mlc_runtime::artifact::{Artifact, Section, fnv1a64};
+use mlc_runtime::cpu::model::{CODE_SECTION, TARGET, WEIGHTS_SECTION, code_section};
+use mlc_runtime::cpu::plan::{CpuBufferKind, CpuPlan};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Compiles `p` into a CPU artifact.
 pub fn compile_artifact(p: &Program, opts: Options) -> Result<Artifact, CodegenError> {
-    let fused = if opts.fuse_epilogues {
-        Some(crate::requant::fuse_epilogues(p).0)
-    } else {
-        None
-    };
-    let p = fused.as_ref().unwrap_or(p);
-    let (plan, weights) = crate::plan::build_plan(p)?;
-    let object = crate::module::compile_object(p, opts)?;
-    let code = link_shared(&object)?;
+    let (plan, weights, code) = compile_parts(p, opts)?;
     let meta = serde_json::to_value(&plan).map_err(|e| CodegenError::Invalid(e.to_string()))?;
     Ok(Artifact {
         target: TARGET.to_string(),
@@ -42,6 +40,99 @@ pub fn compile_artifact(p: &Program, opts: Options) -> Result<Artifact, CodegenE
             },
         ],
     })
+}
+
+/// Compiles the variants `ps` of one model (the same graph bound to different input shapes)
+/// into one CPU artifact: a plan and a shared object per variant, and one weights section in
+/// which every distinct constant is stored once. One variant gives [`compile_artifact`]'s
+/// artifact.
+pub fn compile_variants(ps: &[Program], opts: Options) -> Result<Artifact, CodegenError> {
+    match ps {
+        [] => return Err(CodegenError::Invalid("no program to compile".into())),
+        [p] => return compile_artifact(p, opts),
+        _ => {}
+    }
+    let mut shared = SharedWeights::default();
+    let mut plans = Vec::with_capacity(ps.len());
+    let mut codes = Vec::with_capacity(ps.len());
+    for p in ps {
+        let (mut plan, weights, code) = compile_parts(p, opts)?;
+        for b in &mut plan.buffers {
+            if let CpuBufferKind::Const { offset, bytes } = &mut b.kind {
+                let data = usize::try_from(*offset)
+                    .ok()
+                    .zip(usize::try_from(*offset + *bytes).ok())
+                    .and_then(|(lo, hi)| weights.get(lo..hi))
+                    .ok_or_else(|| CodegenError::Invalid("constant out of range".into()))?;
+                *offset = shared.place(data);
+            }
+        }
+        plans.push(plan);
+        codes.push(code);
+    }
+    for plan in &plans {
+        plan.check(shared.bytes.len() as u64)
+            .map_err(|e| CodegenError::Invalid(e.to_string()))?;
+    }
+    let meta = serde_json::json!({ "variants": plans });
+    let mut sections = vec![Section {
+        name: WEIGHTS_SECTION.into(),
+        kind: "weights".into(),
+        data: shared.bytes,
+    }];
+    for (i, code) in codes.into_iter().enumerate() {
+        sections.push(Section {
+            name: code_section(i),
+            kind: "shared-object".into(),
+            data: code,
+        });
+    }
+    Ok(Artifact {
+        target: TARGET.to_string(),
+        meta,
+        sections,
+    })
+}
+
+/// A weights section built from several, storing equal constants once.
+#[derive(Default)]
+struct SharedWeights {
+    bytes: Vec<u8>,
+    /// Offsets of the constants placed so far, by checksum and length.
+    placed: HashMap<(u64, usize), Vec<u64>>,
+}
+
+impl SharedWeights {
+    /// The offset of `data` in the section, appended (aligned) unless equal bytes are there.
+    fn place(&mut self, data: &[u8]) -> u64 {
+        let key = (fnv1a64(data), data.len());
+        let at = self.placed.entry(key).or_default();
+        for &o in at.iter() {
+            if &self.bytes[o as usize..o as usize + data.len()] == data {
+                return o;
+            }
+        }
+        self.bytes
+            .resize(self.bytes.len().div_ceil(WEIGHT_ALIGN) * WEIGHT_ALIGN, 0);
+        let o = self.bytes.len() as u64;
+        self.bytes.extend_from_slice(data);
+        at.push(o);
+        o
+    }
+}
+
+/// A program's plan, weights and linked code.
+fn compile_parts(p: &Program, opts: Options) -> Result<(CpuPlan, Vec<u8>, Vec<u8>), CodegenError> {
+    let fused = if opts.fuse_epilogues {
+        Some(crate::requant::fuse_epilogues(p).0)
+    } else {
+        None
+    };
+    let p = fused.as_ref().unwrap_or(p);
+    let (plan, weights) = crate::plan::build_plan(p)?;
+    let object = crate::module::compile_object(p, opts)?;
+    let code = link_shared(&object)?;
+    Ok((plan, weights, code))
 }
 
 /// A scratch directory removed on drop.

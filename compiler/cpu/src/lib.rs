@@ -51,7 +51,7 @@ pub mod plan;
 pub mod requant;
 pub mod simd;
 
-pub use artifact::compile_artifact;
+pub use artifact::{compile_artifact, compile_variants};
 pub use exec::{CompiledProgram, RunError};
 pub use module::{compile_object, kernel_clif, program_clif};
 

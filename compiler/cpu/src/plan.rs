@@ -16,7 +16,7 @@ use mlc_runtime::plan::{PlanIo, dtype_size};
 pub const FEATURES: &[&str] = &["sse3", "ssse3", "sse4.1", "sse4.2", "popcnt", "avx", "fma"];
 
 /// Alignment of every constant in the weights section.
-const WEIGHT_ALIGN: usize = 64;
+pub(crate) const WEIGHT_ALIGN: usize = 64;
 
 /// The plan of `p` (memory planned) and its weights section.
 pub fn build_plan(p: &Program) -> Result<(CpuPlan, Vec<u8>), CodegenError> {

@@ -116,3 +116,101 @@ fn bad_artifacts_are_clear_errors() {
     assert!(model.run_bytes(&[&[0u8; 4], &[0u8; 96]], 1).is_err());
     let _ = DType::F32;
 }
+
+/// `y = tanh(x · w) + b` for an `n×8` input, with the weight and bias as constants.
+fn program_rows(n: usize) -> mlc_kir::Program {
+    let w: Vec<String> = (0..24)
+        .map(|i| format!("{:?}", (i as f32 * 0.11).cos()))
+        .collect();
+    let g = parse_graph(&format!(
+        r#"graph (%0: f32[{n},8] "x") -> (%5 "y") {{
+  @c0 = const f32[8,3] [{}]
+  @c1 = const f32[3] [0.5, -0.25, 2.0]
+  %1 = constant @c0 : f32[8,3]
+  %2 = constant @c1 : f32[3]
+  %3 = nn.matmul(%0, %1) : f32[{n},3]
+  %4 = ew.tanh(%3) : f32[{n},3]
+  %5 = ew.add(%4, %2) : f32[{n},3]
+}}"#,
+        w.join(", ")
+    ))
+    .expect("graph");
+    lower_graph(&g).expect("lowering")
+}
+
+fn rows(n: usize) -> Tensor {
+    let x: Vec<f32> = (0..n * 8).map(|i| (i as f32 * 0.37).sin()).collect();
+    Tensor::from_vec(&[n, 8], x).expect("x")
+}
+
+#[test]
+fn variants_share_weights_and_run_by_shape() {
+    use crate::compile_variants;
+    use mlc_runtime::cpu::RunError;
+    use mlc_runtime::cpu::model::WEIGHTS_SECTION;
+    use mlc_runtime::npy::{ElemType, NpyArray};
+    let sizes = [4usize, 6, 9];
+    let programs: Vec<mlc_kir::Program> = sizes.iter().map(|&n| program_rows(n)).collect();
+    let art = compile_variants(&programs, Options::default()).expect("compiles");
+    let bytes = art.to_bytes().expect("serializes");
+    let again = compile_variants(&programs, Options::default()).expect("compiles");
+    assert_eq!(
+        bytes,
+        again.to_bytes().expect("serializes"),
+        "deterministic"
+    );
+    let single = compile_artifact(&programs[0], Options::default()).expect("compiles");
+    assert_eq!(
+        art.section(WEIGHTS_SECTION).expect("weights").data.len(),
+        single.section(WEIGHTS_SECTION).expect("weights").data.len(),
+        "each constant is stored once for all variants"
+    );
+    // One variant is the plain artifact.
+    assert_eq!(
+        compile_variants(&programs[..1], Options::default())
+            .expect("compiles")
+            .to_bytes()
+            .expect("serializes"),
+        single.to_bytes().expect("serializes")
+    );
+    let model =
+        CpuModel::from_artifact(&Artifact::from_bytes(&bytes).expect("reads")).expect("loads");
+    assert_eq!(model.variants().len(), sizes.len());
+    // Every variant runs its own code (the loader must not hand back another variant's
+    // library) and agrees with the JIT of its program, whichever order they run in.
+    for &i in &[2usize, 0, 1, 2] {
+        let n = sizes[i];
+        let x = rows(n);
+        let want = CompiledProgram::new(&programs[i])
+            .expect("jit")
+            .run(std::slice::from_ref(&x), 1)
+            .expect("jit runs");
+        let arr = NpyArray::from_le_bytes(ElemType::F32, vec![n, 8], x.to_le_bytes().expect("b"))
+            .expect("npy");
+        for threads in [1, 2] {
+            let got = model
+                .run(std::slice::from_ref(&arr), threads)
+                .expect("runs");
+            assert_eq!(got[0].1.shape, vec![n, 3]);
+            assert_eq!(
+                got[0].1.to_bytes(),
+                NpyArray::from_le_bytes(
+                    ElemType::F32,
+                    vec![n, 3],
+                    want[0].to_le_bytes().expect("b")
+                )
+                .expect("npy")
+                .to_bytes(),
+                "variant {n}×8 differs from its JIT"
+            );
+        }
+    }
+    let odd =
+        NpyArray::from_le_bytes(ElemType::F32, vec![5, 8], vec![0u8; 5 * 8 * 4]).expect("npy");
+    match model.run(&[odd], 1) {
+        Err(RunError::NoVariant { compiled, .. }) => {
+            assert_eq!(compiled.len(), sizes.len(), "{compiled:?}")
+        }
+        other => panic!("expected NoVariant, got {other:?}"),
+    }
+}

@@ -54,6 +54,15 @@ pub enum RunError {
     },
     #[error("output {name}: {message}")]
     Output { name: String, message: String },
+    /// An artifact compiled for several shapes was given inputs of none of them.
+    #[error(
+        "the inputs ({given}) have none of the shapes the artifact was compiled for: {}; compile again with those sizes (--dim / --shape)",
+        compiled.join("; ")
+    )]
+    NoVariant {
+        given: String,
+        compiled: Vec<String>,
+    },
 }
 
 /// What kernels may cache about the executor's constants while it runs: the weights' address
@@ -181,6 +190,50 @@ pub fn packed_int_weight<T>(
     })?
 }
 
+/// An artifact's constants, 8-byte aligned, and what the kernels cache about them (weights
+/// packed for the GEMM kernels). Executors of one artifact's variants share one.
+#[derive(Debug)]
+pub struct Weights {
+    words: Vec<u64>,
+    /// Length in bytes (the plan's constants must lie within).
+    bytes: u64,
+    cache: ConstCache,
+}
+
+impl Weights {
+    /// Copies `bytes` (a weights section) into aligned memory.
+    pub fn new(bytes: &[u8]) -> std::sync::Arc<Weights> {
+        let mut words = vec![0u64; self::words(bytes.len() as u64)];
+        for (dst, chunk) in words.iter_mut().zip(bytes.chunks(8)) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            *dst = u64::from_le_bytes(b);
+        }
+        let range = (
+            words.as_ptr() as usize,
+            words.as_ptr() as usize + std::mem::size_of_val(words.as_slice()),
+        );
+        std::sync::Arc::new(Weights {
+            words,
+            bytes: bytes.len() as u64,
+            cache: ConstCache {
+                range,
+                packed: Mutex::default(),
+                packed_int: Mutex::default(),
+            },
+        })
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+}
+
 /// A plan bound to its code and weights, ready to run many times (from several threads too:
 /// concurrent runs take separate arenas and share the thread pool one job at a time).
 pub struct Executor {
@@ -188,8 +241,7 @@ pub struct Executor {
     entries: Vec<KernelFn>,
     /// Owns the code `entries` point into.
     _code: Box<dyn std::any::Any + Send + Sync>,
-    weights: Vec<u64>,
-    consts: ConstCache,
+    weights: std::sync::Arc<Weights>,
     arenas: Mutex<Vec<Vec<u64>>>,
     pool: Mutex<Option<std::sync::Arc<Pool>>>,
 }
@@ -233,7 +285,22 @@ impl Executor {
         code: Box<dyn std::any::Any + Send + Sync>,
         weights: &[u8],
     ) -> Result<Executor, CpuPlanError> {
-        plan.check(weights.len() as u64)?;
+        // SAFETY: the caller's contract, forwarded.
+        unsafe { Executor::with_weights(plan, entries, code, Weights::new(weights)) }
+    }
+
+    /// [`Executor::new`] on weights shared with other executors (the variants of one
+    /// artifact): they also share the weights packed for the kernels.
+    ///
+    /// # Safety
+    /// As for [`Executor::new`].
+    pub unsafe fn with_weights(
+        plan: CpuPlan,
+        entries: Vec<KernelFn>,
+        code: Box<dyn std::any::Any + Send + Sync>,
+        weights: std::sync::Arc<Weights>,
+    ) -> Result<Executor, CpuPlanError> {
+        plan.check(weights.bytes)?;
         if entries.len() != plan.kernels.len() {
             return Err(CpuPlanError::Invalid(format!(
                 "{} entry points for {} kernels",
@@ -241,26 +308,11 @@ impl Executor {
                 plan.kernels.len()
             )));
         }
-        let mut w = vec![0u64; words(weights.len() as u64)];
-        for (dst, chunk) in w.iter_mut().zip(weights.chunks(8)) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            *dst = u64::from_le_bytes(b);
-        }
-        let range = (
-            w.as_ptr() as usize,
-            w.as_ptr() as usize + std::mem::size_of_val(w.as_slice()),
-        );
         Ok(Executor {
             plan,
             entries,
             _code: code,
-            weights: w,
-            consts: ConstCache {
-                range,
-                packed: Mutex::default(),
-                packed_int: Mutex::default(),
-            },
+            weights,
             arenas: Mutex::new(Vec::new()),
             pool: Mutex::new(None),
         })
@@ -331,7 +383,7 @@ impl Executor {
             .unwrap_or_else(|e| e.into_inner())
             .pop()
             .unwrap_or_else(|| vec![FRESH_ARENA; words(p.arena_bytes)]);
-        let result = with_consts(&self.consts, || {
+        let result = with_consts(&self.weights.cache, || {
             if threads > 1 {
                 let pool = self.pool(threads);
                 super::pool::with_pool(&pool, || self.run_in(&mut arena, inputs, threads, profile))
@@ -358,7 +410,7 @@ impl Executor {
             prof.resize(p.steps.len(), 0.0);
         }
         let abase = arena.as_mut_ptr() as *mut u8;
-        let wbase = self.weights.as_ptr() as *mut u8;
+        let wbase = self.weights.words.as_ptr() as *mut u8;
         // Base pointers of every buffer (aliases resolved: the plan allows one hop).
         let mut ptrs: Vec<*mut u8> = vec![std::ptr::null_mut(); p.buffers.len()];
         for pass in 0..2 {

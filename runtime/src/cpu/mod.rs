@@ -17,5 +17,5 @@ pub mod native;
 pub mod plan;
 pub mod pool;
 
-pub use exec::{Executor, RunError};
+pub use exec::{Executor, RunError, Weights};
 pub use model::{CpuModel, ModelError};

@@ -17,9 +17,15 @@
 //! Loading checks, in order: the container (magic, version, checksums: [`crate::artifact`]),
 //! the target, the CPU features the code needs, the ABI and helper table, the plan, and only
 //! then maps the code.
+//!
+//! An artifact may hold several *variants*: the same model compiled for several sizes of its
+//! symbolic dims (`mlc compile --dim seq=32,64,128`). They share one weights section (each
+//! distinct constant stored once) and the weights packed at run time; each has its own plan
+//! and code. [`CpuModel::run`] picks the variant whose input shapes the inputs have, so one
+//! artifact serves all of its sizes without recompiling.
 
 use super::abi;
-use super::exec::{Executor, RunError};
+use super::exec::{Executor, RunError, Weights};
 use super::native::{self, LoadError};
 use super::plan::{CpuPlan, CpuPlanError};
 use crate::artifact::{Artifact, ArtifactError};
@@ -29,8 +35,35 @@ use std::path::Path;
 
 /// The target string of CPU artifacts.
 pub const TARGET: &str = "x86_64-linux";
-/// The section holding the shared object.
+/// The section holding the shared object (of the first variant; see [`code_section`]).
 pub const CODE_SECTION: &str = "code";
+
+/// The section holding the shared object of variant `i`: [`CODE_SECTION`], then `code.1`, ...
+pub fn code_section(i: usize) -> String {
+    if i == 0 {
+        CODE_SECTION.to_string()
+    } else {
+        format!("{CODE_SECTION}.{i}")
+    }
+}
+
+/// The plans of an artifact's header: one plan (an artifact of one variant), or
+/// `{"variants": [plan, ...]}`.
+pub fn plans(meta: &serde_json::Value) -> Result<Vec<CpuPlan>, String> {
+    match meta.get("variants") {
+        Some(v) => {
+            let plans: Vec<CpuPlan> =
+                serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
+            if plans.is_empty() {
+                return Err("no variants".into());
+            }
+            Ok(plans)
+        }
+        None => Ok(vec![
+            serde_json::from_value(meta.clone()).map_err(|e| e.to_string())?,
+        ]),
+    }
+}
 /// The section holding the constants.
 pub const WEIGHTS_SECTION: &str = "weights";
 
@@ -91,7 +124,8 @@ pub fn cpu_has(feature: &str) -> bool {
 /// A loaded CPU model. `Send + Sync`: runs may come from several threads.
 #[derive(Debug)]
 pub struct CpuModel {
-    exec: Executor,
+    /// One executor per variant, in the artifact's order; never empty.
+    variants: Vec<Executor>,
 }
 
 impl CpuModel {
@@ -107,52 +141,115 @@ impl CpuModel {
                 found: art.target.clone(),
             });
         }
-        let plan: CpuPlan = serde_json::from_value(art.meta.clone())
-            .map_err(|e| ModelError::Header(e.to_string()))?;
-        let missing: Vec<String> = plan
-            .features
-            .iter()
-            .filter(|f| !cpu_has(f))
-            .cloned()
-            .collect();
-        if !missing.is_empty() {
-            return Err(ModelError::CpuFeatures {
-                missing,
-                needed: plan.features.clone(),
-            });
+        let plans = plans(&art.meta).map_err(ModelError::Header)?;
+        for plan in &plans {
+            let missing: Vec<String> = plan
+                .features
+                .iter()
+                .filter(|f| !cpu_has(f))
+                .cloned()
+                .collect();
+            if !missing.is_empty() {
+                return Err(ModelError::CpuFeatures {
+                    missing,
+                    needed: plan.features.clone(),
+                });
+            }
+            if plan.abi != abi::ABI_VERSION || plan.helpers != abi::helpers() {
+                return Err(ModelError::Abi { found: plan.abi });
+            }
         }
-        if plan.abi != abi::ABI_VERSION || plan.helpers != abi::helpers() {
-            return Err(ModelError::Abi { found: plan.abi });
+        let weights = Weights::new(&art.section(WEIGHTS_SECTION)?.data);
+        for plan in &plans {
+            plan.check(weights.len())?;
         }
-        let weights = art.section(WEIGHTS_SECTION)?;
-        plan.check(weights.data.len() as u64)?;
-        let code = art.section(CODE_SECTION)?;
-        let exec = native::executor(plan, &code.data, &weights.data)?;
-        Ok(CpuModel { exec })
+        let mut variants = Vec::with_capacity(plans.len());
+        for (i, plan) in plans.into_iter().enumerate() {
+            let code = art.section(&code_section(i))?;
+            variants.push(native::executor_with(plan, &code.data, weights.clone())?);
+        }
+        Ok(CpuModel { variants })
     }
 
-    /// The model's inputs: names, element types, shapes.
+    /// The model's inputs: names, element types, shapes (those of the first variant: see
+    /// [`variants`](Self::variants)).
     pub fn inputs(&self) -> &[PlanIo] {
-        &self.exec.plan().inputs
+        &self.variants[0].plan().inputs
     }
 
-    /// The model's outputs.
+    /// The model's outputs (of the first variant).
     pub fn outputs(&self) -> &[PlanIo] {
-        &self.exec.plan().outputs
+        &self.variants[0].plan().outputs
     }
 
-    /// Bytes of working memory per concurrent run.
+    /// The compiled variants, one per set of input shapes, in the artifact's order (one unless
+    /// the model was compiled for several sizes of a dim).
+    pub fn variants(&self) -> &[Executor] {
+        &self.variants
+    }
+
+    /// Bytes of working memory per concurrent run (the largest variant's arena).
     pub fn arena_bytes(&self) -> u64 {
-        self.exec.arena_bytes()
+        self.variants
+            .iter()
+            .map(Executor::arena_bytes)
+            .max()
+            .unwrap_or(0)
     }
 
-    /// The plan (kernels, steps, buffers), for inspection.
+    /// The plan (kernels, steps, buffers) of the first variant, for inspection.
     pub fn plan(&self) -> &CpuPlan {
-        self.exec.plan()
+        self.variants[0].plan()
+    }
+
+    /// The variant that runs `inputs`: the first whose inputs have exactly these types and
+    /// shapes, else the first that runs them as batch slices. An artifact of one variant
+    /// always returns it (its own checks then name what does not fit).
+    pub fn select(&self, inputs: &[NpyArray]) -> Result<&Executor, RunError> {
+        if self.variants.len() == 1 {
+            return Ok(&self.variants[0]);
+        }
+        let exact = |e: &&Executor| {
+            let p = e.plan();
+            p.inputs.len() == inputs.len()
+                && p.inputs
+                    .iter()
+                    .zip(inputs)
+                    .all(|(io, x)| x.elem.name() == io.dtype && x.shape == io.shape)
+        };
+        if let Some(e) = self.variants.iter().find(exact) {
+            return Ok(e);
+        }
+        if let Some(e) = self
+            .variants
+            .iter()
+            .find(|e| e.batch_multiple(inputs).is_some())
+        {
+            return Ok(e);
+        }
+        let ports = |io: &[PlanIo]| {
+            io.iter()
+                .map(|p| format!("{} {}{:?}", p.name, p.dtype, p.shape))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        Err(RunError::NoVariant {
+            given: inputs
+                .iter()
+                .map(|x| format!("{}{:?}", x.elem.name(), x.shape))
+                .collect::<Vec<_>>()
+                .join(", "),
+            compiled: self
+                .variants
+                .iter()
+                .map(|e| ports(&e.plan().inputs))
+                .collect(),
+        })
     }
 
     /// Runs the model on `inputs` (in [`inputs`](Self::inputs) order) with up to `threads`
-    /// threads; returns the outputs by name, in order. Inputs marked [`PlanIo::batch`] also take
+    /// threads; returns the outputs by name, in order. The variant is the one compiled for the
+    /// inputs' shapes ([`select`](Self::select)). Inputs marked [`PlanIo::batch`] also take
     /// any multiple of their compiled leading dim: the batch then runs as that many slices and
     /// the outputs' leading dims grow by the same factor.
     pub fn run(
@@ -160,16 +257,27 @@ impl CpuModel {
         inputs: &[NpyArray],
         threads: usize,
     ) -> Result<Vec<(String, NpyArray)>, RunError> {
-        self.exec.run(inputs, threads)
+        self.select(inputs)?.run(inputs, threads)
     }
 
-    /// The executor (per-step profiling: [`Executor::run_bytes_profiled`]).
+    /// The first variant's executor (per-step profiling: [`Executor::run_bytes_profiled`]).
     pub fn executor(&self) -> &Executor {
-        &self.exec
+        &self.variants[0]
     }
 
-    /// Runs on raw little-endian bytes (see [`Executor::run_bytes`]).
+    /// Runs on raw little-endian bytes (see [`Executor::run_bytes`]), with the first variant
+    /// whose inputs have these byte lengths (bytes carry no shapes: where two variants take
+    /// the same lengths, [`run`](Self::run) tells them apart).
     pub fn run_bytes(&self, inputs: &[&[u8]], threads: usize) -> Result<Vec<Vec<u8>>, RunError> {
-        self.exec.run_bytes(inputs, threads)
+        let fits = |e: &&Executor| {
+            let p = e.plan();
+            p.inputs.len() == inputs.len()
+                && p.inputs
+                    .iter()
+                    .zip(inputs)
+                    .all(|(io, x)| p.buffers[io.buffer].bytes() == x.len() as u64)
+        };
+        let e = self.variants.iter().find(fits).unwrap_or(&self.variants[0]);
+        e.run_bytes(inputs, threads)
     }
 }

@@ -9,7 +9,7 @@
 #![allow(unsafe_code)]
 
 use super::abi::{self, KernelFn};
-use super::exec::Executor;
+use super::exec::{Executor, Weights};
 use super::plan::{CpuPlan, CpuPlanError};
 use std::ffi::{CStr, CString, c_char, c_int, c_uint, c_void};
 use std::io::Write;
@@ -45,18 +45,31 @@ pub enum LoadError {
 /// `plan` must have been checked to be for this ABI and helper table, and `code` must be the
 /// object the compiler linked for it (one checksummed artifact holds both).
 pub fn executor(plan: CpuPlan, code: &[u8], weights: &[u8]) -> Result<Executor, LoadError> {
-    plan.check(weights.len() as u64)?;
+    executor_with(plan, code, Weights::new(weights))
+}
+
+/// [`executor`] on weights shared with the artifact's other variants.
+pub fn executor_with(
+    plan: CpuPlan,
+    code: &[u8],
+    weights: std::sync::Arc<Weights>,
+) -> Result<Executor, LoadError> {
+    plan.check(weights.len())?;
     let symbols: Vec<String> = plan.kernels.iter().map(|k| k.symbol.clone()).collect();
     let (lib, entries) = Library::load(code, &symbols)?;
     // SAFETY: the entry points are the kernels of this plan (see above), `Library::load` filled
     // the helper table, and the executor keeps `lib` alive.
-    Ok(unsafe { Executor::new(plan, entries, Box::new(lib), weights)? })
+    Ok(unsafe { Executor::with_weights(plan, entries, Box::new(lib), weights)? })
 }
 
 /// A loaded shared object. Dropping it unloads the code.
 #[derive(Debug)]
 pub struct Library {
     handle: *mut c_void,
+    /// The in-memory file, open while the code is loaded: the loader knows a library by its
+    /// path, `/proc/self/fd/N`, so a descriptor closed and reused for another library's code
+    /// would hand back this one's handle.
+    _file: std::fs::File,
 }
 
 // SAFETY: a dlopen handle may be used and closed from any thread.
@@ -99,11 +112,13 @@ impl Library {
         let path = CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL");
         // SAFETY: a valid path; RTLD_LOCAL keeps the symbols out of the global namespace.
         let handle = unsafe { dlopen(path.as_ptr(), RTLD_NOW | RTLD_LOCAL) };
-        drop(file);
         if handle.is_null() {
             return Err(LoadError::Dlopen(last_dl_error()));
         }
-        let lib = Library { handle };
+        let lib = Library {
+            handle,
+            _file: file,
+        };
         let table = lib.symbol(abi::TABLE_SYMBOL)? as *mut usize;
         for (i, h) in abi::helper_addresses().into_iter().enumerate() {
             // SAFETY: the table is a writable array of `helpers().len()` words in the object
@@ -138,7 +153,7 @@ impl Library {
 impl Drop for Library {
     fn drop(&mut self) {
         // SAFETY: the handle came from dlopen and is closed once; entry points handed out
-        // are owned by executors that hold this library.
+        // are owned by executors that hold this library. (The file closes after this.)
         unsafe { dlclose(self.handle) };
     }
 }
