@@ -970,6 +970,31 @@ fn one_artifact_runs_several_sequence_lengths() {
     ]);
     r.assert_success();
     assert!(r.stdout.contains("3 variants"), "{}", r.stdout);
+    // No progress on a stderr that is not a terminal, unless asked for.
+    assert!(r.stderr.is_empty(), "{}", r.stderr);
+    let r = mlc(&[
+        &"compile",
+        &m,
+        &"--target",
+        &"x86_64",
+        &"--dim",
+        &"B=1",
+        &"--dim",
+        &"S=2,5,7",
+        &"-o",
+        &art,
+        &"--progress",
+    ]);
+    r.assert_success();
+    for line in [
+        "mlc: importing",
+        "mlc: optimizing [variant 2 of 3: x=1x5x4]",
+        "mlc: lowering to the kernel IR [variant 3 of 3: x=1x7x4]",
+        "mlc: generating code and linking 3 variants",
+        "mlc: writing",
+    ] {
+        assert!(r.stderr.contains(line), "{line:?} not in {}", r.stderr);
+    }
     let shown = c.inspect("m.mlca", false);
     shown.assert_success();
     assert!(

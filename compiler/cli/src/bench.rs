@@ -130,7 +130,7 @@ fn half_bits(x: f32) -> u16 {
 
 pub fn main(args: &Args) -> anyhow::Result<()> {
     let path = args.model.display().to_string();
-    let mut phases = Phases::new(args.time_passes);
+    let mut phases = Phases::new(args.time_passes).with_progress(pipeline::progress_wanted(false));
     let t0 = Instant::now();
     let is_artifact = pipeline::is_artifact(&args.model);
     let (art, compile_ms) = if is_artifact {

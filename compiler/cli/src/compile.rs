@@ -6,7 +6,6 @@
 use anyhow::{Context, anyhow, bail};
 use mlc_nvptx::GpuArch;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Emit {
@@ -59,6 +58,9 @@ pub struct Args {
     /// Print how long each phase took on stderr.
     #[arg(long)]
     pub time_passes: bool,
+    /// Print a line on stderr as each phase starts (default: when stderr is a terminal).
+    #[arg(long)]
+    pub progress: bool,
     #[command(flatten)]
     pub opt: crate::optimize::OptFlags,
     #[command(flatten)]
@@ -97,21 +99,16 @@ fn target(name: &str) -> anyhow::Result<Target> {
 }
 
 pub fn main(args: &Args) -> anyhow::Result<()> {
-    let t0 = Instant::now();
-    let phase = |name: &str, since: &mut Instant| {
-        if args.time_passes {
-            eprintln!("{name}: {:.1} ms", since.elapsed().as_secs_f64() * 1e3);
-        }
-        *since = Instant::now();
-    };
-    let mut since = t0;
+    let mut phases = crate::pipeline::Phases::new(args.time_passes)
+        .with_progress(crate::pipeline::progress_wanted(args.progress));
     let target = target(&args.target)?;
+    phases.begin(&format!("importing {}", args.model.display()));
     let mut model = mlc_onnx::load(&args.model)?;
-    phase("import", &mut since);
+    phases.done("import");
     let values = crate::pipeline::read_values(&model.graph, &args.inputs)?;
     let variants = crate::pipeline::variant_shapes(&model.graph, &args.shapes, &args.dims)?;
     if variants.len() > 1 {
-        return compile_variants(args, &model.graph, &variants, &values, &target);
+        return compile_variants(args, &model.graph, &variants, &values, &target, phases);
     }
     let graph = &mut model.graph;
     let bindings = crate::pipeline::bind_shapes(
@@ -123,10 +120,8 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
         Target::Cpu => mlc_passes::egraph::TargetInfo::x86_64(),
         Target::Gpu(_) => crate::optimize::gpu_target(&args.target),
     };
-    let mut phases = crate::pipeline::Phases::new(args.time_passes);
     let (program, report, batch) =
         crate::pipeline::lower(graph, &bindings, &values, level, cost_model, &mut phases)?;
-    since = Instant::now();
     if args.explain.explain {
         let mut text = crate::optimize::explain(&report, &program, args.explain.json)?;
         if matches!(target, Target::Cpu) {
@@ -184,14 +179,16 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
             )?);
         }
         (Target::Cpu, Emit::Artifact) => {
+            phases.begin("generating code and linking");
             let art = mlc_cpu::compile_artifact(&program, mlc_cpu::Options::default())?;
-            phase("codegen + link", &mut since);
+            phases.done("codegen + link");
             let out = args
                 .output
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(format!("{stem}.mlca")));
+            phases.begin(&format!("writing {}", out.display()));
             write_atomically(&out, &art.to_bytes()?)?;
-            phase("write", &mut since);
+            phases.done("write");
             return crate::print_stdout(&format!(
                 "{}: {} kernels, {} steps, {} bytes of weights, {} bytes of code, x86_64 -> {}\n",
                 args.model.display(),
@@ -225,15 +222,17 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
         }
         Emit::Ptx => {
             let dir = out_dir(args, &stem, "ptx")?;
+            phases.begin("generating PTX");
             let compiled = mlc_nvptx::compile_program(&program, arch)?;
-            phase("codegen", &mut since);
+            phases.done("codegen");
             for (name, ptx) in &compiled.kernels {
                 write(&dir.join(format!("{name}.ptx")), ptx.as_bytes())?;
             }
         }
         Emit::Artifact => {
+            phases.begin("generating PTX");
             let compiled = mlc_nvptx::compile_program(&program, arch)?;
-            phase("codegen", &mut since);
+            phases.done("codegen");
             let out = args
                 .output
                 .clone()
@@ -251,7 +250,7 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
             ))?;
         }
     }
-    phase("write", &mut since);
+    phases.done("write");
     Ok(())
 }
 
@@ -262,6 +261,7 @@ fn compile_variants(
     variants: &[Vec<(String, Vec<usize>)>],
     values: &[(String, mlc_ir::Tensor)],
     target: &Target,
+    mut phases: crate::pipeline::Phases,
 ) -> anyhow::Result<()> {
     if !matches!(target, Target::Cpu) {
         bail!(
@@ -273,9 +273,9 @@ fn compile_variants(
         bail!("--emit and --explain show one compilation: give each --dim one size");
     }
     let level = args.opt.level(mlc_passes::pipeline::Level::O1);
-    let mut phases = crate::pipeline::Phases::new(args.time_passes);
     let mut programs = Vec::with_capacity(variants.len());
     for (i, shapes) in variants.iter().enumerate() {
+        phases.set_context(crate::pipeline::variant_label(i, variants.len(), shapes));
         let mut graph = graph.clone();
         let bindings = crate::pipeline::bind_shapes(
             &graph,
@@ -289,16 +289,14 @@ fn compile_variants(
             mlc_passes::egraph::TargetInfo::x86_64(),
             &mut phases,
         )
-        .with_context(|| {
-            format!(
-                "variant {} of {} ({})",
-                i + 1,
-                variants.len(),
-                describe(shapes)
-            )
-        })?;
+        .with_context(|| crate::pipeline::variant_label(i, variants.len(), shapes))?;
         programs.push(program);
     }
+    phases.set_context(String::new());
+    phases.begin(&format!(
+        "generating code and linking {} variants",
+        programs.len()
+    ));
     let art = mlc_cpu::compile_variants(&programs, mlc_cpu::Options::default())?;
     phases.done("codegen + link");
     let stem = args
@@ -310,6 +308,7 @@ fn compile_variants(
         .output
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("{stem}.mlca")));
+    phases.begin(&format!("writing {}", out.display()));
     write_atomically(&out, &art.to_bytes()?)?;
     phases.done("write");
     let code: usize = art
@@ -336,20 +335,6 @@ fn compile_variants(
         code,
         out.display()
     ))
-}
-
-/// `a=1x8, b=1x8`.
-fn describe(shapes: &[(String, Vec<usize>)]) -> String {
-    shapes
-        .iter()
-        .map(|(n, d)| {
-            format!(
-                "{n}={}",
-                d.iter().map(usize::to_string).collect::<Vec<_>>().join("x")
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 fn out_dir(args: &Args, stem: &str, what: &str) -> anyhow::Result<PathBuf> {

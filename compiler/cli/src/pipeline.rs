@@ -6,14 +6,19 @@ use anyhow::{Context, anyhow, bail};
 use mlc_ir::{Dim, Graph, Tensor};
 use mlc_passes::egraph::TargetInfo;
 use mlc_passes::pipeline::{Level, PipelineReport};
+use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-/// Prints phase times on stderr when on (`--time-passes`).
+/// Prints phase times on stderr when on (`--time-passes`), and with `progress` a line per
+/// phase as it starts, so that a long compile shows where it is.
 #[derive(Debug)]
 pub struct Phases {
     pub on: bool,
     last: Instant,
+    progress: bool,
+    /// Which of several compilations the phases belong to (`variant 2 of 4 (seq=64)`).
+    context: String,
 }
 
 impl Phases {
@@ -21,6 +26,31 @@ impl Phases {
         Phases {
             on,
             last: Instant::now(),
+            progress: false,
+            context: String::new(),
+        }
+    }
+
+    /// With a progress line per phase on stderr (see [`begin`](Self::begin)).
+    pub fn with_progress(mut self, progress: bool) -> Phases {
+        self.progress = progress;
+        self
+    }
+
+    /// Names the compilation that the next phases belong to (empty: the only one).
+    pub fn set_context(&mut self, context: String) {
+        self.context = context;
+    }
+
+    /// Announces a phase about to start, on stderr, when progress is on.
+    pub fn begin(&self, what: &str) {
+        if self.progress {
+            let mut line = format!("mlc: {what}");
+            if !self.context.is_empty() {
+                line.push_str(&format!(" [{}]", self.context));
+            }
+            // Progress is best-effort: a closed stderr must not fail the compile.
+            let _ = writeln!(std::io::stderr(), "{line}");
         }
     }
 
@@ -34,6 +64,13 @@ impl Phases {
         }
         self.last = now;
     }
+}
+
+/// Whether to show progress: `--progress`, or by default when stderr is a terminal (scripts
+/// reading stderr see none).
+pub fn progress_wanted(flag: bool) -> bool {
+    use std::io::IsTerminal;
+    flag || std::io::stderr().is_terminal()
 }
 
 /// Parses `NAME=1x3x224x224` (also `NAME=1,3,224,224`; `NAME=` for a scalar).
@@ -52,6 +89,18 @@ pub fn parse_shape(s: &str) -> Result<(String, Vec<usize>), String> {
             "expected NAME=DIMS such as x=1x3x224x224, got {s:?}"
         )),
     }
+}
+
+/// `variant 2 of 4 (x=1x64)`: which compilation of several the phases belong to.
+pub fn variant_label(i: usize, n: usize, shapes: &[(String, Vec<usize>)]) -> String {
+    let dims: Vec<String> = shapes
+        .iter()
+        .map(|(name, d)| {
+            let d: Vec<String> = d.iter().map(usize::to_string).collect();
+            format!("{name}={}", d.join("x"))
+        })
+        .collect();
+    format!("variant {} of {n}: {}", i + 1, dims.join(" "))
 }
 
 /// Parses `NAME=SIZE[,SIZE...]` (`--dim`): sizes for the symbolic dim `NAME`.
@@ -239,8 +288,10 @@ pub fn lower(
 ) -> anyhow::Result<(mlc_kir::Program, PipelineReport, BatchVerdict)> {
     // Read before binding: which inputs have a symbolic leading dim.
     let candidates = batch_candidates(graph, bindings);
+    phases.begin("optimizing");
     let report = crate::optimize::prepare(graph, bindings, values, level, target, phases.on)?;
     phases.done("simplify + optimize");
+    phases.begin("lowering to the kernel IR");
     let mut program = match mlc_kir::lower_graph(graph) {
         Ok(p) => p,
         Err(e) => {
@@ -349,12 +400,17 @@ pub fn compile_cpu(
     level: Level,
     phases: &mut Phases,
 ) -> anyhow::Result<mlc_runtime::artifact::Artifact> {
+    phases.begin(&format!("importing {}", model.display()));
     let m = mlc_onnx::load(model)?;
     phases.done("import");
     let mut programs = Vec::new();
-    for shapes in variant_shapes(&m.graph, shapes, dims)? {
+    let variants = variant_shapes(&m.graph, shapes, dims)?;
+    for (i, shapes) in variants.iter().enumerate() {
+        if variants.len() > 1 {
+            phases.set_context(variant_label(i, variants.len(), shapes));
+        }
         let mut graph = m.graph.clone();
-        let bindings = bind_shapes(&graph, &with_value_shapes(&shapes, values))?;
+        let bindings = bind_shapes(&graph, &with_value_shapes(shapes, values))?;
         let (program, _, _) = lower(
             &mut graph,
             &bindings,
@@ -365,6 +421,8 @@ pub fn compile_cpu(
         )?;
         programs.push(program);
     }
+    phases.set_context(String::new());
+    phases.begin("generating code and linking");
     let art = mlc_cpu::compile_variants(&programs, mlc_cpu::Options::default())
         .map_err(|e| anyhow!("compiling {} for the CPU failed: {e}", model.display()))?;
     phases.done("codegen + link");
