@@ -451,7 +451,7 @@ unsafe fn tile<const K: usize, const S: usize, const R: usize, const NB: usize>(
 /// operation is chosen once for all `NB`.
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn epilogue<const NB: usize>(kind: EpKind, ep: &[EpOp], x: &mut [__m512; NB]) {
+pub(super) fn epilogue<const NB: usize>(kind: EpKind, ep: &[EpOp], x: &mut [__m512; NB]) {
     match kind {
         EpKind::None => return,
         EpKind::HardSwish => {

@@ -470,3 +470,78 @@ fn sigmoid_and_swish_epilogues() {
         }
     }
 }
+
+/// Small maps with enough channels take the channel-vectorized AVX-512 path
+/// (`channels.rs`): every geometry it accepts (kernels, strides, dilations, uneven pads, channel
+/// multipliers, a partial last group of 16, batches) is bit for bit the reference, with every
+/// epilogue kind, on 1–3 threads.
+#[test]
+fn small_maps_across_channels() {
+    let relu6 = vec![bin(BinKind::Max, 0.0), bin(BinKind::Min, 6.0)];
+    let eps = [vec![], hard_swish(), affine_swish_affine(), relu6];
+    let mut seed = 900;
+    let mut taken = 0;
+    for (n, c, mult) in [(1, 16, 1), (1, 40, 1), (2, 23, 1), (1, 9, 2)] {
+        for (ih, iw, k, s, d, pad) in [
+            (7, 7, 3, 1, 1, [1, 1, 1, 1]),
+            (14, 14, 3, 2, 1, [1, 1, 1, 1]),
+            (7, 7, 5, 1, 1, [2, 2, 2, 2]),
+            (8, 5, 3, 1, 2, [2, 1, 0, 2]),
+            (1, 1, 1, 1, 1, [0, 0, 0, 0]),
+            (6, 9, 3, 2, 1, [0, 1, 1, 0]),
+            (4, 4, 7, 1, 1, [3, 3, 3, 3]),
+        ] {
+            for (ep_i, ep) in eps.iter().enumerate() {
+                seed += 1;
+                let case = Case {
+                    n,
+                    c,
+                    mult,
+                    ih,
+                    iw,
+                    k: [k, k],
+                    s: [s, s],
+                    d: [d, d],
+                    pad,
+                };
+                if let Some(shape) = case.shape() {
+                    taken += usize::from(super::channels::takes(&shape, n * c * mult));
+                }
+                check(case, ep_i % 2 == 0, ep, 1 + seed as usize % 3, seed);
+            }
+        }
+    }
+    assert!(taken >= 80, "only {taken} cases reached the channel path");
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn transpose16_transposes() {
+    if !Isa::Avx512.is_supported() {
+        return;
+    }
+    #[target_feature(enable = "avx512f")]
+    fn go() -> [[f32; 16]; 16] {
+        use std::arch::x86_64::*;
+        let mut r = [_mm512_setzero_ps(); 16];
+        for (i, v) in r.iter_mut().enumerate() {
+            let row: [f32; 16] = std::array::from_fn(|j| (i * 16 + j) as f32);
+            // SAFETY: 16 floats.
+            *v = unsafe { _mm512_loadu_ps(row.as_ptr()) };
+        }
+        super::channels::transpose16(&mut r);
+        let mut out = [[0f32; 16]; 16];
+        for (o, v) in out.iter_mut().zip(&r) {
+            // SAFETY: 16 floats.
+            unsafe { _mm512_storeu_ps(o.as_mut_ptr(), *v) };
+        }
+        out
+    }
+    // SAFETY: AVX-512F checked above.
+    let out = unsafe { go() };
+    for (i, row) in out.iter().enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            assert_eq!(v, (j * 16 + i) as f32, "out[{i}][{j}]");
+        }
+    }
+}
