@@ -956,7 +956,7 @@ fn one_artifact_runs_several_sequence_lengths() {
         ],
     );
     let (m, art) = (c.p("m.onnx"), c.p("m.mlca"));
-    let r = mlc(&[
+    let compile: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
         &"compile",
         &m,
         &"--target",
@@ -967,24 +967,13 @@ fn one_artifact_runs_several_sequence_lengths() {
         &"S=2,5,7",
         &"-o",
         &art,
-    ]);
+    ];
+    let r = mlc(&compile);
     r.assert_success();
     assert!(r.stdout.contains("3 variants"), "{}", r.stdout);
     // No progress on a stderr that is not a terminal, unless asked for.
     assert!(r.stderr.is_empty(), "{}", r.stderr);
-    let r = mlc(&[
-        &"compile",
-        &m,
-        &"--target",
-        &"x86_64",
-        &"--dim",
-        &"B=1",
-        &"--dim",
-        &"S=2,5,7",
-        &"-o",
-        &art,
-        &"--progress",
-    ]);
+    let r = mlc(&[compile.as_slice(), &[&"--progress"]].concat());
     r.assert_success();
     for line in [
         "mlc: importing",

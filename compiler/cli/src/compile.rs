@@ -158,11 +158,7 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
         }
         return crate::print_stdout(&text);
     }
-    let stem = args
-        .model
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
+    let stem = stem(args);
     let text_out = |text: String| -> anyhow::Result<()> {
         match &args.output {
             Some(p) => write(p, text.as_bytes()),
@@ -182,13 +178,7 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
             phases.begin("generating code and linking");
             let art = mlc_cpu::compile_artifact(&program, mlc_cpu::Options::default())?;
             phases.done("codegen + link");
-            let out = args
-                .output
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(format!("{stem}.mlca")));
-            phases.begin(&format!("writing {}", out.display()));
-            write_atomically(&out, &art.to_bytes()?)?;
-            phases.done("write");
+            let out = write_artifact(args, &stem, &art, &mut phases)?;
             return crate::print_stdout(&format!(
                 "{}: {} kernels, {} steps, {} bytes of weights, {} bytes of code, x86_64 -> {}\n",
                 args.model.display(),
@@ -299,18 +289,7 @@ fn compile_variants(
     ));
     let art = mlc_cpu::compile_variants(&programs, mlc_cpu::Options::default())?;
     phases.done("codegen + link");
-    let stem = args
-        .model
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
-    let out = args
-        .output
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("{stem}.mlca")));
-    phases.begin(&format!("writing {}", out.display()));
-    write_atomically(&out, &art.to_bytes()?)?;
-    phases.done("write");
+    let out = write_artifact(args, &stem(args), &art, &mut phases)?;
     let code: usize = art
         .sections
         .iter()
@@ -335,6 +314,31 @@ fn compile_variants(
         code,
         out.display()
     ))
+}
+
+/// The model file's name without its extension: the default name of what is written.
+fn stem(args: &Args) -> String {
+    args.model
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into())
+}
+
+/// Writes a CPU artifact to `-o` (default `<stem>.mlca`) and returns the path.
+fn write_artifact(
+    args: &Args,
+    stem: &str,
+    art: &mlc_runtime::artifact::Artifact,
+    phases: &mut crate::pipeline::Phases,
+) -> anyhow::Result<PathBuf> {
+    let out = args
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{stem}.mlca")));
+    phases.begin(&format!("writing {}", out.display()));
+    write_atomically(&out, &art.to_bytes()?)?;
+    phases.done("write");
+    Ok(out)
 }
 
 fn out_dir(args: &Args, stem: &str, what: &str) -> anyhow::Result<PathBuf> {

@@ -123,12 +123,7 @@ impl SharedWeights {
 
 /// A program's plan, weights and linked code.
 fn compile_parts(p: &Program, opts: Options) -> Result<(CpuPlan, Vec<u8>, Vec<u8>), CodegenError> {
-    let fused = if opts.fuse_epilogues {
-        Some(crate::requant::fuse_epilogues(p).0)
-    } else {
-        None
-    };
-    let p = fused.as_ref().unwrap_or(p);
+    let p = &*crate::prepared(p, opts);
     let (plan, weights) = crate::plan::build_plan(p)?;
     let object = crate::module::compile_object(p, opts)?;
     let code = link_shared(&object)?;

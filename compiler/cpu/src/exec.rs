@@ -23,12 +23,7 @@ impl CompiledProgram {
     }
 
     pub fn with_options(p: &Program, opts: Options) -> Result<CompiledProgram, CodegenError> {
-        let fused = if opts.fuse_epilogues {
-            Some(crate::requant::fuse_epilogues(p).0)
-        } else {
-            None
-        };
-        let p = fused.as_ref().unwrap_or(p);
+        let p = &*crate::prepared(p, opts);
         let (plan, weights) = crate::plan::build_plan(p)?;
         let (module, addrs, table) = crate::module::jit(&p.kernels, opts)?;
         let exec = crate::ffi::jit_executor(plan, module, &addrs, table, &weights)

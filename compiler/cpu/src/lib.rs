@@ -52,6 +52,19 @@ pub mod requant;
 pub mod simd;
 
 pub use artifact::{compile_artifact, compile_variants};
+
+/// `p` as code generation takes it: with the kernel-IR epilogue fusion of [`requant`] applied
+/// when `opts` asks for it (the JIT and artifacts share this).
+pub(crate) fn prepared(
+    p: &mlc_kir::Program,
+    opts: Options,
+) -> std::borrow::Cow<'_, mlc_kir::Program> {
+    if opts.fuse_epilogues {
+        std::borrow::Cow::Owned(requant::fuse_epilogues(p).0)
+    } else {
+        std::borrow::Cow::Borrowed(p)
+    }
+}
 pub use exec::{CompiledProgram, RunError};
 pub use module::{compile_object, kernel_clif, program_clif};
 
