@@ -1029,10 +1029,18 @@ fn one_artifact_runs_several_sequence_lengths() {
         "[1, 7, 4]",
     ]);
     c.assert_no_outputs();
-    mlc(&[
+    let r = mlc(&[
         &"bench", &art, &"--shape", &"x=1x7x4", &"--iters", &"2", &"--json",
-    ])
-    .assert_success();
+    ]);
+    r.assert_success();
+    assert!(
+        r.stdout.contains(r#""input_shapes":{"x":[1,7,4]}"#),
+        "{}",
+        r.stdout
+    );
+    let r = mlc(&[&"bench", &art, &"--shape", &"x=1x5x4", &"--iters", &"2"]);
+    r.assert_success();
+    assert!(r.stdout.contains("variant  x=1x5x4 (of 3"), "{}", r.stdout);
     mlc(&[
         &"compile",
         &m,

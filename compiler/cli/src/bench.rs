@@ -71,6 +71,9 @@ struct Report {
     weights_bytes: u64,
     peak_rss_bytes: Option<u64>,
     compile_ms: Option<f64>,
+    /// The shapes the runs took, by input name (for an artifact of several variants: which
+    /// one ran).
+    input_shapes: std::collections::BTreeMap<String, Vec<usize>>,
 }
 
 /// The process's peak resident set (`VmHWM`), in bytes, where /proc has it.
@@ -267,6 +270,11 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
         weights_bytes,
         peak_rss_bytes: peak_rss(),
         compile_ms,
+        input_shapes: ports
+            .iter()
+            .zip(&inputs)
+            .map(|(io, x)| (io.name.clone(), x.shape.clone()))
+            .collect(),
     };
     if args.json {
         return crate::print_stdout(&format!("{}\n", serde_json::to_string(&r)?));
@@ -288,6 +296,23 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
     }
     if let Some(c) = compile_ms {
         s.push_str(&format!("\n  compile  {c:.0} ms"));
+    }
+    if model.variants().len() > 1 {
+        let shapes: Vec<String> = r
+            .input_shapes
+            .iter()
+            .map(|(n, d)| {
+                format!(
+                    "{n}={}",
+                    d.iter().map(usize::to_string).collect::<Vec<_>>().join("x")
+                )
+            })
+            .collect();
+        s.push_str(&format!(
+            "\n  variant  {} (of {} in the artifact)",
+            shapes.join(" "),
+            model.variants().len()
+        ));
     }
     s.push('\n');
     crate::print_stdout(&s)
