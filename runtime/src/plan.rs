@@ -74,6 +74,10 @@ pub struct PlanIo {
     /// batch as that many slices. Set on every output too when set on an input.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub batch: bool,
+    /// The model's names of the dims (`seq`), `None` where a dim had none; empty when none
+    /// had. For display, and to pick an artifact's variant by `--dim NAME=SIZE`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dims: Vec<Option<String>>,
 }
 
 impl PlanIo {
@@ -86,6 +90,26 @@ impl PlanIo {
                 && shape[1..] == self.shape[1..]
                 && self.shape[0] > 0
                 && shape[0].is_multiple_of(self.shape[0]))
+    }
+
+    /// The size of the dim the model names `name`, if this port has one.
+    pub fn dim(&self, name: &str) -> Option<usize> {
+        let i = self.dims.iter().position(|d| d.as_deref() == Some(name))?;
+        self.shape.get(i).copied()
+    }
+
+    /// `i64[batch=1,seq=128]`: the type with the dims' names where they have one.
+    pub fn describe(&self) -> String {
+        let dims: Vec<String> = self
+            .shape
+            .iter()
+            .enumerate()
+            .map(|(i, n)| match self.dims.get(i) {
+                Some(Some(name)) => format!("{name}={n}"),
+                _ => n.to_string(),
+            })
+            .collect();
+        format!("{}[{}]", self.dtype, dims.join(","))
     }
 }
 
@@ -230,6 +254,7 @@ mod tests {
                 shape: vec![2, 2],
                 value: None,
                 batch: false,
+                dims: Vec::new(),
             }],
             outputs: vec![PlanIo {
                 name: "y".into(),
@@ -238,6 +263,7 @@ mod tests {
                 shape: vec![4],
                 value: None,
                 batch: false,
+                dims: Vec::new(),
             }],
         }
     }

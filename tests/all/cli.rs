@@ -901,7 +901,7 @@ fn batch_separable_artifacts_run_any_multiple_of_their_batch() {
     ])
     .assert_success();
     c.run("mixed.mlca", &["x=x3.npy"])
-        .assert_error(&["input \"x\" does not fit", "[1, 3, 4]"]);
+        .assert_error(&["input \"x\" does not fit", "f32[N=1,3,4]"]);
 }
 
 /// `y = Softmax(x·W, axis=1)` over `x: f32[B,S,4]`: the softmax mixes the sequence axis `S`,
@@ -987,10 +987,25 @@ fn one_artifact_runs_several_sequence_lengths() {
     let shown = c.inspect("m.mlca", false);
     shown.assert_success();
     assert!(
-        shown.stdout.contains("variants (3)") && shown.stdout.contains("x[1,7,4]"),
+        shown.stdout.contains("variants (3)") && shown.stdout.contains("x f32[B=1,S=7,4]"),
         "{}",
         shown.stdout
     );
+    let shown = c.inspect("m.mlca", true);
+    assert!(shown.stdout.contains(r#""dims": ["#), "{}", shown.stdout);
+    // bench picks a variant by the model's dim names, and names the sizes it lacks.
+    let r = mlc(&[
+        &"bench", &art, &"--dim", &"S=5", &"--iters", &"2", &"--json",
+    ]);
+    r.assert_success();
+    assert!(
+        r.stdout.contains(r#""input_shapes":{"x":[1,5,4]}"#),
+        "{}",
+        r.stdout
+    );
+    mlc(&[&"bench", &art, &"--dim", &"S=6", &"--iters", &"2"])
+        .assert_error(&["no variant", "f32[B=1,S=5,4]"]);
+    mlc(&[&"bench", &art, &"--dim", &"Q=5", &"--iters", &"2"]).assert_error(&["--dim Q"]);
     for file in ["x5.npy", "x7.npy", "x2b5.npy"] {
         let out = c.dir.join(format!("out-{file}"));
         mlc(&[
@@ -1025,8 +1040,8 @@ fn one_artifact_runs_several_sequence_lengths() {
     }
     c.run("m.mlca", &["x=x3.npy"]).assert_error(&[
         "input \"x\" does not fit",
-        "[1, 2, 4]",
-        "[1, 7, 4]",
+        "f32[B=1,S=2,4]",
+        "f32[B=1,S=7,4]",
     ]);
     c.assert_no_outputs();
     let r = mlc(&[

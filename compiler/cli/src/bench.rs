@@ -12,6 +12,7 @@ use crate::tensor_io;
 use anyhow::{Context, bail};
 use mlc_runtime::cpu::CpuModel;
 use mlc_runtime::npy::{ElemType, NpyArray};
+use mlc_runtime::plan::PlanIo;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -169,8 +170,17 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
         .map(|s| s.data.len() as u64)
         .unwrap_or(0);
     drop(art);
-    if is_artifact && !args.dims.is_empty() {
-        bail!("--dim is for .onnx models; pick the shapes of {path}'s inputs with --shape");
+    // An artifact's --dim picks the variant whose named dims have those sizes.
+    if is_artifact
+        && let Some((n, _)) = args.dims.iter().find(|(n, v)| {
+            v.len() != 1
+                || !model
+                    .inputs()
+                    .iter()
+                    .any(|io| io.dims.iter().flatten().any(|d| d == n))
+        })
+    {
+        bail!("--dim {n}: give one size of a dim that {path}'s inputs name (see mlc inspect)");
     }
     for (name, _) in args.inputs.iter().map(|(n, _)| (n, ())).chain(
         args.shapes
@@ -183,18 +193,39 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
         }
     }
     // An artifact of several variants: the first whose inputs take the --shape sizes.
-    let ports = model
-        .variants()
-        .iter()
-        .map(|e| &e.plan().inputs)
-        .find(|ports| {
-            !is_artifact
-                || args
-                    .shapes
-                    .iter()
-                    .all(|(n, shape)| ports.iter().any(|io| &io.name == n && io.accepts(shape)))
-        })
-        .unwrap_or(&model.plan().inputs);
+    let ports =
+        model
+            .variants()
+            .iter()
+            .map(|e| &e.plan().inputs)
+            .find(|ports| {
+                !is_artifact
+                    || (args.shapes.iter().all(|(n, shape)| {
+                        ports.iter().any(|io| &io.name == n && io.accepts(shape))
+                    }) && args.dims.iter().all(|(n, v)| {
+                        ports
+                            .iter()
+                            .all(|io| io.dim(n).is_none_or(|size| v.first() == Some(&size)))
+                    }))
+            });
+    let ports = match ports {
+        Some(p) => p,
+        None if is_artifact && !args.dims.is_empty() => {
+            let variants: Vec<String> = model
+                .variants()
+                .iter()
+                .map(|e| {
+                    let p: Vec<String> = e.plan().inputs.iter().map(PlanIo::describe).collect();
+                    p.join(" ")
+                })
+                .collect();
+            bail!(
+                "{path} has no variant with those --dim sizes; it has: {}",
+                variants.join("; ")
+            );
+        }
+        None => &model.plan().inputs,
+    };
     let mut inputs = Vec::with_capacity(ports.len());
     for io in ports {
         let arr = match args.inputs.iter().find(|(n, _)| n == &io.name) {

@@ -65,6 +65,12 @@ struct Port {
     /// The one value the artifact accepts (it was specialized to it).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     specialized: bool,
+    /// The model's names of the dims (`null` for an unnamed or static one); absent when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    dims: Vec<Option<String>>,
+    /// `i64[batch=1,seq=128]`.
+    #[serde(skip)]
+    text: String,
 }
 
 #[derive(Serialize)]
@@ -86,6 +92,8 @@ fn ports(io: &[PlanIo]) -> Vec<Port> {
             shape: p.shape.clone(),
             batch: p.batch,
             specialized: p.value.is_some(),
+            dims: p.dims.clone(),
+            text: p.describe(),
         })
         .collect()
 }
@@ -202,13 +210,12 @@ fn render(info: &ArtifactInfo) -> String {
         let _ = writeln!(s, "{title} ({}):", ports.len());
         let w = ports.iter().map(|p| p.name.len()).max().unwrap_or(0);
         for p in ports {
-            let dims: Vec<String> = p.shape.iter().map(usize::to_string).collect();
             let note = match (p.batch, p.specialized) {
                 (true, _) => "  (axis 0: any multiple, run as slices)",
                 (_, true) => "  (specialized: one value accepted)",
                 _ => "",
             };
-            let _ = writeln!(s, "  {:<w$}  {}[{}]{note}", p.name, p.dtype, dims.join(","));
+            let _ = writeln!(s, "  {:<w$}  {}{note}", p.name, p.text);
         }
     }
     if !info.variants.is_empty() {
@@ -221,10 +228,7 @@ fn render(info: &ArtifactInfo) -> String {
             let shapes: Vec<String> = v
                 .inputs
                 .iter()
-                .map(|p| {
-                    let dims: Vec<String> = p.shape.iter().map(usize::to_string).collect();
-                    format!("{}[{}]", p.name, dims.join(","))
-                })
+                .map(|p| format!("{} {}", p.name, p.text))
                 .collect();
             let _ = writeln!(
                 s,

@@ -286,8 +286,26 @@ pub fn lower(
     target: TargetInfo,
     phases: &mut Phases,
 ) -> anyhow::Result<(mlc_kir::Program, PipelineReport, BatchVerdict)> {
-    // Read before binding: which inputs have a symbolic leading dim.
+    // Read before binding: which inputs have a symbolic leading dim, and the dims' names.
     let candidates = batch_candidates(graph, bindings);
+    let dim_names: Vec<(String, Vec<Option<String>>)> = graph
+        .inputs
+        .iter()
+        .filter_map(|port| {
+            let dims: Vec<Option<String>> = graph
+                .ty(port.value)
+                .shape
+                .iter()
+                .map(|d| match d {
+                    Dim::Sym(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .collect();
+            dims.iter()
+                .any(Option::is_some)
+                .then(|| (port.name.clone(), dims))
+        })
+        .collect();
     phases.begin("optimizing");
     let report = crate::optimize::prepare(graph, bindings, values, level, target, phases.on)?;
     phases.done("simplify + optimize");
@@ -302,6 +320,7 @@ pub fn lower(
         }
     };
     program.guards = report.specialized.clone();
+    program.dim_names = dim_names;
     let batch = candidates.and_then(|(flags, unit)| {
         mlc_passes::batch::check(graph, &flags).map_err(|e| e.to_string())?;
         if let Some(p) = graph

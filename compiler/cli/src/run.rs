@@ -248,12 +248,11 @@ fn run_artifact(args: &Args, timer: &mut Phases) -> anyhow::Result<()> {
             .any(|p| t.dtype().name() == p.dtype && p.accepts(t.shape()))
         {
             bail!(
-                "input {:?} does not fit {path}: it was compiled for {}{}, given {} from {} (recompile with --shape {}=...)",
+                "input {:?} does not fit {path}: it was compiled for {}, given {} from {} (recompile with --shape {}=... or --dim NAME=SIZE)",
                 io.name,
-                io.dtype,
                 compiled
                     .iter()
-                    .map(|p| format!("{:?}", p.shape))
+                    .map(|p| p.describe())
                     .collect::<Vec<_>>()
                     .join(" or "),
                 TensorType::fixed(t.dtype(), t.shape()),

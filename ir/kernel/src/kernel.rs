@@ -41,6 +41,10 @@ pub struct Program {
     /// (`mlc_passes::batch`): a runtime may run a multiple of it as slices, and every output
     /// then carries the batch on axis 0 too. Empty when that was not shown.
     pub batched: Vec<String>,
+    /// The model's names for the inputs' dims before they were bound (`seq` in
+    /// `i64[batch,seq]`; `None` for a static or unnamed dim), by input name: what a runtime
+    /// shows and matches `--dim NAME=SIZE` against. Empty for inputs with no named dim.
+    pub dim_names: Vec<(String, Vec<Option<String>>)>,
 }
 
 impl Program {

@@ -204,6 +204,7 @@ mod tests {
             shape: vec![100],
             value: None,
             batch: false,
+            dims: Vec::new(),
         };
         CpuPlan {
             version: CPU_PLAN_VERSION,
@@ -275,6 +276,7 @@ mod tests {
             shape: vec![100],
             value: None,
             batch: false,
+            dims: Vec::new(),
         });
         plan_memory_in_place(&mut p, &vec![vec![(1, 0)]; 4]);
         assert_ne!(offset(&p, 1), offset(&p, 2));
@@ -308,6 +310,7 @@ mod tests {
             shape: vec![100],
             value: None,
             batch: false,
+            dims: Vec::new(),
         });
         plan_memory(&mut p);
         let offs: Vec<u64> = (0..5).map(|b| offset(&p, b)).collect();
