@@ -124,12 +124,7 @@ pub fn build_plan(p: &Program) -> Result<(CpuPlan, Vec<u8>), CodegenError> {
                 None => None,
             },
             batch,
-            dims: p
-                .dim_names
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, d)| d.clone())
-                .unwrap_or_default(),
+            dims: p.dim_names_of(name),
         })
     };
     let mut plan = CpuPlan {

@@ -121,12 +121,7 @@ pub fn compile_program(p: &Program, arch: GpuArch) -> Result<CompiledProgram, Nv
                     value: p.guard(name).and_then(|t| t.to_le_bytes().ok()),
                     // The CUDA runtime runs the compiled shapes only.
                     batch: false,
-                    dims: p
-                        .dim_names
-                        .iter()
-                        .find(|(n, _)| n == name)
-                        .map(|(_, d)| d.clone())
-                        .unwrap_or_default(),
+                    dims: p.dim_names_of(name),
                 }
             })
             .collect()

@@ -52,6 +52,15 @@ impl Program {
     pub fn guard(&self, name: &str) -> Option<&Tensor> {
         self.guards.iter().find(|(n, _)| n == name).map(|(_, t)| t)
     }
+
+    /// The model's names of input `name`'s dims ([`Program::dim_names`]); empty if none.
+    pub fn dim_names_of(&self, name: &str) -> Vec<Option<String>> {
+        self.dim_names
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, d)| d.clone())
+            .unwrap_or_default()
+    }
 }
 
 impl Program {
