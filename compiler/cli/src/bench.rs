@@ -238,9 +238,7 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
                 Some((_, shape)) if is_artifact => {
                     if !io.accepts(shape) {
                         let compiled: Vec<String> = model
-                            .variants()
-                            .iter()
-                            .filter_map(|e| e.plan().inputs.iter().find(|p| p.name == io.name))
+                            .input_ports(&io.name)
                             .map(|p| format!("{:?}", p.shape))
                             .collect();
                         bail!(
@@ -329,19 +327,9 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
         s.push_str(&format!("\n  compile  {c:.0} ms"));
     }
     if model.variants().len() > 1 {
-        let shapes: Vec<String> = r
-            .input_shapes
-            .iter()
-            .map(|(n, d)| {
-                format!(
-                    "{n}={}",
-                    d.iter().map(usize::to_string).collect::<Vec<_>>().join("x")
-                )
-            })
-            .collect();
         s.push_str(&format!(
             "\n  variant  {} (of {} in the artifact)",
-            shapes.join(" "),
+            pipeline::shapes_text(&r.input_shapes),
             model.variants().len()
         ));
     }

@@ -263,26 +263,7 @@ fn compile_variants(
         bail!("--emit and --explain show one compilation: give each --dim one size");
     }
     let level = args.opt.level(mlc_passes::pipeline::Level::O1);
-    let mut programs = Vec::with_capacity(variants.len());
-    for (i, shapes) in variants.iter().enumerate() {
-        phases.set_context(crate::pipeline::variant_label(i, variants.len(), shapes));
-        let mut graph = graph.clone();
-        let bindings = crate::pipeline::bind_shapes(
-            &graph,
-            &crate::pipeline::with_value_shapes(shapes, values),
-        )?;
-        let (program, _, _) = crate::pipeline::lower(
-            &mut graph,
-            &bindings,
-            values,
-            level,
-            mlc_passes::egraph::TargetInfo::x86_64(),
-            &mut phases,
-        )
-        .with_context(|| crate::pipeline::variant_label(i, variants.len(), shapes))?;
-        programs.push(program);
-    }
-    phases.set_context(String::new());
+    let programs = crate::pipeline::lower_variants(graph, variants, values, level, &mut phases)?;
     phases.begin(&format!(
         "generating code and linking {} variants",
         programs.len()

@@ -93,14 +93,8 @@ pub fn parse_shape(s: &str) -> Result<(String, Vec<usize>), String> {
 
 /// `variant 2 of 4 (x=1x64)`: which compilation of several the phases belong to.
 pub fn variant_label(i: usize, n: usize, shapes: &[(String, Vec<usize>)]) -> String {
-    let dims: Vec<String> = shapes
-        .iter()
-        .map(|(name, d)| {
-            let d: Vec<String> = d.iter().map(usize::to_string).collect();
-            format!("{name}={}", d.join("x"))
-        })
-        .collect();
-    format!("variant {} of {n}: {}", i + 1, dims.join(" "))
+    let text = shapes_text(shapes.iter().map(|(name, d)| (name, d)));
+    format!("variant {} of {n}: {text}", i + 1)
 }
 
 /// Parses `NAME=SIZE[,SIZE...]` (`--dim`): sizes for the symbolic dim `NAME`.
@@ -409,6 +403,51 @@ pub fn value_hint(graph: &Graph) -> String {
     )
 }
 
+/// Lowers `graph` for the CPU once per set of input shapes in `variants` ([`variant_shapes`]);
+/// with several, the phases and a lowering error name the variant.
+pub fn lower_variants(
+    graph: &Graph,
+    variants: &[Vec<(String, Vec<usize>)>],
+    values: &[(String, Tensor)],
+    level: Level,
+    phases: &mut Phases,
+) -> anyhow::Result<Vec<mlc_kir::Program>> {
+    let mut programs = Vec::with_capacity(variants.len());
+    for (i, shapes) in variants.iter().enumerate() {
+        let label = (variants.len() > 1).then(|| variant_label(i, variants.len(), shapes));
+        phases.set_context(label.clone().unwrap_or_default());
+        let mut graph = graph.clone();
+        let bindings = bind_shapes(&graph, &with_value_shapes(shapes, values))?;
+        let lowered = lower(
+            &mut graph,
+            &bindings,
+            values,
+            level,
+            TargetInfo::x86_64(),
+            phases,
+        );
+        let (program, _, _) = match label {
+            Some(label) => lowered.context(label)?,
+            None => lowered?,
+        };
+        programs.push(program);
+    }
+    phases.set_context(String::new());
+    Ok(programs)
+}
+
+/// `x=1x64 mask=1x64`: input shapes as `mlc` prints them.
+pub fn shapes_text<'a>(shapes: impl IntoIterator<Item = (&'a String, &'a Vec<usize>)>) -> String {
+    shapes
+        .into_iter()
+        .map(|(name, d)| {
+            let d: Vec<String> = d.iter().map(usize::to_string).collect();
+            format!("{name}={}", d.join("x"))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Imports `model` and compiles it for this CPU into an in-memory artifact, specialized to the
 /// input `values` that determine shapes: one variant per set of input shapes that `--shape`
 /// and `--dim` give ([`variant_shapes`]).
@@ -422,25 +461,8 @@ pub fn compile_cpu(
     phases.begin(&format!("importing {}", model.display()));
     let m = mlc_onnx::load(model)?;
     phases.done("import");
-    let mut programs = Vec::new();
     let variants = variant_shapes(&m.graph, shapes, dims)?;
-    for (i, shapes) in variants.iter().enumerate() {
-        if variants.len() > 1 {
-            phases.set_context(variant_label(i, variants.len(), shapes));
-        }
-        let mut graph = m.graph.clone();
-        let bindings = bind_shapes(&graph, &with_value_shapes(shapes, values))?;
-        let (program, _, _) = lower(
-            &mut graph,
-            &bindings,
-            values,
-            level,
-            TargetInfo::x86_64(),
-            phases,
-        )?;
-        programs.push(program);
-    }
-    phases.set_context(String::new());
+    let programs = lower_variants(&m.graph, &variants, values, level, phases)?;
     phases.begin("generating code and linking");
     let art = mlc_cpu::compile_variants(&programs, mlc_cpu::Options::default())
         .map_err(|e| anyhow!("compiling {} for the CPU failed: {e}", model.display()))?;

@@ -238,11 +238,7 @@ fn run_artifact(args: &Args, timer: &mut Phases) -> anyhow::Result<()> {
         let t = tensor_io::read_tensor(file).with_context(|| format!("input {:?}", io.name))?;
         // A batch input takes any multiple of its compiled batch (run as slices); an
         // artifact of several variants, the shapes of any of them.
-        let compiled: Vec<&PlanIo> = model
-            .variants()
-            .iter()
-            .filter_map(|e| e.plan().inputs.iter().find(|p| p.name == io.name))
-            .collect();
+        let compiled: Vec<&PlanIo> = model.input_ports(&io.name).collect();
         if !compiled
             .iter()
             .any(|p| t.dtype().name() == p.dtype && p.accepts(t.shape()))

@@ -188,6 +188,13 @@ impl CpuModel {
         &self.variants
     }
 
+    /// Input `name`'s port in every variant that has it (its compiled shapes), in order.
+    pub fn input_ports<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a PlanIo> + 'a {
+        self.variants
+            .iter()
+            .filter_map(move |e| e.plan().inputs.iter().find(|p| p.name == name))
+    }
+
     /// Bytes of working memory per concurrent run (the largest variant's arena).
     pub fn arena_bytes(&self) -> u64 {
         self.variants
@@ -229,7 +236,7 @@ impl CpuModel {
         }
         let ports = |io: &[PlanIo]| {
             io.iter()
-                .map(|p| format!("{} {}{:?}", p.name, p.dtype, p.shape))
+                .map(|p| format!("{} {}", p.name, p.describe()))
                 .collect::<Vec<_>>()
                 .join(", ")
         };
