@@ -172,19 +172,14 @@ pub(super) unsafe fn groups(
             kind,
             ep,
         };
-        for oy in 0..s.out_hw[0] {
-            let row = oy * s.stride[0] * lay.pw;
-            let y = &mut ys[oy * ow..(oy + 1) * ow];
-            let mut ox = 0;
-            while ox + 4 <= ow {
-                block::<4>(&ctx, row + ox * sw, &mut y[ox..ox + 4]);
-                ox += 4;
-            }
-            match ow - ox {
-                3 => block::<3>(&ctx, row + ox * sw, &mut y[ox..]),
-                2 => block::<2>(&ctx, row + ox * sw, &mut y[ox..]),
-                1 => block::<1>(&ctx, row + ox * sw, &mut y[ox..]),
-                _ => {}
+        {
+            use super::avx512::{EP_BINS, EP_HARD_SWISH, EP_NONE, EP_OTHER, Ep};
+            let (oh, sh, pw) = (s.out_hw[0], s.stride[0], lay.pw);
+            match Ep::of(kind, ep) {
+                Ep::None => outputs::<EP_NONE>(&ctx, oh, ow, sh, pw, &mut ys),
+                Ep::HardSwish => outputs::<EP_HARD_SWISH>(&ctx, oh, ow, sh, pw, &mut ys),
+                Ep::Bins => outputs::<EP_BINS>(&ctx, oh, ow, sh, pw, &mut ys),
+                Ep::Other => outputs::<EP_OTHER>(&ctx, oh, ow, sh, pw, &mut ys),
             }
         }
         // Back into the planes by 16×16 blocks: row `c` = position `q0 + c`'s 16 channels.
@@ -207,6 +202,37 @@ pub(super) unsafe fn groups(
     }
 }
 
+/// The group's `oh × ow` outputs into `ys`, with the epilogue of class `E` (compiled in, so
+/// that the accumulators stay in registers through it).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn outputs<const E: u8>(
+    ctx: &Ctx,
+    oh: usize,
+    ow: usize,
+    sh: usize,
+    pw: usize,
+    ys: &mut [std::arch::x86_64::__m512],
+) {
+    let sw = ctx.sw;
+    for oy in 0..oh {
+        let row = oy * sh * pw;
+        let y = &mut ys[oy * ow..(oy + 1) * ow];
+        let mut ox = 0;
+        while ox + 4 <= ow {
+            block::<4, E>(ctx, row + ox * sw, &mut y[ox..ox + 4]);
+            ox += 4;
+        }
+        match ow - ox {
+            3 => block::<3, E>(ctx, row + ox * sw, &mut y[ox..]),
+            2 => block::<2, E>(ctx, row + ox * sw, &mut y[ox..]),
+            1 => block::<1, E>(ctx, row + ox * sw, &mut y[ox..]),
+            _ => {}
+        }
+    }
+}
+
 /// What [`block`] reads: a group's scratch, the tap offsets and weights, the bias, the column
 /// stride, the epilogue.
 #[cfg(target_arch = "x86_64")]
@@ -225,7 +251,7 @@ struct Ctx<'a> {
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn block<const N: usize>(c: &Ctx, base: usize, y: &mut [std::arch::x86_64::__m512]) {
+fn block<const N: usize, const E: u8>(c: &Ctx, base: usize, y: &mut [std::arch::x86_64::__m512]) {
     use std::arch::x86_64::*;
     let mut acc = [c.bias; N];
     for (&o, &w) in c.taps.iter().zip(c.w) {
@@ -233,7 +259,7 @@ fn block<const N: usize>(c: &Ctx, base: usize, y: &mut [std::arch::x86_64::__m51
             *a = _mm512_add_ps(*a, _mm512_mul_ps(c.xs[base + j * c.sw + o], w));
         }
     }
-    super::avx512::epilogue(c.kind, c.ep, &mut acc);
+    super::avx512::epilogue_of::<E, N>(c.kind, c.ep, &mut acc);
     y[..N].copy_from_slice(&acc);
 }
 
