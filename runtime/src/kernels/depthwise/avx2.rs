@@ -38,10 +38,10 @@ pub(super) unsafe fn rows(ts: &mut [Task]) {
     // SAFETY (all): forwarded contract.
     if g.kh == g.kw && g.dh == 1 && g.dw == 1 && g.sh == g.sw {
         match (g.kw, g.sw) {
-            (3, 1) => return unsafe { blocked::<3, 1, 2>(ts) },
-            (3, 2) => return unsafe { blocked::<3, 2, 2>(ts) },
-            (5, 1) => return unsafe { blocked::<5, 1, 1>(ts) },
-            (5, 2) => return unsafe { blocked::<5, 2, 1>(ts) },
+            (3, 1) => return unsafe { blocked_ep::<3, 1, 2>(ts) },
+            (3, 2) => return unsafe { blocked_ep::<3, 2, 2>(ts) },
+            (5, 1) => return unsafe { blocked_ep::<5, 1, 1>(ts) },
+            (5, 2) => return unsafe { blocked_ep::<5, 2, 1>(ts) },
             _ => {}
         }
     }
@@ -196,7 +196,7 @@ unsafe fn block_rows<const S: usize, const NR: usize>(
 /// As [`rows`], and the geometry is `K`×`K`, stride `S` both ways, dilation 1.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn blocked<const K: usize, const S: usize, const NB: usize>(ts: &mut [Task]) {
+unsafe fn blocked<const K: usize, const S: usize, const NB: usize, const E: u8>(ts: &mut [Task]) {
     let g = *ts[0].g;
     let chunks = g.ow.div_ceil(L);
     // Per chunk and kx: the first input column and the masks of its two 8-lane halves.
@@ -220,10 +220,10 @@ unsafe fn blocked<const K: usize, const S: usize, const NB: usize>(ts: &mut [Tas
             // of the item's output and chunks `[c, c + NB)` of them.
             unsafe {
                 match (four, wide) {
-                    (true, true) => tile::<K, S, 4, NB>(&cols, task, r, c, out),
-                    (true, false) => tile::<K, S, 4, 1>(&cols, task, r, c, out),
-                    (false, true) => tile::<K, S, 1, NB>(&cols, task, r, c, out),
-                    (false, false) => tile::<K, S, 1, 1>(&cols, task, r, c, out),
+                    (true, true) => tile::<K, S, E, 4, NB>(&cols, task, r, c, out),
+                    (true, false) => tile::<K, S, E, 4, 1>(&cols, task, r, c, out),
+                    (false, true) => tile::<K, S, E, 1, NB>(&cols, task, r, c, out),
+                    (false, false) => tile::<K, S, E, 1, 1>(&cols, task, r, c, out),
                 }
             }
         });
@@ -238,7 +238,7 @@ unsafe fn blocked<const K: usize, const S: usize, const NB: usize>(ts: &mut [Tas
 /// `cols` the table [`blocked`] built for this geometry.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile<const K: usize, const S: usize, const R: usize, const NB: usize>(
+unsafe fn tile<const K: usize, const S: usize, const E: u8, const R: usize, const NB: usize>(
     cols: &[[(isize, __m256i, __m256i); K]],
     task: &Task,
     r0: usize,
@@ -294,7 +294,7 @@ unsafe fn tile<const K: usize, const S: usize, const R: usize, const NB: usize>(
     for (j, aj) in acc.iter().enumerate() {
         let lanes = (g.ow - (c + j) * L).min(L);
         for (rr, a) in aj.iter().enumerate() {
-            let v = epilogue(task.kind, task.ep, *a);
+            let v = epilogue_of::<E>(task.kind, task.ep, *a);
             let dst = out.wrapping_add((r0 + rr) * g.ow + (c + j) * L);
             // SAFETY: row `r0 + rr` of the item's output holds `ow` floats; a full vector lies
             // inside it, and the mask of a partial one enables the lanes `8·(c + j) + i < ow`.
@@ -333,23 +333,58 @@ unsafe fn store(dst: *mut f32, v: __m256, lanes: usize) {
     }
 }
 
+/// [`blocked`] with its epilogue compiled in (see [`EpKind::NONE`]).
+///
+/// # Safety
+///
+/// As [`blocked`].
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn blocked_ep<const K: usize, const S: usize, const NB: usize>(ts: &mut [Task]) {
+    // SAFETY (all): forwarded contract.
+    unsafe {
+        match ts[0].kind {
+            EpKind::None => blocked::<K, S, NB, { EpKind::NONE }>(ts),
+            EpKind::HardSwish => blocked::<K, S, NB, { EpKind::HARD_SWISH }>(ts),
+            EpKind::Bins => blocked::<K, S, NB, { EpKind::BINS }>(ts),
+            EpKind::Other => blocked::<K, S, NB, { EpKind::OTHER }>(ts),
+        }
+    }
+}
+
+/// The epilogue of kind `E` (an [`EpKind`] constant): [`epilogue`], inline.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn epilogue_of<const E: u8>(kind: EpKind, ep: &[EpOp], acc: __m256) -> __m256 {
+    match E {
+        EpKind::NONE => acc,
+        EpKind::HARD_SWISH => hard_swish(acc),
+        EpKind::BINS => {
+            let mut x = acc;
+            for op in ep {
+                if let EpOp::Bin { op, arg, arg_first } = *op {
+                    let a = _mm256_set1_ps(arg);
+                    x = if arg_first {
+                        bin(op, a, x)
+                    } else {
+                        bin(op, x, a)
+                    };
+                }
+            }
+            x
+        }
+        _ => epilogue(kind, ep, acc),
+    }
+}
+
 /// The epilogue on 8 lanes, exactly as [`super::apply_epilogue`] on each.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 fn epilogue(kind: EpKind, ep: &[EpOp], acc: __m256) -> __m256 {
     match kind {
         EpKind::None => return acc,
-        EpKind::HardSwish => {
-            // As the generic path: multiply, add, then `min`/`max` with the constant first,
-            // which return the NaN second operand.
-            let e = _mm256_add_ps(
-                _mm256_mul_ps(acc, _mm256_set1_ps(1.0 / 6.0)),
-                _mm256_set1_ps(0.5),
-            );
-            let g = _mm256_max_ps(_mm256_setzero_ps(), _mm256_min_ps(_mm256_set1_ps(1.0), e));
-            return _mm256_mul_ps(acc, g);
-        }
-        EpKind::Other => {}
+        EpKind::HardSwish => return hard_swish(acc),
+        EpKind::Bins | EpKind::Other => {}
     }
     let (mut x, mut s) = (acc, acc);
     for op in ep {
@@ -374,6 +409,20 @@ fn epilogue(kind: EpKind, ep: &[EpOp], acc: __m256) -> __m256 {
         }
     }
     x
+}
+
+/// HardSwish as the [`EpOp`] program the lowering makes of it (see [`EpKind::HardSwish`]):
+/// multiply, add, then `min`/`max` with the constant first, which return the NaN second
+/// operand.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn hard_swish(acc: __m256) -> __m256 {
+    let e = _mm256_add_ps(
+        _mm256_mul_ps(acc, _mm256_set1_ps(1.0 / 6.0)),
+        _mm256_set1_ps(0.5),
+    );
+    let g = _mm256_max_ps(_mm256_setzero_ps(), _mm256_min_ps(_mm256_set1_ps(1.0), e));
+    _mm256_mul_ps(acc, g)
 }
 
 #[inline]

@@ -325,9 +325,7 @@ unsafe fn block_rows<const S: usize, const NR: usize>(
     }
 }
 
-/// [`blocked`] with its epilogue chosen at compile time: the tiles' accumulators then stay in
-/// registers through the epilogue (a call to [`epilogue`] per tile passed them through memory
-/// and cost 40% of a 3×3 layer in a standalone loop of these tiles).
+/// [`blocked`] with its epilogue compiled in (see [`EpKind::NONE`]).
 ///
 /// # Safety
 ///
@@ -337,41 +335,16 @@ unsafe fn block_rows<const S: usize, const NR: usize>(
 unsafe fn blocked_ep<const K: usize, const S: usize>(ts: &mut [Task]) {
     // SAFETY (all): forwarded contract.
     unsafe {
-        match Ep::of(ts[0].kind, ts[0].ep) {
-            Ep::None => blocked::<K, S, EP_NONE>(ts),
-            Ep::HardSwish => blocked::<K, S, EP_HARD_SWISH>(ts),
-            Ep::Bins => blocked::<K, S, EP_BINS>(ts),
-            Ep::Other => blocked::<K, S, EP_OTHER>(ts),
+        match ts[0].kind {
+            EpKind::None => blocked::<K, S, { EpKind::NONE }>(ts),
+            EpKind::HardSwish => blocked::<K, S, { EpKind::HARD_SWISH }>(ts),
+            EpKind::Bins => blocked::<K, S, { EpKind::BINS }>(ts),
+            EpKind::Other => blocked::<K, S, { EpKind::OTHER }>(ts),
         }
     }
 }
 
-/// The epilogue classes [`blocked`] is compiled for (its `E`).
-pub(super) const EP_NONE: u8 = 0;
-pub(super) const EP_HARD_SWISH: u8 = 1;
-pub(super) const EP_BINS: u8 = 2;
-pub(super) const EP_OTHER: u8 = 3;
-
-pub(super) enum Ep {
-    None,
-    HardSwish,
-    /// Only binary operations with constants (ReLU, ReLU6, a scale and shift): run inline.
-    Bins,
-    Other,
-}
-
-impl Ep {
-    pub(super) fn of(kind: EpKind, ep: &[EpOp]) -> Ep {
-        match kind {
-            EpKind::None => Ep::None,
-            EpKind::HardSwish => Ep::HardSwish,
-            EpKind::Other if ep.iter().all(|op| matches!(op, EpOp::Bin { .. })) => Ep::Bins,
-            EpKind::Other => Ep::Other,
-        }
-    }
-}
-
-/// The epilogue of class `E` on a tile's vectors: the same operations as [`epilogue`], inline.
+/// The epilogue of kind `E` (an [`EpKind`] constant) on `NB` vectors: [`epilogue`], inline.
 #[inline]
 #[target_feature(enable = "avx512f")]
 pub(super) fn epilogue_of<const E: u8, const NB: usize>(
@@ -380,9 +353,9 @@ pub(super) fn epilogue_of<const E: u8, const NB: usize>(
     x: &mut [__m512; NB],
 ) {
     match E {
-        EP_NONE => {}
-        EP_HARD_SWISH => epilogue(EpKind::HardSwish, &[], x),
-        EP_BINS => {
+        EpKind::NONE => {}
+        EpKind::HARD_SWISH => hard_swish(x),
+        EpKind::BINS => {
             for op in ep {
                 if let EpOp::Bin { op, arg, arg_first } = *op {
                     let a = [_mm512_set1_ps(arg); NB];
@@ -528,18 +501,10 @@ pub(super) fn epilogue<const NB: usize>(kind: EpKind, ep: &[EpOp], x: &mut [__m5
     match kind {
         EpKind::None => return,
         EpKind::HardSwish => {
-            let (a, h) = (_mm512_set1_ps(1.0 / 6.0), _mm512_set1_ps(0.5));
-            let (one, zero) = (_mm512_set1_ps(1.0), _mm512_setzero_ps());
-            for v in x.iter_mut() {
-                // `vminps`/`vmaxps` return the second operand, `e`, when it is NaN: NaN
-                // propagates as in the generic path (whose first operands are constants).
-                let e = _mm512_add_ps(_mm512_mul_ps(*v, a), h);
-                let g = _mm512_max_ps(zero, _mm512_min_ps(one, e));
-                *v = _mm512_mul_ps(*v, g);
-            }
+            hard_swish(x);
             return;
         }
-        EpKind::Other => {}
+        EpKind::Bins | EpKind::Other => {}
     }
     let mut s = *x;
     for op in ep {
@@ -564,6 +529,21 @@ pub(super) fn epilogue<const NB: usize>(kind: EpKind, ep: &[EpOp], x: &mut [__m5
                 .iter_mut()
                 .for_each(|v| *v = crate::kernels::gemm::avx512::sigmoid16(*v)),
         }
+    }
+}
+
+/// HardSwish as the [`EpOp`] program the lowering makes of it (see [`EpKind::HardSwish`]).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn hard_swish<const NB: usize>(x: &mut [__m512; NB]) {
+    let (a, h) = (_mm512_set1_ps(1.0 / 6.0), _mm512_set1_ps(0.5));
+    let (one, zero) = (_mm512_set1_ps(1.0), _mm512_setzero_ps());
+    for v in x.iter_mut() {
+        // `vminps`/`vmaxps` return the second operand, `e`, when it is NaN: NaN
+        // propagates as in the generic path (whose first operands are constants).
+        let e = _mm512_add_ps(_mm512_mul_ps(*v, a), h);
+        let g = _mm512_max_ps(zero, _mm512_min_ps(one, e));
+        *v = _mm512_mul_ps(*v, g);
     }
 }
 

@@ -173,13 +173,13 @@ pub(super) unsafe fn groups(
             ep,
         };
         {
-            use super::avx512::{EP_BINS, EP_HARD_SWISH, EP_NONE, EP_OTHER, Ep};
             let (oh, sh, pw) = (s.out_hw[0], s.stride[0], lay.pw);
-            match Ep::of(kind, ep) {
-                Ep::None => outputs::<EP_NONE>(&ctx, oh, ow, sh, pw, &mut ys),
-                Ep::HardSwish => outputs::<EP_HARD_SWISH>(&ctx, oh, ow, sh, pw, &mut ys),
-                Ep::Bins => outputs::<EP_BINS>(&ctx, oh, ow, sh, pw, &mut ys),
-                Ep::Other => outputs::<EP_OTHER>(&ctx, oh, ow, sh, pw, &mut ys),
+            let ys = &mut ys;
+            match kind {
+                EpKind::None => outputs::<{ EpKind::NONE }>(&ctx, oh, ow, sh, pw, ys),
+                EpKind::HardSwish => outputs::<{ EpKind::HARD_SWISH }>(&ctx, oh, ow, sh, pw, ys),
+                EpKind::Bins => outputs::<{ EpKind::BINS }>(&ctx, oh, ow, sh, pw, ys),
+                EpKind::Other => outputs::<{ EpKind::OTHER }>(&ctx, oh, ow, sh, pw, ys),
             }
         }
         // Back into the planes by 16×16 blocks: row `c` = position `q0 + c`'s 16 channels.
@@ -202,8 +202,8 @@ pub(super) unsafe fn groups(
     }
 }
 
-/// The group's `oh × ow` outputs into `ys`, with the epilogue of class `E` (compiled in, so
-/// that the accumulators stay in registers through it).
+/// The group's `oh × ow` outputs into `ys`, with the epilogue of kind `E` compiled in (see
+/// [`EpKind::NONE`]).
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f")]

@@ -118,6 +118,31 @@ fn hard_swish() -> Vec<EpOp> {
     hard_swish_with(bin(BinKind::Mul, 1.0 / 6.0))
 }
 
+/// ReLU6 with the clamp's constant first in its `min` (`EpKind::Bins`).
+fn relu6() -> Vec<EpOp> {
+    vec![
+        bin(BinKind::Max, 0.0),
+        EpOp::Bin {
+            op: BinKind::Min,
+            arg: 6.0,
+            arg_first: true,
+        },
+    ]
+}
+
+/// A scale, a subtraction from a constant and a division (`EpKind::Bins`).
+fn scale_shift() -> Vec<EpOp> {
+    vec![
+        bin(BinKind::Mul, 0.75),
+        EpOp::Bin {
+            op: BinKind::Sub,
+            arg: 0.25,
+            arg_first: true,
+        },
+        bin(BinKind::Div, 3.0),
+    ]
+}
+
 /// HardSwish with the division the lowering once made: the generic epilogue path.
 fn hard_swish_div() -> Vec<EpOp> {
     hard_swish_with(bin(BinKind::Div, 6.0))
@@ -268,30 +293,35 @@ fn channel_multiplier_epilogues_and_threads() {
         hard_swish(),
         hard_swish_div(),
         affine_swish_affine(),
+        relu6(),
+        scale_shift(),
     ];
     let mut seed = 500;
     for mult in [1, 2] {
         for (ep_i, ep) in eps.iter().enumerate() {
             for threads in 1..=3 {
-                for (ih, iw, s) in [
-                    (12, 19, 1),
-                    (24, 37, 2),
-                    (3, 16, 1),
-                    (8, 8, 3),
-                    (4, 97, 1),
-                    (3, 150, 2),
+                for (ih, iw, s, k) in [
+                    (12, 19, 1, 3),
+                    (24, 37, 2, 3),
+                    (3, 16, 1, 3),
+                    (8, 8, 3, 3),
+                    (4, 97, 1, 3),
+                    (3, 150, 2, 3),
+                    (9, 40, 1, 5),
+                    (20, 41, 2, 5),
                 ] {
                     seed += 1;
+                    let p = k / 2;
                     let case = Case {
                         n: 2,
                         c: 3,
                         mult,
                         ih,
                         iw,
-                        k: [3, 3],
+                        k: [k, k],
                         s: [s, s],
                         d: [1, 1],
-                        pad: [1, 1, 1, 1],
+                        pad: [p, p, p, p],
                     };
                     check(case, ep_i != 1, ep, threads, seed);
                 }
@@ -305,6 +335,9 @@ fn hard_swish_is_recognized_and_propagates_nan() {
     assert_eq!(super::EpKind::of(&hard_swish()), super::EpKind::HardSwish);
     assert_eq!(super::EpKind::of(&hard_swish_div()), super::EpKind::Other);
     assert_eq!(super::EpKind::of(&[]), super::EpKind::None);
+    assert_eq!(super::EpKind::of(&relu6()), super::EpKind::Bins);
+    assert_eq!(super::EpKind::of(&scale_shift()), super::EpKind::Bins);
+    assert_eq!(super::EpKind::of(&affine_swish_affine()), super::EpKind::Other);
     // NaN, ±∞ and values around the clamp's corners (x = −3, 3) through the fast path.
     let s = Shape::new(1, 1, 1, [1, 40], [1, 40], [1, 1], [1, 1], [1, 1], [0, 0]);
     let mut x = data(40, 3);
