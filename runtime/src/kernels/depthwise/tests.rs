@@ -337,7 +337,10 @@ fn hard_swish_is_recognized_and_propagates_nan() {
     assert_eq!(super::EpKind::of(&[]), super::EpKind::None);
     assert_eq!(super::EpKind::of(&relu6()), super::EpKind::Bins);
     assert_eq!(super::EpKind::of(&scale_shift()), super::EpKind::Bins);
-    assert_eq!(super::EpKind::of(&affine_swish_affine()), super::EpKind::Other);
+    assert_eq!(
+        super::EpKind::of(&affine_swish_affine()),
+        super::EpKind::Other
+    );
     // NaN, ±∞ and values around the clamp's corners (x = −3, 3) through the fast path.
     let s = Shape::new(1, 1, 1, [1, 40], [1, 40], [1, 1], [1, 1], [1, 1], [0, 0]);
     let mut x = data(40, 3);
