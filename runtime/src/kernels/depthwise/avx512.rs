@@ -389,12 +389,14 @@ pub(super) fn epilogue_of<const E: u8, const NB: usize>(
 unsafe fn blocked<const K: usize, const S: usize, const E: u8>(ts: &mut [Task]) {
     let g = *ts[0].g;
     let chunks = g.ow.div_ceil(L);
-    // Per chunk and kx: the first input column and the masks of its two 16-lane halves.
-    let cols: Vec<[(isize, u16, u16); K]> = (0..chunks)
+    // Per chunk and kx: the first input column and the masks of the three 16-lane blocks
+    // from it.
+    let cols: Vec<[(isize, u16, u16, u16); K]> = (0..chunks)
         .map(|c| {
             std::array::from_fn(|kx| {
                 let c0 = (c * L * S) as isize + kx as isize - g.pl;
-                (c0, range_mask(c0, g.iw), range_mask(c0 + L as isize, g.iw))
+                let m = |b: isize| range_mask(c0 + b * L as isize, g.iw);
+                (c0, m(0), m(1), m(2))
             })
         })
         .collect();
@@ -425,7 +427,7 @@ unsafe fn blocked<const K: usize, const S: usize, const E: u8>(ts: &mut [Task]) 
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn tile<const K: usize, const S: usize, const E: u8, const R: usize, const NB: usize>(
-    cols: &[[(isize, u16, u16); K]],
+    cols: &[[(isize, u16, u16, u16); K]],
     task: &Task,
     r0: usize,
     c: usize,
@@ -433,6 +435,12 @@ unsafe fn tile<const K: usize, const S: usize, const E: u8, const R: usize, cons
 ) {
     let g = task.g;
     let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    // Lanes `i + 1` of the first operand, the last from the second (`16 + 0`, or `16 + 1`
+    // for the odd columns), and lanes `i + 2` with `16 + 0` and `16 + 2` last.
+    let shift1 = _mm512_setr_epi32(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16);
+    let shift1_odd = _mm512_setr_epi32(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 17);
+    let shift2 = _mm512_setr_epi32(2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18);
     let mut acc = [[_mm512_set1_ps(task.bias); R]; NB];
     let iy0 = ((task.oy0 + r0) * S) as isize - g.pt;
     for t in 0..(R - 1) * S + K {
@@ -443,22 +451,45 @@ unsafe fn tile<const K: usize, const S: usize, const E: u8, const R: usize, cons
         if iy >= 0 && iy < g.ih {
             let rowp = task.x.as_ptr().wrapping_offset(iy * g.iw);
             for (j, xj) in xv.iter_mut().enumerate() {
-                for (kx, v) in xj.iter_mut().enumerate() {
-                    let (c0, m0, m1) = cols[c + j][kx];
+                if S == 2 {
+                    // The 48 columns from the chunk's first tap, loaded once: its even and
+                    // odd columns are taps 0 and 1, and taps 2–4 are those shifted by one or
+                    // two lanes with the next block's first columns shifted in (two loads
+                    // and a permute per tap read it before; the loads bound the layer).
+                    let (c0, m0, m1, m2) = cols[c + j][0];
                     let p = rowp.wrapping_offset(c0);
                     // SAFETY: row `iy` lies in the plane; the masks enable exactly the lanes
                     // whose columns lie inside the row (masked-off lanes are never accessed).
-                    *v = unsafe {
-                        if S == 1 {
-                            _mm512_maskz_loadu_ps(m0, p)
-                        } else {
-                            _mm512_permutex2var_ps(
-                                _mm512_maskz_loadu_ps(m0, p),
-                                even,
-                                _mm512_maskz_loadu_ps(m1, p.wrapping_add(L)),
-                            )
-                        }
+                    let (a, b, n) = unsafe {
+                        (
+                            _mm512_maskz_loadu_ps(m0, p),
+                            _mm512_maskz_loadu_ps(m1, p.wrapping_add(L)),
+                            if K > 2 {
+                                _mm512_maskz_loadu_ps(m2, p.wrapping_add(2 * L))
+                            } else {
+                                _mm512_setzero_ps()
+                            },
+                        )
                     };
+                    let ev = _mm512_permutex2var_ps(a, even, b);
+                    let od = _mm512_permutex2var_ps(a, odd, b);
+                    for (kx, v) in xj.iter_mut().enumerate() {
+                        *v = match kx {
+                            0 => ev,
+                            1 => od,
+                            2 => _mm512_permutex2var_ps(ev, shift1, n),
+                            3 => _mm512_permutex2var_ps(od, shift1_odd, n),
+                            _ => _mm512_permutex2var_ps(ev, shift2, n),
+                        };
+                    }
+                    continue;
+                }
+                for (kx, v) in xj.iter_mut().enumerate() {
+                    let (c0, m0, ..) = cols[c + j][kx];
+                    let p = rowp.wrapping_offset(c0);
+                    // SAFETY: row `iy` lies in the plane; the mask enables exactly the lanes
+                    // whose columns lie inside the row (masked-off lanes are never accessed).
+                    *v = unsafe { _mm512_maskz_loadu_ps(m0, p) };
                 }
             }
         }
