@@ -255,24 +255,40 @@ unsafe fn tile<const K: usize, const S: usize, const E: u8, const R: usize, cons
         if iy >= 0 && iy < g.ih {
             let rowp = task.x.as_ptr().wrapping_offset(iy * g.iw);
             for (j, xj) in xv.iter_mut().enumerate() {
-                for (kx, v) in xj.iter_mut().enumerate() {
-                    let (c0, m0, m1) = cols[c + j][kx];
-                    let p = rowp.wrapping_offset(c0);
-                    // SAFETY: row `iy` lies in the plane; the masks enable exactly the lanes
-                    // whose columns lie inside the row (masked-off lanes are never accessed).
-                    *v = unsafe {
-                        if S == 1 {
-                            _mm256_maskload_ps(p, m0)
-                        } else {
-                            let a = _mm256_maskload_ps(p, m0);
-                            let b = _mm256_maskload_ps(p.wrapping_add(L), m1);
-                            // [a0 a2 b0 b2 | a4 a6 b4 b6] → [a0 a2 a4 a6 | b0 b2 b4 b6]
-                            let e = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
+                if S == 2 {
+                    // Taps `2q` and `2q + 1` are the even and odd columns of the same 16
+                    // loaded from tap `2q`'s first column: two loads per pair of taps.
+                    for q in 0..K.div_ceil(2) {
+                        let (c0, m0, m1) = cols[c + j][2 * q];
+                        let p = rowp.wrapping_offset(c0);
+                        // SAFETY: row `iy` lies in the plane; the masks enable exactly the
+                        // lanes whose columns lie inside the row (masked-off lanes are never
+                        // accessed).
+                        let (a, b) = unsafe {
+                            (
+                                _mm256_maskload_ps(p, m0),
+                                _mm256_maskload_ps(p.wrapping_add(L), m1),
+                            )
+                        };
+                        // [a0 a2 b0 b2 | a4 a6 b4 b6] → [a0 a2 a4 a6 | b0 b2 b4 b6], and the
+                        // same for the odd lanes.
+                        let order = |v: __m256| {
                             _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(
-                                _mm256_castps_pd(e),
+                                _mm256_castps_pd(v),
                             ))
+                        };
+                        xj[2 * q] = order(_mm256_shuffle_ps::<0b10_00_10_00>(a, b));
+                        if 2 * q + 1 < K {
+                            xj[2 * q + 1] = order(_mm256_shuffle_ps::<0b11_01_11_01>(a, b));
                         }
-                    };
+                    }
+                    continue;
+                }
+                for (kx, v) in xj.iter_mut().enumerate() {
+                    let (c0, m0, _) = cols[c + j][kx];
+                    // SAFETY: row `iy` lies in the plane; the mask enables exactly the lanes
+                    // whose columns lie inside the row (masked-off lanes are never accessed).
+                    *v = unsafe { _mm256_maskload_ps(rowp.wrapping_offset(c0), m0) };
                 }
             }
         }
