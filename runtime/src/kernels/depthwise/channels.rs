@@ -162,7 +162,7 @@ pub(super) unsafe fn groups(
         }
         // Each output row by four positions, then the rest: independent accumulator chains
         // hide the adds' latency.
-        let (ow, sw) = (s.out_hw[1], s.stride[1]);
+        let sw = s.stride[1];
         let ctx = Ctx {
             xs: &xs,
             taps: &lay.taps,
@@ -173,13 +173,12 @@ pub(super) unsafe fn groups(
             ep,
         };
         {
-            let (oh, sh, pw) = (s.out_hw[0], s.stride[0], lay.pw);
-            let ys = &mut ys;
+            let (pw, ys) = (lay.pw, &mut ys);
             match kind {
-                EpKind::None => outputs::<{ EpKind::NONE }>(&ctx, oh, ow, sh, pw, ys),
-                EpKind::HardSwish => outputs::<{ EpKind::HARD_SWISH }>(&ctx, oh, ow, sh, pw, ys),
-                EpKind::Bins => outputs::<{ EpKind::BINS }>(&ctx, oh, ow, sh, pw, ys),
-                EpKind::Other => outputs::<{ EpKind::OTHER }>(&ctx, oh, ow, sh, pw, ys),
+                EpKind::None => outputs_of::<{ EpKind::NONE }>(&ctx, s, pw, ys),
+                EpKind::HardSwish => outputs_of::<{ EpKind::HARD_SWISH }>(&ctx, s, pw, ys),
+                EpKind::Bins => outputs_of::<{ EpKind::BINS }>(&ctx, s, pw, ys),
+                EpKind::Other => outputs_of::<{ EpKind::OTHER }>(&ctx, s, pw, ys),
             }
         }
         // Back into the planes by 16×16 blocks: row `c` = position `q0 + c`'s 16 channels.
@@ -202,12 +201,30 @@ pub(super) unsafe fn groups(
     }
 }
 
-/// The group's `oh × ow` outputs into `ys`, with the epilogue of kind `E` compiled in (see
-/// [`EpKind::NONE`]).
+/// [`outputs`] for the geometry of `s`: square 3×3 and 5×5 kernels at stride 1 or 2 with no
+/// dilation slide along the rows ([`slide`]), the rest go tap by tap.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn outputs<const E: u8>(
+fn outputs_of<const E: u8>(ctx: &Ctx, s: &Shape, pw: usize, ys: &mut [std::arch::x86_64::__m512]) {
+    let (oh, ow, sh) = (s.out_hw[0], s.out_hw[1], s.stride[0]);
+    let square = s.kernel[0] == s.kernel[1] && s.dilation == [1, 1] && sh == s.stride[1];
+    match (square, s.kernel[1], sh) {
+        (true, 3, 1) => outputs::<3, 1, E>(ctx, oh, ow, sh, pw, ys),
+        (true, 3, 2) => outputs::<3, 2, E>(ctx, oh, ow, sh, pw, ys),
+        (true, 5, 1) => outputs::<5, 1, E>(ctx, oh, ow, sh, pw, ys),
+        (true, 5, 2) => outputs::<5, 2, E>(ctx, oh, ow, sh, pw, ys),
+        _ => outputs::<0, 0, E>(ctx, oh, ow, sh, pw, ys),
+    }
+}
+
+/// The group's `oh × ow` outputs into `ys`, with the epilogue of kind `E` compiled in (see
+/// [`EpKind::NONE`]); blocks of 4 outputs by [`slide`] when `K` (the kernel size, at stride
+/// `S`) is not 0.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn outputs<const K: usize, const S: usize, const E: u8>(
     ctx: &Ctx,
     oh: usize,
     ow: usize,
@@ -221,7 +238,11 @@ fn outputs<const E: u8>(
         let y = &mut ys[oy * ow..(oy + 1) * ow];
         let mut ox = 0;
         while ox + 4 <= ow {
-            block::<4, E>(ctx, row + ox * sw, &mut y[ox..ox + 4]);
+            if K == 0 {
+                block::<4, E>(ctx, row + ox * sw, &mut y[ox..ox + 4]);
+            } else {
+                slide::<K, S, E>(ctx, row + ox * sw, pw, &mut y[ox..ox + 4]);
+            }
             ox += 4;
         }
         match ow - ox {
@@ -261,6 +282,38 @@ fn block<const N: usize, const E: u8>(c: &Ctx, base: usize, y: &mut [std::arch::
     }
     super::avx512::epilogue_of::<E, N>(c.kind, c.ep, &mut acc);
     y[..N].copy_from_slice(&acc);
+}
+
+/// [`block`] of 4 outputs for a square `K`×`K` kernel at stride `S`, no dilation: each
+/// window row's `3·S + K` positions are loaded once and shared by the 4 outputs that read
+/// them (`block` loads every tap of every output: 4·K² loads, the bound of the 5×5 layers).
+/// Each accumulator still takes its taps in (ky, kx) order.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn slide<const K: usize, const S: usize, const E: u8>(
+    c: &Ctx,
+    base: usize,
+    pw: usize,
+    y: &mut [std::arch::x86_64::__m512],
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [c.bias; 4];
+    for ky in 0..K {
+        let rb = base + ky * pw;
+        let mut xv = [_mm512_setzero_ps(); 16];
+        for (p, v) in xv.iter_mut().enumerate().take(3 * S + K) {
+            *v = c.xs[rb + p];
+        }
+        for kx in 0..K {
+            let w = c.w[ky * K + kx];
+            for (j, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_add_ps(*a, _mm512_mul_ps(xv[j * S + kx], w));
+            }
+        }
+    }
+    super::avx512::epilogue_of::<E, 4>(c.kind, c.ep, &mut acc);
+    y[..4].copy_from_slice(&acc);
 }
 
 /// Transposes the 16×16 matrix whose rows are `r` in place (rows become columns), in three
