@@ -106,6 +106,12 @@ const SHAPES: &[Shape] = &[
     Shape::new("lcnet pw 7x7", 512, 49, 512),
     Shape::new("lcnet pw 56x56", 64, 3136, 64),
     Shape::new("lcnet head gemv", 1280, 1, 512),
+    // MobileNetV2's stem (im2col, k = 27) and pointwise convolutions with few output
+    // channels (projections to 16 and 24) or few input channels (expansion from 16).
+    Shape::new("mv2 stem 3x3", 32, 12544, 27),
+    Shape::new("mv2 pw 112x112", 16, 12544, 32),
+    Shape::new("mv2 pw 56x56", 24, 3136, 96),
+    Shape::new("mv2 pw expand 112x112", 96, 12544, 16),
     // The same products transposed, Cᵀ = Xᵀ · Wᵀ, the weight packed once.
     Shape::new("lcnet pwT 14x14", 196, 256, 256).packed(),
     Shape::new("lcnet pwT 7x7", 49, 512, 512).packed(),
