@@ -379,12 +379,7 @@ fn epilogue_of<const E: u8>(kind: EpKind, ep: &[EpOp], acc: __m256) -> __m256 {
             let mut x = acc;
             for op in ep {
                 if let EpOp::Bin { op, arg, arg_first } = *op {
-                    let a = _mm256_set1_ps(arg);
-                    x = if arg_first {
-                        bin(op, a, x)
-                    } else {
-                        bin(op, x, a)
-                    };
+                    x = bin_const(op, arg, arg_first, x);
                 }
             }
             x
@@ -405,14 +400,7 @@ fn epilogue(kind: EpKind, ep: &[EpOp], acc: __m256) -> __m256 {
     let (mut x, mut s) = (acc, acc);
     for op in ep {
         match *op {
-            EpOp::Bin { op, arg, arg_first } => {
-                let a = _mm256_set1_ps(arg);
-                x = if arg_first {
-                    bin(op, a, x)
-                } else {
-                    bin(op, x, a)
-                };
-            }
+            EpOp::Bin { op, arg, arg_first } => x = bin_const(op, arg, arg_first, x),
             EpOp::Save => s = x,
             EpOp::Combine { op, saved_first } => {
                 x = if saved_first {
@@ -439,6 +427,18 @@ fn hard_swish(acc: __m256) -> __m256 {
     );
     let g = _mm256_max_ps(_mm256_setzero_ps(), _mm256_min_ps(_mm256_set1_ps(1.0), e));
     _mm256_mul_ps(acc, g)
+}
+
+/// `x op arg`, or `arg op x` when `arg_first` ([`EpOp::Bin`]).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn bin_const(op: BinKind, arg: f32, arg_first: bool, x: __m256) -> __m256 {
+    let a = _mm256_set1_ps(arg);
+    if arg_first {
+        bin(op, a, x)
+    } else {
+        bin(op, x, a)
+    }
 }
 
 #[inline]
