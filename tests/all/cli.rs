@@ -993,16 +993,15 @@ fn one_artifact_runs_several_sequence_lengths() {
     );
     let shown = c.inspect("m.mlca", true);
     assert!(shown.stdout.contains(r#""dims": ["#), "{}", shown.stdout);
+    // `bench ART FLAG VALUE --json` runs, and reports the input shape `want`.
+    let bench_json = |flag: &str, value: &str, want: &str| {
+        let r = mlc(&[&"bench", &art, &flag, &value, &"--iters", &"2", &"--json"]);
+        r.assert_success();
+        let shapes = format!(r#""input_shapes":{{"x":{want}}}"#);
+        assert!(r.stdout.contains(&shapes), "{}", r.stdout);
+    };
     // bench picks a variant by the model's dim names, and names the sizes it lacks.
-    let r = mlc(&[
-        &"bench", &art, &"--dim", &"S=5", &"--iters", &"2", &"--json",
-    ]);
-    r.assert_success();
-    assert!(
-        r.stdout.contains(r#""input_shapes":{"x":[1,5,4]}"#),
-        "{}",
-        r.stdout
-    );
+    bench_json("--dim", "S=5", "[1,5,4]");
     mlc(&[&"bench", &art, &"--dim", &"S=6", &"--iters", &"2"])
         .assert_error(&["no variant", "f32[B=1,S=5,4]"]);
     mlc(&[&"bench", &art, &"--dim", &"Q=5", &"--iters", &"2"]).assert_error(&["--dim Q"]);
@@ -1044,15 +1043,7 @@ fn one_artifact_runs_several_sequence_lengths() {
         "f32[B=1,S=7,4]",
     ]);
     c.assert_no_outputs();
-    let r = mlc(&[
-        &"bench", &art, &"--shape", &"x=1x7x4", &"--iters", &"2", &"--json",
-    ]);
-    r.assert_success();
-    assert!(
-        r.stdout.contains(r#""input_shapes":{"x":[1,7,4]}"#),
-        "{}",
-        r.stdout
-    );
+    bench_json("--shape", "x=1x7x4", "[1,7,4]");
     let r = mlc(&[&"bench", &art, &"--shape", &"x=1x5x4", &"--iters", &"2"]);
     r.assert_success();
     assert!(r.stdout.contains("variant  x=1x5x4 (of 3"), "{}", r.stdout);
