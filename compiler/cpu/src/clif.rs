@@ -1226,6 +1226,39 @@ impl<M: Module> Tx<'_, '_, M> {
             put(self, i, v);
         }
         put(self, s::STATUS, self.status);
+        // An implicit column matrix's geometry and fill (ABI 8).
+        let geom = mm.b_im2col.as_ref().map_or([0; 14], |v| {
+            [
+                1,
+                v.channels,
+                v.in_hw[0],
+                v.in_hw[1],
+                v.out_hw[0],
+                v.out_hw[1],
+                v.kernel[0],
+                v.kernel[1],
+                v.stride[0],
+                v.stride[1],
+                v.dilation[0],
+                v.dilation[1],
+                v.pad[0],
+                v.pad[1],
+            ]
+        });
+        for (i, v) in geom.into_iter().enumerate() {
+            let v = self.b.ins().iconst(types::I64, v as i64);
+            put(self, s::IM2COL + i, v);
+        }
+        let (fill, fill_len) = match mm.b_im2col.as_ref().and_then(|v| v.fill) {
+            Some(f) => (
+                self.params[f.0 as usize],
+                self.k.params[f.0 as usize].len as i64,
+            ),
+            None => (self.b.ins().iconst(ptr, 0), 0),
+        };
+        put(self, s::IM2COL_FILL, fill);
+        let fill_len = self.b.ins().iconst(types::I64, fill_len);
+        put(self, s::IM2COL_FILL + 1, fill_len);
         // The tail: the tile function's address and this kernel's parameter array.
         let (tf, targs) = match (&mm.tail, self.tile_fn) {
             (None, _) => {

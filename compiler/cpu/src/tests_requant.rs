@@ -175,6 +175,7 @@ fn program(m: usize, n: usize, k: usize, out_ty: DType, v: Variant, rng: &mut Rn
         act: mlc_kir::Activation::None,
         requant: None,
         tail: None,
+        b_im2col: None,
     };
     mk.body = vec![Stmt::Matmul(Box::new(mm))];
     let kmm = p.intern_kernel(mk);

@@ -140,6 +140,7 @@ fn program(c: &Case, rng: &mut Rng) -> Program {
         act: mlc_kir::Activation::None,
         requant: None,
         tail: None,
+        b_im2col: None,
     };
     mk.body = vec![Stmt::Matmul(Box::new(mm))];
     let kmm = p.intern_kernel(mk);

@@ -15,7 +15,9 @@
 //!   tiled FFMA GEMM (`gemm.rs` in this module's words: 64×64 tiles, k-step 16, 256 threads with
 //!   4×4 outputs each), any `m, n, k` and strides, grid `(ceil(n/64), ceil(m/64), batch)` with
 //!   the batch counters recovered from `blockIdx.z`. A `Matmul` anywhere else runs as serial
-//!   loops in its thread.
+//!   loops in its thread. A `B` that is an image's column matrix (`Im2col`) is read through
+//!   its tap's index, clamped to the image's first element where the tap is padding, whose
+//!   fill is then selected: implicit GEMM, with no column matrix in device memory.
 //! - **Everything else** (a kernel whose body is not one parallel loop) runs on one thread.
 //!
 //! # Semantics
@@ -36,6 +38,14 @@ use inkwell::module::Linkage;
 use inkwell::types::{BasicType, BasicTypeEnum, FloatType, IntType};
 use inkwell::values::{BasicValue, BasicValueEnum, FloatValue, IntValue, PointerValue};
 use inkwell::{FloatPredicate, IntPredicate};
+
+/// An operand a guarded load reads: a strided view, or a contraction's `B` (which may be an
+/// image's column matrix).
+#[derive(Clone, Copy)]
+enum Operand<'m> {
+    Mat(&'m MatRef),
+    B(&'m Matmul),
+}
 use mlc_ir::DType;
 use mlc_kir::{
     Access, Activation, BinOp, Expr, Kernel, Lit, LoopKind, MatRef, Matmul, ParamId, Stmt, UnOp,
@@ -1197,6 +1207,63 @@ impl<'a, 'ctx> Lw<'a, 'ctx> {
         self.cast(from, to, v)
     }
 
+    /// Element `(kk, c)` of a contraction's `B`: of its view, or of the column matrix of its
+    /// image (`Im2col`): the tap's index computed and clamped to the image's first element
+    /// where it is padding, so the load stays inside the buffer, and the fill selected there.
+    fn load_b(
+        &self,
+        mm: &Matmul,
+        off: IntValue<'ctx>,
+        kk: IntValue<'ctx>,
+        c: IntValue<'ctx>,
+        acc: Acc,
+    ) -> Res<V<'ctx>> {
+        let Some(v) = mm.b_im2col.as_deref() else {
+            return self.load_acc(&mm.b, off, kk, c, acc);
+        };
+        let b = self.b();
+        let k = |x: usize| self.i64c(x as i64);
+        let (kh, kw) = (v.kernel[0], v.kernel[1]);
+        let ch = b.build_int_unsigned_div(kk, k(kh * kw), "")?;
+        let ky = b.build_int_unsigned_rem(b.build_int_unsigned_div(kk, k(kw), "")?, k(kh), "")?;
+        let kx = b.build_int_unsigned_rem(kk, k(kw), "")?;
+        let oy = b.build_int_unsigned_div(c, k(v.out_hw[1]), "")?;
+        let ox = b.build_int_unsigned_rem(c, k(v.out_hw[1]), "")?;
+        let tap = |o: IntValue<'ctx>, t: IntValue<'ctx>, d: usize| -> Res<IntValue<'ctx>> {
+            let at = b.build_int_add(
+                b.build_int_mul(o, k(v.stride[d]), "")?,
+                b.build_int_mul(t, k(v.dilation[d]), "")?,
+                "",
+            )?;
+            Ok(b.build_int_sub(at, k(v.pad[d]), "")?)
+        };
+        let (iy, ix) = (tap(oy, ky, 0)?, tap(ox, kx, 1)?);
+        let within = |x: IntValue<'ctx>, n: usize| -> Res<IntValue<'ctx>> {
+            // `0 ≤ x < n` as one unsigned comparison.
+            Ok(b.build_int_compare(IntPredicate::ULT, x, k(n), "")?)
+        };
+        let inside = b.build_and(within(iy, v.in_hw[0])?, within(ix, v.in_hw[1])?, "")?;
+        let idx = b.build_int_add(
+            b.build_int_mul(ch, k(v.in_hw[0] * v.in_hw[1]), "")?,
+            b.build_int_add(b.build_int_mul(iy, k(v.in_hw[1]), "")?, ix, "")?,
+            "",
+        )?;
+        let idx = b.build_select(inside, idx, k(0), "")?.into_int_value();
+        let x = self.load_elem(mm.b.param, b.build_int_add(off, idx, "")?)?;
+        let from = self.pdtype(mm.b.param);
+        let to = match acc {
+            Acc::F32 => DType::F32,
+            Acc::F64 => DType::F64,
+            Acc::I32 => DType::I32,
+        };
+        let x = self.cast(from, to, x)?;
+        let fill = match v.fill {
+            Some(f) => self.cast(self.pdtype(f), to, self.load_elem(f, k(0))?)?,
+            None => self.acc_ty(acc).const_zero(),
+        };
+        Ok(self.b().build_select(inside, x, fill, "")?)
+    }
+
     fn madd(&self, acc: Acc, s: V<'ctx>, a: V<'ctx>, b: V<'ctx>) -> Res<V<'ctx>> {
         Ok(match acc {
             Acc::I32 => {
@@ -1357,7 +1424,7 @@ impl<'a, 'ctx> Lw<'a, 'ctx> {
                     let c = lw.b().build_load(i64t, cs, "")?.into_int_value();
                     let kk = lw.b().build_load(i64t, ks, "")?.into_int_value();
                     let a = lw.load_acc(&mm.a, ao, r, kk, acc)?;
-                    let bv = lw.load_acc(&mm.b, bo, kk, c, acc)?;
+                    let bv = lw.load_b(mm, bo, kk, c, acc)?;
                     let s = lw.b().build_load(lw.acc_ty(acc), sum, "")?;
                     let s = lw.madd(acc, s, a, bv)?;
                     lw.b().build_store(sum, s)?;
@@ -1443,7 +1510,7 @@ impl<'a, 'ctx> Lw<'a, 'ctx> {
                     let r = lw.b().build_right_shift(e, lw.i64c(4), false, "")?;
                     let gr = lw.b().build_int_add(row0, r, "")?;
                     let gk = lw.b().build_int_add(k0, c, "")?;
-                    let v = lw.guarded_load(&mm.a, ao, gr, gk, m, k, acc)?;
+                    let v = lw.guarded_load(Operand::Mat(&mm.a), ao, gr, gk, m, k, acc)?;
                     let si = lw.b().build_int_add(
                         lw.b().build_int_mul(c, lw.i64c(a_pitch as i64), "")?,
                         r,
@@ -1456,7 +1523,7 @@ impl<'a, 'ctx> Lw<'a, 'ctx> {
                     let r = lw.b().build_right_shift(e, lw.i64c(6), false, "")?;
                     let gk = lw.b().build_int_add(k0, r, "")?;
                     let gc = lw.b().build_int_add(col0, c, "")?;
-                    let v = lw.guarded_load(&mm.b, bo, gk, gc, k, n, acc)?;
+                    let v = lw.guarded_load(Operand::B(mm), bo, gk, gc, k, n, acc)?;
                     let si = lw.b().build_int_add(
                         lw.b().build_int_mul(r, lw.i64c(t as i64), "")?,
                         c,
@@ -1532,7 +1599,7 @@ impl<'a, 'ctx> Lw<'a, 'ctx> {
     #[allow(clippy::too_many_arguments)]
     fn guarded_load(
         &self,
-        mref: &MatRef,
+        mref: Operand<'_>,
         off: IntValue<'ctx>,
         r: IntValue<'ctx>,
         c: IntValue<'ctx>,
@@ -1552,7 +1619,10 @@ impl<'a, 'ctx> Lw<'a, 'ctx> {
         let join = self.ctx.append_basic_block(f, "ld.join");
         b.build_conditional_branch(inr, lb, join)?;
         b.position_at_end(lb);
-        let v = self.load_acc(mref, off, r, c, acc)?;
+        let v = match mref {
+            Operand::Mat(m) => self.load_acc(m, off, r, c, acc)?,
+            Operand::B(mm) => self.load_b(mm, off, r, c, acc)?,
+        };
         let lend = b.get_insert_block().expect("positioned");
         b.build_unconditional_branch(join)?;
         b.position_at_end(join);

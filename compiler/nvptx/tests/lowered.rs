@@ -503,6 +503,96 @@ fn lowered_kernels_match_eval_on_the_host() {
         .map(|(i, &n)| floats(n, 10 + i as u64))
         .collect();
     check_on_host(&dw, init);
+    // Contractions whose B is an image's column matrix (implicit GEMM): f32 with strides,
+    // dilation and asymmetric pads (small integers, so sums are exact in any order), and an
+    // 8-bit one whose padding reads a fill parameter.
+    let small = |n: usize, seed: u64, lo: i64, span: i64| -> Vec<Val> {
+        (0..n as u64)
+            .map(|i| Val::I(lo + ((i * 7 + seed * 13) % span as u64) as i64))
+            .collect()
+    };
+    let as_f = |v: Vec<Val>| -> Vec<Val> {
+        v.into_iter()
+            .map(|x| match x {
+                Val::I(i) => Val::F(i as f64),
+                f => f,
+            })
+            .collect()
+    };
+    let (k, lens) = implicit_gemm(DType::F32, DType::F32, None);
+    let init = vec![
+        as_f(small(lens[0], 1, -3, 7)),
+        as_f(small(lens[1], 2, -4, 9)),
+        vec![Val::F(0.0); lens[2]],
+    ];
+    check_on_host(&k, init);
+    let (k, lens) = implicit_gemm(DType::U8, DType::I32, Some(DType::U8));
+    let init = vec![
+        small(lens[0], 3, -128, 255),
+        small(lens[1], 4, 0, 256),
+        vec![Val::I(0); lens[2]],
+        vec![Val::I(77)],
+    ];
+    check_on_host(&k, init);
+}
+
+/// `C (3×20) = W (3×12) · B`, `B` the column matrix of a 2-channel 7×9 image under a 2×3
+/// kernel at stride (2, 1), dilation (1, 2), pads (1, 2) (output 4×5); `W` of `wt` (`i8` for
+/// an 8-bit image), the image of `xt`, C of `ct`, and a one-element fill of type `fill`.
+fn implicit_gemm(xt: DType, ct: DType, fill: Option<DType>) -> (Kernel, Vec<usize>) {
+    use mlc_kir::{Activation, Im2col, MatRef, Matmul, ParamId};
+    let wt = if xt == DType::F32 {
+        DType::F32
+    } else {
+        DType::I8
+    };
+    let mut k = Kernel::new("implicit_gemm");
+    let lens = vec![3 * 12, 2 * 7 * 9, 3 * 20];
+    k.param(wt, lens[0], Access::Read);
+    k.param(xt, lens[1], Access::Read);
+    k.param(ct, lens[2], Access::ReadWrite);
+    if let Some(t) = fill {
+        k.param(t, 1, Access::Read);
+    }
+    let view = |p: u32, rs: i64, cs: i64| MatRef {
+        param: ParamId(p),
+        offset: Expr::idx(0),
+        row_stride: rs,
+        col_stride: cs,
+    };
+    k.body = vec![Stmt::Matmul(Box::new(Matmul {
+        m: 3,
+        n: 20,
+        k: 12,
+        a: view(0, 12, 1),
+        b: view(1, 0, 0),
+        c: view(2, 20, 1),
+        alpha: 1.0,
+        beta: 0.0,
+        bias: None,
+        act: Activation::None,
+        requant: None,
+        tail: None,
+        b_im2col: Some(Box::new(Im2col {
+            channels: 2,
+            in_hw: [7, 9],
+            out_hw: [4, 5],
+            kernel: [2, 3],
+            stride: [2, 1],
+            dilation: [1, 2],
+            pad: [1, 2],
+            fill: fill.map(|_| ParamId(3)),
+        })),
+    }))];
+    // A trailing store (C's first element, rewritten) keeps the kernel off the grid GEMM,
+    // which the host lowering does not run: the contraction runs as serial loops.
+    k.body.push(Stmt::Store {
+        param: ParamId(2),
+        index: Expr::idx(0),
+        value: Expr::load(ParamId(2), Expr::idx(0)),
+    });
+    mlc_kir::verify_kernel(&k).unwrap();
+    (k, lens)
 }
 
 /// A 2×(3×3) depthwise convolution, stride 2, asymmetric pads, bias, and an epilogue

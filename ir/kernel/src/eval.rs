@@ -231,7 +231,19 @@ impl Cx<'_> {
             for c in 0..mm.n {
                 let mut acc = 0.0f64;
                 for kk in 0..mm.k {
-                    acc += self.load_f(&mm.a, ao, r, kk)? * self.load_f(&mm.b, bo, kk, c)?;
+                    let b = match &mm.b_im2col {
+                        None => self.load_f(&mm.b, bo, kk, c)?,
+                        Some(v) => match v.source(kk, c) {
+                            Some(i) => {
+                                self.load_f(&MatRef::scalar(mm.b.param), bo + i as i64, 0, 0)?
+                            }
+                            None => match v.fill {
+                                Some(f) => self.load_f(&MatRef::scalar(f), 0, 0, 0)?,
+                                None => 0.0,
+                            },
+                        },
+                    };
+                    acc += self.load_f(&mm.a, ao, r, kk)? * b;
                 }
                 let mut v = mm.alpha as f64 * acc;
                 if mm.beta != 0.0 {

@@ -303,6 +303,65 @@ pub struct Matmul {
     /// An elementwise tail run on every element of C once it is final (see [`TileTail`]);
     /// `None` for a plain contraction.
     pub tail: Option<TileTail>,
+    /// `Some`: `B` is not a matrix in memory but the column matrix of a 2-D convolution, read
+    /// straight from the image that `b` points to (implicit GEMM, see [`Im2col`]); `b`'s
+    /// strides are then unused (zero).
+    pub b_im2col: Option<Box<Im2col>>,
+}
+
+/// The column matrix (`k×n`) of a 2-D convolution's image, as a contraction's `B`: row
+/// `k = (c·kh + ky)·kw + kx`, column `j = oy·ow + ox` is
+///
+/// ```text
+/// iy = oy·stride[0] + ky·dilation[0] - pad[0];  ix = ox·stride[1] + kx·dilation[1] - pad[1]
+/// B(k, j) = inside ? image[offset + c·ih·iw + iy·iw + ix] : fill
+/// ```
+///
+/// with `offset` the `b` view's, `inside` meaning `0 ≤ iy < ih` and `0 ≤ ix < iw`, and `fill`
+/// zero or element 0 of a parameter. A backend may copy it into a column matrix block by
+/// block, or read the image as it packs `B`, instead of materializing all of it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Im2col {
+    /// Input channels: the matrix has `channels·kernel[0]·kernel[1]` rows.
+    pub channels: usize,
+    pub in_hw: [usize; 2],
+    /// The output map: the matrix has `out_hw[0]·out_hw[1]` columns.
+    pub out_hw: [usize; 2],
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub dilation: [usize; 2],
+    /// Top and left padding.
+    pub pad: [usize; 2],
+    /// The value of padded taps: `None` zero, `Some(p)` element 0 of `p` (an integer
+    /// convolution's input zero point, so that padded taps contribute nothing).
+    pub fill: Option<ParamId>,
+}
+
+impl Im2col {
+    /// Rows and columns of the matrix.
+    pub fn dims(&self) -> (usize, usize) {
+        (
+            self.channels * self.kernel[0] * self.kernel[1],
+            self.out_hw[0] * self.out_hw[1],
+        )
+    }
+
+    /// Elements of the image read past the view's offset: `channels·ih·iw`.
+    pub fn image_len(&self) -> usize {
+        self.channels * self.in_hw[0] * self.in_hw[1]
+    }
+
+    /// The image element (relative to the view's offset) that `B(k, j)` reads, or `None` for
+    /// a padded tap. `k` and `j` must be inside [`Im2col::dims`].
+    pub fn source(&self, k: usize, j: usize) -> Option<usize> {
+        let (kh, kw) = (self.kernel[0], self.kernel[1]);
+        let (c, ky, kx) = (k / (kh * kw), (k / kw) % kh, k % kw);
+        let (oy, ox) = (j / self.out_hw[1], j % self.out_hw[1]);
+        let iy = (oy * self.stride[0] + ky * self.dilation[0]).checked_sub(self.pad[0])?;
+        let ix = (ox * self.stride[1] + kx * self.dilation[1]).checked_sub(self.pad[1])?;
+        let [ih, iw] = self.in_hw;
+        (iy < ih && ix < iw).then_some((c * ih + iy) * iw + ix)
+    }
 }
 
 /// The elementwise kernel that reads a contraction's result back, fused into it: after C is
@@ -602,6 +661,7 @@ impl Matmul {
         self.a.param == p
             || self.b.param == p
             || self.bias.as_ref().is_some_and(|b| b.param == p)
+            || self.b_im2col.as_ref().is_some_and(|v| v.fill == Some(p))
             || self.requant.as_ref().is_some_and(|rq| {
                 rq.mult.param == p
                     || rq.scale.param == p

@@ -116,6 +116,9 @@ impl Verifier<'_> {
                         self.param(b.param);
                         self.expect(&b.offset, DType::I64, "matmul bias offset");
                     }
+                    if let Some(v) = &mm.b_im2col {
+                        self.im2col(mm, v);
+                    }
                     if let Some(rq) = &mm.requant {
                         self.requant(mm, rq);
                     }
@@ -128,6 +131,35 @@ impl Verifier<'_> {
             }
         }
         self.scope.truncate(mark);
+    }
+
+    /// An implicit column matrix: its sizes are the contraction's `k×n`, `b`'s strides are
+    /// zero, strides and dilations are nonzero, and the fill is a parameter of `b`'s type.
+    fn im2col(&mut self, mm: &Matmul, v: &Im2col) {
+        if v.dims() != (mm.k, mm.n) {
+            self.err(format!(
+                "matmul im2col of {:?} for a {}×{} B",
+                v.dims(),
+                mm.k,
+                mm.n
+            ));
+        }
+        if mm.b.row_stride != 0 || mm.b.col_stride != 0 {
+            self.err("matmul im2col B with strides".to_string());
+        }
+        if v.stride.contains(&0) || v.dilation.contains(&0) || v.kernel.contains(&0) {
+            self.err("matmul im2col with a zero stride, dilation or kernel size".to_string());
+        }
+        if let Some(f) = v.fill {
+            let want = self.param(mm.b.param).map(|p| p.dtype);
+            let got = self.param(f).map(|p| p.dtype);
+            if want.is_some() && got != want {
+                self.err(format!(
+                    "matmul im2col fill %p{} of another type than B",
+                    f.0
+                ));
+            }
+        }
     }
 
     /// A depthwise convolution: `f32` parameters whose lengths match its sizes, read-only

@@ -30,6 +30,15 @@ fn conv_as_im2col_and_matmul() {
 }
 
 #[test]
+fn integer_conv_as_implicit_gemm() {
+    insta::assert_snapshot!(lowered(
+        r#"graph (%0: u8[1,3,6,6] "x", %1: i8[4,3,3,3] "w", %2: u8[] "zx") -> (%3 "y") {
+  %3 = quant.conv_integer {"strides":[1,1],"dilations":[1,1],"pad":{"explicit":[1,1,1,1]},"group":1} (%0, %1, %2) : i32[1,4,6,6]
+}"#
+    ));
+}
+
+#[test]
 fn batched_matmul_with_broadcast_and_reshape_alias() {
     insta::assert_snapshot!(lowered(
         r#"graph (%0: f32[2,4,3,8] "q", %1: f32[4,8,5] "k") -> (%3 "y") {

@@ -20,7 +20,7 @@ use super::matmul::{self, Gemm, Requant, View};
 use crate::kernels::igemm::AddParams;
 
 /// Version of this contract; an artifact records it and a runtime loads only its own.
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 
 /// The data symbol holding the helper table in generated code.
 pub const TABLE_SYMBOL: &str = "mlc_helpers";
@@ -172,7 +172,12 @@ pub mod mm_slot {
     /// count, index): the residual's scale and zero point, the sum's scale and zero point.
     pub const RQ_ADD: usize = 43;
     pub const RQ_ADD_SCALARS: usize = 46;
-    pub const COUNT: usize = 58;
+    /// `B` read from a convolution's image (`mlc_kir::Im2col`): 1 when it is (else 0 and the
+    /// rest unused), then channels, ih, iw, oh, ow, kh, kw, sh, sw, dh, dw, pad top, pad left.
+    pub const IM2COL: usize = 58;
+    /// The padding value's buffer (null: zero), its element count (ABI 8).
+    pub const IM2COL_FILL: usize = 72;
+    pub const COUNT: usize = 74;
 }
 
 /// `Stmt::Matmul`'s entry point: `desc` points to `mm_slot::COUNT` words laid out as
@@ -290,6 +295,12 @@ fn matmul_from_desc(d: &[u64], threads: usize) -> bool {
         f(args, r0 as i64, rows as i64, c0 as i64, cols as i64);
     };
     let hook = (tail_fn != 0 && tail_args != 0).then_some(matmul::TileHook(&tail));
+    if d[s::IM2COL] == 1 {
+        let Some(img) = image_from_desc(d, b, tb, &overlaps) else {
+            return false;
+        };
+        return matmul::run_image(&g, view(a, ta, 0), img, c, cv, biasv, hook, rq.as_ref()).is_ok();
+    }
     match rq {
         Some(rq) if hook.is_none() => {
             matmul::run_requant(&g, view(a, ta, 0), view(b, tb, 1), c, cv, biasv, &rq)
@@ -298,6 +309,54 @@ fn matmul_from_desc(d: &[u64], threads: usize) -> bool {
         None => matmul::run_then(&g, view(a, ta, 0), view(b, tb, 1), c, cv, biasv, hook),
     }
     .is_ok()
+}
+
+/// `B` as a convolution's image (`IM2COL` set): the geometry and the fill's bytes, `None`
+/// when the fill is not one element of B's type `tb` apart from C.
+fn image_from_desc<'a>(
+    d: &[u64],
+    b: &'a [u8],
+    tb: DType,
+    overlaps: &dyn Fn(*const u8, usize) -> bool,
+) -> Option<matmul::Image<'a>> {
+    use mm_slot as s;
+    let w = |i: usize| d[s::IM2COL + 1 + i] as usize;
+    let geom = matmul::Im2col {
+        channels: w(0),
+        ih: w(1),
+        iw: w(2),
+        oh: w(3),
+        ow: w(4),
+        kh: w(5),
+        kw: w(6),
+        sh: w(7),
+        sw: w(8),
+        dh: w(9),
+        dw: w(10),
+        pt: w(11),
+        pl: w(12),
+    };
+    let mut fill = [0u8; 8];
+    let (pf, nf) = (
+        d[s::IM2COL_FILL] as *const u8,
+        d[s::IM2COL_FILL + 1] as usize,
+    );
+    if !pf.is_null() {
+        let size = tb.size();
+        if nf == 0 || size > 8 || overlaps(pf, size) {
+            return None;
+        }
+        // SAFETY: a kernel parameter buffer of `nf ≥ 1` elements of B's type (checked by the
+        // executor before any call), only read.
+        fill[..size].copy_from_slice(unsafe { std::slice::from_raw_parts(pf, size) });
+    }
+    Some(matmul::Image {
+        bytes: b,
+        dtype: tb,
+        offset: d[s::OFF + 1] as i64,
+        geom,
+        fill,
+    })
 }
 
 /// The requantization operands of a descriptor whose `RQ_MULT` pointer is set: `None` when

@@ -27,6 +27,8 @@ unsafe impl Pod for u16 {}
 unsafe impl Pod for i8 {}
 // SAFETY: as above.
 unsafe impl Pod for u8 {}
+// SAFETY: as above.
+unsafe impl Pod for u64 {}
 
 /// The bytes as `T`s, or `None` if they do not start on a `T` boundary. Trailing bytes that do
 /// not fill a whole `T` are left out.
@@ -43,6 +45,14 @@ pub fn cast_mut<T: Pod>(bytes: &mut [u8]) -> Option<&mut [T]> {
     // written through it is a valid byte sequence.
     let (head, mid, _) = unsafe { bytes.align_to_mut::<T>() };
     head.is_empty().then_some(mid)
+}
+
+/// The bytes of a slice of numbers (always aligned, so no `Option`).
+pub fn as_bytes_mut<T: Pod>(v: &mut [T]) -> &mut [u8] {
+    // SAFETY: `T: Pod` has no padding, so its bytes are initialized, and any byte sequence
+    // written through the view is a valid `T`; the view covers exactly `v`'s memory and
+    // borrows it mutably.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
 }
 
 #[cfg(test)]

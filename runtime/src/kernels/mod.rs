@@ -9,6 +9,7 @@ pub mod bytes;
 pub mod depthwise;
 pub mod gemm;
 pub mod igemm;
+pub mod im2col;
 pub mod softmax;
 pub mod transpose;
 

@@ -123,6 +123,8 @@ pub(super) fn tail_to_activation(k: &Kernel, args: &[BufId]) -> Option<(Kernel, 
     if mm.act != Activation::None
         || mm.beta != 0.0
         || mm.requant.is_some()
+        // (The renumbering below knows plain operands only.)
+        || mm.b_im2col.is_some()
         || pty(mm.c.param)? != DType::F32
     {
         return None;

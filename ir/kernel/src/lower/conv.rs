@@ -184,11 +184,10 @@ pub(super) fn conv(
     {
         return Ok(());
     }
-    let (col, col_rows_stride, col_group_stride, col_batch_stride) =
-        columns(cx, node, x, &g, ins, kdims, group, None)?;
+    let cols = columns(cx, node, x, &g, ins, kdims, group, None)?;
     let mut kb = KernelBuilder::new(kernel_name(&node.op));
     let wp = kb.param(&cx.p, cx.buf(w)?, Access::Read);
-    let cp = kb.param(&cx.p, col, Access::Read);
+    let cp = cols.params(cx, &mut kb);
     let bp = cx.opt_param(&mut kb, bias, Access::Read)?;
     let op_ = kb.param(&cx.p, out, Access::Write);
     let kdim = cg * kk;
@@ -196,22 +195,59 @@ pub(super) fn conv(
         &mut kb,
         (wp, cp, bp, op_),
         (group, n, m, mg, ohw, kdim),
-        (col_rows_stride, col_group_stride, col_batch_stride),
+        &cols,
     );
     cx.launch(kb, node);
     Ok(())
 }
 
+/// An f32 column matrix larger than this is read from the image instead (about twice the L2
+/// of the CPUs we measure on, so that it would not stay in cache between copy and product).
+const IMPLICIT_F32_BYTES: usize = 4 << 20;
+
+/// What a convolution's contractions read as `B`: a column matrix, or the image itself.
+struct Columns {
+    buf: BufId,
+    /// The (row, group, batch) strides of the column matrix; for an image `(0, ·, ·)`: its
+    /// planes per group and per batch.
+    strides: (i64, i64, i64),
+    /// `Some` when `buf` is the image, read as its column matrix (implicit GEMM), with the
+    /// padding's buffer (`fill` is set per kernel).
+    image: Option<(Im2col, Option<BufId>)>,
+}
+
+impl Columns {
+    /// The kernel parameters for `B`: the buffer, and the image's fill if any.
+    fn params(&self, cx: &Cx, kb: &mut KernelBuilder) -> (ParamId, Option<ParamId>) {
+        let b = kb.param(&cx.p, self.buf, Access::Read);
+        let fill = match &self.image {
+            Some((_, Some(f))) => Some(kb.param(&cx.p, *f, Access::Read)),
+            _ => None,
+        };
+        (b, fill)
+    }
+}
+
 /// The body of a grouped convolution's contraction kernel, float or integer: per (group,
 /// batch), `out[g] = W[g] · col[n, g] (+ bias[g])`, weights `[group·mg, kdim]` row-major, the
-/// column matrix with the given (row, group, batch) strides, output `[n, m, ohw]`.
+/// column matrix (or the image read as one) as `cols` says, output `[n, m, ohw]`.
 #[allow(clippy::type_complexity)]
 fn grouped_conv_matmuls(
     kb: &mut KernelBuilder,
-    (wp, cp, bp, op_): (ParamId, ParamId, Option<ParamId>, ParamId),
+    (wp, (cp, fill), bp, op_): (
+        ParamId,
+        (ParamId, Option<ParamId>),
+        Option<ParamId>,
+        ParamId,
+    ),
     (group, n, m, mg, ohw, kdim): (usize, usize, usize, usize, usize, usize),
-    (col_rows_stride, col_group_stride, col_batch_stride): (i64, i64, i64),
+    cols: &Columns,
 ) -> Vec<Stmt> {
+    let (col_rows_stride, col_group_stride, col_batch_stride) = cols.strides;
+    let image = cols
+        .image
+        .as_ref()
+        .map(|(v, _)| Box::new(Im2col { fill, ..v.clone() }));
     nest(kb, &[group, n], LoopKind::Parallel, |_, v| {
         let (gv, nv) = (Expr::var(v[0]), Expr::var(v[1]));
         let mm = Matmul {
@@ -231,7 +267,7 @@ fn grouped_conv_matmuls(
                     Expr::mul_idx(gv.clone(), col_group_stride),
                 ),
                 row_stride: col_rows_stride,
-                col_stride: 1,
+                col_stride: if image.is_some() { 0 } else { 1 },
             },
             c: MatRef {
                 param: op_,
@@ -253,6 +289,7 @@ fn grouped_conv_matmuls(
             act: Activation::None,
             requant: None,
             tail: None,
+            b_im2col: image.clone(),
         };
         vec![Stmt::Matmul(Box::new(mm))]
     })
@@ -273,7 +310,7 @@ fn columns(
     kdims: &[usize],
     group: usize,
     pad: Option<BufId>,
-) -> Result<(BufId, i64, i64, i64), Fail> {
+) -> Result<Columns, Fail> {
     let xs = cx.shape(x)?;
     let ty = cx.dtype(x);
     let (n, c) = (xs[0], xs[1]);
@@ -283,8 +320,44 @@ fn columns(
     let ihw: usize = ins.iter().product();
     let pointwise = kk == 1 && g.pad.iter().all(|&p| p == 0) && g.stride.iter().all(|&s| s == 1);
     let xb = cx.buf(x)?;
+    let matrix = |buf, strides| Columns {
+        buf,
+        strides,
+        image: None,
+    };
     if pointwise {
-        return Ok((xb, ohw as i64, (cg * ihw) as i64, (c * ihw) as i64));
+        return Ok(matrix(
+            xb,
+            (ohw as i64, (cg * ihw) as i64, (c * ihw) as i64),
+        ));
+    }
+    // Where it measured faster on the CPU, the contraction reads the image as its column
+    // matrix, which is then never written out whole (implicit GEMM): 8-bit "same" convolutions
+    // of stride 1, whose blocks of `B` the integer kernels pack straight from the image
+    // (ResNet-18 QDQ's 3×3 layers 7–10% faster), and f32 column matrices too large for L2
+    // (ResNet-18's stem, 7 MiB: 3.7 → 3.0 ms), copied block by block. Elsewhere the copy of
+    // the block costs more than the explicit column matrix (strided convolutions of small
+    // maps: 10–15% slower). `ImplicitGemm` in docs/benchmarks.md has the measurements.
+    let eight = matches!(ty, DType::U8 | DType::I8);
+    let same_s1 = g.stride == [1, 1] && g.out.get(1) == ins.get(1);
+    let big = cg * kk * ohw * ty.size().unwrap_or(4) > IMPLICIT_F32_BYTES;
+    if ins.len() == 2 && ((eight && same_s1) || (ty == DType::F32 && big)) {
+        let two = |v: &[usize]| [v[0], v[1]];
+        let view = Im2col {
+            channels: cg,
+            in_hw: two(ins),
+            out_hw: two(&g.out),
+            kernel: two(kdims),
+            stride: two(&g.stride),
+            dilation: two(&g.dil),
+            pad: two(&g.pad),
+            fill: None,
+        };
+        return Ok(Columns {
+            buf: xb,
+            strides: (0, (cg * ihw) as i64, (c * ihw) as i64),
+            image: Some((view, pad)),
+        });
     }
     if ins.len() == 2 && (ty.is_float() || matches!(ty, DType::U8 | DType::I8)) {
         let fill = match pad {
@@ -292,7 +365,10 @@ fn columns(
             None => Fill::Value(0.0),
         };
         let (col, rs) = im2col_2d(cx, node, xb, ty, fill, n * c, ins, g);
-        return Ok((col, rs as i64, (cg * kk * rs) as i64, (c * kk * rs) as i64));
+        return Ok(matrix(
+            col,
+            (rs as i64, (cg * kk * rs) as i64, (c * kk * rs) as i64),
+        ));
     }
     let col =
         cx.p.add_buffer(ty, vec![n, group, cg * kk, ohw], BufKind::Temp);
@@ -348,11 +424,9 @@ fn columns(
         args: kb.args,
         origin: node.loc.clone(),
     });
-    Ok((
+    Ok(matrix(
         col,
-        ohw as i64,
-        (cg * kk * ohw) as i64,
-        (c * kk * ohw) as i64,
+        (ohw as i64, (cg * kk * ohw) as i64, (c * kk * ohw) as i64),
     ))
 }
 
@@ -2318,18 +2392,17 @@ pub(super) fn conv_integer_into(
         Some(z) => Some(cx.buf(z)?),
         None => None,
     };
-    let (col, col_rows_stride, col_group_stride, col_batch_stride) =
-        columns(cx, node, x, &g, ins, kdims, group, pad)?;
+    let cols = columns(cx, node, x, &g, ins, kdims, group, pad)?;
     let mut kb = KernelBuilder::new(kernel_name(&node.op));
     let wp = kb.param(&cx.p, wbuf, Access::Read);
-    let cp = kb.param(&cx.p, col, Access::Read);
+    let cp = cols.params(cx, &mut kb);
     let bp = bias.map(|b| kb.param(&cx.p, b, Access::Read));
     let op_ = kb.param(&cx.p, out, Access::Write);
     kb.k.body = grouped_conv_matmuls(
         &mut kb,
         (wp, cp, bp, op_),
         (group, n, m, mg, ohw, kdim),
-        (col_rows_stride, col_group_stride, col_batch_stride),
+        &cols,
     );
     cx.launch(kb, node);
     Ok(())

@@ -95,6 +95,7 @@ pub(super) fn matmul(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: MatR
         act: Activation::None,
         requant: None,
         tail: None,
+        b_im2col: None,
     }))
 }
 

@@ -229,6 +229,7 @@ fn matmul_views(
             act: Activation::None,
             requant: None,
             tail: None,
+            b_im2col: None,
         };
         vec![Stmt::Matmul(Box::new(mm))]
     });
@@ -339,6 +340,7 @@ fn gemm(cx: &mut Cx, node: &Node, ta: bool, tb: bool, alpha: f32, beta: f32) -> 
         act: Activation::None,
         requant: None,
         tail: None,
+        b_im2col: None,
     };
     kb.k.body = vec![Stmt::Matmul(Box::new(mm))];
     cx.launch(kb, node);

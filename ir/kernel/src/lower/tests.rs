@@ -584,29 +584,32 @@ fn integer_convolutions() {
 
 #[test]
 fn stride_one_im2col_reads_the_unpadded_plane() {
-    // Stride-1 convolutions take their column matrix from shifted runs of the unpadded planes:
-    // "same" (one run per tap plus its wrapped edges), asymmetric pads, a valid conv (rows copied
-    // one by one), a kernel larger than the plane (taps entirely outside), 1×N rows; f32 with
-    // zeros and u8 with the zero point as the fill.
+    // Stride-1 float convolutions take their column matrix from shifted runs of the unpadded
+    // planes: "same" (one run per tap plus its wrapped edges), asymmetric pads, a valid conv
+    // (rows copied one by one), a kernel larger than the plane (taps entirely outside), 1×N
+    // rows. An 8-bit "same" one reads its image in the contraction instead (implicit GEMM),
+    // the zero point as the fill.
     for (x, w, pads, y) in [
-        ("f32[2,3,6,7]", "f32[4,3,3,3]", "[1,1,1,1]", "f32[2,4,6,7]"),
-        ("f32[1,2,5,6]", "f32[3,2,3,3]", "[2,0,0,1]", "f32[1,3,5,5]"),
-        ("f32[1,2,5,6]", "f32[3,2,3,2]", "[0,0,0,0]", "f32[1,3,3,5]"),
-        ("f32[1,2,2,2]", "f32[2,2,5,5]", "[2,2,2,2]", "f32[1,2,2,2]"),
-        ("f32[1,3,1,9]", "f32[2,3,1,3]", "[0,1,0,1]", "f32[1,2,1,9]"),
+        ("[2,3,6,7]", "[4,3,3,3]", "[1,1,1,1]", "[2,4,6,7]"),
+        ("[1,2,5,6]", "[3,2,3,3]", "[2,0,0,1]", "[1,3,5,5]"),
+        ("[1,2,5,6]", "[3,2,3,2]", "[0,0,0,0]", "[1,3,3,5]"),
+        ("[1,2,2,2]", "[2,2,5,5]", "[2,2,2,2]", "[1,2,2,2]"),
+        ("[1,3,1,9]", "[2,3,1,3]", "[0,1,0,1]", "[1,2,1,9]"),
     ] {
-        let text = check(
-            &format!(
-                r#"graph (%0: {x} "x", %1: {w} "w") -> (%2 "y") {{
-  %2 = nn.conv {{"auto_pad":"not_set","dilations":[1,1],"group":1,"pads":{pads},"strides":[1,1]}} (%0, %1, _) : {y}
+        for ty in ["f32", "f64"] {
+            let text = check(
+                &format!(
+                    r#"graph (%0: {ty}{x} "x", %1: {ty}{w} "w") -> (%2 "y") {{
+  %2 = nn.conv {{"auto_pad":"not_set","dilations":[1,1],"group":1,"pads":{pads},"strides":[1,1]}} (%0, %1, _) : {ty}{y}
 }}"#
-            ),
-            1e-5,
-        );
-        assert!(
-            text.contains("kernel @im2col") && !text.contains("pad_planes"),
-            "{text}"
-        );
+                ),
+                1e-5,
+            );
+            assert!(
+                text.contains("kernel @im2col") && !text.contains("pad_planes"),
+                "{text}"
+            );
+        }
     }
     let text = check(
         r#"graph (%0: u8[1,3,7,6] "x", %1: i8[2,3,3,3] "w", %2: u8[] "zx") -> (%3 "y") {
@@ -615,9 +618,51 @@ fn stride_one_im2col_reads_the_unpadded_plane() {
         0.0,
     );
     assert!(
-        text.contains("kernel @im2col") && !text.contains("pad_planes"),
+        text.contains(
+            "b_im2col(c=3 in=7x6 out=7x6 kernel=3x3 stride=1x1 dilation=1x1 pad=1x2 fill=%p"
+        ) && !text.contains("kernel @im2col")
+            && !text.contains("pad_planes"),
         "{text}"
     );
+}
+
+#[test]
+fn implicit_gemm_where_it_pays() {
+    // The image read as the column matrix, against the interpreter: 8-bit "same" stride-1
+    // convolutions (dilated, grouped, two images, the zero point as the fill), and an f32 one
+    // whose column matrix passes 4 MiB (strided, asymmetric pads). An 8-bit strided one and a
+    // small f32 one keep the explicit column matrix.
+    let text = check(
+        r#"graph (%0: i8[2,4,9,8] "x", %1: i8[6,2,3,3] "w", %2: i8[] "zx") -> (%3 "y") {
+  %3 = quant.conv_integer {"strides":[1,1],"dilations":[2,2],"pad":{"explicit":[1,2,3,2]},"group":2} (%0, %1, %2) : i32[2,6,9,8]
+}"#,
+        0.0,
+    );
+    assert!(
+        text.contains("b_im2col(") && text.contains("fill=%p"),
+        "{text}"
+    );
+    let text = check(
+        r#"graph (%0: f32[1,8,151,150] "x", %1: f32[3,8,5,5] "w") -> (%2 "y") {
+  %2 = nn.conv {"auto_pad":"not_set","dilations":[1,1],"group":1,"pads":[2,1,1,2],"strides":[2,2]} (%0, %1, _) : f32[1,3,75,75]
+}"#,
+        1e-4,
+    );
+    assert!(
+        text.contains("b_im2col(") && !text.contains("kernel @im2col"),
+        "{text}"
+    );
+    for src in [
+        r#"graph (%0: u8[1,4,9,9] "x", %1: i8[4,4,3,3] "w", %2: u8[] "zx") -> (%3 "y") {
+  %3 = quant.conv_integer {"strides":[2,2],"dilations":[1,1],"pad":{"explicit":[1,1,1,1]},"group":1} (%0, %1, %2) : i32[1,4,5,5]
+}"#,
+        r#"graph (%0: f32[1,3,11,11] "x", %1: f32[4,3,7,7] "w") -> (%2 "y") {
+  %2 = nn.conv {"auto_pad":"not_set","dilations":[1,1],"group":1,"pads":[3,3,3,3],"strides":[2,2]} (%0, %1, _) : f32[1,4,6,6]
+}"#,
+    ] {
+        let text = check(src, 1e-5);
+        assert!(!text.contains("b_im2col("), "{text}");
+    }
 }
 
 #[test]

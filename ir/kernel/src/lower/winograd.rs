@@ -239,6 +239,7 @@ fn products(
         act: Activation::None,
         requant: None,
         tail: None,
+        b_im2col: None,
     }
 }
 

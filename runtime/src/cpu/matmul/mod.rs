@@ -26,11 +26,15 @@
 
 use super::abi::{Activation, DType};
 use crate::kernels::igemm::{
-    AddParams, IAdd, IBias, IGemm, IOut, IRequant, IntElem, IntRef, PackedInt, RqMult, Slot,
+    AddParams, IAdd, IBias, IGemm, IOut, IRequant, IntElem, IntImage, IntRef, PackedInt, RqMult,
+    Slot,
 };
 use crate::kernels::{bytes, gemm as kg};
+pub use image::{Im2col, Image, run_image};
 pub use kg::TileHook;
 use std::borrow::Cow;
+
+mod image;
 
 /// A strided 2-D view of a buffer's bytes.
 #[derive(Clone, Copy, Debug)]
@@ -228,7 +232,18 @@ pub fn run_then(
         tests::PATH.set(tests::Path::F32);
         return Ok(());
     }
-    if int_kernels(g, &a, &b, c_bytes, c, bias.as_ref(), None, tail).is_some() {
+    if int_kernels(
+        g,
+        &a,
+        BOperand::View(&b),
+        c_bytes,
+        c,
+        bias.as_ref(),
+        None,
+        tail,
+    )
+    .is_some()
+    {
         #[cfg(test)]
         tests::PATH.set(tests::Path::Int);
         return Ok(());
@@ -285,7 +300,18 @@ pub fn run_requant(
     if let Some((r, p)) = &rq.add {
         check(coff, crs, ccs, m, n, r.len() / p.r_size())?;
     }
-    if int_kernels(g, &a, &b, c_bytes, c, bias.as_ref(), Some(rq), None).is_some() {
+    if int_kernels(
+        g,
+        &a,
+        BOperand::View(&b),
+        c_bytes,
+        c,
+        bias.as_ref(),
+        Some(rq),
+        None,
+    )
+    .is_some()
+    {
         #[cfg(test)]
         tests::PATH.set(tests::Path::Int);
         return Ok(());
@@ -699,10 +725,10 @@ fn rq_mult<'a>(v: &View<'a>, m: usize, n: usize, rs: i64, cs: i64) -> Option<Cow
 /// integers, a result that could leave `i32`, views they cannot read in place, multipliers
 /// that vary along both dimensions); nothing was written then, and the caller takes the
 /// generic path.
-fn int_kernels(
+pub(super) fn int_kernels(
     g: &Gemm,
     a: &View,
-    b: &View,
+    b: BOperand,
     c_bytes: &mut [u8],
     (cty, coff, crs, ccs): (DType, i64, i64, i64),
     bias: Option<&View>,
@@ -724,7 +750,11 @@ fn int_kernels(
     if rq.is_some_and(|r| r.mult.dtype != DType::F32) {
         return None;
     }
-    let (av, bv) = (IntView::new(a, m, k)?, IntView::new(b, k, n)?);
+    let av = IntView::new(a, m, k)?;
+    let bv = match b {
+        BOperand::View(v) => IntB::View(IntView::new(v, k, n)?),
+        BOperand::Image(img) => IntB::Image(IntImg::new(img)?),
+    };
     if m == 0 || n == 0 {
         return Some(());
     }
@@ -783,7 +813,15 @@ fn int_kernels(
             let ldc = if n == 1 { m } else { ccs as usize };
             let bias = IntBias::new(bias, (n, m), (bias_cs, bias_rs), |x| x as i32);
             let o = q_out(c, irq(mult_of(true)), signed);
-            int_product(&ig, (n, m, k), bv.t(), av.t(), o, ldc, bias.get())
+            int_product(
+                &ig,
+                (n, m, k),
+                bv.view()?.t(),
+                IntB::View(av.t()),
+                o,
+                ldc,
+                bias.get(),
+            )
         };
     }
     let cf = if rows_ok || cols_ok {
@@ -816,8 +854,8 @@ fn int_kernels(
             int_product(
                 &ig,
                 (n, m, k),
-                bv.t(),
-                av.t(),
+                bv.view()?.t(),
+                IntB::View(av.t()),
                 out(c, true),
                 ldc,
                 bias.get(),
@@ -841,6 +879,55 @@ fn int_kernels(
     }
 }
 
+/// `B` as the contraction library receives it: a strided view, or a convolution's image.
+#[derive(Clone, Copy)]
+pub(super) enum BOperand<'v, 'a> {
+    View(&'v View<'a>),
+    Image(&'v Image<'a>),
+}
+
+/// An integer `B`: a view in place, or an 8-bit image the kernels pack from.
+enum IntB<'a> {
+    View(IntView<'a>),
+    Image(IntImg<'a>),
+}
+
+#[derive(Clone, Copy)]
+enum IntImg<'a> {
+    U8(IntImage<'a, u8>),
+    I8(IntImage<'a, i8>),
+}
+
+impl<'a> IntB<'a> {
+    /// The view, or `None` for an image (which only the kernels' `B` takes).
+    fn view(self) -> Option<IntView<'a>> {
+        match self {
+            IntB::View(v) => Some(v),
+            IntB::Image(_) => None,
+        }
+    }
+}
+
+impl<'a> IntImg<'a> {
+    /// The image in place, if it is 8-bit and aligned (always, for one byte).
+    fn new(img: &Image<'a>) -> Option<IntImg<'a>> {
+        let off = usize::try_from(img.offset).ok()?;
+        Some(match img.dtype {
+            DType::U8 => IntImg::U8(IntImage {
+                data: img.bytes.get(off..)?,
+                geom: img.geom,
+                fill: img.fill[0],
+            }),
+            DType::I8 => IntImg::I8(IntImage {
+                data: bytes::cast::<i8>(img.bytes)?.get(off..)?,
+                geom: img.geom,
+                fill: img.fill[0] as i8,
+            }),
+            _ => return None,
+        })
+    }
+}
+
 /// `C (m×n) = A·B + bias` (or its requantization) on the integer kernels (views in place), with an operand that is one
 /// of the executor's weights packed once and reused by every later call (the other is packed
 /// on the call: an `i8` conv weight as `A`, an `i8` MatMulInteger weight as `B`). `None` when
@@ -849,11 +936,25 @@ fn int_product(
     ig: &IGemm,
     (m, n, k): (usize, usize, usize),
     a: IntView,
-    b: IntView,
+    b: IntB,
     c: IOut,
     ldc: usize,
     bias: IBias,
 ) -> Option<()> {
+    let b = match b {
+        IntB::View(b) => b,
+        IntB::Image(img) => {
+            // The image is packed from block by block; A is the weight, packed once (or here,
+            // when it is not one of the executor's weights).
+            let pa = with_int!(a, x => packed_int(ig, Slot::A, (m, k), x))
+                .or_else(|| with_int!(a, x => ig.pack_a(m, k, x).ok().map(std::sync::Arc::new)))?;
+            return match img {
+                IntImg::U8(i) => ig.run_packed_a_image_into(&pa, i, c, ldc, bias),
+                IntImg::I8(i) => ig.run_packed_a_image_into(&pa, i, c, ldc, bias),
+            }
+            .ok();
+        }
+    };
     if let Some(pa) = with_int!(a, x => packed_int(ig, Slot::A, (m, k), x)) {
         return with_int!(b, y => ig.run_packed_a_into(&pa, n, y, c, ldc, bias)).ok();
     }

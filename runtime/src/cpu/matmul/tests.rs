@@ -866,3 +866,5 @@ fn transposing_pays_on_small_maps_only() {
         assert_eq!(transposed_pays(32, m, n, k), want, "{m}×{n}×{k}");
     }
 }
+
+mod image;

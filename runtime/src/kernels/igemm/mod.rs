@@ -57,13 +57,14 @@ mod tests;
 
 use super::Isa;
 pub use super::gemm::TileHook;
+pub use super::im2col::Im2col;
 use pack::{AlignedVec, PackDst};
 pub use requant::{AddParams, IAdd, IRequant, RqMult};
 use requant::{Per, QTile};
 use std::mem::MaybeUninit;
 
 /// An integer element type an operand may have.
-pub trait IntElem: Copy + Ord + Send + Sync + 'static {
+pub trait IntElem: super::bytes::Pod + Ord + Send + Sync + 'static {
     /// The type's smallest value.
     const LO: i64;
     /// The type's largest value.
@@ -252,6 +253,15 @@ pub enum IGemmError {
         lo: i64,
         /// Largest value.
         hi: i64,
+    },
+    /// An image read as `B` whose column matrix is not `k` deep, or whose geometry has a zero
+    /// stride, dilation or kernel size.
+    #[error("an image of {rows} column-matrix rows as B of a product {k} deep")]
+    Image {
+        /// The column matrix's rows.
+        rows: usize,
+        /// The product's depth.
+        k: usize,
     },
     /// The result could exceed `i32` for these operand ranges and `k`.
     #[error("the product may exceed i32 (bound {bound})")]
@@ -469,6 +479,41 @@ impl PackedInt {
 enum Side<'a, T> {
     Raw(IntRef<'a, T>),
     Packed(&'a PackedInt),
+    /// `B` (seen transposed, as `n×k`) read from an image (only ever `B`).
+    Image(IntImage<'a, T>),
+}
+
+/// `B` as the column matrix of a 2-D convolution's image (implicit GEMM, see
+/// [`super::im2col`]): `data` holds the image's planes (at least `geom.image_len()` values)
+/// and padded taps read `fill`. The column matrix is never written out: each column block of
+/// `B` is packed from the image right before its tiles.
+#[derive(Clone, Copy, Debug)]
+pub struct IntImage<'a, T> {
+    pub data: &'a [T],
+    pub geom: Im2col,
+    pub fill: T,
+}
+
+impl<T: IntElem> IntImage<'_, T> {
+    /// The values the matrix holds: the type's range for 8-bit types, else the image's
+    /// (with the fill).
+    fn range(&self) -> (i64, i64) {
+        if T::HI - T::LO <= 255 {
+            return (T::LO, T::HI);
+        }
+        let v = self.data.get(..self.geom.image_len()).unwrap_or(&[]);
+        let lo = v
+            .iter()
+            .copied()
+            .min()
+            .map_or(self.fill, |x| x.min(self.fill));
+        let hi = v
+            .iter()
+            .copied()
+            .max()
+            .map_or(self.fill, |x| x.max(self.fill));
+        (lo.widen(), hi.widen())
+    }
 }
 
 impl<T: IntElem> Side<'_, T> {
@@ -478,6 +523,8 @@ impl<T: IntElem> Side<'_, T> {
             Side::Raw(_) if rows == 0 || k == 0 => (0, 0),
             Side::Raw(v) => v.range(rows, k),
             Side::Packed(p) => p.range,
+            Side::Image(_) if rows == 0 || k == 0 => (0, 0),
+            Side::Image(v) => v.range(),
         }
     }
 }
@@ -604,6 +651,27 @@ impl IGemm {
         let (m, k) = (a.rows, a.k);
         check("B", b.needed(k, n), b.data.len())?;
         self.product::<u8, TB>(m, n, k, Side::Packed(a), Side::Raw(b.t()), c, ldc, bias)
+    }
+
+    /// [`IGemm::run_packed_a_into`] with `B` (`k×n`) the column matrix of a convolution's
+    /// image, `(k, n) = b.geom.dims()`.
+    pub fn run_packed_a_image_into<TB: IntElem>(
+        &self,
+        a: &PackedInt,
+        b: IntImage<'_, TB>,
+        c: IOut<'_>,
+        ldc: usize,
+        bias: IBias<'_>,
+    ) -> Result<(), IGemmError> {
+        self.expect(a, Slot::A)?;
+        let (m, k) = (a.rows, a.k);
+        let g = &b.geom;
+        let (rows, n) = g.dims();
+        if rows != k || [g.sh, g.sw, g.dh, g.dw, g.kh, g.kw].contains(&0) {
+            return Err(IGemmError::Image { rows, k });
+        }
+        check("B", Some(g.image_len()), b.data.len())?;
+        self.product::<u8, TB>(m, n, k, Side::Packed(a), Side::Image(b), c, ldc, bias)
     }
 
     /// [`IGemm::run`] with `B` packed ahead of time: `C (m×n) = A (m×k) · B + bias`, where `k`
@@ -734,11 +802,11 @@ impl IGemm {
         }
         let (ra, rb) = (a.range(m, k), b.range(n, k));
         let oa = match &a {
-            Side::Raw(_) => offset("A", ra, (0, 255))?,
+            Side::Raw(_) | Side::Image(_) => offset("A", ra, (0, 255))?,
             Side::Packed(p) => p.off,
         };
         let ob = match &b {
-            Side::Raw(_) => offset("B", rb, (-128, 127))?,
+            Side::Raw(_) | Side::Image(_) => offset("B", rb, (-128, 127))?,
             Side::Packed(p) => p.off,
         };
         let mag = |(lo, hi): (i64, i64)| i128::from(lo.unsigned_abs().max(hi.unsigned_abs()));
@@ -958,6 +1026,7 @@ impl Problem<'_> {
                 (own_a.0.as_ptr(), &own_a.1)
             }
             Side::Packed(p) => (DA::unwrap(&p.panels).ok_or(wrong(p))?.as_ptr(), &p.sums),
+            Side::Image(_) => return Err(IGemmError::Image { rows: 0, k }),
         };
         // A B packed on this call is packed one column block at a time, by the thread that
         // uses it, right before its tiles (see `block_loops`), when each thread's tiles span
@@ -965,12 +1034,20 @@ impl Problem<'_> {
         // L2 between packing and use, instead of the whole B going out to L3 and back, and
         // the threads need no barrier between packing and computing. Bands along M would each
         // need all of B: it is packed once, up front, by all threads.
-        let lazy_b = matches!(b, Side::Raw(_)) && (threads == 1 || mt < nt);
+        let lazy_b = matches!(b, Side::Raw(_) | Side::Image(_)) && (threads == 1 || mt < nt);
         let own_b;
         let (bp, csum): (*const DB, &[i32]) = match b {
-            Side::Raw(_) if lazy_b => (std::ptr::null(), &[]),
+            Side::Raw(_) | Side::Image(_) if lazy_b => (std::ptr::null(), &[]),
             Side::Raw(v) => {
                 own_b = pack::pack_all::<TB, DB>(v, n, k, self.ob, spec.nr, spec.kg, threads);
+                (own_b.0.as_ptr(), &own_b.1)
+            }
+            // Bands along M each need all of B: the column matrix, then packed as a matrix.
+            Side::Image(img) => {
+                let mut col = vec![img.fill; k * n];
+                super::im2col::copy_block(img.data, img.fill, &img.geom, 0, n, &mut col, threads);
+                let v = IntRef::new(&col, 1, n);
+                own_b = pack::pack_all::<TB, DB>(&v, n, k, self.ob, spec.nr, spec.kg, threads);
                 (own_b.0.as_ptr(), &own_b.1)
             }
             Side::Packed(p) => (DB::unwrap(&p.panels).ok_or(wrong(p))?.as_ptr(), &p.sums),
@@ -1015,11 +1092,14 @@ impl Problem<'_> {
         let (obb, kg, nr) = (self.ob, spec.kg, spec.nr);
         // Packs panels `j0..j1` of B (in tiles) into `dst` and their column sums into `sums`.
         let pack_cols = |j0: usize, j1: usize, dst: &mut [MaybeUninit<DB>], sums: &mut [i32]| {
-            if let Side::Raw(v) = b {
-                let top = j0 * nr;
-                let view = IntRef::new(&v.data[(top * v.rs).min(v.data.len())..], v.rs, v.cs);
-                let rows = (j1 * nr).min(n) - top;
-                pack::pack(&view, rows, k, obb, nr, kg, (0, 1), dst, sums);
+            let (top, rows) = (j0 * nr, (j1 * nr).min(n) - j0 * nr);
+            match b {
+                Side::Raw(v) => {
+                    let view = IntRef::new(&v.data[(top * v.rs).min(v.data.len())..], v.rs, v.cs);
+                    pack::pack(&view, rows, k, obb, nr, kg, (0, 1), dst, sums);
+                }
+                Side::Image(img) => pack::pack_image(img, (top, rows), k, obb, nr, kg, dst, sums),
+                Side::Packed(_) => {}
             }
         };
         let lazy = lazy_b.then_some(LazyB {

@@ -9,8 +9,10 @@
 //! is one contiguous run the kernel loads as vectors (`B`) or broadcasts from (`A`). Rows past
 //! the matrix and steps past `k` are zero, so they add nothing.
 
-use super::{IntElem, IntRef, Panels};
+use super::{IntElem, IntImage, IntRef, Panels};
+use crate::kernels::{bytes, im2col};
 use std::any::TypeId;
+use std::cell::RefCell;
 use std::mem::MaybeUninit;
 
 /// A packed element type: the 8- or 16-bit form the kernels multiply.
@@ -183,6 +185,76 @@ pub(super) fn pack<T: IntElem, D: PackDst>(
         }
     }
     pack_generic(src, rows, k, off, p, kg, part, dst, sums);
+}
+
+thread_local! {
+    /// The calling thread's copy of a block of an image's column matrix (8-byte words:
+    /// aligned for every element type), kept between calls.
+    static BLOCK: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Packs columns `top..top + rows` of the column matrix of `img` (seen transposed, as a
+/// `rows×k` matrix) like [`pack`] with one part: straight from the image where a packer for
+/// its geometry exists, else from a copy of the block (in L1/L2, reused between calls).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn pack_image<T: IntElem, D: PackDst>(
+    img: &IntImage<'_, T>,
+    (top, rows): (usize, usize),
+    k: usize,
+    off: i32,
+    p: usize,
+    kg: usize,
+    dst: &mut [MaybeUninit<D>],
+    sums: &mut [i32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if kg == 4 && p == 32 && is_byte::<T>() && is_byte::<D>() {
+        // SAFETY: `T` and `D` are `u8` or `i8` (checked just above): one byte, every bit
+        // pattern valid, so their slices are byte slices of the same length.
+        let (planes, out) = unsafe {
+            (
+                std::slice::from_raw_parts(img.data.as_ptr().cast::<u8>(), img.data.len()),
+                std::slice::from_raw_parts_mut(
+                    dst.as_mut_ptr().cast::<MaybeUninit<u8>>(),
+                    dst.len(),
+                ),
+            )
+        };
+        let fill = bytes::as_bytes_mut(&mut [img.fill])[0];
+        let signed = TypeId::of::<D>() == TypeId::of::<i8>();
+        if super::pack_x86::pack_image8(
+            planes,
+            fill,
+            &img.geom,
+            (top, rows),
+            k,
+            off,
+            out,
+            sums,
+            signed,
+        ) {
+            return;
+        }
+    }
+    BLOCK.with(|cell| {
+        let mut own = Vec::new();
+        let mut guard = cell.try_borrow_mut();
+        let buf: &mut Vec<u64> = match guard.as_deref_mut() {
+            Ok(b) => b,
+            Err(_) => &mut own,
+        };
+        let need = (k * rows * std::mem::size_of::<T>()).div_ceil(8);
+        if buf.len() < need {
+            buf.resize(need, 0);
+        }
+        let Some(col) = bytes::cast_mut::<T>(bytes::as_bytes_mut(&mut buf[..need])) else {
+            return;
+        };
+        let col = &mut col[..k * rows];
+        im2col::copy_block(img.data, img.fill, &img.geom, top, rows, col, 1);
+        let v = IntRef::new(&*col, 1, rows);
+        pack(&v, rows, k, off, p, kg, (0, 1), dst, sums);
+    })
 }
 
 /// [`pack`] in plain Rust, for any layout, element types and ISA.

@@ -20,8 +20,8 @@
 
 #![allow(unsafe_code)]
 
-use super::IntRef;
 use super::pack::band;
+use super::{Im2col, IntRef};
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
@@ -255,5 +255,201 @@ unsafe fn rows4(j: &Job, rs: usize) {
                 unsafe { *j.sums.add(p * i + rb + u) = s };
             }
         }
+    }
+}
+
+/// Whether [`pack_image8`] packs an image of this geometry: stride 1 with as many output as
+/// input columns (a "same" convolution), where column `j` of a tap's row is element
+/// `j + dy·iw + dx` of its channel's plane, so the interleave layout's loads stay contiguous.
+pub(super) fn image_direct(g: &Im2col) -> bool {
+    g.sh == 1 && g.sw == 1 && g.ow == g.iw
+}
+
+/// Packs columns `top..top + rows` of the column matrix of an 8-bit image (seen transposed, as
+/// [`pack8`]'s interleave layout with `p = 32`) straight from the image: each step's 64 columns
+/// are one masked load from the tap's shifted plane, the columns whose tap falls outside the
+/// plane (a per-tap mask for each pair of panels) take the fill. `false` (nothing written)
+/// for other geometries or CPUs.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn pack_image8(
+    planes: &[u8],
+    fill: u8,
+    g: &Im2col,
+    (top, rows): (usize, usize),
+    k: usize,
+    off: i32,
+    dst: &mut [MaybeUninit<u8>],
+    sums: &mut [i32],
+    signed: bool,
+) -> bool {
+    let taps = g.kh * g.kw;
+    let (kk_all, n) = g.dims();
+    if rows == 0
+        || k == 0
+        || k != kk_all
+        || top + rows > n
+        || !image_direct(g)
+        || planes.len() < g.image_len()
+        || !super::supported(super::Isa::Avx512)
+    {
+        return false;
+    }
+    let kp = k.next_multiple_of(4);
+    let panels = rows.div_ceil(32);
+    if dst.len() < panels * 32 * kp || sums.len() < panels * 32 {
+        return false;
+    }
+    // Per tap: its plane offset and its (dy, dx).
+    let shifts: Vec<(isize, isize, isize)> = (0..taps)
+        .map(|t| {
+            let dy = ((t / g.kw) * g.dh) as isize - g.pt as isize;
+            let dx = ((t % g.kw) * g.dw) as isize - g.pl as isize;
+            (dy * g.iw as isize + dx, dy, dx)
+        })
+        .collect();
+    let job = ImageJob {
+        planes: planes.as_ptr(),
+        fill: fill as i8,
+        g,
+        shifts: &shifts,
+        top,
+        rows,
+        k,
+        off: off as i8,
+        dst: dst.as_mut_ptr().cast(),
+        sums: sums.as_mut_ptr(),
+        signed,
+    };
+    // SAFETY: the CPU features were checked above; the loads read only columns whose tap lies
+    // inside its plane (`planes` holds every plane: checked), and `dst`/`sums` hold the
+    // panels and sums (checked lengths).
+    unsafe { image_interleave(&job) };
+    true
+}
+
+struct ImageJob<'a> {
+    planes: *const u8,
+    fill: i8,
+    g: &'a Im2col,
+    shifts: &'a [(isize, isize, isize)],
+    top: usize,
+    rows: usize,
+    k: usize,
+    off: i8,
+    dst: *mut u8,
+    sums: *mut i32,
+    signed: bool,
+}
+
+/// The columns `x0..x0 + live` (bit `i` for column `x0 + i`) whose tap, shifted by `(dy, dx)`,
+/// lies inside the `ih×iw` plane: per output row met, its run of inside columns.
+fn inside_mask(g: &Im2col, x0: usize, live: usize, (dy, dx): (isize, isize)) -> u64 {
+    let (ow, end) = (g.ow, x0 + live);
+    let lo_x = (-dx).clamp(0, ow as isize) as usize;
+    let hi_x = (g.iw as isize - dx).clamp(lo_x as isize, ow as isize) as usize;
+    let mut m = 0u64;
+    let mut start = x0 / ow * ow;
+    while start < end {
+        let iy = (start / ow) as isize + dy;
+        if iy >= 0 && iy < g.ih as isize {
+            let a = (start + lo_x).max(x0);
+            let b = (start + hi_x).min(end);
+            if b > a {
+                let len = b - a;
+                let run = if len >= 64 { !0 } else { (1u64 << len) - 1 };
+                m |= run << (a - x0);
+            }
+        }
+        start += ow;
+    }
+    m
+}
+
+/// [`interleave`]'s loop with each step's row loaded from the image.
+///
+/// # Safety
+///
+/// AVX-512 F/BW/VL/VNNI; the job's planes hold `g.image_len()` bytes; `dst` holds the
+/// `rows.div_ceil(32)` panels (`32·kp` bytes each) and `sums` their 32 entries each.
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn image_interleave(j: &ImageJob) {
+    let kp = j.k.next_multiple_of(4);
+    let taps = j.shifts.len();
+    let ihw = (j.g.ih * j.g.iw) as isize;
+    let offv = _mm512_set1_epi8(j.off);
+    let fillv = _mm512_set1_epi8(j.fill);
+    let ones = _mm512_set1_epi8(1);
+    let panels = j.rows.div_ceil(32);
+    let mut inside = vec![0u64; taps];
+    let mut q = 0;
+    while q < panels {
+        let two = q + 1 < panels;
+        let x0 = j.top + q * 32;
+        let live = (if two { 64 } else { 32 }).min(j.rows - q * 32);
+        let live_mask: __mmask64 = if live == 64 { !0 } else { (1u64 << live) - 1 };
+        for (m, &(_, dy, dx)) in inside.iter_mut().zip(j.shifts) {
+            *m = inside_mask(j.g, x0, live, (dy, dx));
+        }
+        // SAFETY: panels `q` and (when `two`) `q + 1`, inside `dst`.
+        let panel = unsafe { j.dst.add(q * 32 * kp) };
+        let mut s = [_mm512_setzero_si512(); 4];
+        // Step `kk`'s channel and tap, advanced with `kk`.
+        let (mut c, mut t) = (0isize, 0usize);
+        for g in 0..kp / 4 {
+            let mut step = || -> __m512i {
+                if (c as usize) * taps + t >= j.k {
+                    return _mm512_setzero_si512();
+                }
+                let m = inside[t];
+                let at = c * ihw + j.shifts[t].0 + x0 as isize;
+                // SAFETY: lanes of `m` are columns whose tap lies inside its plane, so their
+                // bytes are inside the planes; the other lanes are not read (masked), and the
+                // address is only formed with wrapping arithmetic.
+                let v = unsafe { _mm512_maskz_loadu_epi8(m, j.planes.wrapping_offset(at).cast()) };
+                let v = _mm512_mask_mov_epi8(v, live_mask & !m, fillv);
+                t += 1;
+                if t == taps {
+                    t = 0;
+                    c += 1;
+                }
+                _mm512_maskz_sub_epi8(live_mask, v, offv)
+            };
+            let (r0, r1, r2, r3) = (step(), step(), step(), step());
+            let (t01l, t01h) = (_mm512_unpacklo_epi8(r0, r1), _mm512_unpackhi_epi8(r0, r1));
+            let (t23l, t23h) = (_mm512_unpacklo_epi8(r2, r3), _mm512_unpackhi_epi8(r2, r3));
+            let q0 = _mm512_unpacklo_epi16(t01l, t23l);
+            let q1 = _mm512_unpackhi_epi16(t01l, t23l);
+            let q2 = _mm512_unpacklo_epi16(t01h, t23h);
+            let q3 = _mm512_unpackhi_epi16(t01h, t23h);
+            let a = _mm512_shuffle_i64x2::<0x44>(q0, q1);
+            let b = _mm512_shuffle_i64x2::<0x44>(q2, q3);
+            let cc = _mm512_shuffle_i64x2::<0xEE>(q0, q1);
+            let d = _mm512_shuffle_i64x2::<0xEE>(q2, q3);
+            let o = [
+                _mm512_shuffle_i64x2::<0x88>(a, b),
+                _mm512_shuffle_i64x2::<0xDD>(a, b),
+                _mm512_shuffle_i64x2::<0x88>(cc, d),
+                _mm512_shuffle_i64x2::<0xDD>(cc, d),
+            ];
+            let outs = if two { 4 } else { 2 };
+            for (u, (&ov, sv)) in o.iter().zip(s.iter_mut()).enumerate().take(outs) {
+                // SAFETY: group `g < kp/4` of panel `q + u/2`: 64 bytes at `128·g + 64·(u%2)`.
+                unsafe {
+                    let at = (u / 2) * 32 * kp + 128 * g + 64 * (u % 2);
+                    _mm512_storeu_si512(panel.add(at).cast(), ov);
+                }
+                *sv = if j.signed {
+                    _mm512_dpbusd_epi32(*sv, ones, ov)
+                } else {
+                    _mm512_dpbusd_epi32(*sv, ov, ones)
+                };
+            }
+        }
+        let outs = if two { 4 } else { 2 };
+        for (u, sv) in s.iter().enumerate().take(outs) {
+            // SAFETY: the pair's 32 or 64 sums.
+            unsafe { _mm512_storeu_si512(j.sums.add(32 * q + 16 * u).cast(), *sv) };
+        }
+        q += if two { 2 } else { 1 };
     }
 }
