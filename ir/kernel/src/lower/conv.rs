@@ -201,9 +201,11 @@ pub(super) fn conv(
     Ok(())
 }
 
-/// An f32 column matrix larger than this is read from the image instead (about twice the L2
-/// of the CPUs we measure on, so that it would not stay in cache between copy and product).
-const IMPLICIT_F32_BYTES: usize = 4 << 20;
+/// An f32 column matrix larger than this is read from the image instead: the L2 of the CPUs
+/// we measure on (1 MiB on Zen 4), past which it would not stay in cache between copy and
+/// product (ResNet-18: its stride-2 layers at 1.8, 1.2 and 0.6 MB went 1.22 → 1.34,
+/// 1.27 → 1.13 and 1.40 → 1.23 ms; the first is the one loss).
+const IMPLICIT_F32_BYTES: usize = 1 << 20;
 
 /// What a convolution's contractions read as `B`: a column matrix, or the image itself.
 struct Columns {
@@ -334,10 +336,10 @@ fn columns(
     // Where it measured faster on the CPU, the contraction reads the image as its column
     // matrix, which is then never written out whole (implicit GEMM): 8-bit "same" convolutions
     // of stride 1, whose blocks of `B` the integer kernels pack straight from the image
-    // (ResNet-18 QDQ's 3×3 layers 7–10% faster), and f32 column matrices too large for L2
-    // (ResNet-18's stem, 7 MiB: 3.7 → 3.0 ms), copied block by block. Elsewhere the copy of
-    // the block costs more than the explicit column matrix (strided convolutions of small
-    // maps: 10–15% slower). `ImplicitGemm` in docs/benchmarks.md has the measurements.
+    // (ResNet-18 QDQ's 3×3 layers 7–10% faster), and f32 column matrices past the L2, copied
+    // block by block (ResNet-18's stem, 7 MiB: 3.7 → 2.9 ms; PP-LCNet's: 245 → 225 µs).
+    // Smaller ones, and 8-bit strided convolutions, keep the explicit column matrix, whose
+    // copy costs less than the blocks' (docs/benchmarks.md, "Implicit GEMM").
     let eight = matches!(ty, DType::U8 | DType::I8);
     let same_s1 = g.stride == [1, 1] && g.out.get(1) == ins.get(1);
     let big = cg * kk * ohw * ty.size().unwrap_or(4) > IMPLICIT_F32_BYTES;

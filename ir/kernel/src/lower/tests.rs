@@ -630,7 +630,7 @@ fn stride_one_im2col_reads_the_unpadded_plane() {
 fn implicit_gemm_where_it_pays() {
     // The image read as the column matrix, against the interpreter: 8-bit "same" stride-1
     // convolutions (dilated, grouped, two images, the zero point as the fill), and an f32 one
-    // whose column matrix passes 4 MiB (strided, asymmetric pads). An 8-bit strided one and a
+    // whose column matrix passes 1 MiB (strided, asymmetric pads). An 8-bit strided one and a
     // small f32 one keep the explicit column matrix.
     let text = check(
         r#"graph (%0: i8[2,4,9,8] "x", %1: i8[6,2,3,3] "w", %2: i8[] "zx") -> (%3 "y") {
