@@ -1227,25 +1227,11 @@ impl<M: Module> Tx<'_, '_, M> {
         }
         put(self, s::STATUS, self.status);
         // An implicit column matrix's geometry and fill (ABI 8).
-        let geom = mm.b_im2col.as_ref().map_or([0; 14], |v| {
-            [
-                1,
-                v.channels,
-                v.in_hw[0],
-                v.in_hw[1],
-                v.out_hw[0],
-                v.out_hw[1],
-                v.kernel[0],
-                v.kernel[1],
-                v.stride[0],
-                v.stride[1],
-                v.dilation[0],
-                v.dilation[1],
-                v.pad[0],
-                v.pad[1],
-            ]
-        });
-        for (i, v) in geom.into_iter().enumerate() {
+        let (flag, geom) = match &mm.b_im2col {
+            Some(v) => (1, v.geometry()),
+            None => (0, [0; 13]),
+        };
+        for (i, v) in std::iter::once(flag).chain(geom).enumerate() {
             let v = self.b.ins().iconst(types::I64, v as i64);
             put(self, s::IM2COL + i, v);
         }

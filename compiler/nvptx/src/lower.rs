@@ -267,6 +267,17 @@ enum Acc {
     I32,
 }
 
+impl Acc {
+    /// The accumulator's element type.
+    fn dtype(self) -> DType {
+        match self {
+            Acc::F32 => DType::F32,
+            Acc::F64 => DType::F64,
+            Acc::I32 => DType::I32,
+        }
+    }
+}
+
 struct Lw<'a, 'ctx> {
     ctx: &'ctx Context,
     cg: &'a Cg<'ctx>,
@@ -1198,13 +1209,7 @@ impl<'a, 'ctx> Lw<'a, 'ctx> {
             "",
         )?;
         let v = self.load_elem(m.param, i)?;
-        let from = self.pdtype(m.param);
-        let to = match acc {
-            Acc::F32 => DType::F32,
-            Acc::F64 => DType::F64,
-            Acc::I32 => DType::I32,
-        };
-        self.cast(from, to, v)
+        self.cast(self.pdtype(m.param), acc.dtype(), v)
     }
 
     /// Element `(kk, c)` of a contraction's `B`: of its view, or of the column matrix of its
@@ -1250,13 +1255,8 @@ impl<'a, 'ctx> Lw<'a, 'ctx> {
         )?;
         let idx = b.build_select(inside, idx, k(0), "")?.into_int_value();
         let x = self.load_elem(mm.b.param, b.build_int_add(off, idx, "")?)?;
-        let from = self.pdtype(mm.b.param);
-        let to = match acc {
-            Acc::F32 => DType::F32,
-            Acc::F64 => DType::F64,
-            Acc::I32 => DType::I32,
-        };
-        let x = self.cast(from, to, x)?;
+        let to = acc.dtype();
+        let x = self.cast(self.pdtype(mm.b.param), to, x)?;
         let fill = match v.fill {
             Some(f) => self.cast(self.pdtype(f), to, self.load_elem(f, k(0))?)?,
             None => self.acc_ty(acc).const_zero(),

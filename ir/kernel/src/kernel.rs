@@ -346,6 +346,32 @@ impl Im2col {
         )
     }
 
+    /// `channels, ih, iw, oh, ow, kh, kw, sh, sw, dh, dw, pad top, pad left`: the order of
+    /// the text form and of the CPU ABI's words.
+    pub fn geometry(&self) -> [usize; 13] {
+        let [ih, iw] = self.in_hw;
+        let [oh, ow] = self.out_hw;
+        let [kh, kw] = self.kernel;
+        let [sh, sw] = self.stride;
+        let [dh, dw] = self.dilation;
+        let [pt, pl] = self.pad;
+        [
+            self.channels,
+            ih,
+            iw,
+            oh,
+            ow,
+            kh,
+            kw,
+            sh,
+            sw,
+            dh,
+            dw,
+            pt,
+            pl,
+        ]
+    }
+
     /// Elements of the image read past the view's offset: `channels·ih·iw`.
     pub fn image_len(&self) -> usize {
         self.channels * self.in_hw[0] * self.in_hw[1]

@@ -131,22 +131,11 @@ fn block(k: &Kernel, body: &[Stmt], depth: usize, s: &mut String) {
                     mm.beta
                 );
                 if let Some(v) = &mm.b_im2col {
+                    let [c, ih, iw, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl] = v.geometry();
                     let _ = write!(
                         s,
-                        " b_im2col(c={} in={}x{} out={}x{} kernel={}x{} stride={}x{} dilation={}x{} pad={}x{}",
-                        v.channels,
-                        v.in_hw[0],
-                        v.in_hw[1],
-                        v.out_hw[0],
-                        v.out_hw[1],
-                        v.kernel[0],
-                        v.kernel[1],
-                        v.stride[0],
-                        v.stride[1],
-                        v.dilation[0],
-                        v.dilation[1],
-                        v.pad[0],
-                        v.pad[1]
+                        " b_im2col(c={c} in={ih}x{iw} out={oh}x{ow} kernel={kh}x{kw} \
+                         stride={sh}x{sw} dilation={dh}x{dw} pad={pt}x{pl}"
                     );
                     if let Some(f) = v.fill {
                         let _ = write!(s, " fill=%p{}[0]", f.0);

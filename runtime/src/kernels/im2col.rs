@@ -14,8 +14,35 @@
 #![allow(unsafe_code)]
 
 use super::bytes::Pod;
+use std::cell::RefCell;
 
 use std::sync::Mutex;
+
+thread_local! {
+    /// The calling thread's scratch for blocks of column matrices (8-byte words: aligned for
+    /// every element type), kept between calls.
+    static SCRATCH: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on `len` elements of the calling thread's scratch (contents unspecified), which
+/// stays allocated between calls; a nested call gets a fresh `vec![fill; len]`.
+pub fn with_scratch<T: Pod, R>(len: usize, fill: T, f: impl FnOnce(&mut [T]) -> R) -> R {
+    SCRATCH.with(|cell| {
+        if let Ok(mut buf) = cell.try_borrow_mut() {
+            let words = (len * std::mem::size_of::<T>()).div_ceil(8);
+            if buf.len() < words {
+                buf.resize(words, 0);
+            }
+            if let Some(t) =
+                super::bytes::cast_mut::<T>(super::bytes::as_bytes_mut(&mut buf[..words]))
+                    .and_then(|t| t.get_mut(..len))
+            {
+                return f(t);
+            }
+        }
+        f(&mut vec![fill; len])
+    })
+}
 
 /// A block's copy is split over threads from this many elements on.
 const PARALLEL_FILL: usize = 32 * 1024;

@@ -17,8 +17,7 @@ use super::{
 use crate::cpu::abi::DType;
 use crate::kernels::bytes;
 pub use crate::kernels::im2col::Im2col;
-use crate::kernels::im2col::copy_block;
-use std::cell::RefCell;
+use crate::kernels::im2col::{copy_block, with_scratch};
 
 /// The bytes of one block of the column matrix: half the L2 of the CPUs we measure on (1 MiB
 /// on Zen 4), with room for the kernels' packed panels of it (ResNet-18's stem: 3.0, 2.9 and
@@ -108,18 +107,9 @@ pub(super) fn run_image_in(
     let planes = &img.bytes[start..start + geo.image_len() * esize];
     let k = g.k;
     let nb = block_columns(k, g.n, esize, block_bytes);
-    SCRATCH.with(|cell| {
-        let mut own = Vec::new();
-        let mut guard = cell.try_borrow_mut();
-        let scratch: &mut Vec<u64> = match guard.as_deref_mut() {
-            Ok(s) => s,
-            Err(_) => &mut own,
-        };
-        let words = (k * nb * esize).div_ceil(8);
-        if scratch.len() < words {
-            scratch.resize(words, 0);
-        }
-        let block = bytes::as_bytes_mut(&mut scratch[..words]);
+    let words = (k * nb * esize).div_ceil(8);
+    with_scratch(words, 0u64, |scratch| {
+        let block = bytes::as_bytes_mut(scratch);
         let mut j0 = 0;
         while j0 < g.n {
             let cols = nb.min(g.n - j0);
@@ -168,12 +158,6 @@ pub(super) fn run_image_in(
         }
         Ok(())
     })
-}
-
-thread_local! {
-    /// The calling thread's block of the column matrix (8-byte words: aligned for every
-    /// element type), kept between calls.
-    static SCRATCH: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Columns per block: all of them when the matrix fits `budget` bytes, else a multiple of 64

@@ -12,7 +12,6 @@
 use super::{IntElem, IntImage, IntRef, Panels};
 use crate::kernels::{bytes, im2col};
 use std::any::TypeId;
-use std::cell::RefCell;
 use std::mem::MaybeUninit;
 
 /// A packed element type: the 8- or 16-bit form the kernels multiply.
@@ -187,12 +186,6 @@ pub(super) fn pack<T: IntElem, D: PackDst>(
     pack_generic(src, rows, k, off, p, kg, part, dst, sums);
 }
 
-thread_local! {
-    /// The calling thread's copy of a block of an image's column matrix (8-byte words:
-    /// aligned for every element type), kept between calls.
-    static BLOCK: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
-}
-
 /// Packs columns `top..top + rows` of the column matrix of `img` (seen transposed, as a
 /// `rows×k` matrix) like [`pack`] with one part: straight from the image where a packer for
 /// its geometry exists, else from a copy of the block (in L1/L2, reused between calls).
@@ -236,21 +229,7 @@ pub(super) fn pack_image<T: IntElem, D: PackDst>(
             return;
         }
     }
-    BLOCK.with(|cell| {
-        let mut own = Vec::new();
-        let mut guard = cell.try_borrow_mut();
-        let buf: &mut Vec<u64> = match guard.as_deref_mut() {
-            Ok(b) => b,
-            Err(_) => &mut own,
-        };
-        let need = (k * rows * std::mem::size_of::<T>()).div_ceil(8);
-        if buf.len() < need {
-            buf.resize(need, 0);
-        }
-        let Some(col) = bytes::cast_mut::<T>(bytes::as_bytes_mut(&mut buf[..need])) else {
-            return;
-        };
-        let col = &mut col[..k * rows];
+    im2col::with_scratch(k * rows, img.fill, |col| {
         im2col::copy_block(img.data, img.fill, &img.geom, top, rows, col, 1);
         let v = IntRef::new(&*col, 1, rows);
         pack(&v, rows, k, off, p, kg, (0, 1), dst, sums);

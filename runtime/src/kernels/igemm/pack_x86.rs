@@ -110,7 +110,6 @@ struct Job {
 unsafe fn interleave(j: &Job, ld: usize) {
     let kp = j.k.next_multiple_of(4);
     let offv = _mm512_set1_epi8(j.off);
-    let ones = _mm512_set1_epi8(1);
     let mut q = j.panels.0;
     while q < j.panels.1 {
         // This pair's panels: `q` and, when the part has it, `q + 1`.
@@ -137,39 +136,9 @@ unsafe fn interleave(j: &Job, ld: usize) {
                     _mm512_setzero_si512()
                 }
             };
-            let (r0, r1, r2, r3) = (step(0), step(1), step(2), step(3));
-            // Per 128-bit lane L (columns 16L..16L+16): columns 0-3 of the lane in q0, 4-7 in
-            // q1, 8-11 in q2, 12-15 in q3, four steps (one i32) per column.
-            let (t01l, t01h) = (_mm512_unpacklo_epi8(r0, r1), _mm512_unpackhi_epi8(r0, r1));
-            let (t23l, t23h) = (_mm512_unpacklo_epi8(r2, r3), _mm512_unpackhi_epi8(r2, r3));
-            let q0 = _mm512_unpacklo_epi16(t01l, t23l);
-            let q1 = _mm512_unpackhi_epi16(t01l, t23l);
-            let q2 = _mm512_unpacklo_epi16(t01h, t23h);
-            let q3 = _mm512_unpackhi_epi16(t01h, t23h);
-            // Output L is lane L of q0, q1, q2, q3: columns 16L..16L+16 in order.
-            let a = _mm512_shuffle_i64x2::<0x44>(q0, q1);
-            let b = _mm512_shuffle_i64x2::<0x44>(q2, q3);
-            let c = _mm512_shuffle_i64x2::<0xEE>(q0, q1);
-            let d = _mm512_shuffle_i64x2::<0xEE>(q2, q3);
-            let o = [
-                _mm512_shuffle_i64x2::<0x88>(a, b),
-                _mm512_shuffle_i64x2::<0xDD>(a, b),
-                _mm512_shuffle_i64x2::<0x88>(c, d),
-                _mm512_shuffle_i64x2::<0xDD>(c, d),
-            ];
-            let outs = if two { 4 } else { 2 };
-            for (u, (&ov, sv)) in o.iter().zip(s.iter_mut()).enumerate().take(outs) {
-                // SAFETY: group `g < kp/4` of panel `i + u/2`: 64 bytes at `128·g + 64·(u%2)`.
-                unsafe {
-                    let at = (u / 2) * 32 * kp + 128 * g + 64 * (u % 2);
-                    _mm512_storeu_si512(panel.add(at).cast(), ov);
-                }
-                *sv = if j.signed {
-                    _mm512_dpbusd_epi32(*sv, ones, ov)
-                } else {
-                    _mm512_dpbusd_epi32(*sv, ov, ones)
-                };
-            }
+            let rows = [step(0), step(1), step(2), step(3)];
+            // SAFETY: group `g < kp/4` of the pair's panels, inside `dst` (the contract).
+            unsafe { store_group(rows, (panel, kp, g), two, &mut s, j.signed) };
         }
         let outs = if two { 4 } else { 2 };
         for (u, sv) in s.iter().enumerate().take(outs) {
@@ -177,6 +146,57 @@ unsafe fn interleave(j: &Job, ld: usize) {
             unsafe { _mm512_storeu_si512(j.sums.add(32 * i + 16 * u).cast(), *sv) };
         }
         q += if two { 2 } else { 1 };
+    }
+}
+
+/// The interleave layout's group `g` of a pair of panels (`two`: both, else the first) from
+/// four steps' rows of 64 columns: a 4×64 byte transpose stored as each panel's two 64-byte
+/// rows of the group, and the packed bytes' sums added into `s` (one `vpdpbusd` with ones).
+///
+/// Per 128-bit lane L (columns 16L..16L+16): columns 0-3 of the lane in q0, 4-7 in q1, 8-11
+/// in q2, 12-15 in q3, four steps (one i32) per column; output L is lane L of q0..q3.
+///
+/// # Safety
+///
+/// AVX-512 F/BW/VL/VNNI; `panel` holds the pair's panels of `32·kp` bytes each, `g < kp/4`.
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn store_group(
+    [r0, r1, r2, r3]: [__m512i; 4],
+    (panel, kp, g): (*mut u8, usize, usize),
+    two: bool,
+    s: &mut [__m512i; 4],
+    signed: bool,
+) {
+    let ones = _mm512_set1_epi8(1);
+    let (t01l, t01h) = (_mm512_unpacklo_epi8(r0, r1), _mm512_unpackhi_epi8(r0, r1));
+    let (t23l, t23h) = (_mm512_unpacklo_epi8(r2, r3), _mm512_unpackhi_epi8(r2, r3));
+    let q0 = _mm512_unpacklo_epi16(t01l, t23l);
+    let q1 = _mm512_unpackhi_epi16(t01l, t23l);
+    let q2 = _mm512_unpacklo_epi16(t01h, t23h);
+    let q3 = _mm512_unpackhi_epi16(t01h, t23h);
+    let a = _mm512_shuffle_i64x2::<0x44>(q0, q1);
+    let b = _mm512_shuffle_i64x2::<0x44>(q2, q3);
+    let c = _mm512_shuffle_i64x2::<0xEE>(q0, q1);
+    let d = _mm512_shuffle_i64x2::<0xEE>(q2, q3);
+    let o = [
+        _mm512_shuffle_i64x2::<0x88>(a, b),
+        _mm512_shuffle_i64x2::<0xDD>(a, b),
+        _mm512_shuffle_i64x2::<0x88>(c, d),
+        _mm512_shuffle_i64x2::<0xDD>(c, d),
+    ];
+    let outs = if two { 4 } else { 2 };
+    for (u, (&ov, sv)) in o.iter().zip(s.iter_mut()).enumerate().take(outs) {
+        // SAFETY: group `g` of panel `u/2` of the pair: 64 bytes at `128·g + 64·(u%2)`.
+        unsafe {
+            let at = (u / 2) * 32 * kp + 128 * g + 64 * (u % 2);
+            _mm512_storeu_si512(panel.add(at).cast(), ov);
+        }
+        *sv = if signed {
+            _mm512_dpbusd_epi32(*sv, ones, ov)
+        } else {
+            _mm512_dpbusd_epi32(*sv, ov, ones)
+        };
     }
 }
 
@@ -378,7 +398,6 @@ unsafe fn image_interleave(j: &ImageJob) {
     let ihw = (j.g.ih * j.g.iw) as isize;
     let offv = _mm512_set1_epi8(j.off);
     let fillv = _mm512_set1_epi8(j.fill);
-    let ones = _mm512_set1_epi8(1);
     let panels = j.rows.div_ceil(32);
     let mut inside = vec![0u64; taps];
     let mut q = 0;
@@ -414,36 +433,9 @@ unsafe fn image_interleave(j: &ImageJob) {
                 }
                 _mm512_maskz_sub_epi8(live_mask, v, offv)
             };
-            let (r0, r1, r2, r3) = (step(), step(), step(), step());
-            let (t01l, t01h) = (_mm512_unpacklo_epi8(r0, r1), _mm512_unpackhi_epi8(r0, r1));
-            let (t23l, t23h) = (_mm512_unpacklo_epi8(r2, r3), _mm512_unpackhi_epi8(r2, r3));
-            let q0 = _mm512_unpacklo_epi16(t01l, t23l);
-            let q1 = _mm512_unpackhi_epi16(t01l, t23l);
-            let q2 = _mm512_unpacklo_epi16(t01h, t23h);
-            let q3 = _mm512_unpackhi_epi16(t01h, t23h);
-            let a = _mm512_shuffle_i64x2::<0x44>(q0, q1);
-            let b = _mm512_shuffle_i64x2::<0x44>(q2, q3);
-            let cc = _mm512_shuffle_i64x2::<0xEE>(q0, q1);
-            let d = _mm512_shuffle_i64x2::<0xEE>(q2, q3);
-            let o = [
-                _mm512_shuffle_i64x2::<0x88>(a, b),
-                _mm512_shuffle_i64x2::<0xDD>(a, b),
-                _mm512_shuffle_i64x2::<0x88>(cc, d),
-                _mm512_shuffle_i64x2::<0xDD>(cc, d),
-            ];
-            let outs = if two { 4 } else { 2 };
-            for (u, (&ov, sv)) in o.iter().zip(s.iter_mut()).enumerate().take(outs) {
-                // SAFETY: group `g < kp/4` of panel `q + u/2`: 64 bytes at `128·g + 64·(u%2)`.
-                unsafe {
-                    let at = (u / 2) * 32 * kp + 128 * g + 64 * (u % 2);
-                    _mm512_storeu_si512(panel.add(at).cast(), ov);
-                }
-                *sv = if j.signed {
-                    _mm512_dpbusd_epi32(*sv, ones, ov)
-                } else {
-                    _mm512_dpbusd_epi32(*sv, ov, ones)
-                };
-            }
+            let rows = [step(), step(), step(), step()];
+            // SAFETY: group `g < kp/4` of the pair's panels, inside `dst` (the contract).
+            unsafe { store_group(rows, (panel, kp, g), two, &mut s, j.signed) };
         }
         let outs = if two { 4 } else { 2 };
         for (u, sv) in s.iter().enumerate().take(outs) {
