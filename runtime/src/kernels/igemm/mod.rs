@@ -1042,12 +1042,10 @@ impl Problem<'_> {
                 own_b = pack::pack_all::<TB, DB>(v, n, k, self.ob, spec.nr, spec.kg, threads);
                 (own_b.0.as_ptr(), &own_b.1)
             }
-            // Bands along M each need all of B: the column matrix, then packed as a matrix.
+            // Bands along M each need all of B: packed up front, the threads' panels each.
             Side::Image(img) => {
-                let mut col = vec![img.fill; k * n];
-                super::im2col::copy_block(img.data, img.fill, &img.geom, 0, n, &mut col, threads);
-                let v = IntRef::new(&col, 1, n);
-                own_b = pack::pack_all::<TB, DB>(&v, n, k, self.ob, spec.nr, spec.kg, threads);
+                own_b =
+                    pack::pack_all_image::<TB, DB>(img, n, k, self.ob, spec.nr, spec.kg, threads);
                 (own_b.0.as_ptr(), &own_b.1)
             }
             Side::Packed(p) => (DB::unwrap(&p.panels).ok_or(wrong(p))?.as_ptr(), &p.sums),

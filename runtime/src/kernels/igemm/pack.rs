@@ -123,6 +123,48 @@ pub(super) fn pack_all<T: IntElem, D: PackDst>(
     (buf, sums)
 }
 
+/// [`pack_all`] of an image's column matrix (seen transposed, `n×k`), each part packed by
+/// [`pack_image`] from the image.
+pub(super) fn pack_all_image<T: IntElem, D: PackDst>(
+    img: &IntImage<'_, T>,
+    n: usize,
+    k: usize,
+    off: i32,
+    p: usize,
+    kg: usize,
+    threads: usize,
+) -> (AlignedVec<D>, Vec<i32>) {
+    let kp = k.next_multiple_of(kg);
+    let tiles = n.div_ceil(p);
+    let mut buf = AlignedVec::<D>::new(tiles * p * kp);
+    let mut sums = vec![0i32; tiles * p];
+    let threads = threads.min(tiles).max(1);
+    let part = |t: usize, d: &mut [MaybeUninit<D>], s: &mut [i32]| {
+        let (q0, q1) = band(t, threads, tiles);
+        let top = q0 * p;
+        let rows = (q1 * p).min(n).saturating_sub(top);
+        if rows > 0 {
+            pack_image(img, (top, rows), k, off, p, kg, d, s);
+        }
+    };
+    if threads == 1 {
+        part(0, buf.as_mut_slice(), &mut sums);
+    } else {
+        let parts: Vec<std::sync::Mutex<Option<_>>> =
+            split(buf.as_mut_slice(), &mut sums, p * kp, p, tiles, threads)
+                .into_iter()
+                .map(|part| std::sync::Mutex::new(Some(part)))
+                .collect();
+        super::super::parallel_for(threads, &|t| {
+            let taken = parts[t].lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some((d, s)) = taken {
+                part(t, d, s);
+            }
+        });
+    }
+    (buf, sums)
+}
+
 /// The tiles `[t·tiles/threads, (t+1)·tiles/threads)` of part `t`.
 pub(super) fn band(t: usize, threads: usize, tiles: usize) -> (usize, usize) {
     (tiles * t / threads, tiles * (t + 1) / threads)
