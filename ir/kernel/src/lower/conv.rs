@@ -184,7 +184,7 @@ pub(super) fn conv(
     {
         return Ok(());
     }
-    let cols = columns(cx, node, x, &g, ins, kdims, group, None)?;
+    let cols = columns(cx, node, x, &g, (ins, kdims), (group, mg), None)?;
     let mut kb = KernelBuilder::new(kernel_name(&node.op));
     let wp = kb.param(&cx.p, cx.buf(w)?, Access::Read);
     let cp = cols.params(cx, &mut kb);
@@ -201,11 +201,10 @@ pub(super) fn conv(
     Ok(())
 }
 
-/// An f32 column matrix larger than this is read from the image instead: the L2 of the CPUs
-/// we measure on (1 MiB on Zen 4), past which it would not stay in cache between copy and
-/// product (ResNet-18: its stride-2 layers at 1.8, 1.2 and 0.6 MB went 1.22 → 1.34,
-/// 1.27 → 1.13 and 1.40 → 1.23 ms; the first is the one loss).
-const IMPLICIT_F32_BYTES: usize = 1 << 20;
+/// An f32 column matrix larger than this is read from the image whatever the GEMM does with
+/// it: four times the L2 of the CPUs we measure on (1 MiB on Zen 4), so that written out whole
+/// it would go to memory and back.
+const IMPLICIT_F32_BYTES: usize = 4 << 20;
 
 /// What a convolution's contractions read as `B`: a column matrix, or the image itself.
 struct Columns {
@@ -308,9 +307,8 @@ fn columns(
     node: &Node,
     x: mlc_ir::ValueId,
     g: &Geom,
-    ins: &[usize],
-    kdims: &[usize],
-    group: usize,
+    (ins, kdims): (&[usize], &[usize]),
+    (group, mg): (usize, usize),
     pad: Option<BufId>,
 ) -> Result<Columns, Fail> {
     let xs = cx.shape(x)?;
@@ -336,14 +334,17 @@ fn columns(
     // Where it measured faster on the CPU, the contraction reads the image as its column
     // matrix, which is then never written out whole (implicit GEMM): 8-bit "same" convolutions
     // of stride 1, whose blocks of `B` the integer kernels pack straight from the image
-    // (ResNet-18 QDQ's 3×3 layers 7–10% faster), and f32 column matrices past the L2, copied
-    // block by block (ResNet-18's stem, 7 MiB: 3.7 → 2.9 ms; PP-LCNet's: 245 → 225 µs).
-    // Smaller ones, and 8-bit strided convolutions, keep the explicit column matrix, whose
-    // copy costs less than the blocks' (docs/benchmarks.md, "Implicit GEMM").
+    // (ResNet-18 QDQ's 3×3 layers 7–10% faster), and f32 ones copied block by block where the
+    // GEMM reads `B` in place (at most 32 rows: the block copy replaces the column matrix and
+    // its padded planes; PP-LCNet's stem 245 → 225 µs) or the matrix is far past L2 (ResNet-18's
+    // stem, 7 MiB: 3.7 → 2.9 ms). Elsewhere the GEMM packs the block again and the explicit
+    // column matrix measured faster (ResNet-18's 1.8 MB stride-2 layer: 1.22 against 1.34 ms),
+    // as it does for 8-bit strided convolutions (docs/benchmarks.md, "Implicit GEMM").
     let eight = matches!(ty, DType::U8 | DType::I8);
     let same_s1 = g.stride == [1, 1] && g.out.get(1) == ins.get(1);
-    let big = cg * kk * ohw * ty.size().unwrap_or(4) > IMPLICIT_F32_BYTES;
-    if ins.len() == 2 && ((eight && same_s1) || (ty == DType::F32 && big)) {
+    let bytes = cg * kk * ohw * ty.size().unwrap_or(4);
+    let f32_blocks = ty == DType::F32 && (mg <= 32 || bytes > IMPLICIT_F32_BYTES);
+    if ins.len() == 2 && ((eight && same_s1) || f32_blocks) {
         let two = |v: &[usize]| [v[0], v[1]];
         let view = Im2col {
             channels: cg,
@@ -2394,7 +2395,7 @@ pub(super) fn conv_integer_into(
         Some(z) => Some(cx.buf(z)?),
         None => None,
     };
-    let cols = columns(cx, node, x, &g, ins, kdims, group, pad)?;
+    let cols = columns(cx, node, x, &g, (ins, kdims), (group, mg), pad)?;
     let mut kb = KernelBuilder::new(kernel_name(&node.op));
     let wp = kb.param(&cx.p, wbuf, Access::Read);
     let cp = cols.params(cx, &mut kb);

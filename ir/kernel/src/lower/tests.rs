@@ -584,11 +584,11 @@ fn integer_convolutions() {
 
 #[test]
 fn stride_one_im2col_reads_the_unpadded_plane() {
-    // Stride-1 float convolutions take their column matrix from shifted runs of the unpadded
+    // Stride-1 f64 convolutions take their column matrix from shifted runs of the unpadded
     // planes: "same" (one run per tap plus its wrapped edges), asymmetric pads, a valid conv
     // (rows copied one by one), a kernel larger than the plane (taps entirely outside), 1×N
-    // rows. An 8-bit "same" one reads its image in the contraction instead (implicit GEMM),
-    // the zero point as the fill.
+    // rows. The f32 ones (few output channels) and an 8-bit "same" one read their image in
+    // the contraction instead (implicit GEMM), the zero point as the 8-bit one's fill.
     for (x, w, pads, y) in [
         ("[2,3,6,7]", "[4,3,3,3]", "[1,1,1,1]", "[2,4,6,7]"),
         ("[1,2,5,6]", "[3,2,3,3]", "[2,0,0,1]", "[1,3,5,5]"),
@@ -605,10 +605,10 @@ fn stride_one_im2col_reads_the_unpadded_plane() {
                 ),
                 1e-5,
             );
-            assert!(
-                text.contains("kernel @im2col") && !text.contains("pad_planes"),
-                "{text}"
-            );
+            assert!(!text.contains("pad_planes"), "{text}");
+            let implicit = text.contains("b_im2col(") && !text.contains("kernel @im2col");
+            assert_eq!(implicit, ty == "f32", "{text}");
+            assert_eq!(text.contains("kernel @im2col"), ty == "f64", "{text}");
         }
     }
     let text = check(
@@ -629,9 +629,10 @@ fn stride_one_im2col_reads_the_unpadded_plane() {
 #[test]
 fn implicit_gemm_where_it_pays() {
     // The image read as the column matrix, against the interpreter: 8-bit "same" stride-1
-    // convolutions (dilated, grouped, two images, the zero point as the fill), and an f32 one
-    // whose column matrix passes 1 MiB (strided, asymmetric pads). An 8-bit strided one and a
-    // small f32 one keep the explicit column matrix.
+    // convolutions (dilated, grouped, two images, the zero point as the fill); f32 ones with
+    // at most 32 output channels per group (strided, asymmetric pads) or a column matrix past
+    // 4 MiB. An 8-bit strided one and a small f32 one with 40 output channels keep the
+    // explicit column matrix.
     let text = check(
         r#"graph (%0: i8[2,4,9,8] "x", %1: i8[6,2,3,3] "w", %2: i8[] "zx") -> (%3 "y") {
   %3 = quant.conv_integer {"strides":[1,1],"dilations":[2,2],"pad":{"explicit":[1,2,3,2]},"group":2} (%0, %1, %2) : i32[2,6,9,8]
@@ -642,22 +643,26 @@ fn implicit_gemm_where_it_pays() {
         text.contains("b_im2col(") && text.contains("fill=%p"),
         "{text}"
     );
-    let text = check(
-        r#"graph (%0: f32[1,8,151,150] "x", %1: f32[3,8,5,5] "w") -> (%2 "y") {
-  %2 = nn.conv {"auto_pad":"not_set","dilations":[1,1],"group":1,"pads":[2,1,1,2],"strides":[2,2]} (%0, %1, _) : f32[1,3,75,75]
+    for src in [
+        r#"graph (%0: f32[1,3,11,11] "x", %1: f32[4,3,7,7] "w") -> (%2 "y") {
+  %2 = nn.conv {"auto_pad":"not_set","dilations":[1,1],"group":1,"pads":[3,2,1,3],"strides":[2,2]} (%0, %1, _) : f32[1,4,5,5]
 }"#,
-        1e-4,
-    );
-    assert!(
-        text.contains("b_im2col(") && !text.contains("kernel @im2col"),
-        "{text}"
-    );
+        r#"graph (%0: f32[1,8,151,150] "x", %1: f32[33,8,5,5] "w") -> (%2 "y") {
+  %2 = nn.conv {"auto_pad":"not_set","dilations":[1,1],"group":1,"pads":[2,1,1,2],"strides":[2,2]} (%0, %1, _) : f32[1,33,75,75]
+}"#,
+    ] {
+        let text = check(src, 1e-4);
+        assert!(
+            text.contains("b_im2col(") && !text.contains("kernel @im2col"),
+            "{text}"
+        );
+    }
     for src in [
         r#"graph (%0: u8[1,4,9,9] "x", %1: i8[4,4,3,3] "w", %2: u8[] "zx") -> (%3 "y") {
   %3 = quant.conv_integer {"strides":[2,2],"dilations":[1,1],"pad":{"explicit":[1,1,1,1]},"group":1} (%0, %1, %2) : i32[1,4,5,5]
 }"#,
-        r#"graph (%0: f32[1,3,11,11] "x", %1: f32[4,3,7,7] "w") -> (%2 "y") {
-  %2 = nn.conv {"auto_pad":"not_set","dilations":[1,1],"group":1,"pads":[3,3,3,3],"strides":[2,2]} (%0, %1, _) : f32[1,4,6,6]
+        r#"graph (%0: f32[1,3,11,11] "x", %1: f32[40,3,7,7] "w") -> (%2 "y") {
+  %2 = nn.conv {"auto_pad":"not_set","dilations":[1,1],"group":1,"pads":[3,3,3,3],"strides":[2,2]} (%0, %1, _) : f32[1,40,6,6]
 }"#,
     ] {
         let text = check(src, 1e-5);
