@@ -332,19 +332,22 @@ fn columns(
         ));
     }
     // Where it measured faster on the CPU, the contraction reads the image as its column
-    // matrix, which is then never written out whole (implicit GEMM): 8-bit "same" convolutions
-    // of stride 1, whose blocks of `B` the integer kernels pack straight from the image
-    // (ResNet-18 QDQ's 3×3 layers 7–10% faster), and f32 ones copied block by block where the
-    // GEMM reads `B` in place (at most 32 rows: the block copy replaces the column matrix and
-    // its padded planes; PP-LCNet's stem 245 → 225 µs) or the matrix is far past L2 (ResNet-18's
-    // stem, 7 MiB: 3.7 → 2.9 ms). Elsewhere the GEMM packs the block again and the explicit
-    // column matrix measured faster (ResNet-18's 1.8 MB stride-2 layer: 1.22 against 1.34 ms),
-    // as it does for 8-bit strided convolutions (docs/benchmarks.md, "Implicit GEMM").
+    // matrix, which is then never written out whole (implicit GEMM). 8-bit convolutions whose
+    // blocks of `B` the integer kernels pack straight from the image: "same" ones of stride 1
+    // (one load per step; ResNet-18 QDQ's 3×3 layers 7–10% faster) and windows of at most 3×3
+    // at column stride 1 or 2 (a load or two per output row met; its stride-2 3×3 layers
+    // 0.37–0.40 → 0.32–0.35 ms; its 7×7 stem, 147 steps of short runs, went 1.01 → 1.07 and
+    // keeps the column matrix). f32 ones, copied block by block, where the GEMM reads `B` in
+    // place (at most 32 rows: the block copy replaces the column matrix and its padded planes;
+    // PP-LCNet's stem 245 → 225 µs) or the matrix is far past L2 (ResNet-18's stem, 7 MiB:
+    // 3.7 → 2.9 ms); elsewhere the GEMM packs the block again and the explicit column matrix
+    // measured faster (ResNet-18's 1.8 MB stride-2 layer: 1.22 against 1.34 ms).
     let eight = matches!(ty, DType::U8 | DType::I8);
     let same_s1 = g.stride == [1, 1] && g.out.get(1) == ins.get(1);
     let bytes = cg * kk * ohw * ty.size().unwrap_or(4);
     let f32_blocks = ty == DType::F32 && (mg <= 32 || bytes > IMPLICIT_F32_BYTES);
-    if ins.len() == 2 && ((eight && same_s1) || f32_blocks) {
+    let eight_direct = ins.len() == 2 && (same_s1 || (g.stride[1] <= 2 && kk <= 9));
+    if ins.len() == 2 && ((eight && eight_direct) || f32_blocks) {
         let two = |v: &[usize]| [v[0], v[1]];
         let view = Im2col {
             channels: cg,

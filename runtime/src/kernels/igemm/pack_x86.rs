@@ -278,11 +278,19 @@ unsafe fn rows4(j: &Job, rs: usize) {
     }
 }
 
-/// Whether [`pack_image8`] packs an image of this geometry: stride 1 with as many output as
-/// input columns (a "same" convolution), where column `j` of a tap's row is element
-/// `j + dy·iw + dx` of its channel's plane, so the interleave layout's loads stay contiguous.
-pub(super) fn image_direct(g: &Im2col) -> bool {
+/// Whether [`pack_image8`] packs an image of this geometry with one load per step: stride 1
+/// with as many output as input columns (a "same" convolution), where column `j` of a tap's
+/// row is element `j + dy·iw + dx` of its channel's plane.
+fn shifted(g: &Im2col) -> bool {
     g.sh == 1 && g.sw == 1 && g.ow == g.iw
+}
+
+/// Whether [`pack_image8`] packs an image of this geometry at all on this CPU: shifted ones,
+/// and (with AVX-512 VBMI and BMI2, for the byte permutes and mask spreads) any of column
+/// stride 1 or 2, a load or two per output row met.
+pub(super) fn image_direct(g: &Im2col) -> bool {
+    shifted(g)
+        || (g.sw <= 2 && is_x86_feature_detected!("avx512vbmi") && is_x86_feature_detected!("bmi2"))
 }
 
 /// Packs columns `top..top + rows` of the column matrix of an 8-bit image (seen transposed, as
@@ -340,10 +348,17 @@ pub(super) fn pack_image8(
         sums: sums.as_mut_ptr(),
         signed,
     };
-    // SAFETY: the CPU features were checked above; the loads read only columns whose tap lies
-    // inside its plane (`planes` holds every plane: checked), and `dst`/`sums` hold the
-    // panels and sums (checked lengths).
-    unsafe { image_interleave(&job) };
+    // SAFETY: the CPU features were checked above (`image_direct`: VBMI and BMI2 for a
+    // geometry that is not shifted); the loads read only columns whose tap lies inside its
+    // plane (`planes` holds every plane: checked), and `dst`/`sums` hold the panels and sums
+    // (checked lengths).
+    unsafe {
+        if shifted(g) {
+            image_interleave(&job)
+        } else {
+            image_runs(&job)
+        }
+    };
     true
 }
 
@@ -383,6 +398,121 @@ fn inside_mask(g: &Im2col, x0: usize, live: usize, (dy, dx): (isize, isize)) -> 
         start += ow;
     }
     m
+}
+
+/// [`image_interleave`] for any geometry of column stride 1 or 2: per pair of panels, the
+/// output rows its 64 columns meet (runs of lanes), and per tap and run the lanes whose tap
+/// lies inside the plane with the offset of the byte lane 0 would read; each step starts from
+/// the fill and loads every run over it (stride 2: two loads of the run's 128 bytes, its even
+/// bytes picked by one `vpermt2b`).
+///
+/// # Safety
+///
+/// As [`image_interleave`], and AVX-512 VBMI and BMI2; `g.sw` is 1 or 2.
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,bmi2")]
+unsafe fn image_runs(j: &ImageJob) {
+    let g = j.g;
+    let kp = j.k.next_multiple_of(4);
+    let taps = j.shifts.len();
+    let ihw = (g.ih * g.iw) as isize;
+    let sw = g.sw as isize;
+    let offv = _mm512_set1_epi8(j.off);
+    let fillv = _mm512_set1_epi8(j.fill);
+    let even = {
+        let mut b = [0u8; 64];
+        for (i, x) in b.iter_mut().enumerate() {
+            *x = (2 * i) as u8;
+        }
+        // SAFETY: 64 bytes.
+        unsafe { _mm512_loadu_si512(b.as_ptr().cast()) }
+    };
+    let panels = j.rows.div_ceil(32);
+    // Per tap, its runs of the current pair: (lanes inside, offset in the plane of lane 0).
+    let mut runs: Vec<Vec<(u64, isize)>> = vec![Vec::new(); taps];
+    let mut q = 0;
+    while q < panels {
+        let two = q + 1 < panels;
+        let x0 = j.top + q * 32;
+        let live = (if two { 64 } else { 32 }).min(j.rows - q * 32);
+        let live_mask: __mmask64 = if live == 64 { !0 } else { (1u64 << live) - 1 };
+        for (t, tr) in runs.iter_mut().enumerate() {
+            tr.clear();
+            let (_, dy, dx) = j.shifts[t];
+            // Output columns `[lo, hi)` of a row whose tap `ox·sw + dx` is inside the row.
+            let lo = if dx >= 0 {
+                0
+            } else {
+                (-dx as usize).div_ceil(sw as usize)
+            };
+            let hi = (((g.iw as isize - dx).max(0) + sw - 1) / sw).clamp(0, g.ow as isize) as usize;
+            let mut col = x0;
+            while col < x0 + live {
+                let (oy, ox) = (col / g.ow, col % g.ow);
+                let len = (g.ow - ox).min(x0 + live - col);
+                let iy = (oy * g.sh) as isize + dy;
+                let (a, b) = (ox.max(lo), (ox + len).min(hi));
+                if iy >= 0 && iy < g.ih as isize && b > a {
+                    let lane = col - x0;
+                    let bits = |n: usize| if n >= 64 { !0u64 } else { (1u64 << n) - 1 };
+                    let m = bits(b - a) << (lane + a - ox);
+                    // Lane `l` reads `iy·iw + (ox + l − lane)·sw + dx`.
+                    let at = iy * g.iw as isize + (ox as isize - lane as isize) * sw + dx;
+                    tr.push((m, at));
+                }
+                col += len;
+            }
+        }
+        // SAFETY: panels `q` and (when `two`) `q + 1`, inside `dst`.
+        let panel = unsafe { j.dst.add(q * 32 * kp) };
+        let mut s = [_mm512_setzero_si512(); 4];
+        let (mut c, mut t) = (0isize, 0usize);
+        for gi in 0..kp / 4 {
+            let mut step = || -> __m512i {
+                if (c as usize) * taps + t >= j.k {
+                    return _mm512_setzero_si512();
+                }
+                let mut v = fillv;
+                for &(m, at) in &runs[t] {
+                    let p = j.planes.wrapping_offset(c * ihw + at);
+                    if sw == 1 {
+                        // SAFETY: the lanes of `m` read bytes of their tap's input row, inside
+                        // the planes; the others are not read (masked).
+                        v = unsafe { _mm512_mask_loadu_epi8(v, m, p.cast()) };
+                    } else {
+                        // Lane `l` is byte `2l` of the 128 from `p`: spread the lane mask to
+                        // the even bytes of each half.
+                        let (lo, hi) = (
+                            _pdep_u64(m, 0x5555_5555_5555_5555),
+                            _pdep_u64(m >> 32, 0x5555_5555_5555_5555),
+                        );
+                        // SAFETY: as above, for the even bytes of the two halves.
+                        let (l, h) = unsafe {
+                            (
+                                _mm512_maskz_loadu_epi8(lo, p.cast()),
+                                _mm512_maskz_loadu_epi8(hi, p.wrapping_add(64).cast()),
+                            )
+                        };
+                        v = _mm512_mask_mov_epi8(v, m, _mm512_permutex2var_epi8(l, even, h));
+                    }
+                }
+                t += 1;
+                if t == taps {
+                    t = 0;
+                    c += 1;
+                }
+                _mm512_maskz_sub_epi8(live_mask, v, offv)
+            };
+            let rows = [step(), step(), step(), step()];
+            // SAFETY: group `gi < kp/4` of the pair's panels, inside `dst` (the contract).
+            unsafe { store_group(rows, (panel, kp, gi), two, &mut s, j.signed) };
+        }
+        let outs = if two { 4 } else { 2 };
+        for (u, sv) in s.iter().enumerate().take(outs) {
+            // SAFETY: the pair's 32 or 64 sums.
+            unsafe { _mm512_storeu_si512(j.sums.add(32 * q + 16 * u).cast(), *sv) };
+        }
+        q += if two { 2 } else { 1 };
+    }
 }
 
 /// [`interleave`]'s loop with each step's row loaded from the image.
