@@ -90,37 +90,9 @@ pub(super) fn pack_all<T: IntElem, D: PackDst>(
     kg: usize,
     threads: usize,
 ) -> (AlignedVec<D>, Vec<i32>) {
-    let kp = k.next_multiple_of(kg);
-    let tiles = rows.div_ceil(p);
-    let mut buf = AlignedVec::<D>::new(tiles * p * kp);
-    let mut sums = vec![0i32; tiles * p];
-    let threads = threads.min(tiles).max(1);
-    if threads == 1 {
-        pack(
-            src,
-            rows,
-            k,
-            off,
-            p,
-            kg,
-            (0, 1),
-            buf.as_mut_slice(),
-            &mut sums,
-        );
-    } else {
-        let parts: Vec<std::sync::Mutex<Option<_>>> =
-            split(buf.as_mut_slice(), &mut sums, p * kp, p, tiles, threads)
-                .into_iter()
-                .map(|part| std::sync::Mutex::new(Some(part)))
-                .collect();
-        super::super::parallel_for(threads, &|t| {
-            let part = parts[t].lock().unwrap_or_else(|e| e.into_inner()).take();
-            if let Some((d, s)) = part {
-                pack(src, rows, k, off, p, kg, (t, threads), d, s);
-            }
-        });
-    }
-    (buf, sums)
+    in_parts((rows, k), (p, kg), threads, &|part, d, s| {
+        pack(src, rows, k, off, p, kg, part, d, s)
+    })
 }
 
 /// [`pack_all`] of an image's column matrix (seen transposed, `n×k`), each part packed by
@@ -134,21 +106,35 @@ pub(super) fn pack_all_image<T: IntElem, D: PackDst>(
     kg: usize,
     threads: usize,
 ) -> (AlignedVec<D>, Vec<i32>) {
-    let kp = k.next_multiple_of(kg);
     let tiles = n.div_ceil(p);
-    let mut buf = AlignedVec::<D>::new(tiles * p * kp);
-    let mut sums = vec![0i32; tiles * p];
-    let threads = threads.min(tiles).max(1);
-    let part = |t: usize, d: &mut [MaybeUninit<D>], s: &mut [i32]| {
-        let (q0, q1) = band(t, threads, tiles);
+    in_parts((n, k), (p, kg), threads, &|(t, parts), d, s| {
+        let (q0, q1) = band(t, parts, tiles);
         let top = q0 * p;
         let rows = (q1 * p).min(n).saturating_sub(top);
         if rows > 0 {
             pack_image(img, (top, rows), k, off, p, kg, d, s);
         }
-    };
+    })
+}
+
+/// Packs part `(t, parts)` (whole panels, see [`band`]) into that part's panels and sums.
+type Part<'f, D> = dyn Fn((usize, usize), &mut [MaybeUninit<D>], &mut [i32]) + Sync + 'f;
+
+/// The panels (`p` rows, `k` padded to a multiple of `kg`) and row sums of a `rows×k` operand,
+/// its parts packed by `part` on up to `threads` threads.
+fn in_parts<D: PackDst>(
+    (rows, k): (usize, usize),
+    (p, kg): (usize, usize),
+    threads: usize,
+    part: &Part<'_, D>,
+) -> (AlignedVec<D>, Vec<i32>) {
+    let kp = k.next_multiple_of(kg);
+    let tiles = rows.div_ceil(p);
+    let mut buf = AlignedVec::<D>::new(tiles * p * kp);
+    let mut sums = vec![0i32; tiles * p];
+    let threads = threads.min(tiles).max(1);
     if threads == 1 {
-        part(0, buf.as_mut_slice(), &mut sums);
+        part((0, 1), buf.as_mut_slice(), &mut sums);
     } else {
         let parts: Vec<std::sync::Mutex<Option<_>>> =
             split(buf.as_mut_slice(), &mut sums, p * kp, p, tiles, threads)
@@ -158,7 +144,7 @@ pub(super) fn pack_all_image<T: IntElem, D: PackDst>(
         super::super::parallel_for(threads, &|t| {
             let taken = parts[t].lock().unwrap_or_else(|e| e.into_inner()).take();
             if let Some((d, s)) = taken {
-                part(t, d, s);
+                part((t, threads), d, s);
             }
         });
     }
