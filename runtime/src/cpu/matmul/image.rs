@@ -2,8 +2,8 @@
 //! kernel IR's `Im2col`, implicit GEMM).
 //!
 //! * 8-bit images go to the integer kernels whole ([`IGemm::run_packed_a_image_into`]), which
-//!   pack each column block of `B` straight from the image (stride-1 "same" convolutions) or
-//!   from a copy of the block.
+//!   pack each column block of `B` straight from the image (stride-1 "same" convolutions; with
+//!   AVX-512 VBMI any column stride 1 or 2) or from a copy of the block.
 //! * Anything else is copied a block of columns at a time ([`crate::kernels::im2col`]) into a
 //!   per-thread scratch that stays in L2, and each block multiplied as an ordinary row-major
 //!   `B` into its columns of `C`. Materializing the whole column matrix instead writes it to
