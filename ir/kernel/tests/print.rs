@@ -23,7 +23,7 @@ fn softmax_rows() {
 #[test]
 fn conv_as_im2col_and_matmul() {
     insta::assert_snapshot!(lowered(
-        r#"graph (%0: f32[1,3,8,8] "x", %1: f32[40,3,3,3] "w", %2: f32[40] "b") -> (%3 "y") {
+        r#"graph (%0: f32[1,8,8,8] "x", %1: f32[40,8,3,3] "w", %2: f32[40] "b") -> (%3 "y") {
   %3 = nn.conv {"auto_pad":"not_set","dilations":[1,1],"group":1,"pads":[1,1,1,1],"strides":[2,2]} (%0, %1, %2) : f32[1,40,4,4]
 }"#
     ));

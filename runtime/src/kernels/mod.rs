@@ -7,6 +7,7 @@
 
 pub mod bytes;
 pub mod depthwise;
+pub mod direct_conv;
 pub mod gemm;
 pub mod igemm;
 pub mod im2col;

@@ -4,6 +4,9 @@
 //! * 8-bit images go to the integer kernels whole ([`IGemm::run_packed_a_image_into`]), which
 //!   pack each column block of `B` straight from the image (stride-1 "same" convolutions; with
 //!   AVX-512 VBMI any column stride 1 or 2) or from a copy of the block.
+//! * f32 images of at most 4 channels, or with at most 32 output channels, go to the direct
+//!   kernels ([`direct_conv`]) on AVX-512 CPUs: each tap's vector formed from the image in
+//!   registers, no column matrix at all.
 //! * Anything else is copied a block of columns at a time ([`crate::kernels::im2col`]) into a
 //!   per-thread scratch that stays in L2, and each block multiplied as an ordinary row-major
 //!   `B` into its columns of `C`. Materializing the whole column matrix instead writes it to
@@ -12,10 +15,12 @@
 //! [`IGemm::run_packed_a_image_into`]: crate::kernels::igemm::IGemm::run_packed_a_image_into
 
 use super::{
-    BOperand, Gemm, OutOfBounds, Requant, TileHook, View, check, int_kernels, run_requant, run_then,
+    BOperand, F32Bias, Gemm, OutOfBounds, Requant, TileHook, View, check, f32_operand, int_kernels,
+    run_requant, run_then,
 };
 use crate::cpu::abi::DType;
 use crate::kernels::bytes;
+use crate::kernels::direct_conv;
 pub use crate::kernels::im2col::Im2col;
 use crate::kernels::im2col::{copy_block, with_scratch};
 
@@ -105,6 +110,9 @@ pub(super) fn run_image_in(
     }
     let start = img.offset as usize * esize;
     let planes = &img.bytes[start..start + geo.image_len() * esize];
+    if rq.is_none() && direct(g, &a, planes, &img, c_bytes, c, bias.as_ref(), tail).is_some() {
+        return Ok(());
+    }
     let k = g.k;
     let nb = block_columns(k, g.n, esize, block_bytes);
     let words = (k * nb * esize).div_ceil(8);
@@ -158,6 +166,57 @@ pub(super) fn run_image_in(
         }
         Ok(())
     })
+}
+
+/// An all-`f32` convolution on the direct kernels ([`direct_conv`]) where they pay; `None`
+/// when not taken (nothing was written then).
+#[allow(clippy::too_many_arguments)]
+fn direct(
+    g: &Gemm,
+    a: &View,
+    planes: &[u8],
+    img: &Image,
+    c_bytes: &mut [u8],
+    (cty, coff, crs, ccs): (DType, i64, i64, i64),
+    bias: Option<&View>,
+    tail: Option<TileHook>,
+) -> Option<()> {
+    let f32s = [a.dtype, img.dtype, cty].iter().all(|&t| t == DType::F32)
+        && bias.is_none_or(|v| v.dtype == DType::F32);
+    if !f32s || (g.n > 1 && ccs != 1) || crs < 0 || !direct_conv::pays(&img.geom, g.m) {
+        return None;
+    }
+    let image = bytes::cast::<f32>(planes)?;
+    let out = bytes::cast_mut::<f32>(c_bytes)?.get_mut(coff as usize..)?;
+    let (wd, wrs, wcs) = f32_operand(a, g.m, g.k);
+    let bias = F32Bias::new(
+        bias,
+        (g.m, g.n),
+        bias.map_or((0, 0), |v| (v.row_stride, v.col_stride)),
+        |x| x as f32,
+    );
+    let mut ep = bias.epilogue(g);
+    if let Some(h) = tail {
+        ep = ep.tile_hook(h);
+    }
+    let fill = f32::from_le_bytes([img.fill[0], img.fill[1], img.fill[2], img.fill[3]]);
+    let w = direct_conv::Weights {
+        data: &wd,
+        rs: wrs,
+        cs: wcs,
+    };
+    direct_conv::run(
+        &img.geom,
+        g.m,
+        w,
+        image,
+        fill,
+        out,
+        crs as usize,
+        &ep,
+        g.threads,
+    )
+    .ok()
 }
 
 /// Columns per block: all of them when the matrix fits `budget` bytes, else a multiple of 64

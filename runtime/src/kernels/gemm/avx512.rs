@@ -100,7 +100,6 @@ unsafe fn kernel<const R: usize, const PACKED: bool>(t: &Tile) {
         let lanes = t.cols.saturating_sub(16 * v).min(16);
         ((1u32 << lanes) - 1) as __mmask16
     });
-    let zero = _mm512_setzero_ps();
     if t.alpha != 1.0 {
         let alpha = _mm512_set1_ps(t.alpha);
         for row in acc.iter_mut() {
@@ -141,47 +140,55 @@ unsafe fn kernel<const R: usize, const PACKED: bool>(t: &Tile) {
                         let rp = ep.res.add(r * ep.ldr + 16 * v);
                         x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, rp));
                     }
-                    x = match ep.act {
-                        Activation::None => x,
-                        // `max(x, 0)` returns its second operand when one is NaN: a NaN
-                        // becomes 0 (and `min` under Clip), as `Activation::apply` says.
-                        Activation::Relu => _mm512_max_ps(x, zero),
-                        Activation::Clip { min, max } => _mm512_min_ps(
-                            _mm512_max_ps(x, _mm512_set1_ps(min)),
-                            _mm512_set1_ps(max),
-                        ),
-                        Activation::LeakyRelu { alpha } => {
-                            let neg = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, zero);
-                            _mm512_mask_mul_ps(x, neg, x, _mm512_set1_ps(alpha))
-                        }
-                        // `min`/`max` with the bound first return a NaN second operand: NaN
-                        // stays NaN, as `Activation::apply` says. No FMA: the scalar
-                        // definition rounds the product and the sum apart.
-                        Activation::HardSigmoid { alpha, beta } => {
-                            let e = _mm512_add_ps(
-                                _mm512_mul_ps(x, _mm512_set1_ps(alpha)),
-                                _mm512_set1_ps(beta),
-                            );
-                            _mm512_max_ps(zero, _mm512_min_ps(_mm512_set1_ps(1.0), e))
-                        }
-                        Activation::HardSwish => {
-                            let e = _mm512_add_ps(
-                                _mm512_mul_ps(x, _mm512_set1_ps(1.0 / 6.0)),
-                                _mm512_set1_ps(0.5),
-                            );
-                            let g = _mm512_max_ps(zero, _mm512_min_ps(_mm512_set1_ps(1.0), e));
-                            _mm512_mul_ps(x, g)
-                        }
-                        Activation::Gelu => gelu16(x),
-                        Activation::GeluTanh => gelu_tanh16(x),
-                        Activation::Sigmoid => sigmoid16(x),
-                        Activation::Swish { alpha } => {
-                            _mm512_mul_ps(x, sigmoid16(_mm512_mul_ps(_mm512_set1_ps(alpha), x)))
-                        }
-                    };
+                    x = activate16(ep.act, x);
                 }
                 _mm512_mask_storeu_ps(cp, mask, x);
             }
+        }
+    }
+}
+
+/// The activation on 16 lanes, exactly as [`Activation::apply`] on each (the GEMM's and the
+/// direct convolution's epilogue).
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(crate) fn activate16(act: Activation, x: __m512) -> __m512 {
+    let zero = _mm512_setzero_ps();
+    match act {
+        Activation::None => x,
+        // `max(x, 0)` returns its second operand when one is NaN: a NaN becomes 0 (and `min`
+        // under Clip), as `Activation::apply` says.
+        Activation::Relu => _mm512_max_ps(x, zero),
+        Activation::Clip { min, max } => {
+            _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(min)), _mm512_set1_ps(max))
+        }
+        Activation::LeakyRelu { alpha } => {
+            let neg = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, zero);
+            _mm512_mask_mul_ps(x, neg, x, _mm512_set1_ps(alpha))
+        }
+        // `min`/`max` with the bound first return a NaN second operand: NaN stays NaN, as
+        // `Activation::apply` says. No FMA: the scalar definition rounds the product and the
+        // sum apart.
+        Activation::HardSigmoid { alpha, beta } => {
+            let e = _mm512_add_ps(
+                _mm512_mul_ps(x, _mm512_set1_ps(alpha)),
+                _mm512_set1_ps(beta),
+            );
+            _mm512_max_ps(zero, _mm512_min_ps(_mm512_set1_ps(1.0), e))
+        }
+        Activation::HardSwish => {
+            let e = _mm512_add_ps(
+                _mm512_mul_ps(x, _mm512_set1_ps(1.0 / 6.0)),
+                _mm512_set1_ps(0.5),
+            );
+            let g = _mm512_max_ps(zero, _mm512_min_ps(_mm512_set1_ps(1.0), e));
+            _mm512_mul_ps(x, g)
+        }
+        Activation::Gelu => gelu16(x),
+        Activation::GeluTanh => gelu_tanh16(x),
+        Activation::Sigmoid => sigmoid16(x),
+        Activation::Swish { alpha } => {
+            _mm512_mul_ps(x, sigmoid16(_mm512_mul_ps(_mm512_set1_ps(alpha), x)))
         }
     }
 }
