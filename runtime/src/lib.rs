@@ -15,5 +15,7 @@ pub mod cuda;
 pub mod kernels;
 pub mod npy;
 pub mod plan;
+#[cfg(test)]
+mod testing;
 
 pub use npy::{ElemType, NpyArray, NpyData, NpyError};

@@ -231,6 +231,7 @@ fn blocks(m: usize) -> Vec<(usize, usize)> {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::super::SendPtr;
+    use super::super::depthwise::range_mask;
     use super::super::gemm::avx512::activate16;
     use super::super::gemm::{Activation, Bias, Epilogue, TileHook};
     use super::super::im2col::Im2col;
@@ -244,17 +245,6 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     fn activate(act: Activation, x: __m512) -> __m512 {
         activate16(act, x)
-    }
-
-    /// Lanes `i` of a 16-lane vector starting at column `c0` with `0 <= c0 + i < n`.
-    fn range_mask(c0: isize, n: isize) -> u16 {
-        let lo = (-c0).clamp(0, L as isize) as u32;
-        let hi = (n - c0).clamp(0, L as isize) as u32;
-        if hi <= lo {
-            return 0;
-        }
-        let upto = |k: u32| if k >= 16 { 0xffffu32 } else { (1u32 << k) - 1 };
-        (upto(hi) & !upto(lo)) as u16
     }
 
     /// One call's geometry, packed weights, column table and epilogue.

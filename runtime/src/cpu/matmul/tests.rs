@@ -20,24 +20,7 @@ thread_local! {
     pub(super) static PATH: Cell<Path> = const { Cell::new(Path::Generic) };
 }
 
-/// A deterministic xorshift stream.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    /// Uniform in [-1, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-    }
-}
+use crate::testing::Rng;
 
 /// How a `rows×cols` view sits in its buffer.
 #[derive(Clone, Copy, Debug, PartialEq)]

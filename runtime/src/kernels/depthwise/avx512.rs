@@ -15,8 +15,9 @@ use std::arch::x86_64::*;
 
 const L: usize = 16;
 
-/// Lanes `i` of a 16-lane vector starting at column `c0` with `0 <= c0 + i < n`.
-fn range_mask(c0: isize, n: isize) -> u16 {
+/// Lanes `i` of a 16-lane vector starting at column `c0` with `0 <= c0 + i < n` (shared with
+/// the direct convolution's column tables).
+pub(crate) fn range_mask(c0: isize, n: isize) -> u16 {
     let lo = (-c0).clamp(0, L as isize) as u32;
     let hi = (n - c0).clamp(0, L as isize) as u32;
     if hi <= lo {

@@ -37,6 +37,8 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "x86_64")]
+pub(crate) use avx512::range_mask;
+#[cfg(target_arch = "x86_64")]
 mod channels;
 mod portable;
 #[cfg(test)]

@@ -9,29 +9,7 @@ use super::*;
 use crate::kernels::gemm::{Activation, TileHook};
 use std::sync::Mutex;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + self.below(hi - lo + 1)
-    }
-
-    /// A small integer in `[-r, r]` as f32.
-    fn int(&mut self, r: i64) -> f32 {
-        (self.below(2 * r as usize + 1) as i64 - r) as f32
-    }
-}
+use crate::testing::Rng;
 
 /// A random geometry with at least one output position.
 fn geometry(rng: &mut Rng) -> Im2col {
@@ -117,16 +95,18 @@ fn random_convolutions_match_the_definition() {
         let geo = geometry(&mut rng);
         let m = rng.range(1, 40);
         let (k, n) = geo.dims();
-        let image: Vec<f32> = (0..geo.image_len()).map(|_| rng.int(4)).collect();
+        let image: Vec<f32> = (0..geo.image_len())
+            .map(|_| rng.int(-4, 4) as f32)
+            .collect();
         // Weights with a row stride past `k` (an `A` view inside a bigger buffer).
         let wrs = k + rng.below(3);
-        let w: Vec<f32> = (0..m * wrs).map(|_| rng.int(3)).collect();
+        let w: Vec<f32> = (0..m * wrs).map(|_| rng.int(-3, 3) as f32).collect();
         let dense: Vec<f32> = (0..m)
             .flat_map(|r| w[r * wrs..r * wrs + k].to_vec())
             .collect();
         let fill = if rng.below(2) == 0 { 0.0 } else { 2.0 };
         let ldc = n + rng.below(5);
-        let bias: Vec<f32> = (0..m).map(|_| rng.int(5)).collect();
+        let bias: Vec<f32> = (0..m).map(|_| rng.int(-5, 5) as f32).collect();
         let act = ACTIVATIONS[case % ACTIVATIONS.len()];
         let alpha = if rng.below(3) == 0 { 0.5 } else { 1.0 };
         let (b, bias_of): (Bias, Box<dyn Fn(usize) -> f32>) = match rng.below(3) {
