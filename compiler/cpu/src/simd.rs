@@ -1298,6 +1298,27 @@ impl<M: Module> Tx<'_, '_, M> {
         self.b.ins().bitselect(m, x, y)
     }
 
+    /// `max(x, y)` or `min(x, y)` as IEEE `fmax`/`fmin` compute them (NaN when either is NaN,
+    /// `max(-0, +0) = +0`, `min = -0`), in five instructions on x86 where Cranelift's `fmax`
+    /// takes nine: `maxps` both ways round, and-ed (max) or or-ed (min) for the zeros' signs,
+    /// then or-ed with the lanes where either is NaN (all bits set: a NaN). A max pool's rows
+    /// run on these.
+    fn vminmax(&mut self, op: BinOp, x: Value, y: Value) -> Value {
+        if !self.x86 {
+            return self.fop(op, x, y);
+        }
+        let a = self.pseudo(op, x, y);
+        let b = self.pseudo(op, y, x);
+        let r = if op == BinOp::Max {
+            self.b.ins().band(a, b)
+        } else {
+            self.b.ins().bor(a, b)
+        };
+        let nan = self.b.ins().fcmp(FloatCC::Unordered, x, y);
+        let nan = self.mask_as_f32(nan);
+        self.b.ins().bor(r, nan)
+    }
+
     /// `max(x, c)` or `min(x, c)` (IEEE, as `fmax`/`fmin`) with `c` a constant that is not
     /// NaN: on x86 one `maxps c, x` / `minps c, x`, which gives `x` when `x` is NaN, plus, when
     /// `signed_zero` asks for the sign of a zero result to be IEEE's too and `c` is +0 (max)
@@ -1972,7 +1993,7 @@ impl<M: Module> Tx<'_, '_, M> {
                                 match (const_f32(st, a), const_f32(st, b)) {
                                     (_, Some(k)) => self.vminmax_const(*op, x, k, true),
                                     (Some(k), _) => self.vminmax_const(*op, y, k, true),
-                                    _ => self.fop(*op, x, y),
+                                    _ => self.vminmax(*op, x, y),
                                 }
                             }
                             BinOp::Rem => self.per_lane("fmodf", &[x, y]),

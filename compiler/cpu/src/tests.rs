@@ -1191,6 +1191,49 @@ fn clamps_by_constants_and_casts_keep_nan_and_zero_signs() {
     }
 }
 
+/// `max`/`min` of two tensors (the five-instruction vector form on x86) on every pair of
+/// special values — NaN on either side, ±0 both ways round, ±inf — and a max pool over them:
+/// against the evaluator, and the vector code against the scalar bit for bit (NaNs as NaNs).
+#[test]
+fn max_and_min_of_two_tensors_keep_nan_and_zero_signs() {
+    let sv = special_values(19);
+    let n = sv.len() * sv.len();
+    let (a, b): (Vec<f32>, Vec<f32>) = sv
+        .iter()
+        .flat_map(|&x| sv.iter().map(move |&y| (x, y)))
+        .unzip();
+    let ins = [
+        Tensor::from_vec(&[n], a).expect("a"),
+        Tensor::from_vec(&[n], b).expect("b"),
+    ];
+    let src = format!(
+        r#"graph (%0: f32[{n}] "a", %1: f32[{n}] "b") -> (%2 "mx", %3 "mn") {{
+  %2 = ew.max(%0, %1) : f32[{n}]
+  %3 = ew.min(%1, %0) : f32[{n}]
+}}"#
+    );
+    check_inputs(&src, &ins, 0.0);
+    assert_simd_matches_scalar_bits(&src, &ins);
+    let (h, w) = (9, 38);
+    let img: Vec<f32> = (0..h * w)
+        .map(|i| {
+            if i % 7 == 3 {
+                sv[(i / 7) % sv.len()]
+            } else {
+                ((i * 13 % 29) as f32 - 14.0) * 0.5
+            }
+        })
+        .collect();
+    let x = Tensor::from_vec(&[1, 1, h, w], img).expect("x");
+    let src = format!(
+        r#"graph (%0: f32[1,1,{h},{w}] "x") -> (%1 "y") {{
+  %1 = nn.max_pool {{"kernel":[3,3],"strides":[2,2],"dilations":[1,1],"pads":[1,1,1,1],"auto_pad":"not_set","ceil_mode":false,"storage_order_col_major":false}} (%0) : f32[1,1,5,19]
+}}"#
+    );
+    check_inputs(&src, std::slice::from_ref(&x), 0.0);
+    assert_simd_matches_scalar_bits(&src, std::slice::from_ref(&x));
+}
+
 /// Vector reductions run four accumulators sixteen lanes at a time, then one accumulator,
 /// then scalars: every length around those steps, with NaN, ±inf and ±0 in the data, against
 /// the evaluator (max and min exactly, NaN included).
