@@ -110,6 +110,35 @@ fn sigmoid_and_swish_tails_become_activations() {
     }
 }
 
+/// EfficientNet's first layer: a 3-channel convolution (an implicit GEMM reading its image)
+/// with a bias and SiLU in one composite; also with a 1-wide stride, 2 output channels and a
+/// grouped one of 8 channels per group. The swish becomes the contraction's activation.
+#[test]
+fn implicit_gemm_swish_tails_become_activations() {
+    for (c, m, hw, s, group) in [(3, 32, 17, 2, 1), (3, 2, 9, 1, 1), (16, 16, 11, 2, 2)] {
+        let o = (hw + 2 - 3) / s + 1;
+        let cg = c / group;
+        let src = format!(
+            r#"graph (%0: f32[1,{c},{hw},{hw}] "x", %1: f32[{m},{cg},3,3] "w", %2: f32[{m}] "b") -> (%3 "y") {{
+  %3 = control.composite {{"kind":"conv+swish"}} (%0, %1, %2) : f32[1,{m},{o},{o}] {{
+    graph (%0: f32[1,{c},{hw},{hw}] "in0", %1: f32[{m},{cg},3,3] "in1", %2: f32[{m}] "in2") -> (%4 "out") {{
+      %3 = nn.conv {{"auto_pad":"not_set","dilations":[1,1],"group":{group},"pads":[1,1,1,1],"strides":[{s},{s}]}} (%0, %1, %2) : f32[1,{m},{o},{o}]
+      %4 = ew.swish {{"alpha":1.0}}(%3) : f32[1,{m},{o},{o}]
+    }}
+  }}
+}}"#
+        );
+        let (text, n_act) = fused(&src);
+        assert!(text.contains("b_im2col("), "{text}");
+        if group == 1 {
+            assert_eq!(n_act, 1, "{src}\n{text}");
+            assert!(text.contains("act=swish(1)"), "{text}");
+            assert!(!text.contains("exp("), "{text}");
+        }
+        check(&src, 2e-6);
+    }
+}
+
 #[test]
 fn other_tails_stay_tails() {
     // A GELU of something else than C + bias (here C·2) is a general tail, not an activation.

@@ -123,8 +123,6 @@ pub(super) fn tail_to_activation(k: &Kernel, args: &[BufId]) -> Option<(Kernel, 
     if mm.act != Activation::None
         || mm.beta != 0.0
         || mm.requant.is_some()
-        // (The renumbering below knows plain operands only.)
-        || mm.b_im2col.is_some()
         || pty(mm.c.param)? != DType::F32
     {
         return None;
@@ -203,9 +201,12 @@ pub(super) fn tail_to_activation(k: &Kernel, args: &[BufId]) -> Option<(Kernel, 
     if offsets.into_iter().any(|o| !matches!(o, Expr::Lit(_))) {
         return None;
     }
+    // An implicit GEMM's `B` is the image; its padding's fill is one more parameter.
+    let fill = new_mm.b_im2col.as_ref().and_then(|i| i.fill);
     let mut used: Vec<ParamId> = [new_mm.a.param, new_mm.b.param, new_mm.c.param]
         .into_iter()
         .chain(new_mm.bias.as_ref().map(|b| b.param))
+        .chain(fill)
         .collect();
     used.sort_by_key(|p| p.0);
     used.dedup();
@@ -229,6 +230,9 @@ pub(super) fn tail_to_activation(k: &Kernel, args: &[BufId]) -> Option<(Kernel, 
         .chain(new_mm.bias.as_mut())
     {
         v.param = map[&v.param];
+    }
+    if let Some(f) = new_mm.b_im2col.as_mut().and_then(|i| i.fill.as_mut()) {
+        *f = map[f];
     }
     nk.body = vec![Stmt::Matmul(Box::new(new_mm))];
     mlc_kir::verify_kernel(&nk).ok()?;
