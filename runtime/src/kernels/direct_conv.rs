@@ -81,9 +81,10 @@ pub enum DirectError {
 /// `docs/benchmarks.md`): images of at most 4 channels (3→16 3×3 stride 2 at 224×224 0.22 →
 /// 0.13 ms, 3→64 7×7 2.90 → 2.62) and at most 32 output channels (16→24 3×3 stride 2
 /// 0.35 → 0.29, 8→16 3×3 0.39 → 0.28); from 64 output channels of 32 or more input channels
-/// the GEMM's 12×32 tiles win (64→128 3×3 stride 2: 1.49 against 1.30).
+/// the GEMM's 12×32 tiles win (64→128 3×3 stride 2: 1.49 against 1.30). Column strides past 2
+/// gather every tap (a ViT's 16×16 stride-16 patches: 2.3× slower than im2col + GEMM).
 pub fn pays(geo: &Im2col, m: usize) -> bool {
-    Isa::detect() == Isa::Avx512 && (geo.channels <= 4 || m <= 32)
+    Isa::detect() == Isa::Avx512 && geo.sw <= 2 && (geo.channels <= 4 || m <= 32)
 }
 
 /// `out = ep(conv(image, weights))`: output channel `r`'s `oh·ow` results at `out[r·ldc..]`,
@@ -483,8 +484,8 @@ mod avx512 {
             }
             // Other activations (sigmoid, swish, GELU: a polynomial each) run on the stored
             // vectors, still in L1: inlined into the loop over `acc` they kept LLVM from
-            // unrolling it, and called out of line they spilled the accumulators around every
-            // call (EfficientNet's SiLU stem: 0.47 ms, 0.26 with ReLU).
+            // unrolling it, which sent the accumulators to the stack (1.4× slower); a call per
+            // vector measured the same as this.
             if !matches!(self.act, Activation::None | Activation::Relu) {
                 for r in 0..nrows {
                     let p = dst.wrapping_add(r * self.ldc + q * L);

@@ -339,15 +339,17 @@ fn columns(
     // 0.37–0.40 → 0.32–0.35 ms; its 7×7 stem, 147 steps of short runs, went 1.01 → 1.07 and
     // keeps the column matrix). f32 ones, copied block by block, where the GEMM reads `B` in
     // place (at most 32 rows: the block copy replaces the column matrix and its padded planes;
-    // PP-LCNet's stem 245 → 225 µs), where the image has at most 4 channels (a network's
-    // first layer, which the CPU computes straight from the image: 3→64 3×3 stride 2 at
-    // 224×224 0.65 → 0.53 ms) or the matrix is far past L2 (ResNet-18's stem, 7 MiB:
+    // PP-LCNet's stem 245 → 225 µs), where the image has at most 4 channels and the column
+    // stride is 1 or 2 (a network's first layer, which the CPU computes straight from the
+    // image: 3→64 3×3 stride 2 at 224×224 0.65 → 0.53 ms; a ViT's 16×16 stride-16 patches
+    // would gather every tap, ViT-Tiny 0.18 → 0.42 ms) or the matrix is far past L2 (ResNet-18's stem, 7 MiB:
     // 3.7 → 2.6 ms); elsewhere the GEMM packs the block again and the explicit column matrix
     // measured faster (ResNet-18's 1.8 MB stride-2 layer: 1.22 against 1.34 ms).
     let eight = matches!(ty, DType::U8 | DType::I8);
     let same_s1 = g.stride == [1, 1] && g.out.get(1) == ins.get(1);
     let bytes = cg * kk * ohw * ty.size().unwrap_or(4);
-    let f32_blocks = ty == DType::F32 && (mg <= 32 || cg <= 4 || bytes > IMPLICIT_F32_BYTES);
+    let few_channels = cg <= 4 && g.stride.get(1).is_some_and(|&s| s <= 2);
+    let f32_blocks = ty == DType::F32 && (mg <= 32 || few_channels || bytes > IMPLICIT_F32_BYTES);
     let eight_direct = ins.len() == 2 && (same_s1 || (g.stride[1] <= 2 && kk <= 9));
     if ins.len() == 2 && ((eight && eight_direct) || f32_blocks) {
         let two = |v: &[usize]| [v[0], v[1]];

@@ -631,8 +631,9 @@ fn implicit_gemm_where_it_pays() {
     // The image read as the column matrix, against the interpreter: 8-bit "same" stride-1
     // convolutions (dilated, grouped, two images, the zero point as the fill) and 3×3 stride-2
     // ones; f32 ones with at most 32 output channels per group (strided, asymmetric pads), an
-    // image of at most 4 channels or a column matrix past 4 MiB. An 8-bit 5×5 stride-2 one and
-    // a small f32 one with 8 input and 40 output channels keep the explicit column matrix.
+    // image of at most 4 channels or a column matrix past 4 MiB. An 8-bit 5×5 stride-2 one, a
+    // small f32 one with 8 input and 40 output channels and a ViT-like patch embedding (3
+    // channels, 8×8 patches at stride 8) keep the explicit column matrix.
     for src in [
         r#"graph (%0: i8[2,4,9,8] "x", %1: i8[6,2,3,3] "w", %2: i8[] "zx") -> (%3 "y") {
   %3 = quant.conv_integer {"strides":[1,1],"dilations":[2,2],"pad":{"explicit":[1,2,3,2]},"group":2} (%0, %1, %2) : i32[2,6,9,8]
@@ -670,6 +671,9 @@ fn implicit_gemm_where_it_pays() {
 }"#,
         r#"graph (%0: f32[1,8,11,11] "x", %1: f32[40,8,7,7] "w") -> (%2 "y") {
   %2 = nn.conv {"auto_pad":"not_set","dilations":[1,1],"group":1,"pads":[3,3,3,3],"strides":[2,2]} (%0, %1, _) : f32[1,40,6,6]
+}"#,
+        r#"graph (%0: f32[1,3,32,32] "x", %1: f32[48,3,8,8] "w") -> (%2 "y") {
+  %2 = nn.conv {"auto_pad":"not_set","dilations":[1,1],"group":1,"pads":[0,0,0,0],"strides":[8,8]} (%0, %1, _) : f32[1,48,4,4]
 }"#,
     ] {
         let text = check(src, 1e-5);
