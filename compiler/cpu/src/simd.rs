@@ -1267,13 +1267,7 @@ impl<M: Module> Tx<'_, '_, M> {
         let cur = self.b.use_var(va);
         let new = match (red.op, red.nan) {
             (BinOp::Max | BinOp::Min, Some(nv)) => {
-                let a = self.pseudo(red.op, e, cur);
-                let b = self.pseudo(red.op, cur, e);
-                let r = if red.op == BinOp::Max {
-                    self.b.ins().band(a, b)
-                } else {
-                    self.b.ins().bor(a, b)
-                };
+                let r = self.both_ways(red.op, e, cur);
                 let isnan = self.b.ins().fcmp(FloatCC::Unordered, e, e);
                 let m = self.b.use_var(nv);
                 let m = self.b.ins().bor(m, isnan);
@@ -1283,6 +1277,19 @@ impl<M: Module> Tx<'_, '_, M> {
             (op, _) => self.fop(op, cur, e),
         };
         self.b.def_var(va, new);
+    }
+
+    /// `maxps` (`minps`) of `x, y` and of `y, x`, and-ed (or-ed): IEEE `fmax` (`fmin`) with the
+    /// signs of zeros (`max(-0, +0) = +0`, `min = -0`) wherever neither lane is NaN; the callers
+    /// make the NaN lanes NaN.
+    fn both_ways(&mut self, op: BinOp, x: Value, y: Value) -> Value {
+        let a = self.pseudo(op, x, y);
+        let b = self.pseudo(op, y, x);
+        if op == BinOp::Max {
+            self.b.ins().band(a, b)
+        } else {
+            self.b.ins().bor(a, b)
+        }
     }
 
     /// x86's `maxps x, y` (`x > y ? x : y`) or `minps x, y` (`x < y ? x : y`): `y` when either
@@ -1307,13 +1314,7 @@ impl<M: Module> Tx<'_, '_, M> {
         if !self.x86 {
             return self.fop(op, x, y);
         }
-        let a = self.pseudo(op, x, y);
-        let b = self.pseudo(op, y, x);
-        let r = if op == BinOp::Max {
-            self.b.ins().band(a, b)
-        } else {
-            self.b.ins().bor(a, b)
-        };
+        let r = self.both_ways(op, x, y);
         let nan = self.b.ins().fcmp(FloatCC::Unordered, x, y);
         let nan = self.mask_as_f32(nan);
         self.b.ins().bor(r, nan)

@@ -113,7 +113,6 @@ pub fn run(
         ));
     }
     let (k, n) = g.dims();
-    let over = DirectError::Overflow;
     let needed_w = if m == 0 || k == 0 {
         0
     } else {
@@ -164,7 +163,7 @@ pub fn run(
         || reach(g.oh, g.sh, g.kh, g.dh, g.pt).is_none()
         || g.image_len() >= isize::MAX as usize / 4
     {
-        return Err(over);
+        return Err(DirectError::Overflow);
     }
     if m == 0 || n == 0 {
         return Ok(());
