@@ -2,7 +2,7 @@
 """Single f32 convolution layers: mlc's step time against ONNX Runtime's kernel time, side by side.
 
   python scripts/conv_layers.py [--mlc target/release/mlc] [--threads 1] [--rounds 3]
-                                [--only TEXT] [--mlc-b OTHER_MLC]
+                                [--only TEXT] [--mlc-b OTHER_MLC] [--layer CIN,COUT,K,S,HW,GROUP ...]
 
 Each layer (Conv + ReLU, batch 1, random weights) is written to a temporary ONNX file. mlc's time is
 the layer's step in `mlc bench FILE --profile` (the kernel alone: no input copy); ONNX Runtime's is the
@@ -10,6 +10,7 @@ Conv node's kernel time from its profiler (its NCHWc reorders of the input and o
 whole model would mostly not run, are left out). Each cell is the fastest of --rounds interleaved
 rounds (this 2-vCPU machine jumps between speed levels). With --mlc-b a second mlc binary is timed
 in the same rounds (an A/B of a kernel change); the ratio is of the last mlc column to ORT.
+--layer (repeatable) times the given layers instead of the built-in list.
 """
 import argparse, collections, json, os, re, subprocess, sys, tempfile
 
@@ -34,6 +35,11 @@ LAYERS = [
     ("16->64 3x3 @55", 16, 64, 3, 1, 55, 1),
     ("dw 16 3x3 @112", 16, 16, 3, 1, 112, 16),
     ("dw 48 3x3 s2 @112", 48, 48, 3, 2, 112, 48),
+    ("pw 32->16 @112", 32, 16, 1, 1, 112, 1),
+    ("pw 16->96 @112", 16, 96, 1, 1, 112, 1),
+    ("pw 96->24 @56", 96, 24, 1, 1, 56, 1),
+    ("pw 144->24 @56", 144, 24, 1, 1, 56, 1),
+    ("pw 96->576 @14", 96, 576, 1, 1, 14, 1),
 ]
 
 
@@ -92,14 +98,22 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", default="")
+    ap.add_argument("--layer", action="append", default=[],
+                    help="CIN,COUT,K,S,HW,GROUP: a layer to time instead of the built-in list")
     a = ap.parse_args()
+    layers = LAYERS
+    if a.layer:
+        layers = []
+        for spec in a.layer:
+            cin, cout, k, s, hw, group = (int(v) for v in spec.split(","))
+            layers.append((f"{cin}->{cout} {k}x{k} s{s} @{hw} g{group}", cin, cout, k, s, hw, group))
     bins = [a.mlc] + ([a.mlc_b] if a.mlc_b else [])
     heads = ["mlc"] + (["mlc B"] if a.mlc_b else []) + ["ORT"]
     print(f"| layer ({a.threads} thread{'s' if a.threads > 1 else ''}), µs | " + " | ".join(heads)
           + f" | {heads[-2]}/ORT |")
     print("|---|" + "---:|" * (len(heads) + 1))
     with tempfile.TemporaryDirectory() as tmp:
-        for label, cin, cout, k, s, hw, group in LAYERS:
+        for label, cin, cout, k, s, hw, group in layers:
             if a.only not in label:
                 continue
             path = os.path.join(tmp, "layer.onnx")

@@ -112,6 +112,10 @@ const SHAPES: &[Shape] = &[
     Shape::new("mv2 pw 112x112", 16, 12544, 32),
     Shape::new("mv2 pw 56x56", 24, 3136, 96),
     Shape::new("mv2 pw expand 112x112", 96, 12544, 16),
+    Shape::new("mv2 pw expand 112x112", 96, 12544, 16).fused(),
+    Shape::new("mv2 pw expand 112x112", 96, 12544, 16)
+        .fused()
+        .isa(Isa::Avx2),
     // The same products transposed, Cᵀ = Xᵀ · Wᵀ, the weight packed once.
     Shape::new("lcnet pwT 14x14", 196, 256, 256).packed(),
     Shape::new("lcnet pwT 7x7", 49, 512, 512).packed(),

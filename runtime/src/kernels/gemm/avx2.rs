@@ -70,6 +70,19 @@ unsafe fn load(p: *const f32, lanes: usize, mask: __m256i) -> __m256 {
     }
 }
 
+/// `$x = $f` for every accumulator, as nested loops over constant bounds (which LLVM unrolls,
+/// keeping the accumulators in registers; see the module docs).
+macro_rules! each {
+    ($acc:ident, |$x:ident| $f:expr) => {
+        for row in $acc.iter_mut() {
+            for x in row.iter_mut() {
+                let $x = *x;
+                *x = $f;
+            }
+        }
+    };
+}
+
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn kernel<const R: usize, const PACKED: bool>(t: &Tile) {
@@ -142,6 +155,10 @@ unsafe fn dot_split<const R: usize, const PACKED: bool, const U: usize>(
 
 /// Applies `α`, `β·C` and the epilogue to the accumulated tile and stores it.
 ///
+/// As in the AVX-512 kernel, each step is its own pass over the whole tile behind one test, so
+/// that LLVM unrolls them and the accumulators stay in registers, and the long activations run
+/// on the stored tile ([`act_rows`]).
+///
 /// # Safety
 ///
 /// `t.c` is valid for `rows × cols` with stride `ldc`, and the epilogue pointers for the same
@@ -154,90 +171,172 @@ unsafe fn store<const R: usize>(t: &Tile, mut acc: [[__m256; NV]; R]) {
         let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes[v] as i32), idx)
     });
-    let zero = _mm256_setzero_ps();
     if t.alpha != 1.0 {
         let alpha = _mm256_set1_ps(t.alpha);
-        for row in acc.iter_mut() {
-            for x in row.iter_mut() {
-                *x = _mm256_mul_ps(*x, alpha);
+        each!(acc, |x| _mm256_mul_ps(x, alpha));
+    }
+    // SAFETY (all the loads and stores below): `load` and `put` touch only the tile's `cols`
+    // columns of rows `r < R = rows`, inside `C`, the bias and the residual as the caller
+    // guarantees; a vector past `cols` (no lanes) touches nothing.
+    if t.beta != 0.0 {
+        let beta = _mm256_set1_ps(t.beta);
+        for (r, row) in acc.iter_mut().enumerate() {
+            for (v, x) in row.iter_mut().enumerate() {
+                let old = unsafe { load(t.c.add(r * t.ldc + 8 * v), lanes[v], masks[v]) };
+                *x = if t.beta == 1.0 {
+                    _mm256_add_ps(*x, old)
+                } else {
+                    _mm256_fmadd_ps(beta, old, *x)
+                };
             }
         }
     }
+    let mut later = None;
+    if let Some(ep) = &t.ep {
+        if ep.scalar != 0.0 {
+            let s = _mm256_set1_ps(ep.scalar);
+            each!(acc, |x| _mm256_add_ps(x, s));
+        }
+        if !ep.row_bias.is_null() {
+            for (r, row) in acc.iter_mut().enumerate() {
+                let b = _mm256_set1_ps(unsafe { *ep.row_bias.add(r) });
+                for x in row.iter_mut() {
+                    *x = _mm256_add_ps(*x, b);
+                }
+            }
+        }
+        if !ep.col_bias.is_null() {
+            let cb: [__m256; NV] = std::array::from_fn(|v| unsafe {
+                load(ep.col_bias.add(8 * v), lanes[v], masks[v])
+            });
+            for row in acc.iter_mut() {
+                for (x, &b) in row.iter_mut().zip(&cb) {
+                    *x = _mm256_add_ps(*x, b);
+                }
+            }
+        }
+        if !ep.res.is_null() {
+            for (r, row) in acc.iter_mut().enumerate() {
+                for (v, x) in row.iter_mut().enumerate() {
+                    let rp = unsafe { ep.res.add(r * ep.ldr + 8 * v) };
+                    *x = _mm256_add_ps(*x, unsafe { load(rp, lanes[v], masks[v]) });
+                }
+            }
+        }
+        match ep.act {
+            Activation::None => {}
+            // Each arm names its activation, so that the match inside `activate8` folds away.
+            Activation::Relu => each!(acc, |x| activate8(Activation::Relu, x)),
+            Activation::Clip { min, max } => {
+                each!(acc, |x| activate8(Activation::Clip { min, max }, x))
+            }
+            Activation::LeakyRelu { alpha } => {
+                each!(acc, |x| activate8(Activation::LeakyRelu { alpha }, x))
+            }
+            Activation::HardSwish => each!(acc, |x| activate8(Activation::HardSwish, x)),
+            act => later = Some(act),
+        }
+    }
     for (r, row) in acc.iter().enumerate() {
+        for (v, &x) in row.iter().enumerate() {
+            unsafe { put(t.c.add(r * t.ldc + 8 * v), lanes[v], masks[v], x) };
+        }
+    }
+    if let Some(act) = later {
+        // SAFETY: the tile's rows and columns, stored just above.
+        unsafe { act_rows(act, t.c, t.ldc, R, &lanes, &masks) };
+    }
+}
+
+/// `act` on a stored tile of `rows` rows, `ldc` apart, whose 8-column vectors have `lanes`
+/// columns under `masks` (the epilogue's long activations, see [`store`]).
+///
+/// # Safety
+///
+/// The first `lanes[v]` columns of each vector of the `rows` rows from `c` are valid for reads
+/// and writes.
+#[inline(never)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn act_rows(
+    act: Activation,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    lanes: &[usize; NV],
+    masks: &[__m256i; NV],
+) {
+    for r in 0..rows {
         for v in 0..NV {
-            let (n, mask) = (lanes[v], masks[v]);
-            if n == 0 {
-                continue;
-            }
-            let mut x = row[v];
-            // SAFETY: the masked accesses touch only the tile's `cols` columns of row
-            // `r < rows`, inside `C`, the bias and the residual as the caller guarantees.
+            // SAFETY: see the function's contract.
             unsafe {
-                let cp = t.c.add(r * t.ldc + 8 * v);
-                if t.beta != 0.0 {
-                    let old = load(cp, n, mask);
-                    x = if t.beta == 1.0 {
-                        _mm256_add_ps(x, old)
-                    } else {
-                        _mm256_fmadd_ps(_mm256_set1_ps(t.beta), old, x)
-                    };
-                }
-                if let Some(ep) = &t.ep {
-                    if ep.scalar != 0.0 {
-                        x = _mm256_add_ps(x, _mm256_set1_ps(ep.scalar));
-                    }
-                    if !ep.row_bias.is_null() {
-                        x = _mm256_add_ps(x, _mm256_set1_ps(*ep.row_bias.add(r)));
-                    }
-                    if !ep.col_bias.is_null() {
-                        x = _mm256_add_ps(x, load(ep.col_bias.add(8 * v), n, mask));
-                    }
-                    if !ep.res.is_null() {
-                        x = _mm256_add_ps(x, load(ep.res.add(r * ep.ldr + 8 * v), n, mask));
-                    }
-                    x = match ep.act {
-                        Activation::None => x,
-                        // `max(x, 0)` returns its second operand when one is NaN: a NaN
-                        // becomes 0 (and `min` under Clip), as `Activation::apply` says.
-                        Activation::Relu => _mm256_max_ps(x, zero),
-                        Activation::Clip { min, max } => _mm256_min_ps(
-                            _mm256_max_ps(x, _mm256_set1_ps(min)),
-                            _mm256_set1_ps(max),
-                        ),
-                        Activation::LeakyRelu { alpha } => {
-                            let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(x, zero);
-                            _mm256_blendv_ps(x, _mm256_mul_ps(x, _mm256_set1_ps(alpha)), neg)
-                        }
-                        // As in the AVX-512 kernel: NaN stays NaN, no FMA.
-                        Activation::HardSigmoid { alpha, beta } => {
-                            let e = _mm256_add_ps(
-                                _mm256_mul_ps(x, _mm256_set1_ps(alpha)),
-                                _mm256_set1_ps(beta),
-                            );
-                            _mm256_max_ps(zero, _mm256_min_ps(_mm256_set1_ps(1.0), e))
-                        }
-                        Activation::HardSwish => {
-                            let e = _mm256_add_ps(
-                                _mm256_mul_ps(x, _mm256_set1_ps(1.0 / 6.0)),
-                                _mm256_set1_ps(0.5),
-                            );
-                            let g = _mm256_max_ps(zero, _mm256_min_ps(_mm256_set1_ps(1.0), e));
-                            _mm256_mul_ps(x, g)
-                        }
-                        Activation::Gelu => gelu8(x),
-                        Activation::GeluTanh => gelu_tanh8(x),
-                        Activation::Sigmoid => sigmoid8(x),
-                        Activation::Swish { alpha } => {
-                            _mm256_mul_ps(x, sigmoid8(_mm256_mul_ps(_mm256_set1_ps(alpha), x)))
-                        }
-                    };
-                }
-                if n == 8 {
-                    _mm256_storeu_ps(cp, x);
-                } else {
-                    _mm256_maskstore_ps(cp, mask, x);
-                }
+                let p = c.add(r * ldc + 8 * v);
+                put(
+                    p,
+                    lanes[v],
+                    masks[v],
+                    activate8(act, load(p, lanes[v], masks[v])),
+                );
             }
+        }
+    }
+}
+
+/// Stores the first `n` lanes of `x` at `p` (`mask` enables them); none when `n` is 0.
+///
+/// # Safety
+///
+/// The `n` floats from `p` are valid for writes.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn put(p: *mut f32, n: usize, mask: __m256i, x: __m256) {
+    // SAFETY: see the function's contract; a masked store never touches a masked-off lane.
+    unsafe {
+        if n == 8 {
+            _mm256_storeu_ps(p, x);
+        } else {
+            _mm256_maskstore_ps(p, mask, x);
+        }
+    }
+}
+
+/// The activation on 8 lanes, exactly as [`Activation::apply`] on each.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn activate8(act: Activation, x: __m256) -> __m256 {
+    let zero = _mm256_setzero_ps();
+    match act {
+        Activation::None => x,
+        // `max(x, 0)` returns its second operand when one is NaN: a NaN becomes 0 (and `min`
+        // under Clip), as `Activation::apply` says.
+        Activation::Relu => _mm256_max_ps(x, zero),
+        Activation::Clip { min, max } => {
+            _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(min)), _mm256_set1_ps(max))
+        }
+        Activation::LeakyRelu { alpha } => {
+            let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(x, zero);
+            _mm256_blendv_ps(x, _mm256_mul_ps(x, _mm256_set1_ps(alpha)), neg)
+        }
+        // As in the AVX-512 kernel: NaN stays NaN, no FMA.
+        Activation::HardSigmoid { alpha, beta } => {
+            let e = _mm256_add_ps(
+                _mm256_mul_ps(x, _mm256_set1_ps(alpha)),
+                _mm256_set1_ps(beta),
+            );
+            _mm256_max_ps(zero, _mm256_min_ps(_mm256_set1_ps(1.0), e))
+        }
+        Activation::HardSwish => {
+            let e = _mm256_add_ps(
+                _mm256_mul_ps(x, _mm256_set1_ps(1.0 / 6.0)),
+                _mm256_set1_ps(0.5),
+            );
+            let g = _mm256_max_ps(zero, _mm256_min_ps(_mm256_set1_ps(1.0), e));
+            _mm256_mul_ps(x, g)
+        }
+        Activation::Gelu => gelu8(x),
+        Activation::GeluTanh => gelu_tanh8(x),
+        Activation::Sigmoid => sigmoid8(x),
+        Activation::Swish { alpha } => {
+            _mm256_mul_ps(x, sigmoid8(_mm256_mul_ps(_mm256_set1_ps(alpha), x)))
         }
     }
 }
