@@ -204,34 +204,47 @@ unsafe fn columns<const C: usize, const U: usize>(t: &Tile<u8, i8>) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn kernel<const R: usize, const V: usize>(t: &Tile<u8, i8>) {
     // SAFETY: forwarded contract.
-    let acc = unsafe { dot::<R, V>(t) };
+    let mut acc = unsafe { dot::<R, V>(t) };
     let masks: [__mmask16; V] = std::array::from_fn(|v| {
         let lanes = t.cols.saturating_sub(16 * v).min(16);
         ((1u32 << lanes) - 1) as __mmask16
     });
+    // Each step is its own pass over the whole tile behind one test, over constant bounds, so
+    // that LLVM unrolls them and the accumulators stay in registers (one loop doing every step
+    // per element behind its tests kept them in an array on the stack; see the f32 kernel).
+    // SAFETY (all the loads and stores below): masked loads and stores touch only the tile's
+    // `cols` columns of rows `r < R = rows` of C and the residual (a vector past `cols` has an
+    // empty mask and touches nothing); the epilogue vectors cover the padded tile.
+    if !t.first {
+        for (r, row) in acc.iter_mut().enumerate() {
+            for (v, (x, &mask)) in row.iter_mut().zip(&masks).enumerate() {
+                let old = unsafe { _mm512_maskz_loadu_epi32(mask, t.c.add(r * t.ldc + 16 * v)) };
+                *x = _mm512_add_epi32(*x, old);
+            }
+        }
+    }
+    if t.last {
+        let coladd: [__m512i; V] = std::array::from_fn(|v| unsafe {
+            _mm512_maskz_loadu_epi32(masks[v], t.coladd.add(16 * v))
+        });
+        for (r, row) in acc.iter_mut().enumerate() {
+            let ra = _mm512_set1_epi32(unsafe { *t.rowadd.add(r) });
+            for (x, &ca) in row.iter_mut().zip(&coladd) {
+                *x = _mm512_add_epi32(_mm512_add_epi32(*x, ra), ca);
+            }
+        }
+        if !t.res.is_null() {
+            for (r, row) in acc.iter_mut().enumerate() {
+                for (v, (x, &mask)) in row.iter_mut().zip(&masks).enumerate() {
+                    let rp = unsafe { t.res.add(r * t.ldr + 16 * v) };
+                    *x = _mm512_add_epi32(*x, unsafe { _mm512_maskz_loadu_epi32(mask, rp) });
+                }
+            }
+        }
+    }
     for (r, row) in acc.iter().enumerate() {
         for (v, (&x, &mask)) in row.iter().zip(&masks).enumerate() {
-            if mask == 0 {
-                continue;
-            }
-            let mut x = x;
-            // SAFETY: masked loads and stores touch only the tile's `cols` columns of row
-            // `r < rows` of C and the residual; the epilogue vectors cover the padded tile.
-            unsafe {
-                let cp = t.c.add(r * t.ldc + 16 * v);
-                if !t.first {
-                    x = _mm512_add_epi32(x, _mm512_maskz_loadu_epi32(mask, cp));
-                }
-                if t.last {
-                    x = _mm512_add_epi32(x, _mm512_set1_epi32(*t.rowadd.add(r)));
-                    x = _mm512_add_epi32(x, _mm512_maskz_loadu_epi32(mask, t.coladd.add(16 * v)));
-                    if !t.res.is_null() {
-                        let rp = t.res.add(r * t.ldr + 16 * v);
-                        x = _mm512_add_epi32(x, _mm512_maskz_loadu_epi32(mask, rp));
-                    }
-                }
-                _mm512_mask_storeu_epi32(cp, mask, x);
-            }
+            unsafe { _mm512_mask_storeu_epi32(t.c.add(r * t.ldc + 16 * v), mask, x) };
         }
     }
 }
