@@ -422,6 +422,65 @@ fn max_pools_skip_the_window_rows_outside_the_plane() {
     assert!(cases >= 60, "{cases} cases");
 }
 
+/// `f32` average pooling runs separably (sums down the window rows inside the plane, then
+/// across a zero-ended scratch row) and divides by each window's tap count: the same geometries
+/// as the max pools above, padding counted or not, against the interpreter's row-major sums.
+/// Windows that count the same taps everywhere divide by one literal (a multiply for a power of
+/// two), the others by two constant tables of counts.
+#[test]
+fn average_pools_sum_separably_and_divide_by_their_tap_counts() {
+    let out = |i: usize, k: usize, s: usize, d: usize, p0: usize, p1: usize, ceil: bool| {
+        let span = (k - 1) * d + 1;
+        let num = (i + p0 + p1).checked_sub(span)?;
+        let mut o = if ceil { num.div_ceil(s) } else { num / s } + 1;
+        if ceil && (o - 1) * s >= i + p0 {
+            o -= 1;
+        }
+        Some(o)
+    };
+    let geoms = [
+        ([3, 3], [2, 2], [1, 1], [1, 1, 1, 1], false),
+        ([3, 3], [1, 1], [1, 1], [1, 1, 1, 1], false),
+        ([2, 2], [2, 2], [1, 1], [0, 0, 0, 0], false),
+        ([3, 2], [2, 1], [2, 1], [2, 0, 2, 1], false),
+        ([5, 3], [3, 2], [1, 1], [2, 1, 0, 1], true),
+        ([2, 2], [2, 2], [1, 1], [0, 0, 1, 1], true),
+        ([3, 3], [1, 2], [3, 1], [3, 1, 3, 1], false),
+    ];
+    let (mut cases, mut tables, mut literal) = (0, 0, 0);
+    for (k, st, d, pads, ceil) in geoms {
+        for (ih, iw) in [(1, 1), (2, 3), (5, 4), (9, 11), (12, 17)] {
+            let (Some(oh), Some(ow)) = (
+                out(ih, k[0], st[0], d[0], pads[0], pads[2], ceil),
+                out(iw, k[1], st[1], d[1], pads[1], pads[3], ceil),
+            ) else {
+                continue;
+            };
+            for cip in [false, true] {
+                let ir = check(
+                    &format!(
+                        r#"graph (%0: f32[2,3,{ih},{iw}] "x") -> (%1 "y") {{
+  %1 = nn.avg_pool {{"kernel":{k:?},"strides":{st:?},"dilations":{d:?},"pads":{pads:?},"auto_pad":"not_set","ceil_mode":{ceil},"count_include_pad":{cip}}} (%0) : f32[2,3,{oh},{ow}]
+}}"#
+                    ),
+                    1e-6,
+                );
+                assert!(ir.contains("nn_avg_pool_rows"), "{ir}");
+                if ir.contains("const 0") {
+                    tables += 1;
+                } else {
+                    literal += 1;
+                }
+                cases += 1;
+            }
+        }
+    }
+    assert!(
+        cases >= 60 && tables >= 10 && literal >= 10,
+        "{cases} cases, {tables} with count tables, {literal} with one divisor"
+    );
+}
+
 #[test]
 fn normalizations() {
     check(
