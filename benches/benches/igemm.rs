@@ -171,6 +171,8 @@ const SHAPES: &[Shape] = &[
     // few input channels (k = 16) or few output channels.
     Shape::conv("mv2 pw expand 112x112", 96, 12544, 16),
     Shape::conv("mv2 pw 56x56", 24, 3136, 96),
+    Shape::conv("mv2 pw expand 112x112", 96, 12544, 16).isa(Isa::Avx2),
+    Shape::conv("mv2 pw 56x56", 24, 3136, 96).isa(Isa::Avx2),
     Shape::conv("conv 3x3", 256, 196, 2304).cold(),
     Shape::new("bert ffn2", 128, 384, 1536).cold(),
     Shape::conv("conv 1x1/2", 128, 784, 64),
