@@ -375,60 +375,24 @@ fn convolutions_and_pools() {
     );
 }
 
-/// Max pooling reads the unpadded planes, skipping the window rows outside them: every
-/// geometry that puts windows across the top, bottom or both edges, dilated windows that jump
-/// over a row, ceil mode, and 8-bit types (padding is the type's lowest value).
-#[test]
-fn max_pools_skip_the_window_rows_outside_the_plane() {
-    let out = |i: usize, k: usize, s: usize, d: usize, p0: usize, p1: usize, ceil: bool| {
-        let span = (k - 1) * d + 1;
-        let num = (i + p0 + p1).checked_sub(span)?;
-        let mut o = if ceil { num.div_ceil(s) } else { num / s } + 1;
-        if ceil && (o - 1) * s >= i + p0 {
-            o -= 1;
-        }
-        Some(o)
-    };
-    let geoms = [
-        ([3, 3], [2, 2], [1, 1], [1, 1, 1, 1], false),
-        ([3, 3], [1, 1], [1, 1], [1, 1, 1, 1], false),
-        ([3, 2], [2, 1], [2, 1], [2, 0, 2, 1], false),
-        ([5, 3], [3, 2], [1, 1], [2, 1, 0, 1], true),
-        ([2, 2], [2, 2], [1, 1], [0, 0, 1, 1], true),
-        ([3, 3], [1, 2], [3, 1], [3, 1, 3, 1], false),
-    ];
-    let mut cases = 0;
-    for (k, st, d, pads, ceil) in geoms {
-        for (ih, iw) in [(1, 1), (2, 3), (5, 4), (9, 11), (12, 17)] {
-            let (Some(oh), Some(ow)) = (
-                out(ih, k[0], st[0], d[0], pads[0], pads[2], ceil),
-                out(iw, k[1], st[1], d[1], pads[1], pads[3], ceil),
-            ) else {
-                continue;
-            };
-            for ty in ["f32", "u8", "i8"] {
-                check(
-                    &format!(
-                        r#"graph (%0: {ty}[2,3,{ih},{iw}] "x") -> (%1 "y") {{
-  %1 = nn.max_pool {{"kernel":{k:?},"strides":{st:?},"dilations":{d:?},"pads":{pads:?},"auto_pad":"not_set","ceil_mode":{ceil},"storage_order_col_major":false}} (%0) : {ty}[2,3,{oh},{ow}]
-}}"#
-                    ),
-                    0.0,
-                );
-                cases += 1;
-            }
-        }
-    }
-    assert!(cases >= 60, "{cases} cases");
+/// One 2-D pooling geometry of [`pool_cases`]: kernel, strides, dilations, pads (begin, begin,
+/// end, end), ceil mode, input and output sizes.
+struct PoolCase {
+    k: [usize; 2],
+    st: [usize; 2],
+    d: [usize; 2],
+    pads: [usize; 4],
+    ceil: bool,
+    ih: usize,
+    iw: usize,
+    oh: usize,
+    ow: usize,
 }
 
-/// `f32` average pooling runs separably (sums down the window rows inside the plane, then
-/// across a zero-ended scratch row) and divides by each window's tap count: the same geometries
-/// as the max pools above, padding counted or not, against the interpreter's row-major sums.
-/// Windows that count the same taps everywhere divide by one literal (a multiply for a power of
-/// two), the others by two constant tables of counts.
-#[test]
-fn average_pools_sum_separably_and_divide_by_their_tap_counts() {
+/// Pooling geometries that put windows across the top, bottom or both edges, dilated windows
+/// that jump over a row, ceil mode and unpadded windows, on planes from 1×1 to 12×17 (the
+/// combinations with at least one window).
+fn pool_cases() -> Vec<PoolCase> {
     let out = |i: usize, k: usize, s: usize, d: usize, p0: usize, p1: usize, ceil: bool| {
         let span = (k - 1) * d + 1;
         let num = (i + p0 + p1).checked_sub(span)?;
@@ -447,32 +411,98 @@ fn average_pools_sum_separably_and_divide_by_their_tap_counts() {
         ([2, 2], [2, 2], [1, 1], [0, 0, 1, 1], true),
         ([3, 3], [1, 2], [3, 1], [3, 1, 3, 1], false),
     ];
-    let (mut cases, mut tables, mut literal) = (0, 0, 0);
+    let mut cases = vec![];
     for (k, st, d, pads, ceil) in geoms {
         for (ih, iw) in [(1, 1), (2, 3), (5, 4), (9, 11), (12, 17)] {
-            let (Some(oh), Some(ow)) = (
+            if let (Some(oh), Some(ow)) = (
                 out(ih, k[0], st[0], d[0], pads[0], pads[2], ceil),
                 out(iw, k[1], st[1], d[1], pads[1], pads[3], ceil),
-            ) else {
-                continue;
-            };
-            for cip in [false, true] {
-                let ir = check(
-                    &format!(
-                        r#"graph (%0: f32[2,3,{ih},{iw}] "x") -> (%1 "y") {{
+            ) {
+                cases.push(PoolCase {
+                    k,
+                    st,
+                    d,
+                    pads,
+                    ceil,
+                    ih,
+                    iw,
+                    oh,
+                    ow,
+                });
+            }
+        }
+    }
+    cases
+}
+
+/// Max pooling reads the unpadded planes, skipping the window rows outside them: every
+/// [`pool_cases`] geometry, in `f32` and the 8-bit types (padding is the type's lowest value).
+#[test]
+fn max_pools_skip_the_window_rows_outside_the_plane() {
+    let mut cases = 0;
+    for PoolCase {
+        k,
+        st,
+        d,
+        pads,
+        ceil,
+        ih,
+        iw,
+        oh,
+        ow,
+    } in pool_cases()
+    {
+        for ty in ["f32", "u8", "i8"] {
+            check(
+                &format!(
+                    r#"graph (%0: {ty}[2,3,{ih},{iw}] "x") -> (%1 "y") {{
+  %1 = nn.max_pool {{"kernel":{k:?},"strides":{st:?},"dilations":{d:?},"pads":{pads:?},"auto_pad":"not_set","ceil_mode":{ceil},"storage_order_col_major":false}} (%0) : {ty}[2,3,{oh},{ow}]
+}}"#
+                ),
+                0.0,
+            );
+            cases += 1;
+        }
+    }
+    assert!(cases >= 60, "{cases} cases");
+}
+
+/// `f32` average pooling runs separably (sums down the window rows inside the plane, then
+/// across a zero-ended scratch row) and divides by each window's tap count: every
+/// [`pool_cases`] geometry, padding counted or not, against the interpreter's row-major sums.
+/// Windows that count the same taps everywhere divide by one literal (a multiply for a power of
+/// two), the others by two constant tables of counts.
+#[test]
+fn average_pools_sum_separably_and_divide_by_their_tap_counts() {
+    let (mut cases, mut tables, mut literal) = (0, 0, 0);
+    for PoolCase {
+        k,
+        st,
+        d,
+        pads,
+        ceil,
+        ih,
+        iw,
+        oh,
+        ow,
+    } in pool_cases()
+    {
+        for cip in [false, true] {
+            let ir = check(
+                &format!(
+                    r#"graph (%0: f32[2,3,{ih},{iw}] "x") -> (%1 "y") {{
   %1 = nn.avg_pool {{"kernel":{k:?},"strides":{st:?},"dilations":{d:?},"pads":{pads:?},"auto_pad":"not_set","ceil_mode":{ceil},"count_include_pad":{cip}}} (%0) : f32[2,3,{oh},{ow}]
 }}"#
-                    ),
-                    1e-6,
-                );
-                assert!(ir.contains("nn_avg_pool_rows"), "{ir}");
-                if ir.contains("const 0") {
-                    tables += 1;
-                } else {
-                    literal += 1;
-                }
-                cases += 1;
+                ),
+                1e-6,
+            );
+            assert!(ir.contains("nn_avg_pool_rows"), "{ir}");
+            if ir.contains("const 0") {
+                tables += 1;
+            } else {
+                literal += 1;
             }
+            cases += 1;
         }
     }
     assert!(
