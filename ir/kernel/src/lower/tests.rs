@@ -389,6 +389,28 @@ struct PoolCase {
     ow: usize,
 }
 
+impl PoolCase {
+    /// A graph of one `nn.{op}` of this geometry on `ty` planes, with the attributes `extra`.
+    fn graph(&self, op: &str, extra: &str, ty: &str) -> String {
+        let PoolCase {
+            k,
+            st,
+            d,
+            pads,
+            ceil,
+            ih,
+            iw,
+            oh,
+            ow,
+        } = self;
+        format!(
+            r#"graph (%0: {ty}[2,3,{ih},{iw}] "x") -> (%1 "y") {{
+  %1 = nn.{op} {{"kernel":{k:?},"strides":{st:?},"dilations":{d:?},"pads":{pads:?},"auto_pad":"not_set","ceil_mode":{ceil},{extra}}} (%0) : {ty}[2,3,{oh},{ow}]
+}}"#
+        )
+    }
+}
+
 /// Pooling geometries that put windows across the top, bottom or both edges, dilated windows
 /// that jump over a row, ceil mode and unpadded windows, on planes from 1×1 to 12×17 (the
 /// combinations with at least one window).
@@ -440,25 +462,10 @@ fn pool_cases() -> Vec<PoolCase> {
 #[test]
 fn max_pools_skip_the_window_rows_outside_the_plane() {
     let mut cases = 0;
-    for PoolCase {
-        k,
-        st,
-        d,
-        pads,
-        ceil,
-        ih,
-        iw,
-        oh,
-        ow,
-    } in pool_cases()
-    {
+    for c in pool_cases() {
         for ty in ["f32", "u8", "i8"] {
             check(
-                &format!(
-                    r#"graph (%0: {ty}[2,3,{ih},{iw}] "x") -> (%1 "y") {{
-  %1 = nn.max_pool {{"kernel":{k:?},"strides":{st:?},"dilations":{d:?},"pads":{pads:?},"auto_pad":"not_set","ceil_mode":{ceil},"storage_order_col_major":false}} (%0) : {ty}[2,3,{oh},{ow}]
-}}"#
-                ),
+                &c.graph("max_pool", r#""storage_order_col_major":false"#, ty),
                 0.0,
             );
             cases += 1;
@@ -475,27 +482,10 @@ fn max_pools_skip_the_window_rows_outside_the_plane() {
 #[test]
 fn average_pools_sum_separably_and_divide_by_their_tap_counts() {
     let (mut cases, mut tables, mut literal) = (0, 0, 0);
-    for PoolCase {
-        k,
-        st,
-        d,
-        pads,
-        ceil,
-        ih,
-        iw,
-        oh,
-        ow,
-    } in pool_cases()
-    {
+    for c in pool_cases() {
         for cip in [false, true] {
-            let ir = check(
-                &format!(
-                    r#"graph (%0: f32[2,3,{ih},{iw}] "x") -> (%1 "y") {{
-  %1 = nn.avg_pool {{"kernel":{k:?},"strides":{st:?},"dilations":{d:?},"pads":{pads:?},"auto_pad":"not_set","ceil_mode":{ceil},"count_include_pad":{cip}}} (%0) : f32[2,3,{oh},{ow}]
-}}"#
-                ),
-                1e-6,
-            );
+            let cip = format!(r#""count_include_pad":{cip}"#);
+            let ir = check(&c.graph("avg_pool", &cip, "f32"), 1e-6);
             assert!(ir.contains("nn_avg_pool_rows"), "{ir}");
             if ir.contains("const 0") {
                 tables += 1;
