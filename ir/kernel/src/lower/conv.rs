@@ -591,7 +591,7 @@ fn pad_planes(
 /// tap counted is 0/0 = NaN, as in the general form. The sum is taken down the rows first and
 /// then across, an order the general form (row-major taps, one scalar loop per output, a
 /// division by a running count) does not share: results differ from it by rounding. DenseNet's
-/// 2×2 transitions, 128@56: 325 µs as the general form's scalar loop.
+/// 2×2 transition on 128@56 took 325 µs in the general form's scalar loop, 54 here.
 fn separable_pool_2d(
     cx: &mut Cx,
     node: &Node,
