@@ -17,6 +17,17 @@ pub mod transpose;
 use std::fmt;
 use std::sync::OnceLock;
 
+/// The AVX2 lane mask (for `vmaskmov*` loads and stores) of lanes `[0, n)` of 8, `n ≤ 8`: the
+/// partial last vector of a row (softmax, the GEMM epilogues).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(crate) fn tail_mask8(n: usize) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lanes)
+}
+
 /// An instruction-set level that kernels are written for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Isa {

@@ -70,19 +70,6 @@ unsafe fn load(p: *const f32, lanes: usize, mask: __m256i) -> __m256 {
     }
 }
 
-/// `$x = $f` for every accumulator, as nested loops over constant bounds (which LLVM unrolls,
-/// keeping the accumulators in registers; see the module docs).
-macro_rules! each {
-    ($acc:ident, |$x:ident| $f:expr) => {
-        for row in $acc.iter_mut() {
-            for x in row.iter_mut() {
-                let $x = *x;
-                *x = $f;
-            }
-        }
-    };
-}
-
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn kernel<const R: usize, const PACKED: bool>(t: &Tile) {
@@ -167,10 +154,7 @@ unsafe fn dot_split<const R: usize, const PACKED: bool, const U: usize>(
 #[target_feature(enable = "avx2,fma")]
 unsafe fn store<const R: usize>(t: &Tile, mut acc: [[__m256; NV]; R]) {
     let lanes: [usize; NV] = std::array::from_fn(|v| t.cols.saturating_sub(8 * v).min(8));
-    let masks: [__m256i; NV] = std::array::from_fn(|v| {
-        let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes[v] as i32), idx)
-    });
+    let masks: [__m256i; NV] = std::array::from_fn(|v| super::super::tail_mask8(lanes[v]));
     if t.alpha != 1.0 {
         let alpha = _mm256_set1_ps(t.alpha);
         each!(acc, |x| _mm256_mul_ps(x, alpha));

@@ -73,19 +73,6 @@ unsafe fn rows<const PACKED: bool>(t: &Tile) {
     }
 }
 
-/// `$x = $f` for every accumulator, as nested loops over constant bounds (which LLVM unrolls,
-/// keeping the accumulators in registers; see the module docs).
-macro_rules! each {
-    ($acc:ident, |$x:ident| $f:expr) => {
-        for row in $acc.iter_mut() {
-            for x in row.iter_mut() {
-                let $x = *x;
-                *x = $f;
-            }
-        }
-    };
-}
-
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn kernel<const R: usize, const PACKED: bool>(t: &Tile) {

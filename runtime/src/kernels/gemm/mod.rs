@@ -61,6 +61,21 @@
 // the threads that write disjoint tiles of `C`; every such use carries a `SAFETY:` comment.
 #![allow(unsafe_code)]
 
+/// `$x = $f` for every accumulator of a microkernel's tile, as nested loops over constant bounds
+/// (which LLVM unrolls, keeping the accumulators in registers; see `avx512.rs`'s docs). Defined
+/// before the ISA modules, which use it in their epilogues.
+#[cfg(target_arch = "x86_64")]
+macro_rules! each {
+    ($acc:ident, |$x:ident| $f:expr) => {
+        for row in $acc.iter_mut() {
+            for x in row.iter_mut() {
+                let $x = *x;
+                *x = $f;
+            }
+        }
+    };
+}
+
 pub mod act;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2;

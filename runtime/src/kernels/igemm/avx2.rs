@@ -56,10 +56,7 @@ unsafe fn kernel<const R: usize>(t: &Tile<i16, i16>) {
     // scalar loop per element instead, the epilogue bound the small-k products (96×12544×16,
     // 1 thread: 53 → 69 GOP/s; `cargo bench --bench igemm`).
     let lanes: [usize; NV] = std::array::from_fn(|v| t.cols.saturating_sub(8 * v).min(8));
-    let masks: [__m256i; NV] = std::array::from_fn(|v| {
-        let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes[v] as i32), idx)
-    });
+    let masks: [__m256i; NV] = std::array::from_fn(|v| super::super::tail_mask8(lanes[v]));
     // SAFETY (all the loads and stores below): `load` and `put` touch only the first
     // `lanes[v]` columns of vector `v` of rows `r < R = rows`: inside the tile of C, the
     // residual and the epilogue vectors, as the caller guarantees.

@@ -50,14 +50,6 @@ fn exp8(x: __m256) -> __m256 {
     _mm256_andnot_ps(small, y)
 }
 
-/// The `vmaskmovps` mask of lanes `[0, n)`, `n < 8`.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn tail_mask(n: usize) -> __m256i {
-    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lanes)
-}
-
 /// The horizontal maximum of 8 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
@@ -91,7 +83,7 @@ pub(super) unsafe fn row(t: &mut Row, scale: Option<f32>) {
     let pm = t.mask.map(|m| m.as_ptr());
     let full = n / L * L;
     let rest = n - full;
-    let km = tail_mask(rest);
+    let km = super::super::tail_mask8(rest);
     let sc = scale.map(|s| _mm256_set1_ps(s));
     // v = x·scale + mask (a multiply, then an add) from the loaded x and the mask at `c`.
     macro_rules! value {
