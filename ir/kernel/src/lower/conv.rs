@@ -658,11 +658,11 @@ fn separable_pool_2d(
     let cp = kb.param(&cx.p, cols, Access::ReadWrite);
     let op_ = kb.param(&cx.p, out, Access::Write);
     let counts = counts.map(|d| match d {
-        Divisor::Same(c) => Err(c),
-        Divisor::Tables(h, w) => Ok((
+        Divisor::Same(c) => Divisor::Same(c),
+        Divisor::Tables(h, w) => Divisor::Tables(
             kb.param(&cx.p, h, Access::Read),
             kb.param(&cx.p, w, Access::Read),
-        )),
+        ),
     });
     let fill = Fill::Value(fill).expr(cx, &mut kb, ty);
     let pv = kb.var(DType::I64);
@@ -726,7 +726,7 @@ fn separable_pool_2d(
                 .collect(),
         );
         let across = match &counts {
-            Some(Ok((ch, cw))) => Expr::bin(
+            Some(Divisor::Tables(ch, cw)) => Expr::bin(
                 BinOp::Div,
                 across,
                 Expr::bin(
@@ -736,10 +736,10 @@ fn separable_pool_2d(
                 ),
             ),
             // Dividing by a power of two is multiplying by its reciprocal, exactly.
-            Some(Err(c)) if (*c as u64).is_power_of_two() => {
+            Some(Divisor::Same(c)) if (*c as u64).is_power_of_two() => {
                 Expr::bin(BinOp::Mul, across, Expr::float(DType::F32, 1.0 / c))
             }
-            Some(Err(c)) => Expr::bin(BinOp::Div, across, Expr::float(DType::F32, *c)),
+            Some(Divisor::Same(c)) => Expr::bin(BinOp::Div, across, Expr::float(DType::F32, *c)),
             None => across,
         };
         let dst = Expr::add_idx(
@@ -1870,12 +1870,13 @@ fn window_tap(
     (src, ok, at)
 }
 
-/// An average pool's divisors ([`separable_pool_2d`]).
-enum Divisor {
+/// An average pool's divisors ([`separable_pool_2d`]); the tables are constant buffers, then
+/// the kernel's parameters bound to them.
+enum Divisor<T> {
     /// The same tap count for every window.
     Same(f64),
-    /// The counts down (per output row) and across (per output column), as constants.
-    Tables(BufId, BufId),
+    /// The counts down (per output row) and across (per output column).
+    Tables(T, T),
 }
 
 /// What a pooling window computes.
