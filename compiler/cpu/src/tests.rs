@@ -1313,11 +1313,12 @@ fn short_rows_collapse_into_one_vector_loop() {
 
 // ---- Depthwise convolution statement -------------------------------------------------------
 
-/// `Stmt::Depthwise` through the runtime's kernel, bit for bit against the evaluator: widths
-/// 1..40, kernels 3/5/7, strides 1/2, dilation 2, asymmetric pads, and elementwise tails in
-/// the epilogue (PP-LCNetV3's affine + HardSwish + affine, with scalars read from buffers).
+/// `Stmt::Depthwise` through the runtime's kernel against the evaluator (within 1e-5 of the
+/// output's range: the kernel fuses each tap's multiply and add): widths 1..40, kernels
+/// 3/5/7, strides 1/2, dilation 2, asymmetric pads, and elementwise tails in the epilogue
+/// (PP-LCNetV3's affine + HardSwish + affine, with scalars read from buffers).
 #[test]
-fn depthwise_statement_matches_the_evaluator_bit_for_bit() {
+fn depthwise_statement_matches_the_evaluator() {
     let geoms = [
         (3, [1, 1, 1, 1], 1, 1),
         (3, [1, 1, 1, 1], 2, 1),
@@ -1347,7 +1348,7 @@ fn depthwise_statement_matches_the_evaluator_bit_for_bit() {
   %3 = nn.conv {{{attrs}}} (%0, %1, %2) : {ty}
 }}"#
             );
-            let text = check(&plain, 0.0);
+            let text = check(&plain, 1e-5);
             assert!(text.contains("depthwise n=1"), "{text}");
             n += 1;
             if n % 3 != 0 {
@@ -1380,7 +1381,7 @@ fn depthwise_statement_matches_the_evaluator_bit_for_bit() {
             let mut inputs = inputs_for(&g);
             inputs[5] = Tensor::scalar(0.0f32);
             inputs[6] = Tensor::scalar(6.0f32);
-            let text = check_inputs(&tail, &inputs, 0.0);
+            let text = check_inputs(&tail, &inputs, 1e-5);
             assert!(
                 text.contains("ep=[") && !text.contains("kernel @ew_"),
                 "{text}"

@@ -1,7 +1,7 @@
 //! The AVX2 depthwise kernel: 8 outputs of a row per ymm, 4 rows at a time, as the AVX-512 one
 //! (see there) with `vmaskmovps` lane masks on loads (partial stores go by halves, pairs and
 //! singles: see [`store`]), a shuffle and a cross-lane permute to keep the even lanes of stride
-//! 2, and gathers for larger strides. No FMA, to stay bit-exact with the evaluator.
+//! 2, and gathers for larger strides. Each tap is one FMA.
 
 #![allow(unsafe_code)]
 
@@ -171,7 +171,7 @@ unsafe fn block_rows<const S: usize, const NR: usize>(
                         }
                     }
                 };
-                *a = _mm256_add_ps(*a, _mm256_mul_ps(xv, wv));
+                *a = _mm256_fmadd_ps(xv, wv, *a);
             }
         }
     }
@@ -188,7 +188,7 @@ unsafe fn block_rows<const S: usize, const NR: usize>(
 /// Square `K`×`K` kernels at stride `S` both ways, no dilation, as the AVX-512 `blocked`:
 /// tiles of 4 output rows × `NB` chunks of 8 outputs, each input row's `K` shifted vectors
 /// loaded once per tile and added into every output row that reads it, in (ky, kx) order per
-/// accumulator (bit for bit the general kernel). `NB` is 2 for 3×3 and 1 for 5×5, so that
+/// accumulator (as the general kernel). `NB` is 2 for 3×3 and 1 for 5×5, so that
 /// accumulators and loaded vectors fit the 16 ymm registers.
 ///
 /// # Safety
@@ -248,65 +248,58 @@ unsafe fn tile<const K: usize, const S: usize, const E: u8, const R: usize, cons
     let g = task.g;
     let mut acc = [[_mm256_set1_ps(task.bias); R]; NB];
     let iy0 = ((task.oy0 + r0) * S) as isize - g.pt;
-    for t in 0..(R - 1) * S + K {
-        let iy = iy0 + t as isize;
-        // A row outside the plane reads 0.0 in every lane and still adds `0·w`.
-        let mut xv = [[_mm256_setzero_ps(); K]; NB];
-        if iy >= 0 && iy < g.ih {
-            let rowp = task.x.as_ptr().wrapping_offset(iy * g.iw);
-            for (j, xj) in xv.iter_mut().enumerate() {
-                if S == 2 {
-                    // Taps `2q` and `2q + 1` are the even and odd columns of the same 16
-                    // loaded from tap `2q`'s first column: two loads per pair of taps.
-                    for q in 0..K.div_ceil(2) {
-                        let (c0, m0, m1) = cols[c + j][2 * q];
-                        let p = rowp.wrapping_offset(c0);
-                        // SAFETY: row `iy` lies in the plane; the masks enable exactly the
-                        // lanes whose columns lie inside the row (masked-off lanes are never
-                        // accessed).
-                        let (a, b) = unsafe {
-                            (
-                                _mm256_maskload_ps(p, m0),
-                                _mm256_maskload_ps(p.wrapping_add(L), m1),
-                            )
-                        };
-                        // [a0 a2 b0 b2 | a4 a6 b4 b6] → [a0 a2 a4 a6 | b0 b2 b4 b6], and the
-                        // same for the odd lanes.
-                        let order = |v: __m256| {
-                            _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(
-                                _mm256_castps_pd(v),
-                            ))
-                        };
-                        xj[2 * q] = order(_mm256_shuffle_ps::<0b10_00_10_00>(a, b));
-                        if 2 * q + 1 < K {
-                            xj[2 * q + 1] = order(_mm256_shuffle_ps::<0b11_01_11_01>(a, b));
+    let rows = (R - 1) * S + K;
+    // One input row per step, unrolled, each behind an empty `asm!` that takes the
+    // accumulators, as in the AVX-512 `tile` (which says why).
+    macro_rules! step {
+        ($t:literal) => {
+            if $t < rows {
+                for aj in acc.iter_mut() {
+                    for a in aj.iter_mut() {
+                        // SAFETY: an empty template.
+                        unsafe { core::arch::asm!("/* {0} */", inout(ymm_reg) * a) };
+                    }
+                }
+                let t: usize = $t;
+                let iy = iy0 + t as isize;
+
+                // A row outside the plane reads 0.0 in every lane and still adds `0·w`.
+                let mut xv = [[_mm256_setzero_ps(); K]; NB];
+                if iy >= 0 && iy < g.ih {
+                    let rowp = task.x.as_ptr().wrapping_offset(iy * g.iw);
+                    for (j, xj) in xv.iter_mut().enumerate() {
+                        // SAFETY: row `iy` lies in the plane.
+                        unsafe { load_taps::<K, S>(rowp, &cols[c + j], xj) };
+                    }
+                }
+                for rr in 0..R {
+                    // Output row `r0 + rr` reads input rows `iy0 + rr·S + ky`.
+                    let ky = t as isize - (rr * S) as isize;
+                    if ky < 0 || ky >= K as isize {
+                        continue;
+                    }
+                    let wrow = &task.w[ky as usize * K..][..K];
+                    for (kx, &w) in wrow.iter().enumerate() {
+                        let wv = _mm256_set1_ps(w);
+                        for (aj, xj) in acc.iter_mut().zip(&xv) {
+                            aj[rr] = _mm256_fmadd_ps(xj[kx], wv, aj[rr]);
                         }
                     }
-                    continue;
-                }
-                for (kx, v) in xj.iter_mut().enumerate() {
-                    let (c0, m0, _) = cols[c + j][kx];
-                    // SAFETY: row `iy` lies in the plane; the mask enables exactly the lanes
-                    // whose columns lie inside the row (masked-off lanes are never accessed).
-                    *v = unsafe { _mm256_maskload_ps(rowp.wrapping_offset(c0), m0) };
                 }
             }
-        }
-        for rr in 0..R {
-            // Output row `r0 + rr` reads input rows `iy0 + rr·S + ky`.
-            let ky = t as isize - (rr * S) as isize;
-            if ky < 0 || ky >= K as isize {
-                continue;
-            }
-            let wrow = &task.w[ky as usize * K..][..K];
-            for (kx, &w) in wrow.iter().enumerate() {
-                let wv = _mm256_set1_ps(w);
-                for (aj, xj) in acc.iter_mut().zip(&xv) {
-                    aj[rr] = _mm256_add_ps(aj[rr], _mm256_mul_ps(xj[kx], wv));
-                }
-            }
-        }
+        };
     }
+    step!(0);
+    step!(1);
+    step!(2);
+    step!(3);
+    step!(4);
+    step!(5);
+    step!(6);
+    step!(7);
+    step!(8);
+    step!(9);
+    step!(10);
     for (j, aj) in acc.iter().enumerate() {
         let lanes = (g.ow - (c + j) * L).min(L);
         for (rr, a) in aj.iter().enumerate() {
@@ -316,6 +309,54 @@ unsafe fn tile<const K: usize, const S: usize, const E: u8, const R: usize, cons
             // inside it, and the mask of a partial one enables the lanes `8·(c + j) + i < ow`.
             unsafe { store(dst, v, lanes) };
         }
+    }
+}
+
+/// The `K` tap vectors of a chunk of 8 outputs from one input row: tap `kx`, lane `i` is
+/// column `c0 + S·i + kx` of the row (0.0 outside it), for the chunk's entry of
+/// [`blocked`]'s table (per tap: its first column and the masks of its two 8-lane halves).
+///
+/// # Safety
+///
+/// `rowp` is a row of `iw` floats and `cols` the chunk's entry for that geometry.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn load_taps<const K: usize, const S: usize>(
+    rowp: *const f32,
+    cols: &[(isize, __m256i, __m256i); K],
+    xj: &mut [__m256; K],
+) {
+    if S == 2 {
+        // Taps `2q` and `2q + 1` are the even and odd columns of the same 16 loaded from tap
+        // `2q`'s first column: two loads per pair of taps.
+        for q in 0..K.div_ceil(2) {
+            let (c0, m0, m1) = cols[2 * q];
+            let p = rowp.wrapping_offset(c0);
+            // SAFETY: the masks enable exactly the lanes whose columns lie inside the row
+            // (masked-off lanes are never accessed).
+            let (a, b) = unsafe {
+                (
+                    _mm256_maskload_ps(p, m0),
+                    _mm256_maskload_ps(p.wrapping_add(L), m1),
+                )
+            };
+            // [a0 a2 b0 b2 | a4 a6 b4 b6] → [a0 a2 a4 a6 | b0 b2 b4 b6], and the same for the
+            // odd lanes.
+            let order = |v: __m256| {
+                _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)))
+            };
+            xj[2 * q] = order(_mm256_shuffle_ps::<0b10_00_10_00>(a, b));
+            if 2 * q + 1 < K {
+                xj[2 * q + 1] = order(_mm256_shuffle_ps::<0b11_01_11_01>(a, b));
+            }
+        }
+        return;
+    }
+    for (kx, v) in xj.iter_mut().enumerate() {
+        let (c0, m0, _) = cols[kx];
+        // SAFETY: the mask enables exactly the lanes whose columns lie inside the row
+        // (masked-off lanes are never accessed).
+        *v = unsafe { _mm256_maskload_ps(rowp.wrapping_offset(c0), m0) };
     }
 }
 
@@ -434,10 +475,13 @@ fn hard_swish(acc: __m256) -> __m256 {
 #[target_feature(enable = "avx2,fma")]
 fn bin_const(op: BinKind, arg: f32, arg_first: bool, x: __m256) -> __m256 {
     let a = _mm256_set1_ps(arg);
-    if arg_first {
-        bin(op, a, x)
-    } else {
-        bin(op, x, a)
+    match op {
+        // One instruction, as the AVX-512 `max_min_const` (which says why).
+        BinKind::Max | BinKind::Min if arg.is_nan() => a,
+        BinKind::Max => _mm256_max_ps(a, x),
+        BinKind::Min => _mm256_min_ps(a, x),
+        _ if arg_first => bin(op, a, x),
+        _ => bin(op, x, a),
     }
 }
 

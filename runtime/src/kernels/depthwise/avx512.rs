@@ -1,7 +1,7 @@
 //! The AVX-512 depthwise kernel: 16 outputs of a row per zmm.
 //!
-//! Per vector of 16 outputs the accumulator takes `kh·kw` multiplies and adds (no FMA, to stay
-//! bit-exact with the evaluator); the weight is a broadcast. Horizontal padding and the row's
+//! Per vector of 16 outputs the accumulator takes `kh·kw` FMAs; the weight is a broadcast.
+//! Horizontal padding and the row's
 //! last partial vector are lane masks (`vmaskmov` loads never touch a masked lane, so a load
 //! may start before the row or run past it); a row outside the input adds `0·w` from a zero
 //! vector. Stride 2 loads 32 consecutive inputs in two vectors and keeps the even lanes with one
@@ -187,7 +187,7 @@ unsafe fn block<const S: usize, const NB: usize>(
                             )
                         }
                     };
-                    *a = _mm512_add_ps(*a, _mm512_mul_ps(xv, wv));
+                    *a = _mm512_fmadd_ps(xv, wv, *a);
                 }
             }
             continue;
@@ -230,7 +230,7 @@ unsafe fn block<const S: usize, const NB: usize>(
                         }
                     }
                 };
-                *a = _mm512_add_ps(*a, _mm512_mul_ps(xv, wv));
+                *a = _mm512_fmadd_ps(xv, wv, *a);
             }
         }
     }
@@ -309,7 +309,7 @@ unsafe fn block_rows<const S: usize, const NR: usize>(
                         }
                     }
                 };
-                *a = _mm512_add_ps(*a, _mm512_mul_ps(xv, wv));
+                *a = _mm512_fmadd_ps(xv, wv, *a);
             }
         }
     }
@@ -363,10 +363,10 @@ pub(super) fn epilogue_of<const E: u8, const NB: usize>(
             for op in ep {
                 if let EpOp::Bin { op, arg, arg_first } = *op {
                     let a = [_mm512_set1_ps(arg); NB];
-                    *x = if arg_first {
-                        bin(op, &a, x)
-                    } else {
-                        bin(op, x, &a)
+                    *x = match op {
+                        BinKind::Max | BinKind::Min => max_min_const(op, arg, x),
+                        _ if arg_first => bin(op, &a, x),
+                        _ => bin(op, x, &a),
                     };
                 }
             }
@@ -381,15 +381,16 @@ pub(super) fn epilogue_of<const E: u8, const NB: usize>(
 /// The general kernel loads `K·K` input vectors per output vector. Here an input row's `K`
 /// shifted vectors are loaded once and added into every output row of the tile that reads
 /// it: `(R−1)·S + K` input rows per `R` output rows (6 instead of 12 for 3×3 at stride 1), and
-/// the `R·NB` accumulators are independent chains that hide the adds' latency. Input rows are
-/// visited in ascending order, so each accumulator still takes its taps in (ky, kx) order,
-/// with a separate multiply and add: bit for bit the general kernel and the evaluator.
+/// the `R·NB` accumulators are independent chains that hide the FMAs' latency. Input rows are
+/// visited in ascending order, so each accumulator still takes its taps in (ky, kx) order, as
+/// the general kernel does. The weights are broadcast once per tile.
 ///
-/// The `K` shifted vectors of a row come from few loads: at stride 1, two vectors from the
-/// chunk's first tap and `valignd` by `kx` lanes; at stride 2, three vectors, split into even
-/// and odd columns (taps 0 and 1) and shifted by one permute per further tap. Loading every
-/// tap's vector (two per tap at stride 2) bound the stride-2 layers: mv2 96@112 3×3 s2 275 →
-/// 196 µs, 144@56 s2 93 → 70; stride 1 gained 0–10%.
+/// The `K` shifted vectors of a row ([`load_taps`]): at stride 1, one masked load per tap (on
+/// Zen 4 the FMAs, broadcasts and shuffles share the FP ports, the loads do not: with the
+/// weights broadcast once and loads for `valignd`, 16@112 3×3 went 88 → 66 µs); at stride 2,
+/// three vectors, split into even and odd columns (taps 0 and 1) and shifted by one permute
+/// per further tap (loading every tap's vector, two per tap, bound the stride-2 layers: mv2
+/// 96@112 3×3 s2 275 → 196 µs).
 ///
 /// # Safety
 ///
@@ -442,96 +443,69 @@ unsafe fn tile<const K: usize, const S: usize, const E: u8, const R: usize, cons
     out: *mut f32,
 ) {
     let g = task.g;
-    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    // Lanes `i + 1` of the first operand, the last from the second (`16 + 0`, or `16 + 1`
-    // for the odd columns), and lanes `i + 2` with `16 + 0` and `16 + 2` last.
-    let shift1 = _mm512_setr_epi32(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16);
-    let shift1_odd = _mm512_setr_epi32(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 17);
-    let shift2 = _mm512_setr_epi32(2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18);
+    // The weights, broadcast once per tile (those that do not fit in registers are spilled
+    // and reloaded as full vectors: loads, where broadcasts would compete with the FMAs).
+    let mut w = [_mm512_setzero_ps(); 25];
+    for (v, &x) in w.iter_mut().zip(&task.w[..K * K]) {
+        *v = _mm512_set1_ps(x);
+    }
     let mut acc = [[_mm512_set1_ps(task.bias); R]; NB];
     let iy0 = ((task.oy0 + r0) * S) as isize - g.pt;
-    for t in 0..(R - 1) * S + K {
-        let iy = iy0 + t as isize;
-        // A row outside the plane reads 0.0 in every lane and still adds `0·w`, as the
-        // definition (and the general kernel) does.
-        let mut xv = [[_mm512_setzero_ps(); K]; NB];
-        if iy >= 0 && iy < g.ih {
-            let rowp = task.x.as_ptr().wrapping_offset(iy * g.iw);
-            for (j, xj) in xv.iter_mut().enumerate() {
-                if S == 2 {
-                    // The 48 columns from the chunk's first tap, loaded once: its even and
-                    // odd columns are taps 0 and 1, and taps 2–4 are those shifted by one or
-                    // two lanes with the next block's first columns shifted in (two loads
-                    // and a permute per tap read it before; the loads bound the layer).
-                    let (c0, m0, m1, m2) = cols[c + j];
-                    let p = rowp.wrapping_offset(c0);
-                    // SAFETY: row `iy` lies in the plane; the masks enable exactly the lanes
-                    // whose columns lie inside the row (masked-off lanes are never accessed).
-                    let (a, b, n) = unsafe {
-                        (
-                            _mm512_maskz_loadu_ps(m0, p),
-                            _mm512_maskz_loadu_ps(m1, p.wrapping_add(L)),
-                            if K > 2 {
-                                _mm512_maskz_loadu_ps(m2, p.wrapping_add(2 * L))
-                            } else {
-                                _mm512_setzero_ps()
-                            },
-                        )
-                    };
-                    let ev = _mm512_permutex2var_ps(a, even, b);
-                    let od = _mm512_permutex2var_ps(a, odd, b);
-                    for (kx, v) in xj.iter_mut().enumerate() {
-                        *v = match kx {
-                            0 => ev,
-                            1 => od,
-                            2 => _mm512_permutex2var_ps(ev, shift1, n),
-                            3 => _mm512_permutex2var_ps(od, shift1_odd, n),
-                            _ => _mm512_permutex2var_ps(ev, shift2, n),
-                        };
+    let rows = (R - 1) * S + K;
+    // One input row per step, unrolled by the macro (`rows` is at most 11; as a loop, 3×3
+    // stride 1 ran 50% slower). Each step starts by passing the accumulators through an
+    // empty `asm!`: LLVM then cannot hoist every step's loads above the previous steps' FMAs
+    // (it did, and spilled the loaded rows to the stack: 41 GFLOP/s on 16@112, 52 with the
+    // barrier), nor move loads across it. The accumulators go through it one by one: a
+    // `flatten()` over them kept them in memory (half the speed).
+    macro_rules! step {
+        ($t:literal) => {
+            if $t < rows {
+                for aj in acc.iter_mut() {
+                    for a in aj.iter_mut() {
+                        // SAFETY: an empty template.
+                        unsafe { core::arch::asm!("/* {0} */", inout(zmm_reg) * a) };
                     }
-                    continue;
                 }
-                // Stride 1: the 32 columns from the chunk's first tap, loaded once; tap `kx`
-                // is them shifted by `kx` lanes.
-                let (c0, m0, m1, _) = cols[c + j];
-                let p = rowp.wrapping_offset(c0);
-                // SAFETY: row `iy` lies in the plane; the masks enable exactly the lanes whose
-                // columns lie inside the row (masked-off lanes are never accessed).
-                let (a, n) = unsafe {
-                    (
-                        _mm512_maskz_loadu_ps(m0, p),
-                        _mm512_maskz_loadu_ps(m1, p.wrapping_add(L)),
-                    )
-                };
-                let sh = |v: __m512i| _mm512_castsi512_ps(v);
-                let (ai, ni) = (_mm512_castps_si512(a), _mm512_castps_si512(n));
-                for (kx, v) in xj.iter_mut().enumerate() {
-                    *v = match kx {
-                        0 => a,
-                        1 => sh(_mm512_alignr_epi32::<1>(ni, ai)),
-                        2 => sh(_mm512_alignr_epi32::<2>(ni, ai)),
-                        3 => sh(_mm512_alignr_epi32::<3>(ni, ai)),
-                        _ => sh(_mm512_alignr_epi32::<4>(ni, ai)),
-                    };
+                let t: usize = $t;
+                let iy = iy0 + t as isize;
+                // A row outside the plane reads 0.0 in every lane and still adds `0·w`, as
+                // the definition (and the general kernel) does.
+                let mut xv = [[_mm512_setzero_ps(); K]; NB];
+                if iy >= 0 && iy < g.ih {
+                    let rowp = task.x.as_ptr().wrapping_offset(iy * g.iw);
+                    for (j, xj) in xv.iter_mut().enumerate() {
+                        // SAFETY: row `iy` lies in the plane.
+                        unsafe { load_taps::<K, S>(rowp, cols[c + j], xj) };
+                    }
                 }
-            }
-        }
-        for rr in 0..R {
-            // Output row `r0 + rr` reads input rows `iy0 + rr·S + ky`.
-            let ky = t as isize - (rr * S) as isize;
-            if ky < 0 || ky >= K as isize {
-                continue;
-            }
-            let wrow = &task.w[ky as usize * K..][..K];
-            for (kx, &w) in wrow.iter().enumerate() {
-                let wv = _mm512_set1_ps(w);
-                for (aj, xj) in acc.iter_mut().zip(&xv) {
-                    aj[rr] = _mm512_add_ps(aj[rr], _mm512_mul_ps(xj[kx], wv));
+                for rr in 0..R {
+                    // Output row `r0 + rr` reads input rows `iy0 + rr·S + ky`.
+                    let ky = t as isize - (rr * S) as isize;
+                    if ky < 0 || ky >= K as isize {
+                        continue;
+                    }
+                    for kx in 0..K {
+                        let wv = w[ky as usize * K + kx];
+                        for (aj, xj) in acc.iter_mut().zip(&xv) {
+                            aj[rr] = _mm512_fmadd_ps(xj[kx], wv, aj[rr]);
+                        }
+                    }
                 }
             }
-        }
+        };
     }
+    step!(0);
+    step!(1);
+    step!(2);
+    step!(3);
+    step!(4);
+    step!(5);
+    step!(6);
+    step!(7);
+    step!(8);
+    step!(9);
+    step!(10);
     for (j, aj) in acc.iter_mut().enumerate() {
         epilogue_of::<E, R>(task.kind, task.ep, aj);
         let lanes = (g.ow - (c + j) * L).min(L);
@@ -545,6 +519,71 @@ unsafe fn tile<const K: usize, const S: usize, const E: u8, const R: usize, cons
             // the lanes `16·(c + j) + i < ow`.
             unsafe { _mm512_mask_storeu_ps(out.add((r0 + rr) * g.ow + (c + j) * L), store, *v) };
         }
+    }
+}
+
+/// The `K` tap vectors of a chunk of 16 outputs from one input row: tap `kx`, lane `i` is
+/// column `c0 + S·i + kx` of the row (0.0 outside it), for the chunk's `cols` entry
+/// `(c0, m0, m1, m2)` ([`blocked`]'s table).
+///
+/// # Safety
+///
+/// `rowp` is a row of `iw` floats and the masks are those of the blocks of 16 columns from
+/// `c0` within that row.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn load_taps<const K: usize, const S: usize>(
+    rowp: *const f32,
+    (c0, m0, m1, m2): (isize, u16, u16, u16),
+    xj: &mut [__m512; K],
+) {
+    let p = rowp.wrapping_offset(c0);
+    if S == 1 {
+        // Tap `kx` is the 16 columns from `c0 + kx`: one masked load each (loads, where
+        // `valignd` of two vectors would compete with the FMAs for ports).
+        let both = m0 as u32 | (m1 as u32) << 16;
+        for (kx, v) in xj.iter_mut().enumerate() {
+            // SAFETY: lane `i` reads column `c0 + kx + i`, enabled exactly when that lies
+            // inside the row (bit `kx + i` of the two blocks' masks); masked-off lanes are
+            // never accessed.
+            *v = unsafe { _mm512_maskz_loadu_ps((both >> kx) as u16, p.wrapping_add(kx)) };
+        }
+        return;
+    }
+    // Stride 2: the 48 columns from `c0`, loaded once: their even and odd columns are taps 0
+    // and 1, and taps 2–4 are those shifted by one or two lanes with the next block's first
+    // columns shifted in (two loads and a permute per tap read it before; the loads bound
+    // the layer).
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    // Lanes `i + 1` of the first operand, the last from the second (`16 + 0`, or `16 + 1` for
+    // the odd columns), and lanes `i + 2` with `16 + 0` and `16 + 2` last.
+    let shift1 = _mm512_setr_epi32(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16);
+    let shift1_odd = _mm512_setr_epi32(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 17);
+    let shift2 = _mm512_setr_epi32(2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18);
+    // SAFETY: the masks enable exactly the lanes whose columns lie inside the row
+    // (masked-off lanes are never accessed).
+    let (a, b, n) = unsafe {
+        (
+            _mm512_maskz_loadu_ps(m0, p),
+            _mm512_maskz_loadu_ps(m1, p.wrapping_add(L)),
+            if K > 2 {
+                _mm512_maskz_loadu_ps(m2, p.wrapping_add(2 * L))
+            } else {
+                _mm512_setzero_ps()
+            },
+        )
+    };
+    let ev = _mm512_permutex2var_ps(a, even, b);
+    let od = _mm512_permutex2var_ps(a, odd, b);
+    for (kx, v) in xj.iter_mut().enumerate() {
+        *v = match kx {
+            0 => ev,
+            1 => od,
+            2 => _mm512_permutex2var_ps(ev, shift1, n),
+            3 => _mm512_permutex2var_ps(od, shift1_odd, n),
+            _ => _mm512_permutex2var_ps(ev, shift2, n),
+        };
     }
 }
 
@@ -600,11 +639,32 @@ fn hard_swish<const NB: usize>(x: &mut [__m512; NB]) {
 #[target_feature(enable = "avx512f")]
 fn bin_const<const NB: usize>(op: BinKind, arg: f32, arg_first: bool, x: &mut [__m512; NB]) {
     let a = [_mm512_set1_ps(arg); NB];
-    *x = if arg_first {
-        bin(op, &a, x)
-    } else {
-        bin(op, x, &a)
+    *x = match op {
+        BinKind::Max | BinKind::Min => max_min_const(op, arg, x),
+        _ if arg_first => bin(op, &a, x),
+        _ => bin(op, x, &a),
     };
+}
+
+/// `max(x, arg)` or `min(x, arg)` (either order: they commute) in one instruction per
+/// vector: `vmaxps`/`vminps` return their second operand when either is NaN, so with the
+/// constant first a NaN in `x` comes through, and a NaN constant is every lane's result.
+/// (Which of two equal zeros comes out may differ from [`BinKind::apply`]; they compare
+/// equal.)
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn max_min_const<const NB: usize>(op: BinKind, arg: f32, x: &[__m512; NB]) -> [__m512; NB] {
+    let a = _mm512_set1_ps(arg);
+    if arg.is_nan() {
+        return [a; NB];
+    }
+    x.map(|v| {
+        if op == BinKind::Max {
+            _mm512_max_ps(a, v)
+        } else {
+            _mm512_min_ps(a, v)
+        }
+    })
 }
 
 #[inline]

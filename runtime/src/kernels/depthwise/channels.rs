@@ -277,7 +277,7 @@ fn block<const N: usize, const E: u8>(c: &Ctx, base: usize, y: &mut [std::arch::
     let mut acc = [c.bias; N];
     for (&o, &w) in c.taps.iter().zip(c.w) {
         for (j, a) in acc.iter_mut().enumerate() {
-            *a = _mm512_add_ps(*a, _mm512_mul_ps(c.xs[base + j * c.sw + o], w));
+            *a = _mm512_fmadd_ps(c.xs[base + j * c.sw + o], w, *a);
         }
     }
     super::avx512::epilogue_of::<E, N>(c.kind, c.ep, &mut acc);
@@ -308,7 +308,7 @@ fn slide<const K: usize, const S: usize, const E: u8>(
         for kx in 0..K {
             let w = c.w[ky * K + kx];
             for (j, a) in acc.iter_mut().enumerate() {
-                *a = _mm512_add_ps(*a, _mm512_mul_ps(xv[j * S + kx], w));
+                *a = _mm512_fmadd_ps(xv[j * S + kx], w, *a);
             }
         }
     }
