@@ -6,7 +6,8 @@
 //! (2·K² flops per output) for every ISA this CPU has, then criterion on the detected ISA.
 //! `DW_BENCH_TABLE_ONLY=1` skips the criterion part; `DW_BENCH_FILTER=text` keeps only the
 //! shapes whose label contains `text`; `DW_BENCH_MIN=1` reports the fastest call instead of the
-//! median (steadier on a shared machine).
+//! median (steadier on a shared machine); `DW_BENCH_SILU=1` fuses SiLU (EfficientNet's
+//! epilogue, `x·sigmoid(x)`) instead of ReLU6.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use mlc_runtime::kernels::Isa;
@@ -41,6 +42,7 @@ struct Case {
     w: Vec<f32>,
     b: Vec<f32>,
     y: Vec<f32>,
+    ep: &'static [EpOp],
     flops: f64,
 }
 
@@ -69,6 +71,7 @@ fn case(c: usize, side: usize, k: usize, s: usize) -> Case {
         w,
         b: (0..c).map(|i| i as f32 / c as f32).collect(),
         y: vec![0.0; c * o * o],
+        ep: epilogue(),
         flops: (2 * k * k * c * o * o) as f64,
     }
 }
@@ -87,6 +90,25 @@ const RELU6: [EpOp; 2] = [
     },
 ];
 
+/// SiLU as the lowering writes it: `x · sigmoid(x)`.
+const SILU: [EpOp; 3] = [
+    EpOp::Save,
+    EpOp::Sigmoid,
+    EpOp::Combine {
+        op: BinKind::Mul,
+        saved_first: true,
+    },
+];
+
+/// The fused epilogue: ReLU6, or SiLU with `DW_BENCH_SILU`.
+fn epilogue() -> &'static [EpOp] {
+    if std::env::var_os("DW_BENCH_SILU").is_some() {
+        &SILU
+    } else {
+        &RELU6
+    }
+}
+
 fn call(cs: &mut Case, isa: Isa) {
     run(
         &cs.shape,
@@ -94,7 +116,7 @@ fn call(cs: &mut Case, isa: Isa) {
         &cs.w,
         Some(&cs.b),
         &mut cs.y,
-        &RELU6,
+        cs.ep,
         1,
         isa,
     )

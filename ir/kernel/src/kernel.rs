@@ -419,8 +419,9 @@ pub struct TileTail {
 ///   out[n, m, oy, ox] = epilogue(acc)
 /// ```
 ///
-/// every operation an `f32` one, rounded (a multiply then an add, no fused multiply-add),
-/// padding read as `0.0` and added like any tap. The buffers are whole parameters: `x` of
+/// every operation an `f32` one, padding read as `0.0` and added like any tap. The evaluator
+/// rounds each tap's multiply and then its add; a backend may fuse them into one multiply-add
+/// (the CPU kernels do), which differs by at most one rounding per tap. The buffers are whole parameters: `x` of
 /// `batch·channels·in_hw`, `w` of `channels·mult·kernel`, `bias` of `channels·mult`, `out`
 /// of `batch·channels·mult·out_hw` elements.
 #[derive(Clone, Debug, PartialEq)]

@@ -811,6 +811,81 @@ fn nan_through_activations() {
     }
 }
 
+/// The vector sigmoid against the scalar definition at the edges of its range: where
+/// `exp(-x)` overflows (`1/(1 + ∞)`), where `1 + exp(-x)` is finite but its reciprocal
+/// subnormal, where it saturates, and around 0; through the tiles' epilogue and the
+/// matrix-vector path, as Sigmoid and as Swish. Within 4 ulp, or 1e-35 where the result is
+/// subnormal (an implementation that flushes those to 0 is as good).
+#[test]
+fn sigmoid_at_the_edges_of_its_range() {
+    let xs = [
+        f32::NEG_INFINITY,
+        -1e30,
+        -150.0,
+        -104.0,
+        -88.8,
+        -88.5,
+        -87.0,
+        -30.0,
+        -17.0,
+        -1.0,
+        -1e-3,
+        -0.0,
+        0.0,
+        1e-3,
+        0.5,
+        1.0,
+        9.0,
+        17.0,
+        30.0,
+        88.0,
+        89.0,
+        1e30,
+        f32::INFINITY,
+    ];
+    let n = xs.len();
+    for act in [Activation::Sigmoid, Activation::Swish { alpha: 1.0 }] {
+        for gemm in isas() {
+            // C (1×n) = act(1 · B), and C (n×1) = act(A · 1): the tile and dot-product paths.
+            let mut row = vec![0.0f32; n];
+            let ep = Epilogue::new().activation(act);
+            let one = [1.0f32];
+            gemm.run(
+                1,
+                n,
+                1,
+                MatRef::row_major(&one, 1),
+                MatRef::row_major(&xs, n),
+                &mut row,
+                n,
+                &ep,
+            )
+            .unwrap();
+            let mut col = vec![0.0f32; n];
+            gemm.run(
+                n,
+                1,
+                1,
+                MatRef::row_major(&xs, 1),
+                MatRef::row_major(&one, 1),
+                &mut col,
+                1,
+                &ep,
+            )
+            .unwrap();
+            for (i, &x) in xs.iter().enumerate() {
+                let want = act.apply(x);
+                for got in [row[i], col[i]] {
+                    let ok = (got.is_nan() && want.is_nan())
+                        || got == want
+                        || (got - want).abs() <= 4.0 * f32::EPSILON * want.abs() + 1e-35;
+                    assert!(ok, "{} {act:?}({x}) = {got}, want {want}", gemm.isa());
+                }
+            }
+        }
+    }
+}
+
 /// The bound on GELU's error relative to `|x|`, with `x` its argument (see `act`'s docs: `1e-6`
 /// relative to the result plus `2e-7·|x|`, and `|gelu(x)| ≤ |x|`).
 const GELU_ERR: f64 = 1.2e-6;
