@@ -252,57 +252,34 @@ unsafe fn tile<const K: usize, const S: usize, const E: u8, const R: usize, cons
     let mut acc = [[_mm256_set1_ps(task.bias); R]; NB];
     let iy0 = ((task.oy0 + r0) * S) as isize - g.pt;
     let rows = (R - 1) * S + K;
-    // One input row per step, unrolled, each behind an empty `asm!` that takes the
-    // accumulators, as in the AVX-512 `tile` (which says why).
-    macro_rules! step {
-        ($t:literal) => {
-            if $t < rows {
-                for aj in acc.iter_mut() {
-                    for a in aj.iter_mut() {
-                        // SAFETY: an empty template.
-                        unsafe { core::arch::asm!("/* {0} */", inout(ymm_reg) * a) };
-                    }
-                }
-                let t: usize = $t;
-                let iy = iy0 + t as isize;
+    // One input row per step ([`unrolled_rows`]).
+    unrolled_rows!(rows, acc, ymm_reg, |t| {
+        let iy = iy0 + t as isize;
 
-                // A row outside the plane reads 0.0 in every lane and still adds `0·w`.
-                let mut xv = [[_mm256_setzero_ps(); K]; NB];
-                if iy >= 0 && iy < g.ih {
-                    let rowp = task.x.as_ptr().wrapping_offset(iy * g.iw);
-                    for (j, xj) in xv.iter_mut().enumerate() {
-                        // SAFETY: row `iy` lies in the plane.
-                        unsafe { load_taps::<K, S>(rowp, &cols[c + j], xj) };
-                    }
-                }
-                for rr in 0..R {
-                    // Output row `r0 + rr` reads input rows `iy0 + rr·S + ky`.
-                    let ky = t as isize - (rr * S) as isize;
-                    if ky < 0 || ky >= K as isize {
-                        continue;
-                    }
-                    let wrow = &task.w[ky as usize * K..][..K];
-                    for (kx, &w) in wrow.iter().enumerate() {
-                        let wv = _mm256_set1_ps(w);
-                        for (aj, xj) in acc.iter_mut().zip(&xv) {
-                            aj[rr] = _mm256_fmadd_ps(xj[kx], wv, aj[rr]);
-                        }
-                    }
+        // A row outside the plane reads 0.0 in every lane and still adds `0·w`.
+        let mut xv = [[_mm256_setzero_ps(); K]; NB];
+        if iy >= 0 && iy < g.ih {
+            let rowp = task.x.as_ptr().wrapping_offset(iy * g.iw);
+            for (j, xj) in xv.iter_mut().enumerate() {
+                // SAFETY: row `iy` lies in the plane.
+                unsafe { load_taps::<K, S>(rowp, &cols[c + j], xj) };
+            }
+        }
+        for rr in 0..R {
+            // Output row `r0 + rr` reads input rows `iy0 + rr·S + ky`.
+            let ky = t as isize - (rr * S) as isize;
+            if ky < 0 || ky >= K as isize {
+                continue;
+            }
+            let wrow = &task.w[ky as usize * K..][..K];
+            for (kx, &w) in wrow.iter().enumerate() {
+                let wv = _mm256_set1_ps(w);
+                for (aj, xj) in acc.iter_mut().zip(&xv) {
+                    aj[rr] = _mm256_fmadd_ps(xj[kx], wv, aj[rr]);
                 }
             }
-        };
-    }
-    step!(0);
-    step!(1);
-    step!(2);
-    step!(3);
-    step!(4);
-    step!(5);
-    step!(6);
-    step!(7);
-    step!(8);
-    step!(9);
-    step!(10);
+        }
+    });
     for (j, aj) in acc.iter().enumerate() {
         let lanes = (g.ow - (c + j) * L).min(L);
         for (rr, a) in aj.iter().enumerate() {

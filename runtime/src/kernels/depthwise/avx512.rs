@@ -452,60 +452,35 @@ unsafe fn tile<const K: usize, const S: usize, const E: u8, const R: usize, cons
     let mut acc = [[_mm512_set1_ps(task.bias); R]; NB];
     let iy0 = ((task.oy0 + r0) * S) as isize - g.pt;
     let rows = (R - 1) * S + K;
-    // One input row per step, unrolled by the macro (`rows` is at most 11; as a loop, 3×3
-    // stride 1 ran 50% slower). Each step starts by passing the accumulators through an
-    // empty `asm!`: LLVM then cannot hoist every step's loads above the previous steps' FMAs
-    // (it did, and spilled the loaded rows to the stack: 41 GFLOP/s on 16@112, 52 with the
-    // barrier), nor move loads across it. The accumulators go through it one by one: a
-    // `flatten()` over them kept them in memory (half the speed).
-    macro_rules! step {
-        ($t:literal) => {
-            if $t < rows {
-                for aj in acc.iter_mut() {
-                    for a in aj.iter_mut() {
-                        // SAFETY: an empty template.
-                        unsafe { core::arch::asm!("/* {0} */", inout(zmm_reg) * a) };
-                    }
-                }
-                let t: usize = $t;
-                let iy = iy0 + t as isize;
-                // A row outside the plane reads 0.0 in every lane and still adds `0·w`, as
-                // the definition (and the general kernel) does.
-                let mut xv = [[_mm512_setzero_ps(); K]; NB];
-                if iy >= 0 && iy < g.ih {
-                    let rowp = task.x.as_ptr().wrapping_offset(iy * g.iw);
-                    for (j, xj) in xv.iter_mut().enumerate() {
-                        // SAFETY: row `iy` lies in the plane.
-                        unsafe { load_taps::<K, S>(rowp, cols[c + j], xj) };
-                    }
-                }
-                for rr in 0..R {
-                    // Output row `r0 + rr` reads input rows `iy0 + rr·S + ky`.
-                    let ky = t as isize - (rr * S) as isize;
-                    if ky < 0 || ky >= K as isize {
-                        continue;
-                    }
-                    for kx in 0..K {
-                        let wv = w[ky as usize * K + kx];
-                        for (aj, xj) in acc.iter_mut().zip(&xv) {
-                            aj[rr] = _mm512_fmadd_ps(xj[kx], wv, aj[rr]);
-                        }
-                    }
+    // One input row per step ([`unrolled_rows`]): as a loop, 3×3 stride 1 ran 50% slower;
+    // unrolled without the barrier, LLVM spilled the loaded rows (41 GFLOP/s on 16@112, 52
+    // with it).
+    unrolled_rows!(rows, acc, zmm_reg, |t| {
+        let iy = iy0 + t as isize;
+        // A row outside the plane reads 0.0 in every lane and still adds `0·w`, as
+        // the definition (and the general kernel) does.
+        let mut xv = [[_mm512_setzero_ps(); K]; NB];
+        if iy >= 0 && iy < g.ih {
+            let rowp = task.x.as_ptr().wrapping_offset(iy * g.iw);
+            for (j, xj) in xv.iter_mut().enumerate() {
+                // SAFETY: row `iy` lies in the plane.
+                unsafe { load_taps::<K, S>(rowp, cols[c + j], xj) };
+            }
+        }
+        for rr in 0..R {
+            // Output row `r0 + rr` reads input rows `iy0 + rr·S + ky`.
+            let ky = t as isize - (rr * S) as isize;
+            if ky < 0 || ky >= K as isize {
+                continue;
+            }
+            for kx in 0..K {
+                let wv = w[ky as usize * K + kx];
+                for (aj, xj) in acc.iter_mut().zip(&xv) {
+                    aj[rr] = _mm512_fmadd_ps(xj[kx], wv, aj[rr]);
                 }
             }
-        };
-    }
-    step!(0);
-    step!(1);
-    step!(2);
-    step!(3);
-    step!(4);
-    step!(5);
-    step!(6);
-    step!(7);
-    step!(8);
-    step!(9);
-    step!(10);
+        }
+    });
     for (j, aj) in acc.iter_mut().enumerate() {
         epilogue_of::<E, R>(task.kind, task.ep, aj);
         let lanes = (g.ow - (c + j) * L).min(L);

@@ -34,6 +34,33 @@
 // and the ISA kernels use masked loads; every such use carries a `SAFETY:` comment.
 #![allow(unsafe_code)]
 
+/// Runs `$body` with `$t` = 0, 1, … below `$rows` (at most 11), written out step by step;
+/// each step first passes every accumulator of `$acc` (an array of arrays of vectors in
+/// `$reg` registers) through an empty `asm!`. The square-kernel tiles' input-row loop: LLVM
+/// then neither hoists every row's loads above the earlier rows' FMAs (it did, and spilled
+/// the loaded rows to the stack) nor moves loads across a step (see the AVX-512 `tile`).
+#[cfg(target_arch = "x86_64")]
+macro_rules! unrolled_rows {
+    ($rows:expr, $acc:ident, $reg:ident, |$t:ident| $body:block) => {
+        unrolled_rows!(@steps $rows, $acc, $reg, $t, $body, 0 1 2 3 4 5 6 7 8 9 10)
+    };
+    (@steps $rows:expr, $acc:ident, $reg:ident, $t:ident, $body:block, $($n:literal)*) => {
+        $(
+            if $n < $rows {
+                // One by one: a `flatten()` over them kept them in memory (half the speed).
+                for aj in $acc.iter_mut() {
+                    for a in aj.iter_mut() {
+                        // SAFETY: an empty template.
+                        unsafe { core::arch::asm!("/* {0} */", inout($reg) *a) };
+                    }
+                }
+                let $t: usize = $n;
+                $body
+            }
+        )*
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
