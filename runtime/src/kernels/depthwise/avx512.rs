@@ -1,12 +1,11 @@
 //! The AVX-512 depthwise kernel: 16 outputs of a row per zmm.
 //!
 //! Per vector of 16 outputs the accumulator takes `kh·kw` FMAs; the weight is a broadcast.
-//! Horizontal padding and the row's
-//! last partial vector are lane masks (`vmaskmov` loads never touch a masked lane, so a load
-//! may start before the row or run past it); a row outside the input adds `0·w` from a zero
-//! vector. Stride 2 loads 32 consecutive inputs in two vectors and keeps the even lanes with one
-//! `vpermt2ps`; larger strides gather. Square 3×3 and 5×5 kernels at stride 1 or 2 run in
-//! register tiles ([`blocked`]).
+//! Horizontal padding and the row's last partial vector are lane masks (`vmaskmov` loads
+//! never touch a masked lane, so a load may start before the row or run past it); a row
+//! outside the input adds `0·w` from a zero vector. Stride 2 loads 32 consecutive inputs in
+//! two vectors and keeps the even lanes with one `vpermt2ps`; larger strides gather. Square
+//! 3×3 and 5×5 kernels at stride 1 or 2 run in register tiles ([`blocked`]).
 
 #![allow(unsafe_code)]
 

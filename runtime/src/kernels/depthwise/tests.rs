@@ -121,12 +121,12 @@ fn naive(
 /// tap's multiply and add (one rounding where the reference has two) and may sum in another
 /// order, so the two differ by at most about `2·n·u·mag` for `n` terms (`u` = 2⁻²⁴) before
 /// the epilogue, whose slope is at most about 2 here (HardSwish, sigmoid, scales below 2),
-/// plus a few rounding steps of the epilogue itself. NaN matches NaN, and zeros of either
-/// sign match.
+/// plus a few rounding steps of the epilogue itself. NaN matches NaN, an infinity itself, and
+/// zeros of either sign match.
 fn close(got: f32, want: f32, mag: f32, taps: usize) -> bool {
     let u = f32::EPSILON / 2.0;
     let tol = 4.0 * (taps + 1) as f32 * u * mag + 8.0 * u * want.abs();
-    (got.is_nan() && want.is_nan()) || (got - want).abs() <= tol
+    (got.is_nan() && want.is_nan()) || got == want || (got - want).abs() <= tol
 }
 
 fn bin(op: BinKind, arg: f32) -> EpOp {
