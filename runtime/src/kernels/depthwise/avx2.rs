@@ -252,17 +252,22 @@ unsafe fn tile<const K: usize, const S: usize, const E: u8, const R: usize, cons
     let mut acc = [[_mm256_set1_ps(task.bias); R]; NB];
     let iy0 = ((task.oy0 + r0) * S) as isize - g.pt;
     let rows = (R - 1) * S + K;
+    // What every step reads, in locals (the barrier may write memory; see the AVX-512 tile).
+    let (ih, iw, x) = (g.ih, g.iw, task.x.as_ptr());
+    let chunk: [[Taps; K]; NB] = std::array::from_fn(|j| cols[c + j]);
+    // The weights too (3×3: 8–12% faster than reading `task.w` per step; 5×5 2–3% slower).
+    let mut w = [0f32; 25];
+    w[..K * K].copy_from_slice(&task.w[..K * K]);
     // One input row per step ([`unrolled_rows`]).
     unrolled_rows!(rows, acc, ymm_reg, |t| {
         let iy = iy0 + t as isize;
-
         // A row outside the plane reads 0.0 in every lane and still adds `0·w`.
         let mut xv = [[_mm256_setzero_ps(); K]; NB];
-        if iy >= 0 && iy < g.ih {
-            let rowp = task.x.as_ptr().wrapping_offset(iy * g.iw);
-            for (j, xj) in xv.iter_mut().enumerate() {
+        if iy >= 0 && iy < ih {
+            let rowp = x.wrapping_offset(iy * iw);
+            for (xj, cj) in xv.iter_mut().zip(&chunk) {
                 // SAFETY: row `iy` lies in the plane.
-                unsafe { load_taps::<K, S>(rowp, &cols[c + j], xj) };
+                unsafe { load_taps::<K, S>(rowp, cj, xj) };
             }
         }
         for rr in 0..R {
@@ -271,9 +276,8 @@ unsafe fn tile<const K: usize, const S: usize, const E: u8, const R: usize, cons
             if ky < 0 || ky >= K as isize {
                 continue;
             }
-            let wrow = &task.w[ky as usize * K..][..K];
-            for (kx, &w) in wrow.iter().enumerate() {
-                let wv = _mm256_set1_ps(w);
+            for kx in 0..K {
+                let wv = _mm256_set1_ps(w[ky as usize * K + kx]);
                 for (aj, xj) in acc.iter_mut().zip(&xv) {
                     aj[rr] = _mm256_fmadd_ps(xj[kx], wv, aj[rr]);
                 }

@@ -451,6 +451,10 @@ unsafe fn tile<const K: usize, const S: usize, const E: u8, const R: usize, cons
     let mut acc = [[_mm512_set1_ps(task.bias); R]; NB];
     let iy0 = ((task.oy0 + r0) * S) as isize - g.pt;
     let rows = (R - 1) * S + K;
+    // What every step reads, in locals: the barrier below may write any memory, so values
+    // read through `g`, `task` or `cols` would be reloaded (and bounds-checked) per step.
+    let (ih, iw, x) = (g.ih, g.iw, task.x.as_ptr());
+    let chunk: [(isize, u16, u16, u16); NB] = std::array::from_fn(|j| cols[c + j]);
     // One input row per step ([`unrolled_rows`]): as a loop, 3×3 stride 1 ran 50% slower;
     // unrolled without the barrier, LLVM spilled the loaded rows (41 GFLOP/s on 16@112, 52
     // with it).
@@ -459,11 +463,11 @@ unsafe fn tile<const K: usize, const S: usize, const E: u8, const R: usize, cons
         // A row outside the plane reads 0.0 in every lane and still adds `0·w`, as
         // the definition (and the general kernel) does.
         let mut xv = [[_mm512_setzero_ps(); K]; NB];
-        if iy >= 0 && iy < g.ih {
-            let rowp = task.x.as_ptr().wrapping_offset(iy * g.iw);
-            for (j, xj) in xv.iter_mut().enumerate() {
+        if iy >= 0 && iy < ih {
+            let rowp = x.wrapping_offset(iy * iw);
+            for (xj, &cj) in xv.iter_mut().zip(&chunk) {
                 // SAFETY: row `iy` lies in the plane.
-                unsafe { load_taps::<K, S>(rowp, cols[c + j], xj) };
+                unsafe { load_taps::<K, S>(rowp, cj, xj) };
             }
         }
         for rr in 0..R {
