@@ -24,8 +24,9 @@ fn range_mask(c0: isize, n: isize) -> (__m256i, bool) {
     (_mm256_and_si256(ge, lt), lo == 0 && hi == L as i32)
 }
 
-/// A tap's entry in [`blocked`]'s column table: its first input column, the masks of the two
-/// 8-lane halves from there, and whether every lane its loads read lies inside the row.
+/// A tap's entry in the column tables ([`Cols`], and [`blocked`]'s per chunk): its first
+/// input column, the `vmaskmovps` masks of the two 8-lane halves from there, and whether every
+/// lane its loads read lies inside the row.
 type Taps = (isize, __m256i, __m256i, bool);
 
 /// Computes the items' rows: per chunk of 8 outputs, blocks of 4 rows, so that four
@@ -58,9 +59,8 @@ pub(super) unsafe fn rows(ts: &mut [Task]) {
     }
 }
 
-/// Per (chunk of 8 outputs, kx): the first input column, the `vmaskmovps` masks of the two
-/// 8-lane halves it reads, and whether every lane it reads lies inside the row.
-type Cols = Vec<(isize, __m256i, __m256i, bool)>;
+/// Per (chunk of 8 outputs, kx): the tap's entry.
+type Cols = Vec<Taps>;
 
 /// `S` is the horizontal stride for 1 and 2, and 0 for any other (gathers).
 #[inline]
