@@ -117,6 +117,8 @@ mod tests;
 #[cfg(test)]
 mod tests_artifact;
 #[cfg(test)]
+mod tests_guard;
+#[cfg(test)]
 mod tests_vectorize;
 #[cfg(test)]
 mod tests_winograd;

@@ -123,6 +123,13 @@ pub(crate) fn check_inputs(src: &str, inputs: &[Tensor], tol: f64) -> String {
                 );
             }
         }
+        // Inputs read in place must be read exactly: each against a guard page, both ends.
+        for against_end in [true, false] {
+            let got = crate::tests_guard::run_guarded(&c, &inputs, 2, against_end);
+            if let Err(e) = compare(&want, &got, tol) {
+                panic!("simd {simd}, guarded inputs: {e}\n{}", print_program(&prog));
+            }
+        }
     }
     print_program(&prog)
 }

@@ -1,7 +1,8 @@
 //! The CPU executor: runs a checked [`CpuPlan`] with compiled kernels. Shared by code the
 //! compiler JIT-compiles (`mlc run --engine cpu`) and code loaded from an artifact.
 //!
-//! Per run: the inputs are copied into their arena slots, every step's kernel is called on its
+//! Per run: the inputs are copied into their arena slots (or, when no step writes them, read
+//! where the caller keeps them), every step's kernel is called on its
 //! buffers (split across the thread pool when its body is one parallel loop with enough work),
 //! and the outputs are copied out. Arenas are reused across runs (one per concurrent run), so a
 //! steady-state run allocates nothing but its outputs.
@@ -14,6 +15,7 @@ use super::plan::{CpuBufferKind, CpuPlan, CpuPlanError};
 use super::pool::Pool;
 use crate::kernels::igemm::{PackedInt, Slot};
 use crate::npy::{ElemType, NpyArray, NpyData};
+use crate::plan::dtype_size;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -244,6 +246,9 @@ pub struct Executor {
     weights: std::sync::Arc<Weights>,
     arenas: Mutex<Vec<Vec<u64>>>,
     pool: Mutex<Option<std::sync::Arc<Pool>>>,
+    /// Per plan input: whether the kernels may read it where the caller keeps it
+    /// ([`read_in_place`]) instead of from a copy in the arena.
+    in_place: Vec<bool>,
 }
 
 impl std::fmt::Debug for Executor {
@@ -261,10 +266,33 @@ impl std::fmt::Debug for Executor {
 /// The pointers handed to a kernel; threads of a split step share them (they write disjoint
 /// elements: the parallel loop's contract).
 struct Params(Vec<*mut u8>);
-// SAFETY: the pointers refer to the arena and weights of a run, alive until the step returns.
+// SAFETY: the pointers refer to the arena, the weights and the input bytes of a run, alive until
+// the step returns.
 unsafe impl Send for Params {}
 // SAFETY: as above; kernels only read the array itself.
 unsafe impl Sync for Params {}
+
+/// Per input of a checked plan: whether every step only reads its storage (no parameter on it
+/// has `writes`, no step zeroes it), so that kernels may read the caller's bytes directly and
+/// the copy into the arena can be skipped. Kernels make no alignment assumption beyond the
+/// element size (vector loads are unaligned, edges masked or overlapped, nothing is read past
+/// a parameter's length), which [`Executor::run_in`] checks per run.
+fn read_in_place(plan: &CpuPlan) -> Vec<bool> {
+    plan.inputs
+        .iter()
+        .map(|io| {
+            let s = plan.storage_of(io.buffer);
+            !plan.steps.iter().any(|st| {
+                let writes = st
+                    .args
+                    .iter()
+                    .zip(&plan.kernels[st.kernel].params)
+                    .any(|(&a, p)| p.writes && plan.storage_of(a) == s);
+                writes || st.zero.iter().any(|&z| plan.storage_of(z) == s)
+            })
+        })
+        .collect()
+}
 
 fn words(bytes: u64) -> usize {
     (bytes as usize).div_ceil(8).max(1)
@@ -277,8 +305,9 @@ impl Executor {
     /// `entries[i]` must be the code of `plan.kernels[i]`, compiled for this ABI
     /// ([`super::abi`]) with its helper table already filled, and must stay valid while
     /// `code` lives. The plan's checks then guarantee that kernels only touch memory the
-    /// executor owns, provided the kernels respect their parameter lengths (generated code
-    /// does: data-dependent indices are checked, others are proven by lowering).
+    /// executor owns (and read the run's input bytes), provided the kernels respect their
+    /// parameter lengths and `writes` flags (generated code does: data-dependent indices are
+    /// checked, others are proven by lowering).
     pub unsafe fn new(
         plan: CpuPlan,
         entries: Vec<KernelFn>,
@@ -308,6 +337,7 @@ impl Executor {
                 plan.kernels.len()
             )));
         }
+        let in_place = read_in_place(&plan);
         Ok(Executor {
             plan,
             entries,
@@ -315,6 +345,7 @@ impl Executor {
             weights,
             arenas: Mutex::new(Vec::new()),
             pool: Mutex::new(None),
+            in_place,
         })
     }
 
@@ -411,27 +442,34 @@ impl Executor {
         }
         let abase = arena.as_mut_ptr() as *mut u8;
         let wbase = self.weights.words.as_ptr() as *mut u8;
-        // Base pointers of every buffer (aliases resolved: the plan allows one hop).
-        let mut ptrs: Vec<*mut u8> = vec![std::ptr::null_mut(); p.buffers.len()];
-        for pass in 0..2 {
-            for (i, b) in p.buffers.iter().enumerate() {
-                ptrs[i] = match (pass, &b.kind) {
-                    // SAFETY (both adds): `check` proved the ranges lie in the arena / weights.
-                    (0, CpuBufferKind::Arena { offset, .. }) => unsafe {
-                        abase.add(*offset as usize)
-                    },
-                    (0, CpuBufferKind::Const { offset, .. }) => unsafe {
-                        wbase.add(*offset as usize)
-                    },
-                    (1, CpuBufferKind::Alias { of }) => ptrs[*of],
-                    _ => continue,
-                };
+        // Base pointers of every buffer: arena and weights first, then the inputs (which may
+        // stay where the caller keeps them), then aliases (the plan allows one hop).
+        let mut ptrs: Vec<*mut u8> = p
+            .buffers
+            .iter()
+            .map(|b| match b.kind {
+                // SAFETY (both adds): `check` proved the ranges lie in the arena / weights.
+                CpuBufferKind::Arena { offset, .. } => unsafe { abase.add(offset as usize) },
+                CpuBufferKind::Const { offset, .. } => unsafe { wbase.add(offset as usize) },
+                CpuBufferKind::Alias { .. } => std::ptr::null_mut(),
+            })
+            .collect();
+        for ((io, x), &in_place) in p.inputs.iter().zip(inputs).zip(&self.in_place) {
+            let elem = dtype_size(&io.dtype).unwrap_or(1);
+            if in_place && (x.as_ptr() as usize).is_multiple_of(elem) {
+                // No kernel writes this input's storage (`read_in_place`), so handing the
+                // kernels the caller's bytes, borrowed for the whole run, is sound.
+                ptrs[io.buffer] = x.as_ptr() as *mut u8;
+            } else {
+                // SAFETY: the input's arena range holds exactly `x.len()` bytes (checked in
+                // `run_bytes` against the buffer size, and by `check` against the arena).
+                unsafe { std::ptr::copy_nonoverlapping(x.as_ptr(), ptrs[io.buffer], x.len()) };
             }
         }
-        for (io, x) in p.inputs.iter().zip(inputs) {
-            // SAFETY: the input's arena range holds exactly `x.len()` bytes (checked in
-            // `run_bytes` against the buffer size, and by `check` against the arena).
-            unsafe { std::ptr::copy_nonoverlapping(x.as_ptr(), ptrs[io.buffer], x.len()) };
+        for (i, b) in p.buffers.iter().enumerate() {
+            if let CpuBufferKind::Alias { of } = b.kind {
+                ptrs[i] = ptrs[of];
+            }
         }
         let pool = (threads > 1).then(|| self.pool(threads));
         let ctl = [
@@ -667,5 +705,144 @@ impl Executor {
                 Ok((io.name.clone(), a))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::plan::*;
+    use crate::plan::PlanIo;
+
+    /// Kernel: `out[0] = address of its parameter 0` (then `x[0] += 1` when it writes `x`), so a
+    /// test sees which bytes it was handed.
+    extern "C" fn where_is_x(params: *const *mut u8, _: i64, _: i64) {
+        // SAFETY: the plans below give it an f32 `x` of 4 elements and a u64 `out`.
+        unsafe {
+            let (x, out) = (*params, *params.add(1));
+            out.cast::<u64>().write(x as u64);
+        }
+    }
+
+    extern "C" fn where_is_x_and_bump(params: *const *mut u8, lo: i64, hi: i64) {
+        where_is_x(params, lo, hi);
+        // SAFETY: as above; this kernel's plan declares that it writes `x`.
+        unsafe {
+            let x = (*params).cast::<f32>();
+            x.write_unaligned(x.read_unaligned() + 1.0);
+        }
+    }
+
+    fn plan(writes_x: bool) -> CpuPlan {
+        let param = |dtype: &str, len, writes| CpuParam {
+            dtype: dtype.into(),
+            len,
+            writes,
+            reads: true,
+        };
+        let io = |name: &str, buffer, dtype: &str, len| PlanIo {
+            name: name.into(),
+            buffer,
+            dtype: dtype.into(),
+            shape: vec![len],
+            value: None,
+            batch: false,
+            dims: Vec::new(),
+        };
+        let buf = |dtype: &str, len, offset, input| CpuBuffer {
+            dtype: dtype.into(),
+            len,
+            kind: CpuBufferKind::Arena { offset, input },
+        };
+        CpuPlan {
+            version: CPU_PLAN_VERSION,
+            abi: crate::cpu::abi::ABI_VERSION,
+            helpers: vec![],
+            features: vec![],
+            kernels: vec![CpuKernel {
+                name: "k".into(),
+                symbol: "k".into(),
+                params: vec![param("f32", 4, writes_x), param("u64", 1, true)],
+                split: None,
+                work: 1,
+            }],
+            buffers: vec![
+                buf("f32", 4, 0, Some(0)),
+                buf("u64", 1, 64, None),
+                // `x` seen through a reshape: the kernel takes the alias.
+                CpuBuffer {
+                    dtype: "f32".into(),
+                    len: 4,
+                    kind: CpuBufferKind::Alias { of: 0 },
+                },
+            ],
+            steps: vec![CpuStep {
+                kernel: 0,
+                args: vec![2, 1],
+                zero: vec![],
+                origin: None,
+            }],
+            inputs: vec![io("x", 0, "f32", 4)],
+            outputs: vec![io("out", 1, "u64", 1)],
+            arena_bytes: 128,
+        }
+    }
+
+    fn executor(writes_x: bool) -> Executor {
+        let k: KernelFn = if writes_x {
+            where_is_x_and_bump
+        } else {
+            where_is_x
+        };
+        // SAFETY: the kernels respect the plans' parameter lengths.
+        unsafe { Executor::new(plan(writes_x), vec![k], Box::new(()), &[]) }.expect("plan")
+    }
+
+    fn seen(e: &Executor, x: &[u8]) -> usize {
+        let out = e.run_bytes(&[x], 1).expect("runs");
+        u64::from_le_bytes(out[0].as_slice().try_into().expect("8 bytes")) as usize
+    }
+
+    #[test]
+    fn inputs_no_kernel_writes_are_read_where_the_caller_keeps_them() {
+        let e = executor(false);
+        assert_eq!(e.in_place, vec![true]);
+        // Word-aligned caller bytes, and the same bytes one byte off an f32 boundary.
+        let words = [0u32; 5];
+        // SAFETY: the 20 bytes of `words`.
+        let all: &[u8] = unsafe { std::slice::from_raw_parts(words.as_ptr().cast(), 20) };
+        let (aligned, odd) = (&all[..16], &all[1..17]);
+        assert_eq!(
+            seen(&e, aligned),
+            aligned.as_ptr() as usize,
+            "aliases follow the input"
+        );
+        let copied = seen(&e, odd);
+        assert_ne!(
+            copied,
+            odd.as_ptr() as usize,
+            "a misaligned input must be copied"
+        );
+        assert!(copied.is_multiple_of(4));
+    }
+
+    #[test]
+    fn inputs_a_kernel_writes_are_copied_into_the_arena() {
+        let e = executor(true);
+        assert_eq!(e.in_place, vec![false]);
+        let x = 5f32.to_le_bytes().repeat(4);
+        assert_ne!(seen(&e, &x), x.as_ptr() as usize);
+        assert_eq!(
+            x,
+            5f32.to_le_bytes().repeat(4),
+            "the caller's bytes are untouched"
+        );
+    }
+
+    #[test]
+    fn inputs_a_step_zeroes_are_copied_into_the_arena() {
+        let mut p = plan(false);
+        p.steps[0].zero = vec![0];
+        assert_eq!(read_in_place(&p), vec![false]);
     }
 }
