@@ -119,6 +119,9 @@ const SHAPES: &[Shape] = &[
     // The same products transposed, Cᵀ = Xᵀ · Wᵀ, the weight packed once.
     Shape::new("lcnet pwT 14x14", 196, 256, 256).packed(),
     Shape::new("lcnet pwT 7x7", 49, 512, 512).packed(),
+    // SqueezeNet's classifier, a 1×1 convolution 512 → 1000 on a 13×13 map, both ways.
+    Shape::new("squeeze head pw 13x13", 1000, 169, 512),
+    Shape::new("squeeze head pwT 13x13", 169, 1000, 512).packed(),
 ];
 
 /// The shapes whose label contains `GEMM_BENCH_FILTER` (all without it).
