@@ -122,6 +122,10 @@ const SHAPES: &[Shape] = &[
     // SqueezeNet's classifier, a 1×1 convolution 512 → 1000 on a 13×13 map, both ways.
     Shape::new("squeeze head pw 13x13", 1000, 169, 512),
     Shape::new("squeeze head pwT 13x13", 169, 1000, 512).packed(),
+    // EfficientNet-B0's 672 → 112 projection on 14×14: 112 = 96 + 16 channels and 196 = 192 + 4
+    // pixels, a last column tile of one vector either way.
+    Shape::new("effnet pw 14x14", 112, 196, 672),
+    Shape::new("effnet pwT 14x14", 196, 112, 672).packed(),
 ];
 
 /// The shapes whose label contains `GEMM_BENCH_FILTER` (all without it).

@@ -546,7 +546,7 @@ fn f32_kernels(
             );
             let c = cf.get_mut(coff as usize..)?;
             if g.beta == 0.0
-                && transposed_pays(gemm.tile().1, m, n, k)
+                && transposed_pays((gemm.tile().1, gemm.tile_last()), m, n, k)
                 && let Some(pa) = packed_weight(&gemm, &ad, (k, m), (acs, ars))
             {
                 let bias_t = F32Bias::new(orig_bias, (n, m), (bias_cs, bias_rs), |x| x as f32);
@@ -617,17 +617,28 @@ fn f32_kernels(
 
 /// Whether `C = W·X` (`m×n`, a weight on the left: a convolution's `W[co, ci]·X[ci, pixel]`)
 /// runs faster as `Cᵀ = Xᵀ·Wᵀ` transposed back ([`kg::Gemm::run_packed_transposed`]), with a
-/// microkernel tile `nr` columns wide. The kernels vectorize along `C`'s columns and compute a
-/// last partial tile in full, so a 7×7 map (`n = 49`) keeps 49 of 64 lanes busy while its 512
-/// channels would keep all of them; the transpose back costs about one cycle per element
-/// against `k/32` for the product's multiply-adds, and the weight, now `B`, is packed once
-/// instead of read in place as `MR` strided rows (`cargo bench --bench gemm`, Zen 4, one
-/// thread: 512×49×512 87 → 113 GFLOP/s, 256×196×256 97 → 113). Each element sums its `k`
-/// products in the same order either way. A one-column product is left to the kernels' dot
-/// products ([`kg::dot_products`]).
-pub(crate) fn transposed_pays(nr: usize, m: usize, n: usize, k: usize) -> bool {
-    let busy = |x: usize| x as f64 / x.next_multiple_of(nr) as f64;
-    n > 1 && m >= nr && k > 0 && busy(m) / busy(n) > 1.03 + 16.0 / k as f64
+/// microkernel tile `nr` columns wide whose last partial tile costs `nr_last` columns when at
+/// most that many are left ([`kg::Gemm::tile_last`]), else `nr`. The kernels vectorize along
+/// `C`'s columns, so a 7×7 map (`n = 49`) keeps 49 of 64 lanes busy while its 512 channels
+/// would keep all of them; the transpose back costs about one cycle per element against
+/// `k/32` for the product's multiply-adds, and the weight, now `B`, is packed once instead of
+/// read in place as `MR` strided rows (`cargo bench --bench gemm`, Zen 4, one thread:
+/// 512×49×512 87 → 113 GFLOP/s, 256×196×256 107 → 115 with the 16-column last tile; in
+/// PP-LCNet that layer 0.26 → 0.25 ms, SqueezeNet's 1000×169×512 head 1.73 → 1.65 ms
+/// untransposed, hence the threshold). Each
+/// element sums its `k` products in the same order either way. A one-column product is left to
+/// the kernels' dot products ([`kg::dot_products`]).
+pub(crate) fn transposed_pays((nr, nr_last): (usize, usize), m: usize, n: usize, k: usize) -> bool {
+    let padded = |x: usize| {
+        let full = x / nr * nr;
+        match x - full {
+            0 => full,
+            r if r <= nr_last => full + nr_last,
+            _ => full + nr,
+        }
+    };
+    let busy = |x: usize| x as f64 / padded(x) as f64;
+    n > 1 && m >= nr && k > 0 && busy(m) / busy(n) > 1.025 + 8.0 / k as f64
 }
 
 /// The packed form of the `k×n` right operand `b` (strides `rs`, `cs`) when it is a weight of

@@ -834,19 +834,28 @@ fn tail_hook_visits_every_element_once() {
 
 #[test]
 fn transposing_pays_on_small_maps_only() {
-    // PP-LCNet's pointwise convolutions with AVX-512's 32-column tile: the 7×7 and deep 14×14
-    // maps go transposed; the shallow 14×14 one, the wide maps, the stem and the 1×1 head
-    // (dot products) do not.
-    for ((m, n, k), want) in [
-        ((512, 49, 512), true),
-        ((512, 49, 256), true),
-        ((256, 196, 256), true),
-        ((256, 196, 128), false),
-        ((64, 3136, 64), false),
-        ((16, 12544, 27), false),
-        ((1280, 1, 512), false),
+    // PP-LCNet's pointwise convolutions with AVX-512's 32-column tile, whose last tile costs
+    // 16 columns when at most 16 are left: the 7×7 maps go transposed (49 = 32 + 17 columns
+    // cost 64), the 14×14 ones (196 = 192 + 4 cost 208) only when deep enough to pay for the
+    // transpose; the wide maps, the stem and the 1×1 head (dot products) do not. Without the
+    // narrow last tile 196 costs 224. SqueezeNet's head (169 = 160 + 9 columns) stays as it
+    // is.
+    for ((m, n, k), last, want) in [
+        ((512, 49, 512), 16, true),
+        ((512, 49, 256), 16, true),
+        ((256, 196, 256), 16, true),
+        ((256, 196, 128), 16, false),
+        ((256, 196, 128), 32, true),
+        ((64, 3136, 64), 16, false),
+        ((16, 12544, 27), 16, false),
+        ((1280, 1, 512), 16, false),
+        ((1000, 169, 512), 16, false),
     ] {
-        assert_eq!(transposed_pays(32, m, n, k), want, "{m}×{n}×{k}");
+        assert_eq!(
+            transposed_pays((32, last), m, n, k),
+            want,
+            "{m}×{n}×{k}, last {last}"
+        );
     }
 }
 

@@ -17,6 +17,7 @@ const NV: usize = NR / 8;
 pub(super) static SPEC: Spec = Spec {
     mr: MR,
     nr: NR,
+    nr_last: NR,
     kc: 256,
     mc: 72,
     nc: 512,

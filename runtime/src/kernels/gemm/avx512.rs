@@ -5,8 +5,8 @@
 //! per cycle (Zen 5, Intel server cores), with 14 loads per 24 FMAs, well within the load
 //! ports, and 7 of the 32 registers to spare. Against 8×32 it measured the same at 512³ and
 //! 3–5% faster at k = 64, where the fixed cost of each tile counts. Thin tiles (1–2 rows) keep
-//! four accumulator sets instead. Column edges use lane masks, row edges a smaller
-//! const-generic row count.
+//! four accumulator sets instead. Column edges use lane masks (a tile of at most 16 columns
+//! runs one vector per row), row edges a smaller const-generic row count.
 //!
 //! The accumulators are a `[[__m512; NV]; R]` array that LLVM must keep in registers, and it
 //! does so only while every loop over it is plain `iter_mut`/`zip`/`enumerate` over constant
@@ -26,6 +26,7 @@ const NV: usize = NR / 16;
 pub(super) static SPEC: Spec = Spec {
     mr: MR,
     nr: NR,
+    nr_last: 16,
     kc: 512,
     mc: 120,
     nc: 256,
@@ -51,31 +52,48 @@ pub(super) unsafe fn tile(t: &Tile) {
     }
 }
 
+/// Dispatches on the tile's width: a tile of at most 16 columns (the last of a row of
+/// tiles, such as the 4 columns past 192 of a 14×14 map or the 16 past 96 channels of 112)
+/// takes one zmm per row, half the FMAs of the two-vector kernel whose second vector would be
+/// all masked.
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn rows<const PACKED: bool>(t: &Tile) {
-    // SAFETY: forwarded contract; `rows` selects an instantiation with exactly that many rows.
+    // SAFETY: forwarded contract; `V` vectors cover the tile's columns.
     unsafe {
-        match t.rows {
-            12 => kernel::<12, PACKED>(t),
-            11 => kernel::<11, PACKED>(t),
-            10 => kernel::<10, PACKED>(t),
-            9 => kernel::<9, PACKED>(t),
-            8 => kernel::<8, PACKED>(t),
-            7 => kernel::<7, PACKED>(t),
-            6 => kernel::<6, PACKED>(t),
-            5 => kernel::<5, PACKED>(t),
-            4 => kernel::<4, PACKED>(t),
-            3 => kernel::<3, PACKED>(t),
-            2 => kernel::<2, PACKED>(t),
-            _ => kernel::<1, PACKED>(t),
+        if t.cols <= 16 {
+            rows_of::<1, PACKED>(t)
+        } else {
+            rows_of::<NV, PACKED>(t)
         }
     }
 }
 
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel<const R: usize, const PACKED: bool>(t: &Tile) {
+unsafe fn rows_of<const V: usize, const PACKED: bool>(t: &Tile) {
+    // SAFETY: forwarded contract; `rows` selects an instantiation with exactly that many rows.
+    unsafe {
+        match t.rows {
+            12 => kernel::<12, V, PACKED>(t),
+            11 => kernel::<11, V, PACKED>(t),
+            10 => kernel::<10, V, PACKED>(t),
+            9 => kernel::<9, V, PACKED>(t),
+            8 => kernel::<8, V, PACKED>(t),
+            7 => kernel::<7, V, PACKED>(t),
+            6 => kernel::<6, V, PACKED>(t),
+            5 => kernel::<5, V, PACKED>(t),
+            4 => kernel::<4, V, PACKED>(t),
+            3 => kernel::<3, V, PACKED>(t),
+            2 => kernel::<2, V, PACKED>(t),
+            _ => kernel::<1, V, PACKED>(t),
+        }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel<const R: usize, const V: usize, const PACKED: bool>(t: &Tile) {
     // Start fetching the tile of C now, so that its rows (which can alias in the L1 sets when
     // `ldc` is a multiple of 1024 floats) arrive while the FMAs run rather than after.
     for r in 0..R {
@@ -88,9 +106,9 @@ unsafe fn kernel<const R: usize, const PACKED: bool>(t: &Tile) {
     // previous one on its chain (4 cycles), so thin tiles keep four chains per accumulator.
     let mut acc = unsafe {
         if R <= 2 {
-            dot_split::<R, PACKED>(t)
+            dot_split::<R, V, PACKED>(t)
         } else {
-            dot::<R, PACKED>(t)
+            dot::<R, V, PACKED>(t)
         }
     };
     // What follows applies `α`, `β·C` and the epilogue and stores the tile. It stays in this
@@ -101,7 +119,7 @@ unsafe fn kernel<const R: usize, const PACKED: bool>(t: &Tile) {
     // stayed a loop over an array on the stack, which cost as much as the products at k = 16
     // (MobileNet's 16→96 pointwise layer, 561 µs with it). The activations that are long
     // polynomials run on the stored tile instead, row by row while it is in L1 ([`act_rows`]).
-    let masks: [__mmask16; NV] = std::array::from_fn(|v| {
+    let masks: [__mmask16; V] = std::array::from_fn(|v| {
         let lanes = t.cols.saturating_sub(16 * v).min(16);
         ((1u32 << lanes) - 1) as __mmask16
     });
@@ -140,7 +158,7 @@ unsafe fn kernel<const R: usize, const PACKED: bool>(t: &Tile) {
             }
         }
         if !ep.col_bias.is_null() {
-            let cb: [__m512; NV] = std::array::from_fn(|v| unsafe {
+            let cb: [__m512; V] = std::array::from_fn(|v| unsafe {
                 _mm512_maskz_loadu_ps(masks[v], ep.col_bias.add(16 * v))
             });
             for row in acc.iter_mut() {
@@ -190,7 +208,7 @@ unsafe fn kernel<const R: usize, const PACKED: bool>(t: &Tile) {
 /// The masked lanes of the `rows` rows from `c` are valid for reads and writes.
 #[inline(never)]
 #[target_feature(enable = "avx512f")]
-unsafe fn act_rows(act: Activation, c: *mut f32, ldc: usize, rows: usize, masks: &[__mmask16; NV]) {
+unsafe fn act_rows(act: Activation, c: *mut f32, ldc: usize, rows: usize, masks: &[__mmask16]) {
     for r in 0..rows {
         for (v, &mask) in masks.iter().enumerate() {
             // SAFETY: see the function's contract.
@@ -255,15 +273,15 @@ pub(crate) fn activate16(act: Activation, x: __m512) -> __m512 {
 /// (packed, or in place) `kc` rows of `NR` floats, `ldb` apart.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn dot<const R: usize, const PACKED: bool>(t: &Tile) -> [[__m512; NV]; R] {
-    let mut acc = [[_mm512_setzero_ps(); NV]; R];
+unsafe fn dot<const R: usize, const V: usize, const PACKED: bool>(t: &Tile) -> [[__m512; V]; R] {
+    let mut acc = [[_mm512_setzero_ps(); V]; R];
     let (mut a, mut b) = (t.a, t.b);
     // A packed: row stride 1, k stride MR; A in place (row-major): row stride lda, k stride 1.
     let (a_rs, a_ks) = if PACKED { (1, MR) } else { (t.lda, 1) };
     // SAFETY: see the function's contract.
     unsafe {
         for _ in 0..t.kc {
-            let bv: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(b.add(16 * v)));
+            let bv: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(b.add(16 * v)));
             for (r, row) in acc.iter_mut().enumerate() {
                 let av = _mm512_set1_ps(*a.add(r * a_rs));
                 for (x, &bx) in row.iter_mut().zip(&bv) {
@@ -285,16 +303,18 @@ unsafe fn dot<const R: usize, const PACKED: bool>(t: &Tile) -> [[__m512; NV]; R]
 /// As for [`dot`].
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn dot_split<const R: usize, const PACKED: bool>(t: &Tile) -> [[__m512; NV]; R] {
+unsafe fn dot_split<const R: usize, const V: usize, const PACKED: bool>(
+    t: &Tile,
+) -> [[__m512; V]; R] {
     const U: usize = 4;
-    let mut acc = [[[_mm512_setzero_ps(); NV]; R]; U];
+    let mut acc = [[[_mm512_setzero_ps(); V]; R]; U];
     let (mut a, mut b) = (t.a, t.b);
     let (a_rs, a_ks) = if PACKED { (1, MR) } else { (t.lda, 1) };
     // SAFETY: see the function's contract; the loops take exactly `kc` steps in all.
     unsafe {
         for _ in 0..t.kc / U {
             for set in acc.iter_mut() {
-                let bv: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(b.add(16 * v)));
+                let bv: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(b.add(16 * v)));
                 for (r, row) in set.iter_mut().enumerate() {
                     let av = _mm512_set1_ps(*a.add(r * a_rs));
                     for (x, &bx) in row.iter_mut().zip(&bv) {
@@ -306,7 +326,7 @@ unsafe fn dot_split<const R: usize, const PACKED: bool>(t: &Tile) -> [[__m512; N
             }
         }
         for _ in 0..t.kc % U {
-            let bv: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(b.add(16 * v)));
+            let bv: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(b.add(16 * v)));
             for (r, row) in acc[0].iter_mut().enumerate() {
                 let av = _mm512_set1_ps(*a.add(r * a_rs));
                 for (x, &bx) in row.iter_mut().zip(&bv) {

@@ -742,10 +742,17 @@ impl Gemm {
     }
 
     /// The register tile of this ISA's microkernel, `(rows, columns)`: a product whose `n` is
-    /// not a multiple of the columns computes the remainder in a whole tile.
+    /// not a multiple of the columns computes the remainder in a whole tile (but see
+    /// [`Gemm::tile_last`]).
     pub fn tile(&self) -> (usize, usize) {
         let s = Spec::of(self.isa);
         (s.mr, s.nr)
+    }
+
+    /// The widest last partial column tile that runs a narrower kernel, and so costs only its
+    /// own width (AVX-512: 16, one vector; `nr` where there is no such kernel).
+    pub fn tile_last(&self) -> usize {
+        Spec::of(self.isa).nr_last
     }
 
     /// A packed operand made for another ISA's panels is refused.
@@ -884,6 +891,9 @@ struct Spec {
     mr: usize,
     /// Columns of the register tile.
     nr: usize,
+    /// A last tile of at most this many columns runs a narrower kernel (as many columns as
+    /// `nr` when there is none): what its columns cost.
+    nr_last: usize,
     /// Depth of a cache block: an `MR×KC` panel of packed `A` stays in L1.
     kc: usize,
     /// Rows of a packed block of `A` (a multiple of `mr`).

@@ -13,6 +13,7 @@ const NR: usize = 16;
 pub(super) static SPEC: Spec = Spec {
     mr: MR,
     nr: NR,
+    nr_last: NR,
     kc: 256,
     mc: 64,
     nc: 512,
