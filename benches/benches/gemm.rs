@@ -103,6 +103,7 @@ const SHAPES: &[Shape] = &[
     Shape::new("conv 1x1", 3136, 64, 64).threads(2).packed(),
     // PP-LCNet's pointwise convolutions, NCHW: C[co, p] = W[co, ci] · X[ci, p].
     Shape::new("lcnet pw 14x14", 256, 196, 256),
+    Shape::new("lcnet pw 14x14", 256, 196, 256).isa(Isa::Avx2),
     Shape::new("lcnet pw 7x7", 512, 49, 512),
     Shape::new("lcnet pw 56x56", 64, 3136, 64),
     Shape::new("lcnet head gemv", 1280, 1, 512),

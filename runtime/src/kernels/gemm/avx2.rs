@@ -3,7 +3,8 @@
 //! The classic Haswell shape: two vectors of the `B` panel row, six broadcasts of the `A`
 //! column, twelve independent FMAs per step of k, leaving 4 of the 16 ymm registers for
 //! operands; 1- and 2-row tiles keep 4 or 2 accumulator sets instead. Column edges use
-//! `vmaskmov` loads and stores, row edges a smaller const-generic row count.
+//! `vmaskmov` loads and stores (a tile of at most 8 columns runs one vector per row, with more
+//! accumulator sets), row edges a smaller const-generic row count.
 
 #![allow(unsafe_code)]
 
@@ -17,7 +18,7 @@ const NV: usize = NR / 8;
 pub(super) static SPEC: Spec = Spec {
     mr: MR,
     nr: NR,
-    nr_last: NR,
+    nr_last: 8,
     kc: 256,
     mc: 72,
     nc: 512,
@@ -41,18 +42,33 @@ pub(super) unsafe fn tile(t: &Tile) {
     }
 }
 
+/// Dispatches on the tile's width: a tile of at most 8 columns (the last of a row of tiles)
+/// takes one ymm per row instead of a second vector of masked-off lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn rows<const PACKED: bool>(t: &Tile) {
+    // SAFETY: forwarded contract; `V` vectors cover the tile's columns.
+    unsafe {
+        if t.cols <= 8 {
+            rows_of::<1, PACKED>(t)
+        } else {
+            rows_of::<NV, PACKED>(t)
+        }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rows_of<const V: usize, const PACKED: bool>(t: &Tile) {
     // SAFETY: forwarded contract; `rows` selects an instantiation with exactly that many rows.
     unsafe {
         match t.rows {
-            6 => kernel::<6, PACKED>(t),
-            5 => kernel::<5, PACKED>(t),
-            4 => kernel::<4, PACKED>(t),
-            3 => kernel::<3, PACKED>(t),
-            2 => kernel::<2, PACKED>(t),
-            _ => kernel::<1, PACKED>(t),
+            6 => kernel::<6, V, PACKED>(t),
+            5 => kernel::<5, V, PACKED>(t),
+            4 => kernel::<4, V, PACKED>(t),
+            3 => kernel::<3, V, PACKED>(t),
+            2 => kernel::<2, V, PACKED>(t),
+            _ => kernel::<1, V, PACKED>(t),
         }
     }
 }
@@ -73,17 +89,26 @@ unsafe fn load(p: *const f32, lanes: usize, mask: __m256i) -> __m256 {
 
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel<const R: usize, const PACKED: bool>(t: &Tile) {
+unsafe fn kernel<const R: usize, const V: usize, const PACKED: bool>(t: &Tile) {
     // SAFETY: forwarded contract.
     unsafe {
         // Thin tiles have too few accumulators to hide the 4-cycle FMA latency: give them
-        // independent chains over consecutive steps of k (8 accumulators either way).
-        let acc = match R {
-            1 => dot_split::<R, PACKED, 4>(t),
-            2 => dot_split::<R, PACKED, 2>(t),
-            _ => dot_split::<R, PACKED, 1>(t),
+        // independent chains over consecutive steps of k (8 or more accumulators, at most 12).
+        let acc = if V == 1 {
+            match R {
+                1 => dot_split::<R, V, PACKED, 8>(t),
+                2 => dot_split::<R, V, PACKED, 4>(t),
+                3 => dot_split::<R, V, PACKED, 3>(t),
+                _ => dot_split::<R, V, PACKED, 2>(t),
+            }
+        } else {
+            match R {
+                1 => dot_split::<R, V, PACKED, 4>(t),
+                2 => dot_split::<R, V, PACKED, 2>(t),
+                _ => dot_split::<R, V, PACKED, 1>(t),
+            }
         };
-        store::<R>(t, acc);
+        store::<R, V>(t, acc);
     }
 }
 
@@ -96,10 +121,10 @@ unsafe fn kernel<const R: usize, const PACKED: bool>(t: &Tile) {
 /// (packed, or in place) `kc` rows of `NR` floats, `ldb` apart.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot_split<const R: usize, const PACKED: bool, const U: usize>(
+unsafe fn dot_split<const R: usize, const V: usize, const PACKED: bool, const U: usize>(
     t: &Tile,
-) -> [[__m256; NV]; R] {
-    let mut acc = [[[_mm256_setzero_ps(); NV]; R]; U];
+) -> [[__m256; V]; R] {
+    let mut acc = [[[_mm256_setzero_ps(); V]; R]; U];
     let (mut a, mut b) = (t.a, t.b);
     // A packed: row stride 1, k stride MR; A in place (row-major): row stride lda, k stride 1.
     let (a_rs, a_ks) = if PACKED { (1, MR) } else { (t.lda, 1) };
@@ -107,7 +132,7 @@ unsafe fn dot_split<const R: usize, const PACKED: bool, const U: usize>(
     unsafe {
         for _ in 0..t.kc / U {
             for set in acc.iter_mut() {
-                let bv: [__m256; NV] = std::array::from_fn(|v| _mm256_loadu_ps(b.add(8 * v)));
+                let bv: [__m256; V] = std::array::from_fn(|v| _mm256_loadu_ps(b.add(8 * v)));
                 for (r, row) in set.iter_mut().enumerate() {
                     let av = _mm256_broadcast_ss(&*a.add(r * a_rs));
                     for (x, &bx) in row.iter_mut().zip(&bv) {
@@ -119,7 +144,7 @@ unsafe fn dot_split<const R: usize, const PACKED: bool, const U: usize>(
             }
         }
         for _ in 0..t.kc % U {
-            let bv: [__m256; NV] = std::array::from_fn(|v| _mm256_loadu_ps(b.add(8 * v)));
+            let bv: [__m256; V] = std::array::from_fn(|v| _mm256_loadu_ps(b.add(8 * v)));
             for (r, row) in acc[0].iter_mut().enumerate() {
                 let av = _mm256_broadcast_ss(&*a.add(r * a_rs));
                 for (x, &bx) in row.iter_mut().zip(&bv) {
@@ -153,9 +178,9 @@ unsafe fn dot_split<const R: usize, const PACKED: bool, const U: usize>(
 /// tile.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn store<const R: usize>(t: &Tile, mut acc: [[__m256; NV]; R]) {
-    let lanes: [usize; NV] = std::array::from_fn(|v| t.cols.saturating_sub(8 * v).min(8));
-    let masks: [__m256i; NV] = std::array::from_fn(|v| super::super::tail_mask8(lanes[v]));
+unsafe fn store<const R: usize, const V: usize>(t: &Tile, mut acc: [[__m256; V]; R]) {
+    let lanes: [usize; V] = std::array::from_fn(|v| t.cols.saturating_sub(8 * v).min(8));
+    let masks: [__m256i; V] = std::array::from_fn(|v| super::super::tail_mask8(lanes[v]));
     if t.alpha != 1.0 {
         let alpha = _mm256_set1_ps(t.alpha);
         each!(acc, |x| _mm256_mul_ps(x, alpha));
@@ -191,7 +216,7 @@ unsafe fn store<const R: usize>(t: &Tile, mut acc: [[__m256; NV]; R]) {
             }
         }
         if !ep.col_bias.is_null() {
-            let cb: [__m256; NV] = std::array::from_fn(|v| unsafe {
+            let cb: [__m256; V] = std::array::from_fn(|v| unsafe {
                 load(ep.col_bias.add(8 * v), lanes[v], masks[v])
             });
             for row in acc.iter_mut() {
@@ -247,20 +272,15 @@ unsafe fn act_rows(
     c: *mut f32,
     ldc: usize,
     rows: usize,
-    lanes: &[usize; NV],
-    masks: &[__m256i; NV],
+    lanes: &[usize],
+    masks: &[__m256i],
 ) {
     for r in 0..rows {
-        for v in 0..NV {
+        for (v, (&n, &mask)) in lanes.iter().zip(masks).enumerate() {
             // SAFETY: see the function's contract.
             unsafe {
                 let p = c.add(r * ldc + 8 * v);
-                put(
-                    p,
-                    lanes[v],
-                    masks[v],
-                    activate8(act, load(p, lanes[v], masks[v])),
-                );
+                put(p, n, mask, activate8(act, load(p, n, mask)));
             }
         }
     }
