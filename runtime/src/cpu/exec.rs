@@ -246,9 +246,10 @@ pub struct Executor {
     weights: std::sync::Arc<Weights>,
     arenas: Mutex<Vec<Vec<u64>>>,
     pool: Mutex<Option<std::sync::Arc<Pool>>>,
-    /// Per plan input: whether the kernels may read it where the caller keeps it
-    /// ([`read_in_place`]) instead of from a copy in the arena.
-    in_place: Vec<bool>,
+    /// Per plan input: `Some(alignment)` when the kernels may read it where the caller keeps
+    /// it, given a pointer with that alignment ([`read_in_place`]), instead of from a copy in
+    /// the arena.
+    in_place: Vec<Option<usize>>,
 }
 
 impl std::fmt::Debug for Executor {
@@ -272,24 +273,25 @@ unsafe impl Send for Params {}
 // SAFETY: as above; kernels only read the array itself.
 unsafe impl Sync for Params {}
 
-/// Per input of a checked plan: whether every step only reads its storage (no parameter on it
-/// has `writes`, no step zeroes it), so that kernels may read the caller's bytes directly and
-/// the copy into the arena can be skipped. Kernels make no alignment assumption beyond the
-/// element size (vector loads are unaligned, edges masked or overlapped, nothing is read past
-/// a parameter's length), which [`Executor::run_in`] checks per run.
-fn read_in_place(plan: &CpuPlan) -> Vec<bool> {
+/// Per input of a checked plan: when every step only reads its storage (no parameter on it
+/// has `writes`, no step zeroes it), the alignment a caller's pointer needs for the kernels to
+/// read the caller's bytes directly, skipping the copy into the arena: the element size, since
+/// kernels assume nothing more (vector loads are unaligned, edges masked or overlapped,
+/// nothing is read past a parameter's length). [`Executor::run_in`] checks it per run.
+fn read_in_place(plan: &CpuPlan) -> Vec<Option<usize>> {
     plan.inputs
         .iter()
         .map(|io| {
             let s = plan.storage_of(io.buffer);
-            !plan.steps.iter().any(|st| {
+            let written = plan.steps.iter().any(|st| {
                 let writes = st
                     .args
                     .iter()
                     .zip(&plan.kernels[st.kernel].params)
                     .any(|(&a, p)| p.writes && plan.storage_of(a) == s);
                 writes || st.zero.iter().any(|&z| plan.storage_of(z) == s)
-            })
+            });
+            (!written).then(|| dtype_size(&io.dtype).unwrap_or(1))
         })
         .collect()
 }
@@ -455,8 +457,7 @@ impl Executor {
             })
             .collect();
         for ((io, x), &in_place) in p.inputs.iter().zip(inputs).zip(&self.in_place) {
-            let elem = dtype_size(&io.dtype).unwrap_or(1);
-            if in_place && (x.as_ptr() as usize).is_multiple_of(elem) {
+            if in_place.is_some_and(|align| (x.as_ptr() as usize).is_multiple_of(align)) {
                 // No kernel writes this input's storage (`read_in_place`), so handing the
                 // kernels the caller's bytes, borrowed for the whole run, is sound.
                 ptrs[io.buffer] = x.as_ptr() as *mut u8;
@@ -806,7 +807,7 @@ mod tests {
     #[test]
     fn inputs_no_kernel_writes_are_read_where_the_caller_keeps_them() {
         let e = executor(false);
-        assert_eq!(e.in_place, vec![true]);
+        assert_eq!(e.in_place, vec![Some(4)]);
         // Word-aligned caller bytes, and the same bytes one byte off an f32 boundary.
         let words = [0u32; 5];
         // SAFETY: the 20 bytes of `words`.
@@ -829,7 +830,7 @@ mod tests {
     #[test]
     fn inputs_a_kernel_writes_are_copied_into_the_arena() {
         let e = executor(true);
-        assert_eq!(e.in_place, vec![false]);
+        assert_eq!(e.in_place, vec![None]);
         let x = 5f32.to_le_bytes().repeat(4);
         assert_ne!(seen(&e, &x), x.as_ptr() as usize);
         assert_eq!(
@@ -843,6 +844,6 @@ mod tests {
     fn inputs_a_step_zeroes_are_copied_into_the_arena() {
         let mut p = plan(false);
         p.steps[0].zero = vec![0];
-        assert_eq!(read_in_place(&p), vec![false]);
+        assert_eq!(read_in_place(&p), vec![None]);
     }
 }

@@ -625,9 +625,9 @@ fn f32_kernels(
 /// read in place as `MR` strided rows (`cargo bench --bench gemm`, Zen 4, one thread:
 /// 512×49×512 87 → 113 GFLOP/s, 256×196×256 107 → 115 with the 16-column last tile; in
 /// PP-LCNet that layer 0.26 → 0.25 ms, SqueezeNet's 1000×169×512 head 1.73 → 1.65 ms
-/// untransposed, hence the threshold). Each
-/// element sums its `k` products in the same order either way. A one-column product is left to
-/// the kernels' dot products ([`kg::dot_products`]).
+/// untransposed, hence the threshold). Each element sums its `k` products in the same order
+/// either way. A one-column product is left to the kernels' dot products
+/// ([`kg::dot_products`]).
 pub(crate) fn transposed_pays((nr, nr_last): (usize, usize), m: usize, n: usize, k: usize) -> bool {
     let padded = |x: usize| {
         let full = x / nr * nr;

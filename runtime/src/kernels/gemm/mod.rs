@@ -750,7 +750,8 @@ impl Gemm {
     }
 
     /// The widest last partial column tile that runs a narrower kernel, and so costs only its
-    /// own width (AVX-512: 16, one vector; `nr` where there is no such kernel).
+    /// own width: one vector (AVX-512 16 columns, AVX2 8), or `nr` where there is no such
+    /// kernel (portable).
     pub fn tile_last(&self) -> usize {
         Spec::of(self.isa).nr_last
     }
