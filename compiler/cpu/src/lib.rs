@@ -53,17 +53,21 @@ pub mod simd;
 
 pub use artifact::{compile_artifact, compile_variants};
 
-/// `p` as code generation takes it: with the kernel-IR epilogue fusion of [`requant`] applied
-/// when `opts` asks for it (the JIT and artifacts share this).
+/// `p` as code generation takes it: with the kernel-IR epilogue fusion of [`requant`] and the
+/// concatenation placement of [`mlc_kir::place_concat_parts`] applied when `opts` asks for
+/// them (the JIT and artifacts share this).
 pub(crate) fn prepared(
     p: &mlc_kir::Program,
     opts: Options,
 ) -> std::borrow::Cow<'_, mlc_kir::Program> {
+    let mut p = std::borrow::Cow::Borrowed(p);
     if opts.fuse_epilogues {
-        std::borrow::Cow::Owned(requant::fuse_epilogues(p).0)
-    } else {
-        std::borrow::Cow::Borrowed(p)
+        p = std::borrow::Cow::Owned(requant::fuse_epilogues(&p).0);
     }
+    if opts.place_concats {
+        mlc_kir::place_concat_parts(p.to_mut());
+    }
+    p
 }
 pub use exec::{CompiledProgram, RunError};
 pub use module::{compile_object, kernel_clif, program_clif};
@@ -82,6 +86,9 @@ pub struct Options {
     /// Fold the elementwise tails of contractions into them before code generation
     /// (`requant::fuse_epilogues`); off, every kernel is compiled as lowering wrote it.
     pub fuse_epilogues: bool,
+    /// Let the producers of a concatenation's parts write them into its output, dropping the
+    /// copies (`mlc_kir::place_concat_parts`).
+    pub place_concats: bool,
 }
 
 impl Default for Options {
@@ -91,6 +98,7 @@ impl Default for Options {
             inline_math: true,
             check_bounds: false,
             fuse_epilogues: true,
+            place_concats: true,
         }
     }
 }
@@ -116,6 +124,8 @@ pub enum CodegenError {
 mod tests;
 #[cfg(test)]
 mod tests_artifact;
+#[cfg(test)]
+mod tests_concat;
 #[cfg(test)]
 mod tests_guard;
 #[cfg(test)]

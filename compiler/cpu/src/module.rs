@@ -199,10 +199,7 @@ pub fn kernel_clif(k: &Kernel, opts: Options) -> Result<String, CodegenError> {
 /// The CLIF of every kernel of `p` (`--emit clif`), after the epilogue fusions that
 /// compilation runs (tile functions printed before their kernels).
 pub fn program_clif(p: &Program, opts: Options) -> Result<String, CodegenError> {
-    let fused = opts
-        .fuse_epilogues
-        .then(|| crate::requant::fuse_epilogues(p).0);
-    let p = fused.as_ref().unwrap_or(p);
+    let p = &*crate::prepared(p, opts);
     let mut out = String::new();
     for k in &p.kernels {
         out.push_str(&kernel_clif(k, opts)?);

@@ -42,12 +42,21 @@ pub fn build_plan(p: &Program) -> Result<(CpuPlan, Vec<u8>), CodegenError> {
                 offset: 0,
                 input: None,
             },
-            BufKind::Alias(_) => {
-                let s = p.storage_of(BufId(i as u32)).0 as usize;
+            BufKind::Alias { .. } => {
+                let (s, at) = p.location(BufId(i as u32));
+                let s = s.0 as usize;
                 if s >= p.buffers.len() {
                     return Err(invalid(format!("buffer %b{i} aliases a missing buffer")));
                 }
-                CpuBufferKind::Alias { of: s }
+                if at != 0 && p.buffers[s].dtype != b.dtype {
+                    return Err(invalid(format!(
+                        "buffer %b{i} lies at an offset in a buffer of another type"
+                    )));
+                }
+                CpuBufferKind::Alias {
+                    of: s,
+                    offset: (at * size.unwrap_or(0)) as u64,
+                }
             }
             BufKind::Const(c) => {
                 let t = p

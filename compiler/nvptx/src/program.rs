@@ -50,6 +50,13 @@ pub fn emit_program_llvm(p: &Program, arch: GpuArch) -> Result<Vec<(String, Stri
 /// Compiles every kernel of `p` to PTX for `arch` and builds the plan.
 pub fn compile_program(p: &Program, arch: GpuArch) -> Result<CompiledProgram, NvptxError> {
     let target = PtxTarget::new(arch)?;
+    // The GPU plan's aliases have no offset; `mlc_kir::place_concat_parts` (a CPU pass) makes
+    // them.
+    if let Some(i) = (0..p.buffers.len()).find(|&i| p.location(mlc_kir::BufId(i as u32)).1 != 0) {
+        return Err(NvptxError::Unsupported(format!(
+            "buffer %b{i} lies at an offset inside another buffer"
+        )));
+    }
     let mut kernels = Vec::with_capacity(p.kernels.len());
     let mut launches: Vec<LaunchShape> = Vec::with_capacity(p.kernels.len());
     for (i, k) in p.kernels.iter().enumerate() {
@@ -82,7 +89,7 @@ pub fn compile_program(p: &Program, arch: GpuArch) -> Result<CompiledProgram, Nv
                     bytes: const_at[c].1,
                 },
                 BufKind::Temp => BufferKind::Temp,
-                BufKind::Alias(_) => BufferKind::Alias {
+                BufKind::Alias { .. } => BufferKind::Alias {
                     of: p.storage_of(mlc_kir::BufId(i as u32)).0 as usize,
                 },
             };

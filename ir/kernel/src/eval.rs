@@ -84,29 +84,49 @@ pub fn run_program(p: &Program, inputs: &[Tensor]) -> Result<Vec<Tensor>, EvalEr
             }
             BufKind::Const(c) => to_vals(&p.consts[c])?,
             BufKind::Temp => vec![zero(b.dtype); b.len()],
-            BufKind::Alias(_) => Vec::new(),
+            BufKind::Alias { .. } => Vec::new(),
         });
         debug_assert_eq!(store.len(), i + 1);
     }
+    let at = |b: BufId| {
+        let (s, o) = p.location(b);
+        (s.0 as usize, o)
+    };
     for st in &p.steps {
-        let map: Vec<usize> = st
-            .args
-            .iter()
-            .map(|&b| p.storage_of(b).0 as usize)
-            .collect();
-        eval_kernel(p.kernel(st.kernel), &mut store, &map)?;
+        let map: Vec<(usize, usize)> = st.args.iter().map(|&b| at(b)).collect();
+        eval_kernel_at(p.kernel(st.kernel), &mut store, &map)?;
     }
     p.outputs
         .iter()
         .map(|(_, b)| {
             let buf = p.buffer(*b);
-            from_vals(buf.dtype, &buf.shape, &store[p.storage_of(*b).0 as usize])
+            let (s, o) = at(*b);
+            let vals = store[s]
+                .get(o..o + buf.len())
+                .ok_or(EvalError::OutOfBounds {
+                    kernel: "(outputs)".into(),
+                    param: b.0,
+                    index: (o + buf.len()) as i64,
+                    len: store[s].len(),
+                })?;
+            from_vals(buf.dtype, &buf.shape, vals)
         })
         .collect()
 }
 
 /// Runs one kernel; `map[i]` is the index in `store` of the buffer bound to `ParamId(i)`.
 pub fn eval_kernel(k: &Kernel, store: &mut [Vec<Val>], map: &[usize]) -> Result<(), EvalError> {
+    let map: Vec<(usize, usize)> = map.iter().map(|&s| (s, 0)).collect();
+    eval_kernel_at(k, store, &map)
+}
+
+/// [`eval_kernel`] where `ParamId(i)` is bound to the elements of `store[map[i].0]` from
+/// `map[i].1` on (an alias at an offset).
+pub fn eval_kernel_at(
+    k: &Kernel,
+    store: &mut [Vec<Val>],
+    map: &[(usize, usize)],
+) -> Result<(), EvalError> {
     let mut cx = Cx {
         k,
         store,
@@ -119,7 +139,7 @@ pub fn eval_kernel(k: &Kernel, store: &mut [Vec<Val>], map: &[usize]) -> Result<
 struct Cx<'a> {
     k: &'a Kernel,
     store: &'a mut [Vec<Val>],
-    map: &'a [usize],
+    map: &'a [(usize, usize)],
     vars: Vec<Option<Val>>,
 }
 
@@ -159,9 +179,9 @@ impl Cx<'_> {
     }
 
     fn slot(&self, param: ParamId, i: i64) -> Result<(usize, usize), EvalError> {
-        let s = self.map[param.0 as usize];
+        let (s, at) = self.map[param.0 as usize];
         let len = self.k.params[param.0 as usize].len;
-        if i < 0 || i as usize >= len || i as usize >= self.store[s].len() {
+        if i < 0 || i as usize >= len || at + i as usize >= self.store[s].len() {
             return Err(EvalError::OutOfBounds {
                 kernel: self.k.name.clone(),
                 param: param.0,
@@ -169,7 +189,7 @@ impl Cx<'_> {
                 len,
             });
         }
-        Ok((s, i as usize))
+        Ok((s, at + i as usize))
     }
 
     fn int(&mut self, e: &Expr) -> Result<i64, EvalError> {

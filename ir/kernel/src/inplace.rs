@@ -95,7 +95,7 @@ fn visit_loops<'a>(
 }
 
 /// `e` as `Σ cᵥ·v + c₀` over variables, if it is affine with literal coefficients.
-fn affine(e: &Expr) -> Option<(Vec<(VarId, i64)>, i64)> {
+pub(crate) fn affine(e: &Expr) -> Option<(Vec<(VarId, i64)>, i64)> {
     fn add(acc: &mut Vec<(VarId, i64)>, v: VarId, c: i64) {
         match acc.iter_mut().find(|(x, _)| *x == v) {
             Some((_, k)) => *k += c,

@@ -78,11 +78,19 @@ impl Program {
     }
 
     /// Follows aliases to the buffer that owns the storage.
-    pub fn storage_of(&self, mut b: BufId) -> BufId {
-        while let BufKind::Alias(to) = self.buffer(b).kind {
-            b = to;
+    pub fn storage_of(&self, b: BufId) -> BufId {
+        self.location(b).0
+    }
+
+    /// Where `b`'s first element lies: the buffer owning the storage and the element offset
+    /// in it (aliases followed, their offsets summed).
+    pub fn location(&self, mut b: BufId) -> (BufId, usize) {
+        let mut at = 0;
+        while let BufKind::Alias { of, offset } = self.buffer(b).kind {
+            b = of;
+            at += offset;
         }
-        b
+        (b, at)
     }
 
     /// Adds `kernel` unless an identical one exists, and returns its id. Sharing identical
@@ -123,8 +131,17 @@ pub enum BufKind {
     Const(usize),
     /// Written by a step; the memory planner places it.
     Temp,
-    /// The same bytes as another buffer under another shape (reshape, squeeze, identity).
-    Alias(BufId),
+    /// The same bytes as another buffer under another shape (reshape, squeeze, identity):
+    /// `of`'s elements from `offset` on. A nonzero offset places a value inside a larger one
+    /// (a concatenation's part: `concat.rs`); such an alias has its target's element type.
+    Alias { of: BufId, offset: usize },
+}
+
+impl BufKind {
+    /// An alias of all of `of`, from its first element.
+    pub fn alias(of: BufId) -> BufKind {
+        BufKind::Alias { of, offset: 0 }
+    }
 }
 
 /// A launch: `kernel` runs with `args[i]` bound to its `ParamId(i)`.

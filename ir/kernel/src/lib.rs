@@ -20,6 +20,7 @@
 //! Modules: [`kernel`] (the data types), [`print`] (the text form), [`eval`] (a reference
 //! evaluator, the oracle for backends), [`lower`] (graph IR → kernel IR), [`verify`].
 
+pub mod concat;
 pub mod eval;
 pub mod expand;
 pub mod fold;
@@ -29,7 +30,8 @@ pub mod lower;
 pub mod print;
 pub mod verify;
 
-pub use eval::{EvalError, eval_kernel, run_program};
+pub use concat::{Placed, place_concat_parts};
+pub use eval::{EvalError, eval_kernel, eval_kernel_at, run_program};
 pub use expand::{expand_depthwise, expand_softmax, has_depthwise, has_softmax};
 pub use fold::fold_constant_steps;
 pub use inplace::inplace_pairs;

@@ -24,7 +24,8 @@ pub fn print_program(p: &Program) -> String {
             BufKind::Input(n) => writeln!(s, "input {n} {:?}", input_name(p, n)),
             BufKind::Const(c) => writeln!(s, "const {c}"),
             BufKind::Temp => writeln!(s, "temp"),
-            BufKind::Alias(to) => writeln!(s, "alias %b{}", to.0),
+            BufKind::Alias { of, offset: 0 } => writeln!(s, "alias %b{}", of.0),
+            BufKind::Alias { of, offset } => writeln!(s, "alias %b{} at {offset}", of.0),
         };
     }
     for (i, k) in p.kernels.iter().enumerate() {

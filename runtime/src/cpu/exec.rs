@@ -468,8 +468,10 @@ impl Executor {
             }
         }
         for (i, b) in p.buffers.iter().enumerate() {
-            if let CpuBufferKind::Alias { of } = b.kind {
-                ptrs[i] = ptrs[of];
+            if let CpuBufferKind::Alias { of, offset } = b.kind {
+                // `check` proved `offset` plus the alias's bytes lie inside `of`; an input
+                // handed in place has its buffer's size (`run_bytes`), so the same holds there.
+                ptrs[i] = ptrs[of].wrapping_add(offset as usize);
             }
         }
         let pool = (threads > 1).then(|| self.pool(threads));
@@ -774,7 +776,7 @@ mod tests {
                 CpuBuffer {
                     dtype: "f32".into(),
                     len: 4,
-                    kind: CpuBufferKind::Alias { of: 0 },
+                    kind: CpuBufferKind::Alias { of: 0, offset: 0 },
                 },
             ],
             steps: vec![CpuStep {

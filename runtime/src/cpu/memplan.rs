@@ -140,25 +140,43 @@ pub fn plan_memory_in_place(p: &mut CpuPlan, in_place: &[Vec<(usize, usize)>]) {
     }
     p.arena_bytes = arena;
 
-    // Zeroing: a read of storage that no earlier step wrote (inputs count as written).
-    let mut written: Vec<bool> = p
+    // Zeroing: a read of bytes that no earlier step wrote (inputs count as written). Tracked
+    // per byte range of each storage, since values placed inside another (a concatenation's
+    // parts) are written one by one: zeroing the whole storage for the second part's
+    // accumulating kernel would wipe the first. A read overlapping anything written counts
+    // as initialized, as it did when all ranges were whole storages.
+    let mut written: Vec<Vec<(u64, u64)>> = p
         .buffers
         .iter()
-        .map(|b| matches!(b.kind, CpuBufferKind::Arena { input: Some(_), .. }))
+        .map(|b| match b.kind {
+            CpuBufferKind::Arena { input: Some(_), .. } => vec![(0, b.bytes())],
+            _ => Vec::new(),
+        })
         .collect();
+    let range = |p: &CpuPlan, a: usize| {
+        let (s, at) = p.location(a);
+        (s, at, at + p.buffers[a].bytes())
+    };
     for si in 0..p.steps.len() {
         let k = p.steps[si].kernel;
-        let mut zero = Vec::new();
+        let mut zero: Vec<usize> = Vec::new();
         for (j, &a) in p.steps[si].args.iter().enumerate() {
-            let s = p.storage_of(a);
+            let (s, lo, hi) = range(p, a);
             let arena = matches!(p.buffers[s].kind, CpuBufferKind::Arena { .. });
             let reads = p
                 .kernels
                 .get(k)
                 .and_then(|k| k.params.get(j))
                 .is_some_and(|q| q.reads);
-            if arena && reads && !written[s] && !zero.contains(&s) {
-                zero.push(s);
+            let overlaps = |r: &[(u64, u64)]| r.iter().any(|&(a, b)| a < hi && lo < b);
+            let queued = zero.iter().any(|&z| {
+                let (zs, zl, zh) = range(p, z);
+                zs == s && zl < hi && lo < zh
+            });
+            if arena && reads && !overlaps(&written[s]) && !queued {
+                // The storage itself when the argument is all of it (version 1 plans' form).
+                let whole = lo == 0 && hi == p.buffers[s].bytes();
+                zero.push(if whole { s } else { a });
             }
         }
         for (j, &a) in p.steps[si].args.iter().enumerate() {
@@ -167,7 +185,8 @@ pub fn plan_memory_in_place(p: &mut CpuPlan, in_place: &[Vec<(usize, usize)>]) {
                 .and_then(|k| k.params.get(j))
                 .is_some_and(|q| q.writes)
             {
-                written[p.storage_of(a)] = true;
+                let (s, lo, hi) = range(p, a);
+                written[s].push((lo, hi));
             }
         }
         p.steps[si].zero = zero;

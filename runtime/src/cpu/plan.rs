@@ -10,8 +10,13 @@
 use crate::plan::{PlanIo, dtype_size};
 use serde::{Deserialize, Serialize};
 
-/// The CPU plan format's version; bump on any incompatible change.
-pub const CPU_PLAN_VERSION: u32 = 1;
+/// The CPU plan format's version; bump on any incompatible change. Version 2 added alias
+/// offsets (a value placed inside another: a concatenation's part) and zeroing of aliases.
+pub const CPU_PLAN_VERSION: u32 = 2;
+
+/// The oldest plan version this runtime still runs: version 1 plans are version 2 plans that
+/// use neither addition.
+pub const MIN_CPU_PLAN_VERSION: u32 = 1;
 
 /// A whole model's CPU execution plan.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -79,8 +84,16 @@ pub enum CpuBufferKind {
     },
     /// `bytes` bytes at `offset` in the weights section; read only.
     Const { offset: u64, bytes: u64 },
-    /// The same storage as buffer `of` (which is not itself an alias).
-    Alias { of: usize },
+    /// The same storage as buffer `of` (which is not itself an alias), from byte `offset` on.
+    Alias {
+        of: usize,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        offset: u64,
+    },
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One kernel call.
@@ -90,7 +103,8 @@ pub struct CpuStep {
     pub kernel: usize,
     /// Buffer indices, one per kernel parameter.
     pub args: Vec<usize>,
-    /// Arena buffers to zero before the step: those it reads before anything wrote them.
+    /// Buffers to zero before the step (arena buffers, or aliases of one: only the alias's
+    /// bytes): those it reads before anything wrote them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub zero: Vec<usize>,
     /// The graph node it came from, for diagnostics.
@@ -102,7 +116,7 @@ pub struct CpuStep {
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum CpuPlanError {
     #[error(
-        "CPU plan version {found} is not supported (this runtime reads version {CPU_PLAN_VERSION})"
+        "CPU plan version {found} is not supported (this runtime reads versions {MIN_CPU_PLAN_VERSION} to {CPU_PLAN_VERSION}; recompile the model)"
     )]
     Version { found: u32 },
     #[error("CPU plan: {0}")]
@@ -119,9 +133,14 @@ impl CpuBuffer {
 impl CpuPlan {
     /// The buffer owning the storage of buffer `b` (aliases resolved; `check` guarantees one hop).
     pub fn storage_of(&self, b: usize) -> usize {
+        self.location(b).0
+    }
+
+    /// The buffer owning the storage of buffer `b` and `b`'s byte offset in it.
+    pub fn location(&self, b: usize) -> (usize, u64) {
         match self.buffers.get(b).map(|x| &x.kind) {
-            Some(CpuBufferKind::Alias { of }) => *of,
-            _ => b,
+            Some(CpuBufferKind::Alias { of, offset }) => (*of, *offset),
+            _ => (b, 0),
         }
     }
 
@@ -131,7 +150,7 @@ impl CpuPlan {
     /// constants never written, inputs and outputs matching their buffers.
     pub fn check(&self, weights_len: u64) -> Result<(), CpuPlanError> {
         let bad = |m: String| Err(CpuPlanError::Invalid(m));
-        if self.version != CPU_PLAN_VERSION {
+        if !(MIN_CPU_PLAN_VERSION..=CPU_PLAN_VERSION).contains(&self.version) {
             return Err(CpuPlanError::Version {
                 found: self.version,
             });
@@ -142,15 +161,18 @@ impl CpuPlan {
                 return bad(format!("buffer {i} has unknown dtype {:?}", b.dtype));
             }
             match b.kind {
-                CpuBufferKind::Alias { of } => {
+                CpuBufferKind::Alias { of, offset } => {
                     let Some(t) = self.buffers.get(of) else {
                         return bad(format!("buffer {i} aliases missing buffer {of}"));
                     };
                     if matches!(t.kind, CpuBufferKind::Alias { .. }) {
                         return bad(format!("buffer {i} aliases alias {of}"));
                     }
-                    if t.bytes() < b.bytes() {
-                        return bad(format!("buffer {i} is larger than the buffer it aliases"));
+                    let size = dtype_size(&b.dtype).unwrap_or(1) as u64;
+                    if offset.checked_add(b.bytes()).is_none_or(|e| e > t.bytes())
+                        || !offset.is_multiple_of(size)
+                    {
+                        return bad(format!("buffer {i} lies outside the buffer it aliases"));
                     }
                 }
                 CpuBufferKind::Const { offset, bytes } => {
@@ -204,7 +226,12 @@ impl CpuPlan {
                 }
             }
             for &z in &s.zero {
-                if z >= nb || !matches!(self.buffers[z].kind, CpuBufferKind::Arena { .. }) {
+                if z >= nb
+                    || !matches!(
+                        self.buffers[self.storage_of(z)].kind,
+                        CpuBufferKind::Arena { .. }
+                    )
+                {
                     return bad(format!("step {si} zeroes buffer {z}, not an arena buffer"));
                 }
             }

@@ -163,7 +163,7 @@ fn drop_unused_consts(p: &mut Program) {
     loop {
         let mut changed = false;
         for i in 0..n {
-            if let (true, BufKind::Alias(t)) = (used[i], p.buffers[i].kind)
+            if let (true, BufKind::Alias { of: t, .. }) = (used[i], p.buffers[i].kind)
                 && !used[t.0 as usize]
             {
                 used[t.0 as usize] = true;
@@ -191,7 +191,7 @@ fn drop_unused_consts(p: &mut Program) {
     let mut consts = Vec::new();
     for b in &mut buffers {
         match &mut b.kind {
-            BufKind::Alias(t) => *t = BufId(remap[t.0 as usize]),
+            BufKind::Alias { of, .. } => *of = BufId(remap[of.0 as usize]),
             BufKind::Const(c) => {
                 if const_map[*c] == usize::MAX {
                     const_map[*c] = consts.len();
@@ -343,7 +343,7 @@ impl Cx<'_> {
         let outs = result?;
         for (&o, b) in node.outputs.iter().zip(outs) {
             let target = self.p.storage_of(b);
-            self.new_buffer(o, BufKind::Alias(target))?;
+            self.new_buffer(o, BufKind::alias(target))?;
         }
         Ok(())
     }
@@ -394,7 +394,7 @@ impl Cx<'_> {
     /// Makes `v` an alias of `of`'s storage (no bytes move).
     pub fn alias(&mut self, v: ValueId, of: ValueId) -> Result<(), LowerError> {
         let target = self.p.storage_of(self.buf(of)?);
-        self.new_buffer(v, BufKind::Alias(target))?;
+        self.new_buffer(v, BufKind::alias(target))?;
         Ok(())
     }
 
