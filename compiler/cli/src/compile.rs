@@ -126,7 +126,8 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
         let mut text = crate::optimize::explain(&report, &program, args.explain.json)?;
         if matches!(target, Target::Cpu) {
             // The CPU backend's own kernel-IR passes, run before code generation.
-            let (_, f) = mlc_cpu::requant::fuse_epilogues(&program);
+            let (mut fused, f) = mlc_cpu::requant::fuse_epilogues(&program);
+            let placed = mlc_kir::place_concat_parts(&mut fused);
             if args.explain.json {
                 let mut v: serde_json::Value =
                     serde_json::from_str(&text).context("cannot read back the explanation")?;
@@ -134,6 +135,10 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
                     o.insert(
                         "cpu_epilogues".into(),
                         serde_json::json!({"requant": f.requant, "tails": f.tails}),
+                    );
+                    o.insert(
+                        "cpu_concat".into(),
+                        serde_json::json!({"parts_in_place": placed.parts, "copies_removed": placed.steps}),
                     );
                     o.insert(
                         "batch".into(),
@@ -152,6 +157,10 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
                 text.push_str(&format!(
                     "CPU epilogues: {} requantizing and {} elementwise tails fused into contractions\n",
                     f.requant, f.tails
+                ));
+                text.push_str(&format!(
+                    "CPU concatenations: {} parts written in place by their producers, {} copy steps removed\n",
+                    placed.parts, placed.steps
                 ));
                 text.push_str(&batch_line(&batch));
             }
