@@ -632,7 +632,11 @@ fn compile_explains_and_opt_levels_agree() {
     assert_eq!(v["kir_launches"].as_u64(), Some(1), "{v}");
     // The CPU backend's epilogue fusions are in the JSON too (none here: no contraction).
     assert_eq!(v["cpu_epilogues"]["tails"].as_u64(), Some(0), "{v}");
-    assert_eq!(v["cpu_concat"]["copies_removed"].as_u64(), Some(0), "{v}");
+    assert_eq!(
+        v["cpu_copies"]["concat_steps_removed"].as_u64(),
+        Some(0),
+        "{v}"
+    );
     // -O0 explains an unoptimized graph: three kernels.
     let r = mlc(&[&"compile", &m, &"-O0", &"--explain", &"--json"]);
     r.assert_success();

@@ -127,6 +127,7 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
         if matches!(target, Target::Cpu) {
             // The CPU backend's own kernel-IR passes, run before code generation.
             let (mut fused, f) = mlc_cpu::requant::fuse_epilogues(&program);
+            let views = mlc_kir::alias_slices(&mut fused);
             let placed = mlc_kir::place_concat_parts(&mut fused);
             if args.explain.json {
                 let mut v: serde_json::Value =
@@ -137,8 +138,12 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
                         serde_json::json!({"requant": f.requant, "tails": f.tails}),
                     );
                     o.insert(
-                        "cpu_concat".into(),
-                        serde_json::json!({"parts_in_place": placed.parts, "copies_removed": placed.steps}),
+                        "cpu_copies".into(),
+                        serde_json::json!({
+                            "slice_views": views,
+                            "concat_parts_in_place": placed.parts,
+                            "concat_steps_removed": placed.steps,
+                        }),
                     );
                     o.insert(
                         "batch".into(),
@@ -159,7 +164,8 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
                     f.requant, f.tails
                 ));
                 text.push_str(&format!(
-                    "CPU concatenations: {} parts written in place by their producers, {} copy steps removed\n",
+                    "CPU copies elided: {views} contiguous slices made views of their source; \
+                     {} concatenation parts written in place by their producers ({} copy steps removed)\n",
                     placed.parts, placed.steps
                 ));
                 text.push_str(&batch_line(&batch));

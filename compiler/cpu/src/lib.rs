@@ -53,9 +53,9 @@ pub mod simd;
 
 pub use artifact::{compile_artifact, compile_variants};
 
-/// `p` as code generation takes it: with the kernel-IR epilogue fusion of [`requant`] and the
-/// concatenation placement of [`mlc_kir::place_concat_parts`] applied when `opts` asks for
-/// them (the JIT and artifacts share this).
+/// `p` as code generation takes it: with the kernel-IR epilogue fusion of [`requant`], then
+/// the copy elisions ([`mlc_kir::alias_slices`], [`mlc_kir::place_concat_parts`]) applied when
+/// `opts` asks for them (the JIT and artifacts share this).
 pub(crate) fn prepared(
     p: &mlc_kir::Program,
     opts: Options,
@@ -64,7 +64,8 @@ pub(crate) fn prepared(
     if opts.fuse_epilogues {
         p = std::borrow::Cow::Owned(requant::fuse_epilogues(&p).0);
     }
-    if opts.place_concats {
+    if opts.elide_copies {
+        mlc_kir::alias_slices(p.to_mut());
         mlc_kir::place_concat_parts(p.to_mut());
     }
     p
@@ -86,9 +87,10 @@ pub struct Options {
     /// Fold the elementwise tails of contractions into them before code generation
     /// (`requant::fuse_epilogues`); off, every kernel is compiled as lowering wrote it.
     pub fuse_epilogues: bool,
-    /// Let the producers of a concatenation's parts write them into its output, dropping the
-    /// copies (`mlc_kir::place_concat_parts`).
-    pub place_concats: bool,
+    /// Elide copies: contiguous slices become views of their source
+    /// (`mlc_kir::alias_slices`), and the producers of a concatenation's parts write them into
+    /// its output (`mlc_kir::place_concat_parts`).
+    pub elide_copies: bool,
 }
 
 impl Default for Options {
@@ -98,7 +100,7 @@ impl Default for Options {
             inline_math: true,
             check_bounds: false,
             fuse_epilogues: true,
-            place_concats: true,
+            elide_copies: true,
         }
     }
 }
@@ -125,7 +127,7 @@ mod tests;
 #[cfg(test)]
 mod tests_artifact;
 #[cfg(test)]
-mod tests_concat;
+mod tests_copies;
 #[cfg(test)]
 mod tests_guard;
 #[cfg(test)]

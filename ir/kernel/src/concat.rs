@@ -74,7 +74,8 @@ pub fn place_concat_parts(p: &mut Program) -> Placed {
             continue;
         }
         let st = &p.steps[si];
-        let (kernel, args) = rebuilt(p.kernel(st.kernel), &st.args, out, &keep);
+        let keep: Vec<usize> = keep.iter().map(|q| q.stmt).collect();
+        let (kernel, args) = rebuilt(p.kernel(st.kernel), &st.args, &keep);
         let id = p.intern_kernel(kernel);
         p.steps[si].kernel = id;
         p.steps[si].args = args;
@@ -87,7 +88,7 @@ pub fn place_concat_parts(p: &mut Program) -> Placed {
 
 /// Removes the kernels no step launches any more (the copies replaced or removed above),
 /// renumbering the rest in order.
-fn drop_unused_kernels(p: &mut Program) {
+pub(crate) fn drop_unused_kernels(p: &mut Program) {
     let mut used = vec![false; p.kernels.len()];
     for st in &p.steps {
         used[st.kernel.0 as usize] = true;
@@ -172,7 +173,7 @@ fn place_step(p: &mut Program, si: usize, out: ParamId, parts: &[Part]) -> Vec<P
 
 /// Whether a step `j` with `pick(j, access)` passes storage `s` (through any alias) to a
 /// kernel parameter of that access.
-fn touched(p: &Program, s: BufId, pick: impl Fn(usize, Access) -> bool) -> bool {
+pub(crate) fn touched(p: &Program, s: BufId, pick: impl Fn(usize, Access) -> bool) -> bool {
     p.steps.iter().enumerate().any(|(j, st)| {
         let params = &p.kernel(st.kernel).params;
         st.args
@@ -196,15 +197,16 @@ fn copy_parts(k: &Kernel) -> Option<(ParamId, Vec<Part>)> {
     let out = ParamId(o as u32);
     let mut parts = Vec::with_capacity(k.body.len());
     for (stmt, s) in k.body.iter().enumerate() {
-        let (src, base, len) = copy(s, out, k)?;
-        if base.checked_add(len)? > op.len || parts.iter().any(|q: &Part| q.src == src) {
+        let c = dense_copy(s, k)?;
+        let whole = c.src_base == 0 && c.len == k.params[c.src.0 as usize].len;
+        if c.dst != out || !whole || parts.iter().any(|q: &Part| q.src == c.src) {
             return None;
         }
         parts.push(Part {
             stmt,
-            src,
-            base,
-            len,
+            src: c.src,
+            base: c.dst_base,
+            len: c.len,
         });
     }
     let mut spans: Vec<(usize, usize)> = parts.iter().map(|q| (q.base, q.len)).collect();
@@ -215,12 +217,24 @@ fn copy_parts(k: &Kernel) -> Option<(ParamId, Vec<Part>)> {
     Some((out, parts))
 }
 
-/// `(src, base, len)` if `s` is a loop nest storing `out[base + j] = src[j]` for every `j` in
-/// `0..len` once, `len` being all of `src`.
-fn copy(s: &Stmt, out: ParamId, k: &Kernel) -> Option<(ParamId, usize, usize)> {
+/// A statement storing `dst[dst_base + j] = src[src_base + j]` for every `j` in `0..len`,
+/// each once ([`dense_copy`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DenseCopy {
+    pub dst: ParamId,
+    pub dst_base: usize,
+    pub src: ParamId,
+    pub src_base: usize,
+    pub len: usize,
+}
+
+/// `s` as a [`DenseCopy`], if it is a nest of loops with literal extents, each holding only
+/// the next, around one store of a load, both indices affine in the counters with the same
+/// coefficients, which number `0..len` densely (row-major), and both ranges in bounds.
+pub(crate) fn dense_copy(s: &Stmt, k: &Kernel) -> Option<DenseCopy> {
     let mut loops: Vec<(VarId, i64)> = Vec::new();
     let mut s = s;
-    let (param, index, value) = loop {
+    let (dst, index, value) = loop {
         match s {
             Stmt::For {
                 var, extent, body, ..
@@ -249,15 +263,15 @@ fn copy(s: &Stmt, out: ParamId, k: &Kernel) -> Option<(ParamId, usize, usize)> {
     else {
         return None;
     };
-    let sp = &k.params[src.0 as usize];
-    if param != out || sp.access != Access::Read || sp.dtype != k.params[out.0 as usize].dtype {
+    let (sp, dp) = (&k.params[src.0 as usize], &k.params[dst.0 as usize]);
+    if src == &dst || sp.access != Access::Read || sp.dtype != dp.dtype {
         return None;
     }
     if loops.iter().any(|&(_, n)| n <= 0) {
         return None;
     }
-    // Counters that take one value contribute nothing; the rest must number `src` densely,
-    // with the same coefficients on both sides.
+    // Counters that take one value contribute nothing; the rest must number the elements
+    // densely, with the same coefficients on both sides.
     let live = |terms: Vec<(VarId, i64)>| -> Option<Vec<(VarId, i64)>> {
         let mut t = Vec::new();
         for (v, c) in terms {
@@ -269,10 +283,10 @@ fn copy(s: &Stmt, out: ParamId, k: &Kernel) -> Option<(ParamId, usize, usize)> {
         t.sort_unstable();
         Some(t)
     };
-    let (to, base) = crate::inplace::affine(index)?;
-    let (fr, zero) = crate::inplace::affine(from)?;
+    let (to, dst_base) = crate::inplace::affine(index)?;
+    let (fr, src_base) = crate::inplace::affine(from)?;
     let (to, fr) = (live(to)?, live(fr)?);
-    if zero != 0 || to != fr || base < 0 {
+    if to != fr || dst_base < 0 || src_base < 0 {
         return None;
     }
     let mut coefs: Vec<(i64, i64)> = Vec::new();
@@ -281,38 +295,51 @@ fn copy(s: &Stmt, out: ParamId, k: &Kernel) -> Option<(ParamId, usize, usize)> {
         coefs.push((c, n));
     }
     coefs.sort_unstable();
-    let mut dense: i64 = 1;
+    let mut len: i64 = 1;
     for (c, n) in coefs {
-        if c != dense {
+        if c != len {
             return None;
         }
-        dense = dense.checked_mul(n)?;
+        len = len.checked_mul(n)?;
     }
-    (dense as usize == sp.len).then_some((*src, base as usize, sp.len))
+    let (len, dst_base, src_base) = (len as usize, dst_base as usize, src_base as usize);
+    if dst_base.checked_add(len)? > dp.len || src_base.checked_add(len)? > sp.len {
+        return None;
+    }
+    Some(DenseCopy {
+        dst,
+        dst_base,
+        src: *src,
+        src_base,
+        len,
+    })
 }
 
-/// `k` with only the copies `keep`, and parameters (the output first, then each kept source)
-/// and `args` to match.
-fn rebuilt(k: &Kernel, args: &[BufId], out: ParamId, keep: &[Part]) -> (Kernel, Vec<BufId>) {
+/// `k` with only its top-level statements `keep` (copies: [`dense_copy`]'s shape), and only
+/// the parameters they use, in order of first use, with `args` to match.
+pub(crate) fn rebuilt(k: &Kernel, args: &[BufId], keep: &[usize]) -> (Kernel, Vec<BufId>) {
     let mut nk = Kernel::new(k.name.clone());
     nk.vars = k.vars.clone();
-    let new_out = nk.param(
-        k.params[out.0 as usize].dtype,
-        k.params[out.0 as usize].len,
-        Access::Write,
-    );
-    let mut new_args = vec![args[out.0 as usize]];
-    for q in keep {
-        let sp = &k.params[q.src.0 as usize];
-        let src = nk.param(sp.dtype, sp.len, Access::Read);
-        new_args.push(args[q.src.0 as usize]);
-        nk.body.push(reparam(&k.body[q.stmt], new_out, src));
+    let mut map: Vec<Option<ParamId>> = vec![None; k.params.len()];
+    let mut new_args = Vec::new();
+    let mut param = |nk: &mut Kernel, p: ParamId| {
+        *map[p.0 as usize].get_or_insert_with(|| {
+            let q = &k.params[p.0 as usize];
+            new_args.push(args[p.0 as usize]);
+            nk.param(q.dtype, q.len, q.access)
+        })
+    };
+    for &i in keep {
+        if let Some(c) = dense_copy(&k.body[i], k) {
+            let (dst, src) = (param(&mut nk, c.dst), param(&mut nk, c.src));
+            nk.body.push(reparam(&k.body[i], dst, src));
+        }
     }
     (nk, new_args)
 }
 
-/// A copy statement ([`copy`]'s shape) storing to `out` and loading from `src`.
-fn reparam(s: &Stmt, out: ParamId, src: ParamId) -> Stmt {
+/// A copy statement ([`dense_copy`]'s shape) storing to `dst` and loading from `src`.
+fn reparam(s: &Stmt, dst: ParamId, src: ParamId) -> Stmt {
     match s {
         Stmt::For {
             var,
@@ -323,10 +350,10 @@ fn reparam(s: &Stmt, out: ParamId, src: ParamId) -> Stmt {
             var: *var,
             extent: extent.clone(),
             kind: *kind,
-            body: body.iter().map(|b| reparam(b, out, src)).collect(),
+            body: body.iter().map(|b| reparam(b, dst, src)).collect(),
         },
         Stmt::Store { index, value, .. } => Stmt::Store {
-            param: out,
+            param: dst,
             index: index.clone(),
             value: match value {
                 Expr::Load { index, .. } => Expr::Load {
@@ -342,7 +369,7 @@ fn reparam(s: &Stmt, out: ParamId, src: ParamId) -> Stmt {
 
 /// Points every alias at the buffer owning its storage, with the summed offset: the form
 /// lowering leaves (one hop), which backends' plans expect.
-fn flatten_aliases(p: &mut Program) {
+pub(crate) fn flatten_aliases(p: &mut Program) {
     for i in 0..p.buffers.len() {
         if let BufKind::Alias { .. } = p.buffers[i].kind {
             let (of, offset) = p.location(BufId(i as u32));

@@ -29,6 +29,7 @@ pub mod kernel;
 pub mod lower;
 pub mod print;
 pub mod verify;
+pub mod views;
 
 pub use concat::{Placed, place_concat_parts};
 pub use eval::{EvalError, eval_kernel, eval_kernel_at, run_program};
@@ -39,3 +40,4 @@ pub use kernel::*;
 pub use lower::{LowerError, lower_graph, lower_graph_unfolded};
 pub use print::{print_kernel, print_program};
 pub use verify::{VerifyError, verify_kernel};
+pub use views::alias_slices;

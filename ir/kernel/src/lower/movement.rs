@@ -266,6 +266,33 @@ fn gather(cx: &mut Cx, node: &Node, x: ValueId, axis: usize) -> Result<(), Fail>
         return unsupported(format!("gather indices of type {}", ity.name()));
     }
     let out_v = node.outputs[0];
+    // One constant index in range (a `select` of Q, K or V, a class token): a slice with a
+    // literal offset, which needs no index load per element, and which the CPU backend can
+    // turn into a view when it is contiguous.
+    let dim = in_shape[axis] as i64;
+    let known = match cx.p.buffer(cx.p.storage_of(cx.buf(iv)?)).kind {
+        BufKind::Const(c) if idx_shape.iter().product::<usize>() == 1 => cx.p.consts[c]
+            .to_i64_vec()
+            .ok()
+            .and_then(|v| v.first().copied()),
+        _ => None,
+    };
+    if let Some(k) = known.map(|k| if k < 0 { k + dim } else { k })
+        && (0..dim).contains(&k)
+    {
+        let q = idx_shape.len();
+        return copy(cx, node, x, out_v, move |in_shape, _, vars| {
+            let ist = strides(in_shape);
+            let mut src = Expr::idx(k * ist[axis]);
+            for d in 0..axis {
+                src = Expr::add_idx(src, Expr::mul_idx(Expr::var(vars[d]), ist[d]));
+            }
+            for d in axis + 1..in_shape.len() {
+                src = Expr::add_idx(src, Expr::mul_idx(Expr::var(vars[d - 1 + q]), ist[d]));
+            }
+            src
+        });
+    }
     let out_shape = cx.shape(out_v)?;
     let out = cx.new_buffer(out_v, BufKind::Temp)?;
     let mut kb = KernelBuilder::new(kernel_name(&node.op));

@@ -1,5 +1,6 @@
-//! Concatenations whose parts their producers write in place (`mlc_kir::place_concat_parts`,
-//! run by code generation): results against the evaluator of the program as lowered (with its
+//! Copies that code generation elides: concatenations whose parts their producers write in
+//! place (`mlc_kir::place_concat_parts`) and contiguous slices read where they lie
+//! (`mlc_kir::alias_slices`). Results against the evaluator of the program as lowered (with its
 //! copies), through every kind of producer: generated loops, the GEMM, the depthwise kernel,
 //! accumulating reductions (which the executor zeroes first: only the part's bytes).
 
@@ -136,4 +137,42 @@ fn placed_aliases_keep_their_types() {
             assert!(offset == 0 || p.buffer(of).dtype == b.dtype);
         }
     }
+}
+
+#[test]
+fn shuffle_units_and_selected_heads() {
+    // ShuffleNetV2's unit: split the channels, transform one half, concatenate, shuffle.
+    // Then a QKV select as attention takes it: views of the product, read by a matmul.
+    let (p, _) = placed(
+        r#"graph (%0: f32[1,8,4,4] "x", %1: f32[4,4,1,1] "w", %2: f32[3,2,5,6] "qkv") -> (%9 "y", %12 "s") {
+  @c0 = const i64[] [0]
+  @c1 = const i64[] [1]
+  %3, %4 = movement.split {"axis":1,"sizes":[4,4]} (%0) : f32[1,4,4,4], f32[1,4,4,4]
+  %5 = nn.conv {"auto_pad":"not_set","dilations":[1,1],"group":1,"pads":[0,0,0,0],"strides":[1,1]} (%4, %1, _) : f32[1,4,4,4]
+  %6 = movement.concat {"axis":1} (%3, %5) : f32[1,8,4,4]
+  %7 = movement.reshape {"shape":[1,2,4,16],"allowzero":false} (%6, _) : f32[1,2,4,16]
+  %8 = movement.transpose {"perm":[0,2,1,3]} (%7) : f32[1,4,2,16]
+  %9 = movement.reshape {"shape":[1,8,4,4],"allowzero":false} (%8, _) : f32[1,8,4,4]
+  %13 = ew.relu(%2) : f32[3,2,5,6]
+  %14 = constant @c0 : i64[]
+  %15 = constant @c1 : i64[]
+  %10 = movement.gather {"axis":0} (%13, %14) : f32[2,5,6]
+  %11 = movement.gather {"axis":0} (%13, %15) : f32[2,5,6]
+  %16 = movement.transpose {"perm":[0,2,1]} (%11) : f32[2,6,5]
+  %12 = nn.matmul(%10, %16) : f32[2,5,5]
+}"#,
+        1e-5,
+    );
+    let names: Vec<&str> = p
+        .steps
+        .iter()
+        .map(|s| p.kernel(s.kernel).name.as_str())
+        .collect();
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.contains("split") || n.contains("gather")),
+        "{}",
+        print_program(&p)
+    );
 }
