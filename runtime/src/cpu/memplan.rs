@@ -338,4 +338,34 @@ mod tests {
             assert_ne!(offs[b], offs[1]);
         }
     }
+
+    #[test]
+    fn parts_of_one_storage_are_zeroed_apart() {
+        // Steps 0 and 1 accumulate into the two halves of buffer 5 (aliases 1 and 2 at byte
+        // offsets 0 and 200): each zeroes its own half, so step 1 keeps step 0's results.
+        let mut p = chain();
+        p.kernels[0].params[0].reads = true;
+        p.kernels[0].params[0].len = 50;
+        p.kernels[0].params[1].len = 50;
+        p.buffers.push(arena(100, None));
+        for (b, offset) in [(1, 0), (2, 200)] {
+            p.buffers[b] = CpuBuffer {
+                dtype: "f32".into(),
+                len: 50,
+                kind: CpuBufferKind::Alias { of: 5, offset },
+            };
+        }
+        p.steps.truncate(2);
+        p.steps[1].args = vec![2, 0];
+        p.outputs[0].buffer = 5;
+        plan_memory(&mut p);
+        p.check(0).unwrap();
+        assert_eq!(
+            (p.steps[0].zero.clone(), p.steps[1].zero.clone()),
+            (vec![1], vec![2])
+        );
+        // An alias reaching past its storage is refused.
+        p.buffers[2].kind = CpuBufferKind::Alias { of: 5, offset: 204 };
+        assert!(p.check(0).is_err());
+    }
 }
