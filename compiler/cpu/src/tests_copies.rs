@@ -44,19 +44,26 @@ fn offsets(p: &Program) -> usize {
 #[test]
 fn convolutions_write_their_channels_of_the_concatenation() {
     // A fire module: a 1×1 squeeze, then 1×1 and 3×3 expansions concatenated on channels,
-    // the 3×3 one as an implicit GEMM or Winograd, and a depthwise branch.
-    let (p, _) = placed(
-        r#"graph (%0: f32[1,16,9,9] "x", %1: f32[8,16,1,1] "ws", %2: f32[16,8,1,1] "w1", %3: f32[16,8,3,3] "w3", %4: f32[8,1,3,3] "wd", %5: f32[16] "b") -> (%10 "y") {
-  %6 = nn.conv {"auto_pad":"not_set","dilations":[1,1],"group":1,"pads":[0,0,0,0],"strides":[1,1]} (%0, %1, _) : f32[1,8,9,9]
-  %7 = nn.conv {"auto_pad":"not_set","dilations":[1,1],"group":1,"pads":[0,0,0,0],"strides":[1,1]} (%6, %2, %5) : f32[1,16,9,9]
-  %8 = nn.conv {"auto_pad":"not_set","dilations":[1,1],"group":1,"pads":[1,1,1,1],"strides":[1,1]} (%6, %3, %5) : f32[1,16,9,9]
-  %9 = nn.conv {"auto_pad":"not_set","dilations":[1,1],"group":8,"pads":[1,1,1,1],"strides":[1,1]} (%6, %4, _) : f32[1,8,9,9]
-  %10 = movement.concat {"axis":1} (%7, %8, %9) : f32[1,40,9,9]
-}"#,
-        1e-4,
-    );
-    assert_eq!(copies(&p), 0, "{}", print_program(&p));
-    assert_eq!(offsets(&p), 2, "{}", print_program(&p));
+    // the 3×3 one as an implicit GEMM or Winograd, and a depthwise branch. Parts lie with no
+    // slack between them, so a kernel writing past either end of its output would overwrite
+    // a neighbour already written: in one order the part after each producer's is written
+    // first, in the other the part before it.
+    for order in ["%7, %8, %9", "%9, %8, %7"] {
+        let (p, _) = placed(
+            &format!(
+                r#"graph (%0: f32[1,16,9,9] "x", %1: f32[8,16,1,1] "ws", %2: f32[16,8,1,1] "w1", %3: f32[16,8,3,3] "w3", %4: f32[8,1,3,3] "wd", %5: f32[16] "b") -> (%10 "y") {{
+  %6 = nn.conv {{"auto_pad":"not_set","dilations":[1,1],"group":1,"pads":[0,0,0,0],"strides":[1,1]}} (%0, %1, _) : f32[1,8,9,9]
+  %7 = nn.conv {{"auto_pad":"not_set","dilations":[1,1],"group":1,"pads":[0,0,0,0],"strides":[1,1]}} (%6, %2, %5) : f32[1,16,9,9]
+  %8 = nn.conv {{"auto_pad":"not_set","dilations":[1,1],"group":1,"pads":[1,1,1,1],"strides":[1,1]}} (%6, %3, %5) : f32[1,16,9,9]
+  %9 = nn.conv {{"auto_pad":"not_set","dilations":[1,1],"group":8,"pads":[1,1,1,1],"strides":[1,1]}} (%6, %4, _) : f32[1,8,9,9]
+  %10 = movement.concat {{"axis":1}} ({order}) : f32[1,40,9,9]
+}}"#
+            ),
+            1e-4,
+        );
+        assert_eq!(copies(&p), 0, "{}", print_program(&p));
+        assert_eq!(offsets(&p), 2, "{}", print_program(&p));
+    }
 }
 
 #[test]
@@ -175,4 +182,33 @@ fn shuffle_units_and_selected_heads() {
         "{}",
         print_program(&p)
     );
+}
+
+#[test]
+fn winograd_and_pooling_parts_stay_in_their_slots() {
+    // A Winograd 3×3 (16 → 16 channels, 13×13: 49 output tiles, the last row and column of
+    // tiles half outside), a max pool and a 1×1 branch, between parts written before them.
+    // Winograd transforms the filter at compile time: it must be a constant.
+    let w: Vec<String> = (0..16 * 16 * 9)
+        .map(|i| format!("{}", ((i * 37) % 19) as f32 / 64.0 - 0.14))
+        .collect();
+    let w = w.join(",");
+    for order in ["%3, %4, %5", "%5, %4, %3"] {
+        let (p, _) = placed(
+            &format!(
+                r#"graph (%0: f32[1,16,13,13] "x", %2: f32[8,16,1,1] "w1") -> (%6 "y") {{
+  @c0 = const f32[16,16,3,3] [{w}]
+  %1 = constant @c0 : f32[16,16,3,3]
+  %3 = nn.conv {{"auto_pad":"not_set","dilations":[1,1],"group":1,"pads":[1,1,1,1],"strides":[1,1]}} (%0, %1, _) : f32[1,16,13,13]
+  %4 = nn.max_pool {{"kernel":[3,3],"strides":[1,1],"dilations":[1,1],"pads":[1,1,1,1],"auto_pad":"not_set","ceil_mode":false,"storage_order_col_major":false}} (%0) : f32[1,16,13,13]
+  %5 = nn.conv {{"auto_pad":"not_set","dilations":[1,1],"group":1,"pads":[0,0,0,0],"strides":[1,1]}} (%0, %2, _) : f32[1,8,13,13]
+  %6 = movement.concat {{"axis":1}} ({order}) : f32[1,40,13,13]
+}}"#
+            ),
+            1e-4,
+        );
+        assert_eq!(copies(&p), 0, "{}", print_program(&p));
+        let names: Vec<&str> = p.kernels.iter().map(|k| k.name.as_str()).collect();
+        assert!(names.iter().any(|n| n.contains("winograd")), "{names:?}");
+    }
 }
