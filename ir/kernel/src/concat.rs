@@ -63,32 +63,45 @@ pub fn place_concat_parts(p: &mut Program) -> Placed {
             continue;
         }
         done.parts += placed.len();
-        let keep: Vec<Part> = parts
+        let keep: Vec<usize> = parts
             .iter()
-            .copied()
             .filter(|q| !placed.contains(&q.src))
+            .map(|q| q.stmt)
             .collect();
-        if keep.is_empty() {
-            p.steps.remove(si);
+        if keep_only(p, si, &keep) {
+            si += 1;
+        } else {
             done.steps += 1;
-            continue;
         }
-        let st = &p.steps[si];
-        let keep: Vec<usize> = keep.iter().map(|q| q.stmt).collect();
-        let (kernel, args) = rebuilt(p.kernel(st.kernel), &st.args, &keep);
-        let id = p.intern_kernel(kernel);
-        p.steps[si].kernel = id;
-        p.steps[si].args = args;
-        si += 1;
     }
+    tidy(p);
+    done
+}
+
+/// Keeps only the top-level statements `keep` (copies) of step `si`'s kernel, or removes the
+/// step when there are none; whether the step is still there.
+pub(crate) fn keep_only(p: &mut Program, si: usize, keep: &[usize]) -> bool {
+    if keep.is_empty() {
+        p.steps.remove(si);
+        return false;
+    }
+    let st = &p.steps[si];
+    let (kernel, args) = rebuilt(p.kernel(st.kernel), &st.args, keep);
+    let id = p.intern_kernel(kernel);
+    p.steps[si].kernel = id;
+    p.steps[si].args = args;
+    true
+}
+
+/// After a pass: every alias pointing at its storage's owner, no kernel left unlaunched.
+pub(crate) fn tidy(p: &mut Program) {
     flatten_aliases(p);
     drop_unused_kernels(p);
-    done
 }
 
 /// Removes the kernels no step launches any more (the copies replaced or removed above),
 /// renumbering the rest in order.
-pub(crate) fn drop_unused_kernels(p: &mut Program) {
+fn drop_unused_kernels(p: &mut Program) {
     let mut used = vec![false; p.kernels.len()];
     for st in &p.steps {
         used[st.kernel.0 as usize] = true;
@@ -317,7 +330,7 @@ pub(crate) fn dense_copy(s: &Stmt, k: &Kernel) -> Option<DenseCopy> {
 
 /// `k` with only its top-level statements `keep` (copies: [`dense_copy`]'s shape), and only
 /// the parameters they use, in order of first use, with `args` to match.
-pub(crate) fn rebuilt(k: &Kernel, args: &[BufId], keep: &[usize]) -> (Kernel, Vec<BufId>) {
+fn rebuilt(k: &Kernel, args: &[BufId], keep: &[usize]) -> (Kernel, Vec<BufId>) {
     let mut nk = Kernel::new(k.name.clone());
     nk.vars = k.vars.clone();
     let mut map: Vec<Option<ParamId>> = vec![None; k.params.len()];
@@ -369,7 +382,7 @@ fn reparam(s: &Stmt, dst: ParamId, src: ParamId) -> Stmt {
 
 /// Points every alias at the buffer owning its storage, with the summed offset: the form
 /// lowering leaves (one hop), which backends' plans expect.
-pub(crate) fn flatten_aliases(p: &mut Program) {
+fn flatten_aliases(p: &mut Program) {
     for i in 0..p.buffers.len() {
         if let BufKind::Alias { .. } = p.buffers[i].kind {
             let (of, offset) = p.location(BufId(i as u32));
@@ -381,48 +394,13 @@ pub(crate) fn flatten_aliases(p: &mut Program) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{lower_graph, print_program, run_program};
-    use mlc_ir::{Tensor, parse_graph};
+    use crate::testing::{before_after, plus, times, unary};
+    use crate::{print_program, run_program};
+    use mlc_ir::Tensor;
 
-    /// Lowers `src`, places its concatenations' parts, and checks that the evaluator gives
-    /// bit-identical outputs both ways on pseudo-random inputs. Returns what was placed and
-    /// the program after.
+    /// [`before_after`] with [`place_concat_parts`].
     fn placed(src: &str) -> (Placed, Program) {
-        let g = parse_graph(src).unwrap_or_else(|e| panic!("bad test graph: {e}"));
-        let before = lower_graph(&g).expect("lowering");
-        let inputs: Vec<Tensor> = g
-            .inputs
-            .iter()
-            .enumerate()
-            .map(|(i, port)| {
-                let shape = g.ty(port.value).static_shape().expect("static");
-                let n: usize = shape.iter().product();
-                let v = (0..n)
-                    .map(|j| ((j * 7919 + i * 104_729) % 1000) as f32 / 250.0 - 2.0)
-                    .collect();
-                Tensor::from_vec(&shape, v).expect("input")
-            })
-            .collect();
-        let mut after = before.clone();
-        let done = place_concat_parts(&mut after);
-        let want = run_program(&before, &inputs).expect("evaluation before");
-        let got = run_program(&after, &inputs).unwrap_or_else(|e| {
-            panic!("evaluation after: {e}\n{}", print_program(&after));
-        });
-        assert_eq!(want.len(), got.len());
-        for (w, g) in want.iter().zip(&got) {
-            assert!(
-                w.to_le_bytes().ok() == g.to_le_bytes().ok(),
-                "outputs differ\n{}",
-                print_program(&after)
-            );
-        }
-        for b in &after.buffers {
-            if let BufKind::Alias { of, .. } = b.kind {
-                assert!(!matches!(after.buffer(of).kind, BufKind::Alias { .. }));
-            }
-        }
-        (done, after)
+        before_after(src, place_concat_parts)
     }
 
     fn concat_steps(p: &Program) -> usize {
@@ -544,37 +522,8 @@ mod tests {
         let t = p.add_buffer(F32, vec![4], BufKind::Temp);
         let o = p.add_buffer(F32, vec![8], BufKind::Temp);
         let o_hi = p.add_buffer(F32, vec![4], BufKind::Alias { of: o, offset: 4 });
-        // `b[i] = f(a[i])`, or `b[i] = f(b[i])` when `b` is read-written.
-        let unary = |name: &str, f: &dyn Fn(Expr) -> Expr, access: Access| {
-            let mut k = Kernel::new(name);
-            let a = k.param(F32, 4, Access::Read);
-            let b = k.param(F32, 4, access);
-            let i = k.var(I64);
-            let src = if access == Access::ReadWrite { b } else { a };
-            k.body = vec![Stmt::For {
-                var: i,
-                extent: Expr::idx(4),
-                kind: LoopKind::Serial,
-                body: vec![Stmt::Store {
-                    param: b,
-                    index: Expr::var(i),
-                    value: f(Expr::load(src, Expr::var(i))),
-                }],
-            }];
-            k
-        };
-        let two = Expr::float(F32, 2.0);
-        let one = Expr::float(F32, 1.0);
-        let twice = unary(
-            "twice",
-            &|e| Expr::bin(BinOp::Mul, e, two.clone()),
-            Access::Write,
-        );
-        let bump = unary(
-            "bump",
-            &|e| Expr::bin(BinOp::Add, e, one.clone()),
-            Access::ReadWrite,
-        );
+        let twice = unary(4, &times(2.0), Access::Write);
+        let bump = unary(4, &plus(1.0), Access::ReadWrite);
         let mut cat = Kernel::new("concat");
         let co = cat.param(F32, 8, Access::Write);
         let ca = cat.param(F32, 4, Access::Read);

@@ -28,6 +28,8 @@ pub mod inplace;
 pub mod kernel;
 pub mod lower;
 pub mod print;
+#[cfg(test)]
+mod testing;
 pub mod verify;
 pub mod views;
 

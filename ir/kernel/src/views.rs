@@ -10,7 +10,7 @@
 //! the range holds the copied values for as long as `o` is read. The memory planner sees one
 //! storage, live until `o`'s last read.
 
-use crate::concat::{dense_copy, drop_unused_kernels, flatten_aliases, rebuilt, touched};
+use crate::concat::{dense_copy, keep_only, tidy, touched};
 use crate::kernel::*;
 
 /// Replaces every whole-destination copy of `p` that may be a view by an alias (see the module
@@ -51,19 +51,11 @@ pub fn alias_slices(p: &mut Program) -> usize {
             continue;
         }
         done += copies.len() - keep.len();
-        if keep.is_empty() {
-            p.steps.remove(si);
-            continue;
+        if keep_only(p, si, &keep) {
+            si += 1;
         }
-        let st = &p.steps[si];
-        let (kernel, args) = rebuilt(p.kernel(st.kernel), &st.args, &keep);
-        let id = p.intern_kernel(kernel);
-        p.steps[si].kernel = id;
-        p.steps[si].args = args;
-        si += 1;
     }
-    flatten_aliases(p);
-    drop_unused_kernels(p);
+    tidy(p);
     done
 }
 
@@ -99,41 +91,13 @@ fn view(p: &Program, si: usize, c: &crate::concat::DenseCopy) -> Option<(BufId, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{lower_graph, print_program, run_program};
-    use mlc_ir::{Tensor, parse_graph};
+    use crate::testing::{before_after, plus, times, unary};
+    use crate::{print_program, run_program};
+    use mlc_ir::Tensor;
 
-    /// Lowers `src`, makes views, and checks the evaluator's outputs bit for bit both ways.
-    /// Returns the number of views and the program after.
+    /// [`before_after`] with [`alias_slices`].
     fn viewed(src: &str) -> (usize, Program) {
-        let g = parse_graph(src).unwrap_or_else(|e| panic!("bad test graph: {e}"));
-        let before = lower_graph(&g).expect("lowering");
-        let inputs: Vec<Tensor> = g
-            .inputs
-            .iter()
-            .enumerate()
-            .map(|(i, port)| {
-                let shape = g.ty(port.value).static_shape().expect("static");
-                let n: usize = shape.iter().product();
-                let v = (0..n)
-                    .map(|j| ((j * 7919 + i * 104_729) % 1000) as f32 / 250.0 - 2.0)
-                    .collect();
-                let t = Tensor::from_vec(&shape, v).expect("input");
-                t.cast(g.ty(port.value).dtype).expect("input type")
-            })
-            .collect();
-        let mut after = before.clone();
-        let n = alias_slices(&mut after);
-        let want = run_program(&before, &inputs).expect("evaluation before");
-        let got = run_program(&after, &inputs)
-            .unwrap_or_else(|e| panic!("evaluation after: {e}\n{}", print_program(&after)));
-        for (w, g) in want.iter().zip(&got) {
-            assert!(
-                w.to_le_bytes().ok() == g.to_le_bytes().ok(),
-                "outputs differ\n{}",
-                print_program(&after)
-            );
-        }
-        (n, after)
+        before_after(src, alias_slices)
     }
 
     #[test]
@@ -184,38 +148,9 @@ mod tests {
         p.inputs.push(("x".into(), x));
         let t = p.add_buffer(F32, vec![8], BufKind::Temp);
         let o = p.add_buffer(F32, vec![4], BufKind::Temp);
-        // `b[i] = f(a[i])` over `n` elements, or `b[i] = f(b[i])` when `b` is read-written.
-        let unary = |n: usize, f: &dyn Fn(Expr) -> Expr, access: Access| {
-            let mut k = Kernel::new("unary");
-            let a = k.param(F32, n, Access::Read);
-            let b = k.param(F32, n, access);
-            let i = k.var(I64);
-            let src = if access == Access::ReadWrite { b } else { a };
-            k.body = vec![Stmt::For {
-                var: i,
-                extent: Expr::idx(n as i64),
-                kind: LoopKind::Serial,
-                body: vec![Stmt::Store {
-                    param: b,
-                    index: Expr::var(i),
-                    value: f(Expr::load(src, Expr::var(i))),
-                }],
-            }];
-            k
-        };
-        let two = Expr::float(F32, 2.0);
-        let one = Expr::float(F32, 1.0);
-        let twice = unary(8, &|e| Expr::bin(BinOp::Mul, e, two.clone()), Access::Write);
-        let bump8 = unary(
-            8,
-            &|e| Expr::bin(BinOp::Add, e, one.clone()),
-            Access::ReadWrite,
-        );
-        let bump4 = unary(
-            4,
-            &|e| Expr::bin(BinOp::Add, e, one.clone()),
-            Access::ReadWrite,
-        );
+        let twice = unary(8, &times(2.0), Access::Write);
+        let bump8 = unary(8, &plus(1.0), Access::ReadWrite);
+        let bump4 = unary(4, &plus(1.0), Access::ReadWrite);
         let mut slice = Kernel::new("slice");
         let so = slice.param(F32, 4, Access::Write);
         let st = slice.param(F32, 8, Access::Read);
