@@ -64,6 +64,9 @@ pub(crate) fn prepared(
     if opts.fuse_epilogues {
         p = std::borrow::Cow::Owned(requant::fuse_epilogues(&p).0);
     }
+    if opts.tabulate {
+        mlc_kir::tabulate_byte_chains(p.to_mut());
+    }
     if opts.elide_copies {
         mlc_kir::alias_slices(p.to_mut());
         mlc_kir::place_concat_parts(p.to_mut());
@@ -91,6 +94,9 @@ pub struct Options {
     /// (`mlc_kir::alias_slices`), and the producers of a concatenation's parts write them into
     /// its output (`mlc_kir::place_concat_parts`).
     pub elide_copies: bool,
+    /// Compute functions of one byte (quantized activations) as 256-entry tables
+    /// (`mlc_kir::tabulate_byte_chains`).
+    pub tabulate: bool,
 }
 
 impl Default for Options {
@@ -101,6 +107,7 @@ impl Default for Options {
             check_bounds: false,
             fuse_epilogues: true,
             elide_copies: true,
+            tabulate: true,
         }
     }
 }

@@ -110,6 +110,17 @@ impl<'a> Analysis<'a> {
             Expr::Var(v) => self.var(*v),
             Expr::Lit(_) => Uniform,
             Expr::Load { param, index } => {
+                // A table indexed by a byte (`mlc_kir::tabulate_byte_chains`): in bounds by
+                // the byte's type, so its lanes load one by one without checks.
+                if let Some(v) = byte_index(index)
+                    && self.var(v) == VecI32
+                    && self.k.params[param.0 as usize].len >= 256
+                    && self.k.params[param.0 as usize].dtype == DType::F32
+                    && matches!(self.k.var_ty(v), DType::U8 | DType::I8)
+                {
+                    self.loaded.insert(*param);
+                    return Some(VecF32);
+                }
                 let ci = self.class(index)?;
                 self.loaded.insert(*param);
                 self.load_index
@@ -1848,6 +1859,37 @@ impl<M: Module> Tx<'_, '_, M> {
                 Some(x) => *x,
                 None => return self.unsupported("vector variable (analysis mismatch)"),
             },
+            Expr::Load { param, index } if byte_index(index).is_some() && c == Class::VecF32 => {
+                let Some(v) = byte_index(index) else {
+                    return self.unsupported("table index");
+                };
+                let x = match st.vals.get(&v) {
+                    Some(VV::I(x)) => *x,
+                    _ => return self.unsupported("table index lanes (analysis mismatch)"),
+                };
+                let signed = self.k.var_ty(v) == DType::I8;
+                let mut acc = None;
+                for j in 0..LANES as u8 {
+                    let l = self.b.ins().extractlane(x, j);
+                    let mut idx = self.b.ins().sextend(types::I64, l);
+                    if signed {
+                        idx = self.b.ins().iadd_imm_s(idx, 128);
+                    }
+                    let addr = self.address(*param, idx, false, false);
+                    let y = self
+                        .b
+                        .ins()
+                        .load(types::F32, MemFlagsData::trusted(), addr, 0);
+                    acc = Some(match acc {
+                        None => self.b.ins().splat(types::F32X4, y),
+                        Some(a) => self.b.ins().insertlane(a, y, j),
+                    });
+                }
+                match acc {
+                    Some(a) => VV::F(a),
+                    None => return self.unsupported("table lanes"),
+                }
+            }
             Expr::Load { param, index } => {
                 let VV::Aff(base, s) = self.vexpr(st, index)? else {
                     return self.unsupported("vector load index (analysis mismatch)");
@@ -2060,6 +2102,20 @@ impl<M: Module> Tx<'_, '_, M> {
             }
             Expr::Lit(_) => return self.unsupported("vector literal (analysis mismatch)"),
         })
+    }
+}
+
+/// The byte variable of a table index: `cast<i64>(v)`, or `cast<i64>(v) + 128` (an `i8`).
+fn byte_index(e: &Expr) -> Option<VarId> {
+    match e {
+        Expr::Cast(DType::I64, a) => match &**a {
+            Expr::Var(v) => Some(*v),
+            _ => None,
+        },
+        Expr::Binary(BinOp::Add, a, b) if matches!(**b, Expr::Lit(Lit::Int(_, 128))) => {
+            byte_index(a)
+        }
+        _ => None,
     }
 }
 

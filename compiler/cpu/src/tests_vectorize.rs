@@ -218,3 +218,52 @@ fn stride_two_loads_of_every_lane_type() {
         "{loops:?}"
     );
 }
+
+#[test]
+fn quantized_activations_are_vector_table_loads() {
+    // QDQ SiLU (dequantize, sigmoid, multiply, requantize, dequantize) of bytes becomes a
+    // 256-entry table (`mlc_kir::tabulate_byte_chains`); the compiled loop stays SIMD, its
+    // lanes loading from the table, and gives the evaluator's results exactly (the table is
+    // the evaluator's).
+    for (ty, zp) in [("u8", 128), ("i8", -3)] {
+        let src = format!(
+            r#"graph (%0: {ty}[1,3,5,7] "x") -> (%1 "y") {{
+  %1 = control.composite {{"kind":"qdq_silu"}} (%0) : f32[1,3,5,7] {{
+    graph (%0: {ty}[1,3,5,7] "x") -> (%8 "y") {{
+      @c0 = const f32[] [0.0625]
+      @c1 = const {ty}[] [{zp}]
+      @c2 = const f32[] [0.03125]
+      %1 = constant @c0 : f32[]
+      %2 = constant @c1 : {ty}[]
+      %3 = constant @c2 : f32[]
+      %4 = quant.dequantize {{"axis":1,"block_size":0,"to":"f32"}} (%0, %1, %2) : f32[1,3,5,7]
+      %5 = ew.sigmoid(%4) : f32[1,3,5,7]
+      %6 = ew.mul(%4, %5) : f32[1,3,5,7]
+      %7 = quant.quantize {{"axis":1,"block_size":0,"to":"{ty}"}} (%6, %3, %2) : {ty}[1,3,5,7]
+      %8 = quant.dequantize {{"axis":1,"block_size":0,"to":"f32"}} (%7, %3, %2) : f32[1,3,5,7]
+    }}
+  }}
+}}"#
+        );
+        // Every byte value, in a pseudo-random order.
+        let n = 105;
+        let bytes: Vec<i64> = (0..n).map(|i| (i * 149 + 31) % 256).collect();
+        let x = mlc_ir::Tensor::from_vec(&[1, 3, 5, 7], bytes)
+            .and_then(|t| {
+                t.cast(if ty == "u8" {
+                    mlc_ir::DType::U8
+                } else {
+                    mlc_ir::DType::I8
+                })
+            })
+            .expect("input");
+        crate::tests::check_inputs(&src, &[x], 0.0);
+        let mut p = lower_graph(&parse_graph(&src).expect("graph")).expect("lowering");
+        assert_eq!(tabulate_byte_chains(&mut p), 1, "{}", print_program(&p));
+        let mut loops = Vec::new();
+        for k in &p.kernels {
+            walk(k, &k.body, &vec![false; k.vars.len()], &mut loops);
+        }
+        assert!(loops.iter().all(|(_, v)| *v), "{loops:?}");
+    }
+}

@@ -27,6 +27,7 @@ pub mod fold;
 pub mod inplace;
 pub mod kernel;
 pub mod lower;
+pub mod lut;
 pub mod print;
 #[cfg(test)]
 mod testing;
@@ -40,6 +41,7 @@ pub use fold::fold_constant_steps;
 pub use inplace::inplace_pairs;
 pub use kernel::*;
 pub use lower::{LowerError, lower_graph, lower_graph_unfolded};
+pub use lut::tabulate_byte_chains;
 pub use print::{print_kernel, print_program};
 pub use verify::{VerifyError, verify_kernel};
 pub use views::alias_slices;

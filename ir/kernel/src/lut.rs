@@ -1,0 +1,408 @@
+//! Functions of one byte as tables: in a loop body, a chain of `let`s computed from a single
+//! 8-bit variable and constants only (a quantized activation: dequantize, sigmoid, multiply,
+//! requantize, dequantize, as QDQ models spell SiLU) has at most 256 results, so it is
+//! evaluated at compile time into a 256-entry constant table and the chain becomes one load.
+//!
+//! Per step, since the constants are the step's: a parameter bound to a constant buffer and
+//! read at a literal index is a known value. The table is computed by the kernel-IR evaluator
+//! (the oracle) running the chain itself for every byte, so the rewritten kernel gives the
+//! evaluator's results exactly. Only chains with a transcendental or a division are worth a
+//! table; the rest are a few vector instructions.
+
+use crate::eval::{Val, eval_kernel, from_vals, to_vals};
+use crate::kernel::*;
+use mlc_ir::DType;
+use std::collections::HashMap;
+
+/// Replaces every eligible byte chain of every step of `p` by a table load (see the module
+/// docs); returns how many.
+pub fn tabulate_byte_chains(p: &mut Program) -> usize {
+    let mut done = 0;
+    for si in 0..p.steps.len() {
+        let st = &p.steps[si];
+        let k = p.kernel(st.kernel);
+        // The known parameters: read-only constants.
+        let known: Vec<Option<Vec<Val>>> = k
+            .params
+            .iter()
+            .zip(&st.args)
+            .map(|(q, &b)| {
+                let (s, at) = p.location(b);
+                match (q.access, &p.buffer(s).kind) {
+                    (Access::Read, BufKind::Const(c)) => to_vals(&p.consts[*c])
+                        .ok()
+                        .and_then(|v| v.get(at..).map(<[Val]>::to_vec)),
+                    _ => None,
+                }
+            })
+            .collect();
+        let mut k = k.clone();
+        let mut tables = Vec::new();
+        rewrite(&mut k, &known, &mut tables);
+        if tables.is_empty() {
+            continue;
+        }
+        done += tables.len();
+        let mut args = p.steps[si].args.clone();
+        for (param, t) in tables {
+            debug_assert_eq!(param.0 as usize, args.len());
+            p.consts.push(t.clone());
+            let b = p.add_buffer(t.dtype(), vec![256], BufKind::Const(p.consts.len() - 1));
+            args.push(b);
+        }
+        let id = p.intern_kernel(k);
+        p.steps[si].kernel = id;
+        p.steps[si].args = args;
+    }
+    crate::concat::tidy(p);
+    done
+}
+
+/// Rewrites the chains of `k` in place, adding a table parameter per chain; `tables` gets
+/// `(parameter, table)`.
+fn rewrite(
+    k: &mut Kernel,
+    known: &[Option<Vec<Val>>],
+    tables: &mut Vec<(ParamId, mlc_ir::Tensor)>,
+) {
+    let mut body = std::mem::take(&mut k.body);
+    let mut consts = HashMap::new();
+    block(k, &mut body, known, &mut consts, tables);
+    k.body = body;
+}
+
+/// One statement list: known constant `let`s are collected (visible in nested lists too), and
+/// each 8-bit `let` starts a candidate chain.
+fn block(
+    k: &mut Kernel,
+    body: &mut Vec<Stmt>,
+    known: &[Option<Vec<Val>>],
+    consts: &mut HashMap<VarId, Lit>,
+    tables: &mut Vec<(ParamId, mlc_ir::Tensor)>,
+) {
+    let mut i = 0;
+    while i < body.len() {
+        match &mut body[i] {
+            Stmt::For { body: inner, .. } => {
+                let mut inner_consts = consts.clone();
+                block(k, inner, known, &mut inner_consts, tables);
+            }
+            Stmt::Let { var, value } => {
+                let (var, value) = (*var, value.clone());
+                if let Some(l) = constant(k, &value, known, consts) {
+                    consts.insert(var, l);
+                } else if matches!(k.var_ty(var), DType::U8 | DType::I8) {
+                    chain(k, body, i, known, consts, tables);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+}
+
+/// `e` as a literal of its type, if it is one, a known variable, or a known parameter's
+/// element at a literal index.
+fn constant(
+    k: &Kernel,
+    e: &Expr,
+    known: &[Option<Vec<Val>>],
+    consts: &HashMap<VarId, Lit>,
+) -> Option<Lit> {
+    let ty = k.type_of(e);
+    let lit = |v: &Val| -> Option<Lit> {
+        Some(match (v, ty.is_float()) {
+            (Val::F(f), true) => Lit::Float(ty, *f),
+            (Val::I(n), false) if ty != DType::Bool => Lit::Int(ty, *n),
+            _ => return None,
+        })
+    };
+    match e {
+        Expr::Lit(l) => Some(*l),
+        Expr::Var(v) => consts.get(v).copied(),
+        Expr::Load { param, index } => {
+            let Expr::Lit(Lit::Int(_, n)) = **index else {
+                return None;
+            };
+            let vals = known.get(param.0 as usize)?.as_ref()?;
+            lit(vals.get(usize::try_from(n).ok()?)?)
+        }
+        _ => None,
+    }
+}
+
+/// The chain starting at the 8-bit `let` `body[at]`: the following `let`s of the list whose
+/// values use only it, the chain, known constants and literals. When exactly one of them is
+/// used outside the chain and the chain is costly, it is tabulated.
+fn chain(
+    k: &mut Kernel,
+    body: &mut Vec<Stmt>,
+    at: usize,
+    known: &[Option<Vec<Val>>],
+    consts: &HashMap<VarId, Lit>,
+    tables: &mut Vec<(ParamId, mlc_ir::Tensor)>,
+) {
+    let Stmt::Let { var: x, .. } = body[at] else {
+        return;
+    };
+    // `dep`: the chain's variables that depend on `x`; `free`: those computed from known
+    // values alone (a zero point widened), which the table needs too.
+    let mut consts = consts.clone();
+    let mut dep = vec![x];
+    let mut free: Vec<VarId> = Vec::new();
+    let mut lets: Vec<usize> = Vec::new(); // positions in `body`, in order
+    for (j, s) in body.iter().enumerate().skip(at + 1) {
+        let Stmt::Let { var, value } = s else {
+            continue;
+        };
+        if let Some(l) = constant(k, value, known, &consts) {
+            consts.insert(*var, l);
+            continue;
+        }
+        let known_vars = |v: &VarId| dep.contains(v) || free.contains(v) || consts.contains_key(v);
+        let mut reads_dep = false;
+        let ok = walk(value, &mut |e| match e {
+            Expr::Var(v) => {
+                reads_dep |= dep.contains(v);
+                known_vars(v)
+            }
+            Expr::Load { .. } => false,
+            _ => true,
+        });
+        if ok {
+            if reads_dep {
+                dep.push(*var)
+            } else {
+                free.push(*var)
+            }
+            lets.push(j);
+        }
+    }
+    // Chain members that depend on `x` and are read by anything outside the chain.
+    let inside = |j: usize| j == at || lets.contains(&j);
+    let mut exits: Vec<VarId> = Vec::new();
+    for (j, s) in body.iter().enumerate() {
+        if inside(j) {
+            continue;
+        }
+        for &m in &dep[1..] {
+            if stmt_uses(s, m) && !exits.contains(&m) {
+                exits.push(m);
+            }
+        }
+    }
+    let [y] = exits[..] else { return };
+    let Some(y_at) = lets
+        .iter()
+        .position(|&j| matches!(body[j], Stmt::Let { var, .. } if var == y))
+    else {
+        return;
+    };
+    // Only what `y` depends on, and only if that costs something.
+    let used = &lets[..=y_at];
+    if !used
+        .iter()
+        .any(|&j| matches!(&body[j], Stmt::Let { value, .. } if costly(value)))
+    {
+        return;
+    }
+    let y_ty = k.var_ty(y);
+    if !matches!(y_ty, DType::F32 | DType::I32 | DType::U8 | DType::I8) {
+        return;
+    }
+    // The table: the chain run by the evaluator for every byte.
+    let signed = k.var_ty(x) == DType::I8;
+    let mut tk = Kernel::new("table");
+    tk.vars = k.vars.clone();
+    let out = tk.param(y_ty, 256, Access::Write);
+    let i = tk.var(DType::I64);
+    let byte = if signed {
+        Expr::bin(BinOp::Sub, Expr::var(i), Expr::idx(128))
+    } else {
+        Expr::var(i)
+    };
+    let mut inner = vec![Stmt::Let {
+        var: x,
+        value: Expr::cast(k.var_ty(x), byte),
+    }];
+    for &j in used {
+        if let Stmt::Let { var, value } = &body[j] {
+            inner.push(Stmt::Let {
+                var: *var,
+                value: substitute(value, &consts),
+            });
+        }
+    }
+    inner.push(Stmt::Store {
+        param: out,
+        index: Expr::var(i),
+        value: Expr::var(y),
+    });
+    tk.body = vec![Stmt::For {
+        var: i,
+        extent: Expr::idx(256),
+        kind: LoopKind::Serial,
+        body: inner,
+    }];
+    let mut store = vec![vec![Val::I(0); 256]];
+    if eval_kernel(&tk, &mut store, &[0]).is_err() {
+        return;
+    }
+    let Ok(table) = from_vals(y_ty, &[256], &store[0]) else {
+        return;
+    };
+    // `y = table[x]`; the rest of the chain goes (nothing outside reads it).
+    let param = k.param(y_ty, 256, Access::Read);
+    let mut index = Expr::cast(DType::I64, Expr::var(x));
+    if signed {
+        index = Expr::bin(BinOp::Add, index, Expr::idx(128));
+    }
+    body[lets[y_at]] = Stmt::Let {
+        var: y,
+        value: Expr::load(param, index),
+    };
+    // The chain's other `let`s go once nothing reads them (last first, so that a removal
+    // frees what it read).
+    let y_pos = lets[y_at];
+    for &j in lets.iter().rev() {
+        if j != y_pos && !stmt_uses_any(&body[j + 1..], body_var(&body[j])) {
+            body[j] = Stmt::Let {
+                var: VarId(u32::MAX),
+                value: Expr::idx(0),
+            };
+        }
+    }
+    body.retain(|s| !matches!(s, Stmt::Let { var, .. } if var.0 == u32::MAX));
+    tables.push((param, table));
+}
+
+fn body_var(s: &Stmt) -> Option<VarId> {
+    match s {
+        Stmt::Let { var, .. } => Some(*var),
+        _ => None,
+    }
+}
+
+/// Whether a statement of `rest` reads `v`.
+fn stmt_uses_any(rest: &[Stmt], v: Option<VarId>) -> bool {
+    v.is_some_and(|v| rest.iter().any(|s| stmt_uses(s, v)))
+}
+
+/// Whether `e` holds a transcendental or a division: what makes a table pay.
+fn costly(e: &Expr) -> bool {
+    !walk(e, &mut |x| {
+        !matches!(
+            x,
+            Expr::Binary(BinOp::Div | BinOp::Pow, ..)
+                | Expr::Unary(UnOp::Exp | UnOp::Tanh | UnOp::Log | UnOp::Erf, _)
+        )
+    })
+}
+
+/// `e` with known variables replaced by their literals.
+fn substitute(e: &Expr, consts: &HashMap<VarId, Lit>) -> Expr {
+    match e {
+        Expr::Var(v) => consts.get(v).map_or(e.clone(), |l| Expr::Lit(*l)),
+        Expr::Lit(_) => e.clone(),
+        Expr::Load { param, index } => Expr::load(*param, substitute(index, consts)),
+        Expr::Unary(op, a) => Expr::un(*op, substitute(a, consts)),
+        Expr::Binary(op, a, b) => Expr::bin(*op, substitute(a, consts), substitute(b, consts)),
+        Expr::Select { cond, then, els } => Expr::select(
+            substitute(cond, consts),
+            substitute(then, consts),
+            substitute(els, consts),
+        ),
+        Expr::Cast(t, a) => Expr::cast(*t, substitute(a, consts)),
+    }
+}
+
+/// `f` on every node of `e`; false as soon as `f` is.
+fn walk(e: &Expr, f: &mut dyn FnMut(&Expr) -> bool) -> bool {
+    if !f(e) {
+        return false;
+    }
+    match e {
+        Expr::Var(_) | Expr::Lit(_) => true,
+        Expr::Load { index, .. } => walk(index, f),
+        Expr::Unary(_, a) | Expr::Cast(_, a) => walk(a, f),
+        Expr::Binary(_, a, b) => walk(a, f) && walk(b, f),
+        Expr::Select { cond, then, els } => walk(cond, f) && walk(then, f) && walk(els, f),
+    }
+}
+
+/// Whether statement `s` (and what it nests) reads variable `v`.
+fn stmt_uses(s: &Stmt, v: VarId) -> bool {
+    let e_uses = |e: &Expr| !walk(e, &mut |x| !matches!(x, Expr::Var(w) if *w == v));
+    match s {
+        Stmt::For { extent, body, .. } => e_uses(extent) || body.iter().any(|s| stmt_uses(s, v)),
+        Stmt::Let { value, .. } | Stmt::Assign { value, .. } => e_uses(value),
+        Stmt::Store { index, value, .. } => e_uses(index) || e_uses(value),
+        // Contractions and library statements read buffers, not variables, except through
+        // their offset expressions: assume they might.
+        Stmt::Matmul(_) | Stmt::Depthwise(_) | Stmt::Softmax(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::print_program;
+    use crate::testing::before_after;
+
+    /// QDQ SiLU as a fused kernel: dequantize, sigmoid, multiply, quantize, dequantize.
+    fn qdq_silu(ty: &str, zp: i32) -> String {
+        format!(
+            r#"graph (%0: {ty}[1,3,5,7] "x") -> (%1 "y") {{
+  %1 = control.composite {{"kind":"qdq_silu"}} (%0) : f32[1,3,5,7] {{
+    graph (%0: {ty}[1,3,5,7] "x") -> (%8 "y") {{
+      @c0 = const f32[] [0.0625]
+      @c1 = const {ty}[] [{zp}]
+      @c2 = const f32[] [0.03125]
+      %1 = constant @c0 : f32[]
+      %2 = constant @c1 : {ty}[]
+      %3 = constant @c2 : f32[]
+      %4 = quant.dequantize {{"axis":1,"block_size":0,"to":"f32"}} (%0, %1, %2) : f32[1,3,5,7]
+      %5 = ew.sigmoid(%4) : f32[1,3,5,7]
+      %6 = ew.mul(%4, %5) : f32[1,3,5,7]
+      %7 = quant.quantize {{"axis":1,"block_size":0,"to":"{ty}"}} (%6, %3, %2) : {ty}[1,3,5,7]
+      %8 = quant.dequantize {{"axis":1,"block_size":0,"to":"f32"}} (%7, %3, %2) : f32[1,3,5,7]
+    }}
+  }}
+}}"#
+        )
+    }
+
+    #[test]
+    fn a_quantized_activation_becomes_a_table() {
+        for (ty, zp) in [("u8", 128), ("i8", -3)] {
+            let (n, p) = before_after(&qdq_silu(ty, zp), tabulate_byte_chains);
+            assert_eq!(n, 1, "{ty}\n{}", print_program(&p));
+            let text = print_program(&p);
+            assert!(!text.contains("exp("), "{text}");
+        }
+    }
+
+    #[test]
+    fn cheap_or_unknown_chains_stay() {
+        // No transcendental or division: a table would not pay. A scale that is an input:
+        // unknown at compile time.
+        let cheap = qdq_silu("u8", 7)
+            .replace("ew.sigmoid(%4)", "ew.relu(%4)")
+            .replace("ew.mul(%4, %5)", "ew.add(%4, %5)");
+        let (n, _) = before_after(&cheap, tabulate_byte_chains);
+        // Quantizing divides by the scale: still a table.
+        assert_eq!(n, 1);
+        let unknown = r#"graph (%0: u8[2,9] "x", %1: f32[] "s") -> (%2 "y") {
+  %2 = control.composite {"kind":"dq_sigmoid"} (%0, %1) : f32[2,9] {
+    graph (%0: u8[2,9] "x", %1: f32[] "s") -> (%4 "y") {
+      @c0 = const u8[] [9]
+      %2 = constant @c0 : u8[]
+      %3 = quant.dequantize {"axis":1,"block_size":0,"to":"f32"} (%0, %1, %2) : f32[2,9]
+      %4 = ew.sigmoid(%3) : f32[2,9]
+    }
+  }
+}"#;
+        let (n, _) = before_after(unknown, tabulate_byte_chains);
+        assert_eq!(n, 0);
+    }
+}
