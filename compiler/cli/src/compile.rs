@@ -127,6 +127,7 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
         if matches!(target, Target::Cpu) {
             // The CPU backend's own kernel-IR passes, run before code generation.
             let (mut fused, f) = mlc_cpu::requant::fuse_epilogues(&program);
+            let tables = mlc_kir::tabulate_byte_chains(&mut fused);
             let views = mlc_kir::alias_slices(&mut fused);
             let placed = mlc_kir::place_concat_parts(&mut fused);
             if args.explain.json {
@@ -137,6 +138,7 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
                         "cpu_epilogues".into(),
                         serde_json::json!({"requant": f.requant, "tails": f.tails}),
                     );
+                    o.insert("cpu_byte_tables".into(), serde_json::json!(tables));
                     o.insert(
                         "cpu_copies".into(),
                         serde_json::json!({
@@ -162,6 +164,9 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
                 text.push_str(&format!(
                     "CPU epilogues: {} requantizing and {} elementwise tails fused into contractions\n",
                     f.requant, f.tails
+                ));
+                text.push_str(&format!(
+                    "CPU byte tables: {tables} functions of one byte (quantized activations) computed as 256-entry tables\n"
                 ));
                 text.push_str(&format!(
                     "CPU copies elided: {views} contiguous slices made views of their source; \
