@@ -267,35 +267,3 @@ fn quantized_activations_are_vector_table_loads() {
         assert!(loops.iter().all(|(_, v)| *v), "{loops:?}");
     }
 }
-
-#[test]
-fn quantized_activations_in_a_contraction_tail_are_tables_too() {
-    // An integer convolution whose requantized result goes through QDQ SiLU: the pointwise
-    // kernel becomes the GEMM's tile tail, and the chain in it a table.
-    let src = r#"graph (%0: u8[1,4,9,7] "x", %1: i8[5,4,3,3] "w", %2: u8[] "zx") -> (%4 "y") {
-  %3 = quant.conv_integer {"strides":[1,1],"dilations":[1,1],"pad":{"explicit":[1,1,1,1]},"group":1} (%0, %1, %2) : i32[1,5,9,7]
-  %4 = control.composite {"kind":"requant_silu"} (%3) : f32[1,5,9,7] {
-    graph (%0: i32[1,5,9,7] "acc") -> (%11 "y") {
-      @c0 = const f32[] [0.0078125]
-      @c1 = const u8[] [128]
-      @c2 = const f32[] [0.03125]
-      %1 = constant @c0 : f32[]
-      %2 = constant @c1 : u8[]
-      %3 = constant @c2 : f32[]
-      %4 = ew.cast {"to":"f32","saturate":true} (%0) : f32[1,5,9,7]
-      %5 = ew.mul(%4, %1) : f32[1,5,9,7]
-      %6 = quant.quantize {"axis":1,"block_size":0,"to":"u8"} (%5, %1, %2) : u8[1,5,9,7]
-      %7 = quant.dequantize {"axis":1,"block_size":0,"to":"f32"} (%6, %1, %2) : f32[1,5,9,7]
-      %8 = ew.sigmoid(%7) : f32[1,5,9,7]
-      %9 = ew.mul(%7, %8) : f32[1,5,9,7]
-      %10 = quant.quantize {"axis":1,"block_size":0,"to":"u8"} (%9, %3, %2) : u8[1,5,9,7]
-      %11 = quant.dequantize {"axis":1,"block_size":0,"to":"f32"} (%10, %3, %2) : f32[1,5,9,7]
-    }
-  }
-}"#;
-    crate::tests::check(src, 0.0);
-    let p = lower_graph(&parse_graph(src).expect("graph")).expect("lowering");
-    let (mut q, fused) = crate::requant::fuse_epilogues(&p);
-    assert_eq!(fused.tails, 1, "{}", print_program(&q));
-    assert_eq!(tabulate_byte_chains(&mut q), 1, "{}", print_program(&q));
-}
