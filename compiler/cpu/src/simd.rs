@@ -1859,38 +1859,26 @@ impl<M: Module> Tx<'_, '_, M> {
                 Some(x) => *x,
                 None => return self.unsupported("vector variable (analysis mismatch)"),
             },
-            Expr::Load { param, index } if byte_index(index).is_some() && c == Class::VecF32 => {
-                let Some(v) = byte_index(index) else {
-                    return self.unsupported("table index");
-                };
-                let x = match st.vals.get(&v) {
-                    Some(VV::I(x)) => *x,
-                    _ => return self.unsupported("table index lanes (analysis mismatch)"),
-                };
-                let signed = self.k.var_ty(v) == DType::I8;
-                let mut acc = None;
-                for j in 0..LANES as u8 {
-                    let l = self.b.ins().extractlane(x, j);
-                    let mut idx = self.b.ins().sextend(types::I64, l);
-                    if signed {
-                        idx = self.b.ins().iadd_imm_s(idx, 128);
-                    }
-                    let addr = self.address(*param, idx, false, false);
-                    let y = self
-                        .b
-                        .ins()
-                        .load(types::F32, MemFlagsData::trusted(), addr, 0);
-                    acc = Some(match acc {
-                        None => self.b.ins().splat(types::F32X4, y),
-                        Some(a) => self.b.ins().insertlane(a, y, j),
-                    });
-                }
-                match acc {
-                    Some(a) => VV::F(a),
-                    None => return self.unsupported("table lanes"),
-                }
-            }
             Expr::Load { param, index } => {
+                if let Some(v) = byte_index(index)
+                    && c == Class::VecF32
+                {
+                    // A byte-indexed table (`Analysis::class`): each lane at its byte.
+                    let x = match st.vals.get(&v) {
+                        Some(VV::I(x)) => *x,
+                        _ => return self.unsupported("table index lanes (analysis mismatch)"),
+                    };
+                    let bias = if self.k.var_ty(v) == DType::I8 {
+                        128
+                    } else {
+                        0
+                    };
+                    return Ok(VV::F(self.f32_lanes(*param, |tx, j| {
+                        let l = tx.b.ins().extractlane(x, j);
+                        let idx = tx.b.ins().sextend(types::I64, l);
+                        tx.b.ins().iadd_imm_s(idx, bias)
+                    })));
+                }
                 let VV::Aff(base, s) = self.vexpr(st, index)? else {
                     return self.unsupported("vector load index (analysis mismatch)");
                 };
@@ -1924,20 +1912,9 @@ impl<M: Module> Tx<'_, '_, M> {
                     let r = self.b.ins().shuffle(xb, yb, mask);
                     VV::F(self.b.ins().bitcast(types::F32X4, le, r))
                 } else {
-                    let mut acc = None;
-                    for j in 0..LANES {
-                        let idx = self.b.ins().iadd_imm_s(base, j * s);
-                        let addr = self.address(*param, idx, false, false);
-                        let x = self
-                            .b
-                            .ins()
-                            .load(types::F32, MemFlagsData::trusted(), addr, 0);
-                        acc = Some(match acc {
-                            None => self.b.ins().splat(types::F32X4, x),
-                            Some(v) => self.b.ins().insertlane(v, x, j as u8),
-                        });
-                    }
-                    VV::F(acc.expect("four lanes"))
+                    VV::F(self.f32_lanes(*param, |tx, j| {
+                        tx.b.ins().iadd_imm_s(base, i64::from(j) * s)
+                    }))
                 }
             }
             Expr::Unary(op, a) => {
@@ -2102,6 +2079,30 @@ impl<M: Module> Tx<'_, '_, M> {
             }
             Expr::Lit(_) => return self.unsupported("vector literal (analysis mismatch)"),
         })
+    }
+}
+
+impl<M: Module> Tx<'_, '_, M> {
+    /// An `f32x4` of four scalar loads from `param`, lane `j` at the element index that
+    /// `index(self, j)` computes (unchecked: the caller knows every index is in bounds).
+    fn f32_lanes(
+        &mut self,
+        param: ParamId,
+        mut index: impl FnMut(&mut Self, u8) -> Value,
+    ) -> Value {
+        let mut lane = |tx: &mut Self, j: u8| {
+            let idx = index(tx, j);
+            let addr = tx.address(param, idx, false, false);
+            tx.b.ins()
+                .load(types::F32, MemFlagsData::trusted(), addr, 0)
+        };
+        let first = lane(self, 0);
+        let mut acc = self.b.ins().splat(types::F32X4, first);
+        for j in 1..LANES as u8 {
+            let x = lane(self, j);
+            acc = self.b.ins().insertlane(acc, x, j);
+        }
+        acc
     }
 }
 
