@@ -126,10 +126,8 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
         let mut text = crate::optimize::explain(&report, &program, args.explain.json)?;
         if matches!(target, Target::Cpu) {
             // The CPU backend's own kernel-IR passes, run before code generation.
-            let (mut fused, f) = mlc_cpu::requant::fuse_epilogues(&program);
-            let tables = mlc_kir::tabulate_byte_chains(&mut fused);
-            let views = mlc_kir::alias_slices(&mut fused);
-            let placed = mlc_kir::place_concat_parts(&mut fused);
+            let (_, done) = mlc_cpu::prepare(&program, mlc_cpu::Options::default());
+            let (f, tables, views, placed) = (done.epilogues, done.tables, done.views, done.concat);
             if args.explain.json {
                 let mut v: serde_json::Value =
                     serde_json::from_str(&text).context("cannot read back the explanation")?;

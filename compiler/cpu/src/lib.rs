@@ -54,24 +54,47 @@ pub mod simd;
 pub use artifact::{compile_artifact, compile_variants};
 
 /// `p` as code generation takes it: with the kernel-IR epilogue fusion of [`requant`], then
-/// the copy elisions ([`mlc_kir::alias_slices`], [`mlc_kir::place_concat_parts`]) applied when
-/// `opts` asks for them (the JIT and artifacts share this).
+/// the byte tables ([`mlc_kir::tabulate_byte_chains`]) and the copy elisions
+/// ([`mlc_kir::alias_slices`], [`mlc_kir::place_concat_parts`]) applied when `opts` asks for
+/// them (the JIT and artifacts share this), and what each did (`mlc compile --explain`).
+pub fn prepare(
+    p: &mlc_kir::Program,
+    opts: Options,
+) -> (std::borrow::Cow<'_, mlc_kir::Program>, Prepared) {
+    let mut p = std::borrow::Cow::Borrowed(p);
+    let mut done = Prepared::default();
+    if opts.fuse_epilogues {
+        let (q, fused) = requant::fuse_epilogues(&p);
+        p = std::borrow::Cow::Owned(q);
+        done.epilogues = fused;
+    }
+    if opts.tabulate {
+        done.tables = mlc_kir::tabulate_byte_chains(p.to_mut());
+    }
+    if opts.elide_copies {
+        done.views = mlc_kir::alias_slices(p.to_mut());
+        done.concat = mlc_kir::place_concat_parts(p.to_mut());
+    }
+    (p, done)
+}
+
+/// What [`prepare`] did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Prepared {
+    pub epilogues: requant::Fused,
+    /// Chains computed as byte tables.
+    pub tables: usize,
+    /// Slices made views of their source.
+    pub views: usize,
+    pub concat: mlc_kir::Placed,
+}
+
+/// [`prepare`]'s program.
 pub(crate) fn prepared(
     p: &mlc_kir::Program,
     opts: Options,
 ) -> std::borrow::Cow<'_, mlc_kir::Program> {
-    let mut p = std::borrow::Cow::Borrowed(p);
-    if opts.fuse_epilogues {
-        p = std::borrow::Cow::Owned(requant::fuse_epilogues(&p).0);
-    }
-    if opts.tabulate {
-        mlc_kir::tabulate_byte_chains(p.to_mut());
-    }
-    if opts.elide_copies {
-        mlc_kir::alias_slices(p.to_mut());
-        mlc_kir::place_concat_parts(p.to_mut());
-    }
-    p
+    prepare(p, opts).0
 }
 pub use exec::{CompiledProgram, RunError};
 pub use module::{compile_object, kernel_clif, program_clif};
