@@ -273,6 +273,7 @@ impl Prepared {
         if let (true, Kind::I8xU8, Some(pw)) = (s.requant, s.kind, pw) {
             let rq = IRequant {
                 mult: RqMult::PerRow(&conv.mult),
+                shift: None,
                 scale: 0.05,
                 zero_point: 3,
                 add: None,

@@ -1190,6 +1190,22 @@ impl<M: Module> Tx<'_, '_, M> {
                 put(self, at + 4, cs);
             }
         }
+        match mm.requant.as_ref().and_then(|rq| rq.shift.as_ref()) {
+            Some(sv) => {
+                put(self, s::RQ_SHIFT, self.params[sv.param.0 as usize]);
+                let len = self.k.params[sv.param.0 as usize].len as i64;
+                let off = self.expr(&sv.offset)?;
+                for (j, v) in [(1, len), (3, sv.row_stride), (4, sv.col_stride)] {
+                    let v = self.b.ins().iconst(types::I64, v);
+                    put(self, s::RQ_SHIFT + j, v);
+                }
+                put(self, s::RQ_SHIFT + 2, off);
+            }
+            None => {
+                let z = self.b.ins().iconst(ptr, 0);
+                put(self, s::RQ_SHIFT, z);
+            }
+        }
         let ints = [
             (s::M, mm.m as i64),
             (s::N, mm.n as i64),
@@ -1313,10 +1329,11 @@ impl<M: Module> Tx<'_, '_, M> {
 
 impl<M: Module> Tx<'_, '_, M> {
     /// `Stmt::Depthwise`: fills an argument block on the stack (`abi::dw_slot`; epilogue
-    /// scalars loaded now, as `f32` bits) and calls the depthwise helper.
+    /// scalars loaded now, as `f32` bits; per-channel operands as their buffers) and calls the
+    /// depthwise helper.
     fn depthwise(&mut self, dw: &Depthwise) -> Result<()> {
-        use abi::dw_slot as s;
-        let words = s::EP + 2 * dw.epilogue.len();
+        use abi::{dw_slot as s, dw_type};
+        let words = s::EP + 3 * dw.epilogue.len();
         let slot = self.b.create_sized_stack_slot(StackSlotData::new(
             StackSlotKind::ExplicitSlot,
             (words * 8) as u32,
@@ -1364,8 +1381,43 @@ impl<M: Module> Tx<'_, '_, M> {
         }
         put(self, s::STATUS, self.status);
         put_int(self, s::EP_LEN, dw.epilogue.len() as i64);
+        let unsupported = |tx: &Self, what: String| CodegenError::Unsupported {
+            kernel: tx.k.name.clone(),
+            what,
+        };
+        let type_code = |tx: &Self, t: DType| -> Result<i64> {
+            Ok(match t {
+                DType::F32 => dw_type::F32,
+                DType::U8 => dw_type::U8,
+                DType::I8 => dw_type::I8,
+                DType::I32 => dw_type::I32,
+                t => return Err(unsupported(tx, format!("depthwise of {}", t.name()))),
+            } as i64)
+        };
+        let dtype = |tx: &Self, p: ParamId| tx.k.params[p.0 as usize].dtype;
+        let x_code = type_code(self, dtype(self, dw.x))?;
+        put_int(self, s::X_TYPE, x_code);
+        let out_code = type_code(self, dtype(self, dw.out))?;
+        put_int(self, s::OUT_TYPE, out_code);
+        // A scalar operand's f32 bits (an 8-bit one converted), zero-extended to a word.
+        let scalar_bits = |tx: &mut Self, p: ParamId| -> Result<Value> {
+            let mut e = Expr::load(p, Expr::idx(0));
+            if dtype(tx, p) != DType::F32 {
+                e = Expr::cast(DType::F32, e);
+            }
+            let v = tx.expr(&e)?;
+            let v = tx.b.ins().bitcast(types::I32, MemFlagsData::new(), v);
+            Ok(tx.b.ins().uextend(types::I64, v))
+        };
+        match dw.x_zero {
+            Some(z) => {
+                let v = scalar_bits(self, z)?;
+                put(self, s::X_ZERO, v);
+            }
+            None => put_int(self, s::X_ZERO, 0),
+        }
         for (i, e) in dw.epilogue.iter().enumerate() {
-            let code = |op: &BinOp| -> Result<i64> {
+            let code = |tx: &Self, op: &BinOp| -> Result<i64> {
                 Ok(match op {
                     BinOp::Add => 0,
                     BinOp::Sub => 1,
@@ -1374,34 +1426,38 @@ impl<M: Module> Tx<'_, '_, M> {
                     BinOp::Max => 4,
                     BinOp::Min => 5,
                     op => {
-                        return Err(CodegenError::Unsupported {
-                            kernel: self.k.name.clone(),
-                            what: format!("depthwise epilogue {}", op.name()),
-                        });
+                        return Err(unsupported(tx, format!("depthwise epilogue {}", op.name())));
                     }
                 })
             };
             let (word, arg) = match e {
                 EpOp::Bin { op, arg, arg_first } => {
-                    (code(op)? << 8 | (*arg_first as i64) << 16, Some(*arg))
+                    let channel = matches!(arg, EpArg::Channel(_));
+                    (
+                        code(self, op)? << 8 | (*arg_first as i64) << 16 | (channel as i64) << 17,
+                        Some(*arg),
+                    )
                 }
                 EpOp::Save => (1, None),
                 EpOp::Sigmoid => (3, None),
                 EpOp::Combine { op, saved_first } => {
-                    (2 | code(op)? << 8 | (*saved_first as i64) << 16, None)
+                    (2 | code(self, op)? << 8 | (*saved_first as i64) << 16, None)
                 }
+                EpOp::Round => (4, None),
+                EpOp::Narrow(t) => (5 | type_code(self, *t)? << 8, None),
             };
-            put_int(self, s::EP + 2 * i, word);
-            let bits = match arg {
-                Some(EpArg::Scalar(p)) => {
-                    let v = self.expr(&Expr::load(p, Expr::idx(0)))?;
-                    let v = self.b.ins().bitcast(types::I32, MemFlagsData::new(), v);
-                    self.b.ins().uextend(types::I64, v)
-                }
-                Some(EpArg::Lit(v)) => self.b.ins().iconst(types::I64, v.to_bits() as i64),
-                None => self.b.ins().iconst(types::I64, 0),
+            put_int(self, s::EP + 3 * i, word);
+            let (bits, len) = match arg {
+                Some(EpArg::Scalar(p)) => (scalar_bits(self, p)?, 0),
+                Some(EpArg::Lit(v)) => (self.b.ins().iconst(types::I64, v.to_bits() as i64), 0),
+                Some(EpArg::Channel(p)) => (
+                    self.params[p.0 as usize],
+                    self.k.params[p.0 as usize].len as i64,
+                ),
+                None => (self.b.ins().iconst(types::I64, 0), 0),
             };
-            put(self, s::EP + 2 * i + 1, bits);
+            put(self, s::EP + 3 * i + 1, bits);
+            put_int(self, s::EP + 3 * i + 2, len);
         }
         let addr = self.b.ins().stack_addr(ptr, slot, 0);
         self.call_helper(abi::DEPTHWISE, &[ptr], &[], &[addr]);
@@ -1458,6 +1514,12 @@ impl<M: Module> Tx<'_, '_, M> {
                 .b
                 .ins()
                 .iconst(types::I64, (1i64 << 32) | v.to_bits() as i64),
+            Some(EpArg::Channel(_)) => {
+                return Err(CodegenError::Unsupported {
+                    kernel: self.k.name.clone(),
+                    what: "a per-channel softmax scale".into(),
+                });
+            }
             None => self.b.ins().iconst(types::I64, 0),
         };
         put(self, s::SCALE, scale);

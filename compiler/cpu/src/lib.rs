@@ -161,6 +161,8 @@ mod tests_copies;
 #[cfg(test)]
 mod tests_guard;
 #[cfg(test)]
+mod tests_qdepthwise;
+#[cfg(test)]
 mod tests_vectorize;
 #[cfg(test)]
 mod tests_winograd;

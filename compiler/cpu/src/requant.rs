@@ -165,6 +165,17 @@ fn fuse_pair(p: &Program, mm_step: &Step, tail: &Step) -> Option<(Kernel, Vec<Bu
     } else {
         (mo_inner, mo_outer)
     };
+    let shift_view = match &t.shift {
+        Some((_, idx)) => {
+            let (so, s_outer, s_inner) = split_affine(idx, &t.loops, inner)?;
+            Some(if row_major {
+                (so, s_outer, s_inner)
+            } else {
+                (so, s_inner, s_outer)
+            })
+        }
+        None => None,
+    };
     // The fused kernel: the contraction's parameters with C of the output type, then the
     // multiplier, scale and zero point.
     let mut k = mk.clone();
@@ -189,6 +200,15 @@ fn fuse_pair(p: &Program, mm_step: &Step, tail: &Step) -> Option<(Kernel, Vec<Bu
             out_zp,
         })
     });
+    let shift = match (&t.shift, shift_view) {
+        (Some((sp, _)), Some((so, srs, scs))) => Some(MatRef {
+            param: param_of(*sp),
+            offset: Expr::idx(so),
+            row_stride: srs,
+            col_stride: scs,
+        }),
+        _ => None,
+    };
     let mut new_mm: Matmul = (**mm).clone();
     new_mm.requant = Some(Requant {
         mult: MatRef {
@@ -197,6 +217,7 @@ fn fuse_pair(p: &Program, mm_step: &Step, tail: &Step) -> Option<(Kernel, Vec<Bu
             row_stride: mrs,
             col_stride: mcs,
         },
+        shift,
         scale: ScalarRef {
             param: ps,
             index: Expr::idx(t.scale_idx),
@@ -225,6 +246,9 @@ fn fuse_pair(p: &Program, mm_step: &Step, tail: &Step) -> Option<(Kernel, Vec<Bu
             arg(ra.out_zp.0)?,
         ]);
     }
+    if let Some((sp, _)) = &t.shift {
+        args.push(arg(*sp)?);
+    }
     mlc_kir::verify_kernel(&k).ok()?;
     Some((k, args))
 }
@@ -248,6 +272,8 @@ struct Tail {
     zp_idx: i64,
     /// A residual added and the sum requantized again (a QDQ residual block's `Add`).
     residual: Option<TailAdd>,
+    /// An `f32` shift added after the multiplication, and its index (affine in the counters).
+    shift: Option<(ParamId, Affine)>,
 }
 
 /// The residual part of a tail (see [`mlc_kir::RequantAdd`]): the residual, read at the
@@ -441,6 +467,16 @@ fn tail_pattern(k: &Kernel) -> Option<Tail> {
         }
         None => (num, scale_e, zp_e, None),
     };
+    // A float bias added after the dequantizing multiplication (PyTorch's QDQ export).
+    let (num, shift) = match num {
+        Expr::Binary(BinOp::Add, x, y) => match (&**x, &**y) {
+            (m @ Expr::Binary(BinOp::Mul, ..), s) | (s, m @ Expr::Binary(BinOp::Mul, ..)) => {
+                (m, Some(load(s, DType::F32)?))
+            }
+            _ => return None,
+        },
+        n => (n, None),
+    };
     let Expr::Binary(BinOp::Mul, a, b) = num else {
         return None;
     };
@@ -466,6 +502,12 @@ fn tail_pattern(k: &Kernel) -> Option<Tail> {
     if let Some(ra) = &residual {
         operands.extend([ra.r, ra.r_scale.0, ra.r_zp.0, ra.out_scale.0, ra.out_zp.0]);
     }
+    if let Some((sp, si)) = &shift {
+        if !si.over(&loops) {
+            return None;
+        }
+        operands.push(*sp);
+    }
     if !mult_idx.over(&loops) || operands.contains(out) {
         return None;
     }
@@ -487,6 +529,7 @@ fn tail_pattern(k: &Kernel) -> Option<Tail> {
         zp,
         zp_idx,
         residual,
+        shift,
     })
 }
 

@@ -40,7 +40,7 @@ fn input(dtype: DType, shape: &[usize], seed: u64) -> Tensor {
     t.and_then(|t| t.cast(dtype)).expect("test input")
 }
 
-fn inputs_for(g: &mlc_ir::Graph) -> Vec<Tensor> {
+pub(crate) fn inputs_for(g: &mlc_ir::Graph) -> Vec<Tensor> {
     g.inputs
         .iter()
         .enumerate()

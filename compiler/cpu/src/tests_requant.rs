@@ -46,6 +46,21 @@ enum Variant {
     /// As `Residual` with an f32 residual quantized in the tail (a branch that arrives
     /// dequantized).
     ResidualF32,
+    /// A float bias per row added after the multiplication (PyTorch's QDQ export).
+    Shifted,
+    /// As `Shifted` with C column-major: the shift indexed by the inner counter.
+    ShiftedColMajor,
+    /// The bias added before the multiplication: not the formula.
+    ShiftFirst,
+}
+
+impl Variant {
+    fn shifted(self) -> bool {
+        matches!(
+            self,
+            Variant::Shifted | Variant::ShiftedColMajor | Variant::ShiftFirst
+        )
+    }
 }
 
 /// `out = requant(A (m×k, i8) · B (k×n, u8) + bias)` as two steps, the tail as lowering
@@ -141,7 +156,7 @@ fn program(m: usize, n: usize, k: usize, out_ty: DType, v: Variant, rng: &mut Rn
     let pb = mk.param(DType::U8, k * n, Access::Read);
     let pbias = mk.param(DType::I32, m, Access::Read);
     let pc = mk.param(DType::I32, m * n, Access::Write);
-    let col = v == Variant::ColMajor;
+    let col = matches!(v, Variant::ColMajor | Variant::ShiftedColMajor);
     let mm = Matmul {
         m,
         n,
@@ -193,7 +208,7 @@ fn program(m: usize, n: usize, k: usize, out_ty: DType, v: Variant, rng: &mut Rn
     let ps = t.param(DType::F32, 1, Access::Read);
     let pz = t.param(out_ty, 1, Access::Read);
     let extents: Vec<usize> = match v {
-        Variant::ColMajor => vec![n, m],
+        Variant::ColMajor | Variant::ShiftedColMajor => vec![n, m],
         Variant::ThreeLoops => vec![m, n / 4, 4],
         _ => vec![m, n],
     };
@@ -206,9 +221,17 @@ fn program(m: usize, n: usize, k: usize, out_ty: DType, v: Variant, rng: &mut Rn
     }
     let mult_idx = match v {
         Variant::PerTensor => Expr::idx(0),
-        Variant::ColMajor => Expr::var(vars[1]),
+        Variant::ColMajor | Variant::ShiftedColMajor => Expr::var(vars[1]),
         _ => Expr::var(vars[0]),
     };
+    // The shift: a const per row of C (after the residual's consts), read like the multiplier.
+    let shift = v.shifted().then(|| {
+        let vals: Vec<f32> = (0..m).map(|_| rng.int(-4000, 4000) as f32 * 1e-3).collect();
+        p.consts.push(Tensor::from_vec(&[m], vals).unwrap());
+        let ci = p.consts.len() - 1;
+        let b = buf(&mut p, DType::F32, vec![m], BufKind::Const(ci));
+        (b, t.param(DType::F32, m, Access::Read))
+    });
     let f = |x: f64| Expr::float(DType::F32, x);
     let (lo, hi) = match (out_ty, v) {
         (DType::U8, Variant::NarrowClamp) => (0.0, 127.0),
@@ -223,15 +246,24 @@ fn program(m: usize, n: usize, k: usize, out_ty: DType, v: Variant, rng: &mut Rn
         Expr::var(var)
     };
     let acc = let_(&mut t, DType::I32, Expr::load(pacc, idx.clone()));
-    let mv = let_(&mut t, DType::F32, Expr::load(pm, mult_idx));
+    let mv = let_(&mut t, DType::F32, Expr::load(pm, mult_idx.clone()));
     let sv = let_(&mut t, DType::F32, Expr::load(ps, Expr::idx(0)));
     let zv = let_(&mut t, out_ty, Expr::load(pz, Expr::idx(0)));
     let x = let_(&mut t, DType::F32, Expr::cast(DType::F32, acc));
     let x = if v == Variant::DivFirst {
         let d = let_(&mut t, DType::F32, Expr::bin(BinOp::Div, x, sv.clone()));
         let_(&mut t, DType::F32, Expr::bin(BinOp::Mul, d, mv))
+    } else if v == Variant::ShiftFirst {
+        let sh = Expr::load(shift.as_ref().unwrap().1, mult_idx.clone());
+        let y = let_(&mut t, DType::F32, Expr::bin(BinOp::Add, x, sh));
+        let y = let_(&mut t, DType::F32, Expr::bin(BinOp::Mul, y, mv));
+        let_(&mut t, DType::F32, Expr::bin(BinOp::Div, y, sv.clone()))
     } else {
-        let y = let_(&mut t, DType::F32, Expr::bin(BinOp::Mul, x, mv));
+        let mut y = let_(&mut t, DType::F32, Expr::bin(BinOp::Mul, x, mv));
+        if let Some((_, psh)) = shift {
+            let sh = Expr::load(psh, mult_idx.clone());
+            y = let_(&mut t, DType::F32, Expr::bin(BinOp::Add, y, sh));
+        }
         let_(&mut t, DType::F32, Expr::bin(BinOp::Div, y, sv.clone()))
     };
     let x = let_(&mut t, DType::F32, Expr::un(UnOp::Round, x));
@@ -320,6 +352,7 @@ fn program(m: usize, n: usize, k: usize, out_ty: DType, v: Variant, rng: &mut Rn
     mlc_kir::verify_kernel(&t).unwrap();
     let kt = p.intern_kernel(t);
     let mut args = vec![bout, bc, bmult, bscale, bzp];
+    args.extend(shift.map(|(b, _)| b));
     args.extend(rbufs.into_iter().flatten());
     p.steps.push(Step {
         kernel: kt,
@@ -378,6 +411,9 @@ fn fuses_exactly_the_requantizing_tails() {
         (Variant::Residual, true),
         (Variant::ResidualOtherZp, false),
         (Variant::ResidualF32, true),
+        (Variant::Shifted, true),
+        (Variant::ShiftedColMajor, true),
+        (Variant::ShiftFirst, false),
     ];
     for &(m, n, k) in &[(1, 4, 1), (7, 12, 13), (13, 36, 27), (64, 100, 147)] {
         for (v, fuses) in variants {

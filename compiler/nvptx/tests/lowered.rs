@@ -503,6 +503,23 @@ fn lowered_kernels_match_eval_on_the_host() {
         .map(|(i, &n)| floats(n, 10 + i as u64))
         .collect();
     check_on_host(&dw, init);
+    // A quantized one: u8 input less its zero point, per-channel scale, rounding, u8 output.
+    let (dw, lens) = quantized_depthwise();
+    let bytes = |n: usize, seed: u64| -> Vec<Val> {
+        (0..n as u64)
+            .map(|i| Val::I(((i * 37 + seed * 11) % 256) as i64))
+            .collect()
+    };
+    let init = vec![
+        bytes(lens[0], 1),
+        vec![Val::I(117)],
+        (0..lens[2])
+            .map(|i| Val::F(((i * 5) % 11) as f64 - 5.0))
+            .collect(),
+        vec![Val::F(0.0123), Val::F(0.031)],
+        bytes(lens[4], 2),
+    ];
+    check_on_host(&dw, init);
     // Contractions whose B is an image's column matrix (implicit GEMM): f32 with strides,
     // dilation and asymmetric pads (small integers, so sums are exact in any order), and an
     // 8-bit one whose padding reads a fill parameter.
@@ -618,6 +635,7 @@ fn depthwise() -> (Kernel, Vec<usize>) {
         dilation: [1, 1],
         pad: [1, 0],
         x: p(0),
+        x_zero: None,
         w: p(1),
         bias: Some(p(2)),
         out: p(4),
@@ -631,6 +649,45 @@ fn depthwise() -> (Kernel, Vec<usize>) {
                 saved_first: true,
             },
             bin(BinOp::Div, EpArg::Scalar(p(3)), false),
+        ],
+    }))];
+    (k, lens)
+}
+
+/// A 2×(3×3) depthwise convolution of a `u8` input with its zero point, requantized into a
+/// `u8` output with per-channel scales; and its parameter lengths.
+fn quantized_depthwise() -> (Kernel, Vec<usize>) {
+    use mlc_kir::{Depthwise, EpArg, EpOp};
+    let mut k = Kernel::new("qdw");
+    let types = [DType::U8, DType::U8, DType::F32, DType::F32, DType::U8];
+    let lens = vec![2 * 7 * 9, 1, 2 * 9, 2, 2 * 4 * 5];
+    for (i, (&n, &t)) in lens.iter().zip(&types).enumerate() {
+        let access = if i == 4 { Access::Write } else { Access::Read };
+        k.param(t, n, access);
+    }
+    let p = mlc_kir::ParamId;
+    let bin = |op, arg, arg_first| EpOp::Bin { op, arg, arg_first };
+    k.body = vec![Stmt::Depthwise(Box::new(Depthwise {
+        batch: 1,
+        channels: 2,
+        mult: 1,
+        in_hw: [7, 9],
+        out_hw: [4, 5],
+        kernel: [3, 3],
+        stride: [2, 2],
+        dilation: [1, 1],
+        pad: [1, 0],
+        x: p(0),
+        x_zero: Some(p(1)),
+        w: p(2),
+        bias: None,
+        out: p(4),
+        epilogue: vec![
+            bin(BinOp::Mul, EpArg::Channel(p(3)), false),
+            EpOp::Round,
+            bin(BinOp::Add, EpArg::Scalar(p(1)), false),
+            bin(BinOp::Max, EpArg::Lit(0.0), false),
+            bin(BinOp::Min, EpArg::Lit(255.0), false),
         ],
     }))];
     (k, lens)

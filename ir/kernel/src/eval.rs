@@ -283,8 +283,15 @@ impl Cx<'_> {
                         _ => 0,
                     };
                     let mult = self.load_f(&rq.mult, *mo, r, c)? as f32;
+                    let shift = match &rq.shift {
+                        Some(sv) => {
+                            let o = self.int(&sv.offset)?;
+                            Some(self.load_f(sv, o, r, c)? as f32)
+                        }
+                        None => None,
+                    };
                     let signed = cty.is_signed_int();
-                    let mut q = Requant::apply(acc as i32, mult, *scale, *zp, signed);
+                    let mut q = Requant::apply(acc as i32, mult, shift, *scale, *zp, signed);
                     if let Some((rp, [rs, rz, os, oz])) = add {
                         let ci = co + r as i64 * mm.c.row_stride + c as i64 * mm.c.col_stride;
                         let mut rv = self.load_f(&MatRef::scalar(*rp), ci, 0, 0)? as f32;
@@ -344,6 +351,8 @@ impl Cx<'_> {
         let scale = match sm.scale {
             Some(EpArg::Scalar(p)) => Some(f(self, p, 0)?),
             Some(EpArg::Lit(v)) => Some(v as f64),
+            // The verifier refuses it: a softmax has no channels.
+            Some(EpArg::Channel(p)) => Some(f(self, p, 0)?),
             None => None,
         };
         let mut v = vec![0.0f64; sm.len];
@@ -394,7 +403,7 @@ impl Cx<'_> {
             Val::F(v) => v,
             _ => f64::NAN,
         };
-        // The epilogue's scalars, read once.
+        // The epilogue's scalars, read once (per-channel ones per channel, below).
         let mut args = Vec::with_capacity(dw.epilogue.len());
         for e in &dw.epilogue {
             args.push(match e {
@@ -408,10 +417,24 @@ impl Cx<'_> {
                 _ => 0.0,
             });
         }
+        let x_zero = match dw.x_zero {
+            Some(z) => f(self, z, 0)?,
+            None => 0.0,
+        };
+        let out_ty = self.k.params.get(dw.out.0 as usize).map(|p| p.dtype);
         let m = dw.channels * dw.mult;
         let ([ih, iw], [oh, ow], [kh, kw]) = (dw.in_hw, dw.out_hw, dw.kernel);
         for n in 0..dw.batch {
             for mo in 0..m {
+                for (e, a) in dw.epilogue.iter().zip(args.iter_mut()) {
+                    if let EpOp::Bin {
+                        arg: EpArg::Channel(p),
+                        ..
+                    } = e
+                    {
+                        *a = f(self, *p, mo)?;
+                    }
+                }
                 let xp = (n * dw.channels + mo / dw.mult) * ih * iw;
                 let bias = match dw.bias {
                     Some(b) => f(self, b, mo)?,
@@ -429,7 +452,8 @@ impl Cx<'_> {
                                 let xv = if (0..ih as i64).contains(&iy)
                                     && (0..iw as i64).contains(&ix)
                                 {
-                                    f(self, dw.x, xp + iy as usize * iw + ix as usize)?
+                                    // An 8-bit input less its zero point is exact in f32.
+                                    f(self, dw.x, xp + iy as usize * iw + ix as usize)? - x_zero
                                 } else {
                                     0.0
                                 };
@@ -461,11 +485,21 @@ impl Cx<'_> {
                                     };
                                     x = op(BinOp::Div, 1.0, op(BinOp::Add, 1.0, e));
                                 }
+                                EpOp::Round => x = x.round_ties_even(),
+                                EpOp::Narrow(t) => {
+                                    x = match cast(DType::F32, cast(t, Val::F(x))) {
+                                        Val::F(v) => v,
+                                        _ => f64::NAN,
+                                    }
+                                }
                             }
                         }
                         let at = ((n * m + mo) * oh + oy) * ow + ox;
                         let (si, i) = self.slot(dw.out, at as i64)?;
-                        self.store[si][i] = Val::F(x);
+                        self.store[si][i] = match out_ty {
+                            Some(t) if t != DType::F32 => cast(t, Val::F(x)),
+                            _ => Val::F(x),
+                        };
                     }
                 }
             }

@@ -121,6 +121,31 @@ fn loops(k: &mut Kernel, dw: &Depthwise) -> Vec<Stmt> {
         ),
         (ih * iw) as i64,
     );
+    let types: Vec<DType> = k.params.iter().map(|q| q.dtype).collect();
+    let dtype = |p: ParamId| types.get(p.0 as usize).copied().unwrap_or(f32_);
+    // A scalar operand as f32 (an 8-bit one converted).
+    let as_f32 = |p: ParamId| {
+        let v = Expr::load(p, Expr::idx(0));
+        if dtype(p) == f32_ {
+            v
+        } else {
+            Expr::cast(f32_, v)
+        }
+    };
+    let x_ty = dtype(dw.x);
+    let x_zero = dw.x_zero.map(as_f32);
+    let x_at = |at: Expr| {
+        let v = Expr::load(dw.x, at);
+        if x_ty == f32_ {
+            return v;
+        }
+        let v = Expr::cast(f32_, v);
+        match &x_zero {
+            Some(z) => Expr::bin(BinOp::Sub, v, z.clone()),
+            None => v,
+        }
+    };
+    let out_ty = dtype(dw.out);
     let mut inner = vec![Stmt::Let {
         var: acc,
         value: match dw.bias {
@@ -138,7 +163,7 @@ fn loops(k: &mut Kernel, dw: &Depthwise) -> Vec<Stmt> {
             );
             let xv = Expr::select(
                 Expr::bin(BinOp::And, iny.clone(), inx),
-                Expr::load(dw.x, at),
+                x_at(at),
                 Expr::float(f32_, 0.0),
             );
             let wv = Expr::load(
@@ -169,7 +194,8 @@ fn loops(k: &mut Kernel, dw: &Depthwise) -> Vec<Stmt> {
             EpOp::Bin { op, arg, arg_first } => {
                 let a = match arg {
                     EpArg::Lit(v) => Expr::float(f32_, *v as f64),
-                    EpArg::Scalar(q) => Expr::load(*q, Expr::idx(0)),
+                    EpArg::Scalar(q) => as_f32(*q),
+                    EpArg::Channel(q) => Expr::load(*q, Expr::var(mo)),
                 };
                 let v = if *arg_first {
                     Expr::bin(*op, a, Expr::var(x))
@@ -195,16 +221,23 @@ fn loops(k: &mut Kernel, dw: &Depthwise) -> Vec<Stmt> {
                 };
                 (x, v)
             }
+            EpOp::Round => (x, Expr::un(UnOp::Round, Expr::var(x))),
+            EpOp::Narrow(t) => (x, Expr::cast(f32_, Expr::cast(*t, Expr::var(x)))),
         };
         inner.push(Stmt::Assign { var, value });
     }
+    let stored = if out_ty == f32_ {
+        Expr::var(x)
+    } else {
+        Expr::cast(out_ty, Expr::var(x))
+    };
     inner.push(Stmt::Store {
         param: dw.out,
         index: Expr::add_idx(
             Expr::mul_idx(Expr::var(p), (oh * ow) as i64),
             Expr::add_idx(Expr::mul_idx(Expr::var(oy), ow as i64), Expr::var(ox)),
         ),
-        value: Expr::var(x),
+        value: stored,
     });
     let per_plane = vec![
         Stmt::Let {
@@ -265,7 +298,10 @@ fn softmax_loops(k: &mut Kernel, sm: &Softmax) -> Vec<Stmt> {
         let mut v = Expr::load(sm.x, at(c));
         match sm.scale {
             Some(EpArg::Lit(s)) => v = Expr::bin(BinOp::Mul, v, Expr::float(f32_, s as f64)),
-            Some(EpArg::Scalar(p)) => v = Expr::bin(BinOp::Mul, v, Expr::load(p, Expr::idx(0))),
+            // (A channel argument is refused by the verifier; as a scalar it is element 0.)
+            Some(EpArg::Scalar(p) | EpArg::Channel(p)) => {
+                v = Expr::bin(BinOp::Mul, v, Expr::load(p, Expr::idx(0)))
+            }
             None => {}
         }
         if let Some((p, off)) = &moff {
@@ -385,6 +421,97 @@ mod tests {
         (p, inputs)
     }
 
+    /// An 8-bit input with its zero point, per-channel operands, rounding, narrowing and an
+    /// 8-bit output: the loop form computes exactly what the evaluator makes of the statement.
+    #[test]
+    fn the_loop_form_of_a_quantized_statement_matches() {
+        let bin = |op, arg, arg_first| EpOp::Bin { op, arg, arg_first };
+        for (x_ty, out_ty) in [
+            (DType::U8, DType::U8),
+            (DType::I8, DType::I8),
+            (DType::U8, DType::I32),
+        ] {
+            let dw = Depthwise {
+                batch: 2,
+                channels: 3,
+                mult: 2,
+                in_hw: [6, 7],
+                out_hw: [3, 4],
+                kernel: [3, 3],
+                stride: [2, 2],
+                dilation: [1, 1],
+                pad: [1, 1],
+                x: ParamId(0),
+                x_zero: Some(ParamId(1)),
+                w: ParamId(2),
+                bias: None,
+                out: ParamId(4),
+                epilogue: if out_ty == DType::I32 {
+                    vec![]
+                } else {
+                    vec![
+                        bin(BinOp::Mul, EpArg::Channel(ParamId(3)), false),
+                        bin(BinOp::Div, EpArg::Lit(0.3), false),
+                        EpOp::Round,
+                        bin(BinOp::Add, EpArg::Scalar(ParamId(1)), false),
+                        EpOp::Narrow(out_ty),
+                        bin(BinOp::Sub, EpArg::Lit(2.5), false),
+                    ]
+                },
+            };
+            let (lx, lw, ly) = dw.lens();
+            let mut p = Program::default();
+            let mut k = Kernel::new("qdw");
+            let x: Vec<i64> = data(lx, 1).iter().map(|v| (v * 127.0) as i64).collect();
+            let xt = if x_ty == DType::U8 {
+                Tensor::from_vec(&[lx], x.iter().map(|&v| (v + 128) as u8).collect()).expect("x")
+            } else {
+                Tensor::from_vec(&[lx], x.iter().map(|&v| v as i8).collect()).expect("x")
+            };
+            let zt = if x_ty == DType::U8 {
+                Tensor::from_vec(&[1], vec![120u8]).expect("z")
+            } else {
+                Tensor::from_vec(&[1], vec![-7i8]).expect("z")
+            };
+            let w: Vec<f32> = data(lw, 2).iter().map(|v| (v * 100.0).round()).collect();
+            let ch: Vec<f32> = data(6, 3).iter().map(|v| v.abs() * 1e-3).collect();
+            let inputs = vec![
+                xt,
+                zt,
+                Tensor::from_vec(&[lw], w).expect("w"),
+                Tensor::from_vec(&[6], ch).expect("ch"),
+            ];
+            let mut args = vec![];
+            for (i, t) in inputs.iter().enumerate() {
+                args.push(p.add_buffer(t.dtype(), vec![t.len()], BufKind::Input(i)));
+                k.param(t.dtype(), t.len(), Access::Read);
+            }
+            let out = p.add_buffer(out_ty, vec![ly], BufKind::Temp);
+            args.push(out);
+            k.param(out_ty, ly, Access::Write);
+            k.body = vec![Stmt::Depthwise(Box::new(dw))];
+            verify_kernel(&k).expect("statement verifies");
+            let id = p.intern_kernel(k);
+            p.steps.push(Step {
+                kernel: id,
+                args,
+                origin: None,
+            });
+            p.inputs = (0..4).map(|i| (format!("in{i}"), BufId(i))).collect();
+            p.outputs = vec![("out".into(), out)];
+            let mut q = p.clone();
+            q.kernels[0] = expand_depthwise(&p.kernels[0]);
+            verify_kernel(&q.kernels[0]).expect("loop form verifies");
+            let a = run_program(&p, &inputs).expect("statement").remove(0);
+            let b = run_program(&q, &inputs).expect("loops").remove(0);
+            assert_eq!(a.dtype(), out_ty);
+            let (a, b) = (a.to_f64_vec().expect("ints"), b.to_f64_vec().expect("ints"));
+            assert_eq!(a, b, "{x_ty:?} -> {out_ty:?}");
+            // Not a constant output: the rewrite has something to get wrong.
+            assert!(a.iter().any(|v| *v != a[0]), "{a:?}");
+        }
+    }
+
     #[test]
     fn the_loop_form_computes_what_the_statement_defines() {
         let bin = |op, arg, arg_first| EpOp::Bin { op, arg, arg_first };
@@ -467,6 +594,7 @@ mod tests {
                     dilation,
                     pad,
                     x: ParamId(0),
+                    x_zero: None,
                     w: ParamId(1),
                     bias: bias.then_some(ParamId(2)),
                     out: ParamId(4),

@@ -441,6 +441,13 @@ pub struct TileTail {
 /// (the CPU kernels do), which differs by at most one rounding per tap. The buffers are whole parameters: `x` of
 /// `batch·channels·in_hw`, `w` of `channels·mult·kernel`, `bias` of `channels·mult`, `out`
 /// of `batch·channels·mult·out_hw` elements.
+///
+/// Quantized convolutions keep their integers: `x` may be `u8`/`i8`, read as
+/// `f32(x) - f32(x_zero[0])` (or `f32(x)` without a zero point), and `out` may be `i32`,
+/// `u8` or `i8`, stored as `cast<out>(epilogue(acc))` (saturating, NaN as 0). With 8-bit
+/// inputs and integral weights every product and partial sum of up to 258 taps is an integer
+/// below 2^24, so a fused multiply-add changes nothing and the result is the integer
+/// convolution's; `w`, `bias` and the epilogue stay `f32`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Depthwise {
     pub batch: usize,
@@ -456,6 +463,9 @@ pub struct Depthwise {
     /// Top and left pads; the bottom and right ones follow from the sizes.
     pub pad: [usize; 2],
     pub x: ParamId,
+    /// The zero point of an 8-bit `x` (element 0, of `x`'s type); `None` for `f32` inputs and
+    /// 8-bit ones without one.
+    pub x_zero: Option<ParamId>,
     pub w: ParamId,
     pub bias: Option<ParamId>,
     pub out: ParamId,
@@ -466,12 +476,12 @@ impl Depthwise {
     /// Whether the convolution reads `p` (an operand or an epilogue scalar).
     pub fn reads_operand(&self, p: ParamId) -> bool {
         self.x == p
+            || self.x_zero == Some(p)
             || self.w == p
             || self.bias == Some(p)
-            || self
-                .epilogue
-                .iter()
-                .any(|op| matches!(op, EpOp::Bin { arg: EpArg::Scalar(q), .. } if *q == p))
+            || self.epilogue.iter().any(|op| {
+                matches!(op, EpOp::Bin { arg: EpArg::Scalar(q) | EpArg::Channel(q), .. } if *q == p)
+            })
     }
 
     /// Element counts of `x`, `w` and `out`.
@@ -503,6 +513,11 @@ pub enum EpOp {
     /// `x = 1 / (1 + exp(-x))`, as the lowering of `ew.sigmoid` computes it (with `Save` and
     /// `Combine`, swish/SiLU). Backends may approximate `exp` as their vector loops do.
     Sigmoid,
+    /// `x = round_half_even(x)` (a quantization's rounding).
+    Round,
+    /// `x = f32(cast<T>(x))` for `T` one of `u8`, `i8`, `i32`: saturating truncation, NaN as 0
+    /// (a quantize-dequantize pair in the tail stores and reloads the integer).
+    Narrow(DType),
 }
 
 impl EpOp {
@@ -520,8 +535,12 @@ impl EpOp {
 pub enum EpArg {
     /// An `f32` literal.
     Lit(f32),
-    /// Element 0 of an `f32` parameter (a one-element constant such as a learned scale).
+    /// Element 0 of an `f32`, `u8` or `i8` parameter (a one-element constant such as a
+    /// learned scale or a zero point), as `f32`.
     Scalar(ParamId),
+    /// Element `m` (the output channel) of an `f32` parameter of `channels·mult` elements: a
+    /// per-channel scale or shift.
+    Channel(ParamId),
 }
 
 // ---- end Depthwise ----------------------------------------------------------------------
@@ -601,18 +620,22 @@ pub struct ScalarRef {
 /// while the tile is in registers:
 ///
 /// ```text
-/// C = cast<C>(min(max(round_half_even(f32(acc) · mult[r, c] / scale) + f32(zp), lo), hi))
+/// C = cast<C>(min(max(round_half_even((f32(acc) · mult[r, c] + shift[r, c]) / scale) + f32(zp), lo), hi))
 /// ```
 ///
-/// in `f32`, each operation rounded (the multiplication, then the division: no fused
-/// multiply-add, no reciprocal), `[lo, hi]` C's whole range; NaN becomes 0 (a cast's NaN).
-/// It is exactly the elementwise tail that a `QuantizeLinear(DequantizeLinear(ConvInteger))`
-/// chain lowers to, so a backend may fold that tail into the contraction.
+/// in `f32`, each operation rounded (the multiplication, the addition, then the division: no
+/// fused multiply-add, no reciprocal), `[lo, hi]` C's whole range; NaN becomes 0 (a cast's
+/// NaN); without a shift, nothing is added. It is exactly the elementwise tail that a
+/// `QuantizeLinear(DequantizeLinear(ConvInteger))` chain lowers to (the shift: a float bias
+/// added after dequantization, as PyTorch exports QDQ convolutions), so a backend may fold
+/// that tail into the contraction.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Requant {
     /// `f32` multipliers broadcast through their strides to `m×n` (per row: `(1, 0)`; per
     /// tensor: `(0, 0)`).
     pub mult: MatRef,
+    /// `f32` values added after the multiplication, broadcast like `mult`.
+    pub shift: Option<MatRef>,
     /// The `f32` divisor: the output scale.
     pub scale: ScalarRef,
     /// The output zero point, of C's type.
@@ -693,8 +716,20 @@ fn quantize(x: f32, zp: f32, signed: bool) -> i64 {
 impl Requant {
     /// The requantized value of `acc` (as every backend computes it), for a C of `u8` when
     /// `signed` is false, else `i8`.
-    pub fn apply(acc: i32, mult: f32, scale: f32, zp: f32, signed: bool) -> i64 {
-        quantize(acc as f32 * mult / scale, zp, signed)
+    pub fn apply(
+        acc: i32,
+        mult: f32,
+        shift: Option<f32>,
+        scale: f32,
+        zp: f32,
+        signed: bool,
+    ) -> i64 {
+        let v = acc as f32 * mult;
+        let v = match shift {
+            Some(s) => v + s,
+            None => v,
+        };
+        quantize(v / scale, zp, signed)
     }
 }
 
@@ -708,6 +743,7 @@ impl Matmul {
             || self.b_im2col.as_ref().is_some_and(|v| v.fill == Some(p))
             || self.requant.as_ref().is_some_and(|rq| {
                 rq.mult.param == p
+                    || rq.shift.as_ref().is_some_and(|s| s.param == p)
                     || rq.scale.param == p
                     || rq.zero_point.param == p
                     || rq.residual.as_ref().is_some_and(|ra| {

@@ -147,9 +147,13 @@ fn block(k: &Kernel, body: &[Stmt], depth: usize, s: &mut String) {
                     let _ = write!(s, " bias={}", mat(k, b));
                 }
                 if let Some(rq) = &mm.requant {
+                    let shift = match &rq.shift {
+                        Some(sv) => format!(", shift={}", mat(k, sv)),
+                        None => String::new(),
+                    };
                     let _ = write!(
                         s,
-                        " requant(mult={}, scale=%p{}[{}], zp=%p{}[{}])",
+                        " requant(mult={}{shift}, scale=%p{}[{}], zp=%p{}[{}])",
                         mat(k, &rq.mult),
                         rq.scale.param.0,
                         expr(k, &rq.scale.index),
@@ -218,6 +222,9 @@ fn depthwise(dw: &Depthwise, pad: &str, s: &mut String) {
         dw.x.0,
         dw.w.0
     );
+    if let Some(z) = dw.x_zero {
+        let _ = write!(s, " x_zero=%p{}[0]", z.0);
+    }
     if let Some(b) = dw.bias {
         let _ = write!(s, " bias=%p{}", b.0);
     }
@@ -231,6 +238,7 @@ fn depthwise(dw: &Depthwise, pad: &str, s: &mut String) {
                     let a = match arg {
                         EpArg::Lit(v) => format!("{v:?}"),
                         EpArg::Scalar(p) => format!("%p{}[0]", p.0),
+                        EpArg::Channel(p) => format!("%p{}[m]", p.0),
                     };
                     if *arg_first {
                         format!("{}({a}, x)", op.name())
@@ -245,6 +253,8 @@ fn depthwise(dw: &Depthwise, pad: &str, s: &mut String) {
                     saved_first: true,
                 } => format!("{}(s, x)", op.name()),
                 EpOp::Combine { op, .. } => format!("{}(x, s)", op.name()),
+                EpOp::Round => "round(x)".to_string(),
+                EpOp::Narrow(t) => format!("narrow<{}>(x)", t.name()),
             })
             .collect();
         let _ = write!(s, " ep=[{}]", ops.join(", "));
@@ -317,6 +327,9 @@ fn softmax(sm: &Softmax, pad: &str, s: &mut String) {
         }
         Some(EpArg::Scalar(p)) => {
             let _ = write!(s, " scale=%p{}[0]", p.0);
+        }
+        Some(EpArg::Channel(p)) => {
+            let _ = write!(s, " scale=%p{}[m]", p.0);
         }
         None => {}
     }

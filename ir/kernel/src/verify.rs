@@ -168,6 +168,8 @@ impl Verifier<'_> {
     fn depthwise(&mut self, dw: &Depthwise) {
         let (lx, lw, ly) = dw.lens();
         let m = dw.channels * dw.mult;
+        let eight = [DType::U8, DType::I8];
+        let x_ty = self.param(dw.x).map(|p| p.dtype);
         let mut want = vec![
             (dw.x, lx, false, "x"),
             (dw.w, lw, false, "w"),
@@ -176,28 +178,58 @@ impl Verifier<'_> {
         if let Some(b) = dw.bias {
             want.push((b, m, false, "bias"));
         }
+        if let Some(z) = dw.x_zero {
+            want.push((z, 1, false, "x zero point"));
+            if x_ty.is_some_and(|t| !eight.contains(&t)) {
+                self.err("depthwise: a zero point for an input that is not 8-bit".to_string());
+            }
+        }
         for e in &dw.epilogue {
             if let EpOp::Bin { op, .. } | EpOp::Combine { op, .. } = e
                 && !EpOp::allowed(*op)
             {
                 self.err(format!("depthwise epilogue: {} is not allowed", op.name()));
             }
-            if let EpOp::Bin {
-                arg: EpArg::Scalar(p),
-                ..
-            } = e
-            {
-                want.push((*p, 1, false, "epilogue scalar"));
+            match e {
+                EpOp::Bin {
+                    arg: EpArg::Scalar(p),
+                    ..
+                } => want.push((*p, 1, false, "epilogue scalar")),
+                EpOp::Bin {
+                    arg: EpArg::Channel(p),
+                    ..
+                } => want.push((*p, m, false, "epilogue channel operand")),
+                EpOp::Narrow(t) if ![DType::U8, DType::I8, DType::I32].contains(t) => {
+                    self.err(format!("depthwise epilogue: narrowing to {}", t.name()))
+                }
+                _ => {}
             }
         }
         for (p, len, written, what) in want {
             let Some(param) = self.param(p).cloned() else {
                 continue;
             };
-            if param.dtype != DType::F32 {
-                self.err(format!("depthwise {what} %p{} is not f32", p.0));
+            // 8-bit inputs (and their zero points), integer outputs, 8-bit scalars.
+            let types: &[DType] = match what {
+                "x" | "x zero point" => &[DType::F32, DType::U8, DType::I8],
+                "out" => &[DType::F32, DType::I32, DType::U8, DType::I8],
+                "epilogue scalar" => &[DType::F32, DType::U8, DType::I8],
+                _ => &[DType::F32],
+            };
+            if !types.contains(&param.dtype) {
+                self.err(format!(
+                    "depthwise {what} %p{} is {}",
+                    p.0,
+                    param.dtype.name()
+                ));
             }
-            let ok_len = if what == "epilogue scalar" {
+            if what == "x zero point" && Some(param.dtype) != x_ty {
+                self.err(format!(
+                    "depthwise x zero point %p{} is not of x's type",
+                    p.0
+                ));
+            }
+            let ok_len = if what == "epilogue scalar" || what == "x zero point" {
                 param.len >= 1
             } else {
                 param.len == len
@@ -229,6 +261,12 @@ impl Verifier<'_> {
     fn softmax(&mut self, sm: &Softmax) {
         let n = sm.rows.checked_mul(sm.len);
         let mut want = vec![(sm.x, n, false, "x"), (sm.out, n, true, "out")];
+        if let Some(EpArg::Channel(p)) = sm.scale {
+            self.err(format!(
+                "softmax scale %p{}[m]: a softmax has no channels",
+                p.0
+            ));
+        }
         if let Some(EpArg::Scalar(p)) = sm.scale {
             want.push((p, Some(1), false, "scale"));
         }
@@ -343,6 +381,12 @@ impl Verifier<'_> {
             DType::I64,
             "matmul requant multiplier offset",
         );
+        if let Some(sv) = &rq.shift {
+            if ty(self, sv.param) != Some(DType::F32) {
+                self.err("requantizing matmul: the shift has the wrong type".to_string());
+            }
+            self.expect(&sv.offset, DType::I64, "matmul requant shift offset");
+        }
         self.expect(&rq.scale.index, DType::I64, "matmul requant scale index");
         self.expect(
             &rq.zero_point.index,

@@ -20,7 +20,7 @@ use super::matmul::{self, Gemm, Requant, View};
 use crate::kernels::igemm::AddParams;
 
 /// Version of this contract; an artifact records it and a runtime loads only its own.
-pub const ABI_VERSION: u32 = 8;
+pub const ABI_VERSION: u32 = 9;
 
 /// The data symbol holding the helper table in generated code.
 pub const TABLE_SYMBOL: &str = "mlc_helpers";
@@ -177,7 +177,10 @@ pub mod mm_slot {
     pub const IM2COL: usize = 58;
     /// The padding value's buffer (null: zero), its element count (ABI 8).
     pub const IM2COL_FILL: usize = 72;
-    pub const COUNT: usize = 74;
+    /// The requantization's `f32` shift, added after the multiplication (ABI 9): pointer (null:
+    /// none), element count, offset, row stride, col stride.
+    pub const RQ_SHIFT: usize = 74;
+    pub const COUNT: usize = 79;
 }
 
 /// `Stmt::Matmul`'s entry point: `desc` points to `mm_slot::COUNT` words laid out as
@@ -392,21 +395,27 @@ fn requant_from_desc<'a>(
     } else {
         zp[0] as i32
     };
-    let (pm, lm) = (
-        d[s::RQ_MULT] as *const u8,
-        (d[s::RQ_MULT + 1] as usize).saturating_mul(4),
-    );
-    if overlaps(pm, lm) {
-        return None;
-    }
-    // SAFETY: as for the scale: a read-only parameter buffer that does not overlap C.
-    let bytes = unsafe { std::slice::from_raw_parts(pm, lm) };
-    let mult = View {
-        bytes,
-        dtype: DType::F32,
-        offset: d[s::RQ_MULT + 2] as i64,
-        row_stride: d[s::RQ_MULT + 3] as i64,
-        col_stride: d[s::RQ_MULT + 4] as i64,
+    // An `f32` view (pointer, element count, offset, row stride, col stride from `j`).
+    let f32_view = |j: usize| -> Option<View<'a>> {
+        let (p, l) = (d[j] as *const u8, (d[j + 1] as usize).saturating_mul(4));
+        if p.is_null() || overlaps(p, l) {
+            return None;
+        }
+        // SAFETY: as for the scale: a read-only parameter buffer that does not overlap C.
+        let bytes = unsafe { std::slice::from_raw_parts(p, l) };
+        Some(View {
+            bytes,
+            dtype: DType::F32,
+            offset: d[j + 2] as i64,
+            row_stride: d[j + 3] as i64,
+            col_stride: d[j + 4] as i64,
+        })
+    };
+    let mult = f32_view(s::RQ_MULT)?;
+    let shift = if d[s::RQ_SHIFT] == 0 {
+        None
+    } else {
+        Some(f32_view(s::RQ_SHIFT)?)
     };
     let add = if d[s::RQ_ADD] == 0 {
         None
@@ -450,6 +459,7 @@ fn requant_from_desc<'a>(
     };
     Some(Requant {
         mult,
+        shift,
         scale,
         zero_point,
         add,
@@ -465,7 +475,7 @@ pub const MATMUL: &str = "mlc_matmul";
 pub const DEPTHWISE: &str = "mlc_depthwise";
 
 /// The slots of the argument block passed to `mlc_depthwise`, in 8-byte words; the block is
-/// `EP + 2·(word EP_LEN)` words long.
+/// `EP + 3·(word EP_LEN)` words long (ABI 9).
 pub mod dw_slot {
     pub const X: usize = 0;
     pub const W: usize = 1;
@@ -477,10 +487,26 @@ pub mod dw_slot {
     pub const GEOM: usize = 8;
     pub const STATUS: usize = 23; // the executor's control block: status word, threads
     pub const EP_LEN: usize = 24;
-    /// Per epilogue operation two words: `kind | op << 8 | first << 16` (kind 0 `x = x op a`,
-    /// 1 save, 2 `x = x op s`; op 0 add, 1 sub, 2 mul, 3 div, 4 max, 5 min; `first`: the
-    /// argument or saved value is the left operand), then the argument's `f32` bits.
-    pub const EP: usize = 25;
+    /// The input's type ([`super::dw_type`]: f32, u8 or i8) and the output's (f32, i32, u8,
+    /// i8).
+    pub const X_TYPE: usize = 25;
+    pub const OUT_TYPE: usize = 26;
+    /// The `f32` bits of an 8-bit input's zero point.
+    pub const X_ZERO: usize = 27;
+    /// Per epilogue operation three words: `kind | op << 8 | first << 16 | channel << 17`
+    /// (kind 0 `x = x op a`, 1 save, 2 `x = x op s`, 3 sigmoid, 4 round, 5 narrow to the type
+    /// in `op`; op 0 add, 1 sub, 2 mul, 3 div, 4 max, 5 min; `first`: the argument or saved
+    /// value is the left operand; `channel`: the argument is per channel), then the argument's
+    /// `f32` bits (or, per channel, the address of its `f32`s), then the number of those.
+    pub const EP: usize = 28;
+}
+
+/// The type codes of `dw_slot::X_TYPE`, `OUT_TYPE` and narrowing.
+pub mod dw_type {
+    pub const F32: u64 = 0;
+    pub const U8: u64 = 1;
+    pub const I8: u64 = 2;
+    pub const I32: u64 = 3;
 }
 
 /// `Stmt::Depthwise`'s entry point: `desc` points to the words [`dw_slot`] lays out. Never
@@ -493,8 +519,8 @@ extern "C" fn mlc_depthwise(desc: *const u64) {
     // SAFETY: the status pointer is the executor's control block (status word, threads).
     let threads = unsafe { *status.add(1) }.max(1) as usize;
     let n_ep = head[s::EP_LEN] as usize;
-    // SAFETY: the block holds `EP + 2·EP_LEN` words (generated code sizes it so).
-    let d = unsafe { std::slice::from_raw_parts(desc, s::EP + 2 * n_ep) };
+    // SAFETY: the block holds `EP + 3·EP_LEN` words (generated code sizes it so).
+    let d = unsafe { std::slice::from_raw_parts(desc, s::EP + 3 * n_ep) };
     let ok = std::panic::catch_unwind(|| depthwise_from_desc(d, n_ep, threads)).unwrap_or(false);
     if !ok {
         // SAFETY: the status word is the executor's `i64`, alive during the call.
@@ -503,7 +529,7 @@ extern "C" fn mlc_depthwise(desc: *const u64) {
 }
 
 fn depthwise_from_desc(d: &[u64], n_ep: usize, threads: usize) -> bool {
-    use crate::kernels::depthwise::{self as dwk, BinKind, EpOp};
+    use crate::kernels::depthwise::{self as dwk, Arg, BinKind, EpOp, Input, Int, Output, Step};
     use dw_slot as s;
     let g = |i: usize| d[s::GEOM + i] as usize;
     let shape = dwk::Shape::new(
@@ -517,12 +543,41 @@ fn depthwise_from_desc(d: &[u64], n_ep: usize, threads: usize) -> bool {
         [g(11), g(12)],
         [g(13), g(14)],
     );
-    let mut ep = Vec::with_capacity(n_ep);
+    let (x_ty, out_ty) = (d[s::X_TYPE], d[s::OUT_TYPE]);
+    let size = |t: u64| match t {
+        dw_type::F32 | dw_type::I32 => 4usize,
+        _ => 1,
+    };
+    if x_ty > dw_type::I8 || out_ty > dw_type::I32 {
+        return false;
+    }
+    let len = |j: usize| d[s::LEN + j] as usize;
+    let bytes = |j: usize, t: u64| len(j).saturating_mul(size(t));
+    let (px, pw, pb, po) = (
+        d[s::X] as *const u8,
+        d[s::W] as *const f32,
+        d[s::BIAS] as *const f32,
+        d[s::OUT] as *mut u8,
+    );
+    if px.is_null() || pw.is_null() || po.is_null() {
+        return false;
+    }
+    // The output is written; it must not overlap an operand (lowering never makes it).
+    let out_bytes = bytes(3, out_ty);
+    let overlaps = |p: *const u8, l: usize| {
+        let (a0, a1) = (p as usize, p as usize + l);
+        let (c0, c1) = (po as usize, po as usize + out_bytes);
+        a0 < c1 && c0 < a1
+    };
+    if overlaps(px, bytes(0, x_ty))
+        || overlaps(pw.cast(), bytes(1, dw_type::F32))
+        || (!pb.is_null() && overlaps(pb.cast(), bytes(2, dw_type::F32)))
+    {
+        return false;
+    }
+    let mut steps = Vec::with_capacity(n_ep);
     for i in 0..n_ep {
-        let (code, arg) = (
-            d[s::EP + 2 * i],
-            f32::from_bits(d[s::EP + 2 * i + 1] as u32),
-        );
+        let (code, arg, arg_len) = (d[s::EP + 3 * i], d[s::EP + 3 * i + 1], d[s::EP + 3 * i + 2]);
         let op = match (code >> 8) & 0xff {
             0 => BinKind::Add,
             1 => BinKind::Sub,
@@ -530,64 +585,116 @@ fn depthwise_from_desc(d: &[u64], n_ep: usize, threads: usize) -> bool {
             3 => BinKind::Div,
             4 => BinKind::Max,
             5 => BinKind::Min,
-            _ => return false,
+            _ => BinKind::Add,
         };
         let first = (code >> 16) & 1 == 1;
-        ep.push(match code & 0xff {
-            0 => EpOp::Bin {
+        let arg = if (code >> 17) & 1 == 1 {
+            let p = arg as *const f32;
+            if p.is_null() || overlaps(p.cast(), (arg_len as usize).saturating_mul(4)) {
+                return false;
+            }
+            // SAFETY: generated code passes a parameter buffer of `f32` and its element count
+            // (checked by the executor before any call); it is only read and the output
+            // overlaps it nowhere (above).
+            Arg::Channel(unsafe { std::slice::from_raw_parts(p, arg_len as usize) })
+        } else {
+            Arg::Lit(f32::from_bits(arg as u32))
+        };
+        steps.push(match code & 0xff {
+            0 => Step::Bin {
                 op,
                 arg,
                 arg_first: first,
             },
-            1 => EpOp::Save,
-            2 => EpOp::Combine {
+            1 => Step::Save,
+            2 => Step::Combine {
                 op,
                 saved_first: first,
             },
-            // ABI 7.
-            3 => EpOp::Sigmoid,
+            3 => Step::Sigmoid,
+            4 => Step::Round,
+            5 => Step::Narrow(match (code >> 8) & 0xff {
+                dw_type::U8 => Int::U8,
+                dw_type::I8 => Int::I8,
+                dw_type::I32 => Int::I32,
+                _ => return false,
+            }),
             _ => return false,
         });
     }
-    let bytes = |j: usize| (d[s::LEN + j] as usize).saturating_mul(4);
-    let (px, pw, pb, po) = (
-        d[s::X] as *const f32,
-        d[s::W] as *const f32,
-        d[s::BIAS] as *const f32,
-        d[s::OUT] as *mut f32,
-    );
-    if px.is_null() || pw.is_null() || po.is_null() {
-        return false;
-    }
-    // The output is written; it must not overlap an operand (lowering never makes it).
-    let overlaps = |p: *const f32, l: usize| {
-        let (a0, a1) = (p as usize, p as usize + l);
-        let (c0, c1) = (po as usize, po as usize + bytes(3));
-        a0 < c1 && c0 < a1
-    };
-    if overlaps(px, bytes(0)) || overlaps(pw, bytes(1)) || (!pb.is_null() && overlaps(pb, bytes(2)))
-    {
-        return false;
-    }
-    let len = |j: usize| d[s::LEN + j] as usize;
-    // SAFETY: the pointers are the kernel's parameter buffers of `f32`, each holding at least
-    // its parameter's `len` elements (checked by the executor before any call); x, w and the
-    // bias are only read, and the output, which is written, overlaps none of them (above).
-    let (x, w, out) = unsafe {
+    // SAFETY: the pointers are the kernel's parameter buffers, of the types the block names,
+    // each holding at least its parameter's `len` elements (checked by the executor before
+    // any call); x, w and the bias are only read, and the output, which is written, overlaps
+    // none of them (above).
+    let (w, out) = unsafe {
         (
-            std::slice::from_raw_parts(px, len(0)),
             std::slice::from_raw_parts(pw, len(1)),
-            std::slice::from_raw_parts_mut(po, len(3)),
+            std::slice::from_raw_parts_mut(po, out_bytes),
         )
     };
     let bias = if pb.is_null() {
         None
     } else {
-        // SAFETY: as for x and w.
+        // SAFETY: as for w.
         Some(unsafe { std::slice::from_raw_parts(pb, len(2)) })
     };
     let isa = crate::kernels::Isa::detect();
-    dwk::run(&shape, x, w, bias, out, &ep, threads, isa).is_ok()
+    // All-f32 with constant operands: the fused kernels of `run`.
+    let plain: Option<Vec<EpOp>> = steps
+        .iter()
+        .map(|st| match *st {
+            Step::Bin {
+                op,
+                arg: Arg::Lit(arg),
+                arg_first,
+            } => Some(EpOp::Bin { op, arg, arg_first }),
+            Step::Save => Some(EpOp::Save),
+            Step::Combine { op, saved_first } => Some(EpOp::Combine { op, saved_first }),
+            Step::Sigmoid => Some(EpOp::Sigmoid),
+            _ => None,
+        })
+        .collect();
+    // SAFETY (for the casts below): the buffers are of the types the block names (the
+    // executor allocates each parameter with its type's alignment).
+    let as_f32 =
+        |b: &[u8], n: usize| unsafe { std::slice::from_raw_parts(b.as_ptr().cast::<f32>(), n) };
+    // SAFETY: as above, for `x` of `len(0)` elements of its type.
+    let xb = unsafe { std::slice::from_raw_parts(px, bytes(0, x_ty)) };
+    let zero = f32::from_bits(d[s::X_ZERO] as u32);
+    let x = match x_ty {
+        dw_type::F32 => Input::F32(as_f32(xb, len(0))),
+        dw_type::U8 => Input::U8 { x: xb, zero },
+        // SAFETY: i8 and u8 have one layout.
+        _ => Input::I8 {
+            x: unsafe { std::slice::from_raw_parts(px.cast::<i8>(), len(0)) },
+            zero,
+        },
+    };
+    let n_out = len(3);
+    if let (Input::F32(x), dw_type::F32, Some(ep)) = (x, out_ty, &plain) {
+        // SAFETY: an f32 output of `n_out` elements.
+        let out = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<f32>(), n_out) };
+        return dwk::run(&shape, x, w, bias, out, ep, threads, isa).is_ok();
+    }
+    // SAFETY: the output is of `out_ty`, `n_out` elements.
+    let out = unsafe {
+        match out_ty {
+            dw_type::F32 => Output::F32(std::slice::from_raw_parts_mut(
+                out.as_mut_ptr().cast(),
+                n_out,
+            )),
+            dw_type::U8 => Output::U8(out),
+            dw_type::I8 => Output::I8(std::slice::from_raw_parts_mut(
+                out.as_mut_ptr().cast(),
+                n_out,
+            )),
+            _ => Output::I32(std::slice::from_raw_parts_mut(
+                out.as_mut_ptr().cast(),
+                n_out,
+            )),
+        }
+    };
+    dwk::run_mixed(&shape, x, w, bias, out, &steps, threads, isa).is_ok()
 }
 
 // ---- end depthwise ---------------------------------------------------------------------

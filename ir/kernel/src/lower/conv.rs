@@ -1257,6 +1257,7 @@ fn depthwise_of(
         dilation: [g.dil[0], g.dil[1]],
         pad: [g.pad[0], g.pad[1]],
         x,
+        x_zero: None,
         w,
         bias,
         out,
@@ -1277,14 +1278,26 @@ pub(super) fn depthwise_tail(
     region: &mlc_ir::Graph,
     env_in: &[(mlc_ir::ValueId, Option<Expr>)],
 ) -> Result<bool, Fail> {
-    let [Stmt::Depthwise(_)] = k.body.as_slice() else {
+    let [Stmt::Depthwise(dw)] = k.body.as_slice() else {
+        return Ok(false);
+    };
+    let ty = |p: ParamId| k.params.get(p.0 as usize).map(|q| q.dtype);
+    // An i32 output of 8-bit inputs holds the accumulator exactly (see `Depthwise`): the tail
+    // may read it back as f32 for free.
+    let acc_ty = ty(dw.out);
+    let exact_i32 = acc_ty == Some(DType::I32) && matches!(ty(dw.x), Some(DType::U8 | DType::I8));
+    let Some(out_ty) = region.outputs.first().map(|o| region.ty(o.value).dtype) else {
         return Ok(false);
     };
     if region.outputs.len() != 1
-        || region.ty(region.outputs[0].value).dtype != DType::F32
-        || env_in
-            .iter()
-            .any(|(v, _)| region.ty(*v).dtype != DType::F32)
+        || !matches!(out_ty, DType::F32 | DType::U8 | DType::I8)
+        || env_in.iter().any(|(v, e)| {
+            let t = region.ty(*v).dtype;
+            match e {
+                None => !(t == DType::F32 || (t == DType::I32 && exact_i32)),
+                Some(_) => !matches!(t, DType::F32 | DType::U8 | DType::I8),
+            }
+        })
     {
         return Ok(false);
     }
@@ -1316,6 +1329,20 @@ pub(super) fn depthwise_tail(
         }
     }
     out = inline(out, &defs);
+    // The integer accumulator read as f32 is the accumulator itself.
+    if exact_i32 {
+        match strip_acc_cast(out, x) {
+            Some(e) => out = e,
+            None => return Ok(false),
+        }
+    }
+    // An 8-bit output: the store's conversion is the tail's last cast.
+    if out_ty != DType::F32 {
+        match out {
+            Expr::Cast(t, inner) if t == out_ty => out = *inner,
+            _ => return Ok(false),
+        }
+    }
     let Some(ops) = ep_ops(&out, &Expr::var(x), x, k) else {
         return Ok(false);
     };
@@ -1323,6 +1350,28 @@ pub(super) fn depthwise_tail(
         dw.epilogue.extend(ops);
     }
     Ok(true)
+}
+
+/// The variable standing for the output channel in a per-channel epilogue operand's load
+/// (`tail.rs` binds such operands as `p[CHANNEL]`).
+pub(super) const CHANNEL: VarId = VarId(u32::MAX - 1);
+
+/// `e` with `cast<f32>(x)` (the i32 accumulator `x` read as f32) replaced by `x`; `None`
+/// when `x` is used any other way.
+fn strip_acc_cast(e: Expr, x: VarId) -> Option<Expr> {
+    Some(match e {
+        Expr::Cast(DType::F32, a) if *a == Expr::Var(x) => Expr::Var(x),
+        Expr::Var(v) if v == x => return None,
+        Expr::Unary(op, a) => Expr::un(op, strip_acc_cast(*a, x)?),
+        Expr::Binary(op, a, b) => Expr::bin(op, strip_acc_cast(*a, x)?, strip_acc_cast(*b, x)?),
+        Expr::Cast(t, a) => Expr::cast(t, strip_acc_cast(*a, x)?),
+        Expr::Select { cond, then, els } => Expr::select(
+            strip_acc_cast(*cond, x)?,
+            strip_acc_cast(*then, x)?,
+            strip_acc_cast(*els, x)?,
+        ),
+        e => e,
+    })
 }
 
 /// `e` with every variable of `defs` replaced by its definition.
@@ -1350,14 +1399,27 @@ fn depends(e: &Expr, x: VarId) -> bool {
     }
 }
 
-/// An epilogue operand: an `f32` literal or element 0 of an `f32` parameter.
+/// An epilogue operand: an `f32` literal, element 0 of an `f32` parameter or of an 8-bit one
+/// read as `f32` (a zero point), or a per-channel `f32` parameter read at [`CHANNEL`].
 fn ep_arg(e: &Expr, k: &Kernel) -> Option<EpArg> {
+    let dtype = |p: &ParamId| k.params.get(p.0 as usize).map(|p| p.dtype);
     match e {
         Expr::Lit(Lit::Float(DType::F32, v)) => Some(EpArg::Lit(*v as f32)),
         Expr::Load { param, index } if **index == Expr::idx(0) => {
-            let p = k.params.get(param.0 as usize)?;
-            (p.dtype == DType::F32).then_some(EpArg::Scalar(*param))
+            (dtype(param) == Some(DType::F32)).then_some(EpArg::Scalar(*param))
         }
+        Expr::Load { param, index } if **index == Expr::Var(CHANNEL) => {
+            (dtype(param) == Some(DType::F32)).then_some(EpArg::Channel(*param))
+        }
+        Expr::Cast(DType::F32, a) => match &**a {
+            Expr::Load { param, index }
+                if **index == Expr::idx(0)
+                    && matches!(dtype(param), Some(DType::U8 | DType::I8)) =>
+            {
+                Some(EpArg::Scalar(*param))
+            }
+            _ => None,
+        },
         _ => None,
     }
 }
@@ -1396,6 +1458,22 @@ fn ep_ops(e: &Expr, v: &Expr, x: VarId, k: &Kernel) -> Option<Vec<EpOp>> {
     {
         let mut ops = ep_ops(y, v, x, k)?;
         ops.push(EpOp::Sigmoid);
+        return Some(ops);
+    }
+    // A quantization's rounding, and an integer stored and read back as f32.
+    if let Expr::Unary(UnOp::Round, y) = e
+        && k_type(y, k) == Some(DType::F32)
+    {
+        let mut ops = ep_ops(y, v, x, k)?;
+        ops.push(EpOp::Round);
+        return Some(ops);
+    }
+    if let Expr::Cast(DType::F32, n) = e
+        && let Expr::Cast(t @ (DType::U8 | DType::I8 | DType::I32), y) = &**n
+        && k_type(y, k) == Some(DType::F32)
+    {
+        let mut ops = ep_ops(y, v, x, k)?;
+        ops.push(EpOp::Narrow(*t));
         return Some(ops);
     }
     let Expr::Binary(op, a, b) = e else {
@@ -1446,7 +1524,8 @@ fn k_type(e: &Expr, k: &Kernel) -> Option<DType> {
     match e {
         Expr::Var(v) if v.0 as usize >= k.vars.len() => Some(DType::F32),
         Expr::Var(_) => None,
-        Expr::Binary(_, a, _) => k_type(a, k),
+        Expr::Binary(_, a, _) | Expr::Unary(_, a) => k_type(a, k),
+        Expr::Cast(t, _) => Some(*t),
         Expr::Lit(l) => Some(l.ty()),
         Expr::Load { param, .. } => k.params.get(param.0 as usize).map(|p| p.dtype),
         _ => None,
@@ -2499,12 +2578,14 @@ pub(super) fn conv_integer_into(
     Ok(())
 }
 
-/// A 2-D 8-bit depthwise `ConvInteger` as the f32 [`Stmt::Depthwise`] of `x - zx` and
-/// `w - zw`, converted back to i32: every product and partial sum is an integer below 2^24
-/// (at most 255·255 per tap, 258 taps), which f32 holds exactly, so the result is the integer
-/// convolution's, computed by the runtime's vector kernel instead of scalar loops (QDQ
-/// MobileNets: 13 ms → a fraction of a millisecond per layer). `Ok(false)` (nothing emitted)
-/// for other types or larger windows (a per-channel input zero point never reaches it).
+/// A 2-D 8-bit depthwise `ConvInteger` as a [`Stmt::Depthwise`] reading the 8-bit input and
+/// its zero point directly, with `w - zw` as f32 weights, storing i32: every product and
+/// partial sum is an integer below 2^24 (at most 255·255 per tap, 258 taps), which f32 holds
+/// exactly, so the result is the integer convolution's, computed by the runtime's vector
+/// kernel instead of scalar loops (QDQ MobileNets: 13 ms → a fraction of a millisecond per
+/// layer), and a requantizing tail joins its epilogue (`tail.rs`). `Ok(false)` (nothing
+/// emitted) for other types or larger windows (a per-channel input zero point never reaches
+/// it).
 fn conv_integer_depthwise(
     cx: &mut Cx,
     node: &Node,
@@ -2524,6 +2605,9 @@ fn conv_integer_depthwise(
     if !eight(cx.dtype(x)) || !eight(cx.dtype(w)) || kk > 258 {
         return Ok(false);
     }
+    if zx.is_some_and(|z| cx.dtype(z) != cx.dtype(x)) {
+        return Ok(false);
+    }
     let zw_len = match zw {
         Some(z) => cx.shape(z)?.iter().product::<usize>(),
         None => 1,
@@ -2531,15 +2615,6 @@ fn conv_integer_depthwise(
     if zw_len != 1 && zw_len != m {
         return Ok(false);
     }
-    let ihw = ins[0] * ins[1];
-    let xf = minus_zero_point(
-        cx,
-        node,
-        (x, zx),
-        (n * c, ihw),
-        DType::F32,
-        "input_minus_zero_point",
-    )?;
     let wf = minus_zero_point(
         cx,
         node,
@@ -2548,26 +2623,19 @@ fn conv_integer_depthwise(
         DType::F32,
         "weights_minus_zero_point",
     )?;
-    let ohw = g.out[0] * g.out[1];
-    let yf = cx.p.add_buffer(DType::F32, vec![n * m, ohw], BufKind::Temp);
     let mut kb = KernelBuilder::new(format!("{}_depthwise", kernel_name(&node.op)));
-    let xp = kb.param(&cx.p, xf, Access::Read);
+    let xp = kb.param(&cx.p, cx.buf(x)?, Access::Read);
+    let zp = match zx {
+        Some(z) => Some(kb.param(&cx.p, cx.buf(z)?, Access::Read)),
+        None => None,
+    };
     let wp = kb.param(&cx.p, wf, Access::Read);
-    let yp = kb.param(&cx.p, yf, Access::Write);
-    kb.k.body = vec![depthwise_of(g, ins, (n, c, m), (xp, wp, None, yp))];
-    cx.launch(kb, node);
-    let mut kb = KernelBuilder::new("accumulator_to_i32");
-    let yp = kb.param(&cx.p, yf, Access::Read);
     let op_ = kb.param(&cx.p, out, Access::Write);
-    let body = super::loop_nest(&mut kb, &[n * m, ohw], |_, v| {
-        let idx = Expr::add_idx(Expr::mul_idx(Expr::var(v[0]), ohw as i64), Expr::var(v[1]));
-        vec![Stmt::Store {
-            param: op_,
-            index: idx.clone(),
-            value: Expr::cast(DType::I32, Expr::load(yp, idx)),
-        }]
-    });
-    kb.k.body = body;
+    let mut st = depthwise_of(g, ins, (n, c, m), (xp, wp, None, op_));
+    if let Stmt::Depthwise(dw) = &mut st {
+        dw.x_zero = zp;
+    }
+    kb.k.body = vec![st];
     cx.launch(kb, node);
     Ok(true)
 }

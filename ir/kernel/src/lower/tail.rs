@@ -295,6 +295,7 @@ fn into_stores(cx: &mut Cx, node: &Node, p: Producer) -> Result<bool, Fail> {
     else {
         return Ok(false);
     };
+    let depthwise = crate::expand::has_depthwise(&k.body);
     let mut env_in: Vec<(ValueId, Option<Expr>)> = Vec::new();
     for (port, v) in region.inputs.iter().zip(&node.inputs) {
         let Some(v) = *v else { return Ok(false) };
@@ -302,9 +303,16 @@ fn into_stores(cx: &mut Cx, node: &Node, p: Producer) -> Result<bool, Fail> {
             env_in.push((port.value, None));
             continue;
         }
-        if cx.shape(v)?.iter().product::<usize>() != 1 {
+        let shape = cx.shape(v)?;
+        // A depthwise epilogue also takes per-channel operands (`[M, 1, 1]` against an NCHW
+        // output), read at the channel.
+        let index = if shape.iter().product::<usize>() == 1 {
+            Expr::idx(0)
+        } else if depthwise && per_channel(&shape, &out_shape) {
+            Expr::var(super::conv::CHANNEL)
+        } else {
             return Ok(false);
-        }
+        };
         let b = cx.buf(v)?;
         let param = match args.iter().position(|&a| a == b) {
             Some(i) => ParamId(i as u32),
@@ -314,7 +322,7 @@ fn into_stores(cx: &mut Cx, node: &Node, p: Producer) -> Result<bool, Fail> {
                 k.param(bb.dtype, bb.len(), Access::Read)
             }
         };
-        env_in.push((port.value, Some(Expr::load(param, Expr::idx(0)))));
+        env_in.push((port.value, Some(Expr::load(param, index))));
     }
     if env_in.iter().filter(|(_, e)| e.is_none()).count() != 1 {
         return Ok(false);
@@ -325,7 +333,7 @@ fn into_stores(cx: &mut Cx, node: &Node, p: Producer) -> Result<bool, Fail> {
     // loops with a bounds test per tap (20× slower on MNASNet's 112×112 maps) to save one
     // pass over the output.
     let in_ty = cx.dtype(p.value);
-    if crate::expand::has_depthwise(&k.body) {
+    if depthwise {
         if super::conv::depthwise_tail(&mut k, region, &env_in)? {
             return finish(cx, node, k, args, pout, step, last).map(|()| true);
         }
@@ -407,6 +415,20 @@ fn node_kind(node: &Node) -> String {
             short.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
         })
         .unwrap_or_default()
+}
+
+/// Whether a value of `shape` broadcast to the NCHW `out` varies along the channels alone,
+/// all of them (`[M, 1, 1]`, `[1, M, 1, 1]`).
+fn per_channel(shape: &[usize], out: &[usize]) -> bool {
+    let [_, m, _, _] = out else { return false };
+    if shape.len() < 3 || shape.len() > 4 {
+        return false;
+    }
+    let c = shape.len() - 3;
+    shape
+        .iter()
+        .enumerate()
+        .all(|(i, &d)| if i == c { d == *m } else { d == 1 })
 }
 
 /// Whether `body` only stores to `p` (no load of it, no contraction touching it).

@@ -148,6 +148,7 @@ pub(super) fn run_image_in(
                 Some(rq) => {
                     let rqb = Requant {
                         mult: shift(&rq.mult, j0),
+                        shift: rq.shift.as_ref().map(|v| shift(v, j0)),
                         ..*rq
                     };
                     run_requant(&gb, a, bv, c_bytes, cb, biasb, &rqb)?

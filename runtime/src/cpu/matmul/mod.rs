@@ -260,6 +260,8 @@ pub fn run_then(
 pub struct Requant<'a> {
     /// The `f32` multipliers, broadcast through their strides to `m×n`.
     pub mult: View<'a>,
+    /// `f32` values added after the multiplication, broadcast likewise (`None`: nothing).
+    pub shift: Option<View<'a>>,
     /// The divisor (the output scale).
     pub scale: f32,
     /// The output zero point.
@@ -297,6 +299,9 @@ pub fn run_requant(
     }
     let mv = &rq.mult;
     check(mv.offset, mv.row_stride, mv.col_stride, m, n, mv.len())?;
+    if let Some(sv) = &rq.shift {
+        check(sv.offset, sv.row_stride, sv.col_stride, m, n, sv.len())?;
+    }
     if let Some((r, p)) = &rq.add {
         check(coff, crs, ccs, m, n, r.len() / p.r_size())?;
     }
@@ -326,7 +331,8 @@ pub fn run_requant(
         for col in 0..n {
             let acc = read(&tmp, DType::I32, r * n + col) as i32;
             let mult = mv.get(mv.index(r, col)) as f32;
-            let mut q = IRequant::value(acc, mult, rq.scale, rq.zero_point as f32, signed);
+            let shift = rq.shift.as_ref().map(|sv| sv.get(sv.index(r, col)) as f32);
+            let mut q = IRequant::value(acc, mult, shift, rq.scale, rq.zero_point as f32, signed);
             let at = (coff + r as i64 * crs + col as i64 * ccs) as usize;
             if let Some((res, p)) = &rq.add {
                 let rv = if p.r_f32 {
@@ -780,17 +786,33 @@ pub(super) fn int_kernels(
         if !(rows_ok || cols_ok) {
             return None;
         }
-        let (mrs, mcs) = (rq.mult.row_stride, rq.mult.col_stride);
-        let mult = rq_mult(&rq.mult, m, n, mrs, mcs)?;
-        let per_row = (if m <= 1 { 0 } else { mrs }) != 0;
-        let per_col = (if n <= 1 { 0 } else { mcs }) != 0;
-        let mult_of = |transposed: bool| match (per_row, per_col) {
-            (false, false) => RqMult::Scalar(mult[0]),
-            (true, _) if !transposed => RqMult::PerRow(&mult),
-            (true, _) => RqMult::PerCol(&mult),
-            (_, true) if !transposed => RqMult::PerCol(&mult),
-            (_, true) => RqMult::PerRow(&mult),
+        // A multiplier (or shift) view as one value, per row or per column of C.
+        fn vector<'v>(v: &View<'v>, m: usize, n: usize) -> Option<(Cow<'v, [f32]>, bool, bool)> {
+            let (rs, cs) = (v.row_stride, v.col_stride);
+            let vals = rq_mult(v, m, n, rs, cs)?;
+            let per_row = (if m <= 1 { 0 } else { rs }) != 0;
+            let per_col = (if n <= 1 { 0 } else { cs }) != 0;
+            Some((vals, per_row, per_col))
+        }
+        fn oriented<'v>(
+            (vals, per_row, per_col): &'v (Cow<'_, [f32]>, bool, bool),
+            transposed: bool,
+        ) -> RqMult<'v> {
+            match (per_row, per_col) {
+                (false, false) => RqMult::Scalar(vals[0]),
+                (true, _) if !transposed => RqMult::PerRow(vals),
+                (true, _) => RqMult::PerCol(vals),
+                (_, true) if !transposed => RqMult::PerCol(vals),
+                (_, true) => RqMult::PerRow(vals),
+            }
+        }
+        let mult = vector(&rq.mult, m, n)?;
+        let shift = match &rq.shift {
+            Some(sv) => Some(vector(sv, m, n)?),
+            None => None,
         };
+        let mult_of = |transposed: bool| oriented(&mult, transposed);
+        let shift_of = |transposed: bool| shift.as_ref().map(|s| oriented(s, transposed));
         fn q_out<'c>(c: &'c mut [u8], irq: IRequant<'c>, signed: bool) -> IOut<'c> {
             if signed {
                 IOut::I8(bytes::cast_mut::<i8>(c).unwrap_or_default(), irq)
@@ -807,8 +829,9 @@ pub(super) fn int_kernels(
             }),
             None => None,
         };
-        let irq = |mult| IRequant {
+        let irq = |mult, shift| IRequant {
             mult,
+            shift,
             scale: rq.scale,
             zero_point: rq.zero_point,
             add,
@@ -818,12 +841,12 @@ pub(super) fn int_kernels(
         return if rows_ok {
             let ldc = if m == 1 { n } else { crs as usize };
             let bias = IntBias::new(bias, (m, n), (bias_rs, bias_cs), |x| x as i32);
-            let o = q_out(c, irq(mult_of(false)), signed);
+            let o = q_out(c, irq(mult_of(false), shift_of(false)), signed);
             int_product(&ig, (m, n, k), av, bv, o, ldc, bias.get())
         } else {
             let ldc = if n == 1 { m } else { ccs as usize };
             let bias = IntBias::new(bias, (n, m), (bias_cs, bias_rs), |x| x as i32);
-            let o = q_out(c, irq(mult_of(true)), signed);
+            let o = q_out(c, irq(mult_of(true), shift_of(true)), signed);
             int_product(
                 &ig,
                 (n, m, k),

@@ -629,8 +629,15 @@ fn requant_case(case: &Case, rng: &mut Rng, signed: bool, lc: Layout, lm: Layout
     } else {
         rng.below(256) as i32
     };
+    // Every other case a float bias added after the multiplication, laid out as the multiplier.
+    let shift = (rng.below(2) == 0).then(|| {
+        Buf::new(DType::F32, mlen, 0, |_| {
+            (rng.below(6000) as f64 - 3000.0) * 1e-3
+        })
+    });
     let rq = Requant {
         mult: mult.view((mo, mrs, mcs)),
+        shift: shift.as_ref().map(|s| s.view((mo, mrs, mcs))),
         scale,
         zero_point: zp,
         add: None,
@@ -662,7 +669,8 @@ fn requant_case(case: &Case, rng: &mut Rng, signed: bool, lc: Layout, lm: Layout
         for col in 0..n {
             let acc = read(&exact, DType::I32, r * n + col) as i32;
             let mv = rq.mult.get(rq.mult.index(r, col)) as f32;
-            let q = IRequant::value(acc, mv, scale, zp as f32, signed);
+            let sv = rq.shift.as_ref().map(|s| s.get(s.index(r, col)) as f32);
+            let q = IRequant::value(acc, mv, sv, scale, zp as f32, signed);
             want[(co + r as i64 * crs + col as i64 * ccs) as usize] = q as u8;
         }
     }

@@ -69,9 +69,12 @@ mod avx512;
 pub(crate) use avx512::range_mask;
 #[cfg(target_arch = "x86_64")]
 mod channels;
+mod mixed;
 mod portable;
 #[cfg(test)]
 mod tests;
+
+pub use mixed::{Arg, Input, Int, Output, Step, run_mixed};
 
 use super::{Isa, SendPtr};
 

@@ -620,3 +620,277 @@ fn transpose16_transposes() {
         }
     }
 }
+
+/// `run_mixed` on 8-bit inputs (integers, so every sum is exact) against [`naive`] on the
+/// same values less the zero point, followed by the mixed epilogue written out per element:
+/// u8 and i8 inputs, f32/i32/u8/i8 outputs, per-channel operands, rounding and narrowing,
+/// a batch of two with a channel multiplier (the channel operand is indexed by the output
+/// channel, not the plane), small maps (the channel-vector kernel), maps larger than a chunk,
+/// 1–3 threads. Exactly equal.
+#[test]
+fn mixed_types_match_the_definition_exactly() {
+    let cases = [
+        Case {
+            n: 2,
+            c: 3,
+            mult: 2,
+            ih: 9,
+            iw: 13,
+            k: [3, 3],
+            s: [1, 1],
+            d: [1, 1],
+            pad: [1, 1, 1, 1],
+        },
+        Case {
+            n: 1,
+            c: 5,
+            mult: 1,
+            ih: 40,
+            iw: 70,
+            k: [3, 3],
+            s: [2, 2],
+            d: [1, 1],
+            pad: [1, 1, 1, 1],
+        },
+        Case {
+            n: 1,
+            c: 20,
+            mult: 1,
+            ih: 7,
+            iw: 7,
+            k: [5, 5],
+            s: [1, 1],
+            d: [1, 1],
+            pad: [2, 2, 2, 2],
+        },
+        Case {
+            n: 2,
+            c: 17,
+            mult: 1,
+            ih: 6,
+            iw: 5,
+            k: [3, 3],
+            s: [1, 1],
+            d: [2, 1],
+            pad: [2, 1, 1, 0],
+        },
+    ];
+    let isas = [Isa::Portable, Isa::Avx2, Isa::Avx512];
+    for (ci, case) in cases.iter().enumerate() {
+        let s = case.shape().expect("valid case");
+        let (lx, lw, ly) = s.lens().expect("sizes");
+        let m = s.out_channels();
+        let ints = |len: usize, seed: u64, lo: f32, hi: f32| -> Vec<f32> {
+            data(len, seed)
+                .into_iter()
+                .map(|v| (lo + (v + 1.0) * 0.5 * (hi - lo)).round())
+                .collect()
+        };
+        let wq = ints(lw, 7 + ci as u64, -128.0, 127.0);
+        let bias = ints(m, 11, -1000.0, 1000.0);
+        let scale: Vec<f32> = data(m, 13).iter().map(|v| (v.abs() + 0.1) * 2e-4).collect();
+        let shift: Vec<f32> = data(m, 17).iter().map(|v| v * 3.0).collect();
+        for signed in [false, true] {
+            let (lo, hi, zero) = if signed {
+                (-128.0, 127.0, -3.0)
+            } else {
+                (0.0, 255.0, 128.0)
+            };
+            let xq = ints(lx, 3 + ci as u64, lo, hi);
+            let xf: Vec<f32> = xq.iter().map(|v| v - zero).collect();
+            let (u8s, i8s): (Vec<u8>, Vec<i8>) = (
+                xq.iter().map(|&v| v as u8).collect(),
+                xq.iter().map(|&v| v as i8).collect(),
+            );
+            let input = if signed {
+                Input::I8 { x: &i8s, zero }
+            } else {
+                Input::U8 { x: &u8s, zero }
+            };
+            let (acc, _) = naive(&s, &xf, &wq, Some(&bias), &[]);
+            let steps = [
+                Step::Bin {
+                    op: BinKind::Mul,
+                    arg: Arg::Channel(&scale),
+                    arg_first: false,
+                },
+                Step::Bin {
+                    op: BinKind::Add,
+                    arg: Arg::Channel(&shift),
+                    arg_first: false,
+                },
+                Step::Save,
+                Step::Bin {
+                    op: BinKind::Div,
+                    arg: Arg::Lit(0.07),
+                    arg_first: false,
+                },
+                Step::Round,
+                Step::Bin {
+                    op: BinKind::Add,
+                    arg: Arg::Lit(9.0),
+                    arg_first: false,
+                },
+                Step::Narrow(if signed { Int::I8 } else { Int::U8 }),
+                Step::Combine {
+                    op: BinKind::Sub,
+                    saved_first: true,
+                },
+                Step::Bin {
+                    op: BinKind::Max,
+                    arg: Arg::Lit(-300.0),
+                    arg_first: true,
+                },
+                Step::Bin {
+                    op: BinKind::Mul,
+                    arg: Arg::Lit(7.0),
+                    arg_first: false,
+                },
+            ];
+            let want_f32: Vec<f32> = acc
+                .iter()
+                .enumerate()
+                .map(|(i, &a)| {
+                    let mo = (i / (s.out_hw[0] * s.out_hw[1])) % m;
+                    let x = a * scale[mo] + shift[mo];
+                    let saved = x;
+                    let q = (x / 0.07).round_ties_even() + 9.0;
+                    let q = if signed {
+                        q as i8 as f32
+                    } else {
+                        q as u8 as f32
+                    };
+                    let x = BinKind::Max.apply(-300.0, saved - q);
+                    x * 7.0
+                })
+                .collect();
+            for threads in 1..=3 {
+                for isa in isas {
+                    let what = format!("case {ci}, signed {signed}, {threads} threads, {isa:?}");
+                    let mut y = vec![0.0f32; ly];
+                    run_mixed(
+                        &s,
+                        input,
+                        &wq,
+                        Some(&bias),
+                        Output::F32(&mut y),
+                        &steps,
+                        threads,
+                        isa,
+                    )
+                    .expect("runs");
+                    assert_eq!(y, want_f32, "{what}: f32 out");
+                    let mut y = vec![0i32; ly];
+                    run_mixed(
+                        &s,
+                        input,
+                        &wq,
+                        Some(&bias),
+                        Output::I32(&mut y),
+                        &[],
+                        threads,
+                        isa,
+                    )
+                    .expect("runs");
+                    let want: Vec<i32> = acc.iter().map(|&a| a as i32).collect();
+                    assert_eq!(y, want, "{what}: i32 accumulators");
+                    // Requantized to both 8-bit types (out of range values saturate).
+                    let rq = &steps[..6];
+                    let q = |i: usize, a: f32| {
+                        let mo = (i / (s.out_hw[0] * s.out_hw[1])) % m;
+                        ((a * scale[mo] + shift[mo]) / 0.07).round_ties_even() + 9.0
+                    };
+                    let mut y = vec![0u8; ly];
+                    run_mixed(
+                        &s,
+                        input,
+                        &wq,
+                        Some(&bias),
+                        Output::U8(&mut y),
+                        rq,
+                        threads,
+                        isa,
+                    )
+                    .expect("runs");
+                    let want: Vec<u8> = acc
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &a)| q(i, a) as u8)
+                        .collect();
+                    assert_eq!(y, want, "{what}: u8 out");
+                    let mut y = vec![0i8; ly];
+                    run_mixed(
+                        &s,
+                        input,
+                        &wq,
+                        Some(&bias),
+                        Output::I8(&mut y),
+                        rq,
+                        threads,
+                        isa,
+                    )
+                    .expect("runs");
+                    let want: Vec<i8> = acc
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &a)| q(i, a) as i8)
+                        .collect();
+                    assert_eq!(y, want, "{what}: i8 out");
+                }
+            }
+        }
+    }
+    // A NaN in the epilogue stores 0 in every 8-bit output, as the cast does.
+    let s = Shape::new(1, 1, 1, [1, 20], [1, 20], [1, 1], [1, 1], [1, 1], [0, 0]);
+    let nan = [Step::Bin {
+        op: BinKind::Mul,
+        arg: Arg::Lit(f32::NAN),
+        arg_first: false,
+    }];
+    for isa in isas {
+        let mut y = vec![5i8; 20];
+        run_mixed(
+            &s,
+            Input::F32(&[1.0; 20]),
+            &[1.0],
+            None,
+            Output::I8(&mut y),
+            &nan,
+            1,
+            isa,
+        )
+        .expect("runs");
+        assert_eq!(y, vec![0; 20], "{isa:?}");
+    }
+    // Short operands are refused before anything is written.
+    let s = Shape::new(1, 2, 1, [2, 2], [2, 2], [1, 1], [1, 1], [1, 1], [0, 0]);
+    let short = [Step::Bin {
+        op: BinKind::Add,
+        arg: Arg::Channel(&[1.0]),
+        arg_first: false,
+    }];
+    let mut y = vec![0u8; 8];
+    let r = run_mixed(
+        &s,
+        Input::U8 {
+            x: &[0; 8],
+            zero: 0.0,
+        },
+        &[1.0; 2],
+        None,
+        Output::U8(&mut y),
+        &short,
+        1,
+        Isa::detect(),
+    );
+    assert!(
+        matches!(
+            r,
+            Err(DwError::TooShort {
+                operand: "epilogue operand",
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+}

@@ -778,6 +778,11 @@ impl IGemm {
                 RqMult::PerRow(v) => check("multiplier", Some(m), v.len())?,
                 RqMult::PerCol(v) => check("multiplier", Some(n), v.len())?,
             }
+            match rq.shift {
+                None | Some(RqMult::Scalar(_)) => {}
+                Some(RqMult::PerRow(v)) => check("shift", Some(m), v.len())?,
+                Some(RqMult::PerCol(v)) => check("shift", Some(n), v.len())?,
+            }
             if let Some(a) = &rq.add {
                 check("residual", needed, a.r.len() / a.p.r_size())?;
             }
@@ -925,6 +930,11 @@ struct QParams {
     mult: *const f32,
     per: Per,
     scalar: f32,
+    /// The shift, as the multiplier, when `shifted`.
+    shift: *const f32,
+    shift_per: Per,
+    shift_scalar: f32,
+    shifted: bool,
     scale: f32,
     zp: f32,
     signed: bool,
@@ -952,16 +962,22 @@ unsafe impl Sync for Dest<'_> {}
 
 impl<'h> Dest<'h> {
     fn new(isa: Isa, c: &mut IOut<'h>, ldc: usize) -> Dest<'h> {
+        let parts = |m: RqMult| match m {
+            RqMult::Scalar(s) => (std::ptr::null(), Per::Scalar, s),
+            RqMult::PerRow(v) => (v.as_ptr(), Per::Row, 0.0),
+            RqMult::PerCol(v) => (v.as_ptr(), Per::Col, 0.0),
+        };
         let q = |rq: &IRequant, signed| {
-            let (mult, per, scalar) = match rq.mult {
-                RqMult::Scalar(s) => (std::ptr::null(), Per::Scalar, s),
-                RqMult::PerRow(v) => (v.as_ptr(), Per::Row, 0.0),
-                RqMult::PerCol(v) => (v.as_ptr(), Per::Col, 0.0),
-            };
+            let (mult, per, scalar) = parts(rq.mult);
+            let (shift, shift_per, shift_scalar) = parts(rq.shift.unwrap_or(RqMult::Scalar(0.0)));
             Some(QParams {
                 mult,
                 per,
                 scalar,
+                shift,
+                shift_per,
+                shift_scalar,
+                shifted: rq.shift.is_some(),
                 scale: rq.scale,
                 zp: rq.zero_point as f32,
                 signed,
@@ -1277,6 +1293,11 @@ unsafe fn block_loops<DA, DB: PackDst>(
                                 Per::Row => q.mult.add(i),
                                 Per::Col => q.mult.add(j),
                             };
+                            let shift = match q.shift_per {
+                                Per::Scalar => q.shift,
+                                Per::Row => q.shift.add(i),
+                                Per::Col => q.shift.add(j),
+                            };
                             let qt = QTile {
                                 src: c,
                                 lds,
@@ -1287,6 +1308,10 @@ unsafe fn block_loops<DA, DB: PackDst>(
                                 mult,
                                 per: q.per,
                                 scalar: q.scalar,
+                                shift,
+                                shift_per: q.shift_per,
+                                shift_scalar: q.shift_scalar,
+                                shifted: q.shifted,
                                 scale: q.scale,
                                 zp: q.zp,
                                 signed: q.signed,

@@ -5,11 +5,12 @@
 //! Every ISA computes, element by element and bit for bit,
 //!
 //! ```text
-//! q = cast(min(max(round_half_even(f32(acc) · mult / scale) + f32(zp), lo), hi))
+//! q = cast(min(max(round_half_even((f32(acc) · mult + shift) / scale) + f32(zp), lo), hi))
 //! ```
 //!
 //! in `f32` with each operation rounded (the conversion and the division round to nearest
-//! even, the multiplication is not fused into anything, the division is a division, not a
+//! even, the multiplication is not fused into anything (the shift, when there is one, is
+//! added after it is rounded), the division is a division, not a
 //! multiplication by a reciprocal), `[lo, hi]` the output type's range and NaN mapped to 0: the
 //! kernel IR's `Requant`, which is the elementwise tail that quantized models lower to.
 
@@ -33,6 +34,8 @@ pub enum RqMult<'a> {
 pub struct IRequant<'a> {
     /// `mult`, multiplied first.
     pub mult: RqMult<'a>,
+    /// Added after the multiplication (a float bias); `None` adds nothing.
+    pub shift: Option<RqMult<'a>>,
     /// The divisor: the output scale.
     pub scale: f32,
     /// The output zero point, added after rounding.
@@ -115,8 +118,20 @@ fn clamp_q(v: f32, signed: bool) -> i32 {
 impl IRequant<'_> {
     /// The requantized value of one `acc` with multiplier `mult`, for an `i8` output when
     /// `signed`, else `u8`: the definition the kernels follow.
-    pub fn value(acc: i32, mult: f32, scale: f32, zp: f32, signed: bool) -> i32 {
-        clamp_q((acc as f32 * mult / scale).round_ties_even() + zp, signed)
+    pub fn value(
+        acc: i32,
+        mult: f32,
+        shift: Option<f32>,
+        scale: f32,
+        zp: f32,
+        signed: bool,
+    ) -> i32 {
+        let v = acc as f32 * mult;
+        let v = match shift {
+            Some(s) => v + s,
+            None => v,
+        };
+        clamp_q((v / scale).round_ties_even() + zp, signed)
     }
 }
 
@@ -134,6 +149,12 @@ pub(super) struct QTile {
     pub mult: *const f32,
     pub per: Per,
     pub scalar: f32,
+    /// The shift as the multiplier (`shift` at the tile's first row or column), when
+    /// `shifted`.
+    pub shift: *const f32,
+    pub shift_per: Per,
+    pub shift_scalar: f32,
+    pub shifted: bool,
     pub scale: f32,
     pub zp: f32,
     pub signed: bool,
@@ -165,6 +186,22 @@ impl QTile {
                 Per::Col => *self.mult.add(j),
             }
         }
+    }
+
+    /// The shift of element `(r, j)`, if any.
+    ///
+    /// # Safety
+    ///
+    /// `shift` covers the tile's rows (`Row`) or columns (`Col`).
+    unsafe fn shift_at(&self, r: usize, j: usize) -> Option<f32> {
+        // SAFETY: the function's contract.
+        self.shifted.then(|| unsafe {
+            match self.shift_per {
+                Per::Scalar => self.shift_scalar,
+                Per::Row => *self.shift.add(r),
+                Per::Col => *self.shift.add(j),
+            }
+        })
     }
 }
 
@@ -198,7 +235,14 @@ unsafe fn portable(t: &QTile) {
             // SAFETY: `r < rows`, `j < cols`: inside the tile.
             unsafe {
                 let acc = *t.src.add(r * t.lds + j);
-                let q = IRequant::value(acc, t.mult_at(r, j), t.scale, t.zp, t.signed);
+                let q = IRequant::value(
+                    acc,
+                    t.mult_at(r, j),
+                    t.shift_at(r, j),
+                    t.scale,
+                    t.zp,
+                    t.signed,
+                );
                 let at = r * t.ldd + j;
                 *t.dst.add(at) = t.with_add(q, at) as u8;
             }
@@ -258,6 +302,11 @@ unsafe fn avx2(t: &QTile) {
                 Per::Row => *t.mult.add(r),
                 Per::Col => 0.0,
             };
+            let row_shift = match t.shift_per {
+                Per::Scalar => t.shift_scalar,
+                Per::Row if t.shifted => *t.shift.add(r),
+                _ => 0.0,
+            };
             let mut j = 0;
             while j < full {
                 let x = _mm256_loadu_si256(t.src.add(r * t.lds + j).cast());
@@ -266,7 +315,15 @@ unsafe fn avx2(t: &QTile) {
                 } else {
                     _mm256_set1_ps(row_mult)
                 };
-                let f = _mm256_mul_ps(_mm256_cvtepi32_ps(x), m);
+                let mut f = _mm256_mul_ps(_mm256_cvtepi32_ps(x), m);
+                if t.shifted {
+                    let s = if t.shift_per == Per::Col {
+                        _mm256_loadu_ps(t.shift.add(j))
+                    } else {
+                        _mm256_set1_ps(row_shift)
+                    };
+                    f = _mm256_add_ps(f, s);
+                }
                 let f = _mm256_div_ps(f, scale);
                 let f = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(f);
                 let f = _mm256_add_ps(f, zp);
@@ -283,7 +340,14 @@ unsafe fn avx2(t: &QTile) {
             }
             for j in full..t.cols {
                 let acc = *t.src.add(r * t.lds + j);
-                let q = IRequant::value(acc, t.mult_at(r, j), t.scale, t.zp, t.signed);
+                let q = IRequant::value(
+                    acc,
+                    t.mult_at(r, j),
+                    t.shift_at(r, j),
+                    t.scale,
+                    t.zp,
+                    t.signed,
+                );
                 let at = r * t.ldd + j;
                 *t.dst.add(at) = t.with_add(q, at) as u8;
             }
@@ -316,6 +380,11 @@ unsafe fn avx512(t: &QTile) {
                 Per::Row => *t.mult.add(r),
                 Per::Col => 0.0,
             };
+            let row_shift = match t.shift_per {
+                Per::Scalar => t.shift_scalar,
+                Per::Row if t.shifted => *t.shift.add(r),
+                _ => 0.0,
+            };
             let mut j = 0;
             while j < t.cols {
                 let lanes = (t.cols - j).min(16);
@@ -326,7 +395,15 @@ unsafe fn avx512(t: &QTile) {
                 } else {
                     _mm512_set1_ps(row_mult)
                 };
-                let f = _mm512_mul_ps(_mm512_cvtepi32_ps(x), m);
+                let mut f = _mm512_mul_ps(_mm512_cvtepi32_ps(x), m);
+                if t.shifted {
+                    let s = if t.shift_per == Per::Col {
+                        _mm512_maskz_loadu_ps(mask, t.shift.add(j))
+                    } else {
+                        _mm512_set1_ps(row_shift)
+                    };
+                    f = _mm512_add_ps(f, s);
+                }
                 let f = _mm512_div_ps(f, scale);
                 let f =
                     _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(f);

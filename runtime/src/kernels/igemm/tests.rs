@@ -616,8 +616,23 @@ fn requantized_output_matches_two_steps() {
         let res_f: Vec<u8> = (0..m * ldc)
             .flat_map(|_| (rng.int(-9000, 9000) as f32 * 1e-3).to_le_bytes())
             .collect();
+        // Shifts added after the multiplication (a float bias), per row, column or tensor.
+        let row_shift: Vec<f32> = (0..m).map(|_| rng.int(-3000, 3000) as f32 * 1e-3).collect();
+        let col_shift: Vec<f32> = (0..n).map(|_| rng.int(-3000, 3000) as f32 * 1e-3).collect();
         for (ci, &(mult, scale, zp)) in cases.iter().enumerate() {
-            for (signed, with_add) in [(false, false), (true, false), (false, true), (true, true)] {
+            for (signed, with_add, shifted) in [
+                (false, false, false),
+                (true, false, false),
+                (false, true, false),
+                (true, true, false),
+                (false, false, true),
+                (true, true, true),
+            ] {
+                let shift = shifted.then(|| match ci % 3 {
+                    0 => RqMult::PerCol(&col_shift),
+                    1 => RqMult::PerRow(&row_shift),
+                    _ => RqMult::Scalar(0.75),
+                });
                 let zp = if signed {
                     zp.clamp(-128, 127)
                 } else {
@@ -637,6 +652,7 @@ fn requantized_output_matches_two_steps() {
                 });
                 let rq = IRequant {
                     mult,
+                    shift,
                     scale,
                     zero_point: zp,
                     add,
@@ -652,7 +668,12 @@ fn requantized_output_matches_two_steps() {
                             RqMult::PerRow(v) => v[i],
                             RqMult::PerCol(v) => v[j],
                         };
-                        let q = IRequant::value(exact[idx], mv, scale, zp as f32, signed);
+                        let sv = shift.map(|s| match s {
+                            RqMult::Scalar(s) => s,
+                            RqMult::PerRow(v) => v[i],
+                            RqMult::PerCol(v) => v[j],
+                        });
+                        let q = IRequant::value(exact[idx], mv, sv, scale, zp as f32, signed);
                         match &add {
                             Some(a) => {
                                 let rb = res[idx];
@@ -728,11 +749,11 @@ fn requantized_output_matches_two_steps() {
 #[test]
 fn requant_value_definition() {
     // Ties to even, both bounds, NaN to 0.
-    assert_eq!(IRequant::value(5, 1.0, 2.0, 0.0, false), 2);
-    assert_eq!(IRequant::value(7, 1.0, 2.0, 0.0, false), 4);
-    assert_eq!(IRequant::value(-5, 1.0, 2.0, 0.0, true), -2);
-    assert_eq!(IRequant::value(1000, 1.0, 1.0, 0.0, false), 255);
-    assert_eq!(IRequant::value(-1000, 1.0, 1.0, 0.0, true), -128);
-    assert_eq!(IRequant::value(0, 1.0, 0.0, 3.0, true), 0);
-    assert_eq!(IRequant::value(1, 1.0, 0.0, 3.0, true), 127);
+    assert_eq!(IRequant::value(5, 1.0, None, 2.0, 0.0, false), 2);
+    assert_eq!(IRequant::value(7, 1.0, None, 2.0, 0.0, false), 4);
+    assert_eq!(IRequant::value(-5, 1.0, None, 2.0, 0.0, true), -2);
+    assert_eq!(IRequant::value(1000, 1.0, None, 1.0, 0.0, false), 255);
+    assert_eq!(IRequant::value(-1000, 1.0, None, 1.0, 0.0, true), -128);
+    assert_eq!(IRequant::value(0, 1.0, None, 0.0, 3.0, true), 0);
+    assert_eq!(IRequant::value(1, 1.0, None, 0.0, 3.0, true), 127);
 }

@@ -127,8 +127,10 @@ fn case(
     let bv = bm.view((0, n as i64, 1));
     if rq {
         let mult = Buf::new(DType::F32, m, 0, |i| 0.01 + i as f64 * 0.003);
+        let shift = Buf::new(DType::F32, m, 0, |i| i as f64 * 0.25 - 1.0);
         let rq = Requant {
             mult: mult.view((0, 1, 0)),
+            shift: Some(shift.view((0, 1, 0))),
             scale: 0.5,
             zero_point: 3,
             add: None,
