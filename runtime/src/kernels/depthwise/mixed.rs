@@ -12,8 +12,8 @@
 //!
 //! Results are exactly the evaluator's: with 8-bit inputs and integral weights every product
 //! and partial sum is an integer below 2^24 (see `Stmt::Depthwise`), and the epilogue runs
-//! operation by operation in f32 (no fused multiply-add; `Sigmoid` is
-//! [`crate::kernels::gemm::act::sigmoid`], the polynomial the vector kernels use).
+//! operation by operation in f32 (no fused multiply-add; `Sigmoid` is the polynomial `exp` of
+//! [`crate::kernels::gemm::act::sigmoid`] that the other kernels use, in vectors).
 //!
 //! ```
 //! use mlc_runtime::kernels::depthwise::{run_mixed, Arg, BinKind, Input, Output, Shape, Step};
@@ -97,6 +97,32 @@ impl Int {
             Int::I8 => v as i8 as f32,
             Int::I32 => v as i32 as f32,
         }
+    }
+
+    /// The type's range as f32 (`i32`'s ends rounded to f32, as the cast's results are).
+    fn range(self) -> (f32, f32) {
+        match self {
+            Int::U8 => (0.0, 255.0),
+            Int::I8 => (-128.0, 127.0),
+            Int::I32 => (-2147483648.0, 2147483648.0),
+        }
+    }
+}
+
+/// [`Int::narrow`] for the range `[lo, hi]`, written with comparisons and a truncation so that
+/// it vectorizes (LLVM scalarized the saturating casts): NaN and values below `lo`'s
+/// truncation give `lo` or 0, values past `hi` give `hi`, others their truncation (`+ 0.0`
+/// turns a truncated `-0.0` into the `0.0` the integer converts back to).
+#[inline(always)]
+fn narrow(v: f32, lo: f32, hi: f32) -> f32 {
+    if v.is_nan() {
+        0.0
+    } else if v < lo {
+        lo
+    } else if v > hi {
+        hi
+    } else {
+        v.trunc() + 0.0
     }
 }
 
@@ -389,7 +415,7 @@ fn widen(isa: Isa, x: Input, range: std::ops::Range<usize>, xs: &mut [f32]) {
 /// a vector loop; the plane is in cache), `s` holding the saved values.
 fn epilogue(isa: Isa, ep: &[Step], m: usize, y: &mut [f32], s: &mut Vec<f32>) {
     #[inline(always)]
-    fn body(ep: &[Step], m: usize, y: &mut [f32], s: &mut Vec<f32>) {
+    fn body(ep: &[Step], m: usize, y: &mut [f32], s: &mut Vec<f32>, sigmoid: impl Fn(&mut [f32])) {
         s.resize(y.len(), 0.0);
         if ep.iter().any(|st| matches!(st, Step::Combine { .. })) {
             s.copy_from_slice(y);
@@ -405,31 +431,62 @@ fn epilogue(isa: Isa, ep: &[Step], m: usize, y: &mut [f32], s: &mut Vec<f32>) {
                 }
                 Step::Save => s.copy_from_slice(y),
                 Step::Combine { op, saved_first } => combine(op, saved_first, y, s),
-                Step::Sigmoid => y
-                    .iter_mut()
-                    .for_each(|v| *v = crate::kernels::gemm::act::sigmoid(*v)),
+                Step::Sigmoid => sigmoid(y),
                 Step::Round => y.iter_mut().for_each(|v| *v = v.round_ties_even()),
-                Step::Narrow(t) => match t {
-                    Int::U8 => y.iter_mut().for_each(|v| *v = *v as u8 as f32),
-                    Int::I8 => y.iter_mut().for_each(|v| *v = *v as i8 as f32),
-                    Int::I32 => y.iter_mut().for_each(|v| *v = *v as i32 as f32),
-                },
+                Step::Narrow(t) => {
+                    let (lo, hi) = t.range();
+                    y.iter_mut().for_each(|v| *v = narrow(*v, lo, hi));
+                }
             }
         }
     }
     if ep.is_empty() {
         return;
     }
+    // The sigmoid with the vector `exp` of the GEMM activations (the polynomial the other
+    // depthwise kernels use), the scalar form of it on the portable path.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,fma")]
     fn avx2(ep: &[Step], m: usize, y: &mut [f32], s: &mut Vec<f32>) {
-        body(ep, m, y, s)
+        use std::arch::x86_64::*;
+        body(ep, m, y, s, |y| {
+            let mut chunks = y.chunks_exact_mut(8);
+            for c in &mut chunks {
+                // SAFETY: eight floats of `c`.
+                unsafe {
+                    let v = _mm256_loadu_ps(c.as_ptr());
+                    _mm256_storeu_ps(c.as_mut_ptr(), crate::kernels::gemm::avx2::sigmoid8(v));
+                }
+            }
+            for v in chunks.into_remainder() {
+                *v = crate::kernels::gemm::act::sigmoid(*v);
+            }
+        })
     }
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
     fn avx512(ep: &[Step], m: usize, y: &mut [f32], s: &mut Vec<f32>) {
-        body(ep, m, y, s)
+        use std::arch::x86_64::*;
+        body(ep, m, y, s, |y| {
+            for c in y.chunks_mut(16) {
+                let mask: __mmask16 = if c.len() == 16 {
+                    !0
+                } else {
+                    (1 << c.len()) - 1
+                };
+                // SAFETY: the masked lanes are those of `c`.
+                unsafe {
+                    let v = _mm512_maskz_loadu_ps(mask, c.as_ptr());
+                    let v = crate::kernels::gemm::avx512::sigmoid16(v);
+                    _mm512_mask_storeu_ps(c.as_mut_ptr(), mask, v);
+                }
+            }
+        })
     }
+    let scalar = |y: &mut [f32]| {
+        y.iter_mut()
+            .for_each(|v| *v = crate::kernels::gemm::act::sigmoid(*v))
+    };
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `run_mixed` picked a supported `isa`.
@@ -437,7 +494,7 @@ fn epilogue(isa: Isa, ep: &[Step], m: usize, y: &mut [f32], s: &mut Vec<f32>) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         Isa::Avx2 => unsafe { avx2(ep, m, y, s) },
-        _ => body(ep, m, y, s),
+        _ => body(ep, m, y, s, scalar),
     }
 }
 
@@ -459,20 +516,32 @@ fn bin(op: BinKind, a: f32, first: bool, y: &mut [f32]) {
         (BinKind::Mul, true) => each!(v => a * *v),
         (BinKind::Div, false) => each!(v => *v / a),
         (BinKind::Div, true) => each!(v => a / *v),
-        (op, false) => each!(v => op.apply(*v, a)),
-        (op, true) => each!(v => op.apply(a, *v)),
+        // NaN-propagating with a number `a` (a NaN `a` makes every result NaN): the value
+        // unless `a` wins the comparison, written as a select so that it vectorizes
+        // (`apply`'s NaN tests kept it scalar).
+        (BinKind::Max | BinKind::Min, _) if a.is_nan() => each!(v => f32::NAN),
+        (BinKind::Max, _) => each!(v => if *v < a { a } else { *v }),
+        (BinKind::Min, _) => each!(v => if *v > a { a } else { *v }),
     }
 }
 
 /// `y = y op s` (`s op y` when `saved_first`) over the plane.
 #[inline(always)]
 fn combine(op: BinKind, saved_first: bool, y: &mut [f32], s: &[f32]) {
-    for (v, &sv) in y.iter_mut().zip(s) {
-        *v = if saved_first {
-            op.apply(sv, *v)
-        } else {
-            op.apply(*v, sv)
+    macro_rules! each {
+        ($v:ident, $s:ident => $e:expr) => {
+            y.iter_mut().zip(s).for_each(|($v, &$s)| *$v = $e)
         };
+    }
+    match (op, saved_first) {
+        (BinKind::Add, _) => each!(v, s => s + *v),
+        (BinKind::Mul, _) => each!(v, s => s * *v),
+        (BinKind::Sub, false) => each!(v, s => *v - s),
+        (BinKind::Sub, true) => each!(v, s => s - *v),
+        (BinKind::Div, false) => each!(v, s => *v / s),
+        (BinKind::Div, true) => each!(v, s => s / *v),
+        (op, false) => each!(v, s => op.apply(*v, s)),
+        (op, true) => each!(v, s => op.apply(s, *v)),
     }
 }
 
@@ -549,6 +618,49 @@ unsafe fn store(isa: Isa, kind: OutKind, y: &[f32], p: *mut u8) {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => avx2(kind, y, p),
             _ => body(kind, y, p),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The vectorizable narrowing is the saturating cast, bit for bit (the sign of zero too).
+    #[test]
+    fn narrow_is_the_saturating_cast() {
+        let vals = [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -0.0,
+            0.0,
+            -0.5,
+            0.99,
+            -1.5,
+            127.9,
+            128.0,
+            -128.9,
+            -129.0,
+            254.5,
+            255.7,
+            256.0,
+            1e10,
+            -1e10,
+            2147483520.0,
+            2147483648.0,
+            -2147483648.0,
+            -2147483904.0,
+        ];
+        for t in [Int::U8, Int::I8, Int::I32] {
+            let (lo, hi) = t.range();
+            for v in vals {
+                assert_eq!(
+                    narrow(v, lo, hi).to_bits(),
+                    t.narrow(v).to_bits(),
+                    "{t:?} {v}"
+                );
+            }
         }
     }
 }
