@@ -355,8 +355,17 @@ impl Chunk<'_> {
         )
         .is_ok();
         let plane0 = self.n * s.out_channels() + m0;
+        #[cfg(target_arch = "x86_64")]
+        let rq = requant_of(ep).filter(|_| isa == Isa::Avx512 && kind != OutKind::I32);
         for (i, y) in ys.chunks_exact_mut(self.ohw).enumerate() {
             let at = (plane0 + i) * self.ohw;
+            #[cfg(target_arch = "x86_64")]
+            if let Some(rq) = &rq {
+                // SAFETY: AVX-512 is supported (`run_mixed` picked `isa`); plane `plane0 + i`
+                // is this chunk's (the caller's contract): `ohw` elements of `kind` from `at`.
+                unsafe { requant_avx512(rq, m0 + i, y, kind, out.0.add(at * kind.size())) };
+                continue;
+            }
             // Blocks that stay in L1 through every step and the store.
             for (b, yb) in y.chunks_mut(BLOCK).enumerate() {
                 epilogue(isa, ep, m0 + i, yb, ss);
@@ -369,6 +378,107 @@ impl Chunk<'_> {
             }
         }
         ok
+    }
+}
+
+/// A QDQ layer's requantization as epilogue steps: `x · mult (+ shift) / scale`, rounded,
+/// `+ zp`, clamped to `[lo, hi]` (each a literal, `mult` and `shift` maybe per channel).
+#[derive(Clone, Copy, Debug)]
+struct Rq<'a> {
+    mult: Arg<'a>,
+    shift: Option<Arg<'a>>,
+    scale: f32,
+    zp: f32,
+    lo: f32,
+    hi: f32,
+}
+
+/// `ep` as an [`Rq`], when it is exactly one (in that order, no NaN bounds).
+fn requant_of<'a>(ep: &[Step<'a>]) -> Option<Rq<'a>> {
+    let bin = |st: &Step<'a>, want: BinKind| match *st {
+        Step::Bin {
+            op,
+            arg,
+            arg_first: false,
+        } if op == want => Some(arg),
+        _ => None,
+    };
+    let lit = |a: Arg| match a {
+        Arg::Lit(v) if !v.is_nan() => Some(v),
+        _ => None,
+    };
+    let (mult, shift, rest) = match ep {
+        [m, s, rest @ ..] if bin(s, BinKind::Add).is_some() => {
+            (bin(m, BinKind::Mul)?, bin(s, BinKind::Add), rest)
+        }
+        [m, rest @ ..] => (bin(m, BinKind::Mul)?, None, rest),
+        [] => return None,
+    };
+    let [d, Step::Round, z, lo, hi] = rest else {
+        return None;
+    };
+    Some(Rq {
+        mult,
+        shift,
+        scale: lit(bin(d, BinKind::Div)?)?,
+        zp: lit(bin(z, BinKind::Add)?)?,
+        lo: lit(bin(lo, BinKind::Max)?)?,
+        hi: lit(bin(hi, BinKind::Min)?)?,
+    })
+}
+
+/// [`epilogue`] then [`store`] of one plane `y` of output channel `m` for the steps of `rq`,
+/// 16 lanes at a time in registers (seven passes over the plane otherwise), each operation as
+/// there: no fused multiply-add, the division a division, the bounds as selects.
+///
+/// # Safety
+///
+/// The CPU has AVX-512F/BW/VL/DQ; `p` is valid for writing `y.len()` elements of `kind` (`F32`,
+/// `U8` or `I8`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+unsafe fn requant_avx512(rq: &Rq, m: usize, y: &[f32], kind: OutKind, p: *mut u8) {
+    use std::arch::x86_64::*;
+    let at = |a: Arg| match a {
+        Arg::Lit(v) => v,
+        Arg::Channel(c) => c[m],
+    };
+    let mult = _mm512_set1_ps(at(rq.mult));
+    let shift = rq.shift.map(|s| _mm512_set1_ps(at(s)));
+    let (scale, zp) = (_mm512_set1_ps(rq.scale), _mm512_set1_ps(rq.zp));
+    let (lo, hi) = (_mm512_set1_ps(rq.lo), _mm512_set1_ps(rq.hi));
+    let (tlo, thi) = match kind {
+        OutKind::I8 => (-128.0, 127.0),
+        _ => (0.0, 255.0),
+    };
+    let (tlo, thi) = (_mm512_set1_ps(tlo), _mm512_set1_ps(thi));
+    let n = y.len();
+    let mut i = 0;
+    while i < n {
+        let lanes = (n - i).min(16);
+        let mask: __mmask16 = if lanes == 16 { !0 } else { (1 << lanes) - 1 };
+        // SAFETY: lanes `i..i + lanes` lie inside `y`.
+        let mut x = unsafe { _mm512_maskz_loadu_ps(mask, y.as_ptr().add(i)) };
+        x = _mm512_mul_ps(x, mult);
+        if let Some(s) = shift {
+            x = _mm512_add_ps(x, s);
+        }
+        x = _mm512_div_ps(x, scale);
+        x = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x);
+        x = _mm512_add_ps(x, zp);
+        x = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, lo), x, lo);
+        x = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, hi), x, hi);
+        // SAFETY: lanes `i..i + lanes` of the output (the function's contract).
+        unsafe {
+            if kind == OutKind::F32 {
+                _mm512_mask_storeu_ps(p.cast::<f32>().add(i), mask, x);
+            } else {
+                let v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(x, x), x);
+                let v = _mm512_min_ps(_mm512_max_ps(v, tlo), thi);
+                _mm512_mask_cvtepi32_storeu_epi8(p.add(i).cast(), mask, _mm512_cvttps_epi32(v));
+            }
+        }
+        i += 16;
     }
 }
 

@@ -836,6 +836,113 @@ fn mixed_types_match_the_definition_exactly() {
                         .map(|(i, &a)| q(i, a) as i8)
                         .collect();
                     assert_eq!(y, want, "{what}: i8 out");
+                    // A QDQ layer's requantization exactly (its own AVX-512 loop): with and
+                    // without the per-channel shift, a constant multiplier, clamps narrower than
+                    // the type.
+                    let (lo, hi) = if signed {
+                        (-100.0, 120.0)
+                    } else {
+                        (3.0, 250.0)
+                    };
+                    let tail = [
+                        Step::Bin {
+                            op: BinKind::Div,
+                            arg: Arg::Lit(0.07),
+                            arg_first: false,
+                        },
+                        Step::Round,
+                        Step::Bin {
+                            op: BinKind::Add,
+                            arg: Arg::Lit(9.0),
+                            arg_first: false,
+                        },
+                        Step::Bin {
+                            op: BinKind::Max,
+                            arg: Arg::Lit(lo),
+                            arg_first: false,
+                        },
+                        Step::Bin {
+                            op: BinKind::Min,
+                            arg: Arg::Lit(hi),
+                            arg_first: false,
+                        },
+                    ];
+                    let mul = |arg| Step::Bin {
+                        op: BinKind::Mul,
+                        arg,
+                        arg_first: false,
+                    };
+                    let add = Step::Bin {
+                        op: BinKind::Add,
+                        arg: Arg::Channel(&shift),
+                        arg_first: false,
+                    };
+                    for (name, head) in [
+                        ("shifted", vec![mul(Arg::Channel(&scale)), add]),
+                        ("per channel", vec![mul(Arg::Channel(&scale))]),
+                        ("constant", vec![mul(Arg::Lit(3e-4))]),
+                    ] {
+                        let ep: Vec<Step> = head.iter().chain(&tail).copied().collect();
+                        let value = |i: usize, a: f32| {
+                            let mo = (i / (s.out_hw[0] * s.out_hw[1])) % m;
+                            let mut x = a * if name == "constant" { 3e-4 } else { scale[mo] };
+                            if head.len() == 2 {
+                                x += shift[mo];
+                            }
+                            ((x / 0.07).round_ties_even() + 9.0).clamp(lo, hi)
+                        };
+                        let mut y = vec![0u8; ly];
+                        run_mixed(
+                            &s,
+                            input,
+                            &wq,
+                            Some(&bias),
+                            Output::U8(&mut y),
+                            &ep,
+                            threads,
+                            isa,
+                        )
+                        .expect("runs");
+                        let want: Vec<u8> = acc
+                            .iter()
+                            .enumerate()
+                            .map(|(i, &a)| value(i, a) as u8)
+                            .collect();
+                        assert_eq!(y, want, "{what}: {name} requantization, u8");
+                        let mut y = vec![0i8; ly];
+                        run_mixed(
+                            &s,
+                            input,
+                            &wq,
+                            Some(&bias),
+                            Output::I8(&mut y),
+                            &ep,
+                            threads,
+                            isa,
+                        )
+                        .expect("runs");
+                        let want: Vec<i8> = acc
+                            .iter()
+                            .enumerate()
+                            .map(|(i, &a)| value(i, a) as i8)
+                            .collect();
+                        assert_eq!(y, want, "{what}: {name} requantization, i8");
+                        let mut y = vec![0f32; ly];
+                        run_mixed(
+                            &s,
+                            input,
+                            &wq,
+                            Some(&bias),
+                            Output::F32(&mut y),
+                            &ep,
+                            threads,
+                            isa,
+                        )
+                        .expect("runs");
+                        let want: Vec<f32> =
+                            acc.iter().enumerate().map(|(i, &a)| value(i, a)).collect();
+                        assert_eq!(y, want, "{what}: {name} requantization, f32");
+                    }
                 }
             }
         }
