@@ -17,21 +17,29 @@
 //!   never pooled over): `x ↦ (x − z)·s` rounded is non-decreasing, so it commutes with max.
 //!   Padding is ignored by both pools, so every window must hold one real element: explicit
 //!   pads smaller than the kernel, no dilation, no `ceil_mode` (the last window then starts
-//!   inside the input). The 8-bit pool reads and writes a quarter of the bytes, and the
-//!   `quantize` that usually follows the pool meets its `dequantize` and goes away.
+//!   inside the input; with `ceil_mode`, only when the output's size puts the last window's
+//!   start inside the input too). The 8-bit pool reads and writes a quarter of the bytes, and
+//!   the `quantize` that usually follows the pool meets its `dequantize` and goes away.
+//! * `quantize-concat-parts`: `quantize(concat(xᵢ…), s, z)` is `concat(quantize(xᵢ, s, z)…)`
+//!   for per-tensor parameters (quantization is elementwise). Each part's quantization then
+//!   meets the part's producer: a `dequantize` with the same parameters goes away
+//!   (`qdq-round-trip`), any other joins the producer's fused tail, and the concatenation moves
+//!   8-bit values (SqueezeNet's and GoogLeNet's branches: each branch writes its quantized
+//!   result into the concatenation instead of a float one quantized again).
 
 use super::quant::{const_of, dequantized};
 use super::{Build, NodeRule, add_op, ops_where, same_as, ty};
 use crate::egraph::analysis::MlcEGraph;
 use egg::Id;
 use mlc_ir::ops::nn::AutoPad;
-use mlc_ir::ops::{NnOp, QuantOp};
+use mlc_ir::ops::{MovementOp, NnOp, QuantOp};
 use mlc_ir::{DType, Op};
 
 pub fn rules() -> Vec<NodeRule> {
     vec![
         NodeRule::rewrite("qdq-round-trip", round_trip),
         NodeRule::rewrite("pool-before-dequantize", pool_before_dequantize),
+        NodeRule::rewrite("quantize-concat-parts", quantize_parts),
     ]
 }
 
@@ -91,6 +99,60 @@ fn round_trip(eg: &MlcEGraph, class: Id) -> Vec<Build> {
     out
 }
 
+fn quantize_parts(eg: &MlcEGraph, class: Id) -> Vec<Build> {
+    let Some(want) = ty(eg, class).cloned() else {
+        return vec![];
+    };
+    let mut out: Vec<Build> = vec![];
+    for (qop, _, c) in ops_where(eg, class, |o| match o {
+        Op::Quant(QuantOp::Quantize {
+            block_size: 0,
+            to: DType::U8 | DType::I8,
+            ..
+        }) => Some(o.clone()),
+        _ => None,
+    }) {
+        let (Some(&x), Some(&s)) = (c.first(), c.get(1)) else {
+            continue;
+        };
+        let z = c.get(2).copied().filter(|z| !eg[*z].data.types.is_empty());
+        // Per tensor: every part takes the same parameters whatever the axis.
+        if scale_values(eg, s).is_none_or(|v| v.len() != 1)
+            || z.is_some_and(|z| const_of(eg, z).is_none_or(|t| t.len() != 1))
+        {
+            continue;
+        }
+        for (op, _, parts) in ops_where(eg, x, |o| match o {
+            Op::Movement(MovementOp::Concat { .. }) => Some(o.clone()),
+            _ => None,
+        }) {
+            let part_types: Option<Vec<_>> = parts
+                .iter()
+                .map(|&p| {
+                    ty(eg, p).cloned().map(|mut t| {
+                        t.dtype = want.dtype;
+                        t
+                    })
+                })
+                .collect();
+            let Some(part_types) = part_types else {
+                continue;
+            };
+            let (parts, want, qop) = (parts.to_vec(), want.clone(), qop.clone());
+            out.push(Box::new(move |eg, rule| {
+                let mut qs = Vec::with_capacity(parts.len());
+                for (&p, t) in parts.iter().zip(&part_types) {
+                    let mut children = vec![p, s];
+                    children.extend(z);
+                    qs.push(add_op(eg, qop.clone(), children, vec![], t, vec![rule])?);
+                }
+                add_op(eg, op.clone(), qs, vec![], &want, vec![rule])
+            }));
+        }
+    }
+    out
+}
+
 fn pool_before_dequantize(eg: &MlcEGraph, class: Id) -> Vec<Build> {
     let Some(want) = ty(eg, class).cloned() else {
         return vec![];
@@ -104,8 +166,25 @@ fn pool_before_dequantize(eg: &MlcEGraph, class: Id) -> Vec<Build> {
         let k = window.kernel.len();
         let pads_ok =
             window.pads.len() == 2 * k && (0..2 * k).all(|i| window.pads[i] < window.kernel[i % k]);
+        // With `ceil_mode`, the last window may start in the end padding: only when the static
+        // sizes show it starting inside the input (`(out − 1)·stride − pad < in`).
+        let ceil_ok = || {
+            let (Some(&x), Some(out)) = (c.first(), want.static_shape()) else {
+                return false;
+            };
+            let Some(ins) = ty(eg, x).and_then(|t| t.static_shape()) else {
+                return false;
+            };
+            let sp = ins.len().saturating_sub(k);
+            out.len() == ins.len()
+                && window.strides.len() == k
+                && (0..k).all(|i| {
+                    let (o, n) = (out[sp + i], ins[sp + i]);
+                    o == 0 || (o - 1) * window.strides[i] < n + window.pads[i]
+                })
+        };
         if o.types.len() != 1
-            || window.ceil_mode
+            || (window.ceil_mode && !ceil_ok())
             || window.auto_pad != AutoPad::NotSet
             || window.dilations.iter().any(|d| *d != 1)
             || !pads_ok
@@ -248,6 +327,87 @@ mod tests {
             assert!(pool.is_some_and(|l| l.contains(": u8[")), "{g}");
             assert_eq!(text.matches("quant.").count(), 1, "{g}");
         }
+    }
+
+    #[test]
+    fn ceil_mode_pools_whose_windows_all_start_inside_run_on_the_integers() {
+        // SqueezeNet's pools: 3×3, stride 2, `ceil_mode`, no pads; 111 → 55 and 9 → 4 (the
+        // last window starts at 108 and 6, inside), and with pads 7 → 4 (shape inference
+        // drops a last window that would start in the end padding; the rule checks the sizes
+        // it is given all the same).
+        for (size, out, pads, integer) in [
+            (111, 55, "[0,0,0,0]", true),
+            (9, 4, "[0,0,0,0]", true),
+            (7, 4, "[1,1,2,2]", true),
+        ] {
+            let src = POOL
+                .replace("f32[n,2,h,w]", &format!("f32[1,2,{size},{size}]"))
+                .replace("u8[n,2,h,w]", &format!("u8[1,2,{size},{size}]"))
+                .replace("f32[n,2,OH,OW]", &format!("f32[1,2,{out},{out}]"))
+                .replace("u8[n,2,OH,OW]", &format!("u8[1,2,{out},{out}]"))
+                .replace("\"ceil_mode\":false", "\"ceil_mode\":true")
+                .replace("\"pads\":[1,1,2,2]", &format!("\"pads\":{pads}"));
+            let shapes: &[&[&[usize]]] = &[&[&[1, 2, size, size]]];
+            let g = &check(&["pool-before-dequantize", "qdq-round-trip"], &src, shapes)[0];
+            let text = g.to_string();
+            let pool = text.lines().find(|l| l.contains("nn.max_pool"));
+            assert_eq!(
+                pool.is_some_and(|l| l.contains(": u8[")),
+                integer,
+                "{size}: {g}"
+            );
+        }
+    }
+
+    /// Two branches dequantized with their own parameters, concatenated, quantized again (a
+    /// QDQ fire module or inception block), and a third part already in float.
+    const CONCAT: &str = r#"graph (%0: f32[n,3] "x", %1: f32[n,2] "y", %2: f32[n,4] "w") -> (%12 "out") {
+  @c0 = const f32[] [0.0173]
+  @c1 = const u8[] [121]
+  @c2 = const f32[] [0.031]
+  @c3 = const u8[] [7]
+  %3 = constant @c0 : f32[]
+  %4 = constant @c1 : u8[]
+  %5 = constant @c2 : f32[]
+  %6 = constant @c3 : u8[]
+  %7 = quant.quantize {"axis":1,"block_size":0,"to":"u8"} (%0, %3, %4) : u8[n,3]
+  %8 = quant.dequantize {"axis":1,"block_size":0,"to":"f32"} (%7, %3, %4) : f32[n,3]
+  %9 = quant.quantize {"axis":1,"block_size":0,"to":"u8"} (%1, %5, %6) : u8[n,2]
+  %10 = quant.dequantize {"axis":1,"block_size":0,"to":"f32"} (%9, %5, %6) : f32[n,2]
+  %11 = movement.concat {"axis":1} (%8, %10, %2) : f32[n,9]
+  %12 = quant.quantize {"axis":1,"block_size":0,"to":"u8"} (%11, %3, %4) : u8[n,9]
+}
+"#;
+
+    #[test]
+    fn a_quantized_concatenation_concatenates_quantized_parts() {
+        // The part dequantized with the concatenation's own parameters is its integers again;
+        // the others are quantized on their own; the concatenation is of bytes.
+        let shapes: &[&[&[usize]]] = &[&[&[5, 3], &[5, 2], &[5, 4]], &[&[1, 3], &[1, 2], &[1, 4]]];
+        for g in check(&["quantize-concat-parts", "qdq-round-trip"], CONCAT, shapes) {
+            let text = g.to_string();
+            let concat = text.lines().find(|l| l.contains("movement.concat"));
+            assert!(concat.is_some_and(|l| l.contains(": u8[")), "{g}");
+            // x's own quantization, y's and its requantization, w's: one dequantize left.
+            assert_eq!(text.matches("quant.quantize").count(), 4, "{g}");
+            assert_eq!(text.matches("quant.dequantize").count(), 1, "{g}");
+        }
+        // Per-channel parameters of the concatenation are not the same for every part: left
+        // alone.
+        let per_channel = CONCAT
+            .replace(
+                "@c3 = const u8[] [7]",
+                "@c3 = const u8[] [7]\n  @c4 = const f32[9] [0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09]\n  @c5 = const u8[9] [1, 2, 3, 4, 5, 6, 7, 8, 9]",
+            )
+            .replace(
+                "%12 = quant.quantize {\"axis\":1,\"block_size\":0,\"to\":\"u8\"} (%11, %3, %4) : u8[n,9]",
+                "%12 = constant @c4 : f32[9]\n  %13 = constant @c5 : u8[9]\n  %14 = quant.quantize {\"axis\":1,\"block_size\":0,\"to\":\"u8\"} (%11, %12, %13) : u8[n,9]",
+            )
+            .replace("-> (%12 \"out\")", "-> (%14 \"out\")");
+        let g = &check_all(&per_channel, &[&[&[5, 3], &[5, 2], &[5, 4]]])[0];
+        let text = g.to_string();
+        let concat = text.lines().find(|l| l.contains("movement.concat"));
+        assert!(concat.is_some_and(|l| l.contains(": f32[")), "{g}");
     }
 
     #[test]
