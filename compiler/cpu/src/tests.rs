@@ -40,6 +40,30 @@ fn input(dtype: DType, shape: &[usize], seed: u64) -> Tensor {
     t.and_then(|t| t.cast(dtype)).expect("test input")
 }
 
+/// A xorshift generator for test data (deterministic, no dependency).
+pub(crate) struct Rng(pub(crate) u64);
+
+impl Rng {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// An integer in `lo..=hi`.
+    pub(crate) fn int(&mut self, lo: i64, hi: i64) -> i64 {
+        lo + (self.next() % (hi - lo + 1) as u64) as i64
+    }
+    /// A float in `[lo, hi)` (a millionth's steps).
+    pub(crate) fn float(&mut self, lo: f32, hi: f32) -> f32 {
+        lo + (hi - lo) * (self.next() % 1_000_000) as f32 / 1e6
+    }
+    /// A float in `[-4, 4]` in steps of 1/250.
+    pub(crate) fn f(&mut self) -> f32 {
+        self.int(-1000, 1000) as f32 / 250.0
+    }
+}
+
 pub(crate) fn inputs_for(g: &mlc_ir::Graph) -> Vec<Tensor> {
     g.inputs
         .iter()

@@ -6,22 +6,7 @@
 use crate::tests::check_inputs;
 use mlc_ir::{Tensor, parse_graph};
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn int(&mut self, lo: i64, hi: i64) -> i64 {
-        lo + (self.next() % (hi - lo + 1) as u64) as i64
-    }
-    fn float(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * (self.next() % 1_000_000) as f32 / 1e6
-    }
-}
+use crate::tests::Rng;
 
 /// One geometry: channels, multiplier, input size, kernel, stride, pads (t, l, b, r).
 type Geom = (usize, usize, [usize; 2], usize, usize, [usize; 4]);

@@ -7,19 +7,7 @@ use crate::CompiledProgram;
 use mlc_ir::Tensor;
 use mlc_kir::{Buffer, LoopKind, run_program};
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn int(&mut self, lo: i64, hi: i64) -> i64 {
-        lo + (self.next() % (hi - lo + 1) as u64) as i64
-    }
-}
+use crate::tests::Rng;
 
 /// How the test program differs from the plain per-channel conv tail.
 #[derive(Clone, Copy, Debug, PartialEq)]

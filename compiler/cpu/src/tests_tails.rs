@@ -8,22 +8,7 @@ use crate::{CompiledProgram, Options};
 use mlc_ir::Tensor;
 use mlc_kir::{LoopKind, run_program};
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn int(&mut self, lo: i64, hi: i64) -> i64 {
-        lo + (self.next() % (hi - lo + 1) as u64) as i64
-    }
-    fn f(&mut self) -> f32 {
-        self.int(-1000, 1000) as f32 / 250.0
-    }
-}
+use crate::tests::Rng;
 
 /// The tail after the contraction.
 #[derive(Clone, Copy, Debug, PartialEq)]
