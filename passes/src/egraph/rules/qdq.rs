@@ -26,6 +26,11 @@
 //!   (`qdq-round-trip`), any other joins the producer's fused tail, and the concatenation moves
 //!   8-bit values (SqueezeNet's and GoogLeNet's branches: each branch writes its quantized
 //!   result into the concatenation instead of a float one quantized again).
+//! * `move-before-dequantize`: a reshape, flatten, transpose, squeeze, unsqueeze or slice of
+//!   `dequantize(q, s, z)` is the dequantization of the same movement of `q`, for per-tensor
+//!   parameters (the movement only rearranges elements that the dequantization maps alike).
+//!   ShuffleNet's channel shuffles then move bytes, and the `quantize` after them meets the
+//!   `dequantize` (`qdq-round-trip`).
 
 use super::quant::{const_of, dequantized};
 use super::{Build, NodeRule, add_op, ops_where, same_as, ty};
@@ -40,7 +45,61 @@ pub fn rules() -> Vec<NodeRule> {
         NodeRule::rewrite("qdq-round-trip", round_trip),
         NodeRule::rewrite("pool-before-dequantize", pool_before_dequantize),
         NodeRule::rewrite("quantize-concat-parts", quantize_parts),
+        NodeRule::rewrite("move-before-dequantize", move_before_dequantize),
     ]
+}
+
+/// `movement(dequantize(q, s, z), rest…)` as `dequantize(movement(q, rest…), s, z)` for
+/// per-tensor parameters: reshapes, transposes, squeezes and slices only rearrange elements,
+/// and a per-tensor dequantization maps every element alike, so the two commute exactly.
+fn move_before_dequantize(eg: &MlcEGraph, class: Id) -> Vec<Build> {
+    let Some(want) = ty(eg, class).cloned() else {
+        return vec![];
+    };
+    let mut out: Vec<Build> = vec![];
+    for (op, o, c) in ops_where(eg, class, |o| match o {
+        Op::Movement(
+            MovementOp::Reshape { .. }
+            | MovementOp::Flatten { .. }
+            | MovementOp::Transpose { .. }
+            | MovementOp::Squeeze { .. }
+            | MovementOp::Unsqueeze { .. }
+            | MovementOp::Slice { .. },
+        ) => Some(o.clone()),
+        _ => None,
+    }) {
+        if o.types.len() != 1 {
+            continue;
+        }
+        let Some((&x, rest)) = c.split_first() else {
+            continue;
+        };
+        for (axis, q, s, z) in dequantized(eg, x) {
+            let per_tensor = scale_values(eg, s).is_some_and(|v| v.len() == 1)
+                && z.is_none_or(|z| const_of(eg, z).is_some_and(|t| t.len() == 1));
+            let Some(qty) = ty(eg, q) else { continue };
+            if !per_tensor || !matches!(qty.dtype, DType::U8 | DType::I8) {
+                continue;
+            }
+            let mut moved = want.clone();
+            moved.dtype = qty.dtype;
+            let (op, want, rest) = (op.clone(), want.clone(), rest.to_vec());
+            out.push(Box::new(move |eg, rule| {
+                let mut children = vec![q];
+                children.extend(&rest);
+                let m = add_op(eg, op.clone(), children, vec![], &moved, vec![rule])?;
+                let dq = Op::Quant(QuantOp::Dequantize {
+                    axis,
+                    block_size: 0,
+                    to: DType::F32,
+                });
+                let mut children = vec![m, s];
+                children.extend(z);
+                add_op(eg, dq, children, vec![], &want, vec![rule])
+            }));
+        }
+    }
+    out
 }
 
 /// The scale values of a constant f32 scale class.
@@ -408,6 +467,66 @@ mod tests {
         let text = g.to_string();
         let concat = text.lines().find(|l| l.contains("movement.concat"));
         assert!(concat.is_some_and(|l| l.contains(": f32[")), "{g}");
+    }
+
+    /// ShuffleNet's channel shuffle between two quantized layers: dequantize, reshape,
+    /// transpose, reshape, quantize with the same parameters.
+    const SHUFFLE: &str = r#"graph (%0: f32[1,6,h,w] "x") -> (%8 "y") {
+  @c0 = const f32[] [0.0173]
+  @c1 = const u8[] [121]
+  %1 = constant @c0 : f32[]
+  %2 = constant @c1 : u8[]
+  %3 = quant.quantize {"axis":1,"block_size":0,"to":"u8"} (%0, %1, %2) : u8[1,6,h,w]
+  %4 = quant.dequantize {"axis":1,"block_size":0,"to":"f32"} (%3, %1, %2) : f32[1,6,h,w]
+  %5 = movement.reshape {"allowzero":false,"shape":[1,2,3,-1]} (%4) : f32[1,2,3,hw]
+  %6 = movement.transpose {"perm":[0,2,1,3]} (%5) : f32[1,3,2,hw]
+  %7 = movement.reshape {"allowzero":false,"shape":[1,6,-1]} (%6) : f32[1,6,hw]
+  %8 = quant.quantize {"axis":1,"block_size":0,"to":"u8"} (%7, %1, %2) : u8[1,6,hw]
+}
+"#;
+
+    #[test]
+    fn movement_runs_on_the_integers() {
+        let shapes: &[&[&[usize]]] = &[&[&[1, 6, 4, 5]], &[&[1, 6, 1, 1]]];
+        for g in check(
+            &["move-before-dequantize", "qdq-round-trip"],
+            SHUFFLE,
+            shapes,
+        ) {
+            let text = g.to_string();
+            assert!(
+                text.lines()
+                    .filter(|l| l.contains("movement."))
+                    .all(|l| l.contains(": u8[")),
+                "{g}"
+            );
+            assert_eq!(text.matches("quant.").count(), 1, "{g}");
+        }
+        // Per-channel parameters do not commute with a transpose of the channels: float.
+        let per_channel = SHUFFLE
+            .replace(
+                "@c0 = const f32[] [0.0173]",
+                "@c0 = const f32[6] [0.01, 0.02, 0.03, 0.04, 0.05, 0.06]",
+            )
+            .replace(
+                "@c1 = const u8[] [121]",
+                "@c1 = const u8[6] [1, 2, 3, 4, 5, 6]",
+            )
+            .replace("%1 = constant @c0 : f32[]", "%1 = constant @c0 : f32[6]")
+            .replace("%2 = constant @c1 : u8[]", "%2 = constant @c1 : u8[6]");
+        let g = &check_all(&per_channel, &[&[&[1, 6, 4, 5]]])[0];
+        assert!(
+            g.to_string()
+                .contains("movement.transpose {\"perm\":[0,2,1,3]} (%"),
+            "{g}"
+        );
+        assert!(
+            g.to_string()
+                .lines()
+                .filter(|l| l.contains("movement.transpose"))
+                .all(|l| l.contains(": f32[")),
+            "{g}"
+        );
     }
 
     #[test]
