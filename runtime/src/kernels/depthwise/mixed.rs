@@ -193,34 +193,23 @@ pub fn run_mixed(
     threads: usize,
     isa: Isa,
 ) -> Result<(), DwError> {
-    if s.mult == 0 || s.kernel.contains(&0) || s.stride.contains(&0) || s.dilation.contains(&0) {
-        return Err(DwError::Degenerate);
-    }
-    let (lx, lw, ly) = s.lens().ok_or(DwError::Overflow)?;
+    let channel_args: Vec<(&'static str, usize)> = ep
+        .iter()
+        .filter_map(|st| match st {
+            Step::Bin {
+                arg: Arg::Channel(c),
+                ..
+            } => Some(("epilogue operand", c.len())),
+            _ => None,
+        })
+        .collect();
+    super::check_operands(
+        s,
+        (x.len(), w.len(), out.len()),
+        bias.map(|b| b.len()),
+        &channel_args,
+    )?;
     let m = s.out_channels();
-    let channel_args = ep.iter().filter_map(|st| match st {
-        Step::Bin {
-            arg: Arg::Channel(c),
-            ..
-        } => Some(c.len()),
-        _ => None,
-    });
-    let mut want = vec![
-        ("x", lx, x.len()),
-        ("w", lw, w.len()),
-        ("out", ly, out.len()),
-        ("bias", bias.map_or(0, |_| m), bias.map_or(0, |b| b.len())),
-    ];
-    want.extend(channel_args.map(|len| ("epilogue operand", m, len)));
-    for (operand, needed, len) in want {
-        if len < needed {
-            return Err(DwError::TooShort {
-                operand,
-                needed,
-                len,
-            });
-        }
-    }
     let (ipl, ohw) = (s.in_hw[0] * s.in_hw[1], s.out_hw[0] * s.out_hw[1]);
     if s.batch == 0 || m == 0 || ohw == 0 {
         return Ok(());

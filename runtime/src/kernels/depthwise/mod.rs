@@ -315,6 +315,39 @@ pub(crate) struct Task<'a> {
     pub kind: EpKind,
 }
 
+/// Refuses a degenerate geometry, sizes that overflow, and operands shorter than `s` needs:
+/// the lengths of `x`, `w` and `out`, of the bias if any, and of per-channel operands (each
+/// `(name, len)`, one value per output channel).
+pub(crate) fn check_operands(
+    s: &Shape,
+    (x, w, out): (usize, usize, usize),
+    bias: Option<usize>,
+    per_channel: &[(&'static str, usize)],
+) -> Result<(), DwError> {
+    if s.mult == 0 || s.kernel.contains(&0) || s.stride.contains(&0) || s.dilation.contains(&0) {
+        return Err(DwError::Degenerate);
+    }
+    let (lx, lw, ly) = s.lens().ok_or(DwError::Overflow)?;
+    let m = s.out_channels();
+    let fixed = [
+        ("x", lx, x),
+        ("w", lw, w),
+        ("out", ly, out),
+        ("bias", bias.map_or(0, |_| m), bias.unwrap_or(0)),
+    ];
+    let channels = per_channel.iter().map(|&(name, len)| (name, m, len));
+    for (operand, needed, len) in fixed.into_iter().chain(channels) {
+        if len < needed {
+            return Err(DwError::TooShort {
+                operand,
+                needed,
+                len,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// `out = ep(depthwise(x, w) + bias)` for the geometry `s`, on up to `threads` threads of the
 /// runtime's pool, with the kernels of `isa` (or of the widest level this CPU has, if
 /// narrower).
@@ -329,25 +362,8 @@ pub fn run(
     threads: usize,
     isa: Isa,
 ) -> Result<(), DwError> {
-    if s.mult == 0 || s.kernel.contains(&0) || s.stride.contains(&0) || s.dilation.contains(&0) {
-        return Err(DwError::Degenerate);
-    }
-    let (lx, lw, ly) = s.lens().ok_or(DwError::Overflow)?;
+    check_operands(s, (x.len(), w.len(), out.len()), bias.map(|b| b.len()), &[])?;
     let m = s.out_channels();
-    for (operand, needed, len) in [
-        ("x", lx, x.len()),
-        ("w", lw, w.len()),
-        ("out", ly, out.len()),
-        ("bias", bias.map_or(0, |_| m), bias.map_or(0, |b| b.len())),
-    ] {
-        if len < needed {
-            return Err(DwError::TooShort {
-                operand,
-                needed,
-                len,
-            });
-        }
-    }
     let big = |v: usize| isize::try_from(v).map_err(|_| DwError::Overflow);
     let g = Plane {
         ih: big(s.in_hw[0])?,
