@@ -158,22 +158,9 @@ fn fuse_pair(p: &Program, mm_step: &Step, tail: &Step) -> Option<(Kernel, Vec<Bu
     }
     // The multiplier's index as `mo + r·mrs + c·mcs` over C's rows and columns: the tail's
     // element index L is `r·n + c` (row-major) or `c·m + r` (column-major).
-    let inner = if row_major { n } else { m };
-    let (mo, mo_outer, mo_inner) = split_affine(&t.mult_idx, &t.loops, inner)?;
-    let (mrs, mcs) = if row_major {
-        (mo_outer, mo_inner)
-    } else {
-        (mo_inner, mo_outer)
-    };
+    let (mo, mrs, mcs) = c_strides(&t.mult_idx, &t.loops, (m, n), row_major)?;
     let shift_view = match &t.shift {
-        Some((_, idx)) => {
-            let (so, s_outer, s_inner) = split_affine(idx, &t.loops, inner)?;
-            Some(if row_major {
-                (so, s_outer, s_inner)
-            } else {
-                (so, s_inner, s_outer)
-            })
-        }
+        Some((_, idx)) => Some(c_strides(idx, &t.loops, (m, n), row_major)?),
         None => None,
     };
     // The fused kernel: the contraction's parameters with C of the output type, then the
@@ -650,6 +637,24 @@ fn inline(e: &Expr, defs: &HashMap<VarId, &Expr>, depth: usize) -> Option<Expr> 
     })
 }
 
+/// An operand index `a` (affine in the counters of a nest over the `m×n` C, row-major when
+/// `row_major`, else column-major) as `(offset, row stride, col stride)` of C: `None` unless it
+/// is one ([`split_affine`] along C's contiguous dimension).
+fn c_strides(
+    a: &Affine,
+    loops: &[(VarId, i64)],
+    (m, n): (i64, i64),
+    row_major: bool,
+) -> Option<(i64, i64, i64)> {
+    let inner = if row_major { n } else { m };
+    let (o, per_outer, per_inner) = split_affine(a, loops, inner)?;
+    Some(if row_major {
+        (o, per_outer, per_inner)
+    } else {
+        (o, per_inner, per_outer)
+    })
+}
+
 /// The multiplier index `mult_idx` (affine in the nest's counters, whose element index is
 /// `L = outer·inner + within`) as `(offset, per outer, per within)`: `None` unless it is
 /// `offset + (L / inner)·a + (L % inner)·b` for every element.
@@ -925,15 +930,9 @@ pub fn fuse_tail_pair(
         pmap.insert(q, k.param(prm.dtype, prm.len, access));
         args.push(arg(q).ok_or(NotPointwise)?);
     }
-    let inner = if row_major { n } else { m };
     // An index affine in the counters as one in (row, col).
     let index_of = |a: &Affine| -> Result<Expr, Refusal> {
-        let (o, per_outer, per_inner) = split_affine(a, &loops, inner).ok_or(OperandIndex)?;
-        let (rs, cs) = if row_major {
-            (per_outer, per_inner)
-        } else {
-            (per_inner, per_outer)
-        };
+        let (o, rs, cs) = c_strides(a, &loops, (m, n), row_major).ok_or(OperandIndex)?;
         Ok(Expr::add_idx(
             Expr::idx(o),
             Expr::add_idx(

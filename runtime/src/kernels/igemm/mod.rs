@@ -1288,16 +1288,8 @@ unsafe fn block_loops<DA, DB: PackDst>(
                         if let Some(q) = dest.q
                             && tile.last
                         {
-                            let mult = match q.per {
-                                Per::Scalar => q.mult,
-                                Per::Row => q.mult.add(i),
-                                Per::Col => q.mult.add(j),
-                            };
-                            let shift = match q.shift_per {
-                                Per::Scalar => q.shift,
-                                Per::Row => q.shift.add(i),
-                                Per::Col => q.shift.add(j),
-                            };
+                            let mult = q.per.at(q.mult, i, j);
+                            let shift = q.shift_per.at(q.shift, i, j);
                             let qt = QTile {
                                 src: c,
                                 lds,

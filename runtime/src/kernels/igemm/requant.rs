@@ -171,6 +171,25 @@ pub(super) enum Per {
     Col,
 }
 
+impl Per {
+    /// `v` (a multiplier or shift vector, this variation's) advanced to the tile at row `i`,
+    /// column `j`; a scalar's pointer is unused and stays as it is.
+    ///
+    /// # Safety
+    ///
+    /// For `Row`/`Col`, `v` holds at least `i + 1`/`j + 1` elements.
+    pub(super) unsafe fn at(self, v: *const f32, i: usize, j: usize) -> *const f32 {
+        // SAFETY: the function's contract.
+        unsafe {
+            match self {
+                Per::Scalar => v,
+                Per::Row => v.add(i),
+                Per::Col => v.add(j),
+            }
+        }
+    }
+}
+
 impl QTile {
     /// The multiplier of element `(r, j)`.
     ///
