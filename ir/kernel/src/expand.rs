@@ -392,32 +392,48 @@ mod tests {
             .collect()
     }
 
-    /// A program of one depthwise statement (x, w, bias, a scalar, out) and its inputs.
-    fn program(dw: &Depthwise, seed: u64) -> (Program, Vec<Tensor>) {
-        let (lx, lw, ly) = dw.lens();
-        let m = dw.channels * dw.mult;
+    /// A program of one kernel running `st` on parameters for `inputs` (read, in order) and
+    /// one output of `len` elements of `ty` after them.
+    fn one_statement(
+        inputs: &[Tensor],
+        (ty, len, access): (DType, usize, Access),
+        st: Stmt,
+    ) -> Program {
         let mut p = Program::default();
-        let mut k = Kernel::new("dw");
+        let mut k = Kernel::new("k");
         let mut args = vec![];
-        let mut inputs = vec![];
-        for (i, len) in [lx, lw, m, 1].into_iter().enumerate() {
-            args.push(p.add_buffer(DType::F32, vec![len], BufKind::Input(i)));
-            k.param(DType::F32, len, Access::Read);
-            let v = data(len, seed + i as u64);
-            inputs.push(Tensor::from_vec(&[len], v).expect("tensor"));
+        for (i, t) in inputs.iter().enumerate() {
+            args.push(p.add_buffer(t.dtype(), vec![t.len()], BufKind::Input(i)));
+            k.param(t.dtype(), t.len(), Access::Read);
         }
-        let out = p.add_buffer(DType::F32, vec![ly], BufKind::Temp);
+        let out = p.add_buffer(ty, vec![len], BufKind::Temp);
         args.push(out);
-        k.param(DType::F32, ly, Access::Write);
-        k.body = vec![Stmt::Depthwise(Box::new(dw.clone()))];
+        k.param(ty, len, access);
+        k.body = vec![st];
         let id = p.intern_kernel(k);
         p.steps.push(Step {
             kernel: id,
             args,
             origin: None,
         });
-        p.inputs = (0..4).map(|i| (format!("in{i}"), BufId(i))).collect();
+        p.inputs = (0..inputs.len())
+            .map(|i| (format!("in{i}"), BufId(i as u32)))
+            .collect();
         p.outputs = vec![("out".into(), out)];
+        p
+    }
+
+    /// A program of one depthwise statement (x, w, bias, a scalar, out) and its inputs.
+    fn program(dw: &Depthwise, seed: u64) -> (Program, Vec<Tensor>) {
+        let (lx, lw, ly) = dw.lens();
+        let m = dw.channels * dw.mult;
+        let inputs: Vec<Tensor> = [lx, lw, m, 1]
+            .into_iter()
+            .enumerate()
+            .map(|(i, len)| Tensor::from_vec(&[len], data(len, seed + i as u64)).expect("tensor"))
+            .collect();
+        let st = Stmt::Depthwise(Box::new(dw.clone()));
+        let p = one_statement(&inputs, (DType::F32, ly, Access::Write), st);
         (p, inputs)
     }
 
@@ -460,8 +476,6 @@ mod tests {
                 },
             };
             let (lx, lw, ly) = dw.lens();
-            let mut p = Program::default();
-            let mut k = Kernel::new("qdw");
             let x: Vec<i64> = data(lx, 1).iter().map(|v| (v * 127.0) as i64).collect();
             let xt = if x_ty == DType::U8 {
                 Tensor::from_vec(&[lx], x.iter().map(|&v| (v + 128) as u8).collect()).expect("x")
@@ -481,24 +495,9 @@ mod tests {
                 Tensor::from_vec(&[lw], w).expect("w"),
                 Tensor::from_vec(&[6], ch).expect("ch"),
             ];
-            let mut args = vec![];
-            for (i, t) in inputs.iter().enumerate() {
-                args.push(p.add_buffer(t.dtype(), vec![t.len()], BufKind::Input(i)));
-                k.param(t.dtype(), t.len(), Access::Read);
-            }
-            let out = p.add_buffer(out_ty, vec![ly], BufKind::Temp);
-            args.push(out);
-            k.param(out_ty, ly, Access::Write);
-            k.body = vec![Stmt::Depthwise(Box::new(dw))];
-            verify_kernel(&k).expect("statement verifies");
-            let id = p.intern_kernel(k);
-            p.steps.push(Step {
-                kernel: id,
-                args,
-                origin: None,
-            });
-            p.inputs = (0..4).map(|i| (format!("in{i}"), BufId(i))).collect();
-            p.outputs = vec![("out".into(), out)];
+            let st = Stmt::Depthwise(Box::new(dw));
+            let p = one_statement(&inputs, (out_ty, ly, Access::Write), st);
+            verify_kernel(&p.kernels[0]).expect("statement verifies");
             let mut q = p.clone();
             q.kernels[0] = expand_depthwise(&p.kernels[0]);
             verify_kernel(&q.kernels[0]).expect("loop form verifies");
@@ -632,19 +631,15 @@ mod tests {
             ] {
                 for masked in [false, true] {
                     let mlen = 4 * 16;
-                    let mut p = Program::default();
-                    let mut k = Kernel::new("sm");
-                    let mut args = vec![];
-                    let mut inputs = vec![];
-                    for (i, l) in [rows * len, mlen, 1].into_iter().enumerate() {
-                        args.push(p.add_buffer(DType::F32, vec![l], BufKind::Input(i)));
-                        k.param(DType::F32, l, Access::Read);
-                        let v: Vec<f32> = data(l, 3 + i as u64).iter().map(|v| v * 9.0).collect();
-                        inputs.push(Tensor::from_vec(&[l], v).expect("tensor"));
-                    }
-                    let out = p.add_buffer(DType::F32, vec![rows * len], BufKind::Temp);
-                    args.push(out);
-                    k.param(DType::F32, rows * len, Access::ReadWrite);
+                    let inputs: Vec<Tensor> = [rows * len, mlen, 1]
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, l)| {
+                            let v: Vec<f32> =
+                                data(l, 3 + i as u64).iter().map(|v| v * 9.0).collect();
+                            Tensor::from_vec(&[l], v).expect("tensor")
+                        })
+                        .collect();
                     let sm = Softmax {
                         rows,
                         len,
@@ -656,15 +651,8 @@ mod tests {
                         }),
                         out: ParamId(3),
                     };
-                    k.body = vec![Stmt::Softmax(Box::new(sm))];
-                    let id = p.intern_kernel(k);
-                    p.steps.push(Step {
-                        kernel: id,
-                        args,
-                        origin: None,
-                    });
-                    p.inputs = (0..3).map(|i| (format!("in{i}"), BufId(i))).collect();
-                    p.outputs = vec![("out".into(), out)];
+                    let out = (DType::F32, rows * len, Access::ReadWrite);
+                    let p = one_statement(&inputs, out, Stmt::Softmax(Box::new(sm)));
                     let mut q = p.clone();
                     q.kernels[0] = expand_softmax(&p.kernels[0]);
                     assert!(!has_softmax(&q.kernels[0].body));
