@@ -277,6 +277,7 @@ impl Prepared {
                 scale: 0.05,
                 zero_point: 3,
                 add: None,
+                table: None,
             };
             g.run_packed_a_into(
                 pw,

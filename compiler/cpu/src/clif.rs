@@ -1206,6 +1206,19 @@ impl<M: Module> Tx<'_, '_, M> {
                 put(self, s::RQ_SHIFT, z);
             }
         }
+        // The byte table (`Requant::table`), 256 elements of C's type (null: none).
+        match mm.requant.as_ref().and_then(|rq| rq.table) {
+            Some(t) => {
+                put(self, s::RQ_TABLE, self.params[t.0 as usize]);
+                let len = self.k.params[t.0 as usize].len as i64;
+                let len = self.b.ins().iconst(types::I64, len);
+                put(self, s::RQ_TABLE + 1, len);
+            }
+            None => {
+                let z = self.b.ins().iconst(ptr, 0);
+                put(self, s::RQ_TABLE, z);
+            }
+        }
         let ints = [
             (s::M, mm.m as i64),
             (s::N, mm.n as i64),

@@ -11,7 +11,9 @@
 //! formula (the same operations in the same order, C's whole range as the clamp) on every
 //! element of the `i32` buffer, at the element's own index, with a multiplier indexed by the
 //! element's row or column (or one multiplier) and one scale and zero point, and when the
-//! `i32` buffer has no other reader. Anything else (a residual add, a dequantization to `f32`,
+//! `i32` buffer has no other reader, possibly followed by a QDQ residual add
+//! (`RequantAdd`) and a table of the resulting byte (`Requant::table`: a quantized activation
+//! the pass tabulates first, see [`fuse_requant`]). Anything else (a dequantization to `f32`,
 //! another use of the `i32` result) is left as it is. The GPU backend never runs this pass.
 
 use mlc_ir::DType;
@@ -25,44 +27,86 @@ use std::collections::HashMap;
 /// module docs) into one requantizing contraction; returns the program and how many tails
 /// were fused.
 pub fn fuse_requant(p: &Program) -> (Program, usize) {
+    let mut q = p.clone();
+    tabulate_activations(&mut q);
     // The step keeps the tail's origin: the requantization is what the pair computes.
-    fuse_adjacent(p, fuse_pair, |mm, tail| {
+    fuse_adjacent(q, fuse_pair, |mm, tail| {
         tail.origin.clone().or_else(|| mm.origin.clone())
     })
+}
+
+/// Makes the quantized activation after a requantizing tail's quantization (QDQ SiLU:
+/// dequantize, sigmoid, multiply, quantize; or a clip, a hard swish) a byte table
+/// ([`mlc_kir::tabulate_step`], cheap chains included: the contraction applies the table
+/// in its epilogue for almost nothing), where the tail then fuses with the contraction before
+/// it as a [`Requant::table`]. Tails that would not fuse are left as they are.
+fn tabulate_activations(p: &mut Program) {
+    for i in 1..p.steps.len() {
+        let is_mm = |p: &Program| matches!(p.kernel(p.steps[i - 1].kernel).body.as_slice(), [Stmt::Matmul(mm)] if mm.requant.is_none());
+        if !is_mm(p) {
+            continue;
+        }
+        let Some((k, tables)) = mlc_kir::tabulate_step(p, i, true) else {
+            continue;
+        };
+        if tail_pattern(&k).is_none_or(|t| t.table.is_none()) {
+            continue;
+        }
+        let (old, nbufs, nconsts) = (p.steps[i].clone(), p.buffers.len(), p.consts.len());
+        let nkernels = p.kernels.len();
+        mlc_kir::install_tables(p, i, k, tables);
+        if fuse_pair(p, &p.steps[i - 1], &p.steps[i]).is_none() {
+            // What `install_tables` appended is read by nothing else: it goes.
+            p.steps[i] = old;
+            p.buffers.truncate(nbufs);
+            p.consts.truncate(nconsts);
+            p.kernels.truncate(nkernels);
+        }
+    }
 }
 
 /// Replaces every pair of consecutive steps that `pair` fuses by one step of the fused kernel
 /// (its origin from `origin`), leaving the rest as they are; returns the program (without
 /// kernels no step launches any more) and how many pairs were fused.
 fn fuse_adjacent(
-    p: &Program,
+    mut p: Program,
     pair: impl Fn(&Program, &Step, &Step) -> Option<(Kernel, Vec<BufId>)>,
     origin: impl Fn(&Step, &Step) -> Option<String>,
 ) -> (Program, usize) {
-    let mut out = p.clone();
-    let mut steps = Vec::with_capacity(p.steps.len());
-    let mut fused = 0;
+    // Every pair is judged against the program as it was.
+    let mut fusions = Vec::new();
     let mut i = 0;
-    while i < p.steps.len() {
-        if i + 1 < p.steps.len()
-            && let Some((kernel, args)) = pair(p, &p.steps[i], &p.steps[i + 1])
-        {
-            let k = out.intern_kernel(kernel);
+    while i + 1 < p.steps.len() {
+        match pair(&p, &p.steps[i], &p.steps[i + 1]) {
+            Some((kernel, args)) => {
+                fusions.push((i, kernel, args));
+                i += 2;
+            }
+            None => i += 1,
+        }
+    }
+    let fused = fusions.len();
+    let old = std::mem::take(&mut p.steps);
+    let mut steps = Vec::with_capacity(old.len());
+    let mut fusions = fusions.into_iter().peekable();
+    let mut i = 0;
+    while i < old.len() {
+        if let Some((_, kernel, args)) = fusions.next_if(|f| f.0 == i) {
+            let k = p.intern_kernel(kernel);
             steps.push(Step {
                 kernel: k,
                 args,
-                origin: origin(&p.steps[i], &p.steps[i + 1]),
+                origin: origin(&old[i], &old[i + 1]),
             });
-            fused += 1;
             i += 2;
             continue;
         }
-        steps.push(p.steps[i].clone());
+        steps.push(old[i].clone());
         i += 1;
     }
-    out.steps = steps;
-    drop_unused_kernels(&mut out);
-    (out, fused)
+    p.steps = steps;
+    drop_unused_kernels(&mut p);
+    (p, fused)
 }
 
 /// Removes kernels no step launches, renumbering the others.
@@ -214,6 +258,7 @@ fn fuse_pair(p: &Program, mm_step: &Step, tail: &Step) -> Option<(Kernel, Vec<Bu
             index: Expr::idx(t.zp_idx),
         },
         residual,
+        table: t.table.map(&mut param_of),
     });
     k.body = vec![Stmt::Matmul(Box::new(new_mm))];
     let mut args = mm_step.args.clone();
@@ -235,6 +280,9 @@ fn fuse_pair(p: &Program, mm_step: &Step, tail: &Step) -> Option<(Kernel, Vec<Bu
     }
     if let Some((sp, _)) = &t.shift {
         args.push(arg(*sp)?);
+    }
+    if let Some(tp) = t.table {
+        args.push(arg(tp)?);
     }
     mlc_kir::verify_kernel(&k).ok()?;
     Some((k, args))
@@ -261,6 +309,8 @@ struct Tail {
     residual: Option<TailAdd>,
     /// An `f32` shift added after the multiplication, and its index (affine in the counters).
     shift: Option<(ParamId, Affine)>,
+    /// A byte table applied last ([`Requant::table`]).
+    table: Option<ParamId>,
 }
 
 /// The residual part of a tail (see [`mlc_kir::RequantAdd`]): the residual, read at the
@@ -398,6 +448,12 @@ fn tail_pattern(k: &Kernel) -> Option<Tail> {
     if !matches!(ty_out, DType::U8 | DType::I8) {
         return None;
     }
+    // A byte table applied last: `table[cast<i64>(q)]` (`+ 128` for `i8`), as
+    // `mlc_kir::tabulate_step` writes it.
+    let (value, table) = match table_parts(&value, ty_out, k) {
+        Some((q, t)) => (q, Some(t)),
+        None => (&value, None),
+    };
     let load = |e: &Expr, ty: DType| match e {
         Expr::Load { param, index } if k.params[param.0 as usize].dtype == ty => {
             Some((*param, Affine::of(index)?))
@@ -409,7 +465,7 @@ fn tail_pattern(k: &Kernel) -> Option<Tail> {
         let (p, i) = load(e, ty)?;
         Some((p, scalar(&i)?))
     };
-    let (num, scale_e, zp_e) = quantize_parts(&value, ty_out)?;
+    let (num, scale_e, zp_e) = quantize_parts(value, ty_out)?;
     // A residual block: the numerator is `D(q) + D(r)`, with `q` the plain requantization
     // (whose scale and zero point dequantize it again) and `r` read at the element's index.
     let (num, scale_e, zp_e, residual) = match residual_parts(num, ty_out) {
@@ -495,6 +551,7 @@ fn tail_pattern(k: &Kernel) -> Option<Tail> {
         }
         operands.push(*sp);
     }
+    operands.extend(table);
     if !mult_idx.over(&loops) || operands.contains(out) {
         return None;
     }
@@ -517,7 +574,33 @@ fn tail_pattern(k: &Kernel) -> Option<Tail> {
         zp_idx,
         residual,
         shift,
+        table,
     })
+}
+
+/// `(q, table)` when `e` is `table[cast<i64>(q)]` (`u8`) or `table[cast<i64>(q) + 128]` (`i8`)
+/// with `table` a read-only 256-element parameter of type `ty`.
+fn table_parts<'e>(e: &'e Expr, ty: DType, k: &Kernel) -> Option<(&'e Expr, ParamId)> {
+    let Expr::Load { param, index } = e else {
+        return None;
+    };
+    let t = k.params.get(param.0 as usize)?;
+    if t.dtype != ty || t.len != 256 || t.access != Access::Read {
+        return None;
+    }
+    let cast = match (ty, &**index) {
+        (DType::U8, c) => c,
+        (DType::I8, Expr::Binary(BinOp::Add, c, o))
+            if matches!(**o, Expr::Lit(Lit::Int(_, 128))) =>
+        {
+            c
+        }
+        _ => return None,
+    };
+    match cast {
+        Expr::Cast(DType::I64, q) => Some((q, *param)),
+        _ => None,
+    }
 }
 
 /// `(num, scale, zp)` when `e` is `cast<ty>(min(max(round(num / scale) + cast<f32>(zp), lo),
@@ -729,7 +812,7 @@ pub enum Refusal {
 /// requantizations more cheaply.
 pub fn fuse_tails(p: &Program) -> (Program, usize) {
     fuse_adjacent(
-        p,
+        p.clone(),
         |p, mm, tail| fuse_tail_pair(p, mm, tail).ok(),
         |mm, _| mm.origin.clone(),
     )

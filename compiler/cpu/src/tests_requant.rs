@@ -40,6 +40,14 @@ enum Variant {
     ShiftedColMajor,
     /// The bias added before the multiplication: not the formula.
     ShiftFirst,
+    /// A quantized activation after the requantization, as QDQ models spell SiLU
+    /// (`Q(x · DQ(Q(sigmoid(x))))` with `x = DQ(q)`): a function of the requantized byte, so
+    /// a table in the epilogue.
+    Activated,
+    /// As `Activated` with a cheap activation (`Q(clip(DQ(q), 0, 6))`, a QDQ ReLU6).
+    ActivatedCheap,
+    /// As `Activated`, the activation also reading the `i32` result: no function of one byte.
+    ActivatedMixed,
 }
 
 impl Variant {
@@ -237,7 +245,7 @@ fn program(m: usize, n: usize, k: usize, out_ty: DType, v: Variant, rng: &mut Rn
     let mv = let_(&mut t, DType::F32, Expr::load(pm, mult_idx.clone()));
     let sv = let_(&mut t, DType::F32, Expr::load(ps, Expr::idx(0)));
     let zv = let_(&mut t, out_ty, Expr::load(pz, Expr::idx(0)));
-    let x = let_(&mut t, DType::F32, Expr::cast(DType::F32, acc));
+    let x = let_(&mut t, DType::F32, Expr::cast(DType::F32, acc.clone()));
     let x = if v == Variant::DivFirst {
         let d = let_(&mut t, DType::F32, Expr::bin(BinOp::Div, x, sv.clone()));
         let_(&mut t, DType::F32, Expr::bin(BinOp::Mul, d, mv))
@@ -316,6 +324,65 @@ fn program(m: usize, n: usize, k: usize, out_ty: DType, v: Variant, rng: &mut Rn
         let x = Expr::bin(BinOp::Min, Expr::bin(BinOp::Max, x, f(lo)), f(hi));
         q = let_(&mut t, out_ty, Expr::cast(out_ty, x));
     }
+    // The activation's scales and zero points (the gate's, the output's), as consts.
+    let mut act_bufs = Vec::new();
+    if matches!(
+        v,
+        Variant::Activated | Variant::ActivatedCheap | Variant::ActivatedMixed
+    ) {
+        let mut scalar = |p: &mut Program, t: &mut Kernel, x: Tensor| {
+            let ty = x.dtype();
+            p.consts.push(x);
+            act_bufs.push(buf(p, ty, vec![1], BufKind::Const(p.consts.len() - 1)));
+            Expr::load(t.param(ty, 1, Access::Read), Expr::idx(0))
+        };
+        let gs = scalar(
+            &mut p,
+            &mut t,
+            Tensor::from_vec(&[1], vec![1.0f32 / 255.0]).unwrap(),
+        );
+        let gz = scalar(&mut p, &mut t, byte(out_ty, -128));
+        let os = scalar(
+            &mut p,
+            &mut t,
+            Tensor::from_vec(&[1], vec![0.043f32]).unwrap(),
+        );
+        let oz = scalar(&mut p, &mut t, byte(out_ty, rng.int(-20, 20)));
+        let c32 = |e: Expr| Expr::cast(DType::F32, e);
+        let quantize = |y: Expr, s: Expr, z: Expr| {
+            let x = Expr::bin(
+                BinOp::Add,
+                Expr::un(UnOp::Round, Expr::bin(BinOp::Div, y, s)),
+                c32(z),
+            );
+            Expr::cast(
+                out_ty,
+                Expr::bin(BinOp::Min, Expr::bin(BinOp::Max, x, f(lo)), f(hi)),
+            )
+        };
+        let dq = Expr::bin(
+            BinOp::Mul,
+            Expr::bin(BinOp::Sub, c32(q), c32(zv.clone())),
+            sv,
+        );
+        let x = let_(&mut t, DType::F32, dq);
+        let y = match v {
+            Variant::Activated => {
+                let e = Expr::un(UnOp::Exp, Expr::un(UnOp::Neg, x.clone()));
+                let s = Expr::bin(BinOp::Div, f(1.0), Expr::bin(BinOp::Add, f(1.0), e));
+                let s = let_(&mut t, DType::F32, s);
+                let g = let_(&mut t, out_ty, quantize(s, gs.clone(), gz.clone()));
+                let dg = Expr::bin(BinOp::Mul, Expr::bin(BinOp::Sub, c32(g), c32(gz)), gs);
+                Expr::bin(BinOp::Mul, x, dg)
+            }
+            Variant::ActivatedCheap => {
+                Expr::bin(BinOp::Min, Expr::bin(BinOp::Max, x, f(0.0)), f(6.0))
+            }
+            _ => Expr::bin(BinOp::Add, x, Expr::bin(BinOp::Mul, c32(acc), f(1e-3))),
+        };
+        let y = let_(&mut t, DType::F32, y);
+        q = let_(&mut t, out_ty, quantize(y, os, oz));
+    }
     body.push(Stmt::Store {
         param: pout,
         index: idx,
@@ -342,6 +409,7 @@ fn program(m: usize, n: usize, k: usize, out_ty: DType, v: Variant, rng: &mut Rn
     let mut args = vec![bout, bc, bmult, bscale, bzp];
     args.extend(shift.map(|(b, _)| b));
     args.extend(rbufs.into_iter().flatten());
+    args.extend(act_bufs);
     p.steps.push(Step {
         kernel: kt,
         args,
@@ -402,6 +470,9 @@ fn fuses_exactly_the_requantizing_tails() {
         (Variant::Shifted, true),
         (Variant::ShiftedColMajor, true),
         (Variant::ShiftFirst, false),
+        (Variant::Activated, true),
+        (Variant::ActivatedCheap, true),
+        (Variant::ActivatedMixed, false),
     ];
     for &(m, n, k) in &[(1, 4, 1), (7, 12, 13), (13, 36, 27), (64, 100, 147)] {
         for (v, fuses) in variants {
@@ -439,4 +510,13 @@ fn printed_form_names_the_requantization() {
         text.contains("requant(mult=%p4[0; 1, 0], scale=%p5[0], zp=%p6[0])"),
         "{text}"
     );
+    // A quantized activation after it: one table, read by the contraction.
+    let p = program(4, 8, 3, DType::U8, Variant::Activated, &mut rng);
+    let (q, _) = fuse_requant(&p);
+    let text = mlc_kir::print_program(&q);
+    assert!(
+        text.contains("requant(mult=%p4[0; 1, 0], scale=%p5[0], zp=%p6[0]) table=%p7"),
+        "{text}"
+    );
+    assert_eq!(q.steps.len(), 1, "{text}");
 }

@@ -301,6 +301,10 @@ impl Cx<'_> {
                         }
                         q = RequantAdd::apply(q, *scale, *zp, rv, *rs, *rz, (*os, *oz), signed);
                     }
+                    if let Some(t) = rq.table {
+                        let at = Requant::table_index(q, signed);
+                        q = self.load_f(&MatRef::scalar(t), at, 0, 0)? as i64;
+                    }
                     self.store[s][i] = Val::I(q);
                     continue;
                 }

@@ -643,6 +643,11 @@ pub struct Requant {
     /// A quantized residual added to the requantized value, the sum quantized again (see
     /// [`RequantAdd`]); `None` stores the requantized value.
     pub residual: Option<Box<RequantAdd>>,
+    /// A 256-entry table of C's type applied last: C stores `table[q]` for the value `q`
+    /// computed so far (indexed by `q` for `u8`, `q + 128` for `i8`). It is a function of one
+    /// byte computed at compile time: a quantized activation after the requantization (QDQ
+    /// SiLU: dequantize, sigmoid, multiply, quantize). `None` stores `q`.
+    pub table: Option<ParamId>,
 }
 
 /// The `Add` of a QDQ residual block, folded into a requantizing contraction: with `q` the
@@ -714,6 +719,11 @@ fn quantize(x: f32, zp: f32, signed: bool) -> i64 {
 }
 
 impl Requant {
+    /// The table's index of the requantized value `q` of a C of `i8` (when `signed`) or `u8`.
+    pub fn table_index(q: i64, signed: bool) -> i64 {
+        if signed { q + 128 } else { q }
+    }
+
     /// The requantized value of `acc` (as every backend computes it), for a C of `u8` when
     /// `signed` is false, else `i8`.
     pub fn apply(
@@ -746,6 +756,7 @@ impl Matmul {
                     || rq.shift.as_ref().is_some_and(|s| s.param == p)
                     || rq.scale.param == p
                     || rq.zero_point.param == p
+                    || rq.table == Some(p)
                     || rq.residual.as_ref().is_some_and(|ra| {
                         [
                             ra.r_scale.param,

@@ -5,7 +5,10 @@
 //!
 //! Loop bodies qualify, not contractions' tile tails (`TileTail`): there a table made a QDQ
 //! EfficientNet faster on one thread but 1.7× slower on two (27 against 16 ms; cause not
-//! found yet), so those chains stay computed. Per step, since the constants are the step's: a parameter bound to a constant buffer and
+//! found yet), so those chains stay computed. A requantizing contraction's tail is
+//! tabulated before it is fused instead (`mlc-cpu`'s requantization pass calls
+//! [`tabulate_step`] on it, cheap chains included): the table then becomes the contraction's
+//! `Requant::table`, applied to each finished tile by the runtime's integer GEMM. Per step, since the constants are the step's: a parameter bound to a constant buffer and
 //! read at a literal index is a known value. The table is computed by the kernel-IR evaluator
 //! (the oracle) running the chain itself for every byte, so the rewritten kernel gives the
 //! evaluator's results exactly. Only chains with a transcendental or a division are worth a
@@ -21,43 +24,68 @@ use std::collections::HashMap;
 pub fn tabulate_byte_chains(p: &mut Program) -> usize {
     let mut done = 0;
     for si in 0..p.steps.len() {
-        let st = &p.steps[si];
-        let k = p.kernel(st.kernel);
-        // The known parameters: read-only constants.
-        let known: Vec<Option<Vec<Val>>> = k
-            .params
-            .iter()
-            .zip(&st.args)
-            .map(|(q, &b)| {
-                let (s, at) = p.location(b);
-                match (q.access, &p.buffer(s).kind) {
-                    (Access::Read, BufKind::Const(c)) => to_vals(&p.consts[*c])
-                        .ok()
-                        .and_then(|v| v.get(at..).map(<[Val]>::to_vec)),
-                    _ => None,
-                }
-            })
-            .collect();
-        let mut k = k.clone();
-        let mut tables = Vec::new();
-        rewrite(&mut k, &known, &mut tables);
-        if tables.is_empty() {
-            continue;
+        if let Some((k, tables)) = tabulate_step(p, si, false) {
+            done += tables.len();
+            install_tables(p, si, k, tables);
         }
-        done += tables.len();
-        let mut args = p.steps[si].args.clone();
-        for (param, t) in tables {
-            debug_assert_eq!(param.0 as usize, args.len());
-            p.consts.push(t.clone());
-            let b = p.add_buffer(t.dtype(), vec![256], BufKind::Const(p.consts.len() - 1));
-            args.push(b);
-        }
-        let id = p.intern_kernel(k);
-        p.steps[si].kernel = id;
-        p.steps[si].args = args;
     }
     crate::concat::tidy(p);
     done
+}
+
+/// The kernel of step `si` of `p` with its eligible byte chains as table loads (see the module
+/// docs), and the tables, one per parameter appended to the kernel, in order; `None` when no
+/// chain qualifies. With `any_cost`, chains of cheap operations qualify too (for a consumer
+/// that applies a table for free, such as a requantizing contraction's epilogue).
+pub fn tabulate_step(
+    p: &Program,
+    si: usize,
+    any_cost: bool,
+) -> Option<(Kernel, Vec<mlc_ir::Tensor>)> {
+    let st = p.steps.get(si)?;
+    let k = p.kernel(st.kernel);
+    // The known parameters: read-only constants.
+    let known: Vec<Option<Vec<Val>>> = k
+        .params
+        .iter()
+        .zip(&st.args)
+        .map(|(q, &b)| {
+            let (s, at) = p.location(b);
+            match (q.access, &p.buffer(s).kind) {
+                (Access::Read, BufKind::Const(c)) => to_vals(&p.consts[*c])
+                    .ok()
+                    .and_then(|v| v.get(at..).map(<[Val]>::to_vec)),
+                _ => None,
+            }
+        })
+        .collect();
+    let mut k = k.clone();
+    let mut tables = Vec::new();
+    rewrite(&mut k, &known, any_cost, &mut tables);
+    if tables.is_empty() {
+        return None;
+    }
+    debug_assert!(
+        tables
+            .iter()
+            .enumerate()
+            .all(|(j, (q, _))| q.0 as usize == st.args.len() + j)
+    );
+    Some((k, tables.into_iter().map(|(_, t)| t).collect()))
+}
+
+/// Makes step `si` of `p` launch `k` (from [`tabulate_step`]) with `tables` as constant
+/// buffers bound to its new parameters.
+pub fn install_tables(p: &mut Program, si: usize, k: Kernel, tables: Vec<mlc_ir::Tensor>) {
+    let mut args = p.steps[si].args.clone();
+    for t in tables {
+        p.consts.push(t.clone());
+        let b = p.add_buffer(t.dtype(), vec![256], BufKind::Const(p.consts.len() - 1));
+        args.push(b);
+    }
+    let id = p.intern_kernel(k);
+    p.steps[si].kernel = id;
+    p.steps[si].args = args;
 }
 
 /// Rewrites the chains of `k` in place, adding a table parameter per chain; `tables` gets
@@ -65,11 +93,12 @@ pub fn tabulate_byte_chains(p: &mut Program) -> usize {
 fn rewrite(
     k: &mut Kernel,
     known: &[Option<Vec<Val>>],
+    any_cost: bool,
     tables: &mut Vec<(ParamId, mlc_ir::Tensor)>,
 ) {
     let mut body = std::mem::take(&mut k.body);
     let mut consts = HashMap::new();
-    block(k, &mut body, known, &mut consts, tables);
+    block(k, &mut body, known, any_cost, &mut consts, tables);
     k.body = body;
 }
 
@@ -79,6 +108,7 @@ fn block(
     k: &mut Kernel,
     body: &mut Vec<Stmt>,
     known: &[Option<Vec<Val>>],
+    any_cost: bool,
     consts: &mut HashMap<VarId, Lit>,
     tables: &mut Vec<(ParamId, mlc_ir::Tensor)>,
 ) {
@@ -87,14 +117,14 @@ fn block(
         match &mut body[i] {
             Stmt::For { body: inner, .. } => {
                 let mut inner_consts = consts.clone();
-                block(k, inner, known, &mut inner_consts, tables);
+                block(k, inner, known, any_cost, &mut inner_consts, tables);
             }
             Stmt::Let { var, value } => {
                 let (var, value) = (*var, value.clone());
                 if let Some(l) = constant(k, &value, known, consts) {
                     consts.insert(var, l);
                 } else if matches!(k.var_ty(var), DType::U8 | DType::I8) {
-                    chain(k, body, i, known, consts, tables);
+                    chain(k, body, i, known, any_cost, consts, tables);
                 }
             }
             _ => {}
@@ -141,6 +171,7 @@ fn chain(
     body: &mut Vec<Stmt>,
     at: usize,
     known: &[Option<Vec<Val>>],
+    any_cost: bool,
     consts: &HashMap<VarId, Lit>,
     tables: &mut Vec<(ParamId, mlc_ir::Tensor)>,
 ) {
@@ -168,7 +199,8 @@ fn chain(
                 reads_dep |= dep.contains(v);
                 known_vars(v)
             }
-            Expr::Load { .. } => false,
+            // A known parameter's element read in place (not through a `let`) is a constant.
+            Expr::Load { .. } => constant(k, e, known, &consts).is_some(),
             _ => true,
         });
         if ok {
@@ -202,9 +234,10 @@ fn chain(
     };
     // Only what `y` depends on, and only if that costs something.
     let used = &lets[..=y_at];
-    if !used
-        .iter()
-        .any(|&j| matches!(&body[j], Stmt::Let { value, .. } if costly(value)))
+    if !any_cost
+        && !used
+            .iter()
+            .any(|&j| matches!(&body[j], Stmt::Let { value, .. } if costly(value)))
     {
         return;
     }
@@ -231,7 +264,7 @@ fn chain(
         if let Stmt::Let { var, value } = &body[j] {
             inner.push(Stmt::Let {
                 var: *var,
-                value: substitute(value, &consts),
+                value: substitute(value, &|e| constant(k, e, known, &consts)),
             });
         }
     }
@@ -301,20 +334,21 @@ fn costly(e: &Expr) -> bool {
     })
 }
 
-/// `e` with known variables replaced by their literals.
-fn substitute(e: &Expr, consts: &HashMap<VarId, Lit>) -> Expr {
+/// `e` with known variables and known parameters' elements replaced by their literals.
+fn substitute(e: &Expr, known: &dyn Fn(&Expr) -> Option<Lit>) -> Expr {
+    if matches!(e, Expr::Var(_) | Expr::Load { .. })
+        && let Some(l) = known(e)
+    {
+        return Expr::Lit(l);
+    }
+    let s = |x: &Expr| substitute(x, known);
     match e {
-        Expr::Var(v) => consts.get(v).map_or(e.clone(), |l| Expr::Lit(*l)),
-        Expr::Lit(_) => e.clone(),
-        Expr::Load { param, index } => Expr::load(*param, substitute(index, consts)),
-        Expr::Unary(op, a) => Expr::un(*op, substitute(a, consts)),
-        Expr::Binary(op, a, b) => Expr::bin(*op, substitute(a, consts), substitute(b, consts)),
-        Expr::Select { cond, then, els } => Expr::select(
-            substitute(cond, consts),
-            substitute(then, consts),
-            substitute(els, consts),
-        ),
-        Expr::Cast(t, a) => Expr::cast(*t, substitute(a, consts)),
+        Expr::Var(_) | Expr::Lit(_) => e.clone(),
+        Expr::Load { param, index } => Expr::load(*param, s(index)),
+        Expr::Unary(op, a) => Expr::un(*op, s(a)),
+        Expr::Binary(op, a, b) => Expr::bin(*op, s(a), s(b)),
+        Expr::Select { cond, then, els } => Expr::select(s(cond), s(then), s(els)),
+        Expr::Cast(t, a) => Expr::cast(*t, s(a)),
     }
 }
 

@@ -172,6 +172,9 @@ fn block(k: &Kernel, body: &[Stmt], depth: usize, s: &mut String) {
                             sc(&ra.out_zp)
                         );
                     }
+                    if let Some(t) = rq.table {
+                        let _ = write!(s, " table=%p{}", t.0);
+                    }
                 }
                 let _ = match mm.act {
                     Activation::None => write!(s, ""),

@@ -393,6 +393,15 @@ impl Verifier<'_> {
             DType::I64,
             "matmul requant zero point index",
         );
+        if let Some(t) = rq.table {
+            let len = self.k.params.get(t.0 as usize).map(|q| q.len);
+            if ty(self, t) != cty || len != Some(256) {
+                self.err("requantizing matmul: the table must be 256 elements of C's type".into());
+            }
+            if t == mm.c.param {
+                self.err("requantizing matmul: the table is C".to_string());
+            }
+        }
         if let Some(ra) = &rq.residual {
             let rty = ty(self, ra.r);
             if !matches!(rty, Some(DType::U8 | DType::I8 | DType::F32)) {

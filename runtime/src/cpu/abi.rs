@@ -20,7 +20,7 @@ use super::matmul::{self, Gemm, Requant, View};
 use crate::kernels::igemm::AddParams;
 
 /// Version of this contract; an artifact records it and a runtime loads only its own.
-pub const ABI_VERSION: u32 = 9;
+pub const ABI_VERSION: u32 = 10;
 
 /// The data symbol holding the helper table in generated code.
 pub const TABLE_SYMBOL: &str = "mlc_helpers";
@@ -180,7 +180,10 @@ pub mod mm_slot {
     /// The requantization's `f32` shift, added after the multiplication (ABI 9): pointer (null:
     /// none), element count, offset, row stride, col stride.
     pub const RQ_SHIFT: usize = 74;
-    pub const COUNT: usize = 79;
+    /// The requantization's byte table (ABI 10): pointer (null: none), element count (256,
+    /// of C's type, indexed by `q` for `u8` and `q + 128` for `i8`).
+    pub const RQ_TABLE: usize = 79;
+    pub const COUNT: usize = 81;
 }
 
 /// `Stmt::Matmul`'s entry point: `desc` points to `mm_slot::COUNT` words laid out as
@@ -457,12 +460,24 @@ fn requant_from_desc<'a>(
         };
         Some((r, p))
     };
+    let table = if d[s::RQ_TABLE] == 0 {
+        None
+    } else {
+        let p = d[s::RQ_TABLE] as *const u8;
+        if d[s::RQ_TABLE + 1] != 256 || overlaps(p, 256) {
+            return None;
+        }
+        // SAFETY: a read-only kernel parameter buffer of 256 one-byte elements (checked by
+        // the executor before any call) that does not overlap C (checked above).
+        Some(unsafe { &*p.cast::<[u8; 256]>() })
+    };
     Some(Requant {
         mult,
         shift,
         scale,
         zero_point,
         add,
+        table,
     })
 }
 

@@ -270,6 +270,9 @@ pub struct Requant<'a> {
     /// `RequantAdd`): the residual's whole buffer, read at C's offset and strides, and the
     /// scalars.
     pub add: Option<(&'a [u8], AddParams)>,
+    /// A byte table applied last (the kernel IR's `Requant::table`): C stores `table[q]`
+    /// (`table[q + 128]` for an `i8` C).
+    pub table: Option<&'a [u8; 256]>,
 }
 
 /// Runs an integer contraction whose `i32` result `acc` (what [`run`] would store in an `i32`
@@ -345,7 +348,10 @@ pub fn run_requant(
                 };
                 q = p.value(q, rq.scale, rq.zero_point as f32, rv, signed);
             }
-            c_bytes[at] = q as u8;
+            c_bytes[at] = match rq.table {
+                Some(t) => t[(q as u8 ^ if signed { 0x80 } else { 0 }) as usize],
+                None => q as u8,
+            };
         }
     }
     #[cfg(test)]
@@ -835,6 +841,7 @@ pub(super) fn int_kernels(
             scale: rq.scale,
             zero_point: rq.zero_point,
             add,
+            table: rq.table,
         };
         let signed = cty == DType::I8;
         let c = c_bytes.get_mut(coff as usize..)?;

@@ -635,12 +635,16 @@ fn requant_case(case: &Case, rng: &mut Rng, signed: bool, lc: Layout, lm: Layout
             (rng.below(6000) as f64 - 3000.0) * 1e-3
         })
     });
+    // Every other case a byte table applied last.
+    let table: Option<[u8; 256]> =
+        (rng.below(2) == 0).then(|| std::array::from_fn(|_| rng.below(256) as u8));
     let rq = Requant {
         mult: mult.view((mo, mrs, mcs)),
         shift: shift.as_ref().map(|s| s.view((mo, mrs, mcs))),
         scale,
         zero_point: zp,
         add: None,
+        table: table.as_ref(),
     };
     let bias = case.bias.as_ref().map(|(b, v)| b.view(*v));
     let mut exact = vec![0u8; m * n * 4];
@@ -671,7 +675,11 @@ fn requant_case(case: &Case, rng: &mut Rng, signed: bool, lc: Layout, lm: Layout
             let mv = rq.mult.get(rq.mult.index(r, col)) as f32;
             let sv = rq.shift.as_ref().map(|s| s.get(s.index(r, col)) as f32);
             let q = IRequant::value(acc, mv, sv, scale, zp as f32, signed);
-            want[(co + r as i64 * crs + col as i64 * ccs) as usize] = q as u8;
+            let q = match &table {
+                Some(t) => t[(q + if signed { 128 } else { 0 }) as usize],
+                None => q as u8,
+            };
+            want[(co + r as i64 * crs + col as i64 * ccs) as usize] = q;
         }
     }
     assert_eq!(

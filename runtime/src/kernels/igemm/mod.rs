@@ -941,6 +941,8 @@ struct QParams {
     /// The residual (laid out as C), null without one, and its scalars.
     res: *const u8,
     add: Option<AddParams>,
+    /// The byte table applied last, null without one.
+    table: *const [u8; 256],
 }
 
 /// Where the driver writes: `C`'s first element and leading dimension, `i32`s or (with `q`)
@@ -983,6 +985,7 @@ impl<'h> Dest<'h> {
                 signed,
                 res: rq.add.map_or(std::ptr::null(), |a| a.r.as_ptr()),
                 add: rq.add.map(|a| a.p),
+                table: rq.table.map_or(std::ptr::null(), |t| t as *const [u8; 256]),
             })
         };
         let hook = match c {
@@ -1312,6 +1315,7 @@ unsafe fn block_loops<DA, DB: PackDst>(
                                     None => q.res,
                                 },
                                 add: q.add,
+                                table: q.table,
                             };
                             requant::tile(dest.isa, &qt);
                         }

@@ -43,6 +43,9 @@ pub struct IRequant<'a> {
     /// A quantized residual added to the requantized value and the sum requantized again
     /// (see [`IAdd`]); `None` stores the requantized value.
     pub add: Option<IAdd<'a>>,
+    /// A byte table applied last: C stores `table[q]` for a `u8` C, `table[q + 128]` for an
+    /// `i8` one (a quantized activation computed at compile time); `None` stores `q`.
+    pub table: Option<&'a [u8; 256]>,
 }
 
 /// The `Add` of a quantized residual block, after the requantization (the kernel IR's
@@ -161,6 +164,8 @@ pub(super) struct QTile {
     /// The residual's tile (laid out as `dst`: rows `ldd` apart), null without one.
     pub res: *const u8,
     pub add: Option<AddParams>,
+    /// The byte table applied last ([`IRequant::table`]), null without one.
+    pub table: *const [u8; 256],
 }
 
 /// What the multiplier varies with.
@@ -238,6 +243,71 @@ pub(super) unsafe fn tile(isa: Isa, t: &QTile) {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => avx2(t),
             _ => portable(t),
+        }
+        if let Some(table) = t.table.as_ref() {
+            lookup(isa, t, table);
+        }
+    }
+}
+
+/// Replaces every byte of the finished tile at `dst` by its table entry (see
+/// [`IRequant::table`]), while the tile is in L1: 64 bytes by four permutations where the CPU
+/// has AVX-512 VBMI, else byte by byte.
+///
+/// # Safety
+///
+/// As for [`tile`].
+unsafe fn lookup(isa: Isa, t: &QTile, table: &[u8; 256]) {
+    // An `i8` value `q` is the byte `q as u8`; its entry is at `q + 128`, the byte's top bit
+    // flipped.
+    let flip = if t.signed { 0x80 } else { 0 };
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && std::arch::is_x86_feature_detected!("avx512vbmi") {
+        // SAFETY: the CPU has AVX-512 (F, BW) and VBMI; the tile as `tile` says.
+        return unsafe { lookup_vbmi(t, table, flip) };
+    }
+    let _ = isa;
+    for r in 0..t.rows {
+        for j in 0..t.cols {
+            // SAFETY: inside the tile.
+            unsafe {
+                let b = t.dst.add(r * t.ldd + j);
+                *b = table[(*b ^ flip) as usize];
+            }
+        }
+    }
+}
+
+/// [`lookup`] with VBMI: `vpermi2b` picks among 128 bytes by an index's low seven bits, so two
+/// of them cover the table's halves and the index's top bit chooses between their results.
+///
+/// # Safety
+///
+/// As for [`tile`], on a CPU with AVX-512 F, BW and VBMI.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+unsafe fn lookup_vbmi(t: &QTile, table: &[u8; 256], flip: u8) {
+    use std::arch::x86_64::*;
+    // SAFETY: `table` is 256 bytes; every tile access is inside row `r < rows`, at columns
+    // below `cols` (the mask keeps the last, partial, vector inside).
+    unsafe {
+        let tp = table.as_ptr().cast::<__m512i>();
+        let (t0, t1) = (_mm512_loadu_si512(tp), _mm512_loadu_si512(tp.add(1)));
+        let (t2, t3) = (_mm512_loadu_si512(tp.add(2)), _mm512_loadu_si512(tp.add(3)));
+        let fl = _mm512_set1_epi8(flip as i8);
+        for r in 0..t.rows {
+            let row = t.dst.add(r * t.ldd).cast::<i8>();
+            let mut j = 0;
+            while j < t.cols {
+                let n = (t.cols - j).min(64);
+                let mask = if n == 64 { !0u64 } else { (1u64 << n) - 1 };
+                let x = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, row.add(j)), fl);
+                let lo = _mm512_permutex2var_epi8(t0, x, t1);
+                let hi = _mm512_permutex2var_epi8(t2, x, t3);
+                let y = _mm512_mask_blend_epi8(_mm512_movepi8_mask(x), lo, hi);
+                _mm512_mask_storeu_epi8(row.add(j), mask, y);
+                j += 64;
+            }
         }
     }
 }

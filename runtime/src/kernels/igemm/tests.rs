@@ -619,14 +619,18 @@ fn requantized_output_matches_two_steps() {
         // Shifts added after the multiplication (a float bias), per row, column or tensor.
         let row_shift: Vec<f32> = (0..m).map(|_| rng.int(-3000, 3000) as f32 * 1e-3).collect();
         let col_shift: Vec<f32> = (0..n).map(|_| rng.int(-3000, 3000) as f32 * 1e-3).collect();
+        // A byte table applied last (a quantized activation).
+        let table: [u8; 256] = std::array::from_fn(|_| rng.int(0, 255) as u8);
         for (ci, &(mult, scale, zp)) in cases.iter().enumerate() {
-            for (signed, with_add, shifted) in [
-                (false, false, false),
-                (true, false, false),
-                (false, true, false),
-                (true, true, false),
-                (false, false, true),
-                (true, true, true),
+            for (signed, with_add, shifted, tabled) in [
+                (false, false, false, false),
+                (true, false, false, false),
+                (false, true, false, false),
+                (true, true, false, false),
+                (false, false, true, false),
+                (true, true, true, false),
+                (false, false, false, true),
+                (true, true, true, true),
             ] {
                 let shift = shifted.then(|| match ci % 3 {
                     0 => RqMult::PerCol(&col_shift),
@@ -656,6 +660,7 @@ fn requantized_output_matches_two_steps() {
                     scale,
                     zero_point: zp,
                     add,
+                    table: tabled.then_some(&table),
                 };
                 let want: Vec<i32> = (0..m * ldc)
                     .map(|idx| {
@@ -674,7 +679,7 @@ fn requantized_output_matches_two_steps() {
                             RqMult::PerCol(v) => v[j],
                         });
                         let q = IRequant::value(exact[idx], mv, sv, scale, zp as f32, signed);
-                        match &add {
+                        let q = match &add {
                             Some(a) => {
                                 let rb = res[idx];
                                 let r = if a.p.r_f32 {
@@ -688,6 +693,12 @@ fn requantized_output_matches_two_steps() {
                                 a.p.value(q, scale, zp as f32, r, signed)
                             }
                             None => q,
+                        };
+                        // The table's entry, read as C's type.
+                        match tabled {
+                            true if signed => table[(q + 128) as usize] as i8 as i32,
+                            true => table[q as usize] as i32,
+                            false => q,
                         }
                     })
                     .collect();
@@ -698,7 +709,7 @@ fn requantized_output_matches_two_steps() {
                         hi |= w == if signed { 127 } else { 255 };
                     }
                 }
-                if ci == 4 && m * n > 100 && !with_add {
+                if ci == 4 && m * n > 100 && !with_add && !tabled {
                     assert!(lo && hi, "case {ci} must saturate at both ends");
                 }
                 for g in isas() {

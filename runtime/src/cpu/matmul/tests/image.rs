@@ -134,6 +134,7 @@ fn case(
             scale: 0.5,
             zero_point: 3,
             add: None,
+            table: Some(&TABLE),
         };
         run_image_in(
             &g,
@@ -268,3 +269,14 @@ fn bad_images_are_refused() {
     }
     run_image(&g, av, image(0, geo), c.bytes_mut(), cv, None, None, None).unwrap();
 }
+
+/// A byte table that moves every value (the image path must pass it to the kernels).
+static TABLE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = (i as u8).wrapping_mul(37).wrapping_add(11);
+        i += 1;
+    }
+    t
+};
