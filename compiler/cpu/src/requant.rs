@@ -668,10 +668,14 @@ fn residual_parts(e: &Expr, ty: DType) -> Option<(&Expr, &Expr, &Expr, &Expr, &E
         return None;
     };
     let (da, db) = (dequant_parts(a)?, dequant_parts(b)?);
-    // The requantized product's numerator is a product (`f32(acc) · mult`); an f32 residual
-    // quantized in place divides a load.
+    // The requantized product's numerator is a product (`f32(acc) · mult`), maybe shifted
+    // (`+ shift`); an f32 residual quantized in place divides a load.
+    let product = |e: &Expr| matches!(e, Expr::Binary(BinOp::Mul, ..));
     let is_q = |v: &Expr| {
-        quantize_parts(v, ty).is_some_and(|(num, _, _)| matches!(num, Expr::Binary(BinOp::Mul, ..)))
+        quantize_parts(v, ty).is_some_and(|(num, _, _)| match num {
+            Expr::Binary(BinOp::Add, x, y) => product(x) || product(y),
+            n => product(n),
+        })
     };
     let ((q, zp, scale), (r, r_zp, r_scale)) = if is_q(da.0) {
         (da, db)

@@ -40,6 +40,8 @@ enum Variant {
     ShiftedColMajor,
     /// The bias added before the multiplication: not the formula.
     ShiftFirst,
+    /// `Residual` of a `Shifted` product (MobileNetV2's QDQ residual blocks).
+    ShiftedResidual,
     /// A quantized activation after the requantization, as QDQ models spell SiLU
     /// (`Q(x · DQ(Q(sigmoid(x))))` with `x = DQ(q)`): a function of the requantized byte, so
     /// a table in the epilogue.
@@ -54,7 +56,10 @@ impl Variant {
     fn shifted(self) -> bool {
         matches!(
             self,
-            Variant::Shifted | Variant::ShiftedColMajor | Variant::ShiftFirst
+            Variant::Shifted
+                | Variant::ShiftedColMajor
+                | Variant::ShiftFirst
+                | Variant::ShiftedResidual
         )
     }
 }
@@ -101,7 +106,10 @@ fn program(m: usize, n: usize, k: usize, out_ty: DType, v: Variant, rng: &mut Rn
     // zero point: consts 5..=9.
     let residual = matches!(
         v,
-        Variant::Residual | Variant::ResidualOtherZp | Variant::ResidualF32
+        Variant::Residual
+            | Variant::ResidualOtherZp
+            | Variant::ResidualF32
+            | Variant::ShiftedResidual
     );
     let lty = if v == Variant::ResidualF32 {
         DType::F32
@@ -470,6 +478,7 @@ fn fuses_exactly_the_requantizing_tails() {
         (Variant::Shifted, true),
         (Variant::ShiftedColMajor, true),
         (Variant::ShiftFirst, false),
+        (Variant::ShiftedResidual, true),
         (Variant::Activated, true),
         (Variant::ActivatedCheap, true),
         (Variant::ActivatedMixed, false),
