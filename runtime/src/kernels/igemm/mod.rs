@@ -59,6 +59,8 @@ use super::Isa;
 pub use super::gemm::TileHook;
 pub use super::im2col::Im2col;
 use pack::{AlignedVec, PackDst};
+#[cfg(target_arch = "x86_64")]
+pub(crate) use requant::quantize16;
 pub use requant::{AddParams, IAdd, IRequant, RqMult};
 use requant::{Per, QTile};
 use std::mem::MaybeUninit;
@@ -1216,14 +1218,15 @@ unsafe fn block_loops<DA, DB: PackDst>(
     let kc_max = if block_bytes <= L2_HALF { kp } else { spec.kc };
     let kblocks = kp.div_ceil(kc_max).max(1);
     let ldc = dest.ldc;
-    // The requantization's scratch and its leading dimension.
+    // The requantization's scratch and its leading dimension: the `i32` tiles of one row of
+    // tiles of a column block (all the band's rows when `k` is cut, so that partial sums
+    // survive between `k` blocks). Requantizing a whole row of tiles at once, rather than
+    // each 12×32 tile, runs the epilogue over rows of up to 256 columns.
+    let ld = nc_tiles * nr;
     let (mut scratch, lds) = match dest.q {
         None => (Vec::new(), 0),
-        Some(_) if kblocks == 1 => (vec![0i32; mr * nr], nr),
-        Some(_) => {
-            let ld = nc_tiles * nr;
-            (vec![0i32; (m1 - m0) * mr * ld], ld)
-        }
+        Some(_) if kblocks == 1 => (vec![0i32; mr * ld], ld),
+        Some(_) => (vec![0i32; (m1 - m0) * mr * ld], ld),
     };
     let mut jc = n0;
     while jc < n1 {
@@ -1252,21 +1255,24 @@ unsafe fn block_loops<DA, DB: PackDst>(
         for kb in 0..kblocks {
             let pc = kb * kc_max;
             let kc = kc_max.min(kp - pc);
+            let last = kb + 1 == kblocks;
             for it in m0..m1 {
                 let i = it * mr;
+                // This row of tiles' scratch (with a requantization).
+                let srow = if kblocks == 1 {
+                    0
+                } else {
+                    (it - m0) * mr * lds
+                };
                 for jt in jc..jend {
                     let j = jt * nr;
                     // SAFETY: see the function's contract; `i < m`, `j < n`, and panel offsets
                     // stay inside the packed buffers; a scratch tile lies inside the scratch
-                    // (one tile, or tile `(it − m0, jt − jc)` of the band's block).
+                    // (tile `jt − jc` of the row of tiles `srow` starts).
                     unsafe {
                         let (c, tldc) = match dest.q {
                             None => (dest.c.cast::<i32>().add(i * ldc + j), ldc),
-                            Some(_) if kblocks == 1 => (scratch.as_mut_ptr(), lds),
-                            Some(_) => {
-                                let off = (it - m0) * mr * lds + (jt - jc) * nr;
-                                (scratch.as_mut_ptr().add(off), lds)
-                            }
+                            Some(_) => (scratch.as_mut_ptr().add(srow + (jt - jc) * nr), lds),
                         };
                         let tile = Tile {
                             kc,
@@ -1277,7 +1283,7 @@ unsafe fn block_loops<DA, DB: PackDst>(
                             rows: mr.min(m - i),
                             cols: nr.min(n - j),
                             first: kb == 0,
-                            last: kb + 1 == kblocks,
+                            last,
                             rowadd: rowadd.add(i),
                             coladd: cblk.add(j - jc * nr),
                             res: if res.is_null() {
@@ -1288,37 +1294,41 @@ unsafe fn block_loops<DA, DB: PackDst>(
                             ldr,
                         };
                         (spec.tile)(&tile);
-                        if let Some(q) = dest.q
-                            && tile.last
-                        {
-                            let mult = q.per.at(q.mult, i, j);
-                            let shift = q.shift_per.at(q.shift, i, j);
-                            let qt = QTile {
-                                src: c,
-                                lds,
-                                dst: dest.c.add(i * ldc + j),
-                                ldd: ldc,
-                                rows: tile.rows,
-                                cols: tile.cols,
-                                mult,
-                                per: q.per,
-                                scalar: q.scalar,
-                                shift,
-                                shift_per: q.shift_per,
-                                shift_scalar: q.shift_scalar,
-                                shifted: q.shifted,
-                                scale: q.scale,
-                                zp: q.zp,
-                                signed: q.signed,
-                                res: match q.add {
-                                    Some(a) => q.res.add((i * ldc + j) * a.r_size()),
-                                    None => q.res,
-                                },
-                                add: q.add,
-                                table: q.table,
-                            };
-                            requant::tile(dest.isa, &qt);
-                        }
+                    }
+                }
+                // The row of tiles is final: requantize it into C.
+                if let Some(q) = dest.q
+                    && last
+                {
+                    let j = jc * nr;
+                    // SAFETY: the row of tiles lies inside the scratch, and rows `i..` and
+                    // columns `j..` inside C, the residual and the multipliers (the contract).
+                    unsafe {
+                        let qt = QTile {
+                            src: scratch.as_ptr().add(srow),
+                            lds,
+                            dst: dest.c.add(i * ldc + j),
+                            ldd: ldc,
+                            rows: mr.min(m - i),
+                            cols: (jend * nr).min(n) - j,
+                            mult: q.per.at(q.mult, i, j),
+                            per: q.per,
+                            scalar: q.scalar,
+                            shift: q.shift_per.at(q.shift, i, j),
+                            shift_per: q.shift_per,
+                            shift_scalar: q.shift_scalar,
+                            shifted: q.shifted,
+                            scale: q.scale,
+                            zp: q.zp,
+                            signed: q.signed,
+                            res: match q.add {
+                                Some(a) => q.res.add((i * ldc + j) * a.r_size()),
+                                None => q.res,
+                            },
+                            add: q.add,
+                            table: q.table,
+                        };
+                        requant::tile(dest.isa, &qt);
                     }
                 }
             }

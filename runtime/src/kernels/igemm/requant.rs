@@ -365,6 +365,41 @@ impl QTile {
     }
 }
 
+/// `min(max(round_half_even(f) + zp, lo), hi)` as `i32` lanes, NaN as 0, for integer `zp`,
+/// `lo` and `hi` (each below 2^24 in magnitude, `lo ≤ hi`): the quantization's rounding,
+/// zero point and clamp in four vector operations (six for a NaN-mapping `lo ≠ 0`) instead
+/// of seven. The clamp moves before the rounding, to `[lo − zp, hi − zp]`: exact, because
+/// those bounds are integers and rounding is monotone, and it keeps the conversion in range;
+/// the conversion rounds half to even and the zero point is added in integers, exactly as the
+/// `f32` sum of an integer below 2^24 and `zp`. A NaN leaves `max` as its second operand,
+/// `lo − zp`, hence `lo`: 0 when `lo` is, else masked to 0.
+///
+/// # Safety
+///
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(crate) fn quantize16(
+    f: std::arch::x86_64::__m512,
+    zp: f32,
+    lo: f32,
+    hi: f32,
+) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    let c = _mm512_min_ps(
+        _mm512_max_ps(f, _mm512_set1_ps(lo - zp)),
+        _mm512_set1_ps(hi - zp),
+    );
+    let r = _mm512_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(c);
+    let q = _mm512_add_epi32(r, _mm512_set1_epi32(zp as i32));
+    if lo == 0.0 {
+        q
+    } else {
+        _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(f, f), q)
+    }
+}
+
 /// Eight lanes at a time, the columns past the last multiple of eight element by element.
 ///
 /// # Safety
@@ -458,7 +493,6 @@ unsafe fn avx512(t: &QTile) {
     } else {
         (0.0, 255.0)
     };
-    let (lov, hiv) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
     let (scale, zp) = (_mm512_set1_ps(t.scale), _mm512_set1_ps(t.zp));
     for r in 0..t.rows {
         // SAFETY: every masked load and store touches only row `r < rows`, columns `< cols`
@@ -493,13 +527,7 @@ unsafe fn avx512(t: &QTile) {
                     };
                     f = _mm512_add_ps(f, s);
                 }
-                let f = _mm512_div_ps(f, scale);
-                let f =
-                    _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(f);
-                let f = _mm512_add_ps(f, zp);
-                let ok = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(f, f);
-                let f = _mm512_min_ps(_mm512_max_ps(f, lov), hiv);
-                let mut q = _mm512_maskz_mov_epi32(ok, _mm512_cvtps_epi32(f));
+                let mut q = quantize16(_mm512_div_ps(f, scale), t.zp, lo, hi);
                 if let Some(a) = &t.add {
                     // v = (f32(q) - zp) · scale + (f32(r) - r_zp) · r_scale, then quantized
                     // like the requantization (each operation rounded, no FMA).
@@ -543,13 +571,7 @@ unsafe fn avx512(t: &QTile) {
                     let dq = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(q), zp), scale);
                     let dr = _mm512_mul_ps(_mm512_sub_ps(rf, rz), _mm512_set1_ps(a.r_scale));
                     let v = _mm512_div_ps(_mm512_add_ps(dq, dr), _mm512_set1_ps(a.out_scale));
-                    let v = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-                        v,
-                    );
-                    let v = _mm512_add_ps(v, _mm512_set1_ps(a.out_zp));
-                    let ok = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(v, v);
-                    let v = _mm512_min_ps(_mm512_max_ps(v, lov), hiv);
-                    q = _mm512_maskz_mov_epi32(ok, _mm512_cvtps_epi32(v));
+                    q = quantize16(v, a.out_zp, lo, hi);
                 }
                 _mm512_mask_cvtepi32_storeu_epi8(t.dst.add(r * t.ldd + j).cast(), mask, q);
                 j += 16;

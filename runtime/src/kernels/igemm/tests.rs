@@ -768,3 +768,69 @@ fn requant_value_definition() {
     assert_eq!(IRequant::value(0, 1.0, None, 0.0, 3.0, true), 0);
     assert_eq!(IRequant::value(1, 1.0, None, 0.0, 3.0, true), 127);
 }
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn quantize16_is_the_definition() {
+    use std::arch::x86_64::*;
+    if !Isa::Avx512.is_supported() {
+        return;
+    }
+    let xs = [
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        0.5,
+        1.5,
+        2.5,
+        -0.5,
+        -1.5,
+        -0.0,
+        0.499_999_97,
+        127.5,
+        128.5,
+        -128.5,
+        -127.5,
+        255.5,
+        254.5,
+        300.0,
+        -300.0,
+        1e9,
+        -1e9,
+        3e38,
+        16_777_217.0,
+        -2_147_483_648.0,
+        5.000_001,
+    ];
+    for (zp, lo, hi) in [
+        (0.0, 0.0, 255.0),
+        (3.0, 0.0, 255.0),
+        (128.0, 0.0, 255.0),
+        (255.0, 0.0, 255.0),
+        (0.0, -128.0, 127.0),
+        (-5.0, -128.0, 127.0),
+        (100.0, -128.0, 127.0),
+        (-128.0, -128.0, 127.0),
+        (7.0, 0.0, 127.0),
+        (2.0, 6.0, 90.0),
+    ] {
+        for chunk in xs.chunks(16) {
+            let mut lanes = [0f32; 16];
+            lanes[..chunk.len()].copy_from_slice(chunk);
+            let mut got = [0i32; 16];
+            // SAFETY: the CPU has AVX-512F (checked above); both arrays hold 16 lanes.
+            unsafe {
+                let q = quantize16(_mm512_loadu_ps(lanes.as_ptr()), zp, lo, hi);
+                _mm512_storeu_si512(got.as_mut_ptr().cast(), q);
+            }
+            for (x, g) in lanes.iter().zip(got) {
+                let want = if x.is_nan() {
+                    0
+                } else {
+                    (x.round_ties_even() + zp).clamp(lo, hi) as i32
+                };
+                assert_eq!(g, want, "x {x} zp {zp} range [{lo}, {hi}]");
+            }
+        }
+    }
+}
