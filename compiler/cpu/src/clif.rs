@@ -1458,6 +1458,12 @@ impl<M: Module> Tx<'_, '_, M> {
                 }
                 EpOp::Round => (4, None),
                 EpOp::Narrow(t) => (5 | type_code(self, *t)? << 8, None),
+                // The table's pointer and length in the operand words, as a per-channel
+                // operand's.
+                EpOp::Table { table, signed } => (
+                    6 | (*signed as i64) << 16 | 1 << 17,
+                    Some(EpArg::Channel(*table)),
+                ),
             };
             put_int(self, s::EP + 3 * i, word);
             let (bits, len) = match arg {

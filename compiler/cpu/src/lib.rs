@@ -70,6 +70,7 @@ pub fn prepare(
     }
     if opts.tabulate {
         done.tables = mlc_kir::tabulate_byte_chains(p.to_mut());
+        done.tables += mlc_kir::tabulate_epilogues(p.to_mut());
     }
     if opts.elide_copies {
         done.views = mlc_kir::alias_slices(p.to_mut());

@@ -29,8 +29,9 @@ fn out_size(i: usize, k: usize, s: usize, p0: usize, p1: usize) -> usize {
 
 /// The graph of a `conv_integer + cast + mul + add + quantize` composite (as the optimizer
 /// makes of a QDQ depthwise layer), with `silu` a QDQ SiLU between (dequantize, sigmoid,
-/// multiply, quantize), and its inputs.
-fn case(g: Geom, q: &str, silu: bool, rng: &mut Rng) -> (String, Vec<Tensor>) {
+/// multiply, quantize), and its inputs; with `consts`, the scales and the zero point are
+/// constants of the graph, as in a model, rather than inputs.
+fn case(g: Geom, q: &str, silu: bool, consts: bool, rng: &mut Rng) -> (String, Vec<Tensor>) {
     let (c, mult, [h, w], k, s, pads) = g;
     let m = c * mult;
     let (oh, ow) = (
@@ -62,9 +63,27 @@ fn case(g: Geom, q: &str, silu: bool, rng: &mut Rng) -> (String, Vec<Tensor>) {
             12,
         )
     };
+    let (s1, zp, s2) = (
+        rng.float(0.02, 0.05),
+        rng.int(lo / 2, hi / 2),
+        rng.float(0.01, 0.03),
+    );
+    let (scalars, defs) = if consts {
+        (
+            String::new(),
+            format!(
+                "  @c0 = const f32[] [{s1:?}]\n  @c1 = const {q}[] [{zp}]\n  @c2 = const f32[] [{s2:?}]\n  %5 = constant @c0 : f32[]\n  %6 = constant @c1 : {q}[]\n  %7 = constant @c2 : f32[]\n"
+            ),
+        )
+    } else {
+        (
+            format!(r#", %5: f32[] "s", %6: {q}[] "zp", %7: f32[] "s2""#),
+            String::new(),
+        )
+    };
     let src = format!(
-        r#"graph (%0: {q}[1,{c},{h},{w}] "x", %1: i8[{m},1,{k},{k}] "w", %2: {q}[] "zx", %3: f32[{m},1,1] "a", %4: f32[{m},1,1] "b", %5: f32[] "s", %6: {q}[] "zp", %7: f32[] "s2") -> (%8 "y") {{
-  %8 = control.composite {{"kind":"conv_integer+cast+mul+add+quantize"}} (%0, %1, %2, %3, %4, %5, %6, %7) : {q}{y} {{
+        r#"graph (%0: {q}[1,{c},{h},{w}] "x", %1: i8[{m},1,{k},{k}] "w", %2: {q}[] "zx", %3: f32[{m},1,1] "a", %4: f32[{m},1,1] "b"{scalars}) -> (%8 "y") {{
+{defs}  %8 = control.composite {{"kind":"conv_integer+cast+mul+add+quantize"}} (%0, %1, %2, %3, %4, %5, %6, %7) : {q}{y} {{
     graph (%0: {q}[1,{c},{h},{w}] "in0", %1: i8[{m},1,{k},{k}] "in1", %2: {q}[] "in2", %3: f32[{m},1,1] "in3", %4: f32[{m},1,1] "in4", %5: f32[] "in5", %6: {q}[] "in6", %7: f32[] "in7") -> (%{out} "out") {{
       %8 = quant.conv_integer {{{attrs}}} (%0, %1, %2) : i32{y}
       %9 = ew.cast {{"to":"f32"}} (%8) : f32{y}
@@ -95,16 +114,16 @@ fn case(g: Geom, q: &str, silu: bool, rng: &mut Rng) -> (String, Vec<Tensor>) {
     // saturation; shifts of either sign.
     let a: Vec<f32> = (0..m).map(|_| rng.float(1e-5, 8e-5)).collect();
     let b: Vec<f32> = (0..m).map(|_| rng.float(-2.0, 2.0)).collect();
-    let inputs = vec![
+    let mut inputs = vec![
         x,
         wt,
         byte(rng.int(lo, hi), 1),
         Tensor::from_vec(&[m, 1, 1], a).expect("a"),
         Tensor::from_vec(&[m, 1, 1], b).expect("b"),
-        Tensor::scalar(rng.float(0.02, 0.05)),
-        byte(rng.int(lo / 2, hi / 2), 1),
-        Tensor::scalar(rng.float(0.01, 0.03)),
     ];
+    if !consts {
+        inputs.extend([Tensor::scalar(s1), byte(zp, 1), Tensor::scalar(s2)]);
+    }
     (src, inputs)
 }
 
@@ -114,7 +133,7 @@ fn quantized_depthwise_runs_as_one_statement() {
     for g in GEOMS {
         for q in ["u8", "i8"] {
             for silu in [false, true] {
-                let (src, inputs) = case(g, q, silu, &mut rng);
+                let (src, inputs) = case(g, q, silu, false, &mut rng);
                 // The sigmoid's `exp` is the runtime's polynomial: a value on a rounding
                 // boundary may land one step away; everything else is exact.
                 let tol = if silu { 1.01 / 127.0 } else { 0.0 };
@@ -136,6 +155,28 @@ fn quantized_depthwise_runs_as_one_statement() {
                     );
                 }
             }
+        }
+    }
+}
+
+#[test]
+fn a_quantized_activation_becomes_a_table() {
+    // With constant scales and zero points, the SiLU after the requantization's byte is a
+    // function of that byte: one table step computed by the evaluator, so the compiled
+    // result is exact.
+    let mut rng = Rng(0x5eed_1234_abcd_0002);
+    for g in GEOMS {
+        for q in ["u8", "i8"] {
+            let (src, inputs) = case(g, q, true, true, &mut rng);
+            check_inputs(&src, &inputs, 0.0);
+            let prog = mlc_kir::lower_graph(&parse_graph(&src).expect("graph")).expect("lower");
+            let (prepared, done) = crate::prepare(&prog, crate::Options::default());
+            let text = mlc_kir::print_program(&prepared);
+            assert_eq!(done.tables, 1, "{q}: one table:\n{text}");
+            assert!(
+                text.contains("[x") && !text.contains("sigmoid(x)"),
+                "{q}: the gate is the table:\n{text}"
+            );
         }
     }
 }

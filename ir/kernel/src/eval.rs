@@ -465,39 +465,9 @@ impl Cx<'_> {
                                 acc = op(BinOp::Add, acc, op(BinOp::Mul, xv, wv));
                             }
                         }
-                        let (mut x, mut s) = (acc, acc);
-                        for (e, &a) in dw.epilogue.iter().zip(&args) {
-                            match *e {
-                                EpOp::Bin {
-                                    op: o, arg_first, ..
-                                } => x = if arg_first { op(o, a, x) } else { op(o, x, a) },
-                                EpOp::Save => s = x,
-                                EpOp::Combine { op: o, saved_first } => {
-                                    x = if saved_first {
-                                        op(o, s, x)
-                                    } else {
-                                        op(o, x, s)
-                                    }
-                                }
-                                EpOp::Sigmoid => {
-                                    let e = match round(
-                                        DType::F32,
-                                        unary(UnOp::Exp, unary(UnOp::Neg, Val::F(x))),
-                                    ) {
-                                        Val::F(v) => v,
-                                        _ => f64::NAN,
-                                    };
-                                    x = op(BinOp::Div, 1.0, op(BinOp::Add, 1.0, e));
-                                }
-                                EpOp::Round => x = x.round_ties_even(),
-                                EpOp::Narrow(t) => {
-                                    x = match cast(DType::F32, cast(t, Val::F(x))) {
-                                        Val::F(v) => v,
-                                        _ => f64::NAN,
-                                    }
-                                }
-                            }
-                        }
+                        let x = apply_epilogue(&dw.epilogue, &args, acc, &mut |p, i| {
+                            f(self, p, i).ok()
+                        });
                         let at = ((n * m + mo) * oh + oy) * ow + ox;
                         let (si, i) = self.slot(dw.out, at as i64)?;
                         self.store[si][i] = match out_ty {
@@ -870,6 +840,63 @@ pub fn from_vals(dtype: DType, shape: &[usize], vals: &[Val]) -> Result<Tensor, 
             .and_then(|t| t.cast(dtype))
             .map_err(bad)
     }
+}
+
+/// The value a depthwise epilogue makes of the accumulator `acc`: the operations in order, each
+/// in `f32` as [`EpOp`] defines it; `args[i]` is operation `i`'s operand (0 for those without
+/// one), `table(p, i)` element `i` of table parameter `p` (NaN when it has none).
+pub(crate) fn apply_epilogue(
+    ops: &[EpOp],
+    args: &[f64],
+    acc: f64,
+    table: &mut dyn FnMut(ParamId, usize) -> Option<f64>,
+) -> f64 {
+    let op = |o: BinOp, a: f64, b: f64| match round(
+        DType::F32,
+        binary(o, DType::F32, Val::F(a), Val::F(b)),
+    ) {
+        Val::F(v) => v,
+        _ => f64::NAN,
+    };
+    let (mut x, mut s) = (acc, acc);
+    for (e, &a) in ops.iter().zip(args) {
+        match *e {
+            EpOp::Bin {
+                op: o, arg_first, ..
+            } => x = if arg_first { op(o, a, x) } else { op(o, x, a) },
+            EpOp::Save => s = x,
+            EpOp::Combine { op: o, saved_first } => {
+                x = if saved_first {
+                    op(o, s, x)
+                } else {
+                    op(o, x, s)
+                }
+            }
+            EpOp::Sigmoid => {
+                let e = match round(DType::F32, unary(UnOp::Exp, unary(UnOp::Neg, Val::F(x)))) {
+                    Val::F(v) => v,
+                    _ => f64::NAN,
+                };
+                x = op(BinOp::Div, 1.0, op(BinOp::Add, 1.0, e));
+            }
+            EpOp::Round => x = x.round_ties_even(),
+            EpOp::Narrow(t) => {
+                x = match cast(DType::F32, cast(t, Val::F(x))) {
+                    Val::F(v) => v,
+                    _ => f64::NAN,
+                }
+            }
+            EpOp::Table { table: p, signed } => {
+                let i = x + if signed { 128.0 } else { 0.0 };
+                x = if (0.0..256.0).contains(&i) {
+                    table(p, i as usize).unwrap_or(f64::NAN)
+                } else {
+                    f64::NAN
+                };
+            }
+        }
+    }
+    x
 }
 
 /// Whether a requantization's residual zero point is `i8` (an `f32` residual is quantized to

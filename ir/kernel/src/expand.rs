@@ -223,6 +223,14 @@ fn loops(k: &mut Kernel, dw: &Depthwise) -> Vec<Stmt> {
             }
             EpOp::Round => (x, Expr::un(UnOp::Round, Expr::var(x))),
             EpOp::Narrow(t) => (x, Expr::cast(f32_, Expr::cast(*t, Expr::var(x)))),
+            EpOp::Table { table, signed } => {
+                let byte = if *signed { DType::I8 } else { DType::U8 };
+                let mut i = Expr::cast(DType::I64, Expr::cast(byte, Expr::var(x)));
+                if *signed {
+                    i = Expr::bin(BinOp::Add, i, Expr::idx(128));
+                }
+                (x, Expr::load(*table, i))
+            }
         };
         inner.push(Stmt::Assign { var, value });
     }

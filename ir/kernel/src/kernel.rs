@@ -481,6 +481,7 @@ impl Depthwise {
             || self.bias == Some(p)
             || self.epilogue.iter().any(|op| {
                 matches!(op, EpOp::Bin { arg: EpArg::Scalar(q) | EpArg::Channel(q), .. } if *q == p)
+                    || matches!(op, EpOp::Table { table, .. } if *table == p)
             })
     }
 
@@ -498,7 +499,7 @@ impl Depthwise {
 /// One step of a depthwise epilogue: a straight-line program on two `f32` registers, the value
 /// `x` and a saved value `s`, both the accumulator at the start; the result is `x`. Operations
 /// are `add`, `sub`, `mul`, `div`, `max`, `min` with the semantics of [`BinOp`].
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum EpOp {
     /// `x = x op arg`, or `arg op x` when `arg_first`.
     Bin {
@@ -518,6 +519,11 @@ pub enum EpOp {
     /// `x = f32(cast<T>(x))` for `T` one of `u8`, `i8`, `i32`: saturating truncation, NaN as 0
     /// (a quantize-dequantize pair in the tail stores and reloads the integer).
     Narrow(DType),
+    /// `x = table[i]`, `i = x` (`x + 128` when `signed`), right after a `Narrow` to `u8`
+    /// (`i8`): a function of that byte, 256 `f32`s computed at compile time from the
+    /// operations it replaces (a quantized activation such as QDQ SiLU; see
+    /// `tabulate_epilogues`).
+    Table { table: ParamId, signed: bool },
 }
 
 impl EpOp {

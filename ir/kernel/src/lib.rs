@@ -41,7 +41,7 @@ pub use fold::fold_constant_steps;
 pub use inplace::inplace_pairs;
 pub use kernel::*;
 pub use lower::{LowerError, lower_graph, lower_graph_unfolded};
-pub use lut::{install_tables, tabulate_byte_chains, tabulate_step};
+pub use lut::{install_tables, tabulate_byte_chains, tabulate_epilogues, tabulate_step};
 pub use print::{print_kernel, print_program};
 pub use verify::{VerifyError, verify_kernel};
 pub use views::alias_slices;

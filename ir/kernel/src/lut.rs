@@ -2,17 +2,20 @@
 //! 8-bit variable and constants only (a quantized activation: dequantize, sigmoid, multiply,
 //! requantize, dequantize, as QDQ models spell SiLU) has at most 256 results, so it is
 //! evaluated at compile time into a 256-entry constant table and the chain becomes one load.
+//! Per step, since the constants are the step's: a parameter bound to a constant buffer and
+//! read at a literal index is a known value. The table is computed by the kernel-IR evaluator
+//! (the oracle) running the chain itself for every byte, so the rewritten kernel gives the
+//! evaluator's results exactly. Only chains with a transcendental or a division are worth a
+//! table; the rest are a few vector instructions.
 //!
 //! Loop bodies qualify, not contractions' tile tails (`TileTail`): there a table made a QDQ
 //! EfficientNet faster on one thread but 1.7× slower on two (27 against 16 ms; cause not
 //! found yet), so those chains stay computed. A requantizing contraction's tail is
 //! tabulated before it is fused instead (`mlc-cpu`'s requantization pass calls
 //! [`tabulate_step`] on it, cheap chains included): the table then becomes the contraction's
-//! `Requant::table`, applied to each finished tile by the runtime's integer GEMM. Per step, since the constants are the step's: a parameter bound to a constant buffer and
-//! read at a literal index is a known value. The table is computed by the kernel-IR evaluator
-//! (the oracle) running the chain itself for every byte, so the rewritten kernel gives the
-//! evaluator's results exactly. Only chains with a transcendental or a division are worth a
-//! table; the rest are a few vector instructions.
+//! `Requant::table`, applied to each finished tile by the runtime's integer GEMM. A depthwise
+//! convolution's epilogue gets the same treatment ([`tabulate_epilogues`]): the operations
+//! after a narrowing to a byte that depend on it alone become one [`EpOp::Table`].
 
 use crate::eval::{Val, eval_kernel, from_vals, to_vals};
 use crate::kernel::*;
@@ -86,6 +89,119 @@ pub fn install_tables(p: &mut Program, si: usize, k: Kernel, tables: Vec<mlc_ir:
     let id = p.intern_kernel(k);
     p.steps[si].kernel = id;
     p.steps[si].args = args;
+}
+
+/// Replaces, in every depthwise convolution's epilogue, each run of operations after a
+/// `Narrow` to `u8`/`i8` that computes a function of that byte alone (literal and known scalar
+/// operands, gates saved and combined inside the run: a QDQ SiLU, a dequantization) by one
+/// [`EpOp::Table`] of 256 `f32`s that the evaluator's own definition fills; returns how many.
+/// Runs of one operation stay (a table is no cheaper than one operation).
+pub fn tabulate_epilogues(p: &mut Program) -> usize {
+    let mut done = 0;
+    for si in 0..p.steps.len() {
+        let st = &p.steps[si];
+        let k = p.kernel(st.kernel);
+        let [Stmt::Depthwise(dw)] = k.body.as_slice() else {
+            continue;
+        };
+        // Element 0 of the read-only constant parameters.
+        let scalar = |q: ParamId| -> Option<f64> {
+            let b = *st.args.get(q.0 as usize)?;
+            let (s, at) = p.location(b);
+            match (k.params.get(q.0 as usize)?.access, &p.buffer(s).kind) {
+                (Access::Read, BufKind::Const(c)) => match to_vals(&p.consts[*c]).ok()?.get(at)? {
+                    Val::F(f) => Some(*f),
+                    Val::I(i) => Some(*i as f64),
+                    Val::B(_) => None,
+                },
+                _ => None,
+            }
+        };
+        let mut ops = dw.epilogue.clone();
+        let mut tables = Vec::new();
+        let mut kernel = k.clone();
+        let mut i = 0;
+        while i < ops.len() {
+            let signed = match ops[i] {
+                EpOp::Narrow(DType::U8) => false,
+                EpOp::Narrow(DType::I8) => true,
+                _ => {
+                    i += 1;
+                    continue;
+                }
+            };
+            let Some((j, args)) = byte_run(&ops, i, &scalar) else {
+                i += 1;
+                continue;
+            };
+            let off = if signed { -128.0 } else { 0.0 };
+            let vals: Vec<f32> = (0..256)
+                .map(|b| {
+                    let x = b as f64 + off;
+                    crate::eval::apply_epilogue(&ops[i + 1..j], &args, x, &mut |_, _| None) as f32
+                })
+                .collect();
+            let Ok(t) = mlc_ir::Tensor::from_vec(&[256], vals) else {
+                break;
+            };
+            let table = kernel.param(DType::F32, 256, Access::Read);
+            tables.push(t);
+            ops.splice(i + 1..j, [EpOp::Table { table, signed }]);
+            i += 2;
+        }
+        if tables.is_empty() {
+            continue;
+        }
+        if let [Stmt::Depthwise(dw)] = kernel.body.as_mut_slice() {
+            dw.epilogue = ops;
+        }
+        done += tables.len();
+        install_tables(p, si, kernel, tables);
+    }
+    crate::concat::tidy(p);
+    done
+}
+
+/// The end `j` of the longest run `ops[at + 1..j]` (at least two operations) that is a
+/// function of the byte `ops[at]` narrowed to, and its operands: literals and `scalar`s
+/// only (no per-channel operand, no table), every `Combine` combining a value saved in the
+/// run, and no value saved in the run combined after it.
+fn byte_run(
+    ops: &[EpOp],
+    at: usize,
+    scalar: &dyn Fn(ParamId) -> Option<f64>,
+) -> Option<(usize, Vec<f64>)> {
+    let mut args = Vec::new();
+    let mut saved = false;
+    let mut best = None;
+    for (j, op) in ops.iter().enumerate().skip(at + 1) {
+        match *op {
+            EpOp::Bin { arg, .. } => args.push(match arg {
+                EpArg::Lit(v) => v as f64,
+                EpArg::Scalar(q) => match scalar(q) {
+                    Some(v) => v,
+                    None => break,
+                },
+                EpArg::Channel(_) => break,
+            }),
+            EpOp::Save => {
+                saved = true;
+                args.push(0.0);
+            }
+            EpOp::Combine { .. } if !saved => break,
+            EpOp::Table { .. } => break,
+            _ => args.push(0.0),
+        }
+        // The run may end after `j` when what follows does not combine a value saved in it.
+        let next_combines = ops[j + 1..]
+            .iter()
+            .find(|o| matches!(o, EpOp::Save | EpOp::Combine { .. }))
+            .is_some_and(|o| matches!(o, EpOp::Combine { .. }));
+        if j > at + 1 && !(saved && next_combines) {
+            best = Some((j + 1, args.clone()));
+        }
+    }
+    best
 }
 
 /// Rewrites the chains of `k` in place, adding a table parameter per chain; `tables` gets
@@ -416,6 +532,124 @@ mod tests {
             let text = print_program(&p);
             assert!(!text.contains("exp("), "{text}");
         }
+    }
+
+    /// A QDQ depthwise layer with a QDQ SiLU after its requantization (EfficientNet's),
+    /// dequantized: scales and zero points constants.
+    const QDQ_DEPTHWISE_SILU: &str = r#"graph (%0: u8[1,3,8,9] "x", %1: i8[3,1,3,3] "w") -> (%8 "y") {
+  @c0 = const u8[] [128]
+  @c1 = const f32[3,1,1] [0.0004, 0.0011, 0.0007]
+  @c2 = const f32[] [0.047]
+  @c3 = const u8[] [121]
+  @c4 = const f32[] [0.0039]
+  @c5 = const u8[] [0]
+  %2 = constant @c0 : u8[]
+  %3 = constant @c1 : f32[3,1,1]
+  %4 = constant @c2 : f32[]
+  %5 = constant @c3 : u8[]
+  %6 = constant @c4 : f32[]
+  %7 = constant @c5 : u8[]
+  %8 = control.composite {"kind":"conv_integer+cast+mul+silu"} (%0, %1, %2, %3, %4, %5, %6, %7) : f32[1,3,8,9] {
+    graph (%0: u8[1,3,8,9] "x", %1: i8[3,1,3,3] "w", %2: u8[] "zx", %3: f32[3,1,1] "a", %4: f32[] "s", %5: u8[] "zp", %6: f32[] "gs", %7: u8[] "gz") -> (%18 "y") {
+      %8 = quant.conv_integer {"dilations":[1,1],"group":3,"pad":{"explicit":[1,1,1,1]},"strides":[1,1]} (%0, %1, %2) : i32[1,3,8,9]
+      %9 = ew.cast {"to":"f32"} (%8) : f32[1,3,8,9]
+      %10 = ew.mul(%9, %3) : f32[1,3,8,9]
+      %11 = quant.quantize {"axis":1,"block_size":0,"to":"u8"} (%10, %4, %5) : u8[1,3,8,9]
+      %12 = quant.dequantize {"axis":1,"block_size":0,"to":"f32"} (%11, %4, %5) : f32[1,3,8,9]
+      %13 = ew.sigmoid(%12) : f32[1,3,8,9]
+      %14 = quant.quantize {"axis":1,"block_size":0,"to":"u8"} (%13, %6, %7) : u8[1,3,8,9]
+      %15 = quant.dequantize {"axis":1,"block_size":0,"to":"f32"} (%14, %6, %7) : f32[1,3,8,9]
+      %16 = ew.mul(%12, %15) : f32[1,3,8,9]
+      %17 = quant.quantize {"axis":1,"block_size":0,"to":"u8"} (%16, %4, %5) : u8[1,3,8,9]
+      %18 = quant.dequantize {"axis":1,"block_size":0,"to":"f32"} (%17, %4, %5) : f32[1,3,8,9]
+    }
+  }
+}"#;
+
+    #[test]
+    fn a_depthwise_epilogue_after_its_byte_becomes_a_table() {
+        let (n, p) = before_after(QDQ_DEPTHWISE_SILU, tabulate_epilogues);
+        let text = print_program(&p);
+        assert_eq!(n, 1, "{text}");
+        assert!(
+            text.contains("narrow<u8>(x), %p") && !text.contains("sigmoid(x)"),
+            "{text}"
+        );
+        // The verifier wants the table right after a narrowing to its byte type.
+        let mut k = p
+            .kernels
+            .iter()
+            .find(|k| matches!(k.body.as_slice(), [Stmt::Depthwise(_)]))
+            .expect("the depthwise kernel")
+            .clone();
+        crate::verify_kernel(&k).expect("valid as made");
+        if let [Stmt::Depthwise(dw)] = k.body.as_mut_slice() {
+            let t = dw
+                .epilogue
+                .iter()
+                .position(|o| matches!(o, EpOp::Table { .. }))
+                .expect("a table");
+            dw.epilogue[t - 1] = EpOp::Narrow(DType::I8);
+        }
+        assert!(crate::verify_kernel(&k).is_err());
+    }
+
+    #[test]
+    fn byte_runs_end_where_the_byte_no_longer_decides() {
+        let lit = |op, v| EpOp::Bin {
+            op,
+            arg: EpArg::Lit(v),
+            arg_first: false,
+        };
+        let combine = EpOp::Combine {
+            op: BinOp::Mul,
+            saved_first: true,
+        };
+        let narrow = EpOp::Narrow(DType::U8);
+        let known = |_: ParamId| -> Option<f64> { None };
+        let end = |ops: &[EpOp]| byte_run(ops, 0, &known).map(|(j, _)| j);
+        // A gate saved and combined inside: the whole run.
+        let gate = [
+            narrow,
+            lit(BinOp::Sub, 3.0),
+            lit(BinOp::Mul, 0.5),
+            EpOp::Save,
+            EpOp::Sigmoid,
+            combine,
+        ];
+        assert_eq!(end(&gate), Some(6));
+        // A value saved before the byte and combined after: the run stops short of it.
+        let outer = [narrow, lit(BinOp::Sub, 3.0), lit(BinOp::Mul, 0.5), combine];
+        assert_eq!(end(&outer), Some(3));
+        // A value saved in the run and combined after a per-channel operand: no run of two.
+        let channel = EpOp::Bin {
+            op: BinOp::Add,
+            arg: EpArg::Channel(ParamId(5)),
+            arg_first: false,
+        };
+        let split = [
+            narrow,
+            lit(BinOp::Sub, 3.0),
+            EpOp::Save,
+            lit(BinOp::Mul, 2.0),
+            channel,
+            combine,
+        ];
+        assert_eq!(end(&split), None);
+        // An operand unknown at compile time ends the run; one operation is no table.
+        let unknown = EpOp::Bin {
+            op: BinOp::Mul,
+            arg: EpArg::Scalar(ParamId(4)),
+            arg_first: false,
+        };
+        assert_eq!(
+            end(&[narrow, lit(BinOp::Sub, 3.0), unknown, lit(BinOp::Add, 1.0)]),
+            None
+        );
+        assert_eq!(
+            end(&[narrow, channel, lit(BinOp::Add, 1.0), lit(BinOp::Add, 1.0)]),
+            None
+        );
     }
 
     #[test]

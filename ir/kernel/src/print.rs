@@ -258,6 +258,9 @@ fn depthwise(dw: &Depthwise, pad: &str, s: &mut String) {
                 EpOp::Combine { op, .. } => format!("{}(x, s)", op.name()),
                 EpOp::Round => "round(x)".to_string(),
                 EpOp::Narrow(t) => format!("narrow<{}>(x)", t.name()),
+                EpOp::Table { table, signed } => {
+                    format!("%p{}[x{}]", table.0, if *signed { " + 128" } else { "" })
+                }
             })
             .collect();
         let _ = write!(s, " ep=[{}]", ops.join(", "));

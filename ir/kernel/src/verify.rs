@@ -184,7 +184,17 @@ impl Verifier<'_> {
                 self.err("depthwise: a zero point for an input that is not 8-bit".to_string());
             }
         }
-        for e in &dw.epilogue {
+        for (i, e) in dw.epilogue.iter().enumerate() {
+            if let EpOp::Table { table, signed } = e {
+                let byte = if *signed { DType::I8 } else { DType::U8 };
+                if i == 0 || dw.epilogue[i - 1] != EpOp::Narrow(byte) {
+                    self.err(format!(
+                        "depthwise epilogue: a table must follow a narrowing to {}",
+                        byte.name()
+                    ));
+                }
+                want.push((*table, 256, false, "epilogue table"));
+            }
             if let EpOp::Bin { op, .. } | EpOp::Combine { op, .. } = e
                 && !EpOp::allowed(*op)
             {

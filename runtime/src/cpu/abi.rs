@@ -510,7 +510,8 @@ pub mod dw_slot {
     pub const X_ZERO: usize = 27;
     /// Per epilogue operation three words: `kind | op << 8 | first << 16 | channel << 17`
     /// (kind 0 `x = x op a`, 1 save, 2 `x = x op s`, 3 sigmoid, 4 round, 5 narrow to the type
-    /// in `op`; op 0 add, 1 sub, 2 mul, 3 div, 4 max, 5 min; `first`: the argument or saved
+    /// in `op`, 6 a 256-entry table (ABI 10; `first`: indexed by `x + 128`; its `f32`s passed
+    /// as a per-channel argument's); op 0 add, 1 sub, 2 mul, 3 div, 4 max, 5 min; `first`: the argument or saved
     /// value is the left operand; `channel`: the argument is per channel), then the argument's
     /// `f32` bits (or, per channel, the address of its `f32`s), then the number of those.
     pub const EP: usize = 28;
@@ -634,6 +635,17 @@ fn depthwise_from_desc(d: &[u64], n_ep: usize, threads: usize) -> bool {
                 dw_type::I32 => Int::I32,
                 _ => return false,
             }),
+            // The table travels as a per-channel operand would: pointer and element count.
+            6 => match arg {
+                Arg::Channel(t) => match <&[f32; 256]>::try_from(t) {
+                    Ok(table) => Step::Table {
+                        table,
+                        signed: first,
+                    },
+                    Err(_) => return false,
+                },
+                Arg::Lit(_) => return false,
+            },
             _ => return false,
         });
     }

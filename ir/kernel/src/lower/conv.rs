@@ -1493,17 +1493,20 @@ fn ep_ops(e: &Expr, v: &Expr, x: VarId, k: &Kernel) -> Option<Vec<EpOp>> {
         Some(ops)
     };
     // A gate: `first` is computed from `v`, then `second` from `first`; the saved register
-    // keeps `first` while `x` becomes `second`. Nested gates are not expressed, nor gates
-    // that quantize inside (EfficientNet's QDQ SiLU, `x · DQ(Q(sigmoid(x)))`): that tail runs
-    // faster as its own kernel, where the chain from the quantized byte becomes one table
-    // load (`lut.rs`), than as ~25 epilogue steps (measured 0.9–1.2 vs ~0.6 ms per layer).
+    // keeps `first` while `x` becomes `second`. Nested gates are not expressed. A gate that
+    // quantizes inside (EfficientNet's QDQ SiLU, `x · DQ(Q(sigmoid(x)))`) after a narrowing
+    // is a function of that byte: the CPU backend makes the run one table
+    // (`tabulate_epilogues`; as ~25 separate steps it ran 0.9–1.2 ms per layer, against ~0.6
+    // as its own kernel).
     let gate = |first: &Expr, second: &Expr, saved_first: bool| {
         let mut ops = ep_ops(first, v, x, k)?;
         let inner = ep_ops(second, first, x, k)?;
-        if inner
-            .iter()
-            .any(|o| !matches!(o, EpOp::Bin { .. } | EpOp::Sigmoid))
-        {
+        if inner.iter().any(|o| {
+            !matches!(
+                o,
+                EpOp::Bin { .. } | EpOp::Sigmoid | EpOp::Round | EpOp::Narrow(_)
+            )
+        }) {
             return None;
         }
         ops.push(EpOp::Save);

@@ -146,6 +146,17 @@ pub enum Step<'a> {
     Round,
     /// `x = f32(cast<T>(x))`.
     Narrow(Int),
+    /// `x = table[x]` (`table[x + 128]` when `signed`), after a `Narrow` to `u8` (`i8`): a
+    /// function of that byte computed at compile time. An index outside the table (no narrowing
+    /// before) is clamped into it.
+    Table { table: &'a [f32; 256], signed: bool },
+}
+
+/// Element `x` (`x + 128` when `signed`) of `table`, the index clamped into it.
+#[inline(always)]
+fn lookup(table: &[f32; 256], signed: bool, x: f32) -> f32 {
+    let i = x as i32 + if signed { 128 } else { 0 };
+    table[i.clamp(0, 255) as usize]
 }
 
 /// Scratch bytes a chunk of channels may take (input, accumulators, saved values): well
@@ -380,6 +391,8 @@ struct Rq<'a> {
     zp: f32,
     lo: f32,
     hi: f32,
+    /// A narrowing to the table's byte type, then the table (`Step::Table`).
+    table: Option<(&'a [f32; 256], bool)>,
 }
 
 /// `ep` as an [`Rq`], when it is exactly one (in that order, no NaN bounds).
@@ -403,17 +416,45 @@ fn requant_of<'a>(ep: &[Step<'a>]) -> Option<Rq<'a>> {
         [m, rest @ ..] => (bin(m, BinKind::Mul)?, None, rest),
         [] => return None,
     };
-    let [d, Step::Round, z, lo, hi] = rest else {
-        return None;
+    let (d, z, lo, hi, table) = match rest {
+        [d, Step::Round, z, lo, hi] => (d, z, lo, hi, None),
+        [
+            d,
+            Step::Round,
+            z,
+            lo,
+            hi,
+            Step::Narrow(t),
+            Step::Table { table, signed },
+        ] if *t == if *signed { Int::I8 } else { Int::U8 } => {
+            (d, z, lo, hi, Some((*table, *signed)))
+        }
+        _ => return None,
     };
-    Some(Rq {
+    let rq = Rq {
         mult,
         shift,
         scale: lit(bin(d, BinKind::Div)?)?,
         zp: lit(bin(z, BinKind::Add)?)?,
         lo: lit(bin(lo, BinKind::Max)?)?,
         hi: lit(bin(hi, BinKind::Min)?)?,
-    })
+        table,
+    };
+    // With a table the loop computes the byte with `quantize16`: integer bounds inside the
+    // narrowing's range, an integer zero point.
+    if let Some((_, signed)) = table {
+        let (tlo, thi) = if signed {
+            (-128.0, 127.0)
+        } else {
+            (0.0, 255.0)
+        };
+        let int = |v: f32| v.fract() == 0.0 && v.abs() < 16_777_216.0;
+        let ok = int(rq.zp) && int(rq.lo) && int(rq.hi) && tlo <= rq.lo && rq.lo <= rq.hi;
+        if !(ok && rq.hi <= thi) {
+            return None;
+        }
+    }
+    Some(rq)
 }
 
 /// [`epilogue`] then [`store`] of one plane `y` of output channel `m` for the steps of `rq`,
@@ -446,6 +487,31 @@ unsafe fn requant_avx512(rq: &Rq, m: usize, y: &[f32], kind: OutKind, p: *mut u8
         (0.0, 255.0)
     };
     let int = |v: f32| v.fract() == 0.0 && v.abs() < 16_777_216.0;
+    if let Some((table, signed)) = rq.table {
+        // The byte, then its table entry gathered (`requant_of` checked the bounds).
+        let off = _mm512_set1_epi32(if signed { 128 } else { 0 });
+        let mut i = 0;
+        while i < n {
+            let lanes = (n - i).min(16);
+            let mask: __mmask16 = if lanes == 16 { !0 } else { (1 << lanes) - 1 };
+            // SAFETY: lanes `i..i + lanes` lie inside `y` and the output (the contract); the
+            // gathered indices lie in `[0, 256)` (the byte plus `off`).
+            unsafe {
+                let mut x = _mm512_maskz_loadu_ps(mask, y.as_ptr().add(i));
+                x = _mm512_mul_ps(x, mult);
+                if let Some(s) = shift {
+                    x = _mm512_add_ps(x, s);
+                }
+                let q =
+                    crate::kernels::igemm::quantize16(_mm512_div_ps(x, scale), rq.zp, rq.lo, rq.hi);
+                let idx = _mm512_add_epi32(q, off);
+                let v = _mm512_i32gather_ps::<4>(idx, table.as_ptr());
+                store16(kind, v, p, i, mask);
+            }
+            i += 16;
+        }
+        return;
+    }
     if matches!(kind, OutKind::U8 | OutKind::I8)
         && int(rq.zp)
         && int(rq.lo)
@@ -592,6 +658,9 @@ fn epilogue(isa: Isa, ep: &[Step], m: usize, y: &mut [f32], s: &mut Vec<f32>) {
                 Step::Narrow(t) => {
                     let (lo, hi) = t.range();
                     y.iter_mut().for_each(|v| *v = narrow(*v, lo, hi));
+                }
+                Step::Table { table, signed } => {
+                    y.iter_mut().for_each(|v| *v = lookup(table, signed, *v));
                 }
             }
         }

@@ -942,6 +942,79 @@ fn mixed_types_match_the_definition_exactly() {
                         let want: Vec<f32> =
                             acc.iter().enumerate().map(|(i, &a)| value(i, a)).collect();
                         assert_eq!(y, want, "{what}: {name} requantization, f32");
+                        // Then a table of the byte (a quantized activation), stored as f32
+                        // and as the 8-bit type (saturating).
+                        let narrow = Step::Narrow(if signed { Int::I8 } else { Int::U8 });
+                        let table = Step::Table {
+                            table: &TABLE,
+                            signed,
+                        };
+                        let ep: Vec<Step> = ep.iter().copied().chain([narrow, table]).collect();
+                        let entry = |i: usize, a: f32| {
+                            TABLE[(value(i, a) + if signed { 128.0 } else { 0.0 }) as usize]
+                        };
+                        let mut y = vec![0f32; ly];
+                        run_mixed(
+                            &s,
+                            input,
+                            &wq,
+                            Some(&bias),
+                            Output::F32(&mut y),
+                            &ep,
+                            threads,
+                            isa,
+                        )
+                        .expect("runs");
+                        let want: Vec<f32> =
+                            acc.iter().enumerate().map(|(i, &a)| entry(i, a)).collect();
+                        assert_eq!(y, want, "{what}: {name} requantization, table, f32");
+                        let mut y = vec![0u8; ly];
+                        run_mixed(
+                            &s,
+                            input,
+                            &wq,
+                            Some(&bias),
+                            Output::U8(&mut y),
+                            &ep,
+                            threads,
+                            isa,
+                        )
+                        .expect("runs");
+                        let want: Vec<u8> = acc
+                            .iter()
+                            .enumerate()
+                            .map(|(i, &a)| entry(i, a) as u8)
+                            .collect();
+                        assert_eq!(y, want, "{what}: {name} requantization, table, u8");
+                        // Not a requantization before it: step by step.
+                        let ep = [head[0], narrow, table];
+                        let mut y = vec![0f32; ly];
+                        run_mixed(
+                            &s,
+                            input,
+                            &wq,
+                            Some(&bias),
+                            Output::F32(&mut y),
+                            &ep,
+                            threads,
+                            isa,
+                        )
+                        .expect("runs");
+                        let want: Vec<f32> = acc
+                            .iter()
+                            .enumerate()
+                            .map(|(i, &a)| {
+                                let mo = (i / (s.out_hw[0] * s.out_hw[1])) % m;
+                                let x = a * if name == "constant" { 3e-4 } else { scale[mo] };
+                                let b = if signed {
+                                    x as i8 as i32 + 128
+                                } else {
+                                    x as u8 as i32
+                                };
+                                TABLE[b as usize]
+                            })
+                            .collect();
+                        assert_eq!(y, want, "{what}: {name} table step by step");
                     }
                 }
             }
@@ -1001,3 +1074,14 @@ fn mixed_types_match_the_definition_exactly() {
         "{r:?}"
     );
 }
+
+/// A table of 256 distinct `f32`s of both signs, some beyond the 8-bit ranges.
+static TABLE: [f32; 256] = {
+    let mut t = [0f32; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = (i as f32 - 128.5) * 1.37;
+        i += 1;
+    }
+    t
+};
