@@ -695,6 +695,15 @@ fn overlap_ok(k: &Kernel, body: &[Stmt]) -> bool {
     written.iter().all(|p| !read.contains(p)) && mlc_kir::inplace_pairs(k).is_empty()
 }
 
+/// The scalar and vector types of a short [`ByteCopy`] block of `width` (8 or 4) bytes.
+fn short_types(width: i64) -> (types::Type, types::Type) {
+    if width == 8 {
+        (types::I64, types::I64X2)
+    } else {
+        (types::I32, types::I32X4)
+    }
+}
+
 /// A value in the vector body.
 #[derive(Clone, Copy, Debug)]
 enum VV {
@@ -1131,14 +1140,26 @@ impl<M: Module> Tx<'_, '_, M> {
         // Values that do not depend on the counter, splat once before the loop.
         let mut splats: HashMap<*const Expr, Value> = HashMap::new();
         self.byte_splats(&copy.value, &mut splats)?;
-        let block = |tx: &mut Self, at: Value| -> Result<()> {
+        // `width` (16, 8 or 4) elements from `at`: the short blocks through 64- and 32-bit
+        // loads and stores.
+        let block_of = |tx: &mut Self, at: Value, width: i64| -> Result<()> {
             tx.b.def_var(v, at);
             let di = tx.expr(copy.dst_index)?;
             let dst = tx.address(copy.dst, di, false, false);
-            let x = tx.byte_value(&copy.value, &splats, signed)?;
-            tx.b.ins().store(vflags(), x, dst, 0);
+            let x = tx.byte_value(&copy.value, &splats, signed, width)?;
+            if width == W {
+                tx.b.ins().store(vflags(), x, dst, 0);
+            } else {
+                let (st, vt) = short_types(width);
+                let le = MemFlagsData::new().with_endianness(Endianness::Little);
+                let w = tx.b.ins().bitcast(vt, le, x);
+                let w = tx.b.ins().extractlane(w, 0);
+                debug_assert_eq!(tx.b.func.dfg.value_type(w), st);
+                tx.b.ins().store(MemFlagsData::trusted(), w, dst, 0);
+            }
             Ok(())
         };
+        let block = |tx: &mut Self, at: Value| block_of(tx, at, W);
         let body_b = self.b.create_block();
         let after = self.b.create_block();
         let ov = self.b.create_block();
@@ -1169,10 +1190,32 @@ impl<M: Module> Tx<'_, '_, M> {
             self.byte_rest(var, i, hi, body, copy.lanes)?;
         }
         self.b.ins().jump(done, &[]);
-        // Fewer than 16 elements in all.
+        // Fewer than 16 elements in all (a pool's rows on a 14- or 7-wide map): when the
+        // block is idempotent, two overlapping blocks of 8 (at least 8 elements) or of 4
+        // (at least 4), else the rest in lanes.
         self.b.switch_to_block(scalar);
-        self.byte_rest(var, lo, hi, body, copy.lanes)?;
-        self.b.ins().jump(done, &[]);
+        if copy.idempotent {
+            let n = self.b.ins().isub(hi, lo);
+            for width in [8i64, 4] {
+                let (short, next) = (self.b.create_block(), self.b.create_block());
+                let c = self
+                    .b
+                    .ins()
+                    .icmp_imm_s(IntCC::SignedGreaterThanOrEqual, n, width);
+                self.b.ins().brif(c, short, &[], next, &[]);
+                self.b.switch_to_block(short);
+                block_of(self, lo, width)?;
+                let last = self.b.ins().iadd_imm_s(hi, -width);
+                block_of(self, last, width)?;
+                self.b.ins().jump(done, &[]);
+                self.b.switch_to_block(next);
+            }
+            self.byte_rest(var, lo, hi, body, copy.lanes)?;
+            self.b.ins().jump(done, &[]);
+        } else {
+            self.byte_rest(var, lo, hi, body, copy.lanes)?;
+            self.b.ins().jump(done, &[]);
+        }
         self.b.switch_to_block(done);
         Ok(())
     }
@@ -1216,8 +1259,37 @@ impl<M: Module> Tx<'_, '_, M> {
         v: &ByteVal,
         splats: &HashMap<*const Expr, Value>,
         signed: bool,
+        width: i64,
     ) -> Result<Value> {
         Ok(match v {
+            ByteVal::Load(p, index, stride) if width < 16 => {
+                // `width` elements in the low lanes, reading exactly the elements the lanes
+                // take: at stride 2 the even ones of `0..width` and of `width - 1..2·width - 1`.
+                let base = self.expr(index)?;
+                let (st, vt) = short_types(width);
+                let le = MemFlagsData::new().with_endianness(Endianness::Little);
+                let f = MemFlagsData::trusted();
+                let a0 = self.address(*p, base, false, false);
+                let w0 = self.b.ins().load(st, f, a0, 0);
+                let v = self.b.ins().scalar_to_vector(vt, w0);
+                if *stride == 1 {
+                    self.b.ins().bitcast(types::I8X16, le, v)
+                } else {
+                    let i1 = self.b.ins().iadd_imm_s(base, width - 1);
+                    let a1 = self.address(*p, i1, false, false);
+                    let w1 = self.b.ins().load(st, f, a1, 0);
+                    let v = self.b.ins().insertlane(v, w1, 1);
+                    let bytes = self.b.ins().bitcast(types::I8X16, le, v);
+                    let h = (width / 2) as u8;
+                    let mask: Vec<u8> = (0..h)
+                        .map(|j| 2 * j)
+                        .chain((0..h).map(|j| width as u8 + 1 + 2 * j))
+                        .chain(std::iter::repeat_n(0, 16 - 2 * h as usize))
+                        .collect();
+                    let mask = self.b.func.dfg.immediates.push(mask.into());
+                    self.b.ins().shuffle(bytes, bytes, mask)
+                }
+            }
             ByteVal::Load(p, index, stride) => {
                 let base = self.expr(index)?;
                 let a0 = self.address(*p, base, false, false);
@@ -1244,8 +1316,8 @@ impl<M: Module> Tx<'_, '_, M> {
             },
             ByteVal::Bin(op, a, b) => {
                 let (x, y) = (
-                    self.byte_value(a, splats, signed)?,
-                    self.byte_value(b, splats, signed)?,
+                    self.byte_value(a, splats, signed, width)?,
+                    self.byte_value(b, splats, signed, width)?,
                 );
                 match (op, signed) {
                     (BinOp::Max, false) => self.b.ins().umax(x, y),

@@ -117,10 +117,12 @@ fn byte_copies_and_fills_run_sixteen_at_a_time_and_stay_exact() {
 
 #[test]
 fn byte_max_pools_run_in_byte_lanes_and_stay_exact() {
-    // 8-bit max pooling (quantized models pool the integers): rows of 7 (fewer than 16: one
-    // at a time), 19 and 40 outputs, stride 1 and 2 (the even bytes of two loads), u8 and i8
-    // (unsigned and signed maxima), pads below the kernel; the evaluator is the reference.
-    // Bytes over the whole range (signed and unsigned maxima differ above 127).
+    // 8-bit max pooling (quantized models pool the integers): rows of 19 and 40 outputs (16
+    // bytes at a time, then an overlapping block), rows of 8 to 15 (two overlapping 8-byte
+    // blocks), 4 to 7 (two 4-byte blocks) and fewer (one at a time), stride 1 and 2 (the even
+    // bytes of two loads), u8 and i8 (unsigned and signed maxima), pads below the kernel; the
+    // evaluator is the reference. Bytes over the whole range (signed and unsigned maxima
+    // differ above 127).
     let bytes = |shape: &[usize], dt: mlc_ir::DType, salt: i64| {
         let n: usize = shape.iter().product();
         let v: Vec<i64> = (0..n as i64)
@@ -138,16 +140,39 @@ fn byte_max_pools_run_in_byte_lanes_and_stay_exact() {
         bytes(&[1, 3, 9, 40], mlc_ir::DType::U8, 1),
         bytes(&[2, 2, 11, 81], mlc_ir::DType::I8, 2),
         bytes(&[1, 2, 5, 14], mlc_ir::DType::U8, 3),
+        bytes(&[1, 3, 6, 14], mlc_ir::DType::U8, 4),
+        bytes(&[1, 2, 7, 7], mlc_ir::DType::I8, 5),
+        bytes(&[1, 2, 9, 17], mlc_ir::DType::U8, 6),
+        bytes(&[1, 2, 5, 11], mlc_ir::DType::I8, 7),
+        bytes(&[1, 1, 4, 5], mlc_ir::DType::U8, 8),
     ];
-    let text = crate::tests::check_inputs(
-        r#"graph (%0: u8[1,3,9,40] "a", %1: i8[2,2,11,81] "b", %2: u8[1,2,5,14] "c") -> (%3 "y", %4 "z", %5 "w") {
-  %3 = nn.max_pool {"auto_pad":"not_set","ceil_mode":false,"dilations":[1,1],"kernel":[3,3],"pads":[1,1,1,1],"storage_order_col_major":false,"strides":[1,1]} (%0) : u8[1,3,9,40]
-  %4 = nn.max_pool {"auto_pad":"not_set","ceil_mode":false,"dilations":[1,1],"kernel":[3,3],"pads":[1,1,0,0],"storage_order_col_major":false,"strides":[2,2]} (%1) : i8[2,2,5,40]
-  %5 = nn.max_pool {"auto_pad":"not_set","ceil_mode":false,"dilations":[1,1],"kernel":[2,2],"pads":[0,0,0,0],"storage_order_col_major":false,"strides":[2,2]} (%2) : u8[1,2,2,7]
-}"#,
-        &inputs,
-        0.0,
+    let pool = |k: usize, s: usize, p: [usize; 4]| {
+        format!(
+            r#"{{"auto_pad":"not_set","ceil_mode":false,"dilations":[1,1],"kernel":[{k},{k}],"pads":[{},{},{},{}],"storage_order_col_major":false,"strides":[{s},{s}]}}"#,
+            p[0], p[1], p[2], p[3]
+        )
+    };
+    let src = format!(
+        r#"graph (%0: u8[1,3,9,40] "a", %1: i8[2,2,11,81] "b", %2: u8[1,2,5,14] "c", %3: u8[1,3,6,14] "d", %4: i8[1,2,7,7] "e", %5: u8[1,2,9,17] "f", %6: i8[1,2,5,11] "g", %7: u8[1,1,4,5] "h") -> (%8 "y", %9 "z", %10 "w", %11 "v", %12 "u", %13 "t", %14 "s", %15 "r") {{
+  %8 = nn.max_pool {} (%0) : u8[1,3,9,40]
+  %9 = nn.max_pool {} (%1) : i8[2,2,5,40]
+  %10 = nn.max_pool {} (%2) : u8[1,2,2,7]
+  %11 = nn.max_pool {} (%3) : u8[1,3,6,14]
+  %12 = nn.max_pool {} (%4) : i8[1,2,7,7]
+  %13 = nn.max_pool {} (%5) : u8[1,2,5,9]
+  %14 = nn.max_pool {} (%6) : i8[1,2,3,7]
+  %15 = nn.max_pool {} (%7) : u8[1,1,2,3]
+}}"#,
+        pool(3, 1, [1, 1, 1, 1]),
+        pool(3, 2, [1, 1, 0, 0]),
+        pool(2, 2, [0, 0, 0, 0]),
+        pool(3, 1, [1, 1, 1, 1]),
+        pool(3, 1, [1, 1, 1, 1]),
+        pool(3, 2, [1, 1, 1, 1]),
+        pool(3, 2, [1, 2, 1, 2]),
+        pool(3, 1, [0, 0, 0, 0]),
     );
+    let text = crate::tests::check_inputs(&src, &inputs, 0.0);
     assert!(text.contains("max_pool_rows"), "{text}");
 }
 
