@@ -18,8 +18,8 @@
 
 use mlc_ir::DType;
 use mlc_kir::{
-    Access, BinOp, BufId, BufKind, Expr, Kernel, KernelId, Lit, MatRef, Matmul, ParamId, Program,
-    Requant, RequantAdd, ScalarRef, Step, Stmt, TileTail, UnOp, VarId,
+    Access, BinOp, BufId, BufKind, Expr, Kernel, KernelId, Lit, LoopKind, MatRef, Matmul, ParamId,
+    Program, Requant, RequantAdd, ScalarRef, Step, Stmt, TileTail, UnOp, VarId,
 };
 use std::collections::HashMap;
 
@@ -29,9 +29,278 @@ use std::collections::HashMap;
 pub fn fuse_requant(p: &Program) -> (Program, usize) {
     let mut q = p.clone();
     tabulate_activations(&mut q);
+    split_dequantizing_tails(&mut q);
     // The step keeps the tail's origin: the requantization is what the pair computes.
     fuse_adjacent(q, fuse_pair, |mm, tail| {
         tail.origin.clone().or_else(|| mm.origin.clone())
+    })
+}
+
+/// Splits a tail that requantizes the contraction's result and then goes on from the byte
+/// (dequantizes it to `f32` for a pooling, or a concatenation, as the last convolution of a
+/// QDQ CNN does) into the requantizing tail, storing the byte into a new temporary, and the
+/// rest, reading it: the first then fuses with the contraction (the integer GEMM's 16-lane
+/// epilogue) and only the cheap rest stays a loop, where the whole tail ran as the
+/// contraction's 4-lane tile function before. Split only where the first part fuses.
+fn split_dequantizing_tails(p: &mut Program) {
+    let mut i = 1;
+    while i < p.steps.len() {
+        let is_mm = matches!(p.kernel(p.steps[i - 1].kernel).body.as_slice(), [Stmt::Matmul(mm)] if mm.requant.is_none());
+        if !is_mm || tail_pattern(p.kernel(p.steps[i].kernel)).is_some() {
+            i += 1;
+            continue;
+        }
+        let Some((head, rest, total, ty)) = split_at_byte(p.kernel(p.steps[i].kernel)) else {
+            i += 1;
+            continue;
+        };
+        let saved = (p.steps.clone(), p.buffers.len(), p.kernels.len());
+        let tmp = p.add_buffer(ty, vec![total], BufKind::Temp);
+        let st = p.steps[i].clone();
+        let mut head_args = st.args.clone();
+        head_args.push(tmp);
+        let (rest, rest_params) = rest;
+        let mut rest_args: Vec<BufId> =
+            rest_params.iter().map(|&q| st.args[q.0 as usize]).collect();
+        rest_args.push(tmp);
+        let (hk, rk) = (p.intern_kernel(head), p.intern_kernel(rest));
+        p.steps[i] = Step {
+            kernel: hk,
+            args: head_args,
+            origin: st.origin.clone(),
+        };
+        p.steps.insert(
+            i + 1,
+            Step {
+                kernel: rk,
+                args: rest_args,
+                origin: st.origin,
+            },
+        );
+        if fuse_pair(p, &p.steps[i - 1], &p.steps[i]).is_none() {
+            p.steps = saved.0;
+            p.buffers.truncate(saved.1);
+            p.kernels.truncate(saved.2);
+            i += 1;
+            continue;
+        }
+        i += 2;
+    }
+}
+
+/// The two halves of a tail split at its requantized byte (see [`split_dequantizing_tails`]):
+/// the head, storing the byte into a new last parameter, which [`tail_pattern`] accepts; the
+/// rest, reading it there, with only the parameters it uses (the original indices of those,
+/// in order, then the byte's); the element count and the byte's type.
+fn split_at_byte(k: &Kernel) -> Option<(Kernel, (Kernel, Vec<ParamId>), usize, DType)> {
+    let (loops, body) = literal_nest(&k.body);
+    let (last, lets) = body.split_last()?;
+    let Stmt::Store { index, .. } = last else {
+        return None;
+    };
+    let total = loops
+        .iter()
+        .try_fold(1usize, |a, &(_, e)| a.checked_mul(usize::try_from(e).ok()?))?;
+    let rebuild = |stmts: Vec<Stmt>| -> Vec<Stmt> {
+        let mut body = stmts;
+        for &(var, e) in loops.iter().rev() {
+            body = vec![Stmt::For {
+                var,
+                extent: Expr::idx(e),
+                kind: LoopKind::Serial,
+                body,
+            }];
+        }
+        body
+    };
+    // Keep the original loop kinds: the rebuilt nests take them from the tail.
+    let kinds = loop_kinds(&k.body);
+    for (j, s) in lets.iter().enumerate() {
+        let Stmt::Let { var, .. } = s else {
+            return None;
+        };
+        let ty = k.var_ty(*var);
+        if !matches!(ty, DType::U8 | DType::I8) {
+            continue;
+        }
+        // The head: the lets up to the byte, the byte stored.
+        let mut head = k.clone();
+        let out = head.param(ty, total, Access::Write);
+        let mut hb = lets[..=j].to_vec();
+        hb.push(Stmt::Store {
+            param: out,
+            index: index.clone(),
+            value: Expr::var(*var),
+        });
+        head.body = with_kinds(rebuild(hb), &kinds);
+        let Some(t) = tail_pattern(&head) else {
+            continue;
+        };
+        if t.out != out {
+            continue;
+        }
+        // The rest: the tail with the byte loaded instead of computed, less what nothing
+        // reads then (the requantization); its parameters compacted.
+        let mut rb = lets[..j].to_vec();
+        rb.push(Stmt::Let {
+            var: *var,
+            value: Expr::load(ParamId(u32::MAX), index.clone()),
+        });
+        rb.extend(lets[j + 1..].iter().cloned());
+        rb.push(last.clone());
+        let rb = live_lets(rb);
+        let mut used: Vec<ParamId> = Vec::new();
+        for s in &rb {
+            stmt_params(s, &mut used);
+        }
+        used.retain(|q| q.0 != u32::MAX);
+        used.sort();
+        used.dedup();
+        let mut rest = Kernel::new(format!("{}_rest", k.name));
+        rest.vars = k.vars.clone();
+        let mut map: HashMap<ParamId, ParamId> = HashMap::new();
+        for &q in &used {
+            let pr = &k.params[q.0 as usize];
+            map.insert(q, rest.param(pr.dtype, pr.len, pr.access));
+        }
+        map.insert(ParamId(u32::MAX), rest.param(ty, total, Access::Read));
+        let rb: Vec<Stmt> = rb
+            .iter()
+            .map(|s| remap_stmt(s, &map))
+            .collect::<Option<_>>()?;
+        rest.body = with_kinds(rebuild(rb), &kinds);
+        if mlc_kir::verify_kernel(&head).is_err() || mlc_kir::verify_kernel(&rest).is_err() {
+            return None;
+        }
+        return Some((head, (rest, used), total, ty));
+    }
+    None
+}
+
+/// The loop kinds of a perfect nest, outermost first.
+fn loop_kinds(mut body: &[Stmt]) -> Vec<LoopKind> {
+    let mut kinds = Vec::new();
+    while let [
+        Stmt::For {
+            kind, body: inner, ..
+        },
+    ] = body
+    {
+        kinds.push(*kind);
+        body = inner;
+    }
+    kinds
+}
+
+/// `body`'s perfect nest with `kinds` as its loops' kinds, outermost first.
+fn with_kinds(mut body: Vec<Stmt>, kinds: &[LoopKind]) -> Vec<Stmt> {
+    fn go(body: &mut [Stmt], kinds: &[LoopKind]) {
+        if let ([Stmt::For { kind, body, .. }], [k, rest @ ..]) = (body, kinds) {
+            *kind = *k;
+            go(body, rest);
+        }
+    }
+    go(&mut body, kinds);
+    body
+}
+
+/// `stmts` (`let`s, then one store) without the `let`s nothing after them reads.
+fn live_lets(stmts: Vec<Stmt>) -> Vec<Stmt> {
+    let mut keep = vec![true; stmts.len()];
+    let mut live: std::collections::HashSet<VarId> = Default::default();
+    for (j, s) in stmts.iter().enumerate().rev() {
+        match s {
+            Stmt::Let { var, value } => {
+                if live.contains(var) {
+                    vars_of(value, &mut live);
+                } else {
+                    keep[j] = false;
+                }
+            }
+            Stmt::Store { index, value, .. } => {
+                vars_of(index, &mut live);
+                vars_of(value, &mut live);
+            }
+            _ => {}
+        }
+    }
+    stmts
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(s, k)| k.then_some(s))
+        .collect()
+}
+
+fn vars_of(e: &Expr, out: &mut std::collections::HashSet<VarId>) {
+    match e {
+        Expr::Var(v) => {
+            out.insert(*v);
+        }
+        Expr::Lit(_) => {}
+        Expr::Load { index, .. } => vars_of(index, out),
+        Expr::Unary(_, a) | Expr::Cast(_, a) => vars_of(a, out),
+        Expr::Binary(_, a, b) => {
+            vars_of(a, out);
+            vars_of(b, out);
+        }
+        Expr::Select { cond, then, els } => {
+            vars_of(cond, out);
+            vars_of(then, out);
+            vars_of(els, out);
+        }
+    }
+}
+
+/// The parameters `s` loads or stores.
+fn stmt_params(s: &Stmt, out: &mut Vec<ParamId>) {
+    let mut of = |e: &Expr| {
+        e.for_each_load(&mut |q, _| out.push(q));
+    };
+    match s {
+        Stmt::Let { value, .. } | Stmt::Assign { value, .. } => of(value),
+        Stmt::Store {
+            param,
+            index,
+            value,
+        } => {
+            of(index);
+            of(value);
+            out.push(*param);
+        }
+        _ => {}
+    }
+}
+
+/// `s` with its parameters renamed by `map`; `None` for statements other than `let`s and
+/// stores, or a parameter `map` lacks.
+fn remap_stmt(s: &Stmt, map: &HashMap<ParamId, ParamId>) -> Option<Stmt> {
+    fn expr(e: &Expr, map: &HashMap<ParamId, ParamId>) -> Option<Expr> {
+        Some(match e {
+            Expr::Var(_) | Expr::Lit(_) => e.clone(),
+            Expr::Load { param, index } => Expr::load(*map.get(param)?, expr(index, map)?),
+            Expr::Unary(op, a) => Expr::un(*op, expr(a, map)?),
+            Expr::Cast(t, a) => Expr::cast(*t, expr(a, map)?),
+            Expr::Binary(op, a, b) => Expr::bin(*op, expr(a, map)?, expr(b, map)?),
+            Expr::Select { cond, then, els } => {
+                Expr::select(expr(cond, map)?, expr(then, map)?, expr(els, map)?)
+            }
+        })
+    }
+    Some(match s {
+        Stmt::Let { var, value } => Stmt::Let {
+            var: *var,
+            value: expr(value, map)?,
+        },
+        Stmt::Store {
+            param,
+            index,
+            value,
+        } => Stmt::Store {
+            param: *map.get(param)?,
+            index: expr(index, map)?,
+            value: expr(value, map)?,
+        },
+        _ => return None,
     })
 }
 

@@ -461,36 +461,54 @@ fn ints(ts: &[Tensor]) -> Vec<Vec<i64>> {
     ts.iter().map(|t| t.to_i64_vec().unwrap()).collect()
 }
 
+/// What the pass makes of a variant's pair of steps.
+#[derive(Clone, Copy, Debug)]
+enum Outcome {
+    /// One requantizing contraction.
+    Fuses,
+    /// A requantizing contraction, then the rest of the tail from the byte.
+    Splits,
+    /// Unchanged.
+    Stays,
+}
+use Outcome::*;
+
 #[test]
 fn fuses_exactly_the_requantizing_tails() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let variants = [
-        (Variant::Plain, true),
-        (Variant::PerTensor, true),
-        (Variant::ColMajor, true),
-        (Variant::ThreeLoops, true),
-        (Variant::NarrowClamp, false),
-        (Variant::SecondReader, false),
-        (Variant::DivFirst, false),
-        (Variant::Residual, true),
-        (Variant::ResidualOtherZp, false),
-        (Variant::ResidualF32, true),
-        (Variant::Shifted, true),
-        (Variant::ShiftedColMajor, true),
-        (Variant::ShiftFirst, false),
-        (Variant::ShiftedResidual, true),
-        (Variant::Activated, true),
-        (Variant::ActivatedCheap, true),
-        (Variant::ActivatedMixed, false),
+        (Variant::Plain, Fuses),
+        (Variant::PerTensor, Fuses),
+        (Variant::ColMajor, Fuses),
+        (Variant::ThreeLoops, Fuses),
+        (Variant::NarrowClamp, Stays),
+        (Variant::SecondReader, Stays),
+        (Variant::DivFirst, Stays),
+        (Variant::Residual, Fuses),
+        // The requantization fuses; the residual block after its byte stays a loop.
+        (Variant::ResidualOtherZp, Splits),
+        (Variant::ResidualF32, Fuses),
+        (Variant::Shifted, Fuses),
+        (Variant::ShiftedColMajor, Fuses),
+        (Variant::ShiftFirst, Stays),
+        (Variant::ShiftedResidual, Fuses),
+        (Variant::Activated, Fuses),
+        (Variant::ActivatedCheap, Fuses),
+        (Variant::ActivatedMixed, Stays),
     ];
     for &(m, n, k) in &[(1, 4, 1), (7, 12, 13), (13, 36, 27), (64, 100, 147)] {
-        for (v, fuses) in variants {
+        for (v, outcome) in variants {
             for out_ty in [DType::U8, DType::I8] {
                 let what = format!("{m}x{n}x{k} {v:?} {}", out_ty.name());
                 let p = program(m, n, k, out_ty, v, &mut rng);
                 let (q, fused) = fuse_requant(&p);
-                assert_eq!(fused, usize::from(fuses), "{what}");
-                assert_eq!(q.steps.len(), p.steps.len() - fused, "{what}");
+                let (want_fused, steps) = match outcome {
+                    Fuses => (1, p.steps.len() - 1),
+                    Splits => (1, p.steps.len()),
+                    Stays => (0, p.steps.len()),
+                };
+                assert_eq!(fused, want_fused, "{what}");
+                assert_eq!(q.steps.len(), steps, "{what}");
                 for kern in &q.kernels {
                     mlc_kir::verify_kernel(kern).unwrap_or_else(|e| panic!("{what}: {e:?}"));
                 }
@@ -528,4 +546,50 @@ fn printed_form_names_the_requantization() {
         "{text}"
     );
     assert_eq!(q.steps.len(), 1, "{text}");
+}
+
+#[test]
+fn a_tail_that_dequantizes_its_byte_is_split_and_the_requantization_fused() {
+    // The last convolution of a QDQ CNN: requantized, then dequantized for a pooling. The
+    // requantization goes into the contraction, the dequantization stays a loop reading its
+    // byte; the compiled program equals the evaluator's exactly.
+    let src = r#"graph (%0: u8[1,7,6,6] "x", %1: i8[5,7,1,1] "w", %2: u8[] "zx", %3: f32[5,1,1] "m", %4: f32[] "s", %5: u8[] "zp") -> (%6 "y") {
+  %6 = control.composite {"kind":"conv_integer+cast+mul+quantize+dequantize"} (%0, %1, %2, %3, %4, %5) : f32[1,5,6,6] {
+    graph (%0: u8[1,7,6,6] "in0", %1: i8[5,7,1,1] "in1", %2: u8[] "in2", %3: f32[5,1,1] "in3", %4: f32[] "in4", %5: u8[] "in5") -> (%10 "out") {
+      %6 = quant.conv_integer {"dilations":[1,1],"group":1,"pad":{"explicit":[0,0,0,0]},"strides":[1,1]} (%0, %1, %2) : i32[1,5,6,6]
+      %7 = ew.cast {"to":"f32"} (%6) : f32[1,5,6,6]
+      %8 = ew.mul(%7, %3) : f32[1,5,6,6]
+      %9 = quant.quantize {"axis":1,"block_size":0,"to":"u8"} (%8, %4, %5) : u8[1,5,6,6]
+      %10 = quant.dequantize {"axis":1,"block_size":0,"to":"f32"} (%9, %4, %5) : f32[1,5,6,6]
+    }
+  }
+}"#;
+    let mut rng = Rng(0x5eed_0117);
+    let bytes =
+        |n: usize, rng: &mut Rng| -> Vec<u8> { (0..n).map(|_| rng.int(0, 255) as u8).collect() };
+    let inputs = vec![
+        Tensor::from_vec(&[1, 7, 6, 6], bytes(252, &mut rng)).unwrap(),
+        Tensor::from_vec(
+            &[5, 7, 1, 1],
+            (0..35).map(|_| rng.int(-128, 127) as i8).collect(),
+        )
+        .unwrap(),
+        Tensor::from_vec(&[], vec![120u8]).unwrap(),
+        Tensor::from_vec(
+            &[5, 1, 1],
+            (0..5).map(|_| rng.int(1, 900) as f32 * 1e-4).collect(),
+        )
+        .unwrap(),
+        Tensor::scalar(0.02f32),
+        Tensor::from_vec(&[], vec![7u8]).unwrap(),
+    ];
+    crate::tests::check_inputs(src, &inputs, 0.0);
+    let prog = mlc_kir::lower_graph(&mlc_ir::parse_graph(src).unwrap()).unwrap();
+    let (q, fused) = fuse_requant(&prog);
+    let text = mlc_kir::print_program(&q);
+    assert_eq!(fused, 1, "{text}");
+    assert!(
+        text.contains(" requant(") && text.contains("_rest("),
+        "{text}"
+    );
 }
