@@ -443,18 +443,30 @@ fn requant_of<'a>(ep: &[Step<'a>]) -> Option<Rq<'a>> {
     // With a table the loop computes the byte with `quantize16`: integer bounds inside the
     // narrowing's range, an integer zero point.
     if let Some((_, signed)) = table {
-        let (tlo, thi) = if signed {
+        let range = if signed {
             (-128.0, 127.0)
         } else {
             (0.0, 255.0)
         };
-        let int = |v: f32| v.fract() == 0.0 && v.abs() < 16_777_216.0;
-        let ok = int(rq.zp) && int(rq.lo) && int(rq.hi) && tlo <= rq.lo && rq.lo <= rq.hi;
-        if !(ok && rq.hi <= thi) {
+        if !rq.integral(range) {
             return None;
         }
     }
     Some(rq)
+}
+
+impl Rq<'_> {
+    /// Whether the zero point and the bounds are integers, the bounds ordered and inside
+    /// `range`: what `quantize16` needs.
+    fn integral(&self, (tlo, thi): (f32, f32)) -> bool {
+        let int = |v: f32| v.fract() == 0.0 && v.abs() < 16_777_216.0;
+        int(self.zp)
+            && int(self.lo)
+            && int(self.hi)
+            && tlo <= self.lo
+            && self.lo <= self.hi
+            && self.hi <= thi
+    }
 }
 
 /// [`epilogue`] then [`store`] of one plane `y` of output channel `m` for the steps of `rq`,
@@ -478,24 +490,21 @@ unsafe fn requant_avx512(rq: &Rq, m: usize, y: &[f32], kind: OutKind, p: *mut u8
     let (scale, zp) = (_mm512_set1_ps(rq.scale), _mm512_set1_ps(rq.zp));
     let (lo, hi) = (_mm512_set1_ps(rq.lo), _mm512_set1_ps(rq.hi));
     let n = y.len();
-    // An integer zero point and integer bounds inside the 8-bit output's range (a
-    // requantization): the rounding, zero point, bounds and store's conversion are one
-    // `quantize16` (what the steps and the saturating store compute).
-    let (tlo, thi) = if kind == OutKind::I8 {
-        (-128.0, 127.0)
-    } else {
-        (0.0, 255.0)
+    // The byte by `quantize16` (what the rounding, zero point, bounds and a saturating store
+    // compute): with a table (`requant_of` checked its bounds), or for an 8-bit output with an
+    // integer zero point and integer bounds inside its range.
+    let to_bytes = match kind {
+        OutKind::U8 => rq.integral((0.0, 255.0)),
+        OutKind::I8 => rq.integral((-128.0, 127.0)),
+        _ => false,
     };
-    let int = |v: f32| v.fract() == 0.0 && v.abs() < 16_777_216.0;
-    if let Some((table, signed)) = rq.table {
-        // The byte, then its table entry gathered (`requant_of` checked the bounds).
-        let off = _mm512_set1_epi32(if signed { 128 } else { 0 });
+    if rq.table.is_some() || to_bytes {
         let mut i = 0;
         while i < n {
             let lanes = (n - i).min(16);
             let mask: __mmask16 = if lanes == 16 { !0 } else { (1 << lanes) - 1 };
-            // SAFETY: lanes `i..i + lanes` lie inside `y` and the output (the contract); the
-            // gathered indices lie in `[0, 256)` (the byte plus `off`).
+            // SAFETY: lanes `i..i + lanes` lie inside `y` and the output (the contract); a
+            // table's gathered indices lie in `[0, 256)` (the byte, plus 128 for `i8`).
             unsafe {
                 let mut x = _mm512_maskz_loadu_ps(mask, y.as_ptr().add(i));
                 x = _mm512_mul_ps(x, mult);
@@ -504,36 +513,14 @@ unsafe fn requant_avx512(rq: &Rq, m: usize, y: &[f32], kind: OutKind, p: *mut u8
                 }
                 let q =
                     crate::kernels::igemm::quantize16(_mm512_div_ps(x, scale), rq.zp, rq.lo, rq.hi);
-                let idx = _mm512_add_epi32(q, off);
-                let v = _mm512_i32gather_ps::<4>(idx, table.as_ptr());
-                store16(kind, v, p, i, mask);
-            }
-            i += 16;
-        }
-        return;
-    }
-    if matches!(kind, OutKind::U8 | OutKind::I8)
-        && int(rq.zp)
-        && int(rq.lo)
-        && int(rq.hi)
-        && tlo <= rq.lo
-        && rq.lo <= rq.hi
-        && rq.hi <= thi
-    {
-        let mut i = 0;
-        while i < n {
-            let lanes = (n - i).min(16);
-            let mask: __mmask16 = if lanes == 16 { !0 } else { (1 << lanes) - 1 };
-            // SAFETY: lanes `i..i + lanes` lie inside `y` and the output (the contract).
-            unsafe {
-                let mut x = _mm512_maskz_loadu_ps(mask, y.as_ptr().add(i));
-                x = _mm512_mul_ps(x, mult);
-                if let Some(s) = shift {
-                    x = _mm512_add_ps(x, s);
+                match rq.table {
+                    Some((table, signed)) => {
+                        let idx = _mm512_add_epi32(q, _mm512_set1_epi32(128 * signed as i32));
+                        let v = _mm512_i32gather_ps::<4>(idx, table.as_ptr());
+                        store16(kind, v, p, i, mask);
+                    }
+                    None => _mm512_mask_cvtepi32_storeu_epi8(p.add(i).cast(), mask, q),
                 }
-                let q =
-                    crate::kernels::igemm::quantize16(_mm512_div_ps(x, scale), rq.zp, rq.lo, rq.hi);
-                _mm512_mask_cvtepi32_storeu_epi8(p.add(i).cast(), mask, q);
             }
             i += 16;
         }

@@ -767,18 +767,26 @@ fn mixed_types_match_the_definition_exactly() {
             for threads in 1..=3 {
                 for isa in isas {
                     let what = format!("case {ci}, signed {signed}, {threads} threads, {isa:?}");
-                    let mut y = vec![0.0f32; ly];
-                    run_mixed(
-                        &s,
-                        input,
-                        &wq,
-                        Some(&bias),
-                        Output::F32(&mut y),
-                        &steps,
-                        threads,
-                        isa,
-                    )
-                    .expect("runs");
+                    // The convolution with epilogue `ep`, stored as f32, u8 or i8.
+                    let run_into = |ep: &[Step], out: Output| {
+                        run_mixed(&s, input, &wq, Some(&bias), out, ep, threads, isa).expect("runs")
+                    };
+                    let f32_out = |ep: &[Step]| {
+                        let mut y = vec![0f32; ly];
+                        run_into(ep, Output::F32(&mut y));
+                        y
+                    };
+                    let u8_out = |ep: &[Step]| {
+                        let mut y = vec![0u8; ly];
+                        run_into(ep, Output::U8(&mut y));
+                        y
+                    };
+                    let i8_out = |ep: &[Step]| {
+                        let mut y = vec![0i8; ly];
+                        run_into(ep, Output::I8(&mut y));
+                        y
+                    };
+                    let y = f32_out(&steps);
                     assert_eq!(y, want_f32, "{what}: f32 out");
                     let mut y = vec![0i32; ly];
                     run_mixed(
@@ -800,36 +808,14 @@ fn mixed_types_match_the_definition_exactly() {
                         let mo = (i / (s.out_hw[0] * s.out_hw[1])) % m;
                         ((a * scale[mo] + shift[mo]) / 0.07).round_ties_even() + 9.0
                     };
-                    let mut y = vec![0u8; ly];
-                    run_mixed(
-                        &s,
-                        input,
-                        &wq,
-                        Some(&bias),
-                        Output::U8(&mut y),
-                        rq,
-                        threads,
-                        isa,
-                    )
-                    .expect("runs");
+                    let y = u8_out(rq);
                     let want: Vec<u8> = acc
                         .iter()
                         .enumerate()
                         .map(|(i, &a)| q(i, a) as u8)
                         .collect();
                     assert_eq!(y, want, "{what}: u8 out");
-                    let mut y = vec![0i8; ly];
-                    run_mixed(
-                        &s,
-                        input,
-                        &wq,
-                        Some(&bias),
-                        Output::I8(&mut y),
-                        rq,
-                        threads,
-                        isa,
-                    )
-                    .expect("runs");
+                    let y = i8_out(rq);
                     let want: Vec<i8> = acc
                         .iter()
                         .enumerate()
@@ -891,54 +877,21 @@ fn mixed_types_match_the_definition_exactly() {
                             }
                             ((x / 0.07).round_ties_even() + 9.0).clamp(lo, hi)
                         };
-                        let mut y = vec![0u8; ly];
-                        run_mixed(
-                            &s,
-                            input,
-                            &wq,
-                            Some(&bias),
-                            Output::U8(&mut y),
-                            &ep,
-                            threads,
-                            isa,
-                        )
-                        .expect("runs");
+                        let y = u8_out(&ep);
                         let want: Vec<u8> = acc
                             .iter()
                             .enumerate()
                             .map(|(i, &a)| value(i, a) as u8)
                             .collect();
                         assert_eq!(y, want, "{what}: {name} requantization, u8");
-                        let mut y = vec![0i8; ly];
-                        run_mixed(
-                            &s,
-                            input,
-                            &wq,
-                            Some(&bias),
-                            Output::I8(&mut y),
-                            &ep,
-                            threads,
-                            isa,
-                        )
-                        .expect("runs");
+                        let y = i8_out(&ep);
                         let want: Vec<i8> = acc
                             .iter()
                             .enumerate()
                             .map(|(i, &a)| value(i, a) as i8)
                             .collect();
                         assert_eq!(y, want, "{what}: {name} requantization, i8");
-                        let mut y = vec![0f32; ly];
-                        run_mixed(
-                            &s,
-                            input,
-                            &wq,
-                            Some(&bias),
-                            Output::F32(&mut y),
-                            &ep,
-                            threads,
-                            isa,
-                        )
-                        .expect("runs");
+                        let y = f32_out(&ep);
                         let want: Vec<f32> =
                             acc.iter().enumerate().map(|(i, &a)| value(i, a)).collect();
                         assert_eq!(y, want, "{what}: {name} requantization, f32");
@@ -953,33 +906,11 @@ fn mixed_types_match_the_definition_exactly() {
                         let entry = |i: usize, a: f32| {
                             TABLE[(value(i, a) + if signed { 128.0 } else { 0.0 }) as usize]
                         };
-                        let mut y = vec![0f32; ly];
-                        run_mixed(
-                            &s,
-                            input,
-                            &wq,
-                            Some(&bias),
-                            Output::F32(&mut y),
-                            &ep,
-                            threads,
-                            isa,
-                        )
-                        .expect("runs");
+                        let y = f32_out(&ep);
                         let want: Vec<f32> =
                             acc.iter().enumerate().map(|(i, &a)| entry(i, a)).collect();
                         assert_eq!(y, want, "{what}: {name} requantization, table, f32");
-                        let mut y = vec![0u8; ly];
-                        run_mixed(
-                            &s,
-                            input,
-                            &wq,
-                            Some(&bias),
-                            Output::U8(&mut y),
-                            &ep,
-                            threads,
-                            isa,
-                        )
-                        .expect("runs");
+                        let y = u8_out(&ep);
                         let want: Vec<u8> = acc
                             .iter()
                             .enumerate()
@@ -988,18 +919,7 @@ fn mixed_types_match_the_definition_exactly() {
                         assert_eq!(y, want, "{what}: {name} requantization, table, u8");
                         // Not a requantization before it: step by step.
                         let ep = [head[0], narrow, table];
-                        let mut y = vec![0f32; ly];
-                        run_mixed(
-                            &s,
-                            input,
-                            &wq,
-                            Some(&bias),
-                            Output::F32(&mut y),
-                            &ep,
-                            threads,
-                            isa,
-                        )
-                        .expect("runs");
+                        let y = f32_out(&ep);
                         let want: Vec<f32> = acc
                             .iter()
                             .enumerate()
