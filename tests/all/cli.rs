@@ -633,6 +633,12 @@ fn compile_explains_and_opt_levels_agree() {
     // The CPU backend's epilogue fusions are in the JSON too (none here: no contraction).
     assert_eq!(v["cpu_epilogues"]["tails"].as_u64(), Some(0), "{v}");
     assert_eq!(
+        v["cpu_epilogues"]["requant_tables"].as_u64(),
+        Some(0),
+        "{v}"
+    );
+    assert_eq!(v["cpu_epilogues"]["requant_split"].as_u64(), Some(0), "{v}");
+    assert_eq!(
         v["cpu_copies"]["concat_steps_removed"].as_u64(),
         Some(0),
         "{v}"

@@ -134,7 +134,12 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
                 if let Some(o) = v.as_object_mut() {
                     o.insert(
                         "cpu_epilogues".into(),
-                        serde_json::json!({"requant": f.requant, "tails": f.tails}),
+                        serde_json::json!({
+                            "requant": f.requant,
+                            "requant_tables": f.requant_tables,
+                            "requant_split": f.requant_split,
+                            "tails": f.tails
+                        }),
                     );
                     o.insert("cpu_byte_tables".into(), serde_json::json!(tables));
                     o.insert(
@@ -160,8 +165,9 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
                 text.push('\n');
             } else {
                 text.push_str(&format!(
-                    "CPU epilogues: {} requantizing and {} elementwise tails fused into contractions\n",
-                    f.requant, f.tails
+                    "CPU epilogues: {} requantizing ({} with an activation table, {} split at the byte) \
+                     and {} elementwise tails fused into contractions\n",
+                    f.requant, f.requant_tables, f.requant_split, f.tails
                 ));
                 text.push_str(&format!(
                     "CPU byte tables: {tables} functions of one byte (quantized activations) computed as 256-entry tables\n"

@@ -27,13 +27,20 @@ use std::collections::HashMap;
 /// module docs) into one requantizing contraction; returns the program and how many tails
 /// were fused.
 pub fn fuse_requant(p: &Program) -> (Program, usize) {
+    let (q, fused, _) = fuse_requant_counted(p);
+    (q, fused)
+}
+
+/// [`fuse_requant`], and how many tails it split at their byte.
+fn fuse_requant_counted(p: &Program) -> (Program, usize, usize) {
     let mut q = p.clone();
     tabulate_activations(&mut q);
-    split_dequantizing_tails(&mut q);
+    let split = split_dequantizing_tails(&mut q);
     // The step keeps the tail's origin: the requantization is what the pair computes.
-    fuse_adjacent(q, fuse_pair, |mm, tail| {
+    let (q, fused) = fuse_adjacent(q, fuse_pair, |mm, tail| {
         tail.origin.clone().or_else(|| mm.origin.clone())
-    })
+    });
+    (q, fused, split)
 }
 
 /// Splits a tail that requantizes the contraction's result and then goes on from the byte
@@ -41,8 +48,10 @@ pub fn fuse_requant(p: &Program) -> (Program, usize) {
 /// QDQ CNN does) into the requantizing tail, storing the byte into a new temporary, and the
 /// rest, reading it: the first then fuses with the contraction (the integer GEMM's 16-lane
 /// epilogue) and only the cheap rest stays a loop, where the whole tail ran as the
-/// contraction's 4-lane tile function before. Split only where the first part fuses.
-fn split_dequantizing_tails(p: &mut Program) {
+/// contraction's 4-lane tile function before. Split only where the first part fuses; returns
+/// how many were split.
+fn split_dequantizing_tails(p: &mut Program) -> usize {
+    let mut split = 0;
     let mut i = 1;
     while i < p.steps.len() {
         let is_mm = matches!(p.kernel(p.steps[i - 1].kernel).body.as_slice(), [Stmt::Matmul(mm)] if mm.requant.is_none());
@@ -84,8 +93,10 @@ fn split_dequantizing_tails(p: &mut Program) {
             i += 1;
             continue;
         }
+        split += 1;
         i += 2;
     }
+    split
 }
 
 /// The two halves of a tail split at its requantized byte (see [`split_dequantizing_tails`]):
@@ -1096,6 +1107,10 @@ pub fn fuse_tails(p: &Program) -> (Program, usize) {
 pub struct Fused {
     /// Pure requantizations ([`fuse_requant`]).
     pub requant: usize,
+    /// Of those, the ones that apply a byte table (a quantized activation, `Requant::table`).
+    pub requant_tables: usize,
+    /// Of those, the tails split at their byte, the rest left a loop reading it.
+    pub requant_split: usize,
     /// General tails ([`fuse_tails`]).
     pub tails: usize,
     /// Of those tails, the GELUs, sigmoids and swishes that became the contraction's
@@ -1105,13 +1120,23 @@ pub struct Fused {
 
 /// The three passes, in order: what code generation runs.
 pub fn fuse_epilogues(p: &Program) -> (Program, Fused) {
-    let (q, requant) = fuse_requant(p);
+    let (q, requant, requant_split) = fuse_requant_counted(p);
+    let requant_tables = q
+        .steps
+        .iter()
+        .filter(|s| {
+            matches!(q.kernel(s.kernel).body.as_slice(), [Stmt::Matmul(mm)]
+                if mm.requant.as_ref().is_some_and(|rq| rq.table.is_some()))
+        })
+        .count();
     let (q, tails) = fuse_tails(&q);
     let (q, gelu) = fuse_activations(&q);
     (
         q,
         Fused {
             requant,
+            requant_tables,
+            requant_split,
             tails,
             gelu,
         },

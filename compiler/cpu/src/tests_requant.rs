@@ -546,6 +546,12 @@ fn printed_form_names_the_requantization() {
         "{text}"
     );
     assert_eq!(q.steps.len(), 1, "{text}");
+    let f = fuse_epilogues(&p).1;
+    assert_eq!(
+        (f.requant, f.requant_tables, f.requant_split),
+        (1, 1, 0),
+        "{f:?}"
+    );
 }
 
 #[test]
@@ -591,5 +597,12 @@ fn a_tail_that_dequantizes_its_byte_is_split_and_the_requantization_fused() {
     assert!(
         text.contains(" requant(") && text.contains("_rest("),
         "{text}"
+    );
+    // `--explain` counts it.
+    let f = fuse_epilogues(&prog).1;
+    assert_eq!(
+        (f.requant, f.requant_split, f.requant_tables),
+        (1, 1, 0),
+        "{f:?}"
     );
 }
