@@ -54,8 +54,9 @@ fn split_dequantizing_tails(p: &mut Program) -> usize {
     let mut split = 0;
     let mut i = 1;
     while i < p.steps.len() {
-        let is_mm = matches!(p.kernel(p.steps[i - 1].kernel).body.as_slice(), [Stmt::Matmul(mm)] if mm.requant.is_none());
-        if !is_mm || tail_pattern(p.kernel(p.steps[i].kernel)).is_some() {
+        if !plain_contraction(p, &p.steps[i - 1])
+            || tail_pattern(p.kernel(p.steps[i].kernel)).is_some()
+        {
             i += 1;
             continue;
         }
@@ -63,7 +64,7 @@ fn split_dequantizing_tails(p: &mut Program) -> usize {
             i += 1;
             continue;
         };
-        let saved = (p.steps.clone(), p.buffers.len(), p.kernels.len());
+        let mark = Mark::of(p);
         let tmp = p.add_buffer(ty, vec![total], BufKind::Temp);
         let st = p.steps[i].clone();
         let mut head_args = st.args.clone();
@@ -87,9 +88,7 @@ fn split_dequantizing_tails(p: &mut Program) -> usize {
             },
         );
         if fuse_pair(p, &p.steps[i - 1], &p.steps[i]).is_none() {
-            p.steps = saved.0;
-            p.buffers.truncate(saved.1);
-            p.kernels.truncate(saved.2);
+            mark.restore(p);
             i += 1;
             continue;
         }
@@ -322,8 +321,7 @@ fn remap_stmt(s: &Stmt, map: &HashMap<ParamId, ParamId>) -> Option<Stmt> {
 /// it as a [`Requant::table`]. Tails that would not fuse are left as they are.
 fn tabulate_activations(p: &mut Program) {
     for i in 1..p.steps.len() {
-        let is_mm = |p: &Program| matches!(p.kernel(p.steps[i - 1].kernel).body.as_slice(), [Stmt::Matmul(mm)] if mm.requant.is_none());
-        if !is_mm(p) {
+        if !plain_contraction(p, &p.steps[i - 1]) {
             continue;
         }
         let Some((k, tables)) = mlc_kir::tabulate_step(p, i, true) else {
@@ -332,16 +330,45 @@ fn tabulate_activations(p: &mut Program) {
         if tail_pattern(&k).is_none_or(|t| t.table.is_none()) {
             continue;
         }
-        let (old, nbufs, nconsts) = (p.steps[i].clone(), p.buffers.len(), p.consts.len());
-        let nkernels = p.kernels.len();
+        let mark = Mark::of(p);
         mlc_kir::install_tables(p, i, k, tables);
         if fuse_pair(p, &p.steps[i - 1], &p.steps[i]).is_none() {
-            // What `install_tables` appended is read by nothing else: it goes.
-            p.steps[i] = old;
-            p.buffers.truncate(nbufs);
-            p.consts.truncate(nconsts);
-            p.kernels.truncate(nkernels);
+            mark.restore(p);
         }
+    }
+}
+
+/// Whether `s` launches a lone contraction that does not requantize yet: what a
+/// requantizing tail may fuse with.
+fn plain_contraction(p: &Program, s: &Step) -> bool {
+    matches!(p.kernel(s.kernel).body.as_slice(), [Stmt::Matmul(mm)] if mm.requant.is_none())
+}
+
+/// The state a tentative rewrite of the pre-passes starts from: the steps, and the lengths of
+/// the buffer, constant and kernel lists, which the rewrite only appends to.
+struct Mark {
+    steps: Vec<Step>,
+    buffers: usize,
+    consts: usize,
+    kernels: usize,
+}
+
+impl Mark {
+    fn of(p: &Program) -> Mark {
+        Mark {
+            steps: p.steps.clone(),
+            buffers: p.buffers.len(),
+            consts: p.consts.len(),
+            kernels: p.kernels.len(),
+        }
+    }
+
+    /// Undoes the rewrite: what it appended is read by no step of the marked ones.
+    fn restore(self, p: &mut Program) {
+        p.steps = self.steps;
+        p.buffers.truncate(self.buffers);
+        p.consts.truncate(self.consts);
+        p.kernels.truncate(self.kernels);
     }
 }
 
