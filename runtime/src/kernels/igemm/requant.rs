@@ -262,7 +262,10 @@ unsafe fn lookup(isa: Isa, t: &QTile, table: &[u8; 256]) {
     // flipped.
     let flip = if t.signed { 0x80 } else { 0 };
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 && std::arch::is_x86_feature_detected!("avx512vbmi") {
+    if isa == Isa::Avx512
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vbmi")
+    {
         // SAFETY: the CPU has AVX-512 (F, BW) and VBMI; the tile as `tile` says.
         return unsafe { lookup_vbmi(t, table, flip) };
     }
