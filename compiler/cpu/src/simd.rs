@@ -1210,12 +1210,9 @@ impl<M: Module> Tx<'_, '_, M> {
                 self.b.ins().jump(done, &[]);
                 self.b.switch_to_block(next);
             }
-            self.byte_rest(var, lo, hi, body, copy.lanes)?;
-            self.b.ins().jump(done, &[]);
-        } else {
-            self.byte_rest(var, lo, hi, body, copy.lanes)?;
-            self.b.ins().jump(done, &[]);
         }
+        self.byte_rest(var, lo, hi, body, copy.lanes)?;
+        self.b.ins().jump(done, &[]);
         self.b.switch_to_block(done);
         Ok(())
     }
