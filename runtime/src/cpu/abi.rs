@@ -721,7 +721,48 @@ fn depthwise_from_desc(d: &[u64], n_ep: usize, threads: usize) -> bool {
             )),
         }
     };
-    dwk::run_mixed(&shape, x, w, bias, out, &steps, threads, isa).is_ok()
+    // The byte path's plan (the weights packed, the blocks laid out) once per executor.
+    let (zero_bits, signed) = match x {
+        Input::U8 { zero, .. } => (zero.to_bits(), 0),
+        Input::I8 { zero, .. } => (zero.to_bits(), 1),
+        Input::F32(_) => (0, 2),
+    };
+    let key = [
+        shape.in_channels,
+        shape.mult,
+        shape.in_hw[0],
+        shape.in_hw[1],
+        shape.out_hw[0],
+        shape.out_hw[1],
+        shape.kernel[0],
+        shape.kernel[1],
+        shape.stride[0],
+        shape.stride[1],
+        shape.dilation[0],
+        shape.dilation[1],
+        shape.pad[0],
+        shape.pad[1],
+        bias.map_or(0, |b| b.as_ptr() as usize),
+    ]
+    .map(|v| v as u64);
+    let key = [&key[..], &[u64::from(zero_bits), signed]].concat();
+    let plan = if isa == crate::kernels::Isa::Avx512 && signed < 2 {
+        super::exec::derived_weight(w, &key, || dwk::BytePlan::new(&shape, &x, w, bias))
+    } else {
+        Some(None)
+    };
+    dwk::run_mixed_planned(
+        &shape,
+        x,
+        w,
+        bias,
+        out,
+        &steps,
+        threads,
+        isa,
+        plan.as_ref().map(|p| p.as_deref()),
+    )
+    .is_ok()
 }
 
 // ---- end depthwise ---------------------------------------------------------------------

@@ -70,7 +70,8 @@ pub enum RunError {
 /// What kernels may cache about the executor's constants while it runs: the weights' address
 /// range (bytes there never change while the executor lives), weights pre-packed for the
 /// GEMM kernels, by (address, k, n, row stride, column stride), and integer weights
-/// pre-packed for the integer kernels (see [`packed_int_weight`]).
+/// pre-packed for the integer kernels (see [`packed_int_weight`]), and other values kernels
+/// derive from weights (see [`derived_weight`]).
 #[derive(Debug, Default)]
 pub struct ConstCache {
     range: (usize, usize),
@@ -81,7 +82,12 @@ pub struct ConstCache {
         >,
     >,
     packed_int: Mutex<std::collections::HashMap<IntKey, Option<std::sync::Arc<PackedInt>>>>,
+    derived: Mutex<std::collections::HashMap<DerivedKey, Option<Derived>>>,
 }
+
+/// A derived value's identity: its type, the weight's address, and the kernel's own key.
+type DerivedKey = (std::any::TypeId, usize, Vec<u64>);
+type Derived = std::sync::Arc<dyn std::any::Any + Send + Sync>;
 
 /// An integer weight's identity: address, element size, slot, rows, columns, row and column
 /// stride.
@@ -192,6 +198,28 @@ pub fn packed_int_weight<T>(
     })?
 }
 
+/// When `data` lies in the weights of the executor running on this thread, the value `make`
+/// derives from it (and whatever `key` says), made once per executor: `Some(None)` when `make`
+/// gave nothing (not asked again). `None` when `data` is not a weight (or no executor runs).
+pub fn derived_weight<T, D: std::any::Any + Send + Sync>(
+    data: &[T],
+    key: &[u64],
+    make: impl FnOnce() -> Option<D>,
+) -> Option<Option<std::sync::Arc<D>>> {
+    with_weights_cache(data, |cache| {
+        let id = (
+            std::any::TypeId::of::<D>(),
+            data.as_ptr() as usize,
+            key.to_vec(),
+        );
+        let mut map = cache.derived.lock().unwrap_or_else(|e| e.into_inner());
+        let v = map
+            .entry(id)
+            .or_insert_with(|| make().map(|d| std::sync::Arc::new(d) as Derived));
+        v.clone().and_then(|d| d.downcast::<D>().ok())
+    })
+}
+
 /// An artifact's constants, 8-byte aligned, and what the kernels cache about them (weights
 /// packed for the GEMM kernels). Executors of one artifact's variants share one.
 #[derive(Debug)]
@@ -220,8 +248,7 @@ impl Weights {
             bytes: bytes.len() as u64,
             cache: ConstCache {
                 range,
-                packed: Mutex::default(),
-                packed_int: Mutex::default(),
+                ..ConstCache::default()
             },
         })
     }

@@ -2,8 +2,10 @@
 //! quantized layers of QDQ MobileNets and EfficientNets (`Stmt::Depthwise` with `x_zero`, an
 //! `i32`/`u8`/`i8` output, [`Step::Round`], [`Step::Narrow`] or [`Arg::Channel`]).
 //!
-//! The f32 kernels of [`super::run`] do the convolution; this runs them on a chunk of
-//! channels at a time, converting the chunk's 8-bit input planes (less the zero point) into a
+//! On AVX-512 with VNNI and VBMI, 8-bit inputs with integer `i8` weights convolve as bytes
+//! ([`super::vnni`]; a QDQ requantization then runs on the accumulators as they leave the dot
+//! products). Otherwise the f32 kernels of [`super::run`] do the convolution; this runs them
+//! on a chunk of channels at a time, converting the chunk's 8-bit input planes (less the zero point) into a
 //! scratch buffer first and applying the epilogue and the output conversion to the chunk's
 //! results after, so the f32 copies of the input and the accumulators stay in the core's
 //! cache instead of going through memory (one pass over `x` and one over `out`). Before, a
@@ -32,7 +34,8 @@
 
 #![allow(unsafe_code)]
 
-use super::{BinKind, DwError, Isa, Shape};
+use super::vnni::Dest;
+use super::{BinKind, BytePlan, DwError, Isa, Shape};
 
 /// The input of [`run_mixed`]: `f32`, or 8-bit read as `f32(x) - zero`.
 #[derive(Clone, Copy, Debug)]
@@ -175,7 +178,7 @@ unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum OutKind {
+pub(super) enum OutKind {
     F32,
     I32,
     U8,
@@ -203,6 +206,24 @@ pub fn run_mixed(
     ep: &[Step],
     threads: usize,
     isa: Isa,
+) -> Result<(), DwError> {
+    run_mixed_planned(s, x, w, bias, out, ep, threads, isa, None)
+}
+
+/// [`run_mixed`] with the byte path's plan made before (for constant weights: once):
+/// `Some(None)` when it was refused then, `None` to try making it here. A plan made for
+/// another convolution is not used.
+#[allow(clippy::too_many_arguments)]
+pub fn run_mixed_planned(
+    s: &Shape,
+    x: Input,
+    w: &[f32],
+    bias: Option<&[f32]>,
+    out: Output,
+    ep: &[Step],
+    threads: usize,
+    isa: Isa,
+    plan: Option<Option<&BytePlan>>,
 ) -> Result<(), DwError> {
     let channel_args: Vec<(&'static str, usize)> = ep
         .iter()
@@ -256,11 +277,23 @@ pub fn run_mixed(
     } else {
         Isa::detect()
     };
+    // 8-bit inputs convolve as bytes where the CPU and the operands allow.
+    let made;
+    let bytes = match plan {
+        _ if isa != Isa::Avx512 => None,
+        Some(Some(p)) if p.fits(s, &x, w, bias) => Some(p),
+        Some(None) => None,
+        _ => {
+            made = BytePlan::new(s, &x, w, bias);
+            made.as_ref()
+        }
+    };
     let failed = std::sync::atomic::AtomicBool::new(false);
     let task = |t: usize| {
         let mut xs = Vec::new();
         let mut ys = Vec::new();
         let mut ss = Vec::new();
+        let mut ps = Vec::new();
         for k in t * per_task..((t + 1) * per_task).min(chunks) {
             let (n, c0) = (k / per_image, (k % per_image) * chunk);
             let c1 = (c0 + chunk).min(c);
@@ -280,7 +313,8 @@ pub fn run_mixed(
                 cx.run(
                     (x, w, bias, ep),
                     (kind, out_ptr),
-                    (&mut xs, &mut ys, &mut ss),
+                    (&mut xs, &mut ys, &mut ss, &mut ps),
+                    bytes,
                     isa,
                 )
             };
@@ -314,8 +348,9 @@ struct Chunk<'s> {
 type Operands<'a, 'e> = (Input<'a>, &'a [f32], Option<&'a [f32]>, &'a [Step<'e>]);
 
 impl Chunk<'_> {
-    /// Converts the chunk's input, convolves it on this thread, then runs the epilogue and
-    /// stores the planes. False if the f32 kernel refused (it cannot: `run_mixed` checked).
+    /// Converts the chunk's input and convolves it on this thread (as bytes with `bytes`),
+    /// then runs the epilogue and stores the planes. False if the f32 kernel refused (it
+    /// cannot: `run_mixed` checked).
     ///
     /// # Safety
     ///
@@ -325,7 +360,8 @@ impl Chunk<'_> {
         &self,
         (x, w, bias, ep): Operands,
         (kind, out): (OutKind, OutPtr),
-        (xs, ys, ss): (&mut Vec<f32>, &mut Vec<f32>, &mut Vec<f32>),
+        (xs, ys, ss, ps): (&mut Vec<f32>, &mut Vec<f32>, &mut Vec<f32>, &mut Vec<u8>),
+        bytes: Option<&BytePlan>,
         isa: Isa,
     ) -> bool {
         let s = self.s;
@@ -334,29 +370,44 @@ impl Chunk<'_> {
         let u0 = self.n * s.in_channels + self.c0;
         let (x0, x1) = (u0 * self.ipl, (u0 + nc) * self.ipl);
         // Every element is written below (the input converted, every output computed).
-        xs.resize(nc * self.ipl, 0.0);
         ys.resize(nc * mult * self.ohw, 0.0);
-        widen(isa, x, x0..x1, xs);
-        let sub = Shape {
-            batch: 1,
-            in_channels: nc,
-            ..*s
-        };
         let (m0, m1) = (self.c0 * mult, self.c1 * mult);
-        let ok = super::run(
-            &sub,
-            xs,
-            &w[m0 * kk..m1 * kk],
-            bias.map(|b| &b[m0..m1]),
-            ys,
-            &[],
-            1,
-            isa,
-        )
-        .is_ok();
         let plane0 = self.n * s.out_channels() + m0;
         #[cfg(target_arch = "x86_64")]
         let rq = requant_of(ep).filter(|_| isa == Isa::Avx512 && kind != OutKind::I32);
+        let ok = if let Some(plan) = bytes {
+            plan.pad(s, x, self.n, (self.c0, self.c1), ps);
+            #[cfg(target_arch = "x86_64")]
+            if let Some(lanes) = rq.as_ref().and_then(|rq| RqLanes::new(rq, kind)) {
+                // The requantization on the accumulators as they leave the dot products.
+                // SAFETY: planes `plane0..plane0 + nc·mult` are this chunk's (the caller's
+                // contract): `ohw` elements of `kind` each.
+                let out = unsafe { out.0.add(plane0 * self.ohw * kind.size()) };
+                plan.planes(ps, (m0, m1), Dest::Quant(lanes, out));
+                return true;
+            }
+            plan.planes(ps, (m0, m1), Dest::Acc(ys));
+            true
+        } else {
+            xs.resize(nc * self.ipl, 0.0);
+            widen(isa, x, x0..x1, xs);
+            let sub = Shape {
+                batch: 1,
+                in_channels: nc,
+                ..*s
+            };
+            super::run(
+                &sub,
+                xs,
+                &w[m0 * kk..m1 * kk],
+                bias.map(|b| &b[m0..m1]),
+                ys,
+                &[],
+                1,
+                isa,
+            )
+            .is_ok()
+        };
         for (i, y) in ys.chunks_exact_mut(self.ohw).enumerate() {
             let at = (plane0 + i) * self.ohw;
             #[cfg(target_arch = "x86_64")]
@@ -384,7 +435,7 @@ impl Chunk<'_> {
 /// A QDQ layer's requantization as epilogue steps: `x · mult (+ shift) / scale`, rounded,
 /// `+ zp`, clamped to `[lo, hi]` (each a literal, `mult` and `shift` maybe per channel).
 #[derive(Clone, Copy, Debug)]
-struct Rq<'a> {
+pub(super) struct Rq<'a> {
     mult: Arg<'a>,
     shift: Option<Arg<'a>>,
     scale: f32,
@@ -396,7 +447,7 @@ struct Rq<'a> {
 }
 
 /// `ep` as an [`Rq`], when it is exactly one (in that order, no NaN bounds).
-fn requant_of<'a>(ep: &[Step<'a>]) -> Option<Rq<'a>> {
+pub(super) fn requant_of<'a>(ep: &[Step<'a>]) -> Option<Rq<'a>> {
     let bin = |st: &Step<'a>, want: BinKind| match *st {
         Step::Bin {
             op,
@@ -469,6 +520,96 @@ impl Rq<'_> {
     }
 }
 
+/// [`Rq`] where the result is computed as a byte by `quantize16` (what the rounding, zero
+/// point, bounds and a saturating store compute): with a table (`requant_of` checked its
+/// bounds), or for an 8-bit output with an integer zero point and integer bounds inside its
+/// range. Its fields are copies: loads through a reference would be repeated after every
+/// store.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub(super) struct RqLanes<'a> {
+    mult: Arg<'a>,
+    shift: Option<Arg<'a>>,
+    scale: f32,
+    zp: f32,
+    lo: f32,
+    hi: f32,
+    table: Option<(&'a [f32; 256], bool)>,
+    kind: OutKind,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<'a> RqLanes<'a> {
+    /// The lanes for results stored as `kind`, when the byte path applies.
+    pub(super) fn new(rq: &Rq<'a>, kind: OutKind) -> Option<RqLanes<'a>> {
+        let to_bytes = match kind {
+            OutKind::U8 => rq.integral((0.0, 255.0)),
+            OutKind::I8 => rq.integral((-128.0, 127.0)),
+            _ => false,
+        };
+        (rq.table.is_some() || to_bytes).then_some(RqLanes {
+            mult: rq.mult,
+            shift: rq.shift,
+            scale: rq.scale,
+            zp: rq.zp,
+            lo: rq.lo,
+            hi: rq.hi,
+            table: rq.table,
+            kind,
+        })
+    }
+
+    /// Output channel `m`'s multiplier and shift (0 without one).
+    #[inline(always)]
+    pub(super) fn channel(&self, m: usize) -> (f32, f32) {
+        let at = |a: Arg| match a {
+            Arg::Lit(v) => v,
+            Arg::Channel(c) => c[m],
+        };
+        (at(self.mult), self.shift.map_or(0.0, at))
+    }
+
+    /// Lanes `mask` of `x` requantized with a channel's multiplier and shift (from
+    /// [`RqLanes::channel`]) and stored at element `i` of `p`.
+    ///
+    /// # Safety
+    ///
+    /// The CPU has AVX-512F/BW/VL/DQ; the masked elements from `i` are writable at `p` as
+    /// `kind`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+    pub(super) unsafe fn store(
+        &self,
+        x: std::arch::x86_64::__m512,
+        (mult, shift): (std::arch::x86_64::__m512, std::arch::x86_64::__m512),
+        p: *mut u8,
+        i: usize,
+        mask: std::arch::x86_64::__mmask16,
+    ) {
+        use std::arch::x86_64::*;
+        let mut x = _mm512_mul_ps(x, mult);
+        // Only with a shift: `+ 0.0` would turn `-0.0` into `0.0` (the same byte, but the
+        // steps are the evaluator's).
+        if self.shift.is_some() {
+            x = _mm512_add_ps(x, shift);
+        }
+        let f = _mm512_div_ps(x, _mm512_set1_ps(self.scale));
+        let q = crate::kernels::igemm::quantize16(f, self.zp, self.lo, self.hi);
+        // SAFETY: the contract; a table's gathered indices lie in `[0, 256)` (the byte, plus
+        // 128 for `i8`).
+        unsafe {
+            match self.table {
+                Some((table, signed)) => {
+                    let idx = _mm512_add_epi32(q, _mm512_set1_epi32(128 * signed as i32));
+                    let v = _mm512_i32gather_ps::<4>(idx, table.as_ptr());
+                    store16(self.kind, v, p, i, mask);
+                }
+                None => _mm512_mask_cvtepi32_storeu_epi8(p.add(i).cast(), mask, q),
+            }
+        }
+    }
+}
+
 /// [`epilogue`] then [`store`] of one plane `y` of output channel `m` for the steps of `rq`,
 /// 16 lanes at a time in registers (seven passes over the plane otherwise), each operation as
 /// there: no fused multiply-add, the division a division, the bounds as selects.
@@ -485,47 +626,27 @@ unsafe fn requant_avx512(rq: &Rq, m: usize, y: &[f32], kind: OutKind, p: *mut u8
         Arg::Lit(v) => v,
         Arg::Channel(c) => c[m],
     };
-    let mult = _mm512_set1_ps(at(rq.mult));
-    let shift = rq.shift.map(|s| _mm512_set1_ps(at(s)));
-    let (scale, zp) = (_mm512_set1_ps(rq.scale), _mm512_set1_ps(rq.zp));
-    let (lo, hi) = (_mm512_set1_ps(rq.lo), _mm512_set1_ps(rq.hi));
     let n = y.len();
-    // The byte by `quantize16` (what the rounding, zero point, bounds and a saturating store
-    // compute): with a table (`requant_of` checked its bounds), or for an 8-bit output with an
-    // integer zero point and integer bounds inside its range.
-    let to_bytes = match kind {
-        OutKind::U8 => rq.integral((0.0, 255.0)),
-        OutKind::I8 => rq.integral((-128.0, 127.0)),
-        _ => false,
-    };
-    if rq.table.is_some() || to_bytes {
+    if let Some(lanes) = RqLanes::new(rq, kind) {
+        let (mult, shift) = lanes.channel(m);
+        let ms = (_mm512_set1_ps(mult), _mm512_set1_ps(shift));
         let mut i = 0;
         while i < n {
-            let lanes = (n - i).min(16);
-            let mask: __mmask16 = if lanes == 16 { !0 } else { (1 << lanes) - 1 };
-            // SAFETY: lanes `i..i + lanes` lie inside `y` and the output (the contract); a
-            // table's gathered indices lie in `[0, 256)` (the byte, plus 128 for `i8`).
+            let k = (n - i).min(16);
+            let mask: __mmask16 = if k == 16 { !0 } else { (1 << k) - 1 };
+            // SAFETY: lanes `i..i + k` lie inside `y` and the output (the contract).
             unsafe {
-                let mut x = _mm512_maskz_loadu_ps(mask, y.as_ptr().add(i));
-                x = _mm512_mul_ps(x, mult);
-                if let Some(s) = shift {
-                    x = _mm512_add_ps(x, s);
-                }
-                let q =
-                    crate::kernels::igemm::quantize16(_mm512_div_ps(x, scale), rq.zp, rq.lo, rq.hi);
-                match rq.table {
-                    Some((table, signed)) => {
-                        let idx = _mm512_add_epi32(q, _mm512_set1_epi32(128 * signed as i32));
-                        let v = _mm512_i32gather_ps::<4>(idx, table.as_ptr());
-                        store16(kind, v, p, i, mask);
-                    }
-                    None => _mm512_mask_cvtepi32_storeu_epi8(p.add(i).cast(), mask, q),
-                }
+                let x = _mm512_maskz_loadu_ps(mask, y.as_ptr().add(i));
+                lanes.store(x, ms, p, i, mask);
             }
             i += 16;
         }
         return;
     }
+    let mult = _mm512_set1_ps(at(rq.mult));
+    let shift = rq.shift.map(|s| _mm512_set1_ps(at(s)));
+    let (scale, zp) = (_mm512_set1_ps(rq.scale), _mm512_set1_ps(rq.zp));
+    let (lo, hi) = (_mm512_set1_ps(rq.lo), _mm512_set1_ps(rq.hi));
     let mut i = 0;
     while i < n {
         let lanes = (n - i).min(16);

@@ -73,8 +73,10 @@ mod mixed;
 mod portable;
 #[cfg(test)]
 mod tests;
+mod vnni;
 
-pub use mixed::{Arg, Input, Int, Output, Step, run_mixed};
+pub use mixed::{Arg, Input, Int, Output, Step, run_mixed, run_mixed_planned};
+pub use vnni::BytePlan;
 
 use super::{Isa, SendPtr};
 

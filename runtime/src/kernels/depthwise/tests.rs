@@ -1005,3 +1005,170 @@ static TABLE: [f32; 256] = {
     }
     t
 };
+
+/// The byte path ([`super::vnni`]) against [`naive`], exactly, over the geometries it takes:
+/// widths 1–40 and 70 (rows of 16 with an overlapping last run, blocks across rows, masked
+/// rows), kernels 1–8 wide (one or two dot products per row), strides 1–3, dilations 1–3
+/// (windows past 64 bytes take the two-table permutation), asymmetric pads, a channel
+/// multiplier, `u8` and `i8` inputs with zero points at both ends, weights at `i8`'s ends;
+/// the accumulators, and requantized to `u8`, `i8` and through a table (as the dot products
+/// finish, on both the plane-by-plane and the across-planes loops).
+/// Where the CPU has VNNI and VBMI, it checks that the path takes every case.
+#[test]
+fn byte_path_matches_the_definition_exactly() {
+    let (mut taken, mut cases) = (0, 0);
+    let mut seed = 0;
+    for iw in (1..=40).chain([70]) {
+        for (k, st, d, pad) in [
+            ([3, 3], [1, 1], [1, 1], [1, 1, 1, 1]),
+            ([3, 3], [2, 2], [1, 1], [0, 1, 1, 0]),
+            ([5, 5], [2, 2], [1, 1], [2, 2, 2, 2]),
+            ([1, 8], [1, 1], [1, 1], [0, 3, 0, 4]),
+            ([2, 7], [3, 3], [2, 3], [1, 2, 0, 1]),
+            ([3, 1], [1, 2], [3, 1], [3, 0, 2, 0]),
+        ] {
+            seed += 1;
+            let case = Case {
+                n: 2,
+                c: 3,
+                mult: if iw % 3 == 0 { 2 } else { 1 },
+                ih: 1 + (iw * 7) % 13,
+                iw,
+                k,
+                s: st,
+                d,
+                pad,
+            };
+            let Some(s) = case.shape() else { continue };
+            let (lx, lw, ly) = s.lens().expect("sizes");
+            let ints = |len: usize, seed: u64, lo: f32, hi: f32| -> Vec<f32> {
+                data(len, seed)
+                    .into_iter()
+                    .map(|v| (lo + (v + 1.0) * 0.5 * (hi - lo)).round())
+                    .collect()
+            };
+            let mut wq = ints(lw, seed, -128.0, 127.0);
+            wq[0] = -128.0;
+            wq[lw - 1] = 127.0;
+            let bias = ints(s.out_channels(), seed + 1, -5000.0, 5000.0);
+            let scale: Vec<f32> = data(s.out_channels(), seed + 3)
+                .iter()
+                .map(|v| (v.abs() + 0.1) * 2e-4)
+                .collect();
+            let shift: Vec<f32> = data(s.out_channels(), seed + 4)
+                .iter()
+                .map(|v| v * 3.0)
+                .collect();
+            for (signed, zero) in [(false, 0.0), (false, 255.0), (true, -128.0), (true, 37.0)] {
+                let (lo, hi) = if signed {
+                    (-128.0, 127.0)
+                } else {
+                    (0.0, 255.0)
+                };
+                let xq = ints(lx, seed + 2, lo, hi);
+                let u8s: Vec<u8> = xq.iter().map(|&v| v as u8).collect();
+                let i8s: Vec<i8> = xq.iter().map(|&v| v as i8).collect();
+                let input = if signed {
+                    Input::I8 { x: &i8s, zero }
+                } else {
+                    Input::U8 { x: &u8s, zero }
+                };
+                cases += 1;
+                taken += usize::from(BytePlan::new(&s, &input, &wq, Some(&bias)).is_some());
+                let xf: Vec<f32> = xq.iter().map(|v| v - zero).collect();
+                let (want, _) = naive(&s, &xf, &wq, Some(&bias), &[]);
+                for threads in [1, 2] {
+                    let mut y = vec![0i32; ly];
+                    run_mixed(
+                        &s,
+                        input,
+                        &wq,
+                        Some(&bias),
+                        Output::I32(&mut y),
+                        &[],
+                        threads,
+                        Isa::detect(),
+                    )
+                    .expect("runs");
+                    let acc: Vec<i32> = want.iter().map(|&a| a as i32).collect();
+                    let what = format!("{case:?} {signed} {zero} {threads} threads");
+                    assert_eq!(y, acc, "{what}");
+                    // Requantized as the dot products finish: to both byte types, and through
+                    // a table to f32.
+                    let mo = |i: usize| (i / (s.out_hw[0] * s.out_hw[1])) % s.out_channels();
+                    let value = |i: usize, a: f32, (zp, lo, hi): (f32, f32, f32)| {
+                        { ((a * scale[mo(i)] + shift[mo(i)]) / 0.07).round_ties_even() + zp }
+                            .clamp(lo, hi)
+                    };
+                    let run = |q: (f32, f32, f32), table: bool, out: Output| {
+                        let bin = |op, arg| Step::Bin {
+                            op,
+                            arg,
+                            arg_first: false,
+                        };
+                        let mut ep = vec![
+                            bin(BinKind::Mul, Arg::Channel(&scale)),
+                            bin(BinKind::Add, Arg::Channel(&shift)),
+                            bin(BinKind::Div, Arg::Lit(0.07)),
+                            Step::Round,
+                            bin(BinKind::Add, Arg::Lit(q.0)),
+                            bin(BinKind::Max, Arg::Lit(q.1)),
+                            bin(BinKind::Min, Arg::Lit(q.2)),
+                        ];
+                        if table {
+                            ep.push(Step::Narrow(Int::U8));
+                            ep.push(Step::Table {
+                                table: &TABLE,
+                                signed: false,
+                            });
+                        }
+                        run_mixed(
+                            &s,
+                            input,
+                            &wq,
+                            Some(&bias),
+                            out,
+                            &ep,
+                            threads,
+                            Isa::detect(),
+                        )
+                        .expect("runs");
+                    };
+                    let q = (9.0, 0.0, 255.0);
+                    let mut y = vec![0u8; ly];
+                    run(q, false, Output::U8(&mut y));
+                    let want: Vec<u8> = acc
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &a)| value(i, a as f32, q) as u8)
+                        .collect();
+                    assert_eq!(y, want, "{what}: u8");
+                    let q = (-5.0, -128.0, 127.0);
+                    let mut y = vec![0i8; ly];
+                    run(q, false, Output::I8(&mut y));
+                    let want: Vec<i8> = acc
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &a)| value(i, a as f32, q) as i8)
+                        .collect();
+                    assert_eq!(y, want, "{what}: i8");
+                    let q = (3.0, 0.0, 250.0);
+                    let mut y = vec![0f32; ly];
+                    run(q, true, Output::F32(&mut y));
+                    let want: Vec<f32> = acc
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &a)| TABLE[value(i, a as f32, q) as usize])
+                        .collect();
+                    assert_eq!(y, want, "{what}: table");
+                }
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512vnni")
+        && std::arch::is_x86_feature_detected!("avx512vbmi")
+    {
+        assert_eq!(taken, cases, "cases the byte path took");
+    }
+}
