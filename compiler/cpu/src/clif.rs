@@ -130,6 +130,23 @@ pub fn tail_of(k: &Kernel) -> Option<&Matmul> {
     find(&k.body)
 }
 
+/// An activation as the mlc_matmul descriptor's code and two parameters (`mm_slot::ACT`).
+fn act_code(act: Activation) -> (i64, f32, f32) {
+    match act {
+        Activation::None => (0, 0.0, 0.0),
+        Activation::Relu => (1, 0.0, 0.0),
+        Activation::Clip { min, max } => (2, min, max),
+        Activation::HardSigmoid { alpha, beta } => (3, alpha, beta),
+        Activation::HardSwish => (4, 0.0, 0.0),
+        // ABI 6.
+        Activation::Gelu => (5, 0.0, 0.0),
+        Activation::GeluTanh => (6, 0.0, 0.0),
+        // ABI 7.
+        Activation::Sigmoid => (7, 0.0, 0.0),
+        Activation::Swish { alpha } => (8, alpha, 0.0),
+    }
+}
+
 /// The tile function of `k`'s tail as a kernel of its own: `k`'s parameters and variables,
 /// plus six `i64`s (the loop counters over the block and the block's `row0, rows, col0,
 /// cols`, the last four returned: the function's arguments), and the body
@@ -160,6 +177,12 @@ pub fn tile_kernel(k: &Kernel) -> Option<(Kernel, [VarId; 4])> {
         value: add(io, ii),
     }];
     inner.extend(t.body.iter().cloned());
+    // The runtime applies a last activation itself: the function stores its argument.
+    if let Some(ta) = crate::requant::tail_activation(k, mm)
+        && let Some(Stmt::Store { value, .. }) = inner.last_mut()
+    {
+        *value = ta.arg;
+    }
     tk.body = vec![Stmt::For {
         var: oi,
         extent: Expr::var(on),
@@ -1229,19 +1252,7 @@ impl<M: Module> Tx<'_, '_, M> {
             let v = self.b.ins().iconst(types::I64, v);
             put(self, i, v);
         }
-        let (act, lo, hi) = match mm.act {
-            Activation::None => (0, 0.0, 0.0),
-            Activation::Relu => (1, 0.0, 0.0),
-            Activation::Clip { min, max } => (2, min, max),
-            Activation::HardSigmoid { alpha, beta } => (3, alpha, beta),
-            Activation::HardSwish => (4, 0.0, 0.0),
-            // ABI 6.
-            Activation::Gelu => (5, 0.0, 0.0),
-            Activation::GeluTanh => (6, 0.0, 0.0),
-            // ABI 7.
-            Activation::Sigmoid => (7, 0.0, 0.0),
-            Activation::Swish { alpha } => (8, alpha, 0.0),
-        };
+        let (act, lo, hi) = act_code(mm.act);
         let act = self.b.ins().iconst(types::I64, act);
         put(self, s::ACT, act);
         let floats = [
@@ -1293,6 +1304,36 @@ impl<M: Module> Tx<'_, '_, M> {
         };
         put(self, s::TAIL_FN, tf);
         put(self, s::TAIL_ARGS, targs);
+        // The tail's last activation, when the runtime applies it (`tile_kernel` left it out).
+        match mm
+            .tail
+            .as_ref()
+            .and(crate::requant::tail_activation(self.k, mm))
+        {
+            Some(ta) => {
+                let (code, p1, p2) = act_code(ta.act);
+                let (o, rs, cs) = ta.view;
+                let len = self.k.params[ta.out.0 as usize].len as i64;
+                let words = [
+                    (s::TAIL_ACT, code),
+                    (s::TAIL_ACT + 1, (p1 as f64).to_bits() as i64),
+                    (s::TAIL_ACT + 2, (p2 as f64).to_bits() as i64),
+                    (s::TAIL_OUT + 1, len),
+                    (s::TAIL_OUT + 2, o),
+                    (s::TAIL_OUT + 3, rs),
+                    (s::TAIL_OUT + 4, cs),
+                ];
+                for (i, v) in words {
+                    let v = self.b.ins().iconst(types::I64, v);
+                    put(self, i, v);
+                }
+                put(self, s::TAIL_OUT, self.params[ta.out.0 as usize]);
+            }
+            None => {
+                let z = self.b.ins().iconst(ptr, 0);
+                put(self, s::TAIL_OUT, z);
+            }
+        }
         // The requantization's residual add (a null residual pointer when there is none).
         match mm.requant.as_ref().and_then(|rq| rq.residual.as_deref()) {
             None => {

@@ -1171,6 +1171,7 @@ pub fn fuse_epilogues(p: &Program) -> (Program, Fused) {
 }
 
 mod gelu;
+pub(crate) use gelu::tail_activation;
 
 /// Turns every contraction whose fused tail is exactly GELU, sigmoid or swish of its result
 /// (plus a broadcast bias) into one with that bias and that activation (see [`gelu`]); returns the program

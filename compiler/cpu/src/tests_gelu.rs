@@ -198,3 +198,57 @@ fn depthwise_sigmoid_and_swish_epilogues_run_compiled() {
         check(&src, 2e-6);
     }
 }
+
+/// GPT-2's dynamically quantized FFN: the integer product, its dequantization (`· s + b`),
+/// a view adding a leading unit dimension, then the tanh GELU, in one composite of `m×n`.
+fn dequant_ffn(m: usize, k: usize, n: usize, view: &str) -> String {
+    format!(
+        r#"graph (%0: u8[{m},{k}] "x", %1: i8[{k},{n}] "w", %2: u8[] "zp", %3: f32[] "s", %4: f32[{n}] "b") -> (%5 "y") {{
+  %5 = control.composite {{"kind":"matmul_integer+cast+mul+add+reshape+gelu"}} (%0, %1, %2, %3, %4) : f32[{view}] {{
+    graph (%0: u8[{m},{k}] "in0", %1: i8[{k},{n}] "in1", %2: u8[] "in2", %3: f32[] "in3", %4: f32[{n}] "in4") -> (%10 "out") {{
+      %5 = quant.matmul_integer(%0, %1, %2) : i32[{m},{n}]
+      %6 = ew.cast {{"to":"f32"}} (%5) : f32[{m},{n}]
+      %7 = ew.mul(%6, %3) : f32[{m},{n}]
+      %8 = ew.add(%7, %4) : f32[{m},{n}]
+      %9 = movement.reshape {{"allowzero":false,"shape":[{view}]}} (%8) : f32[{view}]
+      %10 = ew.gelu {{"approximate":"tanh"}} (%9) : f32[{view}]
+    }}
+  }}
+}}"#
+    )
+}
+
+/// The dequantizing tail of an integer product, a leading-unit view inside it, is one tail
+/// whose GELU the runtime applies (16 lanes) to each block the compiled tail stored; the
+/// compiled program against the evaluator.
+#[test]
+fn a_dequantizing_tail_leaves_its_gelu_to_the_runtime() {
+    for (m, k, n) in [(1, 7, 33), (13, 9, 37), (32, 64, 100)] {
+        let src = dequant_ffn(m, k, n, &format!("1,{m},{n}"));
+        let g = parse_graph(&src).unwrap_or_else(|e| panic!("bad graph: {e}"));
+        let p = lower_graph(&g).expect("lowering");
+        let text = print_program(&p);
+        // One pass after the product: no kernel per op.
+        assert!(!text.contains("kernel @ew_"), "{text}");
+        let (q, _) = fuse_epilogues(&p);
+        let tails: Vec<_> = q
+            .kernels
+            .iter()
+            .filter_map(|k| Some((k, crate::clif::tail_of(k)?)))
+            .filter_map(|(k, mm)| crate::requant::tail_activation(k, mm))
+            .collect();
+        assert_eq!(tails.len(), 1, "{}", print_program(&q));
+        assert_eq!(tails[0].act, mlc_kir::Activation::GeluTanh);
+        let (o, rs, cs) = tails[0].view;
+        assert!(
+            o == 0 && cs == 1 && (m == 1 || rs == n as i64),
+            "{:?}",
+            tails[0].view
+        );
+        check(&src, 2e-6);
+    }
+    // A view that regroups the trailing dimensions stays out of the tail (the bias would
+    // broadcast differently against it); the result is still the evaluator's.
+    let src = dequant_ffn(4, 5, 6, "2,12");
+    check(&src, 2e-6);
+}

@@ -20,7 +20,7 @@ use super::matmul::{self, Gemm, Requant, View};
 use crate::kernels::igemm::AddParams;
 
 /// Version of this contract; an artifact records it and a runtime loads only its own.
-pub const ABI_VERSION: u32 = 10;
+pub const ABI_VERSION: u32 = 11;
 
 /// The data symbol holding the helper table in generated code.
 pub const TABLE_SYMBOL: &str = "mlc_helpers";
@@ -138,6 +138,24 @@ pub enum Activation {
     },
 }
 
+impl Activation {
+    /// The tuned kernels' form of it.
+    pub fn kernel(self) -> crate::kernels::gemm::Activation {
+        use crate::kernels::gemm::Activation as K;
+        match self {
+            Activation::None => K::None,
+            Activation::Relu => K::Relu,
+            Activation::Clip { min, max } => K::Clip { min, max },
+            Activation::HardSigmoid { alpha, beta } => K::HardSigmoid { alpha, beta },
+            Activation::HardSwish => K::HardSwish,
+            Activation::Gelu => K::Gelu,
+            Activation::GeluTanh => K::GeluTanh,
+            Activation::Sigmoid => K::Sigmoid,
+            Activation::Swish { alpha } => K::Swish { alpha },
+        }
+    }
+}
+
 /// The slots of the argument block passed to `mlc_matmul`, in 8-byte words.
 pub mod mm_slot {
     pub const A: usize = 0;
@@ -183,7 +201,14 @@ pub mod mm_slot {
     /// The requantization's byte table (ABI 10): pointer (null: none), element count (256,
     /// of C's type, indexed by `q` for `u8` and `q + 128` for `i8`).
     pub const RQ_TABLE: usize = 79;
-    pub const COUNT: usize = 81;
+    /// The tail's last operation, an activation the runtime applies (ABI 11): once the tile
+    /// function has stored a block, the activation (code as in `ACT`; its two parameters as
+    /// f64 bits, as `ACT_MIN`/`ACT_MAX`) on the elements it stored there, in the tail's `f32`
+    /// output seen as an `m×n` matrix: pointer (null: none), element count, offset, row
+    /// stride, col stride.
+    pub const TAIL_ACT: usize = 81;
+    pub const TAIL_OUT: usize = 84;
+    pub const COUNT: usize = 89;
 }
 
 /// `Stmt::Matmul`'s entry point: `desc` points to `mm_slot::COUNT` words laid out as
@@ -262,25 +287,7 @@ fn matmul_from_desc(d: &[u64], threads: usize) -> bool {
         row_stride: i(s::STRIDES + 2 * j),
         col_stride: i(s::STRIDES + 2 * j + 1),
     };
-    let act = match d[s::ACT] {
-        1 => Activation::Relu,
-        2 => Activation::Clip {
-            min: f(s::ACT_MIN) as f32,
-            max: f(s::ACT_MAX) as f32,
-        },
-        3 => Activation::HardSigmoid {
-            alpha: f(s::ACT_MIN) as f32,
-            beta: f(s::ACT_MAX) as f32,
-        },
-        4 => Activation::HardSwish,
-        5 => Activation::Gelu,
-        6 => Activation::GeluTanh,
-        7 => Activation::Sigmoid,
-        8 => Activation::Swish {
-            alpha: f(s::ACT_MIN) as f32,
-        },
-        _ => Activation::None,
-    };
+    let act = activation(d[s::ACT], f(s::ACT_MIN) as f32, f(s::ACT_MAX) as f32);
     let g = Gemm {
         m: d[s::M] as usize,
         n: d[s::N] as usize,
@@ -293,12 +300,23 @@ fn matmul_from_desc(d: &[u64], threads: usize) -> bool {
     let cv = (tc, i(s::OFF + 2), i(s::STRIDES + 4), i(s::STRIDES + 5));
     let biasv = bias.map(|bb| view(bb, tbias, 3));
     let (tail_fn, tail_args) = (d[s::TAIL_FN] as usize, d[s::TAIL_ARGS] as usize);
+    let tail_act = if d[s::TAIL_OUT] == 0 {
+        None
+    } else {
+        match TailAct::from_desc(d, g.m, g.n) {
+            Some(t) => Some(t),
+            None => return false,
+        }
+    };
     let tail = move |r0: usize, rows: usize, c0: usize, cols: usize| {
         // SAFETY: a non-null `TAIL_FN` is the address of the tile function generated with
         // the calling kernel, whose signature is `TileFn`.
         let f: TileFn = unsafe { std::mem::transmute::<usize, TileFn>(tail_fn) };
         let args = tail_args as *const *mut u8;
         f(args, r0 as i64, rows as i64, c0 as i64, cols as i64);
+        if let Some(t) = &tail_act {
+            t.apply(r0..r0 + rows, c0..c0 + cols);
+        }
     };
     let hook = (tail_fn != 0 && tail_args != 0).then_some(matmul::TileHook(&tail));
     if d[s::IM2COL] == 1 {
@@ -315,6 +333,107 @@ fn matmul_from_desc(d: &[u64], threads: usize) -> bool {
         None => matmul::run_then(&g, view(a, ta, 0), view(b, tb, 1), c, cv, biasv, hook),
     }
     .is_ok()
+}
+
+/// The activation of code `code` (as `mm_slot::ACT`) with its parameters.
+fn activation(code: u64, p1: f32, p2: f32) -> Activation {
+    match code {
+        1 => Activation::Relu,
+        2 => Activation::Clip { min: p1, max: p2 },
+        3 => Activation::HardSigmoid {
+            alpha: p1,
+            beta: p2,
+        },
+        4 => Activation::HardSwish,
+        5 => Activation::Gelu,
+        6 => Activation::GeluTanh,
+        7 => Activation::Sigmoid,
+        8 => Activation::Swish { alpha: p1 },
+        _ => Activation::None,
+    }
+}
+
+/// A tail's last activation, applied by the runtime to each block the tile function stored
+/// (`mm_slot::TAIL_ACT`): element `(r, c)` of the block is `out[off + r·rs + c·cs]`.
+struct TailAct {
+    act: crate::kernels::gemm::Activation,
+    out: *mut f32,
+    off: usize,
+    rs: usize,
+    cs: usize,
+    isa: crate::kernels::Isa,
+}
+
+// SAFETY: the blocks the contraction hands its tail are disjoint, and the view is checked
+// one-to-one (`from_desc`): concurrent calls write disjoint elements.
+unsafe impl Sync for TailAct {}
+// SAFETY: as above.
+unsafe impl Send for TailAct {}
+
+impl TailAct {
+    /// The activation and its output view for an `m×n` result, `None` when the view is not
+    /// inside its buffer or reaches an element twice.
+    fn from_desc(d: &[u64], m: usize, n: usize) -> Option<TailAct> {
+        use mm_slot as s;
+        let f = |i: usize| f64::from_bits(d[i]) as f32;
+        let act = activation(d[s::TAIL_ACT], f(s::TAIL_ACT + 1), f(s::TAIL_ACT + 2));
+        let w = |i: usize| usize::try_from(d[s::TAIL_OUT + i] as i64).ok();
+        let (len, off, rs, cs) = (w(1)?, w(2)?, w(3)?, w(4)?);
+        if m == 0 || n == 0 {
+            return None;
+        }
+        let last = off
+            .checked_add((m - 1).checked_mul(rs)?)?
+            .checked_add((n - 1).checked_mul(cs)?)?;
+        // One-to-one: along one dimension the elements step by at least one, and the other
+        // dimension's step clears a whole run of them.
+        let distinct = (m == 1 || rs > 0)
+            && (n == 1 || cs > 0)
+            && (m == 1 || n == 1 || cs * (n - 1) < rs || rs * (m - 1) < cs);
+        if last >= len || !distinct || act == Activation::None {
+            return None;
+        }
+        Some(TailAct {
+            act: act.kernel(),
+            out: d[s::TAIL_OUT] as *mut f32,
+            off,
+            rs,
+            cs,
+            isa: crate::kernels::Isa::detect(),
+        })
+    }
+
+    /// The activation on the block `rows × cols`, a run along C's contiguous dimension at a
+    /// time.
+    fn apply(&self, rows: std::ops::Range<usize>, cols: std::ops::Range<usize>) {
+        use crate::kernels::gemm::activate_slice;
+        let at = |r: usize, c: usize| self.off + r * self.rs + c * self.cs;
+        // SAFETY: every element of the `m×n` view lies in the buffer and is reached once
+        // (`from_desc`); the block's elements are this call's alone (the contraction's blocks
+        // are disjoint), and the tile function that stored them has returned.
+        unsafe {
+            if self.cs == 1 || cols.len() == 1 {
+                for r in rows {
+                    let p = self.out.add(at(r, cols.start));
+                    let run = if self.cs == 1 { cols.len() } else { 1 };
+                    activate_slice(self.act, std::slice::from_raw_parts_mut(p, run), self.isa);
+                }
+            } else if self.rs == 1 || rows.len() == 1 {
+                for c in cols {
+                    let p = self.out.add(at(rows.start, c));
+                    let run = if self.rs == 1 { rows.len() } else { 1 };
+                    activate_slice(self.act, std::slice::from_raw_parts_mut(p, run), self.isa);
+                }
+            } else {
+                for r in rows {
+                    for c in cols.clone() {
+                        let p = self.out.add(at(r, c));
+                        *p = self.act.apply(*p);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// `B` as a convolution's image (`IM2COL` set): the geometry and the fill's bytes, `None`
@@ -880,4 +999,54 @@ pub fn helper_addresses() -> Vec<usize> {
     v.push(mlc_depthwise as *const () as usize);
     v.push(mlc_softmax as *const () as usize);
     v
+}
+
+#[cfg(test)]
+mod tail_act_tests {
+    use super::*;
+
+    /// A descriptor with the tail activation `code` over `(len, off, rs, cs)` of a live
+    /// buffer.
+    fn desc(buf: &mut [f32], code: u64, (len, off, rs, cs): (i64, i64, i64, i64)) -> Vec<u64> {
+        let mut d = vec![0u64; mm_slot::COUNT];
+        d[mm_slot::TAIL_ACT] = code;
+        d[mm_slot::TAIL_OUT] = buf.as_mut_ptr() as u64;
+        for (i, v) in [len, off, rs, cs].into_iter().enumerate() {
+            d[mm_slot::TAIL_OUT + 1 + i] = v as u64;
+        }
+        d
+    }
+
+    /// Views outside the buffer, reaching an element twice, or with negative strides are
+    /// refused (the call then fails); a valid one activates exactly the block's elements.
+    #[test]
+    fn the_tail_activation_checks_its_view() {
+        let mut buf = vec![-1.0f32; 12];
+        let (m, n) = (3, 4);
+        for bad in [
+            (12, 1, 4, 1),  // one past the end
+            (11, 0, 4, 1),  // a short buffer
+            (12, 0, 2, 1),  // rows overlapping
+            (12, 0, 0, 1),  // every row the same
+            (12, 0, -4, 1), // backwards
+        ] {
+            let d = desc(&mut buf, 1, bad);
+            assert!(TailAct::from_desc(&d, m, n).is_none(), "{bad:?}");
+        }
+        assert!(TailAct::from_desc(&desc(&mut buf, 0, (12, 0, 4, 1)), m, n).is_none());
+        for view in [(12, 0, 4, 1), (12, 0, 1, 3)] {
+            buf.iter_mut().for_each(|v| *v = -1.0);
+            let d = desc(&mut buf, 1, view);
+            let t = TailAct::from_desc(&d, m, n).expect("a valid view");
+            t.apply(1..3, 1..3);
+            let at = |r: i64, c: i64| (view.1 + r * view.2 + c * view.3) as usize;
+            for r in 0..3 {
+                for c in 0..4 {
+                    let inside = (1..3).contains(&r) && (1..3).contains(&c);
+                    let want = if inside { 0.0 } else { -1.0 };
+                    assert_eq!(buf[at(r, c)], want, "{view:?} ({r}, {c})");
+                }
+            }
+        }
+    }
 }

@@ -6,7 +6,8 @@
 //! first; this takes the rest when all of it is elementwise: `ew` ops, and per-tensor
 //! quantize/dequantize to and from 8-bit integers, written out as the `ew` ops they are
 //! (`cast(clip(round(x / s) + zp))`, `(cast(q) - zp) * s`, exactly as `quant.rs` lowers them).
-//! Views at the very end stay aliases. Anything else leaves the tail to the op-by-op lowering.
+//! Views that only add or drop leading unit dimensions may sit between them (GPT-2's
+//! `[32, 1024]` → `[1, 32, 1024]` before its GELU); views at the very end stay aliases. Anything else leaves the tail to the op-by-op lowering.
 
 use super::{Cx, Fail, ew};
 use crate::kernel::{Access, BufKind, Expr, ParamId, Stmt};
@@ -50,8 +51,28 @@ fn f32_value(body: &Graph, v: Option<ValueId>) -> bool {
     v.is_some_and(|v| body.ty(v).dtype == DType::F32)
 }
 
+/// Whether view node `n` only adds or drops leading unit dimensions: the elements keep their
+/// order and every operand broadcast against its input broadcasts the same way against its
+/// output (right-aligned), so inside a fused tail it is the identity.
+fn leading_units_only(body: &Graph, n: &Node) -> bool {
+    let strip = |s: &[usize]| {
+        s.iter()
+            .skip_while(|&&d| d == 1)
+            .copied()
+            .collect::<Vec<_>>()
+    };
+    let shape = |v: Option<ValueId>| v.and_then(|v| body.ty(v).static_shape());
+    match (shape(n.input(0)), shape(n.outputs.first().copied())) {
+        (Some(a), Some(b)) => is_view(&n.op) && n.outputs.len() == 1 && strip(&a) == strip(&b),
+        _ => false,
+    }
+}
+
 /// Whether body node `n` can be part of a fused tail.
 fn qualifies(body: &Graph, n: &Node) -> bool {
+    if leading_units_only(body, n) {
+        return true;
+    }
     match &n.op {
         Op::Constant { .. } | Op::Ew(_) => n.regions.is_empty(),
         Op::Quant(QuantOp::Quantize {
@@ -102,7 +123,7 @@ pub(super) fn lower(
     let (fused, views) = nodes.split_at(end);
     let ops = fused
         .iter()
-        .filter(|n| !matches!(n.op, Op::Constant { .. }))
+        .filter(|n| !matches!(n.op, Op::Constant { .. }) && !is_view(&n.op))
         .count();
     let Some(last) = fused.last() else {
         return Ok(false);
@@ -149,6 +170,13 @@ pub(super) fn lower(
             Some(m)
         };
         let ins: Vec<Option<ValueId>> = n.inputs.iter().map(|v| arg(*v, &mut g)).collect();
+        if is_view(&n.op) {
+            // Leading unit dimensions only (`qualifies`): the same elements.
+            if let Some(Some(x)) = ins.first() {
+                map.insert(n.outputs[0], *x);
+            }
+            continue;
+        }
         let ty = body.ty(n.outputs[0]).clone();
         let r = match &n.op {
             Op::Quant(QuantOp::Quantize { to, .. }) => quantize(&mut g, &ins, &ty, *to),

@@ -483,19 +483,7 @@ impl F32Bias<'_> {
         let ep = kg::Epilogue::new()
             .alpha(g.alpha as f32)
             .beta(g.beta as f32)
-            .activation(match g.act {
-                Activation::None => kg::Activation::None,
-                Activation::Relu => kg::Activation::Relu,
-                Activation::Clip { min, max } => kg::Activation::Clip { min, max },
-                Activation::HardSigmoid { alpha, beta } => {
-                    kg::Activation::HardSigmoid { alpha, beta }
-                }
-                Activation::HardSwish => kg::Activation::HardSwish,
-                Activation::Gelu => kg::Activation::Gelu,
-                Activation::GeluTanh => kg::Activation::GeluTanh,
-                Activation::Sigmoid => kg::Activation::Sigmoid,
-                Activation::Swish { alpha } => kg::Activation::Swish { alpha },
-            });
+            .activation(g.act.kernel());
         match self {
             Broadcast::None => ep,
             Broadcast::Scalar(s) => ep.bias(kg::Bias::Scalar(*s)),

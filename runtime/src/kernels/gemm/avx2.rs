@@ -304,6 +304,23 @@ unsafe fn put(p: *mut f32, n: usize, mask: __m256i, x: __m256) {
     }
 }
 
+/// `act` on every element of `x`, 8 at a time (the last ones one by one).
+///
+/// # Safety
+///
+/// The CPU has AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn activate_slice(act: Activation, x: &mut [f32]) {
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        // SAFETY: eight floats of `c`.
+        unsafe { _mm256_storeu_ps(c.as_mut_ptr(), activate8(act, _mm256_loadu_ps(c.as_ptr()))) };
+    }
+    for v in chunks.into_remainder() {
+        *v = act.apply(*v);
+    }
+}
+
 /// The activation on 8 lanes, exactly as [`Activation::apply`] on each.
 #[inline]
 #[target_feature(enable = "avx2,fma")]

@@ -220,6 +220,27 @@ unsafe fn act_rows(act: Activation, c: *mut f32, ldc: usize, rows: usize, masks:
     }
 }
 
+/// `act` on every element of `x`, 16 at a time (the last ones masked).
+///
+/// # Safety
+///
+/// The CPU has AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn activate_slice(act: Activation, x: &mut [f32]) {
+    for c in x.chunks_mut(16) {
+        let mask: __mmask16 = if c.len() == 16 {
+            !0
+        } else {
+            (1 << c.len()) - 1
+        };
+        // SAFETY: the masked lanes are those of `c`.
+        unsafe {
+            let v = _mm512_maskz_loadu_ps(mask, c.as_ptr());
+            _mm512_mask_storeu_ps(c.as_mut_ptr(), mask, activate16(act, v));
+        }
+    }
+}
+
 /// The activation on 16 lanes, exactly as [`Activation::apply`] on each (the GEMM's and the
 /// direct convolution's epilogue).
 #[inline]

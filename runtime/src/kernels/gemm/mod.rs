@@ -221,6 +221,25 @@ fn clamp01(e: f32) -> f32 {
     if e.is_nan() { e } else { e.clamp(0.0, 1.0) }
 }
 
+/// `act` on every element of `x`, 16 or 8 lanes at a time where `isa` has them (each lane as
+/// [`Activation::apply`]).
+pub fn activate_slice(act: Activation, x: &mut [f32], isa: Isa) {
+    let isa = if isa.is_supported() {
+        isa
+    } else {
+        Isa::Portable
+    };
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512F is supported (checked above).
+        Isa::Avx512 => unsafe { avx512::activate_slice(act, x) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and FMA are supported (checked above).
+        Isa::Avx2 => unsafe { avx2::activate_slice(act, x) },
+        _ => x.iter_mut().for_each(|v| *v = act.apply(*v)),
+    }
+}
+
 impl Activation {
     /// The activation of one value (the scalar definition every kernel matches).
     pub fn apply(self, x: f32) -> f32 {
