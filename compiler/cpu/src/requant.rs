@@ -717,24 +717,8 @@ fn literal_nest(mut body: &[Stmt]) -> (Vec<(VarId, i64)>, &[Stmt]) {
 /// `[lo, hi]` the output type's range.
 fn tail_pattern(k: &Kernel) -> Option<Tail> {
     let (loops, body) = literal_nest(&k.body);
-    let (last, lets) = body.split_last()?;
-    let Stmt::Store {
-        param: out,
-        index,
-        value,
-    } = last
-    else {
-        return None;
-    };
-    let mut defs: HashMap<VarId, &Expr> = HashMap::new();
-    for s in lets {
-        let Stmt::Let { var, value } = s else {
-            return None;
-        };
-        defs.insert(*var, value);
-    }
-    let value = inline(value, &defs, 0)?;
-    let index = inline(index, &defs, 0)?;
+    let (out, index, value) = inlined_store(body)?;
+    let out = &out;
     // The element index: row-major over the nest.
     let total = loops
         .iter()
@@ -1005,6 +989,28 @@ fn clamp_arg(e: &Expr, op: BinOp, v: f64) -> Option<&Expr> {
 }
 
 /// `e` with every `let`-defined variable replaced by its definition (loop counters stay).
+/// A body of `let`s and then one store, as the store's parameter, index and value with the
+/// `let`s inlined.
+fn inlined_store(body: &[Stmt]) -> Option<(ParamId, Expr, Expr)> {
+    let (last, lets) = body.split_last()?;
+    let Stmt::Store {
+        param,
+        index,
+        value,
+    } = last
+    else {
+        return None;
+    };
+    let mut defs: HashMap<VarId, &Expr> = HashMap::new();
+    for s in lets {
+        let Stmt::Let { var, value } = s else {
+            return None;
+        };
+        defs.insert(*var, value);
+    }
+    Some((*param, inline(index, &defs, 0)?, inline(value, &defs, 0)?))
+}
+
 fn inline(e: &Expr, defs: &HashMap<VarId, &Expr>, depth: usize) -> Option<Expr> {
     if depth > 64 {
         return None;

@@ -127,24 +127,7 @@ pub(super) fn tail_to_activation(k: &Kernel, args: &[BufId]) -> Option<(Kernel, 
     {
         return None;
     }
-    let (last, lets) = tail.body.split_last()?;
-    let Stmt::Store {
-        param: out,
-        index,
-        value,
-    } = last
-    else {
-        return None;
-    };
-    let mut defs = HashMap::new();
-    for s in lets {
-        let Stmt::Let { var, value } = s else {
-            return None;
-        };
-        defs.insert(*var, value);
-    }
-    let value = super::inline(value, &defs, 0)?;
-    let index = super::inline(index, &defs, 0)?;
+    let (out, index, value) = super::inlined_store(&tail.body)?;
     let (act, x) = activation_of(&value)?;
     // x: C's element, or C's element plus a bias.
     let c_elem = |e: &Expr| matches!(e, Expr::Load { param, index: i } if *param == mm.c.param && **i == index);
@@ -162,7 +145,7 @@ pub(super) fn tail_to_activation(k: &Kernel, args: &[BufId]) -> Option<(Kernel, 
         let Expr::Load { param, index: bi } = other else {
             return None;
         };
-        if *param == mm.c.param || *param == *out || pty(*param)? != DType::F32 {
+        if *param == mm.c.param || *param == out || pty(*param)? != DType::F32 {
             return None;
         }
         let (o, rs, cs) = view_of(bi, tail.row, tail.col)?;
@@ -177,7 +160,7 @@ pub(super) fn tail_to_activation(k: &Kernel, args: &[BufId]) -> Option<(Kernel, 
         })
     };
     let (o, rs, cs) = view_of(&index, tail.row, tail.col)?;
-    if pty(*out)? != DType::F32 {
+    if pty(out)? != DType::F32 {
         return None;
     }
     let mut new_mm = (**mm).clone();
@@ -187,7 +170,7 @@ pub(super) fn tail_to_activation(k: &Kernel, args: &[BufId]) -> Option<(Kernel, 
         new_mm.bias = bias;
     }
     new_mm.c = MatRef {
-        param: *out,
+        param: out,
         offset: Expr::idx(o),
         row_stride: rs,
         col_stride: cs,
@@ -260,26 +243,9 @@ pub(crate) struct TailActivation {
 pub(crate) fn tail_activation(k: &Kernel, mm: &mlc_kir::Matmul) -> Option<TailActivation> {
     let tail = mm.tail.as_ref()?;
     let pty = |q: ParamId| k.params.get(q.0 as usize).map(|p| p.dtype);
-    let (last, lets) = tail.body.split_last()?;
-    let Stmt::Store {
-        param: out,
-        index,
-        value,
-    } = last
-    else {
-        return None;
-    };
-    let mut defs = HashMap::new();
-    for s in lets {
-        let Stmt::Let { var, value } = s else {
-            return None;
-        };
-        defs.insert(*var, value);
-    }
-    let value = super::inline(value, &defs, 0)?;
-    let index = super::inline(index, &defs, 0)?;
+    let (out, index, value) = super::inlined_store(&tail.body)?;
     let (act, arg) = activation_of(&value)?;
-    if *out == mm.c.param || pty(*out)? != DType::F32 || reads(arg, *out) {
+    if out == mm.c.param || pty(out)? != DType::F32 || reads(arg, out) {
         return None;
     }
     let (o, rs, cs) = view_of(&index, tail.row, tail.col)?;
@@ -295,7 +261,7 @@ pub(crate) fn tail_activation(k: &Kernel, mm: &mlc_kir::Matmul) -> Option<TailAc
     Some(TailActivation {
         act,
         arg: arg.clone(),
-        out: *out,
+        out,
         view: (o, rs, cs),
     })
 }

@@ -484,6 +484,86 @@ unsafe fn avx2(t: &QTile) {
 
 /// Sixteen lanes at a time with masked loads and narrowing stores.
 ///
+/// `f32(acc) · mult (+ shift)` for the lanes `mask` of row `r` from column `j` (the others 0),
+/// `row` the row's multiplier and shift when they are not per column.
+///
+/// # Safety
+///
+/// As for [`tile`], on a CPU with AVX-512F; the masked columns from `j` lie in row `r`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn dequantized16(
+    t: &QTile,
+    (r, j): (usize, usize),
+    mask: std::arch::x86_64::__mmask16,
+    (row_mult, row_shift): (f32, f32),
+) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    // SAFETY: the contract; `mult` and `shift` cover the columns used.
+    unsafe {
+        let x = _mm512_maskz_loadu_epi32(mask, t.src.add(r * t.lds + j));
+        let m = if t.per == Per::Col {
+            _mm512_maskz_loadu_ps(mask, t.mult.add(j))
+        } else {
+            _mm512_set1_ps(row_mult)
+        };
+        let mut f = _mm512_mul_ps(_mm512_cvtepi32_ps(x), m);
+        if t.shifted {
+            let s = if t.shift_per == Per::Col {
+                _mm512_maskz_loadu_ps(mask, t.shift.add(j))
+            } else {
+                _mm512_set1_ps(row_shift)
+            };
+            f = _mm512_add_ps(f, s);
+        }
+        f
+    }
+}
+
+/// Row `r` of the tile without a residual, 64 columns at a time, each four quantized vectors
+/// packed to bytes (exact: they lie in the byte's range) and put back in order for one
+/// store, instead of four narrowing stores: the columns done (a multiple of 64).
+///
+/// # Safety
+///
+/// As for [`tile`], on a CPU with AVX-512F/BW; `r < rows`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn packed64(
+    t: &QTile,
+    r: usize,
+    (row_mult, row_shift): (f32, f32),
+    (lo, hi): (f32, f32),
+) -> usize {
+    use std::arch::x86_64::*;
+    let scale = _mm512_set1_ps(t.scale);
+    // SAFETY: columns `j..j + 64 ≤ cols` of row `r` (the contract); `mult` and `shift` cover
+    // the columns used.
+    let mq = |j: usize| unsafe {
+        let f = dequantized16(t, (r, j), !0, (row_mult, row_shift));
+        quantize16(_mm512_div_ps(f, scale), t.zp, lo, hi)
+    };
+    let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    let mut j = 0;
+    while j + 64 <= t.cols {
+        let a = _mm512_packs_epi32(mq(j), mq(j + 16));
+        let b = _mm512_packs_epi32(mq(j + 32), mq(j + 48));
+        let c = if t.signed {
+            _mm512_packs_epi16(a, b)
+        } else {
+            _mm512_packus_epi16(a, b)
+        };
+        // SAFETY: as above.
+        unsafe {
+            let v = _mm512_permutexvar_epi32(order, c);
+            _mm512_storeu_si512(t.dst.add(r * t.ldd + j).cast(), v);
+        }
+        j += 64;
+    }
+    j
+}
+
 /// # Safety
 ///
 /// As for [`tile`], on a CPU with AVX-512F.
@@ -512,24 +592,14 @@ unsafe fn avx512(t: &QTile) {
                 _ => 0.0,
             };
             let mut j = 0;
+            // Without a residual, 64 columns at a time (with AVX-512BW's packs).
+            if t.add.is_none() && std::arch::is_x86_feature_detected!("avx512bw") {
+                j = packed64(t, r, (row_mult, row_shift), (lo, hi));
+            }
             while j < t.cols {
                 let lanes = (t.cols - j).min(16);
                 let mask = ((1u32 << lanes) - 1) as __mmask16;
-                let x = _mm512_maskz_loadu_epi32(mask, t.src.add(r * t.lds + j));
-                let m = if t.per == Per::Col {
-                    _mm512_maskz_loadu_ps(mask, t.mult.add(j))
-                } else {
-                    _mm512_set1_ps(row_mult)
-                };
-                let mut f = _mm512_mul_ps(_mm512_cvtepi32_ps(x), m);
-                if t.shifted {
-                    let s = if t.shift_per == Per::Col {
-                        _mm512_maskz_loadu_ps(mask, t.shift.add(j))
-                    } else {
-                        _mm512_set1_ps(row_shift)
-                    };
-                    f = _mm512_add_ps(f, s);
-                }
+                let f = dequantized16(t, (r, j), mask, (row_mult, row_shift));
                 let mut q = quantize16(_mm512_div_ps(f, scale), t.zp, lo, hi);
                 if let Some(a) = &t.add {
                     // v = (f32(q) - zp) · scale + (f32(r) - r_zp) · r_scale, then quantized
