@@ -865,8 +865,13 @@ fn depthwise_from_desc(d: &[u64], n_ep: usize, threads: usize) -> bool {
     ]
     .map(|v| v as u64);
     let key = [&key[..], &[u64::from(zero_bits), signed]].concat();
-    let plan = if isa == crate::kernels::Isa::Avx512 && signed < 2 {
+    // Cached only when the bias is a weight too: the plan holds its values.
+    let constant_bias = bias.is_none_or(super::exec::is_weight);
+    let plan = if isa == crate::kernels::Isa::Avx512 && signed < 2 && constant_bias {
         super::exec::derived_weight(w, &key, || dwk::BytePlan::new(&shape, &x, w, bias))
+    } else if signed < 2 {
+        // Made for this call.
+        None
     } else {
         Some(None)
     };

@@ -198,6 +198,12 @@ pub fn packed_int_weight<T>(
     })?
 }
 
+/// Whether `data` lies in the weights of the executor running on this thread (its bytes never
+/// change while the executor lives).
+pub fn is_weight<T>(data: &[T]) -> bool {
+    with_weights_cache(data, |_| ()).is_some()
+}
+
 /// When `data` lies in the weights of the executor running on this thread, the value `make`
 /// derives from it (and whatever `key` says), made once per executor: `Some(None)` when `make`
 /// gave nothing (not asked again). `None` when `data` is not a weight (or no executor runs).
