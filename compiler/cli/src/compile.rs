@@ -138,7 +138,9 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
                             "requant": f.requant,
                             "requant_tables": f.requant_tables,
                             "requant_split": f.requant_split,
-                            "tails": f.tails
+                            "tails": f.tails,
+                            "activations": f.gelu,
+                            "tail_activations": f.tail_activations
                         }),
                     );
                     o.insert("cpu_byte_tables".into(), serde_json::json!(tables));
@@ -166,8 +168,14 @@ pub fn main(args: &Args) -> anyhow::Result<()> {
             } else {
                 text.push_str(&format!(
                     "CPU epilogues: {} requantizing ({} with an activation table, {} split at the byte) \
-                     and {} elementwise tails fused into contractions\n",
-                    f.requant, f.requant_tables, f.requant_split, f.tails
+                     and {} elementwise tails fused into contractions ({} of them the contraction's \
+                     activation, {} ending in an activation the runtime applies)\n",
+                    f.requant,
+                    f.requant_tables,
+                    f.requant_split,
+                    f.tails,
+                    f.gelu,
+                    f.tail_activations
                 ));
                 text.push_str(&format!(
                     "CPU byte tables: {tables} functions of one byte (quantized activations) computed as 256-entry tables\n"

@@ -1149,6 +1149,9 @@ pub struct Fused {
     /// Of those tails, the GELUs, sigmoids and swishes that became the contraction's
     /// activation ([`fuse_activations`]).
     pub gelu: usize,
+    /// Of the tails left, those whose last operation (GELU, sigmoid, swish) the runtime
+    /// applies to each stored block ([`tail_activation`]).
+    pub tail_activations: usize,
 }
 
 /// The three passes, in order: what code generation runs.
@@ -1164,6 +1167,16 @@ pub fn fuse_epilogues(p: &Program) -> (Program, Fused) {
         .count();
     let (q, tails) = fuse_tails(&q);
     let (q, gelu) = fuse_activations(&q);
+    let tail_activations = q
+        .steps
+        .iter()
+        .map(|s| q.kernel(s.kernel))
+        .filter(|k| {
+            crate::clif::tail_of(k)
+                .and_then(|mm| tail_activation(k, mm))
+                .is_some()
+        })
+        .count();
     (
         q,
         Fused {
@@ -1172,6 +1185,7 @@ pub fn fuse_epilogues(p: &Program) -> (Program, Fused) {
             requant_split,
             tails,
             gelu,
+            tail_activations,
         },
     )
 }
