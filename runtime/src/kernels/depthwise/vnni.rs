@@ -168,6 +168,17 @@ impl BytePlan {
         let [dh, dw] = s.dilation;
         let [ih, iw] = s.in_hw;
         let [oh, ow] = s.out_hw;
+        // Callers may ask before the operands were checked (a plan made once per executor):
+        // degenerate geometries and short weights or bias get no plan.
+        let m = s.out_channels();
+        let sizes = [kh, kw, sh, sw, dh, dw, oh, ow, s.mult];
+        if sizes.contains(&0)
+            || s.lens().is_none()
+            || w.len() < m.saturating_mul(kh * kw)
+            || bias.is_some_and(|b| b.len() < m)
+        {
+            return None;
+        }
         let ng = kw.div_ceil(4);
         if ng > 2 {
             return None;
@@ -180,7 +191,6 @@ impl BytePlan {
             return None;
         }
         let kk = kh * kw;
-        let m = s.out_channels();
         let mut wq = Vec::with_capacity(m * kh * ng);
         let mut init = Vec::with_capacity(m);
         for (c, wc) in w.chunks_exact(kk).take(m).enumerate() {
@@ -201,8 +211,15 @@ impl BytePlan {
         }
         // The padded plane: every tap of every output inside it.
         let [pt, pl] = s.pad;
-        let pw = (pl + iw).max((ow - 1) * sw + (kw - 1) * dw + 1);
-        let ph = (pt + ih).max((oh - 1) * sh + (kh - 1) * dh + 1);
+        // The extent the taps reach, in checked arithmetic (sizes come from the artifact).
+        let reach = |o: usize, st: usize, k: usize, d: usize| {
+            (o - 1)
+                .checked_mul(st)?
+                .checked_add((k - 1).checked_mul(d)?)?
+                .checked_add(1)
+        };
+        let pw = (pl.checked_add(iw)?).max(reach(ow, sw, kw, dw)?);
+        let ph = (pt.checked_add(ih)?).max(reach(oh, sh, kh, dh)?);
         // Offsets are kept in 32 bits (with room for the windows past the plane).
         if ph.checked_mul(pw)?.checked_add(1 << 10)? > u32::MAX as usize
             || oh * ow > u32::MAX as usize
