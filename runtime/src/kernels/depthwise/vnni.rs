@@ -246,7 +246,10 @@ impl BytePlan {
         }
         let row_step = dh * pw;
         let last = blocks.iter().map(|b| b.poff as usize).max().unwrap_or(0);
-        let plen = (ph * pw).max(last + (kh - 1) * row_step + if two { 128 } else { 64 });
+        // The last window's loads, and the padding's last row store (`rows`), stay inside.
+        let plen = (ph * pw)
+            .max(last + (kh - 1) * row_step + if two { 128 } else { 64 })
+            .max((pt + ih) * pw + 64);
         Some(BytePlan {
             shape: *s,
             zero: zero.to_bits(),
@@ -304,7 +307,6 @@ impl BytePlan {
         for (u, q) in planes.zip(p.chunks_exact_mut(self.plen)) {
             let (top, bottom) = (self.pt * self.pw, (self.pt + ih) * self.pw);
             q[..top].fill(self.zb);
-            q[bottom..].fill(self.zb);
             let plane = u * ih * iw..(u + 1) * ih * iw;
             // The bytes of an `i8` input read as `u8` (`flip` then offsets them by 128).
             let src = match x {
@@ -314,8 +316,8 @@ impl BytePlan {
             };
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `BytePlan::new` checked the CPU; the source rows are the plane's `ih·iw`
-            // bytes (sliced above), the padded rows `pt..pt + ih` of `pw` bytes lie inside `q`
-            // (`plen ≥ ph·pw`), and each holds `pl + iw ≤ pw` bytes.
+            // bytes (sliced above), the padded rows `pt..pt + ih` of `pw` bytes and 64 more lie
+            // inside `q` (`plen ≥ (pt + ih)·pw + 64`), and each holds `pl + iw ≤ pw` bytes.
             unsafe {
                 rows(
                     src,
@@ -326,6 +328,8 @@ impl BytePlan {
                     self.flip,
                 )
             };
+            // After the rows: their last store ran into it.
+            q[bottom..].fill(self.zb);
         }
     }
 
@@ -376,11 +380,13 @@ pub(super) enum Dest<'a> {
 }
 
 /// Rows `0..ih` of a padded plane at `dst` (`pw` bytes apart): `pl` bytes of `zb`, the `iw`
-/// bytes of the source row XOR `flip`, `zb` to the row's end.
+/// bytes of the source row XOR `flip`, `zb` to the row's end; each 64 bytes composed in a
+/// register (a masked load over `zb ^ flip`) and stored whole, so a row's last store may run
+/// up to 63 bytes into what follows it (the next row, rewritten next, or the caller's).
 ///
 /// # Safety
 ///
-/// The CPU has AVX-512F/BW; `src` holds `ih·iw` bytes, `dst` `ih·pw`, and `pl + iw ≤ pw`.
+/// The CPU has AVX-512F/BW; `src` holds `ih·iw` bytes, `dst` `ih·pw + 64`, and `pl + iw ≤ pw`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn rows(
@@ -392,20 +398,27 @@ unsafe fn rows(
     flip: u8,
 ) {
     use std::arch::x86_64::*;
-    let (z, f) = (_mm512_set1_epi8(zb as i8), _mm512_set1_epi8(flip as i8));
-    let mask = |n: usize| if n >= 64 { !0u64 } else { (1u64 << n) - 1 };
+    let (zf, f) = (
+        _mm512_set1_epi8((zb ^ flip) as i8),
+        _mm512_set1_epi8(flip as i8),
+    );
+    // Lanes `lo..hi` of a 64-lane mask.
+    let lanes = |lo: usize, hi: usize| {
+        let below = |n: usize| if n >= 64 { !0u64 } else { (1u64 << n) - 1 };
+        below(hi) & !below(lo)
+    };
     for r in 0..ih {
-        // SAFETY: row `r` of both (the contract); the masks stop at each row's end.
-        unsafe {
-            let d = dst.add(r * pw);
-            for j in (0..pw).step_by(64) {
-                _mm512_mask_storeu_epi8(d.add(j).cast(), mask(pw - j), z);
-            }
-            let (sr, dr) = (src.add(r * iw), d.add(pl));
-            for j in (0..iw).step_by(64) {
-                let k = mask(iw - j);
-                let v = _mm512_maskz_loadu_epi8(k, sr.add(j).cast());
-                _mm512_mask_storeu_epi8(dr.add(j).cast(), k, _mm512_xor_si512(v, f));
+        let (d, sr) = (dst.wrapping_add(r * pw), src.wrapping_add(r * iw));
+        for j in (0..pw).step_by(64) {
+            // Padded columns `j..j + 64` hold source columns `j − pl..`, those in `[0, iw)`.
+            let (lo, hi) = (pl.saturating_sub(j), (pl + iw).saturating_sub(j).min(64));
+            let k = if hi > lo { lanes(lo, hi) } else { 0 };
+            // SAFETY: only the lanes of `k` are loaded, source columns `j + lo − pl .. j + hi −
+            // pl` of row `r`, inside it (the contract); the store's 64 bytes from column `j <
+            // pw` of row `r` lie in `dst`'s `ih·pw + 64` bytes.
+            unsafe {
+                let v = _mm512_mask_loadu_epi8(zf, k, sr.wrapping_add(j).wrapping_sub(pl).cast());
+                _mm512_storeu_si512(d.add(j).cast(), _mm512_xor_si512(v, f));
             }
         }
     }
