@@ -353,6 +353,31 @@ fn activation(code: u64, p1: f32, p2: f32) -> Activation {
     }
 }
 
+/// Whether the view `out[off + r·rs + c·cs]` of an `m×n` result, `(len, off, rs, cs)` with
+/// `len` the buffer's element count, lies inside the buffer and reaches each element once: what
+/// `mm_slot::TAIL_OUT` must describe (the compiler asks before it emits one; the runtime
+/// refuses the call otherwise).
+pub fn tail_view_ok((m, n): (usize, usize), (len, off, rs, cs): (i64, i64, i64, i64)) -> bool {
+    let ok = || -> Option<bool> {
+        let u = |v: i64| usize::try_from(v).ok();
+        let (len, off, rs, cs) = (u(len)?, u(off)?, u(rs)?, u(cs)?);
+        if m == 0 || n == 0 {
+            return Some(false);
+        }
+        let last = off
+            .checked_add((m - 1).checked_mul(rs)?)?
+            .checked_add((n - 1).checked_mul(cs)?)?;
+        // One-to-one: along one dimension the elements step by at least one, and the other
+        // dimension's step clears a whole run of them.
+        let below = |a: usize, k: usize, b: usize| a.checked_mul(k).is_some_and(|x| x < b);
+        let distinct = (m == 1 || rs > 0)
+            && (n == 1 || cs > 0)
+            && (m == 1 || n == 1 || below(cs, n - 1, rs) || below(rs, m - 1, cs));
+        Some(last < len && distinct)
+    };
+    ok().unwrap_or(false)
+}
+
 /// A tail's last activation, applied by the runtime to each block the tile function stored
 /// (`mm_slot::TAIL_ACT`): element `(r, c)` of the block is `out[off + r·rs + c·cs]`.
 struct TailAct {
@@ -377,22 +402,13 @@ impl TailAct {
         use mm_slot as s;
         let f = |i: usize| f64::from_bits(d[i]) as f32;
         let act = activation(d[s::TAIL_ACT], f(s::TAIL_ACT + 1), f(s::TAIL_ACT + 2));
-        let w = |i: usize| usize::try_from(d[s::TAIL_OUT + i] as i64).ok();
-        let (len, off, rs, cs) = (w(1)?, w(2)?, w(3)?, w(4)?);
-        if m == 0 || n == 0 {
+        let w = |i: usize| d[s::TAIL_OUT + i] as i64;
+        let view = (w(1), w(2), w(3), w(4));
+        if !tail_view_ok((m, n), view) || act == Activation::None {
             return None;
         }
-        let last = off
-            .checked_add((m - 1).checked_mul(rs)?)?
-            .checked_add((n - 1).checked_mul(cs)?)?;
-        // One-to-one: along one dimension the elements step by at least one, and the other
-        // dimension's step clears a whole run of them.
-        let distinct = (m == 1 || rs > 0)
-            && (n == 1 || cs > 0)
-            && (m == 1 || n == 1 || cs * (n - 1) < rs || rs * (m - 1) < cs);
-        if last >= len || !distinct || act == Activation::None {
-            return None;
-        }
+        // Non-negative: checked just above.
+        let (off, rs, cs) = (view.1 as usize, view.2 as usize, view.3 as usize);
         Some(TailAct {
             act: act.kernel(),
             out: d[s::TAIL_OUT] as *mut f32,

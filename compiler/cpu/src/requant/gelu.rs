@@ -249,13 +249,9 @@ pub(crate) fn tail_activation(k: &Kernel, mm: &mlc_kir::Matmul) -> Option<TailAc
         return None;
     }
     let (o, rs, cs) = view_of(&index, tail.row, tail.col)?;
-    let (m, n) = (mm.m as i64, mm.n as i64);
-    let one_to_one = (m == 1 || rs > 0)
-        && (n == 1 || cs > 0)
-        && (m == 1 || n == 1 || cs * (n - 1) < rs || rs * (m - 1) < cs);
+    // The runtime's own check of the view (it refuses the call otherwise).
     let len = k.params.get(out.0 as usize)?.len as i64;
-    let last_elem = o + (m - 1).max(0) * rs + (n - 1).max(0) * cs;
-    if o < 0 || rs < 0 || cs < 0 || m == 0 || n == 0 || !one_to_one || last_elem >= len {
+    if !mlc_runtime::cpu::abi::tail_view_ok((mm.m, mm.n), (len, o, rs, cs)) {
         return None;
     }
     Some(TailActivation {

@@ -799,21 +799,10 @@ fn epilogue(isa: Isa, ep: &[Step], m: usize, y: &mut [f32], s: &mut Vec<f32>) {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
     fn avx512(ep: &[Step], m: usize, y: &mut [f32], s: &mut Vec<f32>) {
-        use std::arch::x86_64::*;
         body(ep, m, y, s, |y| {
-            for c in y.chunks_mut(16) {
-                let mask: __mmask16 = if c.len() == 16 {
-                    !0
-                } else {
-                    (1 << c.len()) - 1
-                };
-                // SAFETY: the masked lanes are those of `c`.
-                unsafe {
-                    let v = _mm512_maskz_loadu_ps(mask, c.as_ptr());
-                    let v = crate::kernels::gemm::avx512::sigmoid16(v);
-                    _mm512_mask_storeu_ps(c.as_mut_ptr(), mask, v);
-                }
-            }
+            use crate::kernels::gemm::{Activation, avx512};
+            // SAFETY: AVX-512F is enabled here.
+            unsafe { avx512::activate_slice(Activation::Sigmoid, y) }
         })
     }
     let scalar = |y: &mut [f32]| {
